@@ -1,0 +1,13 @@
+//! Shared vocabulary of Tessera: limits, the injected clock, the two-party [`link::Link`]
+//! channel that every engine is written against, signed job tickets, and Arrow table input.
+//!
+//! Nothing here knows about gRPC, databases or the wall clock of a particular component:
+//! those are passed in by the caller.
+
+pub mod clock;
+pub mod limits;
+pub mod link;
+pub mod ticket;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use link::{Link, LinkError, LinkStats, MemLink};

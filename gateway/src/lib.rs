@@ -1,0 +1,1 @@
+//! Operator gRPC services over the scheduler, store and accounting

@@ -1,0 +1,1 @@
+//! Job lifecycle: admission, placement, dispatch, progress, completion

@@ -1,0 +1,1 @@
+//! Persistence through sqlx on SQLite: migrations, domain tables, the audit chain

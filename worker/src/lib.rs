@@ -1,0 +1,1 @@
+//! The party worker: datasets, ticket checks, engines, gRPC peer links, usage measurement
