@@ -41,7 +41,9 @@ impl JobPrice {
     /// Checks the ranges: prices non-negative, share at most 100%.
     pub fn validate(&self) -> Result<(), RatingError> {
         if self.per_job_micros < 0 || self.per_1k_rows_micros < 0 {
-            return Err(RatingError::InvalidPrice("prices must not be negative".into()));
+            return Err(RatingError::InvalidPrice(
+                "prices must not be negative".into(),
+            ));
         }
         if self.operator_share_bps > 10_000 {
             return Err(RatingError::InvalidPrice(
@@ -90,7 +92,11 @@ mod tests {
 
     #[test]
     fn rates_by_job_and_rows() {
-        check((1_000_000, 10_000, 1_000), 100_000, (2_000_000, 1_800_000, 200_000));
+        check(
+            (1_000_000, 10_000, 1_000),
+            100_000,
+            (2_000_000, 1_800_000, 200_000),
+        );
         check((0, 1, 0), 499, (0, 0, 0));
         check((0, 1, 0), 500, (1, 1, 0));
         check((0, 3, 3_333), 1_000, (3, 3, 0));

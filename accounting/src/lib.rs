@@ -2,9 +2,42 @@
 //!
 //! Money is integer micro-units (1 yuan = 1_000_000 micros) everywhere; rates may be
 //! decimals, but every amount is rounded to an integer at a fixed, documented point.
+//!
+//! The pure, deterministic core follows the operations manual
+//! (`shared/seeds/002_17f9d871f641e862.txt`):
+//!
+//! | module | manual |
+//! |---|---|
+//! | [`civil`] | wall-clock time as an argument, month arithmetic |
+//! | [`money`] | micro-units and the rounding rule |
+//! | [`rating`] | price plans, §1.4.5, §3.6.6 |
+//! | [`discount`] | platform / customer / contract discounts, §3.12, §3.8.5.1.1 |
+//! | [`payment`] | coupons, vouchers, cash, credit and their order, §1.4.4, §3.11, §3.8 |
+//! | [`ledger_engine`] | in-memory double-entry ledger (TigerBeetle semantics) |
+//! | [`subscription`] | prepaid monthly terms: renew, unsubscribe, make-up, refund, §1.4.5 |
+//! | [`freeze`] | minimum purchase / freeze amounts, §3.6.5 |
+//! | [`bill`] | bill lines, period bills, hour split, late usage, provider statements, §3.8.3 |
+//! | [`scenario`] | scenario files and the deterministic simulator |
 
+pub mod bill;
+pub mod civil;
+pub mod discount;
+pub mod freeze;
 pub mod job;
 pub mod ledger;
+pub mod ledger_engine;
+pub mod money;
+pub mod payment;
+pub mod rating;
+pub mod scenario;
+pub mod subscription;
 
+pub use discount::{DiscountBook, DiscountStrategy};
+pub use freeze::{FreezeDecision, FreezeInput, LimitSettings, freeze_state};
 pub use job::{JobCharge, JobPrice, RatingError, rate_job};
 pub use ledger::{AccountRef, LedgerError, TransferSpec, derive_id, sum_is_balanced};
+pub use ledger_engine::{AccountKind, Ledger};
+pub use payment::{Payment, Wallet, plan_payment};
+pub use rating::{PricePlan, RatedCharge, Usage, rate};
+pub use scenario::{SimulationReport, simulate};
+pub use subscription::Subscription;

@@ -7,7 +7,10 @@
 pub mod clock;
 pub mod limits;
 pub mod link;
+pub mod table;
 pub mod ticket;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use link::{Link, LinkError, LinkStats, MemLink};
+pub mod task;
+pub use task::{TaskSpec, WorkerAttributes};

@@ -204,7 +204,8 @@ impl TicketVerifier {
             }
         }
         self.seen.insert(body.ticket_id.clone(), body.expires_at_ms);
-        self.order.push_back((body.ticket_id.clone(), body.expires_at_ms));
+        self.order
+            .push_back((body.ticket_id.clone(), body.expires_at_ms));
         Ok(body)
     }
 

@@ -1,1 +1,567 @@
-//! Operator gRPC services over the scheduler, store and accounting
+//! The operator's gRPC services over the scheduler and the store, and the one place where
+//! domain errors become API error codes (gRPC status codes here; the T/AI 123.12 REST
+//! envelope will map from the same [`ApiCode`] set).
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use tessera_accounting::{AccountRef, JobPrice, TransferSpec, derive_id};
+use tessera_core::WorkerAttributes;
+use tessera_policy::UsagePolicy;
+use tessera_proto::v1 as pb;
+use tessera_proto::v1::operator_server::{Operator, OperatorServer};
+use tessera_scheduler::{
+    Delivery, JobRequest, JobView, Scheduler, SchedulerError, TaskReport, TaskUsage,
+};
+use tessera_store::{DatasetRecord, LicenceRecord, StoreError};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::{ReceiverStream, WatchStream};
+use tonic::{Request, Response, Status};
+
+/// The closed set of API error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiCode {
+    /// The request is malformed.
+    InvalidArgument,
+    /// A named record does not exist.
+    NotFound,
+    /// The record exists already.
+    AlreadyExists,
+    /// The caller may not do this.
+    PermissionDenied,
+    /// The request conflicts with stored state (e.g. an idempotency key reused).
+    Conflict,
+    /// Something failed on our side.
+    Internal,
+}
+
+impl ApiCode {
+    /// The gRPC status code.
+    pub fn grpc(self) -> tonic::Code {
+        match self {
+            ApiCode::InvalidArgument => tonic::Code::InvalidArgument,
+            ApiCode::NotFound => tonic::Code::NotFound,
+            ApiCode::AlreadyExists => tonic::Code::AlreadyExists,
+            ApiCode::PermissionDenied => tonic::Code::PermissionDenied,
+            ApiCode::Conflict => tonic::Code::FailedPrecondition,
+            ApiCode::Internal => tonic::Code::Internal,
+        }
+    }
+}
+
+fn store_code(e: &StoreError) -> ApiCode {
+    match e {
+        StoreError::NotFound { .. } => ApiCode::NotFound,
+        StoreError::Conflict { .. } => ApiCode::AlreadyExists,
+        StoreError::IdempotencyMismatch { .. } | StoreError::Ledger(_) => ApiCode::Conflict,
+        _ => ApiCode::Internal,
+    }
+}
+
+/// Maps a domain error to a status, logging internal failures here where they are handled.
+pub fn status(e: &SchedulerError) -> Status {
+    let code = match e {
+        SchedulerError::Invalid(_) => ApiCode::InvalidArgument,
+        SchedulerError::NotFound(_) => ApiCode::NotFound,
+        SchedulerError::Forbidden(_) => ApiCode::PermissionDenied,
+        SchedulerError::Store(s) => store_code(s),
+    };
+    if code == ApiCode::Internal {
+        tracing::error!(error = %e, "internal error");
+    }
+    Status::new(code.grpc(), e.to_string())
+}
+
+fn store_status(e: StoreError) -> Status {
+    status(&SchedulerError::Store(e))
+}
+
+fn invalid(msg: impl Into<String>) -> Status {
+    Status::invalid_argument(msg.into())
+}
+
+/// The `Operator` gRPC service.
+#[derive(Debug, Clone)]
+pub struct OperatorService {
+    scheduler: Arc<Scheduler>,
+}
+
+impl OperatorService {
+    /// A service over `scheduler`.
+    pub fn new(scheduler: Arc<Scheduler>) -> Self {
+        Self { scheduler }
+    }
+
+    /// The tonic server wrapper.
+    pub fn into_server(self) -> OperatorServer<Self> {
+        OperatorServer::new(self)
+    }
+
+    fn now(&self) -> i64 {
+        self.scheduler.now_ms()
+    }
+}
+
+/// Converts a job view to its wire form.
+pub fn job_to_pb(v: &JobView) -> pb::Job {
+    let j = &v.job;
+    pb::Job {
+        job_id: j.job_id.clone(),
+        state: j.state.clone(),
+        licence_id: j.licence_id.clone(),
+        scene: j.scene.clone(),
+        mode: j.mode.clone(),
+        user: j.user.clone(),
+        refusal_reasons: if j.state == "refused" {
+            j.reasons.clone()
+        } else {
+            Vec::new()
+        },
+        error: j.error.clone(),
+        result_size: j.result_size,
+        result_location: j.result_location.clone(),
+        progress: v
+            .progress
+            .iter()
+            .map(|p| pb::PhaseProgress {
+                party: p.party.clone(),
+                phase: p.phase.clone(),
+                done: p.done,
+                total: p.total,
+            })
+            .collect(),
+        charge_micros: j.charge_micros,
+        created_at_ms: j.created_at_ms,
+        finished_at_ms: j.finished_at_ms.unwrap_or(0),
+    }
+}
+
+fn licence_to_pb(l: &LicenceRecord) -> pb::Licence {
+    pb::Licence {
+        licence_id: l.licence_id.clone(),
+        licensor: l.licensor.clone(),
+        licensee: l.licensee.clone(),
+        dataset_id: l.dataset_id.clone(),
+        policy_json: serde_json::to_string(&l.policy).unwrap_or_default(),
+        price_per_job_micros: l.price.per_job_micros,
+        price_per_1k_rows_micros: l.price.per_1k_rows_micros,
+        operator_share_bps: l.price.operator_share_bps,
+    }
+}
+
+fn required(name: &str, v: &str) -> Result<(), Status> {
+    if v.trim().is_empty() {
+        return Err(invalid(format!("{name} is required")));
+    }
+    if v.len() > 256 || v.chars().any(char::is_control) {
+        return Err(invalid(format!(
+            "{name} must be at most 256 bytes without control characters"
+        )));
+    }
+    Ok(())
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Operator for OperatorService {
+    async fn register_worker(
+        &self,
+        req: Request<pb::RegisterWorkerRequest>,
+    ) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
+        let r = req.into_inner();
+        let a = r
+            .attributes
+            .ok_or_else(|| invalid("attributes are required"))?;
+        let attrs = WorkerAttributes {
+            party: a.party,
+            region: a.region,
+            compute_centre: a.compute_centre,
+            hardware: a.hardware,
+            ai_frameworks: a.ai_frameworks,
+            software_env: a.software_env,
+        };
+        let id = self
+            .scheduler
+            .register_worker(Some(r.worker_id), attrs, r.peer_addr)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb::RegisterWorkerResponse {
+            worker_id: id,
+            operator_key_hex: self.scheduler.operator_key_hex(),
+            heartbeat_interval_ms: self.scheduler.config().heartbeat_interval_ms,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        self.scheduler
+            .heartbeat(&req.into_inner().worker_id)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb::HeartbeatResponse {}))
+    }
+
+    type PullTasksStream = BoxStream<pb::TaskEnvelope>;
+
+    async fn pull_tasks(
+        &self,
+        req: Request<pb::PullTasksRequest>,
+    ) -> Result<Response<Self::PullTasksStream>, Status> {
+        let rx = self
+            .scheduler
+            .connect(&req.into_inner().worker_id)
+            .await
+            .map_err(|e| status(&e))?;
+        let stream = ReceiverStream::new(rx).map(|d| {
+            Ok(pb::TaskEnvelope {
+                kind: Some(match d {
+                    Delivery::Assign { spec_json, ticket } => {
+                        pb::task_envelope::Kind::Assign(pb::TaskAssignment {
+                            spec_json: spec_json.into_bytes().into(),
+                            ticket_body: ticket.body,
+                            ticket_signature_hex: ticket.signature_hex,
+                        })
+                    }
+                    Delivery::Cancel { task_id, reason } => {
+                        pb::task_envelope::Kind::Cancel(pb::TaskCancel { task_id, reason })
+                    }
+                }),
+            })
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn report_progress(
+        &self,
+        req: Request<pb::ProgressReport>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let r = req.into_inner();
+        self.scheduler
+            .report_progress(&r.worker_id, &r.task_id, &r.phase, r.done, r.total)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn report_result(
+        &self,
+        req: Request<pb::TaskResult>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let r = req.into_inner();
+        let u = r.usage.unwrap_or_default();
+        let report = TaskReport {
+            ok: r.ok,
+            error_kind: r.error_kind.chars().take(32).collect(),
+            error: r.error.chars().take(4096).collect(),
+            usage: TaskUsage {
+                cpu_ms: u.cpu_ms,
+                wall_ms: u.wall_ms,
+                rows_in: u.rows_in,
+                bytes_sent: u.bytes_sent,
+                bytes_received: u.bytes_received,
+                frames_sent: u.frames_sent,
+                frames_received: u.frames_received,
+                peak_rss_kb: u.peak_rss_kb,
+            },
+            result_size: r.result_size,
+            result_location: r.result_location.chars().take(256).collect(),
+        };
+        self.scheduler
+            .report_result(&r.worker_id, &r.task_id, report)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn create_dataset(
+        &self,
+        req: Request<pb::CreateDatasetRequest>,
+    ) -> Result<Response<pb::Dataset>, Status> {
+        let r = req.into_inner();
+        required("dataset_id", &r.dataset_id)?;
+        required("owner_party", &r.owner_party)?;
+        required("location", &r.location)?;
+        if r.location.contains('/') || r.location.contains('\\') || r.location.starts_with('.') {
+            return Err(invalid(
+                "location must be a plain file name inside the worker's dataset directory",
+            ));
+        }
+        let d = DatasetRecord {
+            dataset_id: r.dataset_id,
+            owner_party: r.owner_party,
+            location: r.location,
+            description: r.description.chars().take(1024).collect(),
+        };
+        self.scheduler
+            .store()
+            .create_dataset(&d, self.now())
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(pb::Dataset {
+            dataset_id: d.dataset_id,
+            owner_party: d.owner_party,
+            location: d.location,
+            description: d.description,
+        }))
+    }
+
+    async fn create_licence(
+        &self,
+        req: Request<pb::CreateLicenceRequest>,
+    ) -> Result<Response<pb::Licence>, Status> {
+        let r = req.into_inner();
+        required("licensor", &r.licensor)?;
+        required("licensee", &r.licensee)?;
+        required("dataset_id", &r.dataset_id)?;
+        let policy = UsagePolicy::from_json(&r.policy_json).map_err(|e| invalid(e.to_string()))?;
+        let price = JobPrice {
+            per_job_micros: r.price_per_job_micros,
+            per_1k_rows_micros: r.price_per_1k_rows_micros,
+            operator_share_bps: r.operator_share_bps,
+        };
+        price.validate().map_err(|e| invalid(e.to_string()))?;
+        let dataset = self
+            .scheduler
+            .store()
+            .dataset(&r.dataset_id)
+            .await
+            .map_err(store_status)?;
+        if dataset.owner_party != r.licensor {
+            return Err(invalid(format!(
+                "dataset {} belongs to {}, who alone can license it",
+                dataset.dataset_id, dataset.owner_party
+            )));
+        }
+        let licence_id = self.scheduler.new_id("lic-");
+        let l = LicenceRecord {
+            licence_id: licence_id.clone(),
+            licensor: r.licensor,
+            licensee: r.licensee,
+            dataset_id: r.dataset_id,
+            policy,
+            price,
+        };
+        let store = self.scheduler.store();
+        store
+            .create_licence(&l, self.now())
+            .await
+            .map_err(store_status)?;
+        let l = store.licence(&licence_id).await.map_err(store_status)?;
+        Ok(Response::new(licence_to_pb(&l)))
+    }
+
+    async fn get_licence(
+        &self,
+        req: Request<pb::LicenceRef>,
+    ) -> Result<Response<pb::Licence>, Status> {
+        let l = self
+            .scheduler
+            .store()
+            .licence(&req.into_inner().licence_id)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(licence_to_pb(&l)))
+    }
+
+    async fn submit_job(
+        &self,
+        req: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let r = req.into_inner();
+        let groups = r
+            .user_groups
+            .split(',')
+            .map(str::trim)
+            .filter(|g| !g.is_empty())
+            .map(String::from)
+            .collect();
+        let job = JobRequest {
+            user: r.user,
+            user_groups: groups,
+            licence_id: r.licence_id,
+            scene: if r.scene.is_empty() {
+                "psi".into()
+            } else {
+                r.scene
+            },
+            buyer_party: r.buyer_party,
+            buyer_dataset_id: r.buyer_dataset_id,
+            buyer_columns: r.buyer_columns,
+            provider_columns: r.provider_columns,
+            mode: if r.mode.is_empty() {
+                "intersection".into()
+            } else {
+                r.mode
+            },
+            key_case: if r.key_case.is_empty() {
+                "preserve".into()
+            } else {
+                r.key_case
+            },
+            output: r.output,
+        };
+        let view = self.scheduler.submit(job).await.map_err(|e| status(&e))?;
+        Ok(Response::new(job_to_pb(&view)))
+    }
+
+    async fn get_job(&self, req: Request<pb::JobRef>) -> Result<Response<pb::Job>, Status> {
+        let v = self
+            .scheduler
+            .job(&req.into_inner().job_id)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(job_to_pb(&v)))
+    }
+
+    type WatchJobStream = BoxStream<pb::Job>;
+
+    async fn watch_job(
+        &self,
+        req: Request<pb::JobRef>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let rx = self
+            .scheduler
+            .watch(&req.into_inner().job_id)
+            .await
+            .map_err(|e| status(&e))?;
+        // Ends after the first terminal state.
+        let stream = futures::StreamExt::scan(WatchStream::new(rx), false, |done, v| {
+            let out = if *done {
+                None
+            } else {
+                *done = v.job.is_terminal();
+                Some(Ok(job_to_pb(&v)))
+            };
+            futures::future::ready(out)
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn cancel_job(&self, req: Request<pb::JobRef>) -> Result<Response<pb::Job>, Status> {
+        let user = req
+            .metadata()
+            .get("x-tessera-user")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let v = self
+            .scheduler
+            .cancel(&req.into_inner().job_id, &user)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(job_to_pb(&v)))
+    }
+
+    async fn deposit(&self, req: Request<pb::DepositRequest>) -> Result<Response<pb::Ack>, Status> {
+        let r = req.into_inner();
+        required("account", &r.account)?;
+        required("idempotency_key", &r.idempotency_key)?;
+        if r.amount_micros <= 0 {
+            return Err(invalid("amount_micros must be positive"));
+        }
+        let t = TransferSpec {
+            id: derive_id(&["deposit", &r.idempotency_key]),
+            debit: AccountRef::External.name(),
+            credit: AccountRef::CustomerCash(r.account.clone()).name(),
+            amount_micros: r.amount_micros,
+            job_id: None,
+            memo: format!("deposit {}", r.idempotency_key),
+        };
+        self.scheduler
+            .store()
+            .post_transfers(&[t], self.now())
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn list_usage(
+        &self,
+        _req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::UsageList>, Status> {
+        let events = self
+            .scheduler
+            .store()
+            .usage_events()
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(pb::UsageList {
+            events: events
+                .into_iter()
+                .map(|e| pb::UsageEvent {
+                    event_id: e.event_id,
+                    job_id: e.job_id,
+                    party: e.party,
+                    metric: e.metric,
+                    quantity: u64::try_from(e.quantity).unwrap_or(0),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn list_balances(
+        &self,
+        _req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::BalanceList>, Status> {
+        let store = self.scheduler.store();
+        let balances = store.balances().await.map_err(store_status)?;
+        let balanced = store.ledger_balanced().await.map_err(store_status)?;
+        Ok(Response::new(pb::BalanceList {
+            balances: balances
+                .into_iter()
+                .map(|b| pb::Balance {
+                    account: b.account,
+                    balance_micros: b.balance_micros,
+                })
+                .collect(),
+            balanced,
+        }))
+    }
+
+    async fn list_transfers(
+        &self,
+        _req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::TransferList>, Status> {
+        let transfers = self
+            .scheduler
+            .store()
+            .transfers()
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(pb::TransferList {
+            transfers: transfers
+                .into_iter()
+                .map(|t| pb::Transfer {
+                    transfer_id: t.spec.id,
+                    debit_account: t.spec.debit,
+                    credit_account: t.spec.credit,
+                    amount_micros: t.spec.amount_micros,
+                    job_id: t.spec.job_id.unwrap_or_default(),
+                    memo: t.spec.memo,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn verify_audit(
+        &self,
+        _req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::AuditVerification>, Status> {
+        let v = self
+            .scheduler
+            .store()
+            .verify_audit()
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(pb::AuditVerification {
+            ok: v.ok(),
+            entries: v.entries,
+            first_broken_seq: v.first_broken_seq.map(|s| u64::try_from(s).unwrap_or(0)),
+            detail: v.detail,
+        }))
+    }
+}

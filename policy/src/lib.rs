@@ -1,1 +1,386 @@
-//! Licence usage policy (T/AI 123.12 useScenes) and its pure evaluator
+//! Licence usage policies in the shape of T/AI 123.12 tables A.48–A.50, and a pure evaluator.
+//!
+//! A policy names the users (or groups) allowed, a validity window and the scenes a licence
+//! may be used for; each scene may limit the number of runs and the region, compute centre,
+//! hardware, AI framework and software environment a run may use. [`evaluate`] returns a
+//! verdict per constraint so that every refusal carries its reasons; [`worker_fits`] checks a
+//! worker's declared attributes against a scene. Count reservation is not done here: the store
+//! reserves counts atomically with the job record.
+
+use serde::{Deserialize, Serialize};
+use tessera_core::WorkerAttributes;
+
+mod time;
+pub use time::{format_datetime, parse_datetime};
+
+/// Why a policy document was rejected.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum PolicyError {
+    /// The JSON does not have the T/AI shape.
+    #[error("policy JSON: {0}")]
+    Json(String),
+    /// A date is not `yyyy-mm-dd HH:MM:SS`.
+    #[error("date {value:?} is not yyyy-mm-dd HH:MM:SS")]
+    BadDate {
+        /// The offending text.
+        value: String,
+    },
+    /// A field's value is not allowed.
+    #[error("invalid policy: {0}")]
+    Invalid(String),
+}
+
+/// A user or group allowed by the policy (table A.49).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RelUser {
+    /// User id or group id.
+    pub user_id: String,
+    /// Display name.
+    #[serde(default)]
+    pub user_name: String,
+    /// 0: a user, 1: a group.
+    #[serde(default)]
+    pub is_group: u8,
+}
+
+/// A T/AI "json" list field: accepted as a string, a list of strings, or absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "ListField", into = "Vec<String>")]
+pub struct AllowList(pub Vec<String>);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ListField {
+    Null,
+    One(String),
+    Many(Vec<String>),
+}
+
+impl From<ListField> for AllowList {
+    fn from(v: ListField) -> Self {
+        match v {
+            ListField::Null => AllowList(Vec::new()),
+            ListField::One(s) if s.trim().is_empty() => AllowList(Vec::new()),
+            ListField::One(s) => AllowList(vec![s]),
+            ListField::Many(v) => AllowList(v),
+        }
+    }
+}
+
+impl From<AllowList> for Vec<String> {
+    fn from(v: AllowList) -> Self {
+        v.0
+    }
+}
+
+impl AllowList {
+    /// Empty means "any".
+    pub fn allows(&self, value: &str) -> bool {
+        self.0.is_empty() || self.0.iter().any(|v| v == value)
+    }
+    /// Whether any of `values` is allowed.
+    pub fn allows_any(&self, values: &[String]) -> bool {
+        self.0.is_empty() || values.iter().any(|v| self.allows(v))
+    }
+}
+
+/// One scene's settings (table A.50).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UseScene {
+    /// The scene name (the standard spells the field `useSence`), e.g. `psi`.
+    #[serde(rename = "useSence")]
+    pub use_sence: String,
+    /// Preview row range (kept, not enforced by compute scenes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view_rows_range: Option<serde_json::Value>,
+    /// Preview page range (kept, not enforced by compute scenes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view_page_range: Option<serde_json::Value>,
+    /// Run limit; absent means unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts: Option<u64>,
+    /// Runs left; maintained by the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining_counts: Option<u64>,
+    /// Allowed hardware.
+    #[serde(default)]
+    pub env_hard: AllowList,
+    /// Allowed run regions.
+    #[serde(default)]
+    pub visit_area: AllowList,
+    /// Allowed AI frameworks.
+    #[serde(default)]
+    pub ai_frame: AllowList,
+    /// Allowed software environments.
+    #[serde(default)]
+    pub env_soft: AllowList,
+    /// Allowed compute centres.
+    #[serde(default)]
+    pub cp_center: AllowList,
+}
+
+/// A usage policy (table A.48 minus the licence and data id, which the licence record holds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UsagePolicy {
+    /// Policy name.
+    pub policy_name: String,
+    /// Users and groups allowed.
+    pub rel_users: Vec<RelUser>,
+    /// Start of validity, `yyyy-mm-dd HH:MM:SS` (UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_date: Option<String>,
+    /// End of validity, `yyyy-mm-dd HH:MM:SS` (UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_date: Option<String>,
+    /// Scenes allowed.
+    pub use_scenes: Vec<UseScene>,
+}
+
+/// Largest policy document accepted, in bytes.
+pub const POLICY_JSON_BYTES_MAX: usize = 64 * 1024;
+
+impl UsagePolicy {
+    /// Parses and checks a policy document.
+    pub fn from_json(text: &str) -> Result<Self, PolicyError> {
+        if text.len() > POLICY_JSON_BYTES_MAX {
+            return Err(PolicyError::Invalid(format!(
+                "policy is {} bytes, limit {POLICY_JSON_BYTES_MAX}",
+                text.len()
+            )));
+        }
+        let p: UsagePolicy =
+            serde_json::from_str(text).map_err(|e| PolicyError::Json(e.to_string()))?;
+        p.validate()?;
+        Ok(p)
+    }
+
+    /// Checks dates, scene names and counts.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        let (start, end) = self.window_ms()?;
+        if let (Some(s), Some(e)) = (start, end) {
+            if e <= s {
+                return Err(PolicyError::Invalid(
+                    "endDate must be after startDate".into(),
+                ));
+            }
+        }
+        if self.use_scenes.is_empty() {
+            return Err(PolicyError::Invalid("useScenes must not be empty".into()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for s in &self.use_scenes {
+            if s.use_sence.trim().is_empty() {
+                return Err(PolicyError::Invalid("a scene has an empty useSence".into()));
+            }
+            if !seen.insert(s.use_sence.as_str()) {
+                return Err(PolicyError::Invalid(format!(
+                    "scene {} appears twice",
+                    s.use_sence
+                )));
+            }
+            if let (Some(c), Some(r)) = (s.counts, s.remaining_counts) {
+                if r > c {
+                    return Err(PolicyError::Invalid(format!(
+                        "scene {}: remainingCounts {r} exceeds counts {c}",
+                        s.use_sence
+                    )));
+                }
+            }
+        }
+        if self.rel_users.iter().any(|u| u.is_group > 1) {
+            return Err(PolicyError::Invalid("isGroup must be 0 or 1".into()));
+        }
+        Ok(())
+    }
+
+    /// The validity window in ms since epoch.
+    pub fn window_ms(&self) -> Result<(Option<i64>, Option<i64>), PolicyError> {
+        let start = self.start_date.as_deref().map(parse_datetime).transpose()?;
+        let end = self.end_date.as_deref().map(parse_datetime).transpose()?;
+        Ok((start, end))
+    }
+
+    /// The scene named `scene`, if the policy has it.
+    pub fn scene(&self, scene: &str) -> Option<&UseScene> {
+        self.use_scenes.iter().find(|s| s.use_sence == scene)
+    }
+}
+
+/// The constraint a check is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Constraint {
+    /// `relUsers`.
+    User,
+    /// `useScenes[].useSence`.
+    Scene,
+    /// `startDate` / `endDate`.
+    Window,
+    /// `counts` / `remainingCounts`.
+    Count,
+}
+
+/// One constraint's outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    /// Which constraint.
+    pub constraint: Constraint,
+    /// Whether it passed.
+    pub ok: bool,
+    /// Human-readable explanation.
+    pub reason: String,
+}
+
+/// The evaluator's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// Every check, passed or not.
+    pub checks: Vec<Check>,
+}
+
+impl Verdict {
+    /// Whether every check passed.
+    pub fn allowed(&self) -> bool {
+        self.checks.iter().all(|c| c.ok)
+    }
+    /// The reasons of the failed checks.
+    pub fn refusals(&self) -> Vec<String> {
+        self.checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| c.reason.clone())
+            .collect()
+    }
+}
+
+/// What is being asked for.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    /// The submitting user.
+    pub user: &'a str,
+    /// Groups the user belongs to.
+    pub groups: &'a [String],
+    /// Scene requested.
+    pub scene: &'a str,
+    /// Time of the request, ms since epoch.
+    pub now_ms: i64,
+}
+
+/// Evaluates a request against a policy; `remaining` is the scene's current remaining count
+/// as held by the store (`None` for unlimited).
+pub fn evaluate(policy: &UsagePolicy, req: &Request<'_>, remaining: Option<u64>) -> Verdict {
+    let mut checks = Vec::with_capacity(4);
+    let user_ok = policy.rel_users.iter().any(|u| {
+        if u.is_group == 1 {
+            req.groups.iter().any(|g| *g == u.user_id)
+        } else {
+            u.user_id == req.user
+        }
+    });
+    checks.push(Check {
+        constraint: Constraint::User,
+        ok: user_ok,
+        reason: if user_ok {
+            format!("user {} is allowed", req.user)
+        } else {
+            format!(
+                "user {} is not in relUsers of policy {}",
+                req.user, policy.policy_name
+            )
+        },
+    });
+    let scene = policy.scene(req.scene);
+    checks.push(Check {
+        constraint: Constraint::Scene,
+        ok: scene.is_some(),
+        reason: match scene {
+            Some(_) => format!("scene {} is allowed", req.scene),
+            None => format!("scene {} is not in useScenes", req.scene),
+        },
+    });
+    let (window_ok, window_reason) = match policy.window_ms() {
+        Err(e) => (false, format!("validity window unreadable: {e}")),
+        Ok((Some(s), _)) if req.now_ms < s => (
+            false,
+            format!(
+                "licence not yet valid: starts {}",
+                policy.start_date.as_deref().unwrap_or_default()
+            ),
+        ),
+        Ok((_, Some(e))) if req.now_ms >= e => (
+            false,
+            format!(
+                "licence expired: ended {}",
+                policy.end_date.as_deref().unwrap_or_default()
+            ),
+        ),
+        Ok(_) => (true, "inside the validity window".to_string()),
+    };
+    checks.push(Check {
+        constraint: Constraint::Window,
+        ok: window_ok,
+        reason: window_reason,
+    });
+    if scene.is_some() {
+        let (ok, reason) = match remaining {
+            None => (true, "no run limit".to_string()),
+            Some(0) => (
+                false,
+                format!("quota exhausted: no runs left for scene {}", req.scene),
+            ),
+            Some(n) => (true, format!("{n} runs left")),
+        };
+        checks.push(Check {
+            constraint: Constraint::Count,
+            ok,
+            reason,
+        });
+    }
+    Verdict { checks }
+}
+
+/// Checks a worker's attributes against a scene's environment lists; `Err` lists every misfit.
+pub fn worker_fits(scene: &UseScene, w: &WorkerAttributes) -> Result<(), Vec<String>> {
+    let mut misfits = Vec::new();
+    if !scene.visit_area.allows(&w.region) {
+        misfits.push(format!(
+            "region {} not in visitArea {:?}",
+            w.region, scene.visit_area.0
+        ));
+    }
+    if !scene.cp_center.allows(&w.compute_centre) {
+        misfits.push(format!(
+            "compute centre {} not in cpCenter {:?}",
+            w.compute_centre, scene.cp_center.0
+        ));
+    }
+    if !scene.env_hard.allows(&w.hardware) {
+        misfits.push(format!(
+            "hardware {} not in envHard {:?}",
+            w.hardware, scene.env_hard.0
+        ));
+    }
+    if !scene.ai_frame.allows_any(&w.ai_frameworks) {
+        misfits.push(format!(
+            "AI frameworks {:?} not in aiFrame {:?}",
+            w.ai_frameworks, scene.ai_frame.0
+        ));
+    }
+    if !scene.env_soft.allows(&w.software_env) {
+        misfits.push(format!(
+            "software environment {} not in envSoft {:?}",
+            w.software_env, scene.env_soft.0
+        ));
+    }
+    if misfits.is_empty() {
+        Ok(())
+    } else {
+        Err(misfits)
+    }
+}
+
+#[cfg(test)]
+mod tests;

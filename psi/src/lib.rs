@@ -1,1 +1,396 @@
-//! placeholder
+//! Two-party ECDH private set intersection (PSI) over ristretto255, written against
+//! [`tessera_core::Link`].
+//!
+//! Two roles take part: the **receiver** (the data buyer) learns the intersection of the two key
+//! sets ([`Mode::Intersection`]) or only its size ([`Mode::SizeOnly`]); the **sender** (the data
+//! provider) learns only the size of the receiver's set. Entry points: [`run_receiver`] and
+//! [`run_sender`].
+//!
+//! # Threat model
+//!
+//! * **Semi-honest (honest-but-curious) parties.** Each party follows the protocol but may try to
+//!   learn more from what it sees. Under the decisional Diffie–Hellman assumption in the
+//!   ristretto255 group, with the hash-to-group function modelled as a random oracle, neither party
+//!   learns more than listed below. With only two parties there is no third party whose
+//!   non-collusion must be assumed.
+//! * **Not secure against a malicious party.** A party that deviates from the protocol can:
+//!   - as receiver, blind chosen or guessed keys (up to the announced size, at most
+//!     [`MAX_SET_SIZE`]) and so test each of them for membership in the sender's set; this is
+//!     inherent to PSI, where nothing bounds what a party claims as its input;
+//!   - as receiver in [`Mode::SizeOnly`], blind each of its items with a *different* exponent
+//!     (`H(x_i)^{a·r_i}`) instead of one key; the sender cannot tell, and the receiver can then
+//!     undo the sender's shuffle by trial exponentiation and learn the full intersection, not
+//!     just its size. Size-only mode therefore hides which keys matched only from a
+//!     semi-honest receiver;
+//!   - as sender, make the receiver's output wrong: return the doubly-blinded values in another
+//!     order (attributing membership to the wrong keys), drop or replace values (hiding
+//!     members), or add points for keys it does not hold. It learns nothing more about the
+//!     receiver's keys this way: all it ever sees from the receiver are pseudo-random group
+//!     elements (under DDH) and it never receives the receiver's output;
+//!   - either side can abort at any point, or announce a set size other than its real one.
+//!
+//!   Malformed frames, bad point encodings, identity points, wrong counts and oversize frames are
+//!   rejected with [`PsiError::Protocol`] (or a [`tessera_core::LinkError`]) and never panic.
+//!
+//! # What each party learns
+//!
+//! * Both: the protocol version, the mode, the other party's *distinct* set size (duplicates are
+//!   removed locally first, so they neither leak nor double count) and its batch size.
+//! * Receiver: in [`Mode::Intersection`] which of its distinct keys are in the sender's set
+//!   (reported as [`ReceiverOutput::intersection`], indices of first occurrences); in
+//!   [`Mode::SizeOnly`] only the number of common distinct keys. The sender's values arrive
+//!   shuffled, and in size-only mode the receiver's own doubly-blinded values come back shuffled
+//!   as well, so the receiver cannot tell *which* of its keys matched.
+//! * Sender: only the receiver's distinct set size. It sees the receiver's items only as
+//!   pseudo-random group elements and learns neither the intersection nor its size.
+//!
+//! # Primitives
+//!
+//! * Hash to group: `H(x) = RistrettoPoint::from_hash(SHA-512(HASH_DOMAIN || x))`, i.e. the
+//!   RFC 9496 one-way map (two Elligator maps of 32-byte halves, added) applied to a 64-byte
+//!   SHA-512 output. [`HASH_DOMAIN`] (`b"tessera-psi-v1\0"`) separates these hashes from any other
+//!   use of SHA-512 on the same keys; it has a fixed length, so the encoding is unambiguous.
+//! * Each party draws a secret non-zero scalar (`a` for the receiver, `b` for the sender) from the
+//!   caller's RNG. It lives in a wrapper that zeroizes it on drop and prints as `<redacted>`.
+//! * On the wire points are 32-byte compressed Ristretto encodings; decoding rejects non-canonical
+//!   encodings and the identity.
+//! * Doubly-blinded values, used only for equality tests, are truncated to
+//!   [`DOUBLE_BLINDED_BYTES`] = 16 bytes (the first 16 bytes of the canonical encoding, which
+//!   carry 127 bits of entropy since the lowest bit of a canonical encoding is always 0). For
+//!   sets of sizes `n_r` and `n_s` the probability that any false match occurs is at most
+//!   `n_r · n_s / 2^127`; at the bound of 5·10^7 items per side that is below 2^-76.
+//!
+//! # Message flow
+//!
+//! Every frame starts with a one-byte kind; batches continue with a little-endian `u32` item
+//! count and exactly that many fixed-width items.
+//!
+//! 1. Both → both: `Hello` (magic, protocol version, role, mode, distinct set size, batch size).
+//!    Each side checks version, complementary roles, equal modes, and that the peer's set size is
+//!    at most [`MAX_SET_SIZE`] and its batch size at most [`BATCH_ITEMS_LIMIT`], before
+//!    allocating anything for the peer's data.
+//! 2. Receiver → sender: `Points` batches of `H(x)^a` for its distinct keys, in order.
+//!    Concurrently, sender → receiver: `Points` batches of `H(y)^b` for its distinct keys, in an
+//!    order shuffled with the caller's RNG.
+//! 3. Sender → receiver: `Values` batches of `trunc(H(x)^ab)`: per received batch and in the
+//!    received order in intersection mode; in size-only mode all of them are first collected and
+//!    shuffled, then sent.
+//! 4. Receiver: computes `trunc(H(y)^ba)` for the sender's points, sends `Done` once it has all
+//!    frames, and matches the two value sets (sort + binary search).
+//! 5. Sender waits for `Done`, so that it never hangs up while frames are still in flight.
+//!
+//! On a local failure a party sends a best-effort `Abort` frame with a reason code (only if the
+//! link accepts it without waiting), so that the peer stops with [`PsiError::PeerAborted`]
+//! instead of waiting; it never contains any data.
+//!
+//! # Bounds and performance
+//!
+//! * Items per batch: `min(PsiConfig::batch_items_max, (link.frame_bytes_max() - 5) / 32)`, and
+//!   at most [`BATCH_ITEMS_LIMIT`]. So every frame is at most `link.frame_bytes_max()` bytes and
+//!   carries at most `batch_items_max` items; nothing is ever sent as one message per set. A
+//!   received batch must be non-empty, exactly the announced length, and may not bring the total
+//!   above the announced set size.
+//! * Own input: at most [`MAX_SET_SIZE`] items of at most [`MAX_ITEM_BYTES`] bytes.
+//! * Point arithmetic runs on the rayon pool (in chunks, with batched compression) inside
+//!   `tokio::task::spawn_blocking`, so it never blocks the async runtime. Sending and receiving
+//!   run concurrently (`tokio::try_join!`), so neither side can deadlock on a bounded link queue,
+//!   and hashing of the next batch overlaps the sending of the current one.
+
+use std::fmt;
+use std::str::FromStr;
+
+use tessera_core::LinkError;
+
+mod crypto;
+mod protocol;
+mod wire;
+
+pub use crypto::{DOUBLE_BLINDED_BYTES, HASH_DOMAIN, POINT_BYTES};
+pub use protocol::{run_receiver, run_sender};
+pub use wire::PROTOCOL_VERSION;
+
+/// Largest distinct set either party may have (and may announce): the dataset row bound.
+pub const MAX_SET_SIZE: usize = tessera_core::limits::DATASET_ROWS_MAX;
+/// Longest item accepted, in bytes: the dataset key bound.
+pub const MAX_ITEM_BYTES: usize = tessera_core::limits::KEY_BYTES_MAX;
+/// Largest batch size a party may configure or announce, in items.
+pub const BATCH_ITEMS_LIMIT: usize = 1 << 20;
+/// Default batch size, in items.
+pub const DEFAULT_BATCH_ITEMS: usize = 4096;
+
+/// Progress phase: own distinct items hashed to the group and blinded with the own key
+/// (`total` = own distinct set size).
+pub const PHASE_HASH: &str = "hash";
+/// Progress phase: the peer's blinded points blinded again with the own key (`total` = the
+/// peer's distinct set size for the receiver, the receiver's for the sender).
+pub const PHASE_BLIND: &str = "blind";
+/// Progress phase: doubly-blinded values of the receiver's items received (receiver) or sent
+/// (sender); `total` = the receiver's distinct set size.
+pub const PHASE_EXCHANGE: &str = "exchange";
+/// Progress phase (receiver only): comparison of the two value sets (`total` = own distinct set
+/// size); reported at the start and at the end.
+pub const PHASE_MATCH: &str = "match";
+
+/// Which side of the protocol a party plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The data provider: learns only the receiver's set size.
+    Sender,
+    /// The data buyer: learns the intersection or its size.
+    Receiver,
+}
+
+impl Role {
+    /// The lowercase name used by serde, `FromStr` and `Display`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Sender => "sender",
+            Role::Receiver => "receiver",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A string that names no [`Role`] or [`Mode`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {value:?}; expected one of: {expected}")]
+pub struct ParseNameError {
+    /// What was being parsed (`"role"` or `"mode"`).
+    pub what: &'static str,
+    /// The rejected input.
+    pub value: String,
+    /// The accepted names.
+    pub expected: &'static str,
+}
+
+impl FromStr for Role {
+    type Err = ParseNameError;
+
+    /// Accepts `sender` or `receiver`, ignoring ASCII case.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Role::Sender, Role::Receiver]
+            .into_iter()
+            .find(|r| r.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| ParseNameError {
+                what: "role",
+                value: s.to_owned(),
+                expected: "sender, receiver",
+            })
+    }
+}
+
+/// What the receiver learns.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub enum Mode {
+    /// The receiver learns which of its keys are common (and how many).
+    #[default]
+    #[serde(rename = "intersection")]
+    Intersection,
+    /// The receiver learns only how many keys are common.
+    #[serde(rename = "size")]
+    SizeOnly,
+}
+
+impl Mode {
+    /// The name used by serde, `FromStr` and `Display`: `intersection` or `size`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Intersection => "intersection",
+            Mode::SizeOnly => "size",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Mode {
+    type Err = ParseNameError;
+
+    /// Accepts `intersection` or `size` (also `size_only`/`sizeonly`), ignoring ASCII case.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let lower = s.to_ascii_lowercase();
+        match lower.as_str() {
+            "intersection" => Ok(Mode::Intersection),
+            "size" | "size_only" | "sizeonly" => Ok(Mode::SizeOnly),
+            _ => Err(ParseNameError {
+                what: "mode",
+                value: s.to_owned(),
+                expected: "intersection, size",
+            }),
+        }
+    }
+}
+
+/// Protocol settings. Both parties must use the same mode; batch sizes may differ.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct PsiConfig {
+    /// What the receiver learns.
+    pub mode: Mode,
+    /// Most items this party puts in one frame (1..=[`BATCH_ITEMS_LIMIT`]); further capped so
+    /// that a frame fits the link's `frame_bytes_max`.
+    pub batch_items_max: usize,
+}
+
+impl Default for PsiConfig {
+    fn default() -> Self {
+        PsiConfig {
+            mode: Mode::Intersection,
+            batch_items_max: DEFAULT_BATCH_ITEMS,
+        }
+    }
+}
+
+/// Receives progress reports (at most one per batch and phase).
+pub trait Progress: Send + Sync {
+    /// `done` of `total` units of `phase` (one of the `PHASE_*` constants) are complete.
+    fn report(&self, phase: &str, done: u64, total: u64);
+}
+
+/// A [`Progress`] that ignores every report.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn report(&self, _phase: &str, _done: u64, _total: u64) {}
+}
+
+/// What the receiver learns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiverOutput {
+    /// Number of distinct keys in both sets.
+    pub intersection_size: u64,
+    /// The sender's distinct set size.
+    pub sender_set_size: u64,
+    /// In [`Mode::Intersection`]: for each distinct common key, the index of its first occurrence
+    /// in the receiver's input, ascending. `None` in [`Mode::SizeOnly`].
+    pub intersection: Option<Vec<usize>>,
+}
+
+/// What the sender learns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SenderOutput {
+    /// The receiver's distinct set size.
+    pub receiver_set_size: u64,
+}
+
+/// Why a party stopped, as carried in an `Abort` frame. Contains no data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AbortReason {
+    /// The peer found our frames malformed or unexpected.
+    Protocol,
+    /// The peer runs a different protocol version.
+    VersionMismatch,
+    /// The peer plays the same role as we do.
+    RoleMismatch,
+    /// The peer is configured with a different mode.
+    ModeMismatch,
+    /// A size bound was exceeded on the peer's side.
+    TooLarge,
+    /// The peer's configuration is invalid.
+    InvalidConfig,
+    /// The peer failed internally.
+    Internal,
+    /// A reason code this version does not know.
+    Unknown(u8),
+}
+
+impl fmt::Display for AbortReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AbortReason::Protocol => f.write_str("protocol violation"),
+            AbortReason::VersionMismatch => f.write_str("protocol version mismatch"),
+            AbortReason::RoleMismatch => f.write_str("role mismatch"),
+            AbortReason::ModeMismatch => f.write_str("mode mismatch"),
+            AbortReason::TooLarge => f.write_str("size bound exceeded"),
+            AbortReason::InvalidConfig => f.write_str("invalid configuration"),
+            AbortReason::Internal => f.write_str("internal error"),
+            AbortReason::Unknown(c) => write!(f, "unknown reason code {c}"),
+        }
+    }
+}
+
+/// Why a PSI run failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PsiError {
+    /// The link failed (peer gone, oversize frame, timeout, transport error).
+    #[error("link: {0}")]
+    Link(#[from] LinkError),
+    /// The peer sent a malformed or unexpected frame.
+    #[error("protocol violation by the peer: {0}")]
+    Protocol(String),
+    /// The peer speaks another protocol version.
+    #[error("protocol version mismatch: ours {ours}, peer {theirs}")]
+    VersionMismatch {
+        /// Our version.
+        ours: u16,
+        /// The peer's version.
+        theirs: u16,
+    },
+    /// Both parties play the same role.
+    #[error("role mismatch: both parties are {ours}")]
+    RoleMismatch {
+        /// Our role (and the peer's).
+        ours: Role,
+    },
+    /// The parties are configured with different modes.
+    #[error("mode mismatch: ours {ours}, peer {theirs}")]
+    ModeMismatch {
+        /// Our mode.
+        ours: Mode,
+        /// The peer's mode.
+        theirs: Mode,
+    },
+    /// A size bound was exceeded, by our own input or by the peer's announcement.
+    #[error("{what} is {len}, above the limit of {max}")]
+    TooLarge {
+        /// What was too large: `"own set size"`, `"item bytes"` or `"peer set size"`.
+        what: &'static str,
+        /// The offending size.
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// Our own configuration cannot work (zero batch size, or a link frame too small for one item).
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    /// The peer stopped and told us why.
+    #[error("the peer aborted: {reason}")]
+    PeerAborted {
+        /// The reason it gave.
+        reason: AbortReason,
+    },
+    /// A computation task failed (panicked or was cancelled by the runtime).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl PsiError {
+    /// The reason to send to the peer when we stop with this error, if the peer should be told.
+    pub(crate) fn abort_reason(&self) -> Option<AbortReason> {
+        match self {
+            // The peer broke the frame bound: tell it; other link failures mean it cannot hear us.
+            PsiError::Link(LinkError::FrameTooLarge { .. }) => Some(AbortReason::Protocol),
+            PsiError::Link(_) | PsiError::PeerAborted { .. } => None,
+            PsiError::Protocol(_) => Some(AbortReason::Protocol),
+            PsiError::VersionMismatch { .. } => Some(AbortReason::VersionMismatch),
+            PsiError::RoleMismatch { .. } => Some(AbortReason::RoleMismatch),
+            PsiError::ModeMismatch { .. } => Some(AbortReason::ModeMismatch),
+            PsiError::TooLarge { .. } => Some(AbortReason::TooLarge),
+            PsiError::InvalidConfig(_) => Some(AbortReason::InvalidConfig),
+            PsiError::Internal(_) => Some(AbortReason::Internal),
+        }
+    }
+}

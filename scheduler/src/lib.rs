@@ -1,1 +1,270 @@
-//! Job lifecycle: admission, placement, dispatch, progress, completion
+//! The job lifecycle on the operator node: admission (policy check, count reservation and job
+//! record in one store transaction), placement on live workers whose attributes fit the
+//! policy, dispatch with signed tickets, progress, completion (count commit or release, usage
+//! events, charge), cancellation and worker-loss handling.
+//!
+//! The scheduler knows nothing about gRPC: workers are reached through bounded channels of
+//! [`Delivery`] that the gateway turns into a task stream.
+
+mod registry;
+mod submit;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use serde::Serialize;
+use tessera_core::Clock;
+use tessera_core::ticket::{SignedTicket, TicketSigner};
+use tessera_store::{JobRecord, Store, StoreError};
+use tokio::sync::{Mutex, mpsc, watch};
+
+pub use registry::{LiveWorker, WorkerView};
+pub use submit::{JobRequest, TaskReport, TaskUsage};
+
+/// Why a scheduler call failed (refusals are not errors: they are recorded job states).
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The request is malformed.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// Unknown worker, job or task.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The caller may not do this.
+    #[error("permission denied: {0}")]
+    Forbidden(String),
+}
+
+/// Tunables.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// A worker silent for this long is lost.
+    pub heartbeat_timeout_ms: i64,
+    /// Interval workers are asked to heartbeat at.
+    pub heartbeat_interval_ms: u64,
+    /// Ticket lifetime.
+    pub ticket_ttl_ms: i64,
+    /// Tasks buffered per worker channel.
+    pub delivery_queue_max: usize,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_timeout_ms: 10_000,
+            heartbeat_interval_ms: 2_000,
+            ticket_ttl_ms: tessera_core::limits::TICKET_TTL_MS,
+            delivery_queue_max: 64,
+        }
+    }
+}
+
+/// Something sent to a worker.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    /// Run this task.
+    Assign {
+        /// Exact spec bytes (JSON of `TaskSpec`).
+        spec_json: String,
+        /// The operator's ticket for it.
+        ticket: SignedTicket,
+    },
+    /// Stop this task.
+    Cancel {
+        /// Task id.
+        task_id: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One party's progress in one phase.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PhaseProgress {
+    /// Party.
+    pub party: String,
+    /// Phase name.
+    pub phase: String,
+    /// Units done.
+    pub done: u64,
+    /// Units in the phase.
+    pub total: u64,
+}
+
+/// A job with its live progress, as `watch` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobView {
+    /// The stored job.
+    pub job: JobRecord,
+    /// Latest progress per party.
+    pub progress: Vec<PhaseProgress>,
+}
+
+#[derive(Debug)]
+struct LiveTask {
+    worker_id: String,
+    party: String,
+    role: String,
+    report: Option<TaskReport>,
+}
+
+#[derive(Debug)]
+struct LiveJob {
+    user: String,
+    buyer_party: String,
+    provider_party: String,
+    price: tessera_accounting::JobPrice,
+    tasks: HashMap<String, LiveTask>,
+    progress: Vec<PhaseProgress>,
+    view: watch::Sender<JobView>,
+}
+
+/// The scheduler.
+pub struct Scheduler {
+    store: Store,
+    clock: Arc<dyn Clock>,
+    signer: TicketSigner,
+    config: SchedulerConfig,
+    rng: std::sync::Mutex<ChaCha20Rng>,
+    workers: Mutex<HashMap<String, LiveWorker>>,
+    jobs: Mutex<HashMap<String, LiveJob>>,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler")
+            .field("signer", &self.signer)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Scheduler {
+    /// A scheduler over `store`, signing tickets with `signer`, with ids drawn from an RNG
+    /// seeded by `rng_seed`.
+    pub fn new(
+        store: Store,
+        clock: Arc<dyn Clock>,
+        signer: TicketSigner,
+        config: SchedulerConfig,
+        rng_seed: [u8; 32],
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            clock,
+            signer,
+            config,
+            rng: std::sync::Mutex::new(ChaCha20Rng::from_seed(rng_seed)),
+            workers: Mutex::new(HashMap::new()),
+            jobs: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.config
+    }
+
+    /// The operator's public ticket key (hex).
+    pub fn operator_key_hex(&self) -> String {
+        self.signer.public_key_hex()
+    }
+
+    fn now(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    fn random_id(&self, prefix: &str) -> String {
+        use rand::RngCore;
+        let mut b = [0u8; 12];
+        match self.rng.lock() {
+            Ok(mut r) => r.fill_bytes(&mut b),
+            Err(poisoned) => poisoned.into_inner().fill_bytes(&mut b),
+        }
+        format!("{prefix}{}", hex::encode(b))
+    }
+
+    /// Fails every job left admitted or running by a previous run of the operator, releasing
+    /// its count: its workers' tasks died with the old connections.
+    pub async fn recover(&self) -> Result<usize, SchedulerError> {
+        let unfinished = self.store.unfinished_jobs().await?;
+        for j in &unfinished {
+            self.store
+                .finish_job(
+                    &j.job_id,
+                    &tessera_store::JobFinish::Failed {
+                        error: "operator restarted while the job ran".into(),
+                        buyer_fault: false,
+                    },
+                    self.now(),
+                )
+                .await?;
+        }
+        Ok(unfinished.len())
+    }
+
+    /// A job with its live progress.
+    pub async fn job(&self, job_id: &str) -> Result<JobView, SchedulerError> {
+        if let Some(j) = self.jobs.lock().await.get(job_id) {
+            return Ok(j.view.borrow().clone());
+        }
+        let job = self.store.job(job_id).await.map_err(|e| match e {
+            StoreError::NotFound { .. } => SchedulerError::NotFound(format!("job {job_id}")),
+            e => e.into(),
+        })?;
+        Ok(JobView {
+            job,
+            progress: Vec::new(),
+        })
+    }
+
+    /// Follows a job: the receiver sees every change until the job ends.
+    pub async fn watch(&self, job_id: &str) -> Result<watch::Receiver<JobView>, SchedulerError> {
+        if let Some(j) = self.jobs.lock().await.get(job_id) {
+            return Ok(j.view.subscribe());
+        }
+        let view = self.job(job_id).await?;
+        let (_tx, rx) = watch::channel(view);
+        Ok(rx)
+    }
+
+    /// Connects a worker's delivery channel; the gateway streams the receiver to the worker.
+    pub async fn connect(
+        &self,
+        worker_id: &str,
+    ) -> Result<mpsc::Receiver<Delivery>, SchedulerError> {
+        let (tx, rx) = mpsc::channel(self.config.delivery_queue_max);
+        let mut workers = self.workers.lock().await;
+        let w = workers
+            .get_mut(worker_id)
+            .ok_or_else(|| SchedulerError::NotFound(format!("worker {worker_id}")))?;
+        w.deliveries = Some(tx);
+        w.last_seen_ms = self.now();
+        Ok(rx)
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+impl Scheduler {
+    /// The scheduler's clock reading.
+    pub fn now_ms(&self) -> i64 {
+        self.now()
+    }
+
+    /// A fresh random id with `prefix`.
+    pub fn new_id(&self, prefix: &str) -> String {
+        self.random_id(prefix)
+    }
+}

@@ -1,1 +1,407 @@
-//! The party worker: datasets, ticket checks, engines, gRPC peer links, usage measurement
+//! The party worker (`tessera worker`): registers with the operator and declares its
+//! attributes, heartbeats, receives tasks over a gRPC stream, refuses any task whose ticket is
+//! not signed by the operator's key (or is expired, misaddressed or replayed), runs the engine
+//! role against a gRPC peer link, and reports progress and usage (CPU time, wall time, rows
+//! in, bytes and frames sent and received, peak memory).
+//!
+//! Raw rows never leave this process except as the engine's own protocol messages.
+
+pub mod exec;
+pub mod link;
+pub mod usage;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::StreamExt;
+use tessera_core::ticket::{SignedTicket, TicketVerifier};
+use tessera_core::{Clock, TaskSpec, WorkerAttributes};
+use tessera_proto::v1 as pb;
+use tessera_proto::v1::operator_client::OperatorClient;
+use tokio::sync::Mutex;
+use tonic::transport::Channel;
+
+use crate::exec::{ExecEnv, TaskError, measured, run_task};
+use crate::link::{PeerHub, serve_peer};
+
+/// How a worker is set up.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Operator URL, e.g. `http://127.0.0.1:7100`.
+    pub operator_url: String,
+    /// Stable id; one is assigned when absent.
+    pub worker_id: Option<String>,
+    /// Declared attributes.
+    pub attributes: WorkerAttributes,
+    /// Address the peer-link server binds.
+    pub peer_listen: String,
+    /// Address other workers dial (defaults to the bound address).
+    pub peer_advertise: Option<String>,
+    /// Directory datasets are read from.
+    pub dataset_dir: PathBuf,
+    /// Directory results are written to.
+    pub output_dir: PathBuf,
+    /// The operator's ticket key (hex). When absent it is taken from the registration answer.
+    pub operator_key_hex: Option<String>,
+    /// Largest peer frame.
+    pub frame_bytes_max: usize,
+    /// Peer link idle timeout.
+    pub idle_timeout: Duration,
+    /// How long to wait for a peer to connect.
+    pub connect_timeout: Duration,
+}
+
+impl WorkerConfig {
+    /// A configuration with default limits.
+    pub fn new(
+        operator_url: String,
+        attributes: WorkerAttributes,
+        dataset_dir: PathBuf,
+        output_dir: PathBuf,
+    ) -> Self {
+        Self {
+            operator_url,
+            worker_id: None,
+            attributes,
+            peer_listen: "127.0.0.1:0".into(),
+            peer_advertise: None,
+            dataset_dir,
+            output_dir,
+            operator_key_hex: None,
+            frame_bytes_max: tessera_core::limits::FRAME_BYTES_MAX,
+            idle_timeout: Duration::from_secs(120),
+            connect_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+struct Shared {
+    worker_id: String,
+    client: OperatorClient<Channel>,
+    verifier: Mutex<TicketVerifier>,
+    env: ExecEnv,
+    clock: Arc<dyn Clock>,
+    running: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+}
+
+struct ProgressSink {
+    shared: Arc<Shared>,
+    task_id: String,
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl tessera_psi::Progress for ProgressSink {
+    fn report(&self, phase: &str, done: u64, total: u64) {
+        // At most ten reports a second, but always the end of a phase.
+        let now = std::time::Instant::now();
+        if let Ok(mut last) = self.last.lock() {
+            let recent = last.is_some_and(|t| now.duration_since(t) < Duration::from_millis(100));
+            if recent && done < total {
+                return;
+            }
+            *last = Some(now);
+        }
+        let mut client = self.shared.client.clone();
+        let req = pb::ProgressReport {
+            worker_id: self.shared.worker_id.clone(),
+            task_id: self.task_id.clone(),
+            phase: phase.to_string(),
+            done,
+            total,
+        };
+        tokio::spawn(async move {
+            let _ = client.report_progress(req).await;
+        });
+    }
+}
+
+/// A running worker.
+#[derive(Debug)]
+pub struct WorkerHandle {
+    /// The id the operator knows it by.
+    pub worker_id: String,
+    /// The bound peer-link address.
+    pub peer_addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl WorkerHandle {
+    /// Stops the worker.
+    pub fn abort(&self) {
+        self.task.abort();
+    }
+    /// Waits for the worker to end (it runs until aborted or the operator is unreachable).
+    pub async fn join(self) -> anyhow::Result<()> {
+        self.task.await.context("worker task")?
+    }
+}
+
+/// Starts a worker: binds the peer server, registers, and serves tasks in the background.
+pub async fn start(config: WorkerConfig, clock: Arc<dyn Clock>) -> anyhow::Result<WorkerHandle> {
+    std::fs::create_dir_all(&config.output_dir)
+        .with_context(|| format!("creating output directory {}", config.output_dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(&config.peer_listen)
+        .await
+        .with_context(|| format!("binding peer address {}", config.peer_listen))?;
+    let peer_addr = listener.local_addr()?;
+    let hub = PeerHub::new(config.frame_bytes_max, config.idle_timeout);
+    tokio::spawn(serve_peer(hub.clone(), listener));
+
+    let channel = connect_operator(&config.operator_url).await?;
+    let mut client = OperatorClient::new(channel);
+    let advertise = config
+        .peer_advertise
+        .clone()
+        .unwrap_or_else(|| peer_addr.to_string());
+    let reg = client
+        .register_worker(pb::RegisterWorkerRequest {
+            worker_id: config.worker_id.clone().unwrap_or_default(),
+            attributes: Some(to_pb_attrs(&config.attributes)),
+            peer_addr: advertise,
+        })
+        .await
+        .context("registering with the operator")?
+        .into_inner();
+    let key = match &config.operator_key_hex {
+        Some(k) if *k != reg.operator_key_hex => {
+            anyhow::bail!(
+                "the operator presented ticket key {}, not the configured {k}",
+                reg.operator_key_hex
+            )
+        }
+        Some(k) => k.clone(),
+        None => {
+            tracing::warn!(
+                "no --operator-key given: trusting the key the operator presented at registration"
+            );
+            reg.operator_key_hex.clone()
+        }
+    };
+    let verifier = TicketVerifier::new(&key, reg.worker_id.clone())?;
+    let shared = Arc::new(Shared {
+        worker_id: reg.worker_id.clone(),
+        client,
+        verifier: Mutex::new(verifier),
+        env: ExecEnv {
+            dataset_dir: config.dataset_dir.clone(),
+            output_dir: config.output_dir.clone(),
+            hub,
+            frame_bytes_max: config.frame_bytes_max,
+            idle_timeout: config.idle_timeout,
+            connect_timeout: config.connect_timeout,
+        },
+        clock,
+        running: Mutex::new(HashMap::new()),
+    });
+    tracing::info!(worker = %reg.worker_id, peer = %peer_addr, party = %config.attributes.party, "worker registered");
+    let interval = Duration::from_millis(reg.heartbeat_interval_ms.clamp(100, 60_000));
+    let task = tokio::spawn(serve(shared, interval));
+    Ok(WorkerHandle {
+        worker_id: reg.worker_id,
+        peer_addr,
+        task,
+    })
+}
+
+async fn connect_operator(url: &str) -> anyhow::Result<Channel> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+        .with_context(|| format!("operator URL {url}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
+    let mut last = None;
+    for _ in 0..50 {
+        match endpoint.connect().await {
+            Ok(c) => return Ok(c),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(anyhow::anyhow!(
+        "cannot reach the operator at {url}: {last:?}"
+    ))
+}
+
+fn to_pb_attrs(a: &WorkerAttributes) -> pb::WorkerAttributes {
+    pb::WorkerAttributes {
+        party: a.party.clone(),
+        region: a.region.clone(),
+        compute_centre: a.compute_centre.clone(),
+        hardware: a.hardware.clone(),
+        ai_frameworks: a.ai_frameworks.clone(),
+        software_env: a.software_env.clone(),
+    }
+}
+
+async fn serve(shared: Arc<Shared>, heartbeat: Duration) -> anyhow::Result<()> {
+    let hb = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(heartbeat);
+            loop {
+                tick.tick().await;
+                let mut c = shared.client.clone();
+                if let Err(e) = c
+                    .heartbeat(pb::HeartbeatRequest {
+                        worker_id: shared.worker_id.clone(),
+                    })
+                    .await
+                {
+                    tracing::warn!(error = %e, "heartbeat failed");
+                }
+            }
+        })
+    };
+    let mut client = shared.client.clone();
+    let stream = client
+        .pull_tasks(pb::PullTasksRequest {
+            worker_id: shared.worker_id.clone(),
+        })
+        .await
+        .context("opening the task stream")?;
+    let mut stream = stream.into_inner();
+    let result = loop {
+        match stream.next().await {
+            None => break Err(anyhow::anyhow!("the operator closed the task stream")),
+            Some(Err(e)) => break Err(anyhow::anyhow!("task stream failed: {e}")),
+            Some(Ok(env)) => match env.kind {
+                Some(pb::task_envelope::Kind::Assign(a)) => accept(shared.clone(), a).await,
+                Some(pb::task_envelope::Kind::Cancel(c)) => {
+                    if let Some(h) = shared.running.lock().await.remove(&c.task_id) {
+                        tracing::info!(task = %c.task_id, reason = %c.reason, "task cancelled by the operator");
+                        h.abort();
+                    }
+                }
+                None => tracing::warn!("empty task envelope ignored"),
+            },
+        }
+    };
+    hb.abort();
+    result
+}
+
+async fn accept(shared: Arc<Shared>, a: pb::TaskAssignment) {
+    let ticket = SignedTicket {
+        body: a.ticket_body,
+        signature_hex: a.ticket_signature_hex,
+    };
+    let now = shared.clock.now_ms();
+    let checked = shared
+        .verifier
+        .lock()
+        .await
+        .check(&ticket, &a.spec_json, now);
+    let body = match checked {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(error = %e, "task refused: bad ticket");
+            // Report against the task id the (untrusted) spec names, if any.
+            if let Ok(spec) = serde_json::from_slice::<TaskSpec>(&a.spec_json) {
+                report(
+                    &shared,
+                    &spec.task_id,
+                    Err(TaskError::Ticket(e.to_string())),
+                    0,
+                    0,
+                )
+                .await;
+            }
+            return;
+        }
+    };
+    let spec: TaskSpec = match serde_json::from_slice::<TaskSpec>(&a.spec_json) {
+        Ok(s) if s.task_id == body.task_id && s.job_id == body.job_id => s,
+        _ => {
+            report(
+                &shared,
+                &body.task_id,
+                Err(TaskError::Ticket(
+                    "task spec does not match its ticket".into(),
+                )),
+                0,
+                0,
+            )
+            .await;
+            return;
+        }
+    };
+    let task_id = spec.task_id.clone();
+    tracing::info!(job = %spec.job_id, task = %task_id, role = %spec.role, "task accepted");
+    let runner = {
+        let shared = shared.clone();
+        let task_id = task_id.clone();
+        async move {
+            let sink: Arc<dyn tessera_psi::Progress> = Arc::new(ProgressSink {
+                shared: shared.clone(),
+                task_id: task_id.clone(),
+                last: std::sync::Mutex::new(None),
+            });
+            let (out, wall_ms, cpu_ms) = measured(run_task(&shared.env, &spec, sink)).await;
+            shared.running.lock().await.remove(&task_id);
+            report(&shared, &task_id, out, wall_ms, cpu_ms).await;
+        }
+    };
+    let handle = tokio::spawn(runner);
+    shared
+        .running
+        .lock()
+        .await
+        .insert(task_id, handle.abort_handle());
+}
+
+async fn report(
+    shared: &Shared,
+    task_id: &str,
+    out: Result<exec::TaskOutcome, TaskError>,
+    wall_ms: u64,
+    cpu_ms: u64,
+) {
+    let (ok, kind, error, o) = match out {
+        Ok(o) => (true, String::new(), String::new(), o),
+        Err(e) => {
+            tracing::warn!(task = %task_id, kind = e.kind(), error = %e, "task failed");
+            (
+                false,
+                e.kind().to_string(),
+                e.to_string(),
+                exec::TaskOutcome::default(),
+            )
+        }
+    };
+    let req = pb::TaskResult {
+        worker_id: shared.worker_id.clone(),
+        task_id: task_id.to_string(),
+        ok,
+        error_kind: kind,
+        error,
+        usage: Some(pb::Usage {
+            cpu_ms,
+            wall_ms,
+            rows_in: o.rows_in,
+            bytes_sent: o.link.bytes_sent,
+            bytes_received: o.link.bytes_received,
+            frames_sent: o.link.frames_sent,
+            frames_received: o.link.frames_received,
+            peak_rss_kb: usage::peak_rss_kb(),
+        }),
+        result_size: o.result_size,
+        result_location: o.result_location,
+    };
+    // Reports are idempotent on the operator: retry a few times on transport errors.
+    for attempt in 0..5u64 {
+        let mut c = shared.client.clone();
+        match c.report_result(req.clone()).await {
+            Ok(_) => return,
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                tracing::info!(task = %task_id, "operator no longer tracks this task: {}", s.message());
+                return;
+            }
+            Err(s) => {
+                tracing::warn!(task = %task_id, error = %s, "reporting the result failed, retrying");
+                tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
+            }
+        }
+    }
+}

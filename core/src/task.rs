@@ -1,0 +1,50 @@
+//! The task specification the operator sends to a worker, and the attributes a worker
+//! declares. Both travel as JSON; the ticket signs the exact spec bytes.
+
+use serde::{Deserialize, Serialize};
+
+/// What a worker declares about itself at registration; matched against licence policies.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerAttributes {
+    /// The party (organisation) the worker acts for.
+    pub party: String,
+    /// Run region (T/AI `visitArea`).
+    pub region: String,
+    /// Compute centre (T/AI `cpCenter`).
+    pub compute_centre: String,
+    /// Hardware class (T/AI `envHard`).
+    pub hardware: String,
+    /// AI frameworks available (T/AI `aiFrame`).
+    pub ai_frameworks: Vec<String>,
+    /// Software environment (T/AI `envSoft`).
+    pub software_env: String,
+}
+
+/// One party's part of a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// The job.
+    pub job_id: String,
+    /// This task.
+    pub task_id: String,
+    /// The scene (engine) to run, e.g. `psi`.
+    pub scene: String,
+    /// Role within the engine, e.g. `sender` or `receiver`.
+    pub role: String,
+    /// Engine mode, e.g. `intersection` or `size`.
+    pub mode: String,
+    /// Dataset file name inside the worker's dataset directory.
+    pub dataset_location: String,
+    /// Key columns to read.
+    pub key_columns: Vec<String>,
+    /// Key case normalisation: `preserve`, `lower` or `upper`.
+    pub key_case: String,
+    /// Whether this side dials the peer (`true`) or waits for it.
+    pub dial_peer: bool,
+    /// Peer worker's address (host:port) when dialling.
+    pub peer_addr: String,
+    /// Random shared secret naming the peer session; known only to the two workers.
+    pub session_id: String,
+    /// Output file name inside the worker's output directory, if this side writes a result.
+    pub output: String,
+}

@@ -1,0 +1,279 @@
+//! Group operations of the protocol: hash to ristretto255, blinding with a secret scalar, and
+//! re-blinding of the peer's compressed points. Everything here is synchronous and CPU-bound and
+//! is parallelised with rayon; callers run it off the async runtime.
+
+use std::fmt;
+
+use curve25519_dalek::ristretto::{CompressedRistretto, RistrettoPoint};
+use curve25519_dalek::scalar::Scalar;
+use curve25519_dalek::traits::Identity;
+use rand_core::CryptoRngCore;
+use rayon::prelude::*;
+use sha2::{Digest, Sha512};
+use zeroize::Zeroize;
+
+/// Domain-separation prefix hashed in front of every item: `H(x) = map(SHA-512(HASH_DOMAIN || x))`.
+pub const HASH_DOMAIN: &[u8] = b"tessera-psi-v1\0";
+/// Bytes of a compressed ristretto255 point on the wire.
+pub const POINT_BYTES: usize = 32;
+/// Bytes kept of a doubly-blinded value (a prefix of its canonical encoding); see the crate docs
+/// for the collision bound.
+pub const DOUBLE_BLINDED_BYTES: usize = 16;
+/// Items per rayon task; each task compresses its points with one batched inversion.
+const CHUNK_ITEMS: usize = 128;
+
+/// A party's secret exponent `k`, with `k/2` precomputed: a point `P·(k/2)` is compressed with
+/// [`RistrettoPoint::double_and_compress_batch`], which yields the encoding of `P·k` at the cost
+/// of one field inversion per chunk instead of one square root per point.
+///
+/// Zeroized on drop; `Debug` prints `<redacted>`.
+pub(crate) struct SecretKey {
+    half: Scalar,
+}
+
+impl SecretKey {
+    /// Draws a uniformly random non-zero scalar from `rng`.
+    pub(crate) fn random<R: CryptoRngCore + ?Sized>(rng: &mut R) -> Self {
+        let mut key = Scalar::random(rng);
+        while key == Scalar::ZERO {
+            key = Scalar::random(rng);
+        }
+        let half = key * Scalar::from(2u8).invert();
+        key.zeroize();
+        SecretKey { half }
+    }
+}
+
+impl Drop for SecretKey {
+    fn drop(&mut self) {
+        self.half.zeroize();
+    }
+}
+
+impl fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretKey(<redacted>)")
+    }
+}
+
+/// Hashes one item to the group (domain-separated SHA-512, then the RFC 9496 one-way map).
+pub(crate) fn hash_to_group(item: &[u8]) -> RistrettoPoint {
+    RistrettoPoint::from_hash(Sha512::new().chain_update(HASH_DOMAIN).chain_update(item))
+}
+
+/// Items copied into one buffer, so that they can be moved to a worker thread cheaply.
+#[derive(Default)]
+pub(crate) struct FlatItems {
+    data: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl fmt::Debug for FlatItems {
+    /// Shows counts only: items are dataset keys.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FlatItems")
+            .field("items", &self.ends.len())
+            .field("bytes", &self.data.len())
+            .finish()
+    }
+}
+
+impl FlatItems {
+    /// Copies `items[i]` for every `i` in `indices`, in that order.
+    pub(crate) fn gather(items: &[Vec<u8>], indices: &[usize]) -> Self {
+        let total = indices
+            .iter()
+            .map(|&i| items.get(i).map_or(0, Vec::len))
+            .sum();
+        let mut data = Vec::with_capacity(total);
+        let mut ends = Vec::with_capacity(indices.len());
+        for &i in indices {
+            if let Some(item) = items.get(i) {
+                data.extend_from_slice(item);
+            }
+            ends.push(data.len());
+        }
+        FlatItems { data, ends }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn get(&self, i: usize) -> &[u8] {
+        let start = if i == 0 {
+            0
+        } else {
+            self.ends.get(i - 1).copied().unwrap_or(0)
+        };
+        let end = self.ends.get(i).copied().unwrap_or(start);
+        self.data.get(start..end).unwrap_or(&[])
+    }
+}
+
+/// Writes `compress(H(item)·k)` for each item into `out` (`POINT_BYTES` each, in order).
+/// `out.len()` must be `items.len() * POINT_BYTES`; extra output space is left untouched.
+pub(crate) fn hash_and_blind(items: &FlatItems, key: &SecretKey, out: &mut [u8]) {
+    out.par_chunks_mut(CHUNK_ITEMS * POINT_BYTES)
+        .enumerate()
+        .for_each(|(chunk, out)| {
+            let start = chunk * CHUNK_ITEMS;
+            let n = out.len() / POINT_BYTES;
+            let points: Vec<RistrettoPoint> = (start..start + n)
+                .map(|i| hash_to_group(items.get(i)) * key.half)
+                .collect();
+            write_doubled(&points, out, POINT_BYTES);
+        });
+}
+
+/// A compressed point from the peer that is not a valid, non-identity group element.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BadPoint {
+    /// Index of the offending point in its batch.
+    pub(crate) index: usize,
+}
+
+/// Decompresses each `POINT_BYTES` encoding in `input`, multiplies it by `k`, and writes the
+/// first `width` bytes of the result's encoding to `out` (in order). `out.len()` must be
+/// `input.len() / POINT_BYTES * width`.
+pub(crate) fn reblind(
+    input: &[u8],
+    key: &SecretKey,
+    out: &mut [u8],
+    width: usize,
+) -> Result<(), BadPoint> {
+    out.par_chunks_mut(CHUNK_ITEMS * width)
+        .zip(input.par_chunks(CHUNK_ITEMS * POINT_BYTES))
+        .enumerate()
+        .try_for_each(|(chunk, (out, input))| {
+            let points = input
+                .chunks_exact(POINT_BYTES)
+                .enumerate()
+                .map(|(j, enc)| {
+                    decode_point(enc).map(|p| p * key.half).ok_or(BadPoint {
+                        index: chunk * CHUNK_ITEMS + j,
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            write_doubled(&points, out, width);
+            Ok(())
+        })
+}
+
+/// Decodes a canonical, non-identity compressed point.
+fn decode_point(enc: &[u8]) -> Option<RistrettoPoint> {
+    let p = CompressedRistretto::from_slice(enc).ok()?.decompress()?;
+    (p != RistrettoPoint::identity()).then_some(p)
+}
+
+/// Writes the first `width` bytes of `compress(2·P)` for each point, consecutively.
+fn write_doubled(points: &[RistrettoPoint], out: &mut [u8], width: usize) {
+    let encoded = RistrettoPoint::double_and_compress_batch(points);
+    for (dst, enc) in out.chunks_exact_mut(width).zip(&encoded) {
+        dst.copy_from_slice(&enc.as_bytes()[..width]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn unhex<const N: usize>(s: &str) -> [u8; N] {
+        let mut out = [0u8; N];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("hex");
+        }
+        out
+    }
+
+    /// RFC 9496, appendix A.3 (one-way map): the first two vectors. The same vectors appear in
+    /// draft-irtf-cfrg-ristretto255-decaf448-04 A.3 and in curve25519-dalek's own test suite.
+    #[test]
+    fn one_way_map_known_answers() {
+        let vectors = [
+            (
+                "5d1be09e3d0c82fc538112490e35701979d99e06ca3e2b5b54bffe8b4dc772c1\
+                 4d98b696a1bbfb5ca32c436cc61c16563790306c79eaca7705668b47dffe5bb6",
+                "3066f82a1a747d45120d1740f14358531a8f04bbffe6a819f86dfe50f44a0a46",
+            ),
+            (
+                "f116b34b8f17ceb56e8732a60d913dd10cce47a6d53bee9204be8b44f6678b27\
+                 0102a56902e2488c46120e9276cfe54638286b9e4b3cdb470b542d46c2068d38",
+                "f26e5b6f7d362d2d2a94c5d0e7602cb4773c95a2e5c31a64f133189fa76ed61b",
+            ),
+        ];
+        for (input, output) in vectors {
+            let input: String = input.split_whitespace().collect();
+            let p = RistrettoPoint::from_uniform_bytes(&unhex::<64>(&input));
+            assert_eq!(p.compress().to_bytes(), unhex::<32>(output));
+        }
+    }
+
+    #[test]
+    fn hash_is_domain_separated() {
+        let plain = RistrettoPoint::hash_from_bytes::<Sha512>(b"alice");
+        let mut prefixed = HASH_DOMAIN.to_vec();
+        prefixed.extend_from_slice(b"alice");
+        assert_ne!(hash_to_group(b"alice"), plain);
+        assert_eq!(
+            hash_to_group(b"alice"),
+            RistrettoPoint::hash_from_bytes::<Sha512>(&prefixed)
+        );
+    }
+
+    #[test]
+    fn blinding_commutes_and_matches_plain_scalar_mult() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
+        let a = SecretKey::random(&mut rng);
+        let b = SecretKey::random(&mut rng);
+        let words: Vec<Vec<u8>> = (0..300u32).map(|i| i.to_le_bytes().to_vec()).collect();
+        let idx: Vec<usize> = (0..words.len()).collect();
+        let flat = FlatItems::gather(&words, &idx);
+        let mut ha = vec![0u8; words.len() * POINT_BYTES];
+        hash_and_blind(&flat, &a, &mut ha);
+        let two = Scalar::from(2u8);
+        for (i, w) in words.iter().enumerate() {
+            let want = hash_to_group(w) * (a.half * two);
+            assert_eq!(&ha[i * 32..i * 32 + 32], want.compress().as_bytes());
+        }
+        let mut hb = vec![0u8; words.len() * POINT_BYTES];
+        hash_and_blind(&flat, &b, &mut hb);
+        let mut hab = vec![0u8; words.len() * DOUBLE_BLINDED_BYTES];
+        let mut hba = vec![0u8; words.len() * DOUBLE_BLINDED_BYTES];
+        reblind(&ha, &b, &mut hab, DOUBLE_BLINDED_BYTES).expect("valid");
+        reblind(&hb, &a, &mut hba, DOUBLE_BLINDED_BYTES).expect("valid");
+        assert_eq!(hab, hba);
+    }
+
+    #[test]
+    fn bad_points_are_rejected() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(2);
+        let k = SecretKey::random(&mut rng);
+        let good = RistrettoPoint::random(&mut rng).compress().to_bytes();
+        let identity = RistrettoPoint::identity().compress().to_bytes();
+        let mut input = Vec::new();
+        for _ in 0..200 {
+            input.extend_from_slice(&good);
+        }
+        let mut out = vec![0u8; 200 * 16];
+        assert!(reblind(&input, &k, &mut out, 16).is_ok());
+        input[150 * 32..151 * 32].copy_from_slice(&identity);
+        assert_eq!(
+            reblind(&input, &k, &mut out, 16),
+            Err(BadPoint { index: 150 })
+        );
+        input[150 * 32..151 * 32].copy_from_slice(&[0xff; 32]);
+        assert_eq!(
+            reblind(&input, &k, &mut out, 16),
+            Err(BadPoint { index: 150 })
+        );
+    }
+
+    #[test]
+    fn secret_key_debug_is_redacted() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
+        let k = SecretKey::random(&mut rng);
+        assert_eq!(format!("{k:?}"), "SecretKey(<redacted>)");
+    }
+}

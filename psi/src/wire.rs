@@ -1,0 +1,293 @@
+//! Frame layout of the PSI protocol, and defensive parsing of the peer's frames.
+//!
+//! ```text
+//! Hello  : kind=0x01 | magic "TPSI" | version u16 | role u8 | mode u8 | set_size u64 | batch u32
+//! Points : kind=0x02 | count u32 | count × 32-byte compressed ristretto255 point
+//! Values : kind=0x03 | count u32 | count × 16-byte truncated doubly-blinded value
+//! Done   : kind=0x04
+//! Abort  : kind=0x7F | reason u8
+//! ```
+//! All integers are little-endian. A frame must have exactly the length its header implies.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::crypto::{DOUBLE_BLINDED_BYTES, POINT_BYTES};
+use crate::{AbortReason, Mode, PsiError, Role};
+
+/// Version of the frame layout and message flow; both parties must agree.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+const MAGIC: [u8; 4] = *b"TPSI";
+const KIND_HELLO: u8 = 0x01;
+const KIND_POINTS: u8 = 0x02;
+const KIND_VALUES: u8 = 0x03;
+const KIND_DONE: u8 = 0x04;
+const KIND_ABORT: u8 = 0x7F;
+/// Length of a `Hello` frame.
+const HELLO_BYTES: usize = 1 + 4 + 2 + 1 + 1 + 8 + 4;
+/// Length of a batch header (kind + count).
+pub(crate) const BATCH_HEADER_BYTES: usize = 1 + 4;
+
+/// The first frame each party sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Hello {
+    pub(crate) version: u16,
+    pub(crate) role: Role,
+    pub(crate) mode: Mode,
+    pub(crate) set_size: u64,
+    pub(crate) batch_items_max: u32,
+}
+
+impl Hello {
+    pub(crate) fn encode(&self) -> Bytes {
+        let mut b = BytesMut::with_capacity(HELLO_BYTES);
+        b.put_u8(KIND_HELLO);
+        b.put_slice(&MAGIC);
+        b.put_u16_le(self.version);
+        b.put_u8(match self.role {
+            Role::Sender => 0,
+            Role::Receiver => 1,
+        });
+        b.put_u8(match self.mode {
+            Mode::Intersection => 0,
+            Mode::SizeOnly => 1,
+        });
+        b.put_u64_le(self.set_size);
+        b.put_u32_le(self.batch_items_max);
+        b.freeze()
+    }
+
+    fn decode(frame: &[u8]) -> Result<Self, PsiError> {
+        let bad = |what: &str| PsiError::Protocol(format!("hello: {what}"));
+        let f: &[u8; HELLO_BYTES] = frame
+            .try_into()
+            .map_err(|_| bad(&format!("length {} (expected {HELLO_BYTES})", frame.len())))?;
+        let [
+            _kind,
+            m0,
+            m1,
+            m2,
+            m3,
+            v0,
+            v1,
+            role,
+            mode,
+            s0,
+            s1,
+            s2,
+            s3,
+            s4,
+            s5,
+            s6,
+            s7,
+            b0,
+            b1,
+            b2,
+            b3,
+        ] = *f;
+        if [m0, m1, m2, m3] != MAGIC {
+            return Err(bad("bad magic"));
+        }
+        let role = match role {
+            0 => Role::Sender,
+            1 => Role::Receiver,
+            r => return Err(bad(&format!("unknown role code {r}"))),
+        };
+        let mode = match mode {
+            0 => Mode::Intersection,
+            1 => Mode::SizeOnly,
+            m => return Err(bad(&format!("unknown mode code {m}"))),
+        };
+        Ok(Hello {
+            version: u16::from_le_bytes([v0, v1]),
+            role,
+            mode,
+            set_size: u64::from_le_bytes([s0, s1, s2, s3, s4, s5, s6, s7]),
+            batch_items_max: u32::from_le_bytes([b0, b1, b2, b3]),
+        })
+    }
+}
+
+/// A parsed frame from the peer. Batch payloads are sub-slices of the received buffer.
+#[derive(Debug)]
+pub(crate) enum Frame {
+    Hello(Hello),
+    /// `count` compressed points (`count * POINT_BYTES` bytes).
+    Points {
+        count: usize,
+        payload: Bytes,
+    },
+    /// `count` doubly-blinded values (`count * DOUBLE_BLINDED_BYTES` bytes).
+    Values {
+        count: usize,
+        payload: Bytes,
+    },
+    Done,
+    Abort(AbortReason),
+}
+
+impl Frame {
+    /// A short name for error messages.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Frame::Hello(_) => "hello",
+            Frame::Points { .. } => "points",
+            Frame::Values { .. } => "values",
+            Frame::Done => "done",
+            Frame::Abort(_) => "abort",
+        }
+    }
+
+    /// Parses one frame; never panics, whatever the bytes.
+    pub(crate) fn parse(frame: Bytes) -> Result<Frame, PsiError> {
+        let Some(&kind) = frame.first() else {
+            return Err(PsiError::Protocol("empty frame".into()));
+        };
+        match kind {
+            KIND_HELLO => Hello::decode(&frame).map(Frame::Hello),
+            KIND_POINTS => parse_batch(frame, POINT_BYTES, "points")
+                .map(|(count, payload)| Frame::Points { count, payload }),
+            KIND_VALUES => parse_batch(frame, DOUBLE_BLINDED_BYTES, "values")
+                .map(|(count, payload)| Frame::Values { count, payload }),
+            KIND_DONE if frame.len() == 1 => Ok(Frame::Done),
+            KIND_ABORT if frame.len() == 2 => Ok(Frame::Abort(match frame.get(1) {
+                Some(1) => AbortReason::Protocol,
+                Some(2) => AbortReason::VersionMismatch,
+                Some(3) => AbortReason::RoleMismatch,
+                Some(4) => AbortReason::ModeMismatch,
+                Some(5) => AbortReason::TooLarge,
+                Some(6) => AbortReason::InvalidConfig,
+                Some(7) => AbortReason::Internal,
+                other => AbortReason::Unknown(other.copied().unwrap_or(0)),
+            })),
+            KIND_DONE | KIND_ABORT => Err(PsiError::Protocol(format!(
+                "frame kind {kind:#04x} with bad length {}",
+                frame.len()
+            ))),
+            other => Err(PsiError::Protocol(format!(
+                "unknown frame kind {other:#04x}"
+            ))),
+        }
+    }
+}
+
+fn parse_batch(frame: Bytes, width: usize, what: &str) -> Result<(usize, Bytes), PsiError> {
+    let header: [u8; BATCH_HEADER_BYTES] = frame
+        .get(..BATCH_HEADER_BYTES)
+        .and_then(|h| h.try_into().ok())
+        .ok_or_else(|| PsiError::Protocol(format!("{what} batch: truncated header")))?;
+    let [_, c0, c1, c2, c3] = header;
+    let count = u32::from_le_bytes([c0, c1, c2, c3]) as usize;
+    if count == 0 {
+        return Err(PsiError::Protocol(format!("{what} batch: empty")));
+    }
+    let expected = count
+        .checked_mul(width)
+        .and_then(|n| n.checked_add(BATCH_HEADER_BYTES));
+    if expected != Some(frame.len()) {
+        return Err(PsiError::Protocol(format!(
+            "{what} batch: {count} items need {} bytes, frame has {}",
+            expected.map_or_else(|| "too many".to_owned(), |n| n.to_string()),
+            frame.len()
+        )));
+    }
+    Ok((count, frame.slice(BATCH_HEADER_BYTES..)))
+}
+
+/// A batch frame buffer of `count` items of `width` bytes, header filled in, payload zeroed.
+pub(crate) fn new_batch(kind_points: bool, count: usize, width: usize) -> BytesMut {
+    let mut b = BytesMut::zeroed(BATCH_HEADER_BYTES + count * width);
+    if let Some(h) = b.get_mut(..BATCH_HEADER_BYTES) {
+        h[0] = if kind_points {
+            KIND_POINTS
+        } else {
+            KIND_VALUES
+        };
+        h[1..].copy_from_slice(&(count as u32).to_le_bytes());
+    }
+    b
+}
+
+pub(crate) fn done_frame() -> Bytes {
+    Bytes::from_static(&[KIND_DONE])
+}
+
+pub(crate) fn abort_frame(reason: AbortReason) -> Bytes {
+    let code = match reason {
+        AbortReason::Protocol => 1,
+        AbortReason::VersionMismatch => 2,
+        AbortReason::RoleMismatch => 3,
+        AbortReason::ModeMismatch => 4,
+        AbortReason::TooLarge => 5,
+        AbortReason::InvalidConfig => 6,
+        AbortReason::Internal => 7,
+        AbortReason::Unknown(c) => c,
+    };
+    Bytes::from(vec![KIND_ABORT, code])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_round_trips() {
+        let h = Hello {
+            version: PROTOCOL_VERSION,
+            role: Role::Receiver,
+            mode: Mode::SizeOnly,
+            set_size: 123_456,
+            batch_items_max: 4096,
+        };
+        match Frame::parse(h.encode()).expect("parse") {
+            Frame::Hello(got) => assert_eq!(got, h),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn batches_are_checked() {
+        let mut b = new_batch(true, 2, POINT_BYTES);
+        b[BATCH_HEADER_BYTES] = 7;
+        let (count, payload) = match Frame::parse(b.clone().freeze()).expect("parse") {
+            Frame::Points { count, payload } => (count, payload),
+            other => panic!("unexpected {other:?}"),
+        };
+        assert_eq!(count, 2);
+        assert_eq!(payload.len(), 64);
+        assert_eq!(payload[0], 7);
+        // Truncated, extended, empty, huge count, unknown kind, empty frame.
+        let full = b.freeze();
+        for bad in [
+            full.slice(..full.len() - 1),
+            Bytes::from([&full[..], &[0][..]].concat()),
+            Bytes::from_static(&[KIND_POINTS, 0, 0, 0, 0]),
+            Bytes::from_static(&[KIND_VALUES, 0xff, 0xff, 0xff, 0xff, 1, 2]),
+            Bytes::from_static(&[KIND_POINTS, 1, 0]),
+            Bytes::from_static(&[0x55, 1, 2, 3]),
+            Bytes::from_static(&[KIND_DONE, 0]),
+            Bytes::from_static(&[KIND_HELLO, b'T']),
+            Bytes::new(),
+        ] {
+            assert!(
+                matches!(Frame::parse(bad.clone()), Err(PsiError::Protocol(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn abort_and_done_round_trip() {
+        assert!(matches!(Frame::parse(done_frame()), Ok(Frame::Done)));
+        for r in [
+            AbortReason::Protocol,
+            AbortReason::ModeMismatch,
+            AbortReason::Unknown(99),
+        ] {
+            match Frame::parse(abort_frame(r)).expect("parse") {
+                Frame::Abort(got) => assert_eq!(got, r),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+}

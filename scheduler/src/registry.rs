@@ -1,0 +1,211 @@
+//! Live workers: registration, heartbeats, and the loss of a worker (silence past the
+//! heartbeat timeout, or its task stream closing), which fails its running jobs and releases
+//! their counts.
+
+use serde::Serialize;
+use tessera_core::WorkerAttributes;
+use tessera_store::{JobFinish, WorkerRecord};
+use tokio::sync::mpsc;
+
+use crate::{Delivery, Scheduler, SchedulerError};
+
+/// A registered worker as the scheduler holds it.
+#[derive(Debug)]
+pub struct LiveWorker {
+    /// Declared attributes.
+    pub attributes: WorkerAttributes,
+    /// Peer-link address.
+    pub peer_addr: String,
+    /// Last sign of life.
+    pub last_seen_ms: i64,
+    /// Its task stream, while connected.
+    pub(crate) deliveries: Option<mpsc::Sender<Delivery>>,
+    /// Tasks currently placed on it.
+    pub running: usize,
+}
+
+/// A snapshot of a worker for placement and display.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkerView {
+    /// Worker id.
+    pub worker_id: String,
+    /// Attributes.
+    pub attributes: WorkerAttributes,
+    /// Peer-link address.
+    pub peer_addr: String,
+    /// Whether it is connected and heard from recently.
+    pub live: bool,
+    /// Tasks placed on it.
+    pub running: usize,
+}
+
+impl LiveWorker {
+    pub(crate) fn is_live(&self, now_ms: i64, timeout_ms: i64) -> bool {
+        self.deliveries.as_ref().is_some_and(|d| !d.is_closed())
+            && now_ms.saturating_sub(self.last_seen_ms) < timeout_ms
+    }
+}
+
+impl Scheduler {
+    /// Registers (or re-registers) a worker; returns its id.
+    pub async fn register_worker(
+        &self,
+        worker_id: Option<String>,
+        attributes: WorkerAttributes,
+        peer_addr: String,
+    ) -> Result<String, SchedulerError> {
+        if attributes.party.trim().is_empty() {
+            return Err(SchedulerError::Invalid(
+                "worker party must not be empty".into(),
+            ));
+        }
+        if peer_addr.parse::<std::net::SocketAddr>().is_err() {
+            return Err(SchedulerError::Invalid(format!(
+                "peer address {peer_addr:?} is not host:port"
+            )));
+        }
+        let worker_id = match worker_id.filter(|w| !w.trim().is_empty()) {
+            Some(w) => w,
+            None => self.random_id("w-"),
+        };
+        let now = self.now();
+        self.store
+            .upsert_worker(
+                &WorkerRecord {
+                    worker_id: worker_id.clone(),
+                    attributes: attributes.clone(),
+                    peer_addr: peer_addr.clone(),
+                    last_seen_ms: now,
+                },
+                now,
+            )
+            .await?;
+        let mut workers = self.workers.lock().await;
+        let previous = workers.insert(
+            worker_id.clone(),
+            LiveWorker {
+                attributes,
+                peer_addr,
+                last_seen_ms: now,
+                deliveries: None,
+                running: 0,
+            },
+        );
+        drop(workers);
+        if previous.is_some() {
+            // A worker that registers again has restarted: whatever it ran is gone.
+            self.fail_jobs_on_worker(&worker_id, "worker restarted")
+                .await?;
+        }
+        Ok(worker_id)
+    }
+
+    /// Records a heartbeat.
+    pub async fn heartbeat(&self, worker_id: &str) -> Result<(), SchedulerError> {
+        let now = self.now();
+        {
+            let mut workers = self.workers.lock().await;
+            let w = workers
+                .get_mut(worker_id)
+                .ok_or_else(|| SchedulerError::NotFound(format!("worker {worker_id}")))?;
+            w.last_seen_ms = now;
+        }
+        self.store.touch_worker(worker_id, now).await?;
+        Ok(())
+    }
+
+    /// Snapshot of all workers.
+    pub async fn workers(&self) -> Vec<WorkerView> {
+        let now = self.now();
+        let timeout = self.config.heartbeat_timeout_ms;
+        let mut v: Vec<WorkerView> = self
+            .workers
+            .lock()
+            .await
+            .iter()
+            .map(|(id, w)| WorkerView {
+                worker_id: id.clone(),
+                attributes: w.attributes.clone(),
+                peer_addr: w.peer_addr.clone(),
+                live: w.is_live(now, timeout),
+                running: w.running,
+            })
+            .collect();
+        v.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+        v
+    }
+
+    /// Finds workers that went silent or whose task stream closed, and fails their jobs.
+    /// Run periodically (see [`Scheduler::run_monitor`]); returns the workers found lost.
+    pub async fn check_workers(&self) -> Result<Vec<String>, SchedulerError> {
+        let now = self.now();
+        let timeout = self.config.heartbeat_timeout_ms;
+        let lost: Vec<String> = {
+            let mut workers = self.workers.lock().await;
+            let lost: Vec<String> = workers
+                .iter()
+                .filter(|(_, w)| w.deliveries.is_some() && !w.is_live(now, timeout))
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in &lost {
+                if let Some(w) = workers.get_mut(id) {
+                    w.deliveries = None;
+                }
+            }
+            lost
+        };
+        for id in &lost {
+            tracing::warn!(worker = %id, "worker lost");
+            self.store
+                .audit(
+                    now,
+                    "worker_lost",
+                    id,
+                    &serde_json::json!({"timeout_ms": timeout}),
+                )
+                .await?;
+            self.fail_jobs_on_worker(id, "worker lost").await?;
+        }
+        Ok(lost)
+    }
+
+    /// Checks workers every `interval_ms` until the scheduler is dropped.
+    pub async fn run_monitor(self: std::sync::Arc<Self>, interval_ms: u64) {
+        let weak = std::sync::Arc::downgrade(&self);
+        drop(self);
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(interval_ms.max(10)));
+        loop {
+            tick.tick().await;
+            let Some(s) = weak.upgrade() else { return };
+            if let Err(e) = s.check_workers().await {
+                tracing::error!(error = %e, "worker check failed");
+            }
+        }
+    }
+
+    async fn fail_jobs_on_worker(&self, worker_id: &str, why: &str) -> Result<(), SchedulerError> {
+        let affected: Vec<String> = self
+            .jobs
+            .lock()
+            .await
+            .iter()
+            .filter(|(_, j)| {
+                j.tasks
+                    .values()
+                    .any(|t| t.worker_id == worker_id && t.report.is_none())
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for job_id in affected {
+            self.finish(
+                &job_id,
+                JobFinish::Failed {
+                    error: format!("{why}: {worker_id}"),
+                    buyer_fault: false,
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}

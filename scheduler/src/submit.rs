@@ -1,0 +1,702 @@
+//! Submission, dispatch, reports from workers, completion and cancellation.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use tessera_accounting::{AccountRef, TransferSpec, derive_id, rate_job};
+use tessera_core::TaskSpec;
+use tessera_core::ticket::{TicketBody, task_digest};
+use tessera_policy::{Request, evaluate, worker_fits};
+use tessera_store::{
+    AdmitOutcome, Decision, JobFinish, LicenceRecord, NewJob, NewTask, UsageEventRecord,
+};
+use tokio::sync::watch;
+
+use crate::{Delivery, JobView, LiveJob, LiveTask, PhaseProgress, Scheduler, SchedulerError};
+
+/// Scenes this build can run.
+pub const SUPPORTED_SCENES: &[&str] = &["psi"];
+
+/// A buyer's job request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRequest {
+    /// Submitting user.
+    pub user: String,
+    /// Groups the user belongs to.
+    pub user_groups: Vec<String>,
+    /// Licence to run under.
+    pub licence_id: String,
+    /// Scene, e.g. `psi`.
+    pub scene: String,
+    /// The buyer's party.
+    pub buyer_party: String,
+    /// The buyer's own dataset.
+    pub buyer_dataset_id: String,
+    /// Key columns in the buyer's dataset.
+    pub buyer_columns: Vec<String>,
+    /// Key columns in the provider's dataset.
+    pub provider_columns: Vec<String>,
+    /// `intersection` or `size`.
+    pub mode: String,
+    /// `preserve`, `lower` or `upper`.
+    pub key_case: String,
+    /// Output file name on the buyer's worker.
+    pub output: String,
+}
+
+/// Usage measured by a worker for one task.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskUsage {
+    /// CPU time.
+    pub cpu_ms: u64,
+    /// Wall time.
+    pub wall_ms: u64,
+    /// Rows read.
+    pub rows_in: u64,
+    /// Bytes sent to the peer.
+    pub bytes_sent: u64,
+    /// Bytes received from the peer.
+    pub bytes_received: u64,
+    /// Frames sent (protocol messages).
+    pub frames_sent: u64,
+    /// Frames received.
+    pub frames_received: u64,
+    /// Peak resident memory of the worker process.
+    pub peak_rss_kb: u64,
+}
+
+/// A worker's final report on a task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskReport {
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// `input`, `peer`, `ticket`, `internal`, `cancelled` when it failed.
+    pub error_kind: String,
+    /// Failure text.
+    pub error: String,
+    /// Usage.
+    pub usage: TaskUsage,
+    /// Result size (receiver).
+    pub result_size: Option<u64>,
+    /// Result location (receiver).
+    pub result_location: String,
+}
+
+const FIELD_BYTES_MAX: usize = 256;
+const COLUMNS_MAX: usize = 16;
+
+fn check_field(name: &str, v: &str, required: bool) -> Result<(), SchedulerError> {
+    if required && v.trim().is_empty() {
+        return Err(SchedulerError::Invalid(format!("{name} is required")));
+    }
+    if v.len() > FIELD_BYTES_MAX || v.chars().any(char::is_control) {
+        return Err(SchedulerError::Invalid(format!(
+            "{name} must be at most {FIELD_BYTES_MAX} bytes without control characters"
+        )));
+    }
+    Ok(())
+}
+
+fn check_file_name(name: &str, v: &str) -> Result<(), SchedulerError> {
+    check_field(name, v, false)?;
+    if v.contains('/') || v.contains('\\') || v == ".." || v.starts_with('.') {
+        return Err(SchedulerError::Invalid(format!(
+            "{name} must be a plain file name"
+        )));
+    }
+    Ok(())
+}
+
+impl JobRequest {
+    /// Shape checks that need no store.
+    pub fn validate(&self) -> Result<(), SchedulerError> {
+        check_field("user", &self.user, true)?;
+        check_field("licence_id", &self.licence_id, true)?;
+        check_field("buyer_party", &self.buyer_party, true)?;
+        check_field("buyer_dataset_id", &self.buyer_dataset_id, true)?;
+        check_file_name("output", &self.output)?;
+        if !SUPPORTED_SCENES.contains(&self.scene.as_str()) {
+            return Err(SchedulerError::Invalid(format!(
+                "scene {:?} is not supported (supported: {SUPPORTED_SCENES:?})",
+                self.scene
+            )));
+        }
+        if !matches!(self.mode.as_str(), "intersection" | "size") {
+            return Err(SchedulerError::Invalid(format!(
+                "mode {:?} must be intersection or size",
+                self.mode
+            )));
+        }
+        if !matches!(self.key_case.as_str(), "preserve" | "lower" | "upper") {
+            return Err(SchedulerError::Invalid(format!(
+                "key_case {:?} must be preserve, lower or upper",
+                self.key_case
+            )));
+        }
+        for (name, cols) in [
+            ("buyer_columns", &self.buyer_columns),
+            ("provider_columns", &self.provider_columns),
+        ] {
+            if cols.is_empty() || cols.len() > COLUMNS_MAX {
+                return Err(SchedulerError::Invalid(format!(
+                    "{name} must name 1 to {COLUMNS_MAX} columns"
+                )));
+            }
+            for c in cols {
+                check_field(name, c, true)?;
+            }
+        }
+        if self.buyer_columns.len() != self.provider_columns.len() {
+            return Err(SchedulerError::Invalid(
+                "buyer_columns and provider_columns must have the same length".into(),
+            ));
+        }
+        for g in &self.user_groups {
+            check_field("user_groups", g, true)?;
+        }
+        Ok(())
+    }
+}
+
+struct Placed {
+    worker_id: String,
+    peer_addr: String,
+}
+
+impl Scheduler {
+    fn place(
+        &self,
+        workers: &HashMap<String, crate::LiveWorker>,
+        party: &str,
+        scene: &tessera_policy::UseScene,
+        now: i64,
+    ) -> Result<Placed, String> {
+        let mut misfits = Vec::new();
+        let best = workers
+            .iter()
+            .filter(|(_, w)| {
+                w.attributes.party == party && w.is_live(now, self.config.heartbeat_timeout_ms)
+            })
+            .filter(|(id, w)| match worker_fits(scene, &w.attributes) {
+                Ok(()) => true,
+                Err(m) => {
+                    misfits.push(format!("{id}: {}", m.join("; ")));
+                    false
+                }
+            })
+            .min_by(|a, b| a.1.running.cmp(&b.1.running).then(a.0.cmp(b.0)));
+        match best {
+            Some((id, w)) => Ok(Placed {
+                worker_id: id.clone(),
+                peer_addr: w.peer_addr.clone(),
+            }),
+            None if misfits.is_empty() => Err(format!("no live worker of party {party}")),
+            None => Err(format!(
+                "no live worker of party {party} fits the policy ({})",
+                misfits.join(" | ")
+            )),
+        }
+    }
+
+    /// Admits or refuses a job, and dispatches it when admitted. A refusal is not an error:
+    /// it is returned as a job in state `refused` with its reasons.
+    pub async fn submit(&self, req: JobRequest) -> Result<JobView, SchedulerError> {
+        req.validate()?;
+        let now = self.now();
+        let job_id = self.random_id("job-");
+        // Reads outside the admission transaction; their outcome only adds refusal reasons.
+        let mut pre_reasons = Vec::new();
+        let buyer_ds = match self.store.dataset(&req.buyer_dataset_id).await {
+            Ok(d) if d.owner_party != req.buyer_party => {
+                pre_reasons.push(format!(
+                    "dataset {} belongs to party {}, not {}",
+                    d.dataset_id, d.owner_party, req.buyer_party
+                ));
+                None
+            }
+            Ok(d) => Some(d),
+            Err(tessera_store::StoreError::NotFound { .. }) => {
+                pre_reasons.push(format!("dataset {} not found", req.buyer_dataset_id));
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let licence_pre = match self.store.licence(&req.licence_id).await {
+            Ok(l) => Some(l),
+            Err(tessera_store::StoreError::NotFound { .. }) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let provider_ds = match &licence_pre {
+            Some(l) => match self.store.dataset(&l.dataset_id).await {
+                Ok(d) => Some(d),
+                Err(tessera_store::StoreError::NotFound { .. }) => {
+                    pre_reasons.push(format!("licensed dataset {} not found", l.dataset_id));
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            },
+            None => None,
+        };
+        let buyer_account = AccountRef::CustomerCash(req.user.clone()).name();
+        let balance = self.store.balance(&buyer_account).await?;
+        let session_id = self.random_id("s-");
+        let task_ids = [self.random_id("t-"), self.random_id("t-")];
+
+        let workers = self.workers.lock().await;
+        let decide = |licence: Option<&LicenceRecord>| -> Decision {
+            let mut reasons = pre_reasons.clone();
+            let mut detail = serde_json::json!({});
+            let Some(l) = licence else {
+                reasons.push(format!("licence {} not found", req.licence_id));
+                return Decision {
+                    allowed: false,
+                    reasons,
+                    detail,
+                    tasks: vec![],
+                };
+            };
+            let scene = l.policy.scene(&req.scene);
+            let remaining = scene.and_then(|s| s.remaining_counts);
+            let verdict = evaluate(
+                &l.policy,
+                &Request {
+                    user: &req.user,
+                    groups: &req.user_groups,
+                    scene: &req.scene,
+                    now_ms: now,
+                },
+                remaining,
+            );
+            reasons.extend(verdict.refusals());
+            if balance < l.price.per_job_micros {
+                reasons.push(format!(
+                    "insufficient funds: balance {balance} micros is below the job price of {} micros",
+                    l.price.per_job_micros
+                ));
+            }
+            detail = serde_json::json!({"checks": verdict.checks, "balance_micros": balance});
+            let mut tasks = Vec::new();
+            if let (Some(scene), Some(bds), Some(pds)) = (scene, &buyer_ds, &provider_ds) {
+                let provider = self.place(&workers, &l.licensor, scene, now);
+                let buyer = self.place(&workers, &req.buyer_party, scene, now);
+                match (provider, buyer) {
+                    (Ok(p), Ok(b)) => {
+                        let sender = TaskSpec {
+                            job_id: job_id.clone(),
+                            task_id: task_ids[0].clone(),
+                            scene: req.scene.clone(),
+                            role: "sender".into(),
+                            mode: req.mode.clone(),
+                            dataset_location: pds.location.clone(),
+                            key_columns: req.provider_columns.clone(),
+                            key_case: req.key_case.clone(),
+                            dial_peer: true,
+                            peer_addr: b.peer_addr.clone(),
+                            session_id: session_id.clone(),
+                            output: String::new(),
+                        };
+                        let receiver = TaskSpec {
+                            task_id: task_ids[1].clone(),
+                            role: "receiver".into(),
+                            dataset_location: bds.location.clone(),
+                            key_columns: req.buyer_columns.clone(),
+                            dial_peer: false,
+                            peer_addr: String::new(),
+                            output: req.output.clone(),
+                            ..sender.clone()
+                        };
+                        for (spec, placed, party) in
+                            [(sender, &p, &l.licensor), (receiver, &b, &req.buyer_party)]
+                        {
+                            tasks.push(NewTask {
+                                task_id: spec.task_id.clone(),
+                                worker_id: placed.worker_id.clone(),
+                                party: party.clone(),
+                                role: spec.role.clone(),
+                                spec_json: serde_json::to_string(&spec).unwrap_or_default(),
+                            });
+                        }
+                    }
+                    (p, b) => {
+                        reasons.extend(p.err());
+                        reasons.extend(b.err());
+                    }
+                }
+            }
+            Decision {
+                allowed: reasons.is_empty(),
+                reasons,
+                detail,
+                tasks,
+            }
+        };
+        let outcome = self
+            .store
+            .admit(
+                &NewJob {
+                    job_id: job_id.clone(),
+                    licence_id: req.licence_id.clone(),
+                    scene: req.scene.clone(),
+                    user: req.user.clone(),
+                    mode: req.mode.clone(),
+                    request: serde_json::to_value(&req).unwrap_or_default(),
+                    now_ms: now,
+                },
+                decide,
+            )
+            .await;
+        drop(workers);
+        let job = match outcome? {
+            AdmitOutcome::Refused(job) => {
+                tracing::info!(job = %job.job_id, reasons = ?job.reasons, "job refused");
+                return Ok(JobView {
+                    job,
+                    progress: Vec::new(),
+                });
+            }
+            AdmitOutcome::Admitted(job) => job,
+        };
+        let Some(licence) = licence_pre else {
+            return Err(SchedulerError::NotFound(format!(
+                "licence {}",
+                req.licence_id
+            )));
+        };
+        self.dispatch(job, &req, licence).await
+    }
+
+    async fn dispatch(
+        &self,
+        job: tessera_store::JobRecord,
+        req: &JobRequest,
+        licence: LicenceRecord,
+    ) -> Result<JobView, SchedulerError> {
+        let job_id = job.job_id.clone();
+        let tasks = self.store.tasks(&job_id).await?;
+        let (view_tx, _) = watch::channel(JobView {
+            job: job.clone(),
+            progress: Vec::new(),
+        });
+        let live = LiveJob {
+            user: job.user.clone(),
+            buyer_party: req.buyer_party.clone(),
+            provider_party: licence.licensor.clone(),
+            price: licence.price,
+            tasks: tasks
+                .iter()
+                .map(|t| {
+                    (
+                        t.task_id.clone(),
+                        LiveTask {
+                            worker_id: t.worker_id.clone(),
+                            party: t.party.clone(),
+                            role: t.role.clone(),
+                            report: None,
+                        },
+                    )
+                })
+                .collect(),
+            progress: Vec::new(),
+            view: view_tx,
+        };
+        self.jobs.lock().await.insert(job_id.clone(), live);
+        let now = self.now();
+        let mut failure = None;
+        {
+            let mut workers = self.workers.lock().await;
+            for t in &tasks {
+                let body = TicketBody {
+                    ticket_id: self.random_id("k-"),
+                    job_id: job_id.clone(),
+                    task_id: t.task_id.clone(),
+                    worker_id: t.worker_id.clone(),
+                    issued_at_ms: now,
+                    expires_at_ms: now.saturating_add(self.config.ticket_ttl_ms),
+                    task_digest: task_digest(t.spec_json.as_bytes()),
+                };
+                let delivery = Delivery::Assign {
+                    spec_json: t.spec_json.clone(),
+                    ticket: self.signer.sign(&body),
+                };
+                let sent = match workers.get_mut(&t.worker_id) {
+                    Some(w) => {
+                        w.running += 1;
+                        match &w.deliveries {
+                            Some(d) => d.try_send(delivery).is_ok(),
+                            None => false,
+                        }
+                    }
+                    None => false,
+                };
+                if !sent {
+                    failure = Some(format!("could not deliver task to worker {}", t.worker_id));
+                    break;
+                }
+            }
+        }
+        let detail = serde_json::json!({
+            "tasks": tasks.iter().map(|t| serde_json::json!({"task_id": t.task_id, "worker_id": t.worker_id, "role": t.role})).collect::<Vec<_>>(),
+        });
+        self.store.mark_dispatched(&job_id, &detail, now).await?;
+        if let Some(error) = failure {
+            self.finish(
+                &job_id,
+                JobFinish::Failed {
+                    error,
+                    buyer_fault: false,
+                },
+            )
+            .await?;
+        } else {
+            self.refresh_view(&job_id).await?;
+        }
+        self.job(&job_id).await
+    }
+
+    async fn refresh_view(&self, job_id: &str) -> Result<(), SchedulerError> {
+        let job = self.store.job(job_id).await?;
+        if let Some(j) = self.jobs.lock().await.get(job_id) {
+            j.view.send_replace(JobView {
+                job,
+                progress: j.progress.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn task_owner<'a>(
+        jobs: &'a mut HashMap<String, LiveJob>,
+        worker_id: &str,
+        task_id: &str,
+    ) -> Result<(&'a str, &'a mut LiveJob), SchedulerError> {
+        jobs.iter_mut()
+            .find(|(_, j)| {
+                j.tasks
+                    .get(task_id)
+                    .is_some_and(|t| t.worker_id == worker_id)
+            })
+            .map(|(id, j)| (id.as_str(), j))
+            .ok_or_else(|| {
+                SchedulerError::NotFound(format!("running task {task_id} of worker {worker_id}"))
+            })
+    }
+
+    /// Records a worker's progress on a task.
+    pub async fn report_progress(
+        &self,
+        worker_id: &str,
+        task_id: &str,
+        phase: &str,
+        done: u64,
+        total: u64,
+    ) -> Result<(), SchedulerError> {
+        let mut jobs = self.jobs.lock().await;
+        let (_, job) = Self::task_owner(&mut jobs, worker_id, task_id)?;
+        let party = job
+            .tasks
+            .get(task_id)
+            .map(|t| t.party.clone())
+            .unwrap_or_default();
+        let p = PhaseProgress {
+            party: party.clone(),
+            phase: phase.chars().take(64).collect(),
+            done,
+            total,
+        };
+        match job.progress.iter_mut().find(|x| x.party == party) {
+            Some(x) => *x = p,
+            None => job.progress.push(p),
+        }
+        let progress = job.progress.clone();
+        job.view.send_modify(|v| {
+            v.progress = progress;
+            if v.job.state == "admitted" {
+                v.job.state = "running".into();
+            }
+        });
+        Ok(())
+    }
+
+    /// Records a worker's final report on a task; ends the job when it can.
+    pub async fn report_result(
+        &self,
+        worker_id: &str,
+        task_id: &str,
+        report: TaskReport,
+    ) -> Result<(), SchedulerError> {
+        let now = self.now();
+        let (job_id, finish) = {
+            let mut jobs = self.jobs.lock().await;
+            let (job_id, job) = Self::task_owner(&mut jobs, worker_id, task_id)?;
+            let job_id = job_id.to_string();
+            let Some(task) = job.tasks.get_mut(task_id) else {
+                return Err(SchedulerError::NotFound(format!("task {task_id}")));
+            };
+            if task.report.is_some() {
+                return Ok(()); // a retried report changes nothing
+            }
+            task.report = Some(report.clone());
+            let finish = if !report.ok {
+                let buyer_fault = report.error_kind == "input"
+                    && task.party == job.buyer_party
+                    && task.role == "receiver";
+                Some(JobFinish::Failed {
+                    error: format!(
+                        "{} task on {worker_id} failed ({}): {}",
+                        task.role, report.error_kind, report.error
+                    ),
+                    buyer_fault,
+                })
+            } else if job
+                .tasks
+                .values()
+                .all(|t| t.report.as_ref().is_some_and(|r| r.ok))
+            {
+                Some(self.success(&job_id, job)?)
+            } else {
+                None
+            };
+            (job_id, finish)
+        };
+        self.store
+            .update_task(
+                task_id,
+                if report.ok { "succeeded" } else { "failed" },
+                &report.error_kind,
+                &report.error,
+                Some(&serde_json::to_value(&report.usage).unwrap_or_default()),
+                report.result_size,
+                now,
+            )
+            .await?;
+        match finish {
+            Some(f) => self.finish(&job_id, f).await,
+            None => Ok(()),
+        }
+    }
+
+    fn success(&self, job_id: &str, job: &LiveJob) -> Result<JobFinish, SchedulerError> {
+        let now = self.now();
+        let mut usage = Vec::new();
+        let mut provider_rows = 0;
+        let mut result = (0, String::new());
+        for t in job.tasks.values() {
+            let Some(r) = &t.report else { continue };
+            if t.role == "sender" {
+                provider_rows = r.usage.rows_in;
+            }
+            if let Some(size) = r.result_size {
+                result = (size, r.result_location.clone());
+            }
+            let u = &r.usage;
+            for (metric, q) in [
+                ("cpu_ms", u.cpu_ms),
+                ("wall_ms", u.wall_ms),
+                ("rows_in", u.rows_in),
+                ("bytes_sent", u.bytes_sent),
+                ("bytes_received", u.bytes_received),
+                ("rounds", u.frames_sent),
+                ("peak_rss_kb", u.peak_rss_kb),
+            ] {
+                usage.push(UsageEventRecord {
+                    event_id: derive_id(&[job_id, &t.party, &t.role, metric, "1"]),
+                    job_id: job_id.to_string(),
+                    party: t.party.clone(),
+                    metric: metric.into(),
+                    attempt: 1,
+                    quantity: i64::try_from(q).unwrap_or(i64::MAX),
+                    event_time_ms: now,
+                });
+            }
+        }
+        let c = rate_job(&job.price, provider_rows)
+            .map_err(|e| SchedulerError::Invalid(e.to_string()))?;
+        let buyer = AccountRef::CustomerCash(job.user.clone()).name();
+        let mut transfers = Vec::new();
+        for (leg, credit, amount) in [
+            (
+                "provider",
+                AccountRef::ProviderReceivable(job.provider_party.clone()).name(),
+                c.provider_micros,
+            ),
+            (
+                "operator",
+                AccountRef::OperatorRevenue.name(),
+                c.operator_micros,
+            ),
+        ] {
+            if amount > 0 {
+                transfers.push(TransferSpec {
+                    id: derive_id(&["charge", job_id, leg]),
+                    debit: buyer.clone(),
+                    credit,
+                    amount_micros: amount,
+                    job_id: Some(job_id.to_string()),
+                    memo: format!("psi job, {provider_rows} provider rows, {leg} share"),
+                });
+            }
+        }
+        Ok(JobFinish::Succeeded {
+            result_size: result.0,
+            result_location: result.1,
+            usage,
+            transfers,
+            charge_micros: c.total_micros,
+        })
+    }
+
+    /// Ends a job: posts the charge of a success, commits or releases the count, tells
+    /// workers still running its tasks to stop, and publishes the final view. Idempotent.
+    pub(crate) async fn finish(
+        &self,
+        job_id: &str,
+        finish: JobFinish,
+    ) -> Result<(), SchedulerError> {
+        let live = self.jobs.lock().await.remove(job_id);
+        let now = self.now();
+        let outcome = self.store.finish_job(job_id, &finish, now).await?;
+        if let Some(live) = live {
+            let mut workers = self.workers.lock().await;
+            for (task_id, t) in &live.tasks {
+                if let Some(w) = workers.get_mut(&t.worker_id) {
+                    w.running = w.running.saturating_sub(1);
+                    if t.report.is_none() {
+                        if let Some(d) = &w.deliveries {
+                            let _ = d.try_send(Delivery::Cancel {
+                                task_id: task_id.clone(),
+                                reason: outcome.job.error.clone(),
+                            });
+                        }
+                    }
+                }
+            }
+            drop(workers);
+            tracing::info!(job = %job_id, state = %outcome.job.state, "job finished");
+            live.view.send_replace(JobView {
+                job: outcome.job,
+                progress: live.progress,
+            });
+        }
+        Ok(())
+    }
+
+    /// Cancels a job on behalf of `user` (who must have submitted it).
+    pub async fn cancel(&self, job_id: &str, user: &str) -> Result<JobView, SchedulerError> {
+        let view = self.job(job_id).await?;
+        if view.job.user != user {
+            return Err(SchedulerError::Forbidden(format!(
+                "job {job_id} was not submitted by {user}"
+            )));
+        }
+        if !view.job.is_terminal() {
+            self.finish(
+                job_id,
+                JobFinish::Cancelled {
+                    reason: format!("cancelled by {user}"),
+                },
+            )
+            .await?;
+        }
+        self.job(job_id).await
+    }
+}

@@ -1,0 +1,1 @@
+//! Scheduler tests (see the end-to-end tests for real workers).

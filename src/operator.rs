@@ -1,0 +1,141 @@
+//! Starting the operator node: store, scheduler, worker monitor and the gRPC server.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use rand::RngCore;
+use serde::Deserialize;
+use tessera_core::ticket::TicketSigner;
+use tessera_core::{Clock, SystemClock};
+use tessera_gateway::OperatorService;
+use tessera_scheduler::{Scheduler, SchedulerConfig};
+use tessera_store::Store;
+
+/// Operator settings (TOML file, overridden by flags).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OperatorConfig {
+    /// gRPC listen address.
+    pub listen: String,
+    /// Data directory: the SQLite store and the ticket key live here.
+    pub data_dir: PathBuf,
+    /// A worker silent this long is lost.
+    pub heartbeat_timeout_ms: i64,
+    /// Heartbeat interval asked of workers.
+    pub heartbeat_interval_ms: u64,
+}
+
+impl Default for OperatorConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:7100".into(),
+            data_dir: PathBuf::from(".tessera/operator"),
+            heartbeat_timeout_ms: 10_000,
+            heartbeat_interval_ms: 2_000,
+        }
+    }
+}
+
+/// A running operator.
+#[derive(Debug)]
+pub struct OperatorHandle {
+    /// Bound address.
+    pub addr: SocketAddr,
+    /// The scheduler (for in-process inspection).
+    pub scheduler: Arc<Scheduler>,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl OperatorHandle {
+    /// The URL clients and workers use.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+    /// Runs until the server stops.
+    pub async fn join(self) -> anyhow::Result<()> {
+        self.server.await.context("operator server task")??;
+        Ok(())
+    }
+    /// Stops the server.
+    pub async fn stop(self) {
+        self.server.abort();
+        self.scheduler.store().close().await;
+    }
+}
+
+/// Loads the ticket key from `dir/operator.key`, creating it (mode 0600) on first start.
+fn load_or_create_key(dir: &Path) -> anyhow::Result<TicketSigner> {
+    let path = dir.join("operator.key");
+    if path.exists() {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let bytes = hex::decode(text.trim()).context("operator.key is not hex")?;
+        let seed: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("operator.key must hold 32 bytes"))?;
+        return Ok(TicketSigner::from_seed(&seed));
+    }
+    let signer = TicketSigner::generate(&mut rand::rngs::OsRng);
+    let tmp = dir.join("operator.key.tmp");
+    std::fs::write(&tmp, hex::encode(*signer.dangerous_seed_bytes()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    Ok(signer)
+}
+
+/// Opens the store, recovers unfinished jobs, and starts serving.
+pub async fn start(config: &OperatorConfig) -> anyhow::Result<OperatorHandle> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let store = Store::open(&config.data_dir.join("tessera.db"))
+        .await
+        .context("opening the store")?;
+    let signer = load_or_create_key(&config.data_dir)?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let mut seed = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut seed);
+    let scheduler = Scheduler::new(
+        store,
+        clock,
+        signer,
+        SchedulerConfig {
+            heartbeat_timeout_ms: config.heartbeat_timeout_ms,
+            heartbeat_interval_ms: config.heartbeat_interval_ms,
+            ..SchedulerConfig::default()
+        },
+        seed,
+    );
+    let recovered = scheduler.recover().await?;
+    if recovered > 0 {
+        tracing::warn!(
+            jobs = recovered,
+            "failed jobs left unfinished by a previous run; their counts were released"
+        );
+    }
+    let monitor_ms = u64::try_from(config.heartbeat_timeout_ms / 4)
+        .unwrap_or(250)
+        .clamp(50, 1000);
+    tokio::spawn(scheduler.clone().run_monitor(monitor_ms));
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let service = OperatorService::new(scheduler.clone()).into_server();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "operator serving");
+    Ok(OperatorHandle {
+        addr,
+        scheduler,
+        server,
+    })
+}

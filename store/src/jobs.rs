@@ -1,0 +1,611 @@
+//! Jobs and their tasks: admission with count reservation in one transaction, completion with
+//! count commit or release, usage events and ledger postings in one transaction.
+
+use serde::Serialize;
+use sqlx::{Row, SqliteConnection};
+use tessera_accounting::TransferSpec;
+
+use crate::records::{LicenceRecord, load_licence};
+use crate::{Store, StoreError, audit, ledger};
+
+/// A job as submitted, before admission.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// New job id.
+    pub job_id: String,
+    /// Licence named by the buyer.
+    pub licence_id: String,
+    /// Scene requested.
+    pub scene: String,
+    /// Submitting user.
+    pub user: String,
+    /// Engine mode.
+    pub mode: String,
+    /// The request as received, for the record.
+    pub request: serde_json::Value,
+    /// Submission time.
+    pub now_ms: i64,
+}
+
+/// One party's task as placed by the scheduler.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    /// Task id.
+    pub task_id: String,
+    /// Worker chosen.
+    pub worker_id: String,
+    /// Party it acts for.
+    pub party: String,
+    /// Engine role.
+    pub role: String,
+    /// The exact spec bytes sent to the worker (JSON).
+    pub spec_json: String,
+}
+
+/// The scheduler's decision, taken inside the admission transaction.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// Admit or refuse.
+    pub allowed: bool,
+    /// Why (every refusal reason, or the passed checks).
+    pub reasons: Vec<String>,
+    /// Full detail for the audit chain.
+    pub detail: serde_json::Value,
+    /// Tasks to record when admitted.
+    pub tasks: Vec<NewTask>,
+}
+
+/// A stored job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobRecord {
+    /// Job id.
+    pub job_id: String,
+    /// Licence.
+    pub licence_id: String,
+    /// Scene.
+    pub scene: String,
+    /// User.
+    pub user: String,
+    /// Mode.
+    pub mode: String,
+    /// `admitted`, `running`, `succeeded`, `failed`, `refused`, `cancelled`.
+    pub state: String,
+    /// `none`, `reserved`, `committed`, `released`.
+    pub count_state: String,
+    /// Refusal reasons (or admission checks).
+    pub reasons: Vec<String>,
+    /// Failure description.
+    pub error: String,
+    /// Result size when succeeded.
+    pub result_size: Option<u64>,
+    /// Where the buyer's worker wrote the result.
+    pub result_location: String,
+    /// What the buyer was charged.
+    pub charge_micros: i64,
+    /// Submission time.
+    pub created_at_ms: i64,
+    /// Completion time.
+    pub finished_at_ms: Option<i64>,
+}
+
+impl JobRecord {
+    /// Whether the job can no longer change.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self.state.as_str(),
+            "succeeded" | "failed" | "refused" | "cancelled"
+        )
+    }
+}
+
+/// A stored task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TaskRecord {
+    /// Task id.
+    pub task_id: String,
+    /// Job.
+    pub job_id: String,
+    /// Worker.
+    pub worker_id: String,
+    /// Party.
+    pub party: String,
+    /// Role.
+    pub role: String,
+    /// `dispatched`, `succeeded`, `failed`.
+    pub state: String,
+    /// Spec JSON.
+    pub spec_json: String,
+}
+
+/// What admission did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdmitOutcome {
+    /// Admitted, one count reserved, tasks recorded.
+    Admitted(JobRecord),
+    /// Refused, nothing reserved; the record holds the reasons.
+    Refused(JobRecord),
+}
+
+/// A metered quantity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UsageEventRecord {
+    /// Deterministic idempotency id of (job, party, metric, attempt).
+    pub event_id: String,
+    /// Job.
+    pub job_id: String,
+    /// Party that used it.
+    pub party: String,
+    /// Metric name (`cpu_ms`, `wall_ms`, `rows_in`, `bytes_sent`, ...).
+    pub metric: String,
+    /// Attempt number.
+    pub attempt: i64,
+    /// Quantity.
+    pub quantity: i64,
+    /// When it happened.
+    pub event_time_ms: i64,
+}
+
+/// How a job ends.
+#[derive(Debug, Clone)]
+pub enum JobFinish {
+    /// Both sides finished; commit the count, record usage and post the charge.
+    Succeeded {
+        /// Intersection size (or other result size).
+        result_size: u64,
+        /// Where the result was written.
+        result_location: String,
+        /// Usage events.
+        usage: Vec<UsageEventRecord>,
+        /// Charge transfers.
+        transfers: Vec<TransferSpec>,
+        /// Total charged.
+        charge_micros: i64,
+    },
+    /// It failed; `buyer_fault` keeps the count consumed, otherwise it is released.
+    Failed {
+        /// Why.
+        error: String,
+        /// Whether the failure is the buyer's (bad input of their own).
+        buyer_fault: bool,
+    },
+    /// The buyer cancelled it; the count is consumed.
+    Cancelled {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What completion did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinishOutcome {
+    /// False if the job had already ended (the call changed nothing).
+    pub transitioned: bool,
+    /// The job as it now stands.
+    pub job: JobRecord,
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+const JOB_COLUMNS: &str = "job_id, licence_id, scene, user_id, mode, state, count_state, reasons_json, error, \
+     result_size, result_location, charge_micros, created_at_ms, finished_at_ms";
+
+fn job_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<JobRecord, StoreError> {
+    let reasons: String = r.try_get(7)?;
+    let result_size: Option<i64> = r.try_get(9)?;
+    Ok(JobRecord {
+        job_id: r.try_get(0)?,
+        licence_id: r.try_get(1)?,
+        scene: r.try_get(2)?,
+        user: r.try_get(3)?,
+        mode: r.try_get(4)?,
+        state: r.try_get(5)?,
+        count_state: r.try_get(6)?,
+        reasons: serde_json::from_str(&reasons).map_err(corrupt)?,
+        error: r.try_get(8)?,
+        result_size: result_size.map(|s| u64::try_from(s).unwrap_or(0)),
+        result_location: r.try_get(10)?,
+        charge_micros: r.try_get(11)?,
+        created_at_ms: r.try_get(12)?,
+        finished_at_ms: r.try_get(13)?,
+    })
+}
+
+async fn load_job(conn: &mut SqliteConnection, job_id: &str) -> Result<JobRecord, StoreError> {
+    let r = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = ?"))
+        .bind(job_id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            kind: "job",
+            id: job_id.into(),
+        })?;
+    job_from_row(&r)
+}
+
+impl Store {
+    /// Admits or refuses a job in one transaction: loads the licence and its remaining count,
+    /// asks `decide`, and if allowed reserves one count and records the job and its tasks;
+    /// otherwise records the refusal. Either way the decision is appended to the audit chain.
+    pub async fn admit<F>(&self, job: &NewJob, decide: F) -> Result<AdmitOutcome, StoreError>
+    where
+        F: FnOnce(Option<&LicenceRecord>) -> Decision,
+    {
+        let mut tx = self.write.begin().await?;
+        let licence = match load_licence(&mut tx, &job.licence_id).await {
+            Ok(l) => Some(l),
+            Err(StoreError::NotFound { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        let decision = decide(licence.as_ref());
+        let mut allowed = decision.allowed;
+        let mut reasons = decision.reasons.clone();
+        if allowed {
+            // Reserve one count; the WHERE clause makes exhaustion impossible to miss even if
+            // the decision was taken on a stale value.
+            let r = sqlx::query(
+                "UPDATE licence_scenes SET remaining = CASE WHEN remaining IS NULL THEN NULL ELSE remaining - 1 END, \
+                 reserved = reserved + 1 \
+                 WHERE licence_id = ? AND scene = ? AND (remaining IS NULL OR remaining > 0)",
+            )
+            .bind(&job.licence_id)
+            .bind(&job.scene)
+            .execute(&mut *tx)
+            .await?;
+            if r.rows_affected() == 0 {
+                allowed = false;
+                reasons = vec![format!(
+                    "quota exhausted: no runs left for scene {}",
+                    job.scene
+                )];
+            }
+        }
+        let (state, count_state) = if allowed {
+            ("admitted", "reserved")
+        } else {
+            ("refused", "none")
+        };
+        let reasons_json = serde_json::to_string(&reasons).map_err(corrupt)?;
+        let inserted = sqlx::query(
+            "INSERT INTO jobs (job_id, licence_id, scene, user_id, mode, state, count_state, request_json, \
+             reasons_json, created_at_ms, updated_at_ms, finished_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT(job_id) DO NOTHING",
+        )
+        .bind(&job.job_id)
+        .bind(&job.licence_id)
+        .bind(&job.scene)
+        .bind(&job.user)
+        .bind(&job.mode)
+        .bind(state)
+        .bind(count_state)
+        .bind(job.request.to_string())
+        .bind(&reasons_json)
+        .bind(job.now_ms)
+        .bind(job.now_ms)
+        .bind(if allowed { None } else { Some(job.now_ms) })
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Err(StoreError::Conflict {
+                kind: "job",
+                id: job.job_id.clone(),
+            });
+        }
+        if allowed {
+            for t in &decision.tasks {
+                sqlx::query(
+                    "INSERT INTO tasks (task_id, job_id, worker_id, party, role, state, spec_json, updated_at_ms) \
+                     VALUES (?, ?, ?, ?, ?, 'dispatched', ?, ?)",
+                )
+                .bind(&t.task_id)
+                .bind(&job.job_id)
+                .bind(&t.worker_id)
+                .bind(&t.party)
+                .bind(&t.role)
+                .bind(&t.spec_json)
+                .bind(job.now_ms)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        audit::append(
+            &mut tx,
+            job.now_ms,
+            if allowed { "admit" } else { "refuse" },
+            &job.job_id,
+            &serde_json::json!({
+                "licence_id": job.licence_id, "scene": job.scene, "user": job.user,
+                "reasons": reasons, "detail": decision.detail,
+                "tasks": decision.tasks.iter().map(|t| serde_json::json!({
+                    "task_id": t.task_id, "worker_id": t.worker_id, "party": t.party, "role": t.role,
+                })).collect::<Vec<_>>(),
+            }),
+        )
+        .await?;
+        let record = load_job(&mut tx, &job.job_id).await?;
+        tx.commit().await?;
+        Ok(if allowed {
+            AdmitOutcome::Admitted(record)
+        } else {
+            AdmitOutcome::Refused(record)
+        })
+    }
+
+    /// Marks an admitted job as running (tasks delivered) and audits the dispatch.
+    pub async fn mark_dispatched(
+        &self,
+        job_id: &str,
+        detail: &serde_json::Value,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        sqlx::query("UPDATE jobs SET state = 'running', updated_at_ms = ? WHERE job_id = ? AND state = 'admitted'")
+            .bind(now_ms)
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?;
+        audit::append(&mut tx, now_ms, "dispatch", job_id, detail).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records one task's report.
+    pub async fn update_task(
+        &self,
+        task_id: &str,
+        state: &str,
+        error_kind: &str,
+        error: &str,
+        usage: Option<&serde_json::Value>,
+        result_size: Option<u64>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let r = sqlx::query(
+            "UPDATE tasks SET state = ?, error_kind = ?, error = ?, usage_json = ?, result_size = ?, updated_at_ms = ? \
+             WHERE task_id = ?",
+        )
+        .bind(state)
+        .bind(error_kind)
+        .bind(error)
+        .bind(usage.map(|u| u.to_string()))
+        .bind(result_size.map(|s| i64::try_from(s).unwrap_or(i64::MAX)))
+        .bind(now_ms)
+        .bind(task_id)
+        .execute(&self.write)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                kind: "task",
+                id: task_id.into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Ends a job exactly once: sets its final state, commits or releases its count, records
+    /// usage and posts the charge, all in one transaction with their audit entries. A second
+    /// call for an ended job changes nothing and returns `transitioned: false`.
+    pub async fn finish_job(
+        &self,
+        job_id: &str,
+        finish: &JobFinish,
+        now_ms: i64,
+    ) -> Result<FinishOutcome, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let job = load_job(&mut tx, job_id).await?;
+        if job.is_terminal() {
+            return Ok(FinishOutcome {
+                transitioned: false,
+                job,
+            });
+        }
+        let (state, consume, error) = match finish {
+            JobFinish::Succeeded { .. } => ("succeeded", true, String::new()),
+            JobFinish::Failed { error, buyer_fault } => ("failed", *buyer_fault, error.clone()),
+            JobFinish::Cancelled { reason } => ("cancelled", true, reason.clone()),
+        };
+        let count_state = if consume { "committed" } else { "released" };
+        let scene_update = if consume {
+            "UPDATE licence_scenes SET reserved = reserved - 1, used = used + 1 WHERE licence_id = ? AND scene = ?"
+        } else {
+            "UPDATE licence_scenes SET reserved = reserved - 1, \
+             remaining = CASE WHEN remaining IS NULL THEN NULL ELSE remaining + 1 END WHERE licence_id = ? AND scene = ?"
+        };
+        sqlx::query(scene_update)
+            .bind(&job.licence_id)
+            .bind(&job.scene)
+            .execute(&mut *tx)
+            .await?;
+        let (result_size, result_location, charge) = match finish {
+            JobFinish::Succeeded {
+                result_size,
+                result_location,
+                usage,
+                transfers,
+                charge_micros,
+            } => {
+                for u in usage {
+                    insert_usage(&mut tx, u, now_ms).await?;
+                }
+                for t in transfers {
+                    ledger::post(&mut tx, t, now_ms).await?;
+                }
+                (
+                    Some(i64::try_from(*result_size).unwrap_or(i64::MAX)),
+                    result_location.clone(),
+                    *charge_micros,
+                )
+            }
+            _ => (None, String::new(), 0),
+        };
+        sqlx::query(
+            "UPDATE jobs SET state = ?, count_state = ?, error = ?, result_size = ?, result_location = ?, \
+             charge_micros = ?, updated_at_ms = ?, finished_at_ms = ? WHERE job_id = ?",
+        )
+        .bind(state)
+        .bind(count_state)
+        .bind(&error)
+        .bind(result_size)
+        .bind(&result_location)
+        .bind(charge)
+        .bind(now_ms)
+        .bind(now_ms)
+        .bind(job_id)
+        .execute(&mut *tx)
+        .await?;
+        audit::append(
+            &mut tx,
+            now_ms,
+            "complete",
+            job_id,
+            &serde_json::json!({
+                "state": state, "count": count_state, "error": error,
+                "result_size": result_size, "charge_micros": charge,
+            }),
+        )
+        .await?;
+        let job = load_job(&mut tx, job_id).await?;
+        tx.commit().await?;
+        Ok(FinishOutcome {
+            transitioned: true,
+            job,
+        })
+    }
+
+    /// Records usage events on their own (e.g. a late report); duplicates are accepted once.
+    pub async fn record_usage(
+        &self,
+        events: &[UsageEventRecord],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        for e in events {
+            insert_usage(&mut tx, e, now_ms).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Reads a job.
+    pub async fn job(&self, job_id: &str) -> Result<JobRecord, StoreError> {
+        let mut conn = self.read.acquire().await?;
+        load_job(&mut conn, job_id).await
+    }
+
+    /// Jobs that are admitted or running (for recovery after a restart).
+    pub async fn unfinished_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('admitted', 'running') ORDER BY created_at_ms"
+        ))
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    /// A job's tasks.
+    pub async fn tasks(&self, job_id: &str) -> Result<Vec<TaskRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT task_id, job_id, worker_id, party, role, state, spec_json FROM tasks WHERE job_id = ? ORDER BY task_id",
+        )
+        .bind(job_id)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(TaskRecord {
+                    task_id: r.try_get(0)?,
+                    job_id: r.try_get(1)?,
+                    worker_id: r.try_get(2)?,
+                    party: r.try_get(3)?,
+                    role: r.try_get(4)?,
+                    state: r.try_get(5)?,
+                    spec_json: r.try_get(6)?,
+                })
+            })
+            .collect()
+    }
+
+    /// All usage events in arrival order.
+    pub async fn usage_events(&self) -> Result<Vec<UsageEventRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT event_id, job_id, party, metric, attempt, quantity, event_time_ms FROM usage_events ORDER BY rowid",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(UsageEventRecord {
+                    event_id: r.try_get(0)?,
+                    job_id: r.try_get(1)?,
+                    party: r.try_get(2)?,
+                    metric: r.try_get(3)?,
+                    attempt: r.try_get(4)?,
+                    quantity: r.try_get(5)?,
+                    event_time_ms: r.try_get(6)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The remaining count of a licence scene (`None`: unlimited).
+    pub async fn remaining_count(
+        &self,
+        licence_id: &str,
+        scene: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        let r =
+            sqlx::query("SELECT remaining FROM licence_scenes WHERE licence_id = ? AND scene = ?")
+                .bind(licence_id)
+                .bind(scene)
+                .fetch_optional(&self.read)
+                .await?
+                .ok_or_else(|| StoreError::NotFound {
+                    kind: "licence scene",
+                    id: format!("{licence_id}/{scene}"),
+                })?;
+        let v: Option<i64> = r.try_get(0)?;
+        Ok(v.map(|v| u64::try_from(v).unwrap_or(0)))
+    }
+}
+
+async fn insert_usage(
+    conn: &mut SqliteConnection,
+    e: &UsageEventRecord,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let r = sqlx::query(
+        "INSERT INTO usage_events (event_id, job_id, party, metric, attempt, quantity, event_time_ms, arrival_time_ms) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(event_id) DO NOTHING",
+    )
+    .bind(&e.event_id)
+    .bind(&e.job_id)
+    .bind(&e.party)
+    .bind(&e.metric)
+    .bind(e.attempt)
+    .bind(e.quantity)
+    .bind(e.event_time_ms)
+    .bind(now_ms)
+    .execute(&mut *conn)
+    .await?;
+    if r.rows_affected() == 0 {
+        let existing = sqlx::query(
+            "SELECT job_id, party, metric, attempt, quantity FROM usage_events WHERE event_id = ?",
+        )
+        .bind(&e.event_id)
+        .fetch_one(&mut *conn)
+        .await?;
+        let same = existing.try_get::<String, _>(0)? == e.job_id
+            && existing.try_get::<String, _>(1)? == e.party
+            && existing.try_get::<String, _>(2)? == e.metric
+            && existing.try_get::<i64, _>(3)? == e.attempt
+            && existing.try_get::<i64, _>(4)? == e.quantity;
+        if !same {
+            return Err(StoreError::IdempotencyMismatch {
+                kind: "usage event",
+                id: e.event_id.clone(),
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,189 @@
+//! Runs one task: checks its ticket, reads the party's keys, opens the peer link, runs the
+//! engine role, writes the receiver's result, and measures usage.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+use tessera_core::table::{KeyCase, KeySpec, read_keys};
+use tessera_core::{Link, TaskSpec};
+use tessera_psi::{Mode, PsiConfig, PsiError};
+
+use crate::link::{GrpcLink, PeerHub};
+use crate::usage;
+
+/// A task failure, classified for the scheduler (whose fault it is decides the count).
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    /// The ticket was refused.
+    #[error("{0}")]
+    Ticket(String),
+    /// This party's input is bad (missing file, unknown column, malformed row).
+    #[error("{0}")]
+    Input(String),
+    /// The peer failed, went away or misbehaved.
+    #[error("{0}")]
+    Peer(String),
+    /// The task was cancelled.
+    #[error("cancelled: {0}")]
+    Cancelled(String),
+    /// Anything else.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl TaskError {
+    /// The kind reported to the operator.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TaskError::Ticket(_) => "ticket",
+            TaskError::Input(_) => "input",
+            TaskError::Peer(_) => "peer",
+            TaskError::Cancelled(_) => "cancelled",
+            TaskError::Internal(_) => "internal",
+        }
+    }
+}
+
+/// What a finished task reports.
+#[derive(Debug, Clone, Default)]
+pub struct TaskOutcome {
+    /// Rows read from the dataset.
+    pub rows_in: u64,
+    /// Result size (receiver).
+    pub result_size: Option<u64>,
+    /// Result file name (receiver, intersection mode).
+    pub result_location: String,
+    /// Link counters.
+    pub link: tessera_core::LinkStats,
+}
+
+/// Where a worker keeps things and how it talks to peers.
+#[derive(Debug, Clone)]
+pub struct ExecEnv {
+    /// Directory datasets are read from.
+    pub dataset_dir: PathBuf,
+    /// Directory results are written to.
+    pub output_dir: PathBuf,
+    /// Incoming peer sessions.
+    pub hub: PeerHub,
+    /// Largest frame on a peer link.
+    pub frame_bytes_max: usize,
+    /// How long a link may be silent.
+    pub idle_timeout: Duration,
+    /// How long to wait for the peer to connect.
+    pub connect_timeout: Duration,
+}
+
+/// Resolves `name` inside `dir`, refusing anything but a plain file name.
+fn inside(dir: &Path, name: &str) -> Result<PathBuf, TaskError> {
+    let p = Path::new(name);
+    let plain = p.components().count() == 1
+        && matches!(p.components().next(), Some(std::path::Component::Normal(_)));
+    if !plain || name.starts_with('.') {
+        return Err(TaskError::Input(format!(
+            "{name:?} is not a plain file name"
+        )));
+    }
+    Ok(dir.join(p))
+}
+
+/// Runs a checked task to completion.
+pub async fn run_task(
+    env: &ExecEnv,
+    spec: &TaskSpec,
+    progress: Arc<dyn tessera_psi::Progress>,
+) -> Result<TaskOutcome, TaskError> {
+    if spec.scene != "psi" {
+        return Err(TaskError::Internal(format!(
+            "scene {} is not supported by this worker",
+            spec.scene
+        )));
+    }
+    let mode = Mode::from_str(&spec.mode).map_err(|e| TaskError::Internal(e.to_string()))?;
+    let case = KeyCase::from_str(&spec.key_case).map_err(|e| TaskError::Internal(e.to_string()))?;
+    let path = inside(&env.dataset_dir, &spec.dataset_location)?;
+    let key_spec = KeySpec {
+        columns: spec.key_columns.clone(),
+        case,
+    };
+    progress.report("read", 0, 0);
+    let input = tokio::task::spawn_blocking(move || read_keys(&path, &key_spec))
+        .await
+        .map_err(|e| TaskError::Internal(format!("reader task: {e}")))?
+        .map_err(|e| TaskError::Input(e.to_string()))?;
+    progress.report("read", input.rows, input.rows);
+
+    let link = if spec.dial_peer {
+        GrpcLink::dial(
+            &spec.peer_addr,
+            &spec.session_id,
+            env.frame_bytes_max,
+            env.idle_timeout,
+            env.connect_timeout,
+        )
+        .await
+    } else {
+        env.hub.accept(&spec.session_id, env.connect_timeout).await
+    }
+    .map_err(|e| TaskError::Peer(e.to_string()))?;
+
+    let cfg = PsiConfig {
+        mode,
+        ..PsiConfig::default()
+    };
+    let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
+    let mut outcome = TaskOutcome {
+        rows_in: input.rows,
+        ..TaskOutcome::default()
+    };
+    let peer_err = |e: PsiError| match e {
+        PsiError::TooLarge { .. } => TaskError::Input(e.to_string()),
+        e => TaskError::Peer(e.to_string()),
+    };
+    match spec.role.as_str() {
+        "sender" => {
+            tessera_psi::run_sender(&link, &input.keys, &cfg, &mut rng, progress.as_ref())
+                .await
+                .map_err(peer_err)?;
+        }
+        "receiver" => {
+            let out =
+                tessera_psi::run_receiver(&link, &input.keys, &cfg, &mut rng, progress.as_ref())
+                    .await
+                    .map_err(peer_err)?;
+            outcome.result_size = Some(out.intersection_size);
+            if let Some(idx) = out.intersection {
+                if !spec.output.is_empty() {
+                    let path = inside(&env.output_dir, &spec.output)?;
+                    let keys: Vec<Vec<u8>> = idx
+                        .iter()
+                        .filter_map(|&i| input.keys.get(i).cloned())
+                        .collect();
+                    let header = spec.key_columns.join("|");
+                    tokio::task::spawn_blocking(move || {
+                        tessera_core::table::write_key_column_csv(&path, &header, &keys)
+                    })
+                    .await
+                    .map_err(|e| TaskError::Internal(format!("writer task: {e}")))?
+                    .map_err(|e| TaskError::Internal(format!("writing the result: {e}")))?;
+                    outcome.result_location = spec.output.clone();
+                }
+            }
+        }
+        other => return Err(TaskError::Internal(format!("unknown role {other}"))),
+    }
+    outcome.link = link.stats();
+    Ok(outcome)
+}
+
+/// Measures a future's wall and process CPU time.
+pub async fn measured<F: std::future::Future>(f: F) -> (F::Output, u64, u64) {
+    let cpu0 = usage::process_cpu_ms();
+    let t0 = Instant::now();
+    let out = f.await;
+    let wall_ms = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX);
+    (out, wall_ms, usage::process_cpu_ms().saturating_sub(cpu0))
+}

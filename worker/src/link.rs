@@ -1,0 +1,332 @@
+//! The gRPC implementation of [`Link`]: one `Peer.Exchange` bidirectional stream per task pair.
+//!
+//! The side that dials sends the session id (a random secret that only the two workers'
+//! tickets carry) in the `x-tessera-session` metadata; the listening worker's [`PeerHub`]
+//! hands the stream to the task waiting for that session, whichever of the two arrives first.
+//! Frames over the bound are refused by tonic's decoder and again by the link.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use tessera_core::link::LinkCounters;
+use tessera_core::{Link, LinkError, LinkStats};
+use tessera_proto::v1::Frame;
+use tessera_proto::v1::peer_client::PeerClient;
+use tessera_proto::v1::peer_server::Peer;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Metadata key carrying the session id.
+pub const SESSION_HEADER: &str = "x-tessera-session";
+/// Sessions that may wait in the hub for their task at once.
+pub const PENDING_SESSIONS_MAX: usize = 256;
+/// Extra room over the frame bound for protobuf framing.
+const FRAME_OVERHEAD_BYTES: usize = 64;
+
+type Inbound = futures::stream::BoxStream<'static, Result<Frame, Status>>;
+
+/// A peer link over a gRPC stream.
+pub struct GrpcLink {
+    tx: mpsc::Sender<Frame>,
+    rx: Mutex<Inbound>,
+    frame_bytes_max: usize,
+    idle_timeout: Duration,
+    counters: Arc<LinkCounters>,
+}
+
+impl std::fmt::Debug for GrpcLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrpcLink")
+            .field("frame_bytes_max", &self.frame_bytes_max)
+            .field("stats", &self.counters.snapshot())
+            .finish_non_exhaustive()
+    }
+}
+
+fn status_to_link(s: &Status) -> LinkError {
+    match s.code() {
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => {
+            LinkError::Transport(format!("peer frame refused: {}", s.message()))
+        }
+        tonic::Code::Cancelled | tonic::Code::Unavailable | tonic::Code::Aborted => {
+            LinkError::PeerGone(s.message().to_string())
+        }
+        _ => LinkError::Transport(format!("{}: {}", s.code(), s.message())),
+    }
+}
+
+impl GrpcLink {
+    fn new(
+        tx: mpsc::Sender<Frame>,
+        rx: Inbound,
+        frame_bytes_max: usize,
+        idle_timeout: Duration,
+    ) -> Self {
+        Self {
+            tx,
+            rx: Mutex::new(rx),
+            frame_bytes_max,
+            idle_timeout,
+            counters: Arc::default(),
+        }
+    }
+
+    /// Dials `addr` and opens the session's stream, retrying until `connect_timeout`.
+    pub async fn dial(
+        addr: &str,
+        session_id: &str,
+        frame_bytes_max: usize,
+        idle_timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Result<Self, LinkError> {
+        let uri = format!("http://{addr}");
+        let deadline = tokio::time::Instant::now() + connect_timeout;
+        let channel = loop {
+            let endpoint = tonic::transport::Endpoint::from_shared(uri.clone())
+                .map_err(|e| LinkError::Transport(format!("bad peer address {addr}: {e}")))?
+                .connect_timeout(Duration::from_secs(5))
+                .tcp_nodelay(true);
+            match endpoint.connect().await {
+                Ok(c) => break c,
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(LinkError::PeerGone(format!(
+                        "cannot reach peer {addr}: {e}"
+                    )));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        };
+        let limit = frame_bytes_max + FRAME_OVERHEAD_BYTES;
+        let mut client = PeerClient::new(channel)
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit);
+        let (tx, rx) = mpsc::channel(tessera_core::limits::LINK_QUEUE_FRAMES);
+        let mut req = Request::new(ReceiverStream::new(rx));
+        let value = session_id
+            .parse()
+            .map_err(|_| LinkError::Transport("session id is not valid metadata".into()))?;
+        req.metadata_mut().insert(SESSION_HEADER, value);
+        let resp = client.exchange(req).await.map_err(|s| status_to_link(&s))?;
+        Ok(Self::new(
+            tx,
+            resp.into_inner().boxed(),
+            frame_bytes_max,
+            idle_timeout,
+        ))
+    }
+}
+
+#[async_trait]
+impl Link for GrpcLink {
+    async fn send(&self, frame: Bytes) -> Result<(), LinkError> {
+        if frame.len() > self.frame_bytes_max {
+            return Err(LinkError::FrameTooLarge {
+                len: frame.len(),
+                max: self.frame_bytes_max,
+            });
+        }
+        let len = frame.len();
+        self.tx
+            .send(Frame { payload: frame })
+            .await
+            .map_err(|_| LinkError::PeerGone("peer stream closed".into()))?;
+        self.counters.on_send(len);
+        Ok(())
+    }
+
+    async fn recv(&self) -> Result<Bytes, LinkError> {
+        let mut rx = self.rx.lock().await;
+        let next = tokio::time::timeout(self.idle_timeout, rx.next())
+            .await
+            .map_err(|_| LinkError::Timeout {
+                timeout_ms: u64::try_from(self.idle_timeout.as_millis()).unwrap_or(u64::MAX),
+            })?;
+        let frame = match next {
+            None => return Err(LinkError::PeerGone("peer closed the stream".into())),
+            Some(Err(s)) => return Err(status_to_link(&s)),
+            Some(Ok(f)) => f.payload,
+        };
+        if frame.len() > self.frame_bytes_max {
+            return Err(LinkError::FrameTooLarge {
+                len: frame.len(),
+                max: self.frame_bytes_max,
+            });
+        }
+        self.counters.on_recv(frame.len());
+        Ok(frame)
+    }
+
+    fn frame_bytes_max(&self) -> usize {
+        self.frame_bytes_max
+    }
+
+    fn stats(&self) -> LinkStats {
+        self.counters.snapshot()
+    }
+}
+
+enum Slot {
+    Waiting(oneshot::Sender<GrpcLink>),
+    Arrived(GrpcLink, tokio::time::Instant),
+}
+
+/// Matches incoming peer streams with the tasks waiting for them; also the `Peer` service.
+#[derive(Clone)]
+pub struct PeerHub {
+    slots: Arc<std::sync::Mutex<HashMap<String, Slot>>>,
+    frame_bytes_max: usize,
+    idle_timeout: Duration,
+}
+
+impl std::fmt::Debug for PeerHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerHub")
+            .field("frame_bytes_max", &self.frame_bytes_max)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PeerHub {
+    /// A hub whose links carry frames up to `frame_bytes_max` and time out after
+    /// `idle_timeout` without a frame.
+    pub fn new(frame_bytes_max: usize, idle_timeout: Duration) -> Self {
+        Self {
+            slots: Arc::default(),
+            frame_bytes_max,
+            idle_timeout,
+        }
+    }
+
+    /// The tonic service for this hub.
+    pub fn service(&self) -> tessera_proto::v1::peer_server::PeerServer<PeerHub> {
+        let limit = self.frame_bytes_max + FRAME_OVERHEAD_BYTES;
+        tessera_proto::v1::peer_server::PeerServer::new(self.clone())
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
+        match self.slots.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Waits up to `timeout` for the peer of `session_id` to dial in.
+    pub async fn accept(&self, session_id: &str, timeout: Duration) -> Result<GrpcLink, LinkError> {
+        let rx = {
+            let mut slots = self.lock();
+            match slots.remove(session_id) {
+                Some(Slot::Arrived(link, _)) => return Ok(link),
+                _ => {
+                    let (tx, rx) = oneshot::channel();
+                    slots.insert(session_id.to_string(), Slot::Waiting(tx));
+                    rx
+                }
+            }
+        };
+        let result = tokio::time::timeout(timeout, rx).await;
+        self.lock().remove(session_id);
+        match result {
+            Ok(Ok(link)) => Ok(link),
+            _ => Err(LinkError::PeerGone(format!(
+                "peer did not connect within {} ms",
+                timeout.as_millis()
+            ))),
+        }
+    }
+
+    fn offer(&self, session_id: String, link: GrpcLink) -> Result<(), Status> {
+        let mut slots = self.lock();
+        let now = tokio::time::Instant::now();
+        // Arrivals nobody claimed within a minute are dropped.
+        slots.retain(|_, s| match s {
+            Slot::Arrived(_, at) => now.duration_since(*at) < Duration::from_secs(60),
+            Slot::Waiting(tx) => !tx.is_closed(),
+        });
+        match slots.remove(&session_id) {
+            Some(Slot::Waiting(tx)) => tx
+                .send(link)
+                .map_err(|_| Status::unavailable("the task for this session has ended")),
+            Some(Slot::Arrived(..)) => Err(Status::already_exists("session already connected")),
+            None if slots.len() >= PENDING_SESSIONS_MAX => {
+                Err(Status::resource_exhausted("too many pending peer sessions"))
+            }
+            None => {
+                slots.insert(session_id, Slot::Arrived(link, now));
+                Ok(())
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Peer for PeerHub {
+    type ExchangeStream = futures::stream::BoxStream<'static, Result<Frame, Status>>;
+
+    async fn exchange(
+        &self,
+        request: Request<Streaming<Frame>>,
+    ) -> Result<Response<Self::ExchangeStream>, Status> {
+        let session = request
+            .metadata()
+            .get(SESSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|s| !s.is_empty() && s.len() <= 128)
+            .ok_or_else(|| Status::invalid_argument("missing session id"))?
+            .to_string();
+        let inbound = request.into_inner().boxed();
+        let (tx, rx) = mpsc::channel(tessera_core::limits::LINK_QUEUE_FRAMES);
+        let link = GrpcLink::new(tx, inbound, self.frame_bytes_max, self.idle_timeout);
+        self.offer(session, link)?;
+        Ok(Response::new(ReceiverStream::new(rx).map(Ok).boxed()))
+    }
+}
+
+/// Serves a hub on a bound listener until the future is dropped.
+pub async fn serve_peer(
+    hub: PeerHub,
+    listener: tokio::net::TcpListener,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .add_service(hub.service())
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+        .await
+}
+
+/// A connected pair of gRPC links over loopback TCP (for benches and tests).
+pub async fn loopback_pair(
+    frame_bytes_max: usize,
+    idle_timeout: Duration,
+) -> Result<(GrpcLink, GrpcLink, tokio::task::JoinHandle<()>), LinkError> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| LinkError::Transport(e.to_string()))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| LinkError::Transport(e.to_string()))?;
+    let hub = PeerHub::new(frame_bytes_max, idle_timeout);
+    let server = tokio::spawn({
+        let hub = hub.clone();
+        async move {
+            let _ = serve_peer(hub, listener).await;
+        }
+    });
+    let addr = addr.to_string();
+    let (dialer, acceptor) = tokio::join!(
+        GrpcLink::dial(
+            &addr,
+            "loopback",
+            frame_bytes_max,
+            idle_timeout,
+            Duration::from_secs(10)
+        ),
+        hub.accept("loopback", Duration::from_secs(10)),
+    );
+    Ok((dialer?, acceptor?, server))
+}
