@@ -2,6 +2,7 @@
 //! (`demo`), benchmarks (`bench`), and client commands over the operator's gRPC API.
 
 mod bench;
+mod billing;
 mod client;
 mod demo;
 mod operator;
@@ -35,6 +36,9 @@ enum Command {
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Billing: simulate scenarios, ingestion benchmark.
+    #[command(subcommand)]
+    Billing(billing::BillingCommand),
     /// Check the audit chain of a data directory (offline) and name the first broken entry.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -184,6 +188,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Demo(a) => demo::run(a).await?,
         Command::Bench(b) => bench::run(b).await?,
+        Command::Billing(b) => billing::run(b).await?,
         Command::Audit(AuditCommand::Verify { data_dir }) => {
             let path = data_dir.join("tessera.db");
             if !path.exists() {

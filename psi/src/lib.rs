@@ -15,7 +15,7 @@
 //!   non-collusion must be assumed.
 //! * **Not secure against a malicious party.** A party that deviates from the protocol can:
 //!   - as receiver, blind chosen or guessed keys (up to the announced size, at most
-//!     [`MAX_SET_SIZE`]) and so test each of them for membership in the sender's set; this is
+//!     [`SET_ITEMS_MAX`]) and so test each of them for membership in the sender's set; this is
 //!     inherent to PSI, where nothing bounds what a party claims as its input;
 //!   - as receiver in [`Mode::SizeOnly`], blind each of its items with a *different* exponent
 //!     (`H(x_i)^{a·r_i}`) instead of one key; the sender cannot tell, and the receiver can then
@@ -56,9 +56,11 @@
 //!   encodings and the identity.
 //! * Doubly-blinded values, used only for equality tests, are truncated to
 //!   [`DOUBLE_BLINDED_BYTES`] = 16 bytes (the first 16 bytes of the canonical encoding, which
-//!   carry 127 bits of entropy since the lowest bit of a canonical encoding is always 0). For
-//!   sets of sizes `n_r` and `n_s` the probability that any false match occurs is at most
-//!   `n_r · n_s / 2^127`; at the bound of 5·10^7 items per side that is below 2^-76.
+//!   carry 127 free bits, since the lowest bit of a canonical encoding is always 0). Treating
+//!   that prefix as uniform, for distinct sets of sizes `n_r` and `n_s` the probability that any
+//!   receiver value falsely matches a sender value is at most `n_r · n_s / 2^127`: below 2^-95
+//!   at 2^16 items per side and below 2^-75 at the bound of 5·10^7 items per side. The
+//!   32-byte points of step 2 are never truncated.
 //!
 //! # Message flow
 //!
@@ -67,7 +69,7 @@
 //!
 //! 1. Both → both: `Hello` (magic, protocol version, role, mode, distinct set size, batch size).
 //!    Each side checks version, complementary roles, equal modes, and that the peer's set size is
-//!    at most [`MAX_SET_SIZE`] and its batch size at most [`BATCH_ITEMS_LIMIT`], before
+//!    at most [`SET_ITEMS_MAX`] and its batch size at most [`BATCH_ITEMS_LIMIT`], before
 //!    allocating anything for the peer's data.
 //! 2. Receiver → sender: `Points` batches of `H(x)^a` for its distinct keys, in order.
 //!    Concurrently, sender → receiver: `Points` batches of `H(y)^b` for its distinct keys, in an
@@ -79,9 +81,9 @@
 //!    frames, and matches the two value sets (sort + binary search).
 //! 5. Sender waits for `Done`, so that it never hangs up while frames are still in flight.
 //!
-//! On a local failure a party sends a best-effort `Abort` frame with a reason code (only if the
-//! link accepts it without waiting), so that the peer stops with [`PsiError::PeerAborted`]
-//! instead of waiting; it never contains any data.
+//! On a local failure a party sends a best-effort `Abort` frame with a reason code (given up
+//! after a few polls if the link does not accept it, so a full queue cannot hang us), so that
+//! the peer stops with [`PsiError::PeerAborted`] instead of waiting; it carries no data.
 //!
 //! # Bounds and performance
 //!
@@ -90,7 +92,10 @@
 //!   carries at most `batch_items_max` items; nothing is ever sent as one message per set. A
 //!   received batch must be non-empty, exactly the announced length, and may not bring the total
 //!   above the announced set size.
-//! * Own input: at most [`MAX_SET_SIZE`] items of at most [`MAX_ITEM_BYTES`] bytes.
+//! * Own input: at most [`SET_ITEMS_MAX`] items of at most [`ITEM_BYTES_MAX`] bytes.
+//! * Memory besides the inputs: the receiver keeps `16 · (n_r + n_s)` bytes of values, the
+//!   sender `16 · n_r` in size-only mode; at most 2^20 items' worth is preallocated on the
+//!   strength of the peer's announcement, the rest grows only as data arrives.
 //! * Point arithmetic runs on the rayon pool (in chunks, with batched compression) inside
 //!   `tokio::task::spawn_blocking`, so it never blocks the async runtime. Sending and receiving
 //!   run concurrently (`tokio::try_join!`), so neither side can deadlock on a bounded link queue,
@@ -110,9 +115,9 @@ pub use protocol::{run_receiver, run_sender};
 pub use wire::PROTOCOL_VERSION;
 
 /// Largest distinct set either party may have (and may announce): the dataset row bound.
-pub const MAX_SET_SIZE: usize = tessera_core::limits::DATASET_ROWS_MAX;
+pub const SET_ITEMS_MAX: usize = tessera_core::limits::DATASET_ROWS_MAX;
 /// Longest item accepted, in bytes: the dataset key bound.
-pub const MAX_ITEM_BYTES: usize = tessera_core::limits::KEY_BYTES_MAX;
+pub const ITEM_BYTES_MAX: usize = tessera_core::limits::KEY_BYTES_MAX;
 /// Largest batch size a party may configure or announce, in items.
 pub const BATCH_ITEMS_LIMIT: usize = 1 << 20;
 /// Default batch size, in items.

@@ -23,8 +23,8 @@ use crate::wire::{
     BATCH_HEADER_BYTES, Frame, Hello, PROTOCOL_VERSION, abort_frame, done_frame, new_batch,
 };
 use crate::{
-    BATCH_ITEMS_LIMIT, MAX_ITEM_BYTES, MAX_SET_SIZE, Mode, PHASE_BLIND, PHASE_EXCHANGE, PHASE_HASH,
-    PHASE_MATCH, Progress, PsiConfig, PsiError, ReceiverOutput, Role, SenderOutput,
+    BATCH_ITEMS_LIMIT, ITEM_BYTES_MAX, Mode, PHASE_BLIND, PHASE_EXCHANGE, PHASE_HASH, PHASE_MATCH,
+    Progress, PsiConfig, PsiError, ReceiverOutput, Role, SET_ITEMS_MAX, SenderOutput,
 };
 
 /// Items deduplicated between two yields to the async runtime.
@@ -277,18 +277,18 @@ async fn sender<R: CryptoRngCore + Send>(
 
 /// Refuses own inputs over the bounds.
 fn check_input(items: &[Vec<u8>]) -> Result<(), PsiError> {
-    if items.len() > MAX_SET_SIZE {
+    if items.len() > SET_ITEMS_MAX {
         return Err(PsiError::TooLarge {
             what: "own set size",
             len: items.len() as u64,
-            max: MAX_SET_SIZE as u64,
+            max: SET_ITEMS_MAX as u64,
         });
     }
-    if let Some(item) = items.iter().find(|i| i.len() > MAX_ITEM_BYTES) {
+    if let Some(item) = items.iter().find(|i| i.len() > ITEM_BYTES_MAX) {
         return Err(PsiError::TooLarge {
             what: "item bytes",
             len: item.len() as u64,
-            max: MAX_ITEM_BYTES as u64,
+            max: ITEM_BYTES_MAX as u64,
         });
     }
     Ok(())
@@ -389,11 +389,11 @@ async fn exchange_hello(
 fn peer_set_size(peer: &Hello) -> Result<usize, PsiError> {
     usize::try_from(peer.set_size)
         .ok()
-        .filter(|&n| n <= MAX_SET_SIZE)
+        .filter(|&n| n <= SET_ITEMS_MAX)
         .ok_or(PsiError::TooLarge {
             what: "peer set size",
             len: peer.set_size,
-            max: MAX_SET_SIZE as u64,
+            max: SET_ITEMS_MAX as u64,
         })
 }
 

@@ -310,7 +310,7 @@ async fn invalid_config_is_rejected() {
     let (a, _b) = MemLink::pair();
     let r = run_sender(
         &a,
-        &[vec![0u8; tessera_psi::MAX_ITEM_BYTES + 1]],
+        &[vec![0u8; tessera_psi::ITEM_BYTES_MAX + 1]],
         &cfg(Mode::SizeOnly),
         &mut rng,
         &NoProgress,
@@ -731,4 +731,19 @@ async fn size_only_mode_shuffles_the_returned_values() {
     x.sort_unstable();
     y.sort_unstable();
     assert_eq!(x, y);
+}
+
+#[test]
+fn protocol_futures_are_send() {
+    // The worker runs both roles on a multi-threaded runtime, which needs `Send` futures.
+    fn assert_send<T: Send>(_: &T) {}
+    let (a, _b) = MemLink::pair();
+    let items = keys(0..3);
+    let c = PsiConfig::default();
+    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    let r = run_receiver(&a, &items, &c, &mut rng, &NoProgress);
+    assert_send(&r);
+    drop(r);
+    let s = run_sender(&a, &items, &c, &mut rng, &NoProgress);
+    assert_send(&s);
 }

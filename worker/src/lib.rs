@@ -196,9 +196,17 @@ pub async fn start(config: WorkerConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
         clock,
         running: Mutex::new(HashMap::new()),
     });
+    // Open the task stream before returning, so the worker is placeable once `start` is done.
+    let tasks = shared
+        .client
+        .clone()
+        .pull_tasks(pb::PullTasksRequest { worker_id: shared.worker_id.clone() })
+        .await
+        .context("opening the task stream")?
+        .into_inner();
     tracing::info!(worker = %reg.worker_id, peer = %peer_addr, party = %config.attributes.party, "worker registered");
     let interval = Duration::from_millis(reg.heartbeat_interval_ms.clamp(100, 60_000));
-    let task = tokio::spawn(serve(shared, interval));
+    let task = tokio::spawn(serve(shared, tasks, interval));
     Ok(WorkerHandle {
         worker_id: reg.worker_id,
         peer_addr,
@@ -235,7 +243,7 @@ fn to_pb_attrs(a: &WorkerAttributes) -> pb::WorkerAttributes {
     }
 }
 
-async fn serve(shared: Arc<Shared>, heartbeat: Duration) -> anyhow::Result<()> {
+async fn serve(shared: Arc<Shared>, mut stream: tonic::Streaming<pb::TaskEnvelope>, heartbeat: Duration) -> anyhow::Result<()> {
     let hb = {
         let shared = shared.clone();
         tokio::spawn(async move {
@@ -254,14 +262,6 @@ async fn serve(shared: Arc<Shared>, heartbeat: Duration) -> anyhow::Result<()> {
             }
         })
     };
-    let mut client = shared.client.clone();
-    let stream = client
-        .pull_tasks(pb::PullTasksRequest {
-            worker_id: shared.worker_id.clone(),
-        })
-        .await
-        .context("opening the task stream")?;
-    let mut stream = stream.into_inner();
     let result = loop {
         match stream.next().await {
             None => break Err(anyhow::anyhow!("the operator closed the task stream")),
