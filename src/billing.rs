@@ -20,7 +20,7 @@ use tessera_accounting::money::{MICROS_PER_UNIT, Micros, parse_decimal};
 use tessera_accounting::rating::{
     BillingMode, Metric, PriceComponent, PricePlan, RatingContext, Tier, Usage, rate,
 };
-use tessera_accounting::scenario::{MAX_SCENARIO_BYTES, simulate};
+use tessera_accounting::scenario::{MAX_SCENARIO_BYTES, ScenarioError, simulate};
 use tessera_store::{Store, UsageEventRecord};
 
 /// The injected clock of the bench: every event happens at or after this instant
@@ -145,9 +145,30 @@ fn read_scenario(path: &Path) -> anyhow::Result<String> {
     })
 }
 
+/// `", line L, column C"` of the first TOML syntax error in `text`, if there is one (the
+/// simulator's parse error carries no position).
+fn syntax_error_position(text: &str) -> String {
+    let Err(e) = text.parse::<toml::Table>() else {
+        return String::new();
+    };
+    let Some(start) = e.span().map(|s| s.start) else {
+        return String::new();
+    };
+    let before = text.get(..start).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    format!(", line {line}, column {column}")
+}
+
 fn simulate_file(path: &Path) -> anyhow::Result<()> {
     let text = read_scenario(path).with_context(|| format!("scenario file {}", path.display()))?;
-    let report = simulate(&text).with_context(|| format!("scenario file {}", path.display()))?;
+    let report = simulate(&text).map_err(|e| {
+        let at = match &e {
+            ScenarioError::Parse(_) => syntax_error_position(&text),
+            _ => String::new(),
+        };
+        anyhow::Error::new(e).context(format!("scenario file {}{at}", path.display()))
+    })?;
     let mut out = std::io::stdout().lock();
     out.write_all(report.render_text().as_bytes())?;
     out.flush()?;

@@ -100,6 +100,9 @@
 //!   `tokio::task::spawn_blocking`, so it never blocks the async runtime. Sending and receiving
 //!   run concurrently (`tokio::try_join!`), so neither side can deadlock on a bounded link queue,
 //!   and hashing of the next batch overlaps the sending of the current one.
+//! * The engine has no timers of its own: a peer that goes silent is detected by the link's idle
+//!   timeout ([`tessera_core::LinkError::Timeout`]), one that goes away by
+//!   [`tessera_core::LinkError::PeerGone`].
 
 use std::fmt;
 use std::str::FromStr;

@@ -53,7 +53,7 @@ fn billing_simulate_matches_every_expected_report() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-fn assert_refused(path: &Path, needle: &str) {
+fn assert_refused(path: &Path, needles: &[&str]) {
     let out = tessera(&["billing", "simulate", path.to_str().expect("utf-8 path")]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "accepted {}", path.display());
@@ -64,10 +64,12 @@ fn assert_refused(path: &Path, needle: &str) {
         stderr.contains(&path.display().to_string()),
         "error does not name the file: {stderr}"
     );
-    assert!(
-        stderr.contains(needle),
-        "error does not say {needle:?}: {stderr}"
-    );
+    for needle in needles {
+        assert!(
+            stderr.contains(needle),
+            "error does not say {needle:?}: {stderr}"
+        );
+    }
 }
 
 #[test]
@@ -76,7 +78,7 @@ fn billing_simulate_refuses_malformed_scenarios() {
 
     let garbage = dir.path().join("garbage.toml");
     std::fs::write(&garbage, "name = \n[[[ this is not toml \u{0}\u{7f}").expect("write");
-    assert_refused(&garbage, "does not parse");
+    assert_refused(&garbage, &["does not parse", ", line 1, column "]);
 
     let unknown = dir.path().join("unknown_customer.toml");
     std::fs::write(
@@ -84,18 +86,18 @@ fn billing_simulate_refuses_malformed_scenarios() {
         "name = \"x\"\n[[events]]\nat = \"2021-01-02\"\nkind = \"recharge\"\ncustomer = \"ghost\"\namount = 1\n",
     )
     .expect("write");
-    assert_refused(&unknown, "unknown customer ghost");
+    assert_refused(&unknown, &["unknown customer ghost"]);
 
     let binary = dir.path().join("binary.toml");
     std::fs::write(&binary, [0xff_u8, 0xfe, 0x00, 0x80]).expect("write");
-    assert_refused(&binary, "not valid UTF-8");
+    assert_refused(&binary, &["not valid UTF-8"]);
 
     let big = dir.path().join("big.toml");
     std::fs::write(&big, "#".repeat((1 << 20) + 1)).expect("write");
-    assert_refused(&big, "1 MiB");
+    assert_refused(&big, &["1 MiB"]);
 
     let missing = dir.path().join("missing.toml");
-    assert_refused(&missing, "cannot open");
+    assert_refused(&missing, &["cannot open"]);
 }
 
 #[test]

@@ -53,7 +53,8 @@ fn status_to_link(s: &Status) -> LinkError {
         tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => {
             LinkError::Transport(format!("peer frame refused: {}", s.message()))
         }
-        tonic::Code::Cancelled | tonic::Code::Unavailable | tonic::Code::Aborted => {
+        // `Unknown` is what a broken HTTP/2 connection surfaces as (reset, broken pipe).
+        tonic::Code::Cancelled | tonic::Code::Unavailable | tonic::Code::Aborted | tonic::Code::Unknown => {
             LinkError::PeerGone(s.message().to_string())
         }
         _ => LinkError::Transport(format!("{}: {}", s.code(), s.message())),
@@ -329,4 +330,64 @@ pub async fn loopback_pair(
         hub.accept("loopback", Duration::from_secs(10)),
     );
     Ok((dialer?, acceptor?, server))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn pair(accept_limit: usize, dial_limit: usize) -> (GrpcLink, GrpcLink) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let hub = PeerHub::new(accept_limit, Duration::from_secs(10));
+        tokio::spawn(serve_peer(hub.clone(), listener));
+        let (d, a) = tokio::join!(
+            GrpcLink::dial(&addr, "sess", dial_limit, Duration::from_secs(10), Duration::from_secs(10)),
+            hub.accept("sess", Duration::from_secs(10)),
+        );
+        (d.expect("dial"), a.expect("accept"))
+    }
+
+    #[tokio::test]
+    async fn frames_cross_in_both_directions_and_are_counted() {
+        let (d, a) = pair(1024, 1024).await;
+        d.send(Bytes::from_static(b"hello")).await.expect("send");
+        assert_eq!(a.recv().await.expect("recv"), Bytes::from_static(b"hello"));
+        a.send(Bytes::from(vec![7u8; 1024])).await.expect("send");
+        assert_eq!(d.recv().await.expect("recv").len(), 1024);
+        assert_eq!(d.stats().bytes_sent, 5);
+        assert_eq!(d.stats().bytes_received, 1024);
+        assert_eq!(a.stats().frames_received, 1);
+    }
+
+    #[tokio::test]
+    async fn an_oversized_frame_from_the_peer_is_refused() {
+        let (d, a) = pair(1024, 1 << 20).await;
+        assert!(matches!(
+            a.send(Bytes::from(vec![0u8; 2048])).await,
+            Err(LinkError::FrameTooLarge { len: 2048, max: 1024 })
+        ));
+        // The dialer's own bound is larger, so it sends; the acceptor must refuse it.
+        d.send(Bytes::from(vec![0u8; 4096])).await.expect("local send");
+        let err = a.recv().await.expect_err("oversized frame accepted");
+        assert!(
+            matches!(err, LinkError::FrameTooLarge { .. } | LinkError::Transport(_)),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_goes_away_is_reported() {
+        let (d, a) = pair(1024, 1024).await;
+        drop(d);
+        let err = a.recv().await.expect_err("peer gone");
+        assert!(matches!(err, LinkError::PeerGone(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn nobody_dialling_in_times_out_clearly() {
+        let hub = PeerHub::new(1024, Duration::from_secs(1));
+        let err = hub.accept("nobody", Duration::from_millis(50)).await.expect_err("timeout");
+        assert!(err.to_string().contains("did not connect"), "{err}");
+    }
 }

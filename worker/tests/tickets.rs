@@ -1,0 +1,174 @@
+//! A real worker against a scripted operator: tasks whose tickets are forged, replayed,
+//! expired, misaddressed or moved to another task are refused and reported as ticket errors;
+//! a valid ticket is accepted (the task then runs and fails on its missing dataset).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::SeedableRng;
+use tessera_core::ticket::{TicketBody, TicketSigner, task_digest};
+use tessera_core::{ManualClock, TaskSpec, WorkerAttributes};
+use tessera_proto::v1 as pb;
+use tessera_proto::v1::operator_server::{Operator, OperatorServer};
+use tokio::sync::{Mutex, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+type Stream<T> = std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send>>;
+
+struct ScriptedOperator {
+    key_hex: String,
+    tasks: Mutex<Option<mpsc::Receiver<Result<pb::TaskEnvelope, Status>>>>,
+    results: mpsc::Sender<pb::TaskResult>,
+}
+
+fn unimplemented<T>() -> Result<Response<T>, Status> {
+    Err(Status::unimplemented("not scripted"))
+}
+
+#[tonic::async_trait]
+impl Operator for ScriptedOperator {
+    async fn register_worker(&self, r: Request<pb::RegisterWorkerRequest>) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
+        let id = r.into_inner().worker_id;
+        Ok(Response::new(pb::RegisterWorkerResponse { worker_id: id, operator_key_hex: self.key_hex.clone(), heartbeat_interval_ms: 60_000 }))
+    }
+    async fn heartbeat(&self, _: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        Ok(Response::new(pb::HeartbeatResponse {}))
+    }
+    type PullTasksStream = Stream<pb::TaskEnvelope>;
+    async fn pull_tasks(&self, _: Request<pb::PullTasksRequest>) -> Result<Response<Self::PullTasksStream>, Status> {
+        let rx = self.tasks.lock().await.take().ok_or_else(|| Status::already_exists("one stream"))?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+    async fn report_progress(&self, _: Request<pb::ProgressReport>) -> Result<Response<pb::Ack>, Status> {
+        Ok(Response::new(pb::Ack {}))
+    }
+    async fn report_result(&self, r: Request<pb::TaskResult>) -> Result<Response<pb::Ack>, Status> {
+        let _ = self.results.send(r.into_inner()).await;
+        Ok(Response::new(pb::Ack {}))
+    }
+    async fn create_dataset(&self, _: Request<pb::CreateDatasetRequest>) -> Result<Response<pb::Dataset>, Status> {
+        unimplemented()
+    }
+    async fn create_licence(&self, _: Request<pb::CreateLicenceRequest>) -> Result<Response<pb::Licence>, Status> {
+        unimplemented()
+    }
+    async fn get_licence(&self, _: Request<pb::LicenceRef>) -> Result<Response<pb::Licence>, Status> {
+        unimplemented()
+    }
+    async fn submit_job(&self, _: Request<pb::SubmitJobRequest>) -> Result<Response<pb::Job>, Status> {
+        unimplemented()
+    }
+    async fn get_job(&self, _: Request<pb::JobRef>) -> Result<Response<pb::Job>, Status> {
+        unimplemented()
+    }
+    type WatchJobStream = Stream<pb::Job>;
+    async fn watch_job(&self, _: Request<pb::JobRef>) -> Result<Response<Self::WatchJobStream>, Status> {
+        unimplemented()
+    }
+    async fn cancel_job(&self, _: Request<pb::JobRef>) -> Result<Response<pb::Job>, Status> {
+        unimplemented()
+    }
+    async fn deposit(&self, _: Request<pb::DepositRequest>) -> Result<Response<pb::Ack>, Status> {
+        unimplemented()
+    }
+    async fn list_usage(&self, _: Request<pb::ListRequest>) -> Result<Response<pb::UsageList>, Status> {
+        unimplemented()
+    }
+    async fn list_balances(&self, _: Request<pb::ListRequest>) -> Result<Response<pb::BalanceList>, Status> {
+        unimplemented()
+    }
+    async fn list_transfers(&self, _: Request<pb::ListRequest>) -> Result<Response<pb::TransferList>, Status> {
+        unimplemented()
+    }
+    async fn verify_audit(&self, _: Request<pb::ListRequest>) -> Result<Response<pb::AuditVerification>, Status> {
+        unimplemented()
+    }
+}
+
+const NOW_MS: i64 = 1_800_000_000_000;
+
+fn spec(task_id: &str, dataset: &str) -> Vec<u8> {
+    let s = TaskSpec {
+        job_id: "job-1".into(),
+        task_id: task_id.into(),
+        scene: "psi".into(),
+        role: "receiver".into(),
+        mode: "size".into(),
+        dataset_location: dataset.into(),
+        key_columns: vec!["k".into()],
+        key_case: "preserve".into(),
+        dial_peer: false,
+        peer_addr: String::new(),
+        session_id: "s".into(),
+        output: String::new(),
+    };
+    serde_json::to_vec(&s).expect("spec")
+}
+
+fn assignment(signer: &TicketSigner, ticket_id: &str, worker: &str, signed_spec: &[u8], sent_spec: &[u8], expires_at_ms: i64) -> Result<pb::TaskEnvelope, Status> {
+    let task_id = serde_json::from_slice::<TaskSpec>(signed_spec).expect("spec").task_id;
+    let t = signer.sign(&TicketBody {
+        ticket_id: ticket_id.into(),
+        job_id: "job-1".into(),
+        task_id,
+        worker_id: worker.into(),
+        issued_at_ms: NOW_MS - 1_000,
+        expires_at_ms,
+        task_digest: task_digest(signed_spec),
+    });
+    Ok(pb::TaskEnvelope {
+        kind: Some(pb::task_envelope::Kind::Assign(pb::TaskAssignment {
+            spec_json: sent_spec.to_vec().into(),
+            ticket_body: t.body,
+            ticket_signature_hex: t.signature_hex,
+        })),
+    })
+}
+
+#[tokio::test]
+async fn the_worker_refuses_bad_tickets_and_accepts_a_good_one_once() {
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
+    let signer = TicketSigner::generate(&mut rng);
+    let forger = TicketSigner::generate(&mut rng);
+    let (task_tx, task_rx) = mpsc::channel(16);
+    let (res_tx, mut res_rx) = mpsc::channel(16);
+    let op = ScriptedOperator { key_hex: signer.public_key_hex(), tasks: Mutex::new(Some(task_rx)), results: res_tx };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(OperatorServer::new(op))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = tessera_worker::WorkerConfig::new(
+        format!("http://{addr}"),
+        WorkerAttributes { party: "p".into(), ..WorkerAttributes::default() },
+        dir.path().join("datasets"),
+        dir.path().join("outputs"),
+    );
+    cfg.worker_id = Some("w1".into());
+    cfg.operator_key_hex = Some(signer.public_key_hex());
+    let clock = Arc::new(ManualClock::new(NOW_MS));
+    let worker = tessera_worker::start(cfg, clock).await.expect("worker");
+
+    let good = spec("t-1", "missing.csv");
+    let later = NOW_MS + 60_000;
+    let cases: Vec<(Result<pb::TaskEnvelope, Status>, &str, &str)> = vec![
+        (assignment(&forger, "k1", "w1", &good, &good, later), "ticket", "signature"),
+        (assignment(&signer, "k2", "w1", &good, &good, NOW_MS - 1), "ticket", "expired"),
+        (assignment(&signer, "k3", "w2", &good, &good, later), "ticket", "worker"),
+        (assignment(&signer, "k4", "w1", &good, &spec("t-1", "other.csv"), later), "ticket", "match"),
+        (assignment(&signer, "k5", "w1", &good, &good, later), "input", "not found"),
+        (assignment(&signer, "k5", "w1", &good, &good, later), "ticket", "replay"),
+    ];
+    for (i, (envelope, kind, text)) in cases.into_iter().enumerate() {
+        task_tx.send(envelope).await.expect("send");
+        let r = tokio::time::timeout(Duration::from_secs(20), res_rx.recv()).await.expect("a report").expect("report");
+        assert!(!r.ok, "case {i}: {r:?}");
+        assert_eq!(r.error_kind, kind, "case {i}: {r:?}");
+        assert!(r.error.contains(text), "case {i}: {:?} should mention {text:?}", r.error);
+    }
+    worker.abort();
+}
