@@ -275,7 +275,7 @@ pub fn evaluate(policy: &UsagePolicy, req: &Request<'_>, remaining: Option<u64>)
     let mut checks = Vec::with_capacity(4);
     let user_ok = policy.rel_users.iter().any(|u| {
         if u.is_group == 1 {
-            req.groups.iter().any(|g| *g == u.user_id)
+            req.groups.contains(&u.user_id)
         } else {
             u.user_id == req.user
         }

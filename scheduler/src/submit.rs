@@ -8,7 +8,7 @@ use tessera_core::TaskSpec;
 use tessera_core::ticket::{TicketBody, task_digest};
 use tessera_policy::{Request, evaluate, worker_fits};
 use tessera_store::{
-    AdmitOutcome, Decision, JobFinish, LicenceRecord, NewJob, NewTask, UsageEventRecord,
+    AdmitOutcome, Decision, JobFinish, LicenceRecord, NewJob, NewTask, TaskUpdate, UsageEventRecord,
 };
 use tokio::sync::watch;
 
@@ -561,11 +561,13 @@ impl Scheduler {
         self.store
             .update_task(
                 task_id,
-                if report.ok { "succeeded" } else { "failed" },
-                &report.error_kind,
-                &report.error,
-                Some(&serde_json::to_value(&report.usage).unwrap_or_default()),
-                report.result_size,
+                &TaskUpdate {
+                    state: if report.ok { "succeeded" } else { "failed" },
+                    error_kind: &report.error_kind,
+                    error: &report.error,
+                    usage: Some(&serde_json::to_value(&report.usage).unwrap_or_default()),
+                    result_size: report.result_size,
+                },
                 now,
             )
             .await?;

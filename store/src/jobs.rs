@@ -117,6 +117,21 @@ pub struct TaskRecord {
     pub spec_json: String,
 }
 
+/// A worker's final report on a task, as stored.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskUpdate<'a> {
+    /// `succeeded` or `failed`.
+    pub state: &'a str,
+    /// Failure class (empty when it succeeded).
+    pub error_kind: &'a str,
+    /// Failure text.
+    pub error: &'a str,
+    /// Measured usage.
+    pub usage: Option<&'a serde_json::Value>,
+    /// Result size (receiver).
+    pub result_size: Option<u64>,
+}
+
 /// What admission did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdmitOutcome {
@@ -354,13 +369,11 @@ impl Store {
     pub async fn update_task(
         &self,
         task_id: &str,
-        state: &str,
-        error_kind: &str,
-        error: &str,
-        usage: Option<&serde_json::Value>,
-        result_size: Option<u64>,
+        u: &TaskUpdate<'_>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
+        let (state, error_kind, error, usage, result_size) =
+            (u.state, u.error_kind, u.error, u.usage, u.result_size);
         let r = sqlx::query(
             "UPDATE tasks SET state = ?, error_kind = ?, error = ?, usage_json = ?, result_size = ?, updated_at_ms = ? \
              WHERE task_id = ?",

@@ -21,7 +21,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 pub use jobs::{
     AdmitOutcome, Decision, FinishOutcome, JobFinish, JobRecord, NewJob, NewTask, TaskRecord,
-    UsageEventRecord,
+    TaskUpdate, UsageEventRecord,
 };
 pub use ledger::{BalanceRecord, TransferOutcome, TransferRecord};
 pub use records::{DatasetRecord, LicenceRecord, WorkerRecord};

@@ -192,7 +192,7 @@ async fn failure_not_the_buyers_releases_and_finish_is_exactly_once() {
     );
     assert_eq!(
         store
-            .post_transfers(&[charge.clone()], 50)
+            .post_transfers(std::slice::from_ref(&charge), 50)
             .await
             .expect("retry"),
         vec![TransferOutcome::Exists]

@@ -100,7 +100,13 @@ impl Cluster {
             .to_string();
         let provider = Self::party(dir.path(), &url, PROVIDER);
         let buyer = Self::party(dir.path(), &url, BUYER);
-        Cluster { dir, url, operator, provider, buyer }
+        Cluster {
+            dir,
+            url,
+            operator,
+            provider,
+            buyer,
+        }
     }
 
     fn party(root: &Path, url: &str, name: &str) -> Party {
@@ -126,17 +132,26 @@ impl Cluster {
             "--outputs",
             outputs.to_str().expect("utf8"),
         ]);
-        Party { name: name.into(), datasets, outputs, proc }
+        Party {
+            name: name.into(),
+            datasets,
+            outputs,
+            proc,
+        }
     }
 
     pub async fn client(&self) -> OperatorClient<Channel> {
-        OperatorClient::connect(self.url.clone()).await.expect("connect operator")
+        OperatorClient::connect(self.url.clone())
+            .await
+            .expect("connect operator")
     }
 
     /// Writes a CSV dataset file for a party and registers it.
     pub async fn dataset(&self, party: &Party, id: &str, header: &str, rows: &[String]) {
         let file = format!("{id}.csv");
-        let mut f = std::io::BufWriter::new(std::fs::File::create(party.datasets.join(&file)).expect("create"));
+        let mut f = std::io::BufWriter::new(
+            std::fs::File::create(party.datasets.join(&file)).expect("create"),
+        );
         writeln!(f, "{header}").expect("write");
         for r in rows {
             writeln!(f, "{r}").expect("write");
@@ -157,7 +172,9 @@ impl Cluster {
 
     /// A licence on the provider dataset `dataset` for USER; `counts` None = unlimited.
     pub async fn licence(&self, dataset: &str, counts: Option<u64>) -> String {
-        let counts = counts.map(|c| format!(r#","counts":{c}"#)).unwrap_or_default();
+        let counts = counts
+            .map(|c| format!(r#","counts":{c}"#))
+            .unwrap_or_default();
         let policy = format!(
             r#"{{"policyName":"t","relUsers":[{{"userId":"{USER}","userName":"U","isGroup":0}}],
                 "useScenes":[{{"useSence":"psi"{counts},"visitArea":["r1"],"cpCenter":["c1"]}}]}}"#
@@ -182,12 +199,21 @@ impl Cluster {
     pub async fn fund(&self, amount_micros: i64, key: &str) {
         self.client()
             .await
-            .deposit(pb::DepositRequest { account: USER.into(), amount_micros, idempotency_key: key.into() })
+            .deposit(pb::DepositRequest {
+                account: USER.into(),
+                amount_micros,
+                idempotency_key: key.into(),
+            })
             .await
             .expect("deposit");
     }
 
-    pub fn job(licence: &str, buyer_dataset: &str, mode: &str, output: &str) -> pb::SubmitJobRequest {
+    pub fn job(
+        licence: &str,
+        buyer_dataset: &str,
+        mode: &str,
+        output: &str,
+    ) -> pb::SubmitJobRequest {
         pb::SubmitJobRequest {
             user: USER.into(),
             licence_id: licence.into(),
@@ -207,8 +233,17 @@ impl Cluster {
     pub async fn wait(&self, job_id: &str) -> pb::Job {
         let mut c = self.client().await;
         for _ in 0..1200 {
-            let j = c.get_job(pb::JobRef { job_id: job_id.into() }).await.expect("get job").into_inner();
-            if matches!(j.state.as_str(), "succeeded" | "failed" | "refused" | "cancelled") {
+            let j = c
+                .get_job(pb::JobRef {
+                    job_id: job_id.into(),
+                })
+                .await
+                .expect("get job")
+                .into_inner();
+            if matches!(
+                j.state.as_str(),
+                "succeeded" | "failed" | "refused" | "cancelled"
+            ) {
                 return j;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -220,7 +255,9 @@ impl Cluster {
         let l = self
             .client()
             .await
-            .get_licence(pb::LicenceRef { licence_id: licence.into() })
+            .get_licence(pb::LicenceRef {
+                licence_id: licence.into(),
+            })
             .await
             .expect("licence")
             .into_inner();

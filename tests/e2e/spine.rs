@@ -10,7 +10,12 @@ use crate::harness::{Cluster, keys};
 
 /// Runs one PSI case through the whole system and checks it against the plaintext answer.
 async fn check(c: &Cluster, case: &str, provider: Vec<String>, buyer: Vec<String>) {
-    let truth: HashSet<&String> = provider.iter().collect::<HashSet<_>>().intersection(&buyer.iter().collect()).copied().collect();
+    let truth: HashSet<&String> = provider
+        .iter()
+        .collect::<HashSet<_>>()
+        .intersection(&buyer.iter().collect())
+        .copied()
+        .collect();
     let pds = format!("p-{case}");
     let bds = format!("b-{case}");
     c.dataset(&c.provider, &pds, "k", &provider).await;
@@ -19,7 +24,11 @@ async fn check(c: &Cluster, case: &str, provider: Vec<String>, buyer: Vec<String
     let mut client = c.client().await;
     for mode in ["intersection", "size"] {
         let out = format!("{case}-{mode}.csv");
-        let j = client.submit_job(Cluster::job(&lic, &bds, mode, &out)).await.expect("submit").into_inner();
+        let j = client
+            .submit_job(Cluster::job(&lic, &bds, mode, &out))
+            .await
+            .expect("submit")
+            .into_inner();
         assert_eq!(j.state, "running", "{case}/{mode}: {j:?}");
         let j = c.wait(&j.job_id).await;
         assert_eq!(j.state, "succeeded", "{case}/{mode}: {j:?}");
@@ -30,7 +39,10 @@ async fn check(c: &Cluster, case: &str, provider: Vec<String>, buyer: Vec<String
             let want: HashSet<String> = truth.iter().map(|s| s.to_string()).collect();
             assert_eq!(got, want, "{case}: result file");
         } else {
-            assert!(!c.buyer.outputs.join(&out).exists(), "size mode writes no rows");
+            assert!(
+                !c.buyer.outputs.join(&out).exists(),
+                "size mode writes no rows"
+            );
         }
     }
 }
@@ -41,8 +53,12 @@ async fn psi_between_worker_processes_equals_the_plaintext_intersection() {
     c.fund(1_000_000_000, "fund").await;
     use rand::{Rng, SeedableRng};
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(11);
-    let provider: Vec<String> = (0..3000).map(|_| format!("{:x}", rng.r#gen::<u32>() % 6000)).collect();
-    let buyer: Vec<String> = (0..2000).map(|_| format!("{:x}", rng.r#gen::<u32>() % 6000)).collect();
+    let provider: Vec<String> = (0..3000)
+        .map(|_| format!("{:x}", rng.r#gen::<u32>() % 6000))
+        .collect();
+    let buyer: Vec<String> = (0..2000)
+        .map(|_| format!("{:x}", rng.r#gen::<u32>() % 6000))
+        .collect();
     check(&c, "random", provider, buyer).await;
     check(&c, "empty", vec![], vec![]).await;
     check(&c, "buyer-empty", keys("a", 0..100), vec![]).await;
@@ -51,8 +67,20 @@ async fn psi_between_worker_processes_equals_the_plaintext_intersection() {
     let mut dups = keys("a", 0..300);
     dups.extend(keys("a", 100..200));
     check(&c, "duplicates", dups.clone(), dups).await;
-    check(&c, "one-vs-100k", keys("a", 0..100_000), vec!["a00054321".into()]).await;
-    check(&c, "100k-vs-one", vec!["a00000007".into()], keys("a", 0..100_000)).await;
+    check(
+        &c,
+        "one-vs-100k",
+        keys("a", 0..100_000),
+        vec!["a00054321".into()],
+    )
+    .await;
+    check(
+        &c,
+        "100k-vs-one",
+        vec!["a00000007".into()],
+        keys("a", 0..100_000),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,14 +94,21 @@ async fn concurrent_submissions_admit_exactly_the_count() {
     for _ in 0..32 {
         let mut client = c.client().await;
         let req = Cluster::job(&lic, "b", "size", "");
-        handles.push(tokio::spawn(async move { client.submit_job(req).await.expect("submit").into_inner() }));
+        handles.push(tokio::spawn(async move {
+            client.submit_job(req).await.expect("submit").into_inner()
+        }));
     }
     let mut admitted = Vec::new();
     let mut refused = 0;
     for h in handles {
         let j = h.await.expect("join");
         if j.state == "refused" {
-            assert!(j.refusal_reasons.iter().any(|r| r.contains("quota exhausted")), "{j:?}");
+            assert!(
+                j.refusal_reasons
+                    .iter()
+                    .any(|r| r.contains("quota exhausted")),
+                "{j:?}"
+            );
             refused += 1;
         } else {
             admitted.push(j.job_id);
@@ -87,7 +122,13 @@ async fn concurrent_submissions_admit_exactly_the_count() {
         assert_eq!(j.result_size, Some(100));
     }
     assert_eq!(c.remaining(&lic).await, Some(0));
-    let v = c.client().await.verify_audit(pb::ListRequest {}).await.expect("audit").into_inner();
+    let v = c
+        .client()
+        .await
+        .verify_audit(pb::ListRequest {})
+        .await
+        .expect("audit")
+        .into_inner();
     assert!(v.ok, "{v:?}");
 }
 
@@ -96,16 +137,28 @@ async fn a_killed_worker_fails_the_job_and_releases_its_count() {
     let mut c = Cluster::start(2_000);
     c.fund(1_000_000_000, "fund").await;
     // Large enough that the job is still running when the provider's worker dies.
-    c.dataset(&c.provider, "p", "k", &keys("x", 0..400_000)).await;
-    c.dataset(&c.buyer, "b", "k", &keys("x", 200_000..600_000)).await;
+    c.dataset(&c.provider, "p", "k", &keys("x", 0..400_000))
+        .await;
+    c.dataset(&c.buyer, "b", "k", &keys("x", 200_000..600_000))
+        .await;
     let lic = c.licence("p", Some(2)).await;
     let mut client = c.client().await;
-    let j = client.submit_job(Cluster::job(&lic, "b", "size", "")).await.expect("submit").into_inner();
+    let j = client
+        .submit_job(Cluster::job(&lic, "b", "size", ""))
+        .await
+        .expect("submit")
+        .into_inner();
     assert_eq!(c.remaining(&lic).await, Some(1));
     // Wait until both sides report progress, then kill the provider's worker.
     let mut running = false;
     for _ in 0..600 {
-        let v = client.get_job(pb::JobRef { job_id: j.job_id.clone() }).await.expect("get").into_inner();
+        let v = client
+            .get_job(pb::JobRef {
+                job_id: j.job_id.clone(),
+            })
+            .await
+            .expect("get")
+            .into_inner();
         if v.progress.len() == 2 && v.progress.iter().all(|p| p.phase != "read") {
             running = true;
             break;
@@ -116,11 +169,22 @@ async fn a_killed_worker_fails_the_job_and_releases_its_count() {
     c.provider.proc.kill();
     let j = c.wait(&j.job_id).await;
     assert_eq!(j.state, "failed", "{j:?}");
-    assert!(j.error.contains("worker lost") || j.error.contains("peer"), "{}", j.error);
+    assert!(
+        j.error.contains("worker lost") || j.error.contains("peer"),
+        "{}",
+        j.error
+    );
     assert_eq!(c.remaining(&lic).await, Some(2), "count released");
     assert_eq!(j.charge_micros, 0);
-    let t = client.list_transfers(pb::ListRequest {}).await.expect("transfers").into_inner();
-    assert!(t.transfers.iter().all(|t| t.job_id != j.job_id), "no charge for a failed job");
+    let t = client
+        .list_transfers(pb::ListRequest {})
+        .await
+        .expect("transfers")
+        .into_inner();
+    assert!(
+        t.transfers.iter().all(|t| t.job_id != j.job_id),
+        "no charge for a failed job"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,16 +193,31 @@ async fn bad_input_gets_a_clear_error_and_no_partial_state() {
     c.fund(1_000_000_000, "fund").await;
     c.dataset(&c.provider, "p", "k", &keys("x", 0..50)).await;
     c.dataset(&c.buyer, "b", "k", &keys("x", 0..50)).await;
-    c.dataset(&c.buyer, "b-badrow", "k", &["x00000001".into(), "x00000002,extra".into()]).await;
+    c.dataset(
+        &c.buyer,
+        "b-badrow",
+        "k",
+        &["x00000001".into(), "x00000002,extra".into()],
+    )
+    .await;
     c.dataset(&c.buyer, "b-nofile", "k", &[]).await;
     std::fs::remove_file(c.buyer.datasets.join("b-nofile.csv")).expect("rm");
     let lic = c.licence("p", Some(10)).await;
     let mut client = c.client().await;
 
     // A dataset that does not exist: refused at admission, nothing reserved.
-    let j = client.submit_job(Cluster::job(&lic, "nope", "size", "")).await.expect("submit").into_inner();
+    let j = client
+        .submit_job(Cluster::job(&lic, "nope", "size", ""))
+        .await
+        .expect("submit")
+        .into_inner();
     assert_eq!(j.state, "refused");
-    assert!(j.refusal_reasons.iter().any(|r| r.contains("dataset nope not found")), "{j:?}");
+    assert!(
+        j.refusal_reasons
+            .iter()
+            .any(|r| r.contains("dataset nope not found")),
+        "{j:?}"
+    );
     assert_eq!(c.remaining(&lic).await, Some(10));
 
     // An unknown key column: the job fails naming the column and the available ones.
@@ -147,34 +226,53 @@ async fn bad_input_gets_a_clear_error_and_no_partial_state() {
     let j = client.submit_job(req).await.expect("submit").into_inner();
     let j = c.wait(&j.job_id).await;
     assert_eq!(j.state, "failed");
-    assert!(j.error.contains("email") && j.error.contains('k'), "{}", j.error);
+    assert!(
+        j.error.contains("email") && j.error.contains('k'),
+        "{}",
+        j.error
+    );
     assert!(!c.buyer.outputs.join("unknown-col.csv").exists());
 
     // A malformed CSV row: the job fails naming the line.
-    let j = client.submit_job(Cluster::job(&lic, "b-badrow", "intersection", "bad.csv")).await.expect("submit").into_inner();
+    let j = client
+        .submit_job(Cluster::job(&lic, "b-badrow", "intersection", "bad.csv"))
+        .await
+        .expect("submit")
+        .into_inner();
     let j = c.wait(&j.job_id).await;
     assert_eq!(j.state, "failed");
     assert!(j.error.contains("line 3"), "{}", j.error);
     assert!(!c.buyer.outputs.join("bad.csv").exists());
 
     // A registered dataset whose file is gone.
-    let j = client.submit_job(Cluster::job(&lic, "b-nofile", "size", "")).await.expect("submit").into_inner();
+    let j = client
+        .submit_job(Cluster::job(&lic, "b-nofile", "size", ""))
+        .await
+        .expect("submit")
+        .into_inner();
     let j = c.wait(&j.job_id).await;
     assert_eq!(j.state, "failed");
     assert!(j.error.contains("not found"), "{}", j.error);
 
     // The buyer's own bad input consumes the runs it used; nothing was charged.
     assert_eq!(c.remaining(&lic).await, Some(7));
-    let t = client.list_transfers(pb::ListRequest {}).await.expect("transfers").into_inner();
+    let t = client
+        .list_transfers(pb::ListRequest {})
+        .await
+        .expect("transfers")
+        .into_inner();
     assert_eq!(t.transfers.len(), 1, "only the deposit: {:?}", t.transfers);
 
     // Malformed requests are rejected before anything is recorded.
     let mut req = Cluster::job(&lic, "b", "bogus-mode", "");
-    let err = client.submit_job(req.clone()).await.unwrap_err();
+    let err = client.submit_job(req.clone()).await.expect_err("must be refused");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     req.mode = "size".into();
     req.output = "../escape.csv".into();
-    assert_eq!(client.submit_job(req).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        client.submit_job(req).await.expect_err("must be refused").code(),
+        tonic::Code::InvalidArgument
+    );
     let err = client
         .create_licence(pb::CreateLicenceRequest {
             licensor: "prov".into(),
@@ -184,7 +282,7 @@ async fn bad_input_gets_a_clear_error_and_no_partial_state() {
             ..Default::default()
         })
         .await
-        .unwrap_err();
+        .expect_err("must be refused");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert_eq!(c.remaining(&lic).await, Some(7));
 }

@@ -200,7 +200,9 @@ pub async fn start(config: WorkerConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
     let tasks = shared
         .client
         .clone()
-        .pull_tasks(pb::PullTasksRequest { worker_id: shared.worker_id.clone() })
+        .pull_tasks(pb::PullTasksRequest {
+            worker_id: shared.worker_id.clone(),
+        })
         .await
         .context("opening the task stream")?
         .into_inner();
@@ -243,7 +245,11 @@ fn to_pb_attrs(a: &WorkerAttributes) -> pb::WorkerAttributes {
     }
 }
 
-async fn serve(shared: Arc<Shared>, mut stream: tonic::Streaming<pb::TaskEnvelope>, heartbeat: Duration) -> anyhow::Result<()> {
+async fn serve(
+    shared: Arc<Shared>,
+    mut stream: tonic::Streaming<pb::TaskEnvelope>,
+    heartbeat: Duration,
+) -> anyhow::Result<()> {
     let hb = {
         let shared = shared.clone();
         tokio::spawn(async move {

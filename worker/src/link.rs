@@ -54,9 +54,10 @@ fn status_to_link(s: &Status) -> LinkError {
             LinkError::Transport(format!("peer frame refused: {}", s.message()))
         }
         // `Unknown` is what a broken HTTP/2 connection surfaces as (reset, broken pipe).
-        tonic::Code::Cancelled | tonic::Code::Unavailable | tonic::Code::Aborted | tonic::Code::Unknown => {
-            LinkError::PeerGone(s.message().to_string())
-        }
+        tonic::Code::Cancelled
+        | tonic::Code::Unavailable
+        | tonic::Code::Aborted
+        | tonic::Code::Unknown => LinkError::PeerGone(s.message().to_string()),
         _ => LinkError::Transport(format!("{}: {}", s.code(), s.message())),
     }
 }
@@ -337,12 +338,20 @@ mod tests {
     use super::*;
 
     async fn pair(accept_limit: usize, dial_limit: usize) -> (GrpcLink, GrpcLink) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
         let hub = PeerHub::new(accept_limit, Duration::from_secs(10));
         tokio::spawn(serve_peer(hub.clone(), listener));
         let (d, a) = tokio::join!(
-            GrpcLink::dial(&addr, "sess", dial_limit, Duration::from_secs(10), Duration::from_secs(10)),
+            GrpcLink::dial(
+                &addr,
+                "sess",
+                dial_limit,
+                Duration::from_secs(10),
+                Duration::from_secs(10)
+            ),
             hub.accept("sess", Duration::from_secs(10)),
         );
         (d.expect("dial"), a.expect("accept"))
@@ -365,13 +374,21 @@ mod tests {
         let (d, a) = pair(1024, 1 << 20).await;
         assert!(matches!(
             a.send(Bytes::from(vec![0u8; 2048])).await,
-            Err(LinkError::FrameTooLarge { len: 2048, max: 1024 })
+            Err(LinkError::FrameTooLarge {
+                len: 2048,
+                max: 1024
+            })
         ));
         // The dialer's own bound is larger, so it sends; the acceptor must refuse it.
-        d.send(Bytes::from(vec![0u8; 4096])).await.expect("local send");
+        d.send(Bytes::from(vec![0u8; 4096]))
+            .await
+            .expect("local send");
         let err = a.recv().await.expect_err("oversized frame accepted");
         assert!(
-            matches!(err, LinkError::FrameTooLarge { .. } | LinkError::Transport(_)),
+            matches!(
+                err,
+                LinkError::FrameTooLarge { .. } | LinkError::Transport(_)
+            ),
             "{err:?}"
         );
     }
@@ -387,7 +404,10 @@ mod tests {
     #[tokio::test]
     async fn nobody_dialling_in_times_out_clearly() {
         let hub = PeerHub::new(1024, Duration::from_secs(1));
-        let err = hub.accept("nobody", Duration::from_millis(50)).await.expect_err("timeout");
+        let err = hub
+            .accept("nobody", Duration::from_millis(50))
+            .await
+            .expect_err("timeout");
         assert!(err.to_string().contains("did not connect"), "{err}");
     }
 }

@@ -28,42 +28,78 @@ fn unimplemented<T>() -> Result<Response<T>, Status> {
 
 #[tonic::async_trait]
 impl Operator for ScriptedOperator {
-    async fn register_worker(&self, r: Request<pb::RegisterWorkerRequest>) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
+    async fn register_worker(
+        &self,
+        r: Request<pb::RegisterWorkerRequest>,
+    ) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
         let id = r.into_inner().worker_id;
-        Ok(Response::new(pb::RegisterWorkerResponse { worker_id: id, operator_key_hex: self.key_hex.clone(), heartbeat_interval_ms: 60_000 }))
+        Ok(Response::new(pb::RegisterWorkerResponse {
+            worker_id: id,
+            operator_key_hex: self.key_hex.clone(),
+            heartbeat_interval_ms: 60_000,
+        }))
     }
-    async fn heartbeat(&self, _: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+    async fn heartbeat(
+        &self,
+        _: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         Ok(Response::new(pb::HeartbeatResponse {}))
     }
     type PullTasksStream = Stream<pb::TaskEnvelope>;
-    async fn pull_tasks(&self, _: Request<pb::PullTasksRequest>) -> Result<Response<Self::PullTasksStream>, Status> {
-        let rx = self.tasks.lock().await.take().ok_or_else(|| Status::already_exists("one stream"))?;
+    async fn pull_tasks(
+        &self,
+        _: Request<pb::PullTasksRequest>,
+    ) -> Result<Response<Self::PullTasksStream>, Status> {
+        let rx = self
+            .tasks
+            .lock()
+            .await
+            .take()
+            .ok_or_else(|| Status::already_exists("one stream"))?;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
-    async fn report_progress(&self, _: Request<pb::ProgressReport>) -> Result<Response<pb::Ack>, Status> {
+    async fn report_progress(
+        &self,
+        _: Request<pb::ProgressReport>,
+    ) -> Result<Response<pb::Ack>, Status> {
         Ok(Response::new(pb::Ack {}))
     }
     async fn report_result(&self, r: Request<pb::TaskResult>) -> Result<Response<pb::Ack>, Status> {
         let _ = self.results.send(r.into_inner()).await;
         Ok(Response::new(pb::Ack {}))
     }
-    async fn create_dataset(&self, _: Request<pb::CreateDatasetRequest>) -> Result<Response<pb::Dataset>, Status> {
+    async fn create_dataset(
+        &self,
+        _: Request<pb::CreateDatasetRequest>,
+    ) -> Result<Response<pb::Dataset>, Status> {
         unimplemented()
     }
-    async fn create_licence(&self, _: Request<pb::CreateLicenceRequest>) -> Result<Response<pb::Licence>, Status> {
+    async fn create_licence(
+        &self,
+        _: Request<pb::CreateLicenceRequest>,
+    ) -> Result<Response<pb::Licence>, Status> {
         unimplemented()
     }
-    async fn get_licence(&self, _: Request<pb::LicenceRef>) -> Result<Response<pb::Licence>, Status> {
+    async fn get_licence(
+        &self,
+        _: Request<pb::LicenceRef>,
+    ) -> Result<Response<pb::Licence>, Status> {
         unimplemented()
     }
-    async fn submit_job(&self, _: Request<pb::SubmitJobRequest>) -> Result<Response<pb::Job>, Status> {
+    async fn submit_job(
+        &self,
+        _: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
         unimplemented()
     }
     async fn get_job(&self, _: Request<pb::JobRef>) -> Result<Response<pb::Job>, Status> {
         unimplemented()
     }
     type WatchJobStream = Stream<pb::Job>;
-    async fn watch_job(&self, _: Request<pb::JobRef>) -> Result<Response<Self::WatchJobStream>, Status> {
+    async fn watch_job(
+        &self,
+        _: Request<pb::JobRef>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
         unimplemented()
     }
     async fn cancel_job(&self, _: Request<pb::JobRef>) -> Result<Response<pb::Job>, Status> {
@@ -72,16 +108,28 @@ impl Operator for ScriptedOperator {
     async fn deposit(&self, _: Request<pb::DepositRequest>) -> Result<Response<pb::Ack>, Status> {
         unimplemented()
     }
-    async fn list_usage(&self, _: Request<pb::ListRequest>) -> Result<Response<pb::UsageList>, Status> {
+    async fn list_usage(
+        &self,
+        _: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::UsageList>, Status> {
         unimplemented()
     }
-    async fn list_balances(&self, _: Request<pb::ListRequest>) -> Result<Response<pb::BalanceList>, Status> {
+    async fn list_balances(
+        &self,
+        _: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::BalanceList>, Status> {
         unimplemented()
     }
-    async fn list_transfers(&self, _: Request<pb::ListRequest>) -> Result<Response<pb::TransferList>, Status> {
+    async fn list_transfers(
+        &self,
+        _: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::TransferList>, Status> {
         unimplemented()
     }
-    async fn verify_audit(&self, _: Request<pb::ListRequest>) -> Result<Response<pb::AuditVerification>, Status> {
+    async fn verify_audit(
+        &self,
+        _: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::AuditVerification>, Status> {
         unimplemented()
     }
 }
@@ -106,8 +154,17 @@ fn spec(task_id: &str, dataset: &str) -> Vec<u8> {
     serde_json::to_vec(&s).expect("spec")
 }
 
-fn assignment(signer: &TicketSigner, ticket_id: &str, worker: &str, signed_spec: &[u8], sent_spec: &[u8], expires_at_ms: i64) -> Result<pb::TaskEnvelope, Status> {
-    let task_id = serde_json::from_slice::<TaskSpec>(signed_spec).expect("spec").task_id;
+fn assignment(
+    signer: &TicketSigner,
+    ticket_id: &str,
+    worker: &str,
+    signed_spec: &[u8],
+    sent_spec: &[u8],
+    expires_at_ms: i64,
+) -> Result<pb::TaskEnvelope, Status> {
+    let task_id = serde_json::from_slice::<TaskSpec>(signed_spec)
+        .expect("spec")
+        .task_id;
     let t = signer.sign(&TicketBody {
         ticket_id: ticket_id.into(),
         job_id: "job-1".into(),
@@ -133,8 +190,14 @@ async fn the_worker_refuses_bad_tickets_and_accepts_a_good_one_once() {
     let forger = TicketSigner::generate(&mut rng);
     let (task_tx, task_rx) = mpsc::channel(16);
     let (res_tx, mut res_rx) = mpsc::channel(16);
-    let op = ScriptedOperator { key_hex: signer.public_key_hex(), tasks: Mutex::new(Some(task_rx)), results: res_tx };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let op = ScriptedOperator {
+        key_hex: signer.public_key_hex(),
+        tasks: Mutex::new(Some(task_rx)),
+        results: res_tx,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(
         tonic::transport::Server::builder()
@@ -144,7 +207,10 @@ async fn the_worker_refuses_bad_tickets_and_accepts_a_good_one_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cfg = tessera_worker::WorkerConfig::new(
         format!("http://{addr}"),
-        WorkerAttributes { party: "p".into(), ..WorkerAttributes::default() },
+        WorkerAttributes {
+            party: "p".into(),
+            ..WorkerAttributes::default()
+        },
         dir.path().join("datasets"),
         dir.path().join("outputs"),
     );
@@ -156,19 +222,50 @@ async fn the_worker_refuses_bad_tickets_and_accepts_a_good_one_once() {
     let good = spec("t-1", "missing.csv");
     let later = NOW_MS + 60_000;
     let cases: Vec<(Result<pb::TaskEnvelope, Status>, &str, &str)> = vec![
-        (assignment(&forger, "k1", "w1", &good, &good, later), "ticket", "signature"),
-        (assignment(&signer, "k2", "w1", &good, &good, NOW_MS - 1), "ticket", "expired"),
-        (assignment(&signer, "k3", "w2", &good, &good, later), "ticket", "worker"),
-        (assignment(&signer, "k4", "w1", &good, &spec("t-1", "other.csv"), later), "ticket", "match"),
-        (assignment(&signer, "k5", "w1", &good, &good, later), "input", "not found"),
-        (assignment(&signer, "k5", "w1", &good, &good, later), "ticket", "replay"),
+        (
+            assignment(&forger, "k1", "w1", &good, &good, later),
+            "ticket",
+            "signature",
+        ),
+        (
+            assignment(&signer, "k2", "w1", &good, &good, NOW_MS - 1),
+            "ticket",
+            "expired",
+        ),
+        (
+            assignment(&signer, "k3", "w2", &good, &good, later),
+            "ticket",
+            "worker",
+        ),
+        (
+            assignment(&signer, "k4", "w1", &good, &spec("t-1", "other.csv"), later),
+            "ticket",
+            "match",
+        ),
+        (
+            assignment(&signer, "k5", "w1", &good, &good, later),
+            "input",
+            "not found",
+        ),
+        (
+            assignment(&signer, "k5", "w1", &good, &good, later),
+            "ticket",
+            "replay",
+        ),
     ];
     for (i, (envelope, kind, text)) in cases.into_iter().enumerate() {
         task_tx.send(envelope).await.expect("send");
-        let r = tokio::time::timeout(Duration::from_secs(20), res_rx.recv()).await.expect("a report").expect("report");
+        let r = tokio::time::timeout(Duration::from_secs(20), res_rx.recv())
+            .await
+            .expect("a report")
+            .expect("report");
         assert!(!r.ok, "case {i}: {r:?}");
         assert_eq!(r.error_kind, kind, "case {i}: {r:?}");
-        assert!(r.error.contains(text), "case {i}: {:?} should mention {text:?}", r.error);
+        assert!(
+            r.error.contains(text),
+            "case {i}: {:?} should mention {text:?}",
+            r.error
+        );
     }
     worker.abort();
 }
