@@ -286,3 +286,29 @@ async fn bad_input_gets_a_clear_error_and_no_partial_state() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert_eq!(c.remaining(&lic).await, Some(7));
 }
+
+#[test]
+fn the_demo_passes_and_writes_its_summary() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let summary = dir.path().join("summary.json");
+    let out = std::process::Command::new(crate::harness::BIN)
+        .args(["demo", "--rows", "3000", "--dir"])
+        .arg(dir.path().join("demo"))
+        .arg("--summary-json")
+        .arg(&summary)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run demo");
+    assert!(out.status.success(), "demo failed: {}", String::from_utf8_lossy(&out.stdout));
+    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&summary).expect("summary")).expect("json");
+    let jobs = s["jobs"].as_array().expect("jobs");
+    let status: Vec<&str> = jobs.iter().filter_map(|j| j["status"].as_str()).collect();
+    assert_eq!(status, ["succeeded", "succeeded", "refused"]);
+    for j in &jobs[..2] {
+        assert_eq!(j["result_size"], j["expected_size"]);
+        assert_eq!(j["scene"], "psi");
+    }
+    assert!(s["refusals"][0]["reason"].as_str().expect("reason").contains("quota exhausted"));
+    assert_eq!(s["ledger"]["balanced"], true);
+    assert_eq!(s["audit"]["verified"], true);
+}
