@@ -265,12 +265,19 @@ async fn bad_input_gets_a_clear_error_and_no_partial_state() {
 
     // Malformed requests are rejected before anything is recorded.
     let mut req = Cluster::job(&lic, "b", "bogus-mode", "");
-    let err = client.submit_job(req.clone()).await.expect_err("must be refused");
+    let err = client
+        .submit_job(req.clone())
+        .await
+        .expect_err("must be refused");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     req.mode = "size".into();
     req.output = "../escape.csv".into();
     assert_eq!(
-        client.submit_job(req).await.expect_err("must be refused").code(),
+        client
+            .submit_job(req)
+            .await
+            .expect_err("must be refused")
+            .code(),
         tonic::Code::InvalidArgument
     );
     let err = client
@@ -299,8 +306,13 @@ fn the_demo_passes_and_writes_its_summary() {
         .env("RUST_LOG", "warn")
         .output()
         .expect("run demo");
-    assert!(out.status.success(), "demo failed: {}", String::from_utf8_lossy(&out.stdout));
-    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&summary).expect("summary")).expect("json");
+    assert!(
+        out.status.success(),
+        "demo failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).expect("summary")).expect("json");
     let jobs = s["jobs"].as_array().expect("jobs");
     let status: Vec<&str> = jobs.iter().filter_map(|j| j["status"].as_str()).collect();
     assert_eq!(status, ["succeeded", "succeeded", "refused"]);
@@ -308,7 +320,12 @@ fn the_demo_passes_and_writes_its_summary() {
         assert_eq!(j["result_size"], j["expected_size"]);
         assert_eq!(j["scene"], "psi");
     }
-    assert!(s["refusals"][0]["reason"].as_str().expect("reason").contains("quota exhausted"));
+    assert!(
+        s["refusals"][0]["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("quota exhausted")
+    );
     assert_eq!(s["ledger"]["balanced"], true);
     assert_eq!(s["audit"]["verified"], true);
 }
