@@ -254,9 +254,6 @@ impl Scheduler {
     }
 }
 
-#[cfg(test)]
-mod tests;
-
 impl Scheduler {
     /// The scheduler's clock reading.
     pub fn now_ms(&self) -> i64 {

@@ -1,1 +1,0 @@
-//! Scheduler tests (see the end-to-end tests for real workers).
