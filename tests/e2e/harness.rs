@@ -65,7 +65,6 @@ pub struct Party {
 }
 
 /// An operator and a provider and a buyer worker.
-#[allow(dead_code)] // `dir` and `operator` are held for their Drop.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub url: String,
@@ -107,6 +106,20 @@ impl Cluster {
             provider,
             buyer,
         }
+    }
+
+    /// Kills the operator and starts it again on the same address and data directory.
+    pub fn restart_operator(&mut self) {
+        self.operator.kill();
+        let data = self.dir.path().join("operator");
+        let listen = self.url.trim_start_matches("http://").to_string();
+        self.operator = Proc::start(&[
+            "serve",
+            "--listen",
+            &listen,
+            "--data-dir",
+            data.to_str().expect("utf8"),
+        ]);
     }
 
     fn party(root: &Path, url: &str, name: &str) -> Party {

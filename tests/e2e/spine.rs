@@ -329,3 +329,61 @@ fn the_demo_passes_and_writes_its_summary() {
     assert_eq!(s["ledger"]["balanced"], true);
     assert_eq!(s["audit"]["verified"], true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_reconnect_after_an_operator_restart_and_counts_survive() {
+    let mut c = Cluster::start(5_000);
+    c.fund(1_000_000_000, "fund").await;
+    c.dataset(&c.provider, "p", "k", &keys("x", 0..100)).await;
+    c.dataset(&c.buyer, "b", "k", &keys("x", 50..150)).await;
+    let lic = c.licence("p", Some(3)).await;
+    let j = c
+        .client()
+        .await
+        .submit_job(Cluster::job(&lic, "b", "size", ""))
+        .await
+        .expect("submit")
+        .into_inner();
+    assert_eq!(c.wait(&j.job_id).await.state, "succeeded");
+
+    c.restart_operator();
+    assert_eq!(
+        c.remaining(&lic).await,
+        Some(2),
+        "the count survives the restart"
+    );
+    // The workers come back by themselves; until they do, submissions are refused (no count used).
+    let mut done = None;
+    for _ in 0..300 {
+        let j = c
+            .client()
+            .await
+            .submit_job(Cluster::job(&lic, "b", "size", ""))
+            .await
+            .expect("submit")
+            .into_inner();
+        if j.state != "refused" {
+            done = Some(c.wait(&j.job_id).await);
+            break;
+        }
+        assert!(
+            j.refusal_reasons
+                .iter()
+                .any(|r| r.contains("no live worker")),
+            "{j:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let j = done.expect("workers never reconnected");
+    assert_eq!(j.state, "succeeded", "{j:?}");
+    assert_eq!(j.result_size, Some(50));
+    assert_eq!(c.remaining(&lic).await, Some(1));
+    let v = c
+        .client()
+        .await
+        .verify_audit(pb::ListRequest {})
+        .await
+        .expect("audit")
+        .into_inner();
+    assert!(v.ok, "{v:?}");
+}

@@ -80,6 +80,9 @@ impl WorkerConfig {
 
 struct Shared {
     worker_id: String,
+    /// Sent again to re-register after the operator comes back.
+    registration: pb::RegisterWorkerRequest,
+    operator_key_hex: String,
     client: OperatorClient<Channel>,
     verifier: Mutex<TicketVerifier>,
     env: ExecEnv,
@@ -156,12 +159,13 @@ pub async fn start(config: WorkerConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
         .peer_advertise
         .clone()
         .unwrap_or_else(|| peer_addr.to_string());
+    let registration = pb::RegisterWorkerRequest {
+        worker_id: config.worker_id.clone().unwrap_or_default(),
+        attributes: Some(to_pb_attrs(&config.attributes)),
+        peer_addr: advertise,
+    };
     let reg = client
-        .register_worker(pb::RegisterWorkerRequest {
-            worker_id: config.worker_id.clone().unwrap_or_default(),
-            attributes: Some(to_pb_attrs(&config.attributes)),
-            peer_addr: advertise,
-        })
+        .register_worker(registration.clone())
         .await
         .context("registering with the operator")?
         .into_inner();
@@ -183,6 +187,11 @@ pub async fn start(config: WorkerConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
     let verifier = TicketVerifier::new(&key, reg.worker_id.clone())?;
     let shared = Arc::new(Shared {
         worker_id: reg.worker_id.clone(),
+        registration: pb::RegisterWorkerRequest {
+            worker_id: reg.worker_id.clone(),
+            ..registration
+        },
+        operator_key_hex: key.clone(),
         client,
         verifier: Mutex::new(verifier),
         env: ExecEnv {
@@ -269,23 +278,79 @@ async fn serve(
         })
     };
     let result = loop {
-        match stream.next().await {
-            None => break Err(anyhow::anyhow!("the operator closed the task stream")),
-            Some(Err(e)) => break Err(anyhow::anyhow!("task stream failed: {e}")),
-            Some(Ok(env)) => match env.kind {
-                Some(pb::task_envelope::Kind::Assign(a)) => accept(shared.clone(), a).await,
-                Some(pb::task_envelope::Kind::Cancel(c)) => {
-                    if let Some(h) = shared.running.lock().await.remove(&c.task_id) {
-                        tracing::info!(task = %c.task_id, reason = %c.reason, "task cancelled by the operator");
-                        h.abort();
+        let lost = match stream.next().await {
+            None => "the operator closed the task stream".to_string(),
+            Some(Err(e)) => format!("task stream failed: {e}"),
+            Some(Ok(env)) => {
+                match env.kind {
+                    Some(pb::task_envelope::Kind::Assign(a)) => accept(shared.clone(), a).await,
+                    Some(pb::task_envelope::Kind::Cancel(c)) => {
+                        if let Some(h) = shared.running.lock().await.remove(&c.task_id) {
+                            tracing::info!(task = %c.task_id, reason = %c.reason, "task cancelled by the operator");
+                            h.abort();
+                        }
                     }
+                    None => tracing::warn!("empty task envelope ignored"),
                 }
-                None => tracing::warn!("empty task envelope ignored"),
-            },
+                continue;
+            }
+        };
+        tracing::warn!(error = %lost, "lost the operator; reconnecting");
+        match reconnect(&shared).await {
+            Ok(s) => stream = s,
+            Err(e) => break Err(e.context(lost)),
         }
     };
     hb.abort();
     result
+}
+
+/// Longest a worker keeps trying to get back to a lost operator before it exits.
+const RECONNECT_WINDOW: Duration = Duration::from_secs(300);
+
+/// Registers again under the same id and reopens the task stream, with backoff, for up to
+/// [`RECONNECT_WINDOW`]. Refuses an operator that presents a different ticket key.
+async fn reconnect(shared: &Shared) -> anyhow::Result<tonic::Streaming<pb::TaskEnvelope>> {
+    let deadline = tokio::time::Instant::now() + RECONNECT_WINDOW;
+    let mut delay = Duration::from_millis(500);
+    loop {
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(10));
+        let mut c = shared.client.clone();
+        let attempt = async {
+            let reg = c
+                .register_worker(shared.registration.clone())
+                .await?
+                .into_inner();
+            if reg.operator_key_hex != shared.operator_key_hex {
+                return Ok(Err(anyhow::anyhow!(
+                    "the operator now presents ticket key {}, not {}",
+                    reg.operator_key_hex,
+                    shared.operator_key_hex
+                )));
+            }
+            let s = c
+                .pull_tasks(pb::PullTasksRequest {
+                    worker_id: shared.worker_id.clone(),
+                })
+                .await?
+                .into_inner();
+            Ok::<_, tonic::Status>(Ok(s))
+        };
+        match attempt.await {
+            Ok(Ok(s)) => {
+                tracing::info!(worker = %shared.worker_id, "reconnected to the operator");
+                return Ok(s);
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(status) if tokio::time::Instant::now() >= deadline => {
+                return Err(anyhow::anyhow!(
+                    "operator unreachable for {RECONNECT_WINDOW:?}: {status}"
+                ));
+            }
+            Err(status) => tracing::debug!(error = %status, "reconnect attempt failed"),
+        }
+    }
 }
 
 async fn accept(shared: Arc<Shared>, a: pb::TaskAssignment) {
