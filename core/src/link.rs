@@ -44,6 +44,16 @@ pub enum LinkError {
     Transport(String),
 }
 
+impl LinkError {
+    /// The one frame-size rule every link applies, on sending and on receiving.
+    pub fn check_frame(len: usize, max: usize) -> Result<(), LinkError> {
+        if len > max {
+            return Err(LinkError::FrameTooLarge { len, max });
+        }
+        Ok(())
+    }
+}
+
 /// Counters of one link, as seen from its own side.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LinkStats {
@@ -152,12 +162,7 @@ impl MemLink {
 #[async_trait]
 impl Link for MemLink {
     async fn send(&self, frame: Bytes) -> Result<(), LinkError> {
-        if frame.len() > self.frame_bytes_max {
-            return Err(LinkError::FrameTooLarge {
-                len: frame.len(),
-                max: self.frame_bytes_max,
-            });
-        }
+        LinkError::check_frame(frame.len(), self.frame_bytes_max)?;
         self.dangerous_send_unchecked(frame).await
     }
 
@@ -169,12 +174,7 @@ impl Link for MemLink {
             .recv()
             .await
             .ok_or_else(|| LinkError::PeerGone("in-memory peer closed its side".into()))?;
-        if frame.len() > self.frame_bytes_max {
-            return Err(LinkError::FrameTooLarge {
-                len: frame.len(),
-                max: self.frame_bytes_max,
-            });
-        }
+        LinkError::check_frame(frame.len(), self.frame_bytes_max)?;
         self.counters.on_recv(frame.len());
         Ok(frame)
     }

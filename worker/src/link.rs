@@ -126,12 +126,7 @@ impl GrpcLink {
 #[async_trait]
 impl Link for GrpcLink {
     async fn send(&self, frame: Bytes) -> Result<(), LinkError> {
-        if frame.len() > self.frame_bytes_max {
-            return Err(LinkError::FrameTooLarge {
-                len: frame.len(),
-                max: self.frame_bytes_max,
-            });
-        }
+        LinkError::check_frame(frame.len(), self.frame_bytes_max)?;
         let len = frame.len();
         self.tx
             .send(Frame { payload: frame })
@@ -153,12 +148,7 @@ impl Link for GrpcLink {
             Some(Err(s)) => return Err(status_to_link(&s)),
             Some(Ok(f)) => f.payload,
         };
-        if frame.len() > self.frame_bytes_max {
-            return Err(LinkError::FrameTooLarge {
-                len: frame.len(),
-                max: self.frame_bytes_max,
-            });
-        }
+        LinkError::check_frame(frame.len(), self.frame_bytes_max)?;
         self.counters.on_recv(frame.len());
         Ok(frame)
     }
