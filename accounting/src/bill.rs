@@ -55,6 +55,9 @@ pub enum BillError {
     /// A split spans too many periods.
     #[error("split spans too many periods (max {MAX_SPLIT_PERIODS})")]
     TooManyPeriods,
+    /// A period is not `YYYY-MM`.
+    #[error("period {0:?} is not YYYY-MM")]
+    BadPeriod(String),
     /// A line id was posted twice.
     #[error("bill line {0} already posted")]
     DuplicateLine(String),
@@ -419,13 +422,63 @@ pub struct BillBook {
     ids: std::collections::BTreeSet<String>,
 }
 
-fn next_month((y, m): (i32, u8)) -> (i32, u8) {
+/// The month after `(y, m)`.
+pub fn next_month((y, m): (i32, u8)) -> (i32, u8) {
     if m == 12 { (y + 1, 1) } else { (y, m + 1) }
 }
 
-fn month_end(y: i32, m: u8) -> Result<Millis, BillError> {
+/// The first instant after month `(y, m)` (UTC).
+pub fn month_end(y: i32, m: u8) -> Result<Millis, BillError> {
     let start = crate::civil::CivilDateTime::new(y, m, 1, 0, 0, 0)?.to_millis();
     Ok(add_months(start, 1)?)
+}
+
+/// `YYYY-MM`.
+pub fn period_name((y, m): (i32, u8)) -> String {
+    format!("{y:04}-{m:02}")
+}
+
+/// Parses `YYYY-MM`.
+pub fn parse_period(text: &str) -> Result<(i32, u8), BillError> {
+    let bad = || BillError::BadPeriod(text.chars().take(32).collect());
+    let (y, m) = text.split_once('-').ok_or_else(bad)?;
+    if y.len() != 4 || m.len() != 2 {
+        return Err(bad());
+    }
+    let y: i32 = y.parse().map_err(|_| bad())?;
+    let m: u8 = m.parse().map_err(|_| bad())?;
+    crate::civil::CivilDateTime::new(y, m, 1, 0, 0, 0).map_err(|_| bad())?;
+    Ok((y, m))
+}
+
+/// Where a line whose charge happened at `at` and which arrived at `arrived_at` goes: into
+/// its own month's bill if it arrives before that month's end + the late window and that
+/// bill is not closed; otherwise as a correction on the first bill that is not closed from
+/// the month of arrival on (never earlier than the month after its own).
+pub fn place_line(
+    at: Millis,
+    arrived_at: Millis,
+    late_window_ms: i64,
+    is_closed: impl Fn((i32, u8)) -> bool,
+) -> Result<Placement, BillError> {
+    let own = year_month(at)?;
+    let deadline = month_end(own.0, own.1)?.saturating_add(late_window_ms.max(0));
+    if arrived_at < deadline && !is_closed(own) {
+        return Ok(Placement::InPeriod(own.0, own.1));
+    }
+    let mut on = year_month(arrived_at.max(at))?;
+    if on <= own {
+        on = next_month(own);
+    }
+    let mut guard = 0;
+    while is_closed(on) {
+        on = next_month(on);
+        guard += 1;
+        if guard > MAX_SPLIT_PERIODS {
+            return Err(BillError::TooManyPeriods);
+        }
+    }
+    Ok(Placement::Correction { of: own, on })
 }
 
 impl BillBook {
@@ -461,25 +514,9 @@ impl BillBook {
         if self.ids.contains(&line.id) {
             return Err(BillError::DuplicateLine(line.id));
         }
-        let own = year_month(line.at)?;
-        let deadline = month_end(own.0, own.1)?.saturating_add(self.late_window_ms);
-        let placement = if arrived_at < deadline && !self.is_closed(&line.customer, own) {
-            Placement::InPeriod(own.0, own.1)
-        } else {
-            let mut on = year_month(arrived_at.max(line.at))?;
-            if on <= own {
-                on = next_month(own);
-            }
-            let mut guard = 0;
-            while self.is_closed(&line.customer, on) {
-                on = next_month(on);
-                guard += 1;
-                if guard > MAX_SPLIT_PERIODS {
-                    return Err(BillError::TooManyPeriods);
-                }
-            }
-            Placement::Correction { of: own, on }
-        };
+        let placement = place_line(line.at, arrived_at, self.late_window_ms, |p| {
+            self.is_closed(&line.customer, p)
+        })?;
         let (target, corrects) = match placement {
             Placement::InPeriod(y, m) => ((y, m), None),
             Placement::Correction { of, on } => (on, Some(of)),

@@ -5,6 +5,9 @@ use serde::Serialize;
 use sqlx::{Row, SqliteConnection};
 use tessera_accounting::TransferSpec;
 
+use crate::bills::{NewBillLine, add_line};
+use crate::ledger::LedgerOp;
+use crate::limits::{FreezeContext, load_context, set_auto_frozen};
 use crate::records::{LicenceRecord, load_licence};
 use crate::{Store, StoreError, audit, ledger};
 
@@ -42,6 +45,33 @@ pub struct NewTask {
     pub spec_json: String,
 }
 
+/// What the admission transaction shows the scheduler's decision.
+#[derive(Debug, Clone)]
+pub struct AdmitContext<'a> {
+    /// The licence named, if it exists (remaining counts as stored).
+    pub licence: Option<&'a LicenceRecord>,
+    /// The buyer's funds in payment order (deduction voucher, recharge voucher, cash,
+    /// credit): `(account, available micros)`, available being spendable above the limit.
+    pub funds: Vec<(String, i64)>,
+    /// The buyer's freeze configuration and state.
+    pub freeze: FreezeContext,
+    /// The buyer's spendable cash (what the freeze rules compare).
+    pub cash_micros: i64,
+}
+
+/// The accounts a job's charge is drawn from, in the manual's order (§3.11: deduction
+/// voucher, recharge voucher, cash, credit).
+pub fn funding_accounts(customer: &str) -> [String; 4] {
+    use tessera_accounting::AccountKind as K;
+    let c = customer.to_string();
+    [
+        K::CustomerDeductionVoucher(c.clone()).name(),
+        K::CustomerRechargeVoucher(c.clone()).name(),
+        K::CustomerCash(c.clone()).name(),
+        K::CustomerCredit(c).name(),
+    ]
+}
+
 /// The scheduler's decision, taken inside the admission transaction.
 #[derive(Debug, Clone)]
 pub struct Decision {
@@ -53,6 +83,10 @@ pub struct Decision {
     pub detail: serde_json::Value,
     /// Tasks to record when admitted.
     pub tasks: Vec<NewTask>,
+    /// Holds (pending transfers) to place when admitted.
+    pub holds: Vec<TransferSpec>,
+    /// A new automatic freeze state to record (with its notice), if it changed.
+    pub auto_frozen: Option<(bool, Option<String>)>,
 }
 
 /// A stored job.
@@ -171,8 +205,10 @@ pub enum JobFinish {
         result_location: String,
         /// Usage events.
         usage: Vec<UsageEventRecord>,
-        /// Charge transfers.
-        transfers: Vec<TransferSpec>,
+        /// Ledger operations: posting the job's holds and moving the charge on.
+        ledger: Vec<LedgerOp>,
+        /// The bill line of the charge.
+        bill_line: Option<NewBillLine>,
         /// Total charged.
         charge_micros: i64,
     },
@@ -245,7 +281,7 @@ impl Store {
     /// otherwise records the refusal. Either way the decision is appended to the audit chain.
     pub async fn admit<F>(&self, job: &NewJob, decide: F) -> Result<AdmitOutcome, StoreError>
     where
-        F: FnOnce(Option<&LicenceRecord>) -> Decision,
+        F: FnOnce(&AdmitContext<'_>) -> Decision,
     {
         let mut tx = self.write.begin().await?;
         let licence = match load_licence(&mut tx, &job.licence_id).await {
@@ -253,7 +289,26 @@ impl Store {
             Err(StoreError::NotFound { .. }) => None,
             Err(e) => return Err(e),
         };
-        let decision = decide(licence.as_ref());
+        let mut funds = Vec::new();
+        let mut cash_micros = 0;
+        for (i, account) in funding_accounts(&job.user).into_iter().enumerate() {
+            let (spendable, min) = ledger::spendable(&mut tx, &account).await?;
+            if i == 2 {
+                cash_micros = spendable;
+            }
+            let available = spendable.saturating_sub(min.unwrap_or(0)).max(0);
+            funds.push((account, available));
+        }
+        let freeze = load_context(&mut tx, &job.user).await?;
+        let decision = decide(&AdmitContext {
+            licence: licence.as_ref(),
+            funds,
+            freeze,
+            cash_micros,
+        });
+        if let Some((frozen, notice)) = &decision.auto_frozen {
+            set_auto_frozen(&mut tx, &job.user, *frozen, notice.as_deref(), job.now_ms).await?;
+        }
         let mut allowed = decision.allowed;
         let mut reasons = decision.reasons.clone();
         if allowed {
@@ -308,6 +363,9 @@ impl Store {
             });
         }
         if allowed {
+            for h in &decision.holds {
+                ledger::apply(&mut tx, &LedgerOp::Hold(h.clone()), job.now_ms).await?;
+            }
             for t in &decision.tasks {
                 sqlx::query(
                     "INSERT INTO tasks (task_id, job_id, worker_id, party, role, state, spec_json, updated_at_ms) \
@@ -332,6 +390,9 @@ impl Store {
             &serde_json::json!({
                 "licence_id": job.licence_id, "scene": job.scene, "user": job.user,
                 "reasons": reasons, "detail": decision.detail,
+                "holds": decision.holds.iter().map(|h| serde_json::json!({
+                    "transfer_id": h.id, "account": h.debit, "amount_micros": h.amount_micros,
+                })).collect::<Vec<_>>(),
                 "tasks": decision.tasks.iter().map(|t| serde_json::json!({
                     "task_id": t.task_id, "worker_id": t.worker_id, "party": t.party, "role": t.role,
                 })).collect::<Vec<_>>(),
@@ -435,14 +496,18 @@ impl Store {
                 result_size,
                 result_location,
                 usage,
-                transfers,
+                ledger: ops,
+                bill_line,
                 charge_micros,
             } => {
                 for u in usage {
                     insert_usage(&mut tx, u, now_ms).await?;
                 }
-                for t in transfers {
-                    ledger::post(&mut tx, t, now_ms).await?;
+                for op in ops {
+                    ledger::apply(&mut tx, op, now_ms).await?;
+                }
+                if let Some(line) = bill_line {
+                    add_line(&mut tx, line, now_ms).await?;
                 }
                 (
                     Some(i64::try_from(*result_size).unwrap_or(i64::MAX)),
@@ -452,6 +517,18 @@ impl Store {
             }
             _ => (None, String::new(), 0),
         };
+        // No hold outlives its job: whatever the outcome did not post is released.
+        for h in ledger::open_holds(&mut tx, job_id).await? {
+            ledger::apply(
+                &mut tx,
+                &LedgerOp::VoidPending {
+                    id: tessera_accounting::derive_id(&["void", &h.transfer_id]),
+                    pending_id: h.transfer_id,
+                },
+                now_ms,
+            )
+            .await?;
+        }
         sqlx::query(
             "UPDATE jobs SET state = ?, count_state = ?, error = ?, result_size = ?, result_location = ?, \
              charge_micros = ?, updated_at_ms = ?, finished_at_ms = ? WHERE job_id = ?",

@@ -1,7 +1,12 @@
-//! Double-entry ledger persistence: accounts and transfers in integer micro-units. Every
-//! transfer has an idempotency id; posting the same id twice with the same fields is a no-op
-//! ("exists"), with different fields an error. A transfer that would take an account below its
-//! limit is refused and nothing is written.
+//! Double-entry ledger persistence: accounts and transfers in integer micro-units, with
+//! TigerBeetle's discipline. Every transfer has an idempotency id; writing the same id twice
+//! with the same fields is a no-op ("exists"), with different fields an error. A transfer that
+//! would take an account below its limit is refused and nothing is written.
+//!
+//! Holds are two-phase: a *pending* transfer reserves its amount on the debit account
+//! (`debits_pending`) without moving it; it is later *posted* (for any amount up to the hold,
+//! the rest is released) or *voided*, exactly once (a unique index on `pending_id`). Limits are
+//! checked against the spendable balance `credits - debits - debits_pending`.
 
 use serde::Serialize;
 use sqlx::{Row, SqliteConnection};
@@ -25,6 +30,8 @@ pub struct BalanceRecord {
     pub account: String,
     /// Balance in micro-units.
     pub balance_micros: i64,
+    /// Reserved by open holds on this account (not spendable).
+    pub held_micros: i64,
 }
 
 /// A stored transfer.
@@ -33,70 +40,166 @@ pub struct TransferRecord {
     /// The transfer's fields.
     #[serde(flatten)]
     pub spec: TransferSpec,
+    /// `posted`, `pending`, `post_pending` or `void_pending`.
+    pub kind: String,
+    /// The hold a `post_pending` / `void_pending` resolves.
+    pub pending_id: Option<String>,
     /// When it was written.
     pub created_at_ms: i64,
 }
 
-/// Posts a transfer inside the caller's transaction.
-pub(crate) async fn post(
-    conn: &mut SqliteConnection,
-    t: &TransferSpec,
-    now_ms: i64,
-) -> Result<TransferOutcome, StoreError> {
-    t.validate()
-        .map_err(|e| StoreError::Ledger(e.to_string()))?;
-    let existing = sqlx::query(
-        "SELECT debit_account, credit_account, amount_micros, job_id FROM ledger_transfers WHERE transfer_id = ?",
+/// One ledger operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LedgerOp {
+    /// A plain transfer.
+    Post(TransferSpec),
+    /// A hold: reserves `amount_micros` on the debit account.
+    Hold(TransferSpec),
+    /// Posts the hold `pending_id` for `amount_micros` (at most the hold; the rest is released).
+    PostPending {
+        /// This operation's idempotency id.
+        id: String,
+        /// The hold.
+        pending_id: String,
+        /// Amount to move (1 ..= the hold's amount).
+        amount_micros: i64,
+    },
+    /// Releases the hold `pending_id`.
+    VoidPending {
+        /// This operation's idempotency id.
+        id: String,
+        /// The hold.
+        pending_id: String,
+    },
+}
+
+/// An open hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HoldRecord {
+    /// The pending transfer's id.
+    pub transfer_id: String,
+    /// Account the funds are reserved on.
+    pub debit: String,
+    /// Account they will go to.
+    pub credit: String,
+    /// Reserved amount.
+    pub amount_micros: i64,
+}
+
+/// The lower balance limit an account gets when it is first created: customer funds, holds
+/// and provider receivables never go below zero (a credit line gets its limit set
+/// explicitly); operator and external accounts are unconstrained.
+pub fn default_limit(account: &str) -> Option<i64> {
+    let parts: Vec<&str> = account.split(':').collect();
+    match parts.as_slice() {
+        ["customer", _, "cash" | "recharge_voucher" | "deduction_voucher" | "credit" | "holds"] => {
+            Some(0)
+        }
+        ["provider", _, "receivable"] => Some(0),
+        _ => None,
+    }
+}
+
+async fn ensure_account(conn: &mut SqliteConnection, name: &str) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO ledger_accounts (name, min_balance_micros) VALUES (?, ?) ON CONFLICT(name) DO NOTHING",
     )
-    .bind(&t.id)
-    .fetch_optional(&mut *conn)
+    .bind(name)
+    .bind(default_limit(name))
+    .execute(&mut *conn)
     .await?;
-    if let Some(r) = existing {
-        let same = r.try_get::<String, _>(0)? == t.debit
-            && r.try_get::<String, _>(1)? == t.credit
-            && r.try_get::<i64, _>(2)? == t.amount_micros
-            && r.try_get::<Option<String>, _>(3)? == t.job_id;
-        return if same {
-            Ok(TransferOutcome::Exists)
-        } else {
-            Err(StoreError::IdempotencyMismatch {
-                kind: "transfer",
-                id: t.id.clone(),
-            })
-        };
-    }
-    for name in [&t.debit, &t.credit] {
-        sqlx::query("INSERT INTO ledger_accounts (name) VALUES (?) ON CONFLICT(name) DO NOTHING")
-            .bind(name)
-            .execute(&mut *conn)
-            .await?;
-    }
-    let debit = sqlx::query(
-        "UPDATE ledger_accounts SET debits_micros = debits_micros + ? WHERE name = ? \
-         RETURNING credits_micros - debits_micros, min_balance_micros",
+    Ok(())
+}
+
+/// Adds to an account's debits (posted and pending) and checks its limit against the
+/// spendable balance.
+async fn debit(
+    conn: &mut SqliteConnection,
+    account: &str,
+    posted: i64,
+    pending: i64,
+) -> Result<(), StoreError> {
+    let r = sqlx::query(
+        "UPDATE ledger_accounts SET debits_micros = debits_micros + ?, \
+         debits_pending_micros = debits_pending_micros + ? WHERE name = ? \
+         RETURNING credits_micros - debits_micros - debits_pending_micros, min_balance_micros",
     )
-    .bind(t.amount_micros)
-    .bind(&t.debit)
+    .bind(posted)
+    .bind(pending)
+    .bind(account)
     .fetch_one(&mut *conn)
     .await?;
-    let balance: i64 = debit.try_get(0)?;
-    let min: Option<i64> = debit.try_get(1)?;
-    if let Some(min) = min {
-        if balance < min {
-            return Err(StoreError::Ledger(format!(
-                "account {} would fall to {balance} micros, below its limit of {min}",
-                t.debit
-            )));
-        }
+    let spendable: i64 = r.try_get(0)?;
+    let min: Option<i64> = r.try_get(1)?;
+    if let Some(min) = min
+        && spendable < min
+        && posted + pending > 0
+    {
+        return Err(StoreError::Ledger(format!(
+            "account {account} would fall to {spendable} micros spendable, below its limit of {min}"
+        )));
     }
-    sqlx::query("UPDATE ledger_accounts SET credits_micros = credits_micros + ? WHERE name = ?")
-        .bind(t.amount_micros)
-        .bind(&t.credit)
-        .execute(&mut *conn)
-        .await?;
+    Ok(())
+}
+
+async fn credit(
+    conn: &mut SqliteConnection,
+    account: &str,
+    posted: i64,
+    pending: i64,
+) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO ledger_transfers (transfer_id, debit_account, credit_account, amount_micros, job_id, memo, created_at_ms) \
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "UPDATE ledger_accounts SET credits_micros = credits_micros + ?, \
+         credits_pending_micros = credits_pending_micros + ? WHERE name = ?",
+    )
+    .bind(posted)
+    .bind(pending)
+    .bind(account)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+struct Existing {
+    debit: String,
+    credit: String,
+    amount: i64,
+    job_id: Option<String>,
+    kind: String,
+    pending_id: Option<String>,
+}
+
+async fn existing(conn: &mut SqliteConnection, id: &str) -> Result<Option<Existing>, StoreError> {
+    let r = sqlx::query(
+        "SELECT debit_account, credit_account, amount_micros, job_id, kind, pending_id \
+         FROM ledger_transfers WHERE transfer_id = ?",
+    )
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    r.map(|r| {
+        Ok(Existing {
+            debit: r.try_get(0)?,
+            credit: r.try_get(1)?,
+            amount: r.try_get(2)?,
+            job_id: r.try_get(3)?,
+            kind: r.try_get(4)?,
+            pending_id: r.try_get(5)?,
+        })
+    })
+    .transpose()
+}
+
+async fn insert_transfer(
+    conn: &mut SqliteConnection,
+    t: &TransferSpec,
+    kind: &str,
+    pending_id: Option<&str>,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO ledger_transfers (transfer_id, debit_account, credit_account, amount_micros, job_id, memo, \
+         created_at_ms, kind, pending_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&t.id)
     .bind(&t.debit)
@@ -105,6 +208,8 @@ pub(crate) async fn post(
     .bind(&t.job_id)
     .bind(&t.memo)
     .bind(now_ms)
+    .bind(kind)
+    .bind(pending_id)
     .execute(&mut *conn)
     .await?;
     audit::append(
@@ -112,10 +217,189 @@ pub(crate) async fn post(
         now_ms,
         "ledger_transfer",
         &t.id,
-        &serde_json::json!(t),
+        &serde_json::json!({"kind": kind, "pending_id": pending_id, "transfer": t}),
     )
     .await?;
+    Ok(())
+}
+
+fn mismatch(id: &str) -> StoreError {
+    StoreError::IdempotencyMismatch {
+        kind: "transfer",
+        id: id.to_string(),
+    }
+}
+
+/// Applies one ledger operation inside the caller's transaction.
+pub(crate) async fn apply(
+    conn: &mut SqliteConnection,
+    op: &LedgerOp,
+    now_ms: i64,
+) -> Result<TransferOutcome, StoreError> {
+    match op {
+        LedgerOp::Post(t) => post_or_hold(conn, t, false, now_ms).await,
+        LedgerOp::Hold(t) => post_or_hold(conn, t, true, now_ms).await,
+        LedgerOp::PostPending {
+            id,
+            pending_id,
+            amount_micros,
+        } => resolve(conn, id, pending_id, Some(*amount_micros), now_ms).await,
+        LedgerOp::VoidPending { id, pending_id } => {
+            resolve(conn, id, pending_id, None, now_ms).await
+        }
+    }
+}
+
+/// Posts a transfer inside the caller's transaction.
+pub(crate) async fn post(
+    conn: &mut SqliteConnection,
+    t: &TransferSpec,
+    now_ms: i64,
+) -> Result<TransferOutcome, StoreError> {
+    post_or_hold(conn, t, false, now_ms).await
+}
+
+async fn post_or_hold(
+    conn: &mut SqliteConnection,
+    t: &TransferSpec,
+    pending: bool,
+    now_ms: i64,
+) -> Result<TransferOutcome, StoreError> {
+    t.validate()
+        .map_err(|e| StoreError::Ledger(e.to_string()))?;
+    let kind = if pending { "pending" } else { "posted" };
+    if let Some(e) = existing(conn, &t.id).await? {
+        let same = e.debit == t.debit
+            && e.credit == t.credit
+            && e.amount == t.amount_micros
+            && e.job_id == t.job_id
+            && e.kind == kind;
+        return if same {
+            Ok(TransferOutcome::Exists)
+        } else {
+            Err(mismatch(&t.id))
+        };
+    }
+    ensure_account(conn, &t.debit).await?;
+    ensure_account(conn, &t.credit).await?;
+    let (posted, held) = if pending {
+        (0, t.amount_micros)
+    } else {
+        (t.amount_micros, 0)
+    };
+    debit(conn, &t.debit, posted, held).await?;
+    credit(conn, &t.credit, posted, held).await?;
+    insert_transfer(conn, t, kind, None, now_ms).await?;
     Ok(TransferOutcome::Created)
+}
+
+/// Posts (`amount = Some`) or voids (`None`) a hold, once.
+async fn resolve(
+    conn: &mut SqliteConnection,
+    id: &str,
+    pending_id: &str,
+    amount: Option<i64>,
+    now_ms: i64,
+) -> Result<TransferOutcome, StoreError> {
+    let kind = if amount.is_some() {
+        "post_pending"
+    } else {
+        "void_pending"
+    };
+    let hold = existing(conn, pending_id)
+        .await?
+        .filter(|h| h.kind == "pending")
+        .ok_or_else(|| StoreError::NotFound {
+            kind: "hold",
+            id: pending_id.to_string(),
+        })?;
+    let moved = amount.unwrap_or(hold.amount);
+    if let Some(e) = existing(conn, id).await? {
+        let same =
+            e.kind == kind && e.pending_id.as_deref() == Some(pending_id) && e.amount == moved;
+        return if same {
+            Ok(TransferOutcome::Exists)
+        } else {
+            Err(mismatch(id))
+        };
+    }
+    let resolved = sqlx::query("SELECT transfer_id FROM ledger_transfers WHERE pending_id = ?")
+        .bind(pending_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if let Some(r) = resolved {
+        let by: String = r.try_get(0)?;
+        return Err(StoreError::Ledger(format!(
+            "hold {pending_id} was already resolved by {by}"
+        )));
+    }
+    if moved <= 0 || moved > hold.amount {
+        return Err(StoreError::Ledger(format!(
+            "hold {pending_id} of {} micros cannot be posted for {moved}",
+            hold.amount
+        )));
+    }
+    let posted = if amount.is_some() { moved } else { 0 };
+    // Release the whole reservation, then move what is posted.
+    debit(conn, &hold.debit, posted, -hold.amount).await?;
+    credit(conn, &hold.credit, posted, -hold.amount).await?;
+    let memo = match amount {
+        Some(a) => format!("post {a} of hold {pending_id}"),
+        None => format!("void hold {pending_id}"),
+    };
+    let spec = TransferSpec {
+        id: id.to_string(),
+        debit: hold.debit,
+        credit: hold.credit,
+        amount_micros: moved,
+        job_id: hold.job_id,
+        memo,
+    };
+    insert_transfer(conn, &spec, kind, Some(pending_id), now_ms).await?;
+    Ok(TransferOutcome::Created)
+}
+
+/// Holds of `job_id` that are neither posted nor voided, in the order written.
+pub(crate) async fn open_holds(
+    conn: &mut SqliteConnection,
+    job_id: &str,
+) -> Result<Vec<HoldRecord>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT t.transfer_id, t.debit_account, t.credit_account, t.amount_micros FROM ledger_transfers t \
+         WHERE t.job_id = ? AND t.kind = 'pending' \
+         AND NOT EXISTS (SELECT 1 FROM ledger_transfers r WHERE r.pending_id = t.transfer_id) ORDER BY t.rowid",
+    )
+    .bind(job_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(HoldRecord {
+                transfer_id: r.try_get(0)?,
+                debit: r.try_get(1)?,
+                credit: r.try_get(2)?,
+                amount_micros: r.try_get(3)?,
+            })
+        })
+        .collect()
+}
+
+/// Spendable balance of an account (`credits - debits - debits_pending`) and its limit.
+pub(crate) async fn spendable(
+    conn: &mut SqliteConnection,
+    account: &str,
+) -> Result<(i64, Option<i64>), StoreError> {
+    let r = sqlx::query(
+        "SELECT credits_micros - debits_micros - debits_pending_micros, min_balance_micros \
+         FROM ledger_accounts WHERE name = ?",
+    )
+    .bind(account)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(match r {
+        Some(r) => (r.try_get(0)?, r.try_get(1)?),
+        None => (0, default_limit(account)),
+    })
 }
 
 impl Store {
@@ -132,6 +416,33 @@ impl Store {
         }
         tx.commit().await?;
         Ok(out)
+    }
+
+    /// Applies ledger operations atomically: all are written or none.
+    pub async fn apply_ledger(
+        &self,
+        ops: &[LedgerOp],
+        now_ms: i64,
+    ) -> Result<Vec<TransferOutcome>, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let mut out = Vec::with_capacity(ops.len());
+        for op in ops {
+            out.push(apply(&mut tx, op, now_ms).await?);
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// Open holds of a job.
+    pub async fn job_holds(&self, job_id: &str) -> Result<Vec<HoldRecord>, StoreError> {
+        let mut conn = self.read.acquire().await?;
+        open_holds(&mut conn, job_id).await
+    }
+
+    /// Spendable balance of an account (`credits - debits - pending debits`).
+    pub async fn spendable(&self, account: &str) -> Result<i64, StoreError> {
+        let mut conn = self.read.acquire().await?;
+        Ok(spendable(&mut conn, account).await?.0)
     }
 
     /// Sets an account's lower balance limit (`None`: no limit), creating the account.
@@ -168,7 +479,7 @@ impl Store {
     /// All balances, by account name.
     pub async fn balances(&self) -> Result<Vec<BalanceRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT name, credits_micros - debits_micros FROM ledger_accounts ORDER BY name",
+            "SELECT name, credits_micros - debits_micros, debits_pending_micros FROM ledger_accounts ORDER BY name",
         )
         .fetch_all(&self.read)
         .await?;
@@ -177,6 +488,7 @@ impl Store {
                 Ok(BalanceRecord {
                     account: r.try_get(0)?,
                     balance_micros: r.try_get(1)?,
+                    held_micros: r.try_get(2)?,
                 })
             })
             .collect()
@@ -185,8 +497,8 @@ impl Store {
     /// All transfers in the order written.
     pub async fn transfers(&self) -> Result<Vec<TransferRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT transfer_id, debit_account, credit_account, amount_micros, job_id, memo, created_at_ms \
-             FROM ledger_transfers ORDER BY rowid",
+            "SELECT transfer_id, debit_account, credit_account, amount_micros, job_id, memo, created_at_ms, \
+             kind, pending_id FROM ledger_transfers ORDER BY rowid",
         )
         .fetch_all(&self.read)
         .await?;
@@ -202,26 +514,38 @@ impl Store {
                         memo: r.try_get(5)?,
                     },
                     created_at_ms: r.try_get(6)?,
+                    kind: r.try_get(7)?,
+                    pending_id: r.try_get(8)?,
                 })
             })
             .collect()
     }
 
     /// Checks double entry on the stored data: the sum of debits equals the sum of credits
-    /// across accounts, and each account's totals equal the sums of its transfers.
+    /// across accounts (posted and pending), each account's posted totals equal the sums of
+    /// its plain and posted-hold transfers, and its pending totals equal its open holds.
     pub async fn ledger_balanced(&self) -> Result<bool, StoreError> {
-        let r = sqlx::query(
+        const POSTED: &str = "kind IN ('posted', 'post_pending')";
+        const OPEN: &str = "kind = 'pending' AND NOT EXISTS \
+            (SELECT 1 FROM ledger_transfers r WHERE r.pending_id = t.transfer_id)";
+        let r = sqlx::query(&format!(
             "SELECT (SELECT COALESCE(SUM(debits_micros), 0) FROM ledger_accounts), \
                     (SELECT COALESCE(SUM(credits_micros), 0) FROM ledger_accounts), \
+                    (SELECT COALESCE(SUM(debits_pending_micros), 0) FROM ledger_accounts), \
+                    (SELECT COALESCE(SUM(credits_pending_micros), 0) FROM ledger_accounts), \
                     (SELECT COUNT(*) FROM ledger_accounts a WHERE \
-                        a.debits_micros != (SELECT COALESCE(SUM(amount_micros), 0) FROM ledger_transfers WHERE debit_account = a.name) \
-                     OR a.credits_micros != (SELECT COALESCE(SUM(amount_micros), 0) FROM ledger_transfers WHERE credit_account = a.name))",
-        )
+                        a.debits_micros != (SELECT COALESCE(SUM(amount_micros), 0) FROM ledger_transfers t WHERE debit_account = a.name AND {POSTED}) \
+                     OR a.credits_micros != (SELECT COALESCE(SUM(amount_micros), 0) FROM ledger_transfers t WHERE credit_account = a.name AND {POSTED}) \
+                     OR a.debits_pending_micros != (SELECT COALESCE(SUM(amount_micros), 0) FROM ledger_transfers t WHERE debit_account = a.name AND {OPEN}) \
+                     OR a.credits_pending_micros != (SELECT COALESCE(SUM(amount_micros), 0) FROM ledger_transfers t WHERE credit_account = a.name AND {OPEN}))"
+        ))
         .fetch_one(&self.read)
         .await?;
         let debits: i64 = r.try_get(0)?;
         let credits: i64 = r.try_get(1)?;
-        let mismatched: i64 = r.try_get(2)?;
-        Ok(debits == credits && mismatched == 0)
+        let debits_pending: i64 = r.try_get(2)?;
+        let credits_pending: i64 = r.try_get(3)?;
+        let mismatched: i64 = r.try_get(4)?;
+        Ok(debits == credits && debits_pending == credits_pending && mismatched == 0)
     }
 }

@@ -8,8 +8,10 @@
 //! [`audit`]).
 
 pub mod audit;
+mod bills;
 mod jobs;
 mod ledger;
+mod limits;
 mod records;
 
 use std::path::Path;
@@ -19,11 +21,18 @@ use std::time::Duration;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-pub use jobs::{
-    AdmitOutcome, Decision, FinishOutcome, JobFinish, JobRecord, NewJob, NewTask, TaskRecord,
-    TaskUpdate, UsageEventRecord,
+pub use bills::{
+    BillLineRecord, BillRecord, LATE_WINDOW_MS_MAX, LineAmounts, NewBillLine, StatementRecord,
+    bill_id,
 };
-pub use ledger::{BalanceRecord, TransferOutcome, TransferRecord};
+pub use jobs::{
+    AdmitContext, AdmitOutcome, Decision, FinishOutcome, JobFinish, JobRecord, NewJob, NewTask,
+    TaskRecord, TaskUpdate, UsageEventRecord, funding_accounts,
+};
+pub use ledger::{
+    BalanceRecord, HoldRecord, LedgerOp, TransferOutcome, TransferRecord, default_limit,
+};
+pub use limits::{AccountStatus, FreezeContext, LimitScope};
 pub use records::{DatasetRecord, LicenceRecord, WorkerRecord};
 
 /// Why a store operation failed.
@@ -110,3 +119,5 @@ impl Store {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_billing;

@@ -32,6 +32,9 @@ pub struct DatasetRecord {
     pub location: String,
     /// Free text.
     pub description: String,
+    /// Rows the owner declares; a job's hold is sized on it (`None`: undeclared, the hold
+    /// covers the per-job price only and the row charge is capped at it).
+    pub declared_rows: Option<u64>,
 }
 
 /// A licence with its policy; `policy.use_scenes[].remaining_counts` reflects the store.
@@ -106,14 +109,15 @@ impl Store {
     pub async fn create_dataset(&self, d: &DatasetRecord, now_ms: i64) -> Result<(), StoreError> {
         let mut tx = self.write.begin().await?;
         let r = sqlx::query(
-            "INSERT INTO datasets (dataset_id, owner_party, location, description, created_at_ms) \
-             VALUES (?, ?, ?, ?, ?) ON CONFLICT(dataset_id) DO NOTHING",
+            "INSERT INTO datasets (dataset_id, owner_party, location, description, created_at_ms, declared_rows) \
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(dataset_id) DO NOTHING",
         )
         .bind(&d.dataset_id)
         .bind(&d.owner_party)
         .bind(&d.location)
         .bind(&d.description)
         .bind(now_ms)
+        .bind(d.declared_rows.map(|r| i64::try_from(r).unwrap_or(i64::MAX)))
         .execute(&mut *tx)
         .await?;
         if r.rows_affected() == 0 {
@@ -137,7 +141,7 @@ impl Store {
     /// Reads a dataset record.
     pub async fn dataset(&self, dataset_id: &str) -> Result<DatasetRecord, StoreError> {
         let r = sqlx::query(
-            "SELECT dataset_id, owner_party, location, description FROM datasets WHERE dataset_id = ?",
+            "SELECT dataset_id, owner_party, location, description, declared_rows FROM datasets WHERE dataset_id = ?",
         )
         .bind(dataset_id)
         .fetch_optional(&self.read)
@@ -151,6 +155,9 @@ impl Store {
             owner_party: r.try_get(1)?,
             location: r.try_get(2)?,
             description: r.try_get(3)?,
+            declared_rows: r
+                .try_get::<Option<i64>, _>(4)?
+                .map(|v| u64::try_from(v).unwrap_or(0)),
         })
     }
 

@@ -20,6 +20,7 @@ async fn seed_licence(store: &Store, counts: u64) {
                 owner_party: "prov".into(),
                 location: "p.csv".into(),
                 description: String::new(),
+                declared_rows: None,
             },
             1,
         )
@@ -62,12 +63,14 @@ fn new_job(i: usize) -> NewJob {
     }
 }
 
-fn allow(_: Option<&LicenceRecord>) -> Decision {
+fn allow(_: &AdmitContext<'_>) -> Decision {
     Decision {
         allowed: true,
         reasons: vec![],
         detail: serde_json::json!({}),
         tasks: vec![],
+        holds: vec![],
+        auto_frozen: None,
     }
 }
 
@@ -150,11 +153,21 @@ async fn failure_not_the_buyers_releases_and_finish_is_exactly_once() {
         job_id: Some("job-3".into()),
         memo: "psi".into(),
     };
+    let deposit = TransferSpec {
+        id: derive_id(&["dep", "u"]),
+        debit: "external".into(),
+        credit: "customer:u:cash".into(),
+        amount_micros: 150,
+        job_id: None,
+        memo: "deposit".into(),
+    };
+    store.post_transfers(&[deposit], 35).await.expect("deposit");
     let ok = JobFinish::Succeeded {
         result_size: 7,
         result_location: "out.csv".into(),
         usage: usage.clone(),
-        transfers: vec![charge.clone()],
+        ledger: vec![LedgerOp::Post(charge.clone())],
+        bill_line: None,
         charge_micros: 100,
     };
     assert!(
@@ -182,7 +195,7 @@ async fn failure_not_the_buyers_releases_and_finish_is_exactly_once() {
         store.record_usage(&[changed], 43).await,
         Err(StoreError::IdempotencyMismatch { .. })
     ));
-    assert_eq!(store.balance("customer:u:cash").await.expect("bal"), -100);
+    assert_eq!(store.balance("customer:u:cash").await.expect("bal"), 50);
     assert_eq!(
         store
             .balance("provider:prov:receivable")
@@ -311,11 +324,13 @@ async fn unknown_records_are_not_found() {
         Err(StoreError::NotFound { .. })
     ));
     let out = store
-        .admit(&new_job(1), |l| Decision {
-            allowed: l.is_some(),
+        .admit(&new_job(1), |c| Decision {
+            allowed: c.licence.is_some(),
             reasons: vec!["licence lic not found".into()],
             detail: serde_json::json!({}),
             tasks: vec![],
+            holds: vec![],
+            auto_frozen: None,
         })
         .await
         .expect("admit");

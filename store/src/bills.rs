@@ -1,0 +1,633 @@
+//! Bills persisted: one bill per customer and calendar month (UTC), append-only lines, the
+//! late-usage rule, closing, and provider statements with payouts.
+//!
+//! A line lands in the bill of the month its charge happened in if it arrives before that
+//! month's end + the late window (a setting, default 72 hours) and that bill is still open;
+//! otherwise it is a correction line on the first open bill from the month of arrival on
+//! (`accounting::bill::place_line`). Bills close once their month's end + the late window has
+//! passed. Triggers in the schema make closed bills and all lines immutable, so "closed bills
+//! never change" holds even against a bug here.
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+use sqlx::{Row, SqliteConnection};
+use tessera_accounting::bill::{Placement, month_end, parse_period, period_name, place_line};
+use tessera_accounting::{AccountKind, TransferSpec, derive_id};
+
+use crate::{Store, StoreError, audit, ledger};
+
+/// Longest allowed late window (one year).
+pub const LATE_WINDOW_MS_MAX: i64 = 366 * 24 * 3_600_000;
+
+/// The money members of a line (manual §3.8), all in micro-units.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct LineAmounts {
+    /// 原始金额.
+    pub original_micros: i64,
+    /// 平台折扣.
+    pub platform_discount_micros: i64,
+    /// 客户折扣.
+    pub customer_discount_micros: i64,
+    /// 优惠券.
+    pub coupon_micros: i64,
+    /// 抵扣现金券.
+    pub deduction_voucher_micros: i64,
+    /// 充值现金券.
+    pub recharge_voucher_micros: i64,
+    /// 现金.
+    pub cash_micros: i64,
+    /// 信用额度.
+    pub credit_micros: i64,
+    /// 欠费.
+    pub arrears_micros: i64,
+    /// Provider's part of what was paid.
+    pub provider_micros: i64,
+    /// Operator's part of what was paid.
+    pub operator_micros: i64,
+}
+
+impl LineAmounts {
+    /// original − discounts.
+    pub fn paid_micros(&self) -> i64 {
+        self.original_micros - self.platform_discount_micros - self.customer_discount_micros
+    }
+
+    /// Whether `original − discount = paid = balance + credit + vouchers + coupons` and the
+    /// shares sum to what was paid.
+    pub fn identities_hold(&self) -> bool {
+        let paid = self.paid_micros();
+        paid == self.recharge_voucher_micros
+            + self.cash_micros
+            + self.arrears_micros
+            + self.credit_micros
+            + self.deduction_voucher_micros
+            + self.coupon_micros
+            && paid == self.provider_micros + self.operator_micros
+    }
+
+    fn add(&mut self, o: &LineAmounts) {
+        self.original_micros += o.original_micros;
+        self.platform_discount_micros += o.platform_discount_micros;
+        self.customer_discount_micros += o.customer_discount_micros;
+        self.coupon_micros += o.coupon_micros;
+        self.deduction_voucher_micros += o.deduction_voucher_micros;
+        self.recharge_voucher_micros += o.recharge_voucher_micros;
+        self.cash_micros += o.cash_micros;
+        self.credit_micros += o.credit_micros;
+        self.arrears_micros += o.arrears_micros;
+        self.provider_micros += o.provider_micros;
+        self.operator_micros += o.operator_micros;
+    }
+}
+
+/// A charge to put on a bill.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NewBillLine {
+    /// Idempotency id (the same id twice is one line).
+    pub line_id: String,
+    /// Customer billed.
+    pub customer: String,
+    /// Job charged, if any.
+    pub job_id: Option<String>,
+    /// `usage` or `refund`.
+    pub kind: String,
+    /// Product (the scene, e.g. `psi`).
+    pub product: String,
+    /// Provider paid.
+    pub provider: String,
+    /// When the charge happened (decides its month).
+    pub event_time_ms: i64,
+    /// Service period start.
+    pub service_start_ms: i64,
+    /// Service period end.
+    pub service_end_ms: i64,
+    /// Money.
+    pub amounts: LineAmounts,
+    /// Free text.
+    pub note: String,
+}
+
+/// A stored line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BillLineRecord {
+    /// Bill it is on.
+    pub bill_id: String,
+    /// The line as charged.
+    #[serde(flatten)]
+    pub line: NewBillLine,
+    /// When it reached the operator.
+    pub arrival_time_ms: i64,
+    /// For a correction line: the month it belongs to.
+    pub corrects_period: Option<String>,
+}
+
+/// A bill with its totals.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BillRecord {
+    /// `YYYY-MM:customer`.
+    pub bill_id: String,
+    /// Customer.
+    pub customer: String,
+    /// `YYYY-MM`.
+    pub period: String,
+    /// `open` or `closed`.
+    pub state: String,
+    /// Lines on it.
+    pub lines: u64,
+    /// Sum of the lines.
+    pub totals: LineAmounts,
+    /// When it closed.
+    pub closed_at_ms: Option<i64>,
+}
+
+/// A provider's statement for one closed month.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StatementRecord {
+    /// Provider party.
+    pub provider: String,
+    /// `YYYY-MM`.
+    pub period: String,
+    /// Lines that paid this provider.
+    pub lines: u64,
+    /// What buyers paid on them.
+    pub paid_micros: i64,
+    /// Operator's part.
+    pub operator_micros: i64,
+    /// Provider's part (what the payout moves).
+    pub provider_micros: i64,
+    /// When it was paid out (`None`: not yet).
+    pub paid_out_at_ms: Option<i64>,
+    /// The payout transfer (`None` when nothing was due or not yet paid out).
+    pub payout_transfer_id: Option<String>,
+}
+
+fn bill_error(e: tessera_accounting::bill::BillError) -> StoreError {
+    StoreError::Ledger(e.to_string())
+}
+
+/// The bill id of a customer's month.
+pub fn bill_id(customer: &str, period: &str) -> String {
+    format!("{period}:{customer}")
+}
+
+pub(crate) async fn late_window_ms(conn: &mut SqliteConnection) -> Result<i64, StoreError> {
+    let r = sqlx::query("SELECT value FROM billing_settings WHERE key = 'late_window_ms'")
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(match r {
+        Some(r) => r.try_get(0)?,
+        None => 0,
+    })
+}
+
+/// Puts a line on the right bill inside the caller's transaction; the same line id twice is
+/// written once (a different payload under the same id is an error).
+pub(crate) async fn add_line(
+    conn: &mut SqliteConnection,
+    line: &NewBillLine,
+    arrival_ms: i64,
+) -> Result<BillLineRecord, StoreError> {
+    if !line.amounts.identities_hold() {
+        return Err(StoreError::Ledger(format!(
+            "bill line {} breaks the amount identities",
+            line.line_id
+        )));
+    }
+    if line.service_end_ms < line.service_start_ms {
+        return Err(StoreError::Ledger(format!(
+            "bill line {}: service period ends before it starts",
+            line.line_id
+        )));
+    }
+    if let Some(existing) = load_lines(conn, "l.line_id = ?", &line.line_id)
+        .await?
+        .into_iter()
+        .next()
+    {
+        return if existing.line == *line {
+            Ok(existing)
+        } else {
+            Err(StoreError::IdempotencyMismatch {
+                kind: "bill line",
+                id: line.line_id.clone(),
+            })
+        };
+    }
+    let window = late_window_ms(conn).await?;
+    let closed: BTreeSet<String> =
+        sqlx::query("SELECT period FROM bills WHERE customer = ? AND state = 'closed'")
+            .bind(&line.customer)
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<String, _>(0))
+            .collect::<Result<_, _>>()?;
+    let placement = place_line(line.event_time_ms, arrival_ms, window, |p| {
+        closed.contains(&period_name(p))
+    })
+    .map_err(bill_error)?;
+    let (period, corrects) = match placement {
+        Placement::InPeriod(y, m) => (period_name((y, m)), None),
+        Placement::Correction { of, on } => (period_name(on), Some(period_name(of))),
+    };
+    let bill = bill_id(&line.customer, &period);
+    sqlx::query(
+        "INSERT INTO bills (bill_id, customer, period, created_at_ms) VALUES (?, ?, ?, ?) \
+         ON CONFLICT(bill_id) DO NOTHING",
+    )
+    .bind(&bill)
+    .bind(&line.customer)
+    .bind(&period)
+    .bind(arrival_ms)
+    .execute(&mut *conn)
+    .await?;
+    let a = &line.amounts;
+    sqlx::query(
+        "INSERT INTO bill_lines (line_id, bill_id, customer, job_id, kind, product, provider, corrects_period, \
+         event_time_ms, arrival_time_ms, service_start_ms, service_end_ms, original_micros, platform_discount_micros, \
+         customer_discount_micros, coupon_micros, deduction_voucher_micros, recharge_voucher_micros, cash_micros, \
+         credit_micros, arrears_micros, provider_micros, operator_micros, note) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&line.line_id)
+    .bind(&bill)
+    .bind(&line.customer)
+    .bind(&line.job_id)
+    .bind(&line.kind)
+    .bind(&line.product)
+    .bind(&line.provider)
+    .bind(&corrects)
+    .bind(line.event_time_ms)
+    .bind(arrival_ms)
+    .bind(line.service_start_ms)
+    .bind(line.service_end_ms)
+    .bind(a.original_micros)
+    .bind(a.platform_discount_micros)
+    .bind(a.customer_discount_micros)
+    .bind(a.coupon_micros)
+    .bind(a.deduction_voucher_micros)
+    .bind(a.recharge_voucher_micros)
+    .bind(a.cash_micros)
+    .bind(a.credit_micros)
+    .bind(a.arrears_micros)
+    .bind(a.provider_micros)
+    .bind(a.operator_micros)
+    .bind(&line.note)
+    .execute(&mut *conn)
+    .await?;
+    audit::append(
+        conn,
+        arrival_ms,
+        "bill_line",
+        &line.line_id,
+        &serde_json::json!({"bill_id": bill, "corrects_period": corrects, "line": line}),
+    )
+    .await?;
+    Ok(BillLineRecord {
+        bill_id: bill,
+        line: line.clone(),
+        arrival_time_ms: arrival_ms,
+        corrects_period: corrects,
+    })
+}
+
+const LINE_COLUMNS: &str = "l.bill_id, l.line_id, l.customer, l.job_id, l.kind, l.product, l.provider, \
+     l.event_time_ms, l.service_start_ms, l.service_end_ms, l.original_micros, l.platform_discount_micros, \
+     l.customer_discount_micros, l.coupon_micros, l.deduction_voucher_micros, l.recharge_voucher_micros, \
+     l.cash_micros, l.credit_micros, l.arrears_micros, l.provider_micros, l.operator_micros, l.note, \
+     l.arrival_time_ms, l.corrects_period";
+
+fn line_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<BillLineRecord, StoreError> {
+    Ok(BillLineRecord {
+        bill_id: r.try_get(0)?,
+        line: NewBillLine {
+            line_id: r.try_get(1)?,
+            customer: r.try_get(2)?,
+            job_id: r.try_get(3)?,
+            kind: r.try_get(4)?,
+            product: r.try_get(5)?,
+            provider: r.try_get(6)?,
+            event_time_ms: r.try_get(7)?,
+            service_start_ms: r.try_get(8)?,
+            service_end_ms: r.try_get(9)?,
+            amounts: LineAmounts {
+                original_micros: r.try_get(10)?,
+                platform_discount_micros: r.try_get(11)?,
+                customer_discount_micros: r.try_get(12)?,
+                coupon_micros: r.try_get(13)?,
+                deduction_voucher_micros: r.try_get(14)?,
+                recharge_voucher_micros: r.try_get(15)?,
+                cash_micros: r.try_get(16)?,
+                credit_micros: r.try_get(17)?,
+                arrears_micros: r.try_get(18)?,
+                provider_micros: r.try_get(19)?,
+                operator_micros: r.try_get(20)?,
+            },
+            note: r.try_get(21)?,
+        },
+        arrival_time_ms: r.try_get(22)?,
+        corrects_period: r.try_get(23)?,
+    })
+}
+
+async fn load_lines(
+    conn: &mut SqliteConnection,
+    filter: &str,
+    arg: &str,
+) -> Result<Vec<BillLineRecord>, StoreError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {LINE_COLUMNS} FROM bill_lines l WHERE {filter} ORDER BY l.rowid"
+    ))
+    .bind(arg)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(line_from_row).collect()
+}
+
+/// Closes every open bill whose month ended more than the late window before `now`.
+pub(crate) async fn close_due(
+    conn: &mut SqliteConnection,
+    now_ms: i64,
+) -> Result<Vec<String>, StoreError> {
+    let window = late_window_ms(conn).await?;
+    let open = sqlx::query("SELECT bill_id, period FROM bills WHERE state = 'open' ORDER BY bill_id")
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut closed = Vec::new();
+    for r in &open {
+        let id: String = r.try_get(0)?;
+        let period: String = r.try_get(1)?;
+        let (y, m) = parse_period(&period).map_err(bill_error)?;
+        if month_end(y, m).map_err(bill_error)?.saturating_add(window) <= now_ms {
+            sqlx::query("UPDATE bills SET state = 'closed', closed_at_ms = ? WHERE bill_id = ?")
+                .bind(now_ms)
+                .bind(&id)
+                .execute(&mut *conn)
+                .await?;
+            let totals = bill_totals(conn, &id).await?;
+            audit::append(
+                conn,
+                now_ms,
+                "bill_close",
+                &id,
+                &serde_json::json!({"lines": totals.0, "totals": totals.1}),
+            )
+            .await?;
+            closed.push(id);
+        }
+    }
+    Ok(closed)
+}
+
+async fn bill_totals(
+    conn: &mut SqliteConnection,
+    bill: &str,
+) -> Result<(u64, LineAmounts), StoreError> {
+    let lines = load_lines(conn, "l.bill_id = ?", bill).await?;
+    let mut t = LineAmounts::default();
+    for l in &lines {
+        t.add(&l.line.amounts);
+    }
+    Ok((lines.len() as u64, t))
+}
+
+async fn statement_for(
+    conn: &mut SqliteConnection,
+    provider: &str,
+    period: &str,
+) -> Result<StatementRecord, StoreError> {
+    let r = sqlx::query(
+        "SELECT COUNT(*), COALESCE(SUM(l.original_micros - l.platform_discount_micros - l.customer_discount_micros), 0), \
+         COALESCE(SUM(l.operator_micros), 0), COALESCE(SUM(l.provider_micros), 0) \
+         FROM bill_lines l JOIN bills b ON b.bill_id = l.bill_id \
+         WHERE l.provider = ? AND b.period = ? AND b.state = 'closed'",
+    )
+    .bind(provider)
+    .bind(period)
+    .fetch_one(&mut *conn)
+    .await?;
+    let paid = sqlx::query(
+        "SELECT payout_transfer_id, created_at_ms FROM provider_statements WHERE provider = ? AND period = ?",
+    )
+    .bind(provider)
+    .bind(period)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(StatementRecord {
+        provider: provider.to_string(),
+        period: period.to_string(),
+        lines: u64::try_from(r.try_get::<i64, _>(0)?).unwrap_or(0),
+        paid_micros: r.try_get(1)?,
+        operator_micros: r.try_get(2)?,
+        provider_micros: r.try_get(3)?,
+        payout_transfer_id: match &paid {
+            Some(p) => p.try_get(0)?,
+            None => None,
+        },
+        paid_out_at_ms: match &paid {
+            Some(p) => Some(p.try_get(1)?),
+            None => None,
+        },
+    })
+}
+
+impl Store {
+    /// Sets how long after a month's end its bills accept late lines (0 ..= one year).
+    pub async fn set_late_window_ms(&self, ms: i64, now_ms: i64) -> Result<(), StoreError> {
+        if !(0..=LATE_WINDOW_MS_MAX).contains(&ms) {
+            return Err(StoreError::Ledger(format!(
+                "late window must be 0 ..= {LATE_WINDOW_MS_MAX} ms, got {ms}"
+            )));
+        }
+        let mut tx = self.write.begin().await?;
+        sqlx::query(
+            "INSERT INTO billing_settings (key, value) VALUES ('late_window_ms', ?) \
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(ms)
+        .execute(&mut *tx)
+        .await?;
+        audit::append(
+            &mut tx,
+            now_ms,
+            "billing_setting",
+            "late_window_ms",
+            &serde_json::json!({ "value": ms }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The late window in force.
+    pub async fn late_window(&self) -> Result<i64, StoreError> {
+        let mut conn = self.read.acquire().await?;
+        late_window_ms(&mut conn).await
+    }
+
+    /// Puts a line on a bill in its own transaction (refunds, adjustments, late charges).
+    pub async fn add_bill_line(
+        &self,
+        line: &NewBillLine,
+        now_ms: i64,
+    ) -> Result<BillLineRecord, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let r = add_line(&mut tx, line, now_ms).await?;
+        tx.commit().await?;
+        Ok(r)
+    }
+
+    /// Closes the bills that are due at `now_ms`; returns their ids.
+    pub async fn close_due_bills(&self, now_ms: i64) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let closed = close_due(&mut tx, now_ms).await?;
+        tx.commit().await?;
+        Ok(closed)
+    }
+
+    /// Bills, optionally of one customer and/or one period, newest period first.
+    pub async fn bills(
+        &self,
+        customer: Option<&str>,
+        period: Option<&str>,
+    ) -> Result<Vec<BillRecord>, StoreError> {
+        let mut conn = self.read.acquire().await?;
+        let rows = sqlx::query(
+            "SELECT bill_id, customer, period, state, closed_at_ms FROM bills \
+             WHERE (?1 IS NULL OR customer = ?1) AND (?2 IS NULL OR period = ?2) \
+             ORDER BY period DESC, customer",
+        )
+        .bind(customer)
+        .bind(period)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let bill_id: String = r.try_get(0)?;
+            let (lines, totals) = bill_totals(&mut conn, &bill_id).await?;
+            out.push(BillRecord {
+                bill_id,
+                customer: r.try_get(1)?,
+                period: r.try_get(2)?,
+                state: r.try_get(3)?,
+                lines,
+                totals,
+                closed_at_ms: r.try_get(4)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The lines of one bill, in the order they were written.
+    pub async fn bill_lines(&self, bill_id: &str) -> Result<Vec<BillLineRecord>, StoreError> {
+        let mut conn = self.read.acquire().await?;
+        let exists = sqlx::query("SELECT 1 FROM bills WHERE bill_id = ?")
+            .bind(bill_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        if exists.is_none() {
+            return Err(StoreError::NotFound {
+                kind: "bill",
+                id: bill_id.to_string(),
+            });
+        }
+        load_lines(&mut conn, "l.bill_id = ?", bill_id).await
+    }
+
+    /// Provider statements of every month that has closed bills (optionally of one
+    /// provider), newest first.
+    pub async fn statements(
+        &self,
+        provider: Option<&str>,
+    ) -> Result<Vec<StatementRecord>, StoreError> {
+        let mut conn = self.read.acquire().await?;
+        let keys = sqlx::query(
+            "SELECT DISTINCT l.provider, b.period FROM bill_lines l JOIN bills b ON b.bill_id = l.bill_id \
+             WHERE b.state = 'closed' AND l.provider != '' AND (?1 IS NULL OR l.provider = ?1) \
+             ORDER BY b.period DESC, l.provider",
+        )
+        .bind(provider)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut out = Vec::with_capacity(keys.len());
+        for k in &keys {
+            let p: String = k.try_get(0)?;
+            let period: String = k.try_get(1)?;
+            out.push(statement_for(&mut conn, &p, &period).await?);
+        }
+        Ok(out)
+    }
+
+    /// Pays a provider its share of a closed month, once: closes what is due, requires the
+    /// month to be closed (its end + the late window has passed), records the statement and
+    /// moves the provider's part from its receivable to its paid-out account. A second call
+    /// returns the recorded statement and moves nothing.
+    pub async fn payout(
+        &self,
+        provider: &str,
+        period: &str,
+        now_ms: i64,
+    ) -> Result<StatementRecord, StoreError> {
+        let (y, m) = parse_period(period).map_err(bill_error)?;
+        let mut tx = self.write.begin().await?;
+        close_due(&mut tx, now_ms).await?;
+        let st = statement_for(&mut tx, provider, period).await?;
+        if st.paid_out_at_ms.is_some() {
+            return Ok(st);
+        }
+        let window = late_window_ms(&mut tx).await?;
+        let due = month_end(y, m).map_err(bill_error)?.saturating_add(window);
+        if now_ms < due {
+            return Err(StoreError::Ledger(format!(
+                "period {period} is still open for late charges until {due} ms"
+            )));
+        }
+        let transfer_id =
+            (st.provider_micros > 0).then(|| derive_id(&["payout", provider, period]));
+        if let Some(transfer_id) = &transfer_id {
+            ledger::post(
+                &mut tx,
+                &TransferSpec {
+                    id: transfer_id.clone(),
+                    debit: AccountKind::ProviderReceivable(provider.to_string()).name(),
+                    credit: AccountKind::ProviderPaidOut(provider.to_string()).name(),
+                    amount_micros: st.provider_micros,
+                    job_id: None,
+                    memo: format!("payout of {period} to {provider}"),
+                },
+                now_ms,
+            )
+            .await?;
+        }
+        sqlx::query(
+            "INSERT INTO provider_statements (provider, period, lines, paid_micros, operator_micros, provider_micros, \
+             payout_transfer_id, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(provider)
+        .bind(period)
+        .bind(i64::try_from(st.lines).unwrap_or(i64::MAX))
+        .bind(st.paid_micros)
+        .bind(st.operator_micros)
+        .bind(st.provider_micros)
+        .bind(&transfer_id)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        let st = StatementRecord {
+            payout_transfer_id: transfer_id,
+            paid_out_at_ms: Some(now_ms),
+            ..st
+        };
+        audit::append(
+            &mut tx,
+            now_ms,
+            "payout",
+            &format!("{provider}/{period}"),
+            &serde_json::json!(st),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(st)
+    }
+}
