@@ -1,4 +1,6 @@
-//! Client commands over the operator's gRPC API: datasets, licences, jobs, funds, ledger.
+//! Client commands over the operator's gRPC API: datasets, licences, jobs, funds, ledger,
+//! bills, provider statements, limits and freezes. Listings print aligned text, or CSV
+//! (RFC 4180 quoting) with `--csv`.
 
 use std::path::PathBuf;
 
@@ -34,7 +36,7 @@ pub enum ClientCommand {
     /// Jobs.
     #[command(subcommand)]
     Job(JobCmd),
-    /// Add funds to a buyer's cash account.
+    /// Add funds to a buyer's cash (or voucher) account.
     Deposit {
         #[command(flatten)]
         conn: Conn,
@@ -47,10 +49,160 @@ pub enum ClientCommand {
         /// Idempotency key: the same key deposits once.
         #[arg(long)]
         key: String,
+        /// cash, recharge_voucher or deduction_voucher.
+        #[arg(long, default_value = "cash")]
+        into: String,
+    },
+    /// Set a buyer's credit line.
+    Credit {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        user: String,
+        /// Credit limit in micro-units (0 removes the line).
+        #[arg(long)]
+        limit_micros: i64,
     },
     /// Ledger balances and transfers, usage events.
     #[command(subcommand)]
     Ledger(LedgerCmd),
+    /// Bills and their lines.
+    #[command(subcommand)]
+    Bills(BillsCmd),
+    /// Provider settlement statements and payouts.
+    #[command(subcommand)]
+    Statements(StatementsCmd),
+    /// Product limits (minimum purchase and freeze amounts).
+    #[command(subcommand)]
+    Limits(LimitsCmd),
+    /// Account status, manual freezes and the platform white list.
+    #[command(subcommand)]
+    Account(AccountCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BillsCmd {
+    /// List bills with their totals.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+        /// Only this customer's.
+        #[arg(long, default_value = "")]
+        customer: String,
+        /// Only this month (YYYY-MM).
+        #[arg(long, default_value = "")]
+        period: String,
+        /// Print CSV.
+        #[arg(long)]
+        csv: bool,
+    },
+    /// The lines of one bill (id `YYYY-MM:customer`).
+    Lines {
+        #[command(flatten)]
+        conn: Conn,
+        bill_id: String,
+        /// Print CSV.
+        #[arg(long)]
+        csv: bool,
+    },
+    /// Close the bills whose month and late window have passed (the operator also does this
+    /// every minute).
+    Close {
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StatementsCmd {
+    /// Statements of closed months.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long, default_value = "")]
+        provider: String,
+        /// Print CSV.
+        #[arg(long)]
+        csv: bool,
+    },
+    /// Pay a provider its share of a closed month (once).
+    Payout {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        provider: String,
+        /// YYYY-MM.
+        #[arg(long)]
+        period: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LimitsCmd {
+    /// Set a limit configuration; customer > product > platform.
+    Set {
+        #[command(flatten)]
+        conn: Conn,
+        /// platform, product or customer.
+        #[arg(long)]
+        scope: String,
+        #[arg(long, default_value = "")]
+        customer: String,
+        #[arg(long, default_value = "")]
+        product: String,
+        #[arg(long)]
+        min_purchase_micros: Option<i64>,
+        #[arg(long)]
+        min_freeze_micros: Option<i64>,
+        /// Store the configuration disabled.
+        #[arg(long)]
+        disabled: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccountCmd {
+    /// Whether the account's jobs would be refused now, and why.
+    Status {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        user: String,
+        #[arg(long, default_value = "psi")]
+        product: String,
+    },
+    /// Freeze manually (outranks the automatic rules).
+    Freeze {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Thaw an automatic freeze manually.
+    Thaw {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        user: String,
+    },
+    /// Clear the manual action (back to the automatic rules).
+    Clear {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        user: String,
+    },
+    /// Add to (or, with --remove, take off) the platform white list.
+    Whitelist {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        remove: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -69,6 +221,9 @@ pub enum DatasetCmd {
         location: String,
         #[arg(long, default_value = "")]
         description: String,
+        /// Rows in the dataset: a job's hold, and so its maximum row charge, is sized on it.
+        #[arg(long)]
+        rows: Option<u64>,
     },
 }
 
@@ -169,11 +324,17 @@ pub enum LedgerCmd {
     Balances {
         #[command(flatten)]
         conn: Conn,
+        /// Print CSV.
+        #[arg(long)]
+        csv: bool,
     },
     /// Ledger transfers.
     Transfers {
         #[command(flatten)]
         conn: Conn,
+        /// Print CSV.
+        #[arg(long)]
+        csv: bool,
     },
     /// Usage events.
     Usage {
@@ -251,6 +412,7 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
             party,
             location,
             description,
+            rows,
         }) => {
             let d = connect(&conn.operator)
                 .await?
@@ -259,6 +421,7 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
                     owner_party: party,
                     location,
                     description,
+                    declared_rows: rows,
                 })
                 .await?
                 .into_inner();
@@ -373,6 +536,7 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
             user,
             amount_micros,
             key,
+            into,
         } => {
             connect(&conn.operator)
                 .await?
@@ -380,31 +544,97 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
                     account: user.clone(),
                     amount_micros,
                     idempotency_key: key,
+                    into: into.clone(),
                 })
                 .await?;
-            println!("deposited {} to {user}", fmt_micros(amount_micros));
+            println!("deposited {} to {user} ({into})", fmt_micros(amount_micros));
         }
-        ClientCommand::Ledger(LedgerCmd::Balances { conn }) => {
+        ClientCommand::Credit {
+            conn,
+            user,
+            limit_micros,
+        } => {
+            connect(&conn.operator)
+                .await?
+                .set_credit_limit(pb::CreditLimitRequest {
+                    customer: user.clone(),
+                    limit_micros,
+                })
+                .await?;
+            println!("credit line of {user}: {}", fmt_micros(limit_micros));
+        }
+        ClientCommand::Ledger(LedgerCmd::Balances { conn, csv }) => {
             let b = connect(&conn.operator)
                 .await?
                 .list_balances(pb::ListRequest {})
                 .await?
                 .into_inner();
+            if csv {
+                let rows = b.balances.iter().map(|x| {
+                    vec![
+                        x.account.clone(),
+                        x.balance_micros.to_string(),
+                        x.held_micros.to_string(),
+                    ]
+                });
+                print_csv(&["account", "balance_micros", "held_micros"], rows);
+                return Ok(());
+            }
             for x in &b.balances {
-                println!("{:<40} {:>20}", x.account, fmt_micros(x.balance_micros));
+                let held = if x.held_micros > 0 {
+                    format!("  (held {})", fmt_micros(x.held_micros))
+                } else {
+                    String::new()
+                };
+                println!(
+                    "{:<40} {:>20}{held}",
+                    x.account,
+                    fmt_micros(x.balance_micros)
+                );
             }
             println!("double entry balanced: {}", b.balanced);
         }
-        ClientCommand::Ledger(LedgerCmd::Transfers { conn }) => {
+        ClientCommand::Ledger(LedgerCmd::Transfers { conn, csv }) => {
             let t = connect(&conn.operator)
                 .await?
                 .list_transfers(pb::ListRequest {})
                 .await?
                 .into_inner();
+            if csv {
+                let rows = t.transfers.iter().map(|x| {
+                    vec![
+                        x.transfer_id.clone(),
+                        x.kind.clone(),
+                        x.debit_account.clone(),
+                        x.credit_account.clone(),
+                        x.amount_micros.to_string(),
+                        x.job_id.clone(),
+                        x.pending_id.clone(),
+                        x.created_at_ms.to_string(),
+                        x.memo.clone(),
+                    ]
+                });
+                print_csv(
+                    &[
+                        "transfer_id",
+                        "kind",
+                        "debit_account",
+                        "credit_account",
+                        "amount_micros",
+                        "job_id",
+                        "pending_id",
+                        "created_at_ms",
+                        "memo",
+                    ],
+                    rows,
+                );
+                return Ok(());
+            }
             for x in &t.transfers {
                 println!(
-                    "{} {} -> {} {} {} {}",
+                    "{} {:<12} {} -> {} {} {} {}",
                     x.transfer_id,
+                    x.kind,
                     x.debit_account,
                     x.credit_account,
                     fmt_micros(x.amount_micros),
@@ -413,6 +643,31 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
                 );
             }
         }
+        ClientCommand::Bills(cmd) => bills(cmd).await?,
+        ClientCommand::Statements(cmd) => statements(cmd).await?,
+        ClientCommand::Limits(LimitsCmd::Set {
+            conn,
+            scope,
+            customer,
+            product,
+            min_purchase_micros,
+            min_freeze_micros,
+            disabled,
+        }) => {
+            connect(&conn.operator)
+                .await?
+                .set_limit(pb::LimitRequest {
+                    scope: scope.clone(),
+                    customer,
+                    product,
+                    min_purchase_micros,
+                    min_freeze_micros,
+                    enabled: !disabled,
+                })
+                .await?;
+            println!("{scope} limit set");
+        }
+        ClientCommand::Account(cmd) => account(cmd).await?,
         ClientCommand::Ledger(LedgerCmd::Usage { conn }) => {
             let u = connect(&conn.operator)
                 .await?
@@ -425,6 +680,315 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
                     e.event_id, e.job_id, e.party, e.metric, e.quantity
                 );
             }
+        }
+    }
+    Ok(())
+}
+
+/// One CSV field, quoted when it holds a separator, a quote or a line break (RFC 4180).
+pub fn csv_field(v: &str) -> String {
+    if v.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", v.replace('"', "\"\""))
+    } else {
+        v.to_string()
+    }
+}
+
+fn print_csv(header: &[&str], rows: impl Iterator<Item = Vec<String>>) {
+    println!("{}", header.join(","));
+    for r in rows {
+        let fields: Vec<String> = r.iter().map(|f| csv_field(f)).collect();
+        println!("{}", fields.join(","));
+    }
+}
+
+const AMOUNT_COLUMNS: [&str; 11] = [
+    "original_micros",
+    "platform_discount_micros",
+    "customer_discount_micros",
+    "coupon_micros",
+    "deduction_voucher_micros",
+    "recharge_voucher_micros",
+    "cash_micros",
+    "credit_micros",
+    "arrears_micros",
+    "provider_micros",
+    "operator_micros",
+];
+
+fn amount_fields(a: Option<&pb::LineAmounts>) -> Vec<String> {
+    let a = a.cloned().unwrap_or_default();
+    [
+        a.original_micros,
+        a.platform_discount_micros,
+        a.customer_discount_micros,
+        a.coupon_micros,
+        a.deduction_voucher_micros,
+        a.recharge_voucher_micros,
+        a.cash_micros,
+        a.credit_micros,
+        a.arrears_micros,
+        a.provider_micros,
+        a.operator_micros,
+    ]
+    .iter()
+    .map(i64::to_string)
+    .collect()
+}
+
+fn paid(a: Option<&pb::LineAmounts>) -> i64 {
+    a.map(|a| a.original_micros - a.platform_discount_micros - a.customer_discount_micros)
+        .unwrap_or(0)
+}
+
+async fn bills(cmd: BillsCmd) -> anyhow::Result<()> {
+    match cmd {
+        BillsCmd::List {
+            conn,
+            customer,
+            period,
+            csv,
+        } => {
+            let b = connect(&conn.operator)
+                .await?
+                .list_bills(pb::BillQuery { customer, period })
+                .await?
+                .into_inner();
+            if csv {
+                let mut header = vec!["bill_id", "customer", "period", "state", "lines"];
+                header.extend(AMOUNT_COLUMNS);
+                let rows = b.bills.iter().map(|x| {
+                    let mut r = vec![
+                        x.bill_id.clone(),
+                        x.customer.clone(),
+                        x.period.clone(),
+                        x.state.clone(),
+                        x.lines.to_string(),
+                    ];
+                    r.extend(amount_fields(x.totals.as_ref()));
+                    r
+                });
+                print_csv(&header, rows);
+                return Ok(());
+            }
+            for x in &b.bills {
+                println!(
+                    "{:<32} {:<7} {:>5} lines  paid {:>16}",
+                    x.bill_id,
+                    x.state,
+                    x.lines,
+                    fmt_micros(paid(x.totals.as_ref()))
+                );
+            }
+        }
+        BillsCmd::Lines { conn, bill_id, csv } => {
+            let l = connect(&conn.operator)
+                .await?
+                .list_bill_lines(pb::BillRef { bill_id })
+                .await?
+                .into_inner();
+            if csv {
+                let mut header = vec![
+                    "line_id",
+                    "bill_id",
+                    "customer",
+                    "job_id",
+                    "kind",
+                    "product",
+                    "provider",
+                    "event_time_ms",
+                    "arrival_time_ms",
+                    "service_start_ms",
+                    "service_end_ms",
+                    "corrects_period",
+                ];
+                header.extend(AMOUNT_COLUMNS);
+                header.push("note");
+                let rows = l.lines.iter().map(|x| {
+                    let mut r = vec![
+                        x.line_id.clone(),
+                        x.bill_id.clone(),
+                        x.customer.clone(),
+                        x.job_id.clone(),
+                        x.kind.clone(),
+                        x.product.clone(),
+                        x.provider.clone(),
+                        x.event_time_ms.to_string(),
+                        x.arrival_time_ms.to_string(),
+                        x.service_start_ms.to_string(),
+                        x.service_end_ms.to_string(),
+                        x.corrects_period.clone(),
+                    ];
+                    r.extend(amount_fields(x.amounts.as_ref()));
+                    r.push(x.note.clone());
+                    r
+                });
+                print_csv(&header, rows);
+                return Ok(());
+            }
+            for x in &l.lines {
+                let corr = if x.corrects_period.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (corrects {})", x.corrects_period)
+                };
+                println!(
+                    "{} {} {} {:>16}{corr}  {}",
+                    x.line_id,
+                    x.kind,
+                    x.job_id,
+                    fmt_micros(paid(x.amounts.as_ref())),
+                    x.note
+                );
+            }
+        }
+        BillsCmd::Close { conn } => {
+            let b = connect(&conn.operator)
+                .await?
+                .close_due_bills(pb::ListRequest {})
+                .await?
+                .into_inner();
+            println!("closed {} bill(s)", b.bills.len());
+            for x in &b.bills {
+                println!("{}", x.bill_id);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn statements(cmd: StatementsCmd) -> anyhow::Result<()> {
+    let line = |s: &pb::Statement| {
+        format!(
+            "{} {} {} lines paid {} provider {} operator {} {}",
+            s.period,
+            s.provider,
+            s.lines,
+            fmt_micros(s.paid_micros),
+            fmt_micros(s.provider_micros),
+            fmt_micros(s.operator_micros),
+            if s.paid_out_at_ms.is_some() {
+                "paid out"
+            } else {
+                "not paid out"
+            }
+        )
+    };
+    match cmd {
+        StatementsCmd::List {
+            conn,
+            provider,
+            csv,
+        } => {
+            let l = connect(&conn.operator)
+                .await?
+                .list_statements(pb::StatementQuery { provider })
+                .await?
+                .into_inner();
+            if csv {
+                let rows = l.statements.iter().map(|s| {
+                    vec![
+                        s.provider.clone(),
+                        s.period.clone(),
+                        s.lines.to_string(),
+                        s.paid_micros.to_string(),
+                        s.provider_micros.to_string(),
+                        s.operator_micros.to_string(),
+                        s.paid_out_at_ms.map(|t| t.to_string()).unwrap_or_default(),
+                        s.payout_transfer_id.clone(),
+                    ]
+                });
+                print_csv(
+                    &[
+                        "provider",
+                        "period",
+                        "lines",
+                        "paid_micros",
+                        "provider_micros",
+                        "operator_micros",
+                        "paid_out_at_ms",
+                        "payout_transfer_id",
+                    ],
+                    rows,
+                );
+                return Ok(());
+            }
+            for s in &l.statements {
+                println!("{}", line(s));
+            }
+        }
+        StatementsCmd::Payout {
+            conn,
+            provider,
+            period,
+        } => {
+            let s = connect(&conn.operator)
+                .await?
+                .payout(pb::PayoutRequest { provider, period })
+                .await?
+                .into_inner();
+            println!("{}", line(&s));
+        }
+    }
+    Ok(())
+}
+
+async fn account(cmd: AccountCmd) -> anyhow::Result<()> {
+    let freeze = |conn: Conn, customer: String, action: &'static str, reason: String| async move {
+        connect(&conn.operator)
+            .await?
+            .set_freeze(pb::FreezeRequest {
+                customer: customer.clone(),
+                action: action.to_string(),
+                reason,
+            })
+            .await?;
+        println!("{customer}: {action}");
+        anyhow::Ok(())
+    };
+    match cmd {
+        AccountCmd::Status {
+            conn,
+            user,
+            product,
+        } => {
+            let s = connect(&conn.operator)
+                .await?
+                .get_account_status(pb::AccountQuery {
+                    customer: user,
+                    product,
+                })
+                .await?
+                .into_inner();
+            println!(
+                "{} ({}): cash {}, {}{}, manual action: {}",
+                s.customer,
+                s.product,
+                fmt_micros(s.cash_micros),
+                if s.frozen { "FROZEN" } else { "active" },
+                if s.reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", s.reason)
+                },
+                s.manual
+            );
+        }
+        AccountCmd::Freeze { conn, user, reason } => freeze(conn, user, "freeze", reason).await?,
+        AccountCmd::Thaw { conn, user } => freeze(conn, user, "thaw", String::new()).await?,
+        AccountCmd::Clear { conn, user } => freeze(conn, user, "clear", String::new()).await?,
+        AccountCmd::Whitelist { conn, user, remove } => {
+            connect(&conn.operator)
+                .await?
+                .set_whitelist(pb::WhitelistRequest {
+                    customer: user.clone(),
+                    listed: !remove,
+                })
+                .await?;
+            println!(
+                "{user} {} the platform white list",
+                if remove { "removed from" } else { "added to" }
+            );
         }
     }
     Ok(())

@@ -146,6 +146,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         owner_party: PROVIDER.into(),
         location: "customers.csv".into(),
         description: "provider customer ids".into(),
+        declared_rows: Some(prov_rows.len() as u64),
     })
     .await?;
     c.create_dataset(pb::CreateDatasetRequest {
@@ -153,6 +154,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         owner_party: BUYER.into(),
         location: "crm.csv".into(),
         description: "buyer CRM".into(),
+        declared_rows: Some(buyer_rows.len() as u64),
     })
     .await?;
     let policy = json!({
@@ -186,6 +188,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         account: USER.into(),
         amount_micros: 100_000_000,
         idempotency_key: "demo-topup-1".into(),
+        into: String::new(),
     })
     .await?;
     println!("deposited {} to {USER}", fmt_micros(100_000_000));

@@ -59,7 +59,8 @@ enum AuditCommand {
 
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
-    /// TOML configuration file (keys: listen, data_dir, heartbeat_timeout_ms, heartbeat_interval_ms).
+    /// TOML configuration file (keys: listen, data_dir, heartbeat_timeout_ms,
+    /// heartbeat_interval_ms, late_window_ms, bill_close_interval_ms).
     #[arg(long)]
     config: Option<PathBuf>,
     /// gRPC listen address.
@@ -71,6 +72,10 @@ struct ServeArgs {
     /// Worker heartbeat timeout.
     #[arg(long)]
     heartbeat_timeout_ms: Option<i64>,
+    /// How long after a month's end its bills accept late charges, in hours (default: the
+    /// stored setting, 72 on a new store).
+    #[arg(long)]
+    late_window_hours: Option<i64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -149,6 +154,13 @@ async fn main() -> anyhow::Result<()> {
             if let Some(t) = a.heartbeat_timeout_ms {
                 config.heartbeat_timeout_ms = t;
                 config.heartbeat_interval_ms = u64::try_from(t / 4).unwrap_or(1000).max(100);
+            }
+            if let Some(h) = a.late_window_hours {
+                anyhow::ensure!(
+                    (0..=366 * 24).contains(&h),
+                    "--late-window-hours must be 0 ..= 8784"
+                );
+                config.late_window_ms = Some(h * 3_600_000);
             }
             let handle = operator::start(&config).await?;
             println!("operator listening on {}", handle.url());

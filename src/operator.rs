@@ -25,6 +25,11 @@ pub struct OperatorConfig {
     pub heartbeat_timeout_ms: i64,
     /// Heartbeat interval asked of workers.
     pub heartbeat_interval_ms: u64,
+    /// How long after a month's end its bills accept late charges (`None`: keep the stored
+    /// setting, 72 hours on a new store).
+    pub late_window_ms: Option<i64>,
+    /// How often due bills are closed.
+    pub bill_close_interval_ms: u64,
 }
 
 impl Default for OperatorConfig {
@@ -34,6 +39,8 @@ impl Default for OperatorConfig {
             data_dir: PathBuf::from(".tessera/operator"),
             heartbeat_timeout_ms: 10_000,
             heartbeat_interval_ms: 2_000,
+            late_window_ms: None,
+            bill_close_interval_ms: 60_000,
         }
     }
 }
@@ -98,6 +105,17 @@ pub async fn start(config: &OperatorConfig) -> anyhow::Result<OperatorHandle> {
         .context("opening the store")?;
     let signer = load_or_create_key(&config.data_dir)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    if let Some(w) = config.late_window_ms {
+        store
+            .set_late_window_ms(w, clock.now_ms())
+            .await
+            .context("setting the late window")?;
+    }
+    tokio::spawn(close_bills_loop(
+        store.clone(),
+        clock.clone(),
+        config.bill_close_interval_ms.max(1_000),
+    ));
     let mut seed = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut seed);
     let scheduler = Scheduler::new(
@@ -138,4 +156,19 @@ pub async fn start(config: &OperatorConfig) -> anyhow::Result<OperatorHandle> {
         scheduler,
         server,
     })
+}
+
+/// Closes due bills now and then; a failure is logged and retried on the next tick.
+async fn close_bills_loop(store: Store, clock: Arc<dyn Clock>, every_ms: u64) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(every_ms));
+    loop {
+        tick.tick().await;
+        match store.close_due_bills(clock.now_ms()).await {
+            Ok(closed) if !closed.is_empty() => {
+                tracing::info!(bills = closed.len(), "closed due bills");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "closing due bills failed"),
+        }
+    }
 }

@@ -72,9 +72,107 @@ pub fn rate_job(price: &JobPrice, rows: u64) -> Result<JobCharge, RatingError> {
     })
 }
 
+/// Plans the holds for a job's estimated maximum cost `max_micros` over the buyer's funds,
+/// given in payment order as `(account, available)`: each source is drawn fully before the
+/// next. Returns the non-zero pieces, or why the funds do not cover the cost.
+pub fn plan_holds(funds: &[(String, i64)], max_micros: i64) -> Result<Vec<(String, i64)>, String> {
+    let available: i64 = funds.iter().map(|(_, a)| (*a).max(0)).sum();
+    if available < max_micros {
+        let parts: Vec<String> = funds.iter().map(|(n, a)| format!("{n} {a}")).collect();
+        return Err(format!(
+            "insufficient funds: {available} micros available ({}) is below the estimated maximum cost of {max_micros} micros",
+            parts.join(", ")
+        ));
+    }
+    let mut left = max_micros.max(0);
+    let mut out = Vec::new();
+    for (account, a) in funds {
+        let take = left.min((*a).max(0));
+        if take > 0 {
+            out.push((account.clone(), take));
+            left -= take;
+        }
+    }
+    Ok(out)
+}
+
+/// Splits a charge of `total_micros` over holds in their order (each drawn fully before the
+/// next): the amount to post from each. The charge is capped at the sum of the holds; the
+/// second value is what was capped off.
+pub fn draw_from_holds(holds: &[i64], total_micros: i64) -> (Vec<i64>, i64) {
+    let held: i64 = holds.iter().map(|h| (*h).max(0)).sum();
+    let charge = total_micros.clamp(0, held);
+    let mut left = charge;
+    let pieces = holds
+        .iter()
+        .map(|h| {
+            let take = left.min((*h).max(0));
+            left -= take;
+            take
+        })
+        .collect();
+    (pieces, total_micros.max(0) - charge)
+}
+
+/// A charge limited to `cap_micros` (the hold): the total is capped and re-split with the
+/// same operator share, rounded down, the provider receiving the rest.
+pub fn cap_charge(price: &JobPrice, charge: JobCharge, cap_micros: i64) -> JobCharge {
+    if charge.total_micros <= cap_micros {
+        return charge;
+    }
+    let total = cap_micros.max(0);
+    let operator =
+        (i128::from(total) * i128::from(price.operator_share_bps.min(10_000)) / 10_000) as i64;
+    JobCharge {
+        total_micros: total,
+        provider_micros: total - operator,
+        operator_micros: operator,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn holds_draw_funds_in_order_and_charges_never_exceed_them() {
+        let funds = vec![
+            ("dv".to_string(), 30),
+            ("rv".to_string(), 0),
+            ("cash".to_string(), 50),
+            ("credit".to_string(), 100),
+        ];
+        assert_eq!(
+            plan_holds(&funds, 100),
+            Ok(vec![
+                ("dv".to_string(), 30),
+                ("cash".to_string(), 50),
+                ("credit".to_string(), 20)
+            ])
+        );
+        assert_eq!(plan_holds(&funds, 0), Ok(vec![]));
+        let err = plan_holds(&funds, 181).expect_err("short");
+        assert!(err.contains("180 micros available"), "{err}");
+        assert_eq!(draw_from_holds(&[30, 50, 20], 60), (vec![30, 30, 0], 0));
+        assert_eq!(draw_from_holds(&[30, 50, 20], 130), (vec![30, 50, 20], 30));
+        assert_eq!(draw_from_holds(&[], 5), (vec![], 5));
+        let price = JobPrice {
+            per_job_micros: 0,
+            per_1k_rows_micros: 1_000,
+            operator_share_bps: 1_000,
+        };
+        let c = rate_job(&price, 10_000).expect("rate");
+        assert_eq!(cap_charge(&price, c, 20_000), c);
+        let capped = cap_charge(&price, c, 5_001);
+        assert_eq!(
+            (
+                capped.total_micros,
+                capped.provider_micros,
+                capped.operator_micros
+            ),
+            (5_001, 4_501, 500)
+        );
+    }
 
     fn check(price: (i64, i64, u32), rows: u64, expected: (i64, i64, i64)) {
         let price = JobPrice {

@@ -34,7 +34,9 @@ pub mod subscription;
 
 pub use discount::{DiscountBook, DiscountStrategy};
 pub use freeze::{FreezeDecision, FreezeInput, LimitSettings, freeze_state};
-pub use job::{JobCharge, JobPrice, RatingError, rate_job};
+pub use job::{
+    JobCharge, JobPrice, RatingError, cap_charge, draw_from_holds, plan_holds, rate_job,
+};
 pub use ledger::{AccountRef, LedgerError, TransferSpec, derive_id, sum_is_balanced};
 pub use ledger_engine::{AccountKind, Ledger};
 pub use payment::{Payment, Wallet, plan_payment};

@@ -6,7 +6,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
-use tessera_accounting::{AccountRef, JobPrice, TransferSpec, derive_id};
+use tessera_accounting::freeze::{LimitConfig, ManualFreeze};
+use tessera_accounting::{AccountKind, JobPrice, TransferSpec, derive_id};
 use tessera_core::WorkerAttributes;
 use tessera_policy::UsagePolicy;
 use tessera_proto::v1 as pb;
@@ -14,7 +15,10 @@ use tessera_proto::v1::operator_server::{Operator, OperatorServer};
 use tessera_scheduler::{
     Delivery, JobRequest, JobView, Scheduler, SchedulerError, TaskReport, TaskUsage,
 };
-use tessera_store::{DatasetRecord, LicenceRecord, StoreError};
+use tessera_store::{
+    BillLineRecord, BillRecord, DatasetRecord, LicenceRecord, LimitScope, LineAmounts,
+    StatementRecord, StoreError,
+};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{ReceiverStream, WatchStream};
 use tonic::{Request, Response, Status};
@@ -162,6 +166,80 @@ fn required(name: &str, v: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// A customer id: a required field that also may not contain `:` (the account-name
+/// separator), so one customer's accounts can never be named through another's id.
+fn customer(name: &str, v: &str) -> Result<(), Status> {
+    required(name, v)?;
+    if v.contains(':') {
+        return Err(invalid(format!("{name} must not contain ':'")));
+    }
+    Ok(())
+}
+
+fn amounts_to_pb(a: &LineAmounts) -> pb::LineAmounts {
+    pb::LineAmounts {
+        original_micros: a.original_micros,
+        platform_discount_micros: a.platform_discount_micros,
+        customer_discount_micros: a.customer_discount_micros,
+        coupon_micros: a.coupon_micros,
+        deduction_voucher_micros: a.deduction_voucher_micros,
+        recharge_voucher_micros: a.recharge_voucher_micros,
+        cash_micros: a.cash_micros,
+        credit_micros: a.credit_micros,
+        arrears_micros: a.arrears_micros,
+        provider_micros: a.provider_micros,
+        operator_micros: a.operator_micros,
+    }
+}
+
+fn bill_to_pb(b: BillRecord) -> pb::Bill {
+    pb::Bill {
+        bill_id: b.bill_id,
+        customer: b.customer,
+        period: b.period,
+        state: b.state,
+        lines: b.lines,
+        totals: Some(amounts_to_pb(&b.totals)),
+        closed_at_ms: b.closed_at_ms,
+    }
+}
+
+fn line_to_pb(l: BillLineRecord) -> pb::BillLine {
+    pb::BillLine {
+        line_id: l.line.line_id,
+        bill_id: l.bill_id,
+        customer: l.line.customer,
+        job_id: l.line.job_id.unwrap_or_default(),
+        kind: l.line.kind,
+        product: l.line.product,
+        provider: l.line.provider,
+        event_time_ms: l.line.event_time_ms,
+        arrival_time_ms: l.arrival_time_ms,
+        service_start_ms: l.line.service_start_ms,
+        service_end_ms: l.line.service_end_ms,
+        amounts: Some(amounts_to_pb(&l.line.amounts)),
+        corrects_period: l.corrects_period.unwrap_or_default(),
+        note: l.line.note,
+    }
+}
+
+fn statement_to_pb(s: StatementRecord) -> pb::Statement {
+    pb::Statement {
+        provider: s.provider,
+        period: s.period,
+        lines: s.lines,
+        paid_micros: s.paid_micros,
+        operator_micros: s.operator_micros,
+        provider_micros: s.provider_micros,
+        paid_out_at_ms: s.paid_out_at_ms,
+        payout_transfer_id: s.payout_transfer_id.unwrap_or_default(),
+    }
+}
+
+fn optional_filter(v: &str) -> Option<&str> {
+    (!v.is_empty()).then_some(v)
+}
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
@@ -295,6 +373,7 @@ impl Operator for OperatorService {
             owner_party: r.owner_party,
             location: r.location,
             description: r.description.chars().take(1024).collect(),
+            declared_rows: r.declared_rows,
         };
         self.scheduler
             .store()
@@ -306,6 +385,7 @@ impl Operator for OperatorService {
             owner_party: d.owner_party,
             location: d.location,
             description: d.description,
+            declared_rows: d.declared_rows,
         }))
     }
 
@@ -458,15 +538,33 @@ impl Operator for OperatorService {
 
     async fn deposit(&self, req: Request<pb::DepositRequest>) -> Result<Response<pb::Ack>, Status> {
         let r = req.into_inner();
-        required("account", &r.account)?;
+        customer("account", &r.account)?;
         required("idempotency_key", &r.idempotency_key)?;
         if r.amount_micros <= 0 {
             return Err(invalid("amount_micros must be positive"));
         }
+        let c = r.account.clone();
+        // Vouchers are funded by the operator's marketing account; cash comes from outside.
+        let (debit, credit) = match r.into.as_str() {
+            "" | "cash" => (AccountKind::External, AccountKind::CustomerCash(c)),
+            "recharge_voucher" => (
+                AccountKind::OperatorMarketing,
+                AccountKind::CustomerRechargeVoucher(c),
+            ),
+            "deduction_voucher" => (
+                AccountKind::OperatorMarketing,
+                AccountKind::CustomerDeductionVoucher(c),
+            ),
+            other => {
+                return Err(invalid(format!(
+                    "into {other:?} must be cash, recharge_voucher or deduction_voucher"
+                )));
+            }
+        };
         let t = TransferSpec {
             id: derive_id(&["deposit", &r.idempotency_key]),
-            debit: AccountRef::External.name(),
-            credit: AccountRef::CustomerCash(r.account.clone()).name(),
+            debit: debit.name(),
+            credit: credit.name(),
             amount_micros: r.amount_micros,
             job_id: None,
             memo: format!("deposit {}", r.idempotency_key),
@@ -516,6 +614,7 @@ impl Operator for OperatorService {
                 .map(|b| pb::Balance {
                     account: b.account,
                     balance_micros: b.balance_micros,
+                    held_micros: b.held_micros,
                 })
                 .collect(),
             balanced,
@@ -542,6 +641,9 @@ impl Operator for OperatorService {
                     amount_micros: t.spec.amount_micros,
                     job_id: t.spec.job_id.unwrap_or_default(),
                     memo: t.spec.memo,
+                    kind: t.kind,
+                    pending_id: t.pending_id.unwrap_or_default(),
+                    created_at_ms: t.created_at_ms,
                 })
                 .collect(),
         }))
@@ -562,6 +664,210 @@ impl Operator for OperatorService {
             entries: v.entries,
             first_broken_seq: v.first_broken_seq.map(|s| u64::try_from(s).unwrap_or(0)),
             detail: v.detail,
+        }))
+    }
+
+    async fn set_credit_limit(
+        &self,
+        req: Request<pb::CreditLimitRequest>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let r = req.into_inner();
+        customer("customer", &r.customer)?;
+        if r.limit_micros < 0 {
+            return Err(invalid("limit_micros must not be negative"));
+        }
+        let store = self.scheduler.store();
+        let account = AccountKind::CustomerCredit(r.customer.clone()).name();
+        store
+            .set_account_limit(&account, Some(-r.limit_micros))
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn list_bills(
+        &self,
+        req: Request<pb::BillQuery>,
+    ) -> Result<Response<pb::BillList>, Status> {
+        let r = req.into_inner();
+        let bills = self
+            .scheduler
+            .store()
+            .bills(optional_filter(&r.customer), optional_filter(&r.period))
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(pb::BillList {
+            bills: bills.into_iter().map(bill_to_pb).collect(),
+        }))
+    }
+
+    async fn list_bill_lines(
+        &self,
+        req: Request<pb::BillRef>,
+    ) -> Result<Response<pb::BillLineList>, Status> {
+        let r = req.into_inner();
+        required("bill_id", &r.bill_id)?;
+        let lines = self
+            .scheduler
+            .store()
+            .bill_lines(&r.bill_id)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(pb::BillLineList {
+            lines: lines.into_iter().map(line_to_pb).collect(),
+        }))
+    }
+
+    async fn close_due_bills(
+        &self,
+        _req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::BillList>, Status> {
+        let store = self.scheduler.store();
+        let closed = store
+            .close_due_bills(self.now())
+            .await
+            .map_err(store_status)?;
+        let mut bills = Vec::new();
+        for b in store.bills(None, None).await.map_err(store_status)? {
+            if closed.contains(&b.bill_id) {
+                bills.push(bill_to_pb(b));
+            }
+        }
+        Ok(Response::new(pb::BillList { bills }))
+    }
+
+    async fn list_statements(
+        &self,
+        req: Request<pb::StatementQuery>,
+    ) -> Result<Response<pb::StatementList>, Status> {
+        let r = req.into_inner();
+        let statements = self
+            .scheduler
+            .store()
+            .statements(optional_filter(&r.provider))
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(pb::StatementList {
+            statements: statements.into_iter().map(statement_to_pb).collect(),
+        }))
+    }
+
+    async fn payout(
+        &self,
+        req: Request<pb::PayoutRequest>,
+    ) -> Result<Response<pb::Statement>, Status> {
+        let r = req.into_inner();
+        customer("provider", &r.provider)?;
+        required("period", &r.period)?;
+        tessera_accounting::bill::parse_period(&r.period).map_err(|e| invalid(e.to_string()))?;
+        let st = self
+            .scheduler
+            .store()
+            .payout(&r.provider, &r.period, self.now())
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(statement_to_pb(st)))
+    }
+
+    async fn set_limit(&self, req: Request<pb::LimitRequest>) -> Result<Response<pb::Ack>, Status> {
+        let r = req.into_inner();
+        let scope = match r.scope.as_str() {
+            "platform" => LimitScope::Platform,
+            "product" => {
+                required("product", &r.product)?;
+                LimitScope::Product(r.product)
+            }
+            "customer" => {
+                customer("customer", &r.customer)?;
+                if !r.product.is_empty() {
+                    required("product", &r.product)?;
+                }
+                LimitScope::Customer(r.customer, optional_filter(&r.product).map(String::from))
+            }
+            other => {
+                return Err(invalid(format!(
+                    "scope {other:?} must be platform, product or customer"
+                )));
+            }
+        };
+        let config = LimitConfig {
+            min_purchase_micros: r.min_purchase_micros,
+            min_freeze_micros: r.min_freeze_micros,
+            enabled: r.enabled,
+        };
+        self.scheduler
+            .store()
+            .set_limit(&scope, &config, self.now())
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn set_whitelist(
+        &self,
+        req: Request<pb::WhitelistRequest>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let r = req.into_inner();
+        customer("customer", &r.customer)?;
+        self.scheduler
+            .store()
+            .set_whitelisted(&r.customer, r.listed, self.now())
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn set_freeze(
+        &self,
+        req: Request<pb::FreezeRequest>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let r = req.into_inner();
+        customer("customer", &r.customer)?;
+        let manual = match r.action.as_str() {
+            "freeze" => {
+                required("reason", &r.reason)?;
+                ManualFreeze::Frozen(r.reason)
+            }
+            "thaw" => ManualFreeze::Thawed,
+            "clear" => ManualFreeze::None,
+            other => {
+                return Err(invalid(format!(
+                    "action {other:?} must be freeze, thaw or clear"
+                )));
+            }
+        };
+        self.scheduler
+            .store()
+            .set_manual_freeze(&r.customer, &manual, self.now())
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn get_account_status(
+        &self,
+        req: Request<pb::AccountQuery>,
+    ) -> Result<Response<pb::AccountStatus>, Status> {
+        let r = req.into_inner();
+        customer("customer", &r.customer)?;
+        let product = if r.product.is_empty() {
+            "psi".to_string()
+        } else {
+            r.product
+        };
+        let s = self
+            .scheduler
+            .store()
+            .account_status(&r.customer, &product)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(pb::AccountStatus {
+            customer: s.customer,
+            product: s.product,
+            cash_micros: s.cash_micros,
+            frozen: s.frozen,
+            reason: s.reason,
+            manual: s.manual,
         }))
     }
 }

@@ -116,6 +116,9 @@ struct LiveTask {
 #[derive(Debug)]
 struct LiveJob {
     user: String,
+    scene: String,
+    created_at_ms: i64,
+    holds: Vec<tessera_store::HoldRecord>,
     buyer_party: String,
     provider_party: String,
     price: tessera_accounting::JobPrice,

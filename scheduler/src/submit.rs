@@ -3,12 +3,16 @@
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
-use tessera_accounting::{AccountRef, TransferSpec, derive_id, rate_job};
+use tessera_accounting::{
+    AccountKind, JobPrice, TransferSpec, cap_charge, derive_id, draw_from_holds, plan_holds,
+    rate_job,
+};
 use tessera_core::TaskSpec;
 use tessera_core::ticket::{TicketBody, task_digest};
 use tessera_policy::{Request, evaluate, worker_fits};
 use tessera_store::{
-    AdmitOutcome, Decision, JobFinish, LicenceRecord, NewJob, NewTask, TaskUpdate, UsageEventRecord,
+    AdmitContext, AdmitOutcome, Decision, JobFinish, LedgerOp, LicenceRecord, LineAmounts,
+    NewBillLine, NewJob, NewTask, TaskUpdate, UsageEventRecord,
 };
 use tokio::sync::watch;
 
@@ -111,6 +115,11 @@ impl JobRequest {
     /// Shape checks that need no store.
     pub fn validate(&self) -> Result<(), SchedulerError> {
         check_field("user", &self.user, true)?;
+        if self.user.contains(':') {
+            return Err(SchedulerError::Invalid(
+                "user must not contain ':' (the account-name separator)".into(),
+            ));
+        }
         check_field("licence_id", &self.licence_id, true)?;
         check_field("buyer_party", &self.buyer_party, true)?;
         check_field("buyer_dataset_id", &self.buyer_dataset_id, true)?;
@@ -237,22 +246,30 @@ impl Scheduler {
             },
             None => None,
         };
-        let buyer_account = AccountRef::CustomerCash(req.user.clone()).name();
-        let balance = self.store.balance(&buyer_account).await?;
+        let holds_account = AccountKind::CustomerHolds(req.user.clone()).name();
         let session_id = self.random_id("s-");
         let task_ids = [self.random_id("t-"), self.random_id("t-")];
 
         let workers = self.workers.lock().await;
-        let decide = |licence: Option<&LicenceRecord>| -> Decision {
+        let decide = |ctx: &AdmitContext<'_>| -> Decision {
             let mut reasons = pre_reasons.clone();
             let mut detail = serde_json::json!({});
-            let Some(l) = licence else {
+            // Freeze rules (manual §3.6.5) on the balances of this transaction.
+            let freeze = ctx.freeze.decide(&req.user, &req.scene, ctx.cash_micros);
+            let auto_frozen = (freeze.auto_frozen != ctx.freeze.auto_frozen)
+                .then(|| (freeze.auto_frozen, freeze.notice.clone()));
+            if let Err(why) = freeze.admit_job() {
+                reasons.push(why);
+            }
+            let Some(l) = ctx.licence else {
                 reasons.push(format!("licence {} not found", req.licence_id));
                 return Decision {
                     allowed: false,
                     reasons,
                     detail,
                     tasks: vec![],
+                    holds: vec![],
+                    auto_frozen,
                 };
             };
             let scene = l.policy.scene(&req.scene);
@@ -268,13 +285,38 @@ impl Scheduler {
                 remaining,
             );
             reasons.extend(verdict.refusals());
-            if balance < l.price.per_job_micros {
-                reasons.push(format!(
-                    "insufficient funds: balance {balance} micros is below the job price of {} micros",
-                    l.price.per_job_micros
-                ));
-            }
-            detail = serde_json::json!({"checks": verdict.checks, "balance_micros": balance});
+            // Hold the estimated maximum cost, drawn in the manual's payment order.
+            let declared_rows = provider_ds.as_ref().and_then(|d| d.declared_rows);
+            let holds = match estimate_max_cost(l, declared_rows) {
+                Ok(max) => match plan_holds(&ctx.funds, max) {
+                    Ok(plan) => plan
+                        .into_iter()
+                        .map(|(account, amount)| TransferSpec {
+                            id: derive_id(&["hold", &job_id, &account]),
+                            debit: account,
+                            credit: holds_account.clone(),
+                            amount_micros: amount,
+                            job_id: Some(job_id.clone()),
+                            memo: format!(
+                                "hold for {} job, estimated maximum {max} micros",
+                                req.scene
+                            ),
+                        })
+                        .collect(),
+                    Err(why) => {
+                        reasons.push(why);
+                        Vec::new()
+                    }
+                },
+                Err(why) => {
+                    reasons.push(why);
+                    Vec::new()
+                }
+            };
+            detail = serde_json::json!({
+                "checks": verdict.checks, "funds": ctx.funds, "cash_micros": ctx.cash_micros,
+                "declared_rows": declared_rows,
+            });
             let mut tasks = Vec::new();
             if let (Some(scene), Some(bds), Some(pds)) = (scene, &buyer_ds, &provider_ds) {
                 let provider = self.place(&workers, &l.licensor, scene, now);
@@ -328,6 +370,8 @@ impl Scheduler {
                 reasons,
                 detail,
                 tasks,
+                holds,
+                auto_frozen,
             }
         };
         let outcome = self
@@ -373,12 +417,16 @@ impl Scheduler {
     ) -> Result<JobView, SchedulerError> {
         let job_id = job.job_id.clone();
         let tasks = self.store.tasks(&job_id).await?;
+        let holds = self.store.job_holds(&job_id).await?;
         let (view_tx, _) = watch::channel(JobView {
             job: job.clone(),
             progress: Vec::new(),
         });
         let live = LiveJob {
             user: job.user.clone(),
+            scene: job.scene.clone(),
+            created_at_ms: job.created_at_ms,
+            holds,
             buyer_party: req.buyer_party.clone(),
             provider_party: licence.licensor.clone(),
             price: licence.price,
@@ -611,38 +659,91 @@ impl Scheduler {
                 });
             }
         }
-        let c = rate_job(&job.price, provider_rows)
+        let rated = rate_job(&job.price, provider_rows)
             .map_err(|e| SchedulerError::Invalid(e.to_string()))?;
-        let buyer = AccountRef::CustomerCash(job.user.clone()).name();
-        let mut transfers = Vec::new();
+        let held: Vec<i64> = job.holds.iter().map(|h| h.amount_micros).collect();
+        let (pieces, capped_off) = draw_from_holds(&held, rated.total_micros);
+        let c = cap_charge(&job.price, rated, held.iter().sum());
+        let holds_account = AccountKind::CustomerHolds(job.user.clone()).name();
+        let mut ops = Vec::new();
+        let mut amounts = LineAmounts {
+            original_micros: c.total_micros,
+            provider_micros: c.provider_micros,
+            operator_micros: c.operator_micros,
+            ..LineAmounts::default()
+        };
+        let funding = tessera_store::funding_accounts(&job.user);
+        for (h, take) in job.holds.iter().zip(pieces) {
+            if take == 0 {
+                continue; // released when the job ends
+            }
+            ops.push(LedgerOp::PostPending {
+                id: derive_id(&["post", &h.transfer_id]),
+                pending_id: h.transfer_id.clone(),
+                amount_micros: take,
+            });
+            let member = match funding.iter().position(|a| *a == h.debit) {
+                Some(0) => &mut amounts.deduction_voucher_micros,
+                Some(1) => &mut amounts.recharge_voucher_micros,
+                Some(3) => &mut amounts.credit_micros,
+                _ => &mut amounts.cash_micros,
+            };
+            *member += take;
+        }
         for (leg, credit, amount) in [
             (
                 "provider",
-                AccountRef::ProviderReceivable(job.provider_party.clone()).name(),
+                AccountKind::ProviderReceivable(job.provider_party.clone()).name(),
                 c.provider_micros,
             ),
             (
                 "operator",
-                AccountRef::OperatorRevenue.name(),
+                AccountKind::OperatorRevenue.name(),
                 c.operator_micros,
             ),
         ] {
             if amount > 0 {
-                transfers.push(TransferSpec {
+                ops.push(LedgerOp::Post(TransferSpec {
                     id: derive_id(&["charge", job_id, leg]),
-                    debit: buyer.clone(),
+                    debit: holds_account.clone(),
                     credit,
                     amount_micros: amount,
                     job_id: Some(job_id.to_string()),
-                    memo: format!("psi job, {provider_rows} provider rows, {leg} share"),
-                });
+                    memo: format!(
+                        "{} job, {provider_rows} provider rows, {leg} share",
+                        job.scene
+                    ),
+                }));
             }
         }
+        let mut note = format!(
+            "{} job: {} per job + {} per 1,000 rows x {provider_rows} provider rows",
+            job.scene, job.price.per_job_micros, job.price.per_1k_rows_micros
+        );
+        if capped_off > 0 {
+            note.push_str(&format!(
+                "; capped at the hold taken at admission ({capped_off} micros not charged)"
+            ));
+        }
+        let bill_line = NewBillLine {
+            line_id: derive_id(&["bill", job_id]),
+            customer: job.user.clone(),
+            job_id: Some(job_id.to_string()),
+            kind: "usage".into(),
+            product: job.scene.clone(),
+            provider: job.provider_party.clone(),
+            event_time_ms: job.created_at_ms,
+            service_start_ms: job.created_at_ms,
+            service_end_ms: now.max(job.created_at_ms),
+            amounts,
+            note,
+        };
         Ok(JobFinish::Succeeded {
             result_size: result.0,
             result_location: result.1,
             usage,
-            transfers,
+            ledger: ops,
+            bill_line: Some(bill_line),
             charge_micros: c.total_micros,
         })
     }
@@ -701,4 +802,13 @@ impl Scheduler {
         }
         self.job(job_id).await
     }
+}
+
+/// The most a job under `licence` can cost: the per-job price plus the row price for the rows
+/// the provider declared for the dataset (none declared: the per-job price only).
+fn estimate_max_cost(licence: &LicenceRecord, declared_rows: Option<u64>) -> Result<i64, String> {
+    let price: &JobPrice = &licence.price;
+    rate_job(price, declared_rows.unwrap_or(0))
+        .map(|c| c.total_micros)
+        .map_err(|e| format!("licence {} cannot be rated: {e}", licence.licence_id))
 }

@@ -351,9 +351,10 @@ pub(crate) async fn close_due(
     now_ms: i64,
 ) -> Result<Vec<String>, StoreError> {
     let window = late_window_ms(conn).await?;
-    let open = sqlx::query("SELECT bill_id, period FROM bills WHERE state = 'open' ORDER BY bill_id")
-        .fetch_all(&mut *conn)
-        .await?;
+    let open =
+        sqlx::query("SELECT bill_id, period FROM bills WHERE state = 'open' ORDER BY bill_id")
+            .fetch_all(&mut *conn)
+            .await?;
     let mut closed = Vec::new();
     for r in &open {
         let id: String = r.try_get(0)?;

@@ -92,9 +92,11 @@ pub struct HoldRecord {
 pub fn default_limit(account: &str) -> Option<i64> {
     let parts: Vec<&str> = account.split(':').collect();
     match parts.as_slice() {
-        ["customer", _, "cash" | "recharge_voucher" | "deduction_voucher" | "credit" | "holds"] => {
-            Some(0)
-        }
+        [
+            "customer",
+            _,
+            "cash" | "recharge_voucher" | "deduction_voucher" | "credit" | "holds",
+        ] => Some(0),
         ["provider", _, "receivable"] => Some(0),
         _ => None,
     }

@@ -6,12 +6,12 @@
 
 use serde::Serialize;
 use sqlx::{Row, SqliteConnection};
+use tessera_accounting::AccountKind;
 use tessera_accounting::freeze::{
     CustomerLimit, FreezeDecision, FreezeInput, LimitConfig, LimitSettings, ManualFreeze,
     ProductLimit, freeze_state,
 };
 use tessera_accounting::rating::BillingMode;
-use tessera_accounting::AccountKind;
 
 use crate::{Store, StoreError, audit, ledger};
 

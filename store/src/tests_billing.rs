@@ -33,7 +33,12 @@ async fn deposit(store: &Store, account: &str, amount: i64) {
         .post_transfers(
             &[TransferSpec {
                 job_id: None,
-                ..transfer(&format!("dep-{account}-{amount}"), "external", account, amount)
+                ..transfer(
+                    &format!("dep-{account}-{amount}"),
+                    "external",
+                    account,
+                    amount,
+                )
             }],
             1,
         )
@@ -206,7 +211,12 @@ async fn late_lines_land_in_their_month_or_as_corrections_and_closed_bills_never
     // A line that breaks the identities is refused.
     let mut bad = line("c", "u", nov, 50);
     bad.amounts.cash_micros = 49;
-    assert!(store.add_bill_line(&bad, at("2026-12-03 00:00:00")).await.is_err());
+    assert!(
+        store
+            .add_bill_line(&bad, at("2026-12-03 00:00:00"))
+            .await
+            .is_err()
+    );
 
     let bills = store.bills(Some("u"), None).await.expect("bills");
     assert_eq!(bills.len(), 2);
@@ -214,10 +224,7 @@ async fn late_lines_land_in_their_month_or_as_corrections_and_closed_bills_never
     assert_eq!(bills[0].state, "open");
     assert_eq!(bills[1].state, "closed");
     assert_eq!(bills[1].totals.original_micros, 100);
-    assert_eq!(
-        store.bill_lines("2026-11:u").await.expect("lines").len(),
-        1
-    );
+    assert_eq!(store.bill_lines("2026-11:u").await.expect("lines").len(), 1);
     assert!(matches!(
         store.bill_lines("2026-10:u").await,
         Err(StoreError::NotFound { .. })
@@ -257,7 +264,9 @@ async fn payouts_pay_a_closed_month_once() {
             .expect("line");
     }
     assert!(matches!(
-        store.payout("prov", "2026-11", at("2026-11-30 00:00:00")).await,
+        store
+            .payout("prov", "2026-11", at("2026-11-30 00:00:00"))
+            .await,
         Err(StoreError::Ledger(_))
     ));
     assert!(store.payout("prov", "2026-13", nov).await.is_err());

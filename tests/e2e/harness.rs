@@ -178,6 +178,7 @@ impl Cluster {
                 owner_party: party.name.clone(),
                 location: file,
                 description: String::new(),
+                declared_rows: Some(rows.len() as u64),
             })
             .await
             .expect("create dataset");
@@ -216,6 +217,7 @@ impl Cluster {
                 account: USER.into(),
                 amount_micros,
                 idempotency_key: key.into(),
+                into: String::new(),
             })
             .await
             .expect("deposit");
@@ -282,4 +284,23 @@ impl Cluster {
 /// Deterministic keys: `n` keys `{tag}-{i}` style, from a seed.
 pub fn keys(tag: &str, range: std::ops::Range<usize>) -> Vec<String> {
     range.map(|i| format!("{tag}{i:08}")).collect()
+}
+
+/// Whether the transfers of `job` (every job's when `None`) are only holds that were all
+/// voided: no money moved.
+pub fn holds_only_voided(transfers: &[pb::Transfer], job: Option<&str>) -> bool {
+    let of_job: Vec<&pb::Transfer> = transfers
+        .iter()
+        .filter(|t| !t.job_id.is_empty() && job.is_none_or(|j| t.job_id == j))
+        .collect();
+    let voided: std::collections::HashSet<&str> = of_job
+        .iter()
+        .filter(|t| t.kind == "void_pending")
+        .map(|t| t.pending_id.as_str())
+        .collect();
+    of_job.iter().all(|t| match t.kind.as_str() {
+        "pending" => voided.contains(t.transfer_id.as_str()),
+        "void_pending" => true,
+        _ => false,
+    })
 }

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `tessera` binary, an operator and workers as separate processes
 //! on loopback, driven through the gRPC API and the CLI.
 
+mod accounts;
 mod billing;
 mod harness;
 mod spine;
