@@ -743,7 +743,7 @@ impl Scheduler {
             result_location: result.1,
             usage,
             ledger: ops,
-            bill_line: Some(bill_line),
+            bill_line: Some(Box::new(bill_line)),
             charge_micros: c.total_micros,
         })
     }

@@ -208,7 +208,7 @@ pub enum JobFinish {
         /// Ledger operations: posting the job's holds and moving the charge on.
         ledger: Vec<LedgerOp>,
         /// The bill line of the charge.
-        bill_line: Option<NewBillLine>,
+        bill_line: Option<Box<NewBillLine>>,
         /// Total charged.
         charge_micros: i64,
     },
@@ -507,7 +507,7 @@ impl Store {
                     ledger::apply(&mut tx, op, now_ms).await?;
                 }
                 if let Some(line) = bill_line {
-                    add_line(&mut tx, line, now_ms).await?;
+                    add_line(&mut tx, line.as_ref(), now_ms).await?;
                 }
                 (
                     Some(i64::try_from(*result_size).unwrap_or(i64::MAX)),

@@ -132,6 +132,60 @@ impl Operator for ScriptedOperator {
     ) -> Result<Response<pb::AuditVerification>, Status> {
         unimplemented()
     }
+    async fn set_credit_limit(
+        &self,
+        _: Request<pb::CreditLimitRequest>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        unimplemented()
+    }
+    async fn list_bills(
+        &self,
+        _: Request<pb::BillQuery>,
+    ) -> Result<Response<pb::BillList>, Status> {
+        unimplemented()
+    }
+    async fn list_bill_lines(
+        &self,
+        _: Request<pb::BillRef>,
+    ) -> Result<Response<pb::BillLineList>, Status> {
+        unimplemented()
+    }
+    async fn close_due_bills(
+        &self,
+        _: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::BillList>, Status> {
+        unimplemented()
+    }
+    async fn list_statements(
+        &self,
+        _: Request<pb::StatementQuery>,
+    ) -> Result<Response<pb::StatementList>, Status> {
+        unimplemented()
+    }
+    async fn payout(
+        &self,
+        _: Request<pb::PayoutRequest>,
+    ) -> Result<Response<pb::Statement>, Status> {
+        unimplemented()
+    }
+    async fn set_limit(&self, _: Request<pb::LimitRequest>) -> Result<Response<pb::Ack>, Status> {
+        unimplemented()
+    }
+    async fn set_whitelist(
+        &self,
+        _: Request<pb::WhitelistRequest>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        unimplemented()
+    }
+    async fn set_freeze(&self, _: Request<pb::FreezeRequest>) -> Result<Response<pb::Ack>, Status> {
+        unimplemented()
+    }
+    async fn get_account_status(
+        &self,
+        _: Request<pb::AccountQuery>,
+    ) -> Result<Response<pb::AccountStatus>, Status> {
+        unimplemented()
+    }
 }
 
 const NOW_MS: i64 = 1_800_000_000_000;
