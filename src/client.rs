@@ -250,6 +250,29 @@ pub enum LicenceCmd {
         price_per_1k_rows_micros: i64,
         #[arg(long, default_value_t = 0)]
         operator_share_bps: u32,
+        /// Monthly price of a licence term; when set, jobs run only inside a paid term.
+        #[arg(long, default_value_t = 0)]
+        monthly_price_micros: i64,
+    },
+    /// Buy (or renew) months of a licence term, paid from recharge voucher, cash and credit.
+    Subscribe {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        licence: String,
+        #[arg(long)]
+        user: String,
+        #[arg(long, default_value_t = 1)]
+        months: u32,
+    },
+    /// End a licence subscription; refunds cash paid − monthly price × months used (≥ 0).
+    Unsubscribe {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        licence: String,
+        #[arg(long)]
+        user: String,
     },
     /// Show a licence with its remaining counts.
     Get {
@@ -439,6 +462,7 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
             price_per_job_micros,
             price_per_1k_rows_micros,
             operator_share_bps,
+            monthly_price_micros,
         }) => {
             let policy_json = std::fs::read_to_string(&policy)
                 .with_context(|| format!("reading {}", policy.display()))?;
@@ -452,10 +476,58 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
                     price_per_job_micros,
                     price_per_1k_rows_micros,
                     operator_share_bps,
+                    monthly_price_micros,
                 })
                 .await?
                 .into_inner();
             println!("{}", l.licence_id);
+        }
+        ClientCommand::Licence(LicenceCmd::Subscribe {
+            conn,
+            licence,
+            user,
+            months,
+        }) => {
+            let v = connect(&conn.operator)
+                .await?
+                .subscribe(pb::SubscriptionRequest {
+                    licence_id: licence,
+                    customer: user,
+                    months,
+                })
+                .await?
+                .into_inner();
+            println!(
+                "{} {}: {} until {} ({} month(s) in all), charged {}",
+                v.licence_id,
+                v.customer,
+                v.status,
+                tessera_accounting::civil::format_millis(v.end_ms),
+                v.months_total,
+                fmt_micros(v.charged_micros)
+            );
+        }
+        ClientCommand::Licence(LicenceCmd::Unsubscribe {
+            conn,
+            licence,
+            user,
+        }) => {
+            let v = connect(&conn.operator)
+                .await?
+                .unsubscribe(pb::SubscriptionRequest {
+                    licence_id: licence,
+                    customer: user,
+                    months: 0,
+                })
+                .await?
+                .into_inner();
+            println!(
+                "{} {}: {}, refunded {}",
+                v.licence_id,
+                v.customer,
+                v.status,
+                fmt_micros(v.refund_micros)
+            );
         }
         ClientCommand::Licence(LicenceCmd::Get { conn, id }) => {
             let l = connect(&conn.operator)

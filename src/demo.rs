@@ -177,6 +177,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             price_per_job_micros: 5_000_000,
             price_per_1k_rows_micros: 20_000,
             operator_share_bps: 1_000,
+            monthly_price_micros: 0,
         })
         .await?
         .into_inner();

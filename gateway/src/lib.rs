@@ -17,7 +17,7 @@ use tessera_scheduler::{
 };
 use tessera_store::{
     BillLineRecord, BillRecord, DatasetRecord, LicenceRecord, LimitScope, LineAmounts,
-    StatementRecord, StoreError,
+    StatementRecord, StoreError, SubscriptionView,
 };
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{ReceiverStream, WatchStream};
@@ -58,7 +58,9 @@ fn store_code(e: &StoreError) -> ApiCode {
     match e {
         StoreError::NotFound { .. } => ApiCode::NotFound,
         StoreError::Conflict { .. } => ApiCode::AlreadyExists,
-        StoreError::IdempotencyMismatch { .. } | StoreError::Ledger(_) => ApiCode::Conflict,
+        StoreError::IdempotencyMismatch { .. } | StoreError::Ledger(_) | StoreError::Refused(_) => {
+            ApiCode::Conflict
+        }
         _ => ApiCode::Internal,
     }
 }
@@ -151,6 +153,7 @@ fn licence_to_pb(l: &LicenceRecord) -> pb::Licence {
         price_per_job_micros: l.price.per_job_micros,
         price_per_1k_rows_micros: l.price.per_1k_rows_micros,
         operator_share_bps: l.price.operator_share_bps,
+        monthly_price_micros: l.monthly_price_micros,
     }
 }
 
@@ -233,6 +236,19 @@ fn statement_to_pb(s: StatementRecord) -> pb::Statement {
         provider_micros: s.provider_micros,
         paid_out_at_ms: s.paid_out_at_ms,
         payout_transfer_id: s.payout_transfer_id.unwrap_or_default(),
+    }
+}
+
+fn subscription_to_pb(v: SubscriptionView) -> pb::SubscriptionView {
+    pb::SubscriptionView {
+        licence_id: v.licence_id,
+        customer: v.customer,
+        status: v.status,
+        start_ms: v.start_ms,
+        end_ms: v.end_ms,
+        months_total: v.months_total,
+        charged_micros: v.charged_micros,
+        refund_micros: v.refund_micros,
     }
 }
 
@@ -416,6 +432,9 @@ impl Operator for OperatorService {
                 dataset.dataset_id, dataset.owner_party
             )));
         }
+        if r.monthly_price_micros < 0 {
+            return Err(invalid("monthly_price_micros must not be negative"));
+        }
         let licence_id = self.scheduler.new_id("lic-");
         let l = LicenceRecord {
             licence_id: licence_id.clone(),
@@ -424,6 +443,7 @@ impl Operator for OperatorService {
             dataset_id: r.dataset_id,
             policy,
             price,
+            monthly_price_micros: r.monthly_price_micros,
         };
         let store = self.scheduler.store();
         store
@@ -869,5 +889,37 @@ impl Operator for OperatorService {
             reason: s.reason,
             manual: s.manual,
         }))
+    }
+
+    async fn subscribe(
+        &self,
+        req: Request<pb::SubscriptionRequest>,
+    ) -> Result<Response<pb::SubscriptionView>, Status> {
+        let r = req.into_inner();
+        required("licence_id", &r.licence_id)?;
+        customer("customer", &r.customer)?;
+        let v = self
+            .scheduler
+            .store()
+            .subscribe(&r.licence_id, &r.customer, r.months, self.now())
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(subscription_to_pb(v)))
+    }
+
+    async fn unsubscribe(
+        &self,
+        req: Request<pb::SubscriptionRequest>,
+    ) -> Result<Response<pb::SubscriptionView>, Status> {
+        let r = req.into_inner();
+        required("licence_id", &r.licence_id)?;
+        customer("customer", &r.customer)?;
+        let v = self
+            .scheduler
+            .store()
+            .unsubscribe(&r.licence_id, &r.customer, self.now())
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(subscription_to_pb(v)))
     }
 }

@@ -285,6 +285,9 @@ impl Scheduler {
                 remaining,
             );
             reasons.extend(verdict.refusals());
+            if let Err(why) = &ctx.term {
+                reasons.push(why.clone());
+            }
             // Hold the estimated maximum cost, drawn in the manual's payment order.
             let declared_rows = provider_ds.as_ref().and_then(|d| d.declared_rows);
             let holds = match estimate_max_cost(l, declared_rows) {

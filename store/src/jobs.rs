@@ -57,6 +57,8 @@ pub struct AdmitContext<'a> {
     pub freeze: FreezeContext,
     /// The buyer's spendable cash (what the freeze rules compare).
     pub cash_micros: i64,
+    /// For a licence sold by the month: `Err(reason)` when no paid term covers now.
+    pub term: Result<(), String>,
 }
 
 /// The accounts a job's charge is drawn from, in the manual's order (§3.11: deduction
@@ -300,11 +302,16 @@ impl Store {
             funds.push((account, available));
         }
         let freeze = load_context(&mut tx, &job.user).await?;
+        let term = match &licence {
+            Some(l) => crate::terms::term_check(&mut tx, l, &job.user, job.now_ms).await?,
+            None => Ok(()),
+        };
         let decision = decide(&AdmitContext {
             licence: licence.as_ref(),
             funds,
             freeze,
             cash_micros,
+            term,
         });
         if let Some((frozen, notice)) = &decision.auto_frozen {
             set_auto_frozen(&mut tx, &job.user, *frozen, notice.as_deref(), job.now_ms).await?;

@@ -13,6 +13,7 @@ mod jobs;
 mod ledger;
 mod limits;
 mod records;
+mod terms;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -34,6 +35,7 @@ pub use ledger::{
 };
 pub use limits::{AccountStatus, FreezeContext, LimitScope};
 pub use records::{DatasetRecord, LicenceRecord, WorkerRecord};
+pub use terms::SubscriptionView;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +73,9 @@ pub enum StoreError {
     /// A ledger rule was broken (balance limit, bad amount).
     #[error("ledger: {0}")]
     Ledger(String),
+    /// A business rule refused the operation (funds, limits, state); nothing was written.
+    #[error("{0}")]
+    Refused(String),
     /// Stored data could not be decoded.
     #[error("corrupt stored data: {0}")]
     Corrupt(String),

@@ -52,6 +52,9 @@ pub struct LicenceRecord {
     pub policy: UsagePolicy,
     /// Price of a job.
     pub price: JobPrice,
+    /// Monthly price of a licence term (0: no term needed, jobs are only metered). When set,
+    /// jobs run only inside a paid term (operations manual §1.4.5).
+    pub monthly_price_micros: i64,
 }
 
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
@@ -181,8 +184,8 @@ impl Store {
         let policy_json = serde_json::to_string(&policy).map_err(corrupt)?;
         let r = sqlx::query(
             "INSERT INTO licences (licence_id, licensor, licensee, dataset_id, policy_json, \
-             price_per_job_micros, price_per_1k_rows_micros, operator_share_bps, created_at_ms) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(licence_id) DO NOTHING",
+             price_per_job_micros, price_per_1k_rows_micros, operator_share_bps, created_at_ms, monthly_price_micros) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(licence_id) DO NOTHING",
         )
         .bind(&l.licence_id)
         .bind(&l.licensor)
@@ -193,6 +196,7 @@ impl Store {
         .bind(l.price.per_1k_rows_micros)
         .bind(i64::from(l.price.operator_share_bps))
         .bind(now_ms)
+        .bind(l.monthly_price_micros)
         .execute(&mut *tx)
         .await?;
         if r.rows_affected() == 0 {
@@ -224,7 +228,7 @@ impl Store {
             &l.licence_id,
             &serde_json::json!({
                 "licensor": l.licensor, "licensee": l.licensee, "dataset_id": l.dataset_id,
-                "policy": l.policy, "price": l.price,
+                "policy": l.policy, "price": l.price, "monthly_price_micros": l.monthly_price_micros,
             }),
         )
         .await?;
@@ -246,7 +250,7 @@ pub(crate) async fn load_licence(
 ) -> Result<LicenceRecord, StoreError> {
     let r = sqlx::query(
         "SELECT licence_id, licensor, licensee, dataset_id, policy_json, price_per_job_micros, \
-         price_per_1k_rows_micros, operator_share_bps FROM licences WHERE licence_id = ?",
+         price_per_1k_rows_micros, operator_share_bps, monthly_price_micros FROM licences WHERE licence_id = ?",
     )
     .bind(licence_id)
     .fetch_optional(&mut *conn)
@@ -280,5 +284,6 @@ pub(crate) async fn load_licence(
             per_1k_rows_micros: r.try_get(6)?,
             operator_share_bps: u32::try_from(bps).map_err(corrupt)?,
         },
+        monthly_price_micros: r.try_get(8)?,
     })
 }

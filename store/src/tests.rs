@@ -44,6 +44,7 @@ async fn seed_licence(store: &Store, counts: u64) {
                     per_1k_rows_micros: 0,
                     operator_share_bps: 0,
                 },
+                monthly_price_micros: 0,
             },
             2,
         )

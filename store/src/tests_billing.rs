@@ -357,3 +357,174 @@ async fn freeze_configuration_and_manual_actions_decide_admission() {
     );
     assert!(store.verify_audit().await.expect("audit").ok());
 }
+
+async fn monthly_licence(store: &Store, monthly: i64) {
+    store
+        .create_dataset(
+            &DatasetRecord {
+                dataset_id: "ds".into(),
+                owner_party: "prov".into(),
+                location: "p.csv".into(),
+                description: String::new(),
+                declared_rows: Some(10),
+            },
+            1,
+        )
+        .await
+        .expect("dataset");
+    let policy = tessera_policy::UsagePolicy::from_json(
+        r#"{"policyName":"p","relUsers":[{"userId":"u","userName":"U","isGroup":0}],
+            "useScenes":[{"useSence":"psi"}]}"#,
+    )
+    .expect("policy");
+    store
+        .create_licence(
+            &LicenceRecord {
+                licence_id: "lic".into(),
+                licensor: "prov".into(),
+                licensee: "u".into(),
+                dataset_id: "ds".into(),
+                policy,
+                price: tessera_accounting::JobPrice {
+                    per_job_micros: 0,
+                    per_1k_rows_micros: 0,
+                    operator_share_bps: 1_000,
+                },
+                monthly_price_micros: monthly,
+            },
+            2,
+        )
+        .await
+        .expect("licence");
+}
+
+async fn term_covers(store: &Store, id: &str, now: i64) -> Result<(), String> {
+    let mut out = None;
+    store
+        .admit(
+            &NewJob {
+                job_id: id.into(),
+                licence_id: "lic".into(),
+                scene: "psi".into(),
+                user: "u".into(),
+                mode: "size".into(),
+                request: serde_json::json!({}),
+                now_ms: now,
+            },
+            |c| {
+                out = Some(c.term.clone());
+                Decision {
+                    allowed: false,
+                    reasons: vec!["probe".into()],
+                    detail: serde_json::json!({}),
+                    tasks: vec![],
+                    holds: vec![],
+                    auto_frozen: None,
+                }
+            },
+        )
+        .await
+        .expect("admit");
+    out.expect("decided")
+}
+
+#[tokio::test]
+async fn licence_terms_are_bought_renewed_and_refunded_by_the_manuals_rules() {
+    let (_dir, store) = open().await;
+    let y = 1_000_000;
+    monthly_licence(&store, 300 * y).await;
+    let t0 = at("2026-10-19 11:00:00");
+    assert!(term_covers(&store, "j0", t0).await.is_err(), "no term yet");
+    // Not enough money: refused, nothing written.
+    deposit(&store, "customer:u:cash", 500 * y).await;
+    assert!(matches!(
+        store.subscribe("lic", "u", 3, t0).await,
+        Err(StoreError::Refused(_))
+    ));
+    assert!(store.subscribe("lic", "someone", 1, t0).await.is_err());
+    // The recharge voucher pays first, then cash.
+    deposit(&store, "customer:u:recharge_voucher", 100 * y).await;
+    deposit(&store, "customer:u:cash", 400 * y).await;
+    let v = store.subscribe("lic", "u", 3, t0).await.expect("order");
+    assert_eq!(v.charged_micros, 900 * y);
+    assert_eq!(v.end_ms, at("2027-01-19 11:00:00"));
+    assert_eq!(
+        store
+            .balance("customer:u:recharge_voucher")
+            .await
+            .expect("b"),
+        0
+    );
+    assert_eq!(store.balance("customer:u:cash").await.expect("b"), 100 * y);
+    assert_eq!(
+        store.balance("provider:prov:receivable").await.expect("b"),
+        810 * y
+    );
+    assert_eq!(store.balance("operator:revenue").await.expect("b"), 90 * y);
+    assert!(term_covers(&store, "j1", t0 + 1).await.is_ok());
+    assert!(
+        term_covers(&store, "j2", at("2027-01-19 11:00:00"))
+            .await
+            .is_err()
+    );
+
+    // Unsubscribing after 40 days: two started months used, refund 800 (cash paid) − 600 = 200.
+    let v = store
+        .unsubscribe("lic", "u", at("2026-11-28 11:00:00"))
+        .await
+        .expect("unsubscribe");
+    assert_eq!(v.refund_micros, 200 * y);
+    assert_eq!(store.balance("customer:u:cash").await.expect("b"), 300 * y);
+    assert!(
+        term_covers(&store, "j3", at("2026-11-29 00:00:00"))
+            .await
+            .is_err()
+    );
+    assert!(matches!(
+        store
+            .unsubscribe("lic", "u", at("2026-11-29 00:00:00"))
+            .await,
+        Err(StoreError::Refused(_))
+    ));
+
+    // Ordered again: a new generation; renewed after its end it restarts at the renewal time.
+    let t1 = at("2026-12-01 00:00:00");
+    let v = store
+        .subscribe("lic", "u", 1, t1)
+        .await
+        .expect("order again");
+    assert_eq!(v.months_total, 1);
+    let late = at("2027-01-05 08:00:00");
+    assert!(term_covers(&store, "j4", late).await.is_err(), "expired");
+    deposit(&store, "customer:u:cash", 300 * y).await;
+    let v = store.subscribe("lic", "u", 1, late).await.expect("renew");
+    assert_eq!(v.end_ms, at("2027-02-05 08:00:00"));
+    assert_eq!(
+        v.charged_micros,
+        300 * y,
+        "no make-up: use stopped at the end"
+    );
+    assert!(term_covers(&store, "j5", late + 1).await.is_ok());
+    // Unsubscribing within the first month of the renewal: 2 months used of 600 paid → 0.
+    let v = store
+        .unsubscribe("lic", "u", late + 3_600_000)
+        .await
+        .expect("unsubscribe");
+    assert_eq!(v.refund_micros, 0);
+
+    // Bills: order, refund, order, renewal, refund lines, with the identities held by the
+    // schema; the refund line is negative.
+    let lines: Vec<_> = {
+        let mut all = Vec::new();
+        for b in store.bills(Some("u"), None).await.expect("bills") {
+            all.extend(store.bill_lines(&b.bill_id).await.expect("lines"));
+        }
+        all
+    };
+    let kinds: std::collections::BTreeSet<&str> =
+        lines.iter().map(|l| l.line.kind.as_str()).collect();
+    assert_eq!(kinds, ["order", "refund", "renewal"].into_iter().collect());
+    assert!(lines.iter().any(|l| l.line.amounts.cash_micros == -200 * y));
+    assert!(store.ledger_balanced().await.expect("balanced"));
+    assert!(store.verify_audit().await.expect("audit").ok());
+}

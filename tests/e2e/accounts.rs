@@ -246,3 +246,80 @@ async fn holds_charges_bills_and_freezes_through_the_real_operator() {
         .into_inner();
     assert!(v.ok, "{}", v.detail);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_licence_sold_by_the_month_runs_jobs_only_inside_a_paid_term() {
+    let c = Cluster::start(5_000);
+    c.dataset(&c.provider, "p", "k", &keys("x", 0..100)).await;
+    c.dataset(&c.buyer, "b", "k", &keys("x", 50..150)).await;
+    let mut client = c.client().await;
+    let lic = client
+        .create_licence(pb::CreateLicenceRequest {
+            licensor: crate::harness::PROVIDER.into(),
+            licensee: USER.into(),
+            dataset_id: "p".into(),
+            policy_json: format!(
+                r#"{{"policyName":"m","relUsers":[{{"userId":"{USER}","userName":"U","isGroup":0}}],
+                    "useScenes":[{{"useSence":"psi"}}]}}"#
+            ),
+            price_per_job_micros: 0,
+            price_per_1k_rows_micros: 0,
+            operator_share_bps: 1_000,
+            monthly_price_micros: 300_000_000,
+        })
+        .await
+        .expect("licence")
+        .into_inner()
+        .licence_id;
+    let j = client
+        .submit_job(Cluster::job(&lic, "b", "size", ""))
+        .await
+        .expect("submit")
+        .into_inner();
+    assert_eq!(j.state, "refused");
+    assert!(
+        j.refusal_reasons.iter().any(|r| r.contains("no paid term")),
+        "{:?}",
+        j.refusal_reasons
+    );
+    c.fund(300_000_000, "month").await;
+    let out = cli(
+        &c,
+        &[
+            "licence",
+            "subscribe",
+            "--licence",
+            &lic,
+            "--user",
+            USER,
+            "--months",
+            "1",
+        ],
+    );
+    assert!(out.contains("charged 300"), "{out}");
+    let j = client
+        .submit_job(Cluster::job(&lic, "b", "size", ""))
+        .await
+        .expect("submit")
+        .into_inner();
+    let j = c.wait(&j.job_id).await;
+    assert_eq!(j.state, "succeeded", "{:?} {}", j.refusal_reasons, j.error);
+    // Unsubscribing inside the first month: one month used, nothing refunded; jobs stop.
+    let out = cli(
+        &c,
+        &["licence", "unsubscribe", "--licence", &lic, "--user", USER],
+    );
+    assert!(out.contains("closed"), "{out}");
+    let j = client
+        .submit_job(Cluster::job(&lic, "b", "size", ""))
+        .await
+        .expect("submit")
+        .into_inner();
+    assert_eq!(j.state, "refused");
+    let bills = csv_rows(&cli(&c, &["bills", "list", "--customer", USER, "--csv"]));
+    let lines = csv_rows(&cli(&c, &["bills", "lines", &bills[0]["bill_id"], "--csv"]));
+    let kinds: Vec<&str> = lines.iter().map(|l| l["kind"].as_str()).collect();
+    assert_eq!(kinds, ["order", "usage", "refund"], "{lines:?}");
+    assert_eq!(lines[0]["cash_micros"], "300000000");
+    assert_eq!(lines[0]["provider_micros"], "270000000");
+}

@@ -203,6 +203,7 @@ impl Cluster {
                 price_per_job_micros: 1_000,
                 price_per_1k_rows_micros: 10,
                 operator_share_bps: 2_000,
+                monthly_price_micros: 0,
             })
             .await
             .expect("create licence")

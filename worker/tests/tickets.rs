@@ -132,6 +132,18 @@ impl Operator for ScriptedOperator {
     ) -> Result<Response<pb::AuditVerification>, Status> {
         unimplemented()
     }
+    async fn subscribe(
+        &self,
+        _: Request<pb::SubscriptionRequest>,
+    ) -> Result<Response<pb::SubscriptionView>, Status> {
+        unimplemented()
+    }
+    async fn unsubscribe(
+        &self,
+        _: Request<pb::SubscriptionRequest>,
+    ) -> Result<Response<pb::SubscriptionView>, Status> {
+        unimplemented()
+    }
     async fn set_credit_limit(
         &self,
         _: Request<pb::CreditLimitRequest>,

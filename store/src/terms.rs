@@ -1,0 +1,519 @@
+//! Licence terms sold as prepaid monthly subscriptions (operations manual §1.4.5): order,
+//! renewal inside or after the term, unsubscription with refund, and the check admission makes.
+//!
+//! The rules are `tessera_accounting::subscription` (pure); this module persists the terms,
+//! pays them from the buyer's recharge voucher, cash and credit line in that order (prepaid
+//! products take no deduction vouchers, §3.11), splits the money between provider and operator
+//! with the licence's operator share, and writes a bill line per order, renewal and refund.
+//!
+//! Interpretation: the operator refuses jobs outside a paid term, which is the automatic freeze
+//! at the term's end. A licence frozen exactly at its end owes no make-up (§1.4.5.1.2 (4)), so
+//! overdue make-ups do not arise here; a renewal after the end starts at the renewal time.
+
+use serde::Serialize;
+use sqlx::{Row, SqliteConnection};
+use tessera_accounting::freeze::{ManualFreeze, check_purchase};
+use tessera_accounting::subscription::{
+    DailyPriceBasis, Subscription, SubscriptionStatus, Term, TermKind,
+};
+use tessera_accounting::{AccountKind, TransferSpec, derive_id, plan_holds};
+
+use crate::bills::{LineAmounts, NewBillLine, add_line};
+use crate::records::{LicenceRecord, load_licence};
+use crate::{Store, StoreError, audit, ledger, limits};
+
+/// What a subscription operation did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SubscriptionView {
+    /// Licence.
+    pub licence_id: String,
+    /// Customer.
+    pub customer: String,
+    /// `active` or `closed`.
+    pub status: String,
+    /// Start of the first term of the current generation.
+    pub start_ms: i64,
+    /// End of the last term.
+    pub end_ms: i64,
+    /// Months bought in the current generation.
+    pub months_total: u32,
+    /// Charged by this operation.
+    pub charged_micros: i64,
+    /// Refunded by this operation.
+    pub refund_micros: i64,
+}
+
+struct Loaded {
+    sub: Subscription,
+    generation: i64,
+}
+
+fn refused(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Refused(e.to_string())
+}
+
+async fn load(
+    conn: &mut SqliteConnection,
+    l: &LicenceRecord,
+    customer: &str,
+) -> Result<Option<Loaded>, StoreError> {
+    let Some(r) = sqlx::query(
+        "SELECT status, closed_at_ms, generation FROM licence_subscriptions WHERE licence_id = ? AND customer = ?",
+    )
+    .bind(&l.licence_id)
+    .bind(customer)
+    .fetch_optional(&mut *conn)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let status: String = r.try_get(0)?;
+    let closed_at: Option<i64> = r.try_get(1)?;
+    let generation: i64 = r.try_get(2)?;
+    let rows = sqlx::query(
+        "SELECT kind, start_ms, end_ms, months, original_micros, refundable_paid_micros FROM licence_terms \
+         WHERE licence_id = ? AND customer = ? AND generation = ? ORDER BY seq",
+    )
+    .bind(&l.licence_id)
+    .bind(customer)
+    .bind(generation)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut terms = Vec::with_capacity(rows.len());
+    for t in &rows {
+        let kind: String = t.try_get(0)?;
+        terms.push(Term {
+            kind: if kind == "order" {
+                TermKind::Order
+            } else {
+                TermKind::Renewal
+            },
+            start: t.try_get(1)?,
+            end: t.try_get(2)?,
+            months: u32::try_from(t.try_get::<i64, _>(3)?)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            original_micros: t.try_get(4)?,
+            refundable_paid_micros: t.try_get(5)?,
+        });
+    }
+    let sub = Subscription {
+        id: format!("{}/{customer}", l.licence_id),
+        customer: customer.to_string(),
+        product: format!("licence:{}", l.licence_id),
+        monthly_price_micros: l.monthly_price_micros,
+        units: 1,
+        terms,
+        frozen_at: None,
+        status: match (status.as_str(), closed_at) {
+            ("closed", Some(at)) => SubscriptionStatus::Closed(at),
+            _ => SubscriptionStatus::Active,
+        },
+    };
+    Ok(Some(Loaded { sub, generation }))
+}
+
+/// Whether `customer` holds a paid term of `licence` covering `now_ms`; `Err(reason)` if not.
+pub(crate) async fn term_check(
+    conn: &mut SqliteConnection,
+    l: &LicenceRecord,
+    customer: &str,
+    now_ms: i64,
+) -> Result<Result<(), String>, StoreError> {
+    if l.monthly_price_micros == 0 {
+        return Ok(Ok(()));
+    }
+    let covered = sqlx::query(
+        "SELECT 1 FROM licence_terms t JOIN licence_subscriptions s \
+         ON s.licence_id = t.licence_id AND s.customer = t.customer AND s.generation = t.generation \
+         WHERE t.licence_id = ? AND t.customer = ? AND s.status = 'active' AND t.start_ms <= ? AND ? < t.end_ms",
+    )
+    .bind(&l.licence_id)
+    .bind(customer)
+    .bind(now_ms)
+    .bind(now_ms)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(match covered {
+        Some(_) => Ok(()),
+        None => Err(format!(
+            "licence {} is sold by the month: {customer} holds no paid term covering now \
+             (tessera licence subscribe)",
+            l.licence_id
+        )),
+    })
+}
+
+/// Splits `amount` between operator (share rounded down) and provider (the rest).
+fn split(l: &LicenceRecord, amount: i64) -> (i64, i64) {
+    let op =
+        (i128::from(amount) * i128::from(l.price.operator_share_bps.min(10_000)) / 10_000) as i64;
+    (amount - op, op)
+}
+
+impl Store {
+    /// Orders (or renews) `months` months of a licence term for `customer`, paid at once from
+    /// the recharge voucher, cash and credit line. Refused, with nothing written, when the
+    /// licence has no monthly price, the customer is not its licensee, the account is frozen
+    /// manually, its cash is below the minimum purchase amount, or the funds do not cover it.
+    pub async fn subscribe(
+        &self,
+        licence_id: &str,
+        customer: &str,
+        months: u32,
+        now_ms: i64,
+    ) -> Result<SubscriptionView, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let l = load_licence(&mut tx, licence_id).await?;
+        if l.monthly_price_micros == 0 {
+            return Err(refused(format!(
+                "licence {licence_id} has no monthly price: its jobs are metered only"
+            )));
+        }
+        if l.licensee != customer {
+            return Err(refused(format!(
+                "licence {licence_id} is licensed to {}, not {customer}",
+                l.licensee
+            )));
+        }
+        let product = format!("licence:{licence_id}");
+        let freeze = limits::load_context(&mut tx, customer).await?;
+        if let ManualFreeze::Frozen(why) = &freeze.manual {
+            return Err(refused(format!(
+                "account {customer} frozen manually: {why}"
+            )));
+        }
+        let cash_account = AccountKind::CustomerCash(customer.to_string()).name();
+        let (cash, _) = ledger::spendable(&mut tx, &cash_account).await?;
+        check_purchase(&freeze.settings, customer, &product, cash).map_err(refused)?;
+
+        let existing = load(&mut tx, &l, customer).await?;
+        let (mut sub, generation, kind) = match existing {
+            Some(Loaded { sub, generation })
+                if matches!(sub.status, SubscriptionStatus::Active) =>
+            {
+                (sub, generation, TermKind::Renewal)
+            }
+            Some(Loaded { generation, .. }) => {
+                let sub = Subscription::new(
+                    &format!("{licence_id}/{customer}"),
+                    customer,
+                    &product,
+                    l.monthly_price_micros,
+                    1,
+                    now_ms,
+                    months,
+                )
+                .map_err(refused)?;
+                (sub, generation + 1, TermKind::Order)
+            }
+            None => {
+                let sub = Subscription::new(
+                    &format!("{licence_id}/{customer}"),
+                    customer,
+                    &product,
+                    l.monthly_price_micros,
+                    1,
+                    now_ms,
+                    months,
+                )
+                .map_err(refused)?;
+                (sub, 0, TermKind::Order)
+            }
+        };
+        if kind == TermKind::Renewal {
+            if now_ms >= sub.end() {
+                sub.freeze(sub.end()); // jobs were refused from the end on
+            }
+            let q = sub
+                .quote_renewal(months, now_ms, DailyPriceBasis::default())
+                .map_err(refused)?;
+            sub.apply_renewal(&q).map_err(refused)?;
+        }
+        let seq = sub.terms.len() - 1;
+        let term = sub
+            .terms
+            .last()
+            .cloned()
+            .ok_or_else(|| refused("no term"))?;
+        let price = term.original_micros;
+
+        // Pay: recharge voucher, cash, credit (prepaid products take no deduction vouchers).
+        let c = customer.to_string();
+        let mut funds = Vec::new();
+        for account in [
+            AccountKind::CustomerRechargeVoucher(c.clone()).name(),
+            cash_account.clone(),
+            AccountKind::CustomerCredit(c.clone()).name(),
+        ] {
+            let (spendable, min) = ledger::spendable(&mut tx, &account).await?;
+            funds.push((account, spendable.saturating_sub(min.unwrap_or(0)).max(0)));
+        }
+        let plan = plan_holds(&funds, price).map_err(refused)?;
+        let key = |parts: &[&str]| {
+            let mut all = vec!["term", licence_id, customer];
+            let g = generation.to_string();
+            let s = seq.to_string();
+            all.extend([g.as_str(), s.as_str()]);
+            all.extend(parts);
+            derive_id(&all)
+        };
+        let holds = AccountKind::CustomerHolds(c.clone()).name();
+        let mut amounts = LineAmounts {
+            original_micros: price,
+            ..LineAmounts::default()
+        };
+        let mut refundable = 0;
+        for (account, amount) in &plan {
+            if *account == cash_account {
+                amounts.cash_micros += amount;
+                refundable += amount;
+            } else if account.ends_with(":credit") {
+                amounts.credit_micros += amount;
+                refundable += amount;
+            } else {
+                amounts.recharge_voucher_micros += amount;
+            }
+            ledger::post(
+                &mut tx,
+                &TransferSpec {
+                    id: key(&[account]),
+                    debit: account.clone(),
+                    credit: holds.clone(),
+                    amount_micros: *amount,
+                    job_id: None,
+                    memo: format!("licence {licence_id} term {seq}"),
+                },
+                now_ms,
+            )
+            .await?;
+        }
+        let (provider_part, operator_part) = split(&l, price);
+        amounts.provider_micros = provider_part;
+        amounts.operator_micros = operator_part;
+        for (leg, credit, amount) in [
+            (
+                "provider",
+                AccountKind::ProviderReceivable(l.licensor.clone()).name(),
+                provider_part,
+            ),
+            (
+                "operator",
+                AccountKind::OperatorRevenue.name(),
+                operator_part,
+            ),
+        ] {
+            if amount > 0 {
+                ledger::post(
+                    &mut tx,
+                    &TransferSpec {
+                        id: key(&[leg]),
+                        debit: holds.clone(),
+                        credit,
+                        amount_micros: amount,
+                        job_id: None,
+                        memo: format!("licence {licence_id} term {seq}, {leg} share"),
+                    },
+                    now_ms,
+                )
+                .await?;
+            }
+        }
+        sqlx::query(
+            "INSERT INTO licence_subscriptions (licence_id, customer, status, generation, created_at_ms) \
+             VALUES (?, ?, 'active', ?, ?) ON CONFLICT(licence_id, customer) DO UPDATE SET \
+             status = 'active', closed_at_ms = NULL, generation = excluded.generation",
+        )
+        .bind(licence_id)
+        .bind(customer)
+        .bind(generation)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        let kind_name = if kind == TermKind::Order {
+            "order"
+        } else {
+            "renewal"
+        };
+        sqlx::query(
+            "INSERT INTO licence_terms (licence_id, customer, generation, seq, kind, start_ms, end_ms, months, \
+             original_micros, refundable_paid_micros, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(licence_id)
+        .bind(customer)
+        .bind(generation)
+        .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+        .bind(kind_name)
+        .bind(term.start)
+        .bind(term.end)
+        .bind(i64::from(term.months))
+        .bind(price)
+        .bind(refundable)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        add_line(
+            &mut tx,
+            &NewBillLine {
+                line_id: key(&["bill"]),
+                customer: customer.to_string(),
+                job_id: None,
+                kind: kind_name.into(),
+                product,
+                provider: l.licensor.clone(),
+                event_time_ms: now_ms,
+                service_start_ms: term.start,
+                service_end_ms: term.end,
+                amounts,
+                note: format!(
+                    "{kind_name} of {} month(s) at {} per month",
+                    term.months, l.monthly_price_micros
+                ),
+            },
+            now_ms,
+        )
+        .await?;
+        let view = SubscriptionView {
+            licence_id: licence_id.to_string(),
+            customer: customer.to_string(),
+            status: "active".into(),
+            start_ms: sub.start(),
+            end_ms: sub.end(),
+            months_total: sub.terms.iter().map(|t| t.months).sum(),
+            charged_micros: price,
+            refund_micros: 0,
+        };
+        audit::append(
+            &mut tx,
+            now_ms,
+            "licence_subscribe",
+            &format!("{licence_id}/{customer}"),
+            &serde_json::json!({"kind": kind_name, "view": view, "paid_from": plan}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(view)
+    }
+
+    /// Ends `customer`'s subscription to a licence: refund = cash and credit paid − monthly
+    /// price × months used (a started month counts whole), never below zero, returned to cash
+    /// from the provider's receivable and the operator's refunds account in the licence's
+    /// split.
+    pub async fn unsubscribe(
+        &self,
+        licence_id: &str,
+        customer: &str,
+        now_ms: i64,
+    ) -> Result<SubscriptionView, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let l = load_licence(&mut tx, licence_id).await?;
+        let Some(Loaded {
+            mut sub,
+            generation,
+        }) = load(&mut tx, &l, customer).await?
+        else {
+            return Err(StoreError::NotFound {
+                kind: "subscription",
+                id: format!("{licence_id}/{customer}"),
+            });
+        };
+        if !matches!(sub.status, SubscriptionStatus::Active) {
+            return Err(refused(format!(
+                "subscription {licence_id}/{customer} is already closed"
+            )));
+        }
+        if now_ms >= sub.end() {
+            sub.freeze(sub.end());
+        }
+        let q = sub
+            .quote_unsubscribe(now_ms, DailyPriceBasis::default())
+            .map_err(refused)?;
+        let refund = q.refund_micros;
+        let (provider_part, operator_part) = split(&l, refund);
+        let cash = AccountKind::CustomerCash(customer.to_string()).name();
+        let g = generation.to_string();
+        for (leg, debit, amount) in [
+            (
+                "provider",
+                AccountKind::ProviderReceivable(l.licensor.clone()).name(),
+                provider_part,
+            ),
+            (
+                "operator",
+                AccountKind::OperatorRefunds.name(),
+                operator_part,
+            ),
+        ] {
+            if amount > 0 {
+                ledger::post(
+                    &mut tx,
+                    &TransferSpec {
+                        id: derive_id(&["refund", licence_id, customer, &g, leg]),
+                        debit,
+                        credit: cash.clone(),
+                        amount_micros: amount,
+                        job_id: None,
+                        memo: format!("refund of licence {licence_id}, {leg} share"),
+                    },
+                    now_ms,
+                )
+                .await?;
+            }
+        }
+        add_line(
+            &mut tx,
+            &NewBillLine {
+                line_id: derive_id(&["refund-bill", licence_id, customer, &g]),
+                customer: customer.to_string(),
+                job_id: None,
+                kind: "refund".into(),
+                product: format!("licence:{licence_id}"),
+                provider: l.licensor.clone(),
+                event_time_ms: now_ms,
+                service_start_ms: sub.start(),
+                service_end_ms: now_ms.max(sub.start()),
+                amounts: LineAmounts {
+                    original_micros: -refund,
+                    cash_micros: -refund,
+                    provider_micros: -provider_part,
+                    operator_micros: -operator_part,
+                    ..LineAmounts::default()
+                },
+                note: format!(
+                    "unsubscribed: paid {} − {} month(s) used × {} = refund {refund}",
+                    q.refundable_paid_micros, q.months_used, l.monthly_price_micros
+                ),
+            },
+            now_ms,
+        )
+        .await?;
+        sqlx::query(
+            "UPDATE licence_subscriptions SET status = 'closed', closed_at_ms = ? WHERE licence_id = ? AND customer = ?",
+        )
+        .bind(now_ms)
+        .bind(licence_id)
+        .bind(customer)
+        .execute(&mut *tx)
+        .await?;
+        let view = SubscriptionView {
+            licence_id: licence_id.to_string(),
+            customer: customer.to_string(),
+            status: "closed".into(),
+            start_ms: sub.start(),
+            end_ms: sub.end(),
+            months_total: q.months_total,
+            charged_micros: 0,
+            refund_micros: refund,
+        };
+        audit::append(
+            &mut tx,
+            now_ms,
+            "licence_unsubscribe",
+            &format!("{licence_id}/{customer}"),
+            &serde_json::json!({"view": view, "months_used": q.months_used,
+                "refundable_paid_micros": q.refundable_paid_micros}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(view)
+    }
+}
