@@ -65,20 +65,6 @@ impl LineAmounts {
             + self.coupon_micros
             && paid == self.provider_micros + self.operator_micros
     }
-
-    fn add(&mut self, o: &LineAmounts) {
-        self.original_micros += o.original_micros;
-        self.platform_discount_micros += o.platform_discount_micros;
-        self.customer_discount_micros += o.customer_discount_micros;
-        self.coupon_micros += o.coupon_micros;
-        self.deduction_voucher_micros += o.deduction_voucher_micros;
-        self.recharge_voucher_micros += o.recharge_voucher_micros;
-        self.cash_micros += o.cash_micros;
-        self.credit_micros += o.credit_micros;
-        self.arrears_micros += o.arrears_micros;
-        self.provider_micros += o.provider_micros;
-        self.operator_micros += o.operator_micros;
-    }
 }
 
 /// A charge to put on a bill.
@@ -90,7 +76,7 @@ pub struct NewBillLine {
     pub customer: String,
     /// Job charged, if any.
     pub job_id: Option<String>,
-    /// `usage` or `refund`.
+    /// `usage`, `order`, `renewal` or `refund`.
     pub kind: String,
     /// Product (the scene, e.g. `psi`).
     pub product: String,
@@ -385,12 +371,34 @@ async fn bill_totals(
     conn: &mut SqliteConnection,
     bill: &str,
 ) -> Result<(u64, LineAmounts), StoreError> {
-    let lines = load_lines(conn, "l.bill_id = ?", bill).await?;
-    let mut t = LineAmounts::default();
-    for l in &lines {
-        t.add(&l.line.amounts);
-    }
-    Ok((lines.len() as u64, t))
+    let r = sqlx::query(
+        "SELECT COUNT(*), COALESCE(SUM(original_micros), 0), COALESCE(SUM(platform_discount_micros), 0), \
+         COALESCE(SUM(customer_discount_micros), 0), COALESCE(SUM(coupon_micros), 0), \
+         COALESCE(SUM(deduction_voucher_micros), 0), COALESCE(SUM(recharge_voucher_micros), 0), \
+         COALESCE(SUM(cash_micros), 0), COALESCE(SUM(credit_micros), 0), COALESCE(SUM(arrears_micros), 0), \
+         COALESCE(SUM(provider_micros), 0), COALESCE(SUM(operator_micros), 0) \
+         FROM bill_lines WHERE bill_id = ?",
+    )
+    .bind(bill)
+    .fetch_one(&mut *conn)
+    .await?;
+    let lines = u64::try_from(r.try_get::<i64, _>(0)?).unwrap_or(0);
+    Ok((
+        lines,
+        LineAmounts {
+            original_micros: r.try_get(1)?,
+            platform_discount_micros: r.try_get(2)?,
+            customer_discount_micros: r.try_get(3)?,
+            coupon_micros: r.try_get(4)?,
+            deduction_voucher_micros: r.try_get(5)?,
+            recharge_voucher_micros: r.try_get(6)?,
+            cash_micros: r.try_get(7)?,
+            credit_micros: r.try_get(8)?,
+            arrears_micros: r.try_get(9)?,
+            provider_micros: r.try_get(10)?,
+            operator_micros: r.try_get(11)?,
+        },
+    ))
 }
 
 async fn statement_for(
