@@ -114,6 +114,15 @@ pub fn draw_from_holds(holds: &[i64], total_micros: i64) -> (Vec<i64>, i64) {
     (pieces, total_micros.max(0) - charge)
 }
 
+/// Splits `amount` into `(provider, operator)`: the operator's share is `amount × bps /
+/// 10 000` rounded toward zero (bps capped at 10 000), the provider receives the rest, so the
+/// parts always sum to `amount`.
+pub fn split_share(amount_micros: i64, operator_share_bps: u32) -> (i64, i64) {
+    let op =
+        (i128::from(amount_micros) * i128::from(operator_share_bps.min(10_000)) / 10_000) as i64;
+    (amount_micros - op, op)
+}
+
 /// A charge limited to `cap_micros` (the hold): the total is capped and re-split with the
 /// same operator share, rounded down, the provider receiving the rest.
 pub fn cap_charge(price: &JobPrice, charge: JobCharge, cap_micros: i64) -> JobCharge {

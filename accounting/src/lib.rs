@@ -36,6 +36,7 @@ pub use discount::{DiscountBook, DiscountStrategy};
 pub use freeze::{FreezeDecision, FreezeInput, LimitSettings, freeze_state};
 pub use job::{
     JobCharge, JobPrice, RatingError, cap_charge, draw_from_holds, plan_holds, rate_job,
+    split_share,
 };
 pub use ledger::{AccountRef, LedgerError, TransferSpec, derive_id, sum_is_balanced};
 pub use ledger_engine::{AccountKind, Ledger};

@@ -16,7 +16,7 @@ use tessera_accounting::freeze::{ManualFreeze, check_purchase};
 use tessera_accounting::subscription::{
     DailyPriceBasis, Subscription, SubscriptionStatus, Term, TermKind,
 };
-use tessera_accounting::{AccountKind, TransferSpec, derive_id, plan_holds};
+use tessera_accounting::{AccountKind, TransferSpec, derive_id, plan_holds, split_share};
 
 use crate::bills::{LineAmounts, NewBillLine, add_line};
 use crate::records::{LicenceRecord, load_licence};
@@ -141,13 +141,6 @@ pub(crate) async fn term_check(
             l.licence_id
         )),
     })
-}
-
-/// Splits `amount` between operator (share rounded down) and provider (the rest).
-fn split(l: &LicenceRecord, amount: i64) -> (i64, i64) {
-    let op =
-        (i128::from(amount) * i128::from(l.price.operator_share_bps.min(10_000)) / 10_000) as i64;
-    (amount - op, op)
 }
 
 impl Store {
@@ -287,7 +280,7 @@ impl Store {
             )
             .await?;
         }
-        let (provider_part, operator_part) = split(&l, price);
+        let (provider_part, operator_part) = split_share(price, l.price.operator_share_bps);
         amounts.provider_micros = provider_part;
         amounts.operator_micros = operator_part;
         for (leg, credit, amount) in [
@@ -428,7 +421,7 @@ impl Store {
             .quote_unsubscribe(now_ms, DailyPriceBasis::default())
             .map_err(refused)?;
         let refund = q.refund_micros;
-        let (provider_part, operator_part) = split(&l, refund);
+        let (provider_part, operator_part) = split_share(refund, l.price.operator_share_bps);
         let cash = AccountKind::CustomerCash(customer.to_string()).name();
         let g = generation.to_string();
         for (leg, debit, amount) in [
