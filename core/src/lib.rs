@@ -4,6 +4,7 @@
 //! Nothing here knows about gRPC, databases or the wall clock of a particular component:
 //! those are passed in by the caller.
 
+pub mod civil;
 pub mod clock;
 pub mod limits;
 pub mod link;

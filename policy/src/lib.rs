@@ -9,9 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 use tessera_core::WorkerAttributes;
-
-mod time;
-pub use time::{format_datetime, parse_datetime};
+use tessera_core::civil::{Zone, parse_millis};
 
 /// Why a policy document was rejected.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -19,7 +17,7 @@ pub enum PolicyError {
     /// The JSON does not have the T/AI shape.
     #[error("policy JSON: {0}")]
     Json(String),
-    /// A date is not `yyyy-mm-dd HH:MM:SS`.
+    /// A date is not `yyyy-mm-dd HH:MM:SS` (or is not a real date).
     #[error("date {value:?} is not yyyy-mm-dd HH:MM:SS")]
     BadDate {
         /// The offending text.
@@ -32,7 +30,7 @@ pub enum PolicyError {
 
 /// A user or group allowed by the policy (table A.49).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RelUser {
     /// User id or group id.
     pub user_id: String,
@@ -87,7 +85,7 @@ impl AllowList {
 
 /// One scene's settings (table A.50).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UseScene {
     /// The scene name (the standard spells the field `useSence`), e.g. `psi`.
     #[serde(rename = "useSence")]
@@ -123,21 +121,26 @@ pub struct UseScene {
 
 /// A usage policy (table A.48 minus the licence and data id, which the licence record holds).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UsagePolicy {
     /// Policy name.
     pub policy_name: String,
     /// Users and groups allowed.
     pub rel_users: Vec<RelUser>,
-    /// Start of validity, `yyyy-mm-dd HH:MM:SS` (UTC).
+    /// Start of validity, `yyyy-mm-dd HH:MM:SS` in the operator's zone (inclusive).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_date: Option<String>,
-    /// End of validity, `yyyy-mm-dd HH:MM:SS` (UTC).
+    /// End of validity, `yyyy-mm-dd HH:MM:SS` in the operator's zone (exclusive).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_date: Option<String>,
     /// Scenes allowed.
     pub use_scenes: Vec<UseScene>,
 }
+
+/// The scenes Tessera's engines serve (`useSence` values): private set intersection,
+/// secret-sharing MPC, federated learning, trusted execution, homomorphic scoring. A policy
+/// naming any other scene is refused at creation, since it could never admit a job.
+pub const KNOWN_SCENES: &[&str] = &["psi", "mpc", "fl", "tee", "fhe"];
 
 /// Largest policy document accepted, in bytes.
 pub const POLICY_JSON_BYTES_MAX: usize = 64 * 1024;
@@ -159,7 +162,15 @@ impl UsagePolicy {
 
     /// Checks dates, scene names and counts.
     pub fn validate(&self) -> Result<(), PolicyError> {
-        let (start, end) = self.window_ms()?;
+        // Compared as civil times: the order does not depend on the zone.
+        let civil = |d: Option<&str>| {
+            d.map(|v| parse_millis(v).map_err(|_| PolicyError::BadDate { value: v.into() }))
+                .transpose()
+        };
+        let (start, end) = (
+            civil(self.start_date.as_deref())?,
+            civil(self.end_date.as_deref())?,
+        );
         if let (Some(s), Some(e)) = (start, end) {
             if e <= s {
                 return Err(PolicyError::Invalid(
@@ -170,10 +181,40 @@ impl UsagePolicy {
         if self.use_scenes.is_empty() {
             return Err(PolicyError::Invalid("useScenes must not be empty".into()));
         }
+        if self.rel_users.is_empty() {
+            return Err(PolicyError::Invalid(
+                "relUsers must not be empty: nobody could use the licence".into(),
+            ));
+        }
+        if let Some(u) = self.rel_users.iter().find(|u| u.user_id.trim().is_empty()) {
+            return Err(PolicyError::Invalid(format!(
+                "relUsers has an empty userId (userName {:?})",
+                u.user_name
+            )));
+        }
         let mut seen = std::collections::HashSet::new();
         for s in &self.use_scenes {
             if s.use_sence.trim().is_empty() {
                 return Err(PolicyError::Invalid("a scene has an empty useSence".into()));
+            }
+            if !KNOWN_SCENES.contains(&s.use_sence.as_str()) {
+                return Err(PolicyError::Invalid(format!(
+                    "unknown scene {:?}: known scenes are {}",
+                    s.use_sence,
+                    KNOWN_SCENES.join(", ")
+                )));
+            }
+            if s.counts == Some(0) {
+                return Err(PolicyError::Invalid(format!(
+                    "scene {}: counts 0 would never admit a run (omit counts for no limit)",
+                    s.use_sence
+                )));
+            }
+            if s.remaining_counts.is_some() && s.counts.is_none() {
+                return Err(PolicyError::Invalid(format!(
+                    "scene {}: remainingCounts needs counts",
+                    s.use_sence
+                )));
             }
             if !seen.insert(s.use_sence.as_str()) {
                 return Err(PolicyError::Invalid(format!(
@@ -196,11 +237,38 @@ impl UsagePolicy {
         Ok(())
     }
 
-    /// The validity window in ms since epoch.
-    pub fn window_ms(&self) -> Result<(Option<i64>, Option<i64>), PolicyError> {
-        let start = self.start_date.as_deref().map(parse_datetime).transpose()?;
-        let end = self.end_date.as_deref().map(parse_datetime).transpose()?;
-        Ok((start, end))
+    /// The validity window as UTC instants (ms since epoch): `startDate` and `endDate` carry
+    /// no offset (T/AI 123.12 table A.48), so they are read as civil times of the operator's
+    /// `zone` (see `tessera_core::civil`).
+    pub fn window_ms(&self, zone: &Zone) -> Result<(Option<i64>, Option<i64>), PolicyError> {
+        let read = |d: Option<&str>| {
+            d.map(|v| {
+                zone.parse_instant(v)
+                    .map_err(|_| PolicyError::BadDate { value: v.into() })
+            })
+            .transpose()
+        };
+        Ok((
+            read(self.start_date.as_deref())?,
+            read(self.end_date.as_deref())?,
+        ))
+    }
+
+    /// Refuses a policy that could never admit a job from `now_ms` on: its validity window
+    /// (read in `zone`) is already over. Called when a licence is created; [`Self::validate`]
+    /// has already refused the time-independent cases (unknown scene, `counts: 0`, empty
+    /// `relUsers`, `remainingCounts` without `counts`).
+    pub fn check_can_admit(&self, now_ms: i64, zone: &Zone) -> Result<(), PolicyError> {
+        let (_, end) = self.window_ms(zone)?;
+        if let Some(end) = end
+            && end <= now_ms
+        {
+            return Err(PolicyError::Invalid(format!(
+                "the validity window is already over (endDate {} in {zone})",
+                self.end_date.as_deref().unwrap_or_default()
+            )));
+        }
+        Ok(())
     }
 
     /// The scene named `scene`, if the policy has it.
@@ -265,8 +333,10 @@ pub struct Request<'a> {
     pub groups: &'a [String],
     /// Scene requested.
     pub scene: &'a str,
-    /// Time of the request, ms since epoch.
+    /// Time of the request, ms since epoch (UTC).
     pub now_ms: i64,
+    /// The operator's calendar zone, in which `startDate` / `endDate` are read.
+    pub zone: &'a Zone,
 }
 
 /// Evaluates a request against a policy; `remaining` is the scene's current remaining count
@@ -301,7 +371,7 @@ pub fn evaluate(policy: &UsagePolicy, req: &Request<'_>, remaining: Option<u64>)
             None => format!("scene {} is not in useScenes", req.scene),
         },
     });
-    let (window_ok, window_reason) = match policy.window_ms() {
+    let (window_ok, window_reason) = match policy.window_ms(req.zone) {
         Err(e) => (false, format!("validity window unreadable: {e}")),
         Ok((Some(s), _)) if req.now_ms < s => (
             false,

@@ -15,7 +15,7 @@ const POLICY: &str = r#"{
 }"#;
 
 fn at(s: &str) -> i64 {
-    parse_datetime(s).expect("date")
+    Zone::default().parse_instant(s).expect("date")
 }
 
 fn check(
@@ -35,6 +35,7 @@ fn check(
             groups: &groups,
             scene,
             now_ms: at(now),
+            zone: &Zone::default(),
         },
         remaining,
     );
@@ -129,46 +130,126 @@ fn worker_attributes_are_matched() {
 
 #[test]
 fn bad_documents_are_refused() {
+    const U: &str = r#""relUsers":[{"userId":"alice","userName":"A","isGroup":0}]"#;
     for (doc, why) in [
-        ("{", "policy JSON"),
+        ("{".to_string(), "policy JSON"),
         (
-            r#"{"policyName":"p","relUsers":[],"useScenes":[]}"#,
+            format!(r#"{{"policyName":"p",{U},"useScenes":[]}}"#),
             "must not be empty",
         ),
         (
-            r#"{"policyName":"p","relUsers":[],"startDate":"2026-13-01 00:00:00","useScenes":[{"useSence":"psi"}]}"#,
+            format!(
+                r#"{{"policyName":"p",{U},"startDate":"2026-13-01 00:00:00","useScenes":[{{"useSence":"psi"}}]}}"#
+            ),
             "yyyy-mm-dd",
         ),
         (
-            r#"{"policyName":"p","relUsers":[],"startDate":"2026-02-01 00:00:00","endDate":"2026-01-01 00:00:00","useScenes":[{"useSence":"psi"}]}"#,
+            format!(
+                r#"{{"policyName":"p",{U},"startDate":"2026-02-01 00:00:00","endDate":"2026-01-01 00:00:00","useScenes":[{{"useSence":"psi"}}]}}"#
+            ),
             "after",
         ),
         (
-            r#"{"policyName":"p","relUsers":[],"useScenes":[{"useSence":"psi"},{"useSence":"psi"}]}"#,
+            format!(
+                r#"{{"policyName":"p",{U},"useScenes":[{{"useSence":"psi"}},{{"useSence":"psi"}}]}}"#
+            ),
             "twice",
         ),
         (
-            r#"{"policyName":"p","relUsers":[],"useScenes":[{"useSence":"psi","counts":1,"remainingCounts":2}]}"#,
+            format!(
+                r#"{{"policyName":"p",{U},"useScenes":[{{"useSence":"psi","counts":1,"remainingCounts":2}}]}}"#
+            ),
             "exceeds",
         ),
+        // A typo must not give an unlimited licence: unknown fields are refused by name.
+        (
+            format!(r#"{{"policyName":"p",{U},"useScenes":[{{"useSence":"psi","count":2}}]}}"#),
+            "unknown field `count`",
+        ),
+        (
+            format!(r#"{{"policyName":"p",{U},"useScene":[{{"useSence":"psi"}}]}}"#),
+            "unknown field `useScene`",
+        ),
+        (
+            r#"{"policyName":"p","relUsers":[{"userId":"a","userName":"A","isGroup":0,"group":1}],"useScenes":[{"useSence":"psi"}]}"#.to_string(),
+            "unknown field `group`",
+        ),
+        // Policies that could never admit a job.
+        (
+            format!(r#"{{"policyName":"p",{U},"useScenes":[{{"useSence":"psl"}}]}}"#),
+            "unknown scene \"psl\"",
+        ),
+        (
+            format!(r#"{{"policyName":"p",{U},"useScenes":[{{"useSence":"psi","counts":0}}]}}"#),
+            "counts 0",
+        ),
+        (
+            r#"{"policyName":"p","relUsers":[],"useScenes":[{"useSence":"psi"}]}"#.to_string(),
+            "relUsers must not be empty",
+        ),
+        (
+            r#"{"policyName":"p","relUsers":[{"userId":" ","userName":"A","isGroup":0}],"useScenes":[{"useSence":"psi"}]}"#.to_string(),
+            "empty userId",
+        ),
+        (
+            format!(
+                r#"{{"policyName":"p",{U},"useScenes":[{{"useSence":"psi","remainingCounts":2}}]}}"#
+            ),
+            "remainingCounts needs counts",
+        ),
     ] {
-        let err = UsagePolicy::from_json(doc).unwrap_err().to_string();
+        let err = UsagePolicy::from_json(&doc).unwrap_err().to_string();
         assert!(err.contains(why), "{err} should contain {why}");
     }
 }
 
 #[test]
-fn dates_round_trip() {
-    for s in [
-        "1970-01-01 00:00:00",
-        "2024-02-29 23:59:59",
-        "2026-11-23 08:35:00",
+fn a_window_already_over_is_refused_at_creation() {
+    let p = UsagePolicy::from_json(POLICY).expect("policy");
+    let zone = Zone::default();
+    assert_eq!(p.check_can_admit(at("2026-06-01 00:00:00"), &zone), Ok(()));
+    // Before the start is fine: the licence will admit later.
+    assert_eq!(p.check_can_admit(at("2025-06-01 00:00:00"), &zone), Ok(()));
+    let err = p
+        .check_can_admit(at("2027-01-01 00:00:00"), &zone)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("already over"), "{err}");
+}
+
+#[test]
+fn the_window_is_read_in_the_operators_zone() {
+    // startDate 2026-01-01 00:00:00 in UTC+08:00 is 2025-12-31 16:00 UTC.
+    let p = UsagePolicy::from_json(POLICY).expect("policy");
+    let utc = Zone::utc();
+    let eval = |now: &str, zone: &Zone| {
+        evaluate(
+            &p,
+            &Request {
+                user: "alice",
+                groups: &[],
+                scene: "psi",
+                now_ms: utc.parse_instant(now).expect("now"),
+                zone,
+            },
+            Some(1),
+        )
+        .allowed()
+    };
+    assert!(eval("2025-12-31 16:00:00", &Zone::default()));
+    assert!(!eval("2025-12-31 15:59:59", &Zone::default()));
+    assert!(!eval("2025-12-31 16:00:00", &utc));
+    assert!(eval("2026-01-01 00:00:00", &utc));
+    // The end is exclusive: 2027-01-01 00:00 Beijing is 2026-12-31 16:00 UTC.
+    assert!(eval("2026-12-31 15:59:59", &Zone::default()));
+    assert!(!eval("2026-12-31 16:00:00", &Zone::default()));
+    for bad in [
+        "2023-02-29 00:00:00",
+        "2023-1-01 00:00:00",
+        "",
         "1969-12-31 23:59:59",
     ] {
-        assert_eq!(format_datetime(at(s)), s);
+        let doc = POLICY.replace("2026-01-01 00:00:00", bad);
+        assert!(UsagePolicy::from_json(&doc).is_err(), "{bad:?}");
     }
-    assert_eq!(at("1970-01-02"), 86_400_000);
-    assert!(parse_datetime("2023-02-29 00:00:00").is_err());
-    assert!(parse_datetime("2023-1-01 00:00:00").is_err());
-    assert!(parse_datetime("").is_err());
 }

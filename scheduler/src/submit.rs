@@ -281,6 +281,7 @@ impl Scheduler {
                     groups: &req.user_groups,
                     scene: &req.scene,
                     now_ms: now,
+                    zone: &self.config.zone,
                 },
                 remaining,
             );
