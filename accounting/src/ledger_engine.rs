@@ -22,13 +22,13 @@
 //!
 //! Account kinds per customer (cash, recharge voucher, deduction voucher, credit, holds,
 //! arrears), per provider (receivable, paid out) and of the operator (revenue, refunds,
-//! marketing, external) are [`AccountKind`]; their names extend [`crate::ledger::AccountRef`]
+//! marketing, external) are [`AccountKind`]; their names are [`crate::ledger::AccountKind`]
 //! (same names for the kinds both know), and ids are [`crate::ledger::derive_id`] of the name.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::civil::Millis;
-use crate::ledger::{AccountRef, TransferSpec, derive_id};
+use crate::ledger::{AccountKind, TransferSpec, derive_id};
 
 /// Account id.
 pub type AccountId = u128;
@@ -893,61 +893,22 @@ pub mod codes {
     pub const ARREARS: u16 = 10;
 }
 
-/// Well-known accounts.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum AccountKind {
-    /// Customer cash (may not go negative).
-    CustomerCash(String),
-    /// Customer recharge-voucher balance (may not go negative).
-    CustomerRechargeVoucher(String),
-    /// Customer deduction-voucher balance (may not go negative).
-    CustomerDeductionVoucher(String),
-    /// Customer credit line: may go negative down to its limit.
-    CustomerCredit(String),
-    /// Funds held for running jobs (may not go negative).
-    CustomerHolds(String),
-    /// Customer arrears (debit-normal, unconstrained).
-    CustomerArrears(String),
-    /// Provider receivable (may not go negative: payouts never exceed earnings).
-    ProviderReceivable(String),
-    /// Provider paid out.
-    ProviderPaidOut(String),
-    /// Operator revenue.
-    OperatorRevenue,
-    /// Operator refunds (contra revenue).
-    OperatorRefunds,
-    /// Operator marketing: funds coupons and vouchers.
-    OperatorMarketing,
-    /// Money entering or leaving the system.
-    External,
+/// Engine ids and constraint flags of the ledger's [`AccountKind`]s.
+pub trait EngineAccount {
+    /// Account id.
+    fn id(&self) -> AccountId;
+    /// Default constraint flags.
+    fn flags(&self) -> AccountFlags;
+    /// The account spec with default flags and limit 0.
+    fn spec(&self) -> AccountSpec;
 }
 
-impl AccountKind {
-    /// Stored name; equal to [`AccountRef::name`] for the kinds both know.
-    pub fn name(&self) -> String {
-        match self {
-            AccountKind::CustomerCash(c) => AccountRef::CustomerCash(c.clone()).name(),
-            AccountKind::CustomerRechargeVoucher(c) => format!("customer:{c}:recharge_voucher"),
-            AccountKind::CustomerDeductionVoucher(c) => format!("customer:{c}:deduction_voucher"),
-            AccountKind::CustomerCredit(c) => format!("customer:{c}:credit"),
-            AccountKind::CustomerHolds(c) => format!("customer:{c}:holds"),
-            AccountKind::CustomerArrears(c) => format!("customer:{c}:arrears"),
-            AccountKind::ProviderReceivable(p) => AccountRef::ProviderReceivable(p.clone()).name(),
-            AccountKind::ProviderPaidOut(p) => format!("provider:{p}:paid_out"),
-            AccountKind::OperatorRevenue => AccountRef::OperatorRevenue.name(),
-            AccountKind::OperatorRefunds => "operator:refunds".into(),
-            AccountKind::OperatorMarketing => "operator:marketing".into(),
-            AccountKind::External => AccountRef::External.name(),
-        }
-    }
-
-    /// Account id.
-    pub fn id(&self) -> AccountId {
+impl EngineAccount for AccountKind {
+    fn id(&self) -> AccountId {
         name_id(&self.name())
     }
 
-    /// Default constraint flags.
-    pub fn flags(&self) -> AccountFlags {
+    fn flags(&self) -> AccountFlags {
         match self {
             AccountKind::CustomerCash(_)
             | AccountKind::CustomerRechargeVoucher(_)
@@ -962,8 +923,7 @@ impl AccountKind {
         }
     }
 
-    /// The account spec with default flags and limit 0.
-    pub fn spec(&self) -> AccountSpec {
+    fn spec(&self) -> AccountSpec {
         AccountSpec {
             id: self.id(),
             name: self.name(),

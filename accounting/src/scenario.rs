@@ -123,8 +123,9 @@ use crate::freeze::{
     CustomerLimit, FreezeInput, LimitConfig, LimitSettings, ManualFreeze, ProductLimit,
     check_purchase, freeze_state,
 };
+use crate::ledger::AccountKind;
 use crate::ledger_engine::{
-    AccountKind, Ledger, Transfer, TransferOutcome, codes, link_all, plain, transfer_id,
+    EngineAccount, Ledger, Transfer, TransferOutcome, codes, link_all, plain, transfer_id,
 };
 use crate::money::{MICROS_PER_UNIT, Micros, format_amount, parse_amount, parse_decimal};
 use crate::payment::{
@@ -893,7 +894,7 @@ impl Sim {
             )?;
         }
         if let Some(p) = &line.provider {
-            let (_, prov) = line.shares();
+            let prov = line.split().provider_micros;
             let from = if line.kind == BillLineKind::Refund {
                 AccountKind::OperatorRefunds
             } else {

@@ -22,17 +22,15 @@ use std::time::Duration;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-pub use bills::{
-    BillLineRecord, BillRecord, LATE_WINDOW_MS_MAX, LineAmounts, NewBillLine, StatementRecord,
-    bill_id,
-};
+pub use bills::{BillLineRecord, BillRecord, LATE_WINDOW_MS_MAX, StatementRecord, bill_id};
+pub use tessera_accounting::bill::{Amounts, BillLineKind, NewBillLine, Split};
 pub use jobs::{
     AdmitContext, AdmitOutcome, Decision, FinishOutcome, JobFinish, JobRecord, NewJob, NewTask,
-    TaskRecord, TaskUpdate, UsageEventRecord, funding_accounts,
+    TaskRecord, TaskUpdate, UsageEventRecord,
 };
-pub use ledger::{
-    BalanceRecord, HoldRecord, LedgerOp, TransferOutcome, TransferRecord, default_limit,
-};
+pub use ledger::{BalanceRecord, HoldRecord, TransferRecord};
+pub use tessera_accounting::ledger::LedgerOp;
+pub use tessera_accounting::{LedgerError, TransferOutcome};
 pub use limits::{AccountStatus, FreezeContext, LimitScope};
 pub use records::{DatasetRecord, LicenceRecord, WorkerRecord};
 pub use terms::SubscriptionView;
@@ -70,9 +68,29 @@ pub enum StoreError {
         /// The id.
         id: String,
     },
-    /// A ledger rule was broken (balance limit, bad amount).
+    /// A ledger rule was broken: insufficient funds (a balance limit), a bad amount, an
+    /// unknown account name, a hold resolved twice (see [`LedgerError`]).
     #[error("ledger: {0}")]
-    Ledger(String),
+    Ledger(#[from] LedgerError),
+    /// A bill rule was broken: a line breaking the §3.8 identities, a bad period.
+    #[error("bill: {0}")]
+    Bill(#[from] tessera_accounting::bill::BillError),
+    /// A request value is out of its allowed range (nothing was written).
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// A provider statement's period still accepts late charges, so it cannot be paid out.
+    #[error("period {period} is still open for late charges until {until_ms} ms")]
+    PeriodOpen {
+        /// `YYYY-MM`.
+        period: String,
+        /// When it stops accepting them.
+        until_ms: i64,
+    },
     /// A business rule refused the operation (funds, limits, state); nothing was written.
     #[error("{0}")]
     Refused(String),

@@ -16,9 +16,10 @@ use tessera_accounting::freeze::{ManualFreeze, check_purchase};
 use tessera_accounting::subscription::{
     DailyPriceBasis, Subscription, SubscriptionStatus, Term, TermKind,
 };
-use tessera_accounting::{AccountKind, TransferSpec, derive_id, plan_holds, split_share};
+use tessera_accounting::AccountKind;
+use tessera_accounting::settle::{self, TermPurchase, TermRefund};
 
-use crate::bills::{LineAmounts, NewBillLine, add_line};
+use crate::bills::add_line;
 use crate::records::{LicenceRecord, load_licence};
 use crate::{Store, StoreError, audit, ledger, limits};
 
@@ -230,87 +231,31 @@ impl Store {
             .ok_or_else(|| refused("no term"))?;
         let price = term.original_micros;
 
-        // Pay: recharge voucher, cash, credit (prepaid products take no deduction vouchers).
-        let c = customer.to_string();
-        let mut funds = Vec::new();
-        for account in [
-            AccountKind::CustomerRechargeVoucher(c.clone()).name(),
-            cash_account.clone(),
-            AccountKind::CustomerCredit(c.clone()).name(),
-        ] {
-            let (spendable, min) = ledger::spendable(&mut tx, &account).await?;
-            funds.push((account, spendable.saturating_sub(min.unwrap_or(0)).max(0)));
+        // Pay in the payment order of a prepaid product (recharge voucher, cash, credit).
+        let funds = ledger::customer_funds(&mut tx, customer).await?;
+        let paid = settle::term_payment(
+            &TermPurchase {
+                licence_id,
+                customer,
+                provider: &l.licensor,
+                generation,
+                seq,
+                kind,
+                start: term.start,
+                end: term.end,
+                months: term.months,
+                price_micros: price,
+                monthly_price_micros: l.monthly_price_micros,
+                operator_share_bps: l.price.operator_share_bps,
+                now: now_ms,
+            },
+            &funds,
+        )
+        .map_err(refused)?;
+        for t in &paid.transfers {
+            ledger::post(&mut tx, t, now_ms).await?;
         }
-        let plan = plan_holds(&funds, price).map_err(refused)?;
-        let key = |parts: &[&str]| {
-            let mut all = vec!["term", licence_id, customer];
-            let g = generation.to_string();
-            let s = seq.to_string();
-            all.extend([g.as_str(), s.as_str()]);
-            all.extend(parts);
-            derive_id(&all)
-        };
-        let holds = AccountKind::CustomerHolds(c.clone()).name();
-        let mut amounts = LineAmounts {
-            original_micros: price,
-            ..LineAmounts::default()
-        };
-        let mut refundable = 0;
-        for (account, amount) in &plan {
-            if *account == cash_account {
-                amounts.cash_micros += amount;
-                refundable += amount;
-            } else if account.ends_with(":credit") {
-                amounts.credit_micros += amount;
-                refundable += amount;
-            } else {
-                amounts.recharge_voucher_micros += amount;
-            }
-            ledger::post(
-                &mut tx,
-                &TransferSpec {
-                    id: key(&[account]),
-                    debit: account.clone(),
-                    credit: holds.clone(),
-                    amount_micros: *amount,
-                    job_id: None,
-                    memo: format!("licence {licence_id} term {seq}"),
-                },
-                now_ms,
-            )
-            .await?;
-        }
-        let (provider_part, operator_part) = split_share(price, l.price.operator_share_bps);
-        amounts.provider_micros = provider_part;
-        amounts.operator_micros = operator_part;
-        for (leg, credit, amount) in [
-            (
-                "provider",
-                AccountKind::ProviderReceivable(l.licensor.clone()).name(),
-                provider_part,
-            ),
-            (
-                "operator",
-                AccountKind::OperatorRevenue.name(),
-                operator_part,
-            ),
-        ] {
-            if amount > 0 {
-                ledger::post(
-                    &mut tx,
-                    &TransferSpec {
-                        id: key(&[leg]),
-                        debit: holds.clone(),
-                        credit,
-                        amount_micros: amount,
-                        job_id: None,
-                        memo: format!("licence {licence_id} term {seq}, {leg} share"),
-                    },
-                    now_ms,
-                )
-                .await?;
-            }
-        }
+        let refundable = paid.refundable_micros;
         sqlx::query(
             "INSERT INTO licence_subscriptions (licence_id, customer, status, generation, created_at_ms) \
              VALUES (?, ?, 'active', ?, ?) ON CONFLICT(licence_id, customer) DO UPDATE SET \
@@ -322,11 +267,7 @@ impl Store {
         .bind(now_ms)
         .execute(&mut *tx)
         .await?;
-        let kind_name = if kind == TermKind::Order {
-            "order"
-        } else {
-            "renewal"
-        };
+        let kind_name = paid.line.kind.name();
         sqlx::query(
             "INSERT INTO licence_terms (licence_id, customer, generation, seq, kind, start_ms, end_ms, months, \
              original_micros, refundable_paid_micros, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -344,27 +285,7 @@ impl Store {
         .bind(now_ms)
         .execute(&mut *tx)
         .await?;
-        add_line(
-            &mut tx,
-            &NewBillLine {
-                line_id: key(&["bill"]),
-                customer: customer.to_string(),
-                job_id: None,
-                kind: kind_name.into(),
-                product,
-                provider: l.licensor.clone(),
-                event_time_ms: now_ms,
-                service_start_ms: term.start,
-                service_end_ms: term.end,
-                amounts,
-                note: format!(
-                    "{kind_name} of {} month(s) at {} per month",
-                    term.months, l.monthly_price_micros
-                ),
-            },
-            now_ms,
-        )
-        .await?;
+        add_line(&mut tx, &paid.line, now_ms).await?;
         let view = SubscriptionView {
             licence_id: licence_id.to_string(),
             customer: customer.to_string(),
@@ -380,7 +301,8 @@ impl Store {
             now_ms,
             "licence_subscribe",
             &format!("{licence_id}/{customer}"),
-            &serde_json::json!({"kind": kind_name, "view": view, "paid_from": plan}),
+            &serde_json::json!({"kind": kind_name, "view": view,
+                "paid_from": paid.paid_from.iter().map(|(a, m)| (a.name(), m)).collect::<Vec<_>>()}),
         )
         .await?;
         tx.commit().await?;
@@ -421,64 +343,24 @@ impl Store {
             .quote_unsubscribe(now_ms, DailyPriceBasis::default())
             .map_err(refused)?;
         let refund = q.refund_micros;
-        let (provider_part, operator_part) = split_share(refund, l.price.operator_share_bps);
-        let cash = AccountKind::CustomerCash(customer.to_string()).name();
-        let g = generation.to_string();
-        for (leg, debit, amount) in [
-            (
-                "provider",
-                AccountKind::ProviderReceivable(l.licensor.clone()).name(),
-                provider_part,
-            ),
-            (
-                "operator",
-                AccountKind::OperatorRefunds.name(),
-                operator_part,
-            ),
-        ] {
-            if amount > 0 {
-                ledger::post(
-                    &mut tx,
-                    &TransferSpec {
-                        id: derive_id(&["refund", licence_id, customer, &g, leg]),
-                        debit,
-                        credit: cash.clone(),
-                        amount_micros: amount,
-                        job_id: None,
-                        memo: format!("refund of licence {licence_id}, {leg} share"),
-                    },
-                    now_ms,
-                )
-                .await?;
-            }
+        let (transfers, line) = settle::term_refund(&TermRefund {
+            licence_id,
+            customer,
+            provider: &l.licensor,
+            generation,
+            refund_micros: refund,
+            operator_share_bps: l.price.operator_share_bps,
+            start: sub.start(),
+            now: now_ms,
+            refundable_paid_micros: q.refundable_paid_micros,
+            months_used: q.months_used,
+            monthly_price_micros: l.monthly_price_micros,
+        })
+        .map_err(refused)?;
+        for t in &transfers {
+            ledger::post(&mut tx, t, now_ms).await?;
         }
-        add_line(
-            &mut tx,
-            &NewBillLine {
-                line_id: derive_id(&["refund-bill", licence_id, customer, &g]),
-                customer: customer.to_string(),
-                job_id: None,
-                kind: "refund".into(),
-                product: format!("licence:{licence_id}"),
-                provider: l.licensor.clone(),
-                event_time_ms: now_ms,
-                service_start_ms: sub.start(),
-                service_end_ms: now_ms.max(sub.start()),
-                amounts: LineAmounts {
-                    original_micros: -refund,
-                    cash_micros: -refund,
-                    provider_micros: -provider_part,
-                    operator_micros: -operator_part,
-                    ..LineAmounts::default()
-                },
-                note: format!(
-                    "unsubscribed: paid {} − {} month(s) used × {} = refund {refund}",
-                    q.refundable_paid_micros, q.months_used, l.monthly_price_micros
-                ),
-            },
-            now_ms,
-        )
-        .await?;
+        add_line(&mut tx, &line, now_ms).await?;
         sqlx::query(
             "UPDATE licence_subscriptions SET status = 'closed', closed_at_ms = ? WHERE licence_id = ? AND customer = ?",
         )

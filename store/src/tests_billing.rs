@@ -143,18 +143,20 @@ fn line(id: &str, customer: &str, event: i64, paid: i64) -> NewBillLine {
         line_id: id.into(),
         customer: customer.into(),
         job_id: None,
-        kind: "usage".into(),
+        kind: BillLineKind::Usage,
         product: "psi".into(),
         provider: "prov".into(),
         event_time_ms: event,
         service_start_ms: event,
         service_end_ms: event,
-        amounts: LineAmounts {
-            original_micros: paid,
-            cash_micros: paid,
+        amounts: Amounts {
+            original: paid,
+            cash: paid,
+            ..Amounts::default()
+        },
+        split: Split {
             provider_micros: paid - paid / 10,
             operator_micros: paid / 10,
-            ..LineAmounts::default()
         },
         note: String::new(),
     }
@@ -210,7 +212,7 @@ async fn late_lines_land_in_their_month_or_as_corrections_and_closed_bills_never
     assert_eq!(b.corrects_period.as_deref(), Some("2026-11"));
     // A line that breaks the identities is refused.
     let mut bad = line("c", "u", nov, 50);
-    bad.amounts.cash_micros = 49;
+    bad.amounts.cash = 49;
     assert!(
         store
             .add_bill_line(&bad, at("2026-12-03 00:00:00"))
@@ -223,7 +225,7 @@ async fn late_lines_land_in_their_month_or_as_corrections_and_closed_bills_never
     assert_eq!(bills[0].period, "2026-12");
     assert_eq!(bills[0].state, "open");
     assert_eq!(bills[1].state, "closed");
-    assert_eq!(bills[1].totals.original_micros, 100);
+    assert_eq!(bills[1].totals.original, 100);
     assert_eq!(store.bill_lines("2026-11:u").await.expect("lines").len(), 1);
     assert!(matches!(
         store.bill_lines("2026-10:u").await,
@@ -522,9 +524,9 @@ async fn licence_terms_are_bought_renewed_and_refunded_by_the_manuals_rules() {
         all
     };
     let kinds: std::collections::BTreeSet<&str> =
-        lines.iter().map(|l| l.line.kind.as_str()).collect();
+        lines.iter().map(|l| l.line.kind.name()).collect();
     assert_eq!(kinds, ["order", "refund", "renewal"].into_iter().collect());
-    assert!(lines.iter().any(|l| l.line.amounts.cash_micros == -200 * y));
+    assert!(lines.iter().any(|l| l.line.amounts.cash == -200 * y));
     assert!(store.ledger_balanced().await.expect("balanced"));
     assert!(store.verify_audit().await.expect("audit").ok());
 }
