@@ -21,7 +21,7 @@ use tessera_accounting::settle::{self, TermPurchase, TermRefund};
 
 use crate::bills::add_line;
 use crate::records::{LicenceRecord, load_licence};
-use crate::{Store, StoreError, audit, ledger, limits};
+use crate::{Refusal, Store, StoreError, audit, ledger, limits};
 
 /// What a subscription operation did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -49,8 +49,8 @@ struct Loaded {
     generation: i64,
 }
 
-fn refused(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Refused(e.to_string())
+fn refused(e: impl Into<Refusal>) -> StoreError {
+    StoreError::Refused(e.into())
 }
 
 async fn load(
@@ -159,22 +159,22 @@ impl Store {
         let mut tx = self.write.begin().await?;
         let l = load_licence(&mut tx, licence_id).await?;
         if l.monthly_price_micros == 0 {
-            return Err(refused(format!(
-                "licence {licence_id} has no monthly price: its jobs are metered only"
-            )));
+            return Err(refused(Refusal::NotMonthly(licence_id.to_string())));
         }
         if l.licensee != customer {
-            return Err(refused(format!(
-                "licence {licence_id} is licensed to {}, not {customer}",
-                l.licensee
-            )));
+            return Err(refused(Refusal::NotLicensee {
+                licence: licence_id.to_string(),
+                licensee: l.licensee.clone(),
+                customer: customer.to_string(),
+            }));
         }
         let product = format!("licence:{licence_id}");
         let freeze = limits::load_context(&mut tx, customer).await?;
         if let ManualFreeze::Frozen(why) = &freeze.manual {
-            return Err(refused(format!(
-                "account {customer} frozen manually: {why}"
-            )));
+            return Err(refused(Refusal::AccountFrozen {
+                customer: customer.to_string(),
+                reason: why.clone(),
+            }));
         }
         let cash_account = AccountKind::CustomerCash(customer.to_string()).name();
         let (cash, _) = ledger::spendable(&mut tx, &cash_account).await?;
@@ -228,7 +228,7 @@ impl Store {
             .terms
             .last()
             .cloned()
-            .ok_or_else(|| refused("no term"))?;
+            .ok_or_else(|| StoreError::Corrupt(format!("subscription {licence_id}/{customer} has no term")))?;
         let price = term.original_micros;
 
         // Pay in the payment order of a prepaid product (recharge voucher, cash, credit).
@@ -332,9 +332,9 @@ impl Store {
             });
         };
         if !matches!(sub.status, SubscriptionStatus::Active) {
-            return Err(refused(format!(
-                "subscription {licence_id}/{customer} is already closed"
-            )));
+            return Err(refused(Refusal::SubscriptionClosed(format!(
+                "{licence_id}/{customer}"
+            ))));
         }
         if now_ms >= sub.end() {
             sub.freeze(sub.end());
