@@ -273,17 +273,22 @@ impl Amounts {
         }
     }
 
-    /// Adds another line's amounts.
-    pub fn add(&mut self, o: &Amounts) {
-        self.original += o.original;
-        self.platform_discount += o.platform_discount;
-        self.customer_discount += o.customer_discount;
-        self.coupon += o.coupon;
-        self.deduction_voucher += o.deduction_voucher;
-        self.recharge_voucher += o.recharge_voucher;
-        self.cash += o.cash;
-        self.credit += o.credit;
-        self.arrears += o.arrears;
+    /// Adds another line's amounts, member by member; [`MoneyError::Overflow`] (and no change)
+    /// when a sum does not fit.
+    pub fn checked_add(&mut self, o: &Amounts) -> Result<(), MoneyError> {
+        let add = |a: Micros, b: Micros| a.checked_add(b).ok_or(MoneyError::Overflow);
+        *self = Amounts {
+            original: add(self.original, o.original)?,
+            platform_discount: add(self.platform_discount, o.platform_discount)?,
+            customer_discount: add(self.customer_discount, o.customer_discount)?,
+            coupon: add(self.coupon, o.coupon)?,
+            deduction_voucher: add(self.deduction_voucher, o.deduction_voucher)?,
+            recharge_voucher: add(self.recharge_voucher, o.recharge_voucher)?,
+            cash: add(self.cash, o.cash)?,
+            credit: add(self.credit, o.credit)?,
+            arrears: add(self.arrears, o.arrears)?,
+        };
+        Ok(())
     }
 }
 
@@ -524,13 +529,13 @@ pub struct PeriodBill {
 }
 
 impl PeriodBill {
-    /// Sum of the lines.
-    pub fn totals(&self) -> Amounts {
+    /// Sum of the lines (checked).
+    pub fn totals(&self) -> Result<Amounts, BillError> {
         let mut t = Amounts::default();
         for l in &self.lines {
-            t.add(&l.line.amounts);
+            t.checked_add(&l.line.amounts)?;
         }
-        t
+        Ok(t)
     }
 }
 
@@ -678,7 +683,9 @@ impl BillBook {
         for b in self.bills.values() {
             for l in &b.lines {
                 for (y, m, a) in split_line(&l.line)? {
-                    out.entry((b.customer.clone(), y, m)).or_default().add(&a);
+                    out.entry((b.customer.clone(), y, m))
+                        .or_default()
+                        .checked_add(&a)?;
                 }
             }
         }
@@ -707,7 +714,8 @@ pub struct ProviderStatement {
 
 /// Settlement statements per provider and bill month (the month of the bill carrying each
 /// line).
-pub fn provider_statements(book: &BillBook) -> Vec<ProviderStatement> {
+pub fn provider_statements(book: &BillBook) -> Result<Vec<ProviderStatement>, BillError> {
+    let add = |a: Micros, b: Micros| a.checked_add(b).ok_or(MoneyError::Overflow);
     let mut out: BTreeMap<(String, i32, u8), ProviderStatement> = BTreeMap::new();
     for b in book.bills() {
         for l in &b.lines {
@@ -728,12 +736,12 @@ pub fn provider_statements(book: &BillBook) -> Vec<ProviderStatement> {
                     provider_micros: 0,
                 });
             s.lines += 1;
-            s.gross_micros += l.line.amounts.paid();
-            s.operator_micros += op;
-            s.provider_micros += prov;
+            s.gross_micros = add(s.gross_micros, l.line.amounts.paid())?;
+            s.operator_micros = add(s.operator_micros, op)?;
+            s.provider_micros = add(s.provider_micros, prov)?;
         }
     }
-    out.into_values().collect()
+    Ok(out.into_values().collect())
 }
 
 #[cfg(test)]
@@ -825,7 +833,7 @@ mod tests {
         let mut sum = Amounts::default();
         for (_, _, a) in &pieces {
             assert!(a.identities_hold());
-            sum.add(a);
+            sum.checked_add(a).expect("sum");
         }
         assert_eq!(sum, l.amounts);
     }
@@ -872,7 +880,7 @@ mod tests {
             book.post(bad, 0),
             Err(BillError::IdentityViolated("e".into()))
         );
-        let st = provider_statements(&book);
+        let st = provider_statements(&book).expect("statements");
         assert_eq!(st.len(), 2);
         assert_eq!(
             (

@@ -351,7 +351,7 @@ async fn run(
         log: std::mem::take(&mut sim.log),
         customers,
         bills: sim.bills.bills().cloned().collect(),
-        provider_statements: provider_statements(&sim.bills),
+        provider_statements: provider_statements(&sim.bills)?,
         period_view: sim.bills.period_statistics()?.into_iter().collect(),
         ledger_balances,
         transfer_count,

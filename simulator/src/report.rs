@@ -120,7 +120,11 @@ impl SimulationReport {
                     amounts_text(&l.line.amounts)
                 );
             }
-            let _ = writeln!(out, "    total: {}", amounts_text(&b.totals()));
+            let total = match b.totals() {
+                Ok(t) => amounts_text(&t),
+                Err(e) => format!("cannot be summed: {e}"),
+            };
+            let _ = writeln!(out, "    total: {total}");
         }
         let _ = writeln!(out, "\nperiod view (lines split by hours, §3.8.3.2):");
         for ((c, y, m), a) in &self.period_view {

@@ -170,7 +170,10 @@ impl Sim {
             if amount > 0 {
                 out.push(plain(id(part), &from, &to, amount, code));
             } else if amount < 0 {
-                out.push(plain(id(part), &to, &from, -amount, code));
+                let back = amount.checked_neg().ok_or_else(|| {
+                    ScenarioError::Inconsistent(format!("amount {amount} overflows"))
+                })?;
+                out.push(plain(id(part), &to, &from, back, code));
             }
             Ok(())
         };

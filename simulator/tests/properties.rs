@@ -444,7 +444,7 @@ proptest! {
         let mut total = Amounts::default();
         for (_, _, a) in &parts {
             prop_assert!(a.identities_hold());
-            total.add(a);
+            total.checked_add(a).expect("sum");
         }
         prop_assert_eq!(total, line.amounts);
     }

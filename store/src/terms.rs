@@ -275,7 +275,7 @@ impl Store {
         .bind(licence_id)
         .bind(customer)
         .bind(generation)
-        .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+        .bind(i64::try_from(seq).map_err(|_| StoreError::Corrupt(format!("term index {seq}")))?)
         .bind(kind_name)
         .bind(term.start)
         .bind(term.end)

@@ -61,7 +61,7 @@ async fn holds_reserve_post_partially_and_void_exactly_once() {
     let too_much = transfer("hold2", "customer:u:cash", "customer:u:holds", 21);
     assert!(matches!(
         store.apply_ledger(&[LedgerOp::Hold(too_much)], 3).await,
-        Err(StoreError::Ledger(_))
+        Err(StoreError::Ledger(LedgerError::InsufficientFunds { .. }))
     ));
     // Nor can a plain transfer spend the held funds.
     let spend = transfer("spend", "customer:u:cash", "operator:revenue", 30);
@@ -269,7 +269,7 @@ async fn payouts_pay_a_closed_month_once() {
         store
             .payout("prov", "2026-11", at("2026-11-30 00:00:00"))
             .await,
-        Err(StoreError::Ledger(_))
+        Err(StoreError::PeriodOpen { .. })
     ));
     assert!(store.payout("prov", "2026-13", nov).await.is_err());
     let dec = at("2026-12-01 00:00:00");
@@ -441,7 +441,7 @@ async fn licence_terms_are_bought_renewed_and_refunded_by_the_manuals_rules() {
     deposit(&store, "customer:u:cash", 500 * y).await;
     assert!(matches!(
         store.subscribe("lic", "u", 3, t0).await,
-        Err(StoreError::Refused(_))
+        Err(StoreError::Refused(Refusal::Funds(_)))
     ));
     assert!(store.subscribe("lic", "someone", 1, t0).await.is_err());
     // The recharge voucher pays first, then cash.
@@ -486,7 +486,7 @@ async fn licence_terms_are_bought_renewed_and_refunded_by_the_manuals_rules() {
         store
             .unsubscribe("lic", "u", at("2026-11-29 00:00:00"))
             .await,
-        Err(StoreError::Refused(_))
+        Err(StoreError::Refused(Refusal::SubscriptionClosed(_)))
     ));
 
     // Ordered again: a new generation; renewed after its end it restarts at the renewal time.
