@@ -229,7 +229,11 @@ impl FromStr for AccountKind {
         let unknown = || LedgerError::UnknownAccount(s.to_string());
         let parts: Vec<&str> = s.split(':').collect();
         let owned = |o: &str| -> Result<String, LedgerError> {
-            if o.is_empty() { Err(unknown()) } else { Ok(o.to_string()) }
+            if o.is_empty() {
+                Err(unknown())
+            } else {
+                Ok(o.to_string())
+            }
         };
         Ok(match parts.as_slice() {
             ["customer", c, "cash"] => Self::CustomerCash(owned(c)?),

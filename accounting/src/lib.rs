@@ -30,9 +30,9 @@ pub mod rating;
 pub mod settle;
 pub mod subscription;
 
+pub use bill::{Amounts, NewBillLine, Split, split_share};
 pub use discount::{DiscountBook, DiscountStrategy};
 pub use freeze::{FreezeDecision, FreezeInput, LimitSettings, freeze_state};
-pub use bill::{Amounts, NewBillLine, Split, split_share};
 pub use ledger::{
     AccountKind, BalanceLimit, LedgerError, TransferOutcome, TransferSpec, derive_id,
     sum_is_balanced,

@@ -1273,10 +1273,7 @@ mod job_tests {
             per_1k_rows_micros: 0,
             operator_share_bps: 0,
         };
-        assert!(matches!(
-            rate_job(&p, 1),
-            Err(RateError::NegativePrice(_))
-        ));
+        assert!(matches!(rate_job(&p, 1), Err(RateError::NegativePrice(_))));
         let p = JobPrice {
             per_job_micros: 0,
             per_1k_rows_micros: 0,

@@ -121,25 +121,30 @@ pub fn admission_holds(
     funds: &Funds,
 ) -> Result<Vec<TransferSpec>, SettleError> {
     let holds = AccountKind::CustomerHolds(customer.to_string()).name();
-    Ok(draw_funds(customer, funds, BillingMode::Postpaid, max_micros)?
-        .into_iter()
-        .map(|(account, amount)| {
-            let account = account.name();
-            TransferSpec {
-                id: derive_id(&["hold", job_id, &account]),
-                debit: account,
-                credit: holds.clone(),
-                amount_micros: amount,
-                job_id: Some(job_id.to_string()),
-                memo: format!("hold for {scene} job, estimated maximum {max_micros} micros"),
-            }
-        })
-        .collect())
+    Ok(
+        draw_funds(customer, funds, BillingMode::Postpaid, max_micros)?
+            .into_iter()
+            .map(|(account, amount)| {
+                let account = account.name();
+                TransferSpec {
+                    id: derive_id(&["hold", job_id, &account]),
+                    debit: account,
+                    credit: holds.clone(),
+                    amount_micros: amount,
+                    job_id: Some(job_id.to_string()),
+                    memo: format!("hold for {scene} job, estimated maximum {max_micros} micros"),
+                }
+            })
+            .collect(),
+    )
 }
 
 /// The most a job under `price` can cost when the provider declared `declared_rows` rows
 /// (none declared: the per-job price alone).
-pub fn estimate_max_cost(price: &JobPrice, declared_rows: Option<u64>) -> Result<Micros, RateError> {
+pub fn estimate_max_cost(
+    price: &JobPrice,
+    declared_rows: Option<u64>,
+) -> Result<Micros, RateError> {
     Ok(rate_job(price, declared_rows.unwrap_or(0))?.total_micros)
 }
 
@@ -238,10 +243,7 @@ pub fn job_settlement(job: &FinishedJob<'_>) -> Result<JobSettlement, SettleErro
                 credit: credit.name(),
                 amount_micros: amount,
                 job_id: Some(job.job_id.to_string()),
-                memo: format!(
-                    "{} job, {} provider rows, {leg} share",
-                    job.scene, job.rows
-                ),
+                memo: format!("{} job, {} provider rows, {leg} share", job.scene, job.rows),
             }));
         }
     }
@@ -357,8 +359,8 @@ pub fn term_payment(t: &TermPurchase<'_>, funds: &Funds) -> Result<TermSettlemen
     let mut refundable: Micros = 0;
     let mut transfers = Vec::new();
     for (account, amount) in &paid_from {
-        let fund = Fund::of_account(account)
-            .ok_or_else(|| SettleError::ForeignHold(account.name()))?;
+        let fund =
+            Fund::of_account(account).ok_or_else(|| SettleError::ForeignHold(account.name()))?;
         add_to(&mut amounts, fund, *amount)?;
         if matches!(fund, Fund::Cash | Fund::Credit) {
             refundable = refundable
@@ -382,7 +384,11 @@ pub fn term_payment(t: &TermPurchase<'_>, funds: &Funds) -> Result<TermSettlemen
             AccountKind::ProviderReceivable(t.provider.to_string()),
             split.provider_micros,
         ),
-        ("operator", AccountKind::OperatorRevenue, split.operator_micros),
+        (
+            "operator",
+            AccountKind::OperatorRevenue,
+            split.operator_micros,
+        ),
     ] {
         if amount > 0 {
             transfers.push(TransferSpec {
@@ -464,7 +470,11 @@ pub fn term_refund(r: &TermRefund<'_>) -> Result<(Vec<TransferSpec>, NewBillLine
             AccountKind::ProviderReceivable(r.provider.to_string()),
             split.provider_micros,
         ),
-        ("operator", AccountKind::OperatorRefunds, split.operator_micros),
+        (
+            "operator",
+            AccountKind::OperatorRefunds,
+            split.operator_micros,
+        ),
     ] {
         if amount > 0 {
             transfers.push(TransferSpec {

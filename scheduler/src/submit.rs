@@ -302,8 +302,7 @@ impl Scheduler {
                     Vec::new()
                 }
             };
-            let funds: Vec<(String, i64)> =
-                ctx.funds.iter().map(|(a, m)| (a.name(), *m)).collect();
+            let funds: Vec<(String, i64)> = ctx.funds.iter().map(|(a, m)| (a.name(), *m)).collect();
             detail = serde_json::json!({
                 "checks": verdict.checks, "funds": funds, "cash_micros": ctx.cash_micros,
                 "declared_rows": declared_rows,
@@ -727,4 +726,3 @@ impl Scheduler {
         self.job(job_id).await
     }
 }
-

@@ -447,7 +447,6 @@ pub(crate) fn limit(l: &LimitDto, field: &str) -> Result<LimitConfig, ScenarioEr
     })
 }
 
-
 /// A parsed event.
 pub(crate) struct Ev {
     pub(crate) index: usize,
@@ -469,7 +468,11 @@ pub(crate) struct Ev {
 }
 
 impl Ev {
-    pub(crate) fn field<'a>(&self, v: &'a Option<String>, name: &str) -> Result<&'a str, ScenarioError> {
+    pub(crate) fn field<'a>(
+        &self,
+        v: &'a Option<String>,
+        name: &str,
+    ) -> Result<&'a str, ScenarioError> {
         v.as_deref()
             .ok_or_else(|| invalid(format!("event {} {name}", self.index), "missing"))
     }
@@ -498,7 +501,6 @@ pub(crate) fn bound(n: usize, what: &str) -> Result<(), ScenarioError> {
     }
     Ok(())
 }
-
 
 /// What an event does (the `kind` field), parsed once when the file is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -545,7 +547,27 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 19] = [EventKind::Subscribe, EventKind::Renew, EventKind::Unsubscribe, EventKind::FreezeResource, EventKind::OpenMetered, EventKind::Settle, EventKind::CloseMetered, EventKind::Usage, EventKind::CheckJob, EventKind::Recharge, EventKind::RedeemRechargeVoucher, EventKind::ManualFreeze, EventKind::ManualThaw, EventKind::ClearManual, EventKind::WhitelistAdd, EventKind::WhitelistRemove, EventKind::TerminateContract, EventKind::Payout, EventKind::CloseBills];
+    pub const ALL: [EventKind; 19] = [
+        EventKind::Subscribe,
+        EventKind::Renew,
+        EventKind::Unsubscribe,
+        EventKind::FreezeResource,
+        EventKind::OpenMetered,
+        EventKind::Settle,
+        EventKind::CloseMetered,
+        EventKind::Usage,
+        EventKind::CheckJob,
+        EventKind::Recharge,
+        EventKind::RedeemRechargeVoucher,
+        EventKind::ManualFreeze,
+        EventKind::ManualThaw,
+        EventKind::ClearManual,
+        EventKind::WhitelistAdd,
+        EventKind::WhitelistRemove,
+        EventKind::TerminateContract,
+        EventKind::Payout,
+        EventKind::CloseBills,
+    ];
 
     /// The name used in scenario files and reports.
     pub fn name(self) -> &'static str {

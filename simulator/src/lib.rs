@@ -109,7 +109,6 @@
 //! account) is logged as `rejected: …` and changes nothing; a malformed scenario is a
 //! [`ScenarioError`].
 
-
 mod format;
 pub mod report;
 mod setup;
@@ -221,13 +220,15 @@ async fn flush(sim: &mut sim::Sim, store: &Store) -> Result<(), ScenarioError> {
                     .await
                     .map_err(store_err)?;
             }
-            sim::Outgoing::Payout(t, at) => match store.post_transfers(&[t.clone()], at).await {
-                Ok(_) => sim
-                    .log
-                    .push(format!("  paid out {}", format_amount(t.amount_micros))),
-                Err(StoreError::Ledger(why)) => sim.reject(format!("payout: {why}")),
-                Err(e) => return Err(store_err(e)),
-            },
+            sim::Outgoing::Payout(t, at) => {
+                match store.post_transfers(std::slice::from_ref(&t), at).await {
+                    Ok(_) => sim
+                        .log
+                        .push(format!("  paid out {}", format_amount(t.amount_micros))),
+                    Err(StoreError::Ledger(why)) => sim.reject(format!("payout: {why}")),
+                    Err(e) => return Err(store_err(e)),
+                }
+            }
         }
     }
     Ok(())
@@ -427,7 +428,8 @@ id = "s"
             Err(ScenarioError::Parse(
                 "invalid type: integer `1`, expected a string".into(),
             )),
-        ).await;
+        )
+        .await;
         check(
             "name = \"x\"\n[[events]]\nat = \"2021-01-02\"\nkind = \"recharge\"\ncustomer = \"a\"\namount = 1\n[[events]]\nat = \"2021-01-01\"\nkind = \"settle\"",
             Err(ScenarioError::EventsOutOfOrder(1)),
@@ -442,11 +444,13 @@ id = "s"
         check(
             "name = \"x\"\n[[customers]]\nid = \"a\"\n[[customers]]\nid = \"a\"",
             Err(ScenarioError::Duplicate("a".into())),
-        ).await;
+        )
+        .await;
         check(
             "name = \"x\"\n[[events]]\nat = \"2021-01-02\"\nkind = \"dance\"",
             Err(invalid("event 0", "unknown kind dance")),
-        ).await;
+        )
+        .await;
         assert_eq!(
             simulate(&" ".repeat(MAX_SCENARIO_BYTES + 1)).await,
             Err(ScenarioError::TooLarge)
@@ -454,4 +458,3 @@ id = "s"
         check("name = \"x\"\nbogus = 1", Err(ScenarioError::Parse("unknown field `bogus`, expected one of `name`, `description`, `settings`, `customers`, `products`, `discounts`, `contracts`, `coupons`, `deduction_vouchers`, `recharge_vouchers`, `limits`, `events`".into()))).await;
     }
 }
-

@@ -47,7 +47,6 @@ pub struct SimulationReport {
     pub transfer_count: usize,
 }
 
-
 pub(crate) fn amounts_text(a: &Amounts) -> String {
     format!(
         "original {} - platform {} - customer {} = paid {} | coupon {} + deduction voucher {} + recharge voucher {} + cash {} + credit {} + arrears {}",
@@ -63,8 +62,6 @@ pub(crate) fn amounts_text(a: &Amounts) -> String {
         format_amount(a.arrears),
     )
 }
-
-
 
 fn amount_i128(v: i128) -> String {
     i64::try_from(v).map_or_else(|_| v.to_string(), format_amount)
@@ -157,4 +154,3 @@ impl SimulationReport {
         out
     }
 }
-

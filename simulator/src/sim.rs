@@ -3,9 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use tessera_accounting::bill::{
-    Amounts, BillBook, BillLine, BillLineKind, Placement,
-};
+use tessera_accounting::bill::{Amounts, BillBook, BillLine, BillLineKind, Placement};
 use tessera_accounting::civil::{MS_PER_HOUR, Millis, ceil_hour, floor_hour, format_millis};
 use tessera_accounting::discount::{
     Discount, DiscountBook, DiscountOutcome, DiscountRange, DiscountRequest, DiscountSource,
@@ -119,7 +117,6 @@ pub(crate) struct Sim {
     pub(crate) seq: BTreeMap<&'static str, u64>,
 }
 
-
 impl Sim {
     pub(crate) fn customer(&mut self, id: &str) -> Result<&mut CustomerState, ScenarioError> {
         self.customers
@@ -141,7 +138,11 @@ impl Sim {
     }
 
     /// Queues a batch of transfers (all or nothing) at `now`.
-    pub(crate) fn post(&mut self, chain: Vec<TransferSpec>, now: Millis) -> Result<(), ScenarioError> {
+    pub(crate) fn post(
+        &mut self,
+        chain: Vec<TransferSpec>,
+        now: Millis,
+    ) -> Result<(), ScenarioError> {
         if !chain.is_empty() {
             self.outbox.push(Outgoing::Transfers(chain, now));
         }
@@ -155,7 +156,10 @@ impl Sim {
     }
 
     /// Ledger chain for a payment (or negative refund amounts) of a bill line.
-    pub(crate) fn payment_chain(&self, line: &BillLine) -> Result<Vec<TransferSpec>, ScenarioError> {
+    pub(crate) fn payment_chain(
+        &self,
+        line: &BillLine,
+    ) -> Result<Vec<TransferSpec>, ScenarioError> {
         let c = &line.customer;
         let a = &line.amounts;
         let rev = AccountKind::OperatorRevenue;
@@ -1089,7 +1093,8 @@ impl Sim {
                 let st = self.customer(&customer)?;
                 st.wallet.credit_limit_micros -= withdrawn;
                 let limit = st.wallet.credit_limit_micros;
-                self.outbox.push(Outgoing::CreditLine(customer.clone(), limit));
+                self.outbox
+                    .push(Outgoing::CreditLine(customer.clone(), limit));
                 self.log.push(format!(
                     "  contract {id} terminated: unused credit {} withdrawn, credit limit now {}",
                     format_amount(withdrawn),

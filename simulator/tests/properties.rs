@@ -14,16 +14,16 @@ use tessera_accounting::discount::{
 use tessera_accounting::ledger::{
     AccountKind, BalanceLimit, LedgerOp, TransferOutcome, TransferSpec, derive_id,
 };
-use tessera_accounting::rating::JobPrice;
-use tessera_accounting::settle::{self, FinishedJob};
 use tessera_accounting::payment::{
     Coupon, DeductionVoucher, PaymentError, PaymentRequest, Wallet, apply_payment, plan_payment,
 };
 use tessera_accounting::rating::BillingMode;
-use tessera_simulator::simulate;
-use tessera_store::{Store, StoreError};
+use tessera_accounting::rating::JobPrice;
+use tessera_accounting::settle::{self, FinishedJob};
 use tessera_accounting::subscription::{DailyPriceBasis, Subscription};
 use tessera_accounting::sum_is_balanced;
+use tessera_simulator::simulate;
+use tessera_store::{Store, StoreError};
 
 // ---------------------------------------------------------------------------------------
 // The production ledger (tessera-store on SQLite)
@@ -59,7 +59,12 @@ enum Op {
 }
 
 fn leg() -> impl Strategy<Value = (usize, usize, i64, bool)> {
-    (0..ACCOUNTS.len(), 0..ACCOUNTS.len(), 1i64..400, any::<bool>())
+    (
+        0..ACCOUNTS.len(),
+        0..ACCOUNTS.len(),
+        1i64..400,
+        any::<bool>(),
+    )
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -98,7 +103,10 @@ async fn snapshot(store: &Store) -> Snapshot {
 /// Double entry on the stored data, balances summing to zero, no spendable balance below its
 /// limit, and the §3.8 identities on every stored bill line.
 async fn check_store(store: &Store) {
-    assert!(store.ledger_balanced().await.expect("check"), "double entry");
+    assert!(
+        store.ledger_balanced().await.expect("check"),
+        "double entry"
+    );
     let balances = store.balances().await.expect("balances");
     assert!(sum_is_balanced(balances.iter().map(|b| b.balance_micros)));
     for b in &balances {
@@ -108,7 +116,11 @@ async fn check_store(store: &Store) {
             k => k.default_limit(),
         };
         let spendable = store.spendable(&b.account).await.expect("spendable");
-        assert!(limit.allows(spendable), "{} at {spendable} below {limit:?}", b.account);
+        assert!(
+            limit.allows(spendable),
+            "{} at {spendable} below {limit:?}",
+            b.account
+        );
     }
     for bill in store.bills(None, None).await.expect("bills") {
         for l in store.bill_lines(&bill.bill_id).await.expect("lines") {
@@ -141,7 +153,10 @@ async fn run_job(store: &Store, n: usize, per_job: i64, rows: u64) {
         return; // refused: nothing written
     };
     let ops: Vec<LedgerOp> = holds.into_iter().map(LedgerOp::Hold).collect();
-    store.apply_ledger(&ops, 0).await.expect("holds fit the funds");
+    store
+        .apply_ledger(&ops, 0)
+        .await
+        .expect("holds fit the funds");
     let open = store.job_holds(&job).await.expect("holds");
     // The job may use fewer rows than declared.
     let s = settle::job_settlement(&FinishedJob {

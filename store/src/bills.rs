@@ -12,8 +12,8 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 use sqlx::{Row, SqliteConnection};
-use tessera_accounting::bill::{Placement, month_end, parse_period, period_name, place_line};
 use tessera_accounting::bill::{Amounts, BillLineKind, NewBillLine, Split};
+use tessera_accounting::bill::{Placement, month_end, parse_period, period_name, place_line};
 use tessera_accounting::settle;
 
 use crate::{Store, StoreError, audit, ledger};
@@ -125,8 +125,7 @@ pub(crate) async fn add_line(
             .collect::<Result<_, _>>()?;
     let placement = place_line(line.event_time_ms, arrival_ms, window, |p| {
         closed.contains(&period_name(p))
-    })
-    ?;
+    })?;
     let (period, corrects) = match placement {
         Placement::InPeriod(y, m) => (period_name((y, m)), None),
         Placement::Correction { of, on } => (period_name(on), Some(period_name(of))),

@@ -8,10 +8,10 @@ use tessera_accounting::{AccountKind, TransferSpec, settle};
 use tessera_accounting::bill::NewBillLine;
 
 use crate::bills::add_line;
-use tessera_accounting::ledger::LedgerOp;
 use crate::limits::{FreezeContext, load_context, set_auto_frozen};
 use crate::records::{LicenceRecord, load_licence};
 use crate::{Store, StoreError, audit, ledger};
+use tessera_accounting::ledger::LedgerOp;
 
 /// A job as submitted, before admission.
 #[derive(Debug, Clone)]
@@ -283,8 +283,7 @@ impl Store {
         };
         let funds = ledger::customer_funds(&mut tx, &job.user).await?;
         let (cash_micros, _) =
-            ledger::spendable(&mut tx, &AccountKind::CustomerCash(job.user.clone()).name())
-                .await?;
+            ledger::spendable(&mut tx, &AccountKind::CustomerCash(job.user.clone()).name()).await?;
         let freeze = load_context(&mut tx, &job.user).await?;
         let term = match &licence {
             Some(l) => crate::terms::term_check(&mut tx, l, &job.user, job.now_ms).await?,

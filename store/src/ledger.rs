@@ -404,7 +404,10 @@ impl Store {
     /// A customer's funds in payment order with what each can still give above its limit
     /// (the input of [`tessera_accounting::settle::admission_holds`] and
     /// [`tessera_accounting::settle::term_payment`]).
-    pub async fn customer_funds(&self, customer: &str) -> Result<Vec<(AccountKind, i64)>, StoreError> {
+    pub async fn customer_funds(
+        &self,
+        customer: &str,
+    ) -> Result<Vec<(AccountKind, i64)>, StoreError> {
         let mut conn = self.read.acquire().await?;
         customer_funds(&mut conn, customer).await
     }

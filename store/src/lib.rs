@@ -24,17 +24,17 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 pub use bills::{BillLineRecord, BillRecord, LATE_WINDOW_MS_MAX, StatementRecord, bill_id};
-pub use tessera_accounting::bill::{Amounts, BillLineKind, NewBillLine, Split};
 pub use jobs::{
     AdmitContext, AdmitOutcome, Decision, FinishOutcome, JobFinish, JobRecord, NewJob, NewTask,
     TaskRecord, TaskUpdate, UsageEventRecord,
 };
 pub use ledger::{BalanceRecord, HoldRecord, TransferRecord};
-pub use tessera_accounting::ledger::LedgerOp;
-pub use tessera_accounting::{LedgerError, TransferOutcome};
 pub use limits::{AccountStatus, FreezeContext, LimitScope};
 pub use records::{DatasetRecord, LicenceRecord, WorkerRecord};
 pub use terms::SubscriptionView;
+pub use tessera_accounting::bill::{Amounts, BillLineKind, NewBillLine, Split};
+pub use tessera_accounting::ledger::LedgerOp;
+pub use tessera_accounting::{LedgerError, TransferOutcome};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]

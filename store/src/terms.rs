@@ -12,12 +12,12 @@
 
 use serde::Serialize;
 use sqlx::{Row, SqliteConnection};
+use tessera_accounting::AccountKind;
 use tessera_accounting::freeze::{ManualFreeze, check_purchase};
+use tessera_accounting::settle::{self, TermPurchase, TermRefund};
 use tessera_accounting::subscription::{
     DailyPriceBasis, Subscription, SubscriptionStatus, Term, TermKind,
 };
-use tessera_accounting::AccountKind;
-use tessera_accounting::settle::{self, TermPurchase, TermRefund};
 
 use crate::bills::add_line;
 use crate::records::{LicenceRecord, load_licence};
@@ -224,11 +224,9 @@ impl Store {
             sub.apply_renewal(&q).map_err(refused)?;
         }
         let seq = sub.terms.len() - 1;
-        let term = sub
-            .terms
-            .last()
-            .cloned()
-            .ok_or_else(|| StoreError::Corrupt(format!("subscription {licence_id}/{customer} has no term")))?;
+        let term = sub.terms.last().cloned().ok_or_else(|| {
+            StoreError::Corrupt(format!("subscription {licence_id}/{customer} has no term"))
+        })?;
         let price = term.original_micros;
 
         // Pay in the payment order of a prepaid product (recharge voucher, cash, credit).
