@@ -20,7 +20,7 @@ use tessera_accounting::money::{MICROS_PER_UNIT, Micros, parse_decimal};
 use tessera_accounting::rating::{
     BillingMode, Metric, PriceComponent, PricePlan, RatingContext, Tier, Usage, rate,
 };
-use tessera_accounting::scenario::{MAX_SCENARIO_BYTES, ScenarioError, simulate};
+use tessera_simulator::{MAX_SCENARIO_BYTES, ScenarioError, simulate};
 use tessera_store::{Store, UsageEventRecord};
 
 /// The injected clock of the bench: every event happens at or after this instant
@@ -44,7 +44,7 @@ const BENCH_PRODUCT: &str = "psi";
 /// `tessera billing ...`.
 #[derive(Debug, Subcommand)]
 pub enum BillingCommand {
-    /// Simulate a scenario file (see `accounting/scenarios/README.md`) and print its report.
+    /// Simulate a scenario file (see `simulator/scenarios/README.md`) and print its report.
     Simulate {
         /// Scenario TOML file (at most 1 MiB).
         file: PathBuf,
@@ -78,7 +78,7 @@ pub enum BillingCommand {
 /// Runs a billing subcommand.
 pub async fn run(cmd: BillingCommand) -> anyhow::Result<()> {
     match cmd {
-        BillingCommand::Simulate { file } => simulate_file(&file),
+        BillingCommand::Simulate { file } => simulate_file(&file).await,
         BillingCommand::Bench {
             events,
             batch,
@@ -160,9 +160,9 @@ fn syntax_error_position(text: &str) -> String {
     format!(", line {line}, column {column}")
 }
 
-fn simulate_file(path: &Path) -> anyhow::Result<()> {
+async fn simulate_file(path: &Path) -> anyhow::Result<()> {
     let text = read_scenario(path).with_context(|| format!("scenario file {}", path.display()))?;
-    let report = simulate(&text).map_err(|e| {
+    let report = simulate(&text).await.map_err(|e| {
         let at = match &e {
             ScenarioError::Parse(_) => syntax_error_position(&text),
             _ => String::new(),

@@ -25,10 +25,13 @@
 //!   it becomes a correction line on the first open bill from the month of arrival on.
 //!   Closed bills never change.
 //! * **Provider share**: the operator's share of a line is `paid × bps / 10 000` rounded
-//!   toward zero, the provider receives the rest (as [`crate::job::rate_job`]); refund lines
-//!   are negative and reduce both.
+//!   toward zero, the provider receives the rest ([`split_share`], the one split used by job
+//!   charges, licence terms and the simulator); refund lines are negative and reduce both.
 
 use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
 
 use crate::civil::{MS_PER_HOUR, Millis, TimeError, add_months, month_start, year_month};
 use crate::money::{Micros, MoneyError, mul_div_round};
@@ -58,6 +61,12 @@ pub enum BillError {
     /// A period is not `YYYY-MM`.
     #[error("period {0:?} is not YYYY-MM")]
     BadPeriod(String),
+    /// A stored line kind is not one of [`BillLineKind`]'s names.
+    #[error("unknown bill line kind {0:?}")]
+    BadKind(String),
+    /// A line's provider and operator parts do not sum to what was paid.
+    #[error("bill line {0}: provider and operator parts do not sum to the paid amount")]
+    SplitMismatch(String),
     /// A line id was posted twice.
     #[error("bill line {0} already posted")]
     DuplicateLine(String),
@@ -69,8 +78,9 @@ pub enum BillError {
     Money(#[from] MoneyError),
 }
 
-/// What a line is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// What a line is for (stored by [`BillLineKind::name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum BillLineKind {
     /// A prepaid order.
     Order,
@@ -100,8 +110,66 @@ impl BillLineKind {
     }
 }
 
-/// The signed money members of a line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+impl FromStr for BillLineKind {
+    type Err = BillError;
+
+    /// Parses [`BillLineKind::name`].
+    fn from_str(s: &str) -> Result<Self, BillError> {
+        Ok(match s {
+            "order" => Self::Order,
+            "renewal" => Self::Renewal,
+            "make_up" => Self::MakeUp,
+            "usage" => Self::Usage,
+            "hourly" => Self::Hourly,
+            "refund" => Self::Refund,
+            _ => return Err(BillError::BadKind(s.to_string())),
+        })
+    }
+}
+
+/// The provider's and the operator's parts of an amount (a line's paid amount, a job charge,
+/// a refund), in micro-units. Built only by [`split_share`], so the parts always sum to the
+/// amount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Split {
+    /// Provider's part (the rest after the operator's share).
+    pub provider_micros: Micros,
+    /// Operator's part.
+    pub operator_micros: Micros,
+}
+
+impl Split {
+    /// Whether the parts sum to `amount`.
+    pub fn covers(&self, amount: Micros) -> bool {
+        self.provider_micros.checked_add(self.operator_micros) == Some(amount)
+    }
+
+    /// The negated split (a refund of a split amount).
+    pub fn negated(self) -> Self {
+        Self {
+            provider_micros: -self.provider_micros,
+            operator_micros: -self.operator_micros,
+        }
+    }
+}
+
+/// Splits `amount` between provider and operator: the operator's share is `amount × bps /
+/// 10 000` rounded toward zero (bps capped at 10 000), the provider receives the rest, so the
+/// parts always sum to `amount` (negative amounts, refunds, split symmetrically). Computed
+/// without overflow for every `i64`.
+pub fn split_share(amount_micros: Micros, operator_share_bps: u32) -> Split {
+    let bps = i64::from(operator_share_bps.min(10_000));
+    // amount = q × 10 000 + r (r has amount's sign); q × bps and r × bps fit in an i64.
+    let operator = (amount_micros / 10_000) * bps + (amount_micros % 10_000) * bps / 10_000;
+    Split {
+        provider_micros: amount_micros - operator,
+        operator_micros: operator,
+    }
+}
+
+/// The signed money members of a line (manual §3.8), in micro-units: the one bill-amounts
+/// type of the simulator and of the operator's persisted bills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Amounts {
     /// 原始金额.
     pub original: Micros,
@@ -166,7 +234,16 @@ impl Amounts {
 
     /// Whether both identities hold.
     pub fn identities_hold(&self) -> bool {
-        self.balance() + self.credit + self.deduction_voucher + self.coupon == self.paid()
+        // In i128: no member sum can overflow.
+        let w = i128::from;
+        let paid = w(self.original) - w(self.platform_discount) - w(self.customer_discount);
+        w(self.recharge_voucher)
+            + w(self.cash)
+            + w(self.arrears)
+            + w(self.credit)
+            + w(self.deduction_voucher)
+            + w(self.coupon)
+            == paid
     }
 
     fn members(&self) -> [Micros; 8] {
@@ -196,17 +273,22 @@ impl Amounts {
         }
     }
 
-    /// Adds another line's amounts.
-    pub fn add(&mut self, o: &Amounts) {
-        self.original += o.original;
-        self.platform_discount += o.platform_discount;
-        self.customer_discount += o.customer_discount;
-        self.coupon += o.coupon;
-        self.deduction_voucher += o.deduction_voucher;
-        self.recharge_voucher += o.recharge_voucher;
-        self.cash += o.cash;
-        self.credit += o.credit;
-        self.arrears += o.arrears;
+    /// Adds another line's amounts, member by member; [`MoneyError::Overflow`] (and no change)
+    /// when a sum does not fit.
+    pub fn checked_add(&mut self, o: &Amounts) -> Result<(), MoneyError> {
+        let add = |a: Micros, b: Micros| a.checked_add(b).ok_or(MoneyError::Overflow);
+        *self = Amounts {
+            original: add(self.original, o.original)?,
+            platform_discount: add(self.platform_discount, o.platform_discount)?,
+            customer_discount: add(self.customer_discount, o.customer_discount)?,
+            coupon: add(self.coupon, o.coupon)?,
+            deduction_voucher: add(self.deduction_voucher, o.deduction_voucher)?,
+            recharge_voucher: add(self.recharge_voucher, o.recharge_voucher)?,
+            cash: add(self.cash, o.cash)?,
+            credit: add(self.credit, o.credit)?,
+            arrears: add(self.arrears, o.arrears)?,
+        };
+        Ok(())
     }
 }
 
@@ -251,12 +333,56 @@ impl BillLine {
         Ok(())
     }
 
-    /// The operator's and provider's parts of `paid`.
-    pub fn shares(&self) -> (Micros, Micros) {
-        let paid = i128::from(self.amounts.paid());
-        let op = paid * i128::from(self.operator_share_bps.min(10_000)) / 10_000;
-        let op = op as Micros;
-        (op, self.amounts.paid() - op)
+    /// The provider's and operator's parts of `paid` ([`split_share`]).
+    pub fn split(&self) -> Split {
+        split_share(self.amounts.paid(), self.operator_share_bps)
+    }
+}
+
+/// A line for the operator's persisted bills (`tessera-store`): the form in which the
+/// settlement functions of [`crate::settle`] return what a job, a licence term or a refund
+/// put on the customer's bill.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewBillLine {
+    /// Idempotency id (the same id twice is one line).
+    pub line_id: String,
+    /// Customer billed.
+    pub customer: String,
+    /// Job charged, if any.
+    pub job_id: Option<String>,
+    /// What it is (`usage`, `order`, `renewal`, `refund` in the operator).
+    pub kind: BillLineKind,
+    /// Product (the scene, e.g. `psi`, or `licence:<id>`).
+    pub product: String,
+    /// Provider paid.
+    pub provider: String,
+    /// When the charge happened (decides its month), ms since the epoch.
+    pub event_time_ms: Millis,
+    /// Service period start.
+    pub service_start_ms: Millis,
+    /// Service period end.
+    pub service_end_ms: Millis,
+    /// Money (§3.8 members).
+    pub amounts: Amounts,
+    /// Provider's and operator's parts of what was paid.
+    pub split: Split,
+    /// Free text.
+    pub note: String,
+}
+
+impl NewBillLine {
+    /// Checks the §3.8 identities, that the split covers what was paid, and the period.
+    pub fn validate(&self) -> Result<(), BillError> {
+        if !self.amounts.identities_hold() {
+            return Err(BillError::IdentityViolated(self.line_id.clone()));
+        }
+        if !self.split.covers(self.amounts.paid()) {
+            return Err(BillError::SplitMismatch(self.line_id.clone()));
+        }
+        if self.service_end_ms < self.service_start_ms {
+            return Err(BillError::InvalidPeriod(self.line_id.clone()));
+        }
+        Ok(())
     }
 }
 
@@ -403,13 +529,13 @@ pub struct PeriodBill {
 }
 
 impl PeriodBill {
-    /// Sum of the lines.
-    pub fn totals(&self) -> Amounts {
+    /// Sum of the lines (checked).
+    pub fn totals(&self) -> Result<Amounts, BillError> {
         let mut t = Amounts::default();
         for l in &self.lines {
-            t.add(&l.line.amounts);
+            t.checked_add(&l.line.amounts)?;
         }
-        t
+        Ok(t)
     }
 }
 
@@ -557,7 +683,9 @@ impl BillBook {
         for b in self.bills.values() {
             for l in &b.lines {
                 for (y, m, a) in split_line(&l.line)? {
-                    out.entry((b.customer.clone(), y, m)).or_default().add(&a);
+                    out.entry((b.customer.clone(), y, m))
+                        .or_default()
+                        .checked_add(&a)?;
                 }
             }
         }
@@ -586,12 +714,16 @@ pub struct ProviderStatement {
 
 /// Settlement statements per provider and bill month (the month of the bill carrying each
 /// line).
-pub fn provider_statements(book: &BillBook) -> Vec<ProviderStatement> {
+pub fn provider_statements(book: &BillBook) -> Result<Vec<ProviderStatement>, BillError> {
+    let add = |a: Micros, b: Micros| a.checked_add(b).ok_or(MoneyError::Overflow);
     let mut out: BTreeMap<(String, i32, u8), ProviderStatement> = BTreeMap::new();
     for b in book.bills() {
         for l in &b.lines {
             let Some(p) = &l.line.provider else { continue };
-            let (op, prov) = l.line.shares();
+            let Split {
+                provider_micros: prov,
+                operator_micros: op,
+            } = l.line.split();
             let s = out
                 .entry((p.clone(), b.year, b.month))
                 .or_insert_with(|| ProviderStatement {
@@ -604,12 +736,12 @@ pub fn provider_statements(book: &BillBook) -> Vec<ProviderStatement> {
                     provider_micros: 0,
                 });
             s.lines += 1;
-            s.gross_micros += l.line.amounts.paid();
-            s.operator_micros += op;
-            s.provider_micros += prov;
+            s.gross_micros = add(s.gross_micros, l.line.amounts.paid())?;
+            s.operator_micros = add(s.operator_micros, op)?;
+            s.provider_micros = add(s.provider_micros, prov)?;
         }
     }
-    out.into_values().collect()
+    Ok(out.into_values().collect())
 }
 
 #[cfg(test)]
@@ -701,7 +833,7 @@ mod tests {
         let mut sum = Amounts::default();
         for (_, _, a) in &pieces {
             assert!(a.identities_hold());
-            sum.add(a);
+            sum.checked_add(a).expect("sum");
         }
         assert_eq!(sum, l.amounts);
     }
@@ -748,7 +880,7 @@ mod tests {
             book.post(bad, 0),
             Err(BillError::IdentityViolated("e".into()))
         );
-        let st = provider_statements(&book);
+        let st = provider_statements(&book).expect("statements");
         assert_eq!(st.len(), 2);
         assert_eq!(
             (

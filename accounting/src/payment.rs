@@ -40,8 +40,112 @@
 //!   balance goes below zero, §2.9.2.3); arrears count as balance payment in the identity.
 
 use crate::civil::Millis;
+use crate::ledger::AccountKind;
 use crate::money::Micros;
 use crate::rating::BillingMode;
+
+/// A means of payment (优惠手段 and balances), declared in the manual's payment order
+/// (§1.4.4.1.1, §3.11): the derived `Ord` *is* the order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Fund {
+    /// 优惠券: prepaid products only.
+    Coupon,
+    /// 抵扣现金券: metered (postpaid) products only.
+    DeductionVoucher,
+    /// 充值现金券账户余额: any charge.
+    RechargeVoucher,
+    /// 现金账户余额: any charge.
+    Cash,
+    /// 信用账户额度: any charge.
+    Credit,
+}
+
+impl Fund {
+    /// Every fund in payment order.
+    pub const ORDER: [Fund; 5] = [
+        Fund::Coupon,
+        Fund::DeductionVoucher,
+        Fund::RechargeVoucher,
+        Fund::Cash,
+        Fund::Credit,
+    ];
+
+    /// Whether this fund may pay a charge of a product in `mode`.
+    pub fn applies_to(self, mode: BillingMode) -> bool {
+        match self {
+            Fund::Coupon => mode == BillingMode::Prepaid,
+            Fund::DeductionVoucher => mode == BillingMode::Postpaid,
+            Fund::RechargeVoucher | Fund::Cash | Fund::Credit => true,
+        }
+    }
+
+    /// The customer's ledger account holding this fund (`None` for coupons, which are funded
+    /// by the operator's marketing account when used).
+    pub fn account(self, customer: &str) -> Option<AccountKind> {
+        let c = customer.to_string();
+        match self {
+            Fund::Coupon => None,
+            Fund::DeductionVoucher => Some(AccountKind::CustomerDeductionVoucher(c)),
+            Fund::RechargeVoucher => Some(AccountKind::CustomerRechargeVoucher(c)),
+            Fund::Cash => Some(AccountKind::CustomerCash(c)),
+            Fund::Credit => Some(AccountKind::CustomerCredit(c)),
+        }
+    }
+
+    /// The fund a customer account holds (`None` for other accounts).
+    pub fn of_account(account: &AccountKind) -> Option<Fund> {
+        match account {
+            AccountKind::CustomerDeductionVoucher(_) => Some(Fund::DeductionVoucher),
+            AccountKind::CustomerRechargeVoucher(_) => Some(Fund::RechargeVoucher),
+            AccountKind::CustomerCash(_) => Some(Fund::Cash),
+            AccountKind::CustomerCredit(_) => Some(Fund::Credit),
+            _ => None,
+        }
+    }
+}
+
+/// What [`draw`] took from each fund, and what no fund could cover.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Drawn {
+    /// Non-zero takes in payment order.
+    pub takes: Vec<(Fund, Micros)>,
+    /// The part of the amount left uncovered (0 when the funds suffice).
+    pub rest: Micros,
+}
+
+impl Drawn {
+    /// What was taken from `fund`.
+    pub fn take(&self, fund: Fund) -> Micros {
+        self.takes
+            .iter()
+            .filter(|(f, _)| *f == fund)
+            .map(|(_, t)| *t)
+            .sum()
+    }
+}
+
+/// THE payment order: draws `amount_micros` from the funds that apply to `mode`, in
+/// [`Fund::ORDER`], each drawn fully before the next; `available(fund)` is what a fund can
+/// give (negative counts as 0). Used by job holds, licence-term payments and the simulator's
+/// [`plan_payment`].
+pub fn draw(mode: BillingMode, available: impl Fn(Fund) -> Micros, amount_micros: Micros) -> Drawn {
+    let mut rest = amount_micros.max(0);
+    let mut takes = Vec::new();
+    for fund in Fund::ORDER {
+        if rest == 0 {
+            break;
+        }
+        if !fund.applies_to(mode) {
+            continue;
+        }
+        let take = available(fund).max(0).min(rest);
+        if take > 0 {
+            takes.push((fund, take));
+            rest -= take;
+        }
+    }
+    Drawn { takes, rest }
+}
 
 /// Most coupons or deduction vouchers one wallet may hold.
 pub const MAX_INSTRUMENTS: usize = 1_000;
@@ -309,11 +413,10 @@ pub fn plan_payment(wallet: &Wallet, req: &PaymentRequest<'_>) -> Result<Payment
         customer_discount_micros: req.customer_discount_micros,
         ..Payment::default()
     };
-    let mut rest = due;
-
-    // 1. Coupon: prepaid only, threshold on the discounted amount.
-    if req.mode == BillingMode::Prepaid && req.coupon_allowed && rest > 0 {
-        let best = wallet
+    // The best coupon (threshold on the discounted amount) and the usable deduction
+    // vouchers, earliest expiry first; then the one payment order decides the takes.
+    let coupon = if req.coupon_allowed {
+        wallet
             .coupons
             .iter()
             .filter(|c| c.usable(req.at) && c.threshold_micros <= due && c.off_micros > 0)
@@ -326,50 +429,54 @@ pub fn plan_payment(wallet: &Wallet, req: &PaymentRequest<'_>) -> Result<Payment
                             .cmp(&b.valid_until.unwrap_or(Millis::MAX))
                     })
                     .then_with(|| a.id.cmp(&b.id))
-            });
-        if let Some(c) = best {
-            p.coupon_micros = c.off_micros.min(rest);
-            p.coupon_id = Some(c.id.clone());
-            rest -= p.coupon_micros;
-        }
+            })
+    } else {
+        None
+    };
+    let mut vouchers: Vec<&DeductionVoucher> = wallet
+        .deduction_vouchers
+        .iter()
+        .filter(|v| v.usable(req.at, req.product))
+        .collect();
+    vouchers.sort_by(|a, b| {
+        a.valid_until
+            .unwrap_or(Millis::MAX)
+            .cmp(&b.valid_until.unwrap_or(Millis::MAX))
+            .then_with(|| a.id.cmp(&b.id))
+    });
+    let voucher_total = vouchers
+        .iter()
+        .try_fold(0i64, |acc, v| acc.checked_add(v.balance_micros))
+        .ok_or(PaymentError::Overflow)?;
+    let drawn = draw(
+        req.mode,
+        |f| match f {
+            Fund::Coupon => coupon.map_or(0, |c| c.off_micros),
+            Fund::DeductionVoucher => voucher_total,
+            Fund::RechargeVoucher => wallet.recharge_voucher_micros,
+            Fund::Cash => wallet.cash_micros,
+            Fund::Credit => wallet.credit_available_micros(),
+        },
+        due,
+    );
+    p.coupon_micros = drawn.take(Fund::Coupon);
+    if p.coupon_micros > 0 {
+        p.coupon_id = coupon.map(|c| c.id.clone());
     }
-
-    // 2. Deduction vouchers: metered only.
-    if req.mode == BillingMode::Postpaid && rest > 0 {
-        let mut usable: Vec<&DeductionVoucher> = wallet
-            .deduction_vouchers
-            .iter()
-            .filter(|v| v.usable(req.at, req.product))
-            .collect();
-        usable.sort_by(|a, b| {
-            a.valid_until
-                .unwrap_or(Millis::MAX)
-                .cmp(&b.valid_until.unwrap_or(Millis::MAX))
-                .then_with(|| a.id.cmp(&b.id))
-        });
-        for v in usable {
-            if rest == 0 {
-                break;
-            }
-            let take = v.balance_micros.min(rest);
-            p.deduction_draws.push((v.id.clone(), take));
-            p.deduction_voucher_micros += take;
-            rest -= take;
+    let mut left = drawn.take(Fund::DeductionVoucher);
+    for v in vouchers {
+        if left == 0 {
+            break;
         }
+        let take = v.balance_micros.min(left);
+        p.deduction_draws.push((v.id.clone(), take));
+        p.deduction_voucher_micros += take;
+        left -= take;
     }
-
-    // 3. Recharge-voucher balance, 4. cash, 5. credit.
-    let take = wallet.recharge_voucher_micros.max(0).min(rest);
-    p.recharge_voucher_micros = take;
-    rest -= take;
-    let take = wallet.cash_micros.max(0).min(rest);
-    p.cash_micros = take;
-    rest -= take;
-    let take = wallet.credit_available_micros().min(rest);
-    p.credit_micros = take;
-    rest -= take;
-
-    if rest > 0 {
+    p.recharge_voucher_micros = drawn.take(Fund::RechargeVoucher);
+    p.cash_micros = drawn.take(Fund::Cash);
+    p.credit_micros = drawn.take(Fund::Credit);
+    if drawn.rest > 0 {
         if req.mode == BillingMode::Prepaid {
             return Err(PaymentError::InsufficientFunds {
                 needed: due - p.coupon_micros - p.deduction_voucher_micros,
@@ -378,7 +485,7 @@ pub fn plan_payment(wallet: &Wallet, req: &PaymentRequest<'_>) -> Result<Payment
                     + wallet.credit_available_micros(),
             });
         }
-        p.arrears_micros = rest;
+        p.arrears_micros = drawn.rest;
     }
     p.check_identities()?;
     Ok(p)

@@ -27,6 +27,9 @@
 use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive;
 
+use serde::{Deserialize, Serialize};
+
+use crate::bill::{Split, split_share};
 use crate::civil::{MS_PER_HOUR, Millis};
 use crate::discount::{DiscountBook, DiscountError, DiscountOutcome, DiscountRequest};
 use crate::money::{Micros, MoneyError, round_micros};
@@ -70,6 +73,9 @@ pub enum RateError {
     /// A value does not fit.
     #[error("rating arithmetic overflows")]
     Overflow,
+    /// An operator share above 10 000 basis points (100 %).
+    #[error("operator share must be at most 10000 bps, got {0}")]
+    InvalidShare(u32),
     /// Discounting failed.
     #[error(transparent)]
     Discount(#[from] DiscountError),
@@ -747,6 +753,107 @@ pub fn quantity_f64(q: Decimal) -> f64 {
     q.to_f64().unwrap_or(0.0)
 }
 
+// Job prices
+// ---------------------------------------------------------------------------------------
+
+/// Billing units of rows in a job price (`per_1k_rows_micros` is per 1,000 rows).
+pub const ROWS_PER_UNIT: u64 = 1_000;
+
+/// The price of running jobs under one licence: a per-job price plus a price per 1,000 rows
+/// of the provider's data, split with the operator by `operator_share_bps`. It is rated as the
+/// [`PricePlan`] of [`JobPrice::plan`] like any other product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobPrice {
+    /// Charged once per successful job, in micro-units.
+    pub per_job_micros: i64,
+    /// Charged per 1,000 rows of the provider's data used (pro rata, rounded once, half away
+    /// from zero, to a whole micro).
+    pub per_1k_rows_micros: i64,
+    /// Operator's share of the charge in basis points (0..=10_000); the rest goes to the
+    /// provider.
+    pub operator_share_bps: u32,
+}
+
+/// A rated job: what the buyer pays and how it is split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobCharge {
+    /// Total paid by the buyer, in micro-units.
+    pub total_micros: i64,
+    /// Provider's and operator's parts ([`split_share`], summing exactly to the total).
+    pub split: Split,
+}
+
+impl JobPrice {
+    /// The postpaid plan of this price: a per-job component and a per-unit component on
+    /// rows with unit size [`ROWS_PER_UNIT`].
+    pub fn plan(&self) -> PricePlan {
+        PricePlan {
+            mode: BillingMode::Postpaid,
+            components: vec![
+                PriceComponent::PerJob {
+                    price_micros: self.per_job_micros,
+                },
+                PriceComponent::PerUnit {
+                    metric: Metric::Rows,
+                    unit_size: ROWS_PER_UNIT,
+                    price: Decimal::from(self.per_1k_rows_micros),
+                    free_units: 0,
+                    round_up: false,
+                },
+            ],
+            cap_micros: None,
+            minimum_micros: None,
+        }
+    }
+
+    /// Checks the ranges: prices non-negative ([`RateError::NegativePrice`]), share at most
+    /// 100 % ([`RateError::InvalidShare`]).
+    pub fn validate(&self) -> Result<(), RateError> {
+        if self.operator_share_bps > 10_000 {
+            return Err(RateError::InvalidShare(self.operator_share_bps));
+        }
+        self.plan().validate()
+    }
+}
+
+/// Rates one job that used `rows` rows of the provider's data through [`rate_plan`] on
+/// [`JobPrice::plan`]: the row part is `rows × per_1k / 1000` rounded half away from zero to
+/// a whole micro; the operator's share is [`split_share`] (rounded toward zero, the provider
+/// receiving the rest).
+pub fn rate_job(price: &JobPrice, rows: u64) -> Result<JobCharge, RateError> {
+    price.validate()?;
+    let rated = rate_plan_unchecked(
+        &price.plan(),
+        &Usage {
+            jobs: 1,
+            rows,
+            ..Usage::default()
+        },
+    )?;
+    Ok(JobCharge {
+        total_micros: rated.original_micros,
+        split: split_share(rated.original_micros, price.operator_share_bps),
+    })
+}
+
+/// A charge limited to `cap_micros` (the hold taken at admission): the total is capped and
+/// re-split with the same operator share.
+pub fn cap_charge(price: &JobPrice, charge: JobCharge, cap_micros: i64) -> JobCharge {
+    if charge.total_micros <= cap_micros {
+        return charge;
+    }
+    let total = cap_micros.max(0);
+    JobCharge {
+        total_micros: total,
+        split: split_share(total, price.operator_share_bps),
+    }
+}
+
+/// The most a job can cost: its price at `max_rows` rows (the provider's declared rows).
+pub fn estimate_max_cost(price: &JobPrice, max_rows: u64) -> Result<i64, RateError> {
+    Ok(rate_job(price, max_rows)?.total_micros)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1084,5 +1191,100 @@ mod tests {
         assert_eq!(r.net_micros(), 300 * Y, "months range not reached");
         let r = rate(&p, &u(2), &book, &ctx(1_000)).expect("rate");
         assert_eq!(r.net_micros(), 600 * Y, "expired");
+    }
+}
+
+#[cfg(test)]
+mod job_tests {
+    use super::*;
+
+    fn check(price: (i64, i64, u32), rows: u64, expected: (i64, i64, i64)) {
+        let price = JobPrice {
+            per_job_micros: price.0,
+            per_1k_rows_micros: price.1,
+            operator_share_bps: price.2,
+        };
+        let c = rate_job(&price, rows).expect("rate");
+        assert_eq!(
+            (
+                c.total_micros,
+                c.split.provider_micros,
+                c.split.operator_micros
+            ),
+            expected
+        );
+    }
+
+    #[test]
+    fn rates_by_job_and_rows_through_the_plan() {
+        check(
+            (1_000_000, 10_000, 1_000),
+            100_000,
+            (2_000_000, 1_800_000, 200_000),
+        );
+        check((0, 1, 0), 499, (0, 0, 0));
+        check((0, 1, 0), 500, (1, 1, 0));
+        check((0, 3, 3_333), 1_000, (3, 3, 0));
+        check((7, 0, 10_000), 0, (7, 0, 7));
+        // The e2e price: 1,000 per job + 1,000 per 1,000 rows at 20 %, one row.
+        check((1_000, 1_000, 2_000), 1, (1_001, 801, 200));
+        // Half up on the row part, as the integer formula (rows × p + 500) / 1000 did.
+        for rows in [0u64, 1, 499, 500, 501, 1_499, 1_500, 123_456_789] {
+            for p in [0i64, 1, 3, 7, 999, 10_000] {
+                let expected = (i128::from(rows) * i128::from(p) + 500) / 1000;
+                let c = rate_job(
+                    &JobPrice {
+                        per_job_micros: 0,
+                        per_1k_rows_micros: p,
+                        operator_share_bps: 0,
+                    },
+                    rows,
+                )
+                .expect("rate");
+                assert_eq!(i128::from(c.total_micros), expected, "{rows} rows at {p}");
+            }
+        }
+    }
+
+    #[test]
+    fn capped_charges_are_re_split() {
+        let price = JobPrice {
+            per_job_micros: 0,
+            per_1k_rows_micros: 1_000,
+            operator_share_bps: 1_000,
+        };
+        let c = rate_job(&price, 10_000).expect("rate");
+        assert_eq!(cap_charge(&price, c, 20_000), c);
+        let capped = cap_charge(&price, c, 5_001);
+        assert_eq!(
+            (
+                capped.total_micros,
+                capped.split.provider_micros,
+                capped.split.operator_micros
+            ),
+            (5_001, 4_501, 500)
+        );
+    }
+
+    #[test]
+    fn bad_prices_are_refused() {
+        let p = JobPrice {
+            per_job_micros: -1,
+            per_1k_rows_micros: 0,
+            operator_share_bps: 0,
+        };
+        assert!(matches!(rate_job(&p, 1), Err(RateError::NegativePrice(_))));
+        let p = JobPrice {
+            per_job_micros: 0,
+            per_1k_rows_micros: 0,
+            operator_share_bps: 10_001,
+        };
+        assert_eq!(rate_job(&p, 1), Err(RateError::InvalidShare(10_001)));
+        let p = JobPrice {
+            per_job_micros: i64::MAX,
+            per_1k_rows_micros: i64::MAX,
+            operator_share_bps: 0,
+        };
+        assert_eq!(rate_job(&p, u64::MAX), Err(RateError::Overflow));
     }
 }

@@ -16,7 +16,7 @@ use tessera_scheduler::{
     Delivery, JobRequest, JobView, Scheduler, SchedulerError, TaskReport, TaskUsage,
 };
 use tessera_store::{
-    BillLineRecord, BillRecord, DatasetRecord, LicenceRecord, LimitScope, LineAmounts,
+    Amounts, BillLineRecord, BillRecord, DatasetRecord, LicenceRecord, LimitScope, Split,
     StatementRecord, StoreError, SubscriptionView,
 };
 use tokio_stream::StreamExt;
@@ -179,19 +179,19 @@ fn customer(name: &str, v: &str) -> Result<(), Status> {
     Ok(())
 }
 
-fn amounts_to_pb(a: &LineAmounts) -> pb::LineAmounts {
+fn amounts_to_pb(a: &Amounts, s: &Split) -> pb::LineAmounts {
     pb::LineAmounts {
-        original_micros: a.original_micros,
-        platform_discount_micros: a.platform_discount_micros,
-        customer_discount_micros: a.customer_discount_micros,
-        coupon_micros: a.coupon_micros,
-        deduction_voucher_micros: a.deduction_voucher_micros,
-        recharge_voucher_micros: a.recharge_voucher_micros,
-        cash_micros: a.cash_micros,
-        credit_micros: a.credit_micros,
-        arrears_micros: a.arrears_micros,
-        provider_micros: a.provider_micros,
-        operator_micros: a.operator_micros,
+        original_micros: a.original,
+        platform_discount_micros: a.platform_discount,
+        customer_discount_micros: a.customer_discount,
+        coupon_micros: a.coupon,
+        deduction_voucher_micros: a.deduction_voucher,
+        recharge_voucher_micros: a.recharge_voucher,
+        cash_micros: a.cash,
+        credit_micros: a.credit,
+        arrears_micros: a.arrears,
+        provider_micros: s.provider_micros,
+        operator_micros: s.operator_micros,
     }
 }
 
@@ -202,7 +202,7 @@ fn bill_to_pb(b: BillRecord) -> pb::Bill {
         period: b.period,
         state: b.state,
         lines: b.lines,
-        totals: Some(amounts_to_pb(&b.totals)),
+        totals: Some(amounts_to_pb(&b.totals, &b.split)),
         closed_at_ms: b.closed_at_ms,
     }
 }
@@ -213,14 +213,14 @@ fn line_to_pb(l: BillLineRecord) -> pb::BillLine {
         bill_id: l.bill_id,
         customer: l.line.customer,
         job_id: l.line.job_id.unwrap_or_default(),
-        kind: l.line.kind,
+        kind: l.line.kind.name().to_string(),
         product: l.line.product,
         provider: l.line.provider,
         event_time_ms: l.line.event_time_ms,
         arrival_time_ms: l.arrival_time_ms,
         service_start_ms: l.line.service_start_ms,
         service_end_ms: l.line.service_end_ms,
-        amounts: Some(amounts_to_pb(&l.line.amounts)),
+        amounts: Some(amounts_to_pb(&l.line.amounts, &l.line.split)),
         corrects_period: l.corrects_period.unwrap_or_default(),
         note: l.line.note,
     }

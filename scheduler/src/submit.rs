@@ -3,16 +3,14 @@
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
-use tessera_accounting::{
-    AccountKind, JobPrice, TransferSpec, cap_charge, derive_id, draw_from_holds, plan_holds,
-    rate_job,
-};
+use tessera_accounting::derive_id;
+use tessera_accounting::settle::{self, FinishedJob};
 use tessera_core::TaskSpec;
 use tessera_core::ticket::{TicketBody, task_digest};
 use tessera_policy::{Request, evaluate, worker_fits};
 use tessera_store::{
-    AdmitContext, AdmitOutcome, Decision, JobFinish, LedgerOp, LicenceRecord, LineAmounts,
-    NewBillLine, NewJob, NewTask, TaskUpdate, UsageEventRecord,
+    AdmitContext, AdmitOutcome, Decision, JobFinish, LicenceRecord, NewJob, NewTask, TaskUpdate,
+    UsageEventRecord,
 };
 use tokio::sync::watch;
 
@@ -246,7 +244,6 @@ impl Scheduler {
             },
             None => None,
         };
-        let holds_account = AccountKind::CustomerHolds(req.user.clone()).name();
         let session_id = self.random_id("s-");
         let task_ids = [self.random_id("t-"), self.random_id("t-")];
 
@@ -291,34 +288,24 @@ impl Scheduler {
             }
             // Hold the estimated maximum cost, drawn in the manual's payment order.
             let declared_rows = provider_ds.as_ref().and_then(|d| d.declared_rows);
-            let holds = match estimate_max_cost(l, declared_rows) {
-                Ok(max) => match plan_holds(&ctx.funds, max) {
-                    Ok(plan) => plan
-                        .into_iter()
-                        .map(|(account, amount)| TransferSpec {
-                            id: derive_id(&["hold", &job_id, &account]),
-                            debit: account,
-                            credit: holds_account.clone(),
-                            amount_micros: amount,
-                            job_id: Some(job_id.clone()),
-                            memo: format!(
-                                "hold for {} job, estimated maximum {max} micros",
-                                req.scene
-                            ),
-                        })
-                        .collect(),
-                    Err(why) => {
-                        reasons.push(why);
-                        Vec::new()
+            let holds = match settle::estimate_max_cost(&l.price, declared_rows) {
+                Ok(max) => {
+                    match settle::admission_holds(&job_id, &req.user, &req.scene, max, &ctx.funds) {
+                        Ok(holds) => holds,
+                        Err(why) => {
+                            reasons.push(why.to_string());
+                            Vec::new()
+                        }
                     }
-                },
+                }
                 Err(why) => {
-                    reasons.push(why);
+                    reasons.push(format!("licence {} cannot be rated: {why}", l.licence_id));
                     Vec::new()
                 }
             };
+            let funds: Vec<(String, i64)> = ctx.funds.iter().map(|(a, m)| (a.name(), *m)).collect();
             detail = serde_json::json!({
-                "checks": verdict.checks, "funds": ctx.funds, "cash_micros": ctx.cash_micros,
+                "checks": verdict.checks, "funds": funds, "cash_micros": ctx.cash_micros,
                 "declared_rows": declared_rows,
             });
             let mut tasks = Vec::new();
@@ -663,92 +650,25 @@ impl Scheduler {
                 });
             }
         }
-        let rated = rate_job(&job.price, provider_rows)
-            .map_err(|e| SchedulerError::Invalid(e.to_string()))?;
-        let held: Vec<i64> = job.holds.iter().map(|h| h.amount_micros).collect();
-        let (pieces, capped_off) = draw_from_holds(&held, rated.total_micros);
-        let c = cap_charge(&job.price, rated, held.iter().sum());
-        let holds_account = AccountKind::CustomerHolds(job.user.clone()).name();
-        let mut ops = Vec::new();
-        let mut amounts = LineAmounts {
-            original_micros: c.total_micros,
-            provider_micros: c.provider_micros,
-            operator_micros: c.operator_micros,
-            ..LineAmounts::default()
-        };
-        let funding = tessera_store::funding_accounts(&job.user);
-        for (h, take) in job.holds.iter().zip(pieces) {
-            if take == 0 {
-                continue; // released when the job ends
-            }
-            ops.push(LedgerOp::PostPending {
-                id: derive_id(&["post", &h.transfer_id]),
-                pending_id: h.transfer_id.clone(),
-                amount_micros: take,
-            });
-            let member = match funding.iter().position(|a| *a == h.debit) {
-                Some(0) => &mut amounts.deduction_voucher_micros,
-                Some(1) => &mut amounts.recharge_voucher_micros,
-                Some(3) => &mut amounts.credit_micros,
-                _ => &mut amounts.cash_micros,
-            };
-            *member += take;
-        }
-        for (leg, credit, amount) in [
-            (
-                "provider",
-                AccountKind::ProviderReceivable(job.provider_party.clone()).name(),
-                c.provider_micros,
-            ),
-            (
-                "operator",
-                AccountKind::OperatorRevenue.name(),
-                c.operator_micros,
-            ),
-        ] {
-            if amount > 0 {
-                ops.push(LedgerOp::Post(TransferSpec {
-                    id: derive_id(&["charge", job_id, leg]),
-                    debit: holds_account.clone(),
-                    credit,
-                    amount_micros: amount,
-                    job_id: Some(job_id.to_string()),
-                    memo: format!(
-                        "{} job, {provider_rows} provider rows, {leg} share",
-                        job.scene
-                    ),
-                }));
-            }
-        }
-        let mut note = format!(
-            "{} job: {} per job + {} per 1,000 rows x {provider_rows} provider rows",
-            job.scene, job.price.per_job_micros, job.price.per_1k_rows_micros
-        );
-        if capped_off > 0 {
-            note.push_str(&format!(
-                "; capped at the hold taken at admission ({capped_off} micros not charged)"
-            ));
-        }
-        let bill_line = NewBillLine {
-            line_id: derive_id(&["bill", job_id]),
-            customer: job.user.clone(),
-            job_id: Some(job_id.to_string()),
-            kind: "usage".into(),
-            product: job.scene.clone(),
-            provider: job.provider_party.clone(),
-            event_time_ms: job.created_at_ms,
-            service_start_ms: job.created_at_ms,
-            service_end_ms: now.max(job.created_at_ms),
-            amounts,
-            note,
-        };
+        let settlement = settle::job_settlement(&FinishedJob {
+            job_id,
+            customer: &job.user,
+            provider: &job.provider_party,
+            scene: &job.scene,
+            price: &job.price,
+            rows: provider_rows,
+            holds: &job.holds,
+            admitted_at: job.created_at_ms,
+            now,
+        })
+        .map_err(|e| SchedulerError::Invalid(e.to_string()))?;
         Ok(JobFinish::Succeeded {
             result_size: result.0,
             result_location: result.1,
             usage,
-            ledger: ops,
-            bill_line: Some(Box::new(bill_line)),
-            charge_micros: c.total_micros,
+            ledger: settlement.ops,
+            bill_line: Some(Box::new(settlement.line)),
+            charge_micros: settlement.charge.total_micros,
         })
     }
 
@@ -806,13 +726,4 @@ impl Scheduler {
         }
         self.job(job_id).await
     }
-}
-
-/// The most a job under `licence` can cost: the per-job price plus the row price for the rows
-/// the provider declared for the dataset (none declared: the per-job price only).
-fn estimate_max_cost(licence: &LicenceRecord, declared_rows: Option<u64>) -> Result<i64, String> {
-    let price: &JobPrice = &licence.price;
-    rate_job(price, declared_rows.unwrap_or(0))
-        .map(|c| c.total_micros)
-        .map_err(|e| format!("licence {} cannot be rated: {e}", licence.licence_id))
 }

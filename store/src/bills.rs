@@ -12,87 +12,14 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 use sqlx::{Row, SqliteConnection};
+use tessera_accounting::bill::{Amounts, BillLineKind, NewBillLine, Split};
 use tessera_accounting::bill::{Placement, month_end, parse_period, period_name, place_line};
-use tessera_accounting::{AccountKind, TransferSpec, derive_id};
+use tessera_accounting::settle;
 
 use crate::{Store, StoreError, audit, ledger};
 
 /// Longest allowed late window (one year).
 pub const LATE_WINDOW_MS_MAX: i64 = 366 * 24 * 3_600_000;
-
-/// The money members of a line (manual §3.8), all in micro-units.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct LineAmounts {
-    /// 原始金额.
-    pub original_micros: i64,
-    /// 平台折扣.
-    pub platform_discount_micros: i64,
-    /// 客户折扣.
-    pub customer_discount_micros: i64,
-    /// 优惠券.
-    pub coupon_micros: i64,
-    /// 抵扣现金券.
-    pub deduction_voucher_micros: i64,
-    /// 充值现金券.
-    pub recharge_voucher_micros: i64,
-    /// 现金.
-    pub cash_micros: i64,
-    /// 信用额度.
-    pub credit_micros: i64,
-    /// 欠费.
-    pub arrears_micros: i64,
-    /// Provider's part of what was paid.
-    pub provider_micros: i64,
-    /// Operator's part of what was paid.
-    pub operator_micros: i64,
-}
-
-impl LineAmounts {
-    /// original − discounts.
-    pub fn paid_micros(&self) -> i64 {
-        self.original_micros - self.platform_discount_micros - self.customer_discount_micros
-    }
-
-    /// Whether `original − discount = paid = balance + credit + vouchers + coupons` and the
-    /// shares sum to what was paid.
-    pub fn identities_hold(&self) -> bool {
-        let paid = self.paid_micros();
-        paid == self.recharge_voucher_micros
-            + self.cash_micros
-            + self.arrears_micros
-            + self.credit_micros
-            + self.deduction_voucher_micros
-            + self.coupon_micros
-            && paid == self.provider_micros + self.operator_micros
-    }
-}
-
-/// A charge to put on a bill.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct NewBillLine {
-    /// Idempotency id (the same id twice is one line).
-    pub line_id: String,
-    /// Customer billed.
-    pub customer: String,
-    /// Job charged, if any.
-    pub job_id: Option<String>,
-    /// `usage`, `order`, `renewal` or `refund`.
-    pub kind: String,
-    /// Product (the scene, e.g. `psi`).
-    pub product: String,
-    /// Provider paid.
-    pub provider: String,
-    /// When the charge happened (decides its month).
-    pub event_time_ms: i64,
-    /// Service period start.
-    pub service_start_ms: i64,
-    /// Service period end.
-    pub service_end_ms: i64,
-    /// Money.
-    pub amounts: LineAmounts,
-    /// Free text.
-    pub note: String,
-}
 
 /// A stored line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -121,8 +48,10 @@ pub struct BillRecord {
     pub state: String,
     /// Lines on it.
     pub lines: u64,
-    /// Sum of the lines.
-    pub totals: LineAmounts,
+    /// Sum of the lines' money members.
+    pub totals: Amounts,
+    /// Sum of the lines' provider and operator parts.
+    pub split: Split,
     /// When it closed.
     pub closed_at_ms: Option<i64>,
 }
@@ -148,10 +77,6 @@ pub struct StatementRecord {
     pub payout_transfer_id: Option<String>,
 }
 
-fn bill_error(e: tessera_accounting::bill::BillError) -> StoreError {
-    StoreError::Ledger(e.to_string())
-}
-
 /// The bill id of a customer's month.
 pub fn bill_id(customer: &str, period: &str) -> String {
     format!("{period}:{customer}")
@@ -174,18 +99,7 @@ pub(crate) async fn add_line(
     line: &NewBillLine,
     arrival_ms: i64,
 ) -> Result<BillLineRecord, StoreError> {
-    if !line.amounts.identities_hold() {
-        return Err(StoreError::Ledger(format!(
-            "bill line {} breaks the amount identities",
-            line.line_id
-        )));
-    }
-    if line.service_end_ms < line.service_start_ms {
-        return Err(StoreError::Ledger(format!(
-            "bill line {}: service period ends before it starts",
-            line.line_id
-        )));
-    }
+    line.validate()?;
     if let Some(existing) = load_lines(conn, "l.line_id = ?", &line.line_id)
         .await?
         .into_iter()
@@ -211,8 +125,7 @@ pub(crate) async fn add_line(
             .collect::<Result<_, _>>()?;
     let placement = place_line(line.event_time_ms, arrival_ms, window, |p| {
         closed.contains(&period_name(p))
-    })
-    .map_err(bill_error)?;
+    })?;
     let (period, corrects) = match placement {
         Placement::InPeriod(y, m) => (period_name((y, m)), None),
         Placement::Correction { of, on } => (period_name(on), Some(period_name(of))),
@@ -240,7 +153,7 @@ pub(crate) async fn add_line(
     .bind(&bill)
     .bind(&line.customer)
     .bind(&line.job_id)
-    .bind(&line.kind)
+    .bind(line.kind.name())
     .bind(&line.product)
     .bind(&line.provider)
     .bind(&corrects)
@@ -248,17 +161,17 @@ pub(crate) async fn add_line(
     .bind(arrival_ms)
     .bind(line.service_start_ms)
     .bind(line.service_end_ms)
-    .bind(a.original_micros)
-    .bind(a.platform_discount_micros)
-    .bind(a.customer_discount_micros)
-    .bind(a.coupon_micros)
-    .bind(a.deduction_voucher_micros)
-    .bind(a.recharge_voucher_micros)
-    .bind(a.cash_micros)
-    .bind(a.credit_micros)
-    .bind(a.arrears_micros)
-    .bind(a.provider_micros)
-    .bind(a.operator_micros)
+    .bind(a.original)
+    .bind(a.platform_discount)
+    .bind(a.customer_discount)
+    .bind(a.coupon)
+    .bind(a.deduction_voucher)
+    .bind(a.recharge_voucher)
+    .bind(a.cash)
+    .bind(a.credit)
+    .bind(a.arrears)
+    .bind(line.split.provider_micros)
+    .bind(line.split.operator_micros)
     .bind(&line.note)
     .execute(&mut *conn)
     .await?;
@@ -291,22 +204,14 @@ fn line_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<BillLineRecord, StoreErr
             line_id: r.try_get(1)?,
             customer: r.try_get(2)?,
             job_id: r.try_get(3)?,
-            kind: r.try_get(4)?,
+            kind: r.try_get::<String, _>(4)?.parse::<BillLineKind>()?,
             product: r.try_get(5)?,
             provider: r.try_get(6)?,
             event_time_ms: r.try_get(7)?,
             service_start_ms: r.try_get(8)?,
             service_end_ms: r.try_get(9)?,
-            amounts: LineAmounts {
-                original_micros: r.try_get(10)?,
-                platform_discount_micros: r.try_get(11)?,
-                customer_discount_micros: r.try_get(12)?,
-                coupon_micros: r.try_get(13)?,
-                deduction_voucher_micros: r.try_get(14)?,
-                recharge_voucher_micros: r.try_get(15)?,
-                cash_micros: r.try_get(16)?,
-                credit_micros: r.try_get(17)?,
-                arrears_micros: r.try_get(18)?,
+            amounts: amounts_from_row(r, 10)?,
+            split: Split {
                 provider_micros: r.try_get(19)?,
                 operator_micros: r.try_get(20)?,
             },
@@ -314,6 +219,22 @@ fn line_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<BillLineRecord, StoreErr
         },
         arrival_time_ms: r.try_get(22)?,
         corrects_period: r.try_get(23)?,
+    })
+}
+
+/// The nine §3.8 members from columns `first ..= first + 8` (original, platform discount,
+/// customer discount, coupon, deduction voucher, recharge voucher, cash, credit, arrears).
+fn amounts_from_row(r: &sqlx::sqlite::SqliteRow, first: usize) -> Result<Amounts, StoreError> {
+    Ok(Amounts {
+        original: r.try_get(first)?,
+        platform_discount: r.try_get(first + 1)?,
+        customer_discount: r.try_get(first + 2)?,
+        coupon: r.try_get(first + 3)?,
+        deduction_voucher: r.try_get(first + 4)?,
+        recharge_voucher: r.try_get(first + 5)?,
+        cash: r.try_get(first + 6)?,
+        credit: r.try_get(first + 7)?,
+        arrears: r.try_get(first + 8)?,
     })
 }
 
@@ -345,8 +266,8 @@ pub(crate) async fn close_due(
     for r in &open {
         let id: String = r.try_get(0)?;
         let period: String = r.try_get(1)?;
-        let (y, m) = parse_period(&period).map_err(bill_error)?;
-        if month_end(y, m).map_err(bill_error)?.saturating_add(window) <= now_ms {
+        let (y, m) = parse_period(&period)?;
+        if month_end(y, m)?.saturating_add(window) <= now_ms {
             sqlx::query("UPDATE bills SET state = 'closed', closed_at_ms = ? WHERE bill_id = ?")
                 .bind(now_ms)
                 .bind(&id)
@@ -358,7 +279,7 @@ pub(crate) async fn close_due(
                 now_ms,
                 "bill_close",
                 &id,
-                &serde_json::json!({"lines": totals.0, "totals": totals.1}),
+                &serde_json::json!({"lines": totals.0, "totals": totals.1, "split": totals.2}),
             )
             .await?;
             closed.push(id);
@@ -370,7 +291,7 @@ pub(crate) async fn close_due(
 async fn bill_totals(
     conn: &mut SqliteConnection,
     bill: &str,
-) -> Result<(u64, LineAmounts), StoreError> {
+) -> Result<(u64, Amounts, Split), StoreError> {
     let r = sqlx::query(
         "SELECT COUNT(*), COALESCE(SUM(original_micros), 0), COALESCE(SUM(platform_discount_micros), 0), \
          COALESCE(SUM(customer_discount_micros), 0), COALESCE(SUM(coupon_micros), 0), \
@@ -382,23 +303,20 @@ async fn bill_totals(
     .bind(bill)
     .fetch_one(&mut *conn)
     .await?;
-    let lines = u64::try_from(r.try_get::<i64, _>(0)?).unwrap_or(0);
+    let lines = count(r.try_get(0)?)?;
     Ok((
         lines,
-        LineAmounts {
-            original_micros: r.try_get(1)?,
-            platform_discount_micros: r.try_get(2)?,
-            customer_discount_micros: r.try_get(3)?,
-            coupon_micros: r.try_get(4)?,
-            deduction_voucher_micros: r.try_get(5)?,
-            recharge_voucher_micros: r.try_get(6)?,
-            cash_micros: r.try_get(7)?,
-            credit_micros: r.try_get(8)?,
-            arrears_micros: r.try_get(9)?,
+        amounts_from_row(&r, 1)?,
+        Split {
             provider_micros: r.try_get(10)?,
             operator_micros: r.try_get(11)?,
         },
     ))
+}
+
+/// A stored count, refused when negative (corrupt) instead of read as 0.
+fn count(n: i64) -> Result<u64, StoreError> {
+    u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("negative count {n}")))
 }
 
 async fn statement_for(
@@ -426,7 +344,7 @@ async fn statement_for(
     Ok(StatementRecord {
         provider: provider.to_string(),
         period: period.to_string(),
-        lines: u64::try_from(r.try_get::<i64, _>(0)?).unwrap_or(0),
+        lines: count(r.try_get(0)?)?,
         paid_micros: r.try_get(1)?,
         operator_micros: r.try_get(2)?,
         provider_micros: r.try_get(3)?,
@@ -445,9 +363,10 @@ impl Store {
     /// Sets how long after a month's end its bills accept late lines (0 ..= one year).
     pub async fn set_late_window_ms(&self, ms: i64, now_ms: i64) -> Result<(), StoreError> {
         if !(0..=LATE_WINDOW_MS_MAX).contains(&ms) {
-            return Err(StoreError::Ledger(format!(
-                "late window must be 0 ..= {LATE_WINDOW_MS_MAX} ms, got {ms}"
-            )));
+            return Err(StoreError::Invalid {
+                field: "late window",
+                reason: format!("must be 0 ..= {LATE_WINDOW_MS_MAX} ms, got {ms}"),
+            });
         }
         let mut tx = self.write.begin().await?;
         sqlx::query(
@@ -514,7 +433,7 @@ impl Store {
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
             let bill_id: String = r.try_get(0)?;
-            let (lines, totals) = bill_totals(&mut conn, &bill_id).await?;
+            let (lines, totals, split) = bill_totals(&mut conn, &bill_id).await?;
             out.push(BillRecord {
                 bill_id,
                 customer: r.try_get(1)?,
@@ -522,6 +441,7 @@ impl Store {
                 state: r.try_get(3)?,
                 lines,
                 totals,
+                split,
                 closed_at_ms: r.try_get(4)?,
             });
         }
@@ -578,7 +498,7 @@ impl Store {
         period: &str,
         now_ms: i64,
     ) -> Result<StatementRecord, StoreError> {
-        let (y, m) = parse_period(period).map_err(bill_error)?;
+        let (y, m) = parse_period(period)?;
         let mut tx = self.write.begin().await?;
         close_due(&mut tx, now_ms).await?;
         let st = statement_for(&mut tx, provider, period).await?;
@@ -586,36 +506,25 @@ impl Store {
             return Ok(st);
         }
         let window = late_window_ms(&mut tx).await?;
-        let due = month_end(y, m).map_err(bill_error)?.saturating_add(window);
+        let due = month_end(y, m)?.saturating_add(window);
         if now_ms < due {
-            return Err(StoreError::Ledger(format!(
-                "period {period} is still open for late charges until {due} ms"
-            )));
+            return Err(StoreError::PeriodOpen {
+                period: period.to_string(),
+                until_ms: due,
+            });
         }
-        let transfer_id =
-            (st.provider_micros > 0).then(|| derive_id(&["payout", provider, period]));
-        if let Some(transfer_id) = &transfer_id {
-            ledger::post(
-                &mut tx,
-                &TransferSpec {
-                    id: transfer_id.clone(),
-                    debit: AccountKind::ProviderReceivable(provider.to_string()).name(),
-                    credit: AccountKind::ProviderPaidOut(provider.to_string()).name(),
-                    amount_micros: st.provider_micros,
-                    job_id: None,
-                    memo: format!("payout of {period} to {provider}"),
-                },
-                now_ms,
-            )
-            .await?;
+        let transfer = settle::payout(provider, period, st.provider_micros);
+        if let Some(t) = &transfer {
+            ledger::post(&mut tx, t, now_ms).await?;
         }
+        let transfer_id = transfer.map(|t| t.id);
         sqlx::query(
             "INSERT INTO provider_statements (provider, period, lines, paid_micros, operator_micros, provider_micros, \
              payout_transfer_id, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(provider)
         .bind(period)
-        .bind(i64::try_from(st.lines).unwrap_or(i64::MAX))
+        .bind(i64::try_from(st.lines).map_err(|_| StoreError::Corrupt("line count".into()))?)
         .bind(st.paid_micros)
         .bind(st.operator_micros)
         .bind(st.provider_micros)

@@ -3,13 +3,15 @@
 
 use serde::Serialize;
 use sqlx::{Row, SqliteConnection};
-use tessera_accounting::TransferSpec;
+use tessera_accounting::{AccountKind, TransferSpec, settle};
 
-use crate::bills::{NewBillLine, add_line};
-use crate::ledger::LedgerOp;
+use tessera_accounting::bill::NewBillLine;
+
+use crate::bills::add_line;
 use crate::limits::{FreezeContext, load_context, set_auto_frozen};
 use crate::records::{LicenceRecord, load_licence};
 use crate::{Store, StoreError, audit, ledger};
+use tessera_accounting::ledger::LedgerOp;
 
 /// A job as submitted, before admission.
 #[derive(Debug, Clone)]
@@ -51,27 +53,15 @@ pub struct AdmitContext<'a> {
     /// The licence named, if it exists (remaining counts as stored).
     pub licence: Option<&'a LicenceRecord>,
     /// The buyer's funds in payment order (deduction voucher, recharge voucher, cash,
-    /// credit): `(account, available micros)`, available being spendable above the limit.
-    pub funds: Vec<(String, i64)>,
+    /// credit): `(account, available micros)`, available being spendable above the limit;
+    /// what [`tessera_accounting::settle::admission_holds`] draws from.
+    pub funds: Vec<(AccountKind, i64)>,
     /// The buyer's freeze configuration and state.
     pub freeze: FreezeContext,
     /// The buyer's spendable cash (what the freeze rules compare).
     pub cash_micros: i64,
     /// For a licence sold by the month: `Err(reason)` when no paid term covers now.
     pub term: Result<(), String>,
-}
-
-/// The accounts a job's charge is drawn from, in the manual's order (§3.11: deduction
-/// voucher, recharge voucher, cash, credit).
-pub fn funding_accounts(customer: &str) -> [String; 4] {
-    use tessera_accounting::AccountKind as K;
-    let c = customer.to_string();
-    [
-        K::CustomerDeductionVoucher(c.clone()).name(),
-        K::CustomerRechargeVoucher(c.clone()).name(),
-        K::CustomerCash(c.clone()).name(),
-        K::CustomerCredit(c).name(),
-    ]
 }
 
 /// The scheduler's decision, taken inside the admission transaction.
@@ -291,16 +281,9 @@ impl Store {
             Err(StoreError::NotFound { .. }) => None,
             Err(e) => return Err(e),
         };
-        let mut funds = Vec::new();
-        let mut cash_micros = 0;
-        for (i, account) in funding_accounts(&job.user).into_iter().enumerate() {
-            let (spendable, min) = ledger::spendable(&mut tx, &account).await?;
-            if i == 2 {
-                cash_micros = spendable;
-            }
-            let available = spendable.saturating_sub(min.unwrap_or(0)).max(0);
-            funds.push((account, available));
-        }
+        let funds = ledger::customer_funds(&mut tx, &job.user).await?;
+        let (cash_micros, _) =
+            ledger::spendable(&mut tx, &AccountKind::CustomerCash(job.user.clone()).name()).await?;
         let freeze = load_context(&mut tx, &job.user).await?;
         let term = match &licence {
             Some(l) => crate::terms::term_check(&mut tx, l, &job.user, job.now_ms).await?,
@@ -525,16 +508,9 @@ impl Store {
             _ => (None, String::new(), 0),
         };
         // No hold outlives its job: whatever the outcome did not post is released.
-        for h in ledger::open_holds(&mut tx, job_id).await? {
-            ledger::apply(
-                &mut tx,
-                &LedgerOp::VoidPending {
-                    id: tessera_accounting::derive_id(&["void", &h.transfer_id]),
-                    pending_id: h.transfer_id,
-                },
-                now_ms,
-            )
-            .await?;
+        let open = ledger::open_holds(&mut tx, job_id).await?;
+        for op in settle::release_holds(&open) {
+            ledger::apply(&mut tx, &op, now_ms).await?;
         }
         sqlx::query(
             "UPDATE jobs SET state = ?, count_state = ?, error = ?, result_size = ?, result_location = ?, \

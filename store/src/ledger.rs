@@ -10,18 +10,10 @@
 
 use serde::Serialize;
 use sqlx::{Row, SqliteConnection};
-use tessera_accounting::TransferSpec;
+use tessera_accounting::ledger::{Hold, LedgerOp};
+use tessera_accounting::{AccountKind, BalanceLimit, LedgerError, TransferOutcome, TransferSpec};
 
 use crate::{Store, StoreError, audit};
-
-/// TigerBeetle-style outcome of posting a transfer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum TransferOutcome {
-    /// Newly written.
-    Created,
-    /// The same transfer was already written.
-    Exists,
-}
 
 /// An account's balance (`credits - debits`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -48,58 +40,12 @@ pub struct TransferRecord {
     pub created_at_ms: i64,
 }
 
-/// One ledger operation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LedgerOp {
-    /// A plain transfer.
-    Post(TransferSpec),
-    /// A hold: reserves `amount_micros` on the debit account.
-    Hold(TransferSpec),
-    /// Posts the hold `pending_id` for `amount_micros` (at most the hold; the rest is released).
-    PostPending {
-        /// This operation's idempotency id.
-        id: String,
-        /// The hold.
-        pending_id: String,
-        /// Amount to move (1 ..= the hold's amount).
-        amount_micros: i64,
-    },
-    /// Releases the hold `pending_id`.
-    VoidPending {
-        /// This operation's idempotency id.
-        id: String,
-        /// The hold.
-        pending_id: String,
-    },
-}
-
 /// An open hold.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct HoldRecord {
-    /// The pending transfer's id.
-    pub transfer_id: String,
-    /// Account the funds are reserved on.
-    pub debit: String,
-    /// Account they will go to.
-    pub credit: String,
-    /// Reserved amount.
-    pub amount_micros: i64,
-}
+pub type HoldRecord = Hold;
 
-/// The lower balance limit an account gets when it is first created: customer funds, holds
-/// and provider receivables never go below zero (a credit line gets its limit set
-/// explicitly); operator and external accounts are unconstrained.
-pub fn default_limit(account: &str) -> Option<i64> {
-    let parts: Vec<&str> = account.split(':').collect();
-    match parts.as_slice() {
-        [
-            "customer",
-            _,
-            "cash" | "recharge_voucher" | "deduction_voucher" | "credit" | "holds",
-        ] => Some(0),
-        ["provider", _, "receivable"] => Some(0),
-        _ => None,
-    }
+/// Parses an account name once, at the storage boundary.
+fn kind(name: &str) -> Result<AccountKind, StoreError> {
+    Ok(name.parse::<AccountKind>()?)
 }
 
 async fn ensure_account(conn: &mut SqliteConnection, name: &str) -> Result<(), StoreError> {
@@ -107,7 +53,7 @@ async fn ensure_account(conn: &mut SqliteConnection, name: &str) -> Result<(), S
         "INSERT INTO ledger_accounts (name, min_balance_micros) VALUES (?, ?) ON CONFLICT(name) DO NOTHING",
     )
     .bind(name)
-    .bind(default_limit(name))
+    .bind(kind(name)?.default_limit().min_balance_micros())
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -135,11 +81,14 @@ async fn debit(
     let min: Option<i64> = r.try_get(1)?;
     if let Some(min) = min
         && spendable < min
-        && posted + pending > 0
+        && posted.checked_add(pending).ok_or(LedgerError::Overflow)? > 0
     {
-        return Err(StoreError::Ledger(format!(
-            "account {account} would fall to {spendable} micros spendable, below its limit of {min}"
-        )));
+        return Err(LedgerError::InsufficientFunds {
+            account: account.to_string(),
+            spendable_micros: spendable,
+            limit_micros: min,
+        }
+        .into());
     }
     Ok(())
 }
@@ -267,8 +216,7 @@ async fn post_or_hold(
     pending: bool,
     now_ms: i64,
 ) -> Result<TransferOutcome, StoreError> {
-    t.validate()
-        .map_err(|e| StoreError::Ledger(e.to_string()))?;
+    t.validate()?;
     let kind = if pending { "pending" } else { "posted" };
     if let Some(e) = existing(conn, &t.id).await? {
         let same = e.debit == t.debit
@@ -330,16 +278,19 @@ async fn resolve(
         .fetch_optional(&mut *conn)
         .await?;
     if let Some(r) = resolved {
-        let by: String = r.try_get(0)?;
-        return Err(StoreError::Ledger(format!(
-            "hold {pending_id} was already resolved by {by}"
-        )));
+        return Err(LedgerError::HoldAlreadyResolved {
+            hold: pending_id.to_string(),
+            by: r.try_get(0)?,
+        }
+        .into());
     }
     if moved <= 0 || moved > hold.amount {
-        return Err(StoreError::Ledger(format!(
-            "hold {pending_id} of {} micros cannot be posted for {moved}",
-            hold.amount
-        )));
+        return Err(LedgerError::PostExceedsHold {
+            hold: pending_id.to_string(),
+            held_micros: hold.amount,
+            amount_micros: moved,
+        }
+        .into());
     }
     let posted = if amount.is_some() { moved } else { 0 };
     // Release the whole reservation, then move what is posted.
@@ -386,11 +337,12 @@ pub(crate) async fn open_holds(
         .collect()
 }
 
-/// Spendable balance of an account (`credits - debits - debits_pending`) and its limit.
+/// Spendable balance of an account (`credits - debits - debits_pending`) and its limit (the
+/// kind's default for an account that does not exist yet).
 pub(crate) async fn spendable(
     conn: &mut SqliteConnection,
     account: &str,
-) -> Result<(i64, Option<i64>), StoreError> {
+) -> Result<(i64, BalanceLimit), StoreError> {
     let r = sqlx::query(
         "SELECT credits_micros - debits_micros - debits_pending_micros, min_balance_micros \
          FROM ledger_accounts WHERE name = ?",
@@ -399,9 +351,23 @@ pub(crate) async fn spendable(
     .fetch_optional(&mut *conn)
     .await?;
     Ok(match r {
-        Some(r) => (r.try_get(0)?, r.try_get(1)?),
-        None => (0, default_limit(account)),
+        Some(r) => (r.try_get(0)?, BalanceLimit::from_min_balance(r.try_get(1)?)),
+        None => (0, kind(account)?.default_limit()),
     })
+}
+
+/// A customer's funds in payment order ([`AccountKind::customer_funds`]) with what each can
+/// still give above its limit.
+pub(crate) async fn customer_funds(
+    conn: &mut SqliteConnection,
+    customer: &str,
+) -> Result<Vec<(AccountKind, i64)>, StoreError> {
+    let mut out = Vec::with_capacity(4);
+    for account in AccountKind::customer_funds(customer) {
+        let (spendable, limit) = spendable(conn, &account.name()).await?;
+        out.push((account, limit.headroom(spendable)));
+    }
+    Ok(out)
 }
 
 impl Store {
@@ -435,6 +401,17 @@ impl Store {
         Ok(out)
     }
 
+    /// A customer's funds in payment order with what each can still give above its limit
+    /// (the input of [`tessera_accounting::settle::admission_holds`] and
+    /// [`tessera_accounting::settle::term_payment`]).
+    pub async fn customer_funds(
+        &self,
+        customer: &str,
+    ) -> Result<Vec<(AccountKind, i64)>, StoreError> {
+        let mut conn = self.read.acquire().await?;
+        customer_funds(&mut conn, customer).await
+    }
+
     /// Open holds of a job.
     pub async fn job_holds(&self, job_id: &str) -> Result<Vec<HoldRecord>, StoreError> {
         let mut conn = self.read.acquire().await?;
@@ -447,12 +424,14 @@ impl Store {
         Ok(spendable(&mut conn, account).await?.0)
     }
 
-    /// Sets an account's lower balance limit (`None`: no limit), creating the account.
+    /// Sets an account's lower balance limit (`None`: no limit; a credit line of `L` is
+    /// `Some(-L)`, see [`BalanceLimit::credit_line`]), creating the account.
     pub async fn set_account_limit(
         &self,
         account: &str,
         min_balance_micros: Option<i64>,
     ) -> Result<(), StoreError> {
+        kind(account)?;
         sqlx::query(
             "INSERT INTO ledger_accounts (name, min_balance_micros) VALUES (?, ?) \
              ON CONFLICT(name) DO UPDATE SET min_balance_micros = excluded.min_balance_micros",

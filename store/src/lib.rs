@@ -17,25 +17,24 @@ mod terms;
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-pub use bills::{
-    BillLineRecord, BillRecord, LATE_WINDOW_MS_MAX, LineAmounts, NewBillLine, StatementRecord,
-    bill_id,
-};
+pub use bills::{BillLineRecord, BillRecord, LATE_WINDOW_MS_MAX, StatementRecord, bill_id};
 pub use jobs::{
     AdmitContext, AdmitOutcome, Decision, FinishOutcome, JobFinish, JobRecord, NewJob, NewTask,
-    TaskRecord, TaskUpdate, UsageEventRecord, funding_accounts,
+    TaskRecord, TaskUpdate, UsageEventRecord,
 };
-pub use ledger::{
-    BalanceRecord, HoldRecord, LedgerOp, TransferOutcome, TransferRecord, default_limit,
-};
+pub use ledger::{BalanceRecord, HoldRecord, TransferRecord};
 pub use limits::{AccountStatus, FreezeContext, LimitScope};
 pub use records::{DatasetRecord, LicenceRecord, WorkerRecord};
 pub use terms::SubscriptionView;
+pub use tessera_accounting::bill::{Amounts, BillLineKind, NewBillLine, Split};
+pub use tessera_accounting::ledger::LedgerOp;
+pub use tessera_accounting::{LedgerError, TransferOutcome};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -70,15 +69,74 @@ pub enum StoreError {
         /// The id.
         id: String,
     },
-    /// A ledger rule was broken (balance limit, bad amount).
+    /// A ledger rule was broken: insufficient funds (a balance limit), a bad amount, an
+    /// unknown account name, a hold resolved twice (see [`LedgerError`]).
     #[error("ledger: {0}")]
-    Ledger(String),
-    /// A business rule refused the operation (funds, limits, state); nothing was written.
+    Ledger(#[from] LedgerError),
+    /// A bill rule was broken: a line breaking the §3.8 identities, a bad period.
+    #[error("bill: {0}")]
+    Bill(#[from] tessera_accounting::bill::BillError),
+    /// A request value is out of its allowed range (nothing was written).
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// A provider statement's period still accepts late charges, so it cannot be paid out.
+    #[error("period {period} is still open for late charges until {until_ms} ms")]
+    PeriodOpen {
+        /// `YYYY-MM`.
+        period: String,
+        /// When it stops accepting them.
+        until_ms: i64,
+    },
+    /// A business rule refused the operation (funds, freeze, limits, state); nothing was
+    /// written. The [`Refusal`] says which rule.
     #[error("{0}")]
-    Refused(String),
+    Refused(#[from] Refusal),
     /// Stored data could not be decoded.
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
+}
+
+/// Which business rule refused an operation.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The customer's funds do not cover the amount due (insufficient funds).
+    #[error(transparent)]
+    Funds(#[from] tessera_accounting::settle::SettleError),
+    /// The account is frozen by the operator (manual freeze, operations manual §3.6.5).
+    #[error("account {customer} frozen manually: {reason}")]
+    AccountFrozen {
+        /// Customer.
+        customer: String,
+        /// The operator's reason.
+        reason: String,
+    },
+    /// A purchase or freeze limit refuses it (minimum purchase amount, §3.6.5).
+    #[error(transparent)]
+    Limit(#[from] tessera_accounting::freeze::LimitError),
+    /// A subscription rule refuses it (months out of range, closed, before its start).
+    #[error(transparent)]
+    Subscription(#[from] tessera_accounting::subscription::SubscriptionError),
+    /// The licence is not sold by the month.
+    #[error("licence {0} has no monthly price: its jobs are metered only")]
+    NotMonthly(String),
+    /// The licence belongs to another customer.
+    #[error("licence {licence} is licensed to {licensee}, not {customer}")]
+    NotLicensee {
+        /// Licence.
+        licence: String,
+        /// Its licensee.
+        licensee: String,
+        /// Who asked.
+        customer: String,
+    },
+    /// The subscription is already closed.
+    #[error("subscription {0} is already closed")]
+    SubscriptionClosed(String),
 }
 
 /// The operator's store.
@@ -86,6 +144,9 @@ pub enum StoreError {
 pub struct Store {
     write: SqlitePool,
     read: SqlitePool,
+    /// The directory of a throw-away store ([`Store::open_temporary`]), removed when the
+    /// last clone is dropped (held, never read).
+    _temporary: Option<Arc<tempfile::TempDir>>,
 }
 
 impl Store {
@@ -96,11 +157,28 @@ impl Store {
                 std::fs::create_dir_all(dir).map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
             }
         }
+        Self::open_with(path, SqliteSynchronous::Full, None).await
+    }
+
+    /// A throw-away store: the same schema and code on a database file in a fresh temporary
+    /// directory, deleted when the last clone of the store is dropped; commits are not synced
+    /// to disk. Used by the billing simulator and by tests.
+    pub async fn open_temporary() -> Result<Self, StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
+        let path = dir.path().join("tessera.db");
+        Self::open_with(&path, SqliteSynchronous::Off, Some(Arc::new(dir))).await
+    }
+
+    async fn open_with(
+        path: &Path,
+        synchronous: SqliteSynchronous,
+        temporary: Option<Arc<tempfile::TempDir>>,
+    ) -> Result<Self, StoreError> {
         let opts = SqliteConnectOptions::from_str("sqlite:")?
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
+            .synchronous(synchronous)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(30));
         let write = SqlitePoolOptions::new()
@@ -112,7 +190,11 @@ impl Store {
             .max_connections(4)
             .connect_with(opts.read_only(true))
             .await?;
-        Ok(Self { write, read })
+        Ok(Self {
+            write,
+            read,
+            _temporary: temporary,
+        })
     }
 
     /// Closes both pools, flushing the WAL.

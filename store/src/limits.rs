@@ -163,11 +163,12 @@ pub(crate) async fn set_auto_frozen(
     Ok(())
 }
 
-fn check_amount(name: &str, v: Option<i64>) -> Result<(), StoreError> {
+fn check_amount(name: &'static str, v: Option<i64>) -> Result<(), StoreError> {
     match v {
-        Some(v) if v < 0 => Err(StoreError::Ledger(format!(
-            "{name} must not be negative, got {v}"
-        ))),
+        Some(v) if v < 0 => Err(StoreError::Invalid {
+            field: name,
+            reason: format!("must not be negative, got {v}"),
+        }),
         _ => Ok(()),
     }
 }

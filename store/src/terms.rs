@@ -12,15 +12,16 @@
 
 use serde::Serialize;
 use sqlx::{Row, SqliteConnection};
+use tessera_accounting::AccountKind;
 use tessera_accounting::freeze::{ManualFreeze, check_purchase};
+use tessera_accounting::settle::{self, TermPurchase, TermRefund};
 use tessera_accounting::subscription::{
     DailyPriceBasis, Subscription, SubscriptionStatus, Term, TermKind,
 };
-use tessera_accounting::{AccountKind, TransferSpec, derive_id, plan_holds, split_share};
 
-use crate::bills::{LineAmounts, NewBillLine, add_line};
+use crate::bills::add_line;
 use crate::records::{LicenceRecord, load_licence};
-use crate::{Store, StoreError, audit, ledger, limits};
+use crate::{Refusal, Store, StoreError, audit, ledger, limits};
 
 /// What a subscription operation did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -48,8 +49,8 @@ struct Loaded {
     generation: i64,
 }
 
-fn refused(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Refused(e.to_string())
+fn refused(e: impl Into<Refusal>) -> StoreError {
+    StoreError::Refused(e.into())
 }
 
 async fn load(
@@ -158,22 +159,22 @@ impl Store {
         let mut tx = self.write.begin().await?;
         let l = load_licence(&mut tx, licence_id).await?;
         if l.monthly_price_micros == 0 {
-            return Err(refused(format!(
-                "licence {licence_id} has no monthly price: its jobs are metered only"
-            )));
+            return Err(refused(Refusal::NotMonthly(licence_id.to_string())));
         }
         if l.licensee != customer {
-            return Err(refused(format!(
-                "licence {licence_id} is licensed to {}, not {customer}",
-                l.licensee
-            )));
+            return Err(refused(Refusal::NotLicensee {
+                licence: licence_id.to_string(),
+                licensee: l.licensee.clone(),
+                customer: customer.to_string(),
+            }));
         }
         let product = format!("licence:{licence_id}");
         let freeze = limits::load_context(&mut tx, customer).await?;
         if let ManualFreeze::Frozen(why) = &freeze.manual {
-            return Err(refused(format!(
-                "account {customer} frozen manually: {why}"
-            )));
+            return Err(refused(Refusal::AccountFrozen {
+                customer: customer.to_string(),
+                reason: why.clone(),
+            }));
         }
         let cash_account = AccountKind::CustomerCash(customer.to_string()).name();
         let (cash, _) = ledger::spendable(&mut tx, &cash_account).await?;
@@ -223,94 +224,36 @@ impl Store {
             sub.apply_renewal(&q).map_err(refused)?;
         }
         let seq = sub.terms.len() - 1;
-        let term = sub
-            .terms
-            .last()
-            .cloned()
-            .ok_or_else(|| refused("no term"))?;
+        let term = sub.terms.last().cloned().ok_or_else(|| {
+            StoreError::Corrupt(format!("subscription {licence_id}/{customer} has no term"))
+        })?;
         let price = term.original_micros;
 
-        // Pay: recharge voucher, cash, credit (prepaid products take no deduction vouchers).
-        let c = customer.to_string();
-        let mut funds = Vec::new();
-        for account in [
-            AccountKind::CustomerRechargeVoucher(c.clone()).name(),
-            cash_account.clone(),
-            AccountKind::CustomerCredit(c.clone()).name(),
-        ] {
-            let (spendable, min) = ledger::spendable(&mut tx, &account).await?;
-            funds.push((account, spendable.saturating_sub(min.unwrap_or(0)).max(0)));
+        // Pay in the payment order of a prepaid product (recharge voucher, cash, credit).
+        let funds = ledger::customer_funds(&mut tx, customer).await?;
+        let paid = settle::term_payment(
+            &TermPurchase {
+                licence_id,
+                customer,
+                provider: &l.licensor,
+                generation,
+                seq,
+                kind,
+                start: term.start,
+                end: term.end,
+                months: term.months,
+                price_micros: price,
+                monthly_price_micros: l.monthly_price_micros,
+                operator_share_bps: l.price.operator_share_bps,
+                now: now_ms,
+            },
+            &funds,
+        )
+        .map_err(refused)?;
+        for t in &paid.transfers {
+            ledger::post(&mut tx, t, now_ms).await?;
         }
-        let plan = plan_holds(&funds, price).map_err(refused)?;
-        let key = |parts: &[&str]| {
-            let mut all = vec!["term", licence_id, customer];
-            let g = generation.to_string();
-            let s = seq.to_string();
-            all.extend([g.as_str(), s.as_str()]);
-            all.extend(parts);
-            derive_id(&all)
-        };
-        let holds = AccountKind::CustomerHolds(c.clone()).name();
-        let mut amounts = LineAmounts {
-            original_micros: price,
-            ..LineAmounts::default()
-        };
-        let mut refundable = 0;
-        for (account, amount) in &plan {
-            if *account == cash_account {
-                amounts.cash_micros += amount;
-                refundable += amount;
-            } else if account.ends_with(":credit") {
-                amounts.credit_micros += amount;
-                refundable += amount;
-            } else {
-                amounts.recharge_voucher_micros += amount;
-            }
-            ledger::post(
-                &mut tx,
-                &TransferSpec {
-                    id: key(&[account]),
-                    debit: account.clone(),
-                    credit: holds.clone(),
-                    amount_micros: *amount,
-                    job_id: None,
-                    memo: format!("licence {licence_id} term {seq}"),
-                },
-                now_ms,
-            )
-            .await?;
-        }
-        let (provider_part, operator_part) = split_share(price, l.price.operator_share_bps);
-        amounts.provider_micros = provider_part;
-        amounts.operator_micros = operator_part;
-        for (leg, credit, amount) in [
-            (
-                "provider",
-                AccountKind::ProviderReceivable(l.licensor.clone()).name(),
-                provider_part,
-            ),
-            (
-                "operator",
-                AccountKind::OperatorRevenue.name(),
-                operator_part,
-            ),
-        ] {
-            if amount > 0 {
-                ledger::post(
-                    &mut tx,
-                    &TransferSpec {
-                        id: key(&[leg]),
-                        debit: holds.clone(),
-                        credit,
-                        amount_micros: amount,
-                        job_id: None,
-                        memo: format!("licence {licence_id} term {seq}, {leg} share"),
-                    },
-                    now_ms,
-                )
-                .await?;
-            }
-        }
+        let refundable = paid.refundable_micros;
         sqlx::query(
             "INSERT INTO licence_subscriptions (licence_id, customer, status, generation, created_at_ms) \
              VALUES (?, ?, 'active', ?, ?) ON CONFLICT(licence_id, customer) DO UPDATE SET \
@@ -322,11 +265,7 @@ impl Store {
         .bind(now_ms)
         .execute(&mut *tx)
         .await?;
-        let kind_name = if kind == TermKind::Order {
-            "order"
-        } else {
-            "renewal"
-        };
+        let kind_name = paid.line.kind.name();
         sqlx::query(
             "INSERT INTO licence_terms (licence_id, customer, generation, seq, kind, start_ms, end_ms, months, \
              original_micros, refundable_paid_micros, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -334,7 +273,7 @@ impl Store {
         .bind(licence_id)
         .bind(customer)
         .bind(generation)
-        .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+        .bind(i64::try_from(seq).map_err(|_| StoreError::Corrupt(format!("term index {seq}")))?)
         .bind(kind_name)
         .bind(term.start)
         .bind(term.end)
@@ -344,27 +283,7 @@ impl Store {
         .bind(now_ms)
         .execute(&mut *tx)
         .await?;
-        add_line(
-            &mut tx,
-            &NewBillLine {
-                line_id: key(&["bill"]),
-                customer: customer.to_string(),
-                job_id: None,
-                kind: kind_name.into(),
-                product,
-                provider: l.licensor.clone(),
-                event_time_ms: now_ms,
-                service_start_ms: term.start,
-                service_end_ms: term.end,
-                amounts,
-                note: format!(
-                    "{kind_name} of {} month(s) at {} per month",
-                    term.months, l.monthly_price_micros
-                ),
-            },
-            now_ms,
-        )
-        .await?;
+        add_line(&mut tx, &paid.line, now_ms).await?;
         let view = SubscriptionView {
             licence_id: licence_id.to_string(),
             customer: customer.to_string(),
@@ -380,7 +299,8 @@ impl Store {
             now_ms,
             "licence_subscribe",
             &format!("{licence_id}/{customer}"),
-            &serde_json::json!({"kind": kind_name, "view": view, "paid_from": plan}),
+            &serde_json::json!({"kind": kind_name, "view": view,
+                "paid_from": paid.paid_from.iter().map(|(a, m)| (a.name(), m)).collect::<Vec<_>>()}),
         )
         .await?;
         tx.commit().await?;
@@ -410,9 +330,9 @@ impl Store {
             });
         };
         if !matches!(sub.status, SubscriptionStatus::Active) {
-            return Err(refused(format!(
-                "subscription {licence_id}/{customer} is already closed"
-            )));
+            return Err(refused(Refusal::SubscriptionClosed(format!(
+                "{licence_id}/{customer}"
+            ))));
         }
         if now_ms >= sub.end() {
             sub.freeze(sub.end());
@@ -421,64 +341,24 @@ impl Store {
             .quote_unsubscribe(now_ms, DailyPriceBasis::default())
             .map_err(refused)?;
         let refund = q.refund_micros;
-        let (provider_part, operator_part) = split_share(refund, l.price.operator_share_bps);
-        let cash = AccountKind::CustomerCash(customer.to_string()).name();
-        let g = generation.to_string();
-        for (leg, debit, amount) in [
-            (
-                "provider",
-                AccountKind::ProviderReceivable(l.licensor.clone()).name(),
-                provider_part,
-            ),
-            (
-                "operator",
-                AccountKind::OperatorRefunds.name(),
-                operator_part,
-            ),
-        ] {
-            if amount > 0 {
-                ledger::post(
-                    &mut tx,
-                    &TransferSpec {
-                        id: derive_id(&["refund", licence_id, customer, &g, leg]),
-                        debit,
-                        credit: cash.clone(),
-                        amount_micros: amount,
-                        job_id: None,
-                        memo: format!("refund of licence {licence_id}, {leg} share"),
-                    },
-                    now_ms,
-                )
-                .await?;
-            }
+        let (transfers, line) = settle::term_refund(&TermRefund {
+            licence_id,
+            customer,
+            provider: &l.licensor,
+            generation,
+            refund_micros: refund,
+            operator_share_bps: l.price.operator_share_bps,
+            start: sub.start(),
+            now: now_ms,
+            refundable_paid_micros: q.refundable_paid_micros,
+            months_used: q.months_used,
+            monthly_price_micros: l.monthly_price_micros,
+        })
+        .map_err(refused)?;
+        for t in &transfers {
+            ledger::post(&mut tx, t, now_ms).await?;
         }
-        add_line(
-            &mut tx,
-            &NewBillLine {
-                line_id: derive_id(&["refund-bill", licence_id, customer, &g]),
-                customer: customer.to_string(),
-                job_id: None,
-                kind: "refund".into(),
-                product: format!("licence:{licence_id}"),
-                provider: l.licensor.clone(),
-                event_time_ms: now_ms,
-                service_start_ms: sub.start(),
-                service_end_ms: now_ms.max(sub.start()),
-                amounts: LineAmounts {
-                    original_micros: -refund,
-                    cash_micros: -refund,
-                    provider_micros: -provider_part,
-                    operator_micros: -operator_part,
-                    ..LineAmounts::default()
-                },
-                note: format!(
-                    "unsubscribed: paid {} − {} month(s) used × {} = refund {refund}",
-                    q.refundable_paid_micros, q.months_used, l.monthly_price_micros
-                ),
-            },
-            now_ms,
-        )
-        .await?;
+        add_line(&mut tx, &line, now_ms).await?;
         sqlx::query(
             "UPDATE licence_subscriptions SET status = 'closed', closed_at_ms = ? WHERE licence_id = ? AND customer = ?",
         )

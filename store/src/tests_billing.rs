@@ -61,7 +61,7 @@ async fn holds_reserve_post_partially_and_void_exactly_once() {
     let too_much = transfer("hold2", "customer:u:cash", "customer:u:holds", 21);
     assert!(matches!(
         store.apply_ledger(&[LedgerOp::Hold(too_much)], 3).await,
-        Err(StoreError::Ledger(_))
+        Err(StoreError::Ledger(LedgerError::InsufficientFunds { .. }))
     ));
     // Nor can a plain transfer spend the held funds.
     let spend = transfer("spend", "customer:u:cash", "operator:revenue", 30);
@@ -143,18 +143,20 @@ fn line(id: &str, customer: &str, event: i64, paid: i64) -> NewBillLine {
         line_id: id.into(),
         customer: customer.into(),
         job_id: None,
-        kind: "usage".into(),
+        kind: BillLineKind::Usage,
         product: "psi".into(),
         provider: "prov".into(),
         event_time_ms: event,
         service_start_ms: event,
         service_end_ms: event,
-        amounts: LineAmounts {
-            original_micros: paid,
-            cash_micros: paid,
+        amounts: Amounts {
+            original: paid,
+            cash: paid,
+            ..Amounts::default()
+        },
+        split: Split {
             provider_micros: paid - paid / 10,
             operator_micros: paid / 10,
-            ..LineAmounts::default()
         },
         note: String::new(),
     }
@@ -210,7 +212,7 @@ async fn late_lines_land_in_their_month_or_as_corrections_and_closed_bills_never
     assert_eq!(b.corrects_period.as_deref(), Some("2026-11"));
     // A line that breaks the identities is refused.
     let mut bad = line("c", "u", nov, 50);
-    bad.amounts.cash_micros = 49;
+    bad.amounts.cash = 49;
     assert!(
         store
             .add_bill_line(&bad, at("2026-12-03 00:00:00"))
@@ -223,7 +225,7 @@ async fn late_lines_land_in_their_month_or_as_corrections_and_closed_bills_never
     assert_eq!(bills[0].period, "2026-12");
     assert_eq!(bills[0].state, "open");
     assert_eq!(bills[1].state, "closed");
-    assert_eq!(bills[1].totals.original_micros, 100);
+    assert_eq!(bills[1].totals.original, 100);
     assert_eq!(store.bill_lines("2026-11:u").await.expect("lines").len(), 1);
     assert!(matches!(
         store.bill_lines("2026-10:u").await,
@@ -267,7 +269,7 @@ async fn payouts_pay_a_closed_month_once() {
         store
             .payout("prov", "2026-11", at("2026-11-30 00:00:00"))
             .await,
-        Err(StoreError::Ledger(_))
+        Err(StoreError::PeriodOpen { .. })
     ));
     assert!(store.payout("prov", "2026-13", nov).await.is_err());
     let dec = at("2026-12-01 00:00:00");
@@ -439,7 +441,7 @@ async fn licence_terms_are_bought_renewed_and_refunded_by_the_manuals_rules() {
     deposit(&store, "customer:u:cash", 500 * y).await;
     assert!(matches!(
         store.subscribe("lic", "u", 3, t0).await,
-        Err(StoreError::Refused(_))
+        Err(StoreError::Refused(Refusal::Funds(_)))
     ));
     assert!(store.subscribe("lic", "someone", 1, t0).await.is_err());
     // The recharge voucher pays first, then cash.
@@ -484,7 +486,7 @@ async fn licence_terms_are_bought_renewed_and_refunded_by_the_manuals_rules() {
         store
             .unsubscribe("lic", "u", at("2026-11-29 00:00:00"))
             .await,
-        Err(StoreError::Refused(_))
+        Err(StoreError::Refused(Refusal::SubscriptionClosed(_)))
     ));
 
     // Ordered again: a new generation; renewed after its end it restarts at the renewal time.
@@ -522,9 +524,9 @@ async fn licence_terms_are_bought_renewed_and_refunded_by_the_manuals_rules() {
         all
     };
     let kinds: std::collections::BTreeSet<&str> =
-        lines.iter().map(|l| l.line.kind.as_str()).collect();
+        lines.iter().map(|l| l.line.kind.name()).collect();
     assert_eq!(kinds, ["order", "refund", "renewal"].into_iter().collect());
-    assert!(lines.iter().any(|l| l.line.amounts.cash_micros == -200 * y));
+    assert!(lines.iter().any(|l| l.line.amounts.cash == -200 * y));
     assert!(store.ledger_balanced().await.expect("balanced"));
     assert!(store.verify_audit().await.expect("audit").ok());
 }

@@ -1,4 +1,4 @@
-//! Runs every scenario under `accounting/scenarios/*.toml` and compares the rendered report
+//! Runs every scenario under `simulator/scenarios/*.toml` and compares the rendered report
 //! with its `*.expected.txt` exactly; then checks the operations manual's figures on the
 //! reports directly, so an expected file cannot silently drift away from the manual.
 //!
@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use tessera_accounting::bill::BillLineKind;
 use tessera_accounting::civil::format_millis;
-use tessera_accounting::scenario::{SimulationReport, simulate};
+use tessera_simulator::{SimulationReport, simulate};
 
 const Y: i64 = 1_000_000;
 
@@ -26,22 +26,26 @@ fn scenario_files() -> Vec<PathBuf> {
     files
 }
 
-fn run(name: &str) -> SimulationReport {
+async fn run(name: &str) -> SimulationReport {
     let text = std::fs::read_to_string(dir().join(name)).expect("read scenario");
-    simulate(&text).expect("simulate")
+    simulate(&text).await.expect("simulate")
 }
 
-#[test]
-fn every_scenario_matches_its_expected_output() {
+#[tokio::test]
+async fn every_scenario_matches_its_expected_output() {
     let files = scenario_files();
     assert!(files.len() >= 14, "scenario files missing");
     let bless = std::env::var("TESSERA_BLESS").is_ok_and(|v| v == "1");
     let mut failures = Vec::new();
     for f in files {
         let text = std::fs::read_to_string(&f).expect("read");
-        let report = simulate(&text).expect("simulate");
+        let report = simulate(&text).await.expect("simulate");
         let rendered = report.render_text();
-        assert_eq!(simulate(&text).expect("again"), report, "deterministic");
+        assert_eq!(
+            simulate(&text).await.expect("again"),
+            report,
+            "deterministic"
+        );
         let expected_path = f.with_extension("expected.txt");
         if bless {
             std::fs::write(&expected_path, &rendered).expect("write expected");
@@ -101,17 +105,17 @@ fn spans(r: &SimulationReport, kind: BillLineKind) -> Vec<(String, String)> {
         .collect()
 }
 
-#[test]
-fn manual_1_4_4_figures() {
+#[tokio::test]
+async fn manual_1_4_4_figures() {
     use BillLineKind::*;
-    let r = run("1_4_4_1_2_order_discount_coupon.toml");
+    let r = run("1_4_4_1_2_order_discount_coupon.toml").await;
     assert_eq!(
         lines(&r),
         vec![(Order, 600 * Y, 300 * Y, 70 * Y, 230 * Y, 0)]
     );
     assert_eq!(balances(&r), (3000 * Y, 2770 * Y, 3000 * Y, 0));
 
-    let r = run("1_4_4_1_3_makeup_discount_coupon.toml");
+    let r = run("1_4_4_1_3_makeup_discount_coupon.toml").await;
     assert_eq!(
         lines(&r),
         vec![
@@ -121,7 +125,7 @@ fn manual_1_4_4_figures() {
     );
     assert_eq!(balances(&r), (3000 * Y, 2734 * Y, 3000 * Y, 0));
 
-    let r = run("1_4_4_1_4_unsubscribe_refund_zero.toml");
+    let r = run("1_4_4_1_4_unsubscribe_refund_zero.toml").await;
     assert_eq!(
         lines(&r),
         vec![(Order, 600 * Y, 300 * Y, 70 * Y, 130 * Y, 100 * Y)]
@@ -134,10 +138,10 @@ fn manual_1_4_4_figures() {
     );
 }
 
-#[test]
-fn manual_1_4_5_figures() {
+#[tokio::test]
+async fn manual_1_4_5_figures() {
     use BillLineKind::*;
-    let r = run("1_4_5_1_1_order_monthly_price.toml");
+    let r = run("1_4_5_1_1_order_monthly_price.toml").await;
     assert_eq!(
         lines(&r),
         vec![
@@ -174,7 +178,7 @@ fn manual_1_4_5_figures() {
         ),
     ];
     for (file, makeup, (start, end)) in renewals {
-        let r = run(file);
+        let r = run(file).await;
         let mut want = vec![(Order, 300 * Y, 0, 0, 0, 300 * Y)];
         if let Some(m) = makeup {
             want.push((MakeUp, m * Y, 0, 0, 0, m * Y));
@@ -196,7 +200,7 @@ fn manual_1_4_5_figures() {
         );
     }
 
-    let r = run("1_4_5_1_3_unsubscribe_six_months.toml");
+    let r = run("1_4_5_1_3_unsubscribe_six_months.toml").await;
     assert_eq!(
         lines(&r),
         vec![
@@ -204,7 +208,7 @@ fn manual_1_4_5_figures() {
             (Refund, -40_000 * Y, 0, 0, 0, -40_000 * Y)
         ]
     );
-    let r = run("1_4_5_1_3_1_unsubscribe_inside_term.toml");
+    let r = run("1_4_5_1_3_1_unsubscribe_inside_term.toml").await;
     assert_eq!(
         lines(&r),
         vec![
@@ -217,7 +221,7 @@ fn manual_1_4_5_figures() {
         "1_4_5_1_3_2_unsubscribe_outside_term.toml",
         "1_4_5_1_3_3_unsubscribe_outside_frozen.toml",
     ] {
-        let r = run(file);
+        let r = run(file).await;
         assert_eq!(
             lines(&r),
             vec![
@@ -235,7 +239,7 @@ fn manual_1_4_5_figures() {
         );
     }
 
-    let r = run("1_4_5_2_postpaid_hourly.toml");
+    let r = run("1_4_5_2_postpaid_hourly.toml").await;
     let hourly = spans(&r, Hourly);
     assert_eq!(
         hourly.last(),
