@@ -15,6 +15,7 @@ use sqlx::{Row, SqliteConnection};
 use tessera_accounting::bill::{Amounts, BillLineKind, NewBillLine, Split};
 use tessera_accounting::bill::{Placement, month_end, parse_period, period_name, place_line};
 use tessera_accounting::settle;
+use tessera_core::civil::Zone;
 
 use crate::{Store, StoreError, audit, ledger};
 
@@ -98,6 +99,7 @@ pub(crate) async fn add_line(
     conn: &mut SqliteConnection,
     line: &NewBillLine,
     arrival_ms: i64,
+    zone: &Zone,
 ) -> Result<BillLineRecord, StoreError> {
     line.validate()?;
     if let Some(existing) = load_lines(conn, "l.line_id = ?", &line.line_id)
@@ -123,7 +125,8 @@ pub(crate) async fn add_line(
             .iter()
             .map(|r| r.try_get::<String, _>(0))
             .collect::<Result<_, _>>()?;
-    let placement = place_line(line.event_time_ms, arrival_ms, window, |p| {
+    // Months are reckoned on the zone's wall clock; the late window is a duration.
+    let placement = place_line(zone.local(line.event_time_ms)?, zone.local(arrival_ms)?, window, |p| {
         closed.contains(&period_name(p))
     })?;
     let (period, corrects) = match placement {
@@ -256,8 +259,10 @@ async fn load_lines(
 pub(crate) async fn close_due(
     conn: &mut SqliteConnection,
     now_ms: i64,
+    zone: &Zone,
 ) -> Result<Vec<String>, StoreError> {
     let window = late_window_ms(conn).await?;
+    let local_now = zone.local(now_ms)?;
     let open =
         sqlx::query("SELECT bill_id, period FROM bills WHERE state = 'open' ORDER BY bill_id")
             .fetch_all(&mut *conn)
@@ -267,7 +272,7 @@ pub(crate) async fn close_due(
         let id: String = r.try_get(0)?;
         let period: String = r.try_get(1)?;
         let (y, m) = parse_period(&period)?;
-        if month_end(y, m)?.saturating_add(window) <= now_ms {
+        if month_end(y, m)?.saturating_add(window) <= local_now {
             sqlx::query("UPDATE bills SET state = 'closed', closed_at_ms = ? WHERE bill_id = ?")
                 .bind(now_ms)
                 .bind(&id)
@@ -401,7 +406,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<BillLineRecord, StoreError> {
         let mut tx = self.write.begin().await?;
-        let r = add_line(&mut tx, line, now_ms).await?;
+        let r = add_line(&mut tx, line, now_ms, &self.zone).await?;
         tx.commit().await?;
         Ok(r)
     }
@@ -409,7 +414,7 @@ impl Store {
     /// Closes the bills that are due at `now_ms`; returns their ids.
     pub async fn close_due_bills(&self, now_ms: i64) -> Result<Vec<String>, StoreError> {
         let mut tx = self.write.begin().await?;
-        let closed = close_due(&mut tx, now_ms).await?;
+        let closed = close_due(&mut tx, now_ms, &self.zone).await?;
         tx.commit().await?;
         Ok(closed)
     }
@@ -500,13 +505,13 @@ impl Store {
     ) -> Result<StatementRecord, StoreError> {
         let (y, m) = parse_period(period)?;
         let mut tx = self.write.begin().await?;
-        close_due(&mut tx, now_ms).await?;
+        close_due(&mut tx, now_ms, &self.zone).await?;
         let st = statement_for(&mut tx, provider, period).await?;
         if st.paid_out_at_ms.is_some() {
             return Ok(st);
         }
         let window = late_window_ms(&mut tx).await?;
-        let due = month_end(y, m)?.saturating_add(window);
+        let due = self.zone.instant(month_end(y, m)?)?.saturating_add(window);
         if now_ms < due {
             return Err(StoreError::PeriodOpen {
                 period: period.to_string(),

@@ -497,7 +497,7 @@ impl Store {
                     ledger::apply(&mut tx, op, now_ms).await?;
                 }
                 if let Some(line) = bill_line {
-                    add_line(&mut tx, line.as_ref(), now_ms).await?;
+                    add_line(&mut tx, line.as_ref(), now_ms, &self.zone).await?;
                 }
                 (
                     Some(i64::try_from(*result_size).unwrap_or(i64::MAX)),

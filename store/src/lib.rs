@@ -96,6 +96,9 @@ pub enum StoreError {
     /// written. The [`Refusal`] says which rule.
     #[error("{0}")]
     Refused(#[from] Refusal),
+    /// A time lies outside the calendar's range (years 1970..=9999).
+    #[error("time: {0}")]
+    Time(#[from] tessera_core::civil::TimeError),
     /// Stored data could not be decoded.
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
@@ -147,6 +150,8 @@ pub struct Store {
     /// The directory of a throw-away store ([`Store::open_temporary`]), removed when the
     /// last clone is dropped (held, never read).
     _temporary: Option<Arc<tempfile::TempDir>>,
+    /// The calendar zone of billing months (`tessera_core::civil`; default UTC+08:00).
+    zone: tessera_core::civil::Zone,
 }
 
 impl Store {
@@ -194,7 +199,20 @@ impl Store {
             write,
             read,
             _temporary: temporary,
+            zone: tessera_core::civil::Zone::default(),
         })
+    }
+
+    /// The same store reckoning billing months (which bill a line lands on, when a month and
+    /// its late window end) in `zone` instead of the default UTC+08:00. Instants stay UTC.
+    pub fn with_zone(mut self, zone: tessera_core::civil::Zone) -> Self {
+        self.zone = zone;
+        self
+    }
+
+    /// The calendar zone of billing months.
+    pub fn zone(&self) -> &tessera_core::civil::Zone {
+        &self.zone
     }
 
     /// Closes both pools, flushing the WAL.

@@ -283,7 +283,7 @@ impl Store {
         .bind(now_ms)
         .execute(&mut *tx)
         .await?;
-        add_line(&mut tx, &paid.line, now_ms).await?;
+        add_line(&mut tx, &paid.line, now_ms, &self.zone).await?;
         let view = SubscriptionView {
             licence_id: licence_id.to_string(),
             customer: customer.to_string(),
@@ -358,7 +358,7 @@ impl Store {
         for t in &transfers {
             ledger::post(&mut tx, t, now_ms).await?;
         }
-        add_line(&mut tx, &line, now_ms).await?;
+        add_line(&mut tx, &line, now_ms, &self.zone).await?;
         sqlx::query(
             "UPDATE licence_subscriptions SET status = 'closed', closed_at_ms = ? WHERE licence_id = ? AND customer = ?",
         )
