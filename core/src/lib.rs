@@ -5,6 +5,7 @@
 //! those are passed in by the caller.
 
 pub mod clock;
+pub mod job;
 pub mod limits;
 pub mod link;
 pub mod table;
@@ -13,4 +14,6 @@ pub mod ticket;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use link::{Link, LinkError, LinkStats, MemLink};
 pub mod task;
+pub use job::{CountState, JobState, PsiMode, TaskErrorKind, TaskRole, TaskState};
+pub use table::KeyCase;
 pub use task::{TaskSpec, WorkerAttributes};

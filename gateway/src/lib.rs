@@ -8,7 +8,7 @@ use std::sync::Arc;
 use futures::Stream;
 use tessera_accounting::freeze::{LimitConfig, ManualFreeze};
 use tessera_accounting::{AccountKind, JobPrice, TransferSpec, derive_id};
-use tessera_core::WorkerAttributes;
+use tessera_core::{JobState, KeyCase, PsiMode, TaskErrorKind, WorkerAttributes};
 use tessera_policy::UsagePolicy;
 use tessera_proto::v1 as pb;
 use tessera_proto::v1::operator_server::{Operator, OperatorServer};
@@ -72,6 +72,7 @@ pub fn status(e: &SchedulerError) -> Status {
         SchedulerError::NotFound(_) => ApiCode::NotFound,
         SchedulerError::Forbidden(_) => ApiCode::PermissionDenied,
         SchedulerError::Store(s) => store_code(s),
+        SchedulerError::Encode { .. } | SchedulerError::Ticket(_) => ApiCode::Internal,
     };
     if code == ApiCode::Internal {
         tracing::error!(error = %e, "internal error");
@@ -114,12 +115,12 @@ pub fn job_to_pb(v: &JobView) -> pb::Job {
     let j = &v.job;
     pb::Job {
         job_id: j.job_id.clone(),
-        state: j.state.clone(),
+        state: pb::JobState::from(j.state).into(),
         licence_id: j.licence_id.clone(),
         scene: j.scene.clone(),
-        mode: j.mode.clone(),
+        mode: pb::PsiMode::from(j.mode).into(),
         user: j.user.clone(),
-        refusal_reasons: if j.state == "refused" {
+        refusal_reasons: if j.state == JobState::Refused {
             j.reasons.clone()
         } else {
             Vec::new()
@@ -132,6 +133,7 @@ pub fn job_to_pb(v: &JobView) -> pb::Job {
             .iter()
             .map(|p| pb::PhaseProgress {
                 party: p.party.clone(),
+                role: pb::TaskRole::from(p.role).into(),
                 phase: p.phase.clone(),
                 done: p.done,
                 total: p.total,
@@ -139,7 +141,7 @@ pub fn job_to_pb(v: &JobView) -> pb::Job {
             .collect(),
         charge_micros: j.charge_micros,
         created_at_ms: j.created_at_ms,
-        finished_at_ms: j.finished_at_ms.unwrap_or(0),
+        finished_at_ms: j.finished_at_ms,
     }
 }
 
@@ -347,9 +349,18 @@ impl Operator for OperatorService {
     ) -> Result<Response<pb::Ack>, Status> {
         let r = req.into_inner();
         let u = r.usage.unwrap_or_default();
+        let error_kind = if r.ok {
+            None
+        } else {
+            Some(
+                r.error_kind
+                    .parse::<TaskErrorKind>()
+                    .map_err(|e| invalid(e.to_string()))?,
+            )
+        };
         let report = TaskReport {
             ok: r.ok,
-            error_kind: r.error_kind.chars().take(32).collect(),
+            error_kind,
             error: r.error.chars().take(4096).collect(),
             usage: TaskUsage {
                 cpu_ms: u.cpu_ms,
@@ -492,16 +503,9 @@ impl Operator for OperatorService {
             buyer_dataset_id: r.buyer_dataset_id,
             buyer_columns: r.buyer_columns,
             provider_columns: r.provider_columns,
-            mode: if r.mode.is_empty() {
-                "intersection".into()
-            } else {
-                r.mode
-            },
-            key_case: if r.key_case.is_empty() {
-                "preserve".into()
-            } else {
-                r.key_case
-            },
+            mode: tessera_proto::decode::<PsiMode>(r.mode).map_err(|e| invalid(e.to_string()))?,
+            key_case: tessera_proto::decode::<KeyCase>(r.key_case)
+                .map_err(|e| invalid(e.to_string()))?,
             output: r.output,
         };
         let view = self.scheduler.submit(job).await.map_err(|e| status(&e))?;

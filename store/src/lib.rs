@@ -28,7 +28,7 @@ pub use bills::{
 };
 pub use jobs::{
     AdmitContext, AdmitOutcome, Decision, FinishOutcome, JobFinish, JobRecord, NewJob, NewTask,
-    TaskRecord, TaskUpdate, UsageEventRecord, funding_accounts,
+    Refusal, TaskRecord, TaskUpdate, UsageEventRecord, funding_accounts,
 };
 pub use ledger::{
     BalanceRecord, HoldRecord, LedgerOp, TransferOutcome, TransferRecord, default_limit,

@@ -407,20 +407,22 @@ async fn term_covers(store: &Store, id: &str, now: i64) -> Result<(), String> {
                 licence_id: "lic".into(),
                 scene: "psi".into(),
                 user: "u".into(),
-                mode: "size".into(),
+                mode: tessera_core::PsiMode::Size,
                 request: serde_json::json!({}),
                 now_ms: now,
             },
             |c| {
                 out = Some(c.term.clone());
-                Decision {
+                Ok::<_, StoreError>(Decision {
                     allowed: false,
-                    reasons: vec!["probe".into()],
+                    reasons: vec![Refusal::NoWorker {
+                        reason: "probe".into(),
+                    }],
                     detail: serde_json::json!({}),
                     tasks: vec![],
                     holds: vec![],
                     auto_frozen: None,
-                }
+                })
             },
         )
         .await
