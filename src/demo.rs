@@ -254,7 +254,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
 
     step(6, "a third PSI job: the licence has no runs left");
-    let j = c.submit_job(submit(pb::PsiMode::Size, "")).await?.into_inner();
+    let j = c
+        .submit_job(submit(pb::PsiMode::Size, ""))
+        .await?
+        .into_inner();
     println!("{}", job_line(&j));
     let refused_ok = j.state() == pb::JobState::Refused
         && j.refusal_reasons

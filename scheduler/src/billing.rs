@@ -249,7 +249,11 @@ impl BillingService {
     ///
     /// # Errors
     /// `Invalid` for a malformed customer.
-    pub async fn set_whitelisted(&self, customer_id: &str, listed: bool) -> Result<(), SchedulerError> {
+    pub async fn set_whitelisted(
+        &self,
+        customer_id: &str,
+        listed: bool,
+    ) -> Result<(), SchedulerError> {
         customer("customer", customer_id)?;
         self.store
             .set_whitelisted(customer_id, listed, self.now())

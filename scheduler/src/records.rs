@@ -104,10 +104,7 @@ impl RecordService {
         l.price
             .validate()
             .map_err(|e| SchedulerError::Invalid(e.to_string()))?;
-        let dataset = self
-            .store
-            .dataset(&l.dataset_id)
-            .await?;
+        let dataset = self.store.dataset(&l.dataset_id).await?;
         if dataset.owner_party != l.licensor {
             return Err(SchedulerError::Invalid(format!(
                 "dataset {} belongs to {}, who alone can license it",

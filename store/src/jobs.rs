@@ -158,7 +158,10 @@ impl std::fmt::Display for Refusal {
                 dataset_id,
                 owner,
                 party,
-            } => write!(f, "dataset {dataset_id} belongs to party {owner}, not {party}"),
+            } => write!(
+                f,
+                "dataset {dataset_id} belongs to party {owner}, not {party}"
+            ),
             Refusal::LicensedDatasetNotFound { dataset_id } => {
                 write!(f, "licensed dataset {dataset_id} not found")
             }
@@ -433,7 +436,9 @@ impl Store {
         match (outcome, failure) {
             (Some(o), _) => Ok(o),
             (None, Some(e)) => Err(e),
-            (None, None) => Err(StoreError::Corrupt("admission aborted without a cause".into()).into()),
+            (None, None) => {
+                Err(StoreError::Corrupt("admission aborted without a cause".into()).into())
+            }
         }
     }
 

@@ -327,15 +327,15 @@ async fn unknown_records_are_not_found() {
     let out = store
         .admit(&new_job(1), |c| {
             Ok::<_, StoreError>(Decision {
-            allowed: c.licence.is_some(),
-            reasons: vec![Refusal::LicenceNotFound {
-                licence_id: "lic".into(),
-            }],
-            detail: serde_json::json!({}),
-            tasks: vec![],
-            holds: vec![],
-            auto_frozen: None,
-        })
+                allowed: c.licence.is_some(),
+                reasons: vec![Refusal::LicenceNotFound {
+                    licence_id: "lic".into(),
+                }],
+                detail: serde_json::json!({}),
+                tasks: vec![],
+                holds: vec![],
+                auto_frozen: None,
+            })
         })
         .await
         .expect("admit");

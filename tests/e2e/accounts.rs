@@ -229,7 +229,13 @@ async fn holds_charges_bills_and_freezes_through_the_real_operator() {
         .expect("submit")
         .into_inner();
     let j = c.wait(&j.job_id).await;
-    assert_eq!(j.state_text(), "succeeded", "{:?} {}", j.refusal_reasons, j.error);
+    assert_eq!(
+        j.state_text(),
+        "succeeded",
+        "{:?} {}",
+        j.refusal_reasons,
+        j.error
+    );
 
     // Every hold was resolved and the chain records the freeze decisions.
     let b = client
@@ -303,7 +309,13 @@ async fn a_licence_sold_by_the_month_runs_jobs_only_inside_a_paid_term() {
         .expect("submit")
         .into_inner();
     let j = c.wait(&j.job_id).await;
-    assert_eq!(j.state_text(), "succeeded", "{:?} {}", j.refusal_reasons, j.error);
+    assert_eq!(
+        j.state_text(),
+        "succeeded",
+        "{:?} {}",
+        j.refusal_reasons,
+        j.error
+    );
     // Unsubscribing inside the first month: one month used, nothing refunded; jobs stop.
     let out = cli(
         &c,

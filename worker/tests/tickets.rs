@@ -231,16 +231,17 @@ fn assignment(
     let task_id = serde_json::from_slice::<TaskSpec>(signed_spec)
         .expect("spec")
         .task_id;
-    let t = signer.sign(&TicketBody {
-        ticket_id: ticket_id.into(),
-        job_id: "job-1".into(),
-        task_id,
-        worker_id: worker.into(),
-        issued_at_ms: NOW_MS - 1_000,
-        expires_at_ms,
-        task_digest: task_digest(signed_spec),
-    })
-    .expect("sign");
+    let t = signer
+        .sign(&TicketBody {
+            ticket_id: ticket_id.into(),
+            job_id: "job-1".into(),
+            task_id,
+            worker_id: worker.into(),
+            issued_at_ms: NOW_MS - 1_000,
+            expires_at_ms,
+            task_digest: task_digest(signed_spec),
+        })
+        .expect("sign");
     Ok(pb::TaskEnvelope {
         kind: Some(pb::task_envelope::Kind::Assign(pb::TaskAssignment {
             spec_json: sent_spec.to_vec().into(),
