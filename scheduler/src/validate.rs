@@ -85,3 +85,27 @@ pub fn non_negative(name: &str, v: i64) -> Result<(), SchedulerError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_are_checked_for_presence_length_separators_and_paths() {
+        assert!(required("user", "u").is_ok());
+        assert!(required("user", " ").is_err());
+        assert!(field("note", "", false).is_ok());
+        assert!(field("note", &"x".repeat(FIELD_BYTES_MAX + 1), false).is_err());
+        assert!(field("note", "a\nb", false).is_err());
+        assert!(customer("customer", "acme").is_ok());
+        assert!(customer("customer", "acme:cash").is_err());
+        assert!(file_name("output", "", false).is_ok());
+        assert!(file_name("output", "", true).is_err());
+        for bad in ["../x.csv", "a/b.csv", ".hidden", "a\\b"] {
+            assert!(file_name("output", bad, false).is_err(), "{bad}");
+        }
+        assert!(positive("amount_micros", 0).is_err());
+        assert!(non_negative("limit_micros", 0).is_ok());
+        assert!(non_negative("limit_micros", -1).is_err());
+    }
+}

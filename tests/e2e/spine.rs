@@ -109,6 +109,13 @@ async fn concurrent_submissions_admit_exactly_the_count() {
                     .any(|r| r.contains("quota exhausted")),
                 "{j:?}"
             );
+            // The typed reason tells quota exhaustion apart from money and policy refusals.
+            assert!(
+                j.refusals
+                    .iter()
+                    .any(|r| r.code == "QUOTA_EXHAUSTED" && r.message.contains("quota exhausted")),
+                "{j:?}"
+            );
             refused += 1;
         } else {
             admitted.push(j.job_id);
@@ -217,6 +224,14 @@ async fn bad_input_gets_a_clear_error_and_no_partial_state() {
         j.refusal_reasons
             .iter()
             .any(|r| r.contains("dataset nope not found")),
+        "{j:?}"
+    );
+    assert_eq!(
+        j.refusals
+            .iter()
+            .map(|r| r.code.as_str())
+            .collect::<Vec<_>>(),
+        ["NOT_FOUND"],
         "{j:?}"
     );
     assert_eq!(c.remaining(&lic).await, Some(10));
