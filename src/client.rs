@@ -368,7 +368,13 @@ pub enum LedgerCmd {
 
 /// One line describing a job.
 pub fn job_line(j: &pb::Job) -> String {
-    let mut s = format!("{} {} [{} {}]", j.job_id, j.state, j.scene, j.mode);
+    let mut s = format!(
+        "{} {} [{} {}]",
+        j.job_id,
+        j.state_text(),
+        j.scene,
+        j.mode_text()
+    );
     if let Some(n) = j.result_size {
         s.push_str(&format!(" result_size={n}"));
     }
@@ -419,7 +425,7 @@ pub async fn watch(client: &mut OperatorClient<Channel>, job_id: &str) -> anyhow
             .collect::<Vec<_>>()
             .join("  ");
         if !line.is_empty() && line != printed {
-            eprintln!("  [{}] {line}", j.state);
+            eprintln!("  [{}] {line}", j.state_text());
             printed = line;
         }
         last = Some(j);
@@ -565,15 +571,15 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
                     buyer_dataset_id: buyer_dataset,
                     buyer_columns,
                     provider_columns,
-                    mode,
-                    key_case,
+                    mode: pb::PsiMode::from(mode.parse::<tessera_core::PsiMode>()?).into(),
+                    key_case: pb::KeyCase::from(key_case.parse::<tessera_core::KeyCase>()?).into(),
                     output,
                     user_groups: groups,
                 })
                 .await?
                 .into_inner();
             println!("{}", job_line(&j));
-            if follow && j.state != "refused" {
+            if follow && j.state() != pb::JobState::Refused {
                 let j = watch(&mut c, &j.job_id).await?;
                 println!("{}", job_line(&j));
             }

@@ -194,7 +194,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     .await?;
     println!("deposited {} to {USER}", fmt_micros(100_000_000));
 
-    let submit = |mode: &str, output: &str| pb::SubmitJobRequest {
+    let submit = |mode: pb::PsiMode, output: &str| pb::SubmitJobRequest {
         user: USER.into(),
         licence_id: lic.licence_id.clone(),
         scene: "psi".into(),
@@ -203,25 +203,30 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         buyer_columns: vec!["customer_id".into()],
         provider_columns: vec!["id".into()],
         mode: mode.into(),
-        key_case: "lower".into(),
+        key_case: pb::KeyCase::Lower.into(),
         output: output.into(),
         user_groups: String::new(),
     };
     let mut jobs = Vec::new();
     let mut refusals = Vec::new();
     let mut all_ok = true;
-    for (n, mode, output) in [(4, "intersection", "psi_result.csv"), (5, "size", "")] {
-        step(n, &format!("PSI job, mode {mode}"));
+    for (n, mode, output) in [
+        (4, pb::PsiMode::Intersection, "psi_result.csv"),
+        (5, pb::PsiMode::Size, ""),
+    ] {
+        let mode_text = tessera_core::PsiMode::try_from(mode)?.as_str();
+        step(n, &format!("PSI job, mode {mode_text}"));
         let j = c.submit_job(submit(mode, output)).await?.into_inner();
         println!("submitted {}", job_line(&j));
-        let j = if j.state == "refused" {
+        let j = if j.state() == pb::JobState::Refused {
             j
         } else {
             watch(&mut c, &j.job_id).await?
         };
         println!("finished {}", job_line(&j));
-        let mut ok = j.state == "succeeded" && j.result_size == Some(truth.len() as u64);
-        if mode == "intersection" && ok {
+        let mut ok =
+            j.state() == pb::JobState::Succeeded && j.result_size == Some(truth.len() as u64);
+        if mode == pb::PsiMode::Intersection && ok {
             let path = args.dir.join("buyer/outputs").join(output);
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("reading {}", path.display()))?;
@@ -242,16 +247,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
         all_ok &= ok;
         jobs.push(json!({
-            "job_id": j.job_id, "scene": j.scene, "mode": j.mode, "status": j.state,
+            "job_id": j.job_id, "scene": j.scene, "mode": j.mode_text(), "status": j.state_text(),
             "result_size": j.result_size, "expected_size": truth.len(), "charge_micros": j.charge_micros,
             "correct": ok,
         }));
     }
 
     step(6, "a third PSI job: the licence has no runs left");
-    let j = c.submit_job(submit("size", "")).await?.into_inner();
+    let j = c
+        .submit_job(submit(pb::PsiMode::Size, ""))
+        .await?
+        .into_inner();
     println!("{}", job_line(&j));
-    let refused_ok = j.state == "refused"
+    let refused_ok = j.state() == pb::JobState::Refused
         && j.refusal_reasons
             .iter()
             .any(|r| r.contains("quota exhausted"));
@@ -260,7 +268,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         refusals.push(json!({"job_id": j.job_id, "reason": r}));
     }
     jobs.push(json!({
-        "job_id": j.job_id, "scene": j.scene, "mode": j.mode, "status": j.state,
+        "job_id": j.job_id, "scene": j.scene, "mode": j.mode_text(), "status": j.state_text(),
         "result_size": j.result_size, "expected_size": null, "charge_micros": j.charge_micros,
         "correct": refused_ok,
     }));

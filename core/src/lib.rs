@@ -6,6 +6,7 @@
 
 pub mod civil;
 pub mod clock;
+pub mod job;
 pub mod limits;
 pub mod link;
 pub mod table;
@@ -14,4 +15,6 @@ pub mod ticket;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use link::{Link, LinkError, LinkStats, MemLink};
 pub mod task;
+pub use job::{CountState, JobState, PsiMode, TaskErrorKind, TaskRole, TaskState};
+pub use table::KeyCase;
 pub use task::{TaskSpec, WorkerAttributes};

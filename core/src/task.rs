@@ -1,7 +1,11 @@
 //! The task specification the operator sends to a worker, and the attributes a worker
-//! declares. Both travel as JSON; the ticket signs the exact spec bytes.
+//! declares. Both travel as JSON; the ticket signs the exact spec bytes. A worker parses the
+//! spec once into these strict types: an unknown role, mode or key case is refused there.
 
 use serde::{Deserialize, Serialize};
+
+use crate::job::{PsiMode, TaskRole};
+use crate::table::KeyCase;
 
 /// What a worker declares about itself at registration; matched against licence policies.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,16 +33,16 @@ pub struct TaskSpec {
     pub task_id: String,
     /// The scene (engine) to run, e.g. `psi`.
     pub scene: String,
-    /// Role within the engine, e.g. `sender` or `receiver`.
-    pub role: String,
-    /// Engine mode, e.g. `intersection` or `size`.
-    pub mode: String,
+    /// Role within the engine (`sender` or `receiver` in the JSON).
+    pub role: TaskRole,
+    /// Engine mode (`intersection` or `size` in the JSON).
+    pub mode: PsiMode,
     /// Dataset file name inside the worker's dataset directory.
     pub dataset_location: String,
     /// Key columns to read.
     pub key_columns: Vec<String>,
-    /// Key case normalisation: `preserve`, `lower` or `upper`.
-    pub key_case: String,
+    /// Key case normalisation (`preserve`, `lower` or `upper` in the JSON).
+    pub key_case: KeyCase,
     /// Whether this side dials the peer (`true`) or waits for it.
     pub dial_peer: bool,
     /// Peer worker's address (host:port) when dialling.

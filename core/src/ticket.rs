@@ -46,6 +46,9 @@ pub enum TicketError {
     /// The ticket was already presented once.
     #[error("ticket {0} was already used (replay)")]
     Replayed(String),
+    /// The operator could not encode a ticket body (nothing is signed then).
+    #[error("ticket body could not be encoded: {0}")]
+    Unencodable(String),
 }
 
 /// What the operator vouches for when it dispatches a task.
@@ -120,14 +123,18 @@ impl TicketSigner {
     }
 
     /// Signs a ticket body.
-    pub fn sign(&self, body: &TicketBody) -> SignedTicket {
-        // Serialising a plain struct of strings and integers cannot fail.
-        let body = serde_json::to_string(body).unwrap_or_default();
+    ///
+    /// # Errors
+    /// [`TicketError::Unencodable`] if the body cannot be encoded as JSON; an empty or
+    /// partial body is never signed.
+    pub fn sign(&self, body: &TicketBody) -> Result<SignedTicket, TicketError> {
+        let body =
+            serde_json::to_string(body).map_err(|e| TicketError::Unencodable(e.to_string()))?;
         let signature = self.key.sign(body.as_bytes());
-        SignedTicket {
+        Ok(SignedTicket {
             body,
             signature_hex: hex::encode(signature.to_bytes()),
-        }
+        })
     }
 }
 
@@ -243,7 +250,7 @@ mod tests {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(7);
         let signer = TicketSigner::generate(&mut rng);
         let mut v = TicketVerifier::new(&signer.public_key_hex(), "w1").expect("key");
-        let t = signer.sign(&body("w1", b"spec", "t1"));
+        let t = signer.sign(&body("w1", b"spec", "t1")).expect("sign");
         assert!(v.check(&t, b"spec", 2_000).is_ok());
         assert_eq!(
             v.check(&t, b"spec", 2_001),
@@ -258,25 +265,25 @@ mod tests {
         let forger = TicketSigner::generate(&mut rng);
         let mut v = TicketVerifier::new(&signer.public_key_hex(), "w1").expect("key");
 
-        let forged = forger.sign(&body("w1", b"spec", "f"));
+        let forged = forger.sign(&body("w1", b"spec", "f")).expect("sign");
         assert_eq!(
             v.check(&forged, b"spec", 2_000),
             Err(TicketError::BadSignature)
         );
 
-        let mut tampered = signer.sign(&body("w1", b"spec", "t"));
+        let mut tampered = signer.sign(&body("w1", b"spec", "t")).expect("sign");
         tampered.body = tampered.body.replace("job-1", "job-2");
         assert_eq!(
             v.check(&tampered, b"spec", 2_000),
             Err(TicketError::BadSignature)
         );
 
-        let t = signer.sign(&body("w2", b"spec", "a"));
+        let t = signer.sign(&body("w2", b"spec", "a")).expect("sign");
         assert!(matches!(
             v.check(&t, b"spec", 2_000),
             Err(TicketError::WrongWorker { .. })
         ));
-        let t = signer.sign(&body("w1", b"spec", "b"));
+        let t = signer.sign(&body("w1", b"spec", "b")).expect("sign");
         assert_eq!(
             v.check(&t, b"other spec", 2_000),
             Err(TicketError::TaskMismatch)

@@ -1,9 +1,13 @@
-//! The gRPC contracts of Tessera, generated from `tessera.proto` at build time.
-//! Nothing but generated code lives here; domain crates never see these types.
-
-#![allow(missing_docs, clippy::all, missing_debug_implementations)]
+//! The gRPC contracts of Tessera, generated from `tessera.proto` at build time, and the one
+//! place where the wire's enums meet their domain twins in `tessera_core` ([`convert`]).
+//! Domain crates never see these types.
 
 /// Package `tessera.v1`.
+#[allow(missing_docs, clippy::all, missing_debug_implementations)]
 pub mod v1 {
     tonic::include_proto!("tessera.v1");
 }
+
+pub mod convert;
+
+pub use convert::{EnumError, decode};

@@ -6,8 +6,12 @@
 //! The scheduler knows nothing about gRPC: workers are reached through bounded channels of
 //! [`Delivery`] that the gateway turns into a task stream.
 
+pub mod audit;
+pub mod billing;
+pub mod records;
 mod registry;
 mod submit;
+pub mod validate;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,13 +19,23 @@ use std::sync::Arc;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use serde::Serialize;
-use tessera_core::Clock;
-use tessera_core::ticket::{SignedTicket, TicketSigner};
-use tessera_store::{JobRecord, Store, StoreError};
+use tessera_core::ticket::{SignedTicket, TicketError, TicketSigner};
+use tessera_core::{Clock, TaskRole};
+use tessera_store::Store;
 use tokio::sync::{Mutex, mpsc, watch};
 
+pub use audit::AuditService;
+pub use billing::BillingService;
+pub use records::RecordService;
 pub use registry::{LiveWorker, WorkerView};
-pub use submit::{JobRequest, TaskReport, TaskUsage};
+pub use submit::{JobRequest, SUPPORTED_SCENES, TaskReport, TaskUsage};
+/// The records the services hand out, re-exported so the gateway needs no store dependency.
+pub use tessera_store::{
+    AccountStatus, BalanceRecord, BillLineRecord, BillRecord, DatasetRecord, JobRecord,
+    Amounts, LicenceRecord, LimitScope, Refusal, RuleRefusal, Split, StatementRecord, StoreError,
+    SubscriptionView,
+    TransferRecord, UsageEventRecord,
+};
 
 /// Why a scheduler call failed (refusals are not errors: they are recorded job states).
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +52,17 @@ pub enum SchedulerError {
     /// The caller may not do this.
     #[error("permission denied: {0}")]
     Forbidden(String),
+    /// Something the operator produced could not be encoded; nothing was signed or sent.
+    #[error("could not encode {what}: {source}")]
+    Encode {
+        /// What was being encoded.
+        what: &'static str,
+        /// The encoder's error.
+        source: serde_json::Error,
+    },
+    /// A ticket could not be signed.
+    #[error(transparent)]
+    Ticket(#[from] TicketError),
 }
 
 /// Tunables.
@@ -92,6 +117,8 @@ pub enum Delivery {
 pub struct PhaseProgress {
     /// Party.
     pub party: String,
+    /// The reporting task's role.
+    pub role: TaskRole,
     /// Phase name.
     pub phase: String,
     /// Units done.
@@ -107,13 +134,16 @@ pub struct JobView {
     pub job: JobRecord,
     /// Latest progress per party.
     pub progress: Vec<PhaseProgress>,
+    /// Why admission refused it, typed (only on the answer to a submission; a job read back
+    /// from the store carries its reasons as text in `job.reasons`).
+    pub refusals: Vec<Refusal>,
 }
 
 #[derive(Debug)]
 struct LiveTask {
     worker_id: String,
     party: String,
-    role: String,
+    role: TaskRole,
     report: Option<TaskReport>,
 }
 
@@ -131,13 +161,33 @@ struct LiveJob {
     view: watch::Sender<JobView>,
 }
 
+/// Random ids (job, task, session, ticket and licence ids), shared by the scheduler and the
+/// record service.
+#[derive(Debug)]
+pub(crate) struct Ids {
+    rng: std::sync::Mutex<ChaCha20Rng>,
+}
+
+impl Ids {
+    /// A fresh id: `prefix` followed by 24 hex digits (96 random bits).
+    pub(crate) fn next(&self, prefix: &str) -> String {
+        use rand::RngCore;
+        let mut b = [0u8; 12];
+        match self.rng.lock() {
+            Ok(mut r) => r.fill_bytes(&mut b),
+            Err(poisoned) => poisoned.into_inner().fill_bytes(&mut b),
+        }
+        format!("{prefix}{}", hex::encode(b))
+    }
+}
+
 /// The scheduler.
 pub struct Scheduler {
     store: Store,
     clock: Arc<dyn Clock>,
     signer: TicketSigner,
     config: SchedulerConfig,
-    rng: std::sync::Mutex<ChaCha20Rng>,
+    ids: Arc<Ids>,
     workers: Mutex<HashMap<String, LiveWorker>>,
     jobs: Mutex<HashMap<String, LiveJob>>,
 }
@@ -166,15 +216,33 @@ impl Scheduler {
             clock,
             signer,
             config,
-            rng: std::sync::Mutex::new(ChaCha20Rng::from_seed(rng_seed)),
+            ids: Arc::new(Ids {
+                rng: std::sync::Mutex::new(ChaCha20Rng::from_seed(rng_seed)),
+            }),
             workers: Mutex::new(HashMap::new()),
             jobs: Mutex::new(HashMap::new()),
         })
     }
 
-    /// The store.
+    /// The store, for the node's lifecycle (closing it at shutdown). Requests go through the
+    /// services ([`Scheduler::records`], [`Scheduler::billing`], [`Scheduler::audit`]).
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The datasets-and-licences service over this scheduler's store, clock and ids.
+    pub fn records(&self) -> RecordService {
+        RecordService::new(self.store.clone(), self.clock.clone(), self.ids.clone())
+    }
+
+    /// The billing service over this scheduler's store and clock.
+    pub fn billing(&self) -> BillingService {
+        BillingService::new(self.store.clone(), self.clock.clone())
+    }
+
+    /// The audit service over this scheduler's store.
+    pub fn audit(&self) -> AuditService {
+        AuditService::new(self.store.clone())
     }
 
     /// The configuration.
@@ -192,13 +260,7 @@ impl Scheduler {
     }
 
     fn random_id(&self, prefix: &str) -> String {
-        use rand::RngCore;
-        let mut b = [0u8; 12];
-        match self.rng.lock() {
-            Ok(mut r) => r.fill_bytes(&mut b),
-            Err(poisoned) => poisoned.into_inner().fill_bytes(&mut b),
-        }
-        format!("{prefix}{}", hex::encode(b))
+        self.ids.next(prefix)
     }
 
     /// Fails every job left admitted or running by a previous run of the operator, releasing
@@ -232,6 +294,7 @@ impl Scheduler {
         Ok(JobView {
             job,
             progress: Vec::new(),
+            refusals: Vec::new(),
         })
     }
 

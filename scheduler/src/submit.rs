@@ -4,20 +4,20 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 use tessera_accounting::derive_id;
-use tessera_accounting::settle::{self, FinishedJob};
-use tessera_core::TaskSpec;
+use tessera_accounting::settle::{self, FinishedJob, SettleError};
 use tessera_core::ticket::{TicketBody, task_digest};
-use tessera_policy::{Request, evaluate, worker_fits};
+use tessera_core::{JobState, KeyCase, PsiMode, TaskErrorKind, TaskRole, TaskSpec, TaskState};
+use tessera_policy::{Constraint, Request, evaluate, worker_fits};
 use tessera_store::{
-    AdmitContext, AdmitOutcome, Decision, JobFinish, LicenceRecord, NewJob, NewTask, TaskUpdate,
-    UsageEventRecord,
+    AdmitContext, AdmitOutcome, Decision, JobFinish, LicenceRecord, NewJob, NewTask, Refusal,
+    TaskUpdate, UsageEventRecord,
 };
 use tokio::sync::watch;
 
 use crate::{Delivery, JobView, LiveJob, LiveTask, PhaseProgress, Scheduler, SchedulerError};
 
 /// Scenes this build can run.
-pub const SUPPORTED_SCENES: &[&str] = &["psi"];
+pub const SUPPORTED_SCENES: &[&str] = tessera_core::job::scene::SUPPORTED;
 
 /// A buyer's job request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,10 +38,10 @@ pub struct JobRequest {
     pub buyer_columns: Vec<String>,
     /// Key columns in the provider's dataset.
     pub provider_columns: Vec<String>,
-    /// `intersection` or `size`.
-    pub mode: String,
-    /// `preserve`, `lower` or `upper`.
-    pub key_case: String,
+    /// What the buyer learns.
+    pub mode: PsiMode,
+    /// Key case normalisation on both sides.
+    pub key_case: KeyCase,
     /// Output file name on the buyer's worker.
     pub output: String,
 }
@@ -72,8 +72,8 @@ pub struct TaskUsage {
 pub struct TaskReport {
     /// Whether it succeeded.
     pub ok: bool,
-    /// `input`, `peer`, `ticket`, `internal`, `cancelled` when it failed.
-    pub error_kind: String,
+    /// Why it failed (`None` when it succeeded).
+    pub error_kind: Option<TaskErrorKind>,
     /// Failure text.
     pub error: String,
     /// Usage.
@@ -84,30 +84,9 @@ pub struct TaskReport {
     pub result_location: String,
 }
 
-const FIELD_BYTES_MAX: usize = 256;
 const COLUMNS_MAX: usize = 16;
 
-fn check_field(name: &str, v: &str, required: bool) -> Result<(), SchedulerError> {
-    if required && v.trim().is_empty() {
-        return Err(SchedulerError::Invalid(format!("{name} is required")));
-    }
-    if v.len() > FIELD_BYTES_MAX || v.chars().any(char::is_control) {
-        return Err(SchedulerError::Invalid(format!(
-            "{name} must be at most {FIELD_BYTES_MAX} bytes without control characters"
-        )));
-    }
-    Ok(())
-}
-
-fn check_file_name(name: &str, v: &str) -> Result<(), SchedulerError> {
-    check_field(name, v, false)?;
-    if v.contains('/') || v.contains('\\') || v == ".." || v.starts_with('.') {
-        return Err(SchedulerError::Invalid(format!(
-            "{name} must be a plain file name"
-        )));
-    }
-    Ok(())
-}
+use crate::validate::{field as check_field, file_name};
 
 impl JobRequest {
     /// Shape checks that need no store.
@@ -121,23 +100,11 @@ impl JobRequest {
         check_field("licence_id", &self.licence_id, true)?;
         check_field("buyer_party", &self.buyer_party, true)?;
         check_field("buyer_dataset_id", &self.buyer_dataset_id, true)?;
-        check_file_name("output", &self.output)?;
+        file_name("output", &self.output, false)?;
         if !SUPPORTED_SCENES.contains(&self.scene.as_str()) {
             return Err(SchedulerError::Invalid(format!(
                 "scene {:?} is not supported (supported: {SUPPORTED_SCENES:?})",
                 self.scene
-            )));
-        }
-        if !matches!(self.mode.as_str(), "intersection" | "size") {
-            return Err(SchedulerError::Invalid(format!(
-                "mode {:?} must be intersection or size",
-                self.mode
-            )));
-        }
-        if !matches!(self.key_case.as_str(), "preserve" | "lower" | "upper") {
-            return Err(SchedulerError::Invalid(format!(
-                "key_case {:?} must be preserve, lower or upper",
-                self.key_case
             )));
         }
         for (name, cols) in [
@@ -177,7 +144,7 @@ impl Scheduler {
         party: &str,
         scene: &tessera_policy::UseScene,
         now: i64,
-    ) -> Result<Placed, String> {
+    ) -> Result<Placed, Refusal> {
         let mut misfits = Vec::new();
         let best = workers
             .iter()
@@ -197,11 +164,15 @@ impl Scheduler {
                 worker_id: id.clone(),
                 peer_addr: w.peer_addr.clone(),
             }),
-            None if misfits.is_empty() => Err(format!("no live worker of party {party}")),
-            None => Err(format!(
-                "no live worker of party {party} fits the policy ({})",
-                misfits.join(" | ")
-            )),
+            None if misfits.is_empty() => Err(Refusal::NoWorker {
+                reason: format!("no live worker of party {party}"),
+            }),
+            None => Err(Refusal::NoWorker {
+                reason: format!(
+                    "no live worker of party {party} fits the policy ({})",
+                    misfits.join(" | ")
+                ),
+            }),
         }
     }
 
@@ -215,15 +186,18 @@ impl Scheduler {
         let mut pre_reasons = Vec::new();
         let buyer_ds = match self.store.dataset(&req.buyer_dataset_id).await {
             Ok(d) if d.owner_party != req.buyer_party => {
-                pre_reasons.push(format!(
-                    "dataset {} belongs to party {}, not {}",
-                    d.dataset_id, d.owner_party, req.buyer_party
-                ));
+                pre_reasons.push(Refusal::DatasetNotOwned {
+                    dataset_id: d.dataset_id,
+                    owner: d.owner_party,
+                    party: req.buyer_party.clone(),
+                });
                 None
             }
             Ok(d) => Some(d),
             Err(tessera_store::StoreError::NotFound { .. }) => {
-                pre_reasons.push(format!("dataset {} not found", req.buyer_dataset_id));
+                pre_reasons.push(Refusal::DatasetNotFound {
+                    dataset_id: req.buyer_dataset_id.clone(),
+                });
                 None
             }
             Err(e) => return Err(e.into()),
@@ -237,7 +211,9 @@ impl Scheduler {
             Some(l) => match self.store.dataset(&l.dataset_id).await {
                 Ok(d) => Some(d),
                 Err(tessera_store::StoreError::NotFound { .. }) => {
-                    pre_reasons.push(format!("licensed dataset {} not found", l.dataset_id));
+                    pre_reasons.push(Refusal::LicensedDatasetNotFound {
+                        dataset_id: l.dataset_id.clone(),
+                    });
                     None
                 }
                 Err(e) => return Err(e.into()),
@@ -248,123 +224,166 @@ impl Scheduler {
         let task_ids = [self.random_id("t-"), self.random_id("t-")];
 
         let workers = self.workers.lock().await;
-        let decide = |ctx: &AdmitContext<'_>| -> Decision {
-            let mut reasons = pre_reasons.clone();
-            let mut detail = serde_json::json!({});
-            // Freeze rules (manual §3.6.5) on the balances of this transaction.
-            let freeze = ctx.freeze.decide(&req.user, &req.scene, ctx.cash_micros);
-            let auto_frozen = (freeze.auto_frozen != ctx.freeze.auto_frozen)
-                .then(|| (freeze.auto_frozen, freeze.notice.clone()));
-            if let Err(why) = freeze.admit_job() {
-                reasons.push(why);
-            }
-            let Some(l) = ctx.licence else {
-                reasons.push(format!("licence {} not found", req.licence_id));
-                return Decision {
-                    allowed: false,
+        let request_json = serde_json::to_value(&req).map_err(|source| SchedulerError::Encode {
+            what: "job request",
+            source,
+        })?;
+        let decide =
+            |ctx: &AdmitContext<'_>| -> Result<Decision, SchedulerError> {
+                let mut reasons = pre_reasons.clone();
+                let mut detail = serde_json::json!({});
+                // Freeze rules (manual §3.6.5) on the balances of this transaction.
+                let freeze = ctx.freeze.decide(&req.user, &req.scene, ctx.cash_micros);
+                let auto_frozen = (freeze.auto_frozen != ctx.freeze.auto_frozen)
+                    .then(|| (freeze.auto_frozen, freeze.notice.clone()));
+                if let Err(reason) = freeze.admit_job() {
+                    reasons.push(Refusal::AccountFrozen { reason });
+                }
+                let Some(l) = ctx.licence else {
+                    reasons.push(Refusal::LicenceNotFound {
+                        licence_id: req.licence_id.clone(),
+                    });
+                    return Ok(Decision {
+                        allowed: false,
+                        reasons,
+                        detail,
+                        tasks: vec![],
+                        holds: vec![],
+                        auto_frozen,
+                    });
+                };
+                let scene = l.policy.scene(&req.scene);
+                let remaining = scene.and_then(|s| s.remaining_counts);
+                let verdict = evaluate(
+                    &l.policy,
+                    &Request {
+                        user: &req.user,
+                        groups: &req.user_groups,
+                        scene: &req.scene,
+                        now_ms: now,
+                        zone: &self.config.zone,
+                    },
+                    remaining,
+                );
+                reasons.extend(verdict.checks.iter().filter(|c| !c.ok).map(
+                    |c| match c.constraint {
+                        Constraint::Count => Refusal::QuotaExhausted {
+                            scene: req.scene.clone(),
+                        },
+                        constraint => Refusal::PolicyDenied {
+                            constraint,
+                            reason: c.reason.clone(),
+                        },
+                    },
+                ));
+                if let Err(reason) = &ctx.term {
+                    reasons.push(Refusal::NoPaidTerm {
+                        reason: reason.clone(),
+                    });
+                }
+                // Hold the estimated maximum cost, drawn in the manual's payment order.
+                let declared_rows = provider_ds.as_ref().and_then(|d| d.declared_rows);
+                let unpriced = |error: String| Refusal::Unpriced {
+                    licence_id: l.licence_id.clone(),
+                    error,
+                };
+                let holds = match settle::estimate_max_cost(&l.price, declared_rows) {
+                    Ok(max) => {
+                        match settle::admission_holds(&job_id, &req.user, &req.scene, max, &ctx.funds)
+                        {
+                            Ok(holds) => holds,
+                            Err(SettleError::InsufficientFunds {
+                                needed_micros,
+                                available_micros,
+                                ..
+                            }) => {
+                                reasons.push(Refusal::InsufficientFunds {
+                                    needed_micros,
+                                    available_micros,
+                                    funds: ctx.funds.iter().map(|(a, m)| (a.name(), *m)).collect(),
+                                });
+                                Vec::new()
+                            }
+                            Err(why) => {
+                                reasons.push(unpriced(why.to_string()));
+                                Vec::new()
+                            }
+                        }
+                    }
+                    Err(why) => {
+                        reasons.push(unpriced(why.to_string()));
+                        Vec::new()
+                    }
+                };
+                let funds: Vec<(String, i64)> =
+                    ctx.funds.iter().map(|(a, m)| (a.name(), *m)).collect();
+                detail = serde_json::json!({
+                    "checks": verdict.checks, "funds": funds, "cash_micros": ctx.cash_micros,
+                    "declared_rows": declared_rows,
+                });
+                let mut tasks = Vec::new();
+                if let (Some(scene), Some(bds), Some(pds)) = (scene, &buyer_ds, &provider_ds) {
+                    let provider = self.place(&workers, &l.licensor, scene, now);
+                    let buyer = self.place(&workers, &req.buyer_party, scene, now);
+                    match (provider, buyer) {
+                        (Ok(p), Ok(b)) => {
+                            let sender = TaskSpec {
+                                job_id: job_id.clone(),
+                                task_id: task_ids[0].clone(),
+                                scene: req.scene.clone(),
+                                role: TaskRole::Sender,
+                                mode: req.mode,
+                                dataset_location: pds.location.clone(),
+                                key_columns: req.provider_columns.clone(),
+                                key_case: req.key_case,
+                                dial_peer: true,
+                                peer_addr: b.peer_addr.clone(),
+                                session_id: session_id.clone(),
+                                output: String::new(),
+                            };
+                            let receiver = TaskSpec {
+                                task_id: task_ids[1].clone(),
+                                role: TaskRole::Receiver,
+                                dataset_location: bds.location.clone(),
+                                key_columns: req.buyer_columns.clone(),
+                                dial_peer: false,
+                                peer_addr: String::new(),
+                                output: req.output.clone(),
+                                ..sender.clone()
+                            };
+                            for (spec, placed, party) in
+                                [(sender, &p, &l.licensor), (receiver, &b, &req.buyer_party)]
+                            {
+                                let spec_json = serde_json::to_string(&spec).map_err(|source| {
+                                    SchedulerError::Encode {
+                                        what: "task spec",
+                                        source,
+                                    }
+                                })?;
+                                tasks.push(NewTask {
+                                    task_id: spec.task_id.clone(),
+                                    worker_id: placed.worker_id.clone(),
+                                    party: party.clone(),
+                                    role: spec.role,
+                                    spec_json,
+                                });
+                            }
+                        }
+                        (p, b) => {
+                            reasons.extend(p.err());
+                            reasons.extend(b.err());
+                        }
+                    }
+                }
+                Ok(Decision {
+                    allowed: reasons.is_empty(),
                     reasons,
                     detail,
-                    tasks: vec![],
-                    holds: vec![],
+                    tasks,
+                    holds,
                     auto_frozen,
-                };
+                })
             };
-            let scene = l.policy.scene(&req.scene);
-            let remaining = scene.and_then(|s| s.remaining_counts);
-            let verdict = evaluate(
-                &l.policy,
-                &Request {
-                    user: &req.user,
-                    groups: &req.user_groups,
-                    scene: &req.scene,
-                    now_ms: now,
-                    zone: &self.config.zone,
-                },
-                remaining,
-            );
-            reasons.extend(verdict.refusals());
-            if let Err(why) = &ctx.term {
-                reasons.push(why.clone());
-            }
-            // Hold the estimated maximum cost, drawn in the manual's payment order.
-            let declared_rows = provider_ds.as_ref().and_then(|d| d.declared_rows);
-            let holds = match settle::estimate_max_cost(&l.price, declared_rows) {
-                Ok(max) => {
-                    match settle::admission_holds(&job_id, &req.user, &req.scene, max, &ctx.funds) {
-                        Ok(holds) => holds,
-                        Err(why) => {
-                            reasons.push(why.to_string());
-                            Vec::new()
-                        }
-                    }
-                }
-                Err(why) => {
-                    reasons.push(format!("licence {} cannot be rated: {why}", l.licence_id));
-                    Vec::new()
-                }
-            };
-            let funds: Vec<(String, i64)> = ctx.funds.iter().map(|(a, m)| (a.name(), *m)).collect();
-            detail = serde_json::json!({
-                "checks": verdict.checks, "funds": funds, "cash_micros": ctx.cash_micros,
-                "declared_rows": declared_rows,
-            });
-            let mut tasks = Vec::new();
-            if let (Some(scene), Some(bds), Some(pds)) = (scene, &buyer_ds, &provider_ds) {
-                let provider = self.place(&workers, &l.licensor, scene, now);
-                let buyer = self.place(&workers, &req.buyer_party, scene, now);
-                match (provider, buyer) {
-                    (Ok(p), Ok(b)) => {
-                        let sender = TaskSpec {
-                            job_id: job_id.clone(),
-                            task_id: task_ids[0].clone(),
-                            scene: req.scene.clone(),
-                            role: "sender".into(),
-                            mode: req.mode.clone(),
-                            dataset_location: pds.location.clone(),
-                            key_columns: req.provider_columns.clone(),
-                            key_case: req.key_case.clone(),
-                            dial_peer: true,
-                            peer_addr: b.peer_addr.clone(),
-                            session_id: session_id.clone(),
-                            output: String::new(),
-                        };
-                        let receiver = TaskSpec {
-                            task_id: task_ids[1].clone(),
-                            role: "receiver".into(),
-                            dataset_location: bds.location.clone(),
-                            key_columns: req.buyer_columns.clone(),
-                            dial_peer: false,
-                            peer_addr: String::new(),
-                            output: req.output.clone(),
-                            ..sender.clone()
-                        };
-                        for (spec, placed, party) in
-                            [(sender, &p, &l.licensor), (receiver, &b, &req.buyer_party)]
-                        {
-                            tasks.push(NewTask {
-                                task_id: spec.task_id.clone(),
-                                worker_id: placed.worker_id.clone(),
-                                party: party.clone(),
-                                role: spec.role.clone(),
-                                spec_json: serde_json::to_string(&spec).unwrap_or_default(),
-                            });
-                        }
-                    }
-                    (p, b) => {
-                        reasons.extend(p.err());
-                        reasons.extend(b.err());
-                    }
-                }
-            }
-            Decision {
-                allowed: reasons.is_empty(),
-                reasons,
-                detail,
-                tasks,
-                holds,
-                auto_frozen,
-            }
-        };
         let outcome = self
             .store
             .admit(
@@ -373,8 +392,8 @@ impl Scheduler {
                     licence_id: req.licence_id.clone(),
                     scene: req.scene.clone(),
                     user: req.user.clone(),
-                    mode: req.mode.clone(),
-                    request: serde_json::to_value(&req).unwrap_or_default(),
+                    mode: req.mode,
+                    request: request_json,
                     now_ms: now,
                 },
                 decide,
@@ -382,11 +401,12 @@ impl Scheduler {
             .await;
         drop(workers);
         let job = match outcome? {
-            AdmitOutcome::Refused(job) => {
+            AdmitOutcome::Refused { job, refusals } => {
                 tracing::info!(job = %job.job_id, reasons = ?job.reasons, "job refused");
                 return Ok(JobView {
                     job,
                     progress: Vec::new(),
+                    refusals,
                 });
             }
             AdmitOutcome::Admitted(job) => job,
@@ -412,6 +432,7 @@ impl Scheduler {
         let (view_tx, _) = watch::channel(JobView {
             job: job.clone(),
             progress: Vec::new(),
+            refusals: Vec::new(),
         });
         let live = LiveJob {
             user: job.user.clone(),
@@ -429,7 +450,7 @@ impl Scheduler {
                         LiveTask {
                             worker_id: t.worker_id.clone(),
                             party: t.party.clone(),
-                            role: t.role.clone(),
+                            role: t.role,
                             report: None,
                         },
                     )
@@ -453,9 +474,19 @@ impl Scheduler {
                     expires_at_ms: now.saturating_add(self.config.ticket_ttl_ms),
                     task_digest: task_digest(t.spec_json.as_bytes()),
                 };
+                let ticket = match self.signer.sign(&body) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        failure = Some(format!(
+                            "could not sign the ticket of task {}: {e}",
+                            t.task_id
+                        ));
+                        break;
+                    }
+                };
                 let delivery = Delivery::Assign {
                     spec_json: t.spec_json.clone(),
-                    ticket: self.signer.sign(&body),
+                    ticket,
                 };
                 let sent = match workers.get_mut(&t.worker_id) {
                     Some(w) => {
@@ -498,6 +529,7 @@ impl Scheduler {
             j.view.send_replace(JobView {
                 job,
                 progress: j.progress.clone(),
+                refusals: Vec::new(),
             });
         }
         Ok(())
@@ -531,13 +563,14 @@ impl Scheduler {
     ) -> Result<(), SchedulerError> {
         let mut jobs = self.jobs.lock().await;
         let (_, job) = Self::task_owner(&mut jobs, worker_id, task_id)?;
-        let party = job
+        let (party, role) = job
             .tasks
             .get(task_id)
-            .map(|t| t.party.clone())
-            .unwrap_or_default();
+            .map(|t| (t.party.clone(), t.role))
+            .ok_or_else(|| SchedulerError::NotFound(format!("task {task_id}")))?;
         let p = PhaseProgress {
             party: party.clone(),
+            role,
             phase: phase.chars().take(64).collect(),
             done,
             total,
@@ -549,8 +582,8 @@ impl Scheduler {
         let progress = job.progress.clone();
         job.view.send_modify(|v| {
             v.progress = progress;
-            if v.job.state == "admitted" {
-                v.job.state = "running".into();
+            if v.job.state == JobState::Admitted {
+                v.job.state = JobState::Running;
             }
         });
         Ok(())
@@ -576,13 +609,15 @@ impl Scheduler {
             }
             task.report = Some(report.clone());
             let finish = if !report.ok {
-                let buyer_fault = report.error_kind == "input"
+                let buyer_fault = report.error_kind == Some(TaskErrorKind::Input)
                     && task.party == job.buyer_party
-                    && task.role == "receiver";
+                    && task.role == TaskRole::Receiver;
                 Some(JobFinish::Failed {
                     error: format!(
                         "{} task on {worker_id} failed ({}): {}",
-                        task.role, report.error_kind, report.error
+                        task.role,
+                        report.error_kind.map_or("", TaskErrorKind::as_str),
+                        report.error
                     ),
                     buyer_fault,
                 })
@@ -597,14 +632,23 @@ impl Scheduler {
             };
             (job_id, finish)
         };
+        let usage =
+            serde_json::to_value(&report.usage).map_err(|source| SchedulerError::Encode {
+                what: "task usage",
+                source,
+            })?;
         self.store
             .update_task(
                 task_id,
                 &TaskUpdate {
-                    state: if report.ok { "succeeded" } else { "failed" },
-                    error_kind: &report.error_kind,
+                    state: if report.ok {
+                        TaskState::Succeeded
+                    } else {
+                        TaskState::Failed
+                    },
+                    error_kind: report.error_kind.map_or("", TaskErrorKind::as_str),
                     error: &report.error,
-                    usage: Some(&serde_json::to_value(&report.usage).unwrap_or_default()),
+                    usage: Some(&usage),
                     result_size: report.result_size,
                 },
                 now,
@@ -623,7 +667,7 @@ impl Scheduler {
         let mut result = (0, String::new());
         for t in job.tasks.values() {
             let Some(r) = &t.report else { continue };
-            if t.role == "sender" {
+            if t.role == TaskRole::Sender {
                 provider_rows = r.usage.rows_in;
             }
             if let Some(size) = r.result_size {
@@ -639,13 +683,16 @@ impl Scheduler {
                 ("rounds", u.frames_sent),
                 ("peak_rss_kb", u.peak_rss_kb),
             ] {
+                let quantity = i64::try_from(q).map_err(|_| {
+                    SchedulerError::Invalid(format!("usage {metric} = {q} is out of range"))
+                })?;
                 usage.push(UsageEventRecord {
-                    event_id: derive_id(&[job_id, &t.party, &t.role, metric, "1"]),
+                    event_id: derive_id(&[job_id, &t.party, t.role.as_str(), metric, "1"]),
                     job_id: job_id.to_string(),
                     party: t.party.clone(),
                     metric: metric.into(),
                     attempt: 1,
-                    quantity: i64::try_from(q).unwrap_or(i64::MAX),
+                    quantity,
                     event_time_ms: now,
                 });
             }
@@ -702,6 +749,7 @@ impl Scheduler {
             live.view.send_replace(JobView {
                 job: outcome.job,
                 progress: live.progress,
+                refusals: Vec::new(),
             });
         }
         Ok(())

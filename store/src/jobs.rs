@@ -4,6 +4,7 @@
 use serde::Serialize;
 use sqlx::{Row, SqliteConnection};
 use tessera_accounting::{AccountKind, TransferSpec, settle};
+use tessera_core::{CountState, JobState, PsiMode, TaskRole, TaskState};
 
 use tessera_accounting::bill::NewBillLine;
 
@@ -25,7 +26,7 @@ pub struct NewJob {
     /// Submitting user.
     pub user: String,
     /// Engine mode.
-    pub mode: String,
+    pub mode: PsiMode,
     /// The request as received, for the record.
     pub request: serde_json::Value,
     /// Submission time.
@@ -42,7 +43,7 @@ pub struct NewTask {
     /// Party it acts for.
     pub party: String,
     /// Engine role.
-    pub role: String,
+    pub role: TaskRole,
     /// The exact spec bytes sent to the worker (JSON).
     pub spec_json: String,
 }
@@ -64,13 +65,131 @@ pub struct AdmitContext<'a> {
     pub term: Result<(), String>,
 }
 
+/// Why admission refused a job. Each renders to the human text recorded with the job (and
+/// shown by `job get`); the kind tells the API which error code it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Refusal {
+    /// The buyer's dataset does not exist.
+    DatasetNotFound {
+        /// The dataset named.
+        dataset_id: String,
+    },
+    /// The buyer's dataset belongs to another party.
+    DatasetNotOwned {
+        /// The dataset named.
+        dataset_id: String,
+        /// Its owner.
+        owner: String,
+        /// The buyer's party.
+        party: String,
+    },
+    /// The dataset the licence covers does not exist.
+    LicensedDatasetNotFound {
+        /// The licence's dataset.
+        dataset_id: String,
+    },
+    /// The licence named does not exist.
+    LicenceNotFound {
+        /// The licence named.
+        licence_id: String,
+    },
+    /// A constraint of the licence's usage policy (T/AI 123.12 tables A.48-A.50: `relUsers`,
+    /// `useScenes`, `startDate`/`endDate`) is not met.
+    PolicyDenied {
+        /// Which constraint.
+        constraint: tessera_policy::Constraint,
+        /// The policy evaluator's explanation.
+        reason: String,
+    },
+    /// The scene's remaining count (`remainingCounts`) is zero.
+    QuotaExhausted {
+        /// The scene.
+        scene: String,
+    },
+    /// The buyer's funds (in payment order) do not cover the job's estimated maximum cost.
+    InsufficientFunds {
+        /// The estimated maximum cost, micros.
+        needed_micros: i64,
+        /// What the funding accounts hold above their limits, micros.
+        available_micros: i64,
+        /// Each funding account with its available micros, in payment order.
+        funds: Vec<(String, i64)>,
+    },
+    /// The buyer's account is frozen (operations manual §3.6.5).
+    AccountFrozen {
+        /// The freeze notice.
+        reason: String,
+    },
+    /// The licence is sold by the month and no paid term covers now (manual §1.4.5).
+    NoPaidTerm {
+        /// The explanation.
+        reason: String,
+    },
+    /// The licence's price cannot be rated.
+    Unpriced {
+        /// The licence.
+        licence_id: String,
+        /// Why.
+        error: String,
+    },
+    /// No live worker of a party fits the scene's environment lists.
+    NoWorker {
+        /// The placement explanation (each misfit).
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::DatasetNotFound { dataset_id } => write!(f, "dataset {dataset_id} not found"),
+            Refusal::DatasetNotOwned {
+                dataset_id,
+                owner,
+                party,
+            } => write!(
+                f,
+                "dataset {dataset_id} belongs to party {owner}, not {party}"
+            ),
+            Refusal::LicensedDatasetNotFound { dataset_id } => {
+                write!(f, "licensed dataset {dataset_id} not found")
+            }
+            Refusal::LicenceNotFound { licence_id } => write!(f, "licence {licence_id} not found"),
+            Refusal::PolicyDenied { reason, .. }
+            | Refusal::AccountFrozen { reason }
+            | Refusal::NoPaidTerm { reason }
+            | Refusal::NoWorker { reason } => f.write_str(reason),
+            Refusal::QuotaExhausted { scene } => {
+                write!(f, "quota exhausted: no runs left for scene {scene}")
+            }
+            Refusal::InsufficientFunds {
+                needed_micros,
+                available_micros,
+                funds,
+            } => {
+                let parts: Vec<String> = funds.iter().map(|(n, a)| format!("{n} {a}")).collect();
+                write!(
+                    f,
+                    "insufficient funds: {available_micros} micros available ({}) is below the \
+                     estimated maximum cost of {needed_micros} micros",
+                    parts.join(", ")
+                )
+            }
+            Refusal::Unpriced { licence_id, error } => {
+                write!(f, "licence {licence_id} cannot be rated: {error}")
+            }
+        }
+    }
+}
+
 /// The scheduler's decision, taken inside the admission transaction.
 #[derive(Debug, Clone)]
 pub struct Decision {
     /// Admit or refuse.
     pub allowed: bool,
-    /// Why (every refusal reason, or the passed checks).
-    pub reasons: Vec<String>,
+    /// Every refusal reason (empty when admitted).
+    pub reasons: Vec<Refusal>,
     /// Full detail for the audit chain.
     pub detail: serde_json::Value,
     /// Tasks to record when admitted.
@@ -93,11 +212,11 @@ pub struct JobRecord {
     /// User.
     pub user: String,
     /// Mode.
-    pub mode: String,
-    /// `admitted`, `running`, `succeeded`, `failed`, `refused`, `cancelled`.
-    pub state: String,
-    /// `none`, `reserved`, `committed`, `released`.
-    pub count_state: String,
+    pub mode: PsiMode,
+    /// Where the job stands.
+    pub state: JobState,
+    /// The state of its licence count.
+    pub count_state: CountState,
     /// Refusal reasons (or admission checks).
     pub reasons: Vec<String>,
     /// Failure description.
@@ -117,10 +236,7 @@ pub struct JobRecord {
 impl JobRecord {
     /// Whether the job can no longer change.
     pub fn is_terminal(&self) -> bool {
-        matches!(
-            self.state.as_str(),
-            "succeeded" | "failed" | "refused" | "cancelled"
-        )
+        self.state.is_terminal()
     }
 }
 
@@ -136,9 +252,9 @@ pub struct TaskRecord {
     /// Party.
     pub party: String,
     /// Role.
-    pub role: String,
-    /// `dispatched`, `succeeded`, `failed`.
-    pub state: String,
+    pub role: TaskRole,
+    /// Where the task stands.
+    pub state: TaskState,
     /// Spec JSON.
     pub spec_json: String,
 }
@@ -146,8 +262,8 @@ pub struct TaskRecord {
 /// A worker's final report on a task, as stored.
 #[derive(Debug, Clone, Copy)]
 pub struct TaskUpdate<'a> {
-    /// `succeeded` or `failed`.
-    pub state: &'a str,
+    /// `Succeeded` or `Failed`.
+    pub state: TaskState,
     /// Failure class (empty when it succeeded).
     pub error_kind: &'a str,
     /// Failure text.
@@ -163,8 +279,13 @@ pub struct TaskUpdate<'a> {
 pub enum AdmitOutcome {
     /// Admitted, one count reserved, tasks recorded.
     Admitted(JobRecord),
-    /// Refused, nothing reserved; the record holds the reasons.
-    Refused(JobRecord),
+    /// Refused, nothing reserved; the record holds the reasons as text.
+    Refused {
+        /// The recorded job.
+        job: JobRecord,
+        /// Why, typed.
+        refusals: Vec<Refusal>,
+    },
 }
 
 /// A metered quantity.
@@ -231,6 +352,21 @@ fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(e.to_string())
 }
 
+/// Reads a text column into its vocabulary; text that names no variant is corrupt data.
+fn parse_col<T>(r: &sqlx::sqlite::SqliteRow, i: usize) -> Result<T, StoreError>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    let s: String = r.try_get(i)?;
+    s.parse().map_err(corrupt)
+}
+
+/// Reads a non-negative integer column; a negative stored value is corrupt data.
+fn stored_u64(v: i64) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative count {v}")))
+}
+
 const JOB_COLUMNS: &str = "job_id, licence_id, scene, user_id, mode, state, count_state, reasons_json, error, \
      result_size, result_location, charge_micros, created_at_ms, finished_at_ms";
 
@@ -242,12 +378,12 @@ fn job_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<JobRecord, StoreError> {
         licence_id: r.try_get(1)?,
         scene: r.try_get(2)?,
         user: r.try_get(3)?,
-        mode: r.try_get(4)?,
-        state: r.try_get(5)?,
-        count_state: r.try_get(6)?,
+        mode: parse_col(r, 4)?,
+        state: parse_col(r, 5)?,
+        count_state: parse_col(r, 6)?,
         reasons: serde_json::from_str(&reasons).map_err(corrupt)?,
         error: r.try_get(8)?,
-        result_size: result_size.map(|s| u64::try_from(s).unwrap_or(0)),
+        result_size: result_size.map(stored_u64).transpose()?,
         result_location: r.try_get(10)?,
         charge_micros: r.try_get(11)?,
         created_at_ms: r.try_get(12)?,
@@ -271,9 +407,35 @@ impl Store {
     /// Admits or refuses a job in one transaction: loads the licence and its remaining count,
     /// asks `decide`, and if allowed reserves one count and records the job and its tasks;
     /// otherwise records the refusal. Either way the decision is appended to the audit chain.
-    pub async fn admit<F>(&self, job: &NewJob, decide: F) -> Result<AdmitOutcome, StoreError>
+    /// If `decide` fails, nothing is written and its error is returned.
+    pub async fn admit<F, E>(&self, job: &NewJob, decide: F) -> Result<AdmitOutcome, E>
     where
-        F: FnOnce(&AdmitContext<'_>) -> Decision,
+        F: FnOnce(&AdmitContext<'_>) -> Result<Decision, E>,
+        E: From<StoreError>,
+    {
+        let mut failure = None;
+        let outcome = self
+            .admit_tx(job, |ctx| match decide(ctx) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    failure = Some(e);
+                    None
+                }
+            })
+            .await?;
+        match (outcome, failure) {
+            (Some(o), _) => Ok(o),
+            (None, Some(e)) => Err(e),
+            (None, None) => {
+                Err(StoreError::Corrupt("admission aborted without a cause".into()).into())
+            }
+        }
+    }
+
+    /// The admission transaction; `None` from `decide` rolls it back.
+    async fn admit_tx<F>(&self, job: &NewJob, decide: F) -> Result<Option<AdmitOutcome>, StoreError>
+    where
+        F: FnOnce(&AdmitContext<'_>) -> Option<Decision>,
     {
         let mut tx = self.write.begin().await?;
         let licence = match load_licence(&mut tx, &job.licence_id).await {
@@ -289,13 +451,15 @@ impl Store {
             Some(l) => crate::terms::term_check(&mut tx, l, &job.user, job.now_ms).await?,
             None => Ok(()),
         };
-        let decision = decide(&AdmitContext {
+        let Some(decision) = decide(&AdmitContext {
             licence: licence.as_ref(),
             funds,
             freeze,
             cash_micros,
             term,
-        });
+        }) else {
+            return Ok(None);
+        };
         if let Some((frozen, notice)) = &decision.auto_frozen {
             set_auto_frozen(&mut tx, &job.user, *frozen, notice.as_deref(), job.now_ms).await?;
         }
@@ -315,18 +479,18 @@ impl Store {
             .await?;
             if r.rows_affected() == 0 {
                 allowed = false;
-                reasons = vec![format!(
-                    "quota exhausted: no runs left for scene {}",
-                    job.scene
-                )];
+                reasons = vec![Refusal::QuotaExhausted {
+                    scene: job.scene.clone(),
+                }];
             }
         }
         let (state, count_state) = if allowed {
-            ("admitted", "reserved")
+            (JobState::Admitted, CountState::Reserved)
         } else {
-            ("refused", "none")
+            (JobState::Refused, CountState::None)
         };
-        let reasons_json = serde_json::to_string(&reasons).map_err(corrupt)?;
+        let reason_texts: Vec<String> = reasons.iter().map(ToString::to_string).collect();
+        let reasons_json = serde_json::to_string(&reason_texts).map_err(corrupt)?;
         let inserted = sqlx::query(
             "INSERT INTO jobs (job_id, licence_id, scene, user_id, mode, state, count_state, request_json, \
              reasons_json, created_at_ms, updated_at_ms, finished_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
@@ -336,9 +500,9 @@ impl Store {
         .bind(&job.licence_id)
         .bind(&job.scene)
         .bind(&job.user)
-        .bind(&job.mode)
-        .bind(state)
-        .bind(count_state)
+        .bind(job.mode.as_str())
+        .bind(state.as_str())
+        .bind(count_state.as_str())
         .bind(job.request.to_string())
         .bind(&reasons_json)
         .bind(job.now_ms)
@@ -365,7 +529,7 @@ impl Store {
                 .bind(&job.job_id)
                 .bind(&t.worker_id)
                 .bind(&t.party)
-                .bind(&t.role)
+                .bind(t.role.as_str())
                 .bind(&t.spec_json)
                 .bind(job.now_ms)
                 .execute(&mut *tx)
@@ -379,7 +543,7 @@ impl Store {
             &job.job_id,
             &serde_json::json!({
                 "licence_id": job.licence_id, "scene": job.scene, "user": job.user,
-                "reasons": reasons, "detail": decision.detail,
+                "reasons": reason_texts, "detail": decision.detail,
                 "holds": decision.holds.iter().map(|h| serde_json::json!({
                     "transfer_id": h.id, "account": h.debit, "amount_micros": h.amount_micros,
                 })).collect::<Vec<_>>(),
@@ -391,11 +555,14 @@ impl Store {
         .await?;
         let record = load_job(&mut tx, &job.job_id).await?;
         tx.commit().await?;
-        Ok(if allowed {
+        Ok(Some(if allowed {
             AdmitOutcome::Admitted(record)
         } else {
-            AdmitOutcome::Refused(record)
-        })
+            AdmitOutcome::Refused {
+                job: record,
+                refusals: reasons,
+            }
+        }))
     }
 
     /// Marks an admitted job as running (tasks delivered) and audits the dispatch.
@@ -429,7 +596,7 @@ impl Store {
             "UPDATE tasks SET state = ?, error_kind = ?, error = ?, usage_json = ?, result_size = ?, updated_at_ms = ? \
              WHERE task_id = ?",
         )
-        .bind(state)
+        .bind(state.as_str())
         .bind(error_kind)
         .bind(error)
         .bind(usage.map(|u| u.to_string()))
@@ -465,11 +632,17 @@ impl Store {
             });
         }
         let (state, consume, error) = match finish {
-            JobFinish::Succeeded { .. } => ("succeeded", true, String::new()),
-            JobFinish::Failed { error, buyer_fault } => ("failed", *buyer_fault, error.clone()),
-            JobFinish::Cancelled { reason } => ("cancelled", true, reason.clone()),
+            JobFinish::Succeeded { .. } => (JobState::Succeeded, true, String::new()),
+            JobFinish::Failed { error, buyer_fault } => {
+                (JobState::Failed, *buyer_fault, error.clone())
+            }
+            JobFinish::Cancelled { reason } => (JobState::Cancelled, true, reason.clone()),
         };
-        let count_state = if consume { "committed" } else { "released" };
+        let count_state = if consume {
+            CountState::Committed
+        } else {
+            CountState::Released
+        };
         let scene_update = if consume {
             "UPDATE licence_scenes SET reserved = reserved - 1, used = used + 1 WHERE licence_id = ? AND scene = ?"
         } else {
@@ -516,8 +689,8 @@ impl Store {
             "UPDATE jobs SET state = ?, count_state = ?, error = ?, result_size = ?, result_location = ?, \
              charge_micros = ?, updated_at_ms = ?, finished_at_ms = ? WHERE job_id = ?",
         )
-        .bind(state)
-        .bind(count_state)
+        .bind(state.as_str())
+        .bind(count_state.as_str())
         .bind(&error)
         .bind(result_size)
         .bind(&result_location)
@@ -533,7 +706,7 @@ impl Store {
             "complete",
             job_id,
             &serde_json::json!({
-                "state": state, "count": count_state, "error": error,
+                "state": state.as_str(), "count": count_state.as_str(), "error": error,
                 "result_size": result_size, "charge_micros": charge,
             }),
         )
@@ -591,8 +764,8 @@ impl Store {
                     job_id: r.try_get(1)?,
                     worker_id: r.try_get(2)?,
                     party: r.try_get(3)?,
-                    role: r.try_get(4)?,
-                    state: r.try_get(5)?,
+                    role: parse_col(r, 4)?,
+                    state: parse_col(r, 5)?,
                     spec_json: r.try_get(6)?,
                 })
             })
@@ -638,7 +811,7 @@ impl Store {
                     id: format!("{licence_id}/{scene}"),
                 })?;
         let v: Option<i64> = r.try_get(0)?;
-        Ok(v.map(|v| u64::try_from(v).unwrap_or(0)))
+        v.map(stored_u64).transpose()
     }
 }
 

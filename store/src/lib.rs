@@ -26,7 +26,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 pub use bills::{BillLineRecord, BillRecord, LATE_WINDOW_MS_MAX, StatementRecord, bill_id};
 pub use jobs::{
     AdmitContext, AdmitOutcome, Decision, FinishOutcome, JobFinish, JobRecord, NewJob, NewTask,
-    TaskRecord, TaskUpdate, UsageEventRecord,
+    Refusal, TaskRecord, TaskUpdate, UsageEventRecord,
 };
 pub use ledger::{BalanceRecord, HoldRecord, TransferRecord};
 pub use limits::{AccountStatus, FreezeContext, LimitScope};
@@ -93,9 +93,9 @@ pub enum StoreError {
         until_ms: i64,
     },
     /// A business rule refused the operation (funds, freeze, limits, state); nothing was
-    /// written. The [`Refusal`] says which rule.
+    /// written. The [`RuleRefusal`] says which rule.
     #[error("{0}")]
-    Refused(#[from] Refusal),
+    Refused(#[from] RuleRefusal),
     /// A time lies outside the calendar's range (years 1970..=9999).
     #[error("time: {0}")]
     Time(#[from] tessera_core::civil::TimeError),
@@ -106,7 +106,7 @@ pub enum StoreError {
 
 /// Which business rule refused an operation.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
-pub enum Refusal {
+pub enum RuleRefusal {
     /// The customer's funds do not cover the amount due (insufficient funds).
     #[error(transparent)]
     Funds(#[from] tessera_accounting::settle::SettleError),

@@ -160,7 +160,8 @@ impl Store {
             description: r.try_get(3)?,
             declared_rows: r
                 .try_get::<Option<i64>, _>(4)?
-                .map(|v| u64::try_from(v).unwrap_or(0)),
+                .map(|v| u64::try_from(v).map_err(corrupt))
+                .transpose()?,
         })
     }
 
@@ -269,7 +270,9 @@ pub(crate) async fn load_licence(
         let scene: String = s.try_get(0)?;
         let remaining: Option<i64> = s.try_get(1)?;
         if let Some(ps) = policy.use_scenes.iter_mut().find(|p| p.use_sence == scene) {
-            ps.remaining_counts = remaining.map(|r| u64::try_from(r).unwrap_or(0));
+            ps.remaining_counts = remaining
+                .map(|r| u64::try_from(r).map_err(corrupt))
+                .transpose()?;
         }
     }
     let bps: i64 = r.try_get(7)?;

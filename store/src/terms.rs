@@ -21,7 +21,7 @@ use tessera_accounting::subscription::{
 
 use crate::bills::add_line;
 use crate::records::{LicenceRecord, load_licence};
-use crate::{Refusal, Store, StoreError, audit, ledger, limits};
+use crate::{RuleRefusal, Store, StoreError, audit, ledger, limits};
 
 /// What a subscription operation did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -49,7 +49,7 @@ struct Loaded {
     generation: i64,
 }
 
-fn refused(e: impl Into<Refusal>) -> StoreError {
+fn refused(e: impl Into<RuleRefusal>) -> StoreError {
     StoreError::Refused(e.into())
 }
 
@@ -159,10 +159,10 @@ impl Store {
         let mut tx = self.write.begin().await?;
         let l = load_licence(&mut tx, licence_id).await?;
         if l.monthly_price_micros == 0 {
-            return Err(refused(Refusal::NotMonthly(licence_id.to_string())));
+            return Err(refused(RuleRefusal::NotMonthly(licence_id.to_string())));
         }
         if l.licensee != customer {
-            return Err(refused(Refusal::NotLicensee {
+            return Err(refused(RuleRefusal::NotLicensee {
                 licence: licence_id.to_string(),
                 licensee: l.licensee.clone(),
                 customer: customer.to_string(),
@@ -171,7 +171,7 @@ impl Store {
         let product = format!("licence:{licence_id}");
         let freeze = limits::load_context(&mut tx, customer).await?;
         if let ManualFreeze::Frozen(why) = &freeze.manual {
-            return Err(refused(Refusal::AccountFrozen {
+            return Err(refused(RuleRefusal::AccountFrozen {
                 customer: customer.to_string(),
                 reason: why.clone(),
             }));
@@ -330,7 +330,7 @@ impl Store {
             });
         };
         if !matches!(sub.status, SubscriptionStatus::Active) {
-            return Err(refused(Refusal::SubscriptionClosed(format!(
+            return Err(refused(RuleRefusal::SubscriptionClosed(format!(
                 "{licence_id}/{customer}"
             ))));
         }

@@ -58,21 +58,21 @@ fn new_job(i: usize) -> NewJob {
         licence_id: "lic".into(),
         scene: "psi".into(),
         user: "u".into(),
-        mode: "size".into(),
+        mode: tessera_core::PsiMode::Size,
         request: serde_json::json!({}),
         now_ms: 10,
     }
 }
 
-fn allow(_: &AdmitContext<'_>) -> Decision {
-    Decision {
+fn allow(_: &AdmitContext<'_>) -> Result<Decision, StoreError> {
+    Ok(Decision {
         allowed: true,
         reasons: vec![],
         detail: serde_json::json!({}),
         tasks: vec![],
         holds: vec![],
         auto_frozen: None,
-    }
+    })
 }
 
 #[tokio::test]
@@ -113,7 +113,7 @@ async fn failure_not_the_buyers_releases_and_finish_is_exactly_once() {
     ));
     assert!(matches!(
         store.admit(&new_job(2), allow).await.expect("admit"),
-        AdmitOutcome::Refused(_)
+        AdmitOutcome::Refused { .. }
     ));
     let fail = JobFinish::Failed {
         error: "worker lost".into(),
@@ -121,7 +121,7 @@ async fn failure_not_the_buyers_releases_and_finish_is_exactly_once() {
     };
     let out = store.finish_job("job-1", &fail, 20).await.expect("finish");
     assert!(out.transitioned);
-    assert_eq!(out.job.count_state, "released");
+    assert_eq!(out.job.count_state, tessera_core::CountState::Released);
     let again = store.finish_job("job-1", &fail, 21).await.expect("finish");
     assert!(!again.transitioned);
     assert_eq!(
@@ -325,15 +325,19 @@ async fn unknown_records_are_not_found() {
         Err(StoreError::NotFound { .. })
     ));
     let out = store
-        .admit(&new_job(1), |c| Decision {
-            allowed: c.licence.is_some(),
-            reasons: vec!["licence lic not found".into()],
-            detail: serde_json::json!({}),
-            tasks: vec![],
-            holds: vec![],
-            auto_frozen: None,
+        .admit(&new_job(1), |c| {
+            Ok::<_, StoreError>(Decision {
+                allowed: c.licence.is_some(),
+                reasons: vec![Refusal::LicenceNotFound {
+                    licence_id: "lic".into(),
+                }],
+                detail: serde_json::json!({}),
+                tasks: vec![],
+                holds: vec![],
+                auto_frozen: None,
+            })
         })
         .await
         .expect("admit");
-    assert!(matches!(out, AdmitOutcome::Refused(_)));
+    assert!(matches!(out, AdmitOutcome::Refused { .. }));
 }

@@ -409,20 +409,22 @@ async fn term_covers(store: &Store, id: &str, now: i64) -> Result<(), String> {
                 licence_id: "lic".into(),
                 scene: "psi".into(),
                 user: "u".into(),
-                mode: "size".into(),
+                mode: tessera_core::PsiMode::Size,
                 request: serde_json::json!({}),
                 now_ms: now,
             },
             |c| {
                 out = Some(c.term.clone());
-                Decision {
+                Ok::<_, StoreError>(Decision {
                     allowed: false,
-                    reasons: vec!["probe".into()],
+                    reasons: vec![Refusal::NoWorker {
+                        reason: "probe".into(),
+                    }],
                     detail: serde_json::json!({}),
                     tasks: vec![],
                     holds: vec![],
                     auto_frozen: None,
-                }
+                })
             },
         )
         .await
@@ -441,7 +443,7 @@ async fn licence_terms_are_bought_renewed_and_refunded_by_the_manuals_rules() {
     deposit(&store, "customer:u:cash", 500 * y).await;
     assert!(matches!(
         store.subscribe("lic", "u", 3, t0).await,
-        Err(StoreError::Refused(Refusal::Funds(_)))
+        Err(StoreError::Refused(RuleRefusal::Funds(_)))
     ));
     assert!(store.subscribe("lic", "someone", 1, t0).await.is_err());
     // The recharge voucher pays first, then cash.
@@ -486,7 +488,7 @@ async fn licence_terms_are_bought_renewed_and_refunded_by_the_manuals_rules() {
         store
             .unsubscribe("lic", "u", at("2026-11-29 00:00:00"))
             .await,
-        Err(StoreError::Refused(Refusal::SubscriptionClosed(_)))
+        Err(StoreError::Refused(RuleRefusal::SubscriptionClosed(_)))
     ));
 
     // Ordered again: a new generation; renewed after its end it restarts at the renewal time.

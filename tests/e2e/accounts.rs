@@ -71,7 +71,7 @@ async fn holds_charges_bills_and_freezes_through_the_real_operator() {
         .await
         .expect("submit")
         .into_inner();
-    assert_eq!(j.state, "refused");
+    assert_eq!(j.state_text(), "refused");
     assert!(
         j.refusal_reasons
             .iter()
@@ -100,9 +100,9 @@ async fn holds_charges_bills_and_freezes_through_the_real_operator() {
         .await
         .expect("submit")
         .into_inner();
-    assert_ne!(j.state, "refused", "{:?}", j.refusal_reasons);
+    assert_ne!(j.state_text(), "refused", "{:?}", j.refusal_reasons);
     let j = c.wait(&j.job_id).await;
-    assert_eq!(j.state, "succeeded", "{}", j.error);
+    assert_eq!(j.state_text(), "succeeded", "{}", j.error);
     assert_eq!(j.charge_micros, 1_001);
     // Drawn voucher first, then cash; the provider gets 80 %, the operator 20 % (rounded down).
     assert_eq!(
@@ -154,7 +154,7 @@ async fn holds_charges_bills_and_freezes_through_the_real_operator() {
         .await
         .expect("submit")
         .into_inner();
-    assert_eq!(j.state, "refused");
+    assert_eq!(j.state_text(), "refused");
     cli(&c, &["credit", "--user", USER, "--limit-micros", "1000"]);
     let j = client
         .submit_job(Cluster::job(&lic, "b", "size", ""))
@@ -162,7 +162,7 @@ async fn holds_charges_bills_and_freezes_through_the_real_operator() {
         .expect("submit")
         .into_inner();
     let j = c.wait(&j.job_id).await;
-    assert_eq!(j.state, "succeeded", "{}", j.error);
+    assert_eq!(j.state_text(), "succeeded", "{}", j.error);
     assert_eq!(balance(&c, &format!("customer:{USER}:cash")).await, (0, 0));
     assert_eq!(
         balance(&c, &format!("customer:{USER}:credit")).await,
@@ -187,7 +187,7 @@ async fn holds_charges_bills_and_freezes_through_the_real_operator() {
         .await
         .expect("submit")
         .into_inner();
-    assert_eq!(j.state, "refused");
+    assert_eq!(j.state_text(), "refused");
     assert!(
         j.refusal_reasons.iter().any(|r| r.contains("KYC review")),
         "{:?}",
@@ -213,7 +213,7 @@ async fn holds_charges_bills_and_freezes_through_the_real_operator() {
         .await
         .expect("submit")
         .into_inner();
-    assert_eq!(j.state, "refused");
+    assert_eq!(j.state_text(), "refused");
     assert!(
         j.refusal_reasons
             .iter()
@@ -229,7 +229,13 @@ async fn holds_charges_bills_and_freezes_through_the_real_operator() {
         .expect("submit")
         .into_inner();
     let j = c.wait(&j.job_id).await;
-    assert_eq!(j.state, "succeeded", "{:?} {}", j.refusal_reasons, j.error);
+    assert_eq!(
+        j.state_text(),
+        "succeeded",
+        "{:?} {}",
+        j.refusal_reasons,
+        j.error
+    );
 
     // Every hold was resolved and the chain records the freeze decisions.
     let b = client
@@ -276,7 +282,7 @@ async fn a_licence_sold_by_the_month_runs_jobs_only_inside_a_paid_term() {
         .await
         .expect("submit")
         .into_inner();
-    assert_eq!(j.state, "refused");
+    assert_eq!(j.state_text(), "refused");
     assert!(
         j.refusal_reasons.iter().any(|r| r.contains("no paid term")),
         "{:?}",
@@ -303,7 +309,13 @@ async fn a_licence_sold_by_the_month_runs_jobs_only_inside_a_paid_term() {
         .expect("submit")
         .into_inner();
     let j = c.wait(&j.job_id).await;
-    assert_eq!(j.state, "succeeded", "{:?} {}", j.refusal_reasons, j.error);
+    assert_eq!(
+        j.state_text(),
+        "succeeded",
+        "{:?} {}",
+        j.refusal_reasons,
+        j.error
+    );
     // Unsubscribing inside the first month: one month used, nothing refunded; jobs stop.
     let out = cli(
         &c,
@@ -315,7 +327,7 @@ async fn a_licence_sold_by_the_month_runs_jobs_only_inside_a_paid_term() {
         .await
         .expect("submit")
         .into_inner();
-    assert_eq!(j.state, "refused");
+    assert_eq!(j.state_text(), "refused");
     let bills = csv_rows(&cli(&c, &["bills", "list", "--customer", USER, "--csv"]));
     let lines = csv_rows(&cli(&c, &["bills", "lines", &bills[0]["bill_id"], "--csv"]));
     let kinds: Vec<&str> = lines.iter().map(|l| l["kind"].as_str()).collect();

@@ -238,8 +238,13 @@ impl Cluster {
             buyer_dataset_id: buyer_dataset.into(),
             buyer_columns: vec!["k".into()],
             provider_columns: vec!["k".into()],
-            mode: mode.into(),
-            key_case: "preserve".into(),
+            // Text for the tests' readability; anything else is a number no build knows.
+            mode: match mode {
+                "intersection" => pb::PsiMode::Intersection.into(),
+                "size" => pb::PsiMode::Size.into(),
+                _ => 99,
+            },
+            key_case: pb::KeyCase::Preserve.into(),
             output: output.into(),
             user_groups: String::new(),
         }
@@ -257,7 +262,7 @@ impl Cluster {
                 .expect("get job")
                 .into_inner();
             if matches!(
-                j.state.as_str(),
+                j.state_text(),
                 "succeeded" | "failed" | "refused" | "cancelled"
             ) {
                 return j;

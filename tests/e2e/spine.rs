@@ -29,9 +29,9 @@ async fn check(c: &Cluster, case: &str, provider: Vec<String>, buyer: Vec<String
             .await
             .expect("submit")
             .into_inner();
-        assert_eq!(j.state, "running", "{case}/{mode}: {j:?}");
+        assert_eq!(j.state_text(), "running", "{case}/{mode}: {j:?}");
         let j = c.wait(&j.job_id).await;
-        assert_eq!(j.state, "succeeded", "{case}/{mode}: {j:?}");
+        assert_eq!(j.state_text(), "succeeded", "{case}/{mode}: {j:?}");
         assert_eq!(j.result_size, Some(truth.len() as u64), "{case}/{mode}");
         if mode == "intersection" {
             let text = std::fs::read_to_string(c.buyer.outputs.join(&out)).expect("result file");
@@ -102,11 +102,18 @@ async fn concurrent_submissions_admit_exactly_the_count() {
     let mut refused = 0;
     for h in handles {
         let j = h.await.expect("join");
-        if j.state == "refused" {
+        if j.state_text() == "refused" {
             assert!(
                 j.refusal_reasons
                     .iter()
                     .any(|r| r.contains("quota exhausted")),
+                "{j:?}"
+            );
+            // The typed reason tells quota exhaustion apart from money and policy refusals.
+            assert!(
+                j.refusals
+                    .iter()
+                    .any(|r| r.code == "QUOTA_EXHAUSTED" && r.message.contains("quota exhausted")),
                 "{j:?}"
             );
             refused += 1;
@@ -118,7 +125,7 @@ async fn concurrent_submissions_admit_exactly_the_count() {
     assert_eq!(refused, 27);
     for id in &admitted {
         let j = c.wait(id).await;
-        assert_eq!(j.state, "succeeded", "{j:?}");
+        assert_eq!(j.state_text(), "succeeded", "{j:?}");
         assert_eq!(j.result_size, Some(100));
     }
     assert_eq!(c.remaining(&lic).await, Some(0));
@@ -168,7 +175,7 @@ async fn a_killed_worker_fails_the_job_and_releases_its_count() {
     assert!(running, "job never started");
     c.provider.proc.kill();
     let j = c.wait(&j.job_id).await;
-    assert_eq!(j.state, "failed", "{j:?}");
+    assert_eq!(j.state_text(), "failed", "{j:?}");
     assert!(
         j.error.contains("worker lost") || j.error.contains("peer"),
         "{}",
@@ -212,11 +219,19 @@ async fn bad_input_gets_a_clear_error_and_no_partial_state() {
         .await
         .expect("submit")
         .into_inner();
-    assert_eq!(j.state, "refused");
+    assert_eq!(j.state_text(), "refused");
     assert!(
         j.refusal_reasons
             .iter()
             .any(|r| r.contains("dataset nope not found")),
+        "{j:?}"
+    );
+    assert_eq!(
+        j.refusals
+            .iter()
+            .map(|r| r.code.as_str())
+            .collect::<Vec<_>>(),
+        ["NOT_FOUND"],
         "{j:?}"
     );
     assert_eq!(c.remaining(&lic).await, Some(10));
@@ -226,7 +241,7 @@ async fn bad_input_gets_a_clear_error_and_no_partial_state() {
     req.buyer_columns = vec!["email".into()];
     let j = client.submit_job(req).await.expect("submit").into_inner();
     let j = c.wait(&j.job_id).await;
-    assert_eq!(j.state, "failed");
+    assert_eq!(j.state_text(), "failed");
     assert!(
         j.error.contains("email") && j.error.contains('k'),
         "{}",
@@ -241,7 +256,7 @@ async fn bad_input_gets_a_clear_error_and_no_partial_state() {
         .expect("submit")
         .into_inner();
     let j = c.wait(&j.job_id).await;
-    assert_eq!(j.state, "failed");
+    assert_eq!(j.state_text(), "failed");
     assert!(j.error.contains("line 3"), "{}", j.error);
     assert!(!c.buyer.outputs.join("bad.csv").exists());
 
@@ -252,7 +267,7 @@ async fn bad_input_gets_a_clear_error_and_no_partial_state() {
         .expect("submit")
         .into_inner();
     let j = c.wait(&j.job_id).await;
-    assert_eq!(j.state, "failed");
+    assert_eq!(j.state_text(), "failed");
     assert!(j.error.contains("not found"), "{}", j.error);
 
     // The buyer's own bad input consumes the runs it used; nothing was charged.
@@ -275,7 +290,16 @@ async fn bad_input_gets_a_clear_error_and_no_partial_state() {
         .await
         .expect_err("must be refused");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    req.mode = "size".into();
+    req.mode = pb::PsiMode::Unspecified.into();
+    assert_eq!(
+        client
+            .submit_job(req.clone())
+            .await
+            .expect_err("an unset mode must be refused, not defaulted")
+            .code(),
+        tonic::Code::InvalidArgument
+    );
+    req.mode = pb::PsiMode::Size.into();
     req.output = "../escape.csv".into();
     assert_eq!(
         client
@@ -349,7 +373,7 @@ async fn workers_reconnect_after_an_operator_restart_and_counts_survive() {
         .await
         .expect("submit")
         .into_inner();
-    assert_eq!(c.wait(&j.job_id).await.state, "succeeded");
+    assert_eq!(c.wait(&j.job_id).await.state_text(), "succeeded");
 
     c.restart_operator();
     assert_eq!(
@@ -367,7 +391,7 @@ async fn workers_reconnect_after_an_operator_restart_and_counts_survive() {
             .await
             .expect("submit")
             .into_inner();
-        if j.state != "refused" {
+        if j.state_text() != "refused" {
             done = Some(c.wait(&j.job_id).await);
             break;
         }
@@ -380,7 +404,7 @@ async fn workers_reconnect_after_an_operator_restart_and_counts_survive() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let j = done.expect("workers never reconnected");
-    assert_eq!(j.state, "succeeded", "{j:?}");
+    assert_eq!(j.state_text(), "succeeded", "{j:?}");
     assert_eq!(j.result_size, Some(50));
     assert_eq!(c.remaining(&lic).await, Some(1));
     let v = c

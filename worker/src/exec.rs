@@ -2,13 +2,12 @@
 //! engine role, writes the receiver's result, and measures usage.
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
-use tessera_core::table::{KeyCase, KeySpec, read_keys};
-use tessera_core::{Link, TaskSpec};
+use tessera_core::table::{KeySpec, read_keys};
+use tessera_core::{Link, PsiMode, TaskErrorKind, TaskRole, TaskSpec};
 use tessera_psi::{Mode, PsiConfig, PsiError};
 
 use crate::link::{GrpcLink, PeerHub};
@@ -35,14 +34,19 @@ pub enum TaskError {
 }
 
 impl TaskError {
-    /// The kind reported to the operator.
+    /// The kind reported to the operator (its text form is what travels).
     pub fn kind(&self) -> &'static str {
+        self.error_kind().as_str()
+    }
+
+    /// The kind as the operator's vocabulary.
+    pub fn error_kind(&self) -> TaskErrorKind {
         match self {
-            TaskError::Ticket(_) => "ticket",
-            TaskError::Input(_) => "input",
-            TaskError::Peer(_) => "peer",
-            TaskError::Cancelled(_) => "cancelled",
-            TaskError::Internal(_) => "internal",
+            TaskError::Ticket(_) => TaskErrorKind::Ticket,
+            TaskError::Input(_) => TaskErrorKind::Input,
+            TaskError::Peer(_) => TaskErrorKind::Peer,
+            TaskError::Cancelled(_) => TaskErrorKind::Cancelled,
+            TaskError::Internal(_) => TaskErrorKind::Internal,
         }
     }
 }
@@ -102,8 +106,11 @@ pub async fn run_task(
             spec.scene
         )));
     }
-    let mode = Mode::from_str(&spec.mode).map_err(|e| TaskError::Internal(e.to_string()))?;
-    let case = KeyCase::from_str(&spec.key_case).map_err(|e| TaskError::Internal(e.to_string()))?;
+    let mode = match spec.mode {
+        PsiMode::Intersection => Mode::Intersection,
+        PsiMode::Size => Mode::SizeOnly,
+    };
+    let case = spec.key_case;
     let path = inside(&env.dataset_dir, &spec.dataset_location)?;
     let key_spec = KeySpec {
         columns: spec.key_columns.clone(),
@@ -143,13 +150,13 @@ pub async fn run_task(
         PsiError::TooLarge { .. } => TaskError::Input(e.to_string()),
         e => TaskError::Peer(e.to_string()),
     };
-    match spec.role.as_str() {
-        "sender" => {
+    match spec.role {
+        TaskRole::Sender => {
             tessera_psi::run_sender(&link, &input.keys, &cfg, &mut rng, progress.as_ref())
                 .await
                 .map_err(peer_err)?;
         }
-        "receiver" => {
+        TaskRole::Receiver => {
             let out =
                 tessera_psi::run_receiver(&link, &input.keys, &cfg, &mut rng, progress.as_ref())
                     .await
@@ -173,7 +180,6 @@ pub async fn run_task(
                 }
             }
         }
-        other => return Err(TaskError::Internal(format!("unknown role {other}"))),
     }
     outcome.link = link.stats();
     Ok(outcome)

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rand::SeedableRng;
 use tessera_core::ticket::{TicketBody, TicketSigner, task_digest};
-use tessera_core::{ManualClock, TaskSpec, WorkerAttributes};
+use tessera_core::{KeyCase, ManualClock, PsiMode, TaskRole, TaskSpec, WorkerAttributes};
 use tessera_proto::v1 as pb;
 use tessera_proto::v1::operator_server::{Operator, OperatorServer};
 use tokio::sync::{Mutex, mpsc};
@@ -207,11 +207,11 @@ fn spec(task_id: &str, dataset: &str) -> Vec<u8> {
         job_id: "job-1".into(),
         task_id: task_id.into(),
         scene: "psi".into(),
-        role: "receiver".into(),
-        mode: "size".into(),
+        role: TaskRole::Receiver,
+        mode: PsiMode::Size,
         dataset_location: dataset.into(),
         key_columns: vec!["k".into()],
-        key_case: "preserve".into(),
+        key_case: KeyCase::Preserve,
         dial_peer: false,
         peer_addr: String::new(),
         session_id: "s".into(),
@@ -231,15 +231,17 @@ fn assignment(
     let task_id = serde_json::from_slice::<TaskSpec>(signed_spec)
         .expect("spec")
         .task_id;
-    let t = signer.sign(&TicketBody {
-        ticket_id: ticket_id.into(),
-        job_id: "job-1".into(),
-        task_id,
-        worker_id: worker.into(),
-        issued_at_ms: NOW_MS - 1_000,
-        expires_at_ms,
-        task_digest: task_digest(signed_spec),
-    });
+    let t = signer
+        .sign(&TicketBody {
+            ticket_id: ticket_id.into(),
+            job_id: "job-1".into(),
+            task_id,
+            worker_id: worker.into(),
+            issued_at_ms: NOW_MS - 1_000,
+            expires_at_ms,
+            task_digest: task_digest(signed_spec),
+        })
+        .expect("sign");
     Ok(pb::TaskEnvelope {
         kind: Some(pb::task_envelope::Kind::Assign(pb::TaskAssignment {
             spec_json: sent_spec.to_vec().into(),

@@ -1,0 +1,201 @@
+//! The closed vocabularies of a job: its state, the state of its licence count, the roles and
+//! states of its tasks, the PSI mode it runs in and how a task failed.
+//!
+//! Each is an enum with one text form, used by serde, [`FromStr`] and [`fmt::Display`]: that
+//! text is what the store persists and what travels inside a task spec. Text that names no
+//! variant is an error ([`ParseNameError`]), never a default.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A name that is not one of an enum's variants.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {kind} {value:?}; expected one of: {expected}")]
+pub struct ParseNameError {
+    /// The vocabulary, e.g. `job state`.
+    pub kind: &'static str,
+    /// The rejected text.
+    pub value: String,
+    /// The accepted names, comma-separated.
+    pub expected: &'static str,
+}
+
+/// Declares a closed vocabulary: the enum, `as_str`, `Display`, `FromStr` (exact names) and
+/// serde through the same names.
+macro_rules! vocabulary {
+    (
+        $(#[$meta:meta])*
+        $name:ident, $kind:literal, $expected:literal {
+            $( $(#[$vmeta:meta])* $variant:ident => $text:literal ),+ $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $( $(#[$vmeta])* #[serde(rename = $text)] $variant ),+
+        }
+
+        impl $name {
+            /// Every variant, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The text form (as stored and sent).
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = ParseNameError;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(ParseNameError {
+                        kind: $kind,
+                        value: s.to_string(),
+                        expected: $expected,
+                    }),
+                }
+            }
+        }
+    };
+}
+
+vocabulary! {
+    /// Where a job stands. `Admitted` and `Running` may still change; the others are final.
+    JobState, "job state", "admitted, running, succeeded, failed, refused, cancelled" {
+        /// Admitted: one count reserved, tasks recorded, not yet delivered.
+        Admitted => "admitted",
+        /// Tasks delivered to the workers.
+        Running => "running",
+        /// Both tasks succeeded; count committed, charge posted.
+        Succeeded => "succeeded",
+        /// A task failed or the job could not be delivered.
+        Failed => "failed",
+        /// Admission refused it (with reasons); nothing reserved.
+        Refused => "refused",
+        /// The buyer cancelled it.
+        Cancelled => "cancelled",
+    }
+}
+
+impl JobState {
+    /// Whether the job can no longer change.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, JobState::Admitted | JobState::Running)
+    }
+}
+
+vocabulary! {
+    /// The state of the licence count a job holds (ARCHITECTURE.md: a count is consumed
+    /// exactly once).
+    CountState, "count state", "none, reserved, committed, released" {
+        /// Nothing reserved (refused jobs).
+        None => "none",
+        /// Reserved at admission.
+        Reserved => "reserved",
+        /// Consumed (success, the buyer's own fault, cancellation).
+        Committed => "committed",
+        /// Given back (failures that are not the buyer's).
+        Released => "released",
+    }
+}
+
+vocabulary! {
+    /// A task's role in a two-party engine.
+    TaskRole, "task role", "sender, receiver" {
+        /// The provider's side of PSI: sends its blinded keys, learns nothing.
+        Sender => "sender",
+        /// The buyer's side of PSI: learns the intersection (or its size) and writes it.
+        Receiver => "receiver",
+    }
+}
+
+vocabulary! {
+    /// Where a task stands in the operator's record.
+    TaskState, "task state", "dispatched, succeeded, failed" {
+        /// Sent to its worker.
+        Dispatched => "dispatched",
+        /// The worker reported success.
+        Succeeded => "succeeded",
+        /// The worker reported failure.
+        Failed => "failed",
+    }
+}
+
+vocabulary! {
+    /// What a PSI job reveals to the buyer.
+    PsiMode, "PSI mode", "intersection, size" {
+        /// The buyer learns which of its keys are common (and how many).
+        Intersection => "intersection",
+        /// The buyer learns only how many keys are common.
+        Size => "size",
+    }
+}
+
+vocabulary! {
+    /// Why a task failed, as its worker classifies it; decides whose fault a failure is (and
+    /// so whether the licence count is consumed).
+    TaskErrorKind, "task error kind", "input, peer, ticket, internal, cancelled" {
+        /// This party's input is bad (missing file, unknown column, malformed row).
+        Input => "input",
+        /// The peer failed, went away or misbehaved.
+        Peer => "peer",
+        /// The ticket was refused.
+        Ticket => "ticket",
+        /// Anything else on the worker.
+        Internal => "internal",
+        /// The task was cancelled.
+        Cancelled => "cancelled",
+    }
+}
+
+/// Scenes (engines) a job can name. Only PSI is built.
+pub mod scene {
+    /// The PSI scene name (T/AI 123.12 `useSence`).
+    pub const PSI: &str = "psi";
+    /// Scenes this build can run.
+    pub const SUPPORTED: &[&str] = &[PSI];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_round_trips_and_unknown_text_is_an_error() {
+        for s in JobState::ALL {
+            assert_eq!(s.as_str().parse::<JobState>(), Ok(*s));
+            assert_eq!(
+                serde_json::to_string(s).ok(),
+                Some(format!("\"{}\"", s.as_str()))
+            );
+        }
+        for m in PsiMode::ALL {
+            assert_eq!(m.as_str().parse::<PsiMode>(), Ok(*m));
+        }
+        for r in TaskRole::ALL {
+            assert_eq!(r.as_str().parse::<TaskRole>(), Ok(*r));
+        }
+        assert!("".parse::<JobState>().is_err());
+        assert!("Admitted".parse::<JobState>().is_err());
+        assert!("size_only".parse::<PsiMode>().is_err());
+        let e = "x".parse::<TaskRole>().err();
+        assert_eq!(
+            e.map(|e| e.to_string()),
+            Some("unknown task role \"x\"; expected one of: sender, receiver".into())
+        );
+        assert!(JobState::Refused.is_terminal() && !JobState::Running.is_terminal());
+    }
+}

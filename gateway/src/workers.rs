@@ -1,0 +1,107 @@
+//! Worker-facing RPCs: registration, heartbeats, the task stream, progress and results.
+
+use tessera_core::{TaskErrorKind, WorkerAttributes};
+use tessera_proto::v1 as pb;
+use tessera_scheduler::{Delivery, Scheduler, TaskReport, TaskUsage};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use crate::BoxStream;
+use crate::error::{invalid, status};
+
+/// Longest error kind, error text and result location a worker may report (characters).
+const ERROR_KIND_CHARS_MAX: usize = 32;
+const ERROR_CHARS_MAX: usize = 4096;
+const LOCATION_CHARS_MAX: usize = 256;
+
+pub(crate) async fn register(
+    s: &Scheduler,
+    r: pb::RegisterWorkerRequest,
+) -> Result<pb::RegisterWorkerResponse, Status> {
+    let a = r
+        .attributes
+        .ok_or_else(|| invalid("attributes are required"))?;
+    let attrs = WorkerAttributes {
+        party: a.party,
+        region: a.region,
+        compute_centre: a.compute_centre,
+        hardware: a.hardware,
+        ai_frameworks: a.ai_frameworks,
+        software_env: a.software_env,
+    };
+    let id = s
+        .register_worker(Some(r.worker_id), attrs, r.peer_addr)
+        .await
+        .map_err(|e| status(&e))?;
+    Ok(pb::RegisterWorkerResponse {
+        worker_id: id,
+        operator_key_hex: s.operator_key_hex(),
+        heartbeat_interval_ms: s.config().heartbeat_interval_ms,
+    })
+}
+
+pub(crate) async fn heartbeat(s: &Scheduler, r: pb::HeartbeatRequest) -> Result<(), Status> {
+    s.heartbeat(&r.worker_id).await.map_err(|e| status(&e))
+}
+
+pub(crate) async fn pull_tasks(
+    s: &Scheduler,
+    r: pb::PullTasksRequest,
+) -> Result<BoxStream<pb::TaskEnvelope>, Status> {
+    let rx = s.connect(&r.worker_id).await.map_err(|e| status(&e))?;
+    let stream = ReceiverStream::new(rx).map(|d| {
+        Ok(pb::TaskEnvelope {
+            kind: Some(match d {
+                Delivery::Assign { spec_json, ticket } => {
+                    pb::task_envelope::Kind::Assign(pb::TaskAssignment {
+                        spec_json: spec_json.into_bytes().into(),
+                        ticket_body: ticket.body,
+                        ticket_signature_hex: ticket.signature_hex,
+                    })
+                }
+                Delivery::Cancel { task_id, reason } => {
+                    pb::task_envelope::Kind::Cancel(pb::TaskCancel { task_id, reason })
+                }
+            }),
+        })
+    });
+    Ok(Box::pin(stream))
+}
+
+pub(crate) async fn report_progress(s: &Scheduler, r: pb::ProgressReport) -> Result<(), Status> {
+    s.report_progress(&r.worker_id, &r.task_id, &r.phase, r.done, r.total)
+        .await
+        .map_err(|e| status(&e))
+}
+
+pub(crate) async fn report_result(s: &Scheduler, r: pb::TaskResult) -> Result<(), Status> {
+    // A report without usage would bill the job on zero rows: refuse it.
+    let u = r.usage.ok_or_else(|| invalid("usage is required"))?;
+    let error_kind = if r.ok {
+        None
+    } else {
+        let kind: String = r.error_kind.chars().take(ERROR_KIND_CHARS_MAX).collect();
+        Some(kind.parse::<TaskErrorKind>().map_err(invalid)?)
+    };
+    let report = TaskReport {
+        ok: r.ok,
+        error_kind,
+        error: r.error.chars().take(ERROR_CHARS_MAX).collect(),
+        usage: TaskUsage {
+            cpu_ms: u.cpu_ms,
+            wall_ms: u.wall_ms,
+            rows_in: u.rows_in,
+            bytes_sent: u.bytes_sent,
+            bytes_received: u.bytes_received,
+            frames_sent: u.frames_sent,
+            frames_received: u.frames_received,
+            peak_rss_kb: u.peak_rss_kb,
+        },
+        result_size: r.result_size,
+        result_location: r.result_location.chars().take(LOCATION_CHARS_MAX).collect(),
+    };
+    s.report_result(&r.worker_id, &r.task_id, report)
+        .await
+        .map_err(|e| status(&e))
+}

@@ -1,0 +1,331 @@
+//! Money on behalf of the API: deposits, balances and transfers, usage, bills and their
+//! lines, provider statements and payouts, credit lines, limits and freezes (operations
+//! manual §3.6.5, §3.8, §3.11) and licence terms sold by the month (§1.4.5).
+//!
+//! The service validates a request, names the accounts (`tessera_accounting::AccountKind`)
+//! and asks the store, which owns every rule on the ledger; it holds the injected clock.
+
+use std::sync::Arc;
+
+use tessera_accounting::freeze::{LimitConfig, ManualFreeze};
+use tessera_accounting::{AccountKind, TransferSpec, derive_id};
+use tessera_core::Clock;
+use tessera_store::{
+    AccountStatus, BalanceRecord, BillLineRecord, BillRecord, LimitScope, StatementRecord, Store,
+    SubscriptionView, TransferRecord, UsageEventRecord,
+};
+
+use crate::SchedulerError;
+use crate::validate::{customer, non_negative, positive, required};
+
+/// Which of a customer's funds a deposit credits (operations manual §3.11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DepositInto {
+    /// Cash, from outside the platform.
+    Cash,
+    /// A recharge voucher, funded by the operator's marketing account.
+    RechargeVoucher,
+    /// A deduction voucher (metered use only), funded by the operator's marketing account.
+    DeductionVoucher,
+}
+
+impl std::str::FromStr for DepositInto {
+    type Err = SchedulerError;
+
+    /// `cash`, `recharge_voucher` or `deduction_voucher`.
+    fn from_str(s: &str) -> Result<Self, SchedulerError> {
+        match s {
+            "cash" => Ok(Self::Cash),
+            "recharge_voucher" => Ok(Self::RechargeVoucher),
+            "deduction_voucher" => Ok(Self::DeductionVoucher),
+            other => Err(SchedulerError::Invalid(format!(
+                "into {other:?} must be cash, recharge_voucher or deduction_voucher"
+            ))),
+        }
+    }
+}
+
+/// A deposit request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deposit {
+    /// The customer (user id) credited.
+    pub customer: String,
+    /// Amount, micros (positive).
+    pub amount_micros: i64,
+    /// The caller's idempotency key: the same key with the same fields changes nothing.
+    pub idempotency_key: String,
+    /// Which funds it credits.
+    pub into: DepositInto,
+}
+
+/// The whole ledger's balances and whether they re-derive from the transfers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Balances {
+    /// Every account.
+    pub balances: Vec<BalanceRecord>,
+    /// Whether each account's totals equal the sum of its transfers.
+    pub balanced: bool,
+}
+
+/// Deposits, balances, bills, statements, limits, freezes and licence terms.
+#[derive(Debug, Clone)]
+pub struct BillingService {
+    store: Store,
+    clock: Arc<dyn Clock>,
+}
+
+impl BillingService {
+    pub(crate) fn new(store: Store, clock: Arc<dyn Clock>) -> Self {
+        Self { store, clock }
+    }
+
+    fn now(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// Credits a customer's cash or vouchers, once per idempotency key.
+    ///
+    /// # Errors
+    /// `Invalid` for a malformed customer, key or a non-positive amount; the store's ledger
+    /// errors (the same key with different fields).
+    pub async fn deposit(&self, d: Deposit) -> Result<(), SchedulerError> {
+        customer("account", &d.customer)?;
+        required("idempotency_key", &d.idempotency_key)?;
+        positive("amount_micros", d.amount_micros)?;
+        let c = d.customer;
+        let (debit, credit) = match d.into {
+            DepositInto::Cash => (AccountKind::External, AccountKind::CustomerCash(c)),
+            DepositInto::RechargeVoucher => (
+                AccountKind::OperatorMarketing,
+                AccountKind::CustomerRechargeVoucher(c),
+            ),
+            DepositInto::DeductionVoucher => (
+                AccountKind::OperatorMarketing,
+                AccountKind::CustomerDeductionVoucher(c),
+            ),
+        };
+        let t = TransferSpec {
+            id: derive_id(&["deposit", &d.idempotency_key]),
+            debit: debit.name(),
+            credit: credit.name(),
+            amount_micros: d.amount_micros,
+            job_id: None,
+            memo: format!("deposit {}", d.idempotency_key),
+        };
+        self.store.post_transfers(&[t], self.now()).await?;
+        Ok(())
+    }
+
+    /// Every usage event in arrival order.
+    ///
+    /// # Errors
+    /// The store's.
+    pub async fn usage(&self) -> Result<Vec<UsageEventRecord>, SchedulerError> {
+        Ok(self.store.usage_events().await?)
+    }
+
+    /// Every account's balance, and whether the ledger re-derives from its transfers.
+    ///
+    /// # Errors
+    /// The store's.
+    pub async fn balances(&self) -> Result<Balances, SchedulerError> {
+        Ok(Balances {
+            balances: self.store.balances().await?,
+            balanced: self.store.ledger_balanced().await?,
+        })
+    }
+
+    /// Every transfer.
+    ///
+    /// # Errors
+    /// The store's.
+    pub async fn transfers(&self) -> Result<Vec<TransferRecord>, SchedulerError> {
+        Ok(self.store.transfers().await?)
+    }
+
+    /// Sets a customer's credit line: the credit account may go down to `-limit_micros`.
+    ///
+    /// # Errors
+    /// `Invalid` for a malformed customer or a negative limit.
+    pub async fn set_credit_limit(
+        &self,
+        customer_id: &str,
+        limit_micros: i64,
+    ) -> Result<(), SchedulerError> {
+        customer("customer", customer_id)?;
+        non_negative("limit_micros", limit_micros)?;
+        let account = AccountKind::CustomerCredit(customer_id.to_string()).name();
+        self.store
+            .set_account_limit(&account, Some(-limit_micros))
+            .await?;
+        Ok(())
+    }
+
+    /// Bills, optionally of one customer and/or one period (`YYYY-MM`).
+    ///
+    /// # Errors
+    /// The store's.
+    pub async fn bills(
+        &self,
+        customer: Option<&str>,
+        period: Option<&str>,
+    ) -> Result<Vec<BillRecord>, SchedulerError> {
+        Ok(self.store.bills(customer, period).await?)
+    }
+
+    /// The lines of one bill.
+    ///
+    /// # Errors
+    /// `Invalid` for an empty id; the store's `NotFound` for an unknown bill.
+    pub async fn bill_lines(&self, bill_id: &str) -> Result<Vec<BillLineRecord>, SchedulerError> {
+        required("bill_id", bill_id)?;
+        Ok(self.store.bill_lines(bill_id).await?)
+    }
+
+    /// Closes every bill whose period (plus the late window) has ended; returns them.
+    ///
+    /// # Errors
+    /// The store's.
+    pub async fn close_due_bills(&self) -> Result<Vec<BillRecord>, SchedulerError> {
+        let closed = self.store.close_due_bills(self.now()).await?;
+        let bills = self.store.bills(None, None).await?;
+        Ok(bills
+            .into_iter()
+            .filter(|b| closed.contains(&b.bill_id))
+            .collect())
+    }
+
+    /// Provider statements of closed months, optionally of one provider.
+    ///
+    /// # Errors
+    /// The store's.
+    pub async fn statements(
+        &self,
+        provider: Option<&str>,
+    ) -> Result<Vec<StatementRecord>, SchedulerError> {
+        Ok(self.store.statements(provider).await?)
+    }
+
+    /// Pays a provider its part of a closed month, once.
+    ///
+    /// # Errors
+    /// `Invalid` for a malformed provider or period; the store's refusals.
+    pub async fn payout(
+        &self,
+        provider: &str,
+        period: &str,
+    ) -> Result<StatementRecord, SchedulerError> {
+        customer("provider", provider)?;
+        required("period", period)?;
+        tessera_accounting::bill::parse_period(period)
+            .map_err(|e| SchedulerError::Invalid(e.to_string()))?;
+        Ok(self.store.payout(provider, period, self.now()).await?)
+    }
+
+    /// Sets a limit configuration (minimum purchase and freeze amounts) at a scope.
+    ///
+    /// # Errors
+    /// `Invalid` for a malformed customer or product; the store's amount checks.
+    pub async fn set_limit(
+        &self,
+        scope: &LimitScope,
+        config: &LimitConfig,
+    ) -> Result<(), SchedulerError> {
+        match scope {
+            LimitScope::Platform => {}
+            LimitScope::Product(p) => required("product", p)?,
+            LimitScope::Customer(c, p) => {
+                customer("customer", c)?;
+                if let Some(p) = p {
+                    required("product", p)?;
+                }
+            }
+        }
+        self.store.set_limit(scope, config, self.now()).await?;
+        Ok(())
+    }
+
+    /// Adds a customer to, or removes one from, the platform white list.
+    ///
+    /// # Errors
+    /// `Invalid` for a malformed customer.
+    pub async fn set_whitelisted(
+        &self,
+        customer_id: &str,
+        listed: bool,
+    ) -> Result<(), SchedulerError> {
+        customer("customer", customer_id)?;
+        self.store
+            .set_whitelisted(customer_id, listed, self.now())
+            .await?;
+        Ok(())
+    }
+
+    /// Sets the operator's manual freeze action on an account.
+    ///
+    /// # Errors
+    /// `Invalid` for a malformed customer or a freeze without a reason.
+    pub async fn set_freeze(
+        &self,
+        customer_id: &str,
+        manual: &ManualFreeze,
+    ) -> Result<(), SchedulerError> {
+        customer("customer", customer_id)?;
+        if let ManualFreeze::Frozen(reason) = manual {
+            required("reason", reason)?;
+        }
+        self.store
+            .set_manual_freeze(customer_id, manual, self.now())
+            .await?;
+        Ok(())
+    }
+
+    /// Whether a customer's jobs of a product would be refused now, and why.
+    ///
+    /// # Errors
+    /// `Invalid` for a malformed customer or product.
+    pub async fn account_status(
+        &self,
+        customer_id: &str,
+        product: &str,
+    ) -> Result<AccountStatus, SchedulerError> {
+        customer("customer", customer_id)?;
+        required("product", product)?;
+        Ok(self.store.account_status(customer_id, product).await?)
+    }
+
+    /// Orders or renews `months` months of a licence term.
+    ///
+    /// # Errors
+    /// `Invalid` for malformed ids; the store's refusals (frozen, minimum purchase, funds).
+    pub async fn subscribe(
+        &self,
+        licence_id: &str,
+        customer_id: &str,
+        months: u32,
+    ) -> Result<SubscriptionView, SchedulerError> {
+        required("licence_id", licence_id)?;
+        customer("customer", customer_id)?;
+        Ok(self
+            .store
+            .subscribe(licence_id, customer_id, months, self.now())
+            .await?)
+    }
+
+    /// Ends a subscription with the manual's refund.
+    ///
+    /// # Errors
+    /// `Invalid` for malformed ids; the store's refusals.
+    pub async fn unsubscribe(
+        &self,
+        licence_id: &str,
+        customer_id: &str,
+    ) -> Result<SubscriptionView, SchedulerError> {
+        required("licence_id", licence_id)?;
+        customer("customer", customer_id)?;
+        Ok(self
+            .store
+            .unsubscribe(licence_id, customer_id, self.now())
+            .await?)
+    }
+}
