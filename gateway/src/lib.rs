@@ -58,9 +58,12 @@ fn store_code(e: &StoreError) -> ApiCode {
     match e {
         StoreError::NotFound { .. } => ApiCode::NotFound,
         StoreError::Conflict { .. } => ApiCode::AlreadyExists,
-        StoreError::IdempotencyMismatch { .. } | StoreError::Ledger(_) | StoreError::Refused(_) => {
-            ApiCode::Conflict
-        }
+        StoreError::IdempotencyMismatch { .. }
+        | StoreError::Ledger(_)
+        | StoreError::Refused(_)
+        | StoreError::Bill(_)
+        | StoreError::PeriodOpen { .. } => ApiCode::Conflict,
+        StoreError::Invalid { .. } => ApiCode::InvalidArgument,
         _ => ApiCode::Internal,
     }
 }
