@@ -361,17 +361,27 @@ impl Payment {
         if parts.iter().any(|p| *p < 0) {
             return Err(PaymentError::IdentityViolated("negative part".into()));
         }
-        let draws: Micros = self.deduction_draws.iter().map(|d| d.1).sum();
+        let draws = self
+            .deduction_draws
+            .iter()
+            .try_fold(0i64, |acc, d| acc.checked_add(d.1))
+            .ok_or(PaymentError::Overflow)?;
         if draws != self.deduction_voucher_micros {
             return Err(PaymentError::IdentityViolated(
                 "voucher draws do not add up".into(),
             ));
         }
-        let paid = self.paid_micros();
-        let settled = self.balance_micros()
-            + self.credit_micros
-            + self.deduction_voucher_micros
-            + self.coupon_micros;
+        // In i128: no sum of members can overflow.
+        let w = i128::from;
+        let paid = w(self.original_micros)
+            - w(self.platform_discount_micros)
+            - w(self.customer_discount_micros);
+        let settled = w(self.recharge_voucher_micros)
+            + w(self.cash_micros)
+            + w(self.arrears_micros)
+            + w(self.credit_micros)
+            + w(self.deduction_voucher_micros)
+            + w(self.coupon_micros);
         if settled != paid {
             return Err(PaymentError::IdentityViolated(format!(
                 "balance + credit + vouchers + coupons = {settled} != paid {paid}"
@@ -515,6 +525,13 @@ pub fn apply_payment(wallet: &mut Wallet, p: &Payment) -> Result<(), PaymentErro
     {
         return Err(PaymentError::Stale("balances changed".into()));
     }
+    // Every new balance is computed (checked) before anything changes.
+    let sub = |a: Micros, b: Micros| a.checked_sub(b).ok_or(PaymentError::Overflow);
+    let add = |a: Micros, b: Micros| a.checked_add(b).ok_or(PaymentError::Overflow);
+    let recharge_voucher = sub(wallet.recharge_voucher_micros, p.recharge_voucher_micros)?;
+    let cash = sub(wallet.cash_micros, p.cash_micros)?;
+    let credit_used = add(wallet.credit_used_micros, p.credit_micros)?;
+    let arrears = add(wallet.arrears_micros, p.arrears_micros)?;
     if let Some(id) = &p.coupon_id {
         for c in wallet.coupons.iter_mut().filter(|c| &c.id == id) {
             c.used = true;
@@ -522,13 +539,14 @@ pub fn apply_payment(wallet: &mut Wallet, p: &Payment) -> Result<(), PaymentErro
     }
     for (id, take) in &p.deduction_draws {
         for v in wallet.deduction_vouchers.iter_mut().filter(|v| &v.id == id) {
+            // Checked above: the voucher holds at least `take`.
             v.balance_micros -= take;
         }
     }
-    wallet.recharge_voucher_micros -= p.recharge_voucher_micros;
-    wallet.cash_micros -= p.cash_micros;
-    wallet.credit_used_micros += p.credit_micros;
-    wallet.arrears_micros += p.arrears_micros;
+    wallet.recharge_voucher_micros = recharge_voucher;
+    wallet.cash_micros = cash;
+    wallet.credit_used_micros = credit_used;
+    wallet.arrears_micros = arrears;
     Ok(())
 }
 
