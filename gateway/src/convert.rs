@@ -4,8 +4,8 @@
 use tessera_core::JobState;
 use tessera_proto::v1 as pb;
 use tessera_scheduler::{
-    AccountStatus, BillLineRecord, BillRecord, DatasetRecord, JobView, LicenceRecord, Amounts, Split,
-    StatementRecord, SubscriptionView, TransferRecord, UsageEventRecord,
+    AccountStatus, Amounts, BillLineRecord, BillRecord, DatasetRecord, JobView, LicenceRecord,
+    Split, StatementRecord, SubscriptionView, TransferRecord, UsageEventRecord,
 };
 use tonic::Status;
 

@@ -3,7 +3,9 @@
 //! (`{status, code, errorMsg, data}`, appendix A: `status` the HTTP status, `code` "a
 //! specific error type") for the REST facade, which maps from the same set.
 
-use tessera_scheduler::{Refusal, SchedulerError, StoreError};
+use tessera_accounting::LedgerError;
+use tessera_accounting::settle::SettleError;
+use tessera_scheduler::{Refusal, RuleRefusal, SchedulerError, StoreError};
 use tonic::Status;
 
 /// The closed set of API error codes: one per thing a caller can act on differently.
@@ -101,10 +103,43 @@ pub fn store_code(e: &StoreError) -> ApiCode {
         StoreError::NotFound { .. } => ApiCode::NotFound,
         StoreError::Conflict { .. } => ApiCode::AlreadyExists,
         StoreError::IdempotencyMismatch { .. } => ApiCode::ExistsWithDifferentFields,
-        // Still strings in this branch (balance limit, bad amount; funds, limits, state):
-        // the typed ledger errors replace them.
-        StoreError::Ledger(_) | StoreError::Refused(_) => ApiCode::Refused,
-        StoreError::Db(_) | StoreError::Migrate(_) | StoreError::Corrupt(_) => ApiCode::Internal,
+        StoreError::Ledger(l) => ledger_code(l),
+        StoreError::Refused(r) => rule_code(r),
+        StoreError::Invalid { .. } => ApiCode::InvalidArgument,
+        // A bill rule (identities, a bad period) or a month still open for late charges.
+        StoreError::Bill(_) | StoreError::PeriodOpen { .. } => ApiCode::Refused,
+        StoreError::Db(_)
+        | StoreError::Migrate(_)
+        | StoreError::Corrupt(_)
+        | StoreError::Time(_) => ApiCode::Internal,
+    }
+}
+
+/// The code of a ledger error.
+fn ledger_code(e: &LedgerError) -> ApiCode {
+    match e {
+        LedgerError::InsufficientFunds { .. } => ApiCode::InsufficientFunds,
+        LedgerError::NonPositiveAmount(_)
+        | LedgerError::SameAccount(_)
+        | LedgerError::UnknownAccount(_) => ApiCode::InvalidArgument,
+        LedgerError::HoldAlreadyResolved { .. } | LedgerError::PostExceedsHold { .. } => {
+            ApiCode::Refused
+        }
+        LedgerError::Overflow => ApiCode::Refused,
+    }
+}
+
+/// The code of a business rule's refusal outside admission (licence terms).
+fn rule_code(r: &RuleRefusal) -> ApiCode {
+    match r {
+        RuleRefusal::Funds(SettleError::InsufficientFunds { .. }) => ApiCode::InsufficientFunds,
+        RuleRefusal::AccountFrozen { .. } => ApiCode::AccountFrozen,
+        RuleRefusal::NotLicensee { .. } => ApiCode::PermissionDenied,
+        RuleRefusal::Funds(_)
+        | RuleRefusal::Limit(_)
+        | RuleRefusal::Subscription(_)
+        | RuleRefusal::NotMonthly(_)
+        | RuleRefusal::SubscriptionClosed(_) => ApiCode::Refused,
     }
 }
 

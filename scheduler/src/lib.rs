@@ -31,10 +31,9 @@ pub use registry::{LiveWorker, WorkerView};
 pub use submit::{JobRequest, SUPPORTED_SCENES, TaskReport, TaskUsage};
 /// The records the services hand out, re-exported so the gateway needs no store dependency.
 pub use tessera_store::{
-    AccountStatus, BalanceRecord, BillLineRecord, BillRecord, DatasetRecord, JobRecord,
-    Amounts, LicenceRecord, LimitScope, Refusal, RuleRefusal, Split, StatementRecord, StoreError,
-    SubscriptionView,
-    TransferRecord, UsageEventRecord,
+    AccountStatus, Amounts, BalanceRecord, BillLineRecord, BillRecord, DatasetRecord, JobRecord,
+    LicenceRecord, LimitScope, Refusal, RuleRefusal, Split, StatementRecord, StoreError,
+    SubscriptionView, TransferRecord, UsageEventRecord,
 };
 
 /// Why a scheduler call failed (refusals are not errors: they are recorded job states).

@@ -228,45 +228,48 @@ impl Scheduler {
             what: "job request",
             source,
         })?;
-        let decide =
-            |ctx: &AdmitContext<'_>| -> Result<Decision, SchedulerError> {
-                let mut reasons = pre_reasons.clone();
-                let mut detail = serde_json::json!({});
-                // Freeze rules (manual §3.6.5) on the balances of this transaction.
-                let freeze = ctx.freeze.decide(&req.user, &req.scene, ctx.cash_micros);
-                let auto_frozen = (freeze.auto_frozen != ctx.freeze.auto_frozen)
-                    .then(|| (freeze.auto_frozen, freeze.notice.clone()));
-                if let Err(reason) = freeze.admit_job() {
-                    reasons.push(Refusal::AccountFrozen { reason });
-                }
-                let Some(l) = ctx.licence else {
-                    reasons.push(Refusal::LicenceNotFound {
-                        licence_id: req.licence_id.clone(),
-                    });
-                    return Ok(Decision {
-                        allowed: false,
-                        reasons,
-                        detail,
-                        tasks: vec![],
-                        holds: vec![],
-                        auto_frozen,
-                    });
-                };
-                let scene = l.policy.scene(&req.scene);
-                let remaining = scene.and_then(|s| s.remaining_counts);
-                let verdict = evaluate(
-                    &l.policy,
-                    &Request {
-                        user: &req.user,
-                        groups: &req.user_groups,
-                        scene: &req.scene,
-                        now_ms: now,
-                        zone: &self.config.zone,
-                    },
-                    remaining,
-                );
-                reasons.extend(verdict.checks.iter().filter(|c| !c.ok).map(
-                    |c| match c.constraint {
+        let decide = |ctx: &AdmitContext<'_>| -> Result<Decision, SchedulerError> {
+            let mut reasons = pre_reasons.clone();
+            let mut detail = serde_json::json!({});
+            // Freeze rules (manual §3.6.5) on the balances of this transaction.
+            let freeze = ctx.freeze.decide(&req.user, &req.scene, ctx.cash_micros);
+            let auto_frozen = (freeze.auto_frozen != ctx.freeze.auto_frozen)
+                .then(|| (freeze.auto_frozen, freeze.notice.clone()));
+            if let Err(reason) = freeze.admit_job() {
+                reasons.push(Refusal::AccountFrozen { reason });
+            }
+            let Some(l) = ctx.licence else {
+                reasons.push(Refusal::LicenceNotFound {
+                    licence_id: req.licence_id.clone(),
+                });
+                return Ok(Decision {
+                    allowed: false,
+                    reasons,
+                    detail,
+                    tasks: vec![],
+                    holds: vec![],
+                    auto_frozen,
+                });
+            };
+            let scene = l.policy.scene(&req.scene);
+            let remaining = scene.and_then(|s| s.remaining_counts);
+            let verdict = evaluate(
+                &l.policy,
+                &Request {
+                    user: &req.user,
+                    groups: &req.user_groups,
+                    scene: &req.scene,
+                    now_ms: now,
+                    zone: &self.config.zone,
+                },
+                remaining,
+            );
+            reasons.extend(
+                verdict
+                    .checks
+                    .iter()
+                    .filter(|c| !c.ok)
+                    .map(|c| match c.constraint {
                         Constraint::Count => Refusal::QuotaExhausted {
                             scene: req.scene.clone(),
                         },
@@ -274,116 +277,114 @@ impl Scheduler {
                             constraint,
                             reason: c.reason.clone(),
                         },
-                    },
-                ));
-                if let Err(reason) = &ctx.term {
-                    reasons.push(Refusal::NoPaidTerm {
-                        reason: reason.clone(),
-                    });
-                }
-                // Hold the estimated maximum cost, drawn in the manual's payment order.
-                let declared_rows = provider_ds.as_ref().and_then(|d| d.declared_rows);
-                let unpriced = |error: String| Refusal::Unpriced {
-                    licence_id: l.licence_id.clone(),
-                    error,
-                };
-                let holds = match settle::estimate_max_cost(&l.price, declared_rows) {
-                    Ok(max) => {
-                        match settle::admission_holds(&job_id, &req.user, &req.scene, max, &ctx.funds)
-                        {
-                            Ok(holds) => holds,
-                            Err(SettleError::InsufficientFunds {
+                    }),
+            );
+            if let Err(reason) = &ctx.term {
+                reasons.push(Refusal::NoPaidTerm {
+                    reason: reason.clone(),
+                });
+            }
+            // Hold the estimated maximum cost, drawn in the manual's payment order.
+            let declared_rows = provider_ds.as_ref().and_then(|d| d.declared_rows);
+            let unpriced = |error: String| Refusal::Unpriced {
+                licence_id: l.licence_id.clone(),
+                error,
+            };
+            let holds = match settle::estimate_max_cost(&l.price, declared_rows) {
+                Ok(max) => {
+                    match settle::admission_holds(&job_id, &req.user, &req.scene, max, &ctx.funds) {
+                        Ok(holds) => holds,
+                        Err(SettleError::InsufficientFunds {
+                            needed_micros,
+                            available_micros,
+                            ..
+                        }) => {
+                            reasons.push(Refusal::InsufficientFunds {
                                 needed_micros,
                                 available_micros,
-                                ..
-                            }) => {
-                                reasons.push(Refusal::InsufficientFunds {
-                                    needed_micros,
-                                    available_micros,
-                                    funds: ctx.funds.iter().map(|(a, m)| (a.name(), *m)).collect(),
-                                });
-                                Vec::new()
-                            }
-                            Err(why) => {
-                                reasons.push(unpriced(why.to_string()));
-                                Vec::new()
-                            }
+                                funds: ctx.funds.iter().map(|(a, m)| (a.name(), *m)).collect(),
+                            });
+                            Vec::new()
                         }
-                    }
-                    Err(why) => {
-                        reasons.push(unpriced(why.to_string()));
-                        Vec::new()
-                    }
-                };
-                let funds: Vec<(String, i64)> =
-                    ctx.funds.iter().map(|(a, m)| (a.name(), *m)).collect();
-                detail = serde_json::json!({
-                    "checks": verdict.checks, "funds": funds, "cash_micros": ctx.cash_micros,
-                    "declared_rows": declared_rows,
-                });
-                let mut tasks = Vec::new();
-                if let (Some(scene), Some(bds), Some(pds)) = (scene, &buyer_ds, &provider_ds) {
-                    let provider = self.place(&workers, &l.licensor, scene, now);
-                    let buyer = self.place(&workers, &req.buyer_party, scene, now);
-                    match (provider, buyer) {
-                        (Ok(p), Ok(b)) => {
-                            let sender = TaskSpec {
-                                job_id: job_id.clone(),
-                                task_id: task_ids[0].clone(),
-                                scene: req.scene.clone(),
-                                role: TaskRole::Sender,
-                                mode: req.mode,
-                                dataset_location: pds.location.clone(),
-                                key_columns: req.provider_columns.clone(),
-                                key_case: req.key_case,
-                                dial_peer: true,
-                                peer_addr: b.peer_addr.clone(),
-                                session_id: session_id.clone(),
-                                output: String::new(),
-                            };
-                            let receiver = TaskSpec {
-                                task_id: task_ids[1].clone(),
-                                role: TaskRole::Receiver,
-                                dataset_location: bds.location.clone(),
-                                key_columns: req.buyer_columns.clone(),
-                                dial_peer: false,
-                                peer_addr: String::new(),
-                                output: req.output.clone(),
-                                ..sender.clone()
-                            };
-                            for (spec, placed, party) in
-                                [(sender, &p, &l.licensor), (receiver, &b, &req.buyer_party)]
-                            {
-                                let spec_json = serde_json::to_string(&spec).map_err(|source| {
-                                    SchedulerError::Encode {
-                                        what: "task spec",
-                                        source,
-                                    }
-                                })?;
-                                tasks.push(NewTask {
-                                    task_id: spec.task_id.clone(),
-                                    worker_id: placed.worker_id.clone(),
-                                    party: party.clone(),
-                                    role: spec.role,
-                                    spec_json,
-                                });
-                            }
-                        }
-                        (p, b) => {
-                            reasons.extend(p.err());
-                            reasons.extend(b.err());
+                        Err(why) => {
+                            reasons.push(unpriced(why.to_string()));
+                            Vec::new()
                         }
                     }
                 }
-                Ok(Decision {
-                    allowed: reasons.is_empty(),
-                    reasons,
-                    detail,
-                    tasks,
-                    holds,
-                    auto_frozen,
-                })
+                Err(why) => {
+                    reasons.push(unpriced(why.to_string()));
+                    Vec::new()
+                }
             };
+            let funds: Vec<(String, i64)> = ctx.funds.iter().map(|(a, m)| (a.name(), *m)).collect();
+            detail = serde_json::json!({
+                "checks": verdict.checks, "funds": funds, "cash_micros": ctx.cash_micros,
+                "declared_rows": declared_rows,
+            });
+            let mut tasks = Vec::new();
+            if let (Some(scene), Some(bds), Some(pds)) = (scene, &buyer_ds, &provider_ds) {
+                let provider = self.place(&workers, &l.licensor, scene, now);
+                let buyer = self.place(&workers, &req.buyer_party, scene, now);
+                match (provider, buyer) {
+                    (Ok(p), Ok(b)) => {
+                        let sender = TaskSpec {
+                            job_id: job_id.clone(),
+                            task_id: task_ids[0].clone(),
+                            scene: req.scene.clone(),
+                            role: TaskRole::Sender,
+                            mode: req.mode,
+                            dataset_location: pds.location.clone(),
+                            key_columns: req.provider_columns.clone(),
+                            key_case: req.key_case,
+                            dial_peer: true,
+                            peer_addr: b.peer_addr.clone(),
+                            session_id: session_id.clone(),
+                            output: String::new(),
+                        };
+                        let receiver = TaskSpec {
+                            task_id: task_ids[1].clone(),
+                            role: TaskRole::Receiver,
+                            dataset_location: bds.location.clone(),
+                            key_columns: req.buyer_columns.clone(),
+                            dial_peer: false,
+                            peer_addr: String::new(),
+                            output: req.output.clone(),
+                            ..sender.clone()
+                        };
+                        for (spec, placed, party) in
+                            [(sender, &p, &l.licensor), (receiver, &b, &req.buyer_party)]
+                        {
+                            let spec_json = serde_json::to_string(&spec).map_err(|source| {
+                                SchedulerError::Encode {
+                                    what: "task spec",
+                                    source,
+                                }
+                            })?;
+                            tasks.push(NewTask {
+                                task_id: spec.task_id.clone(),
+                                worker_id: placed.worker_id.clone(),
+                                party: party.clone(),
+                                role: spec.role,
+                                spec_json,
+                            });
+                        }
+                    }
+                    (p, b) => {
+                        reasons.extend(p.err());
+                        reasons.extend(b.err());
+                    }
+                }
+            }
+            Ok(Decision {
+                allowed: reasons.is_empty(),
+                reasons,
+                detail,
+                tasks,
+                holds,
+                auto_frozen,
+            })
+        };
         let outcome = self
             .store
             .admit(

@@ -126,9 +126,12 @@ pub(crate) async fn add_line(
             .map(|r| r.try_get::<String, _>(0))
             .collect::<Result<_, _>>()?;
     // Months are reckoned on the zone's wall clock; the late window is a duration.
-    let placement = place_line(zone.local(line.event_time_ms)?, zone.local(arrival_ms)?, window, |p| {
-        closed.contains(&period_name(p))
-    })?;
+    let placement = place_line(
+        zone.local(line.event_time_ms)?,
+        zone.local(arrival_ms)?,
+        window,
+        |p| closed.contains(&period_name(p)),
+    )?;
     let (period, corrects) = match placement {
         Placement::InPeriod(y, m) => (period_name((y, m)), None),
         Placement::Correction { of, on } => (period_name(on), Some(period_name(of))),
