@@ -75,9 +75,6 @@ pub struct SchedulerConfig {
     pub ticket_ttl_ms: i64,
     /// Tasks buffered per worker channel.
     pub delivery_queue_max: usize,
-    /// The calendar zone of licence validity windows and billing periods
-    /// (`tessera_core::civil`; default UTC+08:00).
-    pub zone: tessera_core::civil::Zone,
 }
 
 impl Default for SchedulerConfig {
@@ -87,7 +84,6 @@ impl Default for SchedulerConfig {
             heartbeat_interval_ms: 2_000,
             ticket_ttl_ms: tessera_core::limits::TICKET_TTL_MS,
             delivery_queue_max: 64,
-            zone: tessera_core::civil::Zone::default(),
         }
     }
 }

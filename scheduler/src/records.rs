@@ -101,6 +101,10 @@ impl RecordService {
         required("dataset_id", &l.dataset_id)?;
         let policy = UsagePolicy::from_json(&l.policy_json)
             .map_err(|e| SchedulerError::Invalid(e.to_string()))?;
+        // A policy whose validity window is already over could never admit a job.
+        policy
+            .check_can_admit(self.clock.now_ms(), self.store.zone())
+            .map_err(|e| SchedulerError::Invalid(e.to_string()))?;
         l.price
             .validate()
             .map_err(|e| SchedulerError::Invalid(e.to_string()))?;

@@ -260,7 +260,7 @@ impl Scheduler {
                     groups: &req.user_groups,
                     scene: &req.scene,
                     now_ms: now,
-                    zone: &self.config.zone,
+                    zone: self.store.zone(),
                 },
                 remaining,
             );
