@@ -1,7 +1,6 @@
 //! Holds, bills, statements and freezes on a real SQLite file.
 
 use super::*;
-use tessera_accounting::civil::parse_millis;
 use tessera_accounting::freeze::{LimitConfig, ManualFreeze};
 use tessera_accounting::{TransferSpec, derive_id};
 
@@ -13,8 +12,11 @@ async fn open() -> (tempfile::TempDir, Store) {
     (dir, store)
 }
 
+/// A civil time of the store's (default) zone, UTC+08:00, as a UTC instant.
 fn at(text: &str) -> i64 {
-    parse_millis(text).expect("time")
+    tessera_core::civil::Zone::default()
+        .parse_instant(text)
+        .expect("time")
 }
 
 fn transfer(id: &str, debit: &str, credit: &str, amount: i64) -> TransferSpec {
@@ -160,6 +162,29 @@ fn line(id: &str, customer: &str, event: i64, paid: i64) -> NewBillLine {
         },
         note: String::new(),
     }
+}
+
+#[tokio::test]
+async fn the_bill_month_is_reckoned_in_the_configured_zone() {
+    use tessera_core::civil::Zone;
+    // 2026-11-30 17:00 UTC is 2026-12-01 01:00 in UTC+08:00.
+    let instant = Zone::utc().parse_instant("2026-11-30 17:00").expect("t");
+    let (_dir, store) = open().await;
+    let beijing = store
+        .add_bill_line(&line("z1", "u", instant, 100), instant)
+        .await
+        .expect("line");
+    assert_eq!(beijing.bill_id, "2026-12:u");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let utc = Store::open(&dir.path().join("tessera.db"))
+        .await
+        .expect("open")
+        .with_zone(Zone::utc());
+    let line_utc = utc
+        .add_bill_line(&line("z1", "u", instant, 100), instant)
+        .await
+        .expect("line");
+    assert_eq!(line_utc.bill_id, "2026-11:u");
 }
 
 #[tokio::test]
