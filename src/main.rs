@@ -41,20 +41,10 @@ enum Command {
     Billing(billing::BillingCommand),
     /// Check the audit chain of a data directory (offline) and name the first broken entry.
     #[command(subcommand)]
-    Audit(AuditCommand),
+    Audit(client::audit::AuditCommand),
     /// Client commands against a running operator.
     #[command(flatten)]
     Client(client::ClientCommand),
-}
-
-#[derive(Debug, Subcommand)]
-enum AuditCommand {
-    /// Recompute the hash chain.
-    Verify {
-        /// Operator data directory.
-        #[arg(long, default_value = ".tessera/operator")]
-        data_dir: PathBuf,
-    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -201,25 +191,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Demo(a) => demo::run(a).await?,
         Command::Bench(b) => bench::run(b).await?,
         Command::Billing(b) => billing::run(b).await?,
-        Command::Audit(AuditCommand::Verify { data_dir }) => {
-            let path = data_dir.join("tessera.db");
-            if !path.exists() {
-                anyhow::bail!("no store at {}", path.display());
-            }
-            let store = tessera_store::Store::open(&path).await?;
-            let v = store.verify_audit().await?;
-            store.close().await;
-            if v.ok() {
-                println!("audit chain OK: {}", v.detail);
-            } else {
-                println!(
-                    "audit chain BROKEN at entry {}: {}",
-                    v.first_broken_seq.unwrap_or(0),
-                    v.detail
-                );
-                std::process::exit(1);
-            }
-        }
+        Command::Audit(a) => client::audit::run(a).await?,
         Command::Client(c) => client::run(c).await?,
     }
     Ok(())
