@@ -5,7 +5,6 @@
 //! then prints usage, charges, balances and the audit verification.
 
 use std::collections::HashSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -15,6 +14,8 @@ use serde_json::json;
 use tessera_core::{SystemClock, WorkerAttributes};
 use tessera_proto::v1 as pb;
 
+use crate::client::ledger;
+use crate::client::output::TableStyle;
 use crate::client::{fmt_micros, job_line, watch};
 use crate::operator::{self, OperatorConfig};
 
@@ -38,13 +39,18 @@ fn step(n: u32, text: &str) {
     println!("\n== {n}. {text}");
 }
 
-fn write_csv(path: &Path, header: &str, rows: &[String]) -> anyhow::Result<()> {
-    let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
-    writeln!(w, "{header}")?;
+/// Writes a two-column CSV file (RFC 4180, `\n` line ends).
+fn write_csv(path: &Path, header: [&str; 2], rows: &[[String; 2]]) -> anyhow::Result<()> {
+    let mut w = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_path(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    w.write_record(header)?;
     for r in rows {
-        writeln!(w, "{r}")?;
+        w.write_record(r)?;
     }
-    w.flush()?;
+    w.flush()
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
@@ -72,20 +78,33 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(args.seed);
     // The buyer's ids come in upper case with stray spaces, and some rows repeat: the jobs
     // normalise keys (trim, lower case) and count distinct keys.
-    let mut buyer_rows: Vec<String> = buyer_keys
+    let mut buyer_rows: Vec<[String; 2]> = buyer_keys
         .iter()
-        .map(|k| format!(" {} ,{}", k.to_uppercase(), rng.gen_range(1..1000)))
+        .map(|k| {
+            [
+                format!(" {} ", k.to_uppercase()),
+                rng.gen_range(1..1000).to_string(),
+            ]
+        })
         .collect();
     for i in 0..rows / 100 {
         let dup = buyer_rows[i * 7 % buyer_rows.len()].clone();
         buyer_rows.push(dup);
     }
-    let prov_rows: Vec<String> = prov_keys
+    let prov_rows: Vec<[String; 2]> = prov_keys
         .iter()
-        .map(|k| format!("{k},{}", rng.gen_range(0..5)))
+        .map(|k| [k.clone(), rng.gen_range(0..5).to_string()])
         .collect();
-    write_csv(&prov_dir.join("customers.csv"), "id,segment", &prov_rows)?;
-    write_csv(&buyer_dir.join("crm.csv"), "customer_id,spend", &buyer_rows)?;
+    write_csv(
+        &prov_dir.join("customers.csv"),
+        ["id", "segment"],
+        &prov_rows,
+    )?;
+    write_csv(
+        &buyer_dir.join("crm.csv"),
+        ["customer_id", "spend"],
+        &buyer_rows,
+    )?;
     let prov_set: HashSet<&str> = prov_keys.iter().map(String::as_str).collect();
     let truth: HashSet<String> = buyer_keys
         .iter()
@@ -274,29 +293,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     step(7, "usage, charges, balances");
     let usage = c.list_usage(pb::ListRequest {}).await?.into_inner();
-    for e in &usage.events {
-        println!(
-            "  usage {} {:<12} {:<16} {}",
-            e.job_id, e.party, e.metric, e.quantity
-        );
-    }
     let transfers = c.list_transfers(pb::ListRequest {}).await?.into_inner();
-    for t in &transfers.transfers {
-        println!(
-            "  transfer {} -> {} {:>14}  {}",
-            t.debit_account,
-            t.credit_account,
-            fmt_micros(t.amount_micros),
-            t.memo
-        );
-    }
     let balances = c.list_balances(pb::ListRequest {}).await?.into_inner();
-    for b in &balances.balances {
-        println!(
-            "  balance {:<32} {:>14}",
-            b.account,
-            fmt_micros(b.balance_micros)
-        );
+    let style = TableStyle::for_stdout();
+    for listing in [
+        ledger::usage(&usage.events),
+        ledger::transfers(&transfers.transfers, false),
+        ledger::balances(&balances.balances, false),
+    ] {
+        println!("{}", listing.table(style));
     }
     println!("  double entry balanced: {}", balances.balanced);
     all_ok &= balances.balanced;

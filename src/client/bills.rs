@@ -5,7 +5,7 @@ use clap::Subcommand;
 use tessera_proto::v1 as pb;
 
 use super::conn::Conn;
-use super::output::{fmt_micros, print_csv};
+use super::output::{Listing, Out, fmt_micros};
 
 /// `tessera bills …`.
 #[derive(Debug, Subcommand)]
@@ -242,7 +242,7 @@ pub async fn bills(cmd: BillsCmd) -> anyhow::Result<()> {
                 .list_bills(pb::BillQuery { customer, period })
                 .await?
                 .into_inner();
-            print_bills(&b.bills, csv);
+            Out::stdout().listing(&bills_listing(&b.bills, csv), csv)?;
         }
         BillsCmd::Lines { conn, bill_id, csv } => {
             let l = conn
@@ -251,7 +251,7 @@ pub async fn bills(cmd: BillsCmd) -> anyhow::Result<()> {
                 .list_bill_lines(pb::BillRef { bill_id })
                 .await?
                 .into_inner();
-            print_lines(&l.lines, csv);
+            Out::stdout().listing(&lines_listing(&l.lines, csv), csv)?;
         }
         BillsCmd::Close { conn } => {
             let b = conn
@@ -260,20 +260,23 @@ pub async fn bills(cmd: BillsCmd) -> anyhow::Result<()> {
                 .close_due_bills(pb::ListRequest {})
                 .await?
                 .into_inner();
-            println!("closed {} bill(s)", b.bills.len());
+            let mut out = Out::stdout();
+            out.line(format_args!("closed {} bill(s)", b.bills.len()))?;
             for x in &b.bills {
-                println!("{}", x.bill_id);
+                out.line(&x.bill_id)?;
             }
         }
     }
     Ok(())
 }
 
-fn print_bills(bills: &[pb::Bill], csv: bool) {
+/// Bills: every total for CSV, the amount paid for a table.
+pub fn bills_listing(bills: &[pb::Bill], csv: bool) -> Listing {
     if csv {
         let mut header = vec!["bill_id", "customer", "period", "state", "lines"];
         header.extend(AMOUNT_COLUMNS);
-        let rows = bills.iter().map(|x| {
+        let mut l = Listing::new(header);
+        for x in bills {
             let mut r = vec![
                 x.bill_id.clone(),
                 x.customer.clone(),
@@ -282,23 +285,24 @@ fn print_bills(bills: &[pb::Bill], csv: bool) {
                 x.lines.to_string(),
             ];
             r.extend(amount_fields(x.totals.as_ref()));
-            r
-        });
-        print_csv(&header, rows);
-        return;
+            l.push(r);
+        }
+        return l;
     }
+    let mut l = Listing::new(vec!["bill", "state", "lines", "paid"]).align_right(&[2, 3]);
     for x in bills {
-        println!(
-            "{:<32} {:<7} {:>5} lines  paid {:>16}",
-            x.bill_id,
-            x.state,
-            x.lines,
-            fmt_micros(paid(x.totals.as_ref()))
-        );
+        l.push(vec![
+            x.bill_id.clone(),
+            x.state.clone(),
+            x.lines.to_string(),
+            fmt_micros(paid(x.totals.as_ref())),
+        ]);
     }
+    l
 }
 
-fn print_lines(lines: &[pb::BillLine], csv: bool) {
+/// Bill lines: every field for CSV, the readable ones for a table.
+pub fn lines_listing(lines: &[pb::BillLine], csv: bool) -> Listing {
     if csv {
         let mut header = vec![
             "line_id",
@@ -316,7 +320,8 @@ fn print_lines(lines: &[pb::BillLine], csv: bool) {
         ];
         header.extend(AMOUNT_COLUMNS);
         header.push("note");
-        let rows = lines.iter().map(|x| {
+        let mut l = Listing::new(header);
+        for x in lines {
             let mut r = vec![
                 x.line_id.clone(),
                 x.bill_id.clone(),
@@ -333,26 +338,23 @@ fn print_lines(lines: &[pb::BillLine], csv: bool) {
             ];
             r.extend(amount_fields(x.amounts.as_ref()));
             r.push(x.note.clone());
-            r
-        });
-        print_csv(&header, rows);
-        return;
+            l.push(r);
+        }
+        return l;
     }
+    let mut l =
+        Listing::new(vec!["line", "kind", "job", "paid", "corrects", "note"]).align_right(&[3]);
     for x in lines {
-        let corr = if x.corrects_period.is_empty() {
-            String::new()
-        } else {
-            format!(" (corrects {})", x.corrects_period)
-        };
-        println!(
-            "{} {} {} {:>16}{corr}  {}",
-            x.line_id,
-            x.kind,
-            x.job_id,
+        l.push(vec![
+            x.line_id.clone(),
+            x.kind.clone(),
+            x.job_id.clone(),
             fmt_micros(paid(x.amounts.as_ref())),
-            x.note
-        );
+            x.corrects_period.clone(),
+            x.note.clone(),
+        ]);
     }
+    l
 }
 
 /// One line describing a provider statement.
@@ -387,7 +389,7 @@ pub async fn statements(cmd: StatementsCmd) -> anyhow::Result<()> {
                 .list_statements(pb::StatementQuery { provider })
                 .await?
                 .into_inner();
-            print_statements(&l.statements, csv);
+            Out::stdout().listing(&statements_listing(&l.statements, csv), csv)?;
         }
         StatementsCmd::Payout {
             conn,
@@ -406,10 +408,21 @@ pub async fn statements(cmd: StatementsCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_statements(statements: &[pb::Statement], csv: bool) {
+/// Provider statements: raw figures for CSV, yuan for a table.
+pub fn statements_listing(statements: &[pb::Statement], csv: bool) -> Listing {
     if csv {
-        let rows = statements.iter().map(|s| {
-            vec![
+        let mut l = Listing::new(vec![
+            "provider",
+            "period",
+            "lines",
+            "paid_micros",
+            "provider_micros",
+            "operator_micros",
+            "paid_out_at_ms",
+            "payout_transfer_id",
+        ]);
+        for s in statements {
+            l.push(vec![
                 s.provider.clone(),
                 s.period.clone(),
                 s.lines.to_string(),
@@ -418,26 +431,30 @@ fn print_statements(statements: &[pb::Statement], csv: bool) {
                 s.operator_micros.to_string(),
                 s.paid_out_at_ms.map(|t| t.to_string()).unwrap_or_default(),
                 s.payout_transfer_id.clone(),
-            ]
-        });
-        print_csv(
-            &[
-                "provider",
-                "period",
-                "lines",
-                "paid_micros",
-                "provider_micros",
-                "operator_micros",
-                "paid_out_at_ms",
-                "payout_transfer_id",
-            ],
-            rows,
-        );
-        return;
+            ]);
+        }
+        return l;
     }
+    let mut l = Listing::new(vec![
+        "period", "provider", "lines", "paid", "provider", "operator", "payout",
+    ])
+    .align_right(&[2, 3, 4, 5]);
     for s in statements {
-        println!("{}", statement_line(s));
+        l.push(vec![
+            s.period.clone(),
+            s.provider.clone(),
+            s.lines.to_string(),
+            fmt_micros(s.paid_micros),
+            fmt_micros(s.provider_micros),
+            fmt_micros(s.operator_micros),
+            if s.paid_out_at_ms.is_some() {
+                "paid out".into()
+            } else {
+                "not paid out".into()
+            },
+        ]);
     }
+    l
 }
 
 /// Runs one limits command.

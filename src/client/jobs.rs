@@ -1,5 +1,7 @@
 //! Job commands: submit a PSI job, show, follow and cancel one.
 
+use std::collections::BTreeMap;
+
 use anyhow::Context;
 use clap::Subcommand;
 use tessera_proto::v1 as pb;
@@ -9,6 +11,7 @@ use tonic::transport::Channel;
 
 use super::conn::Conn;
 use super::output::fmt_micros;
+use crate::progress::{self, PhaseBar};
 
 /// `tessera job …`.
 #[derive(Debug, Subcommand)]
@@ -91,7 +94,8 @@ pub fn job_line(j: &pb::Job) -> String {
     s
 }
 
-/// Follows a job, printing each progress change on stderr, and returns its final state.
+/// Follows a job, drawing one progress bar per party on stderr when it is a terminal (see
+/// [`crate::progress`]), and returns its final state.
 ///
 /// Errors: the watch stream fails, or ends before sending the job once.
 pub async fn watch(client: &mut OperatorClient<Channel>, job_id: &str) -> anyhow::Result<pb::Job> {
@@ -101,27 +105,20 @@ pub async fn watch(client: &mut OperatorClient<Channel>, job_id: &str) -> anyhow
         })
         .await?
         .into_inner();
+    let multi = progress::multi();
+    let mut bars: BTreeMap<String, PhaseBar> = BTreeMap::new();
     let mut last = None;
-    let mut printed = String::new();
     while let Some(j) = stream.next().await {
         let j = j?;
-        let line = j
-            .progress
-            .iter()
-            .map(|p| {
-                if p.total > 0 {
-                    format!("{}:{} {}/{}", p.party, p.phase, p.done, p.total)
-                } else {
-                    format!("{}:{}", p.party, p.phase)
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("  ");
-        if !line.is_empty() && line != printed {
-            eprintln!("  [{}] {line}", j.state);
-            printed = line;
+        for p in &j.progress {
+            bars.entry(p.party.clone())
+                .or_insert_with(|| PhaseBar::new(&multi, &p.party))
+                .update(&p.phase, p.done, p.total);
         }
         last = Some(j);
+    }
+    for bar in bars.values() {
+        bar.finish();
     }
     last.ok_or_else(|| anyhow::anyhow!("watch ended without a job"))
 }

@@ -4,7 +4,7 @@ use clap::Subcommand;
 use tessera_proto::v1 as pb;
 
 use super::conn::Conn;
-use super::output::{fmt_micros, print_csv};
+use super::output::{Listing, Out, fmt_micros};
 
 /// `tessera deposit`: add funds to a buyer's cash (or voucher) account.
 #[derive(Debug, clap::Args)]
@@ -100,6 +100,7 @@ pub async fn credit(a: CreditArgs) -> anyhow::Result<()> {
 
 /// Runs one ledger command.
 pub async fn run(cmd: LedgerCmd) -> anyhow::Result<()> {
+    let mut out = Out::stdout();
     match cmd {
         LedgerCmd::Balances { conn, csv } => {
             let b = conn
@@ -108,7 +109,10 @@ pub async fn run(cmd: LedgerCmd) -> anyhow::Result<()> {
                 .list_balances(pb::ListRequest {})
                 .await?
                 .into_inner();
-            print_balances(&b, csv);
+            out.listing(&balances(&b.balances, csv), csv)?;
+            if !csv {
+                out.line(format_args!("double entry balanced: {}", b.balanced))?;
+            }
         }
         LedgerCmd::Transfers { conn, csv } => {
             let t = conn
@@ -117,7 +121,7 @@ pub async fn run(cmd: LedgerCmd) -> anyhow::Result<()> {
                 .list_transfers(pb::ListRequest {})
                 .await?
                 .into_inner();
-            print_transfers(&t.transfers, csv);
+            out.listing(&transfers(&t.transfers, csv), csv)?;
         }
         LedgerCmd::Usage { conn } => {
             let u = conn
@@ -126,48 +130,53 @@ pub async fn run(cmd: LedgerCmd) -> anyhow::Result<()> {
                 .list_usage(pb::ListRequest {})
                 .await?
                 .into_inner();
-            for e in &u.events {
-                println!(
-                    "{} {} {} {}={}",
-                    e.event_id, e.job_id, e.party, e.metric, e.quantity
-                );
-            }
+            out.listing(&usage(&u.events), false)?;
         }
     }
     Ok(())
 }
 
-fn print_balances(b: &pb::BalanceList, csv: bool) {
+/// Account balances: raw micro-units for CSV, yuan for a table.
+pub fn balances(list: &[pb::Balance], csv: bool) -> Listing {
     if csv {
-        let rows = b.balances.iter().map(|x| {
-            vec![
+        let mut l = Listing::new(vec!["account", "balance_micros", "held_micros"]);
+        for x in list {
+            l.push(vec![
                 x.account.clone(),
                 x.balance_micros.to_string(),
                 x.held_micros.to_string(),
-            ]
-        });
-        print_csv(&["account", "balance_micros", "held_micros"], rows);
-        return;
+            ]);
+        }
+        return l;
     }
-    for x in &b.balances {
+    let mut l = Listing::new(vec!["account", "balance", "held"]).align_right(&[1, 2]);
+    for x in list {
         let held = if x.held_micros > 0 {
-            format!("  (held {})", fmt_micros(x.held_micros))
+            fmt_micros(x.held_micros)
         } else {
             String::new()
         };
-        println!(
-            "{:<40} {:>20}{held}",
-            x.account,
-            fmt_micros(x.balance_micros)
-        );
+        l.push(vec![x.account.clone(), fmt_micros(x.balance_micros), held]);
     }
-    println!("double entry balanced: {}", b.balanced);
+    l
 }
 
-fn print_transfers(transfers: &[pb::Transfer], csv: bool) {
+/// Ledger transfers: every field for CSV, the readable ones for a table.
+pub fn transfers(list: &[pb::Transfer], csv: bool) -> Listing {
     if csv {
-        let rows = transfers.iter().map(|x| {
-            vec![
+        let mut l = Listing::new(vec![
+            "transfer_id",
+            "kind",
+            "debit_account",
+            "credit_account",
+            "amount_micros",
+            "job_id",
+            "pending_id",
+            "created_at_ms",
+            "memo",
+        ]);
+        for x in list {
+            l.push(vec![
                 x.transfer_id.clone(),
                 x.kind.clone(),
                 x.debit_account.clone(),
@@ -177,34 +186,39 @@ fn print_transfers(transfers: &[pb::Transfer], csv: bool) {
                 x.pending_id.clone(),
                 x.created_at_ms.to_string(),
                 x.memo.clone(),
-            ]
-        });
-        print_csv(
-            &[
-                "transfer_id",
-                "kind",
-                "debit_account",
-                "credit_account",
-                "amount_micros",
-                "job_id",
-                "pending_id",
-                "created_at_ms",
-                "memo",
-            ],
-            rows,
-        );
-        return;
+            ]);
+        }
+        return l;
     }
-    for x in transfers {
-        println!(
-            "{} {:<12} {} -> {} {} {} {}",
-            x.transfer_id,
-            x.kind,
-            x.debit_account,
-            x.credit_account,
+    let mut l = Listing::new(vec![
+        "transfer", "kind", "debit", "credit", "amount", "job", "memo",
+    ])
+    .align_right(&[4]);
+    for x in list {
+        l.push(vec![
+            x.transfer_id.clone(),
+            x.kind.clone(),
+            x.debit_account.clone(),
+            x.credit_account.clone(),
             fmt_micros(x.amount_micros),
-            x.job_id,
-            x.memo
-        );
+            x.job_id.clone(),
+            x.memo.clone(),
+        ]);
     }
+    l
+}
+
+/// Usage events.
+pub fn usage(list: &[pb::UsageEvent]) -> Listing {
+    let mut l = Listing::new(vec!["event", "job", "party", "metric", "quantity"]).align_right(&[4]);
+    for e in list {
+        l.push(vec![
+            e.event_id.clone(),
+            e.job_id.clone(),
+            e.party.clone(),
+            e.metric.clone(),
+            e.quantity.to_string(),
+        ]);
+    }
+    l
 }

@@ -12,6 +12,9 @@ pub mod ledger;
 pub mod output;
 pub mod records;
 
+#[cfg(test)]
+mod golden;
+
 use clap::Subcommand;
 
 pub use conn::connect;

@@ -171,11 +171,12 @@ pub async fn licence(cmd: LicenceCmd) -> anyhow::Result<()> {
                 .get_licence(pb::LicenceRef { licence_id: id })
                 .await?
                 .into_inner();
-            println!(
+            let mut out = super::output::Out::stdout();
+            out.line(format_args!(
                 "licence {} {} -> {} dataset {}",
                 l.licence_id, l.licensor, l.licensee, l.dataset_id
-            );
-            println!("{}", l.policy_json);
+            ))?;
+            out.line(&l.policy_json)?;
         }
     }
     Ok(())
