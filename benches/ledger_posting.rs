@@ -23,15 +23,15 @@ fn batch(n: u64) -> Vec<TransferSpec> {
 }
 
 fn posting(c: &mut Criterion) {
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else {
-        return;
-    };
-    let Ok(dir) = tempfile::tempdir() else {
-        return;
-    };
-    let Ok(store) = rt.block_on(Store::open(&dir.path().join("bench.db"))) else {
-        return;
-    };
+    // Set-up failures end the bench run loudly: a bench that silently skips measures nothing.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = rt
+        .block_on(Store::open(&dir.path().join("bench.db")))
+        .expect("store");
     let next = AtomicU64::new(0);
     let mut group = c.benchmark_group("ledger");
     group.throughput(Throughput::Elements(BATCH as u64));
