@@ -58,14 +58,19 @@ const BUYER: &str = "buyer-b";
 const PROVIDER: &str = "provider-a";
 const USER: &str = "alice";
 
-pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let rows = args.rows.max(10);
-    if args.dir.exists() {
-        std::fs::remove_dir_all(&args.dir)
-            .with_context(|| format!("clearing {}", args.dir.display()))?;
-    }
-    let prov_dir = args.dir.join("provider/datasets");
-    let buyer_dir = args.dir.join("buyer/datasets");
+/// The demo's data: row counts of the two files written and the true intersection.
+struct DemoData {
+    provider_rows: usize,
+    buyer_rows: usize,
+    truth: HashSet<String>,
+}
+
+/// Step 1: writes the provider's and the buyer's CSV files under `dir` with a known overlap
+/// (a quarter of `rows`), the buyer's keys upper-cased with stray spaces and some rows
+/// repeated, and returns the true intersection.
+fn generate_data(dir: &Path, rows: usize, seed: u64) -> anyhow::Result<DemoData> {
+    let prov_dir = dir.join("provider/datasets");
+    let buyer_dir = dir.join("buyer/datasets");
     std::fs::create_dir_all(&prov_dir)?;
     std::fs::create_dir_all(&buyer_dir)?;
 
@@ -74,8 +79,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         &format!("generating data: {rows} rows per party, known overlap"),
     );
     let overlap = rows / 4;
-    let (prov_keys, buyer_keys) = crate::bench::generate_sets(rows, overlap, args.seed);
-    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(args.seed);
+    let (prov_keys, buyer_keys) = crate::bench::generate_sets(rows, overlap, seed);
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
     // The buyer's ids come in upper case with stray spaces, and some rows repeat: the jobs
     // normalise keys (trim, lower case) and count distinct keys.
     let mut buyer_rows: Vec<[String; 2]> = buyer_keys
@@ -117,6 +122,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         buyer_rows.len(),
         truth.len()
     );
+    Ok(DemoData {
+        provider_rows: prov_rows.len(),
+        buyer_rows: buyer_rows.len(),
+        truth,
+    })
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let rows = args.rows.max(10);
+    if args.dir.exists() {
+        std::fs::remove_dir_all(&args.dir)
+            .with_context(|| format!("clearing {}", args.dir.display()))?;
+    }
+    let data = generate_data(&args.dir, rows, args.seed)?;
+    let (prov_rows, buyer_rows, truth) = (data.provider_rows, data.buyer_rows, data.truth);
 
     step(2, "starting the operator and two workers on loopback");
     let op = operator::start(&OperatorConfig {
@@ -165,7 +185,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         owner_party: PROVIDER.into(),
         location: "customers.csv".into(),
         description: "provider customer ids".into(),
-        declared_rows: Some(prov_rows.len() as u64),
+        declared_rows: Some(prov_rows as u64),
     })
     .await?;
     c.create_dataset(pb::CreateDatasetRequest {
@@ -173,7 +193,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         owner_party: BUYER.into(),
         location: "crm.csv".into(),
         description: "buyer CRM".into(),
-        declared_rows: Some(buyer_rows.len() as u64),
+        declared_rows: Some(buyer_rows as u64),
     })
     .await?;
     let policy = json!({
