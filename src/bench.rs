@@ -4,14 +4,17 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Subcommand;
 use rand::{RngCore, SeedableRng};
 use tessera_core::Link;
-use tessera_psi::{Mode, NoProgress, PsiConfig};
+use tessera_psi::{Mode, PsiConfig};
 use tessera_worker::link::loopback_pair;
 use tessera_worker::usage::{peak_rss_kb, process_cpu_ms};
+
+use crate::progress::{self, PhaseBar};
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -83,18 +86,24 @@ async fn run_pair(
         mode,
         ..PsiConfig::default()
     };
+    let multi = progress::multi();
+    let sender_bar = Arc::new(PhaseBar::new(&multi, "sender"));
+    let receiver_bar = PhaseBar::new(&multi, "receiver");
     let cpu0 = process_cpu_ms();
     let t0 = Instant::now();
     let cfg_s = cfg.clone();
+    let bar = sender_bar.clone();
     let sender = tokio::spawn(async move {
         let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
-        let r = tessera_psi::run_sender(&a, &sender_items, &cfg_s, &mut rng, &NoProgress).await;
+        let r = tessera_psi::run_sender(&a, &sender_items, &cfg_s, &mut rng, bar.as_ref()).await;
         (r, a.stats())
     });
     let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
-    let out = tessera_psi::run_receiver(&b, &receiver_items, &cfg, &mut rng, &NoProgress).await?;
+    let out = tessera_psi::run_receiver(&b, &receiver_items, &cfg, &mut rng, &receiver_bar).await?;
     let (sres, sstats) = sender.await?;
     sres?;
+    sender_bar.finish();
+    receiver_bar.finish();
     let wall_s = t0.elapsed().as_secs_f64();
     let cpu_s = (process_cpu_ms().saturating_sub(cpu0)) as f64 / 1000.0;
     server.abort();

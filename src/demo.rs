@@ -5,7 +5,6 @@
 //! then prints usage, charges, balances and the audit verification.
 
 use std::collections::HashSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -15,6 +14,8 @@ use serde_json::json;
 use tessera_core::{SystemClock, WorkerAttributes};
 use tessera_proto::v1 as pb;
 
+use crate::client::ledger;
+use crate::client::output::TableStyle;
 use crate::client::{fmt_micros, job_line, watch};
 use crate::operator::{self, OperatorConfig};
 
@@ -38,13 +39,18 @@ fn step(n: u32, text: &str) {
     println!("\n== {n}. {text}");
 }
 
-fn write_csv(path: &Path, header: &str, rows: &[String]) -> anyhow::Result<()> {
-    let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
-    writeln!(w, "{header}")?;
+/// Writes a two-column CSV file (RFC 4180, `\n` line ends).
+fn write_csv(path: &Path, header: [&str; 2], rows: &[[String; 2]]) -> anyhow::Result<()> {
+    let mut w = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_path(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    w.write_record(header)?;
     for r in rows {
-        writeln!(w, "{r}")?;
+        w.write_record(r)?;
     }
-    w.flush()?;
+    w.flush()
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
@@ -52,14 +58,19 @@ const BUYER: &str = "buyer-b";
 const PROVIDER: &str = "provider-a";
 const USER: &str = "alice";
 
-pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let rows = args.rows.max(10);
-    if args.dir.exists() {
-        std::fs::remove_dir_all(&args.dir)
-            .with_context(|| format!("clearing {}", args.dir.display()))?;
-    }
-    let prov_dir = args.dir.join("provider/datasets");
-    let buyer_dir = args.dir.join("buyer/datasets");
+/// The demo's data: row counts of the two files written and the true intersection.
+struct DemoData {
+    provider_rows: usize,
+    buyer_rows: usize,
+    truth: HashSet<String>,
+}
+
+/// Step 1: writes the provider's and the buyer's CSV files under `dir` with a known overlap
+/// (a quarter of `rows`), the buyer's keys upper-cased with stray spaces and some rows
+/// repeated, and returns the true intersection.
+fn generate_data(dir: &Path, rows: usize, seed: u64) -> anyhow::Result<DemoData> {
+    let prov_dir = dir.join("provider/datasets");
+    let buyer_dir = dir.join("buyer/datasets");
     std::fs::create_dir_all(&prov_dir)?;
     std::fs::create_dir_all(&buyer_dir)?;
 
@@ -68,24 +79,37 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         &format!("generating data: {rows} rows per party, known overlap"),
     );
     let overlap = rows / 4;
-    let (prov_keys, buyer_keys) = crate::bench::generate_sets(rows, overlap, args.seed);
-    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(args.seed);
+    let (prov_keys, buyer_keys) = crate::bench::generate_sets(rows, overlap, seed);
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
     // The buyer's ids come in upper case with stray spaces, and some rows repeat: the jobs
     // normalise keys (trim, lower case) and count distinct keys.
-    let mut buyer_rows: Vec<String> = buyer_keys
+    let mut buyer_rows: Vec<[String; 2]> = buyer_keys
         .iter()
-        .map(|k| format!(" {} ,{}", k.to_uppercase(), rng.gen_range(1..1000)))
+        .map(|k| {
+            [
+                format!(" {} ", k.to_uppercase()),
+                rng.gen_range(1..1000).to_string(),
+            ]
+        })
         .collect();
     for i in 0..rows / 100 {
         let dup = buyer_rows[i * 7 % buyer_rows.len()].clone();
         buyer_rows.push(dup);
     }
-    let prov_rows: Vec<String> = prov_keys
+    let prov_rows: Vec<[String; 2]> = prov_keys
         .iter()
-        .map(|k| format!("{k},{}", rng.gen_range(0..5)))
+        .map(|k| [k.clone(), rng.gen_range(0..5).to_string()])
         .collect();
-    write_csv(&prov_dir.join("customers.csv"), "id,segment", &prov_rows)?;
-    write_csv(&buyer_dir.join("crm.csv"), "customer_id,spend", &buyer_rows)?;
+    write_csv(
+        &prov_dir.join("customers.csv"),
+        ["id", "segment"],
+        &prov_rows,
+    )?;
+    write_csv(
+        &buyer_dir.join("crm.csv"),
+        ["customer_id", "spend"],
+        &buyer_rows,
+    )?;
     let prov_set: HashSet<&str> = prov_keys.iter().map(String::as_str).collect();
     let truth: HashSet<String> = buyer_keys
         .iter()
@@ -98,6 +122,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         buyer_rows.len(),
         truth.len()
     );
+    Ok(DemoData {
+        provider_rows: prov_rows.len(),
+        buyer_rows: buyer_rows.len(),
+        truth,
+    })
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let rows = args.rows.max(10);
+    if args.dir.exists() {
+        std::fs::remove_dir_all(&args.dir)
+            .with_context(|| format!("clearing {}", args.dir.display()))?;
+    }
+    let data = generate_data(&args.dir, rows, args.seed)?;
+    let (prov_rows, buyer_rows, truth) = (data.provider_rows, data.buyer_rows, data.truth);
 
     step(2, "starting the operator and two workers on loopback");
     let op = operator::start(&OperatorConfig {
@@ -146,7 +185,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         owner_party: PROVIDER.into(),
         location: "customers.csv".into(),
         description: "provider customer ids".into(),
-        declared_rows: Some(prov_rows.len() as u64),
+        declared_rows: Some(prov_rows as u64),
     })
     .await?;
     c.create_dataset(pb::CreateDatasetRequest {
@@ -154,7 +193,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         owner_party: BUYER.into(),
         location: "crm.csv".into(),
         description: "buyer CRM".into(),
-        declared_rows: Some(buyer_rows.len() as u64),
+        declared_rows: Some(buyer_rows as u64),
     })
     .await?;
     let policy = json!({
@@ -282,29 +321,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     step(7, "usage, charges, balances");
     let usage = c.list_usage(pb::ListRequest {}).await?.into_inner();
-    for e in &usage.events {
-        println!(
-            "  usage {} {:<12} {:<16} {}",
-            e.job_id, e.party, e.metric, e.quantity
-        );
-    }
     let transfers = c.list_transfers(pb::ListRequest {}).await?.into_inner();
-    for t in &transfers.transfers {
-        println!(
-            "  transfer {} -> {} {:>14}  {}",
-            t.debit_account,
-            t.credit_account,
-            fmt_micros(t.amount_micros),
-            t.memo
-        );
-    }
     let balances = c.list_balances(pb::ListRequest {}).await?.into_inner();
-    for b in &balances.balances {
-        println!(
-            "  balance {:<32} {:>14}",
-            b.account,
-            fmt_micros(b.balance_micros)
-        );
+    let style = TableStyle::for_stdout();
+    for listing in [
+        ledger::usage(&usage.events),
+        ledger::transfers(&transfers.transfers, false),
+        ledger::balances(&balances.balances, false),
+    ] {
+        println!("{}", listing.table(style));
     }
     println!("  double entry balanced: {}", balances.balanced);
     all_ok &= balances.balanced;

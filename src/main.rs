@@ -4,15 +4,15 @@
 mod bench;
 mod billing;
 mod client;
+mod config;
 mod demo;
 mod operator;
+mod progress;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tessera_core::{SystemClock, WorkerAttributes};
+use tessera_core::SystemClock;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -28,9 +28,9 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the operator node.
-    Serve(ServeArgs),
+    Serve(config::ServeArgs),
     /// Run a party worker.
-    Worker(WorkerArgs),
+    Worker(config::WorkerArgs),
     /// Run the end-to-end demo: operator and two workers on loopback, three PSI jobs.
     Demo(demo::DemoArgs),
     /// Benchmarks that print figures.
@@ -41,84 +41,10 @@ enum Command {
     Billing(billing::BillingCommand),
     /// Check the audit chain of a data directory (offline) and name the first broken entry.
     #[command(subcommand)]
-    Audit(AuditCommand),
+    Audit(client::audit::AuditCommand),
     /// Client commands against a running operator.
     #[command(flatten)]
     Client(client::ClientCommand),
-}
-
-#[derive(Debug, Subcommand)]
-enum AuditCommand {
-    /// Recompute the hash chain.
-    Verify {
-        /// Operator data directory.
-        #[arg(long, default_value = ".tessera/operator")]
-        data_dir: PathBuf,
-    },
-}
-
-#[derive(Debug, clap::Args)]
-struct ServeArgs {
-    /// TOML configuration file (keys: listen, data_dir, heartbeat_timeout_ms,
-    /// heartbeat_interval_ms, late_window_ms, bill_close_interval_ms).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// gRPC listen address.
-    #[arg(long)]
-    listen: Option<String>,
-    /// Data directory.
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// Worker heartbeat timeout.
-    #[arg(long)]
-    heartbeat_timeout_ms: Option<i64>,
-    /// How long after a month's end its bills accept late charges, in hours (default: the
-    /// stored setting, 72 on a new store).
-    #[arg(long)]
-    late_window_hours: Option<i64>,
-}
-
-#[derive(Debug, clap::Args)]
-struct WorkerArgs {
-    /// Operator URL.
-    #[arg(long, default_value = "http://127.0.0.1:7100")]
-    operator: String,
-    /// Stable worker id (assigned when absent).
-    #[arg(long)]
-    worker_id: Option<String>,
-    /// The party this worker acts for.
-    #[arg(long)]
-    party: String,
-    /// Run region.
-    #[arg(long, default_value = "")]
-    region: String,
-    /// Compute centre.
-    #[arg(long, default_value = "")]
-    centre: String,
-    /// Hardware class.
-    #[arg(long, default_value = "")]
-    hardware: String,
-    /// AI frameworks, comma-separated.
-    #[arg(long, default_value = "", value_delimiter = ',')]
-    frameworks: Vec<String>,
-    /// Software environment.
-    #[arg(long, default_value = "")]
-    software: String,
-    /// Directory of this party's datasets.
-    #[arg(long)]
-    datasets: PathBuf,
-    /// Directory results are written to.
-    #[arg(long)]
-    outputs: PathBuf,
-    /// Address the peer-link server binds.
-    #[arg(long, default_value = "127.0.0.1:0")]
-    peer_listen: String,
-    /// Address other workers should dial, if not the bound one.
-    #[arg(long)]
-    peer_advertise: Option<String>,
-    /// The operator's ticket key (hex); strongly recommended outside a lab.
-    #[arg(long)]
-    operator_key: Option<String>,
 }
 
 fn init_tracing() {
@@ -135,33 +61,17 @@ fn init_tracing() {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing();
+    match run(cli).await {
+        // The reader of a listing went away (`| head`): a normal end, not a failure.
+        Err(e) if client::output::is_broken_pipe(&e) => Ok(()),
+        other => other,
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(a) => {
-            let mut config = match &a.config {
-                Some(path) => {
-                    let text = std::fs::read_to_string(path)
-                        .with_context(|| format!("reading {}", path.display()))?;
-                    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
-                }
-                None => operator::OperatorConfig::default(),
-            };
-            if let Some(l) = a.listen {
-                config.listen = l;
-            }
-            if let Some(d) = a.data_dir {
-                config.data_dir = d;
-            }
-            if let Some(t) = a.heartbeat_timeout_ms {
-                config.heartbeat_timeout_ms = t;
-                config.heartbeat_interval_ms = u64::try_from(t / 4).unwrap_or(1000).max(100);
-            }
-            if let Some(h) = a.late_window_hours {
-                anyhow::ensure!(
-                    (0..=366 * 24).contains(&h),
-                    "--late-window-hours must be 0 ..= 8784"
-                );
-                config.late_window_ms = Some(h * 3_600_000);
-            }
+            let config = a.resolve()?;
             let handle = operator::start(&config).await?;
             println!("operator listening on {}", handle.url());
             println!("ticket key {}", handle.scheduler.operator_key_hex());
@@ -171,23 +81,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Worker(a) => {
-            let mut config = tessera_worker::WorkerConfig::new(
-                a.operator,
-                WorkerAttributes {
-                    party: a.party,
-                    region: a.region,
-                    compute_centre: a.centre,
-                    hardware: a.hardware,
-                    ai_frameworks: a.frameworks.into_iter().filter(|f| !f.is_empty()).collect(),
-                    software_env: a.software,
-                },
-                a.datasets,
-                a.outputs,
-            );
-            config.worker_id = a.worker_id;
-            config.peer_listen = a.peer_listen;
-            config.peer_advertise = a.peer_advertise;
-            config.operator_key_hex = a.operator_key;
+            let config = a.resolve()?;
             let handle = tessera_worker::start(config, Arc::new(SystemClock)).await?;
             println!(
                 "worker {} serving peers on {}",
@@ -201,26 +95,78 @@ async fn main() -> anyhow::Result<()> {
         Command::Demo(a) => demo::run(a).await?,
         Command::Bench(b) => bench::run(b).await?,
         Command::Billing(b) => billing::run(b).await?,
-        Command::Audit(AuditCommand::Verify { data_dir }) => {
-            let path = data_dir.join("tessera.db");
-            if !path.exists() {
-                anyhow::bail!("no store at {}", path.display());
-            }
-            let store = tessera_store::Store::open(&path).await?;
-            let v = store.verify_audit().await?;
-            store.close().await;
-            if v.ok() {
-                println!("audit chain OK: {}", v.detail);
-            } else {
-                println!(
-                    "audit chain BROKEN at entry {}: {}",
-                    v.first_broken_seq.unwrap_or(0),
-                    v.detail
-                );
-                std::process::exit(1);
-            }
-        }
+        Command::Audit(a) => client::audit::run(a).await?,
         Command::Client(c) => client::run(c).await?,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use expect_test::expect;
+
+    /// What `tessera ARGS` prints for a help request (the help text is user-facing API).
+    fn help(args: &[&str]) -> String {
+        match Cli::try_parse_from(args) {
+            Err(e) => e.render().to_string(),
+            Ok(cli) => panic!("{args:?} parsed as {cli:?}, not a help request"),
+        }
+    }
+
+    #[test]
+    fn top_level_help() {
+        expect![[r#"
+            Privacy-computing execution service
+
+            Usage: tessera <COMMAND>
+
+            Commands:
+              serve       Run the operator node
+              worker      Run a party worker
+              demo        Run the end-to-end demo: operator and two workers on loopback, three PSI jobs
+              bench       Benchmarks that print figures
+              billing     Billing: simulate scenarios, ingestion benchmark
+              audit       Check the audit chain of a data directory (offline) and name the first broken entry
+              dataset     Dataset records
+              licence     Licences and their usage policies
+              job         Jobs
+              deposit     Add funds to a buyer's cash (or voucher) account
+              credit      Set a buyer's credit line
+              ledger      Ledger balances and transfers, usage events
+              bills       Bills and their lines
+              statements  Provider settlement statements and payouts
+              limits      Product limits (minimum purchase and freeze amounts)
+              account     Account status, manual freezes and the platform white list
+              help        Print this message or the help of the given subcommand(s)
+
+            Options:
+              -h, --help     Print help
+              -V, --version  Print version
+        "#]].assert_eq(&help(&["tessera", "--help"]));
+    }
+
+    #[test]
+    fn job_submit_help() {
+        expect![[r#"
+            Submit a PSI job
+
+            Usage: tessera job submit [OPTIONS] --user <USER> --licence <LICENCE> --buyer-party <BUYER_PARTY> --buyer-dataset <BUYER_DATASET>
+
+            Options:
+                  --operator <OPERATOR>                  Operator URL [default: http://127.0.0.1:7100]
+                  --user <USER>                          
+                  --groups <GROUPS>                      Comma-separated groups the user belongs to [default: ""]
+                  --licence <LICENCE>                    
+                  --buyer-party <BUYER_PARTY>            
+                  --buyer-dataset <BUYER_DATASET>        
+                  --buyer-columns <BUYER_COLUMNS>        Key columns in the buyer's dataset, comma-separated
+                  --provider-columns <PROVIDER_COLUMNS>  Key columns in the provider's dataset, comma-separated
+                  --mode <MODE>                          intersection | size [default: intersection]
+                  --key-case <KEY_CASE>                  preserve | lower | upper [default: preserve]
+                  --output <OUTPUT>                      Result file name on the buyer's worker [default: ""]
+                  --watch                                Follow the job until it ends
+              -h, --help                                 Print help
+        "#]].assert_eq(&help(&["tessera", "job", "submit", "--help"]));
+    }
 }

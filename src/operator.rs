@@ -1,5 +1,6 @@
 //! Starting the operator node: store, scheduler, worker monitor and the gRPC server.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -86,14 +87,33 @@ fn load_or_create_key(dir: &Path) -> anyhow::Result<TicketSigner> {
     }
     let signer = TicketSigner::generate(&mut rand::rngs::OsRng);
     let tmp = dir.join("operator.key.tmp");
-    std::fs::write(&tmp, hex::encode(*signer.dangerous_seed_bytes()))?;
+    // A temporary file left by a start that died before the rename holds a key never used.
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", tmp.display())),
+    }
+    let mut file = create_private(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    file.write_all(hex::encode(*signer.dangerous_seed_bytes()).as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    drop(file);
+    std::fs::rename(&tmp, &path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    Ok(signer)
+}
+
+/// Creates `path`, which must not exist, readable and writable by the owner only (mode 0600
+/// from the moment it exists, never wider).
+fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
     }
-    std::fs::rename(&tmp, &path)?;
-    Ok(signer)
+    options.open(path)
 }
 
 /// Opens the store, recovers unfinished jobs, and starts serving.
@@ -170,5 +190,26 @@ async fn close_bills_loop(store: Store, clock: Arc<dyn Clock>, every_ms: u64) {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "closing due bills failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn the_key_file_is_private_and_reloads() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A leftover temporary file from a start that died is replaced, not trusted.
+        std::fs::write(dir.path().join("operator.key.tmp"), "stale").expect("write");
+        let first = load_or_create_key(dir.path()).expect("create");
+        let path = dir.path().join("operator.key");
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(!dir.path().join("operator.key.tmp").exists());
+        let again = load_or_create_key(dir.path()).expect("reload");
+        assert_eq!(first.public_key_hex(), again.public_key_hex());
     }
 }

@@ -117,6 +117,23 @@ pub use crypto::{DOUBLE_BLINDED_BYTES, HASH_DOMAIN, POINT_BYTES};
 pub use protocol::{run_receiver, run_sender};
 pub use wire::PROTOCOL_VERSION;
 
+/// The hot kernel of both roles, for benchmarks (`benches/psi_blinding.rs`): hashes every
+/// item to ristretto255 and blinds it with a fresh secret key drawn from `rng`, returning
+/// `items.len() * POINT_BYTES` bytes of compressed points, in order. Not part of the protocol
+/// API.
+#[doc(hidden)]
+pub fn bench_hash_and_blind<R: rand_core::CryptoRngCore + ?Sized>(
+    items: &[Vec<u8>],
+    rng: &mut R,
+) -> Vec<u8> {
+    let key = crypto::SecretKey::random(rng);
+    let indices: Vec<usize> = (0..items.len()).collect();
+    let flat = crypto::FlatItems::gather(items, &indices);
+    let mut out = vec![0u8; items.len() * POINT_BYTES];
+    crypto::hash_and_blind(&flat, &key, &mut out);
+    out
+}
+
 /// Largest distinct set either party may have (and may announce): the dataset row bound.
 pub const SET_ITEMS_MAX: usize = tessera_core::limits::DATASET_ROWS_MAX;
 /// Longest item accepted, in bytes: the dataset key bound.

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use backon::{ConstantBuilder, ExponentialBuilder, Retryable};
 use futures::StreamExt;
 use tessera_core::ticket::{SignedTicket, TicketVerifier};
 use tessera_core::{Clock, TaskSpec, WorkerAttributes};
@@ -225,22 +226,24 @@ pub async fn start(config: WorkerConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
     })
 }
 
+/// Attempts to reach the operator at start: one every 200 ms, 50 in all (about 10 s plus the
+/// attempts' own connect timeouts).
+fn operator_dial_backoff() -> ConstantBuilder {
+    ConstantBuilder::new()
+        .with_delay(Duration::from_millis(200))
+        .with_max_times(49)
+}
+
 async fn connect_operator(url: &str) -> anyhow::Result<Channel> {
     let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
         .with_context(|| format!("operator URL {url}"))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
-    let mut last = None;
-    for _ in 0..50 {
-        match endpoint.connect().await {
-            Ok(c) => return Ok(c),
-            Err(e) => last = Some(e),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Err(anyhow::anyhow!(
-        "cannot reach the operator at {url}: {last:?}"
-    ))
+    (|| endpoint.connect())
+        .retry(operator_dial_backoff())
+        .sleep(tokio::time::sleep)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach the operator at {url}: {e:?}"))
 }
 
 fn to_pb_attrs(a: &WorkerAttributes) -> pb::WorkerAttributes {
@@ -308,48 +311,79 @@ async fn serve(
 /// Longest a worker keeps trying to get back to a lost operator before it exits.
 const RECONNECT_WINDOW: Duration = Duration::from_secs(300);
 
-/// Registers again under the same id and reopens the task stream, with backoff, for up to
-/// [`RECONNECT_WINDOW`]. Refuses an operator that presents a different ticket key.
+/// Why one attempt to get back to the operator failed.
+#[derive(Debug, thiserror::Error)]
+enum ReconnectError {
+    /// The operator did not answer (or refused): worth another attempt.
+    #[error("{0}")]
+    Unreachable(tonic::Status),
+    /// The operator answers with another ticket key: never worth another attempt.
+    #[error("the operator now presents ticket key {now}, not {expected}")]
+    KeyChanged {
+        /// The key it presents now.
+        now: String,
+        /// The key it presented at first registration.
+        expected: String,
+    },
+}
+
+/// Waits between attempts to get back to the operator: 1 s, doubling, at most 10 s, with no
+/// limit on the count (the [`RECONNECT_WINDOW`] deadline ends the attempts).
+fn reconnect_backoff() -> ExponentialBuilder {
+    ExponentialBuilder::new()
+        .with_min_delay(Duration::from_secs(1))
+        .with_factor(2.0)
+        .with_max_delay(Duration::from_secs(10))
+        .without_max_times()
+}
+
+/// One attempt: register again under the same id, check the key, reopen the task stream.
+async fn reconnect_once(
+    shared: &Shared,
+) -> Result<tonic::Streaming<pb::TaskEnvelope>, ReconnectError> {
+    let mut c = shared.client.clone();
+    let reg = c
+        .register_worker(shared.registration.clone())
+        .await
+        .map_err(ReconnectError::Unreachable)?
+        .into_inner();
+    if reg.operator_key_hex != shared.operator_key_hex {
+        return Err(ReconnectError::KeyChanged {
+            now: reg.operator_key_hex,
+            expected: shared.operator_key_hex.clone(),
+        });
+    }
+    Ok(c.pull_tasks(pb::PullTasksRequest {
+        worker_id: shared.worker_id.clone(),
+    })
+    .await
+    .map_err(ReconnectError::Unreachable)?
+    .into_inner())
+}
+
+/// Registers again under the same id and reopens the task stream, with backoff (0.5 s, then
+/// [`reconnect_backoff`]), for up to [`RECONNECT_WINDOW`]. Refuses an operator that presents
+/// a different ticket key.
 async fn reconnect(shared: &Shared) -> anyhow::Result<tonic::Streaming<pb::TaskEnvelope>> {
     let deadline = tokio::time::Instant::now() + RECONNECT_WINDOW;
-    let mut delay = Duration::from_millis(500);
-    loop {
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(10));
-        let mut c = shared.client.clone();
-        let attempt = async {
-            let reg = c
-                .register_worker(shared.registration.clone())
-                .await?
-                .into_inner();
-            if reg.operator_key_hex != shared.operator_key_hex {
-                return Ok(Err(anyhow::anyhow!(
-                    "the operator now presents ticket key {}, not {}",
-                    reg.operator_key_hex,
-                    shared.operator_key_hex
-                )));
-            }
-            let s = c
-                .pull_tasks(pb::PullTasksRequest {
-                    worker_id: shared.worker_id.clone(),
-                })
-                .await?
-                .into_inner();
-            Ok::<_, tonic::Status>(Ok(s))
-        };
-        match attempt.await {
-            Ok(Ok(s)) => {
-                tracing::info!(worker = %shared.worker_id, "reconnected to the operator");
-                return Ok(s);
-            }
-            Ok(Err(e)) => return Err(e),
-            Err(status) if tokio::time::Instant::now() >= deadline => {
-                return Err(anyhow::anyhow!(
-                    "operator unreachable for {RECONNECT_WINDOW:?}: {status}"
-                ));
-            }
-            Err(status) => tracing::debug!(error = %status, "reconnect attempt failed"),
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let result = (|| reconnect_once(shared))
+        .retry(reconnect_backoff())
+        .sleep(tokio::time::sleep)
+        .when(|e| {
+            matches!(e, ReconnectError::Unreachable(_)) && tokio::time::Instant::now() < deadline
+        })
+        .notify(|e, _| tracing::debug!(error = %e, "reconnect attempt failed"))
+        .await;
+    match result {
+        Ok(s) => {
+            tracing::info!(worker = %shared.worker_id, "reconnected to the operator");
+            Ok(s)
         }
+        Err(ReconnectError::Unreachable(status)) => Err(anyhow::anyhow!(
+            "operator unreachable for {RECONNECT_WINDOW:?}: {status}"
+        )),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -461,18 +495,33 @@ async fn report(
         result_location: o.result_location,
     };
     // Reports are idempotent on the operator: retry a few times on transport errors.
-    for attempt in 0..5u64 {
+    let sent = (|| {
         let mut c = shared.client.clone();
-        match c.report_result(req.clone()).await {
-            Ok(_) => return,
-            Err(s) if s.code() == tonic::Code::NotFound => {
-                tracing::info!(task = %task_id, "operator no longer tracks this task: {}", s.message());
-                return;
-            }
-            Err(s) => {
-                tracing::warn!(task = %task_id, error = %s, "reporting the result failed, retrying");
-                tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
-            }
+        let req = req.clone();
+        async move { c.report_result(req).await }
+    })
+    .retry(report_backoff())
+    .sleep(tokio::time::sleep)
+    .when(|s: &tonic::Status| s.code() != tonic::Code::NotFound)
+    .notify(|s, _| {
+        tracing::warn!(task = %task_id, error = %s, "reporting the result failed, retrying");
+    })
+    .await;
+    match sent {
+        Ok(_) => {}
+        Err(s) if s.code() == tonic::Code::NotFound => {
+            tracing::info!(task = %task_id, "operator no longer tracks this task: {}", s.message());
+        }
+        Err(s) => {
+            tracing::warn!(task = %task_id, error = %s, "reporting the result failed; giving up");
         }
     }
 }
+
+/// Attempts to send a task's result: 5 in all, 200 ms, 400 ms, 600 ms and 800 ms apart.
+fn report_backoff() -> impl backon::Backoff {
+    (1..REPORT_ATTEMPTS).map(|k| Duration::from_millis(200 * k))
+}
+
+/// How many times a task's result is sent before the worker gives up on it.
+const REPORT_ATTEMPTS: u64 = 5;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use backon::{ConstantBuilder, Retryable};
 use bytes::Bytes;
 use futures::StreamExt;
 use tessera_core::link::LinkCounters;
@@ -88,21 +89,21 @@ impl GrpcLink {
     ) -> Result<Self, LinkError> {
         let uri = format!("http://{addr}");
         let deadline = tokio::time::Instant::now() + connect_timeout;
-        let channel = loop {
-            let endpoint = tonic::transport::Endpoint::from_shared(uri.clone())
-                .map_err(|e| LinkError::Transport(format!("bad peer address {addr}: {e}")))?
-                .connect_timeout(Duration::from_secs(5))
-                .tcp_nodelay(true);
-            match endpoint.connect().await {
-                Ok(c) => break c,
-                Err(e) if tokio::time::Instant::now() >= deadline => {
-                    return Err(LinkError::PeerGone(format!(
-                        "cannot reach peer {addr}: {e}"
-                    )));
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
-        };
+        let endpoint = tonic::transport::Endpoint::from_shared(uri)
+            .map_err(|e| LinkError::Transport(format!("bad peer address {addr}: {e}")))?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true);
+        // One attempt every 200 ms until `connect_timeout` has passed.
+        let channel = (|| endpoint.connect())
+            .retry(
+                ConstantBuilder::new()
+                    .with_delay(Duration::from_millis(200))
+                    .without_max_times(),
+            )
+            .sleep(tokio::time::sleep)
+            .when(|_| tokio::time::Instant::now() < deadline)
+            .await
+            .map_err(|e| LinkError::PeerGone(format!("cannot reach peer {addr}: {e}")))?;
         let limit = frame_bytes_max + FRAME_OVERHEAD_BYTES;
         let mut client = PeerClient::new(channel)
             .max_decoding_message_size(limit)

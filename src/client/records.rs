@@ -1,0 +1,183 @@
+//! Record commands: datasets and licences (with their usage policies). Licence terms
+//! (subscribe, unsubscribe) are billing and live in [`super::bills`].
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Subcommand;
+use tessera_proto::v1 as pb;
+
+use super::conn::Conn;
+
+/// `tessera dataset …`.
+#[derive(Debug, Subcommand)]
+pub enum DatasetCmd {
+    /// Register a dataset held by a party's workers.
+    Create {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        id: String,
+        /// Owning party.
+        #[arg(long)]
+        party: String,
+        /// File name inside the owning workers' dataset directory.
+        #[arg(long)]
+        location: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Rows in the dataset: a job's hold, and so its maximum row charge, is sized on it.
+        #[arg(long)]
+        rows: Option<u64>,
+    },
+}
+
+/// `tessera licence …`.
+#[derive(Debug, Subcommand)]
+pub enum LicenceCmd {
+    /// Create a licence with a usage policy (T/AI 123.12 JSON).
+    Create {
+        #[command(flatten)]
+        conn: Conn,
+        /// Provider party (must own the dataset).
+        #[arg(long)]
+        licensor: String,
+        /// Buyer user.
+        #[arg(long)]
+        licensee: String,
+        #[arg(long)]
+        dataset: String,
+        /// Policy JSON file.
+        #[arg(long)]
+        policy: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        price_per_job_micros: i64,
+        #[arg(long, default_value_t = 0)]
+        price_per_1k_rows_micros: i64,
+        #[arg(long, default_value_t = 0)]
+        operator_share_bps: u32,
+        /// Monthly price of a licence term; when set, jobs run only inside a paid term.
+        #[arg(long, default_value_t = 0)]
+        monthly_price_micros: i64,
+    },
+    /// Buy (or renew) months of a licence term, paid from recharge voucher, cash and credit.
+    Subscribe {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        licence: String,
+        #[arg(long)]
+        user: String,
+        #[arg(long, default_value_t = 1)]
+        months: u32,
+    },
+    /// End a licence subscription; refunds cash paid − monthly price × months used (≥ 0).
+    Unsubscribe {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        licence: String,
+        #[arg(long)]
+        user: String,
+    },
+    /// Show a licence with its remaining counts.
+    Get {
+        #[command(flatten)]
+        conn: Conn,
+        id: String,
+    },
+}
+
+/// Runs one dataset command.
+pub async fn dataset(cmd: DatasetCmd) -> anyhow::Result<()> {
+    match cmd {
+        DatasetCmd::Create {
+            conn,
+            id,
+            party,
+            location,
+            description,
+            rows,
+        } => {
+            let d = conn
+                .connect()
+                .await?
+                .create_dataset(pb::CreateDatasetRequest {
+                    dataset_id: id,
+                    owner_party: party,
+                    location,
+                    description,
+                    declared_rows: rows,
+                })
+                .await?
+                .into_inner();
+            println!(
+                "dataset {} ({} : {})",
+                d.dataset_id, d.owner_party, d.location
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Runs one licence command.
+pub async fn licence(cmd: LicenceCmd) -> anyhow::Result<()> {
+    match cmd {
+        LicenceCmd::Create {
+            conn,
+            licensor,
+            licensee,
+            dataset,
+            policy,
+            price_per_job_micros,
+            price_per_1k_rows_micros,
+            operator_share_bps,
+            monthly_price_micros,
+        } => {
+            let policy_json = std::fs::read_to_string(&policy)
+                .with_context(|| format!("reading {}", policy.display()))?;
+            let l = conn
+                .connect()
+                .await?
+                .create_licence(pb::CreateLicenceRequest {
+                    licensor,
+                    licensee,
+                    dataset_id: dataset,
+                    policy_json,
+                    price_per_job_micros,
+                    price_per_1k_rows_micros,
+                    operator_share_bps,
+                    monthly_price_micros,
+                })
+                .await?
+                .into_inner();
+            println!("{}", l.licence_id);
+        }
+        LicenceCmd::Subscribe {
+            conn,
+            licence,
+            user,
+            months,
+        } => super::bills::subscribe(conn, licence, user, months).await?,
+        LicenceCmd::Unsubscribe {
+            conn,
+            licence,
+            user,
+        } => super::bills::unsubscribe(conn, licence, user).await?,
+        LicenceCmd::Get { conn, id } => {
+            let l = conn
+                .connect()
+                .await?
+                .get_licence(pb::LicenceRef { licence_id: id })
+                .await?
+                .into_inner();
+            let mut out = super::output::Out::stdout();
+            out.line(format_args!(
+                "licence {} {} -> {} dataset {}",
+                l.licence_id, l.licensor, l.licensee, l.dataset_id
+            ))?;
+            out.line(&l.policy_json)?;
+        }
+    }
+    Ok(())
+}

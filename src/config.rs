@@ -1,0 +1,344 @@
+//! Settings of the long-running commands (`serve`, `worker`), loaded in one place from
+//! three sources. Precedence, highest first:
+//!
+//! 1. flags (`--listen …`),
+//! 2. environment variables (`TESSERA_LISTEN`, one per flag, named in `--help`),
+//! 3. a TOML file (`--config FILE` or `TESSERA_CONFIG`; keys in [`OperatorConfig`] and
+//!    [`WorkerFile`]),
+//! 4. built-in defaults.
+//!
+//! clap resolves flags over environment; [`ServeArgs::resolve`] and [`WorkerArgs::resolve`]
+//! lay the result over the file over the defaults. A key the file does not know is an error.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use tessera_core::WorkerAttributes;
+
+use crate::operator::OperatorConfig;
+
+/// Shown at the end of `tessera serve --help` and `tessera worker --help`.
+const PRECEDENCE: &str = "Settings come from flags, then environment variables (TESSERA_*, \
+named above), then the TOML file given by --config or TESSERA_CONFIG, then built-in defaults; \
+the first that sets a value wins. File keys are the flag names with underscores \
+(e.g. data_dir = \"/var/lib/tessera\").";
+
+/// `tessera serve` options.
+#[derive(Debug, clap::Args)]
+#[command(after_help = PRECEDENCE)]
+pub struct ServeArgs {
+    /// TOML configuration file (keys: listen, data_dir, heartbeat_timeout_ms,
+    /// heartbeat_interval_ms, late_window_ms, bill_close_interval_ms).
+    #[arg(long, env = "TESSERA_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// gRPC listen address [default: 127.0.0.1:7100].
+    #[arg(long, env = "TESSERA_LISTEN")]
+    pub listen: Option<String>,
+    /// Data directory [default: .tessera/operator].
+    #[arg(long, env = "TESSERA_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Worker heartbeat timeout; the interval asked of workers is a quarter of it
+    /// [default: 10000].
+    #[arg(long, env = "TESSERA_HEARTBEAT_TIMEOUT_MS")]
+    pub heartbeat_timeout_ms: Option<i64>,
+    /// How long after a month's end its bills accept late charges, in hours (default: the
+    /// stored setting, 72 on a new store).
+    #[arg(long, env = "TESSERA_LATE_WINDOW_HOURS")]
+    pub late_window_hours: Option<i64>,
+}
+
+impl ServeArgs {
+    /// The operator's settings: flags and environment over the file over the defaults.
+    ///
+    /// Errors: the file cannot be read or holds an unknown key or a bad value; the late
+    /// window is outside 0 ..= 8784 hours.
+    pub fn resolve(self) -> anyhow::Result<OperatorConfig> {
+        let mut config: OperatorConfig = load_file(self.config.as_deref())?;
+        if let Some(l) = self.listen {
+            config.listen = l;
+        }
+        if let Some(d) = self.data_dir {
+            config.data_dir = d;
+        }
+        if let Some(t) = self.heartbeat_timeout_ms {
+            config.heartbeat_timeout_ms = t;
+            config.heartbeat_interval_ms = u64::try_from(t / 4).unwrap_or(1000).max(100);
+        }
+        if let Some(h) = self.late_window_hours {
+            anyhow::ensure!(
+                (0..=366 * 24).contains(&h),
+                "--late-window-hours must be 0 ..= 8784"
+            );
+            config.late_window_ms = Some(h * 3_600_000);
+        }
+        Ok(config)
+    }
+}
+
+/// `tessera worker` options.
+#[derive(Debug, clap::Args)]
+#[command(after_help = PRECEDENCE)]
+pub struct WorkerArgs {
+    /// TOML configuration file (keys: operator, worker_id, party, region, centre, hardware,
+    /// frameworks, software, datasets, outputs, peer_listen, peer_advertise, operator_key).
+    #[arg(long, env = "TESSERA_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Operator URL [default: http://127.0.0.1:7100].
+    #[arg(long, env = "TESSERA_OPERATOR")]
+    pub operator: Option<String>,
+    /// Stable worker id (assigned when absent).
+    #[arg(long, env = "TESSERA_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// The party this worker acts for (required).
+    #[arg(long, env = "TESSERA_PARTY")]
+    pub party: Option<String>,
+    /// Run region.
+    #[arg(long, env = "TESSERA_REGION")]
+    pub region: Option<String>,
+    /// Compute centre.
+    #[arg(long, env = "TESSERA_CENTRE")]
+    pub centre: Option<String>,
+    /// Hardware class.
+    #[arg(long, env = "TESSERA_HARDWARE")]
+    pub hardware: Option<String>,
+    /// AI frameworks, comma-separated.
+    #[arg(long, env = "TESSERA_FRAMEWORKS", value_delimiter = ',')]
+    pub frameworks: Option<Vec<String>>,
+    /// Software environment.
+    #[arg(long, env = "TESSERA_SOFTWARE")]
+    pub software: Option<String>,
+    /// Directory of this party's datasets (required).
+    #[arg(long, env = "TESSERA_DATASETS")]
+    pub datasets: Option<PathBuf>,
+    /// Directory results are written to (required).
+    #[arg(long, env = "TESSERA_OUTPUTS")]
+    pub outputs: Option<PathBuf>,
+    /// Address the peer-link server binds [default: 127.0.0.1:0].
+    #[arg(long, env = "TESSERA_PEER_LISTEN")]
+    pub peer_listen: Option<String>,
+    /// Address other workers should dial, if not the bound one.
+    #[arg(long, env = "TESSERA_PEER_ADVERTISE")]
+    pub peer_advertise: Option<String>,
+    /// The operator's ticket key (hex); strongly recommended outside a lab.
+    #[arg(long, env = "TESSERA_OPERATOR_KEY")]
+    pub operator_key: Option<String>,
+}
+
+/// The keys a worker's TOML file may set (all optional; same names as the flags).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerFile {
+    /// Operator URL.
+    pub operator: Option<String>,
+    /// Stable worker id.
+    pub worker_id: Option<String>,
+    /// The party this worker acts for.
+    pub party: Option<String>,
+    /// Run region.
+    pub region: Option<String>,
+    /// Compute centre.
+    pub centre: Option<String>,
+    /// Hardware class.
+    pub hardware: Option<String>,
+    /// AI frameworks.
+    pub frameworks: Option<Vec<String>>,
+    /// Software environment.
+    pub software: Option<String>,
+    /// Directory of this party's datasets.
+    pub datasets: Option<PathBuf>,
+    /// Directory results are written to.
+    pub outputs: Option<PathBuf>,
+    /// Address the peer-link server binds.
+    pub peer_listen: Option<String>,
+    /// Address other workers should dial.
+    pub peer_advertise: Option<String>,
+    /// The operator's ticket key (hex).
+    pub operator_key: Option<String>,
+}
+
+impl WorkerArgs {
+    /// The worker's settings: flags and environment over the file over the defaults.
+    ///
+    /// Errors: the file cannot be read or holds an unknown key; `party`, `datasets` or
+    /// `outputs` is set nowhere.
+    pub fn resolve(self) -> anyhow::Result<tessera_worker::WorkerConfig> {
+        let f: WorkerFile = load_file(self.config.as_deref())?;
+        let required = |name: &str| {
+            anyhow::anyhow!(
+                "--{name} is required (flag, TESSERA_{} or `{}` in the --config file)",
+                name.to_uppercase(),
+                name
+            )
+        };
+        let party = self.party.or(f.party).ok_or_else(|| required("party"))?;
+        let datasets = self
+            .datasets
+            .or(f.datasets)
+            .ok_or_else(|| required("datasets"))?;
+        let outputs = self
+            .outputs
+            .or(f.outputs)
+            .ok_or_else(|| required("outputs"))?;
+        let attributes = WorkerAttributes {
+            party,
+            region: self.region.or(f.region).unwrap_or_default(),
+            compute_centre: self.centre.or(f.centre).unwrap_or_default(),
+            hardware: self.hardware.or(f.hardware).unwrap_or_default(),
+            ai_frameworks: self
+                .frameworks
+                .or(f.frameworks)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|x| !x.is_empty())
+                .collect(),
+            software_env: self.software.or(f.software).unwrap_or_default(),
+        };
+        let operator = self
+            .operator
+            .or(f.operator)
+            .unwrap_or_else(|| "http://127.0.0.1:7100".into());
+        let mut config = tessera_worker::WorkerConfig::new(operator, attributes, datasets, outputs);
+        config.worker_id = self.worker_id.or(f.worker_id);
+        if let Some(l) = self.peer_listen.or(f.peer_listen) {
+            config.peer_listen = l;
+        }
+        config.peer_advertise = self.peer_advertise.or(f.peer_advertise);
+        config.operator_key_hex = self.operator_key.or(f.operator_key);
+        Ok(config)
+    }
+}
+
+/// Reads a TOML settings file, or the defaults when there is none.
+fn load_file<T: DeserializeOwned + Default>(path: Option<&Path>) -> anyhow::Result<T> {
+    let Some(path) = path else {
+        return Ok(T::default());
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    #[derive(Debug, Parser)]
+    struct Worker {
+        #[command(flatten)]
+        args: WorkerArgs,
+    }
+
+    const CHILD: &str = "TESSERA_PRECEDENCE_TEST_CHILD";
+
+    /// Environment variables cannot be set safely inside a running test process, so the test
+    /// runs itself again as a child process with the environment it needs.
+    fn in_child_with_env(test: &str, env: &[(&str, &str)]) -> bool {
+        if std::env::var_os(CHILD).is_some() {
+            return false;
+        }
+        let exe = std::env::current_exe().expect("test binary");
+        let out = std::process::Command::new(exe)
+            .args(["--exact", test, "--test-threads=1"])
+            .env(CHILD, "1")
+            .envs(env.iter().copied())
+            .output()
+            .expect("run the test binary again");
+        assert!(
+            out.status.success(),
+            "child failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+            "the child ran no test"
+        );
+        true
+    }
+
+    #[test]
+    fn serve_precedence_is_flags_env_file_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("serve.toml");
+        std::fs::write(
+            &file,
+            "listen = \"file:1\"\ndata_dir = \"/from/file\"\nheartbeat_timeout_ms = 1234\n",
+        )
+        .expect("write");
+        let file = file.display().to_string();
+        if in_child_with_env(
+            "config::tests::serve_precedence_is_flags_env_file_defaults",
+            &[
+                ("TESSERA_CONFIG", &file),
+                ("TESSERA_LISTEN", "env:1"),
+                ("TESSERA_DATA_DIR", "/from/env"),
+            ],
+        ) {
+            return;
+        }
+        // In the child: the file comes from TESSERA_CONFIG (written by the parent).
+        let c = Serve::try_parse_from(["serve", "--listen", "flag:1"])
+            .expect("parse")
+            .args
+            .resolve()
+            .expect("resolve");
+        assert_eq!(c.listen, "flag:1", "flag over env and file");
+        assert_eq!(c.data_dir, PathBuf::from("/from/env"), "env over file");
+        assert_eq!(c.heartbeat_timeout_ms, 1234, "file over default");
+        assert_eq!(c.bill_close_interval_ms, 60_000, "default");
+    }
+
+    #[test]
+    fn worker_settings_come_from_the_file_and_flags_win() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("worker.toml");
+        std::fs::write(
+            &file,
+            "party = \"p\"\ndatasets = \"/d\"\noutputs = \"/o\"\nframeworks = [\"a\", \"b\"]\n\
+             region = \"file-region\"\n",
+        )
+        .expect("write");
+        let file = file.display().to_string();
+        let c = Worker::try_parse_from(["worker", "--config", &file, "--region", "flag-region"])
+            .expect("parse")
+            .args
+            .resolve()
+            .expect("resolve");
+        assert_eq!(c.attributes.party, "p");
+        assert_eq!(c.attributes.region, "flag-region");
+        assert_eq!(c.attributes.ai_frameworks, ["a", "b"]);
+        assert_eq!(c.operator_url, "http://127.0.0.1:7100");
+        assert_eq!(c.peer_listen, "127.0.0.1:0");
+    }
+
+    #[test]
+    fn unknown_file_keys_and_missing_required_settings_are_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "lisen = \"typo\"\n").expect("write");
+        let file = file.display().to_string();
+        let e = Serve::try_parse_from(["serve", "--config", &file])
+            .expect("parse")
+            .args
+            .resolve()
+            .expect_err("unknown key");
+        assert!(format!("{e:#}").contains("lisen"), "{e:#}");
+        if std::env::var_os("TESSERA_PARTY").is_none() {
+            let e = Worker::try_parse_from(["worker", "--datasets", "/d", "--outputs", "/o"])
+                .expect("parse")
+                .args
+                .resolve()
+                .expect_err("no party");
+            assert!(e.to_string().contains("--party is required"), "{e}");
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Progress bars for the long CLI commands (`job submit --watch`, `job watch`, `demo`,
+//! `bench psi`), drawn with `indicatif` on stderr, and only when stderr is a terminal: in a
+//! pipe, a log or a test they are hidden and print nothing.
+//!
+//! A bar follows a phased count (a PSI side goes through its phases, each counted from 0 to
+//! its total). Reports can arrive out of order, so a bar never goes backwards: a report for a
+//! phase already left, or a smaller count within the current phase, is ignored.
+
+use std::io::{self, IsTerminal};
+use std::sync::Mutex;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// A set of bars drawn together: on stderr if it is a terminal, else hidden.
+pub fn multi() -> MultiProgress {
+    let target = if io::stderr().is_terminal() {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    };
+    MultiProgress::with_draw_target(target)
+}
+
+fn style() -> ProgressStyle {
+    ProgressStyle::with_template("{prefix:>12} {msg:<16} [{bar:30}] {pos}/{len}")
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+}
+
+/// Where a bar stands: the phases seen so far (the last is current) and the count in it.
+#[derive(Debug, Default)]
+struct PhaseState {
+    phases: Vec<String>,
+    done: u64,
+}
+
+/// One bar following a phased count; see the module documentation.
+#[derive(Debug)]
+pub struct PhaseBar {
+    bar: ProgressBar,
+    state: Mutex<PhaseState>,
+}
+
+impl PhaseBar {
+    /// A new bar in `multi`, labelled `label` (a party, a PSI role).
+    pub fn new(multi: &MultiProgress, label: &str) -> Self {
+        let bar = multi.add(ProgressBar::new(0));
+        bar.set_style(style());
+        bar.set_prefix(label.to_string());
+        Self {
+            bar,
+            state: Mutex::new(PhaseState::default()),
+        }
+    }
+
+    /// `done` of `total` units of `phase` are complete. Returns whether the bar moved.
+    pub fn update(&self, phase: &str, done: u64, total: u64) -> bool {
+        let Ok(mut st) = self.state.lock() else {
+            return false;
+        };
+        match st.phases.iter().position(|p| p == phase) {
+            Some(i) if i + 1 < st.phases.len() => return false,
+            Some(_) if done <= st.done => return false,
+            Some(_) => {}
+            None => {
+                st.phases.push(phase.to_string());
+                st.done = 0;
+                self.bar.set_message(phase.to_string());
+                self.bar.set_position(0);
+            }
+        }
+        st.done = done;
+        self.bar.set_length(total.max(done));
+        self.bar.set_position(done);
+        true
+    }
+
+    /// The current phase and count.
+    #[cfg(test)]
+    pub fn position(&self) -> Option<(String, u64)> {
+        let st = self.state.lock().ok()?;
+        st.phases.last().map(|p| (p.clone(), st.done))
+    }
+
+    /// Stops drawing the bar, leaving its last state on screen.
+    pub fn finish(&self) {
+        self.bar.abandon();
+    }
+}
+
+impl tessera_psi::Progress for PhaseBar {
+    fn report(&self, phase: &str, done: u64, total: u64) {
+        self.update(phase, done, total);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_never_go_backwards() {
+        let m = MultiProgress::with_draw_target(ProgressDrawTarget::hidden());
+        let b = PhaseBar::new(&m, "buyer");
+        assert!(b.update("hash", 10, 100));
+        assert!(
+            !b.update("hash", 5, 100),
+            "a late, smaller count is ignored"
+        );
+        assert!(b.update("hash", 100, 100));
+        assert!(b.update("blind", 1, 50));
+        assert!(
+            !b.update("hash", 100, 100),
+            "a phase already left is ignored"
+        );
+        assert_eq!(b.position(), Some(("blind".into(), 1)));
+        b.finish();
+    }
+}
