@@ -30,7 +30,7 @@ the first that sets a value wins. File keys are the flag names with underscores 
 #[command(after_help = PRECEDENCE)]
 pub struct ServeArgs {
     /// TOML configuration file (keys: listen, data_dir, heartbeat_timeout_ms,
-    /// heartbeat_interval_ms, late_window_ms, bill_close_interval_ms).
+    /// heartbeat_interval_ms, late_window_ms, bill_close_interval_ms, time_zone).
     #[arg(long, env = "TESSERA_CONFIG")]
     pub config: Option<PathBuf>,
     /// gRPC listen address [default: 127.0.0.1:7100].
@@ -47,6 +47,10 @@ pub struct ServeArgs {
     /// stored setting, 72 on a new store).
     #[arg(long, env = "TESSERA_LATE_WINDOW_HOURS")]
     pub late_window_hours: Option<i64>,
+    /// Calendar zone of billing months and licence validity windows: +HH:MM, UTC or an IANA
+    /// name such as Asia/Shanghai; stored times stay UTC [default: +08:00].
+    #[arg(long, env = "TESSERA_TIME_ZONE")]
+    pub time_zone: Option<String>,
 }
 
 impl ServeArgs {
@@ -73,6 +77,11 @@ impl ServeArgs {
             );
             config.late_window_ms = Some(h * 3_600_000);
         }
+        if let Some(z) = self.time_zone {
+            config.time_zone = z;
+        }
+        tessera_core::civil::Zone::parse(&config.time_zone)
+            .with_context(|| format!("time zone {:?}", config.time_zone))?;
         Ok(config)
     }
 }
@@ -263,6 +272,16 @@ mod tests {
             "the child ran no test"
         );
         true
+    }
+
+    #[test]
+    fn serve_time_zone_is_checked_and_defaults_to_utc_plus_8() {
+        let resolve = |args: &[&str]| Serve::try_parse_from(args).expect("parse").args.resolve();
+        assert_eq!(resolve(&["serve"]).expect("default").time_zone, "+08:00");
+        let c = resolve(&["serve", "--time-zone", "Asia/Shanghai"]).expect("iana");
+        assert_eq!(c.time_zone, "Asia/Shanghai");
+        let err = resolve(&["serve", "--time-zone", "Mars/Olympus"]).unwrap_err();
+        assert!(format!("{err:#}").contains("unknown time zone"), "{err:#}");
     }
 
     #[test]

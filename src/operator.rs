@@ -31,6 +31,9 @@ pub struct OperatorConfig {
     pub late_window_ms: Option<i64>,
     /// How often due bills are closed.
     pub bill_close_interval_ms: u64,
+    /// The calendar zone of billing months and licence validity windows: `+HH:MM`, `UTC` or
+    /// an IANA name (`tessera_core::civil`). Instants are stored in UTC whatever it is.
+    pub time_zone: String,
 }
 
 impl Default for OperatorConfig {
@@ -42,6 +45,7 @@ impl Default for OperatorConfig {
             heartbeat_interval_ms: 2_000,
             late_window_ms: None,
             bill_close_interval_ms: 60_000,
+            time_zone: tessera_core::civil::Zone::DEFAULT_NAME.into(),
         }
     }
 }
@@ -120,9 +124,14 @@ fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
 pub async fn start(config: &OperatorConfig) -> anyhow::Result<OperatorHandle> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let zone: tessera_core::civil::Zone = config
+        .time_zone
+        .parse()
+        .context("the operator's time zone")?;
     let store = Store::open(&config.data_dir.join("tessera.db"))
         .await
-        .context("opening the store")?;
+        .context("opening the store")?
+        .with_zone(zone);
     let signer = load_or_create_key(&config.data_dir)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     if let Some(w) = config.late_window_ms {
