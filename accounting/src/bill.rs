@@ -218,18 +218,31 @@ impl Amounts {
     }
 
     /// Platform + customer discount.
-    pub fn discount(&self) -> Micros {
-        self.platform_discount + self.customer_discount
+    ///
+    /// Errors: `MoneyError::Overflow` when the sum does not fit in i64 micros.
+    pub fn discount(&self) -> Result<Micros, MoneyError> {
+        self.platform_discount
+            .checked_add(self.customer_discount)
+            .ok_or(MoneyError::Overflow)
     }
 
     /// original − discount.
-    pub fn paid(&self) -> Micros {
-        self.original - self.discount()
+    ///
+    /// Errors: `MoneyError::Overflow` when the difference does not fit in i64 micros.
+    pub fn paid(&self) -> Result<Micros, MoneyError> {
+        self.original
+            .checked_sub(self.discount()?)
+            .ok_or(MoneyError::Overflow)
     }
 
     /// Recharge voucher + cash + arrears.
-    pub fn balance(&self) -> Micros {
-        self.recharge_voucher + self.cash + self.arrears
+    ///
+    /// Errors: `MoneyError::Overflow` when the sum does not fit in i64 micros.
+    pub fn balance(&self) -> Result<Micros, MoneyError> {
+        self.recharge_voucher
+            .checked_add(self.cash)
+            .and_then(|v| v.checked_add(self.arrears))
+            .ok_or(MoneyError::Overflow)
     }
 
     /// Whether both identities hold.
@@ -334,8 +347,10 @@ impl BillLine {
     }
 
     /// The provider's and operator's parts of `paid` ([`split_share`]).
-    pub fn split(&self) -> Split {
-        split_share(self.amounts.paid(), self.operator_share_bps)
+    ///
+    /// Errors: the paid amount overflows.
+    pub fn split(&self) -> Result<Split, BillError> {
+        Ok(split_share(self.amounts.paid()?, self.operator_share_bps))
     }
 }
 
@@ -376,7 +391,7 @@ impl NewBillLine {
         if !self.amounts.identities_hold() {
             return Err(BillError::IdentityViolated(self.line_id.clone()));
         }
-        if !self.split.covers(self.amounts.paid()) {
+        if !self.split.covers(self.amounts.paid()?) {
             return Err(BillError::SplitMismatch(self.line_id.clone()));
         }
         if self.service_end_ms < self.service_start_ms {
@@ -723,7 +738,7 @@ pub fn provider_statements(book: &BillBook) -> Result<Vec<ProviderStatement>, Bi
             let Split {
                 provider_micros: prov,
                 operator_micros: op,
-            } = l.line.split();
+            } = l.line.split()?;
             let s = out
                 .entry((p.clone(), b.year, b.month))
                 .or_insert_with(|| ProviderStatement {
@@ -736,7 +751,7 @@ pub fn provider_statements(book: &BillBook) -> Result<Vec<ProviderStatement>, Bi
                     provider_micros: 0,
                 });
             s.lines += 1;
-            s.gross_micros = add(s.gross_micros, l.line.amounts.paid())?;
+            s.gross_micros = add(s.gross_micros, l.line.amounts.paid()?)?;
             s.operator_micros = add(s.operator_micros, op)?;
             s.provider_micros = add(s.provider_micros, prov)?;
         }

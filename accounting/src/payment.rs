@@ -572,25 +572,41 @@ pub fn split_refund(amount: Micros, credit_paid: Micros) -> RefundSplit {
 
 /// Applies a refund: credit repaid first, then cash; arrears are settled from the cash part
 /// first.
-pub fn apply_refund(wallet: &mut Wallet, split: RefundSplit) {
+///
+/// Errors: `PaymentError::Overflow` when a sum does not fit in i64 micros (the wallet is then
+/// unchanged).
+pub fn apply_refund(wallet: &mut Wallet, split: RefundSplit) -> Result<(), PaymentError> {
     let credit = split.credit_micros.min(wallet.credit_used_micros);
-    wallet.credit_used_micros -= credit;
-    let mut cash = split.cash_micros + (split.credit_micros - credit);
+    let rest_of_credit = split
+        .credit_micros
+        .checked_sub(credit)
+        .ok_or(PaymentError::Overflow)?;
+    let cash = split
+        .cash_micros
+        .checked_add(rest_of_credit)
+        .ok_or(PaymentError::Overflow)?;
     let settle = cash.min(wallet.arrears_micros);
+    let new_cash = wallet
+        .cash_micros
+        .checked_add(cash.checked_sub(settle).ok_or(PaymentError::Overflow)?)
+        .ok_or(PaymentError::Overflow)?;
+    wallet.credit_used_micros -= credit;
     wallet.arrears_micros -= settle;
-    cash -= settle;
-    wallet.cash_micros += cash;
+    wallet.cash_micros = new_cash;
+    Ok(())
 }
 
 /// Adds cash (a recharge); arrears are settled first.
-pub fn recharge_cash(wallet: &mut Wallet, amount: Micros) {
+///
+/// Errors: `PaymentError::Overflow` when the cash balance would not fit in i64 micros.
+pub fn recharge_cash(wallet: &mut Wallet, amount: Micros) -> Result<(), PaymentError> {
     apply_refund(
         wallet,
         RefundSplit {
             credit_micros: 0,
             cash_micros: amount,
         },
-    );
+    )
 }
 
 #[cfg(test)]
@@ -780,13 +796,13 @@ mod tests {
                 cash_micros: 60 * Y
             }
         );
-        apply_refund(&mut w, s);
+        apply_refund(&mut w, s).expect("refund");
         assert_eq!(
             (w.credit_used_micros, w.arrears_micros, w.cash_micros),
             (0, 0, 55 * Y)
         );
         assert_eq!(split_refund(-5, 10), RefundSplit::default());
-        recharge_cash(&mut w, Y);
+        recharge_cash(&mut w, Y).expect("recharge");
         assert_eq!(w.cash_micros, 56 * Y);
     }
 }

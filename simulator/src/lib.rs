@@ -178,6 +178,9 @@ pub enum ScenarioError {
     /// A bill operation failed.
     #[error(transparent)]
     Bill(#[from] BillError),
+    /// A payment or wallet sum failed (an amount out of range).
+    #[error(transparent)]
+    Payment(#[from] tessera_accounting::payment::PaymentError),
 }
 
 pub(crate) fn invalid(field: impl Into<String>, reason: impl ToString) -> ScenarioError {
@@ -410,7 +413,7 @@ id = "s"
             .iter()
             .flat_map(|b| b.lines.iter())
             .filter(|l| l.line.kind == BillLineKind::MakeUp)
-            .map(|l| l.line.amounts.paid())
+            .map(|l| l.line.amounts.paid().expect("paid"))
             .sum()
     }
 

@@ -53,7 +53,8 @@ pub(crate) fn amounts_text(a: &Amounts) -> String {
         format_amount(a.original),
         format_amount(a.platform_discount),
         format_amount(a.customer_discount),
-        format_amount(a.paid()),
+        a.paid()
+            .map_or_else(|_| "(overflow)".to_string(), format_amount),
         format_amount(a.coupon),
         format_amount(a.deduction_voucher),
         format_amount(a.recharge_voucher),

@@ -241,7 +241,7 @@ impl Sim {
             )?;
         }
         if let Some(p) = &line.provider {
-            let prov = line.split().provider_micros;
+            let prov = line.split()?.provider_micros;
             let from = if line.kind == BillLineKind::Refund {
                 AccountKind::OperatorRefunds
             } else {
@@ -737,7 +737,7 @@ impl Sim {
             q.months_total
         ));
         let split = split_refund(q.refund_micros, st.credit_paid);
-        apply_refund(&mut wallet, split);
+        apply_refund(&mut wallet, split)?;
         self.customer(&customer)?.wallet = wallet;
         if let Some((span, p)) = makeup_line {
             let line = self.make_line(
@@ -996,7 +996,7 @@ impl Sim {
                     return Err(invalid("amount", "recharge must be positive"));
                 }
                 let before = self.customer(&customer)?.wallet.arrears_micros;
-                recharge_cash(&mut self.customer(&customer)?.wallet, amount);
+                recharge_cash(&mut self.customer(&customer)?.wallet, amount)?;
                 let settled = before - self.customer(&customer)?.wallet.arrears_micros;
                 let tag = self.next_id("R");
                 let mut chain = vec![plain(

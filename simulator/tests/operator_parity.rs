@@ -63,7 +63,7 @@ async fn simulator_and_operator_charge_the_same() {
         .bills
         .iter()
         .flat_map(|b| b.lines.iter())
-        .map(|l| (l.line.amounts, l.line.split()))
+        .map(|l| (l.line.amounts, l.line.split().expect("split")))
         .collect();
     assert_eq!(sim_lines.len(), ROWS.len());
 
