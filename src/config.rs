@@ -22,15 +22,16 @@ use crate::operator::OperatorConfig;
 /// Shown at the end of `tessera serve --help` and `tessera worker --help`.
 const PRECEDENCE: &str = "Settings come from flags, then environment variables (TESSERA_*, \
 named above), then the TOML file given by --config or TESSERA_CONFIG, then built-in defaults; \
-the first that sets a value wins. File keys are the flag names with underscores \
-(e.g. data_dir = \"/var/lib/tessera\").";
+the first that sets a value wins. File keys are listed with --config above \
+(e.g. data_dir = \"/var/lib/tessera\"); an unknown key is an error.";
 
 /// `tessera serve` options.
 #[derive(Debug, clap::Args)]
 #[command(after_help = PRECEDENCE)]
 pub struct ServeArgs {
     /// TOML configuration file (keys: listen, data_dir, heartbeat_timeout_ms,
-    /// heartbeat_interval_ms, late_window_ms, bill_close_interval_ms, time_zone).
+    /// heartbeat_interval_ms, late_window_ms (milliseconds, where the flag takes hours),
+    /// bill_close_interval_ms, time_zone).
     #[arg(long, env = "TESSERA_CONFIG")]
     pub config: Option<PathBuf>,
     /// gRPC listen address [default: 127.0.0.1:7100].
@@ -49,7 +50,7 @@ pub struct ServeArgs {
     pub late_window_hours: Option<i64>,
     /// Calendar zone of billing months and licence validity windows: +HH:MM, UTC or an IANA
     /// name such as Asia/Shanghai; stored times stay UTC [default: +08:00].
-    #[arg(long, env = "TESSERA_TIME_ZONE")]
+    #[arg(long, env = "TESSERA_TIME_ZONE", allow_hyphen_values = true)]
     pub time_zone: Option<String>,
 }
 

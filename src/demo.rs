@@ -278,8 +278,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             );
         } else {
             println!(
-                "result size {:?}, expected {}: {}",
-                j.result_size,
+                "result size {}, expected {}: {}",
+                j.result_size
+                    .map_or_else(|| "unknown".to_string(), |n| n.to_string()),
                 truth.len(),
                 if ok { "correct" } else { "WRONG" }
             );

@@ -179,7 +179,13 @@ pub async fn start(config: &OperatorConfig) -> anyhow::Result<OperatorHandle> {
             .add_service(service)
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), "operator serving");
+    tracing::info!(
+        %addr,
+        data_dir = %config.data_dir.display(),
+        time_zone = %config.time_zone,
+        "operator serving (calendar zone for bills and licence windows: {})",
+        config.time_zone
+    );
     Ok(OperatorHandle {
         addr,
         scheduler,

@@ -349,7 +349,7 @@ impl Zone {
         }
     }
 
-    /// Parses `UTC` / `Z`, an offset `+HH:MM` / `-HH:MM` / `+HH`, or an IANA name
+    /// Parses `UTC` / `Z`, an offset `+HH:MM` / `-HH:MM` / `+HH` (at most ±14:00), or an IANA name
     /// (`Asia/Shanghai`; the tz database is bundled, so names work on any machine).
     pub fn parse(text: &str) -> Result<Self, TimeError> {
         let t = text.trim();
@@ -369,7 +369,8 @@ impl Zone {
             }
             let h: i32 = h.parse().map_err(|_| err())?;
             let m: i32 = m.parse().map_err(|_| err())?;
-            if h > 25 || m > 59 {
+            // Real offsets lie within ±14:00 (UTC-12 .. UTC+14 in the tz database).
+            if h > 14 || m > 59 || (h == 14 && m > 0) {
                 return Err(err());
             }
             let secs = (h * 3600 + m * 60) * if negative { -1 } else { 1 };
@@ -551,7 +552,16 @@ mod tests {
         }
         let sh = Zone::parse("Asia/Shanghai").expect("sh");
         assert_eq!(sh.local(instant), Ok(local));
-        for bad in ["", "+8", "+08:60", "+26:00", "Mars/Olympus", "08:00"] {
+        for bad in [
+            "",
+            "+8",
+            "+08:60",
+            "+26:00",
+            "+25:00",
+            "+14:30",
+            "Mars/Olympus",
+            "08:00",
+        ] {
             assert!(Zone::parse(bad).is_err(), "{bad}");
         }
     }
