@@ -570,7 +570,7 @@ pub fn next_month((y, m): (i32, u8)) -> (i32, u8) {
 
 /// The first instant after month `(y, m)` (UTC).
 pub fn month_end(y: i32, m: u8) -> Result<Millis, BillError> {
-    let start = crate::civil::CivilDateTime::new(y, m, 1, 0, 0, 0)?.to_millis();
+    let start = crate::civil::CivilDateTime::new(y, m, 1, 0, 0, 0)?.to_millis()?;
     Ok(add_months(start, 1)?)
 }
 

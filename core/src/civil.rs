@@ -173,17 +173,15 @@ impl CivilDateTime {
     }
 
     /// Milliseconds since the epoch of this civil time read as UTC.
-    pub fn to_millis(&self) -> Millis {
-        // `new` keeps every field in range, so the conversion cannot fail; a zero keeps the
-        // signature infallible for the checked values this type holds.
-        self.to_jiff()
-            .and_then(|dt| {
-                TimeZone::UTC
-                    .to_timestamp(dt)
-                    .map_err(|_| TimeError::Invalid(self.to_string()))
-            })
+    ///
+    /// Errors: `TimeError::Invalid` when a field is out of range (the fields are public, so a
+    /// value not built by [`CivilDateTime::new`] may be).
+    pub fn to_millis(&self) -> Result<Millis, TimeError> {
+        let dt = self.to_jiff()?;
+        TimeZone::UTC
+            .to_timestamp(dt)
             .map(|ts| ts.as_millisecond())
-            .unwrap_or(0)
+            .map_err(|_| TimeError::Invalid(self.to_string()))
     }
 
     /// The civil time of a timestamp read as UTC (sub-second part dropped).
@@ -235,7 +233,7 @@ impl fmt::Display for CivilDateTime {
 
 /// Parses a civil time straight to (local) milliseconds.
 pub fn parse_millis(text: &str) -> Result<Millis, TimeError> {
-    CivilDateTime::parse(text).map(|c| c.to_millis())
+    CivilDateTime::parse(text)?.to_millis()
 }
 
 /// Formats (local) milliseconds as `YYYY-MM-DD HH:MM:SS` (or `@ms` when out of range).
@@ -257,7 +255,7 @@ pub fn add_months(ts: LocalMillis, months: i64) -> Result<LocalMillis, TimeError
         .checked_add(span)
         .map_err(|_| TimeError::OutOfRange(ts))?;
     let out = CivilDateTime::from_jiff(out).map_err(|_| TimeError::OutOfRange(ts))?;
-    out.to_millis()
+    out.to_millis()?
         .checked_add(ts.rem_euclid(MS_PER_SECOND))
         .ok_or(TimeError::OutOfRange(ts))
 }
@@ -265,7 +263,7 @@ pub fn add_months(ts: LocalMillis, months: i64) -> Result<LocalMillis, TimeError
 /// The first instant (00:00:00 on day 1) of the calendar month containing `ts`.
 pub fn month_start(ts: LocalMillis) -> Result<LocalMillis, TimeError> {
     let c = CivilDateTime::from_millis(ts)?;
-    Ok(CivilDateTime::new(c.year, c.month, 1, 0, 0, 0)?.to_millis())
+    CivilDateTime::new(c.year, c.month, 1, 0, 0, 0)?.to_millis()
 }
 
 /// `(year, month)` of the calendar month containing `ts`.
@@ -495,7 +493,7 @@ mod tests {
         let mut ms = 0;
         while ms < parse_millis("2100-01-01").expect("p") {
             let c = CivilDateTime::from_millis(ms).expect("c");
-            assert_eq!(c.to_millis(), ms - ms.rem_euclid(MS_PER_SECOND));
+            assert_eq!(c.to_millis(), Ok(ms - ms.rem_euclid(MS_PER_SECOND)));
             ms += MS_PER_DAY + 3_723_000;
         }
     }
