@@ -10,6 +10,7 @@
 //! | [`term_payment`] | a licence term ordered or renewed, paid from recharge voucher, cash, credit | §1.4.5.1 |
 //! | [`term_refund`] | an unsubscription's refund to cash, in the licence's split | §1.4.5.1.3 |
 //! | [`payout`] | a provider's statement paid out | §3.8.3 |
+//! | [`deposit`] | cash from outside, or a voucher funded by the operator's marketing account | §3.11 |
 //!
 //! Every transfer id is derived from the business key ([`derive_id`]), so carrying a
 //! settlement out twice changes nothing.
@@ -676,5 +677,59 @@ mod tests {
         assert_eq!(transfers.iter().map(|t| t.amount_micros).sum::<i64>(), 101);
         assert_eq!(line.split.provider_micros, -91);
         assert!(payout("p", "2026-01", 0).is_none());
+    }
+}
+
+/// Which of a customer's funds a deposit credits (operations manual §3.11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DepositInto {
+    /// Cash, from outside the platform.
+    Cash,
+    /// A recharge voucher, funded by the operator's marketing account.
+    RechargeVoucher,
+    /// A deduction voucher (metered use only), funded by the operator's marketing account.
+    DeductionVoucher,
+}
+
+impl DepositInto {
+    /// `cash`, `recharge_voucher` or `deduction_voucher`; `None` for anything else.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "cash" => Some(Self::Cash),
+            "recharge_voucher" => Some(Self::RechargeVoucher),
+            "deduction_voucher" => Some(Self::DeductionVoucher),
+            _ => None,
+        }
+    }
+}
+
+/// A deposit of `amount_micros` into `customer`'s fund `into`: one transfer whose id is
+/// derived from the idempotency `key`, so a replay is `Exists`. Cash comes from `external`;
+/// vouchers are funded by `operator:marketing`.
+pub fn deposit(
+    customer: &str,
+    into: DepositInto,
+    amount_micros: Micros,
+    key: &str,
+) -> TransferSpec {
+    let c = customer.to_string();
+    let (debit, credit) = match into {
+        DepositInto::Cash => (AccountKind::External, AccountKind::CustomerCash(c)),
+        DepositInto::RechargeVoucher => (
+            AccountKind::OperatorMarketing,
+            AccountKind::CustomerRechargeVoucher(c),
+        ),
+        DepositInto::DeductionVoucher => (
+            AccountKind::OperatorMarketing,
+            AccountKind::CustomerDeductionVoucher(c),
+        ),
+    };
+    TransferSpec {
+        id: derive_id(&["deposit", key]),
+        debit: debit.name(),
+        credit: credit.name(),
+        amount_micros,
+        job_id: None,
+        memo: format!("deposit {key}"),
     }
 }

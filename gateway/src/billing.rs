@@ -4,7 +4,7 @@
 
 use tessera_accounting::freeze::{LimitConfig, ManualFreeze};
 use tessera_proto::v1 as pb;
-use tessera_scheduler::billing::{Deposit, DepositInto};
+use tessera_scheduler::billing::{Deposit, DepositInto, parse_deposit_into};
 use tessera_scheduler::{BillingService, LimitScope};
 use tonic::Status;
 
@@ -21,7 +21,7 @@ pub(crate) async fn deposit(s: &BillingService, r: pb::DepositRequest) -> Result
     // Documented in the contract: an empty target is cash.
     let into = match r.into.as_str() {
         "" => DepositInto::Cash,
-        other => other.parse().map_err(|e| status(&e))?,
+        other => parse_deposit_into(other).map_err(|e| status(&e))?,
     };
     s.deposit(Deposit {
         customer: r.account,

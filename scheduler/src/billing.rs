@@ -7,8 +7,9 @@
 
 use std::sync::Arc;
 
+use tessera_accounting::AccountKind;
 use tessera_accounting::freeze::{LimitConfig, ManualFreeze};
-use tessera_accounting::{AccountKind, TransferSpec, derive_id};
+use tessera_accounting::settle;
 use tessera_core::Clock;
 use tessera_store::{
     AccountStatus, BalanceRecord, BillLineRecord, BillRecord, LimitScope, StatementRecord, Store,
@@ -18,31 +19,18 @@ use tessera_store::{
 use crate::SchedulerError;
 use crate::validate::{customer, non_negative, positive, required};
 
-/// Which of a customer's funds a deposit credits (operations manual §3.11).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DepositInto {
-    /// Cash, from outside the platform.
-    Cash,
-    /// A recharge voucher, funded by the operator's marketing account.
-    RechargeVoucher,
-    /// A deduction voucher (metered use only), funded by the operator's marketing account.
-    DeductionVoucher,
-}
+pub use tessera_accounting::settle::DepositInto;
 
-impl std::str::FromStr for DepositInto {
-    type Err = SchedulerError;
-
-    /// `cash`, `recharge_voucher` or `deduction_voucher`.
-    fn from_str(s: &str) -> Result<Self, SchedulerError> {
-        match s {
-            "cash" => Ok(Self::Cash),
-            "recharge_voucher" => Ok(Self::RechargeVoucher),
-            "deduction_voucher" => Ok(Self::DeductionVoucher),
-            other => Err(SchedulerError::Invalid(format!(
-                "into {other:?} must be cash, recharge_voucher or deduction_voucher"
-            ))),
-        }
-    }
+/// Parses `cash`, `recharge_voucher` or `deduction_voucher`.
+///
+/// # Errors
+/// `Invalid` for any other text.
+pub fn parse_deposit_into(text: &str) -> Result<DepositInto, SchedulerError> {
+    DepositInto::parse(text).ok_or_else(|| {
+        SchedulerError::Invalid(format!(
+            "into {text:?} must be cash, recharge_voucher or deduction_voucher"
+        ))
+    })
 }
 
 /// A deposit request.
@@ -92,26 +80,7 @@ impl BillingService {
         customer("account", &d.customer)?;
         required("idempotency_key", &d.idempotency_key)?;
         positive("amount_micros", d.amount_micros)?;
-        let c = d.customer;
-        let (debit, credit) = match d.into {
-            DepositInto::Cash => (AccountKind::External, AccountKind::CustomerCash(c)),
-            DepositInto::RechargeVoucher => (
-                AccountKind::OperatorMarketing,
-                AccountKind::CustomerRechargeVoucher(c),
-            ),
-            DepositInto::DeductionVoucher => (
-                AccountKind::OperatorMarketing,
-                AccountKind::CustomerDeductionVoucher(c),
-            ),
-        };
-        let t = TransferSpec {
-            id: derive_id(&["deposit", &d.idempotency_key]),
-            debit: debit.name(),
-            credit: credit.name(),
-            amount_micros: d.amount_micros,
-            job_id: None,
-            memo: format!("deposit {}", d.idempotency_key),
-        };
+        let t = settle::deposit(&d.customer, d.into, d.amount_micros, &d.idempotency_key);
         self.store.post_transfers(&[t], self.now()).await?;
         Ok(())
     }
