@@ -521,6 +521,14 @@ impl Store {
                 until_ms: due,
             });
         }
+        // Nothing was billed for this provider in that month: there is nothing to pay out,
+        // and a stored statement would only record a payout that never was.
+        if st.lines == 0 {
+            return Err(StoreError::Invalid {
+                field: "period",
+                reason: format!("provider {provider} has no bill lines in {period}"),
+            });
+        }
         let transfer = settle::payout(provider, period, st.provider_micros);
         if let Some(t) = &transfer {
             ledger::post(&mut tx, t, now_ms).await?;

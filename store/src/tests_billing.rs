@@ -298,6 +298,23 @@ async fn payouts_pay_a_closed_month_once() {
     ));
     assert!(store.payout("prov", "2026-13", nov).await.is_err());
     let dec = at("2026-12-01 00:00:00");
+    // A month with no bills at all, and a provider with no lines, are refused and not stored.
+    for (provider, period) in [("prov", "1999-01"), ("nobody", "2026-11")] {
+        assert!(matches!(
+            store.payout(provider, period, dec).await,
+            Err(StoreError::Invalid {
+                field: "period",
+                ..
+            })
+        ));
+    }
+    assert!(
+        store
+            .statements(Some("nobody"))
+            .await
+            .expect("st")
+            .is_empty()
+    );
     let st = store.payout("prov", "2026-11", dec).await.expect("payout");
     assert_eq!((st.lines, st.paid_micros), (2, 200));
     assert_eq!((st.provider_micros, st.operator_micros), (180, 20));
