@@ -19,7 +19,7 @@ use tessera_accounting::payment::{
     split_refund,
 };
 use tessera_accounting::rating::{BillingMode, PricePlan, Usage, rate_plan};
-use tessera_accounting::subscription::{DailyPriceBasis, Subscription};
+use tessera_accounting::subscription::{DailyPriceBasis, MakeUp, Subscription};
 
 use crate::format::{Ev, EventKind, time};
 use crate::report::amounts_text;
@@ -527,6 +527,29 @@ impl Sim {
         Ok(())
     }
 
+    /// Logs an overdue make-up (§1.4.5.1.2: days × monthly price / basis days) and returns
+    /// its discount; shared by renewal and unsubscription.
+    fn makeup_discount_logged(
+        &mut self,
+        st: &SubState,
+        m: &MakeUp,
+    ) -> Result<DiscountOutcome, ScenarioError> {
+        let monthly = st
+            .sub
+            .monthly_total_micros()
+            .map_err(|err| invalid("price", err))?;
+        self.log.push(format!(
+            "  make-up {} → {}: {} day(s) × {}/{} = {}",
+            format_millis(m.start),
+            format_millis(m.end),
+            m.days,
+            format_amount(monthly),
+            m.basis_days,
+            format_amount(m.amount_micros)
+        ));
+        self.makeup_discount(st, m.amount_micros)
+    }
+
     pub(crate) fn makeup_discount(
         &self,
         st: &SubState,
@@ -583,20 +606,7 @@ impl Sim {
         let mut credit_paid = 0;
         let mut refundable = 0;
         if let Some(m) = q.makeup {
-            self.log.push(format!(
-                "  make-up {} → {}: {} day(s) × {}/{} = {}",
-                format_millis(m.start),
-                format_millis(m.end),
-                m.days,
-                format_amount(
-                    st.sub
-                        .monthly_total_micros()
-                        .map_err(|err| invalid("price", err))?
-                ),
-                m.basis_days,
-                format_amount(m.amount_micros)
-            ));
-            let d = self.makeup_discount(&st, m.amount_micros)?;
+            let d = self.makeup_discount_logged(&st, &m)?;
             match Self::plan(
                 &mut wallet,
                 &product_id,
@@ -695,20 +705,7 @@ impl Sim {
         let mut wallet = self.customer(&customer)?.wallet.clone();
         let mut makeup_line = None;
         if let Some(m) = q.makeup {
-            self.log.push(format!(
-                "  make-up {} → {}: {} day(s) × {}/{} = {}",
-                format_millis(m.start),
-                format_millis(m.end),
-                m.days,
-                format_amount(
-                    st.sub
-                        .monthly_total_micros()
-                        .map_err(|err| invalid("price", err))?
-                ),
-                m.basis_days,
-                format_amount(m.amount_micros)
-            ));
-            let d = self.makeup_discount(&st, m.amount_micros)?;
+            let d = self.makeup_discount_logged(&st, &m)?;
             match Self::plan(
                 &mut wallet,
                 &product_id,
