@@ -245,6 +245,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         key_case: pb::KeyCase::Lower.into(),
         output: output.into(),
         user_groups: String::new(),
+        request_id: String::new(),
     };
     let mut jobs = Vec::new();
     let mut refusals = Vec::new();

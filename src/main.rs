@@ -168,6 +168,7 @@ mod tests {
                   --mode <MODE>                          intersection | size [default: intersection]
                   --key-case <KEY_CASE>                  preserve | lower | upper [default: preserve]
                   --output <OUTPUT>                      Result file name on the buyer's worker [default: ""]
+                  --request-id <REQUEST_ID>              Idempotency key per user: a retry gets the same job
                   --watch                                Follow the job until it ends
               -h, --help                                 Print help
         "#]].assert_eq(&help(&["tessera", "job", "submit", "--help"]));

@@ -12,6 +12,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use crate::money::{MAX_ACCOUNT_TOTAL_MICROS, MAX_AMOUNT_MICROS};
+
 /// Why a ledger operation failed. Every variant says what happened, so callers (the gateway's
 /// API codes, the simulator's `rejected:` lines) can tell insufficient funds from a bad
 /// request without reading a string.
@@ -60,6 +62,39 @@ pub enum LedgerError {
     /// A balance or a sum of amounts does not fit in an i64 of micro-units.
     #[error("ledger arithmetic overflows")]
     Overflow,
+    /// One amount is above [`MAX_AMOUNT_MICROS`].
+    #[error(
+        "amount of {amount_micros} micros is above the maximum of {max_micros} micros (10^9 yuan) for one amount"
+    )]
+    AmountAboveMaximum {
+        /// The amount asked for.
+        amount_micros: i64,
+        /// [`MAX_AMOUNT_MICROS`].
+        max_micros: i64,
+    },
+    /// The transfer would take a customer's fund account above [`MAX_AMOUNT_MICROS`].
+    #[error(
+        "account {account} would hold {balance_micros} micros, above the maximum balance of {max_micros} micros (10^9 yuan)"
+    )]
+    BalanceAboveMaximum {
+        /// The account credited.
+        account: String,
+        /// Its balance after the transfer (saturated).
+        balance_micros: i64,
+        /// [`MAX_AMOUNT_MICROS`].
+        max_micros: i64,
+    },
+    /// The transfer would take one of an account's running totals above
+    /// [`MAX_ACCOUNT_TOTAL_MICROS`].
+    #[error(
+        "account {account} has reached the ledger's maximum running total of {max_micros} micros; it takes no further transfers"
+    )]
+    AccountTotalAboveMaximum {
+        /// The account.
+        account: String,
+        /// [`MAX_ACCOUNT_TOTAL_MICROS`].
+        max_micros: i64,
+    },
 }
 
 /// Outcome of an idempotent write (a transfer, a hold, a bill line): written now, or already
@@ -94,6 +129,7 @@ impl BalanceLimit {
         if line_micros < 0 {
             return Err(LedgerError::NonPositiveAmount(line_micros));
         }
+        check_amount(line_micros)?;
         line_micros
             .checked_neg()
             .map(Self::AtLeast)
@@ -189,6 +225,18 @@ impl AccountKind {
         }
     }
 
+    /// The largest balance (`credits − debits`) an account of this kind may hold:
+    /// [`MAX_AMOUNT_MICROS`] for a customer's cash and vouchers (what deposits fill), none
+    /// for the others (their running totals are bounded by [`MAX_ACCOUNT_TOTAL_MICROS`]).
+    pub fn max_balance_micros(&self) -> Option<i64> {
+        match self {
+            Self::CustomerCash(_)
+            | Self::CustomerRechargeVoucher(_)
+            | Self::CustomerDeductionVoucher(_) => Some(MAX_AMOUNT_MICROS),
+            _ => None,
+        }
+    }
+
     /// The customer's funding accounts in the manual's payment order (§3.11: deduction
     /// voucher, recharge voucher, cash, credit).
     pub fn customer_funds(customer: &str) -> [AccountKind; 4] {
@@ -271,11 +319,13 @@ pub struct TransferSpec {
 }
 
 impl TransferSpec {
-    /// Checks the shape of a transfer before it is written.
+    /// Checks the shape of a transfer before it is written: a positive amount of at most
+    /// [`MAX_AMOUNT_MICROS`] between two different accounts.
     pub fn validate(&self) -> Result<(), LedgerError> {
         if self.amount_micros <= 0 {
             return Err(LedgerError::NonPositiveAmount(self.amount_micros));
         }
+        check_amount(self.amount_micros)?;
         if self.debit == self.credit {
             return Err(LedgerError::SameAccount(self.debit.clone()));
         }
@@ -328,6 +378,17 @@ pub fn void_hold(hold: &Hold) -> LedgerOp {
         id: derive_id(&["void", &hold.transfer_id]),
         pending_id: hold.transfer_id.clone(),
     }
+}
+
+/// Refuses an amount above [`MAX_AMOUNT_MICROS`] (in absolute value).
+pub fn check_amount(amount_micros: i64) -> Result<(), LedgerError> {
+    if amount_micros.unsigned_abs() > MAX_AMOUNT_MICROS.unsigned_abs() {
+        return Err(LedgerError::AmountAboveMaximum {
+            amount_micros,
+            max_micros: MAX_AMOUNT_MICROS,
+        });
+    }
+    Ok(())
 }
 
 /// Sum of amounts with overflow checked.
@@ -418,6 +479,19 @@ mod tests {
         t.amount_micros = 5;
         t.credit = "a".into();
         assert!(matches!(t.validate(), Err(LedgerError::SameAccount(_))));
+        t.credit = "b".into();
+        t.amount_micros = MAX_AMOUNT_MICROS;
+        assert!(t.validate().is_ok());
+        t.amount_micros = MAX_AMOUNT_MICROS + 1;
+        assert!(matches!(
+            t.validate(),
+            Err(LedgerError::AmountAboveMaximum {
+                max_micros: MAX_AMOUNT_MICROS,
+                ..
+            })
+        ));
+        t.amount_micros = i64::MAX;
+        assert!(t.validate().is_err());
         assert!(sum_is_balanced([5, -5, 0]));
         assert!(!sum_is_balanced([5, -4]));
     }

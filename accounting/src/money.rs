@@ -14,8 +14,24 @@ pub type Micros = i64;
 /// Micro-units in one currency unit (yuan).
 pub const MICROS_PER_UNIT: i64 = 1_000_000;
 
-/// Largest absolute amount accepted from text: 10^12 yuan.
-pub const MAX_ABS_MICROS: i64 = 1_000_000_000_000 * MICROS_PER_UNIT;
+/// Largest single amount of money anywhere in Tessera: 10^9 yuan (10^15 micros). A transfer,
+/// deposit, hold, price or credit line above it is refused
+/// (`LedgerError::AmountAboveMaximum`), and a customer's fund account (cash, recharge or
+/// deduction voucher) never holds more (`LedgerError::BalanceAboveMaximum`).
+///
+/// Why 10^15: far above any real payment, and ~9,200 accounts at the maximum still sum below
+/// `i64::MAX` (9.22 × 10^18); sums across accounts are taken in `i128` in any case.
+pub const MAX_AMOUNT_MICROS: i64 = 1_000_000_000 * MICROS_PER_UNIT;
+
+/// Largest running total of one ledger account (its credits, its debits, its pending credits
+/// or debits): 10^18 micros (10^12 yuan). A transfer that would take any total above it is
+/// refused (`LedgerError::AccountTotalAboveMaximum`). With every total in `0..=10^18`, an
+/// account's balance (`credits − debits − pending debits`) stays within ±2 × 10^18 and always
+/// fits an `i64`, so no account, however busy, can make the ledger unreadable.
+pub const MAX_ACCOUNT_TOTAL_MICROS: i64 = 1_000 * MAX_AMOUNT_MICROS;
+
+/// Largest absolute amount accepted from text ([`MAX_AMOUNT_MICROS`]).
+pub const MAX_ABS_MICROS: i64 = MAX_AMOUNT_MICROS;
 
 /// Why an amount could not be parsed or computed.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -150,6 +166,9 @@ mod tests {
         check("1e3", Err(MoneyError::Parse("1e3".into())));
         check(".5", Err(MoneyError::Parse(".5".into())));
         check("1000000000001", Err(MoneyError::Overflow));
+        check("1000000000", Ok(MAX_AMOUNT_MICROS));
+        check("1000000000.000001", Err(MoneyError::Overflow));
+        check("9223372036854", Err(MoneyError::Overflow));
     }
 
     #[test]

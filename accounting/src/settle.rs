@@ -6,7 +6,8 @@
 //! |---|---|---|
 //! | [`admission_holds`] | a job's estimated maximum cost held in payment order | §3.6.5, §3.11 |
 //! | [`job_settlement`] | a finished job: post the holds for the charge, void the rest, move the charge to the provider's receivable and the operator's revenue, one usage line | §3.8 |
-//! | [`release_holds`] | a failed or cancelled job: void every open hold | — |
+//! | [`delivered_job`] | a job that failed or was cancelled after its delivery point: charged as a success on the provider rows known ([`delivered_rows`]), capped at the hold | §3.8 |
+//! | [`release_holds`] | a job that failed or was cancelled before its delivery point: void every open hold | — |
 //! | [`term_payment`] | a licence term ordered or renewed, paid from recharge voucher, cash, credit | §1.4.5.1 |
 //! | [`term_refund`] | an unsubscription's refund to cash, in the licence's split | §1.4.5.1.3 |
 //! | [`payout`] | a provider's statement paid out | §3.8.3 |
@@ -278,6 +279,38 @@ pub fn job_settlement(job: &FinishedJob<'_>) -> Result<JobSettlement, SettleErro
         charge,
         capped_off_micros: capped_off,
     })
+}
+
+/// The provider rows a job that ended after its delivery point is rated on: the sender's
+/// final report when it arrived (`final_report_rows`), else the rows the sender reported with
+/// the delivery milestone. The buyer's own usage plays no part in the price (a job is rated
+/// per job + per 1,000 provider rows), so a buyer that vanishes after delivery cannot lower
+/// its charge.
+pub fn delivered_rows(final_report_rows: Option<u64>, at_delivery_rows: u64) -> u64 {
+    final_report_rows.unwrap_or(at_delivery_rows)
+}
+
+/// The settlement of a job that failed or was cancelled (`ended`: `"failed"` or
+/// `"cancelled"`) after its engine's delivery point.
+///
+/// **Rule.** Once the receiver is able to compute the output, the job is delivered: whatever
+/// happens next (the buyer's worker or the operator dies, the buyer cancels), the count is
+/// consumed and the job is charged exactly as a success would be on the provider rows known
+/// (`job.rows`, from [`delivered_rows`]): per-job price + per-1,000-rows price × rows, always
+/// capped at the hold taken at admission. The bill line's note says the job ended after
+/// delivery.
+///
+/// Delivery points per engine: ECDH-PSI — the sender has received the receiver's `Done`,
+/// which the receiver sends only once it holds every sender frame (all blinded points and,
+/// in intersection mode, all doubly-blinded values), i.e. when it can compute the
+/// intersection alone. Each future engine must name its own point.
+pub fn delivered_job(job: &FinishedJob<'_>, ended: &str) -> Result<JobSettlement, SettleError> {
+    let mut s = job_settlement(job)?;
+    s.line.note.push_str(&format!(
+        "; {ended} after delivery: charged on the {} provider rows known",
+        job.rows
+    ));
+    Ok(s)
 }
 
 /// Voids every open hold of a job (a failure, a cancellation, or what a settlement left).
@@ -631,6 +664,46 @@ mod tests {
     }
 
     #[test]
+    fn a_job_ended_after_delivery_is_charged_on_the_rows_known_capped_at_the_hold() {
+        let price = JobPrice {
+            per_job_micros: 1_000,
+            per_1k_rows_micros: 10,
+            operator_share_bps: 2_000,
+        };
+        let holds = [hold("h1", "customer:u:cash", 1_500)];
+        let job = |rows| FinishedJob {
+            job_id: "j",
+            customer: "u",
+            provider: "p",
+            scene: "psi",
+            price: &price,
+            rows,
+            holds: &holds,
+            admitted_at: 10,
+            now: 20,
+        };
+        // The sender's final report wins; else the rows reported at delivery.
+        assert_eq!(delivered_rows(Some(3_000), 2_000), 3_000);
+        assert_eq!(delivered_rows(None, 2_000), 2_000);
+        let s = delivered_job(&job(delivered_rows(None, 2_000)), "failed").expect("settle");
+        assert_eq!(s.charge.total_micros, 1_020);
+        assert_eq!(s.line.amounts.cash, 1_020);
+        assert!(
+            s.line.note.contains("failed after delivery"),
+            "{}",
+            s.line.note
+        );
+        assert_eq!(s, {
+            let mut ok = job_settlement(&job(2_000)).expect("success");
+            ok.line.note = s.line.note.clone();
+            ok
+        });
+        // Capped at the hold.
+        let s = delivered_job(&job(1_000_000), "cancelled").expect("settle");
+        assert_eq!((s.charge.total_micros, s.capped_off_micros), (1_500, 9_500));
+    }
+
+    #[test]
     fn terms_are_paid_prepaid_and_refunds_split_back() {
         let t = TermPurchase {
             licence_id: "l",
@@ -704,7 +777,8 @@ impl DepositInto {
 }
 
 /// A deposit of `amount_micros` into `customer`'s fund `into`: one transfer whose id is
-/// derived from the idempotency `key`, so a replay is `Exists`. Cash comes from `external`;
+/// derived from the customer and the idempotency `key` (keys are scoped per customer: two
+/// customers may use the same key), so a replay is `Exists`. Cash comes from `external`;
 /// vouchers are funded by `operator:marketing`.
 pub fn deposit(
     customer: &str,
@@ -725,11 +799,29 @@ pub fn deposit(
         ),
     };
     TransferSpec {
-        id: derive_id(&["deposit", key]),
+        id: derive_id(&["deposit", customer, key]),
         debit: debit.name(),
         credit: credit.name(),
         amount_micros,
         job_id: None,
         memo: format!("deposit {key}"),
+    }
+}
+
+#[cfg(test)]
+mod deposit_tests {
+    use super::*;
+
+    /// Issue 8 item 10: idempotency keys are scoped per customer.
+    #[test]
+    fn deposit_keys_are_per_customer() {
+        let a = deposit("alice", DepositInto::Cash, 5, "k1");
+        assert_eq!(a, deposit("alice", DepositInto::Cash, 5, "k1"));
+        assert_ne!(a.id, deposit("bob", DepositInto::Cash, 5, "k1").id);
+        assert_ne!(a.id, deposit("alice", DepositInto::Cash, 5, "k2").id);
+        assert_eq!(
+            (a.debit.as_str(), a.credit.as_str()),
+            ("external", "customer:alice:cash")
+        );
     }
 }

@@ -23,13 +23,15 @@
 //!
 //! # Interpretation choices
 //!
-//! * **Which month's days** ("天数为上月周期实际天数"): every worked figure uses 30 days
-//!   (`300/30 = 10`) for make-ups that start on 11-19, while the term just ended
-//!   (10-19 → 11-19) has 31 days. The default [`DailyPriceBasis::OverdueMonthPeriod`] takes the
-//!   days of the one-month period that starts at the old end (11-19 → 12-19 = 30 days), the
-//!   period the overdue days belong to; it reproduces every figure. The literal reading
-//!   ([`DailyPriceBasis::PreviousTermMonth`], 31 days → 9.677419) and the calendar month of
-//!   the overdue start ([`DailyPriceBasis::CalendarMonthOfOverdue`]) are available.
+//! * **Which month's days** ("天数为上月周期实际天数", the note under §1.4.5.1.2): the
+//!   default [`DailyPriceBasis::PreviousTermMonth`] is the note's rule, the actual days of the
+//!   one-month period that ends at the old end (term 2026-01-15 → 2026-02-15: 31 days, so one
+//!   overdue day at 310 a month is 10.00). The worked figures (`300/30 = 10` for make-ups that
+//!   start on 11-19, after a 31-day term) instead match
+//!   [`DailyPriceBasis::OverdueMonthPeriod`], the one-month period that starts at the old end;
+//!   it and the calendar month of the overdue start
+//!   ([`DailyPriceBasis::CalendarMonthOfOverdue`]) remain named options, and the tests of the
+//!   worked scenarios name the reading they use.
 //! * The make-up is rounded once: `monthly × days / basis days`, half away from zero, to a
 //!   whole micro.
 //! * "Money paid" for the refund is the cash and credit paid for the terms (coupons, discounts
@@ -81,18 +83,65 @@ pub enum SubscriptionError {
     Money(#[from] MoneyError),
 }
 
-/// Which month's days divide the monthly price (see the module docs).
+/// Which month's days divide the monthly price of an overdue make-up (manual §1.4.5.1.2).
+///
+/// The default is the manual's rule, the note under §1.4.5.1.2: "天数为上月周期实际天数", the
+/// number of days is the actual number of days of the previous month's period, i.e. of the
+/// one-month period that ends at the old end ([`DailyPriceBasis::PreviousTermMonth`]): a term
+/// 2026-01-15 10:00 → 2026-02-15 10:00 at 310 a month renewed 2026-02-16 09:00 owes
+/// 1 day × 310 / 31 = 10.00. The other readings are kept as named options; the manual's own
+/// worked example (§1.4.5.1.2.2, "月单价/30") matches [`DailyPriceBasis::OverdueMonthPeriod`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DailyPriceBasis {
-    /// Days of the one-month period starting at the old end (default; matches the figures).
+    /// Days of the one-month period ending at the old end (the note's "上月周期"; default).
     #[default]
+    PreviousTermMonth,
+    /// Days of the one-month period starting at the old end (the worked example's 30).
     OverdueMonthPeriod,
     /// Days of the calendar month in which the overdue time starts.
     CalendarMonthOfOverdue,
-    /// Days of the one-month period ending at the old end (literal "上月周期").
-    PreviousTermMonth,
-    /// A fixed number of days.
+    /// A fixed number of days (1..=31).
     Fixed(u8),
+}
+
+impl DailyPriceBasis {
+    /// The option's name: `previous_term_month`, `overdue_month_period`,
+    /// `calendar_month_of_overdue` or `fixed_N`.
+    pub fn name(self) -> String {
+        match self {
+            Self::PreviousTermMonth => "previous_term_month".into(),
+            Self::OverdueMonthPeriod => "overdue_month_period".into(),
+            Self::CalendarMonthOfOverdue => "calendar_month_of_overdue".into(),
+            Self::Fixed(d) => format!("fixed_{d}"),
+        }
+    }
+}
+
+impl std::fmt::Display for DailyPriceBasis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+impl std::str::FromStr for DailyPriceBasis {
+    type Err = SubscriptionError;
+
+    /// Parses [`DailyPriceBasis::name`]; anything else (or `fixed_0`, `fixed_32`) is
+    /// [`SubscriptionError::InvalidBasis`].
+    fn from_str(s: &str) -> Result<Self, SubscriptionError> {
+        Ok(match s {
+            "previous_term_month" => Self::PreviousTermMonth,
+            "overdue_month_period" => Self::OverdueMonthPeriod,
+            "calendar_month_of_overdue" => Self::CalendarMonthOfOverdue,
+            other => match other
+                .strip_prefix("fixed_")
+                .and_then(|d| d.parse::<u8>().ok())
+            {
+                Some(d) if (1..=31).contains(&d) => Self::Fixed(d),
+                _ => return Err(SubscriptionError::InvalidBasis),
+            },
+        })
+    }
 }
 
 /// Why a term exists.
@@ -268,10 +317,17 @@ impl Subscription {
     }
 
     /// Records the refundable money paid for the latest term.
-    pub fn record_paid(&mut self, refundable_micros: Micros) {
+    ///
+    /// # Errors
+    /// [`MoneyError::Overflow`] if the term's total would overflow.
+    pub fn record_paid(&mut self, refundable_micros: Micros) -> Result<(), SubscriptionError> {
         if let Some(t) = self.terms.last_mut() {
-            t.refundable_paid_micros += refundable_micros;
+            t.refundable_paid_micros = t
+                .refundable_paid_micros
+                .checked_add(refundable_micros)
+                .ok_or(MoneyError::Overflow)?;
         }
+        Ok(())
     }
 
     /// Marks the resource frozen at `at` (automatic freeze at the end, or a later manual one).
@@ -389,7 +445,7 @@ impl Subscription {
             while k < t.months && add_months(t.start, i64::from(k))? < at {
                 k += 1;
             }
-            used += k;
+            used = u32::checked_add(used, k).ok_or(MoneyError::Overflow)?;
         }
         Ok(used)
     }
@@ -403,15 +459,23 @@ impl Subscription {
         self.check_open(at)?;
         let makeup = self.makeup_at(at, basis)?;
         let months_used = self.months_used(at)?;
-        let months_total = self.terms.iter().map(|t| t.months).sum();
-        let paid: Micros = self.terms.iter().map(|t| t.refundable_paid_micros).sum();
+        let months_total = self
+            .terms
+            .iter()
+            .try_fold(0u32, |acc, t| acc.checked_add(t.months))
+            .ok_or(MoneyError::Overflow)?;
+        let paid = crate::ledger::checked_sum(self.terms.iter().map(|t| t.refundable_paid_micros))
+            .map_err(|_| MoneyError::Overflow)?;
         let used_value = self.price_for(months_used)?;
         Ok(UnsubscribeQuote {
             makeup,
             months_used,
             months_total,
             refundable_paid_micros: paid,
-            refund_micros: (paid - used_value).max(0),
+            refund_micros: paid
+                .checked_sub(used_value)
+                .ok_or(MoneyError::Overflow)?
+                .max(0),
         })
     }
 
@@ -451,8 +515,9 @@ mod tests {
         if let Some(f) = frozen {
             s.freeze(t(f));
         }
+        // The worked figures divide by the days of the period starting at the old end.
         let q = s
-            .quote_renewal(1, t(at), DailyPriceBasis::default())
+            .quote_renewal(1, t(at), DailyPriceBasis::OverdueMonthPeriod)
             .expect("quote");
         let (days, amount) = q.makeup.map_or((0, 0), |m| (m.days, m.amount_micros));
         assert_eq!(
@@ -510,6 +575,48 @@ mod tests {
         );
     }
 
+    /// Issue 8 item 8: term 2026-01-15 10:00 → 2026-02-15 10:00 at 310 a month, renewed
+    /// 2026-02-16 09:00 (one started overdue day).
+    #[test]
+    fn renewal_after_the_term_divides_by_the_previous_period_by_default() {
+        let s = Subscription::new("s", "alice", "drp", 310 * Y, 1, t("2026-01-15 10:00"), 1)
+            .expect("sub");
+        let at = t("2026-02-16 09:00");
+        let makeup = |b| {
+            s.quote_renewal(1, at, b)
+                .expect("quote")
+                .makeup
+                .map(|m| (m.days, m.basis_days, m.amount_micros))
+        };
+        assert_eq!(
+            DailyPriceBasis::default(),
+            DailyPriceBasis::PreviousTermMonth
+        );
+        assert_eq!(makeup(DailyPriceBasis::default()), Some((1, 31, 10 * Y)));
+        assert_eq!(
+            makeup(DailyPriceBasis::OverdueMonthPeriod),
+            Some((1, 28, 11_071_429))
+        );
+        assert_eq!(
+            makeup(DailyPriceBasis::CalendarMonthOfOverdue),
+            Some((1, 28, 11_071_429))
+        );
+        for b in [
+            DailyPriceBasis::PreviousTermMonth,
+            DailyPriceBasis::OverdueMonthPeriod,
+            DailyPriceBasis::CalendarMonthOfOverdue,
+            DailyPriceBasis::Fixed(30),
+        ] {
+            assert_eq!(b.name().parse::<DailyPriceBasis>(), Ok(b));
+        }
+        for bad in ["fixed_0", "fixed_32", "calendar", ""] {
+            assert_eq!(
+                bad.parse::<DailyPriceBasis>(),
+                Err(SubscriptionError::InvalidBasis)
+            );
+        }
+    }
+
     #[test]
     fn daily_price_bases() {
         let s = sub(1);
@@ -547,12 +654,12 @@ mod tests {
         expected: (i64, u32, i64),
     ) {
         let mut s = sub(months);
-        s.record_paid(paid * Y);
+        s.record_paid(paid * Y).expect("paid");
         if let Some(f) = frozen {
             s.freeze(t(f));
         }
         let q = s
-            .quote_unsubscribe(t(at), DailyPriceBasis::default())
+            .quote_unsubscribe(t(at), DailyPriceBasis::OverdueMonthPeriod)
             .expect("q");
         assert_eq!(
             (
@@ -591,7 +698,7 @@ mod tests {
         // the four from 12-20 refundable.
         let mut s =
             Subscription::new("s", "a", "drp", 10_000 * Y, 1, t("2021-10-20 10:00"), 6).expect("s");
-        s.record_paid(60_000 * Y);
+        s.record_paid(60_000 * Y).expect("paid");
         let q = s
             .quote_unsubscribe(t("2021-12-08 10:00"), DailyPriceBasis::default())
             .expect("q");

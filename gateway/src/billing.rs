@@ -17,7 +17,7 @@ use crate::error::{invalid, status};
 /// The product an account query names when it names none (the only one built).
 const DEFAULT_PRODUCT: &str = tessera_core::job::scene::PSI;
 
-pub(crate) async fn deposit(s: &BillingService, r: pb::DepositRequest) -> Result<(), Status> {
+pub(crate) async fn deposit(s: &BillingService, r: pb::DepositRequest) -> Result<pb::Ack, Status> {
     // Documented in the contract: an empty target is cash.
     let into = match r.into.as_str() {
         "" => DepositInto::Cash,
@@ -30,6 +30,9 @@ pub(crate) async fn deposit(s: &BillingService, r: pb::DepositRequest) -> Result
         into,
     })
     .await
+    .map(|outcome| pb::Ack {
+        already_recorded: outcome == tessera_accounting::TransferOutcome::Exists,
+    })
     .map_err(|e| status(&e))
 }
 

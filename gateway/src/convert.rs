@@ -51,6 +51,8 @@ pub fn job_to_pb(v: &JobView) -> pb::Job {
         charge_micros: j.charge_micros,
         created_at_ms: j.created_at_ms,
         finished_at_ms: j.finished_at_ms,
+        delivered_at_ms: j.delivered_at_ms,
+        request_id: j.request_id.clone().unwrap_or_default(),
     }
 }
 

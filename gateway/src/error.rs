@@ -107,7 +107,9 @@ pub fn store_code(e: &StoreError) -> ApiCode {
         StoreError::Refused(r) => rule_code(r),
         StoreError::Invalid { .. } => ApiCode::InvalidArgument,
         // A bill rule (identities, a bad period) or a month still open for late charges.
-        StoreError::Bill(_) | StoreError::PeriodOpen { .. } => ApiCode::Refused,
+        StoreError::Bill(_) | StoreError::PeriodOpen { .. } | StoreError::Delivered { .. } => {
+            ApiCode::Refused
+        }
         StoreError::Db(_)
         | StoreError::Migrate(_)
         | StoreError::Corrupt(_)
@@ -120,12 +122,14 @@ fn ledger_code(e: &LedgerError) -> ApiCode {
     match e {
         LedgerError::InsufficientFunds { .. } => ApiCode::InsufficientFunds,
         LedgerError::NonPositiveAmount(_)
+        | LedgerError::AmountAboveMaximum { .. }
+        | LedgerError::BalanceAboveMaximum { .. }
         | LedgerError::SameAccount(_)
         | LedgerError::UnknownAccount(_) => ApiCode::InvalidArgument,
         LedgerError::HoldAlreadyResolved { .. } | LedgerError::PostExceedsHold { .. } => {
             ApiCode::Refused
         }
-        LedgerError::Overflow => ApiCode::Refused,
+        LedgerError::Overflow | LedgerError::AccountTotalAboveMaximum { .. } => ApiCode::Refused,
     }
 }
 

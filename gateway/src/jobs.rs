@@ -41,6 +41,7 @@ fn job_request(r: pb::SubmitJobRequest) -> Result<JobRequest, Status> {
         mode: decode::<PsiMode>(r.mode).map_err(invalid)?,
         key_case: decode::<KeyCase>(r.key_case).map_err(invalid)?,
         output: r.output,
+        request_id: (!r.request_id.is_empty()).then_some(r.request_id),
     })
 }
 

@@ -60,7 +60,7 @@ impl OperatorService {
 pub(crate) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 fn ack(r: Result<(), Status>) -> Result<Response<pb::Ack>, Status> {
-    r.map(|()| Response::new(pb::Ack {}))
+    r.map(|()| Response::new(pb::Ack::default()))
 }
 
 #[tonic::async_trait]
@@ -177,8 +177,17 @@ impl Operator for OperatorService {
             .map(Response::new)
     }
 
+    async fn report_delivered(
+        &self,
+        req: Request<pb::DeliveryReport>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        ack(workers::report_delivered(&self.jobs, req.into_inner()).await)
+    }
+
     async fn deposit(&self, req: Request<pb::DepositRequest>) -> Result<Response<pb::Ack>, Status> {
-        ack(billing::deposit(&self.billing, req.into_inner()).await)
+        billing::deposit(&self.billing, req.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn list_usage(

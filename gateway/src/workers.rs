@@ -75,6 +75,12 @@ pub(crate) async fn report_progress(s: &Scheduler, r: pb::ProgressReport) -> Res
         .map_err(|e| status(&e))
 }
 
+pub(crate) async fn report_delivered(s: &Scheduler, r: pb::DeliveryReport) -> Result<(), Status> {
+    s.report_delivered(&r.worker_id, &r.task_id, r.rows_in)
+        .await
+        .map_err(|e| status(&e))
+}
+
 pub(crate) async fn report_result(s: &Scheduler, r: pb::TaskResult) -> Result<(), Status> {
     // A report without usage would bill the job on zero rows: refuse it.
     let u = r.usage.ok_or_else(|| invalid("usage is required"))?;

@@ -7,9 +7,9 @@
 
 use std::sync::Arc;
 
-use tessera_accounting::AccountKind;
 use tessera_accounting::freeze::{LimitConfig, ManualFreeze};
 use tessera_accounting::settle;
+use tessera_accounting::{AccountKind, TransferOutcome};
 use tessera_core::Clock;
 use tessera_store::{
     AccountStatus, BalanceRecord, BillLineRecord, BillRecord, LimitScope, StatementRecord, Store,
@@ -71,18 +71,36 @@ impl BillingService {
         self.clock.now_ms()
     }
 
-    /// Credits a customer's cash or vouchers, once per idempotency key.
+    /// Credits a customer's cash or vouchers, once per idempotency key of that customer
+    /// (keys are scoped per customer). `Created` when credited now, `Exists` when the same
+    /// key was already recorded with the same amount and target (nothing changed).
     ///
     /// # Errors
-    /// `Invalid` for a malformed customer, key or a non-positive amount; the store's ledger
-    /// errors (the same key with different fields).
-    pub async fn deposit(&self, d: Deposit) -> Result<(), SchedulerError> {
+    /// `Invalid` for a malformed customer, key or a non-positive amount; the store's
+    /// `IdempotencyMismatch` naming the key and customer when the key was used with a
+    /// different amount or target; its ledger errors (an amount or balance above
+    /// [`tessera_accounting::money::MAX_AMOUNT_MICROS`]).
+    pub async fn deposit(&self, d: Deposit) -> Result<TransferOutcome, SchedulerError> {
         customer("account", &d.customer)?;
         required("idempotency_key", &d.idempotency_key)?;
         positive("amount_micros", d.amount_micros)?;
+        tessera_accounting::ledger::check_amount(d.amount_micros)
+            .map_err(|e| SchedulerError::Invalid(format!("amount_micros: {e}")))?;
         let t = settle::deposit(&d.customer, d.into, d.amount_micros, &d.idempotency_key);
-        self.store.post_transfers(&[t], self.now()).await?;
-        Ok(())
+        match self.store.post_transfers(&[t], self.now()).await {
+            Ok(out) => Ok(out.first().copied().unwrap_or(TransferOutcome::Created)),
+            Err(tessera_store::StoreError::IdempotencyMismatch { .. }) => {
+                Err(tessera_store::StoreError::IdempotencyMismatch {
+                    kind: "deposit",
+                    id: format!(
+                        "with idempotency key {:?} of customer {} (a different amount or target)",
+                        d.idempotency_key, d.customer
+                    ),
+                }
+                .into())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Every usage event in arrival order.

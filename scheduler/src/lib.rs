@@ -258,21 +258,20 @@ impl Scheduler {
         self.ids.next(prefix)
     }
 
-    /// Fails every job left admitted or running by a previous run of the operator, releasing
-    /// its count: its workers' tasks died with the old connections.
+    /// Fails every job left admitted or running by a previous run of the operator: its
+    /// workers' tasks died with the old connections. Before its delivery point the count is
+    /// released and the holds voided; after it the count is consumed and the job charged.
     pub async fn recover(&self) -> Result<usize, SchedulerError> {
         let unfinished = self.store.unfinished_jobs().await?;
         for j in &unfinished {
-            self.store
-                .finish_job(
-                    &j.job_id,
-                    &tessera_store::JobFinish::Failed {
-                        error: "operator restarted while the job ran".into(),
-                        buyer_fault: false,
-                    },
-                    self.now(),
-                )
-                .await?;
+            self.finish(
+                &j.job_id,
+                tessera_store::JobFinish::Failed {
+                    error: "operator restarted while the job ran".into(),
+                    buyer_fault: false,
+                },
+            )
+            .await?;
         }
         Ok(unfinished.len())
     }

@@ -44,6 +44,9 @@ pub struct JobRequest {
     pub key_case: KeyCase,
     /// Output file name on the buyer's worker.
     pub output: String,
+    /// The client's idempotency key: the same user and key return the same job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// Usage measured by a worker for one task.
@@ -128,6 +131,9 @@ impl JobRequest {
         for g in &self.user_groups {
             check_field("user_groups", g, true)?;
         }
+        if let Some(id) = &self.request_id {
+            check_field("request_id", id, true)?;
+        }
         Ok(())
     }
 }
@@ -177,7 +183,10 @@ impl Scheduler {
     }
 
     /// Admits or refuses a job, and dispatches it when admitted. A refusal is not an error:
-    /// it is returned as a job in state `refused` with its reasons.
+    /// it is returned as a job in state `refused` with its reasons. With a `request_id` the
+    /// user already used for the same request, the job of that first submission is returned
+    /// as it stands (nothing admitted, counted or held again); for a different request,
+    /// `IdempotencyMismatch`.
     pub async fn submit(&self, req: JobRequest) -> Result<JobView, SchedulerError> {
         req.validate()?;
         let now = self.now();
@@ -395,6 +404,7 @@ impl Scheduler {
                     user: req.user.clone(),
                     mode: req.mode,
                     request: request_json,
+                    request_id: req.request_id.clone(),
                     now_ms: now,
                 },
                 decide,
@@ -411,6 +421,10 @@ impl Scheduler {
                 });
             }
             AdmitOutcome::Admitted(job) => job,
+            AdmitOutcome::Replayed(job) => {
+                tracing::info!(job = %job.job_id, "submission replayed by its request id");
+                return self.job(&job.job_id).await;
+            }
         };
         let Some(licence) = licence_pre else {
             return Err(SchedulerError::NotFound(format!(
@@ -598,6 +612,7 @@ impl Scheduler {
         report: TaskReport,
     ) -> Result<(), SchedulerError> {
         let now = self.now();
+        let sender_ok;
         let (job_id, finish) = {
             let mut jobs = self.jobs.lock().await;
             let (job_id, job) = Self::task_owner(&mut jobs, worker_id, task_id)?;
@@ -609,6 +624,7 @@ impl Scheduler {
                 return Ok(()); // a retried report changes nothing
             }
             task.report = Some(report.clone());
+            sender_ok = task.role == TaskRole::Sender && report.ok;
             let finish = if !report.ok {
                 let buyer_fault = report.error_kind == Some(TaskErrorKind::Input)
                     && task.party == job.buyer_party
@@ -655,24 +671,66 @@ impl Scheduler {
                 now,
             )
             .await?;
+        if sender_ok {
+            // A sender that finished has passed its delivery point, even if its milestone
+            // report was lost.
+            self.store
+                .mark_delivered(&job_id, report.usage.rows_in, now)
+                .await?;
+        }
         match finish {
             Some(f) => self.finish(&job_id, f).await,
             None => Ok(()),
         }
     }
 
-    fn success(&self, job_id: &str, job: &LiveJob) -> Result<JobFinish, SchedulerError> {
-        let now = self.now();
+    /// Records a task's delivery milestone (for ECDH-PSI, reported by the sender once the
+    /// receiver holds everything it needs): durably, once, in the store and the audit chain.
+    /// From then on the job cannot end without consuming its count and being charged.
+    ///
+    /// # Errors
+    /// `NotFound` for a task this worker does not run; `Invalid` when the task is not the
+    /// engine's sender; the store's.
+    pub async fn report_delivered(
+        &self,
+        worker_id: &str,
+        task_id: &str,
+        rows_in: u64,
+    ) -> Result<(), SchedulerError> {
+        let job_id = {
+            let mut jobs = self.jobs.lock().await;
+            let (job_id, job) = Self::task_owner(&mut jobs, worker_id, task_id)?;
+            if job.tasks.get(task_id).map(|t| t.role) != Some(TaskRole::Sender) {
+                return Err(SchedulerError::Invalid(format!(
+                    "task {task_id} is not the sender: only the sender reports delivery"
+                )));
+            }
+            job_id.to_string()
+        };
+        if self
+            .store
+            .mark_delivered(&job_id, rows_in, self.now())
+            .await?
+        {
+            tracing::info!(job = %job_id, rows_in, "job delivered");
+            self.refresh_view(&job_id).await?;
+        }
+        Ok(())
+    }
+
+    /// One usage event per party and metric from the reports that arrived, and the
+    /// provider rows the sender reported (if it did).
+    fn usage_events(
+        job_id: &str,
+        job: &LiveJob,
+        now: i64,
+    ) -> Result<(Vec<UsageEventRecord>, Option<u64>), SchedulerError> {
         let mut usage = Vec::new();
-        let mut provider_rows = 0;
-        let mut result = (0, String::new());
+        let mut provider_rows = None;
         for t in job.tasks.values() {
             let Some(r) = &t.report else { continue };
-            if t.role == TaskRole::Sender {
-                provider_rows = r.usage.rows_in;
-            }
-            if let Some(size) = r.result_size {
-                result = (size, r.result_location.clone());
+            if t.role == TaskRole::Sender && r.ok {
+                provider_rows = Some(r.usage.rows_in);
             }
             let u = &r.usage;
             for (metric, q) in [
@@ -696,6 +754,19 @@ impl Scheduler {
                     quantity,
                     event_time_ms: now,
                 });
+            }
+        }
+        Ok((usage, provider_rows))
+    }
+
+    fn success(&self, job_id: &str, job: &LiveJob) -> Result<JobFinish, SchedulerError> {
+        let now = self.now();
+        let (usage, provider_rows) = Self::usage_events(job_id, job, now)?;
+        let provider_rows = provider_rows.unwrap_or(0);
+        let mut result = (0, String::new());
+        for r in job.tasks.values().filter_map(|t| t.report.as_ref()) {
+            if let Some(size) = r.result_size {
+                result = (size, r.result_location.clone());
             }
         }
         let settlement = settle::job_settlement(&FinishedJob {
@@ -729,7 +800,16 @@ impl Scheduler {
     ) -> Result<(), SchedulerError> {
         let live = self.jobs.lock().await.remove(job_id);
         let now = self.now();
-        let outcome = self.store.finish_job(job_id, &finish, now).await?;
+        let outcome = match self.store.finish_job(job_id, &finish, now).await {
+            // Past its delivery point the job ends consumed and charged.
+            Err(tessera_store::StoreError::Delivered { .. }) => {
+                let charged = self
+                    .after_delivery(job_id, finish, live.as_ref(), now)
+                    .await?;
+                self.store.finish_job(job_id, &charged, now).await?
+            }
+            other => other?,
+        };
         if let Some(live) = live {
             let mut workers = self.workers.lock().await;
             for (task_id, t) in &live.tasks {
@@ -754,6 +834,57 @@ impl Scheduler {
             });
         }
         Ok(())
+    }
+
+    /// The end of a job that failed or was cancelled after its delivery point: rated by
+    /// [`settle::delivered_job`] on the provider rows known ([`settle::delivered_rows`]: the
+    /// sender's final report if it arrived, else the rows of its delivery report), capped at
+    /// the job's holds. Works from the store alone when the job is not live (after an
+    /// operator restart).
+    async fn after_delivery(
+        &self,
+        job_id: &str,
+        finish: JobFinish,
+        live: Option<&LiveJob>,
+        now: i64,
+    ) -> Result<JobFinish, SchedulerError> {
+        let (state, error) = match finish {
+            JobFinish::Failed { error, .. } => (JobState::Failed, error),
+            JobFinish::Cancelled { reason } => (JobState::Cancelled, reason),
+            other => return Ok(other),
+        };
+        let job = self.store.job(job_id).await?;
+        let licence = self.store.licence(&job.licence_id).await?;
+        let holds = self.store.job_holds(job_id).await?;
+        let (usage, final_rows) = match live {
+            Some(l) => Self::usage_events(job_id, l, now)?,
+            None => (Vec::new(), None),
+        };
+        let rows = settle::delivered_rows(final_rows, job.delivered_rows.unwrap_or(0));
+        let settlement = settle::delivered_job(
+            &FinishedJob {
+                job_id,
+                customer: &job.user,
+                provider: &licence.licensor,
+                scene: &job.scene,
+                price: &licence.price,
+                rows,
+                holds: &holds,
+                admitted_at: job.created_at_ms,
+                now,
+            },
+            state.as_str(),
+        )
+        .map_err(|e| SchedulerError::Invalid(e.to_string()))?;
+        tracing::warn!(job = %job_id, %state, charge = settlement.charge.total_micros, "job ended after delivery: charged");
+        Ok(JobFinish::EndedAfterDelivery {
+            state,
+            error,
+            usage,
+            ledger: settlement.ops,
+            bill_line: Some(Box::new(settlement.line)),
+            charge_micros: settlement.charge.total_micros,
+        })
     }
 
     /// Cancels a job on behalf of `user` (who must have submitted it).

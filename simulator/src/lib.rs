@@ -25,8 +25,9 @@
 //! [settings]
 //! discount_strategy = "customer_only"   # customer_only | platform_only | stacked |
 //!                                       # stacked_platform_first | none
-//! daily_price_basis = "overdue_month_period"  # | calendar_month_of_overdue |
-//!                                       # previous_term_month | fixed_30 (any fixed_N)
+//! daily_price_basis = "previous_term_month"   # default: the manual's note (§1.4.5.1.2) |
+//!                                       # overdue_month_period | calendar_month_of_overdue |
+//!                                       # fixed_30 (any fixed_N)
 //! late_window_hours = 0                 # late usage window after a month's end
 //! makeup_discount = false               # §2.9.3.8 switch
 //!
@@ -160,6 +161,21 @@ pub enum ScenarioError {
     /// A reference to an unknown customer, product, subscription, contract or voucher.
     #[error("unknown {kind} {id}")]
     Unknown {
+        /// What was referenced.
+        kind: &'static str,
+        /// The id.
+        id: String,
+    },
+    /// An event names a customer, product, subscription, contract, voucher or metered
+    /// resource that does not exist.
+    #[error("event {event} ({event_kind}): field {field} names an unknown {kind} {id:?}")]
+    UnknownReference {
+        /// The event's index in the file's `[[events]]` (0-based).
+        event: usize,
+        /// The event's kind.
+        event_kind: String,
+        /// The event field holding the reference.
+        field: &'static str,
         /// What was referenced.
         kind: &'static str,
         /// The id.
@@ -299,6 +315,75 @@ pub async fn simulate(scenario_text: &str) -> Result<SimulationReport, ScenarioE
     report
 }
 
+/// Names the event and its field in an unknown-reference error.
+fn in_event(err: ScenarioError, e: &format::Ev) -> ScenarioError {
+    match err {
+        ScenarioError::Unknown { kind, id } => ScenarioError::UnknownReference {
+            event: e.index,
+            event_kind: e.kind.to_string(),
+            field: match kind {
+                "customer" => "customer",
+                "product" => "product",
+                "provider" => "provider",
+                _ => "id",
+            },
+            kind,
+            id,
+        },
+        other => other,
+    }
+}
+
+/// Records a usage event that carries an `id` through the store's own idempotent path
+/// ([`Store::record_usage_once`]): `true` the first time; `false` (logged, not charged again)
+/// when the id exists with every field equal; a `rejected:` line when it exists with any field
+/// different — exactly as the operator treats a repeated usage event.
+async fn usage_first_time(
+    sim: &mut sim::Sim,
+    store: &Store,
+    e: &format::Ev,
+    id: &str,
+) -> Result<bool, ScenarioError> {
+    let customer = e.customer()?;
+    let product = e.product()?;
+    let mut events = Vec::with_capacity(5);
+    for (metric, q) in [
+        ("jobs", e.jobs),
+        ("rows", e.rows),
+        ("cpu_millis", e.cpu_millis),
+        ("resource_millis", e.resource_millis),
+        ("units", e.units),
+    ] {
+        let quantity = i64::try_from(q.unwrap_or(0))
+            .map_err(|_| invalid(format!("event {} {metric}", e.index), "out of range"))?;
+        events.push(tessera_store::UsageEventRecord {
+            event_id: tessera_accounting::derive_id(&["scenario-usage", id, metric]),
+            job_id: id.to_string(),
+            party: customer.to_string(),
+            metric: format!("{product}:{metric}"),
+            attempt: 1,
+            quantity,
+            event_time_ms: e.at,
+        });
+    }
+    match store.record_usage_once(&events, e.at).await {
+        Ok(tessera_accounting::TransferOutcome::Created) => Ok(true),
+        Ok(tessera_accounting::TransferOutcome::Exists) => {
+            sim.log.push(format!(
+                "  usage {id} was already recorded with the same fields: not charged again"
+            ));
+            Ok(false)
+        }
+        Err(tessera_store::StoreError::IdempotencyMismatch { .. }) => {
+            sim.reject(format!(
+                "usage {id} exists with different fields; not recorded"
+            ));
+            Ok(false)
+        }
+        Err(other) => Err(store_err(other)),
+    }
+}
+
 async fn run(
     sim: &mut sim::Sim,
     events: &[format::Ev],
@@ -323,7 +408,14 @@ async fn run(
             let _ = write!(head, " amount={}", format_amount(a));
         }
         sim.log.push(head);
-        sim.event(e)?;
+        if e.kind == format::EventKind::Usage
+            && let Some(id) = &e.id
+            && !usage_first_time(sim, store, e, id).await?
+        {
+            flush(sim, store).await?;
+            continue;
+        }
+        sim.event(e).map_err(|err| in_event(err, e))?;
         flush(sim, store).await?;
         check_consistency(sim, store).await?;
     }
@@ -379,6 +471,7 @@ mod tests {
 name = "make-up discount switch"
 [settings]
 discount_strategy = "customer_only"
+daily_price_basis = "overdue_month_period"
 makeup_discount = SWITCH
 [[customers]]
 id = "t"
@@ -424,6 +517,46 @@ id = "s"
         assert_eq!(makeup_paid(true).await, 5_000_000);
     }
 
+    /// A usage event's `id` is its idempotency key, through the store's own path: the same id
+    /// with the same fields is charged once; any field different (the quantity, the event
+    /// time) is refused.
+    #[tokio::test]
+    async fn usage_ids_are_deduplicated_as_the_store_does() {
+        let usage = |at: &str, jobs: u32| {
+            format!(
+                "[[events]]\nat = \"{at}\"\nkind = \"usage\"\nid = \"u1\"\ncustomer = \"c\"\nproduct = \"p\"\njobs = {jobs}\n"
+            )
+        };
+        let mut text = String::from(
+            "name = \"dedupe\"\n[[customers]]\nid = \"c\"\ncash = \"100\"\n[[products]]\nid = \"p\"\nmode = \"postpaid\"\ncomponents = [ { type = \"per_job\", price = \"1\" } ]\n",
+        );
+        for _ in 0..4 {
+            text.push_str(&usage("2021-10-15 10:00", 1));
+        }
+        text.push_str(&usage("2021-10-15 10:00", 2));
+        text.push_str(&usage("2021-10-16 10:00", 1));
+        let r = simulate(&text).await.expect("simulate");
+        let lines: Vec<i64> = r
+            .bills
+            .iter()
+            .flat_map(|b| b.lines.iter())
+            .map(|l| l.line.amounts.original)
+            .collect();
+        assert_eq!(lines, vec![1_000_000], "{:#?}", r.log);
+        assert_eq!(r.customers[0].cash_micros, 99_000_000);
+        let dup = r
+            .log
+            .iter()
+            .filter(|l| l.contains("already recorded"))
+            .count();
+        let refused = r
+            .log
+            .iter()
+            .filter(|l| l.contains("rejected: usage u1 exists with different fields"))
+            .count();
+        assert_eq!((dup, refused), (3, 2), "{:#?}", r.log);
+    }
+
     #[tokio::test]
     async fn malformed_scenarios_are_typed_errors() {
         check(
@@ -439,9 +572,22 @@ id = "s"
         ).await;
         check(
             "name = \"x\"\n[[events]]\nat = \"2021-01-02\"\nkind = \"recharge\"\ncustomer = \"a\"\namount = 1",
-            Err(ScenarioError::Unknown {
+            Err(ScenarioError::UnknownReference {
+                event: 0,
+                event_kind: "recharge".into(),
+                field: "customer",
                 kind: "customer",
                 id: "a".into(),
+            }),
+        ).await;
+        check(
+            "name = \"x\"\n[[customers]]\nid = \"a\"\n[[events]]\nat = \"2021-01-02\"\nkind = \"recharge\"\ncustomer = \"a\"\namount = 1\n[[events]]\nat = \"2021-01-03\"\nkind = \"renew\"\nid = \"nosuch\"\nmonths = 1",
+            Err(ScenarioError::UnknownReference {
+                event: 1,
+                event_kind: "renew".into(),
+                field: "id",
+                kind: "subscription",
+                id: "nosuch".into(),
             }),
         ).await;
         check(

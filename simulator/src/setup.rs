@@ -42,17 +42,12 @@ pub(crate) fn build(file: ScenarioFile) -> Result<(Sim, Vec<Ev>, String), Scenar
         book.customer_strategies
             .insert(c.clone(), strategy(st, "settings.customer_strategies")?);
     }
+    // Unset: the manual's rule (the previous month period's actual days, §1.4.5.1.2 note).
     let basis = match s.daily_price_basis.as_deref() {
-        None | Some("overdue_month_period") => DailyPriceBasis::OverdueMonthPeriod,
-        Some("calendar_month_of_overdue") => DailyPriceBasis::CalendarMonthOfOverdue,
-        Some("previous_term_month") => DailyPriceBasis::PreviousTermMonth,
-        Some(other) => match other
-            .strip_prefix("fixed_")
-            .and_then(|d| d.parse::<u8>().ok())
-        {
-            Some(d) if (1..=31).contains(&d) => DailyPriceBasis::Fixed(d),
-            _ => return Err(invalid("settings.daily_price_basis", other)),
-        },
+        None => DailyPriceBasis::default(),
+        Some(name) => name
+            .parse::<DailyPriceBasis>()
+            .map_err(|_| invalid("settings.daily_price_basis", name))?,
     };
     let window = s.late_window_hours.unwrap_or(0);
     if !(0..=24 * 366).contains(&window) {

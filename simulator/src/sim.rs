@@ -515,7 +515,8 @@ impl Sim {
         ));
         self.post_line(line, e.at, e.at)?;
         let mut sub = sub;
-        sub.record_paid(pay.refundable_micros());
+        sub.record_paid(pay.refundable_micros())
+            .map_err(|err| ScenarioError::Inconsistent(err.to_string()))?;
         self.subs.insert(
             id.to_string(),
             SubState {
@@ -677,7 +678,9 @@ impl Sim {
         s.sub
             .apply_renewal(&q)
             .map_err(|err| ScenarioError::Inconsistent(err.to_string()))?;
-        s.sub.record_paid(refundable);
+        s.sub
+            .record_paid(refundable)
+            .map_err(|err| ScenarioError::Inconsistent(err.to_string()))?;
         s.credit_paid += credit_paid;
         s.last_discount = d;
         Ok(())

@@ -479,7 +479,7 @@ proptest! {
         let start = 1_633_000_000_000i64;
         let h = 3_600_000i64;
         let mut s = Subscription::new("s", "c", "p", price * Y, 1, start, months).expect("sub");
-        s.record_paid(price * Y * i64::from(months));
+        s.record_paid(price * Y * i64::from(months)).expect("paid");
         if let Some(f) = frozen_after_h {
             s.freeze(start + f * h);
         }
@@ -491,7 +491,7 @@ proptest! {
             prop_assert!(m.end >= at.min(frozen_after_h.map_or(at, |f| start + f * h)));
         }
         s.apply_renewal(&q).expect("apply");
-        s.record_paid(price * Y * i64::from(renew_months));
+        s.record_paid(price * Y * i64::from(renew_months)).expect("paid");
         let u = s.quote_unsubscribe(at + unsub_after_h * h, DailyPriceBasis::default()).expect("unsub");
         prop_assert!(u.refund_micros >= 0);
         prop_assert!(u.refund_micros <= u.refundable_paid_micros);

@@ -138,6 +138,36 @@ async fn manual_1_4_4_figures() {
     );
 }
 
+/// Issue 8 item 8: the default reading is the note under §1.4.5.1.2 (the actual days of the
+/// previous month period): 1 day × 310/31 = 10.00, not 310/28 = 11.07.
+#[tokio::test]
+async fn renewal_after_the_term_uses_the_previous_period_by_default() {
+    use BillLineKind::*;
+    let r = run("1_4_5_1_2_6_renew_after_term_previous_period.toml").await;
+    assert_eq!(
+        lines(&r),
+        vec![
+            (Order, 310 * Y, 0, 0, 0, 310 * Y),
+            (MakeUp, 10 * Y, 0, 0, 0, 10 * Y),
+            (Renewal, 310 * Y, 0, 0, 0, 310 * Y)
+        ]
+    );
+    assert_eq!(
+        spans(&r, MakeUp),
+        vec![(
+            "2026-02-15 10:00:00".to_string(),
+            "2026-02-16 10:00:00".to_string()
+        )]
+    );
+    assert!(
+        r.log
+            .iter()
+            .any(|l| l.contains("1 day(s) × 310.00/31 = 10.00")),
+        "{:?}",
+        r.log
+    );
+}
+
 #[tokio::test]
 async fn manual_1_4_5_figures() {
     use BillLineKind::*;

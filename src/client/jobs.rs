@@ -46,6 +46,10 @@ pub enum JobCmd {
         /// Result file name on the buyer's worker.
         #[arg(long, default_value = "")]
         output: String,
+        /// Idempotency key per user: a retry gets the same job
+        //  (no second count or hold); the same id with other parameters is refused.
+        #[arg(long)]
+        request_id: Option<String>,
         /// Follow the job until it ends.
         #[arg(long)]
         watch: bool,
@@ -144,6 +148,7 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<()> {
             mode,
             key_case,
             output,
+            request_id,
             watch: follow,
         } => {
             let mut c = conn.connect().await?;
@@ -160,6 +165,7 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<()> {
                     key_case: pb::KeyCase::from(key_case.parse::<tessera_core::KeyCase>()?).into(),
                     output,
                     user_groups: groups,
+                    request_id: request_id.unwrap_or_default(),
                 })
                 .await?
                 .into_inner();

@@ -14,10 +14,11 @@ pub struct DepositArgs {
     /// Buyer user id.
     #[arg(long)]
     user: String,
-    /// Amount in micro-units (1 yuan = 1000000).
+    /// Amount in micro-units (1 yuan = 1000000); at most 10^15 (10^9 yuan), and a customer's
+    /// account holds at most that much.
     #[arg(long)]
     amount_micros: i64,
-    /// Idempotency key: the same key deposits once.
+    /// Idempotency key, scoped to this user: the same key deposits once.
     #[arg(long)]
     key: String,
     /// cash, recharge_voucher or deduction_voucher.
@@ -63,24 +64,34 @@ pub enum LedgerCmd {
     },
 }
 
-/// Deposits once per idempotency key.
+/// Deposits once per idempotency key (keys are per customer); a replay says it was already
+/// recorded and changes nothing.
 pub async fn deposit(a: DepositArgs) -> anyhow::Result<()> {
-    a.conn
+    let ack = a
+        .conn
         .connect()
         .await?
         .deposit(pb::DepositRequest {
             account: a.user.clone(),
             amount_micros: a.amount_micros,
-            idempotency_key: a.key,
+            idempotency_key: a.key.clone(),
             into: a.into.clone(),
         })
-        .await?;
-    println!(
-        "deposited {} to {} ({})",
-        fmt_micros(a.amount_micros),
-        a.user,
-        a.into
-    );
+        .await?
+        .into_inner();
+    if ack.already_recorded {
+        println!(
+            "already recorded: the deposit with key {} for {} was made before; nothing changed",
+            a.key, a.user
+        );
+    } else {
+        println!(
+            "deposited {} to {} ({})",
+            fmt_micros(a.amount_micros),
+            a.user,
+            a.into
+        );
+    }
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 use sqlx::{Row, SqliteConnection};
-use tessera_accounting::{AccountKind, TransferSpec, settle};
+use tessera_accounting::{AccountKind, TransferOutcome, TransferSpec, settle};
 use tessera_core::{CountState, JobState, PsiMode, TaskRole, TaskState};
 
 use tessera_accounting::bill::NewBillLine;
@@ -27,8 +27,11 @@ pub struct NewJob {
     pub user: String,
     /// Engine mode.
     pub mode: PsiMode,
-    /// The request as received, for the record.
+    /// The request as received, for the record (and, with `request_id`, to tell a retry
+    /// from a different request).
     pub request: serde_json::Value,
+    /// The submitting user's idempotency key, if any: one job per (user, key).
+    pub request_id: Option<String>,
     /// Submission time.
     pub now_ms: i64,
 }
@@ -231,6 +234,12 @@ pub struct JobRecord {
     pub created_at_ms: i64,
     /// Completion time.
     pub finished_at_ms: Option<i64>,
+    /// When the engine's delivery point was reported (`None`: not reached).
+    pub delivered_at_ms: Option<i64>,
+    /// Provider rows the sender reported at delivery.
+    pub delivered_rows: Option<u64>,
+    /// The submission's idempotency key.
+    pub request_id: Option<String>,
 }
 
 impl JobRecord {
@@ -286,6 +295,9 @@ pub enum AdmitOutcome {
         /// Why, typed.
         refusals: Vec<Refusal>,
     },
+    /// The user already submitted this request id with the same request: nothing was
+    /// written, here is that job as it stands.
+    Replayed(JobRecord),
 }
 
 /// A metered quantity.
@@ -337,6 +349,22 @@ pub enum JobFinish {
         /// Why.
         reason: String,
     },
+    /// It failed or was cancelled after its delivery milestone: the count is consumed and
+    /// the job charged (decided by `tessera_accounting::settle::delivered_job`).
+    EndedAfterDelivery {
+        /// `Failed` or `Cancelled`.
+        state: JobState,
+        /// Why.
+        error: String,
+        /// Usage events known.
+        usage: Vec<UsageEventRecord>,
+        /// Ledger operations: posting the job's holds and moving the charge on.
+        ledger: Vec<LedgerOp>,
+        /// The bill line of the charge.
+        bill_line: Option<Box<NewBillLine>>,
+        /// Total charged.
+        charge_micros: i64,
+    },
 }
 
 /// What completion did.
@@ -368,7 +396,8 @@ fn stored_u64(v: i64) -> Result<u64, StoreError> {
 }
 
 const JOB_COLUMNS: &str = "job_id, licence_id, scene, user_id, mode, state, count_state, reasons_json, error, \
-     result_size, result_location, charge_micros, created_at_ms, finished_at_ms";
+     result_size, result_location, charge_micros, created_at_ms, finished_at_ms, delivered_at_ms, \
+     delivered_rows, request_id";
 
 fn job_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<JobRecord, StoreError> {
     let reasons: String = r.try_get(7)?;
@@ -388,6 +417,12 @@ fn job_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<JobRecord, StoreError> {
         charge_micros: r.try_get(11)?,
         created_at_ms: r.try_get(12)?,
         finished_at_ms: r.try_get(13)?,
+        delivered_at_ms: r.try_get(14)?,
+        delivered_rows: r
+            .try_get::<Option<i64>, _>(15)?
+            .map(stored_u64)
+            .transpose()?,
+        request_id: r.try_get(16)?,
     })
 }
 
@@ -438,6 +473,28 @@ impl Store {
         F: FnOnce(&AdmitContext<'_>) -> Option<Decision>,
     {
         let mut tx = self.write.begin().await?;
+        if let Some(request_id) = &job.request_id {
+            let prior = sqlx::query(
+                "SELECT job_id, request_json FROM jobs WHERE user_id = ? AND request_id = ?",
+            )
+            .bind(&job.user)
+            .bind(request_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(prior) = prior {
+                let prior_id: String = prior.try_get(0)?;
+                let prior_request: String = prior.try_get(1)?;
+                if prior_request != job.request.to_string() {
+                    return Err(StoreError::IdempotencyMismatch {
+                        kind: "job request",
+                        id: format!("{request_id:?} of user {}", job.user),
+                    });
+                }
+                return Ok(Some(AdmitOutcome::Replayed(
+                    load_job(&mut tx, &prior_id).await?,
+                )));
+            }
+        }
         let licence = match load_licence(&mut tx, &job.licence_id).await {
             Ok(l) => Some(l),
             Err(StoreError::NotFound { .. }) => None,
@@ -493,8 +550,8 @@ impl Store {
         let reasons_json = serde_json::to_string(&reason_texts).map_err(corrupt)?;
         let inserted = sqlx::query(
             "INSERT INTO jobs (job_id, licence_id, scene, user_id, mode, state, count_state, request_json, \
-             reasons_json, created_at_ms, updated_at_ms, finished_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT(job_id) DO NOTHING",
+             reasons_json, created_at_ms, updated_at_ms, finished_at_ms, request_id) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(job_id) DO NOTHING",
         )
         .bind(&job.job_id)
         .bind(&job.licence_id)
@@ -508,6 +565,7 @@ impl Store {
         .bind(job.now_ms)
         .bind(job.now_ms)
         .bind(if allowed { None } else { Some(job.now_ms) })
+        .bind(&job.request_id)
         .execute(&mut *tx)
         .await?;
         if inserted.rows_affected() == 0 {
@@ -543,7 +601,7 @@ impl Store {
             &job.job_id,
             &serde_json::json!({
                 "licence_id": job.licence_id, "scene": job.scene, "user": job.user,
-                "reasons": reason_texts, "detail": decision.detail,
+                "request_id": job.request_id, "reasons": reason_texts, "detail": decision.detail,
                 "holds": decision.holds.iter().map(|h| serde_json::json!({
                     "transfer_id": h.id, "account": h.debit, "amount_micros": h.amount_micros,
                 })).collect::<Vec<_>>(),
@@ -581,6 +639,50 @@ impl Store {
         audit::append(&mut tx, now_ms, "dispatch", job_id, detail).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Records a job's delivery milestone durably, once, with its audit entry: the engine's
+    /// delivery point was reported with the provider's `rows`. Returns `true` when recorded
+    /// now, `false` when the job had already been marked delivered or has ended (nothing
+    /// changes then).
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] for an unknown job; the database's.
+    pub async fn mark_delivered(
+        &self,
+        job_id: &str,
+        rows: u64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let rows_i64 = i64::try_from(rows).map_err(|_| StoreError::Invalid {
+            field: "rows_in",
+            reason: format!("{rows} is out of range"),
+        })?;
+        let mut tx = self.write.begin().await?;
+        load_job(&mut tx, job_id).await?;
+        let r = sqlx::query(
+            "UPDATE jobs SET delivered_at_ms = ?, delivered_rows = ?, updated_at_ms = ? \
+             WHERE job_id = ? AND delivered_at_ms IS NULL AND state IN ('admitted', 'running')",
+        )
+        .bind(now_ms)
+        .bind(rows_i64)
+        .bind(now_ms)
+        .bind(job_id)
+        .execute(&mut *tx)
+        .await?;
+        let recorded = r.rows_affected() == 1;
+        if recorded {
+            audit::append(
+                &mut tx,
+                now_ms,
+                "deliver",
+                job_id,
+                &serde_json::json!({ "delivered_rows": rows }),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(recorded)
     }
 
     /// Records one task's report.
@@ -633,10 +735,29 @@ impl Store {
         }
         let (state, consume, error) = match finish {
             JobFinish::Succeeded { .. } => (JobState::Succeeded, true, String::new()),
+            JobFinish::Failed { .. } | JobFinish::Cancelled { .. }
+                if job.delivered_at_ms.is_some() =>
+            {
+                // Past its delivery point a job may only end charged; the caller re-decides.
+                return Err(StoreError::Delivered {
+                    job_id: job_id.to_string(),
+                });
+            }
             JobFinish::Failed { error, buyer_fault } => {
                 (JobState::Failed, *buyer_fault, error.clone())
             }
             JobFinish::Cancelled { reason } => (JobState::Cancelled, true, reason.clone()),
+            JobFinish::EndedAfterDelivery { state, error, .. } => {
+                if !matches!(state, JobState::Failed | JobState::Cancelled) {
+                    return Err(StoreError::Invalid {
+                        field: "state",
+                        reason: format!(
+                            "a job ends after delivery failed or cancelled, not {state}"
+                        ),
+                    });
+                }
+                (*state, true, error.clone())
+            }
         };
         let count_state = if consume {
             CountState::Committed
@@ -678,6 +799,24 @@ impl Store {
                     *charge_micros,
                 )
             }
+            JobFinish::EndedAfterDelivery {
+                usage,
+                ledger: ops,
+                bill_line,
+                charge_micros,
+                ..
+            } => {
+                for u in usage {
+                    insert_usage(&mut tx, u, now_ms).await?;
+                }
+                for op in ops {
+                    ledger::apply(&mut tx, op, now_ms).await?;
+                }
+                if let Some(line) = bill_line {
+                    add_line(&mut tx, line.as_ref(), now_ms, &self.zone).await?;
+                }
+                (None, String::new(), *charge_micros)
+            }
             _ => (None, String::new(), 0),
         };
         // No hold outlives its job: whatever the outcome did not post is released.
@@ -708,6 +847,7 @@ impl Store {
             &serde_json::json!({
                 "state": state.as_str(), "count": count_state.as_str(), "error": error,
                 "result_size": result_size, "charge_micros": charge,
+                "delivered_at_ms": job.delivered_at_ms,
             }),
         )
         .await?;
@@ -719,7 +859,10 @@ impl Store {
         })
     }
 
-    /// Records usage events on their own (e.g. a late report); duplicates are accepted once.
+    /// Records usage events on their own (e.g. a late report). An event whose id exists with
+    /// every field equal (job, party, metric, attempt, quantity and event time) changes
+    /// nothing; the same id with any field different is
+    /// [`StoreError::IdempotencyMismatch`].
     pub async fn record_usage(
         &self,
         events: &[UsageEventRecord],
@@ -731,6 +874,42 @@ impl Store {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Records a group of usage events once, all or nothing: `Created` when none existed,
+    /// `Exists` when every one exists with every field equal (a replay: nothing changes).
+    ///
+    /// # Errors
+    /// [`StoreError::IdempotencyMismatch`] when any id exists with any field different (or
+    /// only some of the group exist); nothing is written then.
+    pub async fn record_usage_once(
+        &self,
+        events: &[UsageEventRecord],
+        now_ms: i64,
+    ) -> Result<TransferOutcome, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let mut created = 0usize;
+        for e in events {
+            if insert_usage(&mut tx, e, now_ms).await? == TransferOutcome::Created {
+                created += 1;
+            }
+        }
+        let outcome = match created {
+            0 => TransferOutcome::Exists,
+            n if n == events.len() => TransferOutcome::Created,
+            _ => {
+                return Err(StoreError::IdempotencyMismatch {
+                    kind: "usage event",
+                    id: events
+                        .iter()
+                        .map(|e| e.event_id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                });
+            }
+        };
+        tx.commit().await?;
+        Ok(outcome)
     }
 
     /// Reads a job.
@@ -819,7 +998,7 @@ async fn insert_usage(
     conn: &mut SqliteConnection,
     e: &UsageEventRecord,
     now_ms: i64,
-) -> Result<(), StoreError> {
+) -> Result<TransferOutcome, StoreError> {
     let r = sqlx::query(
         "INSERT INTO usage_events (event_id, job_id, party, metric, attempt, quantity, event_time_ms, arrival_time_ms) \
          VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(event_id) DO NOTHING",
@@ -836,7 +1015,7 @@ async fn insert_usage(
     .await?;
     if r.rows_affected() == 0 {
         let existing = sqlx::query(
-            "SELECT job_id, party, metric, attempt, quantity FROM usage_events WHERE event_id = ?",
+            "SELECT job_id, party, metric, attempt, quantity, event_time_ms FROM usage_events WHERE event_id = ?",
         )
         .bind(&e.event_id)
         .fetch_one(&mut *conn)
@@ -845,13 +1024,15 @@ async fn insert_usage(
             && existing.try_get::<String, _>(1)? == e.party
             && existing.try_get::<String, _>(2)? == e.metric
             && existing.try_get::<i64, _>(3)? == e.attempt
-            && existing.try_get::<i64, _>(4)? == e.quantity;
+            && existing.try_get::<i64, _>(4)? == e.quantity
+            && existing.try_get::<i64, _>(5)? == e.event_time_ms;
         if !same {
             return Err(StoreError::IdempotencyMismatch {
                 kind: "usage event",
                 id: e.event_id.clone(),
             });
         }
+        return Ok(TransferOutcome::Exists);
     }
-    Ok(())
+    Ok(TransferOutcome::Created)
 }

@@ -10,7 +10,7 @@
 
 use serde::Serialize;
 use sqlx::{Row, SqliteConnection};
-use tessera_accounting::ledger::{Hold, LedgerOp};
+use tessera_accounting::ledger::{Hold, LedgerOp, MAX_ACCOUNT_TOTAL_MICROS};
 use tessera_accounting::{AccountKind, BalanceLimit, LedgerError, TransferOutcome, TransferSpec};
 
 use crate::{Store, StoreError, audit};
@@ -59,6 +59,52 @@ async fn ensure_account(conn: &mut SqliteConnection, name: &str) -> Result<(), S
     Ok(())
 }
 
+/// An account's four running totals, as stored.
+struct Totals {
+    credits: i64,
+    debits: i64,
+    credits_pending: i64,
+    debits_pending: i64,
+    min: Option<i64>,
+}
+
+async fn totals(conn: &mut SqliteConnection, account: &str) -> Result<Totals, StoreError> {
+    let r = sqlx::query(
+        "SELECT credits_micros, debits_micros, credits_pending_micros, debits_pending_micros, \
+         min_balance_micros FROM ledger_accounts WHERE name = ?",
+    )
+    .bind(account)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(Totals {
+        credits: r.try_get(0)?,
+        debits: r.try_get(1)?,
+        credits_pending: r.try_get(2)?,
+        debits_pending: r.try_get(3)?,
+        min: r.try_get(4)?,
+    })
+}
+
+/// `total + delta`, checked: never below zero (a release never takes back more than was
+/// reserved) and never above [`MAX_ACCOUNT_TOTAL_MICROS`]. The arithmetic is done here, in
+/// Rust, because SQLite turns an overflowing integer sum into a lossy REAL.
+fn moved(account: &str, total: i64, delta: i64) -> Result<i64, StoreError> {
+    let v = total.checked_add(delta).ok_or(LedgerError::Overflow)?;
+    if v > MAX_ACCOUNT_TOTAL_MICROS {
+        return Err(LedgerError::AccountTotalAboveMaximum {
+            account: account.to_string(),
+            max_micros: MAX_ACCOUNT_TOTAL_MICROS,
+        }
+        .into());
+    }
+    if v < 0 {
+        return Err(StoreError::Corrupt(format!(
+            "account {account}: a running total would fall below zero"
+        )));
+    }
+    Ok(v)
+}
+
 /// Adds to an account's debits (posted and pending) and checks its limit against the
 /// spendable balance.
 async fn debit(
@@ -67,19 +113,21 @@ async fn debit(
     posted: i64,
     pending: i64,
 ) -> Result<(), StoreError> {
-    let r = sqlx::query(
-        "UPDATE ledger_accounts SET debits_micros = debits_micros + ?, \
-         debits_pending_micros = debits_pending_micros + ? WHERE name = ? \
-         RETURNING credits_micros - debits_micros - debits_pending_micros, min_balance_micros",
+    let t = totals(conn, account).await?;
+    let debits = moved(account, t.debits, posted)?;
+    let debits_pending = moved(account, t.debits_pending, pending)?;
+    sqlx::query(
+        "UPDATE ledger_accounts SET debits_micros = ?, debits_pending_micros = ? WHERE name = ?",
     )
-    .bind(posted)
-    .bind(pending)
+    .bind(debits)
+    .bind(debits_pending)
     .bind(account)
-    .fetch_one(&mut *conn)
+    .execute(&mut *conn)
     .await?;
-    let spendable: i64 = r.try_get(0)?;
-    let min: Option<i64> = r.try_get(1)?;
-    if let Some(min) = min
+    // Every total is in 0..=10^18, so this cannot overflow an i128 (nor, in practice, an i64).
+    let spendable = i128::from(t.credits) - i128::from(debits) - i128::from(debits_pending);
+    let spendable = i64::try_from(spendable).map_err(|_| LedgerError::Overflow)?;
+    if let Some(min) = t.min
         && spendable < min
         && posted.checked_add(pending).ok_or(LedgerError::Overflow)? > 0
     {
@@ -93,18 +141,33 @@ async fn debit(
     Ok(())
 }
 
+/// Adds to an account's credits (posted and pending); a customer's cash or voucher account
+/// never holds more than [`AccountKind::max_balance_micros`].
 async fn credit(
     conn: &mut SqliteConnection,
     account: &str,
     posted: i64,
     pending: i64,
 ) -> Result<(), StoreError> {
+    let t = totals(conn, account).await?;
+    let credits = moved(account, t.credits, posted)?;
+    let credits_pending = moved(account, t.credits_pending, pending)?;
+    if let Some(max) = kind(account)?.max_balance_micros() {
+        let balance = credits.saturating_sub(t.debits);
+        if posted > 0 && balance > max {
+            return Err(LedgerError::BalanceAboveMaximum {
+                account: account.to_string(),
+                balance_micros: balance,
+                max_micros: max,
+            }
+            .into());
+        }
+    }
     sqlx::query(
-        "UPDATE ledger_accounts SET credits_micros = credits_micros + ?, \
-         credits_pending_micros = credits_pending_micros + ? WHERE name = ?",
+        "UPDATE ledger_accounts SET credits_micros = ?, credits_pending_micros = ? WHERE name = ?",
     )
-    .bind(posted)
-    .bind(pending)
+    .bind(credits)
+    .bind(credits_pending)
     .bind(account)
     .execute(&mut *conn)
     .await?;
@@ -505,28 +568,38 @@ impl Store {
     /// Checks double entry on the stored data: the sum of debits equals the sum of credits
     /// across accounts (posted and pending), each account's posted totals equal the sums of
     /// its plain and posted-hold transfers, and its pending totals equal its open holds.
+    ///
+    /// Sums across accounts are taken in `i128` here, not in SQL, so no account's size can
+    /// make this check (or `ledger balances`) fail on an overflow.
     pub async fn ledger_balanced(&self) -> Result<bool, StoreError> {
         const POSTED: &str = "kind IN ('posted', 'post_pending')";
         const OPEN: &str = "kind = 'pending' AND NOT EXISTS \
             (SELECT 1 FROM ledger_transfers r WHERE r.pending_id = t.transfer_id)";
+        let rows = sqlx::query(
+            "SELECT debits_micros, credits_micros, debits_pending_micros, credits_pending_micros \
+             FROM ledger_accounts",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        let mut sums = [0i128; 4];
+        for r in &rows {
+            for (i, sum) in sums.iter_mut().enumerate() {
+                *sum += i128::from(r.try_get::<i64, _>(i)?);
+            }
+        }
+        // Per account, each total against the sum of its own transfers (each bounded by
+        // MAX_ACCOUNT_TOTAL_MICROS on write; an overflow here means tampered data).
         let r = sqlx::query(&format!(
-            "SELECT (SELECT COALESCE(SUM(debits_micros), 0) FROM ledger_accounts), \
-                    (SELECT COALESCE(SUM(credits_micros), 0) FROM ledger_accounts), \
-                    (SELECT COALESCE(SUM(debits_pending_micros), 0) FROM ledger_accounts), \
-                    (SELECT COALESCE(SUM(credits_pending_micros), 0) FROM ledger_accounts), \
-                    (SELECT COUNT(*) FROM ledger_accounts a WHERE \
-                        a.debits_micros != (SELECT COALESCE(SUM(amount_micros), 0) FROM ledger_transfers t WHERE debit_account = a.name AND {POSTED}) \
-                     OR a.credits_micros != (SELECT COALESCE(SUM(amount_micros), 0) FROM ledger_transfers t WHERE credit_account = a.name AND {POSTED}) \
-                     OR a.debits_pending_micros != (SELECT COALESCE(SUM(amount_micros), 0) FROM ledger_transfers t WHERE debit_account = a.name AND {OPEN}) \
-                     OR a.credits_pending_micros != (SELECT COALESCE(SUM(amount_micros), 0) FROM ledger_transfers t WHERE credit_account = a.name AND {OPEN}))"
+            "SELECT COUNT(*) FROM ledger_accounts a WHERE \
+                a.debits_micros != (SELECT COALESCE(SUM(amount_micros), 0) FROM ledger_transfers t WHERE debit_account = a.name AND {POSTED}) \
+             OR a.credits_micros != (SELECT COALESCE(SUM(amount_micros), 0) FROM ledger_transfers t WHERE credit_account = a.name AND {POSTED}) \
+             OR a.debits_pending_micros != (SELECT COALESCE(SUM(amount_micros), 0) FROM ledger_transfers t WHERE debit_account = a.name AND {OPEN}) \
+             OR a.credits_pending_micros != (SELECT COALESCE(SUM(amount_micros), 0) FROM ledger_transfers t WHERE credit_account = a.name AND {OPEN})"
         ))
         .fetch_one(&self.read)
         .await?;
-        let debits: i64 = r.try_get(0)?;
-        let credits: i64 = r.try_get(1)?;
-        let debits_pending: i64 = r.try_get(2)?;
-        let credits_pending: i64 = r.try_get(3)?;
-        let mismatched: i64 = r.try_get(4)?;
+        let mismatched: i64 = r.try_get(0)?;
+        let [debits, credits, debits_pending, credits_pending] = sums;
         Ok(debits == credits && debits_pending == credits_pending && mismatched == 0)
     }
 }

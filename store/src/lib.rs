@@ -84,6 +84,13 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+    /// A plain failure or cancellation was asked for a job past its delivery milestone; such a
+    /// job ends only consumed and charged (`JobFinish::EndedAfterDelivery`).
+    #[error("job {job_id} reached its delivery point: it can only end charged")]
+    Delivered {
+        /// The job.
+        job_id: String,
+    },
     /// A provider statement's period still accepts late charges, so it cannot be paid out.
     #[error("period {period} is still open for late charges until {until_ms} ms")]
     PeriodOpen {

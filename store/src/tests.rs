@@ -1,7 +1,7 @@
 //! Store tests on a real SQLite file in a temporary directory.
 
 use super::*;
-use tessera_accounting::{JobPrice, TransferSpec, derive_id};
+use tessera_accounting::{JobPrice, TransferOutcome, TransferSpec, derive_id};
 use tessera_policy::UsagePolicy;
 
 async fn open() -> (tempfile::TempDir, Store) {
@@ -60,6 +60,7 @@ fn new_job(i: usize) -> NewJob {
         user: "u".into(),
         mode: tessera_core::PsiMode::Size,
         request: serde_json::json!({}),
+        request_id: None,
         now_ms: 10,
     }
 }
@@ -190,12 +191,30 @@ async fn failure_not_the_buyers_releases_and_finish_is_exactly_once() {
         .await
         .expect("duplicate usage is accepted once");
     assert_eq!(store.usage_events().await.expect("usage").len(), 1);
-    let mut changed = usage[0].clone();
-    changed.quantity = 999;
-    assert!(matches!(
-        store.record_usage(&[changed], 43).await,
-        Err(StoreError::IdempotencyMismatch { .. })
-    ));
+    // Any field different is "exists with different fields", the event time included.
+    for change in [
+        (|e: &mut UsageEventRecord| e.quantity = 999) as fn(&mut UsageEventRecord),
+        |e| e.event_time_ms = 31,
+        |e| e.party = "other".into(),
+        |e| e.metric = "cpu_ms".into(),
+        |e| e.attempt = 2,
+        |e| e.job_id = "job-9".into(),
+    ] {
+        let mut changed = usage[0].clone();
+        change(&mut changed);
+        assert!(matches!(
+            store.record_usage(&[changed.clone()], 43).await,
+            Err(StoreError::IdempotencyMismatch { .. })
+        ));
+        assert!(matches!(
+            store.record_usage_once(&[changed], 43).await,
+            Err(StoreError::IdempotencyMismatch { .. })
+        ));
+    }
+    assert_eq!(
+        store.record_usage_once(&usage, 44).await.expect("replay"),
+        TransferOutcome::Exists
+    );
     assert_eq!(store.balance("customer:u:cash").await.expect("bal"), 50);
     assert_eq!(
         store
@@ -340,4 +359,193 @@ async fn unknown_records_are_not_found() {
         .await
         .expect("admit");
     assert!(matches!(out, AdmitOutcome::Refused { .. }));
+}
+
+/// Issue 8 item 7: one job per (user, request id); a retry changes nothing.
+#[tokio::test]
+async fn a_request_id_admits_once_per_user() {
+    let (_dir, store) = open().await;
+    seed_licence(&store, 5).await;
+    let with_id = |i: usize, user: &str, request: serde_json::Value| NewJob {
+        user: user.into(),
+        request,
+        request_id: Some("r-1".into()),
+        ..new_job(i)
+    };
+    let first = match store
+        .admit(&with_id(1, "u", serde_json::json!({"k": 1})), allow)
+        .await
+        .expect("admit")
+    {
+        AdmitOutcome::Admitted(j) => j,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(first.request_id.as_deref(), Some("r-1"));
+    let again = store
+        .admit(&with_id(2, "u", serde_json::json!({"k": 1})), allow)
+        .await
+        .expect("replay");
+    assert_eq!(again, AdmitOutcome::Replayed(first.clone()));
+    assert_eq!(
+        store.remaining_count("lic", "psi").await.expect("rem"),
+        Some(4),
+        "one count for the two submissions"
+    );
+    assert!(matches!(
+        store.job("job-2").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    // The same id with other parameters is refused, naming the id.
+    let err = store
+        .admit(&with_id(3, "u", serde_json::json!({"k": 2})), allow)
+        .await
+        .expect_err("mismatch");
+    assert!(
+        matches!(&err, StoreError::IdempotencyMismatch { id, .. } if id.contains("r-1")),
+        "{err}"
+    );
+    // Another user's id is its own.
+    assert!(matches!(
+        store
+            .admit(&with_id(4, "v", serde_json::json!({"k": 1})), allow)
+            .await
+            .expect("other user"),
+        AdmitOutcome::Admitted(_)
+    ));
+    assert_eq!(
+        store.remaining_count("lic", "psi").await.expect("rem"),
+        Some(3)
+    );
+}
+
+/// Issue 8 item 1: past the delivery milestone a job cannot be released.
+#[tokio::test]
+async fn a_delivered_job_cannot_end_released() {
+    let (_dir, store) = open().await;
+    seed_licence(&store, 2).await;
+    assert!(matches!(
+        store.admit(&new_job(1), allow).await.expect("admit"),
+        AdmitOutcome::Admitted(_)
+    ));
+    assert!(store.mark_delivered("job-1", 40, 15).await.expect("mark"));
+    assert!(
+        !store.mark_delivered("job-1", 41, 16).await.expect("again"),
+        "once"
+    );
+    let j = store.job("job-1").await.expect("job");
+    assert_eq!((j.delivered_at_ms, j.delivered_rows), (Some(15), Some(40)));
+    for plain in [
+        JobFinish::Failed {
+            error: "worker lost".into(),
+            buyer_fault: false,
+        },
+        JobFinish::Cancelled {
+            reason: "by u".into(),
+        },
+    ] {
+        assert!(matches!(
+            store.finish_job("job-1", &plain, 20).await,
+            Err(StoreError::Delivered { .. })
+        ));
+    }
+    let ended = JobFinish::EndedAfterDelivery {
+        state: tessera_core::JobState::Failed,
+        error: "worker lost".into(),
+        usage: vec![],
+        ledger: vec![],
+        bill_line: None,
+        charge_micros: 0,
+    };
+    let out = store.finish_job("job-1", &ended, 21).await.expect("end");
+    assert_eq!(out.job.state, tessera_core::JobState::Failed);
+    assert_eq!(out.job.count_state, tessera_core::CountState::Committed);
+    assert_eq!(
+        store.remaining_count("lic", "psi").await.expect("rem"),
+        Some(1)
+    );
+    // An ended job is not marked delivered afterwards.
+    assert!(matches!(
+        store.admit(&new_job(2), allow).await.expect("admit"),
+        AdmitOutcome::Admitted(_)
+    ));
+    store
+        .finish_job(
+            "job-2",
+            &JobFinish::Failed {
+                error: "peer".into(),
+                buyer_fault: false,
+            },
+            30,
+        )
+        .await
+        .expect("fail");
+    assert!(!store.mark_delivered("job-2", 1, 31).await.expect("late"));
+    assert!(store.verify_audit().await.expect("verify").ok());
+}
+
+/// Issue 8 item 2: a deposit near i64::MAX is refused; accounts at the maximum by several
+/// customers leave the ledger readable and balanced.
+#[tokio::test]
+async fn huge_amounts_are_refused_and_the_ledger_stays_readable() {
+    use tessera_accounting::ledger::{MAX_ACCOUNT_TOTAL_MICROS, MAX_AMOUNT_MICROS};
+    let (_dir, store) = open().await;
+    let deposit = |c: &str, key: &str, amount| {
+        tessera_accounting::settle::deposit(
+            c,
+            tessera_accounting::settle::DepositInto::Cash,
+            amount,
+            key,
+        )
+    };
+    let err = store
+        .post_transfers(&[deposit("mallory", "k", i64::MAX - 1)], 1)
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(
+            err,
+            StoreError::Ledger(LedgerError::AmountAboveMaximum {
+                max_micros: MAX_AMOUNT_MICROS,
+                ..
+            })
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("1000000000000000"), "{err}");
+    for c in 0..20 {
+        store
+            .post_transfers(&[deposit(&format!("c{c}"), "k", MAX_AMOUNT_MICROS)], 2)
+            .await
+            .expect("at the limit");
+    }
+    // A full account takes no more.
+    let err = store
+        .post_transfers(&[deposit("c0", "k2", 1)], 3)
+        .await
+        .expect_err("full");
+    assert!(
+        matches!(
+            err,
+            StoreError::Ledger(LedgerError::BalanceAboveMaximum { .. })
+        ),
+        "{err}"
+    );
+    // The external account's debits reach the running-total maximum after 1,000 full
+    // deposits; refused there, not overflowed.
+    assert!(MAX_ACCOUNT_TOTAL_MICROS / MAX_AMOUNT_MICROS >= 1_000);
+    let balances = store.balances().await.expect("readable");
+    assert_eq!(
+        balances
+            .iter()
+            .find(|b| b.account == "external")
+            .map(|b| b.balance_micros),
+        Some(-20 * MAX_AMOUNT_MICROS)
+    );
+    assert!(store.ledger_balanced().await.expect("readable"));
+    // Everyone else can still deposit.
+    store
+        .post_transfers(&[deposit("alice", "k", 5)], 4)
+        .await
+        .expect("ordinary deposit");
+    assert!(store.ledger_balanced().await.expect("readable"));
 }

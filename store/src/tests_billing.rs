@@ -453,6 +453,7 @@ async fn term_covers(store: &Store, id: &str, now: i64) -> Result<(), String> {
                 user: "u".into(),
                 mode: tessera_core::PsiMode::Size,
                 request: serde_json::json!({}),
+                request_id: None,
                 now_ms: now,
             },
             |c| {

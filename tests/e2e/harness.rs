@@ -247,6 +247,7 @@ impl Cluster {
             key_case: pb::KeyCase::Preserve.into(),
             output: output.into(),
             user_groups: String::new(),
+            request_id: String::new(),
         }
     }
 

@@ -81,6 +81,16 @@ pub struct ExecEnv {
     pub connect_timeout: Duration,
 }
 
+/// Where a task reports its engine's delivery point: the moment the receiver is able to
+/// compute the output on its own. From then on the operator charges the job whatever happens
+/// (`tessera_accounting::settle::delivered_job`).
+#[async_trait::async_trait]
+pub trait DeliverySink: Send + Sync {
+    /// The delivery point was reached; this party's task read `rows_in` rows. Returns once
+    /// the report was handed to the operator (or given up on).
+    async fn delivered(&self, rows_in: u64);
+}
+
 /// Resolves `name` inside `dir`, refusing anything but a plain file name.
 fn inside(dir: &Path, name: &str) -> Result<PathBuf, TaskError> {
     let p = Path::new(name);
@@ -94,11 +104,13 @@ fn inside(dir: &Path, name: &str) -> Result<PathBuf, TaskError> {
     Ok(dir.join(p))
 }
 
-/// Runs a checked task to completion.
+/// Runs a checked task to completion. The sender reports the delivery point to `delivery`
+/// before it returns.
 pub async fn run_task(
     env: &ExecEnv,
     spec: &TaskSpec,
     progress: Arc<dyn tessera_psi::Progress>,
+    delivery: &dyn DeliverySink,
 ) -> Result<TaskOutcome, TaskError> {
     if spec.scene != "psi" {
         return Err(TaskError::Internal(format!(
@@ -155,6 +167,10 @@ pub async fn run_task(
             tessera_psi::run_sender(&link, &input.keys, &cfg, &mut rng, progress.as_ref())
                 .await
                 .map_err(peer_err)?;
+            // ECDH-PSI's delivery point: `run_sender` returns once it has received the
+            // receiver's `Done`, which the receiver sends only when it holds every frame it
+            // needs to compute the output.
+            delivery.delivered(input.rows).await;
         }
         TaskRole::Receiver => {
             let out =

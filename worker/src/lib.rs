@@ -25,7 +25,7 @@ use tessera_proto::v1::operator_client::OperatorClient;
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
 
-use crate::exec::{ExecEnv, TaskError, measured, run_task};
+use crate::exec::{DeliverySink, ExecEnv, TaskError, measured, run_task};
 use crate::link::{PeerHub, serve_peer};
 
 /// How a worker is set up.
@@ -119,6 +119,40 @@ impl tessera_psi::Progress for ProgressSink {
         tokio::spawn(async move {
             let _ = client.report_progress(req).await;
         });
+    }
+}
+
+/// Reports a task's delivery point to the operator, retried like a result.
+struct OperatorDelivery {
+    shared: Arc<Shared>,
+    task_id: String,
+}
+
+#[async_trait::async_trait]
+impl DeliverySink for OperatorDelivery {
+    async fn delivered(&self, rows_in: u64) {
+        let req = pb::DeliveryReport {
+            worker_id: self.shared.worker_id.clone(),
+            task_id: self.task_id.clone(),
+            rows_in,
+        };
+        let task_id = self.task_id.as_str();
+        let sent = (|| {
+            let mut c = self.shared.client.clone();
+            let req = req.clone();
+            async move { c.report_delivered(req).await }
+        })
+        .retry(report_backoff())
+        .sleep(tokio::time::sleep)
+        .when(|s: &tonic::Status| s.code() != tonic::Code::NotFound)
+        .notify(|s, _| {
+            tracing::warn!(task = %task_id, error = %s, "reporting delivery failed, retrying");
+        })
+        .await;
+        if let Err(s) = sent {
+            // The final result (sent next) also marks the job delivered.
+            tracing::warn!(task = %task_id, error = %s, "reporting delivery failed; giving up");
+        }
     }
 }
 
@@ -443,7 +477,12 @@ async fn accept(shared: Arc<Shared>, a: pb::TaskAssignment) {
                 task_id: task_id.clone(),
                 last: std::sync::Mutex::new(None),
             });
-            let (out, wall_ms, cpu_ms) = measured(run_task(&shared.env, &spec, sink)).await;
+            let delivery = OperatorDelivery {
+                shared: shared.clone(),
+                task_id: task_id.clone(),
+            };
+            let (out, wall_ms, cpu_ms) =
+                measured(run_task(&shared.env, &spec, sink, &delivery)).await;
             shared.running.lock().await.remove(&task_id);
             report(&shared, &task_id, out, wall_ms, cpu_ms).await;
         }

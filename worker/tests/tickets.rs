@@ -62,11 +62,17 @@ impl Operator for ScriptedOperator {
         &self,
         _: Request<pb::ProgressReport>,
     ) -> Result<Response<pb::Ack>, Status> {
-        Ok(Response::new(pb::Ack {}))
+        Ok(Response::new(pb::Ack::default()))
+    }
+    async fn report_delivered(
+        &self,
+        _: Request<pb::DeliveryReport>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        Ok(Response::new(pb::Ack::default()))
     }
     async fn report_result(&self, r: Request<pb::TaskResult>) -> Result<Response<pb::Ack>, Status> {
         let _ = self.results.send(r.into_inner()).await;
-        Ok(Response::new(pb::Ack {}))
+        Ok(Response::new(pb::Ack::default()))
     }
     async fn create_dataset(
         &self,
