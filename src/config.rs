@@ -31,7 +31,7 @@ the first that sets a value wins. File keys are listed with --config above \
 pub struct ServeArgs {
     /// TOML configuration file (keys: listen, data_dir, heartbeat_timeout_ms,
     /// heartbeat_interval_ms, late_window_ms (milliseconds, where the flag takes hours),
-    /// bill_close_interval_ms, time_zone).
+    /// bill_close_interval_ms, time_zone, daily_price_basis).
     #[arg(long, env = "TESSERA_CONFIG")]
     pub config: Option<PathBuf>,
     /// gRPC listen address [default: 127.0.0.1:7100].
@@ -52,6 +52,11 @@ pub struct ServeArgs {
     /// name such as Asia/Shanghai; stored times stay UTC [default: +08:00].
     #[arg(long, env = "TESSERA_TIME_ZONE", allow_hyphen_values = true)]
     pub time_zone: Option<String>,
+    /// Days dividing a monthly price in a term's overdue make-up: previous_term_month
+    /// (manual §1.4.5.1.2 note), overdue_month_period, calendar_month_of_overdue or fixed_N
+    /// [default: previous_term_month].
+    #[arg(long, env = "TESSERA_DAILY_PRICE_BASIS")]
+    pub daily_price_basis: Option<String>,
 }
 
 impl ServeArgs {
@@ -83,6 +88,19 @@ impl ServeArgs {
         }
         tessera_core::civil::Zone::parse(&config.time_zone)
             .with_context(|| format!("time zone {:?}", config.time_zone))?;
+        if let Some(b) = self.daily_price_basis {
+            config.daily_price_basis = b;
+        }
+        config
+            .daily_price_basis
+            .parse::<tessera_accounting::subscription::DailyPriceBasis>()
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "daily price basis {:?} must be previous_term_month, overdue_month_period, \
+                     calendar_month_of_overdue or fixed_1 ..= fixed_31",
+                    config.daily_price_basis
+                )
+            })?;
         Ok(config)
     }
 }
@@ -283,6 +301,43 @@ mod tests {
         assert_eq!(c.time_zone, "Asia/Shanghai");
         let err = resolve(&["serve", "--time-zone", "Mars/Olympus"]).unwrap_err();
         assert!(format!("{err:#}").contains("unknown time zone"), "{err:#}");
+    }
+
+    /// Issue 8 item 8: the make-up basis defaults to the manual's rule and is configured like
+    /// the time zone (flag > env > file > default); an unknown name is refused.
+    #[test]
+    fn serve_daily_price_basis_is_configurable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("serve.toml");
+        std::fs::write(&file, "daily_price_basis = \"overdue_month_period\"\n").expect("write");
+        let file = file.display().to_string();
+        let resolve = |args: &[&str]| Serve::try_parse_from(args).expect("parse").args.resolve();
+        if std::env::var_os(CHILD).is_none() {
+            let basis = |args: &[&str]| resolve(args).expect("resolve").daily_price_basis;
+            assert_eq!(basis(&["serve"]), "previous_term_month");
+            assert_eq!(basis(&["serve", "--config", &file]), "overdue_month_period");
+            let err = resolve(&["serve", "--daily-price-basis", "thirty"]).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("previous_term_month"),
+                "{err:#}"
+            );
+        }
+        if in_child_with_env(
+            "config::tests::serve_daily_price_basis_is_configurable",
+            &[
+                ("TESSERA_CONFIG", &file),
+                ("TESSERA_DAILY_PRICE_BASIS", "calendar_month_of_overdue"),
+            ],
+        ) {
+            return;
+        }
+        // In the child: the environment over the file, the flag over the environment.
+        let basis = |args: &[&str]| resolve(args).expect("resolve").daily_price_basis;
+        assert_eq!(basis(&["serve"]), "calendar_month_of_overdue");
+        assert_eq!(
+            basis(&["serve", "--daily-price-basis", "fixed_30"]),
+            "fixed_30"
+        );
     }
 
     #[test]

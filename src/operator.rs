@@ -34,6 +34,11 @@ pub struct OperatorConfig {
     /// The calendar zone of billing months and licence validity windows: `+HH:MM`, `UTC` or
     /// an IANA name (`tessera_core::civil`). Instants are stored in UTC whatever it is.
     pub time_zone: String,
+    /// Which month's days divide a monthly price in an overdue make-up of a licence term
+    /// (`tessera_accounting::subscription::DailyPriceBasis` names): `previous_term_month`
+    /// (default, the manual's note under §1.4.5.1.2), `overdue_month_period`,
+    /// `calendar_month_of_overdue` or `fixed_N`.
+    pub daily_price_basis: String,
 }
 
 impl Default for OperatorConfig {
@@ -46,6 +51,7 @@ impl Default for OperatorConfig {
             late_window_ms: None,
             bill_close_interval_ms: 60_000,
             time_zone: tessera_core::civil::Zone::DEFAULT_NAME.into(),
+            daily_price_basis: tessera_accounting::subscription::DailyPriceBasis::default().name(),
         }
     }
 }
@@ -131,7 +137,13 @@ pub async fn start(config: &OperatorConfig) -> anyhow::Result<OperatorHandle> {
     let store = Store::open(&config.data_dir.join("tessera.db"))
         .await
         .context("opening the store")?
-        .with_zone(zone);
+        .with_zone(zone)
+        .with_daily_price_basis(
+            config
+                .daily_price_basis
+                .parse()
+                .with_context(|| format!("daily price basis {:?}", config.daily_price_basis))?,
+        );
     let signer = load_or_create_key(&config.data_dir)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     if let Some(w) = config.late_window_ms {
@@ -162,7 +174,8 @@ pub async fn start(config: &OperatorConfig) -> anyhow::Result<OperatorHandle> {
     if recovered > 0 {
         tracing::warn!(
             jobs = recovered,
-            "failed jobs left unfinished by a previous run; their counts were released"
+            "failed jobs left unfinished by a previous run: counts released before their \
+             delivery point, consumed and charged after it"
         );
     }
     let monitor_ms = u64::try_from(config.heartbeat_timeout_ms / 4)

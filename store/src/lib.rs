@@ -159,6 +159,9 @@ pub struct Store {
     _temporary: Option<Arc<tempfile::TempDir>>,
     /// The calendar zone of billing months (`tessera_core::civil`; default UTC+08:00).
     zone: tessera_core::civil::Zone,
+    /// Which month's days divide a monthly price in an overdue make-up (default: the
+    /// manual's rule, the previous month period's actual days).
+    daily_price_basis: tessera_accounting::subscription::DailyPriceBasis,
 }
 
 impl Store {
@@ -207,6 +210,7 @@ impl Store {
             read,
             _temporary: temporary,
             zone: tessera_core::civil::Zone::default(),
+            daily_price_basis: Default::default(),
         })
     }
 
@@ -220,6 +224,24 @@ impl Store {
     /// The calendar zone of billing months.
     pub fn zone(&self) -> &tessera_core::civil::Zone {
         &self.zone
+    }
+
+    /// The same store dividing monthly prices in overdue make-ups of licence terms by
+    /// `basis` (default [`DailyPriceBasis::PreviousTermMonth`], the manual's note under
+    /// §1.4.5.1.2).
+    ///
+    /// [`DailyPriceBasis::PreviousTermMonth`]: tessera_accounting::subscription::DailyPriceBasis::PreviousTermMonth
+    pub fn with_daily_price_basis(
+        mut self,
+        basis: tessera_accounting::subscription::DailyPriceBasis,
+    ) -> Self {
+        self.daily_price_basis = basis;
+        self
+    }
+
+    /// The daily-price basis of overdue make-ups.
+    pub fn daily_price_basis(&self) -> tessera_accounting::subscription::DailyPriceBasis {
+        self.daily_price_basis
     }
 
     /// Closes both pools, flushing the WAL.

@@ -9,15 +9,15 @@
 //! Interpretation: the operator refuses jobs outside a paid term, which is the automatic freeze
 //! at the term's end. A licence frozen exactly at its end owes no make-up (§1.4.5.1.2 (4)), so
 //! overdue make-ups do not arise here; a renewal after the end starts at the renewal time.
+//! Should one arise, its daily price uses the store's configured basis
+//! ([`Store::with_daily_price_basis`], `serve --daily-price-basis`; default the manual's rule).
 
 use serde::Serialize;
 use sqlx::{Row, SqliteConnection};
 use tessera_accounting::AccountKind;
 use tessera_accounting::freeze::{ManualFreeze, check_purchase};
 use tessera_accounting::settle::{self, TermPurchase, TermRefund};
-use tessera_accounting::subscription::{
-    DailyPriceBasis, Subscription, SubscriptionStatus, Term, TermKind,
-};
+use tessera_accounting::subscription::{Subscription, SubscriptionStatus, Term, TermKind};
 
 use crate::bills::add_line;
 use crate::records::{LicenceRecord, load_licence};
@@ -219,7 +219,7 @@ impl Store {
                 sub.freeze(sub.end()); // jobs were refused from the end on
             }
             let q = sub
-                .quote_renewal(months, now_ms, DailyPriceBasis::default())
+                .quote_renewal(months, now_ms, self.daily_price_basis)
                 .map_err(refused)?;
             sub.apply_renewal(&q).map_err(refused)?;
         }
@@ -338,7 +338,7 @@ impl Store {
             sub.freeze(sub.end());
         }
         let q = sub
-            .quote_unsubscribe(now_ms, DailyPriceBasis::default())
+            .quote_unsubscribe(now_ms, self.daily_price_basis)
             .map_err(refused)?;
         let refund = q.refund_micros;
         let (transfers, line) = settle::term_refund(&TermRefund {

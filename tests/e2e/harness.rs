@@ -43,6 +43,18 @@ impl Proc {
         Proc { child, first_line }
     }
 
+    /// Sends a signal by name (`STOP`, `CONT`) with the system's `kill` command: a stopped
+    /// process keeps its sockets but does nothing, so a test can freeze a worker at a chosen
+    /// point and then decide what happens next.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
     /// Kills the process at once (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

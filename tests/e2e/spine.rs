@@ -181,6 +181,7 @@ async fn a_killed_worker_fails_the_job_and_releases_its_count() {
         "{}",
         j.error
     );
+    assert_eq!(j.delivered_at_ms, None, "failed before its delivery point");
     assert_eq!(c.remaining(&lic).await, Some(2), "count released");
     assert_eq!(j.charge_micros, 0);
     let t = client

@@ -1,0 +1,369 @@
+//! Money and counts under failure and retries (issue 8): the delivery milestone (a buyer
+//! whose worker dies after it could compute its result still pays), submission request ids,
+//! deposit replays and per-customer keys, and the maximum amount.
+
+use std::process::Command;
+use std::time::Duration;
+
+use tessera_proto::v1 as pb;
+
+use crate::harness::{BIN, Cluster, USER, keys};
+
+/// Per-job price 1,000 + 10 per 1,000 provider rows (the harness's licence).
+fn expected_charge(provider_rows: u64) -> i64 {
+    1_000 + 10 * i64::try_from(provider_rows.div_ceil(1_000)).expect("rows")
+}
+
+/// Polls the job every few milliseconds until its delivery milestone shows; panics if it ends
+/// first (bounded).
+async fn until_delivered(c: &Cluster, job_id: &str) -> pb::Job {
+    let mut client = c.client().await;
+    for _ in 0..30_000 {
+        let j = client
+            .get_job(pb::JobRef {
+                job_id: job_id.into(),
+            })
+            .await
+            .expect("get job")
+            .into_inner();
+        if j.delivered_at_ms.is_some() {
+            return j;
+        }
+        assert!(
+            matches!(j.state_text(), "admitted" | "running"),
+            "the job ended before its delivery milestone was seen: {j:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!("job {job_id} never reached its delivery point");
+}
+
+/// The job's transfers, the buyer's bill lines of the job, and whether the ledger balances.
+async fn money_of(c: &Cluster, job_id: &str) -> (Vec<pb::Transfer>, Vec<pb::BillLine>, bool) {
+    let mut client = c.client().await;
+    let transfers: Vec<pb::Transfer> = client
+        .list_transfers(pb::ListRequest {})
+        .await
+        .expect("transfers")
+        .into_inner()
+        .transfers
+        .into_iter()
+        .filter(|t| t.job_id == job_id)
+        .collect();
+    let bills = client
+        .list_bills(pb::BillQuery {
+            customer: USER.into(),
+            period: String::new(),
+        })
+        .await
+        .expect("bills")
+        .into_inner()
+        .bills;
+    let mut lines = Vec::new();
+    for b in bills {
+        lines.extend(
+            client
+                .list_bill_lines(pb::BillRef { bill_id: b.bill_id })
+                .await
+                .expect("lines")
+                .into_inner()
+                .lines
+                .into_iter()
+                .filter(|l| l.job_id == job_id),
+        );
+    }
+    let balanced = client
+        .list_balances(pb::ListRequest {})
+        .await
+        .expect("balances")
+        .into_inner()
+        .balanced;
+    (transfers, lines, balanced)
+}
+
+/// Asserts the job was charged `charge` (holds posted, provider and operator paid, one bill
+/// line saying it ended after delivery) and the ledger balances.
+async fn assert_charged(c: &Cluster, job: &pb::Job, charge: i64) {
+    assert_eq!(job.charge_micros, charge, "{job:?}");
+    let (transfers, lines, balanced) = money_of(c, &job.job_id).await;
+    assert!(balanced, "double entry must hold");
+    let posted: i64 = transfers
+        .iter()
+        .filter(|t| t.kind == "post_pending")
+        .map(|t| t.amount_micros)
+        .sum();
+    let paid_on: i64 = transfers
+        .iter()
+        .filter(|t| t.kind == "posted" && t.debit_account == format!("customer:{USER}:holds"))
+        .map(|t| t.amount_micros)
+        .sum();
+    assert_eq!((posted, paid_on), (charge, charge), "{transfers:?}");
+    assert!(
+        transfers
+            .iter()
+            .any(|t| t.credit_account == "provider:prov:receivable"),
+        "{transfers:?}"
+    );
+    assert_eq!(lines.len(), 1, "one bill line: {lines:?}");
+    let amounts = lines[0].amounts.as_ref().expect("amounts");
+    assert_eq!(amounts.original_micros, charge);
+    assert!(
+        lines[0].note.contains("failed after delivery"),
+        "{}",
+        lines[0].note
+    );
+}
+
+/// Issue 8 item 1, the required test: the buyer's worker is frozen right after the delivery
+/// milestone (so its result report cannot arrive), the operator is killed, the buyer's worker
+/// resumes and writes its result, and is killed as soon as the result file exists. The
+/// restarted operator finds the job delivered: the run is consumed and the job charged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buyer_killed_after_its_output_exists_still_pays() {
+    let mut c = Cluster::start(5_000);
+    c.fund(1_000_000_000, "fund").await;
+    let rows = 300_000;
+    c.dataset(&c.provider, "p", "k", &keys("x", 0..rows)).await;
+    c.dataset(&c.buyer, "b", "k", &keys("x", 150_000..150_000 + rows))
+        .await;
+    let lic = c.licence("p", Some(2)).await;
+    let j = c
+        .client()
+        .await
+        .submit_job(Cluster::job(&lic, "b", "intersection", "out.csv"))
+        .await
+        .expect("submit")
+        .into_inner();
+    assert_eq!(c.remaining(&lic).await, Some(1));
+    until_delivered(&c, &j.job_id).await;
+    c.buyer.proc.signal("STOP");
+    let before = c
+        .client()
+        .await
+        .get_job(pb::JobRef {
+            job_id: j.job_id.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert!(
+        matches!(before.state_text(), "admitted" | "running"),
+        "the buyer reported before it could be stopped (enlarge the data): {before:?}"
+    );
+    c.operator.kill();
+    c.buyer.proc.signal("CONT");
+    let out = c.buyer.outputs.join("out.csv");
+    for _ in 0..6_000 {
+        if out.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(out.exists(), "the buyer never wrote its result");
+    c.buyer.proc.kill();
+    let matched = std::fs::read_to_string(&out)
+        .expect("result")
+        .lines()
+        .count()
+        - 1;
+    assert_eq!(matched, 150_000, "the buyer holds every matched row");
+
+    c.restart_operator();
+    let j = c.wait(&j.job_id).await;
+    assert_eq!(j.state_text(), "failed", "{j:?}");
+    assert!(j.delivered_at_ms.is_some(), "{j:?}");
+    assert_eq!(c.remaining(&lic).await, Some(1), "the run is consumed");
+    assert_charged(&c, &j, expected_charge(rows as u64)).await;
+    let v = c
+        .client()
+        .await
+        .verify_audit(pb::ListRequest {})
+        .await
+        .expect("audit")
+        .into_inner();
+    assert!(v.ok, "{v:?}");
+}
+
+/// Issue 8 item 1 through the live operator: the buyer's worker dies after the delivery
+/// milestone; the operator loses it on heartbeats and charges the job on the rows the sender
+/// reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buyer_lost_after_delivery_is_charged_by_the_live_operator() {
+    let mut c = Cluster::start(2_000);
+    c.fund(1_000_000_000, "fund").await;
+    let rows = 200_000;
+    c.dataset(&c.provider, "p", "k", &keys("x", 0..rows)).await;
+    c.dataset(&c.buyer, "b", "k", &keys("x", 100_000..100_000 + rows))
+        .await;
+    let lic = c.licence("p", Some(2)).await;
+    let j = c
+        .client()
+        .await
+        .submit_job(Cluster::job(&lic, "b", "intersection", "out.csv"))
+        .await
+        .expect("submit")
+        .into_inner();
+    until_delivered(&c, &j.job_id).await;
+    c.buyer.proc.signal("STOP");
+    c.buyer.proc.kill();
+    let j = c.wait(&j.job_id).await;
+    assert_eq!(j.state_text(), "failed", "{j:?}");
+    assert!(j.error.contains("worker lost"), "{}", j.error);
+    assert_eq!(c.remaining(&lic).await, Some(1), "the run is consumed");
+    assert_charged(&c, &j, expected_charge(rows as u64)).await;
+}
+
+/// Issue 8 item 7: the same request id returns the same job (one count, one set of holds);
+/// the same id with other parameters is refused; another user's id is its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_submission_with_its_request_id_is_one_job() {
+    let c = Cluster::start(5_000);
+    c.fund(1_000_000_000, "fund").await;
+    c.dataset(&c.provider, "p", "k", &keys("x", 0..100)).await;
+    c.dataset(&c.buyer, "b", "k", &keys("x", 50..150)).await;
+    let lic = c.licence("p", Some(5)).await;
+    let req = pb::SubmitJobRequest {
+        request_id: "retry-1".into(),
+        ..Cluster::job(&lic, "b", "size", "")
+    };
+    let mut client = c.client().await;
+    let first = client
+        .submit_job(req.clone())
+        .await
+        .expect("submit")
+        .into_inner();
+    let second = client
+        .submit_job(req.clone())
+        .await
+        .expect("retry")
+        .into_inner();
+    assert_eq!(first.job_id, second.job_id);
+    assert_eq!(second.request_id, "retry-1");
+    assert_eq!(c.remaining(&lic).await, Some(4), "one count");
+    let j = c.wait(&first.job_id).await;
+    assert_eq!(j.state_text(), "succeeded", "{j:?}");
+    // A retry after the end still returns the same, finished job.
+    let third = client
+        .submit_job(req.clone())
+        .await
+        .expect("late retry")
+        .into_inner();
+    assert_eq!(
+        (third.job_id.as_str(), third.state_text()),
+        (j.job_id.as_str(), "succeeded")
+    );
+    let (transfers, lines, balanced) = money_of(&c, &j.job_id).await;
+    assert!(balanced);
+    assert_eq!(
+        transfers.iter().filter(|t| t.kind == "pending").count(),
+        1,
+        "one hold: {transfers:?}"
+    );
+    assert_eq!(lines.len(), 1);
+    let all_jobs_holds = client
+        .list_transfers(pb::ListRequest {})
+        .await
+        .expect("transfers")
+        .into_inner()
+        .transfers
+        .into_iter()
+        .filter(|t| t.kind == "pending")
+        .count();
+    assert_eq!(all_jobs_holds, 1, "no second job was held");
+    // The same id with other parameters: refused, naming the id.
+    let err = client
+        .submit_job(pb::SubmitJobRequest {
+            output: "other.csv".into(),
+            ..req
+        })
+        .await
+        .expect_err("different parameters");
+    // EXISTS_WITH_DIFFERENT_FIELDS, like a ledger idempotency mismatch.
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("retry-1"), "{}", err.message());
+    assert_eq!(c.remaining(&lic).await, Some(4));
+}
+
+/// Runs the CLI against the cluster's operator: (success, stdout, stderr).
+fn cli(c: &Cluster, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .args(["--operator", &c.url])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run tessera");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Issue 8 items 10 and 2: a deposit replay says it was already recorded and changes nothing;
+/// keys are per customer; a key reused with another amount is refused naming key and
+/// customer; a deposit near i64::MAX is refused naming the limit and leaves the ledger
+/// readable for everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deposits_replay_per_customer_and_stay_below_the_maximum() {
+    let c = Cluster::start(5_000);
+    let deposit = |user: &str, amount: &str, key: &str| {
+        cli(
+            &c,
+            &[
+                "deposit",
+                "--user",
+                user,
+                "--amount-micros",
+                amount,
+                "--key",
+                key,
+            ],
+        )
+    };
+    let (ok, out, _) = deposit("alice", "5000000", "k1");
+    assert!(ok && out.starts_with("deposited 5.00"), "{out}");
+    let (ok, out, _) = deposit("alice", "5000000", "k1");
+    assert!(ok && out.starts_with("already recorded"), "{out}");
+    // Another customer's use of the same key is its own deposit.
+    let (ok, out, _) = deposit("bob", "7000000", "k1");
+    assert!(ok && out.starts_with("deposited 7.00"), "{out}");
+    let (ok, _, err) = deposit("alice", "6000000", "k1");
+    assert!(!ok, "a reused key with another amount is refused");
+    assert!(
+        err.contains("idempotency key") && err.contains("k1") && err.contains("customer alice"),
+        "names the key and the customer: {err}"
+    );
+    // The attack: a deposit near i64::MAX.
+    let (ok, _, err) = deposit("mallory", &(i64::MAX - 1).to_string(), "big");
+    assert!(
+        !ok && err.contains("1000000000000000"),
+        "names the limit: {err}"
+    );
+    // Deposits at the limit by several customers leave the ledger readable and balanced.
+    for who in ["m1", "m2", "m3"] {
+        let (ok, out, err) = deposit(who, "1000000000000000", "max");
+        assert!(ok, "{out}{err}");
+    }
+    let (ok, out, err) = deposit("carol", "1000000", "k1");
+    assert!(ok && out.starts_with("deposited"), "{out}{err}");
+    let b = c
+        .client()
+        .await
+        .list_balances(pb::ListRequest {})
+        .await
+        .expect("balances readable")
+        .into_inner();
+    assert!(b.balanced);
+    let bal = |a: &str| {
+        b.balances
+            .iter()
+            .find(|x| x.account == a)
+            .map(|x| x.balance_micros)
+    };
+    assert_eq!(bal("customer:alice:cash"), Some(5_000_000));
+    assert_eq!(bal("customer:bob:cash"), Some(7_000_000));
+    assert_eq!(bal("customer:mallory:cash"), None);
+    assert_eq!(bal("customer:m3:cash"), Some(1_000_000_000_000_000));
+    let (ok, out, err) = cli(&c, &["ledger", "balances"]);
+    assert!(ok && out.contains("customer:m1:cash"), "{out}{err}");
+}
