@@ -14,6 +14,8 @@ use super::output::fmt_micros;
 use crate::progress::{self, PhaseBar};
 
 /// `tessera job …`.
+// Parsed once per process; the size of the submit variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum JobCmd {
     /// Submit a PSI job.

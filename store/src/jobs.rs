@@ -484,7 +484,9 @@ impl Store {
             if let Some(prior) = prior {
                 let prior_id: String = prior.try_get(0)?;
                 let prior_request: String = prior.try_get(1)?;
-                if prior_request != job.request.to_string() {
+                let prior_request: serde_json::Value =
+                    serde_json::from_str(&prior_request).map_err(corrupt)?;
+                if prior_request != job.request {
                     return Err(StoreError::IdempotencyMismatch {
                         kind: "job request",
                         id: format!("{request_id:?} of user {}", job.user),

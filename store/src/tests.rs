@@ -530,22 +530,47 @@ async fn huge_amounts_are_refused_and_the_ledger_stays_readable() {
         ),
         "{err}"
     );
-    // The external account's debits reach the running-total maximum after 1,000 full
-    // deposits; refused there, not overflowed.
-    assert!(MAX_ACCOUNT_TOTAL_MICROS / MAX_AMOUNT_MICROS >= 1_000);
-    let balances = store.balances().await.expect("readable");
+    // The external account's debits reach the running-total maximum (10^18) after 1,000
+    // full deposits: the batch that would pass it is refused whole, never overflowed.
+    let batch: Vec<TransferSpec> = (0..=MAX_ACCOUNT_TOTAL_MICROS / MAX_AMOUNT_MICROS - 20)
+        .map(|i| deposit(&format!("d{i}"), "k", MAX_AMOUNT_MICROS))
+        .collect();
+    let err = store
+        .post_transfers(&batch, 3)
+        .await
+        .expect_err("past the running total");
+    assert!(
+        matches!(&err, StoreError::Ledger(LedgerError::AccountTotalAboveMaximum { account, .. }) if account == "external"),
+        "{err}"
+    );
+    store
+        .post_transfers(&batch[..batch.len() - 1], 3)
+        .await
+        .expect("up to the running total");
     assert_eq!(
-        balances
-            .iter()
-            .find(|b| b.account == "external")
-            .map(|b| b.balance_micros),
-        Some(-20 * MAX_AMOUNT_MICROS)
+        store.balance("external").await.expect("readable"),
+        -MAX_ACCOUNT_TOTAL_MICROS
     );
     assert!(store.ledger_balanced().await.expect("readable"));
-    // Everyone else can still deposit.
     store
-        .post_transfers(&[deposit("alice", "k", 5)], 4)
+        .post_transfers(&batch[batch.len() - 1..], 3)
         .await
-        .expect("ordinary deposit");
+        .expect_err("still refused");
+    let balances = store.balances().await.expect("readable");
+    assert_eq!(balances.len(), 1 + 20 + 1_000 - 20);
+    assert!(store.ledger_balanced().await.expect("readable"));
+    // Vouchers come from another account and still work.
+    store
+        .post_transfers(
+            &[tessera_accounting::settle::deposit(
+                "alice",
+                tessera_accounting::settle::DepositInto::RechargeVoucher,
+                5,
+                "k",
+            )],
+            4,
+        )
+        .await
+        .expect("voucher");
     assert!(store.ledger_balanced().await.expect("readable"));
 }
