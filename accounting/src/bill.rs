@@ -274,7 +274,7 @@ impl Amounts {
 
     fn from_members(m: [Micros; 8]) -> Self {
         Self {
-            original: m.iter().sum(),
+            original: m.iter().fold(0i64, |acc, v| acc.saturating_add(*v)),
             platform_discount: m[0],
             customer_discount: m[1],
             coupon: m[2],

@@ -116,11 +116,11 @@ pub struct Drawn {
 impl Drawn {
     /// What was taken from `fund`.
     pub fn take(&self, fund: Fund) -> Micros {
+        // At most five funds, each at most MAX_AMOUNT_MICROS: saturation never triggers.
         self.takes
             .iter()
             .filter(|(f, _)| *f == fund)
-            .map(|(_, t)| *t)
-            .sum()
+            .fold(0i64, |acc, (_, t)| acc.saturating_add(*t))
     }
 }
 
@@ -263,8 +263,7 @@ impl Wallet {
     pub fn deduction_voucher_total_micros(&self) -> Micros {
         self.deduction_vouchers
             .iter()
-            .map(|v| v.balance_micros)
-            .sum()
+            .fold(0i64, |acc, v| acc.saturating_add(v.balance_micros))
     }
 
     /// Coupons not used yet.

@@ -296,6 +296,16 @@ pub(crate) async fn close_due(
     Ok(closed)
 }
 
+/// SQLite's `SUM` of integers raises "integer overflow" rather than wrap or turn to REAL:
+/// the sums below are checked; this names that failure as the ledger's typed overflow.
+fn checked_sum_error(e: sqlx::Error) -> StoreError {
+    if e.to_string().contains("integer overflow") {
+        StoreError::Ledger(tessera_accounting::LedgerError::Overflow)
+    } else {
+        e.into()
+    }
+}
+
 async fn bill_totals(
     conn: &mut SqliteConnection,
     bill: &str,
@@ -310,7 +320,8 @@ async fn bill_totals(
     )
     .bind(bill)
     .fetch_one(&mut *conn)
-    .await?;
+    .await
+    .map_err(checked_sum_error)?;
     let lines = count(r.try_get(0)?)?;
     Ok((
         lines,
@@ -341,7 +352,8 @@ async fn statement_for(
     .bind(provider)
     .bind(period)
     .fetch_one(&mut *conn)
-    .await?;
+    .await
+    .map_err(checked_sum_error)?;
     let paid = sqlx::query(
         "SELECT payout_transfer_id, created_at_ms FROM provider_statements WHERE provider = ? AND period = ?",
     )

@@ -597,7 +597,15 @@ impl Store {
              OR a.credits_pending_micros != (SELECT COALESCE(SUM(amount_micros), 0) FROM ledger_transfers t WHERE credit_account = a.name AND {OPEN})"
         ))
         .fetch_one(&self.read)
-        .await?;
+        .await
+        .map_err(|e| {
+            // SQLite's SUM raises on overflow (never wraps): only tampered data gets here.
+            if e.to_string().contains("integer overflow") {
+                StoreError::Corrupt("an account's transfers sum beyond i64".into())
+            } else {
+                e.into()
+            }
+        })?;
         let mismatched: i64 = r.try_get(0)?;
         let [debits, credits, debits_pending, credits_pending] = sums;
         Ok(debits == credits && debits_pending == credits_pending && mismatched == 0)
