@@ -168,7 +168,7 @@ pub enum ScenarioError {
     },
     /// An event names a customer, product, subscription, contract, voucher or metered
     /// resource that does not exist.
-    #[error("event {event} ({event_kind}): field {field} names an unknown {kind} {id:?}")]
+    #[error("event {event} ({event_kind}), field {field}: unknown {kind} {id}")]
     UnknownReference {
         /// The event's index in the file's `[[events]]` (0-based).
         event: usize,

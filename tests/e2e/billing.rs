@@ -86,7 +86,11 @@ fn billing_simulate_refuses_malformed_scenarios() {
         "name = \"x\"\n[[events]]\nat = \"2021-01-02\"\nkind = \"recharge\"\ncustomer = \"ghost\"\namount = 1\n",
     )
     .expect("write");
-    assert_refused(&unknown, &["unknown customer ghost"]);
+    // Names the event (0-based index and kind) and the field holding the reference.
+    assert_refused(
+        &unknown,
+        &["event 0 (recharge), field customer: unknown customer ghost"],
+    );
 
     let binary = dir.path().join("binary.toml");
     std::fs::write(&binary, [0xff_u8, 0xfe, 0x00, 0x80]).expect("write");
