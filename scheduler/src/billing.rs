@@ -17,7 +17,7 @@ use tessera_store::{
 };
 
 use crate::SchedulerError;
-use crate::validate::{customer, non_negative, positive, required};
+use crate::validate::{amount, customer, positive, required};
 
 pub use tessera_accounting::settle::DepositInto;
 
@@ -140,7 +140,7 @@ impl BillingService {
         limit_micros: i64,
     ) -> Result<(), SchedulerError> {
         customer("customer", customer_id)?;
-        non_negative("limit_micros", limit_micros)?;
+        amount("limit_micros", limit_micros)?;
         let account = AccountKind::CustomerCredit(customer_id.to_string()).name();
         self.store
             .set_account_limit(&account, Some(-limit_micros))

@@ -115,7 +115,9 @@ impl RecordService {
                 dataset.dataset_id, dataset.owner_party
             )));
         }
-        crate::validate::non_negative("monthly_price_micros", l.monthly_price_micros)?;
+        crate::validate::amount("monthly_price_micros", l.monthly_price_micros)?;
+        crate::validate::amount("price_per_job_micros", l.price.per_job_micros)?;
+        crate::validate::amount("price_per_1k_rows_micros", l.price.per_1k_rows_micros)?;
         let licence_id = self.ids.next("lic-");
         let record = LicenceRecord {
             licence_id: licence_id.clone(),

@@ -86,6 +86,17 @@ pub fn non_negative(name: &str, v: i64) -> Result<(), SchedulerError> {
     Ok(())
 }
 
+/// An amount of micro-units from `0` to [`tessera_accounting::money::MAX_AMOUNT_MICROS`]
+/// (10^15, 10^9 yuan) inclusive: a price, a credit line.
+///
+/// # Errors
+/// [`SchedulerError::Invalid`] naming the field and the limit.
+pub fn amount(name: &str, v: i64) -> Result<(), SchedulerError> {
+    non_negative(name, v)?;
+    tessera_accounting::ledger::check_amount(v)
+        .map_err(|e| SchedulerError::Invalid(format!("{name}: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,5 +118,14 @@ mod tests {
         assert!(positive("amount_micros", 0).is_err());
         assert!(non_negative("limit_micros", 0).is_ok());
         assert!(non_negative("limit_micros", -1).is_err());
+        assert!(amount("price", 1_000_000_000_000_000).is_ok());
+        let err = amount("price", i64::MAX)
+            .expect_err("too large")
+            .to_string();
+        assert!(
+            err.contains("price") && err.contains("1000000000000000"),
+            "{err}"
+        );
+        assert!(amount("price", -1).is_err());
     }
 }

@@ -94,6 +94,10 @@ pub fn job_line(j: &pb::Job) -> String {
     if !j.result_location.is_empty() {
         s.push_str(&format!(" result={}", j.result_location));
     }
+    if j.delivered_at_ms.is_some() && j.state() != pb::JobState::Succeeded {
+        // Past its delivery point: whatever happens now, the run is consumed and charged.
+        s.push_str(" delivered");
+    }
     if j.charge_micros != 0 {
         s.push_str(&format!(" charge={}", fmt_micros(j.charge_micros)));
     }
