@@ -181,11 +181,12 @@ struct Existing {
     job_id: Option<String>,
     kind: String,
     pending_id: Option<String>,
+    memo: String,
 }
 
 async fn existing(conn: &mut SqliteConnection, id: &str) -> Result<Option<Existing>, StoreError> {
     let r = sqlx::query(
-        "SELECT debit_account, credit_account, amount_micros, job_id, kind, pending_id \
+        "SELECT debit_account, credit_account, amount_micros, job_id, kind, pending_id, memo \
          FROM ledger_transfers WHERE transfer_id = ?",
     )
     .bind(id)
@@ -199,6 +200,7 @@ async fn existing(conn: &mut SqliteConnection, id: &str) -> Result<Option<Existi
             job_id: r.try_get(3)?,
             kind: r.try_get(4)?,
             pending_id: r.try_get(5)?,
+            memo: r.try_get(6)?,
         })
     })
     .transpose()
@@ -282,10 +284,12 @@ async fn post_or_hold(
     t.validate()?;
     let kind = if pending { "pending" } else { "posted" };
     if let Some(e) = existing(conn, &t.id).await? {
+        // Every field of the transfer: any difference is a different transfer.
         let same = e.debit == t.debit
             && e.credit == t.credit
             && e.amount == t.amount_micros
             && e.job_id == t.job_id
+            && e.memo == t.memo
             && e.kind == kind;
         return if same {
             Ok(TransferOutcome::Exists)

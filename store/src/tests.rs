@@ -230,12 +230,20 @@ async fn failure_not_the_buyers_releases_and_finish_is_exactly_once() {
             .expect("retry"),
         vec![TransferOutcome::Exists]
     );
-    let mut different = charge;
-    different.amount_micros = 101;
-    assert!(matches!(
-        store.post_transfers(&[different], 51).await,
-        Err(StoreError::IdempotencyMismatch { .. })
-    ));
+    // Any field different is a different transfer (the memo included).
+    for change in [
+        (|t: &mut TransferSpec| t.amount_micros = 101) as fn(&mut TransferSpec),
+        |t| t.memo = "other".into(),
+        |t| t.job_id = None,
+        |t| t.credit = "operator:revenue".into(),
+    ] {
+        let mut different = charge.clone();
+        change(&mut different);
+        assert!(matches!(
+            store.post_transfers(&[different], 51).await,
+            Err(StoreError::IdempotencyMismatch { .. })
+        ));
+    }
     assert!(store.ledger_balanced().await.expect("balanced"));
     assert_eq!(
         store
