@@ -81,6 +81,12 @@
 //!    frames, and matches the two value sets (sort + binary search).
 //! 5. Sender waits for `Done`, so that it never hangs up while frames are still in flight.
 //!
+//! **Delivery point** (what the operator bills on): the sender's receipt of `Done`, i.e. the
+//! moment [`run_sender`] returns `Ok`. The receiver sends `Done` only once it holds every
+//! sender frame, so from then on it can compute the output without the sender; the caller
+//! (the worker) reports this milestone, and any failure after it is charged
+//! (`tessera_accounting::settle::delivered_job`).
+//!
 //! On a local failure a party sends a best-effort `Abort` frame with a reason code (given up
 //! after a few polls if the link does not accept it, so a full queue cannot hang us), so that
 //! the peer stops with [`PsiError::PeerAborted`] instead of waiting; it carries no data.
