@@ -51,6 +51,19 @@ pub fn job_to_pb(v: &JobView) -> pb::Job {
         charge_micros: j.charge_micros,
         created_at_ms: j.created_at_ms,
         finished_at_ms: j.finished_at_ms,
+        result_file: j.result_file.as_ref().map(|f| pb::ResultFile {
+            name: f.name.clone(),
+            bytes: f.bytes,
+            rows: f.rows,
+            sha256_hex: f.sha256_hex.clone(),
+        }),
+        buyer_empty_keys: j.buyer_empty_keys,
+        provider_empty_keys: j.provider_empty_keys,
+        error_kind: j
+            .failure
+            .as_ref()
+            .map(|o| o.kind.clone())
+            .unwrap_or_default(),
     }
 }
 

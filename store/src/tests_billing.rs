@@ -453,6 +453,9 @@ async fn term_covers(store: &Store, id: &str, now: i64) -> Result<(), String> {
                 user: "u".into(),
                 mode: tessera_core::PsiMode::Size,
                 request: serde_json::json!({}),
+                buyer_party: "buy".into(),
+                provider_party: "prov".into(),
+                output: String::new(),
                 now_ms: now,
             },
             |c| {
