@@ -468,7 +468,12 @@ impl Scheduler {
                         .as_ref()
                         .map(|l| l.licensor.clone())
                         .unwrap_or_default(),
-                    output: req.output.clone(),
+                    // Only a result that gets written holds its name.
+                    output: if req.mode == PsiMode::Intersection {
+                        req.output.clone()
+                    } else {
+                        String::new()
+                    },
                     now_ms: now,
                 },
                 decide,

@@ -138,6 +138,16 @@ async fn failure_not_the_buyers_releases_and_finish_is_exactly_once() {
         })
     );
     assert_eq!(out.job.error, "worker lost: w-7");
+    // The detail and where it happened are in the audit chain.
+    let entries = store.audit_entries().await.expect("audit");
+    let complete = entries
+        .iter()
+        .find(|e| e.kind == "complete" && e.subject == "job-1")
+        .expect("complete entry");
+    let detail: serde_json::Value = serde_json::from_str(&complete.detail_json).expect("json");
+    assert_eq!(detail["error"], "worker lost: w-7");
+    assert_eq!(detail["failure"]["kind"], "worker_lost");
+    assert_eq!(detail["failure"]["party"], "prov");
     assert_eq!(
         (
             out.job.buyer_party.as_str(),
