@@ -14,6 +14,8 @@ use super::output::fmt_micros;
 use crate::progress::{self, PhaseBar};
 
 /// `tessera job …`.
+// Parsed once per process from the command line; boxing `Submit` would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum JobCmd {
     /// Submit a PSI job.
