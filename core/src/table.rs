@@ -636,7 +636,7 @@ pub fn normalise(raw: &str, case: KeyCase, form: UnicodeForm) -> Cow<'_, str> {
     }
     let formed = to_form(t, form);
     let cased = to_case(&formed, case);
-    let again = if case == KeyCase::Preserve {
+    let again = if case == KeyCase::Preserve || form == UnicodeForm::None {
         cased
     } else {
         Cow::Owned(to_form(&cased, form).into_owned())
