@@ -878,3 +878,52 @@ impl Scheduler {
         self.job(job_id).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(mode: PsiMode, output: &str, carry: &[&str]) -> JobRequest {
+        JobRequest {
+            user: "u1".into(),
+            user_groups: vec![],
+            licence_id: "lic".into(),
+            scene: "psi".into(),
+            buyer_party: "buy".into(),
+            buyer_dataset_id: "b".into(),
+            buyer_columns: vec!["mail".into(), "tel".into()],
+            provider_columns: vec!["email".into(), "phone".into()],
+            mode,
+            key_case: KeyCase::Fold,
+            output: output.into(),
+            unicode_form: UnicodeForm::Nfc,
+            empty_keys: EmptyKeys::Skip,
+            carry_columns: carry.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+
+    /// `(mode, output, carried columns, accepted)` per row.
+    fn check(cases: &[(PsiMode, &str, &[&str], bool)]) {
+        for (mode, output, carry, ok) in cases {
+            let got = request(*mode, output, carry).validate();
+            assert_eq!(got.is_ok(), *ok, "{mode} {output:?} {carry:?}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn carried_columns_need_a_written_result_and_distinct_names() {
+        use PsiMode::*;
+        let many: Vec<String> = (0..=COLUMNS_MAX).map(|i| format!("c{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        check(&[
+            (Intersection, "r.csv", &[], true),
+            (Intersection, "r.csv", &["name", "spend"], true),
+            (Intersection, "", &["name"], false),
+            (Size, "r.csv", &["name"], false),
+            (Intersection, "r.csv", &["name", "name"], false),
+            (Intersection, "r.csv", &["tel"], false),
+            (Intersection, "r.csv", &[""], false),
+            (Intersection, "r.csv", &many, false),
+        ]);
+    }
+}
