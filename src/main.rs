@@ -160,15 +160,15 @@ mod tests {
                   --operator <OPERATOR>
                       Operator URL [default: http://127.0.0.1:7100]
                   --user <USER>
-          
+                      The submitting user (the buyer; pays and sees the result)
                   --groups <GROUPS>
                       Comma-separated groups the user belongs to [default: ""]
                   --licence <LICENCE>
-          
+                      The licence to run under
                   --buyer-party <BUYER_PARTY>
-          
+                      The buyer's party (its worker runs the receiver and writes the result)
                   --buyer-dataset <BUYER_DATASET>
-          
+                      The buyer's own dataset id
                   --buyer-columns <BUYER_COLUMNS>
                       Key columns in the buyer's dataset, comma-separated
                   --provider-columns <PROVIDER_COLUMNS>

@@ -22,15 +22,19 @@ pub enum JobCmd {
     Submit {
         #[command(flatten)]
         conn: Conn,
+        /// The submitting user (the buyer; pays and sees the result).
         #[arg(long)]
         user: String,
         /// Comma-separated groups the user belongs to.
         #[arg(long, default_value = "")]
         groups: String,
+        /// The licence to run under.
         #[arg(long)]
         licence: String,
+        /// The buyer's party (its worker runs the receiver and writes the result).
         #[arg(long)]
         buyer_party: String,
+        /// The buyer's own dataset id.
         #[arg(long)]
         buyer_dataset: String,
         /// Key columns in the buyer's dataset, comma-separated.
