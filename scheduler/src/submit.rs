@@ -195,7 +195,7 @@ impl Scheduler {
         party: &str,
         scene: &tessera_policy::UseScene,
         now: i64,
-    ) -> Result<Placed, Refusal> {
+    ) -> Result<Placed, (Refusal, Vec<String>)> {
         let mut misfits = Vec::new();
         let best = workers
             .iter()
@@ -215,21 +215,23 @@ impl Scheduler {
                 worker_id: id.clone(),
                 peer_addr: w.peer_addr.clone(),
             }),
-            None if misfits.is_empty() => Err(Refusal::NoWorker {
-                reason: format!("no live worker of party {party}"),
-            }),
+            None if misfits.is_empty() => Err((
+                Refusal::NoWorker {
+                    reason: format!("no live worker of party {party}"),
+                },
+                misfits,
+            )),
             None => {
                 // Worker ids and attributes are the party's own business: they go to the
-                // operator's log (and the refusal's audit entry records the placement), the
-                // refusal names only how many workers did not fit.
+                // operator's log and the refusal's audit entry (`placement`); the refusal
+                // names only how many workers did not fit.
                 tracing::info!(party, misfits = %misfits.join(" | "), "no worker fits");
-                Err(Refusal::NoWorker {
-                    reason: format!(
-                        "no live worker of party {party} fits the policy's environment lists \
-                         ({} live worker(s) checked)",
-                        misfits.len()
-                    ),
-                })
+                let reason = format!(
+                    "no live worker of party {party} fits the policy's environment lists \
+                     ({} live worker(s) checked)",
+                    misfits.len()
+                );
+                Err((Refusal::NoWorker { reason }, misfits))
             }
         }
     }
@@ -439,8 +441,14 @@ impl Scheduler {
                         }
                     }
                     (p, b) => {
-                        reasons.extend(p.err());
-                        reasons.extend(b.err());
+                        let mut placement = Vec::new();
+                        for (refusal, misfits) in [p.err(), b.err()].into_iter().flatten() {
+                            reasons.push(refusal);
+                            placement.extend(misfits);
+                        }
+                        if let Some(d) = detail.as_object_mut() {
+                            d.insert("placement".into(), serde_json::json!(placement));
+                        }
                     }
                 }
             }
