@@ -172,19 +172,20 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::PsiFiles { alice, bob, out } => {
             let spec = tessera_core::table::KeySpec {
                 columns: vec!["id".into()],
-                case: Default::default(),
+                ..Default::default()
             };
             let t0 = Instant::now();
             let a = tessera_core::table::read_keys(&alice, &spec)?;
             let b = tessera_core::table::read_keys(&bob, &spec)?;
             let read_s = t0.elapsed().as_secs_f64();
             let r = run_pair(a.keys, b.keys.clone(), Mode::Intersection).await?;
-            let keys: Vec<Vec<u8>> = r
+            let rows: Vec<[String; 1]> = r
                 .result
                 .iter()
-                .filter_map(|&i| b.keys.get(i).cloned())
+                .filter_map(|&i| b.keys.get(i))
+                .map(|k| [String::from_utf8_lossy(k).into_owned()])
                 .collect();
-            tessera_core::table::write_key_column_csv(&out, "id", &keys)?;
+            tessera_core::table::write_result_csv(&out, &["id"], &rows)?;
             println!(
                 "METRICS {}",
                 serde_json::json!({"psi_s": r.wall_s, "read_s": read_s, "bytes_sent": r.bytes_sent})

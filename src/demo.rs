@@ -243,6 +243,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         provider_columns: vec!["id".into()],
         mode: mode.into(),
         key_case: pb::KeyCase::Lower.into(),
+        unicode_form: pb::UnicodeForm::Nfc.into(),
+        empty_keys: pb::EmptyKeys::Skip.into(),
+        // The result carries the buyer's own spend next to its original ids.
+        carry_columns: if output.is_empty() {
+            Vec::new()
+        } else {
+            vec!["spend".into()]
+        },
         output: output.into(),
         user_groups: String::new(),
         request_id: String::new(),
@@ -261,17 +269,25 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         let j = if j.state() == pb::JobState::Refused {
             j
         } else {
-            watch(&mut c, &j.job_id).await?
+            watch(&mut c, &j.job_id, Some(USER)).await?
         };
         println!("finished {}", job_line(&j));
         let mut ok =
             j.state() == pb::JobState::Succeeded && j.result_size == Some(truth.len() as u64);
         if mode == pb::PsiMode::Intersection && ok {
             let path = args.dir.join("buyer/outputs").join(output);
-            let text = std::fs::read_to_string(&path)
+            // The result holds the buyer's original ids (upper case, spaces kept) and its
+            // spend, one CSV column each; normalised the same way, they are the intersection.
+            let mut reader = csv::Reader::from_path(&path)
                 .with_context(|| format!("reading {}", path.display()))?;
-            let got: HashSet<String> = text.lines().skip(1).map(|l| l.trim().to_string()).collect();
-            ok = got == truth;
+            let mut got: HashSet<String> = HashSet::new();
+            for record in reader.records() {
+                let record = record.with_context(|| format!("reading {}", path.display()))?;
+                ok &= record.len() == 2;
+                got.insert(record.get(0).unwrap_or_default().trim().to_lowercase());
+            }
+            ok &= reader.headers()?.iter().eq(["customer_id", "spend"]);
+            ok &= got == truth;
             println!(
                 "result file {}: {} ids, equal to the true intersection: {ok}",
                 path.display(),

@@ -157,20 +157,38 @@ mod tests {
             Usage: tessera job submit [OPTIONS] --user <USER> --licence <LICENCE> --buyer-party <BUYER_PARTY> --buyer-dataset <BUYER_DATASET>
 
             Options:
-                  --operator <OPERATOR>                  Operator URL [default: http://127.0.0.1:7100]
-                  --user <USER>                          
-                  --groups <GROUPS>                      Comma-separated groups the user belongs to [default: ""]
-                  --licence <LICENCE>                    
-                  --buyer-party <BUYER_PARTY>            
-                  --buyer-dataset <BUYER_DATASET>        
-                  --buyer-columns <BUYER_COLUMNS>        Key columns in the buyer's dataset, comma-separated
-                  --provider-columns <PROVIDER_COLUMNS>  Key columns in the provider's dataset, comma-separated
-                  --mode <MODE>                          intersection | size [default: intersection]
-                  --key-case <KEY_CASE>                  preserve | lower | upper [default: preserve]
-                  --output <OUTPUT>                      Result file name on the buyer's worker [default: ""]
-                  --request-id <REQUEST_ID>              Idempotency key per user: a retry gets the same job
-                  --watch                                Follow the job until it ends
-              -h, --help                                 Print help
+                  --operator <OPERATOR>
+                      Operator URL [default: http://127.0.0.1:7100]
+                  --user <USER>
+                      The submitting user (the buyer; pays and sees the result)
+                  --groups <GROUPS>
+                      Comma-separated groups the user belongs to [default: ""]
+                  --licence <LICENCE>
+                      The licence to run under
+                  --buyer-party <BUYER_PARTY>
+                      The buyer's party (its worker runs the receiver and writes the result)
+                  --buyer-dataset <BUYER_DATASET>
+                      The buyer's own dataset id
+                  --buyer-columns <BUYER_COLUMNS>
+                      Key columns in the buyer's dataset, comma-separated
+                  --provider-columns <PROVIDER_COLUMNS>
+                      Key columns in the provider's dataset, comma-separated
+                  --mode <MODE>
+                      intersection | size [default: intersection]
+                  --key-case <KEY_CASE>
+                      Case rule for keys on both sides: preserve (as in the file), lower, upper (Unicode full mappings; they disagree on e.g. ß), or fold (Unicode full case folding: the one for caseless matching, `straße` = `STRASSE`) [default: preserve]
+                  --unicode <UNICODE_FORM>
+                      Unicode normalisation of keys on both sides: none (code points as they are), nfc (canonical: precomposed `é` = `e` + U+0301) or nfkc (also compatibility variants: full-width `Ａ` = `A`, `ﬁ` = `fi`). Applied after trimming, before the case rule [default: none]
+                  --empty-keys <EMPTY_KEYS>
+                      Rows whose key is empty after normalisation (with several key columns: ANY column empty) are no identifier: skip leaves them out and counts them in the job's summary (each party sees its own count); fail makes the job fail [default: skip]
+                  --output <OUTPUT>
+                      Result file name on the buyer's worker (intersection mode). A result never replaces a file: a name already recorded by another job of the buyer party is refused [default: ""]
+                  --carry-columns <CARRY_COLUMNS>
+                      Further columns of the buyer's own dataset written next to the key columns in the result, comma-separated (the provider's columns are never written)
+                  --watch
+                      Follow the job until it ends
+              -h, --help
+                      Print help
         "#]].assert_eq(&help(&["tessera", "job", "submit", "--help"]));
     }
 }

@@ -16,5 +16,5 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use link::{Link, LinkError, LinkStats, MemLink};
 pub mod task;
 pub use job::{CountState, JobState, PsiMode, TaskErrorKind, TaskRole, TaskState};
-pub use table::KeyCase;
+pub use table::{EmptyKeys, KeyCase, UnicodeForm};
 pub use task::{TaskSpec, WorkerAttributes};

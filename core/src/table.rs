@@ -1,5 +1,7 @@
-//! Arrow table input: reads the key columns of a dataset file into normalised key byte strings,
-//! and writes a single key column back out as CSV.
+//! Arrow table input and result output: reads the key columns of a dataset file into
+//! normalised key byte strings (keeping, when asked, the original values of some columns of the
+//! rows that take part), and writes a result table as an RFC 4180 CSV file that never replaces
+//! an existing file.
 //!
 //! Supported inputs, chosen by file extension (case-insensitive):
 //!
@@ -7,24 +9,34 @@
 //!   are never inferred, so `"00123"` stays `"00123"`). Quoting follows RFC 4180; an empty
 //!   field counts as null.
 //! * `.parquet` / `.pq` — read with the `parquet` Arrow reader; key columns may be Utf8,
-//!   LargeUtf8, Utf8View or any integer type (rendered as a decimal string).
+//!   LargeUtf8, Utf8View or any integer type (rendered as a decimal string), or a dictionary
+//!   of one of those (a pandas categorical is `Dictionary(Int32, Utf8)`): its strings are read.
 //!
-//! Files are read in record batches of [`READ_BATCH_ROWS`] rows; only the key columns are
-//! decoded. Every value is normalised by trimming (Unicode) whitespace and then applying the
-//! [`KeyCase`]. Several key columns are joined, in the order given, with the unit separator byte
-//! [`KEY_COLUMN_SEPARATOR`] (0x1F); a value that itself contains that byte is rejected when
-//! more than one key column is used, so that joined keys stay unambiguous. Null values become
-//! the empty string.
+//! Files are read in record batches of [`READ_BATCH_ROWS`] rows; only the needed columns are
+//! decoded. Every key component is normalised ([`normalise`]): trimmed of (Unicode) whitespace,
+//! brought to the [`UnicodeForm`] (NFC, NFKC or as is), then to the [`KeyCase`] (full case
+//! folding, lower, upper or as is), then brought to the form and trimmed again (case mapping can
+//! leave text unnormalised). Several key columns are joined, in the order given, with the unit
+//! separator byte [`KEY_COLUMN_SEPARATOR`] (0x1F) — internally only, never in a result; a value
+//! that itself contains that byte is rejected when more than one key column is used, so that
+//! joined keys stay unambiguous.
+//!
+//! Empty keys: a row whose key has an empty component after normalisation (a null, an empty or
+//! an all-whitespace cell in ANY key column) is not an identifier. With [`EmptyKeys::Skip`] (the
+//! default) it takes no part and is counted in [`KeyedInput::empty_keys`]; with
+//! [`EmptyKeys::Fail`] reading fails with [`TableError::EmptyKey`] at the first such row.
 //!
 //! Bounds: at most [`limits::DATASET_ROWS_MAX`] rows, keys of at most [`limits::KEY_BYTES_MAX`]
-//! bytes, a CSV header of at most [`CSV_HEADER_BYTES_MAX`] bytes and a CSV record of at most
-//! [`CSV_RECORD_BYTES_MAX`] bytes (so a file without line breaks cannot make us buffer it whole).
-//! Bytes that violate the format produce [`TableError::Malformed`] with the line (CSV) or row
-//! (Parquet) number where it is known; nothing read from a file panics.
+//! bytes, kept original values of at most [`KEPT_ROW_BYTES_MAX`] bytes per row, a CSV header of
+//! at most [`CSV_HEADER_BYTES_MAX`] bytes and a CSV record of at most [`CSV_RECORD_BYTES_MAX`]
+//! bytes (so a file without line breaks cannot make us buffer it whole). Bytes that violate the
+//! format produce [`TableError::Malformed`] with the line (CSV) or row (Parquet) number where it
+//! is known; nothing read from a file panics.
 //!
 //! Keys are dataset content and may be personal data: [`KeyedInput`]'s `Debug` output shows only
 //! counts.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -39,9 +51,12 @@ use arrow_array::types::{
 use arrow_array::{Array, ArrayRef, LargeStringArray, RecordBatch, StringArray, StringViewArray};
 use arrow_csv::reader::{Format, ReaderBuilder};
 use arrow_schema::{ArrowError, DataType, Field, Schema};
+use icu_casemap::CaseMapper;
+use icu_normalizer::ComposingNormalizerBorrowed;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rand_core::{OsRng, RngCore};
+use sha2::{Digest, Sha256};
 
 use crate::limits;
 
@@ -53,64 +68,111 @@ pub const READ_BATCH_ROWS: usize = 1024;
 pub const CSV_HEADER_BYTES_MAX: usize = 256 * 1024;
 /// Longest CSV record (all fields of one row, key or not) accepted, in bytes.
 pub const CSV_RECORD_BYTES_MAX: usize = 256 * 1024;
+/// Largest total of the original values kept for one row ([`read_keys_keeping`]), in bytes.
+pub const KEPT_ROW_BYTES_MAX: usize = 64 * 1024;
 /// Size of the read buffer used for CSV input, in bytes.
 const CSV_READ_BUFFER_BYTES: usize = 64 * 1024;
 /// The UTF-8 byte order mark some tools put in front of a CSV header.
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
-/// Case normalisation applied to every key component after trimming.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum KeyCase {
-    /// Keep the case as it is in the file.
-    #[default]
-    Preserve,
-    /// Unicode lower case.
-    Lower,
-    /// Unicode upper case.
-    Upper,
-}
-
-impl KeyCase {
-    /// The lowercase name used by serde, `FromStr` and `Display`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KeyCase::Preserve => "preserve",
-            KeyCase::Lower => "lower",
-            KeyCase::Upper => "upper",
+/// Declares a closed vocabulary with one lowercase text form per variant: `as_str`,
+/// `Display`, `FromStr` (ASCII case ignored) and serde in that form.
+macro_rules! text_enum {
+    ($(#[$m:meta])* $name:ident, $err:ident, $what:literal { $($(#[$vm:meta])* $v:ident => $t:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+        pub enum $name {
+            $($(#[$vm])* #[serde(rename = $t)] $v),+
         }
+
+        impl $name {
+            /// Every variant, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$v),+];
+
+            /// The lowercase name used by serde, `FromStr` and `Display`.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$v => $t),+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        #[doc = concat!("A string that names no [`", stringify!($name), "`].")]
+        #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+        #[error("unknown {} {value:?}; expected one of: {}", $what, [$($t),+].join(", "))]
+        pub struct $err {
+            /// The rejected input.
+            pub value: String,
+        }
+
+        impl FromStr for $name {
+            type Err = $err;
+
+            /// Accepts the lowercase names, ignoring ASCII case.
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::ALL
+                    .iter()
+                    .copied()
+                    .find(|c| c.as_str().eq_ignore_ascii_case(s))
+                    .ok_or_else(|| $err { value: s.to_owned() })
+            }
+        }
+    };
+}
+
+text_enum!(
+    /// Case normalisation applied to every key component (after the [`UnicodeForm`]).
+    ///
+    /// `lower` and `upper` are Unicode's full lower/upper case mappings (`str::to_lowercase`,
+    /// `str::to_uppercase`); they are not inverse of each other: `straße` lowers to itself but
+    /// uppers to `STRASSE`. `fold` is Unicode full case folding (CaseFolding.txt, C+F), made
+    /// for caseless matching: `straße`, `STRASSE` and `Strasse` all fold to `strasse`.
+    KeyCase, ParseKeyCaseError, "key case" {
+        /// Keep the case as it is in the file.
+        #[default]
+        Preserve => "preserve",
+        /// Unicode full lower case.
+        Lower => "lower",
+        /// Unicode full upper case.
+        Upper => "upper",
+        /// Unicode full case folding (for caseless matching; the recommended caseless option).
+        Fold => "fold",
     }
-}
+);
 
-impl fmt::Display for KeyCase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+text_enum!(
+    /// Unicode normalisation form applied to every key component (UAX #15).
+    ///
+    /// `nfc` makes canonically equivalent text equal (`é` precomposed U+00E9 and `e` + U+0301);
+    /// `nfkc` also folds compatibility variants (full-width `Ａ` and `A`, the ligature `ﬁ` and
+    /// `fi`, superscript `²` and `2`). `none` compares code points as they are.
+    UnicodeForm, ParseUnicodeFormError, "unicode form" {
+        /// No normalisation: code points as in the file.
+        #[default]
+        None => "none",
+        /// Canonical composition (NFC).
+        Nfc => "nfc",
+        /// Compatibility composition (NFKC).
+        Nfkc => "nfkc",
     }
-}
+);
 
-/// A string that names no [`KeyCase`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown key case {value:?}; expected one of: preserve, lower, upper")]
-pub struct ParseKeyCaseError {
-    /// The rejected input.
-    pub value: String,
-}
-
-impl FromStr for KeyCase {
-    type Err = ParseKeyCaseError;
-
-    /// Accepts `preserve`, `lower` or `upper`, ignoring ASCII case.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [KeyCase::Preserve, KeyCase::Lower, KeyCase::Upper]
-            .into_iter()
-            .find(|c| c.as_str().eq_ignore_ascii_case(s))
-            .ok_or_else(|| ParseKeyCaseError {
-                value: s.to_owned(),
-            })
+text_enum!(
+    /// What a row whose key is empty (after normalisation) does to a job.
+    EmptyKeys, ParseEmptyKeysError, "empty-key rule" {
+        /// The row takes no part; the rows left out are counted.
+        #[default]
+        Skip => "skip",
+        /// Reading fails at the first such row.
+        Fail => "fail",
     }
-}
+);
 
 /// Which columns form the key, and how values are normalised.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -120,15 +182,27 @@ pub struct KeySpec {
     /// Case normalisation (default: preserve).
     #[serde(default)]
     pub case: KeyCase,
+    /// Unicode normalisation form (default: none).
+    #[serde(default)]
+    pub unicode: UnicodeForm,
+    /// What a row with an empty key does (default: skip).
+    #[serde(default)]
+    pub empty: EmptyKeys,
 }
 
 /// The keys read from one file.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct KeyedInput {
-    /// One normalised key per row, in file order.
+    /// One normalised key per row that takes part, in file order.
     pub keys: Vec<Vec<u8>>,
-    /// Number of data rows read (equals `keys.len()`).
+    /// Number of data rows read (`keys.len() + empty_keys`).
     pub rows: u64,
+    /// Rows left out because their key is empty (see [`EmptyKeys`]).
+    pub empty_keys: u64,
+    /// When columns were asked to be kept ([`read_keys_keeping`]): for each key (same index),
+    /// the original values of those columns, as in the file (not normalised; a null is `""`).
+    /// Empty otherwise.
+    pub kept: Vec<Vec<String>>,
 }
 
 impl fmt::Debug for KeyedInput {
@@ -136,7 +210,9 @@ impl fmt::Debug for KeyedInput {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyedInput")
             .field("rows", &self.rows)
+            .field("empty_keys", &self.empty_keys)
             .field("keys", &format_args!("<{} keys>", self.keys.len()))
+            .field("kept", &format_args!("<{} rows>", self.kept.len()))
             .finish()
     }
 }
@@ -152,6 +228,8 @@ pub enum TableBound {
     HeaderBytes,
     /// A CSV record longer than [`CSV_RECORD_BYTES_MAX`] bytes.
     RecordBytes,
+    /// Kept original values of one row longer than [`KEPT_ROW_BYTES_MAX`] bytes.
+    KeptBytes,
 }
 
 impl fmt::Display for TableBound {
@@ -161,6 +239,7 @@ impl fmt::Display for TableBound {
             TableBound::KeyBytes => ("key bytes", limits::KEY_BYTES_MAX),
             TableBound::HeaderBytes => ("CSV header bytes", CSV_HEADER_BYTES_MAX),
             TableBound::RecordBytes => ("CSV record bytes", CSV_RECORD_BYTES_MAX),
+            TableBound::KeptBytes => ("kept value bytes per row", KEPT_ROW_BYTES_MAX),
         };
         write!(f, "{what} (limit {max})")
     }
@@ -236,13 +315,31 @@ pub enum TableError {
         /// The 1-based data row where it was exceeded, where known.
         at_row: Option<u64>,
     },
-    /// A key handed to [`write_key_column_csv`] is not valid UTF-8.
-    #[error("key at index {index} is not valid UTF-8")]
-    KeyNotUtf8 {
-        /// Index into the key slice.
-        index: usize,
+    /// A row's key is empty after normalisation and the spec says [`EmptyKeys::Fail`].
+    #[error("{path}: {at}: empty key (the job asks to fail on empty keys)")]
+    EmptyKey {
+        /// The file.
+        path: PathBuf,
+        /// Where: `line N` (CSV) or `row N` (Parquet).
+        at: String,
     },
-    /// The header handed to [`write_key_column_csv`] is empty.
+    /// The result file already exists; a result never replaces a file.
+    #[error("{path}: already exists (a result never replaces a file)")]
+    OutputExists {
+        /// The result path.
+        path: PathBuf,
+    },
+    /// A result row has not as many fields as the header.
+    #[error("result row {index} has {got} fields, the header {want}")]
+    RowWidth {
+        /// 0-based row index.
+        index: usize,
+        /// Fields in the row.
+        got: usize,
+        /// Fields in the header.
+        want: usize,
+    },
+    /// The header handed to [`write_result_csv`] is empty.
     #[error("CSV header must not be empty")]
     EmptyHeader,
     /// An operating-system I/O failure (message includes the path).
@@ -308,8 +405,22 @@ fn parquet_error(path: &Path, e: parquet::errors::ParquetError) -> TableError {
 }
 
 /// Reads the key columns of `path` (CSV or Parquet, by extension) into one normalised key per
-/// row, in file order.
+/// row that takes part, in file order (see the module docs for normalisation and empty keys).
+///
+/// Errors: [`TableError`] for a missing or unreadable file, an unknown or unsupported column,
+/// malformed bytes, an exceeded bound, or an empty key under [`EmptyKeys::Fail`].
 pub fn read_keys(path: &Path, spec: &KeySpec) -> Result<KeyedInput, TableError> {
+    read_keys_keeping(path, spec, &[])
+}
+
+/// Like [`read_keys`], and also keeps, for each row that takes part, the original values of the
+/// columns `keep` (in that order; a name may repeat and may be a key column) in
+/// [`KeyedInput::kept`]. Kept values are bounded by [`KEPT_ROW_BYTES_MAX`] per row.
+pub fn read_keys_keeping(
+    path: &Path,
+    spec: &KeySpec,
+    keep: &[String],
+) -> Result<KeyedInput, TableError> {
     if spec.columns.is_empty() {
         return Err(TableError::NoKeyColumns);
     }
@@ -322,14 +433,18 @@ pub fn read_keys(path: &Path, spec: &KeySpec) -> Result<KeyedInput, TableError> 
     }
     let file = File::open(path).map_err(|e| io_error(path, e))?;
     match format {
-        FileFormat::Csv => read_csv(path, file, spec),
-        FileFormat::Parquet => read_parquet(path, file, spec),
+        FileFormat::Csv => read_csv(path, file, spec, keep),
+        FileFormat::Parquet => read_parquet(path, file, spec, keep),
     }
 }
 
-/// Finds the position of each key column among `names`.
-fn locate_columns(path: &Path, names: &[String], spec: &KeySpec) -> Result<Vec<usize>, TableError> {
-    spec.columns
+/// Finds the position of each of `columns` among `names`.
+fn locate_columns(
+    path: &Path,
+    names: &[String],
+    columns: &[String],
+) -> Result<Vec<usize>, TableError> {
+    columns
         .iter()
         .map(|column| {
             let mut hits = names
@@ -352,7 +467,8 @@ fn locate_columns(path: &Path, names: &[String], spec: &KeySpec) -> Result<Vec<u
         .collect()
 }
 
-/// Sorted, distinct column indices to decode, and for each key column its position among them.
+/// Sorted, distinct column indices to decode, and for each wanted column its position among
+/// them.
 fn projection_of(indices: &[usize]) -> (Vec<usize>, Vec<usize>) {
     let mut projection = indices.to_vec();
     projection.sort_unstable();
@@ -373,12 +489,16 @@ enum RowLabel {
     ParquetRow,
 }
 
-/// Accumulates normalised keys batch by batch.
+/// Accumulates normalised keys (and kept values) batch by batch.
 struct KeyBuilder<'a> {
     path: &'a Path,
     spec: &'a KeySpec,
     label: RowLabel,
-    keys: Vec<Vec<u8>>,
+    /// Batch positions of the key columns, then of the kept columns.
+    key_positions: Vec<usize>,
+    kept_positions: Vec<usize>,
+    kept_names: &'a [String],
+    out: KeyedInput,
     scratch_key: Vec<u8>,
     scratch_text: String,
 }
@@ -387,30 +507,46 @@ impl fmt::Debug for KeyBuilder<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyBuilder")
             .field("path", &self.path)
-            .field("rows", &self.keys.len())
+            .field("rows", &self.out.rows)
             .finish_non_exhaustive()
     }
 }
 
-/// Whether a column of this type can be turned into keys (see [`KeyColumn`]).
+/// Whether a column of this type can be read as strings (see [`KeyColumn`]); a dictionary is
+/// read as its values.
 fn is_supported_key_type(data_type: &DataType) -> bool {
-    matches!(
-        data_type,
+    match data_type {
+        DataType::Dictionary(key, value) => {
+            key.is_integer()
+                && !matches!(**value, DataType::Dictionary(..))
+                && is_supported_key_type(value)
+        }
         DataType::Utf8
-            | DataType::LargeUtf8
-            | DataType::Utf8View
-            | DataType::Int8
-            | DataType::Int16
-            | DataType::Int32
-            | DataType::Int64
-            | DataType::UInt8
-            | DataType::UInt16
-            | DataType::UInt32
-            | DataType::UInt64
-    )
+        | DataType::LargeUtf8
+        | DataType::Utf8View
+        | DataType::Int8
+        | DataType::Int16
+        | DataType::Int32
+        | DataType::Int64
+        | DataType::UInt8
+        | DataType::UInt16
+        | DataType::UInt32
+        | DataType::UInt64 => true,
+        _ => false,
+    }
 }
 
-/// One key column of a record batch, viewed as optional strings.
+/// A dictionary-encoded column (e.g. a pandas categorical) unpacked to its value type, so that
+/// it reads like any other string or integer column; other arrays are shared as they are.
+fn undictionary(path: &Path, column: &str, array: &ArrayRef) -> Result<ArrayRef, TableError> {
+    match array.data_type() {
+        DataType::Dictionary(_, value) => arrow_cast::cast(array, value)
+            .map_err(|e| malformed(path, format!("column {column:?}: {e}"))),
+        _ => Ok(Arc::clone(array)),
+    }
+}
+
+/// One column of a record batch, viewed as optional strings.
 enum KeyColumn<'a> {
     Utf8(&'a StringArray),
     LargeUtf8(&'a LargeStringArray),
@@ -467,100 +603,216 @@ impl<'a> KeyColumn<'a> {
     }
 }
 
-/// Appends `raw`, trimmed and case-normalised, to `key`.
-fn push_component(key: &mut Vec<u8>, raw: &str, case: KeyCase) {
-    let t = raw.trim();
+/// Brings `text` to the Unicode form `form`.
+fn to_form(text: &str, form: UnicodeForm) -> Cow<'_, str> {
+    match form {
+        UnicodeForm::None => Cow::Borrowed(text),
+        UnicodeForm::Nfc => ComposingNormalizerBorrowed::new_nfc().normalize(text),
+        UnicodeForm::Nfkc => ComposingNormalizerBorrowed::new_nfkc().normalize(text),
+    }
+}
+
+/// Applies the case rule to `text`.
+fn to_case(text: &str, case: KeyCase) -> Cow<'_, str> {
     match case {
-        KeyCase::Preserve => key.extend_from_slice(t.as_bytes()),
-        KeyCase::Lower if t.is_ascii() => key.extend(t.bytes().map(|b| b.to_ascii_lowercase())),
-        KeyCase::Upper if t.is_ascii() => key.extend(t.bytes().map(|b| b.to_ascii_uppercase())),
-        KeyCase::Lower => key.extend_from_slice(t.to_lowercase().as_bytes()),
-        KeyCase::Upper => key.extend_from_slice(t.to_uppercase().as_bytes()),
+        KeyCase::Preserve => Cow::Borrowed(text),
+        KeyCase::Lower if text.is_ascii() => Cow::Owned(text.to_ascii_lowercase()),
+        KeyCase::Upper if text.is_ascii() => Cow::Owned(text.to_ascii_uppercase()),
+        KeyCase::Lower => Cow::Owned(text.to_lowercase()),
+        KeyCase::Upper => Cow::Owned(text.to_uppercase()),
+        KeyCase::Fold => CaseMapper::new().fold_string(text),
+    }
+}
+
+/// Normalises one key component: trim, Unicode form, case, and — when both a form and a case
+/// rule apply — the form again (case mapping can produce unnormalised text, e.g. upper-casing
+/// `i` + U+0307), then trim again (NFKC can turn a non-breaking space into a space).
+///
+/// Shape: any text in, normalised text out; an empty result means an empty key component.
+pub fn normalise(raw: &str, case: KeyCase, form: UnicodeForm) -> Cow<'_, str> {
+    let t = raw.trim();
+    if form == UnicodeForm::None && case == KeyCase::Preserve {
+        return Cow::Borrowed(t);
+    }
+    let formed = to_form(t, form);
+    let cased = to_case(&formed, case);
+    let again = if case == KeyCase::Preserve || form == UnicodeForm::None {
+        cased
+    } else {
+        Cow::Owned(to_form(&cased, form).into_owned())
+    };
+    match again {
+        Cow::Borrowed(b) => Cow::Owned(b.trim().to_owned()),
+        Cow::Owned(o) if o.trim().len() == o.len() => Cow::Owned(o),
+        Cow::Owned(o) => Cow::Owned(o.trim().to_owned()),
     }
 }
 
 impl<'a> KeyBuilder<'a> {
-    fn new(path: &'a Path, spec: &'a KeySpec, label: RowLabel) -> Self {
+    fn new(
+        path: &'a Path,
+        spec: &'a KeySpec,
+        label: RowLabel,
+        positions: &[usize],
+        kept_names: &'a [String],
+    ) -> Self {
+        let (key_positions, kept_positions) = positions.split_at(spec.columns.len());
         KeyBuilder {
             path,
             spec,
             label,
-            keys: Vec::new(),
+            key_positions: key_positions.to_vec(),
+            kept_positions: kept_positions.to_vec(),
+            kept_names,
+            out: KeyedInput::default(),
             scratch_key: Vec::new(),
             scratch_text: String::new(),
         }
     }
 
-    fn row_error(&self, data_row: u64, detail: &str) -> TableError {
-        let at = match self.label {
+    fn at(&self, data_row: u64) -> String {
+        match self.label {
             RowLabel::CsvLine => format!("line {}", data_row.saturating_add(1)),
             RowLabel::ParquetRow => format!("row {data_row}"),
-        };
-        malformed(self.path, format!("{at}: {detail}"))
+        }
     }
 
-    /// Adds the rows of `batch`; `positions[k]` is the batch column of key column `k`.
-    fn push_batch(&mut self, batch: &RecordBatch, positions: &[usize]) -> Result<(), TableError> {
+    fn row_error(&self, data_row: u64, detail: &str) -> TableError {
+        malformed(self.path, format!("{}: {detail}", self.at(data_row)))
+    }
+
+    /// The batch's arrays at `positions` (dictionaries unpacked), checked for length.
+    fn arrays(
+        &self,
+        batch: &RecordBatch,
+        positions: &[usize],
+        names: &[String],
+    ) -> Result<Vec<ArrayRef>, TableError> {
+        positions
+            .iter()
+            .zip(names)
+            .map(|(&p, name)| {
+                let array = batch.columns().get(p).ok_or_else(|| {
+                    malformed(self.path, format!("column {name:?} missing from a batch"))
+                })?;
+                if array.len() != batch.num_rows() {
+                    return Err(malformed(self.path, "inconsistent column lengths"));
+                }
+                undictionary(self.path, name, array)
+            })
+            .collect()
+    }
+
+    /// Adds the rows of `batch`.
+    fn push_batch(&mut self, batch: &RecordBatch) -> Result<(), TableError> {
         let n = batch.num_rows();
-        if self.keys.len().saturating_add(n) > limits::DATASET_ROWS_MAX {
+        let read = usize::try_from(self.out.rows).unwrap_or(usize::MAX);
+        if read.saturating_add(n) > limits::DATASET_ROWS_MAX {
             return Err(TableError::TooLarge {
                 path: self.path.to_owned(),
                 bound: TableBound::Rows,
                 at_row: Some(limits::DATASET_ROWS_MAX as u64 + 1),
             });
         }
-        let columns = positions
+        let key_arrays = self.arrays(batch, &self.key_positions, &self.spec.columns)?;
+        let kept_arrays = self.arrays(batch, &self.kept_positions, self.kept_names)?;
+        let columns = key_arrays
             .iter()
             .zip(&self.spec.columns)
-            .map(|(&p, name)| {
-                let array = batch.columns().get(p).ok_or_else(|| {
-                    malformed(self.path, format!("column {name:?} missing from a batch"))
-                })?;
-                if array.len() != n {
-                    return Err(malformed(self.path, "inconsistent column lengths"));
-                }
-                KeyColumn::new(self.path, name, array)
-            })
+            .map(|(a, name)| KeyColumn::new(self.path, name, a))
             .collect::<Result<Vec<_>, _>>()?;
-        let multi = columns.len() > 1;
-        self.keys.reserve(n);
+        let kept = kept_arrays
+            .iter()
+            .zip(self.kept_names)
+            .map(|(a, name)| KeyColumn::new(self.path, name, a))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.out.keys.reserve(n);
         for row in 0..n {
-            let data_row = self.keys.len() as u64 + 1;
-            let mut key = std::mem::take(&mut self.scratch_key);
-            key.clear();
-            for (k, col) in columns.iter().enumerate() {
-                if k > 0 {
-                    key.push(KEY_COLUMN_SEPARATOR);
-                }
-                if let Some(raw) = col.value(row, &mut self.scratch_text) {
-                    if multi && raw.as_bytes().contains(&KEY_COLUMN_SEPARATOR) {
-                        self.scratch_key = key;
-                        return Err(self.row_error(
-                            data_row,
-                            "key value contains the unit separator byte 0x1F",
-                        ));
-                    }
-                    push_component(&mut key, raw, self.spec.case);
-                }
-                if key.len() > limits::KEY_BYTES_MAX {
-                    return Err(TableError::TooLarge {
+            self.out.rows += 1;
+            let data_row = self.out.rows;
+            let Some(key) = self.row_key(&columns, row, data_row)? else {
+                if self.spec.empty == EmptyKeys::Fail {
+                    return Err(TableError::EmptyKey {
                         path: self.path.to_owned(),
-                        bound: TableBound::KeyBytes,
-                        at_row: Some(data_row),
+                        at: self.at(data_row),
                     });
                 }
+                self.out.empty_keys += 1;
+                continue;
+            };
+            self.out.keys.push(key);
+            if !kept.is_empty() {
+                let values = self.row_kept(&kept, row, data_row)?;
+                self.out.kept.push(values);
             }
-            self.keys.push(key.as_slice().to_vec());
-            self.scratch_key = key;
         }
         Ok(())
     }
 
-    fn finish(self) -> KeyedInput {
-        KeyedInput {
-            rows: self.keys.len() as u64,
-            keys: self.keys,
+    /// The normalised key of `row`, or `None` when a component is empty.
+    fn row_key(
+        &mut self,
+        columns: &[KeyColumn<'_>],
+        row: usize,
+        data_row: u64,
+    ) -> Result<Option<Vec<u8>>, TableError> {
+        let multi = columns.len() > 1;
+        let mut key = std::mem::take(&mut self.scratch_key);
+        key.clear();
+        let mut empty = false;
+        for (k, col) in columns.iter().enumerate() {
+            if k > 0 {
+                key.push(KEY_COLUMN_SEPARATOR);
+            }
+            let raw = col.value(row, &mut self.scratch_text).unwrap_or("");
+            if multi && raw.as_bytes().contains(&KEY_COLUMN_SEPARATOR) {
+                self.scratch_key = key;
+                return Err(
+                    self.row_error(data_row, "key value contains the unit separator byte 0x1F")
+                );
+            }
+            let part = normalise(raw, self.spec.case, self.spec.unicode);
+            empty |= part.is_empty();
+            key.extend_from_slice(part.as_bytes());
+            if key.len() > limits::KEY_BYTES_MAX {
+                return Err(TableError::TooLarge {
+                    path: self.path.to_owned(),
+                    bound: TableBound::KeyBytes,
+                    at_row: Some(data_row),
+                });
+            }
         }
+        let out = (!empty).then(|| key.as_slice().to_vec());
+        self.scratch_key = key;
+        Ok(out)
+    }
+
+    /// The original values of the kept columns of `row`.
+    fn row_kept(
+        &mut self,
+        kept: &[KeyColumn<'_>],
+        row: usize,
+        data_row: u64,
+    ) -> Result<Vec<String>, TableError> {
+        let mut bytes = 0usize;
+        let mut values = Vec::with_capacity(kept.len());
+        for col in kept {
+            let v = col.value(row, &mut self.scratch_text).unwrap_or("");
+            bytes = bytes.saturating_add(v.len());
+            if bytes > KEPT_ROW_BYTES_MAX {
+                return Err(TableError::TooLarge {
+                    path: self.path.to_owned(),
+                    bound: TableBound::KeptBytes,
+                    at_row: Some(data_row),
+                });
+            }
+            values.push(v.to_owned());
+        }
+        Ok(values)
+    }
+
+    fn finish(self) -> KeyedInput {
+        self.out
     }
 }
 
@@ -592,9 +844,19 @@ fn read_csv_header(path: &Path, file: &mut File) -> Result<(Vec<String>, usize),
     Ok((names, header_bytes))
 }
 
-fn read_csv(path: &Path, mut file: File, spec: &KeySpec) -> Result<KeyedInput, TableError> {
+/// The key columns followed by the kept columns.
+fn wanted(spec: &KeySpec, keep: &[String]) -> Vec<String> {
+    spec.columns.iter().chain(keep).cloned().collect()
+}
+
+fn read_csv(
+    path: &Path,
+    mut file: File,
+    spec: &KeySpec,
+    keep: &[String],
+) -> Result<KeyedInput, TableError> {
     let (names, header_bytes) = read_csv_header(path, &mut file)?;
-    let indices = locate_columns(path, &names, spec)?;
+    let indices = locate_columns(path, &names, &wanted(spec, keep))?;
     let (projection, positions) = projection_of(&indices);
     file.seek(SeekFrom::Start(0))
         .map_err(|e| io_error(path, e))?;
@@ -611,7 +873,7 @@ fn read_csv(path: &Path, mut file: File, spec: &KeySpec) -> Result<KeyedInput, T
         .with_projection(projection)
         .build_decoder();
     let mut reader = BufReader::with_capacity(CSV_READ_BUFFER_BYTES, file);
-    let mut builder = KeyBuilder::new(path, spec, RowLabel::CsvLine);
+    let mut builder = KeyBuilder::new(path, spec, RowLabel::CsvLine, &positions, keep);
     // Bytes consumed since the decoder last completed a record (undercounted by at most one
     // read buffer): bounds the memory a single record can take. The header, which the decoder
     // skips without counting it as a record, gets its own allowance.
@@ -632,7 +894,7 @@ fn read_csv(path: &Path, mut file: File, spec: &KeySpec) -> Result<KeyedInput, T
                     return Err(TableError::TooLarge {
                         path: path.to_owned(),
                         bound: TableBound::RecordBytes,
-                        at_row: Some(builder.keys.len() as u64 + 1),
+                        at_row: Some(builder.out.rows + 1),
                     });
                 }
             }
@@ -641,14 +903,19 @@ fn read_csv(path: &Path, mut file: File, spec: &KeySpec) -> Result<KeyedInput, T
             }
         }
         match decoder.flush().map_err(|e| arrow_error(path, e))? {
-            Some(batch) => builder.push_batch(&batch, &positions)?,
+            Some(batch) => builder.push_batch(&batch)?,
             None => break,
         }
     }
     Ok(builder.finish())
 }
 
-fn read_parquet(path: &Path, file: File, spec: &KeySpec) -> Result<KeyedInput, TableError> {
+fn read_parquet(
+    path: &Path,
+    file: File,
+    spec: &KeySpec,
+    keep: &[String],
+) -> Result<KeyedInput, TableError> {
     let builder =
         ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| parquet_error(path, e))?;
     let total_rows = builder.metadata().file_metadata().num_rows();
@@ -665,8 +932,9 @@ fn read_parquet(path: &Path, file: File, spec: &KeySpec) -> Result<KeyedInput, T
         .iter()
         .map(|f| f.name().clone())
         .collect();
-    let indices = locate_columns(path, &names, spec)?;
-    for (&i, column) in indices.iter().zip(&spec.columns) {
+    let columns = wanted(spec, keep);
+    let indices = locate_columns(path, &names, &columns)?;
+    for (&i, column) in indices.iter().zip(&columns) {
         let data_type = builder.schema().field(i).data_type();
         if !is_supported_key_type(data_type) {
             return Err(TableError::UnsupportedColumnType {
@@ -683,49 +951,67 @@ fn read_parquet(path: &Path, file: File, spec: &KeySpec) -> Result<KeyedInput, T
         .with_batch_size(READ_BATCH_ROWS)
         .build()
         .map_err(|e| parquet_error(path, e))?;
-    let mut keys = KeyBuilder::new(path, spec, RowLabel::ParquetRow);
+    let mut keys = KeyBuilder::new(path, spec, RowLabel::ParquetRow, &positions, keep);
     for batch in reader {
         let batch = batch.map_err(|e| arrow_error(path, e))?;
-        keys.push_batch(&batch, &positions)?;
+        keys.push_batch(&batch)?;
     }
     Ok(keys.finish())
 }
 
-/// Appends `field` to `out` as one CSV field, quoted when needed (RFC 4180). Empty fields are
-/// written as `""` so that a row is never a blank line.
-fn push_csv_field(out: &mut Vec<u8>, field: &str) {
-    let needs_quotes = field.is_empty()
-        || field
-            .bytes()
-            .any(|b| matches!(b, b',' | b'"' | b'\r' | b'\n'))
-        || field.trim() != field;
-    if needs_quotes {
-        out.push(b'"');
-        for b in field.bytes() {
-            if b == b'"' {
-                out.push(b'"');
-            }
-            out.push(b);
-        }
-        out.push(b'"');
-    } else {
-        out.extend_from_slice(field.as_bytes());
+/// What [`write_result_csv`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WrittenFile {
+    /// File size in bytes.
+    pub bytes: u64,
+    /// Data rows (the header not counted).
+    pub rows: u64,
+    /// SHA-256 of the file's bytes.
+    pub sha256: [u8; 32],
+}
+
+/// A writer that counts and hashes what passes through it.
+struct Digesting<W> {
+    inner: W,
+    bytes: u64,
+    hash: Sha256,
+}
+
+impl<W: Write> Write for Digesting<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        let done = buf.get(..n).unwrap_or(buf);
+        self.hash.update(done);
+        self.bytes = self.bytes.saturating_add(done.len() as u64);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }
 
-/// Writes a one-column CSV file: `header`, then one key per line (keys must be UTF-8).
+/// Writes a result table as CSV (RFC 4180: CRLF line ends, fields quoted when needed, every
+/// column its own): `header`, then one line per row. Every row must have the header's width.
 ///
-/// The file is written atomically: to a temporary file in the same directory, synced, then
-/// renamed over `path`. On error the temporary file is removed and `path` is untouched.
-pub fn write_key_column_csv(path: &Path, header: &str, keys: &[Vec<u8>]) -> Result<(), TableError> {
+/// The file never replaces anything: it is written to a temporary file in the same directory,
+/// synced, then published under `path` with a hard link, which fails if `path` exists
+/// ([`TableError::OutputExists`]); the temporary name is removed in every case, and on error
+/// `path` is untouched. Returns the size, row count and SHA-256 of what was written.
+pub fn write_result_csv<H, R, F>(
+    path: &Path,
+    header: &[H],
+    rows: R,
+) -> Result<WrittenFile, TableError>
+where
+    H: AsRef<str>,
+    R: IntoIterator,
+    R::Item: AsRef<[F]>,
+    F: AsRef<str>,
+{
     if header.is_empty() {
         return Err(TableError::EmptyHeader);
     }
-    let keys: Vec<&str> = keys
-        .iter()
-        .enumerate()
-        .map(|(index, k)| std::str::from_utf8(k).map_err(|_| TableError::KeyNotUtf8 { index }))
-        .collect::<Result<_, _>>()?;
     let file_name = path
         .file_name()
         .ok_or_else(|| TableError::Io(format!("{}: not a file path", path.display())))?;
@@ -733,46 +1019,94 @@ pub fn write_key_column_csv(path: &Path, header: &str, keys: &[Vec<u8>]) -> Resu
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
     };
+    if std::fs::symlink_metadata(path).is_ok() {
+        return Err(TableError::OutputExists {
+            path: path.to_owned(),
+        });
+    }
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(file_name);
     tmp_name.push(format!(".{:016x}.tmp", OsRng.next_u64()));
     let tmp_path = dir.join(tmp_name);
 
-    let result = write_csv_to(&tmp_path, header, &keys)
-        .and_then(|()| std::fs::rename(&tmp_path, path).map_err(|e| io_error(path, e)));
-    match result {
-        Ok(()) => {
-            // Best effort: persist the rename itself.
-            if let Ok(d) = File::open(&dir) {
-                let _ = d.sync_all();
+    let result = write_csv_to(&tmp_path, path, header, rows).and_then(|written| {
+        std::fs::hard_link(&tmp_path, path).map_err(|e| {
+            if e.kind() == io::ErrorKind::AlreadyExists {
+                TableError::OutputExists {
+                    path: path.to_owned(),
+                }
+            } else {
+                io_error(path, e)
             }
-            Ok(())
-        }
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp_path);
-            Err(e)
+        })?;
+        Ok(written)
+    });
+    let _ = std::fs::remove_file(&tmp_path);
+    if result.is_ok() {
+        // Best effort: persist the new directory entry.
+        if let Ok(d) = File::open(&dir) {
+            let _ = d.sync_all();
         }
     }
+    result
 }
 
-fn write_csv_to(tmp_path: &Path, header: &str, keys: &[&str]) -> Result<(), TableError> {
+fn write_csv_to<H, R, F>(
+    tmp_path: &Path,
+    path: &Path,
+    header: &[H],
+    rows: R,
+) -> Result<WrittenFile, TableError>
+where
+    H: AsRef<str>,
+    R: IntoIterator,
+    R::Item: AsRef<[F]>,
+    F: AsRef<str>,
+{
     let file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(tmp_path)
-        .map_err(|e| io_error(tmp_path, e))?;
-    let mut w = BufWriter::new(file);
-    let mut line = Vec::with_capacity(256);
-    for field in std::iter::once(header).chain(keys.iter().copied()) {
-        line.clear();
-        push_csv_field(&mut line, field);
-        line.push(b'\n');
-        w.write_all(&line).map_err(|e| io_error(tmp_path, e))?;
+        .map_err(|e| io_error(path, e))?;
+    let sink = Digesting {
+        inner: BufWriter::new(file),
+        bytes: 0,
+        hash: Sha256::new(),
+    };
+    let mut w = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::CRLF)
+        .quote_style(csv::QuoteStyle::Necessary)
+        .from_writer(sink);
+    let csv_err = |e: csv::Error| TableError::Io(format!("{}: {e}", path.display()));
+    w.write_record(header.iter().map(AsRef::as_ref))
+        .map_err(csv_err)?;
+    let mut count: u64 = 0;
+    for (index, row) in rows.into_iter().enumerate() {
+        let row = row.as_ref();
+        if row.len() != header.len() {
+            return Err(TableError::RowWidth {
+                index,
+                got: row.len(),
+                want: header.len(),
+            });
+        }
+        w.write_record(row.iter().map(AsRef::as_ref))
+            .map_err(csv_err)?;
+        count += 1;
     }
-    let file = w
+    let sink = w
         .into_inner()
-        .map_err(|e| io_error(tmp_path, e.into_error()))?;
-    file.sync_all().map_err(|e| io_error(tmp_path, e))
+        .map_err(|e| TableError::Io(format!("{}: {}", path.display(), e.error())))?;
+    let file = sink
+        .inner
+        .into_inner()
+        .map_err(|e| io_error(path, e.into_error()))?;
+    file.sync_all().map_err(|e| io_error(path, e))?;
+    Ok(WrittenFile {
+        bytes: sink.bytes,
+        rows: count,
+        sha256: sink.hash.finalize().into(),
+    })
 }
 
 #[cfg(test)]
@@ -785,7 +1119,12 @@ mod tests {
         KeySpec {
             columns: cols.iter().map(|c| c.to_string()).collect(),
             case,
+            ..KeySpec::default()
         }
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
     }
 
     fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
@@ -812,7 +1151,9 @@ mod tests {
         );
         let got = read_keys(&p, &spec(&["id"], KeyCase::Preserve)).expect("read");
         assert_eq!(got.rows, 4);
-        assert_eq!(keys_of(&got), ["00123", "42", "a,b", ""]);
+        // The empty cell is not an identifier: left out and counted.
+        assert_eq!(keys_of(&got), ["00123", "42", "a,b"]);
+        assert_eq!(got.empty_keys, 1);
     }
 
     #[test]
@@ -825,10 +1166,10 @@ mod tests {
                 .as_bytes(),
         );
         let got = read_keys(&p, &spec(&["phone", "email"], KeyCase::Lower)).expect("read");
-        assert_eq!(
-            keys_of(&got),
-            ["0123\u{1f}alice@example.com", "\u{1f}école@x.fr"]
-        );
+        // The second row's phone is empty: with several key columns, any empty column makes
+        // the key empty.
+        assert_eq!(keys_of(&got), ["0123\u{1f}alice@example.com"]);
+        assert_eq!((got.rows, got.empty_keys), (2, 1));
         let got = read_keys(&p, &spec(&["email"], KeyCase::Upper)).expect("read");
         assert_eq!(keys_of(&got), ["ALICE@EXAMPLE.COM", "ÉCOLE@X.FR"]);
         let got = read_keys(&p, &spec(&["email"], KeyCase::Preserve)).expect("read");
@@ -848,47 +1189,197 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let keys: Vec<Vec<u8>> = (0..5000).map(|i| format!("k{i:05}").into_bytes()).collect();
         let p = dir.path().join("out.csv");
-        write_key_column_csv(&p, "key", &keys).expect("write");
+        let rows: Vec<[String; 1]> = keys
+            .iter()
+            .map(|k| [String::from_utf8(k.clone()).expect("utf8")])
+            .collect();
+        write_result_csv(&p, &["key"], &rows).expect("write");
         let got = read_keys(&p, &spec(&["key"], KeyCase::Preserve)).expect("read");
         assert_eq!(got.rows, 5000);
         assert_eq!(got.keys, keys);
     }
 
     #[test]
-    fn csv_write_round_trip_with_quoting() {
+    fn result_csv_is_rfc4180_with_every_column_its_own() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let keys: Vec<Vec<u8>> = vec![
-            b"plain".to_vec(),
-            b"with,comma".to_vec(),
-            b"with \"quote\"".to_vec(),
-            b"line\nbreak".to_vec(),
-            b"".to_vec(),
-            b"a\x1fb".to_vec(),
+        let rows = vec![
+            strings(&["plain", " Padded "]),
+            strings(&["with,comma", "with \"quote\""]),
+            strings(&["line\nbreak", ""]),
+            strings(&["a\u{1f}b", "C002"]),
         ];
-        let p = dir.path().join("keys.csv");
-        write_key_column_csv(&p, "the key", &keys).expect("write");
-        // Overwrite works too, and leaves no temporary files behind.
-        write_key_column_csv(&p, "the key", &keys).expect("rewrite");
-        let entries = std::fs::read_dir(dir.path()).expect("ls").count();
-        assert_eq!(entries, 1);
-        let got = read_keys(&p, &spec(&["the key"], KeyCase::Preserve)).expect("read");
-        assert_eq!(got.keys, keys);
+        let p = dir.path().join("r.csv");
+        let w = write_result_csv(&p, &["the key", "b"], &rows).expect("write");
+        let bytes = std::fs::read(&p).expect("read");
+        assert_eq!(
+            String::from_utf8(bytes.clone()).expect("utf8"),
+            "the key,b\r\nplain, Padded \r\n\"with,comma\",\"with \"\"quote\"\"\"\r\n\
+             \"line\nbreak\",\r\na\u{1f}b,C002\r\n"
+        );
+        assert_eq!(w.rows, 4);
+        assert_eq!(w.bytes, bytes.len() as u64);
+        assert_eq!(w.sha256, <[u8; 32]>::from(Sha256::digest(&bytes)));
+        // A standard reader gets the same fields back.
+        let mut r = csv::Reader::from_path(&p).expect("csv");
+        let back: Vec<Vec<String>> = r
+            .records()
+            .map(|rec| rec.expect("record").iter().map(String::from).collect())
+            .collect();
+        assert_eq!(back, rows);
+        assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 1);
     }
 
     #[test]
-    fn write_rejects_non_utf8_and_empty_header() {
+    fn a_result_never_replaces_a_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("r.csv");
+        std::fs::write(&p, b"paid result\n").expect("write");
+        let err = write_result_csv(&p, &["k"], [["x"]]).expect_err("must refuse");
+        assert_eq!(err, TableError::OutputExists { path: p.clone() });
+        assert_eq!(std::fs::read(&p).expect("read"), b"paid result\n");
+        // No temporary file is left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 1);
+    }
+
+    #[test]
+    fn write_rejects_ragged_rows_and_empty_header() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("k.csv");
         assert_eq!(
-            write_key_column_csv(&p, "k", &[b"ok".to_vec(), vec![0xff]]),
-            Err(TableError::KeyNotUtf8 { index: 1 })
+            write_result_csv(&p, &["a", "b"], [vec!["1", "2"], vec!["3"]]),
+            Err(TableError::RowWidth {
+                index: 1,
+                got: 1,
+                want: 2
+            })
         );
+        let none: [[&str; 0]; 0] = [];
         assert_eq!(
-            write_key_column_csv(&p, "", &[]),
+            write_result_csv::<&str, _, &str>(&p, &[], none),
             Err(TableError::EmptyHeader)
         );
         assert!(!p.exists());
         assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 0);
+    }
+
+    #[test]
+    fn empty_keys_are_skipped_and_counted_or_fail() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = write(
+            dir.path(),
+            "a.csv",
+            "a,b\n1,x\n,y\n \u{3000} ,z\n2,\n3,w\n".as_bytes(),
+        );
+        let got = read_keys(&p, &spec(&["a"], KeyCase::Preserve)).expect("read");
+        assert_eq!(keys_of(&got), ["1", "2", "3"]);
+        assert_eq!((got.rows, got.empty_keys), (5, 2));
+        let got = read_keys(&p, &spec(&["a", "b"], KeyCase::Preserve)).expect("read");
+        assert_eq!(keys_of(&got), ["1\u{1f}x", "3\u{1f}w"]);
+        assert_eq!((got.rows, got.empty_keys), (5, 3));
+        let mut fail = spec(&["a"], KeyCase::Preserve);
+        fail.empty = EmptyKeys::Fail;
+        assert_eq!(
+            read_keys(&p, &fail),
+            Err(TableError::EmptyKey {
+                path: p.clone(),
+                at: "line 3".into()
+            })
+        );
+        assert_eq!("FAIL".parse::<EmptyKeys>(), Ok(EmptyKeys::Fail));
+        assert!("drop".parse::<EmptyKeys>().is_err());
+    }
+
+    #[test]
+    fn kept_columns_hold_the_original_values_of_the_rows_that_take_part() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = write(
+            dir.path(),
+            "a.csv",
+            b"id,name,extra\n C002 ,Ann,1\n,Bob,2\nc003,\"Li, Wei\",\n",
+        );
+        let keep = strings(&["id", "extra", "name"]);
+        let got = read_keys_keeping(&p, &spec(&["id"], KeyCase::Lower), &keep).expect("read");
+        assert_eq!(keys_of(&got), ["c002", "c003"]);
+        assert_eq!(
+            got.kept,
+            vec![
+                strings(&[" C002 ", "1", "Ann"]),
+                strings(&["c003", "", "Li, Wei"])
+            ]
+        );
+        assert!(matches!(
+            read_keys_keeping(&p, &spec(&["id"], KeyCase::Lower), &strings(&["nope"])),
+            Err(TableError::UnknownColumn { .. })
+        ));
+        let big = format!("id,v\n1,{}\n", "v".repeat(KEPT_ROW_BYTES_MAX + 1));
+        let p = write(dir.path(), "b.csv", big.as_bytes());
+        assert!(matches!(
+            read_keys_keeping(&p, &spec(&["id"], KeyCase::Lower), &strings(&["v"])),
+            Err(TableError::TooLarge {
+                bound: TableBound::KeptBytes,
+                at_row: Some(1),
+                ..
+            })
+        ));
+    }
+
+    /// `(raw, case, form, expected)` per row.
+    fn check_normalise(cases: &[(&str, KeyCase, UnicodeForm, &str)]) {
+        for (raw, case, form, want) in cases {
+            assert_eq!(normalise(raw, *case, *form), *want, "{raw:?} {case} {form}");
+        }
+    }
+
+    #[test]
+    fn unicode_forms_and_case_folding() {
+        use KeyCase::*;
+        use UnicodeForm as U;
+        check_normalise(&[
+            // NFD and NFC spellings of "école" meet only under a normal form.
+            ("e\u{301}cole", Preserve, U::None, "e\u{301}cole"),
+            ("e\u{301}cole", Preserve, U::Nfc, "\u{e9}cole"),
+            ("\u{e9}cole", Preserve, U::Nfc, "\u{e9}cole"),
+            // NFKC also folds compatibility variants.
+            (
+                "\u{ff21}\u{ff22}\u{fb01}",
+                Preserve,
+                U::Nfc,
+                "\u{ff21}\u{ff22}\u{fb01}",
+            ),
+            ("\u{ff21}\u{ff22}\u{fb01}", Preserve, U::Nfkc, "ABfi"),
+            // lower and upper disagree on ß; full case folding does not.
+            ("straße", Lower, U::None, "straße"),
+            ("STRASSE", Lower, U::None, "strasse"),
+            ("straße", Upper, U::None, "STRASSE"),
+            ("straße", Fold, U::None, "strasse"),
+            ("STRASSE", Fold, U::None, "strasse"),
+            ("Strasse", Fold, U::Nfc, "strasse"),
+            // İ (U+0130) folds to i + U+0307, as does its decomposed spelling.
+            ("\u{130}", Fold, U::Nfc, "i\u{307}"),
+            ("I\u{307}", Fold, U::Nfc, "i\u{307}"),
+            ("i\u{307}", Fold, U::Nfc, "i\u{307}"),
+            // Upper-casing i + U+0307 is re-composed to U+0130 under NFC.
+            ("i\u{307}", Upper, U::Nfc, "\u{130}"),
+            ("\u{130}", Upper, U::Nfc, "\u{130}"),
+            // Trimming happens around normalisation too.
+            ("\u{3000} Ab \u{a0}", Fold, U::Nfkc, "ab"),
+        ]);
+        // Through a file: the two spellings match only with nfc.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = write(
+            dir.path(),
+            "a.csv",
+            "k\n\u{e9}cole\ne\u{301}cole\nSTRASSE\nstraße\n".as_bytes(),
+        );
+        let mut s = spec(&["k"], Fold);
+        s.unicode = U::Nfc;
+        let got = read_keys(&p, &s).expect("read");
+        assert_eq!(
+            keys_of(&got),
+            ["\u{e9}cole", "\u{e9}cole", "strasse", "strasse"]
+        );
+        assert_eq!("NFKC".parse::<UnicodeForm>(), Ok(U::Nfkc));
+        assert_eq!("fold".parse::<KeyCase>(), Ok(Fold));
     }
 
     #[test]
@@ -1110,10 +1601,9 @@ mod tests {
             write_parquet(&p, &batch);
             let got = read_keys(&p, &spec(&["id"], KeyCase::Preserve)).expect("read");
             assert_eq!(got.rows, n as u64);
-            for (i, k) in got.keys.iter().enumerate() {
-                let want = ids[i].as_deref().map(str::trim).unwrap_or("");
-                assert_eq!(k, want.as_bytes());
-            }
+            let want: Vec<&str> = ids.iter().flatten().map(|s| s.trim()).collect();
+            assert_eq!(keys_of(&got), want);
+            assert_eq!(got.empty_keys, (n - want.len()) as u64);
             let got = read_keys(&p, &spec(&["big", "neg", "large"], KeyCase::Lower)).expect("read");
             assert_eq!(got.rows, n as u64);
             for (i, k) in got.keys.iter().enumerate() {
@@ -1166,6 +1656,47 @@ mod tests {
     }
 
     #[test]
+    fn parquet_dictionary_encoded_strings_are_read() {
+        use arrow_array::types::Int32Type;
+        use arrow_array::{DictionaryArray, Int32Array};
+        let dir = tempfile::tempdir().expect("tempdir");
+        // What pandas writes for a categorical: Dictionary(Int32, Utf8), with a null.
+        let values = StringArray::from(vec!["C002", "c003", " x "]);
+        let keys = Int32Array::from(vec![Some(0), Some(2), None, Some(1), Some(0)]);
+        let dict = DictionaryArray::<Int32Type>::try_new(keys, Arc::new(values)).expect("dict");
+        let batch = RecordBatch::try_from_iter(vec![
+            ("cat", Arc::new(dict) as ArrayRef),
+            (
+                "n",
+                Arc::new(Int64Array::from(vec![1, 2, 3, 4, 5])) as ArrayRef,
+            ),
+        ])
+        .expect("batch");
+        let p = dir.path().join("cat.parquet");
+        write_parquet(&p, &batch);
+        // The file really carries a dictionary column, as the reader sees it.
+        let file = File::open(&p).expect("open");
+        let b = ParquetRecordBatchReaderBuilder::try_new(file).expect("reader");
+        assert!(matches!(
+            b.schema().field(0).data_type(),
+            DataType::Dictionary(..)
+        ));
+        let got = read_keys_keeping(&p, &spec(&["cat"], KeyCase::Lower), &strings(&["cat", "n"]))
+            .expect("read");
+        assert_eq!(keys_of(&got), ["c002", "x", "c003", "c002"]);
+        assert_eq!(got.empty_keys, 1);
+        assert_eq!(
+            got.kept,
+            vec![
+                strings(&["C002", "1"]),
+                strings(&[" x ", "2"]),
+                strings(&["c003", "4"]),
+                strings(&["C002", "5"])
+            ]
+        );
+    }
+
+    #[test]
     fn key_case_parses_and_serialises() {
         assert_eq!("LOWER".parse::<KeyCase>(), Ok(KeyCase::Lower));
         assert_eq!("preserve".parse::<KeyCase>(), Ok(KeyCase::Preserve));
@@ -1181,7 +1712,9 @@ mod tests {
             "{:?}",
             KeyedInput {
                 keys: vec![b"secret".to_vec()],
-                rows: 1
+                rows: 1,
+                empty_keys: 0,
+                kept: vec![strings(&["secret"])],
             }
         );
         assert!(!dbg.contains("secret"));

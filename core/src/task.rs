@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::job::{PsiMode, TaskRole};
-use crate::table::KeyCase;
+use crate::table::{EmptyKeys, KeyCase, UnicodeForm};
 
 /// What a worker declares about itself at registration; matched against licence policies.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,8 +41,18 @@ pub struct TaskSpec {
     pub dataset_location: String,
     /// Key columns to read.
     pub key_columns: Vec<String>,
-    /// Key case normalisation (`preserve`, `lower` or `upper` in the JSON).
+    /// Key case normalisation (`preserve`, `lower`, `upper` or `fold` in the JSON).
     pub key_case: KeyCase,
+    /// Unicode normalisation form of keys (`none`, `nfc` or `nfkc`); both tasks carry the same.
+    #[serde(default)]
+    pub unicode_form: UnicodeForm,
+    /// What rows with an empty key do (`skip` or `fail`); both tasks carry the same.
+    #[serde(default)]
+    pub empty_keys: EmptyKeys,
+    /// Further columns of this party's own dataset written next to the key columns in the
+    /// result (receiver only; empty otherwise).
+    #[serde(default)]
+    pub carry_columns: Vec<String>,
     /// Whether this side dials the peer (`true`) or waits for it.
     pub dial_peer: bool,
     /// Peer worker's address (host:port) when dialling.

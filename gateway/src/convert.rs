@@ -53,6 +53,19 @@ pub fn job_to_pb(v: &JobView) -> pb::Job {
         finished_at_ms: j.finished_at_ms,
         delivered_at_ms: j.delivered_at_ms,
         request_id: j.request_id.clone().unwrap_or_default(),
+        result_file: j.result_file.as_ref().map(|f| pb::ResultFile {
+            name: f.name.clone(),
+            bytes: f.bytes,
+            rows: f.rows,
+            sha256_hex: f.sha256_hex.clone(),
+        }),
+        buyer_empty_keys: j.buyer_empty_keys,
+        provider_empty_keys: j.provider_empty_keys,
+        error_kind: j
+            .failure
+            .as_ref()
+            .map(|o| o.kind.clone())
+            .unwrap_or_default(),
     }
 }
 

@@ -161,6 +161,7 @@ pub fn refusal_code(r: &Refusal) -> ApiCode {
         Refusal::NoPaidTerm { .. } => ApiCode::NoPaidTerm,
         Refusal::Unpriced { .. } => ApiCode::InvalidArgument,
         Refusal::NoWorker { .. } => ApiCode::NoWorker,
+        Refusal::OutputTaken { .. } => ApiCode::AlreadyExists,
     }
 }
 

@@ -1,9 +1,10 @@
 //! Job RPCs: submit, get, watch, cancel. The wire's loose types become a strict
 //! [`JobRequest`] here, once.
 
-use tessera_core::{KeyCase, PsiMode};
+use tessera_core::{EmptyKeys, KeyCase, PsiMode, UnicodeForm};
 use tessera_proto::decode;
 use tessera_proto::v1 as pb;
+use tessera_scheduler::redact::redact;
 use tessera_scheduler::{JobRequest, Scheduler};
 use tokio_stream::wrappers::WatchStream;
 use tonic::Status;
@@ -16,7 +17,7 @@ use crate::error::{invalid, status};
 const DEFAULT_SCENE: &str = tessera_core::job::scene::PSI;
 
 /// Parses a submission: groups from their comma-separated list, enums strictly (an unset or
-/// unknown mode or key case is `INVALID_ARGUMENT`).
+/// unknown mode, key case, Unicode form or empty-key rule is `INVALID_ARGUMENT`).
 fn job_request(r: pb::SubmitJobRequest) -> Result<JobRequest, Status> {
     let user_groups = r
         .user_groups
@@ -40,30 +41,44 @@ fn job_request(r: pb::SubmitJobRequest) -> Result<JobRequest, Status> {
         provider_columns: r.provider_columns,
         mode: decode::<PsiMode>(r.mode).map_err(invalid)?,
         key_case: decode::<KeyCase>(r.key_case).map_err(invalid)?,
+        unicode_form: decode::<UnicodeForm>(r.unicode_form).map_err(invalid)?,
+        empty_keys: decode::<EmptyKeys>(r.empty_keys).map_err(invalid)?,
+        carry_columns: r.carry_columns,
         output: r.output,
         request_id: (!r.request_id.is_empty()).then_some(r.request_id),
     })
 }
 
+/// Every job answer shows what its caller may see (`tessera_scheduler::redact`); the submitter
+/// is the caller of a submission.
 pub(crate) async fn submit(s: &Scheduler, r: pb::SubmitJobRequest) -> Result<pb::Job, Status> {
+    let user = r.user.clone();
     let view = s.submit(job_request(r)?).await.map_err(|e| status(&e))?;
-    Ok(job_to_pb(&view))
+    Ok(job_to_pb(&redact(&view, Some(&user))))
 }
 
-pub(crate) async fn get(s: &Scheduler, r: pb::JobRef) -> Result<pb::Job, Status> {
+pub(crate) async fn get(
+    s: &Scheduler,
+    r: pb::JobRef,
+    caller: Option<&str>,
+) -> Result<pb::Job, Status> {
     let v = s.job(&r.job_id).await.map_err(|e| status(&e))?;
-    Ok(job_to_pb(&v))
+    Ok(job_to_pb(&redact(&v, caller)))
 }
 
-pub(crate) async fn watch(s: &Scheduler, r: pb::JobRef) -> Result<BoxStream<pb::Job>, Status> {
+pub(crate) async fn watch(
+    s: &Scheduler,
+    r: pb::JobRef,
+    caller: Option<String>,
+) -> Result<BoxStream<pb::Job>, Status> {
     let rx = s.watch(&r.job_id).await.map_err(|e| status(&e))?;
     // Ends after the first terminal state.
-    let stream = futures::StreamExt::scan(WatchStream::new(rx), false, |done, v| {
+    let stream = futures::StreamExt::scan(WatchStream::new(rx), false, move |done, v| {
         let out = if *done {
             None
         } else {
             *done = v.job.is_terminal();
-            Some(Ok(job_to_pb(&v)))
+            Some(Ok(job_to_pb(&redact(&v, caller.as_deref()))))
         };
         futures::future::ready(out)
     });
@@ -72,5 +87,5 @@ pub(crate) async fn watch(s: &Scheduler, r: pb::JobRef) -> Result<BoxStream<pb::
 
 pub(crate) async fn cancel(s: &Scheduler, r: pb::JobRef, user: &str) -> Result<pb::Job, Status> {
     let v = s.cancel(&r.job_id, user).await.map_err(|e| status(&e))?;
-    Ok(job_to_pb(&v))
+    Ok(job_to_pb(&redact(&v, Some(user))))
 }

@@ -30,6 +30,15 @@ pub use error::{ApiCode, refusal_code, status, store_code};
 /// The metadata key naming the calling user (no authentication yet; see ARCHITECTURE.md).
 pub const USER_METADATA: &str = "x-tessera-user";
 
+/// The calling user named by the [`USER_METADATA`] metadata, if any (what a job answer shows
+/// depends on it: `tessera_scheduler::redact`).
+fn caller<T>(req: &Request<T>) -> Option<String> {
+    req.metadata()
+        .get(USER_METADATA)
+        .and_then(|v| v.to_str().ok())
+        .map(String::from)
+}
+
 /// The `Operator` gRPC service.
 #[derive(Debug, Clone)]
 pub struct OperatorService {
@@ -144,7 +153,8 @@ impl Operator for OperatorService {
     }
 
     async fn get_job(&self, req: Request<pb::JobRef>) -> Result<Response<pb::Job>, Status> {
-        jobs::get(&self.jobs, req.into_inner())
+        let caller = caller(&req);
+        jobs::get(&self.jobs, req.into_inner(), caller.as_deref())
             .await
             .map(Response::new)
     }
@@ -155,7 +165,8 @@ impl Operator for OperatorService {
         &self,
         req: Request<pb::JobRef>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
-        jobs::watch(&self.jobs, req.into_inner())
+        let caller = caller(&req);
+        jobs::watch(&self.jobs, req.into_inner(), caller)
             .await
             .map(Response::new)
     }

@@ -2,7 +2,7 @@
 
 use tessera_core::{TaskErrorKind, WorkerAttributes};
 use tessera_proto::v1 as pb;
-use tessera_scheduler::{Delivery, Scheduler, TaskReport, TaskUsage};
+use tessera_scheduler::{Delivery, ResultFileRecord, Scheduler, TaskReport, TaskUsage};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
@@ -81,6 +81,25 @@ pub(crate) async fn report_delivered(s: &Scheduler, r: pb::DeliveryReport) -> Re
         .map_err(|e| status(&e))
 }
 
+/// A reported result file: a bounded name and a SHA-256 of 64 hex digits.
+fn result_file(f: pb::ResultFile) -> Result<ResultFileRecord, Status> {
+    let hex_ok = f.sha256_hex.len() == 64 && f.sha256_hex.bytes().all(|b| b.is_ascii_hexdigit());
+    if !hex_ok {
+        return Err(invalid("result_file.sha256_hex must be 64 hex digits"));
+    }
+    if f.name.is_empty() || f.name.chars().count() > LOCATION_CHARS_MAX {
+        return Err(invalid(
+            "result_file.name must be a non-empty bounded file name",
+        ));
+    }
+    Ok(ResultFileRecord {
+        name: f.name,
+        bytes: f.bytes,
+        rows: f.rows,
+        sha256_hex: f.sha256_hex.to_ascii_lowercase(),
+    })
+}
+
 pub(crate) async fn report_result(s: &Scheduler, r: pb::TaskResult) -> Result<(), Status> {
     // A report without usage would bill the job on zero rows: refuse it.
     let u = r.usage.ok_or_else(|| invalid("usage is required"))?;
@@ -106,6 +125,8 @@ pub(crate) async fn report_result(s: &Scheduler, r: pb::TaskResult) -> Result<()
         },
         result_size: r.result_size,
         result_location: r.result_location.chars().take(LOCATION_CHARS_MAX).collect(),
+        result_file: r.result_file.map(result_file).transpose()?,
+        empty_keys: r.empty_keys,
     };
     s.report_result(&r.worker_id, &r.task_id, report)
         .await

@@ -2,7 +2,7 @@
 //! turns into a domain value once, at the boundary (`TryFrom`), and the unspecified zero or
 //! a number this build does not know is an [`EnumError`], never a default.
 
-use tessera_core::{JobState, KeyCase, PsiMode, TaskRole};
+use tessera_core::{EmptyKeys, JobState, KeyCase, PsiMode, TaskRole, UnicodeForm};
 
 use crate::v1 as pb;
 
@@ -90,10 +90,22 @@ pair!(PsiMode, PsiMode, "mode", "intersection, size" {
     Size <=> Size,
 });
 
-pair!(KeyCase, KeyCase, "key_case", "preserve, lower, upper" {
+pair!(KeyCase, KeyCase, "key_case", "preserve, lower, upper, fold" {
     Preserve <=> Preserve,
     Lower <=> Lower,
     Upper <=> Upper,
+    Fold <=> Fold,
+});
+
+pair!(UnicodeForm, UnicodeForm, "unicode_form", "none, nfc, nfkc" {
+    None <=> None,
+    Nfc <=> Nfc,
+    Nfkc <=> Nfkc,
+});
+
+pair!(EmptyKeys, EmptyKeys, "empty_keys", "skip, fail" {
+    Skip <=> Skip,
+    Fail <=> Fail,
 });
 
 pair!(TaskRole, TaskRole, "role", "sender, receiver" {
@@ -130,14 +142,25 @@ mod tests {
         for m in PsiMode::ALL {
             assert_eq!(decode::<PsiMode>(pb::PsiMode::from(*m) as i32), Ok(*m));
         }
-        for c in [KeyCase::Preserve, KeyCase::Lower, KeyCase::Upper] {
-            assert_eq!(decode::<KeyCase>(pb::KeyCase::from(c) as i32), Ok(c));
+        for c in KeyCase::ALL {
+            assert_eq!(decode::<KeyCase>(pb::KeyCase::from(*c) as i32), Ok(*c));
         }
+        for f in UnicodeForm::ALL {
+            assert_eq!(
+                decode::<UnicodeForm>(pb::UnicodeForm::from(*f) as i32),
+                Ok(*f)
+            );
+        }
+        for e in EmptyKeys::ALL {
+            assert_eq!(decode::<EmptyKeys>(pb::EmptyKeys::from(*e) as i32), Ok(*e));
+        }
+        assert!(decode::<UnicodeForm>(0).is_err());
+        assert!(decode::<EmptyKeys>(0).is_err());
         assert!(decode::<PsiMode>(0).is_err());
         assert!(decode::<JobState>(99).is_err());
         assert_eq!(
             decode::<KeyCase>(0).map_err(|e| e.to_string()),
-            Err("key_case is unspecified or unknown (value 0); expected one of: preserve, lower, upper".into())
+            Err("key_case is unspecified or unknown (value 0); expected one of: preserve, lower, upper, fold".into())
         );
     }
 }

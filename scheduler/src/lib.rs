@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod billing;
 pub mod records;
+pub mod redact;
 mod registry;
 mod submit;
 pub mod validate;
@@ -31,9 +32,9 @@ pub use registry::{LiveWorker, WorkerView};
 pub use submit::{JobRequest, SUPPORTED_SCENES, TaskReport, TaskUsage};
 /// The records the services hand out, re-exported so the gateway needs no store dependency.
 pub use tessera_store::{
-    AccountStatus, Amounts, BalanceRecord, BillLineRecord, BillRecord, DatasetRecord, JobRecord,
-    LicenceRecord, LimitScope, Refusal, RuleRefusal, Split, StatementRecord, StoreError,
-    SubscriptionView, TransferRecord, UsageEventRecord,
+    AccountStatus, Amounts, BalanceRecord, BillLineRecord, BillRecord, DatasetRecord,
+    FailureOrigin, JobRecord, LicenceRecord, LimitScope, Refusal, ResultFileRecord, RuleRefusal,
+    Split, StatementRecord, StoreError, SubscriptionView, TransferRecord, UsageEventRecord,
 };
 
 /// Why a scheduler call failed (refusals are not errors: they are recorded job states).
@@ -269,6 +270,7 @@ impl Scheduler {
                 tessera_store::JobFinish::Failed {
                     error: "operator restarted while the job ran".into(),
                     buyer_fault: false,
+                    origin: None,
                 },
             )
             .await?;

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 use tessera_core::WorkerAttributes;
-use tessera_store::{JobFinish, WorkerRecord};
+use tessera_store::{FailureOrigin, JobFinish, WorkerRecord};
 use tokio::sync::mpsc;
 
 use crate::{Delivery, Scheduler, SchedulerError};
@@ -184,24 +184,31 @@ impl Scheduler {
     }
 
     async fn fail_jobs_on_worker(&self, worker_id: &str, why: &str) -> Result<(), SchedulerError> {
-        let affected: Vec<String> = self
+        let affected: Vec<(String, Option<FailureOrigin>)> = self
             .jobs
             .lock()
             .await
             .iter()
-            .filter(|(_, j)| {
-                j.tasks
+            .filter_map(|(id, j)| {
+                let t = j
+                    .tasks
                     .values()
-                    .any(|t| t.worker_id == worker_id && t.report.is_none())
+                    .find(|t| t.worker_id == worker_id && t.report.is_none())?;
+                let origin = FailureOrigin {
+                    role: t.role,
+                    party: t.party.clone(),
+                    kind: "worker_lost".into(),
+                };
+                Some((id.clone(), Some(origin)))
             })
-            .map(|(id, _)| id.clone())
             .collect();
-        for job_id in affected {
+        for (job_id, origin) in affected {
             self.finish(
                 &job_id,
                 JobFinish::Failed {
                     error: format!("{why}: {worker_id}"),
                     buyer_fault: false,
+                    origin,
                 },
             )
             .await?;

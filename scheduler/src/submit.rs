@@ -6,11 +6,14 @@ use serde::{Deserialize, Serialize};
 use tessera_accounting::derive_id;
 use tessera_accounting::settle::{self, FinishedJob, SettleError};
 use tessera_core::ticket::{TicketBody, task_digest};
-use tessera_core::{JobState, KeyCase, PsiMode, TaskErrorKind, TaskRole, TaskSpec, TaskState};
+use tessera_core::{
+    EmptyKeys, JobState, KeyCase, PsiMode, TaskErrorKind, TaskRole, TaskSpec, TaskState,
+    UnicodeForm,
+};
 use tessera_policy::{Constraint, Request, evaluate, worker_fits};
 use tessera_store::{
-    AdmitContext, AdmitOutcome, Decision, JobFinish, LicenceRecord, NewJob, NewTask, Refusal,
-    TaskUpdate, UsageEventRecord,
+    AdmitContext, AdmitOutcome, Decision, EmptyKeyCounts, FailureOrigin, JobFinish, LicenceRecord,
+    NewJob, NewTask, Refusal, ResultFileRecord, TaskUpdate, UsageEventRecord,
 };
 use tokio::sync::watch;
 
@@ -47,6 +50,16 @@ pub struct JobRequest {
     /// The client's idempotency key: the same user and key return the same job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// Unicode normalisation form of keys on both sides.
+    #[serde(default)]
+    pub unicode_form: UnicodeForm,
+    /// What rows with an empty key do, on both sides.
+    #[serde(default)]
+    pub empty_keys: EmptyKeys,
+    /// Further columns of the buyer's own dataset written next to its key columns in the
+    /// result (intersection mode with an output only).
+    #[serde(default)]
+    pub carry_columns: Vec<String>,
 }
 
 /// Usage measured by a worker for one task.
@@ -85,6 +98,12 @@ pub struct TaskReport {
     pub result_size: Option<u64>,
     /// Result location (receiver).
     pub result_location: String,
+    /// The result file written, with its size, rows and SHA-256 (receiver).
+    #[serde(default)]
+    pub result_file: Option<ResultFileRecord>,
+    /// Rows of the party's dataset left out because their key was empty.
+    #[serde(default)]
+    pub empty_keys: u64,
 }
 
 const COLUMNS_MAX: usize = 16;
@@ -128,11 +147,43 @@ impl JobRequest {
                 "buyer_columns and provider_columns must have the same length".into(),
             ));
         }
+        self.validate_carry()?;
         for g in &self.user_groups {
             check_field("user_groups", g, true)?;
         }
         if let Some(id) = &self.request_id {
             check_field("request_id", id, true)?;
+        }
+        Ok(())
+    }
+}
+
+impl JobRequest {
+    /// Carried columns: only with a result to write, at most [`COLUMNS_MAX`], each named once
+    /// and none a key column (the result's header names every column once).
+    fn validate_carry(&self) -> Result<(), SchedulerError> {
+        if self.carry_columns.is_empty() {
+            return Ok(());
+        }
+        if self.output.is_empty() || self.mode != PsiMode::Intersection {
+            return Err(SchedulerError::Invalid(
+                "carry_columns need an output in intersection mode".into(),
+            ));
+        }
+        if self.carry_columns.len() > COLUMNS_MAX {
+            return Err(SchedulerError::Invalid(format!(
+                "carry_columns must name at most {COLUMNS_MAX} columns"
+            )));
+        }
+        let mut seen: Vec<&String> = self.buyer_columns.iter().collect();
+        for c in &self.carry_columns {
+            check_field("carry_columns", c, true)?;
+            if seen.contains(&c) {
+                return Err(SchedulerError::Invalid(format!(
+                    "carry column {c:?} is named twice or is a key column"
+                )));
+            }
+            seen.push(c);
         }
         Ok(())
     }
@@ -150,7 +201,7 @@ impl Scheduler {
         party: &str,
         scene: &tessera_policy::UseScene,
         now: i64,
-    ) -> Result<Placed, Refusal> {
+    ) -> Result<Placed, (Refusal, Vec<String>)> {
         let mut misfits = Vec::new();
         let best = workers
             .iter()
@@ -170,15 +221,24 @@ impl Scheduler {
                 worker_id: id.clone(),
                 peer_addr: w.peer_addr.clone(),
             }),
-            None if misfits.is_empty() => Err(Refusal::NoWorker {
-                reason: format!("no live worker of party {party}"),
-            }),
-            None => Err(Refusal::NoWorker {
-                reason: format!(
-                    "no live worker of party {party} fits the policy ({})",
-                    misfits.join(" | ")
-                ),
-            }),
+            None if misfits.is_empty() => Err((
+                Refusal::NoWorker {
+                    reason: format!("no live worker of party {party}"),
+                },
+                misfits,
+            )),
+            None => {
+                // Worker ids and attributes are the party's own business: they go to the
+                // operator's log and the refusal's audit entry (`placement`); the refusal
+                // names only how many workers did not fit.
+                tracing::info!(party, misfits = %misfits.join(" | "), "no worker fits");
+                let reason = format!(
+                    "no live worker of party {party} fits the policy's environment lists \
+                     ({} live worker(s) checked)",
+                    misfits.len()
+                );
+                Err((Refusal::NoWorker { reason }, misfits))
+            }
         }
     }
 
@@ -293,6 +353,12 @@ impl Scheduler {
                     reason: reason.clone(),
                 });
             }
+            if let Some(job_id) = &ctx.output_taken_by {
+                reasons.push(Refusal::OutputTaken {
+                    output: req.output.clone(),
+                    job_id: job_id.clone(),
+                });
+            }
             // Hold the estimated maximum cost, drawn in the manual's payment order.
             let declared_rows = provider_ds.as_ref().and_then(|d| d.declared_rows);
             let unpriced = |error: String| Refusal::Unpriced {
@@ -346,6 +412,9 @@ impl Scheduler {
                             dataset_location: pds.location.clone(),
                             key_columns: req.provider_columns.clone(),
                             key_case: req.key_case,
+                            unicode_form: req.unicode_form,
+                            empty_keys: req.empty_keys,
+                            carry_columns: Vec::new(),
                             dial_peer: true,
                             peer_addr: b.peer_addr.clone(),
                             session_id: session_id.clone(),
@@ -359,6 +428,7 @@ impl Scheduler {
                             dial_peer: false,
                             peer_addr: String::new(),
                             output: req.output.clone(),
+                            carry_columns: req.carry_columns.clone(),
                             ..sender.clone()
                         };
                         for (spec, placed, party) in
@@ -380,8 +450,14 @@ impl Scheduler {
                         }
                     }
                     (p, b) => {
-                        reasons.extend(p.err());
-                        reasons.extend(b.err());
+                        let mut placement = Vec::new();
+                        for (refusal, misfits) in [p.err(), b.err()].into_iter().flatten() {
+                            reasons.push(refusal);
+                            placement.extend(misfits);
+                        }
+                        if let Some(d) = detail.as_object_mut() {
+                            d.insert("placement".into(), serde_json::json!(placement));
+                        }
                     }
                 }
             }
@@ -405,6 +481,17 @@ impl Scheduler {
                     mode: req.mode,
                     request: request_json,
                     request_id: req.request_id.clone(),
+                    buyer_party: req.buyer_party.clone(),
+                    provider_party: licence_pre
+                        .as_ref()
+                        .map(|l| l.licensor.clone())
+                        .unwrap_or_default(),
+                    // Only a result that gets written holds its name.
+                    output: if req.mode == PsiMode::Intersection {
+                        req.output.clone()
+                    } else {
+                        String::new()
+                    },
                     now_ms: now,
                 },
                 decide,
@@ -492,9 +579,9 @@ impl Scheduler {
                 let ticket = match self.signer.sign(&body) {
                     Ok(t) => t,
                     Err(e) => {
-                        failure = Some(format!(
-                            "could not sign the ticket of task {}: {e}",
-                            t.task_id
+                        failure = Some((
+                            format!("could not sign the ticket of task {}: {e}", t.task_id),
+                            None,
                         ));
                         break;
                     }
@@ -514,7 +601,14 @@ impl Scheduler {
                     None => false,
                 };
                 if !sent {
-                    failure = Some(format!("could not deliver task to worker {}", t.worker_id));
+                    failure = Some((
+                        format!("could not deliver task to worker {}", t.worker_id),
+                        Some(FailureOrigin {
+                            role: t.role,
+                            party: t.party.clone(),
+                            kind: "undeliverable".into(),
+                        }),
+                    ));
                     break;
                 }
             }
@@ -523,12 +617,13 @@ impl Scheduler {
             "tasks": tasks.iter().map(|t| serde_json::json!({"task_id": t.task_id, "worker_id": t.worker_id, "role": t.role})).collect::<Vec<_>>(),
         });
         self.store.mark_dispatched(&job_id, &detail, now).await?;
-        if let Some(error) = failure {
+        if let Some((error, origin)) = failure {
             self.finish(
                 &job_id,
                 JobFinish::Failed {
                     error,
                     buyer_fault: false,
+                    origin,
                 },
             )
             .await?;
@@ -629,14 +724,18 @@ impl Scheduler {
                 let buyer_fault = report.error_kind == Some(TaskErrorKind::Input)
                     && task.party == job.buyer_party
                     && task.role == TaskRole::Receiver;
+                let kind = report.error_kind.map_or("internal", TaskErrorKind::as_str);
                 Some(JobFinish::Failed {
                     error: format!(
-                        "{} task on {worker_id} failed ({}): {}",
-                        task.role,
-                        report.error_kind.map_or("", TaskErrorKind::as_str),
-                        report.error
+                        "{} task on {worker_id} failed ({kind}): {}",
+                        task.role, report.error
                     ),
                     buyer_fault,
+                    origin: Some(FailureOrigin {
+                        role: task.role,
+                        party: task.party.clone(),
+                        kind: kind.to_owned(),
+                    }),
                 })
             } else if job
                 .tasks
@@ -764,7 +863,17 @@ impl Scheduler {
         let (usage, provider_rows) = Self::usage_events(job_id, job, now)?;
         let provider_rows = provider_rows.unwrap_or(0);
         let mut result = (0, String::new());
-        for r in job.tasks.values().filter_map(|t| t.report.as_ref()) {
+        let mut result_file = None;
+        let mut empty_keys = EmptyKeyCounts::default();
+        for t in job.tasks.values() {
+            let Some(r) = &t.report else { continue };
+            match t.role {
+                TaskRole::Sender => empty_keys.provider = Some(r.empty_keys),
+                TaskRole::Receiver => {
+                    empty_keys.buyer = Some(r.empty_keys);
+                    result_file.clone_from(&r.result_file);
+                }
+            }
             if let Some(size) = r.result_size {
                 result = (size, r.result_location.clone());
             }
@@ -784,6 +893,8 @@ impl Scheduler {
         Ok(JobFinish::Succeeded {
             result_size: result.0,
             result_location: result.1,
+            result_file,
+            empty_keys,
             usage,
             ledger: settlement.ops,
             bill_line: Some(Box::new(settlement.line)),
@@ -848,9 +959,9 @@ impl Scheduler {
         live: Option<&LiveJob>,
         now: i64,
     ) -> Result<JobFinish, SchedulerError> {
-        let (state, error) = match finish {
-            JobFinish::Failed { error, .. } => (JobState::Failed, error),
-            JobFinish::Cancelled { reason } => (JobState::Cancelled, reason),
+        let (state, error, origin) = match finish {
+            JobFinish::Failed { error, origin, .. } => (JobState::Failed, error, origin),
+            JobFinish::Cancelled { reason } => (JobState::Cancelled, reason, None),
             other => return Ok(other),
         };
         let job = self.store.job(job_id).await?;
@@ -880,6 +991,7 @@ impl Scheduler {
         Ok(JobFinish::EndedAfterDelivery {
             state,
             error,
+            origin,
             usage,
             ledger: settlement.ops,
             bill_line: Some(Box::new(settlement.line)),
@@ -905,5 +1017,55 @@ impl Scheduler {
             .await?;
         }
         self.job(job_id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(mode: PsiMode, output: &str, carry: &[&str]) -> JobRequest {
+        JobRequest {
+            user: "u1".into(),
+            user_groups: vec![],
+            licence_id: "lic".into(),
+            scene: "psi".into(),
+            buyer_party: "buy".into(),
+            buyer_dataset_id: "b".into(),
+            buyer_columns: vec!["mail".into(), "tel".into()],
+            provider_columns: vec!["email".into(), "phone".into()],
+            mode,
+            key_case: KeyCase::Fold,
+            output: output.into(),
+            unicode_form: UnicodeForm::Nfc,
+            empty_keys: EmptyKeys::Skip,
+            carry_columns: carry.iter().map(|c| c.to_string()).collect(),
+            request_id: None,
+        }
+    }
+
+    /// `(mode, output, carried columns, accepted)` per row.
+    fn check(cases: &[(PsiMode, &str, &[&str], bool)]) {
+        for (mode, output, carry, ok) in cases {
+            let got = request(*mode, output, carry).validate();
+            assert_eq!(got.is_ok(), *ok, "{mode} {output:?} {carry:?}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn carried_columns_need_a_written_result_and_distinct_names() {
+        use PsiMode::*;
+        let many: Vec<String> = (0..=COLUMNS_MAX).map(|i| format!("c{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        check(&[
+            (Intersection, "r.csv", &[], true),
+            (Intersection, "r.csv", &["name", "spend"], true),
+            (Intersection, "", &["name"], false),
+            (Size, "r.csv", &["name"], false),
+            (Intersection, "r.csv", &["name", "name"], false),
+            (Intersection, "r.csv", &["tel"], false),
+            (Intersection, "r.csv", &[""], false),
+            (Intersection, "r.csv", &many, false),
+        ]);
     }
 }

@@ -22,6 +22,8 @@ pub use jobs::{job_line, watch};
 pub use output::fmt_micros;
 
 /// The client commands, flattened into the top level of `tessera`.
+// Parsed once per process from the command line; boxing `Job` would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum ClientCommand {
     /// Dataset records.

@@ -32,6 +32,12 @@ pub struct NewJob {
     pub request: serde_json::Value,
     /// The submitting user's idempotency key, if any: one job per (user, key).
     pub request_id: Option<String>,
+    /// The buyer's party.
+    pub buyer_party: String,
+    /// The provider's party (the licensor; empty when the licence is unknown).
+    pub provider_party: String,
+    /// The result file name asked for (empty: none).
+    pub output: String,
     /// Submission time.
     pub now_ms: i64,
 }
@@ -66,6 +72,9 @@ pub struct AdmitContext<'a> {
     pub cash_micros: i64,
     /// For a licence sold by the month: `Err(reason)` when no paid term covers now.
     pub term: Result<(), String>,
+    /// The job that already recorded the result name asked for, if one did (an unfinished or
+    /// succeeded job of the same buyer party): a result never replaces another.
+    pub output_taken_by: Option<String>,
 }
 
 /// Why admission refused a job. Each renders to the human text recorded with the job (and
@@ -136,6 +145,13 @@ pub enum Refusal {
         /// Why.
         error: String,
     },
+    /// The result file name is already recorded by another job of the buyer's party.
+    OutputTaken {
+        /// The name asked for.
+        output: String,
+        /// The job that recorded it.
+        job_id: String,
+    },
     /// No live worker of a party fits the scene's environment lists.
     NoWorker {
         /// The placement explanation (each misfit).
@@ -179,6 +195,11 @@ impl std::fmt::Display for Refusal {
                     parts.join(", ")
                 )
             }
+            Refusal::OutputTaken { output, job_id } => write!(
+                f,
+                "result name {output:?} is already recorded by job {job_id}; a result never \
+                 replaces another, choose a new name"
+            ),
             Refusal::Unpriced { licence_id, error } => {
                 write!(f, "licence {licence_id} cannot be rated: {error}")
             }
@@ -240,6 +261,53 @@ pub struct JobRecord {
     pub delivered_rows: Option<u64>,
     /// The submission's idempotency key.
     pub request_id: Option<String>,
+    /// The buyer's party (empty for jobs recorded before it was kept).
+    pub buyer_party: String,
+    /// The provider's party (empty when unknown).
+    pub provider_party: String,
+    /// The result file as written (receiver, intersection mode).
+    pub result_file: Option<ResultFileRecord>,
+    /// Rows of the buyer's dataset left out because their key was empty.
+    pub buyer_empty_keys: Option<u64>,
+    /// Rows of the provider's dataset left out because their key was empty.
+    pub provider_empty_keys: Option<u64>,
+    /// Where a failure happened, when it was on a party's side.
+    pub failure: Option<FailureOrigin>,
+}
+
+/// A result file as the buyer's worker wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ResultFileRecord {
+    /// File name in the buyer worker's output directory.
+    pub name: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// Data rows (the header not counted).
+    pub rows: u64,
+    /// SHA-256 of the file, lowercase hex.
+    pub sha256_hex: String,
+}
+
+/// Where a job's failure happened: the task's role and party, and a stable kind (`input`,
+/// `peer`, `ticket`, `internal`, `cancelled`, `worker_lost`, `undeliverable`). The detail is
+/// in [`JobRecord::error`], which only that party and the operator may see.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FailureOrigin {
+    /// The failing task's role (sender = provider, receiver = buyer).
+    pub role: TaskRole,
+    /// The failing task's party.
+    pub party: String,
+    /// The stable kind.
+    pub kind: String,
+}
+
+/// Rows each party left out because their key was empty.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EmptyKeyCounts {
+    /// The buyer's (receiver's).
+    pub buyer: Option<u64>,
+    /// The provider's (sender's).
+    pub provider: Option<u64>,
 }
 
 impl JobRecord {
@@ -328,6 +396,10 @@ pub enum JobFinish {
         result_size: u64,
         /// Where the result was written.
         result_location: String,
+        /// The result file as written, if one was.
+        result_file: Option<ResultFileRecord>,
+        /// Rows each party left out because their key was empty.
+        empty_keys: EmptyKeyCounts,
         /// Usage events.
         usage: Vec<UsageEventRecord>,
         /// Ledger operations: posting the job's holds and moving the charge on.
@@ -343,6 +415,8 @@ pub enum JobFinish {
         error: String,
         /// Whether the failure is the buyer's (bad input of their own).
         buyer_fault: bool,
+        /// Where it happened, when on a party's side (drives what each party is shown).
+        origin: Option<FailureOrigin>,
     },
     /// The buyer cancelled it; the count is consumed.
     Cancelled {
@@ -356,6 +430,8 @@ pub enum JobFinish {
         state: JobState,
         /// Why.
         error: String,
+        /// Where it happened, when on a party's side (drives what each party is shown).
+        origin: Option<FailureOrigin>,
         /// Usage events known.
         usage: Vec<UsageEventRecord>,
         /// Ledger operations: posting the job's holds and moving the charge on.
@@ -396,7 +472,9 @@ fn stored_u64(v: i64) -> Result<u64, StoreError> {
 }
 
 const JOB_COLUMNS: &str = "job_id, licence_id, scene, user_id, mode, state, count_state, reasons_json, error, \
-     result_size, result_location, charge_micros, created_at_ms, finished_at_ms, delivered_at_ms, \
+     result_size, result_location, charge_micros, created_at_ms, finished_at_ms, \
+     buyer_party, provider_party, result_bytes, result_rows, result_sha256, \
+     buyer_empty_keys, provider_empty_keys, error_role, error_party, error_kind, delivered_at_ms, \
      delivered_rows, request_id";
 
 fn job_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<JobRecord, StoreError> {
@@ -417,13 +495,55 @@ fn job_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<JobRecord, StoreError> {
         charge_micros: r.try_get(11)?,
         created_at_ms: r.try_get(12)?,
         finished_at_ms: r.try_get(13)?,
-        delivered_at_ms: r.try_get(14)?,
+        buyer_party: r.try_get(14)?,
+        provider_party: r.try_get(15)?,
+        result_file: result_file_from_row(r)?,
+        buyer_empty_keys: opt_u64(r, 19)?,
+        provider_empty_keys: opt_u64(r, 20)?,
+        failure: failure_from_row(r)?,
+        delivered_at_ms: r.try_get(24)?,
         delivered_rows: r
-            .try_get::<Option<i64>, _>(15)?
+            .try_get::<Option<i64>, _>(25)?
             .map(stored_u64)
             .transpose()?,
-        request_id: r.try_get(16)?,
+        request_id: r.try_get(26)?,
     })
+}
+
+fn opt_u64(r: &sqlx::sqlite::SqliteRow, i: usize) -> Result<Option<u64>, StoreError> {
+    let v: Option<i64> = r.try_get(i)?;
+    v.map(stored_u64).transpose()
+}
+
+fn result_file_from_row(
+    r: &sqlx::sqlite::SqliteRow,
+) -> Result<Option<ResultFileRecord>, StoreError> {
+    let (Some(bytes), Some(rows)) = (opt_u64(r, 16)?, opt_u64(r, 17)?) else {
+        return Ok(None);
+    };
+    Ok(Some(ResultFileRecord {
+        name: r.try_get(10)?,
+        bytes,
+        rows,
+        sha256_hex: r.try_get(18)?,
+    }))
+}
+
+fn failure_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Option<FailureOrigin>, StoreError> {
+    let role: String = r.try_get(21)?;
+    if role.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(FailureOrigin {
+        role: role.parse().map_err(corrupt)?,
+        party: r.try_get(22)?,
+        kind: r.try_get(23)?,
+    }))
+}
+
+/// A stored count as SQLite's integer (saturating: counts never reach `i64::MAX`).
+fn count_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 async fn load_job(conn: &mut SqliteConnection, job_id: &str) -> Result<JobRecord, StoreError> {
@@ -510,12 +630,25 @@ impl Store {
             Some(l) => crate::terms::term_check(&mut tx, l, &job.user, job.now_ms).await?,
             None => Ok(()),
         };
+        let output_taken_by = if job.output.is_empty() {
+            None
+        } else {
+            sqlx::query_scalar::<_, String>(
+                "SELECT job_id FROM jobs WHERE buyer_party = ? AND output_name = ? \
+                 AND state IN ('admitted', 'running', 'succeeded') ORDER BY created_at_ms LIMIT 1",
+            )
+            .bind(&job.buyer_party)
+            .bind(&job.output)
+            .fetch_optional(&mut *tx)
+            .await?
+        };
         let Some(decision) = decide(&AdmitContext {
             licence: licence.as_ref(),
             funds,
             freeze,
             cash_micros,
             term,
+            output_taken_by,
         }) else {
             return Ok(None);
         };
@@ -552,8 +685,8 @@ impl Store {
         let reasons_json = serde_json::to_string(&reason_texts).map_err(corrupt)?;
         let inserted = sqlx::query(
             "INSERT INTO jobs (job_id, licence_id, scene, user_id, mode, state, count_state, request_json, \
-             reasons_json, created_at_ms, updated_at_ms, finished_at_ms, request_id) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(job_id) DO NOTHING",
+             reasons_json, created_at_ms, updated_at_ms, finished_at_ms, buyer_party, provider_party, output_name, \
+             request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(job_id) DO NOTHING",
         )
         .bind(&job.job_id)
         .bind(&job.licence_id)
@@ -567,6 +700,9 @@ impl Store {
         .bind(job.now_ms)
         .bind(job.now_ms)
         .bind(if allowed { None } else { Some(job.now_ms) })
+        .bind(&job.buyer_party)
+        .bind(&job.provider_party)
+        .bind(if allowed { job.output.as_str() } else { "" })
         .bind(&job.request_id)
         .execute(&mut *tx)
         .await?;
@@ -745,9 +881,9 @@ impl Store {
                     job_id: job_id.to_string(),
                 });
             }
-            JobFinish::Failed { error, buyer_fault } => {
-                (JobState::Failed, *buyer_fault, error.clone())
-            }
+            JobFinish::Failed {
+                error, buyer_fault, ..
+            } => (JobState::Failed, *buyer_fault, error.clone()),
             JobFinish::Cancelled { reason } => (JobState::Cancelled, true, reason.clone()),
             JobFinish::EndedAfterDelivery { state, error, .. } => {
                 if !matches!(state, JobState::Failed | JobState::Cancelled) {
@@ -777,6 +913,18 @@ impl Store {
             .bind(&job.scene)
             .execute(&mut *tx)
             .await?;
+        let (result_file, empty_keys, origin) = match finish {
+            JobFinish::Succeeded {
+                result_file,
+                empty_keys,
+                ..
+            } => (result_file.as_ref(), *empty_keys, None),
+            JobFinish::Failed { origin, .. } => (None, EmptyKeyCounts::default(), origin.as_ref()),
+            JobFinish::Cancelled { .. } => (None, EmptyKeyCounts::default(), None),
+            JobFinish::EndedAfterDelivery { origin, .. } => {
+                (None, EmptyKeyCounts::default(), origin.as_ref())
+            }
+        };
         let (result_size, result_location, charge) = match finish {
             JobFinish::Succeeded {
                 result_size,
@@ -785,6 +933,7 @@ impl Store {
                 ledger: ops,
                 bill_line,
                 charge_micros,
+                ..
             } => {
                 for u in usage {
                     insert_usage(&mut tx, u, now_ms).await?;
@@ -828,7 +977,9 @@ impl Store {
         }
         sqlx::query(
             "UPDATE jobs SET state = ?, count_state = ?, error = ?, result_size = ?, result_location = ?, \
-             charge_micros = ?, updated_at_ms = ?, finished_at_ms = ? WHERE job_id = ?",
+             charge_micros = ?, updated_at_ms = ?, finished_at_ms = ?, result_bytes = ?, result_rows = ?, \
+             result_sha256 = ?, buyer_empty_keys = ?, provider_empty_keys = ?, error_role = ?, \
+             error_party = ?, error_kind = ? WHERE job_id = ?",
         )
         .bind(state.as_str())
         .bind(count_state.as_str())
@@ -838,6 +989,14 @@ impl Store {
         .bind(charge)
         .bind(now_ms)
         .bind(now_ms)
+        .bind(result_file.map(|f| count_i64(f.bytes)))
+        .bind(result_file.map(|f| count_i64(f.rows)))
+        .bind(result_file.map_or("", |f| f.sha256_hex.as_str()))
+        .bind(empty_keys.buyer.map(count_i64))
+        .bind(empty_keys.provider.map(count_i64))
+        .bind(origin.map_or("", |o| o.role.as_str()))
+        .bind(origin.map_or("", |o| o.party.as_str()))
+        .bind(origin.map_or("", |o| o.kind.as_str()))
         .bind(job_id)
         .execute(&mut *tx)
         .await?;
@@ -850,6 +1009,8 @@ impl Store {
                 "state": state.as_str(), "count": count_state.as_str(), "error": error,
                 "result_size": result_size, "charge_micros": charge,
                 "delivered_at_ms": job.delivered_at_ms,
+                "result_file": result_file, "failure": origin,
+                "empty_keys": {"buyer": empty_keys.buyer, "provider": empty_keys.provider},
             }),
         )
         .await?;

@@ -25,8 +25,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 pub use bills::{BillLineRecord, BillRecord, LATE_WINDOW_MS_MAX, StatementRecord, bill_id};
 pub use jobs::{
-    AdmitContext, AdmitOutcome, Decision, FinishOutcome, JobFinish, JobRecord, NewJob, NewTask,
-    Refusal, TaskRecord, TaskUpdate, UsageEventRecord,
+    AdmitContext, AdmitOutcome, Decision, EmptyKeyCounts, FailureOrigin, FinishOutcome, JobFinish,
+    JobRecord, NewJob, NewTask, Refusal, ResultFileRecord, TaskRecord, TaskUpdate,
+    UsageEventRecord,
 };
 pub use ledger::{BalanceRecord, HoldRecord, TransferRecord};
 pub use limits::{AccountStatus, FreezeContext, LimitScope};

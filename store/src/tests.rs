@@ -61,6 +61,9 @@ fn new_job(i: usize) -> NewJob {
         mode: tessera_core::PsiMode::Size,
         request: serde_json::json!({}),
         request_id: None,
+        buyer_party: "buy".into(),
+        provider_party: "prov".into(),
+        output: String::new(),
         now_ms: 10,
     }
 }
@@ -117,11 +120,42 @@ async fn failure_not_the_buyers_releases_and_finish_is_exactly_once() {
         AdmitOutcome::Refused { .. }
     ));
     let fail = JobFinish::Failed {
-        error: "worker lost".into(),
+        error: "worker lost: w-7".into(),
         buyer_fault: false,
+        origin: Some(crate::FailureOrigin {
+            role: tessera_core::TaskRole::Sender,
+            party: "prov".into(),
+            kind: "worker_lost".into(),
+        }),
     };
     let out = store.finish_job("job-1", &fail, 20).await.expect("finish");
     assert!(out.transitioned);
+    assert_eq!(
+        out.job.failure,
+        Some(crate::FailureOrigin {
+            role: tessera_core::TaskRole::Sender,
+            party: "prov".into(),
+            kind: "worker_lost".into(),
+        })
+    );
+    assert_eq!(out.job.error, "worker lost: w-7");
+    // The detail and where it happened are in the audit chain.
+    let entries = store.audit_entries().await.expect("audit");
+    let complete = entries
+        .iter()
+        .find(|e| e.kind == "complete" && e.subject == "job-1")
+        .expect("complete entry");
+    let detail: serde_json::Value = serde_json::from_str(&complete.detail_json).expect("json");
+    assert_eq!(detail["error"], "worker lost: w-7");
+    assert_eq!(detail["failure"]["kind"], "worker_lost");
+    assert_eq!(detail["failure"]["party"], "prov");
+    assert_eq!(
+        (
+            out.job.buyer_party.as_str(),
+            out.job.provider_party.as_str()
+        ),
+        ("buy", "prov")
+    );
     assert_eq!(out.job.count_state, tessera_core::CountState::Released);
     let again = store.finish_job("job-1", &fail, 21).await.expect("finish");
     assert!(!again.transitioned);
@@ -167,6 +201,16 @@ async fn failure_not_the_buyers_releases_and_finish_is_exactly_once() {
     let ok = JobFinish::Succeeded {
         result_size: 7,
         result_location: "out.csv".into(),
+        result_file: Some(crate::ResultFileRecord {
+            name: "out.csv".into(),
+            bytes: 321,
+            rows: 9,
+            sha256_hex: "ab".repeat(32),
+        }),
+        empty_keys: crate::EmptyKeyCounts {
+            buyer: Some(2),
+            provider: Some(0),
+        },
         usage: usage.clone(),
         ledger: vec![LedgerOp::Post(charge.clone())],
         bill_line: None,
@@ -185,6 +229,20 @@ async fn failure_not_the_buyers_releases_and_finish_is_exactly_once() {
             .await
             .expect("finish")
             .transitioned
+    );
+    let j3 = store.job("job-3").await.expect("job");
+    assert_eq!(
+        j3.result_file,
+        Some(crate::ResultFileRecord {
+            name: "out.csv".into(),
+            bytes: 321,
+            rows: 9,
+            sha256_hex: "ab".repeat(32),
+        })
+    );
+    assert_eq!(
+        (j3.buyer_empty_keys, j3.provider_empty_keys, j3.failure),
+        (Some(2), Some(0), None)
     );
     store
         .record_usage(&usage, 42)
@@ -252,6 +310,50 @@ async fn failure_not_the_buyers_releases_and_finish_is_exactly_once() {
             .expect("remaining"),
         Some(0)
     );
+}
+
+#[tokio::test]
+async fn a_result_name_recorded_by_a_live_or_succeeded_job_is_seen_at_admission() {
+    let (_d, store) = open().await;
+    seed_licence(&store, 10).await;
+    let named = |i: usize, party: &str, output: &str| NewJob {
+        buyer_party: party.into(),
+        output: output.into(),
+        ..new_job(i)
+    };
+    let taken = |store: &Store, job: NewJob| {
+        let store = store.clone();
+        async move {
+            let mut seen = None;
+            store
+                .admit(&job, |c| {
+                    seen = Some(c.output_taken_by.clone());
+                    allow(c)
+                })
+                .await
+                .expect("admit");
+            seen.flatten()
+        }
+    };
+    assert_eq!(taken(&store, named(1, "buy", "r.csv")).await, None);
+    // The same name for the same buyer party is seen, naming the job that recorded it.
+    assert_eq!(
+        taken(&store, named(2, "buy", "r.csv")).await,
+        Some("job-1".into())
+    );
+    // Another party's name, or another name, is free.
+    assert_eq!(taken(&store, named(3, "other", "r.csv")).await, None);
+    assert_eq!(taken(&store, named(4, "buy", "s.csv")).await, None);
+    // A failed job wrote nothing: its name is free again once every holder failed.
+    for id in ["job-1", "job-2"] {
+        let fail = JobFinish::Failed {
+            error: "x".into(),
+            buyer_fault: false,
+            origin: None,
+        };
+        store.finish_job(id, &fail, 20).await.expect("finish");
+    }
+    assert_eq!(taken(&store, named(5, "buy", "r.csv")).await, None);
 }
 
 #[tokio::test]
@@ -446,6 +548,7 @@ async fn a_delivered_job_cannot_end_released() {
         JobFinish::Failed {
             error: "worker lost".into(),
             buyer_fault: false,
+            origin: None,
         },
         JobFinish::Cancelled {
             reason: "by u".into(),
@@ -459,6 +562,7 @@ async fn a_delivered_job_cannot_end_released() {
     let ended = JobFinish::EndedAfterDelivery {
         state: tessera_core::JobState::Failed,
         error: "worker lost".into(),
+        origin: None,
         usage: vec![],
         ledger: vec![],
         bill_line: None,
@@ -482,6 +586,7 @@ async fn a_delivered_job_cannot_end_released() {
             &JobFinish::Failed {
                 error: "peer".into(),
                 buyer_fault: false,
+                origin: None,
             },
             30,
         )

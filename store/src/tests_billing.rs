@@ -454,6 +454,9 @@ async fn term_covers(store: &Store, id: &str, now: i64) -> Result<(), String> {
                 mode: tessera_core::PsiMode::Size,
                 request: serde_json::json!({}),
                 request_id: None,
+                buyer_party: "buy".into(),
+                provider_party: "prov".into(),
+                output: String::new(),
                 now_ms: now,
             },
             |c| {

@@ -257,20 +257,32 @@ impl Cluster {
                 _ => 99,
             },
             key_case: pb::KeyCase::Preserve.into(),
+            unicode_form: pb::UnicodeForm::None.into(),
+            empty_keys: pb::EmptyKeys::Skip.into(),
+            carry_columns: Vec::new(),
             output: output.into(),
             user_groups: String::new(),
             request_id: String::new(),
         }
     }
 
-    /// Waits (bounded) until the job ends and returns it.
+    /// Waits (bounded) until the job ends and returns it as its buyer (USER) sees it.
     pub async fn wait(&self, job_id: &str) -> pb::Job {
+        self.wait_as(job_id, Some(USER)).await
+    }
+
+    /// Waits (bounded) until the job ends and returns it as `caller` (a user or party; `None`:
+    /// anonymous) sees it.
+    pub async fn wait_as(&self, job_id: &str, caller: Option<&str>) -> pb::Job {
         let mut c = self.client().await;
         for _ in 0..1200 {
             let j = c
-                .get_job(pb::JobRef {
-                    job_id: job_id.into(),
-                })
+                .get_job(as_caller(
+                    pb::JobRef {
+                        job_id: job_id.into(),
+                    },
+                    caller,
+                ))
                 .await
                 .expect("get job")
                 .into_inner();
@@ -298,6 +310,16 @@ impl Cluster {
         let v: serde_json::Value = serde_json::from_str(&l.policy_json).expect("policy json");
         v["useScenes"][0]["remainingCounts"].as_u64()
     }
+}
+
+/// A request naming its caller in the `x-tessera-user` metadata (`None`: anonymous).
+pub fn as_caller<T>(msg: T, caller: Option<&str>) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    if let Some(c) = caller {
+        req.metadata_mut()
+            .insert("x-tessera-user", c.parse().expect("ascii caller"));
+    }
+    req
 }
 
 /// Deterministic keys: `n` keys `{tag}-{i}` style, from a seed.

@@ -5,4 +5,5 @@ mod accounts;
 mod billing;
 mod harness;
 mod money;
+mod results;
 mod spine;

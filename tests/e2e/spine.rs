@@ -176,12 +176,21 @@ async fn a_killed_worker_fails_the_job_and_releases_its_count() {
     c.provider.proc.kill();
     let j = c.wait(&j.job_id).await;
     assert_eq!(j.state_text(), "failed", "{j:?}");
+    // The buyer sees the provider's loss only by its kind (or its own side's peer error).
+    let provider_worker = c
+        .provider
+        .proc
+        .first_line
+        .split_whitespace()
+        .nth(1)
+        .expect("id");
     assert!(
-        j.error.contains("worker lost") || j.error.contains("peer"),
+        j.error == "the provider's side failed: worker_lost" || j.error.contains("(peer)"),
         "{}",
         j.error
     );
     assert_eq!(j.delivered_at_ms, None, "failed before its delivery point");
+    assert!(!j.error.contains(provider_worker), "{}", j.error);
     assert_eq!(c.remaining(&lic).await, Some(2), "count released");
     assert_eq!(j.charge_micros, 0);
     let t = client

@@ -1,12 +1,21 @@
 //! Runs one task: checks its ticket, reads the party's keys, opens the peer link, runs the
 //! engine role, writes the receiver's result, and measures usage.
+//!
+//! The result (receiver, intersection mode, an output name given) is an RFC 4180 CSV file with
+//! one column per buyer key column and per carried column (`carry_columns`, the buyer's OWN
+//! columns), holding the ORIGINAL values of the buyer's rows (not the normalised keys). Every
+//! buyer row whose key is in the intersection is written, in file order, so duplicates in the
+//! buyer's set each appear (the job's `result_size` counts distinct keys). The file never
+//! replaces an existing one: an existing name fails the task before the engine runs, and the
+//! write itself publishes with no overwrite.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
-use tessera_core::table::{KeySpec, read_keys};
+use tessera_core::table::{KeySpec, TableError, WrittenFile, read_keys_keeping, write_result_csv};
 use tessera_core::{Link, PsiMode, TaskErrorKind, TaskRole, TaskSpec};
 use tessera_psi::{Mode, PsiConfig, PsiError};
 
@@ -60,6 +69,10 @@ pub struct TaskOutcome {
     pub result_size: Option<u64>,
     /// Result file name (receiver, intersection mode).
     pub result_location: String,
+    /// The result file written, with its size, rows and SHA-256 (receiver, intersection mode).
+    pub result_file: Option<WrittenFile>,
+    /// Rows of this party's dataset left out because their key is empty.
+    pub empty_keys: u64,
     /// Link counters.
     pub link: tessera_core::LinkStats,
 }
@@ -122,14 +135,41 @@ pub async fn run_task(
         PsiMode::Intersection => Mode::Intersection,
         PsiMode::Size => Mode::SizeOnly,
     };
-    let case = spec.key_case;
     let path = inside(&env.dataset_dir, &spec.dataset_location)?;
     let key_spec = KeySpec {
         columns: spec.key_columns.clone(),
-        case,
+        case: spec.key_case,
+        unicode: spec.unicode_form,
+        empty: spec.empty_keys,
+    };
+    // Where the result goes, refused up front if the name is taken: a result never replaces
+    // a file (the write checks again, atomically).
+    let result_path = match (spec.role, spec.mode, spec.output.is_empty()) {
+        (TaskRole::Receiver, PsiMode::Intersection, false) => {
+            let p = inside(&env.output_dir, &spec.output)?;
+            if std::fs::symlink_metadata(&p).is_ok() {
+                return Err(TaskError::Input(format!(
+                    "result file {:?} already exists in the output directory; a result never \
+                     replaces a file",
+                    spec.output
+                )));
+            }
+            Some(p)
+        }
+        _ => None,
+    };
+    let header: Vec<String> = match result_path {
+        Some(_) => spec
+            .key_columns
+            .iter()
+            .chain(&spec.carry_columns)
+            .cloned()
+            .collect(),
+        None => Vec::new(),
     };
     progress.report("read", 0, 0);
-    let input = tokio::task::spawn_blocking(move || read_keys(&path, &key_spec))
+    let keep = header.clone();
+    let input = tokio::task::spawn_blocking(move || read_keys_keeping(&path, &key_spec, &keep))
         .await
         .map_err(|e| TaskError::Internal(format!("reader task: {e}")))?
         .map_err(|e| TaskError::Input(e.to_string()))?;
@@ -156,6 +196,7 @@ pub async fn run_task(
     let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
     let mut outcome = TaskOutcome {
         rows_in: input.rows,
+        empty_keys: input.empty_keys,
         ..TaskOutcome::default()
     };
     let peer_err = |e: PsiError| match e {
@@ -178,27 +219,44 @@ pub async fn run_task(
                     .await
                     .map_err(peer_err)?;
             outcome.result_size = Some(out.intersection_size);
-            if let Some(idx) = out.intersection {
-                if !spec.output.is_empty() {
-                    let path = inside(&env.output_dir, &spec.output)?;
-                    let keys: Vec<Vec<u8>> = idx
-                        .iter()
-                        .filter_map(|&i| input.keys.get(i).cloned())
-                        .collect();
-                    let header = spec.key_columns.join("|");
-                    tokio::task::spawn_blocking(move || {
-                        tessera_core::table::write_key_column_csv(&path, &header, &keys)
-                    })
-                    .await
-                    .map_err(|e| TaskError::Internal(format!("writer task: {e}")))?
-                    .map_err(|e| TaskError::Internal(format!("writing the result: {e}")))?;
-                    outcome.result_location = spec.output.clone();
-                }
+            if let (Some(idx), Some(path)) = (out.intersection, result_path) {
+                let written = write_result(path, header, input, &idx).await?;
+                outcome.result_file = Some(written);
+                outcome.result_location = spec.output.clone();
             }
         }
     }
     outcome.link = link.stats();
     Ok(outcome)
+}
+
+/// Writes the buyer's original values (key and carried columns) of every row whose key is
+/// among the matched keys (`first_of_each`: the index of one row per distinct common key).
+async fn write_result(
+    path: PathBuf,
+    header: Vec<String>,
+    input: tessera_core::table::KeyedInput,
+    first_of_each: &[usize],
+) -> Result<WrittenFile, TaskError> {
+    let matched: HashSet<Vec<u8>> = first_of_each
+        .iter()
+        .filter_map(|&i| input.keys.get(i).cloned())
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let rows = input
+            .keys
+            .iter()
+            .zip(&input.kept)
+            .filter(|(k, _)| matched.contains(k.as_slice()))
+            .map(|(_, v)| v);
+        write_result_csv(&path, &header, rows)
+    })
+    .await
+    .map_err(|e| TaskError::Internal(format!("writer task: {e}")))?
+    .map_err(|e| match e {
+        TableError::OutputExists { .. } => TaskError::Input(e.to_string()),
+        e => TaskError::Internal(format!("writing the result: {e}")),
+    })
 }
 
 /// Measures a future's wall and process CPU time.

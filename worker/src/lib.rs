@@ -531,7 +531,14 @@ async fn report(
             peak_rss_kb: usage::peak_rss_kb(),
         }),
         result_size: o.result_size,
+        result_file: o.result_file.map(|f| pb::ResultFile {
+            name: o.result_location.clone(),
+            bytes: f.bytes,
+            rows: f.rows,
+            sha256_hex: hex::encode(f.sha256),
+        }),
         result_location: o.result_location,
+        empty_keys: o.empty_keys,
     };
     // Reports are idempotent on the operator: retry a few times on transport errors.
     let sent = (|| {

@@ -1,0 +1,285 @@
+//! PSI results end to end (issue 8 items 4, 12-15, 17): what the buyer's worker writes, what
+//! the job records, and what each party is shown, through real operator and worker processes.
+
+use sha2::{Digest, Sha256};
+use tessera_proto::v1 as pb;
+
+use crate::harness::{BUYER, Cluster, PROVIDER, USER};
+
+/// The result file as a standard CSV reader sees it: header, then records.
+fn read_csv(path: &std::path::Path) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut r = csv::Reader::from_path(path).expect("result file");
+    let header = r
+        .headers()
+        .expect("header")
+        .iter()
+        .map(String::from)
+        .collect();
+    let rows = r
+        .records()
+        .map(|rec| rec.expect("record").iter().map(String::from).collect())
+        .collect();
+    (header, rows)
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// A two-column-key job over the datasets `p` and `b`, folded and NFC-normalised, carrying the
+/// buyer's `name` and `spend`.
+fn two_column_job(lic: &str, buyer_dataset: &str, output: &str) -> pb::SubmitJobRequest {
+    pb::SubmitJobRequest {
+        buyer_columns: strings(&["mail", "tel"]),
+        provider_columns: strings(&["email", "phone"]),
+        key_case: pb::KeyCase::Fold.into(),
+        unicode_form: pb::UnicodeForm::Nfc.into(),
+        carry_columns: strings(&["name", "spend"]),
+        ..Cluster::job(lic, buyer_dataset, "intersection", output)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_result_is_the_buyers_own_rows_as_csv_and_is_never_replaced() {
+    let c = Cluster::start(5_000);
+    c.fund(1_000_000_000, "fund").await;
+    c.dataset(
+        &c.provider,
+        "p",
+        "email,phone,secret",
+        &strings(&[
+            "alice@x.com,0123,s1",
+            "bob@x.com,0456,s2",
+            ",0789,s3",
+            "carol@x.com,,s4",
+            "e\u{301}mile@x.com,0222,s5",
+            "strasse@x.com,0333,s6",
+        ]),
+    )
+    .await;
+    c.dataset(
+        &c.buyer,
+        "b",
+        "mail,tel,name,spend",
+        &strings(&[
+            " ALICE@X.COM ,0123,Alice,10",
+            "Bob@X.com,0456,Bob,20",
+            "Bob@X.com,0456,\"Bobby, Jr.\",21",
+            ",0789,Nobody,0",
+            "carol@x.com,,Carol,5",
+            "\u{c9}MILE@x.com,0222,\u{c9}mile,3",
+            "STRAßE@X.COM,0333,Straße,4",
+            "erin@x.com,0111,Erin,7",
+        ]),
+    )
+    .await;
+    let lic = c.licence("p", None).await;
+    let mut client = c.client().await;
+    let j = client
+        .submit_job(two_column_job(&lic, "b", "r.csv"))
+        .await
+        .expect("submit")
+        .into_inner();
+    let job_id = j.job_id.clone();
+    let j = c.wait(&job_id).await;
+    assert_eq!(j.state_text(), "succeeded", "{j:?}");
+    // Four distinct common keys: alice, bob, émile (NFC + fold), strasse (fold).
+    assert_eq!(j.result_size, Some(4));
+
+    // One column per key and carried column, the buyer's ORIGINAL values, every matching
+    // row (both Bob rows), in file order; empty keys never match each other.
+    let path = c.buyer.outputs.join("r.csv");
+    let (header, rows) = read_csv(&path);
+    assert_eq!(header, ["mail", "tel", "name", "spend"]);
+    assert_eq!(
+        rows,
+        vec![
+            strings(&[" ALICE@X.COM ", "0123", "Alice", "10"]),
+            strings(&["Bob@X.com", "0456", "Bob", "20"]),
+            strings(&["Bob@X.com", "0456", "Bobby, Jr.", "21"]),
+            strings(&["\u{c9}MILE@x.com", "0222", "\u{c9}mile", "3"]),
+            strings(&["STRAßE@X.COM", "0333", "Straße", "4"]),
+        ]
+    );
+    let bytes = std::fs::read(&path).expect("read");
+    assert!(!bytes.contains(&0x1f), "no unit separator in a result");
+    assert!(
+        !String::from_utf8_lossy(&bytes).contains("s1"),
+        "never the provider's columns"
+    );
+    // The job records the file's size, rows and SHA-256.
+    let f = j.result_file.clone().expect("result file recorded");
+    assert_eq!(f.name, "r.csv");
+    assert_eq!(f.bytes, bytes.len() as u64);
+    assert_eq!(f.rows, 5);
+    assert_eq!(f.sha256_hex, hex::encode(Sha256::digest(&bytes)));
+    // Each party sees only its own count of rows left out for an empty key.
+    assert_eq!((j.buyer_empty_keys, j.provider_empty_keys), (Some(2), None));
+    let pj = c.wait_as(&job_id, Some(PROVIDER)).await;
+    assert_eq!(
+        (pj.buyer_empty_keys, pj.provider_empty_keys),
+        (None, Some(2))
+    );
+    assert_eq!(pj.result_file, None, "the result is the buyer's");
+    assert_eq!(pj.result_size, None);
+    // `job get` shows the recorded file.
+    let out = std::process::Command::new(crate::harness::BIN)
+        .args(["job", "get", "--operator", &c.url, "--user", USER, &job_id])
+        .output()
+        .expect("job get");
+    let line = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        line.contains(&format!("result_sha256={}", f.sha256_hex))
+            && line.contains("result_rows=5")
+            && line.contains("buyer_empty_keys=2"),
+        "{line}"
+    );
+
+    // The same name again is refused at admission: the paid result stays as it is.
+    let again = client
+        .submit_job(two_column_job(&lic, "b", "r.csv"))
+        .await
+        .expect("submit")
+        .into_inner();
+    assert_eq!(again.state_text(), "refused", "{again:?}");
+    assert_eq!(
+        again
+            .refusals
+            .iter()
+            .map(|r| r.code.as_str())
+            .collect::<Vec<_>>(),
+        ["ALREADY_EXISTS"],
+        "{again:?}"
+    );
+    assert!(
+        again.refusal_reasons.iter().any(|r| r.contains(&job_id)),
+        "{again:?}"
+    );
+    // A file already there (not recorded by any job) fails the job before the engine runs.
+    std::fs::write(c.buyer.outputs.join("mine.csv"), b"my own file\n").expect("write");
+    let j2 = client
+        .submit_job(two_column_job(&lic, "b", "mine.csv"))
+        .await
+        .expect("submit")
+        .into_inner();
+    let j2 = c.wait(&j2.job_id).await;
+    assert_eq!(j2.state_text(), "failed", "{j2:?}");
+    assert!(j2.error.contains("already exists"), "{}", j2.error);
+    assert_eq!(
+        std::fs::read(c.buyer.outputs.join("mine.csv")).expect("read"),
+        b"my own file\n"
+    );
+    assert_eq!(std::fs::read(&path).expect("read"), bytes);
+    let first = c.wait(&job_id).await;
+    assert_eq!(
+        first.result_file,
+        Some(f),
+        "the first job's record is unchanged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_side_failure_is_shown_to_the_buyer_only_by_its_kind() {
+    let c = Cluster::start(5_000);
+    c.fund(1_000_000_000, "fund").await;
+    c.dataset(&c.provider, "p", "k,secret_col", &strings(&["a,1", ",2"]))
+        .await;
+    c.dataset(&c.buyer, "b", "k", &strings(&["a", "b"])).await;
+    let lic = c.licence("p", None).await;
+    let mut client = c.client().await;
+    let provider_worker = c
+        .provider
+        .proc
+        .first_line
+        .split_whitespace()
+        .nth(1)
+        .expect("id");
+
+    for (case, req) in [
+        // An unknown provider column: the provider's error lists its columns.
+        ("missing column", {
+            let mut r = Cluster::job(&lic, "b", "size", "");
+            r.provider_columns = strings(&["no_such_col"]);
+            r
+        }),
+        // The job asks to fail on empty keys: the provider has one.
+        ("empty key", {
+            let mut r = Cluster::job(&lic, "b", "size", "");
+            r.empty_keys = pb::EmptyKeys::Fail.into();
+            r
+        }),
+    ] {
+        let j = client.submit_job(req).await.expect("submit").into_inner();
+        let buyer = c.wait(&j.job_id).await;
+        assert_eq!(buyer.state_text(), "failed", "{case}: {buyer:?}");
+        assert_eq!(buyer.error, "the provider's side failed: input", "{case}");
+        assert_eq!(buyer.error_kind, "input", "{case}");
+        let anonymous = c.wait_as(&j.job_id, None).await;
+        assert_eq!(
+            anonymous.error, "the provider's side failed: input",
+            "{case}"
+        );
+        // The provider sees its own detail: the column, the file, its worker.
+        let provider = c.wait_as(&j.job_id, Some(PROVIDER)).await;
+        assert!(
+            provider.error.contains(provider_worker),
+            "{case}: {}",
+            provider.error
+        );
+        match case {
+            "missing column" => assert!(
+                provider.error.contains("no_such_col") && provider.error.contains("secret_col"),
+                "{}",
+                provider.error
+            ),
+            _ => assert!(
+                provider.error.contains("p.csv: line 3: empty key"),
+                "{}",
+                provider.error
+            ),
+        }
+        // The buyer's party sees what its user sees.
+        let party = c.wait_as(&j.job_id, Some(BUYER)).await;
+        assert_eq!(party.error, buyer.error, "{case}");
+    }
+
+    // A refusal for want of a fitting worker names no worker and no attribute.
+    let policy = format!(
+        r#"{{"policyName":"t","relUsers":[{{"userId":"{USER}","userName":"U","isGroup":0}}],
+            "useScenes":[{{"useSence":"psi","visitArea":["r9"]}}]}}"#
+    );
+    let far = client
+        .create_licence(pb::CreateLicenceRequest {
+            licensor: PROVIDER.into(),
+            licensee: USER.into(),
+            dataset_id: "p".into(),
+            policy_json: policy,
+            price_per_job_micros: 1_000,
+            price_per_1k_rows_micros: 10,
+            operator_share_bps: 2_000,
+            monthly_price_micros: 0,
+        })
+        .await
+        .expect("licence")
+        .into_inner()
+        .licence_id;
+    let j = client
+        .submit_job(Cluster::job(&far, "b", "size", ""))
+        .await
+        .expect("submit")
+        .into_inner();
+    assert_eq!(j.state_text(), "refused");
+    let text = j.refusal_reasons.join("; ");
+    assert!(!text.contains(provider_worker), "{text}");
+    assert!(!text.contains("r1"), "{text}");
+    assert!(
+        text.contains(
+            "no live worker of party prov fits the policy's environment lists (1 live worker(s) \
+             checked)"
+        ),
+        "{text}"
+    );
+    // Read back later, the refusal is the same text.
+    let back = c.wait(&j.job_id).await;
+    assert_eq!(back.refusal_reasons, j.refusal_reasons);
+}
