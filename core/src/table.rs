@@ -738,8 +738,10 @@ pub fn write_key_column_csv(path: &Path, header: &str, keys: &[Vec<u8>]) -> Resu
     tmp_name.push(format!(".{:016x}.tmp", OsRng.next_u64()));
     let tmp_path = dir.join(tmp_name);
 
+    // Errors name the user's `path`, never the hidden temporary file.
     let result = write_csv_to(&tmp_path, header, &keys)
-        .and_then(|()| std::fs::rename(&tmp_path, path).map_err(|e| io_error(path, e)));
+        .and_then(|()| std::fs::rename(&tmp_path, path))
+        .map_err(|e| write_error(path, e));
     match result {
         Ok(()) => {
             // Best effort: persist the rename itself.
@@ -755,24 +757,45 @@ pub fn write_key_column_csv(path: &Path, header: &str, keys: &[Vec<u8>]) -> Resu
     }
 }
 
-fn write_csv_to(tmp_path: &Path, header: &str, keys: &[&str]) -> Result<(), TableError> {
+/// An error writing the result file `path`, in terms of `path` and its directory: a missing
+/// or non-directory parent and a directory in the way are said as such.
+fn write_error(path: &Path, e: io::Error) -> TableError {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let cause = if !dir.exists() {
+        format!("the directory {} does not exist", dir.display())
+    } else if !dir.is_dir() {
+        format!("{} is not a directory", dir.display())
+    } else if path.is_dir() {
+        format!("{} is a directory", path.display())
+    } else {
+        match e.kind() {
+            io::ErrorKind::PermissionDenied => {
+                format!("permission denied in {}", dir.display())
+            }
+            _ => e.to_string(),
+        }
+    };
+    TableError::Io(format!("writing {}: {cause}", path.display()))
+}
+
+fn write_csv_to(tmp_path: &Path, header: &str, keys: &[&str]) -> io::Result<()> {
     let file = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .open(tmp_path)
-        .map_err(|e| io_error(tmp_path, e))?;
+        .open(tmp_path)?;
     let mut w = BufWriter::new(file);
     let mut line = Vec::with_capacity(256);
     for field in std::iter::once(header).chain(keys.iter().copied()) {
         line.clear();
         push_csv_field(&mut line, field);
         line.push(b'\n');
-        w.write_all(&line).map_err(|e| io_error(tmp_path, e))?;
+        w.write_all(&line)?;
     }
-    let file = w
-        .into_inner()
-        .map_err(|e| io_error(tmp_path, e.into_error()))?;
-    file.sync_all().map_err(|e| io_error(tmp_path, e))
+    let file = w.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()
 }
 
 #[cfg(test)]
@@ -1014,6 +1037,34 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn write_errors_name_the_result_path_and_the_real_cause() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keys = [b"a".to_vec()];
+        let missing = dir.path().join("gone/out.csv");
+        let e = write_key_column_csv(&missing, "k", &keys).expect_err("missing dir");
+        let text = e.to_string();
+        assert!(text.contains(&missing.display().to_string()), "{text}");
+        assert!(text.contains("does not exist"), "{text}");
+        assert!(!text.contains("/.out.csv."), "{text}");
+        let file = dir.path().join("plain");
+        std::fs::write(&file, "x").expect("write");
+        let e = write_key_column_csv(&file.join("out.csv"), "k", &keys).expect_err("file as dir");
+        assert!(e.to_string().contains("is not a directory"), "{e}");
+        assert!(!e.to_string().contains("/.out.csv."), "{e}");
+        let sub = dir.path().join("sub.csv");
+        std::fs::create_dir(&sub).expect("mkdir");
+        let e = write_key_column_csv(&sub, "k", &keys).expect_err("dir in the way");
+        assert!(e.to_string().contains("is a directory"), "{e}");
+        assert!(!e.to_string().contains("/.sub.csv."), "{e}");
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("ls")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
     }
 
     #[test]

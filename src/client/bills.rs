@@ -28,6 +28,7 @@ pub enum BillsCmd {
     Lines {
         #[command(flatten)]
         conn: Conn,
+        /// The bill id, `YYYY-MM:customer`.
         bill_id: String,
         /// Print CSV.
         #[arg(long)]
@@ -48,6 +49,7 @@ pub enum StatementsCmd {
     List {
         #[command(flatten)]
         conn: Conn,
+        /// Only this provider's statements (empty: every provider).
         #[arg(long, default_value = "")]
         provider: String,
         /// Print CSV.
@@ -58,6 +60,7 @@ pub enum StatementsCmd {
     Payout {
         #[command(flatten)]
         conn: Conn,
+        /// The provider paid.
         #[arg(long)]
         provider: String,
         /// YYYY-MM.
@@ -76,12 +79,16 @@ pub enum LimitsCmd {
         /// platform, product or customer.
         #[arg(long)]
         scope: String,
+        /// The customer (scope customer).
         #[arg(long, default_value = "")]
         customer: String,
+        /// The product (scope product or customer), e.g. psi.
         #[arg(long, default_value = "")]
         product: String,
+        /// Minimum purchase amount, micro-units.
         #[arg(long)]
         min_purchase_micros: Option<i64>,
+        /// Minimum freeze amount, micro-units: below it the account is frozen.
         #[arg(long)]
         min_freeze_micros: Option<i64>,
         /// Store the configuration disabled.
@@ -97,8 +104,10 @@ pub enum AccountCmd {
     Status {
         #[command(flatten)]
         conn: Conn,
+        /// The customer.
         #[arg(long)]
         user: String,
+        /// The product whose limits apply.
         #[arg(long, default_value = "psi")]
         product: String,
     },
@@ -106,8 +115,10 @@ pub enum AccountCmd {
     Freeze {
         #[command(flatten)]
         conn: Conn,
+        /// The customer.
         #[arg(long)]
         user: String,
+        /// Why (shown to the customer and in the audit chain).
         #[arg(long)]
         reason: String,
     },
@@ -115,6 +126,7 @@ pub enum AccountCmd {
     Thaw {
         #[command(flatten)]
         conn: Conn,
+        /// The customer.
         #[arg(long)]
         user: String,
     },
@@ -122,6 +134,7 @@ pub enum AccountCmd {
     Clear {
         #[command(flatten)]
         conn: Conn,
+        /// The customer.
         #[arg(long)]
         user: String,
     },
@@ -129,8 +142,10 @@ pub enum AccountCmd {
     Whitelist {
         #[command(flatten)]
         conn: Conn,
+        /// The customer.
         #[arg(long)]
         user: String,
+        /// Take the customer off the white list instead.
         #[arg(long)]
         remove: bool,
     },

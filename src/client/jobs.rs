@@ -10,7 +10,8 @@ use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
 use super::conn::Conn;
-use super::output::fmt_micros;
+use super::output::{Out, fmt_micros};
+use crate::exit::{ConnectionLost, JobEnded};
 use crate::progress::{self, PhaseBar};
 
 /// `tessera job …`.
@@ -20,15 +21,19 @@ pub enum JobCmd {
     Submit {
         #[command(flatten)]
         conn: Conn,
+        /// The buyer user submitting the job (the licensee, or in its group).
         #[arg(long)]
         user: String,
         /// Comma-separated groups the user belongs to.
         #[arg(long, default_value = "")]
         groups: String,
+        /// The licence the job runs under.
         #[arg(long)]
         licence: String,
+        /// The buyer's party (its worker runs the receiver and writes the result).
         #[arg(long)]
         buyer_party: String,
+        /// The buyer's own dataset id.
         #[arg(long)]
         buyer_dataset: String,
         /// Key columns in the buyer's dataset, comma-separated.
@@ -43,25 +48,32 @@ pub enum JobCmd {
         /// preserve | lower | upper
         #[arg(long, default_value = "preserve")]
         key_case: String,
-        /// Result file name on the buyer's worker.
+        /// Result file name in the buyer worker's output directory (a bare name: no
+        /// directory, no leading dot or surrounding spaces); empty: no file.
         #[arg(long, default_value = "")]
         output: String,
-        /// Follow the job until it ends.
+        /// Follow the job until it ends; the exit status then tells how it ended (0
+        /// succeeded, 3 refused, 4 failed, 5 cancelled, 6 connection lost).
         #[arg(long)]
         watch: bool,
     },
-    /// Show a job.
+    /// Show a job (exit status 0 whatever its state).
     Get {
         #[command(flatten)]
         conn: Conn,
+        /// The job id.
         id: String,
     },
-    /// Follow a job until it ends.
+    /// Follow a job until it ends; exit status 0 succeeded, 3 refused, 4 failed, 5
+    /// cancelled, 6 connection lost.
     Watch {
         #[command(flatten)]
         conn: Conn,
+        /// The job id.
         id: String,
     },
+    /// List jobs, oldest first, with their state, dates, charge and progress.
+    List(super::lists::JobListArgs),
     /// Cancel a job.
     Cancel {
         #[command(flatten)]
@@ -69,6 +81,7 @@ pub enum JobCmd {
         /// The user who submitted it.
         #[arg(long)]
         user: String,
+        /// The job id.
         id: String,
     },
 }
@@ -100,33 +113,103 @@ pub fn job_line(j: &pb::Job) -> String {
     s
 }
 
-/// Follows a job, drawing one progress bar per party on stderr when it is a terminal (see
-/// [`crate::progress`]), and returns its final state.
+/// How many times a watch is re-opened after its stream broke or ended early, before the
+/// connection is declared lost.
+const WATCH_RETRIES_MAX: u32 = 20;
+/// Pause between two attempts to re-open a watch.
+const WATCH_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
+
+fn is_terminal(j: &pb::Job) -> bool {
+    matches!(
+        j.state(),
+        pb::JobState::Succeeded
+            | pb::JobState::Failed
+            | pb::JobState::Refused
+            | pb::JobState::Cancelled
+    )
+}
+
+/// Follows a job until it reaches a terminal state (succeeded, failed, refused, cancelled),
+/// drawing one progress bar per party on stderr when it is a terminal (see
+/// [`crate::progress`]), and returns that final state. A watch stream that breaks or ends
+/// before the job does is re-opened (at most [`WATCH_RETRIES_MAX`] times); this never
+/// returns a job that can still change.
 ///
-/// Errors: the watch stream fails, or ends before sending the job once.
+/// Errors: the operator answers with an error (e.g. `NOT_FOUND`); [`ConnectionLost`] when
+/// it stops answering before the job ends.
 pub async fn watch(client: &mut OperatorClient<Channel>, job_id: &str) -> anyhow::Result<pb::Job> {
+    let multi = progress::multi();
+    let mut bars: BTreeMap<String, PhaseBar> = BTreeMap::new();
+    let mut failures = 0u32;
+    let end = loop {
+        match follow_once(client, job_id, &multi, &mut bars).await {
+            Ok(Some(j)) => break Ok(j),
+            Ok(None) => failures += 1,
+            Err(s) if !crate::exit::is_transport(&s) && s.code() != tonic::Code::Unavailable => {
+                break Err(anyhow::Error::new(s).context(format!("watching job {job_id}")));
+            }
+            Err(_) => failures += 1,
+        }
+        if failures > WATCH_RETRIES_MAX {
+            break Err(anyhow::Error::new(ConnectionLost {
+                what: format!("the operator stopped reporting on job {job_id} before it ended"),
+            }));
+        }
+        tokio::time::sleep(WATCH_RETRY_PAUSE).await;
+    };
+    for bar in bars.values() {
+        bar.finish();
+    }
+    end
+}
+
+/// One watch stream, read to its end: the terminal job if it came, `None` if the stream
+/// ended first.
+async fn follow_once(
+    client: &mut OperatorClient<Channel>,
+    job_id: &str,
+    multi: &indicatif::MultiProgress,
+    bars: &mut BTreeMap<String, PhaseBar>,
+) -> Result<Option<pb::Job>, tonic::Status> {
     let mut stream = client
         .watch_job(pb::JobRef {
             job_id: job_id.into(),
         })
         .await?
         .into_inner();
-    let multi = progress::multi();
-    let mut bars: BTreeMap<String, PhaseBar> = BTreeMap::new();
-    let mut last = None;
     while let Some(j) = stream.next().await {
         let j = j?;
         for p in &j.progress {
             bars.entry(p.party.clone())
-                .or_insert_with(|| PhaseBar::new(&multi, &p.party))
+                .or_insert_with(|| PhaseBar::new(multi, &p.party))
                 .update(&p.phase, p.done, p.total);
         }
-        last = Some(j);
+        if is_terminal(&j) {
+            return Ok(Some(j));
+        }
     }
-    for bar in bars.values() {
-        bar.finish();
+    // The stream ended early (the operator restarted, a proxy cut it): ask once directly.
+    let j = client
+        .get_job(pb::JobRef {
+            job_id: job_id.into(),
+        })
+        .await?
+        .into_inner();
+    Ok(is_terminal(&j).then_some(j))
+}
+
+/// `Ok` for a succeeded (or still running, when not followed) job; [`JobEnded`] for a
+/// refused, failed or cancelled one, whose exit status says which (see [`crate::exit`]).
+fn job_outcome(j: &pb::Job) -> anyhow::Result<()> {
+    match j.state() {
+        s @ (pb::JobState::Refused | pb::JobState::Failed | pb::JobState::Cancelled) => {
+            Err(anyhow::Error::new(JobEnded {
+                job_id: j.job_id.clone(),
+                state: s,
+            }))
+        }
+        _ => Ok(()),
     }
-    last.ok_or_else(|| anyhow::anyhow!("watch ended without a job"))
 }
 
 /// Runs one job command.
@@ -163,10 +246,14 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<()> {
                 })
                 .await?
                 .into_inner();
-            println!("{}", job_line(&j));
-            if follow && j.state() != pb::JobState::Refused {
+            let mut out = Out::stdout();
+            out.line(job_line(&j))?;
+            if follow && !is_terminal(&j) {
                 let j = watch(&mut c, &j.job_id).await?;
-                println!("{}", job_line(&j));
+                out.line(job_line(&j))?;
+                job_outcome(&j)?;
+            } else {
+                job_outcome(&j)?;
             }
         }
         JobCmd::Get { conn, id } => {
@@ -176,12 +263,14 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<()> {
                 .get_job(pb::JobRef { job_id: id })
                 .await?
                 .into_inner();
-            println!("{}", job_line(&j));
+            Out::stdout().line(job_line(&j))?;
         }
         JobCmd::Watch { conn, id } => {
             let j = watch(&mut conn.connect().await?, &id).await?;
-            println!("{}", job_line(&j));
+            Out::stdout().line(job_line(&j))?;
+            job_outcome(&j)?;
         }
+        JobCmd::List(a) => super::lists::jobs(a).await?,
         JobCmd::Cancel { conn, user, id } => {
             let mut req = tonic::Request::new(pb::JobRef { job_id: id });
             req.metadata_mut().insert(
@@ -189,7 +278,7 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<()> {
                 user.parse().context("user is not valid metadata")?,
             );
             let j = conn.connect().await?.cancel_job(req).await?.into_inner();
-            println!("{}", job_line(&j));
+            Out::stdout().line(job_line(&j))?;
         }
     }
     Ok(())

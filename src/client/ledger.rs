@@ -30,6 +30,7 @@ pub struct DepositArgs {
 pub struct CreditArgs {
     #[command(flatten)]
     conn: Conn,
+    /// Buyer user id.
     #[arg(long)]
     user: String,
     /// Credit limit in micro-units (0 removes the line).
