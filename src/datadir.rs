@@ -73,14 +73,6 @@ impl std::error::Error for DataDirError {
 #[derive(Debug)]
 pub struct DataDirLock {
     _file: File,
-    dir: PathBuf,
-}
-
-impl DataDirLock {
-    /// The locked directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
 }
 
 /// Creates `dir` (and missing parents) with mode 0700 if it does not exist, warns when an
@@ -118,10 +110,7 @@ pub fn lock(dir: &Path) -> Result<DataDirLock, DataDirError> {
         .and_then(|_| writeln!(file, "{}", std::process::id()))
         .and_then(|()| file.sync_all())
         .map_err(io("writing pid to"))?;
-    Ok(DataDirLock {
-        _file: file,
-        dir: dir.to_owned(),
-    })
+    Ok(DataDirLock { _file: file })
 }
 
 /// The pid the lock holder wrote, if it can be read.

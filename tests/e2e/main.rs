@@ -4,4 +4,5 @@
 mod accounts;
 mod billing;
 mod harness;
+mod ops;
 mod spine;

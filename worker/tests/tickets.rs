@@ -198,6 +198,33 @@ impl Operator for ScriptedOperator {
     ) -> Result<Response<pb::AccountStatus>, Status> {
         unimplemented()
     }
+    async fn list_jobs(&self, _: Request<pb::JobQuery>) -> Result<Response<pb::JobList>, Status> {
+        unimplemented()
+    }
+    async fn list_datasets(
+        &self,
+        _: Request<pb::DatasetQuery>,
+    ) -> Result<Response<pb::DatasetList>, Status> {
+        unimplemented()
+    }
+    async fn list_licences(
+        &self,
+        _: Request<pb::LicenceQuery>,
+    ) -> Result<Response<pb::LicenceList>, Status> {
+        unimplemented()
+    }
+    async fn list_workers(
+        &self,
+        _: Request<pb::WorkerQuery>,
+    ) -> Result<Response<pb::WorkerList>, Status> {
+        unimplemented()
+    }
+    async fn get_operator_info(
+        &self,
+        _: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::OperatorInfo>, Status> {
+        unimplemented()
+    }
 }
 
 const NOW_MS: i64 = 1_800_000_000_000;
