@@ -361,7 +361,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let style = TableStyle::for_stdout();
     for listing in [
         ledger::usage(&usage.events),
-        ledger::transfers(&transfers.transfers, false),
+        ledger::transfers(&transfers.transfers, false, &tessera_core::civil::Zone::default()),
         ledger::balances(&balances.balances, false),
     ] {
         println!("{}", listing.table(style));

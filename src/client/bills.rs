@@ -158,9 +158,9 @@ pub async fn subscribe(
     user: String,
     months: u32,
 ) -> anyhow::Result<()> {
-    let v = conn
-        .connect()
-        .await?
+    let mut c = conn.connect().await?;
+    let zone = super::lists::zone(&mut c).await?;
+    let v = c
         .subscribe(pb::SubscriptionRequest {
             licence_id: licence,
             customer: user,
@@ -173,7 +173,7 @@ pub async fn subscribe(
         v.licence_id,
         v.customer,
         v.status,
-        tessera_accounting::civil::format_millis(v.end_ms),
+        zone.format_rfc3339(v.end_ms),
         v.months_total,
         fmt_micros(v.charged_micros)
     );
@@ -260,13 +260,13 @@ pub async fn bills(cmd: BillsCmd) -> anyhow::Result<()> {
             Out::stdout().listing(&bills_listing(&b.bills, csv), csv)?;
         }
         BillsCmd::Lines { conn, bill_id, csv } => {
-            let l = conn
-                .connect()
-                .await?
+            let mut c = conn.connect().await?;
+            let zone = super::lists::zone(&mut c).await?;
+            let l = c
                 .list_bill_lines(pb::BillRef { bill_id })
                 .await?
                 .into_inner();
-            Out::stdout().listing(&lines_listing(&l.lines, csv), csv)?;
+            Out::stdout().listing(&lines_listing(&l.lines, csv, &zone), csv)?;
         }
         BillsCmd::Close { conn } => {
             let b = conn
@@ -316,8 +316,13 @@ pub fn bills_listing(bills: &[pb::Bill], csv: bool) -> Listing {
     l
 }
 
-/// Bill lines: every field for CSV, the readable ones for a table.
-pub fn lines_listing(lines: &[pb::BillLine], csv: bool) -> Listing {
+/// Bill lines: every field for CSV (times as RFC 3339 dates in `zone`), the readable ones
+/// for a table.
+pub fn lines_listing(
+    lines: &[pb::BillLine],
+    csv: bool,
+    zone: &tessera_core::civil::Zone,
+) -> Listing {
     if csv {
         let mut header = vec![
             "line_id",
@@ -327,10 +332,10 @@ pub fn lines_listing(lines: &[pb::BillLine], csv: bool) -> Listing {
             "kind",
             "product",
             "provider",
-            "event_time_ms",
-            "arrival_time_ms",
-            "service_start_ms",
-            "service_end_ms",
+            "event_time",
+            "arrival_time",
+            "service_start",
+            "service_end",
             "corrects_period",
         ];
         header.extend(AMOUNT_COLUMNS);
@@ -345,10 +350,15 @@ pub fn lines_listing(lines: &[pb::BillLine], csv: bool) -> Listing {
                 x.kind.clone(),
                 x.product.clone(),
                 x.provider.clone(),
-                x.event_time_ms.to_string(),
-                x.arrival_time_ms.to_string(),
-                x.service_start_ms.to_string(),
-                x.service_end_ms.to_string(),
+                zone.format_rfc3339(x.event_time_ms),
+                zone.format_rfc3339(x.arrival_time_ms),
+                // 0: the line has no service period (a job's line).
+                (x.service_start_ms != 0)
+                    .then(|| zone.format_rfc3339(x.service_start_ms))
+                    .unwrap_or_default(),
+                (x.service_end_ms != 0)
+                    .then(|| zone.format_rfc3339(x.service_end_ms))
+                    .unwrap_or_default(),
                 x.corrects_period.clone(),
             ];
             r.extend(amount_fields(x.amounts.as_ref()));
@@ -398,13 +408,13 @@ pub async fn statements(cmd: StatementsCmd) -> anyhow::Result<()> {
             provider,
             csv,
         } => {
-            let l = conn
-                .connect()
-                .await?
+            let mut c = conn.connect().await?;
+            let zone = super::lists::zone(&mut c).await?;
+            let l = c
                 .list_statements(pb::StatementQuery { provider })
                 .await?
                 .into_inner();
-            Out::stdout().listing(&statements_listing(&l.statements, csv), csv)?;
+            Out::stdout().listing(&statements_listing(&l.statements, csv, &zone), csv)?;
         }
         StatementsCmd::Payout {
             conn,
@@ -423,8 +433,13 @@ pub async fn statements(cmd: StatementsCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Provider statements: raw figures for CSV, yuan for a table.
-pub fn statements_listing(statements: &[pb::Statement], csv: bool) -> Listing {
+/// Provider statements: raw figures for CSV (the payout time as an RFC 3339 date in `zone`),
+/// yuan for a table.
+pub fn statements_listing(
+    statements: &[pb::Statement],
+    csv: bool,
+    zone: &tessera_core::civil::Zone,
+) -> Listing {
     if csv {
         let mut l = Listing::new(vec![
             "provider",
@@ -433,7 +448,7 @@ pub fn statements_listing(statements: &[pb::Statement], csv: bool) -> Listing {
             "paid_micros",
             "provider_micros",
             "operator_micros",
-            "paid_out_at_ms",
+            "paid_out_at",
             "payout_transfer_id",
         ]);
         for s in statements {
@@ -444,7 +459,9 @@ pub fn statements_listing(statements: &[pb::Statement], csv: bool) -> Listing {
                 s.paid_micros.to_string(),
                 s.provider_micros.to_string(),
                 s.operator_micros.to_string(),
-                s.paid_out_at_ms.map(|t| t.to_string()).unwrap_or_default(),
+                s.paid_out_at_ms
+                    .map(|t| zone.format_rfc3339(t))
+                    .unwrap_or_default(),
                 s.payout_transfer_id.clone(),
             ]);
         }

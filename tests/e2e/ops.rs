@@ -460,3 +460,44 @@ fn the_demo_refuses_a_directory_it_did_not_create() {
         "mine"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_seen_by_a_watcher_never_goes_backwards() {
+    use tokio_stream::StreamExt;
+    let c = Cluster::start(10_000);
+    c.dataset(&c.provider, "dsp", "k", &keys("k", 0..60_000)).await;
+    c.dataset(&c.buyer, "dsb", "k", &keys("k", 30_000..90_000)).await;
+    c.fund(100_000_000, "t1").await;
+    let lic = c.licence("dsp", None).await;
+    let mut client = c.client().await;
+    let j = client
+        .submit_job(Cluster::job(&lic, "dsb", "size", ""))
+        .await
+        .expect("submit")
+        .into_inner();
+    let mut stream = client
+        .watch_job(pb::JobRef {
+            job_id: j.job_id.clone(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut last: std::collections::HashMap<(String, String), u64> = Default::default();
+    let mut updates = 0;
+    let mut end = None;
+    while let Some(v) = stream.next().await {
+        let v = v.expect("update");
+        for p in &v.progress {
+            let key = (p.party.clone(), p.phase.clone());
+            let before = last.get(&key).copied().unwrap_or(0);
+            assert!(p.done >= before, "{key:?} went back from {before} to {}", p.done);
+            last.insert(key, p.done);
+            updates += 1;
+        }
+        end = Some(v);
+    }
+    let end = end.expect("a final state");
+    assert_eq!(end.state_text(), "succeeded", "{end:?}");
+    assert_eq!(end.result_size, Some(30_000));
+    assert!(updates > 2, "progress was reported ({updates} updates)");
+}
