@@ -2,12 +2,12 @@
 //! the process, so that a second `tessera serve` on the same directory refuses to start instead
 //! of "recovering" (failing) the first one's running jobs and voiding their holds.
 //!
-//! The lock is an OS advisory lock (`flock(2)` on Unix, through `std::fs::File::try_lock`) on
-//! the file `tessera.lock` in the directory. The kernel drops it when the process ends, however
+//! The lock is an OS advisory lock (`flock(2)`, through `nix::fcntl::Flock`) on the file
+//! `tessera.lock` in the directory. The kernel drops it when the process ends, however
 //! it ends (a crash or `kill -9` included), so a stale lock file never blocks a restart. The
 //! file holds the pid of the process that holds the lock, so the refusal can name it.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
@@ -72,6 +72,9 @@ impl std::error::Error for DataDirError {
 /// The held lock on a data directory; released when dropped (or when the process ends).
 #[derive(Debug)]
 pub struct DataDirLock {
+    #[cfg(unix)]
+    _file: nix::fcntl::Flock<File>,
+    #[cfg(not(unix))]
     _file: File,
 }
 
@@ -94,17 +97,27 @@ pub fn lock(dir: &Path) -> Result<DataDirLock, DataDirError> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut file = options.open(&path).map_err(io("opening lock file"))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(TryLockError::WouldBlock) => {
-            return Err(DataDirError::InUse {
-                dir: dir.to_owned(),
-                pid: read_pid(&mut file),
-            });
+    let file = options.open(&path).map_err(io("opening lock file"))?;
+    #[cfg(unix)]
+    let mut file = {
+        use nix::errno::Errno;
+        use nix::fcntl::{Flock, FlockArg};
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(locked) => locked,
+            Err((mut file, Errno::EWOULDBLOCK)) => {
+                return Err(DataDirError::InUse {
+                    dir: dir.to_owned(),
+                    pid: read_pid(&mut file),
+                });
+            }
+            Err((_, e)) => return Err(io("locking")(std::io::Error::from(e))),
         }
-        Err(TryLockError::Error(e)) => return Err(io("locking")(e)),
-    }
+    };
+    #[cfg(not(unix))]
+    let mut file = {
+        tracing::warn!("data directory locking is only implemented on Unix");
+        file
+    };
     file.set_len(0)
         .and_then(|()| file.seek(SeekFrom::Start(0)))
         .and_then(|_| writeln!(file, "{}", std::process::id()))
@@ -176,7 +189,10 @@ mod tests {
         }
         let text = err.to_string();
         assert!(text.contains(&dir.display().to_string()), "{text}");
-        assert!(text.contains(&format!("pid {}", std::process::id())), "{text}");
+        assert!(
+            text.contains(&format!("pid {}", std::process::id())),
+            "{text}"
+        );
         drop(first);
         lock(&dir).expect("free again once the holder is dropped");
     }

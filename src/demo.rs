@@ -141,7 +141,11 @@ pub const MARKER: &str = ".tessera-demo";
 /// Errors: `dir` is not empty and not the demo's, is not a directory, or cannot be written.
 pub fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
     if dir.exists() {
-        anyhow::ensure!(dir.is_dir(), "{} exists and is not a directory", dir.display());
+        anyhow::ensure!(
+            dir.is_dir(),
+            "{} exists and is not a directory",
+            dir.display()
+        );
         let empty = std::fs::read_dir(dir)
             .with_context(|| format!("reading {}", dir.display()))?
             .next()
@@ -153,8 +157,7 @@ pub fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
                  (no {MARKER} file in it); name a new or empty directory with --dir",
                 dir.display()
             );
-            std::fs::remove_dir_all(dir)
-                .with_context(|| format!("clearing {}", dir.display()))?;
+            std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
         }
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -361,7 +364,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let style = TableStyle::for_stdout();
     for listing in [
         ledger::usage(&usage.events),
-        ledger::transfers(&transfers.transfers, false, &tessera_core::civil::Zone::default()),
+        ledger::transfers(
+            &transfers.transfers,
+            false,
+            &tessera_core::civil::Zone::default(),
+        ),
         ledger::balances(&balances.balances, false),
     ] {
         println!("{}", listing.table(style));
@@ -417,7 +424,10 @@ mod tests {
         std::fs::create_dir(&theirs).expect("mkdir");
         std::fs::write(theirs.join("thesis.tex"), "precious").expect("write");
         let e = prepare_dir(&theirs).expect_err("not the demo's");
-        assert!(format!("{e:#}").contains("not created by `tessera demo`"), "{e:#}");
+        assert!(
+            format!("{e:#}").contains("not created by `tessera demo`"),
+            "{e:#}"
+        );
         assert_eq!(
             std::fs::read_to_string(theirs.join("thesis.tex")).expect("kept"),
             "precious"

@@ -93,7 +93,11 @@ pub fn code_of(e: &anyhow::Error) -> u8 {
             return CONNECTION_LOST;
         }
         if let Some(s) = c.downcast_ref::<tonic::Status>() {
-            return if is_transport(s) { CONNECTION_LOST } else { ERROR };
+            return if is_transport(s) {
+                CONNECTION_LOST
+            } else {
+                ERROR
+            };
         }
     }
     ERROR

@@ -170,13 +170,21 @@ mod tests {
         cmd.clone().debug_assert();
         let mut args = Vec::new();
         walk(&cmd, "tessera", &mut args);
-        assert!(args.len() > 100, "the walk found only {} arguments", args.len());
+        assert!(
+            args.len() > 100,
+            "the walk found only {} arguments",
+            args.len()
+        );
         let missing: Vec<&str> = args
             .iter()
             .filter(|(_, help, _)| help.trim().is_empty() || help.trim() == "[required]")
             .map(|(path, _, _)| path.as_str())
             .collect();
-        assert!(missing.is_empty(), "arguments without help:\n{}", missing.join("\n"));
+        assert!(
+            missing.is_empty(),
+            "arguments without help:\n{}",
+            missing.join("\n")
+        );
         let unmarked: Vec<&str> = args
             .iter()
             .filter(|(_, help, required)| *required && !help.ends_with("[required]"))
@@ -184,7 +192,8 @@ mod tests {
             .collect();
         assert!(unmarked.is_empty(), "required but not marked: {unmarked:?}");
         assert!(
-            args.iter().any(|(p, h, r)| p == "tessera job submit user" && *r && h.ends_with("[required]")),
+            args.iter()
+                .any(|(p, h, r)| p == "tessera job submit user" && *r && h.ends_with("[required]")),
             "job submit --user is required and marked"
         );
     }
@@ -192,7 +201,12 @@ mod tests {
     #[test]
     fn top_level_help_documents_the_exit_statuses() {
         let h = help(&["tessera", "--help"]);
-        for needle in ["3 the job was refused", "4 it failed", "5 it was cancelled", "6 connection lost"] {
+        for needle in [
+            "3 the job was refused",
+            "4 it failed",
+            "5 it was cancelled",
+            "6 connection lost",
+        ] {
             assert!(h.contains(needle), "{needle}: {h}");
         }
     }

@@ -71,7 +71,11 @@ pub(crate) async fn licences(
         .await
         .map_err(|e| status(&e))?;
     Ok(pb::LicenceList {
-        licences: l.items.iter().map(licence_to_pb).collect::<Result<_, _>>()?,
+        licences: l
+            .items
+            .iter()
+            .map(licence_to_pb)
+            .collect::<Result<_, _>>()?,
         next_page_token: l.next_token,
     })
 }

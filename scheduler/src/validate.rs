@@ -142,8 +142,17 @@ mod tests {
         assert!(file_name("output", "", false).is_ok());
         assert!(file_name("output", "", true).is_err());
         for bad in [
-            "../x.csv", "a/b.csv", ".hidden", "a\\b", ".", "..", "x.csv ", " x.csv", "x\tcsv",
-            "x\u{7}.csv", "dir/",
+            "../x.csv",
+            "a/b.csv",
+            ".hidden",
+            "a\\b",
+            ".",
+            "..",
+            "x.csv ",
+            " x.csv",
+            "x\tcsv",
+            "x\u{7}.csv",
+            "dir/",
         ] {
             assert!(file_name("output", bad, false).is_err(), "{bad:?}");
         }

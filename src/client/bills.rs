@@ -341,6 +341,13 @@ pub fn lines_listing(
         header.extend(AMOUNT_COLUMNS);
         header.push("note");
         let mut l = Listing::new(header);
+        let service_date = |ms: i64| {
+            if ms == 0 {
+                String::new()
+            } else {
+                zone.format_rfc3339(ms)
+            }
+        };
         for x in lines {
             let mut r = vec![
                 x.line_id.clone(),
@@ -353,12 +360,8 @@ pub fn lines_listing(
                 zone.format_rfc3339(x.event_time_ms),
                 zone.format_rfc3339(x.arrival_time_ms),
                 // 0: the line has no service period (a job's line).
-                (x.service_start_ms != 0)
-                    .then(|| zone.format_rfc3339(x.service_start_ms))
-                    .unwrap_or_default(),
-                (x.service_end_ms != 0)
-                    .then(|| zone.format_rfc3339(x.service_end_ms))
-                    .unwrap_or_default(),
+                service_date(x.service_start_ms),
+                service_date(x.service_end_ms),
                 x.corrects_period.clone(),
             ];
             r.extend(amount_fields(x.amounts.as_ref()));

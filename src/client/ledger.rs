@@ -161,11 +161,7 @@ pub fn balances(list: &[pb::Balance], csv: bool) -> Listing {
 
 /// Ledger transfers: every field for CSV (times as RFC 3339 dates in `zone`), the readable
 /// ones for a table.
-pub fn transfers(
-    list: &[pb::Transfer],
-    csv: bool,
-    zone: &tessera_core::civil::Zone,
-) -> Listing {
+pub fn transfers(list: &[pb::Transfer], csv: bool, zone: &tessera_core::civil::Zone) -> Listing {
     if csv {
         let mut l = Listing::new(vec![
             "transfer_id",

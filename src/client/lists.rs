@@ -45,10 +45,7 @@ impl PageArgs {
 ///
 /// Errors: the call fails, or the operator names a zone this build does not know.
 pub async fn zone(c: &mut OperatorClient<Channel>) -> anyhow::Result<Zone> {
-    let info = c
-        .get_operator_info(pb::ListRequest {})
-        .await?
-        .into_inner();
+    let info = c.get_operator_info(pb::ListRequest {}).await?.into_inner();
     Zone::parse(&info.time_zone)
         .map_err(|e| anyhow::anyhow!("the operator's time zone {:?}: {e}", info.time_zone))
 }
@@ -60,7 +57,11 @@ pub fn date(zone: &Zone, ms: Option<i64>) -> String {
 
 /// Fetches pages (one, or all with `--all`) and prints them as one listing; prints the next
 /// page's token on stderr when a page was left.
-async fn print_pages<F, Fut>(args: &PageArgs, mut listing: Listing, mut fetch: F) -> anyhow::Result<()>
+async fn print_pages<F, Fut>(
+    args: &PageArgs,
+    mut listing: Listing,
+    mut fetch: F,
+) -> anyhow::Result<()>
 where
     F: FnMut(Option<pb::PageQuery>) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<(Vec<Vec<String>>, String)>>,
@@ -122,8 +123,17 @@ pub async fn jobs(a: JobListArgs) -> anyhow::Result<()> {
         .state
         .map_or(pb::JobState::Unspecified, pb::JobState::from);
     let listing = Listing::new(vec![
-        "job", "state", "user", "licence", "mode", "created", "finished", "result_size",
-        "charge", "progress", "error",
+        "job",
+        "state",
+        "user",
+        "licence",
+        "mode",
+        "created",
+        "finished",
+        "result_size",
+        "charge",
+        "progress",
+        "error",
     ])
     .align_right(&[7, 8]);
     print_pages(&a.page, listing, |page| {
@@ -181,8 +191,8 @@ pub struct DatasetListArgs {
 /// Prints a page (or every page) of datasets.
 pub async fn datasets(a: DatasetListArgs) -> anyhow::Result<()> {
     let c = a.conn.connect().await?;
-    let listing = Listing::new(vec!["dataset", "party", "location", "rows", "description"])
-        .align_right(&[3]);
+    let listing =
+        Listing::new(vec!["dataset", "party", "location", "rows", "description"]).align_right(&[3]);
     print_pages(&a.page, listing, |page| {
         let mut c = c.clone();
         let q = pb::DatasetQuery {
@@ -255,7 +265,13 @@ fn remaining_text(policy_json: &str) -> String {
 pub async fn licences(a: LicenceListArgs) -> anyhow::Result<()> {
     let c = a.conn.connect().await?;
     let listing = Listing::new(vec![
-        "licence", "licensor", "licensee", "dataset", "per_job", "per_1k_rows", "monthly",
+        "licence",
+        "licensor",
+        "licensee",
+        "dataset",
+        "per_job",
+        "per_1k_rows",
+        "monthly",
         "remaining",
     ])
     .align_right(&[4, 5, 6]);
@@ -322,8 +338,16 @@ pub async fn workers(a: WorkerListArgs) -> anyhow::Result<()> {
     let mut c = a.conn.connect().await?;
     let zone = zone(&mut c).await?;
     let listing = Listing::new(vec![
-        "worker", "party", "live", "running", "region", "centre", "hardware", "software",
-        "peer", "last_seen",
+        "worker",
+        "party",
+        "live",
+        "running",
+        "region",
+        "centre",
+        "hardware",
+        "software",
+        "peer",
+        "last_seen",
     ])
     .align_right(&[3]);
     print_pages(&a.page, listing, |page| {

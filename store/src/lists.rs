@@ -243,7 +243,10 @@ mod tests {
         let store = Store::open_temporary().await.expect("store");
         for i in 0..25 {
             let party = if i % 5 == 0 { "p5" } else { "other" };
-            store.create_dataset(&dataset(i, party), 1).await.expect("ds");
+            store
+                .create_dataset(&dataset(i, party), 1)
+                .await
+                .expect("ds");
         }
         let mut seen = Vec::new();
         let mut after = 0;
@@ -265,7 +268,13 @@ mod tests {
         let want: Vec<String> = (0..25).map(|i| format!("ds-{i:03}")).collect();
         assert_eq!(seen, want);
         let p5 = store
-            .list_datasets("p5", PageRequest { after: 0, limit: 100 })
+            .list_datasets(
+                "p5",
+                PageRequest {
+                    after: 0,
+                    limit: 100,
+                },
+            )
             .await
             .expect("filtered");
         assert_eq!(p5.items.len(), 5);

@@ -103,7 +103,10 @@ fn billing_simulate_refuses_malformed_scenarios() {
 #[test]
 fn billing_simulate_takes_several_files_and_runs_them_all() {
     let files = scenario_files();
-    let paths: Vec<&str> = files.iter().map(|f| f.to_str().expect("utf-8 path")).collect();
+    let paths: Vec<&str> = files
+        .iter()
+        .map(|f| f.to_str().expect("utf-8 path"))
+        .collect();
     let mut args = vec!["billing", "simulate"];
     args.extend(&paths);
     let out = tessera(&args);

@@ -110,10 +110,28 @@ async fn a_second_operator_on_a_data_directory_in_use_refuses_to_start() {
 }
 
 /// Submits through the CLI with `--watch` and returns (exit code, stdout, stderr).
-fn submit_watch(c: &Cluster, lic: &str, dataset: &str, extra: &[&str]) -> (Option<i32>, String, String) {
+fn submit_watch(
+    c: &Cluster,
+    lic: &str,
+    dataset: &str,
+    extra: &[&str],
+) -> (Option<i32>, String, String) {
     let mut args = vec![
-        "job", "submit", "--user", USER, "--licence", lic, "--buyer-party", BUYER,
-        "--buyer-dataset", dataset, "--buyer-columns", "k", "--provider-columns", "k", "--watch",
+        "job",
+        "submit",
+        "--user",
+        USER,
+        "--licence",
+        lic,
+        "--buyer-party",
+        BUYER,
+        "--buyer-dataset",
+        dataset,
+        "--buyer-columns",
+        "k",
+        "--provider-columns",
+        "k",
+        "--watch",
     ];
     args.extend_from_slice(extra);
     let out = run(c, &args);
@@ -123,7 +141,8 @@ fn submit_watch(c: &Cluster, lic: &str, dataset: &str, extra: &[&str]) -> (Optio
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn followed_jobs_end_only_in_a_terminal_state_with_a_distinct_exit_status() {
     let c = Cluster::start(10_000);
-    c.dataset(&c.provider, "dsp", "k", &keys("k", 0..100_000)).await;
+    c.dataset(&c.provider, "dsp", "k", &keys("k", 0..100_000))
+        .await;
     c.dataset(&c.buyer, "dsb", "k", &keys("k", 50..150)).await;
     c.fund(100_000_000, "t1").await;
     let lic = c.licence("dsp", Some(3)).await;
@@ -149,15 +168,34 @@ async fn followed_jobs_end_only_in_a_terminal_state_with_a_distinct_exit_status(
         .expect("dataset");
     let (code, out, err) = submit_watch(&c, &lic, "ghost", &["--mode", "size"]);
     assert_eq!(code, Some(4), "{out}{err}");
-    assert!(out.lines().last().expect("line").contains(" failed "), "{out}");
+    assert!(
+        out.lines().last().expect("line").contains(" failed "),
+        "{out}"
+    );
     assert!(err.contains("failed"), "{err}");
 
     // Cancelled while followed: 5.
     let mut follow = Command::new(BIN)
         .args([
-            "job", "submit", "--user", USER, "--licence", &lic, "--buyer-party", BUYER,
-            "--buyer-dataset", "dsb", "--buyer-columns", "k", "--provider-columns", "k",
-            "--mode", "size", "--watch", "--operator", &c.url,
+            "job",
+            "submit",
+            "--user",
+            USER,
+            "--licence",
+            &lic,
+            "--buyer-party",
+            BUYER,
+            "--buyer-dataset",
+            "dsb",
+            "--buyer-columns",
+            "k",
+            "--provider-columns",
+            "k",
+            "--mode",
+            "size",
+            "--watch",
+            "--operator",
+            &c.url,
         ])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -198,21 +236,43 @@ async fn followed_jobs_end_only_in_a_terminal_state_with_a_distinct_exit_status(
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(6), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).starts_with("error: "), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).starts_with("error: "),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_that_loses_the_operator_ends_with_connection_lost() {
     let mut c = Cluster::start(10_000);
-    c.dataset(&c.provider, "dsp", "k", &keys("k", 0..200_000)).await;
-    c.dataset(&c.buyer, "dsb", "k", &keys("k", 0..200_000)).await;
+    c.dataset(&c.provider, "dsp", "k", &keys("k", 0..200_000))
+        .await;
+    c.dataset(&c.buyer, "dsb", "k", &keys("k", 0..200_000))
+        .await;
     c.fund(100_000_000, "t1").await;
     let lic = c.licence("dsp", None).await;
     let mut follow = Command::new(BIN)
         .args([
-            "job", "submit", "--user", USER, "--licence", &lic, "--buyer-party", BUYER,
-            "--buyer-dataset", "dsb", "--buyer-columns", "k", "--provider-columns", "k",
-            "--mode", "size", "--watch", "--operator", &c.url,
+            "job",
+            "submit",
+            "--user",
+            USER,
+            "--licence",
+            &lic,
+            "--buyer-party",
+            BUYER,
+            "--buyer-dataset",
+            "dsb",
+            "--buyer-columns",
+            "k",
+            "--provider-columns",
+            "k",
+            "--mode",
+            "size",
+            "--watch",
+            "--operator",
+            &c.url,
         ])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -235,7 +295,10 @@ async fn a_watch_that_loses_the_operator_ends_with_connection_lost() {
     assert!(err.contains("connection lost"), "{err}");
     let mut rest = String::new();
     stdout.read_to_string(&mut rest).expect("read");
-    assert!(!rest.contains("running"), "no non-terminal end is printed: {rest}");
+    assert!(
+        !rest.contains("running"),
+        "no non-terminal end is printed: {rest}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,19 +323,36 @@ async fn listings_are_paged_dated_plain_and_survive_a_closed_pipe() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let t = text(&out.stdout);
     assert!(!t.contains('\u{1b}'), "{t:?}");
-    let row = t.lines().find(|l| l.starts_with(&j.job_id)).expect("job row");
+    let row = t
+        .lines()
+        .find(|l| l.starts_with(&j.job_id))
+        .expect("job row");
     assert!(row.contains("succeeded"), "{row}");
-    let dates: Vec<&str> = row.split_whitespace().filter(|w| w.ends_with("+08:00")).collect();
+    let dates: Vec<&str> = row
+        .split_whitespace()
+        .filter(|w| w.ends_with("+08:00"))
+        .collect();
     assert_eq!(dates.len(), 2, "created and finished as dates: {row}");
-    assert!(!row.contains(&j.created_at_ms.to_string()), "no epoch milliseconds: {row}");
+    assert!(
+        !row.contains(&j.created_at_ms.to_string()),
+        "no epoch milliseconds: {row}"
+    );
     let out = run(&c, &["job", "list", "--state", "failed", "--csv"]);
-    assert_eq!(text(&out.stdout).lines().count(), 1, "header only: {}", text(&out.stdout));
+    assert_eq!(
+        text(&out.stdout).lines().count(),
+        1,
+        "header only: {}",
+        text(&out.stdout)
+    );
     let bad = run(&c, &["job", "list", "--state", "finished"]);
     assert_eq!(bad.status.code(), Some(2), "{}", text(&bad.stderr));
 
     // Datasets, licences, workers.
     let t = text(&run(&c, &["dataset", "list", "--party", PROVIDER, "--csv"]).stdout);
-    assert_eq!(t, "dataset,party,location,rows,description\ndsp,prov,dsp.csv,40,\n");
+    assert_eq!(
+        t,
+        "dataset,party,location,rows,description\ndsp,prov,dsp.csv,40,\n"
+    );
     let t = text(&run(&c, &["licence", "list", "--licensee", USER]).stdout);
     assert!(t.contains(&lic) && t.contains("psi 4/5"), "{t}");
     let t = text(&run(&c, &["worker", "list"]).stdout);
@@ -302,7 +382,11 @@ async fn listings_are_paged_dated_plain_and_survive_a_closed_pipe() {
         owner_party: String::new(),
     };
     let mut client = c.client().await;
-    let p1 = client.list_datasets(page("")).await.expect("p1").into_inner();
+    let p1 = client
+        .list_datasets(page(""))
+        .await
+        .expect("p1")
+        .into_inner();
     let p2 = client
         .list_datasets(page(&p1.next_page_token))
         .await
@@ -333,7 +417,13 @@ async fn listings_are_paged_dated_plain_and_survive_a_closed_pipe() {
     assert_eq!(too_big.code(), tonic::Code::InvalidArgument);
     let t = text(&run(&c, &["dataset", "list", "--page-size", "3"]).stderr);
     assert!(t.contains("--page-token"), "the next page is offered: {t}");
-    let all = text(&run(&c, &["dataset", "list", "--page-size", "3", "--all", "--csv"]).stdout);
+    let all = text(
+        &run(
+            &c,
+            &["dataset", "list", "--page-size", "3", "--all", "--csv"],
+        )
+        .stdout,
+    );
     assert_eq!(all.lines().count(), 8, "{all}");
 
     // A reader that has gone away: no panic, status 0.
@@ -377,13 +467,25 @@ async fn confusing_names_and_unreadable_locations_are_refused_with_clean_errors(
     // A dataset location without a supported extension: refused at creation.
     let out = run(
         &c,
-        &["dataset", "create", "--id", "d1", "--party", PROVIDER, "--location", "customers"],
+        &[
+            "dataset",
+            "create",
+            "--id",
+            "d1",
+            "--party",
+            PROVIDER,
+            "--location",
+            "customers",
+        ],
     );
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(err.starts_with("error: INVALID_ARGUMENT: "), "{err}");
     assert!(err.contains(".csv, .parquet or .pq"), "{err}");
-    assert!(!err.contains("metadata") && !err.contains("details"), "no raw status: {err}");
+    assert!(
+        !err.contains("metadata") && !err.contains("details"),
+        "no raw status: {err}"
+    );
 
     // Output names that would confuse: refused at submission, naming the value and why.
     for (name, why) in [
@@ -397,14 +499,30 @@ async fn confusing_names_and_unreadable_locations_are_refused_with_clean_errors(
         let out = run(
             &c,
             &[
-                "job", "submit", "--user", USER, "--licence", &lic, "--buyer-party", BUYER,
-                "--buyer-dataset", "dsb", "--buyer-columns", "k", "--provider-columns", "k",
-                "--output", name,
+                "job",
+                "submit",
+                "--user",
+                USER,
+                "--licence",
+                &lic,
+                "--buyer-party",
+                BUYER,
+                "--buyer-dataset",
+                "dsb",
+                "--buyer-columns",
+                "k",
+                "--provider-columns",
+                "k",
+                "--output",
+                name,
             ],
         );
         let err = text(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{name:?}: {err}");
-        assert!(err.contains("INVALID_ARGUMENT") && err.contains(why), "{name:?}: {err}");
+        assert!(
+            err.contains("INVALID_ARGUMENT") && err.contains(why),
+            "{name:?}: {err}"
+        );
     }
 
     // An output directory that vanished: the job fails naming the user's path and the cause,
@@ -429,7 +547,14 @@ fn a_worker_without_its_dataset_directory_refuses_to_start() {
     let dir = tempfile::tempdir().expect("tempdir");
     let missing = dir.path().join("no-such-dir");
     let out = Command::new(BIN)
-        .args(["worker", "--operator", "http://127.0.0.1:1", "--party", "p", "--datasets"])
+        .args([
+            "worker",
+            "--operator",
+            "http://127.0.0.1:1",
+            "--party",
+            "p",
+            "--datasets",
+        ])
         .arg(&missing)
         .arg("--outputs")
         .arg(dir.path().join("out"))
@@ -465,8 +590,10 @@ fn the_demo_refuses_a_directory_it_did_not_create() {
 async fn progress_seen_by_a_watcher_never_goes_backwards() {
     use tokio_stream::StreamExt;
     let c = Cluster::start(10_000);
-    c.dataset(&c.provider, "dsp", "k", &keys("k", 0..60_000)).await;
-    c.dataset(&c.buyer, "dsb", "k", &keys("k", 30_000..90_000)).await;
+    c.dataset(&c.provider, "dsp", "k", &keys("k", 0..60_000))
+        .await;
+    c.dataset(&c.buyer, "dsb", "k", &keys("k", 30_000..90_000))
+        .await;
     c.fund(100_000_000, "t1").await;
     let lic = c.licence("dsp", None).await;
     let mut client = c.client().await;
@@ -490,7 +617,11 @@ async fn progress_seen_by_a_watcher_never_goes_backwards() {
         for p in &v.progress {
             let key = (p.party.clone(), p.phase.clone());
             let before = last.get(&key).copied().unwrap_or(0);
-            assert!(p.done >= before, "{key:?} went back from {before} to {}", p.done);
+            assert!(
+                p.done >= before,
+                "{key:?} went back from {before} to {}",
+                p.done
+            );
             last.insert(key, p.done);
             updates += 1;
         }

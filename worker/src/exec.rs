@@ -237,7 +237,10 @@ mod tests {
         let outputs = root.path().join("outputs");
         let e = result_path(&outputs, "x.csv").expect_err("missing dir");
         let text = e.to_string();
-        assert!(text.contains(&outputs.join("x.csv").display().to_string()), "{text}");
+        assert!(
+            text.contains(&outputs.join("x.csv").display().to_string()),
+            "{text}"
+        );
         assert!(text.contains("does not exist"), "{text}");
         std::fs::write(&outputs, "a file").expect("write");
         let e = result_path(&outputs, "x.csv").expect_err("file, not dir");

@@ -572,7 +572,10 @@ mod dir_tests {
         let e = check_directories(&c).expect_err("missing datasets");
         let text = format!("{e:#}");
         assert!(text.contains("does not exist"), "{text}");
-        assert!(text.contains(&c.dataset_dir.display().to_string()), "{text}");
+        assert!(
+            text.contains(&c.dataset_dir.display().to_string()),
+            "{text}"
+        );
         std::fs::write(&c.dataset_dir, "not a dir").expect("write");
         let e = check_directories(&c).expect_err("a file");
         assert!(format!("{e:#}").contains("is not a directory"), "{e:#}");

@@ -300,6 +300,8 @@ async fn the_worker_refuses_bad_tickets_and_accepts_a_good_one_once() {
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
     let dir = tempfile::tempdir().expect("tempdir");
+    // A worker refuses to start without its dataset directory.
+    std::fs::create_dir(dir.path().join("datasets")).expect("mkdir datasets");
     let mut cfg = tessera_worker::WorkerConfig::new(
         format!("http://{addr}"),
         WorkerAttributes {
