@@ -9,7 +9,7 @@
 //! | 3 | the job was refused at admission |
 //! | 4 | the job failed |
 //! | 5 | the job was cancelled |
-//! | 6 | connection lost: the operator could not be reached, or stopped answering before a followed job ended |
+//! | 6 | connection lost (any command): the operator could not be reached, or stopped answering before a followed job ended |
 //!
 //! A reader that goes away (`tessera job list | head`) is a normal end: status 0, nothing
 //! printed.
@@ -20,9 +20,9 @@ use crate::client::output::is_broken_pipe;
 
 /// Shown at the end of `tessera --help`.
 pub const EXIT_HELP: &str = "Exit status: 0 success; 1 error (the operator's API code and \
-message are printed as `error: CODE: message`); 2 usage error; for `job submit` and `job \
-watch`, 3 the job was refused, 4 it failed, 5 it was cancelled, 6 connection lost (the \
-operator could not be reached or stopped answering before the job ended).";
+message are printed as `error: CODE: message`); 2 usage error; 6 connection lost (the \
+operator could not be reached, or stopped answering before a followed job ended); for `job \
+submit` and `job watch`, 3 the job was refused, 4 it failed, 5 it was cancelled.";
 
 /// Success.
 pub const OK: u8 = 0;

@@ -241,7 +241,7 @@ mod tests {
               -h, --help     Print help
               -V, --version  Print version
 
-            Exit status: 0 success; 1 error (the operator's API code and message are printed as `error: CODE: message`); 2 usage error; for `job submit` and `job watch`, 3 the job was refused, 4 it failed, 5 it was cancelled, 6 connection lost (the operator could not be reached or stopped answering before the job ended).
+            Exit status: 0 success; 1 error (the operator's API code and message are printed as `error: CODE: message`); 2 usage error; 6 connection lost (the operator could not be reached, or stopped answering before a followed job ended); for `job submit` and `job watch`, 3 the job was refused, 4 it failed, 5 it was cancelled.
         "#]].assert_eq(&help(&["tessera", "--help"]));
     }
 
