@@ -119,14 +119,10 @@ const WATCH_RETRIES_MAX: u32 = 20;
 /// Pause between two attempts to re-open a watch.
 const WATCH_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// Whether the job can no longer change (`tessera_core::JobState::is_terminal`; an unknown
+/// state is not terminal).
 fn is_terminal(j: &pb::Job) -> bool {
-    matches!(
-        j.state(),
-        pb::JobState::Succeeded
-            | pb::JobState::Failed
-            | pb::JobState::Refused
-            | pb::JobState::Cancelled
-    )
+    tessera_proto::decode::<tessera_core::JobState>(j.state).is_ok_and(|s| s.is_terminal())
 }
 
 /// Follows a job until it reaches a terminal state (succeeded, failed, refused, cancelled),
