@@ -35,10 +35,13 @@ pub enum BenchCommand {
     },
     /// ECDH-PSI between two CSV files (header `id`); writes the intersection to --out.
     PsiFiles {
+        /// The first party's CSV file (header `id`).
         #[arg(long)]
         alice: PathBuf,
+        /// The second party's CSV file (header `id`).
         #[arg(long)]
         bob: PathBuf,
+        /// Where the intersection is written (CSV).
         #[arg(long)]
         out: PathBuf,
     },

@@ -44,10 +44,14 @@ const BENCH_PRODUCT: &str = "psi";
 /// `tessera billing ...`.
 #[derive(Debug, Subcommand)]
 pub enum BillingCommand {
-    /// Simulate a scenario file (see `simulator/scenarios/README.md`) and print its report.
+    /// Simulate scenario files (see `simulator/scenarios/README.md`) and print their
+    /// reports; with several files each report is headed `== FILE`. Every file is run; the
+    /// exit status is 1 if any failed.
     Simulate {
-        /// Scenario TOML file (at most 1 MiB).
-        file: PathBuf,
+        /// Scenario TOML files (each at most 1 MiB; at most 1000 files), e.g.
+        /// simulator/scenarios/*.toml.
+        #[arg(required = true, num_args = 1..=SCENARIO_FILES_MAX)]
+        files: Vec<PathBuf>,
     },
     /// Measure usage-event ingestion into the SQLite store and rating throughput.
     Bench {
@@ -78,7 +82,7 @@ pub enum BillingCommand {
 /// Runs a billing subcommand.
 pub async fn run(cmd: BillingCommand) -> anyhow::Result<()> {
     match cmd {
-        BillingCommand::Simulate { file } => simulate_file(&file).await,
+        BillingCommand::Simulate { files } => simulate_files(&files).await,
         BillingCommand::Bench {
             events,
             batch,
@@ -158,6 +162,43 @@ fn syntax_error_position(text: &str) -> String {
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     format!(", line {line}, column {column}")
+}
+
+/// Most scenario files one `billing simulate` runs.
+const SCENARIO_FILES_MAX: usize = 1000;
+
+/// Simulates each file in turn: one file prints its bare report; several print each under a
+/// `== FILE` header, a failure as `error: …` on stderr, and go on to the next.
+///
+/// Errors: how many files failed (each named on stderr), or the first error for one file.
+async fn simulate_files(files: &[PathBuf]) -> anyhow::Result<()> {
+    if let [one] = files {
+        return simulate_file(one).await;
+    }
+    let mut failed = 0usize;
+    for (i, f) in files.iter().enumerate() {
+        {
+            let mut out = std::io::stdout().lock();
+            if i > 0 {
+                writeln!(out)?;
+            }
+            writeln!(out, "== {}", f.display())?;
+            out.flush()?;
+        }
+        if let Err(e) = simulate_file(f).await {
+            if crate::client::output::is_broken_pipe(&e) {
+                return Err(e);
+            }
+            eprintln!("error: {e:#}");
+            failed += 1;
+        }
+    }
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} of {} scenario files failed",
+        files.len()
+    );
+    Ok(())
 }
 
 async fn simulate_file(path: &Path) -> anyhow::Result<()> {

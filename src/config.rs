@@ -107,8 +107,11 @@ impl ServeArgs {
 
 /// `tessera worker` options.
 #[derive(Debug, clap::Args)]
-#[command(after_help = PRECEDENCE)]
+#[command(after_help = PRECEDENCE, args_conflicts_with_subcommands = true)]
 pub struct WorkerArgs {
+    /// A client command about workers instead of running one (`tessera worker list`).
+    #[command(subcommand)]
+    pub command: Option<crate::client::lists::WorkerCmd>,
     /// TOML configuration file (keys: operator, worker_id, party, region, centre, hardware,
     /// frameworks, software, datasets, outputs, peer_listen, peer_advertise, operator_key).
     #[arg(long, env = "TESSERA_CONFIG")]

@@ -24,7 +24,8 @@ pub struct DemoArgs {
     /// Rows per party.
     #[arg(long, default_value_t = 100_000)]
     rows: usize,
-    /// Working directory (wiped and recreated).
+    /// Working directory: created if missing; reused (its contents deleted) only if a
+    /// previous demo created it; any other non-empty directory is refused.
     #[arg(long, default_value = ".tessera/demo")]
     dir: PathBuf,
     /// Write a machine-readable summary here.
@@ -129,12 +130,48 @@ fn generate_data(dir: &Path, rows: usize, seed: u64) -> anyhow::Result<DemoData>
     })
 }
 
+/// The file the demo leaves in a working directory it created, so that a later run may
+/// clear that directory (and only such a directory).
+pub const MARKER: &str = ".tessera-demo";
+
+/// Makes `dir` an empty working directory marked as the demo's. A directory that does not
+/// exist is created; an empty one is used; one holding [`MARKER`] is cleared; any other
+/// non-empty directory is refused, so the demo never deletes files it did not write.
+///
+/// Errors: `dir` is not empty and not the demo's, is not a directory, or cannot be written.
+pub fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
+    if dir.exists() {
+        anyhow::ensure!(
+            dir.is_dir(),
+            "{} exists and is not a directory",
+            dir.display()
+        );
+        let empty = std::fs::read_dir(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .next()
+            .is_none();
+        if !empty {
+            anyhow::ensure!(
+                dir.join(MARKER).is_file(),
+                "refusing to use {}: it is not empty and was not created by `tessera demo` \
+                 (no {MARKER} file in it); name a new or empty directory with --dir",
+                dir.display()
+            );
+            std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(
+        dir.join(MARKER),
+        "created by `tessera demo`; the next demo run on this directory deletes its contents\n",
+    )
+    .with_context(|| format!("writing {}", dir.join(MARKER).display()))?;
+    Ok(())
+}
+
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let rows = args.rows.max(10);
-    if args.dir.exists() {
-        std::fs::remove_dir_all(&args.dir)
-            .with_context(|| format!("clearing {}", args.dir.display()))?;
-    }
+    prepare_dir(&args.dir)?;
     let data = generate_data(&args.dir, rows, args.seed)?;
     let (prov_rows, buyer_rows, truth) = (data.provider_rows, data.buyer_rows, data.truth);
 
@@ -344,7 +381,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let style = TableStyle::for_stdout();
     for listing in [
         ledger::usage(&usage.events),
-        ledger::transfers(&transfers.transfers, false),
+        ledger::transfers(
+            &transfers.transfers,
+            false,
+            &tessera_core::civil::Zone::default(),
+        ),
         ledger::balances(&balances.balances, false),
     ] {
         println!("{}", listing.table(style));
@@ -386,4 +427,43 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     println!("\nall checks passed");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_clears_only_directories_it_created() {
+        let root = tempfile::tempdir().expect("tempdir");
+        // Someone's directory with a file in it: refused, the file kept.
+        let theirs = root.path().join("theirs");
+        std::fs::create_dir(&theirs).expect("mkdir");
+        std::fs::write(theirs.join("thesis.tex"), "precious").expect("write");
+        let e = prepare_dir(&theirs).expect_err("not the demo's");
+        assert!(
+            format!("{e:#}").contains("not created by `tessera demo`"),
+            "{e:#}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(theirs.join("thesis.tex")).expect("kept"),
+            "precious"
+        );
+        // A new directory is created and marked; an empty one is used.
+        let fresh = root.path().join("fresh");
+        prepare_dir(&fresh).expect("new");
+        assert!(fresh.join(MARKER).is_file());
+        let empty = root.path().join("empty");
+        std::fs::create_dir(&empty).expect("mkdir");
+        prepare_dir(&empty).expect("empty");
+        // The demo's own directory is cleared on the next run.
+        std::fs::write(fresh.join("old.csv"), "x").expect("write");
+        prepare_dir(&fresh).expect("the demo's");
+        assert!(!fresh.join("old.csv").exists());
+        assert!(fresh.join(MARKER).is_file());
+        // A file where the directory should be is refused.
+        let file = root.path().join("file");
+        std::fs::write(&file, "x").expect("write");
+        assert!(prepare_dir(&file).is_err());
+    }
 }

@@ -5,20 +5,23 @@ mod bench;
 mod billing;
 mod client;
 mod config;
+mod datadir;
 mod demo;
+mod exit;
 mod operator;
 mod progress;
 
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use tessera_core::SystemClock;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "tessera",
     version,
-    about = "Privacy-computing execution service"
+    about = "Privacy-computing execution service",
+    after_help = exit::EXIT_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -60,15 +63,37 @@ fn init_tracing() {
         .init();
 }
 
+/// The command tree as users see it: the derived one, with the help of every required
+/// argument ending in `[required]` (so `--help` marks them all, by construction).
+fn cli_command() -> clap::Command {
+    mark_required(Cli::command())
+}
+
+fn mark_required(cmd: clap::Command) -> clap::Command {
+    cmd.mut_args(|a| {
+        if a.is_required_set() {
+            let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+            a.help(format!("{help} [required]").trim_start().to_string())
+        } else {
+            a
+        }
+    })
+    .mut_subcommands(mark_required)
+}
+
+/// Parses the process arguments (exits with status 2 and clap's message on a usage error).
+fn parse_cli() -> Cli {
+    let matches = cli_command().get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+async fn main() -> std::process::ExitCode {
+    let cli = parse_cli();
     init_tracing();
-    match run(cli).await {
-        // The reader of a listing went away (`| head`): a normal end, not a failure.
-        Err(e) if client::output::is_broken_pipe(&e) => Ok(()),
-        other => other,
-    }
+    // Errors are printed once, cleanly, with a distinct exit status per kind of end (a closed
+    // pipe is a normal end): see `exit`.
+    exit::report(run(cli).await)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -83,7 +108,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 _ = tokio::signal::ctrl_c() => eprintln!("shutting down"),
             }
         }
-        Command::Worker(a) => {
+        Command::Worker(mut a) => {
+            if let Some(cmd) = a.command.take() {
+                return client::lists::worker(cmd).await;
+            }
             let config = a.resolve()?;
             let handle = tessera_worker::start(config, Arc::new(SystemClock)).await?;
             println!(
@@ -111,9 +139,75 @@ mod tests {
 
     /// What `tessera ARGS` prints for a help request (the help text is user-facing API).
     fn help(args: &[&str]) -> String {
-        match Cli::try_parse_from(args) {
+        match cli_command().try_get_matches_from(args) {
             Err(e) => e.render().to_string(),
-            Ok(cli) => panic!("{args:?} parsed as {cli:?}, not a help request"),
+            Ok(m) => panic!("{args:?} parsed as {m:?}, not a help request"),
+        }
+    }
+
+    /// Every argument of every command, as `tessera sub … --arg`, with its help text.
+    fn walk(cmd: &clap::Command, path: &str, out: &mut Vec<(String, String, bool)>) {
+        for a in cmd.get_arguments() {
+            let id = a.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            let help = a
+                .get_help()
+                .or(a.get_long_help())
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            out.push((format!("{path} {id}"), help, a.is_required_set()));
+        }
+        for sub in cmd.get_subcommands() {
+            walk(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_argument_has_help_and_required_ones_are_marked() {
+        let cmd = cli_command();
+        cmd.clone().debug_assert();
+        let mut args = Vec::new();
+        walk(&cmd, "tessera", &mut args);
+        assert!(
+            args.len() > 100,
+            "the walk found only {} arguments",
+            args.len()
+        );
+        let missing: Vec<&str> = args
+            .iter()
+            .filter(|(_, help, _)| help.trim().is_empty() || help.trim() == "[required]")
+            .map(|(path, _, _)| path.as_str())
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "arguments without help:\n{}",
+            missing.join("\n")
+        );
+        let unmarked: Vec<&str> = args
+            .iter()
+            .filter(|(_, help, required)| *required && !help.ends_with("[required]"))
+            .map(|(path, _, _)| path.as_str())
+            .collect();
+        assert!(unmarked.is_empty(), "required but not marked: {unmarked:?}");
+        assert!(
+            args.iter()
+                .any(|(p, h, r)| p == "tessera job submit user" && *r && h.ends_with("[required]")),
+            "job submit --user is required and marked"
+        );
+    }
+
+    #[test]
+    fn top_level_help_documents_the_exit_statuses() {
+        let h = help(&["tessera", "--help"]);
+        for needle in [
+            "3 the job was refused",
+            "4 it failed",
+            "5 it was cancelled",
+            "6 connection lost",
+        ] {
+            assert!(h.contains(needle), "{needle}: {h}");
         }
     }
 
@@ -146,6 +240,8 @@ mod tests {
             Options:
               -h, --help     Print help
               -V, --version  Print version
+
+            Exit status: 0 success; 1 error (the operator's API code and message are printed as `error: CODE: message`); 2 usage error; 6 connection lost (the operator could not be reached, or stopped answering before a followed job ended); for `job submit` and `job watch`, 3 the job was refused, 4 it failed, 5 it was cancelled.
         "#]].assert_eq(&help(&["tessera", "--help"]));
     }
 
@@ -160,15 +256,15 @@ mod tests {
                   --operator <OPERATOR>
                       Operator URL [default: http://127.0.0.1:7100]
                   --user <USER>
-                      The submitting user (the buyer; pays and sees the result)
+                      The buyer user submitting the job (the licensee, or in its group) [required]
                   --groups <GROUPS>
                       Comma-separated groups the user belongs to [default: ""]
                   --licence <LICENCE>
-                      The licence to run under
+                      The licence the job runs under [required]
                   --buyer-party <BUYER_PARTY>
-                      The buyer's party (its worker runs the receiver and writes the result)
+                      The buyer's party (its worker runs the receiver and writes the result) [required]
                   --buyer-dataset <BUYER_DATASET>
-                      The buyer's own dataset id
+                      The buyer's own dataset id [required]
                   --buyer-columns <BUYER_COLUMNS>
                       Key columns in the buyer's dataset, comma-separated
                   --provider-columns <PROVIDER_COLUMNS>
@@ -182,11 +278,13 @@ mod tests {
                   --empty-keys <EMPTY_KEYS>
                       Rows whose key is empty after normalisation (with several key columns: ANY column empty) are no identifier: skip leaves them out and counts them in the job's summary (each party sees its own count); fail makes the job fail [default: skip]
                   --output <OUTPUT>
-                      Result file name on the buyer's worker (intersection mode). A result never replaces a file: a name already recorded by another job of the buyer party is refused [default: ""]
+                      Result file name in the buyer worker's output directory (intersection mode; a bare name: no directory, no leading dot or surrounding spaces; empty: no file). A result never replaces a file: a name already recorded by another job of the buyer party is refused [default: ""]
+                  --request-id <REQUEST_ID>
+                      Idempotency key per user: a retry with the same id gets the same job (no second count or hold); the same id with other parameters is refused
                   --carry-columns <CARRY_COLUMNS>
                       Further columns of the buyer's own dataset written next to the key columns in the result, comma-separated (the provider's columns are never written)
                   --watch
-                      Follow the job until it ends
+                      Follow the job until it ends; the exit status then tells how it ended (0 succeeded, 3 refused, 4 failed, 5 cancelled, 6 connection lost)
               -h, --help
                       Print help
         "#]].assert_eq(&help(&["tessera", "job", "submit", "--help"]));

@@ -64,6 +64,8 @@ pub struct OperatorHandle {
     /// The scheduler (for in-process inspection).
     pub scheduler: Arc<Scheduler>,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    /// The data directory's lock, held as long as the handle (see [`crate::datadir`]).
+    _lock: crate::datadir::DataDirLock,
 }
 
 impl OperatorHandle {
@@ -80,6 +82,7 @@ impl OperatorHandle {
     pub async fn stop(self) {
         self.server.abort();
         self.scheduler.store().close().await;
+        drop(self._lock);
     }
 }
 
@@ -126,10 +129,14 @@ fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
     options.open(path)
 }
 
-/// Opens the store, recovers unfinished jobs, and starts serving.
+/// Locks the data directory (created 0700; a second operator on it is refused, see
+/// [`crate::datadir`]), opens the store (files 0600), recovers unfinished jobs, and starts
+/// serving.
+///
+/// Errors: the data directory is in use by another process or cannot be created; the store
+/// cannot be opened; the key file is unreadable; the listen address cannot be bound.
 pub async fn start(config: &OperatorConfig) -> anyhow::Result<OperatorHandle> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let lock = crate::datadir::lock(&config.data_dir)?;
     let zone: tessera_core::civil::Zone = config
         .time_zone
         .parse()
@@ -203,6 +210,7 @@ pub async fn start(config: &OperatorConfig) -> anyhow::Result<OperatorHandle> {
         addr,
         scheduler,
         server,
+        _lock: lock,
     })
 }
 

@@ -420,6 +420,19 @@ impl Zone {
         self.instant(parse_millis(text)?)
     }
 
+    /// Formats a UTC instant as RFC 3339 in this zone, with its offset at that instant
+    /// (`2026-11-30T20:36:31+08:00`); an instant outside the calendar's range is written
+    /// `@<ms>`.
+    pub fn format_rfc3339(&self, instant_ms: Millis) -> String {
+        match Timestamp::from_millisecond(instant_ms) {
+            Ok(ts) => ts
+                .to_zoned_datetime(self.tz.clone())
+                .strftime("%Y-%m-%dT%H:%M:%S%:z")
+                .to_string(),
+            Err(_) => format!("@{instant_ms}"),
+        }
+    }
+
     /// Formats a UTC instant as this zone's `YYYY-MM-DD HH:MM:SS`.
     pub fn format_instant(&self, instant_ms: Millis) -> String {
         match self.local(instant_ms) {
@@ -439,6 +452,18 @@ impl FromStr for Zone {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_carries_the_zone_offset() {
+        let ms = 1_764_506_191_000; // 2025-11-30T12:36:31Z
+        assert_eq!(
+            Zone::default().format_rfc3339(ms),
+            "2025-11-30T20:36:31+08:00"
+        );
+        assert_eq!(Zone::utc().format_rfc3339(ms), "2025-11-30T12:36:31+00:00");
+        let ny = Zone::parse("America/New_York").expect("iana");
+        assert_eq!(ny.format_rfc3339(ms), "2025-11-30T07:36:31-05:00");
+    }
 
     fn check(input: &str, expected: &str) {
         let ms = parse_millis(input).expect("parse");

@@ -1019,6 +1019,13 @@ where
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
     };
+    if path.is_dir() {
+        return Err(TableError::Io(format!(
+            "writing {}: {} is a directory",
+            path.display(),
+            path.display()
+        )));
+    }
     if std::fs::symlink_metadata(path).is_ok() {
         return Err(TableError::OutputExists {
             path: path.to_owned(),
@@ -1036,7 +1043,7 @@ where
                     path: path.to_owned(),
                 }
             } else {
-                io_error(path, e)
+                write_error(path, e)
             }
         })?;
         Ok(written)
@@ -1049,6 +1056,30 @@ where
         }
     }
     result
+}
+
+/// An error writing the result file `path`, in terms of `path` and its directory: a missing
+/// or non-directory parent and a directory in the way are said as such.
+fn write_error(path: &Path, e: io::Error) -> TableError {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let cause = if !dir.exists() {
+        format!("the directory {} does not exist", dir.display())
+    } else if !dir.is_dir() {
+        format!("{} is not a directory", dir.display())
+    } else if path.is_dir() {
+        format!("{} is a directory", path.display())
+    } else {
+        match e.kind() {
+            io::ErrorKind::PermissionDenied => {
+                format!("permission denied in {}", dir.display())
+            }
+            _ => e.to_string(),
+        }
+    };
+    TableError::Io(format!("writing {}: {cause}", path.display()))
 }
 
 fn write_csv_to<H, R, F>(
@@ -1067,7 +1098,7 @@ where
         .write(true)
         .create_new(true)
         .open(tmp_path)
-        .map_err(|e| io_error(path, e))?;
+        .map_err(|e| write_error(path, e))?;
     let sink = Digesting {
         inner: BufWriter::new(file),
         bytes: 0,
@@ -1100,8 +1131,8 @@ where
     let file = sink
         .inner
         .into_inner()
-        .map_err(|e| io_error(path, e.into_error()))?;
-    file.sync_all().map_err(|e| io_error(path, e))?;
+        .map_err(|e| write_error(path, e.into_error()))?;
+    file.sync_all().map_err(|e| write_error(path, e))?;
     Ok(WrittenFile {
         bytes: sink.bytes,
         rows: count,
@@ -1505,6 +1536,34 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn write_errors_name_the_result_path_and_the_real_cause() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rows = [["a"]];
+        let missing = dir.path().join("gone/out.csv");
+        let e = write_result_csv(&missing, &["k"], rows).expect_err("missing dir");
+        let text = e.to_string();
+        assert!(text.contains(&missing.display().to_string()), "{text}");
+        assert!(text.contains("does not exist"), "{text}");
+        assert!(!text.contains("/.out.csv."), "{text}");
+        let file = dir.path().join("plain");
+        std::fs::write(&file, "x").expect("write");
+        let e = write_result_csv(&file.join("out.csv"), &["k"], rows).expect_err("file as dir");
+        assert!(e.to_string().contains("is not a directory"), "{e}");
+        assert!(!e.to_string().contains("/.out.csv."), "{e}");
+        let sub = dir.path().join("sub.csv");
+        std::fs::create_dir(&sub).expect("mkdir");
+        let e = write_result_csv(&sub, &["k"], rows).expect_err("dir in the way");
+        assert!(e.to_string().contains("is a directory"), "{e}");
+        assert!(!e.to_string().contains("/.sub.csv."), "{e}");
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("ls")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! Job RPCs: submit, get, watch, cancel. The wire's loose types become a strict
 //! [`JobRequest`] here, once.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tessera_core::{EmptyKeys, KeyCase, PsiMode, UnicodeForm};
 use tessera_proto::decode;
 use tessera_proto::v1 as pb;
@@ -72,17 +75,33 @@ pub(crate) async fn watch(
     caller: Option<String>,
 ) -> Result<BoxStream<pb::Job>, Status> {
     let rx = s.watch(&r.job_id).await.map_err(|e| status(&e))?;
-    // Ends after the first terminal state.
-    let stream = futures::StreamExt::scan(WatchStream::new(rx), false, move |done, v| {
+    // Ends after the first terminal state. If the job's updates stop before one (the node is
+    // shutting down, finishing the job failed), the stream ends with UNAVAILABLE instead of
+    // simply ending, so no client takes the last, non-terminal state for the end.
+    let ended = Arc::new(AtomicBool::new(false));
+    let seen = ended.clone();
+    let updates = futures::StreamExt::scan(WatchStream::new(rx), false, move |done, v| {
         let out = if *done {
             None
         } else {
             *done = v.job.is_terminal();
+            if *done {
+                seen.store(true, Ordering::Relaxed);
+            }
             Some(Ok(job_to_pb(&redact(&v, caller.as_deref()))))
         };
         futures::future::ready(out)
     });
-    Ok(Box::pin(stream))
+    let job_id = r.job_id;
+    let tail = futures::stream::once(async move {
+        (!ended.load(Ordering::Relaxed)).then(|| {
+            Err(Status::unavailable(format!(
+                "updates of job {job_id} stopped before it ended; watch it again"
+            )))
+        })
+    });
+    let tail = futures::StreamExt::filter_map(tail, futures::future::ready);
+    Ok(Box::pin(futures::StreamExt::chain(updates, tail)))
 }
 
 pub(crate) async fn cancel(s: &Scheduler, r: pb::JobRef, user: &str) -> Result<pb::Job, Status> {

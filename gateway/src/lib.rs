@@ -4,7 +4,7 @@
 //! [`AuditService`] for the audit chain — and maps the result, or the error through the single
 //! [`ApiCode`] table. The gateway never touches the store.
 //!
-//! One module per service area: `workers`, `jobs`, `records`, `billing`, `audit`; `convert`
+//! One module per service area: `workers`, `jobs`, `records`, `billing`, `audit`, `lists`; `convert`
 //! turns domain records into wire messages, `error` holds the code table.
 
 mod audit;
@@ -12,6 +12,7 @@ mod billing;
 mod convert;
 mod error;
 mod jobs;
+mod lists;
 mod records;
 mod workers;
 
@@ -324,5 +325,45 @@ impl Operator for OperatorService {
         billing::unsubscribe(&self.billing, req.into_inner())
             .await
             .map(Response::new)
+    }
+
+    async fn list_jobs(&self, req: Request<pb::JobQuery>) -> Result<Response<pb::JobList>, Status> {
+        lists::jobs(&self.jobs, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_datasets(
+        &self,
+        req: Request<pb::DatasetQuery>,
+    ) -> Result<Response<pb::DatasetList>, Status> {
+        lists::datasets(&self.records, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_licences(
+        &self,
+        req: Request<pb::LicenceQuery>,
+    ) -> Result<Response<pb::LicenceList>, Status> {
+        lists::licences(&self.records, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_workers(
+        &self,
+        req: Request<pb::WorkerQuery>,
+    ) -> Result<Response<pb::WorkerList>, Status> {
+        lists::workers(&self.jobs, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_operator_info(
+        &self,
+        _req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::OperatorInfo>, Status> {
+        Ok(Response::new(lists::info(&self.jobs)))
     }
 }

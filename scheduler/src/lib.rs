@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub mod billing;
+pub mod lists;
 pub mod records;
 pub mod redact;
 mod registry;

@@ -9,7 +9,7 @@ use tessera_core::Clock;
 use tessera_policy::UsagePolicy;
 use tessera_store::{DatasetRecord, LicenceRecord, Store};
 
-use crate::validate::{DESCRIPTION_CHARS_MAX, file_name, required};
+use crate::validate::{DESCRIPTION_CHARS_MAX, dataset_location, required};
 use crate::{Ids, SchedulerError};
 
 /// A dataset as a provider declares it.
@@ -57,6 +57,10 @@ impl RecordService {
         Self { store, clock, ids }
     }
 
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// Records a dataset.
     ///
     /// # Errors
@@ -65,11 +69,7 @@ impl RecordService {
     pub async fn create_dataset(&self, d: NewDataset) -> Result<DatasetRecord, SchedulerError> {
         required("dataset_id", &d.dataset_id)?;
         required("owner_party", &d.owner_party)?;
-        file_name("location", &d.location, true).map_err(|_| {
-            SchedulerError::Invalid(
-                "location must be a plain file name inside the worker's dataset directory".into(),
-            )
-        })?;
+        dataset_location("location", &d.location)?;
         if let Some(rows) = d.declared_rows {
             if i64::try_from(rows).is_err() {
                 return Err(SchedulerError::Invalid(format!(

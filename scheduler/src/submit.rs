@@ -686,6 +686,9 @@ impl Scheduler {
             total,
         };
         match job.progress.iter_mut().find(|x| x.party == party) {
+            // Reports travel separately and may arrive out of order: a smaller count in the
+            // same phase is a late one, and counts shown never go backwards.
+            Some(x) if x.phase == p.phase && p.done < x.done => return Ok(()),
             Some(x) => *x = p,
             None => job.progress.push(p),
         }

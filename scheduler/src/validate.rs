@@ -50,13 +50,53 @@ pub fn customer(name: &str, v: &str) -> Result<(), SchedulerError> {
 
 /// A plain file name (no directory part, not hidden); empty is allowed unless `required`.
 ///
+/// Refused, each with its own reason: a path separator (`/`, `\\`), `.` and `..`, a leading
+/// dot (hidden, and the shape of the workers' temporary files), leading or trailing
+/// whitespace (`"x.csv "` is a different file from `"x.csv"`), control characters, more than
+/// [`FIELD_BYTES_MAX`] bytes.
+///
 /// # Errors
-/// [`SchedulerError::Invalid`] naming the field.
+/// [`SchedulerError::Invalid`] naming the field, the value and why.
 pub fn file_name(name: &str, v: &str, required: bool) -> Result<(), SchedulerError> {
     field(name, v, required)?;
-    if v.contains('/') || v.contains('\\') || v == ".." || v.starts_with('.') {
+    if v.is_empty() {
+        return Ok(());
+    }
+    let why = if v.contains('/') || v.contains('\\') {
+        Some("must be a bare file name, without a directory or path separator")
+    } else if v == "." || v == ".." {
+        Some("must be a file name, not . or ..")
+    } else if v.starts_with('.') {
+        Some("must not start with '.' (hidden file)")
+    } else if v.trim() != v {
+        Some("must not start or end with whitespace")
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(SchedulerError::Invalid(format!("{name} {v:?} {why}"))),
+        None => Ok(()),
+    }
+}
+
+/// The file extensions a dataset may have, lower case (the formats
+/// `tessera_core::table::read_keys` reads).
+pub const DATASET_EXTENSIONS: &[&str] = &["csv", "parquet", "pq"];
+
+/// A dataset location: a plain [`file_name`] with a supported extension
+/// ([`DATASET_EXTENSIONS`], any case), so a job never fails late on a file it cannot read.
+///
+/// # Errors
+/// [`SchedulerError::Invalid`] naming the field and the reason.
+pub fn dataset_location(name: &str, v: &str) -> Result<(), SchedulerError> {
+    file_name(name, v, true)?;
+    let ext = std::path::Path::new(v)
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    if !ext.is_some_and(|e| DATASET_EXTENSIONS.contains(&e.as_str())) {
         return Err(SchedulerError::Invalid(format!(
-            "{name} must be a plain file name"
+            "{name} {v:?} has no supported extension (expected .csv, .parquet or .pq)"
         )));
     }
     Ok(())
@@ -112,9 +152,35 @@ mod tests {
         assert!(customer("customer", "acme:cash").is_err());
         assert!(file_name("output", "", false).is_ok());
         assert!(file_name("output", "", true).is_err());
-        for bad in ["../x.csv", "a/b.csv", ".hidden", "a\\b"] {
-            assert!(file_name("output", bad, false).is_err(), "{bad}");
+        for bad in [
+            "../x.csv",
+            "a/b.csv",
+            ".hidden",
+            "a\\b",
+            ".",
+            "..",
+            "x.csv ",
+            " x.csv",
+            "x\tcsv",
+            "x\u{7}.csv",
+            "dir/",
+        ] {
+            assert!(file_name("output", bad, false).is_err(), "{bad:?}");
         }
+        for good in ["x.csv", "result 2026-11.csv", "a..b.csv", "é.csv"] {
+            assert!(file_name("output", good, false).is_ok(), "{good:?}");
+        }
+        let e = file_name("output", "x.csv ", false).expect_err("trailing space");
+        assert!(e.to_string().contains("whitespace"), "{e}");
+        assert!(e.to_string().contains("\"x.csv \""), "{e}");
+        for good in ["a.csv", "A.CSV", "b.parquet", "c.pq"] {
+            assert!(dataset_location("location", good).is_ok(), "{good}");
+        }
+        for bad in ["customers", "a.txt", "a.csv.gz", "csv", ".csv", "a/b.csv"] {
+            assert!(dataset_location("location", bad).is_err(), "{bad}");
+        }
+        let e = dataset_location("location", "customers").expect_err("no extension");
+        assert!(e.to_string().contains(".csv, .parquet or .pq"), "{e}");
         assert!(positive("amount_micros", 0).is_err());
         assert!(non_negative("limit_micros", 0).is_ok());
         assert!(non_negative("limit_micros", -1).is_err());

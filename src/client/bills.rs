@@ -28,6 +28,7 @@ pub enum BillsCmd {
     Lines {
         #[command(flatten)]
         conn: Conn,
+        /// The bill id, `YYYY-MM:customer`.
         bill_id: String,
         /// Print CSV.
         #[arg(long)]
@@ -48,6 +49,7 @@ pub enum StatementsCmd {
     List {
         #[command(flatten)]
         conn: Conn,
+        /// Only this provider's statements (empty: every provider).
         #[arg(long, default_value = "")]
         provider: String,
         /// Print CSV.
@@ -58,6 +60,7 @@ pub enum StatementsCmd {
     Payout {
         #[command(flatten)]
         conn: Conn,
+        /// The provider paid.
         #[arg(long)]
         provider: String,
         /// YYYY-MM.
@@ -76,12 +79,16 @@ pub enum LimitsCmd {
         /// platform, product or customer.
         #[arg(long)]
         scope: String,
+        /// The customer (scope customer).
         #[arg(long, default_value = "")]
         customer: String,
+        /// The product (scope product or customer), e.g. psi.
         #[arg(long, default_value = "")]
         product: String,
+        /// Minimum purchase amount, micro-units.
         #[arg(long)]
         min_purchase_micros: Option<i64>,
+        /// Minimum freeze amount, micro-units: below it the account is frozen.
         #[arg(long)]
         min_freeze_micros: Option<i64>,
         /// Store the configuration disabled.
@@ -97,8 +104,10 @@ pub enum AccountCmd {
     Status {
         #[command(flatten)]
         conn: Conn,
+        /// The customer.
         #[arg(long)]
         user: String,
+        /// The product whose limits apply.
         #[arg(long, default_value = "psi")]
         product: String,
     },
@@ -106,8 +115,10 @@ pub enum AccountCmd {
     Freeze {
         #[command(flatten)]
         conn: Conn,
+        /// The customer.
         #[arg(long)]
         user: String,
+        /// Why (shown to the customer and in the audit chain).
         #[arg(long)]
         reason: String,
     },
@@ -115,6 +126,7 @@ pub enum AccountCmd {
     Thaw {
         #[command(flatten)]
         conn: Conn,
+        /// The customer.
         #[arg(long)]
         user: String,
     },
@@ -122,6 +134,7 @@ pub enum AccountCmd {
     Clear {
         #[command(flatten)]
         conn: Conn,
+        /// The customer.
         #[arg(long)]
         user: String,
     },
@@ -129,8 +142,10 @@ pub enum AccountCmd {
     Whitelist {
         #[command(flatten)]
         conn: Conn,
+        /// The customer.
         #[arg(long)]
         user: String,
+        /// Take the customer off the white list instead.
         #[arg(long)]
         remove: bool,
     },
@@ -143,9 +158,9 @@ pub async fn subscribe(
     user: String,
     months: u32,
 ) -> anyhow::Result<()> {
-    let v = conn
-        .connect()
-        .await?
+    let mut c = conn.connect().await?;
+    let zone = super::lists::zone(&mut c).await?;
+    let v = c
         .subscribe(pb::SubscriptionRequest {
             licence_id: licence,
             customer: user,
@@ -158,7 +173,7 @@ pub async fn subscribe(
         v.licence_id,
         v.customer,
         v.status,
-        tessera_accounting::civil::format_millis(v.end_ms),
+        zone.format_rfc3339(v.end_ms),
         v.months_total,
         fmt_micros(v.charged_micros)
     );
@@ -245,13 +260,13 @@ pub async fn bills(cmd: BillsCmd) -> anyhow::Result<()> {
             Out::stdout().listing(&bills_listing(&b.bills, csv), csv)?;
         }
         BillsCmd::Lines { conn, bill_id, csv } => {
-            let l = conn
-                .connect()
-                .await?
+            let mut c = conn.connect().await?;
+            let zone = super::lists::zone(&mut c).await?;
+            let l = c
                 .list_bill_lines(pb::BillRef { bill_id })
                 .await?
                 .into_inner();
-            Out::stdout().listing(&lines_listing(&l.lines, csv), csv)?;
+            Out::stdout().listing(&lines_listing(&l.lines, csv, &zone), csv)?;
         }
         BillsCmd::Close { conn } => {
             let b = conn
@@ -301,8 +316,13 @@ pub fn bills_listing(bills: &[pb::Bill], csv: bool) -> Listing {
     l
 }
 
-/// Bill lines: every field for CSV, the readable ones for a table.
-pub fn lines_listing(lines: &[pb::BillLine], csv: bool) -> Listing {
+/// Bill lines: every field for CSV (times as RFC 3339 dates in `zone`), the readable ones
+/// for a table.
+pub fn lines_listing(
+    lines: &[pb::BillLine],
+    csv: bool,
+    zone: &tessera_core::civil::Zone,
+) -> Listing {
     if csv {
         let mut header = vec![
             "line_id",
@@ -312,15 +332,22 @@ pub fn lines_listing(lines: &[pb::BillLine], csv: bool) -> Listing {
             "kind",
             "product",
             "provider",
-            "event_time_ms",
-            "arrival_time_ms",
-            "service_start_ms",
-            "service_end_ms",
+            "event_time",
+            "arrival_time",
+            "service_start",
+            "service_end",
             "corrects_period",
         ];
         header.extend(AMOUNT_COLUMNS);
         header.push("note");
         let mut l = Listing::new(header);
+        let service_date = |ms: i64| {
+            if ms == 0 {
+                String::new()
+            } else {
+                zone.format_rfc3339(ms)
+            }
+        };
         for x in lines {
             let mut r = vec![
                 x.line_id.clone(),
@@ -330,10 +357,11 @@ pub fn lines_listing(lines: &[pb::BillLine], csv: bool) -> Listing {
                 x.kind.clone(),
                 x.product.clone(),
                 x.provider.clone(),
-                x.event_time_ms.to_string(),
-                x.arrival_time_ms.to_string(),
-                x.service_start_ms.to_string(),
-                x.service_end_ms.to_string(),
+                zone.format_rfc3339(x.event_time_ms),
+                zone.format_rfc3339(x.arrival_time_ms),
+                // 0: the line has no service period (a job's line).
+                service_date(x.service_start_ms),
+                service_date(x.service_end_ms),
                 x.corrects_period.clone(),
             ];
             r.extend(amount_fields(x.amounts.as_ref()));
@@ -383,13 +411,13 @@ pub async fn statements(cmd: StatementsCmd) -> anyhow::Result<()> {
             provider,
             csv,
         } => {
-            let l = conn
-                .connect()
-                .await?
+            let mut c = conn.connect().await?;
+            let zone = super::lists::zone(&mut c).await?;
+            let l = c
                 .list_statements(pb::StatementQuery { provider })
                 .await?
                 .into_inner();
-            Out::stdout().listing(&statements_listing(&l.statements, csv), csv)?;
+            Out::stdout().listing(&statements_listing(&l.statements, csv, &zone), csv)?;
         }
         StatementsCmd::Payout {
             conn,
@@ -408,8 +436,13 @@ pub async fn statements(cmd: StatementsCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Provider statements: raw figures for CSV, yuan for a table.
-pub fn statements_listing(statements: &[pb::Statement], csv: bool) -> Listing {
+/// Provider statements: raw figures for CSV (the payout time as an RFC 3339 date in `zone`),
+/// yuan for a table.
+pub fn statements_listing(
+    statements: &[pb::Statement],
+    csv: bool,
+    zone: &tessera_core::civil::Zone,
+) -> Listing {
     if csv {
         let mut l = Listing::new(vec![
             "provider",
@@ -418,7 +451,7 @@ pub fn statements_listing(statements: &[pb::Statement], csv: bool) -> Listing {
             "paid_micros",
             "provider_micros",
             "operator_micros",
-            "paid_out_at_ms",
+            "paid_out_at",
             "payout_transfer_id",
         ]);
         for s in statements {
@@ -429,7 +462,9 @@ pub fn statements_listing(statements: &[pb::Statement], csv: bool) -> Listing {
                 s.paid_micros.to_string(),
                 s.provider_micros.to_string(),
                 s.operator_micros.to_string(),
-                s.paid_out_at_ms.map(|t| t.to_string()).unwrap_or_default(),
+                s.paid_out_at_ms
+                    .map(|t| zone.format_rfc3339(t))
+                    .unwrap_or_default(),
                 s.payout_transfer_id.clone(),
             ]);
         }

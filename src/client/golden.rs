@@ -3,6 +3,7 @@
 //! change for every script that reads them. Update with `UPDATE_EXPECT=1 cargo test`.
 
 use expect_test::{Expect, expect};
+use tessera_core::civil::Zone;
 use tessera_proto::v1 as pb;
 
 use super::output::{Listing, TableStyle};
@@ -102,7 +103,7 @@ fn balances_golden() {
 #[test]
 fn transfers_golden() {
     check_table(
-        &ledger::transfers(&transfers(), false),
+        &ledger::transfers(&transfers(), false, &Zone::default()),
         expect![[r#"
          transfer  kind     debit                credit                    amount  job    memo
          t-0001    posted   external:deposits    customer:alice:cash   100.000000         deposit top-up-1
@@ -110,12 +111,12 @@ fn transfers_golden() {
     "#]],
     );
     check_csv(
-        &ledger::transfers(&transfers(), true),
+        &ledger::transfers(&transfers(), true, &Zone::default()),
         expect![[r#"
-        transfer_id,kind,debit_account,credit_account,amount_micros,job_id,pending_id,created_at_ms,memo
-        t-0001,posted,external:deposits,customer:alice:cash,100000000,,,1700000000000,deposit top-up-1
-        t-0002,pending,customer:alice:cash,customer:alice:holds,10024688,job-7,,1700000001000,"hold, ""max"" cost"
-    "#]],
+            transfer_id,kind,debit_account,credit_account,amount_micros,job_id,pending_id,created_at,memo
+            t-0001,posted,external:deposits,customer:alice:cash,100000000,,,2023-11-15T06:13:20+08:00,deposit top-up-1
+            t-0002,pending,customer:alice:cash,customer:alice:holds,10024688,job-7,,2023-11-15T06:13:21+08:00,"hold, ""max"" cost"
+        "#]],
     );
 }
 
@@ -203,15 +204,15 @@ fn bills_lines_and_statements_golden() {
         },
     ];
     check_csv(
-        &bills::lines_listing(&lines, true),
+        &bills::lines_listing(&lines, true, &Zone::default()),
         expect![[r#"
-        line_id,bill_id,customer,job_id,kind,product,provider,event_time_ms,arrival_time_ms,service_start_ms,service_end_ms,corrects_period,original_micros,platform_discount_micros,customer_discount_micros,coupon_micros,deduction_voucher_micros,recharge_voucher_micros,cash_micros,credit_micros,arrears_micros,provider_micros,operator_micros,note
-        l-1,2026-11:alice,alice,job-7,job,psi,provider-a,1700000000000,1700000002000,0,0,,5024688,0,0,0,0,0,5000000,24688,0,4522219,502469,"psi intersection, 1,234 rows"
-        l-2,2026-11:alice,alice,job-3,job,psi,provider-a,0,0,0,0,2026-10,5024688,0,0,0,0,0,5000000,24688,0,4522219,502469,late usage
-    "#]],
+            line_id,bill_id,customer,job_id,kind,product,provider,event_time,arrival_time,service_start,service_end,corrects_period,original_micros,platform_discount_micros,customer_discount_micros,coupon_micros,deduction_voucher_micros,recharge_voucher_micros,cash_micros,credit_micros,arrears_micros,provider_micros,operator_micros,note
+            l-1,2026-11:alice,alice,job-7,job,psi,provider-a,2023-11-15T06:13:20+08:00,2023-11-15T06:13:22+08:00,,,,5024688,0,0,0,0,0,5000000,24688,0,4522219,502469,"psi intersection, 1,234 rows"
+            l-2,2026-11:alice,alice,job-3,job,psi,provider-a,1970-01-01T08:00:00+08:00,1970-01-01T08:00:00+08:00,,,2026-10,5024688,0,0,0,0,0,5000000,24688,0,4522219,502469,late usage
+        "#]],
     );
     check_table(
-        &bills::lines_listing(&lines, false),
+        &bills::lines_listing(&lines, false, &Zone::default()),
         expect![[r#"
          line  kind  job        paid  corrects  note
          l-1   job   job-7  5.024688            psi intersection, 1,234 rows
@@ -242,7 +243,7 @@ fn bills_lines_and_statements_golden() {
         },
     ];
     check_table(
-        &bills::statements_listing(&statements, false),
+        &bills::statements_listing(&statements, false, &Zone::default()),
         expect![[r#"
              period   provider    lines       paid   provider  operator  payout
              2026-10  provider-a      3  15.074064  13.566658  1.507406  paid out
@@ -250,10 +251,10 @@ fn bills_lines_and_statements_golden() {
         "#]],
     );
     check_csv(
-        &bills::statements_listing(&statements, true),
+        &bills::statements_listing(&statements, true, &Zone::default()),
         expect![[r#"
-            provider,period,lines,paid_micros,provider_micros,operator_micros,paid_out_at_ms,payout_transfer_id
-            provider-a,2026-10,3,15074064,13566658,1507406,1700100000000,t-0099
+            provider,period,lines,paid_micros,provider_micros,operator_micros,paid_out_at,payout_transfer_id
+            provider-a,2026-10,3,15074064,13566658,1507406,2023-11-16T10:00:00+08:00,t-0099
             provider-a,2026-11,1,5024688,4522219,502469,,
         "#]],
     );

@@ -10,7 +10,8 @@ use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
 use super::conn::Conn;
-use super::output::fmt_micros;
+use super::output::{Out, fmt_micros};
+use crate::exit::{ConnectionLost, JobEnded};
 use crate::progress::{self, PhaseBar};
 
 /// `tessera job …`.
@@ -22,13 +23,13 @@ pub enum JobCmd {
     Submit {
         #[command(flatten)]
         conn: Conn,
-        /// The submitting user (the buyer; pays and sees the result).
+        /// The buyer user submitting the job (the licensee, or in its group).
         #[arg(long)]
         user: String,
         /// Comma-separated groups the user belongs to.
         #[arg(long, default_value = "")]
         groups: String,
-        /// The licence to run under.
+        /// The licence the job runs under.
         #[arg(long)]
         licence: String,
         /// The buyer's party (its worker runs the receiver and writes the result).
@@ -61,23 +62,26 @@ pub enum JobCmd {
         /// (each party sees its own count); fail makes the job fail.
         #[arg(long, default_value = "skip")]
         empty_keys: String,
-        /// Result file name on the buyer's worker (intersection mode). A result never replaces
-        /// a file: a name already recorded by another job of the buyer party is refused.
+        /// Result file name in the buyer worker's output directory (intersection mode; a bare
+        /// name: no directory, no leading dot or surrounding spaces; empty: no file). A result
+        /// never replaces a file: a name already recorded by another job of the buyer party is
+        /// refused.
         #[arg(long, default_value = "")]
         output: String,
-        /// Idempotency key per user: a retry gets the same job
-        //  (no second count or hold); the same id with other parameters is refused.
+        /// Idempotency key per user: a retry with the same id gets the same job (no second
+        /// count or hold); the same id with other parameters is refused.
         #[arg(long)]
         request_id: Option<String>,
         /// Further columns of the buyer's own dataset written next to the key columns in the
         /// result, comma-separated (the provider's columns are never written).
         #[arg(long, value_delimiter = ',')]
         carry_columns: Vec<String>,
-        /// Follow the job until it ends.
+        /// Follow the job until it ends; the exit status then tells how it ended (0
+        /// succeeded, 3 refused, 4 failed, 5 cancelled, 6 connection lost).
         #[arg(long)]
         watch: bool,
     },
-    /// Show a job, as the calling user may see it.
+    /// Show a job as the calling user may see it (exit status 0 whatever its state).
     Get {
         #[command(flatten)]
         conn: Conn,
@@ -85,17 +89,22 @@ pub enum JobCmd {
         /// the provider its own side's; anyone else only the state.
         #[arg(long, env = "TESSERA_USER")]
         user: Option<String>,
+        /// The job id.
         id: String,
     },
-    /// Follow a job until it ends, as the calling user may see it.
+    /// Follow a job until it ends, as the calling user may see it; exit status 0 succeeded,
+    /// 3 refused, 4 failed, 5 cancelled, 6 connection lost.
     Watch {
         #[command(flatten)]
         conn: Conn,
         /// The calling user or party (as for `job get`).
         #[arg(long, env = "TESSERA_USER")]
         user: Option<String>,
+        /// The job id.
         id: String,
     },
+    /// List jobs, oldest first, with their state, dates, charge and progress.
+    List(super::lists::JobListArgs),
     /// Cancel a job.
     Cancel {
         #[command(flatten)]
@@ -103,6 +112,7 @@ pub enum JobCmd {
         /// The user who submitted it.
         #[arg(long)]
         user: String,
+        /// The job id.
         id: String,
     },
 }
@@ -150,38 +160,102 @@ pub fn job_line(j: &pb::Job) -> String {
     s
 }
 
-/// Follows a job, drawing one progress bar per party on stderr when it is a terminal (see
-/// [`crate::progress`]), and returns its final state.
+/// How many times a watch is re-opened after its stream broke or ended early, before the
+/// connection is declared lost.
+const WATCH_RETRIES_MAX: u32 = 20;
+/// Pause between two attempts to re-open a watch.
+const WATCH_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Whether the job can no longer change (`tessera_core::JobState::is_terminal`; an unknown
+/// state is not terminal).
+fn is_terminal(j: &pb::Job) -> bool {
+    tessera_proto::decode::<tessera_core::JobState>(j.state).is_ok_and(|s| s.is_terminal())
+}
+
+/// Follows a job until it reaches a terminal state (succeeded, failed, refused, cancelled),
+/// drawing one progress bar per party on stderr when it is a terminal (see
+/// [`crate::progress`]), and returns that final state. A watch stream that breaks or ends
+/// before the job does is re-opened (at most [`WATCH_RETRIES_MAX`] times); this never
+/// returns a job that can still change.
 ///
-/// Errors: the watch stream fails, or ends before sending the job once.
+/// Errors: the operator answers with an error (e.g. `NOT_FOUND`); [`ConnectionLost`] when
+/// it stops answering before the job ends.
 pub async fn watch(
     client: &mut OperatorClient<Channel>,
     job_id: &str,
     user: Option<&str>,
 ) -> anyhow::Result<pb::Job> {
-    let req = as_user(
-        pb::JobRef {
-            job_id: job_id.into(),
-        },
-        user,
-    )?;
-    let mut stream = client.watch_job(req).await?.into_inner();
+    // Checked once: every stream opened below names the same caller.
+    as_user((), user)?;
     let multi = progress::multi();
     let mut bars: BTreeMap<String, PhaseBar> = BTreeMap::new();
-    let mut last = None;
+    let mut failures = 0u32;
+    let end = loop {
+        match follow_once(client, job_id, user, &multi, &mut bars).await {
+            Ok(Some(j)) => break Ok(j),
+            Ok(None) => failures += 1,
+            Err(s) if !crate::exit::is_transport(&s) && s.code() != tonic::Code::Unavailable => {
+                break Err(anyhow::Error::new(s).context(format!("watching job {job_id}")));
+            }
+            Err(_) => failures += 1,
+        }
+        if failures > WATCH_RETRIES_MAX {
+            break Err(anyhow::Error::new(ConnectionLost {
+                what: format!("the operator stopped reporting on job {job_id} before it ended"),
+            }));
+        }
+        tokio::time::sleep(WATCH_RETRY_PAUSE).await;
+    };
+    for bar in bars.values() {
+        bar.finish();
+    }
+    end
+}
+
+/// One watch stream, read to its end: the terminal job if it came, `None` if the stream
+/// ended first.
+async fn follow_once(
+    client: &mut OperatorClient<Channel>,
+    job_id: &str,
+    user: Option<&str>,
+    multi: &indicatif::MultiProgress,
+    bars: &mut BTreeMap<String, PhaseBar>,
+) -> Result<Option<pb::Job>, tonic::Status> {
+    let mut stream = client
+        .watch_job(caller_request(job_id, user))
+        .await?
+        .into_inner();
     while let Some(j) = stream.next().await {
         let j = j?;
         for p in &j.progress {
             bars.entry(p.party.clone())
-                .or_insert_with(|| PhaseBar::new(&multi, &p.party))
+                .or_insert_with(|| PhaseBar::new(multi, &p.party))
                 .update(&p.phase, p.done, p.total);
         }
-        last = Some(j);
+        if is_terminal(&j) {
+            return Ok(Some(j));
+        }
     }
-    for bar in bars.values() {
-        bar.finish();
+    // The stream ended early (the operator restarted, a proxy cut it): ask once directly.
+    let j = client
+        .get_job(caller_request(job_id, user))
+        .await?
+        .into_inner();
+    Ok(is_terminal(&j).then_some(j))
+}
+
+/// `Ok` for a succeeded (or still running, when not followed) job; [`JobEnded`] for a
+/// refused, failed or cancelled one, whose exit status says which (see [`crate::exit`]).
+fn job_outcome(j: &pb::Job) -> anyhow::Result<()> {
+    match j.state() {
+        s @ (pb::JobState::Refused | pb::JobState::Failed | pb::JobState::Cancelled) => {
+            Err(anyhow::Error::new(JobEnded {
+                job_id: j.job_id.clone(),
+                state: s,
+            }))
+        }
+        _ => Ok(()),
     }
-    last.ok_or_else(|| anyhow::anyhow!("watch ended without a job"))
 }
 
 /// A request naming the calling user in its metadata (what a job answer shows depends on it).
@@ -194,6 +268,15 @@ fn as_user<T>(msg: T, user: Option<&str>) -> anyhow::Result<tonic::Request<T>> {
         );
     }
     Ok(req)
+}
+
+/// A request for `job_id` naming the caller; `user` was checked by [`as_user`] already, so an
+/// invalid value cannot reach here (it would be left out, never sent half-formed).
+fn caller_request(job_id: &str, user: Option<&str>) -> tonic::Request<pb::JobRef> {
+    let msg = pb::JobRef {
+        job_id: job_id.into(),
+    };
+    as_user(msg.clone(), user).unwrap_or_else(|_| tonic::Request::new(msg))
 }
 
 /// Runs one job command.
@@ -243,21 +326,27 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<()> {
                 })
                 .await?
                 .into_inner();
-            println!("{}", job_line(&j));
-            if follow && j.state() != pb::JobState::Refused {
+            let mut out = Out::stdout();
+            out.line(job_line(&j))?;
+            if follow && !is_terminal(&j) {
                 let j = watch(&mut c, &j.job_id, Some(&caller)).await?;
-                println!("{}", job_line(&j));
+                out.line(job_line(&j))?;
+                job_outcome(&j)?;
+            } else {
+                job_outcome(&j)?;
             }
         }
         JobCmd::Get { conn, user, id } => {
             let req = as_user(pb::JobRef { job_id: id }, user.as_deref())?;
             let j = conn.connect().await?.get_job(req).await?.into_inner();
-            println!("{}", job_line(&j));
+            Out::stdout().line(job_line(&j))?;
         }
         JobCmd::Watch { conn, user, id } => {
             let j = watch(&mut conn.connect().await?, &id, user.as_deref()).await?;
-            println!("{}", job_line(&j));
+            Out::stdout().line(job_line(&j))?;
+            job_outcome(&j)?;
         }
+        JobCmd::List(a) => super::lists::jobs(a).await?,
         JobCmd::Cancel { conn, user, id } => {
             let mut req = tonic::Request::new(pb::JobRef { job_id: id });
             req.metadata_mut().insert(
@@ -265,7 +354,7 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<()> {
                 user.parse().context("user is not valid metadata")?,
             );
             let j = conn.connect().await?.cancel_job(req).await?.into_inner();
-            println!("{}", job_line(&j));
+            Out::stdout().line(job_line(&j))?;
         }
     }
     Ok(())

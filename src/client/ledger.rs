@@ -31,6 +31,7 @@ pub struct DepositArgs {
 pub struct CreditArgs {
     #[command(flatten)]
     conn: Conn,
+    /// Buyer user id.
     #[arg(long)]
     user: String,
     /// Credit limit in micro-units (0 removes the line).
@@ -126,13 +127,10 @@ pub async fn run(cmd: LedgerCmd) -> anyhow::Result<()> {
             }
         }
         LedgerCmd::Transfers { conn, csv } => {
-            let t = conn
-                .connect()
-                .await?
-                .list_transfers(pb::ListRequest {})
-                .await?
-                .into_inner();
-            out.listing(&transfers(&t.transfers, csv), csv)?;
+            let mut c = conn.connect().await?;
+            let zone = super::lists::zone(&mut c).await?;
+            let t = c.list_transfers(pb::ListRequest {}).await?.into_inner();
+            out.listing(&transfers(&t.transfers, csv, &zone), csv)?;
         }
         LedgerCmd::Usage { conn } => {
             let u = conn
@@ -172,8 +170,9 @@ pub fn balances(list: &[pb::Balance], csv: bool) -> Listing {
     l
 }
 
-/// Ledger transfers: every field for CSV, the readable ones for a table.
-pub fn transfers(list: &[pb::Transfer], csv: bool) -> Listing {
+/// Ledger transfers: every field for CSV (times as RFC 3339 dates in `zone`), the readable
+/// ones for a table.
+pub fn transfers(list: &[pb::Transfer], csv: bool, zone: &tessera_core::civil::Zone) -> Listing {
     if csv {
         let mut l = Listing::new(vec![
             "transfer_id",
@@ -183,7 +182,7 @@ pub fn transfers(list: &[pb::Transfer], csv: bool) -> Listing {
             "amount_micros",
             "job_id",
             "pending_id",
-            "created_at_ms",
+            "created_at",
             "memo",
         ]);
         for x in list {
@@ -195,7 +194,7 @@ pub fn transfers(list: &[pb::Transfer], csv: bool) -> Listing {
                 x.amount_micros.to_string(),
                 x.job_id.clone(),
                 x.pending_id.clone(),
-                x.created_at_ms.to_string(),
+                zone.format_rfc3339(x.created_at_ms),
                 x.memo.clone(),
             ]);
         }

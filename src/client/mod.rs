@@ -9,6 +9,7 @@ pub mod bills;
 pub mod conn;
 pub mod jobs;
 pub mod ledger;
+pub mod lists;
 pub mod output;
 pub mod records;
 

@@ -16,20 +16,25 @@ pub enum DatasetCmd {
     Create {
         #[command(flatten)]
         conn: Conn,
+        /// New dataset id.
         #[arg(long)]
         id: String,
         /// Owning party.
         #[arg(long)]
         party: String,
-        /// File name inside the owning workers' dataset directory.
+        /// File name inside the owning workers' dataset directory, ending in .csv, .parquet
+        /// or .pq (a bare name: no directory, no leading dot or surrounding spaces).
         #[arg(long)]
         location: String,
+        /// Free text shown in listings.
         #[arg(long, default_value = "")]
         description: String,
         /// Rows in the dataset: a job's hold, and so its maximum row charge, is sized on it.
         #[arg(long)]
         rows: Option<u64>,
     },
+    /// List datasets, oldest first.
+    List(super::lists::DatasetListArgs),
 }
 
 /// `tessera licence …`.
@@ -45,15 +50,19 @@ pub enum LicenceCmd {
         /// Buyer user.
         #[arg(long)]
         licensee: String,
+        /// The licensed dataset (owned by the licensor).
         #[arg(long)]
         dataset: String,
         /// Policy JSON file.
         #[arg(long)]
         policy: PathBuf,
+        /// Price of each job, micro-units (1 yuan = 1,000,000).
         #[arg(long, default_value_t = 0)]
         price_per_job_micros: i64,
+        /// Price per 1,000 rows of the provider's dataset, micro-units.
         #[arg(long, default_value_t = 0)]
         price_per_1k_rows_micros: i64,
+        /// The operator's share of each charge, basis points (1000 = 10%).
         #[arg(long, default_value_t = 0)]
         operator_share_bps: u32,
         /// Monthly price of a licence term; when set, jobs run only inside a paid term.
@@ -64,10 +73,13 @@ pub enum LicenceCmd {
     Subscribe {
         #[command(flatten)]
         conn: Conn,
+        /// The licence (sold by the month).
         #[arg(long)]
         licence: String,
+        /// The buyer user (the licensee).
         #[arg(long)]
         user: String,
+        /// Months to buy.
         #[arg(long, default_value_t = 1)]
         months: u32,
     },
@@ -75,8 +87,10 @@ pub enum LicenceCmd {
     Unsubscribe {
         #[command(flatten)]
         conn: Conn,
+        /// The licence.
         #[arg(long)]
         licence: String,
+        /// The buyer user (the licensee).
         #[arg(long)]
         user: String,
     },
@@ -84,8 +98,11 @@ pub enum LicenceCmd {
     Get {
         #[command(flatten)]
         conn: Conn,
+        /// The licence id.
         id: String,
     },
+    /// List licences with their remaining counts, oldest first.
+    List(super::lists::LicenceListArgs),
 }
 
 /// Runs one dataset command.
@@ -111,11 +128,12 @@ pub async fn dataset(cmd: DatasetCmd) -> anyhow::Result<()> {
                 })
                 .await?
                 .into_inner();
-            println!(
+            super::output::Out::stdout().line(format_args!(
                 "dataset {} ({} : {})",
                 d.dataset_id, d.owner_party, d.location
-            );
+            ))?;
         }
+        DatasetCmd::List(a) => super::lists::datasets(a).await?,
     }
     Ok(())
 }
@@ -151,7 +169,7 @@ pub async fn licence(cmd: LicenceCmd) -> anyhow::Result<()> {
                 })
                 .await?
                 .into_inner();
-            println!("{}", l.licence_id);
+            super::output::Out::stdout().line(&l.licence_id)?;
         }
         LicenceCmd::Subscribe {
             conn,
@@ -178,6 +196,7 @@ pub async fn licence(cmd: LicenceCmd) -> anyhow::Result<()> {
             ))?;
             out.line(&l.policy_json)?;
         }
+        LicenceCmd::List(a) => super::lists::licences(a).await?,
     }
     Ok(())
 }

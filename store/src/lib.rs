@@ -12,6 +12,7 @@ mod bills;
 mod jobs;
 mod ledger;
 mod limits;
+pub mod lists;
 mod records;
 mod terms;
 
@@ -167,13 +168,26 @@ pub struct Store {
 
 impl Store {
     /// Opens (creating if needed) the database file at `path` and runs the migrations.
+    ///
+    /// The database and SQLite's `-wal` and `-shm` files are readable and writable by the
+    /// owner only (mode 0600 on Unix): a new database file is created 0600 before SQLite opens
+    /// it (SQLite gives the `-wal` and `-shm` files the database file's mode), and existing
+    /// files are narrowed to 0600 after opening.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let io = |e| StoreError::Db(sqlx::Error::Io(e));
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir).map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
+                std::fs::create_dir_all(dir).map_err(io)?;
             }
         }
-        Self::open_with(path, SqliteSynchronous::Full, None).await
+        create_private_file(path).map_err(io)?;
+        let store = Self::open_with(path, SqliteSynchronous::Full, None).await?;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut name = path.as_os_str().to_owned();
+            name.push(suffix);
+            make_private(Path::new(&name)).map_err(io)?;
+        }
+        Ok(store)
     }
 
     /// A throw-away store: the same schema and code on a database file in a fresh temporary
@@ -252,7 +266,93 @@ impl Store {
     }
 }
 
+/// Creates an empty file at `path` with mode 0600 unless something exists there already.
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Narrows an existing file to mode 0600 (a missing file is fine: SQLite creates `-wal` and
+/// `-shm` lazily, with the database file's mode).
+fn make_private(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        match std::fs::metadata(path) {
+            Ok(m) if m.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            }
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_billing;
+
+#[cfg(all(test, unix))]
+mod file_mode_tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).expect("stat").permissions().mode() & 0o777
+    }
+
+    #[tokio::test]
+    async fn database_wal_and_shm_files_are_private() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("tessera.db");
+        let store = Store::open(&db).await.expect("open");
+        // A write makes SQLite create the -wal and -shm files.
+        store
+            .create_dataset(
+                &DatasetRecord {
+                    dataset_id: "ds".into(),
+                    owner_party: "p".into(),
+                    location: "p.csv".into(),
+                    description: String::new(),
+                    declared_rows: None,
+                },
+                1,
+            )
+            .await
+            .expect("write");
+        for name in ["tessera.db", "tessera.db-wal", "tessera.db-shm"] {
+            let p = dir.path().join(name);
+            assert!(p.exists(), "{name} missing");
+            assert_eq!(mode(&p), 0o600, "{name}");
+        }
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn an_existing_readable_database_is_narrowed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("tessera.db");
+        Store::open(&db).await.expect("create").close().await;
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let store = Store::open(&db).await.expect("reopen");
+        assert_eq!(mode(&db), 0o600);
+        store.close().await;
+    }
+}

@@ -105,6 +105,55 @@ fn billing_simulate_refuses_malformed_scenarios() {
 }
 
 #[test]
+fn billing_simulate_takes_several_files_and_runs_them_all() {
+    let files = scenario_files();
+    let paths: Vec<&str> = files
+        .iter()
+        .map(|f| f.to_str().expect("utf-8 path"))
+        .collect();
+    let mut args = vec!["billing", "simulate"];
+    args.extend(&paths);
+    let out = tessera(&args);
+    let stdout = String::from_utf8(out.stdout).expect("utf-8 stdout");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut expected = String::new();
+    for (i, f) in files.iter().enumerate() {
+        if i > 0 {
+            expected.push('\n');
+        }
+        expected.push_str(&format!("== {}\n", f.display()));
+        expected.push_str(
+            &std::fs::read_to_string(f.with_extension("expected.txt")).expect("expected file"),
+        );
+    }
+    assert_eq!(stdout, expected);
+
+    // One bad file among good ones: the others still run, the status says it failed.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("missing.toml");
+    let out = tessera(&[
+        "billing",
+        "simulate",
+        paths[0],
+        missing.to_str().expect("utf-8 path"),
+        paths[1],
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("missing.toml"), "{stderr}");
+    assert!(stderr.contains("1 of 3 scenario files failed"), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).matches("== ").count(),
+        3,
+        "every file is headed"
+    );
+}
+
+#[test]
 fn billing_bench_prints_a_json_line_that_is_ok() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = tessera(&[

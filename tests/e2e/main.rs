@@ -5,5 +5,6 @@ mod accounts;
 mod billing;
 mod harness;
 mod money;
+mod ops;
 mod results;
 mod spine;

@@ -117,6 +117,34 @@ fn inside(dir: &Path, name: &str) -> Result<PathBuf, TaskError> {
     Ok(dir.join(p))
 }
 
+/// The result file `name` in the output directory `dir`, checked before any work is done so
+/// a job does not run to the end only to fail on its output: `dir` must be an existing
+/// directory and `name` must not be an existing directory. Errors name the user's path (never
+/// a temporary file) and the cause.
+pub fn result_path(dir: &Path, name: &str) -> Result<PathBuf, TaskError> {
+    let path = inside(dir, name)?;
+    let cause = match std::fs::metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(format!(
+            "the output directory {} does not exist",
+            dir.display()
+        )),
+        Err(e) => Some(format!("the output directory {}: {e}", dir.display())),
+        Ok(m) if !m.is_dir() => Some(format!(
+            "the output directory {} is not a directory",
+            dir.display()
+        )),
+        Ok(_) if path.is_dir() => Some(format!("{} is a directory", path.display())),
+        Ok(_) => None,
+    };
+    match cause {
+        Some(cause) => Err(TaskError::Internal(format!(
+            "cannot write the result {}: {cause}",
+            path.display()
+        ))),
+        None => Ok(path),
+    }
+}
+
 /// Runs a checked task to completion. The sender reports the delivery point to `delivery`
 /// before it returns.
 pub async fn run_task(
@@ -144,9 +172,9 @@ pub async fn run_task(
     };
     // Where the result goes, refused up front if the name is taken: a result never replaces
     // a file (the write checks again, atomically).
-    let result_path = match (spec.role, spec.mode, spec.output.is_empty()) {
+    let out_path = match (spec.role, spec.mode, spec.output.is_empty()) {
         (TaskRole::Receiver, PsiMode::Intersection, false) => {
-            let p = inside(&env.output_dir, &spec.output)?;
+            let p = result_path(&env.output_dir, &spec.output)?;
             if std::fs::symlink_metadata(&p).is_ok() {
                 return Err(TaskError::Input(format!(
                     "result file {:?} already exists in the output directory; a result never \
@@ -158,7 +186,7 @@ pub async fn run_task(
         }
         _ => None,
     };
-    let header: Vec<String> = match result_path {
+    let header: Vec<String> = match out_path {
         Some(_) => spec
             .key_columns
             .iter()
@@ -219,7 +247,7 @@ pub async fn run_task(
                     .await
                     .map_err(peer_err)?;
             outcome.result_size = Some(out.intersection_size);
-            if let (Some(idx), Some(path)) = (out.intersection, result_path) {
+            if let (Some(idx), Some(path)) = (out.intersection, out_path) {
                 let written = write_result(path, header, input, &idx).await?;
                 outcome.result_file = Some(written);
                 outcome.result_location = spec.output.clone();
@@ -266,4 +294,34 @@ pub async fn measured<F: std::future::Future>(f: F) -> (F::Output, u64, u64) {
     let out = f.await;
     let wall_ms = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX);
     (out, wall_ms, usage::process_cpu_ms().saturating_sub(cpu0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_path_names_the_users_path_and_the_cause() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let outputs = root.path().join("outputs");
+        let e = result_path(&outputs, "x.csv").expect_err("missing dir");
+        let text = e.to_string();
+        assert!(
+            text.contains(&outputs.join("x.csv").display().to_string()),
+            "{text}"
+        );
+        assert!(text.contains("does not exist"), "{text}");
+        std::fs::write(&outputs, "a file").expect("write");
+        let e = result_path(&outputs, "x.csv").expect_err("file, not dir");
+        assert!(e.to_string().contains("is not a directory"), "{e}");
+        std::fs::remove_file(&outputs).expect("rm");
+        std::fs::create_dir_all(outputs.join("taken.csv")).expect("mkdir");
+        let e = result_path(&outputs, "taken.csv").expect_err("dir in the way");
+        assert!(e.to_string().contains("is a directory"), "{e}");
+        assert_eq!(
+            result_path(&outputs, "ok.csv").expect("fine"),
+            outputs.join("ok.csv")
+        );
+        assert!(result_path(&outputs, "../x.csv").is_err());
+    }
 }

@@ -177,10 +177,36 @@ impl WorkerHandle {
     }
 }
 
-/// Starts a worker: binds the peer server, registers, and serves tasks in the background.
+/// Checks the worker's directories before it registers: the dataset directory must exist
+/// (a typo would otherwise only show when a job fails), and the output directory is created
+/// if missing but must not be something other than a directory.
+///
+/// Errors: a message naming the directory and what is wrong with it.
+pub fn check_directories(config: &WorkerConfig) -> anyhow::Result<()> {
+    let d = &config.dataset_dir;
+    match std::fs::metadata(d) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => anyhow::bail!("the dataset directory {} is not a directory", d.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => anyhow::bail!(
+            "the dataset directory {} does not exist (--datasets); create it and put the \
+             party's dataset files in it",
+            d.display()
+        ),
+        Err(e) => anyhow::bail!("the dataset directory {}: {e}", d.display()),
+    }
+    let o = &config.output_dir;
+    if o.exists() && !o.is_dir() {
+        anyhow::bail!("the output directory {} is not a directory", o.display());
+    }
+    std::fs::create_dir_all(o)
+        .with_context(|| format!("creating the output directory {}", o.display()))?;
+    Ok(())
+}
+
+/// Starts a worker: checks its directories ([`check_directories`]), binds the peer server,
+/// registers, and serves tasks in the background.
 pub async fn start(config: WorkerConfig, clock: Arc<dyn Clock>) -> anyhow::Result<WorkerHandle> {
-    std::fs::create_dir_all(&config.output_dir)
-        .with_context(|| format!("creating output directory {}", config.output_dir.display()))?;
+    check_directories(&config)?;
     let listener = tokio::net::TcpListener::bind(&config.peer_listen)
         .await
         .with_context(|| format!("binding peer address {}", config.peer_listen))?;
@@ -571,3 +597,37 @@ fn report_backoff() -> impl backon::Backoff {
 
 /// How many times a task's result is sent before the worker gives up on it.
 const REPORT_ATTEMPTS: u64 = 5;
+
+#[cfg(test)]
+mod dir_tests {
+    use super::*;
+
+    fn config(root: &std::path::Path) -> WorkerConfig {
+        WorkerConfig::new(
+            "http://127.0.0.1:1".into(),
+            WorkerAttributes::default(),
+            root.join("datasets"),
+            root.join("outputs"),
+        )
+    }
+
+    #[test]
+    fn a_missing_dataset_directory_is_refused_up_front() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let c = config(root.path());
+        let e = check_directories(&c).expect_err("missing datasets");
+        let text = format!("{e:#}");
+        assert!(text.contains("does not exist"), "{text}");
+        assert!(
+            text.contains(&c.dataset_dir.display().to_string()),
+            "{text}"
+        );
+        std::fs::write(&c.dataset_dir, "not a dir").expect("write");
+        let e = check_directories(&c).expect_err("a file");
+        assert!(format!("{e:#}").contains("is not a directory"), "{e:#}");
+        std::fs::remove_file(&c.dataset_dir).expect("rm");
+        std::fs::create_dir(&c.dataset_dir).expect("mkdir");
+        check_directories(&c).expect("fine");
+        assert!(c.output_dir.is_dir(), "the output directory is created");
+    }
+}

@@ -204,6 +204,33 @@ impl Operator for ScriptedOperator {
     ) -> Result<Response<pb::AccountStatus>, Status> {
         unimplemented()
     }
+    async fn list_jobs(&self, _: Request<pb::JobQuery>) -> Result<Response<pb::JobList>, Status> {
+        unimplemented()
+    }
+    async fn list_datasets(
+        &self,
+        _: Request<pb::DatasetQuery>,
+    ) -> Result<Response<pb::DatasetList>, Status> {
+        unimplemented()
+    }
+    async fn list_licences(
+        &self,
+        _: Request<pb::LicenceQuery>,
+    ) -> Result<Response<pb::LicenceList>, Status> {
+        unimplemented()
+    }
+    async fn list_workers(
+        &self,
+        _: Request<pb::WorkerQuery>,
+    ) -> Result<Response<pb::WorkerList>, Status> {
+        unimplemented()
+    }
+    async fn get_operator_info(
+        &self,
+        _: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::OperatorInfo>, Status> {
+        unimplemented()
+    }
 }
 
 const NOW_MS: i64 = 1_800_000_000_000;
@@ -282,6 +309,8 @@ async fn the_worker_refuses_bad_tickets_and_accepts_a_good_one_once() {
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
     let dir = tempfile::tempdir().expect("tempdir");
+    // A worker refuses to start without its dataset directory.
+    std::fs::create_dir(dir.path().join("datasets")).expect("mkdir datasets");
     let mut cfg = tessera_worker::WorkerConfig::new(
         format!("http://{addr}"),
         WorkerAttributes {

@@ -1,0 +1,121 @@
+//! Listing RPCs (jobs, datasets, licences, workers) and the operator's info: the page and the
+//! filters parsed once, the scheduler's page mapped to the wire.
+
+use tessera_core::{JobState, WorkerAttributes};
+use tessera_proto::decode;
+use tessera_proto::v1 as pb;
+use tessera_scheduler::lists::{JobFilter, LicenceFilter, PageQuery};
+use tessera_scheduler::{RecordService, Scheduler};
+use tonic::Status;
+
+use crate::convert::{dataset_to_pb, job_to_pb, licence_to_pb};
+use crate::error::{invalid, status};
+
+fn page(p: Option<pb::PageQuery>) -> PageQuery {
+    let p = p.unwrap_or_default();
+    PageQuery {
+        size: p.page_size,
+        token: p.page_token,
+    }
+}
+
+/// The state filter: unspecified (0) is "any state"; an unknown number is refused.
+fn state_filter(v: i32) -> Result<Option<JobState>, Status> {
+    if v == pb::JobState::Unspecified as i32 {
+        return Ok(None);
+    }
+    decode::<JobState>(v).map(Some).map_err(invalid)
+}
+
+pub(crate) async fn jobs(s: &Scheduler, r: pb::JobQuery) -> Result<pb::JobList, Status> {
+    let filter = JobFilter {
+        user: r.user,
+        state: state_filter(r.state)?,
+        licence_id: r.licence_id,
+    };
+    let l = s
+        .list_jobs(&filter, &page(r.page))
+        .await
+        .map_err(|e| status(&e))?;
+    Ok(pb::JobList {
+        jobs: l.items.iter().map(job_to_pb).collect(),
+        next_page_token: l.next_token,
+    })
+}
+
+pub(crate) async fn datasets(
+    s: &RecordService,
+    r: pb::DatasetQuery,
+) -> Result<pb::DatasetList, Status> {
+    let l = s
+        .list_datasets(&r.owner_party, &page(r.page))
+        .await
+        .map_err(|e| status(&e))?;
+    Ok(pb::DatasetList {
+        datasets: l.items.into_iter().map(dataset_to_pb).collect(),
+        next_page_token: l.next_token,
+    })
+}
+
+pub(crate) async fn licences(
+    s: &RecordService,
+    r: pb::LicenceQuery,
+) -> Result<pb::LicenceList, Status> {
+    let filter = LicenceFilter {
+        licensor: r.licensor,
+        licensee: r.licensee,
+        dataset_id: r.dataset_id,
+    };
+    let l = s
+        .list_licences(&filter, &page(r.page))
+        .await
+        .map_err(|e| status(&e))?;
+    Ok(pb::LicenceList {
+        licences: l
+            .items
+            .iter()
+            .map(licence_to_pb)
+            .collect::<Result<_, _>>()?,
+        next_page_token: l.next_token,
+    })
+}
+
+fn attrs_to_pb(a: WorkerAttributes) -> pb::WorkerAttributes {
+    pb::WorkerAttributes {
+        party: a.party,
+        region: a.region,
+        compute_centre: a.compute_centre,
+        hardware: a.hardware,
+        ai_frameworks: a.ai_frameworks,
+        software_env: a.software_env,
+    }
+}
+
+pub(crate) async fn workers(s: &Scheduler, r: pb::WorkerQuery) -> Result<pb::WorkerList, Status> {
+    let l = s
+        .list_workers(&r.party, &page(r.page))
+        .await
+        .map_err(|e| status(&e))?;
+    Ok(pb::WorkerList {
+        workers: l
+            .items
+            .into_iter()
+            .map(|w| pb::WorkerInfo {
+                worker_id: w.record.worker_id,
+                attributes: Some(attrs_to_pb(w.record.attributes)),
+                peer_addr: w.record.peer_addr,
+                last_seen_ms: w.record.last_seen_ms,
+                live: w.live,
+                running_tasks: u64::try_from(w.running).unwrap_or(u64::MAX),
+            })
+            .collect(),
+        next_page_token: l.next_token,
+    })
+}
+
+pub(crate) fn info(s: &Scheduler) -> pb::OperatorInfo {
+    pb::OperatorInfo {
+        time_zone: s.time_zone(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    }
+}
