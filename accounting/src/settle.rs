@@ -300,10 +300,11 @@ pub fn delivered_rows(final_report_rows: Option<u64>, at_delivery_rows: u64) -> 
 /// capped at the hold taken at admission. The bill line's note says the job ended after
 /// delivery.
 ///
-/// Delivery points per engine: ECDH-PSI — the sender has received the receiver's `Done`,
-/// which the receiver sends only once it holds every sender frame (all blinded points and,
-/// in intersection mode, all doubly-blinded values), i.e. when it can compute the
-/// intersection alone. Each future engine must name its own point.
+/// Delivery points per engine: ECDH-PSI — the sender has handed its last frame (all blinded
+/// points and, in intersection mode, all doubly-blinded values) to the link, after which the
+/// receiver can compute the intersection alone; the sender does not wait for the receiver's
+/// `Done`, which a modified receiver could withhold. Each future engine must name its own
+/// point.
 pub fn delivered_job(job: &FinishedJob<'_>, ended: &str) -> Result<JobSettlement, SettleError> {
     let mut s = job_settlement(job)?;
     s.line.note.push_str(&format!(

@@ -81,11 +81,17 @@
 //!    frames, and matches the two value sets (sort + binary search).
 //! 5. Sender waits for `Done`, so that it never hangs up while frames are still in flight.
 //!
-//! **Delivery point** (what the operator bills on): the sender's receipt of `Done`, i.e. the
-//! moment [`run_sender`] returns `Ok`. The receiver sends `Done` only once it holds every
-//! sender frame, so from then on it can compute the output without the sender; the caller
-//! (the worker) reports this milestone, and any failure after it is charged
-//! (`tessera_accounting::settle::delivered_job`).
+//! **Delivery point** (what the operator bills on): the moment the sender has handed its last
+//! frame (its last `Points` or `Values` batch) to the link, i.e. when
+//! [`run_sender_reporting_delivery`] calls its `on_delivered`, before it waits for `Done`.
+//! From then on the receiver needs nothing more from the sender to compute its output, so a
+//! receiver that withholds `Done`, or is killed after its result exists, cannot take the output
+//! without the run being consumed and charged (`tessera_accounting::settle::delivered_job`).
+//! Waiting for `Done` instead would let a modified receiver skip it and keep the output free.
+//! The cost falls the other way in one narrow case: frames accepted by the link but lost
+//! before they arrive (the link breaks in that instant) leave a charged job without a result;
+//! the job's record and the audit chain then show a failure after delivery, the evidence for a
+//! dispute.
 //!
 //! On a local failure a party sends a best-effort `Abort` frame with a reason code (given up
 //! after a few polls if the link does not accept it, so a full queue cannot hang us), so that
@@ -120,7 +126,7 @@ mod protocol;
 mod wire;
 
 pub use crypto::{DOUBLE_BLINDED_BYTES, HASH_DOMAIN, POINT_BYTES};
-pub use protocol::{run_receiver, run_sender};
+pub use protocol::{run_receiver, run_sender, run_sender_reporting_delivery};
 pub use wire::PROTOCOL_VERSION;
 
 /// The hot kernel of both roles, for benchmarks (`benches/psi_blinding.rs`): hashes every

@@ -69,7 +69,26 @@ pub async fn run_sender<R: CryptoRngCore + Send>(
     rng: &mut R,
     progress: &dyn Progress,
 ) -> Result<SenderOutput, PsiError> {
-    let result = sender(link, items, cfg, rng, progress).await;
+    run_sender_reporting_delivery(link, items, cfg, rng, progress, &|| {}).await
+}
+
+/// [`run_sender`], calling `on_delivered` once at the protocol's delivery point: the moment
+/// the sender has handed its last frame to the link, after which the receiver needs nothing
+/// more from it to compute its output (see the crate docs, "Delivery point"). It is called at
+/// most once, never after an error, and before the sender waits for the receiver's `Done`;
+/// it must not block.
+///
+/// # Errors
+/// As [`run_sender`].
+pub async fn run_sender_reporting_delivery<R: CryptoRngCore + Send>(
+    link: &dyn Link,
+    items: &[Vec<u8>],
+    cfg: &PsiConfig,
+    rng: &mut R,
+    progress: &dyn Progress,
+    on_delivered: &(dyn Fn() + Sync),
+) -> Result<SenderOutput, PsiError> {
+    let result = sender(link, items, cfg, rng, progress, on_delivered).await;
     if let Err(e) = &result {
         notify_peer(link, e).await;
     }
@@ -183,6 +202,7 @@ async fn sender<R: CryptoRngCore + Send>(
     cfg: &PsiConfig,
     rng: &mut R,
     progress: &dyn Progress,
+    on_delivered: &(dyn Fn() + Sync),
 ) -> Result<SenderOutput, PsiError> {
     check_input(items)?;
     let batch = effective_batch(cfg, link)?;
@@ -267,6 +287,9 @@ async fn sender<R: CryptoRngCore + Send>(
         Ok(())
     };
     tokio::try_join!(send, answer)?;
+    // The delivery point: every frame the receiver needs is on the link. A receiver that
+    // withholds `Done` (or dies) from here on has its output all the same.
+    on_delivered();
     match recv_frame(link).await? {
         Frame::Done => Ok(SenderOutput {
             receiver_set_size: peer_size as u64,

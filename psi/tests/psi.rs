@@ -14,7 +14,7 @@ use rand_chacha::ChaCha20Rng;
 use tessera_core::{Link, LinkError, MemLink};
 use tessera_psi::{
     AbortReason, Mode, NoProgress, PROTOCOL_VERSION, Progress, PsiConfig, PsiError, ReceiverOutput,
-    SenderOutput, run_receiver, run_sender,
+    SenderOutput, run_receiver, run_sender, run_sender_reporting_delivery,
 };
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(120);
@@ -746,4 +746,101 @@ fn protocol_futures_are_send() {
     drop(r);
     let s = run_sender(&a, &items, &c, &mut rng, &NoProgress);
     assert_send(&s);
+}
+
+/// Runs a real sender (intersection mode, three keys) against `fake`, counting how often it
+/// reports its delivery point.
+async fn sender_delivery_against<F, Fut>(fake: F) -> (Result<SenderOutput, PsiError>, usize)
+where
+    F: FnOnce(MemLink) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (a, b) = MemLink::pair();
+    let fake = tokio::spawn(fake(b));
+    let mut rng = ChaCha20Rng::seed_from_u64(97);
+    let c = cfg(Mode::Intersection);
+    let delivered = std::sync::atomic::AtomicUsize::new(0);
+    let on_delivered = || {
+        delivered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    };
+    let items = keys(0..3);
+    let s = bounded(run_sender_reporting_delivery(
+        &a,
+        &items,
+        &c,
+        &mut rng,
+        &NoProgress,
+        &on_delivered,
+    ))
+    .await;
+    fake.abort();
+    (s, delivered.load(std::sync::atomic::Ordering::SeqCst))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_withholding_done_has_still_been_delivered_to() {
+    let points = random_points(5, 31);
+    // Takes every frame the sender owes it (3 points, 5 values), then hangs up without `Done`.
+    let (s, delivered) = sender_delivery_against(move |b| async move {
+        if b.send(hello(PROTOCOL_VERSION, RECEIVER, INTERSECTION, 5, 4096))
+            .await
+            .is_err()
+            || b.send(points_batch(&points)).await.is_err()
+        {
+            return;
+        }
+        let (mut their_points, mut values) = (0usize, 0usize);
+        while their_points < 3 || values < 5 {
+            let Ok(frame) = b.recv().await else { return };
+            let n = frame
+                .get(1..5)
+                .map_or(0, |c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize);
+            match frame.first() {
+                Some(0x02) => their_points += n,
+                Some(0x03) => values += n,
+                _ => {}
+            }
+        }
+        drop(b);
+    })
+    .await;
+    assert!(s.is_err(), "no Done, so the sender itself fails: {s:?}");
+    assert_eq!(delivered, 1, "the delivery point was reached before Done");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_is_reported_once_on_success_and_never_before_the_last_frame() {
+    // An honest receiver: exactly one report.
+    let (a, b) = MemLink::pair();
+    let mut r_rng = ChaCha20Rng::seed_from_u64(5);
+    let mut s_rng = ChaCha20Rng::seed_from_u64(6);
+    let c = cfg(Mode::Intersection);
+    let delivered = std::sync::atomic::AtomicUsize::new(0);
+    let on_delivered = || {
+        delivered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    };
+    let (r_items, s_items) = (keys(0..10), keys(5..20));
+    let (r, s) = bounded(async {
+        tokio::join!(
+            run_receiver(&a, &r_items, &c, &mut r_rng, &NoProgress),
+            run_sender_reporting_delivery(&b, &s_items, &c, &mut s_rng, &NoProgress, &on_delivered),
+        )
+    })
+    .await;
+    assert_eq!(r.expect("receiver").intersection_size, 5);
+    s.expect("sender");
+    assert_eq!(delivered.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // A receiver that hangs up after its points, before the sender's values: no delivery.
+    let points = random_points(5, 32);
+    let (s, delivered) = sender_delivery_against(move |b| async move {
+        let _ = b
+            .send(hello(PROTOCOL_VERSION, RECEIVER, INTERSECTION, 5, 4096))
+            .await;
+        let _ = b.send(points_batch(&points[..2])).await;
+        drop(b);
+    })
+    .await;
+    assert!(s.is_err());
+    assert_eq!(delivered, 0, "the sender never got to its last frame");
 }

@@ -2,8 +2,8 @@
 -- client's idempotency key of a submission.
 --
 -- delivered_at_ms / delivered_rows: when the engine's delivery point was reported (for PSI:
--- the sender received the receiver's Done, so the receiver holds everything it needs to
--- compute the output) and the provider rows the sender reported then. Once set, a failure or
+-- the sender handed its last frame to the link, after which the receiver needs nothing more
+-- to compute the output) and the provider rows the sender reported then. Once set, a failure or
 -- cancellation consumes the count and charges the job (accounting::settle::delivered_job).
 ALTER TABLE jobs ADD COLUMN delivered_at_ms INTEGER;
 ALTER TABLE jobs ADD COLUMN delivered_rows INTEGER CHECK (delivered_rows IS NULL OR delivered_rows >= 0);

@@ -602,13 +602,13 @@ async fn progress_seen_by_a_watcher_never_goes_backwards() {
         .await
         .expect("submit")
         .into_inner();
-    let mut stream = client
-        .watch_job(pb::JobRef {
-            job_id: j.job_id.clone(),
-        })
-        .await
-        .expect("watch")
-        .into_inner();
+    // Watched as the buyer, who alone may see the result.
+    let mut req = tonic::Request::new(pb::JobRef {
+        job_id: j.job_id.clone(),
+    });
+    req.metadata_mut()
+        .insert("x-tessera-user", "u1".parse().expect("metadata"));
+    let mut stream = client.watch_job(req).await.expect("watch").into_inner();
     let mut last: std::collections::HashMap<(String, String), u64> = Default::default();
     let mut updates = 0;
     let mut end = None;

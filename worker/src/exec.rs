@@ -233,13 +233,40 @@ pub async fn run_task(
     };
     match spec.role {
         TaskRole::Sender => {
-            tessera_psi::run_sender(&link, &input.keys, &cfg, &mut rng, progress.as_ref())
-                .await
-                .map_err(peer_err)?;
-            // ECDH-PSI's delivery point: `run_sender` returns once it has received the
-            // receiver's `Done`, which the receiver sends only when it holds every frame it
-            // needs to compute the output.
-            delivery.delivered(input.rows).await;
+            // ECDH-PSI's delivery point: the sender's last frame is on the link (before it
+            // waits for the receiver's `Done`, which a modified receiver could withhold). The
+            // report runs beside the protocol, so the sender keeps serving the link meanwhile.
+            let (reached, on_reached) = tokio::sync::oneshot::channel::<()>();
+            let reached = std::sync::Mutex::new(Some(reached));
+            let on_delivered = || {
+                if let Some(tx) = reached.lock().ok().and_then(|mut t| t.take()) {
+                    let _ = tx.send(());
+                }
+            };
+            let report = async {
+                // Dropped unsent (an error before the point): nothing is reported.
+                if on_reached.await.is_ok() {
+                    delivery.delivered(input.rows).await;
+                }
+            };
+            let run = async {
+                let r = tessera_psi::run_sender_reporting_delivery(
+                    &link,
+                    &input.keys,
+                    &cfg,
+                    &mut rng,
+                    progress.as_ref(),
+                    &on_delivered,
+                )
+                .await;
+                // Ended before the point (an error): dropping the sender ends `report`.
+                if let Ok(mut t) = reached.lock() {
+                    t.take();
+                }
+                r
+            };
+            let (result, ()) = tokio::join!(run, report);
+            result.map_err(peer_err)?;
         }
         TaskRole::Receiver => {
             let out =
