@@ -44,32 +44,49 @@ fn job_request(r: pb::SubmitJobRequest) -> Result<JobRequest, Status> {
     })
 }
 
+/// A job's answer: its view with the latest signed head of the audit chain (the receipt).
+async fn receipt(s: &Scheduler, v: &tessera_scheduler::JobView) -> Result<pb::Job, Status> {
+    let mut j = job_to_pb(v);
+    j.audit_head = crate::audit::latest(&s.audit()).await?;
+    Ok(j)
+}
+
 pub(crate) async fn submit(s: &Scheduler, r: pb::SubmitJobRequest) -> Result<pb::Job, Status> {
     let view = s.submit(job_request(r)?).await.map_err(|e| status(&e))?;
-    Ok(job_to_pb(&view))
+    receipt(s, &view).await
 }
 
 pub(crate) async fn get(s: &Scheduler, r: pb::JobRef) -> Result<pb::Job, Status> {
     let v = s.job(&r.job_id).await.map_err(|e| status(&e))?;
-    Ok(job_to_pb(&v))
+    receipt(s, &v).await
 }
 
 pub(crate) async fn watch(s: &Scheduler, r: pb::JobRef) -> Result<BoxStream<pb::Job>, Status> {
     let rx = s.watch(&r.job_id).await.map_err(|e| status(&e))?;
-    // Ends after the first terminal state.
+    let audit = s.audit();
+    // Ends after the first terminal state, which carries the signed head (the receipt).
     let stream = futures::StreamExt::scan(WatchStream::new(rx), false, |done, v| {
         let out = if *done {
             None
         } else {
             *done = v.job.is_terminal();
-            Some(Ok(job_to_pb(&v)))
+            Some((*done, job_to_pb(&v)))
         };
         futures::future::ready(out)
+    });
+    let stream = futures::StreamExt::then(stream, move |(last, mut j)| {
+        let audit = audit.clone();
+        async move {
+            if last {
+                j.audit_head = crate::audit::latest(&audit).await?;
+            }
+            Ok(j)
+        }
     });
     Ok(Box::pin(stream))
 }
 
 pub(crate) async fn cancel(s: &Scheduler, r: pb::JobRef, user: &str) -> Result<pb::Job, Status> {
     let v = s.cancel(&r.job_id, user).await.map_err(|e| status(&e))?;
-    Ok(job_to_pb(&v))
+    receipt(s, &v).await
 }

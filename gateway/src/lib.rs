@@ -60,7 +60,7 @@ impl OperatorService {
 pub(crate) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 fn ack(r: Result<(), Status>) -> Result<Response<pb::Ack>, Status> {
-    r.map(|()| Response::new(pb::Ack {}))
+    r.map(|()| Response::new(pb::Ack::default()))
 }
 
 #[tonic::async_trait]
@@ -178,7 +178,11 @@ impl Operator for OperatorService {
     }
 
     async fn deposit(&self, req: Request<pb::DepositRequest>) -> Result<Response<pb::Ack>, Status> {
-        ack(billing::deposit(&self.billing, req.into_inner()).await)
+        billing::deposit(&self.billing, req.into_inner()).await?;
+        Ok(Response::new(pb::Ack {
+            audit_head: audit::seal(&self.audit).await?,
+            ..pb::Ack::default()
+        }))
     }
 
     async fn list_usage(
@@ -256,9 +260,9 @@ impl Operator for OperatorService {
         &self,
         req: Request<pb::PayoutRequest>,
     ) -> Result<Response<pb::Statement>, Status> {
-        billing::payout(&self.billing, req.into_inner())
-            .await
-            .map(Response::new)
+        let mut statement = billing::payout(&self.billing, req.into_inner()).await?;
+        statement.audit_head = audit::seal(&self.audit).await?;
+        Ok(Response::new(statement))
     }
 
     async fn set_limit(&self, req: Request<pb::LimitRequest>) -> Result<Response<pb::Ack>, Status> {
@@ -292,17 +296,17 @@ impl Operator for OperatorService {
         &self,
         req: Request<pb::SubscriptionRequest>,
     ) -> Result<Response<pb::SubscriptionView>, Status> {
-        billing::subscribe(&self.billing, req.into_inner())
-            .await
-            .map(Response::new)
+        let mut view = billing::subscribe(&self.billing, req.into_inner()).await?;
+        view.audit_head = audit::seal(&self.audit).await?;
+        Ok(Response::new(view))
     }
 
     async fn unsubscribe(
         &self,
         req: Request<pb::SubscriptionRequest>,
     ) -> Result<Response<pb::SubscriptionView>, Status> {
-        billing::unsubscribe(&self.billing, req.into_inner())
-            .await
-            .map(Response::new)
+        let mut view = billing::unsubscribe(&self.billing, req.into_inner()).await?;
+        view.audit_head = audit::seal(&self.audit).await?;
+        Ok(Response::new(view))
     }
 }

@@ -225,4 +225,6 @@ impl Store {
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_audit;
+#[cfg(test)]
 mod tests_billing;

@@ -62,11 +62,11 @@ impl Operator for ScriptedOperator {
         &self,
         _: Request<pb::ProgressReport>,
     ) -> Result<Response<pb::Ack>, Status> {
-        Ok(Response::new(pb::Ack {}))
+        Ok(Response::new(pb::Ack::default()))
     }
     async fn report_result(&self, r: Request<pb::TaskResult>) -> Result<Response<pb::Ack>, Status> {
         let _ = self.results.send(r.into_inner()).await;
-        Ok(Response::new(pb::Ack {}))
+        Ok(Response::new(pb::Ack::default()))
     }
     async fn create_dataset(
         &self,
@@ -240,6 +240,7 @@ fn assignment(
             issued_at_ms: NOW_MS - 1_000,
             expires_at_ms,
             task_digest: task_digest(signed_spec),
+            audit_head: None,
         })
         .expect("sign");
     Ok(pb::TaskEnvelope {
