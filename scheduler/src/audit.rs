@@ -60,7 +60,9 @@ pub struct AuditService {
 }
 
 impl AuditService {
-    pub(crate) fn new(store: Store, signer: Arc<TicketSigner>, clock: Arc<dyn Clock>) -> Self {
+    /// The audit service of a node's store, sealing with the node's key (the scheduler makes
+    /// one; `tessera audit export` makes one on a data directory).
+    pub fn new(store: Store, signer: Arc<TicketSigner>, clock: Arc<dyn Clock>) -> Self {
         Self {
             store,
             signer,
