@@ -85,9 +85,7 @@ impl NodeKey {
         let bytes: [u8; 32] = hex::decode(key_hex.trim())
             .ok()
             .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| {
-                CheckpointError::Malformed("node key must be 32 bytes of hex".into())
-            })?;
+            .ok_or_else(|| CheckpointError::Malformed("node key must be 32 bytes of hex".into()))?;
         let key = VerifyingKey::from_bytes(&bytes)
             .map_err(|e| CheckpointError::Malformed(format!("node key invalid: {e}")))?;
         Ok(Self { key })

@@ -333,13 +333,17 @@ mod tests {
         let t = signer.sign(&with_head).expect("sign");
         assert!(matches!(
             v.check(&t, b"spec", 2_000),
-            Err(TicketError::AuditHead(CheckpointError::BadSignature { seq: 3, .. }))
+            Err(TicketError::AuditHead(CheckpointError::BadSignature {
+                seq: 3,
+                ..
+            }))
         ));
         with_head.ticket_id = "h2".into();
         with_head.audit_head = Some(signer.sign_head(3, &hash, 1_000).expect("head"));
         let t = signer.sign(&with_head).expect("sign");
         assert_eq!(
-            v.check(&t, b"spec", 2_000).map(|b| b.audit_head.map(|h| h.seq)),
+            v.check(&t, b"spec", 2_000)
+                .map(|b| b.audit_head.map(|h| h.seq)),
             Ok(Some(3))
         );
         let garbage = SignedTicket {

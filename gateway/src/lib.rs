@@ -179,9 +179,9 @@ impl Operator for OperatorService {
 
     async fn deposit(&self, req: Request<pb::DepositRequest>) -> Result<Response<pb::Ack>, Status> {
         billing::deposit(&self.billing, req.into_inner()).await?;
+        // The depositor's receipt: a signed head covering the deposit.
         Ok(Response::new(pb::Ack {
             audit_head: audit::seal(&self.audit).await?,
-            ..pb::Ack::default()
         }))
     }
 

@@ -687,7 +687,11 @@ fn transfer_diffs(t: &TransferRecord, at_ms: i64, c: &ChainTransfer) -> Vec<Stri
             d.push(format!("{name} {table} in the table, {chain} in the chain"));
         }
     };
-    field("debit account", t.spec.debit.clone(), c.transfer.debit.clone());
+    field(
+        "debit account",
+        t.spec.debit.clone(),
+        c.transfer.debit.clone(),
+    );
     field(
         "credit account",
         t.spec.credit.clone(),
@@ -703,7 +707,11 @@ fn transfer_diffs(t: &TransferRecord, at_ms: i64, c: &ChainTransfer) -> Vec<Stri
         format!("{:?}", t.spec.job_id),
         format!("{:?}", c.transfer.job_id),
     );
-    field("memo", format!("{:?}", t.spec.memo), format!("{:?}", c.transfer.memo));
+    field(
+        "memo",
+        format!("{:?}", t.spec.memo),
+        format!("{:?}", c.transfer.memo),
+    );
     field("kind", t.kind.clone(), c.kind.clone());
     field(
         "hold",
@@ -725,7 +733,11 @@ fn derive_one(
         ("posted" | "pending", _) => 0,
         ("post_pending" | "void_pending", Some(p)) => match chain.get(p.as_str()) {
             Some((_, _, h)) if h.kind == "pending" => h.transfer.amount_micros,
-            _ => return Err(format!("it resolves hold {p}, which the chain does not record")),
+            _ => {
+                return Err(format!(
+                    "it resolves hold {p}, which the chain does not record"
+                ));
+            }
         },
         (kind, _) => return Err(format!("unknown kind {kind:?}")),
     };

@@ -260,7 +260,12 @@ async fn rewrite(pool: &sqlx::SqlitePool, store: &Store, seq: i64, detail: &str)
 async fn an_edited_entry_with_every_hash_recomputed_is_named_as_rewritten() {
     let (_dir, path, store) = open().await;
     store
-        .audit(1, "refuse", "job-9", &serde_json::json!({"reasons": ["quota"]}))
+        .audit(
+            1,
+            "refuse",
+            "job-9",
+            &serde_json::json!({"reasons": ["quota"]}),
+        )
         .await
         .expect("entry");
     money(&store).await;
@@ -281,7 +286,11 @@ async fn an_edited_entry_with_every_hash_recomputed_is_named_as_rewritten() {
         .expect("verify");
     assert_eq!(v.first_broken_seq, Some(7));
     assert_eq!(v.problems.len(), 2, "{v:?}");
-    for (p, origin) in v.problems.iter().zip([STORE_CHECKPOINTS, "receipt of job-1"]) {
+    for (p, origin) in v
+        .problems
+        .iter()
+        .zip([STORE_CHECKPOINTS, "receipt of job-1"])
+    {
         match p {
             AuditProblem::Rewritten {
                 seq: 7,

@@ -82,7 +82,8 @@ async fn receipts_carry_signed_heads_and_verify_names_a_truncated_chain() {
         .expect("submit")
         .into_inner();
     let admitted = head(submitted.audit_head.clone());
-    key.verify(&admitted).expect("the admission's head verifies");
+    key.verify(&admitted)
+        .expect("the admission's head verifies");
     assert!(admitted.seq > deposited.seq, "it covers the admission");
     let done = c.wait(&submitted.job_id).await;
     assert_eq!(done.state_text(), "succeeded", "{}", done.error);
@@ -101,7 +102,14 @@ async fn receipts_carry_signed_heads_and_verify_names_a_truncated_chain() {
     let exported_seq = exported["head"]["seq"].as_u64().expect("head");
     assert!(exported_seq >= ended.seq);
     c.operator.kill();
-    let out = tessera(&["audit", "verify", "--data-dir", data_dir, "--checkpoints", file_arg]);
+    let out = tessera(&[
+        "audit",
+        "verify",
+        "--data-dir",
+        data_dir,
+        "--checkpoints",
+        file_arg,
+    ]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("audit chain OK"), "{}", text(&out));
 
@@ -145,7 +153,14 @@ async fn receipts_carry_signed_heads_and_verify_names_a_truncated_chain() {
         .expect("truncate");
     pool.close().await;
 
-    let out = tessera(&["audit", "verify", "--data-dir", data_dir, "--checkpoints", file_arg]);
+    let out = tessera(&[
+        "audit",
+        "verify",
+        "--data-dir",
+        data_dir,
+        "--checkpoints",
+        file_arg,
+    ]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let said = text(&out);
     assert!(
