@@ -4,7 +4,7 @@
 use tessera_core::{KeyCase, PsiMode};
 use tessera_proto::decode;
 use tessera_proto::v1 as pb;
-use tessera_scheduler::{JobRequest, Scheduler};
+use tessera_scheduler::{AuditService, JobRequest, JobView, Scheduler};
 use tokio_stream::wrappers::WatchStream;
 use tonic::Status;
 
@@ -44,21 +44,28 @@ fn job_request(r: pb::SubmitJobRequest) -> Result<JobRequest, Status> {
     })
 }
 
-/// A job's answer: its view with the latest signed head of the audit chain (the receipt).
-async fn receipt(s: &Scheduler, v: &tessera_scheduler::JobView) -> Result<pb::Job, Status> {
+/// A job's answer with the signed head of the audit chain (the receipt): for an ended job a
+/// head covering its end (sealed now if no checkpoint covers it yet: the end is readable as
+/// soon as it is committed), otherwise the latest checkpoint (the dispatch's covers the
+/// admission).
+async fn receipt(audit: &AuditService, v: &JobView) -> Result<pb::Job, Status> {
     let mut j = job_to_pb(v);
-    j.audit_head = crate::audit::latest(&s.audit()).await?;
+    j.audit_head = if v.job.is_terminal() {
+        crate::audit::seal(audit).await?
+    } else {
+        crate::audit::latest(audit).await?
+    };
     Ok(j)
 }
 
 pub(crate) async fn submit(s: &Scheduler, r: pb::SubmitJobRequest) -> Result<pb::Job, Status> {
     let view = s.submit(job_request(r)?).await.map_err(|e| status(&e))?;
-    receipt(s, &view).await
+    receipt(&s.audit(), &view).await
 }
 
 pub(crate) async fn get(s: &Scheduler, r: pb::JobRef) -> Result<pb::Job, Status> {
     let v = s.job(&r.job_id).await.map_err(|e| status(&e))?;
-    receipt(s, &v).await
+    receipt(&s.audit(), &v).await
 }
 
 pub(crate) async fn watch(s: &Scheduler, r: pb::JobRef) -> Result<BoxStream<pb::Job>, Status> {
@@ -70,17 +77,18 @@ pub(crate) async fn watch(s: &Scheduler, r: pb::JobRef) -> Result<BoxStream<pb::
             None
         } else {
             *done = v.job.is_terminal();
-            Some((*done, job_to_pb(&v)))
+            Some((*done, v))
         };
         futures::future::ready(out)
     });
-    let stream = futures::StreamExt::then(stream, move |(last, mut j)| {
+    let stream = futures::StreamExt::then(stream, move |(last, v)| {
         let audit = audit.clone();
         async move {
             if last {
-                j.audit_head = crate::audit::latest(&audit).await?;
+                receipt(&audit, &v).await
+            } else {
+                Ok(job_to_pb(&v))
             }
-            Ok(j)
         }
     });
     Ok(Box::pin(stream))
@@ -88,5 +96,5 @@ pub(crate) async fn watch(s: &Scheduler, r: pb::JobRef) -> Result<BoxStream<pb::
 
 pub(crate) async fn cancel(s: &Scheduler, r: pb::JobRef, user: &str) -> Result<pb::Job, Status> {
     let v = s.cancel(&r.job_id, user).await.map_err(|e| status(&e))?;
-    receipt(s, &v).await
+    receipt(&s.audit(), &v).await
 }

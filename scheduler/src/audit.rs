@@ -7,7 +7,8 @@
 //!   recorded in the dispatch transaction (no write of its own, so admission pays only one
 //!   signature, tens of microseconds);
 //! - after a refusal and when a job ends (success, failure, cancellation), so that the job's
-//!   answers — its receipts — carry a head covering them;
+//!   answers — its receipts — carry a head covering them (the gateway seals again for an
+//!   ended job's answer read between the end's commit and this seal);
 //! - after each deposit, subscription and payout answer (their receipts), sealed by the
 //!   gateway through [`AuditService::seal`];
 //! - at start, on demand (`tessera audit export`), and by [`AuditService::run_sealer`] at most
