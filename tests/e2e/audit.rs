@@ -175,3 +175,100 @@ async fn receipts_carry_signed_heads_and_verify_names_a_truncated_chain() {
         "{said}"
     );
 }
+
+/// Drops the append-only triggers, as an attacker with the file would.
+async fn attacker(db: &Path) -> sqlx::SqlitePool {
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", db.display()))
+        .await
+        .expect("raw");
+    for t in ["audit_log_no_update", "audit_log_no_delete"] {
+        sqlx::query(&format!("DROP TRIGGER {t}"))
+            .execute(&pool)
+            .await
+            .expect("drop trigger");
+    }
+    pool
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_names_a_rewritten_chain_and_a_consistent_ledger_edit() {
+    let mut c = Cluster::start(5_000);
+    let data = c.dir.path().join("operator");
+    c.fund(1_000_000, "fund").await;
+    c.fund(2_000_000, "fund-2").await;
+    let file = c.dir.path().join("checkpoints.json");
+    let (data_dir, file_arg) = (data.to_str().expect("utf8"), file.to_str().expect("utf8"));
+    let out = tessera(&["audit", "export", "--data-dir", data_dir, "--out", file_arg]);
+    assert!(out.status.success(), "{}", text(&out));
+    c.operator.kill();
+    let db = data.join("tessera.db");
+
+    // A consistent edit of the ledger tables: the first deposit becomes 9,000,000 and both
+    // accounts' totals follow, so double entry still holds.
+    let pool = attacker(&db).await;
+    let (id, amount): (String, i64) = sqlx::query_as(
+        "SELECT transfer_id, amount_micros FROM ledger_transfers ORDER BY rowid LIMIT 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("first transfer");
+    assert_eq!(amount, 1_000_000);
+    for sql in [
+        "UPDATE ledger_transfers SET amount_micros = 9000000 WHERE transfer_id = ?",
+        "UPDATE ledger_accounts SET credits_micros = credits_micros + 8000000 WHERE name = 'customer:u1:cash' AND ? != ''",
+        "UPDATE ledger_accounts SET debits_micros = debits_micros + 8000000 WHERE name = 'external' AND ? != ''",
+    ] {
+        sqlx::query(sql).bind(&id).execute(&pool).await.expect(sql);
+    }
+    let out = tessera(&["audit", "verify", "--data-dir", data_dir]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("transfer {id} differs from entry"))
+            && text(&out).contains("amount 9000000 in the table, 1000000 in the chain"),
+        "{}",
+        text(&out)
+    );
+
+    // Now the attacker edits the chain's record of it too and recomputes every hash: the
+    // chain links again and agrees with the ledger, but no longer with the signed head.
+    let rows: Vec<(i64, i64, String, String, String)> =
+        sqlx::query_as("SELECT seq, at_ms, kind, subject, detail_json FROM audit_log ORDER BY seq")
+            .fetch_all(&pool)
+            .await
+            .expect("entries");
+    let mut prev = tessera_store::audit::GENESIS_HASH.to_string();
+    for (seq, at_ms, kind, subject, detail) in rows {
+        let detail = if subject == id {
+            detail.replace("\"amount_micros\":1000000", "\"amount_micros\":9000000")
+        } else {
+            detail
+        };
+        let hash = tessera_store::audit::entry_hash(&prev, seq, at_ms, &kind, &subject, &detail);
+        sqlx::query("UPDATE audit_log SET detail_json = ?, prev_hash = ?, hash = ? WHERE seq = ?")
+            .bind(&detail)
+            .bind(&prev)
+            .bind(&hash)
+            .bind(seq)
+            .execute(&pool)
+            .await
+            .expect("rewrite");
+        prev = hash;
+    }
+    pool.close().await;
+    let out = tessera(&[
+        "audit",
+        "verify",
+        "--data-dir",
+        data_dir,
+        "--checkpoints",
+        file_arg,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let said = text(&out);
+    assert!(!said.contains("ledger tables differ"), "{said}");
+    assert!(said.contains("the chain was rewritten: entry"), "{said}");
+    assert!(
+        said.contains(&format!("but {file_arg} holds the head signed for it")),
+        "{said}"
+    );
+}
