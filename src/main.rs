@@ -42,7 +42,7 @@ enum Command {
     /// Billing: simulate scenarios, ingestion benchmark.
     #[command(subcommand)]
     Billing(billing::BillingCommand),
-    /// Check the audit chain of a data directory (offline) and name the first broken entry.
+    /// Verify the audit chain of a data directory (offline) or export its signed checkpoints.
     #[command(subcommand)]
     Audit(client::audit::AuditCommand),
     /// Client commands against a running operator.
@@ -224,7 +224,7 @@ mod tests {
               demo        Run the end-to-end demo: operator and two workers on loopback, three PSI jobs
               bench       Benchmarks that print figures
               billing     Billing: simulate scenarios, ingestion benchmark
-              audit       Check the audit chain of a data directory (offline) and name the first broken entry
+              audit       Verify the audit chain of a data directory (offline) or export its signed checkpoints
               dataset     Dataset records
               licence     Licences and their usage policies
               job         Jobs

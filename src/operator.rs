@@ -86,18 +86,30 @@ impl OperatorHandle {
     }
 }
 
+/// Loads the node's key (tickets and audit checkpoints) from `dir/operator.key`; `None` if
+/// there is none yet.
+///
+/// Errors: the file cannot be read, or does not hold 32 bytes of hex.
+pub(crate) fn load_key(dir: &Path) -> anyhow::Result<Option<TicketSigner>> {
+    let path = dir.join("operator.key");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = hex::decode(text.trim()).context("operator.key is not hex")?;
+    let seed: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("operator.key must hold 32 bytes"))?;
+    Ok(Some(TicketSigner::from_seed(&seed)))
+}
+
 /// Loads the ticket key from `dir/operator.key`, creating it (mode 0600) on first start.
 fn load_or_create_key(dir: &Path) -> anyhow::Result<TicketSigner> {
-    let path = dir.join("operator.key");
-    if path.exists() {
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let bytes = hex::decode(text.trim()).context("operator.key is not hex")?;
-        let seed: [u8; 32] = bytes
-            .try_into()
-            .map_err(|_| anyhow::anyhow!("operator.key must hold 32 bytes"))?;
-        return Ok(TicketSigner::from_seed(&seed));
+    if let Some(signer) = load_key(dir)? {
+        return Ok(signer);
     }
+    let path = dir.join("operator.key");
     let signer = TicketSigner::generate(&mut rand::rngs::OsRng);
     let tmp = dir.join("operator.key.tmp");
     // A temporary file left by a start that died before the rename holds a key never used.
@@ -185,6 +197,13 @@ pub async fn start(config: &OperatorConfig) -> anyhow::Result<OperatorHandle> {
              delivery point, consumed and charged after it"
         );
     }
+    // A signed head of the chain as found at start, then at most one second behind it.
+    scheduler
+        .audit()
+        .seal()
+        .await
+        .context("signing the audit chain's head")?;
+    tokio::spawn(scheduler.audit().run_sealer());
     let monitor_ms = u64::try_from(config.heartbeat_timeout_ms / 4)
         .unwrap_or(250)
         .clamp(50, 1000);

@@ -1,9 +1,11 @@
 //! Shared vocabulary of Tessera: limits, the injected clock, the two-party [`link::Link`]
-//! channel that every engine is written against, signed job tickets, and Arrow table input.
+//! channel that every engine is written against, signed job tickets and signed audit-chain
+//! heads, and Arrow table input.
 //!
 //! Nothing here knows about gRPC, databases or the wall clock of a particular component:
 //! those are passed in by the caller.
 
+pub mod checkpoint;
 pub mod civil;
 pub mod clock;
 pub mod job;

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use crate::checkpoint::{CheckpointError, NodeKey, SignedHead};
 use crate::limits::TICKET_REPLAY_CACHE_MAX;
 
 /// Why a ticket was refused.
@@ -49,6 +50,9 @@ pub enum TicketError {
     /// The operator could not encode a ticket body (nothing is signed then).
     #[error("ticket body could not be encoded: {0}")]
     Unencodable(String),
+    /// The audit head the ticket carries does not verify under the operator's key.
+    #[error("the ticket's audit head: {0}")]
+    AuditHead(#[from] CheckpointError),
 }
 
 /// What the operator vouches for when it dispatches a task.
@@ -68,6 +72,11 @@ pub struct TicketBody {
     pub expires_at_ms: i64,
     /// Hex SHA-256 of the task specification bytes.
     pub task_digest: String,
+    /// The latest signed head of the operator's audit chain when the ticket was issued (it
+    /// covers the job's admission): a copy of the chain's state outside the operator's
+    /// database. Absent in tickets from operators without checkpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_head: Option<SignedHead>,
 }
 
 /// A ticket body with the operator's signature over its exact bytes.
@@ -136,6 +145,26 @@ impl TicketSigner {
             signature_hex: hex::encode(signature.to_bytes()),
         })
     }
+
+    /// Signs a head of the audit chain (see [`crate::checkpoint`]): entry `seq` hashed to
+    /// `head_hash` (64 hex digits) at `at_ms`.
+    ///
+    /// # Errors
+    /// [`CheckpointError::Malformed`] if `head_hash` is not 32 bytes of hex.
+    pub fn sign_head(
+        &self,
+        seq: u64,
+        head_hash: &str,
+        at_ms: i64,
+    ) -> Result<SignedHead, CheckpointError> {
+        let message = SignedHead::message(seq, head_hash, at_ms)?;
+        Ok(SignedHead {
+            seq,
+            head_hash: head_hash.to_ascii_lowercase(),
+            at_ms,
+            signature_hex: hex::encode(self.key.sign(&message).to_bytes()),
+        })
+    }
 }
 
 /// A worker's ticket checker: verifies signatures and remembers used tickets until they expire.
@@ -184,6 +213,9 @@ impl TicketVerifier {
             .map_err(|_| TicketError::BadSignature)?;
         let body: TicketBody = serde_json::from_str(&ticket.body)
             .map_err(|e| TicketError::Malformed(format!("ticket body: {e}")))?;
+        if let Some(head) = &body.audit_head {
+            NodeKey::from_key(self.key).verify(head)?;
+        }
         if body.worker_id != self.worker_id {
             return Err(TicketError::WrongWorker {
                 expected: body.worker_id,
@@ -242,6 +274,7 @@ mod tests {
             issued_at_ms: 1_000,
             expires_at_ms: 61_000,
             task_digest: task_digest(spec),
+            audit_head: None,
         }
     }
 
@@ -292,6 +325,27 @@ mod tests {
             v.check(&t, b"spec", 61_000),
             Err(TicketError::Expired { .. })
         ));
+        // A head inside a genuine ticket is checked on its own: one signed by another key is
+        // refused.
+        let mut with_head = body("w1", b"spec", "h");
+        let hash = "ab".repeat(32);
+        with_head.audit_head = Some(forger.sign_head(3, &hash, 1_000).expect("head"));
+        let t = signer.sign(&with_head).expect("sign");
+        assert!(matches!(
+            v.check(&t, b"spec", 2_000),
+            Err(TicketError::AuditHead(CheckpointError::BadSignature {
+                seq: 3,
+                ..
+            }))
+        ));
+        with_head.ticket_id = "h2".into();
+        with_head.audit_head = Some(signer.sign_head(3, &hash, 1_000).expect("head"));
+        let t = signer.sign(&with_head).expect("sign");
+        assert_eq!(
+            v.check(&t, b"spec", 2_000)
+                .map(|b| b.audit_head.map(|h| h.seq)),
+            Ok(Some(3))
+        );
         let garbage = SignedTicket {
             body: "{".into(),
             signature_hex: "zz".into(),

@@ -1,5 +1,6 @@
-//! Audit RPCs over the scheduler's audit service.
+//! Audit RPCs over the scheduler's audit service, and the signed heads that receipts carry.
 
+use tessera_core::checkpoint::SignedHead;
 use tessera_proto::v1 as pb;
 use tessera_scheduler::AuditService;
 use tonic::Status;
@@ -13,5 +14,27 @@ pub(crate) async fn verify(s: &AuditService) -> Result<pb::AuditVerification, St
         entries: v.entries,
         first_broken_seq: v.first_broken_seq,
         detail: v.detail,
+        checkpoints: v.checkpoints,
+        problems: v.problems.iter().map(ToString::to_string).collect(),
     })
+}
+
+fn head_to_pb(h: SignedHead) -> pb::SignedHead {
+    pb::SignedHead {
+        seq: h.seq,
+        head_hash: h.head_hash,
+        at_ms: h.at_ms,
+        signature_hex: h.signature_hex,
+    }
+}
+
+/// A signed head covering everything recorded so far (signed now if the latest checkpoint
+/// does not), for the receipt of a change the caller just made.
+pub(crate) async fn seal(s: &AuditService) -> Result<Option<pb::SignedHead>, Status> {
+    Ok(s.seal().await.map_err(|e| status(&e))?.map(head_to_pb))
+}
+
+/// The latest recorded signed head (no signing), for answers that change nothing.
+pub(crate) async fn latest(s: &AuditService) -> Result<Option<pb::SignedHead>, Status> {
+    Ok(s.latest().await.map_err(|e| status(&e))?.map(head_to_pb))
 }

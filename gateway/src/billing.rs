@@ -32,6 +32,8 @@ pub(crate) async fn deposit(s: &BillingService, r: pb::DepositRequest) -> Result
     .await
     .map(|outcome| pb::Ack {
         already_recorded: outcome == tessera_accounting::TransferOutcome::Exists,
+        // Set by the RPC from the audit service (the depositor's receipt).
+        audit_head: None,
     })
     .map_err(|e| status(&e))
 }

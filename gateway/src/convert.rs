@@ -66,6 +66,8 @@ pub fn job_to_pb(v: &JobView) -> pb::Job {
             .as_ref()
             .map(|o| o.kind.clone())
             .unwrap_or_default(),
+        // Set by the RPC from the audit service (see `jobs`).
+        audit_head: None,
     }
 }
 
@@ -182,6 +184,7 @@ pub(crate) fn statement_to_pb(s: StatementRecord) -> pb::Statement {
         provider_micros: s.provider_micros,
         paid_out_at_ms: s.paid_out_at_ms,
         payout_transfer_id: s.payout_transfer_id.unwrap_or_default(),
+        audit_head: None,
     }
 }
 
@@ -195,6 +198,7 @@ pub(crate) fn subscription_to_pb(v: SubscriptionView) -> pb::SubscriptionView {
         months_total: v.months_total,
         charged_micros: v.charged_micros,
         refund_micros: v.refund_micros,
+        audit_head: None,
     }
 }
 

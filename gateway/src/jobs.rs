@@ -8,7 +8,7 @@ use tessera_core::{EmptyKeys, KeyCase, PsiMode, UnicodeForm};
 use tessera_proto::decode;
 use tessera_proto::v1 as pb;
 use tessera_scheduler::redact::redact;
-use tessera_scheduler::{JobRequest, Scheduler};
+use tessera_scheduler::{AuditService, JobRequest, JobView, Scheduler};
 use tokio_stream::wrappers::WatchStream;
 use tonic::Status;
 
@@ -52,12 +52,29 @@ fn job_request(r: pb::SubmitJobRequest) -> Result<JobRequest, Status> {
     })
 }
 
-/// Every job answer shows what its caller may see (`tessera_scheduler::redact`); the submitter
-/// is the caller of a submission.
+/// A job's answer as `caller` may see it (`tessera_scheduler::redact`), with the signed head of
+/// the audit chain (the receipt): for an ended job a head covering its end (sealed now if no
+/// checkpoint covers it yet: the end is readable as soon as it is committed), otherwise the
+/// latest checkpoint (the dispatch's covers the admission).
+async fn receipt(
+    audit: &AuditService,
+    v: &JobView,
+    caller: Option<&str>,
+) -> Result<pb::Job, Status> {
+    let mut j = job_to_pb(&redact(v, caller));
+    j.audit_head = if v.job.is_terminal() {
+        crate::audit::seal(audit).await?
+    } else {
+        crate::audit::latest(audit).await?
+    };
+    Ok(j)
+}
+
+/// The submitter is the caller of a submission.
 pub(crate) async fn submit(s: &Scheduler, r: pb::SubmitJobRequest) -> Result<pb::Job, Status> {
     let user = r.user.clone();
     let view = s.submit(job_request(r)?).await.map_err(|e| status(&e))?;
-    Ok(job_to_pb(&redact(&view, Some(&user))))
+    receipt(&s.audit(), &view, Some(&user)).await
 }
 
 pub(crate) async fn get(
@@ -66,7 +83,7 @@ pub(crate) async fn get(
     caller: Option<&str>,
 ) -> Result<pb::Job, Status> {
     let v = s.job(&r.job_id).await.map_err(|e| status(&e))?;
-    Ok(job_to_pb(&redact(&v, caller)))
+    receipt(&s.audit(), &v, caller).await
 }
 
 pub(crate) async fn watch(
@@ -75,9 +92,11 @@ pub(crate) async fn watch(
     caller: Option<String>,
 ) -> Result<BoxStream<pb::Job>, Status> {
     let rx = s.watch(&r.job_id).await.map_err(|e| status(&e))?;
-    // Ends after the first terminal state. If the job's updates stop before one (the node is
-    // shutting down, finishing the job failed), the stream ends with UNAVAILABLE instead of
-    // simply ending, so no client takes the last, non-terminal state for the end.
+    let audit = s.audit();
+    // Ends after the first terminal state, which carries the signed head (the receipt). If the
+    // job's updates stop before one (the node is shutting down, finishing the job failed), the
+    // stream ends with UNAVAILABLE instead of simply ending, so no client takes the last,
+    // non-terminal state for the end.
     let ended = Arc::new(AtomicBool::new(false));
     let seen = ended.clone();
     let updates = futures::StreamExt::scan(WatchStream::new(rx), false, move |done, v| {
@@ -88,9 +107,20 @@ pub(crate) async fn watch(
             if *done {
                 seen.store(true, Ordering::Relaxed);
             }
-            Some(Ok(job_to_pb(&redact(&v, caller.as_deref()))))
+            Some((*done, v))
         };
         futures::future::ready(out)
+    });
+    let updates = futures::StreamExt::then(updates, move |(last, v)| {
+        let audit = audit.clone();
+        let caller = caller.clone();
+        async move {
+            if last {
+                receipt(&audit, &v, caller.as_deref()).await
+            } else {
+                Ok(job_to_pb(&redact(&v, caller.as_deref())))
+            }
+        }
     });
     let job_id = r.job_id;
     let tail = futures::stream::once(async move {
@@ -106,5 +136,5 @@ pub(crate) async fn watch(
 
 pub(crate) async fn cancel(s: &Scheduler, r: pb::JobRef, user: &str) -> Result<pb::Job, Status> {
     let v = s.cancel(&r.job_id, user).await.map_err(|e| status(&e))?;
-    Ok(job_to_pb(&redact(&v, Some(user))))
+    receipt(&s.audit(), &v, Some(user)).await
 }

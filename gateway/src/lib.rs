@@ -197,9 +197,10 @@ impl Operator for OperatorService {
     }
 
     async fn deposit(&self, req: Request<pb::DepositRequest>) -> Result<Response<pb::Ack>, Status> {
-        billing::deposit(&self.billing, req.into_inner())
-            .await
-            .map(Response::new)
+        let mut ack = billing::deposit(&self.billing, req.into_inner()).await?;
+        // The depositor's receipt: a signed head covering the deposit.
+        ack.audit_head = audit::seal(&self.audit).await?;
+        Ok(Response::new(ack))
     }
 
     async fn list_usage(
@@ -277,9 +278,9 @@ impl Operator for OperatorService {
         &self,
         req: Request<pb::PayoutRequest>,
     ) -> Result<Response<pb::Statement>, Status> {
-        billing::payout(&self.billing, req.into_inner())
-            .await
-            .map(Response::new)
+        let mut statement = billing::payout(&self.billing, req.into_inner()).await?;
+        statement.audit_head = audit::seal(&self.audit).await?;
+        Ok(Response::new(statement))
     }
 
     async fn set_limit(&self, req: Request<pb::LimitRequest>) -> Result<Response<pb::Ack>, Status> {
@@ -313,18 +314,18 @@ impl Operator for OperatorService {
         &self,
         req: Request<pb::SubscriptionRequest>,
     ) -> Result<Response<pb::SubscriptionView>, Status> {
-        billing::subscribe(&self.billing, req.into_inner())
-            .await
-            .map(Response::new)
+        let mut view = billing::subscribe(&self.billing, req.into_inner()).await?;
+        view.audit_head = audit::seal(&self.audit).await?;
+        Ok(Response::new(view))
     }
 
     async fn unsubscribe(
         &self,
         req: Request<pb::SubscriptionRequest>,
     ) -> Result<Response<pb::SubscriptionView>, Status> {
-        billing::unsubscribe(&self.billing, req.into_inner())
-            .await
-            .map(Response::new)
+        let mut view = billing::unsubscribe(&self.billing, req.into_inner()).await?;
+        view.audit_head = audit::seal(&self.audit).await?;
+        Ok(Response::new(view))
     }
 
     async fn list_jobs(&self, req: Request<pb::JobQuery>) -> Result<Response<pb::JobList>, Status> {

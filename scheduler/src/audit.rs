@@ -1,8 +1,32 @@
-//! The audit chain on behalf of the API: verification of the hash chain.
+//! The audit chain on behalf of the node and the API: signed checkpoints of the chain's head
+//! ("sealing"), and verification of the chain, its checkpoints and the ledger tables.
+//!
+//! Cadence of checkpoints (each is one ed25519 signature with the node's ticket key and one
+//! row in `audit_checkpoints`; sealing a head already sealed writes nothing):
+//! - at each job dispatch: the head after the job's admission, carried by both tickets and
+//!   recorded in the dispatch transaction (no write of its own, so admission pays only one
+//!   signature, tens of microseconds);
+//! - after a refusal and when a job ends (success, failure, cancellation), so that the job's
+//!   answers — its receipts — carry a head covering them (the gateway seals again for an
+//!   ended job's answer read between the end's commit and this seal);
+//! - after each deposit, subscription and payout answer (their receipts), sealed by the
+//!   gateway through [`AuditService::seal`];
+//! - at start, on demand (`tessera audit export`), and by [`AuditService::run_sealer`] at most
+//!   [`SEAL_INTERVAL_MS`] after any other entry: no entry stays unsealed longer than that
+//!   while the node runs.
 
+use std::sync::Arc;
+
+use tessera_core::Clock;
+use tessera_core::checkpoint::{NodeKey, SignedHead};
+use tessera_core::ticket::TicketSigner;
 use tessera_store::Store;
+use tessera_store::audit::AuditProblem;
 
 use crate::SchedulerError;
+
+/// Longest time an entry stays without a signed checkpoint while the node runs.
+pub const SEAL_INTERVAL_MS: u64 = 1_000;
 
 /// The outcome of checking the audit chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -11,34 +35,132 @@ pub struct AuditReport {
     pub entries: u64,
     /// The first entry that does not verify, if any.
     pub first_broken_seq: Option<u64>,
-    /// What is wrong with it (empty when the chain verifies).
+    /// What is wrong (every finding), or a summary when nothing is.
     pub detail: String,
+    /// Signed checkpoints checked (their signatures under the node's key).
+    pub checkpoints: u64,
+    /// Every finding.
+    pub problems: Vec<AuditProblem>,
 }
 
 impl AuditReport {
-    /// Whether the whole chain verified.
+    /// Whether the chain, its checkpoints and the ledger tables verified.
     pub fn ok(&self) -> bool {
-        self.first_broken_seq.is_none()
+        self.problems.is_empty()
     }
 }
 
-/// The audit chain.
+/// The audit chain: sealing and verification.
 #[derive(Debug, Clone)]
 pub struct AuditService {
     store: Store,
+    signer: Arc<TicketSigner>,
+    clock: Arc<dyn Clock>,
+    /// Serialises sealing, so one head is signed once by this node.
+    seal_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl AuditService {
-    pub(crate) fn new(store: Store) -> Self {
-        Self { store }
+    /// The audit service of a node's store, sealing with the node's key (the scheduler makes
+    /// one; `tessera audit export` makes one on a data directory).
+    pub fn new(store: Store, signer: Arc<TicketSigner>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            store,
+            signer,
+            clock,
+            seal_lock: Arc::new(tokio::sync::Mutex::new(())),
+        }
     }
 
-    /// Re-computes the chain and names the first broken entry.
+    /// The node's public key (hex), under which every checkpoint verifies.
+    pub fn node_key_hex(&self) -> String {
+        self.signer.public_key_hex()
+    }
+
+    /// Signs the chain's current head without recording it (the caller records it in its
+    /// own transaction, as dispatch does); `None` for an empty chain.
+    ///
+    /// # Errors
+    /// The store's; a stored hash that is not 32 bytes of hex is `Corrupt`.
+    pub(crate) async fn sign_head(&self) -> Result<Option<SignedHead>, SchedulerError> {
+        let Some(head) = self.store.audit_head().await? else {
+            return Ok(None);
+        };
+        let signed = self
+            .signer
+            .sign_head(head.seq, &head.hash, self.clock.now_ms())
+            .map_err(|e| tessera_store::StoreError::Corrupt(e.to_string()))?;
+        Ok(Some(signed))
+    }
+
+    /// Signs and records a checkpoint of the chain's current head, unless the latest
+    /// checkpoint already covers it; returns the latest signed head (`None` for an empty
+    /// chain).
+    ///
+    /// # Errors
+    /// The store's.
+    pub async fn seal(&self) -> Result<Option<SignedHead>, SchedulerError> {
+        let _one_at_a_time = self.seal_lock.lock().await;
+        let latest = self.store.latest_checkpoint().await?;
+        let head = self.store.audit_head().await?;
+        match (head, latest) {
+            (None, _) => Ok(None),
+            (Some(h), Some(l)) if l.seq >= h.seq => Ok(Some(l)),
+            (Some(_), _) => {
+                let Some(signed) = self.sign_head().await? else {
+                    return Ok(None);
+                };
+                self.store.record_checkpoint(&signed).await?;
+                Ok(Some(signed))
+            }
+        }
+    }
+
+    /// Seals, logging (not returning) a failure: for callers whose own work is done and
+    /// must not fail because of it; the next seal covers the entries.
+    pub(crate) async fn seal_or_log(&self) {
+        if let Err(e) = self.seal().await {
+            tracing::warn!(error = %e, "sealing the audit chain's head failed");
+        }
+    }
+
+    /// The latest recorded signed head (no signing, no write).
+    ///
+    /// # Errors
+    /// The store's.
+    pub async fn latest(&self) -> Result<Option<SignedHead>, SchedulerError> {
+        Ok(self.store.latest_checkpoint().await?)
+    }
+
+    /// Every recorded checkpoint, by entry.
+    ///
+    /// # Errors
+    /// The store's.
+    pub async fn checkpoints(&self) -> Result<Vec<SignedHead>, SchedulerError> {
+        Ok(self.store.checkpoints().await?)
+    }
+
+    /// Seals every [`SEAL_INTERVAL_MS`] (a no-op when the head has not moved); failures are
+    /// logged and retried on the next tick.
+    pub async fn run_sealer(self) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(SEAL_INTERVAL_MS));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.seal_or_log().await;
+        }
+    }
+
+    /// Re-computes the chain, checks it against the stored checkpoints (signatures under the
+    /// node's own key) and the ledger tables against the transfers the chain recorded, and
+    /// names every finding.
     ///
     /// # Errors
     /// The store's; a negative sequence number is corrupt data.
     pub async fn verify(&self) -> Result<AuditReport, SchedulerError> {
-        let v = self.store.verify_audit().await?;
+        let key = NodeKey::from_hex(&self.signer.public_key_hex())
+            .map_err(|e| tessera_store::StoreError::Corrupt(e.to_string()))?;
+        let v = self.store.verify_audit_with(Some(&key), &[]).await?;
         let first_broken_seq = v
             .first_broken_seq
             .map(|s| {
@@ -53,6 +175,8 @@ impl AuditService {
             entries: v.entries,
             first_broken_seq,
             detail: v.detail,
+            checkpoints: v.checkpoints,
+            problems: v.problems,
         })
     }
 }

@@ -182,7 +182,8 @@ impl Ids {
 pub struct Scheduler {
     store: Store,
     clock: Arc<dyn Clock>,
-    signer: TicketSigner,
+    signer: Arc<TicketSigner>,
+    audit: AuditService,
     config: SchedulerConfig,
     ids: Arc<Ids>,
     workers: Mutex<HashMap<String, LiveWorker>>,
@@ -208,7 +209,9 @@ impl Scheduler {
         config: SchedulerConfig,
         rng_seed: [u8; 32],
     ) -> Arc<Self> {
+        let signer = Arc::new(signer);
         Arc::new(Self {
+            audit: AuditService::new(store.clone(), signer.clone(), clock.clone()),
             store,
             clock,
             signer,
@@ -237,9 +240,9 @@ impl Scheduler {
         BillingService::new(self.store.clone(), self.clock.clone())
     }
 
-    /// The audit service over this scheduler's store.
+    /// The audit service over this scheduler's store, signing checkpoints with its key.
     pub fn audit(&self) -> AuditService {
-        AuditService::new(self.store.clone())
+        self.audit.clone()
     }
 
     /// The configuration.

@@ -501,6 +501,8 @@ impl Scheduler {
         let job = match outcome? {
             AdmitOutcome::Refused { job, refusals } => {
                 tracing::info!(job = %job.job_id, reasons = ?job.reasons, "job refused");
+                // The refusal's answer is the buyer's receipt: seal a head covering it.
+                self.audit.seal_or_log().await;
                 return Ok(JobView {
                     job,
                     progress: Vec::new(),
@@ -564,6 +566,16 @@ impl Scheduler {
         self.jobs.lock().await.insert(job_id.clone(), live);
         let now = self.now();
         let mut failure = None;
+        // The head after the admission, signed once for both tickets and recorded with the
+        // dispatch. Without it (the store could not be read) the tickets go without a head:
+        // the background sealer covers the entries.
+        let audit_head = match self.audit.sign_head().await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(job = %job_id, error = %e, "could not sign the audit head");
+                None
+            }
+        };
         {
             let mut workers = self.workers.lock().await;
             for t in &tasks {
@@ -575,6 +587,7 @@ impl Scheduler {
                     issued_at_ms: now,
                     expires_at_ms: now.saturating_add(self.config.ticket_ttl_ms),
                     task_digest: task_digest(t.spec_json.as_bytes()),
+                    audit_head: audit_head.clone(),
                 };
                 let ticket = match self.signer.sign(&body) {
                     Ok(t) => t,
@@ -616,7 +629,9 @@ impl Scheduler {
         let detail = serde_json::json!({
             "tasks": tasks.iter().map(|t| serde_json::json!({"task_id": t.task_id, "worker_id": t.worker_id, "role": t.role})).collect::<Vec<_>>(),
         });
-        self.store.mark_dispatched(&job_id, &detail, now).await?;
+        self.store
+            .mark_dispatched(&job_id, &detail, audit_head.as_ref(), now)
+            .await?;
         if let Some((error, origin)) = failure {
             self.finish(
                 &job_id,
@@ -924,6 +939,9 @@ impl Scheduler {
             }
             other => other?,
         };
+        // The final answer is the parties' receipt: seal a head covering the job's end before
+        // anyone can read that answer.
+        self.audit.seal_or_log().await;
         if let Some(live) = live {
             let mut workers = self.workers.lock().await;
             for (task_id, t) in &live.tasks {

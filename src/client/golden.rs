@@ -230,6 +230,7 @@ fn bills_lines_and_statements_golden() {
             provider_micros: 13_566_658,
             paid_out_at_ms: Some(1_700_100_000_000),
             payout_transfer_id: "t-0099".into(),
+            audit_head: None,
         },
         pb::Statement {
             provider: "provider-a".into(),
@@ -240,6 +241,7 @@ fn bills_lines_and_statements_golden() {
             provider_micros: 4_522_219,
             paid_out_at_ms: None,
             payout_transfer_id: String::new(),
+            audit_head: None,
         },
     ];
     check_table(

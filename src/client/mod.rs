@@ -1,7 +1,7 @@
 //! Client commands over the operator's gRPC API, one module per service area:
 //! [`conn`] (the operator URL), [`jobs`], [`records`] (datasets, licences), [`ledger`]
 //! (deposits, credit lines, balances, transfers, usage), [`bills`] (bills, statements, limits,
-//! accounts, licence terms), [`audit`] (offline chain check) and [`output`] (printing).
+//! accounts, licence terms), [`audit`] (offline chain verification and checkpoint export) and [`output`] (printing).
 //! Listings print aligned text, or CSV (RFC 4180 quoting) with `--csv`.
 
 pub mod audit;

@@ -3,13 +3,26 @@
 //! [`crate::Store::verify_audit`], which names the first broken entry.
 //!
 //! Entries are appended inside the transaction that makes the decision they record, so a
-//! decision and its audit entry are committed together or not at all.
+//! decision and its audit entry are committed together or not at all. Triggers make the table
+//! append-only (no update, no delete, an insert must extend the chain).
+//!
+//! A chain rewritten with every hash recomputed, or cut short, still links; what catches it is
+//! a *signed checkpoint* of an earlier head ([`tessera_core::checkpoint::SignedHead`], kept in
+//! `audit_checkpoints` and, above all, outside the database: tickets, receipts, export files):
+//! [`verify_all`] names a chain that ends before a signed head (truncated) or hashes
+//! differently at it (rewritten). It also re-derives every ledger transfer and every account's
+//! totals from the `ledger_transfer` entries and compares them with the ledger tables, so a
+//! consistent edit of those tables is caught too.
 
-use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::{Row, SqliteConnection};
+use tessera_accounting::TransferSpec;
+use tessera_core::checkpoint::{NodeKey, SignedHead};
 
-use crate::{Store, StoreError};
+use crate::{Store, StoreError, TransferRecord};
 
 /// Hash of the (absent) entry before the first.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -33,22 +46,122 @@ pub struct AuditEntry {
     pub hash: String,
 }
 
-/// The result of checking the chain.
+/// What `verify` found wrong, one value per finding; the text names what broke.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+pub enum AuditProblem {
+    /// An entry does not link to its predecessor, does not hash to its contents, or is missing
+    /// from the middle of the chain.
+    #[error("entry {seq}: {detail}")]
+    Broken {
+        /// The first entry that does not verify.
+        seq: u64,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// A signed head names an entry the chain no longer has: its last entries were deleted.
+    #[error(
+        "the chain was truncated: {origin} holds a head signed for entry {signed_seq}, but the \
+         chain ends at entry {chain_len}"
+    )]
+    Truncated {
+        /// The entry the signed head names.
+        signed_seq: u64,
+        /// Entries the chain has now.
+        chain_len: u64,
+        /// Where the signed head came from.
+        origin: String,
+    },
+    /// The chain's entry at a signed head hashes differently from what was signed: the chain
+    /// up to that entry was rewritten (even if every hash was recomputed).
+    #[error(
+        "the chain was rewritten: entry {seq} hashes to {chain_hash}, but {origin} holds the \
+         head signed for it, {signed_hash}"
+    )]
+    Rewritten {
+        /// The entry.
+        seq: u64,
+        /// Its hash in the chain now.
+        chain_hash: String,
+        /// The hash the node signed.
+        signed_hash: String,
+        /// Where the signed head came from.
+        origin: String,
+    },
+    /// A checkpoint is not signed by the node's key, or does not parse.
+    #[error("the checkpoint of entry {seq} in {origin} is refused: {reason}")]
+    BadCheckpoint {
+        /// The entry it names.
+        seq: u64,
+        /// Where it came from.
+        origin: String,
+        /// Why (wrong key, malformed).
+        reason: String,
+    },
+    /// The ledger tables differ from the transfers the chain recorded.
+    #[error("the ledger tables differ from the transfers the chain recorded: {detail}")]
+    Ledger {
+        /// The entry that recorded the transfer concerned, when there is one.
+        seq: Option<u64>,
+        /// What differs.
+        detail: String,
+    },
+}
+
+impl AuditProblem {
+    /// The entry the problem is about, when it is about one.
+    pub fn seq(&self) -> Option<u64> {
+        match self {
+            Self::Broken { seq, .. } | Self::Rewritten { seq, .. } => Some(*seq),
+            Self::BadCheckpoint { seq, .. } => Some(*seq),
+            Self::Truncated { chain_len, .. } => Some(chain_len.saturating_add(1)),
+            Self::Ledger { seq, .. } => *seq,
+        }
+    }
+}
+
+/// At most this many problems are listed (the rest are counted).
+pub const AUDIT_PROBLEMS_MAX: usize = 32;
+
+/// Where a checkpoint given to `verify` comes from, as named in its findings: the store's
+/// table, or the label of an outside copy (an export file, a receipt).
+pub const STORE_CHECKPOINTS: &str = "the store's checkpoint table";
+
+/// The result of checking the chain, its signed checkpoints and the ledger tables.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AuditVerification {
     /// Entries checked.
     pub entries: u64,
-    /// The first entry that does not verify, if any.
+    /// The first entry that does not verify, if any (for a truncated chain: the first missing
+    /// entry).
     pub first_broken_seq: Option<i64>,
-    /// What is wrong with it.
+    /// What is wrong (every finding, `; `-separated), or a summary when nothing is.
     pub detail: String,
+    /// Signed checkpoints checked (the store's and the outside ones).
+    pub checkpoints: u64,
+    /// Whether the checkpoints' signatures were checked (a node key was given).
+    pub signatures_checked: bool,
+    /// Ledger transfers re-derived from the chain and compared with the ledger tables.
+    pub transfers: u64,
+    /// Entries after the latest signed head (not yet covered by any checkpoint).
+    pub unsealed_entries: u64,
+    /// Every finding, at most [`AUDIT_PROBLEMS_MAX`].
+    pub problems: Vec<AuditProblem>,
 }
 
 impl AuditVerification {
-    /// Whether the whole chain verified.
+    /// Whether everything verified.
     pub fn ok(&self) -> bool {
-        self.first_broken_seq.is_none()
+        self.problems.is_empty()
     }
+}
+
+/// A head of the chain: its number of entries and the last entry's hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChainHead {
+    /// Sequence number of the last entry (from 1).
+    pub seq: u64,
+    /// Its hash, hex.
+    pub hash: String,
 }
 
 /// The hash of an entry's contents chained to `prev_hash`.
@@ -109,6 +222,41 @@ pub(crate) async fn append(
     Ok(seq)
 }
 
+/// Records a signed head inside the caller's transaction; a head already recorded for the
+/// same entry is kept (both sign the same hash). The schema refuses a head the chain does not
+/// have.
+pub(crate) async fn record_checkpoint_in(
+    conn: &mut SqliteConnection,
+    head: &SignedHead,
+) -> Result<(), StoreError> {
+    let seq = i64::try_from(head.seq).map_err(|_| StoreError::Invalid {
+        field: "checkpoint seq",
+        reason: format!("{} is out of range", head.seq),
+    })?;
+    sqlx::query(
+        "INSERT INTO audit_checkpoints (seq, head_hash, at_ms, signature_hex) VALUES (?, ?, ?, ?) \
+         ON CONFLICT(seq) DO NOTHING",
+    )
+    .bind(seq)
+    .bind(&head.head_hash)
+    .bind(head.at_ms)
+    .bind(&head.signature_hex)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+fn checkpoint_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<SignedHead, StoreError> {
+    let seq: i64 = r.try_get(0)?;
+    Ok(SignedHead {
+        seq: u64::try_from(seq)
+            .map_err(|_| StoreError::Corrupt(format!("checkpoint sequence number {seq}")))?,
+        head_hash: r.try_get(1)?,
+        at_ms: r.try_get(2)?,
+        signature_hex: r.try_get(3)?,
+    })
+}
+
 impl Store {
     /// Appends an audit entry in its own transaction.
     pub async fn audit(
@@ -146,31 +294,242 @@ impl Store {
             .collect()
     }
 
-    /// Recomputes the chain and reports the first entry that does not verify.
+    /// The chain's head (its last entry), `None` for an empty chain.
+    ///
+    /// # Errors
+    /// The database's; a negative sequence number is `Corrupt`.
+    pub async fn audit_head(&self) -> Result<Option<ChainHead>, StoreError> {
+        let r = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&self.read)
+            .await?;
+        r.map(|r| {
+            let seq: i64 = r.try_get(0)?;
+            Ok(ChainHead {
+                seq: u64::try_from(seq)
+                    .map_err(|_| StoreError::Corrupt(format!("audit sequence number {seq}")))?,
+                hash: r.try_get(1)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Records a signed head of the chain (see [`record_checkpoint_in`]).
+    ///
+    /// # Errors
+    /// The database's, including the schema's refusal of a head the chain does not have.
+    pub async fn record_checkpoint(&self, head: &SignedHead) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        record_checkpoint_in(&mut tx, head).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every recorded checkpoint, by entry.
+    ///
+    /// # Errors
+    /// The database's; a negative sequence number is `Corrupt`.
+    pub async fn checkpoints(&self) -> Result<Vec<SignedHead>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, head_hash, at_ms, signature_hex FROM audit_checkpoints ORDER BY seq",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(checkpoint_from_row).collect()
+    }
+
+    /// The checkpoint of the latest entry, if any.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn latest_checkpoint(&self) -> Result<Option<SignedHead>, StoreError> {
+        let r = sqlx::query(
+            "SELECT seq, head_hash, at_ms, signature_hex FROM audit_checkpoints ORDER BY seq DESC LIMIT 1",
+        )
+        .fetch_optional(&self.read)
+        .await?;
+        r.as_ref().map(checkpoint_from_row).transpose()
+    }
+
+    /// Recomputes the chain, checks it against the stored checkpoints (without their
+    /// signatures: see [`Store::verify_audit_with`]) and the ledger tables against the
+    /// transfers the chain recorded.
     pub async fn verify_audit(&self) -> Result<AuditVerification, StoreError> {
+        self.verify_audit_with(None, &[]).await
+    }
+
+    /// As [`Store::verify_audit`], and also checks every stored checkpoint's signature under
+    /// `key` (when given) and the chain against `external` checkpoints (each with the label
+    /// its findings name, e.g. the export file's path).
+    ///
+    /// # Errors
+    /// The database's (a finding is not an error: it is in the result).
+    pub async fn verify_audit_with(
+        &self,
+        key: Option<&NodeKey>,
+        external: &[(String, SignedHead)],
+    ) -> Result<AuditVerification, StoreError> {
         let entries = self.audit_entries().await?;
-        Ok(verify_entries(&entries))
+        let mut checkpoints: Vec<(String, SignedHead)> = self
+            .checkpoints()
+            .await?
+            .into_iter()
+            .map(|c| (STORE_CHECKPOINTS.to_string(), c))
+            .collect();
+        checkpoints.extend_from_slice(external);
+        let ledger = LedgerTables {
+            transfers: self.transfers().await?,
+            accounts: self.ledger_account_rows().await?,
+        };
+        Ok(verify_all(&entries, &checkpoints, key, &ledger))
+    }
+
+    async fn ledger_account_rows(&self) -> Result<Vec<AccountTotals>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT name, debits_micros, credits_micros, debits_pending_micros, credits_pending_micros \
+             FROM ledger_accounts ORDER BY name",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AccountTotals {
+                    account: r.try_get(0)?,
+                    debits: r.try_get(1)?,
+                    credits: r.try_get(2)?,
+                    debits_pending: r.try_get(3)?,
+                    credits_pending: r.try_get(4)?,
+                })
+            })
+            .collect()
     }
 }
 
-/// Checks a sequence of entries as read from the store.
-pub fn verify_entries(entries: &[AuditEntry]) -> AuditVerification {
+/// One account's totals in micro-units, as stored in `ledger_accounts` or re-derived from the
+/// chain.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccountTotals {
+    /// Account name.
+    pub account: String,
+    /// Posted debits.
+    pub debits: i64,
+    /// Posted credits.
+    pub credits: i64,
+    /// Debits reserved by open holds.
+    pub debits_pending: i64,
+    /// Credits reserved by open holds.
+    pub credits_pending: i64,
+}
+
+/// The ledger tables as stored, for [`verify_all`].
+#[derive(Debug, Clone, Default)]
+pub struct LedgerTables {
+    /// `ledger_transfers`, in the order written.
+    pub transfers: Vec<TransferRecord>,
+    /// `ledger_accounts`.
+    pub accounts: Vec<AccountTotals>,
+}
+
+/// Checks a sequence of entries as read from the store: links and hashes only (no
+/// checkpoints, no ledger).
+pub fn verify_entries(entries: &[AuditEntry]) -> Option<AuditProblem> {
+    let mut found = Findings::default();
+    check_links(entries, &mut found);
+    found.list.into_iter().next()
+}
+
+/// Findings, bounded at [`AUDIT_PROBLEMS_MAX`] (the rest counted).
+#[derive(Default)]
+struct Findings {
+    list: Vec<AuditProblem>,
+    more: u64,
+}
+
+impl Findings {
+    fn push(&mut self, p: AuditProblem) {
+        if self.list.len() < AUDIT_PROBLEMS_MAX {
+            self.list.push(p);
+        } else {
+            self.more = self.more.saturating_add(1);
+        }
+    }
+}
+
+/// Checks the chain's links and hashes, the chain against signed heads (their signatures
+/// under `key` when given; each labelled with where it came from), and the ledger tables
+/// against the transfers the chain recorded.
+pub fn verify_all(
+    entries: &[AuditEntry],
+    checkpoints: &[(String, SignedHead)],
+    key: Option<&NodeKey>,
+    ledger: &LedgerTables,
+) -> AuditVerification {
+    let mut found = Findings::default();
+    check_links(entries, &mut found);
+    check_checkpoints(entries, checkpoints, key, &mut found);
+    let transfers = check_ledger(entries, ledger, &mut found);
+    let chain_len = entries.len() as u64;
+    let latest = checkpoints
+        .iter()
+        .map(|(_, c)| c.seq)
+        .filter(|s| *s <= chain_len)
+        .max()
+        .unwrap_or(0);
+    let first_broken_seq = found
+        .list
+        .iter()
+        .filter_map(AuditProblem::seq)
+        .min()
+        .and_then(|s| i64::try_from(s).ok());
+    let detail = if found.list.is_empty() {
+        format!(
+            "{chain_len} entries, {} signed checkpoints{}, {transfers} ledger transfers verified",
+            checkpoints.len(),
+            if key.is_some() {
+                " (signatures checked)"
+            } else {
+                ""
+            }
+        )
+    } else {
+        let mut d: Vec<String> = found.list.iter().map(ToString::to_string).collect();
+        if found.more > 0 {
+            d.push(format!("and {} more", found.more));
+        }
+        d.join("; ")
+    };
+    AuditVerification {
+        entries: chain_len,
+        first_broken_seq,
+        detail,
+        checkpoints: checkpoints.len() as u64,
+        signatures_checked: key.is_some(),
+        transfers,
+        unsealed_entries: chain_len.saturating_sub(latest),
+        problems: found.list,
+    }
+}
+
+fn check_links(entries: &[AuditEntry], found: &mut Findings) {
     let mut prev_hash = GENESIS_HASH.to_string();
     for (i, e) in entries.iter().enumerate() {
-        let expected_seq = i as i64 + 1;
-        let broken = |detail: String| AuditVerification {
-            entries: entries.len() as u64,
-            first_broken_seq: Some(expected_seq),
+        let expected_seq = i as u64 + 1;
+        let broken = |detail: String| AuditProblem::Broken {
+            seq: expected_seq,
             detail,
         };
-        if e.seq != expected_seq {
-            return broken(format!(
+        if u64::try_from(e.seq).ok() != Some(expected_seq) {
+            found.push(broken(format!(
                 "expected entry {expected_seq}, found {} (entry missing or reordered)",
                 e.seq
-            ));
+            )));
+            return;
         }
         if e.prev_hash != prev_hash {
-            return broken(format!("entry {} does not link to its predecessor", e.seq));
+            found.push(broken(format!(
+                "entry {} does not link to its predecessor",
+                e.seq
+            )));
+            return;
         }
         let h = entry_hash(
             &e.prev_hash,
@@ -181,16 +540,290 @@ pub fn verify_entries(entries: &[AuditEntry]) -> AuditVerification {
             &e.detail_json,
         );
         if h != e.hash {
-            return broken(format!(
+            found.push(broken(format!(
                 "entry {} was altered: its hash does not match its contents",
                 e.seq
-            ));
+            )));
+            return;
         }
         prev_hash = h;
     }
-    AuditVerification {
-        entries: entries.len() as u64,
-        first_broken_seq: None,
-        detail: format!("{} entries verified", entries.len()),
+}
+
+fn check_checkpoints(
+    entries: &[AuditEntry],
+    checkpoints: &[(String, SignedHead)],
+    key: Option<&NodeKey>,
+    found: &mut Findings,
+) {
+    let chain_len = entries.len() as u64;
+    for (origin, c) in checkpoints {
+        if let Some(key) = key {
+            if let Err(e) = key.verify(c) {
+                found.push(AuditProblem::BadCheckpoint {
+                    seq: c.seq,
+                    origin: origin.clone(),
+                    reason: e.to_string(),
+                });
+                continue;
+            }
+        }
+        let entry = usize::try_from(c.seq)
+            .ok()
+            .and_then(|s| s.checked_sub(1))
+            .and_then(|i| entries.get(i));
+        match entry {
+            _ if c.seq == 0 => found.push(AuditProblem::BadCheckpoint {
+                seq: 0,
+                origin: origin.clone(),
+                reason: "a checkpoint names an entry from 1".into(),
+            }),
+            None => found.push(AuditProblem::Truncated {
+                signed_seq: c.seq,
+                chain_len,
+                origin: origin.clone(),
+            }),
+            Some(e) if !e.hash.eq_ignore_ascii_case(&c.head_hash) => {
+                found.push(AuditProblem::Rewritten {
+                    seq: c.seq,
+                    chain_hash: e.hash.clone(),
+                    signed_hash: c.head_hash.clone(),
+                    origin: origin.clone(),
+                });
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+/// The detail of a `ledger_transfer` entry (written by the store's ledger).
+#[derive(Debug, Deserialize)]
+struct ChainTransfer {
+    kind: String,
+    pending_id: Option<String>,
+    transfer: TransferSpec,
+}
+
+/// Kind of the audit entries that record ledger transfers.
+pub(crate) const LEDGER_TRANSFER: &str = "ledger_transfer";
+
+/// Re-derives the transfers and account totals from the chain's `ledger_transfer` entries and
+/// compares them with the ledger tables; returns the number of transfers the chain recorded.
+fn check_ledger(entries: &[AuditEntry], ledger: &LedgerTables, found: &mut Findings) -> u64 {
+    let mut chain: HashMap<&str, (u64, i64, ChainTransfer)> = HashMap::new();
+    let mut order = Vec::new();
+    for e in entries.iter().filter(|e| e.kind == LEDGER_TRANSFER) {
+        let seq = u64::try_from(e.seq).unwrap_or(0);
+        match serde_json::from_str::<ChainTransfer>(&e.detail_json) {
+            Ok(t) if t.transfer.id == e.subject => {
+                if chain.contains_key(e.subject.as_str()) {
+                    found.push(AuditProblem::Ledger {
+                        seq: Some(seq),
+                        detail: format!("transfer {} is recorded twice", e.subject),
+                    });
+                    continue;
+                }
+                order.push(e.subject.as_str());
+                chain.insert(e.subject.as_str(), (seq, e.at_ms, t));
+            }
+            Ok(t) => found.push(AuditProblem::Ledger {
+                seq: Some(seq),
+                detail: format!(
+                    "entry {seq} is about transfer {} but records {}",
+                    e.subject, t.transfer.id
+                ),
+            }),
+            Err(err) => found.push(AuditProblem::Ledger {
+                seq: Some(seq),
+                detail: format!("entry {seq} does not hold a readable transfer: {err}"),
+            }),
+        }
+    }
+    let mut in_table = std::collections::HashSet::new();
+    for t in &ledger.transfers {
+        in_table.insert(t.spec.id.as_str());
+        let Some((seq, at_ms, c)) = chain.get(t.spec.id.as_str()) else {
+            found.push(AuditProblem::Ledger {
+                seq: None,
+                detail: format!(
+                    "transfer {} is in the ledger table but no audit entry records it",
+                    t.spec.id
+                ),
+            });
+            continue;
+        };
+        let diffs = transfer_diffs(t, *at_ms, c);
+        if !diffs.is_empty() {
+            found.push(AuditProblem::Ledger {
+                seq: Some(*seq),
+                detail: format!(
+                    "transfer {} differs from entry {seq}: {}",
+                    t.spec.id,
+                    diffs.join(", ")
+                ),
+            });
+        }
+    }
+    for id in &order {
+        if !in_table.contains(id) {
+            if let Some((seq, _, _)) = chain.get(id) {
+                found.push(AuditProblem::Ledger {
+                    seq: Some(*seq),
+                    detail: format!(
+                        "transfer {id} recorded by entry {seq} is missing from the ledger table"
+                    ),
+                });
+            }
+        }
+    }
+    check_accounts(&order, &chain, &ledger.accounts, found);
+    order.len() as u64
+}
+
+fn transfer_diffs(t: &TransferRecord, at_ms: i64, c: &ChainTransfer) -> Vec<String> {
+    let mut d = Vec::new();
+    let mut field = |name: &str, table: String, chain: String| {
+        if table != chain {
+            d.push(format!("{name} {table} in the table, {chain} in the chain"));
+        }
+    };
+    field(
+        "debit account",
+        t.spec.debit.clone(),
+        c.transfer.debit.clone(),
+    );
+    field(
+        "credit account",
+        t.spec.credit.clone(),
+        c.transfer.credit.clone(),
+    );
+    field(
+        "amount",
+        t.spec.amount_micros.to_string(),
+        c.transfer.amount_micros.to_string(),
+    );
+    field(
+        "job",
+        format!("{:?}", t.spec.job_id),
+        format!("{:?}", c.transfer.job_id),
+    );
+    field(
+        "memo",
+        format!("{:?}", t.spec.memo),
+        format!("{:?}", c.transfer.memo),
+    );
+    field("kind", t.kind.clone(), c.kind.clone());
+    field(
+        "hold",
+        format!("{:?}", t.pending_id),
+        format!("{:?}", c.pending_id),
+    );
+    field("time", t.created_at_ms.to_string(), at_ms.to_string());
+    d
+}
+
+/// Applies one transfer recorded by the chain to the derived totals.
+fn derive_one(
+    totals: &mut BTreeMap<String, AccountTotals>,
+    chain: &HashMap<&str, (u64, i64, ChainTransfer)>,
+    c: &ChainTransfer,
+) -> Result<(), String> {
+    let a = c.transfer.amount_micros;
+    let held = match (c.kind.as_str(), &c.pending_id) {
+        ("posted" | "pending", _) => 0,
+        ("post_pending" | "void_pending", Some(p)) => match chain.get(p.as_str()) {
+            Some((_, _, h)) if h.kind == "pending" => h.transfer.amount_micros,
+            _ => {
+                return Err(format!(
+                    "it resolves hold {p}, which the chain does not record"
+                ));
+            }
+        },
+        (kind, _) => return Err(format!("unknown kind {kind:?}")),
+    };
+    let (posted, pending) = match c.kind.as_str() {
+        "posted" => (a, 0),
+        "pending" => (0, a),
+        "post_pending" => (a, held.checked_neg().ok_or("overflow")?),
+        _ => (0, held.checked_neg().ok_or("overflow")?),
+    };
+    let overflow = || "the sums overflow".to_string();
+    let debit = totals
+        .entry(c.transfer.debit.clone())
+        .or_insert_with(|| AccountTotals {
+            account: c.transfer.debit.clone(),
+            ..AccountTotals::default()
+        });
+    debit.debits = debit.debits.checked_add(posted).ok_or_else(overflow)?;
+    debit.debits_pending = debit
+        .debits_pending
+        .checked_add(pending)
+        .ok_or_else(overflow)?;
+    let credit = totals
+        .entry(c.transfer.credit.clone())
+        .or_insert_with(|| AccountTotals {
+            account: c.transfer.credit.clone(),
+            ..AccountTotals::default()
+        });
+    credit.credits = credit.credits.checked_add(posted).ok_or_else(overflow)?;
+    credit.credits_pending = credit
+        .credits_pending
+        .checked_add(pending)
+        .ok_or_else(overflow)?;
+    Ok(())
+}
+
+fn check_accounts(
+    order: &[&str],
+    chain: &HashMap<&str, (u64, i64, ChainTransfer)>,
+    accounts: &[AccountTotals],
+    found: &mut Findings,
+) {
+    let mut derived: BTreeMap<String, AccountTotals> = BTreeMap::new();
+    for id in order {
+        let Some((seq, _, c)) = chain.get(id) else {
+            continue;
+        };
+        if let Err(why) = derive_one(&mut derived, chain, c) {
+            found.push(AuditProblem::Ledger {
+                seq: Some(*seq),
+                detail: format!("transfer {id} (entry {seq}) cannot be re-derived: {why}"),
+            });
+            return;
+        }
+    }
+    let show = |t: &AccountTotals| {
+        format!(
+            "debits {}, credits {}, pending debits {}, pending credits {}",
+            t.debits, t.credits, t.debits_pending, t.credits_pending
+        )
+    };
+    for stored in accounts {
+        let want = derived
+            .remove(&stored.account)
+            .unwrap_or_else(|| AccountTotals {
+                account: stored.account.clone(),
+                ..AccountTotals::default()
+            });
+        if &want != stored {
+            found.push(AuditProblem::Ledger {
+                seq: None,
+                detail: format!(
+                    "account {} holds {} in the table, the chain's transfers give {}",
+                    stored.account,
+                    show(stored),
+                    show(&want)
+                ),
+            });
+        }
+    }
+    for (name, want) in derived {
+        found.push(AuditProblem::Ledger {
+            seq: None,
+            detail: format!(
+                "account {name} is missing from the table; the chain's transfers give {}",
+                show(&want)
+            ),
+        });
     }
 }

@@ -762,13 +762,20 @@ impl Store {
     }
 
     /// Marks an admitted job as running (tasks delivered) and audits the dispatch.
+    ///
+    /// `checkpoint`, the signed head the job's tickets carry, is recorded in the same
+    /// transaction (no write of its own).
     pub async fn mark_dispatched(
         &self,
         job_id: &str,
         detail: &serde_json::Value,
+        checkpoint: Option<&tessera_core::checkpoint::SignedHead>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let mut tx = self.write.begin().await?;
+        if let Some(c) = checkpoint {
+            audit::record_checkpoint_in(&mut tx, c).await?;
+        }
         sqlx::query("UPDATE jobs SET state = 'running', updated_at_ms = ? WHERE job_id = ? AND state = 'admitted'")
             .bind(now_ms)
             .bind(job_id)

@@ -231,7 +231,7 @@ async fn insert_transfer(
     audit::append(
         conn,
         now_ms,
-        "ledger_transfer",
+        audit::LEDGER_TRANSFER,
         &t.id,
         &serde_json::json!({"kind": kind, "pending_id": pending_id, "transfer": t}),
     )

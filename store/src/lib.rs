@@ -307,6 +307,8 @@ fn make_private(path: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_audit;
+#[cfg(test)]
 mod tests_billing;
 
 #[cfg(all(test, unix))]

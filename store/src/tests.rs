@@ -415,6 +415,15 @@ async fn audit_chain_names_the_first_tampered_entry() {
     let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", path.display()))
         .await
         .expect("raw");
+    // An attacker with the file first drops the append-only triggers.
+    sqlx::query("DROP TRIGGER audit_log_no_update")
+        .execute(&pool)
+        .await
+        .expect("drop trigger");
+    sqlx::query("DROP TRIGGER audit_log_no_delete")
+        .execute(&pool)
+        .await
+        .expect("drop trigger");
     sqlx::query("UPDATE audit_log SET detail_json = '{}' WHERE seq = 3")
         .execute(&pool)
         .await

@@ -2,6 +2,7 @@
 //! on loopback, driven through the gRPC API and the CLI.
 
 mod accounts;
+mod audit;
 mod billing;
 mod harness;
 mod money;

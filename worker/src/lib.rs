@@ -493,7 +493,14 @@ async fn accept(shared: Arc<Shared>, a: pb::TaskAssignment) {
         }
     };
     let task_id = spec.task_id.clone();
-    tracing::info!(job = %spec.job_id, task = %task_id, role = %spec.role, "task accepted");
+    tracing::info!(
+        job = %spec.job_id,
+        task = %task_id,
+        role = %spec.role,
+        audit_seq = body.audit_head.as_ref().map(|h| h.seq),
+        audit_hash = body.audit_head.as_ref().map(|h| h.head_hash.as_str()),
+        "task accepted (the ticket's signed audit head is logged as this party's copy)"
+    );
     let runner = {
         let shared = shared.clone();
         let task_id = task_id.clone();

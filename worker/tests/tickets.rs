@@ -276,6 +276,7 @@ fn assignment(
             issued_at_ms: NOW_MS - 1_000,
             expires_at_ms,
             task_digest: task_digest(signed_spec),
+            audit_head: None,
         })
         .expect("sign");
     Ok(pb::TaskEnvelope {

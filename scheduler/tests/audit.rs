@@ -1,0 +1,170 @@
+//! Checkpoints through the scheduler: every ticket of a dispatched job carries a head signed
+//! with the node's key that covers the job's admission (and the store keeps it), a refusal is
+//! sealed at once, and sealing an unchanged head writes nothing.
+
+use std::sync::Arc;
+
+use tessera_accounting::JobPrice;
+use tessera_core::checkpoint::NodeKey;
+use tessera_core::ticket::{TicketBody, TicketSigner};
+use tessera_core::{KeyCase, ManualClock, PsiMode, WorkerAttributes};
+use tessera_scheduler::billing::{Deposit, DepositInto};
+use tessera_scheduler::records::{NewDataset, NewLicence};
+use tessera_scheduler::{Delivery, JobRequest, Scheduler, SchedulerConfig};
+use tessera_store::Store;
+use tokio::sync::mpsc;
+
+const SEED: [u8; 32] = [3u8; 32];
+
+async fn node() -> (Arc<Scheduler>, Vec<mpsc::Receiver<Delivery>>, String) {
+    let store = Store::open_temporary().await.expect("store");
+    let scheduler = Scheduler::new(
+        store,
+        Arc::new(ManualClock::new(1_000_000)),
+        TicketSigner::from_seed(&SEED),
+        SchedulerConfig::default(),
+        [5u8; 32],
+    );
+    let mut inboxes = Vec::new();
+    for (party, port) in [("prov", 9001), ("buy", 9002)] {
+        let id = scheduler
+            .register_worker(
+                Some(format!("w-{party}")),
+                WorkerAttributes {
+                    party: party.into(),
+                    region: "r1".into(),
+                    compute_centre: "c1".into(),
+                    ..WorkerAttributes::default()
+                },
+                format!("127.0.0.1:{port}"),
+            )
+            .await
+            .expect("register");
+        inboxes.push(scheduler.connect(&id).await.expect("connect"));
+    }
+    let records = scheduler.records();
+    for (id, party) in [("p", "prov"), ("b", "buy")] {
+        records
+            .create_dataset(NewDataset {
+                dataset_id: id.into(),
+                owner_party: party.into(),
+                location: format!("{id}.csv"),
+                description: String::new(),
+                declared_rows: Some(100),
+            })
+            .await
+            .expect("dataset");
+    }
+    let licence = records
+        .create_licence(NewLicence {
+            licensor: "prov".into(),
+            licensee: "u1".into(),
+            dataset_id: "p".into(),
+            policy_json:
+                r#"{"policyName":"t","relUsers":[{"userId":"u1","userName":"U","isGroup":0}],
+                "useScenes":[{"useSence":"psi","counts":1,"visitArea":["r1"],"cpCenter":["c1"]}]}"#
+                    .into(),
+            price: JobPrice {
+                per_job_micros: 1_000,
+                per_1k_rows_micros: 0,
+                operator_share_bps: 0,
+            },
+            monthly_price_micros: 0,
+        })
+        .await
+        .expect("licence")
+        .licence_id;
+    scheduler
+        .billing()
+        .deposit(Deposit {
+            customer: "u1".into(),
+            amount_micros: 1_000_000,
+            idempotency_key: "fund".into(),
+            into: DepositInto::Cash,
+        })
+        .await
+        .expect("deposit");
+    (scheduler, inboxes, licence)
+}
+
+fn request(licence: &str) -> JobRequest {
+    JobRequest {
+        user: "u1".into(),
+        user_groups: Vec::new(),
+        licence_id: licence.into(),
+        scene: "psi".into(),
+        buyer_party: "buy".into(),
+        buyer_dataset_id: "b".into(),
+        buyer_columns: vec!["k".into()],
+        provider_columns: vec!["k".into()],
+        mode: PsiMode::Size,
+        key_case: KeyCase::Preserve,
+        output: String::new(),
+        unicode_form: tessera_core::UnicodeForm::None,
+        empty_keys: tessera_core::EmptyKeys::Skip,
+        carry_columns: Vec::new(),
+        request_id: None,
+    }
+}
+
+#[tokio::test]
+async fn tickets_carry_a_signed_head_covering_the_admission_and_refusals_are_sealed() {
+    let (scheduler, mut inboxes, licence) = node().await;
+    let audit = scheduler.audit();
+    let store = scheduler.store().clone();
+    let key = NodeKey::from_hex(&TicketSigner::from_seed(&SEED).public_key_hex()).expect("key");
+
+    let before = store.audit_head().await.expect("head").expect("entries");
+    let view = scheduler.submit(request(&licence)).await.expect("submit");
+    assert_eq!(view.job.state, tessera_core::JobState::Running);
+    let entries = store.audit_entries().await.expect("entries");
+    let admitted = entries
+        .iter()
+        .find(|e| e.kind == "admit" && e.subject == view.job.job_id)
+        .expect("admission entry");
+
+    let mut heads = Vec::new();
+    for inbox in &mut inboxes {
+        let Some(Delivery::Assign { ticket, .. }) = inbox.recv().await else {
+            panic!("expected a task");
+        };
+        let body: TicketBody = serde_json::from_str(&ticket.body).expect("body");
+        let head = body.audit_head.expect("the ticket carries the audit head");
+        key.verify(&head).expect("signed by the node");
+        heads.push(head);
+    }
+    assert_eq!(heads[0], heads[1], "both tickets carry the same head");
+    let head = &heads[0];
+    assert!(head.seq > before.seq);
+    assert!(
+        head.seq >= u64::try_from(admitted.seq).expect("seq"),
+        "it covers the admission"
+    );
+    let at_head = &entries[usize::try_from(head.seq).expect("seq") - 1];
+    assert_eq!(at_head.hash, head.head_hash);
+    assert!(
+        store
+            .checkpoints()
+            .await
+            .expect("checkpoints")
+            .contains(head),
+        "the store keeps the dispatch checkpoint"
+    );
+
+    // The licence allowed one run: the second submission is refused, and sealed at once.
+    let refused = scheduler.submit(request(&licence)).await.expect("submit");
+    assert_eq!(refused.job.state, tessera_core::JobState::Refused);
+    let latest = audit.latest().await.expect("latest").expect("a head");
+    let now = store.audit_head().await.expect("head").expect("entries");
+    assert_eq!((latest.seq, &latest.head_hash), (now.seq, &now.hash));
+    key.verify(&latest).expect("signed by the node");
+
+    // Sealing again with nothing new writes nothing and returns the same head.
+    let count = store.checkpoints().await.expect("checkpoints").len();
+    assert_eq!(audit.seal().await.expect("seal"), Some(latest));
+    assert_eq!(store.checkpoints().await.expect("checkpoints").len(), count);
+
+    let report = audit.verify().await.expect("verify");
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(report.checkpoints, count as u64);
+}

@@ -1,0 +1,274 @@
+//! The audit chain through the real operator and CLI: receipts carry heads signed with the
+//! node's key, `tessera audit export` writes them for an auditor, and `tessera audit verify
+//! --checkpoints` names a chain whose last entries were deleted behind the operator's back.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use tessera_core::checkpoint::{NodeKey, SignedHead};
+use tessera_core::ticket::TicketSigner;
+use tessera_proto::v1 as pb;
+
+use crate::harness::{BIN, Cluster, keys};
+
+fn tessera(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run tessera")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The node's public key, from the key file in its data directory.
+fn node_key(data: &Path) -> NodeKey {
+    let seed = hex::decode(
+        std::fs::read_to_string(data.join("operator.key"))
+            .expect("key file")
+            .trim(),
+    )
+    .expect("hex");
+    let seed: [u8; 32] = seed.try_into().expect("32 bytes");
+    NodeKey::from_hex(&TicketSigner::from_seed(&seed).public_key_hex()).expect("key")
+}
+
+fn head(h: Option<pb::SignedHead>) -> SignedHead {
+    let h = h.expect("the receipt carries a signed head");
+    SignedHead {
+        seq: h.seq,
+        head_hash: h.head_hash,
+        at_ms: h.at_ms,
+        signature_hex: h.signature_hex,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_carry_signed_heads_and_verify_names_a_truncated_chain() {
+    let mut c = Cluster::start(5_000);
+    let data = c.dir.path().join("operator");
+    let key = node_key(&data);
+
+    // The depositor's receipt: a head covering the deposit, signed by the node.
+    let deposit = c
+        .client()
+        .await
+        .deposit(pb::DepositRequest {
+            account: crate::harness::USER.into(),
+            amount_micros: 1_000_000_000,
+            idempotency_key: "fund".into(),
+            into: String::new(),
+        })
+        .await
+        .expect("deposit")
+        .into_inner();
+    let deposited = head(deposit.audit_head);
+    key.verify(&deposited).expect("the deposit's head verifies");
+
+    c.dataset(&c.provider, "p", "k", &keys("x", 0..50)).await;
+    c.dataset(&c.buyer, "b", "k", &keys("x", 25..75)).await;
+    let lic = c.licence("p", None).await;
+    let submitted = c
+        .client()
+        .await
+        .submit_job(Cluster::job(&lic, "b", "size", ""))
+        .await
+        .expect("submit")
+        .into_inner();
+    let admitted = head(submitted.audit_head.clone());
+    key.verify(&admitted)
+        .expect("the admission's head verifies");
+    assert!(admitted.seq > deposited.seq, "it covers the admission");
+    let done = c.wait(&submitted.job_id).await;
+    assert_eq!(done.state_text(), "succeeded", "{}", done.error);
+    let ended = head(done.audit_head);
+    key.verify(&ended).expect("the end's head verifies");
+    assert!(ended.seq > admitted.seq, "it covers the job's end");
+
+    // The auditor exports the checkpoints while the node runs; the chain verifies with them.
+    let file = c.dir.path().join("checkpoints.json");
+    let data_dir = data.to_str().expect("utf8");
+    let file_arg = file.to_str().expect("utf8");
+    let out = tessera(&["audit", "export", "--data-dir", data_dir, "--out", file_arg]);
+    assert!(out.status.success(), "{}", text(&out));
+    let exported: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).expect("file")).expect("json");
+    let exported_seq = exported["head"]["seq"].as_u64().expect("head");
+    assert!(exported_seq >= ended.seq);
+    c.operator.kill();
+    let out = tessera(&[
+        "audit",
+        "verify",
+        "--data-dir",
+        data_dir,
+        "--checkpoints",
+        file_arg,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("audit chain OK"), "{}", text(&out));
+
+    // Checkpoints claimed for another key are refused, naming both keys.
+    let other = TicketSigner::from_seed(&[1u8; 32]).public_key_hex();
+    let out = tessera(&[
+        "audit",
+        "verify",
+        "--data-dir",
+        data_dir,
+        "--checkpoints",
+        file_arg,
+        "--node-key",
+        &other,
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains(&format!("not of the node's key {other}")),
+        "{}",
+        text(&out)
+    );
+
+    // An attacker with the database file deletes the last two entries and every checkpoint
+    // the store kept, so the store alone holds no trace of them.
+    let db = data.join("tessera.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", db.display()))
+        .await
+        .expect("raw");
+    for sql in [
+        "DROP TRIGGER audit_log_no_delete",
+        "DROP TRIGGER audit_checkpoints_no_delete",
+        "DELETE FROM audit_checkpoints",
+    ] {
+        sqlx::query(sql).execute(&pool).await.expect(sql);
+    }
+    let cut = i64::try_from(exported_seq).expect("seq") - 2;
+    sqlx::query("DELETE FROM audit_log WHERE seq > ?")
+        .bind(cut)
+        .execute(&pool)
+        .await
+        .expect("truncate");
+    pool.close().await;
+
+    let out = tessera(&[
+        "audit",
+        "verify",
+        "--data-dir",
+        data_dir,
+        "--checkpoints",
+        file_arg,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains(&format!(
+            "the chain was truncated: {file_arg} holds a head signed for entry {exported_seq}, \
+             but the chain ends at entry {cut}"
+        )),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("BROKEN at entry {}", cut + 1)),
+        "{said}"
+    );
+}
+
+/// Drops the append-only triggers, as an attacker with the file would.
+async fn attacker(db: &Path) -> sqlx::SqlitePool {
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", db.display()))
+        .await
+        .expect("raw");
+    for t in ["audit_log_no_update", "audit_log_no_delete"] {
+        sqlx::query(&format!("DROP TRIGGER {t}"))
+            .execute(&pool)
+            .await
+            .expect("drop trigger");
+    }
+    pool
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_names_a_rewritten_chain_and_a_consistent_ledger_edit() {
+    let mut c = Cluster::start(5_000);
+    let data = c.dir.path().join("operator");
+    c.fund(1_000_000, "fund").await;
+    c.fund(2_000_000, "fund-2").await;
+    let file = c.dir.path().join("checkpoints.json");
+    let (data_dir, file_arg) = (data.to_str().expect("utf8"), file.to_str().expect("utf8"));
+    let out = tessera(&["audit", "export", "--data-dir", data_dir, "--out", file_arg]);
+    assert!(out.status.success(), "{}", text(&out));
+    c.operator.kill();
+    let db = data.join("tessera.db");
+
+    // A consistent edit of the ledger tables: the first deposit becomes 9,000,000 and both
+    // accounts' totals follow, so double entry still holds.
+    let pool = attacker(&db).await;
+    let (id, amount): (String, i64) = sqlx::query_as(
+        "SELECT transfer_id, amount_micros FROM ledger_transfers ORDER BY rowid LIMIT 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("first transfer");
+    assert_eq!(amount, 1_000_000);
+    for sql in [
+        "UPDATE ledger_transfers SET amount_micros = 9000000 WHERE transfer_id = ?",
+        "UPDATE ledger_accounts SET credits_micros = credits_micros + 8000000 WHERE name = 'customer:u1:cash' AND ? != ''",
+        "UPDATE ledger_accounts SET debits_micros = debits_micros + 8000000 WHERE name = 'external' AND ? != ''",
+    ] {
+        sqlx::query(sql).bind(&id).execute(&pool).await.expect(sql);
+    }
+    let out = tessera(&["audit", "verify", "--data-dir", data_dir]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("transfer {id} differs from entry"))
+            && text(&out).contains("amount 9000000 in the table, 1000000 in the chain"),
+        "{}",
+        text(&out)
+    );
+
+    // Now the attacker edits the chain's record of it too and recomputes every hash: the
+    // chain links again and agrees with the ledger, but no longer with the signed head.
+    let rows: Vec<(i64, i64, String, String, String)> =
+        sqlx::query_as("SELECT seq, at_ms, kind, subject, detail_json FROM audit_log ORDER BY seq")
+            .fetch_all(&pool)
+            .await
+            .expect("entries");
+    let mut prev = tessera_store::audit::GENESIS_HASH.to_string();
+    for (seq, at_ms, kind, subject, detail) in rows {
+        let detail = if subject == id {
+            detail.replace("\"amount_micros\":1000000", "\"amount_micros\":9000000")
+        } else {
+            detail
+        };
+        let hash = tessera_store::audit::entry_hash(&prev, seq, at_ms, &kind, &subject, &detail);
+        sqlx::query("UPDATE audit_log SET detail_json = ?, prev_hash = ?, hash = ? WHERE seq = ?")
+            .bind(&detail)
+            .bind(&prev)
+            .bind(&hash)
+            .bind(seq)
+            .execute(&pool)
+            .await
+            .expect("rewrite");
+        prev = hash;
+    }
+    pool.close().await;
+    let out = tessera(&[
+        "audit",
+        "verify",
+        "--data-dir",
+        data_dir,
+        "--checkpoints",
+        file_arg,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let said = text(&out);
+    assert!(!said.contains("ledger tables differ"), "{said}");
+    assert!(said.contains("the chain was rewritten: entry"), "{said}");
+    assert!(
+        said.contains(&format!("but {file_arg} holds the head signed for it")),
+        "{said}"
+    );
+}
