@@ -81,17 +81,19 @@
 //!    frames, and matches the two value sets (sort + binary search).
 //! 5. Sender waits for `Done`, so that it never hangs up while frames are still in flight.
 //!
-//! **Delivery point** (what the operator bills on): the moment the sender has handed its last
-//! frame (its last `Points` or `Values` batch) to the link, i.e. when
-//! [`run_sender_reporting_delivery`] calls its `on_delivered`, before it waits for `Done`.
-//! From then on the receiver needs nothing more from the sender to compute its output, so a
-//! receiver that withholds `Done`, or is killed after its result exists, cannot take the output
-//! without the run being consumed and charged (`tessera_accounting::settle::delivered_job`).
-//! Waiting for `Done` instead would let a modified receiver skip it and keep the output free.
-//! The cost falls the other way in one narrow case: frames accepted by the link but lost
-//! before they arrive (the link breaks in that instant) leave a charged job without a result;
-//! the job's record and the audit chain then show a failure after delivery, the evidence for a
-//! dispute.
+//! **Delivery point** (what the operator bills on), record before release: when every frame
+//! but the sender's last is on the link, the sender asks its caller's [`DeliveryGate`] to
+//! record the delivery durably ([`run_sender_reporting_delivery`]) and sends its last frame
+//! (the last `Values` batch) only if that succeeded; otherwise it aborts. So a receiver that
+//! holds the complete output always has a recorded delivery, whatever happens next (it
+//! withholds `Done`, it is killed, the operator is down), and the run is consumed and charged
+//! (`tessera_accounting::settle::delivered_job`). Two residues, documented rather than solved:
+//! frames lost in the instant after the last one is handed to the link leave a charged job
+//! without a result (the audit chain shows the failure after delivery); and in intersection
+//! mode the `Values` batches before the last one already let the receiver match those of its
+//! items against the sender's set, so a receiver that quits before the last batch learns that
+//! part unpaid. Closing the second needs a final release that unlocks everything at once (e.g.
+//! an extra blinding exponent revealed last), a protocol change left for later.
 //!
 //! On a local failure a party sends a best-effort `Abort` frame with a reason code (given up
 //! after a few polls if the link does not accept it, so a full queue cannot hang us), so that
@@ -127,6 +129,26 @@ mod wire;
 
 pub use crypto::{DOUBLE_BLINDED_BYTES, HASH_DOMAIN, POINT_BYTES};
 pub use protocol::{run_receiver, run_sender, run_sender_reporting_delivery};
+
+/// The caller's side of the sender's delivery point (crate docs, "Delivery point").
+#[async_trait::async_trait]
+pub trait DeliveryGate: Send + Sync {
+    /// Records durably that the receiver is about to get its last frame. `true`: recorded,
+    /// the sender sends it; `false`: not recorded, the sender aborts without sending it.
+    async fn record(&self) -> bool;
+}
+
+/// A [`DeliveryGate`] that records nothing and always lets the last frame go (standalone use,
+/// tests, benches).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoGate;
+
+#[async_trait::async_trait]
+impl DeliveryGate for NoGate {
+    async fn record(&self) -> bool {
+        true
+    }
+}
 pub use wire::PROTOCOL_VERSION;
 
 /// The hot kernel of both roles, for benchmarks (`benches/psi_blinding.rs`): hashes every
@@ -403,6 +425,10 @@ pub enum PsiError {
     /// Our own configuration cannot work (zero batch size, or a link frame too small for one item).
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
+    /// The caller's [`DeliveryGate`] could not record the delivery, so the sender stopped
+    /// before its last frame.
+    #[error("the delivery could not be recorded; the last frame was not sent")]
+    DeliveryNotRecorded,
     /// The peer stopped and told us why.
     #[error("the peer aborted: {reason}")]
     PeerAborted {
@@ -427,7 +453,7 @@ impl PsiError {
             PsiError::ModeMismatch { .. } => Some(AbortReason::ModeMismatch),
             PsiError::TooLarge { .. } => Some(AbortReason::TooLarge),
             PsiError::InvalidConfig(_) => Some(AbortReason::InvalidConfig),
-            PsiError::Internal(_) => Some(AbortReason::Internal),
+            PsiError::Internal(_) | PsiError::DeliveryNotRecorded => Some(AbortReason::Internal),
         }
     }
 }

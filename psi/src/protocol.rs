@@ -23,8 +23,9 @@ use crate::wire::{
     BATCH_HEADER_BYTES, Frame, Hello, PROTOCOL_VERSION, abort_frame, done_frame, new_batch,
 };
 use crate::{
-    BATCH_ITEMS_LIMIT, ITEM_BYTES_MAX, Mode, PHASE_BLIND, PHASE_EXCHANGE, PHASE_HASH, PHASE_MATCH,
-    Progress, PsiConfig, PsiError, ReceiverOutput, Role, SET_ITEMS_MAX, SenderOutput,
+    BATCH_ITEMS_LIMIT, DeliveryGate, ITEM_BYTES_MAX, Mode, NoGate, PHASE_BLIND, PHASE_EXCHANGE,
+    PHASE_HASH, PHASE_MATCH, Progress, PsiConfig, PsiError, ReceiverOutput, Role, SET_ITEMS_MAX,
+    SenderOutput,
 };
 
 /// Items deduplicated between two yields to the async runtime.
@@ -69,30 +70,49 @@ pub async fn run_sender<R: CryptoRngCore + Send>(
     rng: &mut R,
     progress: &dyn Progress,
 ) -> Result<SenderOutput, PsiError> {
-    run_sender_reporting_delivery(link, items, cfg, rng, progress, &|| {}).await
+    run_sender_reporting_delivery(link, items, cfg, rng, progress, &NoGate).await
 }
 
-/// [`run_sender`], calling `on_delivered` once at the protocol's delivery point: the moment
-/// the sender has handed its last frame to the link, after which the receiver needs nothing
-/// more from it to compute its output (see the crate docs, "Delivery point"). It is called at
-/// most once, never after an error, and before the sender waits for the receiver's `Done`;
-/// it must not block.
+/// [`run_sender`] with the protocol's delivery point put to `gate` (see the crate docs,
+/// "Delivery point"): once every frame but the sender's last is on the link, the sender asks
+/// `gate.record()` to record the delivery durably, and sends its last frame only if it did;
+/// otherwise the run fails with [`PsiError::DeliveryNotRecorded`] and the receiver never gets
+/// that frame. The gate is asked exactly once per run that gets that far, never after an
+/// error. With an empty receiver set there is no last frame to hold back; the gate is then
+/// asked after every frame is sent.
 ///
 /// # Errors
-/// As [`run_sender`].
+/// As [`run_sender`], and [`PsiError::DeliveryNotRecorded`].
 pub async fn run_sender_reporting_delivery<R: CryptoRngCore + Send>(
     link: &dyn Link,
     items: &[Vec<u8>],
     cfg: &PsiConfig,
     rng: &mut R,
     progress: &dyn Progress,
-    on_delivered: &(dyn Fn() + Sync),
+    gate: &dyn DeliveryGate,
 ) -> Result<SenderOutput, PsiError> {
-    let result = sender(link, items, cfg, rng, progress, on_delivered).await;
+    let result = sender(link, items, cfg, rng, progress, gate).await;
     if let Err(e) = &result {
         notify_peer(link, e).await;
     }
     result
+}
+
+/// Waits until all of the sender's own points are on the link, then has `gate` record the
+/// delivery; `Ok` only if it did.
+async fn record_delivery(
+    points_out: &mut Option<tokio::sync::oneshot::Receiver<()>>,
+    gate: &dyn DeliveryGate,
+) -> Result<(), PsiError> {
+    if let Some(rx) = points_out.take() {
+        rx.await
+            .map_err(|_| PsiError::Internal("the sender's points did not all go out".into()))?;
+    }
+    if gate.record().await {
+        Ok(())
+    } else {
+        Err(PsiError::DeliveryNotRecorded)
+    }
 }
 
 async fn receiver<R: CryptoRngCore + Send>(
@@ -202,7 +222,7 @@ async fn sender<R: CryptoRngCore + Send>(
     cfg: &PsiConfig,
     rng: &mut R,
     progress: &dyn Progress,
-    on_delivered: &(dyn Fn() + Sync),
+    gate: &dyn DeliveryGate,
 ) -> Result<SenderOutput, PsiError> {
     check_input(items)?;
     let batch = effective_batch(cfg, link)?;
@@ -223,8 +243,16 @@ async fn sender<R: CryptoRngCore + Send>(
         order
     })
     .await?;
-    let send = send_blinded_items(link, items, &order, batch, &key, progress, None);
+    let (points_out_tx, points_out_rx) = tokio::sync::oneshot::channel::<()>();
+    let send = async {
+        send_blinded_items(link, items, &order, batch, &key, progress, None).await?;
+        let _ = points_out_tx.send(());
+        Ok::<_, PsiError>(())
+    };
     let answer = async {
+        // Record, then release: the delivery point is recorded before the last frame leaves.
+        let mut points_out = Some(points_out_rx);
+        let mut recorded = false;
         let mut received = 0usize;
         let mut collected: Vec<[u8; DOUBLE_BLINDED_BYTES]> = match mode {
             Mode::Intersection => Vec::new(),
@@ -254,6 +282,10 @@ async fn sender<R: CryptoRngCore + Send>(
             progress.report(PHASE_BLIND, received as u64, peer_size as u64);
             match mode {
                 Mode::Intersection => {
+                    if received == peer_size {
+                        record_delivery(&mut points_out, gate).await?;
+                        recorded = true;
+                    }
                     link.send(frame).await?;
                     progress.report(PHASE_EXCHANGE, received as u64, peer_size as u64);
                 }
@@ -273,7 +305,12 @@ async fn sender<R: CryptoRngCore + Send>(
             })
             .await?;
             let mut sent = 0usize;
-            for chunk in values.chunks(batch) {
+            let chunks = values.chunks(batch).count();
+            for (i, chunk) in values.chunks(batch).enumerate() {
+                if i + 1 == chunks {
+                    record_delivery(&mut points_out, gate).await?;
+                    recorded = true;
+                }
                 let mut frame = new_batch(false, chunk.len(), DOUBLE_BLINDED_BYTES);
                 let out = frame.get_mut(BATCH_HEADER_BYTES..).unwrap_or_default();
                 for (dst, v) in out.chunks_exact_mut(DOUBLE_BLINDED_BYTES).zip(chunk) {
@@ -284,12 +321,13 @@ async fn sender<R: CryptoRngCore + Send>(
                 progress.report(PHASE_EXCHANGE, sent as u64, peer_size as u64);
             }
         }
-        Ok(())
+        Ok((recorded, points_out))
     };
-    tokio::try_join!(send, answer)?;
-    // The delivery point: every frame the receiver needs is on the link. A receiver that
-    // withholds `Done` (or dies) from here on has its output all the same.
-    on_delivered();
+    let ((), (recorded, mut points_out)) = tokio::try_join!(send, answer)?;
+    if !recorded {
+        // An empty receiver set: no last frame to hold back, the output is known to be empty.
+        record_delivery(&mut points_out, gate).await?;
+    }
     match recv_frame(link).await? {
         Frame::Done => Ok(SenderOutput {
             receiver_set_size: peer_size as u64,

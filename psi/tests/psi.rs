@@ -13,8 +13,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use tessera_core::{Link, LinkError, MemLink};
 use tessera_psi::{
-    AbortReason, Mode, NoProgress, PROTOCOL_VERSION, Progress, PsiConfig, PsiError, ReceiverOutput,
-    SenderOutput, run_receiver, run_sender, run_sender_reporting_delivery,
+    AbortReason, DeliveryGate, Mode, NoProgress, PROTOCOL_VERSION, Progress, PsiConfig, PsiError,
+    ReceiverOutput, SenderOutput, run_receiver, run_sender, run_sender_reporting_delivery,
 };
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(120);
@@ -748,8 +748,34 @@ fn protocol_futures_are_send() {
     assert_send(&s);
 }
 
+/// A gate that counts how often it is asked and answers `allow`.
+struct CountingGate {
+    asked: std::sync::atomic::AtomicUsize,
+    allow: bool,
+}
+
+impl CountingGate {
+    fn new(allow: bool) -> Self {
+        Self {
+            asked: std::sync::atomic::AtomicUsize::new(0),
+            allow,
+        }
+    }
+    fn asked(&self) -> usize {
+        self.asked.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[async_trait::async_trait]
+impl DeliveryGate for CountingGate {
+    async fn record(&self) -> bool {
+        self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.allow
+    }
+}
+
 /// Runs a real sender (intersection mode, three keys) against `fake`, counting how often it
-/// reports its delivery point.
+/// asks its delivery gate.
 async fn sender_delivery_against<F, Fut>(fake: F) -> (Result<SenderOutput, PsiError>, usize)
 where
     F: FnOnce(MemLink) -> Fut,
@@ -759,10 +785,7 @@ where
     let fake = tokio::spawn(fake(b));
     let mut rng = ChaCha20Rng::seed_from_u64(97);
     let c = cfg(Mode::Intersection);
-    let delivered = std::sync::atomic::AtomicUsize::new(0);
-    let on_delivered = || {
-        delivered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    };
+    let gate = CountingGate::new(true);
     let items = keys(0..3);
     let s = bounded(run_sender_reporting_delivery(
         &a,
@@ -770,11 +793,11 @@ where
         &c,
         &mut rng,
         &NoProgress,
-        &on_delivered,
+        &gate,
     ))
     .await;
     fake.abort();
-    (s, delivered.load(std::sync::atomic::Ordering::SeqCst))
+    (s, gate.asked())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -805,35 +828,56 @@ async fn a_receiver_withholding_done_has_still_been_delivered_to() {
     })
     .await;
     assert!(s.is_err(), "no Done, so the sender itself fails: {s:?}");
-    assert_eq!(delivered, 1, "the delivery point was reached before Done");
+    assert_eq!(
+        delivered, 1,
+        "the delivery was recorded before the last frame"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delivery_is_reported_once_on_success_and_never_before_the_last_frame() {
-    // An honest receiver: exactly one report.
-    let (a, b) = MemLink::pair();
-    let mut r_rng = ChaCha20Rng::seed_from_u64(5);
-    let mut s_rng = ChaCha20Rng::seed_from_u64(6);
-    let c = cfg(Mode::Intersection);
-    let delivered = std::sync::atomic::AtomicUsize::new(0);
-    let on_delivered = || {
-        delivered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    };
-    let (r_items, s_items) = (keys(0..10), keys(5..20));
-    let (r, s) = bounded(async {
-        tokio::join!(
-            run_receiver(&a, &r_items, &c, &mut r_rng, &NoProgress),
-            run_sender_reporting_delivery(&b, &s_items, &c, &mut s_rng, &NoProgress, &on_delivered),
-        )
-    })
-    .await;
-    assert_eq!(r.expect("receiver").intersection_size, 5);
-    s.expect("sender");
-    assert_eq!(delivered.load(std::sync::atomic::Ordering::SeqCst), 1);
+async fn delivery_is_recorded_once_before_the_last_frame_or_the_frame_is_withheld() {
+    for mode in [Mode::Intersection, Mode::SizeOnly] {
+        // An honest receiver and a recording gate: asked exactly once, the run succeeds.
+        let (a, b) = MemLink::pair();
+        let mut r_rng = ChaCha20Rng::seed_from_u64(5);
+        let mut s_rng = ChaCha20Rng::seed_from_u64(6);
+        let c = cfg(mode);
+        let gate = CountingGate::new(true);
+        let (r_items, s_items) = (keys(0..10), keys(5..20));
+        let (r, s) = bounded(async {
+            tokio::join!(
+                run_receiver(&a, &r_items, &c, &mut r_rng, &NoProgress),
+                run_sender_reporting_delivery(&b, &s_items, &c, &mut s_rng, &NoProgress, &gate),
+            )
+        })
+        .await;
+        assert_eq!(r.expect("receiver").intersection_size, 5, "{mode}");
+        s.expect("sender");
+        assert_eq!(gate.asked(), 1, "{mode}");
 
-    // A receiver that hangs up after its points, before the sender's values: no delivery.
+        // A gate that cannot record: the sender stops before its last frame, so the receiver
+        // never gets its output.
+        let (a, b) = MemLink::pair();
+        let gate = CountingGate::new(false);
+        let (r, s) = bounded(async {
+            tokio::join!(
+                run_receiver(&a, &r_items, &c, &mut r_rng, &NoProgress),
+                run_sender_reporting_delivery(&b, &s_items, &c, &mut s_rng, &NoProgress, &gate),
+            )
+        })
+        .await;
+        assert!(
+            matches!(s, Err(PsiError::DeliveryNotRecorded)),
+            "{mode}: {s:?}"
+        );
+        assert!(r.is_err(), "{mode}: the receiver got no output: {r:?}");
+        assert_eq!(gate.asked(), 1, "{mode}");
+    }
+
+    // A receiver that hangs up after some of its points, before the sender's last frame: the
+    // gate is never asked.
     let points = random_points(5, 32);
-    let (s, delivered) = sender_delivery_against(move |b| async move {
+    let (s, asked) = sender_delivery_against(move |b| async move {
         let _ = b
             .send(hello(PROTOCOL_VERSION, RECEIVER, INTERSECTION, 5, 4096))
             .await;
@@ -842,5 +886,5 @@ async fn delivery_is_reported_once_on_success_and_never_before_the_last_frame() 
     })
     .await;
     assert!(s.is_err());
-    assert_eq!(delivered, 0, "the sender never got to its last frame");
+    assert_eq!(asked, 0, "the sender never got to its last frame");
 }

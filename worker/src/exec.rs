@@ -99,9 +99,22 @@ pub struct ExecEnv {
 /// (`tessera_accounting::settle::delivered_job`).
 #[async_trait::async_trait]
 pub trait DeliverySink: Send + Sync {
-    /// The delivery point was reached; this party's task read `rows_in` rows. Returns once
-    /// the report was handed to the operator (or given up on).
-    async fn delivered(&self, rows_in: u64);
+    /// The delivery point is reached; this party's task read `rows_in` rows. Returns whether
+    /// the operator recorded it (after retries); `false` stops the task before its last frame.
+    async fn delivered(&self, rows_in: u64) -> bool;
+}
+
+/// The PSI sender's [`tessera_psi::DeliveryGate`] over a [`DeliverySink`].
+struct SinkGate<'a> {
+    sink: &'a dyn DeliverySink,
+    rows_in: u64,
+}
+
+#[async_trait::async_trait]
+impl tessera_psi::DeliveryGate for SinkGate<'_> {
+    async fn record(&self) -> bool {
+        self.sink.delivered(self.rows_in).await
+    }
 }
 
 /// Resolves `name` inside `dir`, refusing anything but a plain file name.
@@ -233,40 +246,22 @@ pub async fn run_task(
     };
     match spec.role {
         TaskRole::Sender => {
-            // ECDH-PSI's delivery point: the sender's last frame is on the link (before it
-            // waits for the receiver's `Done`, which a modified receiver could withhold). The
-            // report runs beside the protocol, so the sender keeps serving the link meanwhile.
-            let (reached, on_reached) = tokio::sync::oneshot::channel::<()>();
-            let reached = std::sync::Mutex::new(Some(reached));
-            let on_delivered = || {
-                if let Some(tx) = reached.lock().ok().and_then(|mut t| t.take()) {
-                    let _ = tx.send(());
-                }
+            // ECDH-PSI's delivery point, record before release: the sender's last frame
+            // leaves only once the operator has recorded the delivery.
+            let gate = SinkGate {
+                sink: delivery,
+                rows_in: input.rows,
             };
-            let report = async {
-                // Dropped unsent (an error before the point): nothing is reported.
-                if on_reached.await.is_ok() {
-                    delivery.delivered(input.rows).await;
-                }
-            };
-            let run = async {
-                let r = tessera_psi::run_sender_reporting_delivery(
-                    &link,
-                    &input.keys,
-                    &cfg,
-                    &mut rng,
-                    progress.as_ref(),
-                    &on_delivered,
-                )
-                .await;
-                // Ended before the point (an error): dropping the sender ends `report`.
-                if let Ok(mut t) = reached.lock() {
-                    t.take();
-                }
-                r
-            };
-            let (result, ()) = tokio::join!(run, report);
-            result.map_err(peer_err)?;
+            tessera_psi::run_sender_reporting_delivery(
+                &link,
+                &input.keys,
+                &cfg,
+                &mut rng,
+                progress.as_ref(),
+                &gate,
+            )
+            .await
+            .map_err(peer_err)?;
         }
         TaskRole::Receiver => {
             let out =

@@ -130,7 +130,7 @@ struct OperatorDelivery {
 
 #[async_trait::async_trait]
 impl DeliverySink for OperatorDelivery {
-    async fn delivered(&self, rows_in: u64) {
+    async fn delivered(&self, rows_in: u64) -> bool {
         let req = pb::DeliveryReport {
             worker_id: self.shared.worker_id.clone(),
             task_id: self.task_id.clone(),
@@ -142,16 +142,22 @@ impl DeliverySink for OperatorDelivery {
             let req = req.clone();
             async move { c.report_delivered(req).await }
         })
-        .retry(report_backoff())
+        .retry(delivery_backoff())
         .sleep(tokio::time::sleep)
+        // NotFound: the operator no longer runs this task (it restarted, or the job ended).
         .when(|s: &tonic::Status| s.code() != tonic::Code::NotFound)
         .notify(|s, _| {
             tracing::warn!(task = %task_id, error = %s, "reporting delivery failed, retrying");
         })
         .await;
-        if let Err(s) = sent {
-            // The final result (sent next) also marks the job delivered.
-            tracing::warn!(task = %task_id, error = %s, "reporting delivery failed; giving up");
+        match sent {
+            Ok(_) => true,
+            Err(s) => {
+                // Not recorded: the sender stops before its last frame, so the buyer does not
+                // get the complete output unrecorded.
+                tracing::warn!(task = %task_id, error = %s, "reporting delivery failed; stopping before the last frame");
+                false
+            }
         }
     }
 }
@@ -601,6 +607,15 @@ async fn report(
 fn report_backoff() -> impl backon::Backoff {
     (1..REPORT_ATTEMPTS).map(|k| Duration::from_millis(200 * k))
 }
+
+/// Pauses between attempts to record a delivery: 0.2 s growing to 2 s, about 20 s in all,
+/// well inside the peer link's idle timeout, for an operator that is briefly unreachable.
+fn delivery_backoff() -> impl backon::Backoff {
+    (1..=DELIVERY_ATTEMPTS).map(|k| Duration::from_millis((200 * k).min(2_000)))
+}
+
+/// How many times a delivery is reported before the sender gives up and stops.
+const DELIVERY_ATTEMPTS: u64 = 15;
 
 /// How many times a task's result is sent before the worker gives up on it.
 const REPORT_ATTEMPTS: u64 = 5;
