@@ -106,10 +106,11 @@ pub(crate) fn load_key(dir: &Path) -> anyhow::Result<Option<TicketSigner>> {
 
 /// Loads the ticket key from `dir/operator.key`, creating it (mode 0600) on first start.
 fn load_or_create_key(dir: &Path) -> anyhow::Result<TicketSigner> {
+    let path = dir.join("operator.key");
     if let Some(signer) = load_key(dir)? {
+        narrow_to_owner(&path)?;
         return Ok(signer);
     }
-    let path = dir.join("operator.key");
     let signer = TicketSigner::generate(&mut rand::rngs::OsRng);
     let tmp = dir.join("operator.key.tmp");
     // A temporary file left by a start that died before the rename holds a key never used.
@@ -126,6 +127,26 @@ fn load_or_create_key(dir: &Path) -> anyhow::Result<TicketSigner> {
     std::fs::rename(&tmp, &path)
         .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     Ok(signer)
+}
+
+/// Makes an existing key file readable by its owner only (0600), saying so when it was wider:
+/// the key signs tickets and audit checkpoints.
+fn narrow_to_owner(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("reading the mode of {}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format!("{:o}", mode & 0o777),
+            "the key file was readable by others; narrowing it to 0600"
+        );
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("narrowing {} to 0600", path.display()))?;
+    }
+    Ok(())
 }
 
 /// Creates `path`, which must not exist, readable and writable by the owner only (mode 0600
@@ -266,5 +287,11 @@ mod tests {
         assert!(!dir.path().join("operator.key.tmp").exists());
         let again = load_or_create_key(dir.path()).expect("reload");
         assert_eq!(first.public_key_hex(), again.public_key_hex());
+        // A key file someone made readable by others is narrowed again at the next start.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let third = load_or_create_key(dir.path()).expect("reload wide");
+        assert_eq!(first.public_key_hex(), third.public_key_hex());
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 }

@@ -329,7 +329,8 @@ impl Operator for OperatorService {
     }
 
     async fn list_jobs(&self, req: Request<pb::JobQuery>) -> Result<Response<pb::JobList>, Status> {
-        lists::jobs(&self.jobs, req.into_inner())
+        let caller = caller(&req);
+        lists::jobs(&self.jobs, req.into_inner(), caller.as_deref())
             .await
             .map(Response::new)
     }

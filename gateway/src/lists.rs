@@ -5,6 +5,7 @@ use tessera_core::{JobState, WorkerAttributes};
 use tessera_proto::decode;
 use tessera_proto::v1 as pb;
 use tessera_scheduler::lists::{JobFilter, LicenceFilter, PageQuery};
+use tessera_scheduler::redact::redact;
 use tessera_scheduler::{RecordService, Scheduler};
 use tonic::Status;
 
@@ -27,7 +28,14 @@ fn state_filter(v: i32) -> Result<Option<JobState>, Status> {
     decode::<JobState>(v).map(Some).map_err(invalid)
 }
 
-pub(crate) async fn jobs(s: &Scheduler, r: pb::JobQuery) -> Result<pb::JobList, Status> {
+/// A page of jobs, each shown as `caller` may see it (`tessera_scheduler::redact`, the same
+/// rule as `GetJob`): results, charges and the other side's failure detail only to their
+/// party.
+pub(crate) async fn jobs(
+    s: &Scheduler,
+    r: pb::JobQuery,
+    caller: Option<&str>,
+) -> Result<pb::JobList, Status> {
     let filter = JobFilter {
         user: r.user,
         state: state_filter(r.state)?,
@@ -38,7 +46,11 @@ pub(crate) async fn jobs(s: &Scheduler, r: pb::JobQuery) -> Result<pb::JobList, 
         .await
         .map_err(|e| status(&e))?;
     Ok(pb::JobList {
-        jobs: l.items.iter().map(job_to_pb).collect(),
+        jobs: l
+            .items
+            .iter()
+            .map(|v| job_to_pb(&redact(v, caller)))
+            .collect(),
         next_page_token: l.next_token,
     })
 }

@@ -137,6 +137,10 @@ pub struct UsagePolicy {
     pub use_scenes: Vec<UseScene>,
 }
 
+/// The largest `counts` / `remainingCounts` a policy may set: the store keeps counts as
+/// signed 64-bit integers (SQLite `INTEGER`), and no licence needs more runs than this.
+pub const COUNTS_MAX: u64 = 1_000_000_000_000;
+
 /// The scenes Tessera's engines serve (`useSence` values): private set intersection,
 /// secret-sharing MPC, federated learning, trusted execution, homomorphic scoring. A policy
 /// naming any other scene is refused at creation, since it could never admit a job.
@@ -203,6 +207,18 @@ impl UsagePolicy {
                     s.use_sence,
                     KNOWN_SCENES.join(", ")
                 )));
+            }
+            for (field, v) in [
+                ("counts", s.counts),
+                ("remainingCounts", s.remaining_counts),
+            ] {
+                if v.is_some_and(|n| n > COUNTS_MAX) {
+                    return Err(PolicyError::Invalid(format!(
+                        "scene {}: {field} is above the maximum of {COUNTS_MAX} (omit counts for \
+                         no limit)",
+                        s.use_sence
+                    )));
+                }
             }
             if s.counts == Some(0) {
                 return Err(PolicyError::Invalid(format!(

@@ -197,6 +197,19 @@ fn bad_documents_are_refused() {
             ),
             "remainingCounts needs counts",
         ),
+        // Counts the store cannot keep (it holds signed 64-bit integers).
+        (
+            format!(
+                r#"{{"policyName":"p",{U},"useScenes":[{{"useSence":"psi","counts":18446744073709551615}}]}}"#
+            ),
+            "counts is above the maximum of 1000000000000",
+        ),
+        (
+            format!(
+                r#"{{"policyName":"p",{U},"useScenes":[{{"useSence":"psi","counts":5,"remainingCounts":9223372036854775808}}]}}"#
+            ),
+            "remainingCounts is above the maximum",
+        ),
     ] {
         let err = UsagePolicy::from_json(&doc).unwrap_err().to_string();
         assert!(err.contains(why), "{err} should contain {why}");

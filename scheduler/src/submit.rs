@@ -123,6 +123,13 @@ impl JobRequest {
         check_field("buyer_party", &self.buyer_party, true)?;
         check_field("buyer_dataset_id", &self.buyer_dataset_id, true)?;
         file_name("output", &self.output, false)?;
+        if self.mode == PsiMode::Size && !self.output.is_empty() {
+            return Err(SchedulerError::Invalid(
+                "output: size mode writes no result file (the buyer learns only the size); \
+                 drop the output name or use intersection mode"
+                    .into(),
+            ));
+        }
         if !SUPPORTED_SCENES.contains(&self.scene.as_str()) {
             return Err(SchedulerError::Invalid(format!(
                 "scene {:?} is not supported (supported: {SUPPORTED_SCENES:?})",
@@ -1087,6 +1094,16 @@ mod tests {
             (Intersection, "r.csv", &["tel"], false),
             (Intersection, "r.csv", &[""], false),
             (Intersection, "r.csv", &many, false),
+        ]);
+    }
+
+    #[test]
+    fn size_mode_refuses_an_output_name_it_would_ignore() {
+        use PsiMode::*;
+        check(&[
+            (Size, "", &[], true),
+            (Size, "sz.csv", &[], false),
+            (Intersection, "sz.csv", &[], true),
         ]);
     }
 }

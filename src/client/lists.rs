@@ -89,7 +89,8 @@ where
 pub struct JobListArgs {
     #[command(flatten)]
     pub conn: Conn,
-    /// Only jobs submitted by this user.
+    /// Only jobs submitted by this user, shown as that user may see them (without it, results,
+    /// charges and failure details are left out).
     #[arg(long, default_value = "")]
     pub user: String,
     /// Only jobs in this state: admitted | running | succeeded | failed | refused | cancelled.
@@ -136,6 +137,16 @@ pub async fn jobs(a: JobListArgs) -> anyhow::Result<()> {
         "error",
     ])
     .align_right(&[7, 8]);
+    let caller: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> =
+        if a.user.is_empty() {
+            None
+        } else {
+            Some(
+                a.user
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("--user is not valid request metadata"))?,
+            )
+        };
     print_pages(&a.page, listing, |page| {
         let mut c = c.clone();
         let q = pb::JobQuery {
@@ -145,8 +156,14 @@ pub async fn jobs(a: JobListArgs) -> anyhow::Result<()> {
             licence_id: a.licence.clone(),
         };
         let zone = zone.clone();
+        // The listing user is also the caller: each job shows what that user may see (results,
+        // charges and failure detail only of its own side); without --user, only states.
+        let mut req = tonic::Request::new(q);
+        if let Some(v) = &caller {
+            req.metadata_mut().insert("x-tessera-user", v.clone());
+        }
         async move {
-            let l = c.list_jobs(q).await?.into_inner();
+            let l = c.list_jobs(req).await?.into_inner();
             let rows = l
                 .jobs
                 .iter()

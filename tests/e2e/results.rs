@@ -241,6 +241,24 @@ async fn a_provider_side_failure_is_shown_to_the_buyer_only_by_its_kind() {
         // The buyer's party sees what its user sees.
         let party = c.wait_as(&j.job_id, Some(BUYER)).await;
         assert_eq!(party.error, buyer.error, "{case}");
+        // Listings follow the same rule as GetJob: as the buyer, and anonymously.
+        for caller in [Some(USER), None] {
+            let mut req = tonic::Request::new(pb::JobQuery::default());
+            if let Some(u) = caller {
+                req.metadata_mut()
+                    .insert("x-tessera-user", u.parse().expect("metadata"));
+            }
+            let listed = client.list_jobs(req).await.expect("list").into_inner();
+            let row = listed
+                .jobs
+                .iter()
+                .find(|l| l.job_id == j.job_id)
+                .expect("listed");
+            assert_eq!(
+                row.error, "the provider's side failed: input",
+                "{case}, listed as {caller:?}"
+            );
+        }
     }
 
     // A refusal for want of a fitting worker names no worker and no attribute.
