@@ -151,12 +151,16 @@ impl BillingService {
     /// Bills, optionally of one customer and/or one period (`YYYY-MM`).
     ///
     /// # Errors
-    /// The store's.
+    /// `Invalid` for a period that is not a `YYYY-MM` month (e.g. `2026-13`); the store's.
     pub async fn bills(
         &self,
         customer: Option<&str>,
         period: Option<&str>,
     ) -> Result<Vec<BillRecord>, SchedulerError> {
+        if let Some(p) = period.filter(|p| !p.is_empty()) {
+            tessera_accounting::bill::parse_period(p)
+                .map_err(|e| SchedulerError::Invalid(format!("period {p:?}: {e}")))?;
+        }
         Ok(self.store.bills(customer, period).await?)
     }
 

@@ -936,15 +936,35 @@ impl Scheduler {
     ) -> Result<(), SchedulerError> {
         let live = self.jobs.lock().await.remove(job_id);
         let now = self.now();
-        let outcome = match self.store.finish_job(job_id, &finish, now).await {
+        let ended = match self.store.finish_job(job_id, &finish, now).await {
             // Past its delivery point the job ends consumed and charged.
             Err(tessera_store::StoreError::Delivered { .. }) => {
-                let charged = self
+                match self
                     .after_delivery(job_id, finish, live.as_ref(), now)
-                    .await?;
-                self.store.finish_job(job_id, &charged, now).await?
+                    .await
+                {
+                    Ok(charged) => self
+                        .store
+                        .finish_job(job_id, &charged, now)
+                        .await
+                        .map_err(SchedulerError::from),
+                    Err(e) => Err(e),
+                }
             }
-            other => other?,
+            other => other.map_err(SchedulerError::from),
+        };
+        let outcome = match ended {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                // Nothing was recorded: keep the job live, so that a later event (a report,
+                // a worker loss, a cancel, a restart's recovery) can still end it, and its
+                // workers' running counts stay true.
+                tracing::error!(job = %job_id, error = %e, "ending the job failed; it stays live");
+                if let Some(live) = live {
+                    self.jobs.lock().await.insert(job_id.to_string(), live);
+                }
+                return Err(e);
+            }
         };
         // The final answer is the parties' receipt: seal a head covering the job's end before
         // anyone can read that answer.

@@ -133,14 +133,18 @@ impl Out {
         }
     }
 
-    /// Prints a listing: CSV when `csv`, else a table styled for stdout.
+    /// Prints a listing: CSV when `csv`, else a table styled for stdout. An empty listing
+    /// still prints its header (and, as a table, says it is empty), so "nothing" is visible.
     ///
     /// Errors: stdout fails (a closed pipe is `io::ErrorKind::BrokenPipe`).
     pub fn listing(&mut self, listing: &Listing, csv: bool) -> io::Result<()> {
         if csv {
             listing.write_csv(&mut self.inner)?;
-        } else if !listing.rows.is_empty() {
+        } else {
             writeln!(self.inner, "{}", listing.table(TableStyle::for_stdout()))?;
+            if listing.rows.is_empty() {
+                writeln!(self.inner, "(none)")?;
+            }
         }
         self.inner.flush()
     }

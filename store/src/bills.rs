@@ -531,6 +531,7 @@ impl Store {
             return Err(StoreError::PeriodOpen {
                 period: period.to_string(),
                 until_ms: due,
+                until: self.zone.format_rfc3339(due),
             });
         }
         // Nothing was billed for this provider in that month: there is nothing to pay out,

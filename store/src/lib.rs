@@ -94,12 +94,14 @@ pub enum StoreError {
         job_id: String,
     },
     /// A provider statement's period still accepts late charges, so it cannot be paid out.
-    #[error("period {period} is still open for late charges until {until_ms} ms")]
+    #[error("period {period} is still open for late charges until {until}")]
     PeriodOpen {
         /// `YYYY-MM`.
         period: String,
-        /// When it stops accepting them.
+        /// When it stops accepting them (UTC milliseconds).
         until_ms: i64,
+        /// The same instant as an RFC 3339 date in the store's zone.
+        until: String,
     },
     /// A business rule refused the operation (funds, freeze, limits, state); nothing was
     /// written. The [`RuleRefusal`] says which rule.

@@ -121,6 +121,17 @@ async fn holds_charges_bills_and_freezes_through_the_real_operator() {
     let bills = csv_rows(&cli(&c, &["bills", "list", "--customer", USER, "--csv"]));
     assert_eq!(bills.len(), 1, "{bills:?}");
     assert_eq!(bills[0]["state"], "open");
+    // A month that does not exist is an error, not an empty listing.
+    let bad = Command::new(BIN)
+        .args(["bills", "list", "--period", "2026-13", "--operator", &c.url])
+        .output()
+        .expect("run tessera");
+    assert_eq!(bad.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("INVALID_ARGUMENT") && err.contains("2026-13"),
+        "{err}"
+    );
     let lines = csv_rows(&cli(&c, &["bills", "lines", &bills[0]["bill_id"], "--csv"]));
     assert_eq!(lines.len(), 1);
     let l = &lines[0];
