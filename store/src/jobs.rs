@@ -195,10 +195,12 @@ impl std::fmt::Display for Refusal {
                     parts.join(", ")
                 )
             }
-            Refusal::OutputTaken { output, job_id } => write!(
+            // The other job may be another user's: the reason names neither it nor its user
+            // (the submitter sees this text); the job id stays in the typed refusal.
+            Refusal::OutputTaken { output, .. } => write!(
                 f,
-                "result name {output:?} is already recorded by job {job_id}; a result never \
-                 replaces another, choose a new name"
+                "result name {output:?} is already recorded by another job of this buyer \
+                 party; a result never replaces another, choose a new name"
             ),
             Refusal::Unpriced { licence_id, error } => {
                 write!(f, "licence {licence_id} cannot be rated: {error}")
