@@ -210,6 +210,24 @@ pub async fn start(config: &OperatorConfig) -> anyhow::Result<OperatorHandle> {
         },
         seed,
     );
+    // Before anything is appended: a store whose chain, checkpoints or ledger tables do not
+    // verify is reported loudly (the node still starts, so that the operator can inspect it).
+    match scheduler.audit().verify().await {
+        Ok(r) if r.ok() => {
+            tracing::info!(
+                entries = r.entries,
+                checkpoints = r.checkpoints,
+                "audit chain verified"
+            );
+        }
+        Ok(r) => tracing::error!(
+            entries = r.entries,
+            detail = %r.detail,
+            "the store does NOT verify against its audit chain: it may have been tampered \
+             with; run `tessera audit verify --checkpoints FILE` with an exported copy"
+        ),
+        Err(e) => tracing::error!(error = %e, "could not verify the audit chain at start"),
+    }
     let recovered = scheduler.recover().await?;
     if recovered > 0 {
         tracing::warn!(

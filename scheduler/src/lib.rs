@@ -188,6 +188,9 @@ pub struct Scheduler {
     ids: Arc<Ids>,
     workers: Mutex<HashMap<String, LiveWorker>>,
     jobs: Mutex<HashMap<String, LiveJob>>,
+    /// Ends that could not be recorded, retried by the monitor: job id → (the end, when to try
+    /// again, in UTC milliseconds).
+    unended: Mutex<HashMap<String, (tessera_store::JobFinish, i64)>>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -221,6 +224,7 @@ impl Scheduler {
             }),
             workers: Mutex::new(HashMap::new()),
             jobs: Mutex::new(HashMap::new()),
+            unended: Mutex::new(HashMap::new()),
         })
     }
 

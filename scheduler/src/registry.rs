@@ -180,6 +180,7 @@ impl Scheduler {
             if let Err(e) = s.check_workers().await {
                 tracing::error!(error = %e, "worker check failed");
             }
+            s.retry_unended().await;
         }
     }
 

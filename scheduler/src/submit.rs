@@ -22,6 +22,9 @@ use crate::{Delivery, JobView, LiveJob, LiveTask, PhaseProgress, Scheduler, Sche
 /// Scenes this build can run.
 pub const SUPPORTED_SCENES: &[&str] = tessera_core::job::scene::SUPPORTED;
 
+/// How long before an end that could not be recorded is tried again.
+pub(crate) const UNENDED_RETRY_MS: i64 = 5_000;
+
 /// A buyer's job request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobRequest {
@@ -767,7 +770,17 @@ impl Scheduler {
                 .values()
                 .all(|t| t.report.as_ref().is_some_and(|r| r.ok))
             {
-                Some(self.success(&job_id, job)?)
+                match self.success(&job_id, job) {
+                    Ok(f) => Some(f),
+                    Err(e) => {
+                        // Not decided: forget this report so that the worker's retry decides
+                        // again (a retried report is otherwise a no-op).
+                        if let Some(t) = job.tasks.get_mut(task_id) {
+                            t.report = None;
+                        }
+                        return Err(e);
+                    }
+                }
             } else {
                 None
             };
@@ -936,6 +949,7 @@ impl Scheduler {
     ) -> Result<(), SchedulerError> {
         let live = self.jobs.lock().await.remove(job_id);
         let now = self.now();
+        let attempt = finish.clone();
         let ended = match self.store.finish_job(job_id, &finish, now).await {
             // Past its delivery point the job ends consumed and charged.
             Err(tessera_store::StoreError::Delivered { .. }) => {
@@ -959,10 +973,14 @@ impl Scheduler {
                 // Nothing was recorded: keep the job live, so that a later event (a report,
                 // a worker loss, a cancel, a restart's recovery) can still end it, and its
                 // workers' running counts stay true.
-                tracing::error!(job = %job_id, error = %e, "ending the job failed; it stays live");
+                tracing::error!(job = %job_id, error = %e, "ending the job failed; it stays live and is retried");
                 if let Some(live) = live {
                     self.jobs.lock().await.insert(job_id.to_string(), live);
                 }
+                self.unended.lock().await.insert(
+                    job_id.to_string(),
+                    (attempt, now.saturating_add(UNENDED_RETRY_MS)),
+                );
                 return Err(e);
             }
         };
@@ -993,6 +1011,30 @@ impl Scheduler {
             });
         }
         Ok(())
+    }
+
+    /// Tries again to record the ends that failed (see [`Scheduler::finish`]), each at most
+    /// once per [`UNENDED_RETRY_MS`]; a failure is logged and retried later. Called by the
+    /// monitor.
+    pub(crate) async fn retry_unended(&self) {
+        let now = self.now();
+        let due: Vec<(String, JobFinish)> = {
+            let mut unended = self.unended.lock().await;
+            let ids: Vec<String> = unended
+                .iter()
+                .filter(|(_, (_, at))| *at <= now)
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| unended.remove(&id).map(|(f, _)| (id, f)))
+                .collect()
+        };
+        for (job_id, finish) in due {
+            // On failure `finish` logs and re-queues it.
+            if self.finish(&job_id, finish).await.is_ok() {
+                tracing::info!(job = %job_id, "a job's end was recorded on retry");
+            }
+        }
     }
 
     /// The end of a job that failed or was cancelled after its delivery point: rated by

@@ -271,4 +271,25 @@ async fn verify_names_a_rewritten_chain_and_a_consistent_ledger_edit() {
         said.contains(&format!("but {file_arg} holds the head signed for it")),
         "{said}"
     );
+
+    // An operator started on the rewritten store says so at once (its own stored checkpoints
+    // no longer match the chain), before it appends anything.
+    let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn serve");
+    let mut banner = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(serve.stdout.take().expect("stdout")),
+        &mut banner,
+    )
+    .expect("banner");
+    assert!(banner.starts_with("operator listening on "), "{banner}");
+    let _ = serve.kill();
+    let out = serve.wait_with_output().expect("serve output");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("does NOT verify"), "{log}");
 }
