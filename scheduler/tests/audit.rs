@@ -1,6 +1,7 @@
 //! Checkpoints through the scheduler: every ticket of a dispatched job carries a head signed
 //! with the node's key that covers the job's admission (and the store keeps it), a refusal is
-//! sealed at once, and sealing an unchanged head writes nothing.
+//! sealed at once, and sealing an unchanged head writes nothing. Also the end of a job: one
+//! that cannot be recorded stays live and is recorded by the monitor's retry.
 
 use std::sync::Arc;
 
@@ -18,9 +19,16 @@ const SEED: [u8; 32] = [3u8; 32];
 
 async fn node() -> (Arc<Scheduler>, Vec<mpsc::Receiver<Delivery>>, String) {
     let store = Store::open_temporary().await.expect("store");
+    node_on(store, Arc::new(ManualClock::new(1_000_000))).await
+}
+
+async fn node_on(
+    store: Store,
+    clock: Arc<ManualClock>,
+) -> (Arc<Scheduler>, Vec<mpsc::Receiver<Delivery>>, String) {
     let scheduler = Scheduler::new(
         store,
-        Arc::new(ManualClock::new(1_000_000)),
+        clock,
         TicketSigner::from_seed(&SEED),
         SchedulerConfig::default(),
         [5u8; 32],
@@ -167,4 +175,93 @@ async fn tickets_carry_a_signed_head_covering_the_admission_and_refusals_are_sea
     let report = audit.verify().await.expect("verify");
     assert!(report.ok(), "{report:?}");
     assert_eq!(report.checkpoints, count as u64);
+}
+
+/// A job whose end cannot be recorded (here: a trigger refuses it, as a full disk or a locked
+/// database would) is not lost: it stays live, and the monitor records its end on a retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_end_that_cannot_be_recorded_is_retried_by_the_monitor() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("tessera.db");
+    let store = Store::open(&db).await.expect("store");
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let (scheduler, mut inboxes, licence) = node_on(store, clock.clone()).await;
+    let view = scheduler.submit(request(&licence)).await.expect("submit");
+    let job_id = view.job.job_id.clone();
+    let mut tasks = Vec::new();
+    for (inbox, worker) in inboxes.iter_mut().zip(["w-prov", "w-buy"]) {
+        let Some(Delivery::Assign { spec_json, .. }) = inbox.recv().await else {
+            panic!("expected a task");
+        };
+        let spec: tessera_core::TaskSpec = serde_json::from_str(&spec_json).expect("spec");
+        tasks.push((worker, spec.task_id));
+    }
+
+    let attacker = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect(&format!("sqlite://{}", db.display()))
+        .await
+        .expect("second connection");
+    sqlx::query(
+        "CREATE TRIGGER refuse_end BEFORE UPDATE OF state ON jobs WHEN NEW.state = 'succeeded' \
+         BEGIN SELECT RAISE(ABORT, 'injected: the end cannot be written'); END",
+    )
+    .execute(&attacker)
+    .await
+    .expect("trigger");
+
+    let report = |size: Option<u64>| tessera_scheduler::TaskReport {
+        ok: true,
+        error_kind: None,
+        error: String::new(),
+        usage: tessera_scheduler::TaskUsage {
+            rows_in: 100,
+            ..Default::default()
+        },
+        result_size: size,
+        result_location: String::new(),
+        result_file: None,
+        empty_keys: 0,
+    };
+    let (sender, receiver) = (&tasks[0], &tasks[1]);
+    scheduler
+        .report_result(sender.0, &sender.1, report(None))
+        .await
+        .expect("sender report");
+    let failed = scheduler
+        .report_result(receiver.0, &receiver.1, report(Some(7)))
+        .await;
+    assert!(failed.is_err(), "the end could not be written: {failed:?}");
+    assert_eq!(
+        scheduler.job(&job_id).await.expect("job").job.state,
+        tessera_core::JobState::Running,
+        "not ended, but not lost either"
+    );
+
+    sqlx::query("DROP TRIGGER refuse_end")
+        .execute(&attacker)
+        .await
+        .expect("drop trigger");
+    attacker.close().await;
+    tokio::spawn(scheduler.clone().run_monitor(20));
+    // Not before the retry pause has passed on the scheduler's clock.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(
+        scheduler.job(&job_id).await.expect("job").job.state,
+        tessera_core::JobState::Running
+    );
+    clock.advance_ms(6_000);
+    let mut state = tessera_core::JobState::Running;
+    for _ in 0..100 {
+        state = scheduler.job(&job_id).await.expect("job").job.state;
+        if state != tessera_core::JobState::Running {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(state, tessera_core::JobState::Succeeded);
+    let job = scheduler.job(&job_id).await.expect("job").job;
+    assert_eq!(job.result_size, Some(7));
+    assert_eq!(job.charge_micros, 1_000);
+    assert!(scheduler.store().ledger_balanced().await.expect("ledger"));
 }
