@@ -151,8 +151,17 @@ async fn the_result_is_the_buyers_own_rows_as_csv_and_is_never_replaced() {
         ["ALREADY_EXISTS"],
         "{again:?}"
     );
+    // The reason says the name is taken, but not by which job: that job may be another
+    // user's of the same buyer party (issue 8 item 17).
     assert!(
-        again.refusal_reasons.iter().any(|r| r.contains(&job_id)),
+        again
+            .refusal_reasons
+            .iter()
+            .any(|r| r.contains("already recorded by another job")),
+        "{again:?}"
+    );
+    assert!(
+        !again.refusal_reasons.iter().any(|r| r.contains(&job_id)),
         "{again:?}"
     );
     // A file already there (not recorded by any job) fails the job before the engine runs.
