@@ -1019,10 +1019,10 @@ where
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
     };
-    if path.is_dir() {
+    // A directory in the way is said as such, not as "already exists".
+    if let Some(cause) = output_path_problem(path) {
         return Err(TableError::Io(format!(
-            "writing {}: {} is a directory",
-            path.display(),
+            "writing {}: {cause}",
             path.display()
         )));
     }
@@ -1058,27 +1058,36 @@ where
     result
 }
 
-/// An error writing the result file `path`, in terms of `path` and its directory: a missing
-/// or non-directory parent and a directory in the way are said as such.
-fn write_error(path: &Path, e: io::Error) -> TableError {
+/// Why `path` cannot be written as a new file, as far as the file system tells before trying:
+/// its directory does not exist or is not a directory, or `path` itself is a directory. `None`
+/// when nothing there stands in the way. Said in terms of `path` and its directory, never of a
+/// temporary file.
+pub fn output_path_problem(path: &Path) -> Option<String> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
     };
-    let cause = if !dir.exists() {
-        format!("the directory {} does not exist", dir.display())
-    } else if !dir.is_dir() {
-        format!("{} is not a directory", dir.display())
-    } else if path.is_dir() {
-        format!("{} is a directory", path.display())
-    } else {
-        match e.kind() {
-            io::ErrorKind::PermissionDenied => {
-                format!("permission denied in {}", dir.display())
-            }
-            _ => e.to_string(),
+    match std::fs::metadata(&dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Some(format!("the directory {} does not exist", dir.display()))
         }
-    };
+        Err(e) => Some(format!("the directory {}: {e}", dir.display())),
+        Ok(m) if !m.is_dir() => Some(format!("{} is not a directory", dir.display())),
+        Ok(_) if path.is_dir() => Some(format!("{} is a directory", path.display())),
+        Ok(_) => None,
+    }
+}
+
+/// An error writing the result file `path`: the cause [`output_path_problem`] finds, else the
+/// I/O error itself.
+fn write_error(path: &Path, e: io::Error) -> TableError {
+    let cause = output_path_problem(path).unwrap_or_else(|| match e.kind() {
+        io::ErrorKind::PermissionDenied => match path.parent() {
+            Some(dir) => format!("permission denied in {}", dir.display()),
+            None => e.to_string(),
+        },
+        _ => e.to_string(),
+    });
     TableError::Io(format!("writing {}: {cause}", path.display()))
 }
 

@@ -185,13 +185,13 @@ pub async fn watch(
     job_id: &str,
     user: Option<&str>,
 ) -> anyhow::Result<pb::Job> {
-    // Checked once: every stream opened below names the same caller.
-    as_user((), user)?;
+    // Parsed once: every stream opened below names the same caller.
+    let caller = caller(user)?;
     let multi = progress::multi();
     let mut bars: BTreeMap<String, PhaseBar> = BTreeMap::new();
     let mut failures = 0u32;
     let end = loop {
-        match follow_once(client, job_id, user, &multi, &mut bars).await {
+        match follow_once(client, job_id, &caller, &multi, &mut bars).await {
             Ok(Some(j)) => break Ok(j),
             Ok(None) => failures += 1,
             Err(s) if !crate::exit::is_transport(&s) && s.code() != tonic::Code::Unavailable => {
@@ -212,17 +212,23 @@ pub async fn watch(
     end
 }
 
+fn job_ref(job_id: &str) -> pb::JobRef {
+    pb::JobRef {
+        job_id: job_id.into(),
+    }
+}
+
 /// One watch stream, read to its end: the terminal job if it came, `None` if the stream
 /// ended first.
 async fn follow_once(
     client: &mut OperatorClient<Channel>,
     job_id: &str,
-    user: Option<&str>,
+    caller: &Caller,
     multi: &indicatif::MultiProgress,
     bars: &mut BTreeMap<String, PhaseBar>,
 ) -> Result<Option<pb::Job>, tonic::Status> {
     let mut stream = client
-        .watch_job(caller_request(job_id, user))
+        .watch_job(with_caller(job_ref(job_id), caller))
         .await?
         .into_inner();
     while let Some(j) = stream.next().await {
@@ -238,7 +244,7 @@ async fn follow_once(
     }
     // The stream ended early (the operator restarted, a proxy cut it): ask once directly.
     let j = client
-        .get_job(caller_request(job_id, user))
+        .get_job(with_caller(job_ref(job_id), caller))
         .await?
         .into_inner();
     Ok(is_terminal(&j).then_some(j))
@@ -258,25 +264,25 @@ fn job_outcome(j: &pb::Job) -> anyhow::Result<()> {
     }
 }
 
-/// A request naming the calling user in its metadata (what a job answer shows depends on it).
-fn as_user<T>(msg: T, user: Option<&str>) -> anyhow::Result<tonic::Request<T>> {
-    let mut req = tonic::Request::new(msg);
-    if let Some(user) = user {
-        req.metadata_mut().insert(
-            "x-tessera-user",
-            user.parse().context("user is not valid metadata")?,
-        );
-    }
-    Ok(req)
+/// The calling user as request metadata (what a job answer shows depends on it); `None` is an
+/// anonymous caller.
+pub(super) type Caller = Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>;
+
+/// Parses the calling user once, for every request that names it.
+///
+/// Errors: `user` is not valid request metadata.
+pub(super) fn caller(user: Option<&str>) -> anyhow::Result<Caller> {
+    user.map(|u| u.parse().context("user is not valid request metadata"))
+        .transpose()
 }
 
-/// A request for `job_id` naming the caller; `user` was checked by [`as_user`] already, so an
-/// invalid value cannot reach here (it would be left out, never sent half-formed).
-fn caller_request(job_id: &str, user: Option<&str>) -> tonic::Request<pb::JobRef> {
-    let msg = pb::JobRef {
-        job_id: job_id.into(),
-    };
-    as_user(msg.clone(), user).unwrap_or_else(|_| tonic::Request::new(msg))
+/// A request naming `caller` in its `x-tessera-user` metadata.
+pub(super) fn with_caller<T>(msg: T, caller: &Caller) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    if let Some(v) = caller {
+        req.metadata_mut().insert("x-tessera-user", v.clone());
+    }
+    req
 }
 
 /// Runs one job command.
@@ -337,7 +343,7 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<()> {
             }
         }
         JobCmd::Get { conn, user, id } => {
-            let req = as_user(pb::JobRef { job_id: id }, user.as_deref())?;
+            let req = with_caller(pb::JobRef { job_id: id }, &caller(user.as_deref())?);
             let j = conn.connect().await?.get_job(req).await?.into_inner();
             Out::stdout().line(job_line(&j))?;
         }
@@ -348,11 +354,7 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<()> {
         }
         JobCmd::List(a) => super::lists::jobs(a).await?,
         JobCmd::Cancel { conn, user, id } => {
-            let mut req = tonic::Request::new(pb::JobRef { job_id: id });
-            req.metadata_mut().insert(
-                "x-tessera-user",
-                user.parse().context("user is not valid metadata")?,
-            );
+            let req = with_caller(pb::JobRef { job_id: id }, &caller(Some(&user))?);
             let j = conn.connect().await?.cancel_job(req).await?.into_inner();
             Out::stdout().line(job_line(&j))?;
         }

@@ -137,16 +137,7 @@ pub async fn jobs(a: JobListArgs) -> anyhow::Result<()> {
         "error",
     ])
     .align_right(&[7, 8]);
-    let caller: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> =
-        if a.user.is_empty() {
-            None
-        } else {
-            Some(
-                a.user
-                    .parse()
-                    .map_err(|_| anyhow::anyhow!("--user is not valid request metadata"))?,
-            )
-        };
+    let caller = super::jobs::caller(Some(a.user.as_str()).filter(|u| !u.is_empty()))?;
     print_pages(&a.page, listing, |page| {
         let mut c = c.clone();
         let q = pb::JobQuery {
@@ -158,10 +149,7 @@ pub async fn jobs(a: JobListArgs) -> anyhow::Result<()> {
         let zone = zone.clone();
         // The listing user is also the caller: each job shows what that user may see (results,
         // charges and failure detail only of its own side); without --user, only states.
-        let mut req = tonic::Request::new(q);
-        if let Some(v) = &caller {
-            req.metadata_mut().insert("x-tessera-user", v.clone());
-        }
+        let req = super::jobs::with_caller(q, &caller);
         async move {
             let l = c.list_jobs(req).await?.into_inner();
             let rows = l

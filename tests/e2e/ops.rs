@@ -138,6 +138,48 @@ fn submit_watch(
     (out.status.code(), text(&out.stdout), text(&out.stderr))
 }
 
+/// Starts `job submit --mode size --watch` on dataset `dsb` in the background and reads its
+/// first line (the job as submitted); returns the process, the rest of its stdout, that line.
+fn spawn_followed_size_job(
+    c: &Cluster,
+    lic: &str,
+) -> (std::process::Child, std::process::ChildStdout, String) {
+    let mut follow = Command::new(BIN)
+        .args([
+            "job",
+            "submit",
+            "--user",
+            USER,
+            "--licence",
+            lic,
+            "--buyer-party",
+            BUYER,
+            "--buyer-dataset",
+            "dsb",
+            "--buyer-columns",
+            "k",
+            "--provider-columns",
+            "k",
+            "--mode",
+            "size",
+            "--watch",
+            "--operator",
+            &c.url,
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdout = follow.stdout.take().expect("stdout");
+    let mut first = Vec::new();
+    let mut byte = [0u8; 1];
+    while stdout.read(&mut byte).expect("read") == 1 && byte[0] != b'\n' {
+        first.push(byte[0]);
+    }
+    (follow, stdout, text(&first))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn followed_jobs_end_only_in_a_terminal_state_with_a_distinct_exit_status() {
     let c = Cluster::start(10_000);
@@ -175,40 +217,7 @@ async fn followed_jobs_end_only_in_a_terminal_state_with_a_distinct_exit_status(
     assert!(err.contains("failed"), "{err}");
 
     // Cancelled while followed: 5.
-    let mut follow = Command::new(BIN)
-        .args([
-            "job",
-            "submit",
-            "--user",
-            USER,
-            "--licence",
-            &lic,
-            "--buyer-party",
-            BUYER,
-            "--buyer-dataset",
-            "dsb",
-            "--buyer-columns",
-            "k",
-            "--provider-columns",
-            "k",
-            "--mode",
-            "size",
-            "--watch",
-            "--operator",
-            &c.url,
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut stdout = follow.stdout.take().expect("stdout");
-    let mut first = Vec::new();
-    let mut byte = [0u8; 1];
-    while stdout.read(&mut byte).expect("read") == 1 && byte[0] != b'\n' {
-        first.push(byte[0]);
-    }
-    let first = text(&first);
+    let (mut follow, mut stdout, first) = spawn_followed_size_job(&c, &lic);
     let job_id = first.split_whitespace().next().expect("job id").to_string();
     assert!(
         first.contains(" admitted ") || first.contains(" running "),
@@ -252,36 +261,7 @@ async fn a_watch_that_loses_the_operator_ends_with_connection_lost() {
         .await;
     c.fund(100_000_000, "t1").await;
     let lic = c.licence("dsp", None).await;
-    let mut follow = Command::new(BIN)
-        .args([
-            "job",
-            "submit",
-            "--user",
-            USER,
-            "--licence",
-            &lic,
-            "--buyer-party",
-            BUYER,
-            "--buyer-dataset",
-            "dsb",
-            "--buyer-columns",
-            "k",
-            "--provider-columns",
-            "k",
-            "--mode",
-            "size",
-            "--watch",
-            "--operator",
-            &c.url,
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut stdout = follow.stdout.take().expect("stdout");
-    let mut byte = [0u8; 1];
-    while stdout.read(&mut byte).expect("read") == 1 && byte[0] != b'\n' {}
+    let (mut follow, mut stdout, _first) = spawn_followed_size_job(&c, &lic);
     c.operator.kill();
     let code = wait_exit(&mut follow, Duration::from_secs(60));
     let mut err = String::new();

@@ -136,20 +136,7 @@ fn inside(dir: &Path, name: &str) -> Result<PathBuf, TaskError> {
 /// a temporary file) and the cause.
 pub fn result_path(dir: &Path, name: &str) -> Result<PathBuf, TaskError> {
     let path = inside(dir, name)?;
-    let cause = match std::fs::metadata(dir) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(format!(
-            "the output directory {} does not exist",
-            dir.display()
-        )),
-        Err(e) => Some(format!("the output directory {}: {e}", dir.display())),
-        Ok(m) if !m.is_dir() => Some(format!(
-            "the output directory {} is not a directory",
-            dir.display()
-        )),
-        Ok(_) if path.is_dir() => Some(format!("{} is a directory", path.display())),
-        Ok(_) => None,
-    };
-    match cause {
+    match tessera_core::table::output_path_problem(&path) {
         Some(cause) => Err(TaskError::Internal(format!(
             "cannot write the result {}: {cause}",
             path.display()
