@@ -1,8 +1,13 @@
 //! Group operations of the protocol: hash to ristretto255, blinding with a secret scalar, and
-//! re-blinding of the peer's compressed points. Everything here is synchronous and CPU-bound and
-//! is parallelised with rayon; callers run it off the async runtime.
+//! re-blinding of the peer's compressed points; and the sender's release key, the AES-128
+//! permutation that hides the doubly-blinded values until the sender releases them. Everything
+//! here is synchronous and CPU-bound and is parallelised with rayon; callers run it off the
+//! async runtime.
 
 use std::fmt;
+
+use aes::Aes128;
+use aes::cipher::{BlockDecrypt, BlockEncrypt, KeyInit};
 
 use curve25519_dalek::ristretto::{CompressedRistretto, RistrettoPoint};
 use curve25519_dalek::scalar::Scalar;
@@ -53,6 +58,81 @@ impl Drop for SecretKey {
 impl fmt::Debug for SecretKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("SecretKey(<redacted>)")
+    }
+}
+
+/// Bytes of the sender's release key (an AES-128 key).
+pub const RELEASE_KEY_BYTES: usize = 16;
+
+/// The sender's release key `k`: each doubly-blinded value `v` goes on the wire as
+/// `AES-128_k(v)` (one block; `v` is exactly [`DOUBLE_BLINDED_BYTES`] = 16 bytes), and `k` is
+/// sent last, after the delivery point is recorded (crate docs, "Delivery point"). Before it, the
+/// receiver holds only images of its values under a pseudo-random permutation it cannot
+/// evaluate, so it can match none of them; after it, applying the permutation to its own side
+/// (or its inverse to the sender's) gives exactly the comparisons of the unkeyed protocol.
+///
+/// Zeroized on drop (the AES key schedule too, by the `aes` crate's `zeroize` feature);
+/// `Debug` prints `<redacted>`.
+pub(crate) struct ReleaseKey {
+    bytes: [u8; RELEASE_KEY_BYTES],
+    cipher: Aes128,
+}
+
+impl ReleaseKey {
+    /// Draws a uniformly random key from `rng`.
+    pub(crate) fn random<R: CryptoRngCore + ?Sized>(rng: &mut R) -> Self {
+        let mut bytes = [0u8; RELEASE_KEY_BYTES];
+        rng.fill_bytes(&mut bytes);
+        Self::from_bytes(bytes)
+    }
+
+    /// The key received in a `Release` frame.
+    pub(crate) fn from_bytes(bytes: [u8; RELEASE_KEY_BYTES]) -> Self {
+        let cipher = Aes128::new(&bytes.into());
+        ReleaseKey { bytes, cipher }
+    }
+
+    /// The key's bytes, for the `Release` frame.
+    pub(crate) fn bytes(&self) -> &[u8; RELEASE_KEY_BYTES] {
+        &self.bytes
+    }
+
+    /// Replaces each 16-byte value in `values` (a whole number of them) by its encryption.
+    pub(crate) fn encrypt_in_place(&self, values: &mut [u8]) {
+        values
+            .par_chunks_mut(CHUNK_ITEMS * DOUBLE_BLINDED_BYTES)
+            .for_each(|chunk| {
+                for v in chunk.chunks_exact_mut(DOUBLE_BLINDED_BYTES) {
+                    self.cipher.encrypt_block(v.into());
+                }
+            });
+    }
+
+    /// Encrypts (`encrypt`) or decrypts each value, read as the little-endian bytes of a `u128`.
+    pub(crate) fn apply(&self, values: &mut [u128], encrypt: bool) {
+        values.par_chunks_mut(CHUNK_ITEMS).for_each(|chunk| {
+            for v in chunk {
+                let mut block = v.to_le_bytes();
+                if encrypt {
+                    self.cipher.encrypt_block((&mut block).into());
+                } else {
+                    self.cipher.decrypt_block((&mut block).into());
+                }
+                *v = u128::from_le_bytes(block);
+            }
+        });
+    }
+}
+
+impl Drop for ReleaseKey {
+    fn drop(&mut self) {
+        self.bytes.zeroize();
+    }
+}
+
+impl fmt::Debug for ReleaseKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ReleaseKey(<redacted>)")
     }
 }
 
@@ -268,6 +348,29 @@ mod tests {
             reblind(&input, &k, &mut out, 16),
             Err(BadPoint { index: 150 })
         );
+    }
+
+    /// FIPS-197 appendix C.1 (AES-128): the release key is plain AES-128 on one block.
+    #[test]
+    fn release_key_is_aes_128() {
+        let key = ReleaseKey::from_bytes(unhex::<16>("000102030405060708090a0b0c0d0e0f"));
+        let mut block = unhex::<16>("00112233445566778899aabbccddeeff");
+        key.encrypt_in_place(&mut block);
+        assert_eq!(block, unhex::<16>("69c4e0d86a7b0430d8cdb78070b4c55a"));
+        let mut values: Vec<u128> = (0..1000u128).map(|i| i * 0x1234_5678_9abc).collect();
+        let orig = values.clone();
+        key.apply(&mut values, true);
+        assert_ne!(values, orig);
+        let mut bytes: Vec<u8> = orig.iter().flat_map(|v| v.to_le_bytes()).collect();
+        key.encrypt_in_place(&mut bytes);
+        let via_bytes: Vec<u128> = bytes
+            .chunks_exact(16)
+            .map(|c| u128::from_le_bytes(c.try_into().expect("16")))
+            .collect();
+        assert_eq!(values, via_bytes, "both forms are the same permutation");
+        key.apply(&mut values, false);
+        assert_eq!(values, orig);
+        assert_eq!(format!("{key:?}"), "ReleaseKey(<redacted>)");
     }
 
     #[test]

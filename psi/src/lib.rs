@@ -24,7 +24,8 @@
 //!     semi-honest receiver;
 //!   - as sender, make the receiver's output wrong: return the doubly-blinded values in another
 //!     order (attributing membership to the wrong keys), drop or replace values (hiding
-//!     members), or add points for keys it does not hold. It learns nothing more about the
+//!     members), release a wrong key (hiding every member), or add points for keys it does not
+//!     hold. It learns nothing more about the
 //!     receiver's keys this way: all it ever sees from the receiver are pseudo-random group
 //!     elements (under DDH) and it never receives the receiver's output;
 //!   - either side can abort at any point, or announce a set size other than its real one.
@@ -54,6 +55,11 @@
 //!   caller's RNG. It lives in a wrapper that zeroizes it on drop and prints as `<redacted>`.
 //! * On the wire points are 32-byte compressed Ristretto encodings; decoding rejects non-canonical
 //!   encodings and the identity.
+//! * The sender also draws a 128-bit **release key** `k` and sends each doubly-blinded value as
+//!   `AES-128_k(trunc(v))` (one AES block), revealing `k` only in its last frame. Modelling
+//!   AES-128 as a pseudo-random permutation, a receiver without `k` can compare none of the
+//!   values it holds with its own: it learns nothing about the intersection, not even a bound on
+//!   its size, until the release. The key is zeroized on drop and prints as `<redacted>`.
 //! * Doubly-blinded values, used only for equality tests, are truncated to
 //!   [`DOUBLE_BLINDED_BYTES`] = 16 bytes (the first 16 bytes of the canonical encoding, which
 //!   carry 127 free bits, since the lowest bit of a canonical encoding is always 0). Treating
@@ -74,26 +80,28 @@
 //! 2. Receiver → sender: `Points` batches of `H(x)^a` for its distinct keys, in order.
 //!    Concurrently, sender → receiver: `Points` batches of `H(y)^b` for its distinct keys, in an
 //!    order shuffled with the caller's RNG.
-//! 3. Sender → receiver: `Values` batches of `trunc(H(x)^ab)`: per received batch and in the
-//!    received order in intersection mode; in size-only mode all of them are first collected and
-//!    shuffled, then sent.
-//! 4. Receiver: computes `trunc(H(y)^ba)` for the sender's points, sends `Done` once it has all
-//!    frames, and matches the two value sets (sort + binary search).
-//! 5. Sender waits for `Done`, so that it never hangs up while frames are still in flight.
+//! 3. Sender → receiver: `Values` batches of `AES-128_k(trunc(H(x)^ab))`: per received batch
+//!    and in the received order in intersection mode; in size-only mode all of them are first
+//!    collected and shuffled, then sent.
+//! 4. Sender, once all its points and values are on the link: has the delivery recorded (see
+//!    below), then sends `Release` with `k`, its last frame.
+//! 5. Receiver: computes `trunc(H(y)^ba)` for the sender's points; once it has every frame and
+//!    `k`, sends `Done`, applies the permutation to the smaller of the two value sets
+//!    (decrypting its own values or encrypting the sender's) and matches them (sort + binary
+//!    search).
+//! 6. Sender waits for `Done`, so that it never hangs up while frames are still in flight.
 //!
 //! **Delivery point** (what the operator bills on), record before release: when every frame
-//! but the sender's last is on the link, the sender asks its caller's [`DeliveryGate`] to
-//! record the delivery durably ([`run_sender_reporting_delivery`]) and sends its last frame
-//! (the last `Values` batch) only if that succeeded; otherwise it aborts. So a receiver that
-//! holds the complete output always has a recorded delivery, whatever happens next (it
-//! withholds `Done`, it is killed, the operator is down), and the run is consumed and charged
-//! (`tessera_accounting::settle::delivered_job`). Two residues, documented rather than solved:
-//! frames lost in the instant after the last one is handed to the link leave a charged job
-//! without a result (the audit chain shows the failure after delivery); and in intersection
-//! mode the `Values` batches before the last one already let the receiver match those of its
-//! items against the sender's set, so a receiver that quits before the last batch learns that
-//! part unpaid. Closing the second needs a final release that unlocks everything at once (e.g.
-//! an extra blinding exponent revealed last), a protocol change left for later.
+//! but `Release` is on the link, the sender asks its caller's [`DeliveryGate`] to record the
+//! delivery durably ([`run_sender_reporting_delivery`]) and sends `Release` only if that
+//! succeeded; otherwise it aborts. The release is all or nothing: before it the receiver can
+//! match nothing (not even part of the intersection from early batches, nor a lower bound on
+//! its size), after it everything. So a receiver that learns anything always has a recorded
+//! delivery, whatever happens next (it withholds `Done`, it is killed, the operator is down),
+//! and the run is consumed and charged (`tessera_accounting::settle::delivered_job`). One
+//! residue, documented rather than solved (fair exchange without a trusted third party is
+//! impossible in general): a `Release` frame lost in the instant after it is handed to the link
+//! leaves a charged job without a result (the audit chain shows the failure after delivery).
 //!
 //! On a local failure a party sends a best-effort `Abort` frame with a reason code (given up
 //! after a few polls if the link does not accept it, so a full queue cannot hang us), so that
@@ -107,6 +115,9 @@
 //!   received batch must be non-empty, exactly the announced length, and may not bring the total
 //!   above the announced set size.
 //! * Own input: at most [`SET_ITEMS_MAX`] items of at most [`ITEM_BYTES_MAX`] bytes.
+//! * The release key costs one AES-128 block per receiver value on the sender and one per value
+//!   of the smaller set on the receiver (a few nanoseconds each with AES-NI, against tens of
+//!   microseconds for a point multiplication).
 //! * Memory besides the inputs: the receiver keeps `16 · (n_r + n_s)` bytes of values, the
 //!   sender `16 · n_r` in size-only mode; at most 2^20 items' worth is preallocated on the
 //!   strength of the peer's announcement, the rest grows only as data arrives.
@@ -133,8 +144,9 @@ pub use protocol::{run_receiver, run_sender, run_sender_reporting_delivery};
 /// The caller's side of the sender's delivery point (crate docs, "Delivery point").
 #[async_trait::async_trait]
 pub trait DeliveryGate: Send + Sync {
-    /// Records durably that the receiver is about to get its last frame. `true`: recorded,
-    /// the sender sends it; `false`: not recorded, the sender aborts without sending it.
+    /// Records durably that the receiver is about to get the release key, its last frame.
+    /// `true`: recorded, the sender sends it; `false`: not recorded, the sender aborts without
+    /// sending it.
     async fn record(&self) -> bool;
 }
 
@@ -426,8 +438,8 @@ pub enum PsiError {
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
     /// The caller's [`DeliveryGate`] could not record the delivery, so the sender stopped
-    /// before its last frame.
-    #[error("the delivery could not be recorded; the last frame was not sent")]
+    /// before its last frame (the release key).
+    #[error("the delivery could not be recorded; the release key was not sent")]
     DeliveryNotRecorded,
     /// The peer stopped and told us why.
     #[error("the peer aborted: {reason}")]

@@ -17,10 +17,11 @@ use tessera_core::Link;
 use zeroize::Zeroize;
 
 use crate::crypto::{
-    DOUBLE_BLINDED_BYTES, FlatItems, POINT_BYTES, SecretKey, hash_and_blind, reblind,
+    DOUBLE_BLINDED_BYTES, FlatItems, POINT_BYTES, ReleaseKey, SecretKey, hash_and_blind, reblind,
 };
 use crate::wire::{
     BATCH_HEADER_BYTES, Frame, Hello, PROTOCOL_VERSION, abort_frame, done_frame, new_batch,
+    release_frame,
 };
 use crate::{
     BATCH_ITEMS_LIMIT, DeliveryGate, ITEM_BYTES_MAX, Mode, NoGate, PHASE_BLIND, PHASE_EXCHANGE,
@@ -74,12 +75,12 @@ pub async fn run_sender<R: CryptoRngCore + Send>(
 }
 
 /// [`run_sender`] with the protocol's delivery point put to `gate` (see the crate docs,
-/// "Delivery point"): once every frame but the sender's last is on the link, the sender asks
-/// `gate.record()` to record the delivery durably, and sends its last frame only if it did;
-/// otherwise the run fails with [`PsiError::DeliveryNotRecorded`] and the receiver never gets
-/// that frame. The gate is asked exactly once per run that gets that far, never after an
-/// error. With an empty receiver set there is no last frame to hold back; the gate is then
-/// asked after every frame is sent.
+/// "Delivery point"): once every frame but the sender's last (its `Release` of the key that
+/// unlocks all values at once) is on the link, the sender asks `gate.record()` to record the
+/// delivery durably, and sends the key only if it did; otherwise the run fails with
+/// [`PsiError::DeliveryNotRecorded`] and the receiver, holding only encrypted values, learns
+/// nothing about the intersection. The gate is asked exactly once per run that gets that far,
+/// never after an error.
 ///
 /// # Errors
 /// As [`run_sender`], and [`PsiError::DeliveryNotRecorded`].
@@ -96,23 +97,6 @@ pub async fn run_sender_reporting_delivery<R: CryptoRngCore + Send>(
         notify_peer(link, e).await;
     }
     result
-}
-
-/// Waits until all of the sender's own points are on the link, then has `gate` record the
-/// delivery; `Ok` only if it did.
-async fn record_delivery(
-    points_out: &mut Option<tokio::sync::oneshot::Receiver<()>>,
-    gate: &dyn DeliveryGate,
-) -> Result<(), PsiError> {
-    if let Some(rx) = points_out.take() {
-        rx.await
-            .map_err(|_| PsiError::Internal("the sender's points did not all go out".into()))?;
-    }
-    if gate.record().await {
-        Ok(())
-    } else {
-        Err(PsiError::DeliveryNotRecorded)
-    }
 }
 
 async fn receiver<R: CryptoRngCore + Send>(
@@ -185,13 +169,24 @@ async fn receiver<R: CryptoRngCore + Send>(
         }
         Ok::<_, PsiError>((ours, theirs))
     };
-    let ((), (ours, theirs)) = tokio::try_join!(send, receive)?;
+    let ((), (mut ours, mut theirs)) = tokio::try_join!(send, receive)?;
+    // Until the sender releases its key, `ours` are encryptions under a key we do not have.
+    let release = match recv_frame(link).await? {
+        Frame::Release(key) => ReleaseKey::from_bytes(key),
+        other => return Err(unexpected(other, "release")),
+    };
     link.send(done_frame()).await?;
 
     progress.report(PHASE_MATCH, 0, own_size as u64);
     let mode = cfg.mode;
     let (intersection_size, intersection) = compute(move || {
-        let mut theirs = theirs;
+        // One permutation applied to one side makes the sides comparable: the smaller one.
+        if ours.len() <= theirs.len() {
+            release.apply(&mut ours, false);
+        } else {
+            release.apply(&mut theirs, true);
+        }
+        drop(release);
         theirs.par_sort_unstable();
         let member = |v: &Value| theirs.binary_search(v).is_ok();
         match mode {
@@ -227,6 +222,7 @@ async fn sender<R: CryptoRngCore + Send>(
     check_input(items)?;
     let batch = effective_batch(cfg, link)?;
     let key = Arc::new(SecretKey::random(rng));
+    let release = Arc::new(ReleaseKey::random(rng));
     let mut points_shuffle = derived_rng(rng);
     let mut values_shuffle = derived_rng(rng);
     let distinct = distinct_indices(items).await;
@@ -243,16 +239,8 @@ async fn sender<R: CryptoRngCore + Send>(
         order
     })
     .await?;
-    let (points_out_tx, points_out_rx) = tokio::sync::oneshot::channel::<()>();
-    let send = async {
-        send_blinded_items(link, items, &order, batch, &key, progress, None).await?;
-        let _ = points_out_tx.send(());
-        Ok::<_, PsiError>(())
-    };
+    let send = send_blinded_items(link, items, &order, batch, &key, progress, None);
     let answer = async {
-        // Record, then release: the delivery point is recorded before the last frame leaves.
-        let mut points_out = Some(points_out_rx);
-        let mut recorded = false;
         let mut received = 0usize;
         let mut collected: Vec<[u8; DOUBLE_BLINDED_BYTES]> = match mode {
             Mode::Intersection => Vec::new(),
@@ -265,27 +253,24 @@ async fn sender<R: CryptoRngCore + Send>(
             };
             check_count(count, peer_batch, peer_size - received, "receiver points")?;
             let key = Arc::clone(&key);
+            let release = Arc::clone(&release);
             let frame = compute(move || {
                 let mut frame = new_batch(false, count, DOUBLE_BLINDED_BYTES);
                 let out = frame.get_mut(BATCH_HEADER_BYTES..).unwrap_or_default();
-                reblind(&payload, &key, out, DOUBLE_BLINDED_BYTES)
-                    .map(|()| frame.freeze())
-                    .map_err(|e| {
-                        PsiError::Protocol(format!(
-                            "receiver point {} of a batch is not a valid group element",
-                            e.index
-                        ))
-                    })
+                reblind(&payload, &key, out, DOUBLE_BLINDED_BYTES).map_err(|e| {
+                    PsiError::Protocol(format!(
+                        "receiver point {} of a batch is not a valid group element",
+                        e.index
+                    ))
+                })?;
+                release.encrypt_in_place(out);
+                Ok::<_, PsiError>(frame.freeze())
             })
             .await??;
             received += count;
             progress.report(PHASE_BLIND, received as u64, peer_size as u64);
             match mode {
                 Mode::Intersection => {
-                    if received == peer_size {
-                        record_delivery(&mut points_out, gate).await?;
-                        recorded = true;
-                    }
                     link.send(frame).await?;
                     progress.report(PHASE_EXCHANGE, received as u64, peer_size as u64);
                 }
@@ -305,12 +290,7 @@ async fn sender<R: CryptoRngCore + Send>(
             })
             .await?;
             let mut sent = 0usize;
-            let chunks = values.chunks(batch).count();
-            for (i, chunk) in values.chunks(batch).enumerate() {
-                if i + 1 == chunks {
-                    record_delivery(&mut points_out, gate).await?;
-                    recorded = true;
-                }
+            for chunk in values.chunks(batch) {
                 let mut frame = new_batch(false, chunk.len(), DOUBLE_BLINDED_BYTES);
                 let out = frame.get_mut(BATCH_HEADER_BYTES..).unwrap_or_default();
                 for (dst, v) in out.chunks_exact_mut(DOUBLE_BLINDED_BYTES).zip(chunk) {
@@ -321,13 +301,15 @@ async fn sender<R: CryptoRngCore + Send>(
                 progress.report(PHASE_EXCHANGE, sent as u64, peer_size as u64);
             }
         }
-        Ok((recorded, points_out))
+        Ok(())
     };
-    let ((), (recorded, mut points_out)) = tokio::try_join!(send, answer)?;
-    if !recorded {
-        // An empty receiver set: no last frame to hold back, the output is known to be empty.
-        record_delivery(&mut points_out, gate).await?;
+    tokio::try_join!(send, answer)?;
+    // Record, then release: every other frame is on the link; the key unlocks them all at once.
+    if !gate.record().await {
+        return Err(PsiError::DeliveryNotRecorded);
     }
+    link.send(release_frame(release.bytes())).await?;
+    drop(release);
     match recv_frame(link).await? {
         Frame::Done => Ok(SenderOutput {
             receiver_set_size: peer_size as u64,

@@ -3,25 +3,28 @@
 //! ```text
 //! Hello  : kind=0x01 | magic "TPSI" | version u16 | role u8 | mode u8 | set_size u64 | batch u32
 //! Points : kind=0x02 | count u32 | count × 32-byte compressed ristretto255 point
-//! Values : kind=0x03 | count u32 | count × 16-byte truncated doubly-blinded value
+//! Values : kind=0x03 | count u32 | count × 16-byte AES-128_k(truncated doubly-blinded value)
 //! Done   : kind=0x04
+//! Release: kind=0x05 | 16-byte release key k
 //! Abort  : kind=0x7F | reason u8
 //! ```
 //! All integers are little-endian. A frame must have exactly the length its header implies.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::crypto::{DOUBLE_BLINDED_BYTES, POINT_BYTES};
+use crate::crypto::{DOUBLE_BLINDED_BYTES, POINT_BYTES, RELEASE_KEY_BYTES};
 use crate::{AbortReason, Mode, PsiError, Role};
 
-/// Version of the frame layout and message flow; both parties must agree.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Version of the frame layout and message flow; both parties must agree. Version 2 encrypts
+/// the `Values` under the sender's release key and ends the sender's frames with `Release`.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 const MAGIC: [u8; 4] = *b"TPSI";
 const KIND_HELLO: u8 = 0x01;
 const KIND_POINTS: u8 = 0x02;
 const KIND_VALUES: u8 = 0x03;
 const KIND_DONE: u8 = 0x04;
+const KIND_RELEASE: u8 = 0x05;
 const KIND_ABORT: u8 = 0x7F;
 /// Length of a `Hello` frame.
 const HELLO_BYTES: usize = 1 + 4 + 2 + 1 + 1 + 8 + 4;
@@ -108,8 +111,8 @@ impl Hello {
     }
 }
 
-/// A parsed frame from the peer. Batch payloads are sub-slices of the received buffer.
-#[derive(Debug)]
+/// A parsed frame from the peer. Batch payloads are sub-slices of the received buffer. `Debug`
+/// shows the kind and counts only (no payload, no key).
 pub(crate) enum Frame {
     Hello(Hello),
     /// `count` compressed points (`count * POINT_BYTES` bytes).
@@ -123,7 +126,22 @@ pub(crate) enum Frame {
         payload: Bytes,
     },
     Done,
+    /// The sender's release key.
+    Release([u8; RELEASE_KEY_BYTES]),
     Abort(AbortReason),
+}
+
+impl std::fmt::Debug for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Frame::Hello(h) => h.fmt(f),
+            Frame::Points { count, .. } | Frame::Values { count, .. } => {
+                write!(f, "{}({count})", self.name())
+            }
+            Frame::Abort(r) => write!(f, "abort({r})"),
+            Frame::Done | Frame::Release(_) => f.write_str(self.name()),
+        }
+    }
 }
 
 impl Frame {
@@ -134,6 +152,7 @@ impl Frame {
             Frame::Points { .. } => "points",
             Frame::Values { .. } => "values",
             Frame::Done => "done",
+            Frame::Release(_) => "release",
             Frame::Abort(_) => "abort",
         }
     }
@@ -150,6 +169,17 @@ impl Frame {
             KIND_VALUES => parse_batch(frame, DOUBLE_BLINDED_BYTES, "values")
                 .map(|(count, payload)| Frame::Values { count, payload }),
             KIND_DONE if frame.len() == 1 => Ok(Frame::Done),
+            KIND_RELEASE => frame
+                .get(1..)
+                .and_then(|k| <[u8; RELEASE_KEY_BYTES]>::try_from(k).ok())
+                .map(Frame::Release)
+                .ok_or_else(|| {
+                    PsiError::Protocol(format!(
+                        "release frame of {} bytes (expected {})",
+                        frame.len(),
+                        1 + RELEASE_KEY_BYTES
+                    ))
+                }),
             KIND_ABORT if frame.len() == 2 => Ok(Frame::Abort(match frame.get(1) {
                 Some(1) => AbortReason::Protocol,
                 Some(2) => AbortReason::VersionMismatch,
@@ -210,6 +240,13 @@ pub(crate) fn new_batch(kind_points: bool, count: usize, width: usize) -> BytesM
 
 pub(crate) fn done_frame() -> Bytes {
     Bytes::from_static(&[KIND_DONE])
+}
+
+pub(crate) fn release_frame(key: &[u8; RELEASE_KEY_BYTES]) -> Bytes {
+    let mut b = BytesMut::with_capacity(1 + RELEASE_KEY_BYTES);
+    b.put_u8(KIND_RELEASE);
+    b.put_slice(key);
+    b.freeze()
 }
 
 pub(crate) fn abort_frame(reason: AbortReason) -> Bytes {
@@ -279,6 +316,18 @@ mod tests {
     #[test]
     fn abort_and_done_round_trip() {
         assert!(matches!(Frame::parse(done_frame()), Ok(Frame::Done)));
+        let key = [7u8; RELEASE_KEY_BYTES];
+        assert!(matches!(Frame::parse(release_frame(&key)), Ok(Frame::Release(k)) if k == key));
+        for bad in [
+            &[KIND_RELEASE][..],
+            &[KIND_RELEASE; 18][..],
+            &[KIND_RELEASE; 16][..],
+        ] {
+            assert!(matches!(
+                Frame::parse(Bytes::copy_from_slice(bad)),
+                Err(PsiError::Protocol(_))
+            ));
+        }
         for r in [
             AbortReason::Protocol,
             AbortReason::ModeMismatch,

@@ -181,8 +181,9 @@ async fn small_batches_and_small_frames_respect_bounds() {
     s_out.expect("sender");
     // Receiver: hello + ceil(1000 / 7) point batches + done.
     assert_eq!(a.stats().frames_sent, 1 + 143 + 1);
-    // Sender: hello + ceil(1200 / 10) point batches + one value batch per receiver batch.
-    assert_eq!(b.stats().frames_sent, 1 + 120 + 143);
+    // Sender: hello + ceil(1200 / 10) point batches + one value batch per receiver batch +
+    // the release.
+    assert_eq!(b.stats().frames_sent, 1 + 120 + 143 + 1);
     // Size-only mode re-batches the shuffled values with the sender's batch size.
     let (a, b) = MemLink::pair_with_limit(5 + 32 * 10);
     let size_only = cfg(Mode::SizeOnly);
@@ -195,7 +196,7 @@ async fn small_batches_and_small_frames_respect_bounds() {
     .await;
     assert_eq!(r_out.expect("receiver").intersection_size, 500);
     s_out.expect("sender");
-    assert_eq!(b.stats().frames_sent, 1 + 120 + 100);
+    assert_eq!(b.stats().frames_sent, 1 + 120 + 100 + 1);
 }
 
 #[derive(Default)]
@@ -454,6 +455,9 @@ async fn garbage_frames_are_protocol_errors() {
             b.extend(std::iter::repeat_n(7u8, 21 * 16));
             Bytes::from(b)
         }],
+        // A release of the wrong length, and a release before the values.
+        vec![good_hello.clone(), Bytes::from_static(&[0x05, 1, 2])],
+        vec![good_hello.clone(), Bytes::from(vec![0x05; 17])],
         // Unknown kind, and a second hello.
         vec![good_hello.clone(), Bytes::from_static(&[0x42, 0, 0])],
         vec![good_hello.clone(), good_hello.clone()],
@@ -887,4 +891,112 @@ async fn delivery_is_recorded_once_before_the_last_frame_or_the_frame_is_withhel
     .await;
     assert!(s.is_err());
     assert_eq!(asked, 0, "the sender never got to its last frame");
+}
+
+/// `trunc16(P·k)` for a compressed point `P`, as a receiver computes its comparison values.
+fn reblind16(point: &[u8], k: &curve25519_dalek::Scalar) -> [u8; 16] {
+    let p = curve25519_dalek::ristretto::CompressedRistretto::from_slice(point)
+        .expect("32 bytes")
+        .decompress()
+        .expect("valid point");
+    let enc = (p * k).compress().to_bytes();
+    <[u8; 16]>::try_from(&enc[..16]).expect("16 bytes")
+}
+
+/// A receiver that follows the protocol by hand, with its own exponent, and so computes every
+/// comparison value itself: before the sender's `Release`, the values it holds match none of
+/// its own, whatever batches came (an early quitter learns nothing, not even a count); after
+/// it, exactly the common keys match.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_match_nothing_before_the_release_key() {
+    use aes::cipher::{BlockDecrypt, KeyInit};
+    use sha2::Sha512;
+    for mode in [Mode::Intersection, Mode::SizeOnly] {
+        let r_items = keys(0..40);
+        let s_items = keys(20..100);
+        let (a, b) = MemLink::pair();
+        let gate = CountingGate::new(true);
+        let mut s_rng = ChaCha20Rng::seed_from_u64(41);
+        let c = PsiConfig {
+            mode,
+            batch_items_max: 8,
+        };
+        let fake = async {
+            let mut rng = ChaCha20Rng::seed_from_u64(42);
+            let k = curve25519_dalek::Scalar::random(&mut rng);
+            let mode_code = u8::from(mode == Mode::SizeOnly);
+            b.send(hello(PROTOCOL_VERSION, RECEIVER, mode_code, 40, 8))
+                .await
+                .expect("hello");
+            let points: Vec<[u8; 32]> = r_items
+                .iter()
+                .map(|x| {
+                    let mut m = tessera_psi::HASH_DOMAIN.to_vec();
+                    m.extend_from_slice(x);
+                    (RistrettoPoint::hash_from_bytes::<Sha512>(&m) * k)
+                        .compress()
+                        .to_bytes()
+                })
+                .collect();
+            for chunk in points.chunks(8) {
+                b.send(points_batch(chunk)).await.expect("points");
+            }
+            let (mut theirs, mut values) = (HashSet::new(), Vec::new());
+            let key = loop {
+                let frame = b.recv().await.expect("frame");
+                match frame.first() {
+                    Some(0x02) => {
+                        theirs.extend(frame[5..].chunks_exact(32).map(|p| reblind16(p, &k)))
+                    }
+                    Some(0x03) => {
+                        values.extend(
+                            frame[5..]
+                                .chunks_exact(16)
+                                .map(|v| <[u8; 16]>::try_from(v).expect("16")),
+                        );
+                        let early = values.iter().filter(|v| theirs.contains(*v)).count();
+                        assert_eq!(early, 0, "{mode}: a value matched before the release");
+                    }
+                    Some(0x05) => break <[u8; 16]>::try_from(&frame[1..]).expect("16-byte key"),
+                    Some(0x01) => {} // the sender's hello
+                    other => panic!("unexpected frame kind {other:?}"),
+                }
+            };
+            let before = values.iter().filter(|v| theirs.contains(*v)).count();
+            assert_eq!(before, 0, "{mode}: all values, no key: nothing matches");
+            assert_eq!(gate.asked(), 1, "{mode}: recorded before the key was sent");
+            assert_eq!(
+                (theirs.len(), values.len()),
+                (80, 40),
+                "{mode}: every frame came first"
+            );
+            b.send(Bytes::from_static(&[0x04])).await.expect("done");
+            let cipher = aes::Aes128::new(&key.into());
+            let mut matched = Vec::new();
+            for (i, v) in values.iter().enumerate() {
+                let mut block = *v;
+                cipher.decrypt_block((&mut block).into());
+                if theirs.contains(&block) {
+                    matched.push(i);
+                }
+            }
+            matched
+        };
+        let (s, matched) = bounded(async {
+            tokio::join!(
+                run_sender_reporting_delivery(&a, &s_items, &c, &mut s_rng, &NoProgress, &gate),
+                fake
+            )
+        })
+        .await;
+        assert_eq!(s.expect("sender").receiver_set_size, 40);
+        assert_eq!(matched.len(), 20, "{mode}");
+        if mode == Mode::Intersection {
+            assert_eq!(
+                matched,
+                (20..40).collect::<Vec<_>>(),
+                "in the receiver's order"
+            );
+        }
+    }
 }
