@@ -7,6 +7,7 @@
 //! state appends an entry to the hash-chained audit log in the same transaction (see
 //! [`audit`]).
 
+mod accounts;
 pub mod audit;
 mod bills;
 mod jobs;
@@ -24,6 +25,7 @@ use std::time::Duration;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
+pub use accounts::{PartyRecord, TokenRecord, UserRecord};
 pub use bills::{BillLineRecord, BillRecord, LATE_WINDOW_MS_MAX, StatementRecord, bill_id};
 pub use jobs::{
     AdmitContext, AdmitOutcome, Decision, EmptyKeyCounts, FailureOrigin, FinishOutcome, JobFinish,

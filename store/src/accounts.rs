@@ -1,0 +1,673 @@
+//! Users, their roles and recorded groups, parties and their owners, and API and registration
+//! tokens (hashes only) — the store side of "who is calling". Decisions (may this caller do
+//! that?) are `tessera_auth`'s; this module persists and reads, and appends every change to
+//! the audit chain (never a secret or its hash).
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+use sqlx::Row;
+use tessera_auth::{Principal, Roles, TokenKind};
+
+use crate::{Store, StoreError, audit};
+
+/// A user as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UserRecord {
+    /// User id.
+    pub user_id: String,
+    /// Its roles, as text (`provider,buyer`).
+    pub roles: String,
+    /// Its recorded groups.
+    pub groups: BTreeSet<String>,
+    /// When it was created (UTC ms).
+    pub created_at_ms: i64,
+    /// When it was disabled, if it was (its tokens stop working).
+    pub disabled_at_ms: Option<i64>,
+}
+
+/// A party and its owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PartyRecord {
+    /// Party id.
+    pub party_id: String,
+    /// The user who owns it.
+    pub owner_user_id: String,
+    /// When it was created (UTC ms).
+    pub created_at_ms: i64,
+}
+
+/// A token as stored: never its secret, only the secret's SHA-256.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// Public id.
+    pub token_id: String,
+    /// API or registration.
+    pub kind: TokenKind,
+    /// The user of an API token.
+    pub user_id: Option<String>,
+    /// The party of a registration token.
+    pub party_id: Option<String>,
+    /// SHA-256 of the secret.
+    pub secret_sha256: Vec<u8>,
+    /// Free text naming the token's use.
+    pub label: String,
+    /// When it was issued (UTC ms).
+    pub created_at_ms: i64,
+    /// When it stops working (UTC ms).
+    pub expires_at_ms: i64,
+    /// When it was revoked, if it was.
+    pub revoked_at_ms: Option<i64>,
+}
+
+impl std::fmt::Debug for TokenRecord {
+    /// Omits the secret's hash.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenRecord")
+            .field("token_id", &self.token_id)
+            .field("kind", &self.kind)
+            .field("user_id", &self.user_id)
+            .field("party_id", &self.party_id)
+            .field("label", &self.label)
+            .field("created_at_ms", &self.created_at_ms)
+            .field("expires_at_ms", &self.expires_at_ms)
+            .field("revoked_at_ms", &self.revoked_at_ms)
+            .finish()
+    }
+}
+
+fn kind_text(kind: TokenKind) -> &'static str {
+    match kind {
+        TokenKind::Api => "api",
+        TokenKind::Registration => "registration",
+    }
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+impl Store {
+    /// Creates a user with `roles` (at least one). The first user may be created on an empty
+    /// store by the operator's start-up; afterwards only through the account service.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] if the id exists; [`StoreError::Invalid`] for no role.
+    pub async fn create_user(
+        &self,
+        user_id: &str,
+        roles: Roles,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        if roles.is_empty() {
+            return Err(StoreError::Invalid {
+                field: "roles",
+                reason: "a user needs at least one role".into(),
+            });
+        }
+        let mut tx = self.write.begin().await?;
+        let r = sqlx::query(
+            "INSERT INTO users (user_id, roles, created_at_ms) VALUES (?, ?, ?) \
+             ON CONFLICT(user_id) DO NOTHING",
+        )
+        .bind(user_id)
+        .bind(roles.to_string())
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::Conflict {
+                kind: "user",
+                id: user_id.into(),
+            });
+        }
+        audit::append(
+            &mut tx,
+            now_ms,
+            "user_create",
+            user_id,
+            &serde_json::json!({"roles": roles.to_string()}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Whether any user exists (the first start creates the operator's admin account).
+    pub async fn has_users(&self) -> Result<bool, StoreError> {
+        Ok(sqlx::query("SELECT 1 FROM users LIMIT 1")
+            .fetch_optional(&self.write)
+            .await?
+            .is_some())
+    }
+
+    /// Disables a user: its tokens stop working. Disabling twice is a no-op.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] for an unknown user.
+    pub async fn disable_user(&self, user_id: &str, now_ms: i64) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        let r = sqlx::query(
+            "UPDATE users SET disabled_at_ms = COALESCE(disabled_at_ms, ?) WHERE user_id = ?",
+        )
+        .bind(now_ms)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                kind: "user",
+                id: user_id.into(),
+            });
+        }
+        audit::append(
+            &mut tx,
+            now_ms,
+            "user_disable",
+            user_id,
+            &serde_json::json!({}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// One user with its groups.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] for an unknown user.
+    pub async fn user(&self, user_id: &str) -> Result<UserRecord, StoreError> {
+        let r = sqlx::query(
+            "SELECT user_id, roles, created_at_ms, disabled_at_ms FROM users WHERE user_id = ?",
+        )
+        .bind(user_id)
+        .fetch_optional(&self.read)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            kind: "user",
+            id: user_id.into(),
+        })?;
+        let groups = sqlx::query("SELECT group_id FROM group_members WHERE user_id = ?")
+            .bind(user_id)
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(|g| g.try_get::<String, _>(0))
+            .collect::<Result<_, _>>()?;
+        Ok(UserRecord {
+            user_id: r.try_get(0)?,
+            roles: r.try_get(1)?,
+            groups,
+            created_at_ms: r.try_get(2)?,
+            disabled_at_ms: r.try_get(3)?,
+        })
+    }
+
+    /// Every user, in id order (at most `limit`).
+    pub async fn users(&self, limit: u32) -> Result<Vec<UserRecord>, StoreError> {
+        let ids: Vec<String> = sqlx::query("SELECT user_id FROM users ORDER BY user_id LIMIT ?")
+            .bind(i64::from(limit))
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.push(self.user(&id).await?);
+        }
+        Ok(out)
+    }
+
+    /// The principal of an enabled user: roles parsed, groups recorded.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] for an unknown or disabled user; [`StoreError::Corrupt`] for
+    /// stored roles that do not parse.
+    pub async fn principal(&self, user_id: &str) -> Result<Principal, StoreError> {
+        let u = self.user(user_id).await?;
+        if u.disabled_at_ms.is_some() {
+            return Err(StoreError::NotFound {
+                kind: "user",
+                id: user_id.into(),
+            });
+        }
+        Ok(Principal {
+            roles: u.roles.parse().map_err(corrupt)?,
+            user: u.user_id,
+            groups: u.groups,
+        })
+    }
+
+    /// Records `user_id` in `group_id` (idempotent); `added` is false if it was already.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] for an unknown user.
+    pub async fn add_group_member(
+        &self,
+        group_id: &str,
+        user_id: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let known = sqlx::query("SELECT 1 FROM users WHERE user_id = ?")
+            .bind(user_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if known.is_none() {
+            return Err(StoreError::NotFound {
+                kind: "user",
+                id: user_id.into(),
+            });
+        }
+        let r = sqlx::query(
+            "INSERT INTO group_members (group_id, user_id, added_at_ms) VALUES (?, ?, ?) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(group_id)
+        .bind(user_id)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        let added = r.rows_affected() == 1;
+        if added {
+            audit::append(
+                &mut tx,
+                now_ms,
+                "group_add",
+                group_id,
+                &serde_json::json!({"user": user_id}),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(added)
+    }
+
+    /// Removes `user_id` from `group_id`; `removed` is false if it was not a member.
+    pub async fn remove_group_member(
+        &self,
+        group_id: &str,
+        user_id: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let r = sqlx::query("DELETE FROM group_members WHERE group_id = ? AND user_id = ?")
+            .bind(group_id)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        let removed = r.rows_affected() == 1;
+        if removed {
+            audit::append(
+                &mut tx,
+                now_ms,
+                "group_remove",
+                group_id,
+                &serde_json::json!({"user": user_id}),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(removed)
+    }
+
+    /// Creates a party owned by `owner`.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] if the party exists; [`StoreError::NotFound`] for an unknown
+    /// owner.
+    pub async fn create_party(
+        &self,
+        party_id: &str,
+        owner: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        let known = sqlx::query("SELECT 1 FROM users WHERE user_id = ?")
+            .bind(owner)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if known.is_none() {
+            return Err(StoreError::NotFound {
+                kind: "user",
+                id: owner.into(),
+            });
+        }
+        let r = sqlx::query(
+            "INSERT INTO parties (party_id, owner_user_id, created_at_ms) VALUES (?, ?, ?) \
+             ON CONFLICT(party_id) DO NOTHING",
+        )
+        .bind(party_id)
+        .bind(owner)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::Conflict {
+                kind: "party",
+                id: party_id.into(),
+            });
+        }
+        audit::append(
+            &mut tx,
+            now_ms,
+            "party_create",
+            party_id,
+            &serde_json::json!({"owner": owner}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// One party.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] for an unknown party.
+    pub async fn party(&self, party_id: &str) -> Result<PartyRecord, StoreError> {
+        let r = sqlx::query(
+            "SELECT party_id, owner_user_id, created_at_ms FROM parties WHERE party_id = ?",
+        )
+        .bind(party_id)
+        .fetch_optional(&self.read)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            kind: "party",
+            id: party_id.into(),
+        })?;
+        Ok(PartyRecord {
+            party_id: r.try_get(0)?,
+            owner_user_id: r.try_get(1)?,
+            created_at_ms: r.try_get(2)?,
+        })
+    }
+
+    /// Records an issued token (its hash only). The audit entry names the token's id, owner
+    /// and expiry, never the hash.
+    ///
+    /// # Errors
+    /// [`StoreError::Invalid`] for a record that is neither a user's API token nor a party's
+    /// registration token, or that expires before it is issued; [`StoreError::NotFound`] for
+    /// an unknown user or party; [`StoreError::Conflict`] for a reused id.
+    pub async fn create_token(&self, t: &TokenRecord) -> Result<(), StoreError> {
+        let (table, column, owner, owner_kind) = match (t.kind, &t.user_id, &t.party_id) {
+            (TokenKind::Api, Some(u), None) => ("users", "user_id", u, "user"),
+            (TokenKind::Registration, None, Some(p)) => ("parties", "party_id", p, "party"),
+            _ => {
+                return Err(StoreError::Invalid {
+                    field: "token",
+                    reason: "an API token belongs to a user, a registration token to a party"
+                        .into(),
+                });
+            }
+        };
+        if t.expires_at_ms <= t.created_at_ms {
+            return Err(StoreError::Invalid {
+                field: "expires_at",
+                reason: "a token must expire after it is issued".into(),
+            });
+        }
+        let mut tx = self.write.begin().await?;
+        let known = sqlx::query(&format!("SELECT 1 FROM {table} WHERE {column} = ?"))
+            .bind(owner)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if known.is_none() {
+            return Err(StoreError::NotFound {
+                kind: owner_kind,
+                id: owner.clone(),
+            });
+        }
+        let r = sqlx::query(
+            "INSERT INTO tokens (token_id, kind, user_id, party_id, secret_sha256, label, \
+             created_at_ms, expires_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT(token_id) DO NOTHING",
+        )
+        .bind(&t.token_id)
+        .bind(kind_text(t.kind))
+        .bind(&t.user_id)
+        .bind(&t.party_id)
+        .bind(&t.secret_sha256)
+        .bind(&t.label)
+        .bind(t.created_at_ms)
+        .bind(t.expires_at_ms)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::Conflict {
+                kind: "token",
+                id: t.token_id.clone(),
+            });
+        }
+        audit::append(
+            &mut tx,
+            t.created_at_ms,
+            "token_issue",
+            &t.token_id,
+            &serde_json::json!({
+                "kind": kind_text(t.kind),
+                "user": t.user_id,
+                "party": t.party_id,
+                "label": t.label,
+                "expires_at_ms": t.expires_at_ms,
+            }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// One token by its public id (`None`: no such token).
+    pub async fn token(&self, token_id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let row = sqlx::query(&format!("{TOKEN_COLUMNS} WHERE token_id = ?"))
+            .bind(token_id)
+            .fetch_optional(&self.read)
+            .await?;
+        row.as_ref().map(token_from_row).transpose()
+    }
+
+    /// A user's API tokens (or every API token, for `None`), newest first, at most `limit`.
+    pub async fn tokens(
+        &self,
+        user_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<TokenRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "{TOKEN_COLUMNS} WHERE kind = 'api' AND (? IS NULL OR user_id = ?) \
+             ORDER BY created_at_ms DESC, token_id LIMIT ?"
+        ))
+        .bind(user_id)
+        .bind(user_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    /// Revokes a token; revoking twice is a no-op.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] for an unknown token.
+    pub async fn revoke_token(&self, token_id: &str, now_ms: i64) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        let r = sqlx::query(
+            "UPDATE tokens SET revoked_at_ms = COALESCE(revoked_at_ms, ?) WHERE token_id = ?",
+        )
+        .bind(now_ms)
+        .bind(token_id)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                kind: "token",
+                id: token_id.into(),
+            });
+        }
+        audit::append(
+            &mut tx,
+            now_ms,
+            "token_revoke",
+            token_id,
+            &serde_json::json!({}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+const TOKEN_COLUMNS: &str = "SELECT token_id, kind, user_id, party_id, secret_sha256, label, \
+     created_at_ms, expires_at_ms, revoked_at_ms FROM tokens";
+
+fn token_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TokenRecord, StoreError> {
+    let kind = match r.try_get::<String, _>(1)?.as_str() {
+        "api" => TokenKind::Api,
+        "registration" => TokenKind::Registration,
+        other => return Err(corrupt(format!("token kind {other:?}"))),
+    };
+    Ok(TokenRecord {
+        token_id: r.try_get(0)?,
+        kind,
+        user_id: r.try_get(2)?,
+        party_id: r.try_get(3)?,
+        secret_sha256: r.try_get(4)?,
+        label: r.try_get(5)?,
+        created_at_ms: r.try_get(6)?,
+        expires_at_ms: r.try_get(7)?,
+        revoked_at_ms: r.try_get(8)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_auth::{Role, Token};
+
+    async fn open() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("tessera.db"))
+            .await
+            .expect("open");
+        (dir, store)
+    }
+
+    fn api_token(user: &str, now: i64) -> (Token, TokenRecord) {
+        let mut rng = rand_core::OsRng;
+        let t = Token::generate(TokenKind::Api, &mut rng);
+        let rec = TokenRecord {
+            token_id: t.id().to_owned(),
+            kind: TokenKind::Api,
+            user_id: Some(user.into()),
+            party_id: None,
+            secret_sha256: t.secret_hash().to_vec(),
+            label: "laptop".into(),
+            created_at_ms: now,
+            expires_at_ms: now + 1000,
+            revoked_at_ms: None,
+        };
+        (t, rec)
+    }
+
+    #[tokio::test]
+    async fn users_groups_parties_and_tokens_round_trip_and_are_audited() {
+        let (_d, s) = open().await;
+        assert!(!s.has_users().await.expect("has"));
+        s.create_user("root", Roles::of(&[Role::Operator]), 1)
+            .await
+            .expect("root");
+        s.create_user("alice", Roles::of(&[Role::Buyer, Role::Provider]), 2)
+            .await
+            .expect("alice");
+        assert!(s.has_users().await.expect("has"));
+        assert!(matches!(
+            s.create_user("alice", Roles::of(&[Role::Buyer]), 3).await,
+            Err(StoreError::Conflict { .. })
+        ));
+        assert!(matches!(
+            s.create_user("bob", Roles::NONE, 3).await,
+            Err(StoreError::Invalid { .. })
+        ));
+        assert!(
+            s.add_group_member("analysts", "alice", 4)
+                .await
+                .expect("add")
+        );
+        assert!(
+            !s.add_group_member("analysts", "alice", 5)
+                .await
+                .expect("again")
+        );
+        assert!(matches!(
+            s.add_group_member("analysts", "nobody", 5).await,
+            Err(StoreError::NotFound { .. })
+        ));
+        let p = s.principal("alice").await.expect("principal");
+        assert!(p.roles.has(Role::Buyer) && p.roles.has(Role::Provider));
+        assert!(p.is_or_belongs_to("analysts"));
+
+        s.create_party("shop", "alice", 6).await.expect("party");
+        assert_eq!(s.party("shop").await.expect("party").owner_user_id, "alice");
+        assert!(matches!(
+            s.create_party("shop", "root", 7).await,
+            Err(StoreError::Conflict { .. })
+        ));
+        assert!(matches!(
+            s.create_party("x", "nobody", 7).await,
+            Err(StoreError::NotFound { .. })
+        ));
+
+        let (t, rec) = api_token("alice", 10);
+        s.create_token(&rec).await.expect("token");
+        let got = s.token(t.id()).await.expect("read").expect("some");
+        assert!(t.matches(&got.secret_sha256));
+        assert_eq!(s.tokens(Some("alice"), 10).await.expect("list").len(), 1);
+        assert!(s.tokens(Some("root"), 10).await.expect("list").is_empty());
+        s.revoke_token(t.id(), 11).await.expect("revoke");
+        s.revoke_token(t.id(), 12).await.expect("revoke twice");
+        let got = s.token(t.id()).await.expect("read").expect("some");
+        assert_eq!(got.revoked_at_ms, Some(11));
+        assert!(!format!("{got:?}").contains("secret"), "{got:?}");
+
+        // A registration token belongs to a party, never to a user as well.
+        let (_, mut bad) = api_token("alice", 20);
+        bad.party_id = Some("shop".into());
+        assert!(matches!(
+            s.create_token(&bad).await,
+            Err(StoreError::Invalid { .. })
+        ));
+        let (_, mut expired) = api_token("alice", 20);
+        expired.expires_at_ms = 20;
+        assert!(matches!(
+            s.create_token(&expired).await,
+            Err(StoreError::Invalid { .. })
+        ));
+
+        s.remove_group_member("analysts", "alice", 30)
+            .await
+            .expect("remove");
+        s.disable_user("alice", 31).await.expect("disable");
+        assert!(matches!(
+            s.principal("alice").await,
+            Err(StoreError::NotFound { .. })
+        ));
+
+        // Every change is in the chain, and no entry carries a secret or its hash.
+        let entries = s.audit_entries().await.expect("audit");
+        let kinds: Vec<&str> = entries.iter().map(|e| e.kind.as_str()).collect();
+        for k in [
+            "user_create",
+            "group_add",
+            "party_create",
+            "token_issue",
+            "token_revoke",
+            "group_remove",
+            "user_disable",
+        ] {
+            assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
+        }
+        let secret_hex = hex::encode(rec.secret_sha256);
+        assert!(entries.iter().all(|e| !e.detail_json.contains(&secret_hex)));
+        assert!(s.verify_audit().await.expect("verify").ok());
+    }
+}
