@@ -6,6 +6,7 @@
 //! The scheduler knows nothing about gRPC: workers are reached through bounded channels of
 //! [`Delivery`] that the gateway turns into a task stream.
 
+pub mod accounts;
 pub mod audit;
 pub mod billing;
 pub mod lists;
@@ -26,6 +27,7 @@ use tessera_core::{Clock, TaskRole};
 use tessera_store::Store;
 use tokio::sync::{Mutex, mpsc, watch};
 
+pub use accounts::AccountService;
 pub use audit::AuditService;
 pub use billing::BillingService;
 pub use records::RecordService;
@@ -176,6 +178,14 @@ impl Ids {
         }
         format!("{prefix}{}", hex::encode(b))
     }
+
+    /// A fresh token of `kind` (its secret from the same RNG, seeded from the OS).
+    pub(crate) fn token(&self, kind: tessera_auth::TokenKind) -> tessera_auth::Token {
+        match self.rng.lock() {
+            Ok(mut r) => tessera_auth::Token::generate(kind, &mut *r),
+            Err(poisoned) => tessera_auth::Token::generate(kind, &mut *poisoned.into_inner()),
+        }
+    }
 }
 
 /// The scheduler.
@@ -237,6 +247,12 @@ impl Scheduler {
     /// The datasets-and-licences service over this scheduler's store, clock and ids.
     pub fn records(&self) -> RecordService {
         RecordService::new(self.store.clone(), self.clock.clone(), self.ids.clone())
+    }
+
+    /// The accounts service (users, groups, parties, tokens, authentication) over this
+    /// scheduler's store, clock and RNG.
+    pub fn accounts(&self) -> AccountService {
+        AccountService::new(self.store.clone(), self.clock.clone(), self.ids.clone())
     }
 
     /// The billing service over this scheduler's store and clock.

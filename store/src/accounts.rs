@@ -517,6 +517,30 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Records a denied call of an operation whose rule audits denials: the operation, the
+    /// caller (ids only) and the rule that failed.
+    pub async fn record_denial(
+        &self,
+        now_ms: i64,
+        operation: &str,
+        caller: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        audit::append(
+            &mut tx,
+            now_ms,
+            "denied",
+            operation,
+            &serde_json::json!({"caller": caller, "reason": reason}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
 const TOKEN_COLUMNS: &str = "SELECT token_id, kind, user_id, party_id, secret_sha256, label, \
      created_at_ms, expires_at_ms, revoked_at_ms FROM tokens";
 

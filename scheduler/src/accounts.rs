@@ -1,0 +1,414 @@
+//! Accounts: who is calling. Turns a presented token into a [`Caller`] (authentication), and
+//! manages users, recorded groups, parties and tokens — each call authorised by the one table
+//! in [`tessera_auth`] (`authorize`), with denials of admin operations written to the audit
+//! chain. Token secrets are drawn from the scheduler's RNG (seeded from the OS by the
+//! operator), shown once to the caller, and stored only as SHA-256 hashes.
+
+use std::sync::Arc;
+
+use tessera_auth::{Caller, Operation, Roles, Target, Token, TokenKind, authorize};
+use tessera_core::Clock;
+use tessera_store::{PartyRecord, Store, StoreError, TokenRecord, UserRecord};
+
+use crate::validate::required;
+use crate::{Ids, SchedulerError};
+
+/// Default lifetime of an API token: 90 days.
+pub const API_TOKEN_TTL_MS: i64 = 90 * 24 * 3600 * 1000;
+/// Longest lifetime a token may be given: 400 days.
+pub const TOKEN_TTL_MS_MAX: i64 = 400 * 24 * 3600 * 1000;
+/// Default lifetime of a worker registration token: 24 hours.
+pub const REGISTRATION_TOKEN_TTL_MS: i64 = 24 * 3600 * 1000;
+/// Most rows a user or token listing returns.
+pub const ACCOUNT_LIST_MAX: u32 = 1000;
+
+/// Why a presented token was not accepted. Deliberately one case: the caller learns only
+/// that it is not authenticated (no token, malformed, unknown, wrong secret, expired,
+/// revoked, or a disabled user all look the same from outside).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("missing, invalid, expired or revoked token")]
+pub struct Unauthenticated;
+
+/// A token issued by [`AccountService`]: its record and the text to show once.
+#[derive(Debug)]
+pub struct IssuedToken {
+    /// The stored record (no secret).
+    pub record: TokenRecord,
+    /// The token; [`Token::reveal`] gives its text. Never logged.
+    pub token: Token,
+}
+
+/// Users, groups, parties and tokens.
+#[derive(Debug, Clone)]
+pub struct AccountService {
+    store: Store,
+    clock: Arc<dyn Clock>,
+    ids: Arc<Ids>,
+}
+
+impl AccountService {
+    pub(crate) fn new(store: Store, clock: Arc<dyn Clock>, ids: Arc<Ids>) -> Self {
+        Self { store, clock, ids }
+    }
+
+    /// On a store with no user yet: creates `admin` with the operator role and an API token
+    /// for it, valid for [`TOKEN_TTL_MS_MAX`]; `None` if any user exists (nothing else has a
+    /// default credential).
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn bootstrap(&self, admin: &str) -> Result<Option<IssuedToken>, SchedulerError> {
+        if self.store.has_users().await? {
+            return Ok(None);
+        }
+        let now = self.clock.now_ms();
+        self.store
+            .create_user(admin, Roles::of(&[tessera_auth::Role::Operator]), now)
+            .await?;
+        let issued = self
+            .issue(
+                TokenKind::Api,
+                Some(admin),
+                None,
+                "bootstrap",
+                TOKEN_TTL_MS_MAX,
+            )
+            .await?;
+        Ok(Some(issued))
+    }
+
+    /// The caller a presented token stands for.
+    ///
+    /// # Errors
+    /// [`Unauthenticated`] for any token that is not a live token of an enabled user or an
+    /// existing party. A store failure is also reported as unauthenticated, after logging it.
+    pub async fn authenticate(&self, text: &str) -> Result<Caller, Unauthenticated> {
+        let kind = if text
+            .trim_start()
+            .starts_with(TokenKind::Registration.prefix())
+        {
+            TokenKind::Registration
+        } else {
+            TokenKind::Api
+        };
+        let token = Token::parse(kind, text).map_err(|_| Unauthenticated)?;
+        let record = match self.store.token(token.id()).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Err(Unauthenticated),
+            Err(e) => {
+                tracing::error!(error = %e, "token lookup failed");
+                return Err(Unauthenticated);
+            }
+        };
+        let now = self.clock.now_ms();
+        let live = record.kind == kind
+            && record.revoked_at_ms.is_none()
+            && now < record.expires_at_ms
+            && token.matches(&record.secret_sha256);
+        if !live {
+            return Err(Unauthenticated);
+        }
+        match (kind, record.user_id, record.party_id) {
+            (TokenKind::Api, Some(user), _) => match self.store.principal(&user).await {
+                Ok(p) => Ok(Caller::User(p)),
+                Err(StoreError::NotFound { .. }) => Err(Unauthenticated),
+                Err(e) => {
+                    tracing::error!(error = %e, "principal lookup failed");
+                    Err(Unauthenticated)
+                }
+            },
+            (TokenKind::Registration, _, Some(party)) => Ok(Caller::Registrant { party }),
+            _ => Err(Unauthenticated),
+        }
+    }
+
+    /// Authorises `op` for `caller` on `target`; a denial of an operation whose rule says so
+    /// is written to the audit chain.
+    ///
+    /// # Errors
+    /// [`SchedulerError::Forbidden`] with the rule that failed.
+    pub async fn authorize(
+        &self,
+        op: Operation,
+        caller: &Caller,
+        target: &Target<'_>,
+    ) -> Result<(), SchedulerError> {
+        match authorize(op, caller, target) {
+            Ok(()) => Ok(()),
+            Err(denied) => {
+                if op.rule().audit_denial {
+                    let now = self.clock.now_ms();
+                    if let Err(e) = self
+                        .store
+                        .record_denial(now, op.name(), &caller.describe(), &denied.to_string())
+                        .await
+                    {
+                        tracing::error!(error = %e, "could not audit a denial");
+                    }
+                }
+                Err(SchedulerError::Forbidden(denied.to_string()))
+            }
+        }
+    }
+
+    /// Creates a user (operator only).
+    ///
+    /// # Errors
+    /// Forbidden, invalid id or roles, or an existing user.
+    pub async fn create_user(
+        &self,
+        caller: &Caller,
+        user_id: &str,
+        roles: &str,
+    ) -> Result<UserRecord, SchedulerError> {
+        self.authorize(Operation::CreateUser, caller, &Target::default())
+            .await?;
+        let user_id = account_id("user", user_id)?;
+        let roles: Roles = roles
+            .parse()
+            .map_err(|e: tessera_auth::UnknownRole| SchedulerError::Invalid(e.to_string()))?;
+        self.store
+            .create_user(&user_id, roles, self.clock.now_ms())
+            .await?;
+        Ok(self.store.user(&user_id).await?)
+    }
+
+    /// Users in id order (operator only).
+    ///
+    /// # Errors
+    /// Forbidden or a store failure.
+    pub async fn users(&self, caller: &Caller) -> Result<Vec<UserRecord>, SchedulerError> {
+        self.authorize(Operation::ListUsers, caller, &Target::default())
+            .await?;
+        Ok(self.store.users(ACCOUNT_LIST_MAX).await?)
+    }
+
+    /// Disables a user (operator only); its tokens stop working at once.
+    ///
+    /// # Errors
+    /// Forbidden or an unknown user.
+    pub async fn disable_user(&self, caller: &Caller, user_id: &str) -> Result<(), SchedulerError> {
+        self.authorize(Operation::DisableUser, caller, &Target::default())
+            .await?;
+        Ok(self
+            .store
+            .disable_user(user_id, self.clock.now_ms())
+            .await?)
+    }
+
+    /// Records `user_id` in `group_id` (operator only); `false` if it already was.
+    ///
+    /// # Errors
+    /// Forbidden, an invalid group name or an unknown user.
+    pub async fn add_group_member(
+        &self,
+        caller: &Caller,
+        group_id: &str,
+        user_id: &str,
+    ) -> Result<bool, SchedulerError> {
+        self.authorize(Operation::AddGroupMember, caller, &Target::default())
+            .await?;
+        let group_id = account_id("group", group_id)?;
+        Ok(self
+            .store
+            .add_group_member(&group_id, user_id, self.clock.now_ms())
+            .await?)
+    }
+
+    /// Removes `user_id` from `group_id` (operator only); `false` if it was not a member.
+    ///
+    /// # Errors
+    /// Forbidden or a store failure.
+    pub async fn remove_group_member(
+        &self,
+        caller: &Caller,
+        group_id: &str,
+        user_id: &str,
+    ) -> Result<bool, SchedulerError> {
+        self.authorize(Operation::RemoveGroupMember, caller, &Target::default())
+            .await?;
+        Ok(self
+            .store
+            .remove_group_member(group_id, user_id, self.clock.now_ms())
+            .await?)
+    }
+
+    /// Issues an API token for `user_id` (oneself, or anyone by the operator), valid for
+    /// `ttl_ms` (default [`API_TOKEN_TTL_MS`], at most [`TOKEN_TTL_MS_MAX`]).
+    ///
+    /// # Errors
+    /// Forbidden, a lifetime out of range, or an unknown user.
+    pub async fn create_token(
+        &self,
+        caller: &Caller,
+        user_id: &str,
+        label: &str,
+        ttl_ms: Option<i64>,
+    ) -> Result<IssuedToken, SchedulerError> {
+        let target = Target {
+            user: Some(user_id),
+            ..Target::default()
+        };
+        self.authorize(Operation::CreateToken, caller, &target)
+            .await?;
+        let ttl = ttl(ttl_ms, API_TOKEN_TTL_MS)?;
+        self.issue(TokenKind::Api, Some(user_id), None, label, ttl)
+            .await
+    }
+
+    /// API tokens (never secrets): the caller's own, or every one for the operator.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn tokens(&self, caller: &Caller) -> Result<Vec<TokenRecord>, SchedulerError> {
+        self.authorize(Operation::ListTokens, caller, &Target::default())
+            .await?;
+        let own = match caller {
+            Caller::User(p) if p.is_operator() => None,
+            Caller::User(p) => Some(p.user.as_str()),
+            _ => return Ok(Vec::new()),
+        };
+        Ok(self.store.tokens(own, ACCOUNT_LIST_MAX).await?)
+    }
+
+    /// Revokes a token: its user's, or any by the operator. A token the caller may not see is
+    /// reported as not found, so ids of others' tokens cannot be probed.
+    ///
+    /// # Errors
+    /// Forbidden (a user revoking someone else's token: not found) or an unknown token.
+    pub async fn revoke_token(
+        &self,
+        caller: &Caller,
+        token_id: &str,
+    ) -> Result<(), SchedulerError> {
+        let record = self.store.token(token_id).await?;
+        let owner = record.as_ref().and_then(|r| r.user_id.as_deref());
+        let target = Target {
+            user: owner,
+            ..Target::default()
+        };
+        let allowed = authorize(Operation::RevokeToken, caller, &target).is_ok();
+        if record.is_none() || !allowed {
+            return Err(SchedulerError::NotFound(format!("token {token_id}")));
+        }
+        Ok(self
+            .store
+            .revoke_token(token_id, self.clock.now_ms())
+            .await?)
+    }
+
+    /// Creates a party owned by `owner` (a provider, buyer or developer for itself; the
+    /// operator for anyone).
+    ///
+    /// # Errors
+    /// Forbidden, an invalid id, an existing party or an unknown owner.
+    pub async fn create_party(
+        &self,
+        caller: &Caller,
+        party_id: &str,
+        owner: &str,
+    ) -> Result<PartyRecord, SchedulerError> {
+        let target = Target {
+            user: Some(owner),
+            ..Target::default()
+        };
+        self.authorize(Operation::CreateParty, caller, &target)
+            .await?;
+        let party_id = account_id("party", party_id)?;
+        self.store
+            .create_party(&party_id, owner, self.clock.now_ms())
+            .await?;
+        Ok(self.store.party(&party_id).await?)
+    }
+
+    /// Issues a worker registration token for `party_id` to its owner (or the operator),
+    /// valid for `ttl_ms` (default [`REGISTRATION_TOKEN_TTL_MS`]).
+    ///
+    /// # Errors
+    /// Forbidden (also for an unknown party, which is not told apart), or a lifetime out of
+    /// range.
+    pub async fn issue_registration_token(
+        &self,
+        caller: &Caller,
+        party_id: &str,
+        ttl_ms: Option<i64>,
+    ) -> Result<IssuedToken, SchedulerError> {
+        let owner = match self.store.party(party_id).await {
+            Ok(p) => Some(p.owner_user_id),
+            Err(StoreError::NotFound { .. }) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let target = Target {
+            party_owner: owner.as_deref(),
+            ..Target::default()
+        };
+        self.authorize(Operation::IssueRegistrationToken, caller, &target)
+            .await?;
+        if owner.is_none() {
+            return Err(SchedulerError::NotFound(format!("party {party_id}")));
+        }
+        let ttl = ttl(ttl_ms, REGISTRATION_TOKEN_TTL_MS)?;
+        self.issue(
+            TokenKind::Registration,
+            None,
+            Some(party_id),
+            "worker registration",
+            ttl,
+        )
+        .await
+    }
+
+    async fn issue(
+        &self,
+        kind: TokenKind,
+        user: Option<&str>,
+        party: Option<&str>,
+        label: &str,
+        ttl_ms: i64,
+    ) -> Result<IssuedToken, SchedulerError> {
+        let label: String = label.chars().take(200).collect();
+        let token = self.ids.token(kind);
+        let now = self.clock.now_ms();
+        let record = TokenRecord {
+            token_id: token.id().to_owned(),
+            kind,
+            user_id: user.map(str::to_owned),
+            party_id: party.map(str::to_owned),
+            secret_sha256: token.secret_hash().to_vec(),
+            label,
+            created_at_ms: now,
+            expires_at_ms: now.saturating_add(ttl_ms),
+            revoked_at_ms: None,
+        };
+        self.store.create_token(&record).await?;
+        Ok(IssuedToken { record, token })
+    }
+}
+
+/// A lifetime in `1..=TOKEN_TTL_MS_MAX` ms, `default` when not given.
+fn ttl(ttl_ms: Option<i64>, default: i64) -> Result<i64, SchedulerError> {
+    match ttl_ms {
+        None => Ok(default),
+        Some(t) if (1..=TOKEN_TTL_MS_MAX).contains(&t) => Ok(t),
+        Some(t) => Err(SchedulerError::Invalid(format!(
+            "a token's lifetime must be between 1 ms and {} days, not {t} ms",
+            TOKEN_TTL_MS_MAX / 86_400_000
+        ))),
+    }
+}
+
+/// A user, group or party id: 1..=64 ASCII letters, digits, `-`, `_`, `.`, `@`.
+fn account_id(what: &str, id: &str) -> Result<String, SchedulerError> {
+    required(what, id)?;
+    let ok = id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'));
+    if ok {
+        Ok(id.to_owned())
+    } else {
+        Err(SchedulerError::Invalid(format!(
+            "{what} id {id:?}: use 1 to 64 ASCII letters, digits, '-', '_', '.' or '@'"
+        )))
+    }
+}
