@@ -236,6 +236,7 @@ pub async fn start(config: &OperatorConfig) -> anyhow::Result<OperatorHandle> {
              delivery point, consumed and charged after it"
         );
     }
+    bootstrap_admin(&scheduler, &config.data_dir).await?;
     // A signed head of the chain as found at start, then at most one second behind it.
     scheduler
         .audit()
@@ -270,6 +271,47 @@ pub async fn start(config: &OperatorConfig) -> anyhow::Result<OperatorHandle> {
         server,
         _lock: lock,
     })
+}
+
+/// The user the first start creates, with the operator role.
+pub const ADMIN_USER: &str = "admin";
+/// The file, in the data directory, that receives the admin's token on the first start.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// On a data directory without users: creates the operator's `admin` account and writes its
+/// API token to `DATA_DIR/admin.token` (mode 0600). Nothing else has a default credential.
+async fn bootstrap_admin(scheduler: &Scheduler, dir: &Path) -> anyhow::Result<()> {
+    let Some(issued) = scheduler
+        .accounts()
+        .bootstrap(ADMIN_USER)
+        .await
+        .context("creating the admin account")?
+    else {
+        return Ok(());
+    };
+    let path = dir.join(ADMIN_TOKEN_FILE);
+    let tmp = dir.join("admin.token.tmp");
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", tmp.display())),
+    }
+    let mut file = create_private(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut text = issued.token.reveal();
+    text.push('\n');
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    drop(file);
+    std::fs::rename(&tmp, &path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    tracing::warn!(
+        user = ADMIN_USER,
+        path = %path.display(),
+        "created the operator's admin account; its API token is in this file (mode 0600): \
+         use it with --token-file or TESSERA_TOKEN, and keep it secret"
+    );
+    Ok(())
 }
 
 /// Closes due bills now and then; a failure is logged and retried on the next tick.

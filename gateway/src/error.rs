@@ -20,6 +20,9 @@ pub enum ApiCode {
     AlreadyExists,
     /// The same idempotency key arrived with different fields.
     ExistsWithDifferentFields,
+    /// No valid token came with the call (missing, malformed, unknown, expired, revoked, or
+    /// its user disabled).
+    Unauthenticated,
     /// The caller may not do this (e.g. cancel another user's job, use another party's
     /// dataset).
     PermissionDenied,
@@ -48,6 +51,7 @@ impl ApiCode {
         ApiCode::NotFound,
         ApiCode::AlreadyExists,
         ApiCode::ExistsWithDifferentFields,
+        ApiCode::Unauthenticated,
         ApiCode::PermissionDenied,
         ApiCode::PolicyDenied,
         ApiCode::QuotaExhausted,
@@ -69,6 +73,7 @@ impl ApiCode {
             ApiCode::ExistsWithDifferentFields => {
                 (G::FailedPrecondition, 409, "EXISTS_WITH_DIFFERENT_FIELDS")
             }
+            ApiCode::Unauthenticated => (G::Unauthenticated, 401, "UNAUTHENTICATED"),
             ApiCode::PermissionDenied => (G::PermissionDenied, 403, "PERMISSION_DENIED"),
             ApiCode::PolicyDenied => (G::PermissionDenied, 403, "POLICY_DENIED"),
             ApiCode::QuotaExhausted => (G::ResourceExhausted, 429, "QUOTA_EXHAUSTED"),

@@ -7,6 +7,7 @@
 //! One module per service area: `workers`, `jobs`, `records`, `billing`, `audit`, `lists`; `convert`
 //! turns domain records into wire messages, `error` holds the code table.
 
+mod accounts;
 mod audit;
 mod billing;
 mod convert;
@@ -22,9 +23,10 @@ use std::sync::Arc;
 use futures::Stream;
 use tessera_proto::v1 as pb;
 use tessera_proto::v1::operator_server::{Operator, OperatorServer};
-use tessera_scheduler::{AuditService, BillingService, RecordService, Scheduler};
+use tessera_scheduler::{AccountService, AuditService, BillingService, RecordService, Scheduler};
 use tonic::{Request, Response, Status};
 
+pub use accounts::TOKEN_METADATA;
 pub use convert::job_to_pb;
 pub use error::{ApiCode, refusal_code, status, store_code};
 
@@ -47,6 +49,7 @@ pub struct OperatorService {
     records: RecordService,
     billing: BillingService,
     audit: AuditService,
+    accounts: AccountService,
 }
 
 impl OperatorService {
@@ -57,6 +60,7 @@ impl OperatorService {
             records: scheduler.records(),
             billing: scheduler.billing(),
             audit: scheduler.audit(),
+            accounts: scheduler.accounts(),
             jobs: scheduler,
         }
     }
@@ -367,5 +371,95 @@ impl Operator for OperatorService {
         _req: Request<pb::ListRequest>,
     ) -> Result<Response<pb::OperatorInfo>, Status> {
         Ok(Response::new(lists::info(&self.jobs)))
+    }
+
+    async fn create_user(
+        &self,
+        req: Request<pb::CreateUserRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let who = accounts::authenticate(&self.accounts, &req).await?;
+        accounts::create_user(&self.accounts, &who, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_users(
+        &self,
+        req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::UserList>, Status> {
+        let who = accounts::authenticate(&self.accounts, &req).await?;
+        accounts::list_users(&self.accounts, &who)
+            .await
+            .map(Response::new)
+    }
+
+    async fn disable_user(&self, req: Request<pb::UserRef>) -> Result<Response<pb::Ack>, Status> {
+        let who = accounts::authenticate(&self.accounts, &req).await?;
+        ack(accounts::disable_user(&self.accounts, &who, req.into_inner()).await)
+    }
+
+    async fn add_group_member(
+        &self,
+        req: Request<pb::GroupMemberRequest>,
+    ) -> Result<Response<pb::GroupMemberChange>, Status> {
+        let who = accounts::authenticate(&self.accounts, &req).await?;
+        accounts::group_member(&self.accounts, &who, req.into_inner(), true)
+            .await
+            .map(Response::new)
+    }
+
+    async fn remove_group_member(
+        &self,
+        req: Request<pb::GroupMemberRequest>,
+    ) -> Result<Response<pb::GroupMemberChange>, Status> {
+        let who = accounts::authenticate(&self.accounts, &req).await?;
+        accounts::group_member(&self.accounts, &who, req.into_inner(), false)
+            .await
+            .map(Response::new)
+    }
+
+    async fn create_token(
+        &self,
+        req: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::IssuedToken>, Status> {
+        let who = accounts::authenticate(&self.accounts, &req).await?;
+        accounts::create_token(&self.accounts, &who, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_tokens(
+        &self,
+        req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::TokenList>, Status> {
+        let who = accounts::authenticate(&self.accounts, &req).await?;
+        accounts::list_tokens(&self.accounts, &who)
+            .await
+            .map(Response::new)
+    }
+
+    async fn revoke_token(&self, req: Request<pb::TokenRef>) -> Result<Response<pb::Ack>, Status> {
+        let who = accounts::authenticate(&self.accounts, &req).await?;
+        ack(accounts::revoke_token(&self.accounts, &who, req.into_inner()).await)
+    }
+
+    async fn create_party(
+        &self,
+        req: Request<pb::CreatePartyRequest>,
+    ) -> Result<Response<pb::Party>, Status> {
+        let who = accounts::authenticate(&self.accounts, &req).await?;
+        accounts::create_party(&self.accounts, &who, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn issue_registration_token(
+        &self,
+        req: Request<pb::RegistrationTokenRequest>,
+    ) -> Result<Response<pb::IssuedToken>, Status> {
+        let who = accounts::authenticate(&self.accounts, &req).await?;
+        accounts::registration_token(&self.accounts, &who, req.into_inner())
+            .await
+            .map(Response::new)
     }
 }

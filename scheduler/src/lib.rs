@@ -36,8 +36,9 @@ pub use submit::{JobRequest, SUPPORTED_SCENES, TaskReport, TaskUsage};
 /// The records the services hand out, re-exported so the gateway needs no store dependency.
 pub use tessera_store::{
     AccountStatus, Amounts, BalanceRecord, BillLineRecord, BillRecord, DatasetRecord,
-    FailureOrigin, JobRecord, LicenceRecord, LimitScope, Refusal, ResultFileRecord, RuleRefusal,
-    Split, StatementRecord, StoreError, SubscriptionView, TransferRecord, UsageEventRecord,
+    FailureOrigin, JobRecord, LicenceRecord, LimitScope, PartyRecord, Refusal, ResultFileRecord,
+    RuleRefusal, Split, StatementRecord, StoreError, SubscriptionView, TokenRecord, TransferRecord,
+    UsageEventRecord, UserRecord,
 };
 
 /// Why a scheduler call failed (refusals are not errors: they are recorded job states).

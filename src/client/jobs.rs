@@ -5,9 +5,7 @@ use std::collections::BTreeMap;
 use anyhow::Context;
 use clap::Subcommand;
 use tessera_proto::v1 as pb;
-use tessera_proto::v1::operator_client::OperatorClient;
 use tokio_stream::StreamExt;
-use tonic::transport::Channel;
 
 use super::conn::Conn;
 use super::output::{Out, fmt_micros};
@@ -181,7 +179,7 @@ fn is_terminal(j: &pb::Job) -> bool {
 /// Errors: the operator answers with an error (e.g. `NOT_FOUND`); [`ConnectionLost`] when
 /// it stops answering before the job ends.
 pub async fn watch(
-    client: &mut OperatorClient<Channel>,
+    client: &mut super::conn::Client,
     job_id: &str,
     user: Option<&str>,
 ) -> anyhow::Result<pb::Job> {
@@ -221,7 +219,7 @@ fn job_ref(job_id: &str) -> pb::JobRef {
 /// One watch stream, read to its end: the terminal job if it came, `None` if the stream
 /// ended first.
 async fn follow_once(
-    client: &mut OperatorClient<Channel>,
+    client: &mut super::conn::Client,
     job_id: &str,
     caller: &Caller,
     multi: &indicatif::MultiProgress,

@@ -6,8 +6,6 @@
 use clap::Args;
 use tessera_core::civil::Zone;
 use tessera_proto::v1 as pb;
-use tessera_proto::v1::operator_client::OperatorClient;
-use tonic::transport::Channel;
 
 use super::conn::Conn;
 use super::output::{Listing, Out, fmt_micros};
@@ -44,7 +42,7 @@ impl PageArgs {
 /// The operator's calendar zone, for showing times.
 ///
 /// Errors: the call fails, or the operator names a zone this build does not know.
-pub async fn zone(c: &mut OperatorClient<Channel>) -> anyhow::Result<Zone> {
+pub async fn zone(c: &mut super::conn::Client) -> anyhow::Result<Zone> {
     let info = c.get_operator_info(pb::ListRequest {}).await?.into_inner();
     Zone::parse(&info.time_zone)
         .map_err(|e| anyhow::anyhow!("the operator's time zone {:?}: {e}", info.time_zone))

@@ -4,6 +4,7 @@
 //! accounts, licence terms), [`audit`] (offline chain verification and checkpoint export) and [`output`] (printing).
 //! Listings print aligned text, or CSV (RFC 4180 quoting) with `--csv`.
 
+pub mod accounts;
 pub mod audit;
 pub mod bills;
 pub mod conn;
@@ -55,6 +56,18 @@ pub enum ClientCommand {
     /// Account status, manual freezes and the platform white list.
     #[command(subcommand)]
     Account(bills::AccountCmd),
+    /// Users and their roles.
+    #[command(subcommand)]
+    User(accounts::UserCmd),
+    /// Group membership (recorded by the operator).
+    #[command(subcommand)]
+    Group(accounts::GroupCmd),
+    /// API tokens.
+    #[command(subcommand)]
+    Token(accounts::TokenCmd),
+    /// Parties and their workers' registration tokens.
+    #[command(subcommand)]
+    Party(accounts::PartyCmd),
 }
 
 /// Runs one client command against the operator it names.
@@ -70,5 +83,9 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Statements(c) => bills::statements(c).await,
         ClientCommand::Limits(c) => bills::limits(c).await,
         ClientCommand::Account(c) => bills::account(c).await,
+        ClientCommand::User(c) => accounts::user(c).await,
+        ClientCommand::Group(c) => accounts::group(c).await,
+        ClientCommand::Token(c) => accounts::token(c).await,
+        ClientCommand::Party(c) => accounts::party(c).await,
     }
 }

@@ -5,6 +5,7 @@ mod accounts;
 mod audit;
 mod billing;
 mod harness;
+mod identity;
 mod money;
 mod ops;
 mod results;

@@ -231,6 +231,60 @@ impl Operator for ScriptedOperator {
     ) -> Result<Response<pb::OperatorInfo>, Status> {
         unimplemented()
     }
+    async fn create_user(
+        &self,
+        _: Request<pb::CreateUserRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        unimplemented()
+    }
+    async fn list_users(
+        &self,
+        _: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::UserList>, Status> {
+        unimplemented()
+    }
+    async fn disable_user(&self, _: Request<pb::UserRef>) -> Result<Response<pb::Ack>, Status> {
+        unimplemented()
+    }
+    async fn add_group_member(
+        &self,
+        _: Request<pb::GroupMemberRequest>,
+    ) -> Result<Response<pb::GroupMemberChange>, Status> {
+        unimplemented()
+    }
+    async fn remove_group_member(
+        &self,
+        _: Request<pb::GroupMemberRequest>,
+    ) -> Result<Response<pb::GroupMemberChange>, Status> {
+        unimplemented()
+    }
+    async fn create_token(
+        &self,
+        _: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::IssuedToken>, Status> {
+        unimplemented()
+    }
+    async fn list_tokens(
+        &self,
+        _: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::TokenList>, Status> {
+        unimplemented()
+    }
+    async fn revoke_token(&self, _: Request<pb::TokenRef>) -> Result<Response<pb::Ack>, Status> {
+        unimplemented()
+    }
+    async fn create_party(
+        &self,
+        _: Request<pb::CreatePartyRequest>,
+    ) -> Result<Response<pb::Party>, Status> {
+        unimplemented()
+    }
+    async fn issue_registration_token(
+        &self,
+        _: Request<pb::RegistrationTokenRequest>,
+    ) -> Result<Response<pb::IssuedToken>, Status> {
+        unimplemented()
+    }
 }
 
 const NOW_MS: i64 = 1_800_000_000_000;

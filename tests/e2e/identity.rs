@@ -1,0 +1,203 @@
+//! Who is calling (issue 9, first part): the first start writes the admin's token (0600) and
+//! no other credential exists; account commands need a valid token, the operator's role for
+//! admin operations, and ownership for the rest; revoked and disabled tokens stop at once;
+//! no secret reaches the operator's log or the audit chain.
+
+use std::process::{Command, Output};
+
+use crate::harness::{BIN, Cluster};
+
+fn run(c: &Cluster, token: Option<&str>, args: &[&str]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .args(["--operator", &c.url])
+        .env("RUST_LOG", "warn")
+        .env_remove("TESSERA_TOKEN");
+    if let Some(t) = token {
+        cmd.env("TESSERA_TOKEN", t);
+    }
+    cmd.output().expect("run tessera")
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+fn refused(o: &Output, code: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "should have failed: {err}");
+    assert!(err.contains(code), "expected {code}: {err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_need_a_valid_token_the_right_role_and_ownership() {
+    let c = Cluster::start(10_000);
+    let data = c.dir.path().join("operator");
+    let token_file = data.join("admin.token");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&token_file)
+            .expect("admin.token")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let admin = std::fs::read_to_string(&token_file)
+        .expect("read")
+        .trim()
+        .to_owned();
+    assert!(admin.starts_with("tsk_"), "{admin}");
+
+    // No token, a malformed one, an unknown one: UNAUTHENTICATED alike.
+    refused(&run(&c, None, &["user", "list"]), "UNAUTHENTICATED");
+    refused(
+        &run(&c, Some("nonsense"), &["user", "list"]),
+        "UNAUTHENTICATED",
+    );
+    let unknown = format!("tsk_{}_{}", "0".repeat(16), "1".repeat(64));
+    refused(
+        &run(&c, Some(&unknown), &["user", "list"]),
+        "UNAUTHENTICATED",
+    );
+
+    // The admin makes users, groups and tokens; --token-file works too.
+    let tf = token_file.to_str().expect("utf-8");
+    ok(&run(
+        &c,
+        None,
+        &[
+            "user",
+            "create",
+            "alice",
+            "--roles",
+            "buyer,provider",
+            "--token-file",
+            tf,
+        ],
+    ));
+    ok(&run(
+        &c,
+        Some(&admin),
+        &["user", "create", "bob", "--roles", "buyer"],
+    ));
+    refused(
+        &run(
+            &c,
+            Some(&admin),
+            &["user", "create", "carol", "--roles", "root"],
+        ),
+        "INVALID_ARGUMENT",
+    );
+    ok(&run(
+        &c,
+        Some(&admin),
+        &["group", "add", "analysts", "alice"],
+    ));
+    let alice = ok(&run(
+        &c,
+        Some(&admin),
+        &["token", "create", "--user", "alice", "--label", "cli"],
+    ));
+    let bob = ok(&run(
+        &c,
+        Some(&admin),
+        &["token", "create", "--user", "bob"],
+    ));
+    assert!(alice.starts_with("tsk_") && bob.starts_with("tsk_"));
+    let users = ok(&run(&c, Some(&admin), &["user", "list", "--csv"]));
+    assert!(
+        users.contains("alice,\"provider,buyer\",analysts"),
+        "{users}"
+    );
+
+    // Alice is no operator: admin operations are denied (and audited); her own are not.
+    refused(
+        &run(&c, Some(&alice), &["user", "list"]),
+        "PERMISSION_DENIED",
+    );
+    refused(
+        &run(&c, Some(&alice), &["group", "add", "analysts", "bob"]),
+        "PERMISSION_DENIED",
+    );
+    refused(
+        &run(&c, Some(&alice), &["token", "create", "--user", "bob"]),
+        "PERMISSION_DENIED",
+    );
+    let second = ok(&run(
+        &c,
+        Some(&alice),
+        &["token", "create", "--user", "alice", "--days", "1"],
+    ));
+    ok(&run(
+        &c,
+        Some(&alice),
+        &["party", "create", "shop", "--owner", "alice"],
+    ));
+    refused(
+        &run(
+            &c,
+            Some(&bob),
+            &["party", "create", "fake", "--owner", "alice"],
+        ),
+        "PERMISSION_DENIED",
+    );
+    let reg = ok(&run(
+        &c,
+        Some(&alice),
+        &["party", "registration-token", "shop"],
+    ));
+    assert!(reg.starts_with("tsr_"), "{reg}");
+    refused(
+        &run(&c, Some(&bob), &["party", "registration-token", "shop"]),
+        "PERMISSION_DENIED",
+    );
+    // A registration token authenticates its party's registrant, for registration only.
+    refused(&run(&c, Some(&reg), &["token", "list"]), "it needs a user's API token");
+
+    // Listings show one's own tokens only, never a secret.
+    let mine = ok(&run(&c, Some(&alice), &["token", "list", "--csv"]));
+    assert_eq!(mine.lines().count(), 3, "header + alice's two: {mine}");
+    assert!(
+        !mine.contains(&alice[21..]) && !mine.contains("bob"),
+        "{mine}"
+    );
+    let all = ok(&run(&c, Some(&admin), &["token", "list", "--csv"]));
+    assert!(all.contains("bob") && all.contains("bootstrap"), "{all}");
+
+    // Bob cannot revoke alice's token (not even learn it exists); alice can.
+    let second_id = &second[4..20];
+    refused(
+        &run(&c, Some(&bob), &["token", "revoke", second_id]),
+        "NOT_FOUND",
+    );
+    ok(&run(&c, Some(&alice), &["token", "revoke", second_id]));
+    refused(
+        &run(&c, Some(&second), &["token", "list"]),
+        "UNAUTHENTICATED",
+    );
+
+    // Disabling bob stops his token at once.
+    ok(&run(&c, Some(&admin), &["user", "disable", "bob"]));
+    refused(&run(&c, Some(&bob), &["token", "list"]), "UNAUTHENTICATED");
+
+    // No secret is stored in clear: not in any table (the audit chain included), nor in
+    // the write-ahead log.
+    let db = std::fs::read(data.join("tessera.db")).expect("db");
+    let wal = std::fs::read(data.join("tessera.db-wal")).unwrap_or_default();
+    for secret in [&admin, &alice, &bob, &reg] {
+        let s = secret.as_bytes();
+        let tail = &s[21..];
+        assert!(
+            !db.windows(tail.len()).any(|w| w == tail)
+                && !wal.windows(tail.len()).any(|w| w == tail),
+            "a token secret is stored in clear"
+        );
+    }
+}
