@@ -45,6 +45,16 @@ enum Command {
     /// Verify the audit chain of a data directory (offline) or export its signed checkpoints.
     #[command(subcommand)]
     Audit(client::audit::AuditCommand),
+    /// Issue a new API token for the admin user of a STOPPED operator's data directory,
+    /// offline, into DATA_DIR/admin.token (the recovery when that file was lost).
+    AdminToken {
+        /// The operator's data directory.
+        #[arg(long, required = true)]
+        data_dir: std::path::PathBuf,
+        /// Lifetime in days.
+        #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u32).range(1..=400))]
+        days: u32,
+    },
     /// Client commands against a running operator.
     #[command(flatten)]
     Client(client::ClientCommand),
@@ -127,6 +137,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(b) => bench::run(b).await?,
         Command::Billing(b) => billing::run(b).await?,
         Command::Audit(a) => client::audit::run(a).await?,
+        Command::AdminToken { data_dir, days } => {
+            let path = operator::issue_admin_token(&data_dir, days).await?;
+            println!("wrote a new admin token to {} (mode 0600)", path.display());
+        }
         Command::Client(c) => client::run(c).await?,
     }
     Ok(())

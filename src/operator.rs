@@ -289,6 +289,19 @@ async fn bootstrap_admin(scheduler: &Scheduler, dir: &Path) -> anyhow::Result<()
     else {
         return Ok(());
     };
+    let path = write_admin_token(dir, &issued.token)?;
+    tracing::warn!(
+        user = ADMIN_USER,
+        path = %path.display(),
+        "created the operator's admin account; its API token is in this file (mode 0600): \
+         use it with --token-file or TESSERA_TOKEN, and keep it secret"
+    );
+    Ok(())
+}
+
+/// Writes `token` to `DIR/admin.token` (mode 0600 from the start; through a temporary file
+/// and a rename, so a reader never sees half a token) and returns the path.
+fn write_admin_token(dir: &Path, token: &tessera_auth::Token) -> anyhow::Result<PathBuf> {
     let path = dir.join(ADMIN_TOKEN_FILE);
     let tmp = dir.join("admin.token.tmp");
     match std::fs::remove_file(&tmp) {
@@ -297,7 +310,7 @@ async fn bootstrap_admin(scheduler: &Scheduler, dir: &Path) -> anyhow::Result<()
         Err(e) => return Err(e).with_context(|| format!("removing {}", tmp.display())),
     }
     let mut file = create_private(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let mut text = issued.token.reveal();
+    let mut text = token.reveal();
     text.push('\n');
     file.write_all(text.as_bytes())
         .and_then(|()| file.sync_all())
@@ -305,13 +318,61 @@ async fn bootstrap_admin(scheduler: &Scheduler, dir: &Path) -> anyhow::Result<()
     drop(file);
     std::fs::rename(&tmp, &path)
         .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    tracing::warn!(
-        user = ADMIN_USER,
-        path = %path.display(),
-        "created the operator's admin account; its API token is in this file (mode 0600): \
-         use it with --token-file or TESSERA_TOKEN, and keep it secret"
+    Ok(path)
+}
+
+/// `tessera admin-token`: issues a new API token for the `admin` user of a stopped
+/// operator's data directory, offline, into `DIR/admin.token` (replacing the file; earlier
+/// tokens stay valid until revoked). The recovery when the token file was lost. Holds the
+/// data directory's lock, so it refuses while an operator runs there.
+///
+/// Errors: no store in `dir`; the directory is in use; the admin user is disabled or gone.
+pub async fn issue_admin_token(dir: &Path, days: u32) -> anyhow::Result<PathBuf> {
+    if !dir.join("tessera.db").exists() {
+        anyhow::bail!("{} holds no operator store (tessera.db)", dir.display());
+    }
+    let _lock = crate::datadir::lock(dir)?;
+    let store = Store::open(&dir.join("tessera.db"))
+        .await
+        .context("opening the store")?;
+    let signer =
+        load_key(dir)?.with_context(|| format!("{} holds no operator.key", dir.display()))?;
+    let mut seed = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut seed);
+    let scheduler = Scheduler::new(
+        store.clone(),
+        Arc::new(SystemClock),
+        signer,
+        SchedulerConfig::default(),
+        seed,
     );
-    Ok(())
+    let accounts = scheduler.accounts();
+    let token = match accounts.bootstrap(ADMIN_USER).await? {
+        Some(issued) => issued.token,
+        None => {
+            let admin = store
+                .principal(ADMIN_USER)
+                .await
+                .with_context(|| format!("the {ADMIN_USER} user (it may have been disabled)"))?;
+            accounts
+                .create_token(
+                    &tessera_auth::Caller::User(admin),
+                    ADMIN_USER,
+                    "admin-token (offline)",
+                    Some(i64::from(days) * 86_400_000),
+                )
+                .await?
+                .token
+        }
+    };
+    let path = write_admin_token(dir, &token)?;
+    scheduler
+        .audit()
+        .seal()
+        .await
+        .context("signing the audit chain's head")?;
+    store.close().await;
+    Ok(path)
 }
 
 /// Closes due bills now and then; a failure is logged and retried on the next tick.

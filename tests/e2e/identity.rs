@@ -159,7 +159,10 @@ async fn accounts_need_a_valid_token_the_right_role_and_ownership() {
         "PERMISSION_DENIED",
     );
     // A registration token authenticates its party's registrant, for registration only.
-    refused(&run(&c, Some(&reg), &["token", "list"]), "it needs a user's API token");
+    refused(
+        &run(&c, Some(&reg), &["token", "list"]),
+        "it needs a user's API token",
+    );
 
     // Listings show one's own tokens only, never a secret.
     let mine = ok(&run(&c, Some(&alice), &["token", "list", "--csv"]));
@@ -186,6 +189,33 @@ async fn accounts_need_a_valid_token_the_right_role_and_ownership() {
     // Disabling bob stops his token at once.
     ok(&run(&c, Some(&admin), &["user", "disable", "bob"]));
     refused(&run(&c, Some(&bob), &["token", "list"]), "UNAUTHENTICATED");
+
+    // The admin token file is lost: with the operator stopped, `admin-token` issues a new
+    // one offline; while it runs, the data directory is in use and the command refuses.
+    let data_s = data.to_str().expect("utf-8");
+    let busy = Command::new(BIN)
+        .args(["admin-token", "--data-dir", data_s])
+        .output()
+        .expect("admin-token");
+    assert!(!busy.status.success(), "refused while the operator runs");
+    let mut c = c;
+    c.operator.kill();
+    std::fs::remove_file(&token_file).expect("lose the file");
+    let issued = Command::new(BIN)
+        .args(["admin-token", "--data-dir", data_s, "--days", "2"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("admin-token");
+    ok(&issued);
+    c.restart_operator();
+    let fresh = std::fs::read_to_string(&token_file)
+        .expect("new file")
+        .trim()
+        .to_owned();
+    assert_ne!(fresh, admin);
+    let users = ok(&run(&c, Some(&fresh), &["user", "list", "--csv"]));
+    assert!(users.contains("alice"), "{users}");
+    ok(&run(&c, Some(&admin), &["user", "list"]));
 
     // No secret is stored in clear: not in any table (the audit chain included), nor in
     // the write-ahead log.
