@@ -1,7 +1,22 @@
 //! Connection to the operator: the `--operator` URL and the caller's token, shared by every
 //! client command. The token goes in the `x-auth-token` metadata of every call (the T/AI
 //! 123.12 header `X-Auth-Token`). Sources, first found wins: `--token`, the `TESSERA_TOKEN`
-//! environment variable, `--token-file`.
+//! environment variable, `--token-file`, then a profile of the client configuration file.
+//!
+//! The configuration file is `$TESSERA_CLIENT_CONFIG`, else
+//! `$XDG_CONFIG_HOME/tessera/client.toml`, else `~/.config/tessera/client.toml`:
+//!
+//! ```toml
+//! [profiles.default]            # used when no --profile (or TESSERA_PROFILE) is given
+//! operator = "http://127.0.0.1:7100"
+//! token_file = "/home/alice/.tessera/alice.token"
+//!
+//! [profiles.admin]
+//! token_file = "/srv/tessera/operator/admin.token"
+//! ```
+//!
+//! A profile's `operator` is used when `--operator` is not given; its token (`token_file`,
+//! or `token`, discouraged: the file may be read by others) when no other source gives one.
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -89,12 +104,81 @@ pub async fn connect(url: &str) -> anyhow::Result<Client> {
     connect_with(url, None).await
 }
 
+/// The operator URL when neither `--operator` nor a profile names one.
+pub const DEFAULT_OPERATOR: &str = "http://127.0.0.1:7100";
+
+/// One profile of the client configuration file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Profile {
+    operator: Option<String>,
+    token_file: Option<PathBuf>,
+    token: Option<String>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientConfig {
+    #[serde(default)]
+    profiles: std::collections::BTreeMap<String, Profile>,
+}
+
+/// The client configuration file's path, if the environment names a home for it.
+fn config_path() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("TESSERA_CLIENT_CONFIG") {
+        return Some(PathBuf::from(p));
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(base.join("tessera").join("client.toml"))
+}
+
+/// The named profile (`None`: the `default` profile if the file has one).
+///
+/// Errors: a profile was named but the file or the profile does not exist; the file does not
+/// parse.
+fn load_profile(name: Option<&str>) -> anyhow::Result<Option<Profile>> {
+    let path = match config_path() {
+        Some(p) if p.exists() => p,
+        Some(p) => {
+            return match name {
+                Some(n) => Err(anyhow::anyhow!(
+                    "profile {n:?}: the client configuration file {} does not exist",
+                    p.display()
+                )),
+                None => Ok(None),
+            };
+        }
+        None if name.is_some() => {
+            anyhow::bail!("profile given, but no HOME or TESSERA_CLIENT_CONFIG to find it in")
+        }
+        None => return Ok(None),
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading the client configuration {}", path.display()))?;
+    let mut config: ClientConfig = toml::from_str(&text)
+        .with_context(|| format!("parsing the client configuration {}", path.display()))?;
+    match name {
+        Some(n) => config.profiles.remove(n).map(Some).ok_or_else(|| {
+            anyhow::anyhow!(
+                "no profile {n:?} in {} (its [profiles.*] tables)",
+                path.display()
+            )
+        }),
+        None => Ok(config.profiles.remove("default")),
+    }
+}
+
 /// Where the operator is and who is calling: flattened into every client command.
 #[derive(Debug, clap::Args)]
 pub struct Conn {
-    /// Operator URL.
-    #[arg(long, global = true, default_value = "http://127.0.0.1:7100")]
-    pub operator: String,
+    /// Operator URL [default: the profile's, else http://127.0.0.1:7100].
+    #[arg(long, global = true)]
+    pub operator: Option<String>,
+    /// A profile of the client configuration file (operator URL and token).
+    #[arg(long, global = true, env = "TESSERA_PROFILE")]
+    pub profile: Option<String>,
     /// The caller's API token (shown once by `token create`, or the operator's admin token
     /// from DATA_DIR/admin.token). Prefer TESSERA_TOKEN or --token-file: a command line is
     /// visible to other local users.
@@ -106,24 +190,51 @@ pub struct Conn {
     pub token_file: Option<PathBuf>,
 }
 
+fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path)
+        .map(|t| t.trim().to_owned())
+        .with_context(|| format!("reading the token file {}", path.display()))
+}
+
 impl Conn {
-    /// The token this command carries, by precedence.
+    /// The operator URL and the token this command uses, by precedence.
     ///
-    /// Errors: the token file cannot be read.
-    pub fn token(&self) -> anyhow::Result<Option<String>> {
-        if let Some(t) = &self.token {
-            return Ok(Some(t.0.clone()));
-        }
-        match &self.token_file {
-            Some(path) => std::fs::read_to_string(path)
-                .map(|t| Some(t.trim().to_owned()))
-                .with_context(|| format!("reading the token file {}", path.display())),
-            None => Ok(None),
-        }
+    /// Errors: a token file cannot be read; a named profile does not exist.
+    pub fn resolve(&self) -> anyhow::Result<(String, Option<String>)> {
+        let profile =
+            if self.operator.is_some() && (self.token.is_some() || self.token_file.is_some()) {
+                None
+            } else {
+                load_profile(self.profile.as_deref())?
+            };
+        let profile = profile.unwrap_or_default();
+        let url = self
+            .operator
+            .clone()
+            .or(profile.operator)
+            .unwrap_or_else(|| DEFAULT_OPERATOR.to_owned());
+        let token = if let Some(t) = &self.token {
+            Some(t.0.clone())
+        } else if let Some(path) = &self.token_file {
+            Some(read_token_file(path)?)
+        } else if let Some(path) = &profile.token_file {
+            Some(read_token_file(path)?)
+        } else {
+            profile.token
+        };
+        Ok((url, token))
+    }
+
+    /// The operator URL this command names.
+    ///
+    /// Errors: as [`Conn::resolve`].
+    pub fn url(&self) -> anyhow::Result<String> {
+        Ok(self.resolve()?.0)
     }
 
     /// Connects to the operator this command names, with its token.
     pub async fn connect(&self) -> anyhow::Result<Client> {
-        connect_with(&self.operator, self.token()?.as_deref()).await
+        let (url, token) = self.resolve()?;
+        connect_with(&url, token.as_deref()).await
     }
 }

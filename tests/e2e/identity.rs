@@ -217,6 +217,33 @@ async fn accounts_need_a_valid_token_the_right_role_and_ownership() {
     assert!(users.contains("alice"), "{users}");
     ok(&run(&c, Some(&admin), &["user", "list"]));
 
+    // A profile of the client configuration names the operator and the token file; an
+    // explicit token (here bob's, disabled) takes precedence over it.
+    let config = c.dir.path().join("client.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[profiles.ops]\noperator = \"{}\"\ntoken_file = \"{}\"\n",
+            c.url,
+            token_file.display()
+        ),
+    )
+    .expect("config");
+    let with_profile = |profile: &str, token: Option<&str>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["user", "list", "--profile", profile])
+            .env("TESSERA_CLIENT_CONFIG", &config)
+            .env("RUST_LOG", "warn")
+            .env_remove("TESSERA_TOKEN");
+        if let Some(t) = token {
+            cmd.env("TESSERA_TOKEN", t);
+        }
+        cmd.output().expect("run")
+    };
+    assert!(ok(&with_profile("ops", None)).contains("alice"));
+    refused(&with_profile("ops", Some(&bob)), "UNAUTHENTICATED");
+    refused(&with_profile("nope", None), "no profile \"nope\"");
+
     // No secret is stored in clear: not in any table (the audit chain included), nor in
     // the write-ahead log.
     let db = std::fs::read(data.join("tessera.db")).expect("db");
