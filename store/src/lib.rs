@@ -8,6 +8,7 @@
 //! [`audit`]).
 
 pub mod audit;
+mod audit_records;
 mod bills;
 mod jobs;
 mod ledger;
@@ -310,6 +311,8 @@ fn make_private(path: &Path) -> std::io::Result<()> {
 mod tests;
 #[cfg(test)]
 mod tests_audit;
+#[cfg(test)]
+mod tests_audit_records;
 #[cfg(test)]
 mod tests_billing;
 
