@@ -166,9 +166,21 @@ fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
 /// [`crate::datadir`]), opens the store (files 0600), recovers unfinished jobs, and starts
 /// serving.
 ///
-/// Errors: the data directory is in use by another process or cannot be created; the store
-/// cannot be opened; the key file is unreadable; the listen address cannot be bound.
+/// The listen address is bound first, so that a start on an address in use fails before it
+/// creates anything (the data directory, its lock, the store, the key).
+///
+/// Errors: the listen address cannot be bound; the data directory is in use by another
+/// process or cannot be created; the store cannot be opened; the key file is unreadable.
 pub async fn start(config: &OperatorConfig) -> anyhow::Result<OperatorHandle> {
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (is another process using it?); nothing was created in {}",
+                config.listen,
+                config.data_dir.display()
+            )
+        })?;
     let lock = crate::datadir::lock(&config.data_dir)?;
     let zone: tessera_core::civil::Zone = config
         .time_zone
@@ -248,9 +260,6 @@ pub async fn start(config: &OperatorConfig) -> anyhow::Result<OperatorHandle> {
         .unwrap_or(250)
         .clamp(50, 1000);
     tokio::spawn(scheduler.clone().run_monitor(monitor_ms));
-    let listener = tokio::net::TcpListener::bind(&config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     let service = OperatorService::new(scheduler.clone()).into_server();
     let server = tokio::spawn(

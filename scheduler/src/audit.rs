@@ -1,5 +1,6 @@
 //! The audit chain on behalf of the node and the API: signed checkpoints of the chain's head
-//! ("sealing"), and verification of the chain, its checkpoints and the ledger tables.
+//! ("sealing"), and verification of the chain, its checkpoints, the ledger tables and the
+//! records re-derived from it (licence counters, jobs, bills, bill lines).
 //!
 //! Cadence of checkpoints (each is one ed25519 signature with the node's ticket key and one
 //! row in `audit_checkpoints`; sealing a head already sealed writes nothing):
@@ -33,7 +34,8 @@ pub const SEAL_INTERVAL_MS: u64 = 1_000;
 pub struct AuditReport {
     /// Entries checked.
     pub entries: u64,
-    /// The first entry that does not verify, if any.
+    /// The first entry that does not verify, if any (`None` when the chain is intact, even if
+    /// a table differs from it).
     pub first_broken_seq: Option<u64>,
     /// What is wrong (every finding), or a summary when nothing is.
     pub detail: String,
@@ -44,7 +46,8 @@ pub struct AuditReport {
 }
 
 impl AuditReport {
-    /// Whether the chain, its checkpoints and the ledger tables verified.
+    /// Whether the chain, its checkpoints, the ledger tables and the re-derived records
+    /// verified.
     pub fn ok(&self) -> bool {
         self.problems.is_empty()
     }
@@ -152,8 +155,9 @@ impl AuditService {
     }
 
     /// Re-computes the chain, checks it against the stored checkpoints (signatures under the
-    /// node's own key) and the ledger tables against the transfers the chain recorded, and
-    /// names every finding.
+    /// node's own key), the ledger tables against the transfers the chain recorded and the
+    /// licence counters, jobs, bills and bill lines against the entries that changed them,
+    /// and names every finding once.
     ///
     /// # Errors
     /// The store's; a negative sequence number is corrupt data.

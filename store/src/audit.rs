@@ -11,8 +11,9 @@
 //! `audit_checkpoints` and, above all, outside the database: tickets, receipts, export files):
 //! [`verify_all`] names a chain that ends before a signed head (truncated) or hashes
 //! differently at it (rewritten). It also re-derives every ledger transfer and every account's
-//! totals from the `ledger_transfer` entries and compares them with the ledger tables, so a
-//! consistent edit of those tables is caught too.
+//! totals from the `ledger_transfer` entries and compares them with the ledger tables, and each
+//! licence scene's counters, each job row, each bill and each bill line from the entries that
+//! changed them ([`crate::audit_records`]), so a consistent edit of those tables is caught too.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -22,6 +23,8 @@ use sqlx::{Row, SqliteConnection};
 use tessera_accounting::TransferSpec;
 use tessera_core::checkpoint::{NodeKey, SignedHead};
 
+use crate::audit_records::check_records;
+pub use crate::audit_records::{RecordTable, RecordTables, RecordsChecked, RowKey, StoredRow};
 use crate::{Store, StoreError, TransferRecord};
 
 /// Hash of the (absent) entry before the first.
@@ -105,6 +108,52 @@ pub enum AuditProblem {
         /// What differs.
         detail: String,
     },
+    /// A field of a stored row differs from what the chain's entries give.
+    #[error("{row}: {field} is {stored}, the chain gives {chain} (entry {seq})")]
+    RecordField {
+        /// The table.
+        table: RecordTable,
+        /// The row, named (e.g. `licence L1 scene psi`, `job J`, `bill line B`).
+        row: String,
+        /// The field (e.g. `remaining_counts`, `charge_micros`).
+        field: String,
+        /// The stored value, as an SQL literal.
+        stored: String,
+        /// The value the chain gives, as an SQL literal.
+        chain: String,
+        /// The entry that last set it.
+        seq: u64,
+    },
+    /// A stored row that no audit entry records.
+    #[error("{row} is in the {table} table, but no audit entry records it")]
+    RecordNotInChain {
+        /// The table.
+        table: RecordTable,
+        /// The row, named.
+        row: String,
+    },
+    /// A row the chain records that is gone from its table.
+    #[error("{row}, recorded by entry {seq}, is missing from the {table} table")]
+    RecordMissing {
+        /// The table.
+        table: RecordTable,
+        /// The row, named.
+        row: String,
+        /// The entry that recorded it.
+        seq: u64,
+    },
+    /// The chain's entries about a row do not make sense together (it is not compared).
+    #[error("{row} cannot be re-derived from the chain: {reason}")]
+    RecordUnderivable {
+        /// The table.
+        table: RecordTable,
+        /// The row, named.
+        row: String,
+        /// The entry that could not be applied.
+        seq: u64,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl AuditProblem {
@@ -115,7 +164,23 @@ impl AuditProblem {
             Self::BadCheckpoint { seq, .. } => Some(*seq),
             Self::Truncated { chain_len, .. } => Some(chain_len.saturating_add(1)),
             Self::Ledger { seq, .. } => *seq,
+            Self::RecordField { seq, .. }
+            | Self::RecordMissing { seq, .. }
+            | Self::RecordUnderivable { seq, .. } => Some(*seq),
+            Self::RecordNotInChain { .. } => None,
         }
+    }
+
+    /// Whether the chain itself is broken (a link, a hash, a signed head, a checkpoint), as
+    /// against a stored table that differs from an intact chain.
+    pub fn is_chain(&self) -> bool {
+        matches!(
+            self,
+            Self::Broken { .. }
+                | Self::Truncated { .. }
+                | Self::Rewritten { .. }
+                | Self::BadCheckpoint { .. }
+        )
     }
 }
 
@@ -132,7 +197,7 @@ pub struct AuditVerification {
     /// Entries checked.
     pub entries: u64,
     /// The first entry that does not verify, if any (for a truncated chain: the first missing
-    /// entry).
+    /// entry). `None` when the chain is intact, even if a table differs from it.
     pub first_broken_seq: Option<i64>,
     /// What is wrong (every finding, `; `-separated), or a summary when nothing is.
     pub detail: String,
@@ -142,16 +207,41 @@ pub struct AuditVerification {
     pub signatures_checked: bool,
     /// Ledger transfers re-derived from the chain and compared with the ledger tables.
     pub transfers: u64,
+    /// Licence scene counters, jobs, bills and bill lines re-derived and compared.
+    pub records: RecordsChecked,
     /// Entries after the latest signed head (not yet covered by any checkpoint).
     pub unsealed_entries: u64,
-    /// Every finding, at most [`AUDIT_PROBLEMS_MAX`].
+    /// Every finding (each once), at most [`AUDIT_PROBLEMS_MAX`].
     pub problems: Vec<AuditProblem>,
+    /// Findings beyond [`AUDIT_PROBLEMS_MAX`], counted only.
+    pub more_problems: u64,
 }
 
 impl AuditVerification {
     /// Whether everything verified.
     pub fn ok(&self) -> bool {
         self.problems.is_empty()
+    }
+
+    /// Whether the chain itself verified (links, hashes, signed heads), whatever the tables.
+    pub fn chain_ok(&self) -> bool {
+        !self.problems.iter().any(AuditProblem::is_chain)
+    }
+
+    /// One line saying how it went: what verified, where the chain broke, or that an intact
+    /// chain disagrees with the stored tables.
+    pub fn summary(&self) -> String {
+        let n = self.problems.len() as u64 + self.more_problems;
+        match self.first_broken_seq {
+            _ if self.ok() => format!("audit chain OK: {}", self.detail),
+            Some(seq) => format!("audit chain BROKEN at entry {seq}: {n} problem(s)"),
+            None if !self.chain_ok() => format!("audit chain BROKEN: {n} problem(s)"),
+            None => format!(
+                "audit chain intact ({} entries), but the stored tables differ from it: {n} \
+                 problem(s)",
+                self.entries
+            ),
+        }
     }
 }
 
@@ -351,8 +441,9 @@ impl Store {
     }
 
     /// Recomputes the chain, checks it against the stored checkpoints (without their
-    /// signatures: see [`Store::verify_audit_with`]) and the ledger tables against the
-    /// transfers the chain recorded.
+    /// signatures: see [`Store::verify_audit_with`]), the ledger tables against the
+    /// transfers the chain recorded, and the licence scene counters, jobs, bills and bill
+    /// lines against the entries that changed them.
     pub async fn verify_audit(&self) -> Result<AuditVerification, StoreError> {
         self.verify_audit_with(None, &[]).await
     }
@@ -380,7 +471,8 @@ impl Store {
             transfers: self.transfers().await?,
             accounts: self.ledger_account_rows().await?,
         };
-        Ok(verify_all(&entries, &checkpoints, key, &ledger))
+        let records = self.record_tables().await?;
+        Ok(verify_all(&entries, &checkpoints, key, &ledger, &records))
     }
 
     async fn ledger_account_rows(&self) -> Result<Vec<AccountTotals>, StoreError> {
@@ -437,15 +529,20 @@ pub fn verify_entries(entries: &[AuditEntry]) -> Option<AuditProblem> {
     found.list.into_iter().next()
 }
 
-/// Findings, bounded at [`AUDIT_PROBLEMS_MAX`] (the rest counted).
+/// Findings, each once, bounded at [`AUDIT_PROBLEMS_MAX`] (the rest counted).
 #[derive(Default)]
-struct Findings {
+pub(crate) struct Findings {
     list: Vec<AuditProblem>,
     more: u64,
 }
 
 impl Findings {
-    fn push(&mut self, p: AuditProblem) {
+    /// Adds a finding, unless the same one is listed already (two copies of one signed head,
+    /// e.g. an export file's head and its list, name the same truncation once).
+    pub(crate) fn push(&mut self, p: AuditProblem) {
+        if self.list.contains(&p) {
+            return;
+        }
         if self.list.len() < AUDIT_PROBLEMS_MAX {
             self.list.push(p);
         } else {
@@ -455,18 +552,21 @@ impl Findings {
 }
 
 /// Checks the chain's links and hashes, the chain against signed heads (their signatures
-/// under `key` when given; each labelled with where it came from), and the ledger tables
-/// against the transfers the chain recorded.
+/// under `key` when given; each labelled with where it came from), the ledger tables
+/// against the transfers the chain recorded, and the records tables (licence scene
+/// counters, jobs, bills, bill lines) against their re-derivation from the chain.
 pub fn verify_all(
     entries: &[AuditEntry],
     checkpoints: &[(String, SignedHead)],
     key: Option<&NodeKey>,
     ledger: &LedgerTables,
+    records: &RecordTables,
 ) -> AuditVerification {
     let mut found = Findings::default();
     check_links(entries, &mut found);
     check_checkpoints(entries, checkpoints, key, &mut found);
     let transfers = check_ledger(entries, ledger, &mut found);
+    let checked = check_records(entries, records, &mut found);
     let chain_len = entries.len() as u64;
     let latest = checkpoints
         .iter()
@@ -477,19 +577,32 @@ pub fn verify_all(
     let first_broken_seq = found
         .list
         .iter()
+        .filter(|p| p.is_chain())
         .filter_map(AuditProblem::seq)
         .min()
         .and_then(|s| i64::try_from(s).ok());
     let detail = if found.list.is_empty() {
-        format!(
-            "{chain_len} entries, {} signed checkpoints{}, {transfers} ledger transfers verified",
+        let mut d = format!(
+            "{chain_len} entries, {} signed checkpoints{}, {transfers} ledger transfers, {} \
+             licence scene counters, {} jobs, {} bills and {} bill lines verified",
             checkpoints.len(),
             if key.is_some() {
                 " (signatures checked)"
             } else {
                 ""
-            }
-        )
+            },
+            checked.licence_scenes,
+            checked.jobs,
+            checked.bills,
+            checked.bill_lines,
+        );
+        if checked.partly_checked > 0 {
+            d.push_str(&format!(
+                "; {} rows were checked only in the fields their (older) entries record",
+                checked.partly_checked
+            ));
+        }
+        d
     } else {
         let mut d: Vec<String> = found.list.iter().map(ToString::to_string).collect();
         if found.more > 0 {
@@ -504,8 +617,10 @@ pub fn verify_all(
         checkpoints: checkpoints.len() as u64,
         signatures_checked: key.is_some(),
         transfers,
+        records: checked,
         unsealed_entries: chain_len.saturating_sub(latest),
         problems: found.list,
+        more_problems: found.more,
     }
 }
 

@@ -685,6 +685,7 @@ impl Store {
         };
         let reason_texts: Vec<String> = reasons.iter().map(ToString::to_string).collect();
         let reasons_json = serde_json::to_string(&reason_texts).map_err(corrupt)?;
+        let output_name = if allowed { job.output.as_str() } else { "" };
         let inserted = sqlx::query(
             "INSERT INTO jobs (job_id, licence_id, scene, user_id, mode, state, count_state, request_json, \
              reasons_json, created_at_ms, updated_at_ms, finished_at_ms, buyer_party, provider_party, output_name, \
@@ -704,7 +705,7 @@ impl Store {
         .bind(if allowed { None } else { Some(job.now_ms) })
         .bind(&job.buyer_party)
         .bind(&job.provider_party)
-        .bind(if allowed { job.output.as_str() } else { "" })
+        .bind(output_name)
         .bind(&job.request_id)
         .execute(&mut *tx)
         .await?;
@@ -742,6 +743,9 @@ impl Store {
             &serde_json::json!({
                 "licence_id": job.licence_id, "scene": job.scene, "user": job.user,
                 "request_id": job.request_id, "reasons": reason_texts, "detail": decision.detail,
+                // The job row's other fields as written, so `audit verify` re-derives it.
+                "mode": job.mode.as_str(), "buyer_party": job.buyer_party,
+                "provider_party": job.provider_party, "output_name": output_name,
                 "holds": decision.holds.iter().map(|h| serde_json::json!({
                     "transfer_id": h.id, "account": h.debit, "amount_micros": h.amount_micros,
                 })).collect::<Vec<_>>(),
@@ -1016,8 +1020,8 @@ impl Store {
             job_id,
             &serde_json::json!({
                 "state": state.as_str(), "count": count_state.as_str(), "error": error,
-                "result_size": result_size, "charge_micros": charge,
-                "delivered_at_ms": job.delivered_at_ms,
+                "result_size": result_size, "result_location": result_location,
+                "charge_micros": charge, "delivered_at_ms": job.delivered_at_ms,
                 "result_file": result_file, "failure": origin,
                 "empty_keys": {"buyer": empty_keys.buyer, "provider": empty_keys.provider},
             }),

@@ -9,6 +9,7 @@
 
 mod accounts;
 pub mod audit;
+mod audit_records;
 mod bills;
 mod jobs;
 mod ledger;
@@ -312,6 +313,8 @@ fn make_private(path: &Path) -> std::io::Result<()> {
 mod tests;
 #[cfg(test)]
 mod tests_audit;
+#[cfg(test)]
+mod tests_audit_records;
 #[cfg(test)]
 mod tests_billing;
 

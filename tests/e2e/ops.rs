@@ -612,3 +612,35 @@ async fn progress_seen_by_a_watcher_never_goes_backwards() {
     assert_eq!(end.result_size, Some(30_000));
     assert!(updates > 2, "progress was reported ({updates} updates)");
 }
+
+#[test]
+fn serve_on_an_address_in_use_fails_naming_it_and_creates_nothing() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("fresh");
+    let mut serve = Command::new(BIN)
+        .args(["serve", "--listen", &addr, "--data-dir"])
+        .arg(&data)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let code = wait_exit(&mut serve, Duration::from_secs(20));
+    let mut err = String::new();
+    serve
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("read");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+    assert!(
+        !data.exists(),
+        "a start that failed left {} behind",
+        data.display()
+    );
+    drop(taken);
+}
