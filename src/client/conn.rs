@@ -225,13 +225,6 @@ impl Conn {
         Ok((url, token))
     }
 
-    /// The operator URL this command names.
-    ///
-    /// Errors: as [`Conn::resolve`].
-    pub fn url(&self) -> anyhow::Result<String> {
-        Ok(self.resolve()?.0)
-    }
-
     /// Connects to the operator this command names, with its token.
     pub async fn connect(&self) -> anyhow::Result<Client> {
         let (url, token) = self.resolve()?;
