@@ -177,7 +177,9 @@ impl From<&SchedulerError> for ApiCode {
             SchedulerError::NotFound(_) => ApiCode::NotFound,
             SchedulerError::Forbidden(_) => ApiCode::PermissionDenied,
             SchedulerError::Store(s) => store_code(s),
-            SchedulerError::Encode { .. } | SchedulerError::Ticket(_) => ApiCode::Internal,
+            SchedulerError::Encode { .. }
+            | SchedulerError::Ticket(_)
+            | SchedulerError::Interrupted(_) => ApiCode::Internal,
         }
     }
 }

@@ -17,7 +17,8 @@ mod submit;
 pub mod validate;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::future::Future;
+use std::sync::{Arc, Weak};
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -31,7 +32,7 @@ pub use accounts::AccountService;
 pub use audit::AuditService;
 pub use billing::BillingService;
 pub use records::RecordService;
-pub use registry::{LiveWorker, WorkerView};
+pub use registry::{LiveWorker, WORKER_FORGET_MS, WorkerView};
 pub use submit::{JobRequest, SUPPORTED_SCENES, TaskReport, TaskUsage};
 /// The records the services hand out, re-exported so the gateway needs no store dependency.
 pub use tessera_store::{
@@ -67,6 +68,10 @@ pub enum SchedulerError {
     /// A ticket could not be signed.
     #[error(transparent)]
     Ticket(#[from] TicketError),
+    /// The work did not run to its end: the scheduler is shutting down, or the task running
+    /// it panicked.
+    #[error("interrupted: {0}")]
+    Interrupted(String),
 }
 
 /// Tunables.
@@ -191,6 +196,8 @@ impl Ids {
 
 /// The scheduler.
 pub struct Scheduler {
+    /// This scheduler, for work that must outlive its caller ([`Scheduler::detached`]).
+    this: Weak<Scheduler>,
     store: Store,
     clock: Arc<dyn Clock>,
     signer: Arc<TicketSigner>,
@@ -224,7 +231,8 @@ impl Scheduler {
         rng_seed: [u8; 32],
     ) -> Arc<Self> {
         let signer = Arc::new(signer);
-        Arc::new(Self {
+        Arc::new_cyclic(|this| Self {
+            this: this.clone(),
             audit: AuditService::new(store.clone(), signer.clone(), clock.clone()),
             store,
             clock,
@@ -282,6 +290,32 @@ impl Scheduler {
 
     fn random_id(&self, prefix: &str) -> String {
         self.ids.next(prefix)
+    }
+
+    /// Runs `work` on a task of its own and waits for its answer. The callers are gRPC
+    /// handlers, and the server drops a handler at its next await when the client's
+    /// connection breaks (a worker killed while it reports, a client that gives up): a job's
+    /// end stopped there — its report taken in but not acted on, or its live record removed
+    /// and its store transaction rolled back — left the job `running` with nothing left to
+    /// end it. Detached, a change of a job's life once begun is carried to its end whether or
+    /// not anyone still waits for the answer.
+    ///
+    /// # Errors
+    /// `work`'s; [`SchedulerError::Interrupted`] when the scheduler is shutting down or the
+    /// task panicked.
+    async fn detached<T, F, Fut>(&self, work: F) -> Result<T, SchedulerError>
+    where
+        F: FnOnce(Arc<Self>) -> Fut,
+        Fut: Future<Output = Result<T, SchedulerError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let this = self
+            .this
+            .upgrade()
+            .ok_or_else(|| SchedulerError::Interrupted("the scheduler is shutting down".into()))?;
+        tokio::spawn(work(this))
+            .await
+            .map_err(|e| SchedulerError::Interrupted(e.to_string()))?
     }
 
     /// Fails every job left admitted or running by a previous run of the operator: its

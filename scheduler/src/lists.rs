@@ -40,9 +40,9 @@ pub struct Listed<T> {
 pub struct WorkerListing {
     /// The stored registration.
     pub record: tessera_store::WorkerRecord,
-    /// Live now.
+    /// Live now (else lost).
     pub live: bool,
-    /// Tasks placed on it now.
+    /// Tasks of live jobs placed on it that have not reported, now.
     pub running: usize,
 }
 
@@ -111,7 +111,8 @@ impl Scheduler {
     }
 
     /// A page of registered workers (of `party` when not empty), in registration order, each
-    /// with whether it is live now.
+    /// with whether it is live now (else lost) and the tasks running on it (counted from the
+    /// live jobs). Workers silent for [`crate::WORKER_FORGET_MS`] are left out.
     ///
     /// # Errors
     /// `Invalid` for a bad page; the store's errors.
@@ -120,17 +121,21 @@ impl Scheduler {
         party: &str,
         page: &PageQuery,
     ) -> Result<Listed<WorkerListing>, SchedulerError> {
-        let p = self.store.list_workers(party, page.request()?).await?;
         let now = self.now();
+        let seen_after = now.saturating_sub(crate::WORKER_FORGET_MS);
+        let p = self
+            .store
+            .list_workers(party, seen_after, page.request()?)
+            .await?;
         let timeout = self.config.heartbeat_timeout_ms;
+        let running = self.running_tasks().await;
         let workers = self.workers.lock().await;
-        Ok(listed(p, |record| {
-            let w = workers.get(&record.worker_id);
-            WorkerListing {
-                live: w.is_some_and(|w| w.is_live(now, timeout)),
-                running: w.map_or(0, |w| w.running),
-                record,
-            }
+        Ok(listed(p, |record| WorkerListing {
+            live: workers
+                .get(&record.worker_id)
+                .is_some_and(|w| w.is_live(now, timeout)),
+            running: running.get(&record.worker_id).copied().unwrap_or(0),
+            record,
         }))
     }
 

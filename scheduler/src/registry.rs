@@ -1,6 +1,10 @@
 //! Live workers: registration, heartbeats, and the loss of a worker (silence past the
 //! heartbeat timeout, or its task stream closing), which fails its running jobs and releases
-//! their counts.
+//! their counts. A lost worker is shown as lost, and forgotten once silent for
+//! [`WORKER_FORGET_MS`]; the tasks running on a worker are counted from the live jobs, never
+//! kept on the side.
+
+use std::collections::HashMap;
 
 use serde::Serialize;
 use tessera_core::WorkerAttributes;
@@ -8,6 +12,11 @@ use tessera_store::{FailureOrigin, JobFinish, WorkerRecord};
 use tokio::sync::mpsc;
 
 use crate::{Delivery, Scheduler, SchedulerError};
+
+/// A worker that is not live and has been silent this long (24 h) is forgotten: dropped from
+/// the operator's memory and from `worker list` (its registration stays in the store and the
+/// audit chain). Registering again under its id brings it back.
+pub const WORKER_FORGET_MS: i64 = 24 * 3_600_000;
 
 /// A registered worker as the scheduler holds it.
 #[derive(Debug)]
@@ -20,8 +29,6 @@ pub struct LiveWorker {
     pub last_seen_ms: i64,
     /// Its task stream, while connected.
     pub(crate) deliveries: Option<mpsc::Sender<Delivery>>,
-    /// Tasks currently placed on it.
-    pub running: usize,
 }
 
 /// A snapshot of a worker for placement and display.
@@ -33,9 +40,9 @@ pub struct WorkerView {
     pub attributes: WorkerAttributes,
     /// Peer-link address.
     pub peer_addr: String,
-    /// Whether it is connected and heard from recently.
+    /// Whether it is connected and heard from recently (else it is lost).
     pub live: bool,
-    /// Tasks placed on it.
+    /// Tasks of live jobs placed on it that have not reported.
     pub running: usize,
 }
 
@@ -44,11 +51,31 @@ impl LiveWorker {
         self.deliveries.as_ref().is_some_and(|d| !d.is_closed())
             && now_ms.saturating_sub(self.last_seen_ms) < timeout_ms
     }
+
+    /// Not live and silent for [`WORKER_FORGET_MS`].
+    fn forgotten(&self, now_ms: i64, timeout_ms: i64) -> bool {
+        !self.is_live(now_ms, timeout_ms)
+            && now_ms.saturating_sub(self.last_seen_ms) >= WORKER_FORGET_MS
+    }
 }
 
 impl Scheduler {
-    /// Registers (or re-registers) a worker; returns its id.
+    /// Registers (or re-registers) a worker; returns its id. A worker that registers again
+    /// has restarted: the jobs of its unreported tasks fail. Runs detached
+    /// ([`Scheduler::detached`]).
     pub async fn register_worker(
+        &self,
+        worker_id: Option<String>,
+        attributes: WorkerAttributes,
+        peer_addr: String,
+    ) -> Result<String, SchedulerError> {
+        self.detached(
+            move |s| async move { s.register_now(worker_id, attributes, peer_addr).await },
+        )
+        .await
+    }
+
+    async fn register_now(
         &self,
         worker_id: Option<String>,
         attributes: WorkerAttributes,
@@ -88,7 +115,6 @@ impl Scheduler {
                 peer_addr,
                 last_seen_ms: now,
                 deliveries: None,
-                running: 0,
             },
         );
         drop(workers);
@@ -114,10 +140,24 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Snapshot of all workers.
+    /// The tasks of live jobs that have not reported, per worker: what runs on each worker,
+    /// derived from the jobs themselves (a count kept on the side drifted when a job ended
+    /// without passing by it).
+    pub(crate) async fn running_tasks(&self) -> HashMap<String, usize> {
+        let mut running: HashMap<String, usize> = HashMap::new();
+        for job in self.jobs.lock().await.values() {
+            for t in job.tasks.values().filter(|t| t.report.is_none()) {
+                *running.entry(t.worker_id.clone()).or_default() += 1;
+            }
+        }
+        running
+    }
+
+    /// Snapshot of the workers the operator knows (lost ones included until forgotten).
     pub async fn workers(&self) -> Vec<WorkerView> {
         let now = self.now();
         let timeout = self.config.heartbeat_timeout_ms;
+        let running = self.running_tasks().await;
         let mut v: Vec<WorkerView> = self
             .workers
             .lock()
@@ -128,15 +168,20 @@ impl Scheduler {
                 attributes: w.attributes.clone(),
                 peer_addr: w.peer_addr.clone(),
                 live: w.is_live(now, timeout),
-                running: w.running,
+                running: running.get(id).copied().unwrap_or(0),
             })
             .collect();
         v.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
         v
     }
 
-    /// Finds workers that went silent or whose task stream closed, and fails their jobs.
-    /// Run periodically (see [`Scheduler::run_monitor`]); returns the workers found lost.
+    /// Finds workers that went silent or whose task stream closed, and fails their jobs;
+    /// forgets workers silent for [`WORKER_FORGET_MS`]. Run periodically (see
+    /// [`Scheduler::run_monitor`]); returns the workers found lost.
+    ///
+    /// # Errors
+    /// The first store error met; every lost worker's jobs are still tried (an end that
+    /// cannot be recorded is retried by the monitor).
     pub async fn check_workers(&self) -> Result<Vec<String>, SchedulerError> {
         let now = self.now();
         let timeout = self.config.heartbeat_timeout_ms;
@@ -152,21 +197,40 @@ impl Scheduler {
                     w.deliveries = None;
                 }
             }
+            workers.retain(|id, w| {
+                let forget = w.forgotten(now, timeout);
+                if forget {
+                    tracing::info!(worker = %id, "lost worker forgotten");
+                }
+                !forget
+            });
             lost
         };
+        let mut first_error = None;
         for id in &lost {
             tracing::warn!(worker = %id, "worker lost");
-            self.store
+            let audited = self
+                .store
                 .audit(
                     now,
                     "worker_lost",
                     id,
                     &serde_json::json!({"timeout_ms": timeout}),
                 )
-                .await?;
-            self.fail_jobs_on_worker(id, "worker lost").await?;
+                .await
+                .map_err(SchedulerError::from);
+            // Its jobs fail even if the entry could not be written: this worker is no longer
+            // looked at as lost again, so this is the one chance to end them.
+            let failed = self.fail_jobs_on_worker(id, "worker lost").await;
+            for e in [audited.err(), failed.err()].into_iter().flatten() {
+                tracing::error!(worker = %id, error = %e, "handling a lost worker failed");
+                first_error.get_or_insert(e);
+            }
         }
-        Ok(lost)
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(lost),
+        }
     }
 
     /// Checks workers every `interval_ms` until the scheduler is dropped.
@@ -203,17 +267,23 @@ impl Scheduler {
                 Some((id.clone(), Some(origin)))
             })
             .collect();
+        // Every job is tried; one whose end cannot be recorded is retried by the monitor.
+        let mut first_error = None;
         for (job_id, origin) in affected {
-            self.finish(
-                &job_id,
-                JobFinish::Failed {
-                    error: format!("{why}: {worker_id}"),
-                    buyer_fault: false,
-                    origin,
-                },
-            )
-            .await?;
+            let ended = self
+                .finish(
+                    &job_id,
+                    JobFinish::Failed {
+                        error: format!("{why}: {worker_id}"),
+                        buyer_fault: false,
+                        origin,
+                    },
+                )
+                .await;
+            if let Err(e) = ended {
+                first_error.get_or_insert(e);
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 }

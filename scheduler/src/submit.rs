@@ -208,6 +208,7 @@ impl Scheduler {
     fn place(
         &self,
         workers: &HashMap<String, crate::LiveWorker>,
+        running: &HashMap<String, usize>,
         party: &str,
         scene: &tessera_policy::UseScene,
         now: i64,
@@ -225,7 +226,7 @@ impl Scheduler {
                     false
                 }
             })
-            .min_by(|a, b| a.1.running.cmp(&b.1.running).then(a.0.cmp(b.0)));
+            .min_by_key(|(id, _)| (running.get(*id).copied().unwrap_or(0), *id));
         match best {
             Some((id, w)) => Ok(Placed {
                 worker_id: id.clone(),
@@ -256,8 +257,14 @@ impl Scheduler {
     /// it is returned as a job in state `refused` with its reasons. With a `request_id` the
     /// user already used for the same request, the job of that first submission is returned
     /// as it stands (nothing admitted, counted or held again); for a different request,
-    /// `IdempotencyMismatch`.
+    /// `IdempotencyMismatch`. Runs detached ([`Scheduler::detached`]): a caller that goes
+    /// away cannot leave an admitted job undispatched.
     pub async fn submit(&self, req: JobRequest) -> Result<JobView, SchedulerError> {
+        self.detached(move |s| async move { s.admit_and_dispatch(req).await })
+            .await
+    }
+
+    async fn admit_and_dispatch(&self, req: JobRequest) -> Result<JobView, SchedulerError> {
         req.validate()?;
         let now = self.now();
         let job_id = self.random_id("job-");
@@ -302,6 +309,9 @@ impl Scheduler {
         let session_id = self.random_id("s-");
         let task_ids = [self.random_id("t-"), self.random_id("t-")];
 
+        // The least busy fitting worker is chosen; the jobs lock is not held with the workers
+        // lock, so the counts are taken first.
+        let running = self.running_tasks().await;
         let workers = self.workers.lock().await;
         let request_json = serde_json::to_value(&req).map_err(|source| SchedulerError::Encode {
             what: "job request",
@@ -409,8 +419,8 @@ impl Scheduler {
             });
             let mut tasks = Vec::new();
             if let (Some(scene), Some(bds), Some(pds)) = (scene, &buyer_ds, &provider_ds) {
-                let provider = self.place(&workers, &l.licensor, scene, now);
-                let buyer = self.place(&workers, &req.buyer_party, scene, now);
+                let provider = self.place(&workers, &running, &l.licensor, scene, now);
+                let buyer = self.place(&workers, &running, &req.buyer_party, scene, now);
                 match (provider, buyer) {
                     (Ok(p), Ok(b)) => {
                         let sender = TaskSpec {
@@ -587,7 +597,7 @@ impl Scheduler {
             }
         };
         {
-            let mut workers = self.workers.lock().await;
+            let workers = self.workers.lock().await;
             for t in &tasks {
                 let body = TicketBody {
                     ticket_id: self.random_id("k-"),
@@ -613,16 +623,10 @@ impl Scheduler {
                     spec_json: t.spec_json.clone(),
                     ticket,
                 };
-                let sent = match workers.get_mut(&t.worker_id) {
-                    Some(w) => {
-                        w.running += 1;
-                        match &w.deliveries {
-                            Some(d) => d.try_send(delivery).is_ok(),
-                            None => false,
-                        }
-                    }
-                    None => false,
-                };
+                let sent = workers
+                    .get(&t.worker_id)
+                    .and_then(|w| w.deliveries.as_ref())
+                    .is_some_and(|d| d.try_send(delivery).is_ok());
                 if !sent {
                     failure = Some((
                         format!("could not deliver task to worker {}", t.worker_id),
@@ -727,8 +731,21 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Records a worker's final report on a task; ends the job when it can.
+    /// Records a worker's final report on a task; ends the job when it can. Runs detached
+    /// ([`Scheduler::detached`]): a worker killed while it reports cannot stop the job's end
+    /// halfway.
     pub async fn report_result(
+        &self,
+        worker_id: &str,
+        task_id: &str,
+        report: TaskReport,
+    ) -> Result<(), SchedulerError> {
+        let (worker_id, task_id) = (worker_id.to_string(), task_id.to_string());
+        self.detached(move |s| async move { s.take_report(&worker_id, &task_id, report).await })
+            .await
+    }
+
+    async fn take_report(
         &self,
         worker_id: &str,
         task_id: &str,
@@ -786,6 +803,34 @@ impl Scheduler {
             };
             (job_id, finish)
         };
+        if let Err(e) = self
+            .record_report(&job_id, task_id, &report, sender_ok, now)
+            .await
+        {
+            // Not recorded: forget the report, so that the worker's retry decides again
+            // rather than finding it taken and the job waiting for an end nobody decides.
+            let mut jobs = self.jobs.lock().await;
+            if let Some(t) = jobs.get_mut(&job_id).and_then(|j| j.tasks.get_mut(task_id)) {
+                t.report = None;
+            }
+            return Err(e);
+        }
+        match finish {
+            Some(f) => self.finish(&job_id, f).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Writes a task's report to the store; a sender that finished has passed its delivery
+    /// point, even if its milestone report was lost.
+    async fn record_report(
+        &self,
+        job_id: &str,
+        task_id: &str,
+        report: &TaskReport,
+        sender_ok: bool,
+        now: i64,
+    ) -> Result<(), SchedulerError> {
         let usage =
             serde_json::to_value(&report.usage).map_err(|source| SchedulerError::Encode {
                 what: "task usage",
@@ -809,16 +854,11 @@ impl Scheduler {
             )
             .await?;
         if sender_ok {
-            // A sender that finished has passed its delivery point, even if its milestone
-            // report was lost.
             self.store
-                .mark_delivered(&job_id, report.usage.rows_in, now)
+                .mark_delivered(job_id, report.usage.rows_in, now)
                 .await?;
         }
-        match finish {
-            Some(f) => self.finish(&job_id, f).await,
-            None => Ok(()),
-        }
+        Ok(())
     }
 
     /// Records a task's delivery milestone (for ECDH-PSI, reported by the sender once the
@@ -827,8 +867,19 @@ impl Scheduler {
     ///
     /// # Errors
     /// `NotFound` for a task this worker does not run; `Invalid` when the task is not the
-    /// engine's sender; the store's.
+    /// engine's sender; the store's. Runs detached ([`Scheduler::detached`]).
     pub async fn report_delivered(
+        &self,
+        worker_id: &str,
+        task_id: &str,
+        rows_in: u64,
+    ) -> Result<(), SchedulerError> {
+        let (worker_id, task_id) = (worker_id.to_string(), task_id.to_string());
+        self.detached(move |s| async move { s.take_delivery(&worker_id, &task_id, rows_in).await })
+            .await
+    }
+
+    async fn take_delivery(
         &self,
         worker_id: &str,
         task_id: &str,
@@ -988,18 +1039,16 @@ impl Scheduler {
         // anyone can read that answer.
         self.audit.seal_or_log().await;
         if let Some(live) = live {
-            let mut workers = self.workers.lock().await;
-            for (task_id, t) in &live.tasks {
-                if let Some(w) = workers.get_mut(&t.worker_id) {
-                    w.running = w.running.saturating_sub(1);
-                    if t.report.is_none() {
-                        if let Some(d) = &w.deliveries {
-                            let _ = d.try_send(Delivery::Cancel {
-                                task_id: task_id.clone(),
-                                reason: outcome.job.error.clone(),
-                            });
-                        }
-                    }
+            let workers = self.workers.lock().await;
+            for (task_id, t) in live.tasks.iter().filter(|(_, t)| t.report.is_none()) {
+                if let Some(d) = workers
+                    .get(&t.worker_id)
+                    .and_then(|w| w.deliveries.as_ref())
+                {
+                    let _ = d.try_send(Delivery::Cancel {
+                        task_id: task_id.clone(),
+                        reason: outcome.job.error.clone(),
+                    });
                 }
             }
             drop(workers);
@@ -1089,8 +1138,15 @@ impl Scheduler {
         })
     }
 
-    /// Cancels a job on behalf of `user` (who must have submitted it).
+    /// Cancels a job on behalf of `user` (who must have submitted it). Runs detached
+    /// ([`Scheduler::detached`]).
     pub async fn cancel(&self, job_id: &str, user: &str) -> Result<JobView, SchedulerError> {
+        let (job_id, user) = (job_id.to_string(), user.to_string());
+        self.detached(move |s| async move { s.cancel_now(&job_id, &user).await })
+            .await
+    }
+
+    async fn cancel_now(&self, job_id: &str, user: &str) -> Result<JobView, SchedulerError> {
         let view = self.job(job_id).await?;
         if view.job.user != user {
             return Err(SchedulerError::Forbidden(format!(

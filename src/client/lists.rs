@@ -313,7 +313,8 @@ pub async fn licences(a: LicenceListArgs) -> anyhow::Result<()> {
 /// `tessera worker …` client commands.
 #[derive(Debug, clap::Subcommand)]
 pub enum WorkerCmd {
-    /// List registered workers and whether each is live.
+    /// List registered workers, whether each is live or lost, and the tasks running on it
+    /// (workers silent for 24 h are left out).
     List(WorkerListArgs),
 }
 
@@ -370,7 +371,10 @@ pub async fn workers(a: WorkerListArgs) -> anyhow::Result<()> {
                     vec![
                         w.worker_id,
                         at.party,
-                        if w.live { "yes" } else { "no" }.to_string(),
+                        // A registered worker that is not live is lost (silent past the
+                        // heartbeat timeout, its task stream closed, or not back since the
+                        // operator restarted); the operator forgets it after 24 h.
+                        if w.live { "yes" } else { "lost" }.to_string(),
                         w.running_tasks.to_string(),
                         at.region,
                         at.compute_centre,

@@ -180,23 +180,27 @@ impl Store {
         Ok(Page { items, next })
     }
 
-    /// A page of registered workers (of `party` when not empty), in registration order.
+    /// A page of registered workers (of `party` when not empty) last seen after
+    /// `seen_after_ms`, in registration order.
     ///
     /// # Errors
     /// As [`Store::list_jobs`]; `Corrupt` for stored attributes that do not parse.
     pub async fn list_workers(
         &self,
         party: &str,
+        seen_after_ms: i64,
         page: PageRequest,
     ) -> Result<Page<WorkerRecord>, StoreError> {
         let (after, limit) = page.checked()?;
         let rows = sqlx::query(
             "SELECT rowid, worker_id, attributes_json, peer_addr, last_seen_ms FROM workers \
-             WHERE rowid > ?1 AND (?2 = '' OR party = ?2) ORDER BY rowid LIMIT ?3",
+             WHERE rowid > ?1 AND (?2 = '' OR party = ?2) AND last_seen_ms > ?4 \
+             ORDER BY rowid LIMIT ?3",
         )
         .bind(after)
         .bind(party)
         .bind(limit + 1)
+        .bind(seen_after_ms)
         .fetch_all(&self.read)
         .await?;
         let mut items = Vec::with_capacity(rows.len());

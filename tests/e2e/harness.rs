@@ -76,6 +76,8 @@ impl Drop for Proc {
 /// A party's worker process and its directories.
 pub struct Party {
     pub name: String,
+    /// The id the operator knows the worker by (from its banner).
+    pub worker_id: String,
     pub datasets: PathBuf,
     pub outputs: PathBuf,
     pub proc: Proc,
@@ -139,31 +141,57 @@ impl Cluster {
         ]);
     }
 
+    /// Kills the buyer's worker (SIGKILL) and starts another at once on the same
+    /// directories: under the same worker id when `same_id` (a restart), else under a new one.
+    pub fn replace_buyer(&mut self, same_id: bool) {
+        self.buyer.proc.kill();
+        let id = same_id.then(|| self.buyer.worker_id.clone());
+        self.buyer = Self::party_as(self.dir.path(), &self.url, BUYER, id.as_deref());
+    }
+
     fn party(root: &Path, url: &str, name: &str) -> Party {
+        Self::party_as(root, url, name, None)
+    }
+
+    /// A worker process for party `name`, under `worker_id` when given.
+    fn party_as(root: &Path, url: &str, name: &str, worker_id: Option<&str>) -> Party {
         let datasets = root.join(name).join("datasets");
         let outputs = root.join(name).join("outputs");
         std::fs::create_dir_all(&datasets).expect("mkdir");
-        let proc = Proc::start(&[
-            "worker",
-            "--operator",
-            url,
-            "--party",
-            name,
-            "--region",
-            "r1",
-            "--centre",
-            "c1",
-            "--hardware",
-            "x86_64",
-            "--software",
-            "linux",
-            "--datasets",
-            datasets.to_str().expect("utf8"),
-            "--outputs",
-            outputs.to_str().expect("utf8"),
-        ]);
+        let id_args = worker_id.map(|id| ["--worker-id", id]);
+        let proc = Proc::start(
+            &[
+                "worker",
+                "--operator",
+                url,
+                "--party",
+                name,
+                "--region",
+                "r1",
+                "--centre",
+                "c1",
+                "--hardware",
+                "x86_64",
+                "--software",
+                "linux",
+                "--datasets",
+                datasets.to_str().expect("utf8"),
+                "--outputs",
+                outputs.to_str().expect("utf8"),
+            ]
+            .into_iter()
+            .chain(id_args.iter().flatten().copied())
+            .collect::<Vec<_>>(),
+        );
+        let worker_id = proc
+            .first_line
+            .strip_prefix("worker ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("worker banner")
+            .to_string();
         Party {
             name: name.into(),
+            worker_id,
             datasets,
             outputs,
             proc,

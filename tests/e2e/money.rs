@@ -1,5 +1,6 @@
 //! Money and counts under failure and retries (issue 8): the delivery milestone (a buyer
-//! whose worker dies after it could compute its result still pays), submission request ids,
+//! whose worker dies after it could compute its result still pays), a buyer's worker killed
+//! at any moment of a job (every job ends, settled as its end says), submission request ids,
 //! deposit replays and per-customer keys, and the maximum amount.
 
 use std::process::Command;
@@ -7,7 +8,7 @@ use std::time::Duration;
 
 use tessera_proto::v1 as pb;
 
-use crate::harness::{BIN, Cluster, USER, keys};
+use crate::harness::{BIN, Cluster, USER, holds_only_voided, keys};
 
 /// Per-job price 1,000 + 10 per 1,000 provider rows (the harness's licence).
 fn expected_charge(provider_rows: u64) -> i64 {
@@ -218,6 +219,168 @@ async fn a_buyer_lost_after_delivery_is_charged_by_the_live_operator() {
     assert!(j.delivered_at_ms.is_some(), "{j:?}");
     assert_eq!(c.remaining(&lic).await, Some(1), "the run is consumed");
     assert_charged(&c, &j, expected_charge(rows as u64)).await;
+}
+
+/// When a test kills the buyer's worker during a job.
+#[derive(Debug, Clone, Copy)]
+enum Moment {
+    /// Its task dispatched, the provider's worker frozen so that it has not dialled yet.
+    BeforePeer,
+    /// Blinded points crossing the link.
+    MidTransfer,
+    /// The delivery milestone recorded.
+    AtDelivery,
+    /// Its result file written (its result report about to leave, or gone).
+    AfterOutput,
+}
+
+/// Polls the job every few milliseconds (bounded) until some party reports `phase` or the job
+/// is delivered or ended: the moment is then past.
+async fn until_phase(c: &Cluster, job_id: &str, phase: &str) {
+    let mut client = c.client().await;
+    for _ in 0..30_000 {
+        let j = client
+            .get_job(pb::JobRef {
+                job_id: job_id.into(),
+            })
+            .await
+            .expect("get job")
+            .into_inner();
+        let past = j.delivered_at_ms.is_some() || !matches!(j.state_text(), "admitted" | "running");
+        if past || j.progress.iter().any(|p| p.phase == phase && p.done > 0) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!("job {job_id} never reached phase {phase}");
+}
+
+/// Runs one intersection job (output `out-{run}.csv`) and kills the buyer's worker at
+/// `moment`, starting another at once (under the same id when `same_id`). The job must end
+/// (bounded wait) and be settled as its end says: past its delivery point (or succeeded) the
+/// run consumed and the job charged, else the run given back and every hold voided; the
+/// ledger balanced either way.
+async fn kill_buyer_during_a_job(
+    c: &mut Cluster,
+    lic: &str,
+    run: usize,
+    moment: Moment,
+    same_id: bool,
+) -> pb::Job {
+    let before = c.remaining(lic).await.expect("a counted licence");
+    let out = format!("out-{run}.csv");
+    if let Moment::BeforePeer = moment {
+        c.provider.proc.signal("STOP");
+    }
+    let j = c
+        .client()
+        .await
+        .submit_job(Cluster::job(lic, "b", "intersection", &out))
+        .await
+        .expect("submit")
+        .into_inner();
+    assert!(matches!(j.state_text(), "admitted" | "running"), "{j:?}");
+    match moment {
+        Moment::BeforePeer => {}
+        Moment::MidTransfer => until_phase(c, &j.job_id, "exchange").await,
+        Moment::AtDelivery => {
+            until_delivered(c, &j.job_id).await;
+        }
+        Moment::AfterOutput => {
+            let path = c.buyer.outputs.join(&out);
+            for _ in 0..60_000 {
+                if path.exists() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            assert!(path.exists(), "run {run}: the buyer never wrote its result");
+        }
+    }
+    c.replace_buyer(same_id);
+    if let Moment::BeforePeer = moment {
+        c.provider.proc.signal("CONT");
+    }
+    let j = c.wait(&j.job_id).await;
+    let context = format!("run {run} ({moment:?}, same id {same_id}): {j:?}");
+    let (transfers, lines, balanced) = money_of(c, &j.job_id).await;
+    assert!(balanced, "{context}");
+    let after = c.remaining(lic).await.expect("a counted licence");
+    if j.state_text() == "succeeded" || j.delivered_at_ms.is_some() {
+        assert_eq!(after, before - 1, "the run is consumed: {context}");
+        assert!(j.charge_micros > 0, "{context}");
+        let posted: i64 = transfers
+            .iter()
+            .filter(|t| t.kind == "post_pending")
+            .map(|t| t.amount_micros)
+            .sum();
+        assert_eq!(posted, j.charge_micros, "{context}: {transfers:?}");
+        assert_eq!(lines.len(), 1, "one bill line: {context}");
+    } else {
+        assert_eq!(after, before, "the run is given back: {context}");
+        assert_eq!(j.charge_micros, 0, "{context}");
+        assert!(
+            holds_only_voided(&transfers, Some(&j.job_id)),
+            "{context}: {transfers:?}"
+        );
+        assert!(lines.is_empty(), "{context}");
+    }
+    j
+}
+
+/// Issue 8, the job seen stuck `running` after the buyer's worker was killed: the buyer's
+/// worker is killed at each moment of a job, and replaced at once by a new worker or by a
+/// restart under the same id. Every job ends, settled as its end says; afterwards no task is
+/// counted running on any worker, and the killed workers that did not come back are shown
+/// lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buyer_killed_at_any_moment_leaves_no_job_running() {
+    let mut c = Cluster::start(2_000);
+    c.fund(1_000_000_000, "fund").await;
+    let rows = 60_000;
+    c.dataset(&c.provider, "p", "k", &keys("x", 0..rows)).await;
+    c.dataset(&c.buyer, "b", "k", &keys("x", rows / 2..rows / 2 + rows))
+        .await;
+    let lic = c.licence("p", Some(100)).await;
+    let mut gone = Vec::new();
+    let mut run = 0;
+    for same_id in [false, true] {
+        for moment in [
+            Moment::BeforePeer,
+            Moment::MidTransfer,
+            Moment::AtDelivery,
+            Moment::AfterOutput,
+        ] {
+            run += 1;
+            if !same_id {
+                gone.push(c.buyer.worker_id.clone());
+            }
+            kill_buyer_during_a_job(&mut c, &lic, run, moment, same_id).await;
+        }
+    }
+    let workers = c
+        .client()
+        .await
+        .list_workers(pb::WorkerQuery {
+            page: None,
+            party: String::new(),
+        })
+        .await
+        .expect("workers")
+        .into_inner()
+        .workers;
+    for w in &workers {
+        assert_eq!(
+            w.running_tasks, 0,
+            "nothing runs after the jobs ended: {w:?}"
+        );
+        let expect_live = !gone.contains(&w.worker_id);
+        assert_eq!(w.live, expect_live, "{w:?}");
+    }
+    assert_eq!(workers.len(), 2 + gone.len(), "{workers:?}");
+    let (ok, out, err) = cli(&c, &["worker", "list"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.matches(" lost ").count(), gone.len(), "{out}");
 }
 
 /// Issue 8 item 7: the same request id returns the same job (one count, one set of holds);

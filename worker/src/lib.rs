@@ -603,7 +603,9 @@ async fn report(
     }
 }
 
-/// Attempts to send a task's result: 5 in all, 200 ms, 400 ms, 600 ms and 800 ms apart.
+/// Attempts to send a task's result: 20 in all, 0.2 s apart growing by 0.2 s (about 40 s in
+/// all), for an operator that is briefly unreachable or cannot write: a job whose last report
+/// never arrives waits for it.
 fn report_backoff() -> impl backon::Backoff {
     (1..REPORT_ATTEMPTS).map(|k| Duration::from_millis(200 * k))
 }
@@ -618,7 +620,7 @@ fn delivery_backoff() -> impl backon::Backoff {
 const DELIVERY_ATTEMPTS: u64 = 15;
 
 /// How many times a task's result is sent before the worker gives up on it.
-const REPORT_ATTEMPTS: u64 = 5;
+const REPORT_ATTEMPTS: u64 = 20;
 
 #[cfg(test)]
 mod dir_tests {

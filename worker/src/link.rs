@@ -114,7 +114,20 @@ impl GrpcLink {
             .parse()
             .map_err(|_| LinkError::Transport("session id is not valid metadata".into()))?;
         req.metadata_mut().insert(SESSION_HEADER, value);
-        let resp = client.exchange(req).await.map_err(|s| status_to_link(&s))?;
+        // The peer answers at once (its hub takes the stream whether or not its task waits
+        // yet); a peer that accepted the connection but never answers is gone.
+        let left = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .max(Duration::from_secs(1));
+        let resp = tokio::time::timeout(left, client.exchange(req))
+            .await
+            .map_err(|_| {
+                LinkError::PeerGone(format!(
+                    "peer {addr} did not answer within {} ms",
+                    connect_timeout.as_millis()
+                ))
+            })?
+            .map_err(|s| status_to_link(&s))?;
         Ok(Self::new(
             tx,
             resp.into_inner().boxed(),
@@ -129,9 +142,13 @@ impl Link for GrpcLink {
     async fn send(&self, frame: Bytes) -> Result<(), LinkError> {
         LinkError::check_frame(frame.len(), self.frame_bytes_max)?;
         let len = frame.len();
-        self.tx
-            .send(Frame { payload: frame })
+        // A peer that stops reading fills the bounded queue: give up after the idle timeout,
+        // as a receive does, rather than wait for it forever.
+        tokio::time::timeout(self.idle_timeout, self.tx.send(Frame { payload: frame }))
             .await
+            .map_err(|_| LinkError::Timeout {
+                timeout_ms: u64::try_from(self.idle_timeout.as_millis()).unwrap_or(u64::MAX),
+            })?
             .map_err(|_| LinkError::PeerGone("peer stream closed".into()))?;
         self.counters.on_send(len);
         Ok(())

@@ -1,0 +1,226 @@
+//! A job's life when its callers go away and its workers die (issue 8, the job seen stuck
+//! `running`): every job reaches an end, with its count and holds settled as the end says,
+//! whatever moment its report's caller stops waiting; lost workers are shown lost and then
+//! forgotten; the tasks counted running on a worker are those of its live jobs.
+
+mod common;
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use common::{node, node_on, request};
+use tessera_core::{CountState, JobState, ManualClock, TaskErrorKind};
+use tessera_scheduler::lists::PageQuery;
+use tessera_scheduler::{Delivery, JobRecord, Scheduler, TaskReport, TaskUsage, WORKER_FORGET_MS};
+use tessera_store::Store;
+use tokio::sync::mpsc;
+
+/// Submits a job and takes its two tasks from the workers' inboxes: `(job id, [(worker,
+/// task id); sender, receiver])`.
+async fn dispatched(
+    scheduler: &Scheduler,
+    licence: &str,
+    inboxes: &mut [mpsc::Receiver<Delivery>],
+) -> (String, Vec<(&'static str, String)>) {
+    let view = scheduler.submit(request(licence)).await.expect("submit");
+    assert_eq!(view.job.state, JobState::Running, "{view:?}");
+    let mut tasks = Vec::new();
+    for (inbox, worker) in inboxes.iter_mut().zip(["w-prov", "w-buy"]) {
+        let Some(Delivery::Assign { spec_json, .. }) = inbox.recv().await else {
+            panic!("expected a task");
+        };
+        let spec: tessera_core::TaskSpec = serde_json::from_str(&spec_json).expect("spec");
+        tasks.push((worker, spec.task_id));
+    }
+    (view.job.job_id, tasks)
+}
+
+fn report(ok: bool, result_size: Option<u64>) -> TaskReport {
+    TaskReport {
+        ok,
+        error_kind: (!ok).then_some(TaskErrorKind::Peer),
+        error: if ok {
+            String::new()
+        } else {
+            "peer gone".into()
+        },
+        usage: TaskUsage {
+            rows_in: 100,
+            ..TaskUsage::default()
+        },
+        result_size,
+        result_location: String::new(),
+        result_file: None,
+        empty_keys: 0,
+    }
+}
+
+/// Polls `fut` up to `polls` times and drops it if it has not finished, as a gRPC server
+/// drops a handler whose client's connection broke. Returns whether it finished.
+async fn poll_then_drop<F: Future>(fut: F, polls: usize) -> bool {
+    let mut fut = pin!(fut);
+    let mut n = 0;
+    std::future::poll_fn(|cx| {
+        n += 1;
+        match fut.as_mut().poll(cx) {
+            Poll::Ready(_) => Poll::Ready(true),
+            Poll::Pending if n >= polls => Poll::Ready(false),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// Waits (bounded: 10 s) until the job is no longer admitted or running.
+async fn until_ended(scheduler: &Scheduler, job_id: &str) -> JobRecord {
+    for _ in 0..1_000 {
+        let job = scheduler.job(job_id).await.expect("job").job;
+        if job.is_terminal() {
+            return job;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("job {job_id} is still not ended after 10 s");
+}
+
+/// What every end must leave: no open hold, a balanced ledger, the count consumed (and the
+/// job charged its price) exactly when it is, and no task counted running anywhere.
+async fn assert_settled(scheduler: &Scheduler, licence: &str, job: &JobRecord) {
+    let store = scheduler.store();
+    assert!(
+        store
+            .job_holds(&job.job_id)
+            .await
+            .expect("holds")
+            .is_empty(),
+        "every hold resolved: {job:?}"
+    );
+    assert!(store.ledger_balanced().await.expect("ledger"));
+    let remaining = store.remaining_count(licence, "psi").await.expect("count");
+    match job.count_state {
+        CountState::Committed => {
+            assert_eq!(remaining, Some(0), "{job:?}");
+            assert_eq!(job.charge_micros, 1_000, "{job:?}");
+        }
+        CountState::Released => {
+            assert_eq!(remaining, Some(1), "{job:?}");
+            assert_eq!(job.charge_micros, 0, "{job:?}");
+        }
+        other => panic!("count left {other}: {job:?}"),
+    }
+    for w in scheduler.workers().await {
+        assert_eq!(w.running, 0, "no task of an ended job runs on {w:?}");
+    }
+}
+
+/// The root cause of the job seen stuck `running` (issue 8): the server drops a report's
+/// handler at its next await when the worker's connection breaks (the buyer's worker killed
+/// while it reports its result). Dropped there, the report had been taken in but the job's
+/// end was never decided, or its live record was removed and its store write rolled back;
+/// no other event would end it. Here the caller goes away after each number of polls in
+/// turn, for a success (sender then receiver) and for a receiver's failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_whose_caller_goes_away_still_ends_the_job() {
+    for ok in [true, false] {
+        for polls in 1..=8 {
+            let (scheduler, mut inboxes, licence) = node().await;
+            let (job_id, tasks) = dispatched(&scheduler, &licence, &mut inboxes).await;
+            let (sender, receiver) = (&tasks[0], &tasks[1]);
+            if ok {
+                scheduler
+                    .report_result(sender.0, &sender.1, report(true, None))
+                    .await
+                    .expect("sender report");
+            }
+            poll_then_drop(
+                scheduler.report_result(receiver.0, &receiver.1, report(ok, Some(7))),
+                polls,
+            )
+            .await;
+            let job = until_ended(&scheduler, &job_id).await;
+            let want = if ok {
+                (JobState::Succeeded, CountState::Committed)
+            } else {
+                (JobState::Failed, CountState::Released)
+            };
+            assert_eq!(
+                (job.state, job.count_state),
+                want,
+                "dropped after {polls} poll(s): {job:?}"
+            );
+            assert_settled(&scheduler, &licence, &job).await;
+        }
+    }
+}
+
+/// A worker whose task stream closes is lost: its job fails and releases its count, the
+/// worker is shown lost with nothing running, and the other worker's task of that job no
+/// longer counts. Silent for [`WORKER_FORGET_MS`], lost workers are forgotten (and left out
+/// of the listing); registering again brings one back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_workers_show_lost_then_are_forgotten_and_running_follows_the_jobs() {
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let store = Store::open_temporary().await.expect("store");
+    let (scheduler, mut inboxes, licence) = node_on(store, clock.clone()).await;
+    let (job_id, _tasks) = dispatched(&scheduler, &licence, &mut inboxes).await;
+    let running = |s: &Arc<Scheduler>| {
+        let s = s.clone();
+        async move {
+            let page = s
+                .list_workers("", &PageQuery::default())
+                .await
+                .expect("list");
+            page.items
+                .into_iter()
+                .map(|w| (w.record.worker_id, w.live, w.running))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        running(&scheduler).await,
+        [("w-prov".into(), true, 1), ("w-buy".into(), true, 1)]
+    );
+
+    // The buyer's worker dies: its task stream closes.
+    let buyer_inbox = inboxes.pop().expect("buyer inbox");
+    drop(buyer_inbox);
+    let lost = scheduler.check_workers().await.expect("check");
+    assert_eq!(lost, ["w-buy"]);
+    let job = until_ended(&scheduler, &job_id).await;
+    assert_eq!(
+        (job.state, job.count_state),
+        (JobState::Failed, CountState::Released),
+        "{job:?}"
+    );
+    assert_settled(&scheduler, &licence, &job).await;
+    assert_eq!(
+        running(&scheduler).await,
+        [("w-prov".into(), true, 0), ("w-buy".into(), false, 0)]
+    );
+
+    // Both silent past the forget bound: forgotten, and left out of the listing.
+    clock.advance_ms(WORKER_FORGET_MS);
+    scheduler.check_workers().await.expect("check");
+    assert!(scheduler.workers().await.is_empty());
+    assert!(running(&scheduler).await.is_empty());
+
+    // Registering again brings a worker back, live once its task stream is open.
+    scheduler
+        .register_worker(
+            Some("w-buy".into()),
+            tessera_core::WorkerAttributes {
+                party: "buy".into(),
+                region: "r1".into(),
+                compute_centre: "c1".into(),
+                ..Default::default()
+            },
+            "127.0.0.1:9002".into(),
+        )
+        .await
+        .expect("register again");
+    let _inbox = scheduler.connect("w-buy").await.expect("connect");
+    assert_eq!(running(&scheduler).await, [("w-buy".into(), true, 0)]);
+}
