@@ -233,23 +233,28 @@ mod tests {
             Usage: tessera <COMMAND>
 
             Commands:
-              serve       Run the operator node
-              worker      Run a party worker
-              demo        Run the end-to-end demo: operator and two workers on loopback, three PSI jobs
-              bench       Benchmarks that print figures
-              billing     Billing: simulate scenarios, ingestion benchmark
-              audit       Verify the audit chain of a data directory (offline) or export its signed checkpoints
-              dataset     Dataset records
-              licence     Licences and their usage policies
-              job         Jobs
-              deposit     Add funds to a buyer's cash (or voucher) account
-              credit      Set a buyer's credit line
-              ledger      Ledger balances and transfers, usage events
-              bills       Bills and their lines
-              statements  Provider settlement statements and payouts
-              limits      Product limits (minimum purchase and freeze amounts)
-              account     Account status, manual freezes and the platform white list
-              help        Print this message or the help of the given subcommand(s)
+              serve        Run the operator node
+              worker       Run a party worker
+              demo         Run the end-to-end demo: operator and two workers on loopback, three PSI jobs
+              bench        Benchmarks that print figures
+              billing      Billing: simulate scenarios, ingestion benchmark
+              audit        Verify the audit chain of a data directory (offline) or export its signed checkpoints
+              admin-token  Issue a new API token for the admin user of a STOPPED operator's data directory, offline, into DATA_DIR/admin.token (the recovery when that file was lost)
+              dataset      Dataset records
+              licence      Licences and their usage policies
+              job          Jobs
+              deposit      Add funds to a buyer's cash (or voucher) account
+              credit       Set a buyer's credit line
+              ledger       Ledger balances and transfers, usage events
+              bills        Bills and their lines
+              statements   Provider settlement statements and payouts
+              limits       Product limits (minimum purchase and freeze amounts)
+              account      Account status, manual freezes and the platform white list
+              user         Users and their roles
+              group        Group membership (recorded by the operator)
+              token        API tokens
+              party        Parties and their workers' registration tokens
+              help         Print this message or the help of the given subcommand(s)
 
             Options:
               -h, --help     Print help
@@ -268,7 +273,13 @@ mod tests {
 
             Options:
                   --operator <OPERATOR>
-                      Operator URL [default: http://127.0.0.1:7100]
+                      Operator URL [default: the profile's, else http://127.0.0.1:7100]
+                  --profile <PROFILE>
+                      A profile of the client configuration file (operator URL and token) [env: TESSERA_PROFILE=]
+                  --token <TOKEN>
+                      The caller's API token (shown once by `token create`, or the operator's admin token from DATA_DIR/admin.token). Prefer TESSERA_TOKEN or --token-file: a command line is visible to other local users [env: TESSERA_TOKEN]
+                  --token-file <FILE>
+                      A file holding the caller's API token (used when neither --token nor TESSERA_TOKEN is given)
                   --user <USER>
                       The buyer user submitting the job (the licensee, or in its group) [required]
                   --groups <GROUPS>
