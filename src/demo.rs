@@ -19,10 +19,20 @@ use crate::client::output::TableStyle;
 use crate::client::{fmt_micros, job_line, watch};
 use crate::operator::{self, OperatorConfig};
 
+/// `--rows`: 10..=10,000,000.
+fn rows_in_range(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|e| format!("{e}"))?;
+    if (10..=10_000_000).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("{n} is outside 10..=10000000"))
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
-    /// Rows per party.
-    #[arg(long, default_value_t = 100_000)]
+    /// Rows per party (at least 10, at most 10,000,000).
+    #[arg(long, default_value_t = 100_000, value_parser = rows_in_range)]
     rows: usize,
     /// Working directory: created if missing; reused (its contents deleted) only if a
     /// previous demo created it; any other non-empty directory is refused.

@@ -46,7 +46,8 @@ enum Command {
     #[command(subcommand)]
     Audit(client::audit::AuditCommand),
     /// Issue a new API token for the admin user of a STOPPED operator's data directory,
-    /// offline, into DATA_DIR/admin.token (the recovery when that file was lost).
+    /// offline, into DATA_DIR/admin.token, revoking the earlier ones (the recovery when that
+    /// file was lost).
     AdminToken {
         /// The operator's data directory.
         #[arg(long, required = true)]
@@ -239,7 +240,7 @@ mod tests {
               bench        Benchmarks that print figures
               billing      Billing: simulate scenarios, ingestion benchmark
               audit        Verify the audit chain of a data directory (offline) or export its signed checkpoints
-              admin-token  Issue a new API token for the admin user of a STOPPED operator's data directory, offline, into DATA_DIR/admin.token (the recovery when that file was lost)
+              admin-token  Issue a new API token for the admin user of a STOPPED operator's data directory, offline, into DATA_DIR/admin.token, revoking the earlier ones (the recovery when that file was lost)
               dataset      Dataset records
               licence      Licences and their usage policies
               job          Jobs
@@ -273,7 +274,7 @@ mod tests {
 
             Options:
                   --operator <OPERATOR>
-                      Operator URL [default: the profile's, else http://127.0.0.1:7100]
+                      Operator URL [default: the profile's, else http://127.0.0.1:7100] [env: TESSERA_OPERATOR=]
                   --profile <PROFILE>
                       A profile of the client configuration file (operator URL and token) [env: TESSERA_PROFILE=]
                   --token <TOKEN>

@@ -331,8 +331,8 @@ fn write_admin_token(dir: &Path, token: &tessera_auth::Token) -> anyhow::Result<
 }
 
 /// `tessera admin-token`: issues a new API token for the `admin` user of a stopped
-/// operator's data directory, offline, into `DIR/admin.token` (replacing the file; earlier
-/// tokens stay valid until revoked). The recovery when the token file was lost. Holds the
+/// operator's data directory, offline, into `DIR/admin.token` (replacing the file), and
+/// revokes the admin's earlier API tokens (the lost one may be in anyone's hands). The recovery when the token file was lost. Holds the
 /// data directory's lock, so it refuses while an operator runs there.
 ///
 /// Errors: no store in `dir`; the directory is in use; the admin user is disabled or gone.
@@ -363,15 +363,21 @@ pub async fn issue_admin_token(dir: &Path, days: u32) -> anyhow::Result<PathBuf>
                 .principal(ADMIN_USER)
                 .await
                 .with_context(|| format!("the {ADMIN_USER} user (it may have been disabled)"))?;
-            accounts
+            let admin = tessera_auth::Caller::User(admin);
+            let issued = accounts
                 .create_token(
-                    &tessera_auth::Caller::User(admin),
+                    &admin,
                     ADMIN_USER,
                     "admin-token (offline)",
                     Some(i64::from(days) * 86_400_000),
                 )
-                .await?
-                .token
+                .await?;
+            // The old token may be lost anywhere: it stops working now.
+            let revoked = accounts
+                .revoke_other_tokens(&admin, issued.token.id())
+                .await?;
+            tracing::warn!(revoked, "revoked the admin's earlier API tokens");
+            issued.token
         }
     };
     let path = write_admin_token(dir, &token)?;

@@ -63,7 +63,12 @@ impl AccountService {
         }
         let now = self.clock.now_ms();
         self.store
-            .create_user(admin, Roles::of(&[tessera_auth::Role::Operator]), now)
+            .create_user(
+                admin,
+                Roles::of(&[tessera_auth::Role::Operator]),
+                now,
+                "operator start-up",
+            )
             .await?;
         let issued = self
             .issue(
@@ -72,6 +77,7 @@ impl AccountService {
                 None,
                 "bootstrap",
                 TOKEN_TTL_MS_MAX,
+                "operator start-up",
             )
             .await?;
         Ok(Some(issued))
@@ -168,7 +174,7 @@ impl AccountService {
             .parse()
             .map_err(|e: tessera_auth::UnknownRole| SchedulerError::Invalid(e.to_string()))?;
         self.store
-            .create_user(&user_id, roles, self.clock.now_ms())
+            .create_user(&user_id, roles, self.clock.now_ms(), &caller.describe())
             .await?;
         Ok(self.store.user(&user_id).await?)
     }
@@ -192,7 +198,7 @@ impl AccountService {
             .await?;
         Ok(self
             .store
-            .disable_user(user_id, self.clock.now_ms())
+            .disable_user(user_id, self.clock.now_ms(), &caller.describe())
             .await?)
     }
 
@@ -211,7 +217,7 @@ impl AccountService {
         let group_id = account_id("group", group_id)?;
         Ok(self
             .store
-            .add_group_member(&group_id, user_id, self.clock.now_ms())
+            .add_group_member(&group_id, user_id, self.clock.now_ms(), &caller.describe())
             .await?)
     }
 
@@ -229,7 +235,7 @@ impl AccountService {
             .await?;
         Ok(self
             .store
-            .remove_group_member(group_id, user_id, self.clock.now_ms())
+            .remove_group_member(group_id, user_id, self.clock.now_ms(), &caller.describe())
             .await?)
     }
 
@@ -252,8 +258,34 @@ impl AccountService {
         self.authorize(Operation::CreateToken, caller, &target)
             .await?;
         let ttl = ttl(ttl_ms, API_TOKEN_TTL_MS)?;
-        self.issue(TokenKind::Api, Some(user_id), None, label, ttl)
-            .await
+        self.issue(
+            TokenKind::Api,
+            Some(user_id),
+            None,
+            label,
+            ttl,
+            &caller.describe(),
+        )
+        .await
+    }
+
+    /// Revokes every other API token of the caller's own user (the recovery of a lost admin
+    /// token: whoever found the old one can no longer use it); returns how many.
+    ///
+    /// # Errors
+    /// A store failure; nothing for a caller that is not a user.
+    pub async fn revoke_other_tokens(
+        &self,
+        caller: &Caller,
+        keep: &str,
+    ) -> Result<u64, SchedulerError> {
+        let Caller::User(p) = caller else {
+            return Ok(0);
+        };
+        Ok(self
+            .store
+            .revoke_user_tokens(&p.user, keep, self.clock.now_ms(), &caller.describe())
+            .await?)
     }
 
     /// API tokens (never secrets): the caller's own, or every one for the operator.
@@ -293,7 +325,7 @@ impl AccountService {
         }
         Ok(self
             .store
-            .revoke_token(token_id, self.clock.now_ms())
+            .revoke_token(token_id, self.clock.now_ms(), &caller.describe())
             .await?)
     }
 
@@ -315,8 +347,15 @@ impl AccountService {
         self.authorize(Operation::CreateParty, caller, &target)
             .await?;
         let party_id = account_id("party", party_id)?;
+        let operator = matches!(caller, Caller::User(p) if p.is_operator());
+        if !operator && self.store.party_name_in_use(&party_id).await? {
+            return Err(SchedulerError::Forbidden(format!(
+                "party {party_id} is already named by existing datasets, workers, licences or \
+                 jobs; only the operator may give it an owner"
+            )));
+        }
         self.store
-            .create_party(&party_id, owner, self.clock.now_ms())
+            .create_party(&party_id, owner, self.clock.now_ms(), &caller.describe())
             .await?;
         Ok(self.store.party(&party_id).await?)
     }
@@ -354,6 +393,7 @@ impl AccountService {
             Some(party_id),
             "worker registration",
             ttl,
+            &caller.describe(),
         )
         .await
     }
@@ -365,6 +405,7 @@ impl AccountService {
         party: Option<&str>,
         label: &str,
         ttl_ms: i64,
+        actor: &str,
     ) -> Result<IssuedToken, SchedulerError> {
         let label: String = label.chars().take(200).collect();
         let token = self.ids.token(kind);
@@ -380,7 +421,7 @@ impl AccountService {
             expires_at_ms: now.saturating_add(ttl_ms),
             revoked_at_ms: None,
         };
-        self.store.create_token(&record).await?;
+        self.store.create_token(&record, actor).await?;
         Ok(IssuedToken { record, token })
     }
 }

@@ -13,11 +13,12 @@
 //! | buyer's / provider's empty-key count | own | own | no |
 //! | failure on the caller's own side | detail | detail | — |
 //! | failure on the other side | `the provider's side failed: <kind>` | `the buyer's side failed: <kind>` | `the <side>'s side failed: <kind>` |
+//! | the other side lost its peer (kind `peer`) | `the link between the parties broke (reported by the provider's side)` | the same, by the buyer's side | the same |
 //!
 //! A failure's detail (column names, worker-local paths, worker ids) stays in the job record
 //! for the operator, in the audit chain (`complete` entry) and in the failing worker's log.
 
-use tessera_core::{JobState, TaskRole};
+use tessera_core::{JobState, TaskErrorKind, TaskRole};
 
 use crate::JobView;
 
@@ -60,11 +61,20 @@ pub fn redact(view: &JobView, caller: Option<&str>) -> JobView {
     if job.state == JobState::Failed {
         if let Some(origin) = &job.failure {
             if side != Some(origin.role) {
-                job.error = format!(
-                    "the {}'s side failed: {}",
-                    side_name(origin.role),
-                    origin.kind
-                );
+                job.error = if origin.kind == TaskErrorKind::Peer.as_str() {
+                    // The reporting side lost its peer: the fault may be on either side (a
+                    // killed worker shows first as the other side's broken link).
+                    format!(
+                        "the link between the parties broke (reported by the {}'s side)",
+                        side_name(origin.role)
+                    )
+                } else {
+                    format!(
+                        "the {}'s side failed: {}",
+                        side_name(origin.role),
+                        origin.kind
+                    )
+                };
             }
         }
     }
@@ -176,5 +186,18 @@ mod tests {
                 (None, None),
             ),
         ]);
+    }
+
+    #[test]
+    fn a_lost_peer_is_not_blamed_on_the_side_that_reported_it() {
+        let mut v = failed_on(TaskRole::Sender);
+        if let Some(o) = v.job.failure.as_mut() {
+            o.kind = "peer".into();
+        }
+        let seen = redact(&v, Some("u1"));
+        assert_eq!(
+            seen.job.error,
+            "the link between the parties broke (reported by the provider's side)"
+        );
     }
 }

@@ -33,8 +33,9 @@ pub fn required(name: &str, v: &str) -> Result<(), SchedulerError> {
     field(name, v, true)
 }
 
-/// A customer (or provider) id: required, and without `:` (the account-name separator), so
-/// one customer's accounts can never be named through another's id.
+/// A customer (or provider) id: required, without `:` (the account-name separator), so one
+/// customer's accounts can never be named through another's id, and without leading or
+/// trailing spaces (`" bob"` would be another account than `"bob"`).
 ///
 /// # Errors
 /// [`SchedulerError::Invalid`] naming the field.
@@ -43,6 +44,11 @@ pub fn customer(name: &str, v: &str) -> Result<(), SchedulerError> {
     if v.contains(':') {
         return Err(SchedulerError::Invalid(format!(
             "{name} must not contain ':' (the account-name separator)"
+        )));
+    }
+    if v.trim() != v {
+        return Err(SchedulerError::Invalid(format!(
+            "{name} {v:?} has leading or trailing spaces (it would name another account)"
         )));
     }
     Ok(())

@@ -150,6 +150,28 @@ async fn registration_tokens_are_issued_to_a_partys_owner_only() {
     acc.create_party(&alice, "shop", "alice")
         .await
         .expect("own party");
+    // A party name that records already use (made before parties had owners) is given an
+    // owner by the operator only: a user cannot take over a provider's party by naming it.
+    s.store()
+        .create_dataset(
+            &tessera_store::DatasetRecord {
+                dataset_id: "old".into(),
+                owner_party: "legacy".into(),
+                location: "old.csv".into(),
+                description: String::new(),
+                declared_rows: None,
+            },
+            1,
+        )
+        .await
+        .expect("dataset");
+    assert!(matches!(
+        acc.create_party(&mallory, "legacy", "mallory").await,
+        Err(SchedulerError::Forbidden(_))
+    ));
+    acc.create_party(&root, "legacy", "alice")
+        .await
+        .expect("the operator assigns it");
     assert!(matches!(
         acc.create_party(&mallory, "fake", "alice").await,
         Err(SchedulerError::Forbidden(_))

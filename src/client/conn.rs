@@ -174,7 +174,7 @@ fn load_profile(name: Option<&str>) -> anyhow::Result<Option<Profile>> {
 #[derive(Debug, clap::Args)]
 pub struct Conn {
     /// Operator URL [default: the profile's, else http://127.0.0.1:7100].
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "TESSERA_OPERATOR")]
     pub operator: Option<String>,
     /// A profile of the client configuration file (operator URL and token).
     #[arg(long, global = true, env = "TESSERA_PROFILE")]

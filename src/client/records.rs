@@ -132,6 +132,13 @@ pub async fn dataset(cmd: DatasetCmd) -> anyhow::Result<()> {
                 "dataset {} ({} : {})",
                 d.dataset_id, d.owner_party, d.location
             ))?;
+            if d.declared_rows.is_none() {
+                eprintln!(
+                    "note: no --rows declared: a job's hold, and so its charge, covers the \
+                     per-job price only (the row price needs the row count); declare --rows to \
+                     bill rows"
+                );
+            }
         }
         DatasetCmd::List(a) => super::lists::datasets(a).await?,
     }

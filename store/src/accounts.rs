@@ -98,6 +98,7 @@ impl Store {
         user_id: &str,
         roles: Roles,
         now_ms: i64,
+        actor: &str,
     ) -> Result<(), StoreError> {
         if roles.is_empty() {
             return Err(StoreError::Invalid {
@@ -126,7 +127,7 @@ impl Store {
             now_ms,
             "user_create",
             user_id,
-            &serde_json::json!({"roles": roles.to_string()}),
+            &serde_json::json!({"roles": roles.to_string(), "by": actor}),
         )
         .await?;
         tx.commit().await?;
@@ -145,7 +146,12 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::NotFound`] for an unknown user.
-    pub async fn disable_user(&self, user_id: &str, now_ms: i64) -> Result<(), StoreError> {
+    pub async fn disable_user(
+        &self,
+        user_id: &str,
+        now_ms: i64,
+        actor: &str,
+    ) -> Result<(), StoreError> {
         let mut tx = self.write.begin().await?;
         let r = sqlx::query(
             "UPDATE users SET disabled_at_ms = COALESCE(disabled_at_ms, ?) WHERE user_id = ?",
@@ -165,7 +171,7 @@ impl Store {
             now_ms,
             "user_disable",
             user_id,
-            &serde_json::json!({}),
+            &serde_json::json!({"by": actor}),
         )
         .await?;
         tx.commit().await?;
@@ -248,6 +254,7 @@ impl Store {
         group_id: &str,
         user_id: &str,
         now_ms: i64,
+        actor: &str,
     ) -> Result<bool, StoreError> {
         let mut tx = self.write.begin().await?;
         let known = sqlx::query("SELECT 1 FROM users WHERE user_id = ?")
@@ -276,7 +283,7 @@ impl Store {
                 now_ms,
                 "group_add",
                 group_id,
-                &serde_json::json!({"user": user_id}),
+                &serde_json::json!({"user": user_id, "by": actor}),
             )
             .await?;
         }
@@ -290,6 +297,7 @@ impl Store {
         group_id: &str,
         user_id: &str,
         now_ms: i64,
+        actor: &str,
     ) -> Result<bool, StoreError> {
         let mut tx = self.write.begin().await?;
         let r = sqlx::query("DELETE FROM group_members WHERE group_id = ? AND user_id = ?")
@@ -304,7 +312,7 @@ impl Store {
                 now_ms,
                 "group_remove",
                 group_id,
-                &serde_json::json!({"user": user_id}),
+                &serde_json::json!({"user": user_id, "by": actor}),
             )
             .await?;
         }
@@ -322,6 +330,7 @@ impl Store {
         party_id: &str,
         owner: &str,
         now_ms: i64,
+        actor: &str,
     ) -> Result<(), StoreError> {
         let mut tx = self.write.begin().await?;
         let known = sqlx::query("SELECT 1 FROM users WHERE user_id = ?")
@@ -354,11 +363,27 @@ impl Store {
             now_ms,
             "party_create",
             party_id,
-            &serde_json::json!({"owner": owner}),
+            &serde_json::json!({"owner": owner, "by": actor}),
         )
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Whether records made before parties had owners name `party_id` (a dataset, a worker, a
+    /// licence or a job): such a name may only be given an owner by the operator.
+    pub async fn party_name_in_use(&self, party_id: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "SELECT 1 FROM datasets WHERE owner_party = ?1 \
+             UNION ALL SELECT 1 FROM workers WHERE party = ?1 \
+             UNION ALL SELECT 1 FROM licences WHERE licensor = ?1 \
+             UNION ALL SELECT 1 FROM jobs WHERE buyer_party = ?1 OR provider_party = ?1 \
+             LIMIT 1",
+        )
+        .bind(party_id)
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(r.is_some())
     }
 
     /// One party.
@@ -390,7 +415,7 @@ impl Store {
     /// [`StoreError::Invalid`] for a record that is neither a user's API token nor a party's
     /// registration token, or that expires before it is issued; [`StoreError::NotFound`] for
     /// an unknown user or party; [`StoreError::Conflict`] for a reused id.
-    pub async fn create_token(&self, t: &TokenRecord) -> Result<(), StoreError> {
+    pub async fn create_token(&self, t: &TokenRecord, actor: &str) -> Result<(), StoreError> {
         let (table, column, owner, owner_kind) = match (t.kind, &t.user_id, &t.party_id) {
             (TokenKind::Api, Some(u), None) => ("users", "user_id", u, "user"),
             (TokenKind::Registration, None, Some(p)) => ("parties", "party_id", p, "party"),
@@ -451,6 +476,8 @@ impl Store {
                 "party": t.party_id,
                 "label": t.label,
                 "expires_at_ms": t.expires_at_ms,
+                "secret_sha256": hex::encode(&t.secret_sha256),
+                "by": actor,
             }),
         )
         .await?;
@@ -489,7 +516,12 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::NotFound`] for an unknown token.
-    pub async fn revoke_token(&self, token_id: &str, now_ms: i64) -> Result<(), StoreError> {
+    pub async fn revoke_token(
+        &self,
+        token_id: &str,
+        now_ms: i64,
+        actor: &str,
+    ) -> Result<(), StoreError> {
         let mut tx = self.write.begin().await?;
         let r = sqlx::query(
             "UPDATE tokens SET revoked_at_ms = COALESCE(revoked_at_ms, ?) WHERE token_id = ?",
@@ -509,7 +541,7 @@ impl Store {
             now_ms,
             "token_revoke",
             token_id,
-            &serde_json::json!({}),
+            &serde_json::json!({"by": actor}),
         )
         .await?;
         tx.commit().await?;
@@ -541,6 +573,48 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Revokes every live API token of `user_id` but `except`, each with its audit entry;
+    /// returns how many.
+    pub async fn revoke_user_tokens(
+        &self,
+        user_id: &str,
+        except: &str,
+        now_ms: i64,
+        actor: &str,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let ids: Vec<String> = sqlx::query(
+            "SELECT token_id FROM tokens WHERE kind = 'api' AND user_id = ? AND token_id != ? \
+             AND revoked_at_ms IS NULL ORDER BY token_id",
+        )
+        .bind(user_id)
+        .bind(except)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+        for id in &ids {
+            sqlx::query("UPDATE tokens SET revoked_at_ms = ? WHERE token_id = ?")
+                .bind(now_ms)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            audit::append(
+                &mut tx,
+                now_ms,
+                "token_revoke",
+                id,
+                &serde_json::json!({"by": actor}),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(ids.len() as u64)
+    }
+}
+
 const TOKEN_COLUMNS: &str = "SELECT token_id, kind, user_id, party_id, secret_sha256, label, \
      created_at_ms, expires_at_ms, revoked_at_ms FROM tokens";
 
@@ -567,6 +641,13 @@ fn token_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TokenRecord, StoreError
 mod tests {
     use super::*;
     use tessera_auth::{Role, Token};
+
+    fn kinds_of_accounts(kind: &str) -> bool {
+        kind.starts_with("user_")
+            || kind.starts_with("group_")
+            || kind.starts_with("token_")
+            || kind == "party_create"
+    }
 
     async fn open() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -597,58 +678,68 @@ mod tests {
     async fn users_groups_parties_and_tokens_round_trip_and_are_audited() {
         let (_d, s) = open().await;
         assert!(!s.has_users().await.expect("has"));
-        s.create_user("root", Roles::of(&[Role::Operator]), 1)
+        s.create_user("root", Roles::of(&[Role::Operator]), 1, "test")
             .await
             .expect("root");
-        s.create_user("alice", Roles::of(&[Role::Buyer, Role::Provider]), 2)
-            .await
-            .expect("alice");
+        s.create_user(
+            "alice",
+            Roles::of(&[Role::Buyer, Role::Provider]),
+            2,
+            "test",
+        )
+        .await
+        .expect("alice");
         assert!(s.has_users().await.expect("has"));
         assert!(matches!(
-            s.create_user("alice", Roles::of(&[Role::Buyer]), 3).await,
+            s.create_user("alice", Roles::of(&[Role::Buyer]), 3, "test")
+                .await,
             Err(StoreError::Conflict { .. })
         ));
         assert!(matches!(
-            s.create_user("bob", Roles::NONE, 3).await,
+            s.create_user("bob", Roles::NONE, 3, "test").await,
             Err(StoreError::Invalid { .. })
         ));
         assert!(
-            s.add_group_member("analysts", "alice", 4)
+            s.add_group_member("analysts", "alice", 4, "test")
                 .await
                 .expect("add")
         );
         assert!(
-            !s.add_group_member("analysts", "alice", 5)
+            !s.add_group_member("analysts", "alice", 5, "test")
                 .await
                 .expect("again")
         );
         assert!(matches!(
-            s.add_group_member("analysts", "nobody", 5).await,
+            s.add_group_member("analysts", "nobody", 5, "test").await,
             Err(StoreError::NotFound { .. })
         ));
         let p = s.principal("alice").await.expect("principal");
         assert!(p.roles.has(Role::Buyer) && p.roles.has(Role::Provider));
         assert!(p.is_or_belongs_to("analysts"));
 
-        s.create_party("shop", "alice", 6).await.expect("party");
+        s.create_party("shop", "alice", 6, "test")
+            .await
+            .expect("party");
         assert_eq!(s.party("shop").await.expect("party").owner_user_id, "alice");
         assert!(matches!(
-            s.create_party("shop", "root", 7).await,
+            s.create_party("shop", "root", 7, "test").await,
             Err(StoreError::Conflict { .. })
         ));
         assert!(matches!(
-            s.create_party("x", "nobody", 7).await,
+            s.create_party("x", "nobody", 7, "test").await,
             Err(StoreError::NotFound { .. })
         ));
 
         let (t, rec) = api_token("alice", 10);
-        s.create_token(&rec).await.expect("token");
+        s.create_token(&rec, "test").await.expect("token");
         let got = s.token(t.id()).await.expect("read").expect("some");
         assert!(t.matches(&got.secret_sha256));
         assert_eq!(s.tokens(Some("alice"), 10).await.expect("list").len(), 1);
         assert!(s.tokens(Some("root"), 10).await.expect("list").is_empty());
-        s.revoke_token(t.id(), 11).await.expect("revoke");
-        s.revoke_token(t.id(), 12).await.expect("revoke twice");
+        s.revoke_token(t.id(), 11, "test").await.expect("revoke");
+        s.revoke_token(t.id(), 12, "test")
+            .await
+            .expect("revoke twice");
         let got = s.token(t.id()).await.expect("read").expect("some");
         assert_eq!(got.revoked_at_ms, Some(11));
         assert!(!format!("{got:?}").contains("secret"), "{got:?}");
@@ -657,26 +748,27 @@ mod tests {
         let (_, mut bad) = api_token("alice", 20);
         bad.party_id = Some("shop".into());
         assert!(matches!(
-            s.create_token(&bad).await,
+            s.create_token(&bad, "test").await,
             Err(StoreError::Invalid { .. })
         ));
         let (_, mut expired) = api_token("alice", 20);
         expired.expires_at_ms = 20;
         assert!(matches!(
-            s.create_token(&expired).await,
+            s.create_token(&expired, "test").await,
             Err(StoreError::Invalid { .. })
         ));
 
-        s.remove_group_member("analysts", "alice", 30)
+        s.remove_group_member("analysts", "alice", 30, "test")
             .await
             .expect("remove");
-        s.disable_user("alice", 31).await.expect("disable");
+        s.disable_user("alice", 31, "test").await.expect("disable");
         assert!(matches!(
             s.principal("alice").await,
             Err(StoreError::NotFound { .. })
         ));
 
-        // Every change is in the chain, and no entry carries a secret or its hash.
+        // Every change is in the chain, with who made it; the secret's hash is recorded (so a
+        // swapped hash is detectable), never the secret.
         let entries = s.audit_entries().await.expect("audit");
         let kinds: Vec<&str> = entries.iter().map(|e| e.kind.as_str()).collect();
         for k in [
@@ -690,8 +782,11 @@ mod tests {
         ] {
             assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
         }
-        let secret_hex = hex::encode(rec.secret_sha256);
-        assert!(entries.iter().all(|e| !e.detail_json.contains(&secret_hex)));
+        let secret_hex = hex::encode(&rec.secret_sha256);
+        assert!(entries.iter().any(|e| e.detail_json.contains(&secret_hex)));
+        for e in entries.iter().filter(|e| kinds_of_accounts(&e.kind)) {
+            assert!(e.detail_json.contains("\"by\":\"test\""), "{e:?}");
+        }
         assert!(s.verify_audit().await.expect("verify").ok());
     }
 }

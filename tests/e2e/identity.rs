@@ -191,7 +191,8 @@ async fn accounts_need_a_valid_token_the_right_role_and_ownership() {
     refused(&run(&c, Some(&bob), &["token", "list"]), "UNAUTHENTICATED");
 
     // The admin token file is lost: with the operator stopped, `admin-token` issues a new
-    // one offline; while it runs, the data directory is in use and the command refuses.
+    // one offline and revokes the old; while it runs, the data directory is in use and the
+    // command refuses.
     let data_s = data.to_str().expect("utf-8");
     let busy = Command::new(BIN)
         .args(["admin-token", "--data-dir", data_s])
@@ -215,7 +216,7 @@ async fn accounts_need_a_valid_token_the_right_role_and_ownership() {
     assert_ne!(fresh, admin);
     let users = ok(&run(&c, Some(&fresh), &["user", "list", "--csv"]));
     assert!(users.contains("alice"), "{users}");
-    ok(&run(&c, Some(&admin), &["user", "list"]));
+    refused(&run(&c, Some(&admin), &["user", "list"]), "UNAUTHENTICATED");
 
     // A profile of the client configuration names the operator and the token file; an
     // explicit token (here bob's, disabled) takes precedence over it.
