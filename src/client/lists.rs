@@ -145,6 +145,7 @@ pub async fn jobs(a: JobListArgs) -> anyhow::Result<()> {
             licence_id: a.licence.clone(),
         };
         let zone = zone.clone();
+        let viewer = Some(a.user.clone()).filter(|u| !u.is_empty());
         // The listing user is also the caller: each job shows what that user may see (results,
         // charges and failure detail only of its own side); without --user, only states.
         let req = super::jobs::with_caller(q, &caller);
@@ -163,7 +164,13 @@ pub async fn jobs(a: JobListArgs) -> anyhow::Result<()> {
                         date(&zone, Some(j.created_at_ms)),
                         date(&zone, j.finished_at_ms),
                         j.result_size.map(|n| n.to_string()).unwrap_or_default(),
-                        fmt_micros(j.charge_micros),
+                        // Only the job's buyer sees its charge (redacted to 0 for anyone else):
+                        // blank, not a misleading 0.
+                        if viewer.as_deref() == Some(j.user.as_str()) {
+                            fmt_micros(j.charge_micros)
+                        } else {
+                            String::new()
+                        },
                         progress_text(j),
                         if j.refusal_reasons.is_empty() {
                             j.error.clone()
