@@ -130,6 +130,30 @@ fn inside(dir: &Path, name: &str) -> Result<PathBuf, TaskError> {
     Ok(dir.join(p))
 }
 
+/// The dataset file `name` in the dataset directory `dir`: a plain name, and, if it is a
+/// symbolic link, one that resolves inside `dir` (a link to `/etc/passwd` placed in the
+/// directory is refused, not read). A missing file is left to the reader's clear error.
+pub fn dataset_path(dir: &Path, name: &str) -> Result<PathBuf, TaskError> {
+    let path = inside(dir, name)?;
+    let is_link = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
+    if is_link {
+        let within = match (std::fs::canonicalize(dir), std::fs::canonicalize(&path)) {
+            (Ok(d), Ok(target)) => target.starts_with(&d),
+            // A dangling link: the reader reports the missing file.
+            (_, Err(_)) => true,
+            (Err(_), Ok(_)) => false,
+        };
+        if !within {
+            return Err(TaskError::Input(format!(
+                "{}: a symbolic link to a file outside the dataset directory; datasets are \
+                 read only from inside it",
+                path.display()
+            )));
+        }
+    }
+    Ok(path)
+}
+
 /// The result file `name` in the output directory `dir`, checked before any work is done so
 /// a job does not run to the end only to fail on its output: `dir` must be an existing
 /// directory and `name` must not be an existing directory. Errors name the user's path (never
@@ -163,7 +187,7 @@ pub async fn run_task(
         PsiMode::Intersection => Mode::Intersection,
         PsiMode::Size => Mode::SizeOnly,
     };
-    let path = inside(&env.dataset_dir, &spec.dataset_location)?;
+    let path = dataset_path(&env.dataset_dir, &spec.dataset_location)?;
     let key_spec = KeySpec {
         columns: spec.key_columns.clone(),
         case: spec.key_case,
@@ -332,5 +356,35 @@ mod tests {
             outputs.join("ok.csv")
         );
         assert!(result_path(&outputs, "../x.csv").is_err());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_dataset_link_may_not_leave_the_dataset_directory() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let ds = root.path().join("datasets");
+        std::fs::create_dir_all(&ds).expect("mkdir");
+        std::fs::write(root.path().join("outside.csv"), "k\n1\n").expect("write");
+        std::fs::write(ds.join("real.csv"), "k\n1\n").expect("write");
+        std::os::unix::fs::symlink(root.path().join("outside.csv"), ds.join("out.csv"))
+            .expect("link");
+        std::os::unix::fs::symlink(ds.join("real.csv"), ds.join("alias.csv")).expect("link");
+        let e = dataset_path(&ds, "out.csv").expect_err("outside");
+        assert!(
+            e.to_string().contains("outside the dataset directory"),
+            "{e}"
+        );
+        assert_eq!(
+            dataset_path(&ds, "alias.csv").expect("inside"),
+            ds.join("alias.csv")
+        );
+        assert_eq!(
+            dataset_path(&ds, "real.csv").expect("plain"),
+            ds.join("real.csv")
+        );
+        assert!(
+            dataset_path(&ds, "missing.csv").is_ok(),
+            "left to the reader"
+        );
     }
 }
