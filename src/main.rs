@@ -107,6 +107,22 @@ async fn main() -> std::process::ExitCode {
     exit::report(run(cli).await)
 }
 
+/// Completes on SIGINT (Ctrl-C) or, on Unix, SIGTERM (what service managers send).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(a) => {
@@ -114,10 +130,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let handle = operator::start(&config).await?;
             println!("operator listening on {}", handle.url());
             println!("ticket key {}", handle.scheduler.operator_key_hex());
-            tokio::select! {
-                r = handle.join() => r?,
-                _ = tokio::signal::ctrl_c() => eprintln!("shutting down"),
-            }
+            handle.serve_until(shutdown_signal()).await?;
         }
         Command::Worker(mut a) => {
             if let Some(cmd) = a.command.take() {
@@ -131,7 +144,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             tokio::select! {
                 r = handle.join() => r?,
-                _ = tokio::signal::ctrl_c() => eprintln!("shutting down"),
+                () = shutdown_signal() => eprintln!("shutting down"),
             }
         }
         Command::Demo(a) => demo::run(a).await?,

@@ -73,11 +73,29 @@ impl OperatorHandle {
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
-    /// Runs until the server stops.
-    pub async fn join(self) -> anyhow::Result<()> {
-        self.server.await.context("operator server task")??;
+    /// Serves until the server stops or `stop` completes (a signal); then signs the audit
+    /// chain's head, closes the store (SQLite folds its write-ahead log back into the database
+    /// file) and releases the data directory.
+    pub async fn serve_until(
+        mut self,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        tokio::select! {
+            r = &mut self.server => {
+                r.context("operator server task")??;
+                return Ok(());
+            }
+            () = stop => {}
+        }
+        tracing::info!("shutting down: signing the audit head and closing the store");
+        if let Err(e) = self.scheduler.audit().seal().await {
+            tracing::warn!(error = %e, "could not sign the audit head at shutdown");
+        }
+        self.stop().await;
+        tracing::info!("stopped");
         Ok(())
     }
+
     /// Stops the server.
     pub async fn stop(self) {
         self.server.abort();

@@ -644,3 +644,52 @@ fn serve_on_an_address_in_use_fails_naming_it_and_creates_nothing() {
     );
     drop(taken);
 }
+
+#[cfg(unix)]
+#[test]
+fn serve_stops_cleanly_on_sigterm_and_folds_its_log_into_the_database() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("op");
+    let mut serve = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Wait (bounded) for the banner, then ask it to stop as a service manager would.
+    let mut out = serve.stdout.take().expect("stdout");
+    let mut first = [0u8; 1];
+    out.read_exact(&mut first).expect("banner");
+    let pid = serve.id().to_string();
+    let sent = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    let code = wait_exit(&mut serve, Duration::from_secs(30));
+    let mut err = String::new();
+    serve
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("read");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("stopped"), "{err}");
+    let wal = data.join("tessera.db-wal");
+    let wal_bytes = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    assert_eq!(
+        wal_bytes, 0,
+        "the write-ahead log was folded back: {wal_bytes} bytes left"
+    );
+    // And the data directory opens again at once (the lock went with the process).
+    let verify = Command::new(BIN)
+        .args(["audit", "verify", "--data-dir"])
+        .arg(&data)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("verify");
+    assert!(verify.status.success(), "{}", text(&verify.stdout));
+}
