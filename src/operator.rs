@@ -190,15 +190,23 @@ fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
 /// Errors: the listen address cannot be bound; the data directory is in use by another
 /// process or cannot be created; the store cannot be opened; the key file is unreadable.
 pub async fn start(config: &OperatorConfig) -> anyhow::Result<OperatorHandle> {
-    let listener = tokio::net::TcpListener::bind(&config.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (is another process using it?); nothing was created in {}",
-                config.listen,
-                config.data_dir.display()
-            )
-        })?;
+    let listener = match tokio::net::TcpListener::bind(&config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+                " (is another process using it?)"
+            } else {
+                ""
+            };
+            return Err(e).with_context(|| {
+                format!(
+                    "cannot listen on {}{hint}; nothing was created in {}",
+                    config.listen,
+                    config.data_dir.display()
+                )
+            });
+        }
+    };
     let lock = crate::datadir::lock(&config.data_dir)?;
     let zone: tessera_core::civil::Zone = config
         .time_zone

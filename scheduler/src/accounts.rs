@@ -349,10 +349,23 @@ impl AccountService {
         let party_id = account_id("party", party_id)?;
         let operator = matches!(caller, Caller::User(p) if p.is_operator());
         if !operator && self.store.party_name_in_use(&party_id).await? {
-            return Err(SchedulerError::Forbidden(format!(
-                "party {party_id} is already named by existing datasets, workers, licences or \
-                 jobs; only the operator may give it an owner"
-            )));
+            let reason = format!(
+                "party {party_id} is already named (ignoring case) by existing parties, \
+                 datasets, workers, licences or jobs; only the operator may give it an owner"
+            );
+            if let Err(e) = self
+                .store
+                .record_denial(
+                    self.clock.now_ms(),
+                    Operation::CreateParty.name(),
+                    &caller.describe(),
+                    &reason,
+                )
+                .await
+            {
+                tracing::error!(error = %e, "could not audit a denial");
+            }
+            return Err(SchedulerError::Forbidden(reason));
         }
         self.store
             .create_party(&party_id, owner, self.clock.now_ms(), &caller.describe())

@@ -222,7 +222,19 @@ async fn export(data_dir: &Path, out: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("{} names no file", out.display()))?;
     let tmp = out.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
     std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))?;
+    // Never over an earlier export: it may be the only proof that the chain was cut short.
+    // A hard link publishes the file only if the name is free.
+    let published = std::fs::hard_link(&tmp, out);
+    let _ = std::fs::remove_file(&tmp);
+    match published {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => anyhow::bail!(
+            "{} exists: an export never replaces a file (an earlier one may be the only \
+             proof of a truncated chain); choose a new name",
+            out.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("writing {}", out.display())),
+    }
     match &file.head {
         Some(h) => println!(
             "exported {} checkpoints to {}; head: entry {} {}",

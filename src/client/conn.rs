@@ -191,9 +191,13 @@ pub struct Conn {
 }
 
 fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
-    std::fs::read_to_string(path)
+    let token = std::fs::read_to_string(path)
         .map(|t| t.trim().to_owned())
-        .with_context(|| format!("reading the token file {}", path.display()))
+        .with_context(|| format!("reading the token file {}", path.display()))?;
+    if token.is_empty() {
+        anyhow::bail!("the token file {} is empty", path.display());
+    }
+    Ok(token)
 }
 
 impl Conn {

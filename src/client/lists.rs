@@ -147,7 +147,7 @@ pub async fn jobs(a: JobListArgs) -> anyhow::Result<()> {
         let zone = zone.clone();
         let viewer = Some(a.user.clone()).filter(|u| !u.is_empty());
         // The listing user is also the caller: each job shows what that user may see (results,
-        // charges and failure detail only of its own side); without --user, only states.
+        // charges and failure detail only of its own side); without --user, states and failure summaries.
         let req = super::jobs::with_caller(q, &caller);
         async move {
             let l = c.list_jobs(req).await?.into_inner();

@@ -134,9 +134,9 @@ pub async fn dataset(cmd: DatasetCmd) -> anyhow::Result<()> {
             ))?;
             if d.declared_rows.is_none() {
                 eprintln!(
-                    "note: no --rows declared: a job's hold, and so its charge, covers the \
-                     per-job price only (the row price needs the row count); declare --rows to \
-                     bill rows"
+                    "note: no --rows declared: if this dataset is licensed, a job's hold, and \
+                     so its charge, covers the per-job price only (the row price needs the row \
+                     count); declare --rows to bill rows"
                 );
             }
         }

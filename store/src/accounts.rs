@@ -370,14 +370,17 @@ impl Store {
         Ok(())
     }
 
-    /// Whether records made before parties had owners name `party_id` (a dataset, a worker, a
-    /// licence or a job): such a name may only be given an owner by the operator.
+    /// Whether `party_id`, ignoring ASCII case, is already a party or is named by records made
+    /// before parties had owners (a dataset, a worker, a licence or a job): such a name (or a
+    /// look-alike differing only in case) may only be given an owner by the operator.
     pub async fn party_name_in_use(&self, party_id: &str) -> Result<bool, StoreError> {
         let r = sqlx::query(
-            "SELECT 1 FROM datasets WHERE owner_party = ?1 \
-             UNION ALL SELECT 1 FROM workers WHERE party = ?1 \
-             UNION ALL SELECT 1 FROM licences WHERE licensor = ?1 \
-             UNION ALL SELECT 1 FROM jobs WHERE buyer_party = ?1 OR provider_party = ?1 \
+            "SELECT 1 FROM datasets WHERE lower(owner_party) = lower(?1) \
+             UNION ALL SELECT 1 FROM workers WHERE lower(party) = lower(?1) \
+             UNION ALL SELECT 1 FROM licences WHERE lower(licensor) = lower(?1) \
+             UNION ALL SELECT 1 FROM jobs \
+               WHERE lower(buyer_party) = lower(?1) OR lower(provider_party) = lower(?1) \
+             UNION ALL SELECT 1 FROM parties WHERE lower(party_id) = lower(?1) \
              LIMIT 1",
         )
         .bind(party_id)

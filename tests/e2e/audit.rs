@@ -103,6 +103,16 @@ async fn receipts_carry_signed_heads_and_verify_names_a_truncated_chain() {
         serde_json::from_slice(&std::fs::read(&file).expect("file")).expect("json");
     let exported_seq = exported["head"]["seq"].as_u64().expect("head");
     assert!(exported_seq >= ended.seq);
+    // A second export never replaces the first (it may be the only proof of a truncation).
+    let before = std::fs::read(&file).expect("file");
+    let again = tessera(&["audit", "export", "--data-dir", data_dir, "--out", file_arg]);
+    assert!(!again.status.success(), "{}", text(&again));
+    assert!(
+        text(&again).contains("never replaces a file"),
+        "{}",
+        text(&again)
+    );
+    assert_eq!(std::fs::read(&file).expect("file"), before);
     c.operator.kill();
     let out = tessera(&[
         "audit",

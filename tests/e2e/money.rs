@@ -212,7 +212,8 @@ async fn a_buyer_lost_after_delivery_is_charged_by_the_live_operator() {
     // Whichever the operator hears of first: the buyer's worker lost on heartbeats, or the
     // sender's link to it broken while it waited for `Done` (shown to the buyer by its kind).
     assert!(
-        j.error.contains("worker lost") || j.error == "the provider's side failed: peer",
+        j.error.contains("worker lost")
+            || j.error == "the link between the parties broke (reported by the provider's side)",
         "{}",
         j.error
     );
