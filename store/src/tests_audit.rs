@@ -414,3 +414,37 @@ async fn consistent_edits_of_the_ledger_tables_are_named() {
         v.detail
     );
 }
+
+#[tokio::test]
+async fn several_signed_heads_past_the_end_are_one_truncation_finding() {
+    let (_dir, path, store) = open().await;
+    money(&store).await;
+    for i in 0..2 {
+        store
+            .audit(30 + i, "note", "n", &serde_json::json!({ "i": i }))
+            .await
+            .expect("note");
+    }
+    assert_eq!(seal(&store, &node(), 40).await.seq, 8);
+    store
+        .audit(41, "note", "n", &serde_json::json!({ "i": 2 }))
+        .await
+        .expect("note");
+    assert_eq!(seal(&store, &node(), 42).await.seq, 9);
+    store.close().await;
+
+    let pool = attacker(&path).await;
+    exec(&pool, "DELETE FROM audit_log WHERE seq > 7").await;
+    pool.close().await;
+    let store = Store::open(&path).await.expect("reopen");
+    let v = store.verify_audit().await.expect("verify");
+    assert_eq!(
+        v.problems,
+        vec![AuditProblem::Truncated {
+            signed_seq: 9,
+            chain_len: 7,
+            origin: STORE_CHECKPOINTS.into()
+        }],
+        "the latest head past the end, once"
+    );
+}
