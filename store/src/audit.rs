@@ -930,14 +930,26 @@ fn check_accounts(
                 ..AccountTotals::default()
             });
         if &want != stored {
+            // Name each total that differs, with both values.
+            let diffs: Vec<String> = [
+                ("debits", stored.debits, want.debits),
+                ("credits", stored.credits, want.credits),
+                ("pending debits", stored.debits_pending, want.debits_pending),
+                (
+                    "pending credits",
+                    stored.credits_pending,
+                    want.credits_pending,
+                ),
+            ]
+            .into_iter()
+            .filter(|(_, got, want)| got != want)
+            .map(|(field, got, want)| {
+                format!("{field} is {got}, the chain's transfers give {want}")
+            })
+            .collect();
             found.push(AuditProblem::Ledger {
                 seq: None,
-                detail: format!(
-                    "account {} holds {} in the table, the chain's transfers give {}",
-                    stored.account,
-                    show(stored),
-                    show(&want)
-                ),
+                detail: format!("account {}: {}", stored.account, diffs.join("; ")),
             });
         }
     }

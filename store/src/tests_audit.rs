@@ -366,7 +366,8 @@ async fn consistent_edits_of_the_ledger_tables_are_named() {
         "{texts:?}"
     );
     assert!(
-        texts[1].contains("account customer:a:cash holds debits 120, credits 5000"),
+        texts[1]
+            .contains("account customer:a:cash: credits is 5000, the chain's transfers give 1000"),
         "{texts:?}"
     );
     assert!(texts[2].contains("account external"), "{texts:?}");
