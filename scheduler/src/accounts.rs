@@ -319,7 +319,11 @@ impl AccountService {
             user: owner,
             ..Target::default()
         };
-        let allowed = authorize(Operation::RevokeToken, caller, &target).is_ok();
+        // A denial is audited like any other, but answered as "not found".
+        let allowed = self
+            .authorize(Operation::RevokeToken, caller, &target)
+            .await
+            .is_ok();
         if record.is_none() || !allowed {
             return Err(SchedulerError::NotFound(format!("token {token_id}")));
         }

@@ -119,6 +119,10 @@ async fn tokens_authenticate_until_revoked_expired_or_disabled() {
         denials.iter().any(|e| e.subject == "CreateUser"),
         "{denials:?}"
     );
+    assert!(
+        denials.iter().any(|e| e.subject == "RevokeToken"),
+        "bob's attempt on alice's token is audited: {denials:?}"
+    );
     for e in &entries {
         assert!(!e.detail_json.contains(&text[21..]), "secret in {e:?}");
     }
