@@ -107,8 +107,8 @@ pub async fn connect(url: &str) -> anyhow::Result<Client> {
 /// The operator URL when neither `--operator` nor a profile names one.
 pub const DEFAULT_OPERATOR: &str = "http://127.0.0.1:7100";
 
-/// One profile of the client configuration file.
-#[derive(Debug, Default, serde::Deserialize)]
+/// One profile of the client configuration file. `Debug` never shows its token.
+#[derive(Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Profile {
     operator: Option<String>,
@@ -116,6 +116,17 @@ struct Profile {
     token: Option<String>,
 }
 
+impl std::fmt::Debug for Profile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Profile")
+            .field("operator", &self.operator)
+            .field("token_file", &self.token_file)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// The client configuration file: `Debug` shows profiles through [`Profile`]'s redacted form.
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ClientConfig {
@@ -230,8 +241,26 @@ impl Conn {
     }
 
     /// Connects to the operator this command names, with its token.
+    ///
+    /// Errors: as [`Conn::resolve`]; the operator cannot be reached.
     pub async fn connect(&self) -> anyhow::Result<Client> {
         let (url, token) = self.resolve()?;
         connect_with(&url, token.as_deref()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_token_shows_in_debug_output() {
+        let p: Profile = toml::from_str("token = \"tsk_secret_value\"\noperator = \"http://x\"")
+            .expect("profile");
+        assert!(!format!("{p:?}").contains("secret_value"), "{p:?}");
+        let t: TokenArg = "tsk_secret_value".parse().expect("token");
+        assert!(!format!("{t:?}").contains("secret_value"));
+        let h = TokenHeader(Some(MetadataValue::from_static("tsk_secret_value")));
+        assert!(!format!("{h:?}").contains("secret_value"));
     }
 }
