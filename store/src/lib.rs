@@ -264,9 +264,16 @@ impl Store {
         self.daily_price_basis
     }
 
-    /// Closes both pools, flushing the WAL.
+    /// Closes both pools: the readers first, then a `TRUNCATE` checkpoint folds the
+    /// write-ahead log into the database file (leaving it empty), then the writer.
     pub async fn close(&self) {
         self.read.close().await;
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.write)
+            .await
+        {
+            tracing::warn!(error = %e, "could not fold the write-ahead log back at close");
+        }
         self.write.close().await;
     }
 }
