@@ -152,25 +152,47 @@ impl Store {
         now_ms: i64,
         actor: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self.write.begin().await?;
-        let r = sqlx::query(
+        self.stamp_once(
             "UPDATE users SET disabled_at_ms = COALESCE(disabled_at_ms, ?) WHERE user_id = ?",
+            ("user", user_id),
+            now_ms,
+            "user_disable",
+            actor,
         )
-        .bind(now_ms)
-        .bind(user_id)
-        .execute(&mut *tx)
-        .await?;
+        .await
+    }
+
+    /// Sets a once-only instant (`sql` binds `now_ms`, then the id) on the record `what`,
+    /// and appends `audit_kind` naming `actor`, in one transaction.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] when no row has the id.
+    async fn stamp_once(
+        &self,
+        sql: &'static str,
+        what: (&'static str, &str),
+        now_ms: i64,
+        audit_kind: &str,
+        actor: &str,
+    ) -> Result<(), StoreError> {
+        let (kind, id) = what;
+        let mut tx = self.write.begin().await?;
+        let r = sqlx::query(sql)
+            .bind(now_ms)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         if r.rows_affected() == 0 {
             return Err(StoreError::NotFound {
-                kind: "user",
-                id: user_id.into(),
+                kind,
+                id: id.into(),
             });
         }
         audit::append(
             &mut tx,
             now_ms,
-            "user_disable",
-            user_id,
+            audit_kind,
+            id,
             &serde_json::json!({"by": actor}),
         )
         .await?;
@@ -525,30 +547,14 @@ impl Store {
         now_ms: i64,
         actor: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self.write.begin().await?;
-        let r = sqlx::query(
+        self.stamp_once(
             "UPDATE tokens SET revoked_at_ms = COALESCE(revoked_at_ms, ?) WHERE token_id = ?",
-        )
-        .bind(now_ms)
-        .bind(token_id)
-        .execute(&mut *tx)
-        .await?;
-        if r.rows_affected() == 0 {
-            return Err(StoreError::NotFound {
-                kind: "token",
-                id: token_id.into(),
-            });
-        }
-        audit::append(
-            &mut tx,
+            ("token", token_id),
             now_ms,
             "token_revoke",
-            token_id,
-            &serde_json::json!({"by": actor}),
+            actor,
         )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        .await
     }
 }
 
