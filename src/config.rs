@@ -113,7 +113,8 @@ pub struct WorkerArgs {
     #[command(subcommand)]
     pub command: Option<crate::client::lists::WorkerCmd>,
     /// TOML configuration file (keys: operator, worker_id, party, region, centre, hardware,
-    /// frameworks, software, datasets, outputs, peer_listen, peer_advertise, operator_key).
+    /// frameworks, software, datasets, outputs, peer_listen, peer_advertise, operator_key,
+    /// operator_key_file, registration_token_file).
     #[arg(long, env = "TESSERA_CONFIG")]
     pub config: Option<PathBuf>,
     /// Operator URL [default: http://127.0.0.1:7100].
@@ -152,9 +153,21 @@ pub struct WorkerArgs {
     /// Address other workers should dial, if not the bound one.
     #[arg(long, env = "TESSERA_PEER_ADVERTISE")]
     pub peer_advertise: Option<String>,
-    /// The operator's ticket key (hex); strongly recommended outside a lab.
-    #[arg(long, env = "TESSERA_OPERATOR_KEY")]
+    /// The operator's public key (64 hex digits), which signs tickets; required (or
+    /// --operator-key-file).
+    #[arg(
+        long,
+        env = "TESSERA_OPERATOR_KEY",
+        conflicts_with = "operator_key_file"
+    )]
     pub operator_key: Option<String>,
+    /// File holding the operator's public key (the operator writes DATA_DIR/operator.pub).
+    #[arg(long, env = "TESSERA_OPERATOR_KEY_FILE")]
+    pub operator_key_file: Option<PathBuf>,
+    /// File holding the party's registration token (`tessera party registration-token`);
+    /// required unless TESSERA_REGISTRATION_TOKEN holds the token itself.
+    #[arg(long, env = "TESSERA_REGISTRATION_TOKEN_FILE")]
+    pub registration_token_file: Option<PathBuf>,
 }
 
 /// The keys a worker's TOML file may set (all optional; same names as the flags).
@@ -185,8 +198,12 @@ pub struct WorkerFile {
     pub peer_listen: Option<String>,
     /// Address other workers should dial.
     pub peer_advertise: Option<String>,
-    /// The operator's ticket key (hex).
+    /// The operator's public key (hex).
     pub operator_key: Option<String>,
+    /// File holding the operator's public key.
+    pub operator_key_file: Option<PathBuf>,
+    /// File holding the party's registration token.
+    pub registration_token_file: Option<PathBuf>,
 }
 
 impl WorkerArgs {
@@ -236,10 +253,39 @@ impl WorkerArgs {
             config.peer_listen = l;
         }
         config.peer_advertise = self.peer_advertise.or(f.peer_advertise);
-        config.operator_key_hex = self.operator_key.or(f.operator_key);
+        config.operator_key_hex = match (
+            self.operator_key.or(f.operator_key),
+            self.operator_key_file.or(f.operator_key_file),
+        ) {
+            (Some(k), _) => k,
+            (None, Some(path)) => std::fs::read_to_string(&path)
+                .with_context(|| format!("reading the operator's key from {}", path.display()))?
+                .trim()
+                .to_owned(),
+            (None, None) => String::new(),
+        };
+        let token = match self.registration_token_file.or(f.registration_token_file) {
+            Some(path) => Some(zeroize::Zeroizing::new(
+                std::fs::read_to_string(&path).with_context(|| {
+                    format!("reading the registration token from {}", path.display())
+                })?,
+            )),
+            None => std::env::var(REGISTRATION_TOKEN_ENV)
+                .ok()
+                .map(zeroize::Zeroizing::new),
+        };
+        if let Some(t) = token {
+            config.registration = tessera_proto::TokenHeader::new(&t)
+                .map_err(|e| anyhow::anyhow!("registration token: {e}"))?;
+        }
+        tessera_worker::check_credentials(&config)?;
         Ok(config)
     }
 }
+
+/// The environment variable that may hold the registration token itself (a file is
+/// preferred: `--registration-token-file`).
+pub const REGISTRATION_TOKEN_ENV: &str = "TESSERA_REGISTRATION_TOKEN";
 
 /// Reads a TOML settings file, or the defaults when there is none.
 fn load_file<T: DeserializeOwned + Default>(path: Option<&Path>) -> anyhow::Result<T> {

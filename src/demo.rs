@@ -68,6 +68,7 @@ fn write_csv(path: &Path, header: [&str; 2], rows: &[[String; 2]]) -> anyhow::Re
 const BUYER: &str = "buyer-b";
 const PROVIDER: &str = "provider-a";
 const USER: &str = "alice";
+const PROVIDER_USER: &str = "paul";
 
 /// The demo's data: row counts of the two files written and the true intersection.
 struct DemoData {
@@ -185,7 +186,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let data = generate_data(&args.dir, rows, args.seed)?;
     let (prov_rows, buyer_rows, truth) = (data.provider_rows, data.buyer_rows, data.truth);
 
-    step(2, "starting the operator and two workers on loopback");
+    step(
+        2,
+        "starting the operator; accounts, parties and worker registrations; two workers",
+    );
     let op = operator::start(&OperatorConfig {
         listen: "127.0.0.1:0".into(),
         data_dir: args.dir.join("operator"),
@@ -193,12 +197,66 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     })
     .await?;
     let url = op.url();
+    let data_dir = args.dir.join("operator");
     println!(
-        "operator {url} (store {})",
-        args.dir.join("operator/tessera.db").display()
+        "operator {url} (store {}, admin token in {})",
+        data_dir.join("tessera.db").display(),
+        data_dir.join(operator::ADMIN_TOKEN_FILE).display()
     );
+    let admin_token = zeroize::Zeroizing::new(
+        std::fs::read_to_string(data_dir.join(operator::ADMIN_TOKEN_FILE))
+            .context("reading the admin token the operator wrote")?,
+    );
+    let mut admin = crate::client::conn::connect_with(&url, Some(admin_token.trim())).await?;
+    // The operator records the users, their roles and parties; each user gets its own token.
+    let mut tokens = Vec::new();
+    for (user, roles, party) in [
+        (PROVIDER_USER, "provider", PROVIDER),
+        (USER, "buyer", BUYER),
+    ] {
+        admin
+            .create_user(pb::CreateUserRequest {
+                user_id: user.into(),
+                roles: roles.into(),
+            })
+            .await?;
+        admin
+            .create_party(pb::CreatePartyRequest {
+                party_id: party.into(),
+                owner_user_id: user.into(),
+            })
+            .await?;
+        let t = admin
+            .create_token(pb::CreateTokenRequest {
+                user_id: user.into(),
+                label: "demo".into(),
+                ttl_ms: 3_600_000,
+            })
+            .await?
+            .into_inner();
+        println!("user {user} ({roles}) owns party {party}; API token issued");
+        tokens.push(zeroize::Zeroizing::new(t.secret_token));
+    }
+    let mut provider = crate::client::conn::connect_with(&url, Some(&tokens[0])).await?;
+    let mut c = crate::client::conn::connect_with(&url, Some(&tokens[1])).await?;
+    let key = std::fs::read_to_string(data_dir.join(operator::PUBLIC_KEY_FILE))
+        .context("reading the operator's public key")?;
     let mut workers = Vec::new();
     for (party, dir) in [(PROVIDER, "provider"), (BUYER, "buyer")] {
+        // The party's owner asks for a registration token; its worker presents it once and
+        // gets its own credential.
+        let owner = if party == PROVIDER {
+            &mut provider
+        } else {
+            &mut c
+        };
+        let reg = owner
+            .issue_registration_token(pb::RegistrationTokenRequest {
+                party_id: party.into(),
+                ttl_ms: 600_000,
+            })
+            .await?
+            .into_inner();
         let attrs = WorkerAttributes {
             party: party.into(),
             region: "cn-north".into(),
@@ -213,10 +271,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             args.dir.join(dir).join("datasets"),
             args.dir.join(dir).join("outputs"),
         );
-        cfg.operator_key_hex = Some(op.scheduler.operator_key_hex());
+        cfg.operator_key_hex = key.trim().to_owned();
+        cfg.registration = tessera_proto::TokenHeader::new(&reg.secret_token)?;
         let w = tessera_worker::start(cfg, Arc::new(SystemClock)).await?;
         println!(
-            "worker {} for {party}, peer link {}",
+            "worker {} for {party} registered with its party's registration token, peer link {}",
             w.worker_id, w.peer_addr
         );
         workers.push(w);
@@ -226,15 +285,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         3,
         "registering datasets, licensing with a PSI policy of 2 runs, funding the buyer",
     );
-    let mut c = crate::client::connect(&url).await?;
-    c.create_dataset(pb::CreateDatasetRequest {
-        dataset_id: "ds-provider-customers".into(),
-        owner_party: PROVIDER.into(),
-        location: "customers.csv".into(),
-        description: "provider customer ids".into(),
-        declared_rows: Some(prov_rows as u64),
-    })
-    .await?;
+    provider
+        .create_dataset(pb::CreateDatasetRequest {
+            dataset_id: "ds-provider-customers".into(),
+            owner_party: PROVIDER.into(),
+            location: "customers.csv".into(),
+            description: "provider customer ids".into(),
+            declared_rows: Some(prov_rows as u64),
+        })
+        .await?;
     c.create_dataset(pb::CreateDatasetRequest {
         dataset_id: "ds-buyer-crm".into(),
         owner_party: BUYER.into(),
@@ -254,7 +313,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             "aiFrame": [], "envSoft": ["linux"]
         }]
     });
-    let lic = c
+    let lic = provider
         .create_licence(pb::CreateLicenceRequest {
             licensor: PROVIDER.into(),
             licensee: USER.into(),
@@ -272,16 +331,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         lic.licence_id
     );
     c.deposit(pb::DepositRequest {
-        account: USER.into(),
+        account: String::new(),
         amount_micros: 100_000_000,
         idempotency_key: "demo-topup-1".into(),
         into: String::new(),
     })
     .await?;
-    println!("deposited {} to {USER}", fmt_micros(100_000_000));
+    println!("{USER} deposited {}", fmt_micros(100_000_000));
 
     let submit = |mode: pb::PsiMode, output: &str| pb::SubmitJobRequest {
-        user: USER.into(),
+        user: String::new(),
         licence_id: lic.licence_id.clone(),
         scene: "psi".into(),
         buyer_party: BUYER.into(),
@@ -316,7 +375,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         let j = if j.state() == pb::JobState::Refused {
             j
         } else {
-            watch(&mut c, &j.job_id, Some(USER)).await?
+            watch(&mut c, &j.job_id).await?
         };
         println!("finished {}", job_line(&j));
         let mut ok =
@@ -384,10 +443,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .into_inner();
     println!("licence policy now: {}", l.policy_json);
 
-    step(7, "usage, charges, balances");
-    let usage = c.list_usage(pb::ListRequest {}).await?.into_inner();
-    let transfers = c.list_transfers(pb::ListRequest {}).await?.into_inner();
-    let balances = c.list_balances(pb::ListRequest {}).await?.into_inner();
+    step(7, "usage, charges, balances (as the operator sees them)");
+    let usage = admin.list_usage(pb::ListRequest {}).await?.into_inner();
+    let transfers = admin.list_transfers(pb::ListRequest {}).await?.into_inner();
+    let balances = admin.list_balances(pb::ListRequest {}).await?.into_inner();
     let style = TableStyle::for_stdout();
     for listing in [
         ledger::usage(&usage.events),
@@ -404,7 +463,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     all_ok &= balances.balanced;
 
     step(8, "audit chain");
-    let audit = c.verify_audit(pb::ListRequest {}).await?.into_inner();
+    let audit = admin.verify_audit(pb::ListRequest {}).await?.into_inner();
     println!(
         "  {} ({} entries)",
         if audit.ok { "verified" } else { "BROKEN" },

@@ -223,6 +223,7 @@ pub async fn start(config: &OperatorConfig) -> anyhow::Result<OperatorHandle> {
                 .with_context(|| format!("daily price basis {:?}", config.daily_price_basis))?,
         );
     let signer = load_or_create_key(&config.data_dir)?;
+    write_public_key(&config.data_dir, &signer.public_key_hex())?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     if let Some(w) = config.late_window_ms {
         store
@@ -306,6 +307,30 @@ pub async fn start(config: &OperatorConfig) -> anyhow::Result<OperatorHandle> {
         server,
         _lock: lock,
     })
+}
+
+/// The file, in the data directory, holding the node's public key (hex, readable by all):
+/// what workers are configured with (`--operator-key-file`) to check tickets and refuse any
+/// other operator.
+pub const PUBLIC_KEY_FILE: &str = "operator.pub";
+
+/// Writes `DATA_DIR/operator.pub` (mode 0644) when it is missing or differs, through a
+/// temporary file and a rename, so a reader never sees half a key.
+fn write_public_key(dir: &Path, hex: &str) -> anyhow::Result<()> {
+    let path = dir.join(PUBLIC_KEY_FILE);
+    if std::fs::read_to_string(&path).is_ok_and(|t| t.trim() == hex) {
+        return Ok(());
+    }
+    let tmp = dir.join("operator.pub.tmp");
+    std::fs::write(&tmp, format!("{hex}\n"))
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))?;
+    }
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 /// The user the first start creates, with the operator role.

@@ -287,7 +287,8 @@ macro_rules! operations {
 }
 
 operations! {
-    /// A worker registers with its party's registration token.
+    /// A worker registers with its party's registration token (or again, under its own id,
+    /// with its worker credential).
     RegisterWorker => rule(Who::Registrant, Scope::RegistrationParty, true),
     /// A worker's heartbeat.
     Heartbeat => rule(Who::Worker, Scope::OwnWorker, false),
@@ -379,6 +380,115 @@ operations! {
     IssueRegistrationToken => rule(Who::AnyUser, Scope::OwnParty, true),
 }
 
+/// Which side of a job a caller is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobSide {
+    /// The buyer: the submitting user, or the owner of the buyer party.
+    Buyer,
+    /// The provider: the owner of the provider (licensor) party.
+    Provider,
+}
+
+/// Whose rows a caller sees in listings (the [`Scope::OwnRows`] operations) and which side of
+/// a job it is on: the operator sees every row and is on no job's side; any other user sees
+/// the rows of its own user id (as a customer, a licensee, a token holder), of the parties it
+/// owns and, for licences, of the groups it is recorded in; a worker or registrant sees none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Viewer {
+    /// Every row (the operator).
+    All,
+    /// A user's own rows.
+    Own {
+        /// The user.
+        user: String,
+        /// Its recorded groups.
+        groups: BTreeSet<String>,
+        /// The parties it owns.
+        parties: BTreeSet<String>,
+    },
+    /// No row (a worker or registrant calling a user operation).
+    Nobody,
+}
+
+impl Viewer {
+    /// The viewer for `caller`, given the parties the caller's user owns.
+    pub fn of(caller: &Caller, owned_parties: BTreeSet<String>) -> Viewer {
+        match caller {
+            Caller::User(p) if p.is_operator() => Viewer::All,
+            Caller::User(p) => Viewer::Own {
+                user: p.user.clone(),
+                groups: p.groups.clone(),
+                parties: owned_parties,
+            },
+            Caller::Worker { .. } | Caller::Registrant { .. } => Viewer::Nobody,
+        }
+    }
+
+    /// Whether every row is seen.
+    pub fn is_all(&self) -> bool {
+        matches!(self, Viewer::All)
+    }
+
+    /// The user whose rows are seen (`None` for [`Viewer::All`] and [`Viewer::Nobody`]).
+    pub fn user(&self) -> Option<&str> {
+        match self {
+            Viewer::Own { user, .. } => Some(user),
+            _ => None,
+        }
+    }
+
+    /// Whether rows of customer (user) `user` are seen.
+    pub fn sees_user(&self, user: &str) -> bool {
+        match self {
+            Viewer::All => true,
+            Viewer::Own { user: me, .. } => me == user,
+            Viewer::Nobody => false,
+        }
+    }
+
+    /// Whether rows of party `party` are seen.
+    pub fn sees_party(&self, party: &str) -> bool {
+        match self {
+            Viewer::All => true,
+            Viewer::Own { parties, .. } => parties.contains(party),
+            Viewer::Nobody => false,
+        }
+    }
+
+    /// Whether a licence of `licensor` to `licensee` (a user or group) is seen.
+    pub fn sees_licence(&self, licensor: &str, licensee: &str) -> bool {
+        match self {
+            Viewer::All => true,
+            Viewer::Own {
+                user,
+                groups,
+                parties,
+            } => parties.contains(licensor) || user == licensee || groups.contains(licensee),
+            Viewer::Nobody => false,
+        }
+    }
+
+    /// The side of a job (submitted by `buyer_user`, between `buyer_party` and
+    /// `provider_party`) the viewer is on; `None` for the operator and for anyone else.
+    pub fn side(
+        &self,
+        buyer_user: &str,
+        buyer_party: &str,
+        provider_party: &str,
+    ) -> Option<JobSide> {
+        let Viewer::Own { user, parties, .. } = self else {
+            return None;
+        };
+        if user == buyer_user || (!buyer_party.is_empty() && parties.contains(buyer_party)) {
+            Some(JobSide::Buyer)
+        } else if !provider_party.is_empty() && parties.contains(provider_party) {
+            Some(JobSide::Provider)
+        } else {
+            None
+        }
+    }
+}
+
 /// What a call touches, as the handler found it in the store. Only the fields the
 /// operation's [`Scope`] reads need be set.
 #[derive(Debug, Clone, Copy, Default)]
@@ -457,6 +567,26 @@ pub fn authorize(op: Operation, caller: &Caller, target: &Target<'_>) -> Result<
                     caller,
                     op,
                     "a worker may report only about itself",
+                ))
+            };
+        }
+        (
+            Who::Registrant,
+            Caller::Worker {
+                party, worker_id, ..
+            },
+        ) => {
+            // A registered worker registers itself again (after the operator restarted or
+            // its link dropped) with its own credential.
+            return if target.party == Some(party.as_str())
+                && target.worker_id == Some(worker_id.as_str())
+            {
+                Ok(())
+            } else {
+                Err(not_owner(
+                    caller,
+                    op,
+                    "a worker's credential registers only that worker of its party",
                 ))
             };
         }

@@ -1,11 +1,12 @@
 //! API tokens and worker registration tokens: 256-bit random secrets, shown once, stored as a
 //! SHA-256 hash (issue "Who is calling", item 1).
 //!
-//! Text form: `tsk_<id>_<secret>` for API tokens and `tsr_<id>_<secret>` for registration
-//! tokens, where `<id>` is 16 lowercase hex digits (a public, random 64-bit id by which the
-//! store finds the token) and `<secret>` 64 lowercase hex digits (the 256-bit secret). Only
-//! `SHA-256(secret)` is stored; a presented token is checked by recomputing it and comparing
-//! in constant time. The secret never appears in `Debug` output.
+//! Text form: `tsk_<id>_<secret>` for API tokens, `tsr_<id>_<secret>` for registration
+//! tokens and `tsw_<id>_<secret>` for worker credentials, where `<id>` is 16 lowercase hex
+//! digits (a public, random 64-bit id by which the store finds the token) and `<secret>` 64
+//! lowercase hex digits (the 256-bit secret). Only `SHA-256(secret)` is stored; a presented
+//! token is checked by recomputing it and comparing in constant time. The secret never
+//! appears in `Debug` output.
 
 use std::fmt;
 
@@ -27,6 +28,9 @@ pub enum TokenKind {
     Api,
     /// A worker registration token, issued to a party's owner (`tsr_`).
     Registration,
+    /// A worker's credential, issued to one worker id of one party at its registration
+    /// (`tsw_`); revoked when that id registers again with a registration token.
+    Worker,
 }
 
 impl TokenKind {
@@ -35,6 +39,24 @@ impl TokenKind {
         match self {
             TokenKind::Api => "tsk_",
             TokenKind::Registration => "tsr_",
+            TokenKind::Worker => "tsw_",
+        }
+    }
+
+    /// The kind a presented text claims by its prefix (`None`: no known prefix).
+    pub fn of_text(text: &str) -> Option<TokenKind> {
+        let t = text.trim_start();
+        [TokenKind::Api, TokenKind::Registration, TokenKind::Worker]
+            .into_iter()
+            .find(|k| t.starts_with(k.prefix()))
+    }
+
+    /// The lowercase name stored and shown (`api`, `registration`, `worker`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Api => "api",
+            TokenKind::Registration => "registration",
+            TokenKind::Worker => "worker",
         }
     }
 }

@@ -9,9 +9,7 @@ use tonic::{Request, Status};
 
 use crate::error::{ApiCode, status};
 
-/// The metadata key carrying the caller's token: the T/AI 123.12 request header
-/// `X-Auth-Token` (gRPC metadata keys are lower case).
-pub const TOKEN_METADATA: &str = "x-auth-token";
+pub use tessera_proto::TOKEN_METADATA;
 
 /// The caller a request's token stands for.
 ///
@@ -52,10 +50,7 @@ fn user_to_pb(u: UserRecord) -> pb::User {
 fn token_to_pb(t: TokenRecord) -> pb::TokenInfo {
     pb::TokenInfo {
         token_id: t.token_id,
-        kind: match t.kind {
-            tessera_auth::TokenKind::Api => "api".into(),
-            tessera_auth::TokenKind::Registration => "registration".into(),
-        },
+        kind: t.kind.as_str().into(),
         user_id: t.user_id.unwrap_or_default(),
         party_id: t.party_id.unwrap_or_default(),
         label: t.label,

@@ -3,6 +3,7 @@
 //! (deposit target, limit scope, freeze action) are parsed here, once.
 
 use tessera_accounting::freeze::{LimitConfig, ManualFreeze};
+use tessera_auth::Viewer;
 use tessera_proto::v1 as pb;
 use tessera_scheduler::billing::{Deposit, DepositInto, parse_deposit_into};
 use tessera_scheduler::{BillingService, LimitScope};
@@ -38,8 +39,8 @@ pub(crate) async fn deposit(s: &BillingService, r: pb::DepositRequest) -> Result
     .map_err(|e| status(&e))
 }
 
-pub(crate) async fn usage(s: &BillingService) -> Result<pb::UsageList, Status> {
-    let events = s.usage().await.map_err(|e| status(&e))?;
+pub(crate) async fn usage(s: &BillingService, viewer: &Viewer) -> Result<pb::UsageList, Status> {
+    let events = s.usage(viewer).await.map_err(|e| status(&e))?;
     Ok(pb::UsageList {
         events: events
             .into_iter()
@@ -48,8 +49,11 @@ pub(crate) async fn usage(s: &BillingService) -> Result<pb::UsageList, Status> {
     })
 }
 
-pub(crate) async fn balances(s: &BillingService) -> Result<pb::BalanceList, Status> {
-    let b = s.balances().await.map_err(|e| status(&e))?;
+pub(crate) async fn balances(
+    s: &BillingService,
+    viewer: &Viewer,
+) -> Result<pb::BalanceList, Status> {
+    let b = s.balances(viewer).await.map_err(|e| status(&e))?;
     Ok(pb::BalanceList {
         balances: b
             .balances
@@ -64,8 +68,11 @@ pub(crate) async fn balances(s: &BillingService) -> Result<pb::BalanceList, Stat
     })
 }
 
-pub(crate) async fn transfers(s: &BillingService) -> Result<pb::TransferList, Status> {
-    let t = s.transfers().await.map_err(|e| status(&e))?;
+pub(crate) async fn transfers(
+    s: &BillingService,
+    viewer: &Viewer,
+) -> Result<pb::TransferList, Status> {
+    let t = s.transfers(viewer).await.map_err(|e| status(&e))?;
     Ok(pb::TransferList {
         transfers: t.into_iter().map(transfer_to_pb).collect(),
     })
@@ -80,9 +87,17 @@ pub(crate) async fn set_credit_limit(
         .map_err(|e| status(&e))
 }
 
-pub(crate) async fn bills(s: &BillingService, r: pb::BillQuery) -> Result<pb::BillList, Status> {
+pub(crate) async fn bills(
+    s: &BillingService,
+    r: pb::BillQuery,
+    viewer: &Viewer,
+) -> Result<pb::BillList, Status> {
     let bills = s
-        .bills(optional_filter(&r.customer), optional_filter(&r.period))
+        .bills(
+            viewer,
+            optional_filter(&r.customer),
+            optional_filter(&r.period),
+        )
         .await
         .map_err(|e| status(&e))?;
     Ok(pb::BillList {
@@ -110,9 +125,10 @@ pub(crate) async fn close_due_bills(s: &BillingService) -> Result<pb::BillList, 
 pub(crate) async fn statements(
     s: &BillingService,
     r: pb::StatementQuery,
+    viewer: &Viewer,
 ) -> Result<pb::StatementList, Status> {
     let st = s
-        .statements(optional_filter(&r.provider))
+        .statements(viewer, optional_filter(&r.provider))
         .await
         .map_err(|e| status(&e))?;
     Ok(pb::StatementList {

@@ -176,6 +176,7 @@ impl From<&SchedulerError> for ApiCode {
             SchedulerError::Invalid(_) => ApiCode::InvalidArgument,
             SchedulerError::NotFound(_) => ApiCode::NotFound,
             SchedulerError::Forbidden(_) => ApiCode::PermissionDenied,
+            SchedulerError::InUse(_) => ApiCode::AlreadyExists,
             SchedulerError::Store(s) => store_code(s),
             SchedulerError::Encode { .. }
             | SchedulerError::Ticket(_)

@@ -4,11 +4,12 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use tessera_auth::{Caller, Viewer};
 use tessera_core::{EmptyKeys, KeyCase, PsiMode, UnicodeForm};
 use tessera_proto::decode;
 use tessera_proto::v1 as pb;
 use tessera_scheduler::redact::redact;
-use tessera_scheduler::{AuditService, JobRequest, JobView, Scheduler};
+use tessera_scheduler::{AccountService, AuditService, JobRequest, JobView, Scheduler};
 use tokio_stream::wrappers::WatchStream;
 use tonic::Status;
 
@@ -19,19 +20,19 @@ use crate::error::{invalid, status};
 /// The scene a request that names none runs (the only one built).
 const DEFAULT_SCENE: &str = tessera_core::job::scene::PSI;
 
-/// Parses a submission: groups from their comma-separated list, enums strictly (an unset or
-/// unknown mode, key case, Unicode form or empty-key rule is `INVALID_ARGUMENT`).
+/// Parses a submission: enums strictly (an unset or unknown mode, key case, Unicode form or
+/// empty-key rule is `INVALID_ARGUMENT`). A request's `user_groups` claim is refused: groups
+/// are the operator's records, never the caller's word.
 fn job_request(r: pb::SubmitJobRequest) -> Result<JobRequest, Status> {
-    let user_groups = r
-        .user_groups
-        .split(',')
-        .map(str::trim)
-        .filter(|g| !g.is_empty())
-        .map(String::from)
-        .collect();
+    if !r.user_groups.trim().is_empty() {
+        return Err(invalid(
+            "user_groups cannot be claimed in a request: the licence's relUsers groups are \
+             matched against the groups the operator recorded the caller in",
+        ));
+    }
     Ok(JobRequest {
         user: r.user,
-        user_groups,
+        user_groups: Vec::new(),
         licence_id: r.licence_id,
         scene: if r.scene.is_empty() {
             DEFAULT_SCENE.into()
@@ -56,12 +57,8 @@ fn job_request(r: pb::SubmitJobRequest) -> Result<JobRequest, Status> {
 /// the audit chain (the receipt): for an ended job a head covering its end (sealed now if no
 /// checkpoint covers it yet: the end is readable as soon as it is committed), otherwise the
 /// latest checkpoint (the dispatch's covers the admission).
-async fn receipt(
-    audit: &AuditService,
-    v: &JobView,
-    caller: Option<&str>,
-) -> Result<pb::Job, Status> {
-    let mut j = job_to_pb(&redact(v, caller));
+async fn receipt(audit: &AuditService, v: &JobView, viewer: &Viewer) -> Result<pb::Job, Status> {
+    let mut j = job_to_pb(&redact(v, viewer));
     j.audit_head = if v.job.is_terminal() {
         crate::audit::seal(audit).await?
     } else {
@@ -70,26 +67,33 @@ async fn receipt(
     Ok(j)
 }
 
-/// The submitter is the caller of a submission.
-pub(crate) async fn submit(s: &Scheduler, r: pb::SubmitJobRequest) -> Result<pb::Job, Status> {
-    let user = r.user.clone();
-    let view = s.submit(job_request(r)?).await.map_err(|e| status(&e))?;
-    receipt(&s.audit(), &view, Some(&user)).await
+/// A submission by `caller`, authorised by [`AccountService::check_submission`] (which also
+/// sets the request's recorded groups).
+pub(crate) async fn submit(
+    s: &Scheduler,
+    accounts: &AccountService,
+    caller: &Caller,
+    r: pb::SubmitJobRequest,
+) -> Result<pb::Job, Status> {
+    let mut req = job_request(r)?;
+    accounts
+        .check_submission(caller, &mut req)
+        .await
+        .map_err(|e| status(&e))?;
+    let viewer = accounts.viewer(caller).await.map_err(|e| status(&e))?;
+    let view = s.submit(req).await.map_err(|e| status(&e))?;
+    receipt(&s.audit(), &view, &viewer).await
 }
 
-pub(crate) async fn get(
-    s: &Scheduler,
-    r: pb::JobRef,
-    caller: Option<&str>,
-) -> Result<pb::Job, Status> {
+pub(crate) async fn get(s: &Scheduler, r: pb::JobRef, viewer: &Viewer) -> Result<pb::Job, Status> {
     let v = s.job(&r.job_id).await.map_err(|e| status(&e))?;
-    receipt(&s.audit(), &v, caller).await
+    receipt(&s.audit(), &v, viewer).await
 }
 
 pub(crate) async fn watch(
     s: &Scheduler,
     r: pb::JobRef,
-    caller: Option<String>,
+    viewer: Viewer,
 ) -> Result<BoxStream<pb::Job>, Status> {
     let rx = s.watch(&r.job_id).await.map_err(|e| status(&e))?;
     let audit = s.audit();
@@ -113,12 +117,12 @@ pub(crate) async fn watch(
     });
     let updates = futures::StreamExt::then(updates, move |(last, v)| {
         let audit = audit.clone();
-        let caller = caller.clone();
+        let viewer = viewer.clone();
         async move {
             if last {
-                receipt(&audit, &v, caller.as_deref()).await
+                receipt(&audit, &v, &viewer).await
             } else {
-                Ok(job_to_pb(&redact(&v, caller.as_deref())))
+                Ok(job_to_pb(&redact(&v, &viewer)))
             }
         }
     });
@@ -134,7 +138,15 @@ pub(crate) async fn watch(
     Ok(Box::pin(futures::StreamExt::chain(updates, tail)))
 }
 
-pub(crate) async fn cancel(s: &Scheduler, r: pb::JobRef, user: &str) -> Result<pb::Job, Status> {
-    let v = s.cancel(&r.job_id, user).await.map_err(|e| status(&e))?;
-    receipt(&s.audit(), &v, Some(user)).await
+pub(crate) async fn cancel(
+    s: &Scheduler,
+    r: pb::JobRef,
+    caller: &Caller,
+    viewer: &Viewer,
+) -> Result<pb::Job, Status> {
+    let v = s
+        .cancel(&r.job_id, &caller.describe())
+        .await
+        .map_err(|e| status(&e))?;
+    receipt(&s.audit(), &v, viewer).await
 }

@@ -21,6 +21,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
+use tessera_auth::{Caller, Operation, Viewer};
 use tessera_proto::v1 as pb;
 use tessera_proto::v1::operator_server::{Operator, OperatorServer};
 use tessera_scheduler::{AccountService, AuditService, BillingService, RecordService, Scheduler};
@@ -29,18 +30,6 @@ use tonic::{Request, Response, Status};
 pub use accounts::TOKEN_METADATA;
 pub use convert::job_to_pb;
 pub use error::{ApiCode, refusal_code, status, store_code};
-
-/// The metadata key naming the calling user (no authentication yet; see ARCHITECTURE.md).
-pub const USER_METADATA: &str = "x-tessera-user";
-
-/// The calling user named by the [`USER_METADATA`] metadata, if any (what a job answer shows
-/// depends on it: `tessera_scheduler::redact`).
-fn caller<T>(req: &Request<T>) -> Option<String> {
-    req.metadata()
-        .get(USER_METADATA)
-        .and_then(|v| v.to_str().ok())
-        .map(String::from)
-}
 
 /// The `Operator` gRPC service.
 #[derive(Debug, Clone)]
@@ -69,6 +58,67 @@ impl OperatorService {
     pub fn into_server(self) -> OperatorServer<Self> {
         OperatorServer::new(self)
     }
+
+    /// The authenticated caller of `req` (`UNAUTHENTICATED` otherwise).
+    async fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+        accounts::authenticate(&self.accounts, req).await
+    }
+
+    /// The caller, after the one table allowed `op` on nothing owned.
+    async fn allowed<T>(&self, op: Operation, req: &Request<T>) -> Result<Caller, Status> {
+        let who = self.caller(req).await?;
+        self.accounts
+            .check(op, &who)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(who)
+    }
+
+    /// The caller, after the one table allowed `op` acting for user `user`; `user` is filled
+    /// with the caller's own id when the request left it empty.
+    async fn allowed_for_user<T>(
+        &self,
+        op: Operation,
+        req: &Request<T>,
+        user: &mut String,
+    ) -> Result<Caller, Status> {
+        let who = self.caller(req).await?;
+        if user.is_empty() {
+            if let Caller::User(p) = &who {
+                user.clone_from(&p.user);
+            }
+        }
+        self.accounts
+            .check_user(op, &who, user)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(who)
+    }
+
+    /// The caller, after the one table allowed worker operation `op` about `worker_id`.
+    async fn allowed_worker<T>(
+        &self,
+        op: Operation,
+        req: &Request<T>,
+        worker_id: &str,
+    ) -> Result<(), Status> {
+        let who = self.caller(req).await?;
+        self.accounts
+            .check_worker(op, &who, worker_id)
+            .await
+            .map_err(|e| status(&e))
+    }
+
+    /// The caller and the rows it sees, after the one table allowed listing `op`.
+    async fn viewer<T>(&self, op: Operation, req: &Request<T>) -> Result<Viewer, Status> {
+        let who = self.allowed(op, req).await?;
+        self.accounts.viewer(&who).await.map_err(|e| status(&e))
+    }
+
+    /// The rows the authorised caller `who` sees.
+    async fn viewer_of(&self, who: &Caller) -> Result<Viewer, Status> {
+        self.accounts.viewer(who).await.map_err(|e| status(&e))
+    }
 }
 
 pub(crate) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -83,7 +133,13 @@ impl Operator for OperatorService {
         &self,
         req: Request<pb::RegisterWorkerRequest>,
     ) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
-        workers::register(&self.jobs, req.into_inner())
+        let who = self.caller(&req).await?;
+        let party = workers::attributes(req.get_ref())?.party;
+        self.accounts
+            .check_registration(&who, &party, &req.get_ref().worker_id)
+            .await
+            .map_err(|e| status(&e))?;
+        workers::register(&self.jobs, &who, req.into_inner())
             .await
             .map(Response::new)
     }
@@ -92,6 +148,8 @@ impl Operator for OperatorService {
         &self,
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        self.allowed_worker(Operation::Heartbeat, &req, &req.get_ref().worker_id)
+            .await?;
         workers::heartbeat(&self.jobs, req.into_inner()).await?;
         Ok(Response::new(pb::HeartbeatResponse {}))
     }
@@ -102,6 +160,8 @@ impl Operator for OperatorService {
         &self,
         req: Request<pb::PullTasksRequest>,
     ) -> Result<Response<Self::PullTasksStream>, Status> {
+        self.allowed_worker(Operation::PullTasks, &req, &req.get_ref().worker_id)
+            .await?;
         workers::pull_tasks(&self.jobs, req.into_inner())
             .await
             .map(Response::new)
@@ -111,6 +171,8 @@ impl Operator for OperatorService {
         &self,
         req: Request<pb::ProgressReport>,
     ) -> Result<Response<pb::Ack>, Status> {
+        self.allowed_worker(Operation::ReportProgress, &req, &req.get_ref().worker_id)
+            .await?;
         ack(workers::report_progress(&self.jobs, req.into_inner()).await)
     }
 
@@ -118,6 +180,8 @@ impl Operator for OperatorService {
         &self,
         req: Request<pb::TaskResult>,
     ) -> Result<Response<pb::Ack>, Status> {
+        self.allowed_worker(Operation::ReportResult, &req, &req.get_ref().worker_id)
+            .await?;
         ack(workers::report_result(&self.jobs, req.into_inner()).await)
     }
 
@@ -125,6 +189,11 @@ impl Operator for OperatorService {
         &self,
         req: Request<pb::CreateDatasetRequest>,
     ) -> Result<Response<pb::Dataset>, Status> {
+        let who = self.caller(&req).await?;
+        self.accounts
+            .check_party(Operation::CreateDataset, &who, &req.get_ref().owner_party)
+            .await
+            .map_err(|e| status(&e))?;
         records::create_dataset(&self.records, req.into_inner())
             .await
             .map(Response::new)
@@ -134,6 +203,11 @@ impl Operator for OperatorService {
         &self,
         req: Request<pb::CreateLicenceRequest>,
     ) -> Result<Response<pb::Licence>, Status> {
+        let who = self.caller(&req).await?;
+        self.accounts
+            .check_party(Operation::CreateLicence, &who, &req.get_ref().licensor)
+            .await
+            .map_err(|e| status(&e))?;
         records::create_licence(&self.records, req.into_inner())
             .await
             .map(Response::new)
@@ -143,6 +217,11 @@ impl Operator for OperatorService {
         &self,
         req: Request<pb::LicenceRef>,
     ) -> Result<Response<pb::Licence>, Status> {
+        let who = self.caller(&req).await?;
+        self.accounts
+            .check_licence(Operation::GetLicence, &who, &req.get_ref().licence_id)
+            .await
+            .map_err(|e| status(&e))?;
         records::get_licence(&self.records, req.into_inner())
             .await
             .map(Response::new)
@@ -152,14 +231,20 @@ impl Operator for OperatorService {
         &self,
         req: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        jobs::submit(&self.jobs, req.into_inner())
+        let who = self.caller(&req).await?;
+        jobs::submit(&self.jobs, &self.accounts, &who, req.into_inner())
             .await
             .map(Response::new)
     }
 
     async fn get_job(&self, req: Request<pb::JobRef>) -> Result<Response<pb::Job>, Status> {
-        let caller = caller(&req);
-        jobs::get(&self.jobs, req.into_inner(), caller.as_deref())
+        let who = self.caller(&req).await?;
+        self.accounts
+            .check_job(Operation::GetJob, &who, &req.get_ref().job_id)
+            .await
+            .map_err(|e| status(&e))?;
+        let viewer = self.viewer_of(&who).await?;
+        jobs::get(&self.jobs, req.into_inner(), &viewer)
             .await
             .map(Response::new)
     }
@@ -170,25 +255,25 @@ impl Operator for OperatorService {
         &self,
         req: Request<pb::JobRef>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
-        let caller = caller(&req);
-        jobs::watch(&self.jobs, req.into_inner(), caller)
+        let who = self.caller(&req).await?;
+        self.accounts
+            .check_job(Operation::WatchJob, &who, &req.get_ref().job_id)
+            .await
+            .map_err(|e| status(&e))?;
+        let viewer = self.viewer_of(&who).await?;
+        jobs::watch(&self.jobs, req.into_inner(), viewer)
             .await
             .map(Response::new)
     }
 
     async fn cancel_job(&self, req: Request<pb::JobRef>) -> Result<Response<pb::Job>, Status> {
-        let user = req
-            .metadata()
-            .get(USER_METADATA)
-            .and_then(|v| v.to_str().ok())
-            .map(String::from)
-            .ok_or_else(|| {
-                Status::new(
-                    ApiCode::PermissionDenied.grpc(),
-                    format!("cancelling a job needs the {USER_METADATA} metadata"),
-                )
-            })?;
-        jobs::cancel(&self.jobs, req.into_inner(), &user)
+        let who = self.caller(&req).await?;
+        self.accounts
+            .check_job(Operation::CancelJob, &who, &req.get_ref().job_id)
+            .await
+            .map_err(|e| status(&e))?;
+        let viewer = self.viewer_of(&who).await?;
+        jobs::cancel(&self.jobs, req.into_inner(), &who, &viewer)
             .await
             .map(Response::new)
     }
@@ -197,10 +282,19 @@ impl Operator for OperatorService {
         &self,
         req: Request<pb::DeliveryReport>,
     ) -> Result<Response<pb::Ack>, Status> {
+        self.allowed_worker(Operation::ReportDelivered, &req, &req.get_ref().worker_id)
+            .await?;
         ack(workers::report_delivered(&self.jobs, req.into_inner()).await)
     }
 
-    async fn deposit(&self, req: Request<pb::DepositRequest>) -> Result<Response<pb::Ack>, Status> {
+    async fn deposit(
+        &self,
+        mut req: Request<pb::DepositRequest>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let mut account = std::mem::take(&mut req.get_mut().account);
+        self.allowed_for_user(Operation::Deposit, &req, &mut account)
+            .await?;
+        req.get_mut().account = account;
         let mut ack = billing::deposit(&self.billing, req.into_inner()).await?;
         // The depositor's receipt: a signed head covering the deposit.
         ack.audit_head = audit::seal(&self.audit).await?;
@@ -209,29 +303,39 @@ impl Operator for OperatorService {
 
     async fn list_usage(
         &self,
-        _req: Request<pb::ListRequest>,
+        req: Request<pb::ListRequest>,
     ) -> Result<Response<pb::UsageList>, Status> {
-        billing::usage(&self.billing).await.map(Response::new)
+        let viewer = self.viewer(Operation::ListUsage, &req).await?;
+        billing::usage(&self.billing, &viewer)
+            .await
+            .map(Response::new)
     }
 
     async fn list_balances(
         &self,
-        _req: Request<pb::ListRequest>,
+        req: Request<pb::ListRequest>,
     ) -> Result<Response<pb::BalanceList>, Status> {
-        billing::balances(&self.billing).await.map(Response::new)
+        let viewer = self.viewer(Operation::ListBalances, &req).await?;
+        billing::balances(&self.billing, &viewer)
+            .await
+            .map(Response::new)
     }
 
     async fn list_transfers(
         &self,
-        _req: Request<pb::ListRequest>,
+        req: Request<pb::ListRequest>,
     ) -> Result<Response<pb::TransferList>, Status> {
-        billing::transfers(&self.billing).await.map(Response::new)
+        let viewer = self.viewer(Operation::ListTransfers, &req).await?;
+        billing::transfers(&self.billing, &viewer)
+            .await
+            .map(Response::new)
     }
 
     async fn verify_audit(
         &self,
-        _req: Request<pb::ListRequest>,
+        req: Request<pb::ListRequest>,
     ) -> Result<Response<pb::AuditVerification>, Status> {
+        self.allowed(Operation::VerifyAudit, &req).await?;
         audit::verify(&self.audit).await.map(Response::new)
     }
 
@@ -239,6 +343,7 @@ impl Operator for OperatorService {
         &self,
         req: Request<pb::CreditLimitRequest>,
     ) -> Result<Response<pb::Ack>, Status> {
+        self.allowed(Operation::SetCreditLimit, &req).await?;
         ack(billing::set_credit_limit(&self.billing, req.into_inner()).await)
     }
 
@@ -246,7 +351,8 @@ impl Operator for OperatorService {
         &self,
         req: Request<pb::BillQuery>,
     ) -> Result<Response<pb::BillList>, Status> {
-        billing::bills(&self.billing, req.into_inner())
+        let viewer = self.viewer(Operation::ListBills, &req).await?;
+        billing::bills(&self.billing, req.into_inner(), &viewer)
             .await
             .map(Response::new)
     }
@@ -255,6 +361,11 @@ impl Operator for OperatorService {
         &self,
         req: Request<pb::BillRef>,
     ) -> Result<Response<pb::BillLineList>, Status> {
+        let who = self.caller(&req).await?;
+        self.accounts
+            .check_bill(Operation::ListBillLines, &who, &req.get_ref().bill_id)
+            .await
+            .map_err(|e| status(&e))?;
         billing::bill_lines(&self.billing, req.into_inner())
             .await
             .map(Response::new)
@@ -262,8 +373,9 @@ impl Operator for OperatorService {
 
     async fn close_due_bills(
         &self,
-        _req: Request<pb::ListRequest>,
+        req: Request<pb::ListRequest>,
     ) -> Result<Response<pb::BillList>, Status> {
+        self.allowed(Operation::CloseDueBills, &req).await?;
         billing::close_due_bills(&self.billing)
             .await
             .map(Response::new)
@@ -273,7 +385,8 @@ impl Operator for OperatorService {
         &self,
         req: Request<pb::StatementQuery>,
     ) -> Result<Response<pb::StatementList>, Status> {
-        billing::statements(&self.billing, req.into_inner())
+        let viewer = self.viewer(Operation::ListStatements, &req).await?;
+        billing::statements(&self.billing, req.into_inner(), &viewer)
             .await
             .map(Response::new)
     }
@@ -282,12 +395,14 @@ impl Operator for OperatorService {
         &self,
         req: Request<pb::PayoutRequest>,
     ) -> Result<Response<pb::Statement>, Status> {
+        self.allowed(Operation::Payout, &req).await?;
         let mut statement = billing::payout(&self.billing, req.into_inner()).await?;
         statement.audit_head = audit::seal(&self.audit).await?;
         Ok(Response::new(statement))
     }
 
     async fn set_limit(&self, req: Request<pb::LimitRequest>) -> Result<Response<pb::Ack>, Status> {
+        self.allowed(Operation::SetLimit, &req).await?;
         ack(billing::set_limit(&self.billing, req.into_inner()).await)
     }
 
@@ -295,6 +410,7 @@ impl Operator for OperatorService {
         &self,
         req: Request<pb::WhitelistRequest>,
     ) -> Result<Response<pb::Ack>, Status> {
+        self.allowed(Operation::SetWhitelist, &req).await?;
         ack(billing::set_whitelist(&self.billing, req.into_inner()).await)
     }
 
@@ -302,13 +418,18 @@ impl Operator for OperatorService {
         &self,
         req: Request<pb::FreezeRequest>,
     ) -> Result<Response<pb::Ack>, Status> {
+        self.allowed(Operation::SetFreeze, &req).await?;
         ack(billing::set_freeze(&self.billing, req.into_inner()).await)
     }
 
     async fn get_account_status(
         &self,
-        req: Request<pb::AccountQuery>,
+        mut req: Request<pb::AccountQuery>,
     ) -> Result<Response<pb::AccountStatus>, Status> {
+        let mut customer = std::mem::take(&mut req.get_mut().customer);
+        self.allowed_for_user(Operation::GetAccountStatus, &req, &mut customer)
+            .await?;
+        req.get_mut().customer = customer;
         billing::account_status(&self.billing, req.into_inner())
             .await
             .map(Response::new)
@@ -316,8 +437,12 @@ impl Operator for OperatorService {
 
     async fn subscribe(
         &self,
-        req: Request<pb::SubscriptionRequest>,
+        mut req: Request<pb::SubscriptionRequest>,
     ) -> Result<Response<pb::SubscriptionView>, Status> {
+        let mut customer = std::mem::take(&mut req.get_mut().customer);
+        self.allowed_for_user(Operation::Subscribe, &req, &mut customer)
+            .await?;
+        req.get_mut().customer = customer;
         let mut view = billing::subscribe(&self.billing, req.into_inner()).await?;
         view.audit_head = audit::seal(&self.audit).await?;
         Ok(Response::new(view))
@@ -325,16 +450,20 @@ impl Operator for OperatorService {
 
     async fn unsubscribe(
         &self,
-        req: Request<pb::SubscriptionRequest>,
+        mut req: Request<pb::SubscriptionRequest>,
     ) -> Result<Response<pb::SubscriptionView>, Status> {
+        let mut customer = std::mem::take(&mut req.get_mut().customer);
+        self.allowed_for_user(Operation::Unsubscribe, &req, &mut customer)
+            .await?;
+        req.get_mut().customer = customer;
         let mut view = billing::unsubscribe(&self.billing, req.into_inner()).await?;
         view.audit_head = audit::seal(&self.audit).await?;
         Ok(Response::new(view))
     }
 
     async fn list_jobs(&self, req: Request<pb::JobQuery>) -> Result<Response<pb::JobList>, Status> {
-        let caller = caller(&req);
-        lists::jobs(&self.jobs, req.into_inner(), caller.as_deref())
+        let viewer = self.viewer(Operation::ListJobs, &req).await?;
+        lists::jobs(&self.jobs, req.into_inner(), &viewer)
             .await
             .map(Response::new)
     }
@@ -343,7 +472,8 @@ impl Operator for OperatorService {
         &self,
         req: Request<pb::DatasetQuery>,
     ) -> Result<Response<pb::DatasetList>, Status> {
-        lists::datasets(&self.records, req.into_inner())
+        let viewer = self.viewer(Operation::ListDatasets, &req).await?;
+        lists::datasets(&self.records, req.into_inner(), &viewer)
             .await
             .map(Response::new)
     }
@@ -352,7 +482,8 @@ impl Operator for OperatorService {
         &self,
         req: Request<pb::LicenceQuery>,
     ) -> Result<Response<pb::LicenceList>, Status> {
-        lists::licences(&self.records, req.into_inner())
+        let viewer = self.viewer(Operation::ListLicences, &req).await?;
+        lists::licences(&self.records, req.into_inner(), &viewer)
             .await
             .map(Response::new)
     }
@@ -361,15 +492,17 @@ impl Operator for OperatorService {
         &self,
         req: Request<pb::WorkerQuery>,
     ) -> Result<Response<pb::WorkerList>, Status> {
-        lists::workers(&self.jobs, req.into_inner())
+        let viewer = self.viewer(Operation::ListWorkers, &req).await?;
+        lists::workers(&self.jobs, req.into_inner(), &viewer)
             .await
             .map(Response::new)
     }
 
     async fn get_operator_info(
         &self,
-        _req: Request<pb::ListRequest>,
+        req: Request<pb::ListRequest>,
     ) -> Result<Response<pb::OperatorInfo>, Status> {
+        self.allowed(Operation::GetOperatorInfo, &req).await?;
         Ok(Response::new(lists::info(&self.jobs)))
     }
 

@@ -1,10 +1,11 @@
 //! Listing RPCs (jobs, datasets, licences, workers) and the operator's info: the page and the
 //! filters parsed once, the scheduler's page mapped to the wire.
 
+use tessera_auth::Viewer;
 use tessera_core::{JobState, WorkerAttributes};
 use tessera_proto::decode;
 use tessera_proto::v1 as pb;
-use tessera_scheduler::lists::{JobFilter, LicenceFilter, PageQuery};
+use tessera_scheduler::lists::{JobFilter, LicenceFilter, PageQuery, rows_of};
 use tessera_scheduler::redact::redact;
 use tessera_scheduler::{RecordService, Scheduler};
 use tonic::Status;
@@ -28,18 +29,19 @@ fn state_filter(v: i32) -> Result<Option<JobState>, Status> {
     decode::<JobState>(v).map(Some).map_err(invalid)
 }
 
-/// A page of jobs, each shown as `caller` may see it (`tessera_scheduler::redact`, the same
-/// rule as `GetJob`): results, charges and the other side's failure detail only to their
-/// party.
+/// A page of the jobs `viewer` may see, each shown as it may see it
+/// (`tessera_scheduler::redact`, the same rule as `GetJob`): results, charges and the other
+/// side's failure detail only to their party.
 pub(crate) async fn jobs(
     s: &Scheduler,
     r: pb::JobQuery,
-    caller: Option<&str>,
+    viewer: &Viewer,
 ) -> Result<pb::JobList, Status> {
     let filter = JobFilter {
         user: r.user,
         state: state_filter(r.state)?,
         licence_id: r.licence_id,
+        viewer: rows_of(viewer).map_err(|e| status(&e))?.to_owned(),
     };
     let l = s
         .list_jobs(&filter, &page(r.page))
@@ -49,7 +51,7 @@ pub(crate) async fn jobs(
         jobs: l
             .items
             .iter()
-            .map(|v| job_to_pb(&redact(v, caller)))
+            .map(|v| job_to_pb(&redact(v, viewer)))
             .collect(),
         next_page_token: l.next_token,
     })
@@ -58,9 +60,10 @@ pub(crate) async fn jobs(
 pub(crate) async fn datasets(
     s: &RecordService,
     r: pb::DatasetQuery,
+    viewer: &Viewer,
 ) -> Result<pb::DatasetList, Status> {
     let l = s
-        .list_datasets(&r.owner_party, &page(r.page))
+        .list_datasets(&r.owner_party, viewer, &page(r.page))
         .await
         .map_err(|e| status(&e))?;
     Ok(pb::DatasetList {
@@ -72,11 +75,13 @@ pub(crate) async fn datasets(
 pub(crate) async fn licences(
     s: &RecordService,
     r: pb::LicenceQuery,
+    viewer: &Viewer,
 ) -> Result<pb::LicenceList, Status> {
     let filter = LicenceFilter {
         licensor: r.licensor,
         licensee: r.licensee,
         dataset_id: r.dataset_id,
+        viewer: rows_of(viewer).map_err(|e| status(&e))?.to_owned(),
     };
     let l = s
         .list_licences(&filter, &page(r.page))
@@ -103,9 +108,13 @@ fn attrs_to_pb(a: WorkerAttributes) -> pb::WorkerAttributes {
     }
 }
 
-pub(crate) async fn workers(s: &Scheduler, r: pb::WorkerQuery) -> Result<pb::WorkerList, Status> {
+pub(crate) async fn workers(
+    s: &Scheduler,
+    r: pb::WorkerQuery,
+    viewer: &Viewer,
+) -> Result<pb::WorkerList, Status> {
     let l = s
-        .list_workers(&r.party, &page(r.page))
+        .list_workers(&r.party, viewer, &page(r.page))
         .await
         .map_err(|e| status(&e))?;
     Ok(pb::WorkerList {

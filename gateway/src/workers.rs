@@ -1,5 +1,6 @@
 //! Worker-facing RPCs: registration, heartbeats, the task stream, progress and results.
 
+use tessera_auth::Caller;
 use tessera_core::{TaskErrorKind, WorkerAttributes};
 use tessera_proto::v1 as pb;
 use tessera_scheduler::{Delivery, ResultFileRecord, Scheduler, TaskReport, TaskUsage};
@@ -15,29 +16,44 @@ const ERROR_KIND_CHARS_MAX: usize = 32;
 const ERROR_CHARS_MAX: usize = 4096;
 const LOCATION_CHARS_MAX: usize = 256;
 
-pub(crate) async fn register(
-    s: &Scheduler,
-    r: pb::RegisterWorkerRequest,
-) -> Result<pb::RegisterWorkerResponse, Status> {
+/// The attributes a registration declares.
+///
+/// # Errors
+/// `INVALID_ARGUMENT` when they are missing.
+pub(crate) fn attributes(r: &pb::RegisterWorkerRequest) -> Result<WorkerAttributes, Status> {
     let a = r
         .attributes
+        .clone()
         .ok_or_else(|| invalid("attributes are required"))?;
-    let attrs = WorkerAttributes {
+    Ok(WorkerAttributes {
         party: a.party,
         region: a.region,
         compute_centre: a.compute_centre,
         hardware: a.hardware,
         ai_frameworks: a.ai_frameworks,
         software_env: a.software_env,
-    };
-    let id = s
-        .register_worker(Some(r.worker_id), attrs, r.peer_addr)
+    })
+}
+
+/// A registration by `caller`, authorised by `AccountService::check_registration`.
+pub(crate) async fn register(
+    s: &Scheduler,
+    caller: &Caller,
+    r: pb::RegisterWorkerRequest,
+) -> Result<pb::RegisterWorkerResponse, Status> {
+    let attrs = attributes(&r)?;
+    let reg = s
+        .register_worker(caller, Some(r.worker_id), attrs, r.peer_addr)
         .await
         .map_err(|e| status(&e))?;
     Ok(pb::RegisterWorkerResponse {
-        worker_id: id,
+        worker_id: reg.worker_id,
         operator_key_hex: s.operator_key_hex(),
         heartbeat_interval_ms: s.config().heartbeat_interval_ms,
+        worker_token: reg
+            .credential
+            .map(|t| t.reveal().to_string())
+            .unwrap_or_default(),
     })
 }
 

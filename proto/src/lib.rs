@@ -9,5 +9,7 @@ pub mod v1 {
 }
 
 pub mod convert;
+pub mod token;
 
 pub use convert::{EnumError, decode};
+pub use token::{TOKEN_METADATA, TokenHeader};

@@ -41,7 +41,7 @@ pub struct IssuedToken {
 /// Users, groups, parties and tokens.
 #[derive(Debug, Clone)]
 pub struct AccountService {
-    store: Store,
+    pub(crate) store: Store,
     clock: Arc<dyn Clock>,
     ids: Arc<Ids>,
 }
@@ -83,29 +83,40 @@ impl AccountService {
         Ok(Some(issued))
     }
 
-    /// The caller a presented token stands for.
+    /// The caller a presented token stands for: a user (API token `tsk_`), a registrant of a
+    /// party (registration token `tsr_`) or a registered worker (its credential `tsw_`).
     ///
     /// # Errors
-    /// [`Unauthenticated`] for any token that is not a live token of an enabled user or an
-    /// existing party. A store failure is also reported as unauthenticated, after logging it.
+    /// [`Unauthenticated`] for any token that is not a live token of an enabled user, an
+    /// existing party or a worker whose credential was not replaced. A store failure is also reported as unauthenticated, after logging it.
     pub async fn authenticate(&self, text: &str) -> Result<Caller, Unauthenticated> {
-        let kind = if text
-            .trim_start()
-            .starts_with(TokenKind::Registration.prefix())
-        {
-            TokenKind::Registration
-        } else {
-            TokenKind::Api
-        };
+        let kind = TokenKind::of_text(text).ok_or(Unauthenticated)?;
         let token = Token::parse(kind, text).map_err(|_| Unauthenticated)?;
-        let record = match self.store.token(token.id()).await {
-            Ok(Some(r)) => r,
-            Ok(None) => return Err(Unauthenticated),
-            Err(e) => {
-                tracing::error!(error = %e, "token lookup failed");
+        let logged = |e: StoreError| {
+            tracing::error!(error = %e, "token lookup failed");
+            Unauthenticated
+        };
+        if kind == TokenKind::Worker {
+            let c = self
+                .store
+                .worker_credential(token.id())
+                .await
+                .map_err(logged)?
+                .ok_or(Unauthenticated)?;
+            if c.revoked_at_ms.is_some() || !token.matches(&c.secret_sha256) {
                 return Err(Unauthenticated);
             }
-        };
+            return Ok(Caller::Worker {
+                party: c.party,
+                worker_id: c.worker_id,
+            });
+        }
+        let record = self
+            .store
+            .token(token.id())
+            .await
+            .map_err(logged)?
+            .ok_or(Unauthenticated)?;
         let now = self.clock.now_ms();
         let live = record.kind == kind
             && record.revoked_at_ms.is_none()
@@ -118,14 +129,29 @@ impl AccountService {
             (TokenKind::Api, Some(user), _) => match self.store.principal(&user).await {
                 Ok(p) => Ok(Caller::User(p)),
                 Err(StoreError::NotFound { .. }) => Err(Unauthenticated),
-                Err(e) => {
-                    tracing::error!(error = %e, "principal lookup failed");
-                    Err(Unauthenticated)
-                }
+                Err(e) => Err(logged(e)),
             },
             (TokenKind::Registration, _, Some(party)) => Ok(Caller::Registrant { party }),
             _ => Err(Unauthenticated),
         }
+    }
+
+    /// A fresh worker credential for `worker_id` of `party` (recorded by the registration).
+    pub(crate) fn worker_credential(
+        &self,
+        worker_id: &str,
+        party: &str,
+    ) -> (Token, tessera_store::WorkerCredentialRecord) {
+        let token = self.ids.token(TokenKind::Worker);
+        let record = tessera_store::WorkerCredentialRecord {
+            token_id: token.id().to_owned(),
+            worker_id: worker_id.to_owned(),
+            party: party.to_owned(),
+            secret_sha256: token.secret_hash().to_vec(),
+            issued_at_ms: self.clock.now_ms(),
+            revoked_at_ms: None,
+        };
+        (token, record)
     }
 
     /// Authorises `op` for `caller` on `target`; a denial of an operation whose rule says so

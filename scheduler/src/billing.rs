@@ -17,7 +17,9 @@ use tessera_store::{
 };
 
 use crate::SchedulerError;
+use crate::lists::rows_of;
 use crate::validate::{amount, customer, positive, required};
+use tessera_auth::Viewer;
 
 pub use tessera_accounting::settle::DepositInto;
 
@@ -103,31 +105,39 @@ impl BillingService {
         }
     }
 
-    /// Every usage event in arrival order.
+    /// The usage events `viewer` may see (of its parties and its jobs; every one for the
+    /// operator), in arrival order.
     ///
     /// # Errors
-    /// The store's.
-    pub async fn usage(&self) -> Result<Vec<UsageEventRecord>, SchedulerError> {
-        Ok(self.store.usage_events().await?)
+    /// The store's; `Forbidden` for a caller that is no user.
+    pub async fn usage(&self, viewer: &Viewer) -> Result<Vec<UsageEventRecord>, SchedulerError> {
+        Ok(self.store.usage_events_of(rows_of(viewer)?).await?)
     }
 
-    /// Every account's balance, and whether the ledger re-derives from its transfers.
+    /// The balances of the accounts `viewer` may see ([`sees_account`]), and whether the whole
+    /// ledger re-derives from its transfers.
     ///
     /// # Errors
     /// The store's.
-    pub async fn balances(&self) -> Result<Balances, SchedulerError> {
+    pub async fn balances(&self, viewer: &Viewer) -> Result<Balances, SchedulerError> {
+        let mut balances = self.store.balances().await?;
+        balances.retain(|b| sees_account(viewer, &b.account));
         Ok(Balances {
-            balances: self.store.balances().await?,
+            balances,
             balanced: self.store.ledger_balanced().await?,
         })
     }
 
-    /// Every transfer.
+    /// The transfers touching an account `viewer` may see ([`sees_account`]).
     ///
     /// # Errors
     /// The store's.
-    pub async fn transfers(&self) -> Result<Vec<TransferRecord>, SchedulerError> {
-        Ok(self.store.transfers().await?)
+    pub async fn transfers(&self, viewer: &Viewer) -> Result<Vec<TransferRecord>, SchedulerError> {
+        let mut transfers = self.store.transfers().await?;
+        transfers.retain(|t| {
+            sees_account(viewer, &t.spec.debit) || sees_account(viewer, &t.spec.credit)
+        });
+        Ok(transfers)
     }
 
     /// Sets a customer's credit line: the credit account may go down to `-limit_micros`.
@@ -148,12 +158,14 @@ impl BillingService {
         Ok(())
     }
 
-    /// Bills, optionally of one customer and/or one period (`YYYY-MM`).
+    /// Bills, optionally of one customer and/or one period (`YYYY-MM`), of the customers
+    /// `viewer` may see (its own user; every customer for the operator).
     ///
     /// # Errors
     /// `Invalid` for a period that is not a `YYYY-MM` month (e.g. `2026-13`); the store's.
     pub async fn bills(
         &self,
+        viewer: &Viewer,
         customer: Option<&str>,
         period: Option<&str>,
     ) -> Result<Vec<BillRecord>, SchedulerError> {
@@ -161,6 +173,11 @@ impl BillingService {
             tessera_accounting::bill::parse_period(p)
                 .map_err(|e| SchedulerError::Invalid(format!("period {p:?}: {e}")))?;
         }
+        let customer = match (viewer, customer.filter(|c| !c.is_empty())) {
+            (Viewer::All, c) => c,
+            (_, Some(c)) if !viewer.sees_user(c) => return Ok(Vec::new()),
+            (_, _) => Some(rows_of(viewer)?),
+        };
         Ok(self.store.bills(customer, period).await?)
     }
 
@@ -186,15 +203,19 @@ impl BillingService {
             .collect())
     }
 
-    /// Provider statements of closed months, optionally of one provider.
+    /// Provider statements of closed months, optionally of one provider, of the parties
+    /// `viewer` owns (every one for the operator).
     ///
     /// # Errors
     /// The store's.
     pub async fn statements(
         &self,
+        viewer: &Viewer,
         provider: Option<&str>,
     ) -> Result<Vec<StatementRecord>, SchedulerError> {
-        Ok(self.store.statements(provider).await?)
+        let mut statements = self.store.statements(provider).await?;
+        statements.retain(|s| viewer.sees_party(&s.provider));
+        Ok(statements)
     }
 
     /// Pays a provider its part of a closed month, once.
@@ -318,5 +339,31 @@ impl BillingService {
             .store
             .unsubscribe(licence_id, customer_id, self.now())
             .await?)
+    }
+}
+
+/// Whether `viewer` may see ledger account `name`: a customer's accounts by that user, a
+/// provider's by the owner of that party, the operator's and the external account by the
+/// operator only. An unparsable name is seen by the operator only.
+pub fn sees_account(viewer: &Viewer, name: &str) -> bool {
+    match name.parse::<AccountKind>() {
+        Ok(
+            AccountKind::CustomerCash(u)
+            | AccountKind::CustomerRechargeVoucher(u)
+            | AccountKind::CustomerDeductionVoucher(u)
+            | AccountKind::CustomerCredit(u)
+            | AccountKind::CustomerHolds(u)
+            | AccountKind::CustomerArrears(u),
+        ) => viewer.sees_user(&u),
+        Ok(AccountKind::ProviderReceivable(p) | AccountKind::ProviderPaidOut(p)) => {
+            viewer.sees_party(&p)
+        }
+        Ok(
+            AccountKind::OperatorRevenue
+            | AccountKind::OperatorRefunds
+            | AccountKind::OperatorMarketing
+            | AccountKind::External,
+        )
+        | Err(_) => viewer.is_all(),
     }
 }

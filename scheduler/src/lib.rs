@@ -6,6 +6,7 @@
 //! The scheduler knows nothing about gRPC: workers are reached through bounded channels of
 //! [`Delivery`] that the gateway turns into a task stream.
 
+pub mod access;
 pub mod accounts;
 pub mod audit;
 pub mod billing;
@@ -32,7 +33,7 @@ pub use accounts::AccountService;
 pub use audit::AuditService;
 pub use billing::BillingService;
 pub use records::RecordService;
-pub use registry::{LiveWorker, WORKER_FORGET_MS, WorkerView};
+pub use registry::{LiveWorker, Registration, WORKER_FORGET_MS, WorkerView};
 pub use submit::{JobRequest, SUPPORTED_SCENES, TaskReport, TaskUsage};
 /// The records the services hand out, re-exported so the gateway needs no store dependency.
 pub use tessera_store::{
@@ -57,6 +58,9 @@ pub enum SchedulerError {
     /// The caller may not do this.
     #[error("permission denied: {0}")]
     Forbidden(String),
+    /// The id is held by something live (a worker id by a connected worker).
+    #[error("{0}")]
+    InUse(String),
     /// Something the operator produced could not be encoded; nothing was signed or sent.
     #[error("could not encode {what}: {source}")]
     Encode {

@@ -5,6 +5,7 @@
 //! the token the previous page returned (empty for the first); a page returns its rows and the
 //! token of the next page (empty on the last). Tokens are opaque to callers.
 
+use tessera_auth::Viewer;
 use tessera_core::JobState;
 pub use tessera_store::lists::{JobFilter, LicenceFilter};
 use tessera_store::lists::{PAGE_ROWS_MAX, Page, PageRequest};
@@ -110,22 +111,24 @@ impl Scheduler {
         }))
     }
 
-    /// A page of registered workers (of `party` when not empty), in registration order, each
-    /// with whether it is live now (else lost) and the tasks running on it (counted from the
-    /// live jobs). Workers silent for [`crate::WORKER_FORGET_MS`] are left out.
+    /// A page of registered workers (of `party` when not empty; of `viewer`'s parties only),
+    /// in registration order, each with whether it is live now (else lost) and the tasks
+    /// running on it (counted from the live jobs). Workers silent for [`crate::WORKER_FORGET_MS`] are left out.
     ///
     /// # Errors
     /// `Invalid` for a bad page; the store's errors.
     pub async fn list_workers(
         &self,
         party: &str,
+        viewer: &Viewer,
         page: &PageQuery,
     ) -> Result<Listed<WorkerListing>, SchedulerError> {
+        let viewer = rows_of(viewer)?;
         let now = self.now();
         let seen_after = now.saturating_sub(crate::WORKER_FORGET_MS);
         let p = self
             .store
-            .list_workers(party, seen_after, page.request()?)
+            .list_workers(party, viewer, seen_after, page.request()?)
             .await?;
         let timeout = self.config.heartbeat_timeout_ms;
         let running = self.running_tasks().await;
@@ -146,18 +149,21 @@ impl Scheduler {
 }
 
 impl RecordService {
-    /// A page of datasets (of `owner_party` when not empty), oldest first.
+    /// A page of datasets (of `owner_party` when not empty; of `viewer`'s parties only),
+    /// oldest first.
     ///
     /// # Errors
     /// `Invalid` for a bad page; the store's errors.
     pub async fn list_datasets(
         &self,
         owner_party: &str,
+        viewer: &Viewer,
         page: &PageQuery,
     ) -> Result<Listed<DatasetRecord>, SchedulerError> {
+        let viewer = rows_of(viewer)?;
         let p = self
             .store()
-            .list_datasets(owner_party, page.request()?)
+            .list_datasets(owner_party, viewer, page.request()?)
             .await?;
         Ok(listed(p, |d| d))
     }
@@ -173,6 +179,18 @@ impl RecordService {
     ) -> Result<Listed<LicenceRecord>, SchedulerError> {
         let p = self.store().list_licences(filter, page.request()?).await?;
         Ok(listed(p, |l| l))
+    }
+}
+
+/// The store's row filter for `viewer`: `""` (every row) for the operator, else the user.
+///
+/// # Errors
+/// `Forbidden` for a caller that is no user (the table lets none list).
+pub fn rows_of(viewer: &Viewer) -> Result<&str, SchedulerError> {
+    match viewer {
+        Viewer::All => Ok(""),
+        Viewer::Own { user, .. } => Ok(user),
+        Viewer::Nobody => Err(SchedulerError::Forbidden("only users see listings".into())),
     }
 }
 

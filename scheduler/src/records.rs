@@ -32,7 +32,7 @@ pub struct NewDataset {
 pub struct NewLicence {
     /// The provider party.
     pub licensor: String,
-    /// The buyer's user id.
+    /// The licensee: a user id, or a group the operator records users in.
     pub licensee: String,
     /// The dataset licensed.
     pub dataset_id: String,
@@ -93,8 +93,9 @@ impl RecordService {
     /// Grants a licence on a dataset; only the dataset's owner can license it.
     ///
     /// # Errors
-    /// `Invalid` for a malformed field, policy or price, or a licensor who does not own the
-    /// dataset; the store's `NotFound` for an unknown dataset.
+    /// `Invalid` for a malformed field, policy or price, a licensee that is neither a user nor
+    /// a recorded group, or a licensor who does not own the dataset; the store's `NotFound`
+    /// for an unknown dataset.
     pub async fn create_licence(&self, l: NewLicence) -> Result<LicenceRecord, SchedulerError> {
         required("licensor", &l.licensor)?;
         required("licensee", &l.licensee)?;
@@ -108,6 +109,12 @@ impl RecordService {
         l.price
             .validate()
             .map_err(|e| SchedulerError::Invalid(e.to_string()))?;
+        if !self.store.user_or_group_exists(&l.licensee).await? {
+            return Err(SchedulerError::Invalid(format!(
+                "licensee {} is neither a user nor a group with recorded members",
+                l.licensee
+            )));
+        }
         let dataset = self.store.dataset(&l.dataset_id).await?;
         if dataset.owner_party != l.licensor {
             return Err(SchedulerError::Invalid(format!(

@@ -1,9 +1,10 @@
 //! What each caller may see of a job: the one place that decides it (issue 8 item 17).
 //!
-//! A job joins two parties, the buyer (receiver) and the provider (sender). The caller is named
-//! in the request (`x-tessera-user` metadata; no authentication yet, see ARCHITECTURE.md): the
-//! submitting user or the buyer's party sees the buyer's side, the provider's party sees the
-//! provider's side, any other caller (or none) neither side. Every job answer of the API goes
+//! A job joins two parties, the buyer (receiver) and the provider (sender). The caller is the
+//! authenticated user, as a [`Viewer`] (`tessera_auth`): the submitting user or the owner of
+//! the buyer's party sees the buyer's side, the owner of the provider's party sees the
+//! provider's side, any other caller — the operator included — neither side (the operator
+//! reads details in the job record and the audit chain). Every job answer of the API goes
 //! through [`redact`].
 //!
 //! | field | buyer | provider | other |
@@ -18,20 +19,17 @@
 //! A failure's detail (column names, worker-local paths, worker ids) stays in the job record
 //! for the operator, in the audit chain (`complete` entry) and in the failing worker's log.
 
+use tessera_auth::{JobSide, Viewer};
 use tessera_core::{JobState, TaskErrorKind, TaskRole};
 
 use crate::JobView;
 
-/// Which side of a job `caller` is on, if any.
-pub fn side_of(view: &JobView, caller: Option<&str>) -> Option<TaskRole> {
+/// Which side of a job `viewer` is on, if any.
+pub fn side_of(view: &JobView, viewer: &Viewer) -> Option<TaskRole> {
     let job = &view.job;
-    let caller = caller.filter(|c| !c.is_empty())?;
-    if caller == job.user || (!job.buyer_party.is_empty() && caller == job.buyer_party) {
-        Some(TaskRole::Receiver)
-    } else if !job.provider_party.is_empty() && caller == job.provider_party {
-        Some(TaskRole::Sender)
-    } else {
-        None
+    match viewer.side(&job.user, &job.buyer_party, &job.provider_party)? {
+        JobSide::Buyer => Some(TaskRole::Receiver),
+        JobSide::Provider => Some(TaskRole::Sender),
     }
 }
 
@@ -43,9 +41,9 @@ fn side_name(role: TaskRole) -> &'static str {
     }
 }
 
-/// `view` as `caller` may see it (see the module table).
-pub fn redact(view: &JobView, caller: Option<&str>) -> JobView {
-    let side = side_of(view, caller);
+/// `view` as `viewer` may see it (see the module table).
+pub fn redact(view: &JobView, viewer: &Viewer) -> JobView {
+    let side = side_of(view, viewer);
     let mut out = view.clone();
     let job = &mut out.job;
     if side != Some(TaskRole::Receiver) {
@@ -140,10 +138,26 @@ mod tests {
         (Option<u64>, Option<u64>),
     );
 
+    /// `u1` submitted the job; `buy` and `prov` stand for the owners of those parties; `None`
+    /// is the operator; `""` a caller that is no user.
+    fn viewer(caller: Option<&str>) -> Viewer {
+        let own = |user: &str, party: Option<&str>| Viewer::Own {
+            user: user.into(),
+            groups: Default::default(),
+            parties: party.into_iter().map(String::from).collect(),
+        };
+        match caller {
+            None => Viewer::All,
+            Some("") => Viewer::Nobody,
+            Some(p @ ("buy" | "prov")) => own(&format!("owner-of-{p}"), Some(p)),
+            Some(u) => own(u, None),
+        }
+    }
+
     fn check(cases: &[Case]) {
         let detail = failed_on(TaskRole::Sender).job.error;
         for (caller, role, error, result, keys) in cases {
-            let v = redact(&failed_on(*role), *caller);
+            let v = redact(&failed_on(*role), &viewer(*caller));
             let want = if *error == "DETAIL" {
                 detail.as_str()
             } else {
@@ -194,7 +208,7 @@ mod tests {
         if let Some(o) = v.job.failure.as_mut() {
             o.kind = "peer".into();
         }
-        let seen = redact(&v, Some("u1"));
+        let seen = redact(&v, &viewer(Some("u1")));
         assert_eq!(
             seen.job.error,
             "the link between the parties broke (reported by the provider's side)"

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 
 use serde::Serialize;
+use tessera_auth::Caller;
 use tessera_core::WorkerAttributes;
 use tessera_store::{FailureOrigin, JobFinish, WorkerRecord};
 use tokio::sync::mpsc;
@@ -59,28 +60,53 @@ impl LiveWorker {
     }
 }
 
+/// What a registration hands the worker.
+#[derive(Debug)]
+pub struct Registration {
+    /// The worker's id (drawn when the request named none).
+    pub worker_id: String,
+    /// A new credential (`tsw_`), when the worker registered with a registration token; the
+    /// worker presents it on every later call. `None` when it registered again with its own
+    /// credential. Its text is shown to the worker once and never logged.
+    pub credential: Option<tessera_auth::Token>,
+}
+
 impl Scheduler {
-    /// Registers (or re-registers) a worker; returns its id. A worker that registers again
-    /// has restarted: the jobs of its unreported tasks fail. Runs detached
-    /// ([`Scheduler::detached`]).
+    /// Registers (or re-registers) a worker for `caller`, whom the gateway has authorised
+    /// (`AccountService::check_registration`). With a registration token (a
+    /// [`Caller::Registrant`]) the worker gets a new credential and any earlier credential of
+    /// its id is revoked; the id must not belong to another party nor be held by a live
+    /// worker (a process cannot take over a running worker's id; a worker restarted under
+    /// its id waits until the old one is seen lost). With its own credential (a
+    /// [`Caller::Worker`]), a worker registers itself again, e.g. after the operator restarted.
+    /// A worker that registers again has restarted: the jobs of its unreported tasks fail.
+    /// Runs detached ([`Scheduler::detached`]).
+    ///
+    /// # Errors
+    /// `Invalid` for an empty party or a bad peer address; `Forbidden` for another party's
+    /// worker id; `InUse` for an id held by a live worker.
     pub async fn register_worker(
         &self,
+        caller: &Caller,
         worker_id: Option<String>,
         attributes: WorkerAttributes,
         peer_addr: String,
-    ) -> Result<String, SchedulerError> {
-        self.detached(
-            move |s| async move { s.register_now(worker_id, attributes, peer_addr).await },
-        )
+    ) -> Result<Registration, SchedulerError> {
+        let caller = caller.clone();
+        self.detached(move |s| async move {
+            s.register_now(&caller, worker_id, attributes, peer_addr)
+                .await
+        })
         .await
     }
 
     async fn register_now(
         &self,
+        caller: &Caller,
         worker_id: Option<String>,
         attributes: WorkerAttributes,
         peer_addr: String,
-    ) -> Result<String, SchedulerError> {
+    ) -> Result<Registration, SchedulerError> {
         if attributes.party.trim().is_empty() {
             return Err(SchedulerError::Invalid(
                 "worker party must not be empty".into(),
@@ -96,6 +122,34 @@ impl Scheduler {
             None => self.random_id("w-"),
         };
         let now = self.now();
+        let (credential, record) = match caller {
+            Caller::Registrant { .. } => {
+                if let Some(p) = self.store.worker_party(&worker_id).await? {
+                    if p != attributes.party {
+                        return Err(SchedulerError::Forbidden(format!(
+                            "worker id {worker_id} is registered to another party"
+                        )));
+                    }
+                }
+                let live = self
+                    .workers
+                    .lock()
+                    .await
+                    .get(&worker_id)
+                    .is_some_and(|w| w.is_live(now, self.config.heartbeat_timeout_ms));
+                if live {
+                    return Err(SchedulerError::InUse(format!(
+                        "worker id {worker_id} is held by a live worker; stop it, or wait until \
+                         the operator sees it lost"
+                    )));
+                }
+                let (token, record) = self
+                    .accounts()
+                    .worker_credential(&worker_id, &attributes.party);
+                (Some(token), Some(record))
+            }
+            _ => (None, None),
+        };
         self.store
             .upsert_worker(
                 &WorkerRecord {
@@ -105,6 +159,8 @@ impl Scheduler {
                     last_seen_ms: now,
                 },
                 now,
+                record.as_ref(),
+                &caller.describe(),
             )
             .await?;
         let mut workers = self.workers.lock().await;
@@ -123,7 +179,10 @@ impl Scheduler {
             self.fail_jobs_on_worker(&worker_id, "worker restarted")
                 .await?;
         }
-        Ok(worker_id)
+        Ok(Registration {
+            worker_id,
+            credential,
+        })
     }
 
     /// Records a heartbeat.

@@ -104,8 +104,8 @@ pub enum AccountCmd {
     Status {
         #[command(flatten)]
         conn: Conn,
-        /// The customer.
-        #[arg(long)]
+        /// The customer [default: the caller]; only the operator asks about someone else.
+        #[arg(long, default_value = "")]
         user: String,
         /// The product whose limits apply.
         #[arg(long, default_value = "psi")]

@@ -23,37 +23,13 @@ use std::str::FromStr;
 
 use anyhow::Context;
 use tessera_proto::v1::operator_client::OperatorClient;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 /// A client of the operator whose calls carry the caller's token (if any).
 pub type Client = OperatorClient<InterceptedService<Channel, TokenHeader>>;
 
-/// Adds the token to every call.
-#[derive(Clone, Default)]
-pub struct TokenHeader(Option<MetadataValue<Ascii>>);
-
-impl std::fmt::Debug for TokenHeader {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() {
-            "TokenHeader(<redacted>)"
-        } else {
-            "TokenHeader(none)"
-        })
-    }
-}
-
-impl Interceptor for TokenHeader {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut()
-                .insert(tessera_gateway::TOKEN_METADATA, v.clone());
-        }
-        Ok(req)
-    }
-}
+pub use tessera_proto::TokenHeader;
 
 /// A token given on the command line or in the environment; `Debug` never shows it.
 #[derive(Clone)]
@@ -80,28 +56,15 @@ impl FromStr for TokenArg {
 /// characters a header cannot carry.
 pub async fn connect_with(url: &str, token: Option<&str>) -> anyhow::Result<Client> {
     let header = match token {
-        Some(t) => Some(
-            MetadataValue::try_from(t)
-                .map_err(|_| anyhow::anyhow!("the token holds characters a header cannot carry"))?,
-        ),
-        None => None,
+        Some(t) => TokenHeader::new(t)?,
+        None => TokenHeader::none(),
     };
     let channel = tonic::transport::Endpoint::from_shared(url.to_string())
         .with_context(|| format!("operator URL {url:?}"))?
         .connect()
         .await
         .with_context(|| format!("connecting to the operator at {url}"))?;
-    Ok(OperatorClient::with_interceptor(
-        channel,
-        TokenHeader(header),
-    ))
-}
-
-/// Connects to the operator at `url` without a token.
-///
-/// Errors: as [`connect_with`].
-pub async fn connect(url: &str) -> anyhow::Result<Client> {
-    connect_with(url, None).await
+    Ok(OperatorClient::with_interceptor(channel, header))
 }
 
 /// The operator URL when neither `--operator` nor a profile names one.
@@ -260,7 +223,7 @@ mod tests {
         assert!(!format!("{p:?}").contains("secret_value"), "{p:?}");
         let t: TokenArg = "tsk_secret_value".parse().expect("token");
         assert!(!format!("{t:?}").contains("secret_value"));
-        let h = TokenHeader(Some(MetadataValue::from_static("tsk_secret_value")));
+        let h = TokenHeader::new("tsk_secret_value").expect("ascii");
         assert!(!format!("{h:?}").contains("secret_value"));
     }
 }

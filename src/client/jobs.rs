@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::Context;
 use clap::Subcommand;
 use tessera_proto::v1 as pb;
 use tokio_stream::StreamExt;
@@ -21,19 +20,16 @@ pub enum JobCmd {
     Submit {
         #[command(flatten)]
         conn: Conn,
-        /// The buyer user submitting the job (the licensee, or in its group).
-        #[arg(long)]
-        user: String,
-        /// Comma-separated groups the user belongs to.
-        #[arg(long, default_value = "")]
-        groups: String,
-        /// The licence the job runs under.
+        /// The licence the job runs under: licensed to the caller (the token's user) or to a
+        /// group the operator recorded it in; its relUsers must admit the caller or one of
+        /// those groups.
         #[arg(long)]
         licence: String,
-        /// The buyer's party (its worker runs the receiver and writes the result).
+        /// The buyer's party, owned by the caller (its worker runs the receiver and writes the
+        /// result).
         #[arg(long)]
         buyer_party: String,
-        /// The buyer's own dataset id.
+        /// The buyer's own dataset id (a dataset of the buyer party).
         #[arg(long)]
         buyer_dataset: String,
         /// Key columns in the buyer's dataset, comma-separated.
@@ -79,37 +75,29 @@ pub enum JobCmd {
         #[arg(long)]
         watch: bool,
     },
-    /// Show a job as the calling user may see it (exit status 0 whatever its state).
+    /// Show a job as the caller may see it (exit status 0 whatever its state): its buyer
+    /// sees the result and its own side's errors, the provider's owner its own side's, the
+    /// operator the state and summaries.
     Get {
         #[command(flatten)]
         conn: Conn,
-        /// The calling user or party: the buyer sees the result and its own side's errors,
-        /// the provider its own side's; anyone else only the state.
-        #[arg(long, env = "TESSERA_USER")]
-        user: Option<String>,
         /// The job id.
         id: String,
     },
-    /// Follow a job until it ends, as the calling user may see it; exit status 0 succeeded,
+    /// Follow a job until it ends, as the caller may see it; exit status 0 succeeded,
     /// 3 refused, 4 failed, 5 cancelled, 6 connection lost.
     Watch {
         #[command(flatten)]
         conn: Conn,
-        /// The calling user or party (as for `job get`).
-        #[arg(long, env = "TESSERA_USER")]
-        user: Option<String>,
         /// The job id.
         id: String,
     },
     /// List jobs, oldest first, with their state, dates, charge and progress.
     List(super::lists::JobListArgs),
-    /// Cancel a job.
+    /// Cancel a job (its buyer, or the operator).
     Cancel {
         #[command(flatten)]
         conn: Conn,
-        /// The user who submitted it.
-        #[arg(long)]
-        user: String,
         /// The job id.
         id: String,
     },
@@ -178,18 +166,12 @@ fn is_terminal(j: &pb::Job) -> bool {
 ///
 /// Errors: the operator answers with an error (e.g. `NOT_FOUND`); [`ConnectionLost`] when
 /// it stops answering before the job ends.
-pub async fn watch(
-    client: &mut super::conn::Client,
-    job_id: &str,
-    user: Option<&str>,
-) -> anyhow::Result<pb::Job> {
-    // Parsed once: every stream opened below names the same caller.
-    let caller = caller(user)?;
+pub async fn watch(client: &mut super::conn::Client, job_id: &str) -> anyhow::Result<pb::Job> {
     let multi = progress::multi();
     let mut bars: BTreeMap<String, PhaseBar> = BTreeMap::new();
     let mut failures = 0u32;
     let end = loop {
-        match follow_once(client, job_id, &caller, &multi, &mut bars).await {
+        match follow_once(client, job_id, &multi, &mut bars).await {
             Ok(Some(j)) => break Ok(j),
             Ok(None) => failures += 1,
             Err(s) if !crate::exit::is_transport(&s) && s.code() != tonic::Code::Unavailable => {
@@ -221,14 +203,10 @@ fn job_ref(job_id: &str) -> pb::JobRef {
 async fn follow_once(
     client: &mut super::conn::Client,
     job_id: &str,
-    caller: &Caller,
     multi: &indicatif::MultiProgress,
     bars: &mut BTreeMap<String, PhaseBar>,
 ) -> Result<Option<pb::Job>, tonic::Status> {
-    let mut stream = client
-        .watch_job(with_caller(job_ref(job_id), caller))
-        .await?
-        .into_inner();
+    let mut stream = client.watch_job(job_ref(job_id)).await?.into_inner();
     while let Some(j) = stream.next().await {
         let j = j?;
         for p in &j.progress {
@@ -241,10 +219,7 @@ async fn follow_once(
         }
     }
     // The stream ended early (the operator restarted, a proxy cut it): ask once directly.
-    let j = client
-        .get_job(with_caller(job_ref(job_id), caller))
-        .await?
-        .into_inner();
+    let j = client.get_job(job_ref(job_id)).await?.into_inner();
     Ok(is_terminal(&j).then_some(j))
 }
 
@@ -262,34 +237,11 @@ fn job_outcome(j: &pb::Job) -> anyhow::Result<()> {
     }
 }
 
-/// The calling user as request metadata (what a job answer shows depends on it); `None` is an
-/// anonymous caller.
-pub(super) type Caller = Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>;
-
-/// Parses the calling user once, for every request that names it.
-///
-/// Errors: `user` is not valid request metadata.
-pub(super) fn caller(user: Option<&str>) -> anyhow::Result<Caller> {
-    user.map(|u| u.parse().context("user is not valid request metadata"))
-        .transpose()
-}
-
-/// A request naming `caller` in its `x-tessera-user` metadata.
-pub(super) fn with_caller<T>(msg: T, caller: &Caller) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(msg);
-    if let Some(v) = caller {
-        req.metadata_mut().insert("x-tessera-user", v.clone());
-    }
-    req
-}
-
 /// Runs one job command.
 pub async fn run(cmd: JobCmd) -> anyhow::Result<()> {
     match cmd {
         JobCmd::Submit {
             conn,
-            user,
-            groups,
             licence,
             buyer_party,
             buyer_dataset,
@@ -304,11 +256,10 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<()> {
             carry_columns,
             watch: follow,
         } => {
-            let caller = user.clone();
             let mut c = conn.connect().await?;
             let j = c
                 .submit_job(pb::SubmitJobRequest {
-                    user,
+                    user: String::new(),
                     licence_id: licence,
                     scene: "psi".into(),
                     buyer_party,
@@ -325,7 +276,7 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<()> {
                         .into(),
                     carry_columns,
                     output,
-                    user_groups: groups,
+                    user_groups: String::new(),
                     request_id: request_id.unwrap_or_default(),
                 })
                 .await?
@@ -333,27 +284,35 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<()> {
             let mut out = Out::stdout();
             out.line(job_line(&j))?;
             if follow && !is_terminal(&j) {
-                let j = watch(&mut c, &j.job_id, Some(&caller)).await?;
+                let j = watch(&mut c, &j.job_id).await?;
                 out.line(job_line(&j))?;
                 job_outcome(&j)?;
             } else {
                 job_outcome(&j)?;
             }
         }
-        JobCmd::Get { conn, user, id } => {
-            let req = with_caller(pb::JobRef { job_id: id }, &caller(user.as_deref())?);
-            let j = conn.connect().await?.get_job(req).await?.into_inner();
+        JobCmd::Get { conn, id } => {
+            let j = conn
+                .connect()
+                .await?
+                .get_job(job_ref(&id))
+                .await?
+                .into_inner();
             Out::stdout().line(job_line(&j))?;
         }
-        JobCmd::Watch { conn, user, id } => {
-            let j = watch(&mut conn.connect().await?, &id, user.as_deref()).await?;
+        JobCmd::Watch { conn, id } => {
+            let j = watch(&mut conn.connect().await?, &id).await?;
             Out::stdout().line(job_line(&j))?;
             job_outcome(&j)?;
         }
         JobCmd::List(a) => super::lists::jobs(a).await?,
-        JobCmd::Cancel { conn, user, id } => {
-            let req = with_caller(pb::JobRef { job_id: id }, &caller(Some(&user))?);
-            let j = conn.connect().await?.cancel_job(req).await?.into_inner();
+        JobCmd::Cancel { conn, id } => {
+            let j = conn
+                .connect()
+                .await?
+                .cancel_job(job_ref(&id))
+                .await?
+                .into_inner();
             Out::stdout().line(job_line(&j))?;
         }
     }

@@ -11,8 +11,9 @@ use super::output::{Listing, Out, fmt_micros};
 pub struct DepositArgs {
     #[command(flatten)]
     conn: Conn,
-    /// Buyer user id.
-    #[arg(long)]
+    /// The customer credited [default: the caller]; only the operator deposits for someone
+    /// else.
+    #[arg(long, default_value = "")]
     user: String,
     /// Amount in micro-units (1 yuan = 1000000); at most 10^15 (10^9 yuan), and a customer's
     /// account holds at most that much.

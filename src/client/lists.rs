@@ -87,8 +87,9 @@ where
 pub struct JobListArgs {
     #[command(flatten)]
     pub conn: Conn,
-    /// Only jobs submitted by this user, shown as that user may see them (without it, results,
-    /// charges and failure details are left out).
+    /// Only jobs submitted by this user. Whatever the filter, a caller lists only the jobs it
+    /// may see (its own, and its parties' as provider; every job for the operator), each as
+    /// it may see it.
     #[arg(long, default_value = "")]
     pub user: String,
     /// Only jobs in this state: admitted | running | succeeded | failed | refused | cancelled.
@@ -135,7 +136,6 @@ pub async fn jobs(a: JobListArgs) -> anyhow::Result<()> {
         "error",
     ])
     .align_right(&[7, 8]);
-    let caller = super::jobs::caller(Some(a.user.as_str()).filter(|u| !u.is_empty()))?;
     print_pages(&a.page, listing, |page| {
         let mut c = c.clone();
         let q = pb::JobQuery {
@@ -145,12 +145,8 @@ pub async fn jobs(a: JobListArgs) -> anyhow::Result<()> {
             licence_id: a.licence.clone(),
         };
         let zone = zone.clone();
-        let viewer = Some(a.user.clone()).filter(|u| !u.is_empty());
-        // The listing user is also the caller: each job shows what that user may see (results,
-        // charges and failure detail only of its own side); without --user, states and failure summaries.
-        let req = super::jobs::with_caller(q, &caller);
         async move {
-            let l = c.list_jobs(req).await?.into_inner();
+            let l = c.list_jobs(q).await?.into_inner();
             let rows = l
                 .jobs
                 .iter()
@@ -165,8 +161,8 @@ pub async fn jobs(a: JobListArgs) -> anyhow::Result<()> {
                         date(&zone, j.finished_at_ms),
                         j.result_size.map(|n| n.to_string()).unwrap_or_default(),
                         // Only the job's buyer sees its charge (redacted to 0 for anyone else):
-                        // blank, not a misleading 0.
-                        if viewer.as_deref() == Some(j.user.as_str()) {
+                        // a zero charge is blank, not a misleading 0.
+                        if j.charge_micros != 0 {
                             fmt_micros(j.charge_micros)
                         } else {
                             String::new()

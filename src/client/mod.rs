@@ -19,7 +19,6 @@ mod golden;
 
 use clap::Subcommand;
 
-pub use conn::connect;
 pub use jobs::{job_line, watch};
 pub use output::fmt_micros;
 

@@ -76,8 +76,8 @@ pub enum LicenceCmd {
         /// The licence (sold by the month).
         #[arg(long)]
         licence: String,
-        /// The buyer user (the licensee).
-        #[arg(long)]
+        /// The subscribing customer [default: the caller].
+        #[arg(long, default_value = "")]
         user: String,
         /// Months to buy.
         #[arg(long, default_value_t = 1)]
@@ -90,8 +90,8 @@ pub enum LicenceCmd {
         /// The licence.
         #[arg(long)]
         licence: String,
-        /// The buyer user (the licensee).
-        #[arg(long)]
+        /// The subscribing customer [default: the caller].
+        #[arg(long, default_value = "")]
         user: String,
     },
     /// Show a licence with its remaining counts.

@@ -77,10 +77,98 @@ impl std::fmt::Debug for TokenRecord {
 }
 
 fn kind_text(kind: TokenKind) -> &'static str {
-    match kind {
-        TokenKind::Api => "api",
-        TokenKind::Registration => "registration",
+    kind.as_str()
+}
+
+/// A worker's credential as stored: never its secret, only the secret's SHA-256.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WorkerCredentialRecord {
+    /// Public id (of the `tsw_` token).
+    pub token_id: String,
+    /// The worker it authenticates.
+    pub worker_id: String,
+    /// The worker's party.
+    pub party: String,
+    /// SHA-256 of the secret.
+    pub secret_sha256: Vec<u8>,
+    /// When it was issued (UTC ms).
+    pub issued_at_ms: i64,
+    /// When it was revoked (the id registered again), if it was.
+    pub revoked_at_ms: Option<i64>,
+}
+
+impl std::fmt::Debug for WorkerCredentialRecord {
+    /// Omits the secret's hash.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerCredentialRecord")
+            .field("token_id", &self.token_id)
+            .field("worker_id", &self.worker_id)
+            .field("party", &self.party)
+            .field("issued_at_ms", &self.issued_at_ms)
+            .field("revoked_at_ms", &self.revoked_at_ms)
+            .finish()
     }
+}
+
+/// Revokes the live credential of `c.worker_id`, if any, and records `c`, each with its audit
+/// entry (ids and the secret's hash, never the secret), inside the caller's transaction.
+pub(crate) async fn replace_worker_credential(
+    conn: &mut sqlx::SqliteConnection,
+    c: &WorkerCredentialRecord,
+    actor: &str,
+) -> Result<(), StoreError> {
+    let old: Vec<String> = sqlx::query_scalar(
+        "SELECT token_id FROM worker_credentials WHERE worker_id = ? AND revoked_at_ms IS NULL",
+    )
+    .bind(&c.worker_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    for id in &old {
+        sqlx::query("UPDATE worker_credentials SET revoked_at_ms = ? WHERE token_id = ?")
+            .bind(c.issued_at_ms)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+        audit::append(
+            conn,
+            c.issued_at_ms,
+            "worker_credential_revoke",
+            id,
+            &serde_json::json!({"worker": c.worker_id, "by": actor}),
+        )
+        .await?;
+    }
+    let r = sqlx::query(
+        "INSERT INTO worker_credentials (token_id, worker_id, party, secret_sha256, issued_at_ms) \
+         VALUES (?, ?, ?, ?, ?) ON CONFLICT(token_id) DO NOTHING",
+    )
+    .bind(&c.token_id)
+    .bind(&c.worker_id)
+    .bind(&c.party)
+    .bind(&c.secret_sha256)
+    .bind(c.issued_at_ms)
+    .execute(&mut *conn)
+    .await?;
+    if r.rows_affected() == 0 {
+        return Err(StoreError::Conflict {
+            kind: "token",
+            id: c.token_id.clone(),
+        });
+    }
+    audit::append(
+        conn,
+        c.issued_at_ms,
+        "worker_credential_issue",
+        &c.token_id,
+        &serde_json::json!({
+            "worker": c.worker_id,
+            "party": c.party,
+            "secret_sha256": hex::encode(&c.secret_sha256),
+            "by": actor,
+        }),
+    )
+    .await?;
+    Ok(())
 }
 
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
@@ -621,6 +709,64 @@ impl Store {
         }
         tx.commit().await?;
         Ok(ids.len() as u64)
+    }
+}
+
+impl Store {
+    /// One worker credential by its public id (`None`: no such credential).
+    ///
+    /// # Errors
+    /// `Db`.
+    pub async fn worker_credential(
+        &self,
+        token_id: &str,
+    ) -> Result<Option<WorkerCredentialRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT token_id, worker_id, party, secret_sha256, issued_at_ms, revoked_at_ms \
+             FROM worker_credentials WHERE token_id = ?",
+        )
+        .bind(token_id)
+        .fetch_optional(&self.read)
+        .await?;
+        row.map(|r| {
+            Ok(WorkerCredentialRecord {
+                token_id: r.try_get(0)?,
+                worker_id: r.try_get(1)?,
+                party: r.try_get(2)?,
+                secret_sha256: r.try_get(3)?,
+                issued_at_ms: r.try_get(4)?,
+                revoked_at_ms: r.try_get(5)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// The parties `user_id` owns.
+    ///
+    /// # Errors
+    /// `Db`.
+    pub async fn owned_parties(&self, user_id: &str) -> Result<BTreeSet<String>, StoreError> {
+        let rows: Vec<String> =
+            sqlx::query_scalar("SELECT party_id FROM parties WHERE owner_user_id = ?")
+                .bind(user_id)
+                .fetch_all(&self.read)
+                .await?;
+        Ok(rows.into_iter().collect())
+    }
+
+    /// Whether `name` is a user or a group with at least one recorded member.
+    ///
+    /// # Errors
+    /// `Db`.
+    pub async fn user_or_group_exists(&self, name: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "SELECT 1 FROM users WHERE user_id = ?1 \
+             UNION ALL SELECT 1 FROM group_members WHERE group_id = ?1 LIMIT 1",
+        )
+        .bind(name)
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(r.is_some())
     }
 }
 

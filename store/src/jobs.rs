@@ -1129,9 +1129,22 @@ impl Store {
 
     /// All usage events in arrival order.
     pub async fn usage_events(&self) -> Result<Vec<UsageEventRecord>, StoreError> {
+        self.usage_events_of("").await
+    }
+
+    /// The usage events user `viewer` may see — of the parties it owns and of the jobs it
+    /// submitted — in arrival order; `""`: every event.
+    ///
+    /// # Errors
+    /// `Db`; `Corrupt` for a row that does not read.
+    pub async fn usage_events_of(&self, viewer: &str) -> Result<Vec<UsageEventRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT event_id, job_id, party, metric, attempt, quantity, event_time_ms FROM usage_events ORDER BY rowid",
+            "SELECT event_id, job_id, party, metric, attempt, quantity, event_time_ms \
+             FROM usage_events WHERE ?1 = '' \
+             OR party IN (SELECT party_id FROM parties WHERE owner_user_id = ?1) \
+             OR job_id IN (SELECT job_id FROM jobs WHERE user_id = ?1) ORDER BY rowid",
         )
+        .bind(viewer)
         .fetch_all(&self.read)
         .await?;
         rows.iter()

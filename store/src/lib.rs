@@ -26,7 +26,7 @@ use std::time::Duration;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-pub use accounts::{PartyRecord, TokenRecord, UserRecord};
+pub use accounts::{PartyRecord, TokenRecord, UserRecord, WorkerCredentialRecord};
 pub use bills::{BillLineRecord, BillRecord, LATE_WINDOW_MS_MAX, StatementRecord, bill_id};
 pub use jobs::{
     AdmitContext, AdmitOutcome, Decision, EmptyKeyCounts, FailureOrigin, FinishOutcome, JobFinish,

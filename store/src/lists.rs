@@ -41,6 +41,9 @@ pub struct JobFilter {
     pub state: Option<JobState>,
     /// The licence.
     pub licence_id: String,
+    /// Only the jobs this user may see (submitted by it, or of a party it owns as buyer or
+    /// licensor); empty: every job.
+    pub viewer: String,
 }
 
 /// Filters of a licence listing; an empty text matches every licence.
@@ -52,6 +55,9 @@ pub struct LicenceFilter {
     pub licensee: String,
     /// The licensed dataset.
     pub dataset_id: String,
+    /// Only the licences this user may see (of a party it owns, or licensed to it or a group
+    /// it is recorded in); empty: every licence.
+    pub viewer: String,
 }
 
 impl PageRequest {
@@ -118,8 +124,13 @@ impl Store {
             self,
             "SELECT rowid, job_id FROM jobs WHERE rowid > ?1 \
              AND (?2 = '' OR user_id = ?2) AND (?3 = '' OR state = ?3) \
-             AND (?4 = '' OR licence_id = ?4) ORDER BY rowid LIMIT ?5",
-            &[&filter.user, state, &filter.licence_id],
+             AND (?4 = '' OR licence_id = ?4) \
+             AND (?5 = '' OR user_id = ?5 \
+                  OR buyer_party IN (SELECT party_id FROM parties WHERE owner_user_id = ?5) \
+                  OR licence_id IN (SELECT licence_id FROM licences WHERE licensor IN \
+                      (SELECT party_id FROM parties WHERE owner_user_id = ?5))) \
+             ORDER BY rowid LIMIT ?6",
+            &[&filter.user, state, &filter.licence_id, &filter.viewer],
             page,
         )
         .await?;
@@ -130,20 +141,25 @@ impl Store {
         Ok(Page { items, next })
     }
 
-    /// A page of datasets (of `owner_party` when not empty), oldest first.
+    /// A page of datasets (of `owner_party` when not empty; only of parties `viewer` owns when
+    /// it is not empty), oldest first.
     ///
     /// # Errors
     /// As [`Store::list_jobs`].
     pub async fn list_datasets(
         &self,
         owner_party: &str,
+        viewer: &str,
         page: PageRequest,
     ) -> Result<Page<DatasetRecord>, StoreError> {
         let (ids, next) = ids(
             self,
             "SELECT rowid, dataset_id FROM datasets WHERE rowid > ?1 \
-             AND (?2 = '' OR owner_party = ?2) ORDER BY rowid LIMIT ?3",
-            &[owner_party],
+             AND (?2 = '' OR owner_party = ?2) \
+             AND (?3 = '' OR owner_party IN \
+                  (SELECT party_id FROM parties WHERE owner_user_id = ?3)) \
+             ORDER BY rowid LIMIT ?4",
+            &[owner_party, viewer],
             page,
         )
         .await?;
@@ -168,8 +184,17 @@ impl Store {
             self,
             "SELECT rowid, licence_id FROM licences WHERE rowid > ?1 \
              AND (?2 = '' OR licensor = ?2) AND (?3 = '' OR licensee = ?3) \
-             AND (?4 = '' OR dataset_id = ?4) ORDER BY rowid LIMIT ?5",
-            &[&filter.licensor, &filter.licensee, &filter.dataset_id],
+             AND (?4 = '' OR dataset_id = ?4) \
+             AND (?5 = '' OR licensee = ?5 \
+                  OR licensee IN (SELECT group_id FROM group_members WHERE user_id = ?5) \
+                  OR licensor IN (SELECT party_id FROM parties WHERE owner_user_id = ?5)) \
+             ORDER BY rowid LIMIT ?6",
+            &[
+                &filter.licensor,
+                &filter.licensee,
+                &filter.dataset_id,
+                &filter.viewer,
+            ],
             page,
         )
         .await?;
@@ -180,14 +205,15 @@ impl Store {
         Ok(Page { items, next })
     }
 
-    /// A page of registered workers (of `party` when not empty) last seen after
-    /// `seen_after_ms`, in registration order.
+    /// A page of registered workers (of `party` when not empty; only of parties `viewer` owns
+    /// when it is not empty) last seen after `seen_after_ms`, in registration order.
     ///
     /// # Errors
     /// As [`Store::list_jobs`]; `Corrupt` for stored attributes that do not parse.
     pub async fn list_workers(
         &self,
         party: &str,
+        viewer: &str,
         seen_after_ms: i64,
         page: PageRequest,
     ) -> Result<Page<WorkerRecord>, StoreError> {
@@ -195,12 +221,14 @@ impl Store {
         let rows = sqlx::query(
             "SELECT rowid, worker_id, attributes_json, peer_addr, last_seen_ms FROM workers \
              WHERE rowid > ?1 AND (?2 = '' OR party = ?2) AND last_seen_ms > ?4 \
+             AND (?5 = '' OR party IN (SELECT party_id FROM parties WHERE owner_user_id = ?5)) \
              ORDER BY rowid LIMIT ?3",
         )
         .bind(after)
         .bind(party)
         .bind(limit + 1)
         .bind(seen_after_ms)
+        .bind(viewer)
         .fetch_all(&self.read)
         .await?;
         let mut items = Vec::with_capacity(rows.len());
@@ -257,7 +285,7 @@ mod tests {
         let mut pages = 0;
         loop {
             let p = store
-                .list_datasets("", PageRequest { after, limit: 10 })
+                .list_datasets("", "", PageRequest { after, limit: 10 })
                 .await
                 .expect("page");
             assert!(p.items.len() <= 10);
@@ -274,6 +302,7 @@ mod tests {
         let p5 = store
             .list_datasets(
                 "p5",
+                "",
                 PageRequest {
                     after: 0,
                     limit: 100,
@@ -287,7 +316,7 @@ mod tests {
         for limit in [0, PAGE_ROWS_MAX + 1] {
             assert!(
                 store
-                    .list_datasets("", PageRequest { after: 0, limit })
+                    .list_datasets("", "", PageRequest { after: 0, limit })
                     .await
                     .is_err(),
                 "{limit}"
@@ -298,5 +327,98 @@ mod tests {
             .await
             .expect("no jobs");
         assert!(jobs.items.is_empty() && jobs.next.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_viewer_sees_only_its_parties_and_its_or_its_groups_licences() {
+        use tessera_accounting::JobPrice;
+        use tessera_auth::{Role, Roles};
+        use tessera_policy::UsagePolicy;
+        let store = Store::open_temporary().await.expect("store");
+        let provider = Roles::of(&[Role::Provider]);
+        let buyer = Roles::of(&[Role::Buyer]);
+        for (u, r) in [("pat", provider), ("ann", buyer), ("bob", buyer)] {
+            store.create_user(u, r, 1, "test").await.expect("user");
+        }
+        store
+            .create_party("pp", "pat", 1, "test")
+            .await
+            .expect("party");
+        store
+            .create_party("pa", "ann", 1, "test")
+            .await
+            .expect("party");
+        store
+            .add_group_member("team", "bob", 1, "test")
+            .await
+            .expect("group");
+        for (i, party) in [(0, "pp"), (1, "pa"), (2, "unowned")] {
+            store
+                .create_dataset(&dataset(i, party), 1)
+                .await
+                .expect("ds");
+        }
+        let policy = UsagePolicy::from_json(
+            r#"{"policyName":"p","relUsers":[{"userId":"ann","userName":"A","isGroup":0}],
+                "useScenes":[{"useSence":"psi"}]}"#,
+        )
+        .expect("policy");
+        for (id, licensee) in [("l-ann", "ann"), ("l-team", "team")] {
+            store
+                .create_licence(
+                    &LicenceRecord {
+                        licence_id: id.into(),
+                        licensor: "pp".into(),
+                        licensee: licensee.into(),
+                        dataset_id: "ds-000".into(),
+                        policy: policy.clone(),
+                        price: JobPrice {
+                            per_job_micros: 1,
+                            per_1k_rows_micros: 0,
+                            operator_share_bps: 0,
+                        },
+                        monthly_price_micros: 0,
+                    },
+                    2,
+                )
+                .await
+                .expect("licence");
+        }
+        let all = PageRequest {
+            after: 0,
+            limit: 100,
+        };
+        let datasets = |v: &'static str| {
+            let store = store.clone();
+            async move {
+                let p = store.list_datasets("", v, all).await.expect("list");
+                p.items
+                    .into_iter()
+                    .map(|d| d.dataset_id)
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(datasets("pat").await, ["ds-000"]);
+        assert_eq!(datasets("ann").await, ["ds-001"]);
+        assert!(datasets("bob").await.is_empty());
+        assert_eq!(datasets("").await.len(), 3);
+        let licences = |v: &'static str| {
+            let store = store.clone();
+            async move {
+                let filter = LicenceFilter {
+                    viewer: v.into(),
+                    ..LicenceFilter::default()
+                };
+                let p = store.list_licences(&filter, all).await.expect("list");
+                p.items
+                    .into_iter()
+                    .map(|l| l.licence_id)
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(licences("pat").await, ["l-ann", "l-team"]);
+        assert_eq!(licences("ann").await, ["l-ann"]);
+        assert_eq!(licences("bob").await, ["l-team"]);
+        assert!(licences("nobody").await.is_empty());
     }
 }

@@ -6,7 +6,7 @@ use tessera_accounting::JobPrice;
 use tessera_core::WorkerAttributes;
 use tessera_policy::UsagePolicy;
 
-use crate::{Store, StoreError, audit};
+use crate::{Store, StoreError, WorkerCredentialRecord, audit};
 
 /// A registered worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -62,14 +62,37 @@ fn corrupt(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl Store {
-    /// Inserts or refreshes a worker's registration.
-    pub async fn upsert_worker(&self, w: &WorkerRecord, now_ms: i64) -> Result<(), StoreError> {
+    /// Inserts or refreshes a worker's registration, by `actor` (audited). A worker id stays
+    /// with the party it was first registered to. With `credential`, the worker's previous
+    /// credential is revoked and this one recorded (hash only), in the same transaction.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] for a worker id registered to another party;
+    /// [`StoreError::Invalid`] for a credential of another worker or party; `Db`.
+    pub async fn upsert_worker(
+        &self,
+        w: &WorkerRecord,
+        now_ms: i64,
+        credential: Option<&WorkerCredentialRecord>,
+        actor: &str,
+    ) -> Result<(), StoreError> {
         let attrs = serde_json::to_string(&w.attributes).map_err(corrupt)?;
         let mut tx = self.write.begin().await?;
+        let party: Option<String> =
+            sqlx::query_scalar("SELECT party FROM workers WHERE worker_id = ?")
+                .bind(&w.worker_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if party.is_some_and(|p| p != w.attributes.party) {
+            return Err(StoreError::Conflict {
+                kind: "worker",
+                id: format!("{} (registered to another party)", w.worker_id),
+            });
+        }
         sqlx::query(
             "INSERT INTO workers (worker_id, party, attributes_json, peer_addr, registered_at_ms, last_seen_ms) \
              VALUES (?, ?, ?, ?, ?, ?) \
-             ON CONFLICT(worker_id) DO UPDATE SET party = excluded.party, attributes_json = excluded.attributes_json, \
+             ON CONFLICT(worker_id) DO UPDATE SET attributes_json = excluded.attributes_json, \
              peer_addr = excluded.peer_addr, last_seen_ms = excluded.last_seen_ms",
         )
         .bind(&w.worker_id)
@@ -85,11 +108,33 @@ impl Store {
             now_ms,
             "worker_register",
             &w.worker_id,
-            &serde_json::json!({"attributes": w.attributes, "peer_addr": w.peer_addr}),
+            &serde_json::json!({"attributes": w.attributes, "peer_addr": w.peer_addr, "by": actor}),
         )
         .await?;
+        if let Some(c) = credential {
+            if c.worker_id != w.worker_id || c.party != w.attributes.party {
+                return Err(StoreError::Invalid {
+                    field: "credential",
+                    reason: "a worker credential names the worker and party it registers".into(),
+                });
+            }
+            crate::accounts::replace_worker_credential(&mut tx, c, actor).await?;
+        }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// The party a worker id is registered to (`None`: never registered).
+    ///
+    /// # Errors
+    /// `Db`.
+    pub async fn worker_party(&self, worker_id: &str) -> Result<Option<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT party FROM workers WHERE worker_id = ?")
+                .bind(worker_id)
+                .fetch_optional(&self.read)
+                .await?,
+        )
     }
 
     /// Records a heartbeat.

@@ -20,9 +20,11 @@ use backon::{ConstantBuilder, ExponentialBuilder, Retryable};
 use futures::StreamExt;
 use tessera_core::ticket::{SignedTicket, TicketVerifier};
 use tessera_core::{Clock, TaskSpec, WorkerAttributes};
+use tessera_proto::TokenHeader;
 use tessera_proto::v1 as pb;
 use tessera_proto::v1::operator_client::OperatorClient;
 use tokio::sync::Mutex;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::exec::{DeliverySink, ExecEnv, TaskError, measured, run_task};
@@ -45,8 +47,13 @@ pub struct WorkerConfig {
     pub dataset_dir: PathBuf,
     /// Directory results are written to.
     pub output_dir: PathBuf,
-    /// The operator's ticket key (hex). When absent it is taken from the registration answer.
-    pub operator_key_hex: Option<String>,
+    /// The operator's public key (hex), which signs tickets and audit checkpoints. Required:
+    /// a worker refuses to start without it, and refuses an operator presenting another.
+    pub operator_key_hex: String,
+    /// The party's registration token (`tsr_...`, issued to the party's owner), presented
+    /// once at start; the operator then issues the worker its own credential. `Debug` never
+    /// shows it.
+    pub registration: TokenHeader,
     /// Largest peer frame.
     pub frame_bytes_max: usize,
     /// Peer link idle timeout.
@@ -71,7 +78,8 @@ impl WorkerConfig {
             peer_advertise: None,
             dataset_dir,
             output_dir,
-            operator_key_hex: None,
+            operator_key_hex: String::new(),
+            registration: TokenHeader::none(),
             frame_bytes_max: tessera_core::limits::FRAME_BYTES_MAX,
             idle_timeout: Duration::from_secs(120),
             connect_timeout: Duration::from_secs(30),
@@ -84,7 +92,8 @@ struct Shared {
     /// Sent again to re-register after the operator comes back.
     registration: pb::RegisterWorkerRequest,
     operator_key_hex: String,
-    client: OperatorClient<Channel>,
+    /// Calls carry the worker's credential.
+    client: OperatorClient<InterceptedService<Channel, TokenHeader>>,
     verifier: Mutex<TicketVerifier>,
     env: ExecEnv,
     clock: Arc<dyn Clock>,
@@ -209,10 +218,38 @@ pub fn check_directories(config: &WorkerConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Refuses a configuration without the operator's public key (64 hex digits) or a
+/// registration token.
+///
+/// # Errors
+/// Names the missing or malformed setting.
+pub fn check_credentials(config: &WorkerConfig) -> anyhow::Result<()> {
+    let key = config.operator_key_hex.trim();
+    if key.is_empty() {
+        anyhow::bail!(
+            "the operator's public key is required (--operator-key HEX or --operator-key-file \
+             PATH; the operator writes it to DATA_DIR/operator.pub): a worker never trusts a key \
+             an operator presents"
+        );
+    }
+    if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+        anyhow::bail!("the operator's public key must be 64 hex digits");
+    }
+    if !config.registration.is_set() {
+        anyhow::bail!(
+            "a registration token is required (--registration-token-file PATH or \
+             TESSERA_REGISTRATION_TOKEN): the party's owner issues one with `tessera party \
+             registration-token`"
+        );
+    }
+    Ok(())
+}
+
 /// Starts a worker: checks its directories ([`check_directories`]), binds the peer server,
 /// registers, and serves tasks in the background.
 pub async fn start(config: WorkerConfig, clock: Arc<dyn Clock>) -> anyhow::Result<WorkerHandle> {
     check_directories(&config)?;
+    check_credentials(&config)?;
     let listener = tokio::net::TcpListener::bind(&config.peer_listen)
         .await
         .with_context(|| format!("binding peer address {}", config.peer_listen))?;
@@ -221,7 +258,6 @@ pub async fn start(config: WorkerConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
     tokio::spawn(serve_peer(hub.clone(), listener));
 
     let channel = connect_operator(&config.operator_url).await?;
-    let mut client = OperatorClient::new(channel);
     let advertise = config
         .peer_advertise
         .clone()
@@ -231,26 +267,13 @@ pub async fn start(config: WorkerConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
         attributes: Some(to_pb_attrs(&config.attributes)),
         peer_addr: advertise,
     };
-    let reg = client
-        .register_worker(registration.clone())
-        .await
-        .context("registering with the operator")?
-        .into_inner();
-    let key = match &config.operator_key_hex {
-        Some(k) if *k != reg.operator_key_hex => {
-            anyhow::bail!(
-                "the operator presented ticket key {}, not the configured {k}",
-                reg.operator_key_hex
-            )
-        }
-        Some(k) => k.clone(),
-        None => {
-            tracing::warn!(
-                "no --operator-key given: trusting the key the operator presented at registration"
-            );
-            reg.operator_key_hex.clone()
-        }
-    };
+    let reg = register_first(&channel, &config, &registration).await?;
+    let key = config.operator_key_hex.trim().to_ascii_lowercase();
+    let credential = TokenHeader::new(&reg.worker_token)
+        .ok()
+        .filter(|_| !reg.worker_token.is_empty())
+        .context("the operator issued no worker credential")?;
+    let client = OperatorClient::with_interceptor(channel, credential);
     let verifier = TicketVerifier::new(&key, reg.worker_id.clone())?;
     let shared = Arc::new(Shared {
         worker_id: reg.worker_id.clone(),
@@ -290,6 +313,53 @@ pub async fn start(config: WorkerConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
         peer_addr,
         task,
     })
+}
+
+/// How long a worker restarted under its id waits for the operator to see the previous
+/// process of that id lost (the id is refused while a live worker holds it).
+const ID_RELEASE_WAIT: Duration = Duration::from_secs(30);
+
+/// Registers with the party's registration token and checks the operator's key. A worker id
+/// still held by a live worker (the process this one replaces, not yet seen lost) is retried
+/// every second for up to [`ID_RELEASE_WAIT`].
+async fn register_first(
+    channel: &Channel,
+    config: &WorkerConfig,
+    registration: &pb::RegisterWorkerRequest,
+) -> anyhow::Result<pb::RegisterWorkerResponse> {
+    let mut client = OperatorClient::with_interceptor(channel.clone(), config.registration.clone());
+    let deadline = tokio::time::Instant::now() + ID_RELEASE_WAIT;
+    let reg = loop {
+        match client.register_worker(registration.clone()).await {
+            Ok(r) => break r.into_inner(),
+            Err(s)
+                if s.code() == tonic::Code::AlreadyExists
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tracing::info!(reason = %s.message(), "worker id still held; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(s) if s.code() == tonic::Code::Unauthenticated => {
+                anyhow::bail!(
+                    "the operator refused the registration token (missing, expired, revoked or \
+                     malformed): ask the party's owner for a new one (tessera party \
+                     registration-token)"
+                )
+            }
+            Err(s) => return Err(anyhow::Error::new(s).context("registering with the operator")),
+        }
+    };
+    if !reg
+        .operator_key_hex
+        .eq_ignore_ascii_case(config.operator_key_hex.trim())
+    {
+        anyhow::bail!(
+            "the operator presented key {}, not the configured {}: refusing to register",
+            reg.operator_key_hex,
+            config.operator_key_hex
+        );
+    }
+    Ok(reg)
 }
 
 /// Attempts to reach the operator at start: one every 200 ms, 50 in all (about 10 s plus the

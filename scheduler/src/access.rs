@@ -1,0 +1,232 @@
+//! Access: the resource a call touches, read from the store and described as a
+//! [`tessera_auth::Target`], then decided by the one table ([`tessera_auth::authorize`],
+//! through [`AccountService::authorize`], which audits the denials the table says to). The
+//! gateway calls one `check_*` per request before it calls any other service; nothing here
+//! decides access itself.
+//!
+//! Also [`AccountService::viewer`]: whose rows a listing shows and which side of a job the
+//! caller is on (`tessera_auth::Viewer`).
+
+use tessera_auth::{Caller, Operation, Target, Viewer};
+use tessera_store::StoreError;
+
+use crate::{AccountService, JobRequest, SchedulerError};
+
+/// `Ok(None)` for a store `NotFound`, the record otherwise.
+fn found<T>(r: Result<T, StoreError>) -> Result<Option<T>, SchedulerError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(StoreError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl AccountService {
+    /// The rows `caller` sees and the side of a job it is on.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn viewer(&self, caller: &Caller) -> Result<Viewer, SchedulerError> {
+        let parties = match caller {
+            Caller::User(p) if !p.is_operator() => self.store.owned_parties(&p.user).await?,
+            _ => Default::default(),
+        };
+        Ok(Viewer::of(caller, parties))
+    }
+
+    /// `op` on nothing owned (operator-only operations, listings, the operator's info).
+    ///
+    /// # Errors
+    /// [`SchedulerError::Forbidden`].
+    pub async fn check(&self, op: Operation, caller: &Caller) -> Result<(), SchedulerError> {
+        self.authorize(op, caller, &Target::default()).await
+    }
+
+    /// `op` acting for user `user` (a customer, a subscriber).
+    ///
+    /// # Errors
+    /// [`SchedulerError::Forbidden`].
+    pub async fn check_user(
+        &self,
+        op: Operation,
+        caller: &Caller,
+        user: &str,
+    ) -> Result<(), SchedulerError> {
+        let target = Target {
+            user: Some(user),
+            ..Target::default()
+        };
+        self.authorize(op, caller, &target).await
+    }
+
+    /// `op` on party `party` (creating a dataset or licence for it). An unknown party is
+    /// denied to everyone but the operator, who is told it is not found.
+    ///
+    /// # Errors
+    /// [`SchedulerError::Forbidden`]; [`SchedulerError::NotFound`] for an unknown party.
+    pub async fn check_party(
+        &self,
+        op: Operation,
+        caller: &Caller,
+        party: &str,
+    ) -> Result<(), SchedulerError> {
+        let owner = found(self.store.party(party).await)?.map(|p| p.owner_user_id);
+        let target = Target {
+            party_owner: owner.as_deref(),
+            ..Target::default()
+        };
+        self.authorize(op, caller, &target).await?;
+        if owner.is_none() {
+            return Err(SchedulerError::NotFound(format!(
+                "party {party} (create it with its owner first: party create)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// `op` on licence `licence_id`.
+    ///
+    /// # Errors
+    /// [`SchedulerError::NotFound`] for an unknown licence; [`SchedulerError::Forbidden`].
+    pub async fn check_licence(
+        &self,
+        op: Operation,
+        caller: &Caller,
+        licence_id: &str,
+    ) -> Result<(), SchedulerError> {
+        let licence = self.store.licence(licence_id).await?;
+        let licensor_owner = self.owner_of(&licence.licensor).await?;
+        let target = Target {
+            licensee: Some(&licence.licensee),
+            licensor_owner: licensor_owner.as_deref(),
+            ..Target::default()
+        };
+        self.authorize(op, caller, &target).await
+    }
+
+    /// `op` on job `job_id`: its buyer is the submitting user, its provider the owner of the
+    /// licensor party.
+    ///
+    /// # Errors
+    /// [`SchedulerError::NotFound`] for an unknown job; [`SchedulerError::Forbidden`].
+    pub async fn check_job(
+        &self,
+        op: Operation,
+        caller: &Caller,
+        job_id: &str,
+    ) -> Result<(), SchedulerError> {
+        let job = self.store.job(job_id).await?;
+        let licensor = found(self.store.licence(&job.licence_id).await)?.map(|l| l.licensor);
+        let licensor_owner = match licensor {
+            Some(l) => self.owner_of(&l).await?,
+            None => None,
+        };
+        let target = Target {
+            job_buyer: Some(&job.user),
+            licensor_owner: licensor_owner.as_deref(),
+            ..Target::default()
+        };
+        self.authorize(op, caller, &target).await
+    }
+
+    /// `op` on bill `bill_id` (`YYYY-MM:customer`): its customer.
+    ///
+    /// # Errors
+    /// [`SchedulerError::Forbidden`].
+    pub async fn check_bill(
+        &self,
+        op: Operation,
+        caller: &Caller,
+        bill_id: &str,
+    ) -> Result<(), SchedulerError> {
+        let customer = bill_id.split_once(':').map(|(_, c)| c);
+        let target = Target {
+            user: customer,
+            ..Target::default()
+        };
+        self.authorize(op, caller, &target).await
+    }
+
+    /// A worker's call about worker `worker_id` (heartbeat, task stream, reports).
+    ///
+    /// # Errors
+    /// [`SchedulerError::Forbidden`].
+    pub async fn check_worker(
+        &self,
+        op: Operation,
+        caller: &Caller,
+        worker_id: &str,
+    ) -> Result<(), SchedulerError> {
+        let target = Target {
+            worker_id: Some(worker_id),
+            ..Target::default()
+        };
+        self.authorize(op, caller, &target).await
+    }
+
+    /// A registration of worker `worker_id` (empty: a new id is drawn) for party `party`:
+    /// with that party's registration token, or with the worker's own credential.
+    ///
+    /// # Errors
+    /// [`SchedulerError::Forbidden`].
+    pub async fn check_registration(
+        &self,
+        caller: &Caller,
+        party: &str,
+        worker_id: &str,
+    ) -> Result<(), SchedulerError> {
+        let target = Target {
+            party: Some(party),
+            worker_id: Some(worker_id),
+            ..Target::default()
+        };
+        self.authorize(Operation::RegisterWorker, caller, &target)
+            .await
+    }
+
+    /// A job submission: as the caller itself (an empty `user` is filled with it), under a
+    /// licence licensed to it or one of its recorded groups, with a buyer party it owns and a
+    /// dataset of that party. On success the request's groups are replaced by the caller's
+    /// recorded groups — what the licence's `relUsers` is evaluated against; a request never
+    /// names its own groups. An unknown licence is left to admission, which refuses the job
+    /// as not found.
+    ///
+    /// # Errors
+    /// [`SchedulerError::Forbidden`] naming the rule that failed.
+    pub async fn check_submission(
+        &self,
+        caller: &Caller,
+        req: &mut JobRequest,
+    ) -> Result<(), SchedulerError> {
+        let Caller::User(principal) = caller else {
+            return self.check(Operation::SubmitJob, caller).await;
+        };
+        if req.user.is_empty() {
+            req.user = principal.user.clone();
+        }
+        let licensee = match found(self.store.licence(&req.licence_id).await)? {
+            Some(l) => l.licensee,
+            // Unknown: admission refuses it (a recorded refusal, not found).
+            None => principal.user.clone(),
+        };
+        let buyer_party_owner = self.owner_of(&req.buyer_party).await?;
+        let dataset_in_buyer_party = found(self.store.dataset(&req.buyer_dataset_id).await)?
+            .is_some_and(|d| d.owner_party == req.buyer_party);
+        let target = Target {
+            user: Some(&req.user),
+            licensee: Some(&licensee),
+            buyer_party_owner: buyer_party_owner.as_deref(),
+            dataset_in_buyer_party,
+            ..Target::default()
+        };
+        self.authorize(Operation::SubmitJob, caller, &target)
+            .await?;
+        req.user_groups = principal.groups.iter().cloned().collect();
+        Ok(())
+    }
+
+    /// The owner of `party` (`None`: no such party, or one made before parties had owners).
+    async fn owner_of(&self, party: &str) -> Result<Option<String>, SchedulerError> {
+        Ok(found(self.store.party(party).await)?.map(|p| p.owner_user_id))
+    }
+}
