@@ -32,6 +32,9 @@ async fn cluster(dir: &std::path::Path) -> (Arc<Scheduler>, String) {
     for (party, port) in [("prov", 9001), ("buy", 9002)] {
         let id = scheduler
             .register_worker(
+                &tessera_auth::Caller::Registrant {
+                    party: party.into(),
+                },
                 Some(format!("w-{party}")),
                 WorkerAttributes {
                     party: party.into(),
@@ -42,11 +45,23 @@ async fn cluster(dir: &std::path::Path) -> (Arc<Scheduler>, String) {
                 format!("127.0.0.1:{port}"),
             )
             .await
-            .expect("register");
+            .expect("register")
+            .worker_id;
         let mut rx = scheduler.connect(&id).await.expect("connect");
         // Take every task so the bounded delivery queue never fills.
         tokio::spawn(async move { while rx.recv().await.is_some() {} });
     }
+    // The licensee is a user the operator recorded.
+    scheduler
+        .store()
+        .create_user(
+            "u1",
+            tessera_auth::Roles::of(&[tessera_auth::Role::Buyer]),
+            0,
+            "test",
+        )
+        .await
+        .expect("user");
     let records = scheduler.records();
     for (id, party) in [("p", "prov"), ("b", "buy")] {
         records

@@ -278,7 +278,6 @@ impl WorkerArgs {
             config.registration = tessera_proto::TokenHeader::new(&t)
                 .map_err(|e| anyhow::anyhow!("registration token: {e}"))?;
         }
-        tessera_worker::check_credentials(&config)?;
         Ok(config)
     }
 }

@@ -221,8 +221,17 @@ mod tests {
         assert!(unmarked.is_empty(), "required but not marked: {unmarked:?}");
         assert!(
             args.iter()
-                .any(|(p, h, r)| p == "tessera job submit user" && *r && h.ends_with("[required]")),
-            "job submit --user is required and marked"
+                .any(|(p, h, r)| p == "tessera job submit licence"
+                    && *r
+                    && h.ends_with("[required]")),
+            "job submit --licence is required and marked"
+        );
+        // A job is submitted as the token's user: no argument names a user or claims groups.
+        assert!(
+            !args
+                .iter()
+                .any(|(p, _, _)| p == "tessera job submit user" || p == "tessera job submit groups"),
+            "job submit takes no --user or --groups"
         );
     }
 
@@ -283,7 +292,7 @@ mod tests {
         expect![[r#"
             Submit a PSI job
 
-            Usage: tessera job submit [OPTIONS] --user <USER> --licence <LICENCE> --buyer-party <BUYER_PARTY> --buyer-dataset <BUYER_DATASET>
+            Usage: tessera job submit [OPTIONS] --licence <LICENCE> --buyer-party <BUYER_PARTY> --buyer-dataset <BUYER_DATASET>
 
             Options:
                   --operator <OPERATOR>
@@ -294,16 +303,12 @@ mod tests {
                       The caller's API token (shown once by `token create`, or the operator's admin token from DATA_DIR/admin.token). Prefer TESSERA_TOKEN or --token-file: a command line is visible to other local users [env: TESSERA_TOKEN]
                   --token-file <FILE>
                       A file holding the caller's API token (used when neither --token nor TESSERA_TOKEN is given)
-                  --user <USER>
-                      The buyer user submitting the job (the licensee, or in its group) [required]
-                  --groups <GROUPS>
-                      Comma-separated groups the user belongs to [default: ""]
                   --licence <LICENCE>
-                      The licence the job runs under [required]
+                      The licence the job runs under: licensed to the caller (the token's user) or to a group the operator recorded it in; its relUsers must admit the caller or one of those groups [required]
                   --buyer-party <BUYER_PARTY>
-                      The buyer's party (its worker runs the receiver and writes the result) [required]
+                      The buyer's party, owned by the caller (its worker runs the receiver and writes the result) [required]
                   --buyer-dataset <BUYER_DATASET>
-                      The buyer's own dataset id [required]
+                      The buyer's own dataset id (a dataset of the buyer party) [required]
                   --buyer-columns <BUYER_COLUMNS>
                       Key columns in the buyer's dataset, comma-separated
                   --provider-columns <PROVIDER_COLUMNS>

@@ -72,7 +72,7 @@ fn every_operation_admits_its_rightful_caller_and_refuses_others() {
             party: "p-of-owner".into(),
             worker_id: "w-of-owner".into(),
         };
-        if !matches!(op.rule().who, Who::Worker) {
+        if !matches!(op.rule().who, Who::Worker | Who::Registrant) {
             assert!(
                 matches!(authorize(op, &worker, &target), Err(Denied::Role { .. })),
                 "{op:?}"
@@ -88,6 +88,39 @@ fn every_operation_admits_its_rightful_caller_and_refuses_others() {
             );
         }
     }
+}
+
+#[test]
+fn a_worker_registers_again_only_as_itself() {
+    let me = Caller::Worker {
+        party: "p".into(),
+        worker_id: "w-1".into(),
+    };
+    let target = |party, worker_id| Target {
+        party: Some(party),
+        worker_id: Some(worker_id),
+        ..Target::default()
+    };
+    let op = Operation::RegisterWorker;
+    assert_eq!(authorize(op, &me, &target("p", "w-1")), Ok(()));
+    for (party, worker) in [("p", "w-2"), ("q", "w-1"), ("p", "")] {
+        assert!(
+            matches!(
+                authorize(op, &me, &target(party, worker)),
+                Err(Denied::NotOwner { .. })
+            ),
+            "{party} {worker}"
+        );
+    }
+    // A registration token registers any id of its own party only.
+    let registrant = Caller::Registrant { party: "p".into() };
+    assert_eq!(authorize(op, &registrant, &target("p", "w-9")), Ok(()));
+    assert!(authorize(op, &registrant, &target("q", "w-9")).is_err());
+    // A worker credential is no user's token.
+    assert!(matches!(
+        authorize(Operation::ListJobs, &me, &Target::default()),
+        Err(Denied::Role { .. })
+    ));
 }
 
 #[test]

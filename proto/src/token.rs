@@ -74,7 +74,7 @@ mod tests {
                 .and_then(|v| v.to_str().ok()),
             Some("tsk_secret_value")
         );
-        assert!(TokenHeader::new("tsk_\u{e9}").is_err());
+        assert!(TokenHeader::new("tsk_a\nb").is_err());
         let req = TokenHeader::none()
             .call(tonic::Request::new(()))
             .expect("call");

@@ -188,8 +188,8 @@ impl AccountService {
     /// licence licensed to it or one of its recorded groups, with a buyer party it owns and a
     /// dataset of that party. On success the request's groups are replaced by the caller's
     /// recorded groups — what the licence's `relUsers` is evaluated against; a request never
-    /// names its own groups. An unknown licence is left to admission, which refuses the job
-    /// as not found.
+    /// names its own groups. An unknown licence or buyer dataset is left to admission, which
+    /// refuses the job as not found (a recorded refusal).
     ///
     /// # Errors
     /// [`SchedulerError::Forbidden`] naming the rule that failed.
@@ -210,8 +210,10 @@ impl AccountService {
             None => principal.user.clone(),
         };
         let buyer_party_owner = self.owner_of(&req.buyer_party).await?;
+        // An unknown dataset is left to admission too (refused as not found); one of another
+        // party is denied here.
         let dataset_in_buyer_party = found(self.store.dataset(&req.buyer_dataset_id).await)?
-            .is_some_and(|d| d.owner_party == req.buyer_party);
+            .is_none_or(|d| d.owner_party == req.buyer_party);
         let target = Target {
             user: Some(&req.user),
             licensee: Some(&licensee),

@@ -339,6 +339,12 @@ impl AccountService {
         caller: &Caller,
         token_id: &str,
     ) -> Result<(), SchedulerError> {
+        if !matches!(caller, Caller::User(_)) {
+            // Not a user at all: the role gate's own denial.
+            return self
+                .authorize(Operation::RevokeToken, caller, &Target::default())
+                .await;
+        }
         let record = self.store.token(token_id).await?;
         let owner = record.as_ref().and_then(|r| r.user_id.as_deref());
         let target = Target {

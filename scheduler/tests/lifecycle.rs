@@ -170,7 +170,7 @@ async fn lost_workers_show_lost_then_are_forgotten_and_running_follows_the_jobs(
         let s = s.clone();
         async move {
             let page = s
-                .list_workers("", &PageQuery::default())
+                .list_workers("", &tessera_auth::Viewer::All, &PageQuery::default())
                 .await
                 .expect("list");
             page.items
@@ -210,6 +210,9 @@ async fn lost_workers_show_lost_then_are_forgotten_and_running_follows_the_jobs(
     // Registering again brings a worker back, live once its task stream is open.
     scheduler
         .register_worker(
+            &tessera_auth::Caller::Registrant {
+                party: "buy".into(),
+            },
             Some("w-buy".into()),
             tessera_core::WorkerAttributes {
                 party: "buy".into(),

@@ -14,6 +14,7 @@ fn cli(c: &Cluster, args: &[&str]) -> String {
     let out = Command::new(BIN)
         .args(args)
         .args(["--operator", &c.url])
+        .env("TESSERA_TOKEN", c.cli_token(args))
         .env("RUST_LOG", "warn")
         .output()
         .expect("run tessera");
@@ -42,7 +43,7 @@ fn csv_rows(text: &str) -> Vec<std::collections::HashMap<String, String>> {
 
 async fn balance(c: &Cluster, account: &str) -> (i64, i64) {
     let b = c
-        .client()
+        .admin()
         .await
         .list_balances(pb::ListRequest {})
         .await
@@ -124,6 +125,7 @@ async fn holds_charges_bills_and_freezes_through_the_real_operator() {
     // A month that does not exist is an error, not an empty listing.
     let bad = Command::new(BIN)
         .args(["bills", "list", "--period", "2026-13", "--operator", &c.url])
+        .env("TESSERA_TOKEN", &c.admin_token)
         .output()
         .expect("run tessera");
     assert_eq!(bad.status.code(), Some(1));
@@ -249,14 +251,15 @@ async fn holds_charges_bills_and_freezes_through_the_real_operator() {
     );
 
     // Every hold was resolved and the chain records the freeze decisions.
-    let b = client
+    let mut admin = c.admin().await;
+    let b = admin
         .list_balances(pb::ListRequest {})
         .await
         .expect("balances")
         .into_inner();
     assert!(b.balanced);
     assert!(b.balances.iter().all(|x| x.held_micros == 0), "{b:?}");
-    let v = client
+    let v = admin
         .verify_audit(pb::ListRequest {})
         .await
         .expect("audit")
@@ -270,7 +273,9 @@ async fn a_licence_sold_by_the_month_runs_jobs_only_inside_a_paid_term() {
     c.dataset(&c.provider, "p", "k", &keys("x", 0..100)).await;
     c.dataset(&c.buyer, "b", "k", &keys("x", 50..150)).await;
     let mut client = c.client().await;
-    let lic = client
+    let lic = c
+        .provider_client()
+        .await
         .create_licence(pb::CreateLicenceRequest {
             licensor: crate::harness::PROVIDER.into(),
             licensee: USER.into(),

@@ -6,9 +6,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use tessera_proto::TokenHeader;
 use tessera_proto::v1 as pb;
 use tessera_proto::v1::operator_client::OperatorClient;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+
+/// A client of the operator whose calls carry one user's API token.
+pub type Client = OperatorClient<InterceptedService<Channel, TokenHeader>>;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tessera");
 
@@ -83,18 +88,49 @@ pub struct Party {
     pub proc: Proc,
 }
 
-/// An operator and a provider and a buyer worker.
+/// An operator and a provider and a buyer worker, set up as a real deployment is: the first
+/// start's admin token (read from `admin.token`) creates the provider's user (`pu`, owner of
+/// party `prov`) and the buyer's (`u1`, owner of `buy`), an API token for each, and a
+/// registration token per party; each worker starts with the operator's public key
+/// (`operator.pub`) and its party's registration token.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub url: String,
     pub operator: Proc,
     pub provider: Party,
     pub buyer: Party,
+    /// The operator's admin API token.
+    pub admin_token: String,
+    /// The provider user's (`pu`) API token.
+    pub provider_token: String,
+    /// The buyer user's (`u1`) API token.
+    pub buyer_token: String,
 }
 
 pub const PROVIDER: &str = "prov";
 pub const BUYER: &str = "buy";
 pub const USER: &str = "u1";
+pub const PROVIDER_USER: &str = "pu";
+
+/// A client of the operator at `url` sending `token`.
+pub async fn connect_as(url: &str, token: &str) -> Client {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect operator");
+    OperatorClient::with_interceptor(channel, TokenHeader::new(token).expect("ascii token"))
+}
+
+/// A client of the operator at `url` sending no token.
+pub async fn connect_anonymous(url: &str) -> Client {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect operator");
+    OperatorClient::with_interceptor(channel, TokenHeader::none())
+}
 
 impl Cluster {
     pub fn start(heartbeat_timeout_ms: u64) -> Cluster {
@@ -116,6 +152,11 @@ impl Cluster {
             .strip_prefix("operator listening on ")
             .expect("operator banner")
             .to_string();
+        let admin_token = std::fs::read_to_string(data.join("admin.token"))
+            .expect("the first start writes admin.token")
+            .trim()
+            .to_owned();
+        let (provider_token, buyer_token) = accounts(&url, &admin_token, dir.path());
         let provider = Self::party(dir.path(), &url, PROVIDER);
         let buyer = Self::party(dir.path(), &url, BUYER);
         Cluster {
@@ -124,6 +165,9 @@ impl Cluster {
             operator,
             provider,
             buyer,
+            admin_token,
+            provider_token,
+            buyer_token,
         }
     }
 
@@ -153,12 +197,15 @@ impl Cluster {
         Self::party_as(root, url, name, None)
     }
 
-    /// A worker process for party `name`, under `worker_id` when given.
+    /// A worker process for party `name`, under `worker_id` when given, started with the
+    /// operator's public key and the party's registration token.
     fn party_as(root: &Path, url: &str, name: &str, worker_id: Option<&str>) -> Party {
         let datasets = root.join(name).join("datasets");
         let outputs = root.join(name).join("outputs");
         std::fs::create_dir_all(&datasets).expect("mkdir");
         let id_args = worker_id.map(|id| ["--worker-id", id]);
+        let key = root.join("operator").join("operator.pub");
+        let registration = registration_token_file(root, name);
         let proc = Proc::start(
             &[
                 "worker",
@@ -178,6 +225,10 @@ impl Cluster {
                 datasets.to_str().expect("utf8"),
                 "--outputs",
                 outputs.to_str().expect("utf8"),
+                "--operator-key-file",
+                key.to_str().expect("utf8"),
+                "--registration-token-file",
+                registration.to_str().expect("utf8"),
             ]
             .into_iter()
             .chain(id_args.iter().flatten().copied())
@@ -198,10 +249,37 @@ impl Cluster {
         }
     }
 
-    pub async fn client(&self) -> OperatorClient<Channel> {
-        OperatorClient::connect(self.url.clone())
-            .await
-            .expect("connect operator")
+    /// The buyer user's (`u1`) client: jobs, its deposits, its bills.
+    pub async fn client(&self) -> Client {
+        connect_as(&self.url, &self.buyer_token).await
+    }
+
+    /// The operator's (admin) client: every row, money and audit operations.
+    pub async fn admin(&self) -> Client {
+        connect_as(&self.url, &self.admin_token).await
+    }
+
+    /// The provider user's (`pu`) client.
+    pub async fn provider_client(&self) -> Client {
+        connect_as(&self.url, &self.provider_token).await
+    }
+
+    /// The client of whoever owns `party` (`prov` or `buy`).
+    async fn owner_client(&self, party: &str) -> Client {
+        if party == PROVIDER {
+            self.provider_client().await
+        } else {
+            self.client().await
+        }
+    }
+
+    /// The token a CLI command runs with: job commands as the buyer (`u1`), everything else
+    /// as the operator.
+    pub fn cli_token(&self, args: &[&str]) -> &str {
+        match args.first().copied() {
+            Some("job") => &self.buyer_token,
+            _ => &self.admin_token,
+        }
     }
 
     /// Writes a CSV dataset file for a party and registers it.
@@ -216,7 +294,7 @@ impl Cluster {
         }
         f.flush().expect("flush");
         drop(f);
-        self.client()
+        self.owner_client(&party.name)
             .await
             .create_dataset(pb::CreateDatasetRequest {
                 dataset_id: id.into(),
@@ -238,7 +316,7 @@ impl Cluster {
             r#"{{"policyName":"t","relUsers":[{{"userId":"{USER}","userName":"U","isGroup":0}}],
                 "useScenes":[{{"useSence":"psi"{counts},"visitArea":["r1"],"cpCenter":["c1"]}}]}}"#
         );
-        self.client()
+        self.provider_client()
             .await
             .create_licence(pb::CreateLicenceRequest {
                 licensor: PROVIDER.into(),
@@ -304,18 +382,21 @@ impl Cluster {
         self.wait_as(job_id, Some(USER)).await
     }
 
-    /// Waits (bounded) until the job ends and returns it as `caller` (a user or party; `None`:
-    /// anonymous) sees it.
+    /// Waits (bounded) until the job ends and returns it as `caller` sees it: the buyer
+    /// (`Some(USER)` or `Some(BUYER)`, its party), the provider (`Some(PROVIDER)`), or the
+    /// operator (`None`), who is on neither side.
     pub async fn wait_as(&self, job_id: &str, caller: Option<&str>) -> pb::Job {
-        let mut c = self.client().await;
+        let mut c = match caller {
+            Some(USER | BUYER) => self.client().await,
+            Some(PROVIDER) => self.provider_client().await,
+            Some(other) => panic!("no token for {other}"),
+            None => self.admin().await,
+        };
         for _ in 0..1200 {
             let j = c
-                .get_job(as_caller(
-                    pb::JobRef {
-                        job_id: job_id.into(),
-                    },
-                    caller,
-                ))
+                .get_job(pb::JobRef {
+                    job_id: job_id.into(),
+                })
                 .await
                 .expect("get job")
                 .into_inner();
@@ -332,7 +413,7 @@ impl Cluster {
 
     pub async fn remaining(&self, licence: &str) -> Option<u64> {
         let l = self
-            .client()
+            .admin()
             .await
             .get_licence(pb::LicenceRef {
                 licence_id: licence.into(),
@@ -345,14 +426,79 @@ impl Cluster {
     }
 }
 
-/// A request naming its caller in the `x-tessera-user` metadata (`None`: anonymous).
-pub fn as_caller<T>(msg: T, caller: Option<&str>) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(msg);
-    if let Some(c) = caller {
-        req.metadata_mut()
-            .insert("x-tessera-user", c.parse().expect("ascii caller"));
+/// Creates the provider's and the buyer's users, parties, API tokens and registration tokens
+/// (written to `ROOT/<party>.registration`) with the admin token; returns the provider's and
+/// the buyer's API tokens.
+fn accounts(url: &str, admin_token: &str, root: &Path) -> (String, String) {
+    // On a thread of its own: the caller may already run inside a runtime.
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime")
+                    .block_on(create_accounts(url, admin_token, root))
+            })
+            .join()
+            .expect("accounts set up")
+    })
+}
+
+async fn create_accounts(url: &str, admin_token: &str, root: &Path) -> (String, String) {
+    {
+        let mut admin = connect_as(url, admin_token).await;
+        let mut tokens = Vec::new();
+        for (user, roles, party) in [
+            (PROVIDER_USER, "provider", PROVIDER),
+            (USER, "buyer", BUYER),
+        ] {
+            admin
+                .create_user(pb::CreateUserRequest {
+                    user_id: user.into(),
+                    roles: roles.into(),
+                })
+                .await
+                .expect("create user");
+            admin
+                .create_party(pb::CreatePartyRequest {
+                    party_id: party.into(),
+                    owner_user_id: user.into(),
+                })
+                .await
+                .expect("create party");
+            let t = admin
+                .create_token(pb::CreateTokenRequest {
+                    user_id: user.into(),
+                    label: "e2e".into(),
+                    ttl_ms: 0,
+                })
+                .await
+                .expect("create token")
+                .into_inner()
+                .secret_token;
+            let reg = connect_as(url, &t)
+                .await
+                .issue_registration_token(pb::RegistrationTokenRequest {
+                    party_id: party.into(),
+                    ttl_ms: 0,
+                })
+                .await
+                .expect("registration token")
+                .into_inner()
+                .secret_token;
+            std::fs::write(registration_token_file(root, party), reg).expect("write token");
+            tokens.push(t);
+        }
+        let buyer = tokens.pop().expect("buyer");
+        let provider = tokens.pop().expect("provider");
+        (provider, buyer)
     }
-    req
+}
+
+/// Where the harness keeps `party`'s registration token.
+pub fn registration_token_file(root: &Path, party: &str) -> PathBuf {
+    root.join(format!("{party}.registration"))
 }
 
 /// Deterministic keys: `n` keys `{tag}-{i}` style, from a seed.

@@ -3,6 +3,7 @@
 
 mod accounts;
 mod audit;
+mod authz;
 mod billing;
 mod harness;
 mod identity;

@@ -176,7 +176,7 @@ async fn a_buyer_killed_after_its_output_exists_still_pays() {
     assert_eq!(c.remaining(&lic).await, Some(1), "the run is consumed");
     assert_charged(&c, &j, expected_charge(rows as u64)).await;
     let v = c
-        .client()
+        .admin()
         .await
         .verify_audit(pb::ListRequest {})
         .await
@@ -360,7 +360,7 @@ async fn a_buyer_killed_at_any_moment_leaves_no_job_running() {
         }
     }
     let workers = c
-        .client()
+        .admin()
         .await
         .list_workers(pb::WorkerQuery {
             page: None,
@@ -460,6 +460,7 @@ fn cli(c: &Cluster, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(BIN)
         .args(args)
         .args(["--operator", &c.url])
+        .env("TESSERA_TOKEN", c.cli_token(args))
         .env("RUST_LOG", "warn")
         .output()
         .expect("run tessera");
@@ -518,7 +519,7 @@ async fn deposits_replay_per_customer_and_stay_below_the_maximum() {
     let (ok, out, err) = deposit("carol", "1000000", "k1");
     assert!(ok && out.starts_with("deposited"), "{out}{err}");
     let b = c
-        .client()
+        .admin()
         .await
         .list_balances(pb::ListRequest {})
         .await

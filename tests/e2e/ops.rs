@@ -17,6 +17,7 @@ fn run(c: &Cluster, args: &[&str]) -> Output {
     Command::new(BIN)
         .args(args)
         .args(["--operator", &c.url])
+        .env("TESSERA_TOKEN", c.cli_token(args))
         .env("RUST_LOG", "warn")
         .output()
         .expect("run tessera")
@@ -119,8 +120,6 @@ fn submit_watch(
     let mut args = vec![
         "job",
         "submit",
-        "--user",
-        USER,
         "--licence",
         lic,
         "--buyer-party",
@@ -148,8 +147,6 @@ fn spawn_followed_size_job(
         .args([
             "job",
             "submit",
-            "--user",
-            USER,
             "--licence",
             lic,
             "--buyer-party",
@@ -166,6 +163,7 @@ fn spawn_followed_size_job(
             "--operator",
             &c.url,
         ])
+        .env("TESSERA_TOKEN", &c.buyer_token)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -223,7 +221,7 @@ async fn followed_jobs_end_only_in_a_terminal_state_with_a_distinct_exit_status(
         first.contains(" admitted ") || first.contains(" running "),
         "{first}"
     );
-    let cancel = run(&c, &["job", "cancel", "--user", USER, &job_id]);
+    let cancel = run(&c, &["job", "cancel", &job_id]);
     assert!(cancel.status.success(), "{}", text(&cancel.stderr));
     assert_eq!(wait_exit(&mut follow, Duration::from_secs(60)), Some(5));
     let mut rest = String::new();
@@ -342,7 +340,7 @@ async fn listings_are_paged_dated_plain_and_survive_a_closed_pipe() {
 
     // Pages are bounded and follow each other.
     for i in 0..5 {
-        c.client()
+        c.provider_client()
             .await
             .create_dataset(pb::CreateDatasetRequest {
                 dataset_id: format!("extra-{i}"),
@@ -361,7 +359,8 @@ async fn listings_are_paged_dated_plain_and_survive_a_closed_pipe() {
         }),
         owner_party: String::new(),
     };
-    let mut client = c.client().await;
+    // The operator lists every party's datasets.
+    let mut client = c.admin().await;
     let p1 = client
         .list_datasets(page(""))
         .await
@@ -417,6 +416,7 @@ async fn listings_are_paged_dated_plain_and_survive_a_closed_pipe() {
         let mut child = Command::new(BIN)
             .args(args)
             .args(["--operator", &c.url])
+            .env("TESSERA_TOKEN", c.cli_token(args))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -481,8 +481,6 @@ async fn confusing_names_and_unreadable_locations_are_refused_with_clean_errors(
             &[
                 "job",
                 "submit",
-                "--user",
-                USER,
                 "--licence",
                 &lic,
                 "--buyer-party",
@@ -583,11 +581,9 @@ async fn progress_seen_by_a_watcher_never_goes_backwards() {
         .expect("submit")
         .into_inner();
     // Watched as the buyer, who alone may see the result.
-    let mut req = tonic::Request::new(pb::JobRef {
+    let req = pb::JobRef {
         job_id: j.job_id.clone(),
-    });
-    req.metadata_mut()
-        .insert("x-tessera-user", "u1".parse().expect("metadata"));
+    };
     let mut stream = client.watch_job(req).await.expect("watch").into_inner();
     let mut last: std::collections::HashMap<(String, String), u64> = Default::default();
     let mut updates = 0;

@@ -124,7 +124,8 @@ async fn the_result_is_the_buyers_own_rows_as_csv_and_is_never_replaced() {
     assert_eq!(pj.result_size, None);
     // `job get` shows the recorded file.
     let out = std::process::Command::new(crate::harness::BIN)
-        .args(["job", "get", "--operator", &c.url, "--user", USER, &job_id])
+        .args(["job", "get", "--operator", &c.url, &job_id])
+        .env("TESSERA_TOKEN", &c.buyer_token)
         .output()
         .expect("job get");
     let line = String::from_utf8_lossy(&out.stdout);
@@ -250,14 +251,17 @@ async fn a_provider_side_failure_is_shown_to_the_buyer_only_by_its_kind() {
         // The buyer's party sees what its user sees.
         let party = c.wait_as(&j.job_id, Some(BUYER)).await;
         assert_eq!(party.error, buyer.error, "{case}");
-        // Listings follow the same rule as GetJob: as the buyer, and anonymously.
+        // Listings follow the same rule as GetJob: as the buyer, and as the operator.
         for caller in [Some(USER), None] {
-            let mut req = tonic::Request::new(pb::JobQuery::default());
-            if let Some(u) = caller {
-                req.metadata_mut()
-                    .insert("x-tessera-user", u.parse().expect("metadata"));
-            }
-            let listed = client.list_jobs(req).await.expect("list").into_inner();
+            let mut lister = match caller {
+                Some(_) => c.client().await,
+                None => c.admin().await,
+            };
+            let listed = lister
+                .list_jobs(pb::JobQuery::default())
+                .await
+                .expect("list")
+                .into_inner();
             let row = listed
                 .jobs
                 .iter()
@@ -275,7 +279,9 @@ async fn a_provider_side_failure_is_shown_to_the_buyer_only_by_its_kind() {
         r#"{{"policyName":"t","relUsers":[{{"userId":"{USER}","userName":"U","isGroup":0}}],
             "useScenes":[{{"useSence":"psi","visitArea":["r9"]}}]}}"#
     );
-    let far = client
+    let far = c
+        .provider_client()
+        .await
         .create_licence(pb::CreateLicenceRequest {
             licensor: PROVIDER.into(),
             licensee: USER.into(),

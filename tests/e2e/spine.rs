@@ -135,7 +135,7 @@ async fn concurrent_submissions_admit_exactly_the_count() {
     }
     assert_eq!(c.remaining(&lic).await, Some(0));
     let v = c
-        .client()
+        .admin()
         .await
         .verify_audit(pb::ListRequest {})
         .await
@@ -324,7 +324,9 @@ async fn bad_input_gets_a_clear_error_and_no_partial_state() {
             .code(),
         tonic::Code::InvalidArgument
     );
-    let err = client
+    let err = c
+        .provider_client()
+        .await
         .create_licence(pb::CreateLicenceRequest {
             licensor: "prov".into(),
             licensee: "u1".into(),
@@ -423,7 +425,7 @@ async fn workers_reconnect_after_an_operator_restart_and_counts_survive() {
     assert_eq!(j.result_size, Some(50));
     assert_eq!(c.remaining(&lic).await, Some(1));
     let v = c
-        .client()
+        .admin()
         .await
         .verify_audit(pb::ListRequest {})
         .await

@@ -22,6 +22,17 @@ struct ScriptedOperator {
     results: mpsc::Sender<pb::TaskResult>,
 }
 
+const REGISTRATION_TOKEN: &str =
+    "tsr_0123456789abcdef_0000000000000000000000000000000000000000000000000000000000000001";
+const WORKER_TOKEN: &str =
+    "tsw_fedcba9876543210_0000000000000000000000000000000000000000000000000000000000000002";
+
+fn token_of<T>(r: &Request<T>) -> Option<&str> {
+    r.metadata()
+        .get(tessera_proto::TOKEN_METADATA)
+        .and_then(|v| v.to_str().ok())
+}
+
 fn unimplemented<T>() -> Result<Response<T>, Status> {
     Err(Status::unimplemented("not scripted"))
 }
@@ -32,11 +43,16 @@ impl Operator for ScriptedOperator {
         &self,
         r: Request<pb::RegisterWorkerRequest>,
     ) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
+        // The worker presents its party's registration token, and only at registration.
+        if token_of(&r) != Some(REGISTRATION_TOKEN) {
+            return Err(Status::unauthenticated("no registration token"));
+        }
         let id = r.into_inner().worker_id;
         Ok(Response::new(pb::RegisterWorkerResponse {
             worker_id: id,
             operator_key_hex: self.key_hex.clone(),
             heartbeat_interval_ms: 60_000,
+            worker_token: WORKER_TOKEN.into(),
         }))
     }
     async fn heartbeat(
@@ -48,8 +64,12 @@ impl Operator for ScriptedOperator {
     type PullTasksStream = Stream<pb::TaskEnvelope>;
     async fn pull_tasks(
         &self,
-        _: Request<pb::PullTasksRequest>,
+        r: Request<pb::PullTasksRequest>,
     ) -> Result<Response<Self::PullTasksStream>, Status> {
+        // Every later call carries the credential issued at registration.
+        if token_of(&r) != Some(WORKER_TOKEN) {
+            return Err(Status::unauthenticated("no worker credential"));
+        }
         let rx = self
             .tasks
             .lock()
@@ -71,6 +91,9 @@ impl Operator for ScriptedOperator {
         Ok(Response::new(pb::Ack::default()))
     }
     async fn report_result(&self, r: Request<pb::TaskResult>) -> Result<Response<pb::Ack>, Status> {
+        if token_of(&r) != Some(WORKER_TOKEN) {
+            return Err(Status::unauthenticated("no worker credential"));
+        }
         let _ = self.results.send(r.into_inner()).await;
         Ok(Response::new(pb::Ack::default()))
     }
@@ -376,7 +399,8 @@ async fn the_worker_refuses_bad_tickets_and_accepts_a_good_one_once() {
         dir.path().join("outputs"),
     );
     cfg.worker_id = Some("w1".into());
-    cfg.operator_key_hex = Some(signer.public_key_hex());
+    cfg.operator_key_hex = signer.public_key_hex();
+    cfg.registration = tessera_proto::TokenHeader::new(REGISTRATION_TOKEN).expect("ascii");
     let clock = Arc::new(ManualClock::new(NOW_MS));
     let worker = tessera_worker::start(cfg, clock).await.expect("worker");
 

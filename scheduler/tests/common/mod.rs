@@ -37,6 +37,9 @@ pub async fn node_on(
     for (party, port) in [("prov", 9001), ("buy", 9002)] {
         let id = scheduler
             .register_worker(
+                &tessera_auth::Caller::Registrant {
+                    party: party.into(),
+                },
                 Some(format!("w-{party}")),
                 WorkerAttributes {
                     party: party.into(),
@@ -47,9 +50,21 @@ pub async fn node_on(
                 format!("127.0.0.1:{port}"),
             )
             .await
-            .expect("register");
+            .expect("register")
+            .worker_id;
         inboxes.push(scheduler.connect(&id).await.expect("connect"));
     }
+    // The licensee is a user the operator recorded.
+    scheduler
+        .store()
+        .create_user(
+            "u1",
+            tessera_auth::Roles::of(&[tessera_auth::Role::Buyer]),
+            0,
+            "test",
+        )
+        .await
+        .expect("user");
     let records = scheduler.records();
     for (id, party) in [("p", "prov"), ("b", "buy")] {
         records

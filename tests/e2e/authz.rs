@@ -1,0 +1,915 @@
+//! Every gRPC method against the real operator, for every kind of caller (issue "Who is
+//! calling", must show): no token, a revoked token, an expired token, the wrong role, someone
+//! else's resource, and the rightful caller. The methods come from `tessera_auth::Operation`
+//! (the table's own list) through an exhaustive `match`, so an operation added without a case
+//! here does not compile, and one without a rule does not compile in the table.
+
+use std::time::Duration;
+
+use tessera_auth::{Caller, Operation, Principal, Role, Roles, Scope, Target, Who, authorize};
+use tessera_proto::v1 as pb;
+use tonic::Code;
+
+use crate::harness::{
+    BUYER, Client, Cluster, PROVIDER, PROVIDER_USER, USER, connect_anonymous, connect_as, keys,
+};
+
+/// Whose resources a call names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Whose {
+    /// The caller's own (or, for the operator, the buyer `u1`'s).
+    Own,
+    /// The buyer `u1`'s and the provider `pu`'s, called by `mallory`, who holds every role
+    /// but the operator's and owns party `mal`.
+    Others,
+}
+
+/// What the calls name.
+struct Fixture {
+    licence: String,
+    job: String,
+    bill: String,
+    /// A worker of `buy` registered by this test, with its credential.
+    worker_id: String,
+    worker_token: String,
+    /// The registration token of `buy`.
+    registration: String,
+    /// An API token of `u1`, for `RevokeToken`.
+    spare_token_id: String,
+    /// A live token of `mallory`.
+    mallory: String,
+}
+
+fn job_request(
+    licence: &str,
+    user: &str,
+    buyer_party: &str,
+    dataset: &str,
+) -> pb::SubmitJobRequest {
+    pb::SubmitJobRequest {
+        user: user.into(),
+        buyer_party: buyer_party.into(),
+        ..Cluster::job(licence, dataset, "size", "")
+    }
+}
+
+fn worker_attrs(party: &str) -> Option<pb::WorkerAttributes> {
+    Some(pb::WorkerAttributes {
+        party: party.into(),
+        region: "r9".into(),
+        ..pb::WorkerAttributes::default()
+    })
+}
+
+/// Calls `op` with arguments naming `whose` resources; `Ok` or the call's status.
+async fn call(
+    c: &mut Client,
+    op: Operation,
+    f: &Fixture,
+    whose: Whose,
+) -> Result<(), tonic::Status> {
+    let own = whose == Whose::Own;
+    let pick = |mine: &str, theirs: &str| {
+        if own {
+            mine.to_owned()
+        } else {
+            theirs.to_owned()
+        }
+    };
+    let worker_id = pick(&f.worker_id, "w-someone-else");
+    let empty = || pb::ListRequest {};
+    match op {
+        Operation::RegisterWorker => c
+            .register_worker(pb::RegisterWorkerRequest {
+                worker_id: String::new(),
+                attributes: worker_attrs(&pick(BUYER, PROVIDER)),
+                peer_addr: "127.0.0.1:1".into(),
+            })
+            .await
+            .map(drop),
+        Operation::Heartbeat => c
+            .heartbeat(pb::HeartbeatRequest { worker_id })
+            .await
+            .map(drop),
+        Operation::PullTasks => c
+            .pull_tasks(pb::PullTasksRequest { worker_id })
+            .await
+            .map(drop),
+        Operation::ReportProgress => c
+            .report_progress(pb::ProgressReport {
+                worker_id,
+                task_id: "t-none".into(),
+                ..pb::ProgressReport::default()
+            })
+            .await
+            .map(drop),
+        Operation::ReportResult => c
+            .report_result(pb::TaskResult {
+                worker_id,
+                task_id: "t-none".into(),
+                usage: Some(pb::Usage::default()),
+                ..pb::TaskResult::default()
+            })
+            .await
+            .map(drop),
+        Operation::ReportDelivered => c
+            .report_delivered(pb::DeliveryReport {
+                worker_id,
+                task_id: "t-none".into(),
+                rows_in: 0,
+            })
+            .await
+            .map(drop),
+        Operation::CreateDataset => c
+            .create_dataset(pb::CreateDatasetRequest {
+                dataset_id: format!("ds-{}", rand_suffix()),
+                owner_party: pick(BUYER, PROVIDER),
+                location: "x.csv".into(),
+                description: String::new(),
+                declared_rows: Some(1),
+            })
+            .await
+            .map(drop),
+        Operation::CreateLicence => c
+            .create_licence(pb::CreateLicenceRequest {
+                licensor: PROVIDER.into(),
+                licensee: USER.into(),
+                dataset_id: "p".into(),
+                policy_json: format!(
+                    r#"{{"policyName":"t","relUsers":[{{"userId":"{USER}","userName":"U","isGroup":0}}],
+                        "useScenes":[{{"useSence":"psi","counts":1}}]}}"#
+                ),
+                price_per_job_micros: 1,
+                price_per_1k_rows_micros: 0,
+                operator_share_bps: 0,
+                monthly_price_micros: 0,
+            })
+            .await
+            .map(drop),
+        Operation::GetLicence => c
+            .get_licence(pb::LicenceRef {
+                licence_id: f.licence.clone(),
+            })
+            .await
+            .map(drop),
+        // Mallory's own buyer party and dataset exist; the licence is u1's.
+        Operation::SubmitJob => c
+            .submit_job(if own {
+                job_request(&f.licence, "", BUYER, "b")
+            } else {
+                job_request(&f.licence, "", "mal", "mal-ds")
+            })
+            .await
+            .map(drop),
+        Operation::GetJob => c
+            .get_job(pb::JobRef {
+                job_id: f.job.clone(),
+            })
+            .await
+            .map(drop),
+        Operation::WatchJob => c
+            .watch_job(pb::JobRef {
+                job_id: f.job.clone(),
+            })
+            .await
+            .map(drop),
+        Operation::CancelJob => c
+            .cancel_job(pb::JobRef {
+                job_id: f.job.clone(),
+            })
+            .await
+            .map(drop),
+        Operation::Deposit => c
+            .deposit(pb::DepositRequest {
+                account: pick("", USER),
+                amount_micros: 1,
+                idempotency_key: format!("k-{}", rand_suffix()),
+                into: String::new(),
+            })
+            .await
+            .map(drop),
+        Operation::ListUsage => c.list_usage(empty()).await.map(drop),
+        Operation::ListBalances => c.list_balances(empty()).await.map(drop),
+        Operation::ListTransfers => c.list_transfers(empty()).await.map(drop),
+        Operation::VerifyAudit => c.verify_audit(empty()).await.map(drop),
+        Operation::SetCreditLimit => c
+            .set_credit_limit(pb::CreditLimitRequest {
+                customer: USER.into(),
+                limit_micros: 0,
+            })
+            .await
+            .map(drop),
+        Operation::ListBills => c
+            .list_bills(pb::BillQuery::default())
+            .await
+            .map(drop),
+        Operation::ListBillLines => c
+            .list_bill_lines(pb::BillRef {
+                bill_id: f.bill.clone(),
+            })
+            .await
+            .map(drop),
+        Operation::CloseDueBills => c.close_due_bills(empty()).await.map(drop),
+        Operation::ListStatements => c
+            .list_statements(pb::StatementQuery::default())
+            .await
+            .map(drop),
+        // No month is closed: the payout itself is refused, past the gate.
+        Operation::Payout => c
+            .payout(pb::PayoutRequest {
+                provider: PROVIDER.into(),
+                period: "2020-01".into(),
+            })
+            .await
+            .map(drop),
+        Operation::SetLimit => c
+            .set_limit(pb::LimitRequest {
+                scope: "platform".into(),
+                enabled: false,
+                ..pb::LimitRequest::default()
+            })
+            .await
+            .map(drop),
+        Operation::SetWhitelist => c
+            .set_whitelist(pb::WhitelistRequest {
+                customer: "nobody".into(),
+                listed: false,
+            })
+            .await
+            .map(drop),
+        Operation::SetFreeze => c
+            .set_freeze(pb::FreezeRequest {
+                customer: "nobody".into(),
+                action: "clear".into(),
+                reason: String::new(),
+            })
+            .await
+            .map(drop),
+        Operation::GetAccountStatus => c
+            .get_account_status(pb::AccountQuery {
+                customer: pick("", USER),
+                product: "psi".into(),
+            })
+            .await
+            .map(drop),
+        // The licence is not sold by the month: refused past the gate.
+        Operation::Subscribe => c
+            .subscribe(pb::SubscriptionRequest {
+                licence_id: f.licence.clone(),
+                customer: pick("", USER),
+                months: 1,
+            })
+            .await
+            .map(drop),
+        Operation::Unsubscribe => c
+            .unsubscribe(pb::SubscriptionRequest {
+                licence_id: f.licence.clone(),
+                customer: pick("", USER),
+                months: 0,
+            })
+            .await
+            .map(drop),
+        Operation::ListJobs => c.list_jobs(pb::JobQuery::default()).await.map(drop),
+        Operation::ListDatasets => c
+            .list_datasets(pb::DatasetQuery::default())
+            .await
+            .map(drop),
+        Operation::ListLicences => c
+            .list_licences(pb::LicenceQuery::default())
+            .await
+            .map(drop),
+        Operation::ListWorkers => c
+            .list_workers(pb::WorkerQuery::default())
+            .await
+            .map(drop),
+        Operation::GetOperatorInfo => c.get_operator_info(empty()).await.map(drop),
+        Operation::CreateUser => c
+            .create_user(pb::CreateUserRequest {
+                user_id: format!("user-{}", rand_suffix()),
+                roles: "buyer".into(),
+            })
+            .await
+            .map(drop),
+        Operation::ListUsers => c.list_users(empty()).await.map(drop),
+        Operation::DisableUser => c
+            .disable_user(pb::UserRef {
+                user_id: "throwaway".into(),
+            })
+            .await
+            .map(drop),
+        Operation::AddGroupMember => c
+            .add_group_member(pb::GroupMemberRequest {
+                group_id: "team".into(),
+                user_id: USER.into(),
+            })
+            .await
+            .map(drop),
+        Operation::RemoveGroupMember => c
+            .remove_group_member(pb::GroupMemberRequest {
+                group_id: "team".into(),
+                user_id: USER.into(),
+            })
+            .await
+            .map(drop),
+        Operation::CreateToken => c
+            .create_token(pb::CreateTokenRequest {
+                user_id: USER.into(),
+                label: "t".into(),
+                ttl_ms: 60_000,
+            })
+            .await
+            .map(drop),
+        Operation::ListTokens => c.list_tokens(empty()).await.map(drop),
+        Operation::RevokeToken => c
+            .revoke_token(pb::TokenRef {
+                token_id: f.spare_token_id.clone(),
+            })
+            .await
+            .map(drop),
+        Operation::CreateParty => c
+            .create_party(pb::CreatePartyRequest {
+                party_id: format!("party-{}", rand_suffix()),
+                owner_user_id: USER.into(),
+            })
+            .await
+            .map(drop),
+        Operation::IssueRegistrationToken => c
+            .issue_registration_token(pb::RegistrationTokenRequest {
+                party_id: pick(BUYER, PROVIDER),
+                ttl_ms: 0,
+            })
+            .await
+            .map(drop),
+    }
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("{}", N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The principals of the cluster, as the table sees them.
+fn principal(user: &str, roles: &[Role]) -> Caller {
+    Caller::User(Principal {
+        user: user.into(),
+        roles: Roles::of(roles),
+        groups: Default::default(),
+    })
+}
+
+/// The cluster's callers, in the order a wrong-role caller is looked for.
+fn callers() -> Vec<(&'static str, Caller)> {
+    vec![
+        (USER, principal(USER, &[Role::Buyer])),
+        (PROVIDER_USER, principal(PROVIDER_USER, &[Role::Provider])),
+        ("admin", principal("admin", &[Role::Operator])),
+        (
+            "worker",
+            Caller::Worker {
+                party: BUYER.into(),
+                worker_id: "w".into(),
+            },
+        ),
+    ]
+}
+
+/// The rightful caller of `op` on its own resources, by the table's rule.
+fn rightful(op: Operation) -> &'static str {
+    match op.rule().who {
+        Who::Operator => "admin",
+        Who::Roles(r) if r.contains(&Role::Buyer) => USER,
+        Who::Roles(_) => PROVIDER_USER,
+        Who::OnlyRoles(_) | Who::AnyUser => USER,
+        Who::Worker => "worker",
+        Who::Registrant => "registrant",
+    }
+}
+
+/// A caller the table refuses `op` for its role (`None`: every kind of caller passes the gate).
+fn wrong_role(op: Operation) -> Option<&'static str> {
+    callers()
+        .into_iter()
+        .find(|(_, caller)| {
+            matches!(
+                authorize(op, caller, &Target::default()),
+                Err(tessera_auth::Denied::Role { .. })
+            )
+        })
+        .map(|(name, _)| name)
+}
+
+async fn client_of(c: &Cluster, f: &Fixture, who: &str) -> Client {
+    let token = match who {
+        USER => c.buyer_token.as_str(),
+        PROVIDER_USER => c.provider_token.as_str(),
+        "admin" => c.admin_token.as_str(),
+        "worker" => f.worker_token.as_str(),
+        "registrant" => f.registration.as_str(),
+        "mallory" => f.mallory.as_str(),
+        other => panic!("no caller {other}"),
+    };
+    connect_as(&c.url, token).await
+}
+
+async fn fixture(c: &Cluster) -> Fixture {
+    c.dataset(&c.provider, "p", "k", &keys("k", 0..50)).await;
+    c.dataset(&c.buyer, "b", "k", &keys("k", 25..75)).await;
+    c.fund(10_000_000, "fund").await;
+    let licence = c.licence("p", None).await;
+    let job = c
+        .client()
+        .await
+        .submit_job(Cluster::job(&licence, "b", "size", ""))
+        .await
+        .expect("submit")
+        .into_inner()
+        .job_id;
+    assert_eq!(c.wait(&job).await.state_text(), "succeeded");
+    let mut admin = c.admin().await;
+    let bill = admin
+        .list_bills(pb::BillQuery::default())
+        .await
+        .expect("bills")
+        .into_inner()
+        .bills
+        .into_iter()
+        .find(|b| b.customer == USER)
+        .expect("u1's bill")
+        .bill_id;
+    for (user, roles) in [
+        ("mallory", "provider,buyer,developer"),
+        ("throwaway", "buyer"),
+    ] {
+        admin
+            .create_user(pb::CreateUserRequest {
+                user_id: user.into(),
+                roles: roles.into(),
+            })
+            .await
+            .expect("user");
+    }
+    let mallory = admin
+        .create_token(pb::CreateTokenRequest {
+            user_id: "mallory".into(),
+            label: "m".into(),
+            ttl_ms: 0,
+        })
+        .await
+        .expect("token")
+        .into_inner()
+        .secret_token;
+    let mut m = connect_as(&c.url, &mallory).await;
+    m.create_party(pb::CreatePartyRequest {
+        party_id: "mal".into(),
+        owner_user_id: "mallory".into(),
+    })
+    .await
+    .expect("mallory's party");
+    m.create_dataset(pb::CreateDatasetRequest {
+        dataset_id: "mal-ds".into(),
+        owner_party: "mal".into(),
+        location: "m.csv".into(),
+        description: String::new(),
+        declared_rows: Some(1),
+    })
+    .await
+    .expect("mallory's dataset");
+    let spare_token_id = admin
+        .create_token(pb::CreateTokenRequest {
+            user_id: USER.into(),
+            label: "spare".into(),
+            ttl_ms: 0,
+        })
+        .await
+        .expect("token")
+        .into_inner()
+        .info
+        .expect("info")
+        .token_id;
+    let registration = c
+        .client()
+        .await
+        .issue_registration_token(pb::RegistrationTokenRequest {
+            party_id: BUYER.into(),
+            ttl_ms: 0,
+        })
+        .await
+        .expect("registration token")
+        .into_inner()
+        .secret_token;
+    // A worker of `buy` registered here, never connected (so never placed on a job).
+    let reg = connect_as(&c.url, &registration)
+        .await
+        .register_worker(pb::RegisterWorkerRequest {
+            worker_id: String::new(),
+            attributes: worker_attrs(BUYER),
+            peer_addr: "127.0.0.1:1".into(),
+        })
+        .await
+        .expect("register")
+        .into_inner();
+    assert!(reg.worker_token.starts_with("tsw_"));
+    Fixture {
+        licence,
+        job,
+        bill,
+        worker_id: reg.worker_id,
+        worker_token: reg.worker_token,
+        registration,
+        spare_token_id,
+        mallory,
+    }
+}
+
+fn denied(r: &Result<(), tonic::Status>) -> bool {
+    matches!(r, Err(s) if s.code() == Code::PermissionDenied)
+}
+
+fn unauthenticated(r: &Result<(), tonic::Status>) -> bool {
+    matches!(r, Err(s) if s.code() == Code::Unauthenticated)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_method_checks_the_token_the_role_and_the_owner() {
+    let c = Cluster::start(10_000);
+    let f = fixture(&c).await;
+    let mut admin = c.admin().await;
+
+    // No token, a malformed one, a revoked one, an expired one: UNAUTHENTICATED everywhere.
+    let revoked = admin
+        .create_token(pb::CreateTokenRequest {
+            user_id: USER.into(),
+            label: "revoked".into(),
+            ttl_ms: 0,
+        })
+        .await
+        .expect("token")
+        .into_inner();
+    admin
+        .revoke_token(pb::TokenRef {
+            token_id: revoked.info.expect("info").token_id,
+        })
+        .await
+        .expect("revoke");
+    let expired = admin
+        .create_token(pb::CreateTokenRequest {
+            user_id: USER.into(),
+            label: "expired".into(),
+            ttl_ms: 1,
+        })
+        .await
+        .expect("token")
+        .into_inner()
+        .secret_token;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut bad_callers = vec![
+        ("none", connect_anonymous(&c.url).await),
+        ("revoked", connect_as(&c.url, &revoked.secret_token).await),
+        ("expired", connect_as(&c.url, &expired).await),
+        (
+            "malformed",
+            connect_as(&c.url, "tsk_0123456789abcdef_not-a-secret").await,
+        ),
+    ];
+    for &op in Operation::ALL {
+        for (name, client) in &mut bad_callers {
+            let r = call(client, op, &f, Whose::Own).await;
+            assert!(unauthenticated(&r), "{op:?} with {name} token: {r:?}");
+        }
+    }
+
+    // The wrong role: PERMISSION_DENIED, whatever the resource.
+    for &op in Operation::ALL {
+        let Some(who) = wrong_role(op) else {
+            panic!("{op:?}: every caller passes the role gate");
+        };
+        let r = call(&mut client_of(&c, &f, who).await, op, &f, Whose::Own).await;
+        assert!(denied(&r), "{op:?} by {who} (wrong role): {r:?}");
+    }
+
+    // Someone else's resource: denied (or, for listings, none of their rows; a token of
+    // someone else's is "not found", so token ids cannot be probed).
+    let mut mallory = client_of(&c, &f, "mallory").await;
+    for &op in Operation::ALL {
+        let rule = op.rule();
+        let who = rightful(op);
+        let r = match rule.who {
+            Who::Operator => continue, // owns nothing: the wrong-role case covers it
+            Who::Worker | Who::Registrant => {
+                let mut client = client_of(&c, &f, who).await;
+                call(&mut client, op, &f, Whose::Others).await
+            }
+            _ => call(&mut mallory, op, &f, Whose::Others).await,
+        };
+        match rule.scope {
+            Scope::Global => assert!(r.is_ok(), "{op:?}: {r:?}"),
+            Scope::OwnRows => assert!(r.is_ok(), "{op:?}: {r:?}"),
+            _ if op == Operation::RevokeToken => assert!(
+                matches!(&r, Err(s) if s.code() == Code::NotFound),
+                "{op:?}: {r:?}"
+            ),
+            _ => assert!(denied(&r), "{op:?} on someone else's: {r:?}"),
+        }
+    }
+    // Mallory's listings hold nothing of u1's or pu's.
+    let jobs = mallory
+        .list_jobs(pb::JobQuery::default())
+        .await
+        .expect("jobs")
+        .into_inner()
+        .jobs;
+    assert!(jobs.is_empty(), "{jobs:?}");
+    let bills = mallory
+        .list_bills(pb::BillQuery {
+            customer: USER.into(),
+            period: String::new(),
+        })
+        .await
+        .expect("bills")
+        .into_inner()
+        .bills;
+    assert!(bills.is_empty(), "{bills:?}");
+    let balances = mallory
+        .list_balances(pb::ListRequest {})
+        .await
+        .expect("balances")
+        .into_inner()
+        .balances;
+    assert!(balances.is_empty(), "{balances:?}");
+    let licences = mallory
+        .list_licences(pb::LicenceQuery::default())
+        .await
+        .expect("licences")
+        .into_inner()
+        .licences;
+    assert!(licences.is_empty(), "{licences:?}");
+    let datasets = mallory
+        .list_datasets(pb::DatasetQuery::default())
+        .await
+        .expect("datasets")
+        .into_inner()
+        .datasets;
+    assert_eq!(
+        datasets
+            .iter()
+            .map(|d| d.dataset_id.as_str())
+            .collect::<Vec<_>>(),
+        ["mal-ds"]
+    );
+    for (what, n) in [
+        (
+            "usage",
+            mallory
+                .list_usage(pb::ListRequest {})
+                .await
+                .expect("usage")
+                .into_inner()
+                .events
+                .len(),
+        ),
+        (
+            "transfers",
+            mallory
+                .list_transfers(pb::ListRequest {})
+                .await
+                .expect("transfers")
+                .into_inner()
+                .transfers
+                .len(),
+        ),
+        (
+            "statements",
+            mallory
+                .list_statements(pb::StatementQuery::default())
+                .await
+                .expect("statements")
+                .into_inner()
+                .statements
+                .len(),
+        ),
+        (
+            "workers",
+            mallory
+                .list_workers(pb::WorkerQuery::default())
+                .await
+                .expect("workers")
+                .into_inner()
+                .workers
+                .len(),
+        ),
+    ] {
+        assert_eq!(n, 0, "mallory sees {n} {what}");
+    }
+
+    // The rightful caller passes every gate. Some calls then fail for reasons of their own
+    // (no closed month to pay out, a licence not sold by the month, no such task): never for
+    // want of a token or a permission.
+    for &op in Operation::ALL {
+        let who = rightful(op);
+        let r = call(&mut client_of(&c, &f, who).await, op, &f, Whose::Own).await;
+        let gate = unauthenticated(&r) || denied(&r);
+        assert!(!gate, "{op:?} by {who}: {r:?}");
+        let expected_refusal = matches!(
+            op,
+            Operation::Payout
+                | Operation::Subscribe
+                | Operation::Unsubscribe
+                | Operation::ReportProgress
+                | Operation::ReportResult
+                | Operation::ReportDelivered
+        );
+        assert!(r.is_ok() || expected_refusal, "{op:?} by {who}: {r:?}");
+    }
+    // The operator acts for anyone but submits for no one.
+    let r = call(&mut admin, Operation::SubmitJob, &f, Whose::Own).await;
+    assert!(denied(&r), "{r:?}");
+}
+
+/// Runs `tessera worker` for `party` with `registration` (a file path, or none) and the
+/// operator's key, and returns its exit status and stderr (it must not keep running).
+fn worker_exits(
+    c: &Cluster,
+    party: &str,
+    registration: Option<&std::path::Path>,
+) -> (Option<i32>, String) {
+    let dir = c
+        .dir
+        .path()
+        .join(format!("refused-{party}-{}", rand_suffix()));
+    std::fs::create_dir_all(dir.join("datasets")).expect("mkdir");
+    let mut cmd = std::process::Command::new(crate::harness::BIN);
+    cmd.args(["worker", "--operator", &c.url, "--party", party])
+        .arg("--datasets")
+        .arg(dir.join("datasets"))
+        .arg("--outputs")
+        .arg(dir.join("outputs"))
+        .arg("--operator-key-file")
+        .arg(c.dir.path().join("operator").join("operator.pub"))
+        .env_remove("TESSERA_REGISTRATION_TOKEN")
+        .env("RUST_LOG", "warn");
+    if let Some(path) = registration {
+        cmd.arg("--registration-token-file").arg(path);
+    }
+    let out = cmd.output().expect("run worker");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_register_only_with_their_partys_token_and_keep_their_ids() {
+    let c = Cluster::start(10_000);
+    // No registration token: the worker refuses to start, naming what it needs.
+    let (code, err) = worker_exits(&c, BUYER, None);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("registration token is required"), "{err}");
+    // Another party's token: the operator refuses it.
+    let buy_token = crate::harness::registration_token_file(c.dir.path(), BUYER);
+    let (code, err) = worker_exits(&c, PROVIDER, Some(&buy_token));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("PERMISSION_DENIED") || err.contains("another party"),
+        "{err}"
+    );
+    // A token that is no token.
+    let junk = c.dir.path().join("junk.token");
+    std::fs::write(&junk, "tsr_0123456789abcdef_nothex").expect("write");
+    let (code, err) = worker_exits(&c, BUYER, Some(&junk));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("refused the registration token"), "{err}");
+    // Without the operator's key a worker does not start either.
+    let out = std::process::Command::new(crate::harness::BIN)
+        .args(["worker", "--operator", &c.url, "--party", BUYER])
+        .arg("--datasets")
+        .arg(&c.buyer.datasets)
+        .arg("--outputs")
+        .arg(&c.buyer.outputs)
+        .arg("--registration-token-file")
+        .arg(&buy_token)
+        .env_remove("TESSERA_OPERATOR_KEY")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run worker");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("public key is required"), "{err}");
+
+    // A live worker's id cannot be taken over, not even with its own party's token; and
+    // another party's worker id is never registered to this party.
+    let token = std::fs::read_to_string(&buy_token).expect("token");
+    let mut registrant = connect_as(&c.url, &token).await;
+    for (id, party, code) in [
+        (&c.buyer.worker_id, BUYER, Code::AlreadyExists),
+        (&c.provider.worker_id, BUYER, Code::PermissionDenied),
+    ] {
+        let e = registrant
+            .register_worker(pb::RegisterWorkerRequest {
+                worker_id: id.clone(),
+                attributes: worker_attrs(party),
+                peer_addr: "127.0.0.1:1".into(),
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(e.code(), code, "{id}: {e:?}");
+    }
+    // The buyer's worker still runs jobs under its id.
+    c.dataset(&c.provider, "p", "k", &keys("k", 0..20)).await;
+    c.dataset(&c.buyer, "b", "k", &keys("k", 10..30)).await;
+    c.fund(1_000_000, "f").await;
+    let lic = c.licence("p", None).await;
+    let j = c
+        .client()
+        .await
+        .submit_job(Cluster::job(&lic, "b", "size", ""))
+        .await
+        .expect("submit")
+        .into_inner();
+    let j = c.wait(&j.job_id).await;
+    assert_eq!(j.state_text(), "succeeded", "{}", j.error);
+    assert_eq!(j.result_size, Some(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_group_claim_grants_nothing_and_a_recorded_group_does() {
+    let c = Cluster::start(10_000);
+    c.dataset(&c.provider, "p", "k", &keys("k", 0..20)).await;
+    c.dataset(&c.buyer, "b", "k", &keys("k", 10..30)).await;
+    c.fund(1_000_000, "f").await;
+    let mut admin = c.admin().await;
+    // The group needs a member before a licence can name it.
+    admin
+        .create_user(pb::CreateUserRequest {
+            user_id: "ana".into(),
+            roles: "buyer".into(),
+        })
+        .await
+        .expect("user");
+    admin
+        .add_group_member(pb::GroupMemberRequest {
+            group_id: "analysts".into(),
+            user_id: "ana".into(),
+        })
+        .await
+        .expect("group");
+    let lic = c
+        .provider_client()
+        .await
+        .create_licence(pb::CreateLicenceRequest {
+            licensor: PROVIDER.into(),
+            licensee: "analysts".into(),
+            dataset_id: "p".into(),
+            policy_json:
+                r#"{"policyName":"g","relUsers":[{"userId":"analysts","userName":"A","isGroup":1}],
+                "useScenes":[{"useSence":"psi","visitArea":["r1"],"cpCenter":["c1"]}]}"#
+                    .into(),
+            price_per_job_micros: 1_000,
+            price_per_1k_rows_micros: 0,
+            operator_share_bps: 0,
+            monthly_price_micros: 0,
+        })
+        .await
+        .expect("licence")
+        .into_inner()
+        .licence_id;
+    let mut buyer = c.client().await;
+    // Claiming the group in the request: refused outright.
+    let forged = pb::SubmitJobRequest {
+        user_groups: "analysts".into(),
+        ..Cluster::job(&lic, "b", "size", "")
+    };
+    let e = buyer.submit_job(forged).await.expect_err("forged");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    // Without the claim, u1 is not in the group: denied.
+    let e = buyer
+        .submit_job(Cluster::job(&lic, "b", "size", ""))
+        .await
+        .expect_err("not a member");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    // Nor can a submission name another user.
+    let e = buyer
+        .submit_job(pb::SubmitJobRequest {
+            user: "ana".into(),
+            ..Cluster::job(&lic, "b", "size", "")
+        })
+        .await
+        .expect_err("as someone else");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    // Once the operator records u1 in the group, the same request is admitted and runs.
+    admin
+        .add_group_member(pb::GroupMemberRequest {
+            group_id: "analysts".into(),
+            user_id: USER.into(),
+        })
+        .await
+        .expect("group");
+    let j = buyer
+        .submit_job(Cluster::job(&lic, "b", "size", ""))
+        .await
+        .expect("member")
+        .into_inner();
+    let j = c.wait(&j.job_id).await;
+    assert_eq!(j.state_text(), "succeeded", "{}", j.error);
+    assert_eq!(j.result_size, Some(10));
+}
