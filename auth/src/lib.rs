@@ -489,6 +489,68 @@ impl Viewer {
     }
 }
 
+impl Who {
+    /// In words, for the documentation's table.
+    pub fn words(self) -> String {
+        let names = |roles: &[Role]| {
+            roles
+                .iter()
+                .map(|r| r.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match self {
+            Who::Operator => "operator".into(),
+            Who::Roles(r) => format!("{} (or operator)", names(r)),
+            Who::OnlyRoles(r) => format!("{} (not the operator)", names(r)),
+            Who::AnyUser => "any user".into(),
+            Who::Worker => "a registered worker".into(),
+            Who::Registrant => {
+                "a party's registration token (or the worker's own credential)".into()
+            }
+        }
+    }
+}
+
+impl Scope {
+    /// In words, for the documentation's table.
+    pub fn words(self) -> &'static str {
+        match self {
+            Scope::Global => "-",
+            Scope::OwnUser => "acts only for itself",
+            Scope::OwnParty => "a party it owns",
+            Scope::LicenceParty => "licensor party's owner or licensee (user or recorded group)",
+            Scope::JobParty => "the job's buyer or its provider party's owner",
+            Scope::JobBuyer => "the job's buyer",
+            Scope::Submission => {
+                "as itself; licensee is it or its recorded group; buyer party and dataset its own"
+            }
+            Scope::OwnRows => "only its own rows are listed",
+            Scope::OwnWorker => "about itself only",
+            Scope::RegistrationParty => "the token's party only",
+        }
+    }
+}
+
+/// The table as Markdown rows (`| operation | who | scope | denial audited |`), in
+/// [`Operation::ALL`] order: what ARCHITECTURE.md shows (a test keeps the two equal).
+pub fn rules_markdown() -> String {
+    let mut out = String::from(
+        "| operation | who may call | ownership | denial audited |\n|---|---|---|---|\n",
+    );
+    for op in Operation::ALL {
+        let r = op.rule();
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} |\n",
+            op.name(),
+            r.who.words(),
+            r.scope.words(),
+            if r.audit_denial { "yes" } else { "no" }
+        ));
+    }
+    out
+}
+
 /// What a call touches, as the handler found it in the store. Only the fields the
 /// operation's [`Scope`] reads need be set.
 #[derive(Debug, Clone, Copy, Default)]

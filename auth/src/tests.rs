@@ -235,3 +235,13 @@ fn operation_names_are_unique() {
     let names: std::collections::HashSet<_> = Operation::ALL.iter().map(|o| o.name()).collect();
     assert_eq!(names.len(), Operation::ALL.len());
 }
+
+#[test]
+fn architecture_md_shows_the_table_as_the_code_has_it() {
+    let doc = include_str!("../../ARCHITECTURE.md");
+    let table = rules_markdown();
+    assert!(
+        doc.contains(&table),
+        "ARCHITECTURE.md must hold the table exactly as `rules_markdown()` renders it:\n{table}"
+    );
+}

@@ -4,8 +4,13 @@
 //! [`AuditService`] for the audit chain — and maps the result, or the error through the single
 //! [`ApiCode`] table. The gateway never touches the store.
 //!
-//! One module per service area: `workers`, `jobs`, `records`, `billing`, `audit`, `lists`; `convert`
-//! turns domain records into wire messages, `error` holds the code table.
+//! Every RPC authenticates its caller first (`accounts::authenticate`: the `x-auth-token`
+//! metadata into a `tessera_auth::Caller`, or `UNAUTHENTICATED`), then has the account service
+//! check the operation on the resource it names against the one table (`tessera_auth`,
+//! through `AccountService::check_*`), before it calls anything else.
+//!
+//! One module per service area: `workers`, `jobs`, `records`, `billing`, `audit`, `lists`,
+//! `accounts`; `convert` turns domain records into wire messages, `error` holds the code table.
 
 mod accounts;
 mod audit;
