@@ -288,10 +288,13 @@ pub async fn start(config: &OperatorConfig) -> anyhow::Result<OperatorHandle> {
         .clamp(50, 1000);
     tokio::spawn(scheduler.clone().run_monitor(monitor_ms));
     let addr = listener.local_addr()?;
-    let service = OperatorService::new(scheduler.clone()).into_server();
+    // gRPC and the HTTP routes (`/metrics`) on one port: HTTP/1.1 is accepted for the latter.
+    let routes =
+        tessera_gateway::http::router(OperatorService::new(scheduler.clone()), scheduler.clone());
     let server = tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(service)
+            .accept_http1(true)
+            .add_routes(tonic::service::Routes::from(routes))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
     tracing::info!(

@@ -17,6 +17,7 @@ mod audit;
 mod billing;
 mod convert;
 mod error;
+pub mod http;
 mod jobs;
 mod lists;
 mod records;

@@ -10,6 +10,7 @@ use tessera_auth::{Caller, Operation, Roles, Target, Token, TokenKind, authorize
 use tessera_core::Clock;
 use tessera_store::{PartyRecord, Store, StoreError, TokenRecord, UserRecord};
 
+use crate::metrics::{AuthFailure, Metrics};
 use crate::validate::required;
 use crate::{Ids, SchedulerError};
 
@@ -44,11 +45,27 @@ pub struct AccountService {
     pub(crate) store: Store,
     clock: Arc<dyn Clock>,
     ids: Arc<Ids>,
+    metrics: Arc<Metrics>,
 }
 
 impl AccountService {
-    pub(crate) fn new(store: Store, clock: Arc<dyn Clock>, ids: Arc<Ids>) -> Self {
-        Self { store, clock, ids }
+    pub(crate) fn new(
+        store: Store,
+        clock: Arc<dyn Clock>,
+        ids: Arc<Ids>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            store,
+            clock,
+            ids,
+            metrics,
+        }
+    }
+
+    /// Counts a call refused for want of a valid token (the gateway reports it).
+    pub fn count_unauthenticated(&self) {
+        self.metrics.auth_failure(AuthFailure::Unauthenticated);
     }
 
     /// On a store with no user yet: creates `admin` with the operator role and an API token
@@ -168,6 +185,7 @@ impl AccountService {
         match authorize(op, caller, target) {
             Ok(()) => Ok(()),
             Err(denied) => {
+                self.metrics.auth_failure(AuthFailure::PermissionDenied);
                 if op.rule().audit_denial {
                     let now = self.clock.now_ms();
                     if let Err(e) = self

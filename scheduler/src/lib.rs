@@ -11,6 +11,7 @@ pub mod accounts;
 pub mod audit;
 pub mod billing;
 pub mod lists;
+pub mod metrics;
 pub mod records;
 pub mod redact;
 mod registry;
@@ -213,6 +214,8 @@ pub struct Scheduler {
     /// Ends that could not be recorded, retried by the monitor: job id → (the end, when to try
     /// again, in UTC milliseconds).
     unended: Mutex<HashMap<String, (tessera_store::JobFinish, i64)>>,
+    /// What `/metrics` shows.
+    metrics: Arc<metrics::Metrics>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -248,7 +251,24 @@ impl Scheduler {
             workers: Mutex::new(HashMap::new()),
             jobs: Mutex::new(HashMap::new()),
             unended: Mutex::new(HashMap::new()),
+            metrics: Arc::new(metrics::Metrics::new()),
         })
+    }
+
+    /// The metrics in the Prometheus text format, with live workers per party, jobs per state
+    /// and ledger transfers per kind read now.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn render_metrics(&self) -> Result<String, SchedulerError> {
+        let mut live: std::collections::BTreeMap<String, i64> = Default::default();
+        for w in self.workers().await {
+            *live.entry(w.attributes.party).or_default() += i64::from(w.live);
+        }
+        let live: Vec<(String, i64)> = live.into_iter().collect();
+        let jobs = self.store.count_jobs_by_state().await?;
+        let transfers = self.store.count_transfers_by_kind().await?;
+        Ok(self.metrics.render(&live, &jobs, &transfers))
     }
 
     /// The store, for the node's lifecycle (closing it at shutdown). Requests go through the
@@ -265,7 +285,12 @@ impl Scheduler {
     /// The accounts service (users, groups, parties, tokens, authentication) over this
     /// scheduler's store, clock and RNG.
     pub fn accounts(&self) -> AccountService {
-        AccountService::new(self.store.clone(), self.clock.clone(), self.ids.clone())
+        AccountService::new(
+            self.store.clone(),
+            self.clock.clone(),
+            self.ids.clone(),
+            self.metrics.clone(),
+        )
     }
 
     /// The billing service over this scheduler's store and clock.

@@ -521,6 +521,9 @@ impl Scheduler {
         let job = match outcome? {
             AdmitOutcome::Refused { job, refusals } => {
                 tracing::info!(job = %job.job_id, reasons = ?job.reasons, "job refused");
+                for r in &refusals {
+                    self.metrics.refused(&job.scene, r.kind());
+                }
                 // The refusal's answer is the buyer's receipt: seal a head covering it.
                 self.audit.seal_or_log().await;
                 return Ok(JobView {
@@ -529,7 +532,10 @@ impl Scheduler {
                     refusals,
                 });
             }
-            AdmitOutcome::Admitted(job) => job,
+            AdmitOutcome::Admitted(job) => {
+                self.metrics.admitted(&job.scene);
+                job
+            }
             AdmitOutcome::Replayed(job) => {
                 tracing::info!(job = %job.job_id, "submission replayed by its request id");
                 return self.job(&job.job_id).await;
@@ -765,6 +771,12 @@ impl Scheduler {
             }
             task.report = Some(report.clone());
             sender_ok = task.role == TaskRole::Sender && report.ok;
+            self.metrics.engine_usage(
+                &job.scene,
+                report.usage.bytes_sent,
+                report.usage.bytes_received,
+                report.usage.frames_sent,
+            );
             let finish = if !report.ok {
                 let buyer_fault = report.error_kind == Some(TaskErrorKind::Input)
                     && task.party == job.buyer_party
@@ -1035,6 +1047,14 @@ impl Scheduler {
                 return Err(e);
             }
         };
+        let seconds = outcome
+            .job
+            .finished_at_ms
+            .unwrap_or(now)
+            .saturating_sub(outcome.job.created_at_ms) as f64
+            / 1000.0;
+        self.metrics
+            .ended(&outcome.job.scene, outcome.job.state.as_str(), seconds);
         // The final answer is the parties' receipt: seal a head covering the job's end before
         // anyone can read that answer.
         self.audit.seal_or_log().await;

@@ -159,6 +159,26 @@ pub enum Refusal {
     },
 }
 
+impl Refusal {
+    /// The kind, in snake case (as the serialized `kind` tag): a metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Refusal::DatasetNotFound { .. } => "dataset_not_found",
+            Refusal::DatasetNotOwned { .. } => "dataset_not_owned",
+            Refusal::LicensedDatasetNotFound { .. } => "licensed_dataset_not_found",
+            Refusal::LicenceNotFound { .. } => "licence_not_found",
+            Refusal::PolicyDenied { .. } => "policy_denied",
+            Refusal::QuotaExhausted { .. } => "quota_exhausted",
+            Refusal::InsufficientFunds { .. } => "insufficient_funds",
+            Refusal::AccountFrozen { .. } => "account_frozen",
+            Refusal::NoPaidTerm { .. } => "no_paid_term",
+            Refusal::Unpriced { .. } => "unpriced",
+            Refusal::OutputTaken { .. } => "output_taken",
+            Refusal::NoWorker { .. } => "no_worker",
+        }
+    }
+}
+
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

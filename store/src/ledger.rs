@@ -569,6 +569,32 @@ impl Store {
             .collect()
     }
 
+    /// Transfers per kind (`posted`, `pending`, `post_pending`, `void_pending`), for the
+    /// metrics.
+    ///
+    /// # Errors
+    /// `Db`.
+    pub async fn count_transfers_by_kind(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT kind, COUNT(*) FROM ledger_transfers GROUP BY kind ORDER BY kind",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows)
+    }
+
+    /// Jobs per state (for the metrics).
+    ///
+    /// # Errors
+    /// `Db`.
+    pub async fn count_jobs_by_state(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state")
+                .fetch_all(&self.read)
+                .await?;
+        Ok(rows)
+    }
+
     /// Checks double entry on the stored data: the sum of debits equals the sum of credits
     /// across accounts (posted and pending), each account's posted totals equal the sums of
     /// its plain and posted-hold transfers, and its pending totals equal its open holds.

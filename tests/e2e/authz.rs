@@ -829,6 +829,47 @@ async fn workers_register_only_with_their_partys_token_and_keep_their_ids() {
     let j = c.wait(&j.job_id).await;
     assert_eq!(j.state_text(), "succeeded", "{}", j.error);
     assert_eq!(j.result_size, Some(10));
+
+    // What happened shows in /metrics, on the gRPC port, in the Prometheus text format.
+    let text = http_get(&c.url, "/metrics");
+    for line in [
+        "tessera_jobs_admitted_total{scene=\"psi\"} 1",
+        "tessera_job_ends_total{scene=\"psi\",state=\"succeeded\"} 1",
+        "tessera_jobs{state=\"succeeded\"} 1",
+        "tessera_workers_live{party=\"buy\"} 1",
+        "tessera_workers_live{party=\"prov\"} 1",
+        "tessera_auth_failures_total{kind=\"unauthenticated\"} 1",
+        "tessera_ledger_transfers{kind=\"posted\"}",
+        "tessera_engine_bytes_total{engine=\"psi\",direction=\"sent\"}",
+        "tessera_engine_rounds_total{engine=\"psi\"}",
+        "tessera_job_duration_seconds_count{scene=\"psi\",state=\"succeeded\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} missing from:\n{text}");
+    }
+    // Denials counted: the registrations above were refused for another party's worker id
+    // (the table allowed them; the scheduler refused) and by the table for another party.
+    assert!(
+        text.contains("tessera_auth_failures_total{kind=\"permission_denied\"}"),
+        "{text}"
+    );
+}
+
+/// `GET path` over HTTP/1.1 on the operator's address; the body.
+fn http_get(url: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,44 @@
+//! The operator's HTTP routes beside gRPC, on the same port: `GET /metrics` (the Prometheus
+//! text format, `tessera_scheduler::metrics`). gRPC requests go to the `Operator` service as
+//! before; the routes share its listener through tonic's axum router.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tessera_scheduler::Scheduler;
+
+use crate::OperatorService;
+
+/// The content type of the Prometheus text exposition format.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// gRPC (`Operator`) and the HTTP routes, as one router.
+pub fn router(service: OperatorService, scheduler: Arc<Scheduler>) -> axum::Router {
+    let metrics = axum::Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(scheduler);
+    tonic::service::Routes::new(service.into_server())
+        .into_axum_router()
+        .merge(metrics)
+}
+
+async fn metrics(State(s): State<Arc<Scheduler>>) -> impl IntoResponse {
+    match s.render_metrics().await {
+        Ok(text) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, PROMETHEUS_TEXT)],
+            text,
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "could not read the metrics");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                "metrics unavailable\n".to_owned(),
+            )
+        }
+    }
+}
