@@ -142,6 +142,9 @@ pub struct Principal {
     pub roles: Roles,
     /// Its recorded groups.
     pub groups: BTreeSet<String>,
+    /// When the token that authenticated this call expires (UTC ms; `None` when not known):
+    /// a token a user mints for itself never outlives it.
+    pub token_expires_at_ms: Option<i64>,
 }
 
 impl Principal {

@@ -8,6 +8,7 @@ fn user(name: &str, roles: &[Role], groups: &[&str]) -> Caller {
         user: name.into(),
         roles: Roles::of(roles),
         groups: groups.iter().map(|g| g.to_string()).collect(),
+        token_expires_at_ms: None,
     })
 }
 

@@ -144,7 +144,10 @@ impl AccountService {
         }
         match (kind, record.user_id, record.party_id) {
             (TokenKind::Api, Some(user), _) => match self.store.principal(&user).await {
-                Ok(p) => Ok(Caller::User(p)),
+                Ok(p) => Ok(Caller::User(tessera_auth::Principal {
+                    token_expires_at_ms: Some(record.expires_at_ms),
+                    ..p
+                })),
                 Err(StoreError::NotFound { .. }) => Err(Unauthenticated),
                 Err(e) => Err(logged(e)),
             },
@@ -284,7 +287,8 @@ impl AccountService {
     }
 
     /// Issues an API token for `user_id` (oneself, or anyone by the operator), valid for
-    /// `ttl_ms` (default [`API_TOKEN_TTL_MS`], at most [`TOKEN_TTL_MS_MAX`]).
+    /// `ttl_ms` (default [`API_TOKEN_TTL_MS`], at most [`TOKEN_TTL_MS_MAX`]); a user's token
+    /// for itself expires no later than the token it presented.
     ///
     /// # Errors
     /// Forbidden, a lifetime out of range, or an unknown user.
@@ -301,7 +305,20 @@ impl AccountService {
         };
         self.authorize(Operation::CreateToken, caller, &target)
             .await?;
-        let ttl = ttl(ttl_ms, API_TOKEN_TTL_MS)?;
+        let mut ttl = ttl(ttl_ms, API_TOKEN_TTL_MS)?;
+        // A user's new token never outlives the one it was minted with (a stolen short-lived
+        // token cannot buy a long-lived one); the operator's tokens are not capped.
+        if let Caller::User(p) = caller {
+            if let (false, Some(limit)) = (p.is_operator(), p.token_expires_at_ms) {
+                let left = limit.saturating_sub(self.clock.now_ms());
+                if left <= 0 {
+                    return Err(SchedulerError::Forbidden(
+                        "the calling token has expired".into(),
+                    ));
+                }
+                ttl = ttl.min(left);
+            }
+        }
         self.issue(
             TokenKind::Api,
             Some(user_id),

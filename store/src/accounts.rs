@@ -352,6 +352,7 @@ impl Store {
             roles: u.roles.parse().map_err(corrupt)?,
             user: u.user_id,
             groups: u.groups,
+            token_expires_at_ms: None,
         })
     }
 

@@ -355,6 +355,7 @@ fn principal(user: &str, roles: &[Role]) -> Caller {
         user: user.into(),
         roles: Roles::of(roles),
         groups: Default::default(),
+        token_expires_at_ms: None,
     })
 }
 
@@ -724,6 +725,20 @@ async fn every_method_checks_the_token_the_role_and_the_owner() {
     // The operator acts for anyone but submits for no one.
     let r = call(&mut admin, Operation::SubmitJob, &f, Whose::Own).await;
     assert!(denied(&r), "{r:?}");
+
+    // The worker credential and the registration token are stored as hashes only: their
+    // secrets are nowhere in the database or its write-ahead log (the audit chain included).
+    let data = c.dir.path().join("operator");
+    let db = std::fs::read(data.join("tessera.db")).expect("db");
+    let wal = std::fs::read(data.join("tessera.db-wal")).unwrap_or_default();
+    for token in [&f.worker_token, &f.registration, &f.mallory] {
+        let secret = token.rsplit('_').next().expect("secret").as_bytes();
+        assert_eq!(secret.len(), 64);
+        assert!(
+            !db.windows(64).any(|w| w == secret) && !wal.windows(64).any(|w| w == secret),
+            "a secret is stored in clear"
+        );
+    }
 }
 
 /// Runs `tessera worker` for `party` with `registration` (a file path, or none) and the
