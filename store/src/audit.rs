@@ -207,7 +207,8 @@ pub struct AuditVerification {
     pub signatures_checked: bool,
     /// Ledger transfers re-derived from the chain and compared with the ledger tables.
     pub transfers: u64,
-    /// Licence scene counters, jobs, bills and bill lines re-derived and compared.
+    /// Licence scene counters, jobs, bills, bill lines and the account tables re-derived and
+    /// compared.
     pub records: RecordsChecked,
     /// Entries after the latest signed head (not yet covered by any checkpoint).
     pub unsealed_entries: u64,
@@ -584,7 +585,8 @@ pub fn verify_all(
     let detail = if found.list.is_empty() {
         let mut d = format!(
             "{chain_len} entries, {} signed checkpoints{}, {transfers} ledger transfers, {} \
-             licence scene counters, {} jobs, {} bills and {} bill lines verified",
+             licence scene counters, {} jobs, {} bills, {} bill lines and {} account rows \
+             verified",
             checkpoints.len(),
             if key.is_some() {
                 " (signatures checked)"
@@ -595,6 +597,7 @@ pub fn verify_all(
             checked.jobs,
             checked.bills,
             checked.bill_lines,
+            checked.accounts,
         );
         if checked.partly_checked > 0 {
             d.push_str(&format!(

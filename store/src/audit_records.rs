@@ -8,6 +8,11 @@
 //! | `jobs` | `admit` / `refuse`, `dispatch` (admitted → running), `deliver`, `complete` |
 //! | `bills` | the first `bill_line` of a bill (customer, period, created), `bill_close` |
 //! | `bill_lines` | `bill_line` (the whole line, its bill, its correction period; arrival = the entry's time) |
+//! | `users` | `user_create` (roles, created), `user_disable` (the first one stamps) |
+//! | `group_members` | `group_add`, `group_remove` |
+//! | `parties` | `party_create` (owner, created) |
+//! | `tokens` | `token_issue` (kind, owner, hash, label, times), `token_revoke` (the first one stamps) |
+//! | `worker_credentials` | `worker_credential_issue` (worker, party, hash, issued), `worker_credential_revoke` |
 //!
 //! Every write to these tables appends its entry in the same transaction, so a stored row that
 //! differs from its re-derivation was changed behind the store's back. Values are compared as
@@ -44,7 +49,26 @@ pub enum RecordTable {
     Bills,
     /// Bill lines.
     BillLines,
+    /// Users.
+    Users,
+    /// Recorded group memberships.
+    GroupMembers,
+    /// Parties and their owners.
+    Parties,
+    /// API and registration tokens (hashes).
+    Tokens,
+    /// Worker credentials (hashes).
+    WorkerCredentials,
 }
+
+/// The account tables, in the order they are compared.
+const ACCOUNT_TABLES: [RecordTable; 5] = [
+    RecordTable::Users,
+    RecordTable::GroupMembers,
+    RecordTable::Parties,
+    RecordTable::Tokens,
+    RecordTable::WorkerCredentials,
+];
 
 impl RecordTable {
     /// The table's name in the schema.
@@ -54,6 +78,11 @@ impl RecordTable {
             Self::Jobs => "jobs",
             Self::Bills => "bills",
             Self::BillLines => "bill_lines",
+            Self::Users => "users",
+            Self::GroupMembers => "group_members",
+            Self::Parties => "parties",
+            Self::Tokens => "tokens",
+            Self::WorkerCredentials => "worker_credentials",
         }
     }
 
@@ -64,6 +93,11 @@ impl RecordTable {
             Self::Jobs => format!("job {}", key.0),
             Self::Bills => format!("bill {}", key.0),
             Self::BillLines => format!("bill line {}", key.0),
+            Self::Users => format!("user {}", key.0),
+            Self::GroupMembers => format!("group {} member {}", key.0, key.1),
+            Self::Parties => format!("party {}", key.0),
+            Self::Tokens => format!("token {}", key.0),
+            Self::WorkerCredentials => format!("worker credential {}", key.0),
         }
     }
 
@@ -74,6 +108,10 @@ impl RecordTable {
             Self::Jobs => &["job_id"],
             Self::Bills => &["bill_id"],
             Self::BillLines => &["line_id"],
+            Self::Users => &["user_id"],
+            Self::GroupMembers => &["group_id", "user_id"],
+            Self::Parties => &["party_id"],
+            Self::Tokens | Self::WorkerCredentials => &["token_id"],
         }
     }
 
@@ -95,6 +133,33 @@ impl RecordTable {
                 ("closed_at_ms", "closed_at_ms"),
             ],
             Self::BillLines => LINE_COLUMNS,
+            Self::Users => &[
+                ("roles", "roles"),
+                ("created_at_ms", "created_at_ms"),
+                ("disabled_at_ms", "disabled_at_ms"),
+            ],
+            Self::GroupMembers => &[("added_at_ms", "added_at_ms")],
+            Self::Parties => &[
+                ("owner_user_id", "owner_user_id"),
+                ("created_at_ms", "created_at_ms"),
+            ],
+            Self::Tokens => &[
+                ("kind", "kind"),
+                ("user_id", "user_id"),
+                ("party_id", "party_id"),
+                ("secret_sha256", "secret_sha256"),
+                ("label", "label"),
+                ("created_at_ms", "created_at_ms"),
+                ("expires_at_ms", "expires_at_ms"),
+                ("revoked_at_ms", "revoked_at_ms"),
+            ],
+            Self::WorkerCredentials => &[
+                ("worker_id", "worker_id"),
+                ("party", "party"),
+                ("secret_sha256", "secret_sha256"),
+                ("issued_at_ms", "issued_at_ms"),
+                ("revoked_at_ms", "revoked_at_ms"),
+            ],
         }
     }
 }
@@ -222,6 +287,9 @@ pub struct RecordTables {
     pub bills: Vec<StoredRow>,
     /// `bill_lines`.
     pub bill_lines: Vec<StoredRow>,
+    /// The account tables (`users`, `group_members`, `parties`, `tokens`,
+    /// `worker_credentials`), in [`ACCOUNT_TABLES`] order.
+    pub accounts: Vec<(RecordTable, Vec<StoredRow>)>,
 }
 
 /// Rows re-derived from the chain and compared.
@@ -235,6 +303,9 @@ pub struct RecordsChecked {
     pub bills: u64,
     /// Bill lines compared.
     pub bill_lines: u64,
+    /// Rows of the account tables (users, group members, parties, tokens, worker
+    /// credentials) compared.
+    pub accounts: u64,
     /// Rows of those compared only in part: their entries predate some fields (see the
     /// module's documentation).
     pub partly_checked: u64,
@@ -251,6 +322,13 @@ impl Store {
             jobs: self.stored_rows(RecordTable::Jobs).await?,
             bills: self.stored_rows(RecordTable::Bills).await?,
             bill_lines: self.stored_rows(RecordTable::BillLines).await?,
+            accounts: {
+                let mut v = Vec::new();
+                for t in ACCOUNT_TABLES {
+                    v.push((t, self.stored_rows(t).await?));
+                }
+                v
+            },
         })
     }
 
@@ -286,6 +364,11 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// An SQL literal of a blob given as hex, as SQLite's `quote()` writes it (`X'0A1B'`).
+fn blob_lit(hex: &str) -> String {
+    format!("X'{}'", hex.to_ascii_uppercase())
 }
 
 /// An SQL literal of text, as SQLite's `quote()` writes it.
@@ -364,6 +447,8 @@ struct Chain {
     jobs: BTreeMap<RowKey, DerivedJob>,
     bills: BTreeMap<RowKey, Derived>,
     lines: BTreeMap<RowKey, Derived>,
+    /// Rows of the account tables.
+    accounts: BTreeMap<RecordTable, BTreeMap<RowKey, Derived>>,
     /// Rows that could not be re-derived (already reported): not compared.
     underivable: BTreeSet<(RecordTable, RowKey)>,
 }
@@ -401,6 +486,13 @@ impl Chain {
             "admit" | "refuse" | "dispatch" | "deliver" | "complete" => RecordTable::Jobs,
             "bill_line" => RecordTable::BillLines,
             "bill_close" => RecordTable::Bills,
+            "user_create" | "user_disable" => RecordTable::Users,
+            "group_add" | "group_remove" => RecordTable::GroupMembers,
+            "party_create" => RecordTable::Parties,
+            "token_issue" | "token_revoke" => RecordTable::Tokens,
+            "worker_credential_issue" | "worker_credential_revoke" => {
+                RecordTable::WorkerCredentials
+            }
             _ => return,
         };
         let seq = u64::try_from(e.seq).unwrap_or(0);
@@ -419,8 +511,73 @@ impl Chain {
             "deliver" => self.delivered(e, seq, &detail, found),
             "complete" => self.completed(e, seq, &detail, found),
             "bill_line" => self.bill_line(e, seq, &detail, found),
-            _ => self.bill_closed(e, seq, found),
+            "bill_close" => self.bill_closed(e, seq, found),
+            _ => self.account(table, e, seq, &detail),
         }
+    }
+
+    /// An entry of the account tables: a row created with its fields, a membership removed,
+    /// or a first disable / revocation stamped (a second one changes nothing, as in the
+    /// store).
+    fn account(&mut self, table: RecordTable, e: &AuditEntry, seq: u64, d: &Value) {
+        let at = e.at_ms.to_string();
+        let text = |p: &str| d.pointer(p).and_then(Value::as_str).unwrap_or_default();
+        let rows = self.accounts.entry(table).or_default();
+        let mut created = Derived {
+            seq,
+            ..Derived::default()
+        };
+        let row_key = match e.kind.as_str() {
+            "group_add" | "group_remove" => (e.subject.clone(), text("/user").to_string()),
+            _ => key(&e.subject),
+        };
+        match e.kind.as_str() {
+            "user_create" => {
+                created.copy("roles", d, "/roles", seq);
+                created.set("created_at_ms", at, seq);
+                created.set("disabled_at_ms", "NULL".into(), seq);
+            }
+            "group_add" => created.set("added_at_ms", at, seq),
+            "group_remove" => {
+                rows.remove(&row_key);
+                return;
+            }
+            "party_create" => {
+                created.copy("owner_user_id", d, "/owner", seq);
+                created.set("created_at_ms", at, seq);
+            }
+            "token_issue" => {
+                created.copy("kind", d, "/kind", seq);
+                created.copy("user_id", d, "/user", seq);
+                created.copy("party_id", d, "/party", seq);
+                created.set("secret_sha256", blob_lit(text("/secret_sha256")), seq);
+                created.copy("label", d, "/label", seq);
+                created.set("created_at_ms", at, seq);
+                created.copy("expires_at_ms", d, "/expires_at_ms", seq);
+                created.set("revoked_at_ms", "NULL".into(), seq);
+            }
+            "worker_credential_issue" => {
+                created.copy("worker_id", d, "/worker", seq);
+                created.copy("party", d, "/party", seq);
+                created.set("secret_sha256", blob_lit(text("/secret_sha256")), seq);
+                created.set("issued_at_ms", at, seq);
+                created.set("revoked_at_ms", "NULL".into(), seq);
+            }
+            stamp => {
+                let field = if stamp == "user_disable" {
+                    "disabled_at_ms"
+                } else {
+                    "revoked_at_ms"
+                };
+                if let Some(row) = rows.get_mut(&row_key) {
+                    if row.get(field) == Some("NULL") {
+                        row.set(field, at, seq);
+                    }
+                }
+                return;
+            }
+        }
+        rows.insert(row_key, created);
     }
 
     fn licence_created(&mut self, e: &AuditEntry, seq: u64, d: &Value, found: &mut Findings) {
@@ -786,6 +943,7 @@ pub(crate) fn check_records(
         jobs,
         bills,
         lines,
+        mut accounts,
         underivable,
     } = chain;
     let scenes = scenes
@@ -812,6 +970,12 @@ pub(crate) fn check_records(
     checked.jobs = check(RecordTable::Jobs, jobs, &tables.jobs);
     checked.bills = check(RecordTable::Bills, bills, &tables.bills);
     checked.bill_lines = check(RecordTable::BillLines, lines, &tables.bill_lines);
+    for (table, stored) in &tables.accounts {
+        let derived = accounts.remove(table).unwrap_or_default();
+        checked.accounts = checked
+            .accounts
+            .saturating_add(check(*table, derived, stored));
+    }
     checked.partly_checked = partly;
     checked
 }

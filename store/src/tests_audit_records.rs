@@ -301,12 +301,14 @@ async fn a_store_after_a_full_flow_re_derives_from_its_chain() {
             jobs: 3,
             bills: 1,
             bill_lines: 2,
+            accounts: 0,
             partly_checked: 0,
         }
     );
     assert!(
-        v.detail
-            .contains("1 licence scene counters, 3 jobs, 1 bills and 2 bill lines verified"),
+        v.detail.contains(
+            "1 licence scene counters, 3 jobs, 1 bills, 2 bill lines and 0 account rows verified"
+        ),
         "{}",
         v.detail
     );
@@ -554,4 +556,115 @@ async fn one_signed_head_given_twice_is_one_finding() {
         "{}",
         v.summary()
     );
+}
+
+/// Users, memberships, parties, tokens and worker credentials re-derive from their entries;
+/// a row changed behind the store's back is named with both values.
+#[tokio::test]
+async fn the_account_tables_re_derive_and_an_edit_is_named() {
+    use tessera_auth::{Role, Roles, Token, TokenKind};
+    let (dir, path, store) = open().await;
+    store
+        .create_user("ann", Roles::of(&[Role::Buyer]), 10, "test")
+        .await
+        .expect("user");
+    store
+        .create_user("bob", Roles::of(&[Role::Provider]), 11, "test")
+        .await
+        .expect("user");
+    store
+        .add_group_member("team", "ann", 12, "test")
+        .await
+        .expect("group");
+    store
+        .add_group_member("gone", "bob", 12, "test")
+        .await
+        .expect("group");
+    store
+        .remove_group_member("gone", "bob", 13, "test")
+        .await
+        .expect("ungroup");
+    store
+        .create_party("pa", "ann", 14, "test")
+        .await
+        .expect("party");
+    let t = Token::generate(TokenKind::Api, &mut rand_core::OsRng);
+    let rec = crate::TokenRecord {
+        token_id: t.id().to_owned(),
+        kind: TokenKind::Api,
+        user_id: Some("ann".into()),
+        party_id: None,
+        secret_sha256: t.secret_hash().to_vec(),
+        label: "it's".into(),
+        created_at_ms: 15,
+        expires_at_ms: 1_000,
+        revoked_at_ms: None,
+    };
+    store.create_token(&rec, "test").await.expect("token");
+    store
+        .revoke_token(t.id(), 16, "test")
+        .await
+        .expect("revoke");
+    store.revoke_token(t.id(), 17, "test").await.expect("again");
+    store
+        .disable_user("bob", 18, "test")
+        .await
+        .expect("disable");
+    let w = Token::generate(TokenKind::Worker, &mut rand_core::OsRng);
+    let cred = crate::WorkerCredentialRecord {
+        token_id: w.id().to_owned(),
+        worker_id: "w-1".into(),
+        party: "pa".into(),
+        secret_sha256: w.secret_hash().to_vec(),
+        issued_at_ms: 19,
+        revoked_at_ms: None,
+    };
+    store
+        .upsert_worker(
+            &crate::WorkerRecord {
+                worker_id: "w-1".into(),
+                attributes: tessera_core::WorkerAttributes {
+                    party: "pa".into(),
+                    ..Default::default()
+                },
+                peer_addr: "127.0.0.1:1".into(),
+                last_seen_ms: 19,
+            },
+            19,
+            Some(&cred),
+            "test",
+        )
+        .await
+        .expect("worker");
+    let v = store.verify_audit().await.expect("verify");
+    assert!(v.ok(), "{:?}", texts(&v));
+    // ann, bob; ann in team; pa; the token; the worker credential.
+    assert_eq!(v.records.accounts, 6, "{:?}", v.records);
+
+    // Behind the store's back: a role granted, a revocation undone, a membership added.
+    store.close().await;
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", path.display()))
+        .await
+        .expect("raw");
+    for sql in [
+        "UPDATE users SET roles = 'buyer,operator' WHERE user_id = 'ann'",
+        "UPDATE tokens SET revoked_at_ms = NULL",
+        "INSERT INTO group_members (group_id, user_id, added_at_ms) VALUES ('admins', 'bob', 20)",
+    ] {
+        sqlx::query(sql).execute(&pool).await.expect(sql);
+    }
+    pool.close().await;
+    let store = Store::open(&path).await.expect("reopen");
+    let v = store.verify_audit().await.expect("verify");
+    let found = texts(&v).join("\n");
+    assert!(!v.ok());
+    for needle in [
+        "user ann",
+        "'buyer,operator'",
+        "revoked_at_ms",
+        "group admins member bob",
+    ] {
+        assert!(found.contains(needle), "{needle}: {found}");
+    }
+    drop(dir);
 }

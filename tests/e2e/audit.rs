@@ -361,7 +361,8 @@ async fn verify_re_derives_counters_jobs_and_bill_lines_and_names_each_edit() {
     assert!(
         said.contains("audit chain OK: ")
             && said.contains("1 licence scene counters, 3 jobs, ")
-            && said.contains(" bills and 2 bill lines verified"),
+            // admin, pu, u1; prov, buy; five tokens; two worker credentials.
+            && said.contains(" bills, 2 bill lines and 12 account rows verified"),
         "{said}"
     );
 
