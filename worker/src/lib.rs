@@ -461,6 +461,23 @@ enum ReconnectError {
         /// The key it presented at first registration.
         expected: String,
     },
+    /// The operator no longer accepts this worker's credential (its id was registered again
+    /// by another process, or the operator's accounts were reset): never worth another attempt.
+    #[error(
+        "the operator no longer accepts this worker's credential (was its id registered again \
+         elsewhere?): {0}"
+    )]
+    Revoked(tonic::Status),
+}
+
+/// A failed call of the reconnection: a refused credential is final, anything else is
+/// worth another attempt.
+fn reconnect_error(s: tonic::Status) -> ReconnectError {
+    if s.code() == tonic::Code::Unauthenticated {
+        ReconnectError::Revoked(s)
+    } else {
+        ReconnectError::Unreachable(s)
+    }
 }
 
 /// Waits between attempts to get back to the operator: 1 s, doubling, at most 10 s, with no
@@ -481,7 +498,7 @@ async fn reconnect_once(
     let reg = c
         .register_worker(shared.registration.clone())
         .await
-        .map_err(ReconnectError::Unreachable)?
+        .map_err(reconnect_error)?
         .into_inner();
     if reg.operator_key_hex != shared.operator_key_hex {
         return Err(ReconnectError::KeyChanged {
@@ -493,7 +510,7 @@ async fn reconnect_once(
         worker_id: shared.worker_id.clone(),
     })
     .await
-    .map_err(ReconnectError::Unreachable)?
+    .map_err(reconnect_error)?
     .into_inner())
 }
 
