@@ -23,6 +23,8 @@ use tessera_accounting::rating::{
 use tessera_simulator::{MAX_SCENARIO_BYTES, ScenarioError, simulate};
 use tessera_store::{Store, UsageEventRecord};
 
+use crate::client::output::stdout_error;
+
 /// The injected clock of the bench: every event happens at or after this instant
 /// (2024-01-01T00:00:00Z) and arrives at [`BENCH_ARRIVAL_MS`].
 const BENCH_EPOCH_MS: Millis = 1_704_067_200_000;
@@ -103,11 +105,11 @@ pub async fn run(cmd: BillingCommand) -> anyhow::Result<()> {
             let r = bench(&opts).await?;
             let mut out = std::io::stdout().lock();
             if json {
-                writeln!(out, "{}", r.json(&opts))?;
+                writeln!(out, "{}", r.json(&opts)).map_err(stdout_error)?;
             } else {
-                write!(out, "{}", r.text(&opts))?;
+                write!(out, "{}", r.text(&opts)).map_err(stdout_error)?;
             }
-            out.flush()?;
+            out.flush().map_err(stdout_error)?;
             if !r.ok {
                 anyhow::bail!("billing bench: a check failed (see the output)");
             }
@@ -180,10 +182,10 @@ async fn simulate_files(files: &[PathBuf]) -> anyhow::Result<()> {
         {
             let mut out = std::io::stdout().lock();
             if i > 0 {
-                writeln!(out)?;
+                writeln!(out).map_err(stdout_error)?;
             }
-            writeln!(out, "== {}", f.display())?;
-            out.flush()?;
+            writeln!(out, "== {}", f.display()).map_err(stdout_error)?;
+            out.flush().map_err(stdout_error)?;
         }
         if let Err(e) = simulate_file(f).await {
             if crate::client::output::is_broken_pipe(&e) {
@@ -211,8 +213,9 @@ async fn simulate_file(path: &Path) -> anyhow::Result<()> {
         anyhow::Error::new(e).context(format!("scenario file {}{at}", path.display()))
     })?;
     let mut out = std::io::stdout().lock();
-    out.write_all(report.render_text().as_bytes())?;
-    out.flush()?;
+    out.write_all(report.render_text().as_bytes())
+        .map_err(stdout_error)?;
+    out.flush().map_err(stdout_error)?;
     Ok(())
 }
 

@@ -265,16 +265,20 @@ impl WorkerArgs {
             (None, None) => String::new(),
         };
         let token = match self.registration_token_file.or(f.registration_token_file) {
-            Some(path) => Some(zeroize::Zeroizing::new(
-                std::fs::read_to_string(&path).with_context(|| {
-                    format!("reading the registration token from {}", path.display())
-                })?,
+            Some(path) => Some((
+                zeroize::Zeroizing::new(crate::client::conn::read_token_file(&path)?),
+                path.display().to_string(),
             )),
             None => std::env::var(REGISTRATION_TOKEN_ENV)
                 .ok()
-                .map(zeroize::Zeroizing::new),
+                .map(|t| (zeroize::Zeroizing::new(t), REGISTRATION_TOKEN_ENV.to_owned())),
         };
-        if let Some(t) = token {
+        if let Some((t, source)) = token {
+            crate::client::conn::check_token_form(
+                tessera_auth::TokenKind::Registration,
+                t.trim(),
+                &source,
+            )?;
             config.registration = tessera_proto::TokenHeader::new(&t)
                 .map_err(|e| anyhow::anyhow!("registration token: {e}"))?;
         }

@@ -413,10 +413,16 @@ pub async fn issue_admin_token(dir: &Path, days: u32) -> anyhow::Result<PathBuf>
     let token = match accounts.bootstrap(ADMIN_USER).await? {
         Some(issued) => issued.token,
         None => {
+            // Whoever holds the data directory holds the operator: a disabled admin is
+            // enabled again (audited), so the recovery always ends with a working account.
+            store
+                .enable_user(ADMIN_USER, SystemClock.now_ms(), "admin-token (offline recovery)")
+                .await
+                .with_context(|| format!("enabling the {ADMIN_USER} user"))?;
             let admin = store
                 .principal(ADMIN_USER)
                 .await
-                .with_context(|| format!("the {ADMIN_USER} user (it may have been disabled)"))?;
+                .with_context(|| format!("the {ADMIN_USER} user"))?;
             let admin = tessera_auth::Caller::User(admin);
             let issued = accounts
                 .create_token(

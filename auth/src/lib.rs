@@ -216,6 +216,9 @@ pub enum Scope {
     Global,
     /// The request acts for a user ([`Target::user`]): it must be the caller.
     OwnUser,
+    /// A deposit: for the caller itself, and cash only ([`Target::voucher`] is the operator's:
+    /// vouchers are the platform's marketing instruments, operations manual §3.8).
+    Deposit,
     /// The request names a party ([`Target::party_owner`]): the caller must own it.
     OwnParty,
     /// A licence: the caller owns its licensor party, or is (or belongs to a group that is)
@@ -317,8 +320,8 @@ operations! {
     WatchJob => rule(Who::AnyUser, Scope::JobParty, false),
     /// Cancelling a job: its buyer or the operator.
     CancelJob => rule(Who::AnyUser, Scope::JobBuyer, true),
-    /// A deposit: a customer for itself, the operator for anyone.
-    Deposit => rule(Who::AnyUser, Scope::OwnUser, true),
+    /// A deposit: a customer's cash for itself; the operator for anyone, and vouchers.
+    Deposit => rule(Who::AnyUser, Scope::Deposit, true),
     /// Usage events, own only.
     ListUsage => rule(Who::AnyUser, Scope::OwnRows, false),
     /// Balances, own only.
@@ -373,9 +376,10 @@ operations! {
     RemoveGroupMember => rule(Who::Operator, Scope::Global, true),
     /// A new API token: for oneself, or by the operator for anyone.
     CreateToken => rule(Who::AnyUser, Scope::OwnUser, true),
-    /// API tokens (ids, never secrets): own, or all for the operator.
+    /// Tokens (ids, never secrets): own API tokens and own parties' registration tokens, or
+    /// all for the operator.
     ListTokens => rule(Who::AnyUser, Scope::OwnRows, false),
-    /// Revoking an API token: its user or the operator.
+    /// Revoking a token: its user (a registration token: its party's owner) or the operator.
     RevokeToken => rule(Who::AnyUser, Scope::OwnUser, true),
     /// A party owned by the caller (the operator names any owner).
     CreateParty => rule(Who::Roles(OWNERS), Scope::OwnUser, true),
@@ -521,6 +525,7 @@ impl Scope {
         match self {
             Scope::Global => "-",
             Scope::OwnUser => "acts only for itself",
+            Scope::Deposit => "its own cash only (vouchers: the operator)",
             Scope::OwnParty => "a party it owns",
             Scope::LicenceParty => "licensor party's owner or licensee (user or recorded group)",
             Scope::JobParty => "the job's buyer or its provider party's owner",
@@ -576,6 +581,8 @@ pub struct Target<'a> {
     pub dataset_in_buyer_party: bool,
     /// The worker a worker call is about.
     pub worker_id: Option<&'a str>,
+    /// A deposit into a voucher balance (not cash).
+    pub voucher: bool,
 }
 
 /// Why a call was denied. The message names only what the caller may know (its own
@@ -692,6 +699,7 @@ pub fn authorize(op: Operation, caller: &Caller, target: &Target<'_>) -> Result<
     let ok = match r.scope {
         Scope::Global | Scope::OwnRows => true,
         Scope::OwnUser => target.user == Some(me),
+        Scope::Deposit => target.user == Some(me) && !target.voucher,
         Scope::OwnParty => target.party_owner == Some(me),
         Scope::LicenceParty => {
             target.licensor_owner == Some(me)
@@ -732,6 +740,7 @@ fn submission(p: &Principal, t: &Target<'_>) -> Result<(), &'static str> {
 fn scope_words(scope: Scope) -> &'static str {
     match scope {
         Scope::OwnUser => "it acts only for itself",
+        Scope::Deposit => "a customer deposits cash for itself only; vouchers are the operator's",
         Scope::OwnParty => "the party is not the caller's",
         Scope::LicenceParty => "the caller is neither the licence's provider nor its licensee",
         Scope::JobParty => "the caller is neither the job's buyer nor its provider",

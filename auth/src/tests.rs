@@ -28,6 +28,7 @@ fn owned_by(owner: &str) -> Target<'_> {
         buyer_party_owner: Some(owner),
         dataset_in_buyer_party: true,
         worker_id: Some("w-of-owner"),
+        voucher: false,
     }
 }
 
@@ -245,4 +246,20 @@ fn architecture_md_shows_the_table_as_the_code_has_it() {
         doc.contains(&table),
         "ARCHITECTURE.md must hold the table exactly as `rules_markdown()` renders it:\n{table}"
     );
+}
+
+#[test]
+fn a_customer_deposits_its_own_cash_and_only_the_operator_grants_vouchers() {
+    let alice = user("alice", &[Role::Buyer], &[]);
+    let cash = Target {
+        user: Some("alice"),
+        ..Target::default()
+    };
+    let voucher = Target {
+        voucher: true,
+        ..cash
+    };
+    assert_eq!(authorize(Operation::Deposit, &alice, &cash), Ok(()));
+    assert!(authorize(Operation::Deposit, &alice, &voucher).is_err());
+    assert_eq!(authorize(Operation::Deposit, &operator(), &voucher), Ok(()));
 }

@@ -297,10 +297,21 @@ impl Operator for OperatorService {
         &self,
         mut req: Request<pb::DepositRequest>,
     ) -> Result<Response<pb::Ack>, Status> {
-        let mut account = std::mem::take(&mut req.get_mut().account);
-        self.allowed_for_user(Operation::Deposit, &req, &mut account)
-            .await?;
-        req.get_mut().account = account;
+        let who = self.caller(&req).await?;
+        let r = req.get_mut();
+        if r.account.is_empty() {
+            if let Caller::User(p) = &who {
+                r.account.clone_from(&p.user);
+            }
+        }
+        // An unknown target is refused as invalid by the deposit itself.
+        let voucher = !r.into.is_empty()
+            && tessera_scheduler::billing::parse_deposit_into(&r.into)
+                .is_ok_and(|d| d != tessera_scheduler::billing::DepositInto::Cash);
+        self.accounts
+            .check_deposit(&who, &r.account, voucher)
+            .await
+            .map_err(|e| status(&e))?;
         let mut ack = billing::deposit(&self.billing, req.into_inner()).await?;
         // The depositor's receipt: a signed head covering the deposit.
         ack.audit_head = audit::seal(&self.audit).await?;

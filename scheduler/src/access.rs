@@ -59,6 +59,24 @@ impl AccountService {
         self.authorize(op, caller, &target).await
     }
 
+    /// A deposit for `user`, into a voucher balance when `voucher`.
+    ///
+    /// # Errors
+    /// [`SchedulerError::Forbidden`].
+    pub async fn check_deposit(
+        &self,
+        caller: &Caller,
+        user: &str,
+        voucher: bool,
+    ) -> Result<(), SchedulerError> {
+        let target = Target {
+            user: Some(user),
+            voucher,
+            ..Target::default()
+        };
+        self.authorize(Operation::Deposit, caller, &target).await
+    }
+
     /// `op` on party `party` (creating a dataset or licence for it). An unknown party is
     /// denied to everyone but the operator, who is told it is not found.
     ///

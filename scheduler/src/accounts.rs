@@ -123,6 +123,7 @@ impl AccountService {
             if c.revoked_at_ms.is_some() || !token.matches(&c.secret_sha256) {
                 return Err(Unauthenticated);
             }
+            self.party_owner_enabled(&c.party).await?;
             return Ok(Caller::Worker {
                 party: c.party,
                 worker_id: c.worker_id,
@@ -151,9 +152,41 @@ impl AccountService {
                 Err(StoreError::NotFound { .. }) => Err(Unauthenticated),
                 Err(e) => Err(logged(e)),
             },
-            (TokenKind::Registration, _, Some(party)) => Ok(Caller::Registrant { party }),
+            (TokenKind::Registration, _, Some(party)) => {
+                self.party_owner_enabled(&party).await?;
+                Ok(Caller::Registrant { party })
+            }
             _ => Err(Unauthenticated),
         }
+    }
+
+    /// A party's registration tokens and workers act for its owner: they stop working when
+    /// the owner is disabled (or the party has none).
+    async fn party_owner_enabled(&self, party: &str) -> Result<(), Unauthenticated> {
+        let owner = match self.store.party(party).await {
+            Ok(p) => p.owner_user_id,
+            Err(StoreError::NotFound { .. }) => return Err(Unauthenticated),
+            Err(e) => {
+                tracing::error!(error = %e, "party lookup failed");
+                return Err(Unauthenticated);
+            }
+        };
+        match self.store.principal(&owner).await {
+            Ok(_) => Ok(()),
+            Err(StoreError::NotFound { .. }) => Err(Unauthenticated),
+            Err(e) => {
+                tracing::error!(error = %e, "owner lookup failed");
+                Err(Unauthenticated)
+            }
+        }
+    }
+
+    /// `Invalid` when `user_id` is disabled (an unknown user is the store's `NotFound`).
+    async fn enabled(&self, user_id: &str) -> Result<(), SchedulerError> {
+        if self.store.user(user_id).await?.disabled_at_ms.is_some() {
+            return Err(SchedulerError::Invalid(format!("user {user_id} is disabled")));
+        }
+        Ok(())
     }
 
     /// A fresh worker credential for `worker_id` of `party` (recorded by the registration).
@@ -217,6 +250,12 @@ impl AccountService {
         self.authorize(Operation::CreateUser, caller, &Target::default())
             .await?;
         let user_id = account_id("user", user_id)?;
+        if let Some(kind) = self.store.account_name_in_use(&user_id).await? {
+            return Err(SchedulerError::Invalid(format!(
+                "{user_id} is already the name of a {kind} (ignoring case); users and groups \
+                 share one namespace"
+            )));
+        }
         let roles: Roles = roles
             .parse()
             .map_err(|e: tessera_auth::UnknownRole| SchedulerError::Invalid(e.to_string()))?;
@@ -236,13 +275,30 @@ impl AccountService {
         Ok(self.store.users(ACCOUNT_LIST_MAX).await?)
     }
 
-    /// Disables a user (operator only); its tokens stop working at once.
+    /// Disables a user (operator only); its tokens, its parties' registration tokens and its
+    /// parties' workers' credentials stop working at once. An operator cannot disable itself,
+    /// nor the last enabled operator.
     ///
     /// # Errors
-    /// Forbidden or an unknown user.
+    /// Forbidden, an unknown user, oneself, or the last enabled operator (`Invalid`).
     pub async fn disable_user(&self, caller: &Caller, user_id: &str) -> Result<(), SchedulerError> {
         self.authorize(Operation::DisableUser, caller, &Target::default())
             .await?;
+        if matches!(caller, Caller::User(p) if p.user == user_id) {
+            return Err(SchedulerError::Invalid(
+                "a user cannot disable itself (another operator can)".into(),
+            ));
+        }
+        let target = self.store.user(user_id).await?;
+        let operator = target
+            .roles
+            .parse::<Roles>()
+            .is_ok_and(|r| r.has(tessera_auth::Role::Operator));
+        if operator && target.disabled_at_ms.is_none() && self.store.enabled_operators().await? <= 1 {
+            return Err(SchedulerError::Invalid(format!(
+                "{user_id} is the last enabled operator: disabling it would lock everyone out"
+            )));
+        }
         Ok(self
             .store
             .disable_user(user_id, self.clock.now_ms(), &caller.describe())
@@ -262,6 +318,12 @@ impl AccountService {
         self.authorize(Operation::AddGroupMember, caller, &Target::default())
             .await?;
         let group_id = account_id("group", group_id)?;
+        if self.store.account_name_in_use(&group_id).await? == Some("user") {
+            return Err(SchedulerError::Invalid(format!(
+                "{group_id} is a user's name (ignoring case); users and groups share one \
+                 namespace"
+            )));
+        }
         Ok(self
             .store
             .add_group_member(&group_id, user_id, self.clock.now_ms(), &caller.describe())
@@ -305,6 +367,7 @@ impl AccountService {
         };
         self.authorize(Operation::CreateToken, caller, &target)
             .await?;
+        self.enabled(user_id).await?;
         let mut ttl = ttl(ttl_ms, API_TOKEN_TTL_MS)?;
         // A user's new token never outlives the one it was minted with (a stolen short-lived
         // token cannot buy a long-lived one); the operator's tokens are not capped.
@@ -349,7 +412,8 @@ impl AccountService {
             .await?)
     }
 
-    /// API tokens (never secrets): the caller's own, or every one for the operator.
+    /// Tokens (never secrets): the caller's API tokens and its parties' registration tokens,
+    /// or every one for the operator.
     ///
     /// # Errors
     /// A store failure.
@@ -364,7 +428,8 @@ impl AccountService {
         Ok(self.store.tokens(own, ACCOUNT_LIST_MAX).await?)
     }
 
-    /// Revokes a token: its user's, or any by the operator. A token the caller may not see is
+    /// Revokes a token: its user's (a registration token: its party owner's), or any by the
+    /// operator. A token the caller may not see is
     /// reported as not found, so ids of others' tokens cannot be probed.
     ///
     /// # Errors
@@ -381,7 +446,19 @@ impl AccountService {
                 .await;
         }
         let record = self.store.token(token_id).await?;
-        let owner = record.as_ref().and_then(|r| r.user_id.as_deref());
+        // An API token is its user's; a registration token its party owner's.
+        let party_owner = match record.as_ref().and_then(|r| r.party_id.as_deref()) {
+            Some(p) => match self.store.party(p).await {
+                Ok(p) => Some(p.owner_user_id),
+                Err(StoreError::NotFound { .. }) => None,
+                Err(e) => return Err(e.into()),
+            },
+            None => None,
+        };
+        let owner = record
+            .as_ref()
+            .and_then(|r| r.user_id.as_deref())
+            .or(party_owner.as_deref());
         let target = Target {
             user: owner,
             ..Target::default()
@@ -418,6 +495,7 @@ impl AccountService {
         self.authorize(Operation::CreateParty, caller, &target)
             .await?;
         let party_id = account_id("party", party_id)?;
+        self.enabled(owner).await?;
         let operator = matches!(caller, Caller::User(p) if p.is_operator());
         if !operator && self.store.party_name_in_use(&party_id).await? {
             let reason = format!(
@@ -523,7 +601,7 @@ fn ttl(ttl_ms: Option<i64>, default: i64) -> Result<i64, SchedulerError> {
 }
 
 /// A user, group or party id: 1..=64 ASCII letters, digits, `-`, `_`, `.`, `@`.
-fn account_id(what: &str, id: &str) -> Result<String, SchedulerError> {
+pub(crate) fn account_id(what: &str, id: &str) -> Result<String, SchedulerError> {
     required(what, id)?;
     let ok = id.len() <= 64
         && id

@@ -105,8 +105,8 @@ impl BillingService {
         }
     }
 
-    /// The usage events `viewer` may see (of its parties and its jobs; every one for the
-    /// operator), in arrival order.
+    /// The usage events `viewer` may see (measured by its parties' workers; every one for
+    /// the operator), in arrival order.
     ///
     /// # Errors
     /// The store's; `Forbidden` for a caller that is no user.

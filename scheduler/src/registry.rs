@@ -83,7 +83,8 @@ impl Scheduler {
     /// Runs detached ([`Scheduler::detached`]).
     ///
     /// # Errors
-    /// `Invalid` for an empty party or a bad peer address; `Forbidden` for another party's
+    /// `Invalid` for an empty party, a worker id that is not 1 to 64 ASCII letters, digits,
+    /// `-`, `_`, `.` or `@`, or a bad peer address; `Forbidden` for another party's
     /// worker id; `InUse` for an id held by a live worker.
     pub async fn register_worker(
         &self,
@@ -118,7 +119,7 @@ impl Scheduler {
             )));
         }
         let worker_id = match worker_id.filter(|w| !w.trim().is_empty()) {
-            Some(w) => w,
+            Some(w) => crate::accounts::account_id("worker", &w)?,
             None => self.random_id("w-"),
         };
         let now = self.now();

@@ -164,7 +164,22 @@ pub struct Conn {
     pub token_file: Option<PathBuf>,
 }
 
-fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
+/// Longest token file read (a token is 85 characters; the rest is room for whitespace).
+pub const TOKEN_FILE_BYTES_MAX: u64 = 4096;
+
+/// Reads a token file of at most [`TOKEN_FILE_BYTES_MAX`] bytes, trimmed.
+///
+/// Errors: the file cannot be read, is larger, is not UTF-8, or holds nothing.
+pub fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("reading the token file {}", path.display()))?
+        .len();
+    if len > TOKEN_FILE_BYTES_MAX {
+        anyhow::bail!(
+            "the token file {} holds {len} bytes: a token is 85 characters",
+            path.display()
+        );
+    }
     let token = std::fs::read_to_string(path)
         .map(|t| t.trim().to_owned())
         .with_context(|| format!("reading the token file {}", path.display()))?;
@@ -172,6 +187,25 @@ fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
         anyhow::bail!("the token file {} is empty", path.display());
     }
     Ok(token)
+}
+
+/// Checks that `text` has the form of a token of `kind` before it is sent anywhere.
+///
+/// Errors: names where the token came from and the form expected (never the text itself).
+pub fn check_token_form(
+    kind: tessera_auth::TokenKind,
+    text: &str,
+    source: &str,
+) -> anyhow::Result<()> {
+    if tessera_auth::Token::parse(kind, text).is_err() {
+        anyhow::bail!(
+            "the token from {source} is not a Tessera {} token (expected {}<16 hex digits>_<64 \
+             hex digits>)",
+            kind.as_str(),
+            kind.prefix()
+        );
+    }
+    Ok(())
 }
 
 impl Conn {
@@ -191,15 +225,18 @@ impl Conn {
             .clone()
             .or(profile.operator)
             .unwrap_or_else(|| DEFAULT_OPERATOR.to_owned());
-        let token = if let Some(t) = &self.token {
-            Some(t.0.clone())
+        let (token, source) = if let Some(t) = &self.token {
+            (Some(t.0.clone()), "--token or TESSERA_TOKEN".to_owned())
         } else if let Some(path) = &self.token_file {
-            Some(read_token_file(path)?)
+            (Some(read_token_file(path)?), path.display().to_string())
         } else if let Some(path) = &profile.token_file {
-            Some(read_token_file(path)?)
+            (Some(read_token_file(path)?), path.display().to_string())
         } else {
-            profile.token
+            (profile.token, "the profile".to_owned())
         };
+        if let Some(t) = &token {
+            check_token_form(tessera_auth::TokenKind::Api, t, &source)?;
+        }
         Ok((url, token))
     }
 

@@ -118,6 +118,29 @@ fn csv_io(e: csv::Error) -> io::Error {
     }
 }
 
+/// Marks a write to stdout that failed because the reader went away (`| head`): only such an
+/// error ends a command quietly ([`is_broken_pipe`]); a closed network connection is an error
+/// like any other.
+#[derive(Debug)]
+struct StdoutClosed;
+
+impl std::fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("standard output was closed by its reader")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
+/// `e`, marked as the reader's going away when it is a closed pipe on stdout.
+fn on_stdout(e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        io::Error::new(io::ErrorKind::BrokenPipe, StdoutClosed)
+    } else {
+        e
+    }
+}
+
 /// Where command output goes: stdout, buffered, with errors returned (never a
 /// panic on a closed pipe).
 #[derive(Debug)]
@@ -138,33 +161,45 @@ impl Out {
     ///
     /// Errors: stdout fails (a closed pipe is `io::ErrorKind::BrokenPipe`).
     pub fn listing(&mut self, listing: &Listing, csv: bool) -> io::Result<()> {
-        if csv {
-            listing.write_csv(&mut self.inner)?;
-        } else {
-            writeln!(self.inner, "{}", listing.table(TableStyle::for_stdout()))?;
-            if listing.rows.is_empty() {
-                writeln!(self.inner, "(none)")?;
+        let mut write = || {
+            if csv {
+                listing.write_csv(&mut self.inner)?;
+            } else {
+                writeln!(self.inner, "{}", listing.table(TableStyle::for_stdout()))?;
+                if listing.rows.is_empty() {
+                    writeln!(self.inner, "(none)")?;
+                }
             }
-        }
-        self.inner.flush()
+            self.inner.flush()
+        };
+        write().map_err(on_stdout)
     }
 
     /// Prints one line.
     ///
     /// Errors: stdout fails.
     pub fn line(&mut self, text: impl std::fmt::Display) -> io::Result<()> {
-        writeln!(self.inner, "{text}")?;
-        self.inner.flush()
+        writeln!(self.inner, "{text}")
+            .and_then(|()| self.inner.flush())
+            .map_err(on_stdout)
     }
 }
 
-/// Whether an error (anywhere in its chain) is a write to a closed pipe: the reader went away
-/// (`| head`), which is a normal end for a listing, not a failure.
+/// Whether an error (anywhere in its chain) is a write to stdout after its reader went away
+/// (`| head`), which is a normal end for a listing, not a failure. A broken pipe anywhere else
+/// (the operator's connection) is not.
 pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
-        c.downcast_ref::<io::Error>()
-            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+        c.downcast_ref::<io::Error>().is_some_and(|io| {
+            io.kind() == io::ErrorKind::BrokenPipe
+                && io.get_ref().is_some_and(|inner| inner.is::<StdoutClosed>())
+        })
     })
+}
+
+/// A closed-pipe error as [`Out`] reports it, for other writers to stdout.
+pub fn stdout_error(e: io::Error) -> io::Error {
+    on_stdout(e)
 }
 
 #[cfg(test)]
@@ -216,7 +251,10 @@ mod tests {
 
     #[test]
     fn a_closed_pipe_is_recognised_through_context() {
-        let e = anyhow::Error::from(io::Error::from(io::ErrorKind::BrokenPipe))
+        // A broken pipe that is not stdout's (a network connection) is an error.
+        let net = anyhow::Error::from(io::Error::from(io::ErrorKind::BrokenPipe));
+        assert!(!is_broken_pipe(&net));
+        let e = anyhow::Error::from(on_stdout(io::Error::from(io::ErrorKind::BrokenPipe)))
             .context("printing transfers");
         assert!(is_broken_pipe(&e));
         assert!(!is_broken_pipe(&anyhow::anyhow!("other")));

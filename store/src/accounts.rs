@@ -250,6 +250,57 @@ impl Store {
         .await
     }
 
+    /// Enables a disabled user again (the offline recovery of the admin account); audited as
+    /// `user_enable`. Enabling an enabled user changes nothing and appends nothing.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] for an unknown user.
+    pub async fn enable_user(&self, user_id: &str, now_ms: i64, actor: &str) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        let disabled: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT disabled_at_ms FROM users WHERE user_id = ?")
+                .bind(user_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        match disabled {
+            None => {
+                return Err(StoreError::NotFound {
+                    kind: "user",
+                    id: user_id.into(),
+                });
+            }
+            Some(None) => return Ok(()),
+            Some(Some(_)) => {}
+        }
+        sqlx::query("UPDATE users SET disabled_at_ms = NULL WHERE user_id = ?")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        audit::append(
+            &mut tx,
+            now_ms,
+            "user_enable",
+            user_id,
+            &serde_json::json!({"by": actor}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Enabled users holding the operator role.
+    ///
+    /// # Errors
+    /// `Db`.
+    pub async fn enabled_operators(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM users WHERE disabled_at_ms IS NULL \
+             AND (',' || roles || ',') LIKE '%,operator,%'",
+        )
+        .fetch_one(&self.read)
+        .await?)
+    }
+
     /// Sets a once-only instant (`sql` binds `now_ms`, then the id) on the record `what`,
     /// and appends `audit_kind` naming `actor`, in one transaction.
     ///
@@ -608,17 +659,19 @@ impl Store {
         row.as_ref().map(token_from_row).transpose()
     }
 
-    /// A user's API tokens (or every API token, for `None`), newest first, at most `limit`.
+    /// A user's API tokens and the registration tokens of the parties it owns (or every
+    /// token, for `None`), newest first, at most `limit`.
     pub async fn tokens(
         &self,
         user_id: Option<&str>,
         limit: u32,
     ) -> Result<Vec<TokenRecord>, StoreError> {
         let rows = sqlx::query(&format!(
-            "{TOKEN_COLUMNS} WHERE kind = 'api' AND (? IS NULL OR user_id = ?) \
-             ORDER BY created_at_ms DESC, token_id LIMIT ?"
+            "{TOKEN_COLUMNS} WHERE ?1 IS NULL OR (kind = 'api' AND user_id = ?1) \
+             OR (kind = 'registration' AND party_id IN \
+                 (SELECT party_id FROM parties WHERE owner_user_id = ?1)) \
+             ORDER BY created_at_ms DESC, token_id LIMIT ?2"
         ))
-        .bind(user_id)
         .bind(user_id)
         .bind(i64::from(limit))
         .fetch_all(&self.read)
@@ -753,6 +806,28 @@ impl Store {
                 .fetch_all(&self.read)
                 .await?;
         Ok(rows.into_iter().collect())
+    }
+
+    /// What already holds `name`, ignoring ASCII case: `Some("user")`, `Some("group")` (a
+    /// group with a recorded member) or `None`. Users and groups share one namespace, since a
+    /// licence's licensee and a policy's `relUsers` may name either.
+    ///
+    /// # Errors
+    /// `Db`.
+    pub async fn account_name_in_use(&self, name: &str) -> Result<Option<&'static str>, StoreError> {
+        let kind: Option<String> = sqlx::query_scalar(
+            "SELECT 'user' FROM users WHERE lower(user_id) = lower(?1) \
+             UNION ALL SELECT 'group' FROM group_members WHERE lower(group_id) = lower(?1) \
+             LIMIT 1",
+        )
+        .bind(name)
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(match kind.as_deref() {
+            Some("user") => Some("user"),
+            Some(_) => Some("group"),
+            None => None,
+        })
     }
 
     /// Whether `name` is a user or a group with at least one recorded member.

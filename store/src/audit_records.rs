@@ -8,7 +8,7 @@
 //! | `jobs` | `admit` / `refuse`, `dispatch` (admitted → running), `deliver`, `complete` |
 //! | `bills` | the first `bill_line` of a bill (customer, period, created), `bill_close` |
 //! | `bill_lines` | `bill_line` (the whole line, its bill, its correction period; arrival = the entry's time) |
-//! | `users` | `user_create` (roles, created), `user_disable` (the first one stamps) |
+//! | `users` | `user_create` (roles, created), `user_disable` (the first one stamps), `user_enable` |
 //! | `group_members` | `group_add`, `group_remove` |
 //! | `parties` | `party_create` (owner, created) |
 //! | `tokens` | `token_issue` (kind, owner, hash, label, times), `token_revoke` (the first one stamps) |
@@ -486,7 +486,7 @@ impl Chain {
             "admit" | "refuse" | "dispatch" | "deliver" | "complete" => RecordTable::Jobs,
             "bill_line" => RecordTable::BillLines,
             "bill_close" => RecordTable::Bills,
-            "user_create" | "user_disable" => RecordTable::Users,
+            "user_create" | "user_disable" | "user_enable" => RecordTable::Users,
             "group_add" | "group_remove" => RecordTable::GroupMembers,
             "party_create" => RecordTable::Parties,
             "token_issue" | "token_revoke" => RecordTable::Tokens,
@@ -540,6 +540,12 @@ impl Chain {
             "group_add" => created.set("added_at_ms", at, seq),
             "group_remove" => {
                 rows.remove(&row_key);
+                return;
+            }
+            "user_enable" => {
+                if let Some(row) = rows.get_mut(&row_key) {
+                    row.set("disabled_at_ms", "NULL".into(), seq);
+                }
                 return;
             }
             "party_create" => {

@@ -1152,8 +1152,8 @@ impl Store {
         self.usage_events_of("").await
     }
 
-    /// The usage events user `viewer` may see — of the parties it owns and of the jobs it
-    /// submitted — in arrival order; `""`: every event.
+    /// The usage events user `viewer` may see — those measured by the workers of the parties
+    /// it owns — in arrival order; `""`: every event.
     ///
     /// # Errors
     /// `Db`; `Corrupt` for a row that does not read.
@@ -1161,8 +1161,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT event_id, job_id, party, metric, attempt, quantity, event_time_ms \
              FROM usage_events WHERE ?1 = '' \
-             OR party IN (SELECT party_id FROM parties WHERE owner_user_id = ?1) \
-             OR job_id IN (SELECT job_id FROM jobs WHERE user_id = ?1) ORDER BY rowid",
+             OR party IN (SELECT party_id FROM parties WHERE owner_user_id = ?1) ORDER BY rowid",
         )
         .bind(viewer)
         .fetch_all(&self.read)

@@ -353,10 +353,15 @@ async fn register_first(
         .operator_key_hex
         .eq_ignore_ascii_case(config.operator_key_hex.trim())
     {
+        // The configured key is never echoed: a private key given by mistake stays secret.
         anyhow::bail!(
-            "the operator presented key {}, not the configured {}: refusing to register",
-            reg.operator_key_hex,
-            config.operator_key_hex
+            "the operator at {} presented the public key {}, which is not the one configured \
+             (--operator-key / --operator-key-file): this worker stops before taking any task. \
+             Its registration token was presented and a worker registration recorded before \
+             the key could be checked; until the links use TLS, start workers only against an \
+             operator you reach on a trusted network",
+            config.operator_url,
+            reg.operator_key_hex
         );
     }
     Ok(reg)
