@@ -626,7 +626,8 @@ fn is_csr_outline(der: &[u8]) -> bool {
             if matches!(info.content, C::Sequence(_))
                 && matches!(&alg.content, C::Sequence(a)
                     if matches!(a.first().map(|o| &o.content), Some(C::OID(_))))
-                && matches!(sig.content, C::BitString(..)))
+                // A signature is whole bytes: no unused bits (a flipped count is not ignored).
+                && matches!(sig.content, C::BitString(0, ..)))
 }
 
 /// The DER contents of the one PEM block in `text`, which must carry `label`.
