@@ -23,7 +23,8 @@ use crate::operator::OperatorConfig;
 const PRECEDENCE: &str = "Settings come from flags, then environment variables (TESSERA_*, \
 named above), then the TOML file given by --config or TESSERA_CONFIG, then built-in defaults; \
 the first that sets a value wins. File keys are listed with --config above \
-(e.g. data_dir = \"/var/lib/tessera\"); an unknown key is an error.";
+(e.g. data_dir = \"/var/lib/tessera\" for serve, datasets = \"/srv/datasets\" for a \
+worker); an unknown key is an error.";
 
 /// `tessera serve` options.
 #[derive(Debug, clap::Args)]
@@ -269,9 +270,12 @@ impl WorkerArgs {
                 zeroize::Zeroizing::new(crate::client::conn::read_token_file(&path)?),
                 path.display().to_string(),
             )),
-            None => std::env::var(REGISTRATION_TOKEN_ENV)
-                .ok()
-                .map(|t| (zeroize::Zeroizing::new(t), REGISTRATION_TOKEN_ENV.to_owned())),
+            None => std::env::var(REGISTRATION_TOKEN_ENV).ok().map(|t| {
+                (
+                    zeroize::Zeroizing::new(t),
+                    REGISTRATION_TOKEN_ENV.to_owned(),
+                )
+            }),
         };
         if let Some((t, source)) = token {
             crate::client::conn::check_token_form(

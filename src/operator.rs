@@ -416,7 +416,11 @@ pub async fn issue_admin_token(dir: &Path, days: u32) -> anyhow::Result<PathBuf>
             // Whoever holds the data directory holds the operator: a disabled admin is
             // enabled again (audited), so the recovery always ends with a working account.
             store
-                .enable_user(ADMIN_USER, SystemClock.now_ms(), "admin-token (offline recovery)")
+                .enable_user(
+                    ADMIN_USER,
+                    SystemClock.now_ms(),
+                    "admin-token (offline recovery)",
+                )
                 .await
                 .with_context(|| format!("enabling the {ADMIN_USER} user"))?;
             let admin = store

@@ -184,7 +184,9 @@ impl AccountService {
     /// `Invalid` when `user_id` is disabled (an unknown user is the store's `NotFound`).
     async fn enabled(&self, user_id: &str) -> Result<(), SchedulerError> {
         if self.store.user(user_id).await?.disabled_at_ms.is_some() {
-            return Err(SchedulerError::Invalid(format!("user {user_id} is disabled")));
+            return Err(SchedulerError::Invalid(format!(
+                "user {user_id} is disabled"
+            )));
         }
         Ok(())
     }
@@ -294,7 +296,8 @@ impl AccountService {
             .roles
             .parse::<Roles>()
             .is_ok_and(|r| r.has(tessera_auth::Role::Operator));
-        if operator && target.disabled_at_ms.is_none() && self.store.enabled_operators().await? <= 1 {
+        if operator && target.disabled_at_ms.is_none() && self.store.enabled_operators().await? <= 1
+        {
             return Err(SchedulerError::Invalid(format!(
                 "{user_id} is the last enabled operator: disabling it would lock everyone out"
             )));

@@ -238,11 +238,15 @@ pub async fn token(cmd: TokenCmd) -> anyhow::Result<()> {
             let mut c = conn.connect().await?;
             let zone = zone(&mut c).await?;
             let tokens = c.list_tokens(pb::ListRequest {}).await?.into_inner().tokens;
-            let mut l = Listing::new(vec!["id", "user", "label", "created", "expires", "revoked"]);
+            let mut l = Listing::new(vec![
+                "id", "kind", "user", "party", "label", "created", "expires", "revoked",
+            ]);
             for t in tokens {
                 l.push(vec![
                     t.token_id,
+                    t.kind,
                     t.user_id,
+                    t.party_id,
                     t.label,
                     date(&zone, Some(t.created_at_ms)),
                     date(&zone, Some(t.expires_at_ms)),

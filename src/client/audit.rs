@@ -50,7 +50,7 @@ pub enum AuditCommand {
         /// Operator data directory (its `operator.key` signs the head).
         #[arg(long, default_value = ".tessera/operator")]
         data_dir: PathBuf,
-        /// The file to write (replaced if it exists).
+        /// The file to write (never replaced: an existing file is an error).
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },

@@ -81,16 +81,20 @@ pub async fn deposit(a: DepositArgs) -> anyhow::Result<()> {
         })
         .await?
         .into_inner();
+    let whom = if a.user.is_empty() {
+        "your account".to_owned()
+    } else {
+        a.user.clone()
+    };
     if ack.already_recorded {
         println!(
-            "already recorded: the deposit with key {} for {} was made before; nothing changed",
-            a.key, a.user
+            "already recorded: the deposit with key {} for {whom} was made before; nothing changed",
+            a.key
         );
     } else {
         println!(
-            "deposited {} to {} ({})",
+            "deposited {} to {whom} ({})",
             fmt_micros(a.amount_micros),
-            a.user,
             a.into
         );
     }

@@ -255,7 +255,12 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::NotFound`] for an unknown user.
-    pub async fn enable_user(&self, user_id: &str, now_ms: i64, actor: &str) -> Result<(), StoreError> {
+    pub async fn enable_user(
+        &self,
+        user_id: &str,
+        now_ms: i64,
+        actor: &str,
+    ) -> Result<(), StoreError> {
         let mut tx = self.write.begin().await?;
         let disabled: Option<Option<i64>> =
             sqlx::query_scalar("SELECT disabled_at_ms FROM users WHERE user_id = ?")
@@ -814,7 +819,10 @@ impl Store {
     ///
     /// # Errors
     /// `Db`.
-    pub async fn account_name_in_use(&self, name: &str) -> Result<Option<&'static str>, StoreError> {
+    pub async fn account_name_in_use(
+        &self,
+        name: &str,
+    ) -> Result<Option<&'static str>, StoreError> {
         let kind: Option<String> = sqlx::query_scalar(
             "SELECT 'user' FROM users WHERE lower(user_id) = lower(?1) \
              UNION ALL SELECT 'group' FROM group_members WHERE lower(group_id) = lower(?1) \

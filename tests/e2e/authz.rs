@@ -793,7 +793,7 @@ async fn workers_register_only_with_their_partys_token_and_keep_their_ids() {
     std::fs::write(&junk, "tsr_0123456789abcdef_nothex").expect("write");
     let (code, err) = worker_exits(&c, BUYER, Some(&junk));
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("refused the registration token"), "{err}");
+    assert!(err.contains("not a Tessera registration token"), "{err}");
     // Without the operator's key a worker does not start either.
     let out = std::process::Command::new(crate::harness::BIN)
         .args(["worker", "--operator", &c.url, "--party", BUYER])
@@ -845,6 +845,13 @@ async fn workers_register_only_with_their_partys_token_and_keep_their_ids() {
     assert_eq!(j.state_text(), "succeeded", "{}", j.error);
     assert_eq!(j.result_size, Some(10));
 
+    // An anonymous call (the junk token above never left the worker).
+    let e = connect_anonymous(&c.url)
+        .await
+        .list_jobs(pb::JobQuery::default())
+        .await
+        .expect_err("anonymous");
+    assert_eq!(e.code(), Code::Unauthenticated);
     // What happened shows in /metrics, on the gRPC port, in the Prometheus text format.
     let text = http_get(&c.url, "/metrics");
     for line in [

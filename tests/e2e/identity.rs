@@ -55,12 +55,27 @@ async fn accounts_need_a_valid_token_the_right_role_and_ownership() {
         .to_owned();
     assert!(admin.starts_with("tsk_"), "{admin}");
 
-    // No token, a malformed one, an unknown one: UNAUTHENTICATED alike.
+    // No token or an unknown one: UNAUTHENTICATED. A malformed one never leaves the client,
+    // whatever its size (a 5 MB line once ended the command silently).
     refused(&run(&c, None, &["user", "list"]), "UNAUTHENTICATED");
     refused(
         &run(&c, Some("nonsense"), &["user", "list"]),
-        "UNAUTHENTICATED",
+        "not a Tessera api token",
     );
+    let huge = data.join("huge.token");
+    std::fs::write(&huge, "t".repeat(5 << 20)).expect("write");
+    let o = run(
+        &c,
+        None,
+        &[
+            "user",
+            "list",
+            "--token-file",
+            huge.to_str().expect("utf-8"),
+        ],
+    );
+    refused(&o, "a token is 85 characters");
+    assert_eq!(o.status.code(), Some(1));
     let unknown = format!("tsk_{}_{}", "0".repeat(16), "1".repeat(64));
     refused(
         &run(&c, Some(&unknown), &["user", "list"]),
@@ -158,15 +173,21 @@ async fn accounts_need_a_valid_token_the_right_role_and_ownership() {
         &run(&c, Some(&bob), &["party", "registration-token", "shop"]),
         "PERMISSION_DENIED",
     );
-    // A registration token authenticates its party's registrant, for registration only.
+    // A registration token is for registration only: the client does not even send it as
+    // an API token (the operator would refuse it: PERMISSION_DENIED, see authz.rs).
     refused(
         &run(&c, Some(&reg), &["token", "list"]),
-        "it needs a user's API token",
+        "not a Tessera api token",
     );
 
     // Listings show one's own tokens only, never a secret.
     let mine = ok(&run(&c, Some(&alice), &["token", "list", "--csv"]));
-    assert_eq!(mine.lines().count(), 3, "header + alice's two: {mine}");
+    assert_eq!(
+        mine.lines().count(),
+        4,
+        "header + alice's two API tokens + her party's registration token: {mine}"
+    );
+    assert!(mine.contains(",registration,,shop,"), "{mine}");
     assert!(
         !mine.contains(&alice[21..]) && !mine.contains("bob"),
         "{mine}"
