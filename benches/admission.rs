@@ -43,6 +43,7 @@ async fn cluster(dir: &std::path::Path) -> (Arc<Scheduler>, String) {
                     ..WorkerAttributes::default()
                 },
                 format!("127.0.0.1:{port}"),
+                None,
             )
             .await
             .expect("register")

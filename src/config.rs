@@ -169,6 +169,11 @@ pub struct WorkerArgs {
     /// required unless TESSERA_REGISTRATION_TOKEN holds the token itself.
     #[arg(long, env = "TESSERA_REGISTRATION_TOKEN_FILE")]
     pub registration_token_file: Option<PathBuf>,
+    /// INSECURE, for tests only: peer links over plain TCP, without the certificate the
+    /// operator issues (by default they use mutual TLS and each side checks that the other's
+    /// certificate names the party and worker its ticket names).
+    #[arg(long, env = "TESSERA_INSECURE_PLAINTEXT_PEER")]
+    pub insecure_plaintext_peer: bool,
 }
 
 /// The keys a worker's TOML file may set (all optional; same names as the flags).
@@ -254,6 +259,7 @@ impl WorkerArgs {
             config.peer_listen = l;
         }
         config.peer_advertise = self.peer_advertise.or(f.peer_advertise);
+        config.insecure_plaintext_peer = self.insecure_plaintext_peer;
         config.operator_key_hex = match (
             self.operator_key.or(f.operator_key),
             self.operator_key_file.or(f.operator_key_file),

@@ -267,6 +267,8 @@ pub async fn start(config: &OperatorConfig) -> anyhow::Result<OperatorHandle> {
         ),
         Err(e) => tracing::error!(error = %e, "could not verify the audit chain at start"),
     }
+    let ca = load_or_create_ca(&config.data_dir)?;
+    scheduler.install_ca(Arc::new(ca));
     let recovered = scheduler.recover().await?;
     if recovered > 0 {
         tracing::warn!(
@@ -310,6 +312,52 @@ pub async fn start(config: &OperatorConfig) -> anyhow::Result<OperatorHandle> {
         server,
         _lock: lock,
     })
+}
+
+/// The CA certificate (PEM, readable by all) that workers' peer-link certificates chain to.
+pub const CA_CERT_FILE: &str = "ca.pem";
+/// The CA's private key (PEM, 0600).
+pub const CA_KEY_FILE: &str = "ca.key";
+
+/// Loads the operator's certificate authority from `DATA_DIR/ca.pem` and `ca.key`, creating
+/// them on first start (the key 0600, written through a temporary file and a rename).
+fn load_or_create_ca(dir: &Path) -> anyhow::Result<tessera_pki::CertificateAuthority> {
+    let (cert_path, key_path) = (dir.join(CA_CERT_FILE), dir.join(CA_KEY_FILE));
+    if key_path.exists() {
+        narrow_to_owner(&key_path)?;
+        let cert = std::fs::read_to_string(&cert_path)
+            .with_context(|| format!("reading {}", cert_path.display()))?;
+        let key = zeroize::Zeroizing::new(
+            std::fs::read_to_string(&key_path)
+                .with_context(|| format!("reading {}", key_path.display()))?,
+        );
+        return tessera_pki::CertificateAuthority::from_pem(&cert, &key)
+            .with_context(|| format!("the certificate authority in {}", dir.display()));
+    }
+    let now = SystemClock.now_ms() / 1000;
+    let ca = tessera_pki::CertificateAuthority::generate("Tessera operator CA", now)
+        .context("creating the certificate authority")?;
+    let (cert, key) = ca.to_pem();
+    let tmp = dir.join("ca.key.tmp");
+    {
+        use std::io::Write;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut f = options
+            .open(&tmp)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(key.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::write(&cert_path, &cert)
+        .with_context(|| format!("writing {}", cert_path.display()))?;
+    std::fs::rename(&tmp, &key_path).with_context(|| format!("writing {}", key_path.display()))?;
+    Ok(ca)
 }
 
 /// The file, in the data directory, holding the node's public key (hex, readable by all):

@@ -59,6 +59,13 @@ pub struct TaskSpec {
     pub peer_addr: String,
     /// Random shared secret naming the peer session; known only to the two workers.
     pub session_id: String,
+    /// The peer's party and worker id: the names its TLS certificate must carry on the peer
+    /// link (empty in specs made before peer links used TLS).
+    #[serde(default)]
+    pub peer_party: String,
+    /// See [`TaskSpec::peer_party`].
+    #[serde(default)]
+    pub peer_worker_id: String,
     /// Output file name inside the worker's output directory, if this side writes a result.
     pub output: String,
 }

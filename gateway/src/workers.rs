@@ -43,7 +43,13 @@ pub(crate) async fn register(
 ) -> Result<pb::RegisterWorkerResponse, Status> {
     let attrs = attributes(&r)?;
     let reg = s
-        .register_worker(caller, Some(r.worker_id), attrs, r.peer_addr)
+        .register_worker(
+            caller,
+            Some(r.worker_id),
+            attrs,
+            r.peer_addr,
+            Some(r.csr_pem),
+        )
         .await
         .map_err(|e| status(&e))?;
     Ok(pb::RegisterWorkerResponse {
@@ -54,6 +60,12 @@ pub(crate) async fn register(
             .credential
             .map(|t| t.reveal().to_string())
             .unwrap_or_default(),
+        ca_pem: if reg.certificate_pem.is_some() {
+            s.ca_pem().unwrap_or_default()
+        } else {
+            String::new()
+        },
+        certificate_pem: reg.certificate_pem.unwrap_or_default(),
     })
 }
 

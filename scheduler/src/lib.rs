@@ -34,7 +34,9 @@ pub use accounts::AccountService;
 pub use audit::AuditService;
 pub use billing::BillingService;
 pub use records::RecordService;
-pub use registry::{LiveWorker, Registration, WORKER_FORGET_MS, WorkerView};
+pub use registry::{
+    LiveWorker, Registration, WORKER_CERT_VALIDITY_SECS, WORKER_FORGET_MS, WorkerView,
+};
 pub use submit::{JobRequest, SUPPORTED_SCENES, TaskReport, TaskUsage};
 /// The records the services hand out, re-exported so the gateway needs no store dependency.
 pub use tessera_store::{
@@ -216,6 +218,9 @@ pub struct Scheduler {
     unended: Mutex<HashMap<String, (tessera_store::JobFinish, i64)>>,
     /// What `/metrics` shows.
     metrics: Arc<metrics::Metrics>,
+    /// The certificate authority that signs workers' peer-link certificates (installed by
+    /// the operator at start; none: workers get no certificate).
+    ca: std::sync::OnceLock<Arc<tessera_pki::CertificateAuthority>>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -252,7 +257,19 @@ impl Scheduler {
             jobs: Mutex::new(HashMap::new()),
             unended: Mutex::new(HashMap::new()),
             metrics: Arc::new(metrics::Metrics::new()),
+            ca: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Installs the certificate authority that signs workers' peer-link certificates at
+    /// registration; `false` if one was installed already (it is kept).
+    pub fn install_ca(&self, ca: Arc<tessera_pki::CertificateAuthority>) -> bool {
+        self.ca.set(ca).is_ok()
+    }
+
+    /// The CA certificate (PEM) peers' certificates chain to, if a CA is installed.
+    pub fn ca_pem(&self) -> Option<String> {
+        self.ca.get().map(|c| c.cert_pem().to_owned())
     }
 
     /// The metrics in the Prometheus text format, with live workers per party, jobs per state

@@ -69,7 +69,14 @@ pub struct Registration {
     /// worker presents it on every later call. `None` when it registered again with its own
     /// credential. Its text is shown to the worker once and never logged.
     pub credential: Option<tessera_auth::Token>,
+    /// The peer-link certificate (PEM) signed from the worker's CSR, naming exactly its party
+    /// and id; valid for [`WORKER_CERT_VALIDITY_SECS`]. `None` when no CSR came.
+    pub certificate_pem: Option<String>,
 }
+
+/// How long a worker's peer-link certificate is valid: 7 days (a worker registering again,
+/// as it does at every start and reconnection, gets a fresh one).
+pub const WORKER_CERT_VALIDITY_SECS: u64 = 7 * 24 * 3600;
 
 impl Scheduler {
     /// Registers (or re-registers) a worker for `caller`, whom the gateway has authorised
@@ -92,10 +99,11 @@ impl Scheduler {
         worker_id: Option<String>,
         attributes: WorkerAttributes,
         peer_addr: String,
+        csr_pem: Option<String>,
     ) -> Result<Registration, SchedulerError> {
         let caller = caller.clone();
         self.detached(move |s| async move {
-            s.register_now(&caller, worker_id, attributes, peer_addr)
+            s.register_now(&caller, worker_id, attributes, peer_addr, csr_pem)
                 .await
         })
         .await
@@ -107,6 +115,7 @@ impl Scheduler {
         worker_id: Option<String>,
         attributes: WorkerAttributes,
         peer_addr: String,
+        csr_pem: Option<String>,
     ) -> Result<Registration, SchedulerError> {
         if attributes.party.trim().is_empty() {
             return Err(SchedulerError::Invalid(
@@ -123,6 +132,23 @@ impl Scheduler {
             None => self.random_id("w-"),
         };
         let now = self.now();
+        let certificate_pem = match csr_pem.filter(|c| !c.trim().is_empty()) {
+            None => None,
+            Some(csr) => {
+                let ca = self.ca.get().ok_or_else(|| {
+                    SchedulerError::Invalid(
+                        "this operator runs no certificate authority: register without a CSR"
+                            .into(),
+                    )
+                })?;
+                let identity = tessera_pki::PeerIdentity::new(&attributes.party, &worker_id)
+                    .map_err(|e| SchedulerError::Invalid(e.to_string()))?;
+                let cert = ca
+                    .sign_worker(&csr, &identity, now / 1000, WORKER_CERT_VALIDITY_SECS)
+                    .map_err(|e| SchedulerError::Invalid(format!("certificate request: {e}")))?;
+                Some(cert)
+            }
+        };
         let (credential, record) = match caller {
             Caller::Registrant { .. } => {
                 if let Some(p) = self.store.worker_party(&worker_id).await? {
@@ -183,6 +209,7 @@ impl Scheduler {
         Ok(Registration {
             worker_id,
             credential,
+            certificate_pem,
         })
     }
 

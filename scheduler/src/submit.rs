@@ -438,6 +438,8 @@ impl Scheduler {
                             dial_peer: true,
                             peer_addr: b.peer_addr.clone(),
                             session_id: session_id.clone(),
+                            peer_party: req.buyer_party.clone(),
+                            peer_worker_id: b.worker_id.clone(),
                             output: String::new(),
                         };
                         let receiver = TaskSpec {
@@ -449,6 +451,8 @@ impl Scheduler {
                             peer_addr: String::new(),
                             output: req.output.clone(),
                             carry_columns: req.carry_columns.clone(),
+                            peer_party: l.licensor.clone(),
+                            peer_worker_id: p.worker_id.clone(),
                             ..sender.clone()
                         };
                         for (spec, placed, party) in

@@ -221,6 +221,7 @@ async fn lost_workers_show_lost_then_are_forgotten_and_running_follows_the_jobs(
                 ..Default::default()
             },
             "127.0.0.1:9002".into(),
+            None,
         )
         .await
         .expect("register again");

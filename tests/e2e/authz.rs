@@ -84,6 +84,7 @@ async fn call(
                 worker_id: String::new(),
                 attributes: worker_attrs(&pick(BUYER, PROVIDER)),
                 peer_addr: "127.0.0.1:1".into(),
+                csr_pem: String::new(),
             })
             .await
             .map(drop),
@@ -506,6 +507,7 @@ async fn fixture(c: &Cluster) -> Fixture {
             worker_id: String::new(),
             attributes: worker_attrs(BUYER),
             peer_addr: "127.0.0.1:1".into(),
+            csr_pem: String::new(),
         })
         .await
         .expect("register")
@@ -824,6 +826,7 @@ async fn workers_register_only_with_their_partys_token_and_keep_their_ids() {
                 worker_id: id.clone(),
                 attributes: worker_attrs(party),
                 peer_addr: "127.0.0.1:1".into(),
+                csr_pem: String::new(),
             })
             .await
             .expect_err("refused");

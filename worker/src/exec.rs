@@ -92,6 +92,8 @@ pub struct ExecEnv {
     pub idle_timeout: Duration,
     /// How long to wait for the peer to connect.
     pub connect_timeout: Duration,
+    /// TLS for the peer links (`None`: plain TCP, an insecure option for tests).
+    pub tls: Option<std::sync::Arc<crate::link::PeerTls>>,
 }
 
 /// Where a task reports its engine's delivery point: the moment the receiver is able to
@@ -227,17 +229,43 @@ pub async fn run_task(
         .map_err(|e| TaskError::Input(e.to_string()))?;
     progress.report("read", input.rows, input.rows);
 
-    let link = if spec.dial_peer {
-        GrpcLink::dial(
-            &spec.peer_addr,
-            &spec.session_id,
-            env.frame_bytes_max,
-            env.idle_timeout,
-            env.connect_timeout,
-        )
-        .await
-    } else {
-        env.hub.accept(&spec.session_id, env.connect_timeout).await
+    // With TLS, the peer must be the worker the ticket names: its certificate says so.
+    let expected = match &env.tls {
+        Some(_) => Some(
+            tessera_pki::PeerIdentity::new(&spec.peer_party, &spec.peer_worker_id).map_err(
+                |e| TaskError::Ticket(format!("the ticket names no valid peer worker: {e}")),
+            )?,
+        ),
+        None => None,
+    };
+    let link = match (spec.dial_peer, &env.tls, &expected) {
+        (true, Some(tls), Some(peer)) => {
+            GrpcLink::dial_tls(
+                &spec.peer_addr,
+                &spec.session_id,
+                env.frame_bytes_max,
+                env.idle_timeout,
+                env.connect_timeout,
+                tls,
+                peer,
+            )
+            .await
+        }
+        (true, _, _) => {
+            GrpcLink::dial(
+                &spec.peer_addr,
+                &spec.session_id,
+                env.frame_bytes_max,
+                env.idle_timeout,
+                env.connect_timeout,
+            )
+            .await
+        }
+        (false, _, peer) => {
+            env.hub
+                .accept_from(&spec.session_id, env.connect_timeout, peer.as_ref())
+                .await
+        }
     }
     .map_err(|e| TaskError::Peer(e.to_string()))?;
 

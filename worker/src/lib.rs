@@ -28,7 +28,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::exec::{DeliverySink, ExecEnv, TaskError, measured, run_task};
-use crate::link::{PeerHub, serve_peer};
+use crate::link::{PeerHub, PeerTls, serve_peer, serve_peer_tls};
 
 /// How a worker is set up.
 #[derive(Debug, Clone)]
@@ -60,6 +60,11 @@ pub struct WorkerConfig {
     pub idle_timeout: Duration,
     /// How long to wait for a peer to connect.
     pub connect_timeout: Duration,
+    /// Peer links over plain TCP, without certificates: an insecure option, for tests only.
+    /// By default a worker sends the operator a certificate request at registration and its
+    /// peer links use mutual TLS, each side checking that the other's certificate names the
+    /// party and worker its ticket names.
+    pub insecure_plaintext_peer: bool,
 }
 
 impl WorkerConfig {
@@ -83,6 +88,7 @@ impl WorkerConfig {
             frame_bytes_max: tessera_core::limits::FRAME_BYTES_MAX,
             idle_timeout: Duration::from_secs(120),
             connect_timeout: Duration::from_secs(30),
+            insecure_plaintext_peer: false,
         }
     }
 }
@@ -255,7 +261,12 @@ pub async fn start(config: WorkerConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
         .with_context(|| format!("binding peer address {}", config.peer_listen))?;
     let peer_addr = listener.local_addr()?;
     let hub = PeerHub::new(config.frame_bytes_max, config.idle_timeout);
-    tokio::spawn(serve_peer(hub.clone(), listener));
+    // The peer-link key never leaves this process; the operator signs a certificate for it.
+    let peer_key = if config.insecure_plaintext_peer {
+        None
+    } else {
+        Some(tessera_pki::worker_key_and_csr().context("making the peer-link key")?)
+    };
 
     let channel = connect_operator(&config.operator_url).await?;
     let advertise = config
@@ -266,8 +277,41 @@ pub async fn start(config: WorkerConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
         worker_id: config.worker_id.clone().unwrap_or_default(),
         attributes: Some(to_pb_attrs(&config.attributes)),
         peer_addr: advertise,
+        csr_pem: peer_key
+            .as_ref()
+            .map(|(_, csr)| csr.clone())
+            .unwrap_or_default(),
     };
     let reg = register_first(&channel, &config, &registration).await?;
+    let tls = match peer_key {
+        None => {
+            tracing::warn!(
+                "peer links are plain TCP (--insecure-plaintext-peer): use this for tests only"
+            );
+            tokio::spawn(serve_peer(hub.clone(), listener));
+            None
+        }
+        Some((key_pem, _)) => {
+            if reg.certificate_pem.is_empty() || reg.ca_pem.is_empty() {
+                anyhow::bail!(
+                    "the operator issued no peer-link certificate (it runs no certificate \
+                     authority); start the worker with --insecure-plaintext-peer only for tests"
+                );
+            }
+            let tls = Arc::new(PeerTls {
+                ca_pem: reg.ca_pem.clone(),
+                cert_pem: reg.certificate_pem.clone(),
+                key_pem,
+            });
+            let (hub, served) = (hub.clone(), tls.clone());
+            tokio::spawn(async move {
+                if let Err(e) = serve_peer_tls(hub, listener, &served).await {
+                    tracing::error!(error = %e, "the peer-link server stopped");
+                }
+            });
+            Some(tls)
+        }
+    };
     let key = config.operator_key_hex.trim().to_ascii_lowercase();
     let credential = TokenHeader::new(&reg.worker_token)
         .ok()
@@ -291,6 +335,7 @@ pub async fn start(config: WorkerConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
             frame_bytes_max: config.frame_bytes_max,
             idle_timeout: config.idle_timeout,
             connect_timeout: config.connect_timeout,
+            tls,
         },
         clock,
         running: Mutex::new(HashMap::new()),

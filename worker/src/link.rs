@@ -15,6 +15,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tessera_core::link::LinkCounters;
 use tessera_core::{Link, LinkError, LinkStats};
+use tessera_pki::PeerIdentity;
 use tessera_proto::v1::Frame;
 use tessera_proto::v1::peer_client::PeerClient;
 use tessera_proto::v1::peer_server::Peer;
@@ -79,7 +80,8 @@ impl GrpcLink {
         }
     }
 
-    /// Dials `addr` and opens the session's stream, retrying until `connect_timeout`.
+    /// Dials `addr` over plain TCP (an insecure option, for benches and tests) and opens the
+    /// session's stream, retrying until `connect_timeout`.
     pub async fn dial(
         addr: &str,
         session_id: &str,
@@ -87,12 +89,65 @@ impl GrpcLink {
         idle_timeout: Duration,
         connect_timeout: Duration,
     ) -> Result<Self, LinkError> {
-        let uri = format!("http://{addr}");
+        Self::dial_with(
+            addr,
+            session_id,
+            frame_bytes_max,
+            idle_timeout,
+            connect_timeout,
+            None,
+        )
+        .await
+    }
+
+    /// Dials `addr` over TLS and opens the session's stream: the peer must present a
+    /// certificate of the operator's CA naming `expected` (its party and worker id, from the
+    /// ticket), and this side presents its own.
+    pub async fn dial_tls(
+        addr: &str,
+        session_id: &str,
+        frame_bytes_max: usize,
+        idle_timeout: Duration,
+        connect_timeout: Duration,
+        tls: &PeerTls,
+        expected: &PeerIdentity,
+    ) -> Result<Self, LinkError> {
+        Self::dial_with(
+            addr,
+            session_id,
+            frame_bytes_max,
+            idle_timeout,
+            connect_timeout,
+            Some((tls, expected)),
+        )
+        .await
+    }
+
+    async fn dial_with(
+        addr: &str,
+        session_id: &str,
+        frame_bytes_max: usize,
+        idle_timeout: Duration,
+        connect_timeout: Duration,
+        tls: Option<(&PeerTls, &PeerIdentity)>,
+    ) -> Result<Self, LinkError> {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let uri = format!("{scheme}://{addr}");
         let deadline = tokio::time::Instant::now() + connect_timeout;
-        let endpoint = tonic::transport::Endpoint::from_shared(uri)
+        let mut endpoint = tonic::transport::Endpoint::from_shared(uri)
             .map_err(|e| LinkError::Transport(format!("bad peer address {addr}: {e}")))?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true);
+        if let Some((tls, expected)) = tls {
+            endpoint = endpoint
+                .tls_config(
+                    tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tls.ca())
+                        .identity(tls.identity())
+                        .domain_name(expected.dns_name()),
+                )
+                .map_err(|e| LinkError::Transport(format!("peer TLS settings: {e}")))?;
+        }
         // One attempt every 200 ms until `connect_timeout` has passed.
         let channel = (|| endpoint.connect())
             .retry(
@@ -180,17 +235,56 @@ impl Link for GrpcLink {
     }
 }
 
+/// A worker's TLS material for its peer links: the operator's CA certificate, the worker's
+/// own certificate (issued at registration, naming its party and id) and its private key.
+/// `Debug` never shows the key.
+#[derive(Clone)]
+pub struct PeerTls {
+    /// The operator's CA certificate (PEM).
+    pub ca_pem: String,
+    /// This worker's certificate (PEM).
+    pub cert_pem: String,
+    /// This worker's private key (PEM).
+    pub key_pem: zeroize::Zeroizing<String>,
+}
+
+impl std::fmt::Debug for PeerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerTls")
+            .field("key_pem", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+impl PeerTls {
+    fn ca(&self) -> tonic::transport::Certificate {
+        tonic::transport::Certificate::from_pem(&self.ca_pem)
+    }
+
+    fn identity(&self) -> tonic::transport::Identity {
+        tonic::transport::Identity::from_pem(&self.cert_pem, self.key_pem.as_bytes())
+    }
+}
+
+/// A peer as its certificate names it (`None` on a plain link).
+type Presented = Option<PeerIdentity>;
+
 enum Slot {
-    Waiting(oneshot::Sender<GrpcLink>),
-    Arrived(GrpcLink, tokio::time::Instant),
+    /// A task waits for the peer its ticket names (`None`: any, on a plain link).
+    Waiting(oneshot::Sender<GrpcLink>, Option<PeerIdentity>),
+    Arrived(GrpcLink, tokio::time::Instant, Presented),
 }
 
 /// Matches incoming peer streams with the tasks waiting for them; also the `Peer` service.
+/// With TLS, a stream is handed only to the task whose ticket names the worker the dialer's
+/// certificate names.
 #[derive(Clone)]
 pub struct PeerHub {
     slots: Arc<std::sync::Mutex<HashMap<String, Slot>>>,
     frame_bytes_max: usize,
     idle_timeout: Duration,
+    /// Streams without a client certificate of the operator's CA are refused.
+    require_identity: bool,
 }
 
 impl std::fmt::Debug for PeerHub {
@@ -209,7 +303,15 @@ impl PeerHub {
             slots: Arc::default(),
             frame_bytes_max,
             idle_timeout,
+            require_identity: false,
         }
+    }
+
+    /// The same hub, refusing any stream whose dialer presented no certificate naming a
+    /// worker (served with [`serve_peer_tls`]).
+    pub fn requiring_identity(mut self) -> Self {
+        self.require_identity = true;
+        self
     }
 
     /// The tonic service for this hub.
@@ -227,15 +329,33 @@ impl PeerHub {
         }
     }
 
-    /// Waits up to `timeout` for the peer of `session_id` to dial in.
+    /// Waits up to `timeout` for the peer of `session_id` to dial in (any peer: plain links).
     pub async fn accept(&self, session_id: &str, timeout: Duration) -> Result<GrpcLink, LinkError> {
+        self.accept_from(session_id, timeout, None).await
+    }
+
+    /// Waits up to `timeout` for the peer of `session_id` to dial in; with `expected`, only a
+    /// dialer whose certificate names that party and worker is taken (another is refused).
+    pub async fn accept_from(
+        &self,
+        session_id: &str,
+        timeout: Duration,
+        expected: Option<&PeerIdentity>,
+    ) -> Result<GrpcLink, LinkError> {
         let rx = {
             let mut slots = self.lock();
             match slots.remove(session_id) {
-                Some(Slot::Arrived(link, _)) => return Ok(link),
+                Some(Slot::Arrived(link, _, presented)) => {
+                    return match expected {
+                        Some(e) if presented.as_ref() != Some(e) => {
+                            Err(LinkError::Transport(mismatch(e, presented.as_ref())))
+                        }
+                        _ => Ok(link),
+                    };
+                }
                 _ => {
                     let (tx, rx) = oneshot::channel();
-                    slots.insert(session_id.to_string(), Slot::Waiting(tx));
+                    slots.insert(session_id.to_string(), Slot::Waiting(tx, expected.cloned()));
                     rx
                 }
             }
@@ -251,16 +371,28 @@ impl PeerHub {
         }
     }
 
-    fn offer(&self, session_id: String, link: GrpcLink) -> Result<(), Status> {
+    fn offer(
+        &self,
+        session_id: String,
+        link: GrpcLink,
+        presented: Presented,
+    ) -> Result<(), Status> {
         let mut slots = self.lock();
         let now = tokio::time::Instant::now();
         // Arrivals nobody claimed within a minute are dropped.
         slots.retain(|_, s| match s {
-            Slot::Arrived(_, at) => now.duration_since(*at) < Duration::from_secs(60),
-            Slot::Waiting(tx) => !tx.is_closed(),
+            Slot::Arrived(_, at, _) => now.duration_since(*at) < Duration::from_secs(60),
+            Slot::Waiting(tx, _) => !tx.is_closed(),
         });
         match slots.remove(&session_id) {
-            Some(Slot::Waiting(tx)) => tx
+            Some(Slot::Waiting(tx, Some(expected))) if presented.as_ref() != Some(&expected) => {
+                // Put the waiting task back: the rightful peer may still come.
+                slots.insert(session_id, Slot::Waiting(tx, Some(expected)));
+                Err(Status::permission_denied(
+                    "this session's ticket names another worker than your certificate",
+                ))
+            }
+            Some(Slot::Waiting(tx, _)) => tx
                 .send(link)
                 .map_err(|_| Status::unavailable("the task for this session has ended")),
             Some(Slot::Arrived(..)) => Err(Status::already_exists("session already connected")),
@@ -268,7 +400,7 @@ impl PeerHub {
                 Err(Status::resource_exhausted("too many pending peer sessions"))
             }
             None => {
-                slots.insert(session_id, Slot::Arrived(link, now));
+                slots.insert(session_id, Slot::Arrived(link, now, presented));
                 Ok(())
             }
         }
@@ -290,15 +422,56 @@ impl Peer for PeerHub {
             .filter(|s| !s.is_empty() && s.len() <= 128)
             .ok_or_else(|| Status::invalid_argument("missing session id"))?
             .to_string();
+        // TLS has checked the chain to the operator's CA; the certificate's names say which
+        // worker dials.
+        let presented = request
+            .peer_certs()
+            .and_then(|certs| certs.first().map(|c| tessera_pki::peer_identity_of(c)))
+            .and_then(Result::ok);
+        if self.require_identity && presented.is_none() {
+            return Err(Status::unauthenticated(
+                "a peer link needs a worker certificate from the operator",
+            ));
+        }
         let inbound = request.into_inner().boxed();
         let (tx, rx) = mpsc::channel(tessera_core::limits::LINK_QUEUE_FRAMES);
         let link = GrpcLink::new(tx, inbound, self.frame_bytes_max, self.idle_timeout);
-        self.offer(session, link)?;
+        self.offer(session, link, presented)?;
         Ok(Response::new(ReceiverStream::new(rx).map(Ok).boxed()))
     }
 }
 
-/// Serves a hub on a bound listener until the future is dropped.
+/// Serves a hub over TLS on a bound listener until the future is dropped: this worker presents
+/// its certificate, and every dialer must present one of the operator's CA (mutual TLS).
+///
+/// # Errors
+/// The TLS settings are refused (a bad certificate or key) or the server fails.
+pub async fn serve_peer_tls(
+    hub: PeerHub,
+    listener: tokio::net::TcpListener,
+    tls: &PeerTls,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .tls_config(
+            tonic::transport::ServerTlsConfig::new()
+                .identity(tls.identity())
+                .client_ca_root(tls.ca()),
+        )?
+        .add_service(hub.requiring_identity().service())
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+        .await
+}
+
+/// The refusal of a peer whose certificate names another worker than the ticket.
+fn mismatch(expected: &PeerIdentity, presented: Option<&PeerIdentity>) -> String {
+    match presented {
+        Some(p) => format!("the peer's certificate names {p}, but the ticket names {expected}"),
+        None => format!("the peer presented no certificate; the ticket names {expected}"),
+    }
+}
+
+/// Serves a hub on a bound listener over plain TCP (an insecure option, for benches and
+/// tests) until the future is dropped.
 pub async fn serve_peer(
     hub: PeerHub,
     listener: tokio::net::TcpListener,

@@ -53,6 +53,7 @@ impl Operator for ScriptedOperator {
             operator_key_hex: self.key_hex.clone(),
             heartbeat_interval_ms: 60_000,
             worker_token: WORKER_TOKEN.into(),
+            ..pb::RegisterWorkerResponse::default()
         }))
     }
     async fn heartbeat(
@@ -328,6 +329,8 @@ fn spec(task_id: &str, dataset: &str) -> Vec<u8> {
         dial_peer: false,
         peer_addr: String::new(),
         session_id: "s".into(),
+        peer_party: String::new(),
+        peer_worker_id: String::new(),
         output: String::new(),
     };
     serde_json::to_vec(&s).expect("spec")
@@ -401,6 +404,8 @@ async fn the_worker_refuses_bad_tickets_and_accepts_a_good_one_once() {
     cfg.worker_id = Some("w1".into());
     cfg.operator_key_hex = signer.public_key_hex();
     cfg.registration = tessera_proto::TokenHeader::new(REGISTRATION_TOKEN).expect("ascii");
+    // The scripted operator runs no certificate authority.
+    cfg.insecure_plaintext_peer = true;
     let clock = Arc::new(ManualClock::new(NOW_MS));
     let worker = tessera_worker::start(cfg, clock).await.expect("worker");
 

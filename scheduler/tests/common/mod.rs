@@ -48,6 +48,7 @@ pub async fn node_on(
                     ..WorkerAttributes::default()
                 },
                 format!("127.0.0.1:{port}"),
+                None,
             )
             .await
             .expect("register")
