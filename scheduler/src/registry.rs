@@ -74,8 +74,8 @@ pub struct Registration {
     pub certificate_pem: Option<String>,
 }
 
-/// How long a worker's peer-link certificate is valid: 7 days (a worker registering again,
-/// as it does at every start and reconnection, gets a fresh one).
+/// How long a worker's peer-link certificate is valid: 7 days. A worker uses the certificate
+/// of its start (renewal while it runs is not built yet).
 pub const WORKER_CERT_VALIDITY_SECS: u64 = 7 * 24 * 3600;
 
 impl Scheduler {
