@@ -265,10 +265,7 @@ impl WorkerArgs {
             self.operator_key_file.or(f.operator_key_file),
         ) {
             (Some(k), _) => k,
-            (None, Some(path)) => std::fs::read_to_string(&path)
-                .with_context(|| format!("reading the operator's key from {}", path.display()))?
-                .trim()
-                .to_owned(),
+            (None, Some(path)) => crate::client::conn::read_small_file(&path, "operator key")?,
             (None, None) => String::new(),
         };
         let token = match self.registration_token_file.or(f.registration_token_file) {

@@ -171,22 +171,33 @@ pub const TOKEN_FILE_BYTES_MAX: u64 = 4096;
 ///
 /// Errors: the file cannot be read, is larger, is not UTF-8, or holds nothing.
 pub fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
-    let len = std::fs::metadata(path)
-        .with_context(|| format!("reading the token file {}", path.display()))?
-        .len();
-    if len > TOKEN_FILE_BYTES_MAX {
-        anyhow::bail!(
-            "the token file {} holds {len} bytes: a token is 85 characters",
-            path.display()
-        );
-    }
-    let token = std::fs::read_to_string(path)
-        .map(|t| t.trim().to_owned())
-        .with_context(|| format!("reading the token file {}", path.display()))?;
+    let token = read_small_file(path, "token")?;
     if token.is_empty() {
         anyhow::bail!("the token file {} is empty", path.display());
     }
     Ok(token)
+}
+
+/// Reads at most [`TOKEN_FILE_BYTES_MAX`] bytes of a small text file (a token, a key),
+/// trimmed: never more, whatever the file is (a device, a pipe, a huge file).
+///
+/// Errors: the file cannot be read, holds more, or is not UTF-8.
+pub fn read_small_file(path: &std::path::Path, what: &str) -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(TOKEN_FILE_BYTES_MAX + 1).read_to_end(&mut bytes))
+        .with_context(|| format!("reading the {what} file {}", path.display()))?;
+    if bytes.len() as u64 > TOKEN_FILE_BYTES_MAX {
+        anyhow::bail!(
+            "the {what} file {} holds more than {TOKEN_FILE_BYTES_MAX} bytes: a token is 85 \
+             characters, a key 64",
+            path.display()
+        );
+    }
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("the {what} file {} is not UTF-8 text", path.display()))?;
+    Ok(text.trim().to_owned())
 }
 
 /// Checks that `text` has the form of a token of `kind` before it is sent anywhere.

@@ -76,6 +76,13 @@ async fn accounts_need_a_valid_token_the_right_role_and_ownership() {
     );
     refused(&o, "a token is 85 characters");
     assert_eq!(o.status.code(), Some(1));
+    // A device that never ends is read no further than a token's room.
+    #[cfg(unix)]
+    {
+        let o = run(&c, None, &["user", "list", "--token-file", "/dev/zero"]);
+        refused(&o, "holds more than");
+        assert_eq!(o.status.code(), Some(1));
+    }
     let unknown = format!("tsk_{}_{}", "0".repeat(16), "1".repeat(64));
     refused(
         &run(&c, Some(&unknown), &["user", "list"]),

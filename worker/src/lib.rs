@@ -514,8 +514,8 @@ enum ReconnectError {
     /// The operator no longer accepts this worker's credential (its id was registered again
     /// by another process, or the operator's accounts were reset): never worth another attempt.
     #[error(
-        "the operator no longer accepts this worker's credential (was its id registered again \
-         elsewhere?): {0}"
+        "the operator no longer accepts this worker's credential (its id was registered again \
+         elsewhere, or its party's owner was disabled): {0}"
     )]
     Revoked(tonic::Status),
 }
