@@ -156,9 +156,21 @@ impl GrpcLink {
                     .without_max_times(),
             )
             .sleep(tokio::time::sleep)
-            .when(|_| tokio::time::Instant::now() < deadline)
+            // A peer not listening yet is worth another attempt; a failed TLS handshake is not.
+            .when(|e| !handshake_failed(e) && tokio::time::Instant::now() < deadline)
             .await
-            .map_err(|e| LinkError::PeerGone(format!("cannot reach peer {addr}: {e}")))?;
+            .map_err(|e| {
+                if handshake_failed(&e) {
+                    LinkError::Transport(format!(
+                        "TLS handshake with peer {addr} failed (is it running \
+                         --insecure-plaintext-peer, or does its certificate name another worker \
+                         than the ticket?): {}",
+                        chain(&e)
+                    ))
+                } else {
+                    LinkError::PeerGone(format!("cannot reach peer {addr}: {}", chain(&e)))
+                }
+            })?;
         let limit = frame_bytes_max + FRAME_OVERHEAD_BYTES;
         let mut client = PeerClient::new(channel)
             .max_decoding_message_size(limit)
@@ -233,6 +245,34 @@ impl Link for GrpcLink {
     fn stats(&self) -> LinkStats {
         self.counters.snapshot()
     }
+}
+
+/// Whether a connection attempt failed in the TLS handshake (rustls reports it as an I/O
+/// error of kind `InvalidData`), not for want of a listener.
+fn handshake_failed(e: &tonic::transport::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData)
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// An error with its causes, `: `-joined.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(err) = source {
+        out.push_str(": ");
+        out.push_str(&err.to_string());
+        source = err.source();
+    }
+    out
 }
 
 /// A worker's TLS material for its peer links: the operator's CA certificate, the worker's

@@ -125,11 +125,14 @@ async fn a_listener_other_than_the_ticket_names_or_another_ca_fails_the_handshak
     let provider = id("prov", "w-p");
     let (_hub, addr) = listening(tls(&ca, &buyer)).await;
     let provider_tls = tls(&ca, &provider);
-    // The dialer's ticket names another worker than the one listening there.
+    // The dialer's ticket names another worker than the one listening there: the handshake
+    // fails at once (no retries until the connect timeout), and says so.
+    let t0 = std::time::Instant::now();
     let e = dial(&addr, "s", &provider_tls, &id("buy", "w-other"))
         .await
         .expect_err("wrong listener accepted");
-    assert!(!e.is_empty());
+    assert!(e.contains("TLS handshake"), "{e}");
+    assert!(t0.elapsed() < CONNECT, "retried for {:?}", t0.elapsed());
     // A certificate for the right names, but from a CA the operator never ran.
     let rogue = CertificateAuthority::generate("rogue CA", now() - 3600).expect("ca");
     let forged = PeerTls {
@@ -143,4 +146,21 @@ async fn a_listener_other_than_the_ticket_names_or_another_ca_fails_the_handshak
             .await
             .is_err()
     );
+}
+
+#[tokio::test]
+async fn a_tls_dialer_facing_a_plaintext_listener_says_so_at_once() {
+    let ca = CertificateAuthority::generate("test CA", now() - 3600).expect("ca");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let hub = PeerHub::new(FRAME, IDLE);
+    tokio::spawn(tessera_worker::link::serve_peer(hub, listener));
+    let t0 = std::time::Instant::now();
+    let e = dial(&addr, "s", &tls(&ca, &id("prov", "w-p")), &id("buy", "w-b"))
+        .await
+        .expect_err("plaintext peer accepted");
+    assert!(e.contains("--insecure-plaintext-peer"), "{e}");
+    assert!(t0.elapsed() < CONNECT, "retried for {:?}", t0.elapsed());
 }
