@@ -89,11 +89,7 @@ impl OperatorService {
         user: &mut String,
     ) -> Result<Caller, Status> {
         let who = self.caller(req).await?;
-        if user.is_empty() {
-            if let Caller::User(p) = &who {
-                user.clone_from(&p.user);
-            }
-        }
+        for_self(&who, user);
         self.accounts
             .check_user(op, &who, user)
             .await
@@ -127,6 +123,16 @@ impl OperatorService {
     }
 }
 
+/// Fills an empty user field of a request with the calling user's id (a request acts for
+/// its caller unless it names someone).
+fn for_self(who: &Caller, user: &mut String) {
+    if user.is_empty() {
+        if let Caller::User(p) = who {
+            user.clone_from(&p.user);
+        }
+    }
+}
+
 pub(crate) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 fn ack(r: Result<(), Status>) -> Result<Response<pb::Ack>, Status> {
@@ -140,12 +146,12 @@ impl Operator for OperatorService {
         req: Request<pb::RegisterWorkerRequest>,
     ) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
         let who = self.caller(&req).await?;
-        let party = workers::attributes(req.get_ref())?.party;
+        let attrs = workers::attributes(req.get_ref())?;
         self.accounts
-            .check_registration(&who, &party, &req.get_ref().worker_id)
+            .check_registration(&who, &attrs.party, &req.get_ref().worker_id)
             .await
             .map_err(|e| status(&e))?;
-        workers::register(&self.jobs, &who, req.into_inner())
+        workers::register(&self.jobs, &who, attrs, req.into_inner())
             .await
             .map(Response::new)
     }
@@ -299,11 +305,7 @@ impl Operator for OperatorService {
     ) -> Result<Response<pb::Ack>, Status> {
         let who = self.caller(&req).await?;
         let r = req.get_mut();
-        if r.account.is_empty() {
-            if let Caller::User(p) = &who {
-                r.account.clone_from(&p.user);
-            }
-        }
+        for_self(&who, &mut r.account);
         // An unknown target is refused as invalid by the deposit itself.
         let voucher = !r.into.is_empty()
             && tessera_scheduler::billing::parse_deposit_into(&r.into)

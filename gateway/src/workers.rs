@@ -35,13 +35,14 @@ pub(crate) fn attributes(r: &pb::RegisterWorkerRequest) -> Result<WorkerAttribut
     })
 }
 
-/// A registration by `caller`, authorised by `AccountService::check_registration`.
+/// A registration by `caller` declaring `attrs` (parsed once by [`attributes`]), authorised
+/// by `AccountService::check_registration`.
 pub(crate) async fn register(
     s: &Scheduler,
     caller: &Caller,
+    attrs: WorkerAttributes,
     r: pb::RegisterWorkerRequest,
 ) -> Result<pb::RegisterWorkerResponse, Status> {
-    let attrs = attributes(&r)?;
     let reg = s
         .register_worker(
             caller,

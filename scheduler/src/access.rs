@@ -246,7 +246,7 @@ impl AccountService {
     }
 
     /// The owner of `party` (`None`: no such party, or one made before parties had owners).
-    async fn owner_of(&self, party: &str) -> Result<Option<String>, SchedulerError> {
+    pub(crate) async fn owner_of(&self, party: &str) -> Result<Option<String>, SchedulerError> {
         Ok(found(self.store.party(party).await)?.map(|p| p.owner_user_id))
     }
 }

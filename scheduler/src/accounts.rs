@@ -451,11 +451,7 @@ impl AccountService {
         let record = self.store.token(token_id).await?;
         // An API token is its user's; a registration token its party owner's.
         let party_owner = match record.as_ref().and_then(|r| r.party_id.as_deref()) {
-            Some(p) => match self.store.party(p).await {
-                Ok(p) => Some(p.owner_user_id),
-                Err(StoreError::NotFound { .. }) => None,
-                Err(e) => return Err(e.into()),
-            },
+            Some(p) => self.owner_of(p).await?,
             None => None,
         };
         let owner = record
@@ -537,11 +533,7 @@ impl AccountService {
         party_id: &str,
         ttl_ms: Option<i64>,
     ) -> Result<IssuedToken, SchedulerError> {
-        let owner = match self.store.party(party_id).await {
-            Ok(p) => Some(p.owner_user_id),
-            Err(StoreError::NotFound { .. }) => None,
-            Err(e) => return Err(e.into()),
-        };
+        let owner = self.owner_of(party_id).await?;
         let target = Target {
             party_owner: owner.as_deref(),
             ..Target::default()

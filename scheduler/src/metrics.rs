@@ -231,6 +231,10 @@ impl Metrics {
         jobs_by_state: &[(String, i64)],
         transfers_by_kind: &[(String, i64)],
     ) -> String {
+        // One render at a time: two scrapes never see each other's half-set gauges.
+        let Ok(registry) = self.registry.lock() else {
+            return String::new();
+        };
         self.workers.clear();
         for (party, n) in workers_live {
             self.workers
@@ -254,10 +258,8 @@ impl Metrics {
                 .set(*n);
         }
         let mut out = String::new();
-        if let Ok(r) = self.registry.lock() {
-            if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &r) {
-                tracing::error!(error = %e, "could not encode the metrics");
-            }
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+            tracing::error!(error = %e, "could not encode the metrics");
         }
         out
     }

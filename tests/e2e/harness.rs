@@ -114,22 +114,21 @@ pub const PROVIDER_USER: &str = "pu";
 
 /// A client of the operator at `url` sending `token`.
 pub async fn connect_as(url: &str, token: &str) -> Client {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
-        .expect("url")
-        .connect()
-        .await
-        .expect("connect operator");
-    OperatorClient::with_interceptor(channel, TokenHeader::new(token).expect("ascii token"))
+    connect_with(url, TokenHeader::new(token).expect("ascii token")).await
 }
 
 /// A client of the operator at `url` sending no token.
 pub async fn connect_anonymous(url: &str) -> Client {
+    connect_with(url, TokenHeader::none()).await
+}
+
+async fn connect_with(url: &str, header: TokenHeader) -> Client {
     let channel = tonic::transport::Endpoint::from_shared(url.to_string())
         .expect("url")
         .connect()
         .await
         .expect("connect operator");
-    OperatorClient::with_interceptor(channel, TokenHeader::none())
+    OperatorClient::with_interceptor(channel, header)
 }
 
 impl Cluster {
