@@ -1,11 +1,69 @@
 //! Generates the gRPC code with the vendored `protoc`, so a fresh machine needs no install.
+//!
+//! The messages the REST facade carries (every message but the worker protocol's and the peer
+//! link's) also derive `serde` (the proto3 JSON mapping's lowerCamelCase field names; a missing
+//! field is its default) and `utoipa::ToSchema` (the OpenAPI document); their enum fields
+//! travel as the enum value's name (`crate::json`).
+
+/// Messages of the worker protocol and the peer link: gRPC only, never JSON.
+const GRPC_ONLY: &[&str] = &[
+    "Frame",
+    "TaskEnvelope",
+    "TaskAssignment",
+    "TaskCancel",
+    "RegisterWorkerRequest",
+    "RegisterWorkerResponse",
+    "HeartbeatRequest",
+    "HeartbeatResponse",
+    "PullTasksRequest",
+    "ProgressReport",
+    "Usage",
+    "TaskResult",
+    "DeliveryReport",
+];
+
+/// Enum-typed fields and the `crate::json` module that names their values.
+const ENUM_FIELDS: &[(&str, &str)] = &[
+    ("SubmitJobRequest.mode", "psi_mode"),
+    ("SubmitJobRequest.key_case", "key_case"),
+    ("SubmitJobRequest.unicode_form", "unicode_form"),
+    ("SubmitJobRequest.empty_keys", "empty_keys"),
+    ("PhaseProgress.role", "task_role"),
+    ("Job.state", "job_state"),
+    ("Job.mode", "psi_mode"),
+    ("JobQuery.state", "job_state"),
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    let proto = std::fs::read_to_string("tessera.proto")?;
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc);
     config.bytes(["."]);
+    for name in proto.lines().filter_map(|l| {
+        l.strip_prefix("message ")
+            .and_then(|rest| rest.split_whitespace().next())
+    }) {
+        if GRPC_ONLY.contains(&name) {
+            continue;
+        }
+        config.type_attribute(
+            format!(".tessera.v1.{name}"),
+            "#[derive(serde::Serialize, serde::Deserialize, utoipa::ToSchema)]\n\
+             #[serde(default, rename_all = \"camelCase\")]",
+        );
+    }
+    for (field, module) in ENUM_FIELDS {
+        config.field_attribute(
+            format!(".tessera.v1.{field}"),
+            format!(
+                "#[serde(with = \"crate::json::{module}\")]\n\
+                 #[schema(value_type = String, example = json!(crate::json::{module}::EXAMPLE))]"
+            ),
+        );
+    }
     tonic_prost_build::configure().compile_with_config(config, &["tessera.proto"], &["."])?;
     println!("cargo:rerun-if-changed=tessera.proto");
+    println!("cargo:rerun-if-changed=build.rs");
     Ok(())
 }

@@ -32,10 +32,10 @@ worker); an unknown key is an error.";
 pub struct ServeArgs {
     /// TOML configuration file (keys: listen, data_dir, heartbeat_timeout_ms,
     /// heartbeat_interval_ms, late_window_ms (milliseconds, where the flag takes hours),
-    /// bill_close_interval_ms, time_zone, daily_price_basis).
+    /// bill_close_interval_ms, time_zone, daily_price_basis, tls_names, insecure_plaintext).
     #[arg(long, env = "TESSERA_CONFIG")]
     pub config: Option<PathBuf>,
-    /// gRPC listen address [default: 127.0.0.1:7100].
+    /// Listen address of gRPC and HTTP (TLS) [default: 127.0.0.1:7100].
     #[arg(long, env = "TESSERA_LISTEN")]
     pub listen: Option<String>,
     /// Data directory [default: .tessera/operator].
@@ -58,6 +58,15 @@ pub struct ServeArgs {
     /// [default: previous_term_month].
     #[arg(long, env = "TESSERA_DAILY_PRICE_BASIS")]
     pub daily_price_basis: Option<String>,
+    /// A host name or IP address clients and workers use to reach this operator, for its TLS
+    /// certificate (repeatable or comma-separated; localhost, 127.0.0.1, ::1 and a specific
+    /// listen address are always in it).
+    #[arg(long = "tls-name", env = "TESSERA_TLS_NAMES", value_delimiter = ',')]
+    pub tls_names: Vec<String>,
+    /// INSECURE, for tests only: serve gRPC and HTTP over plain TCP instead of TLS (tokens
+    /// and data cross in clear).
+    #[arg(long, env = "TESSERA_INSECURE_PLAINTEXT")]
+    pub insecure_plaintext: bool,
 }
 
 impl ServeArgs {
@@ -92,6 +101,8 @@ impl ServeArgs {
         if let Some(b) = self.daily_price_basis {
             config.daily_price_basis = b;
         }
+        config.tls_names.extend(self.tls_names);
+        config.insecure_plaintext |= self.insecure_plaintext;
         config
             .daily_price_basis
             .parse::<tessera_accounting::subscription::DailyPriceBasis>()
@@ -115,10 +126,10 @@ pub struct WorkerArgs {
     pub command: Option<crate::client::lists::WorkerCmd>,
     /// TOML configuration file (keys: operator, worker_id, party, region, centre, hardware,
     /// frameworks, software, datasets, outputs, peer_listen, peer_advertise, operator_key,
-    /// operator_key_file, registration_token_file).
+    /// operator_key_file, registration_token_file, ca_file).
     #[arg(long, env = "TESSERA_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Operator URL [default: http://127.0.0.1:7100].
+    /// Operator URL [default: https://127.0.0.1:7100].
     #[arg(long, env = "TESSERA_OPERATOR")]
     pub operator: Option<String>,
     /// Stable worker id (assigned when absent).
@@ -174,6 +185,15 @@ pub struct WorkerArgs {
     /// certificate names the party and worker its ticket names).
     #[arg(long, env = "TESSERA_INSECURE_PLAINTEXT_PEER")]
     pub insecure_plaintext_peer: bool,
+    /// The operator's CA certificate (the operator writes DATA_DIR/ca.pem): the operator's TLS
+    /// certificate must chain to it before the registration token is sent; required unless
+    /// --insecure-plaintext-operator.
+    #[arg(long, env = "TESSERA_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// INSECURE, for tests only: reach the operator at an http:// URL over plain TCP (the
+    /// registration token and worker credential cross in clear).
+    #[arg(long, env = "TESSERA_INSECURE_PLAINTEXT_OPERATOR")]
+    pub insecure_plaintext_operator: bool,
 }
 
 /// The keys a worker's TOML file may set (all optional; same names as the flags).
@@ -210,6 +230,8 @@ pub struct WorkerFile {
     pub operator_key_file: Option<PathBuf>,
     /// File holding the party's registration token.
     pub registration_token_file: Option<PathBuf>,
+    /// The operator's CA certificate (PEM).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl WorkerArgs {
@@ -252,8 +274,12 @@ impl WorkerArgs {
         let operator = self
             .operator
             .or(f.operator)
-            .unwrap_or_else(|| "http://127.0.0.1:7100".into());
+            .unwrap_or_else(|| crate::client::conn::DEFAULT_OPERATOR.into());
         let mut config = tessera_worker::WorkerConfig::new(operator, attributes, datasets, outputs);
+        config.insecure_plaintext_operator = self.insecure_plaintext_operator;
+        if let Some(path) = self.ca_file.or(f.ca_file) {
+            config.operator_ca_pem = Some(crate::client::conn::read_ca_file(&path)?);
+        }
         config.worker_id = self.worker_id.or(f.worker_id);
         if let Some(l) = self.peer_listen.or(f.peer_listen) {
             config.peer_listen = l;
@@ -450,7 +476,7 @@ mod tests {
         assert_eq!(c.attributes.party, "p");
         assert_eq!(c.attributes.region, "flag-region");
         assert_eq!(c.attributes.ai_frameworks, ["a", "b"]);
-        assert_eq!(c.operator_url, "http://127.0.0.1:7100");
+        assert_eq!(c.operator_url, "https://127.0.0.1:7100");
         assert_eq!(c.peer_listen, "127.0.0.1:0");
     }
 

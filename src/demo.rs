@@ -207,7 +207,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         std::fs::read_to_string(data_dir.join(operator::ADMIN_TOKEN_FILE))
             .context("reading the admin token the operator wrote")?,
     );
-    let mut admin = crate::client::conn::connect_with(&url, Some(admin_token.trim())).await?;
+    // Every link to the operator is TLS, checked against the CA it keeps in its data directory.
+    let ca_pem = crate::client::conn::read_ca_file(&data_dir.join(operator::CA_CERT_FILE))?;
+    let addr = crate::client::conn::OperatorAddr {
+        url: url.clone(),
+        ca_pem: Some(ca_pem.clone()),
+        insecure_plaintext: false,
+    };
+    let mut admin = crate::client::conn::connect_with(&addr, Some(admin_token.trim())).await?;
     // The operator records the users, their roles and parties; each user gets its own token.
     let mut tokens = Vec::new();
     for (user, roles, party) in [
@@ -237,8 +244,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         println!("user {user} ({roles}) owns party {party}; API token issued");
         tokens.push(zeroize::Zeroizing::new(t.secret_token));
     }
-    let mut provider = crate::client::conn::connect_with(&url, Some(&tokens[0])).await?;
-    let mut c = crate::client::conn::connect_with(&url, Some(&tokens[1])).await?;
+    let mut provider = crate::client::conn::connect_with(&addr, Some(&tokens[0])).await?;
+    let mut c = crate::client::conn::connect_with(&addr, Some(&tokens[1])).await?;
     let key = std::fs::read_to_string(data_dir.join(operator::PUBLIC_KEY_FILE))
         .context("reading the operator's public key")?;
     let mut workers = Vec::new();
@@ -272,6 +279,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             args.dir.join(dir).join("outputs"),
         );
         cfg.operator_key_hex = key.trim().to_owned();
+        cfg.operator_ca_pem = Some(ca_pem.clone());
         cfg.registration = tessera_proto::TokenHeader::new(&reg.secret_token)?;
         let w = tessera_worker::start(cfg, Arc::new(SystemClock)).await?;
         println!(

@@ -296,13 +296,17 @@ mod tests {
 
             Options:
                   --operator <OPERATOR>
-                      Operator URL [default: the profile's, else http://127.0.0.1:7100] [env: TESSERA_OPERATOR=]
+                      Operator URL [default: the profile's, else https://127.0.0.1:7100] [env: TESSERA_OPERATOR=]
                   --profile <PROFILE>
                       A profile of the client configuration file (operator URL and token) [env: TESSERA_PROFILE=]
                   --token <TOKEN>
                       The caller's API token (shown once by `token create`, or the operator's admin token from DATA_DIR/admin.token). Prefer TESSERA_TOKEN or --token-file: a command line is visible to other local users [env: TESSERA_TOKEN]
                   --token-file <FILE>
                       A file holding the caller's API token (used when neither --token nor TESSERA_TOKEN is given)
+                  --ca-file <FILE>
+                      The operator's CA certificate, which its TLS certificate must chain to (the operator writes DATA_DIR/ca.pem) [default: the profile's, else .tessera/operator/ca.pem if it exists] [env: TESSERA_CA_FILE=]
+                  --insecure-plaintext
+                      INSECURE, for tests only: accept an http:// operator URL (plain TCP: the token and every answer cross in clear) [env: TESSERA_INSECURE_PLAINTEXT=]
                   --licence <LICENCE>
                       The licence the job runs under: licensed to the caller (the token's user) or to a group the operator recorded it in; its relUsers must admit the caller or one of those groups [required]
                   --buyer-party <BUYER_PARTY>

@@ -39,6 +39,12 @@ pub struct OperatorConfig {
     /// (default, the manual's note under §1.4.5.1.2), `overdue_month_period`,
     /// `calendar_month_of_overdue` or `fixed_N`.
     pub daily_price_basis: String,
+    /// Names (DNS names or IP addresses) the operator's TLS certificate carries besides
+    /// `localhost`, `127.0.0.1`, `::1` and a specific listen address: the host names clients
+    /// and workers use to reach it.
+    pub tls_names: Vec<String>,
+    /// Serve gRPC and HTTP over plain TCP instead of TLS: tokens cross in clear. For tests.
+    pub insecure_plaintext: bool,
 }
 
 impl Default for OperatorConfig {
@@ -52,6 +58,8 @@ impl Default for OperatorConfig {
             bill_close_interval_ms: 60_000,
             time_zone: tessera_core::civil::Zone::DEFAULT_NAME.into(),
             daily_price_basis: tessera_accounting::subscription::DailyPriceBasis::default().name(),
+            tls_names: Vec::new(),
+            insecure_plaintext: false,
         }
     }
 }
@@ -63,15 +71,18 @@ pub struct OperatorHandle {
     pub addr: SocketAddr,
     /// The scheduler (for in-process inspection).
     pub scheduler: Arc<Scheduler>,
-    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    server: tokio::task::JoinHandle<()>,
+    /// Whether the node serves TLS (else plain TCP, `--insecure-plaintext`).
+    pub tls: bool,
     /// The data directory's lock, held as long as the handle (see [`crate::datadir`]).
     _lock: crate::datadir::DataDirLock,
 }
 
 impl OperatorHandle {
-    /// The URL clients and workers use.
+    /// The URL clients and workers use: `https://` (or `http://` when serving plain TCP).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
     /// Serves until the server stops or `stop` completes (a signal); then signs the audit
     /// chain's head, closes the store (SQLite folds its write-ahead log back into the database
@@ -82,7 +93,7 @@ impl OperatorHandle {
     ) -> anyhow::Result<()> {
         tokio::select! {
             r = &mut self.server => {
-                r.context("operator server task")??;
+                r.context("operator server task")?;
                 return Ok(());
             }
             () = stop => {}
@@ -267,8 +278,8 @@ pub async fn start(config: &OperatorConfig) -> anyhow::Result<OperatorHandle> {
         ),
         Err(e) => tracing::error!(error = %e, "could not verify the audit chain at start"),
     }
-    let ca = load_or_create_ca(&config.data_dir)?;
-    scheduler.install_ca(Arc::new(ca));
+    let ca = Arc::new(load_or_create_ca(&config.data_dir)?);
+    scheduler.install_ca(ca.clone());
     let recovered = scheduler.recover().await?;
     if recovered > 0 {
         tracing::warn!(
@@ -290,15 +301,19 @@ pub async fn start(config: &OperatorConfig) -> anyhow::Result<OperatorHandle> {
         .clamp(50, 1000);
     tokio::spawn(scheduler.clone().run_monitor(monitor_ms));
     let addr = listener.local_addr()?;
-    // gRPC and the HTTP routes (`/metrics`) on one port: HTTP/1.1 is accepted for the latter.
+    let tls = if config.insecure_plaintext {
+        tracing::warn!(
+            "serving plain TCP (--insecure-plaintext): tokens and data cross in clear; use this \
+             for tests only"
+        );
+        None
+    } else {
+        Some(server_tls(&ca, addr, &config.tls_names)?)
+    };
+    // gRPC and the HTTP routes (`/metrics`) on one port, HTTP/1.1 and HTTP/2.
     let routes =
         tessera_gateway::http::router(OperatorService::new(scheduler.clone()), scheduler.clone());
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .accept_http1(true)
-            .add_routes(tonic::service::Routes::from(routes))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let server = tokio::spawn(tessera_gateway::serve::serve(listener, routes, tls.clone()));
     tracing::info!(
         %addr,
         data_dir = %config.data_dir.display(),
@@ -310,8 +325,44 @@ pub async fn start(config: &OperatorConfig) -> anyhow::Result<OperatorHandle> {
         addr,
         scheduler,
         server,
+        tls: tls.is_some(),
         _lock: lock,
     })
+}
+
+/// How long the operator's TLS certificate is valid; a new one is issued at every start.
+pub const SERVER_CERT_VALIDITY_SECS: u64 = 365 * 24 * 3600;
+
+/// The operator's TLS server configuration: a certificate issued by its CA at this start for
+/// `localhost`, `127.0.0.1`, `::1`, the listen address when it is a specific one, and
+/// `extra_names`. Clients and workers trust the CA (`DATA_DIR/ca.pem`).
+///
+/// Errors: a name is neither an IP address nor a DNS name; the certificate cannot be issued.
+fn server_tls(
+    ca: &tessera_pki::CertificateAuthority,
+    addr: SocketAddr,
+    extra_names: &[String],
+) -> anyhow::Result<tessera_gateway::serve::ServerTls> {
+    let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+    if !addr.ip().is_unspecified() {
+        names.push(addr.ip().to_string());
+    }
+    for n in extra_names {
+        let n = n.trim().to_owned();
+        if !n.is_empty() {
+            names.push(n);
+        }
+    }
+    names.sort();
+    names.dedup();
+    let now = SystemClock.now_ms() / 1000;
+    let (cert, key) = ca
+        .issue_server(&names, now, SERVER_CERT_VALIDITY_SECS)
+        .with_context(|| format!("issuing the operator's TLS certificate for {names:?}"))?;
+    let chain = format!("{cert}{}", ca.cert_pem());
+    tracing::info!(?names, "TLS certificate issued by the operator's CA");
+    tessera_gateway::serve::ServerTls::from_pem(&chain, &key)
+        .context("the operator's TLS certificate")
 }
 
 /// The CA certificate (PEM, readable by all) that workers' peer-link certificates chain to.

@@ -21,6 +21,7 @@ pub mod http;
 mod jobs;
 mod lists;
 mod records;
+pub mod serve;
 mod workers;
 
 use std::pin::Pin;

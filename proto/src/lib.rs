@@ -8,8 +8,11 @@ pub mod v1 {
     tonic::include_proto!("tessera.v1");
 }
 
+pub mod channel;
 pub mod convert;
+pub mod json;
 pub mod token;
 
+pub use channel::{ChannelError, operator_endpoint};
 pub use convert::{EnumError, decode};
 pub use token::{TOKEN_METADATA, TokenHeader};

@@ -8,12 +8,17 @@
 //!
 //! ```toml
 //! [profiles.default]            # used when no --profile (or TESSERA_PROFILE) is given
-//! operator = "http://127.0.0.1:7100"
+//! operator = "https://tessera.example.com:7100"
+//! ca_file = "/home/alice/.tessera/operator-ca.pem"
 //! token_file = "/home/alice/.tessera/alice.token"
 //!
 //! [profiles.admin]
 //! token_file = "/srv/tessera/operator/admin.token"
 //! ```
+//!
+//! The link is TLS: the operator's certificate must chain to its CA (`ca_file`, `--ca-file` or
+//! `TESSERA_CA_FILE`; the operator writes `DATA_DIR/ca.pem`). A plain `http://` URL is refused
+//! unless `--insecure-plaintext` is given (tests only).
 //!
 //! A profile's `operator` is used when `--operator` is not given; its token (`token_file`,
 //! or `token`, discouraged: the file may be read by others) when no other source gives one.
@@ -49,32 +54,80 @@ impl FromStr for TokenArg {
     }
 }
 
-/// Connects to the operator at `url` (e.g. `http://127.0.0.1:7100`), sending `token` (if
-/// any) with every call.
+/// Where the operator is and how the link to it is secured.
+#[derive(Debug, Clone)]
+pub struct OperatorAddr {
+    /// `https://host:port` (or `http://` with `insecure_plaintext`).
+    pub url: String,
+    /// The operator's CA certificate (PEM), which its TLS certificate must chain to.
+    pub ca_pem: Option<String>,
+    /// Allow an `http://` URL: plain TCP, the token in clear. For tests.
+    pub insecure_plaintext: bool,
+}
+
+/// Connects to the operator at `addr`, sending `token` (if any) with every call.
 ///
-/// Errors: the operator cannot be reached (the URL is named in the message); the token holds
-/// characters a header cannot carry.
-pub async fn connect_with(url: &str, token: Option<&str>) -> anyhow::Result<Client> {
+/// Errors: the URL is not usable (plain `http` without the insecure option, `https` without
+/// the CA: `tessera_proto::ChannelError`); the operator cannot be reached or its certificate
+/// does not chain to the CA (the URL is named in the message); the token holds characters a
+/// header cannot carry.
+pub async fn connect_with(addr: &OperatorAddr, token: Option<&str>) -> anyhow::Result<Client> {
     let header = match token {
         Some(t) => TokenHeader::new(t)?,
         None => TokenHeader::none(),
     };
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
-        .with_context(|| format!("operator URL {url:?}"))?
-        .connect()
-        .await
-        .with_context(|| format!("connecting to the operator at {url}"))?;
+    let url = &addr.url;
+    let channel =
+        tessera_proto::operator_endpoint(url, addr.ca_pem.as_deref(), addr.insecure_plaintext)?
+            .connect()
+            .await
+            .with_context(|| format!("connecting to the operator at {url}"))?;
     Ok(OperatorClient::with_interceptor(channel, header))
 }
 
 /// The operator URL when neither `--operator` nor a profile names one.
-pub const DEFAULT_OPERATOR: &str = "http://127.0.0.1:7100";
+pub const DEFAULT_OPERATOR: &str = "https://127.0.0.1:7100";
+
+/// The CA file used when none is given and it exists: that of an operator started with the
+/// default data directory in the current directory.
+pub const DEFAULT_CA_FILE: &str = ".tessera/operator/ca.pem";
+
+/// Longest CA file read (a certificate is about 600 bytes of PEM; room for a chain).
+pub const CA_FILE_BYTES_MAX: u64 = 64 * 1024;
+
+/// Reads the operator's CA certificate file (PEM, at most [`CA_FILE_BYTES_MAX`] bytes).
+///
+/// Errors: the file cannot be read, is larger, is not UTF-8 or holds no PEM certificate.
+pub fn read_ca_file(path: &std::path::Path) -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(CA_FILE_BYTES_MAX + 1).read_to_end(&mut bytes))
+        .with_context(|| format!("reading the CA file {}", path.display()))?;
+    if bytes.len() as u64 > CA_FILE_BYTES_MAX {
+        anyhow::bail!(
+            "the CA file {} holds more than {CA_FILE_BYTES_MAX} bytes",
+            path.display()
+        );
+    }
+    let text = String::from_utf8(bytes)
+        .ok()
+        .filter(|t| t.contains("-----BEGIN CERTIFICATE-----"))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "the CA file {} holds no PEM certificate (the operator writes DATA_DIR/ca.pem)",
+                path.display()
+            )
+        })?;
+    Ok(text)
+}
 
 /// One profile of the client configuration file. `Debug` never shows its token.
 #[derive(Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Profile {
     operator: Option<String>,
+    ca_file: Option<PathBuf>,
     token_file: Option<PathBuf>,
     token: Option<String>,
 }
@@ -83,6 +136,7 @@ impl std::fmt::Debug for Profile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Profile")
             .field("operator", &self.operator)
+            .field("ca_file", &self.ca_file)
             .field("token_file", &self.token_file)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .finish()
@@ -147,7 +201,7 @@ fn load_profile(name: Option<&str>) -> anyhow::Result<Option<Profile>> {
 /// Where the operator is and who is calling: flattened into every client command.
 #[derive(Debug, clap::Args)]
 pub struct Conn {
-    /// Operator URL [default: the profile's, else http://127.0.0.1:7100].
+    /// Operator URL [default: the profile's, else https://127.0.0.1:7100].
     #[arg(long, global = true, env = "TESSERA_OPERATOR")]
     pub operator: Option<String>,
     /// A profile of the client configuration file (operator URL and token).
@@ -162,6 +216,15 @@ pub struct Conn {
     /// given).
     #[arg(long, global = true, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// The operator's CA certificate, which its TLS certificate must chain to (the operator
+    /// writes DATA_DIR/ca.pem) [default: the profile's, else .tessera/operator/ca.pem if it
+    /// exists].
+    #[arg(long, global = true, env = "TESSERA_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// INSECURE, for tests only: accept an http:// operator URL (plain TCP: the token and
+    /// every answer cross in clear).
+    #[arg(long, global = true, env = "TESSERA_INSECURE_PLAINTEXT")]
+    pub insecure_plaintext: bool,
 }
 
 /// Longest token file read (a token is 85 characters; the rest is room for whitespace).
@@ -220,10 +283,10 @@ pub fn check_token_form(
 }
 
 impl Conn {
-    /// The operator URL and the token this command uses, by precedence.
+    /// The operator (URL, CA) and the token this command uses, by precedence.
     ///
-    /// Errors: a token file cannot be read; a named profile does not exist.
-    pub fn resolve(&self) -> anyhow::Result<(String, Option<String>)> {
+    /// Errors: a token or CA file cannot be read; a named profile does not exist.
+    pub fn resolve(&self) -> anyhow::Result<(OperatorAddr, Option<String>)> {
         let profile =
             if self.operator.is_some() && (self.token.is_some() || self.token_file.is_some()) {
                 None
@@ -236,6 +299,19 @@ impl Conn {
             .clone()
             .or(profile.operator)
             .unwrap_or_else(|| DEFAULT_OPERATOR.to_owned());
+        let ca_file = self.ca_file.clone().or(profile.ca_file).or_else(|| {
+            let default = PathBuf::from(DEFAULT_CA_FILE);
+            default.exists().then_some(default)
+        });
+        let ca_pem = match &ca_file {
+            Some(path) if url.starts_with("https:") => Some(read_ca_file(path)?),
+            _ => None,
+        };
+        let addr = OperatorAddr {
+            url,
+            ca_pem,
+            insecure_plaintext: self.insecure_plaintext,
+        };
         let (token, source) = if let Some(t) = &self.token {
             (Some(t.0.clone()), "--token or TESSERA_TOKEN".to_owned())
         } else if let Some(path) = &self.token_file {
@@ -248,15 +324,15 @@ impl Conn {
         if let Some(t) = &token {
             check_token_form(tessera_auth::TokenKind::Api, t, &source)?;
         }
-        Ok((url, token))
+        Ok((addr, token))
     }
 
     /// Connects to the operator this command names, with its token.
     ///
     /// Errors: as [`Conn::resolve`]; the operator cannot be reached.
     pub async fn connect(&self) -> anyhow::Result<Client> {
-        let (url, token) = self.resolve()?;
-        connect_with(&url, token.as_deref()).await
+        let (addr, token) = self.resolve()?;
+        connect_with(&addr, token.as_deref()).await
     }
 }
 

@@ -13,7 +13,7 @@ use crate::harness::{BIN, Cluster, USER, keys};
 fn cli(c: &Cluster, args: &[&str]) -> String {
     let out = Command::new(BIN)
         .args(args)
-        .args(["--operator", &c.url])
+        .args(["--operator", &c.url, "--ca-file", &c.ca_file])
         .env("TESSERA_TOKEN", c.cli_token(args))
         .env("RUST_LOG", "warn")
         .output()
@@ -125,6 +125,7 @@ async fn holds_charges_bills_and_freezes_through_the_real_operator() {
     // A month that does not exist is an error, not an empty listing.
     let bad = Command::new(BIN)
         .args(["bills", "list", "--period", "2026-13", "--operator", &c.url])
+        .args(["--ca-file", &c.ca_file])
         .env("TESSERA_TOKEN", &c.admin_token)
         .output()
         .expect("run tessera");

@@ -411,7 +411,7 @@ async fn client_of(c: &Cluster, f: &Fixture, who: &str) -> Client {
         "mallory" => f.mallory.as_str(),
         other => panic!("no caller {other}"),
     };
-    connect_as(&c.url, token).await
+    connect_as(c, token).await
 }
 
 async fn fixture(c: &Cluster) -> Fixture {
@@ -461,7 +461,7 @@ async fn fixture(c: &Cluster) -> Fixture {
         .expect("token")
         .into_inner()
         .secret_token;
-    let mut m = connect_as(&c.url, &mallory).await;
+    let mut m = connect_as(c, &mallory).await;
     m.create_party(pb::CreatePartyRequest {
         party_id: "mal".into(),
         owner_user_id: "mallory".into(),
@@ -501,7 +501,7 @@ async fn fixture(c: &Cluster) -> Fixture {
         .into_inner()
         .secret_token;
     // A worker of `buy` registered here, never connected (so never placed on a job).
-    let reg = connect_as(&c.url, &registration)
+    let reg = connect_as(c, &registration)
         .await
         .register_worker(pb::RegisterWorkerRequest {
             worker_id: String::new(),
@@ -567,12 +567,12 @@ async fn every_method_checks_the_token_the_role_and_the_owner() {
         .secret_token;
     tokio::time::sleep(Duration::from_millis(20)).await;
     let mut bad_callers = vec![
-        ("none", connect_anonymous(&c.url).await),
-        ("revoked", connect_as(&c.url, &revoked.secret_token).await),
-        ("expired", connect_as(&c.url, &expired).await),
+        ("none", connect_anonymous(&c).await),
+        ("revoked", connect_as(&c, &revoked.secret_token).await),
+        ("expired", connect_as(&c, &expired).await),
         (
             "malformed",
-            connect_as(&c.url, "tsk_0123456789abcdef_not-a-secret").await,
+            connect_as(&c, "tsk_0123456789abcdef_not-a-secret").await,
         ),
     ];
     for &op in Operation::ALL {
@@ -757,6 +757,7 @@ fn worker_exits(
     std::fs::create_dir_all(dir.join("datasets")).expect("mkdir");
     let mut cmd = std::process::Command::new(crate::harness::BIN);
     cmd.args(["worker", "--operator", &c.url, "--party", party])
+        .args(["--ca-file", &c.ca_file])
         .arg("--datasets")
         .arg(dir.join("datasets"))
         .arg("--outputs")
@@ -799,6 +800,7 @@ async fn workers_register_only_with_their_partys_token_and_keep_their_ids() {
     // Without the operator's key a worker does not start either.
     let out = std::process::Command::new(crate::harness::BIN)
         .args(["worker", "--operator", &c.url, "--party", BUYER])
+        .args(["--ca-file", &c.ca_file])
         .arg("--datasets")
         .arg(&c.buyer.datasets)
         .arg("--outputs")
@@ -816,7 +818,7 @@ async fn workers_register_only_with_their_partys_token_and_keep_their_ids() {
     // A live worker's id cannot be taken over, not even with its own party's token; and
     // another party's worker id is never registered to this party.
     let token = std::fs::read_to_string(&buy_token).expect("token");
-    let mut registrant = connect_as(&c.url, &token).await;
+    let mut registrant = connect_as(&c, &token).await;
     for (id, party, code) in [
         (&c.buyer.worker_id, BUYER, Code::AlreadyExists),
         (&c.provider.worker_id, BUYER, Code::PermissionDenied),
@@ -849,14 +851,14 @@ async fn workers_register_only_with_their_partys_token_and_keep_their_ids() {
     assert_eq!(j.result_size, Some(10));
 
     // An anonymous call (the junk token above never left the worker).
-    let e = connect_anonymous(&c.url)
+    let e = connect_anonymous(&c)
         .await
         .list_jobs(pb::JobQuery::default())
         .await
         .expect_err("anonymous");
     assert_eq!(e.code(), Code::Unauthenticated);
     // What happened shows in /metrics, on the gRPC port, in the Prometheus text format.
-    let text = http_get(&c.url, "/metrics");
+    let text = http_get(&c, "/metrics");
     for line in [
         "tessera_jobs_admitted_total{scene=\"psi\"} 1",
         "tessera_job_ends_total{scene=\"psi\",state=\"succeeded\"} 1",
@@ -879,22 +881,15 @@ async fn workers_register_only_with_their_partys_token_and_keep_their_ids() {
     );
 }
 
-/// `GET path` over HTTP/1.1 on the operator's address; the body.
-fn http_get(url: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let addr = url.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    out.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default()
+/// `GET path` over HTTPS (HTTP/1.1 or 2, as negotiated) on the operator's port; the body.
+fn http_get(c: &Cluster, path: &str) -> String {
+    let mut r = c
+        .https()
+        .get(format!("{}{path}", c.url))
+        .call()
+        .expect("GET");
+    assert_eq!(r.status(), 200);
+    r.body_mut().read_to_string().expect("body")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -978,4 +973,161 @@ async fn a_forged_group_claim_grants_nothing_and_a_recorded_group_does() {
     let j = c.wait(&j.job_id).await;
     assert_eq!(j.state_text(), "succeeded", "{}", j.error);
     assert_eq!(j.result_size, Some(10));
+}
+
+/// Every link to the operator is TLS checked against the operator's CA: a client or worker
+/// trusting another CA never gets as far as sending its token, a plain `http://` URL is
+/// refused unless the insecure option says so, and the operator answers nobody in clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_is_reached_only_over_tls_checked_against_its_ca() {
+    let c = Cluster::start(10_000);
+    let cli = |args: &[&str]| {
+        std::process::Command::new(crate::harness::BIN)
+            .args(args)
+            .env("TESSERA_TOKEN", &c.admin_token)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run tessera")
+    };
+    let ok = cli(&[
+        "user",
+        "list",
+        "--operator",
+        &c.url,
+        "--ca-file",
+        &c.ca_file,
+    ]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+
+    // Another CA (an impostor's operator, or a stale file): the handshake fails, exit 6.
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs(),
+    )
+    .expect("seconds");
+    let rogue = tessera_pki::CertificateAuthority::generate("rogue", now).expect("CA");
+    let rogue_file = c.dir.path().join("rogue-ca.pem");
+    std::fs::write(&rogue_file, rogue.cert_pem()).expect("write");
+    let rogue_path = rogue_file.to_str().expect("utf8");
+    let out = cli(&[
+        "user",
+        "list",
+        "--operator",
+        &c.url,
+        "--ca-file",
+        rogue_path,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(err.contains("connecting to the operator"), "{err}");
+
+    // No CA at all for an https URL, and a plain URL without the insecure option: refused
+    // before any connection, each saying what to do.
+    let out = cli(&["user", "list", "--operator", &c.url]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("--ca-file"), "{err}");
+    let plain = c.url.replace("https://", "http://");
+    let out = cli(&["user", "list", "--operator", &plain]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("plain TCP"), "{err}");
+    // Even with the insecure option, a TLS operator does not answer in clear.
+    let out = cli(&["user", "list", "--operator", &plain, "--insecure-plaintext"]);
+    assert!(!out.status.success(), "a TLS port answered plain gRPC");
+
+    // A worker trusting another CA does not register (its token never leaves it).
+    let dir = c.dir.path().join("rogue-worker");
+    std::fs::create_dir_all(dir.join("datasets")).expect("mkdir");
+    let token = crate::harness::registration_token_file(c.dir.path(), BUYER);
+    let out = std::process::Command::new(crate::harness::BIN)
+        .args(["worker", "--operator", &c.url, "--party", BUYER])
+        .args(["--ca-file", rogue_path])
+        .arg("--datasets")
+        .arg(dir.join("datasets"))
+        .arg("--outputs")
+        .arg(dir.join("outputs"))
+        .arg("--operator-key-file")
+        .arg(c.dir.path().join("operator").join("operator.pub"))
+        .arg("--registration-token-file")
+        .arg(&token)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run worker");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot reach the operator"), "{err}");
+    // ... and one without any CA refuses to start, naming the option.
+    let out = std::process::Command::new(crate::harness::BIN)
+        .args(["worker", "--operator", &c.url, "--party", BUYER])
+        .arg("--datasets")
+        .arg(dir.join("datasets"))
+        .arg("--outputs")
+        .arg(dir.join("outputs"))
+        .arg("--operator-key-file")
+        .arg(c.dir.path().join("operator").join("operator.pub"))
+        .arg("--registration-token-file")
+        .arg(&token)
+        .env_remove("TESSERA_CA_FILE")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run worker");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("--ca-file"), "{err}");
+    // No registration happened: the party's only workers are the cluster's.
+    let workers = c
+        .admin()
+        .await
+        .list_workers(pb::WorkerQuery {
+            party: BUYER.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("workers")
+        .into_inner()
+        .workers;
+    assert_eq!(workers.len(), 1, "{workers:?}");
+}
+
+/// `serve --insecure-plaintext` with clients and workers that say `--insecure-plaintext`
+/// too: the whole flow still works over plain TCP, for tests.
+#[test]
+fn the_insecure_plaintext_option_serves_in_clear() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("op");
+    let serve = crate::harness::Proc::start(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().expect("utf8"),
+        "--insecure-plaintext",
+    ]);
+    let url = serve
+        .first_line
+        .trim()
+        .strip_prefix("operator listening on ")
+        .expect("banner")
+        .to_owned();
+    assert!(url.starts_with("http://"), "{url}");
+    let out = std::process::Command::new(crate::harness::BIN)
+        .args(["user", "list", "--operator", &url, "--insecure-plaintext"])
+        .arg("--token-file")
+        .arg(data.join("admin.token"))
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("admin"));
 }

@@ -95,7 +95,13 @@ pub struct Party {
 /// (`operator.pub`) and its party's registration token.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
+    /// `https://127.0.0.1:PORT`.
     pub url: String,
+    /// The operator's CA certificate (`DATA_DIR/ca.pem`), which every client and worker
+    /// checks the operator's TLS certificate against.
+    pub ca_file: String,
+    /// Its PEM text.
+    pub ca_pem: String,
     pub operator: Proc,
     pub provider: Party,
     pub buyer: Party,
@@ -112,18 +118,24 @@ pub const BUYER: &str = "buy";
 pub const USER: &str = "u1";
 pub const PROVIDER_USER: &str = "pu";
 
-/// A client of the operator at `url` sending `token`.
-pub async fn connect_as(url: &str, token: &str) -> Client {
-    connect_with(url, TokenHeader::new(token).expect("ascii token")).await
+/// A client of the cluster's operator sending `token`.
+pub async fn connect_as(c: &Cluster, token: &str) -> Client {
+    connect_to(
+        &c.url,
+        &c.ca_pem,
+        TokenHeader::new(token).expect("ascii token"),
+    )
+    .await
 }
 
-/// A client of the operator at `url` sending no token.
-pub async fn connect_anonymous(url: &str) -> Client {
-    connect_with(url, TokenHeader::none()).await
+/// A client of the cluster's operator sending no token.
+pub async fn connect_anonymous(c: &Cluster) -> Client {
+    connect_to(&c.url, &c.ca_pem, TokenHeader::none()).await
 }
 
-async fn connect_with(url: &str, header: TokenHeader) -> Client {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+/// A client of the operator at `url` over TLS checked against `ca_pem`.
+async fn connect_to(url: &str, ca_pem: &str, header: TokenHeader) -> Client {
+    let channel = tessera_proto::operator_endpoint(url, Some(ca_pem), false)
         .expect("url")
         .connect()
         .await
@@ -155,12 +167,16 @@ impl Cluster {
             .expect("the first start writes admin.token")
             .trim()
             .to_owned();
-        let (provider_token, buyer_token) = accounts(&url, &admin_token, dir.path());
+        let ca_file = data.join("ca.pem").to_str().expect("utf8").to_owned();
+        let ca_pem = std::fs::read_to_string(&ca_file).expect("the operator writes ca.pem");
+        let (provider_token, buyer_token) = accounts(&url, &ca_pem, &admin_token, dir.path());
         let provider = Self::party(dir.path(), &url, PROVIDER);
         let buyer = Self::party(dir.path(), &url, BUYER);
         Cluster {
             dir,
             url,
+            ca_file,
+            ca_pem,
             operator,
             provider,
             buyer,
@@ -174,7 +190,7 @@ impl Cluster {
     pub fn restart_operator(&mut self) {
         self.operator.kill();
         let data = self.dir.path().join("operator");
-        let listen = self.url.trim_start_matches("http://").to_string();
+        let listen = self.url.trim_start_matches("https://").to_string();
         self.operator = Proc::start(&[
             "serve",
             "--listen",
@@ -204,6 +220,7 @@ impl Cluster {
         std::fs::create_dir_all(&datasets).expect("mkdir");
         let id_args = worker_id.map(|id| ["--worker-id", id]);
         let key = root.join("operator").join("operator.pub");
+        let ca = root.join("operator").join("ca.pem");
         let registration = registration_token_file(root, name);
         let proc = Proc::start(
             &[
@@ -226,6 +243,8 @@ impl Cluster {
                 outputs.to_str().expect("utf8"),
                 "--operator-key-file",
                 key.to_str().expect("utf8"),
+                "--ca-file",
+                ca.to_str().expect("utf8"),
                 "--registration-token-file",
                 registration.to_str().expect("utf8"),
             ]
@@ -248,19 +267,38 @@ impl Cluster {
         }
     }
 
+    /// An HTTPS client trusting exactly the operator's CA; HTTP error statuses are answers,
+    /// not errors.
+    pub fn https(&self) -> ureq::Agent {
+        let ca = ureq::tls::Certificate::from_pem(self.ca_pem.as_bytes())
+            .expect("CA PEM")
+            .to_owned();
+        ureq::Agent::config_builder()
+            .tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(vec![
+                        ca,
+                    ])))
+                    .build(),
+            )
+            .http_status_as_error(false)
+            .build()
+            .into()
+    }
+
     /// The buyer user's (`u1`) client: jobs, its deposits, its bills.
     pub async fn client(&self) -> Client {
-        connect_as(&self.url, &self.buyer_token).await
+        connect_as(self, &self.buyer_token).await
     }
 
     /// The operator's (admin) client: every row, money and audit operations.
     pub async fn admin(&self) -> Client {
-        connect_as(&self.url, &self.admin_token).await
+        connect_as(self, &self.admin_token).await
     }
 
     /// The provider user's (`pu`) client.
     pub async fn provider_client(&self) -> Client {
-        connect_as(&self.url, &self.provider_token).await
+        connect_as(self, &self.provider_token).await
     }
 
     /// The client of whoever owns `party` (`prov` or `buy`).
@@ -428,7 +466,7 @@ impl Cluster {
 /// Creates the provider's and the buyer's users, parties, API tokens and registration tokens
 /// (written to `ROOT/<party>.registration`) with the admin token; returns the provider's and
 /// the buyer's API tokens.
-fn accounts(url: &str, admin_token: &str, root: &Path) -> (String, String) {
+fn accounts(url: &str, ca_pem: &str, admin_token: &str, root: &Path) -> (String, String) {
     // On a thread of its own: the caller may already run inside a runtime.
     std::thread::scope(|scope| {
         scope
@@ -437,16 +475,22 @@ fn accounts(url: &str, admin_token: &str, root: &Path) -> (String, String) {
                     .enable_all()
                     .build()
                     .expect("runtime")
-                    .block_on(create_accounts(url, admin_token, root))
+                    .block_on(create_accounts(url, ca_pem, admin_token, root))
             })
             .join()
             .expect("accounts set up")
     })
 }
 
-async fn create_accounts(url: &str, admin_token: &str, root: &Path) -> (String, String) {
+async fn create_accounts(
+    url: &str,
+    ca_pem: &str,
+    admin_token: &str,
+    root: &Path,
+) -> (String, String) {
+    let as_user = |t: &str| TokenHeader::new(t).expect("ascii token");
     {
-        let mut admin = connect_as(url, admin_token).await;
+        let mut admin = connect_to(url, ca_pem, as_user(admin_token)).await;
         let mut tokens = Vec::new();
         for (user, roles, party) in [
             (PROVIDER_USER, "provider", PROVIDER),
@@ -476,7 +520,7 @@ async fn create_accounts(url: &str, admin_token: &str, root: &Path) -> (String, 
                 .expect("create token")
                 .into_inner()
                 .secret_token;
-            let reg = connect_as(url, &t)
+            let reg = connect_to(url, ca_pem, as_user(&t))
                 .await
                 .issue_registration_token(pb::RegistrationTokenRequest {
                     party_id: party.into(),

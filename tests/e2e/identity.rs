@@ -10,7 +10,7 @@ use crate::harness::{BIN, Cluster};
 fn run(c: &Cluster, token: Option<&str>, args: &[&str]) -> Output {
     let mut cmd = Command::new(BIN);
     cmd.args(args)
-        .args(["--operator", &c.url])
+        .args(["--operator", &c.url, "--ca-file", &c.ca_file])
         .env("RUST_LOG", "warn")
         .env_remove("TESSERA_TOKEN");
     if let Some(t) = token {
@@ -252,8 +252,9 @@ async fn accounts_need_a_valid_token_the_right_role_and_ownership() {
     std::fs::write(
         &config,
         format!(
-            "[profiles.ops]\noperator = \"{}\"\ntoken_file = \"{}\"\n",
+            "[profiles.ops]\noperator = \"{}\"\nca_file = \"{}\"\ntoken_file = \"{}\"\n",
             c.url,
+            c.ca_file,
             token_file.display()
         ),
     )

@@ -459,7 +459,7 @@ async fn a_retried_submission_with_its_request_id_is_one_job() {
 fn cli(c: &Cluster, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(BIN)
         .args(args)
-        .args(["--operator", &c.url])
+        .args(["--operator", &c.url, "--ca-file", &c.ca_file])
         .env("TESSERA_TOKEN", c.cli_token(args))
         .env("RUST_LOG", "warn")
         .output()

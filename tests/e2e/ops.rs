@@ -16,7 +16,7 @@ use crate::harness::{BIN, BUYER, Cluster, PROVIDER, USER, keys};
 fn run(c: &Cluster, args: &[&str]) -> Output {
     Command::new(BIN)
         .args(args)
-        .args(["--operator", &c.url])
+        .args(["--operator", &c.url, "--ca-file", &c.ca_file])
         .env("TESSERA_TOKEN", c.cli_token(args))
         .env("RUST_LOG", "warn")
         .output()
@@ -162,6 +162,8 @@ fn spawn_followed_size_job(
             "--watch",
             "--operator",
             &c.url,
+            "--ca-file",
+            &c.ca_file,
         ])
         .env("TESSERA_TOKEN", &c.buyer_token)
         .env("RUST_LOG", "warn")
@@ -238,7 +240,14 @@ async fn followed_jobs_end_only_in_a_terminal_state_with_a_distinct_exit_status(
 
     // The operator unreachable: 6.
     let out = Command::new(BIN)
-        .args(["job", "watch", "j-none", "--operator", "http://127.0.0.1:1"])
+        .args([
+            "job",
+            "watch",
+            "j-none",
+            "--operator",
+            "https://127.0.0.1:1",
+        ])
+        .args(["--ca-file", &c.ca_file])
         .env("RUST_LOG", "warn")
         .output()
         .expect("run");
@@ -415,7 +424,7 @@ async fn listings_are_paged_dated_plain_and_survive_a_closed_pipe() {
     ] {
         let mut child = Command::new(BIN)
             .args(args)
-            .args(["--operator", &c.url])
+            .args(["--operator", &c.url, "--ca-file", &c.ca_file])
             .env("TESSERA_TOKEN", c.cli_token(args))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())

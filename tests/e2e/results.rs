@@ -124,7 +124,15 @@ async fn the_result_is_the_buyers_own_rows_as_csv_and_is_never_replaced() {
     assert_eq!(pj.result_size, None);
     // `job get` shows the recorded file.
     let out = std::process::Command::new(crate::harness::BIN)
-        .args(["job", "get", "--operator", &c.url, &job_id])
+        .args([
+            "job",
+            "get",
+            "--operator",
+            &c.url,
+            "--ca-file",
+            &c.ca_file,
+            &job_id,
+        ])
         .env("TESSERA_TOKEN", &c.buyer_token)
         .output()
         .expect("job get");

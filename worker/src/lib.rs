@@ -33,8 +33,15 @@ use crate::link::{PeerHub, PeerTls, serve_peer, serve_peer_tls};
 /// How a worker is set up.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    /// Operator URL, e.g. `http://127.0.0.1:7100`.
+    /// Operator URL, e.g. `https://127.0.0.1:7100`.
     pub operator_url: String,
+    /// The operator's CA certificate (PEM, `DATA_DIR/ca.pem` on the operator): the operator's
+    /// TLS certificate must chain to it before anything, the registration token first, is
+    /// sent. Required for an `https` URL.
+    pub operator_ca_pem: Option<String>,
+    /// Reach the operator at an `http://` URL over plain TCP: an insecure option, for tests
+    /// only (the registration token and the worker credential cross in clear).
+    pub insecure_plaintext_operator: bool,
     /// Stable id; one is assigned when absent.
     pub worker_id: Option<String>,
     /// Declared attributes.
@@ -77,6 +84,8 @@ impl WorkerConfig {
     ) -> Self {
         Self {
             operator_url,
+            operator_ca_pem: None,
+            insecure_plaintext_operator: false,
             worker_id: None,
             attributes,
             peer_listen: "127.0.0.1:0".into(),
@@ -241,6 +250,12 @@ pub fn check_credentials(config: &WorkerConfig) -> anyhow::Result<()> {
     if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
         anyhow::bail!("the operator's public key must be 64 hex digits");
     }
+    tessera_proto::operator_endpoint(
+        &config.operator_url,
+        config.operator_ca_pem.as_deref(),
+        config.insecure_plaintext_operator,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     if !config.registration.is_set() {
         anyhow::bail!(
             "a registration token is required (--registration-token-file PATH or \
@@ -268,7 +283,7 @@ pub async fn start(config: WorkerConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
         Some(tessera_pki::worker_key_and_csr().context("making the peer-link key")?)
     };
 
-    let channel = connect_operator(&config.operator_url).await?;
+    let channel = connect_operator(&config).await?;
     let advertise = config
         .peer_advertise
         .clone()
@@ -292,6 +307,13 @@ pub async fn start(config: WorkerConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
             None
         }
         Some((key_pem, _)) => {
+            if let Some(ca) = &config.operator_ca_pem {
+                if !reg.ca_pem.is_empty() && reg.ca_pem.trim() != ca.trim() {
+                    anyhow::bail!(
+                        "the operator signs peer-link certificates with a CA other than the one                          this worker trusts (--ca-file): refusing to join"
+                    );
+                }
+            }
             if reg.certificate_pem.is_empty() || reg.ca_pem.is_empty() {
                 anyhow::bail!(
                     "the operator issued no peer-link certificate (it runs no certificate \
@@ -420,11 +442,16 @@ fn operator_dial_backoff() -> ConstantBuilder {
         .with_max_times(49)
 }
 
-async fn connect_operator(url: &str) -> anyhow::Result<Channel> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
-        .with_context(|| format!("operator URL {url}"))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true);
+/// A channel to the operator over TLS checked against the configured CA (or plain TCP under
+/// the insecure option), retried as [`operator_dial_backoff`] says.
+async fn connect_operator(config: &WorkerConfig) -> anyhow::Result<Channel> {
+    let url = &config.operator_url;
+    let endpoint = tessera_proto::operator_endpoint(
+        url,
+        config.operator_ca_pem.as_deref(),
+        config.insecure_plaintext_operator,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     (|| endpoint.connect())
         .retry(operator_dial_backoff())
         .sleep(tokio::time::sleep)

@@ -406,6 +406,7 @@ async fn the_worker_refuses_bad_tickets_and_accepts_a_good_one_once() {
     cfg.registration = tessera_proto::TokenHeader::new(REGISTRATION_TOKEN).expect("ascii");
     // The scripted operator runs no certificate authority.
     cfg.insecure_plaintext_peer = true;
+    cfg.insecure_plaintext_operator = true;
     let clock = Arc::new(ManualClock::new(NOW_MS));
     let worker = tessera_worker::start(cfg, clock).await.expect("worker");
 
