@@ -58,7 +58,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             format!(".tessera.v1.{field}"),
             format!(
                 "#[serde(with = \"crate::json::{module}\")]\n\
-                 #[schema(value_type = String, example = json!(crate::json::{module}::EXAMPLE))]"
+                 #[schema(value_type = String, example = json!(crate::json::{module}::EXAMPLE), \
+                 default = json!(crate::json::{module}::DEFAULT))]"
             ),
         );
     }

@@ -21,10 +21,9 @@ pub(crate) async fn authenticate<T>(
     req: &Request<T>,
 ) -> Result<Caller, Status> {
     let unauthenticated = || {
-        Status::new(
-            ApiCode::Unauthenticated.grpc(),
-            format!("a valid token is needed in the {TOKEN_METADATA} metadata"),
-        )
+        ApiCode::Unauthenticated.status(format!(
+            "a valid token is needed in the {TOKEN_METADATA} metadata (HTTP header X-Auth-Token)"
+        ))
     };
     let text = req
         .metadata()

@@ -100,7 +100,40 @@ impl ApiCode {
     pub fn envelope_code(self) -> &'static str {
         self.row().2
     }
+
+    /// A gRPC status of this code with `message`, carrying the envelope code in the
+    /// [`API_CODE_METADATA`] metadata so that the REST facade answers with exactly this row
+    /// (several codes share a gRPC code).
+    pub fn status(self, message: impl Into<String>) -> Status {
+        let mut s = Status::new(self.grpc(), message.into());
+        s.metadata_mut().insert(
+            API_CODE_METADATA,
+            tonic::metadata::MetadataValue::from_static(self.envelope_code()),
+        );
+        s
+    }
+
+    /// The code of a status: the one it carries (see [`ApiCode::status`]), else the first
+    /// row with its gRPC code, else [`ApiCode::Internal`].
+    pub fn of_status(s: &Status) -> ApiCode {
+        let carried = s
+            .metadata()
+            .get(API_CODE_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|name| ApiCode::ALL.iter().find(|c| c.envelope_code() == name));
+        if let Some(c) = carried {
+            return *c;
+        }
+        ApiCode::ALL
+            .iter()
+            .copied()
+            .find(|c| c.grpc() == s.code())
+            .unwrap_or(ApiCode::Internal)
+    }
 }
+
+/// The metadata key of a status's envelope code (`ApiCode::status`).
+pub const API_CODE_METADATA: &str = "x-tessera-code";
 
 /// The code of a store error, by variant.
 pub fn store_code(e: &StoreError) -> ApiCode {
@@ -191,23 +224,34 @@ pub fn status(e: &SchedulerError) -> Status {
     if code == ApiCode::Internal {
         tracing::error!(error = %e, "internal error");
     }
-    Status::new(code.grpc(), e.to_string())
+    code.status(e.to_string())
 }
 
 /// An `INVALID_ARGUMENT` status for a request that cannot be parsed.
 pub(crate) fn invalid(msg: impl std::fmt::Display) -> Status {
-    Status::new(ApiCode::InvalidArgument.grpc(), msg.to_string())
+    ApiCode::InvalidArgument.status(msg.to_string())
 }
 
 /// An `INTERNAL` status, logged.
 pub(crate) fn internal(msg: impl std::fmt::Display) -> Status {
     tracing::error!(error = %msg, "internal error");
-    Status::new(ApiCode::Internal.grpc(), msg.to_string())
+    ApiCode::Internal.status(msg.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_status_carries_its_exact_code() {
+        for &c in ApiCode::ALL {
+            assert_eq!(ApiCode::of_status(&c.status("m")), c);
+        }
+        let bare = Status::new(tonic::Code::PermissionDenied, "m");
+        assert_eq!(ApiCode::of_status(&bare), ApiCode::PermissionDenied);
+        let odd = Status::new(tonic::Code::DataLoss, "m");
+        assert_eq!(ApiCode::of_status(&odd), ApiCode::Internal);
+    }
 
     #[test]
     fn every_code_has_its_own_envelope_code() {

@@ -1,5 +1,6 @@
 //! The operator's HTTP routes beside gRPC, on the same port: `GET /metrics` (the Prometheus
-//! text format, `tessera_scheduler::metrics`). gRPC requests go to the `Operator` service as
+//! text format, `tessera_scheduler::metrics`), the REST facade under `/api/v1` and its
+//! OpenAPI document at `/openapi.json` ([`crate::rest`]). gRPC requests go to the `Operator` service as
 //! before; the routes share its listener through tonic's axum router.
 
 use std::sync::Arc;
@@ -20,9 +21,11 @@ pub fn router(service: OperatorService, scheduler: Arc<Scheduler>) -> axum::Rout
     let metrics = axum::Router::new()
         .route("/metrics", get(metrics))
         .with_state(scheduler);
+    let rest = crate::rest::router(service.clone());
     tonic::service::Routes::new(service.into_server())
         .into_axum_router()
         .merge(metrics)
+        .merge(rest)
 }
 
 async fn metrics(State(s): State<Arc<Scheduler>>) -> impl IntoResponse {

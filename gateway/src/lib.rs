@@ -21,6 +21,7 @@ pub mod http;
 mod jobs;
 mod lists;
 mod records;
+pub mod rest;
 pub mod serve;
 mod workers;
 

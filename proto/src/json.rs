@@ -14,6 +14,9 @@ macro_rules! enum_json {
             /// A value, for the OpenAPI document.
             pub const EXAMPLE: &str = $example;
 
+            /// The name of the zero value (what a missing field means).
+            pub const DEFAULT: &str = concat!($prefix, "UNSPECIFIED");
+
             /// Writes the value's proto name (an unknown number as the number).
             ///
             /// Errors: only the serializer's.

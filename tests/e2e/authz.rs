@@ -16,7 +16,7 @@ use crate::harness::{
 
 /// Whose resources a call names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Whose {
+pub(crate) enum Whose {
     /// The caller's own (or, for the operator, the buyer `u1`'s).
     Own,
     /// The buyer `u1`'s and the provider `pu`'s, called by `mallory`, who holds every role
@@ -25,22 +25,22 @@ enum Whose {
 }
 
 /// What the calls name.
-struct Fixture {
-    licence: String,
-    job: String,
-    bill: String,
+pub(crate) struct Fixture {
+    pub(crate) licence: String,
+    pub(crate) job: String,
+    pub(crate) bill: String,
     /// A worker of `buy` registered by this test, with its credential.
-    worker_id: String,
-    worker_token: String,
+    pub(crate) worker_id: String,
+    pub(crate) worker_token: String,
     /// The registration token of `buy`.
-    registration: String,
+    pub(crate) registration: String,
     /// An API token of `u1`, for `RevokeToken`.
-    spare_token_id: String,
+    pub(crate) spare_token_id: String,
     /// A live token of `mallory`.
-    mallory: String,
+    pub(crate) mallory: String,
 }
 
-fn job_request(
+pub(crate) fn job_request(
     licence: &str,
     user: &str,
     buyer_party: &str,
@@ -53,7 +53,7 @@ fn job_request(
     }
 }
 
-fn worker_attrs(party: &str) -> Option<pb::WorkerAttributes> {
+pub(crate) fn worker_attrs(party: &str) -> Option<pb::WorkerAttributes> {
     Some(pb::WorkerAttributes {
         party: party.into(),
         region: "r9".into(),
@@ -344,7 +344,7 @@ async fn call(
     }
 }
 
-fn rand_suffix() -> String {
+pub(crate) fn rand_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     format!("{}", N.fetch_add(1, Ordering::Relaxed))
@@ -401,8 +401,9 @@ fn wrong_role(op: Operation) -> Option<&'static str> {
         .map(|(name, _)| name)
 }
 
-async fn client_of(c: &Cluster, f: &Fixture, who: &str) -> Client {
-    let token = match who {
+/// The token of caller `who`.
+pub(crate) fn token_of<'a>(c: &'a Cluster, f: &'a Fixture, who: &str) -> &'a str {
+    match who {
         USER => c.buyer_token.as_str(),
         PROVIDER_USER => c.provider_token.as_str(),
         "admin" => c.admin_token.as_str(),
@@ -410,11 +411,40 @@ async fn client_of(c: &Cluster, f: &Fixture, who: &str) -> Client {
         "registrant" => f.registration.as_str(),
         "mallory" => f.mallory.as_str(),
         other => panic!("no caller {other}"),
-    };
-    connect_as(c, token).await
+    }
 }
 
-async fn fixture(c: &Cluster) -> Fixture {
+/// The API an operation is called through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Api {
+    Grpc,
+    Rest,
+}
+
+/// Calls `op` through `api` with `token` (none: anonymous) on `whose` resources; `Ok`, or the
+/// failure as a status (a REST failure's envelope code mapped back through the API code
+/// table). `None`: the operation has no REST route (the worker protocol).
+async fn call_via(
+    c: &Cluster,
+    f: &Fixture,
+    api: Api,
+    token: Option<&str>,
+    op: Operation,
+    whose: Whose,
+) -> Option<Result<(), tonic::Status>> {
+    match api {
+        Api::Grpc => {
+            let mut client = match token {
+                Some(t) => connect_as(c, t).await,
+                None => connect_anonymous(c).await,
+            };
+            Some(call(&mut client, op, f, whose).await)
+        }
+        Api::Rest => crate::rest::call(c, f, token, op, whose),
+    }
+}
+
+pub(crate) async fn fixture(c: &Cluster) -> Fixture {
     c.dataset(&c.provider, "p", "k", &keys("k", 0..50)).await;
     c.dataset(&c.buyer, "b", "k", &keys("k", 25..75)).await;
     c.fund(10_000_000, "fund").await;
@@ -535,9 +565,29 @@ fn unauthenticated(r: &Result<(), tonic::Status>) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_method_checks_the_token_the_role_and_the_owner() {
+    every_operation_checks_the_token_the_role_and_the_owner(Api::Grpc).await;
+}
+
+/// The same for every REST route, through HTTPS: the same table, the same answers (the
+/// envelope's code is the API code of the gRPC status).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rest_route_checks_the_token_the_role_and_the_owner() {
+    every_operation_checks_the_token_the_role_and_the_owner(Api::Rest).await;
+}
+
+async fn every_operation_checks_the_token_the_role_and_the_owner(api: Api) {
     let c = Cluster::start(10_000);
     let f = fixture(&c).await;
     let mut admin = c.admin().await;
+    // Only the worker protocol has no REST route.
+    for &op in Operation::ALL {
+        let worker_side = matches!(op.rule().who, Who::Worker | Who::Registrant);
+        assert_eq!(
+            tessera_gateway::rest::route_of(op).is_none(),
+            worker_side,
+            "{op:?}"
+        );
+    }
 
     // No token, a malformed one, a revoked one, an expired one: UNAUTHENTICATED everywhere.
     let revoked = admin
@@ -566,18 +616,17 @@ async fn every_method_checks_the_token_the_role_and_the_owner() {
         .into_inner()
         .secret_token;
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let mut bad_callers = vec![
-        ("none", connect_anonymous(&c).await),
-        ("revoked", connect_as(&c, &revoked.secret_token).await),
-        ("expired", connect_as(&c, &expired).await),
-        (
-            "malformed",
-            connect_as(&c, "tsk_0123456789abcdef_not-a-secret").await,
-        ),
+    let bad_callers = [
+        ("none", None),
+        ("revoked", Some(revoked.secret_token.as_str())),
+        ("expired", Some(expired.as_str())),
+        ("malformed", Some("tsk_0123456789abcdef_not-a-secret")),
     ];
     for &op in Operation::ALL {
-        for (name, client) in &mut bad_callers {
-            let r = call(client, op, &f, Whose::Own).await;
+        for (name, token) in bad_callers {
+            let Some(r) = call_via(&c, &f, api, token, op, Whose::Own).await else {
+                continue;
+            };
             assert!(unauthenticated(&r), "{op:?} with {name} token: {r:?}");
         }
     }
@@ -587,23 +636,25 @@ async fn every_method_checks_the_token_the_role_and_the_owner() {
         let Some(who) = wrong_role(op) else {
             panic!("{op:?}: every caller passes the role gate");
         };
-        let r = call(&mut client_of(&c, &f, who).await, op, &f, Whose::Own).await;
+        let Some(r) = call_via(&c, &f, api, Some(token_of(&c, &f, who)), op, Whose::Own).await
+        else {
+            continue;
+        };
         assert!(denied(&r), "{op:?} by {who} (wrong role): {r:?}");
     }
 
     // Someone else's resource: denied (or, for listings, none of their rows; a token of
     // someone else's is "not found", so token ids cannot be probed).
-    let mut mallory = client_of(&c, &f, "mallory").await;
     for &op in Operation::ALL {
         let rule = op.rule();
-        let who = rightful(op);
-        let r = match rule.who {
+        let who = match rule.who {
             Who::Operator => continue, // owns nothing: the wrong-role case covers it
-            Who::Worker | Who::Registrant => {
-                let mut client = client_of(&c, &f, who).await;
-                call(&mut client, op, &f, Whose::Others).await
-            }
-            _ => call(&mut mallory, op, &f, Whose::Others).await,
+            Who::Worker | Who::Registrant => rightful(op),
+            _ => "mallory",
+        };
+        let Some(r) = call_via(&c, &f, api, Some(token_of(&c, &f, who)), op, Whose::Others).await
+        else {
+            continue;
         };
         match rule.scope {
             Scope::Global => assert!(r.is_ok(), "{op:?}: {r:?}"),
@@ -615,6 +666,7 @@ async fn every_method_checks_the_token_the_role_and_the_owner() {
             _ => assert!(denied(&r), "{op:?} on someone else's: {r:?}"),
         }
     }
+    let mut mallory = connect_as(&c, &f.mallory).await;
     // Mallory's listings hold nothing of u1's or pu's.
     let jobs = mallory
         .list_jobs(pb::JobQuery::default())
@@ -710,7 +762,10 @@ async fn every_method_checks_the_token_the_role_and_the_owner() {
     // want of a token or a permission.
     for &op in Operation::ALL {
         let who = rightful(op);
-        let r = call(&mut client_of(&c, &f, who).await, op, &f, Whose::Own).await;
+        let Some(r) = call_via(&c, &f, api, Some(token_of(&c, &f, who)), op, Whose::Own).await
+        else {
+            continue;
+        };
         let gate = unauthenticated(&r) || denied(&r);
         assert!(!gate, "{op:?} by {who}: {r:?}");
         let expected_refusal = matches!(
@@ -725,7 +780,16 @@ async fn every_method_checks_the_token_the_role_and_the_owner() {
         assert!(r.is_ok() || expected_refusal, "{op:?} by {who}: {r:?}");
     }
     // The operator acts for anyone but submits for no one.
-    let r = call(&mut admin, Operation::SubmitJob, &f, Whose::Own).await;
+    let r = call_via(
+        &c,
+        &f,
+        api,
+        Some(&c.admin_token),
+        Operation::SubmitJob,
+        Whose::Own,
+    )
+    .await
+    .expect("a route");
     assert!(denied(&r), "{r:?}");
 
     // The worker credential and the registration token are stored as hashes only: their

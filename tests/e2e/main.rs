@@ -9,5 +9,6 @@ mod harness;
 mod identity;
 mod money;
 mod ops;
+mod rest;
 mod results;
 mod spine;
