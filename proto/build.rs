@@ -14,6 +14,8 @@ const GRPC_ONLY: &[&str] = &[
     "RegisterWorkerRequest",
     "RegisterWorkerResponse",
     "HeartbeatRequest",
+    "CertificateRequest",
+    "IssuedCertificate",
     "HeartbeatResponse",
     "PullTasksRequest",
     "ProgressReport",

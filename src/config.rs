@@ -194,6 +194,10 @@ pub struct WorkerArgs {
     /// registration token and worker credential cross in clear).
     #[arg(long, env = "TESSERA_INSECURE_PLAINTEXT_OPERATOR")]
     pub insecure_plaintext_operator: bool,
+    /// How often the peer-link certificate (valid 7 days) is renewed while the worker runs,
+    /// in seconds [default: 86400].
+    #[arg(long, env = "TESSERA_CERT_RENEW_SECS", value_parser = clap::value_parser!(u64).range(1..=518_400))]
+    pub cert_renew_secs: Option<u64>,
 }
 
 /// The keys a worker's TOML file may set (all optional; same names as the flags).
@@ -277,6 +281,9 @@ impl WorkerArgs {
             .unwrap_or_else(|| crate::client::conn::DEFAULT_OPERATOR.into());
         let mut config = tessera_worker::WorkerConfig::new(operator, attributes, datasets, outputs);
         config.insecure_plaintext_operator = self.insecure_plaintext_operator;
+        if let Some(secs) = self.cert_renew_secs {
+            config.cert_renew_interval = std::time::Duration::from_secs(secs);
+        }
         if let Some(path) = self.ca_file.or(f.ca_file) {
             config.operator_ca_pem = Some(crate::client::conn::read_ca_file(&path)?);
         }

@@ -306,6 +306,8 @@ operations! {
     ReportResult => rule(Who::Worker, Scope::OwnWorker, false),
     /// A worker's delivery point.
     ReportDelivered => rule(Who::Worker, Scope::OwnWorker, false),
+    /// A new peer-link certificate for a running worker, before its current one expires.
+    RenewCertificate => rule(Who::Worker, Scope::OwnWorker, false),
     /// A dataset of a party the caller owns.
     CreateDataset => rule(Who::Roles(OWNERS), Scope::OwnParty, false),
     /// A licence on a dataset of a party the provider owns.

@@ -301,6 +301,17 @@ impl Operator for OperatorService {
         ack(workers::report_delivered(&self.jobs, req.into_inner()).await)
     }
 
+    async fn renew_certificate(
+        &self,
+        req: Request<pb::CertificateRequest>,
+    ) -> Result<Response<pb::IssuedCertificate>, Status> {
+        self.allowed_worker(Operation::RenewCertificate, &req, &req.get_ref().worker_id)
+            .await?;
+        workers::renew_certificate(&self.jobs, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     async fn deposit(
         &self,
         mut req: Request<pb::DepositRequest>,

@@ -948,7 +948,8 @@ pub fn route_of(op: Operation) -> Option<(Method, &'static str)> {
         | O::PullTasks
         | O::ReportProgress
         | O::ReportResult
-        | O::ReportDelivered => None,
+        | O::ReportDelivered
+        | O::RenewCertificate => None,
         O::GetOperatorInfo => r(Method::GET, "/api/v1/operator"),
         O::CreateDataset => r(Method::POST, "/api/v1/datasets"),
         O::ListDatasets => r(Method::GET, "/api/v1/datasets"),

@@ -70,6 +70,21 @@ pub(crate) async fn register(
     })
 }
 
+pub(crate) async fn renew_certificate(
+    s: &Scheduler,
+    r: pb::CertificateRequest,
+) -> Result<pb::IssuedCertificate, Status> {
+    let (certificate_pem, not_after_ms) = s
+        .renew_certificate(&r.worker_id, &r.csr_pem)
+        .await
+        .map_err(|e| status(&e))?;
+    Ok(pb::IssuedCertificate {
+        certificate_pem,
+        ca_pem: s.ca_pem().unwrap_or_default(),
+        not_after_ms,
+    })
+}
+
 pub(crate) async fn heartbeat(s: &Scheduler, r: pb::HeartbeatRequest) -> Result<(), Status> {
     s.heartbeat(&r.worker_id).await.map_err(|e| status(&e))
 }

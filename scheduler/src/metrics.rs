@@ -87,6 +87,7 @@ pub struct Metrics {
     transfers: Family<KindLabel, Gauge>,
     auth_failures: Family<KindLabel, Counter>,
     workers: Family<PartyLabel, Gauge>,
+    certificates: Family<KindLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -125,6 +126,7 @@ impl Metrics {
             transfers: Family::default(),
             auth_failures: Family::default(),
             workers: Family::default(),
+            certificates: Family::default(),
         };
         if let Ok(mut r) = m.registry.lock() {
             r.register("jobs_admitted", "Jobs admitted", m.admitted.clone());
@@ -161,6 +163,11 @@ impl Metrics {
                 m.auth_failures.clone(),
             );
             r.register("workers_live", "Live workers, by party", m.workers.clone());
+            r.register(
+                "certificates_issued",
+                "Peer-link certificates signed, at registration or renewal",
+                m.certificates.clone(),
+            );
         }
         m
     }
@@ -211,6 +218,14 @@ impl Metrics {
                 engine: engine.into(),
             })
             .inc_by(rounds);
+    }
+
+    /// A peer-link certificate signed: `renewal` true for a running worker's renewal.
+    pub fn certificate_issued(&self, renewal: bool) {
+        let kind = if renewal { "renewal" } else { "registration" };
+        self.certificates
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .inc();
     }
 
     /// A call refused by authentication or authorisation.

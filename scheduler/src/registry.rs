@@ -146,6 +146,7 @@ impl Scheduler {
                 let cert = ca
                     .sign_worker(&csr, &identity, now / 1000, WORKER_CERT_VALIDITY_SECS)
                     .map_err(|e| SchedulerError::Invalid(format!("certificate request: {e}")))?;
+                self.metrics.certificate_issued(false);
                 Some(cert)
             }
         };
@@ -211,6 +212,39 @@ impl Scheduler {
             credential,
             certificate_pem,
         })
+    }
+
+    /// A new peer-link certificate for the registered worker `worker_id`, signed from `csr_pem`
+    /// for its recorded party and id, valid [`WORKER_CERT_VALIDITY_SECS`] from now: how a
+    /// running worker replaces its certificate before it expires (a new registration would
+    /// end its running tasks). Returns the certificate PEM and its expiry (UTC ms).
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown worker; `Invalid` when this operator runs no CA or the CSR
+    /// is refused (`tessera_pki::CertificateAuthority::sign_worker`).
+    pub async fn renew_certificate(
+        &self,
+        worker_id: &str,
+        csr_pem: &str,
+    ) -> Result<(String, i64), SchedulerError> {
+        let party = self
+            .store
+            .worker_party(worker_id)
+            .await?
+            .ok_or_else(|| SchedulerError::NotFound(format!("worker {worker_id}")))?;
+        let ca = self.ca.get().ok_or_else(|| {
+            SchedulerError::Invalid("this operator runs no certificate authority".into())
+        })?;
+        let identity = tessera_pki::PeerIdentity::new(&party, worker_id)
+            .map_err(|e| SchedulerError::Invalid(e.to_string()))?;
+        let now = self.now();
+        let cert = ca
+            .sign_worker(csr_pem, &identity, now / 1000, WORKER_CERT_VALIDITY_SECS)
+            .map_err(|e| SchedulerError::Invalid(format!("certificate request: {e}")))?;
+        let validity_ms = i64::try_from(WORKER_CERT_VALIDITY_SECS * 1000).unwrap_or(i64::MAX);
+        self.metrics.certificate_issued(true);
+        tracing::info!(worker = %worker_id, party = %party, "peer-link certificate renewed");
+        Ok((cert, now.saturating_add(validity_ms)))
     }
 
     /// Records a heartbeat.

@@ -88,6 +88,13 @@ async fn call(
             })
             .await
             .map(drop),
+        Operation::RenewCertificate => c
+            .renew_certificate(pb::CertificateRequest {
+                worker_id,
+                csr_pem: tessera_pki::worker_key_and_csr().expect("csr").1,
+            })
+            .await
+            .map(drop),
         Operation::Heartbeat => c
             .heartbeat(pb::HeartbeatRequest { worker_id })
             .await
@@ -1194,4 +1201,46 @@ fn the_insecure_plaintext_option_serves_in_clear() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("admin"));
+}
+
+/// Running workers renew their peer-link certificates (here every second) with the worker
+/// credential, without re-registering (which would fail their tasks), and jobs keep forming
+/// links with the renewed certificates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_workers_renew_their_certificates_and_keep_working() {
+    let c = Cluster::start_with(10_000, &["--cert-renew-secs", "1"]);
+    c.dataset(&c.provider, "p", "k", &keys("k", 0..30)).await;
+    c.dataset(&c.buyer, "b", "k", &keys("k", 20..40)).await;
+    c.fund(10_000_000, "fund").await;
+    let lic = c.licence("p", None).await;
+    let renewals = |text: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix("tessera_certificates_issued_total{kind=\"renewal\"} "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while renewals(&http_get(&c, "/metrics")) < 4 {
+        assert!(std::time::Instant::now() < deadline, "no renewals seen");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for i in 0..2 {
+        let j = c
+            .client()
+            .await
+            .submit_job(Cluster::job(&lic, "b", "size", ""))
+            .await
+            .expect("submit")
+            .into_inner();
+        let j = c.wait(&j.job_id).await;
+        assert_eq!(j.state_text(), "succeeded", "job {i}: {}", j.error);
+        assert_eq!(j.result_size, Some(10));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    // Both workers are the ones that registered at start: renewal never re-registers.
+    let text = http_get(&c, "/metrics");
+    assert!(
+        text.contains("tessera_certificates_issued_total{kind=\"registration\"} 2"),
+        "{text}"
+    );
 }

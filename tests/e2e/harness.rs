@@ -111,6 +111,8 @@ pub struct Cluster {
     pub provider_token: String,
     /// The buyer user's (`u1`) API token.
     pub buyer_token: String,
+    /// Extra arguments of every worker this cluster starts.
+    worker_args: Vec<String>,
 }
 
 pub const PROVIDER: &str = "prov";
@@ -145,6 +147,12 @@ async fn connect_to(url: &str, ca_pem: &str, header: TokenHeader) -> Client {
 
 impl Cluster {
     pub fn start(heartbeat_timeout_ms: u64) -> Cluster {
+        Self::start_with(heartbeat_timeout_ms, &[])
+    }
+
+    /// A cluster whose workers get `worker_args` too.
+    pub fn start_with(heartbeat_timeout_ms: u64, worker_args: &[&str]) -> Cluster {
+        let worker_args: Vec<String> = worker_args.iter().map(|a| a.to_string()).collect();
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("operator");
         let timeout = heartbeat_timeout_ms.to_string();
@@ -170,8 +178,8 @@ impl Cluster {
         let ca_file = data.join("ca.pem").to_str().expect("utf8").to_owned();
         let ca_pem = std::fs::read_to_string(&ca_file).expect("the operator writes ca.pem");
         let (provider_token, buyer_token) = accounts(&url, &ca_pem, &admin_token, dir.path());
-        let provider = Self::party(dir.path(), &url, PROVIDER);
-        let buyer = Self::party(dir.path(), &url, BUYER);
+        let provider = Self::party_as(dir.path(), &url, PROVIDER, None, &worker_args);
+        let buyer = Self::party_as(dir.path(), &url, BUYER, None, &worker_args);
         Cluster {
             dir,
             url,
@@ -183,6 +191,7 @@ impl Cluster {
             admin_token,
             provider_token,
             buyer_token,
+            worker_args,
         }
     }
 
@@ -205,16 +214,24 @@ impl Cluster {
     pub fn replace_buyer(&mut self, same_id: bool) {
         self.buyer.proc.kill();
         let id = same_id.then(|| self.buyer.worker_id.clone());
-        self.buyer = Self::party_as(self.dir.path(), &self.url, BUYER, id.as_deref());
-    }
-
-    fn party(root: &Path, url: &str, name: &str) -> Party {
-        Self::party_as(root, url, name, None)
+        self.buyer = Self::party_as(
+            self.dir.path(),
+            &self.url,
+            BUYER,
+            id.as_deref(),
+            &self.worker_args,
+        );
     }
 
     /// A worker process for party `name`, under `worker_id` when given, started with the
     /// operator's public key and the party's registration token.
-    fn party_as(root: &Path, url: &str, name: &str, worker_id: Option<&str>) -> Party {
+    fn party_as(
+        root: &Path,
+        url: &str,
+        name: &str,
+        worker_id: Option<&str>,
+        extra: &[String],
+    ) -> Party {
         let datasets = root.join(name).join("datasets");
         let outputs = root.join(name).join("outputs");
         std::fs::create_dir_all(&datasets).expect("mkdir");
@@ -250,6 +267,7 @@ impl Cluster {
             ]
             .into_iter()
             .chain(id_args.iter().flatten().copied())
+            .chain(extra.iter().map(String::as_str))
             .collect::<Vec<_>>(),
         );
         let worker_id = proc

@@ -93,7 +93,7 @@ pub struct ExecEnv {
     /// How long to wait for the peer to connect.
     pub connect_timeout: Duration,
     /// TLS for the peer links (`None`: plain TCP, an insecure option for tests).
-    pub tls: Option<std::sync::Arc<crate::link::PeerTls>>,
+    pub tls: Option<std::sync::Arc<crate::link::PeerCredentials>>,
 }
 
 /// Where a task reports its engine's delivery point: the moment the receiver is able to
@@ -239,14 +239,15 @@ pub async fn run_task(
         None => None,
     };
     let link = match (spec.dial_peer, &env.tls, &expected) {
-        (true, Some(tls), Some(peer)) => {
+        (true, Some(credentials), Some(peer)) => {
+            let tls = credentials.current();
             GrpcLink::dial_tls(
                 &spec.peer_addr,
                 &spec.session_id,
                 env.frame_bytes_max,
                 env.idle_timeout,
                 env.connect_timeout,
-                tls,
+                &tls,
                 peer,
             )
             .await

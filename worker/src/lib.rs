@@ -28,7 +28,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::exec::{DeliverySink, ExecEnv, TaskError, measured, run_task};
-use crate::link::{PeerHub, PeerTls, serve_peer, serve_peer_tls};
+use crate::link::{PeerCredentials, PeerHub, PeerTls, serve_peer, serve_peer_tls};
 
 /// How a worker is set up.
 #[derive(Debug, Clone)]
@@ -72,6 +72,10 @@ pub struct WorkerConfig {
     /// peer links use mutual TLS, each side checking that the other's certificate names the
     /// party and worker its ticket names.
     pub insecure_plaintext_peer: bool,
+    /// How often the peer-link certificate is renewed while the worker runs (the operator
+    /// issues it for 7 days; default: every 24 hours). A failed renewal is retried every
+    /// minute.
+    pub cert_renew_interval: Duration,
 }
 
 impl WorkerConfig {
@@ -98,6 +102,7 @@ impl WorkerConfig {
             idle_timeout: Duration::from_secs(120),
             connect_timeout: Duration::from_secs(30),
             insecure_plaintext_peer: false,
+            cert_renew_interval: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -310,7 +315,8 @@ pub async fn start(config: WorkerConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
             if let Some(ca) = &config.operator_ca_pem {
                 if !reg.ca_pem.is_empty() && reg.ca_pem.trim() != ca.trim() {
                     anyhow::bail!(
-                        "the operator signs peer-link certificates with a CA other than the one                          this worker trusts (--ca-file): refusing to join"
+                        "the operator signs peer-link certificates with a CA other than the one \
+                         this worker trusts (--ca-file): refusing to join"
                     );
                 }
             }
@@ -320,14 +326,17 @@ pub async fn start(config: WorkerConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
                      authority); start the worker with --insecure-plaintext-peer only for tests"
                 );
             }
-            let tls = Arc::new(PeerTls {
-                ca_pem: reg.ca_pem.clone(),
-                cert_pem: reg.certificate_pem.clone(),
-                key_pem,
-            });
+            let tls = Arc::new(
+                PeerCredentials::new(PeerTls {
+                    ca_pem: reg.ca_pem.clone(),
+                    cert_pem: reg.certificate_pem.clone(),
+                    key_pem,
+                })
+                .context("the peer-link certificate the operator issued")?,
+            );
             let (hub, served) = (hub.clone(), tls.clone());
             tokio::spawn(async move {
-                if let Err(e) = serve_peer_tls(hub, listener, &served).await {
+                if let Err(e) = serve_peer_tls(hub, listener, served).await {
                     tracing::error!(error = %e, "the peer-link server stopped");
                 }
             });
@@ -374,12 +383,66 @@ pub async fn start(config: WorkerConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
         .into_inner();
     tracing::info!(worker = %reg.worker_id, peer = %peer_addr, party = %config.attributes.party, "worker registered");
     let interval = Duration::from_millis(reg.heartbeat_interval_ms.clamp(100, 60_000));
+    if let Some(credentials) = shared.env.tls.clone() {
+        tokio::spawn(renew_certificates(
+            shared.clone(),
+            credentials,
+            config.cert_renew_interval,
+        ));
+    }
     let task = tokio::spawn(serve(shared, tasks, interval));
     Ok(WorkerHandle {
         worker_id: reg.worker_id,
         peer_addr,
         task,
     })
+}
+
+/// Renews the peer-link certificate every `every` for as long as the worker runs: a new key
+/// (it never leaves this process) and its CSR, signed by the operator (`RenewCertificate`,
+/// with the worker credential), installed for every new link. A failure is logged and retried
+/// after a minute (or `every`, if shorter); the current certificate stays until then.
+async fn renew_certificates(
+    shared: Arc<Shared>,
+    credentials: Arc<PeerCredentials>,
+    every: Duration,
+) {
+    let retry = every.min(Duration::from_secs(60));
+    let mut wait = every;
+    loop {
+        tokio::time::sleep(wait).await;
+        wait = match renew_once(&shared, &credentials).await {
+            Ok(not_after_ms) => {
+                tracing::info!(not_after_ms, "peer-link certificate renewed");
+                every
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not renew the peer-link certificate; retrying");
+                retry
+            }
+        };
+    }
+}
+
+async fn renew_once(shared: &Shared, credentials: &PeerCredentials) -> anyhow::Result<i64> {
+    let (key_pem, csr_pem) =
+        tessera_pki::worker_key_and_csr().context("making a new peer-link key")?;
+    let issued = shared
+        .client
+        .clone()
+        .renew_certificate(pb::CertificateRequest {
+            worker_id: shared.worker_id.clone(),
+            csr_pem,
+        })
+        .await
+        .context("asking the operator for a new certificate")?
+        .into_inner();
+    credentials.install(PeerTls {
+        ca_pem: issued.ca_pem,
+        cert_pem: issued.certificate_pem,
+        key_pem,
+    })?;
+    Ok(issued.not_after_ms)
 }
 
 /// How long a worker restarted under its id waits for the operator to see the previous

@@ -481,25 +481,186 @@ impl Peer for PeerHub {
     }
 }
 
+/// Longest a dialer may take to finish its TLS handshake with the peer server.
+const PEER_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why peer-link TLS material is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerTlsError {
+    /// A PEM holds nothing usable, or rustls refuses it.
+    #[error("peer-link TLS: {0}")]
+    Bad(String),
+    /// A renewed certificate chains to another CA than the one the worker started with.
+    #[error("peer-link TLS: the renewed certificate comes with another CA")]
+    OtherCa,
+}
+
+/// The worker's current peer-link certificate and key, replaced in place when renewed
+/// ([`PeerCredentials::install`]): new links (dialled or accepted) use the new certificate at
+/// once; links already open keep theirs. The CA is fixed for the worker's lifetime.
+pub struct PeerCredentials {
+    current: std::sync::RwLock<Arc<PeerTls>>,
+    served: Arc<ServedCertificate>,
+    ca_pem: String,
+}
+
+impl std::fmt::Debug for PeerCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerCredentials").finish_non_exhaustive()
+    }
+}
+
+/// The certificate the peer server presents: read at every handshake.
+#[derive(Debug)]
+struct ServedCertificate(std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>);
+
+impl rustls::server::ResolvesServerCert for ServedCertificate {
+    fn resolve(
+        &self,
+        _: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.0.read().ok().map(|k| Arc::clone(&k))
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The certificate chain and key of `tls` as rustls signs with them.
+fn certified_key(tls: &PeerTls) -> Result<Arc<rustls::sign::CertifiedKey>, PeerTlsError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_slice_iter(tls.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| PeerTlsError::Bad(format!("certificate PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(PeerTlsError::Bad("no certificate in the PEM".into()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes())
+        .map_err(|e| PeerTlsError::Bad(format!("key PEM: {e}")))?;
+    let signing = provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| PeerTlsError::Bad(format!("key: {e}")))?;
+    Ok(Arc::new(rustls::sign::CertifiedKey::new(certs, signing)))
+}
+
+impl PeerCredentials {
+    /// The credentials of a worker's registration.
+    ///
+    /// Errors: the certificate or key PEM is unusable.
+    pub fn new(tls: PeerTls) -> Result<Self, PeerTlsError> {
+        let served = Arc::new(ServedCertificate(std::sync::RwLock::new(certified_key(
+            &tls,
+        )?)));
+        Ok(Self {
+            ca_pem: tls.ca_pem.clone(),
+            current: std::sync::RwLock::new(Arc::new(tls)),
+            served,
+        })
+    }
+
+    /// The certificate and key new links use.
+    pub fn current(&self) -> Arc<PeerTls> {
+        match self.current.read() {
+            Ok(c) => Arc::clone(&c),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Replaces the certificate and key (a renewal) for every new link, dialled or accepted.
+    ///
+    /// Errors: the material is unusable, or names another CA (nothing is replaced then).
+    pub fn install(&self, tls: PeerTls) -> Result<(), PeerTlsError> {
+        if tls.ca_pem.trim() != self.ca_pem.trim() {
+            return Err(PeerTlsError::OtherCa);
+        }
+        let key = certified_key(&tls)?;
+        match self.served.0.write() {
+            Ok(mut k) => *k = key,
+            Err(poisoned) => *poisoned.into_inner() = key,
+        }
+        match self.current.write() {
+            Ok(mut c) => *c = Arc::new(tls),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(tls),
+        }
+        Ok(())
+    }
+
+    /// The peer server's TLS configuration: the current certificate (read at each
+    /// handshake), client certificates required and checked against the CA, ALPN `h2`.
+    fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, PeerTlsError> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+            let cert = cert.map_err(|e| PeerTlsError::Bad(format!("CA PEM: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| PeerTlsError::Bad(format!("CA: {e}")))?;
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .build()
+        .map_err(|e| PeerTlsError::Bad(format!("client verifier: {e}")))?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| PeerTlsError::Bad(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(self.served.clone());
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
 /// Serves a hub over TLS on a bound listener until the future is dropped: this worker presents
-/// its certificate, and every dialer must present one of the operator's CA (mutual TLS).
+/// its current certificate (a renewal applies to the next handshake), and every dialer must
+/// present one of the operator's CA (mutual TLS). A failed or slow handshake ends that
+/// connection only.
 ///
 /// # Errors
 /// The TLS settings are refused (a bad certificate or key) or the server fails.
 pub async fn serve_peer_tls(
     hub: PeerHub,
     listener: tokio::net::TcpListener,
-    tls: &PeerTls,
-) -> Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
-        .tls_config(
-            tonic::transport::ServerTlsConfig::new()
-                .identity(tls.identity())
-                .client_ca_root(tls.ca()),
-        )?
+    credentials: Arc<PeerCredentials>,
+) -> anyhow::Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(credentials.server_config()?);
+    let (tx, rx) = mpsc::channel::<Result<_, std::io::Error>>(64);
+    let accepting = tokio::spawn(async move {
+        loop {
+            let (stream, remote) = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a peer connection failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(PEER_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, %remote, "peer TLS handshake failed");
+                    }
+                    Err(_) => tracing::debug!(%remote, "peer TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    let served = tonic::transport::Server::builder()
         .add_service(hub.requiring_identity().service())
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-        .await
+        .serve_with_incoming(ReceiverStream::new(rx))
+        .await;
+    accepting.abort();
+    served.map_err(anyhow::Error::from)
 }
 
 /// The refusal of a peer whose certificate names another worker than the ticket.

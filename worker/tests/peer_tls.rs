@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tessera_core::Link;
 use tessera_pki::{CertificateAuthority, PeerIdentity, worker_key_and_csr};
-use tessera_worker::link::{GrpcLink, PeerHub, PeerTls, serve_peer_tls};
+use tessera_worker::link::{GrpcLink, PeerCredentials, PeerHub, PeerTls, serve_peer_tls};
 
 const FRAME: usize = 1 << 16;
 const IDLE: Duration = Duration::from_secs(10);
@@ -36,16 +36,24 @@ fn tls(ca: &CertificateAuthority, who: &PeerIdentity) -> PeerTls {
 }
 
 async fn listening(tls: PeerTls) -> (PeerHub, String) {
+    let (hub, addr, _) = listening_with(tls).await;
+    (hub, addr)
+}
+
+/// A hub served over TLS, with the credentials it serves (to renew them).
+async fn listening_with(tls: PeerTls) -> (PeerHub, String, std::sync::Arc<PeerCredentials>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
     let hub = PeerHub::new(FRAME, IDLE);
     let served = hub.clone();
+    let credentials = std::sync::Arc::new(PeerCredentials::new(tls).expect("credentials"));
+    let creds = credentials.clone();
     tokio::spawn(async move {
-        let _ = serve_peer_tls(served, listener, &tls).await;
+        let _ = serve_peer_tls(served, listener, creds).await;
     });
-    (hub, addr)
+    (hub, addr, credentials)
 }
 
 async fn dial(
@@ -163,4 +171,75 @@ async fn a_tls_dialer_facing_a_plaintext_listener_says_so_at_once() {
         .expect_err("plaintext peer accepted");
     assert!(e.contains("--insecure-plaintext-peer"), "{e}");
     assert!(t0.elapsed() < CONNECT, "retried for {:?}", t0.elapsed());
+}
+
+/// A renewal applies to the next handshake: a link dialled after it meets the new
+/// certificate (a dialer checking for the old one's expiry would see the new dates), links
+/// keep working, and material of another CA is refused without replacing anything.
+#[tokio::test]
+async fn a_renewed_certificate_serves_the_next_links() {
+    let ca = CertificateAuthority::generate("test CA", now() - 3600).expect("ca");
+    let buyer = id("buy", "w-b");
+    let provider = id("prov", "w-p");
+    let (hub, addr, credentials) = listening_with(tls(&ca, &buyer)).await;
+    let provider_tls = tls(&ca, &provider);
+    let before = credentials.current().cert_pem.clone();
+
+    let renewed = tls(&ca, &buyer);
+    credentials.install(renewed.clone()).expect("install");
+    assert_ne!(credentials.current().cert_pem, before);
+    assert_eq!(credentials.current().cert_pem, renewed.cert_pem);
+    // The served certificate is the new one: a raw TLS client sees it.
+    assert_eq!(
+        served_leaf(&addr, &ca, &provider_tls).await,
+        pem_der(&renewed.cert_pem)
+    );
+    // And a link still forms, both ways checked.
+    let (d, a) = tokio::join!(
+        dial(&addr, "s-renewed", &provider_tls, &buyer),
+        hub.accept_from("s-renewed", CONNECT, Some(&provider)),
+    );
+    let (d, a) = (d.expect("dial"), a.expect("accept"));
+    d.send(Bytes::from_static(b"after renewal"))
+        .await
+        .expect("send");
+    assert_eq!(
+        a.recv().await.expect("recv"),
+        Bytes::from_static(b"after renewal")
+    );
+
+    // Another CA's certificate is refused; the current one stays.
+    let rogue = CertificateAuthority::generate("rogue", now() - 3600).expect("ca");
+    assert!(credentials.install(tls(&rogue, &buyer)).is_err());
+    assert_eq!(credentials.current().cert_pem, renewed.cert_pem);
+}
+
+fn pem_der(pem: &str) -> Vec<u8> {
+    ::pem::parse(pem).expect("pem").into_contents()
+}
+
+/// The leaf certificate the server at `addr` presents to a client of `ca` with `me`'s
+/// certificate.
+async fn served_leaf(addr: &str, ca: &CertificateAuthority, me: &PeerTls) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).expect("ca der"))
+        .expect("root");
+    let certs = vec![CertificateDer::from_pem_slice(me.cert_pem.as_bytes()).expect("cert")];
+    let key = PrivateKeyDer::from_pem_slice(me.key_pem.as_bytes()).expect("key");
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .expect("client config");
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = ServerName::try_from(id("buy", "w-b").dns_name()).expect("name");
+    let stream = connector.connect(name, tcp).await.expect("handshake");
+    stream.get_ref().1.peer_certificates().expect("certs")[0].to_vec()
 }

@@ -62,6 +62,13 @@ impl Operator for ScriptedOperator {
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         Ok(Response::new(pb::HeartbeatResponse {}))
     }
+
+    async fn renew_certificate(
+        &self,
+        _: Request<pb::CertificateRequest>,
+    ) -> Result<Response<pb::IssuedCertificate>, Status> {
+        Err(Status::unimplemented("this scripted operator runs no CA"))
+    }
     type PullTasksStream = Stream<pb::TaskEnvelope>;
     async fn pull_tasks(
         &self,
