@@ -119,14 +119,23 @@ impl AccountService {
             licensor_owner: licensor_owner.as_deref(),
             ..Target::default()
         };
-        self.authorize(op, caller, &target).await
+        self.authorize_by_id(
+            op,
+            Operation::GetLicence,
+            caller,
+            &target,
+            "licence",
+            licence_id,
+        )
+        .await
     }
 
     /// `op` on job `job_id`: its buyer is the submitting user, its provider the owner of the
     /// licensor party.
     ///
     /// # Errors
-    /// [`SchedulerError::NotFound`] for an unknown job; [`SchedulerError::Forbidden`].
+    /// `NotFound` for an unknown job, and for a job the caller may not even see (alike, so
+    /// that others' job ids cannot be probed); [`SchedulerError::Forbidden`].
     pub async fn check_job(
         &self,
         op: Operation,
@@ -144,7 +153,8 @@ impl AccountService {
             licensor_owner: licensor_owner.as_deref(),
             ..Target::default()
         };
-        self.authorize(op, caller, &target).await
+        self.authorize_by_id(op, Operation::GetJob, caller, &target, "job", job_id)
+            .await
     }
 
     /// `op` on bill `bill_id` (`YYYY-MM:customer`): its customer.
@@ -162,7 +172,8 @@ impl AccountService {
             user: customer,
             ..Target::default()
         };
-        self.authorize(op, caller, &target).await
+        self.authorize_by_id(op, op, caller, &target, "bill", bill_id)
+            .await
     }
 
     /// A worker's call about worker `worker_id` (heartbeat, task stream, reports).

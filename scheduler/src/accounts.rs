@@ -209,6 +209,37 @@ impl AccountService {
         (token, record)
     }
 
+    /// As [`AccountService::authorize`] on a record the caller names by id (`kind` `id`):
+    /// when the caller may not even see it (`visible` denies it too), the denial is the very
+    /// `NotFound` an unknown id gets, so ids of others' records cannot be probed. It is still
+    /// counted and, where the rule says so, audited as a denial.
+    ///
+    /// # Errors
+    /// `NotFound` as above; [`SchedulerError::Forbidden`] when the caller sees the record
+    /// but may not do `op` on it, or lacks the role.
+    pub async fn authorize_by_id(
+        &self,
+        op: Operation,
+        visible: Operation,
+        caller: &Caller,
+        target: &Target<'_>,
+        kind: &'static str,
+        id: &str,
+    ) -> Result<(), SchedulerError> {
+        let result = self.authorize(op, caller, target).await;
+        let hidden = matches!(
+            authorize(op, caller, target),
+            Err(tessera_auth::Denied::NotOwner { .. })
+        ) && authorize(visible, caller, target).is_err();
+        if hidden {
+            return Err(SchedulerError::Store(StoreError::NotFound {
+                kind,
+                id: id.to_owned(),
+            }));
+        }
+        result
+    }
+
     /// Authorises `op` for `caller` on `target`; a denial of an operation whose rule says so
     /// is written to the audit chain.
     ///
