@@ -372,6 +372,8 @@ operations! {
     ListUsers => rule(Who::Operator, Scope::Global, true),
     /// Disabling a user (its tokens stop working).
     DisableUser => rule(Who::Operator, Scope::Global, true),
+    /// Enabling a disabled user again.
+    EnableUser => rule(Who::Operator, Scope::Global, true),
     /// Recording a user in a group.
     AddGroupMember => rule(Who::Operator, Scope::Global, true),
     /// Removing a user from a group.

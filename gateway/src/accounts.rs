@@ -109,6 +109,14 @@ pub(crate) async fn disable_user(
         .map_err(|e| status(&e))
 }
 
+pub(crate) async fn enable_user(
+    a: &AccountService,
+    who: &Caller,
+    r: pb::UserRef,
+) -> Result<(), Status> {
+    a.enable_user(who, &r.user_id).await.map_err(|e| status(&e))
+}
+
 pub(crate) async fn group_member(
     a: &AccountService,
     who: &Caller,

@@ -563,6 +563,11 @@ impl Operator for OperatorService {
         ack(accounts::disable_user(&self.accounts, &who, req.into_inner()).await)
     }
 
+    async fn enable_user(&self, req: Request<pb::UserRef>) -> Result<Response<pb::Ack>, Status> {
+        let who = accounts::authenticate(&self.accounts, &req).await?;
+        ack(accounts::enable_user(&self.accounts, &who, req.into_inner()).await)
+    }
+
     async fn add_group_member(
         &self,
         req: Request<pb::GroupMemberRequest>,

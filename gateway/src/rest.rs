@@ -834,6 +834,22 @@ async fn disable_user(
     .await
 }
 
+/// Enables a disabled user again.
+#[utoipa::path(post, path = "/api/v1/users/{userId}/enable", tag = "accounts",
+    params(("userId" = String, Path, description = "The user id")),
+    responses((status = 200, description = "The answer, in the envelope", body = Envelope<pb::Ack>), (status = "default", description = "A failure, in the envelope", body = ErrorEnvelope)),
+    security(("token" = [])))]
+async fn enable_user(
+    State(s): State<OperatorService>,
+    headers: HeaderMap,
+    Path(user_id): Path<String>,
+) -> Response {
+    unary(&headers, pb::UserRef { user_id }, |r| async move {
+        s.enable_user(r).await
+    })
+    .await
+}
+
 /// Adds a user to a group (the operator records memberships; a request never claims one).
 #[utoipa::path(put, path = "/api/v1/groups/{groupId}/members/{userId}", tag = "accounts",
     params(("groupId" = String, Path, description = "The group id"),
@@ -982,6 +998,7 @@ pub fn route_of(op: Operation) -> Option<(Method, &'static str)> {
         O::CreateUser => r(Method::POST, "/api/v1/users"),
         O::ListUsers => r(Method::GET, "/api/v1/users"),
         O::DisableUser => r(Method::POST, "/api/v1/users/{userId}/disable"),
+        O::EnableUser => r(Method::POST, "/api/v1/users/{userId}/enable"),
         O::AddGroupMember => r(Method::PUT, "/api/v1/groups/{groupId}/members/{userId}"),
         O::RemoveGroupMember => r(Method::DELETE, "/api/v1/groups/{groupId}/members/{userId}"),
         O::CreateToken => r(Method::POST, "/api/v1/tokens"),
@@ -1010,7 +1027,7 @@ pub fn route_of(op: Operation) -> Option<(Method, &'static str)> {
         watch_job, deposit, list_balances, list_transfers, list_usage, list_bills,
         list_bill_lines, close_due_bills, list_statements, payout, set_credit_limit, set_limit,
         set_whitelist, set_freeze, get_account_status, verify_audit, list_workers, create_user,
-        list_users, disable_user, add_group_member, remove_group_member, create_token,
+        list_users, disable_user, enable_user, add_group_member, remove_group_member, create_token,
         list_tokens, revoke_token, create_party, issue_registration_token,
     ),
     components(schemas(ErrorEnvelope)),
@@ -1086,6 +1103,7 @@ pub fn router(service: OperatorService) -> Router {
         .route("/workers", get(list_workers))
         .route("/users", post(create_user).get(list_users))
         .route("/users/{userId}/disable", post(disable_user))
+        .route("/users/{userId}/enable", post(enable_user))
         .route(
             "/groups/{groupId}/members/{userId}",
             put(add_group_member).delete(remove_group_member),

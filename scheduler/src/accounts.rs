@@ -339,6 +339,20 @@ impl AccountService {
             .await?)
     }
 
+    /// Enables a disabled user again (operator only); audited as `user_enable`. Enabling an
+    /// enabled user changes nothing.
+    ///
+    /// # Errors
+    /// Forbidden, or an unknown user.
+    pub async fn enable_user(&self, caller: &Caller, user_id: &str) -> Result<(), SchedulerError> {
+        self.authorize(Operation::EnableUser, caller, &Target::default())
+            .await?;
+        Ok(self
+            .store
+            .enable_user(user_id, self.clock.now_ms(), &caller.describe())
+            .await?)
+    }
+
     /// Records `user_id` in `group_id` (operator only); `false` if it already was.
     ///
     /// # Errors

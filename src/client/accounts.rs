@@ -38,6 +38,14 @@ pub enum UserCmd {
         /// The user id.
         id: String,
     },
+    /// Enable a disabled user again: its unexpired, unrevoked tokens work again (operator
+    /// only).
+    Enable {
+        #[command(flatten)]
+        conn: Conn,
+        /// The user id.
+        id: String,
+    },
 }
 
 /// Group membership, recorded by the operator (a request can never claim a group).
@@ -180,6 +188,15 @@ pub async fn user(cmd: UserCmd) -> anyhow::Result<()> {
                 })
                 .await?;
             Out::stdout().line(format!("disabled user {id}; its tokens no longer work"))?;
+        }
+        UserCmd::Enable { conn, id } => {
+            conn.connect()
+                .await?
+                .enable_user(pb::UserRef {
+                    user_id: id.clone(),
+                })
+                .await?;
+            Out::stdout().line(format!("enabled user {id}"))?;
         }
     }
     Ok(())

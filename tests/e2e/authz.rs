@@ -299,6 +299,13 @@ async fn call(
             .await
             .map(drop),
         Operation::ListUsers => c.list_users(empty()).await.map(drop),
+        // Enabling an enabled user changes nothing.
+        Operation::EnableUser => c
+            .enable_user(pb::UserRef {
+                user_id: USER.into(),
+            })
+            .await
+            .map(drop),
         Operation::DisableUser => c
             .disable_user(pb::UserRef {
                 user_id: "throwaway".into(),

@@ -217,6 +217,15 @@ async fn accounts_need_a_valid_token_the_right_role_and_ownership() {
     // Disabling bob stops his token at once.
     ok(&run(&c, Some(&admin), &["user", "disable", "bob"]));
     refused(&run(&c, Some(&bob), &["token", "list"]), "UNAUTHENTICATED");
+    // Enabled again, his token works again; then disabled for what follows.
+    assert!(ok(&run(&c, Some(&admin), &["user", "enable", "bob"])).contains("enabled user bob"));
+    ok(&run(&c, Some(&bob), &["token", "list"]));
+    refused(
+        &run(&c, Some(&bob), &["user", "enable", "bob"]),
+        "PERMISSION_DENIED",
+    );
+    ok(&run(&c, Some(&admin), &["user", "disable", "bob"]));
+    refused(&run(&c, Some(&bob), &["token", "list"]), "UNAUTHENTICATED");
 
     // The admin token file is lost: with the operator stopped, `admin-token` issues a new
     // one offline and revokes the old; while it runs, the data directory is in use and the

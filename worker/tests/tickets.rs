@@ -277,6 +277,9 @@ impl Operator for ScriptedOperator {
     async fn disable_user(&self, _: Request<pb::UserRef>) -> Result<Response<pb::Ack>, Status> {
         unimplemented()
     }
+    async fn enable_user(&self, _: Request<pb::UserRef>) -> Result<Response<pb::Ack>, Status> {
+        unimplemented()
+    }
     async fn add_group_member(
         &self,
         _: Request<pb::GroupMemberRequest>,
