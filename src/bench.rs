@@ -11,7 +11,7 @@ use clap::Subcommand;
 use rand::{RngCore, SeedableRng};
 use tessera_core::Link;
 use tessera_psi::{Mode, PsiConfig};
-use tessera_worker::link::loopback_pair;
+use tessera_worker::link::{loopback_pair, loopback_pair_tls};
 use tessera_worker::usage::{peak_rss_kb, process_cpu_ms};
 
 use crate::progress::{self, PhaseBar};
@@ -32,6 +32,10 @@ pub enum BenchCommand {
         /// Data seed.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// The peer link: mtls (mutual TLS with certificates of a CA, as workers use) or
+        /// plain (TCP, the insecure test option).
+        #[arg(long, default_value = "mtls", value_parser = ["mtls", "plain"])]
+        link: String,
     },
     /// ECDH-PSI between two CSV files (header `id`); writes the intersection to --out.
     PsiFiles {
@@ -44,6 +48,9 @@ pub enum BenchCommand {
         /// Where the intersection is written (CSV).
         #[arg(long)]
         out: PathBuf,
+        /// The peer link: mtls or plain.
+        #[arg(long, default_value = "mtls", value_parser = ["mtls", "plain"])]
+        link: String,
     },
 }
 
@@ -79,12 +86,17 @@ async fn run_pair(
     sender_items: Vec<Vec<u8>>,
     receiver_items: Vec<Vec<u8>>,
     mode: Mode,
+    mtls: bool,
 ) -> anyhow::Result<Run> {
-    let (a, b, server) = loopback_pair(
+    let (frame, idle) = (
         tessera_core::limits::FRAME_BYTES_MAX,
         Duration::from_secs(120),
-    )
-    .await?;
+    );
+    let (a, b, server) = if mtls {
+        loopback_pair_tls(frame, idle).await?
+    } else {
+        loopback_pair(frame, idle).await?
+    };
     let cfg = PsiConfig {
         mode,
         ..PsiConfig::default()
@@ -126,7 +138,9 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             mode,
             json,
             seed,
+            link,
         } => {
+            let mtls = link == "mtls";
             let mode: Mode = mode.parse()?;
             let (a, b) = generate_sets(n, n / 2, seed);
             let truth: HashSet<&String> = a
@@ -137,7 +151,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 .collect();
             let sender: Vec<Vec<u8>> = a.iter().map(|s| s.as_bytes().to_vec()).collect();
             let receiver: Vec<Vec<u8>> = b.iter().map(|s| s.as_bytes().to_vec()).collect();
-            let r = run_pair(sender, receiver, mode).await?;
+            let r = run_pair(sender, receiver, mode, mtls).await?;
             let ok = r.size == truth.len() as u64
                 && match mode {
                     Mode::Intersection => {
@@ -153,14 +167,16 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 println!(
                     "{}",
                     serde_json::json!({
-                        "engine": "ecdh-psi-ristretto255", "transport": "grpc-loopback", "mode": mode.as_str(),
+                        "engine": "ecdh-psi-ristretto255",
+                        "transport": if mtls { "grpc-mtls-loopback" } else { "grpc-loopback" },
+                        "mode": mode.as_str(),
                         "n": n, "intersection": r.size, "wall_s": r.wall_s, "cpu_s": r.cpu_s,
                         "bytes_sent": r.bytes_sent, "peak_rss_mb": peak_rss_mb, "ok": ok,
                     })
                 );
             } else {
                 println!(
-                    "ecdh-psi n={n} mode={} intersection={} wall={:.3}s cpu={:.3}s sent={:.1}MiB peak_rss={peak_rss_mb:.0}MB ok={ok}",
+                    "ecdh-psi n={n} mode={} link={link} intersection={} wall={:.3}s cpu={:.3}s sent={:.1}MiB peak_rss={peak_rss_mb:.0}MB ok={ok}",
                     mode.as_str(),
                     r.size,
                     r.wall_s,
@@ -172,7 +188,12 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 anyhow::bail!("PSI result does not match the plaintext intersection");
             }
         }
-        BenchCommand::PsiFiles { alice, bob, out } => {
+        BenchCommand::PsiFiles {
+            alice,
+            bob,
+            out,
+            link,
+        } => {
             let spec = tessera_core::table::KeySpec {
                 columns: vec!["id".into()],
                 ..Default::default()
@@ -181,7 +202,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             let a = tessera_core::table::read_keys(&alice, &spec)?;
             let b = tessera_core::table::read_keys(&bob, &spec)?;
             let read_s = t0.elapsed().as_secs_f64();
-            let r = run_pair(a.keys, b.keys.clone(), Mode::Intersection).await?;
+            let r = run_pair(a.keys, b.keys.clone(), Mode::Intersection, link == "mtls").await?;
             let rows: Vec<[String; 1]> = r
                 .result
                 .iter()

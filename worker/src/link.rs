@@ -715,6 +715,65 @@ pub async fn loopback_pair(
     Ok((dialer?, acceptor?, server))
 }
 
+/// A connected pair over mutual TLS on loopback, as two workers' links are (a CA made here,
+/// a certificate per side naming its worker, each side checking the other's), for benches
+/// that measure what a real deployment pays for TLS.
+///
+/// # Errors
+/// Any link error, or certificates that cannot be made.
+pub async fn loopback_pair_tls(
+    frame_bytes_max: usize,
+    idle_timeout: Duration,
+) -> Result<(GrpcLink, GrpcLink, tokio::task::JoinHandle<()>), LinkError> {
+    let err = |e: &dyn std::fmt::Display| LinkError::Transport(e.to_string());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    let ca = tessera_pki::CertificateAuthority::generate("loopback CA", now - 60)
+        .map_err(|e| err(&e))?;
+    let side = |party: &str, worker: &str| -> Result<(PeerTls, PeerIdentity), LinkError> {
+        let id = PeerIdentity::new(party, worker).map_err(|e| err(&e))?;
+        let (key_pem, csr) = tessera_pki::worker_key_and_csr().map_err(|e| err(&e))?;
+        let cert_pem = ca
+            .sign_worker(&csr, &id, now - 60, 3600)
+            .map_err(|e| err(&e))?;
+        let tls = PeerTls {
+            ca_pem: ca.cert_pem().to_owned(),
+            cert_pem,
+            key_pem,
+        };
+        Ok((tls, id))
+    };
+    let (listener_tls, listener_id) = side("receiver", "w-listen")?;
+    let (dialer_tls, dialer_id) = side("sender", "w-dial")?;
+    let credentials = Arc::new(PeerCredentials::new(listener_tls).map_err(|e| err(&e))?);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| err(&e))?;
+    let addr = listener.local_addr().map_err(|e| err(&e))?.to_string();
+    let hub = PeerHub::new(frame_bytes_max, idle_timeout);
+    let server = tokio::spawn({
+        let hub = hub.clone();
+        async move {
+            let _ = serve_peer_tls(hub, listener, credentials).await;
+        }
+    });
+    let (dialer, acceptor) = tokio::join!(
+        GrpcLink::dial_tls(
+            &addr,
+            "loopback",
+            frame_bytes_max,
+            idle_timeout,
+            Duration::from_secs(10),
+            &dialer_tls,
+            &listener_id,
+        ),
+        hub.accept_from("loopback", Duration::from_secs(10), Some(&dialer_id)),
+    );
+    Ok((dialer?, acceptor?, server))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
