@@ -2,7 +2,7 @@
 //!
 //! The messages the REST facade carries (every message but the worker protocol's and the peer
 //! link's) also derive `serde` (the proto3 JSON mapping's lowerCamelCase field names; a missing
-//! field is its default) and `utoipa::ToSchema` (the OpenAPI document); their enum fields
+//! field is its default; an unknown field is an error, so a misspelt one is never ignored) and `utoipa::ToSchema` (the OpenAPI document); their enum fields
 //! travel as the enum value's name (`crate::json`).
 
 /// Messages of the worker protocol and the peer link: gRPC only, never JSON.
@@ -25,15 +25,19 @@ const GRPC_ONLY: &[&str] = &[
 ];
 
 /// Enum-typed fields and the `crate::json` module that names their values.
-const ENUM_FIELDS: &[(&str, &str)] = &[
-    ("SubmitJobRequest.mode", "psi_mode"),
-    ("SubmitJobRequest.key_case", "key_case"),
-    ("SubmitJobRequest.unicode_form", "unicode_form"),
-    ("SubmitJobRequest.empty_keys", "empty_keys"),
-    ("PhaseProgress.role", "task_role"),
-    ("Job.state", "job_state"),
-    ("Job.mode", "psi_mode"),
-    ("JobQuery.state", "job_state"),
+const ENUM_FIELDS: &[(&str, &str, &str)] = &[
+    ("SubmitJobRequest.mode", "psi_mode", "PsiModeName"),
+    ("SubmitJobRequest.key_case", "key_case", "KeyCaseName"),
+    (
+        "SubmitJobRequest.unicode_form",
+        "unicode_form",
+        "UnicodeFormName",
+    ),
+    ("SubmitJobRequest.empty_keys", "empty_keys", "EmptyKeysName"),
+    ("PhaseProgress.role", "task_role", "TaskRoleName"),
+    ("Job.state", "job_state", "JobStateName"),
+    ("Job.mode", "psi_mode", "PsiModeName"),
+    ("JobQuery.state", "job_state", "JobStateName"),
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -52,16 +56,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         config.type_attribute(
             format!(".tessera.v1.{name}"),
             "#[derive(serde::Serialize, serde::Deserialize, utoipa::ToSchema)]\n\
-             #[serde(default, rename_all = \"camelCase\")]",
+             #[serde(default, rename_all = \"camelCase\", deny_unknown_fields)]",
         );
     }
-    for (field, module) in ENUM_FIELDS {
+    for (field, module, names) in ENUM_FIELDS {
         config.field_attribute(
             format!(".tessera.v1.{field}"),
             format!(
                 "#[serde(with = \"crate::json::{module}\")]\n\
-                 #[schema(value_type = String, example = json!(crate::json::{module}::EXAMPLE), \
-                 default = json!(crate::json::{module}::DEFAULT))]"
+                 #[schema(value_type = crate::json::{names}, \
+                 example = json!(crate::json::{module}::EXAMPLE))]"
             ),
         );
     }

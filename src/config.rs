@@ -65,7 +65,7 @@ pub struct ServeArgs {
     pub tls_names: Vec<String>,
     /// INSECURE, for tests only: serve gRPC and HTTP over plain TCP instead of TLS (tokens
     /// and data cross in clear).
-    #[arg(long, env = "TESSERA_INSECURE_PLAINTEXT")]
+    #[arg(long, env = "TESSERA_INSECURE_PLAINTEXT", value_parser = clap::builder::BoolishValueParser::new())]
     pub insecure_plaintext: bool,
 }
 
@@ -183,7 +183,7 @@ pub struct WorkerArgs {
     /// INSECURE, for tests only: peer links over plain TCP, without the certificate the
     /// operator issues (by default they use mutual TLS and each side checks that the other's
     /// certificate names the party and worker its ticket names).
-    #[arg(long, env = "TESSERA_INSECURE_PLAINTEXT_PEER")]
+    #[arg(long, env = "TESSERA_INSECURE_PLAINTEXT_PEER", value_parser = clap::builder::BoolishValueParser::new())]
     pub insecure_plaintext_peer: bool,
     /// The operator's CA certificate (the operator writes DATA_DIR/ca.pem): the operator's TLS
     /// certificate must chain to it before the registration token is sent; required unless
@@ -192,7 +192,7 @@ pub struct WorkerArgs {
     pub ca_file: Option<PathBuf>,
     /// INSECURE, for tests only: reach the operator at an http:// URL over plain TCP (the
     /// registration token and worker credential cross in clear).
-    #[arg(long, env = "TESSERA_INSECURE_PLAINTEXT_OPERATOR")]
+    #[arg(long, env = "TESSERA_INSECURE_PLAINTEXT_OPERATOR", value_parser = clap::builder::BoolishValueParser::new())]
     pub insecure_plaintext_operator: bool,
     /// How often the peer-link certificate (valid 7 days) is renewed while the worker runs,
     /// in seconds [default: 86400].

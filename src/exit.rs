@@ -89,6 +89,14 @@ pub fn code_of(e: &anyhow::Error) -> u8 {
                 _ => FAILED,
             };
         }
+        if let Some(e) = c.downcast_ref::<tessera_proto::ConnectError>() {
+            // Waiting will not make an untrusted certificate trusted: an error, not a loss.
+            return if e.retryable() {
+                CONNECTION_LOST
+            } else {
+                ERROR
+            };
+        }
         if c.is::<ConnectionLost>() || c.is::<tonic::transport::Error>() {
             return CONNECTION_LOST;
         }

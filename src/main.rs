@@ -298,7 +298,7 @@ mod tests {
                   --operator <OPERATOR>
                       Operator URL [default: the profile's, else https://127.0.0.1:7100] [env: TESSERA_OPERATOR=]
                   --profile <PROFILE>
-                      A profile of the client configuration file (operator URL and token) [env: TESSERA_PROFILE=]
+                      A profile of the client configuration file (operator URL, CA file and token) [env: TESSERA_PROFILE=]
                   --token <TOKEN>
                       The caller's API token (shown once by `token create`, or the operator's admin token from DATA_DIR/admin.token). Prefer TESSERA_TOKEN or --token-file: a command line is visible to other local users [env: TESSERA_TOKEN]
                   --token-file <FILE>

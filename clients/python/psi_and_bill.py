@@ -13,7 +13,8 @@ Example (with the operator of the README's walk-through)::
     pip install -r clients/python/requirements.txt
     TESSERA_TOKEN=$(cat alice.token) python3 clients/python/psi_and_bill.py \\
         --operator https://127.0.0.1:7100 --ca-file .tessera/operator/ca.pem \\
-        --licence lic-... --buyer-party buyer-b --buyer-dataset ds-b --columns customer_id
+        --licence lic-... --buyer-party buyer-b --buyer-dataset ds-b \\
+        --columns customer_id --provider-columns id
 
 Exit status: 0 when the job succeeded and its bill line was found, 1 otherwise.
 """
@@ -70,7 +71,10 @@ def main():
     p.add_argument("--licence", required=True)
     p.add_argument("--buyer-party", required=True)
     p.add_argument("--buyer-dataset", required=True)
-    p.add_argument("--columns", required=True, help="key columns, comma-separated, on both sides")
+    p.add_argument("--columns", required=True,
+                   help="the buyer's key columns, comma-separated (also the provider's, unless "
+                        "--provider-columns names them)")
+    p.add_argument("--provider-columns", help="the provider's key columns, comma-separated")
     p.add_argument("--mode", default="size", choices=["size", "intersection"])
     p.add_argument("--client-dir", default="build/python-client", type=pathlib.Path)
     p.add_argument("--timeout-s", type=float, default=120.0)
@@ -84,29 +88,37 @@ def main():
     from tessera_client import AuthenticatedClient
     from tessera_client.api.bills import list_bill_lines, list_bills
     from tessera_client.api.jobs import get_job, submit_job
-    from tessera_client.models import SubmitJobRequest
+    from tessera_client.models import (
+        EmptyKeysName, KeyCaseName, PsiModeName, SubmitJobRequest, UnicodeFormName,
+    )
 
     client = AuthenticatedClient(base_url=a.operator.rstrip("/"), token=token, prefix="",
                                  auth_header_name="X-Auth-Token", verify_ssl=ctx)
-    columns = [c.strip() for c in a.columns.split(",") if c.strip()]
+    def split(text):
+        return [c.strip() for c in text.split(",") if c.strip()]
+
+    columns = split(a.columns)
+    provider_columns = split(a.provider_columns) if a.provider_columns else columns
     request = SubmitJobRequest(
         licence_id=a.licence, scene="psi", buyer_party=a.buyer_party,
-        buyer_dataset_id=a.buyer_dataset, buyer_columns=columns, provider_columns=columns,
-        mode=a.mode, key_case="preserve", unicode_form="none", empty_keys="skip",
+        buyer_dataset_id=a.buyer_dataset, buyer_columns=columns,
+        provider_columns=provider_columns,
+        mode=PsiModeName(f"PSI_MODE_{a.mode.upper()}"), key_case=KeyCaseName.KEY_CASE_PRESERVE,
+        unicode_form=UnicodeFormName.UNICODE_FORM_NONE, empty_keys=EmptyKeysName.EMPTY_KEYS_SKIP,
     )
     job = answer(submit_job.sync(client=client, body=request), "submit")
     log(f"submitted {job.job_id}: {job.state}")
-    if job.state == "JOB_STATE_REFUSED":
+    if str(job.state) == "JOB_STATE_REFUSED":
         sys.exit(f"refused: {'; '.join(job.refusal_reasons)}")
     deadline = time.monotonic() + a.timeout_s
     terminal = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_REFUSED", "JOB_STATE_CANCELLED"}
-    while job.state not in terminal:
+    while str(job.state) not in terminal:
         if time.monotonic() > deadline:
             sys.exit(f"job {job.job_id} still {job.state} after {a.timeout_s} s")
         time.sleep(0.2)
         job = answer(get_job.sync(job.job_id, client=client), "get job")
     log(f"job {job.job_id}: {job.state}, result size {job.result_size}, charge {job.charge_micros} micros")
-    if job.state != "JOB_STATE_SUCCEEDED":
+    if str(job.state) != "JOB_STATE_SUCCEEDED":
         sys.exit(f"job {job.job_id} ended {job.state}: {job.error}")
 
     line = None
@@ -120,7 +132,7 @@ def main():
         sys.exit(f"no bill line for job {job.job_id}")
     print(json.dumps({
         "job_id": job.job_id,
-        "state": job.state,
+        "state": str(job.state),
         "result_size": job.result_size,
         "charge_micros": job.charge_micros,
         "bill_id": line.bill_id,

@@ -40,6 +40,8 @@ pub enum ApiCode {
     NoWorker,
     /// Another business rule refused it; nothing was written.
     Refused,
+    /// The request is larger than the API takes (a REST body over its limit).
+    TooLarge,
     /// Something failed on our side.
     Internal,
 }
@@ -60,6 +62,7 @@ impl ApiCode {
         ApiCode::NoPaidTerm,
         ApiCode::NoWorker,
         ApiCode::Refused,
+        ApiCode::TooLarge,
         ApiCode::Internal,
     ];
 
@@ -82,6 +85,7 @@ impl ApiCode {
             ApiCode::NoPaidTerm => (G::FailedPrecondition, 402, "NO_PAID_TERM"),
             ApiCode::NoWorker => (G::Unavailable, 503, "NO_WORKER"),
             ApiCode::Refused => (G::FailedPrecondition, 409, "REFUSED"),
+            ApiCode::TooLarge => (G::ResourceExhausted, 413, "PAYLOAD_TOO_LARGE"),
             ApiCode::Internal => (G::Internal, 500, "INTERNAL"),
         }
     }

@@ -13,8 +13,9 @@ use tessera_scheduler::Scheduler;
 
 use crate::OperatorService;
 
-/// The content type of the Prometheus text exposition format.
-const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// The content type of what `prometheus-client` writes: the OpenMetrics text format (which
+/// Prometheus scrapes natively; counters end in `_total`, the exposition in `# EOF`).
+const PROMETHEUS_TEXT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// gRPC (`Operator`) and the HTTP routes, as one router.
 pub fn router(service: OperatorService, scheduler: Arc<Scheduler>) -> axum::Router {
@@ -26,6 +27,22 @@ pub fn router(service: OperatorService, scheduler: Arc<Scheduler>) -> axum::Rout
         .into_axum_router()
         .merge(metrics)
         .merge(rest)
+        .fallback(unrouted)
+}
+
+/// A request no route serves: a gRPC `UNIMPLEMENTED` to a gRPC client, else the REST API's
+/// 404 envelope.
+async fn unrouted(request: axum::extract::Request) -> axum::response::Response {
+    let grpc = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/grpc"));
+    if grpc {
+        return tonic::Status::unimplemented(format!("no method {}", request.uri().path()))
+            .into_http();
+    }
+    crate::rest::not_found(request.method(), request.uri().path())
 }
 
 async fn metrics(State(s): State<Arc<Scheduler>>) -> impl IntoResponse {

@@ -471,10 +471,13 @@ impl Operator for OperatorService {
         &self,
         mut req: Request<pb::SubscriptionRequest>,
     ) -> Result<Response<pb::SubscriptionView>, Status> {
-        let mut customer = std::mem::take(&mut req.get_mut().customer);
-        self.allowed_for_user(Operation::Subscribe, &req, &mut customer)
-            .await?;
-        req.get_mut().customer = customer;
+        let who = self.caller(&req).await?;
+        let r = req.get_mut();
+        for_self(&who, &mut r.customer);
+        self.accounts
+            .check_term(Operation::Subscribe, &who, &r.customer, &r.licence_id)
+            .await
+            .map_err(|e| status(&e))?;
         let mut view = billing::subscribe(&self.billing, req.into_inner()).await?;
         view.audit_head = audit::seal(&self.audit).await?;
         Ok(Response::new(view))
@@ -484,10 +487,13 @@ impl Operator for OperatorService {
         &self,
         mut req: Request<pb::SubscriptionRequest>,
     ) -> Result<Response<pb::SubscriptionView>, Status> {
-        let mut customer = std::mem::take(&mut req.get_mut().customer);
-        self.allowed_for_user(Operation::Unsubscribe, &req, &mut customer)
-            .await?;
-        req.get_mut().customer = customer;
+        let who = self.caller(&req).await?;
+        let r = req.get_mut();
+        for_self(&who, &mut r.customer);
+        self.accounts
+            .check_term(Operation::Unsubscribe, &who, &r.customer, &r.licence_id)
+            .await
+            .map_err(|e| status(&e))?;
         let mut view = billing::unsubscribe(&self.billing, req.into_inner()).await?;
         view.audit_head = audit::seal(&self.audit).await?;
         Ok(Response::new(view))

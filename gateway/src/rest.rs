@@ -156,8 +156,13 @@ fn parse_body<T: DeserializeOwned>(body: &Body) -> Result<T, Box<Response>> {
     let body = match body {
         Ok(b) => b,
         Err(e) => {
+            let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiCode::TooLarge
+            } else {
+                ApiCode::InvalidArgument
+            };
             return Err(Box::new(fail(
-                ApiCode::InvalidArgument,
+                code,
                 &format!(
                     "the request body could not be read (at most {BODY_BYTES_MAX} bytes): {}",
                     e.body_text()
@@ -1064,9 +1069,15 @@ async fn openapi_json() -> Response {
 
 /// Anything else under `/api/v1`: a 404 envelope.
 async fn no_route(method: Method, uri: axum::http::Uri) -> Response {
+    not_found(&method, uri.path())
+}
+
+/// The 404 envelope of a request no route serves.
+pub(crate) fn not_found(method: &Method, path: &str) -> Response {
+    let shown: String = path.chars().take(200).collect();
     fail(
         ApiCode::NotFound,
-        &format!("no route {method} {} (see /openapi.json)", uri.path()),
+        &format!("no route {method} {shown} (the REST API is under /api/v1; see /openapi.json)"),
     )
 }
 

@@ -6,7 +6,10 @@
 
 use std::time::Duration;
 
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+/// Longest a connection to the operator may take, TCP and TLS handshake together.
+pub const CONNECT_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Why no endpoint could be made for an operator URL.
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +38,8 @@ pub enum ChannelError {
     /// An `http` URL without the insecure option.
     #[error(
         "operator URL {url:?} is plain TCP, where tokens would cross in clear: use https:// \
-         with the operator's CA (--ca-file), or the insecure plaintext option for tests"
+         with the operator's CA (--ca-file), or --insecure-plaintext (a worker: \
+         --insecure-plaintext-operator) for tests only"
     )]
     Plaintext {
         /// The URL as given.
@@ -44,6 +48,118 @@ pub enum ChannelError {
     /// The CA PEM holds no certificate.
     #[error("the operator's CA file holds no PEM certificate")]
     BadCa,
+    /// The TLS settings could not be made for this URL.
+    #[error("TLS settings for operator URL {url:?}: {detail}")]
+    Tls {
+        /// The URL as given.
+        url: String,
+        /// What failed.
+        detail: String,
+    },
+}
+
+/// Why a connection to the operator failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Nothing completed within [`CONNECT_DEADLINE`] (e.g. a listener that never answers the
+    /// TLS handshake).
+    #[error(
+        "the operator at {url} did not complete a connection within {} s (is something else \
+         listening there?)",
+        CONNECT_DEADLINE.as_secs()
+    )]
+    Timeout {
+        /// The URL.
+        url: String,
+    },
+    /// The server's TLS certificate does not chain to the CA this client trusts.
+    #[error(
+        "the operator at {url} presented a certificate that does not chain to the CA file given \
+         ({detail}): use the CA of that operator, its DATA_DIR/ca.pem"
+    )]
+    Untrusted {
+        /// The URL.
+        url: String,
+        /// What TLS said.
+        detail: String,
+    },
+    /// The server does not speak TLS.
+    #[error(
+        "the operator at {url} does not answer in TLS ({detail}): an operator started with \
+         --insecure-plaintext is reached at http:// with --insecure-plaintext (tests only)"
+    )]
+    NotTls {
+        /// The URL.
+        url: String,
+        /// What TLS said.
+        detail: String,
+    },
+    /// The operator cannot be reached (refused, unreachable, or it broke the connection).
+    #[error("cannot reach the operator at {url}{hint}")]
+    Unreachable {
+        /// The URL.
+        url: String,
+        /// A hint (for a plain URL: the operator may be serving TLS).
+        hint: &'static str,
+        /// The transport's error.
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+impl ConnectError {
+    /// Whether trying again may help (the operator may come up); a certificate that is not
+    /// trusted, or a server that does not speak TLS, will not change by waiting.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            ConnectError::Timeout { .. } | ConnectError::Unreachable { .. }
+        )
+    }
+}
+
+/// Connects `endpoint` (made by [`operator_endpoint`] for `url`) within [`CONNECT_DEADLINE`],
+/// telling apart an untrusted certificate, a server without TLS, silence and unreachability.
+///
+/// Errors: [`ConnectError`].
+pub async fn connect(endpoint: Endpoint, url: &str) -> Result<Channel, ConnectError> {
+    let e = match tokio::time::timeout(CONNECT_DEADLINE, endpoint.connect()).await {
+        Ok(Ok(channel)) => return Ok(channel),
+        Ok(Err(e)) => e,
+        Err(_) => {
+            return Err(ConnectError::Timeout {
+                url: url.to_owned(),
+            });
+        }
+    };
+    // rustls reports a failed handshake as an I/O error of kind InvalidData.
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::InvalidData {
+                let detail = io.to_string();
+                let url = url.to_owned();
+                return Err(
+                    if detail.contains("InvalidContentType") || detail.contains("corrupt message") {
+                        ConnectError::NotTls { url, detail }
+                    } else {
+                        ConnectError::Untrusted { url, detail }
+                    },
+                );
+            }
+        }
+        source = err.source();
+    }
+    let hint = if url.starts_with("http:") {
+        " (if the operator serves TLS, use https:// with its CA file)"
+    } else {
+        ""
+    };
+    Err(ConnectError::Unreachable {
+        url: url.to_owned(),
+        hint,
+        source: e,
+    })
 }
 
 /// An endpoint for the operator at `url`: TLS trusting only `ca_pem` for `https`, plain TCP
@@ -59,9 +175,18 @@ pub fn operator_endpoint(
         url: url.to_owned(),
     };
     let uri: tonic::codegen::http::Uri = url.parse().map_err(|_| bad())?;
-    if uri.host().is_none_or(str::is_empty) {
+    let Some(host) = uri.host().filter(|h| !h.is_empty()) else {
+        return Err(bad());
+    };
+    // The operator serves at the root: a path would be silently dropped.
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         return Err(bad());
     }
+    // An IPv6 literal is written in brackets in a URL, not in the name TLS checks.
+    let server_name = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     let endpoint = Endpoint::from_shared(url.to_owned())
         .map_err(|_| bad())?
         .connect_timeout(Duration::from_secs(5))
@@ -75,8 +200,15 @@ pub fn operator_endpoint(
                 return Err(ChannelError::BadCa);
             }
             endpoint
-                .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))
-                .map_err(|_| ChannelError::BadCa)
+                .tls_config(
+                    ClientTlsConfig::new()
+                        .ca_certificate(Certificate::from_pem(ca))
+                        .domain_name(server_name),
+                )
+                .map_err(|e| ChannelError::Tls {
+                    url: url.to_owned(),
+                    detail: e.to_string(),
+                })
         }
         Some("http") if insecure_plaintext => Ok(endpoint),
         Some("http") => Err(ChannelError::Plaintext {
@@ -91,6 +223,14 @@ pub fn operator_endpoint(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A real CA certificate (any will do for building an endpoint).
+    fn ca() -> String {
+        tessera_pki::CertificateAuthority::generate("test", 1_700_000_000)
+            .expect("ca")
+            .cert_pem()
+            .to_owned()
+    }
 
     #[test]
     fn plaintext_needs_the_insecure_option_and_https_needs_the_ca() {
@@ -107,12 +247,17 @@ mod tests {
             operator_endpoint("https://127.0.0.1:7100", Some("not a pem"), false),
             Err(ChannelError::BadCa)
         ));
+        // An IPv6 literal (its brackets are not part of the name TLS checks), a bare root.
+        assert!(operator_endpoint("https://[::1]:7100", Some(&ca()), false).is_ok());
+        assert!(operator_endpoint("https://127.0.0.1:7100/", Some(&ca()), false).is_ok());
         for bad in [
             "",
             "127.0.0.1:7100",
             "https://",
             "ftp://h:1",
             "https://exa mple",
+            "https://127.0.0.1:7100/api",
+            "https://127.0.0.1:7100/?x=1",
         ] {
             assert!(
                 matches!(

@@ -4,7 +4,19 @@
 //! CLI's. An unknown name is an error naming the accepted ones; a number is refused.
 
 macro_rules! enum_json {
-    ($module:ident, $enum:ident, $prefix:literal, $example:literal) => {
+    ($module:ident, $enum:ident, $names:ident, $prefix:literal, $example:literal, [$($name:ident),+ $(,)?]) => {
+        #[doc = concat!("The names of `", stringify!($enum), "` values, for the OpenAPI document (an `enum` of strings).")]
+        #[allow(non_camel_case_types, missing_docs, dead_code)]
+        #[derive(Debug, Clone, Copy, utoipa::ToSchema)]
+        pub enum $names {
+            $($name,)+
+        }
+
+        impl $names {
+            /// Every name, in order.
+            pub const ALL: &'static [&'static str] = &[$(stringify!($name),)+];
+        }
+
         #[doc = concat!("`", stringify!($enum), "` values by name.")]
         pub mod $module {
             use serde::{Deserialize, Deserializer, Serializer};
@@ -54,21 +66,102 @@ macro_rules! enum_json {
     };
 }
 
-enum_json!(job_state, JobState, "JOB_STATE_", "JOB_STATE_SUCCEEDED");
-enum_json!(psi_mode, PsiMode, "PSI_MODE_", "PSI_MODE_INTERSECTION");
-enum_json!(key_case, KeyCase, "KEY_CASE_", "KEY_CASE_PRESERVE");
-enum_json!(task_role, TaskRole, "TASK_ROLE_", "TASK_ROLE_RECEIVER");
+enum_json!(
+    job_state,
+    JobState,
+    JobStateName,
+    "JOB_STATE_",
+    "JOB_STATE_SUCCEEDED",
+    [
+        JOB_STATE_UNSPECIFIED,
+        JOB_STATE_ADMITTED,
+        JOB_STATE_RUNNING,
+        JOB_STATE_SUCCEEDED,
+        JOB_STATE_FAILED,
+        JOB_STATE_REFUSED,
+        JOB_STATE_CANCELLED,
+    ]
+);
+enum_json!(
+    psi_mode,
+    PsiMode,
+    PsiModeName,
+    "PSI_MODE_",
+    "PSI_MODE_INTERSECTION",
+    [PSI_MODE_UNSPECIFIED, PSI_MODE_INTERSECTION, PSI_MODE_SIZE]
+);
+enum_json!(
+    key_case,
+    KeyCase,
+    KeyCaseName,
+    "KEY_CASE_",
+    "KEY_CASE_PRESERVE",
+    [
+        KEY_CASE_UNSPECIFIED,
+        KEY_CASE_PRESERVE,
+        KEY_CASE_LOWER,
+        KEY_CASE_UPPER,
+        KEY_CASE_FOLD,
+    ]
+);
+enum_json!(
+    task_role,
+    TaskRole,
+    TaskRoleName,
+    "TASK_ROLE_",
+    "TASK_ROLE_RECEIVER",
+    [TASK_ROLE_UNSPECIFIED, TASK_ROLE_SENDER, TASK_ROLE_RECEIVER]
+);
 enum_json!(
     unicode_form,
     UnicodeForm,
+    UnicodeFormName,
     "UNICODE_FORM_",
-    "UNICODE_FORM_NFC"
+    "UNICODE_FORM_NFC",
+    [
+        UNICODE_FORM_UNSPECIFIED,
+        UNICODE_FORM_NONE,
+        UNICODE_FORM_NFC,
+        UNICODE_FORM_NFKC,
+    ]
 );
-enum_json!(empty_keys, EmptyKeys, "EMPTY_KEYS_", "EMPTY_KEYS_SKIP");
+enum_json!(
+    empty_keys,
+    EmptyKeys,
+    EmptyKeysName,
+    "EMPTY_KEYS_",
+    "EMPTY_KEYS_SKIP",
+    [EMPTY_KEYS_UNSPECIFIED, EMPTY_KEYS_SKIP, EMPTY_KEYS_FAIL]
+);
 
 #[cfg(test)]
 mod tests {
     use crate::v1 as pb;
+
+    /// The names the OpenAPI document lists are exactly the enums' (a value added to the
+    /// .proto without its name here fails).
+    #[test]
+    fn the_documented_names_are_the_enums_names() {
+        fn names<E: TryFrom<i32>>(name: impl Fn(E) -> &'static str) -> Vec<&'static str> {
+            (0..256)
+                .filter_map(|n| E::try_from(n).ok())
+                .map(name)
+                .collect()
+        }
+        use super::*;
+        assert_eq!(JobStateName::ALL, names(|e: pb::JobState| e.as_str_name()));
+        assert_eq!(PsiModeName::ALL, names(|e: pb::PsiMode| e.as_str_name()));
+        assert_eq!(KeyCaseName::ALL, names(|e: pb::KeyCase| e.as_str_name()));
+        assert_eq!(TaskRoleName::ALL, names(|e: pb::TaskRole| e.as_str_name()));
+        assert_eq!(
+            UnicodeFormName::ALL,
+            names(|e: pb::UnicodeForm| e.as_str_name())
+        );
+        assert_eq!(
+            EmptyKeysName::ALL,
+            names(|e: pb::EmptyKeys| e.as_str_name())
+        );
+    }
 
     #[test]
     fn enums_travel_by_name_and_unknown_names_are_refused() {

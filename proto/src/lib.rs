@@ -13,6 +13,6 @@ pub mod convert;
 pub mod json;
 pub mod token;
 
-pub use channel::{ChannelError, operator_endpoint};
+pub use channel::{ChannelError, ConnectError, connect, operator_endpoint};
 pub use convert::{EnumError, decode};
 pub use token::{TOKEN_METADATA, TokenHeader};

@@ -59,6 +59,37 @@ impl AccountService {
         self.authorize(op, caller, &target).await
     }
 
+    /// A licence term (`Subscribe`, `Unsubscribe`) for `customer` on licence `licence_id`: the
+    /// caller acts for itself (the operator for anyone), and the licence must be one the
+    /// caller may see; one it may not is `NotFound` exactly as an unknown id, so that neither
+    /// its licensee nor its prices leak through the term's refusal.
+    ///
+    /// # Errors
+    /// [`SchedulerError::Forbidden`]; `NotFound` as above.
+    pub async fn check_term(
+        &self,
+        op: Operation,
+        caller: &Caller,
+        customer: &str,
+        licence_id: &str,
+    ) -> Result<(), SchedulerError> {
+        self.check_user(op, caller, customer).await?;
+        let licence = self.store.licence(licence_id).await?;
+        let licensor_owner = self.owner_of(&licence.licensor).await?;
+        let target = Target {
+            licensee: Some(&licence.licensee),
+            licensor_owner: licensor_owner.as_deref(),
+            ..Target::default()
+        };
+        if tessera_auth::authorize(Operation::GetLicence, caller, &target).is_err() {
+            return Err(SchedulerError::Store(StoreError::NotFound {
+                kind: "licence",
+                id: licence_id.to_owned(),
+            }));
+        }
+        Ok(())
+    }
+
     /// A deposit for `user`, into a voucher balance when `voucher`.
     ///
     /// # Errors

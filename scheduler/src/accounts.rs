@@ -640,18 +640,24 @@ fn ttl(ttl_ms: Option<i64>, default: i64) -> Result<i64, SchedulerError> {
     }
 }
 
-/// A user, group or party id: 1..=64 ASCII letters, digits, `-`, `_`, `.`, `@`.
+/// A user, group, party or worker id: 1..=64 ASCII letters, digits, `-`, `_`, `.`, `@`,
+/// beginning with a letter or digit (so never `.` or `..`).
 pub(crate) fn account_id(what: &str, id: &str) -> Result<String, SchedulerError> {
     required(what, id)?;
     let ok = id.len() <= 64
+        && id.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'));
     if ok {
         Ok(id.to_owned())
     } else {
+        // A long id is shown cut, so that an error never echoes a whole request back.
+        let shown: String = id.chars().take(64).collect();
+        let cut = if shown.len() < id.len() { "…" } else { "" };
         Err(SchedulerError::Invalid(format!(
-            "{what} id {id:?}: use 1 to 64 ASCII letters, digits, '-', '_', '.' or '@'"
+            "{what} id {shown:?}{cut}: use 1 to 64 ASCII letters, digits, '-', '_', '.' or '@', \
+             beginning with a letter or digit"
         )))
     }
 }

@@ -20,6 +20,8 @@
 //! `TESSERA_CA_FILE`; the operator writes `DATA_DIR/ca.pem`). A plain `http://` URL is refused
 //! unless `--insecure-plaintext` is given (tests only).
 //!
+//! File names in a profile are relative to the configuration file's directory.
+//!
 //! A profile's `operator` is used when `--operator` is not given; its token (`token_file`,
 //! or `token`, discouraged: the file may be read by others) when no other source gives one.
 
@@ -77,11 +79,9 @@ pub async fn connect_with(addr: &OperatorAddr, token: Option<&str>) -> anyhow::R
         None => TokenHeader::none(),
     };
     let url = &addr.url;
-    let channel =
-        tessera_proto::operator_endpoint(url, addr.ca_pem.as_deref(), addr.insecure_plaintext)?
-            .connect()
-            .await
-            .with_context(|| format!("connecting to the operator at {url}"))?;
+    let endpoint =
+        tessera_proto::operator_endpoint(url, addr.ca_pem.as_deref(), addr.insecure_plaintext)?;
+    let channel = tessera_proto::connect(endpoint, url).await?;
     Ok(OperatorClient::with_interceptor(channel, header))
 }
 
@@ -187,6 +187,19 @@ fn load_profile(name: Option<&str>) -> anyhow::Result<Option<Profile>> {
         .with_context(|| format!("reading the client configuration {}", path.display()))?;
     let mut config: ClientConfig = toml::from_str(&text)
         .with_context(|| format!("parsing the client configuration {}", path.display()))?;
+    // Relative file names in a profile are relative to the configuration file.
+    if let Some(dir) = path.parent() {
+        for profile in config.profiles.values_mut() {
+            for file in [&mut profile.ca_file, &mut profile.token_file]
+                .into_iter()
+                .flatten()
+            {
+                if file.is_relative() {
+                    *file = dir.join(&*file);
+                }
+            }
+        }
+    }
     match name {
         Some(n) => config.profiles.remove(n).map(Some).ok_or_else(|| {
             anyhow::anyhow!(
@@ -204,7 +217,7 @@ pub struct Conn {
     /// Operator URL [default: the profile's, else https://127.0.0.1:7100].
     #[arg(long, global = true, env = "TESSERA_OPERATOR")]
     pub operator: Option<String>,
-    /// A profile of the client configuration file (operator URL and token).
+    /// A profile of the client configuration file (operator URL, CA file and token).
     #[arg(long, global = true, env = "TESSERA_PROFILE")]
     pub profile: Option<String>,
     /// The caller's API token (shown once by `token create`, or the operator's admin token
@@ -223,7 +236,7 @@ pub struct Conn {
     pub ca_file: Option<PathBuf>,
     /// INSECURE, for tests only: accept an http:// operator URL (plain TCP: the token and
     /// every answer cross in clear).
-    #[arg(long, global = true, env = "TESSERA_INSECURE_PLAINTEXT")]
+    #[arg(long, global = true, env = "TESSERA_INSECURE_PLAINTEXT", value_parser = clap::builder::BoolishValueParser::new())]
     pub insecure_plaintext: bool,
 }
 

@@ -693,6 +693,17 @@ async fn every_operation_checks_the_token_the_role_and_the_owner(api: Api) {
             _ => assert!(denied(&r), "{op:?} on someone else's: {r:?}"),
         }
     }
+    // A term on a licence one may not see is refused as an unknown licence: neither its
+    // licensee nor its prices show.
+    for op in [Operation::Subscribe, Operation::Unsubscribe] {
+        let r = call_via(&c, &f, api, Some(&f.mallory), op, Whose::Own)
+            .await
+            .expect("a route");
+        assert!(
+            matches!(&r, Err(s) if s.code() == Code::NotFound && !s.message().contains(USER)),
+            "{op:?}: {r:?}"
+        );
+    }
     let mut mallory = connect_as(&c, &f.mallory).await;
     // Mallory's listings hold nothing of u1's or pu's.
     let jobs = mallory
@@ -1094,7 +1105,8 @@ async fn the_operator_is_reached_only_over_tls_checked_against_its_ca() {
         String::from_utf8_lossy(&ok.stderr)
     );
 
-    // Another CA (an impostor's operator, or a stale file): the handshake fails, exit 6.
+    // Another CA (an impostor's operator, or a stale file): the handshake fails, and the
+    // message says which file to use; exit 1 (waiting will not help), not 6.
     let now = i64::try_from(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -1115,8 +1127,29 @@ async fn the_operator_is_reached_only_over_tls_checked_against_its_ca() {
         rogue_path,
     ]);
     let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("does not chain to the CA") && err.contains("ca.pem"),
+        "{err}"
+    );
+    // A listener that accepts and never answers the handshake: given up on within the
+    // deadline, exit 6.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_url = format!("https://{}", silent.local_addr().expect("addr"));
+    let t0 = std::time::Instant::now();
+    let out = cli(&[
+        "user",
+        "list",
+        "--operator",
+        &silent_url,
+        "--ca-file",
+        &c.ca_file,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(6), "{err}");
-    assert!(err.contains("connecting to the operator"), "{err}");
+    assert!(err.contains("did not complete a connection"), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
+    drop(silent);
 
     // No CA at all for an https URL, and a plain URL without the insecure option: refused
     // before any connection, each saying what to do.
@@ -1153,7 +1186,7 @@ async fn the_operator_is_reached_only_over_tls_checked_against_its_ca() {
         .expect("run worker");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("cannot reach the operator"), "{err}");
+    assert!(err.contains("does not chain to the CA"), "{err}");
     // ... and one without any CA refuses to start, naming the option.
     let out = std::process::Command::new(crate::harness::BIN)
         .args(["worker", "--operator", &c.url, "--party", BUYER])

@@ -362,8 +362,29 @@ async fn a_psi_job_through_rest_with_events_and_its_bill() {
     assert_eq!(a.status, 404, "{}", a.body);
     let huge = json!({ "description": "x".repeat(2 << 20) });
     let a = send(&c, "POST", "/api/v1/datasets", buyer, Some(&huge));
+    assert_eq!(a.status, 413, "{}", a.body);
+    assert_eq!(a.envelope()["code"], "PAYLOAD_TOO_LARGE");
+    // A misspelt field is refused, never ignored (a deposit must not land elsewhere).
+    let a = send(
+        &c,
+        "POST",
+        "/api/v1/deposits",
+        buyer,
+        Some(&json!({"amountMicros": 1, "idempotencyKey": "typo", "customer": USER})),
+    );
     assert_eq!(a.status, 400, "{}", a.body);
-    a.envelope();
+    assert!(
+        a.envelope()["errorMsg"]
+            .as_str()
+            .expect("msg")
+            .contains("customer")
+    );
+    // Outside /api/v1, a REST caller gets the envelope too; a gRPC caller its own answer.
+    for path in ["/", "/api/v2/jobs", "/api/v1/"] {
+        let a = send(&c, "GET", path, buyer, None);
+        assert_eq!(a.status, 404, "{path}: {}", a.body);
+        assert_eq!(a.envelope()["code"], "NOT_FOUND");
+    }
 
     // A job of someone else's is as unknown to the events route as to the others.
     let a = send(

@@ -515,11 +515,13 @@ async fn connect_operator(config: &WorkerConfig) -> anyhow::Result<Channel> {
         config.insecure_plaintext_operator,
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
-    (|| endpoint.connect())
+    // An untrusted certificate or a server without TLS is final: no token is ever sent.
+    (|| tessera_proto::connect(endpoint.clone(), url))
         .retry(operator_dial_backoff())
+        .when(tessera_proto::ConnectError::retryable)
         .sleep(tokio::time::sleep)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot reach the operator at {url}: {e:?}"))
+        .map_err(anyhow::Error::from)
 }
 
 fn to_pb_attrs(a: &WorkerAttributes) -> pb::WorkerAttributes {
