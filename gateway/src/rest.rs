@@ -1081,6 +1081,33 @@ pub(crate) fn not_found(method: &Method, path: &str) -> Response {
     )
 }
 
+/// Any failure of the API not already in the envelope (an extractor's plain-text rejection,
+/// e.g. a path that is not UTF-8 or a body that is not UTF-8) becomes the envelope of the
+/// nearest code, with the rejection's text as the message.
+async fn enveloped(response: Response) -> Response {
+    let typed = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json") || t.starts_with("text/event-stream"));
+    if typed || response.status().is_success() {
+        return response;
+    }
+    let code = match response.status().as_u16() {
+        401 => ApiCode::Unauthenticated,
+        403 => ApiCode::PermissionDenied,
+        404 | 405 => ApiCode::NotFound,
+        413 => ApiCode::TooLarge,
+        500..=599 => ApiCode::Internal,
+        _ => ApiCode::InvalidArgument,
+    };
+    let body = axum::body::to_bytes(response.into_body(), 4096)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&body);
+    fail(code, text.trim())
+}
+
 /// The REST routes and `/openapi.json`, over `service`.
 pub fn router(service: OperatorService) -> Router {
     let api = Router::new()
@@ -1129,6 +1156,7 @@ pub fn router(service: OperatorService) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(no_route)
         .layer(axum::extract::DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .layer(axum::middleware::map_response(enveloped))
         .with_state(service);
     Router::new()
         .nest("/api/v1", api)

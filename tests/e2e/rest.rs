@@ -379,6 +379,10 @@ async fn a_psi_job_through_rest_with_events_and_its_bill() {
             .expect("msg")
             .contains("customer")
     );
+    // A path parameter that is not UTF-8: the envelope, not a plain-text rejection.
+    let a = send(&c, "GET", "/api/v1/jobs/%ff%fe", buyer, None);
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert_eq!(a.envelope()["code"], "INVALID_ARGUMENT");
     // Outside /api/v1, a REST caller gets the envelope too; a gRPC caller its own answer.
     for path in ["/", "/api/v2/jobs", "/api/v1/"] {
         let a = send(&c, "GET", path, buyer, None);
