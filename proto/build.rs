@@ -65,7 +65,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             format!(
                 "#[serde(with = \"crate::json::{module}\")]\n\
                  #[schema(value_type = crate::json::{names}, \
-                 example = json!(crate::json::{module}::EXAMPLE))]"
+                 example = json!(crate::json::{module}::EXAMPLE), \
+                 default = json!(crate::json::{module}::DEFAULT))]"
             ),
         );
     }

@@ -145,8 +145,17 @@ pub fn render(e: &anyhow::Error) -> String {
                 let mut t = String::from("the operator is unreachable");
                 let mut src = std::error::Error::source(s);
                 while let Some(x) = src {
-                    t = format!("{t}: {x}");
+                    let more = x.to_string();
+                    if !t.contains(&more) {
+                        t = format!("{t}: {more}");
+                    }
                     src = x.source();
+                }
+                // A plain HTTP/2 client talking to a TLS port reads the TLS record as a frame.
+                if t.contains("frame with invalid size") {
+                    t.push_str(
+                        " (is the operator serving TLS? use https:// with its CA file, --ca-file)",
+                    );
                 }
                 t
             } else {

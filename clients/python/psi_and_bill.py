@@ -14,7 +14,7 @@ Example (with the operator of the README's walk-through)::
     TESSERA_TOKEN=$(cat alice.token) python3 clients/python/psi_and_bill.py \\
         --operator https://127.0.0.1:7100 --ca-file .tessera/operator/ca.pem \\
         --licence lic-... --buyer-party buyer-b --buyer-dataset ds-b \\
-        --columns customer_id --provider-columns id
+        --columns customer_id --provider-columns id --key-case fold
 
 Exit status: 0 when the job succeeded and its bill line was found, 1 otherwise.
 """
@@ -76,6 +76,8 @@ def main():
                         "--provider-columns names them)")
     p.add_argument("--provider-columns", help="the provider's key columns, comma-separated")
     p.add_argument("--mode", default="size", choices=["size", "intersection"])
+    p.add_argument("--key-case", default="preserve", choices=["preserve", "lower", "upper", "fold"],
+                   help="how both sides' keys are compared (fold: caseless)")
     p.add_argument("--client-dir", default="build/python-client", type=pathlib.Path)
     p.add_argument("--timeout-s", type=float, default=120.0)
     a = p.parse_args()
@@ -103,7 +105,7 @@ def main():
         licence_id=a.licence, scene="psi", buyer_party=a.buyer_party,
         buyer_dataset_id=a.buyer_dataset, buyer_columns=columns,
         provider_columns=provider_columns,
-        mode=PsiModeName(f"PSI_MODE_{a.mode.upper()}"), key_case=KeyCaseName.KEY_CASE_PRESERVE,
+        mode=PsiModeName(f"PSI_MODE_{a.mode.upper()}"), key_case=KeyCaseName(f"KEY_CASE_{a.key_case.upper()}"),
         unicode_form=UnicodeFormName.UNICODE_FORM_NONE, empty_keys=EmptyKeysName.EMPTY_KEYS_SKIP,
     )
     job = answer(submit_job.sync(client=client, body=request), "submit")

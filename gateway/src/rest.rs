@@ -175,12 +175,19 @@ fn parse_body<T: DeserializeOwned>(body: &Body) -> Result<T, Box<Response>> {
     } else {
         body
     };
-    serde_json::from_slice(text).map_err(|e| {
+    let bad = |e: &dyn std::fmt::Display| {
         Box::new(fail(
             ApiCode::InvalidArgument,
             &format!("the request body is not the JSON this route takes: {e}"),
         ))
-    })
+    };
+    // Only an object: serde would also map an array onto the fields by position, so no field
+    // name would be checked.
+    let value: serde_json::Value = serde_json::from_slice(text).map_err(|e| bad(&e))?;
+    if !value.is_object() {
+        return Err(bad(&"it must be a JSON object"));
+    }
+    serde_json::from_value(value).map_err(|e| bad(&e))
 }
 
 /// A query string as `T`, or a 400 naming what is wrong.
@@ -1069,7 +1076,8 @@ async fn openapi_json() -> Response {
 
 /// Anything else under `/api/v1`: a 404 envelope.
 async fn no_route(method: Method, uri: axum::http::Uri) -> Response {
-    not_found(&method, uri.path())
+    // Inside the nest, the path comes without its prefix.
+    not_found(&method, &format!("/api/v1{}", uri.path()))
 }
 
 /// The 404 envelope of a request no route serves.

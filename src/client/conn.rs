@@ -300,12 +300,16 @@ impl Conn {
     ///
     /// Errors: a token or CA file cannot be read; a named profile does not exist.
     pub fn resolve(&self) -> anyhow::Result<(OperatorAddr, Option<String>)> {
-        let profile =
-            if self.operator.is_some() && (self.token.is_some() || self.token_file.is_some()) {
-                None
-            } else {
-                load_profile(self.profile.as_deref())?
-            };
+        // A profile named is always read (and must exist); the default one only when the
+        // command line and environment leave something to fill.
+        let complete = self.operator.is_some()
+            && (self.token.is_some() || self.token_file.is_some())
+            && self.ca_file.is_some();
+        let profile = if complete && self.profile.is_none() {
+            None
+        } else {
+            load_profile(self.profile.as_deref())?
+        };
         let profile = profile.unwrap_or_default();
         let url = self
             .operator

@@ -1149,6 +1149,28 @@ async fn the_operator_is_reached_only_over_tls_checked_against_its_ca() {
     assert_eq!(out.status.code(), Some(6), "{err}");
     assert!(err.contains("did not complete a connection"), "{err}");
     assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
+    // A worker facing the same silence gives up within its start window, saying so.
+    let dir = c.dir.path().join("silent-worker");
+    std::fs::create_dir_all(dir.join("datasets")).expect("mkdir");
+    let t0 = std::time::Instant::now();
+    let out = std::process::Command::new(crate::harness::BIN)
+        .args(["worker", "--operator", &silent_url, "--party", BUYER])
+        .args(["--ca-file", &c.ca_file])
+        .arg("--datasets")
+        .arg(dir.join("datasets"))
+        .arg("--outputs")
+        .arg(dir.join("outputs"))
+        .arg("--operator-key-file")
+        .arg(c.dir.path().join("operator").join("operator.pub"))
+        .arg("--registration-token-file")
+        .arg(crate::harness::registration_token_file(c.dir.path(), BUYER))
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run worker");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("did not complete a connection"), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(40), "{:?}", t0.elapsed());
     drop(silent);
 
     // No CA at all for an https URL, and a plain URL without the insecure option: refused

@@ -282,6 +282,20 @@ async fn accounts_need_a_valid_token_the_right_role_and_ownership() {
     assert!(ok(&with_profile("ops", None)).contains("alice"));
     refused(&with_profile("ops", Some(&bob)), "UNAUTHENTICATED");
     refused(&with_profile("nope", None), "no profile \"nope\"");
+    // A profile named is read even when the operator and the token come from elsewhere: its
+    // CA file still applies; and a named profile that does not exist is an error.
+    let explicit = |profile: &str| {
+        Command::new(BIN)
+            .args(["user", "list", "--profile", profile, "--operator", &c.url])
+            .env("TESSERA_CLIENT_CONFIG", &config)
+            .env("TESSERA_TOKEN", &fresh)
+            .env("RUST_LOG", "warn")
+            .env_remove("TESSERA_CA_FILE")
+            .output()
+            .expect("run")
+    };
+    assert!(ok(&explicit("ops")).contains("alice"));
+    refused(&explicit("nope"), "no profile \"nope\"");
 
     // No secret is stored in clear: not in any table (the audit chain included), nor in
     // the write-ahead log.

@@ -326,10 +326,12 @@ async fn a_psi_job_through_rest_with_events_and_its_bill() {
         (400, json!("INVALID_ARGUMENT"))
     );
 
-    // Bad bodies: not JSON, the wrong shape, an unknown enum name, a path disagreeing with
-    // the body; an unknown route; a body over the limit.
+    // Bad bodies: not JSON, not an object (an array would map onto fields by position), the
+    // wrong shape, an unknown enum name, a path disagreeing with the body; an unknown route;
+    // a body over the limit.
     for (body, needle) in [
         ("{", "not the JSON"),
+        (r#"["u1", 5, "k"]"#, "must be a JSON object"),
         (r#"{"buyerColumns": "k"}"#, "not the JSON"),
         (r#"{"mode": "everything"}"#, "PSI_MODE_SIZE"),
     ] {

@@ -417,7 +417,10 @@ async fn renew_certificates(
                 every
             }
             Err(e) => {
-                tracing::warn!(error = %e, "could not renew the peer-link certificate; retrying");
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "could not renew the peer-link certificate; retrying"
+                );
                 retry
             }
         };
@@ -497,6 +500,9 @@ async fn register_first(
     Ok(reg)
 }
 
+/// Longest a worker tries to reach the operator at start, all attempts together.
+const OPERATOR_DIAL_WINDOW: Duration = Duration::from_secs(20);
+
 /// Attempts to reach the operator at start: one every 200 ms, 50 in all (about 10 s plus the
 /// attempts' own connect timeouts).
 fn operator_dial_backoff() -> ConstantBuilder {
@@ -516,12 +522,18 @@ async fn connect_operator(config: &WorkerConfig) -> anyhow::Result<Channel> {
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     // An untrusted certificate or a server without TLS is final: no token is ever sent.
-    (|| tessera_proto::connect(endpoint.clone(), url))
+    let tries = (|| tessera_proto::connect(endpoint.clone(), url))
         .retry(operator_dial_backoff())
         .when(tessera_proto::ConnectError::retryable)
-        .sleep(tokio::time::sleep)
-        .await
-        .map_err(anyhow::Error::from)
+        .notify(|e, _| tracing::warn!(error = %e, "operator not reachable yet; retrying"))
+        .sleep(tokio::time::sleep);
+    match tokio::time::timeout(OPERATOR_DIAL_WINDOW, tries).await {
+        Ok(r) => r.map_err(anyhow::Error::from),
+        Err(_) => anyhow::bail!(
+            "the operator at {url} did not complete a connection within {} s",
+            OPERATOR_DIAL_WINDOW.as_secs()
+        ),
+    }
 }
 
 fn to_pb_attrs(a: &WorkerAttributes) -> pb::WorkerAttributes {
