@@ -37,6 +37,23 @@ pub enum BenchCommand {
         #[arg(long, default_value = "mtls", value_parser = ["mtls", "plain"])]
         link: String,
     },
+    /// Admission throughput of a real operator (TLS, authentication, SQLite) with two workers
+    /// on loopback: tiny size-only PSI jobs from concurrent clients, then refusals against an
+    /// exhausted licence; checks exactly-once at the end.
+    Admission {
+        /// Jobs submitted.
+        #[arg(long, default_value_t = 2000)]
+        jobs: usize,
+        /// Concurrent clients (each its own connection).
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Print one JSON line instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Scratch directory (cleared first) [default: a temporary one, removed after].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// ECDH-PSI between two CSV files (header `id`); writes the intersection to --out.
     PsiFiles {
         /// The first party's CSV file (header `id`).
@@ -186,6 +203,45 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             }
             if !ok {
                 anyhow::bail!("PSI result does not match the plaintext intersection");
+            }
+        }
+        BenchCommand::Admission {
+            jobs,
+            concurrency,
+            json,
+            dir,
+        } => {
+            let scratch = dir.is_none();
+            let dir = dir.unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("tessera-bench-admission-{}", std::process::id()))
+            });
+            let f = crate::admission_bench::run(&dir, jobs, concurrency).await;
+            if scratch {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            let f = f?;
+            if json {
+                println!("{}", serde_json::to_string(&f)?);
+            } else {
+                println!(
+                    "admission jobs={} concurrency={} admissions/s={:.0} completed/s={:.0} \
+                     p50={:.1}ms p99={:.1}ms refusals/s={:.0} succeeded={} count_exact={} \
+                     ledger_balanced={} audit_verified={}",
+                    f.jobs,
+                    f.concurrency,
+                    f.admissions_per_s,
+                    f.completed_per_s,
+                    f.p50_ms,
+                    f.p99_ms,
+                    f.refusals_per_s,
+                    f.succeeded,
+                    f.count_exact,
+                    f.ledger_balanced,
+                    f.audit_verified
+                );
+            }
+            if !(f.count_exact && f.ledger_balanced && f.audit_verified && f.succeeded == f.jobs) {
+                anyhow::bail!("an exactly-once check failed (see the figures above)");
             }
         }
         BenchCommand::PsiFiles {

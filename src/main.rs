@@ -1,6 +1,7 @@
 //! `tessera`: the operator node (`serve`), the party worker (`worker`), the end-to-end demo
 //! (`demo`), benchmarks (`bench`), and client commands over the operator's gRPC API.
 
+mod admission_bench;
 mod bench;
 mod billing;
 mod client;

@@ -698,3 +698,34 @@ fn serve_stops_cleanly_on_sigterm_and_folds_its_log_into_the_database() {
         .expect("verify");
     assert!(verify.status.success(), "{}", text(&verify.stdout));
 }
+
+/// `bench admission` at a tiny size: its figures come out as JSON and its exactly-once checks
+/// (the licence's count, every job ended, the ledger, the audit chain) hold.
+#[test]
+fn the_admission_benchmark_runs_and_checks_exactly_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "admission",
+            "--jobs",
+            "6",
+            "--concurrency",
+            "3",
+            "--json",
+        ])
+        .arg("--dir")
+        .arg(dir.path().join("b"))
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run");
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    let v: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("a line")).expect("json");
+    for check in ["count_exact", "ledger_balanced", "audit_verified"] {
+        assert_eq!(v[check], true, "{check}: {v}");
+    }
+    assert_eq!(v["succeeded"], 6);
+    assert!(v["admissions_per_s"].as_f64().expect("rate") > 0.0);
+}

@@ -1,0 +1,356 @@
+//! `tessera bench admission` (issue "The control plane at 2,000 admissions a second"): a real
+//! operator (TLS, authentication on, SQLite with its production durability) and two workers on
+//! loopback in this process, tiny datasets, `jobs` size-only PSI jobs submitted by
+//! `concurrency` clients (each its own connection, as the buyer), then as many submissions
+//! against an exhausted licence. Prints admissions/s, completed jobs/s, submit latency p50/p99
+//! and refusals/s, then checks exactly-once: the licence's remaining count, every job ended,
+//! the ledger balanced, the audit chain verified.
+//!
+//! A benchmark, not a test: it prints figures and fails only when a check fails.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::json;
+use tessera_core::{SystemClock, WorkerAttributes};
+use tessera_proto::v1 as pb;
+
+use crate::client::conn::{Client, OperatorAddr, connect_with};
+use crate::operator::{self, OperatorConfig};
+
+const PROVIDER_USER: &str = "bench-provider";
+const BUYER_USER: &str = "bench-buyer";
+const PROVIDER: &str = "bench-prov";
+const BUYER: &str = "bench-buy";
+
+/// What one run measured.
+#[derive(Debug, serde::Serialize)]
+pub struct AdmissionFigures {
+    /// Jobs submitted.
+    pub jobs: usize,
+    /// Concurrent clients.
+    pub concurrency: usize,
+    /// Jobs admitted per second over the submission phase.
+    pub admissions_per_s: f64,
+    /// Jobs ended per second, from the first submission to the last end.
+    pub completed_per_s: f64,
+    /// Median submit latency (ms).
+    pub p50_ms: f64,
+    /// 99th percentile submit latency (ms).
+    pub p99_ms: f64,
+    /// Refusals per second against an exhausted licence.
+    pub refusals_per_s: f64,
+    /// Jobs that ended succeeded.
+    pub succeeded: usize,
+    /// The licence's remaining count after the run equals its counts minus the jobs.
+    pub count_exact: bool,
+    /// The ledger balances.
+    pub ledger_balanced: bool,
+    /// The audit chain verifies.
+    pub audit_verified: bool,
+}
+
+/// Runs the benchmark in `dir` (created; emptied first if it exists).
+///
+/// Errors: the cluster cannot start, a call fails, or a job does not end within 10 minutes.
+pub async fn run(dir: &Path, jobs: usize, concurrency: usize) -> anyhow::Result<AdmissionFigures> {
+    anyhow::ensure!(jobs >= 1, "--jobs must be at least 1");
+    anyhow::ensure!(
+        (1..=1024).contains(&concurrency),
+        "--concurrency must be 1 ..= 1024"
+    );
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    let data_dir = dir.join("operator");
+    let op = operator::start(&OperatorConfig {
+        listen: "127.0.0.1:0".into(),
+        data_dir: data_dir.clone(),
+        ..OperatorConfig::default()
+    })
+    .await?;
+    let ca_pem = crate::client::conn::read_ca_file(&data_dir.join(operator::CA_CERT_FILE))?;
+    let addr = OperatorAddr {
+        url: op.url(),
+        ca_pem: Some(ca_pem.clone()),
+        insecure_plaintext: false,
+    };
+    let admin_token = std::fs::read_to_string(data_dir.join(operator::ADMIN_TOKEN_FILE))?;
+    let mut admin = connect_with(&addr, Some(admin_token.trim())).await?;
+    let mut tokens = Vec::new();
+    for (user, roles, party) in [
+        (PROVIDER_USER, "provider", PROVIDER),
+        (BUYER_USER, "buyer", BUYER),
+    ] {
+        admin
+            .create_user(pb::CreateUserRequest {
+                user_id: user.into(),
+                roles: roles.into(),
+            })
+            .await?;
+        admin
+            .create_party(pb::CreatePartyRequest {
+                party_id: party.into(),
+                owner_user_id: user.into(),
+            })
+            .await?;
+        let t = admin
+            .create_token(pb::CreateTokenRequest {
+                user_id: user.into(),
+                label: "bench".into(),
+                ttl_ms: 0,
+            })
+            .await?
+            .into_inner()
+            .secret_token;
+        tokens.push(t);
+    }
+    let (provider_token, buyer_token) = (tokens[0].clone(), tokens[1].clone());
+    let mut provider = connect_with(&addr, Some(&provider_token)).await?;
+    let mut buyer = connect_with(&addr, Some(&buyer_token)).await?;
+    let key = std::fs::read_to_string(data_dir.join(operator::PUBLIC_KEY_FILE))?;
+    let mut workers = Vec::new();
+    for (party, owner) in [(PROVIDER, &mut provider), (BUYER, &mut buyer)] {
+        let datasets = dir.join(party).join("datasets");
+        std::fs::create_dir_all(&datasets)?;
+        std::fs::write(datasets.join("k.csv"), "k\nk1\nk2\nk3\n")?;
+        let reg = owner
+            .issue_registration_token(pb::RegistrationTokenRequest {
+                party_id: party.into(),
+                ttl_ms: 600_000,
+            })
+            .await?
+            .into_inner();
+        let mut cfg = tessera_worker::WorkerConfig::new(
+            addr.url.clone(),
+            WorkerAttributes {
+                party: party.into(),
+                ..WorkerAttributes::default()
+            },
+            datasets,
+            dir.join(party).join("outputs"),
+        );
+        cfg.operator_key_hex = key.trim().to_owned();
+        cfg.operator_ca_pem = Some(ca_pem.clone());
+        cfg.registration = tessera_proto::TokenHeader::new(&reg.secret_token)?;
+        workers.push(tessera_worker::start(cfg, Arc::new(SystemClock)).await?);
+        owner
+            .create_dataset(pb::CreateDatasetRequest {
+                dataset_id: format!("ds-{party}"),
+                owner_party: party.into(),
+                location: "k.csv".into(),
+                description: String::new(),
+                declared_rows: Some(3),
+            })
+            .await?;
+    }
+    let licence = |counts: usize| {
+        let policy = json!({
+            "policyName": "bench",
+            "relUsers": [{"userId": BUYER_USER, "userName": "bench buyer", "isGroup": 0}],
+            "useScenes": [{"useSence": "psi", "counts": counts}]
+        });
+        pb::CreateLicenceRequest {
+            licensor: PROVIDER.into(),
+            licensee: BUYER_USER.into(),
+            dataset_id: format!("ds-{PROVIDER}"),
+            policy_json: policy.to_string(),
+            price_per_job_micros: 1_000,
+            price_per_1k_rows_micros: 0,
+            operator_share_bps: 1_000,
+            monthly_price_micros: 0,
+        }
+    };
+    let counts = jobs + 10;
+    let main_licence = provider
+        .create_licence(licence(counts))
+        .await?
+        .into_inner()
+        .licence_id;
+    let spent_licence = provider
+        .create_licence(licence(1))
+        .await?
+        .into_inner()
+        .licence_id;
+    buyer
+        .deposit(pb::DepositRequest {
+            account: String::new(),
+            amount_micros: i64::try_from(jobs + 100)?.saturating_mul(10_000),
+            idempotency_key: "bench-funds".into(),
+            into: String::new(),
+        })
+        .await?;
+
+    // Admissions.
+    let t0 = Instant::now();
+    let (latencies, job_ids, admitted) =
+        submit_all(&addr, &buyer_token, &main_licence, jobs, concurrency).await?;
+    let submit_s = t0.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        admitted == jobs,
+        "{} of {jobs} submissions were not admitted",
+        jobs - admitted
+    );
+    // Completions: every job ended.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut succeeded;
+    loop {
+        let (ended, ok) = count_ended(&mut admin, &main_licence).await?;
+        succeeded = ok;
+        if ended >= jobs {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {ended} of {jobs} jobs ended within 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let complete_s = t0.elapsed().as_secs_f64();
+    drop(job_ids);
+
+    // Refusals against an exhausted licence (its one run taken first).
+    let (_, _, first) = submit_all(&addr, &buyer_token, &spent_licence, 1, 1).await?;
+    anyhow::ensure!(
+        first == 1,
+        "the one run of the second licence was not admitted"
+    );
+    let refusals = jobs.min(2_000);
+    let t1 = Instant::now();
+    let (_, _, wrongly_admitted) =
+        submit_all(&addr, &buyer_token, &spent_licence, refusals, concurrency).await?;
+    let refuse_s = t1.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        wrongly_admitted == 0,
+        "{wrongly_admitted} submissions were admitted past the licence's count"
+    );
+
+    // Exactly once.
+    let remaining = remaining(&mut admin, &main_licence).await?;
+    let balances = admin.list_balances(pb::ListRequest {}).await?.into_inner();
+    let audit = admin.verify_audit(pb::ListRequest {}).await?.into_inner();
+    let mut sorted = latencies;
+    sorted.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+        sorted.get(i).copied().unwrap_or(0.0)
+    };
+    let figures = AdmissionFigures {
+        jobs,
+        concurrency,
+        admissions_per_s: jobs as f64 / submit_s,
+        completed_per_s: jobs as f64 / complete_s,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        refusals_per_s: refusals as f64 / refuse_s,
+        succeeded,
+        count_exact: remaining == Some((counts - jobs) as u64),
+        ledger_balanced: balances.balanced,
+        audit_verified: audit.ok,
+    };
+    // The process ends right after: stopping the workers and the operator here would only
+    // race their last heartbeats against the store's closing.
+    drop((workers, op));
+    Ok(figures)
+}
+
+/// Submits `n` size-only jobs under `licence` with `concurrency` clients, each on its own
+/// connection; returns each submit's latency (ms), the job ids, and how many were admitted.
+async fn submit_all(
+    addr: &OperatorAddr,
+    token: &str,
+    licence: &str,
+    n: usize,
+    concurrency: usize,
+) -> anyhow::Result<(Vec<f64>, Vec<String>, usize)> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency.min(n) {
+        let mut client: Client = connect_with(addr, Some(token)).await?;
+        let (next, licence) = (next.clone(), licence.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let mut out: Vec<(f64, String, bool)> = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < n {
+                let t = Instant::now();
+                let job = client.submit_job(request(&licence)).await?.into_inner();
+                let ms = t.elapsed().as_secs_f64() * 1000.0;
+                let admitted = job.state() != pb::JobState::Refused;
+                out.push((ms, job.job_id, admitted));
+            }
+            Ok::<_, anyhow::Error>(out)
+        }));
+    }
+    let (mut latencies, mut ids, mut admitted) = (Vec::new(), Vec::new(), 0);
+    for t in tasks {
+        for (ms, id, ok) in t.await?? {
+            latencies.push(ms);
+            ids.push(id);
+            admitted += usize::from(ok);
+        }
+    }
+    Ok((latencies, ids, admitted))
+}
+
+fn request(licence: &str) -> pb::SubmitJobRequest {
+    pb::SubmitJobRequest {
+        licence_id: licence.into(),
+        scene: "psi".into(),
+        buyer_party: BUYER.into(),
+        buyer_dataset_id: format!("ds-{BUYER}"),
+        buyer_columns: vec!["k".into()],
+        provider_columns: vec!["k".into()],
+        mode: pb::PsiMode::Size.into(),
+        key_case: pb::KeyCase::Preserve.into(),
+        unicode_form: pb::UnicodeForm::None.into(),
+        empty_keys: pb::EmptyKeys::Skip.into(),
+        ..pb::SubmitJobRequest::default()
+    }
+}
+
+/// Jobs of `licence` that ended, and of them the succeeded.
+async fn count_ended(admin: &mut Client, licence: &str) -> anyhow::Result<(usize, usize)> {
+    let (mut ended, mut ok, mut token) = (0, 0, String::new());
+    loop {
+        let page = admin
+            .list_jobs(pb::JobQuery {
+                page: Some(pb::PageQuery {
+                    page_size: 1000,
+                    page_token: token,
+                }),
+                licence_id: licence.into(),
+                ..pb::JobQuery::default()
+            })
+            .await?
+            .into_inner();
+        for j in &page.jobs {
+            match j.state() {
+                pb::JobState::Succeeded => {
+                    ended += 1;
+                    ok += 1;
+                }
+                pb::JobState::Failed | pb::JobState::Cancelled | pb::JobState::Refused => {
+                    ended += 1
+                }
+                _ => {}
+            }
+        }
+        if page.next_page_token.is_empty() {
+            return Ok((ended, ok));
+        }
+        token = page.next_page_token;
+    }
+}
+
+async fn remaining(admin: &mut Client, licence: &str) -> anyhow::Result<Option<u64>> {
+    let l = admin
+        .get_licence(pb::LicenceRef {
+            licence_id: licence.into(),
+        })
+        .await?
+        .into_inner();
+    let v: serde_json::Value = serde_json::from_str(&l.policy_json)?;
+    Ok(v["useScenes"][0]["remainingCounts"].as_u64())
+}
