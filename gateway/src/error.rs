@@ -42,6 +42,9 @@ pub enum ApiCode {
     Refused,
     /// The request is larger than the API takes (a REST body over its limit).
     TooLarge,
+    /// The REST route exists but not with this HTTP method (the `Allow` header lists those it
+    /// takes).
+    MethodNotAllowed,
     /// Something failed on our side.
     Internal,
 }
@@ -63,6 +66,7 @@ impl ApiCode {
         ApiCode::NoWorker,
         ApiCode::Refused,
         ApiCode::TooLarge,
+        ApiCode::MethodNotAllowed,
         ApiCode::Internal,
     ];
 
@@ -86,6 +90,7 @@ impl ApiCode {
             ApiCode::NoWorker => (G::Unavailable, 503, "NO_WORKER"),
             ApiCode::Refused => (G::FailedPrecondition, 409, "REFUSED"),
             ApiCode::TooLarge => (G::ResourceExhausted, 413, "PAYLOAD_TOO_LARGE"),
+            ApiCode::MethodNotAllowed => (G::Unimplemented, 405, "METHOD_NOT_ALLOWED"),
             ApiCode::Internal => (G::Internal, 500, "INTERNAL"),
         }
     }

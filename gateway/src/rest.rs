@@ -1101,10 +1101,12 @@ async fn enveloped(response: Response) -> Response {
     if typed || response.status().is_success() {
         return response;
     }
+    let allow = response.headers().get(header::ALLOW).cloned();
     let code = match response.status().as_u16() {
         401 => ApiCode::Unauthenticated,
         403 => ApiCode::PermissionDenied,
-        404 | 405 => ApiCode::NotFound,
+        404 => ApiCode::NotFound,
+        405 => ApiCode::MethodNotAllowed,
         413 => ApiCode::TooLarge,
         500..=599 => ApiCode::Internal,
         _ => ApiCode::InvalidArgument,
@@ -1113,7 +1115,15 @@ async fn enveloped(response: Response) -> Response {
         .await
         .unwrap_or_default();
     let text = String::from_utf8_lossy(&body);
-    fail(code, text.trim())
+    let message = match (&allow, text.trim()) {
+        (Some(a), "") => format!("this route takes {}", a.to_str().unwrap_or_default()),
+        (_, t) => t.to_owned(),
+    };
+    let mut enveloped = fail(code, &message);
+    if let Some(a) = allow {
+        enveloped.headers_mut().insert(header::ALLOW, a);
+    }
+    enveloped
 }
 
 /// The REST routes and `/openapi.json`, over `service`.
@@ -1162,7 +1172,6 @@ pub fn router(service: OperatorService) -> Router {
             post(issue_registration_token),
         )
         .fallback(no_route)
-        .method_not_allowed_fallback(no_route)
         .layer(axum::extract::DefaultBodyLimit::max(BODY_BYTES_MAX))
         .layer(axum::middleware::map_response(enveloped))
         .with_state(service);

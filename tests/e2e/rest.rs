@@ -15,6 +15,8 @@ use crate::harness::{BUYER, Cluster, PROVIDER, USER, keys};
 pub(crate) struct Answer {
     pub status: u16,
     pub content_type: String,
+    /// The `Allow` header (empty when none).
+    pub allow: String,
     pub body: String,
 }
 
@@ -77,9 +79,16 @@ pub(crate) fn send(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
+    let allow = r
+        .headers()
+        .get("allow")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     Answer {
         status: r.status().as_u16(),
         content_type,
+        allow,
         body: r.body_mut().read_to_string().expect("body"),
     }
 }
@@ -360,8 +369,15 @@ async fn a_psi_job_through_rest_with_events_and_its_bill() {
         (a.status, a.envelope()["code"].clone()),
         (404, json!("NOT_FOUND"))
     );
+    // A known route with another method: 405 in the envelope, with the methods it takes.
     let a = send(&c, "DELETE", "/api/v1/jobs", buyer, None);
-    assert_eq!(a.status, 404, "{}", a.body);
+    assert_eq!(a.status, 405, "{}", a.body);
+    assert_eq!(a.envelope()["code"], "METHOD_NOT_ALLOWED");
+    assert!(
+        a.allow.contains("GET") && a.allow.contains("POST"),
+        "{}",
+        a.allow
+    );
     let huge = json!({ "description": "x".repeat(2 << 20) });
     let a = send(&c, "POST", "/api/v1/datasets", buyer, Some(&huge));
     assert_eq!(a.status, 413, "{}", a.body);
