@@ -85,27 +85,9 @@ pub async fn run(dir: &Path, jobs: usize, concurrency: usize) -> anyhow::Result<
         (PROVIDER_USER, "provider", PROVIDER),
         (BUYER_USER, "buyer", BUYER),
     ] {
-        admin
-            .create_user(pb::CreateUserRequest {
-                user_id: user.into(),
-                roles: roles.into(),
-            })
-            .await?;
-        admin
-            .create_party(pb::CreatePartyRequest {
-                party_id: party.into(),
-                owner_user_id: user.into(),
-            })
-            .await?;
-        let t = admin
-            .create_token(pb::CreateTokenRequest {
-                user_id: user.into(),
-                label: "bench".into(),
-                ttl_ms: 0,
-            })
-            .await?
-            .into_inner()
-            .secret_token;
+        let t =
+            crate::client::accounts::user_with_party(&mut admin, user, roles, party, "bench", 0)
+                .await?;
         tokens.push(t);
     }
     let (provider_token, buyer_token) = (tokens[0].clone(), tokens[1].clone());

@@ -221,28 +221,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         (PROVIDER_USER, "provider", PROVIDER),
         (USER, "buyer", BUYER),
     ] {
-        admin
-            .create_user(pb::CreateUserRequest {
-                user_id: user.into(),
-                roles: roles.into(),
-            })
-            .await?;
-        admin
-            .create_party(pb::CreatePartyRequest {
-                party_id: party.into(),
-                owner_user_id: user.into(),
-            })
-            .await?;
-        let t = admin
-            .create_token(pb::CreateTokenRequest {
-                user_id: user.into(),
-                label: "demo".into(),
-                ttl_ms: 3_600_000,
-            })
-            .await?
-            .into_inner();
+        let t = crate::client::accounts::user_with_party(
+            &mut admin, user, roles, party, "demo", 3_600_000,
+        )
+        .await?;
         println!("user {user} ({roles}) owns party {party}; API token issued");
-        tokens.push(zeroize::Zeroizing::new(t.secret_token));
+        tokens.push(t);
     }
     let mut provider = crate::client::conn::connect_with(&addr, Some(&tokens[0])).await?;
     let mut c = crate::client::conn::connect_with(&addr, Some(&tokens[1])).await?;

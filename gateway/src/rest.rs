@@ -245,6 +245,25 @@ macro_rules! body_route {
     };
 }
 
+/// A route whose one path parameter is the whole request message (`pb::$msg { $field }`).
+macro_rules! path_route {
+    ($fn:ident, $rpc:ident, $method:ident, $path:literal, $tag:literal, $param:literal: $what:literal,
+     $msg:ident { $field:ident } => $resp:ty, $doc:literal) => {
+        #[doc = $doc]
+        #[utoipa::path($method, path = $path, tag = $tag,
+            params(($param = String, Path, description = $what)),
+            responses((status = 200, description = "The answer, in the envelope", body = Envelope<$resp>), (status = "default", description = "A failure, in the envelope", body = ErrorEnvelope)),
+            security(("token" = [])))]
+        async fn $fn(
+            State(s): State<OperatorService>,
+            headers: HeaderMap,
+            Path($field): Path<String>,
+        ) -> Response {
+            unary(&headers, pb::$msg { $field }, |r| async move { s.$rpc(r).await }).await
+        }
+    };
+}
+
 /// A `GET` route of an RPC whose request carries nothing.
 macro_rules! empty_route {
     ($fn:ident, $rpc:ident, $path:literal, $tag:literal, $resp:ty, $doc:literal) => {
@@ -372,21 +391,16 @@ async fn list_licences(
     .await
 }
 
-/// A licence with its policy and remaining counts.
-#[utoipa::path(get, path = "/api/v1/licences/{licenceId}", tag = "licences",
-    params(("licenceId" = String, Path, description = "The licence id")),
-    responses((status = 200, description = "The answer, in the envelope", body = Envelope<pb::Licence>), (status = "default", description = "A failure, in the envelope", body = ErrorEnvelope)),
-    security(("token" = [])))]
-async fn get_licence(
-    State(s): State<OperatorService>,
-    headers: HeaderMap,
-    Path(licence_id): Path<String>,
-) -> Response {
-    unary(&headers, pb::LicenceRef { licence_id }, |r| async move {
-        s.get_licence(r).await
-    })
-    .await
-}
+path_route!(
+    get_licence,
+    get_licence,
+    get,
+    "/api/v1/licences/{licenceId}",
+    "licences",
+    "licenceId": "The licence id",
+    LicenceRef { licence_id } => pb::Licence,
+    "A licence with its policy and remaining counts."
+);
 
 /// Orders or renews a monthly term of a licence (operations manual §1.4.5); `licenceId` in
 /// the body may be left out.
@@ -495,37 +509,27 @@ async fn list_jobs(
     unary(&headers, message, |r| async move { s.list_jobs(r).await }).await
 }
 
-/// A job as the caller may see it.
-#[utoipa::path(get, path = "/api/v1/jobs/{jobId}", tag = "jobs",
-    params(("jobId" = String, Path, description = "The job id")),
-    responses((status = 200, description = "The answer, in the envelope", body = Envelope<pb::Job>), (status = "default", description = "A failure, in the envelope", body = ErrorEnvelope)),
-    security(("token" = [])))]
-async fn get_job(
-    State(s): State<OperatorService>,
-    headers: HeaderMap,
-    Path(job_id): Path<String>,
-) -> Response {
-    unary(&headers, pb::JobRef { job_id }, |r| async move {
-        s.get_job(r).await
-    })
-    .await
-}
+path_route!(
+    get_job,
+    get_job,
+    get,
+    "/api/v1/jobs/{jobId}",
+    "jobs",
+    "jobId": "The job id",
+    JobRef { job_id } => pb::Job,
+    "A job as the caller may see it."
+);
 
-/// Cancels a job (its buyer only); a job past its delivery point is still charged.
-#[utoipa::path(post, path = "/api/v1/jobs/{jobId}/cancel", tag = "jobs",
-    params(("jobId" = String, Path, description = "The job id")),
-    responses((status = 200, description = "The answer, in the envelope", body = Envelope<pb::Job>), (status = "default", description = "A failure, in the envelope", body = ErrorEnvelope)),
-    security(("token" = [])))]
-async fn cancel_job(
-    State(s): State<OperatorService>,
-    headers: HeaderMap,
-    Path(job_id): Path<String>,
-) -> Response {
-    unary(&headers, pb::JobRef { job_id }, |r| async move {
-        s.cancel_job(r).await
-    })
-    .await
-}
+path_route!(
+    cancel_job,
+    cancel_job,
+    post,
+    "/api/v1/jobs/{jobId}/cancel",
+    "jobs",
+    "jobId": "The job id",
+    JobRef { job_id } => pb::Job,
+    "Cancels a job (its buyer only); a job past its delivery point is still charged."
+);
 
 /// Follows a job as server-sent events: a `job` event (the job as JSON) per update until a
 /// terminal state, or an `error` event holding an envelope. A failure before the stream
@@ -630,21 +634,16 @@ async fn list_bills(
     unary(&headers, message, |r| async move { s.list_bills(r).await }).await
 }
 
-/// The lines of one of the caller's bills.
-#[utoipa::path(get, path = "/api/v1/bills/{billId}/lines", tag = "bills",
-    params(("billId" = String, Path, description = "The bill id (`YYYY-MM:customer`)")),
-    responses((status = 200, description = "The answer, in the envelope", body = Envelope<pb::BillLineList>), (status = "default", description = "A failure, in the envelope", body = ErrorEnvelope)),
-    security(("token" = [])))]
-async fn list_bill_lines(
-    State(s): State<OperatorService>,
-    headers: HeaderMap,
-    Path(bill_id): Path<String>,
-) -> Response {
-    unary(&headers, pb::BillRef { bill_id }, |r| async move {
-        s.list_bill_lines(r).await
-    })
-    .await
-}
+path_route!(
+    list_bill_lines,
+    list_bill_lines,
+    get,
+    "/api/v1/bills/{billId}/lines",
+    "bills",
+    "billId": "The bill id (`YYYY-MM:customer`)",
+    BillRef { bill_id } => pb::BillLineList,
+    "The lines of one of the caller's bills."
+);
 
 /// Closes the bills whose month and late window have passed (the operator).
 #[utoipa::path(post, path = "/api/v1/bills/close-due", tag = "bills",
@@ -830,37 +829,27 @@ empty_route!(
     "The users (the operator; others see themselves)."
 );
 
-/// Disables a user: its tokens, its parties' registration tokens and workers stop at once.
-#[utoipa::path(post, path = "/api/v1/users/{userId}/disable", tag = "accounts",
-    params(("userId" = String, Path, description = "The user id")),
-    responses((status = 200, description = "The answer, in the envelope", body = Envelope<pb::Ack>), (status = "default", description = "A failure, in the envelope", body = ErrorEnvelope)),
-    security(("token" = [])))]
-async fn disable_user(
-    State(s): State<OperatorService>,
-    headers: HeaderMap,
-    Path(user_id): Path<String>,
-) -> Response {
-    unary(&headers, pb::UserRef { user_id }, |r| async move {
-        s.disable_user(r).await
-    })
-    .await
-}
+path_route!(
+    disable_user,
+    disable_user,
+    post,
+    "/api/v1/users/{userId}/disable",
+    "accounts",
+    "userId": "The user id",
+    UserRef { user_id } => pb::Ack,
+    "Disables a user: its tokens, its parties' registration tokens and workers stop at once."
+);
 
-/// Enables a disabled user again.
-#[utoipa::path(post, path = "/api/v1/users/{userId}/enable", tag = "accounts",
-    params(("userId" = String, Path, description = "The user id")),
-    responses((status = 200, description = "The answer, in the envelope", body = Envelope<pb::Ack>), (status = "default", description = "A failure, in the envelope", body = ErrorEnvelope)),
-    security(("token" = [])))]
-async fn enable_user(
-    State(s): State<OperatorService>,
-    headers: HeaderMap,
-    Path(user_id): Path<String>,
-) -> Response {
-    unary(&headers, pb::UserRef { user_id }, |r| async move {
-        s.enable_user(r).await
-    })
-    .await
-}
+path_route!(
+    enable_user,
+    enable_user,
+    post,
+    "/api/v1/users/{userId}/enable",
+    "accounts",
+    "userId": "The user id",
+    UserRef { user_id } => pb::Ack,
+    "Enables a disabled user again."
+);
 
 /// Adds a user to a group (the operator records memberships; a request never claims one).
 #[utoipa::path(put, path = "/api/v1/groups/{groupId}/members/{userId}", tag = "accounts",
@@ -918,21 +907,16 @@ empty_route!(
     "The caller's tokens and its parties' registration tokens, without secrets."
 );
 
-/// Revokes a token of the caller's (or of its parties'; the operator: any).
-#[utoipa::path(delete, path = "/api/v1/tokens/{tokenId}", tag = "accounts",
-    params(("tokenId" = String, Path, description = "The token id")),
-    responses((status = 200, description = "The answer, in the envelope", body = Envelope<pb::Ack>), (status = "default", description = "A failure, in the envelope", body = ErrorEnvelope)),
-    security(("token" = [])))]
-async fn revoke_token(
-    State(s): State<OperatorService>,
-    headers: HeaderMap,
-    Path(token_id): Path<String>,
-) -> Response {
-    unary(&headers, pb::TokenRef { token_id }, |r| async move {
-        s.revoke_token(r).await
-    })
-    .await
-}
+path_route!(
+    revoke_token,
+    revoke_token,
+    delete,
+    "/api/v1/tokens/{tokenId}",
+    "accounts",
+    "tokenId": "The token id",
+    TokenRef { token_id } => pb::Ack,
+    "Revokes a token of the caller's (or of its parties'; the operator: any)."
+);
 
 body_route!(
     create_party,

@@ -118,6 +118,22 @@ impl ConnectError {
     }
 }
 
+/// What a failed TLS handshake said, if `e` is one (rustls reports it as an I/O error of kind
+/// `InvalidData`), rather than a failure to reach the other side at all. Shared by every
+/// tonic client of the project (the operator's, and the workers' peer links).
+pub fn handshake_failure(e: &tonic::transport::Error) -> Option<String> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::InvalidData {
+                return Some(io.to_string());
+            }
+        }
+        source = err.source();
+    }
+    None
+}
+
 /// Connects `endpoint` (made by [`operator_endpoint`] for `url`) within [`CONNECT_DEADLINE`],
 /// telling apart an untrusted certificate, a server without TLS, silence and unreachability.
 ///
@@ -132,23 +148,15 @@ pub async fn connect(endpoint: Endpoint, url: &str) -> Result<Channel, ConnectEr
             });
         }
     };
-    // rustls reports a failed handshake as an I/O error of kind InvalidData.
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-    while let Some(err) = source {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::InvalidData {
-                let detail = io.to_string();
-                let url = url.to_owned();
-                return Err(
-                    if detail.contains("InvalidContentType") || detail.contains("corrupt message") {
-                        ConnectError::NotTls { url, detail }
-                    } else {
-                        ConnectError::Untrusted { url, detail }
-                    },
-                );
-            }
-        }
-        source = err.source();
+    if let Some(detail) = handshake_failure(&e) {
+        let url = url.to_owned();
+        return Err(
+            if detail.contains("InvalidContentType") || detail.contains("corrupt message") {
+                ConnectError::NotTls { url, detail }
+            } else {
+                ConnectError::Untrusted { url, detail }
+            },
+        );
     }
     let hint = if url.starts_with("http:") {
         " (if the operator serves TLS, use https:// with its CA file)"

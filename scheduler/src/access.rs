@@ -74,20 +74,8 @@ impl AccountService {
         licence_id: &str,
     ) -> Result<(), SchedulerError> {
         self.check_user(op, caller, customer).await?;
-        let licence = self.store.licence(licence_id).await?;
-        let licensor_owner = self.owner_of(&licence.licensor).await?;
-        let target = Target {
-            licensee: Some(&licence.licensee),
-            licensor_owner: licensor_owner.as_deref(),
-            ..Target::default()
-        };
-        if tessera_auth::authorize(Operation::GetLicence, caller, &target).is_err() {
-            return Err(SchedulerError::Store(StoreError::NotFound {
-                kind: "licence",
-                id: licence_id.to_owned(),
-            }));
-        }
-        Ok(())
+        self.check_licence(Operation::GetLicence, caller, licence_id)
+            .await
     }
 
     /// A deposit for `user`, into a voucher balance when `voucher`.

@@ -152,6 +152,42 @@ fn print_issued(t: &pb::IssuedToken) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// As the operator (`admin`): creates user `user` with `roles`, the party `party` it owns,
+/// and an API token for it (`ttl_ms`, 0: the default); returns the token's secret. How the
+/// demo and the admission benchmark set up their parties.
+///
+/// Errors: any call refused.
+pub async fn user_with_party(
+    admin: &mut super::conn::Client,
+    user: &str,
+    roles: &str,
+    party: &str,
+    label: &str,
+    ttl_ms: i64,
+) -> anyhow::Result<zeroize::Zeroizing<String>> {
+    admin
+        .create_user(pb::CreateUserRequest {
+            user_id: user.into(),
+            roles: roles.into(),
+        })
+        .await?;
+    admin
+        .create_party(pb::CreatePartyRequest {
+            party_id: party.into(),
+            owner_user_id: user.into(),
+        })
+        .await?;
+    let t = admin
+        .create_token(pb::CreateTokenRequest {
+            user_id: user.into(),
+            label: label.into(),
+            ttl_ms,
+        })
+        .await?
+        .into_inner();
+    Ok(zeroize::Zeroizing::new(t.secret_token))
+}
+
 /// Runs one user command.
 pub async fn user(cmd: UserCmd) -> anyhow::Result<()> {
     match cmd {

