@@ -142,7 +142,7 @@ fn admission(c: &mut Criterion) {
             let view = rt
                 .block_on(scheduler.submit(request.clone()))
                 .expect("submit");
-            assert_eq!(view.job.state, tessera_core::JobState::Running, "{view:?}");
+            assert_eq!(view.job.state, tessera_core::JobState::Admitted, "{view:?}");
         });
     });
     group.finish();

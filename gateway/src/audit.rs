@@ -28,10 +28,13 @@ fn head_to_pb(h: SignedHead) -> pb::SignedHead {
     }
 }
 
-/// A signed head covering everything recorded so far (signed now if the latest checkpoint
-/// does not), for the receipt of a change the caller just made.
-pub(crate) async fn seal(s: &AuditService) -> Result<Option<pb::SignedHead>, Status> {
-    Ok(s.seal().await.map_err(|e| status(&e))?.map(head_to_pb))
+/// A signed head covering everything recorded so far (signed now, not recorded), for the
+/// receipt of a change the caller just made.
+pub(crate) async fn receipt_head(s: &AuditService) -> Result<Option<pb::SignedHead>, Status> {
+    Ok(s.receipt_head()
+        .await
+        .map_err(|e| status(&e))?
+        .map(head_to_pb))
 }
 
 /// The latest recorded signed head (no signing), for answers that change nothing.

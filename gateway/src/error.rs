@@ -45,6 +45,9 @@ pub enum ApiCode {
     /// The REST route exists but not with this HTTP method (the `Allow` header lists those it
     /// takes).
     MethodNotAllowed,
+    /// The operator could not make the change durable just now (nothing of it was written);
+    /// trying again is safe.
+    Unavailable,
     /// Something failed on our side.
     Internal,
 }
@@ -67,6 +70,7 @@ impl ApiCode {
         ApiCode::Refused,
         ApiCode::TooLarge,
         ApiCode::MethodNotAllowed,
+        ApiCode::Unavailable,
         ApiCode::Internal,
     ];
 
@@ -91,6 +95,7 @@ impl ApiCode {
             ApiCode::Refused => (G::FailedPrecondition, 409, "REFUSED"),
             ApiCode::TooLarge => (G::ResourceExhausted, 413, "PAYLOAD_TOO_LARGE"),
             ApiCode::MethodNotAllowed => (G::Unimplemented, 405, "METHOD_NOT_ALLOWED"),
+            ApiCode::Unavailable => (G::Unavailable, 503, "UNAVAILABLE"),
             ApiCode::Internal => (G::Internal, 500, "INTERNAL"),
         }
     }
@@ -157,6 +162,7 @@ pub fn store_code(e: &StoreError) -> ApiCode {
         StoreError::Bill(_) | StoreError::PeriodOpen { .. } | StoreError::Delivered { .. } => {
             ApiCode::Refused
         }
+        StoreError::NotCommitted { .. } => ApiCode::Unavailable,
         StoreError::Db(_)
         | StoreError::Migrate(_)
         | StoreError::Corrupt(_)

@@ -60,7 +60,7 @@ fn job_request(r: pb::SubmitJobRequest) -> Result<JobRequest, Status> {
 async fn receipt(audit: &AuditService, v: &JobView, viewer: &Viewer) -> Result<pb::Job, Status> {
     let mut j = job_to_pb(&redact(v, viewer));
     j.audit_head = if v.job.is_terminal() {
-        crate::audit::seal(audit).await?
+        crate::audit::receipt_head(audit).await?
     } else {
         crate::audit::latest(audit).await?
     };

@@ -329,7 +329,7 @@ impl Operator for OperatorService {
             .map_err(|e| status(&e))?;
         let mut ack = billing::deposit(&self.billing, req.into_inner()).await?;
         // The depositor's receipt: a signed head covering the deposit.
-        ack.audit_head = audit::seal(&self.audit).await?;
+        ack.audit_head = audit::receipt_head(&self.audit).await?;
         Ok(Response::new(ack))
     }
 
@@ -429,7 +429,7 @@ impl Operator for OperatorService {
     ) -> Result<Response<pb::Statement>, Status> {
         self.allowed(Operation::Payout, &req).await?;
         let mut statement = billing::payout(&self.billing, req.into_inner()).await?;
-        statement.audit_head = audit::seal(&self.audit).await?;
+        statement.audit_head = audit::receipt_head(&self.audit).await?;
         Ok(Response::new(statement))
     }
 
@@ -479,7 +479,7 @@ impl Operator for OperatorService {
             .await
             .map_err(|e| status(&e))?;
         let mut view = billing::subscribe(&self.billing, req.into_inner()).await?;
-        view.audit_head = audit::seal(&self.audit).await?;
+        view.audit_head = audit::receipt_head(&self.audit).await?;
         Ok(Response::new(view))
     }
 
@@ -495,7 +495,7 @@ impl Operator for OperatorService {
             .await
             .map_err(|e| status(&e))?;
         let mut view = billing::unsubscribe(&self.billing, req.into_inner()).await?;
-        view.audit_head = audit::seal(&self.audit).await?;
+        view.audit_head = audit::receipt_head(&self.audit).await?;
         Ok(Response::new(view))
     }
 

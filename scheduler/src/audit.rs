@@ -2,19 +2,16 @@
 //! ("sealing"), and verification of the chain, its checkpoints, the ledger tables and the
 //! records re-derived from it (licence counters, jobs, bills, bill lines).
 //!
-//! Cadence of checkpoints (each is one ed25519 signature with the node's ticket key and one
-//! row in `audit_checkpoints`; sealing a head already sealed writes nothing):
-//! - at each job dispatch: the head after the job's admission, carried by both tickets and
-//!   recorded in the dispatch transaction (no write of its own, so admission pays only one
-//!   signature, tens of microseconds);
-//! - after a refusal and when a job ends (success, failure, cancellation), so that the job's
-//!   answers — its receipts — carry a head covering them (the gateway seals again for an
-//!   ended job's answer read between the end's commit and this seal);
-//! - after each deposit, subscription and payout answer (their receipts), sealed by the
-//!   gateway through [`AuditService::seal`];
-//! - at start, on demand (`tessera audit export`), and by [`AuditService::run_sealer`] at most
-//!   [`SEAL_INTERVAL_MS`] after any other entry: no entry stays unsealed longer than that
-//!   while the node runs.
+//! Signed heads (each one ed25519 signature with the node's ticket key):
+//! - recorded as checkpoints (a row in `audit_checkpoints`; sealing a head already sealed
+//!   writes nothing): at start, on demand (`tessera audit export`), and by
+//!   [`AuditService::run_sealer`] at most [`SEAL_INTERVAL_MS`] after any other entry, so no
+//!   entry stays unsealed longer than that while the node runs;
+//! - signed without a write, for what leaves the node at once: the head after a job's
+//!   admission in both its tickets, and the head in every receipt — a job's answer (its
+//!   refusal, its end), a deposit's, a subscription's, a payout's —
+//!   ([`AuditService::receipt_head`]). A head that left the node is checked against the
+//!   chain by `tessera audit verify --checkpoints FILE` whether or not it was recorded.
 
 use std::sync::Arc;
 
@@ -94,6 +91,17 @@ impl AuditService {
             .sign_head(head.seq, &head.hash, self.clock.now_ms())
             .map_err(|e| tessera_store::StoreError::Corrupt(e.to_string()))?;
         Ok(Some(signed))
+    }
+
+    /// A signed head covering every entry recorded so far, for a receipt (a job's answer, a
+    /// deposit's, a payout's): the chain's current head signed now, not recorded — receipts
+    /// write nothing, so they stay out of the group commit's way; the background sealer
+    /// records a checkpoint within [`SEAL_INTERVAL_MS`]. `None` for an empty chain.
+    ///
+    /// # Errors
+    /// The store's.
+    pub async fn receipt_head(&self) -> Result<Option<SignedHead>, SchedulerError> {
+        self.sign_head().await
     }
 
     /// Signs and records a checkpoint of the chain's current head, unless the latest

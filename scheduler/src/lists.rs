@@ -98,16 +98,19 @@ impl Scheduler {
     ) -> Result<Listed<JobView>, SchedulerError> {
         let p = self.store.list_jobs(filter, page.request()?).await?;
         let live = self.jobs.lock().await;
-        Ok(listed(p, |job| {
-            let progress = live
-                .get(&job.job_id)
-                .map(|j| j.progress.clone())
-                .unwrap_or_default();
-            JobView {
-                job,
-                progress,
+        Ok(listed(p, |job| match live.get(&job.job_id) {
+            // A live job as its view shows it (`running` from its first progress report,
+            // before the store records it at the delivery point), as `job get` does.
+            Some(j) => JobView {
+                job: j.view.borrow().job.clone(),
+                progress: j.progress.clone(),
                 refusals: Vec::new(),
-            }
+            },
+            None => JobView {
+                job,
+                progress: Vec::new(),
+                refusals: Vec::new(),
+            },
         }))
     }
 

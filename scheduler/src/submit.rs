@@ -204,55 +204,256 @@ struct Placed {
     peer_addr: String,
 }
 
-impl Scheduler {
-    fn place(
-        &self,
-        workers: &HashMap<String, crate::LiveWorker>,
-        running: &HashMap<String, usize>,
-        party: &str,
-        scene: &tessera_policy::UseScene,
-        now: i64,
-    ) -> Result<Placed, (Refusal, Vec<String>)> {
-        let mut misfits = Vec::new();
-        let best = workers
-            .iter()
-            .filter(|(_, w)| {
-                w.attributes.party == party && w.is_live(now, self.config.heartbeat_timeout_ms)
-            })
-            .filter(|(id, w)| match worker_fits(scene, &w.attributes) {
-                Ok(()) => true,
-                Err(m) => {
-                    misfits.push(format!("{id}: {}", m.join("; ")));
-                    false
-                }
-            })
-            .min_by_key(|(id, _)| (running.get(*id).copied().unwrap_or(0), *id));
-        match best {
-            Some((id, w)) => Ok(Placed {
-                worker_id: id.clone(),
-                peer_addr: w.peer_addr.clone(),
-            }),
-            None if misfits.is_empty() => Err((
-                Refusal::NoWorker {
-                    reason: format!("no live worker of party {party}"),
-                },
-                misfits,
-            )),
-            None => {
-                // Worker ids and attributes are the party's own business: they go to the
-                // operator's log and the refusal's audit entry (`placement`); the refusal
-                // names only how many workers did not fit.
-                tracing::info!(party, misfits = %misfits.join(" | "), "no worker fits");
-                let reason = format!(
-                    "no live worker of party {party} fits the policy's environment lists \
-                     ({} live worker(s) checked)",
-                    misfits.len()
-                );
-                Err((Refusal::NoWorker { reason }, misfits))
+/// The least busy live worker of `party` that fits the scene's environment lists, from a
+/// snapshot of the workers ([`Scheduler::workers`]); else the refusal and, for the audit
+/// entry, which workers did not fit and why.
+fn place(
+    workers: &[crate::WorkerView],
+    party: &str,
+    scene: &tessera_policy::UseScene,
+) -> Result<Placed, (Refusal, Vec<String>)> {
+    let mut misfits = Vec::new();
+    let best = workers
+        .iter()
+        .filter(|w| w.attributes.party == party && w.live)
+        .filter(|w| match worker_fits(scene, &w.attributes) {
+            Ok(()) => true,
+            Err(m) => {
+                misfits.push(format!("{}: {}", w.worker_id, m.join("; ")));
+                false
             }
+        })
+        .min_by_key(|w| (w.running, &w.worker_id));
+    match best {
+        Some(w) => Ok(Placed {
+            worker_id: w.worker_id.clone(),
+            peer_addr: w.peer_addr.clone(),
+        }),
+        None if misfits.is_empty() => Err((
+            Refusal::NoWorker {
+                reason: format!("no live worker of party {party}"),
+            },
+            misfits,
+        )),
+        None => {
+            // Worker ids and attributes are the party's own business: they go to the
+            // operator's log and the refusal's audit entry (`placement`); the refusal
+            // names only how many workers did not fit.
+            tracing::info!(party, misfits = %misfits.join(" | "), "no worker fits");
+            let reason = format!(
+                "no live worker of party {party} fits the policy's environment lists \
+                 ({} live worker(s) checked)",
+                misfits.len()
+            );
+            Err((Refusal::NoWorker { reason }, misfits))
         }
     }
+}
 
+/// Everything an admission decides on besides the store's view (`AdmitContext`), owned so
+/// that the decision can run on the store's writer inside the group commit's batch.
+struct Admission {
+    req: JobRequest,
+    job_id: String,
+    session_id: String,
+    task_ids: [String; 2],
+    now: i64,
+    zone: tessera_core::civil::Zone,
+    /// Refusal reasons found by the reads before the transaction.
+    pre_reasons: Vec<Refusal>,
+    buyer_ds: Option<tessera_store::DatasetRecord>,
+    provider_ds: Option<tessera_store::DatasetRecord>,
+    /// The workers as they stood just before the admission was queued.
+    workers: Vec<crate::WorkerView>,
+}
+
+impl Admission {
+    /// The decision on this admission against the store's view in the transaction: freeze
+    /// rules (manual §3.6.5), the licence's usage policy, a paid term, the result name, the
+    /// holds of the estimated maximum cost in the manual's payment order, and placement.
+    fn decide(&self, ctx: &AdmitContext<'_>) -> Result<Decision, SchedulerError> {
+        let req = &self.req;
+        let job_id = &self.job_id;
+        let mut reasons = self.pre_reasons.clone();
+        let mut detail = serde_json::json!({});
+        // Freeze rules (manual §3.6.5) on the balances of this transaction.
+        let freeze = ctx.freeze.decide(&req.user, &req.scene, ctx.cash_micros);
+        let auto_frozen = (freeze.auto_frozen != ctx.freeze.auto_frozen)
+            .then(|| (freeze.auto_frozen, freeze.notice.clone()));
+        if let Err(reason) = freeze.admit_job() {
+            reasons.push(Refusal::AccountFrozen { reason });
+        }
+        let Some(l) = ctx.licence else {
+            reasons.push(Refusal::LicenceNotFound {
+                licence_id: req.licence_id.clone(),
+            });
+            return Ok(Decision {
+                allowed: false,
+                reasons,
+                detail,
+                tasks: vec![],
+                holds: vec![],
+                auto_frozen,
+            });
+        };
+        let scene = l.policy.scene(&req.scene);
+        let remaining = scene.and_then(|s| s.remaining_counts);
+        let verdict = evaluate(
+            &l.policy,
+            &Request {
+                user: &req.user,
+                groups: &req.user_groups,
+                scene: &req.scene,
+                now_ms: self.now,
+                zone: &self.zone,
+            },
+            remaining,
+        );
+        reasons.extend(
+            verdict
+                .checks
+                .iter()
+                .filter(|c| !c.ok)
+                .map(|c| match c.constraint {
+                    Constraint::Count => Refusal::QuotaExhausted {
+                        scene: req.scene.clone(),
+                    },
+                    constraint => Refusal::PolicyDenied {
+                        constraint,
+                        reason: c.reason.clone(),
+                    },
+                }),
+        );
+        if let Err(reason) = &ctx.term {
+            reasons.push(Refusal::NoPaidTerm {
+                reason: reason.clone(),
+            });
+        }
+        if let Some(job_id) = &ctx.output_taken_by {
+            reasons.push(Refusal::OutputTaken {
+                output: req.output.clone(),
+                job_id: job_id.clone(),
+            });
+        }
+        // Hold the estimated maximum cost, drawn in the manual's payment order.
+        let declared_rows = self.provider_ds.as_ref().and_then(|d| d.declared_rows);
+        let unpriced = |error: String| Refusal::Unpriced {
+            licence_id: l.licence_id.clone(),
+            error,
+        };
+        let holds = match settle::estimate_max_cost(&l.price, declared_rows) {
+            Ok(max) => {
+                match settle::admission_holds(job_id, &req.user, &req.scene, max, &ctx.funds) {
+                    Ok(holds) => holds,
+                    Err(SettleError::InsufficientFunds {
+                        needed_micros,
+                        available_micros,
+                        ..
+                    }) => {
+                        reasons.push(Refusal::InsufficientFunds {
+                            needed_micros,
+                            available_micros,
+                            funds: ctx.funds.iter().map(|(a, m)| (a.name(), *m)).collect(),
+                        });
+                        Vec::new()
+                    }
+                    Err(why) => {
+                        reasons.push(unpriced(why.to_string()));
+                        Vec::new()
+                    }
+                }
+            }
+            Err(why) => {
+                reasons.push(unpriced(why.to_string()));
+                Vec::new()
+            }
+        };
+        let funds: Vec<(String, i64)> = ctx.funds.iter().map(|(a, m)| (a.name(), *m)).collect();
+        detail = serde_json::json!({
+            "checks": verdict.checks, "funds": funds, "cash_micros": ctx.cash_micros,
+            "declared_rows": declared_rows,
+        });
+        let mut tasks = Vec::new();
+        if let (Some(scene), Some(bds), Some(pds)) = (scene, &self.buyer_ds, &self.provider_ds) {
+            match (
+                place(&self.workers, &l.licensor, scene),
+                place(&self.workers, &req.buyer_party, scene),
+            ) {
+                (Ok(p), Ok(b)) => {
+                    let sender = TaskSpec {
+                        job_id: job_id.clone(),
+                        task_id: self.task_ids[0].clone(),
+                        scene: req.scene.clone(),
+                        role: TaskRole::Sender,
+                        mode: req.mode,
+                        dataset_location: pds.location.clone(),
+                        key_columns: req.provider_columns.clone(),
+                        key_case: req.key_case,
+                        unicode_form: req.unicode_form,
+                        empty_keys: req.empty_keys,
+                        carry_columns: Vec::new(),
+                        dial_peer: true,
+                        peer_addr: b.peer_addr.clone(),
+                        session_id: self.session_id.clone(),
+                        peer_party: req.buyer_party.clone(),
+                        peer_worker_id: b.worker_id.clone(),
+                        output: String::new(),
+                    };
+                    let receiver = TaskSpec {
+                        task_id: self.task_ids[1].clone(),
+                        role: TaskRole::Receiver,
+                        dataset_location: bds.location.clone(),
+                        key_columns: req.buyer_columns.clone(),
+                        dial_peer: false,
+                        peer_addr: String::new(),
+                        output: req.output.clone(),
+                        carry_columns: req.carry_columns.clone(),
+                        peer_party: l.licensor.clone(),
+                        peer_worker_id: p.worker_id.clone(),
+                        ..sender.clone()
+                    };
+                    for (spec, placed, party) in
+                        [(sender, &p, &l.licensor), (receiver, &b, &req.buyer_party)]
+                    {
+                        let spec_json = serde_json::to_string(&spec).map_err(|source| {
+                            SchedulerError::Encode {
+                                what: "task spec",
+                                source,
+                            }
+                        })?;
+                        tasks.push(NewTask {
+                            task_id: spec.task_id.clone(),
+                            worker_id: placed.worker_id.clone(),
+                            party: party.clone(),
+                            role: spec.role,
+                            spec_json,
+                        });
+                    }
+                }
+                (p, b) => {
+                    let mut placement = Vec::new();
+                    for (refusal, misfits) in [p.err(), b.err()].into_iter().flatten() {
+                        reasons.push(refusal);
+                        placement.extend(misfits);
+                    }
+                    if let Some(d) = detail.as_object_mut() {
+                        d.insert("placement".into(), serde_json::json!(placement));
+                    }
+                }
+            }
+        }
+        Ok(Decision {
+            allowed: reasons.is_empty(),
+            reasons,
+            detail,
+            tasks,
+            holds,
+            auto_frozen,
+        })
+    }
+}
+
+impl Scheduler {
     /// Admits or refuses a job, and dispatches it when admitted. A refusal is not an error:
     /// it is returned as a job in state `refused` with its reasons. With a `request_id` the
     /// user already used for the same request, the job of that first submission is returned
@@ -306,230 +507,58 @@ impl Scheduler {
             },
             None => None,
         };
-        let session_id = self.random_id("s-");
-        let task_ids = [self.random_id("t-"), self.random_id("t-")];
-
-        // The least busy fitting worker is chosen; the jobs lock is not held with the workers
-        // lock, so the counts are taken first.
-        let running = self.running_tasks().await;
-        let workers = self.workers.lock().await;
         let request_json = serde_json::to_value(&req).map_err(|source| SchedulerError::Encode {
             what: "job request",
             source,
         })?;
-        let decide = |ctx: &AdmitContext<'_>| -> Result<Decision, SchedulerError> {
-            let mut reasons = pre_reasons.clone();
-            let mut detail = serde_json::json!({});
-            // Freeze rules (manual §3.6.5) on the balances of this transaction.
-            let freeze = ctx.freeze.decide(&req.user, &req.scene, ctx.cash_micros);
-            let auto_frozen = (freeze.auto_frozen != ctx.freeze.auto_frozen)
-                .then(|| (freeze.auto_frozen, freeze.notice.clone()));
-            if let Err(reason) = freeze.admit_job() {
-                reasons.push(Refusal::AccountFrozen { reason });
-            }
-            let Some(l) = ctx.licence else {
-                reasons.push(Refusal::LicenceNotFound {
-                    licence_id: req.licence_id.clone(),
-                });
-                return Ok(Decision {
-                    allowed: false,
-                    reasons,
-                    detail,
-                    tasks: vec![],
-                    holds: vec![],
-                    auto_frozen,
-                });
-            };
-            let scene = l.policy.scene(&req.scene);
-            let remaining = scene.and_then(|s| s.remaining_counts);
-            let verdict = evaluate(
-                &l.policy,
-                &Request {
-                    user: &req.user,
-                    groups: &req.user_groups,
-                    scene: &req.scene,
-                    now_ms: now,
-                    zone: self.store.zone(),
-                },
-                remaining,
-            );
-            reasons.extend(
-                verdict
-                    .checks
-                    .iter()
-                    .filter(|c| !c.ok)
-                    .map(|c| match c.constraint {
-                        Constraint::Count => Refusal::QuotaExhausted {
-                            scene: req.scene.clone(),
-                        },
-                        constraint => Refusal::PolicyDenied {
-                            constraint,
-                            reason: c.reason.clone(),
-                        },
-                    }),
-            );
-            if let Err(reason) = &ctx.term {
-                reasons.push(Refusal::NoPaidTerm {
-                    reason: reason.clone(),
-                });
-            }
-            if let Some(job_id) = &ctx.output_taken_by {
-                reasons.push(Refusal::OutputTaken {
-                    output: req.output.clone(),
-                    job_id: job_id.clone(),
-                });
-            }
-            // Hold the estimated maximum cost, drawn in the manual's payment order.
-            let declared_rows = provider_ds.as_ref().and_then(|d| d.declared_rows);
-            let unpriced = |error: String| Refusal::Unpriced {
-                licence_id: l.licence_id.clone(),
-                error,
-            };
-            let holds = match settle::estimate_max_cost(&l.price, declared_rows) {
-                Ok(max) => {
-                    match settle::admission_holds(&job_id, &req.user, &req.scene, max, &ctx.funds) {
-                        Ok(holds) => holds,
-                        Err(SettleError::InsufficientFunds {
-                            needed_micros,
-                            available_micros,
-                            ..
-                        }) => {
-                            reasons.push(Refusal::InsufficientFunds {
-                                needed_micros,
-                                available_micros,
-                                funds: ctx.funds.iter().map(|(a, m)| (a.name(), *m)).collect(),
-                            });
-                            Vec::new()
-                        }
-                        Err(why) => {
-                            reasons.push(unpriced(why.to_string()));
-                            Vec::new()
-                        }
-                    }
-                }
-                Err(why) => {
-                    reasons.push(unpriced(why.to_string()));
-                    Vec::new()
-                }
-            };
-            let funds: Vec<(String, i64)> = ctx.funds.iter().map(|(a, m)| (a.name(), *m)).collect();
-            detail = serde_json::json!({
-                "checks": verdict.checks, "funds": funds, "cash_micros": ctx.cash_micros,
-                "declared_rows": declared_rows,
-            });
-            let mut tasks = Vec::new();
-            if let (Some(scene), Some(bds), Some(pds)) = (scene, &buyer_ds, &provider_ds) {
-                let provider = self.place(&workers, &running, &l.licensor, scene, now);
-                let buyer = self.place(&workers, &running, &req.buyer_party, scene, now);
-                match (provider, buyer) {
-                    (Ok(p), Ok(b)) => {
-                        let sender = TaskSpec {
-                            job_id: job_id.clone(),
-                            task_id: task_ids[0].clone(),
-                            scene: req.scene.clone(),
-                            role: TaskRole::Sender,
-                            mode: req.mode,
-                            dataset_location: pds.location.clone(),
-                            key_columns: req.provider_columns.clone(),
-                            key_case: req.key_case,
-                            unicode_form: req.unicode_form,
-                            empty_keys: req.empty_keys,
-                            carry_columns: Vec::new(),
-                            dial_peer: true,
-                            peer_addr: b.peer_addr.clone(),
-                            session_id: session_id.clone(),
-                            peer_party: req.buyer_party.clone(),
-                            peer_worker_id: b.worker_id.clone(),
-                            output: String::new(),
-                        };
-                        let receiver = TaskSpec {
-                            task_id: task_ids[1].clone(),
-                            role: TaskRole::Receiver,
-                            dataset_location: bds.location.clone(),
-                            key_columns: req.buyer_columns.clone(),
-                            dial_peer: false,
-                            peer_addr: String::new(),
-                            output: req.output.clone(),
-                            carry_columns: req.carry_columns.clone(),
-                            peer_party: l.licensor.clone(),
-                            peer_worker_id: p.worker_id.clone(),
-                            ..sender.clone()
-                        };
-                        for (spec, placed, party) in
-                            [(sender, &p, &l.licensor), (receiver, &b, &req.buyer_party)]
-                        {
-                            let spec_json = serde_json::to_string(&spec).map_err(|source| {
-                                SchedulerError::Encode {
-                                    what: "task spec",
-                                    source,
-                                }
-                            })?;
-                            tasks.push(NewTask {
-                                task_id: spec.task_id.clone(),
-                                worker_id: placed.worker_id.clone(),
-                                party: party.clone(),
-                                role: spec.role,
-                                spec_json,
-                            });
-                        }
-                    }
-                    (p, b) => {
-                        let mut placement = Vec::new();
-                        for (refusal, misfits) in [p.err(), b.err()].into_iter().flatten() {
-                            reasons.push(refusal);
-                            placement.extend(misfits);
-                        }
-                        if let Some(d) = detail.as_object_mut() {
-                            d.insert("placement".into(), serde_json::json!(placement));
-                        }
-                    }
-                }
-            }
-            Ok(Decision {
-                allowed: reasons.is_empty(),
-                reasons,
-                detail,
-                tasks,
-                holds,
-                auto_frozen,
-            })
+        let new_job = NewJob {
+            job_id: job_id.clone(),
+            licence_id: req.licence_id.clone(),
+            scene: req.scene.clone(),
+            user: req.user.clone(),
+            mode: req.mode,
+            request: request_json,
+            request_id: req.request_id.clone(),
+            buyer_party: req.buyer_party.clone(),
+            provider_party: licence_pre
+                .as_ref()
+                .map(|l| l.licensor.clone())
+                .unwrap_or_default(),
+            // Only a result that gets written holds its name.
+            output: if req.mode == PsiMode::Intersection {
+                req.output.clone()
+            } else {
+                String::new()
+            },
+            now_ms: now,
+        };
+        // The workers as they stand now: no lock is held while the admission waits for its
+        // batch. A worker lost in between fails the dispatch (not the buyer's fault: the
+        // count is released); concurrent admissions see the same running counts, so the
+        // least busy worker is chosen on counts a batch old.
+        let admission = Admission {
+            session_id: self.random_id("s-"),
+            task_ids: [self.random_id("t-"), self.random_id("t-")],
+            job_id,
+            now,
+            zone: self.store.zone().clone(),
+            pre_reasons,
+            buyer_ds,
+            provider_ds,
+            workers: self.workers().await,
+            req: req.clone(),
         };
         let outcome = self
             .store
-            .admit(
-                &NewJob {
-                    job_id: job_id.clone(),
-                    licence_id: req.licence_id.clone(),
-                    scene: req.scene.clone(),
-                    user: req.user.clone(),
-                    mode: req.mode,
-                    request: request_json,
-                    request_id: req.request_id.clone(),
-                    buyer_party: req.buyer_party.clone(),
-                    provider_party: licence_pre
-                        .as_ref()
-                        .map(|l| l.licensor.clone())
-                        .unwrap_or_default(),
-                    // Only a result that gets written holds its name.
-                    output: if req.mode == PsiMode::Intersection {
-                        req.output.clone()
-                    } else {
-                        String::new()
-                    },
-                    now_ms: now,
-                },
-                decide,
-            )
+            .admit(&new_job, move |ctx| admission.decide(ctx))
             .await;
-        drop(workers);
         let job = match outcome? {
             AdmitOutcome::Refused { job, refusals } => {
                 tracing::info!(job = %job.job_id, reasons = ?job.reasons, "job refused");
                 for r in &refusals {
                     self.metrics.refused(&job.scene, r.kind());
                 }
-                // The refusal's answer is the buyer's receipt: seal a head covering it.
-                self.audit.seal_or_log().await;
+                // The answer is the buyer's receipt; the gateway signs a head covering it.
                 return Ok(JobView {
                     job,
                     progress: Vec::new(),
@@ -596,9 +625,9 @@ impl Scheduler {
         self.jobs.lock().await.insert(job_id.clone(), live);
         let now = self.now();
         let mut failure = None;
-        // The head after the admission, signed once for both tickets and recorded with the
-        // dispatch. Without it (the store could not be read) the tickets go without a head:
-        // the background sealer covers the entries.
+        // The head after the admission, signed once for both tickets (not recorded: the
+        // background sealer records a checkpoint within a second). Without it (the store
+        // could not be read) the tickets go without a head.
         let audit_head = match self.audit.sign_head().await {
             Ok(h) => h,
             Err(e) => {
@@ -650,12 +679,9 @@ impl Scheduler {
                 }
             }
         }
-        let detail = serde_json::json!({
-            "tasks": tasks.iter().map(|t| serde_json::json!({"task_id": t.task_id, "worker_id": t.worker_id, "role": t.role})).collect::<Vec<_>>(),
-        });
-        self.store
-            .mark_dispatched(&job_id, &detail, audit_head.as_ref(), now)
-            .await?;
+        // Dispatch writes nothing: the admission's entry names each task's worker, and the
+        // job is `running` once a worker reports progress (in the live view) or its
+        // delivery point is recorded (in the store).
         if let Some((error, origin)) = failure {
             self.finish(
                 &job_id,
@@ -833,7 +859,18 @@ impl Scheduler {
         }
         match finish {
             Some(f) => self.finish(&job_id, f).await,
-            None => Ok(()),
+            None => {
+                // A worker reported: the job is at work (the store moved it to `running`
+                // if the report was the sender's end).
+                if let Some(j) = self.jobs.lock().await.get(&job_id) {
+                    j.view.send_modify(|v| {
+                        if v.job.state == JobState::Admitted {
+                            v.job.state = JobState::Running;
+                        }
+                    });
+                }
+                Ok(())
+            }
         }
     }
 
@@ -853,27 +890,24 @@ impl Scheduler {
                 source,
             })?;
         self.store
-            .update_task(
+            .record_task_report(
+                job_id,
                 task_id,
-                &TaskUpdate {
+                TaskUpdate {
                     state: if report.ok {
                         TaskState::Succeeded
                     } else {
                         TaskState::Failed
                     },
-                    error_kind: report.error_kind.map_or("", TaskErrorKind::as_str),
-                    error: &report.error,
-                    usage: Some(&usage),
+                    error_kind: report.error_kind.map_or("", TaskErrorKind::as_str).into(),
+                    error: report.error.clone(),
+                    usage: Some(usage),
                     result_size: report.result_size,
                 },
+                sender_ok.then_some(report.usage.rows_in),
                 now,
             )
             .await?;
-        if sender_ok {
-            self.store
-                .mark_delivered(job_id, report.usage.rows_in, now)
-                .await?;
-        }
         Ok(())
     }
 
@@ -1059,9 +1093,8 @@ impl Scheduler {
             / 1000.0;
         self.metrics
             .ended(&outcome.job.scene, outcome.job.state.as_str(), seconds);
-        // The final answer is the parties' receipt: seal a head covering the job's end before
-        // anyone can read that answer.
-        self.audit.seal_or_log().await;
+        // The final answer is the parties' receipt: the gateway signs a head covering the
+        // job's end for it; the background sealer records a checkpoint within a second.
         if let Some(live) = live {
             let workers = self.workers.lock().await;
             for (task_id, t) in live.tasks.iter().filter(|(_, t)| t.report.is_none()) {

@@ -1,7 +1,8 @@
 //! Checkpoints through the scheduler: every ticket of a dispatched job carries a head signed
-//! with the node's key that covers the job's admission (and the store keeps it), a refusal is
-//! sealed at once, and sealing an unchanged head writes nothing. Also the end of a job: one
-//! that cannot be recorded stays live and is recorded by the monitor's retry.
+//! with the node's key that covers the job's admission, a refusal's receipt head covers the
+//! refusal (both signed without a write, and both verify against the chain), and sealing an
+//! unchanged head writes nothing. Also the end of a job: one that cannot be recorded stays
+//! live and is recorded by the monitor's retry.
 
 mod common;
 
@@ -15,7 +16,7 @@ use tessera_scheduler::Delivery;
 use tessera_store::Store;
 
 #[tokio::test]
-async fn tickets_carry_a_signed_head_covering_the_admission_and_refusals_are_sealed() {
+async fn tickets_and_receipts_carry_a_signed_head_covering_the_decision() {
     let (scheduler, mut inboxes, licence) = node().await;
     let audit = scheduler.audit();
     let store = scheduler.store().clone();
@@ -23,7 +24,8 @@ async fn tickets_carry_a_signed_head_covering_the_admission_and_refusals_are_sea
 
     let before = store.audit_head().await.expect("head").expect("entries");
     let view = scheduler.submit(request(&licence)).await.expect("submit");
-    assert_eq!(view.job.state, tessera_core::JobState::Running);
+    // Admitted and dispatched: running once a worker reports.
+    assert_eq!(view.job.state, tessera_core::JobState::Admitted);
     let entries = store.audit_entries().await.expect("entries");
     let admitted = entries
         .iter()
@@ -49,26 +51,46 @@ async fn tickets_carry_a_signed_head_covering_the_admission_and_refusals_are_sea
     );
     let at_head = &entries[usize::try_from(head.seq).expect("seq") - 1];
     assert_eq!(at_head.hash, head.head_hash);
+    // Signed, not recorded (the background sealer records checkpoints).
     assert!(
-        store
+        !store
             .checkpoints()
             .await
             .expect("checkpoints")
-            .contains(head),
-        "the store keeps the dispatch checkpoint"
+            .contains(head)
     );
 
-    // The licence allowed one run: the second submission is refused, and sealed at once.
+    // The licence allowed one run: the second submission is refused; its receipt's head
+    // covers the refusal.
     let refused = scheduler.submit(request(&licence)).await.expect("submit");
     assert_eq!(refused.job.state, tessera_core::JobState::Refused);
-    let latest = audit.latest().await.expect("latest").expect("a head");
+    let receipt = audit
+        .receipt_head()
+        .await
+        .expect("receipt")
+        .expect("a head");
     let now = store.audit_head().await.expect("head").expect("entries");
-    assert_eq!((latest.seq, &latest.head_hash), (now.seq, &now.hash));
-    key.verify(&latest).expect("signed by the node");
+    assert_eq!((receipt.seq, &receipt.head_hash), (now.seq, &now.hash));
+    key.verify(&receipt).expect("signed by the node");
 
-    // Sealing again with nothing new writes nothing and returns the same head.
+    // Both heads that left the node verify against the chain as outside checkpoints.
+    let v = store
+        .verify_audit_with(
+            Some(&key),
+            &[
+                ("ticket".to_string(), head.clone()),
+                ("receipt".to_string(), receipt.clone()),
+            ],
+        )
+        .await
+        .expect("verify");
+    assert!(v.problems.is_empty(), "{v:?}");
+
+    // Sealing records the head once; again with nothing new writes nothing.
+    let sealed = audit.seal().await.expect("seal").expect("a head");
+    assert_eq!((sealed.seq, &sealed.head_hash), (now.seq, &now.hash));
     let count = store.checkpoints().await.expect("checkpoints").len();
-    assert_eq!(audit.seal().await.expect("seal"), Some(latest));
+    assert_eq!(audit.seal().await.expect("seal"), Some(sealed));
     assert_eq!(store.checkpoints().await.expect("checkpoints").len(), count);
 
     let report = audit.verify().await.expect("verify");

@@ -26,7 +26,7 @@ async fn dispatched(
     inboxes: &mut [mpsc::Receiver<Delivery>],
 ) -> (String, Vec<(&'static str, String)>) {
     let view = scheduler.submit(request(licence)).await.expect("submit");
-    assert_eq!(view.job.state, JobState::Running, "{view:?}");
+    assert_eq!(view.job.state, JobState::Admitted, "{view:?}");
     let mut tasks = Vec::new();
     for (inbox, worker) in inboxes.iter_mut().zip(["w-prov", "w-buy"]) {
         let Some(Delivery::Assign { spec_json, .. }) = inbox.recv().await else {

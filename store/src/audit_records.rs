@@ -745,6 +745,11 @@ impl Chain {
             return;
         };
         let at = e.at_ms.to_string();
+        // The delivery moves an admitted job to running (since dispatch writes nothing;
+        // older chains recorded `dispatch` entries, handled above).
+        if job.row.get("state") == Some("'admitted'") {
+            job.row.set("state", text_lit("running"), seq);
+        }
         job.row.set("delivered_at_ms", at.clone(), seq);
         job.row.set("updated_at_ms", at, seq);
         job.row.copy("delivered_rows", d, "/delivered_rows", seq);

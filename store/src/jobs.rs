@@ -359,16 +359,16 @@ pub struct TaskRecord {
 }
 
 /// A worker's final report on a task, as stored.
-#[derive(Debug, Clone, Copy)]
-pub struct TaskUpdate<'a> {
+#[derive(Debug, Clone)]
+pub struct TaskUpdate {
     /// `Succeeded` or `Failed`.
     pub state: TaskState,
     /// Failure class (empty when it succeeded).
-    pub error_kind: &'a str,
+    pub error_kind: String,
     /// Failure text.
-    pub error: &'a str,
+    pub error: String,
     /// Measured usage.
-    pub usage: Option<&'a serde_json::Value>,
+    pub usage: Option<serde_json::Value>,
     /// Result size (receiver).
     pub result_size: Option<u64>,
 }
@@ -585,19 +585,30 @@ impl Store {
     /// asks `decide`, and if allowed reserves one count and records the job and its tasks;
     /// otherwise records the refusal. Either way the decision is appended to the audit chain.
     /// If `decide` fails, nothing is written and its error is returned.
+    ///
+    /// The transaction is a savepoint in the group commit's next batch (`writer`): `decide`
+    /// runs on the writer task, with the other admissions of the batch before it already
+    /// applied, and the answer comes once the batch is durable.
     pub async fn admit<F, E>(&self, job: &NewJob, decide: F) -> Result<AdmitOutcome, E>
     where
-        F: FnOnce(&AdmitContext<'_>) -> Result<Decision, E>,
-        E: From<StoreError>,
+        F: FnOnce(&AdmitContext<'_>) -> Result<Decision, E> + Send + 'static,
+        E: From<StoreError> + Send + 'static,
     {
-        let mut failure = None;
-        let outcome = self
-            .admit_tx(job, |ctx| match decide(ctx) {
-                Ok(d) => Some(d),
-                Err(e) => {
-                    failure = Some(e);
-                    None
-                }
+        let job = job.clone();
+        let (outcome, failure) = self
+            .batched(move |conn| {
+                Box::pin(async move {
+                    let mut failure = None;
+                    let outcome = admit_in(conn, &job, |ctx| match decide(ctx) {
+                        Ok(d) => Some(d),
+                        Err(e) => {
+                            failure = Some(e);
+                            None
+                        }
+                    })
+                    .await?;
+                    Ok((outcome, failure))
+                })
             })
             .await?;
         match (outcome, failure) {
@@ -608,13 +619,18 @@ impl Store {
             }
         }
     }
+}
 
-    /// The admission transaction; `None` from `decide` rolls it back.
-    async fn admit_tx<F>(&self, job: &NewJob, decide: F) -> Result<Option<AdmitOutcome>, StoreError>
-    where
-        F: FnOnce(&AdmitContext<'_>) -> Option<Decision>,
+/// The admission transaction's work on `tx`; `None` from `decide` writes nothing.
+async fn admit_in<F>(
+    tx: &mut SqliteConnection,
+    job: &NewJob,
+    decide: F,
+) -> Result<Option<AdmitOutcome>, StoreError>
+where
+    F: FnOnce(&AdmitContext<'_>) -> Option<Decision>,
+{
     {
-        let mut tx = self.write.begin().await?;
         if let Some(request_id) = &job.request_id {
             let prior = sqlx::query(
                 "SELECT job_id, request_json FROM jobs WHERE user_id = ? AND request_id = ?",
@@ -635,21 +651,24 @@ impl Store {
                     });
                 }
                 return Ok(Some(AdmitOutcome::Replayed(
-                    load_job(&mut tx, &prior_id).await?,
+                    load_job(&mut *tx, &prior_id).await?,
                 )));
             }
         }
-        let licence = match load_licence(&mut tx, &job.licence_id).await {
+        let licence = match load_licence(&mut *tx, &job.licence_id).await {
             Ok(l) => Some(l),
             Err(StoreError::NotFound { .. }) => None,
             Err(e) => return Err(e),
         };
-        let funds = ledger::customer_funds(&mut tx, &job.user).await?;
-        let (cash_micros, _) =
-            ledger::spendable(&mut tx, &AccountKind::CustomerCash(job.user.clone()).name()).await?;
-        let freeze = load_context(&mut tx, &job.user).await?;
+        let funds = ledger::customer_funds(&mut *tx, &job.user).await?;
+        let (cash_micros, _) = ledger::spendable(
+            &mut *tx,
+            &AccountKind::CustomerCash(job.user.clone()).name(),
+        )
+        .await?;
+        let freeze = load_context(&mut *tx, &job.user).await?;
         let term = match &licence {
-            Some(l) => crate::terms::term_check(&mut tx, l, &job.user, job.now_ms).await?,
+            Some(l) => crate::terms::term_check(&mut *tx, l, &job.user, job.now_ms).await?,
             None => Ok(()),
         };
         let output_taken_by = if job.output.is_empty() {
@@ -675,7 +694,7 @@ impl Store {
             return Ok(None);
         };
         if let Some((frozen, notice)) = &decision.auto_frozen {
-            set_auto_frozen(&mut tx, &job.user, *frozen, notice.as_deref(), job.now_ms).await?;
+            set_auto_frozen(&mut *tx, &job.user, *frozen, notice.as_deref(), job.now_ms).await?;
         }
         let mut allowed = decision.allowed;
         let mut reasons = decision.reasons.clone();
@@ -737,7 +756,7 @@ impl Store {
         }
         if allowed {
             for h in &decision.holds {
-                ledger::apply(&mut tx, &LedgerOp::Hold(h.clone()), job.now_ms).await?;
+                ledger::apply(&mut *tx, &LedgerOp::Hold(h.clone()), job.now_ms).await?;
             }
             for t in &decision.tasks {
                 sqlx::query(
@@ -756,7 +775,7 @@ impl Store {
             }
         }
         audit::append(
-            &mut tx,
+            &mut *tx,
             job.now_ms,
             if allowed { "admit" } else { "refuse" },
             &job.job_id,
@@ -775,8 +794,7 @@ impl Store {
             }),
         )
         .await?;
-        let record = load_job(&mut tx, &job.job_id).await?;
-        tx.commit().await?;
+        let record = load_job(&mut *tx, &job.job_id).await?;
         Ok(Some(if allowed {
             AdmitOutcome::Admitted(record)
         } else {
@@ -786,105 +804,58 @@ impl Store {
             }
         }))
     }
+}
 
-    /// Marks an admitted job as running (tasks delivered) and audits the dispatch.
-    ///
-    /// `checkpoint`, the signed head the job's tickets carry, is recorded in the same
-    /// transaction (no write of its own).
-    pub async fn mark_dispatched(
-        &self,
-        job_id: &str,
-        detail: &serde_json::Value,
-        checkpoint: Option<&tessera_core::checkpoint::SignedHead>,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.write.begin().await?;
-        if let Some(c) = checkpoint {
-            audit::record_checkpoint_in(&mut tx, c).await?;
-        }
-        sqlx::query("UPDATE jobs SET state = 'running', updated_at_ms = ? WHERE job_id = ? AND state = 'admitted'")
-            .bind(now_ms)
-            .bind(job_id)
-            .execute(&mut *tx)
-            .await?;
-        audit::append(&mut tx, now_ms, "dispatch", job_id, detail).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
+impl Store {
     /// Records a job's delivery milestone durably, once, with its audit entry: the engine's
-    /// delivery point was reported with the provider's `rows`. Returns `true` when recorded
+    /// delivery point was reported with the provider's `rows`. The job is `running` from then
+    /// on (a worker is at work; dispatch itself writes nothing). Returns `true` when recorded
     /// now, `false` when the job had already been marked delivered or has ended (nothing
-    /// changes then).
+    /// changes then). Group-committed (`writer`).
     ///
     /// # Errors
-    /// [`StoreError::NotFound`] for an unknown job; the database's.
+    /// [`StoreError::NotFound`] for an unknown job; [`StoreError::Invalid`] for rows beyond
+    /// `i64`; [`StoreError::NotCommitted`]; the database's.
     pub async fn mark_delivered(
         &self,
         job_id: &str,
         rows: u64,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        let rows_i64 = i64::try_from(rows).map_err(|_| StoreError::Invalid {
-            field: "rows_in",
-            reason: format!("{rows} is out of range"),
-        })?;
-        let mut tx = self.write.begin().await?;
-        load_job(&mut tx, job_id).await?;
-        let r = sqlx::query(
-            "UPDATE jobs SET delivered_at_ms = ?, delivered_rows = ?, updated_at_ms = ? \
-             WHERE job_id = ? AND delivered_at_ms IS NULL AND state IN ('admitted', 'running')",
-        )
-        .bind(now_ms)
-        .bind(rows_i64)
-        .bind(now_ms)
-        .bind(job_id)
-        .execute(&mut *tx)
-        .await?;
-        let recorded = r.rows_affected() == 1;
-        if recorded {
-            audit::append(
-                &mut tx,
-                now_ms,
-                "deliver",
-                job_id,
-                &serde_json::json!({ "delivered_rows": rows }),
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(recorded)
+        let job_id = job_id.to_string();
+        self.batched(move |conn| {
+            Box::pin(async move { deliver_in(conn, &job_id, rows, now_ms).await })
+        })
+        .await
     }
 
-    /// Records one task's report.
-    pub async fn update_task(
+    /// Records one task's report (its state, failure, usage and result size) and, for a
+    /// sender that finished, the job's delivery milestone (a finished sender has passed its
+    /// delivery point even if its milestone report was lost), in one write of the group
+    /// commit.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] for an unknown task or job; [`StoreError::NotCommitted`]; the
+    /// database's.
+    pub async fn record_task_report(
         &self,
+        job_id: &str,
         task_id: &str,
-        u: &TaskUpdate<'_>,
+        update: TaskUpdate,
+        delivered_rows: Option<u64>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let (state, error_kind, error, usage, result_size) =
-            (u.state, u.error_kind, u.error, u.usage, u.result_size);
-        let r = sqlx::query(
-            "UPDATE tasks SET state = ?, error_kind = ?, error = ?, usage_json = ?, result_size = ?, updated_at_ms = ? \
-             WHERE task_id = ?",
-        )
-        .bind(state.as_str())
-        .bind(error_kind)
-        .bind(error)
-        .bind(usage.map(|u| u.to_string()))
-        .bind(result_size.map(|s| i64::try_from(s).unwrap_or(i64::MAX)))
-        .bind(now_ms)
-        .bind(task_id)
-        .execute(&self.write)
-        .await?;
-        if r.rows_affected() == 0 {
-            return Err(StoreError::NotFound {
-                kind: "task",
-                id: task_id.into(),
-            });
-        }
-        Ok(())
+        let (job_id, task_id) = (job_id.to_string(), task_id.to_string());
+        self.batched(move |conn| {
+            Box::pin(async move {
+                update_task_in(conn, &task_id, &update, now_ms).await?;
+                if let Some(rows) = delivered_rows {
+                    deliver_in(conn, &job_id, rows, now_ms).await?;
+                }
+                Ok(())
+            })
+        })
+        .await
     }
 
     /// Ends a job exactly once: sets its final state, commits or releases its count, records
@@ -896,8 +867,24 @@ impl Store {
         finish: &JobFinish,
         now_ms: i64,
     ) -> Result<FinishOutcome, StoreError> {
-        let mut tx = self.write.begin().await?;
-        let job = load_job(&mut tx, job_id).await?;
+        let (job_id, finish, zone) = (job_id.to_string(), finish.clone(), self.zone.clone());
+        self.batched(move |conn| {
+            Box::pin(async move { finish_in(conn, &job_id, &finish, now_ms, &zone).await })
+        })
+        .await
+    }
+}
+
+/// Ends a job on `tx` (see [`Store::finish_job`]).
+async fn finish_in(
+    tx: &mut SqliteConnection,
+    job_id: &str,
+    finish: &JobFinish,
+    now_ms: i64,
+    zone: &tessera_core::civil::Zone,
+) -> Result<FinishOutcome, StoreError> {
+    {
+        let job = load_job(&mut *tx, job_id).await?;
         if job.is_terminal() {
             return Ok(FinishOutcome {
                 transitioned: false,
@@ -969,13 +956,13 @@ impl Store {
                 ..
             } => {
                 for u in usage {
-                    insert_usage(&mut tx, u, now_ms).await?;
+                    insert_usage(&mut *tx, u, now_ms).await?;
                 }
                 for op in ops {
-                    ledger::apply(&mut tx, op, now_ms).await?;
+                    ledger::apply(&mut *tx, op, now_ms).await?;
                 }
                 if let Some(line) = bill_line {
-                    add_line(&mut tx, line.as_ref(), now_ms, &self.zone).await?;
+                    add_line(&mut *tx, line.as_ref(), now_ms, zone).await?;
                 }
                 (
                     Some(i64::try_from(*result_size).unwrap_or(i64::MAX)),
@@ -991,22 +978,22 @@ impl Store {
                 ..
             } => {
                 for u in usage {
-                    insert_usage(&mut tx, u, now_ms).await?;
+                    insert_usage(&mut *tx, u, now_ms).await?;
                 }
                 for op in ops {
-                    ledger::apply(&mut tx, op, now_ms).await?;
+                    ledger::apply(&mut *tx, op, now_ms).await?;
                 }
                 if let Some(line) = bill_line {
-                    add_line(&mut tx, line.as_ref(), now_ms, &self.zone).await?;
+                    add_line(&mut *tx, line.as_ref(), now_ms, zone).await?;
                 }
                 (None, String::new(), *charge_micros)
             }
             _ => (None, String::new(), 0),
         };
         // No hold outlives its job: whatever the outcome did not post is released.
-        let open = ledger::open_holds(&mut tx, job_id).await?;
+        let open = ledger::open_holds(&mut *tx, job_id).await?;
         for op in settle::release_holds(&open) {
-            ledger::apply(&mut tx, &op, now_ms).await?;
+            ledger::apply(&mut *tx, &op, now_ms).await?;
         }
         sqlx::query(
             "UPDATE jobs SET state = ?, count_state = ?, error = ?, result_size = ?, result_location = ?, \
@@ -1034,7 +1021,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         audit::append(
-            &mut tx,
+            &mut *tx,
             now_ms,
             "complete",
             job_id,
@@ -1047,14 +1034,81 @@ impl Store {
             }),
         )
         .await?;
-        let job = load_job(&mut tx, job_id).await?;
-        tx.commit().await?;
+        let job = load_job(&mut *tx, job_id).await?;
         Ok(FinishOutcome {
             transitioned: true,
             job,
         })
     }
+}
 
+/// Records a job's delivery milestone on `tx` (see [`Store::mark_delivered`]).
+async fn deliver_in(
+    tx: &mut SqliteConnection,
+    job_id: &str,
+    rows: u64,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    let rows_i64 = i64::try_from(rows).map_err(|_| StoreError::Invalid {
+        field: "rows_in",
+        reason: format!("{rows} is out of range"),
+    })?;
+    load_job(&mut *tx, job_id).await?;
+    let r = sqlx::query(
+        "UPDATE jobs SET delivered_at_ms = ?, delivered_rows = ?, updated_at_ms = ?, \
+         state = 'running' WHERE job_id = ? AND delivered_at_ms IS NULL \
+         AND state IN ('admitted', 'running')",
+    )
+    .bind(now_ms)
+    .bind(rows_i64)
+    .bind(now_ms)
+    .bind(job_id)
+    .execute(&mut *tx)
+    .await?;
+    let recorded = r.rows_affected() == 1;
+    if recorded {
+        audit::append(
+            &mut *tx,
+            now_ms,
+            "deliver",
+            job_id,
+            &serde_json::json!({ "delivered_rows": rows, "state": "running" }),
+        )
+        .await?;
+    }
+    Ok(recorded)
+}
+
+/// Records one task's report on `tx`.
+async fn update_task_in(
+    tx: &mut SqliteConnection,
+    task_id: &str,
+    u: &TaskUpdate,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let r = sqlx::query(
+        "UPDATE tasks SET state = ?, error_kind = ?, error = ?, usage_json = ?, result_size = ?, \
+         updated_at_ms = ? WHERE task_id = ?",
+    )
+    .bind(u.state.as_str())
+    .bind(&u.error_kind)
+    .bind(&u.error)
+    .bind(u.usage.as_ref().map(ToString::to_string))
+    .bind(u.result_size.map(|s| i64::try_from(s).unwrap_or(i64::MAX)))
+    .bind(now_ms)
+    .bind(task_id)
+    .execute(&mut *tx)
+    .await?;
+    if r.rows_affected() == 0 {
+        return Err(StoreError::NotFound {
+            kind: "task",
+            id: task_id.into(),
+        });
+    }
+    Ok(())
+}
+
+impl Store {
     /// Records usage events on their own (e.g. a late report). An event whose id exists with
     /// every field equal (job, party, metric, attempt, quantity and event time) changes
     /// nothing; the same id with any field different is

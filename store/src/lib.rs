@@ -17,6 +17,7 @@ mod limits;
 pub mod lists;
 mod records;
 mod terms;
+mod writer;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -40,6 +41,7 @@ pub use terms::SubscriptionView;
 pub use tessera_accounting::bill::{Amounts, BillLineKind, NewBillLine, Split};
 pub use tessera_accounting::ledger::LedgerOp;
 pub use tessera_accounting::{LedgerError, TransferOutcome};
+pub use writer::{MAX_BATCH, WriteStats};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +118,13 @@ pub enum StoreError {
     /// Stored data could not be decoded.
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
+    /// A write of the group commit (`writer`) was not made durable: its batch's transaction
+    /// did not commit, or the writer stopped. Nothing of it was written; trying again is safe.
+    #[error("not committed: {reason}")]
+    NotCommitted {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Which business rule refused an operation.
@@ -160,6 +169,8 @@ pub enum RuleRefusal {
 #[derive(Debug, Clone)]
 pub struct Store {
     write: SqlitePool,
+    /// The group commit in front of `write` for the writes on a job's path.
+    writer: writer::GroupCommit,
     read: SqlitePool,
     /// The directory of a throw-away store ([`Store::open_temporary`]), removed when the
     /// last clone is dropped (held, never read).
@@ -226,6 +237,7 @@ impl Store {
             .connect_with(opts.read_only(true))
             .await?;
         Ok(Self {
+            writer: writer::GroupCommit::start(write.clone()),
             write,
             read,
             _temporary: temporary,
@@ -239,6 +251,34 @@ impl Store {
     pub fn with_zone(mut self, zone: tessera_core::civil::Zone) -> Self {
         self.zone = zone;
         self
+    }
+
+    /// How the group commit has batched the writes so far.
+    pub fn write_stats(&self) -> WriteStats {
+        self.writer.stats()
+    }
+
+    /// Takes at most `n` writes (1 ..= [`MAX_BATCH`]) into one transaction from now on; 1
+    /// commits each on its own, as before group commit (for measurements).
+    pub fn set_max_batch(&self, n: usize) {
+        self.writer.set_max_batch(n);
+    }
+
+    /// Carries out `work` in the group commit's next batch (see `writer`): inside a savepoint
+    /// of the batch's transaction, answered after the batch committed.
+    ///
+    /// # Errors
+    /// `work`'s own (its writes rolled back alone); [`StoreError::NotCommitted`].
+    pub(crate) async fn batched<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(
+                &'c mut sqlx::SqliteConnection,
+            ) -> futures::future::BoxFuture<'c, Result<T, StoreError>>
+            + Send
+            + 'static,
+    {
+        self.writer.submit(work).await
     }
 
     /// The calendar zone of billing months.
@@ -324,6 +364,8 @@ mod tests_audit;
 mod tests_audit_records;
 #[cfg(test)]
 mod tests_billing;
+#[cfg(test)]
+mod tests_writer;
 
 #[cfg(all(test, unix))]
 mod file_mode_tests {

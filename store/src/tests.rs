@@ -4,7 +4,7 @@ use super::*;
 use tessera_accounting::{JobPrice, TransferOutcome, TransferSpec, derive_id};
 use tessera_policy::UsagePolicy;
 
-async fn open() -> (tempfile::TempDir, Store) {
+pub(crate) async fn open() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(&dir.path().join("db/tessera.db"))
         .await
@@ -12,7 +12,7 @@ async fn open() -> (tempfile::TempDir, Store) {
     (dir, store)
 }
 
-async fn seed_licence(store: &Store, counts: u64) {
+pub(crate) async fn seed_licence(store: &Store, counts: u64) {
     store
         .create_dataset(
             &DatasetRecord {
@@ -52,7 +52,7 @@ async fn seed_licence(store: &Store, counts: u64) {
         .expect("licence");
 }
 
-fn new_job(i: usize) -> NewJob {
+pub(crate) fn new_job(i: usize) -> NewJob {
     NewJob {
         job_id: format!("job-{i}"),
         licence_id: "lic".into(),
@@ -68,7 +68,7 @@ fn new_job(i: usize) -> NewJob {
     }
 }
 
-fn allow(_: &AdmitContext<'_>) -> Result<Decision, StoreError> {
+pub(crate) fn allow(_: &AdmitContext<'_>) -> Result<Decision, StoreError> {
     Ok(Decision {
         allowed: true,
         reasons: vec![],
@@ -324,15 +324,15 @@ async fn a_result_name_recorded_by_a_live_or_succeeded_job_is_seen_at_admission(
     let taken = |store: &Store, job: NewJob| {
         let store = store.clone();
         async move {
-            let mut seen = None;
+            let (seen, saw) = std::sync::mpsc::channel();
             store
-                .admit(&job, |c| {
-                    seen = Some(c.output_taken_by.clone());
+                .admit(&job, move |c| {
+                    seen.send(c.output_taken_by.clone()).expect("send");
                     allow(c)
                 })
                 .await
                 .expect("admit");
-            seen.flatten()
+            saw.recv().expect("decided")
         }
     };
     assert_eq!(taken(&store, named(1, "buy", "r.csv")).await, None);

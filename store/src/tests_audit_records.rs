@@ -149,16 +149,13 @@ async fn flow(store: &Store) {
     let (cash, holds) = ("customer:u:cash", "customer:u:holds");
     let hold = spec("hold-1", cash, holds, 500, "job-1");
     let admitted = store
-        .admit(&new_job("job-1", NOV_MS + 10), |_| {
-            Ok::<_, StoreError>(decision(true, vec![hold.clone()]))
+        .admit(&new_job("job-1", NOV_MS + 10), {
+            let hold = hold.clone();
+            move |_| Ok::<_, StoreError>(decision(true, vec![hold]))
         })
         .await
         .expect("admit");
     assert!(matches!(admitted, AdmitOutcome::Admitted(_)));
-    store
-        .mark_dispatched("job-1", &serde_json::json!({}), None, NOV_MS + 11)
-        .await
-        .expect("dispatch");
     assert!(
         store
             .mark_delivered("job-1", 1_000, NOV_MS + 12)

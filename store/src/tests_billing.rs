@@ -443,7 +443,7 @@ async fn monthly_licence(store: &Store, monthly: i64) {
 }
 
 async fn term_covers(store: &Store, id: &str, now: i64) -> Result<(), String> {
-    let mut out = None;
+    let (out, decided) = std::sync::mpsc::channel();
     store
         .admit(
             &NewJob {
@@ -459,8 +459,8 @@ async fn term_covers(store: &Store, id: &str, now: i64) -> Result<(), String> {
                 output: String::new(),
                 now_ms: now,
             },
-            |c| {
-                out = Some(c.term.clone());
+            move |c| {
+                out.send(c.term.clone()).expect("send");
                 Ok::<_, StoreError>(Decision {
                     allowed: false,
                     reasons: vec![Refusal::NoWorker {
@@ -475,7 +475,7 @@ async fn term_covers(store: &Store, id: &str, now: i64) -> Result<(), String> {
         )
         .await
         .expect("admit");
-    out.expect("decided")
+    decided.recv().expect("decided")
 }
 
 #[tokio::test]

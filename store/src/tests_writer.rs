@@ -1,0 +1,222 @@
+//! The group commit (`writer`) on a real SQLite file: a batch in which one operation fails
+//! commits the others and answers that one with its own error; a batch whose commit fails
+//! answers every operation `NotCommitted` and leaves nothing of it.
+
+use std::time::Duration;
+
+use tessera_accounting::{LedgerError, TransferSpec, derive_id};
+
+use super::*;
+use crate::tests::{allow, new_job, open, seed_licence};
+
+/// Waits until `n` operations wait in the writer's queue.
+async fn until_queued(store: &Store, n: usize) {
+    for _ in 0..2_000 {
+        if store.writer.queued() == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!(
+        "{n} operations never queued (now {})",
+        store.writer.queued()
+    );
+}
+
+fn hold(job: &str, amount_micros: i64) -> TransferSpec {
+    TransferSpec {
+        id: derive_id(&["hold", job]),
+        debit: "customer:u:cash".into(),
+        credit: "customer:u:holds".into(),
+        amount_micros,
+        job_id: Some(job.into()),
+        memo: "hold".into(),
+    }
+}
+
+/// Admits job `i` with a hold of `amount` (the admission fails in the store when the
+/// buyer's cash does not cover it).
+async fn admit_with_hold(store: Store, i: usize, amount: i64) -> Result<AdmitOutcome, StoreError> {
+    let job = new_job(i);
+    let h = hold(&job.job_id, amount);
+    store
+        .admit(&job, move |c| {
+            let mut d = allow(c)?;
+            d.holds = vec![h];
+            Ok(d)
+        })
+        .await
+}
+
+#[tokio::test]
+async fn a_batch_commits_its_operations_but_the_one_that_failed() {
+    let (_dir, store) = open().await;
+    seed_licence(&store, 10).await;
+    let deposit = TransferSpec {
+        id: derive_id(&["dep", "u"]),
+        debit: "external".into(),
+        credit: "customer:u:cash".into(),
+        amount_micros: 1_000,
+        job_id: None,
+        memo: "deposit".into(),
+    };
+    store.post_transfers(&[deposit], 5).await.expect("deposit");
+    let before = store.write_stats();
+
+    // Hold the write connection: the writer takes job 0 and waits for the connection, while
+    // the next eight queue up behind it and form one batch.
+    let held = store
+        .write
+        .acquire()
+        .await
+        .expect("hold the write connection");
+    let first = tokio::spawn(admit_with_hold(store.clone(), 0, 100));
+    until_queued(&store, 0).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut rest = Vec::new();
+    for i in 1..=8 {
+        // Job 5 asks for more than the 1,000 the buyer has: insufficient funds.
+        let amount = if i == 5 { 5_000 } else { 100 };
+        rest.push(tokio::spawn(admit_with_hold(store.clone(), i, amount)));
+        until_queued(&store, i).await;
+    }
+    drop(held);
+
+    assert!(matches!(
+        first.await.expect("join"),
+        Ok(AdmitOutcome::Admitted(_))
+    ));
+    for (i, r) in (1..=8).zip(rest) {
+        let r = r.await.expect("join");
+        if i == 5 {
+            assert!(
+                matches!(
+                    r,
+                    Err(StoreError::Ledger(LedgerError::InsufficientFunds { .. }))
+                ),
+                "{r:?}"
+            );
+        } else {
+            assert!(matches!(r, Ok(AdmitOutcome::Admitted(_))), "job {i}: {r:?}");
+        }
+    }
+    let after = store.write_stats();
+    assert_eq!(after.operations - before.operations, 9);
+    assert_eq!(after.batches - before.batches, 2, "{after:?}");
+    assert!(after.largest_batch >= 8, "{after:?}");
+
+    // The failed admission left nothing: no job, no hold, no count; the others all stand.
+    assert!(matches!(
+        store.job("job-5").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(store.job_holds("job-5").await.expect("holds").is_empty());
+    for i in [0, 1, 2, 3, 4, 6, 7, 8] {
+        assert_eq!(
+            store.job(&format!("job-{i}")).await.expect("job").state,
+            tessera_core::JobState::Admitted
+        );
+        assert_eq!(
+            store
+                .job_holds(&format!("job-{i}"))
+                .await
+                .expect("holds")
+                .len(),
+            1
+        );
+    }
+    assert_eq!(
+        store.remaining_count("lic", "psi").await.expect("count"),
+        Some(2)
+    );
+    assert_eq!(store.balance("customer:u:cash").await.expect("cash"), 1_000);
+    assert_eq!(
+        store.balance("customer:u:holds").await.expect("holds"),
+        0,
+        "holds are pending, not posted"
+    );
+    let v = store.verify_audit().await.expect("verify");
+    assert!(
+        v.first_broken_seq.is_none() && v.problems.is_empty(),
+        "{v:?}"
+    );
+    assert!(store.ledger_balanced().await.expect("ledger"));
+}
+
+#[tokio::test]
+async fn a_batch_whose_commit_fails_answers_every_operation_not_committed() {
+    let (_dir, store) = open().await;
+    seed_licence(&store, 10).await;
+    let held = store
+        .write
+        .acquire()
+        .await
+        .expect("hold the write connection");
+    let admit = |i| {
+        let store = store.clone();
+        tokio::spawn(async move { store.admit(&new_job(i), allow).await })
+    };
+    let first = admit(0);
+    until_queued(&store, 0).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let a = admit(1);
+    until_queued(&store, 1).await;
+    // An operation that leaves a foreign key broken until the commit, where SQLite refuses
+    // it: the whole batch fails at its commit.
+    let broken = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .batched(|conn| {
+                    Box::pin(async move {
+                        sqlx::query("PRAGMA defer_foreign_keys = ON")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query(
+                            "INSERT INTO tasks (task_id, job_id, worker_id, party, role, state, \
+                             spec_json, updated_at_ms) VALUES ('t', 'no-such-job', 'w', 'p', \
+                             'sender', 'dispatched', '{}', 1)",
+                        )
+                        .execute(&mut *conn)
+                        .await?;
+                        Ok(())
+                    })
+                })
+                .await
+        })
+    };
+    until_queued(&store, 2).await;
+    let b = admit(2);
+    until_queued(&store, 3).await;
+    drop(held);
+
+    // Alone in the batch before, it committed.
+    let r = first.await.expect("join");
+    assert!(matches!(r, Ok(AdmitOutcome::Admitted(_))), "{r:?}");
+    for r in [a.await.expect("join"), b.await.expect("join")] {
+        assert!(matches!(r, Err(StoreError::NotCommitted { .. })), "{r:?}");
+    }
+    let r = broken.await.expect("join");
+    assert!(matches!(r, Err(StoreError::NotCommitted { .. })), "{r:?}");
+    for job in ["job-1", "job-2"] {
+        assert!(matches!(
+            store.job(job).await,
+            Err(StoreError::NotFound { .. })
+        ));
+    }
+    assert_eq!(
+        store.remaining_count("lic", "psi").await.expect("count"),
+        Some(9)
+    );
+    let v = store.verify_audit().await.expect("verify");
+    assert!(v.problems.is_empty(), "{v:?}");
+    // The writer goes on: the next operation commits.
+    assert!(matches!(
+        store.admit(&new_job(3), allow).await,
+        Ok(AdmitOutcome::Admitted(_))
+    ));
+    assert_eq!(
+        store.remaining_count("lic", "psi").await.expect("count"),
+        Some(8)
+    );
+}
