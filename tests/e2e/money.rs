@@ -539,3 +539,152 @@ async fn deposits_replay_per_customer_and_stay_below_the_maximum() {
     let (ok, out, err) = cli(&c, &["ledger", "balances"]);
     assert!(ok && out.contains("customer:m1:cash"), "{out}{err}");
 }
+
+/// Issue "control plane", must show: 64 concurrent submissions against `counts: 10`, the
+/// operator killed (SIGKILL) while they are in flight and started again, every client
+/// retrying its request id until it has an answer. Exactly once: one job per request id (a
+/// submission committed but never answered is found again, not admitted twice), the
+/// licence's count never exceeded and balanced against the jobs that consumed it, every hold
+/// resolved once, the ledger balanced and the audit chain verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_submissions_against_ten_runs_survive_an_operator_sigkill() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const CLIENTS: usize = 64;
+    const COUNTS: u64 = 10;
+    let mut c = Cluster::start(2_000);
+    c.fund(1_000_000_000, "fund").await;
+    c.dataset(&c.provider, "p", "k", &keys("x", 0..20)).await;
+    c.dataset(&c.buyer, "b", "k", &keys("x", 10..30)).await;
+    let lic = c.licence("p", Some(COUNTS)).await;
+
+    let answered = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for i in 0..CLIENTS {
+        let (url, ca, token) = (c.url.clone(), c.ca_pem.clone(), c.buyer_token.clone());
+        let req = pb::SubmitJobRequest {
+            request_id: format!("kill-{i}"),
+            ..Cluster::job(&lic, "b", "size", "")
+        };
+        let answered = answered.clone();
+        clients.push(tokio::spawn(async move {
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                assert!(tries < 600, "request kill-{i} never answered");
+                let header = tessera_proto::TokenHeader::new(&token).expect("token");
+                let attempt = async {
+                    let channel = tessera_proto::operator_endpoint(&url, Some(&ca), false)
+                        .expect("url")
+                        .connect()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    pb::operator_client::OperatorClient::with_interceptor(channel, header)
+                        .submit_job(req.clone())
+                        .await
+                        .map(tonic::Response::into_inner)
+                        .map_err(|s| s.to_string())
+                };
+                match attempt.await {
+                    Ok(job) => {
+                        answered.fetch_add(1, Ordering::SeqCst);
+                        return job;
+                    }
+                    // The operator is down or restarting: the same request id again.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        }));
+    }
+    // Kill it while submissions are in flight: after the first answers, before the last.
+    for _ in 0..2_000 {
+        if answered.load(Ordering::SeqCst) >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let before_kill = answered.load(Ordering::SeqCst);
+    c.restart_operator();
+    assert!(
+        before_kill < CLIENTS,
+        "every submission was answered before the kill ({before_kill})"
+    );
+    let mut jobs = Vec::new();
+    for h in clients {
+        jobs.push(h.await.expect("client"));
+    }
+
+    // One job per request id, and no other job on the licence.
+    let mut ids: Vec<&str> = jobs.iter().map(|j| j.job_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), CLIENTS, "a request id got two jobs");
+    let mut ended = Vec::new();
+    for j in &jobs {
+        ended.push(c.wait_as(&j.job_id, None).await);
+    }
+    let listed = c
+        .admin()
+        .await
+        .list_jobs(pb::JobQuery {
+            page: None,
+            user: String::new(),
+            state: 0,
+            licence_id: lic.clone(),
+        })
+        .await
+        .expect("jobs")
+        .into_inner()
+        .jobs;
+    assert_eq!(listed.len(), CLIENTS, "jobs on the licence");
+
+    // The count: never exceeded; what is not remaining was consumed by a job that ran to
+    // its end or past its delivery point.
+    let consumed = ended
+        .iter()
+        .filter(|j| j.state_text() == "succeeded" || j.delivered_at_ms.is_some())
+        .count() as u64;
+    assert!(consumed <= COUNTS, "{consumed} runs consumed");
+    assert_eq!(
+        c.remaining(&lic).await,
+        Some(COUNTS - consumed),
+        "remaining = counts - consumed"
+    );
+    assert!(
+        ended.iter().any(|j| j.state_text() == "refused"),
+        "64 submissions against 10 runs: some were refused"
+    );
+
+    // Every hold resolved once: the holds account holds nothing, and no hold is resolved
+    // twice (the store's unique index) — each job's holds are posted or voided.
+    let transfers = c
+        .admin()
+        .await
+        .list_transfers(pb::ListRequest {})
+        .await
+        .expect("transfers")
+        .into_inner()
+        .transfers;
+    let resolved: Vec<&str> = transfers
+        .iter()
+        .filter(|t| matches!(t.kind.as_str(), "post_pending" | "void_pending"))
+        .map(|t| t.pending_id.as_str())
+        .collect();
+    for hold in transfers.iter().filter(|t| t.kind == "pending") {
+        assert_eq!(
+            resolved.iter().filter(|p| **p == hold.transfer_id).count(),
+            1,
+            "hold {} resolved once",
+            hold.transfer_id
+        );
+    }
+    let v = c
+        .admin()
+        .await
+        .verify_audit(pb::ListRequest {})
+        .await
+        .expect("audit")
+        .into_inner();
+    assert!(v.ok, "{v:?}");
+}
