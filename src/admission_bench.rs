@@ -43,6 +43,13 @@ pub struct AdmissionFigures {
     pub p99_ms: f64,
     /// Refusals per second against an exhausted licence.
     pub refusals_per_s: f64,
+    /// The most writes the group commit took into one transaction (`--max-batch`).
+    pub max_batch: usize,
+    /// Group-committed writes per commit over the whole run (admissions, deliveries, task
+    /// reports, job ends).
+    pub writes_per_commit: f64,
+    /// The most writes one commit carried.
+    pub largest_batch: u64,
     /// Jobs that ended succeeded.
     pub succeeded: usize,
     /// The licence's remaining count after the run equals its counts minus the jobs.
@@ -56,7 +63,12 @@ pub struct AdmissionFigures {
 /// Runs the benchmark in `dir` (created; emptied first if it exists).
 ///
 /// Errors: the cluster cannot start, a call fails, or a job does not end within 10 minutes.
-pub async fn run(dir: &Path, jobs: usize, concurrency: usize) -> anyhow::Result<AdmissionFigures> {
+pub async fn run(
+    dir: &Path,
+    jobs: usize,
+    concurrency: usize,
+    max_batch: usize,
+) -> anyhow::Result<AdmissionFigures> {
     anyhow::ensure!(jobs >= 1, "--jobs must be at least 1");
     anyhow::ensure!(
         (1..=1024).contains(&concurrency),
@@ -72,6 +84,8 @@ pub async fn run(dir: &Path, jobs: usize, concurrency: usize) -> anyhow::Result<
         ..OperatorConfig::default()
     })
     .await?;
+    let store = op.scheduler.store().clone();
+    store.set_max_batch(max_batch);
     let ca_pem = crate::client::conn::read_ca_file(&data_dir.join(operator::CA_CERT_FILE))?;
     let addr = OperatorAddr {
         url: op.url(),
@@ -228,6 +242,12 @@ pub async fn run(dir: &Path, jobs: usize, concurrency: usize) -> anyhow::Result<
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
         refusals_per_s: refusals as f64 / refuse_s,
+        max_batch,
+        writes_per_commit: {
+            let w = store.write_stats();
+            w.operations as f64 / w.batches.max(1) as f64
+        },
+        largest_batch: store.write_stats().largest_batch,
         succeeded,
         count_exact: remaining == Some((counts - jobs) as u64),
         ledger_balanced: balances.balanced,

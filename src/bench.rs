@@ -53,6 +53,11 @@ pub enum BenchCommand {
         /// Scratch directory (cleared first) [default: a temporary one, removed after].
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Most writes the store's group commit takes into one transaction (1 ..= 256); 1
+        /// commits each write on its own, as before group commit.
+        #[arg(long, default_value_t = tessera_store::MAX_BATCH,
+              value_parser = clap::value_parser!(u16).range(1..=256).map(usize::from))]
+        max_batch: usize,
     },
     /// ECDH-PSI between two CSV files (header `id`); writes the intersection to --out.
     PsiFiles {
@@ -210,12 +215,13 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             concurrency,
             json,
             dir,
+            max_batch,
         } => {
             let scratch = dir.is_none();
             let dir = dir.unwrap_or_else(|| {
                 std::env::temp_dir().join(format!("tessera-bench-admission-{}", std::process::id()))
             });
-            let f = crate::admission_bench::run(&dir, jobs, concurrency).await;
+            let f = crate::admission_bench::run(&dir, jobs, concurrency, max_batch).await;
             if scratch {
                 let _ = std::fs::remove_dir_all(&dir);
             }
@@ -225,8 +231,8 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             } else {
                 println!(
                     "admission jobs={} concurrency={} admissions/s={:.0} completed/s={:.0} \
-                     p50={:.1}ms p99={:.1}ms refusals/s={:.0} succeeded={} count_exact={} \
-                     ledger_balanced={} audit_verified={}",
+                     p50={:.1}ms p99={:.1}ms refusals/s={:.0} max_batch={} writes/commit={:.1} \
+                     succeeded={} count_exact={} ledger_balanced={} audit_verified={}",
                     f.jobs,
                     f.concurrency,
                     f.admissions_per_s,
@@ -234,6 +240,8 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                     f.p50_ms,
                     f.p99_ms,
                     f.refusals_per_s,
+                    f.max_batch,
+                    f.writes_per_commit,
                     f.succeeded,
                     f.count_exact,
                     f.ledger_balanced,

@@ -4,7 +4,10 @@
 //! chain. Token secrets are drawn from the scheduler's RNG (seeded from the OS by the
 //! operator), shown once to the caller, and stored only as SHA-256 hashes.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+
+use sha2::Digest;
 
 use tessera_auth::{Caller, Operation, Roles, Target, Token, TokenKind, authorize};
 use tessera_core::Clock;
@@ -39,6 +42,45 @@ pub struct IssuedToken {
     pub token: Token,
 }
 
+/// Most tokens [`AuthCache`] keeps; past it the cache starts again empty.
+const AUTH_CACHE_MAX: usize = 10_000;
+
+/// What authenticated tokens stand for, valid for one [`Store::accounts_version`]: a
+/// committed change to users, groups, parties, tokens or worker credentials empties it, so a
+/// revoked token, a disabled user or a replaced worker credential is refused on the next
+/// call, as without the cache. Keyed by the SHA-256 of the token's text (no secret kept);
+/// only successes are kept; an API token's expiry is checked on every hit.
+#[derive(Debug, Default)]
+struct AuthCache {
+    version: i64,
+    callers: HashMap<[u8; 32], (Caller, Option<i64>)>,
+}
+
+impl AuthCache {
+    fn get(&mut self, version: i64, key: &[u8; 32], now_ms: i64) -> Option<Caller> {
+        if version != self.version {
+            self.callers.clear();
+            self.version = version;
+            return None;
+        }
+        match self.callers.get(key) {
+            Some((caller, expires)) if expires.is_none_or(|e| now_ms < e) => Some(caller.clone()),
+            _ => None,
+        }
+    }
+
+    /// Keeps `caller` for `key` if the version read before the lookup is still current.
+    fn put(&mut self, version: i64, key: [u8; 32], caller: Caller, expires: Option<i64>) {
+        if version != self.version {
+            return;
+        }
+        if self.callers.len() >= AUTH_CACHE_MAX {
+            self.callers.clear();
+        }
+        self.callers.insert(key, (caller, expires));
+    }
+}
+
 /// Users, groups, parties and tokens.
 #[derive(Debug, Clone)]
 pub struct AccountService {
@@ -46,6 +88,7 @@ pub struct AccountService {
     clock: Arc<dyn Clock>,
     ids: Arc<Ids>,
     metrics: Arc<Metrics>,
+    auth_cache: Arc<std::sync::Mutex<AuthCache>>,
 }
 
 impl AccountService {
@@ -60,6 +103,7 @@ impl AccountService {
             clock,
             ids,
             metrics,
+            auth_cache: Arc::default(),
         }
     }
 
@@ -107,6 +151,29 @@ impl AccountService {
     /// [`Unauthenticated`] for any token that is not a live token of an enabled user, an
     /// existing party or a worker whose credential was not replaced. A store failure is also reported as unauthenticated, after logging it.
     pub async fn authenticate(&self, text: &str) -> Result<Caller, Unauthenticated> {
+        let version = self.store.accounts_version().await.map_err(|e| {
+            tracing::error!(error = %e, "reading the accounts version failed");
+            Unauthenticated
+        })?;
+        let key: [u8; 32] = sha2::Sha256::digest(text.as_bytes()).into();
+        let now = self.clock.now_ms();
+        let cached = match self.auth_cache.lock() {
+            Ok(mut c) => c.get(version, &key, now),
+            Err(_) => None,
+        };
+        if let Some(caller) = cached {
+            return Ok(caller);
+        }
+        let (caller, expires) = self.look_up(text).await?;
+        if let Ok(mut c) = self.auth_cache.lock() {
+            c.put(version, key, caller.clone(), expires);
+        }
+        Ok(caller)
+    }
+
+    /// [`AccountService::authenticate`] from the store, without the cache: the caller and
+    /// when its token expires (worker credentials do not).
+    async fn look_up(&self, text: &str) -> Result<(Caller, Option<i64>), Unauthenticated> {
         let kind = TokenKind::of_text(text).ok_or(Unauthenticated)?;
         let token = Token::parse(kind, text).map_err(|_| Unauthenticated)?;
         let logged = |e: StoreError| {
@@ -124,10 +191,13 @@ impl AccountService {
                 return Err(Unauthenticated);
             }
             self.party_owner_enabled(&c.party).await?;
-            return Ok(Caller::Worker {
-                party: c.party,
-                worker_id: c.worker_id,
-            });
+            return Ok((
+                Caller::Worker {
+                    party: c.party,
+                    worker_id: c.worker_id,
+                },
+                None,
+            ));
         }
         let record = self
             .store
@@ -145,16 +215,19 @@ impl AccountService {
         }
         match (kind, record.user_id, record.party_id) {
             (TokenKind::Api, Some(user), _) => match self.store.principal(&user).await {
-                Ok(p) => Ok(Caller::User(tessera_auth::Principal {
-                    token_expires_at_ms: Some(record.expires_at_ms),
-                    ..p
-                })),
+                Ok(p) => Ok((
+                    Caller::User(tessera_auth::Principal {
+                        token_expires_at_ms: Some(record.expires_at_ms),
+                        ..p
+                    }),
+                    Some(record.expires_at_ms),
+                )),
                 Err(StoreError::NotFound { .. }) => Err(Unauthenticated),
                 Err(e) => Err(logged(e)),
             },
             (TokenKind::Registration, _, Some(party)) => {
                 self.party_owner_enabled(&party).await?;
-                Ok(Caller::Registrant { party })
+                Ok((Caller::Registrant { party }, Some(record.expires_at_ms)))
             }
             _ => Err(Unauthenticated),
         }

@@ -101,9 +101,16 @@ async fn tokens_authenticate_until_revoked_expired_or_disabled() {
         acc.revoke_token(&bob, own.token.id()).await,
         Err(SchedulerError::NotFound(_))
     ));
+    // Authenticated once, the token is cached; its revocation still stops it at once (the
+    // accounts version moved, so the cache is dropped).
+    acc.authenticate(&own.token.reveal())
+        .await
+        .expect("own token, now cached");
+    let version = s.store().accounts_version().await.expect("version");
     acc.revoke_token(&alice, own.token.id())
         .await
         .expect("revoke");
+    assert!(s.store().accounts_version().await.expect("version") > version);
     assert!(acc.authenticate(&own.token.reveal()).await.is_err());
 
     // Expiry: the 60 s token dies after 60 s.

@@ -222,6 +222,20 @@ impl Store {
         Ok(())
     }
 
+    /// A number that changes with every committed change to users, group members, parties,
+    /// tokens or worker credentials (kept by triggers, migration `0902`): whoever caches what
+    /// a token stands for drops the cache when it moved.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn accounts_version(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT version FROM accounts_version WHERE id = 1")
+                .fetch_one(&self.read)
+                .await?,
+        )
+    }
+
     /// Whether any user exists (the first start creates the operator's admin account).
     pub async fn has_users(&self) -> Result<bool, StoreError> {
         Ok(sqlx::query("SELECT 1 FROM users LIMIT 1")
