@@ -56,7 +56,7 @@ pub enum BenchCommand {
         /// Most writes the store's group commit takes into one transaction (1 ..= 256); 1
         /// commits each write on its own, as before group commit.
         #[arg(long, default_value_t = tessera_store::MAX_BATCH,
-              value_parser = clap::value_parser!(u16).range(1..=256).map(usize::from))]
+              value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u16).range(1..=256), usize::from))]
         max_batch: usize,
     },
     /// ECDH-PSI between two CSV files (header `id`); writes the intersection to --out.

@@ -955,9 +955,7 @@ async fn finish_in(
                 charge_micros,
                 ..
             } => {
-                for u in usage {
-                    insert_usage(&mut *tx, u, now_ms).await?;
-                }
+                insert_usages(&mut *tx, usage, now_ms).await?;
                 for op in ops {
                     ledger::apply(&mut *tx, op, now_ms).await?;
                 }
@@ -977,9 +975,7 @@ async fn finish_in(
                 charge_micros,
                 ..
             } => {
-                for u in usage {
-                    insert_usage(&mut *tx, u, now_ms).await?;
-                }
+                insert_usages(&mut *tx, usage, now_ms).await?;
                 for op in ops {
                     ledger::apply(&mut *tx, op, now_ms).await?;
                 }
@@ -1119,9 +1115,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let mut tx = self.write.begin().await?;
-        for e in events {
-            insert_usage(&mut tx, e, now_ms).await?;
-        }
+        insert_usages(&mut tx, events, now_ms).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -1138,12 +1132,11 @@ impl Store {
         now_ms: i64,
     ) -> Result<TransferOutcome, StoreError> {
         let mut tx = self.write.begin().await?;
-        let mut created = 0usize;
-        for e in events {
-            if insert_usage(&mut tx, e, now_ms).await? == TransferOutcome::Created {
-                created += 1;
-            }
-        }
+        let created = insert_usages(&mut tx, events, now_ms)
+            .await?
+            .iter()
+            .filter(|o| **o == TransferOutcome::Created)
+            .count();
         let outcome = match created {
             0 => TransferOutcome::Exists,
             n if n == events.len() => TransferOutcome::Created,
@@ -1256,45 +1249,79 @@ impl Store {
     }
 }
 
-async fn insert_usage(
+/// Usage events inserted per statement (8 parameters each, far below SQLite's limit).
+const USAGE_ROWS_PER_INSERT: usize = 64;
+
+/// Records usage events, each once, in one multi-row statement per
+/// [`USAGE_ROWS_PER_INSERT`] (a job's end carries 14): `Created` for each new event, `Exists`
+/// for one recorded before with every field equal (an earlier one of the same call
+/// included).
+///
+/// # Errors
+/// [`StoreError::IdempotencyMismatch`] for an id recorded with any field different.
+async fn insert_usages(
+    conn: &mut SqliteConnection,
+    events: &[UsageEventRecord],
+    now_ms: i64,
+) -> Result<Vec<TransferOutcome>, StoreError> {
+    let mut outcomes = Vec::with_capacity(events.len());
+    for chunk in events.chunks(USAGE_ROWS_PER_INSERT) {
+        let mut q = sqlx::QueryBuilder::new(
+            "INSERT INTO usage_events (event_id, job_id, party, metric, attempt, quantity, \
+             event_time_ms, arrival_time_ms) ",
+        );
+        q.push_values(chunk, |mut row, e| {
+            row.push_bind(&e.event_id)
+                .push_bind(&e.job_id)
+                .push_bind(&e.party)
+                .push_bind(&e.metric)
+                .push_bind(e.attempt)
+                .push_bind(e.quantity)
+                .push_bind(e.event_time_ms)
+                .push_bind(now_ms);
+        });
+        q.push(" ON CONFLICT(event_id) DO NOTHING RETURNING event_id");
+        let inserted: std::collections::HashSet<String> = q
+            .build_query_scalar::<String>()
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        for e in chunk {
+            // The first of an id inserted now is new; any other is checked against it.
+            if inserted.contains(&e.event_id) && seen.insert(e.event_id.as_str()) {
+                outcomes.push(TransferOutcome::Created);
+            } else {
+                outcomes.push(existing_usage(conn, e).await?);
+            }
+        }
+    }
+    Ok(outcomes)
+}
+
+/// `Exists` when `e` was recorded with every field equal, else the mismatch.
+async fn existing_usage(
     conn: &mut SqliteConnection,
     e: &UsageEventRecord,
-    now_ms: i64,
 ) -> Result<TransferOutcome, StoreError> {
-    let r = sqlx::query(
-        "INSERT INTO usage_events (event_id, job_id, party, metric, attempt, quantity, event_time_ms, arrival_time_ms) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(event_id) DO NOTHING",
-    )
-    .bind(&e.event_id)
-    .bind(&e.job_id)
-    .bind(&e.party)
-    .bind(&e.metric)
-    .bind(e.attempt)
-    .bind(e.quantity)
-    .bind(e.event_time_ms)
-    .bind(now_ms)
-    .execute(&mut *conn)
-    .await?;
-    if r.rows_affected() == 0 {
-        let existing = sqlx::query(
+    let existing = sqlx::query(
             "SELECT job_id, party, metric, attempt, quantity, event_time_ms FROM usage_events WHERE event_id = ?",
         )
         .bind(&e.event_id)
         .fetch_one(&mut *conn)
         .await?;
-        let same = existing.try_get::<String, _>(0)? == e.job_id
-            && existing.try_get::<String, _>(1)? == e.party
-            && existing.try_get::<String, _>(2)? == e.metric
-            && existing.try_get::<i64, _>(3)? == e.attempt
-            && existing.try_get::<i64, _>(4)? == e.quantity
-            && existing.try_get::<i64, _>(5)? == e.event_time_ms;
-        if !same {
-            return Err(StoreError::IdempotencyMismatch {
-                kind: "usage event",
-                id: e.event_id.clone(),
-            });
-        }
-        return Ok(TransferOutcome::Exists);
+    let same = existing.try_get::<String, _>(0)? == e.job_id
+        && existing.try_get::<String, _>(1)? == e.party
+        && existing.try_get::<String, _>(2)? == e.metric
+        && existing.try_get::<i64, _>(3)? == e.attempt
+        && existing.try_get::<i64, _>(4)? == e.quantity
+        && existing.try_get::<i64, _>(5)? == e.event_time_ms;
+    if !same {
+        return Err(StoreError::IdempotencyMismatch {
+            kind: "usage event",
+            id: e.event_id.clone(),
+        });
     }
-    Ok(TransferOutcome::Created)
+    Ok(TransferOutcome::Exists)
 }

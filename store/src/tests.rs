@@ -273,6 +273,25 @@ async fn failure_not_the_buyers_releases_and_finish_is_exactly_once() {
         store.record_usage_once(&usage, 44).await.expect("replay"),
         TransferOutcome::Exists
     );
+    // In one call (one multi-row insert): a new event twice is one event; a new id twice
+    // with different fields is refused, and nothing of the call stays.
+    let fresh = |id: &str, quantity| UsageEventRecord {
+        event_id: id.into(),
+        quantity,
+        ..usage[0].clone()
+    };
+    store
+        .record_usage(&[fresh("u-a", 5), fresh("u-a", 5), fresh("u-b", 6)], 45)
+        .await
+        .expect("twice in one call");
+    assert_eq!(store.usage_events().await.expect("usage").len(), 3);
+    assert!(matches!(
+        store
+            .record_usage(&[fresh("u-c", 5), fresh("u-c", 7)], 46)
+            .await,
+        Err(StoreError::IdempotencyMismatch { .. })
+    ));
+    assert_eq!(store.usage_events().await.expect("usage").len(), 3);
     assert_eq!(store.balance("customer:u:cash").await.expect("bal"), 50);
     assert_eq!(
         store
