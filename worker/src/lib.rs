@@ -120,24 +120,55 @@ struct Shared {
     running: Mutex<HashMap<String, tokio::task::AbortHandle>>,
 }
 
+/// Shortest time between two progress reports of one task.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A task's progress to the operator: at most one report per [`PROGRESS_INTERVAL`]. The
+/// first goes at once; a later one inside the interval waits and is sent at its end as the
+/// latest state, unless the task has ended by then (its result says more). A task shorter
+/// than the interval sends one report, not one per phase.
 struct ProgressSink {
     shared: Arc<Shared>,
     task_id: String,
-    last: std::sync::Mutex<Option<std::time::Instant>>,
+    throttle: Arc<std::sync::Mutex<Throttle>>,
+}
+
+#[derive(Default)]
+struct Throttle {
+    last_sent: Option<tokio::time::Instant>,
+    /// The latest report held back, sent at the end of the interval.
+    pending: Option<pb::ProgressReport>,
+    flush_scheduled: bool,
+    ended: bool,
+}
+
+impl ProgressSink {
+    fn new(shared: Arc<Shared>, task_id: String) -> Self {
+        Self {
+            shared,
+            task_id,
+            throttle: Arc::default(),
+        }
+    }
+
+    /// The task ended: nothing held back is sent any more.
+    fn end(&self) {
+        if let Ok(mut t) = self.throttle.lock() {
+            t.ended = true;
+            t.pending = None;
+        }
+    }
+
+    fn send(&self, req: pb::ProgressReport) {
+        let mut client = self.shared.client.clone();
+        tokio::spawn(async move {
+            let _ = client.report_progress(req).await;
+        });
+    }
 }
 
 impl tessera_psi::Progress for ProgressSink {
     fn report(&self, phase: &str, done: u64, total: u64) {
-        // At most ten reports a second, but always the end of a phase.
-        let now = std::time::Instant::now();
-        if let Ok(mut last) = self.last.lock() {
-            let recent = last.is_some_and(|t| now.duration_since(t) < Duration::from_millis(100));
-            if recent && done < total {
-                return;
-            }
-            *last = Some(now);
-        }
-        let mut client = self.shared.client.clone();
         let req = pb::ProgressReport {
             worker_id: self.shared.worker_id.clone(),
             task_id: self.task_id.clone(),
@@ -145,9 +176,47 @@ impl tessera_psi::Progress for ProgressSink {
             done,
             total,
         };
-        tokio::spawn(async move {
-            let _ = client.report_progress(req).await;
-        });
+        let now = tokio::time::Instant::now();
+        let Ok(mut t) = self.throttle.lock() else {
+            return;
+        };
+        if t.ended {
+            return;
+        }
+        let due = t.last_sent.map(|at| at + PROGRESS_INTERVAL);
+        match due {
+            Some(due) if now < due => {
+                t.pending = Some(req);
+                if !t.flush_scheduled {
+                    t.flush_scheduled = true;
+                    let (throttle, client) = (self.throttle.clone(), self.shared.client.clone());
+                    tokio::spawn(async move {
+                        tokio::time::sleep_until(due).await;
+                        let held = match throttle.lock() {
+                            Ok(mut t) => {
+                                t.flush_scheduled = false;
+                                let held = t.pending.take();
+                                if held.is_some() {
+                                    t.last_sent = Some(tokio::time::Instant::now());
+                                }
+                                held
+                            }
+                            Err(_) => None,
+                        };
+                        if let Some(req) = held {
+                            let mut client = client;
+                            let _ = client.report_progress(req).await;
+                        }
+                    });
+                }
+            }
+            _ => {
+                t.last_sent = Some(now);
+                t.pending = None;
+                drop(t);
+                self.send(req);
+            }
+        }
     }
 }
 
@@ -752,17 +821,15 @@ async fn accept(shared: Arc<Shared>, a: pb::TaskAssignment) {
         let shared = shared.clone();
         let task_id = task_id.clone();
         async move {
-            let sink: Arc<dyn tessera_psi::Progress> = Arc::new(ProgressSink {
-                shared: shared.clone(),
-                task_id: task_id.clone(),
-                last: std::sync::Mutex::new(None),
-            });
+            let progress = Arc::new(ProgressSink::new(shared.clone(), task_id.clone()));
+            let sink: Arc<dyn tessera_psi::Progress> = progress.clone();
             let delivery = OperatorDelivery {
                 shared: shared.clone(),
                 task_id: task_id.clone(),
             };
             let (out, wall_ms, cpu_ms) =
                 measured(run_task(&shared.env, &spec, sink, &delivery)).await;
+            progress.end();
             shared.running.lock().await.remove(&task_id);
             report(&shared, &task_id, out, wall_ms, cpu_ms).await;
         }
