@@ -36,8 +36,3 @@ pub(crate) async fn receipt_head(s: &AuditService) -> Result<Option<pb::SignedHe
         .map_err(|e| status(&e))?
         .map(head_to_pb))
 }
-
-/// The latest recorded signed head (no signing), for answers that change nothing.
-pub(crate) async fn latest(s: &AuditService) -> Result<Option<pb::SignedHead>, Status> {
-    Ok(s.latest().await.map_err(|e| status(&e))?.map(head_to_pb))
-}

@@ -59,11 +59,9 @@ fn job_request(r: pb::SubmitJobRequest) -> Result<JobRequest, Status> {
 /// latest checkpoint (the dispatch's covers the admission).
 async fn receipt(audit: &AuditService, v: &JobView, viewer: &Viewer) -> Result<pb::Job, Status> {
     let mut j = job_to_pb(&redact(v, viewer));
-    j.audit_head = if v.job.is_terminal() {
-        crate::audit::receipt_head(audit).await?
-    } else {
-        crate::audit::latest(audit).await?
-    };
+    // The chain's head signed now (no write): it covers the job's admission and, once the
+    // job ended, its end.
+    j.audit_head = crate::audit::receipt_head(audit).await?;
     Ok(j)
 }
 
