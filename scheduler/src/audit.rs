@@ -10,7 +10,7 @@
 //! - signed without a write, for what leaves the node at once: the head after a job's
 //!   admission in both its tickets, and the head in every receipt — a job's answer (its
 //!   refusal, its end), a deposit's, a subscription's, a payout's —
-//!   ([`AuditService::receipt_head`]). A head that left the node is checked against the
+//!   ([`AuditService::sign_head`]). A head that left the node is checked against the
 //!   chain by `tessera audit verify --checkpoints FILE` whether or not it was recorded.
 
 use std::sync::Arc;
@@ -77,12 +77,15 @@ impl AuditService {
         self.signer.public_key_hex()
     }
 
-    /// Signs the chain's current head without recording it (the caller records it in its
-    /// own transaction, as dispatch does); `None` for an empty chain.
+    /// The chain's current head signed now, not recorded, for what leaves the node at once:
+    /// a job's tickets and every receipt (a job's answer, a deposit's, a subscription's, a
+    /// payout's). Nothing is written, so it stays out of the group commit's way; the
+    /// background sealer records a checkpoint within [`SEAL_INTERVAL_MS`]. `None` for an
+    /// empty chain.
     ///
     /// # Errors
     /// The store's; a stored hash that is not 32 bytes of hex is `Corrupt`.
-    pub(crate) async fn sign_head(&self) -> Result<Option<SignedHead>, SchedulerError> {
+    pub async fn sign_head(&self) -> Result<Option<SignedHead>, SchedulerError> {
         let Some(head) = self.store.audit_head().await? else {
             return Ok(None);
         };
@@ -91,17 +94,6 @@ impl AuditService {
             .sign_head(head.seq, &head.hash, self.clock.now_ms())
             .map_err(|e| tessera_store::StoreError::Corrupt(e.to_string()))?;
         Ok(Some(signed))
-    }
-
-    /// A signed head covering every entry recorded so far, for a receipt (a job's answer, a
-    /// deposit's, a payout's): the chain's current head signed now, not recorded — receipts
-    /// write nothing, so they stay out of the group commit's way; the background sealer
-    /// records a checkpoint within [`SEAL_INTERVAL_MS`]. `None` for an empty chain.
-    ///
-    /// # Errors
-    /// The store's.
-    pub async fn receipt_head(&self) -> Result<Option<SignedHead>, SchedulerError> {
-        self.sign_head().await
     }
 
     /// Signs and records a checkpoint of the chain's current head, unless the latest

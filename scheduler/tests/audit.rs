@@ -64,11 +64,7 @@ async fn tickets_and_receipts_carry_a_signed_head_covering_the_decision() {
     // covers the refusal.
     let refused = scheduler.submit(request(&licence)).await.expect("submit");
     assert_eq!(refused.job.state, tessera_core::JobState::Refused);
-    let receipt = audit
-        .receipt_head()
-        .await
-        .expect("receipt")
-        .expect("a head");
+    let receipt = audit.sign_head().await.expect("receipt").expect("a head");
     let now = store.audit_head().await.expect("head").expect("entries");
     assert_eq!((receipt.seq, &receipt.head_hash), (now.seq, &now.hash));
     key.verify(&receipt).expect("signed by the node");

@@ -466,6 +466,19 @@ impl Cluster {
         panic!("job {job_id} did not end within 120 s");
     }
 
+    /// Asserts that the operator's audit chain, checkpoints, ledger and re-derived records
+    /// verify (`VerifyAudit` as the operator).
+    pub async fn assert_audit_verifies(&self) {
+        let v = self
+            .admin()
+            .await
+            .verify_audit(pb::ListRequest {})
+            .await
+            .expect("audit")
+            .into_inner();
+        assert!(v.ok, "{v:?}");
+    }
+
     pub async fn remaining(&self, licence: &str) -> Option<u64> {
         let l = self
             .admin()

@@ -175,14 +175,7 @@ async fn a_buyer_killed_after_its_output_exists_still_pays() {
     assert!(j.delivered_at_ms.is_some(), "{j:?}");
     assert_eq!(c.remaining(&lic).await, Some(1), "the run is consumed");
     assert_charged(&c, &j, expected_charge(rows as u64)).await;
-    let v = c
-        .admin()
-        .await
-        .verify_audit(pb::ListRequest {})
-        .await
-        .expect("audit")
-        .into_inner();
-    assert!(v.ok, "{v:?}");
+    c.assert_audit_verifies().await;
 }
 
 /// Issue 8 item 1 through the live operator: the buyer's worker dies after the delivery
@@ -679,12 +672,5 @@ async fn sixty_four_submissions_against_ten_runs_survive_an_operator_sigkill() {
             hold.transfer_id
         );
     }
-    let v = c
-        .admin()
-        .await
-        .verify_audit(pb::ListRequest {})
-        .await
-        .expect("audit")
-        .into_inner();
-    assert!(v.ok, "{v:?}");
+    c.assert_audit_verifies().await;
 }

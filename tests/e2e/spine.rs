@@ -135,14 +135,7 @@ async fn concurrent_submissions_admit_exactly_the_count() {
         assert_eq!(j.result_size, Some(100));
     }
     assert_eq!(c.remaining(&lic).await, Some(0));
-    let v = c
-        .admin()
-        .await
-        .verify_audit(pb::ListRequest {})
-        .await
-        .expect("audit")
-        .into_inner();
-    assert!(v.ok, "{v:?}");
+    c.assert_audit_verifies().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -425,12 +418,5 @@ async fn workers_reconnect_after_an_operator_restart_and_counts_survive() {
     assert_eq!(j.state_text(), "succeeded", "{j:?}");
     assert_eq!(j.result_size, Some(50));
     assert_eq!(c.remaining(&lic).await, Some(1));
-    let v = c
-        .admin()
-        .await
-        .verify_audit(pb::ListRequest {})
-        .await
-        .expect("audit")
-        .into_inner();
-    assert!(v.ok, "{v:?}");
+    c.assert_audit_verifies().await;
 }

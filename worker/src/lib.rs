@@ -158,13 +158,14 @@ impl ProgressSink {
             t.pending = None;
         }
     }
+}
 
-    fn send(&self, req: pb::ProgressReport) {
-        let mut client = self.shared.client.clone();
-        tokio::spawn(async move {
-            let _ = client.report_progress(req).await;
-        });
-    }
+/// Sends one progress report; a lost one is superseded by the next or by the task's result.
+async fn send_progress(
+    mut client: OperatorClient<InterceptedService<Channel, TokenHeader>>,
+    req: pb::ProgressReport,
+) {
+    let _ = client.report_progress(req).await;
 }
 
 impl tessera_psi::Progress for ProgressSink {
@@ -204,8 +205,7 @@ impl tessera_psi::Progress for ProgressSink {
                             Err(_) => None,
                         };
                         if let Some(req) = held {
-                            let mut client = client;
-                            let _ = client.report_progress(req).await;
+                            send_progress(client, req).await;
                         }
                     });
                 }
@@ -214,7 +214,7 @@ impl tessera_psi::Progress for ProgressSink {
                 t.last_sent = Some(now);
                 t.pending = None;
                 drop(t);
-                self.send(req);
+                tokio::spawn(send_progress(self.shared.client.clone(), req));
             }
         }
     }
