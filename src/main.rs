@@ -108,20 +108,29 @@ async fn main() -> std::process::ExitCode {
     exit::report(run(cli).await)
 }
 
-/// Completes on SIGINT (Ctrl-C) or, on Unix, SIGTERM (what service managers send).
-async fn shutdown_signal() {
+/// Listens from now on for SIGINT (Ctrl-C) and, on Unix, SIGTERM (what service managers
+/// send); the future completes on the first. Installed before the banner is printed, so a
+/// signal sent as soon as the banner appears stops the process cleanly rather than killing
+/// it with the default action.
+fn shutdown_signal() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
+        if let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            return Box::pin(async move {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            });
         }
     }
-    let _ = tokio::signal::ctrl_c().await;
+    Box::pin(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -129,9 +138,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(a) => {
             let config = a.resolve()?;
             let handle = operator::start(&config).await?;
+            let stop = shutdown_signal();
             println!("operator listening on {}", handle.url());
             println!("ticket key {}", handle.scheduler.operator_key_hex());
-            handle.serve_until(shutdown_signal()).await?;
+            handle.serve_until(stop).await?;
         }
         Command::Worker(mut a) => {
             if let Some(cmd) = a.command.take() {
@@ -139,13 +149,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let config = a.resolve()?;
             let handle = tessera_worker::start(config, Arc::new(SystemClock)).await?;
+            let stop = shutdown_signal();
             println!(
                 "worker {} serving peers on {}",
                 handle.worker_id, handle.peer_addr
             );
             tokio::select! {
                 r = handle.join() => r?,
-                () = shutdown_signal() => eprintln!("shutting down"),
+                () = stop => eprintln!("shutting down"),
             }
         }
         Command::Demo(a) => demo::run(a).await?,
