@@ -1,0 +1,63 @@
+//! Oblivious transfer (OT) and vector oblivious linear evaluation (VOLE) correlations between
+//! two parties, written against [`tessera_core::Link`]: the building blocks of the `rr22` PSI
+//! protocol (and later of MPC's Beaver triples).
+//!
+//! Layers, bottom up:
+//!
+//! * [`base`]: 1-out-of-2 random OT from Diffie–Hellman over ristretto255 (Chou–Orlandi,
+//!   "The Simplest Protocol for Oblivious Transfer", LATINCRYPT 2015), a few hundred at a time.
+//! * [`iknp`]: OT extension (Ishai–Kilian–Nissim–Petrank, CRYPTO 2003): many random OTs with
+//!   chosen choice bits from 128 base OTs in the other direction.
+//! * [`noisy_vole`]: a few VOLE correlations over GF(2^128) from 128 OTs (Gilboa's
+//!   multiplication, CRYPTO 1999).
+//! * [`pprf`]: the regular punctured PRF (GGM trees) of Boyle et al., "Efficient Pseudorandom
+//!   Correlation Generators: Silent OT Extension and More" (CRYPTO 2019).
+//! * [`silent_vole`]: millions of VOLE correlations over GF(2^128) from a sparse (regular) noise
+//!   vector compressed by the expand-convolute code of Raghuraman–Rindal–Tanguy, "Expand-Convolute
+//!   Codes for Pseudorandom Correlation Generators from LPN" (CRYPTO 2023), dual-LPN form.
+//!
+//! The VOLE correlation, as everywhere in this crate: the **VOLE sender** holds `Δ ∈ GF(2^128)`
+//! and `B ∈ GF(2^128)^n`; the **VOLE receiver** holds `A, C ∈ GF(2^128)^n`; and
+//! `C[i] = B[i] + A[i]·Δ` for every `i` (addition is XOR; multiplication is in GF(2^128) modulo
+//! `x^128 + x^7 + x^2 + x + 1`, [`Block::gf_mul`]).
+//!
+//! Field arithmetic, the 128-bit block type, the AES-based PRG and hash, the bit transpose and
+//! the expand-convolute code come from the CryProt crates (`cryprot-core`, `cryprot-codes`,
+//! pinned exactly); their OT protocols speak only over their own QUIC transport, so the
+//! protocols here are ours, over our `Link` (ARCHITECTURE.md records the decision).
+//!
+//! # Threat model
+//!
+//! Semi-honest: both parties follow the protocol; each may try to learn more from what it sees.
+//! Each layer's module documents what each party learns. No layer is secure against a malicious
+//! party (a malicious VOLE receiver, for example, can choose a non-regular noise vector).
+//! Every frame from the peer is parsed with explicit bounds: a malformed, truncated, oversize or
+//! unexpected frame is an [`OtError::Protocol`], never a panic.
+
+pub mod base;
+pub mod iknp;
+pub mod noisy_vole;
+pub mod pprf;
+pub mod silent_vole;
+pub mod wire;
+
+pub use cryprot_core::Block;
+pub use tessera_core::LinkError;
+
+/// Why an OT or VOLE sub-protocol failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OtError {
+    /// The link failed (peer gone, oversize frame, timeout, transport).
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    /// The peer sent something this protocol does not allow (wrong kind, wrong length, a value
+    /// out of range). The text names what was expected; it carries no secret.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// The peer sent an abort frame ([`wire::KIND_ABORT`]).
+    #[error("the peer aborted the protocol")]
+    PeerAborted,
+    /// A caller's argument is out of range (too many OTs, a zero length, …).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
