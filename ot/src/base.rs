@@ -440,7 +440,7 @@ mod tests {
         }
         assert!(matches!(
             receiver_after(vec![Bytes::from_static(&[KIND_ABORT])]).await,
-            Err(OtError::PeerAborted)
+            Err(OtError::PeerAborted(_))
         ));
         // The sender goes away before sending anything.
         assert!(matches!(
@@ -500,7 +500,7 @@ mod tests {
         assert!(matches!(got, Err(OtError::Link(_))), "{got:?}");
         assert!(matches!(
             sender_after(vec![Bytes::from_static(&[KIND_ABORT, 0])]).await,
-            Err(OtError::PeerAborted)
+            Err(OtError::PeerAborted(_))
         ));
     }
 

@@ -739,7 +739,7 @@ mod tests {
             ));
         }
         let (got, _) = sender_after(vec![Bytes::from_static(&[KIND_ABORT])]).await;
-        assert!(matches!(got, Err(OtError::PeerAborted)), "{got:?}");
+        assert!(matches!(got, Err(OtError::PeerAborted(_))), "{got:?}");
         // Too few blocks, then the receiver leaves.
         let (got, _) = sender_after(vec![matrix_frame(KIND_IKNP_MATRIX, 100, 100 * 16)]).await;
         assert!(matches!(got, Err(OtError::Link(_))), "{got:?}");

@@ -54,9 +54,10 @@ pub enum OtError {
     /// out of range). The text names what was expected; it carries no secret.
     #[error("protocol violation: {0}")]
     Protocol(String),
-    /// The peer sent an abort frame ([`wire::KIND_ABORT`]).
-    #[error("the peer aborted the protocol")]
-    PeerAborted,
+    /// The peer sent an abort frame ([`wire::KIND_ABORT`]) with this reason code (the code's
+    /// meaning belongs to the protocol that runs this one; 0 when the frame carried none).
+    #[error("the peer aborted the protocol (reason code {0})")]
+    PeerAborted(u8),
     /// A caller's argument is out of range (too many OTs, a zero length, …).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

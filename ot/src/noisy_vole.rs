@@ -321,13 +321,13 @@ mod tests {
         assert!(matches!(r, Err(OtError::Protocol(_))), "{r:?}");
         // Abort, also after a first valid frame.
         let r = send_after(vec![vec![KIND_ABORT]], 1).await;
-        assert!(matches!(r, Err(OtError::PeerAborted)), "{r:?}");
+        assert!(matches!(r, Err(OtError::PeerAborted(_))), "{r:?}");
         let r = send_after(
             vec![frame(KIND_NOISY_VOLE, 100, 100 * 16), vec![KIND_ABORT]],
             1,
         )
         .await;
-        assert!(matches!(r, Err(OtError::PeerAborted)), "{r:?}");
+        assert!(matches!(r, Err(OtError::PeerAborted(_))), "{r:?}");
     }
 
     #[tokio::test]

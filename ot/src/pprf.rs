@@ -576,7 +576,7 @@ mod tests {
             let ok = match want {
                 "protocol" => matches!(r, Err(OtError::Protocol(_))),
                 "link" => matches!(r, Err(OtError::Link(_))),
-                _ => matches!(r, Err(OtError::PeerAborted)),
+                _ => matches!(r, Err(OtError::PeerAborted(_))),
             };
             assert!(ok, "want {want}, got {r:?}");
         }

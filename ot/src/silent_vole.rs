@@ -1,6 +1,7 @@
 //! Silent VOLE over GF(2^128): `n` VOLE correlations from `t` punctured GGM trees and one noisy
-//! VOLE of `t` values, compressed by the expand-convolute code. This module is the protocol's
-//! core *given* the random OTs; running base OT and IKNP to produce them is the caller's job.
+//! VOLE of `t` values, compressed by the expand-convolute code. [`send`] and [`receive`] run the
+//! whole stack (base OT, IKNP, noisy VOLE, PPRF, code); [`send_with`] and [`receive_with`] are
+//! the core *given* the random OTs.
 //!
 //! # Construction
 //!
@@ -288,7 +289,12 @@ pub async fn send_with<R: CryptoRngCore + Send>(
     let sent = pprf::send(link, &params.pprf, pprf_ots, &b_noisy, rng).await;
     wipe(&mut b_noisy);
     let mut v = sent?;
-    params.compress(&mut v);
+    let params = *params;
+    let v = crate::base::offload(move || {
+        params.compress(&mut v);
+        v
+    })
+    .await;
     Ok(VoleSenderOutput { delta, b: v })
 }
 
@@ -322,8 +328,79 @@ pub async fn receive_with(
     for (j, (p, beta)) in noise.points.iter().zip(&noise.betas).enumerate() {
         e[j * domain + p] = *beta;
     }
-    rayon::join(|| params.compress(&mut e), || params.compress(&mut w));
+    let params = *params;
+    let (e, w) = crate::base::offload(move || {
+        rayon::join(|| params.compress(&mut e), || params.compress(&mut w));
+        (e, w)
+    })
+    .await;
     Ok(VoleReceiverOutput { a: e, c: w })
+}
+
+/// Base OTs of one silent VOLE, the VOLE sender as base-OT receiver: the first
+/// [`crate::iknp::BASE_COUNT`] with random choice bits `s` (IKNP's), the next 128 with the bits
+/// of `Δ` (the noisy VOLE's).
+const BASE_OTS: usize = crate::iknp::BASE_COUNT + crate::noisy_vole::OT_COUNT;
+
+/// The 128 bits of a block, bit `i` = bit `i % 8` of byte `i / 8` (the order of
+/// [`crate::iknp::IknpSender::new`]'s `s` and of the noisy VOLE's `Δ`).
+fn bits(b: Block) -> impl Iterator<Item = bool> {
+    let bytes = *b.as_bytes();
+    (0..128).map(move |i| (bytes[i / 8] >> (i % 8)) & 1 == 1)
+}
+
+/// The VOLE sender's side of `n` correlations, the whole stack: 256 base OTs (as base-OT
+/// receiver: 128 for IKNP with random choices `s`, 128 with the bits of a fresh uniform `Δ`
+/// for the noisy VOLE), the PPRF's OTs by IKNP extension (as OT sender), then
+/// [`send_with`]. Returns `Δ` and `B` with `C = B ⊕ A·Δ` on the receiver's side.
+///
+/// Message flow, after [`send_with`]'s: base OT ([`crate::wire::KIND_BASE_SENDER`] from the
+/// receiver, [`crate::wire::KIND_BASE_RECEIVER`] to it), the IKNP matrix
+/// ([`crate::wire::KIND_IKNP_MATRIX`], from the receiver), then [`send_with`]'s messages.
+///
+/// # Errors
+/// [`OtError::InvalidArgument`] if `n` is 0 or above [`VOLE_MAX`] (before any traffic);
+/// [`OtError::Protocol`] or [`OtError::PeerAborted`] on a bad or abort frame; a link error.
+pub async fn send<R: CryptoRngCore + Send>(
+    link: &dyn Link,
+    rng: &mut R,
+    n: usize,
+) -> Result<VoleSenderOutput, OtError> {
+    let params = SilentVoleParams::new(n)?;
+    let s = random_block(rng);
+    let delta = random_block(rng);
+    let choices: Vec<bool> = bits(s).chain(bits(delta)).collect();
+    let mut keys = crate::base::receive(link, rng, &choices).await?;
+    let noisy_keys = keys.split_off(crate::iknp::BASE_COUNT);
+    let mut iknp = crate::iknp::IknpSender::new(s, keys)?;
+    let mut pprf_ots = iknp.send(link, params.pprf().ot_count()).await?;
+    let out = send_with(link, &params, delta, &pprf_ots, &noisy_keys, rng).await;
+    for pair in &mut pprf_ots {
+        wipe(pair);
+    }
+    out
+}
+
+/// The VOLE receiver's side of `n` correlations, the whole stack: 256 base OTs (as base-OT
+/// sender), the regular noise ([`sample_noise`]), the PPRF's OTs by IKNP extension with the
+/// noise's choice bits (as OT receiver), then [`receive_with`]. Returns `A` and `C`.
+///
+/// # Errors
+/// As [`send`].
+pub async fn receive<R: CryptoRngCore + Send>(
+    link: &dyn Link,
+    rng: &mut R,
+    n: usize,
+) -> Result<VoleReceiverOutput, OtError> {
+    let params = SilentVoleParams::new(n)?;
+    let mut base = crate::base::send(link, rng, BASE_OTS).await?;
+    let noisy_ots = base.split_off(crate::iknp::BASE_COUNT);
+    let noise = sample_noise(&params, rng);
+    let mut iknp = crate::iknp::IknpReceiver::new(base)?;
+    let mut pprf_keys = iknp.receive(link, noise.choice_bits()).await?;
+    let out = receive_with(link, &params, noise, &pprf_keys, &noisy_ots).await;
+    wipe(&mut pprf_keys);
+    out
 }
 
 fn check_ot_counts(
@@ -569,5 +646,36 @@ mod tests {
             rayon::current_num_threads(),
         );
         check_correlation(&s, &r, n);
+    }
+
+    /// The whole stack over a real link: base OT, IKNP, noisy VOLE, PPRF, code — no dealer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_whole_stack_over_a_link_gives_the_correlation() {
+        for (n, seed) in [(1, 7u64), (5_000, 8), (70_000, 9)] {
+            let (ls, lr) = MemLink::pair();
+            let mut s_rng = ChaCha20Rng::seed_from_u64(seed);
+            let mut r_rng = ChaCha20Rng::seed_from_u64(seed ^ 0xffff);
+            let (s, r) = tokio::join!(send(&ls, &mut s_rng, n), receive(&lr, &mut r_rng, n));
+            let (s, r) = (s.expect("sender"), r.expect("receiver"));
+            check_correlation(&s, &r, n);
+            // The bits that picked the noisy VOLE's OTs are the Δ the correlation holds for.
+            assert_ne!(s.delta, Block::ZERO);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_whole_stack_refuses_bad_sizes_before_any_traffic() {
+        let (ls, lr) = MemLink::pair();
+        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        assert!(matches!(
+            send(&ls, &mut rng, 0).await,
+            Err(OtError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            receive(&lr, &mut rng, VOLE_MAX + 1).await,
+            Err(OtError::InvalidArgument(_))
+        ));
+        assert_eq!(lr.stats().frames_received, 0);
+        assert_eq!(ls.stats().frames_received, 0);
     }
 }

@@ -114,7 +114,7 @@ fn check_header(frame: &Bytes, kind: u8) -> Result<(&[u8; 4], &[u8]), OtError> {
         return Err(OtError::Protocol("empty frame".into()));
     };
     if k == KIND_ABORT {
-        return Err(OtError::PeerAborted);
+        return Err(OtError::PeerAborted(rest.first().copied().unwrap_or(0)));
     }
     if k != kind {
         return Err(OtError::Protocol(format!(
@@ -194,7 +194,7 @@ mod tests {
         // Abort.
         assert!(matches!(
             recv_after(vec![KIND_ABORT, 3], 1).await,
-            Err(OtError::PeerAborted)
+            Err(OtError::PeerAborted(3))
         ));
         // Empty and truncated headers.
         assert!(matches!(
