@@ -127,6 +127,7 @@ fn admission(c: &mut Criterion) {
         buyer_columns: vec!["k".into()],
         provider_columns: vec!["k".into()],
         mode: PsiMode::Size,
+        protocol: None,
         key_case: KeyCase::Preserve,
         output: String::new(),
         unicode_form: tessera_core::UnicodeForm::None,

@@ -27,6 +27,11 @@ const GRPC_ONLY: &[&str] = &[
 /// Enum-typed fields and the `crate::json` module that names their values.
 const ENUM_FIELDS: &[(&str, &str, &str)] = &[
     ("SubmitJobRequest.mode", "psi_mode", "PsiModeName"),
+    (
+        "SubmitJobRequest.protocol",
+        "psi_protocol",
+        "PsiProtocolName",
+    ),
     ("SubmitJobRequest.key_case", "key_case", "KeyCaseName"),
     (
         "SubmitJobRequest.unicode_form",
@@ -37,6 +42,7 @@ const ENUM_FIELDS: &[(&str, &str, &str)] = &[
     ("PhaseProgress.role", "task_role", "TaskRoleName"),
     ("Job.state", "job_state", "JobStateName"),
     ("Job.mode", "psi_mode", "PsiModeName"),
+    ("Job.protocol", "psi_protocol", "PsiProtocolName"),
     ("JobQuery.state", "job_state", "JobStateName"),
 ];
 

@@ -1,4 +1,4 @@
-//! `tessera bench psi`: a two-party ECDH-PSI run over gRPC on loopback with generated data,
+//! `tessera bench psi`: a two-party PSI run (`--protocol rr22|ecdh`) over gRPC on loopback with generated data,
 //! checked against the plaintext answer, printing wall time, CPU time, bytes and peak memory.
 //! `tessera bench psi-files` runs the same on two CSV files (the peers' harness format).
 
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use clap::Subcommand;
 use rand::{RngCore, SeedableRng};
 use tessera_core::Link;
-use tessera_psi::{Mode, PsiConfig};
+use tessera_psi::{Mode, Protocol, PsiConfig};
 use tessera_worker::link::{loopback_pair, loopback_pair_tls};
 use tessera_worker::usage::{peak_rss_kb, process_cpu_ms};
 
@@ -18,7 +18,7 @@ use crate::progress::{self, PhaseBar};
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
-    /// ECDH-PSI with N items per party and 50% overlap.
+    /// PSI with N items per party and 50% overlap.
     Psi {
         /// Items per party.
         #[arg(long, default_value_t = 1 << 16)]
@@ -26,6 +26,9 @@ pub enum BenchCommand {
         /// intersection | size
         #[arg(long, default_value = "intersection")]
         mode: String,
+        /// rr22 (VOLE-based) or ecdh [default: rr22, or ecdh for --mode size, which rr22 cannot run]
+        #[arg(long)]
+        protocol: Option<String>,
         /// Print one JSON line instead of text.
         #[arg(long)]
         json: bool,
@@ -59,8 +62,11 @@ pub enum BenchCommand {
               value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u16).range(1..=256), usize::from))]
         max_batch: usize,
     },
-    /// ECDH-PSI between two CSV files (header `id`); writes the intersection to --out.
+    /// PSI between two CSV files (header `id`); writes the intersection to --out.
     PsiFiles {
+        /// rr22 (VOLE-based) or ecdh.
+        #[arg(long, default_value = "rr22")]
+        protocol: String,
         /// The first party's CSV file (header `id`).
         #[arg(long)]
         alice: PathBuf,
@@ -107,6 +113,7 @@ struct Run {
 async fn run_pair(
     sender_items: Vec<Vec<u8>>,
     receiver_items: Vec<Vec<u8>>,
+    protocol: Protocol,
     mode: Mode,
     mtls: bool,
 ) -> anyhow::Result<Run> {
@@ -120,6 +127,7 @@ async fn run_pair(
         loopback_pair(frame, idle).await?
     };
     let cfg = PsiConfig {
+        protocol,
         mode,
         ..PsiConfig::default()
     };
@@ -158,12 +166,21 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Psi {
             n,
             mode,
+            protocol,
             json,
             seed,
             link,
         } => {
             let mtls = link == "mtls";
             let mode: Mode = mode.parse()?;
+            let protocol = match protocol {
+                Some(p) => p.parse()?,
+                None => Protocol::default_for(mode),
+            };
+            anyhow::ensure!(
+                protocol.supports(mode),
+                "{protocol} cannot run in {mode} mode (its receiver learns which keys are common); use --protocol ecdh"
+            );
             let (a, b) = generate_sets(n, n / 2, seed);
             let truth: HashSet<&String> = a
                 .iter()
@@ -173,7 +190,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 .collect();
             let sender: Vec<Vec<u8>> = a.iter().map(|s| s.as_bytes().to_vec()).collect();
             let receiver: Vec<Vec<u8>> = b.iter().map(|s| s.as_bytes().to_vec()).collect();
-            let r = run_pair(sender, receiver, mode, mtls).await?;
+            let r = run_pair(sender, receiver, protocol, mode, mtls).await?;
             let ok = r.size == truth.len() as u64
                 && match mode {
                     Mode::Intersection => {
@@ -189,7 +206,11 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 println!(
                     "{}",
                     serde_json::json!({
-                        "engine": "ecdh-psi-ristretto255",
+                        "engine": match protocol {
+                            Protocol::Rr22 => "rr22-vole-psi",
+                            Protocol::Ecdh => "ecdh-psi-ristretto255",
+                        },
+                        "protocol": protocol.as_str(),
                         "transport": if mtls { "grpc-mtls-loopback" } else { "grpc-loopback" },
                         "mode": mode.as_str(),
                         "n": n, "intersection": r.size, "wall_s": r.wall_s, "cpu_s": r.cpu_s,
@@ -198,7 +219,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 );
             } else {
                 println!(
-                    "ecdh-psi n={n} mode={} link={link} intersection={} wall={:.3}s cpu={:.3}s sent={:.1}MiB peak_rss={peak_rss_mb:.0}MB ok={ok}",
+                    "{protocol}-psi n={n} mode={} link={link} intersection={} wall={:.3}s cpu={:.3}s sent={:.1}MiB peak_rss={peak_rss_mb:.0}MB ok={ok}",
                     mode.as_str(),
                     r.size,
                     r.wall_s,
@@ -253,6 +274,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             }
         }
         BenchCommand::PsiFiles {
+            protocol,
             alice,
             bob,
             out,
@@ -266,7 +288,15 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             let a = tessera_core::table::read_keys(&alice, &spec)?;
             let b = tessera_core::table::read_keys(&bob, &spec)?;
             let read_s = t0.elapsed().as_secs_f64();
-            let r = run_pair(a.keys, b.keys.clone(), Mode::Intersection, link == "mtls").await?;
+            let protocol: Protocol = protocol.parse()?;
+            let r = run_pair(
+                a.keys,
+                b.keys.clone(),
+                protocol,
+                Mode::Intersection,
+                link == "mtls",
+            )
+            .await?;
             let rows: Vec<[String; 1]> = r
                 .result
                 .iter()

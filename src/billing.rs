@@ -354,6 +354,7 @@ fn usage_events(namespace: &str, n: usize, seed: u64) -> Vec<UsageEventRecord> {
                 job_id,
                 party: party.into(),
                 metric: metric.into(),
+                protocol: "rr22".into(),
                 attempt,
                 quantity: rng.gen_range(0..10_000_000_i64),
                 event_time_ms: BENCH_EPOCH_MS + i64::try_from(i / 8).unwrap_or(0) * 1_000,

@@ -352,6 +352,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         output: output.into(),
         user_groups: String::new(),
         request_id: String::new(),
+        // The mode's default: rr22 for the intersection, ecdh for the size-only job.
+        protocol: pb::PsiProtocol::Unspecified.into(),
     };
     let mut jobs = Vec::new();
     let mut refusals = Vec::new();

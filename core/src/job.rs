@@ -1,5 +1,5 @@
 //! The closed vocabularies of a job: its state, the state of its licence count, the roles and
-//! states of its tasks, the PSI mode it runs in and how a task failed.
+//! states of its tasks, the PSI mode and protocol it runs and how a task failed.
 //!
 //! Each is an enum with one text form, used by serde, [`FromStr`] and [`fmt::Display`]: that
 //! text is what the store persists and what travels inside a task spec. Text that names no
@@ -145,6 +145,35 @@ vocabulary! {
 }
 
 vocabulary! {
+    /// Which PSI protocol a job runs (crate `tessera-psi`, [`PsiProtocol::default_for`] when
+    /// the request names none).
+    PsiProtocol, "PSI protocol", "rr22, ecdh" {
+        /// VOLE-based PSI (Raghuraman–Rindal, CCS 2022): the fast one; intersection mode only.
+        Rr22 => "rr22",
+        /// Diffie–Hellman PSI over ristretto255: the smallest messages for unbalanced sets,
+        /// and the only one that runs in size mode.
+        Ecdh => "ecdh",
+    }
+}
+
+impl PsiProtocol {
+    /// The protocol a job runs when its request names none: `rr22`, except in size mode, which
+    /// only `ecdh` supports.
+    pub fn default_for(mode: PsiMode) -> PsiProtocol {
+        match mode {
+            PsiMode::Intersection => PsiProtocol::Rr22,
+            PsiMode::Size => PsiProtocol::Ecdh,
+        }
+    }
+
+    /// Whether the protocol can run in `mode`: `rr22`'s receiver learns which of its keys are
+    /// common, so it cannot serve size mode.
+    pub fn supports(self, mode: PsiMode) -> bool {
+        !(self == PsiProtocol::Rr22 && mode == PsiMode::Size)
+    }
+}
+
+vocabulary! {
     /// Why a task failed, as its worker classifies it; decides whose fault a failure is (and
     /// so whether the licence count is consumed).
     TaskErrorKind, "task error kind", "input, peer, ticket, internal, cancelled" {
@@ -185,6 +214,16 @@ mod tests {
         for m in PsiMode::ALL {
             assert_eq!(m.as_str().parse::<PsiMode>(), Ok(*m));
         }
+        for p in PsiProtocol::ALL {
+            assert_eq!(p.as_str().parse::<PsiProtocol>(), Ok(*p));
+            assert!(p.supports(PsiMode::Intersection));
+        }
+        assert_eq!(PsiProtocol::default_for(PsiMode::Size), PsiProtocol::Ecdh);
+        assert_eq!(
+            PsiProtocol::default_for(PsiMode::Intersection),
+            PsiProtocol::Rr22
+        );
+        assert!(!PsiProtocol::Rr22.supports(PsiMode::Size));
         for r in TaskRole::ALL {
             assert_eq!(r.as_str().parse::<TaskRole>(), Ok(*r));
         }

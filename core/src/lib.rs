@@ -17,6 +17,6 @@ pub mod ticket;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use link::{Link, LinkError, LinkStats, MemLink};
 pub mod task;
-pub use job::{CountState, JobState, PsiMode, TaskErrorKind, TaskRole, TaskState};
+pub use job::{CountState, JobState, PsiMode, PsiProtocol, TaskErrorKind, TaskRole, TaskState};
 pub use table::{EmptyKeys, KeyCase, UnicodeForm};
 pub use task::{TaskSpec, WorkerAttributes};

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::job::{PsiMode, TaskRole};
+use crate::job::{PsiMode, PsiProtocol, TaskRole};
 use crate::table::{EmptyKeys, KeyCase, UnicodeForm};
 
 /// What a worker declares about itself at registration; matched against licence policies.
@@ -24,6 +24,10 @@ pub struct WorkerAttributes {
     pub software_env: String,
 }
 
+fn ecdh() -> PsiProtocol {
+    PsiProtocol::Ecdh
+}
+
 /// One party's part of a job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskSpec {
@@ -37,6 +41,10 @@ pub struct TaskSpec {
     pub role: TaskRole,
     /// Engine mode (`intersection` or `size` in the JSON).
     pub mode: PsiMode,
+    /// PSI protocol (`rr22` or `ecdh`); both tasks of a job carry the same. Specs made before
+    /// the protocol was chosen per job ran ECDH, hence that default.
+    #[serde(default = "ecdh")]
+    pub protocol: PsiProtocol,
     /// Dataset file name inside the worker's dataset directory.
     pub dataset_location: String,
     /// Key columns to read.

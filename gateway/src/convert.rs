@@ -20,6 +20,7 @@ pub fn job_to_pb(v: &JobView) -> pb::Job {
         licence_id: j.licence_id.clone(),
         scene: j.scene.clone(),
         mode: pb::PsiMode::from(j.mode).into(),
+        protocol: pb::PsiProtocol::from(j.protocol).into(),
         user: j.user.clone(),
         refusal_reasons: if j.state == JobState::Refused {
             j.reasons.clone()

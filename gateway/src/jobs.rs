@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tessera_auth::{Caller, Viewer};
-use tessera_core::{EmptyKeys, KeyCase, PsiMode, UnicodeForm};
+use tessera_core::{EmptyKeys, KeyCase, PsiMode, PsiProtocol, UnicodeForm};
 use tessera_proto::decode;
 use tessera_proto::v1 as pb;
 use tessera_scheduler::redact::redact;
@@ -44,6 +44,11 @@ fn job_request(r: pb::SubmitJobRequest) -> Result<JobRequest, Status> {
         buyer_columns: r.buyer_columns,
         provider_columns: r.provider_columns,
         mode: decode::<PsiMode>(r.mode).map_err(invalid)?,
+        // Unspecified: the mode's default protocol.
+        protocol: match r.protocol {
+            0 => None,
+            p => Some(decode::<PsiProtocol>(p).map_err(invalid)?),
+        },
         key_case: decode::<KeyCase>(r.key_case).map_err(invalid)?,
         unicode_form: decode::<UnicodeForm>(r.unicode_form).map_err(invalid)?,
         empty_keys: decode::<EmptyKeys>(r.empty_keys).map_err(invalid)?,

@@ -117,6 +117,11 @@ pub struct UseScene {
     /// Allowed compute centres.
     #[serde(default)]
     pub cp_center: AllowList,
+    /// Allowed protocols for this scene's engine (Tessera's extension of table A.50, e.g.
+    /// `["ecdh"]` to keep PSI on the protocol with the smallest messages); empty or absent:
+    /// any. Names from [`tessera_core::PsiProtocol`] (`rr22`, `ecdh`) for the `psi` scene.
+    #[serde(default)]
+    pub protocols: AllowList,
 }
 
 /// A usage policy (table A.48 minus the licence and data id, which the licence record holds).
@@ -220,6 +225,19 @@ impl UsagePolicy {
                     )));
                 }
             }
+            for p in &s.protocols.0 {
+                if p.parse::<tessera_core::PsiProtocol>().is_err() || s.use_sence != "psi" {
+                    return Err(PolicyError::Invalid(format!(
+                        "scene {}: unknown protocol {p:?} (the psi scene knows {})",
+                        s.use_sence,
+                        tessera_core::PsiProtocol::ALL
+                            .iter()
+                            .map(|p| p.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
+            }
             if s.counts == Some(0) {
                 return Err(PolicyError::Invalid(format!(
                     "scene {}: counts 0 would never admit a run (omit counts for no limit)",
@@ -305,6 +323,8 @@ pub enum Constraint {
     Window,
     /// `counts` / `remainingCounts`.
     Count,
+    /// `useScenes[].protocols` (Tessera's extension).
+    Protocol,
 }
 
 /// One constraint's outcome.
@@ -349,6 +369,8 @@ pub struct Request<'a> {
     pub groups: &'a [String],
     /// Scene requested.
     pub scene: &'a str,
+    /// The engine protocol the run would use (`None`: the scene's engine has no choice).
+    pub protocol: Option<&'a str>,
     /// Time of the request, ms since epoch (UTC).
     pub now_ms: i64,
     /// The operator's calendar zone, in which `startDate` / `endDate` are read.
@@ -410,6 +432,22 @@ pub fn evaluate(policy: &UsagePolicy, req: &Request<'_>, remaining: Option<u64>)
         ok: window_ok,
         reason: window_reason,
     });
+    if let (Some(s), Some(p)) = (scene, req.protocol) {
+        let ok = s.protocols.allows(p);
+        checks.push(Check {
+            constraint: Constraint::Protocol,
+            ok,
+            reason: if ok {
+                format!("protocol {p} is allowed")
+            } else {
+                format!(
+                    "protocol {p} is not allowed for scene {} (allowed: {})",
+                    req.scene,
+                    s.protocols.0.join(", ")
+                )
+            },
+        });
+    }
     if scene.is_some() {
         let (ok, reason) = match remaining {
             None => (true, "no run limit".to_string()),

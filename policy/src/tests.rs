@@ -34,6 +34,7 @@ fn check(
             user,
             groups: &groups,
             scene,
+            protocol: None,
             now_ms: at(now),
             zone: &Zone::default(),
         },
@@ -242,6 +243,7 @@ fn the_window_is_read_in_the_operators_zone() {
                 user: "alice",
                 groups: &[],
                 scene: "psi",
+                protocol: None,
                 now_ms: utc.parse_instant(now).expect("now"),
                 zone,
             },
@@ -264,5 +266,64 @@ fn the_window_is_read_in_the_operators_zone() {
     ] {
         let doc = POLICY.replace("2026-01-01 00:00:00", bad);
         assert!(UsagePolicy::from_json(&doc).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn a_scene_may_allow_only_some_protocols() {
+    let p = UsagePolicy::from_json(
+        r#"{"policyName":"p","relUsers":[{"userId":"alice","userName":"A","isGroup":0}],
+            "useScenes":[{"useSence":"psi","protocols":["ecdh"]}]}"#,
+    )
+    .expect("policy");
+    let eval = |protocol| {
+        evaluate(
+            &p,
+            &Request {
+                user: "alice",
+                groups: &[],
+                scene: "psi",
+                protocol,
+                now_ms: 0,
+                zone: &Zone::default(),
+            },
+            None,
+        )
+    };
+    assert!(eval(Some("ecdh")).allowed());
+    let v = eval(Some("rr22"));
+    assert!(!v.allowed());
+    assert_eq!(
+        v.refusals(),
+        vec!["protocol rr22 is not allowed for scene psi (allowed: ecdh)".to_string()]
+    );
+    // No list: any protocol.
+    let any = UsagePolicy::from_json(
+        r#"{"policyName":"p","relUsers":[{"userId":"alice","userName":"A","isGroup":0}],
+            "useScenes":[{"useSence":"psi"}]}"#,
+    )
+    .expect("policy");
+    assert!(
+        evaluate(
+            &any,
+            &Request {
+                user: "alice",
+                groups: &[],
+                scene: "psi",
+                protocol: Some("rr22"),
+                now_ms: 0,
+                zone: &Zone::default(),
+            },
+            None
+        )
+        .allowed()
+    );
+    // Unknown names are refused when the policy is set.
+    for bad in [r#"["kkrt"]"#, r#""RR22""#] {
+        let text = format!(
+            r#"{{"policyName":"p","relUsers":[{{"userId":"a","userName":"A","isGroup":0}}],
+                "useScenes":[{{"useSence":"psi","protocols":{bad}}}]}}"#
+        );
+        assert!(UsagePolicy::from_json(&text).is_err(), "{bad}");
     }
 }

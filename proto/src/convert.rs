@@ -2,7 +2,7 @@
 //! turns into a domain value once, at the boundary (`TryFrom`), and the unspecified zero or
 //! a number this build does not know is an [`EnumError`], never a default.
 
-use tessera_core::{EmptyKeys, JobState, KeyCase, PsiMode, TaskRole, UnicodeForm};
+use tessera_core::{EmptyKeys, JobState, KeyCase, PsiMode, PsiProtocol, TaskRole, UnicodeForm};
 
 use crate::v1 as pb;
 
@@ -90,6 +90,11 @@ pair!(PsiMode, PsiMode, "mode", "intersection, size" {
     Size <=> Size,
 });
 
+pair!(PsiProtocol, PsiProtocol, "protocol", "rr22, ecdh" {
+    Rr22 <=> Rr22,
+    Ecdh <=> Ecdh,
+});
+
 pair!(KeyCase, KeyCase, "key_case", "preserve, lower, upper, fold" {
     Preserve <=> Preserve,
     Lower <=> Lower,
@@ -122,6 +127,11 @@ impl pb::Job {
     /// The mode's text form (`intersection`, `size`), or `unspecified`.
     pub fn mode_text(&self) -> &'static str {
         decode::<PsiMode>(self.mode).map_or("unspecified", PsiMode::as_str)
+    }
+
+    /// The protocol's text form (`rr22`, `ecdh`), or `unspecified`.
+    pub fn protocol_text(&self) -> &'static str {
+        decode::<PsiProtocol>(self.protocol).map_or("unspecified", PsiProtocol::as_str)
     }
 
     /// Whether the job can no longer change (an unreadable state counts as final).

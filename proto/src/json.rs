@@ -91,6 +91,18 @@ enum_json!(
     [PSI_MODE_UNSPECIFIED, PSI_MODE_INTERSECTION, PSI_MODE_SIZE]
 );
 enum_json!(
+    psi_protocol,
+    PsiProtocol,
+    PsiProtocolName,
+    "PSI_PROTOCOL_",
+    "PSI_PROTOCOL_RR22",
+    [
+        PSI_PROTOCOL_UNSPECIFIED,
+        PSI_PROTOCOL_RR22,
+        PSI_PROTOCOL_ECDH
+    ]
+);
+enum_json!(
     key_case,
     KeyCase,
     KeyCaseName,
@@ -151,6 +163,10 @@ mod tests {
         use super::*;
         assert_eq!(JobStateName::ALL, names(|e: pb::JobState| e.as_str_name()));
         assert_eq!(PsiModeName::ALL, names(|e: pb::PsiMode| e.as_str_name()));
+        assert_eq!(
+            PsiProtocolName::ALL,
+            names(|e: pb::PsiProtocol| e.as_str_name())
+        );
         assert_eq!(KeyCaseName::ALL, names(|e: pb::KeyCase| e.as_str_name()));
         assert_eq!(TaskRoleName::ALL, names(|e: pb::TaskRole| e.as_str_name()));
         assert_eq!(

@@ -1,13 +1,14 @@
 //! Runs both PSI roles in one process over an in-memory link and prints the elapsed time.
 //!
-//! Usage: `cargo run --release -p tessera-psi --example psi_local -- [N] [intersection|size]`
-//! (default N = 65536). Each side holds N distinct keys; half of them are common.
+//! Usage: `cargo run --release -p tessera-psi --example psi_local -- [N] [intersection|size]
+//! [rr22|ecdh]` (default N = 65536, intersection, the mode's default protocol). Each side holds N
+//! distinct keys; half of them are common.
 
 use std::time::Instant;
 
 use rand_core::OsRng;
 use tessera_core::{Link, MemLink};
-use tessera_psi::{Mode, NoProgress, PsiConfig, run_receiver, run_sender};
+use tessera_psi::{Mode, NoProgress, Protocol, PsiConfig, run_receiver, run_sender};
 
 /// CPU seconds used by this process so far (user + system), where `/proc` provides them.
 /// On a shared machine `cpu_s / cores` estimates the wall time an idle machine would need.
@@ -36,9 +37,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|a| a.parse())
         .transpose()?
         .unwrap_or_default();
+    let protocol: Protocol = args
+        .next()
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(Protocol::default_for(mode));
     let receiver_items: Vec<Vec<u8>> = (0..n).map(key).collect();
     let sender_items: Vec<Vec<u8>> = (n / 2..n / 2 + n).map(key).collect();
     let cfg = PsiConfig {
+        protocol,
         mode,
         ..PsiConfig::default()
     };
@@ -58,7 +65,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (r, s) = (r?, s?);
 
     println!(
-        "n={n} mode={mode} threads={} intersection={} (expected {}) receiver_set={} sender_set={}",
+        "n={n} mode={mode} protocol={protocol} threads={} intersection={} (expected {}) receiver_set={} sender_set={}",
         rayon::current_num_threads(),
         r.intersection_size,
         n - n / 2,

@@ -180,7 +180,7 @@ impl FlatItems {
         self.ends.len()
     }
 
-    fn get(&self, i: usize) -> &[u8] {
+    pub(crate) fn get(&self, i: usize) -> &[u8] {
         let start = if i == 0 {
             0
         } else {

@@ -10,8 +10,8 @@ use rand_core::CryptoRngCore;
 use tessera_core::Link;
 
 use crate::common::{
-    PREALLOC_ITEMS_MAX, check_input, compute, derived_rng, distinct_indices, exchange_hello,
-    intersect, peer_set_size, recv_frame, unexpected,
+    Encrypted, PREALLOC_ITEMS_MAX, check_input, compute, derived_rng, distinct_indices,
+    exchange_hello, intersect, peer_set_size, recv_frame, unexpected,
 };
 use crate::crypto::{
     DOUBLE_BLINDED_BYTES, FlatItems, POINT_BYTES, ReleaseKey, SecretKey, hash_and_blind, reblind,
@@ -37,7 +37,15 @@ pub(crate) async fn receiver<R: CryptoRngCore + Send>(
     let key = Arc::new(SecretKey::random(rng));
     let distinct = distinct_indices(items).await;
     let own_size = distinct.len();
-    let peer = exchange_hello(link, Protocol::Ecdh, Role::Receiver, cfg.mode, own_size, batch).await?;
+    let peer = exchange_hello(
+        link,
+        Protocol::Ecdh,
+        Role::Receiver,
+        cfg.mode,
+        own_size,
+        batch,
+    )
+    .await?;
     let peer_size = peer_set_size(&peer)?;
     let peer_batch = peer.batch_items_max as usize;
     let values_batch_max = batch.max(peer_batch);
@@ -106,7 +114,7 @@ pub(crate) async fn receiver<R: CryptoRngCore + Send>(
     progress.report(PHASE_MATCH, 0, own_size as u64);
     let mode = cfg.mode;
     let (intersection_size, intersection) =
-        compute(move || intersect(ours, theirs, release, &distinct, mode)).await?;
+        compute(move || intersect(ours, theirs, Encrypted::Ours, release, &distinct, mode)).await?;
     progress.report(PHASE_MATCH, own_size as u64, own_size as u64);
     Ok(ReceiverOutput {
         intersection_size,
@@ -131,7 +139,15 @@ pub(crate) async fn sender<R: CryptoRngCore + Send>(
     let mut values_shuffle = derived_rng(rng);
     let distinct = distinct_indices(items).await;
     let own_size = distinct.len();
-    let peer = exchange_hello(link, Protocol::Ecdh, Role::Sender, cfg.mode, own_size, batch).await?;
+    let peer = exchange_hello(
+        link,
+        Protocol::Ecdh,
+        Role::Sender,
+        cfg.mode,
+        own_size,
+        batch,
+    )
+    .await?;
     let peer_size = peer_set_size(&peer)?;
     let peer_batch = peer.batch_items_max as usize;
     let mode = cfg.mode;
@@ -222,7 +238,6 @@ pub(crate) async fn sender<R: CryptoRngCore + Send>(
     }
 }
 
-
 /// Items per frame: the configured batch, capped so that a points frame fits the link.
 fn effective_batch(cfg: &PsiConfig, link: &dyn Link) -> Result<usize, PsiError> {
     if cfg.batch_items_max == 0 || cfg.batch_items_max > BATCH_ITEMS_LIMIT {
@@ -240,10 +255,6 @@ fn effective_batch(cfg: &PsiConfig, link: &dyn Link) -> Result<usize, PsiError> 
     }
     Ok(cfg.batch_items_max.min(by_frame))
 }
-
-
-
-
 
 /// Checks a batch count against the batch bound and the items still expected.
 fn check_count(
@@ -264,9 +275,6 @@ fn check_count(
     }
     Ok(())
 }
-
-
-
 
 /// Hashes and blinds `items[i]` for `i` in `order`, sending them in frames of `batch` points.
 /// The next batch is computed while the current one is being sent.
@@ -308,7 +316,6 @@ async fn send_blinded_items(
     }
     Ok(())
 }
-
 
 fn to_array(bytes: &[u8]) -> [u8; DOUBLE_BLINDED_BYTES] {
     let mut out = [0u8; DOUBLE_BLINDED_BYTES];

@@ -1,12 +1,24 @@
-//! Two-party ECDH private set intersection (PSI) over ristretto255, written against
-//! [`tessera_core::Link`].
+//! Two-party private set intersection (PSI), written against [`tessera_core::Link`].
 //!
 //! Two roles take part: the **receiver** (the data buyer) learns the intersection of the two key
 //! sets ([`Mode::Intersection`]) or only its size ([`Mode::SizeOnly`]); the **sender** (the data
 //! provider) learns only the size of the receiver's set. Entry points: [`run_receiver`] and
-//! [`run_sender`].
+//! [`run_sender`] (or [`run_sender_reporting_delivery`]); [`PsiConfig::protocol`] picks one of
+//! two protocols, which both parties must agree on (their `Hello` says which):
 //!
-//! # Threat model
+//! * [`Protocol::Rr22`] (the default for [`Mode::Intersection`]): VOLE-based PSI after
+//!   Raghuraman–Rindal, "Blazing Fast PSI from Improved OKVS and Subfield VOLE" (CCS 2022):
+//!   symmetric-key work only after a few hundred base OTs, about `16 · (1.1·n_r + n_s)` bytes on
+//!   the wire plus the VOLE's. Its receiver learns *which* of its keys are common, so it cannot
+//!   run in [`Mode::SizeOnly`]. Threat model and message flow: module [`rr22`].
+//! * [`Protocol::Ecdh`]: Diffie–Hellman over ristretto255, below. Four scalar multiplications
+//!   per pair of items, slower by an order of magnitude, but its messages are the smallest for
+//!   unbalanced sets and it supports [`Mode::SizeOnly`] (the default protocol for it).
+//!
+//! Both run the same delivery point (record before release, below) and answer the same
+//! [`ReceiverOutput`] and [`SenderOutput`].
+//!
+//! # ECDH: threat model
 //!
 //! * **Semi-honest (honest-but-curious) parties.** Each party follows the protocol but may try to
 //!   learn more from what it sees. Under the decisional Diffie–Hellman assumption in the
@@ -33,7 +45,7 @@
 //!   Malformed frames, bad point encodings, identity points, wrong counts and oversize frames are
 //!   rejected with [`PsiError::Protocol`] (or a [`tessera_core::LinkError`]) and never panic.
 //!
-//! # What each party learns
+//! # ECDH: what each party learns
 //!
 //! * Both: the protocol version, the mode, the other party's *distinct* set size (duplicates are
 //!   removed locally first, so they neither leak nor double count) and its batch size.
@@ -45,7 +57,7 @@
 //! * Sender: only the receiver's distinct set size. It sees the receiver's items only as
 //!   pseudo-random group elements and learns neither the intersection nor its size.
 //!
-//! # Primitives
+//! # ECDH: primitives
 //!
 //! * Hash to group: `H(x) = RistrettoPoint::from_hash(SHA-512(HASH_DOMAIN || x))`, i.e. the
 //!   RFC 9496 one-way map (two Elligator maps of 32-byte halves, added) applied to a 64-byte
@@ -68,7 +80,7 @@
 //!   at 2^16 items per side and below 2^-75 at the bound of 5·10^7 items per side. The
 //!   32-byte points of step 2 are never truncated.
 //!
-//! # Message flow
+//! # ECDH: message flow
 //!
 //! Every frame starts with a one-byte kind; batches continue with a little-endian `u32` item
 //! count and exactly that many fixed-width items.
@@ -107,7 +119,7 @@
 //! after a few polls if the link does not accept it, so a full queue cannot hang us), so that
 //! the peer stops with [`PsiError::PeerAborted`] instead of waiting; it carries no data.
 //!
-//! # Bounds and performance
+//! # ECDH: bounds and performance
 //!
 //! * Items per batch: `min(PsiConfig::batch_items_max, (link.frame_bytes_max() - 5) / 32)`, and
 //!   at most [`BATCH_ITEMS_LIMIT`]. So every frame is at most `link.frame_bytes_max()` bytes and
@@ -134,12 +146,14 @@ use std::str::FromStr;
 
 use tessera_core::LinkError;
 
+mod common;
 mod crypto;
-mod protocol;
+pub mod ecdh;
+pub mod okvs;
+pub mod rr22;
 mod wire;
 
 pub use crypto::{DOUBLE_BLINDED_BYTES, HASH_DOMAIN, POINT_BYTES};
-pub use protocol::{run_receiver, run_sender, run_sender_reporting_delivery};
 
 /// The caller's side of the sender's delivery point (crate docs, "Delivery point").
 #[async_trait::async_trait]
@@ -198,6 +212,13 @@ pub const PHASE_BLIND: &str = "blind";
 /// Progress phase: doubly-blinded values of the receiver's items received (receiver) or sent
 /// (sender); `total` = the receiver's distinct set size.
 pub const PHASE_EXCHANGE: &str = "exchange";
+/// Progress phase (`rr22`): the VOLE correlations (`total` = the OKVS length in blocks),
+/// reported at the start and at the end.
+pub const PHASE_VOLE: &str = "vole";
+/// Progress phase (`rr22`): the receiver's OKVS encoding sent (receiver) or received and
+/// decoded for the own items (sender); `total` = the OKVS length in blocks (receiver) or the own
+/// distinct set size (sender).
+pub const PHASE_OKVS: &str = "okvs";
 /// Progress phase (receiver only): comparison of the two value sets (`total` = own distinct set
 /// size); reported at the start and at the end.
 pub const PHASE_MATCH: &str = "match";
@@ -228,11 +249,11 @@ impl fmt::Display for Role {
     }
 }
 
-/// A string that names no [`Role`] or [`Mode`].
+/// A string that names no [`Role`], [`Mode`] or [`Protocol`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown {what} {value:?}; expected one of: {expected}")]
 pub struct ParseNameError {
-    /// What was being parsed (`"role"` or `"mode"`).
+    /// What was being parsed (`"role"`, `"mode"` or `"protocol"`).
     pub what: &'static str,
     /// The rejected input.
     pub value: String,
@@ -304,10 +325,86 @@ impl FromStr for Mode {
     }
 }
 
-/// Protocol settings. Both parties must use the same mode; batch sizes may differ.
+/// Which PSI protocol runs. Both parties must run the same one.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// VOLE-based PSI (Raghuraman–Rindal, CCS 2022); module [`rr22`]. Intersection mode only.
+    #[default]
+    Rr22,
+    /// Diffie–Hellman PSI over ristretto255 (the crate docs); module [`ecdh`].
+    Ecdh,
+}
+
+impl Protocol {
+    /// Every protocol, in order of preference.
+    pub const ALL: [Protocol; 2] = [Protocol::Rr22, Protocol::Ecdh];
+
+    /// The lowercase name used by serde, `FromStr` and `Display`: `rr22` or `ecdh`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Rr22 => "rr22",
+            Protocol::Ecdh => "ecdh",
+        }
+    }
+
+    /// The protocol used when the caller names none: `rr22`, except for [`Mode::SizeOnly`],
+    /// which only `ecdh` supports.
+    pub fn default_for(mode: Mode) -> Protocol {
+        match mode {
+            Mode::Intersection => Protocol::Rr22,
+            Mode::SizeOnly => Protocol::Ecdh,
+        }
+    }
+
+    /// Whether this protocol can run in `mode` (`rr22` cannot hide from its receiver which
+    /// keys are common, so it runs in [`Mode::Intersection`] only).
+    pub fn supports(self, mode: Mode) -> bool {
+        !(self == Protocol::Rr22 && mode == Mode::SizeOnly)
+    }
+
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            Protocol::Ecdh => 0,
+            Protocol::Rr22 => 1,
+        }
+    }
+
+    pub(crate) fn from_code(code: u8) -> Option<Protocol> {
+        Protocol::ALL.into_iter().find(|p| p.code() == code)
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Protocol {
+    type Err = ParseNameError;
+
+    /// Accepts `rr22` or `ecdh`, ignoring ASCII case.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Protocol::ALL
+            .into_iter()
+            .find(|p| p.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| ParseNameError {
+                what: "protocol",
+                value: s.to_owned(),
+                expected: "rr22, ecdh",
+            })
+    }
+}
+
+/// Protocol settings. Both parties must use the same protocol and mode; batch sizes may differ.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct PsiConfig {
+    /// Which protocol runs (default [`Protocol::Rr22`]; [`Protocol::default_for`] picks by mode).
+    pub protocol: Protocol,
     /// What the receiver learns.
     pub mode: Mode,
     /// Most items this party puts in one frame (1..=[`BATCH_ITEMS_LIMIT`]); further capped so
@@ -318,6 +415,7 @@ pub struct PsiConfig {
 impl Default for PsiConfig {
     fn default() -> Self {
         PsiConfig {
+            protocol: Protocol::Rr22,
             mode: Mode::Intersection,
             batch_items_max: DEFAULT_BATCH_ITEMS,
         }
@@ -368,6 +466,8 @@ pub enum AbortReason {
     RoleMismatch,
     /// The peer is configured with a different mode.
     ModeMismatch,
+    /// The peer runs a different protocol.
+    ProtocolMismatch,
     /// A size bound was exceeded on the peer's side.
     TooLarge,
     /// The peer's configuration is invalid.
@@ -385,6 +485,7 @@ impl fmt::Display for AbortReason {
             AbortReason::VersionMismatch => f.write_str("protocol version mismatch"),
             AbortReason::RoleMismatch => f.write_str("role mismatch"),
             AbortReason::ModeMismatch => f.write_str("mode mismatch"),
+            AbortReason::ProtocolMismatch => f.write_str("protocol mismatch"),
             AbortReason::TooLarge => f.write_str("size bound exceeded"),
             AbortReason::InvalidConfig => f.write_str("invalid configuration"),
             AbortReason::Internal => f.write_str("internal error"),
@@ -409,6 +510,14 @@ pub enum PsiError {
         ours: u16,
         /// The peer's version.
         theirs: u16,
+    },
+    /// The parties run different protocols.
+    #[error("protocol mismatch: ours {ours}, peer {theirs}")]
+    ProtocolMismatch {
+        /// Our protocol.
+        ours: Protocol,
+        /// The peer's protocol.
+        theirs: Protocol,
     },
     /// Both parties play the same role.
     #[error("role mismatch: both parties are {ours}")]
@@ -463,9 +572,82 @@ impl PsiError {
             PsiError::VersionMismatch { .. } => Some(AbortReason::VersionMismatch),
             PsiError::RoleMismatch { .. } => Some(AbortReason::RoleMismatch),
             PsiError::ModeMismatch { .. } => Some(AbortReason::ModeMismatch),
+            PsiError::ProtocolMismatch { .. } => Some(AbortReason::ProtocolMismatch),
             PsiError::TooLarge { .. } => Some(AbortReason::TooLarge),
             PsiError::InvalidConfig(_) => Some(AbortReason::InvalidConfig),
             PsiError::Internal(_) | PsiError::DeliveryNotRecorded => Some(AbortReason::Internal),
         }
     }
+}
+
+/// Runs the receiver's side of `cfg.protocol`: learns the intersection (or its size) of the
+/// distinct `items` with the sender's set.
+///
+/// `items` may contain duplicates; they are removed first and the output refers to the index of
+/// each key's first occurrence. Secrets and shuffles are drawn from `rng`. On a local failure the
+/// peer is told with a best-effort `Abort` frame.
+///
+/// # Errors
+/// [`PsiError`]: bad own input or configuration (including `rr22` in [`Mode::SizeOnly`]), a
+/// link failure, a peer that violates the protocol, runs another protocol, version, or mode, or
+/// aborts.
+pub async fn run_receiver<R: rand_core::CryptoRngCore + Send>(
+    link: &dyn tessera_core::Link,
+    items: &[Vec<u8>],
+    cfg: &PsiConfig,
+    rng: &mut R,
+    progress: &dyn Progress,
+) -> Result<ReceiverOutput, PsiError> {
+    let result = match cfg.protocol {
+        Protocol::Ecdh => ecdh::receiver(link, items, cfg, rng, progress).await,
+        Protocol::Rr22 => rr22::receiver(link, items, cfg, rng, progress).await,
+    };
+    if let Err(e) = &result {
+        common::notify_peer(link, e).await;
+    }
+    result
+}
+
+/// Runs the sender's side of `cfg.protocol`: helps the receiver compute the intersection and
+/// learns only the receiver's distinct set size. As [`run_sender_reporting_delivery`] with
+/// [`NoGate`].
+///
+/// # Errors
+/// As [`run_receiver`].
+pub async fn run_sender<R: rand_core::CryptoRngCore + Send>(
+    link: &dyn tessera_core::Link,
+    items: &[Vec<u8>],
+    cfg: &PsiConfig,
+    rng: &mut R,
+    progress: &dyn Progress,
+) -> Result<SenderOutput, PsiError> {
+    run_sender_reporting_delivery(link, items, cfg, rng, progress, &NoGate).await
+}
+
+/// [`run_sender`] with the protocol's delivery point put to `gate` (crate docs, "Delivery
+/// point"): once every frame but the sender's last (its `Release` of the key that unlocks all
+/// values at once) is on the link, the sender asks `gate.record()` to record the delivery
+/// durably, and sends the key only if it did; otherwise the run fails with
+/// [`PsiError::DeliveryNotRecorded`] and the receiver, holding only encrypted values, learns
+/// nothing about the intersection. The gate is asked exactly once per run that gets that far,
+/// never after an error.
+///
+/// # Errors
+/// As [`run_receiver`], and [`PsiError::DeliveryNotRecorded`].
+pub async fn run_sender_reporting_delivery<R: rand_core::CryptoRngCore + Send>(
+    link: &dyn tessera_core::Link,
+    items: &[Vec<u8>],
+    cfg: &PsiConfig,
+    rng: &mut R,
+    progress: &dyn Progress,
+    gate: &dyn DeliveryGate,
+) -> Result<SenderOutput, PsiError> {
+    let result = match cfg.protocol {
+        Protocol::Ecdh => ecdh::sender(link, items, cfg, rng, progress, gate).await,
+        Protocol::Rr22 => rr22::sender(link, items, cfg, rng, progress, gate).await,
+    };
+    if let Err(e) = &result {
+        common::notify_peer(link, e).await;
+    }
+    result
 }

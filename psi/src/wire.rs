@@ -13,21 +13,24 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::crypto::{DOUBLE_BLINDED_BYTES, POINT_BYTES, RELEASE_KEY_BYTES};
-use crate::{AbortReason, Mode, PsiError, Role};
+use crate::{AbortReason, Mode, Protocol, PsiError, Role};
 
 /// Version of the frame layout and message flow; both parties must agree. Version 2 encrypts
 /// the `Values` under the sender's release key and ends the sender's frames with `Release`.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 const MAGIC: [u8; 4] = *b"TPSI";
 const KIND_HELLO: u8 = 0x01;
 const KIND_POINTS: u8 = 0x02;
-const KIND_VALUES: u8 = 0x03;
+/// Values (ECDH: doubly-blinded; rr22: OPRF outputs), 16 bytes each.
+pub(crate) const KIND_VALUES: u8 = 0x03;
 const KIND_DONE: u8 = 0x04;
 const KIND_RELEASE: u8 = 0x05;
-const KIND_ABORT: u8 = 0x7F;
+/// rr22: the receiver's OKVS seed and masked encoding, 16-byte blocks.
+pub(crate) const KIND_OKVS: u8 = 0x06;
+const KIND_ABORT: u8 = tessera_ot::wire::KIND_ABORT;
 /// Length of a `Hello` frame.
-const HELLO_BYTES: usize = 1 + 4 + 2 + 1 + 1 + 8 + 4;
+const HELLO_BYTES: usize = 1 + 4 + 2 + 1 + 1 + 1 + 8 + 4;
 /// Length of a batch header (kind + count).
 pub(crate) const BATCH_HEADER_BYTES: usize = 1 + 4;
 
@@ -35,6 +38,7 @@ pub(crate) const BATCH_HEADER_BYTES: usize = 1 + 4;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Hello {
     pub(crate) version: u16,
+    pub(crate) protocol: Protocol,
     pub(crate) role: Role,
     pub(crate) mode: Mode,
     pub(crate) set_size: u64,
@@ -47,6 +51,7 @@ impl Hello {
         b.put_u8(KIND_HELLO);
         b.put_slice(&MAGIC);
         b.put_u16_le(self.version);
+        b.put_u8(self.protocol.code());
         b.put_u8(match self.role {
             Role::Sender => 0,
             Role::Receiver => 1,
@@ -62,6 +67,21 @@ impl Hello {
 
     fn decode(frame: &[u8]) -> Result<Self, PsiError> {
         let bad = |what: &str| PsiError::Protocol(format!("hello: {what}"));
+        // A peer of another version may lay out the rest differently: read only the version
+        // (after the kind and magic, in every version) and let the caller report the mismatch.
+        if let (Some(magic), Some(&[v0, v1])) = (frame.get(1..5), frame.get(5..7)) {
+            let version = u16::from_le_bytes([v0, v1]);
+            if magic == MAGIC && version != PROTOCOL_VERSION {
+                return Ok(Hello {
+                    version,
+                    protocol: Protocol::Ecdh,
+                    role: Role::Sender,
+                    mode: Mode::Intersection,
+                    set_size: 0,
+                    batch_items_max: 0,
+                });
+            }
+        }
         let f: &[u8; HELLO_BYTES] = frame
             .try_into()
             .map_err(|_| bad(&format!("length {} (expected {HELLO_BYTES})", frame.len())))?;
@@ -73,6 +93,7 @@ impl Hello {
             m3,
             v0,
             v1,
+            protocol,
             role,
             mode,
             s0,
@@ -91,6 +112,9 @@ impl Hello {
         if [m0, m1, m2, m3] != MAGIC {
             return Err(bad("bad magic"));
         }
+        let version = u16::from_le_bytes([v0, v1]);
+        let protocol = Protocol::from_code(protocol)
+            .ok_or_else(|| bad(&format!("unknown protocol code {protocol}")))?;
         let role = match role {
             0 => Role::Sender,
             1 => Role::Receiver,
@@ -102,7 +126,8 @@ impl Hello {
             m => return Err(bad(&format!("unknown mode code {m}"))),
         };
         Ok(Hello {
-            version: u16::from_le_bytes([v0, v1]),
+            version,
+            protocol,
             role,
             mode,
             set_size: u64::from_le_bytes([s0, s1, s2, s3, s4, s5, s6, s7]),
@@ -180,16 +205,9 @@ impl Frame {
                         1 + RELEASE_KEY_BYTES
                     ))
                 }),
-            KIND_ABORT if frame.len() == 2 => Ok(Frame::Abort(match frame.get(1) {
-                Some(1) => AbortReason::Protocol,
-                Some(2) => AbortReason::VersionMismatch,
-                Some(3) => AbortReason::RoleMismatch,
-                Some(4) => AbortReason::ModeMismatch,
-                Some(5) => AbortReason::TooLarge,
-                Some(6) => AbortReason::InvalidConfig,
-                Some(7) => AbortReason::Internal,
-                other => AbortReason::Unknown(other.copied().unwrap_or(0)),
-            })),
+            KIND_ABORT if frame.len() == 2 => Ok(Frame::Abort(abort_reason(
+                frame.get(1).copied().unwrap_or(0),
+            ))),
             KIND_DONE | KIND_ABORT => Err(PsiError::Protocol(format!(
                 "frame kind {kind:#04x} with bad length {}",
                 frame.len()
@@ -249,6 +267,21 @@ pub(crate) fn release_frame(key: &[u8; RELEASE_KEY_BYTES]) -> Bytes {
     b.freeze()
 }
 
+/// The reason an abort frame's code stands for.
+pub(crate) fn abort_reason(code: u8) -> AbortReason {
+    match code {
+        1 => AbortReason::Protocol,
+        2 => AbortReason::VersionMismatch,
+        3 => AbortReason::RoleMismatch,
+        4 => AbortReason::ModeMismatch,
+        5 => AbortReason::TooLarge,
+        6 => AbortReason::InvalidConfig,
+        7 => AbortReason::Internal,
+        8 => AbortReason::ProtocolMismatch,
+        other => AbortReason::Unknown(other),
+    }
+}
+
 pub(crate) fn abort_frame(reason: AbortReason) -> Bytes {
     let code = match reason {
         AbortReason::Protocol => 1,
@@ -258,6 +291,7 @@ pub(crate) fn abort_frame(reason: AbortReason) -> Bytes {
         AbortReason::TooLarge => 5,
         AbortReason::InvalidConfig => 6,
         AbortReason::Internal => 7,
+        AbortReason::ProtocolMismatch => 8,
         AbortReason::Unknown(c) => c,
     };
     Bytes::from(vec![KIND_ABORT, code])
@@ -271,6 +305,7 @@ mod tests {
     fn hello_round_trips() {
         let h = Hello {
             version: PROTOCOL_VERSION,
+            protocol: Protocol::Rr22,
             role: Role::Receiver,
             mode: Mode::SizeOnly,
             set_size: 123_456,

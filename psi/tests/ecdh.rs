@@ -14,8 +14,8 @@ use rand_chacha::ChaCha20Rng;
 use tessera_core::{Link, LinkError, MemLink};
 use tessera_psi::{
     AbortReason, DeliveryGate, Mode, NoProgress, PROTOCOL_VERSION, Progress, Protocol, PsiConfig,
-    PsiError,
-    ReceiverOutput, SenderOutput, run_receiver, run_sender, run_sender_reporting_delivery,
+    PsiError, ReceiverOutput, SenderOutput, run_receiver, run_sender,
+    run_sender_reporting_delivery,
 };
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(120);

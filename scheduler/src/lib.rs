@@ -163,6 +163,7 @@ struct LiveTask {
 struct LiveJob {
     user: String,
     scene: String,
+    protocol: tessera_core::PsiProtocol,
     created_at_ms: i64,
     holds: Vec<tessera_store::HoldRecord>,
     buyer_party: String,

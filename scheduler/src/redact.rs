@@ -93,6 +93,7 @@ mod tests {
                 scene: "psi".into(),
                 user: "u1".into(),
                 mode: PsiMode::Intersection,
+                protocol: tessera_core::PsiProtocol::Rr22,
                 state: JobState::Failed,
                 count_state: CountState::Released,
                 reasons: vec![],

@@ -7,8 +7,8 @@ use tessera_accounting::derive_id;
 use tessera_accounting::settle::{self, FinishedJob, SettleError};
 use tessera_core::ticket::{TicketBody, task_digest};
 use tessera_core::{
-    EmptyKeys, JobState, KeyCase, PsiMode, TaskErrorKind, TaskRole, TaskSpec, TaskState,
-    UnicodeForm,
+    EmptyKeys, JobState, KeyCase, PsiMode, PsiProtocol, TaskErrorKind, TaskRole, TaskSpec,
+    TaskState, UnicodeForm,
 };
 use tessera_policy::{Constraint, Request, evaluate, worker_fits};
 use tessera_store::{
@@ -46,6 +46,9 @@ pub struct JobRequest {
     pub provider_columns: Vec<String>,
     /// What the buyer learns.
     pub mode: PsiMode,
+    /// The PSI protocol asked for; `None`: [`PsiProtocol::default_for`] the mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<PsiProtocol>,
     /// Key case normalisation on both sides.
     pub key_case: KeyCase,
     /// Output file name on the buyer's worker.
@@ -133,6 +136,14 @@ impl JobRequest {
                     .into(),
             ));
         }
+        if !self.protocol().supports(self.mode) {
+            return Err(SchedulerError::Invalid(format!(
+                "protocol: {} cannot run in {} mode (its receiver learns which keys are common); \
+                 use ecdh or leave the protocol unset",
+                self.protocol(),
+                self.mode
+            )));
+        }
         if !SUPPORTED_SCENES.contains(&self.scene.as_str()) {
             return Err(SchedulerError::Invalid(format!(
                 "scene {:?} is not supported (supported: {SUPPORTED_SCENES:?})",
@@ -169,6 +180,12 @@ impl JobRequest {
 }
 
 impl JobRequest {
+    /// The protocol the job runs: the one asked for, or the mode's default.
+    pub fn protocol(&self) -> PsiProtocol {
+        self.protocol
+            .unwrap_or_else(|| PsiProtocol::default_for(self.mode))
+    }
+
     /// Carried columns: only with a result to write, at most [`COLUMNS_MAX`], each named once
     /// and none a key column (the result's header names every column once).
     fn validate_carry(&self) -> Result<(), SchedulerError> {
@@ -304,6 +321,7 @@ impl Admission {
                 user: &req.user,
                 groups: &req.user_groups,
                 scene: &req.scene,
+                protocol: Some(req.protocol().as_str()),
                 now_ms: self.now,
                 zone: &self.zone,
             },
@@ -386,6 +404,7 @@ impl Admission {
                         scene: req.scene.clone(),
                         role: TaskRole::Sender,
                         mode: req.mode,
+                        protocol: req.protocol(),
                         dataset_location: pds.location.clone(),
                         key_columns: req.provider_columns.clone(),
                         key_case: req.key_case,
@@ -517,6 +536,7 @@ impl Scheduler {
             scene: req.scene.clone(),
             user: req.user.clone(),
             mode: req.mode,
+            protocol: req.protocol(),
             request: request_json,
             request_id: req.request_id.clone(),
             buyer_party: req.buyer_party.clone(),
@@ -600,6 +620,7 @@ impl Scheduler {
         let live = LiveJob {
             user: job.user.clone(),
             scene: job.scene.clone(),
+            protocol: job.protocol,
             created_at_ms: job.created_at_ms,
             holds,
             buyer_party: req.buyer_party.clone(),
@@ -988,6 +1009,7 @@ impl Scheduler {
                     job_id: job_id.to_string(),
                     party: t.party.clone(),
                     metric: metric.into(),
+                    protocol: job.protocol.as_str().into(),
                     attempt: 1,
                     quantity,
                     event_time_ms: now,
@@ -1238,6 +1260,7 @@ mod tests {
             buyer_columns: vec!["mail".into(), "tel".into()],
             provider_columns: vec!["email".into(), "phone".into()],
             mode,
+            protocol: None,
             key_case: KeyCase::Fold,
             output: output.into(),
             unicode_form: UnicodeForm::Nfc,
@@ -1270,6 +1293,25 @@ mod tests {
             (Intersection, "r.csv", &[""], false),
             (Intersection, "r.csv", &many, false),
         ]);
+    }
+
+    #[test]
+    fn the_protocol_defaults_by_mode_and_rr22_refuses_size_mode() {
+        let mut r = request(PsiMode::Intersection, "", &[]);
+        assert_eq!(r.protocol(), PsiProtocol::Rr22);
+        r.mode = PsiMode::Size;
+        assert_eq!(r.protocol(), PsiProtocol::Ecdh);
+        assert!(r.validate().is_ok());
+        r.protocol = Some(PsiProtocol::Rr22);
+        let e = r.validate().expect_err("rr22 in size mode");
+        assert!(
+            e.to_string().contains("rr22 cannot run in size mode"),
+            "{e}"
+        );
+        r.mode = PsiMode::Intersection;
+        assert!(r.validate().is_ok());
+        r.protocol = Some(PsiProtocol::Ecdh);
+        assert!(r.validate().is_ok());
     }
 
     #[test]

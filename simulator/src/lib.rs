@@ -361,6 +361,7 @@ async fn usage_first_time(
             job_id: id.to_string(),
             party: customer.to_string(),
             metric: format!("{product}:{metric}"),
+            protocol: String::new(),
             attempt: 1,
             quantity,
             event_time_ms: e.at,

@@ -41,6 +41,10 @@ pub enum JobCmd {
         /// intersection | size
         #[arg(long, default_value = "intersection")]
         mode: String,
+        /// PSI protocol: rr22 (VOLE-based, the fast one; intersection mode only) or ecdh
+        /// (smallest messages; the only one for size mode) [default: rr22, ecdh for size mode]
+        #[arg(long)]
+        protocol: Option<String>,
         /// Case rule for keys on both sides: preserve (as in the file), lower, upper (Unicode
         /// full mappings; they disagree on e.g. ß), or fold (Unicode full case folding: the
         /// one for caseless matching, `straße` = `STRASSE`).
@@ -112,6 +116,9 @@ pub fn job_line(j: &pb::Job) -> String {
         j.scene,
         j.mode_text()
     );
+    if j.protocol != 0 {
+        s.push_str(&format!(" protocol={}", j.protocol_text()));
+    }
     if let Some(n) = j.result_size {
         s.push_str(&format!(" result_size={n}"));
     }
@@ -248,6 +255,7 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<()> {
             buyer_columns,
             provider_columns,
             mode,
+            protocol,
             key_case,
             unicode_form,
             empty_keys,
@@ -256,6 +264,10 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<()> {
             carry_columns,
             watch: follow,
         } => {
+            let protocol = match protocol {
+                Some(p) => pb::PsiProtocol::from(p.parse::<tessera_core::PsiProtocol>()?).into(),
+                None => pb::PsiProtocol::Unspecified.into(),
+            };
             let mut c = conn.connect().await?;
             let j = c
                 .submit_job(pb::SubmitJobRequest {
@@ -278,6 +290,7 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<()> {
                     output,
                     user_groups: String::new(),
                     request_id: request_id.unwrap_or_default(),
+                    protocol,
                 })
                 .await?
                 .into_inner();

@@ -21,7 +21,7 @@
 //! reported, never a failed read.
 //!
 //! Older entries: a field an entry does not hold is not checked (the row is counted as
-//! checked in part). Admissions recorded before the job's `mode`, `buyer_party`,
+//! checked in part). Admissions recorded before the job's `mode`, `protocol`, `buyer_party`,
 //! `provider_party` and `output_name` were added to the entry leave those unchecked; ends
 //! recorded before `result_location` was added leave it unchecked, and ends recorded before
 //! the result file, failure origin and empty-key counts were kept leave those unchecked. A
@@ -175,6 +175,7 @@ const JOB_COLUMNS: &[(&str, &str)] = &[
     ("scene", "scene"),
     ("user_id", "user_id"),
     ("mode", "mode"),
+    ("protocol", "protocol"),
     ("state", "state"),
     ("count_state", "count_state"),
     ("reasons_json", "reasons_json"),
@@ -637,6 +638,7 @@ impl Chain {
         row.copy("user_id", d, "/user", seq);
         row.copy("request_id", d, "/request_id", seq);
         row.copy("mode", d, "/mode", seq);
+        row.copy("protocol", d, "/protocol", seq);
         row.copy("buyer_party", d, "/buyer_party", seq);
         row.copy("provider_party", d, "/provider_party", seq);
         row.copy("output_name", d, "/output_name", seq);

@@ -4,7 +4,7 @@
 use serde::Serialize;
 use sqlx::{Row, SqliteConnection};
 use tessera_accounting::{AccountKind, TransferOutcome, TransferSpec, settle};
-use tessera_core::{CountState, JobState, PsiMode, TaskRole, TaskState};
+use tessera_core::{CountState, JobState, PsiMode, PsiProtocol, TaskRole, TaskState};
 
 use tessera_accounting::bill::NewBillLine;
 
@@ -27,6 +27,8 @@ pub struct NewJob {
     pub user: String,
     /// Engine mode.
     pub mode: PsiMode,
+    /// The PSI protocol it runs (resolved: the request's, or the mode's default).
+    pub protocol: PsiProtocol,
     /// The request as received, for the record (and, with `request_id`, to tell a retry
     /// from a different request).
     pub request: serde_json::Value,
@@ -259,6 +261,8 @@ pub struct JobRecord {
     pub user: String,
     /// Mode.
     pub mode: PsiMode,
+    /// The PSI protocol it runs.
+    pub protocol: PsiProtocol,
     /// Where the job stands.
     pub state: JobState,
     /// The state of its licence count.
@@ -401,6 +405,9 @@ pub struct UsageEventRecord {
     pub party: String,
     /// Metric name (`cpu_ms`, `wall_ms`, `rows_in`, `bytes_sent`, ...).
     pub metric: String,
+    /// The protocol the job ran when this was measured (`rr22`, `ecdh`; empty for usage that
+    /// no engine run measured, e.g. the billing simulator's).
+    pub protocol: String,
     /// Attempt number.
     pub attempt: i64,
     /// Quantity.
@@ -497,7 +504,7 @@ const JOB_COLUMNS: &str = "job_id, licence_id, scene, user_id, mode, state, coun
      result_size, result_location, charge_micros, created_at_ms, finished_at_ms, \
      buyer_party, provider_party, result_bytes, result_rows, result_sha256, \
      buyer_empty_keys, provider_empty_keys, error_role, error_party, error_kind, delivered_at_ms, \
-     delivered_rows, request_id";
+     delivered_rows, request_id, protocol";
 
 fn job_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<JobRecord, StoreError> {
     let reasons: String = r.try_get(7)?;
@@ -529,6 +536,7 @@ fn job_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<JobRecord, StoreError> {
             .map(stored_u64)
             .transpose()?,
         request_id: r.try_get(26)?,
+        protocol: parse_col(r, 27)?,
     })
 }
 
@@ -728,7 +736,8 @@ where
         let inserted = sqlx::query(
             "INSERT INTO jobs (job_id, licence_id, scene, user_id, mode, state, count_state, request_json, \
              reasons_json, created_at_ms, updated_at_ms, finished_at_ms, buyer_party, provider_party, output_name, \
-             request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(job_id) DO NOTHING",
+             request_id, protocol) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT(job_id) DO NOTHING",
         )
         .bind(&job.job_id)
         .bind(&job.licence_id)
@@ -746,6 +755,7 @@ where
         .bind(&job.provider_party)
         .bind(output_name)
         .bind(&job.request_id)
+        .bind(job.protocol.as_str())
         .execute(&mut *tx)
         .await?;
         if inserted.rows_affected() == 0 {
@@ -783,7 +793,8 @@ where
                 "licence_id": job.licence_id, "scene": job.scene, "user": job.user,
                 "request_id": job.request_id, "reasons": reason_texts, "detail": decision.detail,
                 // The job row's other fields as written, so `audit verify` re-derives it.
-                "mode": job.mode.as_str(), "buyer_party": job.buyer_party,
+                "mode": job.mode.as_str(), "protocol": job.protocol.as_str(),
+                "buyer_party": job.buyer_party,
                 "provider_party": job.provider_party, "output_name": output_name,
                 "holds": decision.holds.iter().map(|h| serde_json::json!({
                     "transfer_id": h.id, "account": h.debit, "amount_micros": h.amount_micros,
@@ -1206,7 +1217,7 @@ impl Store {
     /// `Db`; `Corrupt` for a row that does not read.
     pub async fn usage_events_of(&self, viewer: &str) -> Result<Vec<UsageEventRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT event_id, job_id, party, metric, attempt, quantity, event_time_ms \
+            "SELECT event_id, job_id, party, metric, attempt, quantity, event_time_ms, protocol \
              FROM usage_events WHERE ?1 = '' \
              OR party IN (SELECT party_id FROM parties WHERE owner_user_id = ?1) ORDER BY rowid",
         )
@@ -1223,6 +1234,7 @@ impl Store {
                     attempt: r.try_get(4)?,
                     quantity: r.try_get(5)?,
                     event_time_ms: r.try_get(6)?,
+                    protocol: r.try_get(7)?,
                 })
             })
             .collect()
@@ -1249,7 +1261,7 @@ impl Store {
     }
 }
 
-/// Usage events inserted per statement (8 parameters each, far below SQLite's limit).
+/// Usage events inserted per statement (9 parameters each, far below SQLite's limit).
 const USAGE_ROWS_PER_INSERT: usize = 64;
 
 /// Records usage events, each once, in one multi-row statement per
@@ -1268,7 +1280,7 @@ async fn insert_usages(
     for chunk in events.chunks(USAGE_ROWS_PER_INSERT) {
         let mut q = sqlx::QueryBuilder::new(
             "INSERT INTO usage_events (event_id, job_id, party, metric, attempt, quantity, \
-             event_time_ms, arrival_time_ms) ",
+             event_time_ms, arrival_time_ms, protocol) ",
         );
         q.push_values(chunk, |mut row, e| {
             row.push_bind(&e.event_id)
@@ -1278,7 +1290,8 @@ async fn insert_usages(
                 .push_bind(e.attempt)
                 .push_bind(e.quantity)
                 .push_bind(e.event_time_ms)
-                .push_bind(now_ms);
+                .push_bind(now_ms)
+                .push_bind(&e.protocol);
         });
         q.push(" ON CONFLICT(event_id) DO NOTHING RETURNING event_id");
         let inserted: std::collections::HashSet<String> = q
@@ -1306,7 +1319,8 @@ async fn existing_usage(
     e: &UsageEventRecord,
 ) -> Result<TransferOutcome, StoreError> {
     let existing = sqlx::query(
-            "SELECT job_id, party, metric, attempt, quantity, event_time_ms FROM usage_events WHERE event_id = ?",
+            "SELECT job_id, party, metric, attempt, quantity, event_time_ms, protocol FROM usage_events \
+             WHERE event_id = ?",
         )
         .bind(&e.event_id)
         .fetch_one(&mut *conn)
@@ -1316,7 +1330,8 @@ async fn existing_usage(
         && existing.try_get::<String, _>(2)? == e.metric
         && existing.try_get::<i64, _>(3)? == e.attempt
         && existing.try_get::<i64, _>(4)? == e.quantity
-        && existing.try_get::<i64, _>(5)? == e.event_time_ms;
+        && existing.try_get::<i64, _>(5)? == e.event_time_ms
+        && existing.try_get::<String, _>(6)? == e.protocol;
     if !same {
         return Err(StoreError::IdempotencyMismatch {
             kind: "usage event",

@@ -41,6 +41,7 @@ fn new_job(id: &str, now_ms: i64) -> NewJob {
         scene: "psi".into(),
         user: "u".into(),
         mode: tessera_core::PsiMode::Intersection,
+        protocol: tessera_core::PsiProtocol::Rr22,
         request: serde_json::json!({ "job": id }),
         request_id: Some(format!("req-{id}")),
         buyer_party: "buy".into(),

@@ -452,6 +452,7 @@ async fn term_covers(store: &Store, id: &str, now: i64) -> Result<(), String> {
                 scene: "psi".into(),
                 user: "u".into(),
                 mode: tessera_core::PsiMode::Size,
+                protocol: tessera_core::PsiProtocol::Ecdh,
                 request: serde_json::json!({}),
                 request_id: None,
                 buyer_party: "buy".into(),

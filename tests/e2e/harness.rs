@@ -429,6 +429,8 @@ impl Cluster {
             output: output.into(),
             user_groups: String::new(),
             request_id: String::new(),
+            // The mode's default: rr22 for intersections, ecdh for sizes.
+            protocol: pb::PsiProtocol::Unspecified.into(),
         }
     }
 

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use tessera_core::table::{KeySpec, TableError, WrittenFile, read_keys_keeping, write_result_csv};
-use tessera_core::{Link, PsiMode, TaskErrorKind, TaskRole, TaskSpec};
-use tessera_psi::{Mode, PsiConfig, PsiError};
+use tessera_core::{Link, PsiMode, PsiProtocol, TaskErrorKind, TaskRole, TaskSpec};
+use tessera_psi::{Mode, Protocol, PsiConfig, PsiError};
 
 use crate::link::{GrpcLink, PeerHub};
 use crate::usage;
@@ -270,7 +270,12 @@ pub async fn run_task(
     }
     .map_err(|e| TaskError::Peer(e.to_string()))?;
 
+    // Both tasks of a job carry the same protocol in their signed specs.
     let cfg = PsiConfig {
+        protocol: match spec.protocol {
+            PsiProtocol::Rr22 => Protocol::Rr22,
+            PsiProtocol::Ecdh => Protocol::Ecdh,
+        },
         mode,
         ..PsiConfig::default()
     };

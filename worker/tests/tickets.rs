@@ -330,6 +330,7 @@ fn spec(task_id: &str, dataset: &str) -> Vec<u8> {
         scene: "psi".into(),
         role: TaskRole::Receiver,
         mode: PsiMode::Size,
+        protocol: tessera_core::PsiProtocol::Ecdh,
         dataset_location: dataset.into(),
         key_columns: vec!["k".into()],
         key_case: KeyCase::Preserve,

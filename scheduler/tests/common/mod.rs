@@ -122,6 +122,7 @@ pub fn request(licence: &str) -> JobRequest {
         buyer_columns: vec!["k".into()],
         provider_columns: vec!["k".into()],
         mode: PsiMode::Size,
+        protocol: None,
         key_case: KeyCase::Preserve,
         output: String::new(),
         unicode_form: tessera_core::UnicodeForm::None,

@@ -1,0 +1,355 @@
+//! VOLE-based PSI after Raghuraman–Rindal, "Blazing Fast PSI from Improved OKVS and Subfield
+//! VOLE" (CCS 2022, eprint 2022/320, §3 and Figure 4), semi-honest variant; [`Protocol::Rr22`].
+//!
+//! # Construction
+//!
+//! Let `n_r` and `n_s` be the receiver's and the sender's distinct set sizes. Each party hashes
+//! every distinct item `x` with BLAKE3 in derive-key mode ([`ITEM_DIGEST_CONTEXT`]) to 32 bytes,
+//! split into an OKVS key `k(x)` and a value `h(x)` in GF(2^128).
+//!
+//! 1. Both: `Hello` ([`Protocol::Rr22`], role, mode, distinct set size). If either set is
+//!    empty, steps 2–4 are skipped and the intersection is empty.
+//! 2. Both: `m` VOLE correlations over GF(2^128) ([`tessera_ot::silent_vole`]), `m` = the
+//!    length of a random band matrix OKVS ([`crate::okvs::RbOkvs`]) for `n_r` keys: the sender
+//!    gets `Δ` and `B`, the receiver `A` and `C` with `C = B + A·Δ`.
+//! 3. Receiver (concurrently with step 2): `P = Encode({k(y) ↦ h(y)})` under a fresh public
+//!    OKVS seed (a new seed if the band system is singular, probability ≤ 2^-40). It sends the
+//!    seed and `A' = A + P` (`m + 1` blocks, kind `0x06`).
+//! 4. Sender: `K = B + A'·Δ` (so `K = C + P·Δ`). For each own item `x`:
+//!    `F(x) = H(Decode(K, k(x)) + Δ·h(x))`, where `H` is the fixed-key AES correlation-robust
+//!    hash of cryprot-core. For `y` in the receiver's set `Decode(P, k(y)) = h(y)`, so
+//!    `F(y) = H(Decode(C, k(y)))`, which the receiver computes alone.
+//! 5. Sender: shuffles the `F(x)`, encrypts each with the release key (AES-128 as a
+//!    permutation, as ECDH does), sends them (`n_s` values of 16 bytes, kind `0x03`), has the
+//!    delivery recorded ([`crate::DeliveryGate`]), sends `Release` with the key, and waits for
+//!    the receiver's `Done`.
+//! 6. Receiver: decrypts (or encrypts its own values, whichever set is smaller), and reports its
+//!    items whose `F(y)` is among the sender's values.
+//!
+//! # Threat model and what each party learns
+//!
+//! * **Semi-honest** parties, as in the paper's Theorem 3.3 (two parties, no third party whose
+//!   non-collusion is assumed). Not secure against a malicious party: a malicious receiver can
+//!   encode more than `n_r` keys' worth of chosen values in `P` (the paper's malicious variant
+//!   bounds this; not implemented), and a malicious sender can make the receiver's output wrong
+//!   (send values for keys it does not hold, or drop some). Neither learns more than below from
+//!   a semi-honest peer; malformed, truncated, oversize and unexpected frames are typed errors.
+//! * **Both**: the protocol, version, mode and the other's distinct set size (duplicates are
+//!   removed locally first).
+//! * **Receiver**: which of its distinct keys are common ([`crate::Mode::Intersection`]; for
+//!   that reason `rr22` refuses [`crate::Mode::SizeOnly`]). The sender's values arrive shuffled
+//!   and, for items outside the intersection, are `H` of a value that involves the unknown `Δ`:
+//!   pseudo-random under the VOLE's security (dual LPN for the expand-convolute code, see
+//!   [`tessera_ot::silent_vole`]) with `H` modelled as a random oracle. Before `Release` they
+//!   are encrypted under a key it does not have, so it learns nothing, not even a bound on the
+//!   intersection's size, until the delivery is recorded.
+//! * **Sender**: only `n_r`. `A'` is `P` masked by the VOLE's `A`, pseudo-random to the
+//!   sender; the OKVS seed is public randomness chosen by the receiver.
+//! * **Parameters**: computational security 128 bits (AES-128, GF(2^128), base OTs over
+//!   ristretto255, LPN parameters of the silent VOLE); statistical security 40 bits (OKVS
+//!   encoding failure ≤ 2^-40 per attempt, and then only a retry). False positives: values are
+//!   128 bits, so a given pair of distinct items collides with probability 2^-128 and the whole
+//!   run with at most `n_r · n_s / 2^128` (below 2^-75 at the 5·10^7-row bound).
+//!
+//! # Bounds and performance
+//!
+//! * Own set: at most [`crate::SET_ITEMS_MAX`] items of at most [`crate::ITEM_BYTES_MAX`] bytes;
+//!   the peer's announced size is checked against the same bound before anything is allocated
+//!   for it.
+//! * Bytes on the wire: receiver `16·(m + 1)` (about `16 · 1.1 · n_r`) plus the VOLE's
+//!   receiver messages; sender `16 · n_s` plus the VOLE's sender messages.
+//! * Hashing, the OKVS encoding and decoding, `K` and the `F(x)` run on the rayon pool inside
+//!   `spawn_blocking`; the receiver's encoding runs while the VOLE is being generated, and the
+//!   sender hashes its items meanwhile.
+
+use std::sync::Arc;
+
+use cryprot_core::aes_hash::FIXED_KEY_HASH;
+use rand::seq::SliceRandom;
+use rand_core::CryptoRngCore;
+use rayon::prelude::*;
+use tessera_core::Link;
+use tessera_ot::{Block, OtError, silent_vole};
+
+use crate::common::{
+    Encrypted, check_input, compute, derived_rng, distinct_indices, exchange_hello, intersect,
+    peer_set_size, recv_frame, unexpected,
+};
+use crate::crypto::{FlatItems, ReleaseKey};
+use crate::okvs::{OkvsError, RbOkvs};
+use crate::wire::{Frame, KIND_OKVS, KIND_VALUES, abort_reason, done_frame, release_frame};
+use crate::{
+    DEFAULT_BATCH_ITEMS, DeliveryGate, Mode, PHASE_EXCHANGE, PHASE_HASH, PHASE_MATCH, PHASE_OKVS,
+    PHASE_VOLE, Progress, Protocol, PsiConfig, PsiError, ReceiverOutput, Role, SenderOutput,
+};
+
+/// BLAKE3 derive-key context of the item digest (key and value halves).
+pub const ITEM_DIGEST_CONTEXT: &str = "tessera-psi rr22 v1 item digest";
+/// Bytes of one OPRF value on the wire.
+pub const VALUE_BYTES: usize = 16;
+/// Encoding attempts (each with a fresh seed) before the receiver gives up; each fails with
+/// probability at most 2^-40.
+const ENCODE_ATTEMPTS: usize = 4;
+
+/// Each distinct item's (OKVS key, value) pair.
+fn digests(items: &FlatItems) -> (Vec<Block>, Vec<Block>) {
+    let hasher = blake3::Hasher::new_derive_key(ITEM_DIGEST_CONTEXT);
+    (0..items.len())
+        .into_par_iter()
+        .map(|i| {
+            let d = hasher.clone().update(items.get(i)).finalize();
+            let bytes = d.as_bytes();
+            let mut key = [0u8; 16];
+            let mut value = [0u8; 16];
+            key.copy_from_slice(&bytes[..16]);
+            value.copy_from_slice(&bytes[16..]);
+            (Block::new(key), Block::new(value))
+        })
+        .unzip()
+}
+
+/// The OKVS for the receiver's `n_r` keys under `seed`.
+fn okvs(n_r: usize, seed: Block) -> Result<RbOkvs, PsiError> {
+    RbOkvs::new(n_r, seed).map_err(|e| PsiError::InvalidConfig(format!("OKVS: {e}")))
+}
+
+fn vole_error(e: OtError) -> PsiError {
+    match e {
+        OtError::Link(l) => PsiError::Link(l),
+        OtError::Protocol(p) => PsiError::Protocol(format!("VOLE: {p}")),
+        OtError::PeerAborted(code) => PsiError::PeerAborted {
+            reason: abort_reason(code),
+        },
+        OtError::InvalidArgument(a) => PsiError::InvalidConfig(format!("VOLE: {a}")),
+    }
+}
+
+fn okvs_error(e: OkvsError) -> PsiError {
+    PsiError::Internal(format!("OKVS: {e}"))
+}
+
+fn to_u128(b: Block) -> u128 {
+    u128::from_le_bytes(*b.as_bytes())
+}
+
+pub(crate) async fn receiver<R: CryptoRngCore + Send>(
+    link: &dyn Link,
+    items: &[Vec<u8>],
+    cfg: &PsiConfig,
+    rng: &mut R,
+    progress: &dyn Progress,
+) -> Result<ReceiverOutput, PsiError> {
+    check_config(cfg)?;
+    check_input(items)?;
+    let distinct = distinct_indices(items).await;
+    let own_size = distinct.len();
+    let peer = exchange_hello(
+        link,
+        Protocol::Rr22,
+        Role::Receiver,
+        cfg.mode,
+        own_size,
+        DEFAULT_BATCH_ITEMS,
+    )
+    .await?;
+    let peer_size = peer_set_size(&peer)?;
+    let flat = FlatItems::gather(items, &distinct);
+    progress.report(PHASE_HASH, 0, own_size as u64);
+    let (keys, values) = compute(move || digests(&flat)).await?;
+    progress.report(PHASE_HASH, own_size as u64, own_size as u64);
+    let keys = Arc::new(keys);
+
+    let (ours, theirs): (Vec<u128>, Vec<u128>) = if own_size == 0 || peer_size == 0 {
+        (Vec::new(), recv_values(link, 0).await?)
+    } else {
+        // The encoding (under fresh seeds until one works) runs while the VOLE is generated.
+        let mut seeds = [[0u8; 16]; ENCODE_ATTEMPTS];
+        for s in &mut seeds {
+            rng.fill_bytes(s);
+        }
+        let m = okvs(own_size, Block::new(seeds[0]))?.size();
+        let enc_keys = Arc::clone(&keys);
+        let encode = compute(move || {
+            let mut last = None;
+            for seed in seeds.map(Block::new) {
+                let table = okvs(own_size, seed)?;
+                match table.encode(&enc_keys, &values) {
+                    Ok(p) => return Ok((table, seed, p)),
+                    Err(e @ OkvsError::EncodingFailed { .. }) => last = Some(e),
+                    Err(e) => return Err(okvs_error(e)),
+                }
+            }
+            Err(last.map_or_else(
+                || PsiError::Internal("OKVS: no encoding attempt".into()),
+                okvs_error,
+            ))
+        });
+        progress.report(PHASE_VOLE, 0, m as u64);
+        let vole = async { silent_vole::receive(link, rng, m).await.map_err(vole_error) };
+        let (encoded, vole) = tokio::try_join!(async { encode.await? }, vole)?;
+        progress.report(PHASE_VOLE, m as u64, m as u64);
+        let (table, seed, p) = encoded;
+        let silent_vole::VoleReceiverOutput { a, c } = vole;
+        let masked = compute(move || {
+            let mut out = Vec::with_capacity(m + 1);
+            out.push(seed);
+            out.extend(p.iter().zip(&a).map(|(p, a)| *p ^ *a));
+            out
+        })
+        .await?;
+        tessera_ot::wire::send_blocks(link, KIND_OKVS, &masked)
+            .await
+            .map_err(vole_error)?;
+        progress.report(PHASE_OKVS, m as u64, m as u64);
+        // Our own values are computed while the sender's arrive.
+        let own_values = compute(move || {
+            let mut decoded = table.decode(&c, &keys).map_err(okvs_error)?;
+            FIXED_KEY_HASH.cr_hash_slice_mut(&mut decoded);
+            Ok::<_, PsiError>(decoded.into_iter().map(to_u128).collect())
+        });
+        let (ours, theirs) =
+            tokio::try_join!(async { own_values.await? }, recv_values(link, peer_size))?;
+        progress.report(PHASE_EXCHANGE, peer_size as u64, peer_size as u64);
+        (ours, theirs)
+    };
+    let release = match recv_frame(link).await? {
+        Frame::Release(key) => ReleaseKey::from_bytes(key),
+        other => return Err(unexpected(other, "release")),
+    };
+    link.send(done_frame()).await?;
+
+    progress.report(PHASE_MATCH, 0, own_size as u64);
+    let (intersection_size, intersection) = compute(move || {
+        intersect(
+            ours,
+            theirs,
+            Encrypted::Theirs,
+            release,
+            &distinct,
+            Mode::Intersection,
+        )
+    })
+    .await?;
+    progress.report(PHASE_MATCH, own_size as u64, own_size as u64);
+    Ok(ReceiverOutput {
+        intersection_size,
+        sender_set_size: peer_size as u64,
+        intersection,
+    })
+}
+
+pub(crate) async fn sender<R: CryptoRngCore + Send>(
+    link: &dyn Link,
+    items: &[Vec<u8>],
+    cfg: &PsiConfig,
+    rng: &mut R,
+    progress: &dyn Progress,
+    gate: &dyn DeliveryGate,
+) -> Result<SenderOutput, PsiError> {
+    check_config(cfg)?;
+    check_input(items)?;
+    let release = Arc::new(ReleaseKey::random(rng));
+    let mut shuffle = derived_rng(rng);
+    let distinct = distinct_indices(items).await;
+    let own_size = distinct.len();
+    let peer = exchange_hello(
+        link,
+        Protocol::Rr22,
+        Role::Sender,
+        cfg.mode,
+        own_size,
+        DEFAULT_BATCH_ITEMS,
+    )
+    .await?;
+    let peer_size = peer_set_size(&peer)?;
+
+    let values: Vec<u128> = if own_size == 0 || peer_size == 0 {
+        Vec::new()
+    } else {
+        let m = okvs(peer_size, Block::ZERO)?.size();
+        let flat = FlatItems::gather(items, &distinct);
+        let hashing = async {
+            progress.report(PHASE_HASH, 0, own_size as u64);
+            let d = compute(move || digests(&flat)).await?;
+            progress.report(PHASE_HASH, own_size as u64, own_size as u64);
+            Ok::<_, PsiError>(d)
+        };
+        progress.report(PHASE_VOLE, 0, m as u64);
+        let vole = async { silent_vole::send(link, rng, m).await.map_err(vole_error) };
+        let ((keys, item_values), vole) = tokio::try_join!(hashing, vole)?;
+        progress.report(PHASE_VOLE, m as u64, m as u64);
+        let masked = tessera_ot::wire::recv_blocks(link, KIND_OKVS, m + 1)
+            .await
+            .map_err(vole_error)?;
+        let release = Arc::clone(&release);
+        let out = compute(move || {
+            let silent_vole::VoleSenderOutput { delta, b } = vole;
+            let (seed, a_masked) = masked
+                .split_first()
+                .ok_or_else(|| PsiError::Protocol("empty OKVS message".into()))?;
+            let table = okvs(peer_size, *seed)?;
+            let k: Vec<Block> = b
+                .par_iter()
+                .zip(a_masked.par_iter())
+                .map(|(b, a)| *b ^ a.gf_mul(&delta))
+                .collect();
+            let mut out = table.decode(&k, &keys).map_err(okvs_error)?;
+            out.par_iter_mut()
+                .zip(item_values.par_iter())
+                .for_each(|(o, v)| *o ^= v.gf_mul(&delta));
+            FIXED_KEY_HASH.cr_hash_slice_mut(&mut out);
+            let mut values: Vec<u128> = out.into_iter().map(to_u128).collect();
+            values.shuffle(&mut shuffle);
+            release.apply(&mut values, true);
+            Ok::<_, PsiError>(values)
+        })
+        .await??;
+        progress.report(PHASE_OKVS, own_size as u64, own_size as u64);
+        out
+    };
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    tessera_ot::wire::send_items(link, KIND_VALUES, VALUE_BYTES, &bytes)
+        .await
+        .map_err(vole_error)?;
+    progress.report(PHASE_EXCHANGE, values.len() as u64, values.len() as u64);
+    // Record, then release: every other frame is on the link; the key unlocks them all at once.
+    if !gate.record().await {
+        return Err(PsiError::DeliveryNotRecorded);
+    }
+    link.send(release_frame(release.bytes())).await?;
+    drop(release);
+    match recv_frame(link).await? {
+        Frame::Done => Ok(SenderOutput {
+            receiver_set_size: peer_size as u64,
+        }),
+        other => Err(unexpected(other, "done")),
+    }
+}
+
+/// `rr22` runs in intersection mode only.
+fn check_config(cfg: &PsiConfig) -> Result<(), PsiError> {
+    if cfg.protocol.supports(cfg.mode) {
+        Ok(())
+    } else {
+        Err(PsiError::InvalidConfig(format!(
+            "{} cannot run in {} mode: its receiver learns which keys are common (use ecdh)",
+            Protocol::Rr22,
+            cfg.mode
+        )))
+    }
+}
+
+/// Receives the sender's `count` encrypted values.
+async fn recv_values(link: &dyn Link, count: usize) -> Result<Vec<u128>, PsiError> {
+    let bytes = tessera_ot::wire::recv_items(link, KIND_VALUES, VALUE_BYTES, count)
+        .await
+        .map_err(vole_error)?;
+    Ok(bytes
+        .chunks_exact(VALUE_BYTES)
+        .map(|c| {
+            let mut v = [0u8; VALUE_BYTES];
+            v.copy_from_slice(c);
+            u128::from_le_bytes(v)
+        })
+        .collect())
+}
