@@ -331,6 +331,8 @@ mod tests {
                       Key columns in the provider's dataset, comma-separated
                   --mode <MODE>
                       intersection | size [default: intersection]
+                  --protocol <PROTOCOL>
+                      PSI protocol: rr22 (VOLE-based, the fast one; intersection mode only) or ecdh (smallest messages; the only one for size mode) [default: rr22, ecdh for size mode]
                   --key-case <KEY_CASE>
                       Case rule for keys on both sides: preserve (as in the file), lower, upper (Unicode full mappings; they disagree on e.g. ß), or fold (Unicode full case folding: the one for caseless matching, `straße` = `STRASSE`) [default: preserve]
                   --unicode <UNICODE_FORM>

@@ -108,6 +108,14 @@ fn digests(items: &FlatItems) -> (Vec<Block>, Vec<Block>) {
         .unzip()
 }
 
+/// The item hashing of both roles, for benchmarks (`benches/rr22.rs`): each item's OKVS key and
+/// value ([`ITEM_DIGEST_CONTEXT`]), in order. Not part of the protocol API.
+#[doc(hidden)]
+pub fn bench_item_digests(items: &[Vec<u8>]) -> (Vec<Block>, Vec<Block>) {
+    let indices: Vec<usize> = (0..items.len()).collect();
+    digests(&FlatItems::gather(items, &indices))
+}
+
 /// The OKVS for the receiver's `n_r` keys under `seed`.
 fn okvs(n_r: usize, seed: Block) -> Result<RbOkvs, PsiError> {
     RbOkvs::new(n_r, seed).map_err(|e| PsiError::InvalidConfig(format!("OKVS: {e}")))

@@ -324,3 +324,122 @@ async fn a_provider_side_failure_is_shown_to_the_buyer_only_by_its_kind() {
     let back = c.wait(&j.job_id).await;
     assert_eq!(back.refusal_reasons, j.refusal_reasons);
 }
+
+/// Both protocols between two real worker processes over their mutual-TLS gRPC link, on the
+/// same data: the same rows, recorded with the protocol that ran; a scene that allows only
+/// ECDH refuses rr22 with the reason, and a size job runs ECDH when none is named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rr22_and_ecdh_agree_through_real_workers_and_a_scene_may_allow_only_one() {
+    let c = Cluster::start(5_000);
+    c.fund(1_000_000_000, "fund").await;
+    let provider: Vec<String> = (0..3_000).map(|i| format!("k{i}")).collect();
+    let buyer: Vec<String> = (2_000..2_500)
+        .chain(10_000..10_100)
+        .map(|i| format!("k{i}"))
+        .chain(["k2001".to_string(), String::new()])
+        .collect();
+    c.dataset(&c.provider, "p", "k", &provider).await;
+    c.dataset(&c.buyer, "b", "k", &buyer).await;
+    let lic = c.licence("p", None).await;
+    let mut client = c.client().await;
+    let mut results = Vec::new();
+    for (protocol, name) in [
+        (pb::PsiProtocol::Unspecified, "default.csv"),
+        (pb::PsiProtocol::Ecdh, "ecdh.csv"),
+        (pb::PsiProtocol::Rr22, "rr22.csv"),
+    ] {
+        let j = client
+            .submit_job(pb::SubmitJobRequest {
+                protocol: protocol.into(),
+                ..Cluster::job(&lic, "b", "intersection", name)
+            })
+            .await
+            .expect("submit")
+            .into_inner();
+        let j = c.wait(&j.job_id).await;
+        assert_eq!(j.state_text(), "succeeded", "{j:?}");
+        assert_eq!(j.result_size, Some(500), "{j:?}");
+        let want = match protocol {
+            pb::PsiProtocol::Ecdh => "ecdh",
+            _ => "rr22",
+        };
+        assert_eq!(j.protocol_text(), want, "{j:?}");
+        results.push(read_csv(&c.buyer.outputs.join(name)).1);
+    }
+    assert_eq!(results[0].len(), 501, "k2001 twice");
+    assert!(results.iter().all(|r| *r == results[0]));
+
+    // A size job names no protocol: ECDH, the only one that hides which keys matched.
+    let j = client
+        .submit_job(Cluster::job(&lic, "b", "size", ""))
+        .await
+        .expect("submit")
+        .into_inner();
+    let j = c.wait(&j.job_id).await;
+    assert_eq!((j.state_text(), j.protocol_text()), ("succeeded", "ecdh"));
+    assert_eq!(j.result_size, Some(500));
+    // rr22 in size mode is a bad request, not a refusal.
+    let e = client
+        .submit_job(pb::SubmitJobRequest {
+            protocol: pb::PsiProtocol::Rr22.into(),
+            ..Cluster::job(&lic, "b", "size", "")
+        })
+        .await
+        .expect_err("rr22 cannot run in size mode");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+
+    // A scene that allows only ECDH: rr22 is refused with the policy's reason, ECDH runs.
+    let policy = format!(
+        r#"{{"policyName":"ecdh-only","relUsers":[{{"userId":"{USER}","userName":"U","isGroup":0}}],
+            "useScenes":[{{"useSence":"psi","protocols":["ecdh"]}}]}}"#
+    );
+    let ecdh_only = c
+        .provider_client()
+        .await
+        .create_licence(pb::CreateLicenceRequest {
+            licensor: PROVIDER.into(),
+            licensee: USER.into(),
+            dataset_id: "p".into(),
+            policy_json: policy,
+            price_per_job_micros: 1_000,
+            price_per_1k_rows_micros: 0,
+            operator_share_bps: 2_000,
+            monthly_price_micros: 0,
+        })
+        .await
+        .expect("licence")
+        .into_inner()
+        .licence_id;
+    let refused = client
+        .submit_job(Cluster::job(&ecdh_only, "b", "intersection", ""))
+        .await
+        .expect("submit")
+        .into_inner();
+    assert_eq!(refused.state_text(), "refused", "{refused:?}");
+    assert!(
+        refused
+            .refusal_reasons
+            .iter()
+            .any(|r| r.contains("protocol rr22 is not allowed for scene psi")),
+        "{refused:?}"
+    );
+    assert_eq!(
+        refused
+            .refusals
+            .iter()
+            .map(|r| r.code.as_str())
+            .collect::<Vec<_>>(),
+        ["POLICY_DENIED"]
+    );
+    let j = client
+        .submit_job(pb::SubmitJobRequest {
+            protocol: pb::PsiProtocol::Ecdh.into(),
+            ..Cluster::job(&ecdh_only, "b", "intersection", "")
+        })
+        .await
+        .expect("submit")
+        .into_inner();
+    let j = c.wait(&j.job_id).await;
+    assert_eq!((j.state_text(), j.protocol_text()), ("succeeded", "ecdh"));
+    c.assert_audit_verifies().await;
+}
