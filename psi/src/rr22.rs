@@ -183,7 +183,7 @@ pub(crate) async fn receiver<R: CryptoRngCore + Send>(
                 let table = okvs(own_size, seed)?;
                 match table.encode(&enc_keys, &values) {
                     Ok(p) => return Ok((table, seed, p)),
-                    Err(e @ OkvsError::EncodingFailed { .. }) => last = Some(e),
+                    Err(e @ OkvsError::EncodingFailed) => last = Some(e),
                     Err(e) => return Err(okvs_error(e)),
                 }
             }
