@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use clap::Subcommand;
 use rand::{RngCore, SeedableRng};
 use tessera_core::Link;
@@ -20,14 +21,15 @@ use crate::progress::{self, PhaseBar};
 pub enum BenchCommand {
     /// PSI with N items per party and 50% overlap.
     Psi {
-        /// Items per party.
-        #[arg(long, default_value_t = 1 << 16)]
+        /// Items per party (at most 50,000,000, the dataset row bound).
+        #[arg(long, default_value_t = 1 << 16,
+              value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u64).range(0..=50_000_000), |v| v as usize))]
         n: usize,
         /// intersection | size
-        #[arg(long, default_value = "intersection")]
+        #[arg(long, default_value = "intersection", value_parser = clap::builder::PossibleValuesParser::new(["intersection", "size"]), ignore_case = true)]
         mode: String,
         /// rr22 (VOLE-based) or ecdh [default: rr22, or ecdh for --mode size, which rr22 cannot run]
-        #[arg(long)]
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["rr22", "ecdh"]), ignore_case = true)]
         protocol: Option<String>,
         /// Print one JSON line instead of text.
         #[arg(long)]
@@ -65,7 +67,7 @@ pub enum BenchCommand {
     /// PSI between two CSV files (header `id`); writes the intersection to --out.
     PsiFiles {
         /// rr22 (VOLE-based) or ecdh.
-        #[arg(long, default_value = "rr22")]
+        #[arg(long, default_value = "rr22", value_parser = clap::builder::PossibleValuesParser::new(["rr22", "ecdh"]), ignore_case = true)]
         protocol: String,
         /// The first party's CSV file (header `id`).
         #[arg(long)]
@@ -285,8 +287,10 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 ..Default::default()
             };
             let t0 = Instant::now();
-            let a = tessera_core::table::read_keys(&alice, &spec)?;
-            let b = tessera_core::table::read_keys(&bob, &spec)?;
+            let a = tessera_core::table::read_keys(&alice, &spec)
+                .with_context(|| format!("--alice {}", alice.display()))?;
+            let b = tessera_core::table::read_keys(&bob, &spec)
+                .with_context(|| format!("--bob {}", bob.display()))?;
             let read_s = t0.elapsed().as_secs_f64();
             let protocol: Protocol = protocol.parse()?;
             let r = run_pair(

@@ -332,7 +332,7 @@ mod tests {
                   --mode <MODE>
                       intersection | size [default: intersection]
                   --protocol <PROTOCOL>
-                      PSI protocol: rr22 (VOLE-based, the fast one; intersection mode only) or ecdh (smallest messages; the only one for size mode) [default: rr22, ecdh for size mode]
+                      PSI protocol: rr22 (VOLE-based, the fast one; intersection mode only) or ecdh (public-key; fewer bytes than rr22 only for small sets, where rr22's ~600 KB fixed cost dominates; the only one for size mode) [default: rr22, ecdh for size mode] [possible values: rr22, ecdh]
                   --key-case <KEY_CASE>
                       Case rule for keys on both sides: preserve (as in the file), lower, upper (Unicode full mappings; they disagree on e.g. ß), or fold (Unicode full case folding: the one for caseless matching, `straße` = `STRASSE`) [default: preserve]
                   --unicode <UNICODE_FORM>

@@ -111,6 +111,7 @@ pub(crate) fn usage_to_pb(e: UsageEventRecord) -> Result<pb::UsageEvent, Status>
         party: e.party,
         metric: e.metric,
         quantity,
+        protocol: e.protocol,
     })
 }
 

@@ -214,30 +214,39 @@ pub async fn send<R: CryptoRngCore + Send>(
     cfg.check_lengths(ots.len(), corrections.len())?;
     let (domain, depth) = (cfg.domain, cfg.depth);
     let mut roots: Vec<Block> = (0..cfg.trees).map(|_| random_block(rng)).collect();
-    let mut leaves = vec![Block::ZERO; cfg.size()];
-    let per_tree: Vec<(Vec<Block>, Block)> = leaves
-        .par_chunks_exact_mut(domain)
-        .zip(roots.par_iter())
-        .zip(corrections.par_iter())
-        .enumerate()
-        .map(|(j, ((tree, root), correction))| {
-            let tree_ots = &ots[j * depth..(j + 1) * depth];
-            tree[0] = *root;
-            let mut levels = Vec::with_capacity(2 * depth);
-            for (d, [k0, k1]) in tree_ots.iter().enumerate() {
-                let [s0, s1] = expand_level(tree, cfg.width(d), cfg.width(d + 1));
-                levels.extend([s0 ^ *k0, s1 ^ *k1]);
-            }
-            let sum = tree.iter().fold(*correction, |acc, leaf| acc ^ *leaf);
-            (levels, sum)
-        })
-        .collect();
-    wipe(&mut roots);
-    let levels: Vec<Block> = per_tree
-        .iter()
-        .flat_map(|(l, _)| l.iter().copied())
-        .collect();
-    let sums: Vec<Block> = per_tree.iter().map(|(_, s)| *s).collect();
+    let (cfg, mut ots, corrections) = (*cfg, ots.to_vec(), corrections.to_vec());
+    // The expansion runs on rayon's pool, off the async executor.
+    let (leaves, levels, sums) = crate::base::offload(move || {
+        let mut leaves = vec![Block::ZERO; cfg.size()];
+        let per_tree: Vec<(Vec<Block>, Block)> = leaves
+            .par_chunks_exact_mut(domain)
+            .zip(roots.par_iter())
+            .zip(corrections.par_iter())
+            .enumerate()
+            .map(|(j, ((tree, root), correction))| {
+                let tree_ots = &ots[j * depth..(j + 1) * depth];
+                tree[0] = *root;
+                let mut levels = Vec::with_capacity(2 * depth);
+                for (d, [k0, k1]) in tree_ots.iter().enumerate() {
+                    let [s0, s1] = expand_level(tree, cfg.width(d), cfg.width(d + 1));
+                    levels.extend([s0 ^ *k0, s1 ^ *k1]);
+                }
+                let sum = tree.iter().fold(*correction, |acc, leaf| acc ^ *leaf);
+                (levels, sum)
+            })
+            .collect();
+        wipe(&mut roots);
+        for pair in &mut ots {
+            wipe(pair);
+        }
+        let levels: Vec<Block> = per_tree
+            .iter()
+            .flat_map(|(l, _)| l.iter().copied())
+            .collect();
+        let sums: Vec<Block> = per_tree.iter().map(|(_, s)| *s).collect();
+        (leaves, levels, sums)
+    })
+    .await;
     wire::send_blocks(link, KIND_PPRF_LEVELS, &levels).await?;
     wire::send_blocks(link, KIND_PPRF_CORRECTIONS, &sums).await?;
     Ok(leaves)
@@ -266,24 +275,31 @@ pub async fn receive(
     let depth = cfg.depth;
     let levels = wire::recv_blocks(link, KIND_PPRF_LEVELS, 2 * cfg.ot_count()).await?;
     let sums = wire::recv_blocks(link, KIND_PPRF_CORRECTIONS, cfg.trees).await?;
-    let mut leaves = vec![Block::ZERO; cfg.size()];
-    leaves
-        .par_chunks_exact_mut(cfg.domain)
-        .enumerate()
-        .for_each(|(j, tree)| {
-            let p = points[j];
-            puncture_tree(
-                cfg,
-                p,
-                &levels[2 * j * depth..2 * (j + 1) * depth],
-                &ots[j * depth..(j + 1) * depth],
-                tree,
-            );
-            // tree[p] is zero here, so the fold is the sum of the other leaves.
-            tree[p] = tree
-                .iter()
-                .fold(sums[j] ^ corrections[j], |acc, l| acc ^ *l);
-        });
+    let (cfg, points, ots, corrections) =
+        (*cfg, points.to_vec(), ots.to_vec(), corrections.to_vec());
+    // The expansion runs on rayon's pool, off the async executor.
+    let leaves = crate::base::offload(move || {
+        let mut leaves = vec![Block::ZERO; cfg.size()];
+        leaves
+            .par_chunks_exact_mut(cfg.domain)
+            .enumerate()
+            .for_each(|(j, tree)| {
+                let p = points[j];
+                puncture_tree(
+                    &cfg,
+                    p,
+                    &levels[2 * j * depth..2 * (j + 1) * depth],
+                    &ots[j * depth..(j + 1) * depth],
+                    tree,
+                );
+                // tree[p] is zero here, so the fold is the sum of the other leaves.
+                tree[p] = tree
+                    .iter()
+                    .fold(sums[j] ^ corrections[j], |acc, l| acc ^ *l);
+            });
+        leaves
+    })
+    .await;
     Ok(leaves)
 }
 

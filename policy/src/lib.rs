@@ -118,8 +118,7 @@ pub struct UseScene {
     #[serde(default)]
     pub cp_center: AllowList,
     /// Allowed protocols for this scene's engine (Tessera's extension of table A.50, e.g.
-    /// `["ecdh"]` to keep PSI on the protocol with the smallest messages); empty or absent:
-    /// any. Names from [`tessera_core::PsiProtocol`] (`rr22`, `ecdh`) for the `psi` scene.
+    /// `["ecdh"]` to keep PSI on public-key operations only); empty or absent: any. Names from [`tessera_core::PsiProtocol`] (`rr22`, `ecdh`) for the `psi` scene.
     #[serde(default)]
     pub protocols: AllowList,
 }

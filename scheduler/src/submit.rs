@@ -336,6 +336,14 @@ impl Admission {
                     Constraint::Count => Refusal::QuotaExhausted {
                         scene: req.scene.clone(),
                     },
+                    // The buyer named no protocol: say that this one was the default.
+                    Constraint::Protocol if req.protocol.is_none() => Refusal::PolicyDenied {
+                        constraint: Constraint::Protocol,
+                        reason: format!(
+                            "{} (the default for {} mode; name an allowed protocol)",
+                            c.reason, req.mode
+                        ),
+                    },
                     constraint => Refusal::PolicyDenied {
                         constraint,
                         reason: c.reason.clone(),

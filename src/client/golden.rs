@@ -129,6 +129,7 @@ fn usage_golden() {
             party: "buyer-b".into(),
             metric: "rows_in".into(),
             quantity: 101_000,
+            protocol: "rr22".into(),
         },
         pb::UsageEvent {
             event_id: "u-2".into(),
@@ -136,15 +137,16 @@ fn usage_golden() {
             party: "provider-a".into(),
             metric: "cpu_ms".into(),
             quantity: 912,
+            protocol: "rr22".into(),
         },
     ];
     check_table(
         &ledger::usage(&events),
         expect![[r#"
-         event  job    party       metric   quantity
-         u-1    job-7  buyer-b     rows_in    101000
-         u-2    job-7  provider-a  cpu_ms        912
-    "#]],
+            event  job    party       protocol  metric   quantity
+            u-1    job-7  buyer-b     rr22      rows_in    101000
+            u-2    job-7  provider-a  rr22      cpu_ms        912
+        "#]],
     );
 }
 

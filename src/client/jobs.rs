@@ -42,8 +42,9 @@ pub enum JobCmd {
         #[arg(long, default_value = "intersection")]
         mode: String,
         /// PSI protocol: rr22 (VOLE-based, the fast one; intersection mode only) or ecdh
-        /// (smallest messages; the only one for size mode) [default: rr22, ecdh for size mode]
-        #[arg(long)]
+        /// (public-key; fewer bytes than rr22 only for small sets, where rr22's ~600 KB fixed
+        /// cost dominates; the only one for size mode) [default: rr22, ecdh for size mode]
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["rr22", "ecdh"]), ignore_case = true)]
         protocol: Option<String>,
         /// Case rule for keys on both sides: preserve (as in the file), lower, upper (Unicode
         /// full mappings; they disagree on e.g. ß), or fold (Unicode full case folding: the
@@ -265,7 +266,11 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<()> {
             watch: follow,
         } => {
             let protocol = match protocol {
-                Some(p) => pb::PsiProtocol::from(p.parse::<tessera_core::PsiProtocol>()?).into(),
+                Some(p) => pb::PsiProtocol::from(
+                    p.to_ascii_lowercase()
+                        .parse::<tessera_core::PsiProtocol>()?,
+                )
+                .into(),
                 None => pb::PsiProtocol::Unspecified.into(),
             };
             let mut c = conn.connect().await?;

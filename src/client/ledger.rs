@@ -225,12 +225,16 @@ pub fn transfers(list: &[pb::Transfer], csv: bool, zone: &tessera_core::civil::Z
 
 /// Usage events.
 pub fn usage(list: &[pb::UsageEvent]) -> Listing {
-    let mut l = Listing::new(vec!["event", "job", "party", "metric", "quantity"]).align_right(&[4]);
+    let mut l = Listing::new(vec![
+        "event", "job", "party", "protocol", "metric", "quantity",
+    ])
+    .align_right(&[5]);
     for e in list {
         l.push(vec![
             e.event_id.clone(),
             e.job_id.clone(),
             e.party.clone(),
+            e.protocol.clone(),
             e.metric.clone(),
             e.quantity.to_string(),
         ]);

@@ -128,6 +128,7 @@ pub async fn jobs(a: JobListArgs) -> anyhow::Result<()> {
         "user",
         "licence",
         "mode",
+        "protocol",
         "created",
         "finished",
         "result_size",
@@ -135,7 +136,7 @@ pub async fn jobs(a: JobListArgs) -> anyhow::Result<()> {
         "progress",
         "error",
     ])
-    .align_right(&[7, 8]);
+    .align_right(&[8, 9]);
     print_pages(&a.page, listing, |page| {
         let mut c = c.clone();
         let q = pb::JobQuery {
@@ -157,6 +158,11 @@ pub async fn jobs(a: JobListArgs) -> anyhow::Result<()> {
                         j.user.clone(),
                         j.licence_id.clone(),
                         j.mode_text().to_string(),
+                        if j.protocol == 0 {
+                            String::new()
+                        } else {
+                            j.protocol_text().to_string()
+                        },
                         date(&zone, Some(j.created_at_ms)),
                         date(&zone, j.finished_at_ms),
                         j.result_size.map(|n| n.to_string()).unwrap_or_default(),
