@@ -495,6 +495,23 @@ where
     s.parse().map_err(corrupt)
 }
 
+/// The top-level fields in which two requests differ, comma-separated (the user's own
+/// requests: nothing of anyone else's is shown).
+fn differing_fields(a: &serde_json::Value, b: &serde_json::Value) -> String {
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+        return "the whole request".into();
+    };
+    let mut keys: Vec<&str> = a
+        .keys()
+        .chain(b.keys())
+        .map(String::as_str)
+        .filter(|k| a.get(*k) != b.get(*k))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys.join(", ")
+}
+
 /// Reads a non-negative integer column; a negative stored value is corrupt data.
 fn stored_u64(v: i64) -> Result<u64, StoreError> {
     u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative count {v}")))
@@ -655,7 +672,11 @@ where
                 if prior_request != job.request {
                     return Err(StoreError::IdempotencyMismatch {
                         kind: "job request",
-                        id: format!("{request_id:?} of user {}", job.user),
+                        id: format!(
+                            "{request_id:?} of user {} (differing: {})",
+                            job.user,
+                            differing_fields(&prior_request, &job.request)
+                        ),
                     });
                 }
                 return Ok(Some(AdmitOutcome::Replayed(

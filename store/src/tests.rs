@@ -535,13 +535,17 @@ async fn a_request_id_admits_once_per_user() {
         store.job("job-2").await,
         Err(StoreError::NotFound { .. })
     ));
-    // The same id with other parameters is refused, naming the id.
+    // The same id with other parameters is refused, naming the id and what differs.
     let err = store
-        .admit(&with_id(3, "u", serde_json::json!({"k": 2})), allow)
+        .admit(
+            &with_id(3, "u", serde_json::json!({"k": 2, "protocol": "ecdh"})),
+            allow,
+        )
         .await
         .expect_err("mismatch");
     assert!(
-        matches!(&err, StoreError::IdempotencyMismatch { id, .. } if id.contains("r-1")),
+        matches!(&err, StoreError::IdempotencyMismatch { id, .. }
+            if id.contains("r-1") && id.contains("(differing: k, protocol)")),
         "{err}"
     );
     // Another user's id is its own.
