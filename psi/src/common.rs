@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::sync::Arc;
 use std::task::Poll;
 
 use rand::SeedableRng;
@@ -14,8 +15,11 @@ use zeroize::Zeroize;
 use rayon::prelude::*;
 
 use crate::crypto::ReleaseKey;
-use crate::wire::{Frame, Hello, PROTOCOL_VERSION, abort_frame};
-use crate::{BATCH_ITEMS_LIMIT, ITEM_BYTES_MAX, Mode, Protocol, PsiError, Role, SET_ITEMS_MAX};
+use crate::wire::{Frame, Hello, PROTOCOL_VERSION, abort_frame, done_frame, release_frame};
+use crate::{
+    BATCH_ITEMS_LIMIT, DeliveryGate, ITEM_BYTES_MAX, Mode, PHASE_MATCH, Progress, Protocol,
+    PsiError, ReceiverOutput, Role, SET_ITEMS_MAX, SenderOutput,
+};
 
 /// Items deduplicated between two yields to the async runtime.
 pub(crate) const DEDUP_CHUNK_ITEMS: usize = 1 << 16;
@@ -190,7 +194,7 @@ pub(crate) enum Encrypted {
 /// sender's values are sorted and each of ours is looked up. `distinct[i]` is the input index
 /// of our `i`-th value. Returns the intersection size and, in [`Mode::Intersection`], the
 /// input indices of the common keys, ascending.
-pub(crate) fn intersect(
+fn intersect(
     mut ours: Vec<u128>,
     mut theirs: Vec<u128>,
     encrypted: Encrypted,
@@ -219,4 +223,57 @@ pub(crate) fn intersect(
         }
         Mode::SizeOnly => (ours.par_iter().filter(|v| member(v)).count() as u64, None),
     }
+}
+
+/// The sender's end of both protocols, record before release: every other frame is on the link
+/// and the key unlocks them all at once, so the delivery is recorded first (`gate`), then the
+/// key sent, then the receiver's `Done` awaited (so we never hang up with frames in flight).
+pub(crate) async fn record_release_and_finish(
+    link: &dyn Link,
+    gate: &dyn DeliveryGate,
+    release: Arc<ReleaseKey>,
+    peer_size: usize,
+) -> Result<SenderOutput, PsiError> {
+    if !gate.record().await {
+        return Err(PsiError::DeliveryNotRecorded);
+    }
+    link.send(release_frame(release.bytes())).await?;
+    drop(release);
+    match recv_frame(link).await? {
+        Frame::Done => Ok(SenderOutput {
+            receiver_set_size: peer_size as u64,
+        }),
+        other => Err(unexpected(other, "done")),
+    }
+}
+
+/// The receiver's end of both protocols: takes the sender's `Release`, answers `Done`, and
+/// matches the values ([`intersect`]) off the runtime, reporting [`PHASE_MATCH`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn release_and_match(
+    link: &dyn Link,
+    ours: Vec<u128>,
+    theirs: Vec<u128>,
+    encrypted: Encrypted,
+    distinct: Vec<usize>,
+    mode: Mode,
+    peer_size: usize,
+    progress: &dyn Progress,
+) -> Result<ReceiverOutput, PsiError> {
+    // Until the sender releases its key, the encrypted side is under a key we do not have.
+    let release = match recv_frame(link).await? {
+        Frame::Release(key) => ReleaseKey::from_bytes(key),
+        other => return Err(unexpected(other, "release")),
+    };
+    link.send(done_frame()).await?;
+    let own_size = distinct.len() as u64;
+    progress.report(PHASE_MATCH, 0, own_size);
+    let (intersection_size, intersection) =
+        compute(move || intersect(ours, theirs, encrypted, release, &distinct, mode)).await?;
+    progress.report(PHASE_MATCH, own_size, own_size);
+    Ok(ReceiverOutput {
+        intersection_size,
+        sender_set_size: peer_size as u64,
+        intersection,
+    })
 }

@@ -11,15 +11,16 @@ use tessera_core::Link;
 
 use crate::common::{
     Encrypted, PREALLOC_ITEMS_MAX, check_input, compute, derived_rng, distinct_indices,
-    exchange_hello, intersect, peer_set_size, recv_frame, unexpected,
+    exchange_hello, peer_set_size, record_release_and_finish, recv_frame, release_and_match,
+    unexpected,
 };
 use crate::crypto::{
     DOUBLE_BLINDED_BYTES, FlatItems, POINT_BYTES, ReleaseKey, SecretKey, hash_and_blind, reblind,
 };
-use crate::wire::{BATCH_HEADER_BYTES, Frame, done_frame, new_batch, release_frame};
+use crate::wire::{BATCH_HEADER_BYTES, Frame, new_batch};
 use crate::{
-    BATCH_ITEMS_LIMIT, DeliveryGate, Mode, PHASE_BLIND, PHASE_EXCHANGE, PHASE_HASH, PHASE_MATCH,
-    Progress, Protocol, PsiConfig, PsiError, ReceiverOutput, Role, SenderOutput,
+    BATCH_ITEMS_LIMIT, DeliveryGate, Mode, PHASE_BLIND, PHASE_EXCHANGE, PHASE_HASH, Progress,
+    Protocol, PsiConfig, PsiError, ReceiverOutput, Role, SenderOutput,
 };
 
 /// A doubly-blinded value as a comparable integer.
@@ -104,23 +105,17 @@ pub(crate) async fn receiver<R: CryptoRngCore + Send>(
         Ok::<_, PsiError>((ours, theirs))
     };
     let ((), (ours, theirs)) = tokio::try_join!(send, receive)?;
-    // Until the sender releases its key, `ours` are encryptions under a key we do not have.
-    let release = match recv_frame(link).await? {
-        Frame::Release(key) => ReleaseKey::from_bytes(key),
-        other => return Err(unexpected(other, "release")),
-    };
-    link.send(done_frame()).await?;
-
-    progress.report(PHASE_MATCH, 0, own_size as u64);
-    let mode = cfg.mode;
-    let (intersection_size, intersection) =
-        compute(move || intersect(ours, theirs, Encrypted::Ours, release, &distinct, mode)).await?;
-    progress.report(PHASE_MATCH, own_size as u64, own_size as u64);
-    Ok(ReceiverOutput {
-        intersection_size,
-        sender_set_size: peer_size as u64,
-        intersection,
-    })
+    release_and_match(
+        link,
+        ours,
+        theirs,
+        Encrypted::Ours,
+        distinct,
+        cfg.mode,
+        peer_size,
+        progress,
+    )
+    .await
 }
 
 pub(crate) async fn sender<R: CryptoRngCore + Send>(
@@ -224,18 +219,7 @@ pub(crate) async fn sender<R: CryptoRngCore + Send>(
         Ok(())
     };
     tokio::try_join!(send, answer)?;
-    // Record, then release: every other frame is on the link; the key unlocks them all at once.
-    if !gate.record().await {
-        return Err(PsiError::DeliveryNotRecorded);
-    }
-    link.send(release_frame(release.bytes())).await?;
-    drop(release);
-    match recv_frame(link).await? {
-        Frame::Done => Ok(SenderOutput {
-            receiver_set_size: peer_size as u64,
-        }),
-        other => Err(unexpected(other, "done")),
-    }
+    record_release_and_finish(link, gate, release, peer_size).await
 }
 
 /// Items per frame: the configured batch, capped so that a points frame fits the link.

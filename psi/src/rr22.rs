@@ -72,15 +72,15 @@ use tessera_core::Link;
 use tessera_ot::{Block, OtError, silent_vole};
 
 use crate::common::{
-    Encrypted, check_input, compute, derived_rng, distinct_indices, exchange_hello, intersect,
-    peer_set_size, recv_frame, unexpected,
+    Encrypted, check_input, compute, derived_rng, distinct_indices, exchange_hello, peer_set_size,
+    record_release_and_finish, release_and_match,
 };
 use crate::crypto::{FlatItems, ReleaseKey};
 use crate::okvs::{OkvsError, RbOkvs};
-use crate::wire::{Frame, KIND_OKVS, KIND_VALUES, abort_reason, done_frame, release_frame};
+use crate::wire::{KIND_OKVS, KIND_VALUES, abort_reason};
 use crate::{
-    DEFAULT_BATCH_ITEMS, DeliveryGate, Mode, PHASE_EXCHANGE, PHASE_HASH, PHASE_MATCH, PHASE_OKVS,
-    PHASE_VOLE, Progress, Protocol, PsiConfig, PsiError, ReceiverOutput, Role, SenderOutput,
+    DEFAULT_BATCH_ITEMS, DeliveryGate, Mode, PHASE_EXCHANGE, PHASE_HASH, PHASE_OKVS, PHASE_VOLE,
+    Progress, Protocol, PsiConfig, PsiError, ReceiverOutput, Role, SenderOutput,
 };
 
 /// BLAKE3 derive-key context of the item digest (key and value halves).
@@ -220,30 +220,17 @@ pub(crate) async fn receiver<R: CryptoRngCore + Send>(
         progress.report(PHASE_EXCHANGE, peer_size as u64, peer_size as u64);
         (ours, theirs)
     };
-    let release = match recv_frame(link).await? {
-        Frame::Release(key) => ReleaseKey::from_bytes(key),
-        other => return Err(unexpected(other, "release")),
-    };
-    link.send(done_frame()).await?;
-
-    progress.report(PHASE_MATCH, 0, own_size as u64);
-    let (intersection_size, intersection) = compute(move || {
-        intersect(
-            ours,
-            theirs,
-            Encrypted::Theirs,
-            release,
-            &distinct,
-            Mode::Intersection,
-        )
-    })
-    .await?;
-    progress.report(PHASE_MATCH, own_size as u64, own_size as u64);
-    Ok(ReceiverOutput {
-        intersection_size,
-        sender_set_size: peer_size as u64,
-        intersection,
-    })
+    release_and_match(
+        link,
+        ours,
+        theirs,
+        Encrypted::Theirs,
+        distinct,
+        Mode::Intersection,
+        peer_size,
+        progress,
+    )
+    .await
 }
 
 pub(crate) async fn sender<R: CryptoRngCore + Send>(
@@ -320,18 +307,7 @@ pub(crate) async fn sender<R: CryptoRngCore + Send>(
         .await
         .map_err(vole_error)?;
     progress.report(PHASE_EXCHANGE, values.len() as u64, values.len() as u64);
-    // Record, then release: every other frame is on the link; the key unlocks them all at once.
-    if !gate.record().await {
-        return Err(PsiError::DeliveryNotRecorded);
-    }
-    link.send(release_frame(release.bytes())).await?;
-    drop(release);
-    match recv_frame(link).await? {
-        Frame::Done => Ok(SenderOutput {
-            receiver_set_size: peer_size as u64,
-        }),
-        other => Err(unexpected(other, "done")),
-    }
+    record_release_and_finish(link, gate, release, peer_size).await
 }
 
 /// `rr22` runs in intersection mode only.
