@@ -12,19 +12,14 @@ use curve25519_dalek::ristretto::RistrettoPoint;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use tessera_core::{Link, LinkError, MemLink};
+mod common;
+
+use common::{bounded, keys, reference, run_both};
 use tessera_psi::{
     AbortReason, DeliveryGate, Mode, NoProgress, PROTOCOL_VERSION, Progress, Protocol, PsiConfig,
     PsiError, ReceiverOutput, SenderOutput, run_receiver, run_sender,
     run_sender_reporting_delivery,
 };
-
-const TEST_TIMEOUT: Duration = Duration::from_secs(120);
-
-async fn bounded<T>(f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(TEST_TIMEOUT, f)
-        .await
-        .expect("test timed out (protocol hang?)")
-}
 
 fn cfg(mode: Mode) -> PsiConfig {
     PsiConfig {
@@ -32,41 +27,6 @@ fn cfg(mode: Mode) -> PsiConfig {
         mode,
         ..PsiConfig::default()
     }
-}
-
-async fn run_both(
-    r_items: &[Vec<u8>],
-    s_items: &[Vec<u8>],
-    r_cfg: &PsiConfig,
-    s_cfg: &PsiConfig,
-    seed: u64,
-) -> (
-    Result<ReceiverOutput, PsiError>,
-    Result<SenderOutput, PsiError>,
-) {
-    let (a, b) = MemLink::pair();
-    let mut r_rng = ChaCha20Rng::seed_from_u64(seed);
-    let mut s_rng = ChaCha20Rng::seed_from_u64(seed ^ 0xdead_beef);
-    bounded(async {
-        tokio::join!(
-            run_receiver(&a, r_items, r_cfg, &mut r_rng, &NoProgress),
-            run_sender(&b, s_items, s_cfg, &mut s_rng, &NoProgress),
-        )
-    })
-    .await
-}
-
-/// Plaintext reference: first-occurrence indices of distinct receiver items also in the sender set.
-fn reference(r_items: &[Vec<u8>], s_items: &[Vec<u8>]) -> (Vec<usize>, u64, u64) {
-    let s: HashSet<&[u8]> = s_items.iter().map(Vec::as_slice).collect();
-    let mut seen = HashSet::new();
-    let mut hits = Vec::new();
-    for (i, x) in r_items.iter().enumerate() {
-        if seen.insert(x.as_slice()) && s.contains(x.as_slice()) {
-            hits.push(i);
-        }
-    }
-    (hits, seen.len() as u64, s.len() as u64)
 }
 
 async fn check(r_items: &[Vec<u8>], s_items: &[Vec<u8>], seed: u64) {
@@ -83,10 +43,6 @@ async fn check(r_items: &[Vec<u8>], s_items: &[Vec<u8>], seed: u64) {
             Mode::SizeOnly => assert_eq!(r.intersection, None),
         }
     }
-}
-
-fn keys(range: std::ops::Range<u64>) -> Vec<Vec<u8>> {
-    range.map(|i| format!("key-{i}").into_bytes()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

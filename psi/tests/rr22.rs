@@ -2,10 +2,7 @@
 //! concurrently and the result is compared with a plaintext `HashSet` reference; hostile peers
 //! (which run the real VOLE and then misbehave) must yield typed errors, never panics or hangs.
 
-use std::collections::HashSet;
-use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use bytes::Bytes;
 use rand::{Rng, SeedableRng};
@@ -13,18 +10,13 @@ use rand_chacha::ChaCha20Rng;
 use tessera_core::{Link, LinkError, MemLink};
 use tessera_ot::{Block, silent_vole};
 use tessera_psi::okvs::RbOkvs;
+mod common;
+
+use common::{bounded, keys, reference, run_both};
 use tessera_psi::{
     AbortReason, DeliveryGate, Mode, NoProgress, PROTOCOL_VERSION, Protocol, PsiConfig, PsiError,
     ReceiverOutput, SenderOutput, run_receiver, run_sender, run_sender_reporting_delivery,
 };
-
-const TEST_TIMEOUT: Duration = Duration::from_secs(120);
-
-async fn bounded<T>(f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(TEST_TIMEOUT, f)
-        .await
-        .expect("test timed out (protocol hang?)")
-}
 
 const RR22: PsiConfig = PsiConfig {
     protocol: Protocol::Rr22,
@@ -32,53 +24,15 @@ const RR22: PsiConfig = PsiConfig {
     batch_items_max: tessera_psi::DEFAULT_BATCH_ITEMS,
 };
 
-async fn run_both(
-    r_items: &[Vec<u8>],
-    s_items: &[Vec<u8>],
-    seed: u64,
-) -> (
-    Result<ReceiverOutput, PsiError>,
-    Result<SenderOutput, PsiError>,
-) {
-    let (a, b) = MemLink::pair();
-    let mut r_rng = ChaCha20Rng::seed_from_u64(seed);
-    let mut s_rng = ChaCha20Rng::seed_from_u64(seed ^ 0xdead_beef);
-    bounded(async {
-        tokio::join!(
-            run_receiver(&a, r_items, &RR22, &mut r_rng, &NoProgress),
-            run_sender(&b, s_items, &RR22, &mut s_rng, &NoProgress),
-        )
-    })
-    .await
-}
-
-/// Plaintext reference: first-occurrence indices of distinct receiver items also in the
-/// sender's set, and both distinct sizes.
-fn reference(r_items: &[Vec<u8>], s_items: &[Vec<u8>]) -> (Vec<usize>, u64, u64) {
-    let s: HashSet<&[u8]> = s_items.iter().map(Vec::as_slice).collect();
-    let mut seen = HashSet::new();
-    let mut hits = Vec::new();
-    for (i, item) in r_items.iter().enumerate() {
-        if seen.insert(item.as_slice()) && s.contains(item.as_slice()) {
-            hits.push(i);
-        }
-    }
-    (hits, seen.len() as u64, s.len() as u64)
-}
-
 async fn check(r_items: &[Vec<u8>], s_items: &[Vec<u8>], seed: u64) {
     let (want, r_size, s_size) = reference(r_items, s_items);
-    let (r, s) = run_both(r_items, s_items, seed).await;
+    let (r, s) = run_both(r_items, s_items, &RR22, &RR22, seed).await;
     let r = r.expect("receiver");
     let s = s.expect("sender");
     assert_eq!(r.intersection.as_deref(), Some(want.as_slice()));
     assert_eq!(r.intersection_size, want.len() as u64);
     assert_eq!(r.sender_set_size, s_size);
     assert_eq!(s.receiver_set_size, r_size);
-}
-
-fn keys(range: std::ops::Range<u64>) -> Vec<Vec<u8>> {
-    range.map(|i| format!("key-{i}").into_bytes()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,7 +78,7 @@ async fn duplicates_neither_leak_nor_double_count() {
     let mut s = keys(150..400);
     s.extend(keys(150..400));
     check(&r, &s, 8).await;
-    let (r_out, s_out) = run_both(&r, &s, 9).await;
+    let (r_out, s_out) = run_both(&r, &s, &RR22, &RR22, 9).await;
     assert_eq!(s_out.expect("sender").receiver_set_size, 300);
     assert_eq!(r_out.expect("receiver").sender_set_size, 250);
 }
