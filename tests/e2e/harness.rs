@@ -371,6 +371,12 @@ impl Cluster {
             r#"{{"policyName":"t","relUsers":[{{"userId":"{USER}","userName":"U","isGroup":0}}],
                 "useScenes":[{{"useSence":"psi"{counts},"visitArea":["r1"],"cpCenter":["c1"]}}]}}"#
         );
+        self.licence_with_policy(dataset, policy).await
+    }
+
+    /// A licence of the provider's `dataset` to USER under `policy` (JSON), priced as
+    /// [`Cluster::licence`]'s.
+    pub async fn licence_with_policy(&self, dataset: &str, policy: String) -> String {
         self.provider_client()
             .await
             .create_licence(pb::CreateLicenceRequest {

@@ -287,23 +287,7 @@ async fn a_provider_side_failure_is_shown_to_the_buyer_only_by_its_kind() {
         r#"{{"policyName":"t","relUsers":[{{"userId":"{USER}","userName":"U","isGroup":0}}],
             "useScenes":[{{"useSence":"psi","visitArea":["r9"]}}]}}"#
     );
-    let far = c
-        .provider_client()
-        .await
-        .create_licence(pb::CreateLicenceRequest {
-            licensor: PROVIDER.into(),
-            licensee: USER.into(),
-            dataset_id: "p".into(),
-            policy_json: policy,
-            price_per_job_micros: 1_000,
-            price_per_1k_rows_micros: 10,
-            operator_share_bps: 2_000,
-            monthly_price_micros: 0,
-        })
-        .await
-        .expect("licence")
-        .into_inner()
-        .licence_id;
+    let far = c.licence_with_policy("p", policy).await;
     let j = client
         .submit_job(Cluster::job(&far, "b", "size", ""))
         .await
@@ -393,23 +377,7 @@ async fn rr22_and_ecdh_agree_through_real_workers_and_a_scene_may_allow_only_one
         r#"{{"policyName":"ecdh-only","relUsers":[{{"userId":"{USER}","userName":"U","isGroup":0}}],
             "useScenes":[{{"useSence":"psi","protocols":["ecdh"]}}]}}"#
     );
-    let ecdh_only = c
-        .provider_client()
-        .await
-        .create_licence(pb::CreateLicenceRequest {
-            licensor: PROVIDER.into(),
-            licensee: USER.into(),
-            dataset_id: "p".into(),
-            policy_json: policy,
-            price_per_job_micros: 1_000,
-            price_per_1k_rows_micros: 0,
-            operator_share_bps: 2_000,
-            monthly_price_micros: 0,
-        })
-        .await
-        .expect("licence")
-        .into_inner()
-        .licence_id;
+    let ecdh_only = c.licence_with_policy("p", policy).await;
     let refused = client
         .submit_job(Cluster::job(&ecdh_only, "b", "intersection", ""))
         .await
