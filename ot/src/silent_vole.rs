@@ -45,7 +45,7 @@
 //!
 //! `dual_encode` has an SSE4.1 fast path compiled only when the build enables
 //! `target_feature = "sse4.1"` (for example `-C target-cpu=native`); without it, the portable
-//! path is used. The release-only figure test prints which one was built.
+//! path is used. Its time is measured by `benches/rr22.rs` (`silent_vole`).
 //!
 //! # Threat model
 //!
@@ -601,51 +601,6 @@ mod tests {
         for secret in [s.delta, s.b[0], r.a[0], r.c[0]] {
             assert!(!printed.contains(&format!("{secret:?}")));
         }
-    }
-
-    /// A figure, not a test of speed: the wall time of one silent VOLE of 2^20 correlations,
-    /// both parties in this process over a `MemLink`, OTs from the test dealer (not timed).
-    /// Release builds only; nothing is asserted about the time.
-    #[cfg(not(debug_assertions))]
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn figure_silent_vole_2_pow_20() {
-        let n = 1 << 20;
-        let params = SilentVoleParams::new(n).expect("params");
-        let mut rng = ChaCha20Rng::seed_from_u64(20);
-        let delta = random_block(&mut rng);
-        let noise = sample_noise(&params, &mut rng);
-        let (pprf_pairs, pprf_keys) = deal_ots(&mut rng, noise.choice_bits());
-        let (noisy_pairs, noisy_keys) = deal_ots(&mut rng, &delta_bits(delta));
-        let mut sender_rng = ChaCha20Rng::seed_from_u64(21);
-        let (ls, lr) = MemLink::pair();
-        let start = std::time::Instant::now();
-        let (s, r) = tokio::join!(
-            send_with(
-                &ls,
-                &params,
-                delta,
-                &pprf_pairs,
-                &noisy_keys,
-                &mut sender_rng
-            ),
-            receive_with(&lr, &params, noise, &pprf_keys, &noisy_pairs)
-        );
-        let elapsed = start.elapsed();
-        let (s, r) = (s.expect("sender"), r.expect("receiver"));
-        eprintln!(
-            "figure: silent VOLE n = 2^20 (t = {}, domain = {}, N = {}): {:.1} ms for both \
-             parties, {} bytes receiver→sender, {} bytes sender→receiver; ExConv SSE4.1 path \
-             compiled: {}; rayon threads: {}",
-            params.noise_weight(),
-            params.pprf().domain(),
-            params.code_size(),
-            elapsed.as_secs_f64() * 1e3,
-            lr.stats().bytes_sent,
-            ls.stats().bytes_sent,
-            cfg!(target_feature = "sse4.1"),
-            rayon::current_num_threads(),
-        );
-        check_correlation(&s, &r, n);
     }
 
     /// The whole stack over a real link: base OT, IKNP, noisy VOLE, PPRF, code — no dealer.
