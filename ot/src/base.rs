@@ -57,14 +57,8 @@
 //! 2. Receiver → sender: frames of kind [`KIND_BASE_RECEIVER`] with `n` 32-byte items in all,
 //!    `B_0 … B_{n−1}` in order.
 //!
-//! The group operations run on rayon's global pool (`offload`, below), so the async executor is
+//! The group operations run on rayon's global pool ([`crate::offload`]), so the async executor is
 //! not blocked while a few thousand scalar multiplications run.
-
-use std::future::Future;
-use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, Waker};
 
 use cryprot_core::random_oracle::RandomOracle;
 use curve25519_dalek::ristretto::{CompressedRistretto, RistrettoBasepointTable, RistrettoPoint};
@@ -76,7 +70,7 @@ use tessera_core::Link;
 use zeroize::Zeroizing;
 
 use crate::wire::{KIND_BASE_RECEIVER, KIND_BASE_SENDER, recv_items, send_items};
-use crate::{Block, OtError};
+use crate::{Block, OtError, offload};
 
 /// The most base OTs one call runs (both sides): bounds the receiver's message
 /// (`32 · BASE_OT_MAX` = 128 KiB) and the work per call.
@@ -238,71 +232,6 @@ fn receiver_points(
         })
         .unzip();
     (points.concat(), keys)
-}
-
-/// Runs CPU-bound `work` on rayon's global pool and resolves to its result, so that an async
-/// protocol does not block its executor's thread (this crate does not depend on tokio, so
-/// `spawn_blocking` is not at hand; any executor works). A panic in `work` is resumed in the
-/// task that awaits it, as if `work` had run inline. If the future is dropped, `work` still
-/// runs to its end and its result is dropped.
-pub(crate) fn offload<T, F>(work: F) -> Offloaded<T>
-where
-    T: Send + 'static,
-    F: FnOnce() -> T + Send + 'static,
-{
-    let slot = Arc::new(Mutex::new(Slot {
-        result: None,
-        waker: None,
-    }));
-    let theirs = Arc::clone(&slot);
-    rayon::spawn(move || {
-        let result = catch_unwind(AssertUnwindSafe(work));
-        let waker = {
-            let mut slot = theirs.lock().unwrap_or_else(PoisonError::into_inner);
-            slot.result = Some(result);
-            slot.waker.take()
-        };
-        if let Some(waker) = waker {
-            waker.wake();
-        }
-    });
-    Offloaded { slot }
-}
-
-/// Where [`offload`]'s work leaves its result and finds the waker of the task awaiting it.
-struct Slot<T> {
-    result: Option<std::thread::Result<T>>,
-    waker: Option<Waker>,
-}
-
-/// The future of [`offload`].
-pub(crate) struct Offloaded<T> {
-    slot: Arc<Mutex<Slot<T>>>,
-}
-
-impl<T> std::fmt::Debug for Offloaded<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Offloaded")
-    }
-}
-
-impl<T> Future for Offloaded<T> {
-    type Output = T;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
-        let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
-        match slot.result.take() {
-            Some(Ok(value)) => Poll::Ready(value),
-            Some(Err(panic)) => {
-                drop(slot);
-                resume_unwind(panic)
-            }
-            None => {
-                slot.waker = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        }
-    }
 }
 
 #[cfg(test)]

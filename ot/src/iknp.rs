@@ -82,7 +82,7 @@
 //! extension receiver as base sender).
 //!
 //! The PRG expansion, transpose and hashing of a chunk run on rayon's global pool
-//! ([`base`]'s `offload`), not on the async executor's thread.
+//! ([`crate::offload`]), not on the async executor's thread.
 
 use std::sync::Arc;
 
@@ -94,7 +94,8 @@ use rayon::prelude::*;
 use tessera_core::Link;
 use zeroize::Zeroize;
 
-use crate::base::{self, offload};
+use crate::base;
+use crate::offload;
 use crate::wire::{KIND_IKNP_MATRIX, recv_blocks, send_blocks};
 use crate::{Block, OtError};
 

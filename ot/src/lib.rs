@@ -62,3 +62,26 @@ pub enum OtError {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 }
+
+/// Runs CPU-bound `work` on rayon's global pool and resolves to its result, so that an async
+/// protocol does not block its executor's thread. A panic in `work` is resumed in the task
+/// that awaits it, as if `work` had run inline. If the future is dropped, `work` still runs to
+/// its end and its result is dropped.
+pub(crate) async fn offload<T, F>(work: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    rayon::spawn(move || {
+        // The receiver may be gone (the protocol was dropped): then the result is dropped.
+        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)));
+    });
+    match rx.await {
+        Ok(Ok(value)) => value,
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        // The closure always sends (a panic is caught and sent): the sender cannot be dropped
+        // unsent unless rayon itself fails to run it.
+        Err(_) => std::panic::resume_unwind(Box::new("offloaded work was never run")),
+    }
+}

@@ -216,7 +216,7 @@ pub async fn send<R: CryptoRngCore + Send>(
     let mut roots: Vec<Block> = (0..cfg.trees).map(|_| random_block(rng)).collect();
     let (cfg, mut ots, corrections) = (*cfg, ots.to_vec(), corrections.to_vec());
     // The expansion runs on rayon's pool, off the async executor.
-    let (leaves, levels, sums) = crate::base::offload(move || {
+    let (leaves, levels, sums) = crate::offload(move || {
         let mut leaves = vec![Block::ZERO; cfg.size()];
         let per_tree: Vec<(Vec<Block>, Block)> = leaves
             .par_chunks_exact_mut(domain)
@@ -278,7 +278,7 @@ pub async fn receive(
     let (cfg, points, ots, corrections) =
         (*cfg, points.to_vec(), ots.to_vec(), corrections.to_vec());
     // The expansion runs on rayon's pool, off the async executor.
-    let leaves = crate::base::offload(move || {
+    let leaves = crate::offload(move || {
         let mut leaves = vec![Block::ZERO; cfg.size()];
         leaves
             .par_chunks_exact_mut(cfg.domain)

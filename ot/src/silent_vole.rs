@@ -290,7 +290,7 @@ pub async fn send_with<R: CryptoRngCore + Send>(
     wipe(&mut b_noisy);
     let mut v = sent?;
     let params = *params;
-    let v = crate::base::offload(move || {
+    let v = crate::offload(move || {
         params.compress(&mut v);
         v
     })
@@ -329,7 +329,7 @@ pub async fn receive_with(
         e[j * domain + p] = *beta;
     }
     let params = *params;
-    let (e, w) = crate::base::offload(move || {
+    let (e, w) = crate::offload(move || {
         rayon::join(|| params.compress(&mut e), || params.compress(&mut w));
         (e, w)
     })
