@@ -87,7 +87,7 @@
 use std::sync::Arc;
 
 use bytemuck::Pod;
-use cryprot_core::aes_hash::{AesHash, FIXED_KEY_HASH};
+use cryprot_core::aes_hash::FIXED_KEY_HASH;
 use cryprot_core::transpose::transpose_bitmatrix;
 use rand_core::CryptoRngCore;
 use rayon::prelude::*;
@@ -365,15 +365,6 @@ fn pack_bits(choices: &[bool], padded: usize) -> Secret<Block> {
     r
 }
 
-/// Fills `out` with the blocks of `key`'s stream from block `start` on: `AES_key(c) ⊕ c`.
-fn expand(key: &Block, start: u128, out: &mut [Block]) {
-    let aes = AesHash::new(&(*key).into());
-    for (c, block) in (start..).zip(out.iter_mut()) {
-        *block = Block::new(c.to_le_bytes());
-    }
-    aes.cr_hash_slice_mut(out);
-}
-
 /// The 128 × `padded` column matrix (`columns[j]` = blocks `j·padded/128 ..`) as `padded` rows.
 fn transpose(columns: &[Block], padded: usize) -> Secret<Block> {
     let mut rows = Secret::<Block>::zeroed(padded);
@@ -417,8 +408,8 @@ fn receiver_chunk(
         .zip(u.par_chunks_mut(per_column))
         .zip(keys.par_iter())
         .for_each(|((t0_j, u_j), [k0, k1])| {
-            expand(k0, stream_block, t0_j);
-            expand(k1, stream_block, u_j);
+            crate::aes_ctr(k0, stream_block, t0_j);
+            crate::aes_ctr(k1, stream_block, u_j);
             for ((u, t), r) in u_j.iter_mut().zip(t0_j.iter()).zip(r) {
                 *u ^= *t ^ *r;
             }
@@ -445,7 +436,7 @@ fn sender_chunk(
         .zip(secrets.keys.par_iter())
         .enumerate()
         .for_each(|(j, ((q_j, u_j), k))| {
-            expand(k, stream_block, q_j);
+            crate::aes_ctr(k, stream_block, q_j);
             // s_j·u_j without a branch on s_j.
             let mask = Block::splat(0u8.wrapping_sub(bit(&s, j)));
             for (q, u) in q_j.iter_mut().zip(u_j) {
@@ -683,9 +674,9 @@ mod tests {
     fn the_stream_continues_across_calls() {
         let key = Block::from(42_u128);
         let mut whole = vec![Block::ZERO; 10];
-        expand(&key, 0, &mut whole);
+        crate::aes_ctr(&key, 0, &mut whole);
         let mut tail = vec![Block::ZERO; 4];
-        expand(&key, 6, &mut tail);
+        crate::aes_ctr(&key, 6, &mut tail);
         assert_eq!(&whole[6..], &tail[..]);
         let distinct: HashSet<u128> = whole.iter().map(u128::from).collect();
         assert_eq!(distinct.len(), 10);

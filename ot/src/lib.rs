@@ -85,3 +85,15 @@ where
         Err(_) => std::panic::resume_unwind(Box::new("offloaded work was never run")),
     }
 }
+
+/// The crate's PRG: fills `out` with blocks `start, start + 1, …` of `key`'s stream,
+/// `AES-128_key(c) ⊕ c` with the counter `c` as a little-endian block (fixed-key-style
+/// correlation-robust hash of cryprot-core's `AesHash`, keyed with `key`). IKNP's column
+/// expansion and the noisy VOLE's `G` use it.
+pub(crate) fn aes_ctr(key: &Block, start: u128, out: &mut [Block]) {
+    let aes = cryprot_core::aes_hash::AesHash::new(&(*key).into());
+    for (c, block) in (start..).zip(out.iter_mut()) {
+        *block = Block::new(c.to_le_bytes());
+    }
+    aes.cr_hash_slice_mut(out);
+}

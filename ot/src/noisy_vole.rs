@@ -39,7 +39,6 @@
 //! 1. VOLE receiver → VOLE sender: [`wire::KIND_NOISY_VOLE`] frames carrying the `128 · count`
 //!    blocks `u`, bit-major (`u[i·count + j] = u_{i,j}`).
 
-use cryprot_core::aes_hash::AesHash;
 use rand_core::RngCore;
 use rayon::prelude::*;
 use tessera_core::Link;
@@ -125,8 +124,8 @@ pub async fn receive(
 
 /// `G(seed)`: `len` blocks `AES-128_seed(j) ⊕ j` (AES in counter mode keyed with `seed`).
 fn prg(seed: Block, len: usize) -> Vec<Block> {
-    let mut out: Vec<Block> = (0..len).map(Block::from).collect();
-    AesHash::new(&seed.into()).cr_hash_slice_mut(&mut out);
+    let mut out = vec![Block::ZERO; len];
+    crate::aes_ctr(&seed, 0, &mut out);
     out
 }
 
