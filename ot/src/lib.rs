@@ -97,3 +97,10 @@ pub(crate) fn aes_ctr(key: &Block, start: u128, out: &mut [Block]) {
     }
     aes.cr_hash_slice_mut(out);
 }
+
+/// The 128 bits of a block, bit `i` = bit `i % 8` of byte `i / 8` (the order of
+/// [`crate::iknp::IknpSender::new`]'s `s` and of the noisy VOLE's `Δ`).
+pub(crate) fn block_bits(b: Block) -> impl Iterator<Item = bool> {
+    let bytes = *b.as_bytes();
+    (0..128).map(move |i| (bytes[i / 8] >> (i % 8)) & 1 == 1)
+}

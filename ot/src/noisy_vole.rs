@@ -188,13 +188,6 @@ pub(crate) fn deal_ots<R: RngCore>(rng: &mut R, choices: &[bool]) -> (Vec<[Block
     (pairs, chosen)
 }
 
-/// The bits of `delta` as OT choice bits, in the order [`send`] consumes its keys.
-#[cfg(test)]
-pub(crate) fn delta_bits(delta: Block) -> Vec<bool> {
-    let d = u128::from(delta);
-    (0..OT_COUNT).map(|i| (d >> i) & 1 == 1).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,7 +202,7 @@ mod tests {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let delta = random_block(&mut rng);
         let a: Vec<Block> = (0..count).map(|_| random_block(&mut rng)).collect();
-        let (pairs, keys) = deal_ots(&mut rng, &delta_bits(delta));
+        let (pairs, keys) = deal_ots(&mut rng, &crate::block_bits(delta).collect::<Vec<_>>());
         let (ls, lr) = MemLink::pair();
         let (b, c) = tokio::join!(send(&ls, delta, &keys, count), receive(&lr, &a, &pairs));
         (delta, a, b.expect("sender"), c.expect("receiver"))
@@ -242,10 +235,9 @@ mod tests {
         for _ in 0..20 {
             let a = random_block(&mut rng);
             let delta = random_block(&mut rng);
-            let sum = delta_bits(delta)
-                .iter()
+            let sum = crate::block_bits(delta)
                 .enumerate()
-                .filter(|(_, bit)| **bit)
+                .filter(|(_, bit)| *bit)
                 .fold(Block::ZERO, |acc, (i, _)| {
                     acc ^ a.gf_mul(&Block::from(1u128 << i))
                 });

@@ -342,13 +342,6 @@ pub async fn receive_with(
 /// of `Δ` (the noisy VOLE's).
 const BASE_OTS: usize = crate::iknp::BASE_COUNT + crate::noisy_vole::OT_COUNT;
 
-/// The 128 bits of a block, bit `i` = bit `i % 8` of byte `i / 8` (the order of
-/// [`crate::iknp::IknpSender::new`]'s `s` and of the noisy VOLE's `Δ`).
-fn bits(b: Block) -> impl Iterator<Item = bool> {
-    let bytes = *b.as_bytes();
-    (0..128).map(move |i| (bytes[i / 8] >> (i % 8)) & 1 == 1)
-}
-
 /// The VOLE sender's side of `n` correlations, the whole stack: 256 base OTs (as base-OT
 /// receiver: 128 for IKNP with random choices `s`, 128 with the bits of a fresh uniform `Δ`
 /// for the noisy VOLE), the PPRF's OTs by IKNP extension (as OT sender), then
@@ -369,7 +362,9 @@ pub async fn send<R: CryptoRngCore + Send>(
     let params = SilentVoleParams::new(n)?;
     let s = random_block(rng);
     let delta = random_block(rng);
-    let choices: Vec<bool> = bits(s).chain(bits(delta)).collect();
+    let choices: Vec<bool> = crate::block_bits(s)
+        .chain(crate::block_bits(delta))
+        .collect();
     let mut keys = crate::base::receive(link, rng, &choices).await?;
     let noisy_keys = keys.split_off(crate::iknp::BASE_COUNT);
     let mut iknp = crate::iknp::IknpSender::new(s, keys)?;
@@ -430,7 +425,7 @@ mod tests {
     use rand_core::SeedableRng;
     use tessera_core::MemLink;
 
-    use crate::noisy_vole::{deal_ots, delta_bits};
+    use crate::noisy_vole::deal_ots;
 
     /// Both sides of a silent VOLE of `n`, random OTs from the test dealer.
     async fn run(n: usize, seed: u64) -> (VoleSenderOutput, VoleReceiverOutput) {
@@ -439,7 +434,8 @@ mod tests {
         let delta = random_block(&mut rng);
         let noise = sample_noise(&params, &mut rng);
         let (pprf_pairs, pprf_keys) = deal_ots(&mut rng, noise.choice_bits());
-        let (noisy_pairs, noisy_keys) = deal_ots(&mut rng, &delta_bits(delta));
+        let (noisy_pairs, noisy_keys) =
+            deal_ots(&mut rng, &crate::block_bits(delta).collect::<Vec<_>>());
         let mut sender_rng = ChaCha20Rng::seed_from_u64(seed.wrapping_add(1 << 32));
         let (ls, lr) = MemLink::pair();
         let (s, r) = tokio::join!(
