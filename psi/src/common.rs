@@ -14,7 +14,7 @@ use zeroize::Zeroize;
 
 use rayon::prelude::*;
 
-use crate::crypto::ReleaseKey;
+use crate::crypto::{DOUBLE_BLINDED_BYTES, ReleaseKey};
 use crate::wire::{Frame, Hello, PROTOCOL_VERSION, abort_frame, done_frame, release_frame};
 use crate::{
     BATCH_ITEMS_LIMIT, DeliveryGate, ITEM_BYTES_MAX, Mode, PHASE_MATCH, Progress, Protocol,
@@ -276,4 +276,19 @@ pub(crate) async fn release_and_match(
         sender_set_size: peer_size as u64,
         intersection,
     })
+}
+
+/// A 16-byte value (ECDH's doubly-blinded truncation, rr22's OPRF output) as bytes; a shorter
+/// slice is zero-padded (callers pass exact chunks).
+pub(crate) fn to_array(bytes: &[u8]) -> [u8; DOUBLE_BLINDED_BYTES] {
+    let mut out = [0u8; DOUBLE_BLINDED_BYTES];
+    for (d, s) in out.iter_mut().zip(bytes) {
+        *d = *s;
+    }
+    out
+}
+
+/// A 16-byte value as the comparable integer both protocols match on (little-endian).
+pub(crate) fn to_value(bytes: &[u8]) -> u128 {
+    u128::from_le_bytes(to_array(bytes))
 }

@@ -12,7 +12,7 @@ use tessera_core::Link;
 use crate::common::{
     Encrypted, PREALLOC_ITEMS_MAX, check_input, compute, derived_rng, distinct_indices,
     exchange_hello, peer_set_size, record_release_and_finish, recv_frame, release_and_match,
-    unexpected,
+    to_array, to_value, unexpected,
 };
 use crate::crypto::{
     DOUBLE_BLINDED_BYTES, FlatItems, POINT_BYTES, ReleaseKey, SecretKey, hash_and_blind, reblind,
@@ -299,16 +299,4 @@ async fn send_blinded_items(
         link.send(frame).await?;
     }
     Ok(())
-}
-
-fn to_array(bytes: &[u8]) -> [u8; DOUBLE_BLINDED_BYTES] {
-    let mut out = [0u8; DOUBLE_BLINDED_BYTES];
-    for (d, s) in out.iter_mut().zip(bytes) {
-        *d = *s;
-    }
-    out
-}
-
-fn to_value(bytes: &[u8]) -> Value {
-    Value::from_le_bytes(to_array(bytes))
 }

@@ -73,7 +73,7 @@ use tessera_ot::{Block, OtError, silent_vole};
 
 use crate::common::{
     Encrypted, check_input, compute, derived_rng, distinct_indices, exchange_hello, peer_set_size,
-    record_release_and_finish, release_and_match,
+    record_release_and_finish, release_and_match, to_value,
 };
 use crate::crypto::{FlatItems, ReleaseKey};
 use crate::okvs::{OkvsError, RbOkvs};
@@ -328,12 +328,5 @@ async fn recv_values(link: &dyn Link, count: usize) -> Result<Vec<u128>, PsiErro
     let bytes = tessera_ot::wire::recv_items(link, KIND_VALUES, VALUE_BYTES, count)
         .await
         .map_err(vole_error)?;
-    Ok(bytes
-        .chunks_exact(VALUE_BYTES)
-        .map(|c| {
-            let mut v = [0u8; VALUE_BYTES];
-            v.copy_from_slice(c);
-            u128::from_le_bytes(v)
-        })
-        .collect())
+    Ok(bytes.chunks_exact(VALUE_BYTES).map(to_value).collect())
 }
