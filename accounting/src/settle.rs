@@ -385,10 +385,70 @@ pub fn term_payment(t: &TermPurchase<'_>, funds: &Funds) -> Result<TermSettlemen
             part,
         ])
     };
-    let paid_from = draw_funds(t.customer, funds, BillingMode::Prepaid, t.price_micros)?;
-    let holds = AccountKind::CustomerHolds(t.customer.to_string()).name();
+    let paid = prepaid(
+        t.customer,
+        t.provider,
+        t.price_micros,
+        t.operator_share_bps,
+        funds,
+        &key,
+        &format!("licence {} term {}", t.licence_id, t.seq),
+    )?;
+    let kind = term_kind(t.kind);
+    let line = NewBillLine {
+        line_id: key("bill"),
+        customer: t.customer.to_string(),
+        job_id: None,
+        kind,
+        product: format!("licence:{}", t.licence_id),
+        provider: t.provider.to_string(),
+        event_time_ms: t.now,
+        service_start_ms: t.start,
+        service_end_ms: t.end,
+        amounts: paid.amounts,
+        split: paid.split,
+        note: format!(
+            "{} of {} month(s) at {} per month",
+            kind.name(),
+            t.months,
+            t.monthly_price_micros
+        ),
+    };
+    line.validate()?;
+    Ok(TermSettlement {
+        transfers: paid.transfers,
+        line,
+        refundable_micros: paid.refundable_micros,
+        paid_from: paid.paid_from,
+    })
+}
+
+/// A prepaid amount drawn from the buyer's funds and split between licensor and operator.
+struct Prepaid {
+    transfers: Vec<TransferSpec>,
+    amounts: Amounts,
+    split: Split,
+    refundable_micros: Micros,
+    paid_from: Vec<(AccountKind, Micros)>,
+}
+
+/// Pays `price` from the buyer's funds in the payment order of a prepaid product (recharge
+/// voucher, cash, credit; the operator has no coupons) into its holds account, then from there
+/// to the licensor's receivable and the operator's revenue by the share. Transfer ids are
+/// `key(account or leg)`.
+fn prepaid(
+    customer: &str,
+    provider: &str,
+    price: Micros,
+    operator_share_bps: u32,
+    funds: &Funds,
+    key: &dyn Fn(&str) -> String,
+    memo: &str,
+) -> Result<Prepaid, SettleError> {
+    let paid_from = draw_funds(customer, funds, BillingMode::Prepaid, price)?;
+    let holds = AccountKind::CustomerHolds(customer.to_string()).name();
     let mut amounts = Amounts {
-        original: t.price_micros,
+        original: price,
         ..Amounts::default()
     };
     let mut refundable: Micros = 0;
@@ -409,14 +469,14 @@ pub fn term_payment(t: &TermPurchase<'_>, funds: &Funds) -> Result<TermSettlemen
             credit: holds.clone(),
             amount_micros: *amount,
             job_id: None,
-            memo: format!("licence {} term {}", t.licence_id, t.seq),
+            memo: memo.to_string(),
         });
     }
-    let split = split_share(t.price_micros, t.operator_share_bps);
+    let split = split_share(price, operator_share_bps);
     for (leg, credit, amount) in [
         (
             "provider",
-            AccountKind::ProviderReceivable(t.provider.to_string()),
+            AccountKind::ProviderReceivable(provider.to_string()),
             split.provider_micros,
         ),
         (
@@ -432,36 +492,102 @@ pub fn term_payment(t: &TermPurchase<'_>, funds: &Funds) -> Result<TermSettlemen
                 credit: credit.name(),
                 amount_micros: amount,
                 job_id: None,
-                memo: format!("licence {} term {}, {leg} share", t.licence_id, t.seq),
+                memo: format!("{memo}, {leg} share"),
             });
         }
     }
-    let kind = term_kind(t.kind);
-    let line = NewBillLine {
-        line_id: key("bill"),
-        customer: t.customer.to_string(),
-        job_id: None,
-        kind,
-        product: format!("licence:{}", t.licence_id),
-        provider: t.provider.to_string(),
-        event_time_ms: t.now,
-        service_start_ms: t.start,
-        service_end_ms: t.end,
+    Ok(Prepaid {
+        transfers,
         amounts,
         split,
-        note: format!(
-            "{} of {} month(s) at {} per month",
-            kind.name(),
-            t.months,
-            t.monthly_price_micros
-        ),
-    };
-    line.validate()?;
-    Ok(TermSettlement {
-        transfers,
-        line,
         refundable_micros: refundable,
         paid_from,
+    })
+}
+
+/// A dataset bought through the T/AI 123.12 trade flow (`/settlement`, table A.34): a
+/// one-time prepaid order of the confirmed price.
+#[derive(Debug, Clone, Copy)]
+pub struct DataPurchase<'a> {
+    /// The confirmation settled (one settlement each).
+    pub confirm_id: &'a str,
+    /// The buyer (the demander).
+    pub customer: &'a str,
+    /// The licensor party.
+    pub provider: &'a str,
+    /// Registration number and dataset id, for the bill line's product.
+    pub registration_id: &'a str,
+    /// Dataset id.
+    pub data_id: &'a str,
+    /// The confirmed price (0: free, nothing moves).
+    pub price_micros: Micros,
+    /// The operator's share of it.
+    pub operator_share_bps: u32,
+    /// The licence's term, the bill line's service period.
+    pub term_start: Millis,
+    /// End of the term.
+    pub term_end: Millis,
+    /// Now.
+    pub now: Millis,
+}
+
+/// How a data purchase is paid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataSettlement {
+    /// Transfers: funds → holds account, holds account → provider / operator (none if free).
+    pub transfers: Vec<TransferSpec>,
+    /// The bill line (none if free).
+    pub line: Option<NewBillLine>,
+    /// What each account paid, in payment order.
+    pub paid_from: Vec<(AccountKind, Micros)>,
+}
+
+/// Pays a data purchase like a prepaid order (recharge voucher, cash, credit line), split
+/// between the licensor and the operator; transfer ids derive from the confirmation, so a
+/// retried settlement cannot pay twice.
+///
+/// # Errors
+/// [`SettleError`] when the funds do not cover the price, or the line breaks an identity.
+pub fn data_purchase(p: &DataPurchase<'_>, funds: &Funds) -> Result<DataSettlement, SettleError> {
+    if p.price_micros == 0 {
+        return Ok(DataSettlement {
+            transfers: Vec::new(),
+            line: None,
+            paid_from: Vec::new(),
+        });
+    }
+    let key = |part: &str| derive_id(&["trade", p.confirm_id, part]);
+    let paid = prepaid(
+        p.customer,
+        p.provider,
+        p.price_micros,
+        p.operator_share_bps,
+        funds,
+        &key,
+        &format!(
+            "data {} / {} (confirmation {})",
+            p.registration_id, p.data_id, p.confirm_id
+        ),
+    )?;
+    let line = NewBillLine {
+        line_id: key("bill"),
+        customer: p.customer.to_string(),
+        job_id: None,
+        kind: BillLineKind::Order,
+        product: format!("data:{}/{}", p.registration_id, p.data_id),
+        provider: p.provider.to_string(),
+        event_time_ms: p.now,
+        service_start_ms: p.term_start,
+        service_end_ms: p.term_end,
+        amounts: paid.amounts,
+        split: paid.split,
+        note: format!("data purchase, confirmation {}", p.confirm_id),
+    };
+    line.validate()?;
+    Ok(DataSettlement {
+        transfers: paid.transfers,
+        line: Some(line),
+        paid_from: paid.paid_from,
     })
 }
 
@@ -702,6 +828,69 @@ mod tests {
         // Capped at the hold.
         let s = delivered_job(&job(1_000_000), "cancelled").expect("settle");
         assert_eq!((s.charge.total_micros, s.capped_off_micros), (1_500, 9_500));
+    }
+
+    #[test]
+    fn a_data_purchase_is_a_prepaid_order_split_by_share_and_free_data_moves_nothing() {
+        let p = DataPurchase {
+            confirm_id: "c1",
+            customer: "u",
+            provider: "p",
+            registration_id: "reg-1",
+            data_id: "d",
+            price_micros: 300,
+            operator_share_bps: 1_000,
+            term_start: 0,
+            term_end: 10,
+            now: 0,
+        };
+        let s = data_purchase(&p, &funds(1_000, 100, 150, 100)).expect("pay");
+        assert_eq!(
+            s.paid_from,
+            vec![
+                (AccountKind::CustomerRechargeVoucher("u".into()), 100),
+                (AccountKind::CustomerCash("u".into()), 150),
+                (AccountKind::CustomerCredit("u".into()), 50)
+            ]
+        );
+        let line = s.line.expect("a line");
+        assert_eq!(
+            (line.split.provider_micros, line.split.operator_micros),
+            (270, 30)
+        );
+        assert_eq!(line.product, "data:reg-1/d");
+        // Into holds: 300; out of holds: 270 + 30.
+        let holds = AccountKind::CustomerHolds("u".into()).name();
+        let into: i64 = s
+            .transfers
+            .iter()
+            .filter(|t| t.credit == holds)
+            .map(|t| t.amount_micros)
+            .sum();
+        let out: i64 = s
+            .transfers
+            .iter()
+            .filter(|t| t.debit == holds)
+            .map(|t| t.amount_micros)
+            .sum();
+        assert_eq!((into, out), (300, 300));
+        // The same confirmation derives the same transfer ids (a retry cannot pay twice).
+        assert_eq!(
+            data_purchase(&p, &funds(1_000, 100, 150, 100))
+                .unwrap()
+                .transfers,
+            s.transfers
+        );
+        assert!(data_purchase(&p, &funds(1_000, 0, 0, 0)).is_err());
+        let free = data_purchase(
+            &DataPurchase {
+                price_micros: 0,
+                ..p
+            },
+            &funds(0, 0, 0, 0),
+        )
+        .unwrap();
+        assert!(free.transfers.is_empty() && free.line.is_none());
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod limits;
 pub mod lists;
 mod records;
 mod terms;
+mod trade;
 mod writer;
 
 use std::path::Path;
@@ -41,6 +42,10 @@ pub use terms::SubscriptionView;
 pub use tessera_accounting::bill::{Amounts, BillLineKind, NewBillLine, Split};
 pub use tessera_accounting::ledger::LedgerOp;
 pub use tessera_accounting::{LedgerError, TransferOutcome};
+pub use trade::{
+    ConfirmationRow, DemandRow, NewSettlement, PublicationRow, RegistrationRow, SettlementRow,
+    TradeLicenceRow,
+};
 pub use writer::{MAX_BATCH, WriteStats};
 
 /// Why a store operation failed.
@@ -364,6 +369,8 @@ mod tests_audit;
 mod tests_audit_records;
 #[cfg(test)]
 mod tests_billing;
+#[cfg(test)]
+mod tests_trade;
 #[cfg(test)]
 mod tests_writer;
 

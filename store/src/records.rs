@@ -213,71 +213,7 @@ impl Store {
     /// Creates a licence and its scene counters; `remainingCounts` starts at `counts`.
     pub async fn create_licence(&self, l: &LicenceRecord, now_ms: i64) -> Result<(), StoreError> {
         let mut tx = self.write.begin().await?;
-        let exists = sqlx::query("SELECT 1 FROM datasets WHERE dataset_id = ?")
-            .bind(&l.dataset_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if exists.is_none() {
-            return Err(StoreError::NotFound {
-                kind: "dataset",
-                id: l.dataset_id.clone(),
-            });
-        }
-        let mut policy = l.policy.clone();
-        for s in &mut policy.use_scenes {
-            s.remaining_counts = None;
-        }
-        let policy_json = serde_json::to_string(&policy).map_err(corrupt)?;
-        let r = sqlx::query(
-            "INSERT INTO licences (licence_id, licensor, licensee, dataset_id, policy_json, \
-             price_per_job_micros, price_per_1k_rows_micros, operator_share_bps, created_at_ms, monthly_price_micros) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(licence_id) DO NOTHING",
-        )
-        .bind(&l.licence_id)
-        .bind(&l.licensor)
-        .bind(&l.licensee)
-        .bind(&l.dataset_id)
-        .bind(&policy_json)
-        .bind(l.price.per_job_micros)
-        .bind(l.price.per_1k_rows_micros)
-        .bind(i64::from(l.price.operator_share_bps))
-        .bind(now_ms)
-        .bind(l.monthly_price_micros)
-        .execute(&mut *tx)
-        .await?;
-        if r.rows_affected() == 0 {
-            return Err(StoreError::Conflict {
-                kind: "licence",
-                id: l.licence_id.clone(),
-            });
-        }
-        for s in &l.policy.use_scenes {
-            let counts = s.counts.map(|c| i64::try_from(c).unwrap_or(i64::MAX));
-            let remaining = s
-                .remaining_counts
-                .or(s.counts)
-                .map(|c| i64::try_from(c).unwrap_or(i64::MAX));
-            sqlx::query(
-                "INSERT INTO licence_scenes (licence_id, scene, counts, remaining) VALUES (?, ?, ?, ?)",
-            )
-            .bind(&l.licence_id)
-            .bind(&s.use_sence)
-            .bind(counts)
-            .bind(remaining)
-            .execute(&mut *tx)
-            .await?;
-        }
-        audit::append(
-            &mut tx,
-            now_ms,
-            "licence_create",
-            &l.licence_id,
-            &serde_json::json!({
-                "licensor": l.licensor, "licensee": l.licensee, "dataset_id": l.dataset_id,
-                "policy": l.policy, "price": l.price, "monthly_price_micros": l.monthly_price_micros,
-            }),
-        )
-        .await?;
+        insert_licence(&mut tx, l, now_ms).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -334,4 +270,79 @@ pub(crate) async fn load_licence(
         },
         monthly_price_micros: r.try_get(8)?,
     })
+}
+
+/// Inserts a licence and its scene counters inside a transaction (`remainingCounts` starts
+/// at `counts`), with its `licence_create` entry.
+pub(crate) async fn insert_licence(
+    tx: &mut sqlx::SqliteConnection,
+    l: &LicenceRecord,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let exists = sqlx::query("SELECT 1 FROM datasets WHERE dataset_id = ?")
+        .bind(&l.dataset_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if exists.is_none() {
+        return Err(StoreError::NotFound {
+            kind: "dataset",
+            id: l.dataset_id.clone(),
+        });
+    }
+    let mut policy = l.policy.clone();
+    for s in &mut policy.use_scenes {
+        s.remaining_counts = None;
+    }
+    let policy_json = serde_json::to_string(&policy).map_err(corrupt)?;
+    let r = sqlx::query(
+        "INSERT INTO licences (licence_id, licensor, licensee, dataset_id, policy_json, \
+         price_per_job_micros, price_per_1k_rows_micros, operator_share_bps, created_at_ms, monthly_price_micros) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(licence_id) DO NOTHING",
+    )
+    .bind(&l.licence_id)
+    .bind(&l.licensor)
+    .bind(&l.licensee)
+    .bind(&l.dataset_id)
+    .bind(&policy_json)
+    .bind(l.price.per_job_micros)
+    .bind(l.price.per_1k_rows_micros)
+    .bind(i64::from(l.price.operator_share_bps))
+    .bind(now_ms)
+    .bind(l.monthly_price_micros)
+    .execute(&mut *tx)
+    .await?;
+    if r.rows_affected() == 0 {
+        return Err(StoreError::Conflict {
+            kind: "licence",
+            id: l.licence_id.clone(),
+        });
+    }
+    for s in &l.policy.use_scenes {
+        let counts = s.counts.map(|c| i64::try_from(c).unwrap_or(i64::MAX));
+        let remaining = s
+            .remaining_counts
+            .or(s.counts)
+            .map(|c| i64::try_from(c).unwrap_or(i64::MAX));
+        sqlx::query(
+            "INSERT INTO licence_scenes (licence_id, scene, counts, remaining) VALUES (?, ?, ?, ?)",
+        )
+        .bind(&l.licence_id)
+        .bind(&s.use_sence)
+        .bind(counts)
+        .bind(remaining)
+        .execute(&mut *tx)
+        .await?;
+    }
+    audit::append(
+        tx,
+        now_ms,
+        "licence_create",
+        &l.licence_id,
+        &serde_json::json!({
+            "licensor": l.licensor, "licensee": l.licensee, "dataset_id": l.dataset_id,
+            "policy": l.policy, "price": l.price, "monthly_price_micros": l.monthly_price_micros,
+        }),
+    )
+    .await?;
+    Ok(())
 }

@@ -1,0 +1,1161 @@
+//! The T/AI 123.12 trade flow's records (migration `0904`): registrations, publications,
+//! demands, confirmations, settlements with their licences, deliveries, the policies of
+//! controlled deliveries, uploaded data files and the licensors' signing keys.
+//!
+//! The store persists what the trade service decided and enforces the flow's uniqueness
+//! rules in SQL: one confirmation per demand, one settlement per confirmation (a retry
+//! answers the first), one valid licence per settlement. Every change appends an audit entry
+//! whose subject is the dataset id (so a data item's log is its entries), or the demand id
+//! for a demand's own changes. A settlement's money moves in the same transaction as its
+//! licence, through `accounting::settle::data_purchase`.
+
+use serde::Serialize;
+use sqlx::Row;
+use tessera_accounting::ledger::AccountKind;
+use tessera_accounting::settle::{self, DataPurchase};
+
+use crate::bills::add_line;
+use tessera_accounting::freeze::ManualFreeze;
+
+use crate::limits;
+use crate::records::{LicenceRecord, insert_licence};
+use crate::{RuleRefusal, Store, StoreError, audit, ledger};
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+/// A registration (`/registerData`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RegistrationRow {
+    /// Registration number.
+    pub registration_id: String,
+    /// Provider party.
+    pub owner: String,
+    /// Dataset id.
+    pub data_id: String,
+    /// The validated request, JSON with the standard's names.
+    pub record_json: String,
+}
+
+/// A publication (`/publishData`, `/publishDatasets`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PublicationRow {
+    /// Registration number (the controlled one for controlled data).
+    pub registration_id: String,
+    /// Dataset id.
+    pub data_id: String,
+    /// The party that owns the data.
+    pub owner: String,
+    /// Controlled data of the trusted data space.
+    pub controlled: bool,
+    /// For controlled data: the validated `/publishDatasets` record, JSON.
+    pub record_json: Option<String>,
+    /// Free of charge.
+    pub free: bool,
+    /// Price, micro-units.
+    pub price_micros: i64,
+    /// `YES` or `NO`.
+    pub status: String,
+}
+
+/// A demand.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DemandRow {
+    /// Demand number.
+    pub demand_id: String,
+    /// The buyer.
+    pub demander: String,
+    /// The validated request, JSON.
+    pub record_json: String,
+    /// `registered`, `published` or `revoked`.
+    pub status: String,
+}
+
+/// A confirmation (`/confirmDemand`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConfirmationRow {
+    /// Confirmation number.
+    pub confirm_id: String,
+    /// Demand number.
+    pub demand_id: String,
+    /// Registration number.
+    pub registration_id: String,
+    /// Dataset id.
+    pub data_id: String,
+    /// Provider party.
+    pub owner: String,
+    /// Buyer.
+    pub demander: String,
+    /// Price, micro-units.
+    pub price_micros: i64,
+}
+
+/// A settlement (`/settlement`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SettlementRow {
+    /// Confirmation number.
+    pub confirm_id: String,
+    /// The licence issued.
+    pub licenses_id: String,
+    /// The payment proof, JSON (transfer ids, amounts, accounts).
+    pub payment_json: String,
+    /// The delivery key sealed to the buyer, JSON.
+    pub sealed_key_json: String,
+    /// When.
+    pub settled_at_ms: i64,
+}
+
+/// A licence of table A.37 as issued.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TradeLicenceRow {
+    /// Licence number.
+    pub licenses_id: String,
+    /// Its confirmation.
+    pub confirm_id: String,
+    /// Registration number.
+    pub registration_id: String,
+    /// Dataset id.
+    pub data_id: String,
+    /// Licensor party.
+    pub licensor: String,
+    /// Licensee user.
+    pub licensee: String,
+    /// The signed licence, JSON.
+    pub licence_json: String,
+    /// `valid` or `superseded`.
+    pub status: String,
+    /// The licence that replaced it.
+    pub superseded_by: Option<String>,
+}
+
+/// What a settlement writes, decided by the trade service.
+#[derive(Debug, Clone)]
+pub struct NewSettlement<'a> {
+    /// Confirmation settled.
+    pub confirm_id: &'a str,
+    /// The signed licence's number and JSON.
+    pub licenses_id: &'a str,
+    /// The signed licence, JSON.
+    pub licence_json: &'a str,
+    /// The delivery key sealed to the buyer, JSON.
+    pub sealed_key_json: &'a str,
+    /// The delivery key (kept by the node to seal packages).
+    pub delivery_key: &'a [u8; 32],
+    /// The licence term, for the bill line's service period (UTC ms).
+    pub term_start_ms: i64,
+    /// End of the term.
+    pub term_end_ms: i64,
+    /// The operator's share of the price.
+    pub operator_share_bps: u32,
+}
+
+fn publication_of(r: &sqlx::sqlite::SqliteRow) -> Result<PublicationRow, StoreError> {
+    Ok(PublicationRow {
+        registration_id: r.try_get(0)?,
+        data_id: r.try_get(1)?,
+        owner: r.try_get(2)?,
+        controlled: r.try_get::<i64, _>(3)? == 1,
+        record_json: r.try_get(4)?,
+        free: r.try_get::<i64, _>(5)? == 1,
+        price_micros: r.try_get(6)?,
+        status: r.try_get(7)?,
+    })
+}
+
+const PUBLICATION_COLUMNS: &str =
+    "registration_id, data_id, owner, controlled, record_json, free, price_micros, status";
+
+fn confirmation_of(r: &sqlx::sqlite::SqliteRow) -> Result<ConfirmationRow, StoreError> {
+    Ok(ConfirmationRow {
+        confirm_id: r.try_get(0)?,
+        demand_id: r.try_get(1)?,
+        registration_id: r.try_get(2)?,
+        data_id: r.try_get(3)?,
+        owner: r.try_get(4)?,
+        demander: r.try_get(5)?,
+        price_micros: r.try_get(6)?,
+    })
+}
+
+const CONFIRMATION_COLUMNS: &str =
+    "confirm_id, demand_id, registration_id, data_id, owner, demander, price_micros";
+
+fn licence_of(r: &sqlx::sqlite::SqliteRow) -> Result<TradeLicenceRow, StoreError> {
+    Ok(TradeLicenceRow {
+        licenses_id: r.try_get(0)?,
+        confirm_id: r.try_get(1)?,
+        registration_id: r.try_get(2)?,
+        data_id: r.try_get(3)?,
+        licensor: r.try_get(4)?,
+        licensee: r.try_get(5)?,
+        licence_json: r.try_get(6)?,
+        status: r.try_get(7)?,
+        superseded_by: r.try_get(8)?,
+    })
+}
+
+const LICENCE_COLUMNS: &str = "licenses_id, confirm_id, registration_id, data_id, licensor, licensee, licence_json, status, superseded_by";
+
+impl Store {
+    /// The licensor party's ed25519 signing key, created from `fresh` on first use (the node
+    /// signs licences on the licensor's behalf; the key lives in the database beside the
+    /// node's own, see ARCHITECTURE.md "Known gaps").
+    ///
+    /// # Errors
+    /// `Db`, or a stored key of the wrong length (`Corrupt`).
+    pub async fn licensor_key(
+        &self,
+        party: &str,
+        fresh: [u8; 32],
+        now_ms: i64,
+    ) -> Result<[u8; 32], StoreError> {
+        let mut tx = self.write.begin().await?;
+        let existing: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT secret_key FROM trade_licensor_keys WHERE party = ?")
+                .bind(party)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let key = match existing {
+            Some(k) => k.try_into().map_err(|_| corrupt("licensor key length"))?,
+            None => {
+                sqlx::query(
+                    "INSERT INTO trade_licensor_keys (party, secret_key, created_at_ms) VALUES (?, ?, ?)",
+                )
+                .bind(party)
+                .bind(fresh.as_slice())
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
+                let public = ed25519_public(&fresh);
+                audit::append(
+                    &mut tx,
+                    now_ms,
+                    "trade_licensor_key",
+                    party,
+                    &serde_json::json!({"public_key": public}),
+                )
+                .await?;
+                fresh
+            }
+        };
+        tx.commit().await?;
+        Ok(key)
+    }
+
+    /// Records a registration (`/registerData`).
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] for an unknown dataset; [`StoreError::Invalid`] when the
+    /// dataset is not the owner's; `Conflict` for a taken registration number; `Db`.
+    pub async fn trade_register(
+        &self,
+        row: &RegistrationRow,
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        dataset_owned_by(&mut tx, &row.data_id, &row.owner).await?;
+        let r = sqlx::query(
+            "INSERT INTO trade_registrations (registration_id, owner, data_id, record_json, created_by, created_at_ms) \
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(registration_id) DO NOTHING",
+        )
+        .bind(&row.registration_id)
+        .bind(&row.owner)
+        .bind(&row.data_id)
+        .bind(&row.record_json)
+        .bind(actor)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::Conflict {
+                kind: "registration",
+                id: row.registration_id.clone(),
+            });
+        }
+        audit::append(
+            &mut tx,
+            now_ms,
+            "trade_register",
+            &row.data_id,
+            &serde_json::json!({"registrationID": row.registration_id, "owner": row.owner, "by": actor,
+                "record": serde_json::from_str::<serde_json::Value>(&row.record_json).map_err(corrupt)?}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A registration.
+    ///
+    /// # Errors
+    /// `NotFound`, `Db`.
+    pub async fn trade_registration(
+        &self,
+        registration_id: &str,
+    ) -> Result<RegistrationRow, StoreError> {
+        let r = sqlx::query(
+            "SELECT registration_id, owner, data_id, record_json FROM trade_registrations WHERE registration_id = ?",
+        )
+        .bind(registration_id)
+        .fetch_optional(&self.read)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            kind: "registration",
+            id: registration_id.into(),
+        })?;
+        Ok(RegistrationRow {
+            registration_id: r.try_get(0)?,
+            owner: r.try_get(1)?,
+            data_id: r.try_get(2)?,
+            record_json: r.try_get(3)?,
+        })
+    }
+
+    /// Publishes (or publishes again) data: `/publishData` (registered) and
+    /// `/publishDatasets` (controlled, `record_json` set). Terms may change while no
+    /// confirmation binds the data at the old price; confirmed prices never change.
+    ///
+    /// # Errors
+    /// `NotFound` / `Invalid` for a controlled dataset that is not the owner's; `Db`.
+    pub async fn trade_publish(
+        &self,
+        p: &PublicationRow,
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        if p.controlled {
+            dataset_owned_by(&mut tx, &p.data_id, &p.owner).await?;
+        }
+        sqlx::query(
+            "INSERT INTO trade_publications (registration_id, data_id, owner, controlled, record_json, free, \
+             price_micros, status, updated_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, 'YES', ?) \
+             ON CONFLICT(registration_id, data_id) DO UPDATE SET record_json = excluded.record_json, \
+             free = excluded.free, price_micros = excluded.price_micros, status = 'YES', \
+             updated_at_ms = excluded.updated_at_ms",
+        )
+        .bind(&p.registration_id)
+        .bind(&p.data_id)
+        .bind(&p.owner)
+        .bind(i64::from(p.controlled))
+        .bind(&p.record_json)
+        .bind(i64::from(p.free))
+        .bind(p.price_micros)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        audit::append(
+            &mut tx,
+            now_ms,
+            "trade_publish",
+            &p.data_id,
+            &serde_json::json!({"registrationID": p.registration_id, "owner": p.owner,
+                "controlled": p.controlled, "free": p.free, "price_micros": p.price_micros, "by": actor}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A publication.
+    ///
+    /// # Errors
+    /// `NotFound`, `Db`.
+    pub async fn trade_publication(
+        &self,
+        registration_id: &str,
+        data_id: &str,
+    ) -> Result<PublicationRow, StoreError> {
+        let r = sqlx::query(&format!(
+            "SELECT {PUBLICATION_COLUMNS} FROM trade_publications WHERE registration_id = ? AND data_id = ?"
+        ))
+        .bind(registration_id)
+        .bind(data_id)
+        .fetch_optional(&self.read)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            kind: "publication",
+            id: format!("{registration_id}/{data_id}"),
+        })?;
+        publication_of(&r)
+    }
+
+    /// Every publication whose status is `YES`, at most `limit`, in key order.
+    ///
+    /// # Errors
+    /// `Db`.
+    pub async fn trade_published(&self, limit: u32) -> Result<Vec<PublicationRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {PUBLICATION_COLUMNS} FROM trade_publications WHERE status = 'YES' \
+             ORDER BY registration_id, data_id LIMIT ?"
+        ))
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(publication_of).collect()
+    }
+
+    /// Revokes a publication (`/revokePublishedData`): new confirmations are refused; the
+    /// scheduler licences made from its controlled deliveries are returned so that the caller
+    /// can cancel their running jobs (their admissions are refused from now on).
+    ///
+    /// # Errors
+    /// `NotFound`, `Db`.
+    pub async fn trade_revoke_publication(
+        &self,
+        registration_id: &str,
+        data_id: &str,
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let r = sqlx::query(
+            "UPDATE trade_publications SET status = 'NO', updated_at_ms = ? WHERE registration_id = ? AND data_id = ?",
+        )
+        .bind(now_ms)
+        .bind(registration_id)
+        .bind(data_id)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                kind: "publication",
+                id: format!("{registration_id}/{data_id}"),
+            });
+        }
+        let licences: Vec<String> = sqlx::query_scalar(
+            "SELECT p.licence_id FROM trade_policies p JOIN trade_licences l ON l.licenses_id = p.licenses_id \
+             WHERE l.registration_id = ? AND l.data_id = ? ORDER BY p.licence_id",
+        )
+        .bind(registration_id)
+        .bind(data_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        audit::append(
+            &mut tx,
+            now_ms,
+            "trade_revoke_publication",
+            data_id,
+            &serde_json::json!({"registrationID": registration_id, "by": actor, "licences": licences}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(licences)
+    }
+
+    /// Records a demand (`/registerDemand`).
+    ///
+    /// # Errors
+    /// `Conflict` for a taken number; `Db`.
+    pub async fn trade_register_demand(
+        &self,
+        row: &DemandRow,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        let r = sqlx::query(
+            "INSERT INTO trade_demands (demand_id, demander, record_json, status, created_at_ms, updated_at_ms) \
+             VALUES (?, ?, ?, 'registered', ?, ?) ON CONFLICT(demand_id) DO NOTHING",
+        )
+        .bind(&row.demand_id)
+        .bind(&row.demander)
+        .bind(&row.record_json)
+        .bind(now_ms)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::Conflict {
+                kind: "demand",
+                id: row.demand_id.clone(),
+            });
+        }
+        audit::append(
+            &mut tx,
+            now_ms,
+            "trade_demand",
+            &row.demand_id,
+            &serde_json::json!({"demander": row.demander,
+                "record": serde_json::from_str::<serde_json::Value>(&row.record_json).map_err(corrupt)?}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A demand.
+    ///
+    /// # Errors
+    /// `NotFound`, `Db`.
+    pub async fn trade_demand(&self, demand_id: &str) -> Result<DemandRow, StoreError> {
+        let r = sqlx::query(
+            "SELECT demand_id, demander, record_json, status FROM trade_demands WHERE demand_id = ?",
+        )
+        .bind(demand_id)
+        .fetch_optional(&self.read)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            kind: "demand",
+            id: demand_id.into(),
+        })?;
+        Ok(DemandRow {
+            demand_id: r.try_get(0)?,
+            demander: r.try_get(1)?,
+            record_json: r.try_get(2)?,
+            status: r.try_get(3)?,
+        })
+    }
+
+    /// Moves a demand to `published` or `revoked`. A revoked demand stays revoked; a
+    /// confirmed one cannot be revoked.
+    ///
+    /// # Errors
+    /// `NotFound`; `Invalid` naming `demandID` for a move the rules refuse; `Db`.
+    pub async fn trade_set_demand_status(
+        &self,
+        demand_id: &str,
+        status: &'static str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        let current: Option<String> =
+            sqlx::query_scalar("SELECT status FROM trade_demands WHERE demand_id = ?")
+                .bind(demand_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let current = current.ok_or_else(|| StoreError::NotFound {
+            kind: "demand",
+            id: demand_id.into(),
+        })?;
+        if current == "revoked" && status != "revoked" {
+            return Err(StoreError::Invalid {
+                field: "demandID",
+                reason: format!("demand {demand_id} was revoked"),
+            });
+        }
+        let confirmed: Option<String> =
+            sqlx::query_scalar("SELECT confirm_id FROM trade_confirmations WHERE demand_id = ?")
+                .bind(demand_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if status == "revoked"
+            && let Some(c) = confirmed
+        {
+            return Err(StoreError::Invalid {
+                field: "demandID",
+                reason: format!(
+                    "demand {demand_id} is confirmed ({c}) and can no longer be revoked"
+                ),
+            });
+        }
+        sqlx::query("UPDATE trade_demands SET status = ?, updated_at_ms = ? WHERE demand_id = ?")
+            .bind(status)
+            .bind(now_ms)
+            .bind(demand_id)
+            .execute(&mut *tx)
+            .await?;
+        audit::append(
+            &mut tx,
+            now_ms,
+            "trade_demand_status",
+            demand_id,
+            &serde_json::json!({"status": status}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Binds one published dataset to one published demand (`/confirmDemand`) at the
+    /// publication's current price.
+    ///
+    /// # Errors
+    /// `NotFound` (demand, publication); `Invalid` naming the field when the demand or the
+    /// data is not published; `Conflict` when the demand is confirmed already; `Db`.
+    pub async fn trade_confirm(
+        &self,
+        confirm_id: &str,
+        demand_id: &str,
+        registration_id: &str,
+        data_id: &str,
+        now_ms: i64,
+    ) -> Result<ConfirmationRow, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let d = sqlx::query("SELECT demander, status FROM trade_demands WHERE demand_id = ?")
+            .bind(demand_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "demand",
+                id: demand_id.into(),
+            })?;
+        let demander: String = d.try_get(0)?;
+        let status: String = d.try_get(1)?;
+        if status != "published" {
+            return Err(StoreError::Invalid {
+                field: "demandID",
+                reason: format!("demand {demand_id} is {status}, not published"),
+            });
+        }
+        let p = sqlx::query(&format!(
+            "SELECT {PUBLICATION_COLUMNS} FROM trade_publications WHERE registration_id = ? AND data_id = ?"
+        ))
+        .bind(registration_id)
+        .bind(data_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            kind: "publication",
+            id: format!("{registration_id}/{data_id}"),
+        })?;
+        let p = publication_of(&p)?;
+        if p.status != "YES" {
+            return Err(StoreError::Invalid {
+                field: "registrationID",
+                reason: format!("{registration_id}/{data_id} is not published"),
+            });
+        }
+        let r = sqlx::query(
+            "INSERT INTO trade_confirmations (confirm_id, demand_id, registration_id, data_id, owner, demander, \
+             price_micros, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(demand_id) DO NOTHING",
+        )
+        .bind(confirm_id)
+        .bind(demand_id)
+        .bind(registration_id)
+        .bind(data_id)
+        .bind(&p.owner)
+        .bind(&demander)
+        .bind(p.price_micros)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::Conflict {
+                kind: "confirmation of demand",
+                id: demand_id.into(),
+            });
+        }
+        let row = ConfirmationRow {
+            confirm_id: confirm_id.into(),
+            demand_id: demand_id.into(),
+            registration_id: registration_id.into(),
+            data_id: data_id.into(),
+            owner: p.owner,
+            demander,
+            price_micros: p.price_micros,
+        };
+        audit::append(
+            &mut tx,
+            now_ms,
+            "trade_confirm",
+            data_id,
+            &serde_json::json!(row),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    /// A confirmation.
+    ///
+    /// # Errors
+    /// `NotFound`, `Db`.
+    pub async fn trade_confirmation(
+        &self,
+        confirm_id: &str,
+    ) -> Result<ConfirmationRow, StoreError> {
+        let r = sqlx::query(&format!(
+            "SELECT {CONFIRMATION_COLUMNS} FROM trade_confirmations WHERE confirm_id = ?"
+        ))
+        .bind(confirm_id)
+        .fetch_optional(&self.read)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            kind: "confirmation",
+            id: confirm_id.into(),
+        })?;
+        confirmation_of(&r)
+    }
+
+    /// A confirmation's settlement, if any.
+    ///
+    /// # Errors
+    /// `Db`.
+    pub async fn trade_settlement(
+        &self,
+        confirm_id: &str,
+    ) -> Result<Option<SettlementRow>, StoreError> {
+        let r = sqlx::query(
+            "SELECT confirm_id, licenses_id, payment_json, sealed_key_json, settled_at_ms \
+             FROM trade_settlements WHERE confirm_id = ?",
+        )
+        .bind(confirm_id)
+        .fetch_optional(&self.read)
+        .await?;
+        r.map(|r| {
+            Ok(SettlementRow {
+                confirm_id: r.try_get(0)?,
+                licenses_id: r.try_get(1)?,
+                payment_json: r.try_get(2)?,
+                sealed_key_json: r.try_get(3)?,
+                settled_at_ms: r.try_get(4)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// The delivery key of a settled confirmation (secret: for sealing packages only).
+    ///
+    /// # Errors
+    /// `NotFound`, `Corrupt`, `Db`.
+    pub async fn trade_delivery_key(&self, confirm_id: &str) -> Result<[u8; 32], StoreError> {
+        let k: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT delivery_key FROM trade_settlements WHERE confirm_id = ?")
+                .bind(confirm_id)
+                .fetch_optional(&self.read)
+                .await?;
+        k.ok_or_else(|| StoreError::NotFound {
+            kind: "settlement",
+            id: confirm_id.into(),
+        })?
+        .try_into()
+        .map_err(|_| corrupt("delivery key length"))
+    }
+
+    /// Settles a confirmation (`/settlement`) in one transaction: the price paid by the buyer
+    /// as a prepaid order (recharge voucher, cash, credit line) and split to the licensor and
+    /// the operator, the bill line, the settlement, the licence. A confirmation already
+    /// settled answers its first settlement (the new licence is discarded): nothing moves
+    /// twice.
+    ///
+    /// # Errors
+    /// `NotFound`; `Refused` (frozen account, insufficient funds: nothing written); `Db`.
+    pub async fn trade_settle(
+        &self,
+        s: &NewSettlement<'_>,
+        now_ms: i64,
+    ) -> Result<SettlementRow, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let c = sqlx::query(&format!(
+            "SELECT {CONFIRMATION_COLUMNS} FROM trade_confirmations WHERE confirm_id = ?"
+        ))
+        .bind(s.confirm_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            kind: "confirmation",
+            id: s.confirm_id.into(),
+        })?;
+        let c = confirmation_of(&c)?;
+        let existing = sqlx::query(
+            "SELECT confirm_id, licenses_id, payment_json, sealed_key_json, settled_at_ms \
+             FROM trade_settlements WHERE confirm_id = ?",
+        )
+        .bind(s.confirm_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(r) = existing {
+            return Ok(SettlementRow {
+                confirm_id: r.try_get(0)?,
+                licenses_id: r.try_get(1)?,
+                payment_json: r.try_get(2)?,
+                sealed_key_json: r.try_get(3)?,
+                settled_at_ms: r.try_get(4)?,
+            });
+        }
+        let customer = c.demander.as_str();
+        let paid = if c.price_micros > 0 {
+            let freeze = limits::load_context(&mut tx, customer).await?;
+            if let ManualFreeze::Frozen(why) = &freeze.manual {
+                return Err(StoreError::Refused(RuleRefusal::AccountFrozen {
+                    customer: customer.to_string(),
+                    reason: why.clone(),
+                }));
+            }
+            let funds = ledger::customer_funds(&mut tx, customer).await?;
+            settle::data_purchase(
+                &DataPurchase {
+                    confirm_id: &c.confirm_id,
+                    customer,
+                    provider: &c.owner,
+                    registration_id: &c.registration_id,
+                    data_id: &c.data_id,
+                    price_micros: c.price_micros,
+                    operator_share_bps: s.operator_share_bps,
+                    term_start: s.term_start_ms,
+                    term_end: s.term_end_ms,
+                    now: now_ms,
+                },
+                &funds,
+            )
+            .map_err(|e| StoreError::Refused(e.into()))?
+        } else {
+            settle::DataSettlement {
+                transfers: Vec::new(),
+                line: None,
+                paid_from: Vec::new(),
+            }
+        };
+        for t in &paid.transfers {
+            ledger::post(&mut tx, t, now_ms).await?;
+        }
+        if let Some(line) = &paid.line {
+            add_line(&mut tx, line, now_ms, &self.zone).await?;
+        }
+        let payment = serde_json::json!({
+            "ledger_transfers": paid.transfers.iter().map(|t| serde_json::json!({
+                "id": t.id, "debit": t.debit, "credit": t.credit, "amount_micros": t.amount_micros,
+            })).collect::<Vec<_>>(),
+            "amount_micros": c.price_micros,
+            "paid_from": paid.paid_from.iter().map(|(a, m)| serde_json::json!({"account": a.name(), "amount_micros": m})).collect::<Vec<_>>(),
+            "bill_line_id": paid.line.as_ref().map(|l| l.line_id.clone()),
+            "provider_account": AccountKind::ProviderReceivable(c.owner.clone()).name(),
+        });
+        let payment_json = payment.to_string();
+        sqlx::query(
+            "INSERT INTO trade_settlements (confirm_id, licenses_id, payment_json, sealed_key_json, delivery_key, settled_at_ms) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(s.confirm_id)
+        .bind(s.licenses_id)
+        .bind(&payment_json)
+        .bind(s.sealed_key_json)
+        .bind(s.delivery_key.as_slice())
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(&format!(
+            "INSERT INTO trade_licences ({LICENCE_COLUMNS}, issued_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, 'valid', NULL, ?)"
+        ))
+        .bind(s.licenses_id)
+        .bind(s.confirm_id)
+        .bind(&c.registration_id)
+        .bind(&c.data_id)
+        .bind(&c.owner)
+        .bind(&c.demander)
+        .bind(s.licence_json)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        audit::append(
+            &mut tx,
+            now_ms,
+            "trade_settle",
+            &c.data_id,
+            &serde_json::json!({"confirmID": c.confirm_id, "licensesID": s.licenses_id,
+                "payment": payment, "licence": serde_json::from_str::<serde_json::Value>(s.licence_json).map_err(corrupt)?}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(SettlementRow {
+            confirm_id: s.confirm_id.into(),
+            licenses_id: s.licenses_id.into(),
+            payment_json,
+            sealed_key_json: s.sealed_key_json.into(),
+            settled_at_ms: now_ms,
+        })
+    }
+
+    /// A licence of table A.37 by number.
+    ///
+    /// # Errors
+    /// `NotFound`, `Db`.
+    pub async fn trade_licence(&self, licenses_id: &str) -> Result<TradeLicenceRow, StoreError> {
+        let r = sqlx::query(&format!(
+            "SELECT {LICENCE_COLUMNS} FROM trade_licences WHERE licenses_id = ?"
+        ))
+        .bind(licenses_id)
+        .fetch_optional(&self.read)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            kind: "licence",
+            id: licenses_id.into(),
+        })?;
+        licence_of(&r)
+    }
+
+    /// The valid licences of a dataset, at most 1,000.
+    ///
+    /// # Errors
+    /// `Db`.
+    pub async fn trade_valid_licences(
+        &self,
+        data_id: &str,
+    ) -> Result<Vec<TradeLicenceRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {LICENCE_COLUMNS} FROM trade_licences WHERE data_id = ? AND status = 'valid' \
+             ORDER BY issued_at_ms, licenses_id LIMIT 1000"
+        ))
+        .bind(data_id)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(licence_of).collect()
+    }
+
+    /// Replaces a valid licence by a reissued one (`/updateLicenses`): the old one is
+    /// `superseded` (a delivery or policy naming it is refused from now on), the new one
+    /// valid, for the same settlement.
+    ///
+    /// # Errors
+    /// `NotFound`; `Invalid` naming `licensesID` when the old one is not valid; `Db`.
+    pub async fn trade_supersede_licence(
+        &self,
+        old_id: &str,
+        new_id: &str,
+        new_json: &str,
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        let old = sqlx::query(&format!(
+            "SELECT {LICENCE_COLUMNS} FROM trade_licences WHERE licenses_id = ?"
+        ))
+        .bind(old_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            kind: "licence",
+            id: old_id.into(),
+        })?;
+        let old = licence_of(&old)?;
+        let r = sqlx::query(
+            "UPDATE trade_licences SET status = 'superseded', superseded_by = ? WHERE licenses_id = ? AND status = 'valid'",
+        )
+        .bind(new_id)
+        .bind(old_id)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::Invalid {
+                field: "licensesID",
+                reason: format!("licence {old_id} is no longer valid"),
+            });
+        }
+        sqlx::query(&format!(
+            "INSERT INTO trade_licences ({LICENCE_COLUMNS}, issued_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, 'valid', NULL, ?)"
+        ))
+        .bind(new_id)
+        .bind(&old.confirm_id)
+        .bind(&old.registration_id)
+        .bind(&old.data_id)
+        .bind(&old.licensor)
+        .bind(&old.licensee)
+        .bind(new_json)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE trade_settlements SET licenses_id = ? WHERE confirm_id = ?")
+            .bind(new_id)
+            .bind(&old.confirm_id)
+            .execute(&mut *tx)
+            .await?;
+        audit::append(
+            &mut tx,
+            now_ms,
+            "trade_licence_update",
+            &old.data_id,
+            &serde_json::json!({"old": old_id, "new": new_id, "by": actor,
+                "licence": serde_json::from_str::<serde_json::Value>(new_json).map_err(corrupt)?}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Stores the data file of a registration (Tessera's `/uploadData`), replacing an
+    /// earlier upload.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown registration; `Db`.
+    pub async fn trade_put_file(
+        &self,
+        registration_id: &str,
+        sha256_hex: &str,
+        bytes: &[u8],
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        let data_id: Option<String> =
+            sqlx::query_scalar("SELECT data_id FROM trade_registrations WHERE registration_id = ?")
+                .bind(registration_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let data_id = data_id.ok_or_else(|| StoreError::NotFound {
+            kind: "registration",
+            id: registration_id.into(),
+        })?;
+        sqlx::query(
+            "INSERT INTO trade_files (registration_id, sha256, bytes, uploaded_at_ms) VALUES (?, ?, ?, ?) \
+             ON CONFLICT(registration_id) DO UPDATE SET sha256 = excluded.sha256, bytes = excluded.bytes, \
+             uploaded_at_ms = excluded.uploaded_at_ms",
+        )
+        .bind(registration_id)
+        .bind(sha256_hex)
+        .bind(bytes)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        audit::append(
+            &mut tx,
+            now_ms,
+            "trade_upload",
+            &data_id,
+            &serde_json::json!({"registrationID": registration_id, "sha256": sha256_hex,
+                "bytes": bytes.len(), "by": actor}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The data file of a registration: (SHA-256 hex, bytes).
+    ///
+    /// # Errors
+    /// `NotFound` when nothing was uploaded; `Db`.
+    pub async fn trade_file(&self, registration_id: &str) -> Result<(String, Vec<u8>), StoreError> {
+        let r = sqlx::query("SELECT sha256, bytes FROM trade_files WHERE registration_id = ?")
+            .bind(registration_id)
+            .fetch_optional(&self.read)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "data file of registration",
+                id: registration_id.into(),
+            })?;
+        Ok((r.try_get(0)?, r.try_get(1)?))
+    }
+
+    /// Records a delivery and its proof (`/deliver`).
+    ///
+    /// # Errors
+    /// `Db`.
+    pub async fn trade_record_delivery(
+        &self,
+        delivery_id: &str,
+        confirm_id: &str,
+        licenses_id: &str,
+        data_id: &str,
+        proof_json: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        sqlx::query(
+            "INSERT INTO trade_deliveries (delivery_id, confirm_id, licenses_id, proof_json, delivered_at_ms) \
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(delivery_id)
+        .bind(confirm_id)
+        .bind(licenses_id)
+        .bind(proof_json)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        audit::append(
+            &mut tx,
+            now_ms,
+            "trade_deliver",
+            data_id,
+            &serde_json::json!({"confirmID": confirm_id, "licensesID": licenses_id,
+                "proof": serde_json::from_str::<serde_json::Value>(proof_json).map_err(corrupt)?}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The latest delivery proof of a confirmation.
+    ///
+    /// # Errors
+    /// `NotFound` when nothing was delivered; `Db`.
+    pub async fn trade_delivery(&self, confirm_id: &str) -> Result<String, StoreError> {
+        sqlx::query_scalar(
+            "SELECT proof_json FROM trade_deliveries WHERE confirm_id = ? ORDER BY delivered_at_ms DESC, delivery_id DESC LIMIT 1",
+        )
+        .bind(confirm_id)
+        .fetch_optional(&self.read)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            kind: "delivery of confirmation",
+            id: confirm_id.into(),
+        })
+    }
+
+    /// A controlled delivery (`/deliverDatasets`): the scheduler licence carrying the usage
+    /// policy, and its policy record, in one transaction.
+    ///
+    /// # Errors
+    /// As [`Store::create_licence`]; `Db`.
+    pub async fn trade_deliver_policy(
+        &self,
+        policy_id: &str,
+        licenses_id: &str,
+        licence: &LicenceRecord,
+        start_date: &str,
+        end_date: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        insert_licence(&mut tx, licence, now_ms).await?;
+        sqlx::query(
+            "INSERT INTO trade_policies (policy_id, licenses_id, data_id, licence_id, policy_name, start_date, \
+             end_date, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(policy_id)
+        .bind(licenses_id)
+        .bind(&licence.dataset_id)
+        .bind(&licence.licence_id)
+        .bind(&licence.policy.policy_name)
+        .bind(start_date)
+        .bind(end_date)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        audit::append(
+            &mut tx,
+            now_ms,
+            "trade_deliver_policy",
+            &licence.dataset_id,
+            &serde_json::json!({"policyId": policy_id, "licensesID": licenses_id, "licence_id": licence.licence_id}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+async fn dataset_owned_by(
+    conn: &mut sqlx::SqliteConnection,
+    data_id: &str,
+    owner: &str,
+) -> Result<(), StoreError> {
+    let party: Option<String> =
+        sqlx::query_scalar("SELECT owner_party FROM datasets WHERE dataset_id = ?")
+            .bind(data_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    match party {
+        None => Err(StoreError::NotFound {
+            kind: "dataset",
+            id: data_id.into(),
+        }),
+        Some(p) if p != owner => Err(StoreError::Invalid {
+            field: "dataID",
+            reason: format!("dataset {data_id} is not {owner}'s"),
+        }),
+        Some(_) => Ok(()),
+    }
+}
+
+fn ed25519_public(secret: &[u8; 32]) -> String {
+    use std::fmt::Write as _;
+    let key = ed25519_dalek::SigningKey::from_bytes(secret);
+    key.verifying_key()
+        .as_bytes()
+        .iter()
+        .fold(String::new(), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
