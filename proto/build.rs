@@ -7,6 +7,8 @@
 
 /// Messages of the worker protocol and the peer link: gRPC only, never JSON.
 const GRPC_ONLY: &[&str] = &[
+    "TaiRequest",
+    "TaiReply",
     "Frame",
     "TaskEnvelope",
     "TaskAssignment",

@@ -389,6 +389,46 @@ operations! {
     CreateParty => rule(Who::Roles(OWNERS), Scope::OwnUser, true),
     /// A worker registration token for a party: its owner or the operator.
     IssueRegistrationToken => rule(Who::AnyUser, Scope::OwnParty, true),
+    /// T/AI 123.12 `/registerData`: a dataset of a party the provider owns.
+    RegisterData => rule(Who::Roles(PROVIDERS), Scope::OwnParty, false),
+    /// T/AI 123.12 `/publishData`: a registration of a party the provider owns.
+    PublishData => rule(Who::Roles(PROVIDERS), Scope::OwnParty, false),
+    /// T/AI 123.12 `/publishDatasets`: a controlled dataset of a party the provider owns.
+    PublishDatasets => rule(Who::Roles(PROVIDERS), Scope::OwnParty, false),
+    /// T/AI 123.12 `/queryPublishedData`: the catalogue, to any user.
+    QueryPublishedData => rule(Who::AnyUser, Scope::Global, false),
+    /// T/AI 123.12 `/revokePublishedData`: data of a party the provider owns.
+    RevokePublishedData => rule(Who::Roles(PROVIDERS), Scope::OwnParty, true),
+    /// T/AI 123.12 `/registerDemand`: a buyer's demand, as itself.
+    RegisterDemand => rule(Who::Roles(CONSUMERS), Scope::OwnUser, false),
+    /// T/AI 123.12 `/publishDemand`: its own demand.
+    PublishDemand => rule(Who::Roles(CONSUMERS), Scope::OwnUser, false),
+    /// T/AI 123.12 `/queryPublishedDemand`: a published demand to any user, an unpublished
+    /// one to its demander.
+    QueryPublishedDemand => rule(Who::AnyUser, Scope::Global, false),
+    /// T/AI 123.12 `/revokeDemand`: its own demand.
+    RevokeDemand => rule(Who::Roles(CONSUMERS), Scope::OwnUser, false),
+    /// Tessera's `/queryMatches`: the data matching a demand the caller may see.
+    QueryMatches => rule(Who::AnyUser, Scope::Global, false),
+    /// T/AI 123.12 `/confirmDemand`: its own demand.
+    ConfirmDemand => rule(Who::Roles(CONSUMERS), Scope::OwnUser, false),
+    /// T/AI 123.12 `/queryDemandForSettlement`: the confirmation's demander or the owner of
+    /// its data's party.
+    QueryDemandForSettlement => rule(Who::AnyUser, Scope::LicenceParty, false),
+    /// T/AI 123.12 `/settlement`: the demander pays for itself.
+    Settlement => rule(Who::Roles(CONSUMERS), Scope::OwnUser, true),
+    /// T/AI 123.12 `/querySettlement`: the demander or the data's owner.
+    QuerySettlement => rule(Who::AnyUser, Scope::LicenceParty, false),
+    /// T/AI 123.12 `/deliver`: the licensee, with its licence.
+    Deliver => rule(Who::Roles(CONSUMERS), Scope::OwnUser, false),
+    /// T/AI 123.12 `/queryDeliverResult`: the demander or the data's owner.
+    QueryDeliverResult => rule(Who::AnyUser, Scope::LicenceParty, false),
+    /// T/AI 123.12 `/deliverDatasets`: the licensor party's owner sets the usage policy.
+    DeliverDatasets => rule(Who::Roles(PROVIDERS), Scope::OwnParty, true),
+    /// T/AI 123.12 `/updateLicenses`: the licensor party's owner reissues a licence.
+    UpdateLicenses => rule(Who::Roles(PROVIDERS), Scope::OwnParty, true),
+    /// Tessera's `/uploadData`: the file of a registration of a party the provider owns.
+    UploadData => rule(Who::Roles(PROVIDERS), Scope::OwnParty, false),
 }
 
 /// Which side of a job a caller is on.

@@ -214,6 +214,7 @@ pub fn refusal_code(r: &Refusal) -> ApiCode {
         Refusal::NoPaidTerm { .. } => ApiCode::NoPaidTerm,
         Refusal::Unpriced { .. } => ApiCode::InvalidArgument,
         Refusal::NoWorker { .. } => ApiCode::NoWorker,
+        Refusal::Withdrawn { .. } => ApiCode::PolicyDenied,
         Refusal::OutputTaken { .. } => ApiCode::AlreadyExists,
     }
 }

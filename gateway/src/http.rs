@@ -23,7 +23,9 @@ pub fn router(service: OperatorService, scheduler: Arc<Scheduler>) -> axum::Rout
         .route("/metrics", get(metrics))
         .with_state(scheduler);
     let rest = crate::rest::router(service.clone());
+    let trade = service.trade_server();
     tonic::service::Routes::new(service.into_server())
+        .add_service(trade)
         .into_axum_router()
         .merge(metrics)
         .merge(rest)

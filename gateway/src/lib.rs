@@ -23,6 +23,8 @@ mod lists;
 mod records;
 pub mod rest;
 pub mod serve;
+pub mod tai;
+pub mod trade;
 mod workers;
 
 use std::pin::Pin;
@@ -47,6 +49,8 @@ pub struct OperatorService {
     billing: BillingService,
     audit: AuditService,
     accounts: AccountService,
+    /// The `Trade` service the T/AI REST routes call.
+    pub(crate) trade: trade::TradeGrpc,
 }
 
 impl OperatorService {
@@ -58,8 +62,14 @@ impl OperatorService {
             billing: scheduler.billing(),
             audit: scheduler.audit(),
             accounts: scheduler.accounts(),
+            trade: trade::TradeGrpc::new(scheduler.trade(), scheduler.accounts()),
             jobs: scheduler,
         }
+    }
+
+    /// The `Trade` gRPC service beside it (the T/AI 123.12 trade flow).
+    pub fn trade_server(&self) -> tessera_proto::v1::trade_server::TradeServer<trade::TradeGrpc> {
+        self.trade.clone().into_server()
     }
 
     /// The tonic server wrapper.

@@ -40,7 +40,7 @@ use tessera_proto::v1::operator_server::Operator;
 use tonic::Status;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use crate::{ApiCode, OperatorService, TOKEN_METADATA};
+use crate::{ApiCode, OperatorService, TOKEN_METADATA, tai};
 
 /// Largest request body accepted, in bytes.
 pub const BODY_BYTES_MAX: usize = 1 << 20;
@@ -92,7 +92,7 @@ fn envelope_response<T: Serialize>(status: u16, body: &Envelope<T>) -> Response 
 }
 
 /// A success: 200 with `data`.
-fn ok<T: Serialize>(data: T) -> Response {
+pub(crate) fn ok<T: Serialize>(data: T) -> Response {
     envelope_response(
         200,
         &Envelope {
@@ -115,17 +115,17 @@ fn error_envelope(code: ApiCode, message: &str) -> Envelope<()> {
 }
 
 /// A failure, mapped through the one [`ApiCode`] table.
-fn fail(code: ApiCode, message: &str) -> Response {
+pub(crate) fn fail(code: ApiCode, message: &str) -> Response {
     envelope_response(code.http_status(), &error_envelope(code, message))
 }
 
 /// A gRPC status as a REST failure.
-fn fail_status(s: &Status) -> Response {
+pub(crate) fn fail_status(s: &Status) -> Response {
     fail(ApiCode::of_status(s), s.message())
 }
 
 /// The RPC's request with the caller's token (if the header holds a usable one).
-fn request<T>(headers: &HeaderMap, message: T) -> tonic::Request<T> {
+pub(crate) fn request<T>(headers: &HeaderMap, message: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(message);
     if let Some(v) = headers.get(TOKEN_HEADER) {
         if let Ok(m) = tonic::metadata::MetadataValue::try_from(v.as_bytes()) {
@@ -149,7 +149,7 @@ where
 }
 
 /// A request body as read, or why it could not be (e.g. over [`BODY_BYTES_MAX`]).
-type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
+pub(crate) type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
 
 /// A JSON body as `T` (`{}` when empty), or a 400 naming what is wrong.
 fn parse_body<T: DeserializeOwned>(body: &Body) -> Result<T, Box<Response>> {
@@ -1005,6 +1005,25 @@ pub fn route_of(op: Operation) -> Option<(Method, &'static str)> {
             Method::POST,
             "/api/v1/parties/{partyId}/registration-tokens",
         ),
+        O::RegisterData => r(Method::POST, "/v1/provider/registerData"),
+        O::PublishData => r(Method::POST, "/v1/provider/publishData"),
+        O::PublishDatasets => r(Method::POST, "/v1/provider/publishDatasets"),
+        O::QueryPublishedData => r(Method::GET, "/v1/provider/queryPublishedData"),
+        O::RevokePublishedData => r(Method::POST, "/v1/provider/revokePublishedData"),
+        O::UploadData => r(Method::POST, "/v1/provider/uploadData"),
+        O::RegisterDemand => r(Method::POST, "/v1/consumer/registerDemand"),
+        O::PublishDemand => r(Method::POST, "/v1/consumer/publishDemand"),
+        O::QueryPublishedDemand => r(Method::GET, "/v1/consumer/queryPublishedDemand"),
+        O::RevokeDemand => r(Method::POST, "/v1/consumer/revokeDemand"),
+        O::QueryMatches => r(Method::GET, "/v1/trade/queryMatches"),
+        O::ConfirmDemand => r(Method::POST, "/v1/trade/confirmDemand"),
+        O::QueryDemandForSettlement => r(Method::GET, "/v1/trade/queryDemandForSettlement"),
+        O::Settlement => r(Method::POST, "/v1/trade/settlement"),
+        O::QuerySettlement => r(Method::GET, "/v1/trade/querySettlement"),
+        O::Deliver => r(Method::POST, "/v1/trade/deliver"),
+        O::QueryDeliverResult => r(Method::GET, "/v1/trade/queryDeliverResult"),
+        O::DeliverDatasets => r(Method::POST, "/v1/trade/deliverDatasets"),
+        O::UpdateLicenses => r(Method::POST, "/v1/trade/updateLicenses"),
     }
 }
 
@@ -1025,8 +1044,13 @@ pub fn route_of(op: Operation) -> Option<(Method, &'static str)> {
         set_whitelist, set_freeze, get_account_status, verify_audit, list_workers, create_user,
         list_users, disable_user, enable_user, add_group_member, remove_group_member, create_token,
         list_tokens, revoke_token, create_party, issue_registration_token,
+        tai::register_data, tai::publish_data, tai::publish_datasets, tai::query_published_data,
+        tai::revoke_published_data, tai::register_demand, tai::publish_demand,
+        tai::query_published_demand, tai::revoke_demand, tai::query_matches, tai::confirm_demand,
+        tai::query_demand_for_settlement, tai::settlement, tai::query_settlement, tai::deliver,
+        tai::query_deliver_result, tai::deliver_datasets, tai::update_licenses, tai::upload_data,
     ),
-    components(schemas(ErrorEnvelope)),
+    components(schemas(ErrorEnvelope, tai::TaiObject)),
     modifiers(&TokenScheme),
 )]
 pub struct ApiDoc;
@@ -1076,7 +1100,7 @@ pub(crate) fn not_found(method: &Method, path: &str) -> Response {
 /// Any failure of the API not already in the envelope (an extractor's plain-text rejection,
 /// e.g. a path that is not UTF-8 or a body that is not UTF-8) becomes the envelope of the
 /// nearest code, with the rejection's text as the message.
-async fn enveloped(response: Response) -> Response {
+pub(crate) async fn enveloped(response: Response) -> Response {
     let typed = response
         .headers()
         .get(header::CONTENT_TYPE)
@@ -1112,6 +1136,7 @@ async fn enveloped(response: Response) -> Response {
 
 /// The REST routes and `/openapi.json`, over `service`.
 pub fn router(service: OperatorService) -> Router {
+    let service_for_tai = service.clone();
     let api = Router::new()
         .route("/operator", get(get_operator_info))
         .route("/datasets", post(create_dataset).get(list_datasets))
@@ -1161,6 +1186,7 @@ pub fn router(service: OperatorService) -> Router {
         .with_state(service);
     Router::new()
         .nest("/api/v1", api)
+        .nest("/v1", crate::tai::router(service_for_tai))
         .route("/openapi.json", get(openapi_json))
 }
 

@@ -16,6 +16,7 @@ pub mod records;
 pub mod redact;
 mod registry;
 mod submit;
+pub mod trade;
 pub mod validate;
 
 use std::collections::HashMap;
@@ -92,6 +93,9 @@ pub struct SchedulerConfig {
     pub ticket_ttl_ms: i64,
     /// Tasks buffered per worker channel.
     pub delivery_queue_max: usize,
+    /// The operator's share of a data purchase settled through the trade flow, in basis
+    /// points (default 0).
+    pub trade_operator_share_bps: u32,
 }
 
 impl Default for SchedulerConfig {
@@ -101,6 +105,7 @@ impl Default for SchedulerConfig {
             heartbeat_interval_ms: 2_000,
             ticket_ttl_ms: tessera_core::limits::TICKET_TTL_MS,
             delivery_queue_max: 64,
+            trade_operator_share_bps: 0,
         }
     }
 }
@@ -191,6 +196,17 @@ impl Ids {
             Err(poisoned) => poisoned.into_inner().fill_bytes(&mut b),
         }
         format!("{prefix}{}", hex::encode(b))
+    }
+
+    /// 32 fresh random bytes (key material and seeds for the trade flow).
+    pub(crate) fn bytes32(&self) -> [u8; 32] {
+        use rand::RngCore;
+        let mut b = [0u8; 32];
+        match self.rng.lock() {
+            Ok(mut r) => r.fill_bytes(&mut b),
+            Err(poisoned) => poisoned.into_inner().fill_bytes(&mut b),
+        }
+        b
     }
 
     /// A fresh token of `kind` (its secret from the same RNG, seeded from the OS).
@@ -308,6 +324,19 @@ impl Scheduler {
             self.clock.clone(),
             self.ids.clone(),
             self.metrics.clone(),
+        )
+    }
+
+    /// The trade service (T/AI 123.12 appendix A.1–A.3) over this scheduler's store, clock,
+    /// ids and account service; it cancels jobs through this scheduler when a publication is
+    /// revoked.
+    pub fn trade(&self) -> trade::TradeService {
+        trade::TradeService::new(
+            self.store.clone(),
+            self.clock.clone(),
+            self.ids.clone(),
+            self.accounts(),
+            self.this.clone(),
         )
     }
 

@@ -159,6 +159,12 @@ pub enum Refusal {
         /// The placement explanation (each misfit).
         reason: String,
     },
+    /// The licence came from a controlled delivery whose publication was revoked, or whose
+    /// trade licence (table A.37) was superseded without its policies (T/AI 123.12 flow).
+    Withdrawn {
+        /// Why.
+        reason: String,
+    },
 }
 
 impl Refusal {
@@ -177,6 +183,7 @@ impl Refusal {
             Refusal::Unpriced { .. } => "unpriced",
             Refusal::OutputTaken { .. } => "output_taken",
             Refusal::NoWorker { .. } => "no_worker",
+            Refusal::Withdrawn { .. } => "withdrawn",
         }
     }
 }
@@ -200,7 +207,8 @@ impl std::fmt::Display for Refusal {
             Refusal::PolicyDenied { reason, .. }
             | Refusal::AccountFrozen { reason }
             | Refusal::NoPaidTerm { reason }
-            | Refusal::NoWorker { reason } => f.write_str(reason),
+            | Refusal::NoWorker { reason }
+            | Refusal::Withdrawn { reason } => f.write_str(reason),
             Refusal::QuotaExhausted { scene } => {
                 write!(f, "quota exhausted: no runs left for scene {scene}")
             }
@@ -727,6 +735,10 @@ where
         }
         let mut allowed = decision.allowed;
         let mut reasons = decision.reasons.clone();
+        if let Some(reason) = crate::trade::withdrawn(&mut *tx, &job.licence_id).await? {
+            allowed = false;
+            reasons.push(Refusal::Withdrawn { reason });
+        }
         if allowed {
             // Reserve one count; the WHERE clause makes exhaustion impossible to miss even if
             // the decision was taken on a stale value.

@@ -946,6 +946,11 @@ impl Store {
         .bind(now_ms)
         .execute(&mut *tx)
         .await?;
+        sqlx::query("UPDATE trade_policies SET licenses_id = ? WHERE licenses_id = ?")
+            .bind(new_id)
+            .bind(old_id)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("UPDATE trade_settlements SET licenses_id = ? WHERE confirm_id = ?")
             .bind(new_id)
             .bind(&old.confirm_id)
@@ -1158,4 +1163,54 @@ fn ed25519_public(secret: &[u8; 32]) -> String {
             let _ = write!(s, "{b:02x}");
             s
         })
+}
+
+/// Why a licence made by a controlled delivery may no longer admit jobs: its publication was
+/// revoked, or its trade licence is no longer valid (`None`: it may, or it was not made by
+/// the trade flow).
+pub(crate) async fn withdrawn(
+    conn: &mut sqlx::SqliteConnection,
+    licence_id: &str,
+) -> Result<Option<String>, StoreError> {
+    let r = sqlx::query(
+        "SELECT l.licenses_id, l.status, p.status, l.registration_id, l.data_id FROM trade_policies tp \
+         JOIN trade_licences l ON l.licenses_id = tp.licenses_id \
+         LEFT JOIN trade_publications p ON p.registration_id = l.registration_id AND p.data_id = l.data_id \
+         WHERE tp.licence_id = ?",
+    )
+    .bind(licence_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(r) = r else { return Ok(None) };
+    let licenses_id: String = r.try_get(0)?;
+    let licence_status: String = r.try_get(1)?;
+    let publication: Option<String> = r.try_get(2)?;
+    let data_id: String = r.try_get(4)?;
+    if publication.as_deref() != Some("YES") {
+        return Ok(Some(format!(
+            "the publication of dataset {data_id} was revoked: licence {licence_id} admits no more jobs"
+        )));
+    }
+    if licence_status != "valid" {
+        return Ok(Some(format!(
+            "trade licence {licenses_id} behind licence {licence_id} is {licence_status}"
+        )));
+    }
+    Ok(None)
+}
+
+impl Store {
+    /// The jobs still admitted or running under a licence, at most 10,000.
+    ///
+    /// # Errors
+    /// `Db`.
+    pub async fn live_jobs_of_licence(&self, licence_id: &str) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT job_id FROM jobs WHERE licence_id = ? AND state IN ('admitted', 'running') \
+             ORDER BY created_at_ms LIMIT 10000",
+        )
+        .bind(licence_id)
+        .fetch_all(&self.read)
+        .await?)
+    }
 }

@@ -11,7 +11,8 @@ use tessera_proto::v1 as pb;
 use tonic::Code;
 
 use crate::harness::{
-    BUYER, Client, Cluster, PROVIDER, PROVIDER_USER, USER, connect_anonymous, connect_as, keys,
+    BUYER, Client, Cluster, PROVIDER, PROVIDER_USER, USER, connect_anonymous, connect_as, is_trade,
+    keys, tai, trade_as,
 };
 
 /// Whose resources a call names.
@@ -38,6 +39,28 @@ pub(crate) struct Fixture {
     pub(crate) spare_token_id: String,
     /// A live token of `mallory`.
     pub(crate) mallory: String,
+    /// The trade flow's records the trade operations name.
+    pub(crate) trade: TradeFixture,
+}
+
+/// Records of the T/AI 123.12 trade flow, made by `pu` (provider `prov`) and `u1`.
+pub(crate) struct TradeFixture {
+    /// A published registration of dataset `p`, with an uploaded file.
+    pub(crate) reg: String,
+    /// A published registration that `RevokePublishedData` revokes.
+    pub(crate) reg_revoke: String,
+    /// A published demand, confirmed against `reg`, settled and delivered.
+    pub(crate) demand: String,
+    /// A published demand that is not confirmed yet (for `ConfirmDemand`).
+    pub(crate) demand_confirm: String,
+    /// A published demand that `RevokeDemand` revokes.
+    pub(crate) demand_revoke: String,
+    /// The confirmation of `demand`.
+    pub(crate) confirm: String,
+    /// The licence its settlement issued (JSON).
+    pub(crate) licence: serde_json::Value,
+    /// The licence of a controlled dataset (`pc`), settled.
+    pub(crate) controlled_licence: serde_json::Value,
 }
 
 pub(crate) fn job_request(
@@ -378,6 +401,26 @@ async fn call(
             .issue_registration_token(requests::registration_token(whose))
             .await
             .map(drop),
+        // The trade operations are methods of the `Trade` service (`call_via` calls them).
+        Operation::RegisterData
+        | Operation::PublishData
+        | Operation::PublishDatasets
+        | Operation::QueryPublishedData
+        | Operation::RevokePublishedData
+        | Operation::RegisterDemand
+        | Operation::PublishDemand
+        | Operation::QueryPublishedDemand
+        | Operation::RevokeDemand
+        | Operation::QueryMatches
+        | Operation::ConfirmDemand
+        | Operation::QueryDemandForSettlement
+        | Operation::Settlement
+        | Operation::QuerySettlement
+        | Operation::Deliver
+        | Operation::QueryDeliverResult
+        | Operation::DeliverDatasets
+        | Operation::UpdateLicenses
+        | Operation::UploadData => unreachable!("{op:?} is a method of the Trade service"),
     }
 }
 
@@ -470,6 +513,10 @@ async fn call_via(
     whose: Whose,
 ) -> Option<Result<(), tonic::Status>> {
     match api {
+        Api::Grpc if is_trade(op) => {
+            let mut t = trade_as(c, token).await;
+            Some(tai(&mut t, op, &trade_request(op, f)).await.map(drop))
+        }
         Api::Grpc => {
             let mut client = match token {
                 Some(t) => connect_as(c, t).await,
@@ -589,6 +636,183 @@ pub(crate) async fn fixture(c: &Cluster) -> Fixture {
         registration,
         spare_token_id,
         mallory,
+        trade: trade_fixture(c).await,
+    }
+}
+
+/// A buyer X25519 key pair for the trade fixture (the private key opens sealed delivery
+/// keys).
+pub(crate) fn buyer_keys() -> (
+    tessera_trade::seal::BuyerPrivateKey,
+    tessera_trade::seal::BuyerPublicKey,
+) {
+    tessera_trade::seal::BuyerPrivateKey::derive(&[42; 32])
+}
+
+/// A `/registerData` body for dataset `data_id` of the provider party.
+pub(crate) fn registration(data_id: &str) -> serde_json::Value {
+    serde_json::json!({
+        "owner": PROVIDER, "key_words": ["credit", "risk"], "dataID": data_id,
+        "description": "customer records", "data_type": "dataset", "data_format": "csv",
+        "data_size": 1.5, "data_category": ["finance"], "collection_time": "2026-10-01 08:00:00",
+        "country": "CN", "resource_url": format!("tessera://prov/{data_id}"),
+        "ownership_confirm": "https://prov.example/ownership", "public_key": "provider-key",
+    })
+}
+
+/// A `/registerDemand` body of u1 with its public key.
+pub(crate) fn demand() -> serde_json::Value {
+    serde_json::json!({
+        "demander": USER, "data_category": ["finance"], "key_words": ["credit"],
+        "data_type": "dataset", "public_key": buyer_keys().1.to_text(),
+    })
+}
+
+async fn trade_fixture(c: &Cluster) -> TradeFixture {
+    use Operation as O;
+    use serde_json::json;
+    c.dataset(&c.provider, "pc", "k", &keys("k", 0..20)).await;
+    let mut pu = trade_as(c, Some(&c.provider_token)).await;
+    let mut u1 = trade_as(c, Some(&c.buyer_token)).await;
+    let reg_of = |v: serde_json::Value| v["registrationID"].as_str().expect("id").to_owned();
+    let reg = reg_of(
+        tai(&mut pu, O::RegisterData, &registration("p"))
+            .await
+            .expect("register"),
+    );
+    let reg_revoke = reg_of(
+        tai(&mut pu, O::RegisterData, &registration("p"))
+            .await
+            .expect("register"),
+    );
+    for (r, free) in [(&reg, false), (&reg_revoke, true)] {
+        let mut body = json!({"owner": PROVIDER, "registrationID": r, "free": free});
+        if !free {
+            body["price"] = json!(1.5);
+        }
+        tai(&mut pu, O::PublishData, &body).await.expect("publish");
+    }
+    tai(
+        &mut pu,
+        O::UploadData,
+        &json!({"registrationID": reg, "data_file": "aWQsYWdlCjEsMzAK"}),
+    )
+    .await
+    .expect("upload");
+    tai(&mut pu, O::PublishDatasets, &controlled_publication())
+        .await
+        .expect("publish controlled");
+    let mut demands = Vec::new();
+    for _ in 0..4 {
+        let id = tai(&mut u1, O::RegisterDemand, &demand())
+            .await
+            .expect("demand")["demandID"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        tai(
+            &mut u1,
+            O::PublishDemand,
+            &json!({"demander": USER, "demandID": id}),
+        )
+        .await
+        .expect("publish demand");
+        demands.push(id);
+    }
+    let confirm = |demand: &str, reg: &str, data: Option<&str>| {
+        let mut b = json!({"demander": USER, "demandID": demand, "registrationID": reg});
+        if let Some(d) = data {
+            b["dataID"] = json!(d);
+        }
+        b
+    };
+    let c1 = tai(&mut u1, O::ConfirmDemand, &confirm(&demands[0], &reg, None))
+        .await
+        .expect("confirm")["confirmID"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let c2 = tai(
+        &mut u1,
+        O::ConfirmDemand,
+        &confirm(
+            &demands[1],
+            tessera_trade::CONTROLLED_REGISTRATION_ID,
+            Some("pc"),
+        ),
+    )
+    .await
+    .expect("confirm controlled")["confirmID"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let s1 = tai(&mut u1, O::Settlement, &json!({"confirmID": c1}))
+        .await
+        .expect("settle");
+    let s2 = tai(&mut u1, O::Settlement, &json!({"confirmID": c2}))
+        .await
+        .expect("settle");
+    tai(&mut u1, O::Deliver, &json!({"licenses": s1["licenses"]}))
+        .await
+        .expect("deliver");
+    TradeFixture {
+        reg,
+        reg_revoke,
+        demand: demands[0].clone(),
+        demand_confirm: demands[2].clone(),
+        demand_revoke: demands[3].clone(),
+        confirm: c1,
+        licence: s1["licenses"].clone(),
+        controlled_licence: s2["licenses"].clone(),
+    }
+}
+
+/// The `/publishDatasets` body of the controlled dataset `pc`.
+pub(crate) fn controlled_publication() -> serde_json::Value {
+    serde_json::json!({
+        "owner": tessera_trade::CONTROLLED_OWNER, "dataID": "pc",
+        "registrationID": tessera_trade::CONTROLLED_REGISTRATION_ID,
+        "protocol": "tessera-usage-v1", "key_words": ["credit"], "free": true,
+    })
+}
+
+/// The request of trade operation `op` on the fixture's records: the same for every caller
+/// (the rightful one owns them; mallory does not).
+pub(crate) fn trade_request(op: Operation, f: &Fixture) -> serde_json::Value {
+    use Operation as O;
+    use serde_json::json;
+    let t = &f.trade;
+    match op {
+        O::RegisterData => registration("p"),
+        O::PublishData => {
+            json!({"owner": PROVIDER, "registrationID": t.reg, "free": false, "price": 1.5})
+        }
+        O::PublishDatasets => controlled_publication(),
+        O::QueryPublishedData => json!({"registrationID": t.reg}),
+        O::RevokePublishedData => json!({"registrationID": t.reg_revoke}),
+        O::UploadData => json!({"registrationID": t.reg, "data_file": "aWQsYWdlCjEsMzAK"}),
+        O::RegisterDemand => demand(),
+        O::PublishDemand => json!({"demander": USER, "demandID": t.demand}),
+        O::QueryPublishedDemand | O::QueryMatches => json!({"demandID": t.demand}),
+        O::RevokeDemand => json!({"demander": USER, "demandID": t.demand_revoke}),
+        O::ConfirmDemand => {
+            json!({"demander": USER, "demandID": t.demand_confirm, "registrationID": t.reg})
+        }
+        O::QueryDemandForSettlement
+        | O::Settlement
+        | O::QuerySettlement
+        | O::QueryDeliverResult => {
+            json!({"confirmID": t.confirm})
+        }
+        O::Deliver => json!({"licenses": t.licence}),
+        O::DeliverDatasets => json!({
+            "licenses": t.controlled_licence, "dataID": "pc", "policyName": "p",
+            "relUsers": [{"userId": USER, "userName": "U", "isGroup": 0}],
+            "useScenes": [{"useSence": "psi", "counts": 5}],
+        }),
+        O::UpdateLicenses => json!({"owner": PROVIDER, "dataID": "p",
+            "licensesID": t.licence["licensesID"]}),
+        other => panic!("{other:?} is not a trade operation"),
     }
 }
 
@@ -706,6 +930,10 @@ async fn every_operation_checks_the_token_the_role_and_the_owner(api: Api) {
                     | Operation::CancelJob
                     | Operation::GetLicence
                     | Operation::ListBillLines
+                    | Operation::QueryDemandForSettlement
+                    | Operation::Settlement
+                    | Operation::QuerySettlement
+                    | Operation::QueryDeliverResult
             ) =>
             {
                 assert!(

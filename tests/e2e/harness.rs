@@ -15,6 +15,10 @@ use tonic::transport::Channel;
 /// A client of the operator whose calls carry one user's API token.
 pub type Client = OperatorClient<InterceptedService<Channel, TokenHeader>>;
 
+/// A client of the operator's `Trade` service (the T/AI 123.12 trade flow) with one token.
+pub type TradeClient =
+    tessera_proto::v1::trade_client::TradeClient<InterceptedService<Channel, TokenHeader>>;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_tessera");
 
 /// A child process killed on drop.
@@ -128,6 +132,60 @@ pub async fn connect_as(c: &Cluster, token: &str) -> Client {
         TokenHeader::new(token).expect("ascii token"),
     )
     .await
+}
+
+/// A `Trade` client of the cluster's operator sending `token` (none: anonymous).
+pub async fn trade_as(c: &Cluster, token: Option<&str>) -> TradeClient {
+    let header = match token {
+        Some(t) => TokenHeader::new(t).expect("ascii token"),
+        None => TokenHeader::none(),
+    };
+    let channel = tessera_proto::operator_endpoint(&c.url, Some(&c.ca_pem), false)
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect operator");
+    tessera_proto::v1::trade_client::TradeClient::with_interceptor(channel, header)
+}
+
+/// Calls trade operation `op` (its `Trade` method) with the JSON `body`; the answer's `data`.
+pub async fn tai(
+    t: &mut TradeClient,
+    op: tessera_auth::Operation,
+    body: &serde_json::Value,
+) -> Result<serde_json::Value, tonic::Status> {
+    use tessera_auth::Operation as O;
+    let req = pb::TaiRequest {
+        json: body.to_string(),
+    };
+    let r = match op {
+        O::RegisterData => t.register_data(req).await,
+        O::PublishData => t.publish_data(req).await,
+        O::PublishDatasets => t.publish_datasets(req).await,
+        O::QueryPublishedData => t.query_published_data(req).await,
+        O::RevokePublishedData => t.revoke_published_data(req).await,
+        O::RegisterDemand => t.register_demand(req).await,
+        O::PublishDemand => t.publish_demand(req).await,
+        O::QueryPublishedDemand => t.query_published_demand(req).await,
+        O::RevokeDemand => t.revoke_demand(req).await,
+        O::QueryMatches => t.query_matches(req).await,
+        O::ConfirmDemand => t.confirm_demand(req).await,
+        O::QueryDemandForSettlement => t.query_demand_for_settlement(req).await,
+        O::Settlement => t.settlement(req).await,
+        O::QuerySettlement => t.query_settlement(req).await,
+        O::Deliver => t.deliver(req).await,
+        O::QueryDeliverResult => t.query_deliver_result(req).await,
+        O::DeliverDatasets => t.deliver_datasets(req).await,
+        O::UpdateLicenses => t.update_licenses(req).await,
+        O::UploadData => t.upload_data(req).await,
+        other => panic!("{other:?} is not a trade operation"),
+    }?;
+    Ok(serde_json::from_str(&r.into_inner().json).expect("a JSON answer"))
+}
+
+/// Whether `op` is a trade operation (a method of the `Trade` service).
+pub fn is_trade(op: tessera_auth::Operation) -> bool {
+    tessera_gateway::rest::route_of(op).is_some_and(|(_, p)| p.starts_with("/v1/"))
 }
 
 /// A client of the cluster's operator sending no token.

@@ -131,6 +131,20 @@ fn request(op: Operation, f: &Fixture, whose: Whose) -> Option<(String, Option<V
         Operation::IssueRegistrationToken => body(&requests::registration_token(whose)),
         _ => None,
     };
+    if crate::harness::is_trade(op) {
+        let (method, _) = tessera_gateway::rest::route_of(op)?;
+        let v = crate::authz::trade_request(op, f);
+        if method == "GET" {
+            let q: Vec<String> = v
+                .as_object()
+                .expect("an object")
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().expect("a string")))
+                .collect();
+            return Some((format!("{path}?{}", q.join("&")), None));
+        }
+        return Some((path, Some(v)));
+    }
     let query = match op {
         Operation::GetAccountStatus => format!("?customer={}&product=psi", pick("", USER)),
         Operation::Unsubscribe => format!("?customer={}", pick("", USER)),
