@@ -289,6 +289,7 @@ mod tests {
               group        Group membership (recorded by the operator)
               token        API tokens
               party        Parties and their workers' registration tokens
+              trade        The T/AI 123.12 trade flow: register, publish, demand, confirm, settle, deliver
               help         Print this message or the help of the given subcommand(s)
 
             Options:

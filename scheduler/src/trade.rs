@@ -28,7 +28,7 @@ use std::sync::{Arc, Weak};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use ed25519_dalek::{Signer, SigningKey};
+use ed25519_dalek::SigningKey;
 use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -47,6 +47,7 @@ use tessera_trade::fields::{
 };
 use tessera_trade::licence::{Licence, LicenceBody, LicenceTerm, verifying_key_text};
 use tessera_trade::matching::{Offer, Want, rank};
+use tessera_trade::proof::DeliveryProof;
 use tessera_trade::seal::{BuyerPublicKey, DeliveryKey, seal_delivery_key, seal_package};
 use tessera_trade::{
     CONTROLLED_OWNER, CONTROLLED_REGISTRATION_ID, NOT_PUBLISHED, PUBLISHED, SETTLED, TradeError,
@@ -61,8 +62,6 @@ pub const DEFAULT_TERM_MONTHS: i64 = 12;
 pub const MAX_UPLOAD_BYTES: usize = tessera_trade::seal::MAX_PACKAGE_BYTES;
 /// Most published items matching considers.
 pub const MATCH_CANDIDATES_MAX: u32 = 10_000;
-/// Domain tag of a delivery proof's signature.
-pub const DELIVERY_PROOF_TAG: &[u8] = b"tessera/T-AI-123.12/delivery-proof/v1\0";
 
 fn invalid(e: TradeError) -> SchedulerError {
     SchedulerError::Invalid(e.to_string())
@@ -87,23 +86,6 @@ fn found<T>(r: Result<T, StoreError>) -> Result<T, SchedulerError> {
         StoreError::NotFound { kind, id } => not_found(kind, &id),
         e => e.into(),
     })
-}
-
-/// A signed delivery proof (table A.43 `delivery_proof`).
-#[derive(Debug, Clone, Serialize)]
-struct DeliveryProof<'a> {
-    delivery_id: &'a str,
-    #[serde(rename = "licensesID")]
-    licenses_id: &'a str,
-    #[serde(rename = "confirmID")]
-    confirm_id: &'a str,
-    #[serde(rename = "dataID")]
-    data_id: &'a str,
-    licensee: &'a str,
-    sha256_data: String,
-    sha256_package: String,
-    bytes: usize,
-    delivered_at: String,
 }
 
 /// The trade flow.
@@ -980,31 +962,22 @@ impl TradeService {
         .map_err(invalid)?;
         let delivery_id = self.ids.next("dlv-");
         let now = self.now();
+        let signer = self.licensor_key(&row.licensor).await?;
         let proof = DeliveryProof {
-            delivery_id: &delivery_id,
-            licenses_id: &licence.licenses_id,
-            confirm_id: &row.confirm_id,
-            data_id: &row.data_id,
-            licensee: &row.licensee,
+            delivery_id: delivery_id.clone(),
+            licenses_id: licence.licenses_id.clone(),
+            confirm_id: row.confirm_id.clone(),
+            data_id: row.data_id.clone(),
+            licensee: row.licensee.clone(),
             sha256_data: sha_data,
             sha256_package: hex::encode(Sha256::digest(&package)),
-            bytes: package.len(),
+            bytes: u64::try_from(package.len()).unwrap_or(u64::MAX),
             delivered_at: self.store.zone().format_rfc3339(now),
-        };
-        let signer = self.licensor_key(&row.licensor).await?;
-        let unsigned = encode("delivery proof", &proof)?;
-        let mut message = DELIVERY_PROOF_TAG.to_vec();
-        message.extend_from_slice(unsigned.as_bytes());
-        let signature = B64.encode(signer.sign(&message).to_bytes());
-        let mut proof_value: Value = decode("delivery proof", &unsigned)?;
-        if let Some(o) = proof_value.as_object_mut() {
-            o.insert("signature".into(), Value::String(signature));
-            o.insert(
-                "licensor_public_key".into(),
-                Value::String(verifying_key_text(&signer.verifying_key())),
-            );
+            licensor_public_key: String::new(),
+            signature: String::new(),
         }
-        let proof_json = proof_value.to_string();
+        .sign(&signer);
+        let proof_json = encode("delivery proof", &proof)?;
         self.store
             .trade_record_delivery(
                 &delivery_id,
@@ -1015,7 +988,7 @@ impl TradeService {
                 now,
             )
             .await?;
-        Ok(json!({ "data_file": B64.encode(&package), "delivery_proof": proof_value }))
+        Ok(json!({ "data_file": B64.encode(&package), "delivery_proof": proof }))
     }
 
     /// `/queryDeliverResult` (table A.45 → A.46).
@@ -1102,13 +1075,6 @@ impl TradeService {
         self.accounts
             .authorize(Operation::DeliverDatasets, caller, &target)
             .await?;
-        let row = self.presented(&licence).await?;
-        if row.registration_id != CONTROLLED_REGISTRATION_ID || row.data_id != data_id {
-            return Err(SchedulerError::Invalid(format!(
-                "licenses: licence {} is not for controlled dataset {data_id}",
-                row.licenses_id
-            )));
-        }
         let (term_start, term_end) = licence.license_term.check().map_err(invalid)?;
         let mut policy_value = Value::Object(v);
         if let Some(o) = policy_value.as_object_mut() {
@@ -1119,6 +1085,13 @@ impl TradeService {
         }
         let policy = UsagePolicy::from_json(&policy_value.to_string())
             .map_err(|e| SchedulerError::Invalid(e.to_string()))?;
+        let row = self.presented(&licence).await?;
+        if row.registration_id != CONTROLLED_REGISTRATION_ID || row.data_id != data_id {
+            return Err(SchedulerError::Invalid(format!(
+                "licenses: licence {} is not for controlled dataset {data_id}",
+                row.licenses_id
+            )));
+        }
         let start = policy.start_date.clone().unwrap_or_default();
         let end = policy.end_date.clone().unwrap_or_default();
         let (ps, pe) = (parse_millis(&start), parse_millis(&end));

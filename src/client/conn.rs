@@ -36,6 +36,10 @@ use tonic::transport::Channel;
 /// A client of the operator whose calls carry the caller's token (if any).
 pub type Client = OperatorClient<InterceptedService<Channel, TokenHeader>>;
 
+/// A client of the operator's `Trade` service whose calls carry the caller's token.
+pub type TradeClient =
+    tessera_proto::v1::trade_client::TradeClient<InterceptedService<Channel, TokenHeader>>;
+
 pub use tessera_proto::TokenHeader;
 
 /// A token given on the command line or in the environment; `Debug` never shows it.
@@ -350,6 +354,25 @@ impl Conn {
     pub async fn connect(&self) -> anyhow::Result<Client> {
         let (addr, token) = self.resolve()?;
         connect_with(&addr, token.as_deref()).await
+    }
+
+    /// Connects to the operator's `Trade` service (the T/AI 123.12 trade flow), with the
+    /// token.
+    ///
+    /// Errors: as [`Conn::connect`].
+    pub async fn connect_trade(&self) -> anyhow::Result<TradeClient> {
+        let (addr, token) = self.resolve()?;
+        let header = match token.as_deref() {
+            Some(t) => TokenHeader::new(t)?,
+            None => TokenHeader::none(),
+        };
+        let endpoint = tessera_proto::operator_endpoint(
+            &addr.url,
+            addr.ca_pem.as_deref(),
+            addr.insecure_plaintext,
+        )?;
+        let channel = tessera_proto::connect(endpoint, &addr.url).await?;
+        Ok(tessera_proto::v1::trade_client::TradeClient::with_interceptor(channel, header))
     }
 }
 

@@ -13,6 +13,7 @@ pub mod ledger;
 pub mod lists;
 pub mod output;
 pub mod records;
+pub mod trade;
 
 #[cfg(test)]
 mod golden;
@@ -67,6 +68,9 @@ pub enum ClientCommand {
     /// Parties and their workers' registration tokens.
     #[command(subcommand)]
     Party(accounts::PartyCmd),
+    /// The T/AI 123.12 trade flow: register, publish, demand, confirm, settle, deliver.
+    #[command(subcommand)]
+    Trade(trade::TradeCmd),
 }
 
 /// Runs one client command against the operator it names.
@@ -86,5 +90,6 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Group(c) => accounts::group(c).await,
         ClientCommand::Token(c) => accounts::token(c).await,
         ClientCommand::Party(c) => accounts::party(c).await,
+        ClientCommand::Trade(c) => trade::run(c).await,
     }
 }

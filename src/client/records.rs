@@ -94,6 +94,17 @@ pub enum LicenceCmd {
         #[arg(long, default_value = "")]
         user: String,
     },
+    /// Verify a T/AI 123.12 licence (table A.37) with the licensor's public key alone: its
+    /// signature and its buyer watermark. FILE is the licence JSON, or a settlement answer
+    /// holding it under `licenses`.
+    Verify {
+        /// The licence file.
+        file: PathBuf,
+        /// The licensor's ed25519 public key, base64 (`queryPublishedData` shows it)
+        /// [default: the key the licence names, with a warning].
+        #[arg(long)]
+        public_key: Option<String>,
+    },
     /// Show a licence with its remaining counts.
     Get {
         #[command(flatten)]
@@ -148,6 +159,9 @@ pub async fn dataset(cmd: DatasetCmd) -> anyhow::Result<()> {
 /// Runs one licence command.
 pub async fn licence(cmd: LicenceCmd) -> anyhow::Result<()> {
     match cmd {
+        LicenceCmd::Verify { file, public_key } => {
+            super::trade::verify_file(&file, public_key.as_deref())?
+        }
         LicenceCmd::Create {
             conn,
             licensor,

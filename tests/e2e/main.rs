@@ -12,3 +12,4 @@ mod ops;
 mod rest;
 mod results;
 mod spine;
+mod trade;

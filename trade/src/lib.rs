@@ -15,6 +15,7 @@ pub mod error;
 pub mod fields;
 pub mod licence;
 pub mod matching;
+pub mod proof;
 pub mod seal;
 
 pub use error::TradeError;

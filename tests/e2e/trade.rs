@@ -1,0 +1,704 @@
+//! The T/AI 123.12 trade flow against the real operator and workers (issue "Licences and
+//! usage control"): register → publish → demand → match → confirm → settle → deliver through
+//! the standard's REST routes, the licence checked with the public key alone (and refused
+//! after one changed byte, by the CLI too), the sealed key and the package opened with the
+//! buyer's key only, a controlled dataset's policy delivered and a PSI job run, counted and
+//! billed under it, then the publication revoked: a running job cancelled, new ones refused
+//! with the reason. And every route's bad input: a missing required field (400 naming it) and
+//! an unknown id (404).
+
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde_json::{Value, json};
+use tessera_auth::Operation;
+use tessera_proto::v1 as pb;
+use tessera_trade::licence::{Licence, parse_verifying_key};
+use tessera_trade::proof::DeliveryProof;
+use tessera_trade::seal::{SealedKey, open_delivery_key, open_package};
+
+use crate::authz::{buyer_keys, controlled_publication, demand, registration};
+use crate::harness::{BIN, BUYER, Cluster, PROVIDER, USER, keys};
+use crate::rest::send;
+
+/// `POST`/`GET` a T/AI route as `token`; (HTTP status, envelope).
+fn tai(c: &Cluster, op: Operation, token: &str, body: &Value) -> (u16, Value) {
+    let (method, path) = tessera_gateway::rest::route_of(op).expect("a route");
+    let a = if method == "GET" {
+        let q: Vec<String> = body
+            .as_object()
+            .expect("object")
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().expect("string")))
+            .collect();
+        send(
+            c,
+            "GET",
+            &format!("{path}?{}", q.join("&")),
+            Some(token),
+            None,
+        )
+    } else {
+        send(c, "POST", path, Some(token), Some(body))
+    };
+    (a.status, a.envelope())
+}
+
+/// The answer's `data` of a call that must succeed.
+fn ok(c: &Cluster, op: Operation, token: &str, body: &Value) -> Value {
+    let (status, v) = tai(c, op, token, body);
+    assert_eq!(status, 200, "{op:?}: {v}");
+    v["data"].clone()
+}
+
+async fn cash(c: &Cluster) -> i64 {
+    c.client()
+        .await
+        .list_balances(pb::ListRequest {})
+        .await
+        .expect("balances")
+        .into_inner()
+        .balances
+        .into_iter()
+        .find(|b| b.account == format!("customer:{USER}:cash"))
+        .map_or(0, |b| b.balance_micros)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trade_flow_from_registration_to_delivery_and_jobs_under_the_delivered_policy() {
+    use Operation as O;
+    let c = Cluster::start(10_000);
+    c.dataset(&c.provider, "p", "k", &keys("k", 0..50)).await;
+    c.dataset(&c.buyer, "b", "k", &keys("k", 25..75)).await;
+    c.fund(10_000_000, "fund").await;
+    let (pu, u1) = (c.provider_token.clone(), c.buyer_token.clone());
+
+    // Provider: register, publish at 2.5, upload the file to deliver.
+    let reg = ok(&c, O::RegisterData, &pu, &registration("p"))["registrationID"]
+        .as_str()
+        .expect("registrationID")
+        .to_owned();
+    let published = ok(
+        &c,
+        O::PublishData,
+        &pu,
+        &json!({"owner": PROVIDER, "registrationID": reg, "free": false, "price": 2.5}),
+    );
+    assert_eq!(published["publish_status"], "YES");
+    let file = b"id,age\n1,30\n2,41\n".to_vec();
+    ok(
+        &c,
+        O::UploadData,
+        &pu,
+        &json!({"registrationID": reg, "data_file": B64.encode(&file)}),
+    );
+    let listing = ok(
+        &c,
+        O::QueryPublishedData,
+        &u1,
+        &json!({"registrationID": reg}),
+    );
+    assert_eq!(
+        (
+            listing["owner"].as_str(),
+            listing["publish_status"].as_str()
+        ),
+        (Some(PROVIDER), Some("YES"))
+    );
+    assert_eq!(listing["price"], json!(2.5));
+    let licensor_key = listing["licensor_public_key"]
+        .as_str()
+        .expect("key")
+        .to_owned();
+
+    // Buyer: a demand with its X25519 key, matched, confirmed, settled.
+    let d = ok(&c, O::RegisterDemand, &u1, &demand())["demandID"]
+        .as_str()
+        .expect("demandID")
+        .to_owned();
+    ok(
+        &c,
+        O::PublishDemand,
+        &u1,
+        &json!({"demander": USER, "demandID": d}),
+    );
+    let matches = ok(&c, O::QueryMatches, &u1, &json!({"demandID": d}));
+    assert!(
+        matches["matches"]
+            .as_array()
+            .expect("matches")
+            .iter()
+            .any(|m| m["registrationID"] == json!(reg)),
+        "{matches}"
+    );
+    let confirmed = ok(
+        &c,
+        O::ConfirmDemand,
+        &u1,
+        &json!({"demander": USER, "demandID": d, "registrationID": reg}),
+    );
+    assert_eq!(confirmed["price"], json!(2.5));
+    let confirm = confirmed["confirmID"]
+        .as_str()
+        .expect("confirmID")
+        .to_owned();
+    let before = ok(
+        &c,
+        O::QueryDemandForSettlement,
+        &pu,
+        &json!({"confirmID": confirm}),
+    );
+    assert_eq!(before["settlement_status"], "UNSETTLED");
+    // A second confirmation of the same demand is refused.
+    let (status, v) = tai(
+        &c,
+        O::ConfirmDemand,
+        &u1,
+        &json!({"demander": USER, "demandID": d, "registrationID": reg}),
+    );
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (409, Some("ALREADY_EXISTS")),
+        "{v}"
+    );
+
+    let cash_before = cash(&c).await;
+    let settled = ok(&c, O::Settlement, &u1, &json!({"confirmID": confirm}));
+    assert_eq!(settled["settlement_status"], "SETTLED");
+    assert_eq!(cash(&c).await, cash_before - 2_500_000);
+    assert_eq!(settled["payment_proof"]["amount_micros"], json!(2_500_000));
+    assert!(
+        !settled["payment_proof"]["ledger_transfers"]
+            .as_array()
+            .expect("transfers")
+            .is_empty()
+    );
+    // A retry answers the first settlement and pays nothing more.
+    let again = ok(&c, O::Settlement, &u1, &json!({"confirmID": confirm}));
+    assert_eq!(again, settled);
+    assert_eq!(cash(&c).await, cash_before - 2_500_000);
+    assert_eq!(
+        ok(&c, O::QuerySettlement, &pu, &json!({"confirmID": confirm})),
+        settled
+    );
+
+    // The licence verifies with the licensor's public key alone, and not after any change.
+    let licence: Licence = serde_json::from_value(settled["licenses"].clone()).expect("licence");
+    let key = parse_verifying_key(&licensor_key).expect("key");
+    licence.verify(&key).expect("verifies");
+    assert_eq!(licence.licensee, USER);
+    let dir = c.dir.path().join("trade");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let good = dir.join("licence.json");
+    std::fs::write(&good, serde_json::to_vec(&licence).expect("json")).expect("write");
+    let verify = |file: &std::path::Path| {
+        std::process::Command::new(BIN)
+            .args(["licence", "verify"])
+            .arg(file)
+            .args(["--public-key", &licensor_key])
+            .output()
+            .expect("run")
+    };
+    let out = verify(&good);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("valid: licence"));
+    let mut bytes = serde_json::to_vec(&licence).expect("json");
+    let needle = br#""licensee":"u1""#;
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("the licensee in the document");
+    bytes[at + needle.len() - 2] = b'2'; // licensee u1 -> u2
+    let bad = dir.join("changed.json");
+    std::fs::write(&bad, &bytes).expect("write");
+    let out = verify(&bad);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("digital_signature"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Delivery: the package opens with the key sealed to the buyer, and only so.
+    let delivered = ok(&c, O::Deliver, &u1, &json!({"licenses": licence}));
+    let proof: DeliveryProof =
+        serde_json::from_value(delivered["delivery_proof"].clone()).expect("proof");
+    proof.verify(&key).expect("the proof verifies");
+    let sealed: SealedKey = serde_json::from_value(settled["private_key"].clone()).expect("key");
+    let (private, _) = buyer_keys();
+    let delivery_key =
+        open_delivery_key(&sealed, &private, &licence.licenses_id).expect("opens for u1");
+    let package = B64
+        .decode(delivered["data_file"].as_str().expect("file"))
+        .expect("base64");
+    assert_ne!(package, file, "the file is encrypted in transit");
+    let opened = open_package(
+        &delivery_key,
+        &licence.licenses_id,
+        &licence.digital_watermarking,
+        &package,
+    )
+    .expect("opens");
+    assert_eq!(opened, file);
+    assert_eq!(
+        ok(
+            &c,
+            O::QueryDeliverResult,
+            &pu,
+            &json!({"confirmID": confirm})
+        )["delivery_proof"],
+        delivered["delivery_proof"]
+    );
+    // The provider cannot take the buyer's delivery.
+    let (status, _) = tai(&c, O::Deliver, &pu, &json!({"licenses": licence}));
+    assert_eq!(status, 403);
+
+    // Reissue with a new term: the old licence is refused from now on, the new one works.
+    let reissued = ok(
+        &c,
+        O::UpdateLicenses,
+        &pu,
+        &json!({"owner": PROVIDER, "dataID": "p", "licensesID": licence.licenses_id,
+                "license_term": {"startDate": licence.license_term.start_date,
+                                 "endDate": "2099-01-01 00:00:00"}}),
+    );
+    let new_licence: Licence =
+        serde_json::from_value(reissued["licenses"].clone()).expect("licence");
+    assert_ne!(new_licence.licenses_id, licence.licenses_id);
+    new_licence.verify(&key).expect("verifies");
+    let (status, v) = tai(&c, O::Deliver, &u1, &json!({"licenses": licence}));
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["errorMsg"].as_str().expect("msg").contains("superseded"),
+        "{v}"
+    );
+    ok(&c, O::Deliver, &u1, &json!({"licenses": new_licence}));
+
+    // A controlled dataset: published, settled (free), its policy delivered; jobs run under
+    // the licence the delivery made, counted and billed.
+    ok(&c, O::PublishDatasets, &pu, &controlled_publication_of("p"));
+    let d2 = ok(&c, O::RegisterDemand, &u1, &demand())["demandID"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    ok(
+        &c,
+        O::PublishDemand,
+        &u1,
+        &json!({"demander": USER, "demandID": d2}),
+    );
+    let c2 = ok(
+        &c,
+        O::ConfirmDemand,
+        &u1,
+        &json!({"demander": USER, "demandID": d2,
+                "registrationID": tessera_trade::CONTROLLED_REGISTRATION_ID, "dataID": "p"}),
+    )["confirmID"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let s2 = ok(&c, O::Settlement, &u1, &json!({"confirmID": c2}));
+    // Controlled data is not handed out as a file.
+    let (status, v) = tai(&c, O::Deliver, &u1, &json!({"licenses": s2["licenses"]}));
+    assert_eq!(status, 400, "{v}");
+    let policy = ok(
+        &c,
+        O::DeliverDatasets,
+        &pu,
+        &json!({
+            "licenses": s2["licenses"], "dataID": "p", "policyName": "buyer-psi",
+            "relUsers": [{"userId": USER, "userName": "U", "isGroup": 0}],
+            "useScenes": [{"useSence": "psi", "counts": 2, "visitArea": ["r1"], "cpCenter": ["c1"]}],
+            "price_per_job": 0.001,
+        }),
+    );
+    assert_eq!(policy["status"], "ACTIVE");
+    let lic = policy["licenceID"].as_str().expect("licenceID").to_owned();
+    let mut client = c.client().await;
+    let job = client
+        .submit_job(Cluster::job(&lic, "b", "size", ""))
+        .await
+        .expect("submit")
+        .into_inner()
+        .job_id;
+    let done = c.wait(&job).await;
+    assert_eq!(done.state_text(), "succeeded", "{done:?}");
+    let remaining = client
+        .get_licence(pb::LicenceRef {
+            licence_id: lic.clone(),
+        })
+        .await
+        .expect("licence")
+        .into_inner()
+        .policy_json;
+    assert!(remaining.contains(r#""remainingCounts":1"#), "{remaining}");
+
+    // A policy that names another user and another region refuses with both reasons.
+    let narrow = ok(
+        &c,
+        O::DeliverDatasets,
+        &pu,
+        &json!({
+            "licenses": s2["licenses"], "dataID": "p", "policyName": "narrow",
+            "relUsers": [{"userId": "someone-else", "userName": "S", "isGroup": 0}],
+            "useScenes": [{"useSence": "psi", "visitArea": ["nowhere"]}],
+        }),
+    )["licenceID"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let refused = client
+        .submit_job(Cluster::job(&narrow, "b", "size", ""))
+        .await
+        .expect("an answer")
+        .into_inner();
+    assert_eq!(refused.state_text(), "refused");
+    let codes: Vec<&str> = refused.refusals.iter().map(|r| r.code.as_str()).collect();
+    assert!(
+        codes.contains(&"POLICY_DENIED") && codes.contains(&"NO_WORKER"),
+        "{refused:?}"
+    );
+    assert!(
+        refused
+            .refusal_reasons
+            .iter()
+            .any(|r| r.contains("relUsers")),
+        "{refused:?}"
+    );
+
+    // Revoking the publication cancels the running job under it within a bounded time and
+    // refuses new ones, with the reason.
+    c.dataset(&c.provider, "big", "k", &keys("k", 0..60_000))
+        .await;
+    c.dataset(&c.buyer, "bigb", "k", &keys("k", 30_000..90_000))
+        .await;
+    ok(
+        &c,
+        O::PublishDatasets,
+        &pu,
+        &controlled_publication_of("big"),
+    );
+    let d3 = ok(&c, O::RegisterDemand, &u1, &demand())["demandID"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    ok(
+        &c,
+        O::PublishDemand,
+        &u1,
+        &json!({"demander": USER, "demandID": d3}),
+    );
+    let c3 = ok(
+        &c,
+        O::ConfirmDemand,
+        &u1,
+        &json!({"demander": USER, "demandID": d3,
+                "registrationID": tessera_trade::CONTROLLED_REGISTRATION_ID, "dataID": "big"}),
+    )["confirmID"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let s3 = ok(&c, O::Settlement, &u1, &json!({"confirmID": c3}));
+    let big = ok(
+        &c,
+        O::DeliverDatasets,
+        &pu,
+        &json!({
+            "licenses": s3["licenses"], "dataID": "big", "policyName": "big",
+            "relUsers": [{"userId": USER, "userName": "U", "isGroup": 0}],
+            "useScenes": [{"useSence": "psi", "visitArea": ["r1"], "cpCenter": ["c1"]}],
+        }),
+    )["licenceID"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let mut slow = Cluster::job(&big, "bigb", "size", "");
+    slow.protocol = pb::PsiProtocol::Ecdh.into();
+    let running = client
+        .submit_job(slow)
+        .await
+        .expect("submit")
+        .into_inner()
+        .job_id;
+    let revoked_at = Instant::now();
+    let revoke = ok(
+        &c,
+        O::RevokePublishedData,
+        &pu,
+        &json!({"registrationID": tessera_trade::CONTROLLED_REGISTRATION_ID, "dataID": "big"}),
+    );
+    assert_eq!(revoke["publish_status"], "NO");
+    let ended = c.wait(&running).await;
+    assert!(
+        revoked_at.elapsed() < Duration::from_secs(30),
+        "the job took {:?} to end after the revocation",
+        revoked_at.elapsed()
+    );
+    // 60,000 keys under ECDH take seconds: the revocation reaches the job while it runs.
+    assert!(
+        revoke["cancelled_jobs"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .any(|j| j == &json!(running)),
+        "{revoke}"
+    );
+    assert_eq!(ended.state_text(), "cancelled", "{ended:?}");
+    let refused = client
+        .submit_job(Cluster::job(&big, "bigb", "size", ""))
+        .await
+        .expect("an answer")
+        .into_inner();
+    assert_eq!(refused.state_text(), "refused");
+    assert!(
+        refused
+            .refusal_reasons
+            .iter()
+            .any(|r| r.contains("revoked")),
+        "{refused:?}"
+    );
+    // The dataset's log holds each step.
+    c.assert_audit_verifies().await;
+    let _ = BUYER;
+}
+
+/// The controlled publication of dataset `data_id`.
+fn controlled_publication_of(data_id: &str) -> Value {
+    let mut v = controlled_publication();
+    v["dataID"] = json!(data_id);
+    v
+}
+
+/// One route's bad-input case: the operation, its caller's token, a good body, the required
+/// fields, and a body naming an unknown id (none: the route names no id).
+type Case<'a> = (Operation, &'a str, Value, Vec<&'a str>, Option<Value>);
+
+/// Every trade route: a body without each required field answers 400 with INVALID_ARGUMENT
+/// naming the field; a body naming an unknown id answers 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_trade_route_names_a_missing_field_and_answers_an_unknown_id_with_404() {
+    use Operation as O;
+    let c = Cluster::start(10_000);
+    c.dataset(&c.provider, "p", "k", &keys("k", 0..5)).await;
+    let (pu, u1) = (c.provider_token.clone(), c.buyer_token.clone());
+    let licence = json!({
+        "licensesID": "lics-unknown", "licensor": PROVIDER, "licensee": USER,
+        "registrationID": "reg-unknown", "dataID": "p", "resource_url": "x",
+        "digital_watermarking": "AA==", "digital_signature": "AA==",
+        "usage_restrictions": "none",
+        "license_term": {"startDate": "2026-01-01 00:00:00", "endDate": "2027-01-01 00:00:00"},
+        "licensor_public_key": "AA==",
+    });
+    // (operation, caller, a good body, the required fields, a body naming an unknown id).
+    let cases: Vec<Case<'_>> = vec![
+        (
+            O::RegisterData,
+            &pu,
+            registration("p"),
+            vec![
+                "owner",
+                "key_words",
+                "dataID",
+                "description",
+                "data_type",
+                "data_format",
+                "data_size",
+                "data_category",
+                "collection_time",
+                "country",
+                "resource_url",
+                "ownership_confirm",
+                "public_key",
+            ],
+            Some({
+                let mut v = registration("p");
+                v["dataID"] = json!("no-such-dataset");
+                v
+            }),
+        ),
+        (
+            O::PublishData,
+            &pu,
+            json!({"owner": PROVIDER, "registrationID": "reg-x", "free": true}),
+            vec!["owner", "registrationID", "free"],
+            Some(json!({"owner": PROVIDER, "registrationID": "reg-unknown", "free": true})),
+        ),
+        (
+            O::PublishDatasets,
+            &pu,
+            controlled_publication_of("p"),
+            vec![
+                "owner",
+                "dataID",
+                "registrationID",
+                "protocol",
+                "key_words",
+                "free",
+            ],
+            Some(controlled_publication_of("no-such-dataset")),
+        ),
+        (
+            O::QueryPublishedData,
+            &u1,
+            json!({"registrationID": "reg-unknown"}),
+            vec!["registrationID"],
+            Some(json!({"registrationID": "reg-unknown"})),
+        ),
+        (
+            O::RevokePublishedData,
+            &pu,
+            json!({"registrationID": "reg-unknown"}),
+            vec!["registrationID"],
+            Some(json!({"registrationID": "reg-unknown"})),
+        ),
+        (
+            O::UploadData,
+            &pu,
+            json!({"registrationID": "reg-unknown", "data_file": ""}),
+            vec!["registrationID", "data_file"],
+            Some(json!({"registrationID": "reg-unknown", "data_file": ""})),
+        ),
+        (
+            O::RegisterDemand,
+            &u1,
+            demand(),
+            vec!["data_category", "key_words", "data_type"],
+            None,
+        ),
+        (
+            O::PublishDemand,
+            &u1,
+            json!({"demander": USER, "demandID": "dem-unknown"}),
+            vec!["demander", "demandID"],
+            Some(json!({"demander": USER, "demandID": "dem-unknown"})),
+        ),
+        (
+            O::QueryPublishedDemand,
+            &u1,
+            json!({"demandID": "dem-unknown"}),
+            vec!["demandID"],
+            Some(json!({"demandID": "dem-unknown"})),
+        ),
+        (
+            O::RevokeDemand,
+            &u1,
+            json!({"demander": USER, "demandID": "dem-unknown"}),
+            vec!["demander", "demandID"],
+            Some(json!({"demander": USER, "demandID": "dem-unknown"})),
+        ),
+        (
+            O::QueryMatches,
+            &u1,
+            json!({"demandID": "dem-unknown"}),
+            vec!["demandID"],
+            Some(json!({"demandID": "dem-unknown"})),
+        ),
+        (
+            O::ConfirmDemand,
+            &u1,
+            json!({"demander": USER, "demandID": "dem-unknown", "registrationID": "reg-unknown"}),
+            vec!["demandID", "registrationID"],
+            Some(
+                json!({"demander": USER, "demandID": "dem-unknown", "registrationID": "reg-unknown"}),
+            ),
+        ),
+        (
+            O::QueryDemandForSettlement,
+            &u1,
+            json!({"confirmID": "conf-unknown"}),
+            vec!["confirmID"],
+            Some(json!({"confirmID": "conf-unknown"})),
+        ),
+        (
+            O::Settlement,
+            &u1,
+            json!({"confirmID": "conf-unknown"}),
+            vec!["confirmID"],
+            Some(json!({"confirmID": "conf-unknown"})),
+        ),
+        (
+            O::QuerySettlement,
+            &u1,
+            json!({"confirmID": "conf-unknown"}),
+            vec!["confirmID"],
+            Some(json!({"confirmID": "conf-unknown"})),
+        ),
+        (
+            O::Deliver,
+            &u1,
+            json!({"licenses": licence}),
+            vec!["licenses"],
+            Some(json!({"licenses": licence})),
+        ),
+        (
+            O::QueryDeliverResult,
+            &u1,
+            json!({"confirmID": "conf-unknown"}),
+            vec!["confirmID"],
+            Some(json!({"confirmID": "conf-unknown"})),
+        ),
+        (
+            O::DeliverDatasets,
+            &pu,
+            json!({"licenses": licence, "dataID": "p", "policyName": "x",
+                   "relUsers": [{"userId": USER, "userName": "U", "isGroup": 0}],
+                   "useScenes": [{"useSence": "psi"}]}),
+            vec!["licenses", "dataID", "policyName", "relUsers", "useScenes"],
+            Some(
+                json!({"licenses": licence, "dataID": "p", "policyName": "x",
+                   "relUsers": [{"userId": USER, "userName": "U", "isGroup": 0}],
+                   "useScenes": [{"useSence": "psi"}]}),
+            ),
+        ),
+        (
+            O::UpdateLicenses,
+            &pu,
+            json!({"owner": PROVIDER, "dataID": "p"}),
+            vec!["owner", "dataID"],
+            Some(json!({"owner": PROVIDER, "dataID": "p"})),
+        ),
+    ];
+    let covered: std::collections::BTreeSet<String> =
+        cases.iter().map(|(op, ..)| format!("{op:?}")).collect();
+    for &op in Operation::ALL {
+        if crate::harness::is_trade(op) {
+            assert!(covered.contains(&format!("{op:?}")), "{op:?} has no case");
+        }
+    }
+    for (op, token, good, required, unknown) in &cases {
+        for field in required {
+            let mut body = good.clone();
+            body.as_object_mut().expect("object").remove(*field);
+            let (status, v) = tai(&c, *op, token, &body);
+            assert_eq!(
+                (status, v["code"].as_str()),
+                (400, Some("INVALID_ARGUMENT")),
+                "{op:?} without {field}: {v}"
+            );
+            assert!(
+                v["errorMsg"].as_str().expect("msg").contains(field),
+                "{op:?} without {field}: {v}"
+            );
+        }
+        // An unknown field is refused by name too.
+        if tessera_gateway::rest::route_of(*op).expect("route").0 == "POST" {
+            let mut body = good.clone();
+            body["surprise"] = json!(1);
+            let (status, v) = tai(&c, *op, token, &body);
+            assert_eq!(status, 400, "{op:?} with an unknown field: {v}");
+        }
+        if let Some(body) = unknown {
+            let (status, v) = tai(&c, *op, token, body);
+            assert_eq!(
+                (status, v["code"].as_str()),
+                (404, Some("NOT_FOUND")),
+                "{op:?} naming an unknown id: {v}"
+            );
+        }
+    }
+}
