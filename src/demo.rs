@@ -1,6 +1,8 @@
 //! `tessera demo`: the main job, end to end on the embedded default store. Starts an operator
 //! and two workers (provider, buyer) on loopback ports, generates data with a known overlap,
-//! licenses the provider's dataset with a PSI policy of 2 runs, runs a full and a size-only
+//! licenses the provider's dataset through the T/AI 123.12 trade flow (publish as controlled
+//! data, demand, match, confirm, settle with a signed licence and a sealed delivery key,
+//! deliver a PSI policy of 2 runs), runs a full and a size-only
 //! PSI job and checks both against the truth, shows the third job refused for exhausted quota,
 //! then prints usage, charges, balances and the audit verification.
 
@@ -275,7 +277,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     step(
         3,
-        "registering datasets, licensing with a PSI policy of 2 runs, funding the buyer",
+        "registering datasets; the T/AI 123.12 trade flow: publish, demand, match, confirm, \
+         settle, deliver a PSI policy of 2 runs",
     );
     provider
         .create_dataset(pb::CreateDatasetRequest {
@@ -294,34 +297,6 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         declared_rows: Some(buyer_rows as u64),
     })
     .await?;
-    let policy = json!({
-        "policyName": "psi-two-runs",
-        "relUsers": [{"userId": USER, "userName": "Alice (buyer analyst)", "isGroup": 0}],
-        "startDate": "2020-01-01 00:00:00",
-        "endDate": "2099-12-31 23:59:59",
-        "useScenes": [{
-            "useSence": "psi", "counts": 2,
-            "visitArea": ["cn-north"], "cpCenter": ["dc-beijing-1"], "envHard": ["x86_64"],
-            "aiFrame": [], "envSoft": ["linux"]
-        }]
-    });
-    let lic = provider
-        .create_licence(pb::CreateLicenceRequest {
-            licensor: PROVIDER.into(),
-            licensee: USER.into(),
-            dataset_id: "ds-provider-customers".into(),
-            policy_json: policy.to_string(),
-            price_per_job_micros: 5_000_000,
-            price_per_1k_rows_micros: 20_000,
-            operator_share_bps: 1_000,
-            monthly_price_micros: 0,
-        })
-        .await?
-        .into_inner();
-    println!(
-        "licence {}: 5.00 per job + 0.02 per 1,000 provider rows, operator share 10%",
-        lic.licence_id
-    );
     c.deposit(pb::DepositRequest {
         account: String::new(),
         amount_micros: 100_000_000,
@@ -330,10 +305,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     })
     .await?;
     println!("{USER} deposited {}", fmt_micros(100_000_000));
+    let lic = trade_flow(&addr, &tokens[0], &tokens[1]).await?;
 
     let submit = |mode: pb::PsiMode, output: &str| pb::SubmitJobRequest {
         user: String::new(),
-        licence_id: lic.licence_id.clone(),
+        licence_id: lic.clone(),
         scene: "psi".into(),
         buyer_party: BUYER.into(),
         buyer_dataset_id: "ds-buyer-crm".into(),
@@ -431,7 +407,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }));
     let l = c
         .get_licence(pb::LicenceRef {
-            licence_id: lic.licence_id.clone(),
+            licence_id: lic.clone(),
         })
         .await?
         .into_inner();
@@ -490,6 +466,130 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     println!("\nall checks passed");
     Ok(())
+}
+
+/// The T/AI 123.12 trade flow that produces the demo's licence: the provider publishes its
+/// dataset as controlled data (10.00), the buyer registers and publishes a demand with its
+/// X25519 key, finds the data by matching, confirms and settles (paying 10.00, receiving the
+/// licence signed by the provider's key and the delivery key sealed to its own key), the
+/// licence is verified with the provider's public key, and the provider delivers the usage
+/// policy (2 PSI runs in the workers' region and centre; 5.00 per job + 0.02 per 1,000
+/// provider rows, operator share 10%). Returns the id of the licence jobs run under.
+async fn trade_flow(
+    addr: &crate::client::conn::OperatorAddr,
+    provider_token: &str,
+    buyer_token: &str,
+) -> anyhow::Result<String> {
+    use crate::client::trade::call_json;
+    use tessera_auth::Operation as O;
+    let mut p = crate::client::conn::connect_trade_with(addr, Some(provider_token)).await?;
+    let mut b = crate::client::conn::connect_trade_with(addr, Some(buyer_token)).await?;
+    let controlled = tessera_trade::CONTROLLED_REGISTRATION_ID;
+    call_json(
+        &mut p,
+        O::PublishDatasets,
+        &json!({
+            "owner": tessera_trade::CONTROLLED_OWNER, "dataID": "ds-provider-customers",
+            "registrationID": controlled, "protocol": "tessera-usage-v1",
+            "description": "provider customer ids, usable through PSI only",
+            "key_words": ["customers", "ids"], "free": false, "price": 10.0,
+        }),
+    )
+    .await?;
+    println!(
+        "provider published ds-provider-customers as controlled data at 10.00 (/publishDatasets)"
+    );
+    let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, seed.as_mut());
+    let (buyer_private, buyer_public) = tessera_trade::seal::BuyerPrivateKey::derive(&seed);
+    let demand = call_json(
+        &mut b,
+        O::RegisterDemand,
+        &json!({
+            "demander": USER, "data_category": ["retail"], "key_words": ["customers"],
+            "data_type": "dataset", "description": "customer overlap for a campaign",
+            "public_key": buyer_public.to_text(),
+        }),
+    )
+    .await?;
+    let demand_id = demand["demandID"].as_str().unwrap_or_default().to_owned();
+    call_json(
+        &mut b,
+        O::PublishDemand,
+        &json!({"demander": USER, "demandID": demand_id}),
+    )
+    .await?;
+    let matches = call_json(&mut b, O::QueryMatches, &json!({"demandID": demand_id})).await?;
+    let found = matches["matches"]
+        .as_array()
+        .is_some_and(|m| m.iter().any(|m| m["dataID"] == "ds-provider-customers"));
+    if !found {
+        anyhow::bail!("matching did not find the published dataset: {matches}");
+    }
+    println!(
+        "{USER} registered and published demand {demand_id}; matching found ds-provider-customers"
+    );
+    let confirmed = call_json(
+        &mut b,
+        O::ConfirmDemand,
+        &json!({"demander": USER, "demandID": demand_id, "registrationID": controlled,
+                "dataID": "ds-provider-customers"}),
+    )
+    .await?;
+    let confirm_id = confirmed["confirmID"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let settled = call_json(&mut b, O::Settlement, &json!({"confirmID": confirm_id})).await?;
+    let licence: tessera_trade::licence::Licence =
+        serde_json::from_value(settled["licenses"].clone()).context("the settlement's licence")?;
+    let listing = call_json(
+        &mut b,
+        O::QueryPublishedData,
+        &json!({"registrationID": controlled, "dataID": "ds-provider-customers"}),
+    )
+    .await?;
+    let key = tessera_trade::licence::parse_verifying_key(
+        listing["licensor_public_key"].as_str().unwrap_or_default(),
+    )?;
+    licence.verify(&key)?;
+    let sealed: tessera_trade::seal::SealedKey =
+        serde_json::from_value(settled["private_key"].clone()).context("the sealed key")?;
+    tessera_trade::seal::open_delivery_key(&sealed, &buyer_private, &licence.licenses_id)?;
+    println!(
+        "settled {confirm_id}: paid {} (ledger transfers {}), licence {} verified with the provider's public key, delivery key opened with the buyer's key",
+        fmt_micros(
+            settled["payment_proof"]["amount_micros"]
+                .as_i64()
+                .unwrap_or_default()
+        ),
+        settled["payment_proof"]["ledger_transfers"]
+            .as_array()
+            .map_or(0, Vec::len),
+        licence.licenses_id
+    );
+    let policy = call_json(
+        &mut p,
+        O::DeliverDatasets,
+        &json!({
+            "licenses": settled["licenses"], "dataID": "ds-provider-customers",
+            "policyName": "psi-two-runs",
+            "relUsers": [{"userId": USER, "userName": "Alice (buyer analyst)", "isGroup": 0}],
+            "useScenes": [{
+                "useSence": "psi", "counts": 2,
+                "visitArea": ["cn-north"], "cpCenter": ["dc-beijing-1"], "envHard": ["x86_64"],
+                "aiFrame": [], "envSoft": ["linux"]
+            }],
+            "price_per_job": 5.0, "price_per_1k_rows": 0.02, "operator_share_bps": 1000,
+        }),
+    )
+    .await?;
+    let lic = policy["licenceID"].as_str().unwrap_or_default().to_owned();
+    println!(
+        "provider delivered policy {} (/deliverDatasets): licence {lic}, 5.00 per job + 0.02 per 1,000 provider rows, operator share 10%",
+        policy["policyId"].as_str().unwrap_or_default()
+    );
+    Ok(lic)
 }
 
 #[cfg(test)]

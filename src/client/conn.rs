@@ -89,6 +89,26 @@ pub async fn connect_with(addr: &OperatorAddr, token: Option<&str>) -> anyhow::R
     Ok(OperatorClient::with_interceptor(channel, header))
 }
 
+/// Connects to the `Trade` service of the operator at `addr`, sending `token` (if any).
+///
+/// Errors: as [`connect_with`].
+pub async fn connect_trade_with(
+    addr: &OperatorAddr,
+    token: Option<&str>,
+) -> anyhow::Result<TradeClient> {
+    let header = match token {
+        Some(t) => TokenHeader::new(t)?,
+        None => TokenHeader::none(),
+    };
+    let endpoint = tessera_proto::operator_endpoint(
+        &addr.url,
+        addr.ca_pem.as_deref(),
+        addr.insecure_plaintext,
+    )?;
+    let channel = tessera_proto::connect(endpoint, &addr.url).await?;
+    Ok(tessera_proto::v1::trade_client::TradeClient::with_interceptor(channel, header))
+}
+
 /// The operator URL when neither `--operator` nor a profile names one.
 pub const DEFAULT_OPERATOR: &str = "https://127.0.0.1:7100";
 
@@ -362,17 +382,7 @@ impl Conn {
     /// Errors: as [`Conn::connect`].
     pub async fn connect_trade(&self) -> anyhow::Result<TradeClient> {
         let (addr, token) = self.resolve()?;
-        let header = match token.as_deref() {
-            Some(t) => TokenHeader::new(t)?,
-            None => TokenHeader::none(),
-        };
-        let endpoint = tessera_proto::operator_endpoint(
-            &addr.url,
-            addr.ca_pem.as_deref(),
-            addr.insecure_plaintext,
-        )?;
-        let channel = tessera_proto::connect(endpoint, &addr.url).await?;
-        Ok(tessera_proto::v1::trade_client::TradeClient::with_interceptor(channel, header))
+        connect_trade_with(&addr, token.as_deref()).await
     }
 }
 

@@ -131,7 +131,8 @@ fn write_new(path: &Path, bytes: &[u8], private: bool) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-async fn call_trade(
+/// Calls trade operation `op` with the JSON body `json`.
+pub async fn call_trade(
     t: &mut TradeClient,
     op: Operation,
     json: String,
@@ -163,6 +164,21 @@ async fn call_trade(
             other.name()
         ))),
     }
+}
+
+/// Calls trade operation `op` with `body` and parses the `data` it answers.
+///
+/// Errors: the call fails (its status), or the answer is not JSON.
+pub async fn call_json(
+    t: &mut TradeClient,
+    op: Operation,
+    body: &serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    let reply = call_trade(t, op, body.to_string())
+        .await
+        .with_context(|| op.name().to_string())?
+        .into_inner();
+    serde_json::from_str(&reply.json).context("the operator's answer is not JSON")
 }
 
 /// Runs a `trade` command.
