@@ -310,6 +310,8 @@ operations! {
     RenewCertificate => rule(Who::Worker, Scope::OwnWorker, false),
     /// A dataset of a party the caller owns.
     CreateDataset => rule(Who::Roles(OWNERS), Scope::OwnParty, false),
+    /// A data item's operation log: the owner of the dataset's party (or the operator).
+    DataItemLog => rule(Who::Roles(OWNERS), Scope::OwnParty, false),
     /// A licence on a dataset of a party the provider owns.
     CreateLicence => rule(Who::Roles(PROVIDERS), Scope::OwnParty, false),
     /// A licence, to its licensor's owner or its licensee.

@@ -33,3 +33,32 @@ fn head_to_pb(h: SignedHead) -> pb::SignedHead {
 pub(crate) async fn receipt_head(s: &AuditService) -> Result<Option<pb::SignedHead>, Status> {
     Ok(s.sign_head().await.map_err(|e| status(&e))?.map(head_to_pb))
 }
+
+/// A data item's operation log with a head signed now and the node's key.
+pub(crate) async fn data_item_log(
+    s: &AuditService,
+    r: pb::DatasetRef,
+) -> Result<pb::OperationLog, Status> {
+    let (entries, truncated, head) = s
+        .data_item_log(&r.dataset_id)
+        .await
+        .map_err(|e| status(&e))?;
+    Ok(pb::OperationLog {
+        dataset_id: r.dataset_id,
+        entries: entries
+            .into_iter()
+            .map(|e| pb::AuditLogEntry {
+                seq: u64::try_from(e.seq).unwrap_or_default(),
+                at_ms: e.at_ms,
+                kind: e.kind,
+                subject: e.subject,
+                detail_json: e.detail_json,
+                prev_hash: e.prev_hash,
+                hash: e.hash,
+            })
+            .collect(),
+        audit_head: head.map(head_to_pb),
+        node_key_hex: s.node_key_hex(),
+        truncated,
+    })
+}

@@ -237,6 +237,20 @@ impl Operator for OperatorService {
             .map(Response::new)
     }
 
+    async fn data_item_log(
+        &self,
+        req: Request<pb::DatasetRef>,
+    ) -> Result<Response<pb::OperationLog>, Status> {
+        let who = self.caller(&req).await?;
+        self.accounts
+            .check_dataset(Operation::DataItemLog, &who, &req.get_ref().dataset_id)
+            .await
+            .map_err(|e| status(&e))?;
+        audit::data_item_log(&self.audit, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     async fn get_licence(
         &self,
         req: Request<pb::LicenceRef>,

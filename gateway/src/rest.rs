@@ -298,6 +298,17 @@ body_route!(
     "Registers a dataset of a party the caller owns."
 );
 
+path_route!(
+    data_item_log,
+    data_item_log,
+    get,
+    "/api/v1/datasets/{datasetId}/log",
+    "datasets",
+    "datasetId": "The dataset",
+    DatasetRef { dataset_id } => pb::OperationLog,
+    "A data item's operation log (trusted data space manual §4.3): every audit entry about the dataset, its licences and their jobs, with a head signed now that covers them and the node's key."
+);
+
 /// Paging of a listing: `pageSize` (0: 100; at most 1000) and the `nextPageToken` of the
 /// previous page.
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -965,6 +976,7 @@ pub fn route_of(op: Operation) -> Option<(Method, &'static str)> {
         O::GetOperatorInfo => r(Method::GET, "/api/v1/operator"),
         O::CreateDataset => r(Method::POST, "/api/v1/datasets"),
         O::ListDatasets => r(Method::GET, "/api/v1/datasets"),
+        O::DataItemLog => r(Method::GET, "/api/v1/datasets/{datasetId}/log"),
         O::CreateLicence => r(Method::POST, "/api/v1/licences"),
         O::ListLicences => r(Method::GET, "/api/v1/licences"),
         O::GetLicence => r(Method::GET, "/api/v1/licences/{licenceId}"),
@@ -1037,7 +1049,7 @@ pub fn route_of(op: Operation) -> Option<(Method, &'static str)> {
             X-Auth-Token header (an API token, `tessera token create`).",
     ),
     paths(
-        get_operator_info, create_dataset, list_datasets, create_licence, list_licences,
+        get_operator_info, create_dataset, list_datasets, data_item_log, create_licence, list_licences,
         get_licence, subscribe, unsubscribe, submit_job, list_jobs, get_job, cancel_job,
         watch_job, deposit, list_balances, list_transfers, list_usage, list_bills,
         list_bill_lines, close_due_bills, list_statements, payout, set_credit_limit, set_limit,
@@ -1140,6 +1152,7 @@ pub fn router(service: OperatorService) -> Router {
     let api = Router::new()
         .route("/operator", get(get_operator_info))
         .route("/datasets", post(create_dataset).get(list_datasets))
+        .route("/datasets/{datasetId}/log", get(data_item_log))
         .route("/licences", post(create_licence).get(list_licences))
         .route("/licences/{licenceId}", get(get_licence))
         .route(

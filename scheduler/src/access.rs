@@ -121,6 +121,27 @@ impl AccountService {
         Ok(())
     }
 
+    /// `op` on dataset `dataset_id`: the owner of its party (a dataset the caller may not see
+    /// is `NotFound`, like an unknown id).
+    ///
+    /// # Errors
+    /// [`SchedulerError::NotFound`]; [`SchedulerError::Forbidden`].
+    pub async fn check_dataset(
+        &self,
+        op: Operation,
+        caller: &Caller,
+        dataset_id: &str,
+    ) -> Result<(), SchedulerError> {
+        let dataset = self.store.dataset(dataset_id).await?;
+        let owner = self.owner_of(&dataset.owner_party).await?;
+        let target = Target {
+            party_owner: owner.as_deref(),
+            ..Target::default()
+        };
+        self.authorize_by_id(op, op, caller, &target, "dataset", dataset_id)
+            .await
+    }
+
     /// `op` on licence `licence_id`.
     ///
     /// # Errors

@@ -26,6 +26,9 @@ use crate::SchedulerError;
 /// Longest time an entry stays without a signed checkpoint while the node runs.
 pub const SEAL_INTERVAL_MS: u64 = 1_000;
 
+/// Most entries a data item's operation log returns.
+pub const DATA_ITEM_LOG_MAX: u32 = 100_000;
+
 /// The outcome of checking the audit chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditReport {
@@ -152,6 +155,33 @@ impl AuditService {
             tick.tick().await;
             self.seal_or_log().await;
         }
+    }
+
+    /// A data item's operation log (at most [`DATA_ITEM_LOG_MAX`] entries; `true` when there
+    /// were more) with a head signed now that covers it.
+    ///
+    /// # Errors
+    /// A store failure, or a head that cannot be signed.
+    pub async fn data_item_log(
+        &self,
+        data_id: &str,
+    ) -> Result<
+        (
+            Vec<tessera_store::audit::AuditEntry>,
+            bool,
+            Option<SignedHead>,
+        ),
+        SchedulerError,
+    > {
+        let mut entries = self
+            .store
+            .data_item_log(data_id, DATA_ITEM_LOG_MAX + 1)
+            .await?;
+        let max = usize::try_from(DATA_ITEM_LOG_MAX).unwrap_or(usize::MAX);
+        let truncated = entries.len() > max;
+        entries.truncate(max);
+        let head = self.sign_head().await?;
+        Ok((entries, truncated, head))
     }
 
     /// Re-computes the chain, checks it against the stored checkpoints (signatures under the

@@ -35,6 +35,22 @@ pub enum DatasetCmd {
     },
     /// List datasets, oldest first.
     List(super::lists::DatasetListArgs),
+    /// A data item's operation log (trusted data space manual §4.3): every audit entry about
+    /// the dataset, its licences and their jobs, and a head of the chain signed now. JSON by
+    /// default; `--csv` writes the entries as CSV followed by one `checkpoint` row (subject:
+    /// the node's key, detail: the signed head).
+    Log {
+        #[command(flatten)]
+        conn: Conn,
+        /// The dataset id.
+        id: String,
+        /// CSV instead of JSON.
+        #[arg(long)]
+        csv: bool,
+        /// Write to this new file instead of stdout (never replaced).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 /// `tessera licence …`.
@@ -152,8 +168,74 @@ pub async fn dataset(cmd: DatasetCmd) -> anyhow::Result<()> {
             }
         }
         DatasetCmd::List(a) => super::lists::datasets(a).await?,
+        DatasetCmd::Log { conn, id, csv, out } => {
+            let log = conn
+                .connect()
+                .await?
+                .data_item_log(pb::DatasetRef { dataset_id: id })
+                .await?
+                .into_inner();
+            let text = if csv {
+                operation_log_csv(&log)?
+            } else {
+                serde_json::to_string_pretty(&log)? + "\n"
+            };
+            match out {
+                Some(path) => super::trade::write_new(&path, text.as_bytes(), false)?,
+                None => {
+                    use std::io::Write as _;
+                    let mut stdout = std::io::stdout().lock();
+                    stdout.write_all(text.as_bytes())?;
+                    stdout.flush()?;
+                }
+            }
+            if log.truncated {
+                eprintln!(
+                    "warning: the log holds only the first {} entries",
+                    log.entries.len()
+                );
+            }
+        }
     }
     Ok(())
+}
+
+/// A data item's log as CSV (RFC 4180): `seq,at_ms,kind,subject,detail_json,prev_hash,hash`,
+/// then a `checkpoint` row whose subject is the node's key and whose detail is the signed head.
+fn operation_log_csv(log: &pb::OperationLog) -> anyhow::Result<String> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record([
+        "seq",
+        "at_ms",
+        "kind",
+        "subject",
+        "detail_json",
+        "prev_hash",
+        "hash",
+    ])?;
+    for e in &log.entries {
+        w.write_record([
+            e.seq.to_string(),
+            e.at_ms.to_string(),
+            e.kind.clone(),
+            e.subject.clone(),
+            e.detail_json.clone(),
+            e.prev_hash.clone(),
+            e.hash.clone(),
+        ])?;
+    }
+    if let Some(h) = &log.audit_head {
+        w.write_record([
+            h.seq.to_string(),
+            h.at_ms.to_string(),
+            "checkpoint".to_owned(),
+            log.node_key_hex.clone(),
+            serde_json::to_string(h)?,
+            String::new(),
+            h.head_hash.clone(),
+        ])?;
+    }
+    Ok(String::from_utf8(w.into_inner()?)?)
 }
 
 /// Runs one licence command.

@@ -113,7 +113,7 @@ fn read_json(path: &Path) -> anyhow::Result<serde_json::Value> {
 }
 
 /// Creates `path` (never replacing a file), with mode 0600 on Unix, and writes `bytes`.
-fn write_new(path: &Path, bytes: &[u8], private: bool) -> anyhow::Result<()> {
+pub(crate) fn write_new(path: &Path, bytes: &[u8], private: bool) -> anyhow::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

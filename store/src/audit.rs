@@ -385,6 +385,46 @@ impl Store {
             .collect()
     }
 
+    /// The operation log of one data item (trusted data space manual §4.3): every entry about
+    /// the dataset itself (its record, trade registrations, publications, confirmations,
+    /// settlements, deliveries, policies), about the licences granted on it, and about the
+    /// jobs run under those licences (admissions and refusals with their reasons, deliveries,
+    /// ends), in chain order; at most `limit` entries, from the first.
+    ///
+    /// # Errors
+    /// `Db`.
+    pub async fn data_item_log(
+        &self,
+        data_id: &str,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, at_ms, kind, subject, detail_json, prev_hash, hash FROM audit_log \
+             WHERE subject = ?1 \
+             OR subject IN (SELECT licence_id FROM licences WHERE dataset_id = ?1) \
+             OR subject IN (SELECT j.job_id FROM jobs j JOIN licences l ON l.licence_id = j.licence_id \
+                            WHERE l.dataset_id = ?1) \
+             ORDER BY seq LIMIT ?2",
+        )
+        .bind(data_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEntry {
+                    seq: r.try_get(0)?,
+                    at_ms: r.try_get(1)?,
+                    kind: r.try_get(2)?,
+                    subject: r.try_get(3)?,
+                    detail_json: r.try_get(4)?,
+                    prev_hash: r.try_get(5)?,
+                    hash: r.try_get(6)?,
+                })
+            })
+            .collect()
+    }
+
     /// The chain's head (its last entry), `None` for an empty chain.
     ///
     /// # Errors

@@ -288,6 +288,12 @@ async fn call(
             .create_dataset(requests::create_dataset(whose))
             .await
             .map(drop),
+        Operation::DataItemLog => c
+            .data_item_log(pb::DatasetRef {
+                dataset_id: pick("b", "p"),
+            })
+            .await
+            .map(drop),
         Operation::CreateLicence => c.create_licence(requests::create_licence()).await.map(drop),
         Operation::GetLicence => c
             .get_licence(pb::LicenceRef {
@@ -930,6 +936,7 @@ async fn every_operation_checks_the_token_the_role_and_the_owner(api: Api) {
                     | Operation::CancelJob
                     | Operation::GetLicence
                     | Operation::ListBillLines
+                    | Operation::DataItemLog
                     | Operation::QueryDemandForSettlement
                     | Operation::Settlement
                     | Operation::QuerySettlement

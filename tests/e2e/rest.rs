@@ -113,7 +113,8 @@ fn request(op: Operation, f: &Fixture, whose: Whose) -> Option<(String, Option<V
             },
         )
         .replace("{groupId}", "team")
-        .replace("{partyId}", &pick(BUYER, PROVIDER));
+        .replace("{partyId}", &pick(BUYER, PROVIDER))
+        .replace("{datasetId}", &pick("b", "p"));
     let json = match op {
         Operation::CreateDataset => body(&requests::create_dataset(whose)),
         Operation::CreateLicence => body(&requests::create_licence()),

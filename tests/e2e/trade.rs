@@ -462,7 +462,92 @@ async fn the_trade_flow_from_registration_to_delivery_and_jobs_under_the_deliver
             .any(|r| r.contains("revoked")),
         "{refused:?}"
     );
-    // The dataset's log holds each step.
+    // The dataset's operation log holds each step, every entry's hash recomputes, and the
+    // head signed with it verifies under the node's key; the buyer may not read it.
+    let log = c
+        .provider_client()
+        .await
+        .data_item_log(pb::DatasetRef {
+            dataset_id: "p".into(),
+        })
+        .await
+        .expect("log")
+        .into_inner();
+    let kinds: std::collections::BTreeSet<&str> =
+        log.entries.iter().map(|e| e.kind.as_str()).collect();
+    for kind in [
+        "dataset_create",
+        "trade_register",
+        "trade_publish",
+        "trade_upload",
+        "trade_confirm",
+        "trade_settle",
+        "trade_deliver",
+        "trade_licence_update",
+        "trade_deliver_policy",
+        "licence_create",
+        "admit",
+        "refuse",
+        "complete",
+    ] {
+        assert!(kinds.contains(kind), "no {kind} in {kinds:?}");
+    }
+    for e in &log.entries {
+        let seq = i64::try_from(e.seq).expect("seq");
+        assert_eq!(
+            tessera_store::audit::entry_hash(
+                &e.prev_hash,
+                seq,
+                e.at_ms,
+                &e.kind,
+                &e.subject,
+                &e.detail_json
+            ),
+            e.hash
+        );
+    }
+    let head = log.audit_head.expect("a signed head");
+    assert!(head.seq >= log.entries.last().expect("entries").seq);
+    tessera_core::checkpoint::NodeKey::from_hex(&log.node_key_hex)
+        .expect("key")
+        .verify(&tessera_core::checkpoint::SignedHead {
+            seq: head.seq,
+            head_hash: head.head_hash.clone(),
+            at_ms: head.at_ms,
+            signature_hex: head.signature_hex.clone(),
+        })
+        .expect("the head verifies");
+    let hidden = client
+        .data_item_log(pb::DatasetRef {
+            dataset_id: "p".into(),
+        })
+        .await
+        .expect_err("not the buyer's");
+    assert_eq!(hidden.code(), tonic::Code::NotFound);
+    // Exported as CSV through the CLI, with the checkpoint row last.
+    let csv_file = dir.join("log.csv");
+    let out = std::process::Command::new(BIN)
+        .args(["dataset", "log", "p", "--csv", "--out"])
+        .arg(&csv_file)
+        .args([
+            "--operator",
+            &c.url,
+            "--ca-file",
+            &c.ca_file,
+            "--token",
+            &pu,
+        ])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&csv_file).expect("csv");
+    assert!(text.starts_with("seq,at_ms,kind,subject,detail_json,prev_hash,hash"));
+    let last = text.lines().last().expect("rows");
+    assert!(last.contains(",checkpoint,"), "{last}");
     c.assert_audit_verifies().await;
     let _ = BUYER;
 }

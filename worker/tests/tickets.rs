@@ -117,6 +117,12 @@ impl Operator for ScriptedOperator {
     ) -> Result<Response<pb::Licence>, Status> {
         unimplemented()
     }
+    async fn data_item_log(
+        &self,
+        _: Request<pb::DatasetRef>,
+    ) -> Result<Response<pb::OperationLog>, Status> {
+        unimplemented()
+    }
     async fn get_licence(
         &self,
         _: Request<pb::LicenceRef>,
