@@ -145,10 +145,13 @@ pub struct UsagePolicy {
 /// signed 64-bit integers (SQLite `INTEGER`), and no licence needs more runs than this.
 pub const COUNTS_MAX: u64 = 1_000_000_000_000;
 
-/// The scenes Tessera's engines serve (`useSence` values): private set intersection,
-/// secret-sharing MPC, federated learning, trusted execution, homomorphic scoring. A policy
-/// naming any other scene is refused at creation, since it could never admit a job.
-pub const KNOWN_SCENES: &[&str] = &["psi", "mpc", "fl", "tee", "fhe"];
+/// The scenes Tessera's engines serve (`useSence` values, issue "Licences and usage
+/// control"): private set intersection, PSI with the provider's payload columns,
+/// secret-sharing MPC, federated learning, homomorphic scoring, trusted execution, and a
+/// bounded preview of the data. A policy naming any other scene is refused at creation, since
+/// it could never admit a job. (This build runs `psi` jobs; the others are admitted by
+/// policies now and get their engines in later issues.)
+pub const KNOWN_SCENES: &[&str] = &["psi", "psi_payload", "mpc", "fl", "fhe", "tee", "preview"];
 
 /// Largest policy document accepted, in bytes.
 pub const POLICY_JSON_BYTES_MAX: usize = 64 * 1024;
