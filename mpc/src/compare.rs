@@ -117,12 +117,11 @@ impl<R: CryptoRngCore + Send> Session<'_, R> {
             let mut next = Vec::with_capacity(nodes.len().div_ceil(2));
             for p in 0..pairs {
                 let hi = &nodes[2 * p + 1];
-                let g: Vec<u64> = hi
-                    .0
-                    .iter()
-                    .zip(&pg[p * words..(p + 1) * words])
-                    .map(|(a, b)| a ^ b)
-                    .collect();
+                let g: Vec<u64> =
+                    hi.0.iter()
+                        .zip(&pg[p * words..(p + 1) * words])
+                        .map(|(a, b)| a ^ b)
+                        .collect();
                 next.push((g, pp[p * words..(p + 1) * words].to_vec()));
             }
             if nodes.len() % 2 == 1 {

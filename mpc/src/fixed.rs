@@ -98,7 +98,17 @@ mod tests {
     #[test]
     fn round_trip_and_bounds() {
         let fx = FixedPoint::new(16).expect("fx");
-        for x in [0.0, 1.0, -1.0, 0.5, -3.25, 1e6, -1e6, fx.max_abs(), -fx.max_abs()] {
+        for x in [
+            0.0,
+            1.0,
+            -1.0,
+            0.5,
+            -3.25,
+            1e6,
+            -1e6,
+            fx.max_abs(),
+            -fx.max_abs(),
+        ] {
             let back = fx.decode(fx.encode(x).expect("encode"));
             assert!((back - x).abs() <= fx.ulp() / 2.0, "{x} -> {back}");
         }

@@ -107,7 +107,11 @@ impl<'l, R: CryptoRngCore + Send> Session<'l, R> {
     }
 
     /// Sends `mine` and receives the peer's vector of the same length (one message each way).
-    pub(crate) async fn open_words(&mut self, kind: u8, mine: &[u64]) -> Result<Vec<u64>, MpcError> {
+    pub(crate) async fn open_words(
+        &mut self,
+        kind: u8,
+        mine: &[u64],
+    ) -> Result<Vec<u64>, MpcError> {
         self.check_step()?;
         let r = exchange_words(self.link, kind, mine).await;
         self.settle(r)
@@ -196,7 +200,11 @@ impl<'l, R: CryptoRngCore + Send> Session<'l, R> {
     /// Link and frame errors.
     pub async fn reveal(&mut self, x: &Shares) -> Result<Vec<u64>, MpcError> {
         let theirs = self.open_words(KIND_OPEN, &x.0).await?;
-        Ok(x.0.iter().zip(&theirs).map(|(a, b)| a.wrapping_add(*b)).collect())
+        Ok(x.0
+            .iter()
+            .zip(&theirs)
+            .map(|(a, b)| a.wrapping_add(*b))
+            .collect())
     }
 
     /// Opens `x` and decodes it as fixed-point reals.
@@ -216,7 +224,10 @@ impl<'l, R: CryptoRngCore + Send> Session<'l, R> {
     pub fn add(&self, x: &Shares, y: &Shares) -> Result<Shares, MpcError> {
         same_len(x.len(), y.len())?;
         Ok(Shares(
-            x.0.iter().zip(&y.0).map(|(a, b)| a.wrapping_add(*b)).collect(),
+            x.0.iter()
+                .zip(&y.0)
+                .map(|(a, b)| a.wrapping_add(*b))
+                .collect(),
         ))
     }
 
@@ -227,7 +238,10 @@ impl<'l, R: CryptoRngCore + Send> Session<'l, R> {
     pub fn sub(&self, x: &Shares, y: &Shares) -> Result<Shares, MpcError> {
         same_len(x.len(), y.len())?;
         Ok(Shares(
-            x.0.iter().zip(&y.0).map(|(a, b)| a.wrapping_sub(*b)).collect(),
+            x.0.iter()
+                .zip(&y.0)
+                .map(|(a, b)| a.wrapping_sub(*b))
+                .collect(),
         ))
     }
 
@@ -276,11 +290,11 @@ impl<'l, R: CryptoRngCore + Send> Session<'l, R> {
         }
         Ok(Shares(match self.party {
             Party::P0 => x.0.iter().map(|a| a / d).collect(),
-            Party::P1 => x
-                .0
-                .iter()
-                .map(|a| 0u64.wrapping_sub(0u64.wrapping_sub(*a) / d))
-                .collect(),
+            Party::P1 => {
+                x.0.iter()
+                    .map(|a| 0u64.wrapping_sub(0u64.wrapping_sub(*a) / d))
+                    .collect()
+            }
         }))
     }
 
@@ -354,7 +368,11 @@ impl<'l, R: CryptoRngCore + Send> Session<'l, R> {
                     let z = t.c.0[i]
                         .wrapping_add(d.wrapping_mul(t.b.0[i]))
                         .wrapping_add(e.wrapping_mul(t.a.0[i]));
-                    if p0 { z.wrapping_add(d.wrapping_mul(e)) } else { z }
+                    if p0 {
+                        z.wrapping_add(d.wrapping_mul(e))
+                    } else {
+                        z
+                    }
                 })
                 .collect(),
         ))
@@ -435,7 +453,11 @@ impl<'l, R: CryptoRngCore + Send> Session<'l, R> {
         t: MatrixTriple,
         (m, k, n): (usize, usize, usize),
     ) -> Result<Shares, MpcError> {
-        let mut de: Vec<u64> = x.0.iter().zip(&t.a.0).map(|(x, a)| x.wrapping_sub(*a)).collect();
+        let mut de: Vec<u64> =
+            x.0.iter()
+                .zip(&t.a.0)
+                .map(|(x, a)| x.wrapping_sub(*a))
+                .collect();
         de.extend(y.0.iter().zip(&t.b.0).map(|(y, b)| y.wrapping_sub(*b)));
         let theirs = self.open_words(KIND_OPEN, &de).await?;
         for (mine, o) in de.iter_mut().zip(&theirs) {

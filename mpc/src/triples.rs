@@ -228,7 +228,10 @@ impl Request {
             .checked_mul(k)
             .and_then(|x| x.checked_mul(n))
             .filter(|&p| p <= MATMUL_PRODUCTS_MAX);
-        if products.is_none() || m * k > ELEMENTS_MAX || k * n > ELEMENTS_MAX || m * n > ELEMENTS_MAX
+        if products.is_none()
+            || m * k > ELEMENTS_MAX
+            || k * n > ELEMENTS_MAX
+            || m * n > ELEMENTS_MAX
         {
             return Err(MpcError::Bounds(format!(
                 "matrix triple {m}×{k}·{k}×{n} past the bounds"
@@ -326,7 +329,9 @@ pub async fn run_dealer<R: CryptoRngCore + Send>(
         let gone = |r: &Result<Vec<u8>, tessera_ot::OtError>| {
             matches!(
                 r,
-                Err(tessera_ot::OtError::Link(tessera_core::LinkError::PeerGone(_)))
+                Err(tessera_ot::OtError::Link(
+                    tessera_core::LinkError::PeerGone(_)
+                ))
             )
         };
         if gone(&r0) && gone(&r1) {
@@ -364,18 +369,15 @@ pub async fn run_dealer<R: CryptoRngCore + Send>(
         })
         .await;
         let (c1, mut seeds) = corr;
-        let (s0, s1) = tokio::join!(
-            send_items(to_p0, KIND_DEALER_SEED, 32, &seeds[0]),
-            async {
-                send_items(to_p1, KIND_DEALER_SEED, 32, &seeds[1]).await?;
-                send_words(to_p1, KIND_DEALER_CORRECTION, &c1)
-                    .await
-                    .map_err(|e| match e {
-                        MpcError::Link(l) => tessera_ot::OtError::Link(l),
-                        other => tessera_ot::OtError::Protocol(other.to_string()),
-                    })
-            }
-        );
+        let (s0, s1) = tokio::join!(send_items(to_p0, KIND_DEALER_SEED, 32, &seeds[0]), async {
+            send_items(to_p1, KIND_DEALER_SEED, 32, &seeds[1]).await?;
+            send_words(to_p1, KIND_DEALER_CORRECTION, &c1)
+                .await
+                .map_err(|e| match e {
+                    MpcError::Link(l) => tessera_ot::OtError::Link(l),
+                    other => tessera_ot::OtError::Protocol(other.to_string()),
+                })
+        });
         seeds.zeroize();
         s0?;
         s1?;
@@ -406,14 +408,22 @@ impl DealerClient {
     /// Asks for one batch and expands it: (`a`, `b`, `c`).
     async fn fetch(&mut self, req: Request) -> Result<[Vec<u64>; 3], MpcError> {
         req.check()?;
-        send_items(self.link.as_ref(), KIND_DEALER_REQUEST, REQUEST_BYTES, &req.encode()).await?;
+        send_items(
+            self.link.as_ref(),
+            KIND_DEALER_REQUEST,
+            REQUEST_BYTES,
+            &req.encode(),
+        )
+        .await?;
         let seed = recv_items(self.link.as_ref(), KIND_DEALER_SEED, 32, 1).await?;
         let mut s = [0u8; 32];
         s.copy_from_slice(&seed);
         let lens = req.lens();
         let c1 = match self.party {
             Party::P0 => None,
-            Party::P1 => Some(recv_words(self.link.as_ref(), KIND_DEALER_CORRECTION, lens[2]).await?),
+            Party::P1 => {
+                Some(recv_words(self.link.as_ref(), KIND_DEALER_CORRECTION, lens[2]).await?)
+            }
         };
         let mut v = offload(move || {
             let v = expand(&s, &lens[..if c1.is_some() { 2 } else { 3 }]);
@@ -519,7 +529,11 @@ impl OtTriples {
         rng: &mut R,
         n: usize,
     ) -> Result<ArithTriples, MpcError> {
-        let (mut a, mut b, mut c) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut a, mut b, mut c) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
         let mut done = 0;
         while done < n {
             let m = GILBOA_CHUNK.min(n - done);
@@ -745,7 +759,10 @@ mod tests {
         let (m0, m1) = tokio::join!(c0.matrix(3, 4, 5), c1.matrix(3, 4, 5));
         let (m0, m1) = (m0.expect("m0"), m1.expect("m1"));
         let add = |x: &Shares, y: &Shares| -> Vec<u64> {
-            x.0.iter().zip(&y.0).map(|(a, b)| a.wrapping_add(*b)).collect()
+            x.0.iter()
+                .zip(&y.0)
+                .map(|(a, b)| a.wrapping_add(*b))
+                .collect()
         };
         assert_eq!(
             add(&m0.c, &m1.c),
@@ -753,7 +770,12 @@ mod tests {
         );
         drop((c0, c1));
         assert_eq!(dealer.await.expect("join").expect("dealer"), 3);
-        (t0.expect("t0"), t1.expect("t1"), b0.expect("b0"), b1.expect("b1"))
+        (
+            t0.expect("t0"),
+            t1.expect("t1"),
+            b0.expect("b0"),
+            b1.expect("b1"),
+        )
     }
 
     #[tokio::test]
@@ -775,13 +797,73 @@ mod tests {
         let (t0, t1) = tokio::join!(c0.arith(4), c1.arith(5));
         assert!(matches!(t0, Err(MpcError::PeerAborted(1))), "{t0:?}");
         assert!(matches!(t1, Err(MpcError::PeerAborted(1))), "{t1:?}");
-        assert!(matches!(dealer.await.expect("join"), Err(MpcError::Malformed(_))));
+        assert!(matches!(
+            dealer.await.expect("join"),
+            Err(MpcError::Malformed(_))
+        ));
 
         // Garbage and oversized requests.
         for frame in [
-            vec![KIND_DEALER_REQUEST, 1, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            vec![KIND_DEALER_REQUEST, 1, 0, 0, 0, 0, 255, 255, 255, 255, 0, 0, 0, 0, 0, 0, 0, 0],
-            vec![KIND_DEALER_REQUEST, 1, 0, 0, 0, 2, 0, 16, 0, 0, 0, 16, 0, 0, 0, 16, 0, 0],
+            vec![
+                KIND_DEALER_REQUEST,
+                1,
+                0,
+                0,
+                0,
+                9,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+            ],
+            vec![
+                KIND_DEALER_REQUEST,
+                1,
+                0,
+                0,
+                0,
+                0,
+                255,
+                255,
+                255,
+                255,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+            ],
+            vec![
+                KIND_DEALER_REQUEST,
+                1,
+                0,
+                0,
+                0,
+                2,
+                0,
+                16,
+                0,
+                0,
+                0,
+                16,
+                0,
+                0,
+                0,
+                16,
+                0,
+                0,
+            ],
             vec![0x13, 1],
             vec![],
         ] {
@@ -790,7 +872,9 @@ mod tests {
             let req = Request::Arith(1).encode();
             let mut good = vec![KIND_DEALER_REQUEST, 1, 0, 0, 0];
             good.extend_from_slice(&req);
-            p0.send(bytes::Bytes::from(frame.clone())).await.expect("send");
+            p0.send(bytes::Bytes::from(frame.clone()))
+                .await
+                .expect("send");
             p1.send(bytes::Bytes::from(good)).await.expect("send");
             let got = run_dealer(&d0, &d1, &mut rng(4)).await;
             assert!(
@@ -806,9 +890,13 @@ mod tests {
         let mut c1 = DealerClient::new(Party::P1, Box::new(p1));
         let serve = async {
             let _ = d1.recv().await;
-            send_items(&d1, KIND_DEALER_SEED, 32, &[7u8; 32]).await.expect("seed");
+            send_items(&d1, KIND_DEALER_SEED, 32, &[7u8; 32])
+                .await
+                .expect("seed");
             // 3 words where 4 are due, then a frame of the wrong kind.
-            send_words(&d1, KIND_DEALER_CORRECTION, &[1, 2, 3]).await.expect("c");
+            send_words(&d1, KIND_DEALER_CORRECTION, &[1, 2, 3])
+                .await
+                .expect("c");
             send_words(&d1, KIND_DEALER_SEED, &[1]).await.expect("c");
         };
         let (got, ()) = tokio::join!(c1.arith(4), serve);

@@ -65,11 +65,7 @@ pub async fn recv_words(link: &dyn Link, kind: u8, count: usize) -> Result<Vec<u
 ///
 /// # Errors
 /// As [`send_words`] and [`recv_words`].
-pub async fn exchange_words(
-    link: &dyn Link,
-    kind: u8,
-    mine: &[u64],
-) -> Result<Vec<u64>, MpcError> {
+pub async fn exchange_words(link: &dyn Link, kind: u8, mine: &[u64]) -> Result<Vec<u64>, MpcError> {
     let (sent, got) = tokio::join!(
         send_words(link, kind, mine),
         recv_words(link, kind, mine.len())
@@ -108,15 +104,21 @@ mod tests {
     async fn hostile_frames_are_typed_errors() {
         let cases: Vec<(Vec<u8>, fn(&MpcError) -> bool)> = vec![
             (vec![], |e| matches!(e, MpcError::Malformed(_))),
-            (vec![KIND_OPEN, 1, 0], |e| matches!(e, MpcError::Malformed(_))),
+            (vec![KIND_OPEN, 1, 0], |e| {
+                matches!(e, MpcError::Malformed(_))
+            }),
             (vec![KIND_INPUT, 1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8], |e| {
                 matches!(e, MpcError::Malformed(_))
             }),
-            (vec![KIND_OPEN, 1, 0, 0, 0, 1, 2, 3], |e| matches!(e, MpcError::Malformed(_))),
+            (vec![KIND_OPEN, 1, 0, 0, 0, 1, 2, 3], |e| {
+                matches!(e, MpcError::Malformed(_))
+            }),
             (vec![KIND_OPEN, 9, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8], |e| {
                 matches!(e, MpcError::Malformed(_))
             }),
-            (vec![KIND_ABORT, 7], |e| matches!(e, MpcError::PeerAborted(7))),
+            (vec![KIND_ABORT, 7], |e| {
+                matches!(e, MpcError::PeerAborted(7))
+            }),
         ];
         for (frame, ok) in cases {
             let (a, b) = MemLink::pair();

@@ -88,8 +88,12 @@ fn randoms(seed: u64, n: usize, lo: f64, hi: f64) -> Vec<f64> {
 /// Shares x (party 0's) and y (party 1's) and returns both.
 async fn inputs(s: &mut Sess<'_>, x: &[f64], y: &[f64]) -> Result<(Shares, Shares), MpcError> {
     let p = s.party();
-    let a = s.input(Party::P0, (p == Party::P0).then_some(x), x.len()).await?;
-    let b = s.input(Party::P1, (p == Party::P1).then_some(y), y.len()).await?;
+    let a = s
+        .input(Party::P0, (p == Party::P0).then_some(x), x.len())
+        .await?;
+    let b = s
+        .input(Party::P1, (p == Party::P1).then_some(y), y.len())
+        .await?;
     Ok((a, b))
 }
 
@@ -236,7 +240,10 @@ async fn shape_and_length_errors_are_typed() {
     })
     .await;
     let (errs, e8, r) = got;
-    assert!(matches!(errs[0], Some(MpcError::LengthMismatch { left: 3, right: 4 })));
+    assert!(matches!(
+        errs[0],
+        Some(MpcError::LengthMismatch { left: 3, right: 4 })
+    ));
     assert!(matches!(errs[1], Some(MpcError::LengthMismatch { .. })));
     for e in &errs[2..] {
         assert!(matches!(e, Some(MpcError::Bounds(_))), "{e:?}");
@@ -253,8 +260,30 @@ async fn comparison_and_relu_are_exact() {
         // Equal values, neighbours one ulp apart, zero, and the extremes of the range.
         let big = FixedPoint::default().max_abs();
         // (|x − y| must stay below 2^63 as ring integers: half the range each way.)
-        x.extend([0.0, 1.0, 1.0, -ULP, ULP, big / 2.0, -big / 2.0, 5.0, big, -big]);
-        y.extend([0.0, 1.0, 1.0 + ULP, 0.0, 0.0, -big / 2.0, big / 2.0, 5.0 - ULP, 0.0, 0.0]);
+        x.extend([
+            0.0,
+            1.0,
+            1.0,
+            -ULP,
+            ULP,
+            big / 2.0,
+            -big / 2.0,
+            5.0,
+            big,
+            -big,
+        ]);
+        y.extend([
+            0.0,
+            1.0,
+            1.0 + ULP,
+            0.0,
+            0.0,
+            -big / 2.0,
+            big / 2.0,
+            5.0 - ULP,
+            0.0,
+            0.0,
+        ]);
         let (xa, ya) = (x.clone(), y.clone());
         let (got, _) = both(src, 22, move |s| {
             let (x, y) = (xa.clone(), ya.clone());
@@ -337,7 +366,9 @@ async fn reciprocal_and_division_are_within_their_bounds() {
         let bound = |i: usize| 2f64.powi(-12) / y[i] + 8.0 * ulp;
         check("reciprocal", &got.0, &recip, bound);
         let quot: Vec<f64> = x.iter().zip(&y).map(|(a, b)| enc(*a) / enc(*b)).collect();
-        check("divide", &got.1, &quot, |i| x[i].abs() * bound(i) + 2.0 * ulp);
+        check("divide", &got.1, &quot, |i| {
+            x[i].abs() * bound(i) + 2.0 * ulp
+        });
     }
 }
 
@@ -406,7 +437,9 @@ async fn histogram_and_group_sums_through_one_hot() {
         }
         assert_eq!(got.0, counts, "{src:?}");
         assert_eq!(counts[k - 1], 0, "an empty category is in the test");
-        check("group sums", &got.1, &sums, |c| counts[c] as f64 * ULP / 2.0 + 1e-12);
+        check("group sums", &got.1, &sums, |c| {
+            counts[c] as f64 * ULP / 2.0 + 1e-12
+        });
     }
 }
 
@@ -511,10 +544,16 @@ async fn abort_short_message_and_oversize_frames_are_typed_errors() {
     assert!(matches!(got, Err(MpcError::PeerAborted(9))), "{got:?}");
     // Half the opening, then the peer leaves.
     let (got, _) = mul_against(vec![frame(KIND_OPEN, 10, 80)]).await;
-    assert!(matches!(got, Err(MpcError::Link(LinkError::PeerGone(_)))), "{got:?}");
+    assert!(
+        matches!(got, Err(MpcError::Link(LinkError::PeerGone(_)))),
+        "{got:?}"
+    );
     // Nothing at all.
     let (got, _) = mul_against(vec![]).await;
-    assert!(matches!(got, Err(MpcError::Link(LinkError::PeerGone(_)))), "{got:?}");
+    assert!(
+        matches!(got, Err(MpcError::Link(LinkError::PeerGone(_)))),
+        "{got:?}"
+    );
 
     // An oversize frame is refused by the link before it is parsed.
     let (l0, l1) = MemLink::pair_with_limit(64);
