@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use tessera_core::Link;
@@ -80,7 +81,7 @@ async fn party(
     values: Arc<Vec<f64>>,
     n: usize,
     seed: u64,
-) -> anyhow::Result<(PartyFigures, Vec<f64>, f64)> {
+) -> anyhow::Result<(PartyFigures, Vec<f64>, f64, GrpcLink)> {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let mut fig = PartyFigures::default();
     let source = match dealer {
@@ -115,7 +116,10 @@ async fn party(
 
     let z = s.reveal_fixed(&z).await?;
     let dot = s.reveal_fixed(&dot).await?;
-    Ok((fig, z, dot.first().copied().unwrap_or(f64::NAN)))
+    drop(s);
+    // The link is handed back and dropped only when both parties are done: a gRPC link
+    // dropped at once could cancel its last frames before the peer has read them.
+    Ok((fig, z, dot.first().copied().unwrap_or(f64::NAN), link))
 }
 
 async fn run_source(
@@ -142,13 +146,15 @@ async fn run_source(
     }
     let a = tokio::spawn(party(Party::P0, l0, d_links.0, fx, x.clone(), n, seed ^ 1));
     let b = tokio::spawn(party(Party::P1, l1, d_links.1, fx, y.clone(), n, seed ^ 2));
-    let (ra, rb) = (a.await??, b.await??);
+    let (ra, rb) = (a.await?, b.await?);
+    let (ra, rb) = (ra.context("party 0")?, rb.context("party 1")?);
     let mut dealer_bytes = 0;
     if let Some(t) = dealer_task {
         let (r, bytes) = t.await?;
-        r?;
+        r.context("dealer")?;
         dealer_bytes = bytes;
     }
+    drop((ra.3, rb.3));
     for s in servers {
         s.abort();
     }

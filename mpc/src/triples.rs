@@ -307,8 +307,8 @@ pub(crate) fn matmul_plain(a: &[u64], b: &[u64], m: usize, k: usize, n: usize) -
     c
 }
 
-/// Serves triples to the two parties over their links to the dealer until both close their
-/// links. Each request must come from both parties, identical; the dealer then sends party 0
+/// Serves triples to the two parties over their links to the dealer until both links fail
+/// (closed by the parties, or otherwise). Each request must come from both parties, identical; the dealer then sends party 0
 /// a seed and party 1 a seed and the correction vector. Returns the number of batches dealt.
 ///
 /// # Errors
@@ -326,13 +326,9 @@ pub async fn run_dealer<R: CryptoRngCore + Send>(
             recv_items(to_p0, KIND_DEALER_REQUEST, REQUEST_BYTES, 1),
             recv_items(to_p1, KIND_DEALER_REQUEST, REQUEST_BYTES, 1)
         );
+        // Both links closed (however the transport words it): the parties are done.
         let gone = |r: &Result<Vec<u8>, tessera_ot::OtError>| {
-            matches!(
-                r,
-                Err(tessera_ot::OtError::Link(
-                    tessera_core::LinkError::PeerGone(_)
-                ))
-            )
+            matches!(r, Err(tessera_ot::OtError::Link(_)))
         };
         if gone(&r0) && gone(&r1) {
             return Ok(batches);
