@@ -102,7 +102,8 @@ mod tests {
 
     #[tokio::test]
     async fn hostile_frames_are_typed_errors() {
-        let cases: Vec<(Vec<u8>, fn(&MpcError) -> bool)> = vec![
+        type Case = (Vec<u8>, fn(&MpcError) -> bool);
+        let cases: Vec<Case> = vec![
             (vec![], |e| matches!(e, MpcError::Malformed(_))),
             (vec![KIND_OPEN, 1, 0], |e| {
                 matches!(e, MpcError::Malformed(_))
