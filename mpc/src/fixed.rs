@@ -10,7 +10,7 @@ pub const FRAC_BITS_MAX: u32 = 30;
 /// A fixed-point format: `f` fractional bits. A real `x` is encoded as `round(x · 2^f)`
 /// modulo 2^64 (two's complement); [`FixedPoint::encode`] accepts `|x| ≤ 2^(62 − f)`. A
 /// *product* of two encodings is `2f`-bit scaled before truncation and must stay well below
-/// 2^63: the truncation's failure probability per element is `2^(ℓ + 1 − 64)` for products
+/// 2^63: the truncation's failure probability per element is at most `2^(ℓ − 64)` for products
 /// below `2^ℓ` in magnitude (see [`crate::session::Session::truncate`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FixedPoint {
