@@ -64,6 +64,10 @@ pub enum BenchCommand {
               value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u16).range(1..=256), usize::from))]
         max_batch: usize,
     },
+    /// Two-party MPC over gRPC on loopback: fixed-point elementwise multiplication (`mul`) and
+    /// inner product (`mulsum`) of N elements, with dealer triples and with dealer-free
+    /// triples from OT extension; checked against the clear result.
+    Mpc(crate::mpc_bench::MpcArgs),
     /// PSI between two CSV files (header `id`); writes the intersection to --out.
     PsiFiles {
         /// rr22 (VOLE-based) or ecdh.
@@ -233,6 +237,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 anyhow::bail!("PSI result does not match the plaintext intersection");
             }
         }
+        BenchCommand::Mpc(args) => crate::mpc_bench::run(args).await?,
         BenchCommand::Admission {
             jobs,
             concurrency,

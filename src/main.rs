@@ -9,6 +9,7 @@ mod config;
 mod datadir;
 mod demo;
 mod exit;
+mod mpc_bench;
 mod operator;
 mod progress;
 

@@ -64,10 +64,10 @@ pub enum OtError {
 }
 
 /// Runs CPU-bound `work` on rayon's global pool and resolves to its result, so that an async
-/// protocol does not block its executor's thread. A panic in `work` is resumed in the task
+/// protocol does not block its executor's thread (used by this crate and by `tessera-mpc`). A panic in `work` is resumed in the task
 /// that awaits it, as if `work` had run inline. If the future is dropped, `work` still runs to
 /// its end and its result is dropped.
-pub(crate) async fn offload<T, F>(work: F) -> T
+pub async fn offload<T, F>(work: F) -> T
 where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
