@@ -64,6 +64,9 @@ pub enum BenchCommand {
               value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u16).range(1..=256), usize::from))]
         max_batch: usize,
     },
+    /// Secure aggregation (SecAgg+) of N clients' vectors with dropouts, in this process,
+    /// checked against the plain sum of the survivors' vectors.
+    Secagg(crate::secagg_bench::SecaggArgs),
     /// PSI between two CSV files (header `id`); writes the intersection to --out.
     PsiFiles {
         /// rr22 (VOLE-based) or ecdh.
@@ -233,6 +236,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 anyhow::bail!("PSI result does not match the plaintext intersection");
             }
         }
+        BenchCommand::Secagg(args) => crate::secagg_bench::run(args)?,
         BenchCommand::Admission {
             jobs,
             concurrency,

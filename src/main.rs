@@ -3,6 +3,7 @@
 
 mod admission_bench;
 mod bench;
+mod secagg_bench;
 mod billing;
 mod client;
 mod config;
