@@ -3,7 +3,6 @@
 
 mod admission_bench;
 mod bench;
-mod secagg_bench;
 mod billing;
 mod client;
 mod config;
@@ -12,6 +11,7 @@ mod demo;
 mod exit;
 mod operator;
 mod progress;
+mod secagg_bench;
 
 use std::sync::Arc;
 

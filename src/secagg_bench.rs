@@ -72,7 +72,9 @@ const CLIP: f64 = 8.0;
 /// Client `i`'s integers `k_i` (the vector before the `/ 2^18 − 8` map).
 fn client_ints(seed: u64, i: u32, dim: u32) -> Vec<u64> {
     let mut rng = ChaCha20Rng::seed_from_u64(seed ^ (u64::from(i) << 32) ^ 0x5ecA66);
-    (0..dim).map(|_| u64::from(rng.next_u32()) & (LEVELS - 1)).collect()
+    (0..dim)
+        .map(|_| u64::from(rng.next_u32()) & (LEVELS - 1))
+        .collect()
 }
 
 #[derive(Default)]
@@ -122,10 +124,19 @@ fn sends(step: ServerStep) -> anyhow::Result<Vec<(ClientId, bytes::Bytes)>> {
 }
 
 pub fn run(a: SecaggArgs) -> anyhow::Result<()> {
-    anyhow::ensure!((0.0..=1.0).contains(&a.dropout), "--dropout must be in 0..=1");
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&a.dropout),
+        "--dropout must be in 0..=1"
+    );
     let k = a.neighbours.unwrap_or(a.clients);
-    let t = a.threshold.unwrap_or(((f64::from(k) / 2.0).round() as u32).max(2));
-    let modulus = if a.modulus == "64" { Modulus::Pow64 } else { Modulus::Pow32 };
+    let t = a
+        .threshold
+        .unwrap_or(((f64::from(k) / 2.0).round() as u32).max(2));
+    let modulus = if a.modulus == "64" {
+        Modulus::Pow64
+    } else {
+        Modulus::Pow32
+    };
     let cfg = SecAggConfig {
         session_id: Sha256::digest(format!("tessera bench secagg {}", a.seed)).into(),
         clients: a.clients,
@@ -135,7 +146,11 @@ pub fn run(a: SecaggArgs) -> anyhow::Result<()> {
         modulus,
     };
     cfg.validate()?;
-    let quant = Quantiser { clip: CLIP, levels: LEVELS, rounding: Rounding::Stochastic };
+    let quant = Quantiser {
+        clip: CLIP,
+        levels: LEVELS,
+        rounding: Rounding::Stochastic,
+    };
     quant.check_headroom(a.clients, modulus)?;
     let n_drop = (a.dropout * f64::from(a.clients)).round() as usize;
     let mut rng = ChaCha20Rng::seed_from_u64(a.seed);
@@ -176,7 +191,10 @@ pub fn run(a: SecaggArgs) -> anyhow::Result<()> {
         }
         let g0 = Instant::now();
         let ints = client_ints(a.seed, to.0, a.dim);
-        let values: Vec<f32> = ints.iter().map(|&k| k as f32 / (1u32 << 18) as f32 - 8.0).collect();
+        let values: Vec<f32> = ints
+            .iter()
+            .map(|&k| k as f32 / (1u32 << 18) as f32 - 8.0)
+            .collect();
         for (e, x) in expected.iter_mut().zip(&ints) {
             *e += x;
         }
@@ -245,6 +263,9 @@ pub fn run(a: SecaggArgs) -> anyhow::Result<()> {
             clock.bytes_down as f64 / 1048576.0
         );
     }
-    anyhow::ensure!(ok, "the aggregate does not equal the plain sum of the survivors' vectors");
+    anyhow::ensure!(
+        ok,
+        "the aggregate does not equal the plain sum of the survivors' vectors"
+    );
     Ok(())
 }

@@ -111,7 +111,11 @@ impl Client {
     /// encryption of `(u, v, share of b_u, share of s_sk_u)`. Errors: malformed frame, an id
     /// that is not a neighbour, a duplicate, a low-order key, fewer than `t − 1` neighbours
     /// ([`FlError::TooManyDropouts`]).
-    pub fn share_keys<R: RngCore + CryptoRng>(&mut self, frame: &[u8], rng: &mut R) -> Result<Bytes, FlError> {
+    pub fn share_keys<R: RngCore + CryptoRng>(
+        &mut self,
+        frame: &[u8],
+        rng: &mut R,
+    ) -> Result<Bytes, FlError> {
         self.expect(Stage::ShareKeys, frame)?;
         let max = self.config.neighbours as usize - 1;
         let keys = wire::decode_neighbour_keys(frame, self.config.clients, max)?;
@@ -137,7 +141,9 @@ impl Client {
                 threshold: self.threshold(),
             });
         }
-        let holders: Vec<ClientId> = std::iter::once(self.id).chain(peers.keys().copied()).collect();
+        let holders: Vec<ClientId> = std::iter::once(self.id)
+            .chain(peers.keys().copied())
+            .collect();
         let xs: Vec<Scalar> = holders.iter().map(|&h| shamir::x_of(h)).collect();
         let t = self.threshold();
         let seed_shares = shamir::split(self.seed.expose(), &xs, t, rng);
@@ -148,7 +154,10 @@ impl Client {
         for ((h, s), k) in holders.iter().zip(&seed_shares).zip(&key_shares) {
             let held = HeldShare {
                 seed: s.first().copied().unwrap_or_default(),
-                key: [k.first().copied().unwrap_or_default(), k.get(1).copied().unwrap_or_default()],
+                key: [
+                    k.first().copied().unwrap_or_default(),
+                    k.get(1).copied().unwrap_or_default(),
+                ],
             };
             if *h == self.id {
                 self.held.insert(self.id, held);
@@ -158,7 +167,9 @@ impl Client {
             plain.extend_from_slice(&self.id.0.to_be_bytes());
             plain.extend_from_slice(&h.0.to_be_bytes());
             plain.extend_from_slice(held.seed.as_bytes());
-            held.key.iter().for_each(|x| plain.extend_from_slice(x.as_bytes()));
+            held.key
+                .iter()
+                .for_each(|x| plain.extend_from_slice(x.as_bytes()));
             let c = ciphers.get(h).ok_or(FlError::UnknownClient(*h))?;
             cts.push((*h, c.seal(self.id, *h, &plain)?));
             plain.zeroize();
@@ -167,15 +178,28 @@ impl Client {
         self.peers = peers;
         self.ciphers = ciphers;
         self.stage = Stage::MaskedInput;
-        Ok(wire::encode_share_list(wire::KIND_SHARE_KEYS, Some(self.id), &items))
+        Ok(wire::encode_share_list(
+            wire::KIND_SHARE_KEYS,
+            Some(self.id),
+            &items,
+        ))
     }
 
     fn open_shares(&self, frame: &[u8]) -> Result<BTreeMap<ClientId, HeldShare>, FlError> {
         let max = self.config.neighbours as usize - 1;
-        let (_, items) = wire::decode_share_list(frame, wire::KIND_SHARES, Peer::Aggregator, self.config.clients, max)?;
+        let (_, items) = wire::decode_share_list(
+            frame,
+            wire::KIND_SHARES,
+            Peer::Aggregator,
+            self.config.clients,
+            max,
+        )?;
         let mut out = BTreeMap::new();
         for (from, ct) in items {
-            let c = self.ciphers.get(&from).ok_or(FlError::UnknownClient(from))?;
+            let c = self
+                .ciphers
+                .get(&from)
+                .ok_or(FlError::UnknownClient(from))?;
             let mut plain = c.open(from, self.id, &ct)?;
             let parsed = parse_share(&plain, from, self.id);
             plain.zeroize();
@@ -202,14 +226,19 @@ impl Client {
         }
         let max = self.config.modulus.max_value();
         if let Some(i) = input.iter().position(|&x| x > max) {
-            return Err(FlError::InvalidInput(format!("element {i} is not below the modulus")));
+            return Err(FlError::InvalidInput(format!(
+                "element {i} is not below the modulus"
+            )));
         }
         let opened = self.open_shares(frame)?;
         let mut masks = vec![Mask::new(&self.seed, Sign::Add)];
         for v in opened.keys() {
             let peer = self.peers.get(v).ok_or(FlError::UnknownClient(*v))?;
             let s = pairwise_seed(&self.config.session_id, &self.mask, self.id, &peer.s_pk, *v)?;
-            masks.push(Mask::new(&s, if self.id < *v { Sign::Add } else { Sign::Sub }));
+            masks.push(Mask::new(
+                &s,
+                if self.id < *v { Sign::Add } else { Sign::Sub },
+            ));
         }
         self.held.extend(opened);
         self.stage = Stage::Unmask;
@@ -287,7 +316,8 @@ fn parse_share(plain: &[u8], from: ClientId, to: ClientId) -> Result<HeldShare, 
 fn masked_frame<W: Word>(id: ClientId, input: &[u64], masks: &[Mask]) -> Bytes {
     let mut y: Vec<W> = input.iter().map(|&x| W::from_u64(x)).collect();
     apply_masks(&mut y, masks);
-    let mut f = wire::encode_masked_input_header(id, W::BYTES as u8, y.len() as u32, y.len() * W::BYTES);
+    let mut f =
+        wire::encode_masked_input_header(id, W::BYTES as u8, y.len() as u32, y.len() * W::BYTES);
     y.iter().for_each(|w| w.put_le(&mut f));
     f.into()
 }

@@ -13,7 +13,9 @@ pub enum FlError {
     Config(String),
     /// Fewer clients survived a stage than the reconstruction threshold: the aggregate cannot
     /// be computed (Bell et al. CCS 2020, Alg. 2: every round aborts below `t`).
-    #[error("too many dropouts at stage {stage}: {survivors} clients survived, threshold is {threshold}")]
+    #[error(
+        "too many dropouts at stage {stage}: {survivors} clients survived, threshold is {threshold}"
+    )]
     TooManyDropouts {
         /// The stage whose survivors were counted.
         stage: Stage,
@@ -24,7 +26,9 @@ pub enum FlError {
     },
     /// Fewer than `t` of a client's shareholders answered the unmasking round, so its self-mask
     /// seed (a survivor) or its mask key (a dropped client) cannot be reconstructed.
-    #[error("too many dropouts among the shareholders of client {owner}: {shares} shares arrived, threshold is {threshold}")]
+    #[error(
+        "too many dropouts among the shareholders of client {owner}: {shares} shares arrived, threshold is {threshold}"
+    )]
     NotEnoughShares {
         /// The client whose secret is missing.
         owner: ClientId,

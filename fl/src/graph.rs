@@ -78,7 +78,8 @@ impl Graph {
         if self.complete {
             return (u.0 as usize) < self.pos.len() && (v.0 as usize) < self.pos.len();
         }
-        let (Some(&pu), Some(&pv)) = (self.pos.get(u.0 as usize), self.pos.get(v.0 as usize)) else {
+        let (Some(&pu), Some(&pv)) = (self.pos.get(u.0 as usize), self.pos.get(v.0 as usize))
+        else {
             return false;
         };
         let n = self.order.len() as u32;

@@ -85,7 +85,11 @@ impl KeyPair {
     }
     /// X25519 with a peer's public key; a non-contributory result (a low-order peer key) is an
     /// error, so a peer cannot force a known shared secret.
-    fn agree(&self, peer: &[u8; 32], from: ClientId) -> Result<x25519_dalek::SharedSecret, FlError> {
+    fn agree(
+        &self,
+        peer: &[u8; 32],
+        from: ClientId,
+    ) -> Result<x25519_dalek::SharedSecret, FlError> {
         let shared = self.secret.diffie_hellman(&PublicKey::from(*peer));
         if !shared.was_contributory() {
             return Err(FlError::MalformedMessage {
@@ -123,7 +127,13 @@ pub(crate) fn pairwise_seed(
     peer_id: ClientId,
 ) -> Result<Seed, FlError> {
     let dh = own.agree(peer_public, peer_id)?;
-    Ok(Seed(hkdf16(session, dh.as_bytes(), PAIRWISE_INFO, own_id, peer_id)))
+    Ok(Seed(hkdf16(
+        session,
+        dh.as_bytes(),
+        PAIRWISE_INFO,
+        own_id,
+        peer_id,
+    )))
 }
 
 /// The commitment to a self-mask seed that a client advertises with its keys:
@@ -160,7 +170,8 @@ impl ShareCipher {
     ) -> Result<ShareCipher, FlError> {
         let dh = own.agree(peer_public, peer_id)?;
         let mut k = hkdf16(session, dh.as_bytes(), SHARE_KEY_INFO, own_id, peer_id);
-        let aead = Aes128Gcm::new_from_slice(&k).map_err(|_| FlError::Config("AES-GCM key length".into()))?;
+        let aead = Aes128Gcm::new_from_slice(&k)
+            .map_err(|_| FlError::Config("AES-GCM key length".into()))?;
         k.zeroize();
         Ok(ShareCipher {
             aead,
@@ -176,7 +187,12 @@ impl ShareCipher {
     }
 
     /// Encrypts the share plaintext from `from` to `to` (associated data: the session id).
-    pub(crate) fn seal(&self, from: ClientId, to: ClientId, plain: &[u8]) -> Result<Vec<u8>, FlError> {
+    pub(crate) fn seal(
+        &self,
+        from: ClientId,
+        to: ClientId,
+        plain: &[u8],
+    ) -> Result<Vec<u8>, FlError> {
         let nonce = Self::nonce(from, to);
         self.aead
             .encrypt(

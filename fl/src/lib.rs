@@ -180,7 +180,10 @@ impl SecAggConfig {
     pub fn validate(&self) -> Result<(), FlError> {
         let c = |m: String| Err(FlError::Config(m));
         if !(2..=CLIENTS_MAX).contains(&self.clients) {
-            return c(format!("clients {} outside 2..={CLIENTS_MAX}", self.clients));
+            return c(format!(
+                "clients {} outside 2..={CLIENTS_MAX}",
+                self.clients
+            ));
         }
         if !(1..=DIM_MAX).contains(&self.dim) {
             return c(format!("dim {} outside 1..={DIM_MAX}", self.dim));
@@ -200,8 +203,8 @@ impl SecAggConfig {
 
     /// The largest frame any party sends in this session, in bytes (the masked input).
     pub fn frame_bytes_max(&self) -> usize {
-        let masked = wire::MASKED_HEADER_BYTES
-            + self.dim as usize * usize::from(self.modulus.word_bytes());
+        let masked =
+            wire::MASKED_HEADER_BYTES + self.dim as usize * usize::from(self.modulus.word_bytes());
         let k = self.neighbours as usize;
         let shares = 2 + 8 + k * (4 + wire::SHARE_CT_BYTES);
         let unmask = 2 + 8 + k * (5 + 64);

@@ -95,7 +95,7 @@ pub enum Sign {
 
 impl Sign {
     /// The opposite sign.
-    pub fn neg(self) -> Sign {
+    pub fn opposite(self) -> Sign {
         match self {
             Sign::Add => Sign::Sub,
             Sign::Sub => Sign::Add,
@@ -111,7 +111,9 @@ pub(crate) struct Mask {
 
 impl std::fmt::Debug for Mask {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Mask").field("sign", &self.sign).finish_non_exhaustive()
+        f.debug_struct("Mask")
+            .field("sign", &self.sign)
+            .finish_non_exhaustive()
     }
 }
 

@@ -58,7 +58,11 @@ impl Quantiser {
 
     /// Quantises `values`. Errors: [`FlError::Config`] for a bad quantiser,
     /// [`FlError::InvalidInput`] for a NaN.
-    pub fn quantise<R: RngCore + CryptoRng>(&self, values: &[f32], rng: &mut R) -> Result<Vec<u64>, FlError> {
+    pub fn quantise<R: RngCore + CryptoRng>(
+        &self,
+        values: &[f32],
+        rng: &mut R,
+    ) -> Result<Vec<u64>, FlError> {
         self.check()?;
         let c = self.clip;
         let scale = self.levels as f64 / (2.0 * c);
@@ -87,7 +91,9 @@ impl Quantiser {
     pub fn dequantise_mean(&self, sum: &[u64], count: usize) -> Vec<f64> {
         let step = 2.0 * self.clip / self.levels as f64;
         let m = count.max(1) as f64;
-        sum.iter().map(|&s| s as f64 / m * step - self.clip).collect()
+        sum.iter()
+            .map(|&s| s as f64 / m * step - self.clip)
+            .collect()
     }
 }
 
@@ -99,12 +105,22 @@ mod tests {
     #[test]
     fn flower_grid_values_quantise_exactly_and_clip() {
         // x = k / 2^18 − 8 with c = 8, r = 2^22 maps to k exactly (the benchmark's data).
-        let q = Quantiser { clip: 8.0, levels: 1 << 22, rounding: Rounding::Stochastic };
+        let q = Quantiser {
+            clip: 8.0,
+            levels: 1 << 22,
+            rounding: Rounding::Stochastic,
+        };
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
         let ks = [0u64, 1, 12345, (1 << 22) - 1];
-        let xs: Vec<f32> = ks.iter().map(|&k| k as f32 / (1u32 << 18) as f32 - 8.0).collect();
+        let xs: Vec<f32> = ks
+            .iter()
+            .map(|&k| k as f32 / (1u32 << 18) as f32 - 8.0)
+            .collect();
         assert_eq!(q.quantise(&xs, &mut rng).unwrap(), ks);
-        assert_eq!(q.quantise(&[100.0, -100.0], &mut rng).unwrap(), vec![1 << 22, 0]);
+        assert_eq!(
+            q.quantise(&[100.0, -100.0], &mut rng).unwrap(),
+            vec![1 << 22, 0]
+        );
         assert!(q.quantise(&[f32::NAN], &mut rng).is_err());
         assert!(q.check_headroom((1 << 10) - 1, Modulus::Pow32).is_ok());
         assert!(q.check_headroom(1 << 10, Modulus::Pow32).is_err());
@@ -114,7 +130,11 @@ mod tests {
 
     #[test]
     fn stochastic_rounding_is_unbiased() {
-        let q = Quantiser { clip: 1.0, levels: 2, rounding: Rounding::Stochastic };
+        let q = Quantiser {
+            clip: 1.0,
+            levels: 2,
+            rounding: Rounding::Stochastic,
+        };
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(2);
         // x = −0.75 → y = 0.25: rounds up a quarter of the time.
         let out = q.quantise(&vec![-0.75f32; 40_000], &mut rng).unwrap();

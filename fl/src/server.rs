@@ -120,7 +120,9 @@ impl Server {
             Stage::Unmask => self.u3.iter().copied().collect(),
             Stage::Done => Vec::new(),
         };
-        all.into_iter().filter(|c| !self.answered.contains(c)).collect()
+        all.into_iter()
+            .filter(|c| !self.answered.contains(c))
+            .collect()
     }
 
     fn eligible(&self, c: ClientId) -> bool {
@@ -188,7 +190,13 @@ impl Server {
 
     fn on_share_keys(&mut self, from: ClientId, frame: &[u8]) -> Result<ClientId, FlError> {
         let max = self.config.neighbours as usize - 1;
-        let (own, items) = wire::decode_share_list(frame, wire::KIND_SHARE_KEYS, Peer::Client(from), self.config.clients, max)?;
+        let (own, items) = wire::decode_share_list(
+            frame,
+            wire::KIND_SHARE_KEYS,
+            Peer::Client(from),
+            self.config.clients,
+            max,
+        )?;
         Self::check_id(own.unwrap_or(ClientId(u32::MAX)), from)?;
         let expected: BTreeSet<ClientId> = self
             .graph
@@ -216,7 +224,13 @@ impl Server {
 
     fn on_masked_input(&mut self, from: ClientId, frame: &[u8]) -> Result<ClientId, FlError> {
         let wb = self.config.modulus.word_bytes();
-        let (id, body) = wire::decode_masked_input(frame, Peer::Client(from), self.config.clients, wb, self.config.dim)?;
+        let (id, body) = wire::decode_masked_input(
+            frame,
+            Peer::Client(from),
+            self.config.clients,
+            wb,
+            self.config.dim,
+        )?;
         Self::check_id(id, from)?;
         match &mut self.acc {
             Acc::W32(a) => add_words(a, body),
@@ -227,7 +241,8 @@ impl Server {
 
     fn on_unmask(&mut self, from: ClientId, frame: &[u8]) -> Result<ClientId, FlError> {
         let max = self.config.neighbours as usize;
-        let (id, items) = wire::decode_unmask_shares(frame, Peer::Client(from), self.config.clients, max)?;
+        let (id, items) =
+            wire::decode_unmask_shares(frame, Peer::Client(from), self.config.clients, max)?;
         Self::check_id(id, from)?;
         let mut seen = BTreeSet::new();
         for s in &items {
@@ -240,7 +255,10 @@ impl Server {
             }
         }
         for s in items {
-            self.shares.entry(s.owner).or_default().push((from, s.value));
+            self.shares
+                .entry(s.owner)
+                .or_default()
+                .push((from, s.value));
         }
         Ok(from)
     }
@@ -253,7 +271,9 @@ impl Server {
             from: Peer::Client(holder),
             reason,
         };
-        if !(s.owner == holder || (self.u2.contains(&s.owner) && self.graph.adjacent(holder, s.owner))) {
+        if !(s.owner == holder
+            || (self.u2.contains(&s.owner) && self.graph.adjacent(holder, s.owner)))
+        {
             return Err(bad(format!("holds no share of client {}", s.owner)));
         }
         let want = if self.u3.contains(&s.owner) {
@@ -262,7 +282,10 @@ impl Server {
             ShareKind::MaskKey
         };
         if s.kind != want {
-            return Err(bad(format!("a {:?} share for client {}, expected {want:?}", s.kind, s.owner)));
+            return Err(bad(format!(
+                "a {:?} share for client {}, expected {want:?}",
+                s.kind, s.owner
+            )));
         }
         Ok(())
     }
@@ -297,8 +320,12 @@ impl Server {
                     .keys
                     .keys()
                     .map(|&u| {
-                        let ks: Vec<&AdvertisedKeys> =
-                            self.graph.neighbours(u).iter().filter_map(|v| self.keys.get(v)).collect();
+                        let ks: Vec<&AdvertisedKeys> = self
+                            .graph
+                            .neighbours(u)
+                            .iter()
+                            .filter_map(|v| self.keys.get(v))
+                            .collect();
                         (u, wire::encode_neighbour_keys(&ks))
                     })
                     .collect();
@@ -314,7 +341,12 @@ impl Server {
                     .map(|&v| {
                         let items: Vec<(ClientId, &[u8])> = outbox
                             .get(&v)
-                            .map(|l| l.iter().filter(|(a, _)| self.u2.contains(a)).map(|(a, c)| (*a, c.as_slice())).collect())
+                            .map(|l| {
+                                l.iter()
+                                    .filter(|(a, _)| self.u2.contains(a))
+                                    .map(|(a, c)| (*a, c.as_slice()))
+                                    .collect()
+                            })
                             .unwrap_or_default();
                         (v, wire::encode_share_list(wire::KIND_SHARES, None, &items))
                     })
@@ -331,7 +363,9 @@ impl Server {
                 self.stage = Stage::Unmask;
                 let list: Vec<ClientId> = self.u3.iter().copied().collect();
                 let frame = wire::encode_unmask_request(&list);
-                Ok(ServerStep::Send(list.iter().map(|&u| (u, frame.clone())).collect()))
+                Ok(ServerStep::Send(
+                    list.iter().map(|&u| (u, frame.clone())).collect(),
+                ))
             }
             Stage::Unmask => {
                 let masks = self.reconstruct_masks()?;
@@ -362,7 +396,11 @@ impl Server {
         // The owners, each with the holders of its first t shares (by holder id).
         let mut plan: Vec<(ClientId, Vec<usize>, Vec<Scalar>)> = Vec::new();
         for &owner in &self.u2 {
-            let list = self.shares.get(&owner).map(Vec::as_slice).unwrap_or_default();
+            let list = self
+                .shares
+                .get(&owner)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
             if list.len() < t {
                 return Err(FlError::NotEnoughShares {
                     owner,
@@ -373,7 +411,11 @@ impl Server {
             let mut idx: Vec<usize> = (0..list.len()).collect();
             idx.sort_by_key(|&i| list.get(i).map(|(h, _)| *h));
             idx.truncate(t);
-            let xs = idx.iter().filter_map(|&i| list.get(i)).map(|(h, _)| shamir::x_of(*h)).collect();
+            let xs = idx
+                .iter()
+                .filter_map(|&i| list.get(i))
+                .map(|(h, _)| shamir::x_of(*h))
+                .collect();
             plan.push((owner, idx, xs));
         }
         // Lagrange coefficients once per distinct set of holders.
@@ -389,14 +431,28 @@ impl Server {
                 })
             })
             .collect();
-        let coeffs: Vec<Option<Vec<Scalar>>> = distinct.par_iter().map(|xs| shamir::lagrange_at_zero(xs)).collect();
+        let coeffs: Vec<Option<Vec<Scalar>>> = distinct
+            .par_iter()
+            .map(|xs| shamir::lagrange_at_zero(xs))
+            .collect();
         let masks: Vec<Result<Vec<Mask>, FlError>> = plan
             .par_iter()
             .zip(set_of.par_iter())
             .map(|((owner, idx, _), &set)| {
-                let list = self.shares.get(owner).map(Vec::as_slice).unwrap_or_default();
-                let shares: Vec<&[Scalar]> = idx.iter().filter_map(|&i| list.get(i)).map(|(_, v)| v.as_slice()).collect();
-                let l = coeffs.get(set).and_then(Option::as_ref).ok_or(FlError::ShareMismatch(*owner))?;
+                let list = self
+                    .shares
+                    .get(owner)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                let shares: Vec<&[Scalar]> = idx
+                    .iter()
+                    .filter_map(|&i| list.get(i))
+                    .map(|(_, v)| v.as_slice())
+                    .collect();
+                let l = coeffs
+                    .get(set)
+                    .and_then(Option::as_ref)
+                    .ok_or(FlError::ShareMismatch(*owner))?;
                 self.masks_of(*owner, l, &shares)
             })
             .collect();
@@ -409,7 +465,12 @@ impl Server {
 
     /// The masks to remove for one owner: `−PRG(b_u)` for a survivor; for a dropped `v`, the
     /// negation of each surviving neighbour's pairwise mask with `v`.
-    fn masks_of(&self, owner: ClientId, l: &[Scalar], shares: &[&[Scalar]]) -> Result<Vec<Mask>, FlError> {
+    fn masks_of(
+        &self,
+        owner: ClientId,
+        l: &[Scalar],
+        shares: &[&[Scalar]],
+    ) -> Result<Vec<Mask>, FlError> {
         let keys = self.keys.get(&owner).ok_or(FlError::UnknownClient(owner))?;
         let session = &self.config.session_id;
         if self.u3.contains(&owner) {
@@ -434,12 +495,17 @@ impl Server {
             return Err(FlError::ShareMismatch(owner));
         }
         let mut out = Vec::new();
-        for u in self.graph.neighbours(owner).into_iter().filter(|u| self.u3.contains(u)) {
+        for u in self
+            .graph
+            .neighbours(owner)
+            .into_iter()
+            .filter(|u| self.u3.contains(u))
+        {
             let pk = self.keys.get(&u).ok_or(FlError::UnknownClient(u))?;
             let s = pairwise_seed(session, &kp, owner, &pk.s_pk, u)?;
             // u added +PRG(s) if u < v, −PRG(s) if u > v; remove it.
             let added = if u < owner { Sign::Add } else { Sign::Sub };
-            out.push(Mask::new(&s, added.neg()));
+            out.push(Mask::new(&s, added.opposite()));
         }
         Ok(out)
     }

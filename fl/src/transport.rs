@@ -89,7 +89,10 @@ pub struct InProcessClient {
 
 /// An aggregator end and `clients` client ends (index = client id), on bounded channels of
 /// [`QUEUE_FRAMES`] frames, refusing frames over `frame_bytes_max`.
-pub fn in_process(clients: u32, frame_bytes_max: usize) -> (InProcessAggregator, Vec<InProcessClient>) {
+pub fn in_process(
+    clients: u32,
+    frame_bytes_max: usize,
+) -> (InProcessAggregator, Vec<InProcessClient>) {
     let mut to_clients = Vec::new();
     let mut ends = Vec::new();
     let mut inbound = SelectAll::new();
@@ -127,7 +130,9 @@ impl AggregatorTransport for InProcessAggregator {
             .get(to.0 as usize)
             .ok_or_else(|| LinkError::PeerGone(format!("no client {to}")))?;
         let len = frame.len();
-        tx.send(frame).await.map_err(|_| LinkError::PeerGone(format!("client {to}")))?;
+        tx.send(frame)
+            .await
+            .map_err(|_| LinkError::PeerGone(format!("client {to}")))?;
         self.counters.on_send(len);
         Ok(())
     }
@@ -159,7 +164,10 @@ impl Link for InProcessClient {
     async fn send(&self, frame: Bytes) -> Result<(), LinkError> {
         LinkError::check_frame(frame.len(), self.frame_bytes_max)?;
         let len = frame.len();
-        self.tx.send(frame).await.map_err(|_| LinkError::PeerGone("aggregator".into()))?;
+        self.tx
+            .send(frame)
+            .await
+            .map_err(|_| LinkError::PeerGone("aggregator".into()))?;
         self.counters.on_send(len);
         Ok(())
     }
@@ -199,7 +207,10 @@ pub struct ServerOutcome {
 /// expected client has answered or gone, or at [`Inbound::Deadline`]. A client whose frame is
 /// refused is treated as dropped (and listed in [`ServerOutcome::refused`]); the round fails
 /// only as [`Server::close_round`] does, or on a transport error other than a client gone.
-pub async fn run_server(transport: &dyn AggregatorTransport, config: &SecAggConfig) -> Result<ServerOutcome, FlError> {
+pub async fn run_server(
+    transport: &dyn AggregatorTransport,
+    config: &SecAggConfig,
+) -> Result<ServerOutcome, FlError> {
     let mut server = Server::new(config)?;
     let mut gone = BTreeSet::new();
     let mut refused = Vec::new();

@@ -197,7 +197,11 @@ pub fn encode_advertise(k: &AdvertisedKeys) -> Bytes {
     v.into()
 }
 
-pub(crate) fn decode_advertise(f: &[u8], from: Peer, clients: u32) -> Result<AdvertisedKeys, FlError> {
+pub(crate) fn decode_advertise(
+    f: &[u8],
+    from: Peer,
+    clients: u32,
+) -> Result<AdvertisedKeys, FlError> {
     let mut r = Reader::open(f, KIND_ADVERTISE_KEYS, from)?;
     let k = read_keys(&mut r, clients)?;
     r.finish()?;
@@ -212,7 +216,11 @@ pub fn encode_neighbour_keys(keys: &[&AdvertisedKeys]) -> Bytes {
     v.into()
 }
 
-pub(crate) fn decode_neighbour_keys(f: &[u8], clients: u32, max: usize) -> Result<Vec<AdvertisedKeys>, FlError> {
+pub(crate) fn decode_neighbour_keys(
+    f: &[u8],
+    clients: u32,
+    max: usize,
+) -> Result<Vec<AdvertisedKeys>, FlError> {
     let mut r = Reader::open(f, KIND_NEIGHBOUR_KEYS, Peer::Aggregator)?;
     let n = r.count(max, KEYS_BYTES)?;
     let mut out = Vec::with_capacity(n);
@@ -239,6 +247,9 @@ pub fn encode_share_list(kind: u8, own: Option<ClientId>, items: &[(ClientId, &[
     v.into()
 }
 
+/// A parsed share list: the own id (if the kind carries one) and `(client id, ciphertext)`.
+pub(crate) type ShareList = (Option<ClientId>, Vec<(ClientId, Vec<u8>)>);
+
 /// Parses a share list; returns the own id (if the kind carries one) and the pairs.
 pub(crate) fn decode_share_list(
     f: &[u8],
@@ -246,7 +257,7 @@ pub(crate) fn decode_share_list(
     from: Peer,
     clients: u32,
     max: usize,
-) -> Result<(Option<ClientId>, Vec<(ClientId, Vec<u8>)>), FlError> {
+) -> Result<ShareList, FlError> {
     let mut r = Reader::open(f, kind, from)?;
     let own = if kind == KIND_SHARE_KEYS {
         Some(r.id(clients)?)
@@ -267,7 +278,12 @@ pub(crate) fn decode_share_list(
 pub const MASKED_HEADER_BYTES: usize = 2 + 4 + 1 + 4;
 
 /// `MaskedInput` frame from a vector of words already encoded little-endian.
-pub fn encode_masked_input_header(id: ClientId, word_bytes: u8, dim: u32, capacity: usize) -> Vec<u8> {
+pub fn encode_masked_input_header(
+    id: ClientId,
+    word_bytes: u8,
+    dim: u32,
+    capacity: usize,
+) -> Vec<u8> {
     let mut v = header(KIND_MASKED_INPUT, MASKED_HEADER_BYTES + capacity);
     v.extend_from_slice(&id.0.to_be_bytes());
     v.push(word_bytes);
@@ -277,18 +293,20 @@ pub fn encode_masked_input_header(id: ClientId, word_bytes: u8, dim: u32, capaci
 
 /// Parses a `MaskedInput` frame's header; returns the claimed id and the words' bytes, whose
 /// length has been checked to be `dim · word_bytes` for the configured `dim` and modulus.
-pub(crate) fn decode_masked_input<'a>(
-    f: &'a [u8],
+pub(crate) fn decode_masked_input(
+    f: &[u8],
     from: Peer,
     clients: u32,
     word_bytes: u8,
     dim: u32,
-) -> Result<(ClientId, &'a [u8]), FlError> {
+) -> Result<(ClientId, &[u8]), FlError> {
     let mut r = Reader::open(f, KIND_MASKED_INPUT, from)?;
     let id = r.id(clients)?;
     let wb = r.u8()?;
     if wb != word_bytes {
-        return Err(r.bad(format!("words of {wb} bytes, the session uses {word_bytes}")));
+        return Err(r.bad(format!(
+            "words of {wb} bytes, the session uses {word_bytes}"
+        )));
     }
     let d = r.u32()?;
     if d != dim {
@@ -312,7 +330,9 @@ pub(crate) fn decode_masked_input<'a>(
 pub fn encode_unmask_request(survivors: &[ClientId]) -> Bytes {
     let mut v = header(KIND_UNMASK_REQUEST, 4 + 4 * survivors.len());
     v.extend_from_slice(&(survivors.len() as u32).to_be_bytes());
-    survivors.iter().for_each(|s| v.extend_from_slice(&s.0.to_be_bytes()));
+    survivors
+        .iter()
+        .for_each(|s| v.extend_from_slice(&s.0.to_be_bytes()));
     v.into()
 }
 
@@ -338,7 +358,9 @@ pub fn encode_unmask_shares(id: ClientId, shares: &[UnmaskShare]) -> Bytes {
             ShareKind::SelfMaskSeed => 0,
             ShareKind::MaskKey => 1,
         });
-        s.value.iter().for_each(|x| v.extend_from_slice(x.as_bytes()));
+        s.value
+            .iter()
+            .for_each(|x| v.extend_from_slice(x.as_bytes()));
     }
     v.into()
 }
@@ -360,7 +382,9 @@ pub(crate) fn decode_unmask_shares(
             1 => ShareKind::MaskKey,
             k => return Err(r.bad(format!("share kind {k}"))),
         };
-        let value = (0..kind.chunks()).map(|_| r.scalar()).collect::<Result<_, _>>()?;
+        let value = (0..kind.chunks())
+            .map(|_| r.scalar())
+            .collect::<Result<_, _>>()?;
         out.push(UnmaskShare { owner, kind, value });
     }
     r.finish()?;
