@@ -301,6 +301,11 @@ mod tests {
     }
 
     #[test]
+    fn bench_secagg_help() {
+        expect![[r#""#]].assert_eq(&help(&["tessera", "bench", "secagg", "--help"]));
+    }
+
+    #[test]
     fn job_submit_help() {
         expect![[r#"
             Submit a PSI job

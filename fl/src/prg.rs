@@ -34,6 +34,9 @@ pub trait Word: Copy + Send + Sync + Default + Eq + std::fmt::Debug + 'static {
     fn from_u64(v: u64) -> Self;
     /// As a `u64`.
     fn to_u64(self) -> u64;
+    /// `words[j] ±= word j of block` for the (up to `16 / BYTES`) words of one AES block,
+    /// written with fixed offsets so that it vectorises.
+    fn apply_block(words: &mut [Self], block: &[u8; 16], sign: Sign);
 }
 
 impl Word for u32 {
@@ -58,6 +61,16 @@ impl Word for u32 {
     fn to_u64(self) -> u64 {
         u64::from(self)
     }
+    fn apply_block(words: &mut [Self], b: &[u8; 16], sign: Sign) {
+        for (j, a) in words.iter_mut().enumerate().take(4) {
+            let o = 4 * j;
+            let w = u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+            *a = match sign {
+                Sign::Add => a.wrapping_add(w),
+                Sign::Sub => a.wrapping_sub(w),
+            };
+        }
+    }
 }
 
 impl Word for u64 {
@@ -81,6 +94,25 @@ impl Word for u64 {
     }
     fn to_u64(self) -> u64 {
         self
+    }
+    fn apply_block(words: &mut [Self], b: &[u8; 16], sign: Sign) {
+        for (j, a) in words.iter_mut().enumerate().take(2) {
+            let o = 8 * j;
+            let w = u64::from_le_bytes([
+                b[o],
+                b[o + 1],
+                b[o + 2],
+                b[o + 3],
+                b[o + 4],
+                b[o + 5],
+                b[o + 6],
+                b[o + 7],
+            ]);
+            *a = match sign {
+                Sign::Add => a.wrapping_add(w),
+                Sign::Sub => a.wrapping_sub(w),
+            };
+        }
     }
 }
 
@@ -156,12 +188,9 @@ fn expand_range<W: Word>(m: &Mask, chunk: &mut [W], start: usize) {
             counter = counter.wrapping_add(1);
         }
         m.cipher.encrypt_blocks(blocks);
-        let words = blocks
-            .iter()
-            .flat_map(|b| b.chunks_exact(W::BYTES).map(W::from_le));
-        match m.sign {
-            Sign::Add => out.iter_mut().zip(words).for_each(|(a, w)| *a = a.add(w)),
-            Sign::Sub => out.iter_mut().zip(words).for_each(|(a, w)| *a = a.sub(w)),
+        for (words, b) in out.chunks_mut(words_per_block).zip(blocks.iter()) {
+            let block: [u8; 16] = (*b).into();
+            W::apply_block(words, &block, m.sign);
         }
     }
 }
