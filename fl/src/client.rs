@@ -15,7 +15,7 @@ use crate::prg::{Mask, Sign, Word, apply_masks};
 use crate::wire::{self, AdvertisedKeys, ShareKind, UnmaskShare};
 use crate::{ClientId, FlError, Modulus, Peer, SecAggConfig, Stage, shamir};
 
-/// The shares a client holds of one shareholder-of-relation's secrets.
+/// The shares a client holds of one client's secrets (its own, or a neighbour's).
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
 struct HeldShare {
     seed: Scalar,

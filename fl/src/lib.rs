@@ -30,7 +30,7 @@
 //!    if `u > v`, `s_{u,v}` = HKDF-SHA256(X25519(s_sk_u, s_pk_v)) ([`keys`]), the PRG AES-128 in
 //!    counter mode ([`prg`]). The aggregator adds the `y_u` as they arrive.
 //! 3. **Unmasking** (`U_4`): the aggregator sends `U_3`; each client `u ∈ U_3` sends, for each
-//!    shareholder-of-relation `v` it holds a share of, the share of `b_v` if `v ∈ U_3`, else
+//!    client `v` whose shares it holds (itself and its neighbours in `U_2`), the share of `b_v` if `v ∈ U_3`, else
 //!    the share of `s_sk_v` — **never both for the same client** (it answers once, and the
 //!    partition is by membership of `U_3`). The aggregator reconstructs each `b_v` (`v ∈ U_3`)
 //!    and each dropped `s_sk_v` (`v ∈ U_2 \ U_3`) from `t` shares, checks them against the
