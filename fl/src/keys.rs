@@ -101,6 +101,15 @@ impl KeyPair {
     }
 }
 
+/// Whether a peer's X25519 public key is usable: not one of the low-order points, on which any
+/// key agreement gives the all-zero secret. Checked by X25519 with a fixed secret (clamping
+/// makes every scalar a multiple of the cofactor, so a low-order point always gives zero).
+pub(crate) fn is_contributory(public: &[u8; 32]) -> bool {
+    StaticSecret::from([0x42u8; 32])
+        .diffie_hellman(&PublicKey::from(*public))
+        .was_contributory()
+}
+
 fn hkdf16(session: &[u8; 32], ikm: &[u8], info: &[u8], u: ClientId, v: ClientId) -> [u8; 16] {
     let (lo, hi) = if u.0 <= v.0 { (u.0, v.0) } else { (v.0, u.0) };
     let hk = Hkdf::<Sha256>::new(Some(session), ikm);

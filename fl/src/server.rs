@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use zeroize::Zeroize;
 
 use crate::graph::Graph;
-use crate::keys::{KeyPair, Seed, pairwise_seed, seed_commitment};
+use crate::keys::{self, KeyPair, Seed, pairwise_seed, seed_commitment};
 use crate::prg::{Mask, Sign, Word, apply_masks};
 use crate::wire::{self, AdvertisedKeys, ShareKind, UnmaskShare};
 use crate::{ClientId, FlError, Modulus, Peer, SecAggConfig, Stage, shamir};
@@ -184,6 +184,13 @@ impl Server {
     fn on_advertise(&mut self, from: ClientId, frame: &[u8]) -> Result<ClientId, FlError> {
         let k = wire::decode_advertise(frame, Peer::Client(from), self.config.clients)?;
         Self::check_id(k.id, from)?;
+        if !(keys::is_contributory(&k.c_pk) && keys::is_contributory(&k.s_pk)) {
+            // Refused here, so that no neighbour's key agreement fails on it later.
+            return Err(FlError::MalformedMessage {
+                from: Peer::Client(from),
+                reason: "low-order X25519 public key".into(),
+            });
+        }
         self.keys.insert(from, k);
         Ok(from)
     }

@@ -429,6 +429,13 @@ fn garbled_frames_are_typed_errors_and_change_nothing() {
         server.receive(ClientId(6), f),
         Err(FlError::UnknownClient(ClientId(6)))
     );
+    // A low-order public key (the identity point, all zeros) is refused at the aggregator.
+    let mut low_order = f.to_vec();
+    low_order[6..38].fill(0);
+    assert!(matches!(
+        server.receive(ClientId(0), &low_order),
+        Err(FlError::MalformedMessage { .. })
+    ));
     // Nothing was recorded: the honest frame is still accepted, once.
     server.receive(ClientId(0), f).unwrap();
     assert_eq!(
