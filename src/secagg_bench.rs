@@ -77,7 +77,7 @@ const CLIP: f64 = 8.0;
 
 /// Client `i`'s integers `k_i` (the vector before the `/ 2^18 − 8` map).
 fn client_ints(seed: u64, i: u32, dim: u32) -> Vec<u64> {
-    let mut rng = ChaCha20Rng::seed_from_u64(seed ^ (u64::from(i) << 32) ^ 0x5ecA66);
+    let mut rng = ChaCha20Rng::seed_from_u64(seed ^ (u64::from(i) << 32) ^ 0x5eca66);
     (0..dim)
         .map(|_| u64::from(rng.next_u32()) & (LEVELS - 1))
         .collect()
