@@ -68,6 +68,9 @@ pub enum BenchCommand {
     /// inner product (`mulsum`) of N elements, with dealer triples and with dealer-free
     /// triples from OT extension; checked against the clear result.
     Mpc(crate::mpc_bench::MpcArgs),
+    /// Secure aggregation (SecAgg+) of N clients' vectors with dropouts, in this process,
+    /// checked against the plain sum of the survivors' vectors.
+    Secagg(crate::secagg_bench::SecaggArgs),
     /// PSI between two CSV files (header `id`); writes the intersection to --out.
     PsiFiles {
         /// rr22 (VOLE-based) or ecdh.
@@ -238,6 +241,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             }
         }
         BenchCommand::Mpc(args) => crate::mpc_bench::run(args).await?,
+        BenchCommand::Secagg(args) => crate::secagg_bench::run(args)?,
         BenchCommand::Admission {
             jobs,
             concurrency,

@@ -12,6 +12,7 @@ mod exit;
 mod mpc_bench;
 mod operator;
 mod progress;
+mod secagg_bench;
 
 use std::sync::Arc;
 
@@ -299,6 +300,27 @@ mod tests {
 
             Exit status: 0 success; 1 error (the operator's API code and message are printed as `error: CODE: message`); 2 usage error; 6 connection lost (the operator could not be reached, or stopped answering before a followed job ended); for `job submit` and `job watch`, 3 the job was refused, 4 it failed, 5 it was cancelled.
         "#]].assert_eq(&help(&["tessera", "--help"]));
+    }
+
+    #[test]
+    fn bench_secagg_help() {
+        expect![[r#"
+            Secure aggregation (SecAgg+) of N clients' vectors with dropouts, in this process, checked against the plain sum of the survivors' vectors
+
+            Usage: tessera bench secagg [OPTIONS]
+
+            Options:
+                  --clients <CLIENTS>        Clients, N (2 ..= 10,000) [default: 100]
+                  --dim <DIM>                Elements per vector, L (1 ..= 16,777,216) [default: 100000]
+                  --dropout <DROPOUT>        Fraction of clients that drop out after sharing their keys (0 ..= 1) [default: 0.1]
+                  --neighbours <NEIGHBOURS>  k: each client's share group including itself (Flower's num_shares as a count): the number of clients, or odd and smaller [default: the number of clients]
+                  --threshold <THRESHOLD>    t: shares needed to reconstruct a secret (2 ..= k) [default: max(round(k/2), 2)]
+                  --modulus <MODULUS>        The ring: 32 (arithmetic mod 2^32, Flower's default) or 64 [default: 32] [possible values: 32, 64]
+                  --seed <SEED>              Seed of the data, the dropouts and the session [default: 42]
+                  --json                     Print one JSON line instead of text
+              -h, --help                     Print help
+        "#]]
+        .assert_eq(&help(&["tessera", "bench", "secagg", "--help"]));
     }
 
     #[test]
