@@ -38,9 +38,10 @@ pub(crate) async fn receipt_head(s: &AuditService) -> Result<Option<pb::SignedHe
 pub(crate) async fn data_item_log(
     s: &AuditService,
     r: pb::DatasetRef,
+    full: bool,
 ) -> Result<pb::OperationLog, Status> {
     let (entries, truncated, head) = s
-        .data_item_log(&r.dataset_id)
+        .data_item_log(&r.dataset_id, full)
         .await
         .map_err(|e| status(&e))?;
     Ok(pb::OperationLog {

@@ -246,7 +246,8 @@ impl Operator for OperatorService {
             .check_dataset(Operation::DataItemLog, &who, &req.get_ref().dataset_id)
             .await
             .map_err(|e| status(&e))?;
-        audit::data_item_log(&self.audit, req.into_inner())
+        let full = matches!(&who, Caller::User(p) if p.is_operator());
+        audit::data_item_log(&self.audit, req.into_inner(), full)
             .await
             .map(Response::new)
     }

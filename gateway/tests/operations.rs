@@ -1,6 +1,6 @@
-//! The table of rules and the API come from the same list: every RPC of the `Operator`
-//! service names a `tessera_auth::Operation` (with its rule), and every operation is an RPC.
-//! A new RPC without a rule fails here.
+//! The table of rules and the API come from the same list: every RPC of the `Operator` and
+//! `Trade` services names a `tessera_auth::Operation` (with its rule), and every operation is
+//! an RPC. A new RPC without a rule fails here.
 
 use std::collections::BTreeSet;
 
@@ -8,8 +8,10 @@ use tessera_auth::Operation;
 
 const PROTO: &str = include_str!("../../proto/tessera.proto");
 
-fn operator_rpcs() -> BTreeSet<String> {
-    let start = PROTO.find("service Operator {").expect("service Operator");
+fn rpcs_of(service: &str) -> BTreeSet<String> {
+    let start = PROTO
+        .find(&format!("service {service} {{"))
+        .unwrap_or_else(|| panic!("service {service}"));
     let body = &PROTO[start..];
     let end = body.find("\n}").expect("end of service");
     body[..end]
@@ -17,6 +19,13 @@ fn operator_rpcs() -> BTreeSet<String> {
         .filter_map(|l| l.trim().strip_prefix("rpc "))
         .map(|l| l.split('(').next().unwrap_or("").trim().to_owned())
         .collect()
+}
+
+fn operator_rpcs() -> BTreeSet<String> {
+    let operator = rpcs_of("Operator");
+    let trade = rpcs_of("Trade");
+    assert!(operator.is_disjoint(&trade), "{operator:?} {trade:?}");
+    operator.union(&trade).cloned().collect()
 }
 
 #[test]

@@ -29,6 +29,27 @@ pub const SEAL_INTERVAL_MS: u64 = 1_000;
 /// Most entries a data item's operation log returns.
 pub const DATA_ITEM_LOG_MAX: u32 = 100_000;
 
+/// The entries whose details a data item's owner sees in its log: its own records and trade
+/// steps. Everything else (a job's admission with the buyer's funds, its end, a settlement's
+/// payment) shows as [`REDACTED_DETAIL`].
+pub const OWNER_VISIBLE_KINDS: &[&str] = &[
+    "dataset_create",
+    "licence_create",
+    "trade_licensor_key",
+    "trade_register",
+    "trade_publish",
+    "trade_upload",
+    "trade_revoke_publication",
+    "trade_confirm",
+    "trade_deliver",
+    "trade_deliver_policy",
+    "trade_licence_update",
+];
+
+/// The detail shown in place of a redacted entry's.
+pub const REDACTED_DETAIL: &str =
+    r#"{"redacted":"the buyer's side; the operator's audit export holds it"}"#;
+
 /// The outcome of checking the audit chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditReport {
@@ -158,13 +179,18 @@ impl AuditService {
     }
 
     /// A data item's operation log (at most [`DATA_ITEM_LOG_MAX`] entries; `true` when there
-    /// were more) with a head signed now that covers it.
+    /// were more) with a head signed now that covers it. Unless `full` (the operator), the
+    /// details of entries that describe a buyer's side — admissions and refusals (its funds),
+    /// job ends, settlements (how it paid) and anything not in [`OWNER_VISIBLE_KINDS`] — are
+    /// replaced by [`REDACTED_DETAIL`]; their sequence numbers and hashes stay, so the chain's
+    /// links can still be followed (only the operator's export recomputes their hashes).
     ///
     /// # Errors
     /// A store failure, or a head that cannot be signed.
     pub async fn data_item_log(
         &self,
         data_id: &str,
+        full: bool,
     ) -> Result<
         (
             Vec<tessera_store::audit::AuditEntry>,
@@ -180,6 +206,13 @@ impl AuditService {
         let max = usize::try_from(DATA_ITEM_LOG_MAX).unwrap_or(usize::MAX);
         let truncated = entries.len() > max;
         entries.truncate(max);
+        if !full {
+            for e in &mut entries {
+                if !OWNER_VISIBLE_KINDS.contains(&e.kind.as_str()) {
+                    e.detail_json = REDACTED_DETAIL.to_owned();
+                }
+            }
+        }
         let head = self.sign_head().await?;
         Ok((entries, truncated, head))
     }

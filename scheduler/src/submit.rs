@@ -1238,6 +1238,32 @@ impl Scheduler {
             .await
     }
 
+    /// Ends a job its provider withdrew (the publication it runs under was revoked): not the
+    /// buyer's doing, so it fails with its count released and its holds voided — or, past its
+    /// delivery point, ends consumed and charged like any end after delivery. Idempotent.
+    ///
+    /// # Errors
+    /// `NotFound`; a store failure.
+    pub async fn withdraw(&self, job_id: &str, reason: &str) -> Result<JobView, SchedulerError> {
+        let (job_id, reason) = (job_id.to_string(), reason.to_string());
+        self.detached(move |s| async move {
+            let view = s.job(&job_id).await?;
+            if !view.job.is_terminal() {
+                s.finish(
+                    &job_id,
+                    JobFinish::Failed {
+                        error: reason,
+                        buyer_fault: false,
+                        origin: None,
+                    },
+                )
+                .await?;
+            }
+            s.job(&job_id).await
+        })
+        .await
+    }
+
     async fn cancel_now(&self, job_id: &str, by: &str) -> Result<JobView, SchedulerError> {
         let view = self.job(job_id).await?;
         if !view.job.is_terminal() {

@@ -363,11 +363,36 @@ impl TradeService {
             }
             reg.data_id
         };
-        found(
-            self.store
-                .trade_publication(&d.registration_id, &data_id)
-                .await,
-        )
+        self.store
+            .trade_publication(&d.registration_id, &data_id)
+            .await
+            .map_err(|e| match e {
+                // Name only what the caller named: the dataset behind a registration is not
+                // shown to whoever asks for an unpublished one.
+                StoreError::NotFound { .. } => not_found(
+                    "publication",
+                    &match &d.data_id {
+                        Some(given) => format!("{}/{given}", d.registration_id),
+                        None => d.registration_id.clone(),
+                    },
+                ),
+                e => e.into(),
+            })
+    }
+
+    /// Refuses when the publication of a confirmation's data was revoked.
+    async fn still_published(
+        &self,
+        registration_id: &str,
+        data_id: &str,
+    ) -> Result<(), SchedulerError> {
+        let p = found(self.store.trade_publication(registration_id, data_id).await)?;
+        if p.status != PUBLISHED {
+            return Err(SchedulerError::Invalid(format!(
+                "the publication of {data_id} was revoked: no settlement, delivery or policy under it"
+            )));
+        }
+        Ok(())
     }
 
     /// `/queryPublishedData` (table A.11 → A.12), with Tessera's extra fields: what matching
@@ -426,9 +451,10 @@ impl TradeService {
         Ok(out)
     }
 
-    /// `/revokePublishedData` (table A.14 → A.15): refuses new confirmations and cancels the
-    /// running jobs under the licences its controlled deliveries made (their admissions are
-    /// refused from now on).
+    /// `/revokePublishedData` (table A.14 → A.15): refuses new confirmations, settlements and
+    /// deliveries, and ends the running jobs under the licences its controlled deliveries made
+    /// (failed with their counts released, not the buyer's doing; their admissions are refused
+    /// from now on). Publishing again lifts the revocation for licences already issued.
     ///
     /// # Errors
     /// `Invalid`; `NotFound`; `Forbidden`.
@@ -462,8 +488,9 @@ impl TradeService {
         let mut cancelled = Vec::new();
         for l in licences {
             for job_id in self.store.live_jobs_of_licence(l).await? {
-                let by = format!("{actor} (publication revoked)");
-                match s.cancel(&job_id, &by).await {
+                let reason =
+                    format!("withdrawn: {actor} revoked the publication this licence came from");
+                match s.withdraw(&job_id, &reason).await {
                     Ok(_) => cancelled.push(job_id),
                     // Delivered jobs end charged; a cancellation there is refused.
                     Err(e) => {
@@ -691,6 +718,13 @@ impl TradeService {
         if demand.demander != c.demander {
             return Err(not_found("demand", &c.demand_id));
         }
+        let rec: fields::Demand = decode("demand", &demand.record_json)?;
+        if rec.public_key.is_none() {
+            return Err(SchedulerError::Invalid(format!(
+                "demand {} has no public_key, so no delivery key could be sealed to its buyer: register the demand again with one",
+                c.demand_id
+            )));
+        }
         let p = self.publication(&c.data).await?;
         let confirm_id = self.ids.next("conf-");
         let row = found(
@@ -740,14 +774,27 @@ impl TradeService {
         }))
     }
 
-    /// The answer of `/settlement` and `/querySettlement` for a settled confirmation.
-    async fn settlement_answer(&self, confirm_id: &str) -> Result<Value, SchedulerError> {
+    /// The answer of `/settlement` and `/querySettlement` for a settled confirmation. The
+    /// payment proof shows the buyer (and the operator) how it paid; the data's owner sees the
+    /// amount and its own account only.
+    async fn settlement_answer(
+        &self,
+        confirm_id: &str,
+        buyer_view: bool,
+    ) -> Result<Value, SchedulerError> {
         let Some(s) = self.store.trade_settlement(confirm_id).await? else {
             return Ok(json!({ "settlement_status": UNSETTLED }));
         };
         let licence = found(self.store.trade_licence(&s.licenses_id).await)?;
+        let mut proof = decode::<Value>("payment proof", &s.payment_json)?;
+        if !buyer_view {
+            proof = json!({
+                "amount_micros": proof["amount_micros"],
+                "provider_account": proof["provider_account"],
+            });
+        }
         Ok(json!({
-            "payment_proof": decode::<Value>("payment proof", &s.payment_json)?,
+            "payment_proof": proof,
             "settlement_status": SETTLED,
             "licenses": decode::<Value>("licence", &licence.licence_json)?,
             "private_key": decode::<Value>("sealed key", &s.sealed_key_json)?,
@@ -787,7 +834,17 @@ impl TradeService {
             )
             .await?;
         if self.store.trade_settlement(&confirm_id).await?.is_some() {
-            return self.settlement_answer(&confirm_id).await;
+            return self.settlement_answer(&confirm_id, true).await;
+        }
+        self.still_published(&c.registration_id, &c.data_id).await?;
+        if c.registration_id != CONTROLLED_REGISTRATION_ID
+            && let Err(StoreError::NotFound { .. }) =
+                self.store.trade_file(&c.registration_id).await
+        {
+            return Err(SchedulerError::Invalid(format!(
+                "registration {} has no data file to deliver yet (the provider uploads it with /uploadData): nothing was paid",
+                c.registration_id
+            )));
         }
         let demand = found(self.store.trade_demand(&c.demand_id).await)?;
         let rec: fields::Demand = decode("demand", &demand.record_json)?;
@@ -860,7 +917,7 @@ impl TradeService {
                 now,
             )
             .await?;
-        self.settlement_answer(&confirm_id).await
+        self.settlement_answer(&confirm_id, true).await
     }
 
     fn trade_share_bps(&self) -> u32 {
@@ -883,7 +940,11 @@ impl TradeService {
         let c = self.confirmation(&confirm_id).await?;
         self.confirmation_party(Operation::QuerySettlement, caller, &c)
             .await?;
-        self.settlement_answer(&confirm_id).await
+        let buyer_view = match caller {
+            Caller::User(p) => p.is_operator() || p.user == c.demander,
+            _ => false,
+        };
+        self.settlement_answer(&confirm_id, buyer_view).await
     }
 
     /// A licence presented by a caller: it must be one this node issued, still valid, equal
@@ -950,6 +1011,8 @@ impl TradeService {
                 "controlled data is not delivered as a file: it is used through jobs under a policy (/deliverDatasets)".into(),
             ));
         }
+        self.still_published(&row.registration_id, &row.data_id)
+            .await?;
         let (sha_data, file) = found(self.store.trade_file(&row.registration_id).await)?;
         let key = DeliveryKey::from_bytes(self.store.trade_delivery_key(&row.confirm_id).await?);
         let package = seal_package(
@@ -1042,9 +1105,11 @@ impl TradeService {
                         json!({"owner": "x", "registrationID": "x", "free": false, "price": n});
                     let p: PublishData = serde_json::from_value(body)
                         .map_err(|e| SchedulerError::Invalid(format!("{name}: {e}")))?;
-                    p.validate()
-                        .map(|p| p.terms.price_micros)
-                        .map_err(|e| SchedulerError::Invalid(format!("{name}: {e}")))
+                    p.validate().map(|p| p.terms.price_micros).map_err(|_| {
+                        SchedulerError::Invalid(format!(
+                            "field `{name}`: a non-negative amount with at most six decimals"
+                        ))
+                    })
                 }
                 Some(_) => Err(SchedulerError::Invalid(format!("field `{name}`: a number"))),
             }
@@ -1092,6 +1157,8 @@ impl TradeService {
                 row.licenses_id
             )));
         }
+        self.still_published(&row.registration_id, &row.data_id)
+            .await?;
         let start = policy.start_date.clone().unwrap_or_default();
         let end = policy.end_date.clone().unwrap_or_default();
         let (ps, pe) = (parse_millis(&start), parse_millis(&end));
@@ -1185,6 +1252,17 @@ impl TradeService {
             },
         };
         let issued: Licence = decode("licence", &old.licence_json)?;
+        if let Some(term) = &u.license_term {
+            // The buyer paid for the old term: a reissue may extend it, never cut it.
+            let (old_start, old_end) = issued.license_term.check().map_err(invalid)?;
+            let (new_start, new_end) = term.check().map_err(invalid)?;
+            if new_start > old_start || new_end < old_end {
+                return Err(SchedulerError::Invalid(format!(
+                    "field `license_term`: a reissued licence may only extend the term {} – {} the buyer paid for",
+                    issued.license_term.start_date, issued.license_term.end_date
+                )));
+            }
+        }
         let key = self.licensor_key(&old.licensor).await?;
         let new_id = self.ids.next("lics-");
         let licence = Licence::issue(
@@ -1245,6 +1323,11 @@ impl TradeService {
         let reg = found(self.store.trade_registration(&registration_id).await)?;
         self.own_party(Operation::UploadData, caller, &reg.owner)
             .await?;
+        if self.store.trade_sold(&registration_id).await? {
+            return Err(SchedulerError::Invalid(format!(
+                "registration {registration_id} has been sold: its file is what the buyers paid for and cannot be replaced (register a new version)"
+            )));
+        }
         let sha = hex::encode(Sha256::digest(&bytes));
         self.store
             .trade_put_file(

@@ -227,7 +227,7 @@ pub async fn run(cmd: TradeCmd) -> anyhow::Result<()> {
                 .context("the settlement has no licence (`licenses`)")?;
             let sealed: SealedKey = serde_json::from_value(s["private_key"].clone())
                 .context("the settlement has no sealed key (`private_key`)")?;
-            let verifying = check_licence(&licence, licensor_key.as_deref())?;
+            let verifying = check_licence(&licence, licensor_key.as_deref(), "--licensor-key")?;
             let proof: DeliveryProof = serde_json::from_value(d["delivery_proof"].clone())
                 .context("the delivery has no `delivery_proof`")?;
             proof
@@ -272,16 +272,19 @@ pub async fn run(cmd: TradeCmd) -> anyhow::Result<()> {
 pub fn check_licence(
     licence: &Licence,
     key: Option<&str>,
+    flag: &str,
 ) -> anyhow::Result<ed25519_dalek::VerifyingKey> {
     match key {
         Some(k) => {
-            let k = parse_verifying_key(k)?;
+            let k = parse_verifying_key(k).map_err(|_| {
+                anyhow::anyhow!("{flag}: not an ed25519 public key (32 bytes of base64)")
+            })?;
             licence.verify(&k)?;
             Ok(k)
         }
         None => {
             eprintln!(
-                "warning: checked against the key the licence names ({}); pass the licensor's key (--public-key) to know who signed it",
+                "warning: checked against the key the licence names ({}); pass the licensor's key ({flag}) to know who signed it",
                 licence.licensor_public_key
             );
             Ok(licence.verify_self_signed()?)
@@ -302,7 +305,7 @@ pub fn verify_file(file: &Path, key: Option<&str>) -> anyhow::Result<()> {
     };
     let licence: Licence = serde_json::from_value(doc)
         .with_context(|| format!("{} is not a licence", file.display()))?;
-    check_licence(&licence, key)?;
+    check_licence(&licence, key, "--public-key")?;
     let mut out = super::output::Out::stdout();
     out.line(format!(
         "valid: licence {} of dataset {} from {} to {}, {} – {}",

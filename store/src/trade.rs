@@ -1016,6 +1016,21 @@ impl Store {
         Ok(())
     }
 
+    /// Whether any confirmation of a registration has been settled (its file is then frozen).
+    ///
+    /// # Errors
+    /// `Db`.
+    pub async fn trade_sold(&self, registration_id: &str) -> Result<bool, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM trade_settlements s JOIN trade_confirmations c ON c.confirm_id = s.confirm_id \
+             WHERE c.registration_id = ?",
+        )
+        .bind(registration_id)
+        .fetch_one(&self.read)
+        .await?;
+        Ok(n > 0)
+    }
+
     /// The data file of a registration: (SHA-256 hex, bytes).
     ///
     /// # Errors

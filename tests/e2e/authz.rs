@@ -796,7 +796,8 @@ pub(crate) fn trade_request(op: Operation, f: &Fixture) -> serde_json::Value {
         O::PublishDatasets => controlled_publication(),
         O::QueryPublishedData => json!({"registrationID": t.reg}),
         O::RevokePublishedData => json!({"registrationID": t.reg_revoke}),
-        O::UploadData => json!({"registrationID": t.reg, "data_file": "aWQsYWdlCjEsMzAK"}),
+        // Not `reg`: a sold registration's file cannot be replaced.
+        O::UploadData => json!({"registrationID": t.reg_revoke, "data_file": "aWQsYWdlCjEsMzAK"}),
         O::RegisterDemand => demand(),
         O::PublishDemand => json!({"demander": USER, "demandID": t.demand}),
         O::QueryPublishedDemand | O::QueryMatches => json!({"demandID": t.demand}),

@@ -178,10 +178,32 @@ async fn the_trade_flow_from_registration_to_delivery_and_jobs_under_the_deliver
     let again = ok(&c, O::Settlement, &u1, &json!({"confirmID": confirm}));
     assert_eq!(again, settled);
     assert_eq!(cash(&c).await, cash_before - 2_500_000);
+    // The provider sees the amount it was paid, not how the buyer paid.
+    let seen = ok(&c, O::QuerySettlement, &pu, &json!({"confirmID": confirm}));
+    assert_eq!(seen["licenses"], settled["licenses"]);
+    assert_eq!(seen["payment_proof"]["amount_micros"], json!(2_500_000));
+    assert!(seen["payment_proof"].get("paid_from").is_none(), "{seen}");
     assert_eq!(
-        ok(&c, O::QuerySettlement, &pu, &json!({"confirmID": confirm})),
+        ok(&c, O::QuerySettlement, &u1, &json!({"confirmID": confirm})),
         settled
     );
+    // A term may be extended, never cut: the buyer paid for it.
+    let (status, v) = tai(
+        &c,
+        O::UpdateLicenses,
+        &pu,
+        &json!({"owner": PROVIDER, "dataID": "p", "licensesID": settled["licenses"]["licensesID"],
+                "license_term": {"startDate": "2020-01-01 00:00:00", "endDate": "2021-01-01 00:00:00"}}),
+    );
+    assert_eq!(status, 400, "{v}");
+    // The sold file cannot be replaced.
+    let (status, v) = tai(
+        &c,
+        O::UploadData,
+        &pu,
+        &json!({"registrationID": reg, "data_file": B64.encode(b"other")}),
+    );
+    assert_eq!(status, 400, "{v}");
 
     // The licence verifies with the licensor's public key alone, and not after any change.
     let licence: Licence = serde_json::from_value(settled["licenses"].clone()).expect("licence");
@@ -439,7 +461,8 @@ async fn the_trade_flow_from_registration_to_delivery_and_jobs_under_the_deliver
         "the job took {:?} to end after the revocation",
         revoked_at.elapsed()
     );
-    // 60,000 keys under ECDH take seconds: the revocation reaches the job while it runs.
+    // 60,000 keys under ECDH take seconds: the revocation reaches the job while it runs, and
+    // ends it as the provider's doing (failed, its run given back), not the buyer's.
     assert!(
         revoke["cancelled_jobs"]
             .as_array()
@@ -448,7 +471,24 @@ async fn the_trade_flow_from_registration_to_delivery_and_jobs_under_the_deliver
             .any(|j| j == &json!(running)),
         "{revoke}"
     );
-    assert_eq!(ended.state_text(), "cancelled", "{ended:?}");
+    assert_eq!(ended.state_text(), "failed", "{ended:?}");
+    assert!(ended.error.contains("withdrawn"), "{ended:?}");
+    // No settlement, delivery or policy under the revoked publication any more.
+    let (status, v) = tai(
+        &c,
+        O::DeliverDatasets,
+        &pu,
+        &json!({
+            "licenses": s3["licenses"], "dataID": "big", "policyName": "again",
+            "relUsers": [{"userId": USER, "userName": "U", "isGroup": 0}],
+            "useScenes": [{"useSence": "psi"}],
+        }),
+    );
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["errorMsg"].as_str().expect("msg").contains("revoked"),
+        "{v}"
+    );
     let refused = client
         .submit_job(Cluster::job(&big, "bigb", "size", ""))
         .await
@@ -492,7 +532,18 @@ async fn the_trade_flow_from_registration_to_delivery_and_jobs_under_the_deliver
     ] {
         assert!(kinds.contains(kind), "no {kind} in {kinds:?}");
     }
+    // The owner sees its own steps in full, the buyer's side (funds at admission, how it
+    // paid) redacted.
     for e in &log.entries {
+        assert!(
+            !e.detail_json.contains("cash"),
+            "{}: {}",
+            e.kind,
+            e.detail_json
+        );
+        if e.detail_json.contains("redacted") {
+            continue;
+        }
         let seq = i64::try_from(e.seq).expect("seq");
         assert_eq!(
             tessera_store::audit::entry_hash(

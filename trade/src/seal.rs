@@ -66,9 +66,15 @@ impl BuyerPublicKey {
                 "an X25519 public key is 32 bytes",
             ));
         }
-        <Kem as hpke::Kem>::PublicKey::from_bytes(&bytes)
+        let key = <Kem as hpke::Kem>::PublicKey::from_bytes(&bytes)
             .map(BuyerPublicKey)
-            .map_err(|_| TradeError::invalid("public_key", "not an X25519 public key"))
+            .map_err(|_| TradeError::invalid("public_key", "not an X25519 public key"))?;
+        // A low-order point (all zeros, for one) gives no shared secret: refuse it here rather
+        // than at settlement.
+        seal_delivery_key(&key, &DeliveryKey::from_bytes([0; 32]), "check", [7; 32]).map_err(
+            |_| TradeError::invalid("public_key", "a low-order X25519 point, not a usable key"),
+        )?;
+        Ok(key)
     }
 
     /// Base64 text.
@@ -336,7 +342,13 @@ mod tests {
 
     #[test]
     fn malformed_public_keys_are_refused_by_field() {
-        for bad in ["", "!!", "AAAA", &B64.encode([0u8; 31])] {
+        for bad in [
+            "",
+            "!!",
+            "AAAA",
+            &B64.encode([0u8; 31]),
+            &B64.encode([0u8; 32]),
+        ] {
             assert!(matches!(
                 BuyerPublicKey::parse(bad),
                 Err(TradeError::InvalidField {
