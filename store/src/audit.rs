@@ -348,6 +348,19 @@ fn checkpoint_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<SignedHead, StoreE
     })
 }
 
+/// An entry from a row of `seq, at_ms, kind, subject, detail_json, prev_hash, hash`.
+fn entry_of(r: &sqlx::sqlite::SqliteRow) -> Result<AuditEntry, StoreError> {
+    Ok(AuditEntry {
+        seq: r.try_get(0)?,
+        at_ms: r.try_get(1)?,
+        kind: r.try_get(2)?,
+        subject: r.try_get(3)?,
+        detail_json: r.try_get(4)?,
+        prev_hash: r.try_get(5)?,
+        hash: r.try_get(6)?,
+    })
+}
+
 impl Store {
     /// Appends an audit entry in its own transaction.
     pub async fn audit(
@@ -370,19 +383,7 @@ impl Store {
         )
         .fetch_all(&self.read)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AuditEntry {
-                    seq: r.try_get(0)?,
-                    at_ms: r.try_get(1)?,
-                    kind: r.try_get(2)?,
-                    subject: r.try_get(3)?,
-                    detail_json: r.try_get(4)?,
-                    prev_hash: r.try_get(5)?,
-                    hash: r.try_get(6)?,
-                })
-            })
-            .collect()
+        rows.iter().map(entry_of).collect()
     }
 
     /// The operation log of one data item (trusted data space manual §4.3): every entry about
@@ -410,19 +411,7 @@ impl Store {
         .bind(i64::from(limit))
         .fetch_all(&self.read)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AuditEntry {
-                    seq: r.try_get(0)?,
-                    at_ms: r.try_get(1)?,
-                    kind: r.try_get(2)?,
-                    subject: r.try_get(3)?,
-                    detail_json: r.try_get(4)?,
-                    prev_hash: r.try_get(5)?,
-                    hash: r.try_get(6)?,
-                })
-            })
-            .collect()
+        rows.iter().map(entry_of).collect()
     }
 
     /// The chain's head (its last entry), `None` for an empty chain.

@@ -178,6 +178,16 @@ fn confirmation_of(r: &sqlx::sqlite::SqliteRow) -> Result<ConfirmationRow, Store
     })
 }
 
+fn settlement_of(r: &sqlx::sqlite::SqliteRow) -> Result<SettlementRow, StoreError> {
+    Ok(SettlementRow {
+        confirm_id: r.try_get(0)?,
+        licenses_id: r.try_get(1)?,
+        payment_json: r.try_get(2)?,
+        sealed_key_json: r.try_get(3)?,
+        settled_at_ms: r.try_get(4)?,
+    })
+}
+
 const CONFIRMATION_COLUMNS: &str =
     "confirm_id, demand_id, registration_id, data_id, owner, demander, price_micros";
 
@@ -694,16 +704,7 @@ impl Store {
         .bind(confirm_id)
         .fetch_optional(&self.read)
         .await?;
-        r.map(|r| {
-            Ok(SettlementRow {
-                confirm_id: r.try_get(0)?,
-                licenses_id: r.try_get(1)?,
-                payment_json: r.try_get(2)?,
-                sealed_key_json: r.try_get(3)?,
-                settled_at_ms: r.try_get(4)?,
-            })
-        })
-        .transpose()
+        r.as_ref().map(settlement_of).transpose()
     }
 
     /// The delivery key of a settled confirmation (secret: for sealing packages only).
@@ -757,13 +758,7 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(r) = existing {
-            return Ok(SettlementRow {
-                confirm_id: r.try_get(0)?,
-                licenses_id: r.try_get(1)?,
-                payment_json: r.try_get(2)?,
-                sealed_key_json: r.try_get(3)?,
-                settled_at_ms: r.try_get(4)?,
-            });
+            return settlement_of(&r);
         }
         let customer = c.demander.as_str();
         let paid = if c.price_micros > 0 {
