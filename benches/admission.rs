@@ -134,6 +134,7 @@ fn admission(c: &mut Criterion) {
         empty_keys: tessera_core::EmptyKeys::Skip,
         carry_columns: Vec::new(),
         request_id: None,
+        preview_rows: None,
     };
     let mut group = c.benchmark_group("admission");
     group.sample_size(10);

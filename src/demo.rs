@@ -330,6 +330,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         request_id: String::new(),
         // The mode's default: rr22 for the intersection, ecdh for the size-only job.
         protocol: pb::PsiProtocol::Unspecified.into(),
+        preview_first_row: 0,
+        preview_last_row: 0,
     };
     let mut jobs = Vec::new();
     let mut refusals = Vec::new();

@@ -431,6 +431,9 @@ operations! {
     UpdateLicenses => rule(Who::Roles(PROVIDERS), Scope::OwnParty, true),
     /// Tessera's `/uploadData`: the file of a registration of a party the provider owns.
     UploadData => rule(Who::Roles(PROVIDERS), Scope::OwnParty, false),
+    /// Tessera's `/revokeLicenses`: the licensor party's owner withdraws a licence or a
+    /// policy of its data.
+    RevokeLicenses => rule(Who::Roles(PROVIDERS), Scope::OwnParty, true),
 }
 
 /// Which side of a job a caller is on.

@@ -195,8 +195,11 @@ vocabulary! {
 pub mod scene {
     /// The PSI scene name (T/AI 123.12 `useSence`).
     pub const PSI: &str = "psi";
+    /// The preview scene: at most the rows and columns the licence's `viewRowsRange` /
+    /// `viewPageRange` allow, from the provider's dataset to the buyer.
+    pub const PREVIEW: &str = "preview";
     /// Scenes this build can run.
-    pub const SUPPORTED: &[&str] = &[PSI];
+    pub const SUPPORTED: &[&str] = &[PSI, PREVIEW];
 }
 
 #[cfg(test)]

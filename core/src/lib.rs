@@ -19,4 +19,4 @@ pub use link::{Link, LinkError, LinkStats, MemLink};
 pub mod task;
 pub use job::{CountState, JobState, PsiMode, PsiProtocol, TaskErrorKind, TaskRole, TaskState};
 pub use table::{EmptyKeys, KeyCase, UnicodeForm};
-pub use task::{TaskSpec, WorkerAttributes};
+pub use task::{LicenceGrant, PreviewSpec, TaskSpec, WorkerAttributes};

@@ -438,6 +438,223 @@ pub fn read_keys_keeping(
     }
 }
 
+/// The most columns a preview shows ([`read_preview`] with no column named reads them all, up
+/// to this many).
+pub const PREVIEW_COLUMNS_MAX: usize = 256;
+
+/// The rows of a dataset a `preview` run shows: original values as text (a null is `""`;
+/// Parquet values of any type in Arrow's display form).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct PreviewTable {
+    /// Column names, in the order asked for (or the file's).
+    pub columns: Vec<String>,
+    /// One entry per row, one value per column.
+    pub rows: Vec<Vec<String>>,
+}
+
+impl fmt::Debug for PreviewTable {
+    /// Shows shapes only: rows are dataset content.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PreviewTable")
+            .field("columns", &self.columns)
+            .field("rows", &format_args!("<{} rows>", self.rows.len()))
+            .finish()
+    }
+}
+
+/// Reads rows `first_row..=last_row` (1-based, the header excluded) of `columns` (empty: every
+/// column, at most [`PREVIEW_COLUMNS_MAX`]) of `path` (CSV or Parquet, by extension), for a
+/// `preview` run: a file with fewer rows gives fewer. Reading stops after `last_row`.
+///
+/// Errors: [`TableError`] for a missing or unreadable file, an unknown, duplicated or
+/// ambiguous column, malformed bytes, an exceeded bound (record size; more than
+/// [`PREVIEW_COLUMNS_MAX`] columns), or `first_row == 0` / `last_row < first_row`
+/// (`Malformed`).
+pub fn read_preview(
+    path: &Path,
+    columns: &[String],
+    first_row: u64,
+    last_row: u64,
+) -> Result<PreviewTable, TableError> {
+    if first_row == 0 || last_row < first_row {
+        return Err(malformed(
+            path,
+            format!("preview rows {first_row}-{last_row}: rows are numbered from 1, first <= last"),
+        ));
+    }
+    let format = FileFormat::of(path)?;
+    let meta = std::fs::metadata(path).map_err(|e| io_error(path, e))?;
+    if !meta.is_file() {
+        return Err(TableError::NotAFile {
+            path: path.to_owned(),
+        });
+    }
+    let mut file = File::open(path).map_err(|e| io_error(path, e))?;
+    let pick = |names: &[String]| -> Result<(Vec<String>, Vec<usize>), TableError> {
+        let wanted: Vec<String> = if columns.is_empty() {
+            names.to_vec()
+        } else {
+            columns.to_vec()
+        };
+        if wanted.len() > PREVIEW_COLUMNS_MAX {
+            return Err(malformed(
+                path,
+                format!(
+                    "{} columns: a preview shows at most {PREVIEW_COLUMNS_MAX}; name the columns",
+                    wanted.len()
+                ),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = wanted.iter().find(|c| !seen.insert(*c)) {
+            return Err(malformed(path, format!("column {dup:?} is named twice")));
+        }
+        let indices = locate_columns(path, names, &wanted)?;
+        Ok((wanted, indices))
+    };
+    let skip = first_row - 1;
+    let take = usize::try_from(last_row - first_row + 1).unwrap_or(usize::MAX);
+    let mut out = PreviewTable::default();
+    match format {
+        FileFormat::Csv => {
+            let (names, header_bytes) = read_csv_header(path, &mut file)?;
+            let (wanted, indices) = pick(&names)?;
+            let (projection, positions) = projection_of(&indices);
+            file.seek(SeekFrom::Start(0))
+                .map_err(|e| io_error(path, e))?;
+            let schema = Arc::new(Schema::new(
+                names
+                    .iter()
+                    .map(|n| Field::new(n, DataType::Utf8, true))
+                    .collect::<Vec<_>>(),
+            ));
+            let mut decoder = ReaderBuilder::new(schema)
+                .with_header(true)
+                .with_batch_size(READ_BATCH_ROWS)
+                .with_projection(projection)
+                .build_decoder();
+            let mut reader = BufReader::with_capacity(CSV_READ_BUFFER_BYTES, file);
+            let mut seen_rows: u64 = 0;
+            let mut partial_record_bytes: usize = 0;
+            let mut record_allowance = CSV_RECORD_BYTES_MAX + header_bytes;
+            out.columns = wanted;
+            'batches: loop {
+                loop {
+                    let buf = reader.fill_buf().map_err(|e| io_error(path, e))?;
+                    let capacity_before = decoder.capacity();
+                    let consumed = decoder.decode(buf).map_err(|e| arrow_error(path, e))?;
+                    reader.consume(consumed);
+                    if decoder.capacity() != capacity_before {
+                        partial_record_bytes = 0;
+                        record_allowance = CSV_RECORD_BYTES_MAX;
+                    } else {
+                        partial_record_bytes = partial_record_bytes.saturating_add(consumed);
+                        if partial_record_bytes > record_allowance {
+                            return Err(TableError::TooLarge {
+                                path: path.to_owned(),
+                                bound: TableBound::RecordBytes,
+                                at_row: Some(seen_rows + 1),
+                            });
+                        }
+                    }
+                    if consumed == 0 || decoder.capacity() == 0 {
+                        break;
+                    }
+                }
+                let Some(batch) = decoder.flush().map_err(|e| arrow_error(path, e))? else {
+                    break;
+                };
+                let arrays: Vec<&StringArray> = positions
+                    .iter()
+                    .map(|&p| {
+                        batch
+                            .column(p)
+                            .as_string_opt::<i32>()
+                            .ok_or_else(|| malformed(path, "a CSV column did not decode as text"))
+                    })
+                    .collect::<Result<_, _>>()?;
+                for row in 0..batch.num_rows() {
+                    seen_rows += 1;
+                    if seen_rows <= skip {
+                        continue;
+                    }
+                    out.rows.push(
+                        arrays
+                            .iter()
+                            .map(|a| {
+                                if a.is_null(row) {
+                                    String::new()
+                                } else {
+                                    a.value(row).to_string()
+                                }
+                            })
+                            .collect(),
+                    );
+                    if out.rows.len() >= take {
+                        break 'batches;
+                    }
+                }
+            }
+        }
+        FileFormat::Parquet => {
+            let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+                .map_err(|e| parquet_error(path, e))?;
+            let names: Vec<String> = builder
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect();
+            let (wanted, indices) = pick(&names)?;
+            let (projection, positions) = projection_of(&indices);
+            let mask = ProjectionMask::roots(builder.parquet_schema(), projection);
+            let reader = builder
+                .with_projection(mask)
+                .with_batch_size(READ_BATCH_ROWS)
+                .with_offset(usize::try_from(skip).unwrap_or(usize::MAX))
+                .with_limit(take)
+                .build()
+                .map_err(|e| parquet_error(path, e))?;
+            out.columns = wanted;
+            let options = arrow_cast::display::FormatOptions::default();
+            for batch in reader {
+                let batch = batch.map_err(|e| arrow_error(path, e))?;
+                let formatters = positions
+                    .iter()
+                    .map(|&p| {
+                        arrow_cast::display::ArrayFormatter::try_new(
+                            batch.column(p).as_ref(),
+                            &options,
+                        )
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| arrow_error(path, e))?;
+                for row in 0..batch.num_rows() {
+                    let mut values = Vec::with_capacity(formatters.len());
+                    let mut bytes = 0usize;
+                    for f in &formatters {
+                        let v = f.value(row).to_string();
+                        bytes += v.len();
+                        values.push(v);
+                    }
+                    if bytes > CSV_RECORD_BYTES_MAX {
+                        return Err(TableError::TooLarge {
+                            path: path.to_owned(),
+                            bound: TableBound::RecordBytes,
+                            at_row: Some(skip + out.rows.len() as u64 + 1),
+                        });
+                    }
+                    out.rows.push(values);
+                    if out.rows.len() >= take {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Finds the position of each of `columns` among `names`.
 fn locate_columns(
     path: &Path,
@@ -1640,6 +1857,79 @@ mod tests {
         let mut w = ArrowWriter::try_new(file, batch.schema(), None).expect("writer");
         w.write(batch).expect("write batch");
         w.close().expect("close");
+    }
+
+    #[test]
+    fn a_preview_reads_only_its_rows_and_columns_from_csv_and_parquet() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut csv = String::from("id,name,score\n");
+        for i in 1..=3000 {
+            csv.push_str(&format!("{i},\"n, {i}\",{}\n", i * 2));
+        }
+        let p = write(dir.path(), "d.csv", csv.as_bytes());
+        let t = read_preview(&p, &strings(&["score", "id"]), 1025, 1027).expect("csv");
+        assert_eq!(t.columns, strings(&["score", "id"]));
+        assert_eq!(
+            t.rows,
+            vec![
+                strings(&["2050", "1025"]),
+                strings(&["2052", "1026"]),
+                strings(&["2054", "1027"])
+            ]
+        );
+        // Every column; past the end gives what there is.
+        let t = read_preview(&p, &[], 2999, 3500).expect("csv");
+        assert_eq!(t.columns, strings(&["id", "name", "score"]));
+        assert_eq!(t.rows.len(), 2);
+        assert_eq!(t.rows[1], strings(&["3000", "n, 3000", "6000"]));
+        assert!(
+            read_preview(&p, &[], 4000, 4001)
+                .expect("csv")
+                .rows
+                .is_empty()
+        );
+        assert!(matches!(
+            read_preview(&p, &strings(&["nope"]), 1, 2),
+            Err(TableError::UnknownColumn { .. })
+        ));
+        assert!(read_preview(&p, &strings(&["id", "id"]), 1, 2).is_err());
+        assert!(read_preview(&p, &[], 0, 2).is_err());
+        assert!(read_preview(&p, &[], 3, 2).is_err());
+
+        let n = 5000usize;
+        let batch = RecordBatch::try_from_iter(vec![
+            (
+                "id",
+                Arc::new(Int64Array::from((1..=n as i64).collect::<Vec<_>>())) as ArrayRef,
+            ),
+            (
+                "name",
+                Arc::new(StringArray::from(
+                    (1..=n)
+                        .map(|i| (i % 2 == 0).then(|| format!("x{i}")))
+                        .collect::<Vec<_>>(),
+                )) as ArrayRef,
+            ),
+            (
+                "ratio",
+                Arc::new(arrow_array::Float64Array::from(
+                    (1..=n).map(|i| i as f64 / 4.0).collect::<Vec<_>>(),
+                )) as ArrayRef,
+            ),
+        ])
+        .expect("batch");
+        let pq = dir.path().join("d.parquet");
+        write_parquet(&pq, &batch);
+        let t = read_preview(&pq, &strings(&["ratio", "name"]), 4001, 4002).expect("parquet");
+        assert_eq!(
+            t.rows,
+            vec![strings(&["1000.25", ""]), strings(&["1000.5", "x4002"])]
+        );
+        let t = read_preview(&pq, &[], 1, 10).expect("parquet");
+        assert_eq!(t.columns, strings(&["id", "name", "ratio"]));
+        assert_eq!(t.rows.len(), 10);
+        assert_eq!(t.rows[0], strings(&["1", "", "0.25"]));
+        assert!(!format!("{t:?}").contains("0.25"), "Debug shows no content");
     }
 
     #[test]

@@ -76,4 +76,56 @@ pub struct TaskSpec {
     pub peer_worker_id: String,
     /// Output file name inside the worker's output directory, if this side writes a result.
     pub output: String,
+    /// For a `preview` task (both sides carry the same): the rows and columns the provider's
+    /// worker reads and sends, and the most the buyer's worker accepts and writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<PreviewSpec>,
+    /// The licence the task runs under, as admission checked it; the worker checks it again
+    /// against itself before it runs anything (issue "Licences and usage control": the
+    /// worker re-checks its signed ticket against the licence it names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub licence: Option<LicenceGrant>,
+}
+
+/// What a task's licence allows, signed with the task: the licence and dataset, the
+/// validity window as UTC instants, and the scene's settings (T/AI 123.12 table A.50, the
+/// JSON of `tessera_policy::UseScene`: its region, centre, hardware, framework and software
+/// lists and the preview window). The worker refuses a task outside any of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LicenceGrant {
+    /// The licence.
+    pub licence_id: String,
+    /// The licensed dataset.
+    pub dataset_id: String,
+    /// Start of validity, ms since epoch (`startDate` read in the operator's zone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before_ms: Option<i64>,
+    /// End of validity (exclusive), ms since epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after_ms: Option<i64>,
+    /// The scene's settings as in the licence's policy.
+    pub use_scene: serde_json::Value,
+}
+
+/// The part of the provider's dataset a `preview` task shows: rows `first_row..=last_row`
+/// (1-based, the header excluded) of `columns` (empty: every column). Decided at admission
+/// inside the licence's window (`tessera_policy::PreviewWindow`) and signed with the task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviewSpec {
+    /// First row.
+    pub first_row: u64,
+    /// Last row (inclusive).
+    pub last_row: u64,
+    /// Columns, in order; empty: all of the file's.
+    #[serde(default)]
+    pub columns: Vec<String>,
+}
+
+impl PreviewSpec {
+    /// The most rows the preview shows.
+    pub fn rows_max(&self) -> u64 {
+        self.last_row
+            .saturating_sub(self.first_row)
+            .saturating_add(1)
+    }
 }

@@ -23,22 +23,31 @@ const DEFAULT_SCENE: &str = tessera_core::job::scene::PSI;
 /// Parses a submission: enums strictly (an unset or unknown mode, key case, Unicode form or
 /// empty-key rule is `INVALID_ARGUMENT`). A request's `user_groups` claim is refused: groups
 /// are the operator's records, never the caller's word.
-fn job_request(r: pb::SubmitJobRequest) -> Result<JobRequest, Status> {
+fn job_request(mut r: pb::SubmitJobRequest) -> Result<JobRequest, Status> {
     if !r.user_groups.trim().is_empty() {
         return Err(invalid(
             "user_groups cannot be claimed in a request: the licence's relUsers groups are \
              matched against the groups the operator recorded the caller in",
         ));
     }
+    let scene = if r.scene.is_empty() {
+        DEFAULT_SCENE.to_string()
+    } else {
+        std::mem::take(&mut r.scene)
+    };
+    if scene == tessera_core::job::scene::PREVIEW {
+        return preview_request(r, scene);
+    }
+    if r.preview_first_row != 0 || r.preview_last_row != 0 {
+        return Err(invalid(
+            "preview_first_row/preview_last_row: only a preview job shows rows",
+        ));
+    }
     Ok(JobRequest {
         user: r.user,
         user_groups: Vec::new(),
         licence_id: r.licence_id,
-        scene: if r.scene.is_empty() {
-            DEFAULT_SCENE.into()
-        } else {
-            r.scene
-        },
+        scene,
         buyer_party: r.buyer_party,
         buyer_dataset_id: r.buyer_dataset_id,
         buyer_columns: r.buyer_columns,
@@ -55,6 +64,50 @@ fn job_request(r: pb::SubmitJobRequest) -> Result<JobRequest, Status> {
         carry_columns: r.carry_columns,
         output: r.output,
         request_id: (!r.request_id.is_empty()).then_some(r.request_id),
+        preview_rows: None,
+    })
+}
+
+/// A `preview` submission: the PSI fields must be unset (an unset enum is its default here,
+/// a set one is refused by the request's validation), the rows both 0 (the licence's window)
+/// or a range.
+fn preview_request(r: pb::SubmitJobRequest, scene: String) -> Result<JobRequest, Status> {
+    let set = |name: &str, n: i32| {
+        if n == 0 {
+            Ok(())
+        } else {
+            Err(invalid(format!(
+                "{name}: a preview job shows rows of the licensed dataset and takes no {name}"
+            )))
+        }
+    };
+    set("mode", r.mode)?;
+    set("key_case", r.key_case)?;
+    set("unicode_form", r.unicode_form)?;
+    set("empty_keys", r.empty_keys)?;
+    set("protocol", r.protocol)?;
+    let preview_rows = match (r.preview_first_row, r.preview_last_row) {
+        (0, 0) => None,
+        (first, last) => Some((first, last)),
+    };
+    Ok(JobRequest {
+        user: r.user,
+        user_groups: Vec::new(),
+        licence_id: r.licence_id,
+        scene,
+        buyer_party: r.buyer_party,
+        buyer_dataset_id: r.buyer_dataset_id,
+        buyer_columns: r.buyer_columns,
+        provider_columns: r.provider_columns,
+        mode: PsiMode::Intersection,
+        protocol: None,
+        key_case: KeyCase::Preserve,
+        unicode_form: UnicodeForm::None,
+        empty_keys: EmptyKeys::Skip,
+        carry_columns: r.carry_columns,
+        output: r.output,
+        request_id: (!r.request_id.is_empty()).then_some(r.request_id),
+        preview_rows,
     })
 }
 

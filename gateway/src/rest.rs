@@ -1036,6 +1036,7 @@ pub fn route_of(op: Operation) -> Option<(Method, &'static str)> {
         O::QueryDeliverResult => r(Method::GET, "/v1/trade/queryDeliverResult"),
         O::DeliverDatasets => r(Method::POST, "/v1/trade/deliverDatasets"),
         O::UpdateLicenses => r(Method::POST, "/v1/trade/updateLicenses"),
+        O::RevokeLicenses => r(Method::POST, "/v1/trade/revokeLicenses"),
     }
 }
 
@@ -1061,6 +1062,7 @@ pub fn route_of(op: Operation) -> Option<(Method, &'static str)> {
         tai::query_published_demand, tai::revoke_demand, tai::query_matches, tai::confirm_demand,
         tai::query_demand_for_settlement, tai::settlement, tai::query_settlement, tai::deliver,
         tai::query_deliver_result, tai::deliver_datasets, tai::update_licenses, tai::upload_data,
+        tai::revoke_licenses,
     ),
     components(schemas(ErrorEnvelope, tai::TaiObject)),
     modifiers(&TokenScheme),

@@ -166,7 +166,7 @@ post_route!(
     revoke_published_data,
     "/v1/provider/revokePublishedData",
     "Table A.14: registrationID, dataID (required for controlled data)",
-    "A.1.5: revokes a publication; running jobs under its controlled deliveries are cancelled; answers `publish_status`."
+    "A.1.5: revokes a publication; running jobs under its controlled deliveries end as the provider's doing; answers `publish_status` and `ended_jobs`."
 );
 post_route!(
     upload_data,
@@ -260,6 +260,13 @@ post_route!(
     "A.3.7: the usage policy of a controlled dataset; answers the policy of table A.52 and `licenceID`, the licence jobs run under."
 );
 post_route!(
+    revoke_licenses,
+    revoke_licenses,
+    "/v1/trade/revokeLicenses",
+    "Tessera: owner, licensesID or policyId (exactly one), reason?",
+    "Tessera's addition: the licensor's owner revokes a licence (with every policy delivered under it) or one policy, for good; jobs running under it end at once as the provider's doing, new ones are refused; answers `revoked`, `kind`, `licences`, `ended_jobs`."
+);
+post_route!(
     update_licenses,
     update_licenses,
     "/v1/trade/updateLicenses",
@@ -298,6 +305,7 @@ pub(crate) fn router(service: OperatorService) -> Router {
         .route("/trade/queryDeliverResult", get(query_deliver_result))
         .route("/trade/deliverDatasets", post(deliver_datasets))
         .route("/trade/updateLicenses", post(update_licenses))
+        .route("/trade/revokeLicenses", post(revoke_licenses))
         .fallback(no_route)
         .layer(axum::extract::DefaultBodyLimit::max(TAI_BODY_BYTES_MAX))
         .layer(axum::middleware::map_response(crate::rest::enveloped))

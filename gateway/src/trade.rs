@@ -86,4 +86,52 @@ methods! {
     deliver_datasets => DeliverDatasets,
     update_licenses => UpdateLicenses,
     upload_data => UploadData,
+    revoke_licenses => RevokeLicenses,
+}
+
+/// Calls trade operation `op` on a `Trade` client with the JSON body `json`: the one mapping
+/// from an [`Operation`] to its `Trade` method on the client side (the CLI's `trade call`
+/// and the tests use it).
+///
+/// # Errors
+/// The call's status; `INVALID_ARGUMENT` for an operation that is not a trade operation.
+pub async fn call_client<T>(
+    t: &mut pb::trade_client::TradeClient<T>,
+    op: Operation,
+    json: String,
+) -> Result<Response<pb::TaiReply>, Status>
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<tonic::codegen::StdError>,
+    T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    let req = pb::TaiRequest { json };
+    use Operation as O;
+    match op {
+        O::RegisterData => t.register_data(req).await,
+        O::PublishData => t.publish_data(req).await,
+        O::PublishDatasets => t.publish_datasets(req).await,
+        O::QueryPublishedData => t.query_published_data(req).await,
+        O::RevokePublishedData => t.revoke_published_data(req).await,
+        O::RegisterDemand => t.register_demand(req).await,
+        O::PublishDemand => t.publish_demand(req).await,
+        O::QueryPublishedDemand => t.query_published_demand(req).await,
+        O::RevokeDemand => t.revoke_demand(req).await,
+        O::QueryMatches => t.query_matches(req).await,
+        O::ConfirmDemand => t.confirm_demand(req).await,
+        O::QueryDemandForSettlement => t.query_demand_for_settlement(req).await,
+        O::Settlement => t.settlement(req).await,
+        O::QuerySettlement => t.query_settlement(req).await,
+        O::Deliver => t.deliver(req).await,
+        O::QueryDeliverResult => t.query_deliver_result(req).await,
+        O::DeliverDatasets => t.deliver_datasets(req).await,
+        O::UpdateLicenses => t.update_licenses(req).await,
+        O::UploadData => t.upload_data(req).await,
+        O::RevokeLicenses => t.revoke_licenses(req).await,
+        other => Err(Status::invalid_argument(format!(
+            "{} is not a trade operation",
+            other.name()
+        ))),
+    }
 }

@@ -90,10 +90,15 @@ pub struct UseScene {
     /// The scene name (the standard spells the field `useSence`), e.g. `psi`.
     #[serde(rename = "useSence")]
     pub use_sence: String,
-    /// Preview row range (kept, not enforced by compute scenes).
+    /// Preview rows and columns (预览行列范围; the `preview` scene): `{"rows": [first,
+    /// last], "columns": ["a", …]}` (rows numbered from 1, header excluded, inclusive;
+    /// `columns` optional: absent means all) or the short form `[first, last]`. See
+    /// [`PreviewWindow`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub view_rows_range: Option<serde_json::Value>,
-    /// Preview page range (kept, not enforced by compute scenes).
+    /// Preview pages (预览页数范围; the `preview` scene): `{"pages": [first, last],
+    /// "pageSize": n}` (pages numbered from 1; `pageSize` default [`PREVIEW_PAGE_ROWS`]) or
+    /// the short form `[first, last]`. See [`PreviewWindow`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub view_page_range: Option<serde_json::Value>,
     /// Run limit; absent means unlimited.
@@ -152,6 +157,194 @@ pub const COUNTS_MAX: u64 = 1_000_000_000_000;
 /// it could never admit a job. (This build runs `psi` jobs; the others are admitted by
 /// policies now and get their engines in later issues.)
 pub const KNOWN_SCENES: &[&str] = &["psi", "psi_payload", "mpc", "fl", "fhe", "tee", "preview"];
+
+/// Rows per page of `viewPageRange` when it names no `pageSize`.
+pub const PREVIEW_PAGE_ROWS: u64 = 20;
+/// Rows a `preview` scene allows when it sets neither `viewRowsRange` nor `viewPageRange`:
+/// the first ten.
+pub const PREVIEW_DEFAULT_ROWS: u64 = 10;
+/// The most rows one preview window may span (a policy allowing more is refused): a preview
+/// is a look at the data, not a delivery of it.
+pub const PREVIEW_ROWS_MAX: u64 = 10_000;
+/// The most columns a preview window may name.
+pub const PREVIEW_COLUMNS_MAX: usize = 64;
+
+/// What a `preview` run may show: the rows `first_row..=last_row` of the dataset (numbered
+/// from 1, the header excluded) and, when `columns` is `Some`, only those columns. It is the
+/// intersection of the scene's `viewRowsRange` and `viewPageRange` (T/AI 123.12 table A.50,
+/// whose shape the standard leaves open: Tessera's is documented on [`UseScene`]); with
+/// neither, the first [`PREVIEW_DEFAULT_ROWS`] rows, every column.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviewWindow {
+    /// First row shown (1-based).
+    pub first_row: u64,
+    /// Last row shown (inclusive).
+    pub last_row: u64,
+    /// The columns that may be shown; `None`: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<Vec<String>>,
+}
+
+impl PreviewWindow {
+    /// The window of a scene's `viewRowsRange` / `viewPageRange`.
+    ///
+    /// # Errors
+    /// `Invalid` naming the field for a shape that is not one of the documented forms, a
+    /// range that is empty, starts at 0 or spans more than [`PREVIEW_ROWS_MAX`] rows, a page
+    /// size of 0, or two ranges that do not overlap.
+    pub fn of(scene: &UseScene) -> Result<Self, PolicyError> {
+        let bad = |field: &str, why: &str| {
+            PolicyError::Invalid(format!("scene {}: {field} {why}", scene.use_sence))
+        };
+        fn pair(v: &serde_json::Value) -> Option<(u64, u64)> {
+            match v.as_array()?.as_slice() {
+                [a, b] => Some((a.as_u64()?, b.as_u64()?)),
+                _ => None,
+            }
+        }
+        let mut first = 1u64;
+        let mut last = u64::MAX;
+        let mut columns = None;
+        let mut any = false;
+        if let Some(v) = &scene.view_rows_range {
+            any = true;
+            const FORM: &str =
+                "must be {\"rows\": [first, last], \"columns\": [...]} or [first, last]";
+            let (rows, cols) = match v {
+                serde_json::Value::Array(_) => (pair(v), None),
+                serde_json::Value::Object(o) => {
+                    if o.keys().any(|k| k != "rows" && k != "columns") {
+                        return Err(bad("viewRowsRange", FORM));
+                    }
+                    let rows = match o.get("rows") {
+                        None => Some((1, u64::MAX)),
+                        Some(r) => pair(r),
+                    };
+                    (rows, o.get("columns"))
+                }
+                _ => return Err(bad("viewRowsRange", FORM)),
+            };
+            let (a, b) = rows.ok_or_else(|| bad("viewRowsRange", FORM))?;
+            if a == 0 || b < a {
+                return Err(bad(
+                    "viewRowsRange",
+                    "rows must be [first, last] with 1 <= first <= last",
+                ));
+            }
+            (first, last) = (a, b);
+            if let Some(c) = cols {
+                let names: Vec<String> = c
+                    .as_array()
+                    .and_then(|a| {
+                        a.iter()
+                            .map(|n| n.as_str().map(str::to_string))
+                            .collect::<Option<Vec<_>>>()
+                    })
+                    .filter(|n| {
+                        !n.is_empty()
+                            && n.len() <= PREVIEW_COLUMNS_MAX
+                            && n.iter().all(|c| !c.trim().is_empty())
+                    })
+                    .ok_or_else(|| {
+                        bad(
+                            "viewRowsRange",
+                            &format!("columns must be 1 to {PREVIEW_COLUMNS_MAX} column names"),
+                        )
+                    })?;
+                columns = Some(names);
+            }
+        }
+        if let Some(v) = &scene.view_page_range {
+            any = true;
+            const FORM: &str =
+                "must be {\"pages\": [first, last], \"pageSize\": n} or [first, last]";
+            let (pages, size) = match v {
+                serde_json::Value::Array(_) => (pair(v), Some(PREVIEW_PAGE_ROWS)),
+                serde_json::Value::Object(o) => {
+                    if o.keys().any(|k| k != "pages" && k != "pageSize") {
+                        return Err(bad("viewPageRange", FORM));
+                    }
+                    let size = match o.get("pageSize") {
+                        None => Some(PREVIEW_PAGE_ROWS),
+                        Some(n) => n.as_u64(),
+                    };
+                    (o.get("pages").and_then(pair), size)
+                }
+                _ => return Err(bad("viewPageRange", FORM)),
+            };
+            let (a, b) = pages.ok_or_else(|| bad("viewPageRange", FORM))?;
+            let size = size
+                .filter(|n| (1..=PREVIEW_ROWS_MAX).contains(n))
+                .ok_or_else(|| {
+                    bad(
+                        "viewPageRange",
+                        &format!("pageSize must be 1 to {PREVIEW_ROWS_MAX}"),
+                    )
+                })?;
+            if a == 0 || b < a {
+                return Err(bad(
+                    "viewPageRange",
+                    "pages must be [first, last] with 1 <= first <= last",
+                ));
+            }
+            let p_first = (a - 1).saturating_mul(size).saturating_add(1);
+            let p_last = b.saturating_mul(size);
+            first = first.max(p_first);
+            last = last.min(p_last);
+            if last < first {
+                return Err(bad(
+                    "viewPageRange",
+                    "does not overlap viewRowsRange: no row could be shown",
+                ));
+            }
+        }
+        if !any {
+            last = PREVIEW_DEFAULT_ROWS;
+        }
+        if last - first >= PREVIEW_ROWS_MAX {
+            return Err(bad(
+                "viewRowsRange/viewPageRange",
+                &format!(
+                    "allow more than {PREVIEW_ROWS_MAX} rows: a preview shows at most that many"
+                ),
+            ));
+        }
+        Ok(Self {
+            first_row: first,
+            last_row: last,
+            columns,
+        })
+    }
+
+    /// Whether a preview of rows `first..=last` and `columns` (empty: the window's columns,
+    /// or all) lies inside this window; `Err` says what falls outside.
+    pub fn admits(&self, first: u64, last: u64, columns: &[String]) -> Result<(), String> {
+        let mut outside = Vec::new();
+        if first < self.first_row || last > self.last_row || last < first {
+            outside.push(format!(
+                "rows {first}-{last} are not inside the allowed rows {}-{}",
+                self.first_row, self.last_row
+            ));
+        }
+        if let Some(allowed) = &self.columns {
+            let extra: Vec<&str> = columns
+                .iter()
+                .filter(|c| !allowed.contains(c))
+                .map(String::as_str)
+                .collect();
+            if !extra.is_empty() {
+                outside.push(format!(
+                    "columns {extra:?} are not among the allowed columns {allowed:?}"
+                ));
+            }
+        }
+        if outside.is_empty() {
+            Ok(())
+        } else {
+            Err(outside.join("; "))
+        }
+    }
+}
 
 /// Largest policy document accepted, in bytes.
 pub const POLICY_JSON_BYTES_MAX: usize = 64 * 1024;
@@ -240,6 +433,12 @@ impl UsagePolicy {
                     )));
                 }
             }
+            if s.view_rows_range.is_some()
+                || s.view_page_range.is_some()
+                || s.use_sence == "preview"
+            {
+                PreviewWindow::of(s)?;
+            }
             if s.counts == Some(0) {
                 return Err(PolicyError::Invalid(format!(
                     "scene {}: counts 0 would never admit a run (omit counts for no limit)",
@@ -327,6 +526,8 @@ pub enum Constraint {
     Count,
     /// `useScenes[].protocols` (Tessera's extension).
     Protocol,
+    /// `useScenes[].viewRowsRange` / `viewPageRange` (the `preview` scene).
+    Preview,
 }
 
 /// One constraint's outcome.
@@ -377,6 +578,18 @@ pub struct Request<'a> {
     pub now_ms: i64,
     /// The operator's calendar zone, in which `startDate` / `endDate` are read.
     pub zone: &'a Zone,
+    /// For a `preview` run: the rows (`first`, `last`, 1-based inclusive; `None`: the whole
+    /// allowed window) and columns (empty: those allowed) asked for.
+    pub preview: Option<PreviewAsk<'a>>,
+}
+
+/// The part of the data a `preview` run asks to see.
+#[derive(Debug, Clone, Copy)]
+pub struct PreviewAsk<'a> {
+    /// Rows asked for (1-based, inclusive); `None`: the allowed window.
+    pub rows: Option<(u64, u64)>,
+    /// Columns asked for; empty: those the window allows (all if it names none).
+    pub columns: &'a [String],
 }
 
 /// Evaluates a request against a policy; `remaining` is the scene's current remaining count
@@ -448,6 +661,23 @@ pub fn evaluate(policy: &UsagePolicy, req: &Request<'_>, remaining: Option<u64>)
                     s.protocols.0.join(", ")
                 )
             },
+        });
+    }
+    if let (Some(s), Some(ask)) = (scene, req.preview) {
+        let (ok, reason) = match PreviewWindow::of(s) {
+            Err(e) => (false, format!("preview window unreadable: {e}")),
+            Ok(w) => {
+                let (first, last) = ask.rows.unwrap_or((w.first_row, w.last_row));
+                match w.admits(first, last, ask.columns) {
+                    Ok(()) => (true, format!("rows {first}-{last} may be previewed")),
+                    Err(why) => (false, format!("preview outside the policy: {why}")),
+                }
+            }
+        };
+        checks.push(Check {
+            constraint: Constraint::Preview,
+            ok,
+            reason,
         });
     }
     if scene.is_some() {

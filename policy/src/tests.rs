@@ -37,6 +37,7 @@ fn check(
             protocol: None,
             now_ms: at(now),
             zone: &Zone::default(),
+            preview: None,
         },
         remaining,
     );
@@ -246,6 +247,7 @@ fn the_window_is_read_in_the_operators_zone() {
                 protocol: None,
                 now_ms: utc.parse_instant(now).expect("now"),
                 zone,
+                preview: None,
             },
             Some(1),
         )
@@ -286,6 +288,7 @@ fn a_scene_may_allow_only_some_protocols() {
                 protocol,
                 now_ms: 0,
                 zone: &Zone::default(),
+                preview: None,
             },
             None,
         )
@@ -313,6 +316,7 @@ fn a_scene_may_allow_only_some_protocols() {
                 protocol: Some("rr22"),
                 now_ms: 0,
                 zone: &Zone::default(),
+                preview: None,
             },
             None
         )
@@ -326,4 +330,95 @@ fn a_scene_may_allow_only_some_protocols() {
         );
         assert!(UsagePolicy::from_json(&text).is_err(), "{bad}");
     }
+}
+
+fn preview_policy(scene: &str) -> Result<UsagePolicy, crate::PolicyError> {
+    UsagePolicy::from_json(&format!(
+        r#"{{"policyName":"p","relUsers":[{{"userId":"alice","userName":"A","isGroup":0}}],
+            "useScenes":[{scene}]}}"#
+    ))
+}
+
+#[test]
+fn preview_windows_intersect_rows_and_pages_and_bad_shapes_are_refused() {
+    let window = |scene: &str| {
+        let p = preview_policy(scene).expect("policy");
+        PreviewWindow::of(&p.use_scenes[0]).expect("window")
+    };
+    // Neither: the first ten rows, every column.
+    let w = window(r#"{"useSence":"preview"}"#);
+    assert_eq!((w.first_row, w.last_row, w.columns), (1, 10, None));
+    // Rows with columns; the short form.
+    let w =
+        window(r#"{"useSence":"preview","viewRowsRange":{"rows":[5,50],"columns":["id","age"]}}"#);
+    assert_eq!((w.first_row, w.last_row), (5, 50));
+    assert_eq!(w.columns, Some(vec!["id".to_string(), "age".to_string()]));
+    let w = window(r#"{"useSence":"preview","viewRowsRange":[3,4]}"#);
+    assert_eq!((w.first_row, w.last_row, w.columns), (3, 4, None));
+    // Pages: page 2 of 20 rows is rows 21-40; with a page size; intersected with rows.
+    let w = window(r#"{"useSence":"preview","viewPageRange":[2,2]}"#);
+    assert_eq!((w.first_row, w.last_row), (21, 40));
+    let w = window(r#"{"useSence":"preview","viewPageRange":{"pages":[1,3],"pageSize":5}}"#);
+    assert_eq!((w.first_row, w.last_row), (1, 15));
+    let w = window(
+        r#"{"useSence":"preview","viewRowsRange":{"rows":[10,100]},"viewPageRange":{"pages":[1,3],"pageSize":5}}"#,
+    );
+    assert_eq!((w.first_row, w.last_row), (10, 15));
+    // Refused: not overlapping, empty or reversed ranges, row 0, too wide, bad shapes.
+    for bad in [
+        r#"{"useSence":"preview","viewRowsRange":[100,200],"viewPageRange":[1,1]}"#,
+        r#"{"useSence":"preview","viewRowsRange":[0,5]}"#,
+        r#"{"useSence":"preview","viewRowsRange":[5,4]}"#,
+        r#"{"useSence":"preview","viewRowsRange":[1,20000]}"#,
+        r#"{"useSence":"preview","viewRowsRange":{"rows":[1,2],"cols":["a"]}}"#,
+        r#"{"useSence":"preview","viewRowsRange":{"rows":[1,2],"columns":[]}}"#,
+        r#"{"useSence":"preview","viewRowsRange":{"rows":[1,2],"columns":[""]}}"#,
+        r#"{"useSence":"preview","viewRowsRange":"1-10"}"#,
+        r#"{"useSence":"preview","viewRowsRange":[1,2,3]}"#,
+        r#"{"useSence":"preview","viewRowsRange":[-1,2]}"#,
+        r#"{"useSence":"preview","viewPageRange":{"pages":[1,2],"pageSize":0}}"#,
+        r#"{"useSence":"preview","viewPageRange":{"pageSize":5}}"#,
+        r#"{"useSence":"preview","viewPageRange":[0,1]}"#,
+        r#"{"useSence":"preview","viewPageRange":[1,1000]}"#,
+    ] {
+        assert!(preview_policy(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn a_preview_outside_the_window_is_refused_with_what_falls_outside() {
+    let p = preview_policy(
+        r#"{"useSence":"preview","counts":2,"viewRowsRange":{"rows":[1,20],"columns":["id","city"]}}"#,
+    )
+    .expect("policy");
+    let ask = |rows: Option<(u64, u64)>, columns: &[String]| {
+        evaluate(
+            &p,
+            &Request {
+                user: "alice",
+                groups: &[],
+                scene: "preview",
+                protocol: None,
+                now_ms: 0,
+                zone: &Zone::default(),
+                preview: Some(PreviewAsk { rows, columns }),
+            },
+            Some(2),
+        )
+    };
+    assert!(ask(None, &[]).allowed());
+    assert!(ask(Some((5, 20)), &["city".to_string()]).allowed());
+    let v = ask(Some((15, 25)), &["id".to_string(), "income".to_string()]);
+    assert!(!v.allowed());
+    let failed: Vec<&Check> = v.checks.iter().filter(|c| !c.ok).collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].constraint, Constraint::Preview);
+    assert!(
+        failed[0].reason.contains("rows 15-25"),
+        "{}",
+        failed[0].reason
+    );
+    assert!(failed[0].reason.contains("income"), "{}", failed[0].reason);
+    // A reversed ask is outside too.
+    assert!(!ask(Some((9, 3)), &[]).allowed());
 }

@@ -66,6 +66,11 @@ pub struct JobRequest {
     /// result (intersection mode with an output only).
     #[serde(default)]
     pub carry_columns: Vec<String>,
+    /// A `preview` job's rows of the provider's dataset (1-based, inclusive); `None`: the
+    /// whole window the licence allows. The columns are `provider_columns` (empty: those the
+    /// window allows, or all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview_rows: Option<(u64, u64)>,
 }
 
 /// Usage measured by a worker for one task.
@@ -127,6 +132,26 @@ impl JobRequest {
         }
         check_field("licence_id", &self.licence_id, true)?;
         check_field("buyer_party", &self.buyer_party, true)?;
+        if !SUPPORTED_SCENES.contains(&self.scene.as_str()) {
+            return Err(SchedulerError::Invalid(format!(
+                "scene {:?} is not supported (supported: {SUPPORTED_SCENES:?})",
+                self.scene
+            )));
+        }
+        for g in &self.user_groups {
+            check_field("user_groups", g, true)?;
+        }
+        if let Some(id) = &self.request_id {
+            check_field("request_id", id, true)?;
+        }
+        if self.is_preview() {
+            return self.validate_preview();
+        }
+        if self.preview_rows.is_some() {
+            return Err(SchedulerError::Invalid(
+                "preview_rows: only a preview job shows rows".into(),
+            ));
+        }
         check_field("buyer_dataset_id", &self.buyer_dataset_id, true)?;
         file_name("output", &self.output, false)?;
         if self.mode == PsiMode::Size && !self.output.is_empty() {
@@ -142,12 +167,6 @@ impl JobRequest {
                  use ecdh or leave the protocol unset",
                 self.protocol(),
                 self.mode
-            )));
-        }
-        if !SUPPORTED_SCENES.contains(&self.scene.as_str()) {
-            return Err(SchedulerError::Invalid(format!(
-                "scene {:?} is not supported (supported: {SUPPORTED_SCENES:?})",
-                self.scene
             )));
         }
         for (name, cols) in [
@@ -168,12 +187,57 @@ impl JobRequest {
                 "buyer_columns and provider_columns must have the same length".into(),
             ));
         }
-        self.validate_carry()?;
-        for g in &self.user_groups {
-            check_field("user_groups", g, true)?;
+        self.validate_carry()
+    }
+
+    /// Whether this is a `preview` job.
+    pub fn is_preview(&self) -> bool {
+        self.scene == tessera_core::job::scene::PREVIEW
+    }
+
+    /// A preview names no dataset, key or carried column and no protocol of its own (the
+    /// buyer receives rows of the licensed dataset); it needs an output name, and its rows,
+    /// if given, are `[first, last]` from 1.
+    fn validate_preview(&self) -> Result<(), SchedulerError> {
+        for (name, empty) in [
+            ("buyer_dataset_id", self.buyer_dataset_id.is_empty()),
+            ("buyer_columns", self.buyer_columns.is_empty()),
+            ("carry_columns", self.carry_columns.is_empty()),
+            ("protocol", self.protocol.is_none()),
+        ] {
+            if !empty {
+                return Err(SchedulerError::Invalid(format!(
+                    "{name}: a preview job shows rows of the licensed dataset and takes no {name}"
+                )));
+            }
         }
-        if let Some(id) = &self.request_id {
-            check_field("request_id", id, true)?;
+        if self.mode != PsiMode::Intersection {
+            return Err(SchedulerError::Invalid(
+                "mode: a preview job has no PSI mode".into(),
+            ));
+        }
+        file_name("output", &self.output, true)?;
+        if self.provider_columns.len() > tessera_policy::PREVIEW_COLUMNS_MAX {
+            return Err(SchedulerError::Invalid(format!(
+                "provider_columns: a preview shows at most {} columns",
+                tessera_policy::PREVIEW_COLUMNS_MAX
+            )));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for c in &self.provider_columns {
+            check_field("provider_columns", c, true)?;
+            if !seen.insert(c) {
+                return Err(SchedulerError::Invalid(format!(
+                    "provider_columns: {c:?} is named twice"
+                )));
+            }
+        }
+        if let Some((first, last)) = self.preview_rows {
+            if first == 0 || last < first {
+                return Err(SchedulerError::Invalid(format!(
+                    "preview_rows: {first}-{last} is not a range of rows numbered from 1"
+                )));
+            }
         }
         Ok(())
     }
@@ -321,9 +385,13 @@ impl Admission {
                 user: &req.user,
                 groups: &req.user_groups,
                 scene: &req.scene,
-                protocol: Some(req.protocol().as_str()),
+                protocol: (!req.is_preview()).then(|| req.protocol().as_str()),
                 now_ms: self.now,
                 zone: &self.zone,
+                preview: req.is_preview().then_some(tessera_policy::PreviewAsk {
+                    rows: req.preview_rows,
+                    columns: &req.provider_columns,
+                }),
             },
             remaining,
         );
@@ -361,8 +429,30 @@ impl Admission {
                 job_id: job_id.clone(),
             });
         }
-        // Hold the estimated maximum cost, drawn in the manual's payment order.
+        // What a preview shows: the rows asked for (or the whole window) and the columns asked
+        // for (or those the window allows, or all), inside the window (the verdict checked).
+        let preview = match (req.is_preview(), scene) {
+            (true, Some(scene)) => tessera_policy::PreviewWindow::of(scene).ok().map(|w| {
+                let (first_row, last_row) = req.preview_rows.unwrap_or((w.first_row, w.last_row));
+                tessera_core::PreviewSpec {
+                    first_row,
+                    last_row,
+                    columns: if req.provider_columns.is_empty() {
+                        w.columns.unwrap_or_default()
+                    } else {
+                        req.provider_columns.clone()
+                    },
+                }
+            }),
+            _ => None,
+        };
+        // Hold the estimated maximum cost, drawn in the manual's payment order. A preview
+        // reads at most its rows.
         let declared_rows = self.provider_ds.as_ref().and_then(|d| d.declared_rows);
+        let declared_rows = match &preview {
+            Some(p) => Some(declared_rows.map_or(p.rows_max(), |d| d.min(p.rows_max()))),
+            None => declared_rows,
+        };
         let unpriced = |error: String| Refusal::Unpriced {
             licence_id: l.licence_id.clone(),
             error,
@@ -400,12 +490,35 @@ impl Admission {
             "declared_rows": declared_rows,
         });
         let mut tasks = Vec::new();
-        if let (Some(scene), Some(bds), Some(pds)) = (scene, &self.buyer_ds, &self.provider_ds) {
+        let buyer_location = match (&preview, &self.buyer_ds) {
+            (Some(_), _) => Some(String::new()),
+            (None, Some(bds)) => Some(bds.location.clone()),
+            (None, None) => None,
+        };
+        if req.is_preview() && preview.is_none() {
+            // The window is unreadable: the verdict has already refused the job.
+        } else if let (Some(scene), Some(buyer_location), Some(pds)) =
+            (scene, buyer_location, &self.provider_ds)
+        {
             match (
                 place(&self.workers, &l.licensor, scene),
                 place(&self.workers, &req.buyer_party, scene),
             ) {
                 (Ok(p), Ok(b)) => {
+                    let (not_before_ms, not_after_ms) =
+                        l.policy.window_ms(&self.zone).unwrap_or((None, None));
+                    let grant = tessera_core::LicenceGrant {
+                        licence_id: l.licence_id.clone(),
+                        dataset_id: l.dataset_id.clone(),
+                        not_before_ms,
+                        not_after_ms,
+                        use_scene: serde_json::to_value(scene).map_err(|source| {
+                            SchedulerError::Encode {
+                                what: "licence scene",
+                                source,
+                            }
+                        })?,
+                    };
                     let sender = TaskSpec {
                         job_id: job_id.clone(),
                         task_id: self.task_ids[0].clone(),
@@ -425,11 +538,13 @@ impl Admission {
                         peer_party: req.buyer_party.clone(),
                         peer_worker_id: b.worker_id.clone(),
                         output: String::new(),
+                        preview: preview.clone(),
+                        licence: Some(grant),
                     };
                     let receiver = TaskSpec {
                         task_id: self.task_ids[1].clone(),
                         role: TaskRole::Receiver,
-                        dataset_location: bds.location.clone(),
+                        dataset_location: buyer_location,
                         key_columns: req.buyer_columns.clone(),
                         dial_peer: false,
                         peer_addr: String::new(),
@@ -499,6 +614,8 @@ impl Scheduler {
         // Reads outside the admission transaction; their outcome only adds refusal reasons.
         let mut pre_reasons = Vec::new();
         let buyer_ds = match self.store.dataset(&req.buyer_dataset_id).await {
+            // A preview reads no dataset of the buyer's.
+            _ if req.is_preview() => None,
             Ok(d) if d.owner_party != req.buyer_party => {
                 pre_reasons.push(Refusal::DatasetNotOwned {
                     dataset_id: d.dataset_id,
@@ -1301,6 +1418,7 @@ mod tests {
             empty_keys: EmptyKeys::Skip,
             carry_columns: carry.iter().map(|c| c.to_string()).collect(),
             request_id: None,
+            preview_rows: None,
         }
     }
 

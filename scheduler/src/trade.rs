@@ -236,6 +236,7 @@ impl TradeService {
             O::DeliverDatasets => self.deliver_datasets(caller, body).await,
             O::UpdateLicenses => self.update_licenses(caller, parse(op, body)?).await,
             O::UploadData => self.upload_data(caller, body).await,
+            O::RevokeLicenses => self.revoke_licenses(caller, parse(op, body)?).await,
             other => Err(SchedulerError::Invalid(format!(
                 "{} is not a trade operation",
                 other.name()
@@ -472,15 +473,74 @@ impl TradeService {
             .store
             .trade_revoke_publication(&p.registration_id, &p.data_id, &actor, self.now())
             .await?;
-        let cancelled = self.cancel_under(&licences, &actor).await?;
-        Ok(json!({ "publish_status": NOT_PUBLISHED, "cancelled_jobs": cancelled }))
+        let reason = format!("withdrawn: {actor} revoked the publication this licence came from");
+        let ended = self.end_under(&licences, &reason).await?;
+        Ok(json!({ "publish_status": NOT_PUBLISHED, "ended_jobs": ended }))
     }
 
-    /// Cancels the live jobs under `licences`.
-    async fn cancel_under(
+    /// Tessera's `/revokeLicenses`: the licensor party's owner revokes a licence it issued
+    /// (`licensesID`: with every policy delivered under it) or one delivered policy
+    /// (`policyId`), for good. Admission refuses the jobs of the licences concerned from now
+    /// on (`Refusal::Withdrawn`), and the jobs running under them end at once as the
+    /// provider's doing (failed, counts released, holds voided; a job past its delivery point
+    /// ends charged). A licence, delivery or policy naming a revoked licence is refused.
+    /// Revoking again changes nothing and answers the same.
+    ///
+    /// # Errors
+    /// `Invalid` (a field; a superseded licence: revoke its successor); `NotFound` (an unknown
+    /// number, or one of another party's data); `Forbidden`.
+    pub async fn revoke_licenses(
+        &self,
+        caller: &Caller,
+        r: fields::RevokeLicenses,
+    ) -> Result<Value, SchedulerError> {
+        use fields::Revoked;
+        use tessera_store::RevocationKind;
+        let r = r.validate().map_err(invalid)?;
+        self.own_party(Operation::RevokeLicenses, caller, &r.owner)
+            .await?;
+        let (kind, subject, licensor) = match &r.subject {
+            Revoked::Licence(id) => {
+                let row = found(self.store.trade_licence(id).await)?;
+                (RevocationKind::Licence, id, row.licensor)
+            }
+            Revoked::Policy(id) => {
+                let row = found(self.store.trade_policy(id).await)?;
+                (RevocationKind::Policy, id, row.licensor)
+            }
+        };
+        if licensor != r.owner {
+            // Another party's licence is, to this owner, an unknown number.
+            return Err(not_found(kind.as_str(), subject));
+        }
+        let actor = Self::actor(caller);
+        let (licences, _) = self
+            .store
+            .trade_revoke(kind, subject, &r.reason, &actor, self.now())
+            .await?;
+        let why = if r.reason.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", r.reason)
+        };
+        let reason = format!(
+            "withdrawn: {actor} revoked {} {subject}{why}",
+            kind.as_str()
+        );
+        let ended = self.end_under(&licences, &reason).await?;
+        Ok(json!({
+            "revoked": subject,
+            "kind": kind.as_str(),
+            "licences": licences,
+            "ended_jobs": ended,
+        }))
+    }
+
+    /// Ends the live jobs under `licences` as the provider's doing, each with `reason`.
+    async fn end_under(
         &self,
         licences: &[String],
-        actor: &str,
+        reason: &str,
     ) -> Result<Vec<String>, SchedulerError> {
         let Some(s) = self.scheduler.upgrade() else {
             return Ok(Vec::new());
@@ -488,9 +548,7 @@ impl TradeService {
         let mut cancelled = Vec::new();
         for l in licences {
             for job_id in self.store.live_jobs_of_licence(l).await? {
-                let reason =
-                    format!("withdrawn: {actor} revoked the publication this licence came from");
-                match s.withdraw(&job_id, &reason).await {
+                match s.withdraw(&job_id, reason).await {
                     Ok(_) => cancelled.push(job_id),
                     // Delivered jobs end charged; a cancellation there is refused.
                     Err(e) => {
@@ -963,6 +1021,12 @@ impl TradeService {
             return Err(SchedulerError::Invalid(
                 "licenses: not the licence this node issued under that number".into(),
             ));
+        }
+        if row.status == "revoked" {
+            return Err(SchedulerError::Invalid(format!(
+                "licenses: licence {} was revoked by its licensor",
+                row.licenses_id
+            )));
         }
         if row.status != "valid" {
             return Err(SchedulerError::Invalid(format!(

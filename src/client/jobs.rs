@@ -80,6 +80,36 @@ pub enum JobCmd {
         #[arg(long)]
         watch: bool,
     },
+    /// Submit a preview job: rows of the licensed dataset, at most what the licence's preview
+    /// scene allows (its `viewRowsRange` / `viewPageRange`), written by the buyer's worker as
+    /// a CSV file. Counted and charged like any run.
+    Preview {
+        #[command(flatten)]
+        conn: Conn,
+        /// The licence (its policy must have a `preview` scene).
+        #[arg(long)]
+        licence: String,
+        /// The buyer's party, owned by the caller (its worker writes the rows).
+        #[arg(long)]
+        buyer_party: String,
+        /// Rows to show, `FIRST-LAST`, numbered from 1 (the header excluded) [default: the
+        /// whole window the licence allows].
+        #[arg(long, value_parser = parse_rows)]
+        rows: Option<(u64, u64)>,
+        /// Columns to show, comma-separated [default: those the licence allows, or all].
+        #[arg(long, value_delimiter = ',')]
+        columns: Vec<String>,
+        /// File name in the buyer worker's output directory (a bare name; never replaces a
+        /// file).
+        #[arg(long)]
+        output: String,
+        /// Idempotency key per user (as for `job submit`).
+        #[arg(long)]
+        request_id: Option<String>,
+        /// Follow the job until it ends (exit status as for `job submit --watch`).
+        #[arg(long)]
+        watch: bool,
+    },
     /// Show a job as the caller may see it (exit status 0 whatever its state): its buyer
     /// sees the result and its own side's errors, the provider's owner its own side's, the
     /// operator the state and summaries.
@@ -106,6 +136,20 @@ pub enum JobCmd {
         /// The job id.
         id: String,
     },
+}
+
+/// `FIRST-LAST` rows, numbered from 1.
+fn parse_rows(text: &str) -> Result<(u64, u64), String> {
+    let bad = || format!("{text:?}: rows are FIRST-LAST, numbered from 1 (e.g. 1-20)");
+    let (a, b) = text.split_once('-').ok_or_else(bad)?;
+    let (a, b): (u64, u64) = (
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    );
+    if a == 0 || b < a {
+        return Err(bad());
+    }
+    Ok((a, b))
 }
 
 /// One line describing a job: id, state, scene, mode, then what is known of its end.
@@ -296,6 +340,8 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<()> {
                     user_groups: String::new(),
                     request_id: request_id.unwrap_or_default(),
                     protocol,
+                    preview_first_row: 0,
+                    preview_last_row: 0,
                 })
                 .await?
                 .into_inner();
@@ -308,6 +354,40 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<()> {
             } else {
                 job_outcome(&j)?;
             }
+        }
+        JobCmd::Preview {
+            conn,
+            licence,
+            buyer_party,
+            rows,
+            columns,
+            output,
+            request_id,
+            watch: follow,
+        } => {
+            let (first, last) = rows.unwrap_or((0, 0));
+            let mut c = conn.connect().await?;
+            let j = c
+                .submit_job(pb::SubmitJobRequest {
+                    licence_id: licence,
+                    scene: tessera_core::job::scene::PREVIEW.into(),
+                    buyer_party,
+                    provider_columns: columns,
+                    output,
+                    request_id: request_id.unwrap_or_default(),
+                    preview_first_row: first,
+                    preview_last_row: last,
+                    ..pb::SubmitJobRequest::default()
+                })
+                .await?
+                .into_inner();
+            let mut out = Out::stdout();
+            out.line(job_line(&j))?;
+            if follow && !is_terminal(&j) {
+                let j = watch(&mut c, &j.job_id).await?;
+                out.line(job_line(&j))?;
+            }
+            job_outcome(&j)?;
         }
         JobCmd::Get { conn, id } => {
             let j = conn

@@ -68,7 +68,7 @@ pub struct CallArgs {
     /// `publishDemand`, `queryPublishedDemand`, `revokeDemand`, `confirmDemand`,
     /// `queryDemandForSettlement`, `settlement`, `querySettlement`, `deliver`,
     /// `queryDeliverResult`, `deliverDatasets`, `updateLicenses`) or Tessera's
-    /// (`uploadData`, `queryMatches`).
+    /// (`uploadData`, `queryMatches`, `revokeLicenses`).
     operation: String,
     /// The request body: a JSON file, or `-` for stdin [default: `{}`].
     #[arg(long)]
@@ -137,33 +137,7 @@ pub async fn call_trade(
     op: Operation,
     json: String,
 ) -> Result<tonic::Response<pb::TaiReply>, tonic::Status> {
-    let req = pb::TaiRequest { json };
-    use Operation as O;
-    match op {
-        O::RegisterData => t.register_data(req).await,
-        O::PublishData => t.publish_data(req).await,
-        O::PublishDatasets => t.publish_datasets(req).await,
-        O::QueryPublishedData => t.query_published_data(req).await,
-        O::RevokePublishedData => t.revoke_published_data(req).await,
-        O::RegisterDemand => t.register_demand(req).await,
-        O::PublishDemand => t.publish_demand(req).await,
-        O::QueryPublishedDemand => t.query_published_demand(req).await,
-        O::RevokeDemand => t.revoke_demand(req).await,
-        O::QueryMatches => t.query_matches(req).await,
-        O::ConfirmDemand => t.confirm_demand(req).await,
-        O::QueryDemandForSettlement => t.query_demand_for_settlement(req).await,
-        O::Settlement => t.settlement(req).await,
-        O::QuerySettlement => t.query_settlement(req).await,
-        O::Deliver => t.deliver(req).await,
-        O::QueryDeliverResult => t.query_deliver_result(req).await,
-        O::DeliverDatasets => t.deliver_datasets(req).await,
-        O::UpdateLicenses => t.update_licenses(req).await,
-        O::UploadData => t.upload_data(req).await,
-        other => Err(tonic::Status::invalid_argument(format!(
-            "{} is not a trade operation",
-            other.name()
-        ))),
-    }
+    tessera_gateway::trade::call_client(t, op, json).await
 }
 
 /// Calls trade operation `op` with `body` and parses the `data` it answers.

@@ -43,8 +43,8 @@ pub use tessera_accounting::bill::{Amounts, BillLineKind, NewBillLine, Split};
 pub use tessera_accounting::ledger::LedgerOp;
 pub use tessera_accounting::{LedgerError, TransferOutcome};
 pub use trade::{
-    ConfirmationRow, DemandRow, NewSettlement, PublicationRow, RegistrationRow, SettlementRow,
-    TradeLicenceRow,
+    ConfirmationRow, DemandRow, NewSettlement, PublicationRow, RegistrationRow, RevocationKind,
+    SettlementRow, TradeLicenceRow, TradePolicyRow,
 };
 pub use writer::{MAX_BATCH, WriteStats};
 

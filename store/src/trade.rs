@@ -123,7 +123,7 @@ pub struct TradeLicenceRow {
     pub licensee: String,
     /// The signed licence, JSON.
     pub licence_json: String,
-    /// `valid` or `superseded`.
+    /// `valid`, `superseded` or `revoked` (by its data's owner, `/revokeLicenses`).
     pub status: String,
     /// The licence that replaced it.
     pub superseded_by: Option<String>,
@@ -206,6 +206,11 @@ fn licence_of(r: &sqlx::sqlite::SqliteRow) -> Result<TradeLicenceRow, StoreError
 }
 
 const LICENCE_COLUMNS: &str = "licenses_id, confirm_id, registration_id, data_id, licensor, licensee, licence_json, status, superseded_by";
+/// The columns of [`LICENCE_COLUMNS`] read from `trade_licences l`, the status `revoked` when
+/// the licence is in `trade_revocations`.
+const LICENCE_SELECT: &str = "SELECT l.licenses_id, l.confirm_id, l.registration_id, l.data_id, l.licensor, l.licensee, \
+     l.licence_json, CASE WHEN r.subject IS NULL THEN l.status ELSE 'revoked' END, l.superseded_by \
+     FROM trade_licences l LEFT JOIN trade_revocations r ON r.subject = l.licenses_id AND r.kind = 'licence'";
 
 impl Store {
     /// The licensor party's ed25519 signing key, created from `fresh` on first use (the node
@@ -858,16 +863,14 @@ impl Store {
     /// # Errors
     /// `NotFound`, `Db`.
     pub async fn trade_licence(&self, licenses_id: &str) -> Result<TradeLicenceRow, StoreError> {
-        let r = sqlx::query(&format!(
-            "SELECT {LICENCE_COLUMNS} FROM trade_licences WHERE licenses_id = ?"
-        ))
-        .bind(licenses_id)
-        .fetch_optional(&self.read)
-        .await?
-        .ok_or_else(|| StoreError::NotFound {
-            kind: "licence",
-            id: licenses_id.into(),
-        })?;
+        let r = sqlx::query(&format!("{LICENCE_SELECT} WHERE l.licenses_id = ?"))
+            .bind(licenses_id)
+            .fetch_optional(&self.read)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "licence",
+                id: licenses_id.into(),
+            })?;
         licence_of(&r)
     }
 
@@ -880,8 +883,8 @@ impl Store {
         data_id: &str,
     ) -> Result<Vec<TradeLicenceRow>, StoreError> {
         let rows = sqlx::query(&format!(
-            "SELECT {LICENCE_COLUMNS} FROM trade_licences WHERE data_id = ? AND status = 'valid' \
-             ORDER BY issued_at_ms, licenses_id LIMIT 1000"
+            "{LICENCE_SELECT} WHERE l.data_id = ? AND l.status = 'valid' AND r.subject IS NULL \
+             ORDER BY l.issued_at_ms, l.licenses_id LIMIT 1000"
         ))
         .bind(data_id)
         .fetch_all(&self.read)
@@ -904,17 +907,21 @@ impl Store {
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let mut tx = self.write.begin().await?;
-        let old = sqlx::query(&format!(
-            "SELECT {LICENCE_COLUMNS} FROM trade_licences WHERE licenses_id = ?"
-        ))
-        .bind(old_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| StoreError::NotFound {
-            kind: "licence",
-            id: old_id.into(),
-        })?;
+        let old = sqlx::query(&format!("{LICENCE_SELECT} WHERE l.licenses_id = ?"))
+            .bind(old_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "licence",
+                id: old_id.into(),
+            })?;
         let old = licence_of(&old)?;
+        if old.status == "revoked" {
+            return Err(StoreError::Invalid {
+                field: "licensesID",
+                reason: format!("licence {old_id} was revoked"),
+            });
+        }
         let r = sqlx::query(
             "UPDATE trade_licences SET status = 'superseded', superseded_by = ? WHERE licenses_id = ? AND status = 'valid'",
         )
@@ -1183,7 +1190,11 @@ pub(crate) async fn withdrawn(
     licence_id: &str,
 ) -> Result<Option<String>, StoreError> {
     let r = sqlx::query(
-        "SELECT l.licenses_id, l.status, p.status, l.registration_id, l.data_id FROM trade_policies tp \
+        "SELECT l.licenses_id, l.status, p.status, l.registration_id, l.data_id, tp.policy_id, \
+         (SELECT r.kind || ' ' || r.subject || ' by ' || r.revoked_by || ': ' || r.reason FROM trade_revocations r \
+          WHERE (r.kind = 'licence' AND r.subject = l.licenses_id) OR (r.kind = 'policy' AND r.subject = tp.policy_id) \
+          ORDER BY r.revoked_at_ms LIMIT 1) \
+         FROM trade_policies tp \
          JOIN trade_licences l ON l.licenses_id = tp.licenses_id \
          LEFT JOIN trade_publications p ON p.registration_id = l.registration_id AND p.data_id = l.data_id \
          WHERE tp.licence_id = ?",
@@ -1196,6 +1207,12 @@ pub(crate) async fn withdrawn(
     let licence_status: String = r.try_get(1)?;
     let publication: Option<String> = r.try_get(2)?;
     let data_id: String = r.try_get(4)?;
+    let revocation: Option<String> = r.try_get(6)?;
+    if let Some(revocation) = revocation {
+        return Ok(Some(format!(
+            "revoked ({revocation}): licence {licence_id} admits no more jobs"
+        )));
+    }
     if publication.as_deref() != Some("YES") {
         return Ok(Some(format!(
             "the publication of dataset {data_id} was revoked: licence {licence_id} admits no more jobs"
@@ -1223,4 +1240,152 @@ impl Store {
         .fetch_all(&self.read)
         .await?)
     }
+
+    /// A delivered policy (`/deliverDatasets`) by its id, with the licensor of its licence.
+    ///
+    /// # Errors
+    /// `NotFound`; `Db`.
+    pub async fn trade_policy(&self, policy_id: &str) -> Result<TradePolicyRow, StoreError> {
+        let r = sqlx::query(
+            "SELECT tp.policy_id, tp.licenses_id, tp.data_id, tp.licence_id, l.licensor FROM trade_policies tp \
+             JOIN trade_licences l ON l.licenses_id = tp.licenses_id WHERE tp.policy_id = ?",
+        )
+        .bind(policy_id)
+        .fetch_optional(&self.read)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            kind: "policy",
+            id: policy_id.into(),
+        })?;
+        Ok(TradePolicyRow {
+            policy_id: r.try_get(0)?,
+            licenses_id: r.try_get(1)?,
+            data_id: r.try_get(2)?,
+            licence_id: r.try_get(3)?,
+            licensor: r.try_get(4)?,
+        })
+    }
+
+    /// Revokes a trade licence (`kind = "licence"`, `subject` its `licensesID`: every policy
+    /// delivered under it with it) or one delivered policy (`"policy"`, its `policyId`), for
+    /// good; returns the scheduler licences whose jobs must end and whether this call revoked
+    /// it (a second call revokes nothing more and answers the same licences). The audit
+    /// entry `trade_revoke` (subject: the dataset) names who, why and the licences.
+    ///
+    /// # Errors
+    /// `NotFound`; `Invalid` naming `licensesID` for a superseded licence (revoke the one
+    /// that replaced it); `Db`.
+    pub async fn trade_revoke(
+        &self,
+        kind: RevocationKind,
+        subject: &str,
+        reason: &str,
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<(Vec<String>, bool), StoreError> {
+        let mut tx = self.write.begin().await?;
+        let (data_id, licences): (String, Vec<String>) = match kind {
+            RevocationKind::Licence => {
+                let row = sqlx::query(&format!("{LICENCE_SELECT} WHERE l.licenses_id = ?"))
+                    .bind(subject)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .ok_or_else(|| StoreError::NotFound {
+                        kind: "licence",
+                        id: subject.into(),
+                    })?;
+                let row = licence_of(&row)?;
+                if row.status == "superseded" {
+                    return Err(StoreError::Invalid {
+                        field: "licensesID",
+                        reason: format!(
+                            "licence {subject} was superseded by {}: revoke that one",
+                            row.superseded_by.as_deref().unwrap_or("another")
+                        ),
+                    });
+                }
+                let licences = sqlx::query_scalar(
+                    "SELECT licence_id FROM trade_policies WHERE licenses_id = ? ORDER BY licence_id",
+                )
+                .bind(subject)
+                .fetch_all(&mut *tx)
+                .await?;
+                (row.data_id, licences)
+            }
+            RevocationKind::Policy => {
+                let r = sqlx::query(
+                    "SELECT data_id, licence_id FROM trade_policies WHERE policy_id = ?",
+                )
+                .bind(subject)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| StoreError::NotFound {
+                    kind: "policy",
+                    id: subject.into(),
+                })?;
+                (r.try_get(0)?, vec![r.try_get(1)?])
+            }
+        };
+        let inserted = sqlx::query(
+            "INSERT INTO trade_revocations (subject, kind, data_id, reason, revoked_by, revoked_at_ms) \
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(subject) DO NOTHING",
+        )
+        .bind(subject)
+        .bind(kind.as_str())
+        .bind(&data_id)
+        .bind(reason)
+        .bind(actor)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if inserted {
+            audit::append(
+                &mut tx,
+                now_ms,
+                "trade_revoke",
+                &data_id,
+                &serde_json::json!({"kind": kind.as_str(), "subject": subject, "reason": reason,
+                    "by": actor, "licences": licences}),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok((licences, inserted))
+    }
+}
+
+/// What `/revokeLicenses` revokes ([`Store::trade_revoke`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevocationKind {
+    /// A trade licence (table A.37) and every policy delivered under it.
+    Licence,
+    /// One delivered policy (table A.48).
+    Policy,
+}
+
+impl RevocationKind {
+    /// The text stored and audited.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Licence => "licence",
+            Self::Policy => "policy",
+        }
+    }
+}
+
+/// A delivered policy ([`Store::trade_policy`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TradePolicyRow {
+    /// Policy id (`policyId`).
+    pub policy_id: String,
+    /// The trade licence it was delivered under.
+    pub licenses_id: String,
+    /// Dataset id.
+    pub data_id: String,
+    /// The scheduler licence jobs name.
+    pub licence_id: String,
+    /// Licensor party.
+    pub licensor: String,
 }

@@ -61,6 +61,8 @@ pub(crate) struct TradeFixture {
     pub(crate) licence: serde_json::Value,
     /// The licence of a controlled dataset (`pc`), settled.
     pub(crate) controlled_licence: serde_json::Value,
+    /// Another settled licence of `pc`, that `RevokeLicenses` revokes.
+    pub(crate) licence_revoke: String,
 }
 
 pub(crate) fn job_request(
@@ -426,7 +428,8 @@ async fn call(
         | Operation::QueryDeliverResult
         | Operation::DeliverDatasets
         | Operation::UpdateLicenses
-        | Operation::UploadData => unreachable!("{op:?} is a method of the Trade service"),
+        | Operation::UploadData
+        | Operation::RevokeLicenses => unreachable!("{op:?} is a method of the Trade service"),
     }
 }
 
@@ -709,7 +712,7 @@ async fn trade_fixture(c: &Cluster) -> TradeFixture {
         .await
         .expect("publish controlled");
     let mut demands = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..5 {
         let id = tai(&mut u1, O::RegisterDemand, &demand())
             .await
             .expect("demand")["demandID"]
@@ -752,6 +755,23 @@ async fn trade_fixture(c: &Cluster) -> TradeFixture {
         .as_str()
         .expect("id")
         .to_owned();
+    let c3 = tai(
+        &mut u1,
+        O::ConfirmDemand,
+        &confirm(
+            &demands[4],
+            tessera_trade::CONTROLLED_REGISTRATION_ID,
+            Some("pc"),
+        ),
+    )
+    .await
+    .expect("confirm controlled")["confirmID"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let s3 = tai(&mut u1, O::Settlement, &json!({"confirmID": c3}))
+        .await
+        .expect("settle");
     let s1 = tai(&mut u1, O::Settlement, &json!({"confirmID": c1}))
         .await
         .expect("settle");
@@ -770,6 +790,10 @@ async fn trade_fixture(c: &Cluster) -> TradeFixture {
         confirm: c1,
         licence: s1["licenses"].clone(),
         controlled_licence: s2["licenses"].clone(),
+        licence_revoke: s3["licenses"]["licensesID"]
+            .as_str()
+            .expect("id")
+            .to_owned(),
     }
 }
 
@@ -819,6 +843,8 @@ pub(crate) fn trade_request(op: Operation, f: &Fixture) -> serde_json::Value {
         }),
         O::UpdateLicenses => json!({"owner": PROVIDER, "dataID": "p",
             "licensesID": t.licence["licensesID"]}),
+        O::RevokeLicenses => json!({"owner": PROVIDER, "licensesID": t.licence_revoke,
+            "reason": "authz table"}),
         other => panic!("{other:?} is not a trade operation"),
     }
 }

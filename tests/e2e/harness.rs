@@ -154,32 +154,7 @@ pub async fn tai(
     op: tessera_auth::Operation,
     body: &serde_json::Value,
 ) -> Result<serde_json::Value, tonic::Status> {
-    use tessera_auth::Operation as O;
-    let req = pb::TaiRequest {
-        json: body.to_string(),
-    };
-    let r = match op {
-        O::RegisterData => t.register_data(req).await,
-        O::PublishData => t.publish_data(req).await,
-        O::PublishDatasets => t.publish_datasets(req).await,
-        O::QueryPublishedData => t.query_published_data(req).await,
-        O::RevokePublishedData => t.revoke_published_data(req).await,
-        O::RegisterDemand => t.register_demand(req).await,
-        O::PublishDemand => t.publish_demand(req).await,
-        O::QueryPublishedDemand => t.query_published_demand(req).await,
-        O::RevokeDemand => t.revoke_demand(req).await,
-        O::QueryMatches => t.query_matches(req).await,
-        O::ConfirmDemand => t.confirm_demand(req).await,
-        O::QueryDemandForSettlement => t.query_demand_for_settlement(req).await,
-        O::Settlement => t.settlement(req).await,
-        O::QuerySettlement => t.query_settlement(req).await,
-        O::Deliver => t.deliver(req).await,
-        O::QueryDeliverResult => t.query_deliver_result(req).await,
-        O::DeliverDatasets => t.deliver_datasets(req).await,
-        O::UpdateLicenses => t.update_licenses(req).await,
-        O::UploadData => t.upload_data(req).await,
-        other => panic!("{other:?} is not a trade operation"),
-    }?;
+    let r = tessera_gateway::trade::call_client(t, op, body.to_string()).await?;
     Ok(serde_json::from_str(&r.into_inner().json).expect("a JSON answer"))
 }
 
@@ -495,6 +470,8 @@ impl Cluster {
             request_id: String::new(),
             // The mode's default: rr22 for intersections, ecdh for sizes.
             protocol: pb::PsiProtocol::Unspecified.into(),
+            preview_first_row: 0,
+            preview_last_row: 0,
         }
     }
 

@@ -439,10 +439,94 @@ async fn the_trade_flow_from_registration_to_delivery_and_jobs_under_the_deliver
         .as_str()
         .expect("id")
         .to_owned();
-    let mut slow = Cluster::job(&big, "bigb", "size", "");
-    slow.protocol = pb::PsiProtocol::Ecdh.into();
+    let slow = || {
+        let mut j = Cluster::job(&big, "bigb", "size", "");
+        j.protocol = pb::PsiProtocol::Ecdh.into();
+        j
+    };
+
+    // Revoking one policy (Tessera's /revokeLicenses with `policyId`) ends the job running
+    // under it at once, as the provider's doing, and refuses its next job; another policy of
+    // the same licence is untouched.
+    let big2 = ok(
+        &c,
+        O::DeliverDatasets,
+        &pu,
+        &json!({
+            "licenses": s3["licenses"], "dataID": "big", "policyName": "big2",
+            "relUsers": [{"userId": USER, "userName": "U", "isGroup": 0}],
+            "useScenes": [{"useSence": "psi", "counts": 3, "visitArea": ["r1"], "cpCenter": ["c1"]}],
+        }),
+    );
+    let big2_licence = big2["licenceID"].as_str().expect("id").to_owned();
+    let mut under_policy = slow();
+    under_policy.licence_id = big2_licence.clone();
+    let doomed = client
+        .submit_job(under_policy.clone())
+        .await
+        .expect("submit")
+        .into_inner()
+        .job_id;
+    let revoked_at = Instant::now();
+    let revoked = ok(
+        &c,
+        O::RevokeLicenses,
+        &pu,
+        &json!({"owner": PROVIDER, "policyId": big2["policyId"], "reason": "contract ended"}),
+    );
+    assert_eq!(revoked["kind"], "policy", "{revoked}");
+    assert_eq!(revoked["licences"], json!([big2_licence]), "{revoked}");
+    assert_eq!(revoked["ended_jobs"], json!([doomed]), "{revoked}");
+    let ended = c.wait(&doomed).await;
+    assert!(
+        revoked_at.elapsed() < Duration::from_secs(30),
+        "the job took {:?} to end after the policy was revoked",
+        revoked_at.elapsed()
+    );
+    assert_eq!(ended.state_text(), "failed", "{ended:?}");
+    assert!(ended.error.contains("contract ended"), "{ended:?}");
+    // Its run was given back: the count is where it started.
+    let counts = client
+        .get_licence(pb::LicenceRef {
+            licence_id: big2_licence.clone(),
+        })
+        .await
+        .expect("licence")
+        .into_inner()
+        .policy_json;
+    assert!(counts.contains(r#""remainingCounts":3"#), "{counts}");
+    let refused = client
+        .submit_job(under_policy)
+        .await
+        .expect("an answer")
+        .into_inner();
+    assert_eq!(refused.state_text(), "refused", "{refused:?}");
+    assert!(
+        refused
+            .refusal_reasons
+            .iter()
+            .any(|r| r.contains("revoked") && r.contains("contract ended")),
+        "{refused:?}"
+    );
+    // Revoking again changes nothing and answers the same licences.
+    let again = ok(
+        &c,
+        O::RevokeLicenses,
+        &pu,
+        &json!({"owner": PROVIDER, "policyId": big2["policyId"]}),
+    );
+    assert_eq!(again["licences"], json!([big2_licence]), "{again}");
+    // The buyer may not revoke the provider's policy.
+    let (status, v) = tai(
+        &c,
+        O::RevokeLicenses,
+        &u1,
+        &json!({"owner": PROVIDER, "policyId": big2["policyId"]}),
+    );
+    assert_eq!(status, 403, "{v}");
+
     let running = client
-        .submit_job(slow)
+        .submit_job(slow())
         .await
         .expect("submit")
         .into_inner()
@@ -464,7 +548,7 @@ async fn the_trade_flow_from_registration_to_delivery_and_jobs_under_the_deliver
     // 60,000 keys under ECDH take seconds: the revocation reaches the job while it runs, and
     // ends it as the provider's doing (failed, its run given back), not the buyer's.
     assert!(
-        revoke["cancelled_jobs"]
+        revoke["ended_jobs"]
             .as_array()
             .expect("list")
             .iter()
@@ -502,6 +586,54 @@ async fn the_trade_flow_from_registration_to_delivery_and_jobs_under_the_deliver
             .any(|r| r.contains("revoked")),
         "{refused:?}"
     );
+    // Revoking a licence (`licensesID`) withdraws every policy delivered under it: the
+    // policy of `p` admits no more jobs, and the licence is refused for delivery, for new
+    // policies and for reissue.
+    let revoked = ok(
+        &c,
+        O::RevokeLicenses,
+        &pu,
+        &json!({"owner": PROVIDER, "licensesID": s2["licenses"]["licensesID"]}),
+    );
+    assert_eq!(revoked["kind"], "licence", "{revoked}");
+    assert!(
+        revoked["licences"]
+            .as_array()
+            .expect("list")
+            .contains(&json!(lic)),
+        "{revoked}"
+    );
+    let refused = client
+        .submit_job(Cluster::job(&lic, "b", "size", ""))
+        .await
+        .expect("an answer")
+        .into_inner();
+    assert_eq!(refused.state_text(), "refused", "{refused:?}");
+    assert!(
+        refused
+            .refusal_reasons
+            .iter()
+            .any(|r| r.contains("revoked")),
+        "{refused:?}"
+    );
+    for (op, body) in [
+        (
+            O::DeliverDatasets,
+            json!({
+                "licenses": s2["licenses"], "dataID": "p", "policyName": "after",
+                "relUsers": [{"userId": USER, "userName": "U", "isGroup": 0}],
+                "useScenes": [{"useSence": "psi"}],
+            }),
+        ),
+        (
+            O::UpdateLicenses,
+            json!({"owner": PROVIDER, "dataID": "p", "licensesID": s2["licenses"]["licensesID"]}),
+        ),
+    ] {
+        let (status, v) = tai(&c, op, &pu, &body);
+        assert!(status == 400 || status == 404, "{op:?}: {v}");
+    }
+
     // The dataset's operation log holds each step, every entry's hash recomputes, and the
     // head signed with it verifies under the node's key; the buyer may not read it.
     let log = c
@@ -525,6 +657,7 @@ async fn the_trade_flow_from_registration_to_delivery_and_jobs_under_the_deliver
         "trade_deliver",
         "trade_licence_update",
         "trade_deliver_policy",
+        "trade_revoke",
         "licence_create",
         "admit",
         "refuse",
@@ -604,6 +737,177 @@ async fn the_trade_flow_from_registration_to_delivery_and_jobs_under_the_deliver
 }
 
 /// The controlled publication of dataset `data_id`.
+/// A `preview` submission under `licence`: rows `rows` (None: the licence's window) of
+/// `columns` (empty: those allowed), written to `output`.
+fn preview_job(
+    licence: &str,
+    rows: Option<(u64, u64)>,
+    columns: &[&str],
+    output: &str,
+) -> pb::SubmitJobRequest {
+    let (first, last) = rows.unwrap_or((0, 0));
+    pb::SubmitJobRequest {
+        user: USER.into(),
+        licence_id: licence.into(),
+        scene: "preview".into(),
+        buyer_party: BUYER.into(),
+        provider_columns: columns.iter().map(|c| c.to_string()).collect(),
+        output: output.into(),
+        preview_first_row: first,
+        preview_last_row: last,
+        ..pb::SubmitJobRequest::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preview_shows_at_most_the_rows_and_columns_the_policy_allows_and_is_counted() {
+    use Operation as O;
+    let c = Cluster::start(10_000);
+    let rows: Vec<String> = (1..=100)
+        .map(|i| format!("{i},name{i},city{},{}", i % 7, i * 1000))
+        .collect();
+    c.dataset(&c.provider, "pv", "id,name,city,income", &rows)
+        .await;
+    c.fund(10_000_000, "fund").await;
+    let (pu, u1) = (c.provider_token.clone(), c.buyer_token.clone());
+    ok(
+        &c,
+        O::PublishDatasets,
+        &pu,
+        &controlled_publication_of("pv"),
+    );
+    let d = ok(&c, O::RegisterDemand, &u1, &demand())["demandID"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    ok(
+        &c,
+        O::PublishDemand,
+        &u1,
+        &json!({"demander": USER, "demandID": d}),
+    );
+    let confirm = ok(
+        &c,
+        O::ConfirmDemand,
+        &u1,
+        &json!({"demander": USER, "demandID": d,
+                "registrationID": tessera_trade::CONTROLLED_REGISTRATION_ID, "dataID": "pv"}),
+    )["confirmID"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let settled = ok(&c, O::Settlement, &u1, &json!({"confirmID": confirm}));
+    // Rows 1-50 of id and city, pages 1-2 of 20 rows: the window is rows 1-40 of id, city.
+    let policy = ok(
+        &c,
+        O::DeliverDatasets,
+        &pu,
+        &json!({
+            "licenses": settled["licenses"], "dataID": "pv", "policyName": "look",
+            "relUsers": [{"userId": USER, "userName": "U", "isGroup": 0}],
+            "useScenes": [{"useSence": "preview", "counts": 2,
+                "viewRowsRange": {"rows": [1, 50], "columns": ["id", "city"]},
+                "viewPageRange": {"pages": [1, 2], "pageSize": 20},
+                "visitArea": ["r1"], "cpCenter": ["c1"]}],
+            "price_per_job": 0.25,
+        }),
+    );
+    let lic = policy["licenceID"].as_str().expect("id").to_owned();
+    let mut client = c.client().await;
+    let before = cash(&c).await;
+
+    // Rows 5-12 of city: exactly those rows cross, into the buyer's output directory.
+    let job = client
+        .submit_job(preview_job(&lic, Some((5, 12)), &["city"], "look.csv"))
+        .await
+        .expect("submit")
+        .into_inner();
+    assert_eq!(job.state_text(), "admitted", "{job:?}");
+    let done = c.wait(&job.job_id).await;
+    assert_eq!(done.state_text(), "succeeded", "{done:?}");
+    assert_eq!(done.result_size, Some(8), "{done:?}");
+    let written = std::fs::read_to_string(c.buyer.outputs.join("look.csv")).expect("result");
+    let expected: String = std::iter::once("city".to_string())
+        .chain((5..=12).map(|i| format!("city{}", i % 7)))
+        .map(|l| l + "\n")
+        .collect();
+    assert_eq!(written.replace("\r\n", "\n"), expected);
+    assert!(cash(&c).await < before, "the preview was charged");
+
+    // Outside the window (rows past 40, a column not allowed): refused with both reasons,
+    // nothing counted.
+    let refused = client
+        .submit_job(preview_job(
+            &lic,
+            Some((30, 60)),
+            &["id", "income"],
+            "no.csv",
+        ))
+        .await
+        .expect("an answer")
+        .into_inner();
+    assert_eq!(refused.state_text(), "refused", "{refused:?}");
+    let reasons = refused.refusal_reasons.join(" | ");
+    assert!(
+        reasons.contains("rows 30-60") && reasons.contains("income"),
+        "{reasons}"
+    );
+    assert!(
+        refused.refusals.iter().all(|r| r.code == "POLICY_DENIED"),
+        "{refused:?}"
+    );
+
+    // Neither rows nor columns: the whole window, the allowed columns only.
+    let whole = client
+        .submit_job(preview_job(&lic, None, &[], "whole.csv"))
+        .await
+        .expect("submit")
+        .into_inner();
+    let done = c.wait(&whole.job_id).await;
+    assert_eq!(done.state_text(), "succeeded", "{done:?}");
+    assert_eq!(done.result_size, Some(40), "{done:?}");
+    let written = std::fs::read_to_string(c.buyer.outputs.join("whole.csv")).expect("result");
+    let lines: Vec<&str> = written.lines().collect();
+    assert_eq!(lines.len(), 41);
+    assert_eq!(lines[0], "id,city");
+    assert_eq!(lines[40], format!("40,city{}", 40 % 7));
+    assert!(
+        !written.contains("name") && !written.contains("000"),
+        "{written}"
+    );
+
+    // Two runs allowed, two used: the third is refused, counted exactly.
+    let exhausted = client
+        .submit_job(preview_job(&lic, Some((1, 1)), &[], "third.csv"))
+        .await
+        .expect("an answer")
+        .into_inner();
+    assert_eq!(exhausted.state_text(), "refused", "{exhausted:?}");
+    assert!(
+        exhausted
+            .refusals
+            .iter()
+            .any(|r| r.code == "QUOTA_EXHAUSTED"),
+        "{exhausted:?}"
+    );
+
+    // A preview names no dataset, key column or PSI mode of the buyer's.
+    let mut bad = preview_job(&lic, None, &[], "bad.csv");
+    bad.buyer_dataset_id = "b".into();
+    let e = client.submit_job(bad).await.expect_err("refused");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("buyer_dataset_id"), "{e:?}");
+    let mut bad = preview_job(&lic, None, &[], "bad.csv");
+    bad.mode = pb::PsiMode::Size.into();
+    let e = client.submit_job(bad).await.expect_err("refused");
+    assert!(e.message().contains("mode"), "{e:?}");
+    let e = client
+        .submit_job(preview_job(&lic, Some((0, 3)), &[], "bad.csv"))
+        .await
+        .expect_err("refused");
+    assert!(e.message().contains("preview_rows"), "{e:?}");
+}
+
 fn controlled_publication_of(data_id: &str) -> Value {
     let mut v = controlled_publication();
     v["dataID"] = json!(data_id);
@@ -797,6 +1101,13 @@ async fn every_trade_route_names_a_missing_field_and_answers_an_unknown_id_with_
             json!({"owner": PROVIDER, "dataID": "p"}),
             vec!["owner", "dataID"],
             Some(json!({"owner": PROVIDER, "dataID": "p"})),
+        ),
+        (
+            O::RevokeLicenses,
+            &pu,
+            json!({"owner": PROVIDER, "licensesID": "lics-unknown"}),
+            vec!["owner", "licensesID"],
+            Some(json!({"owner": PROVIDER, "policyId": "pol-unknown"})),
         ),
     ];
     let covered: std::collections::BTreeSet<String> =

@@ -705,6 +705,75 @@ impl UpdateLicenses {
     }
 }
 
+/// Tessera's `/revokeLicenses`: the data's owner withdraws a licence it issued (table A.37,
+/// `licensesID`, with every policy delivered under it) or one delivered policy (table A.48,
+/// `policyId`) — exactly one of the two. The standard has no revocation of a licence; EDC's
+/// policy monitor is the model: running jobs under it end, new ones are refused.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeLicenses {
+    /// Provider party (the licensor).
+    pub owner: Option<String>,
+    /// The licence to revoke.
+    #[serde(rename = "licensesID")]
+    pub licenses_id: Option<String>,
+    /// The policy to revoke.
+    #[serde(rename = "policyId")]
+    pub policy_id: Option<String>,
+    /// Why (recorded in the audit chain and in the ended jobs' errors); default: none given.
+    pub reason: Option<String>,
+}
+
+/// What a validated `/revokeLicenses` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revoked {
+    /// A licence number.
+    Licence(String),
+    /// A policy id.
+    Policy(String),
+}
+
+/// A validated `/revokeLicenses`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    /// Provider party.
+    pub owner: String,
+    /// What to revoke.
+    pub subject: Revoked,
+    /// Why (may be empty).
+    pub reason: String,
+}
+
+impl RevokeLicenses {
+    /// Checks the body: `owner`, exactly one of `licensesID` and `policyId`, an optional
+    /// `reason` of at most [`MAX_LONG`] bytes.
+    ///
+    /// # Errors
+    /// The first missing or invalid field.
+    pub fn validate(self) -> Result<Revocation, TradeError> {
+        let owner = text(self.owner, "owner", MAX_SHORT)?;
+        let licence = opt_text(self.licenses_id, "licensesID", MAX_SHORT)?;
+        let policy = opt_text(self.policy_id, "policyId", MAX_SHORT)?;
+        let subject = match (licence, policy) {
+            (Some(l), None) => Revoked::Licence(l),
+            (None, Some(p)) => Revoked::Policy(p),
+            (None, None) => return Err(TradeError::MissingField("licensesID")),
+            (Some(_), Some(_)) => {
+                return Err(TradeError::invalid(
+                    "policyId",
+                    "name either a licence (licensesID) or a policy (policyId), not both",
+                ));
+            }
+        };
+        let reason = opt_text(self.reason, "reason", MAX_LONG)?.unwrap_or_default();
+        Ok(Revocation {
+            owner,
+            subject,
+            reason,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -179,11 +179,14 @@ pub async fn run_task(
     progress: Arc<dyn tessera_psi::Progress>,
     delivery: &dyn DeliverySink,
 ) -> Result<TaskOutcome, TaskError> {
-    if spec.scene != "psi" {
-        return Err(TaskError::Internal(format!(
-            "scene {} is not supported by this worker",
-            spec.scene
-        )));
+    match spec.scene.as_str() {
+        tessera_core::job::scene::PSI => {}
+        tessera_core::job::scene::PREVIEW => return run_preview(env, spec, delivery).await,
+        other => {
+            return Err(TaskError::Internal(format!(
+                "scene {other} is not supported by this worker"
+            )));
+        }
     }
     let mode = match spec.mode {
         PsiMode::Intersection => Mode::Intersection,
@@ -229,6 +232,15 @@ pub async fn run_task(
         .map_err(|e| TaskError::Input(e.to_string()))?;
     progress.report("read", input.rows, input.rows);
 
+    let link = open_link(env, spec).await?;
+    run_psi(
+        spec, link, input, out_path, header, progress, delivery, mode,
+    )
+    .await
+}
+
+/// Opens the task's peer link: dials or waits for the peer worker its ticket names.
+async fn open_link(env: &ExecEnv, spec: &TaskSpec) -> Result<GrpcLink, TaskError> {
     // With TLS, the peer must be the worker the ticket names: its certificate says so.
     let expected = match &env.tls {
         Some(_) => Some(
@@ -238,7 +250,7 @@ pub async fn run_task(
         ),
         None => None,
     };
-    let link = match (spec.dial_peer, &env.tls, &expected) {
+    match (spec.dial_peer, &env.tls, &expected) {
         (true, Some(credentials), Some(peer)) => {
             let tls = credentials.current();
             GrpcLink::dial_tls(
@@ -268,8 +280,62 @@ pub async fn run_task(
                 .await
         }
     }
-    .map_err(|e| TaskError::Peer(e.to_string()))?;
+    .map_err(|e| TaskError::Peer(e.to_string()))
+}
 
+/// A `preview` task (see [`crate::preview`]): the sender reads the signed rows and columns
+/// and sends them after recording the delivery; the receiver checks and writes them.
+async fn run_preview(
+    env: &ExecEnv,
+    spec: &TaskSpec,
+    delivery: &dyn DeliverySink,
+) -> Result<TaskOutcome, TaskError> {
+    let Some(preview) = &spec.preview else {
+        return Err(TaskError::Ticket(
+            "a preview task without its rows and columns".into(),
+        ));
+    };
+    let mut outcome = TaskOutcome::default();
+    match spec.role {
+        TaskRole::Sender => {
+            let path = dataset_path(&env.dataset_dir, &spec.dataset_location)?;
+            let table = crate::preview::read(path, preview).await?;
+            let link = open_link(env, spec).await?;
+            outcome.rows_in = crate::preview::send(&link, &table, delivery).await?;
+            outcome.link = link.stats();
+        }
+        TaskRole::Receiver => {
+            let out = result_path(&env.output_dir, &spec.output)?;
+            if std::fs::symlink_metadata(&out).is_ok() {
+                return Err(TaskError::Input(format!(
+                    "result file {:?} already exists in the output directory; a result never \
+                     replaces a file",
+                    spec.output
+                )));
+            }
+            let link = open_link(env, spec).await?;
+            let (rows, written) = crate::preview::receive(&link, preview, out).await?;
+            outcome.result_size = Some(rows);
+            outcome.result_file = Some(written);
+            outcome.result_location = spec.output.clone();
+            outcome.link = link.stats();
+        }
+    }
+    Ok(outcome)
+}
+
+/// The PSI engine's part of a task, on an open link.
+#[allow(clippy::too_many_arguments)]
+async fn run_psi(
+    spec: &TaskSpec,
+    link: GrpcLink,
+    input: tessera_core::table::KeyedInput,
+    out_path: Option<PathBuf>,
+    header: Vec<String>,
+    progress: Arc<dyn tessera_psi::Progress>,
+    delivery: &dyn DeliverySink,
+    mode: Mode,
+) -> Result<TaskOutcome, TaskError> {
     // Both tasks of a job carry the same protocol in their signed specs.
     let cfg = PsiConfig {
         protocol: match spec.protocol {

@@ -7,7 +7,9 @@
 //! Raw rows never leave this process except as the engine's own protocol messages.
 
 pub mod exec;
+pub mod grant;
 pub mod link;
+pub mod preview;
 pub mod usage;
 
 use std::collections::HashMap;
@@ -115,6 +117,8 @@ struct Shared {
     /// Calls carry the worker's credential.
     client: OperatorClient<InterceptedService<Channel, TokenHeader>>,
     verifier: Mutex<TicketVerifier>,
+    /// What this worker declared: the licence check of each task is against it.
+    attributes: WorkerAttributes,
     env: ExecEnv,
     clock: Arc<dyn Clock>,
     running: Mutex<HashMap<String, tokio::task::AbortHandle>>,
@@ -428,6 +432,7 @@ pub async fn start(config: WorkerConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
         operator_key_hex: key.clone(),
         client,
         verifier: Mutex::new(verifier),
+        attributes: config.attributes.clone(),
         env: ExecEnv {
             dataset_dir: config.dataset_dir.clone(),
             output_dir: config.output_dir.clone(),
@@ -808,6 +813,19 @@ async fn accept(shared: Arc<Shared>, a: pb::TaskAssignment) {
             return;
         }
     };
+    // The licence the task names, checked against this worker and its clock.
+    if let Err(why) = crate::grant::check(&spec, &shared.attributes, shared.clock.now_ms()) {
+        tracing::warn!(job = %spec.job_id, task = %spec.task_id, reason = %why, "task refused: outside its licence");
+        report(
+            &shared,
+            &spec.task_id,
+            Err(TaskError::Ticket(format!("outside its licence: {why}"))),
+            0,
+            0,
+        )
+        .await;
+        return;
+    }
     let task_id = spec.task_id.clone();
     tracing::info!(
         job = %spec.job_id,

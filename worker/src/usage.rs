@@ -85,7 +85,10 @@ mod tests {
             .and_then(|v| v.parse().ok())
             .expect("VmHWM");
         let rss = super::peak_rss_kb();
-        // `ru_maxrss` also covers the image before `exec` (here: the test runner).
-        assert!(rss >= hwm, "{rss} vs {hwm}");
+        // `ru_maxrss` also covers the image before `exec` (here: the test runner), but the
+        // kernel updates it lazily while `VmHWM` includes the current RSS: with other test
+        // threads allocating, it may lag by what they touched since. Same unit (kB), same
+        // order: within 16 MiB, and never below half.
+        assert!(rss + 16 * 1024 >= hwm && rss * 2 >= hwm, "{rss} vs {hwm}");
     }
 }

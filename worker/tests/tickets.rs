@@ -330,6 +330,11 @@ impl Operator for ScriptedOperator {
 const NOW_MS: i64 = 1_800_000_000_000;
 
 fn spec(task_id: &str, dataset: &str) -> Vec<u8> {
+    spec_under(task_id, dataset, serde_json::json!({"useSence": "psi"}))
+}
+
+/// A task spec whose licence grants the scene `use_scene` (its JSON) around `NOW_MS`.
+fn spec_under(task_id: &str, dataset: &str, use_scene: serde_json::Value) -> Vec<u8> {
     let s = TaskSpec {
         job_id: "job-1".into(),
         task_id: task_id.into(),
@@ -349,6 +354,14 @@ fn spec(task_id: &str, dataset: &str) -> Vec<u8> {
         peer_party: String::new(),
         peer_worker_id: String::new(),
         output: String::new(),
+        preview: None,
+        licence: Some(tessera_core::LicenceGrant {
+            licence_id: "lic".into(),
+            dataset_id: "d".into(),
+            not_before_ms: Some(NOW_MS - 3_600_000),
+            not_after_ms: Some(NOW_MS + 3_600_000),
+            use_scene,
+        }),
     };
     serde_json::to_vec(&s).expect("spec")
 }
@@ -449,6 +462,20 @@ async fn the_worker_refuses_bad_tickets_and_accepts_a_good_one_once() {
             assignment(&signer, "k4", "w1", &good, &spec("t-1", "other.csv"), later),
             "ticket",
             "match",
+        ),
+        // A genuine ticket whose licence allows another region than this worker's: the
+        // worker checks the licence against itself and refuses.
+        (
+            {
+                let elsewhere = spec_under(
+                    "t-1",
+                    "missing.csv",
+                    serde_json::json!({"useSence": "psi", "visitArea": ["far-away"]}),
+                );
+                assignment(&signer, "k0", "w1", &elsewhere, &elsewhere, later)
+            },
+            "ticket",
+            "outside its licence",
         ),
         (
             assignment(&signer, "k5", "w1", &good, &good, later),

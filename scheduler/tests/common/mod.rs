@@ -129,5 +129,6 @@ pub fn request(licence: &str) -> JobRequest {
         empty_keys: tessera_core::EmptyKeys::Skip,
         carry_columns: Vec::new(),
         request_id: None,
+        preview_rows: None,
     }
 }
