@@ -3,11 +3,13 @@
 //!
 //! * **Formats**, by extension as in [`tessera_core::table`]: `.csv` (comma separated, header
 //!   row required, every cell read as text and parsed here, so a bad cell is reported with its
-//!   column and data row) and `.parquet` / `.pq` (integer, float and boolean columns are cast to
-//!   `f64`; text columns are parsed like CSV cells). `tessera_core::table`'s reader is made for
-//!   key columns (text or integers, normalised, up to `DATASET_ROWS_MAX` rows) and refuses float
-//!   columns, so this module reads the numbers itself, with the same CSV bounds
-//!   ([`CSV_HEADER_BYTES_MAX`], [`CSV_RECORD_BYTES_MAX`]) and the same batch size.
+//!   column and data row) and `.parquet` / `.pq` (integer, float, decimal and boolean columns
+//!   are cast to `f64`; text columns are parsed like CSV cells). `tessera_core::table`'s
+//!   reader is made for key columns (text or integers, normalised, up to `DATASET_ROWS_MAX`
+//!   rows) and refuses float columns, so this module reads the numbers itself, with the same
+//!   CSV bounds ([`CSV_HEADER_BYTES_MAX`], [`CSV_RECORD_BYTES_MAX`]) and batch size. Within a
+//!   batch of rows, columns are checked in spec order, so the error reported is the first bad
+//!   cell of the first bad column.
 //! * **Bounds**: at most [`DataSpec::rows_max`] data rows (a Parquet file is refused from its
 //!   footer before any row is read; a CSV file as soon as a batch crosses the bound), at most
 //!   [`FEATURES_MAX`] feature columns. Nothing read from a file panics.
@@ -512,12 +514,7 @@ fn column_values(
             .collect();
     }
     let numeric = col.data_type().is_numeric() || *col.data_type() == DataType::Boolean;
-    if !numeric
-        || matches!(
-            col.data_type(),
-            DataType::Decimal128(..) | DataType::Decimal256(..)
-        )
-    {
+    if !numeric {
         return Err(DataError::UnsupportedType {
             column: name.to_owned(),
             data_type: col.data_type().to_string(),

@@ -5,25 +5,26 @@
 //!
 //! # Accountant
 //!
-//! No maintained Rust crate offers a Rényi-DP accountant for the sampled Gaussian mechanism, so
-//! this module implements the one of TensorFlow Privacy's `rdp_accountant.compute_rdp` for
-//! **integer orders**:
+//! We found no maintained Rust crate with a Rényi-DP accountant for the sampled Gaussian
+//! mechanism, so this module implements the one of TensorFlow Privacy's
+//! `rdp_accountant.compute_rdp` for **integer orders**:
 //!
 //! * Rényi DP of the Gaussian mechanism with sensitivity 1 and noise multiplier `z` at order
-//!   `α`: `α / (2z²)` (Mironov, "Rényi Differential Privacy", CSF 2017, Prop. 7).
+//!   `α`: `α / (2z²)` (Mironov, "Rényi Differential Privacy", CSF 2017, Table II).
 //! * The sampled Gaussian mechanism (each client in a round independently with probability
 //!   `q`) at integer `α ≥ 2`: `ε(α) = log(A_α) / (α − 1)` with
 //!   `A_α = Σ_{i=0}^{α} C(α,i) (1−q)^{α−i} q^i exp((i² − i) / (2z²))` (Mironov, Talwar, Zhang,
-//!   "Rényi Differential Privacy of the Sampled Gaussian Mechanism", 2019, §3.3), summed in log
-//!   space.
+//!   "Rényi Differential Privacy of the Sampled Gaussian Mechanism", 2019, arXiv:1908.10530,
+//!   the integer-order case), summed in log space.
 //! * Composition over rounds adds the RDP at each order (Mironov 2017, Prop. 1).
 //! * Conversion to `(ε, δ)`: `ε = min_α [ρ(α) + log((α−1)/α) − (log δ + log α)/(α − 1)]`
 //!   (Balle, Barthe, Gaboardi, Hsu, Sato, "Hypothesis Testing Interpretations and Rényi
-//!   Differential Privacy", AISTATS 2020, Thm. 21; Canonne, Kamath, Steinke 2020, Prop. 12 —
-//!   TensorFlow Privacy's `_compute_eps`), and `ε = 0` when `δ² + expm1(−ρ) ≥ 0`.
+//!   Differential Privacy", AISTATS 2020, Thm. 21; Canonne, Kamath, Steinke, NeurIPS 2020,
+//!   Prop. 12 — TensorFlow Privacy's `_compute_eps`), and `ε = 0` when `δ² + expm1(−ρ) ≥ 0`.
 //!
 //! The tests compare with the values of TensorFlow Privacy's own test suite
-//! (`rdp_accountant_test.py`). Orders are the integers `2 ..= 256` by default; fractional
+//! (`rdp_accountant_test.py`) and with ε computed by Google's `dp-accounting` package for a
+//! few runs. Orders are the integers `2 ..= 256` by default; fractional
 //! orders (which TensorFlow Privacy also tries) can only give a smaller `ε`, so the figure here
 //! is an upper bound on theirs.
 //!
@@ -273,6 +274,33 @@ mod tests {
         assert_eq!(order, 32);
         assert!(acc.epsilon(0.0).is_err());
         assert!(acc.epsilon(1.0).is_err());
+    }
+
+    /// `(q, z, rounds, ε, best order)` at δ = 1e-5 from Google's `dp-accounting` 0.6.0 (the
+    /// successor of TensorFlow Privacy's accountant): `rdp.RdpAccountant(orders=range(2, 257))`
+    /// composing `SelfComposedDpEvent(PoissonSampledDpEvent(q, GaussianDpEvent(z)), rounds)`
+    /// (`GaussianDpEvent(z)` alone for q = 1), then `get_epsilon_and_optimal_order(1e-5)`.
+    const EPSILON_CASES: &[(f64, f64, u64, f64, u32)] = &[
+        (1.0, 0.5, 15, 70.126_631_103_850_34, 2),
+        (0.6, 1.0, 9, 12.762_029_033_868_647, 3),
+        (0.01, 1.1, 10_000, 5.654_308_000_149_514_5, 5),
+        (0.1, 2.0, 100, 2.586_652_178_167_530_5, 8),
+        (1.0, 5.0, 30, 5.252_728_336_819_822, 5),
+        (0.05, 0.8, 500, 14.682_374_534_534_937, 3),
+    ];
+
+    #[test]
+    fn epsilon_matches_dp_accounting() {
+        for &(q, z, rounds, want, want_order) in EPSILON_CASES {
+            let mut acc = RdpAccountant::default();
+            acc.compose(q, z, rounds).expect("compose");
+            let (eps, order) = acc.epsilon(1e-5).expect("epsilon");
+            assert!(
+                (eps - want).abs() < 1e-9 * want.max(1.0),
+                "q {q} z {z} R {rounds}: {eps} vs {want}"
+            );
+            assert_eq!(order, want_order, "q {q} z {z} R {rounds}");
+        }
     }
 
     /// Monotonicity a correct accountant must show: more rounds, less noise or more sampling
