@@ -3,12 +3,17 @@
 //! centralised training on the union of their rows (logistic regression and an MLP, also with
 //! a dropout); DP runs report the accountant's ε. Seeded; no timing.
 
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch};
 use ndarray::{Array1, Array2, Axis};
+use parquet::arrow::ArrowWriter;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use rand_distr::{Distribution, StandardNormal};
-use tessera_fl::data::Dataset;
-use tessera_fl::dp::{DpConfig, RdpAccountant};
+use tessera_fl::data::{DataSpec, Dataset, Standardisation, read_dataset};
+use tessera_fl::dp::{self, DpConfig, RdpAccountant};
 use tessera_fl::fedavg::{
     AggregationConfig, Dropouts, FedAvgConfig, LocalProvider, Sampling, TrainingReport,
     train_in_process,
@@ -73,6 +78,60 @@ fn split(data: &Dataset, seed: u64) -> (Vec<Dataset>, Dataset) {
     (parts, data.select(test).expect("split"))
 }
 
+/// Writes provider `k`'s rows to its own file — CSV for even `k`, Parquet for odd — and reads
+/// them back through the provider-side loader, as a provider's worker would.
+fn through_files(parts: &[Dataset], dir: &Path) -> Vec<Dataset> {
+    let names: Vec<String> = (0..FEATURES).map(|i| format!("x{i}")).collect();
+    let spec = DataSpec {
+        features: names.clone(),
+        label: "label".into(),
+        rows_max: 10_000,
+        standardisation: Standardisation::None,
+    };
+    parts
+        .iter()
+        .enumerate()
+        .map(|(k, d)| {
+            let path = if k % 2 == 0 {
+                let path = dir.join(format!("provider{k}.csv"));
+                let mut text = format!("id,{},label\n", names.join(","));
+                for (r, (row, y)) in d.x().outer_iter().zip(d.y()).enumerate() {
+                    let cells: Vec<String> = row.iter().map(|v| v.to_string()).collect();
+                    text.push_str(&format!("r{r},{},{y}\n", cells.join(",")));
+                }
+                std::fs::write(&path, text).expect("write csv");
+                path
+            } else {
+                let path = dir.join(format!("provider{k}.parquet"));
+                let mut columns: Vec<(String, ArrayRef)> = names
+                    .iter()
+                    .zip(d.x().columns())
+                    .map(|(n, c)| {
+                        (
+                            n.clone(),
+                            Arc::new(Float64Array::from(c.to_vec())) as ArrayRef,
+                        )
+                    })
+                    .collect();
+                let labels: Vec<i64> = d.y().iter().map(|&y| y as i64).collect();
+                columns.push((
+                    "label".into(),
+                    Arc::new(Int64Array::from(labels)) as ArrayRef,
+                ));
+                let batch = RecordBatch::try_from_iter(columns).expect("batch");
+                let file = std::fs::File::create(&path).expect("create");
+                let mut w = ArrowWriter::try_new(file, batch.schema(), None).expect("writer");
+                w.write(&batch).expect("write");
+                w.close().expect("close");
+                path
+            };
+            let read = read_dataset(&path, &spec).expect("provider table");
+            assert_eq!(&read, d, "provider {k}: the file holds the same rows");
+            read
+        })
+        .collect()
+}
+
 fn providers(parts: &[Dataset]) -> Vec<LocalProvider> {
     parts
         .iter()
@@ -121,18 +180,23 @@ fn centralised(model: ModelKind, parts: &[Dataset], local: LocalTraining, epochs
 async fn check_close(
     model: ModelKind,
     data: &Dataset,
+    via_files: bool,
     rounds: u32,
     local: LocalTraining,
     drops: &Dropouts,
 ) -> (f64, f64) {
-    let (parts, test) = split(data, 5);
+    let (mut parts, test) = split(data, 5);
+    let dir = tempfile::tempdir().expect("tempdir");
+    if via_files {
+        parts = through_files(&parts, dir.path());
+    }
     let report = federated(&config(model, rounds, local), &parts, drops).await;
     let fed = report.model.accuracy(&test).expect("accuracy");
     let central = centralised(model, &parts, local, rounds * local.epochs)
         .accuracy(&test)
         .expect("accuracy");
     println!(
-        "{model:?}: test accuracy federated {fed:.4} (loss {:.4}), centralised {central:.4}, drops {drops:?}",
+        "{model:?}: test accuracy federated {fed:.4} (loss {:.6}), centralised {central:.4}, drops {drops:?}",
         report.model.loss(&test).expect("loss")
     );
     assert!(
@@ -160,6 +224,7 @@ async fn logistic_regression_federated_matches_centralised() {
     let (fed, _) = check_close(
         ModelKind::Logistic,
         &logistic_data(),
+        true,
         15,
         LR_LOCAL,
         &Dropouts::new(),
@@ -172,7 +237,15 @@ async fn logistic_regression_federated_matches_centralised() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logistic_regression_with_a_dropout_still_matches_centralised() {
     let drops: Dropouts = [(4, 1)].into_iter().collect();
-    check_close(ModelKind::Logistic, &logistic_data(), 15, LR_LOCAL, &drops).await;
+    check_close(
+        ModelKind::Logistic,
+        &logistic_data(),
+        false,
+        15,
+        LR_LOCAL,
+        &drops,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,6 +259,7 @@ async fn mlp_federated_matches_centralised_on_a_nonlinear_problem() {
     let (fed, _) = check_close(
         ModelKind::Mlp { hidden: 32 },
         &data,
+        false,
         30,
         local,
         &Dropouts::new(),
@@ -200,48 +274,72 @@ async fn mlp_federated_matches_centralised_on_a_nonlinear_problem() {
     assert!(fed > linear + 0.1, "MLP {fed} vs linear {linear}");
 }
 
-/// One round through SecAgg+ moves the global model by exactly the `n_k`-weighted mean of the
-/// clients' local deltas, computed here in the clear (up to quantisation, ≤ 1e-6), over the
-/// clients that did not drop out.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_round_equals_the_weighted_mean_of_the_surviving_deltas() {
+/// One round through SecAgg+ equals the FedAvg update computed here in the clear from the
+/// same clients' RNGs (up to quantisation, ≤ 1e-6), over the clients that did not drop out:
+/// without DP the `n_k`-weighted mean of the local deltas; with DP the plain mean of the
+/// clipped deltas plus each client's noise.
+async fn check_one_round(model: ModelKind, drops: Dropouts, dp: Option<DpConfig>) {
     let (parts, _) = split(&logistic_data(), 5);
-    for drops in [Dropouts::new(), [(0, 1)].into_iter().collect()] {
-        for model in [ModelKind::Logistic, ModelKind::Mlp { hidden: 4 }] {
-            let cfg = config(model, 1, LR_LOCAL);
-            let mut init_rng = ChaCha20Rng::seed_from_u64(1);
-            let global = Model::new(model, FEATURES, &mut init_rng).expect("model");
-            let (mut sum, mut rows) = (vec![0.0; global.param_count()], 0.0);
-            for (k, p) in providers(&parts).iter_mut().enumerate() {
-                if drops.contains(&(0, k)) {
-                    continue;
-                }
-                let mut local = global.clone();
-                local.train(&p.data, &LR_LOCAL, &mut p.rng).expect("train");
-                let n = p.data.rows() as f64;
-                for (s, (l, g)) in sum
-                    .iter_mut()
-                    .zip(local.to_flat().iter().zip(global.to_flat()))
-                {
-                    *s += n * (l - g);
-                }
-                rows += n;
+    let cfg = FedAvgConfig {
+        dp,
+        ..config(model, 1, LR_LOCAL)
+    };
+    let threshold = cfg.aggregation.threshold;
+    let global = Model::new(model, FEATURES, &mut ChaCha20Rng::seed_from_u64(1)).expect("model");
+    let (mut sum, mut weight) = (vec![0.0; global.param_count()], 0.0);
+    for (k, p) in providers(&parts).iter_mut().enumerate() {
+        if drops.contains(&(0, k)) {
+            continue;
+        }
+        let mut local = global.clone();
+        local.train(&p.data, &LR_LOCAL, &mut p.rng).expect("train");
+        let mut delta: Vec<f64> = local
+            .to_flat()
+            .iter()
+            .zip(global.to_flat())
+            .map(|(l, g)| l - g)
+            .collect();
+        let n = match &dp {
+            Some(dp) => {
+                dp::clip_l2(&mut delta, dp.clip_norm);
+                dp::add_gaussian(&mut delta, dp.client_sigma(threshold), &mut p.rng)
+                    .expect("noise");
+                1.0
             }
-            let expected: Vec<f64> = global
-                .to_flat()
-                .iter()
-                .zip(&sum)
-                .map(|(g, s)| g + s / rows)
-                .collect();
-            let report = federated(&cfg, &parts, &drops).await;
-            let got = report.model.to_flat();
-            let worst = got
-                .iter()
-                .zip(&expected)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0, f64::max);
-            assert!(worst < 1e-6, "{model:?} {drops:?}: off by {worst}");
-            assert_eq!(report.rounds[0].survivors, 3 - drops.len());
+            None => p.data.rows() as f64,
+        };
+        sum.iter_mut().zip(&delta).for_each(|(s, d)| *s += n * d);
+        weight += n;
+    }
+    let expected: Vec<f64> = global
+        .to_flat()
+        .iter()
+        .zip(&sum)
+        .map(|(g, s)| g + s / weight)
+        .collect();
+    let report = federated(&cfg, &parts, &drops).await;
+    let worst = report
+        .model
+        .to_flat()
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(worst < 1e-6, "{model:?} {drops:?} {dp:?}: off by {worst}");
+    assert_eq!(report.rounds[0].survivors, 3 - drops.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_round_equals_the_clear_fedavg_update_of_the_survivors() {
+    let dp = DpConfig {
+        clip_norm: 0.05,
+        noise_multiplier: 1.0,
+        delta: 1e-5,
+    };
+    for model in [ModelKind::Logistic, ModelKind::Mlp { hidden: 4 }] {
+        for drops in [Dropouts::new(), [(0, 1)].into_iter().collect()] {
+            check_one_round(model, drops.clone(), None).await;
+            check_one_round(model, drops, Some(dp)).await;
         }
     }
 }
