@@ -24,8 +24,8 @@
 //! standardising each provider's table by its own statistics would put the providers' features
 //! on different scales (a non-IID split makes that visible in the model). So features are used
 //! **as they are** ([`Standardisation::None`]) or with a mean and scale **given by the job**
-//! ([`Standardisation::Given`]): public reference values, or global moments the job computed
-//! beforehand (for instance through one secure-aggregation round of `(n_k, Σx, Σx²)`).
+//! ([`Standardisation::Given`]): public reference values, or the global moments computed
+//! beforehand through one secure-aggregation round of `(n_k, Σx, Σx²)` ([`crate::moments`]).
 //! Per-provider standardisation is deliberately not offered.
 //!
 //! A [`Dataset`]'s `Debug` shows its shape only: the rows are the provider's data.

@@ -357,7 +357,7 @@ impl FedAvgServer {
     ) -> Result<RoundReport, TrainError> {
         let p = self.model.param_count();
         let m = agg.survivors.len();
-        if agg.sum.len() != cfg.dim as usize || m == 0 {
+        if agg.sum.len() != cfg.dim as usize || m == 0 || m > plan.sampled.len() {
             return Err(TrainError::Config(format!(
                 "aggregate of {} elements from {m} survivors for a round of dim {}",
                 agg.sum.len(),
@@ -529,16 +529,8 @@ async fn run_round(
     providers: &mut [LocalProvider],
     dropouts: &Dropouts,
 ) -> Result<Aggregate, TrainError> {
-    let round = plan.round;
-    let task_error = |e: tokio::task::JoinError| TrainError::Task {
-        round,
-        detail: e.to_string(),
-    };
-    let (agg_end, links) = in_process(secagg.clients, secagg.frame_bytes_max());
-    let cfg = secagg.clone();
-    let aggregator = tokio::spawn(async move { run_server(&agg_end, &cfg).await });
-    let mut tasks = Vec::new();
-    for ((j, &who), link) in plan.sampled.iter().enumerate().zip(links) {
+    let mut inputs = Vec::with_capacity(plan.sampled.len());
+    for &who in &plan.sampled {
         let provider = providers
             .get_mut(who)
             .ok_or_else(|| TrainError::Config(format!("no provider {who}")))?;
@@ -549,13 +541,51 @@ async fn run_round(
             &provider.data,
             &mut provider.rng,
         )?;
-        let rng = ChaCha20Rng::from_rng(&mut provider.rng)
-            .map_err(|e| TrainError::Config(e.to_string()))?;
-        let cfg = secagg.clone();
+        inputs.push(SumInput {
+            input,
+            rng: ChaCha20Rng::from_rng(&mut provider.rng)
+                .map_err(|e| TrainError::Config(e.to_string()))?,
+            drop_out: dropouts.contains(&(plan.round, who)),
+        });
+    }
+    secure_sum_in_process(secagg, inputs, plan.round).await
+}
+
+/// One client's part in [`secure_sum_in_process`].
+#[derive(Debug)]
+pub(crate) struct SumInput {
+    /// Its vector (`dim` ring elements).
+    pub(crate) input: Vec<u64>,
+    /// Its RNG for the SecAgg+ keys and shares.
+    pub(crate) rng: ChaCha20Rng,
+    /// Whether it goes silent after sharing its keys.
+    pub(crate) drop_out: bool,
+}
+
+/// One SecAgg+ round over [`in_process`] channels: the aggregator and each client (SecAgg id =
+/// index in `clients`) as concurrent tokio tasks. `round` labels errors.
+pub(crate) async fn secure_sum_in_process(
+    secagg: &SecAggConfig,
+    clients: Vec<SumInput>,
+    round: u32,
+) -> Result<Aggregate, TrainError> {
+    let task_error = |e: tokio::task::JoinError| TrainError::Task {
+        round,
+        detail: e.to_string(),
+    };
+    let (agg_end, links) = in_process(secagg.clients, secagg.frame_bytes_max());
+    let cfg = secagg.clone();
+    let aggregator = tokio::spawn(async move { run_server(&agg_end, &cfg).await });
+    let mut tasks = Vec::new();
+    for ((j, c), link) in clients.into_iter().enumerate().zip(links) {
         let id = ClientId(j as u32);
-        let drop_out = dropouts.contains(&(round, who));
         tasks.push(tokio::spawn(client_task(
-            link, cfg, id, input, rng, drop_out,
+            link,
+            secagg.clone(),
+            id,
+            c.input,
+            c.rng,
+            c.drop_out,
         )));
     }
     let outcome = aggregator.await.map_err(task_error)?;

@@ -70,7 +70,9 @@
 //! a one-hidden-layer MLP, on `ndarray`) trained on each provider's table ([`data`], CSV or
 //! Parquet), with every round's average computed by one SecAgg+ round of the engine above;
 //! [`dp`] adds optional client-level differential privacy (DP-FedAvg, McMahan et al. ICLR
-//! 2018) and a Rényi-DP accountant.
+//! 2018) and a Rényi-DP accountant; [`moments`] computes the global mean and standard
+//! deviation of the features through one secure-aggregation round, for the job to give every
+//! provider as its standardisation.
 //!
 //! ## Threat model of training
 //!
@@ -84,6 +86,8 @@
 //!   round with two survivors and a colluding one reveals the other's, as any sum does); with
 //!   DP, `Σ (clip(Δ_k) + noise_k)`. From these it computes the new global model, which it
 //!   sends to the next round's clients. It never sees an individual update, a row or a count.
+//!   If the job standardises through [`moments`], it also learns, once, the total row count and
+//!   each feature's global sum and sum of squares (so the global mean and variance).
 //! * **Each client learns** the global model of every round it takes part in (so, across
 //!   rounds, the effect of the others' updates on it), plus what SecAgg+ shows a client.
 //! * **What DP adds**: without DP the sum, and so the model, is exact and can reveal a lot
@@ -117,6 +121,7 @@ pub mod fedavg;
 pub mod graph;
 pub mod keys;
 pub mod model;
+pub mod moments;
 pub mod prg;
 pub mod quant;
 pub mod server;

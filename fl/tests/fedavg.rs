@@ -3,6 +3,7 @@
 //! centralised training on the union of their rows (logistic regression and an MLP, also with
 //! a dropout); DP runs report the accountant's ε. Seeded; no timing.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -19,6 +20,7 @@ use tessera_fl::fedavg::{
     train_in_process,
 };
 use tessera_fl::model::{LocalTraining, Model, ModelKind};
+use tessera_fl::moments::secure_moments_in_process;
 use tessera_fl::{FlError, Modulus, TrainError};
 
 /// Rows of the synthetic tables; features per row.
@@ -497,5 +499,72 @@ async fn too_many_dropouts_and_bad_configurations_fail_typed() {
             matches!(bad.validate(3), Err(TrainError::Config(_))),
             "{bad:?}"
         );
+    }
+}
+
+/// The moments round through SecAgg+ gives the mean and standard deviation of the union of
+/// the surviving providers' rows, computed here in the clear (≤ 1e-6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secure_moments_equal_the_clear_statistics_of_the_surviving_union() {
+    let (parts, _) = split(&logistic_data(), 5);
+    // Shift and stretch the features so that standardising matters: x' = (1 + i)·x + 3 − i.
+    let parts: Vec<Dataset> = parts
+        .iter()
+        .map(|d| {
+            let mut x = d.x().to_owned();
+            for (i, mut col) in x.columns_mut().into_iter().enumerate() {
+                col.mapv_inplace(|v| (1.0 + i as f64) * v + 3.0 - i as f64);
+            }
+            Dataset::new(x, d.y().to_owned()).expect("shifted")
+        })
+        .collect();
+    for dropped in [BTreeSet::new(), BTreeSet::from([2usize])] {
+        let survivors: Vec<&Dataset> = parts
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| !dropped.contains(k))
+            .map(|(_, d)| d)
+            .collect();
+        let union = Dataset::concat(&survivors).expect("union");
+        let n = union.rows() as f64;
+        let mean: Vec<f64> = union
+            .x()
+            .columns()
+            .into_iter()
+            .map(|c| c.sum() / n)
+            .collect();
+        let sd: Vec<f64> = union
+            .x()
+            .columns()
+            .into_iter()
+            .zip(&mean)
+            .map(|(c, m)| (c.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / n).sqrt())
+            .collect();
+        let mut ps = providers(&parts);
+        let got =
+            secure_moments_in_process(&[9; 32], &AggregationConfig::default(), &mut ps, &dropped)
+                .await
+                .expect("moments");
+        let Standardisation::Given { mean: m, scale: s } = got else {
+            panic!("no standardisation")
+        };
+        for i in 0..FEATURES {
+            assert!(
+                (m[i] - mean[i]).abs() < 1e-6,
+                "mean {i}: {} vs {}",
+                m[i],
+                mean[i]
+            );
+            assert!((s[i] - sd[i]).abs() < 1e-6, "sd {i}: {} vs {}", s[i], sd[i]);
+        }
+        // Standardised with them, the union has mean 0 and standard deviation 1.
+        let mut z = union.clone();
+        z.standardise(&Standardisation::Given { mean: m, scale: s })
+            .expect("standardise");
+        for c in z.x().columns() {
+            let mu = c.sum() / n;
+            let var = c.iter().map(|v| v * v).sum::<f64>() / n - mu * mu;
+            assert!(mu.abs() < 1e-6 && (var - 1.0).abs() < 1e-6, "{mu} {var}");
+        }
     }
 }
