@@ -617,3 +617,96 @@ async fn client_task(
     link.send(c.share_keys(&f, &mut rng)?).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(sampling: Sampling, neighbours: Option<u32>) -> FedAvgConfig {
+        FedAvgConfig {
+            model: ModelKind::Logistic,
+            rounds: 3,
+            local: LocalTraining {
+                epochs: 1,
+                batch_size: 8,
+                learning_rate: 0.1,
+            },
+            sampling,
+            aggregation: AggregationConfig {
+                neighbours,
+                threshold: 3,
+                ..AggregationConfig::default()
+            },
+            dp: None,
+            session_id: [1; 32],
+        }
+    }
+
+    /// Fixed-fraction sampling draws `⌈f·K⌉` distinct clients; the graph is sparse only when
+    /// `k` fits; each round has its own session id; the plan is a function of the seed.
+    #[test]
+    fn plans_sample_the_fraction_and_fix_the_round() {
+        let mut rng = ChaCha20Rng::seed_from_u64(4);
+        let cfg = config(Sampling::Fraction(0.25), Some(5));
+        let mut server = FedAvgServer::new(cfg.clone(), 40, 6, &mut rng).expect("server");
+        let plan = server.plan_round(&mut rng).expect("plan");
+        assert_eq!(plan.sampled.len(), 10);
+        assert!(plan.sampled.windows(2).all(|w| w[0] < w[1] && w[1] < 40));
+        let sa = plan.secagg.clone().expect("aggregated");
+        assert_eq!((sa.clients, sa.neighbours, sa.dim), (10, 5, 7 + 1));
+        assert_eq!(sa.session_id, round_session(&cfg.session_id, 0));
+        assert_ne!(
+            round_session(&cfg.session_id, 0),
+            round_session(&cfg.session_id, 1)
+        );
+        let mut again = ChaCha20Rng::seed_from_u64(4);
+        let mut twin = FedAvgServer::new(cfg, 40, 6, &mut again).expect("server");
+        assert_eq!(twin.plan_round(&mut again), Some(plan));
+
+        let mut small = FedAvgServer::new(config(Sampling::Fraction(0.1), Some(5)), 4, 6, &mut rng)
+            .expect("server");
+        let skipped = small.plan_round(&mut rng).expect("plan");
+        assert_eq!((skipped.sampled.len(), skipped.secagg.is_none()), (1, true));
+        let report = small.finish_round(&skipped, None).expect("skip");
+        assert!(report.skipped);
+    }
+
+    /// An aggregate that does not fit the plan changes nothing and is a typed error.
+    #[test]
+    fn aggregates_that_do_not_fit_the_plan_are_refused() {
+        let mut rng = ChaCha20Rng::seed_from_u64(5);
+        let mut server = FedAvgServer::new(config(Sampling::Fraction(1.0), None), 3, 2, &mut rng)
+            .expect("server");
+        let plan = server.plan_round(&mut rng).expect("plan");
+        let before = server.model().clone();
+        let agg = |sum: Vec<u64>, survivors: u32| Aggregate {
+            sum,
+            survivors: (0..survivors).map(ClientId).collect(),
+            modulus: Modulus::Pow64,
+        };
+        for bad in [
+            agg(vec![0; 3], 3),
+            agg(vec![0; 4], 0),
+            agg(vec![0; 4], 4),
+            agg(vec![0; 4], 3),
+        ] {
+            assert!(
+                matches!(
+                    server.finish_round(&plan, Some(&bad)),
+                    Err(TrainError::Config(_))
+                ),
+                "{bad:?}"
+            );
+            assert_eq!(server.model(), &before);
+        }
+        assert!(server.finish_round(&plan, None).is_err());
+        let mut other = plan.clone();
+        other.round = 1;
+        assert!(
+            server
+                .finish_round(&other, Some(&agg(vec![0; 4], 3)))
+                .is_err()
+        );
+        assert!(server.reports().is_empty());
+    }
+}
