@@ -96,9 +96,12 @@
 //!   noise so that every aggregate carries standard deviation at least `z·C`
 //!   (each of at least `t` survivors adds `z·C/√t`; see [`dp`]): the sequence of global
 //!   models is then `(ε, δ)`-DP with respect to adding or removing one client's whole
-//!   dataset, `ε` from the accountant — towards the aggregator, the other clients and
-//!   whoever receives the model. This assumes the clients add their noise honestly: `c`
-//!   colluding clients who omit theirs reduce the noise variance by `c/t` of the floor.
+//!   dataset (client-level DP; updates are then averaged with uniform weights, not `n_k`),
+//!   `ε` from the accountant — towards the aggregator and whoever receives the models. This
+//!   assumes the clients add their noise honestly. A coalition of `c` clients knows its own
+//!   noise (or omits it): what protects the others is the noise of the survivors outside it,
+//!   so the guarantee holds in full while at least `t` survivors are outside the coalition,
+//!   and with `z` shrunk by `√((m − c)/t)` for `m` survivors otherwise.
 //! * **Not covered**: a malicious aggregator (as above; it could also send different models to
 //!   different clients), malicious clients (model poisoning: a client can send any update
 //!   within the quantiser's range), floating-point attacks on the Gaussian sampler, and the
@@ -109,7 +112,10 @@
 //! [`client::Client`] and [`server::Server`] are state machines over byte frames (no I/O, no
 //! clock, RNG passed in); [`transport`] has the aggregator's N-party transport trait, an
 //! in-process implementation on bounded channels, and async drivers that run either side over
-//! a transport (clients use `tessera_core::Link`).
+//! a transport (clients use `tessera_core::Link`). Training: [`fedavg::FedAvgServer`] (plan a
+//! round, finish it with its aggregate) and [`fedavg::local_update`] (a client's input) are
+//! transport-free too; [`fedavg::train_in_process`] and [`moments::secure_moments_in_process`]
+//! run every party in one process over [`transport::in_process`].
 
 #![forbid(unsafe_code)]
 
