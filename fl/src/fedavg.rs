@@ -466,13 +466,21 @@ pub fn local_update<R: RngCore + CryptoRng>(
     Ok(input)
 }
 
-/// A provider's data and RNG, for [`train_in_process`].
-#[derive(Debug)]
+/// A provider's data and RNG, for [`train_in_process`]. `Debug` shows the data's shape, never
+/// the RNG's state (it seeds the provider's SecAgg keys).
 pub struct LocalProvider {
     /// The provider's training rows.
     pub data: Dataset,
     /// Its RNG (local shuffling, noise, rounding, SecAgg keys).
     pub rng: ChaCha20Rng,
+}
+
+impl std::fmt::Debug for LocalProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalProvider")
+            .field("data", &self.data)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Which `(round, client index)` pairs drop out in [`train_in_process`]: such a client trains
@@ -551,8 +559,7 @@ async fn run_round(
     secure_sum_in_process(secagg, inputs, plan.round).await
 }
 
-/// One client's part in [`secure_sum_in_process`].
-#[derive(Debug)]
+/// One client's part in [`secure_sum_in_process`] (no `Debug`: it holds the client's RNG).
 pub(crate) struct SumInput {
     /// Its vector (`dim` ring elements).
     pub(crate) input: Vec<u64>,
@@ -669,6 +676,29 @@ mod tests {
         assert_eq!((skipped.sampled.len(), skipped.secagg.is_none()), (1, true));
         let report = small.finish_round(&skipped, None).expect("skip");
         assert!(report.skipped);
+    }
+
+    /// A provider's `Debug` shows the data's shape only: neither rows nor the RNG state.
+    #[test]
+    fn providers_do_not_print_rows_or_rng_state() {
+        let data = Dataset::new(
+            ndarray::array![[0.123_456, 7.0]],
+            ndarray::Array1::from(vec![1.0]),
+        )
+        .expect("data");
+        let p = LocalProvider {
+            data,
+            rng: ChaCha20Rng::seed_from_u64(6),
+        };
+        let shown = format!("{p:?}");
+        assert!(
+            shown.contains("rows: 1") && shown.contains("features: 2"),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("0.123") && !shown.contains("ChaCha"),
+            "{shown}"
+        );
     }
 
     /// An aggregate that does not fit the plan changes nothing and is a typed error.
