@@ -122,3 +122,33 @@ impl From<tessera_core::LinkError> for FlError {
         FlError::Transport(e.to_string())
     }
 }
+
+/// Why federated training failed. One variant per failure.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum TrainError {
+    /// A training, model, DP or aggregation setting is out of bounds or inconsistent.
+    #[error("invalid training configuration: {0}")]
+    Config(String),
+    /// A value that must be finite is not (diverged training, a corrupt parameter vector).
+    #[error("non-finite values: {0}")]
+    NonFinite(String),
+    /// A provider's table could not be read.
+    #[error("data: {0}")]
+    Data(#[from] crate::data::DataError),
+    /// The secure aggregation of a round failed (too many dropouts, a transport failure…).
+    #[error("round {round}: secure aggregation failed: {source}")]
+    SecAgg {
+        /// The round (0-based).
+        round: u32,
+        /// The engine's error.
+        source: FlError,
+    },
+    /// A client or aggregator task of the in-process driver panicked or was cancelled.
+    #[error("round {round}: task failed: {detail}")]
+    Task {
+        /// The round (0-based).
+        round: u32,
+        /// What happened.
+        detail: String,
+    },
+}

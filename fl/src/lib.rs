@@ -60,23 +60,74 @@
 //! * **Not covered**: a malicious aggregator (it could tell clients different `U_3` and learn
 //!   both secrets of one client; Bell et al.'s consistency check with signatures is not built),
 //!   malicious clients (a client can add any vector; there is no input validation), and
-//!   differential privacy of the sum (the sum is exact).
+//!   differential privacy of the sum (the sum is exact; [`dp`] adds noise before it).
 //! * **Parameters**: 128-bit security (X25519, AES-128, SHA-256); the masks are AES-128-CTR
 //!   streams of distinct keys, so `y_u` is pseudo-random under AES as a PRF.
+//!
+//! # Federated training on top: FedAvg, DP, data
+//!
+//! [`fedavg`] runs FedAvg (McMahan et al. AISTATS 2017) over [`model`]s (logistic regression,
+//! a one-hidden-layer MLP, on `ndarray`) trained on each provider's table ([`data`], CSV or
+//! Parquet), with every round's average computed by one SecAgg+ round of the engine above;
+//! [`dp`] adds optional client-level differential privacy (DP-FedAvg, McMahan et al. ICLR
+//! 2018) and a Rényi-DP accountant; [`moments`] computes the global mean and standard
+//! deviation of the features through one secure-aggregation round, for the job to give every
+//! provider as its standardisation.
+//!
+//! ## Threat model of training
+//!
+//! * **Semi-honest aggregator, up to `t − 1` colluding clients** (as above, per round: each
+//!   round is an independent SecAgg+ session with its own keys and a session id derived from
+//!   the job's and the round number, so nothing carries over between rounds).
+//! * **The aggregator learns, per round**: who was sampled (it samples), the survivors
+//!   `U_3`, and the sum over `U_3` of the quantised updates — without DP, the sum of the
+//!   pre-weighted deltas `Σ (n_k/N_max)·Δ_k` and the total row count `Σ n_k` of the survivors
+//!   (one extra coordinate of the secure sum; a single client's `n_k` is not revealed, but a
+//!   round with two survivors and a colluding one reveals the other's, as any sum does); with
+//!   DP, `Σ (clip(Δ_k) + noise_k)`. From these it computes the new global model, which it
+//!   sends to the next round's clients. It never sees an individual update, a row or a count.
+//!   If the job standardises through [`moments`], it also learns, once, the total row count and
+//!   each feature's global sum and sum of squares (so the global mean and variance).
+//! * **Each client learns** the global model of every round it takes part in (so, across
+//!   rounds, the effect of the others' updates on it), plus what SecAgg+ shows a client.
+//! * **What DP adds**: without DP the sum, and so the model, is exact and can reveal a lot
+//!   about one client's data (an aggregate of two or three providers is close to each one's
+//!   update). With DP, each update is clipped to L2 norm `C` and the clients add Gaussian
+//!   noise so that every aggregate carries standard deviation at least `z·C`
+//!   (each of at least `t` survivors adds `z·C/√t`; see [`dp`]): the sequence of global
+//!   models is then `(ε, δ)`-DP with respect to adding or removing one client's whole
+//!   dataset (client-level DP; updates are then averaged with uniform weights, not `n_k`),
+//!   `ε` from the accountant — towards the aggregator and whoever receives the models. This
+//!   assumes the clients add their noise honestly. A coalition of `c` clients knows its own
+//!   noise (or omits it): what protects the others is the noise of the survivors outside it,
+//!   so the guarantee holds in full while at least `t` survivors are outside the coalition,
+//!   and with `z` shrunk by `√((m − c)/t)` for `m` survivors otherwise.
+//! * **Not covered**: a malicious aggregator (as above; it could also send different models to
+//!   different clients), malicious clients (model poisoning: a client can send any update
+//!   within the quantiser's range), floating-point attacks on the Gaussian sampler, and the
+//!   DP effect of a Poisson round skipped for having fewer than `t` sampled clients.
 //!
 //! # Shape of the code
 //!
 //! [`client::Client`] and [`server::Server`] are state machines over byte frames (no I/O, no
 //! clock, RNG passed in); [`transport`] has the aggregator's N-party transport trait, an
 //! in-process implementation on bounded channels, and async drivers that run either side over
-//! a transport (clients use `tessera_core::Link`).
+//! a transport (clients use `tessera_core::Link`). Training: [`fedavg::FedAvgServer`] (plan a
+//! round, finish it with its aggregate) and [`fedavg::local_update`] (a client's input) are
+//! transport-free too; [`fedavg::train_in_process`] and [`moments::secure_moments_in_process`]
+//! run every party in one process over [`transport::in_process`].
 
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod data;
+pub mod dp;
 mod error;
+pub mod fedavg;
 pub mod graph;
 pub mod keys;
+pub mod model;
+pub mod moments;
 pub mod prg;
 pub mod quant;
 pub mod server;
@@ -85,7 +136,7 @@ pub mod transport;
 pub mod wire;
 
 pub use client::Client;
-pub use error::{FlError, Peer};
+pub use error::{FlError, Peer, TrainError};
 pub use server::{Aggregate, Server, ServerStep};
 
 /// Most clients in one session.
