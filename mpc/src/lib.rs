@@ -69,6 +69,8 @@
 
 pub mod compare;
 pub mod fixed;
+pub mod lr;
+pub mod query;
 pub mod session;
 pub mod triples;
 pub mod wire;
