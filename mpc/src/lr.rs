@@ -170,7 +170,7 @@ fn check_config(layout: &LrLayout, cfg: &LrConfig) -> Result<(), LrError> {
     if cfg.epochs > EPOCHS_MAX {
         return bad(format!("{} epochs, at most {EPOCHS_MAX}", cfg.epochs));
     }
-    let ok = |v: f64| v.is_finite() && v >= 0.0 && v <= 1e3;
+    let ok = |v: f64| (0.0..=1e3).contains(&v);
     if !ok(cfg.learning_rate) || !ok(cfg.l2) {
         return bad(format!(
             "learning rate {} and λ {} must be in [0, 1000]",

@@ -311,7 +311,7 @@ async fn bad_configurations_and_data_are_typed_errors() {
         let (r0, r1) = both_raw(Src::Dealer, 40, FixedPoint::default(), move |s| {
             Box::pin(async move {
                 let f = vec![0.0; 10];
-                let y = vec![0.0; 10];
+                let y = [0.0; 10];
                 let own = LrOwnData {
                     features: &f,
                     labels: (s.party() == Party::P1).then_some(&y[..]),
@@ -329,7 +329,7 @@ async fn bad_configurations_and_data_are_typed_errors() {
     let (r0, r1) = both_raw(Src::Dealer, 41, FixedPoint::default(), move |s| {
         Box::pin(async move {
             let f = vec![0.5; 10];
-            let y = vec![0.5; 10];
+            let y = [0.5; 10];
             let own = LrOwnData {
                 features: &f,
                 labels: (s.party() == Party::P1).then_some(&y[..]),
@@ -349,7 +349,7 @@ async fn bad_configurations_and_data_are_typed_errors() {
     let (r0, r1) = both_raw(Src::Dealer, 42, FixedPoint::default(), move |s| {
         Box::pin(async move {
             let f = vec![0.5; 10];
-            let y = vec![1.0; 10];
+            let y = [1.0; 10];
             let own = LrOwnData {
                 features: &f,
                 labels: (s.party() == Party::P1).then_some(&y[..]),

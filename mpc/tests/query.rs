@@ -114,7 +114,7 @@ fn parse_errors_name_the_position_and_what_was_expected() {
         "SELECT buyer.",
         "1:14: expected a column name, found end of input",
     );
-    let e = parse("SELECT\n\n  sum(provider.").err().expect("an error");
+    let e = parse("SELECT\n\n  sum(provider.").expect_err("an error");
     assert_eq!((e.offset, e.line, e.column), (23, 3, 16));
 }
 
