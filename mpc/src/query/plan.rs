@@ -190,7 +190,13 @@ pub fn check(
             SelectItem::Count { offset } => agg_at = agg_at.or(Some(*offset)),
             SelectItem::Agg { func, column } => {
                 agg_at = agg_at.or(Some(column.offset));
-                inputs.push((column.side, column.name.clone(), numeric(schema, column)?));
+                let abs_max = numeric(schema, column)?;
+                inputs.push((column.side, column.name.clone(), abs_max));
+                if *func == AggFunc::Var && (2.0 * abs_max).powi(2) * fx.scale() >= 2f64.powi(60) {
+                    return Err(QueryError::Range(format!(
+                        "var({column}): (2 · bound)² · 2^f must stay below 2^60"
+                    )));
+                }
                 if matches!(func, AggFunc::Min | AggFunc::Max) {
                     lanes += 1;
                 }
