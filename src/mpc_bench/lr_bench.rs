@@ -87,7 +87,7 @@ fn clear_train(d: &Data, rows: usize, cfg: &LrConfig) -> Vec<f64> {
         while start < rows {
             let end = (start + cfg.batch_rows).min(rows);
             let scale = cfg.learning_rate / (end - start) as f64;
-            let mut grad = vec![0.0; FEATURES + 1];
+            let mut grad = [0.0; FEATURES + 1];
             for i in start..end {
                 let x = &d.x[i * FEATURES..(i + 1) * FEATURES];
                 let z = x.iter().zip(&w).map(|(a, b)| a * b).sum::<f64>() + w[FEATURES];
