@@ -536,10 +536,9 @@ async fn edge_cases_empty_selection_one_group_and_suppression() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn suppressed_groups_open_as_zeros_and_the_single_row_is_not_revealed() {
-    // The suppressed group's values are opened as exact zeros, not as its values: run the
-    // query and read the raw flags through the result (values None), and check the clear
-    // interpreter agrees that group 3 has exactly one row.
+async fn a_group_of_one_row_is_suppressed_under_a_minimum_of_two() {
+    // Segment 3 has exactly one row: under k = 2 the buyer gets no value of it (only its
+    // flag), the other groups are reported.
     let d = random_data(8, 40);
     let text = "SELECT sum(provider.income), min(provider.income) GROUP BY buyer.segment";
     let policy = OutputPolicy {
