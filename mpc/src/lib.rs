@@ -26,6 +26,11 @@
 //! * [`compare`]: the sign bit (MSB) by a carry tree over boolean shares with AND triples, and
 //!   what is built on it: comparison, ReLU, the piecewise-linear sigmoid, reciprocal and
 //!   division by Newton–Raphson.
+//! * [`query`]: a small statistics language (`SELECT count(*), mean(provider.x) … WHERE
+//!   buyer.… GROUP BY buyer.…`): parser, semantic check, secure evaluation with output
+//!   controls ([`query::OutputPolicy`]), the result opened to the buyer only.
+//! * [`lr`]: logistic-regression training on vertically partitioned data (SecureML-style
+//!   mini-batch gradient descent), the model opened to one named party or kept shared.
 //!
 //! # Threat model
 //!
@@ -38,12 +43,23 @@
 //!   masked AND openings (uniform bits), and the correlated-randomness messages of the source
 //!   (see below). So a party learns nothing of the other's inputs beyond what the revealed
 //!   outputs imply, and the lengths of all vectors (shapes are public).
-//! * **What each output reveals.** Only what [`Session::reveal`] opens: the value itself, to
-//!   both parties. Intermediate values (comparison bits, one-hot encodings, per-group sums)
-//!   stay shared unless the caller reveals them. A revealed mean reveals the sum (n is public);
-//!   a revealed histogram reveals the count of every category; a revealed group-by sum reveals
-//!   the sum per category, which for a category of count 1 is that row's value: output controls
-//!   (minimum group sizes, noise) belong to the caller and are not built here.
+//! * **What each output reveals.** Only what [`Session::reveal`] opens (the value itself, to
+//!   both parties) or [`Session::reveal_to`] opens (to one party; the other only sends its
+//!   shares). Intermediate values (comparison bits, one-hot encodings, per-group sums) stay
+//!   shared unless the caller reveals them. A revealed mean reveals the sum (n is public); a
+//!   revealed histogram reveals the count of every category; a revealed group-by sum reveals
+//!   the sum per category, which for a category of count 1 is that row's value.
+//! * **Output controls** exist in [`query`] only ([`query::OutputPolicy`]), and are enforced
+//!   inside the computation: with a minimum group size `k`, each group's secret count is
+//!   compared with `max(k, 1)` in MPC and every output of the group multiplied by the secret
+//!   bit before the single reveal, so a suppressed group opens as exact zeros and the buyer
+//!   learns of it only that one bit; `aggregates_only` makes each party refuse a row-level
+//!   plan before sending anything. Both parties compare a digest of the plan (query, schema,
+//!   policy, roles, format) first, so a buyer cannot run the provider's data under another
+//!   policy (in the semi-honest model; a malicious buyer could still deviate inside the
+//!   protocol). A minimum group size does not stop differencing attacks across several
+//!   queries (two overlapping `WHERE`s whose difference is one row); no noise is added.
+//!   [`lr`] opens the model to the one party named, or not at all.
 //! * **The dealer** ([`triples::run_dealer`]) is a third party that generates every Beaver and
 //!   AND triple and therefore knows both parties' triple shares. It learns nothing of the inputs
 //!   by itself (it sees no opening), but **it must not collude with either party**: a party
@@ -69,6 +85,8 @@
 
 pub mod compare;
 pub mod fixed;
+pub mod lr;
+pub mod query;
 pub mod session;
 pub mod triples;
 pub mod wire;

@@ -14,7 +14,7 @@ use rand_core::CryptoRngCore;
 use tessera_core::Link;
 
 use crate::triples::{ArithTriples, BitTriples, MatrixTriple, TripleSource, matmul_plain};
-use crate::wire::{KIND_INPUT, KIND_OPEN, exchange_words, recv_words, send_words};
+use crate::wire::{KIND_INPUT, KIND_OPEN, KIND_REVEAL, exchange_words, recv_words, send_words};
 use crate::{
     ELEMENTS_MAX, FixedPoint, MATMUL_PRODUCTS_MAX, MpcError, Party, Shares, check_len, same_len,
 };
@@ -205,6 +205,30 @@ impl<'l, R: CryptoRngCore + Send> Session<'l, R> {
             .zip(&theirs)
             .map(|(a, b)| a.wrapping_add(*b))
             .collect())
+    }
+
+    /// Opens `x` to party `to` only: the other party sends its shares (one message, other →
+    /// `to`) and learns nothing; `to` gets `Some(values)`, the other `None`. For outputs that
+    /// belong to one party (a buyer's statistics, a model revealed to the party a policy names).
+    ///
+    /// # Errors
+    /// Link and frame errors (at `to`: a frame of another kind or length is
+    /// [`MpcError::Malformed`]).
+    pub async fn reveal_to(&mut self, to: Party, x: &Shares) -> Result<Option<Vec<u64>>, MpcError> {
+        self.check_step()?;
+        if to != self.party {
+            let r = send_words(self.link, KIND_REVEAL, &x.0).await;
+            self.settle(r)?;
+            return Ok(None);
+        }
+        let r = recv_words(self.link, KIND_REVEAL, x.len()).await;
+        let theirs = self.settle(r)?;
+        Ok(Some(
+            x.0.iter()
+                .zip(&theirs)
+                .map(|(a, b)| a.wrapping_add(*b))
+                .collect(),
+        ))
     }
 
     /// Opens `x` and decodes it as fixed-point reals.
@@ -404,6 +428,22 @@ impl<'l, R: CryptoRngCore + Send> Session<'l, R> {
         &mut self,
         x: &Shares,
         y: &Shares,
+        shape: (usize, usize, usize),
+    ) -> Result<Shares, MpcError> {
+        let z = self.matmul_ring(x, y, shape).await?;
+        Ok(self.truncate(&z))
+    }
+
+    /// Matrix product over the ring, without truncation (as [`Session::matmul`] otherwise):
+    /// exact. For products of ring integers with fixed-point values (a 0/1 selection or
+    /// one-hot matrix times a column), whose result is fixed-point without rescaling.
+    ///
+    /// # Errors
+    /// As [`Session::matmul`].
+    pub async fn matmul_ring(
+        &mut self,
+        x: &Shares,
+        y: &Shares,
         (m, k, n): (usize, usize, usize),
     ) -> Result<Shares, MpcError> {
         let products = m
@@ -443,7 +483,7 @@ impl<'l, R: CryptoRngCore + Send> Session<'l, R> {
                 )
             }
         };
-        Ok(self.truncate(&z))
+        Ok(z)
     }
 
     async fn matmul_with(

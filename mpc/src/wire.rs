@@ -23,6 +23,10 @@ pub const KIND_GILBOA: u8 = 0x52;
 pub const KIND_AND_CORRECTIONS: u8 = 0x53;
 /// Boolean openings `x ⊕ a ‖ y ⊕ b` of AND gates.
 pub const KIND_OPEN_BITS: u8 = 0x54;
+/// A reveal to one party: the other party's shares ([`crate::Session::reveal_to`]).
+pub const KIND_REVEAL: u8 = 0x55;
+/// The digest of a query plan or training configuration both parties must agree on.
+pub const KIND_PLAN: u8 = 0x56;
 /// Party → dealer: a triple request.
 pub const KIND_DEALER_REQUEST: u8 = 0x58;
 /// Dealer → party: the 32-byte seed of a batch.

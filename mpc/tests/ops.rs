@@ -603,3 +603,45 @@ async fn debug_shows_no_secret() {
     assert!(!text.contains("dead"), "{text}");
     assert!(text.starts_with("Session { party: P0"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matmul_ring_is_exact_and_reveal_to_opens_to_one_party_only() {
+    for src in SOURCES {
+        // A 0/1 ring matrix (party 0's) times fixed-point values (party 1's): exact, no
+        // truncation; then opened to party 1 only.
+        let (m, k, n) = (4usize, 9usize, 3usize);
+        let mut r = ChaCha20Rng::seed_from_u64(90);
+        let bits: Vec<u64> = (0..m * k).map(|_| r.gen_range(0..2u64)).collect();
+        let vals = randoms(91, k * n, -100.0, 100.0);
+        let (ba, va) = (bits.clone(), vals.clone());
+        let (g0, g1) = both(src, 92, move |s| {
+            let (bits, vals) = (ba.clone(), va.clone());
+            Box::pin(async move {
+                let p = s.party();
+                let a = s
+                    .input_ring(Party::P0, (p == Party::P0).then_some(&bits[..]), m * k)
+                    .await?;
+                let b = s
+                    .input(Party::P1, (p == Party::P1).then_some(&vals[..]), k * n)
+                    .await?;
+                let z = s.matmul_ring(&a, &b, (m, k, n)).await?;
+                s.reveal_to(Party::P1, &z).await
+            })
+        })
+        .await;
+        assert_eq!(g0, None, "{src:?}: party 0 learns nothing");
+        let fx = FixedPoint::new(16).expect("fx");
+        let got = g1.expect("party 1 gets the values");
+        for i in 0..m {
+            for j in 0..n {
+                // Exact over the encoded values.
+                let want = (0..k).fold(0u64, |acc, l| {
+                    acc.wrapping_add(
+                        bits[i * k + l].wrapping_mul(fx.encode(vals[l * n + j]).expect("enc")),
+                    )
+                });
+                assert_eq!(got[i * n + j], want, "{src:?} ({i}, {j})");
+            }
+        }
+    }
+}

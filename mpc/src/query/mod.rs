@@ -1,0 +1,526 @@
+//! A small statistics language evaluated by the two parties under MPC: aggregates over the
+//! columns of both parties, filtered and grouped by the **buyer's** own columns, with output
+//! controls enforced inside the computation.
+//!
+//! # The language
+//!
+//! ```text
+//! SELECT count(*), mean(provider.income), var(provider.income),
+//!        min(provider.income), max(buyer.age),
+//!        histogram(provider.income, [0, 1000, 5000, 20000])
+//! WHERE buyer.age >= 30 AND NOT (buyer.region = 2 OR buyer.score < -1.5)
+//! GROUP BY buyer.segment
+//! ```
+//!
+//! Grammar in [`parse`]. Columns are qualified by the party that holds them: `buyer.NAME`
+//! (the party that asks, and receives the result) and `provider.NAME` (the data provider). The
+//! aggregates: `count(*)`, `sum`, `mean` (alias `avg`), `var` (alias `variance`, the population
+//! variance), `min`, `max` of a numeric column of either party, and `histogram(col, [e0, …,
+//! em])` (the counts of `m` bins `[e_j, e_{j+1})`; values outside `[e0, em)` fall in no bin).
+//! `WHERE` is a boolean expression (`AND`, `OR`, `NOT`, parentheses) of comparisons of a
+//! buyer column with a public constant; `GROUP BY` names a categorical buyer column. A bare
+//! column in the select list (`SELECT provider.income WHERE …`) is a **row-level** output:
+//! the column's value for each selected row, which an [`OutputPolicy`] may refuse.
+//!
+//! Both parties hold the same public [`Schema`] (row count, column names, kinds and declared
+//! bounds) and parse the same text; [`plan::check`] turns it into a [`plan::Plan`] or a
+//! typed [`QueryError`] naming the offending column and its position (a `WHERE` or `GROUP BY`
+//! on a provider column, an unknown column, an aggregate of a categorical column, …).
+//!
+//! # Secure evaluation ([`eval::evaluate`])
+//!
+//! The plan is public; the data are not. The buyer evaluates `WHERE` and `GROUP BY` on its own
+//! rows in the clear and secret-shares the `n × k` 0/1 matrix `M[i][g] = [row i selected and in
+//! group g]` (`k = 1` without `GROUP BY`): the provider learns neither the selection nor the
+//! groups. Each party secret-shares the numeric columns of its own that the aggregates read.
+//! Then, with `c_g = Σ_i M[i][g]` (local):
+//!
+//! * `count(*)`: `c_g`, exact.
+//! * `sum(x)`: `Σ_i M[i][g] x_i`, one ring matrix product `Mᵀ X` (exact given the encoded
+//!   inputs).
+//! * `mean(x)`: `sum · r_g / 2^s` with `r_g ≈ 2^s / c_g` from [`crate::Session::reciprocal`]
+//!   on `c_g / 2^s` (`s` the least shift with `n / 2^s < 2^16`, public).
+//! * `var(x)`: two-pass: the row's group mean `μ_{g(i)} = (M μ)_i` (ring product), deviations
+//!   `d_i = x_i − μ_{g(i)}` scaled down by a public `2^t` (so `d² · 2^2f` stays below `2^40` as
+//!   a ring integer: `t = max(0, ⌈log2(2·abs_max)⌉ + f − 20)`), squared, summed per group
+//!   (`Mᵀ d²`), times `r_g`, scaled back by `2^2t / 2^s`.
+//! * `min(x)`, `max(x)`: per group, the rows outside the group are replaced by the public
+//!   sentinel `±2·abs_max` (`BIG + M[i][g] (x_i − BIG)`, one multiplication layer), then a
+//!   tournament tree of secure comparisons ([`crate::Session::less_than`]) and one
+//!   multiplication per layer, all lanes (every group of every min/max) in the same layers:
+//!   `⌈log2 n⌉` layers of 9 rounds.
+//! * `histogram(x, e)`: `[x_i ≥ e_j]` for every edge ([`crate::Session::at_least`]), bin
+//!   indicators as differences of neighbours, counts per group by one ring product `Mᵀ B`;
+//!   exact.
+//!
+//! # Output controls ([`OutputPolicy`])
+//!
+//! * `min_group_size: Some(k)`: each group's flag `keep_g = [c_g ≥ max(k, 1)]` is computed in
+//!   MPC (one secure comparison on the secret count), every output of the group is multiplied
+//!   by the secret flag, and only then is anything opened: a suppressed group's values are
+//!   opened as exact zeros, so nothing of them reaches the buyer. Without a minimum
+//!   (`None`, or `Some(0)`/`Some(1)`) the flag is `[c_g ≥ 1]`: an empty group is reported as
+//!   not reported (its mean, variance, min and max are undefined).
+//! * `aggregates_only`: a plan with a row-level output is refused by [`plan::check`] on each
+//!   party, before any message is sent (the provider's side refuses to take part), and so is a
+//!   row-level output under a minimum group size above 1 (a row is a group of one).
+//!
+//! Both parties first exchange a SHA-256 digest of (query, schema, policy, buyer, format) and
+//! refuse to go on if they differ ([`QueryError::PlanMismatch`]): a buyer cannot run the
+//! provider into a query or a policy the provider did not agree to.
+//!
+//! # What is revealed, and to whom
+//!
+//! Only the buyer receives anything ([`crate::Session::reveal_to`]); the provider learns the
+//! public plan and shapes (`n`, `k`, the number of columns) and nothing else. The buyer
+//! receives, per group: the flag `keep_g` (one bit: whether the group has at least `max(k, 1)`
+//! selected rows) and, where it is set, the requested aggregates; where it is not, nothing but
+//! the bit. The aggregates reveal what they are: a `min`/`max` is one row's value, a `sum` of
+//! a group of `k` rows the total of those rows, a histogram the count of each bin. A
+//! row-level output reveals the value of each selected row.
+//!
+//! # Error bounds (fixed point, `f` fractional bits, `ulp = 2^−f`)
+//!
+//! Against the clear f64 computation on the same rows; `abs_max` is the column's declared
+//! bound, `c` the group's count, `s`, `t` the shifts above:
+//!
+//! | aggregate | bound |
+//! | --- | --- |
+//! | `count`, `histogram` | exact |
+//! | `sum` | `c · ulp / 2` (the inputs' rounding) |
+//! | `mean` | `ulp / 2` (rounding) `+ |mean| · 2^−12 + (2^s + 4) · ulp` |
+//! | `var` | `(2 · 2abs_max · 2^t + 2^2t) · ulp · 2 + var · 2^−11 + (2^2t + 4) · 2^s · ulp` |
+//! | `min`, `max` | `ulp / 2` (the input's rounding; comparisons are exact) |
+//!
+//! The `|mean| · 2^−12` and `var · 2^−11` terms are [`crate::Session::reciprocal`]'s stated
+//! relative bound (in practice the error is a few ulps); the variance's first term is the
+//! rounding of the scaled deviations. On top, SecureML's local truncation fails (a large error)
+//! with probability at most `2^(ℓ − 64)` per truncated element of ring magnitude `< 2^ℓ`:
+//! `|mean| · 2^(2f + s)` for a mean, `2^(40 + f)` … `2^40` for a squared deviation (by the
+//! choice of `t`); so keep `|mean| · 2^(2f + s)` well below `2^44` (e.g. `f = 16`,
+//! `n < 65,536`, means below 4,096 for `2^−20`). [`plan::check`] refuses columns whose sums
+//! could leave the ring (`n · abs_max · 2^f ≥ 2^61`).
+
+pub mod eval;
+pub mod parse;
+pub mod plan;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+pub use eval::{Aggregate, GroupResult, QueryResult, evaluate};
+pub use parse::{ParseError, parse};
+pub use plan::{Plan, check};
+
+use crate::MpcError;
+
+/// Which party holds a column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Side {
+    /// The party that asks the query and receives its result.
+    Buyer,
+    /// The data provider.
+    Provider,
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Buyer => "buyer",
+            Side::Provider => "provider",
+        })
+    }
+}
+
+/// A column reference `side.name`, with the byte offset where it starts in the query text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColumnRef {
+    /// The party that holds it.
+    pub side: Side,
+    /// The column's name.
+    pub name: String,
+    /// Byte offset in the query text (for errors).
+    pub offset: usize,
+}
+
+impl fmt::Display for ColumnRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.side, self.name)
+    }
+}
+
+/// An aggregate function of one column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AggFunc {
+    /// The sum.
+    Sum,
+    /// The arithmetic mean.
+    Mean,
+    /// The population variance.
+    Var,
+    /// The minimum.
+    Min,
+    /// The maximum.
+    Max,
+}
+
+impl fmt::Display for AggFunc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AggFunc::Sum => "sum",
+            AggFunc::Mean => "mean",
+            AggFunc::Var => "var",
+            AggFunc::Min => "min",
+            AggFunc::Max => "max",
+        })
+    }
+}
+
+/// One item of the select list.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SelectItem {
+    /// `count(*)`.
+    Count {
+        /// Byte offset in the query text.
+        offset: usize,
+    },
+    /// `func(column)`.
+    Agg {
+        /// The function.
+        func: AggFunc,
+        /// Its column.
+        column: ColumnRef,
+    },
+    /// `histogram(column, [edges])`.
+    Histogram {
+        /// The column.
+        column: ColumnRef,
+        /// The bin edges as written.
+        edges: Vec<f64>,
+        /// Byte offset of the edge list.
+        edges_offset: usize,
+    },
+    /// A bare column: a row-level output.
+    Column(ColumnRef),
+}
+
+impl fmt::Display for SelectItem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SelectItem::Count { .. } => f.write_str("count(*)"),
+            SelectItem::Agg { func, column } => write!(f, "{func}({column})"),
+            SelectItem::Histogram { column, edges, .. } => {
+                write!(f, "histogram({column}, [")?;
+                for (j, e) in edges.iter().enumerate() {
+                    if j > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{e:?}")?;
+                }
+                f.write_str("])")
+            }
+            SelectItem::Column(c) => write!(f, "{c}"),
+        }
+    }
+}
+
+/// A comparison operator of `WHERE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
+    /// `=`
+    Eq,
+    /// `!=` or `<>`
+    Ne,
+}
+
+impl CmpOp {
+    /// Applies the operator.
+    pub fn holds(self, a: f64, b: f64) -> bool {
+        match self {
+            CmpOp::Lt => a < b,
+            CmpOp::Le => a <= b,
+            CmpOp::Gt => a > b,
+            CmpOp::Ge => a >= b,
+            CmpOp::Eq => a == b,
+            CmpOp::Ne => a != b,
+        }
+    }
+}
+
+impl fmt::Display for CmpOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CmpOp::Lt => "<",
+            CmpOp::Le => "<=",
+            CmpOp::Gt => ">",
+            CmpOp::Ge => ">=",
+            CmpOp::Eq => "=",
+            CmpOp::Ne => "!=",
+        })
+    }
+}
+
+/// A `WHERE` condition.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cond {
+    /// `column op value`.
+    Cmp {
+        /// The column.
+        column: ColumnRef,
+        /// The operator.
+        op: CmpOp,
+        /// The public constant.
+        value: f64,
+    },
+    /// Both.
+    And(Box<Cond>, Box<Cond>),
+    /// Either.
+    Or(Box<Cond>, Box<Cond>),
+    /// Not.
+    Not(Box<Cond>),
+}
+
+impl fmt::Display for Cond {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cond::Cmp { column, op, value } => write!(f, "{column} {op} {value:?}"),
+            Cond::And(a, b) => write!(f, "({a} AND {b})"),
+            Cond::Or(a, b) => write!(f, "({a} OR {b})"),
+            Cond::Not(a) => write!(f, "NOT {a}"),
+        }
+    }
+}
+
+/// A parsed query (syntax only).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Query {
+    /// The select list.
+    pub items: Vec<SelectItem>,
+    /// The `WHERE` condition.
+    pub filter: Option<Cond>,
+    /// The `GROUP BY` column.
+    pub group_by: Option<ColumnRef>,
+}
+
+impl fmt::Display for Query {
+    /// The canonical text: parsing it gives the same query (up to offsets).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SELECT ")?;
+        for (j, it) in self.items.iter().enumerate() {
+            if j > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{it}")?;
+        }
+        if let Some(c) = &self.filter {
+            write!(f, " WHERE {c}")?;
+        }
+        if let Some(g) = &self.group_by {
+            write!(f, " GROUP BY {g}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The kind of a column, part of the public schema.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ColumnKind {
+    /// Reals with `|x| ≤ abs_max` (declared and public; the owner's data are checked against
+    /// it before anything is sent).
+    Numeric {
+        /// The declared bound on magnitudes.
+        abs_max: f64,
+    },
+    /// Category codes `0 .. levels` (for `GROUP BY`; comparable in `WHERE` as numbers).
+    Categorical {
+        /// The number of categories.
+        levels: u32,
+    },
+}
+
+/// A column of the public schema.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColumnDef {
+    /// The name.
+    pub name: String,
+    /// The kind.
+    pub kind: ColumnKind,
+}
+
+impl ColumnDef {
+    /// A numeric column with `|x| ≤ abs_max`.
+    pub fn numeric(name: &str, abs_max: f64) -> Self {
+        ColumnDef {
+            name: name.to_string(),
+            kind: ColumnKind::Numeric { abs_max },
+        }
+    }
+    /// A categorical column of `levels` categories.
+    pub fn categorical(name: &str, levels: u32) -> Self {
+        ColumnDef {
+            name: name.to_string(),
+            kind: ColumnKind::Categorical { levels },
+        }
+    }
+}
+
+/// The public schema both parties agree on: the number of (aligned) rows and each party's
+/// columns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Schema {
+    /// Rows, the same for both parties (row `i` of one is row `i` of the other).
+    pub rows: usize,
+    /// The buyer's columns.
+    pub buyer: Vec<ColumnDef>,
+    /// The provider's columns.
+    pub provider: Vec<ColumnDef>,
+}
+
+impl Schema {
+    /// The definition of `side.name`, if any.
+    pub fn column(&self, side: Side, name: &str) -> Option<&ColumnDef> {
+        let cols = match side {
+            Side::Buyer => &self.buyer,
+            Side::Provider => &self.provider,
+        };
+        cols.iter().find(|c| c.name == name)
+    }
+}
+
+/// One column of a party's own data.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ColumnData {
+    /// Reals.
+    Numeric(Vec<f64>),
+    /// Category codes.
+    Categorical(Vec<u32>),
+}
+
+impl ColumnData {
+    fn len(&self) -> usize {
+        match self {
+            ColumnData::Numeric(v) => v.len(),
+            ColumnData::Categorical(v) => v.len(),
+        }
+    }
+
+    /// Row `i` as a number (a category code as itself).
+    fn get(&self, i: usize) -> f64 {
+        match self {
+            ColumnData::Numeric(v) => v.get(i).copied().unwrap_or(f64::NAN),
+            ColumnData::Categorical(v) => v.get(i).map_or(f64::NAN, |c| f64::from(*c)),
+        }
+    }
+}
+
+/// A party's own columns, by name (never sent: only shares of what a plan reads leave it).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Table {
+    /// The columns.
+    pub columns: BTreeMap<String, ColumnData>,
+}
+
+impl Table {
+    /// Adds a column (builder style).
+    pub fn with(mut self, name: &str, data: ColumnData) -> Self {
+        self.columns.insert(name.to_string(), data);
+        self
+    }
+}
+
+/// What a data owner allows out of a computation on its data; enforced inside it (see the
+/// module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OutputPolicy {
+    /// Groups with fewer selected rows than this are suppressed before anything is opened.
+    pub min_group_size: Option<u64>,
+    /// Refuse row-level outputs: only aggregates may leave.
+    pub aggregates_only: bool,
+}
+
+/// Why a query was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The text does not parse.
+    #[error("parse error: {0}")]
+    Parse(#[from] ParseError),
+    /// A column that is not in the schema.
+    #[error("unknown column {column} at byte {offset}")]
+    UnknownColumn {
+        /// `side.name`.
+        column: String,
+        /// Byte offset in the query text.
+        offset: usize,
+    },
+    /// `WHERE` on a provider column: the selection must be the buyer's own.
+    #[error("WHERE may only use the buyer's columns: {column} at byte {offset}")]
+    FilterOnProviderColumn {
+        /// `side.name`.
+        column: String,
+        /// Byte offset.
+        offset: usize,
+    },
+    /// `GROUP BY` on a provider column.
+    #[error("GROUP BY may only use a buyer column: {column} at byte {offset}")]
+    GroupByProviderColumn {
+        /// `side.name`.
+        column: String,
+        /// Byte offset.
+        offset: usize,
+    },
+    /// `GROUP BY` on a numeric column.
+    #[error("GROUP BY needs a categorical column: {column} at byte {offset}")]
+    GroupByNotCategorical {
+        /// `side.name`.
+        column: String,
+        /// Byte offset.
+        offset: usize,
+    },
+    /// An aggregate, histogram or row output of a categorical column.
+    #[error("{column} at byte {offset} is categorical, not numeric")]
+    NotNumeric {
+        /// `side.name`.
+        column: String,
+        /// Byte offset.
+        offset: usize,
+    },
+    /// Histogram edges not strictly increasing, fewer than two, or too many.
+    #[error("histogram edges at byte {offset}: {reason}")]
+    BadEdges {
+        /// Byte offset of the edge list.
+        offset: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A row-level output mixed with aggregates or with `GROUP BY`.
+    #[error("row-level outputs cannot be mixed with aggregates or GROUP BY (byte {offset})")]
+    MixedRowsAndAggregates {
+        /// Byte offset of the row-level column.
+        offset: usize,
+    },
+    /// The output policy refuses the plan (nothing was sent).
+    #[error("refused by the output policy: {0}")]
+    PolicyRefused(String),
+    /// The schema or the plan is past the bounds (fixed-point range, element counts).
+    #[error("out of range: {0}")]
+    Range(String),
+    /// The party's own table does not match the schema (missing column, wrong length, a value
+    /// past the declared bound, a category code past the levels).
+    #[error("own data: {0}")]
+    Data(String),
+    /// The peer's plan digest differs: the two parties are not running the same query,
+    /// schema, policy and format.
+    #[error("the peer runs another plan (query, schema, policy or format differ)")]
+    PlanMismatch,
+    /// The MPC protocol failed (link, malformed frame, abort, bounds).
+    #[error(transparent)]
+    Mpc(#[from] MpcError),
+}
