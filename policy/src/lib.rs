@@ -166,6 +166,9 @@ pub const PREVIEW_DEFAULT_ROWS: u64 = 10;
 /// The most rows one preview window may span (a policy allowing more is refused): a preview
 /// is a look at the data, not a delivery of it.
 pub const PREVIEW_ROWS_MAX: u64 = 10_000;
+/// The largest row number a preview window may start at: the most rows a dataset may have
+/// (`tessera_core::limits::DATASET_ROWS_MAX`).
+pub const ROW_NUMBER_MAX: u64 = tessera_core::limits::DATASET_ROWS_MAX as u64;
 /// The most columns a preview window may name.
 pub const PREVIEW_COLUMNS_MAX: usize = 64;
 
@@ -207,31 +210,38 @@ impl PreviewWindow {
         let mut columns = None;
         let mut any = false;
         if let Some(v) = &scene.view_rows_range {
-            any = true;
             const FORM: &str =
                 "must be {\"rows\": [first, last], \"columns\": [...]} or [first, last]";
             let (rows, cols) = match v {
-                serde_json::Value::Array(_) => (pair(v), None),
+                serde_json::Value::Array(_) => {
+                    (Some(pair(v).ok_or_else(|| bad("viewRowsRange", FORM))?), None)
+                }
                 serde_json::Value::Object(o) => {
                     if o.keys().any(|k| k != "rows" && k != "columns") {
                         return Err(bad("viewRowsRange", FORM));
                     }
+                    // No `rows`: the columns only; the rows come from the pages or the
+                    // default.
                     let rows = match o.get("rows") {
-                        None => Some((1, u64::MAX)),
-                        Some(r) => pair(r),
+                        None => None,
+                        Some(r) => Some(pair(r).ok_or_else(|| bad("viewRowsRange", FORM))?),
                     };
                     (rows, o.get("columns"))
                 }
                 _ => return Err(bad("viewRowsRange", FORM)),
             };
-            let (a, b) = rows.ok_or_else(|| bad("viewRowsRange", FORM))?;
-            if a == 0 || b < a {
-                return Err(bad(
-                    "viewRowsRange",
-                    "rows must be [first, last] with 1 <= first <= last",
-                ));
+            if let Some((a, b)) = rows {
+                if a == 0 || b < a || a > ROW_NUMBER_MAX {
+                    return Err(bad(
+                        "viewRowsRange",
+                        &format!(
+                            "rows must be [first, last] with 1 <= first <= last, first at most {ROW_NUMBER_MAX}"
+                        ),
+                    ));
+                }
+                (first, last) = (a, b);
+                any = true;
             }
-            (first, last) = (a, b);
             if let Some(c) = cols {
                 let names: Vec<String> = c
                     .as_array()
@@ -251,11 +261,17 @@ impl PreviewWindow {
                             &format!("columns must be 1 to {PREVIEW_COLUMNS_MAX} column names"),
                         )
                     })?;
+                let mut seen = std::collections::HashSet::new();
+                if let Some(dup) = names.iter().find(|n| !seen.insert(n.as_str())) {
+                    return Err(bad(
+                        "viewRowsRange",
+                        &format!("columns names {dup:?} twice"),
+                    ));
+                }
                 columns = Some(names);
             }
         }
         if let Some(v) = &scene.view_page_range {
-            any = true;
             const FORM: &str =
                 "must be {\"pages\": [first, last], \"pageSize\": n} or [first, last]";
             let (pages, size) = match v {
@@ -288,7 +304,14 @@ impl PreviewWindow {
                 ));
             }
             let p_first = (a - 1).saturating_mul(size).saturating_add(1);
+            if p_first > ROW_NUMBER_MAX {
+                return Err(bad(
+                    "viewPageRange",
+                    &format!("its first page starts past row {ROW_NUMBER_MAX}, beyond any dataset"),
+                ));
+            }
             let p_last = b.saturating_mul(size);
+            any = true;
             first = first.max(p_first);
             last = last.min(p_last);
             if last < first {
@@ -433,11 +456,13 @@ impl UsagePolicy {
                     )));
                 }
             }
-            if s.view_rows_range.is_some()
-                || s.view_page_range.is_some()
-                || s.use_sence == "preview"
-            {
+            if s.use_sence == "preview" {
                 PreviewWindow::of(s)?;
+            } else if s.view_rows_range.is_some() || s.view_page_range.is_some() {
+                return Err(PolicyError::Invalid(format!(
+                    "scene {}: viewRowsRange and viewPageRange bound the preview scene only (a {} run would ignore them); move them to a preview scene",
+                    s.use_sence, s.use_sence
+                )));
             }
             if s.counts == Some(0) {
                 return Err(PolicyError::Invalid(format!(

@@ -355,6 +355,9 @@ fn preview_windows_intersect_rows_and_pages_and_bad_shapes_are_refused() {
     assert_eq!(w.columns, Some(vec!["id".to_string(), "age".to_string()]));
     let w = window(r#"{"useSence":"preview","viewRowsRange":[3,4]}"#);
     assert_eq!((w.first_row, w.last_row, w.columns), (3, 4, None));
+    // Columns only: the default rows.
+    let w = window(r#"{"useSence":"preview","viewRowsRange":{"columns":["id"]}}"#);
+    assert_eq!((w.first_row, w.last_row), (1, 10));
     // Pages: page 2 of 20 rows is rows 21-40; with a page size; intersected with rows.
     let w = window(r#"{"useSence":"preview","viewPageRange":[2,2]}"#);
     assert_eq!((w.first_row, w.last_row), (21, 40));
@@ -380,6 +383,13 @@ fn preview_windows_intersect_rows_and_pages_and_bad_shapes_are_refused() {
         r#"{"useSence":"preview","viewPageRange":{"pageSize":5}}"#,
         r#"{"useSence":"preview","viewPageRange":[0,1]}"#,
         r#"{"useSence":"preview","viewPageRange":[1,1000]}"#,
+        r#"{"useSence":"preview","viewRowsRange":{"rows":[1,5],"columns":["id","id"]}}"#,
+        r#"{"useSence":"preview","viewRowsRange":[18446744073709551615,18446744073709551615]}"#,
+        r#"{"useSence":"preview","viewPageRange":{"pages":[18446744073709551615,18446744073709551615],"pageSize":10000}}"#,
+        r#"{"useSence":"preview","viewRowsRange":{"rows":"1-5"}}"#,
+        // A window on another scene would be ignored by its runs: refused.
+        r#"{"useSence":"psi","viewRowsRange":[1,10]}"#,
+        r#"{"useSence":"mpc","viewPageRange":[1,1]}"#,
     ] {
         assert!(preview_policy(bad).is_err(), "{bad}");
     }

@@ -17,7 +17,9 @@
 //! | the other side lost its peer (kind `peer`) | `the link between the parties broke (reported by the provider's side)` | the same, by the buyer's side | the same |
 //!
 //! A failure's detail (column names, worker-local paths, worker ids) stays in the job record
-//! for the operator, in the audit chain (`complete` entry) and in the failing worker's log.
+//! for the operator, in the audit chain (`complete` entry) and in the failing worker's log;
+//! the other party's worker, whose task the operator cancels, is told only what its side may
+//! see ([`error_seen_by`]).
 
 use tessera_auth::{JobSide, Viewer};
 use tessera_core::{JobState, TaskErrorKind, TaskRole};
@@ -56,10 +58,18 @@ pub fn redact(view: &JobView, viewer: &Viewer) -> JobView {
     if side != Some(TaskRole::Sender) {
         job.provider_empty_keys = None;
     }
+    job.error = error_seen_by(job, side);
+    out
+}
+
+/// A job's error as `side` may see it (`None`: neither party): a failure on another side is
+/// its kind only (see the module table). Also the reason a party's worker is told when the
+/// operator cancels its task because the job ended.
+pub fn error_seen_by(job: &tessera_store::JobRecord, side: Option<TaskRole>) -> String {
     if job.state == JobState::Failed {
         if let Some(origin) = &job.failure {
             if side != Some(origin.role) {
-                job.error = if origin.kind == TaskErrorKind::Peer.as_str() {
+                return if origin.kind == TaskErrorKind::Peer.as_str() {
                     // The reporting side lost its peer: the fault may be on either side (a
                     // killed worker shows first as the other side's broken link).
                     format!(
@@ -76,7 +86,7 @@ pub fn redact(view: &JobView, viewer: &Viewer) -> JobView {
             }
         }
     }
-    out
+    job.error.clone()
 }
 
 #[cfg(test)]
@@ -214,5 +224,15 @@ mod tests {
             seen.job.error,
             "the link between the parties broke (reported by the provider's side)"
         );
+    }
+
+    #[test]
+    fn a_cancelled_worker_is_told_only_what_its_side_may_see() {
+        let v = failed_on(TaskRole::Sender);
+        assert_eq!(
+            error_seen_by(&v.job, Some(TaskRole::Receiver)),
+            "the provider's side failed: input"
+        );
+        assert!(error_seen_by(&v.job, Some(TaskRole::Sender)).contains("secret_col"));
     }
 }

@@ -1249,9 +1249,10 @@ impl Scheduler {
                     .get(&t.worker_id)
                     .and_then(|w| w.deliveries.as_ref())
                 {
+                    // The other party's worker learns only what its side may see.
                     let _ = d.try_send(Delivery::Cancel {
                         task_id: task_id.clone(),
-                        reason: outcome.job.error.clone(),
+                        reason: crate::redact::error_seen_by(&outcome.job, Some(t.role)),
                     });
                 }
             }

@@ -1297,10 +1297,21 @@ impl TradeService {
             .filter(|l| l.licensor == u.owner)
             .collect();
         let old = match &u.licenses_id {
-            Some(id) => valid
-                .into_iter()
-                .find(|l| l.licenses_id == *id)
-                .ok_or_else(|| not_found("valid licence", id))?,
+            Some(id) => match valid.into_iter().find(|l| l.licenses_id == *id) {
+                Some(l) => l,
+                None => {
+                    // Say why an owner's own licence is not reissued.
+                    return Err(match self.store.trade_licence(id).await {
+                        Ok(l) if l.licensor == u.owner && l.data_id == u.data_id => {
+                            SchedulerError::Invalid(format!(
+                                "field `licensesID`: licence {id} is {} and cannot be reissued",
+                                l.status
+                            ))
+                        }
+                        _ => not_found("valid licence", id),
+                    });
+                }
+            },
             None => match valid.len() {
                 0 => return Err(not_found("valid licence of dataset", &u.data_id)),
                 1 => valid

@@ -154,14 +154,20 @@ fn parse_rows(text: &str) -> Result<(u64, u64), String> {
 
 /// One line describing a job: id, state, scene, mode, then what is known of its end.
 pub fn job_line(j: &pb::Job) -> String {
-    let mut s = format!(
-        "{} {} [{} {}]",
-        j.job_id,
-        j.state_text(),
-        j.scene,
-        j.mode_text()
-    );
-    if j.protocol != 0 {
+    let preview = j.scene == tessera_core::job::scene::PREVIEW;
+    let mut s = if preview {
+        // A preview has no PSI mode or protocol.
+        format!("{} {} [{}]", j.job_id, j.state_text(), j.scene)
+    } else {
+        format!(
+            "{} {} [{} {}]",
+            j.job_id,
+            j.state_text(),
+            j.scene,
+            j.mode_text()
+        )
+    };
+    if j.protocol != 0 && !preview {
         s.push_str(&format!(" protocol={}", j.protocol_text()));
     }
     if let Some(n) = j.result_size {
@@ -383,10 +389,13 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<()> {
                 .into_inner();
             let mut out = Out::stdout();
             out.line(job_line(&j))?;
-            if follow && !is_terminal(&j) {
+            let j = if follow && !is_terminal(&j) {
                 let j = watch(&mut c, &j.job_id).await?;
                 out.line(job_line(&j))?;
-            }
+                j
+            } else {
+                j
+            };
             job_outcome(&j)?;
         }
         JobCmd::Get { conn, id } => {

@@ -1191,7 +1191,7 @@ pub(crate) async fn withdrawn(
 ) -> Result<Option<String>, StoreError> {
     let r = sqlx::query(
         "SELECT l.licenses_id, l.status, p.status, l.registration_id, l.data_id, tp.policy_id, \
-         (SELECT r.kind || ' ' || r.subject || ' by ' || r.revoked_by || ': ' || r.reason FROM trade_revocations r \
+         (SELECT r.kind || ' ' || r.subject || ' by ' || r.revoked_by || CASE WHEN r.reason = '' THEN '' ELSE ': ' || r.reason END FROM trade_revocations r \
           WHERE (r.kind = 'licence' AND r.subject = l.licenses_id) OR (r.kind = 'policy' AND r.subject = tp.policy_id) \
           ORDER BY r.revoked_at_ms LIMIT 1) \
          FROM trade_policies tp \

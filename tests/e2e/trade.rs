@@ -360,7 +360,22 @@ async fn the_trade_flow_from_registration_to_delivery_and_jobs_under_the_deliver
         .policy_json;
     assert!(remaining.contains(r#""remainingCounts":1"#), "{remaining}");
 
-    // A policy that names another user and another region refuses with both reasons.
+    // A policy that names another user, starts in six months and allows another region
+    // refuses with all three reasons.
+    let term_start = s2["licenses"]["license_term"]["startDate"]
+        .as_str()
+        .expect("term start")
+        .to_owned();
+    let (year, month): (i32, u32) = (
+        term_start[0..4].parse().expect("year"),
+        term_start[5..7].parse().expect("month"),
+    );
+    let (year, month) = if month + 6 > 12 {
+        (year + 1, month + 6 - 12)
+    } else {
+        (year, month + 6)
+    };
+    let later = format!("{year:04}-{month:02}-01 00:00:00");
     let narrow = ok(
         &c,
         O::DeliverDatasets,
@@ -368,6 +383,7 @@ async fn the_trade_flow_from_registration_to_delivery_and_jobs_under_the_deliver
         &json!({
             "licenses": s2["licenses"], "dataID": "p", "policyName": "narrow",
             "relUsers": [{"userId": "someone-else", "userName": "S", "isGroup": 0}],
+            "startDate": later,
             "useScenes": [{"useSence": "psi", "visitArea": ["nowhere"]}],
         }),
     )["licenceID"]
@@ -385,13 +401,12 @@ async fn the_trade_flow_from_registration_to_delivery_and_jobs_under_the_deliver
         codes.contains(&"POLICY_DENIED") && codes.contains(&"NO_WORKER"),
         "{refused:?}"
     );
-    assert!(
-        refused
-            .refusal_reasons
-            .iter()
-            .any(|r| r.contains("relUsers")),
-        "{refused:?}"
-    );
+    for part in ["relUsers", "not yet valid"] {
+        assert!(
+            refused.refusal_reasons.iter().any(|r| r.contains(part)),
+            "{part}: {refused:?}"
+        );
+    }
 
     // Revoking the publication cancels the running job under it within a bounded time and
     // refuses new ones, with the reason.

@@ -757,7 +757,12 @@ impl RevokeLicenses {
         let subject = match (licence, policy) {
             (Some(l), None) => Revoked::Licence(l),
             (None, Some(p)) => Revoked::Policy(p),
-            (None, None) => return Err(TradeError::MissingField("licensesID")),
+            (None, None) => {
+                return Err(TradeError::invalid(
+                    "licensesID",
+                    "name the licence (licensesID) or the policy (policyId) to revoke",
+                ));
+            }
             (Some(_), Some(_)) => {
                 return Err(TradeError::invalid(
                     "policyId",
