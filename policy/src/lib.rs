@@ -213,9 +213,10 @@ impl PreviewWindow {
             const FORM: &str =
                 "must be {\"rows\": [first, last], \"columns\": [...]} or [first, last]";
             let (rows, cols) = match v {
-                serde_json::Value::Array(_) => {
-                    (Some(pair(v).ok_or_else(|| bad("viewRowsRange", FORM))?), None)
-                }
+                serde_json::Value::Array(_) => (
+                    Some(pair(v).ok_or_else(|| bad("viewRowsRange", FORM))?),
+                    None,
+                ),
                 serde_json::Value::Object(o) => {
                     if o.keys().any(|k| k != "rows" && k != "columns") {
                         return Err(bad("viewRowsRange", FORM));
