@@ -95,6 +95,7 @@ pub(crate) fn licence_to_pb(l: &LicenceRecord) -> Result<pb::Licence, Status> {
         price_per_1k_rows_micros: l.price.per_1k_rows_micros,
         operator_share_bps: l.price.operator_share_bps,
         monthly_price_micros: l.monthly_price_micros,
+        withdrawn: String::new(),
     })
 }
 

@@ -87,12 +87,12 @@ pub(crate) async fn licences(
         .list_licences(&filter, &page(r.page))
         .await
         .map_err(|e| status(&e))?;
+    let mut licences = Vec::with_capacity(l.items.len());
+    for item in &l.items {
+        licences.push(crate::records::with_withdrawal(s, licence_to_pb(item)?).await?);
+    }
     Ok(pb::LicenceList {
-        licences: l
-            .items
-            .iter()
-            .map(licence_to_pb)
-            .collect::<Result<_, _>>()?,
+        licences,
         next_page_token: l.next_token,
     })
 }

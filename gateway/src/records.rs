@@ -45,7 +45,20 @@ pub(crate) async fn create_licence(
         })
         .await
         .map_err(|e| status(&e))?;
-    licence_to_pb(&l)
+    with_withdrawal(s, licence_to_pb(&l)?).await
+}
+
+/// `l` with why it was withdrawn, if it was.
+pub(crate) async fn with_withdrawal(
+    s: &RecordService,
+    mut l: pb::Licence,
+) -> Result<pb::Licence, Status> {
+    l.withdrawn = s
+        .withdrawn(&l.licence_id)
+        .await
+        .map_err(|e| status(&e))?
+        .unwrap_or_default();
+    Ok(l)
 }
 
 pub(crate) async fn get_licence(
@@ -53,5 +66,5 @@ pub(crate) async fn get_licence(
     r: pb::LicenceRef,
 ) -> Result<pb::Licence, Status> {
     let l = s.licence(&r.licence_id).await.map_err(|e| status(&e))?;
-    licence_to_pb(&l)
+    with_withdrawal(s, licence_to_pb(&l)?).await
 }

@@ -148,4 +148,13 @@ impl RecordService {
     pub async fn licence(&self, licence_id: &str) -> Result<LicenceRecord, SchedulerError> {
         Ok(self.store.licence(licence_id).await?)
     }
+
+    /// Why `licence_id` admits no more jobs, if it was withdrawn (a revoked licence, policy
+    /// or publication of the trade flow); `None`: in force.
+    ///
+    /// # Errors
+    /// The store's.
+    pub async fn withdrawn(&self, licence_id: &str) -> Result<Option<String>, SchedulerError> {
+        Ok(self.store.licence_withdrawn(licence_id).await?)
+    }
 }

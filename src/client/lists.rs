@@ -309,7 +309,11 @@ pub async fn licences(a: LicenceListArgs) -> anyhow::Result<()> {
                         fmt_micros(l.price_per_job_micros),
                         fmt_micros(l.price_per_1k_rows_micros),
                         fmt_micros(l.monthly_price_micros),
-                        remaining_text(&l.policy_json),
+                        if l.withdrawn.is_empty() {
+                            remaining_text(&l.policy_json)
+                        } else {
+                            "withdrawn".to_string()
+                        },
                     ]
                 })
                 .collect();

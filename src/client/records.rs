@@ -297,6 +297,9 @@ pub async fn licence(cmd: LicenceCmd) -> anyhow::Result<()> {
                 "licence {} {} -> {} dataset {}",
                 l.licence_id, l.licensor, l.licensee, l.dataset_id
             ))?;
+            if !l.withdrawn.is_empty() {
+                out.line(format_args!("withdrawn: {}", l.withdrawn))?;
+            }
             out.line(&l.policy_json)?;
         }
         LicenceCmd::List(a) => super::lists::licences(a).await?,

@@ -1241,6 +1241,16 @@ impl Store {
         .await?)
     }
 
+    /// Why a licence admits no more jobs, if it was withdrawn: a revoked licence or policy,
+    /// or a revoked publication (the reason admission gives, `Refusal::Withdrawn`).
+    ///
+    /// # Errors
+    /// `Db`.
+    pub async fn licence_withdrawn(&self, licence_id: &str) -> Result<Option<String>, StoreError> {
+        let mut conn = self.read.acquire().await?;
+        withdrawn(&mut conn, licence_id).await
+    }
+
     /// A delivered policy (`/deliverDatasets`) by its id, with the licensor of its licence.
     ///
     /// # Errors

@@ -510,6 +510,19 @@ async fn the_trade_flow_from_registration_to_delivery_and_jobs_under_the_deliver
         .into_inner()
         .policy_json;
     assert!(counts.contains(r#""remainingCounts":3"#), "{counts}");
+    // The licence says it was withdrawn, and why.
+    let shown = client
+        .get_licence(pb::LicenceRef {
+            licence_id: big2_licence.clone(),
+        })
+        .await
+        .expect("licence")
+        .into_inner();
+    assert!(
+        shown.withdrawn.contains("contract ended"),
+        "{:?}",
+        shown.withdrawn
+    );
     let refused = client
         .submit_job(under_policy)
         .await
