@@ -197,6 +197,7 @@ impl TradeService {
         } else {
             body
         };
+        fields::reject_duplicate_keys("body", body).map_err(invalid)?;
         fn parse<T: serde::de::DeserializeOwned>(
             op: Operation,
             body: &[u8],

@@ -179,6 +179,72 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// Refuses a JSON document in which an object names a key twice, at any depth (RFC 8259
+/// §4 leaves such documents' meaning to the reader; `serde_json` keeps the last value, so a
+/// body such as `{"policyId": "a", "policyId": "b"}` would act on what a reviewer of the
+/// request may not have seen). A document that is not JSON passes: the body's own parse
+/// reports it.
+///
+/// # Errors
+/// `Malformed` naming the repeated key.
+pub fn reject_duplicate_keys(what: &'static str, body: &[u8]) -> Result<(), TradeError> {
+    use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
+    struct Check;
+    impl<'de> Deserialize<'de> for Check {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(CheckVisitor)
+        }
+    }
+    struct CheckVisitor;
+    impl<'de> Visitor<'de> for CheckVisitor {
+        type Value = Check;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Check, E> {
+            Ok(Check)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Check, E> {
+            Ok(Check)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Check, E> {
+            Ok(Check)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Check, E> {
+            Ok(Check)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Check, E> {
+            Ok(Check)
+        }
+        fn visit_unit<E>(self) -> Result<Check, E> {
+            Ok(Check)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Check, A::Error> {
+            while seq.next_element::<Check>()?.is_some() {}
+            Ok(Check)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Check, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if !seen.insert(key.clone()) {
+                    return Err(serde::de::Error::custom(format!(
+                        "field `{key}` is given twice"
+                    )));
+                }
+                map.next_value::<Check>()?;
+            }
+            Ok(Check)
+        }
+    }
+    match serde_json::from_slice::<Check>(body) {
+        Err(e) if e.is_data() => Err(TradeError::Malformed {
+            what,
+            reason: e.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// `/registerData` (table A.2).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -782,6 +848,29 @@ impl RevokeLicenses {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_given_twice_is_refused_at_any_depth() {
+        for bad in [
+            r#"{"policyId":"a","policyId":"b"}"#,
+            r#"{"licenses":{"licensesID":"x","licensesID":"y"}}"#,
+            r#"{"useScenes":[{"useSence":"psi","useSence":"preview"}]}"#,
+        ] {
+            let e = reject_duplicate_keys("body", bad.as_bytes()).expect_err(bad);
+            assert!(e.to_string().contains("given twice"), "{e}");
+        }
+        for fine in [
+            r#"{"a":1,"b":{"a":2},"c":[{"a":3},{"a":4}]}"#,
+            "[]",
+            "not json",
+            "",
+        ] {
+            assert!(
+                reject_duplicate_keys("body", fine.as_bytes()).is_ok(),
+                "{fine}"
+            );
+        }
+    }
 
     fn register() -> serde_json::Value {
         serde_json::json!({
