@@ -29,6 +29,10 @@ use crate::exec::{DeliverySink, TaskError};
 /// Wire version.
 const VERSION: u32 = 1;
 
+/// The most bytes of rows one preview carries (the JSON of its row frames): a preview is a
+/// look at the data, and the buyer's worker holds it in memory before it writes it.
+pub const PREVIEW_BYTES_MAX: usize = 64 * 1024 * 1024;
+
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Received {
@@ -69,6 +73,17 @@ pub(crate) async fn send(
     delivery: &dyn DeliverySink,
 ) -> Result<u64, TaskError> {
     let rows = table.rows.len() as u64;
+    let bytes: usize = table
+        .rows
+        .iter()
+        .flat_map(|r| r.iter().map(|v| v.len() + 3))
+        .sum();
+    if bytes > PREVIEW_BYTES_MAX {
+        return Err(TaskError::Input(format!(
+            "the preview's rows take about {bytes} bytes, more than a preview carries \
+             ({PREVIEW_BYTES_MAX}); ask for fewer rows or columns"
+        )));
+    }
     if !delivery.delivered(rows).await {
         return Err(TaskError::Internal(
             "the operator did not record the delivery; nothing was sent".into(),
@@ -156,8 +171,15 @@ pub(crate) async fn receive(
     }
     let width = header.columns.len();
     let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut received_bytes = 0usize;
     while (rows.len() as u64) < header.rows {
         let frame = link.recv().await.map_err(peer)?;
+        received_bytes = received_bytes.saturating_add(frame.len());
+        if received_bytes > PREVIEW_BYTES_MAX {
+            return Err(peer(format!(
+                "the provider sent more than the {PREVIEW_BYTES_MAX} bytes a preview carries"
+            )));
+        }
         let batch: Vec<Vec<String>> = serde_json::from_slice(&frame)
             .map_err(|e| peer(format!("malformed preview rows: {e}")))?;
         if batch.is_empty() {
@@ -251,6 +273,32 @@ mod tests {
             .map(|rec| rec.expect("record").iter().map(str::to_string).collect())
             .collect();
         assert_eq!(back, t.rows);
+    }
+
+    #[tokio::test]
+    async fn a_provider_cannot_send_more_bytes_than_a_preview_carries() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Frames of up to 1 MiB each: enough of them pass the byte bound long before the
+        // announced 10,000 rows are in.
+        let (a, b) = MemLink::pair_with_limit(2 * 1024 * 1024);
+        let row = serde_json::to_vec(&vec![vec!["x".repeat(1024 * 1024 - 16)]]).expect("row");
+        let out = dir.path().join("big.csv");
+        let s = spec(1, 10_000, &[]);
+        let sender = async {
+            a.send(Bytes::from(r#"{"v":1,"columns":["a"],"rows":10000}"#))
+                .await
+                .expect("header");
+            for _ in 0..(PREVIEW_BYTES_MAX / row.len() + 2) {
+                if a.send(Bytes::from(row.clone())).await.is_err() {
+                    break;
+                }
+            }
+            drop(a);
+        };
+        let (_, got) = tokio::join!(sender, receive(&b, &s, out.clone()));
+        let e = got.expect_err("refused");
+        assert!(e.to_string().contains("bytes a preview carries"), "{e}");
+        assert!(!out.exists());
     }
 
     #[tokio::test]
