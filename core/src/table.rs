@@ -520,50 +520,9 @@ pub fn read_preview(
             let (names, header_bytes) = read_csv_header(path, &mut file)?;
             let (wanted, indices) = pick(&names)?;
             let (projection, positions) = projection_of(&indices);
-            file.seek(SeekFrom::Start(0))
-                .map_err(|e| io_error(path, e))?;
-            let schema = Arc::new(Schema::new(
-                names
-                    .iter()
-                    .map(|n| Field::new(n, DataType::Utf8, true))
-                    .collect::<Vec<_>>(),
-            ));
-            let mut decoder = ReaderBuilder::new(schema)
-                .with_header(true)
-                .with_batch_size(READ_BATCH_ROWS)
-                .with_projection(projection)
-                .build_decoder();
-            let mut reader = BufReader::with_capacity(CSV_READ_BUFFER_BYTES, file);
-            let mut seen_rows: u64 = 0;
-            let mut partial_record_bytes: usize = 0;
-            let mut record_allowance = CSV_RECORD_BYTES_MAX + header_bytes;
             out.columns = wanted;
-            'batches: loop {
-                loop {
-                    let buf = reader.fill_buf().map_err(|e| io_error(path, e))?;
-                    let capacity_before = decoder.capacity();
-                    let consumed = decoder.decode(buf).map_err(|e| arrow_error(path, e))?;
-                    reader.consume(consumed);
-                    if decoder.capacity() != capacity_before {
-                        partial_record_bytes = 0;
-                        record_allowance = CSV_RECORD_BYTES_MAX;
-                    } else {
-                        partial_record_bytes = partial_record_bytes.saturating_add(consumed);
-                        if partial_record_bytes > record_allowance {
-                            return Err(TableError::TooLarge {
-                                path: path.to_owned(),
-                                bound: TableBound::RecordBytes,
-                                at_row: Some(seen_rows + 1),
-                            });
-                        }
-                    }
-                    if consumed == 0 || decoder.capacity() == 0 {
-                        break;
-                    }
-                }
-                let Some(batch) = decoder.flush().map_err(|e| arrow_error(path, e))? else {
-                    break;
-                };
+            let mut seen_rows: u64 = 0;
+            for_each_csv_batch(path, file, &names, header_bytes, projection, |batch| {
                 let arrays: Vec<&StringArray> = positions
                     .iter()
                     .map(|&p| {
@@ -591,10 +550,11 @@ pub fn read_preview(
                             .collect(),
                     );
                     if out.rows.len() >= take {
-                        break 'batches;
+                        return Ok(false);
                     }
                 }
-            }
+                Ok(true)
+            })?;
         }
         FileFormat::Parquet => {
             let builder = ParquetRecordBatchReaderBuilder::try_new(file)
@@ -1066,18 +1026,21 @@ fn wanted(spec: &KeySpec, keep: &[String]) -> Vec<String> {
     spec.columns.iter().chain(keep).cloned().collect()
 }
 
-fn read_csv(
+/// Decodes the CSV file `file`, whose header [`read_csv_header`] read (`names`, taking
+/// `header_bytes`), batch by batch with every column as text and only the columns
+/// `projection` decoded, and hands each batch to `each` until it answers `false` or the file
+/// ends. A record longer than [`CSV_RECORD_BYTES_MAX`] (the header its own length more) is
+/// refused as it is read, naming its data row: a single record never takes unbounded memory.
+fn for_each_csv_batch(
     path: &Path,
     mut file: File,
-    spec: &KeySpec,
-    keep: &[String],
-) -> Result<KeyedInput, TableError> {
-    let (names, header_bytes) = read_csv_header(path, &mut file)?;
-    let indices = locate_columns(path, &names, &wanted(spec, keep))?;
-    let (projection, positions) = projection_of(&indices);
+    names: &[String],
+    header_bytes: usize,
+    projection: Vec<usize>,
+    mut each: impl FnMut(&RecordBatch) -> Result<bool, TableError>,
+) -> Result<(), TableError> {
     file.seek(SeekFrom::Start(0))
         .map_err(|e| io_error(path, e))?;
-
     let schema = Arc::new(Schema::new(
         names
             .iter()
@@ -1090,7 +1053,8 @@ fn read_csv(
         .with_projection(projection)
         .build_decoder();
     let mut reader = BufReader::with_capacity(CSV_READ_BUFFER_BYTES, file);
-    let mut builder = KeyBuilder::new(path, spec, RowLabel::CsvLine, &positions, keep);
+    // Data rows handed on so far (for the row an over-long record is reported at).
+    let mut rows: u64 = 0;
     // Bytes consumed since the decoder last completed a record (undercounted by at most one
     // read buffer): bounds the memory a single record can take. The header, which the decoder
     // skips without counting it as a record, gets its own allowance.
@@ -1111,7 +1075,7 @@ fn read_csv(
                     return Err(TableError::TooLarge {
                         path: path.to_owned(),
                         bound: TableBound::RecordBytes,
-                        at_row: Some(builder.out.rows + 1),
+                        at_row: Some(rows + 1),
                     });
                 }
             }
@@ -1120,10 +1084,31 @@ fn read_csv(
             }
         }
         match decoder.flush().map_err(|e| arrow_error(path, e))? {
-            Some(batch) => builder.push_batch(&batch)?,
-            None => break,
+            Some(batch) => {
+                rows += batch.num_rows() as u64;
+                if !each(&batch)? {
+                    return Ok(());
+                }
+            }
+            None => return Ok(()),
         }
     }
+}
+
+fn read_csv(
+    path: &Path,
+    mut file: File,
+    spec: &KeySpec,
+    keep: &[String],
+) -> Result<KeyedInput, TableError> {
+    let (names, header_bytes) = read_csv_header(path, &mut file)?;
+    let indices = locate_columns(path, &names, &wanted(spec, keep))?;
+    let (projection, positions) = projection_of(&indices);
+    let mut builder = KeyBuilder::new(path, spec, RowLabel::CsvLine, &positions, keep);
+    for_each_csv_batch(path, file, &names, header_bytes, projection, |batch| {
+        builder.push_batch(batch)?;
+        Ok(true)
+    })?;
     Ok(builder.finish())
 }
 

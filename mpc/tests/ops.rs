@@ -2,10 +2,10 @@
 //! cases, with both triple sources (dealer and dealer-free OT), over in-memory links; and the
 //! hostile-peer cases (malformed frames, abort, a peer that leaves) as typed errors.
 
-use std::future::Future;
-use std::pin::Pin;
+mod common;
 
 use bytes::Bytes;
+use common::Src;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use tessera_core::{Link, LinkError, MemLink};
@@ -15,14 +15,8 @@ use tessera_mpc::{
     DealerClient, FixedPoint, MpcError, OtTriples, Party, Session, Shares, TripleSource,
 };
 
-type Sess<'a> = Session<'a, ChaCha20Rng>;
-type Fut<'a, T> = Pin<Box<dyn Future<Output = Result<T, MpcError>> + Send + 'a>>;
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Src {
-    Dealer,
-    Ot,
-}
+type Sess<'a> = common::Sess<'a>;
+type Fut<'a, T> = common::Fut<'a, Result<T, MpcError>>;
 
 const SOURCES: [Src; 2] = [Src::Dealer, Src::Ot];
 
@@ -41,43 +35,7 @@ async fn both_fx<T: Send>(
     fx: FixedPoint,
     f: impl for<'a, 'l> Fn(&'a mut Sess<'l>) -> Fut<'a, T> + Sync,
 ) -> (T, T) {
-    let (l0, l1) = MemLink::pair();
-    let mut r0 = ChaCha20Rng::seed_from_u64(seed);
-    let mut r1 = ChaCha20Rng::seed_from_u64(seed + 1000);
-    let (s0, s1, dealer) = match src {
-        Src::Dealer => {
-            let (d0, p0) = MemLink::pair();
-            let (d1, p1) = MemLink::pair();
-            let dealer = tokio::spawn(async move {
-                let mut r = ChaCha20Rng::seed_from_u64(seed + 7);
-                run_dealer(&d0, &d1, &mut r).await
-            });
-            (
-                TripleSource::Dealer(DealerClient::new(Party::P0, Box::new(p0))),
-                TripleSource::Dealer(DealerClient::new(Party::P1, Box::new(p1))),
-                Some(dealer),
-            )
-        }
-        Src::Ot => {
-            let (o0, o1) = tokio::join!(
-                OtTriples::setup(Party::P0, &l0, &mut r0),
-                OtTriples::setup(Party::P1, &l1, &mut r1)
-            );
-            (
-                TripleSource::Ot(Box::new(o0.expect("ot setup"))),
-                TripleSource::Ot(Box::new(o1.expect("ot setup"))),
-                None,
-            )
-        }
-    };
-    let mut a = Session::new(Party::P0, &l0, fx, s0, r0);
-    let mut b = Session::new(Party::P1, &l1, fx, s1, r1);
-    let (x, y) = tokio::join!(f(&mut a), f(&mut b));
-    drop((a, b));
-    if let Some(d) = dealer {
-        d.await.expect("join").expect("dealer");
-    }
-    (x.expect("party 0"), y.expect("party 1"))
+    common::both_ok(src, seed, fx, f).await
 }
 
 fn randoms(seed: u64, n: usize, lo: f64, hi: f64) -> Vec<f64> {

@@ -304,27 +304,7 @@ async fn the_trade_flow_from_registration_to_delivery_and_jobs_under_the_deliver
     // A controlled dataset: published, settled (free), its policy delivered; jobs run under
     // the licence the delivery made, counted and billed.
     ok(&c, O::PublishDatasets, &pu, &controlled_publication_of("p"));
-    let d2 = ok(&c, O::RegisterDemand, &u1, &demand())["demandID"]
-        .as_str()
-        .expect("id")
-        .to_owned();
-    ok(
-        &c,
-        O::PublishDemand,
-        &u1,
-        &json!({"demander": USER, "demandID": d2}),
-    );
-    let c2 = ok(
-        &c,
-        O::ConfirmDemand,
-        &u1,
-        &json!({"demander": USER, "demandID": d2,
-                "registrationID": tessera_trade::CONTROLLED_REGISTRATION_ID, "dataID": "p"}),
-    )["confirmID"]
-        .as_str()
-        .expect("id")
-        .to_owned();
-    let s2 = ok(&c, O::Settlement, &u1, &json!({"confirmID": c2}));
+    let s2 = buy_controlled(&c, &u1, "p");
     // Controlled data is not handed out as a file.
     let (status, v) = tai(&c, O::Deliver, &u1, &json!({"licenses": s2["licenses"]}));
     assert_eq!(status, 400, "{v}");
@@ -420,27 +400,7 @@ async fn the_trade_flow_from_registration_to_delivery_and_jobs_under_the_deliver
         &pu,
         &controlled_publication_of("big"),
     );
-    let d3 = ok(&c, O::RegisterDemand, &u1, &demand())["demandID"]
-        .as_str()
-        .expect("id")
-        .to_owned();
-    ok(
-        &c,
-        O::PublishDemand,
-        &u1,
-        &json!({"demander": USER, "demandID": d3}),
-    );
-    let c3 = ok(
-        &c,
-        O::ConfirmDemand,
-        &u1,
-        &json!({"demander": USER, "demandID": d3,
-                "registrationID": tessera_trade::CONTROLLED_REGISTRATION_ID, "dataID": "big"}),
-    )["confirmID"]
-        .as_str()
-        .expect("id")
-        .to_owned();
-    let s3 = ok(&c, O::Settlement, &u1, &json!({"confirmID": c3}));
+    let s3 = buy_controlled(&c, &u1, "big");
     let big = ok(
         &c,
         O::DeliverDatasets,
@@ -765,6 +725,33 @@ async fn the_trade_flow_from_registration_to_delivery_and_jobs_under_the_deliver
 }
 
 /// The controlled publication of dataset `data_id`.
+/// As the buyer (`token`): a demand, published, confirmed against the controlled dataset
+/// `data_id` and settled; the settlement's answer.
+fn buy_controlled(c: &Cluster, token: &str, data_id: &str) -> Value {
+    use Operation as O;
+    let d = ok(c, O::RegisterDemand, token, &demand())["demandID"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    ok(
+        c,
+        O::PublishDemand,
+        token,
+        &json!({"demander": USER, "demandID": d}),
+    );
+    let confirm = ok(
+        c,
+        O::ConfirmDemand,
+        token,
+        &json!({"demander": USER, "demandID": d,
+                "registrationID": tessera_trade::CONTROLLED_REGISTRATION_ID, "dataID": data_id}),
+    )["confirmID"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    ok(c, O::Settlement, token, &json!({"confirmID": confirm}))
+}
+
 /// A `preview` submission under `licence`: rows `rows` (None: the licence's window) of
 /// `columns` (empty: those allowed), written to `output`.
 fn preview_job(
@@ -804,27 +791,7 @@ async fn a_preview_shows_at_most_the_rows_and_columns_the_policy_allows_and_is_c
         &pu,
         &controlled_publication_of("pv"),
     );
-    let d = ok(&c, O::RegisterDemand, &u1, &demand())["demandID"]
-        .as_str()
-        .expect("id")
-        .to_owned();
-    ok(
-        &c,
-        O::PublishDemand,
-        &u1,
-        &json!({"demander": USER, "demandID": d}),
-    );
-    let confirm = ok(
-        &c,
-        O::ConfirmDemand,
-        &u1,
-        &json!({"demander": USER, "demandID": d,
-                "registrationID": tessera_trade::CONTROLLED_REGISTRATION_ID, "dataID": "pv"}),
-    )["confirmID"]
-        .as_str()
-        .expect("id")
-        .to_owned();
-    let settled = ok(&c, O::Settlement, &u1, &json!({"confirmID": confirm}));
+    let settled = buy_controlled(&c, &u1, "pv");
     // Rows 1-50 of id and city, pages 1-2 of 20 rows: the window is rows 1-40 of id, city.
     let policy = ok(
         &c,

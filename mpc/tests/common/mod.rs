@@ -8,7 +8,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use tessera_core::MemLink;
 use tessera_mpc::triples::run_dealer;
-use tessera_mpc::{DealerClient, FixedPoint, OtTriples, Party, Session, TripleSource};
+use tessera_mpc::{DealerClient, FixedPoint, MpcError, OtTriples, Party, Session, TripleSource};
 
 pub type Sess<'a> = Session<'a, ChaCha20Rng>;
 pub type Fut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -21,12 +21,39 @@ pub enum Src {
 
 /// Runs `f` on both parties' sessions and returns both outputs as they are (the dealer's
 /// outcome is not checked: a party that fails leaves it with a broken request).
+#[allow(dead_code)] // each test binary uses one of the two
 pub async fn both_raw<T: Send>(
     src: Src,
     seed: u64,
     fx: FixedPoint,
     f: impl for<'a, 'l> Fn(&'a mut Sess<'l>) -> Fut<'a, T> + Sync,
 ) -> (T, T) {
+    let (x, y, _dealer) = run(src, seed, fx, f).await;
+    (x, y)
+}
+
+/// Runs `f` on both parties' sessions, which must both succeed, as must the dealer.
+#[allow(dead_code)] // each test binary uses one of the two
+pub async fn both_ok<T: Send>(
+    src: Src,
+    seed: u64,
+    fx: FixedPoint,
+    f: impl for<'a, 'l> Fn(&'a mut Sess<'l>) -> Fut<'a, Result<T, MpcError>> + Sync,
+) -> (T, T) {
+    let (x, y, dealer) = run(src, seed, fx, f).await;
+    if let Some(d) = dealer {
+        d.expect("dealer");
+    }
+    (x.expect("party 0"), y.expect("party 1"))
+}
+
+/// Both parties' outputs and, with a dealer, its outcome.
+async fn run<T: Send>(
+    src: Src,
+    seed: u64,
+    fx: FixedPoint,
+    f: impl for<'a, 'l> Fn(&'a mut Sess<'l>) -> Fut<'a, T> + Sync,
+) -> (T, T, Option<Result<u64, MpcError>>) {
     let (l0, l1) = MemLink::pair();
     let mut r0 = ChaCha20Rng::seed_from_u64(seed);
     let mut r1 = ChaCha20Rng::seed_from_u64(seed + 1000);
@@ -60,8 +87,9 @@ pub async fn both_raw<T: Send>(
     let mut b = Session::new(Party::P1, &l1, fx, s1, r1);
     let (x, y) = tokio::join!(f(&mut a), f(&mut b));
     drop((a, b));
-    if let Some(d) = dealer {
-        let _ = d.await;
-    }
-    (x, y)
+    let dealer = match dealer {
+        Some(d) => Some(d.await.expect("join")),
+        None => None,
+    };
+    (x, y, dealer)
 }
