@@ -378,12 +378,7 @@ impl Store {
 
     /// All entries in order (for export and inspection).
     pub async fn audit_entries(&self) -> Result<Vec<AuditEntry>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, at_ms, kind, subject, detail_json, prev_hash, hash FROM audit_log ORDER BY seq",
-        )
-        .fetch_all(&self.read)
-        .await?;
-        rows.iter().map(entry_of).collect()
+        audit_entries_on(&mut *self.read.acquire().await?).await
     }
 
     /// The operation log of one data item (trusted data space manual §4.3): every entry about
@@ -449,12 +444,7 @@ impl Store {
     /// # Errors
     /// The database's; a negative sequence number is `Corrupt`.
     pub async fn checkpoints(&self) -> Result<Vec<SignedHead>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, head_hash, at_ms, signature_hex FROM audit_checkpoints ORDER BY seq",
-        )
-        .fetch_all(&self.read)
-        .await?;
-        rows.iter().map(checkpoint_from_row).collect()
+        checkpoints_on(&mut *self.read.acquire().await?).await
     }
 
     /// The checkpoint of the latest entry, if any.
@@ -489,40 +479,24 @@ impl Store {
         key: Option<&NodeKey>,
         external: &[(String, SignedHead)],
     ) -> Result<AuditVerification, StoreError> {
-        let entries = self.audit_entries().await?;
-        let mut checkpoints: Vec<(String, SignedHead)> = self
-            .checkpoints()
+        // One read transaction: every table as of one snapshot, so that a write landing
+        // between two reads on a live operator (a checkpoint, a job's end) cannot look like a
+        // mismatch.
+        let mut tx = self.read.begin().await?;
+        let entries = audit_entries_on(&mut tx).await?;
+        let mut checkpoints: Vec<(String, SignedHead)> = checkpoints_on(&mut tx)
             .await?
             .into_iter()
             .map(|c| (STORE_CHECKPOINTS.to_string(), c))
             .collect();
         checkpoints.extend_from_slice(external);
         let ledger = LedgerTables {
-            transfers: self.transfers().await?,
-            accounts: self.ledger_account_rows().await?,
+            transfers: crate::ledger::transfers_on(&mut tx).await?,
+            accounts: ledger_account_rows_on(&mut tx).await?,
         };
-        let records = self.record_tables().await?;
+        let records = Store::record_tables_on(&mut tx).await?;
+        tx.commit().await?;
         Ok(verify_all(&entries, &checkpoints, key, &ledger, &records))
-    }
-
-    async fn ledger_account_rows(&self) -> Result<Vec<AccountTotals>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT name, debits_micros, credits_micros, debits_pending_micros, credits_pending_micros \
-             FROM ledger_accounts ORDER BY name",
-        )
-        .fetch_all(&self.read)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AccountTotals {
-                    account: r.try_get(0)?,
-                    debits: r.try_get(1)?,
-                    credits: r.try_get(2)?,
-                    debits_pending: r.try_get(3)?,
-                    credits_pending: r.try_get(4)?,
-                })
-            })
-            .collect()
     }
 }
 
@@ -994,4 +968,49 @@ fn check_accounts(
             ),
         });
     }
+}
+
+/// All entries in order, on `conn`.
+async fn audit_entries_on(
+    conn: &mut sqlx::SqliteConnection,
+) -> Result<Vec<AuditEntry>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT seq, at_ms, kind, subject, detail_json, prev_hash, hash FROM audit_log ORDER BY seq",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(entry_of).collect()
+}
+
+/// All checkpoints in order, on `conn`.
+async fn checkpoints_on(conn: &mut sqlx::SqliteConnection) -> Result<Vec<SignedHead>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT seq, head_hash, at_ms, signature_hex FROM audit_checkpoints ORDER BY seq",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(checkpoint_from_row).collect()
+}
+
+/// `ledger_accounts`, on `conn`.
+async fn ledger_account_rows_on(
+    conn: &mut sqlx::SqliteConnection,
+) -> Result<Vec<AccountTotals>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT name, debits_micros, credits_micros, debits_pending_micros, credits_pending_micros \
+         FROM ledger_accounts ORDER BY name",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(AccountTotals {
+                account: r.try_get(0)?,
+                debits: r.try_get(1)?,
+                credits: r.try_get(2)?,
+                debits_pending: r.try_get(3)?,
+                credits_pending: r.try_get(4)?,
+            })
+        })
+        .collect()
 }

@@ -313,27 +313,33 @@ pub struct RecordsChecked {
 }
 
 impl Store {
-    /// The records tables as SQL literals, for verification.
+    /// The records tables as SQL literals, for verification, on `conn` (the verification's
+    /// read transaction: one snapshot).
     ///
     /// # Errors
     /// The database's.
-    pub(crate) async fn record_tables(&self) -> Result<RecordTables, StoreError> {
+    pub(crate) async fn record_tables_on(
+        conn: &mut sqlx::SqliteConnection,
+    ) -> Result<RecordTables, StoreError> {
         Ok(RecordTables {
-            licence_scenes: self.stored_rows(RecordTable::LicenceScenes).await?,
-            jobs: self.stored_rows(RecordTable::Jobs).await?,
-            bills: self.stored_rows(RecordTable::Bills).await?,
-            bill_lines: self.stored_rows(RecordTable::BillLines).await?,
+            licence_scenes: Self::stored_rows(conn, RecordTable::LicenceScenes).await?,
+            jobs: Self::stored_rows(conn, RecordTable::Jobs).await?,
+            bills: Self::stored_rows(conn, RecordTable::Bills).await?,
+            bill_lines: Self::stored_rows(conn, RecordTable::BillLines).await?,
             accounts: {
                 let mut v = Vec::new();
                 for t in ACCOUNT_TABLES {
-                    v.push((t, self.stored_rows(t).await?));
+                    v.push((t, Self::stored_rows(conn, t).await?));
                 }
                 v
             },
         })
     }
 
-    async fn stored_rows(&self, table: RecordTable) -> Result<Vec<StoredRow>, StoreError> {
+    async fn stored_rows(
+        conn: &mut sqlx::SqliteConnection,
+        table: RecordTable,
+    ) -> Result<Vec<StoredRow>, StoreError> {
         let keys = table.key_columns();
         let columns = table.columns();
         let mut select: Vec<String> = keys
@@ -346,7 +352,7 @@ impl Store {
             select.join(", "),
             table.name()
         );
-        let rows = sqlx::query(&sql).fetch_all(&self.read).await?;
+        let rows = sqlx::query(&sql).fetch_all(&mut *conn).await?;
         rows.iter()
             .map(|r| {
                 let second = if keys.len() > 1 {

@@ -544,29 +544,7 @@ impl Store {
 
     /// All transfers in the order written.
     pub async fn transfers(&self) -> Result<Vec<TransferRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT transfer_id, debit_account, credit_account, amount_micros, job_id, memo, created_at_ms, \
-             kind, pending_id FROM ledger_transfers ORDER BY rowid",
-        )
-        .fetch_all(&self.read)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(TransferRecord {
-                    spec: TransferSpec {
-                        id: r.try_get(0)?,
-                        debit: r.try_get(1)?,
-                        credit: r.try_get(2)?,
-                        amount_micros: r.try_get(3)?,
-                        job_id: r.try_get(4)?,
-                        memo: r.try_get(5)?,
-                    },
-                    created_at_ms: r.try_get(6)?,
-                    kind: r.try_get(7)?,
-                    pending_id: r.try_get(8)?,
-                })
-            })
-            .collect()
+        transfers_on(&mut *self.read.acquire().await?).await
     }
 
     /// Transfers per kind (`posted`, `pending`, `post_pending`, `void_pending`), for the
@@ -640,4 +618,33 @@ impl Store {
         let [debits, credits, debits_pending, credits_pending] = sums;
         Ok(debits == credits && debits_pending == credits_pending && mismatched == 0)
     }
+}
+
+/// All transfers in the order written, on `conn` (a caller's read transaction: one snapshot).
+pub(crate) async fn transfers_on(
+    conn: &mut sqlx::SqliteConnection,
+) -> Result<Vec<TransferRecord>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT transfer_id, debit_account, credit_account, amount_micros, job_id, memo, created_at_ms, \
+         kind, pending_id FROM ledger_transfers ORDER BY rowid",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(TransferRecord {
+                spec: TransferSpec {
+                    id: r.try_get(0)?,
+                    debit: r.try_get(1)?,
+                    credit: r.try_get(2)?,
+                    amount_micros: r.try_get(3)?,
+                    job_id: r.try_get(4)?,
+                    memo: r.try_get(5)?,
+                },
+                created_at_ms: r.try_get(6)?,
+                kind: r.try_get(7)?,
+                pending_id: r.try_get(8)?,
+            })
+        })
+        .collect()
 }
