@@ -135,6 +135,7 @@ fn admission(c: &mut Criterion) {
         carry_columns: Vec::new(),
         request_id: None,
         preview_rows: None,
+        mpc: None,
     };
     let mut group = c.benchmark_group("admission");
     group.sample_size(10);

@@ -332,6 +332,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         protocol: pb::PsiProtocol::Unspecified.into(),
         preview_first_row: 0,
         preview_last_row: 0,
+        mpc_query: String::new(),
+        mpc_columns: Vec::new(),
     };
     let mut jobs = Vec::new();
     let mut refusals = Vec::new();

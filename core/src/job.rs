@@ -191,15 +191,18 @@ vocabulary! {
     }
 }
 
-/// Scenes (engines) a job can name. Only PSI is built.
+/// Scenes (engines) a job can name, and those this build runs.
 pub mod scene {
     /// The PSI scene name (T/AI 123.12 `useSence`).
     pub const PSI: &str = "psi";
     /// The preview scene: at most the rows and columns the licence's `viewRowsRange` /
     /// `viewPageRange` allow, from the provider's dataset to the buyer.
     pub const PREVIEW: &str = "preview";
+    /// The secret-sharing MPC scene: statistics on both parties' columns of PSI-aligned rows,
+    /// opened to the buyer only (crate `tessera-mpc`).
+    pub const MPC: &str = "mpc";
     /// Scenes this build can run.
-    pub const SUPPORTED: &[&str] = &[PSI, PREVIEW];
+    pub const SUPPORTED: &[&str] = &[PSI, PREVIEW, MPC];
 }
 
 #[cfg(test)]

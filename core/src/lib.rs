@@ -19,4 +19,6 @@ pub use link::{Link, LinkError, LinkStats, MemLink};
 pub mod task;
 pub use job::{CountState, JobState, PsiMode, PsiProtocol, TaskErrorKind, TaskRole, TaskState};
 pub use table::{EmptyKeys, KeyCase, UnicodeForm};
-pub use task::{LicenceGrant, PreviewSpec, TaskSpec, WorkerAttributes};
+pub use task::{
+    LicenceGrant, MpcColumn, MpcQuery, MpcSpec, PreviewSpec, TaskSpec, WorkerAttributes,
+};

@@ -85,6 +85,54 @@ pub struct TaskSpec {
     /// worker re-checks its signed ticket against the licence it names).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub licence: Option<LicenceGrant>,
+    /// For an `mpc` task (both sides carry the same): the computation, its public schema and
+    /// the output controls the licence's scene sets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mpc: Option<MpcSpec>,
+}
+
+/// A column an `mpc` computation reads, declared by the buyer in its request and public to
+/// both parties: `buyer.NAME` or `provider.NAME`, numeric with a bound on magnitudes or
+/// categorical with a number of category codes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MpcColumn {
+    /// `buyer.NAME` or `provider.NAME` (the name of a column of that party's dataset).
+    pub column: String,
+    /// Numeric: values are reals with `|x| ≤ abs_max` (the owner's worker clips larger ones
+    /// to ±`abs_max` and counts them); 0 for a categorical column.
+    #[serde(default)]
+    pub abs_max: u64,
+    /// Categorical: values are the integer codes `0 .. levels` (for `GROUP BY` and `WHERE`);
+    /// 0 for a numeric column.
+    #[serde(default)]
+    pub levels: u32,
+}
+
+/// What an `mpc` job computes (the buyer's part of the request): a statistics query in the
+/// language of `tessera_mpc::query` over the declared columns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MpcQuery {
+    /// The query text, e.g. `SELECT count(*), mean(provider.income) GROUP BY buyer.region`.
+    pub query: String,
+    /// Every column the query reads, with its kind (the public schema).
+    pub columns: Vec<MpcColumn>,
+}
+
+/// An `mpc` task's computation, signed with the task: the buyer's query and the output
+/// controls of the licence's `mpc` scene, enforced inside the computation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MpcSpec {
+    /// The query and its schema.
+    pub query: MpcQuery,
+    /// Groups with fewer rows than this are suppressed before anything is opened
+    /// (`minGroupSize` of the scene; `None`: no minimum).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_group_size: Option<u64>,
+    /// Only aggregates may leave the computation (`aggregatesOnly` of the scene).
+    #[serde(default)]
+    pub aggregates_only: bool,
+    /// Fractional bits of the fixed-point encoding.
+    pub fraction_bits: u32,
 }
 
 /// What a task's licence allows, signed with the task: the licence and dataset, the

@@ -43,6 +43,25 @@ fn job_request(mut r: pb::SubmitJobRequest) -> Result<JobRequest, Status> {
             "preview_first_row/preview_last_row: only a preview job shows rows",
         ));
     }
+    let mpc = if scene == tessera_core::job::scene::MPC {
+        Some(tessera_core::MpcQuery {
+            query: std::mem::take(&mut r.mpc_query),
+            columns: std::mem::take(&mut r.mpc_columns)
+                .into_iter()
+                .map(|c| tessera_core::MpcColumn {
+                    column: c.column,
+                    abs_max: c.abs_max,
+                    levels: c.levels,
+                })
+                .collect(),
+        })
+    } else if !r.mpc_query.is_empty() || !r.mpc_columns.is_empty() {
+        return Err(invalid(
+            "mpc_query/mpc_columns: only an mpc job computes a query",
+        ));
+    } else {
+        None
+    };
     Ok(JobRequest {
         user: r.user,
         user_groups: Vec::new(),
@@ -65,6 +84,7 @@ fn job_request(mut r: pb::SubmitJobRequest) -> Result<JobRequest, Status> {
         output: r.output,
         request_id: (!r.request_id.is_empty()).then_some(r.request_id),
         preview_rows: None,
+        mpc,
     })
 }
 
@@ -86,6 +106,11 @@ fn preview_request(r: pb::SubmitJobRequest, scene: String) -> Result<JobRequest,
     set("unicode_form", r.unicode_form)?;
     set("empty_keys", r.empty_keys)?;
     set("protocol", r.protocol)?;
+    if !r.mpc_query.is_empty() || !r.mpc_columns.is_empty() {
+        return Err(invalid(
+            "mpc_query/mpc_columns: only an mpc job computes a query",
+        ));
+    }
     let preview_rows = match (r.preview_first_row, r.preview_last_row) {
         (0, 0) => None,
         (first, last) => Some((first, last)),
@@ -108,6 +133,7 @@ fn preview_request(r: pb::SubmitJobRequest, scene: String) -> Result<JobRequest,
         output: r.output,
         request_id: (!r.request_id.is_empty()).then_some(r.request_id),
         preview_rows,
+        mpc: None,
     })
 }
 

@@ -148,6 +148,84 @@ where
     }
 }
 
+/// How many bytes past a route's limit are still read (and discarded) before the 413 is sent.
+///
+/// A client such as `ureq` or `curl` writes its whole body before it reads the answer. Had the
+/// operator answered and closed with the rest unread, the kernel would reset the connection and
+/// the client would see `Broken pipe` or `Connection reset` instead of the 413.
+pub const BODY_DRAIN_BYTES_MAX: u64 = 16 << 20;
+
+/// How long a whole request body may take to arrive, and how long the discarding past the
+/// limit may go on.
+const BODY_READ_TIME: std::time::Duration = std::time::Duration::from_secs(120);
+const BODY_DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The most bytes a route's body may hold (the state of [`read_body`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BodyBound(pub usize);
+
+/// Middleware: reads the request body whole before the route sees it, at most `bound` bytes.
+///
+/// A longer body gets a 413 naming the limit, after the rest was read and discarded (up to
+/// [`BODY_DRAIN_BYTES_MAX`] more bytes and [`BODY_DRAIN_TIME`]) so that the client gets the
+/// answer rather than a reset connection; a body that cannot be read (the client went away, or
+/// took longer than [`BODY_READ_TIME`]) a 400. Routes without a body (GET, or a path no route
+/// serves) read an empty one.
+pub(crate) async fn read_body(
+    State(BodyBound(bound)): State<BodyBound>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let mut stream = body.into_data_stream();
+    let mut kept = Vec::new();
+    let mut seen: u64 = 0;
+    let deadline = tokio::time::Instant::now() + BODY_READ_TIME;
+    let mut drain_deadline = None;
+    let over = loop {
+        let until = drain_deadline.unwrap_or(deadline);
+        match tokio::time::timeout_at(until, stream.next()).await {
+            Ok(None) => break seen > bound as u64,
+            Ok(Some(Ok(chunk))) => {
+                seen = seen.saturating_add(chunk.len() as u64);
+                if seen <= bound as u64 {
+                    kept.extend_from_slice(&chunk);
+                } else if drain_deadline.is_none() {
+                    kept = Vec::new();
+                    drain_deadline = Some(tokio::time::Instant::now() + BODY_DRAIN_TIME);
+                }
+                if seen > (bound as u64).saturating_add(BODY_DRAIN_BYTES_MAX) {
+                    break true;
+                }
+            }
+            Ok(Some(Err(e))) => {
+                return fail(
+                    ApiCode::InvalidArgument,
+                    &format!("the request body could not be read: {e}"),
+                );
+            }
+            Err(_) if drain_deadline.is_some() => break true,
+            Err(_) => {
+                return fail(
+                    ApiCode::InvalidArgument,
+                    &format!(
+                        "the request body did not arrive within {} s",
+                        BODY_READ_TIME.as_secs()
+                    ),
+                );
+            }
+        }
+    };
+    if over {
+        return fail(
+            ApiCode::TooLarge,
+            &format!("the request body is longer than this route takes (at most {bound} bytes)"),
+        );
+    }
+    let request = axum::extract::Request::from_parts(parts, axum::body::Body::from(kept));
+    next.run(request).await
+}
+
 /// A request body as read, or why it could not be (e.g. over [`BODY_BYTES_MAX`]).
 pub(crate) type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
 
@@ -1197,6 +1275,10 @@ pub fn router(service: OperatorService) -> Router {
         )
         .fallback(no_route)
         .layer(axum::extract::DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .layer(axum::middleware::from_fn_with_state(
+            BodyBound(BODY_BYTES_MAX),
+            read_body,
+        ))
         .layer(axum::middleware::map_response(enveloped))
         .with_state(service);
     Router::new()

@@ -16,7 +16,7 @@ use tessera_proto::v1 as pb;
 use tessera_proto::v1::trade_server::Trade;
 use utoipa::ToSchema;
 
-use crate::rest::{Body, fail, fail_status, ok, request};
+use crate::rest::{Body, BodyBound, fail, fail_status, ok, read_body, request};
 use crate::{ApiCode, OperatorService};
 
 /// Largest `/uploadData` body, in bytes (a 64 MiB file in base64, and the JSON around it).
@@ -282,10 +282,6 @@ pub(crate) fn router(service: OperatorService) -> Router {
         .route("/provider/publishDatasets", post(publish_datasets))
         .route("/provider/queryPublishedData", get(query_published_data))
         .route("/provider/revokePublishedData", post(revoke_published_data))
-        .route(
-            "/provider/uploadData",
-            post(upload_data).layer(axum::extract::DefaultBodyLimit::max(UPLOAD_BODY_BYTES_MAX)),
-        )
         .route("/consumer/registerDemand", post(register_demand))
         .route("/consumer/publishDemand", post(publish_demand))
         .route(
@@ -308,6 +304,20 @@ pub(crate) fn router(service: OperatorService) -> Router {
         .route("/trade/revokeLicenses", post(revoke_licenses))
         .fallback(no_route)
         .layer(axum::extract::DefaultBodyLimit::max(TAI_BODY_BYTES_MAX))
+        .layer(axum::middleware::from_fn_with_state(
+            BodyBound(TAI_BODY_BYTES_MAX),
+            read_body,
+        ))
+        // The upload route is merged after the 1 MiB layers so that only its own apply.
+        .merge(
+            Router::new()
+                .route("/provider/uploadData", post(upload_data))
+                .layer(axum::extract::DefaultBodyLimit::max(UPLOAD_BODY_BYTES_MAX))
+                .layer(axum::middleware::from_fn_with_state(
+                    BodyBound(UPLOAD_BODY_BYTES_MAX),
+                    read_body,
+                )),
+        )
         .layer(axum::middleware::map_response(crate::rest::enveloped))
         .with_state(service)
 }

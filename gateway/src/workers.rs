@@ -166,6 +166,7 @@ pub(crate) async fn report_result(s: &Scheduler, r: pb::TaskResult) -> Result<()
             frames_sent: u.frames_sent,
             frames_received: u.frames_received,
             peak_rss_kb: u.peak_rss_kb,
+            triples: u.triples,
         },
         result_size: r.result_size,
         result_location: r.result_location.chars().take(LOCATION_CHARS_MAX).collect(),

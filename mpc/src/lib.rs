@@ -92,7 +92,7 @@ pub mod triples;
 pub mod wire;
 
 pub use fixed::FixedPoint;
-pub use session::Session;
+pub use session::{ReleaseGate, Session};
 pub use tessera_core::LinkError;
 pub use triples::{DealerClient, OtTriples, TripleSource};
 
@@ -113,6 +113,10 @@ pub enum MpcError {
     /// length, a count past what was expected. The text names what was expected, no secret.
     #[error("malformed frame: {0}")]
     Malformed(String),
+    /// The session's release gate ([`Session::set_release_gate`]) did not let an output to
+    /// the peer leave (its delivery could not be recorded); nothing of it was sent.
+    #[error("the output was not released to the peer: its delivery could not be recorded")]
+    NotReleased,
     /// The peer (or the dealer) sent an abort frame with this reason code.
     #[error("the peer aborted (reason code {0})")]
     PeerAborted(u8),

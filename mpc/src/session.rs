@@ -30,7 +30,19 @@ pub struct Session<'l, R> {
     pub(crate) rng: R,
     /// A call failed half-way: the two sides are out of step.
     broken: bool,
+    /// Asked before this party sends its shares of an output opened to the peer.
+    gate: Option<ReleaseGate<'l>>,
+    /// Correlations drawn from the source: Beaver triples, AND triples (bits) and the
+    /// elements of matrix triples (`m·k + k·n + m·n`).
+    triples_used: u64,
 }
+
+/// Asked before a party sends its shares of an output that [`Session::reveal_to`] opens to the
+/// peer (the moment the peer can compute the output on its own: a job's delivery point);
+/// `false` stops the session with [`MpcError::NotReleased`] and nothing of the output sent.
+pub type ReleaseGate<'g> = Box<
+    dyn FnMut() -> std::pin::Pin<Box<dyn Future<Output = bool> + Send + 'g>> + Send + Sync + 'g,
+>;
 
 impl<R> std::fmt::Debug for Session<'_, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -72,7 +84,21 @@ impl<'l, R: CryptoRngCore + Send> Session<'l, R> {
             source,
             rng,
             broken: false,
+            gate: None,
+            triples_used: 0,
         }
+    }
+
+    /// How many correlations this session drew from its source so far: Beaver triples, AND
+    /// triples (one per bit) and matrix-triple elements (metered as a job's usage).
+    pub fn triples_used(&self) -> u64 {
+        self.triples_used
+    }
+
+    /// Sets the gate asked before each output opened to the peer leaves (see
+    /// [`ReleaseGate`]).
+    pub fn set_release_gate(&mut self, gate: ReleaseGate<'l>) {
+        self.gate = Some(gate);
     }
 
     /// This session's party.
@@ -119,12 +145,14 @@ impl<'l, R: CryptoRngCore + Send> Session<'l, R> {
 
     pub(crate) async fn arith_triples(&mut self, n: usize) -> Result<ArithTriples, MpcError> {
         self.check_step()?;
+        self.triples_used = self.triples_used.saturating_add(n as u64);
         let r = self.source.arith(self.link, &mut self.rng, n).await;
         self.settle(r)
     }
 
     pub(crate) async fn bit_triples(&mut self, words: usize) -> Result<BitTriples, MpcError> {
         self.check_step()?;
+        self.triples_used = self.triples_used.saturating_add(64 * words as u64);
         let r = self.source.bits(self.link, &mut self.rng, words).await;
         self.settle(r)
     }
@@ -137,6 +165,10 @@ impl<'l, R: CryptoRngCore + Send> Session<'l, R> {
     ) -> Result<Option<MatrixTriple>, MpcError> {
         self.check_step()?;
         let r = self.source.matrix(m, k, n).await;
+        if let Ok(Some(_)) = &r {
+            let elements = m * k + k * n + m * n;
+            self.triples_used = self.triples_used.saturating_add(elements as u64);
+        }
         self.settle(r)
     }
 
@@ -217,6 +249,12 @@ impl<'l, R: CryptoRngCore + Send> Session<'l, R> {
     pub async fn reveal_to(&mut self, to: Party, x: &Shares) -> Result<Option<Vec<u64>>, MpcError> {
         self.check_step()?;
         if to != self.party {
+            if let Some(gate) = self.gate.as_mut() {
+                if !gate().await {
+                    self.broken = true;
+                    return Err(MpcError::NotReleased);
+                }
+            }
             let r = send_words(self.link, KIND_REVEAL, &x.0).await;
             self.settle(r)?;
             return Ok(None);

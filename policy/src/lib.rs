@@ -126,7 +126,24 @@ pub struct UseScene {
     /// `["ecdh"]` to keep PSI on public-key operations only); empty or absent: any. Names from [`tessera_core::PsiProtocol`] (`rr22`, `ecdh`) for the `psi` scene.
     #[serde(default)]
     pub protocols: AllowList,
+    /// The `mpc` scene (Tessera's extension): groups of a statistics query with fewer rows
+    /// than this are suppressed inside the computation, before anything is opened to the
+    /// buyer (1 to [`MIN_GROUP_SIZE_MAX`]; absent: no minimum).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_group_size: Option<u64>,
+    /// The `mpc` scene (Tessera's extension): only aggregates may leave a computation; a
+    /// row-level query is refused at admission and by both workers.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub aggregates_only: bool,
 }
+
+/// The largest `minGroupSize` an `mpc` scene may set.
+pub const MIN_GROUP_SIZE_MAX: u64 = 1_000_000;
+
+/// The correlated-randomness sources an `mpc` scene's `protocols` may name: `ot`, triples made
+/// between the two parties by oblivious transfer (no third party); `dealer`, triples expanded
+/// by a dealer (a third party both trust).
+pub const MPC_PROTOCOLS: &[&str] = &["ot", "dealer"];
 
 /// A usage policy (table A.48 minus the licence and data id, which the licence record holds).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -445,17 +462,39 @@ impl UsagePolicy {
                 }
             }
             for p in &s.protocols.0 {
-                if p.parse::<tessera_core::PsiProtocol>().is_err() || s.use_sence != "psi" {
+                let known = match s.use_sence.as_str() {
+                    "psi" => p.parse::<tessera_core::PsiProtocol>().is_ok(),
+                    "mpc" => MPC_PROTOCOLS.contains(&p.as_str()),
+                    _ => false,
+                };
+                if !known {
                     return Err(PolicyError::Invalid(format!(
-                        "scene {}: unknown protocol {p:?} (the psi scene knows {})",
+                        "scene {}: unknown protocol {p:?} (the psi scene knows {}; the mpc \
+                         scene knows {})",
                         s.use_sence,
                         tessera_core::PsiProtocol::ALL
                             .iter()
                             .map(|p| p.as_str())
                             .collect::<Vec<_>>()
-                            .join(", ")
+                            .join(", "),
+                        MPC_PROTOCOLS.join(", ")
                     )));
                 }
+            }
+            if s.use_sence != "mpc" && (s.min_group_size.is_some() || s.aggregates_only) {
+                return Err(PolicyError::Invalid(format!(
+                    "scene {}: minGroupSize and aggregatesOnly control the outputs of the mpc \
+                     scene only; move them to an mpc scene",
+                    s.use_sence
+                )));
+            }
+            if s.min_group_size
+                .is_some_and(|k| k == 0 || k > MIN_GROUP_SIZE_MAX)
+            {
+                return Err(PolicyError::Invalid(format!(
+                    "scene {}: minGroupSize must be 1 to {MIN_GROUP_SIZE_MAX}",
+                    s.use_sence
+                )));
             }
             if s.use_sence == "preview" {
                 PreviewWindow::of(s)?;
@@ -554,6 +593,8 @@ pub enum Constraint {
     Protocol,
     /// `useScenes[].viewRowsRange` / `viewPageRange` (the `preview` scene).
     Preview,
+    /// `useScenes[].aggregatesOnly` (the `mpc` scene).
+    Output,
 }
 
 /// One constraint's outcome.
@@ -607,6 +648,8 @@ pub struct Request<'a> {
     /// For a `preview` run: the rows (`first`, `last`, 1-based inclusive; `None`: the whole
     /// allowed window) and columns (empty: those allowed) asked for.
     pub preview: Option<PreviewAsk<'a>>,
+    /// For an `mpc` run: whether its query opens row-level values (not only aggregates).
+    pub mpc_row_level: Option<bool>,
 }
 
 /// The part of the data a `preview` run asks to see.
@@ -685,6 +728,22 @@ pub fn evaluate(policy: &UsagePolicy, req: &Request<'_>, remaining: Option<u64>)
                     "protocol {p} is not allowed for scene {} (allowed: {})",
                     req.scene,
                     s.protocols.0.join(", ")
+                )
+            },
+        });
+    }
+    if let (Some(s), Some(row_level)) = (scene, req.mpc_row_level) {
+        let ok = !(row_level && s.aggregates_only);
+        checks.push(Check {
+            constraint: Constraint::Output,
+            ok,
+            reason: if ok {
+                "the outputs are allowed".to_string()
+            } else {
+                format!(
+                    "scene {} allows only aggregates (aggregatesOnly); this query opens \
+                     row-level values",
+                    req.scene
                 )
             },
         });

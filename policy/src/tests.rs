@@ -38,6 +38,7 @@ fn check(
             now_ms: at(now),
             zone: &Zone::default(),
             preview: None,
+            mpc_row_level: None,
         },
         remaining,
     );
@@ -248,6 +249,7 @@ fn the_window_is_read_in_the_operators_zone() {
                 now_ms: utc.parse_instant(now).expect("now"),
                 zone,
                 preview: None,
+                mpc_row_level: None,
             },
             Some(1),
         )
@@ -289,6 +291,7 @@ fn a_scene_may_allow_only_some_protocols() {
                 now_ms: 0,
                 zone: &Zone::default(),
                 preview: None,
+                mpc_row_level: None,
             },
             None,
         )
@@ -317,6 +320,7 @@ fn a_scene_may_allow_only_some_protocols() {
                 now_ms: 0,
                 zone: &Zone::default(),
                 preview: None,
+                mpc_row_level: None,
             },
             None
         )
@@ -412,6 +416,7 @@ fn a_preview_outside_the_window_is_refused_with_what_falls_outside() {
                 now_ms: 0,
                 zone: &Zone::default(),
                 preview: Some(PreviewAsk { rows, columns }),
+                mpc_row_level: None,
             },
             Some(2),
         )
@@ -431,4 +436,56 @@ fn a_preview_outside_the_window_is_refused_with_what_falls_outside() {
     assert!(failed[0].reason.contains("income"), "{}", failed[0].reason);
     // A reversed ask is outside too.
     assert!(!ask(Some((9, 3)), &[]).allowed());
+}
+
+#[test]
+fn mpc_output_controls_belong_to_the_mpc_scene_and_aggregates_only_refuses_row_level_queries() {
+    let p = preview_policy(
+        r#"{"useSence":"mpc","counts":3,"minGroupSize":5,"aggregatesOnly":true,"protocols":["ot"]}"#,
+    )
+    .expect("policy");
+    assert_eq!(p.use_scenes[0].min_group_size, Some(5));
+    for bad in [
+        r#"{"useSence":"psi","minGroupSize":5}"#,
+        r#"{"useSence":"psi","aggregatesOnly":true}"#,
+        r#"{"useSence":"mpc","minGroupSize":0}"#,
+        r#"{"useSence":"mpc","minGroupSize":1000001}"#,
+        r#"{"useSence":"mpc","protocols":["rr22"]}"#,
+        r#"{"useSence":"psi","protocols":["ot"]}"#,
+    ] {
+        assert!(preview_policy(bad).is_err(), "{bad} was accepted");
+    }
+    let ask = |row_level: bool, protocol: &str| {
+        evaluate(
+            &p,
+            &Request {
+                user: "alice",
+                groups: &[],
+                scene: "mpc",
+                protocol: Some(protocol),
+                now_ms: 0,
+                zone: &Zone::default(),
+                preview: None,
+                mpc_row_level: Some(row_level),
+            },
+            Some(3),
+        )
+    };
+    assert!(ask(false, "ot").allowed());
+    let v = ask(true, "ot");
+    let failed: Vec<&Check> = v.checks.iter().filter(|c| !c.ok).collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].constraint, Constraint::Output);
+    assert!(
+        failed[0].reason.contains("aggregatesOnly"),
+        "{}",
+        failed[0].reason
+    );
+    let v = ask(false, "dealer");
+    assert!(!v.allowed());
+    assert!(
+        v.checks
+            .iter()
+            .any(|c| !c.ok && c.constraint == Constraint::Protocol)
+    );
 }

@@ -71,7 +71,19 @@ pub struct JobRequest {
     /// window allows, or all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preview_rows: Option<(u64, u64)>,
+    /// An `mpc` job's computation: a statistics query over the declared columns of both
+    /// parties' rows, aligned by a PSI on the key columns first (`buyer_columns` /
+    /// `provider_columns`, in intersection mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mpc: Option<tessera_core::MpcQuery>,
 }
+
+/// Fractional bits of the fixed-point encoding an `mpc` job runs with.
+pub const MPC_FRACTION_BITS: u32 = 16;
+
+/// The correlated-randomness source `mpc` jobs run with: triples by oblivious transfer between
+/// the two workers (no dealer); the name a scene's `protocols` may list.
+pub const MPC_TRIPLES: &str = "ot";
 
 /// Usage measured by a worker for one task.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +104,9 @@ pub struct TaskUsage {
     pub frames_received: u64,
     /// Peak resident memory of the worker process.
     pub peak_rss_kb: u64,
+    /// Correlations an MPC task drew (Beaver triples, AND triples, matrix-triple elements).
+    #[serde(default)]
+    pub triples: u64,
 }
 
 /// A worker's final report on a task.
@@ -152,6 +167,20 @@ impl JobRequest {
                 "preview_rows: only a preview job shows rows".into(),
             ));
         }
+        match (&self.mpc, self.is_mpc()) {
+            (Some(q), true) => self.validate_mpc(q)?,
+            (None, true) => {
+                return Err(SchedulerError::Invalid(
+                    "mpc: an mpc job needs its query and the columns it reads".into(),
+                ));
+            }
+            (Some(_), false) => {
+                return Err(SchedulerError::Invalid(
+                    "mpc: only an mpc job computes a query".into(),
+                ));
+            }
+            (None, false) => {}
+        }
         check_field("buyer_dataset_id", &self.buyer_dataset_id, true)?;
         file_name("output", &self.output, false)?;
         if self.mode == PsiMode::Size && !self.output.is_empty() {
@@ -188,6 +217,33 @@ impl JobRequest {
             ));
         }
         self.validate_carry()
+    }
+
+    /// Whether this is an `mpc` job.
+    pub fn is_mpc(&self) -> bool {
+        self.scene == tessera_core::job::scene::MPC
+    }
+
+    /// An `mpc` job aligns the two datasets by a PSI in intersection mode and writes its
+    /// result to `output`; it carries no columns into the result (only the query's outputs
+    /// leave), and its query must parse and check against its declared columns.
+    fn validate_mpc(&self, q: &tessera_core::MpcQuery) -> Result<(), SchedulerError> {
+        if self.mode != PsiMode::Intersection {
+            return Err(SchedulerError::Invalid(
+                "mode: an mpc job aligns the two datasets by a PSI in intersection mode".into(),
+            ));
+        }
+        file_name("output", &self.output, true)?;
+        if !self.carry_columns.is_empty() {
+            return Err(SchedulerError::Invalid(
+                "carry_columns: an mpc job writes only its query's outputs".into(),
+            ));
+        }
+        let fx = tessera_mpc::FixedPoint::new(MPC_FRACTION_BITS)
+            .map_err(|e| SchedulerError::Invalid(format!("mpc: {e}")))?;
+        tessera_mpc::query::job::plan_of(q, 1, &Default::default(), fx)
+            .map_err(|e| SchedulerError::Invalid(format!("mpc: {e}")))?;
+        Ok(())
     }
 
     /// Whether this is a `preview` job.
@@ -288,6 +344,16 @@ struct Placed {
 /// The least busy live worker of `party` that fits the scene's environment lists, from a
 /// snapshot of the workers ([`Scheduler::workers`]); else the refusal and, for the audit
 /// entry, which workers did not fit and why.
+/// For an `mpc` job: whether its query opens row-level values (checked by the policy against
+/// the scene's `aggregatesOnly`). The request was validated, so its query plans.
+fn mpc_row_level(req: &JobRequest) -> Option<bool> {
+    let q = req.mpc.as_ref()?;
+    let fx = tessera_mpc::FixedPoint::new(MPC_FRACTION_BITS).ok()?;
+    tessera_mpc::query::job::plan_of(q, 1, &Default::default(), fx)
+        .ok()
+        .map(|p| p.row_level)
+}
+
 fn place(
     workers: &[crate::WorkerView],
     party: &str,
@@ -385,13 +451,18 @@ impl Admission {
                 user: &req.user,
                 groups: &req.user_groups,
                 scene: &req.scene,
-                protocol: (!req.is_preview()).then(|| req.protocol().as_str()),
+                protocol: if req.is_mpc() {
+                    Some(MPC_TRIPLES)
+                } else {
+                    (!req.is_preview()).then(|| req.protocol().as_str())
+                },
                 now_ms: self.now,
                 zone: &self.zone,
                 preview: req.is_preview().then_some(tessera_policy::PreviewAsk {
                     rows: req.preview_rows,
                     columns: &req.provider_columns,
                 }),
+                mpc_row_level: mpc_row_level(req),
             },
             remaining,
         );
@@ -540,6 +611,12 @@ impl Admission {
                         output: String::new(),
                         preview: preview.clone(),
                         licence: Some(grant),
+                        mpc: req.mpc.clone().map(|query| tessera_core::MpcSpec {
+                            query,
+                            min_group_size: scene.min_group_size,
+                            aggregates_only: scene.aggregates_only,
+                            fraction_bits: MPC_FRACTION_BITS,
+                        }),
                     };
                     let receiver = TaskSpec {
                         task_id: self.task_ids[1].clone(),
@@ -1125,7 +1202,12 @@ impl Scheduler {
                 ("bytes_received", u.bytes_received),
                 ("rounds", u.frames_sent),
                 ("peak_rss_kb", u.peak_rss_kb),
+                ("triples", u.triples),
             ] {
+                // Only MPC tasks draw triples: no zero event for the others.
+                if metric == "triples" && q == 0 {
+                    continue;
+                }
                 let quantity = i64::try_from(q).map_err(|_| {
                     SchedulerError::Invalid(format!("usage {metric} = {q} is out of range"))
                 })?;
@@ -1420,6 +1502,7 @@ mod tests {
             carry_columns: carry.iter().map(|c| c.to_string()).collect(),
             request_id: None,
             preview_rows: None,
+            mpc: None,
         }
     }
 

@@ -110,6 +110,59 @@ pub enum JobCmd {
         #[arg(long)]
         watch: bool,
     },
+    /// Submit an mpc job: a statistics query over the buyer's and the provider's columns of
+    /// the rows they have in common (aligned by a PSI on the key columns first), computed by
+    /// two-party secret sharing and opened to the buyer only; the buyer's worker writes the
+    /// result as a CSV file. Counted and charged like any run; the licence's mpc scene may
+    /// suppress small groups (minGroupSize) and allow only aggregates (aggregatesOnly).
+    Mpc {
+        #[command(flatten)]
+        conn: Conn,
+        /// The licence (its policy must have an `mpc` scene).
+        #[arg(long)]
+        licence: String,
+        /// The buyer's party, owned by the caller (its worker writes the result).
+        #[arg(long)]
+        buyer_party: String,
+        /// The buyer's own dataset id.
+        #[arg(long)]
+        buyer_dataset: String,
+        /// Key columns in the buyer's dataset, comma-separated (the alignment's join key).
+        #[arg(long, value_delimiter = ',')]
+        buyer_columns: Vec<String>,
+        /// Key columns in the provider's dataset, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        provider_columns: Vec<String>,
+        /// The query, e.g. `SELECT count(*), mean(provider.income) WHERE buyer.age >= 30
+        /// GROUP BY buyer.region` (aggregates count, sum, mean, var, min, max, histogram;
+        /// WHERE and GROUP BY on the buyer's own columns).
+        #[arg(long)]
+        query: String,
+        /// A column the query reads, repeated: `buyer.NAME=numeric:BOUND` (values with |x| <=
+        /// BOUND; larger ones are clipped to it) or `buyer.NAME=categorical:LEVELS` (integer
+        /// codes 0 to LEVELS-1); `provider.NAME=…` likewise.
+        #[arg(long = "column", value_parser = parse_mpc_column)]
+        columns: Vec<pb::MpcColumn>,
+        /// Case rule for keys on both sides (as for `job submit`).
+        #[arg(long, default_value = "preserve")]
+        key_case: String,
+        /// Unicode normalisation of keys on both sides (as for `job submit`).
+        #[arg(long = "unicode", default_value = "none")]
+        unicode_form: String,
+        /// Rows whose key is empty (as for `job submit`).
+        #[arg(long, default_value = "skip")]
+        empty_keys: String,
+        /// Result file name in the buyer worker's output directory (a bare name; never
+        /// replaces a file).
+        #[arg(long)]
+        output: String,
+        /// Idempotency key per user (as for `job submit`).
+        #[arg(long)]
+        request_id: Option<String>,
+        /// Follow the job until it ends (exit status as for `job submit --watch`).
+        #[arg(long)]
+        watch: bool,
+    },
     /// Show a job as the caller may see it (exit status 0 whatever its state): its buyer
     /// sees the result and its own side's errors, the provider's owner its own side's, the
     /// operator the state and summaries.
@@ -139,6 +192,28 @@ pub enum JobCmd {
 }
 
 /// `FIRST-LAST` rows, numbered from 1.
+/// `side.NAME=numeric:BOUND` or `side.NAME=categorical:LEVELS`.
+fn parse_mpc_column(s: &str) -> Result<pb::MpcColumn, String> {
+    let bad = || {
+        format!(
+            "{s:?}: expected buyer.NAME=numeric:BOUND or buyer.NAME=categorical:LEVELS \
+             (provider.NAME likewise)"
+        )
+    };
+    let (column, kind) = s.rsplit_once('=').ok_or_else(bad)?;
+    let (kind, n) = kind.split_once(':').ok_or_else(bad)?;
+    let mut c = pb::MpcColumn {
+        column: column.trim().to_string(),
+        ..pb::MpcColumn::default()
+    };
+    match kind.trim() {
+        "numeric" => c.abs_max = n.trim().parse().map_err(|_| bad())?,
+        "categorical" => c.levels = n.trim().parse().map_err(|_| bad())?,
+        _ => return Err(bad()),
+    }
+    Ok(c)
+}
+
 fn parse_rows(text: &str) -> Result<(u64, u64), String> {
     let bad = || format!("{text:?}: rows are FIRST-LAST, numbered from 1 (e.g. 1-20)");
     let (a, b) = text.split_once('-').ok_or_else(bad)?;
@@ -348,6 +423,8 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<()> {
                     protocol,
                     preview_first_row: 0,
                     preview_last_row: 0,
+                    mpc_query: String::new(),
+                    mpc_columns: Vec::new(),
                 })
                 .await?
                 .into_inner();
@@ -383,6 +460,60 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<()> {
                     request_id: request_id.unwrap_or_default(),
                     preview_first_row: first,
                     preview_last_row: last,
+                    mpc_query: String::new(),
+                    mpc_columns: Vec::new(),
+                    ..pb::SubmitJobRequest::default()
+                })
+                .await?
+                .into_inner();
+            let mut out = Out::stdout();
+            out.line(job_line(&j))?;
+            let j = if follow && !is_terminal(&j) {
+                let j = watch(&mut c, &j.job_id).await?;
+                out.line(job_line(&j))?;
+                j
+            } else {
+                j
+            };
+            job_outcome(&j)?;
+        }
+        JobCmd::Mpc {
+            conn,
+            licence,
+            buyer_party,
+            buyer_dataset,
+            buyer_columns,
+            provider_columns,
+            query,
+            columns,
+            key_case,
+            unicode_form,
+            empty_keys,
+            output,
+            request_id,
+            watch: follow,
+        } => {
+            let mut c = conn.connect().await?;
+            let j = c
+                .submit_job(pb::SubmitJobRequest {
+                    licence_id: licence,
+                    scene: tessera_core::job::scene::MPC.into(),
+                    buyer_party,
+                    buyer_dataset_id: buyer_dataset,
+                    buyer_columns,
+                    provider_columns,
+                    mode: pb::PsiMode::Intersection.into(),
+                    key_case: pb::KeyCase::from(key_case.parse::<tessera_core::KeyCase>()?).into(),
+                    unicode_form: pb::UnicodeForm::from(
+                        unicode_form.parse::<tessera_core::UnicodeForm>()?,
+                    )
+                    .into(),
+                    empty_keys: pb::EmptyKeys::from(empty_keys.parse::<tessera_core::EmptyKeys>()?)
+                        .into(),
+                    output,
+                    request_id: request_id.unwrap_or_default(),
+                    mpc_query: query,
+                    mpc_columns: columns,
                     ..pb::SubmitJobRequest::default()
                 })
                 .await?

@@ -472,6 +472,8 @@ impl Cluster {
             protocol: pb::PsiProtocol::Unspecified.into(),
             preview_first_row: 0,
             preview_last_row: 0,
+            mpc_query: String::new(),
+            mpc_columns: Vec::new(),
         }
     }
 

@@ -8,6 +8,7 @@ mod billing;
 mod harness;
 mod identity;
 mod money;
+mod mpc;
 mod ops;
 mod rest;
 mod results;

@@ -770,6 +770,8 @@ fn preview_job(
         output: output.into(),
         preview_first_row: first,
         preview_last_row: last,
+        mpc_query: String::new(),
+        mpc_columns: Vec::new(),
         ..pb::SubmitJobRequest::default()
     }
 }

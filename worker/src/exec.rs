@@ -75,6 +75,8 @@ pub struct TaskOutcome {
     pub empty_keys: u64,
     /// Link counters.
     pub link: tessera_core::LinkStats,
+    /// Correlations an MPC task drew (Beaver triples, AND triples, matrix-triple elements).
+    pub triples: u64,
 }
 
 /// Where a worker keeps things and how it talks to peers.
@@ -182,6 +184,9 @@ pub async fn run_task(
     match spec.scene.as_str() {
         tessera_core::job::scene::PSI => {}
         tessera_core::job::scene::PREVIEW => return run_preview(env, spec, delivery).await,
+        tessera_core::job::scene::MPC => {
+            return crate::mpc::run(env, spec, progress, delivery).await;
+        }
         other => {
             return Err(TaskError::Internal(format!(
                 "scene {other} is not supported by this worker"
@@ -240,7 +245,7 @@ pub async fn run_task(
 }
 
 /// Opens the task's peer link: dials or waits for the peer worker its ticket names.
-async fn open_link(env: &ExecEnv, spec: &TaskSpec) -> Result<GrpcLink, TaskError> {
+pub(crate) async fn open_link(env: &ExecEnv, spec: &TaskSpec) -> Result<GrpcLink, TaskError> {
     // With TLS, the peer must be the worker the ticket names: its certificate says so.
     let expected = match &env.tls {
         Some(_) => Some(

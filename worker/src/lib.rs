@@ -9,6 +9,7 @@
 pub mod exec;
 pub mod grant;
 pub mod link;
+pub mod mpc;
 pub mod preview;
 pub mod usage;
 
@@ -894,6 +895,7 @@ async fn report(
             frames_sent: o.link.frames_sent,
             frames_received: o.link.frames_received,
             peak_rss_kb: usage::peak_rss_kb(),
+            triples: o.triples,
         }),
         result_size: o.result_size,
         result_file: o.result_file.map(|f| pb::ResultFile {

@@ -355,6 +355,7 @@ fn spec_under(task_id: &str, dataset: &str, use_scene: serde_json::Value) -> Vec
         peer_worker_id: String::new(),
         output: String::new(),
         preview: None,
+        mpc: None,
         licence: Some(tessera_core::LicenceGrant {
             licence_id: "lic".into(),
             dataset_id: "d".into(),

@@ -102,6 +102,7 @@
 //! could leave the ring (`n · abs_max · 2^f ≥ 2^61`).
 
 pub mod eval;
+pub mod job;
 pub mod parse;
 pub mod plan;
 
@@ -509,6 +510,9 @@ pub enum QueryError {
     /// The output policy refuses the plan (nothing was sent).
     #[error("refused by the output policy: {0}")]
     PolicyRefused(String),
+    /// A job's column declarations are malformed (see [`job::schema_of`]).
+    #[error("column declarations: {0}")]
+    Schema(String),
     /// The schema or the plan is past the bounds (fixed-point range, element counts).
     #[error("out of range: {0}")]
     Range(String),

@@ -130,5 +130,6 @@ pub fn request(licence: &str) -> JobRequest {
         carry_columns: Vec::new(),
         request_id: None,
         preview_rows: None,
+        mpc: None,
     }
 }

@@ -1,0 +1,638 @@
+//! An `mpc` task (issue "Secret-sharing MPC"): the buyer's statistics query over both
+//! parties' columns of the rows they have in common, computed by `tessera-mpc` and opened to
+//! the buyer only.
+//!
+//! 1. **Read**: each worker reads its key columns and the columns of its own that the query
+//!    declares (`buyer.NAME` on the buyer's worker, `provider.NAME` on the provider's).
+//! 2. **Align**: a PSI on the keys (the job's protocol, intersection mode; the buyer is the
+//!    receiver). The buyer then sends the provider one tag per common key, `SHA-256(session ‖
+//!    0 ‖ key)[..16]`, sorted; both take the rows in that order (a key's first row on each
+//!    side). The provider refuses a tag it does not hold or a repeated one.
+//! 3. **Compute**: dealer-free triples (OT extension between the two workers), the plan
+//!    checked on both sides against the signed query, its declared columns and the licence's
+//!    output controls (`minGroupSize`, `aggregatesOnly`), then `tessera_mpc::query::evaluate`.
+//!    Numeric values past their declared bound are clipped to it by their owner; a value that
+//!    is not a number, or a category code outside `0 .. levels`, is the owner's input error.
+//! 4. **Deliver**: the provider records the delivery before its shares of the result leave
+//!    (the release gate of [`tessera_mpc::Session`]): that is the moment the buyer can open
+//!    it. The buyer writes the result as CSV (never replacing a file) and acknowledges it; the
+//!    provider ends on that answer.
+//!
+//! # What each party learns (semi-honest, two parties, no third party)
+//!
+//! * The **buyer** learns the query's outputs per group: for each group whether it has at
+//!   least `max(minGroupSize, 1)` selected rows, and the aggregates of the groups that do
+//!   (see `tessera_mpc::query` for what an aggregate reveals). From the alignment it learns
+//!   which of its keys the provider holds, as in a PSI job.
+//! * The **provider** learns which of its keys the buyer holds (the tags of the intersection,
+//!   as the PSI's output is shared for the alignment), the public query and schema, and
+//!   nothing of the buyer's values, selection or groups.
+//! * Neither can deviate undetected in the MPC itself: the model is semi-honest; a malicious
+//!   party could bias the result (no MACs on shares).
+//!
+//! The result file (buyer): one row per group, `group` (the category code; `0` without `GROUP
+//! BY`), `reported` (`true` or `false`: suppressed or empty), then one column per select item
+//! (its text; a histogram's counts joined by `;`). A row-level query writes one row per selected
+//! aligned row: `row` (its position in the alignment) and the values.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use rand::SeedableRng;
+use sha2::{Digest, Sha256};
+use tessera_core::table::{KeySpec, TableError, read_keys_keeping, write_result_csv};
+use tessera_core::{Link, MpcSpec, PsiProtocol, TaskRole, TaskSpec};
+use tessera_mpc::query::job::{plan_of, schema_of, side_and_name};
+use tessera_mpc::query::{
+    Aggregate, ColumnData, ColumnKind, OutputPolicy, QueryError, QueryResult, Side, Table,
+};
+use tessera_mpc::{FixedPoint, MpcError, OtTriples, Party, Session, TripleSource};
+use tessera_psi::{Mode, Protocol, PsiConfig, PsiError};
+
+use crate::exec::{
+    DeliverySink, ExecEnv, TaskError, TaskOutcome, dataset_path, open_link, result_path,
+};
+
+/// The alignment's tag frames start with this.
+const ALIGN_MAGIC: &[u8; 4] = b"TMA1";
+/// The buyer's acknowledgement of the result, the job's last frame.
+const DONE: &[u8; 8] = b"TMA1done";
+/// Bytes of one alignment tag.
+const TAG_BYTES: usize = 16;
+
+/// The provider is party 0, the buyer party 1.
+fn party_of(role: TaskRole) -> Party {
+    match role {
+        TaskRole::Sender => Party::P0,
+        TaskRole::Receiver => Party::P1,
+    }
+}
+
+/// Runs an `mpc` task to completion (see the module docs).
+pub(crate) async fn run(
+    env: &ExecEnv,
+    spec: &TaskSpec,
+    progress: Arc<dyn tessera_psi::Progress>,
+    delivery: &dyn DeliverySink,
+) -> Result<TaskOutcome, TaskError> {
+    let Some(mpc) = &spec.mpc else {
+        return Err(TaskError::Ticket("an mpc task without its query".into()));
+    };
+    let fx = FixedPoint::new(mpc.fraction_bits)
+        .map_err(|e| TaskError::Ticket(format!("the task's fixed-point format: {e}")))?;
+    let policy = OutputPolicy {
+        min_group_size: mpc.min_group_size,
+        aggregates_only: mpc.aggregates_only,
+    };
+    // The signed query must plan before anything is read or sent.
+    plan_of(&mpc.query, 1, &policy, fx)
+        .map_err(|e| TaskError::Ticket(format!("the task's query: {e}")))?;
+    let me = match spec.role {
+        TaskRole::Sender => Side::Provider,
+        TaskRole::Receiver => Side::Buyer,
+    };
+    let schema = schema_of(&mpc.query, 0)
+        .map_err(|e| TaskError::Ticket(format!("the task's query: {e}")))?;
+    let own: Vec<(String, ColumnKind)> = mpc
+        .query
+        .columns
+        .iter()
+        .filter_map(|c| side_and_name(&c.column).ok())
+        .filter(|(side, _)| *side == me)
+        .filter_map(|(side, name)| {
+            schema
+                .column(side, name)
+                .map(|d| (name.to_string(), d.kind))
+        })
+        .collect();
+    let out_path = match spec.role {
+        TaskRole::Receiver => {
+            let p = result_path(&env.output_dir, &spec.output)?;
+            if std::fs::symlink_metadata(&p).is_ok() {
+                return Err(TaskError::Input(format!(
+                    "result file {:?} already exists in the output directory; a result never \
+                     replaces a file",
+                    spec.output
+                )));
+            }
+            Some(p)
+        }
+        TaskRole::Sender => None,
+    };
+    let path = dataset_path(&env.dataset_dir, &spec.dataset_location)?;
+    let key_spec = KeySpec {
+        columns: spec.key_columns.clone(),
+        case: spec.key_case,
+        unicode: spec.unicode_form,
+        empty: spec.empty_keys,
+    };
+    let keep: Vec<String> = own.iter().map(|(n, _)| n.clone()).collect();
+    progress.report("read", 0, 0);
+    let input = tokio::task::spawn_blocking(move || read_keys_keeping(&path, &key_spec, &keep))
+        .await
+        .map_err(|e| TaskError::Internal(format!("reader task: {e}")))?
+        .map_err(|e| TaskError::Input(e.to_string()))?;
+    progress.report("read", input.rows, input.rows);
+
+    let link = open_link(env, spec).await?;
+    let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
+    let rows = align(spec, &link, &input.keys, &mut rng, progress.as_ref()).await?;
+    progress.report("align", rows.len() as u64, rows.len() as u64);
+    let table = own_table(&own, &input.kept, &rows)?;
+    let mut outcome = TaskOutcome {
+        rows_in: input.rows,
+        empty_keys: input.empty_keys,
+        ..TaskOutcome::default()
+    };
+
+    let party = party_of(spec.role);
+    progress.report("triples", 0, 1);
+    let ot = OtTriples::setup(party, &link, &mut rng)
+        .await
+        .map_err(|e| peer_error(&e))?;
+    progress.report("triples", 1, 1);
+    let plan = plan_of(&mpc.query, rows.len(), &policy, fx).map_err(|e| match e {
+        // Past the ring's range with this many rows: the buyer's declared bounds.
+        QueryError::Range(_) => TaskError::Input(format!("the query on {} rows: {e}", rows.len())),
+        e => TaskError::Ticket(format!("the task's query: {e}")),
+    })?;
+    let mut session = Session::new(
+        party,
+        &link,
+        fx,
+        TripleSource::Ot(Box::new(ot)),
+        rand_chacha::ChaCha20Rng::from_rng(&mut rng)
+            .map_err(|e| TaskError::Internal(format!("rng: {e}")))?,
+    );
+    if spec.role == TaskRole::Sender {
+        let rows_in = input.rows;
+        let recorded = Arc::new(AtomicBool::new(false));
+        session.set_release_gate(Box::new(move || {
+            let recorded = recorded.clone();
+            Box::pin(async move {
+                if !recorded.load(Ordering::SeqCst) && delivery.delivered(rows_in).await {
+                    recorded.store(true, Ordering::SeqCst);
+                }
+                recorded.load(Ordering::SeqCst)
+            })
+        }));
+    }
+    progress.report("compute", 0, 1);
+    let result = tessera_mpc::query::evaluate(&mut session, Party::P1, &plan, &table)
+        .await
+        .map_err(|e| query_error(e, spec.role))?;
+    progress.report("compute", 1, 1);
+    outcome.triples = session.triples_used();
+    drop(session);
+    // The buyer acknowledges the result; the provider ends only on that answer, so that it
+    // never closes the link before its last frame is through.
+    match spec.role {
+        TaskRole::Receiver => send(&link, Bytes::from_static(DONE)).await?,
+        TaskRole::Sender => {
+            if recv(&link).await?.as_ref() != DONE {
+                return Err(TaskError::Peer(
+                    "the peer did not acknowledge the result".into(),
+                ));
+            }
+        }
+    }
+    if let (Some(result), Some(out)) = (result, out_path) {
+        let written = write_result(out, mpc, result).await?;
+        outcome.result_size = Some(rows.len() as u64);
+        outcome.result_file = Some(written);
+        outcome.result_location = spec.output.clone();
+    }
+    outcome.link = link.stats();
+    Ok(outcome)
+}
+
+fn peer_error(e: &MpcError) -> TaskError {
+    match e {
+        MpcError::NotReleased => TaskError::Internal(e.to_string()),
+        _ => TaskError::Peer(e.to_string()),
+    }
+}
+
+fn query_error(e: QueryError, role: TaskRole) -> TaskError {
+    match e {
+        QueryError::Data(_) => TaskError::Input(e.to_string()),
+        QueryError::Mpc(m) => peer_error(&m),
+        QueryError::PlanMismatch => TaskError::Peer(e.to_string()),
+        e if role == TaskRole::Receiver => TaskError::Input(e.to_string()),
+        e => TaskError::Internal(e.to_string()),
+    }
+}
+
+/// The tag of a key for the alignment: `SHA-256(session ‖ 0 ‖ key)[..16]`.
+fn tag(session: &str, key: &[u8]) -> [u8; TAG_BYTES] {
+    let mut h = Sha256::new();
+    h.update(session.as_bytes());
+    h.update([0u8]);
+    h.update(key);
+    let d = h.finalize();
+    let mut t = [0u8; TAG_BYTES];
+    t.copy_from_slice(&d[..TAG_BYTES]);
+    t
+}
+
+/// The PSI on the keys and the exchange of the common keys' tags: this party's row indices
+/// (into `keys`) of the common keys, in the order both parties use.
+async fn align(
+    spec: &TaskSpec,
+    link: &dyn Link,
+    keys: &[Vec<u8>],
+    rng: &mut rand_chacha::ChaCha20Rng,
+    progress: &dyn tessera_psi::Progress,
+) -> Result<Vec<usize>, TaskError> {
+    let cfg = PsiConfig {
+        protocol: match spec.protocol {
+            PsiProtocol::Rr22 => Protocol::Rr22,
+            PsiProtocol::Ecdh => Protocol::Ecdh,
+        },
+        mode: Mode::Intersection,
+        ..PsiConfig::default()
+    };
+    let psi_err = |e: PsiError| match e {
+        PsiError::TooLarge { .. } => TaskError::Input(e.to_string()),
+        e => TaskError::Peer(e.to_string()),
+    };
+    let per_frame = (link.frame_bytes_max().saturating_sub(16) / TAG_BYTES).max(1);
+    match spec.role {
+        TaskRole::Receiver => {
+            let out = tessera_psi::run_receiver(link, keys, &cfg, rng, progress)
+                .await
+                .map_err(psi_err)?;
+            let first_of_each = out.intersection.unwrap_or_default();
+            let mut tagged: Vec<([u8; TAG_BYTES], usize)> = first_of_each
+                .iter()
+                .filter_map(|&i| keys.get(i).map(|k| (tag(&spec.session_id, k), i)))
+                .collect();
+            tagged.sort_unstable();
+            tagged.dedup_by(|a, b| a.0 == b.0);
+            let tags: Vec<[u8; TAG_BYTES]> = tagged.iter().map(|(t, _)| *t).collect();
+            send_tags(link, &tags, per_frame).await?;
+            Ok(tagged.into_iter().map(|(_, i)| i).collect())
+        }
+        TaskRole::Sender => {
+            tessera_psi::run_sender(link, keys, &cfg, rng, progress)
+                .await
+                .map_err(psi_err)?;
+            let mut first: HashMap<[u8; TAG_BYTES], usize> = HashMap::with_capacity(keys.len());
+            for (i, k) in keys.iter().enumerate() {
+                first.entry(tag(&spec.session_id, k)).or_insert(i);
+            }
+            receive_tags(link, &first, per_frame).await
+        }
+    }
+}
+
+/// The buyer's side of the tag exchange: a header with the count, then the (sorted) tags,
+/// at most `per_frame` a frame.
+async fn send_tags(
+    link: &dyn Link,
+    tags: &[[u8; TAG_BYTES]],
+    per_frame: usize,
+) -> Result<(), TaskError> {
+    let mut head = BytesMut::with_capacity(12);
+    head.put_slice(ALIGN_MAGIC);
+    head.put_u64(tags.len() as u64);
+    send(link, head.freeze()).await?;
+    for chunk in tags.chunks(per_frame) {
+        let mut f = BytesMut::with_capacity(chunk.len() * TAG_BYTES);
+        for t in chunk {
+            f.put_slice(t);
+        }
+        send(link, f.freeze()).await?;
+    }
+    Ok(())
+}
+
+/// The provider's side of the tag exchange: the header and the buyer's sorted tags of the
+/// common keys, each mapped to this party's first row with that key (`first`). A malformed
+/// header or frame, more tags than this party has keys, a tag it does not hold, or tags out
+/// of order (repeats included) are the peer's fault.
+async fn receive_tags(
+    link: &dyn Link,
+    first: &HashMap<[u8; TAG_BYTES], usize>,
+    per_frame: usize,
+) -> Result<Vec<usize>, TaskError> {
+    let head = recv(link).await?;
+    let count = match head.as_ref() {
+        [m0, m1, m2, m3, n @ ..] if [*m0, *m1, *m2, *m3] == *ALIGN_MAGIC && n.len() == 8 => {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(n);
+            u64::from_be_bytes(b)
+        }
+        _ => {
+            return Err(TaskError::Peer(
+                "the peer's alignment header is malformed".into(),
+            ));
+        }
+    };
+    if count > first.len() as u64 {
+        return Err(TaskError::Peer(format!(
+            "the peer aligns {count} rows; this party has {} keys",
+            first.len()
+        )));
+    }
+    let count = count as usize;
+    let mut rows = Vec::with_capacity(count);
+    let mut last: Option<[u8; TAG_BYTES]> = None;
+    while rows.len() < count {
+        let frame = recv(link).await?;
+        let want = (count - rows.len()).min(per_frame);
+        if frame.len() % TAG_BYTES != 0 || frame.len() / TAG_BYTES > want || frame.is_empty() {
+            return Err(TaskError::Peer(
+                "the peer's alignment frame is malformed".into(),
+            ));
+        }
+        for t in frame.chunks_exact(TAG_BYTES) {
+            let mut tag = [0u8; TAG_BYTES];
+            tag.copy_from_slice(t);
+            if last.is_some_and(|l| l >= tag) {
+                return Err(TaskError::Peer(
+                    "the peer's alignment tags are not strictly increasing".into(),
+                ));
+            }
+            last = Some(tag);
+            let Some(&i) = first.get(&tag) else {
+                return Err(TaskError::Peer(
+                    "the peer aligns a key this party does not hold".into(),
+                ));
+            };
+            rows.push(i);
+        }
+    }
+    Ok(rows)
+}
+
+async fn send(link: &dyn Link, frame: Bytes) -> Result<(), TaskError> {
+    link.send(frame)
+        .await
+        .map_err(|e| TaskError::Peer(e.to_string()))
+}
+
+async fn recv(link: &dyn Link) -> Result<Bytes, TaskError> {
+    link.recv()
+        .await
+        .map_err(|e| TaskError::Peer(e.to_string()))
+}
+
+/// This party's columns at the aligned `rows`: numbers (clipped to their bound) or category
+/// codes. A value that is neither is this party's input error, named by column and aligned
+/// row, never by value.
+fn own_table(
+    own: &[(String, ColumnKind)],
+    kept: &[Vec<String>],
+    rows: &[usize],
+) -> Result<Table, TaskError> {
+    let mut table = Table::default();
+    for (c, (name, kind)) in own.iter().enumerate() {
+        let cell = |r: usize| kept.get(r).and_then(|row| row.get(c)).map(|v| v.trim());
+        let data = match kind {
+            ColumnKind::Numeric { abs_max } => {
+                let mut v = Vec::with_capacity(rows.len());
+                for (at, &r) in rows.iter().enumerate() {
+                    let x = cell(r)
+                        .and_then(|s| s.parse::<f64>().ok())
+                        .filter(|x| x.is_finite())
+                        .ok_or_else(|| {
+                            TaskError::Input(format!(
+                                "column {name}: the value of aligned row {at} is not a finite \
+                                 number"
+                            ))
+                        })?;
+                    v.push(x.clamp(-abs_max, *abs_max));
+                }
+                ColumnData::Numeric(v)
+            }
+            ColumnKind::Categorical { levels } => {
+                let mut v = Vec::with_capacity(rows.len());
+                for (at, &r) in rows.iter().enumerate() {
+                    let code = cell(r)
+                        .and_then(|s| s.parse::<u32>().ok())
+                        .filter(|c| c < levels)
+                        .ok_or_else(|| {
+                            TaskError::Input(format!(
+                                "column {name}: the value of aligned row {at} is not a category \
+                                 code 0 to {}",
+                                levels.saturating_sub(1)
+                            ))
+                        })?;
+                    v.push(code);
+                }
+                ColumnData::Categorical(v)
+            }
+        };
+        table.columns.insert(name.clone(), data);
+    }
+    Ok(table)
+}
+
+/// Writes the buyer's result (see the module docs for the columns).
+async fn write_result(
+    path: PathBuf,
+    mpc: &MpcSpec,
+    result: QueryResult,
+) -> Result<tessera_core::table::WrittenFile, TaskError> {
+    let items: Vec<String> = tessera_mpc::query::parse(&mpc.query.query)
+        .map(|q| q.items.iter().map(ToString::to_string).collect())
+        .map_err(|e| TaskError::Internal(format!("the query: {e}")))?;
+    let (header, rows): (Vec<String>, Vec<Vec<String>>) = match result {
+        QueryResult::Groups(groups) => {
+            let mut header = vec!["group".to_string(), "reported".to_string()];
+            header.extend(items);
+            let rows = groups
+                .into_iter()
+                .map(|g| {
+                    let mut row = vec![g.group.to_string()];
+                    match g.values {
+                        None => {
+                            row.push("false".into());
+                            row.extend(std::iter::repeat_n(String::new(), header.len() - 2));
+                        }
+                        Some(values) => {
+                            row.push("true".into());
+                            row.extend(values.into_iter().map(|a| {
+                                match a {
+                                    Aggregate::Count(n) => n.to_string(),
+                                    Aggregate::Real(x) => x.to_string(),
+                                    Aggregate::Histogram(h) => h
+                                        .iter()
+                                        .map(ToString::to_string)
+                                        .collect::<Vec<_>>()
+                                        .join(";"),
+                                }
+                            }));
+                        }
+                    }
+                    row
+                })
+                .collect();
+            (header, rows)
+        }
+        QueryResult::Rows(columns) => {
+            let mut header = vec!["row".to_string()];
+            header.extend(items);
+            let n = columns.first().map_or(0, Vec::len);
+            let rows = (0..n)
+                .filter(|&i| {
+                    columns
+                        .iter()
+                        .all(|c| c.get(i).is_some_and(Option::is_some))
+                })
+                .map(|i| {
+                    let mut row = vec![i.to_string()];
+                    row.extend(
+                        columns
+                            .iter()
+                            .map(|c| c.get(i).copied().flatten().unwrap_or_default().to_string()),
+                    );
+                    row
+                })
+                .collect();
+            (header, rows)
+        }
+    };
+    tokio::task::spawn_blocking(move || write_result_csv(&path, &header, rows))
+        .await
+        .map_err(|e| TaskError::Internal(format!("writer task: {e}")))?
+        .map_err(|e| match e {
+            TableError::OutputExists { .. } => TaskError::Input(e.to_string()),
+            e => TaskError::Internal(format!("writing the result: {e}")),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use tessera_core::MemLink;
+
+    use super::*;
+
+    fn tags_of(keys: &[&str]) -> Vec<[u8; TAG_BYTES]> {
+        keys.iter().map(|k| tag("s", k.as_bytes())).collect()
+    }
+
+    fn provider_rows(keys: &[&str]) -> HashMap<[u8; TAG_BYTES], usize> {
+        let mut first = HashMap::new();
+        for (i, t) in tags_of(keys).into_iter().enumerate() {
+            first.entry(t).or_insert(i);
+        }
+        first
+    }
+
+    #[tokio::test]
+    async fn the_tags_align_the_providers_first_rows_in_the_buyers_order() {
+        let (a, b) = MemLink::pair();
+        let provider = provider_rows(&["k0", "k1", "k2", "k1", "k3", "k4"]);
+        let mut tags = tags_of(&["k1", "k3", "k4", "k0"]);
+        tags.sort_unstable();
+        let expect: Vec<usize> = tags
+            .iter()
+            .map(|t| provider.get(t).copied().expect("held"))
+            .collect();
+        // Two tags a frame: the count spans three frames.
+        let (sent, got) = tokio::join!(send_tags(&a, &tags, 2), receive_tags(&b, &provider, 2));
+        sent.expect("send");
+        assert_eq!(got.expect("receive"), expect);
+        // Nothing in common: a header of 0 and no frame.
+        let (sent, got) = tokio::join!(send_tags(&a, &[], 2), receive_tags(&b, &provider, 2));
+        sent.expect("send");
+        assert!(got.expect("empty").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_hostile_buyers_tags_are_a_peer_error_never_a_panic() {
+        let provider = provider_rows(&["k0", "k1", "k2"]);
+        let mut held = tags_of(&["k0", "k1", "k2"]);
+        held.sort_unstable();
+        let head = |n: u64| {
+            let mut h = ALIGN_MAGIC.to_vec();
+            h.extend_from_slice(&n.to_be_bytes());
+            Bytes::from(h)
+        };
+        let cases: Vec<(&str, Vec<Bytes>)> = vec![
+            ("header is malformed", vec![Bytes::from_static(b"TMA1")]),
+            (
+                "header is malformed",
+                vec![Bytes::from_static(b"XXXX\0\0\0\0\0\0\0\x01")],
+            ),
+            ("this party has 3 keys", vec![head(4)]),
+            (
+                "frame is malformed",
+                vec![head(2), Bytes::from(vec![0u8; 17])],
+            ),
+            (
+                "frame is malformed",
+                vec![head(1), Bytes::from(held.concat())],
+            ),
+            ("frame is malformed", vec![head(1), Bytes::new()]),
+            (
+                "does not hold",
+                vec![head(1), Bytes::from(tags_of(&["stranger"]).concat())],
+            ),
+            (
+                "not strictly increasing",
+                vec![head(2), Bytes::from([held[1], held[0]].concat())],
+            ),
+            (
+                "not strictly increasing",
+                vec![head(2), Bytes::from([held[0], held[0]].concat())],
+            ),
+        ];
+        for (says, frames) in cases {
+            let (a, b) = MemLink::pair();
+            for f in frames {
+                a.send(f).await.expect("send");
+            }
+            drop(a);
+            let e = receive_tags(&b, &provider, 8).await.expect_err(says);
+            assert!(matches!(e, TaskError::Peer(_)), "{says}: {e:?}");
+            assert!(e.to_string().contains(says), "{says}: {e}");
+        }
+        // The buyer going away mid-way is a peer error too.
+        let (a, b) = MemLink::pair();
+        a.send(head(2)).await.expect("send");
+        drop(a);
+        assert!(matches!(
+            receive_tags(&b, &provider, 8).await,
+            Err(TaskError::Peer(_))
+        ));
+    }
+
+    #[test]
+    fn own_columns_are_clipped_and_bad_cells_are_named_by_column_and_row_not_value() {
+        let own = vec![
+            ("x".to_string(), ColumnKind::Numeric { abs_max: 10.0 }),
+            ("g".to_string(), ColumnKind::Categorical { levels: 3 }),
+        ];
+        let kept: Vec<Vec<String>> = [["1.5", "0"], ["-99", "2"], ["42", "1"]]
+            .iter()
+            .map(|r| r.iter().map(|s| s.to_string()).collect())
+            .collect();
+        let t = own_table(&own, &kept, &[2, 0, 1]).expect("table");
+        assert_eq!(t.columns["x"], ColumnData::Numeric(vec![10.0, 1.5, -10.0]));
+        assert_eq!(t.columns["g"], ColumnData::Categorical(vec![1, 0, 2]));
+        for (row, says) in [
+            (
+                ["secret-text", "0"],
+                "column x: the value of aligned row 0 is not a finite number",
+            ),
+            (["inf", "0"], "not a finite number"),
+            (
+                ["1", "3"],
+                "column g: the value of aligned row 0 is not a category code 0 to 2",
+            ),
+            (["1", "-1"], "not a category code"),
+        ] {
+            let kept = vec![row.iter().map(|s| s.to_string()).collect::<Vec<_>>()];
+            let e = own_table(&own, &kept, &[0]).expect_err(says);
+            assert!(matches!(e, TaskError::Input(_)), "{e:?}");
+            assert!(e.to_string().contains(says), "{e}");
+            assert!(!e.to_string().contains("secret-text"), "{e}");
+        }
+    }
+}
