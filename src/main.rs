@@ -308,6 +308,11 @@ mod tests {
     }
 
     #[test]
+    fn tee_verify_help() {
+        expect![[r#""#]].assert_eq(&help(&["tessera", "tee", "verify", "--help"]));
+    }
+
+    #[test]
     fn bench_secagg_help() {
         expect![[r#"
             Secure aggregation (SecAgg+) of N clients' vectors with dropouts, in this process, checked against the plain sum of the survivors' vectors
