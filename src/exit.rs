@@ -6,7 +6,7 @@
 //! | 0 | success (a followed job succeeded) |
 //! | 1 | error: a request refused by the operator (printed as `error: CODE: message`), bad input, I/O |
 //! | 2 | usage error (unknown option, missing argument), printed by clap |
-//! | 3 | the job was refused at admission |
+//! | 3 | the job was refused at admission; `tee verify`: the evidence was refused |
 //! | 4 | the job failed |
 //! | 5 | the job was cancelled |
 //! | 6 | connection lost (any command): the operator could not be reached, or stopped answering before a followed job ended |
@@ -22,7 +22,8 @@ use crate::client::output::is_broken_pipe;
 pub const EXIT_HELP: &str = "Exit status: 0 success; 1 error (the operator's API code and \
 message are printed as `error: CODE: message`); 2 usage error; 6 connection lost (the \
 operator could not be reached, or stopped answering before a followed job ended); for `job \
-submit` and `job watch`, 3 the job was refused, 4 it failed, 5 it was cancelled.";
+submit` and `job watch`, 3 the job was refused, 4 it failed, 5 it was cancelled; for `tee \
+verify`, 3 the evidence was refused.";
 
 /// Success.
 pub const OK: u8 = 0;
@@ -57,6 +58,18 @@ impl std::fmt::Display for JobEnded {
 
 impl std::error::Error for JobEnded {}
 
+/// `tee verify` refused the evidence; the verdict and its reasons have been printed.
+#[derive(Debug)]
+pub struct AppraisalRefused;
+
+impl std::fmt::Display for AppraisalRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("evidence refused")
+    }
+}
+
+impl std::error::Error for AppraisalRefused {}
+
 /// The operator stopped answering (or never answered) while a job was followed.
 #[derive(Debug)]
 pub struct ConnectionLost {
@@ -82,6 +95,9 @@ pub fn is_transport(s: &tonic::Status) -> bool {
 pub fn code_of(e: &anyhow::Error) -> u8 {
     use tessera_proto::v1::JobState;
     for c in e.chain() {
+        if c.is::<AppraisalRefused>() {
+            return REFUSED;
+        }
         if let Some(j) = c.downcast_ref::<JobEnded>() {
             return match j.state {
                 JobState::Refused => REFUSED,

@@ -13,6 +13,7 @@ mod mpc_bench;
 mod operator;
 mod progress;
 mod secagg_bench;
+mod tee_cmd;
 
 use std::sync::Arc;
 
@@ -59,6 +60,9 @@ enum Command {
         #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u32).range(1..=400))]
         days: u32,
     },
+    /// TEE attestation: verify and appraise evidence offline.
+    #[command(subcommand)]
+    Tee(tee_cmd::TeeCommand),
     /// Client commands against a running operator.
     #[command(flatten)]
     Client(client::ClientCommand),
@@ -169,6 +173,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let path = operator::issue_admin_token(&data_dir, days).await?;
             println!("wrote a new admin token to {} (mode 0600)", path.display());
         }
+        Command::Tee(t) => tee_cmd::run(t)?,
         Command::Client(c) => client::run(c).await?,
     }
     Ok(())
@@ -300,6 +305,11 @@ mod tests {
 
             Exit status: 0 success; 1 error (the operator's API code and message are printed as `error: CODE: message`); 2 usage error; 6 connection lost (the operator could not be reached, or stopped answering before a followed job ended); for `job submit` and `job watch`, 3 the job was refused, 4 it failed, 5 it was cancelled.
         "#]].assert_eq(&help(&["tessera", "--help"]));
+    }
+
+    #[test]
+    fn tee_verify_help() {
+        expect![[r#""#]].assert_eq(&help(&["tessera", "tee", "verify", "--help"]));
     }
 
     #[test]
