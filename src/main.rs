@@ -282,6 +282,7 @@ mod tests {
               billing      Billing: simulate scenarios, ingestion benchmark
               audit        Verify the audit chain of a data directory (offline) or export its signed checkpoints
               admin-token  Issue a new API token for the admin user of a STOPPED operator's data directory, offline, into DATA_DIR/admin.token, revoking the earlier ones (the recovery when that file was lost)
+              tee          TEE attestation: verify and appraise evidence offline
               dataset      Dataset records
               licence      Licences and their usage policies
               job          Jobs
@@ -303,13 +304,29 @@ mod tests {
               -h, --help     Print help
               -V, --version  Print version
 
-            Exit status: 0 success; 1 error (the operator's API code and message are printed as `error: CODE: message`); 2 usage error; 6 connection lost (the operator could not be reached, or stopped answering before a followed job ended); for `job submit` and `job watch`, 3 the job was refused, 4 it failed, 5 it was cancelled.
+            Exit status: 0 success; 1 error (the operator's API code and message are printed as `error: CODE: message`); 2 usage error; 6 connection lost (the operator could not be reached, or stopped answering before a followed job ended); for `job submit` and `job watch`, 3 the job was refused, 4 it failed, 5 it was cancelled; for `tee verify`, 3 the evidence was refused.
         "#]].assert_eq(&help(&["tessera", "--help"]));
     }
 
     #[test]
     fn tee_verify_help() {
-        expect![[r#""#]].assert_eq(&help(&["tessera", "tee", "verify", "--help"]));
+        expect![[r#"
+            Verify TEE evidence at a given time and appraise it against a policy file; prints accepted or refused with every reason (exit status 0 accepted, 3 refused)
+
+            Usage: tessera tee verify [OPTIONS] --evidence <FILE> --at <AT> --policy <FILE>
+
+            Options:
+                  --evidence <FILE>          The evidence: an SGX or TDX DCAP quote (with --collateral), an SEV-SNP report, raw or hex (with --vcek), or an insecure-simulated-tee JSON claim set (neither) [required]
+                  --collateral <FILE>        DCAP collateral (JSON: PCK CRL, root CA CRL, TCB info, QE identity and their chains)
+                  --vcek <FILE>              SEV-SNP: the chip's VCEK certificate (DER)
+                  --chain <FILE>             SEV-SNP: AMD's ASK and ARK certificates (PEM, ASK first); its ARK must be a built-in AMD root [default: the built-in chains]
+                  --at <AT>                  The appraisal time: unix seconds or RFC 3339 (2025-06-19T12:00:00Z); collateral and certificates must be valid then [required]
+                  --policy <FILE>            The appraisal policy (JSON; see the tessera-tee crate docs) [required]
+                  --nonce <NONCE>            The nonce (64 hex digits) the report data should bind, with --worker-key; checked against the report data only (an offline check cannot know whether it was used)
+                  --worker-key <WORKER_KEY>  The worker's X25519 public key (64 hex digits) the report data should bind
+                  --json                     Print one JSON object instead of text
+              -h, --help                     Print help
+        "#]].assert_eq(&help(&["tessera", "tee", "verify", "--help"]));
     }
 
     #[test]

@@ -15,6 +15,10 @@
 //! * [`silent_vole`]: millions of VOLE correlations over GF(2^128) from a sparse (regular) noise
 //!   vector compressed by the expand-convolute code of Raghuraman–Rindal–Tanguy, "Expand-Convolute
 //!   Codes for Pseudorandom Correlation Generators from LPN" (CRYPTO 2023), dual-LPN form.
+//! * [`silent_cot`]: millions of correlated OTs (`k_i = q_i ⊕ c_i·Δ`, binary choice bits) the
+//!   same way with noise values fixed to one: the silent OT extension of Boyle et al.
+//!   (CCS 2019) over the same code. A building block: `tessera-mpc`'s dealer-free triples still
+//!   use IKNP (silent-COT triples measured 5× slower, the code's GF(2) encoding dominating).
 //!
 //! The VOLE correlation, as everywhere in this crate: the **VOLE sender** holds `Δ ∈ GF(2^128)`
 //! and `B ∈ GF(2^128)^n`; the **VOLE receiver** holds `A, C ∈ GF(2^128)^n`; and
@@ -38,10 +42,19 @@ pub mod base;
 pub mod iknp;
 pub mod noisy_vole;
 pub mod pprf;
+pub mod silent_cot;
 pub mod silent_vole;
 pub mod wire;
 
 pub use cryprot_core::Block;
+/// The correlation-robust hashes of cryprot-core (`FIXED_KEY_HASH`: TMMO, fixed-key AES), for
+/// callers that turn correlated OTs into random OTs.
+pub use cryprot_core::aes_hash;
+
+/// Overwrites `blocks` with zeros in a way the compiler keeps (key material).
+pub fn wipe_blocks(blocks: &mut [Block]) {
+    noisy_vole::wipe(blocks);
+}
 pub use tessera_core::LinkError;
 
 /// Why an OT or VOLE sub-protocol failed.

@@ -147,10 +147,20 @@ impl SilentVoleParams {
     }
 
     /// `H·x`, in place; the first `n` entries are kept.
-    fn compress(&self, x: &mut Vec<Block>) {
+    pub(crate) fn compress(&self, x: &mut Vec<Block>) {
         debug_assert_eq!(x.len(), self.code.code_size());
         self.code.dual_encode(x);
         wipe(&mut x[self.n..]);
+        x.truncate(self.n);
+    }
+
+    /// `H·x` over GF(2) (each byte one bit, 0 or 1), in place; the first `n` entries are kept.
+    /// The same code as [`Self::compress`]: `H` is a binary matrix, so it maps bit vectors to
+    /// bit vectors.
+    pub(crate) fn compress_bits(&self, x: &mut Vec<u8>) {
+        debug_assert_eq!(x.len(), self.code.code_size());
+        self.code.dual_encode(x);
+        x[self.n..].zeroize();
         x.truncate(self.n);
     }
 }
@@ -255,7 +265,7 @@ pub fn sample_noise<R: CryptoRngCore + ?Sized>(
 }
 
 /// Uniform in `0..bound` (`bound ≥ 1`), by rejection: no modulo bias.
-fn uniform_below<R: CryptoRngCore + ?Sized>(rng: &mut R, bound: usize) -> usize {
+pub(crate) fn uniform_below<R: CryptoRngCore + ?Sized>(rng: &mut R, bound: usize) -> usize {
     let bound = bound as u64;
     // The largest multiple of `bound` that fits, minus one: accept x ≤ limit.
     let limit = u64::MAX - (u64::MAX % bound + 1) % bound;
