@@ -643,3 +643,17 @@ pub fn holds_only_voided(transfers: &[pb::Transfer], job: Option<&str>) -> bool 
         _ => false,
     })
 }
+
+/// The cash balance of USER.
+pub async fn cash(c: &Cluster) -> i64 {
+    c.client()
+        .await
+        .list_balances(pb::ListRequest {})
+        .await
+        .expect("balances")
+        .into_inner()
+        .balances
+        .into_iter()
+        .find(|b| b.account == format!("customer:{USER}:cash"))
+        .map_or(0, |b| b.balance_micros)
+}

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use tessera_proto::v1 as pb;
 
-use crate::harness::{BUYER, Cluster, PROVIDER, USER};
+use crate::harness::{BUYER, Cluster, PROVIDER, USER, cash};
 
 fn column(column: &str, abs_max: u64, levels: u32) -> pb::MpcColumn {
     pb::MpcColumn {
@@ -29,19 +29,6 @@ fn mpc_job(lic: &str, query: &str, output: &str) -> pb::SubmitJobRequest {
         ],
         ..Cluster::job(lic, "bm", "intersection", output)
     }
-}
-
-async fn cash(c: &Cluster) -> i64 {
-    c.client()
-        .await
-        .list_balances(pb::ListRequest {})
-        .await
-        .expect("balances")
-        .into_inner()
-        .balances
-        .into_iter()
-        .find(|b| b.account == format!("customer:{USER}:cash"))
-        .map_or(0, |b| b.balance_micros)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,7 +19,7 @@ use tessera_trade::proof::DeliveryProof;
 use tessera_trade::seal::{SealedKey, open_delivery_key, open_package};
 
 use crate::authz::{buyer_keys, controlled_publication, demand, registration};
-use crate::harness::{BIN, BUYER, Cluster, PROVIDER, USER, keys};
+use crate::harness::{BIN, BUYER, Cluster, PROVIDER, USER, cash, keys};
 use crate::rest::send;
 
 /// `POST`/`GET` a T/AI route as `token`; (HTTP status, envelope).
@@ -50,19 +50,6 @@ fn ok(c: &Cluster, op: Operation, token: &str, body: &Value) -> Value {
     let (status, v) = tai(c, op, token, body);
     assert_eq!(status, 200, "{op:?}: {v}");
     v["data"].clone()
-}
-
-async fn cash(c: &Cluster) -> i64 {
-    c.client()
-        .await
-        .list_balances(pb::ListRequest {})
-        .await
-        .expect("balances")
-        .into_inner()
-        .balances
-        .into_iter()
-        .find(|b| b.account == format!("customer:{USER}:cash"))
-        .map_or(0, |b| b.balance_micros)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -173,6 +173,19 @@ pub fn result_path(dir: &Path, name: &str) -> Result<PathBuf, TaskError> {
     }
 }
 
+/// [`result_path`], refused up front if the name is taken: a result never replaces a file
+/// (the write checks again, atomically).
+pub(crate) fn fresh_result_path(dir: &Path, name: &str) -> Result<PathBuf, TaskError> {
+    let path = result_path(dir, name)?;
+    if std::fs::symlink_metadata(&path).is_ok() {
+        return Err(TaskError::Input(format!(
+            "result file {name:?} already exists in the output directory; a result never \
+             replaces a file"
+        )));
+    }
+    Ok(path)
+}
+
 /// Runs a checked task to completion. The sender reports the delivery point to `delivery`
 /// before it returns.
 pub async fn run_task(
@@ -208,15 +221,7 @@ pub async fn run_task(
     // a file (the write checks again, atomically).
     let out_path = match (spec.role, spec.mode, spec.output.is_empty()) {
         (TaskRole::Receiver, PsiMode::Intersection, false) => {
-            let p = result_path(&env.output_dir, &spec.output)?;
-            if std::fs::symlink_metadata(&p).is_ok() {
-                return Err(TaskError::Input(format!(
-                    "result file {:?} already exists in the output directory; a result never \
-                     replaces a file",
-                    spec.output
-                )));
-            }
-            Some(p)
+            Some(fresh_result_path(&env.output_dir, &spec.output)?)
         }
         _ => None,
     };
@@ -310,14 +315,7 @@ async fn run_preview(
             outcome.link = link.stats();
         }
         TaskRole::Receiver => {
-            let out = result_path(&env.output_dir, &spec.output)?;
-            if std::fs::symlink_metadata(&out).is_ok() {
-                return Err(TaskError::Input(format!(
-                    "result file {:?} already exists in the output directory; a result never \
-                     replaces a file",
-                    spec.output
-                )));
-            }
+            let out = fresh_result_path(&env.output_dir, &spec.output)?;
             let link = open_link(env, spec).await?;
             let (rows, written) = crate::preview::receive(&link, preview, out).await?;
             outcome.result_size = Some(rows);

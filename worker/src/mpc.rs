@@ -53,7 +53,7 @@ use tessera_mpc::{FixedPoint, MpcError, OtTriples, Party, Session, TripleSource}
 use tessera_psi::{Mode, Protocol, PsiConfig, PsiError};
 
 use crate::exec::{
-    DeliverySink, ExecEnv, TaskError, TaskOutcome, dataset_path, open_link, result_path,
+    DeliverySink, ExecEnv, TaskError, TaskOutcome, dataset_path, fresh_result_path, open_link,
 };
 
 /// The alignment's tag frames start with this.
@@ -109,17 +109,7 @@ pub(crate) async fn run(
         })
         .collect();
     let out_path = match spec.role {
-        TaskRole::Receiver => {
-            let p = result_path(&env.output_dir, &spec.output)?;
-            if std::fs::symlink_metadata(&p).is_ok() {
-                return Err(TaskError::Input(format!(
-                    "result file {:?} already exists in the output directory; a result never \
-                     replaces a file",
-                    spec.output
-                )));
-            }
-            Some(p)
-        }
+        TaskRole::Receiver => Some(fresh_result_path(&env.output_dir, &spec.output)?),
         TaskRole::Sender => None,
     };
     let path = dataset_path(&env.dataset_dir, &spec.dataset_location)?;
