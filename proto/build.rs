@@ -24,6 +24,12 @@ const GRPC_ONLY: &[&str] = &[
     "Usage",
     "TaskResult",
     "DeliveryReport",
+    "TeeChallengeRequest",
+    "TeeChallengeResponse",
+    "TeeAttestRequest",
+    "TeeAttestResponse",
+    "KeyReleaseRequest",
+    "ReleasedDatasetKey",
 ];
 
 /// Enum-typed fields and the `crate::json` module that names their values.

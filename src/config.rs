@@ -32,7 +32,8 @@ worker); an unknown key is an error.";
 pub struct ServeArgs {
     /// TOML configuration file (keys: listen, data_dir, heartbeat_timeout_ms,
     /// heartbeat_interval_ms, late_window_ms (milliseconds, where the flag takes hours),
-    /// bill_close_interval_ms, time_zone, daily_price_basis, tls_names, insecure_plaintext).
+    /// bill_close_interval_ms, time_zone, daily_price_basis, tls_names, insecure_plaintext,
+    /// tee_policy).
     #[arg(long, env = "TESSERA_CONFIG")]
     pub config: Option<PathBuf>,
     /// Listen address of gRPC and HTTP (TLS) [default: 127.0.0.1:7100].
@@ -67,6 +68,11 @@ pub struct ServeArgs {
     /// and data cross in clear).
     #[arg(long, env = "TESSERA_INSECURE_PLAINTEXT", value_parser = clap::builder::BoolishValueParser::new())]
     pub insecure_plaintext: bool,
+    /// The appraisal policy of workers' TEE evidence (JSON: accepted measurements, TCB
+    /// statuses, result lifetime; see `tessera tee verify`); without it every attestation is
+    /// refused and no tee job is placed.
+    #[arg(long, env = "TESSERA_TEE_POLICY", value_name = "FILE")]
+    pub tee_policy: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -102,6 +108,9 @@ impl ServeArgs {
             config.daily_price_basis = b;
         }
         config.tls_names.extend(self.tls_names);
+        if let Some(p) = self.tee_policy {
+            config.tee_policy = Some(p);
+        }
         config.insecure_plaintext |= self.insecure_plaintext;
         config
             .daily_price_basis
@@ -198,6 +207,16 @@ pub struct WorkerArgs {
     /// in seconds [default: 86400].
     #[arg(long, env = "TESSERA_CERT_RENEW_SECS", value_parser = clap::value_parser!(u64).range(1..=518_400))]
     pub cert_renew_secs: Option<u64>,
+    /// INSECURE, for development only: run tee tasks in a simulated enclave that claims this
+    /// measurement (no security at all: the worker process sees the buyer's rows). Accepted
+    /// only by an operator policy with an insecure_simulated_tee section, and only for
+    /// licences whose envHard names tee:insecure-simulated-tee.
+    #[arg(
+        long,
+        env = "TESSERA_INSECURE_SIMULATED_TEE",
+        value_name = "MEASUREMENT"
+    )]
+    pub insecure_simulated_tee: Option<String>,
 }
 
 /// The keys a worker's TOML file may set (all optional; same names as the flags).
@@ -293,6 +312,13 @@ impl WorkerArgs {
         }
         config.peer_advertise = self.peer_advertise.or(f.peer_advertise);
         config.insecure_plaintext_peer = self.insecure_plaintext_peer;
+        if let Some(m) = self.insecure_simulated_tee {
+            anyhow::ensure!(
+                !m.trim().is_empty() && m.len() <= 256,
+                "--insecure-simulated-tee needs a measurement name of 1 to 256 characters"
+            );
+            config.tee = Some(tessera_worker::TeeConfig { measurement: m });
+        }
         config.operator_key_hex = match (
             self.operator_key.or(f.operator_key),
             self.operator_key_file.or(f.operator_key_file),

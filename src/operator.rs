@@ -45,6 +45,9 @@ pub struct OperatorConfig {
     pub tls_names: Vec<String>,
     /// Serve gRPC and HTTP over plain TCP instead of TLS: tokens cross in clear. For tests.
     pub insecure_plaintext: bool,
+    /// The appraisal policy of workers' TEE evidence (JSON, `tessera_tee::AppraisalPolicy`);
+    /// `None`: every attestation is refused, so no `tee` job is placed.
+    pub tee_policy: Option<PathBuf>,
 }
 
 impl Default for OperatorConfig {
@@ -60,6 +63,7 @@ impl Default for OperatorConfig {
             daily_price_basis: tessera_accounting::subscription::DailyPriceBasis::default().name(),
             tls_names: Vec::new(),
             insecure_plaintext: false,
+            tee_policy: None,
         }
     }
 }
@@ -234,6 +238,21 @@ pub async fn start(config: &OperatorConfig) -> anyhow::Result<OperatorHandle> {
                 .with_context(|| format!("daily price basis {:?}", config.daily_price_basis))?,
         );
     let signer = load_or_create_key(&config.data_dir)?;
+    let tee_policy = match &config.tee_policy {
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("reading the TEE policy {}", path.display()))?;
+            Some(
+                tessera_tee::AppraisalPolicy::from_json(&bytes)
+                    .with_context(|| format!("the TEE policy {}", path.display()))?,
+            )
+        }
+        None => None,
+    };
+    let mut tee_seed = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut tee_seed);
+    let tee =
+        tessera_scheduler::TeeService::new(&signer.dangerous_seed_bytes(), tee_policy, tee_seed);
     write_public_key(&config.data_dir, &signer.public_key_hex())?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     if let Some(w) = config.late_window_ms {
@@ -280,6 +299,12 @@ pub async fn start(config: &OperatorConfig) -> anyhow::Result<OperatorHandle> {
     }
     let ca = Arc::new(load_or_create_ca(&config.data_dir)?);
     scheduler.install_ca(ca.clone());
+    scheduler.install_tee(tee);
+    let keys = scheduler
+        .load_tee_keys()
+        .await
+        .context("loading the key broker's dataset keys")?;
+    tracing::info!(dataset_keys = keys, "key broker ready");
     let recovered = scheduler.recover().await?;
     if recovered > 0 {
         tracing::warn!(

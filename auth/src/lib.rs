@@ -308,10 +308,18 @@ operations! {
     ReportDelivered => rule(Who::Worker, Scope::OwnWorker, false),
     /// A new peer-link certificate for a running worker, before its current one expires.
     RenewCertificate => rule(Who::Worker, Scope::OwnWorker, false),
+    /// A nonce for a worker's next TEE attestation.
+    TeeChallenge => rule(Who::Worker, Scope::OwnWorker, false),
+    /// A worker's TEE attestation.
+    TeeAttest => rule(Who::Worker, Scope::OwnWorker, true),
+    /// A dataset key for a worker's live `tee` task (the key broker decides).
+    ReleaseDatasetKey => rule(Who::Worker, Scope::OwnWorker, true),
     /// A dataset of a party the caller owns.
     CreateDataset => rule(Who::Roles(OWNERS), Scope::OwnParty, false),
     /// A data item's operation log: the owner of the dataset's party (or the operator).
     DataItemLog => rule(Who::Roles(OWNERS), Scope::OwnParty, false),
+    /// A dataset's sealing key for the `tee` scene: the owner of the dataset's party.
+    GetSealingKey => rule(Who::Roles(OWNERS), Scope::OwnParty, true),
     /// A licence on a dataset of a party the provider owns.
     CreateLicence => rule(Who::Roles(PROVIDERS), Scope::OwnParty, false),
     /// A licence, to its licensor's owner or its licensee.

@@ -201,8 +201,12 @@ pub mod scene {
     /// The secret-sharing MPC scene: statistics on both parties' columns of PSI-aligned rows,
     /// opened to the buyer only (crate `tessera-mpc`).
     pub const MPC: &str = "mpc";
+    /// The trusted-execution scene: the same statistics as `mpc`, computed in the clear
+    /// inside an attested enclave on the provider's worker, which alone receives the
+    /// provider's dataset key (crate `tessera-tee`).
+    pub const TEE: &str = "tee";
     /// Scenes this build can run.
-    pub const SUPPORTED: &[&str] = &[PSI, PREVIEW, MPC];
+    pub const SUPPORTED: &[&str] = &[PSI, PREVIEW, MPC, TEE];
 }
 
 #[cfg(test)]

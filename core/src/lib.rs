@@ -20,5 +20,5 @@ pub mod task;
 pub use job::{CountState, JobState, PsiMode, PsiProtocol, TaskErrorKind, TaskRole, TaskState};
 pub use table::{EmptyKeys, KeyCase, UnicodeForm};
 pub use task::{
-    LicenceGrant, MpcColumn, MpcQuery, MpcSpec, PreviewSpec, TaskSpec, WorkerAttributes,
+    LicenceGrant, MpcColumn, MpcQuery, MpcSpec, PreviewSpec, TaskSpec, TeeSpec, WorkerAttributes,
 };

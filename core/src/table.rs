@@ -438,6 +438,21 @@ pub fn read_keys_keeping(
     }
 }
 
+/// [`read_keys_keeping`] on a CSV file held in memory (`bytes`: a dataset opened inside an
+/// enclave, never written to disk in clear); `label` names it in errors. The same bounds and
+/// errors as reading the file.
+pub fn read_keys_keeping_csv_bytes(
+    label: &Path,
+    bytes: &[u8],
+    spec: &KeySpec,
+    keep: &[String],
+) -> Result<KeyedInput, TableError> {
+    if spec.columns.is_empty() {
+        return Err(TableError::NoKeyColumns);
+    }
+    read_csv(label, std::io::Cursor::new(bytes), spec, keep)
+}
+
 /// The most columns a preview shows ([`read_preview`] with no column named reads them all, up
 /// to this many).
 pub const PREVIEW_COLUMNS_MAX: usize = 256;
@@ -995,7 +1010,7 @@ impl<'a> KeyBuilder<'a> {
 
 /// Reads the header line (at most [`CSV_HEADER_BYTES_MAX`] bytes) and splits it into names.
 /// Returns the column names and the header's length in bytes.
-fn read_csv_header(path: &Path, file: &mut File) -> Result<(Vec<String>, usize), TableError> {
+fn read_csv_header<F: Read>(path: &Path, file: &mut F) -> Result<(Vec<String>, usize), TableError> {
     let mut line = Vec::new();
     let limit = CSV_HEADER_BYTES_MAX as u64 + 1;
     BufReader::new(Read::by_ref(file).take(limit))
@@ -1031,9 +1046,9 @@ fn wanted(spec: &KeySpec, keep: &[String]) -> Vec<String> {
 /// `projection` decoded, and hands each batch to `each` until it answers `false` or the file
 /// ends. A record longer than [`CSV_RECORD_BYTES_MAX`] (the header its own length more) is
 /// refused as it is read, naming its data row: a single record never takes unbounded memory.
-fn for_each_csv_batch(
+fn for_each_csv_batch<F: Read + Seek>(
     path: &Path,
-    mut file: File,
+    mut file: F,
     names: &[String],
     header_bytes: usize,
     projection: Vec<usize>,
@@ -1095,9 +1110,9 @@ fn for_each_csv_batch(
     }
 }
 
-fn read_csv(
+fn read_csv<F: Read + Seek>(
     path: &Path,
-    mut file: File,
+    mut file: F,
     spec: &KeySpec,
     keep: &[String],
 ) -> Result<KeyedInput, TableError> {

@@ -89,6 +89,26 @@ pub struct TaskSpec {
     /// the output controls the licence's scene sets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mpc: Option<MpcSpec>,
+    /// For a `tee` task (both sides carry the same): the enclave it runs in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tee: Option<TeeSpec>,
+}
+
+/// The enclave a `tee` job runs in, as the operator appraised it when it placed the job: the
+/// provider's worker, whose attestation result (an EAR-shaped compact JWS signed by the
+/// operator, `tessera_tee::verify_result`) binds the enclave's X25519 key. The buyer's worker
+/// encrypts its rows to that key (HPKE, RFC 9180); the provider's worker asks the operator's
+/// key broker for its dataset's key, wrapped to the same key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TeeSpec {
+    /// The enclave's X25519 public key (64 hex digits).
+    pub enclave_public_key: String,
+    /// The TEE kind (`sgx`, `tdx`, `sev-snp`, `insecure-simulated-tee`).
+    pub kind: String,
+    /// The attestation result the placement relied on (compact JWS).
+    pub attestation_result: String,
+    /// The provider's dataset whose key the enclave asks for.
+    pub dataset_id: String,
 }
 
 /// A column an `mpc` computation reads, declared by the buyer in its request and public to

@@ -43,7 +43,7 @@ fn job_request(mut r: pb::SubmitJobRequest) -> Result<JobRequest, Status> {
             "preview_first_row/preview_last_row: only a preview job shows rows",
         ));
     }
-    let mpc = if scene == tessera_core::job::scene::MPC {
+    let mpc = if scene == tessera_core::job::scene::MPC || scene == tessera_core::job::scene::TEE {
         Some(tessera_core::MpcQuery {
             query: std::mem::take(&mut r.mpc_query),
             columns: std::mem::take(&mut r.mpc_columns)
@@ -57,7 +57,7 @@ fn job_request(mut r: pb::SubmitJobRequest) -> Result<JobRequest, Status> {
         })
     } else if !r.mpc_query.is_empty() || !r.mpc_columns.is_empty() {
         return Err(invalid(
-            "mpc_query/mpc_columns: only an mpc job computes a query",
+            "mpc_query/mpc_columns: only an mpc or a tee job computes a query",
         ));
     } else {
         None
@@ -108,7 +108,7 @@ fn preview_request(r: pb::SubmitJobRequest, scene: String) -> Result<JobRequest,
     set("protocol", r.protocol)?;
     if !r.mpc_query.is_empty() || !r.mpc_columns.is_empty() {
         return Err(invalid(
-            "mpc_query/mpc_columns: only an mpc job computes a query",
+            "mpc_query/mpc_columns: only an mpc or a tee job computes a query",
         ));
     }
     let preview_rows = match (r.preview_first_row, r.preview_last_row) {

@@ -337,6 +337,65 @@ impl Operator for OperatorService {
             .map(Response::new)
     }
 
+    async fn tee_challenge(
+        &self,
+        req: Request<pb::TeeChallengeRequest>,
+    ) -> Result<Response<pb::TeeChallengeResponse>, Status> {
+        self.allowed_worker(Operation::TeeChallenge, &req, &req.get_ref().worker_id)
+            .await?;
+        workers::tee_challenge(&self.jobs, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn tee_attest(
+        &self,
+        req: Request<pb::TeeAttestRequest>,
+    ) -> Result<Response<pb::TeeAttestResponse>, Status> {
+        self.allowed_worker(Operation::TeeAttest, &req, &req.get_ref().worker_id)
+            .await?;
+        workers::tee_attest(&self.jobs, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn release_dataset_key(
+        &self,
+        req: Request<pb::KeyReleaseRequest>,
+    ) -> Result<Response<pb::ReleasedDatasetKey>, Status> {
+        self.allowed_worker(Operation::ReleaseDatasetKey, &req, &req.get_ref().worker_id)
+            .await?;
+        workers::release_dataset_key(&self.jobs, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_sealing_key(
+        &self,
+        req: Request<pb::DatasetRef>,
+    ) -> Result<Response<pb::SealingKey>, Status> {
+        let who = self.caller(&req).await?;
+        self.accounts
+            .check_dataset(Operation::GetSealingKey, &who, &req.get_ref().dataset_id)
+            .await
+            .map_err(|e| status(&e))?;
+        let dataset_id = req.into_inner().dataset_id;
+        let by = match &who {
+            Caller::User(p) => p.user.clone(),
+            other => other.describe(),
+        };
+        let (key_hex, created) = self
+            .jobs
+            .tee_sealing_key(&dataset_id, &by)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb::SealingKey {
+            dataset_id,
+            key_hex,
+            created,
+        }))
+    }
+
     async fn deposit(
         &self,
         mut req: Request<pb::DepositRequest>,

@@ -387,6 +387,17 @@ path_route!(
     "A data item's operation log (trusted data space manual §4.3): every audit entry about the dataset, its licences and their jobs, with a head signed now that covers them and the node's key."
 );
 
+path_route!(
+    get_sealing_key,
+    get_sealing_key,
+    post,
+    "/api/v1/datasets/{datasetId}/sealing-key",
+    "datasets",
+    "datasetId": "The dataset",
+    DatasetRef { dataset_id } => pb::SealingKey,
+    "The dataset's sealing key for the tee scene (AES-256-GCM, 32 bytes hex), made on the first call and the same after, to the owner of the dataset's party; the file sealed with it opens only inside an attested enclave the licence allows (`tessera dataset seal`)."
+);
+
 /// Paging of a listing: `pageSize` (0: 100; at most 1000) and the `nextPageToken` of the
 /// previous page.
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -1050,11 +1061,15 @@ pub fn route_of(op: Operation) -> Option<(Method, &'static str)> {
         | O::ReportProgress
         | O::ReportResult
         | O::ReportDelivered
-        | O::RenewCertificate => None,
+        | O::RenewCertificate
+        | O::TeeChallenge
+        | O::TeeAttest
+        | O::ReleaseDatasetKey => None,
         O::GetOperatorInfo => r(Method::GET, "/api/v1/operator"),
         O::CreateDataset => r(Method::POST, "/api/v1/datasets"),
         O::ListDatasets => r(Method::GET, "/api/v1/datasets"),
         O::DataItemLog => r(Method::GET, "/api/v1/datasets/{datasetId}/log"),
+        O::GetSealingKey => r(Method::POST, "/api/v1/datasets/{datasetId}/sealing-key"),
         O::CreateLicence => r(Method::POST, "/api/v1/licences"),
         O::ListLicences => r(Method::GET, "/api/v1/licences"),
         O::GetLicence => r(Method::GET, "/api/v1/licences/{licenceId}"),
@@ -1128,7 +1143,8 @@ pub fn route_of(op: Operation) -> Option<(Method, &'static str)> {
             X-Auth-Token header (an API token, `tessera token create`).",
     ),
     paths(
-        get_operator_info, create_dataset, list_datasets, data_item_log, create_licence, list_licences,
+        get_operator_info, create_dataset, list_datasets, data_item_log, get_sealing_key,
+        create_licence, list_licences,
         get_licence, subscribe, unsubscribe, submit_job, list_jobs, get_job, cancel_job,
         watch_job, deposit, list_balances, list_transfers, list_usage, list_bills,
         list_bill_lines, close_due_bills, list_statements, payout, set_credit_limit, set_limit,
@@ -1233,6 +1249,7 @@ pub fn router(service: OperatorService) -> Router {
         .route("/operator", get(get_operator_info))
         .route("/datasets", post(create_dataset).get(list_datasets))
         .route("/datasets/{datasetId}/log", get(data_item_log))
+        .route("/datasets/{datasetId}/sealing-key", post(get_sealing_key))
         .route("/licences", post(create_licence).get(list_licences))
         .route("/licences/{licenceId}", get(get_licence))
         .route(

@@ -177,3 +177,52 @@ pub(crate) async fn report_result(s: &Scheduler, r: pb::TaskResult) -> Result<()
         .await
         .map_err(|e| status(&e))
 }
+
+pub(crate) async fn tee_challenge(
+    s: &Scheduler,
+    r: pb::TeeChallengeRequest,
+) -> Result<pb::TeeChallengeResponse, Status> {
+    let nonce_hex = s
+        .tee_challenge(&r.worker_id)
+        .await
+        .map_err(|e| status(&e))?;
+    Ok(pb::TeeChallengeResponse { nonce_hex })
+}
+
+pub(crate) async fn tee_attest(
+    s: &Scheduler,
+    r: pb::TeeAttestRequest,
+) -> Result<pb::TeeAttestResponse, Status> {
+    let o = s
+        .tee_attest(
+            &r.worker_id,
+            &r.kind,
+            &r.evidence,
+            &r.collateral,
+            &r.nonce_hex,
+            &r.enclave_key_hex,
+        )
+        .await
+        .map_err(|e| status(&e))?;
+    Ok(pb::TeeAttestResponse {
+        accepted: o.accepted,
+        status: o.status,
+        reasons: o.reasons,
+        warnings: o.warnings,
+        result: o.result,
+        expires_at: o.expires_at,
+    })
+}
+
+pub(crate) async fn release_dataset_key(
+    s: &Scheduler,
+    r: pb::KeyReleaseRequest,
+) -> Result<pb::ReleasedDatasetKey, Status> {
+    let released = s
+        .tee_release_key(&r.worker_id, &r.task_id)
+        .await
+        .map_err(|e| status(&e))?;
+    let released_json = serde_json::to_string(&released)
+        .map_err(|e| Status::internal(format!("encoding the released key: {e}")))?;
+    Ok(pb::ReleasedDatasetKey { released_json })
+}

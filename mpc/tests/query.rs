@@ -777,3 +777,124 @@ async fn a_malformed_reveal_frame_at_the_buyer_is_a_typed_error() {
         Err(MpcError::OutOfStep)
     ));
 }
+
+// ----------------------------------------------------------- the clear evaluation (tee)
+
+/// `evaluate_clear` (what the `tee` scene's enclave computes) against this file's own clear
+/// interpreter: the same groups reported and suppressed, the same values (f64, no
+/// fixed-point error), on random data, an empty selection, one group, every minimum group
+/// size, and a row-level query; and the same data errors as the secure evaluation.
+#[test]
+fn the_clear_evaluation_matches_the_interpreter_and_the_output_policy() {
+    let same = |text: &str, policy: OutputPolicy, d: &Data| {
+        let p = check(
+            &parse(text).expect("parse"),
+            &schema(n_of(d)),
+            &policy,
+            fx16(),
+        )
+        .expect("plan");
+        let want = clear(&p, d);
+        let Ok(QueryResult::Groups(got)) =
+            tessera_mpc::query::evaluate_clear(&p, &d.buyer, &d.provider)
+        else {
+            panic!("not a group result: {text}");
+        };
+        assert_eq!(got.len(), want.len(), "{text}");
+        for (g, (got, want)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(got.group, g as u32);
+            match (&got.values, want) {
+                (None, None) => {}
+                (Some(v), Some(w)) => {
+                    for (a, b) in v.iter().zip(w) {
+                        match (a, b) {
+                            (Aggregate::Count(a), Clear::Count(b)) => assert_eq!(a, b),
+                            (Aggregate::Real(a), Clear::Real(b)) => {
+                                assert!((a - b).abs() <= 1e-9 * b.abs().max(1.0), "{a} {b}")
+                            }
+                            (Aggregate::Histogram(a), Clear::Histogram(b)) => assert_eq!(a, b),
+                            other => panic!("mismatched kinds {other:?}"),
+                        }
+                    }
+                }
+                other => panic!("group {g} reported differently: {other:?} ({text})"),
+            }
+        }
+    };
+    fn n_of(d: &Data) -> usize {
+        match d.buyer.columns.get("age") {
+            Some(ColumnData::Numeric(v)) => v.len(),
+            _ => 0,
+        }
+    }
+    for seed in 0..5u64 {
+        same(
+            FULL,
+            OutputPolicy::default(),
+            &random_data(seed, 50 + 37 * seed as usize),
+        );
+    }
+    same(
+        "SELECT count(*), mean(provider.income) WHERE buyer.age > 1000",
+        OutputPolicy::default(),
+        &random_data(9, 40),
+    );
+    // One row (no rows: the plan itself refuses, `QueryError::Range`, before any evaluation).
+    same(
+        "SELECT count(*), sum(provider.spend)",
+        OutputPolicy::default(),
+        &random_data(9, 1),
+    );
+    for k in [Some(1u64), Some(2), Some(25), Some(1_000)] {
+        let policy = OutputPolicy {
+            min_group_size: k,
+            aggregates_only: true,
+        };
+        same(
+            "SELECT count(*), sum(provider.income), max(provider.income) GROUP BY buyer.segment",
+            policy,
+            &random_data(7, 40),
+        );
+    }
+    // Row level: the selected rows' values, `None` elsewhere.
+    let d = random_data(11, 30);
+    let p = check(
+        &parse("SELECT provider.income WHERE buyer.age < 50").expect("parse"),
+        &schema(30),
+        &OutputPolicy::default(),
+        fx16(),
+    )
+    .expect("plan");
+    let Ok(QueryResult::Rows(cols)) = tessera_mpc::query::evaluate_clear(&p, &d.buyer, &d.provider)
+    else {
+        panic!("not rows");
+    };
+    assert_eq!(cols[0].len(), 30);
+    for (i, got) in cols[0].iter().enumerate() {
+        let want = (value(&d, Side::Buyer, "age", i) < 50.0)
+            .then(|| value(&d, Side::Provider, "income", i));
+        assert_eq!(*got, want);
+    }
+    // Data that do not fit the schema: typed errors.
+    let mut bad = random_data(12, 20);
+    bad.provider
+        .columns
+        .insert("income".into(), ColumnData::Numeric(vec![5_000.0; 20]));
+    let p = check(
+        &parse(FULL).expect("parse"),
+        &schema(20),
+        &OutputPolicy::default(),
+        fx16(),
+    )
+    .expect("plan");
+    assert!(matches!(
+        tessera_mpc::query::evaluate_clear(&p, &bad.buyer, &bad.provider),
+        Err(QueryError::Data(_))
+    ));
+    let mut short = random_data(13, 20);
+    short.buyer.columns.remove("segment");
+    assert!(matches!(
+        tessera_mpc::query::evaluate_clear(&p, &short.buyer, &short.provider),
+        Err(QueryError::Data(_))
+    ));
+}

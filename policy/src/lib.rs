@@ -73,6 +73,15 @@ impl From<AllowList> for Vec<String> {
 }
 
 impl AllowList {
+    /// `envHard` against a worker's hardware class: the `tee:` entries name trusted
+    /// execution environments (checked against the worker's attestation by the `tee` scene,
+    /// `tessera_tee::HardwareRequirement`), the others hardware classes; no entry of the
+    /// latter kind means "any class".
+    pub fn allows_hardware(&self, hardware: &str) -> bool {
+        let mut classes = self.0.iter().filter(|v| !v.starts_with("tee:")).peekable();
+        classes.peek().is_none() || classes.any(|v| v == hardware)
+    }
+
     /// Empty means "any".
     pub fn allows(&self, value: &str) -> bool {
         self.0.is_empty() || self.0.iter().any(|v| v == value)
@@ -481,10 +490,12 @@ impl UsagePolicy {
                     )));
                 }
             }
-            if s.use_sence != "mpc" && (s.min_group_size.is_some() || s.aggregates_only) {
+            if !matches!(s.use_sence.as_str(), "mpc" | "tee")
+                && (s.min_group_size.is_some() || s.aggregates_only)
+            {
                 return Err(PolicyError::Invalid(format!(
                     "scene {}: minGroupSize and aggregatesOnly control the outputs of the mpc \
-                     scene only; move them to an mpc scene",
+                     and tee scenes only; move them to one of those",
                     s.use_sence
                 )));
             }
@@ -798,7 +809,7 @@ pub fn worker_fits(scene: &UseScene, w: &WorkerAttributes) -> Result<(), Vec<Str
             w.compute_centre, scene.cp_center.0
         ));
     }
-    if !scene.env_hard.allows(&w.hardware) {
+    if !scene.env_hard.allows_hardware(&w.hardware) {
         misfits.push(format!(
             "hardware {} not in envHard {:?}",
             w.hardware, scene.env_hard.0

@@ -30,7 +30,8 @@ pub const SEAL_INTERVAL_MS: u64 = 1_000;
 pub const DATA_ITEM_LOG_MAX: u32 = 100_000;
 
 /// The entries whose details a data item's owner sees in its log: its own records and trade
-/// steps. Everything else (a job's admission with the buyer's funds, its end, a settlement's
+/// steps, and its dataset key's making, releases and refusals (the job, the provider's own
+/// worker and what its enclave attested). Everything else (a job's admission with the buyer's funds, its end, a settlement's
 /// payment) shows as [`REDACTED_DETAIL`].
 pub const OWNER_VISIBLE_KINDS: &[&str] = &[
     "dataset_create",
@@ -44,6 +45,9 @@ pub const OWNER_VISIBLE_KINDS: &[&str] = &[
     "trade_deliver",
     "trade_deliver_policy",
     "trade_licence_update",
+    "tee_key_create",
+    "tee_key_release",
+    "tee_key_refuse",
 ];
 
 /// The detail shown in place of a redacted entry's.

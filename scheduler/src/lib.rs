@@ -16,6 +16,7 @@ pub mod records;
 pub mod redact;
 mod registry;
 mod submit;
+pub mod tee;
 pub mod trade;
 pub mod validate;
 
@@ -39,6 +40,7 @@ pub use registry::{
     LiveWorker, Registration, WORKER_CERT_VALIDITY_SECS, WORKER_FORGET_MS, WorkerView,
 };
 pub use submit::{JobRequest, SUPPORTED_SCENES, TaskReport, TaskUsage};
+pub use tee::{AttestOutcome, TeeService};
 /// The records the services hand out, re-exported so the gateway needs no store dependency.
 pub use tessera_store::{
     AccountStatus, Amounts, BalanceRecord, BillLineRecord, BillRecord, DatasetRecord,
@@ -238,6 +240,9 @@ pub struct Scheduler {
     /// The certificate authority that signs workers' peer-link certificates (installed by
     /// the operator at start; none: workers get no certificate).
     ca: std::sync::OnceLock<Arc<tessera_pki::CertificateAuthority>>,
+    /// The `tee` scene's appraisal, results and key broker (installed by the operator at
+    /// start; none: `tee` jobs are refused).
+    tee: std::sync::OnceLock<Arc<tee::TeeService>>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -275,6 +280,7 @@ impl Scheduler {
             unended: Mutex::new(HashMap::new()),
             metrics: Arc::new(metrics::Metrics::new()),
             ca: std::sync::OnceLock::new(),
+            tee: std::sync::OnceLock::new(),
         })
     }
 

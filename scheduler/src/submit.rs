@@ -167,16 +167,18 @@ impl JobRequest {
                 "preview_rows: only a preview job shows rows".into(),
             ));
         }
-        match (&self.mpc, self.is_mpc()) {
+        match (&self.mpc, self.is_query()) {
             (Some(q), true) => self.validate_mpc(q)?,
             (None, true) => {
-                return Err(SchedulerError::Invalid(
-                    "mpc: an mpc job needs its query and the columns it reads".into(),
-                ));
+                return Err(SchedulerError::Invalid(format!(
+                    "mpc: a{} {} job needs its query and the columns it reads",
+                    if self.is_mpc() { "n" } else { "" },
+                    self.scene
+                )));
             }
             (Some(_), false) => {
                 return Err(SchedulerError::Invalid(
-                    "mpc: only an mpc job computes a query".into(),
+                    "mpc: only an mpc or a tee job computes a query".into(),
                 ));
             }
             (None, false) => {}
@@ -224,9 +226,20 @@ impl JobRequest {
         self.scene == tessera_core::job::scene::MPC
     }
 
-    /// An `mpc` job aligns the two datasets by a PSI in intersection mode and writes its
-    /// result to `output`; it carries no columns into the result (only the query's outputs
-    /// leave), and its query must parse and check against its declared columns.
+    /// Whether this is a `tee` job.
+    pub fn is_tee(&self) -> bool {
+        self.scene == tessera_core::job::scene::TEE
+    }
+
+    /// Whether the job computes a statistics query (`mpc` and `tee` jobs).
+    pub fn is_query(&self) -> bool {
+        self.is_mpc() || self.is_tee()
+    }
+
+    /// An `mpc` (or `tee`) job aligns the two datasets on their keys (by a PSI in
+    /// intersection mode; inside the enclave for `tee`) and writes its result to `output`; it
+    /// carries no columns into the result (only the query's outputs leave), and its query
+    /// must parse and check against its declared columns.
     fn validate_mpc(&self, q: &tessera_core::MpcQuery) -> Result<(), SchedulerError> {
         if self.mode != PsiMode::Intersection {
             return Err(SchedulerError::Invalid(
@@ -237,6 +250,12 @@ impl JobRequest {
         if !self.carry_columns.is_empty() {
             return Err(SchedulerError::Invalid(
                 "carry_columns: an mpc job writes only its query's outputs".into(),
+            ));
+        }
+        if self.is_tee() && self.protocol.is_some() {
+            return Err(SchedulerError::Invalid(
+                "protocol: a tee job aligns the rows inside the enclave; name no PSI protocol"
+                    .into(),
             ));
         }
         let fx = tessera_mpc::FixedPoint::new(MPC_FRACTION_BITS)
@@ -412,9 +431,78 @@ struct Admission {
     provider_ds: Option<tessera_store::DatasetRecord>,
     /// The workers as they stood just before the admission was queued.
     workers: Vec<crate::WorkerView>,
+    /// For a `tee` job on an operator with a TEE service: the workers' current results.
+    tee: Option<HashMap<String, crate::tee::Attested>>,
 }
 
 impl Admission {
+    /// The provider's worker: any that fits the scene's lists, and for a `tee` job only one
+    /// whose current attestation meets the licence's `envHard` ([`crate::tee`]); with the
+    /// enclave a `tee` task runs in.
+    fn place_provider(
+        &self,
+        party: &str,
+        scene: &tessera_policy::UseScene,
+        dataset_id: &str,
+    ) -> Result<(Placed, Option<tessera_core::TeeSpec>), (Refusal, Vec<String>)> {
+        if !self.req.is_tee() {
+            return place(&self.workers, party, scene).map(|p| (p, None));
+        }
+        let refuse = |reason: String| Refusal::NoWorker { reason };
+        let Some(attested) = &self.tee else {
+            return Err((
+                refuse("this operator runs no TEE service (serve --tee-policy FILE)".into()),
+                vec![],
+            ));
+        };
+        let (_, refusals) = crate::tee::eligible(&scene.env_hard.0, attested)
+            .map_err(|reason| (refuse(reason), vec![]))?;
+        let mut misfits = Vec::new();
+        let fit: Vec<crate::WorkerView> = self
+            .workers
+            .iter()
+            .filter(|w| w.attributes.party == party && w.live)
+            .filter(|w| match refusals.get(&w.worker_id) {
+                Some(r) if r.is_empty() => true,
+                Some(r) => {
+                    misfits.push(format!("{}: {}", w.worker_id, r.join("; ")));
+                    false
+                }
+                None => {
+                    misfits.push(format!("{}: no current attestation", w.worker_id));
+                    false
+                }
+            })
+            .cloned()
+            .collect();
+        if fit.is_empty() {
+            tracing::info!(party, misfits = %misfits.join(" | "), "no attested worker fits");
+            return Err((
+                refuse(format!(
+                    "no live worker of party {party} runs an attested enclave that meets the \
+                     licence's envHard {:?} ({} live worker(s) checked)",
+                    scene.env_hard.0,
+                    misfits.len()
+                )),
+                misfits,
+            ));
+        }
+        let placed = place(&fit, party, scene)?;
+        let a = attested.get(&placed.worker_id).ok_or_else(|| {
+            (
+                refuse("the placed worker's attestation vanished".into()),
+                vec![],
+            )
+        })?;
+        let spec = tessera_core::TeeSpec {
+            enclave_public_key: a.appraisal.worker_public_key.clone().unwrap_or_default(),
+            kind: a.appraisal.kind.as_str().to_string(),
+            attestation_result: a.token.clone(),
+            dataset_id: dataset_id.to_string(),
+        };
+        Ok((placed, Some(spec)))
+    }
+
     /// The decision on this admission against the store's view in the transaction: freeze
     /// rules (manual §3.6.5), the licence's usage policy, a paid term, the result name, the
     /// holds of the estimated maximum cost in the manual's payment order, and placement.
@@ -454,7 +542,7 @@ impl Admission {
                 protocol: if req.is_mpc() {
                     Some(MPC_TRIPLES)
                 } else {
-                    (!req.is_preview()).then(|| req.protocol().as_str())
+                    (!req.is_preview() && !req.is_tee()).then(|| req.protocol().as_str())
                 },
                 now_ms: self.now,
                 zone: &self.zone,
@@ -572,10 +660,10 @@ impl Admission {
             (scene, buyer_location, &self.provider_ds)
         {
             match (
-                place(&self.workers, &l.licensor, scene),
+                self.place_provider(&l.licensor, scene, &l.dataset_id),
                 place(&self.workers, &req.buyer_party, scene),
             ) {
-                (Ok(p), Ok(b)) => {
+                (Ok((p, tee)), Ok(b)) => {
                     let (not_before_ms, not_after_ms) =
                         l.policy.window_ms(&self.zone).unwrap_or((None, None));
                     let grant = tessera_core::LicenceGrant {
@@ -617,6 +705,7 @@ impl Admission {
                             aggregates_only: scene.aggregates_only,
                             fraction_bits: MPC_FRACTION_BITS,
                         }),
+                        tee,
                     };
                     let receiver = TaskSpec {
                         task_id: self.task_ids[1].clone(),
@@ -768,6 +857,7 @@ impl Scheduler {
             buyer_ds,
             provider_ds,
             workers: self.workers().await,
+            tee: (req.is_tee() && self.tee.get().is_some()).then(|| self.tee_current()),
             req: req.clone(),
         };
         let outcome = self

@@ -86,8 +86,9 @@ pub fn file_name(name: &str, v: &str, required: bool) -> Result<(), SchedulerErr
 }
 
 /// The file extensions a dataset may have, lower case (the formats
-/// `tessera_core::table::read_keys` reads).
-pub const DATASET_EXTENSIONS: &[&str] = &["csv", "parquet", "pq"];
+/// `tessera_core::table::read_keys` reads, and `tseal`: a CSV file sealed with the dataset's
+/// key by `tessera dataset seal`, which only a `tee` job's enclave opens).
+pub const DATASET_EXTENSIONS: &[&str] = &["csv", "parquet", "pq", "tseal"];
 
 /// A dataset location: a plain [`file_name`] with a supported extension
 /// ([`DATASET_EXTENSIONS`], any case), so a job never fails late on a file it cannot read.
@@ -102,7 +103,8 @@ pub fn dataset_location(name: &str, v: &str) -> Result<(), SchedulerError> {
         .map(str::to_ascii_lowercase);
     if !ext.is_some_and(|e| DATASET_EXTENSIONS.contains(&e.as_str())) {
         return Err(SchedulerError::Invalid(format!(
-            "{name} {v:?} has no supported extension (expected .csv, .parquet or .pq)"
+            "{name} {v:?} has no supported extension (expected .csv, .parquet, .pq, or .tseal for \
+             a sealed CSV file)"
         )));
     }
     Ok(())
@@ -186,7 +188,10 @@ mod tests {
             assert!(dataset_location("location", bad).is_err(), "{bad}");
         }
         let e = dataset_location("location", "customers").expect_err("no extension");
-        assert!(e.to_string().contains(".csv, .parquet or .pq"), "{e}");
+        assert!(
+            e.to_string().contains(".csv, .parquet, .pq, or .tseal"),
+            "{e}"
+        );
         assert!(positive("amount_micros", 0).is_err());
         assert!(non_negative("limit_micros", 0).is_ok());
         assert!(non_negative("limit_micros", -1).is_err());

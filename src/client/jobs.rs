@@ -115,54 +115,15 @@ pub enum JobCmd {
     /// two-party secret sharing and opened to the buyer only; the buyer's worker writes the
     /// result as a CSV file. Counted and charged like any run; the licence's mpc scene may
     /// suppress small groups (minGroupSize) and allow only aggregates (aggregatesOnly).
-    Mpc {
-        #[command(flatten)]
-        conn: Conn,
-        /// The licence (its policy must have an `mpc` scene).
-        #[arg(long)]
-        licence: String,
-        /// The buyer's party, owned by the caller (its worker writes the result).
-        #[arg(long)]
-        buyer_party: String,
-        /// The buyer's own dataset id.
-        #[arg(long)]
-        buyer_dataset: String,
-        /// Key columns in the buyer's dataset, comma-separated (the alignment's join key).
-        #[arg(long, value_delimiter = ',')]
-        buyer_columns: Vec<String>,
-        /// Key columns in the provider's dataset, comma-separated.
-        #[arg(long, value_delimiter = ',')]
-        provider_columns: Vec<String>,
-        /// The query, e.g. `SELECT count(*), mean(provider.income) WHERE buyer.age >= 30
-        /// GROUP BY buyer.region` (aggregates count, sum, mean, var, min, max, histogram;
-        /// WHERE and GROUP BY on the buyer's own columns).
-        #[arg(long)]
-        query: String,
-        /// A column the query reads, repeated: `buyer.NAME=numeric:BOUND` (values with |x| <=
-        /// BOUND; larger ones are clipped to it) or `buyer.NAME=categorical:LEVELS` (integer
-        /// codes 0 to LEVELS-1); `provider.NAME=…` likewise.
-        #[arg(long = "column", value_parser = parse_mpc_column)]
-        columns: Vec<pb::MpcColumn>,
-        /// Case rule for keys on both sides (as for `job submit`).
-        #[arg(long, default_value = "preserve")]
-        key_case: String,
-        /// Unicode normalisation of keys on both sides (as for `job submit`).
-        #[arg(long = "unicode", default_value = "none")]
-        unicode_form: String,
-        /// Rows whose key is empty (as for `job submit`).
-        #[arg(long, default_value = "skip")]
-        empty_keys: String,
-        /// Result file name in the buyer worker's output directory (a bare name; never
-        /// replaces a file).
-        #[arg(long)]
-        output: String,
-        /// Idempotency key per user (as for `job submit`).
-        #[arg(long)]
-        request_id: Option<String>,
-        /// Follow the job until it ends (exit status as for `job submit --watch`).
-        #[arg(long)]
-        watch: bool,
-    },
+    Mpc(QueryJobArgs),
+    /// Submit a tee job: the same statistics query (see `job mpc`), computed in the clear
+    /// inside an attested enclave on the provider's worker: the buyer's worker seals its rows
+    /// to the enclave's attested key, the operator's key broker releases the provider's
+    /// dataset key only to that enclave, and the result is sealed back to the buyer. The
+    /// licence's tee scene names the TEE it accepts in envHard (tee:sgx, tee:tdx,
+    /// tee:sev-snp, tee:insecure-simulated-tee for development) and may set minGroupSize and
+    /// aggregatesOnly.
+    Tee(QueryJobArgs),
     /// Show a job as the caller may see it (exit status 0 whatever its state): its buyer
     /// sees the result and its own side's errors, the provider's owner its own side's, the
     /// operator the state and summaries.
@@ -192,6 +153,110 @@ pub enum JobCmd {
 }
 
 /// `FIRST-LAST` rows, numbered from 1.
+/// The arguments of a statistics-query job (`job mpc`, `job tee`).
+#[derive(Debug, clap::Args)]
+pub struct QueryJobArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// The licence (its policy must have the job's scene: `mpc` or `tee`).
+    #[arg(long)]
+    licence: String,
+    /// The buyer's party, owned by the caller (its worker writes the result).
+    #[arg(long)]
+    buyer_party: String,
+    /// The buyer's own dataset id.
+    #[arg(long)]
+    buyer_dataset: String,
+    /// Key columns in the buyer's dataset, comma-separated (the alignment's join key).
+    #[arg(long, value_delimiter = ',')]
+    buyer_columns: Vec<String>,
+    /// Key columns in the provider's dataset, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    provider_columns: Vec<String>,
+    /// The query, e.g. `SELECT count(*), mean(provider.income) WHERE buyer.age >= 30
+    /// GROUP BY buyer.region` (aggregates count, sum, mean, var, min, max, histogram;
+    /// WHERE and GROUP BY on the buyer's own columns).
+    #[arg(long)]
+    query: String,
+    /// A column the query reads, repeated: `buyer.NAME=numeric:BOUND` (values with |x| <=
+    /// BOUND; larger ones are clipped to it) or `buyer.NAME=categorical:LEVELS` (integer
+    /// codes 0 to LEVELS-1); `provider.NAME=…` likewise.
+    #[arg(long = "column", value_parser = parse_mpc_column)]
+    columns: Vec<pb::MpcColumn>,
+    /// Case rule for keys on both sides (as for `job submit`).
+    #[arg(long, default_value = "preserve")]
+    key_case: String,
+    /// Unicode normalisation of keys on both sides (as for `job submit`).
+    #[arg(long = "unicode", default_value = "none")]
+    unicode_form: String,
+    /// Rows whose key is empty (as for `job submit`).
+    #[arg(long, default_value = "skip")]
+    empty_keys: String,
+    /// Result file name in the buyer worker's output directory (a bare name; never
+    /// replaces a file).
+    #[arg(long)]
+    output: String,
+    /// Idempotency key per user (as for `job submit`).
+    #[arg(long)]
+    request_id: Option<String>,
+    /// Follow the job until it ends (exit status as for `job submit --watch`).
+    #[arg(long)]
+    watch: bool,
+}
+
+/// Submits a statistics-query job of `scene` (`mpc` or `tee`).
+async fn query_job(scene: &str, args: QueryJobArgs) -> anyhow::Result<()> {
+    let QueryJobArgs {
+        conn,
+        licence,
+        buyer_party,
+        buyer_dataset,
+        buyer_columns,
+        provider_columns,
+        query,
+        columns,
+        key_case,
+        unicode_form,
+        empty_keys,
+        output,
+        request_id,
+        watch: follow,
+    } = args;
+    let mut c = conn.connect().await?;
+    let j = c
+        .submit_job(pb::SubmitJobRequest {
+            licence_id: licence,
+            scene: scene.into(),
+            buyer_party,
+            buyer_dataset_id: buyer_dataset,
+            buyer_columns,
+            provider_columns,
+            mode: pb::PsiMode::Intersection.into(),
+            key_case: pb::KeyCase::from(key_case.parse::<tessera_core::KeyCase>()?).into(),
+            unicode_form: pb::UnicodeForm::from(unicode_form.parse::<tessera_core::UnicodeForm>()?)
+                .into(),
+            empty_keys: pb::EmptyKeys::from(empty_keys.parse::<tessera_core::EmptyKeys>()?).into(),
+            output,
+            request_id: request_id.unwrap_or_default(),
+            mpc_query: query,
+            mpc_columns: columns,
+            ..pb::SubmitJobRequest::default()
+        })
+        .await?
+        .into_inner();
+    let mut out = Out::stdout();
+    out.line(job_line(&j))?;
+    let j = if follow && !is_terminal(&j) {
+        let j = watch(&mut c, &j.job_id).await?;
+        out.line(job_line(&j))?;
+        j
+    } else {
+        j
+    };
+    job_outcome(&j)?;
+    Ok(())
+}
+
 /// `side.NAME=numeric:BOUND` or `side.NAME=categorical:LEVELS`.
 fn parse_mpc_column(s: &str) -> Result<pb::MpcColumn, String> {
     let bad = || {
@@ -477,58 +542,8 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<()> {
             };
             job_outcome(&j)?;
         }
-        JobCmd::Mpc {
-            conn,
-            licence,
-            buyer_party,
-            buyer_dataset,
-            buyer_columns,
-            provider_columns,
-            query,
-            columns,
-            key_case,
-            unicode_form,
-            empty_keys,
-            output,
-            request_id,
-            watch: follow,
-        } => {
-            let mut c = conn.connect().await?;
-            let j = c
-                .submit_job(pb::SubmitJobRequest {
-                    licence_id: licence,
-                    scene: tessera_core::job::scene::MPC.into(),
-                    buyer_party,
-                    buyer_dataset_id: buyer_dataset,
-                    buyer_columns,
-                    provider_columns,
-                    mode: pb::PsiMode::Intersection.into(),
-                    key_case: pb::KeyCase::from(key_case.parse::<tessera_core::KeyCase>()?).into(),
-                    unicode_form: pb::UnicodeForm::from(
-                        unicode_form.parse::<tessera_core::UnicodeForm>()?,
-                    )
-                    .into(),
-                    empty_keys: pb::EmptyKeys::from(empty_keys.parse::<tessera_core::EmptyKeys>()?)
-                        .into(),
-                    output,
-                    request_id: request_id.unwrap_or_default(),
-                    mpc_query: query,
-                    mpc_columns: columns,
-                    ..pb::SubmitJobRequest::default()
-                })
-                .await?
-                .into_inner();
-            let mut out = Out::stdout();
-            out.line(job_line(&j))?;
-            let j = if follow && !is_terminal(&j) {
-                let j = watch(&mut c, &j.job_id).await?;
-                out.line(job_line(&j))?;
-                j
-            } else {
-                j
-            };
-            job_outcome(&j)?;
-        }
+        JobCmd::Mpc(args) => query_job(tessera_core::job::scene::MPC, args).await?,
+        JobCmd::Tee(args) => query_job(tessera_core::job::scene::TEE, args).await?,
         JobCmd::Get { conn, id } => {
             let j = conn
                 .connect()

@@ -33,6 +33,25 @@ pub enum DatasetCmd {
         #[arg(long)]
         rows: Option<u64>,
     },
+    /// Seal a CSV file for the tee scene: asks the operator's key broker for the dataset's
+    /// key (made on the first call; the owner of the dataset's party only) and writes the file
+    /// encrypted with it (AES-256-GCM in 1 MiB chunks, bound to the dataset id). Copy the
+    /// sealed file into the provider workers' dataset directory under the dataset's location
+    /// (ending in .tseal) and delete the clear file there: only an attested enclave the
+    /// licence allows receives the key.
+    Seal {
+        #[command(flatten)]
+        conn: Conn,
+        /// The dataset id (registered with `dataset create`, location ending in .tseal).
+        #[arg(long)]
+        dataset: String,
+        /// The clear CSV file.
+        #[arg(long)]
+        input: PathBuf,
+        /// The sealed file to write (never replaced).
+        #[arg(long)]
+        output: PathBuf,
+    },
     /// List datasets, oldest first.
     List(super::lists::DatasetListArgs),
     /// A data item's operation log (trusted data space manual §4.3): every audit entry about
@@ -166,6 +185,63 @@ pub async fn dataset(cmd: DatasetCmd) -> anyhow::Result<()> {
                      count); declare --rows to bill rows"
                 );
             }
+        }
+        DatasetCmd::Seal {
+            conn,
+            dataset,
+            input,
+            output,
+        } => {
+            let mut clear = std::fs::File::open(&input)
+                .with_context(|| format!("opening {}", input.display()))?;
+            let key = conn
+                .connect()
+                .await?
+                .get_sealing_key(pb::DatasetRef {
+                    dataset_id: dataset.clone(),
+                })
+                .await?
+                .into_inner();
+            let bytes: [u8; 32] = hex::decode(key.key_hex.trim())
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .context("the operator's sealing key is not 32 bytes of hex")?;
+            let key = tessera_tee::DatasetKey::from_bytes(bytes);
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            let file = options
+                .open(&output)
+                .with_context(|| format!("creating {} (never replaced)", output.display()))?;
+            let mut seed = [0u8; 32];
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
+            let mut w = std::io::BufWriter::new(file);
+            let sealed = tessera_tee::seal_stream(
+                &key,
+                &dataset,
+                1,
+                &mut std::io::BufReader::new(&mut clear),
+                &mut w,
+                seed,
+            )
+            .and_then(|n| {
+                use std::io::Write;
+                w.flush()?;
+                w.get_ref().sync_all()?;
+                Ok(n)
+            });
+            let n = match sealed {
+                Ok(n) => n,
+                Err(e) => {
+                    drop(w);
+                    let _ = std::fs::remove_file(&output);
+                    return Err(anyhow::anyhow!("sealing {}: {e}", input.display()));
+                }
+            };
+            super::output::Out::stdout().line(format_args!(
+                "sealed {} ({n} bytes) for dataset {dataset} into {}",
+                input.display(),
+                output.display()
+            ))?;
         }
         DatasetCmd::List(a) => super::lists::datasets(a).await?,
         DatasetCmd::Log { conn, id, csv, out } => {

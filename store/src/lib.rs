@@ -16,6 +16,7 @@ mod ledger;
 mod limits;
 pub mod lists;
 mod records;
+mod tee;
 mod terms;
 mod trade;
 mod writer;

@@ -110,6 +110,66 @@ impl HardwareRequirement {
     pub fn requires_real_hardware(&self) -> bool {
         !self.kinds.contains_key(&TeeKind::InsecureSimulated)
     }
+
+    /// Why an attestation result's appraisal does not meet this requirement (empty: it
+    /// does): it must be `affirming`, bound to a fresh single-use nonce and a worker key, of
+    /// a kind the requirement names, with the measurements it lists. The one exception is
+    /// the development switch: a requirement that names `insecure-simulated-tee` accepts a
+    /// simulated appraisal whose status is `warning` (simulated evidence is never better),
+    /// and only that kind.
+    pub fn refusals(&self, a: &crate::ear::EarAppraisal) -> Vec<RefusalReason> {
+        let mut reasons = Vec::new();
+        let simulated_named =
+            a.kind == TeeKind::InsecureSimulated && !self.requires_real_hardware();
+        let status_ok =
+            a.status == EarStatus::Affirming || (simulated_named && a.status == EarStatus::Warning);
+        if !status_ok {
+            reasons.push(RefusalReason::NotAffirming { status: a.status });
+        }
+        if a.binding != BindingKind::FreshNonce {
+            reasons.push(RefusalReason::BindingNotFresh);
+        }
+        if a.worker_public_key
+            .as_deref()
+            .and_then(crate::WorkerPublicKey::from_hex)
+            .is_none()
+        {
+            reasons.push(RefusalReason::NoWorkerKey);
+        }
+        requirement_reasons(self, a, &mut reasons);
+        reasons
+    }
+}
+
+/// HPKE info of data sealed to an enclave's key by [`seal_to`] (the buyer's rows of a `tee`
+/// job, and the result the enclave seals back to the buyer's one-time key).
+pub const DATA_INFO: &[u8] = b"tessera-tee/data/v1";
+
+/// Seals `plaintext` to an X25519 public key with HPKE (RFC 9180, base mode, suite
+/// [`RELEASE_SUITE`], info [`DATA_INFO`]) and `aad` bound: returns (encapsulated key,
+/// ciphertext). Randomness from `seed` (32 bytes of the caller's CSPRNG, used once).
+///
+/// # Errors
+/// [`SealError::Hpke`] for a key that is not a valid X25519 point or a failed encryption.
+pub fn seal_to(
+    recipient: &crate::WorkerPublicKey,
+    aad: &[u8],
+    plaintext: &[u8],
+    seed: [u8; 32],
+) -> Result<(Vec<u8>, Vec<u8>), SealError> {
+    let rng = &mut ChaCha20Rng::from_seed(seed);
+    let pk = <Kem as hpke::Kem>::PublicKey::from_bytes(&recipient.0)
+        .map_err(|e| SealError::Hpke(e.to_string()))?;
+    let (enc, ct) = hpke::single_shot_seal::<AesGcm256, HkdfSha256, Kem, _>(
+        &OpModeS::Base,
+        &pk,
+        DATA_INFO,
+        plaintext,
+        aad,
+        rng,
+    )
+    .map_err(|e| SealError::Hpke(e.to_string()))?;
+    Ok((enc.to_bytes().to_vec(), ct))
 }
 
 /// What the caller (the scheduler) knows of the job ticket presented with the request.
@@ -416,20 +476,11 @@ impl KeyBroker {
         }
         let mut worker_key = None;
         if let Some(a) = sub {
-            if a.status != EarStatus::Affirming {
-                reasons.push(RefusalReason::NotAffirming { status: a.status });
-            }
-            if a.binding != BindingKind::FreshNonce {
-                reasons.push(RefusalReason::BindingNotFresh);
-            }
+            reasons.extend(req.requirement.refusals(a));
             worker_key = a
                 .worker_public_key
                 .as_deref()
                 .and_then(crate::WorkerPublicKey::from_hex);
-            if worker_key.is_none() {
-                reasons.push(RefusalReason::NoWorkerKey);
-            }
-            requirement_reasons(req.requirement, a, &mut reasons);
         }
         if !req.ticket.valid {
             reasons.push(RefusalReason::TicketInvalid);
@@ -569,6 +620,31 @@ impl EnclaveKeyPair {
     /// The public key the report binds.
     pub fn public(&self) -> crate::WorkerPublicKey {
         self.public
+    }
+
+    /// Opens what [`seal_to`] sealed to this key with the same `aad`.
+    ///
+    /// # Errors
+    /// [`SealError::Authentication`] for another key or aad, or altered bytes.
+    pub fn open_sealed(
+        &self,
+        enc: &[u8],
+        ciphertext: &[u8],
+        aad: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, SealError> {
+        let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc)
+            .map_err(|_| SealError::Authentication)?;
+        Ok(Zeroizing::new(
+            hpke::single_shot_open::<AesGcm256, HkdfSha256, Kem>(
+                &OpModeR::Base,
+                &self.secret,
+                &enc,
+                DATA_INFO,
+                ciphertext,
+                aad,
+            )
+            .map_err(|_| SealError::Authentication)?,
+        ))
     }
 
     /// Opens a released key (the enclave's side).

@@ -73,8 +73,9 @@ mod time;
 
 pub use appraisal::{Appraisal, Binding, BindingKind, Reason, appraise};
 pub use broker::{
-    AuditRecord, EnclaveKeyPair, HardwareRequirement, KeyBroker, MAX_KEYS, MasterKey, RELEASE_INFO,
-    RELEASE_SUITE, RefusalReason, ReleaseRequest, ReleasedKey, TicketCheck, WrappedDatasetKey,
+    AuditRecord, DATA_INFO, EnclaveKeyPair, HardwareRequirement, KeyBroker, MAX_KEYS, MasterKey,
+    RELEASE_INFO, RELEASE_SUITE, RefusalReason, ReleaseRequest, ReleasedKey, TicketCheck,
+    WrappedDatasetKey, seal_to,
 };
 pub use dcap::{MAX_COLLATERAL_BYTES, MAX_QUOTE_BYTES, verify_dcap_quote};
 pub use ear::{

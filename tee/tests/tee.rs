@@ -621,15 +621,42 @@ fn the_broker_releases_to_a_fresh_attested_worker_who_can_open_the_data() {
         ticket: &t,
     };
     let (res, audit) = broker.release(&rr, 1001);
-    // A simulated result is at best a warning: the broker refuses it even when the licence
-    // names the simulated mode.
-    assert_eq!(
-        res.unwrap_err(),
-        [RefusalReason::NotAffirming {
-            status: EarStatus::Warning
-        }]
-    );
-    assert_eq!(audit.action, "tee.key.refuse");
+    // A simulated result is at best a warning; the development switch: a licence that names
+    // the simulated mode (and its measurement) accepts that warning, and only for that kind.
+    let released = res.expect("released to the simulated enclave the licence names");
+    assert_eq!(audit.action, "tee.key.release");
+    assert_eq!(audit.tee_kind, Some(TeeKind::InsecureSimulated));
+    let key = enclave.open_released(&released).unwrap();
+    assert_eq!(open(&key, "ds-1", 1, &sealed).unwrap(), b"secret rows");
+    // The same result under a licence naming another simulated measurement, or real
+    // hardware: refused, with the status not excused for the real-hardware licence.
+    for (env_hard, want) in [
+        (
+            "tee:insecure-simulated-tee:measurement=other-build",
+            RefusalReason::MeasurementNotRequired {
+                field: "measurement".into(),
+                value: "dev-build".into(),
+            },
+        ),
+        ("tee:sgx", RefusalReason::InsecureSimulatedTee),
+    ] {
+        let req = HardwareRequirement::from_env_hard(&[env_hard.into()]).unwrap();
+        let rr = ReleaseRequest {
+            dataset_id: "ds-1",
+            attestation_result: &token,
+            requirement: &req,
+            ticket: &t,
+        };
+        let (res, audit) = broker.release(&rr, 1001);
+        let reasons = res.unwrap_err();
+        assert!(reasons.contains(&want), "{env_hard}: {reasons:?}");
+        if env_hard == "tee:sgx" {
+            assert!(reasons.contains(&RefusalReason::NotAffirming {
+                status: EarStatus::Warning
+            }));
+        }
+        assert_eq!(audit.action, "tee.key.refuse");
+    }
 
     // An affirming result (the appraisal of a real TEE, here made directly).
     let token = affirming_sgx_result(&signer, &enclave, 1000, 300);

@@ -286,6 +286,36 @@ async fn call(
             })
             .await
             .map(drop),
+        Operation::TeeChallenge => c
+            .tee_challenge(pb::TeeChallengeRequest { worker_id })
+            .await
+            .map(drop),
+        Operation::TeeAttest => c
+            .tee_attest(pb::TeeAttestRequest {
+                worker_id,
+                kind: "insecure-simulated-tee".into(),
+                evidence: br#"{"insecure_simulated_tee": true, "measurement": "m"}"#
+                    .to_vec()
+                    .into(),
+                nonce_hex: "00".repeat(32),
+                enclave_key_hex: "11".repeat(32),
+                ..pb::TeeAttestRequest::default()
+            })
+            .await
+            .map(drop),
+        Operation::ReleaseDatasetKey => c
+            .release_dataset_key(pb::KeyReleaseRequest {
+                worker_id,
+                task_id: "t-none".into(),
+            })
+            .await
+            .map(drop),
+        Operation::GetSealingKey => c
+            .get_sealing_key(pb::DatasetRef {
+                dataset_id: pick("b", "p"),
+            })
+            .await
+            .map(drop),
         Operation::CreateDataset => c
             .create_dataset(requests::create_dataset(whose))
             .await
@@ -964,6 +994,7 @@ async fn every_operation_checks_the_token_the_role_and_the_owner(api: Api) {
                     | Operation::GetLicence
                     | Operation::ListBillLines
                     | Operation::DataItemLog
+                    | Operation::GetSealingKey
                     | Operation::QueryDemandForSettlement
                     | Operation::Settlement
                     | Operation::QuerySettlement
@@ -1099,6 +1130,8 @@ async fn every_operation_checks_the_token_the_role_and_the_owner(api: Api) {
                 | Operation::ReportProgress
                 | Operation::ReportResult
                 | Operation::ReportDelivered
+                | Operation::TeeAttest
+                | Operation::ReleaseDatasetKey
         );
         assert!(r.is_ok() || expected_refusal, "{op:?} by {who}: {r:?}");
     }

@@ -185,11 +185,33 @@ impl Cluster {
 
     /// A cluster whose workers get `worker_args` too.
     pub fn start_with(heartbeat_timeout_ms: u64, worker_args: &[&str]) -> Cluster {
+        Self::start_full(heartbeat_timeout_ms, worker_args, None, &[])
+    }
+
+    /// A cluster whose operator appraises TEE evidence under `policy_json` (`--tee-policy`)
+    /// and whose provider worker runs a simulated enclave claiming `measurement`
+    /// (`--insecure-simulated-tee`).
+    pub fn start_tee(policy_json: &str, measurement: &str) -> Cluster {
+        Self::start_full(
+            10_000,
+            &[],
+            Some(policy_json),
+            &["--insecure-simulated-tee", measurement],
+        )
+    }
+
+    fn start_full(
+        heartbeat_timeout_ms: u64,
+        worker_args: &[&str],
+        tee_policy: Option<&str>,
+        provider_args: &[&str],
+    ) -> Cluster {
         let worker_args: Vec<String> = worker_args.iter().map(|a| a.to_string()).collect();
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("operator");
         let timeout = heartbeat_timeout_ms.to_string();
-        let operator = Proc::start(&[
+        let policy_path = dir.path().join("tee-policy.json");
+        let mut serve = vec![
             "serve",
             "--listen",
             "127.0.0.1:0",
@@ -197,7 +219,12 @@ impl Cluster {
             data.to_str().expect("utf8"),
             "--heartbeat-timeout-ms",
             &timeout,
-        ]);
+        ];
+        if let Some(p) = tee_policy {
+            std::fs::write(&policy_path, p).expect("write the TEE policy");
+            serve.extend(["--tee-policy", policy_path.to_str().expect("utf8")]);
+        }
+        let operator = Proc::start(&serve);
         let url = operator
             .first_line
             .trim()
@@ -211,7 +238,12 @@ impl Cluster {
         let ca_file = data.join("ca.pem").to_str().expect("utf8").to_owned();
         let ca_pem = std::fs::read_to_string(&ca_file).expect("the operator writes ca.pem");
         let (provider_token, buyer_token) = accounts(&url, &ca_pem, &admin_token, dir.path());
-        let provider = Self::party_as(dir.path(), &url, PROVIDER, None, &worker_args);
+        let provider_all: Vec<String> = worker_args
+            .iter()
+            .cloned()
+            .chain(provider_args.iter().map(|a| a.to_string()))
+            .collect();
+        let provider = Self::party_as(dir.path(), &url, PROVIDER, None, &provider_all);
         let buyer = Self::party_as(dir.path(), &url, BUYER, None, &worker_args);
         Cluster {
             dir,

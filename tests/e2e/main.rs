@@ -13,4 +13,5 @@ mod ops;
 mod rest;
 mod results;
 mod spine;
+mod tee;
 mod trade;

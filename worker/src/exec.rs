@@ -96,6 +96,18 @@ pub struct ExecEnv {
     pub connect_timeout: Duration,
     /// TLS for the peer links (`None`: plain TCP, an insecure option for tests).
     pub tls: Option<std::sync::Arc<crate::link::PeerCredentials>>,
+    /// The enclave `tee` tasks run in (`None`: this worker runs none).
+    pub tee: Option<std::sync::Arc<dyn TeeHost>>,
+}
+
+/// The enclave a worker runs `tee` tasks in, and the operator's key broker behind it.
+#[async_trait::async_trait]
+pub trait TeeHost: Send + Sync + std::fmt::Debug {
+    /// The enclave's key pair: the public half is the key its attestation binds.
+    fn enclave(&self) -> &tessera_tee::EnclaveKeyPair;
+    /// Asks the operator's key broker for the dataset key of the job of `task_id`, wrapped to
+    /// the enclave's key.
+    async fn release_key(&self, task_id: &str) -> Result<tessera_tee::ReleasedKey, TaskError>;
 }
 
 /// Where a task reports its engine's delivery point: the moment the receiver is able to
@@ -199,6 +211,9 @@ pub async fn run_task(
         tessera_core::job::scene::PREVIEW => return run_preview(env, spec, delivery).await,
         tessera_core::job::scene::MPC => {
             return crate::mpc::run(env, spec, progress, delivery).await;
+        }
+        tessera_core::job::scene::TEE => {
+            return crate::tee::run(env, spec, progress, delivery).await;
         }
         other => {
             return Err(TaskError::Internal(format!(

@@ -11,6 +11,7 @@ pub mod grant;
 pub mod link;
 pub mod mpc;
 pub mod preview;
+pub mod tee;
 pub mod usage;
 
 use std::collections::HashMap;
@@ -79,6 +80,18 @@ pub struct WorkerConfig {
     /// issues it for 7 days; default: every 24 hours). A failed renewal is retried every
     /// minute.
     pub cert_renew_interval: Duration,
+    /// The enclave this worker runs `tee` tasks in (`None`: none).
+    pub tee: Option<TeeConfig>,
+}
+
+/// A worker's enclave. This build produces evidence of the `insecure-simulated-tee` mode only
+/// (no security: development and tests); the operator verifies real SGX/TDX/SEV-SNP evidence,
+/// which needs an enclave runtime this build does not have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TeeConfig {
+    /// The measurement the simulated evidence claims (what a licence's
+    /// `tee:insecure-simulated-tee:measurement=…` and the operator's policy may pin).
+    pub measurement: String,
 }
 
 impl WorkerConfig {
@@ -106,6 +119,7 @@ impl WorkerConfig {
             connect_timeout: Duration::from_secs(30),
             insecure_plaintext_peer: false,
             cert_renew_interval: Duration::from_secs(24 * 3600),
+            tee: None,
         }
     }
 }
@@ -262,6 +276,123 @@ impl DeliverySink for OperatorDelivery {
                 false
             }
         }
+    }
+}
+
+/// The worker's enclave and the operator calls behind it: attestation and key release.
+struct OperatorTee {
+    enclave: tessera_tee::EnclaveKeyPair,
+    measurement: String,
+    worker_id: String,
+    client: OperatorClient<InterceptedService<Channel, TokenHeader>>,
+}
+
+impl std::fmt::Debug for OperatorTee {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OperatorTee")
+            .field("enclave", &self.enclave)
+            .field("measurement", &self.measurement)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OperatorTee {
+    /// One attestation: a nonce from the operator, simulated evidence binding it and the
+    /// enclave key, the operator's appraisal. Returns when the result expires (unix seconds).
+    async fn attest(&self) -> anyhow::Result<u64> {
+        let mut c = self.client.clone();
+        let nonce = c
+            .tee_challenge(pb::TeeChallengeRequest {
+                worker_id: self.worker_id.clone(),
+            })
+            .await
+            .context("asking the operator for an attestation nonce")?
+            .into_inner()
+            .nonce_hex;
+        let n = tessera_tee::Nonce::from_hex(&nonce)
+            .context("the operator's nonce is not 64 hex digits")?;
+        let report_data = tessera_tee::expected_report_data(&n, &self.enclave.public());
+        let evidence = serde_json::json!({
+            "insecure_simulated_tee": true,
+            "measurement": self.measurement,
+            "report_data": hex::encode(report_data),
+        });
+        let answer = c
+            .tee_attest(pb::TeeAttestRequest {
+                worker_id: self.worker_id.clone(),
+                kind: tessera_tee::TeeKind::InsecureSimulated.as_str().to_string(),
+                evidence: serde_json::to_vec(&evidence)?.into(),
+                collateral: Default::default(),
+                nonce_hex: nonce,
+                enclave_key_hex: self.enclave.public().to_hex(),
+            })
+            .await
+            .context("sending the attestation")?
+            .into_inner();
+        if !answer.accepted {
+            anyhow::bail!(
+                "the operator refused this worker's attestation: {}",
+                answer.reasons.join("; ")
+            );
+        }
+        tracing::warn!(
+            status = %answer.status,
+            expires_at = answer.expires_at,
+            "enclave attested in the insecure-simulated-tee mode: no security, development only"
+        );
+        Ok(answer.expires_at)
+    }
+}
+
+/// Attests again halfway to each result's expiry (a failure: again in a minute).
+async fn reattest(host: Arc<OperatorTee>, mut expires_at: u64) {
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let wait = expires_at.saturating_sub(now) / 2;
+        tokio::time::sleep(Duration::from_secs(wait.clamp(5, 3_600))).await;
+        match host.attest().await {
+            Ok(exp) => expires_at = exp,
+            Err(e) => {
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "attestation failed; retrying in a minute"
+                );
+                expires_at = now + 120;
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl exec::TeeHost for OperatorTee {
+    fn enclave(&self) -> &tessera_tee::EnclaveKeyPair {
+        &self.enclave
+    }
+
+    async fn release_key(
+        &self,
+        task_id: &str,
+    ) -> Result<tessera_tee::ReleasedKey, exec::TaskError> {
+        let answer = self
+            .client
+            .clone()
+            .release_dataset_key(pb::KeyReleaseRequest {
+                worker_id: self.worker_id.clone(),
+                task_id: task_id.to_string(),
+            })
+            .await
+            .map_err(|s| match s.code() {
+                tonic::Code::PermissionDenied => exec::TaskError::Ticket(s.message().to_string()),
+                _ => exec::TaskError::Internal(format!(
+                    "asking for the dataset key: {}",
+                    s.message()
+                )),
+            })?
+            .into_inner();
+        serde_json::from_str(&answer.released_json)
+            .map_err(|e| exec::TaskError::Internal(format!("the released key: {e}")))
     }
 }
 
@@ -424,6 +555,21 @@ pub async fn start(config: WorkerConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
         .context("the operator issued no worker credential")?;
     let client = OperatorClient::with_interceptor(channel, credential);
     let verifier = TicketVerifier::new(&key, reg.worker_id.clone())?;
+    let tee_host: Option<Arc<OperatorTee>> = config.tee.as_ref().map(|t| {
+        let mut ikm = zeroize::Zeroizing::new([0u8; 32]);
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, ikm.as_mut_slice());
+        Arc::new(OperatorTee {
+            enclave: tessera_tee::EnclaveKeyPair::derive(&ikm),
+            measurement: t.measurement.clone(),
+            worker_id: reg.worker_id.clone(),
+            client: client.clone(),
+        })
+    });
+    if let Some(host) = &tee_host {
+        // Attested before `start` returns, so the worker is placeable for tee jobs at once.
+        let expires_at = host.attest().await?;
+        tokio::spawn(reattest(host.clone(), expires_at));
+    }
     let shared = Arc::new(Shared {
         worker_id: reg.worker_id.clone(),
         registration: pb::RegisterWorkerRequest {
@@ -442,6 +588,7 @@ pub async fn start(config: WorkerConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
             idle_timeout: config.idle_timeout,
             connect_timeout: config.connect_timeout,
             tls,
+            tee: tee_host.map(|h| h as Arc<dyn exec::TeeHost>),
         },
         clock,
         running: Mutex::new(HashMap::new()),

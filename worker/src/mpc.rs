@@ -94,20 +94,7 @@ pub(crate) async fn run(
         TaskRole::Sender => Side::Provider,
         TaskRole::Receiver => Side::Buyer,
     };
-    let schema = schema_of(&mpc.query, 0)
-        .map_err(|e| TaskError::Ticket(format!("the task's query: {e}")))?;
-    let own: Vec<(String, ColumnKind)> = mpc
-        .query
-        .columns
-        .iter()
-        .filter_map(|c| side_and_name(&c.column).ok())
-        .filter(|(side, _)| *side == me)
-        .filter_map(|(side, name)| {
-            schema
-                .column(side, name)
-                .map(|d| (name.to_string(), d.kind))
-        })
-        .collect();
+    let own = declared_columns(mpc, me)?;
     let out_path = match spec.role {
         TaskRole::Receiver => Some(fresh_result_path(&env.output_dir, &spec.output)?),
         TaskRole::Sender => None,
@@ -197,6 +184,27 @@ pub(crate) async fn run(
     }
     outcome.link = link.stats();
     Ok(outcome)
+}
+
+/// The columns of `side` the query declares, with their kinds, in declaration order.
+pub(crate) fn declared_columns(
+    mpc: &MpcSpec,
+    side: Side,
+) -> Result<Vec<(String, ColumnKind)>, TaskError> {
+    let schema = schema_of(&mpc.query, 0)
+        .map_err(|e| TaskError::Ticket(format!("the task's query: {e}")))?;
+    Ok(mpc
+        .query
+        .columns
+        .iter()
+        .filter_map(|c| side_and_name(&c.column).ok())
+        .filter(|(s, _)| *s == side)
+        .filter_map(|(side, name)| {
+            schema
+                .column(side, name)
+                .map(|d| (name.to_string(), d.kind))
+        })
+        .collect())
 }
 
 fn peer_error(e: &MpcError) -> TaskError {
@@ -359,13 +367,13 @@ async fn receive_tags(
     Ok(rows)
 }
 
-async fn send(link: &dyn Link, frame: Bytes) -> Result<(), TaskError> {
+pub(crate) async fn send(link: &dyn Link, frame: Bytes) -> Result<(), TaskError> {
     link.send(frame)
         .await
         .map_err(|e| TaskError::Peer(e.to_string()))
 }
 
-async fn recv(link: &dyn Link) -> Result<Bytes, TaskError> {
+pub(crate) async fn recv(link: &dyn Link) -> Result<Bytes, TaskError> {
     link.recv()
         .await
         .map_err(|e| TaskError::Peer(e.to_string()))
@@ -374,7 +382,7 @@ async fn recv(link: &dyn Link) -> Result<Bytes, TaskError> {
 /// This party's columns at the aligned `rows`: numbers (clipped to their bound) or category
 /// codes. A value that is neither is this party's input error, named by column and aligned
 /// row, never by value.
-fn own_table(
+pub(crate) fn own_table(
     own: &[(String, ColumnKind)],
     kept: &[Vec<String>],
     rows: &[usize],
@@ -428,6 +436,30 @@ async fn write_result(
     mpc: &MpcSpec,
     result: QueryResult,
 ) -> Result<tessera_core::table::WrittenFile, TaskError> {
+    let (header, rows) = result_table(mpc, result)?;
+    write_table(path, header, rows).await
+}
+
+/// Writes a result table as CSV, never replacing a file.
+pub(crate) async fn write_table(
+    path: PathBuf,
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+) -> Result<tessera_core::table::WrittenFile, TaskError> {
+    tokio::task::spawn_blocking(move || write_result_csv(&path, &header, rows))
+        .await
+        .map_err(|e| TaskError::Internal(format!("writer task: {e}")))?
+        .map_err(|e| match e {
+            TableError::OutputExists { .. } => TaskError::Input(e.to_string()),
+            e => TaskError::Internal(format!("writing the result: {e}")),
+        })
+}
+
+/// The buyer's result as a table: header and rows (see the module docs for the columns).
+pub(crate) fn result_table(
+    mpc: &MpcSpec,
+    result: QueryResult,
+) -> Result<(Vec<String>, Vec<Vec<String>>), TaskError> {
     let items: Vec<String> = tessera_mpc::query::parse(&mpc.query.query)
         .map(|q| q.items.iter().map(ToString::to_string).collect())
         .map_err(|e| TaskError::Internal(format!("the query: {e}")))?;
@@ -487,13 +519,7 @@ async fn write_result(
             (header, rows)
         }
     };
-    tokio::task::spawn_blocking(move || write_result_csv(&path, &header, rows))
-        .await
-        .map_err(|e| TaskError::Internal(format!("writer task: {e}")))?
-        .map_err(|e| match e {
-            TableError::OutputExists { .. } => TaskError::Input(e.to_string()),
-            e => TaskError::Internal(format!("writing the result: {e}")),
-        })
+    Ok((header, rows))
 }
 
 #[cfg(test)]

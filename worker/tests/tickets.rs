@@ -69,6 +69,30 @@ impl Operator for ScriptedOperator {
     ) -> Result<Response<pb::IssuedCertificate>, Status> {
         Err(Status::unimplemented("this scripted operator runs no CA"))
     }
+    async fn tee_challenge(
+        &self,
+        _: Request<pb::TeeChallengeRequest>,
+    ) -> Result<Response<pb::TeeChallengeResponse>, Status> {
+        unimplemented()
+    }
+    async fn tee_attest(
+        &self,
+        _: Request<pb::TeeAttestRequest>,
+    ) -> Result<Response<pb::TeeAttestResponse>, Status> {
+        unimplemented()
+    }
+    async fn release_dataset_key(
+        &self,
+        _: Request<pb::KeyReleaseRequest>,
+    ) -> Result<Response<pb::ReleasedDatasetKey>, Status> {
+        unimplemented()
+    }
+    async fn get_sealing_key(
+        &self,
+        _: Request<pb::DatasetRef>,
+    ) -> Result<Response<pb::SealingKey>, Status> {
+        unimplemented()
+    }
     type PullTasksStream = Stream<pb::TaskEnvelope>;
     async fn pull_tasks(
         &self,
@@ -356,6 +380,7 @@ fn spec_under(task_id: &str, dataset: &str, use_scene: serde_json::Value) -> Vec
         output: String::new(),
         preview: None,
         mpc: None,
+        tee: None,
         licence: Some(tessera_core::LicenceGrant {
             licence_id: "lic".into(),
             dataset_id: "d".into(),

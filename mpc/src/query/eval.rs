@@ -142,7 +142,7 @@ async fn agree<R: CryptoRngCore + Send>(
 }
 
 /// Checks this party's own columns against the schema, before anything is sent.
-fn validate(plan: &Plan, me: Side, own: &Table) -> Result<(), QueryError> {
+pub(super) fn validate(plan: &Plan, me: Side, own: &Table) -> Result<(), QueryError> {
     let mut needed: Vec<&str> = plan
         .inputs
         .iter()

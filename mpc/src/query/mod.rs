@@ -101,6 +101,7 @@
 //! `n < 65,536`, means below 4,096 for `2^−20`). [`plan::check`] refuses columns whose sums
 //! could leave the ring (`n · abs_max · 2^f ≥ 2^61`).
 
+pub mod clear;
 pub mod eval;
 pub mod job;
 pub mod parse;
@@ -109,6 +110,7 @@ pub mod plan;
 use std::collections::BTreeMap;
 use std::fmt;
 
+pub use clear::evaluate_clear;
 pub use eval::{Aggregate, GroupResult, QueryResult, evaluate};
 pub use parse::{ParseError, parse};
 pub use plan::{Plan, check};

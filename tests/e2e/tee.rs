@@ -1,0 +1,218 @@
+//! `tee` jobs end to end (issue "TEE scene"): the provider's worker runs a simulated enclave
+//! (`--insecure-simulated-tee`), attests to the operator (`--tee-policy`), and is the only
+//! place the provider's sealed dataset is opened: the key broker releases its key to the
+//! enclave for the job, the buyer's rows arrive sealed to the enclave's key, the result goes
+//! back sealed to the buyer. The same job under a licence that asks for SGX is refused, and
+//! no key leaves for it.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use tessera_proto::v1 as pb;
+
+use crate::harness::{BIN, Cluster, PROVIDER, USER, cash};
+
+const POLICY: &str = r#"{"policy_id": "dev-tee", "result_ttl_secs": 600,
+    "insecure_simulated_tee": {"measurement": ["dev-build-1"]}}"#;
+
+fn tee_job(lic: &str, query: &str, output: &str) -> pb::SubmitJobRequest {
+    pb::SubmitJobRequest {
+        scene: "tee".into(),
+        buyer_columns: vec!["id".into()],
+        provider_columns: vec!["id".into()],
+        mpc_query: query.into(),
+        mpc_columns: vec![
+            pb::MpcColumn {
+                column: "buyer.region".into(),
+                abs_max: 0,
+                levels: 3,
+            },
+            pb::MpcColumn {
+                column: "provider.income".into(),
+                abs_max: 100_000,
+                levels: 0,
+            },
+        ],
+        ..Cluster::job(lic, "bt", "intersection", output)
+    }
+}
+
+fn licence_policy(env_hard: &str) -> String {
+    format!(
+        r#"{{"policyName":"t","relUsers":[{{"userId":"{USER}","userName":"U","isGroup":0}}],
+            "useScenes":[{{"useSence":"tee","counts":3,"minGroupSize":4,"aggregatesOnly":true,
+                "envHard":["{env_hard}"],"visitArea":["r1"],"cpCenter":["c1"]}}]}}"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_runs_in_the_attested_enclave_on_the_sealed_dataset_and_sgx_is_refused() {
+    let c = Cluster::start_tee(POLICY, "dev-build-1");
+    c.fund(100_000_000, "fund").await;
+    // The provider's clear rows exist only outside the workers' directories; the worker gets
+    // the sealed file.
+    let income = |i: u64| (i * 53 % 997) as f64 + 0.25;
+    let clear = c.dir.path().join("provider-clear.csv");
+    let mut text = String::from("id,income\n");
+    for i in (1..=50u64).rev() {
+        text.push_str(&format!("{i},{}\n", income(i)));
+    }
+    std::fs::write(&clear, &text).expect("clear file");
+    c.provider_client()
+        .await
+        .create_dataset(pb::CreateDatasetRequest {
+            dataset_id: "pt".into(),
+            owner_party: PROVIDER.into(),
+            location: "pt.tseal".into(),
+            description: "sealed".into(),
+            declared_rows: Some(50),
+        })
+        .await
+        .expect("create dataset");
+    let sealed = c.provider.datasets.join("pt.tseal");
+    let out = Command::new(BIN)
+        .args(["dataset", "seal", "--dataset", "pt", "--input"])
+        .arg(&clear)
+        .arg("--output")
+        .arg(&sealed)
+        .args(["--operator", &c.url, "--ca-file", &c.ca_file])
+        .env("TESSERA_TOKEN", &c.provider_token)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run tessera");
+    assert!(
+        out.status.success(),
+        "dataset seal: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let on_disk = std::fs::read(&sealed).expect("sealed file");
+    assert!(on_disk.starts_with(b"TSEAL"));
+    assert!(
+        !on_disk.windows(6).any(|w| w == b"income"),
+        "the sealed file shows no clear text"
+    );
+
+    // The buyer: ids 11..=60 (40 in common, 11..=50), a region each; region 2 has 3 rows.
+    let region = |i: u64| {
+        if i % 13 == 0 { 2 } else { (i % 2) as u32 }
+    };
+    let buyer_rows: Vec<String> = (11..=60u64).map(|i| format!("{i},{}", region(i))).collect();
+    c.dataset(&c.buyer, "bt", "id,region", &buyer_rows).await;
+
+    let lic = c
+        .licence_with_policy("pt", licence_policy("tee:insecure-simulated-tee"))
+        .await;
+    let before = cash(&c).await;
+    let mut client = c.client().await;
+    let query = "SELECT count(*), sum(provider.income), max(provider.income) \
+                 GROUP BY buyer.region";
+    let job = client
+        .submit_job(tee_job(&lic, query, "tee.csv"))
+        .await
+        .expect("submit")
+        .into_inner();
+    assert_eq!(job.state_text(), "admitted", "{job:?}");
+    let done = c.wait(&job.job_id).await;
+    assert_eq!(done.state_text(), "succeeded", "{done:?}");
+    assert_eq!(done.result_size, Some(40), "{done:?}");
+
+    let mut want: BTreeMap<u32, (u64, f64, f64)> = BTreeMap::new();
+    for i in 11..=50u64 {
+        let e = want.entry(region(i)).or_insert((0, 0.0, f64::MIN));
+        e.0 += 1;
+        e.1 += income(i);
+        e.2 = e.2.max(income(i));
+    }
+    assert!(
+        want[&2].0 < 4 && want[&0].0 >= 4 && want[&1].0 >= 4,
+        "{want:?}"
+    );
+    let mut r = csv::Reader::from_path(c.buyer.outputs.join("tee.csv")).expect("result");
+    let rows: Vec<Vec<String>> = r
+        .records()
+        .map(|rec| rec.expect("record").iter().map(String::from).collect())
+        .collect();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    for row in &rows {
+        let g: u32 = row[0].parse().expect("group");
+        let (n, sum, max) = want[&g];
+        if n < 4 {
+            assert_eq!(row[1..], ["false", "", "", ""], "group {g} suppressed");
+            continue;
+        }
+        assert_eq!(row[1], "true");
+        assert_eq!(row[2].parse::<u64>().expect("count"), n);
+        assert!(
+            (row[3].parse::<f64>().expect("sum") - sum).abs() < 1e-6,
+            "{row:?}"
+        );
+        assert!(
+            (row[4].parse::<f64>().expect("max") - max).abs() < 1e-9,
+            "{row:?}"
+        );
+    }
+    assert_eq!(c.remaining(&lic).await, Some(2));
+    assert!(done.charge_micros > 0);
+    assert_eq!(cash(&c).await, before - done.charge_micros);
+
+    // The dataset's log in the chain: the key's making, its release for this job (the
+    // worker's appraisals are entries about the worker).
+    let log = c
+        .provider_client()
+        .await
+        .data_item_log(pb::DatasetRef {
+            dataset_id: "pt".into(),
+        })
+        .await
+        .expect("log")
+        .into_inner();
+    let kinds: Vec<&str> = log.entries.iter().map(|e| e.kind.as_str()).collect();
+    assert!(kinds.contains(&"tee_key_create"), "{kinds:?}");
+    let releases: Vec<_> = log
+        .entries
+        .iter()
+        .filter(|e| e.kind == "tee_key_release")
+        .collect();
+    assert_eq!(releases.len(), 1, "{kinds:?}");
+    assert!(releases[0].detail_json.contains(&job.job_id));
+
+    // Under a licence that asks for SGX: refused at admission (no enclave meets it), nothing
+    // counted, no key released.
+    let sgx = c.licence_with_policy("pt", licence_policy("tee:sgx")).await;
+    let refused = client
+        .submit_job(tee_job(&sgx, query, "sgx.csv"))
+        .await
+        .expect("submit")
+        .into_inner();
+    assert_eq!(refused.state_text(), "refused", "{refused:?}");
+    assert!(
+        refused
+            .refusal_reasons
+            .iter()
+            .any(|r| r.contains("attested enclave") && r.contains("tee:sgx")),
+        "{refused:?}"
+    );
+    assert_eq!(c.remaining(&sgx).await, Some(3));
+    // A tee job naming a PSI protocol: refused before admission.
+    let mut bad = tee_job(&lic, query, "bad.csv");
+    bad.protocol = pb::PsiProtocol::Ecdh.into();
+    let e = client.submit_job(bad).await.expect_err("protocol");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    let log = c
+        .provider_client()
+        .await
+        .data_item_log(pb::DatasetRef {
+            dataset_id: "pt".into(),
+        })
+        .await
+        .expect("log")
+        .into_inner();
+    assert_eq!(
+        log.entries
+            .iter()
+            .filter(|e| e.kind == "tee_key_release")
+            .count(),
+        1
+    );
+    c.assert_audit_verifies().await;
+}
