@@ -2,10 +2,10 @@
 //! the workload of the SPU baseline (`../shared/peers/spu_mpc.py`): `x · y` elementwise and
 //! `Σ x · y` for N fixed-point elements uniform in [−1, 1), party 0 holding `x` and party 1
 //! `y`; once with dealer triples (the dealer a third task, over gRPC links of its own) and once
-//! with dealer-free triples (IKNP + Gilboa between the two parties). Each figure is the slower
-//! party's wall time of the operation, triple generation included (and the dealer's expansion
-//! and transfer); the input sharing and the one-time base OTs of the dealer-free source are not
-//! in it (the latter is printed as `ot_setup_s`). Results are revealed afterwards and checked
+//! with dealer-free triples (SoftSpoken OT extension + Gilboa between the two parties). Each
+//! figure is the slower party's wall time of the operation, triple generation included (and the
+//! dealer's expansion and transfer); the input sharing and the one-time base OTs (and PPRF) of
+//! the dealer-free source are not in it (the latter is printed as `ot_setup_s`). Results are revealed afterwards and checked
 //! against the clear computation.
 //!
 //! With the dealer, it also trains a logistic regression (`tessera_mpc::lr`) on `--lr-rows`

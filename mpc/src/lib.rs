@@ -19,8 +19,8 @@
 //! * [`wire`]: MPC frames (kinds `0x50..=0x5F`), on the OT crate's bounded frame format.
 //! * [`triples`]: correlated randomness ([`TripleSource`]): (a) a **dealer** that expands both
 //!   parties' Beaver triples from seeds ([`triples::run_dealer`], [`triples::DealerClient`]);
-//!   (b) **dealer-free** triples between the two parties from IKNP OT extension with Gilboa's
-//!   multiplication ([`triples::OtTriples`]).
+//!   (b) **dealer-free** triples between the two parties from SoftSpoken OT extension with
+//!   Gilboa's multiplication ([`triples::OtTriples`]).
 //! * [`session`]: the operations (input sharing, reveal, add, mul, matmul, truncation, sum,
 //!   mean, variance, one-hot histogram and group-by sums).
 //! * [`compare`]: the sign bit (MSB) by a carry tree over boolean shares with AND triples, and
@@ -68,8 +68,9 @@
 //!   triples (hence the shape of the computation). Party 0 receives only a 32-byte seed per
 //!   batch, party 1 a seed and one correction vector.
 //! * **Dealer-free triples** ([`triples::OtTriples`]) need no third party: the two parties run
-//!   IKNP OT extension (semi-honest, [`tessera_ot::iknp`]) and Gilboa's multiplication; each
-//!   sees only the other's OT-extension matrix (pseudorandom) and masked corrections.
+//!   SoftSpoken OT extension (semi-honest, [`tessera_ot::softspoken`]) and Gilboa's
+//!   multiplication; each sees only the other's OT-extension corrections (pseudorandom) and
+//!   masked Gilboa corrections.
 //! * **Truncation** is SecureML's local one: it is correct only up to a failure probability
 //!   per element (see [`session::Session::truncate`]) and otherwise off by at most one unit in
 //!   the last place; failures are silent (a large error), as in SecureML and SPU's SEMI2K.
@@ -151,7 +152,7 @@ impl From<OtError> for MpcError {
 }
 
 /// Which of the two parties a session plays. Party 0 adds the public terms (e.g. `d · e` of
-/// Beaver's multiplication) and is the IKNP sender in the first of the two OT extensions.
+/// Beaver's multiplication) and is the OT-extension sender in the first of the two OT extensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Party {
     /// Party 0.

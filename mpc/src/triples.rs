@@ -11,33 +11,33 @@
 //!   collude with either party (crate docs, threat model).
 //! * **(b) dealer-free, from OT extension** ([`OtTriples`]): each party draws its own `a_P`,
 //!   `b_P`; the cross terms `a0·b1` and `a1·b0` come from Gilboa's multiplication (Gilboa,
-//!   "Two Party RSA Key Generation", CRYPTO 1999, §3) over IKNP random OTs of
-//!   [`tessera_ot::iknp`] in both directions, used as correlated OTs: for bit `i` of the
-//!   receiver's `b`, the sender, holding random OT messages `m0, m1`, takes `x0 = m0 mod
-//!   2^(64−i)`, `x1 = m1 mod 2^(64−i)` and sends only the correction `x0 + a − x1`; the
-//!   receiver gets `x0 + b_i · a (mod 2^(64−i))`, and `Σ_i 2^i (…)` against the sender's
-//!   `−Σ_i 2^i x0` is an additive sharing of `a · b` (the optimisation of Demmler–Schneider–
-//!   Zohner, "ABY", NDSS 2015, §III-C: bit `i` needs only `64 − i` bits). Corrections are sent
-//!   in whole bytes: 8 for `i < 32`, 4 for `i < 48`, 2 for `i < 56`, 1 after, 344 bytes per
-//!   element (the exact `Σ (64 − i)` bits would be 260). AND triples are the same with one-bit
-//!   messages (one OT and one correction bit per AND per direction). Matrix triples are not
-//!   made from OT: [`crate::Session::matmul`] then falls back to one Beaver triple per scalar
-//!   product.
+//!   "Two Party RSA Key Generation", CRYPTO 1999, §3) over SoftSpoken random OTs of
+//!   [`tessera_ot::softspoken`] (Roy, CRYPTO 2022; field width [`OT_FIELD_BITS`]) in both
+//!   directions, used as correlated OTs: for bit `i` of the receiver's `b`, the sender, holding
+//!   random OT messages `m0, m1`, takes `x0 = m0 mod 2^(64−i)`, `x1 = m1 mod 2^(64−i)` and sends
+//!   only the correction `x0 + a − x1`; the receiver gets `x0 + b_i · a (mod 2^(64−i))`, and
+//!   `Σ_i 2^i (…)` against the sender's `−Σ_i 2^i x0` is an additive sharing of `a · b` (the
+//!   optimisation of Demmler–Schneider–Zohner, "ABY", NDSS 2015, §III-C: bit `i` needs only
+//!   `64 − i` bits). The corrections are bit-packed: `Σ_i (64 − i)` = 2,080 bits, 260 bytes
+//!   per element. AND triples are the same with one-bit messages (one OT and one correction bit
+//!   per AND per direction). Matrix triples are not made from OT: [`crate::Session::matmul`]
+//!   then falls back to one Beaver triple per scalar product.
 //!
-//! Cost of the dealer-free source per Beaver triple: 64 IKNP OTs in each direction (16 bytes of
-//! OT-extension matrix each: 1,024 bytes) plus 344 bytes of corrections, each way: 1,368 bytes
-//! each way. Processed in chunks of [`GILBOA_CHUNK`] triples (bounded memory: about 70 MiB per
-//! chunk, the OT outputs), each one IKNP extension in each direction and one message of
-//! corrections each way.
+//! Cost of the dealer-free source per Beaver triple: 64 SoftSpoken OTs in each direction
+//! (`128 / k` bits of OT-extension corrections each: 512 bytes at `k = 2`; IKNP's matrix was
+//! 1,024) plus 260 bytes of Gilboa corrections, each way: 772 bytes each way (IKNP with
+//! byte-aligned corrections: 1,368). Processed in
+//! chunks of [`GILBOA_CHUNK`] triples (bounded memory: about 70 MiB per chunk, the OT
+//! outputs), each one OT extension in each direction and one message of corrections each way.
 
 use rand::Rng;
 use rand_chacha::ChaCha12Rng;
 use rand_core::{CryptoRngCore, SeedableRng};
 use rayon::prelude::*;
 use tessera_core::Link;
-use tessera_ot::iknp::{IknpReceiver, IknpSender};
-use tessera_ot::offload;
+use tessera_ot::softspoken::{SoftSpokenReceiver, SoftSpokenSender};
 use tessera_ot::wire::{recv_items, send_items};
+use tessera_ot::{Block, offload};
 use zeroize::Zeroize;
 
 use crate::wire::{
@@ -50,8 +50,12 @@ use crate::{ELEMENTS_MAX, MATMUL_PRODUCTS_MAX, MpcError, Party, Shares, check_le
 pub const GILBOA_CHUNK: usize = 1 << 14;
 /// AND-triple words (64 AND triples each) made per chunk by the dealer-free source.
 pub const AND_CHUNK_WORDS: usize = 1 << 14;
+/// The SoftSpoken field width `k` of the dealer-free source: `128 / k` bits of OT-extension
+/// traffic per OT (see [`tessera_ot::softspoken`]). `k = 2` measured fastest on 2 shared vCPUs
+/// (`k = 4` sends half as much but spends more on AES than it saves on the link).
+pub const OT_FIELD_BITS: usize = 2;
 /// Bytes of Gilboa corrections per Beaver triple (see the module docs).
-pub const GILBOA_ITEM_BYTES: usize = 344;
+pub const GILBOA_ITEM_BYTES: usize = 260;
 
 /// One party's shares of `n` Beaver triples: `a`, `b`, `c` with `c = a · b` over `Z_2^64`.
 #[derive(Debug)]
@@ -462,22 +466,12 @@ impl DealerClient {
 
 // ------------------------------------------------------------------------- dealer-free (OT)
 
-/// Dealer-free triples: one IKNP extension in each direction between the two parties. `Debug`
-/// shows no secret.
+/// Dealer-free triples: one SoftSpoken OT extension in each direction between the two parties.
+/// `Debug` shows no secret.
 #[derive(Debug)]
 pub struct OtTriples {
-    sender: IknpSender,
-    receiver: IknpReceiver,
-}
-
-/// Bytes sent for the correction of bit `i` of a Gilboa multiplication.
-fn width(i: usize) -> usize {
-    match i {
-        0..32 => 8,
-        32..48 => 4,
-        48..56 => 2,
-        _ => 1,
-    }
+    sender: SoftSpokenSender,
+    receiver: SoftSpokenReceiver,
 }
 
 impl OtTriples {
@@ -491,31 +485,40 @@ impl OtTriples {
         peer: &dyn Link,
         rng: &mut R,
     ) -> Result<Self, MpcError> {
+        let k = OT_FIELD_BITS;
         let (sender, receiver) = match party {
             Party::P0 => {
-                let s = IknpSender::setup(peer, rng).await?;
-                (s, IknpReceiver::setup(peer, rng).await?)
+                let s = SoftSpokenSender::setup(peer, rng, k).await?;
+                (s, SoftSpokenReceiver::setup(peer, rng, k).await?)
             }
             Party::P1 => {
-                let r = IknpReceiver::setup(peer, rng).await?;
-                (IknpSender::setup(peer, rng).await?, r)
+                let r = SoftSpokenReceiver::setup(peer, rng, k).await?;
+                (SoftSpokenSender::setup(peer, rng, k).await?, r)
             }
         };
         Ok(OtTriples { sender, receiver })
     }
 
-    /// The two random-OT extensions of one chunk: `count` OTs where this party is the sender
-    /// (`[m0, m1]` pairs) and `choices.len()` where it chooses (keys).
+    /// The two random-OT extensions of one chunk: `64 · words.len()` OTs where this party is
+    /// the sender (`[m0, m1]` pairs, into `pairs`) and as many where it chooses (keys, into
+    /// `keys`), its choice `64·w + i` being bit `i` of `words[w]`. The buffers are the caller's,
+    /// resized and handed back, so a call of many chunks allocates them once.
     async fn both_ways(
         &mut self,
         peer: &dyn Link,
-        count: usize,
-        choices: &[bool],
-    ) -> Result<(Vec<[tessera_ot::Block; 2]>, Vec<tessera_ot::Block>), MpcError> {
+        words: &[u64],
+        mut pairs: Vec<[Block; 2]>,
+        mut keys: Vec<Block>,
+    ) -> Result<(Vec<[Block; 2]>, Vec<Block>), MpcError> {
+        let count = 64 * words.len();
+        pairs.resize(count, [Block::ZERO; 2]);
+        keys.resize(count, Block::ZERO);
+        let mut packed: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
         let (pairs, keys) = tokio::join!(
-            self.sender.send(peer, count),
-            self.receiver.receive(peer, choices)
+            self.sender.send_into(peer, pairs),
+            self.receiver.receive_packed_into(peer, &packed, keys)
         );
+        packed.zeroize();
         Ok((pairs?, keys?))
     }
 
@@ -530,6 +533,7 @@ impl OtTriples {
             Vec::with_capacity(n),
             Vec::with_capacity(n),
         );
+        let (mut pairs, mut keys) = (Vec::new(), Vec::new());
         let mut done = 0;
         while done < n {
             let m = GILBOA_CHUNK.min(n - done);
@@ -537,14 +541,14 @@ impl OtTriples {
             let mut cb = vec![0u64; m];
             rng.fill(&mut ca[..]);
             rng.fill(&mut cb[..]);
-            let choices: Vec<bool> = cb
-                .iter()
-                .flat_map(|&w| (0..64).map(move |i| (w >> i) & 1 == 1))
-                .collect();
-            let (pairs, keys) = self.both_ways(peer, 64 * m, &choices).await?;
-            drop(choices);
+            (pairs, keys) = self.both_ways(peer, &cb, pairs, keys).await?;
             let a_s = ca.clone();
-            let (corr, send_share) = offload(move || gilboa_sender(&pairs, &a_s)).await;
+            let (corr, send_share, back) = offload(move || {
+                let (corr, share) = gilboa_sender(&pairs, &a_s);
+                (corr, share, pairs)
+            })
+            .await;
+            pairs = back;
             let (sent, peer_corr) = tokio::join!(
                 send_items(peer, KIND_GILBOA, GILBOA_ITEM_BYTES, &corr),
                 recv_items(peer, KIND_GILBOA, GILBOA_ITEM_BYTES, m)
@@ -552,7 +556,12 @@ impl OtTriples {
             sent?;
             let peer_corr = peer_corr?;
             let b_s = cb.clone();
-            let recv_share = offload(move || gilboa_receiver(&keys, &b_s, &peer_corr)).await;
+            let (recv_share, back) = offload(move || {
+                let share = gilboa_receiver(&keys, &b_s, &peer_corr);
+                (share, keys)
+            })
+            .await;
+            keys = back;
             for i in 0..m {
                 let (x, y) = (ca[i], cb[i]);
                 c.push(
@@ -567,6 +576,10 @@ impl OtTriples {
             cb.zeroize();
             done += m;
         }
+        for pair in &mut pairs {
+            tessera_ot::wipe_blocks(pair);
+        }
+        tessera_ot::wipe_blocks(&mut keys);
         Ok(ArithTriples {
             a: Shares(a),
             b: Shares(b),
@@ -592,11 +605,7 @@ impl OtTriples {
             let mut cb = vec![0u64; w];
             rng.fill(&mut ca[..]);
             rng.fill(&mut cb[..]);
-            let choices: Vec<bool> = cb
-                .iter()
-                .flat_map(|&x| (0..64).map(move |i| (x >> i) & 1 == 1))
-                .collect();
-            let (pairs, keys) = self.both_ways(peer, 64 * w, &choices).await?;
+            let (pairs, keys) = self.both_ways(peer, &cb, Vec::new(), Vec::new()).await?;
             // Sender: correction bit x0 ⊕ x1 ⊕ a, own share x0 (x = lowest bit of the message).
             let mut corr = vec![0u64; w];
             let mut share = vec![0u64; w];
@@ -635,8 +644,94 @@ impl OtTriples {
     }
 }
 
+/// Appends the low bits of words to a byte buffer, least significant bit first.
+struct BitWriter<'a> {
+    out: &'a mut [u8],
+    at: usize,
+    acc: u128,
+    bits: u32,
+}
+
+impl<'a> BitWriter<'a> {
+    fn new(out: &'a mut [u8]) -> Self {
+        BitWriter {
+            out,
+            at: 0,
+            acc: 0,
+            bits: 0,
+        }
+    }
+
+    /// Appends the low `w` bits of `x` (`1 ≤ w ≤ 64`).
+    fn put(&mut self, x: u64, w: u32) {
+        let masked = u128::from(x) & ((1u128 << w) - 1);
+        self.acc |= masked << self.bits;
+        self.bits += w;
+        if self.bits >= 64 {
+            self.emit(8);
+        }
+    }
+
+    fn emit(&mut self, n: usize) {
+        let bytes = (self.acc as u64).to_le_bytes();
+        if let (Some(dst), Some(src)) = (self.out.get_mut(self.at..self.at + n), bytes.get(..n)) {
+            dst.copy_from_slice(src);
+        }
+        self.at += n;
+        self.acc >>= 8 * n;
+        self.bits = self.bits.saturating_sub(8 * n as u32);
+    }
+
+    /// Writes the bits still held (whole bytes, the last one zero-padded).
+    fn finish(mut self) {
+        let n = self.bits.div_ceil(8) as usize;
+        if n > 0 {
+            self.emit(n);
+        }
+    }
+}
+
+/// Reads what [`BitWriter`] wrote (missing bytes read as zero).
+struct BitReader<'a> {
+    src: &'a [u8],
+    at: usize,
+    acc: u128,
+    bits: u32,
+}
+
+impl<'a> BitReader<'a> {
+    fn new(src: &'a [u8]) -> Self {
+        BitReader {
+            src,
+            at: 0,
+            acc: 0,
+            bits: 0,
+        }
+    }
+
+    /// The next `w` bits (`1 ≤ w ≤ 64`).
+    fn take(&mut self, w: u32) -> u64 {
+        if self.bits < w {
+            let mut word = [0u8; 8];
+            let n = self.src.len().saturating_sub(self.at).min(8);
+            if let (Some(dst), Some(src)) = (word.get_mut(..n), self.src.get(self.at..self.at + n))
+            {
+                dst.copy_from_slice(src);
+            }
+            self.at += n;
+            self.acc |= u128::from(u64::from_le_bytes(word)) << self.bits;
+            self.bits += 64;
+        }
+        let x = (self.acc & ((1u128 << w) - 1)) as u64;
+        self.acc >>= w;
+        self.bits -= w;
+        x
+    }
+}
+
 /// Gilboa, sender's side, for the elements `a`: the corrections ([`GILBOA_ITEM_BYTES`] per
-/// element) and this party's share `−Σ_i 2^i x0_i` per element.
+/// element: the correction of bit `i` in its low `64 − i` bits, packed) and this party's share
+/// `−Σ_i 2^i x0_i` per element.
 fn gilboa_sender(pairs: &[[tessera_ot::Block; 2]], a: &[u64]) -> (Vec<u8>, Vec<u64>) {
     let mut corr = vec![0u8; a.len() * GILBOA_ITEM_BYTES];
     let mut share = vec![0u64; a.len()];
@@ -646,19 +741,14 @@ fn gilboa_sender(pairs: &[[tessera_ot::Block; 2]], a: &[u64]) -> (Vec<u8>, Vec<u
         .zip(a.par_iter())
         .for_each(|(((out, s), ps), &a)| {
             let mut acc = 0u64;
-            let mut at = 0;
-            for (i, p) in ps.iter().enumerate() {
+            let mut w = BitWriter::new(out);
+            for (i, p) in (0u32..).zip(ps) {
                 let x0 = u128::from(p[0]) as u64;
                 let x1 = u128::from(p[1]) as u64;
-                let c = x0.wrapping_add(a).wrapping_sub(x1);
-                let w = width(i);
-                if let (Some(dst), Some(src)) = (out.get_mut(at..at + w), c.to_le_bytes().get(..w))
-                {
-                    dst.copy_from_slice(src);
-                }
-                at += w;
+                w.put(x0.wrapping_add(a).wrapping_sub(x1), 64 - i);
                 acc = acc.wrapping_sub(x0 << i);
             }
+            w.finish();
             *s = acc;
         });
     (corr, share)
@@ -675,15 +765,9 @@ fn gilboa_receiver(keys: &[tessera_ot::Block], b: &[u64], corr: &[u8]) -> Vec<u6
         .zip(corr.par_chunks(GILBOA_ITEM_BYTES))
         .for_each(|(((s, ks), &b), cs)| {
             let mut acc = 0u64;
-            let mut at = 0;
-            for (i, k) in ks.iter().enumerate() {
-                let w = width(i);
-                let mut cb = [0u8; 8];
-                if let (Some(dst), Some(src)) = (cb.get_mut(..w), cs.get(at..at + w)) {
-                    dst.copy_from_slice(src);
-                }
-                at += w;
-                let c = u64::from_le_bytes(cb);
+            let mut r = BitReader::new(cs);
+            for (i, k) in (0u32..).zip(ks) {
+                let c = r.take(64 - i);
                 let bit = (b >> i) & 1;
                 let y = (u128::from(*k) as u64).wrapping_add(c & 0u64.wrapping_sub(bit));
                 acc = acc.wrapping_add(y << i);
@@ -739,6 +823,38 @@ mod tests {
             let (t0, t1) = tokio::join!(o0.bits(&l0, &mut r0, w), o1.bits(&l1, &mut r1, w));
             check_bits(&t0.expect("t0"), &t1.expect("t1"), w);
         }
+    }
+
+    #[test]
+    fn corrections_pack_to_their_exact_widths() {
+        let mut r = rng(5);
+        let words: Vec<u64> = (0..64).map(|_| r.r#gen()).collect();
+        let mut out = vec![0u8; GILBOA_ITEM_BYTES];
+        let mut w = BitWriter::new(&mut out);
+        for (i, x) in (0u32..).zip(&words) {
+            w.put(*x, 64 - i);
+        }
+        w.finish();
+        assert_eq!(
+            (0..64u32).map(|i| 64 - i).sum::<u32>(),
+            8 * GILBOA_ITEM_BYTES as u32
+        );
+        let mut rd = BitReader::new(&out);
+        for (i, x) in (0u32..).zip(&words) {
+            let mask = if i == 0 {
+                u64::MAX
+            } else {
+                (1u64 << (64 - i)) - 1
+            };
+            assert_eq!(rd.take(64 - i), x & mask, "bit {i}");
+        }
+        // A short buffer reads as zeros, never panics.
+        let mut rd = BitReader::new(&out[..3]);
+        assert_eq!(
+            rd.take(64),
+            u64::from(out[0]) | u64::from(out[1]) << 8 | u64::from(out[2]) << 16
+        );
+        assert_eq!(rd.take(64), 0);
     }
 
     async fn dealt(n: usize) -> (ArithTriples, ArithTriples, BitTriples, BitTriples) {

@@ -110,10 +110,10 @@ pub const CHUNK_OTS: usize = 1 << 16;
 const HASH_BATCH: usize = 4096;
 
 /// A vector of secret plain-old-data, zeroized when dropped.
-struct Secret<T: Pod>(Vec<T>);
+pub(crate) struct Secret<T: Pod>(pub(crate) Vec<T>);
 
 impl<T: Pod> Secret<T> {
-    fn zeroed(len: usize) -> Self {
+    pub(crate) fn zeroed(len: usize) -> Self {
         Secret(vec![T::zeroed(); len])
     }
 }
@@ -317,10 +317,11 @@ impl IknpReceiver {
     }
 }
 
-fn check_call(count: usize, broken: bool) -> Result<(), OtError> {
+pub(crate) fn check_call(count: usize, broken: bool) -> Result<(), OtError> {
     if broken {
         return Err(OtError::InvalidArgument(
-            "an earlier IKNP call failed; the two sides are out of step, set up a new extension"
+            "an earlier OT-extension call failed; the two sides are out of step, set up a new \
+             extension"
                 .into(),
         ));
     }
@@ -333,14 +334,14 @@ fn check_call(count: usize, broken: bool) -> Result<(), OtError> {
 }
 
 /// The lengths of the chunks a call of `count` OTs is processed in.
-fn chunk_lengths(count: usize) -> impl Iterator<Item = usize> {
+pub(crate) fn chunk_lengths(count: usize) -> impl Iterator<Item = usize> {
     (0..count)
         .step_by(CHUNK_OTS)
         .map(move |start| CHUNK_OTS.min(count - start))
 }
 
 /// The stream position after `padded` more OTs.
-fn advance(position: u64, padded: usize) -> Result<u64, OtError> {
+pub(crate) fn advance(position: u64, padded: usize) -> Result<u64, OtError> {
     u64::try_from(padded)
         .ok()
         .and_then(|p| position.checked_add(p))
@@ -348,12 +349,12 @@ fn advance(position: u64, padded: usize) -> Result<u64, OtError> {
 }
 
 /// Bit `j` of a row (or of `s`): bit `j mod 8` of byte `j / 8`.
-fn bit(row: &Block, j: usize) -> u8 {
+pub(crate) fn bit(row: &Block, j: usize) -> u8 {
     (row.as_bytes()[j / 8] >> (j % 8)) & 1
 }
 
 /// The choice bits of one chunk as a column of `padded` bits (zero padding).
-fn pack_bits(choices: &[bool], padded: usize) -> Secret<Block> {
+pub(crate) fn pack_bits(choices: &[bool], padded: usize) -> Secret<Block> {
     let mut r = Secret::<Block>::zeroed(padded / BASE_COUNT);
     let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut r.0);
     for (byte, bits) in bytes.iter_mut().zip(choices.chunks(8)) {
@@ -366,7 +367,7 @@ fn pack_bits(choices: &[bool], padded: usize) -> Secret<Block> {
 }
 
 /// The 128 × `padded` column matrix (`columns[j]` = blocks `j·padded/128 ..`) as `padded` rows.
-fn transpose(columns: &[Block], padded: usize) -> Secret<Block> {
+pub(crate) fn transpose(columns: &[Block], padded: usize) -> Secret<Block> {
     let mut rows = Secret::<Block>::zeroed(padded);
     transpose_bitmatrix(
         bytemuck::cast_slice(columns),
@@ -382,7 +383,7 @@ fn tweak(position: u64) -> Block {
 }
 
 /// Hashes `blocks` in place in parallel; block `k` gets the tweak `first + k / per_ot`.
-fn hash_in_place(blocks: &mut [Block], first: u64, per_ot: usize) {
+pub(crate) fn hash_in_place(blocks: &mut [Block], first: u64, per_ot: usize) {
     blocks
         .par_chunks_mut(HASH_BATCH * per_ot)
         .enumerate()

@@ -8,6 +8,9 @@
 //!   "The Simplest Protocol for Oblivious Transfer", LATINCRYPT 2015), a few hundred at a time.
 //! * [`iknp`]: OT extension (Ishai–Kilian–Nissim–Petrank, CRYPTO 2003): many random OTs with
 //!   chosen choice bits from 128 base OTs in the other direction.
+//! * [`softspoken`]: OT extension with `128 / k` bits of traffic per OT instead of IKNP's 128
+//!   (Roy, "SoftSpokenOT", CRYPTO 2022, semi-honest): IKNP's correlation from small-field VOLE
+//!   over the punctured PRF below, then IKNP's hash. `tessera-mpc`'s dealer-free triples use it.
 //! * [`noisy_vole`]: a few VOLE correlations over GF(2^128) from 128 OTs (Gilboa's
 //!   multiplication, CRYPTO 1999).
 //! * [`pprf`]: the regular punctured PRF (GGM trees) of Boyle et al., "Efficient Pseudorandom
@@ -17,8 +20,9 @@
 //!   Codes for Pseudorandom Correlation Generators from LPN" (CRYPTO 2023), dual-LPN form.
 //! * [`silent_cot`]: millions of correlated OTs (`k_i = q_i ⊕ c_i·Δ`, binary choice bits) the
 //!   same way with noise values fixed to one: the silent OT extension of Boyle et al.
-//!   (CCS 2019) over the same code. A building block: `tessera-mpc`'s dealer-free triples still
-//!   use IKNP (silent-COT triples measured 5× slower, the code's GF(2) encoding dominating).
+//!   (CCS 2019) over the same code. A building block: `tessera-mpc`'s dealer-free triples use
+//!   [`softspoken`] (silent-COT triples measured 5× slower than IKNP ones, the code's GF(2)
+//!   encoding dominating).
 //!
 //! The VOLE correlation, as everywhere in this crate: the **VOLE sender** holds `Δ ∈ GF(2^128)`
 //! and `B ∈ GF(2^128)^n`; the **VOLE receiver** holds `A, C ∈ GF(2^128)^n`; and
@@ -44,6 +48,7 @@ pub mod noisy_vole;
 pub mod pprf;
 pub mod silent_cot;
 pub mod silent_vole;
+pub mod softspoken;
 pub mod wire;
 
 pub use cryprot_core::Block;

@@ -26,6 +26,8 @@ pub const KIND_NOISY_VOLE: u8 = 0x43;
 pub const KIND_PPRF_LEVELS: u8 = 0x44;
 /// PPRF: the sender's per-tree corrections.
 pub const KIND_PPRF_CORRECTIONS: u8 = 0x45;
+/// SoftSpoken OT extension: the receiver's corrections `c_j` ([`crate::softspoken`]).
+pub const KIND_SOFTSPOKEN: u8 = 0x46;
 
 /// Bytes of a frame header (kind + count).
 pub const HEADER_BYTES: usize = 1 + 4;
@@ -85,13 +87,27 @@ pub async fn recv_items(
     let total = count.checked_mul(item_bytes).ok_or_else(|| {
         OtError::InvalidArgument(format!("{count} items of {item_bytes} bytes overflow"))
     })?;
-    let mut out = Vec::with_capacity(total);
-    while out.len() < total {
+    let mut out = vec![0u8; total];
+    recv_into(link, kind, item_bytes, &mut out).await?;
+    Ok(out)
+}
+
+/// As [`recv_items`], into `out` (whose length is the item count times `item_bytes`): one copy
+/// from each frame, no intermediate buffer.
+async fn recv_into(
+    link: &dyn Link,
+    kind: u8,
+    item_bytes: usize,
+    out: &mut [u8],
+) -> Result<(), OtError> {
+    let total = out.len();
+    let mut filled = 0;
+    while filled < total {
         let frame = link.recv().await?;
         let body = check_header(&frame, kind)?;
         let n = u32::from_le_bytes([body.0[0], body.0[1], body.0[2], body.0[3]]) as usize;
         let payload = body.1;
-        let remaining = (total - out.len()) / item_bytes;
+        let remaining = (total - filled) / item_bytes;
         if n == 0 || n > remaining {
             return Err(OtError::Protocol(format!(
                 "frame of kind {kind:#04x} announces {n} items, {remaining} expected at most"
@@ -103,9 +119,12 @@ pub async fn recv_items(
                 payload.len()
             )));
         }
-        out.extend_from_slice(payload);
+        if let Some(dst) = out.get_mut(filled..filled + payload.len()) {
+            dst.copy_from_slice(payload);
+        }
+        filled += payload.len();
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Splits a frame into (count bytes, payload) after checking its kind.
@@ -142,15 +161,12 @@ pub async fn send_blocks(link: &dyn Link, kind: u8, blocks: &[Block]) -> Result<
 /// # Errors
 /// As [`recv_items`].
 pub async fn recv_blocks(link: &dyn Link, kind: u8, count: usize) -> Result<Vec<Block>, OtError> {
-    let bytes = recv_items(link, kind, Block::BYTES, count).await?;
-    Ok(bytes
-        .chunks_exact(Block::BYTES)
-        .map(|c| {
-            let mut b = [0u8; 16];
-            b.copy_from_slice(c);
-            Block::new(b)
-        })
-        .collect())
+    count
+        .checked_mul(Block::BYTES)
+        .ok_or_else(|| OtError::InvalidArgument(format!("{count} blocks overflow")))?;
+    let mut out = vec![Block::ZERO; count];
+    recv_into(link, kind, Block::BYTES, bytemuck::cast_slice_mut(&mut out)).await?;
+    Ok(out)
 }
 
 #[cfg(test)]
