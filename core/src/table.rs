@@ -264,7 +264,9 @@ pub enum TableError {
         path: PathBuf,
     },
     /// The file extension is not one of `.csv`, `.parquet`, `.pq`.
-    #[error("{path}: unsupported file format (expected .csv, .parquet or .pq)")]
+    #[error(
+        "{path}: unsupported file format (expected .csv, .parquet or .pq; a sealed .tseal file opens only inside a tee job's enclave)"
+    )]
     UnsupportedFormat {
         /// The path that was given.
         path: PathBuf,

@@ -379,6 +379,12 @@ impl Operator for OperatorService {
             .check_dataset(Operation::GetSealingKey, &who, &req.get_ref().dataset_id)
             .await
             .map_err(|e| status(&e))?;
+        if matches!(&who, Caller::User(p) if p.is_operator()) {
+            // The operator runs the key broker; it never takes a key out of it.
+            return Err(Status::permission_denied(
+                "only the owner of the dataset's party receives its sealing key",
+            ));
+        }
         let dataset_id = req.into_inner().dataset_id;
         let by = match &who {
             Caller::User(p) => p.user.clone(),

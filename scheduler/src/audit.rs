@@ -46,6 +46,7 @@ pub const OWNER_VISIBLE_KINDS: &[&str] = &[
     "trade_deliver_policy",
     "trade_licence_update",
     "tee_key_create",
+    "tee_key_issue",
     "tee_key_release",
     "tee_key_refuse",
 ];

@@ -18,7 +18,8 @@
 //!   of a kind and with measurements the licence names. A licence that names real hardware
 //!   never places on a simulated enclave.
 //! * **Keys** ([`Scheduler::tee_sealing_key`], [`Scheduler::tee_release_key`]): a dataset's
-//!   key is made once for its owner (who seals the file with it), stored wrapped under the
+//!   key is made once for its owner (who seals the file with it; every later issue to the
+//!   owner is a `tee_key_issue` entry; the gateway refuses it to the operator), stored wrapped under the
 //!   master key (derived from the operator's key; never in the database in clear), and
 //!   released — HPKE-wrapped to the enclave key of the worker's current result — only to the
 //!   worker running that dataset's provider task of a live `tee` job, under the same
@@ -428,6 +429,17 @@ impl Scheduler {
                 &serde_json::json!({"by": by}),
             )
             .await?;
+        if !created {
+            // Every later issue of the key is in the chain too.
+            self.store
+                .audit(
+                    self.now(),
+                    "tee_key_issue",
+                    dataset_id,
+                    &serde_json::json!({"by": by}),
+                )
+                .await?;
+        }
         let mut inner = tee.lock();
         if !created {
             // The stored key is the dataset's key (a previous run made it).

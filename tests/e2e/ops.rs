@@ -470,7 +470,7 @@ async fn confusing_names_and_unreadable_locations_are_refused_with_clean_errors(
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(err.starts_with("error: INVALID_ARGUMENT: "), "{err}");
-    assert!(err.contains(".csv, .parquet or .pq"), "{err}");
+    assert!(err.contains(".csv, .parquet, .pq, or .tseal"), "{err}");
     assert!(
         !err.contains("metadata") && !err.contains("details"),
         "no raw status: {err}"

@@ -40,7 +40,7 @@ fn tee_job(lic: &str, query: &str, output: &str) -> pb::SubmitJobRequest {
 fn licence_policy(env_hard: &str) -> String {
     format!(
         r#"{{"policyName":"t","relUsers":[{{"userId":"{USER}","userName":"U","isGroup":0}}],
-            "useScenes":[{{"useSence":"tee","counts":3,"minGroupSize":4,"aggregatesOnly":true,
+            "useScenes":[{{"useSence":"tee","counts":5,"minGroupSize":4,"aggregatesOnly":true,
                 "envHard":["{env_hard}"],"visitArea":["r1"],"cpCenter":["c1"]}}]}}"#
     )
 }
@@ -114,7 +114,8 @@ async fn a_query_runs_in_the_attested_enclave_on_the_sealed_dataset_and_sgx_is_r
     assert_eq!(job.state_text(), "admitted", "{job:?}");
     let done = c.wait(&job.job_id).await;
     assert_eq!(done.state_text(), "succeeded", "{done:?}");
-    assert_eq!(done.result_size, Some(40), "{done:?}");
+    // The result size is the result's rows (three groups), not the 40 aligned rows.
+    assert_eq!(done.result_size, Some(3), "{done:?}");
 
     let mut want: BTreeMap<u32, (u64, f64, f64)> = BTreeMap::new();
     for i in 11..=50u64 {
@@ -151,7 +152,7 @@ async fn a_query_runs_in_the_attested_enclave_on_the_sealed_dataset_and_sgx_is_r
             "{row:?}"
         );
     }
-    assert_eq!(c.remaining(&lic).await, Some(2));
+    assert_eq!(c.remaining(&lic).await, Some(4));
     assert!(done.charge_micros > 0);
     assert_eq!(cash(&c).await, before - done.charge_micros);
 
@@ -176,6 +177,42 @@ async fn a_query_runs_in_the_attested_enclave_on_the_sealed_dataset_and_sgx_is_r
     assert_eq!(releases.len(), 1, "{kinds:?}");
     assert!(releases[0].detail_json.contains(&job.job_id));
 
+    // No key in common: the job succeeds and reports no group (nothing to suppress or show).
+    c.dataset(
+        &c.buyer,
+        "bx",
+        "id,region",
+        &["1000,0".into(), "1001,1".into()],
+    )
+    .await;
+    let mut none = tee_job(&lic, query, "none.csv");
+    none.buyer_dataset_id = "bx".into();
+    let j = client.submit_job(none).await.expect("submit").into_inner();
+    let d = c.wait(&j.job_id).await;
+    assert_eq!(d.state_text(), "succeeded", "{d:?}");
+    let text = std::fs::read_to_string(c.buyer.outputs.join("none.csv")).expect("result");
+    assert!(
+        text.lines()
+            .skip(1)
+            .all(|l| l.split(',').nth(1) == Some("false")),
+        "{text}"
+    );
+    // The buyer's own bad value (a category code past its levels): the buyer's input error,
+    // named to the buyer by column, never sent to the provider's side.
+    c.dataset(&c.buyer, "by", "id,region", &["11,7".into(), "12,0".into()])
+        .await;
+    let mut bad_rows = tee_job(&lic, query, "bad-rows.csv");
+    bad_rows.buyer_dataset_id = "by".into();
+    let j = client
+        .submit_job(bad_rows)
+        .await
+        .expect("submit")
+        .into_inner();
+    let d = c.wait(&j.job_id).await;
+    assert_eq!(d.state_text(), "failed", "{d:?}");
+    assert_eq!(d.error_kind, "input", "{d:?}");
+    assert!(d.error.contains("region"), "{d:?}");
+
     // Under a licence that asks for SGX: refused at admission (no enclave meets it), nothing
     // counted, no key released.
     let sgx = c.licence_with_policy("pt", licence_policy("tee:sgx")).await;
@@ -192,7 +229,7 @@ async fn a_query_runs_in_the_attested_enclave_on_the_sealed_dataset_and_sgx_is_r
             .any(|r| r.contains("attested enclave") && r.contains("tee:sgx")),
         "{refused:?}"
     );
-    assert_eq!(c.remaining(&sgx).await, Some(3));
+    assert_eq!(c.remaining(&sgx).await, Some(5));
     // A tee job naming a PSI protocol: refused before admission.
     let mut bad = tee_job(&lic, query, "bad.csv");
     bad.protocol = pb::PsiProtocol::Ecdh.into();
@@ -212,7 +249,8 @@ async fn a_query_runs_in_the_attested_enclave_on_the_sealed_dataset_and_sgx_is_r
             .iter()
             .filter(|e| e.kind == "tee_key_release")
             .count(),
-        1
+        3,
+        "one release per tee job that ran (three), none for the refused one"
     );
     c.assert_audit_verifies().await;
 }

@@ -137,6 +137,9 @@ struct Shared {
     env: ExecEnv,
     clock: Arc<dyn Clock>,
     running: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+    /// The enclave, attested again whenever the operator comes back (a restarted operator
+    /// keeps no attestation).
+    tee: Option<Arc<OperatorTee>>,
 }
 
 /// Shortest time between two progress reports of one task.
@@ -588,10 +591,11 @@ pub async fn start(config: WorkerConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
             idle_timeout: config.idle_timeout,
             connect_timeout: config.connect_timeout,
             tls,
-            tee: tee_host.map(|h| h as Arc<dyn exec::TeeHost>),
+            tee: tee_host.clone().map(|h| h as Arc<dyn exec::TeeHost>),
         },
         clock,
         running: Mutex::new(HashMap::new()),
+        tee: tee_host,
     });
     // Open the task stream before returning, so the worker is placeable once `start` is done.
     let tasks = shared
@@ -812,7 +816,21 @@ async fn serve(
         };
         tracing::warn!(error = %lost, "lost the operator; reconnecting");
         match reconnect(&shared).await {
-            Ok(s) => stream = s,
+            Ok(s) => {
+                stream = s;
+                if let Some(host) = &shared.tee {
+                    // At once, not at the next scheduled attestation: until then a restarted
+                    // operator would place no tee job here.
+                    match host.attest().await {
+                        Ok(_) => tracing::info!("enclave attested again after the reconnection"),
+                        Err(e) => tracing::error!(
+                            error = format!("{e:#}"),
+                            "attestation after the reconnection failed; the scheduled one \
+                             retries"
+                        ),
+                    }
+                }
+            }
             Err(e) => break Err(e.context(lost)),
         }
     };

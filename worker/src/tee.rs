@@ -26,8 +26,12 @@
 //! # What each party learns
 //!
 //! * The **buyer** learns the query's outputs per group (whether each group has at least
-//!   `max(minGroupSize, 1)` selected rows, and the aggregates of those that do) and how many
-//!   rows the two datasets have in common; nothing of the provider's rows otherwise.
+//!   `max(minGroupSize, 1)` selected rows, and the aggregates of those that do); nothing of
+//!   the provider's rows otherwise (the job's result size is the result's rows, not the
+//!   aligned count, which would tell the suppressed groups' total). As with any aggregate
+//!   interface, differences of queries (a `sum` over all rows minus one over all but one row)
+//!   can isolate a row; `minGroupSize` does not stop that — the scene's `counts` bound how
+//!   many queries a licence allows.
 //! * The **provider's host** (the worker process outside the enclave, its operator) learns
 //!   the public query and schema and the sizes of the sealed messages; the buyer's rows and
 //!   the result are sealed to keys only the enclave and the buyer hold. What the enclave
@@ -120,6 +124,10 @@ pub(crate) async fn run(
                     .map_err(|e| TaskError::Internal(format!("reader task: {e}")))?
                     .map_err(|e| TaskError::Input(e.to_string()))?;
             progress.report("read", input.rows, input.rows);
+            // Our own values must fit their declared columns: checked here, as our input
+            // error, before anything is sent (the enclave checks again what it receives).
+            let all: Vec<usize> = (0..input.keys.len()).collect();
+            own_table(&own, &input.kept, &all)?;
             let mut seed = Zeroizing::new([0u8; 32]);
             rand::rngs::OsRng.fill_bytes(seed.as_mut_slice());
             let mine = EnclaveKeyPair::derive(&seed);
@@ -146,13 +154,11 @@ pub(crate) async fn run(
             let answer: Answer = serde_json::from_slice(&opened)
                 .map_err(|e| TaskError::Peer(format!("the enclave's result: {e}")))?;
             progress.report("compute", 1, 1);
-            let (header, rows, aligned) = match answer {
-                Answer::Result {
-                    header,
-                    rows,
-                    aligned,
-                } => (header, rows, aligned),
+            let (header, rows) = match answer {
+                Answer::Result { header, rows } => (header, rows),
                 Answer::BuyerInput { error } => {
+                    // Acknowledged, so the enclave ends on our answer, not a broken link.
+                    send(&link, Bytes::from_static(DONE)).await?;
                     return Err(TaskError::Input(format!(
                         "the enclave refused our rows: {error}"
                     )));
@@ -161,12 +167,15 @@ pub(crate) async fn run(
             if rows.iter().any(|r| r.len() != header.len()) {
                 return Err(TaskError::Peer("the enclave's result is ragged".into()));
             }
+            // The result's size is its rows (groups), not the aligned rows: with groups
+            // suppressed, the aligned count would tell the suppressed groups' total size.
+            let result_rows = rows.len() as u64;
             let written = write_table(out_path, header, rows).await?;
             send(&link, Bytes::from_static(DONE)).await?;
             Ok(TaskOutcome {
                 rows_in: input.rows,
                 empty_keys: input.empty_keys,
-                result_size: Some(aligned),
+                result_size: Some(result_rows),
                 result_file: Some(written),
                 result_location: spec.output.clone(),
                 link: link.stats(),
@@ -232,10 +241,16 @@ pub(crate) async fn run(
             let (enc, ct) = seal_to(&buyer.public, aad("out").as_bytes(), &body, seal_seed)
                 .map_err(|e| TaskError::Peer(format!("the buyer's one-time key: {e}")))?;
             send_sealed(&link, MAGIC_OUT, &enc, &ct).await?;
-            if let Answer::BuyerInput { error } = answer {
-                return Err(TaskError::Peer(format!("the buyer's rows: {error}")));
+            let acknowledged = recv(&link).await.is_ok_and(|f| f.as_ref() == DONE);
+            if matches!(answer, Answer::BuyerInput { .. }) {
+                // What was wrong went to the buyer only (sealed): it is the buyer's data.
+                return Err(TaskError::Peer(
+                    "the buyer's rows do not fit the query's declared columns (the buyer was \
+                     told which)"
+                        .into(),
+                ));
             }
-            if recv(&link).await?.as_ref() != DONE {
+            if !acknowledged {
                 return Err(TaskError::Peer(
                     "the peer did not acknowledge the result".into(),
                 ));
@@ -254,11 +269,10 @@ pub(crate) async fn run(
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "answer", rename_all = "snake_case")]
 enum Answer {
-    /// The result table and how many rows were aligned.
+    /// The result table.
     Result {
         header: Vec<String>,
         rows: Vec<Vec<String>>,
-        aligned: u64,
     },
     /// The buyer's rows do not fit the declared schema (column and aligned row named, never
     /// a value).
@@ -303,6 +317,26 @@ fn compute(
         }
     };
     let ptable = own_table(own, &input.kept, &prows)?;
+    if brows.is_empty() {
+        // No common keys: every group is empty, so none is reported (a row-level query has no
+        // rows); a plan of no rows does not exist, so the shape comes from a plan of one.
+        let one = plan_of(&mpc.query, 1, policy, fx)
+            .map_err(|e| TaskError::Ticket(format!("the task's query: {e}")))?;
+        let result = if one.row_level {
+            tessera_mpc::query::QueryResult::Rows(vec![Vec::new(); one.query.items.len()])
+        } else {
+            tessera_mpc::query::QueryResult::Groups(
+                (0..one.groups)
+                    .map(|g| tessera_mpc::query::GroupResult {
+                        group: g as u32,
+                        values: None,
+                    })
+                    .collect(),
+            )
+        };
+        let (header, rows) = result_table(mpc, result)?;
+        return Ok(Answer::Result { header, rows });
+    }
     let plan = plan_of(&mpc.query, brows.len(), policy, fx).map_err(|e| match e {
         QueryError::Range(_) => TaskError::Input(format!("the query on {} rows: {e}", brows.len())),
         e => TaskError::Ticket(format!("the task's query: {e}")),
@@ -310,11 +344,7 @@ fn compute(
     let result = evaluate_clear(&plan, &btable, &ptable)
         .map_err(|e| TaskError::Internal(format!("the clear evaluation: {e}")))?;
     let (header, rows) = result_table(mpc, result)?;
-    Ok(Answer::Result {
-        header,
-        rows,
-        aligned: brows.len() as u64,
-    })
+    Ok(Answer::Result { header, rows })
 }
 
 /// Opens the sealed dataset file into memory (bounded by [`DATASET_BYTES_MAX`]).
