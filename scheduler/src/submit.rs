@@ -455,7 +455,7 @@ impl Admission {
                 vec![],
             ));
         };
-        let (_, refusals) = crate::tee::eligible(&scene.env_hard.0, attested)
+        let refusals = crate::tee::eligible(&scene.env_hard.0, attested)
             .map_err(|reason| (refuse(reason), vec![]))?;
         let mut misfits = Vec::new();
         let fit: Vec<crate::WorkerView> = self

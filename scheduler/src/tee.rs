@@ -34,7 +34,7 @@ use tessera_tee::{
     AppraisalPolicy, Binding, EarAppraisal, EarClaims, HardwareRequirement, KeyBroker, MasterKey,
     Nonce, NonceRegistry, ReleaseRequest, ReleasedKey, ResultSigner, TeeKind, TicketCheck,
     WorkerPublicKey, WrappedDatasetKey, appraise, insecure_simulated_evidence, verify_dcap_quote,
-    verify_result, verify_snp_report,
+    verify_snp_report,
 };
 
 use crate::{Scheduler, SchedulerError};
@@ -152,12 +152,12 @@ pub struct AttestOutcome {
     pub expires_at: u64,
 }
 
-/// Where a `tee` job may run: the provider's workers whose current result meets the
-/// licence's `envHard`; or why none may. `attested` from [`TeeService::current`].
+/// For each attested worker, why its current result does not meet the licence's `envHard`
+/// (empty: it does); or why no worker could. `attested` from [`TeeService::current`].
 pub(crate) fn eligible(
     env_hard: &[String],
     attested: &HashMap<String, Attested>,
-) -> Result<(HardwareRequirement, HashMap<String, Vec<String>>), String> {
+) -> Result<HashMap<String, Vec<String>>, String> {
     let requirement = HardwareRequirement::from_env_hard(env_hard)
         .map_err(|e| format!("the licence's envHard: {e}"))?;
     if requirement.kinds.is_empty() {
@@ -167,7 +167,7 @@ pub(crate) fn eligible(
                 .into(),
         );
     }
-    let refusals = attested
+    Ok(attested
         .iter()
         .map(|(w, a)| {
             (
@@ -179,8 +179,7 @@ pub(crate) fn eligible(
                     .collect(),
             )
         })
-        .collect();
-    Ok((requirement, refusals))
+        .collect())
 }
 
 impl Scheduler {
@@ -541,19 +540,5 @@ impl Scheduler {
                     .join("; ")
             ))
         })
-    }
-
-    /// Checks an attestation result token against this operator's result key at its clock
-    /// (for tests and diagnostics).
-    ///
-    /// # Errors
-    /// `Invalid` without a TEE service or for a result that does not verify.
-    pub fn tee_verify_result(&self, token: &str) -> Result<EarAppraisal, SchedulerError> {
-        let tee = self.tee()?;
-        let now = u64::try_from(self.now() / 1000).unwrap_or(0);
-        verify_result(token, &tee.signer.verifying_key(), now)
-            .ok()
-            .and_then(|c| c.appraisal().cloned())
-            .ok_or_else(|| SchedulerError::Invalid("the result does not verify".into()))
     }
 }
