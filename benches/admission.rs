@@ -136,6 +136,8 @@ fn admission(c: &mut Criterion) {
         request_id: None,
         preview_rows: None,
         mpc: None,
+        join: None,
+        payload_columns: Vec::new(),
     };
     let mut group = c.benchmark_group("admission");
     group.sample_size(10);

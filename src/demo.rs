@@ -334,6 +334,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         preview_last_row: 0,
         mpc_query: String::new(),
         mpc_columns: Vec::new(),
+        join: pb::JoinKind::Unspecified.into(),
+        payload_columns: Vec::new(),
     };
     let mut jobs = Vec::new();
     let mut refusals = Vec::new();

@@ -175,6 +175,20 @@ impl PsiProtocol {
 }
 
 vocabulary! {
+    /// The shape of a join's result (a PSI with the provider's payload columns): which of the
+    /// buyer's rows it writes. The buyer learns which of its keys are common in every shape;
+    /// the provider's columns cross for matched rows only.
+    JoinKind, "join kind", "inner, left, difference" {
+        /// The buyer's rows whose key the provider has, with the provider's payload columns.
+        Inner => "inner",
+        /// Every buyer row, with a `matched` flag and, for matched rows, the payload columns.
+        Left => "left",
+        /// The buyer's rows whose key the provider does not have (no provider column).
+        Difference => "difference",
+    }
+}
+
+vocabulary! {
     /// Why a task failed, as its worker classifies it; decides whose fault a failure is (and
     /// so whether the licence count is consumed).
     TaskErrorKind, "task error kind", "input, peer, ticket, internal, cancelled" {
@@ -238,6 +252,10 @@ mod tests {
         for r in TaskRole::ALL {
             assert_eq!(r.as_str().parse::<TaskRole>(), Ok(*r));
         }
+        for j in JoinKind::ALL {
+            assert_eq!(j.as_str().parse::<JoinKind>(), Ok(*j));
+        }
+        assert!("outer".parse::<JoinKind>().is_err());
         assert!("".parse::<JobState>().is_err());
         assert!("Admitted".parse::<JobState>().is_err());
         assert!("size_only".parse::<PsiMode>().is_err());

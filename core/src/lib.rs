@@ -17,8 +17,11 @@ pub mod ticket;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use link::{Link, LinkError, LinkStats, MemLink};
 pub mod task;
-pub use job::{CountState, JobState, PsiMode, PsiProtocol, TaskErrorKind, TaskRole, TaskState};
+pub use job::{
+    CountState, JobState, JoinKind, PsiMode, PsiProtocol, TaskErrorKind, TaskRole, TaskState,
+};
 pub use table::{EmptyKeys, KeyCase, UnicodeForm};
 pub use task::{
-    LicenceGrant, MpcColumn, MpcQuery, MpcSpec, PreviewSpec, TaskSpec, TeeSpec, WorkerAttributes,
+    JOIN_MATCHED_COLUMN, JoinSpec, LicenceGrant, MpcColumn, MpcQuery, MpcSpec, PreviewSpec,
+    TaskSpec, TeeSpec, WorkerAttributes,
 };

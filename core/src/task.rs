@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::job::{PsiMode, PsiProtocol, TaskRole};
+use crate::job::{JoinKind, PsiMode, PsiProtocol, TaskRole};
 use crate::table::{EmptyKeys, KeyCase, UnicodeForm};
 
 /// What a worker declares about itself at registration; matched against licence policies.
@@ -92,6 +92,26 @@ pub struct TaskSpec {
     /// For a `tee` task (both sides carry the same): the enclave it runs in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tee: Option<TeeSpec>,
+    /// For a join task (both sides carry the same; a `tee` job that computes no query): the
+    /// result's shape and the provider's columns that cross for matched rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join: Option<JoinSpec>,
+}
+
+/// The column of a left join's result that says whether the row's key matched (`true` /
+/// `false`).
+pub const JOIN_MATCHED_COLUMN: &str = "matched";
+
+/// A join (a PSI with the provider's payload columns), signed with the task: which of the
+/// buyer's rows the result holds and which of the provider's columns it carries for matched
+/// rows — columns the licence's scene lists in its `payloadColumns`, and nothing else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinSpec {
+    /// The result's shape.
+    pub kind: JoinKind,
+    /// The provider's columns written for matched rows, in order (none for `difference`).
+    #[serde(default)]
+    pub payload_columns: Vec<String>,
 }
 
 /// The enclave a `tee` job runs in, as the operator appraised it when it placed the job: the

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tessera_auth::{Caller, Viewer};
-use tessera_core::{EmptyKeys, KeyCase, PsiMode, PsiProtocol, UnicodeForm};
+use tessera_core::{EmptyKeys, JoinKind, KeyCase, PsiMode, PsiProtocol, UnicodeForm};
 use tessera_proto::decode;
 use tessera_proto::v1 as pb;
 use tessera_scheduler::redact::redact;
@@ -43,7 +43,15 @@ fn job_request(mut r: pb::SubmitJobRequest) -> Result<JobRequest, Status> {
             "preview_first_row/preview_last_row: only a preview job shows rows",
         ));
     }
-    let mpc = if scene == tessera_core::job::scene::MPC || scene == tessera_core::job::scene::TEE {
+    // Unspecified: no join.
+    let join = match r.join {
+        0 => None,
+        j => Some(decode::<JoinKind>(j).map_err(invalid)?),
+    };
+    let query_asked = !r.mpc_query.is_empty() || !r.mpc_columns.is_empty();
+    let mpc = if scene == tessera_core::job::scene::MPC
+        || (scene == tessera_core::job::scene::TEE && (query_asked || join.is_none()))
+    {
         Some(tessera_core::MpcQuery {
             query: std::mem::take(&mut r.mpc_query),
             columns: std::mem::take(&mut r.mpc_columns)
@@ -55,9 +63,10 @@ fn job_request(mut r: pb::SubmitJobRequest) -> Result<JobRequest, Status> {
                 })
                 .collect(),
         })
-    } else if !r.mpc_query.is_empty() || !r.mpc_columns.is_empty() {
+    } else if query_asked {
         return Err(invalid(
-            "mpc_query/mpc_columns: only an mpc or a tee job computes a query",
+            "mpc_query/mpc_columns: only an mpc or a tee job computes a query (and a tee job \
+             computes a query or a join, not both)",
         ));
     } else {
         None
@@ -85,6 +94,8 @@ fn job_request(mut r: pb::SubmitJobRequest) -> Result<JobRequest, Status> {
         request_id: (!r.request_id.is_empty()).then_some(r.request_id),
         preview_rows: None,
         mpc,
+        join,
+        payload_columns: r.payload_columns,
     })
 }
 
@@ -106,6 +117,13 @@ fn preview_request(r: pb::SubmitJobRequest, scene: String) -> Result<JobRequest,
     set("unicode_form", r.unicode_form)?;
     set("empty_keys", r.empty_keys)?;
     set("protocol", r.protocol)?;
+    set("join", r.join)?;
+    if !r.payload_columns.is_empty() {
+        return Err(invalid(
+            "payload_columns: a preview job shows rows of the licensed dataset and takes no \
+             payload_columns (name its columns in provider_columns)",
+        ));
+    }
     if !r.mpc_query.is_empty() || !r.mpc_columns.is_empty() {
         return Err(invalid(
             "mpc_query/mpc_columns: only an mpc or a tee job computes a query",
@@ -134,6 +152,8 @@ fn preview_request(r: pb::SubmitJobRequest, scene: String) -> Result<JobRequest,
         request_id: (!r.request_id.is_empty()).then_some(r.request_id),
         preview_rows,
         mpc: None,
+        join: None,
+        payload_columns: Vec::new(),
     })
 }
 

@@ -144,6 +144,68 @@ pub struct UseScene {
     /// row-level query is refused at admission and by both workers.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub aggregates_only: bool,
+    /// The `psi_payload` and `tee` scenes (Tessera's extension): the provider's columns a
+    /// join may deliver to the buyer for its matched rows (a PSI with payload). Empty or
+    /// absent: none — a join then tells the buyer only which of its keys are common. At most
+    /// [`PAYLOAD_COLUMNS_MAX`], each named once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub payload_columns: Vec<String>,
+    /// The `psi_payload` and `tee` scenes (Tessera's extension): the join shapes a run may
+    /// ask for (`inner`, `left`, `difference`: `tessera_core::JoinKind`); empty or absent:
+    /// any. Every shape tells the buyer the same thing, which of its keys are common; they
+    /// differ in which of its own rows the result keeps.
+    #[serde(default)]
+    pub joins: AllowList,
+}
+
+/// The most columns a scene's `payloadColumns` may name.
+pub const PAYLOAD_COLUMNS_MAX: usize = 64;
+
+impl UseScene {
+    /// Whether a join of shape `kind` delivering the provider's `columns` lies inside this
+    /// scene: the shape is in `joins` (or `joins` is empty), every column is in
+    /// `payloadColumns`, and a `difference` delivers none.
+    ///
+    /// # Errors
+    /// Why not, naming the shape or the columns outside the scene.
+    pub fn admits_join(
+        &self,
+        kind: tessera_core::JoinKind,
+        columns: &[String],
+    ) -> Result<(), String> {
+        if !self.joins.allows(kind.as_str()) {
+            return Err(format!(
+                "join {kind} is not allowed for scene {} (joins: {})",
+                self.use_sence,
+                self.joins.0.join(", ")
+            ));
+        }
+        if kind == tessera_core::JoinKind::Difference && !columns.is_empty() {
+            return Err(
+                "a difference keeps the buyer's rows the provider does not have: no provider \
+                 column can be delivered with it"
+                    .into(),
+            );
+        }
+        let outside: Vec<&str> = columns
+            .iter()
+            .filter(|c| !self.payload_columns.contains(c))
+            .map(String::as_str)
+            .collect();
+        if !outside.is_empty() {
+            return Err(format!(
+                "provider column(s) {} are not in scene {}'s payloadColumns ({})",
+                outside.join(", "),
+                self.use_sence,
+                if self.payload_columns.is_empty() {
+                    "none: no provider column may be delivered".to_string()
+                } else {
+                    self.payload_columns.join(", ")
+                }
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The largest `minGroupSize` an `mpc` scene may set.
@@ -507,6 +569,50 @@ impl UsagePolicy {
                     s.use_sence
                 )));
             }
+            if !matches!(s.use_sence.as_str(), "psi_payload" | "tee")
+                && (!s.payload_columns.is_empty() || !s.joins.0.is_empty())
+            {
+                return Err(PolicyError::Invalid(format!(
+                    "scene {}: payloadColumns and joins bound the joins of the psi_payload and \
+                     tee scenes only; move them to one of those",
+                    s.use_sence
+                )));
+            }
+            if s.payload_columns.len() > PAYLOAD_COLUMNS_MAX {
+                return Err(PolicyError::Invalid(format!(
+                    "scene {}: payloadColumns names more than {PAYLOAD_COLUMNS_MAX} columns",
+                    s.use_sence
+                )));
+            }
+            let mut named = std::collections::HashSet::new();
+            for c in &s.payload_columns {
+                if c.trim().is_empty() || c.trim() != c {
+                    return Err(PolicyError::Invalid(format!(
+                        "scene {}: payloadColumns has an empty name or one with surrounding \
+                         spaces ({c:?})",
+                        s.use_sence
+                    )));
+                }
+                if !named.insert(c) {
+                    return Err(PolicyError::Invalid(format!(
+                        "scene {}: payloadColumns names {c:?} twice",
+                        s.use_sence
+                    )));
+                }
+            }
+            for j in &s.joins.0 {
+                if j.parse::<tessera_core::JoinKind>().is_err() {
+                    return Err(PolicyError::Invalid(format!(
+                        "scene {}: unknown join {j:?} (joins are {})",
+                        s.use_sence,
+                        tessera_core::JoinKind::ALL
+                            .iter()
+                            .map(|k| k.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
+            }
             if s.use_sence == "preview" {
                 PreviewWindow::of(s)?;
             } else if s.view_rows_range.is_some() || s.view_page_range.is_some() {
@@ -606,6 +712,8 @@ pub enum Constraint {
     Preview,
     /// `useScenes[].aggregatesOnly` (the `mpc` scene).
     Output,
+    /// `useScenes[].payloadColumns` / `joins` (the `psi_payload` and `tee` scenes).
+    Payload,
 }
 
 /// One constraint's outcome.
@@ -661,6 +769,8 @@ pub struct Request<'a> {
     pub preview: Option<PreviewAsk<'a>>,
     /// For an `mpc` run: whether its query opens row-level values (not only aggregates).
     pub mpc_row_level: Option<bool>,
+    /// For a join (a PSI with payload): its shape and the provider's columns it delivers.
+    pub join: Option<(tessera_core::JoinKind, &'a [String])>,
 }
 
 /// The part of the data a `preview` run asks to see.
@@ -757,6 +867,21 @@ pub fn evaluate(policy: &UsagePolicy, req: &Request<'_>, remaining: Option<u64>)
                     req.scene
                 )
             },
+        });
+    }
+    if let (Some(s), Some((kind, columns))) = (scene, req.join) {
+        let (ok, reason) = match s.admits_join(kind, columns) {
+            Ok(()) if columns.is_empty() => (true, format!("a {kind} join is allowed")),
+            Ok(()) => (
+                true,
+                format!("a {kind} join delivering {} is allowed", columns.join(", ")),
+            ),
+            Err(why) => (false, why),
+        };
+        checks.push(Check {
+            constraint: Constraint::Payload,
+            ok,
+            reason,
         });
     }
     if let (Some(s), Some(ask)) = (scene, req.preview) {

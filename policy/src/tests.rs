@@ -39,6 +39,7 @@ fn check(
             zone: &Zone::default(),
             preview: None,
             mpc_row_level: None,
+            join: None,
         },
         remaining,
     );
@@ -250,6 +251,7 @@ fn the_window_is_read_in_the_operators_zone() {
                 zone,
                 preview: None,
                 mpc_row_level: None,
+                join: None,
             },
             Some(1),
         )
@@ -292,6 +294,7 @@ fn a_scene_may_allow_only_some_protocols() {
                 zone: &Zone::default(),
                 preview: None,
                 mpc_row_level: None,
+                join: None,
             },
             None,
         )
@@ -321,6 +324,7 @@ fn a_scene_may_allow_only_some_protocols() {
                 zone: &Zone::default(),
                 preview: None,
                 mpc_row_level: None,
+                join: None,
             },
             None
         )
@@ -417,6 +421,7 @@ fn a_preview_outside_the_window_is_refused_with_what_falls_outside() {
                 zone: &Zone::default(),
                 preview: Some(PreviewAsk { rows, columns }),
                 mpc_row_level: None,
+                join: None,
             },
             Some(2),
         )
@@ -467,6 +472,7 @@ fn mpc_output_controls_belong_to_the_mpc_scene_and_aggregates_only_refuses_row_l
                 zone: &Zone::default(),
                 preview: None,
                 mpc_row_level: Some(row_level),
+                join: None,
             },
             Some(3),
         )
@@ -488,4 +494,67 @@ fn mpc_output_controls_belong_to_the_mpc_scene_and_aggregates_only_refuses_row_l
             .iter()
             .any(|c| !c.ok && c.constraint == Constraint::Protocol)
     );
+}
+
+#[test]
+fn joins_deliver_only_the_payload_columns_the_scene_names() {
+    use tessera_core::JoinKind;
+    let p = preview_policy(
+        r#"{"useSence":"tee","envHard":["tee:sgx"],"payloadColumns":["income"],"joins":["inner","difference"]}"#,
+    )
+    .expect("policy");
+    for bad in [
+        r#"{"useSence":"psi","payloadColumns":["income"]}"#,
+        r#"{"useSence":"mpc","joins":["inner"]}"#,
+        r#"{"useSence":"tee","joins":["outer"]}"#,
+        r#"{"useSence":"tee","payloadColumns":["a","a"]}"#,
+        r#"{"useSence":"tee","payloadColumns":[""]}"#,
+        r#"{"useSence":"tee","payloadColumns":[" a"]}"#,
+    ] {
+        assert!(preview_policy(bad).is_err(), "{bad} was accepted");
+    }
+    let ask = |kind: JoinKind, columns: &[String]| {
+        evaluate(
+            &p,
+            &Request {
+                user: "alice",
+                groups: &[],
+                scene: "tee",
+                protocol: None,
+                now_ms: 0,
+                zone: &Zone::default(),
+                preview: None,
+                mpc_row_level: None,
+                join: Some((kind, columns)),
+            },
+            None,
+        )
+    };
+    let income = ["income".to_string()];
+    assert!(ask(JoinKind::Inner, &income).allowed());
+    assert!(ask(JoinKind::Inner, &[]).allowed());
+    assert!(ask(JoinKind::Difference, &[]).allowed());
+    // A column outside payloadColumns, a shape outside joins, a difference with columns.
+    for (kind, cols, why) in [
+        (
+            JoinKind::Inner,
+            vec!["income".to_string(), "age".to_string()],
+            "age",
+        ),
+        (JoinKind::Left, vec![], "join left"),
+        (JoinKind::Difference, income.to_vec(), "difference"),
+    ] {
+        let v = ask(kind, &cols);
+        let failed: Vec<&Check> = v.checks.iter().filter(|c| !c.ok).collect();
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert_eq!(failed[0].constraint, Constraint::Payload);
+        assert!(failed[0].reason.contains(why), "{}", failed[0].reason);
+    }
+    // No payloadColumns: a join delivers no provider column.
+    let bare = preview_policy(r#"{"useSence":"psi_payload"}"#).expect("policy");
+    let e = bare.use_scenes[0]
+        .admits_join(JoinKind::Inner, &income)
+        .expect_err("no column allowed");
+    assert!(e.contains("none"), "{e}");
+    assert!(bare.use_scenes[0].admits_join(JoinKind::Left, &[]).is_ok());
 }

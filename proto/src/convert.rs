@@ -2,7 +2,9 @@
 //! turns into a domain value once, at the boundary (`TryFrom`), and the unspecified zero or
 //! a number this build does not know is an [`EnumError`], never a default.
 
-use tessera_core::{EmptyKeys, JobState, KeyCase, PsiMode, PsiProtocol, TaskRole, UnicodeForm};
+use tessera_core::{
+    EmptyKeys, JobState, JoinKind, KeyCase, PsiMode, PsiProtocol, TaskRole, UnicodeForm,
+};
 
 use crate::v1 as pb;
 
@@ -93,6 +95,12 @@ pair!(PsiMode, PsiMode, "mode", "intersection, size" {
 pair!(PsiProtocol, PsiProtocol, "protocol", "rr22, ecdh" {
     Rr22 <=> Rr22,
     Ecdh <=> Ecdh,
+});
+
+pair!(JoinKind, JoinKind, "join", "inner, left, difference" {
+    Inner <=> Inner,
+    Left <=> Left,
+    Difference <=> Difference,
 });
 
 pair!(KeyCase, KeyCase, "key_case", "preserve, lower, upper, fold" {

@@ -76,6 +76,13 @@ pub struct JobRequest {
     /// `provider_columns`, in intersection mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mpc: Option<tessera_core::MpcQuery>,
+    /// A join's shape (a `tee` job that computes no query: a PSI with the provider's payload
+    /// columns inside the enclave); `None`: no join.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join: Option<tessera_core::JoinKind>,
+    /// The provider's columns a join writes for the buyer's matched rows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub payload_columns: Vec<String>,
 }
 
 /// Fractional bits of the fixed-point encoding an `mpc` job runs with.
@@ -167,18 +174,25 @@ impl JobRequest {
                 "preview_rows: only a preview job shows rows".into(),
             ));
         }
+        if self.join.is_some() || !self.payload_columns.is_empty() {
+            self.validate_join()?;
+        }
         match (&self.mpc, self.is_query()) {
             (Some(q), true) => self.validate_mpc(q)?,
             (None, true) => {
-                return Err(SchedulerError::Invalid(format!(
-                    "mpc: a{} {} job needs its query and the columns it reads",
-                    if self.is_mpc() { "n" } else { "" },
-                    self.scene
-                )));
+                return Err(SchedulerError::Invalid(if self.is_tee() {
+                    "query: a tee job computes a statistics query (mpc_query and the columns it \
+                     reads) or a join (join, payload_columns)"
+                        .to_string()
+                } else {
+                    "query: an mpc job needs its query and the columns it reads".to_string()
+                }));
             }
             (Some(_), false) => {
                 return Err(SchedulerError::Invalid(
-                    "mpc: only an mpc or a tee job computes a query".into(),
+                    "query: only an mpc or a tee job computes a query, and a tee job computes \
+                     a query or a join, not both"
+                        .into(),
                 ));
             }
             (None, false) => {}
@@ -231,9 +245,84 @@ impl JobRequest {
         self.scene == tessera_core::job::scene::TEE
     }
 
-    /// Whether the job computes a statistics query (`mpc` and `tee` jobs).
+    /// Whether the job computes a statistics query (`mpc` jobs, and `tee` jobs that run no
+    /// join).
     pub fn is_query(&self) -> bool {
-        self.is_mpc() || self.is_tee()
+        self.is_mpc() || (self.is_tee() && self.join.is_none())
+    }
+
+    /// A join runs in a `tee` job only (the `psi_payload` scene has no engine yet): it needs
+    /// its shape, an output, intersection mode and no PSI protocol (it joins inside the
+    /// enclave); its payload columns are named once each, at most
+    /// [`tessera_policy::PAYLOAD_COLUMNS_MAX`], none for a difference, and none may share a
+    /// name with the buyer's key or carried columns (or `matched`, the flag of a left join):
+    /// the result's header names every column once.
+    fn validate_join(&self) -> Result<(), SchedulerError> {
+        let bad = |m: String| Err(SchedulerError::Invalid(m));
+        if !self.is_tee() {
+            return bad(format!(
+                "join: a {} job runs no join (joins with the provider's payload columns run in \
+                 tee jobs; the psi_payload scene has no engine in this build)",
+                self.scene
+            ));
+        }
+        let Some(kind) = self.join else {
+            return bad("payload_columns: name the join (inner, left or difference)".into());
+        };
+        if self.mpc.is_some() {
+            return bad(
+                "join: a tee job computes a query or a join, not both (drop mpc_query or join)"
+                    .into(),
+            );
+        }
+        if self.mode != PsiMode::Intersection {
+            return bad("mode: a join runs in intersection mode".into());
+        }
+        if self.protocol.is_some() {
+            return bad(
+                "protocol: a tee job joins the rows inside the enclave; name no PSI protocol"
+                    .into(),
+            );
+        }
+        file_name("output", &self.output, true)?;
+        if kind == tessera_core::JoinKind::Difference && !self.payload_columns.is_empty() {
+            return bad(
+                "payload_columns: a difference keeps the buyer's rows the provider does not \
+                 have; no provider column can be written with them"
+                    .into(),
+            );
+        }
+        if self.payload_columns.len() > tessera_policy::PAYLOAD_COLUMNS_MAX {
+            return bad(format!(
+                "payload_columns must name at most {} columns",
+                tessera_policy::PAYLOAD_COLUMNS_MAX
+            ));
+        }
+        let mut seen: Vec<&str> = self
+            .buyer_columns
+            .iter()
+            .chain(&self.carry_columns)
+            .map(String::as_str)
+            .collect();
+        if kind == tessera_core::JoinKind::Left {
+            seen.push(tessera_core::JOIN_MATCHED_COLUMN);
+        }
+        for c in &self.payload_columns {
+            check_field("payload_columns", c, true)?;
+            if seen.contains(&c.as_str()) {
+                return bad(format!(
+                    "payload column {c:?} is named twice or has the name of a buyer column{} \
+                     (the result's header names each column once)",
+                    if kind == tessera_core::JoinKind::Left {
+                        " or of the matched flag"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+            seen.push(c);
+        }
+        Ok(())
     }
 
     /// An `mpc` (or `tee`) job aligns the two datasets on their keys (by a PSI in
@@ -242,15 +331,19 @@ impl JobRequest {
     /// must parse and check against its declared columns.
     fn validate_mpc(&self, q: &tessera_core::MpcQuery) -> Result<(), SchedulerError> {
         if self.mode != PsiMode::Intersection {
-            return Err(SchedulerError::Invalid(
-                "mode: an mpc job aligns the two datasets by a PSI in intersection mode".into(),
-            ));
+            return Err(SchedulerError::Invalid(format!(
+                "mode: a{} {} job aligns the two datasets on their keys (intersection mode)",
+                if self.is_mpc() { "n" } else { "" },
+                self.scene
+            )));
         }
         file_name("output", &self.output, true)?;
         if !self.carry_columns.is_empty() {
-            return Err(SchedulerError::Invalid(
-                "carry_columns: an mpc job writes only its query's outputs".into(),
-            ));
+            return Err(SchedulerError::Invalid(format!(
+                "carry_columns: a query writes only its outputs (carried columns go with a {} \
+                 join)",
+                tessera_core::job::scene::TEE
+            )));
         }
         if self.is_tee() && self.protocol.is_some() {
             return Err(SchedulerError::Invalid(
@@ -259,9 +352,9 @@ impl JobRequest {
             ));
         }
         let fx = tessera_mpc::FixedPoint::new(MPC_FRACTION_BITS)
-            .map_err(|e| SchedulerError::Invalid(format!("mpc: {e}")))?;
+            .map_err(|e| SchedulerError::Invalid(format!("query: {e}")))?;
         tessera_mpc::query::job::plan_of(q, 1, &Default::default(), fx)
-            .map_err(|e| SchedulerError::Invalid(format!("mpc: {e}")))?;
+            .map_err(|e| SchedulerError::Invalid(format!("query: {e}")))?;
         Ok(())
     }
 
@@ -551,6 +644,7 @@ impl Admission {
                     columns: &req.provider_columns,
                 }),
                 mpc_row_level: mpc_row_level(req),
+                join: req.join.map(|k| (k, req.payload_columns.as_slice())),
             },
             remaining,
         );
@@ -706,6 +800,10 @@ impl Admission {
                             fraction_bits: MPC_FRACTION_BITS,
                         }),
                         tee,
+                        join: req.join.map(|kind| tessera_core::JoinSpec {
+                            kind,
+                            payload_columns: req.payload_columns.clone(),
+                        }),
                     };
                     let receiver = TaskSpec {
                         task_id: self.task_ids[1].clone(),
@@ -1593,6 +1691,8 @@ mod tests {
             request_id: None,
             preview_rows: None,
             mpc: None,
+            join: None,
+            payload_columns: Vec::new(),
         }
     }
 

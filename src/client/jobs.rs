@@ -116,14 +116,17 @@ pub enum JobCmd {
     /// result as a CSV file. Counted and charged like any run; the licence's mpc scene may
     /// suppress small groups (minGroupSize) and allow only aggregates (aggregatesOnly).
     Mpc(QueryJobArgs),
-    /// Submit a tee job: the same statistics query (see `job mpc`), computed in the clear
-    /// inside an attested enclave on the provider's worker: the buyer's worker seals its rows
-    /// to the enclave's attested key, the operator's key broker releases the provider's
-    /// dataset key only to that enclave, and the result is sealed back to the buyer. The
-    /// licence's tee scene names the TEE it accepts in envHard (tee:sgx, tee:tdx,
-    /// tee:sev-snp, tee:insecure-simulated-tee for development) and may set minGroupSize and
-    /// aggregatesOnly.
-    Tee(QueryJobArgs),
+    /// Submit a tee job, computed in the clear inside an attested enclave on the provider's
+    /// worker: the buyer's worker seals its rows to the enclave's attested key, the
+    /// operator's key broker releases the provider's dataset key only to that enclave, and
+    /// the result is sealed back to the buyer. It computes either a statistics query
+    /// (`--query`, as for `job mpc`) or a join, a PSI with the provider's payload columns
+    /// (`--join`, `--payload`): the buyer's rows with the provider's columns for those whose
+    /// key matched. The licence's tee scene names the TEE it accepts in envHard (tee:sgx,
+    /// tee:tdx, tee:sev-snp, tee:insecure-simulated-tee for development), may set
+    /// minGroupSize and aggregatesOnly for queries, and lists the provider's columns a join
+    /// may deliver (payloadColumns) and the joins it allows (joins).
+    Tee(TeeJobArgs),
     /// Show a job as the caller may see it (exit status 0 whatever its state): its buyer
     /// sees the result and its own side's errors, the provider's owner its own side's, the
     /// operator the state and summaries.
@@ -152,10 +155,9 @@ pub enum JobCmd {
     },
 }
 
-/// `FIRST-LAST` rows, numbered from 1.
-/// The arguments of a statistics-query job (`job mpc`, `job tee`).
+/// What every job that aligns the two datasets on their keys names (`job mpc`, `job tee`).
 #[derive(Debug, clap::Args)]
-pub struct QueryJobArgs {
+pub struct KeyedJobArgs {
     #[command(flatten)]
     conn: Conn,
     /// The licence (its policy must have the job's scene: `mpc` or `tee`).
@@ -167,22 +169,12 @@ pub struct QueryJobArgs {
     /// The buyer's own dataset id.
     #[arg(long)]
     buyer_dataset: String,
-    /// Key columns in the buyer's dataset, comma-separated (the alignment's join key).
-    #[arg(long, value_delimiter = ',')]
+    /// Key columns in the buyer's dataset, comma-separated (the join key).
+    #[arg(long, value_delimiter = ',', required = true)]
     buyer_columns: Vec<String>,
-    /// Key columns in the provider's dataset, comma-separated.
-    #[arg(long, value_delimiter = ',')]
+    /// Key columns in the provider's dataset, comma-separated, in the same order.
+    #[arg(long, value_delimiter = ',', required = true)]
     provider_columns: Vec<String>,
-    /// The query, e.g. `SELECT count(*), mean(provider.income) WHERE buyer.age >= 30
-    /// GROUP BY buyer.region` (aggregates count, sum, mean, var, min, max, histogram;
-    /// WHERE and GROUP BY on the buyer's own columns).
-    #[arg(long)]
-    query: String,
-    /// A column the query reads, repeated: `buyer.NAME=numeric:BOUND` (values with |x| <=
-    /// BOUND; larger ones are clipped to it) or `buyer.NAME=categorical:LEVELS` (integer
-    /// codes 0 to LEVELS-1); `provider.NAME=…` likewise.
-    #[arg(long = "column", value_parser = parse_mpc_column)]
-    columns: Vec<pb::MpcColumn>,
     /// Case rule for keys on both sides (as for `job submit`).
     #[arg(long, default_value = "preserve")]
     key_case: String,
@@ -204,17 +196,62 @@ pub struct QueryJobArgs {
     watch: bool,
 }
 
-/// Submits a statistics-query job of `scene` (`mpc` or `tee`).
-async fn query_job(scene: &str, args: QueryJobArgs) -> anyhow::Result<()> {
-    let QueryJobArgs {
+/// The arguments of a statistics-query job (`job mpc`).
+#[derive(Debug, clap::Args)]
+pub struct QueryJobArgs {
+    #[command(flatten)]
+    keyed: KeyedJobArgs,
+    /// The query, e.g. `SELECT count(*), mean(provider.income) WHERE buyer.age >= 30
+    /// GROUP BY buyer.region` (aggregates count, sum, mean, var, min, max, histogram;
+    /// WHERE and GROUP BY on the buyer's own columns).
+    #[arg(long)]
+    query: String,
+    /// A column the query reads, repeated: `buyer.NAME=numeric:BOUND` (values with |x| <=
+    /// BOUND; larger ones are clipped to it) or `buyer.NAME=categorical:LEVELS` (integer
+    /// codes 0 to LEVELS-1); `provider.NAME=…` likewise.
+    #[arg(long = "column", value_parser = parse_mpc_column)]
+    columns: Vec<pb::MpcColumn>,
+}
+
+/// The arguments of a `tee` job: a statistics query or a join.
+#[derive(Debug, clap::Args)]
+pub struct TeeJobArgs {
+    #[command(flatten)]
+    keyed: KeyedJobArgs,
+    /// A statistics query (as for `job mpc`); without it the job is a join.
+    #[arg(long, conflicts_with_all = ["join", "payload", "carry_columns"])]
+    query: Option<String>,
+    /// A column the query reads (as for `job mpc`).
+    #[arg(long = "column", value_parser = parse_mpc_column, requires = "query")]
+    columns: Vec<pb::MpcColumn>,
+    /// A join's shape: inner (the buyer's rows whose key the provider has, with the payload
+    /// columns), left (every buyer row, a `matched` column true/false, the payload columns
+    /// empty where false) or difference (the buyer's rows the provider does not have).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["inner", "left", "difference"]), default_value = "inner")]
+    join: String,
+    /// The provider's columns written for the buyer's matched rows, comma-separated (each
+    /// must be in the licence's payloadColumns; none with a difference).
+    #[arg(long, value_delimiter = ',')]
+    payload: Vec<String>,
+    /// Further columns of the buyer's own dataset written next to its key columns in a
+    /// join's result, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    carry_columns: Vec<String>,
+}
+
+/// Submits a job that aligns the two datasets on their keys, with the scene's own fields.
+async fn keyed_job(
+    scene: &str,
+    args: KeyedJobArgs,
+    fill: pb::SubmitJobRequest,
+) -> anyhow::Result<()> {
+    let KeyedJobArgs {
         conn,
         licence,
         buyer_party,
         buyer_dataset,
         buyer_columns,
         provider_columns,
-        query,
-        columns,
         key_case,
         unicode_form,
         empty_keys,
@@ -238,9 +275,7 @@ async fn query_job(scene: &str, args: QueryJobArgs) -> anyhow::Result<()> {
             empty_keys: pb::EmptyKeys::from(empty_keys.parse::<tessera_core::EmptyKeys>()?).into(),
             output,
             request_id: request_id.unwrap_or_default(),
-            mpc_query: query,
-            mpc_columns: columns,
-            ..pb::SubmitJobRequest::default()
+            ..fill
         })
         .await?
         .into_inner();
@@ -255,6 +290,24 @@ async fn query_job(scene: &str, args: QueryJobArgs) -> anyhow::Result<()> {
     };
     job_outcome(&j)?;
     Ok(())
+}
+
+/// Submits a `job tee`: its query, or its join.
+async fn tee_job(args: TeeJobArgs) -> anyhow::Result<()> {
+    let fill = match args.query {
+        Some(query) => pb::SubmitJobRequest {
+            mpc_query: query,
+            mpc_columns: args.columns,
+            ..pb::SubmitJobRequest::default()
+        },
+        None => pb::SubmitJobRequest {
+            join: pb::JoinKind::from(args.join.parse::<tessera_core::JoinKind>()?).into(),
+            payload_columns: args.payload,
+            carry_columns: args.carry_columns,
+            ..pb::SubmitJobRequest::default()
+        },
+    };
+    keyed_job(tessera_core::job::scene::TEE, args.keyed, fill).await
 }
 
 /// `side.NAME=numeric:BOUND` or `side.NAME=categorical:LEVELS`.
@@ -279,6 +332,7 @@ fn parse_mpc_column(s: &str) -> Result<pb::MpcColumn, String> {
     Ok(c)
 }
 
+/// `FIRST-LAST` rows, numbered from 1.
 fn parse_rows(text: &str) -> Result<(u64, u64), String> {
     let bad = || format!("{text:?}: rows are FIRST-LAST, numbered from 1 (e.g. 1-20)");
     let (a, b) = text.split_once('-').ok_or_else(bad)?;
@@ -294,9 +348,10 @@ fn parse_rows(text: &str) -> Result<(u64, u64), String> {
 
 /// One line describing a job: id, state, scene, mode, then what is known of its end.
 pub fn job_line(j: &pb::Job) -> String {
-    let preview = j.scene == tessera_core::job::scene::PREVIEW;
+    // A preview has no PSI mode or protocol, and a tee job aligns its rows in the enclave.
+    let preview =
+        j.scene == tessera_core::job::scene::PREVIEW || j.scene == tessera_core::job::scene::TEE;
     let mut s = if preview {
-        // A preview has no PSI mode or protocol.
         format!("{} {} [{}]", j.job_id, j.state_text(), j.scene)
     } else {
         format!(
@@ -490,6 +545,8 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<()> {
                     preview_last_row: 0,
                     mpc_query: String::new(),
                     mpc_columns: Vec::new(),
+                    join: pb::JoinKind::Unspecified.into(),
+                    payload_columns: Vec::new(),
                 })
                 .await?
                 .into_inner();
@@ -542,8 +599,15 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<()> {
             };
             job_outcome(&j)?;
         }
-        JobCmd::Mpc(args) => query_job(tessera_core::job::scene::MPC, args).await?,
-        JobCmd::Tee(args) => query_job(tessera_core::job::scene::TEE, args).await?,
+        JobCmd::Mpc(args) => {
+            let fill = pb::SubmitJobRequest {
+                mpc_query: args.query,
+                mpc_columns: args.columns,
+                ..pb::SubmitJobRequest::default()
+            };
+            keyed_job(tessera_core::job::scene::MPC, args.keyed, fill).await?
+        }
+        JobCmd::Tee(args) => tee_job(args).await?,
         JobCmd::Get { conn, id } => {
             let j = conn
                 .connect()

@@ -506,6 +506,8 @@ impl Cluster {
             preview_last_row: 0,
             mpc_query: String::new(),
             mpc_columns: Vec::new(),
+            join: pb::JoinKind::Unspecified.into(),
+            payload_columns: Vec::new(),
         }
     }
 

@@ -37,41 +37,26 @@ fn tee_job(lic: &str, query: &str, output: &str) -> pb::SubmitJobRequest {
     }
 }
 
-fn licence_policy(env_hard: &str) -> String {
-    format!(
-        r#"{{"policyName":"t","relUsers":[{{"userId":"{USER}","userName":"U","isGroup":0}}],
-            "useScenes":[{{"useSence":"tee","counts":5,"minGroupSize":4,"aggregatesOnly":true,
-                "envHard":["{env_hard}"],"visitArea":["r1"],"cpCenter":["c1"]}}]}}"#
-    )
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_query_runs_in_the_attested_enclave_on_the_sealed_dataset_and_sgx_is_refused() {
-    let c = Cluster::start_tee(POLICY, "dev-build-1");
-    c.fund(100_000_000, "fund").await;
-    // The provider's clear rows exist only outside the workers' directories; the worker gets
-    // the sealed file.
-    let income = |i: u64| (i * 53 % 997) as f64 + 0.25;
-    let clear = c.dir.path().join("provider-clear.csv");
-    let mut text = String::from("id,income\n");
-    for i in (1..=50u64).rev() {
-        text.push_str(&format!("{i},{}\n", income(i)));
-    }
-    std::fs::write(&clear, &text).expect("clear file");
+/// Seals the provider's clear CSV `text` as dataset `id` (`id.tseal` in the provider
+/// worker's directory) with `tessera dataset seal`, and checks that the sealed file shows no
+/// clear text. The clear rows exist only outside the workers' directories.
+async fn seal_provider_dataset(c: &Cluster, id: &str, text: &str, rows: u64) {
+    let clear = c.dir.path().join(format!("{id}-clear.csv"));
+    std::fs::write(&clear, text).expect("clear file");
     c.provider_client()
         .await
         .create_dataset(pb::CreateDatasetRequest {
-            dataset_id: "pt".into(),
+            dataset_id: id.into(),
             owner_party: PROVIDER.into(),
-            location: "pt.tseal".into(),
+            location: format!("{id}.tseal"),
             description: "sealed".into(),
-            declared_rows: Some(50),
+            declared_rows: Some(rows),
         })
         .await
         .expect("create dataset");
-    let sealed = c.provider.datasets.join("pt.tseal");
+    let sealed = c.provider.datasets.join(format!("{id}.tseal"));
     let out = Command::new(BIN)
-        .args(["dataset", "seal", "--dataset", "pt", "--input"])
+        .args(["dataset", "seal", "--dataset", id, "--input"])
         .arg(&clear)
         .arg("--output")
         .arg(&sealed)
@@ -87,10 +72,48 @@ async fn a_query_runs_in_the_attested_enclave_on_the_sealed_dataset_and_sgx_is_r
     );
     let on_disk = std::fs::read(&sealed).expect("sealed file");
     assert!(on_disk.starts_with(b"TSEAL"));
-    assert!(
-        !on_disk.windows(6).any(|w| w == b"income"),
-        "the sealed file shows no clear text"
-    );
+    let header = text.lines().next().unwrap_or_default();
+    for name in header.split(',').filter(|n| n.len() > 2) {
+        assert!(
+            !on_disk.windows(name.len()).any(|w| w == name.as_bytes()),
+            "the sealed file shows no clear text ({name})"
+        );
+    }
+}
+
+fn read_rows(path: &std::path::Path) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut r = csv::Reader::from_path(path).expect("result");
+    let header = r
+        .headers()
+        .expect("header")
+        .iter()
+        .map(String::from)
+        .collect();
+    let rows = r
+        .records()
+        .map(|rec| rec.expect("record").iter().map(String::from).collect())
+        .collect();
+    (header, rows)
+}
+
+fn licence_policy(env_hard: &str) -> String {
+    format!(
+        r#"{{"policyName":"t","relUsers":[{{"userId":"{USER}","userName":"U","isGroup":0}}],
+            "useScenes":[{{"useSence":"tee","counts":5,"minGroupSize":4,"aggregatesOnly":true,
+                "envHard":["{env_hard}"],"visitArea":["r1"],"cpCenter":["c1"]}}]}}"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_runs_in_the_attested_enclave_on_the_sealed_dataset_and_sgx_is_refused() {
+    let c = Cluster::start_tee(POLICY, "dev-build-1");
+    c.fund(100_000_000, "fund").await;
+    let income = |i: u64| (i * 53 % 997) as f64 + 0.25;
+    let mut text = String::from("id,income\n");
+    for i in (1..=50u64).rev() {
+        text.push_str(&format!("{i},{}\n", income(i)));
+    }
+    seal_provider_dataset(&c, "pt", &text, 50).await;
 
     // The buyer: ids 11..=60 (40 in common, 11..=50), a region each; region 2 has 3 rows.
     let region = |i: u64| {
@@ -128,11 +151,7 @@ async fn a_query_runs_in_the_attested_enclave_on_the_sealed_dataset_and_sgx_is_r
         want[&2].0 < 4 && want[&0].0 >= 4 && want[&1].0 >= 4,
         "{want:?}"
     );
-    let mut r = csv::Reader::from_path(c.buyer.outputs.join("tee.csv")).expect("result");
-    let rows: Vec<Vec<String>> = r
-        .records()
-        .map(|rec| rec.expect("record").iter().map(String::from).collect())
-        .collect();
+    let (_, rows) = read_rows(&c.buyer.outputs.join("tee.csv"));
     assert_eq!(rows.len(), 3, "{rows:?}");
     for row in &rows {
         let g: u32 = row[0].parse().expect("group");
@@ -252,5 +271,171 @@ async fn a_query_runs_in_the_attested_enclave_on_the_sealed_dataset_and_sgx_is_r
         3,
         "one release per tee job that ran (three), none for the refused one"
     );
+    c.assert_audit_verifies().await;
+}
+
+/// A join in the enclave (a PSI with the provider's payload columns): the licence lists one
+/// of the provider's three columns in `payloadColumns`; the buyer receives that column for
+/// its matched rows and nothing of the other two; asking for another column is refused at
+/// admission with nothing counted; inner, left and difference against the plaintext join;
+/// the CLI's `job tee --join` end to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_in_the_enclave_delivers_only_the_payload_columns_the_licence_lists() {
+    let c = Cluster::start_tee(POLICY, "dev-build-1");
+    c.fund(100_000_000, "fund").await;
+    // The provider: ids 1..=40, id 7 twice (its first row's values are the ones delivered);
+    // every value tagged with its column so that a leak would show in the result.
+    let mut text = String::from("id,income,age,secret\n");
+    for i in 1..=40u64 {
+        text.push_str(&format!("{i},INCOME{i},AGE{i},SECRET{i}\n"));
+        if i == 7 {
+            text.push_str("7,INCOME7b,AGE7b,SECRET7b\n");
+        }
+    }
+    seal_provider_dataset(&c, "pj", &text, 41).await;
+    // The buyer: ids 31..=50, id 35 twice, a city each.
+    let mut buyer_ids: Vec<u64> = (31..=50).collect();
+    buyer_ids.insert(5, 35);
+    buyer_ids.push(7);
+    let buyer_rows: Vec<String> = buyer_ids.iter().map(|i| format!("{i},city{i}")).collect();
+    c.dataset(&c.buyer, "bj", "id,city", &buyer_rows).await;
+    let policy = format!(
+        r#"{{"policyName":"t","relUsers":[{{"userId":"{USER}","userName":"U","isGroup":0}}],
+            "useScenes":[{{"useSence":"tee","counts":5,"payloadColumns":["income"],
+                "envHard":["tee:insecure-simulated-tee"],"visitArea":["r1"],"cpCenter":["c1"]}}]}}"#
+    );
+    let lic = c.licence_with_policy("pj", policy).await;
+    let join_job = |kind: pb::JoinKind, payload: &[&str], output: &str| pb::SubmitJobRequest {
+        scene: "tee".into(),
+        buyer_columns: vec!["id".into()],
+        provider_columns: vec!["id".into()],
+        carry_columns: vec!["city".into()],
+        join: kind.into(),
+        payload_columns: payload.iter().map(|s| s.to_string()).collect(),
+        ..Cluster::job(&lic, "bj", "intersection", output)
+    };
+    let mut client = c.client().await;
+
+    // A column the licence does not list: refused at admission, nothing counted.
+    let refused = client
+        .submit_job(join_job(pb::JoinKind::Inner, &["income", "age"], "no.csv"))
+        .await
+        .expect("submit")
+        .into_inner();
+    assert_eq!(refused.state_text(), "refused", "{refused:?}");
+    assert!(
+        refused
+            .refusal_reasons
+            .iter()
+            .any(|r| r.contains("age") && r.contains("payloadColumns")),
+        "{refused:?}"
+    );
+    assert_eq!(c.remaining(&lic).await, Some(5));
+
+    let provider_has = |i: u64| (1..=40).contains(&i);
+    let want_income = |i: u64| {
+        if i == 7 {
+            "INCOME7".to_string()
+        } else {
+            format!("INCOME{i}")
+        }
+    };
+    // Inner.
+    let job = client
+        .submit_job(join_job(pb::JoinKind::Inner, &["income"], "inner.csv"))
+        .await
+        .expect("submit")
+        .into_inner();
+    let done = c.wait(&job.job_id).await;
+    assert_eq!(done.state_text(), "succeeded", "{done:?}");
+    // 31..=40 and 7: eleven distinct common keys (35 twice in the buyer's rows).
+    assert_eq!(done.result_size, Some(11), "{done:?}");
+    let (header, rows) = read_rows(&c.buyer.outputs.join("inner.csv"));
+    assert_eq!(header, ["id", "city", "income"]);
+    let want: Vec<Vec<String>> = buyer_ids
+        .iter()
+        .filter(|&&i| provider_has(i))
+        .map(|&i| vec![i.to_string(), format!("city{i}"), want_income(i)])
+        .collect();
+    assert_eq!(rows, want);
+    let bytes = std::fs::read_to_string(c.buyer.outputs.join("inner.csv")).expect("file");
+    assert!(
+        !bytes.contains("AGE") && !bytes.contains("SECRET") && !bytes.contains("INCOME7b"),
+        "{bytes}"
+    );
+
+    // Difference.
+    let job = client
+        .submit_job(join_job(pb::JoinKind::Difference, &[], "diff.csv"))
+        .await
+        .expect("submit")
+        .into_inner();
+    let done = c.wait(&job.job_id).await;
+    assert_eq!(done.state_text(), "succeeded", "{done:?}");
+    let (header, rows) = read_rows(&c.buyer.outputs.join("diff.csv"));
+    assert_eq!(header, ["id", "city"]);
+    let want: Vec<Vec<String>> = buyer_ids
+        .iter()
+        .filter(|&&i| !provider_has(i))
+        .map(|&i| vec![i.to_string(), format!("city{i}")])
+        .collect();
+    assert_eq!(rows, want);
+
+    // Left, through the CLI.
+    let out = Command::new(BIN)
+        .args([
+            "job",
+            "tee",
+            "--licence",
+            &lic,
+            "--buyer-party",
+            crate::harness::BUYER,
+            "--buyer-dataset",
+            "bj",
+            "--buyer-columns",
+            "id",
+            "--provider-columns",
+            "id",
+            "--join",
+            "left",
+            "--payload",
+            "income",
+            "--carry-columns",
+            "city",
+            "--output",
+            "left.csv",
+            "--watch",
+        ])
+        .args(["--operator", &c.url, "--ca-file", &c.ca_file])
+        .env("TESSERA_TOKEN", &c.buyer_token)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run tessera");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "job tee: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("[tee]") && !stdout.contains("rr22"),
+        "{stdout}"
+    );
+    let (header, rows) = read_rows(&c.buyer.outputs.join("left.csv"));
+    assert_eq!(header, ["id", "city", "matched", "income"]);
+    let want: Vec<Vec<String>> = buyer_ids
+        .iter()
+        .map(|&i| {
+            let hit = provider_has(i);
+            vec![
+                i.to_string(),
+                format!("city{i}"),
+                hit.to_string(),
+                if hit { want_income(i) } else { String::new() },
+            ]
+        })
+        .collect();
+    assert_eq!(rows, want);
+    assert_eq!(c.remaining(&lic).await, Some(2));
     c.assert_audit_verifies().await;
 }

@@ -13,8 +13,9 @@ pub const CLOCK_SKEW_MS: i64 = 60_000;
 
 /// Checks `spec`'s licence grant against this worker (`me`) at `now_ms`: the grant is there,
 /// it is for the task's scene, `now_ms` lies in its validity window (± [`CLOCK_SKEW_MS`]),
-/// this worker's region, centre, hardware, framework and software fit the scene's lists, and
-/// a preview's rows and columns lie inside the scene's preview window.
+/// this worker's region, centre, hardware, framework and software fit the scene's lists, a
+/// preview's rows and columns lie inside the scene's preview window, and a join's shape and
+/// payload columns inside the scene's `joins` and `payloadColumns`.
 ///
 /// # Errors
 /// Every reason the task may not run here, joined by `; `.
@@ -73,6 +74,11 @@ pub fn check(spec: &TaskSpec, me: &WorkerAttributes, now_ms: i64) -> Result<(), 
         (None, true) => reasons.push("a preview task without its rows and columns".into()),
         (Some(_), false) => reasons.push("a preview bound on a task that is not a preview".into()),
         (None, false) => {}
+    }
+    if let Some(j) = &spec.join
+        && let Err(why) = scene.admits_join(j.kind, &j.payload_columns)
+    {
+        reasons.push(format!("join outside the licence: {why}"));
     }
     if reasons.is_empty() {
         Ok(())
@@ -144,6 +150,26 @@ mod tests {
             g.use_scene = serde_json::json!({"useSence": "psi", "surprise": 1});
         }
         assert!(check(&garbled, &me(), 1_500_000).is_err());
+    }
+
+    #[test]
+    fn a_join_task_delivers_only_the_payload_columns_its_licence_lists() {
+        let scene = serde_json::json!({"useSence": "tee", "payloadColumns": ["income"],
+            "joins": ["inner", "left"]});
+        let with = |kind: tessera_core::JoinKind, columns: &[&str]| {
+            let mut s = spec("tee", scene.clone());
+            s.join = Some(tessera_core::JoinSpec {
+                kind,
+                payload_columns: columns.iter().map(|c| c.to_string()).collect(),
+            });
+            check(&s, &me(), 1_500_000)
+        };
+        assert_eq!(with(tessera_core::JoinKind::Inner, &["income"]), Ok(()));
+        assert_eq!(with(tessera_core::JoinKind::Left, &[]), Ok(()));
+        let e = with(tessera_core::JoinKind::Inner, &["income", "age"]).expect_err("age");
+        assert!(e.contains("age") && e.contains("payloadColumns"), "{e}");
+        let e = with(tessera_core::JoinKind::Difference, &[]).expect_err("shape");
+        assert!(e.contains("join difference"), "{e}");
     }
 
     #[test]

@@ -1,5 +1,18 @@
 //! A `tee` task (issue "TEE scene"): the buyer's statistics query (the language of the `mpc`
-//! scene) computed in the clear inside the attested enclave on the provider's worker.
+//! scene), or a join (a PSI with the provider's payload columns), computed in the clear inside
+//! the attested enclave on the provider's worker.
+//!
+//! The steps below are the query's; a join differs in what crosses: the buyer seals only its
+//! normalised keys (its key and carried columns' original values stay on its worker); the
+//! enclave opens the dataset keeping only the join's payload columns (each one listed in the
+//! licence's `payloadColumns`, checked at admission and again by this worker against the
+//! signed licence, `crate::grant`), and answers the indices of the buyer's keys it has and,
+//! for an inner or left join, the payload values of the provider's FIRST row with each such
+//! key (a key the provider repeats delivers one row's values). The buyer writes its own
+//! columns for its rows — inner: the matched rows, with the payload; left: every row, a
+//! `matched` column (`true` / `false`) and the payload (empty where false); difference: the
+//! unmatched rows — in its file order (its duplicate keys each appear); the job's result
+//! size is the number of distinct common keys.
 //!
 //! 1. **Buyer** (receiver): reads its key columns and the columns of its own the query
 //!    declares, makes a one-time X25519 key pair, and sends its rows (normalised keys and
@@ -32,6 +45,10 @@
 //!   interface, differences of queries (a `sum` over all rows minus one over all but one row)
 //!   can isolate a row; `minGroupSize` does not stop that — the scene's `counts` bound how
 //!   many queries a licence allows.
+//! * In a **join**, the buyer learns which of its keys the provider has (in every shape) and,
+//!   for those keys, the values of the payload columns the licence lists — of the provider's
+//!   first row with the key; no other provider column and nothing of the provider's other
+//!   rows (their number reaches the buyer only through the job's row charge, as in PSI).
 //! * The **provider's host** (the worker process outside the enclave, its operator) learns
 //!   the public query and schema and the sizes of the sealed messages; the buyer's rows and
 //!   the result are sealed to keys only the enclave and the buyer hold. What the enclave
@@ -48,7 +65,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use tessera_core::table::{KeySpec, read_keys_keeping, read_keys_keeping_csv_bytes};
-use tessera_core::{Link, TaskRole, TaskSpec};
+use tessera_core::{JOIN_MATCHED_COLUMN, JoinKind, Link, TaskRole, TaskSpec};
 use tessera_mpc::FixedPoint;
 use tessera_mpc::query::job::plan_of;
 use tessera_mpc::query::{ColumnKind, OutputPolicy, QueryError, Side, evaluate_clear};
@@ -58,6 +75,7 @@ use zeroize::Zeroizing;
 use crate::exec::{
     DeliverySink, ExecEnv, TaskError, TaskOutcome, dataset_path, fresh_result_path, open_link,
 };
+use crate::link::GrpcLink;
 use crate::mpc::{declared_columns, own_table, recv, result_table, send, write_table};
 
 /// Magic of the buyer's sealed rows.
@@ -77,18 +95,231 @@ pub const SEALED_VERSION: u64 = 1;
 /// Most columns of the buyer's rows.
 const COLUMNS_MAX: usize = 64;
 
-/// Runs a `tee` task to completion (see the module docs).
+/// Runs a `tee` task to completion (see the module docs): its query, or its join.
 pub(crate) async fn run(
     env: &ExecEnv,
     spec: &TaskSpec,
     progress: Arc<dyn tessera_psi::Progress>,
     delivery: &dyn DeliverySink,
 ) -> Result<TaskOutcome, TaskError> {
-    let (Some(mpc), Some(tee)) = (&spec.mpc, &spec.tee) else {
-        return Err(TaskError::Ticket(
-            "a tee task without its query or enclave".into(),
-        ));
+    let Some(tee) = &spec.tee else {
+        return Err(TaskError::Ticket("a tee task without its enclave".into()));
     };
+    let enclave_key = WorkerPublicKey::from_hex(&tee.enclave_public_key)
+        .ok_or_else(|| TaskError::Ticket("the task's enclave key is not 64 hex digits".into()))?;
+    let task = TeeTask {
+        env,
+        spec,
+        tee,
+        enclave_key,
+        progress,
+    };
+    match (&spec.mpc, &spec.join) {
+        (Some(mpc), None) => run_query(&task, mpc, delivery).await,
+        (None, Some(join)) => run_join(&task, join, delivery).await,
+        (Some(_), Some(_)) => Err(TaskError::Ticket(
+            "a tee task names both a query and a join".into(),
+        )),
+        (None, None) => Err(TaskError::Ticket(
+            "a tee task without its query or join".into(),
+        )),
+    }
+}
+
+/// What both computations of a `tee` task share.
+struct TeeTask<'a> {
+    env: &'a ExecEnv,
+    spec: &'a TaskSpec,
+    tee: &'a tessera_core::TeeSpec,
+    enclave_key: WorkerPublicKey,
+    progress: Arc<dyn tessera_psi::Progress>,
+}
+
+impl TeeTask<'_> {
+    fn key_spec(&self) -> KeySpec {
+        KeySpec {
+            columns: self.spec.key_columns.clone(),
+            case: self.spec.key_case,
+            unicode: self.spec.unicode_form,
+            empty: self.spec.empty_keys,
+        }
+    }
+
+    /// The associated data of one direction's sealed message: the job and session.
+    fn aad(&self, dir: &str) -> String {
+        format!(
+            "tessera-tee-job/v1/{}/{}/{dir}",
+            self.spec.job_id, self.spec.session_id
+        )
+    }
+
+    /// The buyer's rows: its normalised keys and the original values of `keep`.
+    async fn read_own(
+        &self,
+        keep: Vec<String>,
+    ) -> Result<tessera_core::table::KeyedInput, TaskError> {
+        let path = dataset_path(&self.env.dataset_dir, &self.spec.dataset_location)?;
+        let key_spec = self.key_spec();
+        self.progress.report("read", 0, 0);
+        let input = tokio::task::spawn_blocking(move || read_keys_keeping(&path, &key_spec, &keep))
+            .await
+            .map_err(|e| TaskError::Internal(format!("reader task: {e}")))?
+            .map_err(|e| TaskError::Input(e.to_string()))?;
+        self.progress.report("read", input.rows, input.rows);
+        Ok(input)
+    }
+
+    /// The buyer's exchange: seals its keys and the values of `columns` (`kept`, same order)
+    /// with a one-time public key to the enclave, sends them, and opens the enclave's answer.
+    async fn buyer_exchange(
+        &self,
+        columns: &[String],
+        input: &tessera_core::table::KeyedInput,
+    ) -> Result<(GrpcLink, Answer), TaskError> {
+        let mut seed = Zeroizing::new([0u8; 32]);
+        rand::rngs::OsRng.fill_bytes(seed.as_mut_slice());
+        let mine = EnclaveKeyPair::derive(&seed);
+        let plain = Zeroizing::new(encode_rows(
+            &mine.public(),
+            columns,
+            &input.keys,
+            &input.kept,
+        ));
+        let mut seal_seed = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut seal_seed);
+        let (enc, ct) = seal_to(
+            &self.enclave_key,
+            self.aad("in").as_bytes(),
+            &plain,
+            seal_seed,
+        )
+        .map_err(|e| TaskError::Ticket(format!("the task's enclave key: {e}")))?;
+        drop(plain);
+        let link = open_link(self.env, self.spec).await?;
+        self.progress.report("send", 0, ct.len() as u64);
+        send_sealed(&link, MAGIC_IN, &enc, &ct).await?;
+        self.progress
+            .report("send", ct.len() as u64, ct.len() as u64);
+        self.progress.report("compute", 0, 1);
+        let (enc, ct) = recv_sealed(&link, MAGIC_OUT).await?;
+        let opened = mine
+            .open_sealed(&enc, &ct, self.aad("out").as_bytes())
+            .map_err(|_| TaskError::Peer("the enclave's result does not open".into()))?;
+        let answer: Answer = serde_json::from_slice(&opened)
+            .map_err(|e| TaskError::Peer(format!("the enclave's result: {e}")))?;
+        self.progress.report("compute", 1, 1);
+        if let Answer::BuyerInput { error } = answer {
+            // Acknowledged, so the enclave ends on our answer, not a broken link.
+            send(&link, Bytes::from_static(DONE)).await?;
+            return Err(TaskError::Input(format!(
+                "the enclave refused our rows: {error}"
+            )));
+        }
+        Ok((link, answer))
+    }
+
+    /// The enclave's side up to the buyer's rows: checks that this worker runs the enclave
+    /// the task names, gets the dataset key from the operator's key broker, opens the sealed
+    /// dataset in memory keeping `keep`, and opens the buyer's sealed rows.
+    async fn enclave_inputs(
+        &self,
+        keep: Vec<String>,
+    ) -> Result<(GrpcLink, tessera_core::table::KeyedInput, BuyerRows), TaskError> {
+        let host = self.env.tee.clone().ok_or_else(|| {
+            TaskError::Ticket("this worker runs no enclave (start it with --tee)".into())
+        })?;
+        if host.enclave().public() != self.enclave_key {
+            return Err(TaskError::Ticket(
+                "the task names another enclave key than this worker's (it restarted since \
+                 the attestation the job was placed on)"
+                    .into(),
+            ));
+        }
+        let path = dataset_path(&self.env.dataset_dir, &self.spec.dataset_location)?;
+        self.progress.report("key", 0, 1);
+        let released = host.release_key(&self.spec.task_id).await?;
+        let key = host
+            .enclave()
+            .open_released(&released)
+            .map_err(|e| TaskError::Internal(format!("the released key: {e}")))?;
+        self.progress.report("key", 1, 1);
+        self.progress.report("read", 0, 0);
+        let dataset_id = self.tee.dataset_id.clone();
+        let label = path.clone();
+        let key_spec = self.key_spec();
+        let input = tokio::task::spawn_blocking(move || {
+            let clear = open_dataset(&path, &key, &dataset_id)?;
+            read_keys_keeping_csv_bytes(&label, &clear, &key_spec, &keep)
+                .map_err(|e| TaskError::Input(e.to_string()))
+        })
+        .await
+        .map_err(|e| TaskError::Internal(format!("reader task: {e}")))??;
+        self.progress.report("read", input.rows, input.rows);
+        let link = open_link(self.env, self.spec).await?;
+        let (enc, ct) = recv_sealed(&link, MAGIC_IN).await?;
+        let opened = host
+            .enclave()
+            .open_sealed(&enc, &ct, self.aad("in").as_bytes())
+            .map_err(|_| TaskError::Peer("the buyer's rows do not open".into()))?;
+        let buyer = decode_rows(&opened).map_err(TaskError::Peer)?;
+        drop(opened);
+        Ok((link, input, buyer))
+    }
+
+    /// The enclave's last steps: records the delivery (for a result), seals the answer to the
+    /// buyer's one-time key, sends it and waits for the buyer's acknowledgement.
+    async fn enclave_answer(
+        &self,
+        link: &GrpcLink,
+        buyer: &BuyerRows,
+        answer: &Answer,
+        rows_in: u64,
+        delivery: &dyn DeliverySink,
+    ) -> Result<(), TaskError> {
+        let body = Zeroizing::new(
+            serde_json::to_vec(answer)
+                .map_err(|e| TaskError::Internal(format!("encoding the result: {e}")))?,
+        );
+        if body.len() as u64 > SEALED_BYTES_MAX {
+            return Err(TaskError::Internal(format!(
+                "the result is larger than {SEALED_BYTES_MAX} bytes"
+            )));
+        }
+        // The delivery point: recorded before the result leaves the enclave.
+        if !matches!(answer, Answer::BuyerInput { .. }) && !delivery.delivered(rows_in).await {
+            return Err(TaskError::Internal(
+                "the operator did not record the delivery; the result was not sent".into(),
+            ));
+        }
+        let mut seal_seed = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut seal_seed);
+        let (enc, ct) = seal_to(&buyer.public, self.aad("out").as_bytes(), &body, seal_seed)
+            .map_err(|e| TaskError::Peer(format!("the buyer's one-time key: {e}")))?;
+        send_sealed(link, MAGIC_OUT, &enc, &ct).await?;
+        let acknowledged = recv(link).await.is_ok_and(|f| f.as_ref() == DONE);
+        if matches!(answer, Answer::BuyerInput { .. }) {
+            // What was wrong went to the buyer only (sealed): it is the buyer's data.
+            return Err(TaskError::Peer(
+                "the buyer's rows do not fit the query's declared columns (the buyer was \
+                 told which)"
+                    .into(),
+            ));
+        }
+        if !acknowledged {
+            return Err(TaskError::Peer(
+                "the peer did not acknowledge the result".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A statistics query in the enclave.
+async fn run_query(
+    t: &TeeTask<'_>,
+    mpc: &tessera_core::MpcSpec,
+    delivery: &dyn DeliverySink,
+) -> Result<TaskOutcome, TaskError> {
     let fx = FixedPoint::new(mpc.fraction_bits)
         .map_err(|e| TaskError::Ticket(format!("the task's fixed-point format: {e}")))?;
     let policy = OutputPolicy {
@@ -97,72 +328,21 @@ pub(crate) async fn run(
     };
     plan_of(&mpc.query, 1, &policy, fx)
         .map_err(|e| TaskError::Ticket(format!("the task's query: {e}")))?;
-    let enclave_key = WorkerPublicKey::from_hex(&tee.enclave_public_key)
-        .ok_or_else(|| TaskError::Ticket("the task's enclave key is not 64 hex digits".into()))?;
-    let key_spec = KeySpec {
-        columns: spec.key_columns.clone(),
-        case: spec.key_case,
-        unicode: spec.unicode_form,
-        empty: spec.empty_keys,
-    };
-    let aad = |dir: &str| {
-        format!(
-            "tessera-tee-job/v1/{}/{}/{dir}",
-            spec.job_id, spec.session_id
-        )
-    };
-    match spec.role {
+    match t.spec.role {
         TaskRole::Receiver => {
-            let out_path = fresh_result_path(&env.output_dir, &spec.output)?;
+            let out_path = fresh_result_path(&t.env.output_dir, &t.spec.output)?;
             let own = declared_columns(mpc, Side::Buyer)?;
             let keep: Vec<String> = own.iter().map(|(n, _)| n.clone()).collect();
-            let path = dataset_path(&env.dataset_dir, &spec.dataset_location)?;
-            progress.report("read", 0, 0);
-            let input =
-                tokio::task::spawn_blocking(move || read_keys_keeping(&path, &key_spec, &keep))
-                    .await
-                    .map_err(|e| TaskError::Internal(format!("reader task: {e}")))?
-                    .map_err(|e| TaskError::Input(e.to_string()))?;
-            progress.report("read", input.rows, input.rows);
+            let input = t.read_own(keep.clone()).await?;
             // Our own values must fit their declared columns: checked here, as our input
             // error, before anything is sent (the enclave checks again what it receives).
             let all: Vec<usize> = (0..input.keys.len()).collect();
             own_table(&own, &input.kept, &all)?;
-            let mut seed = Zeroizing::new([0u8; 32]);
-            rand::rngs::OsRng.fill_bytes(seed.as_mut_slice());
-            let mine = EnclaveKeyPair::derive(&seed);
-            let plain = Zeroizing::new(encode_rows(
-                &mine.public(),
-                &own.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
-                &input.keys,
-                &input.kept,
-            ));
-            let mut seal_seed = [0u8; 32];
-            rand::rngs::OsRng.fill_bytes(&mut seal_seed);
-            let (enc, ct) = seal_to(&enclave_key, aad("in").as_bytes(), &plain, seal_seed)
-                .map_err(|e| TaskError::Ticket(format!("the task's enclave key: {e}")))?;
-            drop(plain);
-            let link = open_link(env, spec).await?;
-            progress.report("send", 0, ct.len() as u64);
-            send_sealed(&link, MAGIC_IN, &enc, &ct).await?;
-            progress.report("send", ct.len() as u64, ct.len() as u64);
-            progress.report("compute", 0, 1);
-            let (enc, ct) = recv_sealed(&link, MAGIC_OUT).await?;
-            let opened = mine
-                .open_sealed(&enc, &ct, aad("out").as_bytes())
-                .map_err(|_| TaskError::Peer("the enclave's result does not open".into()))?;
-            let answer: Answer = serde_json::from_slice(&opened)
-                .map_err(|e| TaskError::Peer(format!("the enclave's result: {e}")))?;
-            progress.report("compute", 1, 1);
-            let (header, rows) = match answer {
-                Answer::Result { header, rows } => (header, rows),
-                Answer::BuyerInput { error } => {
-                    // Acknowledged, so the enclave ends on our answer, not a broken link.
-                    send(&link, Bytes::from_static(DONE)).await?;
-                    return Err(TaskError::Input(format!(
-                        "the enclave refused our rows: {error}"
-                    )));
-                }
+            let (link, answer) = t.buyer_exchange(&keep, &input).await?;
+            let Answer::Result { header, rows } = answer else {
+                return Err(TaskError::Peer(
+                    "the enclave answered a query with another kind of result".into(),
+                ));
             };
             if rows.iter().any(|r| r.len() != header.len()) {
                 return Err(TaskError::Peer("the enclave's result is ragged".into()));
@@ -177,84 +357,21 @@ pub(crate) async fn run(
                 empty_keys: input.empty_keys,
                 result_size: Some(result_rows),
                 result_file: Some(written),
-                result_location: spec.output.clone(),
+                result_location: t.spec.output.clone(),
                 link: link.stats(),
                 ..TaskOutcome::default()
             })
         }
         TaskRole::Sender => {
-            let host = env.tee.clone().ok_or_else(|| {
-                TaskError::Ticket("this worker runs no enclave (start it with --tee)".into())
-            })?;
-            if host.enclave().public() != enclave_key {
-                return Err(TaskError::Ticket(
-                    "the task names another enclave key than this worker's (it restarted since \
-                     the attestation the job was placed on)"
-                        .into(),
-                ));
-            }
             let own = declared_columns(mpc, Side::Provider)?;
             let buyer_own = declared_columns(mpc, Side::Buyer)?;
             let keep: Vec<String> = own.iter().map(|(n, _)| n.clone()).collect();
-            let path = dataset_path(&env.dataset_dir, &spec.dataset_location)?;
-            progress.report("key", 0, 1);
-            let released = host.release_key(&spec.task_id).await?;
-            let key = host
-                .enclave()
-                .open_released(&released)
-                .map_err(|e| TaskError::Internal(format!("the released key: {e}")))?;
-            progress.report("key", 1, 1);
-            progress.report("read", 0, 0);
-            let dataset_id = tee.dataset_id.clone();
-            let label = path.clone();
-            let input = tokio::task::spawn_blocking(move || {
-                let clear = open_dataset(&path, &key, &dataset_id)?;
-                read_keys_keeping_csv_bytes(&label, &clear, &key_spec, &keep)
-                    .map_err(|e| TaskError::Input(e.to_string()))
-            })
-            .await
-            .map_err(|e| TaskError::Internal(format!("reader task: {e}")))??;
-            progress.report("read", input.rows, input.rows);
-            let link = open_link(env, spec).await?;
-            let (enc, ct) = recv_sealed(&link, MAGIC_IN).await?;
-            let opened = host
-                .enclave()
-                .open_sealed(&enc, &ct, aad("in").as_bytes())
-                .map_err(|_| TaskError::Peer("the buyer's rows do not open".into()))?;
-            let buyer = decode_rows(&opened).map_err(TaskError::Peer)?;
-            drop(opened);
-            progress.report("compute", 0, 1);
+            let (link, input, buyer) = t.enclave_inputs(keep).await?;
+            t.progress.report("compute", 0, 1);
             let answer = compute(mpc, &policy, fx, &own, &buyer_own, &input, &buyer)?;
-            progress.report("compute", 1, 1);
-            // The delivery point: recorded before the result leaves the enclave.
-            if matches!(answer, Answer::Result { .. }) && !delivery.delivered(input.rows).await {
-                return Err(TaskError::Internal(
-                    "the operator did not record the delivery; the result was not sent".into(),
-                ));
-            }
-            let body = Zeroizing::new(
-                serde_json::to_vec(&answer)
-                    .map_err(|e| TaskError::Internal(format!("encoding the result: {e}")))?,
-            );
-            let mut seal_seed = [0u8; 32];
-            rand::rngs::OsRng.fill_bytes(&mut seal_seed);
-            let (enc, ct) = seal_to(&buyer.public, aad("out").as_bytes(), &body, seal_seed)
-                .map_err(|e| TaskError::Peer(format!("the buyer's one-time key: {e}")))?;
-            send_sealed(&link, MAGIC_OUT, &enc, &ct).await?;
-            let acknowledged = recv(&link).await.is_ok_and(|f| f.as_ref() == DONE);
-            if matches!(answer, Answer::BuyerInput { .. }) {
-                // What was wrong went to the buyer only (sealed): it is the buyer's data.
-                return Err(TaskError::Peer(
-                    "the buyer's rows do not fit the query's declared columns (the buyer was \
-                     told which)"
-                        .into(),
-                ));
-            }
-            if !acknowledged {
-                return Err(TaskError::Peer(
-                    "the peer did not acknowledge the result".into(),
-                ));
-            }
+            t.progress.report("compute", 1, 1);
+            t.enclave_answer(&link, &buyer, &answer, input.rows, delivery)
+                .await?;
             Ok(TaskOutcome {
                 rows_in: input.rows,
                 empty_keys: input.empty_keys,
@@ -263,6 +380,194 @@ pub(crate) async fn run(
             })
         }
     }
+}
+
+/// A join in the enclave: a PSI with the provider's payload columns (see the module docs).
+async fn run_join(
+    t: &TeeTask<'_>,
+    join: &tessera_core::JoinSpec,
+    delivery: &dyn DeliverySink,
+) -> Result<TaskOutcome, TaskError> {
+    if join.kind == JoinKind::Difference && !join.payload_columns.is_empty() {
+        return Err(TaskError::Ticket(
+            "a difference join with payload columns".into(),
+        ));
+    }
+    match t.spec.role {
+        TaskRole::Receiver => {
+            let out_path = fresh_result_path(&t.env.output_dir, &t.spec.output)?;
+            // Our key columns' and carried columns' original values stay here: only the
+            // normalised keys go to the enclave.
+            let own: Vec<String> = t
+                .spec
+                .key_columns
+                .iter()
+                .chain(&t.spec.carry_columns)
+                .cloned()
+                .collect();
+            let input = t.read_own(own.clone()).await?;
+            let keys_only = tessera_core::table::KeyedInput {
+                keys: input.keys.clone(),
+                rows: input.rows,
+                empty_keys: input.empty_keys,
+                kept: Vec::new(),
+            };
+            let (link, answer) = t.buyer_exchange(&[], &keys_only).await?;
+            drop(keys_only);
+            let Answer::Join { matched, payload } = answer else {
+                return Err(TaskError::Peer(
+                    "the enclave answered a join with another kind of result".into(),
+                ));
+            };
+            let JoinTable {
+                header,
+                rows,
+                common,
+            } = join_table(join, &own, &input, &matched, payload)?;
+            let written = write_table(out_path, header, rows).await?;
+            send(&link, Bytes::from_static(DONE)).await?;
+            Ok(TaskOutcome {
+                rows_in: input.rows,
+                empty_keys: input.empty_keys,
+                result_size: Some(common),
+                result_file: Some(written),
+                result_location: t.spec.output.clone(),
+                link: link.stats(),
+                ..TaskOutcome::default()
+            })
+        }
+        TaskRole::Sender => {
+            let (link, input, buyer) = t.enclave_inputs(join.payload_columns.clone()).await?;
+            if !buyer.columns.is_empty() {
+                return Err(TaskError::Peer(
+                    "the buyer sent columns with its keys (a join takes its keys only)".into(),
+                ));
+            }
+            t.progress.report("compute", 0, 1);
+            let answer = join_in_enclave(join, &input, &buyer);
+            t.progress.report("compute", 1, 1);
+            t.enclave_answer(&link, &buyer, &answer, input.rows, delivery)
+                .await?;
+            Ok(TaskOutcome {
+                rows_in: input.rows,
+                empty_keys: input.empty_keys,
+                link: link.stats(),
+                ..TaskOutcome::default()
+            })
+        }
+    }
+}
+
+/// The join inside the enclave: which of the buyer's keys the provider has (indices into the
+/// buyer's keys, ascending), and for an inner or left join the payload columns of the
+/// provider's first row with each such key.
+fn join_in_enclave(
+    join: &tessera_core::JoinSpec,
+    input: &tessera_core::table::KeyedInput,
+    buyer: &BuyerRows,
+) -> Answer {
+    let mut first: std::collections::HashMap<&[u8], usize> =
+        std::collections::HashMap::with_capacity(input.keys.len());
+    for (i, k) in input.keys.iter().enumerate() {
+        first.entry(k.as_slice()).or_insert(i);
+    }
+    let mut matched = Vec::new();
+    let mut payload = Vec::new();
+    for (i, k) in buyer.keys.iter().enumerate() {
+        if let Some(&p) = first.get(k.as_slice()) {
+            matched.push(i as u64);
+            if join.kind != JoinKind::Difference {
+                payload.push(input.kept.get(p).cloned().unwrap_or_default());
+            }
+        }
+    }
+    Answer::Join { matched, payload }
+}
+
+/// A join's result table as the buyer writes it: header, rows, and the number of distinct
+/// common keys (the job's result size).
+struct JoinTable {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+    common: u64,
+}
+
+/// The buyer's result of a join: its key and carried columns (`own`, original values), then
+/// for a left join the `matched` flag, then the payload columns.
+///
+/// # Errors
+/// A peer error when the enclave's answer does not fit the buyer's rows (an index out of
+/// range or out of order, payload rows of the wrong count or width).
+fn join_table(
+    join: &tessera_core::JoinSpec,
+    own: &[String],
+    input: &tessera_core::table::KeyedInput,
+    matched: &[u64],
+    payload: Vec<Vec<String>>,
+) -> Result<JoinTable, TaskError> {
+    let bad = |m: &str| TaskError::Peer(format!("the enclave's join result: {m}"));
+    let n = input.keys.len() as u64;
+    if matched.windows(2).any(|w| w[0] >= w[1]) || matched.last().is_some_and(|&i| i >= n) {
+        return Err(bad("row indices out of order or range"));
+    }
+    let with_payload = join.kind != JoinKind::Difference;
+    if with_payload
+        && (payload.len() != matched.len()
+            || payload
+                .iter()
+                .any(|r| r.len() != join.payload_columns.len()))
+    {
+        return Err(bad("payload rows of the wrong count or width"));
+    }
+    if !with_payload && !payload.is_empty() {
+        return Err(bad("provider values with a difference"));
+    }
+    let common = matched
+        .iter()
+        .map(|&i| input.keys[i as usize].as_slice())
+        .collect::<std::collections::HashSet<_>>()
+        .len() as u64;
+    let mut header = own.to_vec();
+    if join.kind == JoinKind::Left {
+        header.push(JOIN_MATCHED_COLUMN.to_string());
+    }
+    if with_payload {
+        header.extend(join.payload_columns.iter().cloned());
+    }
+    let mut payload = payload.into_iter();
+    let mut next = matched.iter().peekable();
+    let mut rows = Vec::new();
+    for (i, values) in input.kept.iter().enumerate() {
+        let hit = next.next_if(|&&m| m == i as u64).is_some();
+        let extra = if hit && with_payload {
+            payload.next().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        match (join.kind, hit) {
+            (JoinKind::Inner, true) => rows.push([values.clone(), extra].concat()),
+            (JoinKind::Left, _) => {
+                let mut row = values.clone();
+                row.push(hit.to_string());
+                if hit {
+                    row.extend(extra);
+                } else {
+                    row.extend(std::iter::repeat_n(
+                        String::new(),
+                        join.payload_columns.len(),
+                    ));
+                }
+                rows.push(row);
+            }
+            (JoinKind::Difference, false) => rows.push(values.clone()),
+            _ => {}
+        }
+    }
+    Ok(JoinTable {
+        header,
+        rows,
+        common,
+    })
 }
 
 /// What the enclave sends the buyer (sealed).
@@ -277,6 +582,12 @@ enum Answer {
     /// The buyer's rows do not fit the declared schema (column and aligned row named, never
     /// a value).
     BuyerInput { error: String },
+    /// A join's result: the indices of the buyer's keys the provider has (ascending) and,
+    /// for an inner or left join, the payload columns for each (same order).
+    Join {
+        matched: Vec<u64>,
+        payload: Vec<Vec<String>>,
+    },
 }
 
 /// The computation inside the enclave: join, tables, plan, clear evaluation.
@@ -538,7 +849,149 @@ async fn recv_sealed(link: &dyn Link, magic: &[u8; 8]) -> Result<(Vec<u8>, Vec<u
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::{Rng, SeedableRng};
     use tessera_core::MemLink;
+    use tessera_core::table::KeyedInput;
+
+    fn keyed(keys: &[Vec<u8>], kept: Vec<Vec<String>>) -> KeyedInput {
+        KeyedInput {
+            keys: keys.to_vec(),
+            rows: keys.len() as u64,
+            empty_keys: 0,
+            kept,
+        }
+    }
+
+    /// Every join shape, through the enclave's answer and the buyer's table, against a
+    /// plaintext join written here: random keys with duplicates on both sides, empty sides,
+    /// one side much larger than the other.
+    #[test]
+    fn joins_match_the_plaintext_reference_on_random_inputs() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for (nb, np) in [
+            (0, 0),
+            (0, 20),
+            (20, 0),
+            (50, 50),
+            (5, 400),
+            (400, 5),
+            (300, 300),
+        ] {
+            let span = (nb + np) / 2 + 1;
+            let bkeys: Vec<Vec<u8>> = (0..nb)
+                .map(|_| format!("k{}", rng.gen_range(0..span)).into_bytes())
+                .collect();
+            let pkeys: Vec<Vec<u8>> = (0..np)
+                .map(|_| format!("k{}", rng.gen_range(0..span)).into_bytes())
+                .collect();
+            let bkept: Vec<Vec<String>> = (0..nb)
+                .map(|i| {
+                    vec![
+                        String::from_utf8(bkeys[i].clone()).unwrap(),
+                        format!("b{i}"),
+                    ]
+                })
+                .collect();
+            let pkept: Vec<Vec<String>> = (0..np).map(|i| vec![format!("p{i}")]).collect();
+            let buyer_in = keyed(&bkeys, bkept.clone());
+            let provider_in = keyed(&pkeys, pkept.clone());
+            let buyer_rows = BuyerRows {
+                public: WorkerPublicKey([1; 32]),
+                columns: vec![],
+                keys: bkeys.clone(),
+                kept: vec![],
+            };
+            // The plaintext reference: the provider's first row per key.
+            let first = |k: &[u8]| pkeys.iter().position(|p| p.as_slice() == k);
+            for kind in JoinKind::ALL.iter().copied() {
+                let join = tessera_core::JoinSpec {
+                    kind,
+                    payload_columns: if kind == JoinKind::Difference {
+                        vec![]
+                    } else {
+                        vec!["v".into()]
+                    },
+                };
+                let Answer::Join { matched, payload } =
+                    join_in_enclave(&join, &provider_in, &buyer_rows)
+                else {
+                    panic!("not a join answer");
+                };
+                let own = vec!["id".to_string(), "carry".to_string()];
+                let JoinTable {
+                    header,
+                    rows,
+                    common,
+                } = join_table(&join, &own, &buyer_in, &matched, payload).expect("table");
+                let mut want = Vec::new();
+                for (i, k) in bkeys.iter().enumerate() {
+                    let hit = first(k);
+                    match (kind, hit) {
+                        (JoinKind::Inner, Some(p)) => {
+                            want.push([bkept[i].clone(), pkept[p].clone()].concat())
+                        }
+                        (JoinKind::Left, Some(p)) => want.push(
+                            [bkept[i].clone(), vec!["true".into()], pkept[p].clone()].concat(),
+                        ),
+                        (JoinKind::Left, None) => want
+                            .push([bkept[i].clone(), vec!["false".into(), String::new()]].concat()),
+                        (JoinKind::Difference, None) => want.push(bkept[i].clone()),
+                        _ => {}
+                    }
+                }
+                assert_eq!(rows, want, "{kind} {nb}x{np}");
+                let distinct: std::collections::HashSet<&Vec<u8>> =
+                    bkeys.iter().filter(|k| first(k).is_some()).collect();
+                assert_eq!(common, distinct.len() as u64);
+                assert_eq!(header.len(), want.first().map_or(header.len(), Vec::len));
+                assert_eq!(
+                    header.last().map(String::as_str),
+                    Some(match kind {
+                        JoinKind::Difference => "carry",
+                        _ => "v",
+                    })
+                );
+            }
+        }
+    }
+
+    /// A hostile enclave answer (indices out of order or range, payload of the wrong shape,
+    /// payload with a difference) is a peer error, never a panic.
+    #[test]
+    fn a_bad_join_answer_is_a_peer_error() {
+        let keys: Vec<Vec<u8>> = vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()];
+        let input = keyed(
+            &keys,
+            vec![vec!["a".into()], vec!["b".into()], vec!["c".into()]],
+        );
+        let own = vec!["id".to_string()];
+        let inner = tessera_core::JoinSpec {
+            kind: JoinKind::Inner,
+            payload_columns: vec!["v".into()],
+        };
+        let diff = tessera_core::JoinSpec {
+            kind: JoinKind::Difference,
+            payload_columns: vec![],
+        };
+        let one = |v: &str| vec![v.to_string()];
+        for (join, matched, payload) in [
+            (&inner, vec![1, 0], vec![one("x"), one("y")]),
+            (&inner, vec![1, 1], vec![one("x"), one("y")]),
+            (&inner, vec![3], vec![one("x")]),
+            (&inner, vec![u64::MAX], vec![one("x")]),
+            (&inner, vec![0, 1], vec![one("x")]),
+            (&inner, vec![0], vec![vec!["x".into(), "y".into()]]),
+            (&diff, vec![0], vec![one("x")]),
+        ] {
+            assert!(
+                matches!(
+                    join_table(join, &own, &input, &matched, payload),
+                    Err(TaskError::Peer(_))
+                ),
+                "{matched:?}"
+            );
+        }
+    }
 
     #[test]
     fn rows_round_trip_and_hostile_bytes_are_errors() {

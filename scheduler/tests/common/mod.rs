@@ -131,5 +131,7 @@ pub fn request(licence: &str) -> JobRequest {
         request_id: None,
         preview_rows: None,
         mpc: None,
+        join: None,
+        payload_columns: Vec::new(),
     }
 }
