@@ -249,6 +249,18 @@ pub async fn start(config: &OperatorConfig) -> anyhow::Result<OperatorHandle> {
         }
         None => None,
     };
+    if let Some(p) = tee_policy
+        .as_ref()
+        .and_then(|p| p.insecure_simulated_tee.as_ref())
+    {
+        tracing::warn!(
+            measurements = ?p.measurement,
+            "the TEE policy accepts the insecure-simulated-tee mode: workers without an enclave \
+             attest, and tee jobs under licences naming tee:insecure-simulated-tee run with no \
+             protection (development only; remove the insecure_simulated_tee section in \
+             production)"
+        );
+    }
     let mut tee_seed = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut tee_seed);
     let tee =

@@ -117,17 +117,35 @@ pub(crate) async fn workers(
         .list_workers(&r.party, viewer, &page(r.page))
         .await
         .map_err(|e| status(&e))?;
+    let attested = s.tee_current();
     Ok(pb::WorkerList {
         workers: l
             .items
             .into_iter()
-            .map(|w| pb::WorkerInfo {
-                worker_id: w.record.worker_id,
-                attributes: Some(attrs_to_pb(w.record.attributes)),
-                peer_addr: w.record.peer_addr,
-                last_seen_ms: w.record.last_seen_ms,
-                live: w.live,
-                running_tasks: u64::try_from(w.running).unwrap_or(u64::MAX),
+            .map(|w| {
+                let tee = attested.get(&w.record.worker_id);
+                pb::WorkerInfo {
+                    tee_kind: tee
+                        .map(|a| a.appraisal.kind.as_str().to_string())
+                        .unwrap_or_default(),
+                    tee_status: tee
+                        .and_then(|a| serde_json::to_value(a.appraisal.status).ok())
+                        .and_then(|v| v.as_str().map(String::from))
+                        .unwrap_or_default(),
+                    tee_expires_ms: tee
+                        .map(|a| {
+                            i64::try_from(a.exp)
+                                .unwrap_or(i64::MAX / 1000)
+                                .saturating_mul(1000)
+                        })
+                        .unwrap_or(0),
+                    worker_id: w.record.worker_id,
+                    attributes: Some(attrs_to_pb(w.record.attributes)),
+                    peer_addr: w.record.peer_addr,
+                    last_seen_ms: w.record.last_seen_ms,
+                    live: w.live,
+                    running_tasks: u64::try_from(w.running).unwrap_or(u64::MAX),
+                }
             })
             .collect(),
         next_page_token: l.next_token,

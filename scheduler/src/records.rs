@@ -122,6 +122,7 @@ impl RecordService {
                 dataset.dataset_id, dataset.owner_party
             )));
         }
+        crate::validate::scenes_fit_dataset(&policy, &dataset.dataset_id, &dataset.location)?;
         crate::validate::amount("monthly_price_micros", l.monthly_price_micros)?;
         crate::validate::amount("price_per_job_micros", l.price.per_job_micros)?;
         crate::validate::amount("price_per_1k_rows_micros", l.price.per_1k_rows_micros)?;

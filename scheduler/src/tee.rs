@@ -196,7 +196,9 @@ impl Scheduler {
     }
 
     /// The current accepted attestations, for placement (empty without a TEE service).
-    pub(crate) fn tee_current(&self) -> HashMap<String, Attested> {
+    /// Every worker's current accepted attestation, by worker id (empty without a TEE
+    /// service).
+    pub fn tee_current(&self) -> HashMap<String, Attested> {
         let now = u64::try_from(self.now() / 1000).unwrap_or(0);
         self.tee.get().map(|t| t.current(now)).unwrap_or_default()
     }
@@ -403,7 +405,15 @@ impl Scheduler {
         by: &str,
     ) -> Result<(String, bool), SchedulerError> {
         let tee = self.tee()?.clone();
-        self.store.dataset(dataset_id).await?;
+        let d = self.store.dataset(dataset_id).await?;
+        if !crate::validate::is_sealed(&d.location) {
+            return Err(SchedulerError::Invalid(format!(
+                "dataset {dataset_id} is registered at {:?}, a clear file; a sealed dataset's \
+                 location ends in .tseal (register the sealed file's name with `dataset \
+                 create`)",
+                d.location
+            )));
+        }
         let wrapped = {
             let mut inner = tee.lock();
             inner

@@ -1224,6 +1224,9 @@ impl TradeService {
         }
         self.still_published(&row.registration_id, &row.data_id)
             .await?;
+        if let Ok(d) = self.store.dataset(&data_id).await {
+            crate::validate::scenes_fit_dataset(&policy, &data_id, &d.location)?;
+        }
         let start = policy.start_date.clone().unwrap_or_default();
         let end = policy.end_date.clone().unwrap_or_default();
         let (ps, pe) = (parse_millis(&start), parse_millis(&end));

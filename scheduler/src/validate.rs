@@ -110,6 +110,62 @@ pub fn dataset_location(name: &str, v: &str) -> Result<(), SchedulerError> {
     Ok(())
 }
 
+/// Whether a dataset location names a sealed file (`.tseal`, any case).
+pub fn is_sealed(location: &str) -> bool {
+    std::path::Path::new(location)
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("tseal"))
+}
+
+/// Refuses, when a licence is made, a policy whose scenes could never run on the dataset at
+/// `location`: a `tee` scene must name the enclave it accepts (at least one `tee:` entry in
+/// `envHard`, each of which parses: `tessera_tee::HardwareRequirement::from_env_hard`) and
+/// needs a sealed dataset (`.tseal`, which only the enclave opens); every other scene needs a
+/// dataset its engine reads in clear (a `.tseal` file opens only inside a tee job).
+///
+/// # Errors
+/// [`SchedulerError::Invalid`] naming the scene and what to change.
+pub fn scenes_fit_dataset(
+    policy: &tessera_policy::UsagePolicy,
+    dataset_id: &str,
+    location: &str,
+) -> Result<(), SchedulerError> {
+    let sealed = is_sealed(location);
+    for s in &policy.use_scenes {
+        let tee = s.use_sence == tessera_core::job::scene::TEE;
+        if tee {
+            let named = s.env_hard.0.iter().any(|e| e.starts_with("tee:"));
+            if !named {
+                return Err(SchedulerError::Invalid(format!(
+                    "scene tee: envHard names no enclave it accepts (e.g. \"tee:sgx\", \
+                     \"tee:sgx:mrenclave=HEX\", \"tee:tdx\", \"tee:sev-snp\", or \
+                     \"tee:insecure-simulated-tee\" for development); envHard is {:?}",
+                    s.env_hard.0
+                )));
+            }
+            tessera_tee::HardwareRequirement::from_env_hard(&s.env_hard.0)
+                .map_err(|e| SchedulerError::Invalid(format!("scene tee: {e}")))?;
+        }
+        if tee && !sealed {
+            return Err(SchedulerError::Invalid(format!(
+                "scene tee: dataset {dataset_id} is not sealed ({location:?}); a tee job's \
+                 enclave reads only a sealed file: seal it with `tessera dataset seal` into a \
+                 dataset whose location ends in .tseal"
+            )));
+        }
+        if !tee && sealed {
+            return Err(SchedulerError::Invalid(format!(
+                "scene {}: dataset {dataset_id} is sealed ({location:?}) and opens only inside a \
+                 tee job's enclave; license it for the tee scene, or license a clear dataset \
+                 for {}",
+                s.use_sence, s.use_sence
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A strictly positive amount of micro-units.
 ///
 /// # Errors

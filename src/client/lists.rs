@@ -365,6 +365,7 @@ pub async fn workers(a: WorkerListArgs) -> anyhow::Result<()> {
         "software",
         "peer",
         "last_seen",
+        "tee",
     ])
     .align_right(&[3]);
     print_pages(&a.page, listing, |page| {
@@ -395,6 +396,17 @@ pub async fn workers(a: WorkerListArgs) -> anyhow::Result<()> {
                         at.software_env,
                         w.peer_addr,
                         date(&zone, Some(w.last_seen_ms)),
+                        // The current attestation: kind, status, until when.
+                        if w.tee_kind.is_empty() {
+                            String::new()
+                        } else {
+                            format!(
+                                "{} {} until {}",
+                                w.tee_kind,
+                                w.tee_status,
+                                date(&zone, Some(w.tee_expires_ms))
+                            )
+                        },
                     ]
                 })
                 .collect();

@@ -192,6 +192,16 @@ pub async fn dataset(cmd: DatasetCmd) -> anyhow::Result<()> {
             input,
             output,
         } => {
+            if !output
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("tseal"))
+            {
+                anyhow::bail!(
+                    "--output {}: a sealed file's name ends in .tseal (the dataset's location)",
+                    output.display()
+                );
+            }
+            check_clear_csv(&input)?;
             let mut clear = std::fs::File::open(&input)
                 .with_context(|| format!("opening {}", input.display()))?;
             let key = conn
@@ -379,6 +389,48 @@ pub async fn licence(cmd: LicenceCmd) -> anyhow::Result<()> {
             out.line(&l.policy_json)?;
         }
         LicenceCmd::List(a) => super::lists::licences(a).await?,
+    }
+    Ok(())
+}
+
+/// Checks, before anything is sealed, that `path` is what a tee job's enclave can read: a
+/// CSV file (RFC 4180, UTF-8) with a header and rows of the header's width, no larger than
+/// the enclave opens (`tessera_worker::tee::DATASET_BYTES_MAX` less the sealing overhead).
+fn check_clear_csv(path: &std::path::Path) -> anyhow::Result<()> {
+    let shown = path.display();
+    let meta = std::fs::metadata(path).with_context(|| format!("opening {shown}"))?;
+    if !meta.is_file() {
+        anyhow::bail!("{shown} is not a file");
+    }
+    // The sealed file adds 16 bytes of tag per 1 MiB chunk and a header.
+    let max = tessera_worker::tee::DATASET_BYTES_MAX
+        - (tessera_worker::tee::DATASET_BYTES_MAX >> 16)
+        - 4096;
+    if meta.len() > max {
+        anyhow::bail!(
+            "{shown} has {} bytes; an enclave opens sealed datasets of at most {} bytes",
+            meta.len(),
+            tessera_worker::tee::DATASET_BYTES_MAX
+        );
+    }
+    let mut r = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_path(path)
+        .with_context(|| format!("opening {shown}"))?;
+    let header = r
+        .headers()
+        .with_context(|| format!("{shown} is not a CSV file with a header"))?
+        .clone();
+    if header.is_empty() || header.iter().all(|h| h.trim().is_empty()) {
+        anyhow::bail!("{shown} has no header row (a sealed dataset is a CSV file with one)");
+    }
+    let mut record = csv::StringRecord::new();
+    loop {
+        match r.read_record(&mut record) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => anyhow::bail!("{shown} is not a CSV file a tee job can read: {e}"),
+        }
     }
     Ok(())
 }

@@ -2,8 +2,10 @@
 //! `--policy FILE`). Unknown fields are refused, so a misspelt rule fails loudly.
 //!
 //! A kind is accepted only if the policy has its section (`sgx`, `tdx`, `sev_snp`,
-//! `insecure_simulated_tee`); each section must pin at least one measurement. In the
-//! allow-lists an empty list means "any value" (for optional fields such as RTMRs).
+//! `insecure_simulated_tee`); each real-hardware section must pin at least one measurement.
+//! In the allow-lists an empty list means "any value" (for optional fields such as RTMRs) —
+//! and for the simulated section's `measurement`, any claimed measurement (development only:
+//! a licence can still pin one, `tee:insecure-simulated-tee:measurement=M`).
 //!
 //! ```json
 //! {

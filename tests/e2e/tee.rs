@@ -172,6 +172,32 @@ async fn a_query_runs_in_the_attested_enclave_on_the_sealed_dataset_and_sgx_is_r
         );
     }
     assert_eq!(c.remaining(&lic).await, Some(4));
+    // The operator's view of the workers shows the provider's attestation, the buyer's none.
+    let workers = c
+        .admin()
+        .await
+        .list_workers(pb::WorkerQuery::default())
+        .await
+        .expect("workers")
+        .into_inner()
+        .workers;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    for w in &workers {
+        let party = w.attributes.as_ref().map(|a| a.party.as_str());
+        if party == Some(PROVIDER) {
+            assert_eq!(
+                (w.tee_kind.as_str(), w.tee_status.as_str()),
+                ("insecure-simulated-tee", "warning"),
+                "{w:?}"
+            );
+            assert!(w.tee_expires_ms > now_ms, "{w:?}");
+        } else {
+            assert!(w.tee_kind.is_empty() && w.tee_expires_ms == 0, "{w:?}");
+        }
+    }
     assert!(done.charge_micros > 0);
     assert_eq!(cash(&c).await, before - done.charge_micros);
 
@@ -304,6 +330,78 @@ async fn a_join_in_the_enclave_delivers_only_the_payload_columns_the_licence_lis
             "useScenes":[{{"useSence":"tee","counts":5,"payloadColumns":["income"],
                 "envHard":["tee:insecure-simulated-tee"],"visitArea":["r1"],"cpCenter":["c1"]}}]}}"#
     );
+    // Licences whose scenes could never run on their dataset are refused when made: a tee
+    // scene on a clear dataset or naming no enclave, another scene on a sealed one.
+    c.dataset(&c.provider, "clear", "id,income", &["1,2".into()])
+        .await;
+    for (dataset, scene, why) in [
+        (
+            "clear",
+            r#"{"useSence":"tee","envHard":["tee:insecure-simulated-tee"]}"#,
+            "not sealed",
+        ),
+        (
+            "pj",
+            r#"{"useSence":"tee","envHard":["x86"]}"#,
+            "names no enclave",
+        ),
+        (
+            "pj",
+            r#"{"useSence":"tee","envHard":["tee:nitro"]}"#,
+            "unknown TEE kind",
+        ),
+        ("pj", r#"{"useSence":"psi"}"#, "is sealed"),
+    ] {
+        let e = c
+            .provider_client()
+            .await
+            .create_licence(pb::CreateLicenceRequest {
+                licensor: PROVIDER.into(),
+                licensee: USER.into(),
+                dataset_id: dataset.into(),
+                policy_json: format!(
+                    r#"{{"policyName":"t","relUsers":[{{"userId":"{USER}","userName":"U","isGroup":0}}],"useScenes":[{scene}]}}"#
+                ),
+                price_per_job_micros: 1_000,
+                price_per_1k_rows_micros: 10,
+                operator_share_bps: 2_000,
+                monthly_price_micros: 0,
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains(why), "{why}: {e:?}");
+    }
+    // `dataset seal` refuses, before any key is issued: a dataset registered at a clear file,
+    // an output not named .tseal, input that is not a CSV file of one width.
+    let good = c.dir.path().join("good.csv");
+    std::fs::write(&good, "id,v\n1,2\n").expect("file");
+    let ragged = c.dir.path().join("ragged.csv");
+    std::fs::write(&ragged, "id,v\n1,2,3\n").expect("file");
+    for (dataset, input, output, why) in [
+        ("clear", &good, "x.tseal", "a clear file"),
+        ("pj", &good, "x.csv", "ends in .tseal"),
+        (
+            "pj",
+            &ragged,
+            "y.tseal",
+            "not a CSV file a tee job can read",
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .args(["dataset", "seal", "--dataset", dataset, "--input"])
+            .arg(input)
+            .arg("--output")
+            .arg(c.dir.path().join(output))
+            .args(["--operator", &c.url, "--ca-file", &c.ca_file])
+            .env("TESSERA_TOKEN", &c.provider_token)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run tessera");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(why), "{why}: {err}");
+        assert!(!c.dir.path().join(output).exists());
+    }
     let lic = c.licence_with_policy("pj", policy).await;
     let join_job = |kind: pb::JoinKind, payload: &[&str], output: &str| pb::SubmitJobRequest {
         scene: "tee".into(),
