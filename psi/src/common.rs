@@ -275,6 +275,7 @@ pub(crate) async fn release_and_match(
         intersection_size,
         sender_set_size: peer_size as u64,
         intersection,
+        payloads: None,
     })
 }
 

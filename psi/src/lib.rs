@@ -446,7 +446,16 @@ pub struct ReceiverOutput {
     /// In [`Mode::Intersection`]: for each distinct common key, the index of its first occurrence
     /// in the receiver's input, ascending. `None` in [`Mode::SizeOnly`].
     pub intersection: Option<Vec<usize>>,
+    /// With a payload ([`run_receiver_with_payload`]): for each entry of `intersection`, the
+    /// sender's payload of that key (its first occurrence's). `None` otherwise.
+    pub payloads: Option<Vec<Vec<u8>>>,
 }
+
+/// The most bytes of one item's payload (PSI with payload).
+pub const PAYLOAD_BYTES_MAX: usize = 64 * 1024;
+/// The most bytes of all the sender's sealed payloads together (its distinct set size times the
+/// padded width), which the receiver holds in memory.
+pub const PAYLOAD_TOTAL_BYTES_MAX: u64 = 4 << 30;
 
 /// What the sender learns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -600,7 +609,7 @@ pub async fn run_receiver<R: rand_core::CryptoRngCore + Send>(
 ) -> Result<ReceiverOutput, PsiError> {
     let result = match cfg.protocol {
         Protocol::Ecdh => ecdh::receiver(link, items, cfg, rng, progress).await,
-        Protocol::Rr22 => rr22::receiver(link, items, cfg, rng, progress).await,
+        Protocol::Rr22 => rr22::receiver(link, items, cfg, rng, progress, false).await,
     };
     if let Err(e) = &result {
         common::notify_peer(link, e).await;
@@ -644,10 +653,74 @@ pub async fn run_sender_reporting_delivery<R: rand_core::CryptoRngCore + Send>(
 ) -> Result<SenderOutput, PsiError> {
     let result = match cfg.protocol {
         Protocol::Ecdh => ecdh::sender(link, items, cfg, rng, progress, gate).await,
-        Protocol::Rr22 => rr22::sender(link, items, cfg, rng, progress, gate).await,
+        Protocol::Rr22 => rr22::sender(link, items, None, cfg, rng, progress, gate).await,
     };
     if let Err(e) = &result {
         common::notify_peer(link, e).await;
     }
     result
+}
+
+/// PSI with payload, the receiver's side ([`Protocol::Rr22`] in [`Mode::Intersection`] only):
+/// as [`run_receiver`], and for each common key also the sender's payload of it
+/// ([`ReceiverOutput::payloads`]). See module [`rr22`], "PSI with payload", for what each
+/// party learns.
+///
+/// # Errors
+/// As [`run_receiver`]; [`PsiError::InvalidConfig`] for another protocol or mode; a sealed
+/// payload wider than [`PAYLOAD_BYTES_MAX`], more than [`PAYLOAD_TOTAL_BYTES_MAX`] in all, or
+/// whose length is past its width is a protocol error.
+pub async fn run_receiver_with_payload<R: rand_core::CryptoRngCore + Send>(
+    link: &dyn tessera_core::Link,
+    items: &[Vec<u8>],
+    cfg: &PsiConfig,
+    rng: &mut R,
+    progress: &dyn Progress,
+) -> Result<ReceiverOutput, PsiError> {
+    let result = match payload_config(cfg) {
+        Ok(()) => rr22::receiver(link, items, cfg, rng, progress, true).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = &result {
+        common::notify_peer(link, e).await;
+    }
+    result
+}
+
+/// PSI with payload, the sender's side: as [`run_sender_reporting_delivery`], with
+/// `payloads[i]` (at most [`PAYLOAD_BYTES_MAX`] bytes) delivered to the receiver if `items[i]`
+/// is a common key (for a repeated key, its first occurrence's payload).
+///
+/// # Errors
+/// As [`run_sender_reporting_delivery`]; [`PsiError::InvalidConfig`] for another protocol or
+/// mode, or a payload count other than the item count; [`PsiError::TooLarge`] for a payload
+/// over the bound.
+pub async fn run_sender_with_payload<R: rand_core::CryptoRngCore + Send>(
+    link: &dyn tessera_core::Link,
+    items: &[Vec<u8>],
+    payloads: &[Vec<u8>],
+    cfg: &PsiConfig,
+    rng: &mut R,
+    progress: &dyn Progress,
+    gate: &dyn DeliveryGate,
+) -> Result<SenderOutput, PsiError> {
+    let result = match payload_config(cfg) {
+        Ok(()) => rr22::sender(link, items, Some(payloads), cfg, rng, progress, gate).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = &result {
+        common::notify_peer(link, e).await;
+    }
+    result
+}
+
+fn payload_config(cfg: &PsiConfig) -> Result<(), PsiError> {
+    if cfg.protocol == Protocol::Rr22 && cfg.mode == Mode::Intersection {
+        Ok(())
+    } else {
+        Err(PsiError::InvalidConfig(format!(
+            "PSI with payload runs rr22 in intersection mode, not {} in {} mode",
+            cfg.protocol, cfg.mode
+        )))
+    }
 }

@@ -26,6 +26,25 @@
 //! 6. Receiver: decrypts (or encrypts its own values, whichever set is smaller), and reports its
 //!    items whose `F(y)` is among the sender's values.
 //!
+//! # PSI with payload
+//!
+//! [`crate::run_sender_with_payload`] / [`crate::run_receiver_with_payload`]: the sender also
+//! has a payload (bytes, at most [`crate::PAYLOAD_BYTES_MAX`]) per item, which the receiver
+//! gets for the common keys only. Let `u(x) = Decode(K, k(x)) + Δ·h(x)`, so `F(x) = H(u(x))`.
+//! After its values (step 5) the sender sends the width `w = 4 + max payload length` (kind
+//! `0x07`) and, in the same shuffled order as the values, each item's payload sealed as
+//! `(u32 length ‖ payload ‖ zeros) XOR pad(x)` with `pad(x)` = BLAKE3-XOF under
+//! [`PAYLOAD_PAD_CONTEXT`] of (release key ‖ `u(x)`), `w` bytes (kind `0x08`); then the delivery
+//! point and `Release` as before. The receiver knows `u(y) = Decode(C, k(y))` for its own
+//! items, so after the release it opens the payload at the position of each of its matched
+//! values. For a sender item outside the intersection `u(x)` is pseudo-random to the receiver
+//! (as `F(x)` is) and, with BLAKE3 modelled as a random oracle independent of `H`, so is its
+//! pad: the receiver learns the payloads of the common keys, every payload's padded width `w`
+//! (so the longest payload's length) and nothing else of the others. Before the release every
+//! pad also depends on a key it does not have, so the payloads, like the values, tell it
+//! nothing until the delivery is recorded. The sender learns nothing more than without a
+//! payload. Bytes on the wire: the sender's `n_s · w` more.
+//!
 //! # Threat model and what each party learns
 //!
 //! * **Semi-honest** parties, as in the paper's Theorem 3.3 (two parties, no third party whose
@@ -77,16 +96,21 @@ use crate::common::{
 };
 use crate::crypto::{FlatItems, ReleaseKey};
 use crate::okvs::{OkvsError, RbOkvs};
-use crate::wire::{KIND_OKVS, KIND_VALUES, abort_reason};
+use crate::wire::{KIND_OKVS, KIND_PAYLOAD, KIND_PAYLOAD_WIDTH, KIND_VALUES, abort_reason};
 use crate::{
-    DEFAULT_BATCH_ITEMS, DeliveryGate, Mode, PHASE_EXCHANGE, PHASE_HASH, PHASE_OKVS, PHASE_VOLE,
-    Progress, Protocol, PsiConfig, PsiError, ReceiverOutput, Role, SenderOutput,
+    DEFAULT_BATCH_ITEMS, DeliveryGate, Mode, PAYLOAD_BYTES_MAX, PAYLOAD_TOTAL_BYTES_MAX,
+    PHASE_EXCHANGE, PHASE_HASH, PHASE_MATCH, PHASE_OKVS, PHASE_VOLE, Progress, Protocol, PsiConfig,
+    PsiError, ReceiverOutput, Role, SenderOutput,
 };
 
 /// BLAKE3 derive-key context of the item digest (key and value halves).
 pub const ITEM_DIGEST_CONTEXT: &str = "tessera-psi rr22 v1 item digest";
 /// Bytes of one OPRF value on the wire.
 pub const VALUE_BYTES: usize = 16;
+/// BLAKE3 derive-key context of a payload's pad (PSI with payload).
+pub const PAYLOAD_PAD_CONTEXT: &str = "tessera-psi rr22 v1 payload pad";
+/// Bytes of the length prefix of a sealed payload.
+const PAYLOAD_LEN_BYTES: usize = 4;
 /// Encoding attempts (each with a fresh seed) before the receiver gives up; each fails with
 /// probability at most 2^-40.
 const ENCODE_ATTEMPTS: usize = 4;
@@ -146,6 +170,7 @@ pub(crate) async fn receiver<R: CryptoRngCore + Send>(
     cfg: &PsiConfig,
     rng: &mut R,
     progress: &dyn Progress,
+    want_payload: bool,
 ) -> Result<ReceiverOutput, PsiError> {
     check_config(cfg)?;
     check_input(items)?;
@@ -167,8 +192,9 @@ pub(crate) async fn receiver<R: CryptoRngCore + Send>(
     progress.report(PHASE_HASH, own_size as u64, own_size as u64);
     let keys = Arc::new(keys);
 
-    let (ours, theirs): (Vec<u128>, Vec<u128>) = if own_size == 0 || peer_size == 0 {
-        (Vec::new(), recv_values(link, 0).await?)
+    let (pre, ours, theirs): (Vec<Block>, Vec<u128>, Vec<u128>) = if own_size == 0 || peer_size == 0
+    {
+        (Vec::new(), Vec::new(), recv_values(link, 0).await?)
     } else {
         // The encoding (under fresh seeds until one works) runs while the VOLE is generated.
         let mut seeds = [[0u8; 16]; ENCODE_ATTEMPTS];
@@ -209,17 +235,40 @@ pub(crate) async fn receiver<R: CryptoRngCore + Send>(
             .await
             .map_err(vole_error)?;
         progress.report(PHASE_OKVS, m as u64, m as u64);
-        // Our own values are computed while the sender's arrive.
+        // Our own values are computed while the sender's arrive; with a payload, the unhashed
+        // values too (each matched one derives its payload's pad).
         let own_values = compute(move || {
             let mut decoded = table.decode(&c, &keys).map_err(okvs_error)?;
+            let pre = if want_payload {
+                decoded.clone()
+            } else {
+                Vec::new()
+            };
             FIXED_KEY_HASH.cr_hash_slice_mut(&mut decoded);
-            Ok::<_, PsiError>(decoded.into_iter().map(to_u128).collect())
+            Ok::<_, PsiError>((pre, decoded.into_iter().map(to_u128).collect()))
         });
-        let (ours, theirs) =
+        let ((pre, ours), theirs) =
             tokio::try_join!(async { own_values.await? }, recv_values(link, peer_size))?;
         progress.report(PHASE_EXCHANGE, peer_size as u64, peer_size as u64);
-        (ours, theirs)
+        (pre, ours, theirs)
     };
+    if want_payload {
+        let (width, sealed) = recv_payload(link, theirs.len()).await?;
+        return release_and_match_payload(
+            link,
+            PayloadMatch {
+                pre,
+                ours,
+                theirs,
+                width,
+                sealed,
+                distinct,
+                peer_size,
+            },
+            progress,
+        )
+        .await;
+    }
     release_and_match(
         link,
         ours,
@@ -236,6 +285,7 @@ pub(crate) async fn receiver<R: CryptoRngCore + Send>(
 pub(crate) async fn sender<R: CryptoRngCore + Send>(
     link: &dyn Link,
     items: &[Vec<u8>],
+    payloads: Option<&[Vec<u8>]>,
     cfg: &PsiConfig,
     rng: &mut R,
     progress: &dyn Progress,
@@ -243,6 +293,9 @@ pub(crate) async fn sender<R: CryptoRngCore + Send>(
 ) -> Result<SenderOutput, PsiError> {
     check_config(cfg)?;
     check_input(items)?;
+    if let Some(p) = payloads {
+        check_payloads(items, p)?;
+    }
     let release = Arc::new(ReleaseKey::random(rng));
     let mut shuffle = derived_rng(rng);
     let distinct = distinct_indices(items).await;
@@ -258,8 +311,14 @@ pub(crate) async fn sender<R: CryptoRngCore + Send>(
     .await?;
     let peer_size = peer_set_size(&peer)?;
 
-    let values: Vec<u128> = if own_size == 0 || peer_size == 0 {
-        Vec::new()
+    // The payload of each distinct item (its first occurrence's), and the padded width.
+    let payload: Option<(Vec<Vec<u8>>, usize)> = payloads.map(|p| {
+        let own: Vec<Vec<u8>> = distinct.iter().map(|&i| p[i].clone()).collect();
+        let width = PAYLOAD_LEN_BYTES + own.iter().map(Vec::len).max().unwrap_or(0);
+        (own, width)
+    });
+    let (values, sealed): (Vec<u128>, Vec<u8>) = if own_size == 0 || peer_size == 0 {
+        (Vec::new(), Vec::new())
     } else {
         let m = okvs(peer_size, Block::ZERO)?.size();
         let flat = FlatItems::gather(items, &distinct);
@@ -277,6 +336,7 @@ pub(crate) async fn sender<R: CryptoRngCore + Send>(
             .await
             .map_err(vole_error)?;
         let release = Arc::clone(&release);
+        let payload = payload.clone();
         let out = compute(move || {
             let silent_vole::VoleSenderOutput { delta, b } = vole;
             let (seed, a_masked) = masked
@@ -292,11 +352,23 @@ pub(crate) async fn sender<R: CryptoRngCore + Send>(
             out.par_iter_mut()
                 .zip(item_values.par_iter())
                 .for_each(|(o, v)| *o ^= v.gf_mul(&delta));
+            // With a payload, each item's payload is sealed under a pad derived from its
+            // unhashed value and the release key, in the same shuffled order as the values.
+            let pre = if payload.is_some() {
+                out.clone()
+            } else {
+                Vec::new()
+            };
             FIXED_KEY_HASH.cr_hash_slice_mut(&mut out);
-            let mut values: Vec<u128> = out.into_iter().map(to_u128).collect();
-            values.shuffle(&mut shuffle);
+            let mut order: Vec<usize> = (0..out.len()).collect();
+            order.shuffle(&mut shuffle);
+            let mut values: Vec<u128> = order.iter().map(|&i| to_u128(out[i])).collect();
+            let sealed = match &payload {
+                Some((own, width)) => seal_payloads(&release, &pre, own, &order, *width),
+                None => Vec::new(),
+            };
             release.apply(&mut values, true);
-            Ok::<_, PsiError>(values)
+            Ok::<_, PsiError>((values, sealed))
         })
         .await??;
         progress.report(PHASE_OKVS, own_size as u64, own_size as u64);
@@ -306,6 +378,16 @@ pub(crate) async fn sender<R: CryptoRngCore + Send>(
     tessera_ot::wire::send_items(link, KIND_VALUES, VALUE_BYTES, &bytes)
         .await
         .map_err(vole_error)?;
+    if let Some((_, width)) = &payload {
+        let w = u32::try_from(*width)
+            .map_err(|_| PsiError::Internal("payload width past u32".into()))?;
+        tessera_ot::wire::send_items(link, KIND_PAYLOAD_WIDTH, 4, &w.to_le_bytes())
+            .await
+            .map_err(vole_error)?;
+        tessera_ot::wire::send_items(link, KIND_PAYLOAD, *width, &sealed)
+            .await
+            .map_err(vole_error)?;
+    }
     progress.report(PHASE_EXCHANGE, values.len() as u64, values.len() as u64);
     record_release_and_finish(link, gate, release, peer_size).await
 }
@@ -329,4 +411,178 @@ async fn recv_values(link: &dyn Link, count: usize) -> Result<Vec<u128>, PsiErro
         .await
         .map_err(vole_error)?;
     Ok(bytes.chunks_exact(VALUE_BYTES).map(to_value).collect())
+}
+
+/// Refuses payloads that do not pair with the items or exceed [`PAYLOAD_BYTES_MAX`].
+fn check_payloads(items: &[Vec<u8>], payloads: &[Vec<u8>]) -> Result<(), PsiError> {
+    if payloads.len() != items.len() {
+        return Err(PsiError::InvalidConfig(format!(
+            "{} payloads for {} items",
+            payloads.len(),
+            items.len()
+        )));
+    }
+    if let Some(p) = payloads.iter().find(|p| p.len() > PAYLOAD_BYTES_MAX) {
+        return Err(PsiError::TooLarge {
+            what: "payload bytes",
+            len: p.len() as u64,
+            max: PAYLOAD_BYTES_MAX as u64,
+        });
+    }
+    Ok(())
+}
+
+/// The pad of one item's payload: BLAKE3's XOF under [`PAYLOAD_PAD_CONTEXT`] over the release
+/// key and the item's unhashed OPRF value `u` (`F(x) = H(u)`), `width` bytes.
+fn pad(release: &[u8], u: &Block, width: usize) -> Vec<u8> {
+    let mut h = blake3::Hasher::new_derive_key(PAYLOAD_PAD_CONTEXT);
+    h.update(release);
+    h.update(u.as_bytes());
+    let mut out = vec![0u8; width];
+    h.finalize_xof().fill(&mut out);
+    out
+}
+
+/// The sender's sealed payloads, `width` bytes each, in the shuffled `order` of its values:
+/// `(u32 length ‖ payload ‖ zeros) XOR pad(release, u)`.
+fn seal_payloads(
+    release: &ReleaseKey,
+    pre: &[Block],
+    own: &[Vec<u8>],
+    order: &[usize],
+    width: usize,
+) -> Vec<u8> {
+    let key = release.bytes();
+    let mut sealed = vec![0u8; order.len() * width];
+    sealed
+        .par_chunks_mut(width)
+        .zip(order.par_iter())
+        .for_each(|(out, &i)| {
+            let p = &own[i];
+            out[..PAYLOAD_LEN_BYTES].copy_from_slice(&(p.len() as u32).to_le_bytes());
+            out[PAYLOAD_LEN_BYTES..PAYLOAD_LEN_BYTES + p.len()].copy_from_slice(p);
+            for (o, k) in out.iter_mut().zip(pad(key, &pre[i], width)) {
+                *o ^= k;
+            }
+        });
+    sealed
+}
+
+/// Receives the sender's payload width and its `peer_size` sealed payloads, each bound checked
+/// before anything is allocated for them.
+async fn recv_payload(link: &dyn Link, peer_size: usize) -> Result<(usize, Vec<u8>), PsiError> {
+    let w = tessera_ot::wire::recv_items(link, KIND_PAYLOAD_WIDTH, 4, 1)
+        .await
+        .map_err(vole_error)?;
+    let width = u32::from_le_bytes([w[0], w[1], w[2], w[3]]) as usize;
+    if !(PAYLOAD_LEN_BYTES..=PAYLOAD_LEN_BYTES + PAYLOAD_BYTES_MAX).contains(&width) {
+        return Err(PsiError::Protocol(format!(
+            "payload width {width} outside {PAYLOAD_LEN_BYTES}..={}",
+            PAYLOAD_LEN_BYTES + PAYLOAD_BYTES_MAX
+        )));
+    }
+    let total = (peer_size as u64).saturating_mul(width as u64);
+    if total > PAYLOAD_TOTAL_BYTES_MAX {
+        return Err(PsiError::TooLarge {
+            what: "payload total bytes",
+            len: total,
+            max: PAYLOAD_TOTAL_BYTES_MAX,
+        });
+    }
+    let sealed = tessera_ot::wire::recv_items(link, KIND_PAYLOAD, width, peer_size)
+        .await
+        .map_err(vole_error)?;
+    Ok((width, sealed))
+}
+
+/// What the receiver of a PSI with payload matches once the key is released.
+struct PayloadMatch {
+    /// Our unhashed values, per distinct item.
+    pre: Vec<Block>,
+    /// Our values `F(y)`, per distinct item.
+    ours: Vec<u128>,
+    /// The sender's values, encrypted under the release key, shuffled.
+    theirs: Vec<u128>,
+    /// The sealed payloads' width.
+    width: usize,
+    /// The sender's sealed payloads, in the order of `theirs`.
+    sealed: Vec<u8>,
+    /// Input index of each distinct item.
+    distinct: Vec<usize>,
+    peer_size: usize,
+}
+
+/// The receiver's end of a PSI with payload: takes `Release`, answers `Done`, decrypts the
+/// sender's values, finds the sender's position of each of our matched values and opens the
+/// payload there.
+async fn release_and_match_payload(
+    link: &dyn Link,
+    m: PayloadMatch,
+    progress: &dyn Progress,
+) -> Result<ReceiverOutput, PsiError> {
+    let release = match crate::common::recv_frame(link).await? {
+        crate::wire::Frame::Release(key) => ReleaseKey::from_bytes(key),
+        other => return Err(crate::common::unexpected(other, "release")),
+    };
+    link.send(crate::wire::done_frame()).await?;
+    let own_size = m.distinct.len() as u64;
+    progress.report(PHASE_MATCH, 0, own_size);
+    let peer_size = m.peer_size;
+    let out = compute(move || {
+        let PayloadMatch {
+            pre,
+            ours,
+            mut theirs,
+            width,
+            sealed,
+            distinct,
+            ..
+        } = m;
+        release.apply(&mut theirs, false);
+        let mut sorted: Vec<(u128, u32)> = theirs
+            .into_iter()
+            .enumerate()
+            .map(|(j, v)| (v, j as u32))
+            .collect();
+        sorted.par_sort_unstable();
+        let key = release.bytes();
+        let found: Vec<(usize, Result<Vec<u8>, PsiError>)> = ours
+            .par_iter()
+            .enumerate()
+            .filter_map(|(i, v)| {
+                let at = sorted.binary_search_by(|(w, _)| w.cmp(v)).ok()?;
+                let j = sorted[at].1 as usize;
+                let cell = &sealed[j * width..(j + 1) * width];
+                let opened: Vec<u8> = cell
+                    .iter()
+                    .zip(pad(key, &pre[i], width))
+                    .map(|(c, k)| c ^ k)
+                    .collect();
+                let len = u32::from_le_bytes([opened[0], opened[1], opened[2], opened[3]]) as usize;
+                let body = opened
+                    .get(PAYLOAD_LEN_BYTES..PAYLOAD_LEN_BYTES + len)
+                    .map(<[u8]>::to_vec)
+                    .ok_or_else(|| {
+                        PsiError::Protocol("a sealed payload's length is past its width".into())
+                    });
+                Some((distinct[i], body))
+            })
+            .collect();
+        let mut intersection = Vec::with_capacity(found.len());
+        let mut payloads = Vec::with_capacity(found.len());
+        for (i, body) in found {
+            intersection.push(i);
+            payloads.push(body?);
+        }
+        Ok::<_, PsiError>((intersection, payloads))
+    })
+    .await??;
+    progress.report(PHASE_MATCH, own_size, own_size);
+    let (intersection, payloads) = out;
+    Ok(ReceiverOutput {
+        intersection_size: intersection.len() as u64,
+        sender_set_size: peer_size as u64,
+        intersection: Some(intersection),
+        payloads: Some(payloads),
+    })
 }

@@ -28,6 +28,10 @@ const KIND_DONE: u8 = 0x04;
 const KIND_RELEASE: u8 = 0x05;
 /// rr22: the receiver's OKVS seed and masked encoding, 16-byte blocks.
 pub(crate) const KIND_OKVS: u8 = 0x06;
+/// rr22 with payload: the width of the sender's sealed payloads (one `u32` item).
+pub(crate) const KIND_PAYLOAD_WIDTH: u8 = 0x07;
+/// rr22 with payload: the sender's sealed payloads, in the order of its values.
+pub(crate) const KIND_PAYLOAD: u8 = 0x08;
 const KIND_ABORT: u8 = tessera_ot::wire::KIND_ABORT;
 /// Length of a `Hello` frame.
 const HELLO_BYTES: usize = 1 + 4 + 2 + 1 + 1 + 1 + 8 + 4;

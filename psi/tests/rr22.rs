@@ -425,3 +425,164 @@ async fn a_peer_going_away_mid_vole_is_a_link_error() {
         "{r:?}"
     );
 }
+
+/// Both roles of PSI with payload over one `MemLink`.
+async fn run_both_payload(
+    r_items: &[Vec<u8>],
+    s_items: &[Vec<u8>],
+    payloads: &[Vec<u8>],
+    seed: u64,
+) -> (
+    Result<ReceiverOutput, PsiError>,
+    Result<SenderOutput, PsiError>,
+) {
+    let (a, b) = MemLink::pair();
+    let mut r_rng = ChaCha20Rng::seed_from_u64(seed);
+    let mut s_rng = ChaCha20Rng::seed_from_u64(seed ^ 0x5eed);
+    bounded(async {
+        tokio::join!(
+            tessera_psi::run_receiver_with_payload(&a, r_items, &RR22, &mut r_rng, &NoProgress),
+            tessera_psi::run_sender_with_payload(
+                &b,
+                s_items,
+                payloads,
+                &RR22,
+                &mut s_rng,
+                &NoProgress,
+                &tessera_psi::NoGate
+            ),
+        )
+    })
+    .await
+}
+
+/// PSI with payload against the plaintext reference: random sets with duplicates on both
+/// sides (the sender's first occurrence's payload is delivered), empty payloads, empty sides
+/// and one side much larger than the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payloads_of_the_common_keys_match_the_plaintext_reference() {
+    let mut rng = ChaCha20Rng::seed_from_u64(15);
+    let mut cases: Vec<(usize, usize, u64)> = vec![(0, 0, 10), (0, 50, 10), (50, 0, 10)];
+    cases.extend([(10, 20_000, 20_000), (3_000, 40, 3_000)]);
+    for _ in 0..4 {
+        let u = rng.gen_range(1..3_000u64);
+        cases.push((rng.gen_range(1..2_000), rng.gen_range(1..2_000), u));
+    }
+    for (round, (nr, ns, universe)) in cases.into_iter().enumerate() {
+        let r: Vec<Vec<u8>> = (0..nr)
+            .map(|_| rng.gen_range(0..universe).to_le_bytes().to_vec())
+            .collect();
+        let s: Vec<Vec<u8>> = (0..ns)
+            .map(|_| rng.gen_range(0..universe).to_le_bytes().to_vec())
+            .collect();
+        let payloads: Vec<Vec<u8>> = (0..ns)
+            .map(|i| {
+                let len = rng.gen_range(0..120);
+                (0..len).map(|j| (i * 7 + j) as u8).collect()
+            })
+            .collect();
+        let (want, r_size, s_size) = reference(&r, &s);
+        let (got, sent) = run_both_payload(&r, &s, &payloads, round as u64).await;
+        let got = got.expect("receiver");
+        assert_eq!(sent.expect("sender").receiver_set_size, r_size);
+        assert_eq!(got.sender_set_size, s_size);
+        assert_eq!(got.intersection.as_deref(), Some(want.as_slice()));
+        let first = |k: &[u8]| s.iter().position(|x| x.as_slice() == k).expect("common");
+        let want_payloads: Vec<Vec<u8>> = want
+            .iter()
+            .map(|&i| payloads[first(&r[i])].clone())
+            .collect();
+        assert_eq!(got.payloads, Some(want_payloads), "round {round}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payload_configuration_and_bounds_are_checked() {
+    let items = keys(0..5);
+    // Not rr22 in intersection mode; a payload count other than the item count; one payload
+    // over the bound.
+    let (a, _b) = MemLink::pair();
+    let ecdh = PsiConfig {
+        protocol: Protocol::Ecdh,
+        ..RR22
+    };
+    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    let r = tessera_psi::run_receiver_with_payload(&a, &items, &ecdh, &mut rng, &NoProgress).await;
+    assert!(matches!(r, Err(PsiError::InvalidConfig(_))), "{r:?}");
+    let (r, s) = run_both_payload(&items, &items, &vec![vec![1]; 4], 2).await;
+    assert!(matches!(s, Err(PsiError::InvalidConfig(_))), "{s:?}");
+    assert!(r.is_err());
+    let mut big = vec![Vec::new(); 5];
+    big[3] = vec![0; tessera_psi::PAYLOAD_BYTES_MAX + 1];
+    let (r, s) = run_both_payload(&items, &items, &big, 3).await;
+    assert!(matches!(s, Err(PsiError::TooLarge { .. })), "{s:?}");
+    assert!(r.is_err());
+}
+
+/// A real payload receiver against a fake sender that runs the VOLE, sends `values` and then
+/// `frames` (the payload width and payloads as it likes).
+async fn payload_receiver_against(frames: Vec<Bytes>) -> Result<ReceiverOutput, PsiError> {
+    let (a, b) = MemLink::pair();
+    let n_r = 20;
+    let n_s = 10;
+    let mut r_rng = ChaCha20Rng::seed_from_u64(8);
+    let fake = async move {
+        let mut rng = ChaCha20Rng::seed_from_u64(9);
+        b.send(hello(SENDER, n_s as u64)).await.expect("hello");
+        b.recv().await.expect("their hello");
+        let m = okvs_len(n_r);
+        silent_vole::send(&b, &mut rng, m).await.expect("vole");
+        tessera_ot::wire::recv_blocks(&b, KIND_OKVS, m + 1)
+            .await
+            .expect("okvs");
+        b.send(batch(KIND_VALUES, n_s as u32, &vec![0x33; 16 * n_s]))
+            .await
+            .expect("values");
+        for f in frames {
+            if b.send(f).await.is_err() {
+                break;
+            }
+        }
+        wait_for_the_end(&b).await;
+    };
+    let items = keys(0..n_r as u64);
+    bounded(async {
+        let (r, ()) = tokio::join!(
+            tessera_psi::run_receiver_with_payload(&a, &items, &RR22, &mut r_rng, &NoProgress),
+            fake
+        );
+        r
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_payload_frames_are_protocol_errors() {
+    const KIND_PAYLOAD_WIDTH: u8 = 0x07;
+    const KIND_PAYLOAD: u8 = 0x08;
+    let width = |w: u32| batch(KIND_PAYLOAD_WIDTH, 1, &w.to_le_bytes());
+    for frames in [
+        // No width (a release straight away); a width below the length prefix; past the
+        // bound; payloads of another width than announced; too many payloads.
+        vec![Bytes::from_static(&[KIND_RELEASE; 17])],
+        vec![width(3)],
+        vec![width(u32::MAX)],
+        vec![width(8), batch(KIND_PAYLOAD, 10, &[0; 70])],
+        vec![width(8), batch(KIND_PAYLOAD, 11, &[0; 88])],
+    ] {
+        let r = payload_receiver_against(frames).await;
+        assert!(is_protocol(&r), "{r:?}");
+    }
+    // Garbage payloads and a garbage release: nothing matches, nothing is opened, no panic.
+    let mut release = vec![KIND_RELEASE];
+    release.extend_from_slice(&[7; 16]);
+    let r = payload_receiver_against(vec![
+        width(8),
+        batch(KIND_PAYLOAD, 10, &[0xEE; 80]),
+        Bytes::from(release),
+    ])
+    .await
+    .expect("receiver");
+    assert_eq!(r.intersection_size, 0);
+    assert_eq!(r.payloads, Some(Vec::new()));
+}
