@@ -219,8 +219,11 @@ pub mod scene {
     /// inside an attested enclave on the provider's worker, which alone receives the
     /// provider's dataset key (crate `tessera-tee`).
     pub const TEE: &str = "tee";
+    /// PSI with the provider's payload columns: the buyer's rows joined with the columns the
+    /// licence's `payloadColumns` lists, for its common keys (crate `tessera-psi`, rr22).
+    pub const PSI_PAYLOAD: &str = "psi_payload";
     /// Scenes this build can run.
-    pub const SUPPORTED: &[&str] = &[PSI, PREVIEW, MPC, TEE];
+    pub const SUPPORTED: &[&str] = &[PSI, PSI_PAYLOAD, PREVIEW, MPC, TEE];
 }
 
 #[cfg(test)]

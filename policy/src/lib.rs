@@ -535,13 +535,15 @@ impl UsagePolicy {
             for p in &s.protocols.0 {
                 let known = match s.use_sence.as_str() {
                     "psi" => p.parse::<tessera_core::PsiProtocol>().is_ok(),
+                    // PSI with payload runs on rr22 only.
+                    "psi_payload" => p == tessera_core::PsiProtocol::Rr22.as_str(),
                     "mpc" => MPC_PROTOCOLS.contains(&p.as_str()),
                     _ => false,
                 };
                 if !known {
                     return Err(PolicyError::Invalid(format!(
-                        "scene {}: unknown protocol {p:?} (the psi scene knows {}; the mpc \
-                         scene knows {})",
+                        "scene {}: unknown protocol {p:?} (the psi scene knows {}; the \
+                         psi_payload scene rr22; the mpc scene knows {})",
                         s.use_sence,
                         tessera_core::PsiProtocol::ALL
                             .iter()

@@ -174,7 +174,10 @@ impl JobRequest {
                 "preview_rows: only a preview job shows rows".into(),
             ));
         }
-        if self.join.is_some() || !self.payload_columns.is_empty() {
+        if self.join.is_some()
+            || !self.payload_columns.is_empty()
+            || self.scene == tessera_core::job::scene::PSI_PAYLOAD
+        {
             self.validate_join()?;
         }
         match (&self.mpc, self.is_query()) {
@@ -259,10 +262,11 @@ impl JobRequest {
     /// the result's header names every column once.
     fn validate_join(&self) -> Result<(), SchedulerError> {
         let bad = |m: String| Err(SchedulerError::Invalid(m));
-        if !self.is_tee() {
+        let payload_scene = self.scene == tessera_core::job::scene::PSI_PAYLOAD;
+        if !self.is_tee() && !payload_scene {
             return bad(format!(
                 "join: a {} job runs no join (joins with the provider's payload columns run in \
-                 tee jobs; the psi_payload scene has no engine in this build)",
+                 psi_payload and tee jobs)",
                 self.scene
             ));
         }
@@ -278,11 +282,19 @@ impl JobRequest {
         if self.mode != PsiMode::Intersection {
             return bad("mode: a join runs in intersection mode".into());
         }
-        if self.protocol.is_some() {
-            return bad(
-                "protocol: a tee job joins the rows inside the enclave; name no PSI protocol"
-                    .into(),
-            );
+        match (payload_scene, self.protocol) {
+            (false, Some(_)) => {
+                return bad(
+                    "protocol: a tee job joins the rows inside the enclave; name no PSI protocol"
+                        .into(),
+                );
+            }
+            (true, Some(p)) if p != PsiProtocol::Rr22 => {
+                return bad(format!(
+                    "protocol: a psi_payload job runs rr22 (PSI with payload), not {p}"
+                ));
+            }
+            _ => {}
         }
         file_name("output", &self.output, true)?;
         if kind == tessera_core::JoinKind::Difference && !self.payload_columns.is_empty() {

@@ -16,7 +16,8 @@ use crate::progress::{self, PhaseBar};
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum JobCmd {
-    /// Submit a PSI job.
+    /// Submit a PSI job (scene psi), or a PSI with the provider's payload columns (scene
+    /// psi_payload: --payload, --join).
     Submit {
         #[command(flatten)]
         conn: Conn,
@@ -72,9 +73,21 @@ pub enum JobCmd {
         #[arg(long)]
         request_id: Option<String>,
         /// Further columns of the buyer's own dataset written next to the key columns in the
-        /// result, comma-separated (the provider's columns are never written).
+        /// result, comma-separated (the provider's columns are written only by a join,
+        /// `--payload`).
         #[arg(long, value_delimiter = ',')]
         carry_columns: Vec<String>,
+        /// A PSI with the provider's payload columns (the licence's psi_payload scene, rr22):
+        /// the provider's columns written for the buyer's matched rows, comma-separated (each
+        /// must be in the scene's payloadColumns). With --join, or alone for an inner join.
+        #[arg(long, value_delimiter = ',')]
+        payload: Vec<String>,
+        /// The shape of a PSI with payload (scene psi_payload): inner (the buyer's rows whose
+        /// key the provider has, with the payload columns), left (every buyer row, a `matched`
+        /// column true/false, the payload empty where false) or difference (the buyer's rows
+        /// the provider does not have, no payload) [default: inner when --payload is given].
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["inner", "left", "difference"]))]
+        join: Option<String>,
         /// Follow the job until it ends; the exit status then tells how it ended (0
         /// succeeded, 3 refused, 4 failed, 5 cancelled, 6 connection lost).
         #[arg(long)]
@@ -508,8 +521,25 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<()> {
             output,
             request_id,
             carry_columns,
+            payload,
+            join,
             watch: follow,
         } => {
+            // A join (a PSI with payload) runs under the licence's psi_payload scene.
+            let join = match (join, payload.is_empty()) {
+                (Some(j), _) => Some(j),
+                (None, false) => Some("inner".to_string()),
+                (None, true) => None,
+            };
+            let scene = if join.is_some() {
+                tessera_core::job::scene::PSI_PAYLOAD
+            } else {
+                tessera_core::job::scene::PSI
+            };
+            let join = match join {
+                Some(j) => pb::JoinKind::from(j.parse::<tessera_core::JoinKind>()?).into(),
+                None => pb::JoinKind::Unspecified.into(),
+            };
             let protocol = match protocol {
                 Some(p) => pb::PsiProtocol::from(
                     p.to_ascii_lowercase()
@@ -523,7 +553,7 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<()> {
                 .submit_job(pb::SubmitJobRequest {
                     user: String::new(),
                     licence_id: licence,
-                    scene: "psi".into(),
+                    scene: scene.into(),
                     buyer_party,
                     buyer_dataset_id: buyer_dataset,
                     buyer_columns,
@@ -545,8 +575,8 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<()> {
                     preview_last_row: 0,
                     mpc_query: String::new(),
                     mpc_columns: Vec::new(),
-                    join: pb::JoinKind::Unspecified.into(),
-                    payload_columns: Vec::new(),
+                    join,
+                    payload_columns: payload,
                 })
                 .await?
                 .into_inner();

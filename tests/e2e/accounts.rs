@@ -11,13 +11,7 @@ use crate::harness::{BIN, Cluster, USER, keys};
 
 /// Runs the CLI against the cluster's operator and returns stdout.
 fn cli(c: &Cluster, args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .args(args)
-        .args(["--operator", &c.url, "--ca-file", &c.ca_file])
-        .env("TESSERA_TOKEN", c.cli_token(args))
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run tessera");
+    let out = c.cli(args);
     assert!(
         out.status.success(),
         "tessera {args:?} failed: {}",

@@ -393,6 +393,17 @@ impl Cluster {
         }
     }
 
+    /// Runs the CLI against this cluster's operator, with [`Cluster::cli_token`]'s token.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(BIN)
+            .args(args)
+            .args(["--operator", &self.url, "--ca-file", &self.ca_file])
+            .env("TESSERA_TOKEN", self.cli_token(args))
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run tessera")
+    }
+
     /// The token a CLI command runs with: job commands as the buyer (`u1`), everything else
     /// as the operator.
     pub fn cli_token(&self, args: &[&str]) -> &str {
@@ -690,4 +701,20 @@ pub async fn cash(c: &Cluster) -> i64 {
         .into_iter()
         .find(|b| b.account == format!("customer:{USER}:cash"))
         .map_or(0, |b| b.balance_micros)
+}
+
+/// A result file as a standard CSV reader sees it: header, then records.
+pub fn read_csv(path: &std::path::Path) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut r = csv::Reader::from_path(path).expect("result file");
+    let header = r
+        .headers()
+        .expect("header")
+        .iter()
+        .map(String::from)
+        .collect();
+    let rows = r
+        .records()
+        .map(|rec| rec.expect("record").iter().map(String::from).collect())
+        .collect();
+    (header, rows)
 }

@@ -3,12 +3,11 @@
 //! at any moment of a job (every job ends, settled as its end says), submission request ids,
 //! deposit replays and per-customer keys, and the maximum amount.
 
-use std::process::Command;
 use std::time::Duration;
 
 use tessera_proto::v1 as pb;
 
-use crate::harness::{BIN, Cluster, USER, holds_only_voided, keys};
+use crate::harness::{Cluster, USER, holds_only_voided, keys};
 
 /// Per-job price 1,000 + 10 per 1,000 provider rows (the harness's licence).
 fn expected_charge(provider_rows: u64) -> i64 {
@@ -450,13 +449,7 @@ async fn a_retried_submission_with_its_request_id_is_one_job() {
 
 /// Runs the CLI against the cluster's operator: (success, stdout, stderr).
 fn cli(c: &Cluster, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .args(["--operator", &c.url, "--ca-file", &c.ca_file])
-        .env("TESSERA_TOKEN", c.cli_token(args))
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run tessera");
+    let out = c.cli(args);
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -4,23 +4,7 @@
 use sha2::{Digest, Sha256};
 use tessera_proto::v1 as pb;
 
-use crate::harness::{BUYER, Cluster, PROVIDER, USER};
-
-/// The result file as a standard CSV reader sees it: header, then records.
-fn read_csv(path: &std::path::Path) -> (Vec<String>, Vec<Vec<String>>) {
-    let mut r = csv::Reader::from_path(path).expect("result file");
-    let header = r
-        .headers()
-        .expect("header")
-        .iter()
-        .map(String::from)
-        .collect();
-    let rows = r
-        .records()
-        .map(|rec| rec.expect("record").iter().map(String::from).collect())
-        .collect();
-    (header, rows)
-}
+use crate::harness::{BUYER, Cluster, PROVIDER, USER, read_csv};
 
 fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
@@ -409,5 +393,149 @@ async fn rr22_and_ecdh_agree_through_real_workers_and_a_scene_may_allow_only_one
         .into_inner();
     let j = c.wait(&j.job_id).await;
     assert_eq!((j.state_text(), j.protocol_text()), ("succeeded", "ecdh"));
+    c.assert_audit_verifies().await;
+}
+
+/// PSI with payload (scene `psi_payload`, rr22) through real workers: the licence lists one of
+/// the provider's three non-key columns in `payloadColumns`; a job asking for another is
+/// refused at admission with nothing counted; the buyer's file holds that one column's values
+/// for its matched rows and nothing of the other two; inner, left and difference against the
+/// plaintext join, with duplicate keys on both sides; the CLI's `job submit --payload --join`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psi_with_payload_delivers_only_the_payload_columns_the_licence_lists() {
+    let c = Cluster::start(5_000);
+    c.fund(100_000_000, "fund").await;
+    // Provider: keys k0..k299, k7 twice (its first row's values are delivered); each value
+    // tagged with its column, so that a leak would show.
+    let mut prov: Vec<String> = (0..300)
+        .map(|i| format!("k{i},INCOME{i},AGE{i},SECRET{i}"))
+        .collect();
+    prov.insert(8, "k7,INCOME7b,AGE7b,SECRET7b".into());
+    c.dataset(&c.provider, "pp", "k,income,age,secret", &prov)
+        .await;
+    // Buyer: k250..k449, k260 twice, a city each.
+    let mut buyer_keys: Vec<u64> = (250..450).collect();
+    buyer_keys.insert(3, 260);
+    buyer_keys.push(7);
+    let rows: Vec<String> = buyer_keys.iter().map(|i| format!("k{i},city{i}")).collect();
+    c.dataset(&c.buyer, "bp", "k,city", &rows).await;
+    let lic = c
+        .licence_with_policy(
+            "pp",
+            format!(
+                r#"{{"policyName":"p","relUsers":[{{"userId":"{USER}","userName":"U","isGroup":0}}],
+                    "useScenes":[{{"useSence":"psi_payload","counts":5,
+                        "payloadColumns":["income"]}}]}}"#
+            ),
+        )
+        .await;
+    let job = |kind: pb::JoinKind, payload: &[&str], output: &str| pb::SubmitJobRequest {
+        scene: "psi_payload".into(),
+        carry_columns: vec!["city".into()],
+        join: kind.into(),
+        payload_columns: strings(payload),
+        ..Cluster::job(&lic, "bp", "intersection", output)
+    };
+    let mut client = c.client().await;
+    let refused = client
+        .submit_job(job(pb::JoinKind::Inner, &["income", "secret"], "no.csv"))
+        .await
+        .expect("submit")
+        .into_inner();
+    assert_eq!(refused.state_text(), "refused", "{refused:?}");
+    assert!(
+        refused
+            .refusal_reasons
+            .iter()
+            .any(|r| r.contains("secret") && r.contains("payloadColumns")),
+        "{refused:?}"
+    );
+    assert_eq!(c.remaining(&lic).await, Some(5));
+    // ECDH cannot carry a payload.
+    let mut ecdh = job(pb::JoinKind::Inner, &["income"], "ecdh.csv");
+    ecdh.protocol = pb::PsiProtocol::Ecdh.into();
+    let e = client.submit_job(ecdh).await.expect_err("ecdh");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+
+    let has = |i: u64| i < 300;
+    let income = |i: u64| format!("INCOME{i}");
+    let j = client
+        .submit_job(job(pb::JoinKind::Inner, &["income"], "inner.csv"))
+        .await
+        .expect("submit")
+        .into_inner();
+    let j = c.wait(&j.job_id).await;
+    assert_eq!(j.state_text(), "succeeded", "{j:?}");
+    assert_eq!(j.protocol_text(), "rr22");
+    // k250..k299 and k7: 51 distinct common keys.
+    assert_eq!(j.result_size, Some(51), "{j:?}");
+    let (header, got) = read_csv(&c.buyer.outputs.join("inner.csv"));
+    assert_eq!(header, ["k", "city", "income"]);
+    let want: Vec<Vec<String>> = buyer_keys
+        .iter()
+        .filter(|&&i| has(i))
+        .map(|&i| vec![format!("k{i}"), format!("city{i}"), income(i)])
+        .collect();
+    assert_eq!(got, want);
+    let text = std::fs::read_to_string(c.buyer.outputs.join("inner.csv")).expect("file");
+    assert!(
+        !text.contains("AGE") && !text.contains("SECRET") && !text.contains("INCOME7b"),
+        "{text}"
+    );
+    let j = client
+        .submit_job(job(pb::JoinKind::Difference, &[], "diff.csv"))
+        .await
+        .expect("submit")
+        .into_inner();
+    assert_eq!(c.wait(&j.job_id).await.state_text(), "succeeded");
+    let (header, got) = read_csv(&c.buyer.outputs.join("diff.csv"));
+    assert_eq!(header, ["k", "city"]);
+    let want: Vec<Vec<String>> = buyer_keys
+        .iter()
+        .filter(|&&i| !has(i))
+        .map(|&i| vec![format!("k{i}"), format!("city{i}")])
+        .collect();
+    assert_eq!(got, want);
+
+    // Left, through the CLI.
+    let out = c.cli(&[
+        "job",
+        "submit",
+        "--licence",
+        &lic,
+        "--buyer-party",
+        BUYER,
+        "--buyer-dataset",
+        "bp",
+        "--buyer-columns",
+        "k",
+        "--provider-columns",
+        "k",
+        "--payload",
+        "income",
+        "--join",
+        "left",
+        "--carry-columns",
+        "city",
+        "--output",
+        "left.csv",
+        "--watch",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let (header, got) = read_csv(&c.buyer.outputs.join("left.csv"));
+    assert_eq!(header, ["k", "city", "matched", "income"]);
+    let want: Vec<Vec<String>> = buyer_keys
+        .iter()
+        .map(|&i| {
+            vec![
+                format!("k{i}"),
+                format!("city{i}"),
+                has(i).to_string(),
+                if has(i) { income(i) } else { String::new() },
+            ]
+        })
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(c.remaining(&lic).await, Some(2));
     c.assert_audit_verifies().await;
 }

@@ -10,7 +10,7 @@ use std::process::Command;
 
 use tessera_proto::v1 as pb;
 
-use crate::harness::{BIN, Cluster, PROVIDER, USER, cash};
+use crate::harness::{BIN, Cluster, PROVIDER, USER, cash, read_csv};
 
 const POLICY: &str = r#"{"policy_id": "dev-tee", "result_ttl_secs": 600,
     "insecure_simulated_tee": {"measurement": ["dev-build-1"]}}"#;
@@ -81,21 +81,6 @@ async fn seal_provider_dataset(c: &Cluster, id: &str, text: &str, rows: u64) {
     }
 }
 
-fn read_rows(path: &std::path::Path) -> (Vec<String>, Vec<Vec<String>>) {
-    let mut r = csv::Reader::from_path(path).expect("result");
-    let header = r
-        .headers()
-        .expect("header")
-        .iter()
-        .map(String::from)
-        .collect();
-    let rows = r
-        .records()
-        .map(|rec| rec.expect("record").iter().map(String::from).collect())
-        .collect();
-    (header, rows)
-}
-
 fn licence_policy(env_hard: &str) -> String {
     format!(
         r#"{{"policyName":"t","relUsers":[{{"userId":"{USER}","userName":"U","isGroup":0}}],
@@ -151,7 +136,7 @@ async fn a_query_runs_in_the_attested_enclave_on_the_sealed_dataset_and_sgx_is_r
         want[&2].0 < 4 && want[&0].0 >= 4 && want[&1].0 >= 4,
         "{want:?}"
     );
-    let (_, rows) = read_rows(&c.buyer.outputs.join("tee.csv"));
+    let (_, rows) = read_csv(&c.buyer.outputs.join("tee.csv"));
     assert_eq!(rows.len(), 3, "{rows:?}");
     for row in &rows {
         let g: u32 = row[0].parse().expect("group");
@@ -448,7 +433,7 @@ async fn a_join_in_the_enclave_delivers_only_the_payload_columns_the_licence_lis
     assert_eq!(done.state_text(), "succeeded", "{done:?}");
     // 31..=40 and 7: eleven distinct common keys (35 twice in the buyer's rows).
     assert_eq!(done.result_size, Some(11), "{done:?}");
-    let (header, rows) = read_rows(&c.buyer.outputs.join("inner.csv"));
+    let (header, rows) = read_csv(&c.buyer.outputs.join("inner.csv"));
     assert_eq!(header, ["id", "city", "income"]);
     let want: Vec<Vec<String>> = buyer_ids
         .iter()
@@ -470,7 +455,7 @@ async fn a_join_in_the_enclave_delivers_only_the_payload_columns_the_licence_lis
         .into_inner();
     let done = c.wait(&job.job_id).await;
     assert_eq!(done.state_text(), "succeeded", "{done:?}");
-    let (header, rows) = read_rows(&c.buyer.outputs.join("diff.csv"));
+    let (header, rows) = read_csv(&c.buyer.outputs.join("diff.csv"));
     assert_eq!(header, ["id", "city"]);
     let want: Vec<Vec<String>> = buyer_ids
         .iter()
@@ -519,7 +504,7 @@ async fn a_join_in_the_enclave_delivers_only_the_payload_columns_the_licence_lis
         stdout.contains("[tee]") && !stdout.contains("rr22"),
         "{stdout}"
     );
-    let (header, rows) = read_rows(&c.buyer.outputs.join("left.csv"));
+    let (header, rows) = read_csv(&c.buyer.outputs.join("left.csv"));
     assert_eq!(header, ["id", "city", "matched", "income"]);
     let want: Vec<Vec<String>> = buyer_ids
         .iter()

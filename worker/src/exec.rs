@@ -121,9 +121,9 @@ pub trait DeliverySink: Send + Sync {
 }
 
 /// The PSI sender's [`tessera_psi::DeliveryGate`] over a [`DeliverySink`].
-struct SinkGate<'a> {
-    sink: &'a dyn DeliverySink,
-    rows_in: u64,
+pub(crate) struct SinkGate<'a> {
+    pub(crate) sink: &'a dyn DeliverySink,
+    pub(crate) rows_in: u64,
 }
 
 #[async_trait::async_trait]
@@ -214,6 +214,9 @@ pub async fn run_task(
         }
         tessera_core::job::scene::TEE => {
             return crate::tee::run(env, spec, progress, delivery).await;
+        }
+        tessera_core::job::scene::PSI_PAYLOAD => {
+            return crate::join::run_psi_payload(env, spec, progress, delivery).await;
         }
         other => {
             return Err(TaskError::Internal(format!(

@@ -8,6 +8,7 @@
 
 pub mod exec;
 pub mod grant;
+pub mod join;
 pub mod link;
 pub mod mpc;
 pub mod preview;

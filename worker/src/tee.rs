@@ -65,7 +65,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use tessera_core::table::{KeySpec, read_keys_keeping, read_keys_keeping_csv_bytes};
-use tessera_core::{JOIN_MATCHED_COLUMN, JoinKind, Link, TaskRole, TaskSpec};
+use tessera_core::{JoinKind, Link, TaskRole, TaskSpec};
 use tessera_mpc::FixedPoint;
 use tessera_mpc::query::job::plan_of;
 use tessera_mpc::query::{ColumnKind, OutputPolicy, QueryError, Side, evaluate_clear};
@@ -75,6 +75,7 @@ use zeroize::Zeroizing;
 use crate::exec::{
     DeliverySink, ExecEnv, TaskError, TaskOutcome, dataset_path, fresh_result_path, open_link,
 };
+use crate::join::{JoinTable, join_table};
 use crate::link::GrpcLink;
 use crate::mpc::{declared_columns, own_table, recv, result_table, send, write_table};
 
@@ -484,92 +485,6 @@ fn join_in_enclave(
     Answer::Join { matched, payload }
 }
 
-/// A join's result table as the buyer writes it: header, rows, and the number of distinct
-/// common keys (the job's result size).
-struct JoinTable {
-    header: Vec<String>,
-    rows: Vec<Vec<String>>,
-    common: u64,
-}
-
-/// The buyer's result of a join: its key and carried columns (`own`, original values), then
-/// for a left join the `matched` flag, then the payload columns.
-///
-/// # Errors
-/// A peer error when the enclave's answer does not fit the buyer's rows (an index out of
-/// range or out of order, payload rows of the wrong count or width).
-fn join_table(
-    join: &tessera_core::JoinSpec,
-    own: &[String],
-    input: &tessera_core::table::KeyedInput,
-    matched: &[u64],
-    payload: Vec<Vec<String>>,
-) -> Result<JoinTable, TaskError> {
-    let bad = |m: &str| TaskError::Peer(format!("the enclave's join result: {m}"));
-    let n = input.keys.len() as u64;
-    if matched.windows(2).any(|w| w[0] >= w[1]) || matched.last().is_some_and(|&i| i >= n) {
-        return Err(bad("row indices out of order or range"));
-    }
-    let with_payload = join.kind != JoinKind::Difference;
-    if with_payload
-        && (payload.len() != matched.len()
-            || payload
-                .iter()
-                .any(|r| r.len() != join.payload_columns.len()))
-    {
-        return Err(bad("payload rows of the wrong count or width"));
-    }
-    if !with_payload && !payload.is_empty() {
-        return Err(bad("provider values with a difference"));
-    }
-    let common = matched
-        .iter()
-        .map(|&i| input.keys[i as usize].as_slice())
-        .collect::<std::collections::HashSet<_>>()
-        .len() as u64;
-    let mut header = own.to_vec();
-    if join.kind == JoinKind::Left {
-        header.push(JOIN_MATCHED_COLUMN.to_string());
-    }
-    if with_payload {
-        header.extend(join.payload_columns.iter().cloned());
-    }
-    let mut payload = payload.into_iter();
-    let mut next = matched.iter().peekable();
-    let mut rows = Vec::new();
-    for (i, values) in input.kept.iter().enumerate() {
-        let hit = next.next_if(|&&m| m == i as u64).is_some();
-        let extra = if hit && with_payload {
-            payload.next().unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        match (join.kind, hit) {
-            (JoinKind::Inner, true) => rows.push([values.clone(), extra].concat()),
-            (JoinKind::Left, _) => {
-                let mut row = values.clone();
-                row.push(hit.to_string());
-                if hit {
-                    row.extend(extra);
-                } else {
-                    row.extend(std::iter::repeat_n(
-                        String::new(),
-                        join.payload_columns.len(),
-                    ));
-                }
-                rows.push(row);
-            }
-            (JoinKind::Difference, false) => rows.push(values.clone()),
-            _ => {}
-        }
-    }
-    Ok(JoinTable {
-        header,
-        rows,
-        common,
-    })
-}
-
 /// What the enclave sends the buyer (sealed).
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "answer", rename_all = "snake_case")]
@@ -952,44 +867,6 @@ mod tests {
                     })
                 );
             }
-        }
-    }
-
-    /// A hostile enclave answer (indices out of order or range, payload of the wrong shape,
-    /// payload with a difference) is a peer error, never a panic.
-    #[test]
-    fn a_bad_join_answer_is_a_peer_error() {
-        let keys: Vec<Vec<u8>> = vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()];
-        let input = keyed(
-            &keys,
-            vec![vec!["a".into()], vec!["b".into()], vec!["c".into()]],
-        );
-        let own = vec!["id".to_string()];
-        let inner = tessera_core::JoinSpec {
-            kind: JoinKind::Inner,
-            payload_columns: vec!["v".into()],
-        };
-        let diff = tessera_core::JoinSpec {
-            kind: JoinKind::Difference,
-            payload_columns: vec![],
-        };
-        let one = |v: &str| vec![v.to_string()];
-        for (join, matched, payload) in [
-            (&inner, vec![1, 0], vec![one("x"), one("y")]),
-            (&inner, vec![1, 1], vec![one("x"), one("y")]),
-            (&inner, vec![3], vec![one("x")]),
-            (&inner, vec![u64::MAX], vec![one("x")]),
-            (&inner, vec![0, 1], vec![one("x")]),
-            (&inner, vec![0], vec![vec!["x".into(), "y".into()]]),
-            (&diff, vec![0], vec![one("x")]),
-        ] {
-            assert!(
-                matches!(
-                    join_table(join, &own, &input, &matched, payload),
-                    Err(TaskError::Peer(_))
-                ),
-                "{matched:?}"
-            );
         }
     }
 
