@@ -47,6 +47,7 @@ const ENUM_FIELDS: &[(&str, &str, &str)] = &[
         "UnicodeFormName",
     ),
     ("SubmitJobRequest.empty_keys", "empty_keys", "EmptyKeysName"),
+    ("SubmitJobRequest.join", "join_kind", "JoinKindName"),
     ("PhaseProgress.role", "task_role", "TaskRoleName"),
     ("Job.state", "job_state", "JobStateName"),
     ("Job.mode", "psi_mode", "PsiModeName"),

@@ -222,6 +222,41 @@ pub async fn start(config: &OperatorConfig) -> anyhow::Result<OperatorHandle> {
             });
         }
     };
+    // The TEE policy is read before anything is created: a bad file leaves no data directory.
+    let tee_policy = match &config.tee_policy {
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("reading the TEE policy {}", path.display()))?;
+            Some(
+                tessera_tee::AppraisalPolicy::from_json(&bytes)
+                    .with_context(|| format!("the TEE policy {}", path.display()))?,
+            )
+        }
+        None => None,
+    };
+    if tee_policy.as_ref().is_some_and(|p| {
+        p.sgx.is_none()
+            && p.tdx.is_none()
+            && p.sev_snp.is_none()
+            && p.insecure_simulated_tee.is_none()
+    }) {
+        tracing::warn!(
+            "the TEE policy has no section (sgx, tdx, sev_snp, insecure_simulated_tee): it \
+             accepts no enclave, so no tee job can be placed"
+        );
+    }
+    if let Some(p) = tee_policy
+        .as_ref()
+        .and_then(|p| p.insecure_simulated_tee.as_ref())
+    {
+        tracing::warn!(
+            measurements = ?p.measurement,
+            "the TEE policy accepts the insecure-simulated-tee mode: workers without an enclave \
+             attest, and tee jobs under licences naming tee:insecure-simulated-tee run with no \
+             protection (development only; remove the insecure_simulated_tee section in \
+             production)"
+        );
+    }
     let lock = crate::datadir::lock(&config.data_dir)?;
     let zone: tessera_core::civil::Zone = config
         .time_zone
@@ -238,29 +273,6 @@ pub async fn start(config: &OperatorConfig) -> anyhow::Result<OperatorHandle> {
                 .with_context(|| format!("daily price basis {:?}", config.daily_price_basis))?,
         );
     let signer = load_or_create_key(&config.data_dir)?;
-    let tee_policy = match &config.tee_policy {
-        Some(path) => {
-            let bytes = std::fs::read(path)
-                .with_context(|| format!("reading the TEE policy {}", path.display()))?;
-            Some(
-                tessera_tee::AppraisalPolicy::from_json(&bytes)
-                    .with_context(|| format!("the TEE policy {}", path.display()))?,
-            )
-        }
-        None => None,
-    };
-    if let Some(p) = tee_policy
-        .as_ref()
-        .and_then(|p| p.insecure_simulated_tee.as_ref())
-    {
-        tracing::warn!(
-            measurements = ?p.measurement,
-            "the TEE policy accepts the insecure-simulated-tee mode: workers without an enclave \
-             attest, and tee jobs under licences naming tee:insecure-simulated-tee run with no \
-             protection (development only; remove the insecure_simulated_tee section in \
-             production)"
-        );
-    }
     let mut tee_seed = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut tee_seed);
     let tee =

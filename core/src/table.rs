@@ -1089,10 +1089,12 @@ fn for_each_csv_batch<F: Read + Seek>(
             } else {
                 partial_record_bytes = partial_record_bytes.saturating_add(consumed);
                 if partial_record_bytes > record_allowance {
+                    // The records the decoder holds in its unflushed batch come first.
+                    let pending = READ_BATCH_ROWS.saturating_sub(decoder.capacity()) as u64;
                     return Err(TableError::TooLarge {
                         path: path.to_owned(),
                         bound: TableBound::RecordBytes,
-                        at_row: Some(rows + 1),
+                        at_row: Some(rows + pending + 1),
                     });
                 }
             }
@@ -1741,6 +1743,28 @@ mod tests {
                     bound: TableBound::RecordBytes,
                     ..
                 }
+            ),
+            "{err:?}"
+        );
+        // Past the first batches, the row named is the over-long record's own.
+        let mut bytes = b"id,other\n".to_vec();
+        for i in 0..(2 * READ_BATCH_ROWS + 951) {
+            bytes.extend(format!("{i},x\n").as_bytes());
+        }
+        bytes.extend(b"big,");
+        bytes.extend(std::iter::repeat_n(b'x', 2 * CSV_RECORD_BYTES_MAX));
+        bytes.extend(b"\nlast,y\n");
+        let p = write(dir.path(), "c.csv", &bytes);
+        let err = read_keys(&p, &spec(&["id"], KeyCase::Preserve)).expect_err("must fail");
+        let want = (2 * READ_BATCH_ROWS + 952) as u64;
+        assert!(
+            matches!(
+                err,
+                TableError::TooLarge {
+                    bound: TableBound::RecordBytes,
+                    at_row: Some(r),
+                    ..
+                } if r == want
             ),
             "{err:?}"
         );

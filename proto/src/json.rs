@@ -145,6 +145,19 @@ enum_json!(
     "EMPTY_KEYS_SKIP",
     [EMPTY_KEYS_UNSPECIFIED, EMPTY_KEYS_SKIP, EMPTY_KEYS_FAIL]
 );
+enum_json!(
+    join_kind,
+    JoinKind,
+    JoinKindName,
+    "JOIN_KIND_",
+    "JOIN_KIND_INNER",
+    [
+        JOIN_KIND_UNSPECIFIED,
+        JOIN_KIND_INNER,
+        JOIN_KIND_LEFT,
+        JOIN_KIND_DIFFERENCE,
+    ]
+);
 
 #[cfg(test)]
 mod tests {
@@ -177,6 +190,7 @@ mod tests {
             EmptyKeysName::ALL,
             names(|e: pb::EmptyKeys| e.as_str_name())
         );
+        assert_eq!(JoinKindName::ALL, names(|e: pb::JoinKind| e.as_str_name()));
     }
 
     #[test]
@@ -197,6 +211,9 @@ mod tests {
         assert_eq!(r.mode, pb::PsiMode::Intersection as i32);
         assert_eq!(r.key_case, pb::KeyCase::Fold as i32);
         assert_eq!(r.licence_id, "l");
+        let r: pb::SubmitJobRequest =
+            serde_json::from_str(r#"{"join":"left"}"#).expect("join by name");
+        assert_eq!(r.join, pb::JoinKind::Left as i32);
         let e = serde_json::from_str::<pb::SubmitJobRequest>(r#"{"mode":"everything"}"#)
             .expect_err("unknown");
         assert!(e.to_string().contains("PSI_MODE_SIZE"), "{e}");

@@ -310,26 +310,45 @@ impl JobRequest {
                 tessera_policy::PAYLOAD_COLUMNS_MAX
             ));
         }
-        let mut seen: Vec<&str> = self
-            .buyer_columns
-            .iter()
-            .chain(&self.carry_columns)
-            .map(String::as_str)
-            .collect();
-        if kind == tessera_core::JoinKind::Left {
-            seen.push(tessera_core::JOIN_MATCHED_COLUMN);
+        if kind == tessera_core::JoinKind::Left
+            && let Some(c) = self
+                .buyer_columns
+                .iter()
+                .chain(&self.carry_columns)
+                .find(|c| c.as_str() == tessera_core::JOIN_MATCHED_COLUMN)
+        {
+            return bad(format!(
+                "a left join adds a {:?} column to the result, and the buyer's column {c:?} has \
+                 that name (the result's header names each column once; carry or key it under \
+                 another name, or use an inner join)",
+                tessera_core::JOIN_MATCHED_COLUMN
+            ));
         }
+        let mut seen: Vec<&str> = Vec::new();
         for c in &self.payload_columns {
+            if c.trim().is_empty() {
+                return bad(
+                    "payload_columns: an empty column name (a stray comma in --payload?)".into(),
+                );
+            }
+            if c.trim() != c {
+                return bad(format!(
+                    "payload_columns: {c:?} has surrounding spaces; name the column exactly"
+                ));
+            }
             check_field("payload_columns", c, true)?;
             if seen.contains(&c.as_str()) {
+                return bad(format!("payload column {c:?} is named twice"));
+            }
+            if self.buyer_columns.contains(c) || self.carry_columns.contains(c) {
                 return bad(format!(
-                    "payload column {c:?} is named twice or has the name of a buyer column{} \
-                     (the result's header names each column once)",
-                    if kind == tessera_core::JoinKind::Left {
-                        " or of the matched flag"
-                    } else {
-                        ""
-                    }
+                    "payload column {c:?} has the name of one of the buyer's key or carried \
+                     columns (the result's header names each column once)"
+                ));
+            }
+            if kind == tessera_core::JoinKind::Left && c == tessera_core::JOIN_MATCHED_COLUMN {
+                return bad(format!(
+                    "payload column {c:?} has the name of the matched flag a left join adds"
                 ));
             }
             seen.push(c);
@@ -560,6 +579,13 @@ impl Admission {
                 vec![],
             ));
         };
+        if !self
+            .workers
+            .iter()
+            .any(|w| w.attributes.party == party && w.live)
+        {
+            return Err((refuse(format!("no live worker of party {party}")), vec![]));
+        }
         let refusals = crate::tee::eligible(&scene.env_hard.0, attested)
             .map_err(|reason| (refuse(reason), vec![]))?;
         let mut misfits = Vec::new();
@@ -683,6 +709,36 @@ impl Admission {
                     },
                 }),
         );
+        // A query the scene's output controls refuse (a row-level output under minGroupSize,
+        // say): refused here with the reason, as both workers would refuse it at start. The
+        // verdict has already named aggregatesOnly against a row-level query.
+        if let (Some(q), Some(s)) = (&req.mpc, scene)
+            && !reasons.iter().any(|r| {
+                matches!(
+                    r,
+                    Refusal::PolicyDenied {
+                        constraint: Constraint::Output,
+                        ..
+                    }
+                )
+            })
+        {
+            let policy = tessera_mpc::query::OutputPolicy {
+                min_group_size: s.min_group_size,
+                aggregates_only: s.aggregates_only,
+            };
+            if let Ok(fx) = tessera_mpc::FixedPoint::new(MPC_FRACTION_BITS)
+                && let Err(e) = tessera_mpc::query::job::plan_of(q, 1, &policy, fx)
+            {
+                reasons.push(Refusal::PolicyDenied {
+                    constraint: Constraint::Output,
+                    reason: format!(
+                        "the query under scene {}'s output controls: {e}",
+                        s.use_sence
+                    ),
+                });
+            }
+        }
         if let Err(reason) = &ctx.term {
             reasons.push(Refusal::NoPaidTerm {
                 reason: reason.clone(),
@@ -899,6 +955,14 @@ impl Scheduler {
                     party: req.buyer_party.clone(),
                 });
                 None
+            }
+            Ok(d) if crate::validate::is_sealed(&d.location) => {
+                return Err(SchedulerError::Invalid(format!(
+                    "buyer_dataset_id: dataset {} is sealed ({:?}); a sealed file opens only in \
+                     a tee job's enclave, on the provider's side: name a clear dataset of the \
+                     buyer's",
+                    d.dataset_id, d.location
+                )));
             }
             Ok(d) => Some(d),
             Err(tessera_store::StoreError::NotFound { .. }) => {

@@ -127,6 +127,7 @@ pub async fn jobs(a: JobListArgs) -> anyhow::Result<()> {
         "state",
         "user",
         "licence",
+        "scene",
         "mode",
         "protocol",
         "created",
@@ -136,7 +137,7 @@ pub async fn jobs(a: JobListArgs) -> anyhow::Result<()> {
         "progress",
         "error",
     ])
-    .align_right(&[8, 9]);
+    .align_right(&[9, 10]);
     print_pages(&a.page, listing, |page| {
         let mut c = c.clone();
         let q = pb::JobQuery {
@@ -152,13 +153,24 @@ pub async fn jobs(a: JobListArgs) -> anyhow::Result<()> {
                 .jobs
                 .iter()
                 .map(|j| {
+                    // A preview has no PSI mode or protocol, and a tee job matches its rows
+                    // inside the enclave.
+                    let psi = !matches!(
+                        j.scene.as_str(),
+                        tessera_core::job::scene::PREVIEW | tessera_core::job::scene::TEE
+                    );
                     vec![
                         j.job_id.clone(),
                         j.state_text().to_string(),
                         j.user.clone(),
                         j.licence_id.clone(),
-                        j.mode_text().to_string(),
-                        if j.protocol == 0 {
+                        j.scene.clone(),
+                        if psi {
+                            j.mode_text().to_string()
+                        } else {
+                            String::new()
+                        },
+                        if j.protocol == 0 || !psi {
                             String::new()
                         } else {
                             j.protocol_text().to_string()

@@ -23,7 +23,8 @@ pub enum DatasetCmd {
         #[arg(long)]
         party: String,
         /// File name inside the owning workers' dataset directory, ending in .csv, .parquet
-        /// or .pq (a bare name: no directory, no leading dot or surrounding spaces).
+        /// or .pq, or .tseal for a CSV file sealed with `dataset seal` (the tee scene's; a
+        /// bare name: no directory, no leading dot or surrounding spaces).
         #[arg(long)]
         location: String,
         /// Free text shown in listings.
@@ -197,7 +198,7 @@ pub async fn dataset(cmd: DatasetCmd) -> anyhow::Result<()> {
                 .is_some_and(|e| e.eq_ignore_ascii_case("tseal"))
             {
                 anyhow::bail!(
-                    "--output {}: a sealed file's name ends in .tseal (the dataset's location)",
+                    "--output {}: a sealed file's name is NAME.tseal (the dataset's location)",
                     output.display()
                 );
             }
@@ -424,12 +425,26 @@ fn check_clear_csv(path: &std::path::Path) -> anyhow::Result<()> {
     if header.is_empty() || header.iter().all(|h| h.trim().is_empty()) {
         anyhow::bail!("{shown} has no header row (a sealed dataset is a CSV file with one)");
     }
+    let mut names = std::collections::HashSet::new();
+    if let Some(dup) = header.iter().find(|h| !names.insert(h.trim())) {
+        anyhow::bail!("{shown}: the header names column {dup:?} twice");
+    }
     let mut record = csv::StringRecord::new();
+    let mut row = 0u64;
     loop {
         match r.read_record(&mut record) {
             Ok(true) => {}
             Ok(false) => break,
             Err(e) => anyhow::bail!("{shown} is not a CSV file a tee job can read: {e}"),
+        }
+        row += 1;
+        let bytes = record.as_byte_record().as_slice().len();
+        if bytes > tessera_core::table::CSV_RECORD_BYTES_MAX {
+            anyhow::bail!(
+                "{shown}: data row {row} has {bytes} bytes, more than the {} a job reads per \
+                 record",
+                tessera_core::table::CSV_RECORD_BYTES_MAX
+            );
         }
     }
     Ok(())

@@ -97,6 +97,9 @@ impl HardwareRequirement {
                 if !allowed.contains(&field) {
                     return Err(bad(e, "no such measurement for this kind"));
                 }
+                if value.trim().is_empty() {
+                    return Err(bad(e, "an empty measurement (name the value after '=')"));
+                }
                 fields
                     .entry(field.to_string())
                     .or_default()

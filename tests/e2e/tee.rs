@@ -260,6 +260,47 @@ async fn a_query_runs_in_the_attested_enclave_on_the_sealed_dataset_and_sgx_is_r
         "{refused:?}"
     );
     assert_eq!(c.remaining(&sgx).await, Some(5));
+    // A row-level query under a licence that suppresses groups below 4 rows: refused at
+    // admission with the reason (a row is a group of one), nothing counted.
+    let k_only = c
+        .licence_with_policy(
+            "pt",
+            format!(
+                r#"{{"policyName":"t","relUsers":[{{"userId":"{USER}","userName":"U","isGroup":0}}],
+                    "useScenes":[{{"useSence":"tee","counts":5,"minGroupSize":4,
+                        "envHard":["tee:insecure-simulated-tee"]}}]}}"#
+            ),
+        )
+        .await;
+    let row_level = client
+        .submit_job(tee_job(&k_only, "SELECT provider.income", "rows.csv"))
+        .await
+        .expect("submit")
+        .into_inner();
+    assert_eq!(row_level.state_text(), "refused", "{row_level:?}");
+    assert!(
+        row_level
+            .refusal_reasons
+            .iter()
+            .any(|r| r.contains("output controls")),
+        "{row_level:?}"
+    );
+    assert_eq!(c.remaining(&k_only).await, Some(5));
+    // A provider value that does not fit its declaration (text in a numeric column): the
+    // provider's input error, whatever the timing, never a broken link; the run not counted.
+    seal_provider_dataset(&c, "pbad", "id,income\n11,abc\n12,5\n", 2).await;
+    let bad_lic = c
+        .licence_with_policy("pbad", licence_policy("tee:insecure-simulated-tee"))
+        .await;
+    let j = client
+        .submit_job(tee_job(&bad_lic, query, "pbad.csv"))
+        .await
+        .expect("submit")
+        .into_inner();
+    let d = c.wait(&j.job_id).await;
+    assert_eq!(d.state_text(), "failed", "{d:?}");
+    assert_eq!(d.error, "the provider's side failed: input", "{d:?}");
+    assert_eq!(c.remaining(&bad_lic).await, Some(5));
     // A tee job naming a PSI protocol: refused before admission.
     let mut bad = tee_job(&lic, query, "bad.csv");
     bad.protocol = pb::PsiProtocol::Ecdh.into();
@@ -336,6 +377,11 @@ async fn a_join_in_the_enclave_delivers_only_the_payload_columns_the_licence_lis
             "unknown TEE kind",
         ),
         ("pj", r#"{"useSence":"psi"}"#, "is sealed"),
+        (
+            "pj",
+            r#"{"useSence":"tee","envHard":["tee:insecure-simulated-tee:measurement="]}"#,
+            "empty measurement",
+        ),
     ] {
         let e = c
             .provider_client()
@@ -365,7 +411,7 @@ async fn a_join_in_the_enclave_delivers_only_the_payload_columns_the_licence_lis
     std::fs::write(&ragged, "id,v\n1,2,3\n").expect("file");
     for (dataset, input, output, why) in [
         ("clear", &good, "x.tseal", "a clear file"),
-        ("pj", &good, "x.csv", "ends in .tseal"),
+        ("pj", &good, "x.csv", "NAME.tseal"),
         (
             "pj",
             &ragged,
@@ -412,6 +458,43 @@ async fn a_join_in_the_enclave_delivers_only_the_payload_columns_the_licence_lis
             .iter()
             .any(|r| r.contains("age") && r.contains("payloadColumns")),
         "{refused:?}"
+    );
+    assert_eq!(c.remaining(&lic).await, Some(5));
+
+    // Submission checks: a left join whose buyer column is named like its matched flag; an
+    // empty payload column name; the buyer's own dataset sealed.
+    c.dataset(&c.buyer, "bmm", "id,matched", &["1,x".into()])
+        .await;
+    let mut flag = join_job(pb::JoinKind::Left, &["income"], "flag.csv");
+    flag.buyer_dataset_id = "bmm".into();
+    flag.carry_columns = vec!["matched".into()];
+    let e = client.submit_job(flag).await.expect_err("matched");
+    assert!(
+        e.code() == tonic::Code::InvalidArgument && e.message().contains("matched"),
+        "{e:?}"
+    );
+    let e = client
+        .submit_job(join_job(pb::JoinKind::Inner, &["income", ""], "e.csv"))
+        .await
+        .expect_err("empty name");
+    assert!(e.message().contains("empty column name"), "{e:?}");
+    c.client()
+        .await
+        .create_dataset(pb::CreateDatasetRequest {
+            dataset_id: "bsealed".into(),
+            owner_party: crate::harness::BUYER.into(),
+            location: "bsealed.tseal".into(),
+            description: String::new(),
+            declared_rows: None,
+        })
+        .await
+        .expect("buyer's sealed dataset");
+    let mut sealed = join_job(pb::JoinKind::Inner, &["income"], "s.csv");
+    sealed.buyer_dataset_id = "bsealed".into();
+    let e = client.submit_job(sealed).await.expect_err("sealed");
+    assert!(
+        e.code() == tonic::Code::InvalidArgument && e.message().contains("sealed"),
+        "{e:?}"
     );
     assert_eq!(c.remaining(&lic).await, Some(5));
 

@@ -225,6 +225,7 @@ impl TeeTask<'_> {
     async fn enclave_inputs(
         &self,
         keep: Vec<String>,
+        check: impl FnOnce(&tessera_core::table::KeyedInput) -> Result<(), TaskError>,
     ) -> Result<(GrpcLink, tessera_core::table::KeyedInput, BuyerRows), TaskError> {
         let host = self.env.tee.clone().ok_or_else(|| {
             TaskError::Ticket("this worker runs no enclave (start it with --tee)".into())
@@ -256,6 +257,9 @@ impl TeeTask<'_> {
         .await
         .map_err(|e| TaskError::Internal(format!("reader task: {e}")))??;
         self.progress.report("read", input.rows, input.rows);
+        // Our own data is checked before the buyer is linked: a fault in it is ours, reported
+        // as such, never seen by the buyer as a broken link.
+        check(&input)?;
         let link = open_link(self.env, self.spec).await?;
         let (enc, ct) = recv_sealed(&link, MAGIC_IN).await?;
         let opened = host
@@ -367,7 +371,13 @@ async fn run_query(
             let own = declared_columns(mpc, Side::Provider)?;
             let buyer_own = declared_columns(mpc, Side::Buyer)?;
             let keep: Vec<String> = own.iter().map(|(n, _)| n.clone()).collect();
-            let (link, input, buyer) = t.enclave_inputs(keep).await?;
+            // Every provider value of the declared columns must fit its declaration.
+            let (link, input, buyer) = t
+                .enclave_inputs(keep, |input| {
+                    let all: Vec<usize> = (0..input.keys.len()).collect();
+                    own_table(&own, &input.kept, &all).map(|_| ())
+                })
+                .await?;
             t.progress.report("compute", 0, 1);
             let answer = compute(mpc, &policy, fx, &own, &buyer_own, &input, &buyer)?;
             t.progress.report("compute", 1, 1);
@@ -438,7 +448,9 @@ async fn run_join(
             })
         }
         TaskRole::Sender => {
-            let (link, input, buyer) = t.enclave_inputs(join.payload_columns.clone()).await?;
+            let (link, input, buyer) = t
+                .enclave_inputs(join.payload_columns.clone(), |_| Ok(()))
+                .await?;
             if !buyer.columns.is_empty() {
                 return Err(TaskError::Peer(
                     "the buyer sent columns with its keys (a join takes its keys only)".into(),
