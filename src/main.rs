@@ -353,7 +353,7 @@ mod tests {
     #[test]
     fn job_submit_help() {
         expect![[r#"
-            Submit a PSI job
+            Submit a PSI job (scene psi), or a PSI with the provider's payload columns (scene psi_payload: --payload, --join)
 
             Usage: tessera job submit [OPTIONS] --licence <LICENCE> --buyer-party <BUYER_PARTY> --buyer-dataset <BUYER_DATASET>
 
@@ -395,7 +395,11 @@ mod tests {
                   --request-id <REQUEST_ID>
                       Idempotency key per user: a retry with the same id gets the same job (no second count or hold); the same id with other parameters is refused
                   --carry-columns <CARRY_COLUMNS>
-                      Further columns of the buyer's own dataset written next to the key columns in the result, comma-separated (the provider's columns are never written)
+                      Further columns of the buyer's own dataset written next to the key columns in the result, comma-separated (the provider's columns are written only by a join, `--payload`)
+                  --payload <PAYLOAD>
+                      A PSI with the provider's payload columns (the licence's psi_payload scene, rr22): the provider's columns written for the buyer's matched rows, comma-separated (each must be in the scene's payloadColumns). With --join, or alone for an inner join
+                  --join <JOIN>
+                      The shape of a PSI with payload (scene psi_payload): inner (the buyer's rows whose key the provider has, with the payload columns), left (every buyer row, a `matched` column true/false, the payload empty where false) or difference (the buyer's rows the provider does not have, no payload) [default: inner when --payload is given] [possible values: inner, left, difference]
                   --watch
                       Follow the job until it ends; the exit status then tells how it ended (0 succeeded, 3 refused, 4 failed, 5 cancelled, 6 connection lost)
               -h, --help

@@ -272,7 +272,7 @@ pub enum TableError {
         path: PathBuf,
     },
     /// A key column is not in the file.
-    #[error("key column {column:?} not found; available columns: {available:?}")]
+    #[error("column {column:?} not found; available columns: {available:?}")]
     UnknownColumn {
         /// The missing column.
         column: String,
@@ -280,7 +280,7 @@ pub enum TableError {
         available: Vec<String>,
     },
     /// A key column name occurs more than once in the file's header.
-    #[error("{path}: key column {column:?} occurs more than once in the header")]
+    #[error("{path}: column {column:?} occurs more than once in the header")]
     AmbiguousColumn {
         /// The file.
         path: PathBuf,
@@ -288,9 +288,7 @@ pub enum TableError {
         column: String,
     },
     /// A key column has a type that cannot be turned into a key.
-    #[error(
-        "{path}: key column {column:?} has type {data_type}; expected a string or integer column"
-    )]
+    #[error("{path}: column {column:?} has type {data_type}; expected a string or integer column")]
     UnsupportedColumnType {
         /// The file.
         path: PathBuf,

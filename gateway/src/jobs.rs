@@ -30,7 +30,10 @@ fn job_request(mut r: pb::SubmitJobRequest) -> Result<JobRequest, Status> {
              matched against the groups the operator recorded the caller in",
         ));
     }
-    let scene = if r.scene.is_empty() {
+    let scene = if r.scene.is_empty() && (r.join != 0 || !r.payload_columns.is_empty()) {
+        // A join names no scene: it is a PSI with payload.
+        tessera_core::job::scene::PSI_PAYLOAD.to_string()
+    } else if r.scene.is_empty() {
         DEFAULT_SCENE.to_string()
     } else {
         std::mem::take(&mut r.scene)

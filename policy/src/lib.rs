@@ -602,7 +602,14 @@ impl UsagePolicy {
                     )));
                 }
             }
+            let mut shapes = std::collections::HashSet::new();
             for j in &s.joins.0 {
+                if !shapes.insert(j.as_str()) {
+                    return Err(PolicyError::Invalid(format!(
+                        "scene {}: joins names {j:?} twice",
+                        s.use_sence
+                    )));
+                }
                 if j.parse::<tessera_core::JoinKind>().is_err() {
                     return Err(PolicyError::Invalid(format!(
                         "scene {}: unknown join {j:?} (joins are {})",
@@ -614,6 +621,16 @@ impl UsagePolicy {
                             .join(", ")
                     )));
                 }
+            }
+            if !s.payload_columns.is_empty()
+                && !s.joins.0.is_empty()
+                && s.joins.0.iter().all(|j| j == "difference")
+            {
+                return Err(PolicyError::Invalid(format!(
+                    "scene {}: payloadColumns can never be delivered when joins allows only \
+                     difference (which keeps the rows the provider does not have)",
+                    s.use_sence
+                )));
             }
             if s.use_sence == "preview" {
                 PreviewWindow::of(s)?;

@@ -510,6 +510,8 @@ fn joins_deliver_only_the_payload_columns_the_scene_names() {
         r#"{"useSence":"tee","payloadColumns":["a","a"]}"#,
         r#"{"useSence":"tee","payloadColumns":[""]}"#,
         r#"{"useSence":"tee","payloadColumns":[" a"]}"#,
+        r#"{"useSence":"tee","joins":["inner","inner"]}"#,
+        r#"{"useSence":"psi_payload","payloadColumns":["a"],"joins":["difference"]}"#,
     ] {
         assert!(preview_policy(bad).is_err(), "{bad} was accepted");
     }

@@ -296,6 +296,13 @@ impl JobRequest {
             }
             _ => {}
         }
+        if self.output.is_empty() {
+            return bad(
+                "output: a join writes its result to a file in the buyer worker's output \
+                 directory; name it (--output)"
+                    .into(),
+            );
+        }
         file_name("output", &self.output, true)?;
         if kind == tessera_core::JoinKind::Difference && !self.payload_columns.is_empty() {
             return bad(

@@ -482,6 +482,21 @@ async fn psi_with_payload_delivers_only_the_payload_columns_the_licence_lists() 
         !text.contains("AGE") && !text.contains("SECRET") && !text.contains("INCOME7b"),
         "{text}"
     );
+    // A join without payload columns: the matched rows only.
+    let j = client
+        .submit_job(job(pb::JoinKind::Inner, &[], "keys.csv"))
+        .await
+        .expect("submit")
+        .into_inner();
+    assert_eq!(c.wait(&j.job_id).await.state_text(), "succeeded");
+    let (header, got) = read_csv(&c.buyer.outputs.join("keys.csv"));
+    assert_eq!(header, ["k", "city"]);
+    let want: Vec<Vec<String>> = buyer_keys
+        .iter()
+        .filter(|&&i| has(i))
+        .map(|&i| vec![format!("k{i}"), format!("city{i}")])
+        .collect();
+    assert_eq!(got, want);
     let j = client
         .submit_job(job(pb::JoinKind::Difference, &[], "diff.csv"))
         .await
@@ -536,6 +551,6 @@ async fn psi_with_payload_delivers_only_the_payload_columns_the_licence_lists() 
         })
         .collect();
     assert_eq!(got, want);
-    assert_eq!(c.remaining(&lic).await, Some(2));
+    assert_eq!(c.remaining(&lic).await, Some(1));
     c.assert_audit_verifies().await;
 }

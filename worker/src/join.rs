@@ -132,11 +132,14 @@ pub(crate) async fn run_psi_payload(
     };
     match (spec.role, out_path) {
         (TaskRole::Sender, _) => {
-            let payloads: Vec<Vec<u8>> = if join.kind == JoinKind::Difference {
-                vec![Vec::new(); input.keys.len()]
-            } else {
-                input.kept.iter().map(|v| encode_values(v)).collect()
-            };
+            // No payload column (a difference, or a join that delivers only the matches):
+            // every payload is empty.
+            let payloads: Vec<Vec<u8>> =
+                if join.kind == JoinKind::Difference || join.payload_columns.is_empty() {
+                    vec![Vec::new(); input.keys.len()]
+                } else {
+                    input.kept.iter().map(|v| encode_values(v)).collect()
+                };
             if let Some((i, p)) = payloads
                 .iter()
                 .enumerate()
