@@ -312,7 +312,7 @@ async fn call(
             .map(drop),
         Operation::GetSealingKey => c
             .get_sealing_key(pb::DatasetRef {
-                dataset_id: pick("b", "p"),
+                dataset_id: pick("bs", "ps"),
             })
             .await
             .map(drop),
@@ -570,6 +570,23 @@ async fn call_via(
 pub(crate) async fn fixture(c: &Cluster) -> Fixture {
     c.dataset(&c.provider, "p", "k", &keys("k", 0..50)).await;
     c.dataset(&c.buyer, "b", "k", &keys("k", 25..75)).await;
+    // Sealed datasets (`.tseal`), whose keys only their owners get.
+    for (client, id, party) in [
+        (c.client().await, "bs", crate::harness::BUYER),
+        (c.provider_client().await, "ps", crate::harness::PROVIDER),
+    ] {
+        let mut client = client;
+        client
+            .create_dataset(pb::CreateDatasetRequest {
+                dataset_id: id.into(),
+                owner_party: party.into(),
+                location: format!("{id}.tseal"),
+                description: String::new(),
+                declared_rows: None,
+            })
+            .await
+            .expect("sealed dataset");
+    }
     c.fund(10_000_000, "fund").await;
     let licence = c.licence("p", None).await;
     let job = c

@@ -114,7 +114,14 @@ fn request(op: Operation, f: &Fixture, whose: Whose) -> Option<(String, Option<V
         )
         .replace("{groupId}", "team")
         .replace("{partyId}", &pick(BUYER, PROVIDER))
-        .replace("{datasetId}", &pick("b", "p"));
+        .replace(
+            "{datasetId}",
+            &if op == Operation::GetSealingKey {
+                pick("bs", "ps")
+            } else {
+                pick("b", "p")
+            },
+        );
     let json = match op {
         Operation::CreateDataset => body(&requests::create_dataset(whose)),
         Operation::CreateLicence => body(&requests::create_licence()),
