@@ -1,5 +1,7 @@
 //! `tessera bench psi`: a two-party PSI run (`--protocol rr22|ecdh`) over gRPC on loopback with generated data,
-//! checked against the plaintext answer, printing wall time, CPU time, bytes and peak memory.
+//! checked against the plaintext answer, printing wall time, CPU time, bytes (each side's too)
+//! and peak memory; `--n-sender` / `--n-receiver` for unbalanced sets, `--payload-bytes` for a
+//! PSI with payload (every common key's payload checked).
 //! `tessera bench psi-files` runs the same on two CSV files (the peers' harness format).
 
 use std::collections::HashSet;
@@ -25,6 +27,19 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1 << 16,
               value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u64).range(0..=50_000_000), |v| v as usize))]
         n: usize,
+        /// The sender's (provider's) items, for unbalanced sets [default: --n].
+        #[arg(long,
+              value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u64).range(0..=50_000_000), |v| v as usize))]
+        n_sender: Option<usize>,
+        /// The receiver's (buyer's) items [default: --n]. Half of the smaller set is common.
+        #[arg(long,
+              value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u64).range(0..=50_000_000), |v| v as usize))]
+        n_receiver: Option<usize>,
+        /// PSI with payload (rr22, intersection mode): bytes of payload per sender item
+        /// (0: none; at most 65,536), checked for every common key.
+        #[arg(long, default_value_t = 0,
+              value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u64).range(0..=65_536), |v| v as usize))]
+        payload_bytes: usize,
         /// intersection | size
         #[arg(long, default_value = "intersection", value_parser = clap::builder::PossibleValuesParser::new(["intersection", "size"]), ignore_case = true)]
         mode: String,
@@ -93,17 +108,27 @@ pub enum BenchCommand {
 
 /// Two key sets of `n` each sharing `overlap` keys (32 hex characters each), shuffled.
 pub fn generate_sets(n: usize, overlap: usize, seed: u64) -> (Vec<String>, Vec<String>) {
+    generate_sized_sets(n, n, overlap, seed)
+}
+
+/// Key sets of `n_a` and `n_b` keys sharing `overlap` (at most the smaller size), shuffled.
+pub fn generate_sized_sets(
+    n_a: usize,
+    n_b: usize,
+    overlap: usize,
+    seed: u64,
+) -> (Vec<String>, Vec<String>) {
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
     let mut key = || {
         let mut b = [0u8; 16];
         rng.fill_bytes(&mut b);
         hex::encode(b)
     };
-    let common: Vec<String> = (0..overlap.min(n)).map(|_| key()).collect();
+    let common: Vec<String> = (0..overlap.min(n_a).min(n_b)).map(|_| key()).collect();
     let mut a = common.clone();
     let mut b = common;
-    a.extend((a.len()..n).map(|_| key()));
-    b.extend((b.len()..n).map(|_| key()));
+    a.extend((a.len()..n_a).map(|_| key()));
+    b.extend((b.len()..n_b).map(|_| key()));
     use rand::seq::SliceRandom;
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed ^ 0x5eed);
     a.shuffle(&mut rng);
@@ -115,13 +140,22 @@ struct Run {
     wall_s: f64,
     cpu_s: f64,
     bytes_sent: u64,
+    sender_bytes_sent: u64,
+    receiver_bytes_sent: u64,
     result: Vec<usize>,
+    payloads: Option<Vec<Vec<u8>>>,
     size: u64,
+}
+
+/// The bench's payload of a sender key: its bytes repeated to `len`.
+fn payload_of(key: &[u8], len: usize) -> Vec<u8> {
+    key.iter().copied().cycle().take(len).collect()
 }
 
 async fn run_pair(
     sender_items: Vec<Vec<u8>>,
     receiver_items: Vec<Vec<u8>>,
+    payloads: Option<Vec<Vec<u8>>>,
     protocol: Protocol,
     mode: Mode,
     mtls: bool,
@@ -147,13 +181,35 @@ async fn run_pair(
     let t0 = Instant::now();
     let cfg_s = cfg.clone();
     let bar = sender_bar.clone();
+    let with_payload = payloads.is_some();
     let sender = tokio::spawn(async move {
         let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
-        let r = tessera_psi::run_sender(&a, &sender_items, &cfg_s, &mut rng, bar.as_ref()).await;
+        let r = match payloads {
+            Some(p) => {
+                tessera_psi::run_sender_with_payload(
+                    &a,
+                    &sender_items,
+                    &p,
+                    &cfg_s,
+                    &mut rng,
+                    bar.as_ref(),
+                    &tessera_psi::NoGate,
+                )
+                .await
+            }
+            None => {
+                tessera_psi::run_sender(&a, &sender_items, &cfg_s, &mut rng, bar.as_ref()).await
+            }
+        };
         (r, a.stats())
     });
     let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
-    let out = tessera_psi::run_receiver(&b, &receiver_items, &cfg, &mut rng, &receiver_bar).await?;
+    let out = if with_payload {
+        tessera_psi::run_receiver_with_payload(&b, &receiver_items, &cfg, &mut rng, &receiver_bar)
+            .await?
+    } else {
+        tessera_psi::run_receiver(&b, &receiver_items, &cfg, &mut rng, &receiver_bar).await?
+    };
     let (sres, sstats) = sender.await?;
     sres?;
     sender_bar.finish();
@@ -165,7 +221,10 @@ async fn run_pair(
         wall_s,
         cpu_s,
         bytes_sent: sstats.bytes_sent + b.stats().bytes_sent,
+        sender_bytes_sent: sstats.bytes_sent,
+        receiver_bytes_sent: b.stats().bytes_sent,
         result: out.intersection.unwrap_or_default(),
+        payloads: out.payloads,
         size: out.intersection_size,
     })
 }
@@ -174,6 +233,9 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Psi {
             n,
+            n_sender,
+            n_receiver,
+            payload_bytes,
             mode,
             protocol,
             json,
@@ -190,7 +252,12 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 protocol.supports(mode),
                 "{protocol} cannot run in {mode} mode (its receiver learns which keys are common); use --protocol ecdh"
             );
-            let (a, b) = generate_sets(n, n / 2, seed);
+            anyhow::ensure!(
+                payload_bytes == 0 || (protocol == Protocol::Rr22 && mode == Mode::Intersection),
+                "--payload-bytes runs PSI with payload: rr22 in intersection mode"
+            );
+            let (ns, nr) = (n_sender.unwrap_or(n), n_receiver.unwrap_or(n));
+            let (a, b) = generate_sized_sets(ns, nr, ns.min(nr) / 2, seed);
             let truth: HashSet<&String> = a
                 .iter()
                 .collect::<HashSet<_>>()
@@ -199,8 +266,26 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 .collect();
             let sender: Vec<Vec<u8>> = a.iter().map(|s| s.as_bytes().to_vec()).collect();
             let receiver: Vec<Vec<u8>> = b.iter().map(|s| s.as_bytes().to_vec()).collect();
-            let r = run_pair(sender, receiver, protocol, mode, mtls).await?;
-            let ok = r.size == truth.len() as u64
+            let payloads = (payload_bytes > 0).then(|| {
+                sender
+                    .iter()
+                    .map(|k| payload_of(k, payload_bytes))
+                    .collect::<Vec<_>>()
+            });
+            let r = run_pair(sender, receiver, payloads, protocol, mode, mtls).await?;
+            // Every common key's payload is its own.
+            let payloads_ok = match &r.payloads {
+                None => payload_bytes == 0,
+                Some(p) => {
+                    p.len() == r.result.len()
+                        && r.result.iter().zip(p).all(|(&i, got)| {
+                            b.get(i)
+                                .is_some_and(|k| *got == payload_of(k.as_bytes(), payload_bytes))
+                        })
+                }
+            };
+            let ok = payloads_ok
+                && r.size == truth.len() as u64
                 && match mode {
                     Mode::Intersection => {
                         r.result.len() == truth.len()
@@ -222,18 +307,23 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                         "protocol": protocol.as_str(),
                         "transport": if mtls { "grpc-mtls-loopback" } else { "grpc-loopback" },
                         "mode": mode.as_str(),
-                        "n": n, "intersection": r.size, "wall_s": r.wall_s, "cpu_s": r.cpu_s,
-                        "bytes_sent": r.bytes_sent, "peak_rss_mb": peak_rss_mb, "ok": ok,
+                        "n": n, "n_sender": ns, "n_receiver": nr, "payload_bytes": payload_bytes,
+                        "intersection": r.size, "wall_s": r.wall_s, "cpu_s": r.cpu_s,
+                        "bytes_sent": r.bytes_sent, "sender_bytes_sent": r.sender_bytes_sent,
+                        "receiver_bytes_sent": r.receiver_bytes_sent,
+                        "peak_rss_mb": peak_rss_mb, "ok": ok,
                     })
                 );
             } else {
                 println!(
-                    "{protocol}-psi n={n} mode={} link={link} intersection={} wall={:.3}s cpu={:.3}s sent={:.1}MiB peak_rss={peak_rss_mb:.0}MB ok={ok}",
+                    "{protocol}-psi n_sender={ns} n_receiver={nr} payload_bytes={payload_bytes} mode={} link={link} intersection={} wall={:.3}s cpu={:.3}s sent={:.1}MiB (sender {:.1}, receiver {:.1}) peak_rss={peak_rss_mb:.0}MB ok={ok}",
                     mode.as_str(),
                     r.size,
                     r.wall_s,
                     r.cpu_s,
-                    r.bytes_sent as f64 / (1024.0 * 1024.0)
+                    r.bytes_sent as f64 / (1024.0 * 1024.0),
+                    r.sender_bytes_sent as f64 / (1024.0 * 1024.0),
+                    r.receiver_bytes_sent as f64 / (1024.0 * 1024.0),
                 );
             }
             if !ok {
@@ -305,6 +395,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             let r = run_pair(
                 a.keys,
                 b.keys.clone(),
+                None,
                 protocol,
                 Mode::Intersection,
                 link == "mtls",
