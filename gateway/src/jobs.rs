@@ -52,8 +52,10 @@ fn job_request(mut r: pb::SubmitJobRequest) -> Result<JobRequest, Status> {
         j => Some(decode::<JoinKind>(j).map_err(invalid)?),
     };
     let query_asked = !r.mpc_query.is_empty() || !r.mpc_columns.is_empty();
-    let mpc = if scene == tessera_core::job::scene::MPC
-        || (scene == tessera_core::job::scene::TEE && (query_asked || join.is_none()))
+    // A query only when one is asked for: an mpc or tee job without one is refused by the
+    // request's validation, which says what the scene computes.
+    let mpc = if query_asked
+        && (scene == tessera_core::job::scene::MPC || scene == tessera_core::job::scene::TEE)
     {
         Some(tessera_core::MpcQuery {
             query: std::mem::take(&mut r.mpc_query),

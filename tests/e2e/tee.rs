@@ -301,6 +301,16 @@ async fn a_query_runs_in_the_attested_enclave_on_the_sealed_dataset_and_sgx_is_r
     assert_eq!(d.state_text(), "failed", "{d:?}");
     assert_eq!(d.error, "the provider's side failed: input", "{d:?}");
     assert_eq!(c.remaining(&bad_lic).await, Some(5));
+    // A tee job with neither a query nor a join: told what a tee job computes.
+    let mut neither = tee_job(&lic, "", "neither.csv");
+    neither.mpc_columns.clear();
+    let e = client.submit_job(neither).await.expect_err("neither");
+    assert!(
+        e.code() == tonic::Code::InvalidArgument
+            && e.message().contains("a statistics query")
+            && e.message().contains("a join"),
+        "{e:?}"
+    );
     // A tee job naming a PSI protocol: refused before admission.
     let mut bad = tee_job(&lic, query, "bad.csv");
     bad.protocol = pb::PsiProtocol::Ecdh.into();
