@@ -49,6 +49,8 @@ pub mod pprf;
 pub mod silent_cot;
 pub mod silent_vole;
 pub mod softspoken;
+#[cfg(test)]
+mod test_support;
 pub mod wire;
 
 pub use cryprot_core::Block;

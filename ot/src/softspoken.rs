@@ -496,20 +496,12 @@ fn sender_chunk(
 mod tests {
     use super::*;
     use crate::iknp::{IKNP_OT_MAX, pack_bits};
+    use crate::test_support::{check, random_choices, rng};
     use crate::wire::KIND_ABORT;
     use bytes::Bytes;
-    use rand_chacha::ChaCha20Rng;
-    use rand_core::{RngCore, SeedableRng};
+    use rand_core::RngCore;
     use std::collections::HashSet;
     use tessera_core::MemLink;
-
-    fn rng(seed: u64) -> ChaCha20Rng {
-        ChaCha20Rng::seed_from_u64(seed)
-    }
-
-    fn random_choices(count: usize, r: &mut ChaCha20Rng) -> Vec<bool> {
-        (0..count).map(|_| r.next_u32() & 1 == 1).collect()
-    }
 
     async fn setup_pair(
         seed: u64,
@@ -527,21 +519,6 @@ mod tests {
             sender.expect("sender setup"),
             receiver.expect("receiver setup"),
         )
-    }
-
-    /// Checks one extension's outputs against the choices.
-    fn check(pairs: &[[Block; 2]], keys: &[Block], choices: &[bool]) {
-        let count = choices.len();
-        assert_eq!(pairs.len(), count);
-        assert_eq!(keys.len(), count);
-        for (i, ((pair, key), &c)) in pairs.iter().zip(keys).zip(choices).enumerate() {
-            assert_eq!(*key, pair[usize::from(c)], "OT {i} of {count}");
-            assert_ne!(*key, pair[usize::from(!c)], "OT {i} of {count}");
-        }
-        let m0: HashSet<u128> = pairs.iter().map(|p| u128::from(p[0])).collect();
-        assert_eq!(m0.len(), count, "all m0 distinct");
-        let deltas: HashSet<u128> = pairs.iter().map(|p| u128::from(p[0] ^ p[1])).collect();
-        assert_eq!(deltas.len(), count, "m0 ⊕ m1 varies");
     }
 
     async fn extend(

@@ -292,10 +292,20 @@ async fn keyed_job(
         })
         .await?
         .into_inner();
+    print_and_follow(&mut c, j, follow).await
+}
+
+/// Prints a submitted job's line and, with `follow`, follows it to its end and prints that
+/// too; the exit status then tells how it ended ([`job_outcome`]).
+async fn print_and_follow(
+    c: &mut super::conn::Client,
+    j: pb::Job,
+    follow: bool,
+) -> anyhow::Result<()> {
     let mut out = Out::stdout();
     out.line(job_line(&j))?;
     let j = if follow && !is_terminal(&j) {
-        let j = watch(&mut c, &j.job_id).await?;
+        let j = watch(c, &j.job_id).await?;
         out.line(job_line(&j))?;
         j
     } else {
@@ -580,15 +590,7 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<()> {
                 })
                 .await?
                 .into_inner();
-            let mut out = Out::stdout();
-            out.line(job_line(&j))?;
-            if follow && !is_terminal(&j) {
-                let j = watch(&mut c, &j.job_id).await?;
-                out.line(job_line(&j))?;
-                job_outcome(&j)?;
-            } else {
-                job_outcome(&j)?;
-            }
+            print_and_follow(&mut c, j, follow).await?;
         }
         JobCmd::Preview {
             conn,
@@ -618,16 +620,7 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<()> {
                 })
                 .await?
                 .into_inner();
-            let mut out = Out::stdout();
-            out.line(job_line(&j))?;
-            let j = if follow && !is_terminal(&j) {
-                let j = watch(&mut c, &j.job_id).await?;
-                out.line(job_line(&j))?;
-                j
-            } else {
-                j
-            };
-            job_outcome(&j)?;
+            print_and_follow(&mut c, j, follow).await?;
         }
         JobCmd::Mpc(args) => {
             let fill = pb::SubmitJobRequest {

@@ -170,22 +170,19 @@ impl TeeTask<'_> {
         Ok(input)
     }
 
-    /// The buyer's exchange: seals its keys and the values of `columns` (`kept`, same order)
-    /// with a one-time public key to the enclave, sends them, and opens the enclave's answer.
+    /// The buyer's exchange: seals its `keys` and the values of `columns` (`kept`, one row per
+    /// key, same column order; empty with no columns) with a one-time public key to the
+    /// enclave, sends them, and opens the enclave's answer.
     async fn buyer_exchange(
         &self,
         columns: &[String],
-        input: &tessera_core::table::KeyedInput,
+        keys: &[Vec<u8>],
+        kept: &[Vec<String>],
     ) -> Result<(GrpcLink, Answer), TaskError> {
         let mut seed = Zeroizing::new([0u8; 32]);
         rand::rngs::OsRng.fill_bytes(seed.as_mut_slice());
         let mine = EnclaveKeyPair::derive(&seed);
-        let plain = Zeroizing::new(encode_rows(
-            &mine.public(),
-            columns,
-            &input.keys,
-            &input.kept,
-        ));
+        let plain = Zeroizing::new(encode_rows(&mine.public(), columns, keys, kept));
         let mut seal_seed = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut seal_seed);
         let (enc, ct) = seal_to(
@@ -343,7 +340,7 @@ async fn run_query(
             // error, before anything is sent (the enclave checks again what it receives).
             let all: Vec<usize> = (0..input.keys.len()).collect();
             own_table(&own, &input.kept, &all)?;
-            let (link, answer) = t.buyer_exchange(&keep, &input).await?;
+            let (link, answer) = t.buyer_exchange(&keep, &input.keys, &input.kept).await?;
             let Answer::Result { header, rows } = answer else {
                 return Err(TaskError::Peer(
                     "the enclave answered a query with another kind of result".into(),
@@ -417,14 +414,7 @@ async fn run_join(
                 .cloned()
                 .collect();
             let input = t.read_own(own.clone()).await?;
-            let keys_only = tessera_core::table::KeyedInput {
-                keys: input.keys.clone(),
-                rows: input.rows,
-                empty_keys: input.empty_keys,
-                kept: Vec::new(),
-            };
-            let (link, answer) = t.buyer_exchange(&[], &keys_only).await?;
-            drop(keys_only);
+            let (link, answer) = t.buyer_exchange(&[], &input.keys, &[]).await?;
             let Answer::Join { matched, payload } = answer else {
                 return Err(TaskError::Peer(
                     "the enclave answered a join with another kind of result".into(),
