@@ -220,8 +220,10 @@ impl fmt::Debug for KeyedInput {
 /// Which bound a file exceeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TableBound {
-    /// More than [`limits::DATASET_ROWS_MAX`] data rows.
+    /// More than [`limits::DATASET_ROWS_MAX`] data rows (read into memory).
     Rows,
+    /// More than [`STREAMED_ROWS_MAX`] data rows (streamed).
+    StreamedRows,
     /// A normalised key longer than [`limits::KEY_BYTES_MAX`] bytes.
     KeyBytes,
     /// A CSV header longer than [`CSV_HEADER_BYTES_MAX`] bytes.
@@ -236,6 +238,7 @@ impl fmt::Display for TableBound {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (what, max) = match self {
             TableBound::Rows => ("rows", limits::DATASET_ROWS_MAX),
+            TableBound::StreamedRows => ("rows", STREAMED_ROWS_MAX as usize),
             TableBound::KeyBytes => ("key bytes", limits::KEY_BYTES_MAX),
             TableBound::HeaderBytes => ("CSV header bytes", CSV_HEADER_BYTES_MAX),
             TableBound::RecordBytes => ("CSV record bytes", CSV_RECORD_BYTES_MAX),
@@ -421,6 +424,75 @@ pub fn read_keys_keeping(
     spec: &KeySpec,
     keep: &[String],
 ) -> Result<KeyedInput, TableError> {
+    let mut keys = Vec::new();
+    let mut kept = Vec::new();
+    let mut sink = |key: Vec<u8>, values: Vec<String>| {
+        keys.push(key);
+        if !keep.is_empty() {
+            kept.push(values);
+        }
+        Ok(())
+    };
+    let reading = Reading {
+        keep,
+        rows_max: limits::DATASET_ROWS_MAX as u64,
+        rows_bound: TableBound::Rows,
+        sink: &mut sink,
+    };
+    let counts = read_file(path, spec, reading)?;
+    Ok(KeyedInput {
+        keys,
+        rows: counts.rows,
+        empty_keys: counts.empty_keys,
+        kept,
+    })
+}
+
+/// Most data rows [`stream_keys`] reads from one file.
+pub const STREAMED_ROWS_MAX: u64 = 10_000_000_000;
+
+/// What [`stream_keys`] read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamedCounts {
+    /// Data rows read.
+    pub rows: u64,
+    /// Rows left out because their key is empty (see [`EmptyKeys`]).
+    pub empty_keys: u64,
+}
+
+/// Like [`read_keys_keeping`], but hands each row that takes part to `each` (its normalised
+/// key, then the original values of the `keep` columns, empty when none are kept) in file
+/// order instead of holding them: memory stays bounded by a record batch whatever the file's
+/// size. At most [`STREAMED_ROWS_MAX`] rows; the other bounds and the errors are
+/// [`read_keys_keeping`]'s, plus any error `each` returns, which stops the reading.
+pub fn stream_keys(
+    path: &Path,
+    spec: &KeySpec,
+    keep: &[String],
+    mut each: impl FnMut(Vec<u8>, Vec<String>) -> Result<(), TableError>,
+) -> Result<StreamedCounts, TableError> {
+    let reading = Reading {
+        keep,
+        rows_max: STREAMED_ROWS_MAX,
+        rows_bound: TableBound::StreamedRows,
+        sink: &mut each,
+    };
+    read_file(path, spec, reading)
+}
+
+/// How one reading of a file goes: the columns kept, the row bound, where rows go.
+struct Reading<'a> {
+    keep: &'a [String],
+    rows_max: u64,
+    rows_bound: TableBound,
+    sink: &'a mut dyn FnMut(Vec<u8>, Vec<String>) -> Result<(), TableError>,
+}
+
+fn read_file<'a>(
+    path: &'a Path,
+    spec: &'a KeySpec,
+    reading: Reading<'a>,
+) -> Result<StreamedCounts, TableError> {
     if spec.columns.is_empty() {
         return Err(TableError::NoKeyColumns);
     }
@@ -433,8 +505,8 @@ pub fn read_keys_keeping(
     }
     let file = File::open(path).map_err(|e| io_error(path, e))?;
     match format {
-        FileFormat::Csv => read_csv(path, file, spec, keep),
-        FileFormat::Parquet => read_parquet(path, file, spec, keep),
+        FileFormat::Csv => read_csv(path, file, spec, reading),
+        FileFormat::Parquet => read_parquet(path, file, spec, reading),
     }
 }
 
@@ -450,7 +522,28 @@ pub fn read_keys_keeping_csv_bytes(
     if spec.columns.is_empty() {
         return Err(TableError::NoKeyColumns);
     }
-    read_csv(label, std::io::Cursor::new(bytes), spec, keep)
+    let mut keys = Vec::new();
+    let mut kept = Vec::new();
+    let mut sink = |key: Vec<u8>, values: Vec<String>| {
+        keys.push(key);
+        if !keep.is_empty() {
+            kept.push(values);
+        }
+        Ok(())
+    };
+    let reading = Reading {
+        keep,
+        rows_max: limits::DATASET_ROWS_MAX as u64,
+        rows_bound: TableBound::Rows,
+        sink: &mut sink,
+    };
+    let counts = read_csv(label, std::io::Cursor::new(bytes), spec, reading)?;
+    Ok(KeyedInput {
+        keys,
+        rows: counts.rows,
+        empty_keys: counts.empty_keys,
+        kept,
+    })
 }
 
 /// The most columns a preview shows ([`read_preview`] with no column named reads them all, up
@@ -690,7 +783,12 @@ struct KeyBuilder<'a> {
     key_positions: Vec<usize>,
     kept_positions: Vec<usize>,
     kept_names: &'a [String],
-    out: KeyedInput,
+    /// Most data rows accepted, and the bound named when there are more.
+    rows_max: u64,
+    rows_bound: TableBound,
+    counts: StreamedCounts,
+    /// Where each row that takes part goes: its normalised key and kept values.
+    sink: &'a mut dyn FnMut(Vec<u8>, Vec<String>) -> Result<(), TableError>,
     scratch_key: Vec<u8>,
     scratch_text: String,
 }
@@ -699,7 +797,7 @@ impl fmt::Debug for KeyBuilder<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyBuilder")
             .field("path", &self.path)
-            .field("rows", &self.out.rows)
+            .field("rows", &self.counts.rows)
             .finish_non_exhaustive()
     }
 }
@@ -846,7 +944,7 @@ impl<'a> KeyBuilder<'a> {
         spec: &'a KeySpec,
         label: RowLabel,
         positions: &[usize],
-        kept_names: &'a [String],
+        reading: Reading<'a>,
     ) -> Self {
         let (key_positions, kept_positions) = positions.split_at(spec.columns.len());
         KeyBuilder {
@@ -855,8 +953,11 @@ impl<'a> KeyBuilder<'a> {
             label,
             key_positions: key_positions.to_vec(),
             kept_positions: kept_positions.to_vec(),
-            kept_names,
-            out: KeyedInput::default(),
+            kept_names: reading.keep,
+            rows_max: reading.rows_max,
+            rows_bound: reading.rows_bound,
+            counts: StreamedCounts::default(),
+            sink: reading.sink,
             scratch_key: Vec::new(),
             scratch_text: String::new(),
         }
@@ -898,12 +999,11 @@ impl<'a> KeyBuilder<'a> {
     /// Adds the rows of `batch`.
     fn push_batch(&mut self, batch: &RecordBatch) -> Result<(), TableError> {
         let n = batch.num_rows();
-        let read = usize::try_from(self.out.rows).unwrap_or(usize::MAX);
-        if read.saturating_add(n) > limits::DATASET_ROWS_MAX {
+        if self.counts.rows.saturating_add(n as u64) > self.rows_max {
             return Err(TableError::TooLarge {
                 path: self.path.to_owned(),
-                bound: TableBound::Rows,
-                at_row: Some(limits::DATASET_ROWS_MAX as u64 + 1),
+                bound: self.rows_bound,
+                at_row: Some(self.rows_max.saturating_add(1)),
             });
         }
         let key_arrays = self.arrays(batch, &self.key_positions, &self.spec.columns)?;
@@ -918,10 +1018,9 @@ impl<'a> KeyBuilder<'a> {
             .zip(self.kept_names)
             .map(|(a, name)| KeyColumn::new(self.path, name, a))
             .collect::<Result<Vec<_>, _>>()?;
-        self.out.keys.reserve(n);
         for row in 0..n {
-            self.out.rows += 1;
-            let data_row = self.out.rows;
+            self.counts.rows += 1;
+            let data_row = self.counts.rows;
             let Some(key) = self.row_key(&columns, row, data_row)? else {
                 if self.spec.empty == EmptyKeys::Fail {
                     return Err(TableError::EmptyKey {
@@ -929,14 +1028,15 @@ impl<'a> KeyBuilder<'a> {
                         at: self.at(data_row),
                     });
                 }
-                self.out.empty_keys += 1;
+                self.counts.empty_keys += 1;
                 continue;
             };
-            self.out.keys.push(key);
-            if !kept.is_empty() {
-                let values = self.row_kept(&kept, row, data_row)?;
-                self.out.kept.push(values);
-            }
+            let values = if kept.is_empty() {
+                Vec::new()
+            } else {
+                self.row_kept(&kept, row, data_row)?
+            };
+            (self.sink)(key, values)?;
         }
         Ok(())
     }
@@ -1003,8 +1103,8 @@ impl<'a> KeyBuilder<'a> {
         Ok(values)
     }
 
-    fn finish(self) -> KeyedInput {
-        self.out
+    fn finish(self) -> StreamedCounts {
+        self.counts
     }
 }
 
@@ -1112,16 +1212,16 @@ fn for_each_csv_batch<F: Read + Seek>(
     }
 }
 
-fn read_csv<F: Read + Seek>(
-    path: &Path,
+fn read_csv<'a, F: Read + Seek>(
+    path: &'a Path,
     mut file: F,
-    spec: &KeySpec,
-    keep: &[String],
-) -> Result<KeyedInput, TableError> {
+    spec: &'a KeySpec,
+    reading: Reading<'a>,
+) -> Result<StreamedCounts, TableError> {
     let (names, header_bytes) = read_csv_header(path, &mut file)?;
-    let indices = locate_columns(path, &names, &wanted(spec, keep))?;
+    let indices = locate_columns(path, &names, &wanted(spec, reading.keep))?;
     let (projection, positions) = projection_of(&indices);
-    let mut builder = KeyBuilder::new(path, spec, RowLabel::CsvLine, &positions, keep);
+    let mut builder = KeyBuilder::new(path, spec, RowLabel::CsvLine, &positions, reading);
     for_each_csv_batch(path, file, &names, header_bytes, projection, |batch| {
         builder.push_batch(batch)?;
         Ok(true)
@@ -1129,19 +1229,20 @@ fn read_csv<F: Read + Seek>(
     Ok(builder.finish())
 }
 
-fn read_parquet(
-    path: &Path,
+fn read_parquet<'a>(
+    path: &'a Path,
     file: File,
-    spec: &KeySpec,
-    keep: &[String],
-) -> Result<KeyedInput, TableError> {
+    spec: &'a KeySpec,
+    reading: Reading<'a>,
+) -> Result<StreamedCounts, TableError> {
+    let keep = reading.keep;
     let builder =
         ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| parquet_error(path, e))?;
     let total_rows = builder.metadata().file_metadata().num_rows();
-    if usize::try_from(total_rows).map_or(true, |r| r > limits::DATASET_ROWS_MAX) {
+    if u64::try_from(total_rows).map_or(true, |r| r > reading.rows_max) {
         return Err(TableError::TooLarge {
             path: path.to_owned(),
-            bound: TableBound::Rows,
+            bound: reading.rows_bound,
             at_row: None,
         });
     }
@@ -1170,7 +1271,7 @@ fn read_parquet(
         .with_batch_size(READ_BATCH_ROWS)
         .build()
         .map_err(|e| parquet_error(path, e))?;
-    let mut keys = KeyBuilder::new(path, spec, RowLabel::ParquetRow, &positions, keep);
+    let mut keys = KeyBuilder::new(path, spec, RowLabel::ParquetRow, &positions, reading);
     for batch in reader {
         let batch = batch.map_err(|e| arrow_error(path, e))?;
         keys.push_batch(&batch)?;

@@ -146,6 +146,7 @@ use std::str::FromStr;
 
 use tessera_core::LinkError;
 
+pub mod bucket;
 mod common;
 mod crypto;
 pub mod ecdh;
@@ -568,6 +569,10 @@ pub enum PsiError {
     /// A computation task failed (panicked or was cancelled by the runtime).
     #[error("internal error: {0}")]
     Internal(String),
+    /// A bucketed run's own spill or part file could not be written or read (module
+    /// [`bucket`]); the message names the file.
+    #[error("local storage: {0}")]
+    Storage(String),
 }
 
 impl PsiError {
@@ -584,7 +589,9 @@ impl PsiError {
             PsiError::ProtocolMismatch { .. } => Some(AbortReason::ProtocolMismatch),
             PsiError::TooLarge { .. } => Some(AbortReason::TooLarge),
             PsiError::InvalidConfig(_) => Some(AbortReason::InvalidConfig),
-            PsiError::Internal(_) | PsiError::DeliveryNotRecorded => Some(AbortReason::Internal),
+            PsiError::Internal(_) | PsiError::DeliveryNotRecorded | PsiError::Storage(_) => {
+                Some(AbortReason::Internal)
+            }
         }
     }
 }

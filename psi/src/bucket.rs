@@ -1,0 +1,919 @@
+//! Bucketed PSI: sets of any size in bounded memory.
+//!
+//! Both parties split their items into the same `B` buckets by a keyed hash and run one PSI
+//! ([`crate::run_receiver`] and friends, any protocol) per bucket, so a party holds one bucket
+//! at a time, never its whole set. The approach is SecretFlow's "bucket PSI"; the hash is
+//! keyed per job so that nobody can aim items at one bucket in advance.
+//!
+//! # Flow
+//!
+//! 1. **Staging** (local, no link): each party feeds its rows to a [`Stager`], which keeps
+//!    them in memory up to `bucket_rows` and beyond that streams every row (its item, its
+//!    ordinal in the input, and the caller's `extra` bytes — kept columns, a payload) into
+//!    [`PARTITIONS`] partition files on disk, by the keyed hash of the item.
+//! 2. **Agreement**: each party sends a `Buckets` frame
+//!    (`kind=0x09 | version u16 | buckets_wanted u32 | key check 16 bytes`): the number of
+//!    buckets its own row count needs (`⌈rows / bucket_rows⌉`, at least 1, at most
+//!    [`BUCKETS_MAX`]), and a BLAKE3 digest of the bucket key, so that parties holding different
+//!    keys stop instead of computing a wrong answer. `B` is the larger wish. Bucket `b` is the
+//!    partitions `p` with `⌊p·B / PARTITIONS⌋ = b`.
+//! 3. **Buckets**: for `b` in `0..B`, both load bucket `b` and run one PSI on it. The
+//!    receiver writes the rows whose item matched (every duplicate, with its `extra` and, with a
+//!    payload, the sender's payload) to a part file of its own. The sender's delivery gate is
+//!    asked once, before bucket 0's release; the later buckets pass it without asking again
+//!    (the delivery is recorded).
+//! 4. **Result**: [`Parts::merged`] reads the part files back in ordinal order: the matched rows
+//!    come out in input order, exactly as an unbucketed run would give them.
+//!
+//! # What each party learns, beyond the per-bucket protocol's own outputs
+//!
+//! * The bucket count `B`, hence each party's row count to within `bucket_rows` (rows, not
+//!   distinct items: the count is taken before duplicates are removed).
+//! * In every bucket, the other party's distinct set size in that bucket (the per-bucket
+//!   protocol's `Hello` announces it), instead of only the total. Both parties know the
+//!   bucket key, so a party that guesses an item of the other can see whether the bucket it
+//!   hashes to is one larger; with `n` items over `B` buckets this shifts the odds of a guess
+//!   by about `1/√(n/B)` — a small, real leak, the price of bounded memory. Unbucketed runs
+//!   (`B = 1`) leak nothing of this kind.
+//! * In [`crate::Mode::SizeOnly`] the receiver would learn the intersection size per bucket;
+//!   bucketed runs therefore refuse size-only mode.
+//!
+//! The bucket key is 32 bytes both parties derive from material they share for the job
+//! ([`BucketKey::derive`]; Tessera's workers use the job's session id, random per job and
+//! carried in both parties' signed tickets). The threat model is the per-bucket protocol's:
+//! semi-honest parties.
+//!
+//! # Bounds
+//!
+//! An item is at most [`crate::ITEM_BYTES_MAX`] bytes, its `extra` at most [`EXTRA_BYTES_MAX`];
+//! a bucket at most [`crate::SET_ITEMS_MAX`] items (a larger one fails with
+//! [`PsiError::TooLarge`]: choose a smaller `bucket_rows`). Memory: about `bucket_rows` rows
+//! while staging, one bucket (both its rows and the protocol's state) while running, plus one
+//! [`SPILL_BUFFER_BYTES`] buffer per open partition or part file.
+
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use rand_core::CryptoRngCore;
+use tessera_core::Link;
+use zeroize::Zeroize;
+
+use crate::common::{notify_peer, unexpected};
+use crate::wire::PROTOCOL_VERSION;
+use crate::{
+    DeliveryGate, ITEM_BYTES_MAX, Mode, NoGate, NoProgress, Progress, PsiConfig, PsiError,
+    SET_ITEMS_MAX,
+};
+
+/// Partition files per party when staging spills to disk; also the most buckets.
+pub const PARTITIONS: u32 = 1024;
+/// The most buckets a run uses.
+pub const BUCKETS_MAX: u32 = PARTITIONS;
+/// Most bytes of one row's `extra`.
+pub const EXTRA_BYTES_MAX: usize = 1 << 20;
+/// Buffer of each open partition or part file.
+pub const SPILL_BUFFER_BYTES: usize = 32 * 1024;
+/// BLAKE3 context that derives the bucket key from the job's shared material.
+pub const BUCKET_KEY_CONTEXT: &str = "tessera-psi bucket key v1";
+/// BLAKE3 context of the key check sent in the `Buckets` frame.
+const KEY_CHECK_CONTEXT: &str = "tessera-psi bucket key check v1";
+/// Progress phase: buckets done of `B`.
+pub const PHASE_BUCKET: &str = "bucket";
+/// Progress phase: own rows through finished buckets, of all own rows.
+pub const PHASE_ROWS: &str = "rows";
+
+const KIND_BUCKETS: u8 = 0x09;
+const BUCKETS_FRAME_BYTES: usize = 1 + 2 + 4 + 16;
+
+/// The keyed hash that assigns items to partitions. Secret-free `Debug`; wiped on drop.
+#[derive(Clone)]
+pub struct BucketKey([u8; 32]);
+
+impl std::fmt::Debug for BucketKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BucketKey(<redacted>)")
+    }
+}
+
+impl Drop for BucketKey {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl BucketKey {
+    /// The key both parties derive from `material` they share for one job:
+    /// BLAKE3 `derive_key`([`BUCKET_KEY_CONTEXT`], `material`).
+    pub fn derive(material: &[u8]) -> Self {
+        BucketKey(blake3::derive_key(BUCKET_KEY_CONTEXT, material))
+    }
+
+    /// A key from 32 random bytes (benchmarks, tests).
+    pub fn random<R: CryptoRngCore + ?Sized>(rng: &mut R) -> Self {
+        let mut k = [0u8; 32];
+        rng.fill_bytes(&mut k);
+        BucketKey(k)
+    }
+
+    /// The partition (`0..PARTITIONS`) of `item`: the top 10 bits of its keyed BLAKE3 hash.
+    pub fn partition_of(&self, item: &[u8]) -> u32 {
+        let h = blake3::keyed_hash(&self.0, item);
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&h.as_bytes()[..8]);
+        (u64::from_le_bytes(first) >> (64 - PARTITIONS.trailing_zeros())) as u32
+    }
+
+    fn check(&self) -> [u8; 16] {
+        let mut h = blake3::Hasher::new_derive_key(KEY_CHECK_CONTEXT);
+        h.update(&self.0);
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&h.finalize().as_bytes()[..16]);
+        out
+    }
+}
+
+/// The bucket of partition `p` when there are `buckets` buckets.
+pub fn bucket_of_partition(p: u32, buckets: u32) -> u32 {
+    (u64::from(p) * u64::from(buckets) / u64::from(PARTITIONS)) as u32
+}
+
+/// Buckets a party with `rows` rows wants at `bucket_rows` rows per bucket.
+pub fn buckets_wanted(rows: u64, bucket_rows: u64) -> u32 {
+    let per = bucket_rows.max(1);
+    let want = rows.div_ceil(per).max(1);
+    u32::try_from(want).unwrap_or(u32::MAX).min(BUCKETS_MAX)
+}
+
+/// One staged row: its ordinal among the rows fed to the [`Stager`] (from 0), its item and the
+/// caller's extra bytes. `Debug` shows sizes only (items are dataset content).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Row {
+    /// Position among the rows fed in, from 0.
+    pub ordinal: u64,
+    /// The item (a normalised key).
+    pub item: Vec<u8>,
+    /// Caller's bytes carried with the row (kept columns, a payload).
+    pub extra: Vec<u8>,
+}
+
+impl std::fmt::Debug for Row {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Row({}, <{} item bytes>, <{} extra bytes>)",
+            self.ordinal,
+            self.item.len(),
+            self.extra.len()
+        )
+    }
+}
+
+fn io_err(what: &str, path: &Path, e: io::Error) -> PsiError {
+    PsiError::Storage(format!("{what} {}: {e}", path.display()))
+}
+
+fn write_row(w: &mut impl Write, ordinal: u64, item: &[u8], extra: &[u8]) -> io::Result<()> {
+    w.write_all(&ordinal.to_le_bytes())?;
+    w.write_all(&(item.len() as u32).to_le_bytes())?;
+    w.write_all(item)?;
+    w.write_all(&(extra.len() as u32).to_le_bytes())?;
+    w.write_all(extra)
+}
+
+/// Reads the next row of a spill or part file; `None` at its end. A truncated or over-long
+/// record is [`PsiError::Storage`].
+fn read_row(r: &mut impl Read, path: &Path, item_max: usize) -> Result<Option<Row>, PsiError> {
+    let mut ord = [0u8; 8];
+    match r.read_exact(&mut ord) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(io_err("reading", path, e)),
+    }
+    let mut field = |max: usize| -> Result<Vec<u8>, PsiError> {
+        let mut len = [0u8; 4];
+        r.read_exact(&mut len)
+            .map_err(|e| io_err("reading", path, e))?;
+        let len = u32::from_le_bytes(len) as usize;
+        if len > max {
+            return Err(PsiError::Storage(format!(
+                "{}: a record of {len} bytes (at most {max}): the file is damaged",
+                path.display()
+            )));
+        }
+        let mut v = vec![0u8; len];
+        r.read_exact(&mut v)
+            .map_err(|e| io_err("reading", path, e))?;
+        Ok(v)
+    };
+    let item = field(item_max)?;
+    let extra = field(EXTRA_BYTES_MAX)?;
+    Ok(Some(Row {
+        ordinal: u64::from_le_bytes(ord),
+        item,
+        extra,
+    }))
+}
+
+/// Takes a party's rows, in memory up to `bucket_rows` and in partition files under `dir`
+/// beyond (see the module docs). Feed rows with [`Stager::push`], then [`Stager::finish`].
+#[derive(Debug)]
+pub struct Stager {
+    key: BucketKey,
+    bucket_rows: u64,
+    dir: PathBuf,
+    memory: Vec<Row>,
+    spill: Option<Vec<BufWriter<File>>>,
+    partition_rows: Vec<u64>,
+    rows: u64,
+}
+
+impl Stager {
+    /// A stager that keeps at most `bucket_rows` rows in memory and spills into `dir` (created
+    /// when first needed; it should be this run's own directory, removed by the caller after).
+    pub fn new(key: BucketKey, bucket_rows: u64, dir: impl Into<PathBuf>) -> Self {
+        Stager {
+            key,
+            bucket_rows: bucket_rows.max(1),
+            dir: dir.into(),
+            memory: Vec::new(),
+            spill: None,
+            partition_rows: vec![0; PARTITIONS as usize],
+            rows: 0,
+        }
+    }
+
+    /// Rows fed so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    fn partition_path(&self, p: u32) -> PathBuf {
+        self.dir.join(format!("partition-{p:04}.bin"))
+    }
+
+    /// Adds the next row (its ordinal is the number of rows fed before it).
+    ///
+    /// # Errors
+    /// [`PsiError::TooLarge`] for an item over [`ITEM_BYTES_MAX`] or extra bytes over
+    /// [`EXTRA_BYTES_MAX`]; [`PsiError::Storage`] if a partition file cannot be written.
+    pub fn push(&mut self, item: Vec<u8>, extra: Vec<u8>) -> Result<(), PsiError> {
+        if item.len() > ITEM_BYTES_MAX {
+            return Err(PsiError::TooLarge {
+                what: "item bytes",
+                len: item.len() as u64,
+                max: ITEM_BYTES_MAX as u64,
+            });
+        }
+        if extra.len() > EXTRA_BYTES_MAX {
+            return Err(PsiError::TooLarge {
+                what: "extra bytes of a row",
+                len: extra.len() as u64,
+                max: EXTRA_BYTES_MAX as u64,
+            });
+        }
+        let ordinal = self.rows;
+        self.rows += 1;
+        if self.spill.is_none() && self.memory.len() as u64 >= self.bucket_rows {
+            self.start_spilling()?;
+        }
+        match &mut self.spill {
+            None => self.memory.push(Row {
+                ordinal,
+                item,
+                extra,
+            }),
+            Some(files) => {
+                let p = self.key.partition_of(&item);
+                let path_of = |p: u32| self.dir.join(format!("partition-{p:04}.bin"));
+                let w = files
+                    .get_mut(p as usize)
+                    .ok_or_else(|| PsiError::Internal("partition out of range".into()))?;
+                write_row(w, ordinal, &item, &extra)
+                    .map_err(|e| io_err("writing", &path_of(p), e))?;
+                if let Some(n) = self.partition_rows.get_mut(p as usize) {
+                    *n += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn start_spilling(&mut self) -> Result<(), PsiError> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| io_err("creating", &self.dir, e))?;
+        let mut files = Vec::with_capacity(PARTITIONS as usize);
+        for p in 0..PARTITIONS {
+            let path = self.partition_path(p);
+            let f = File::create(&path).map_err(|e| io_err("creating", &path, e))?;
+            files.push(BufWriter::with_capacity(SPILL_BUFFER_BYTES, f));
+        }
+        for row in std::mem::take(&mut self.memory) {
+            let p = self.key.partition_of(&row.item);
+            let w = files
+                .get_mut(p as usize)
+                .ok_or_else(|| PsiError::Internal("partition out of range".into()))?;
+            write_row(w, row.ordinal, &row.item, &row.extra)
+                .map_err(|e| io_err("writing", &self.partition_path(p), e))?;
+            if let Some(n) = self.partition_rows.get_mut(p as usize) {
+                *n += 1;
+            }
+        }
+        self.spill = Some(files);
+        Ok(())
+    }
+
+    /// Ends the feeding: flushes the partition files.
+    ///
+    /// # Errors
+    /// [`PsiError::Storage`] if a partition file cannot be written.
+    pub fn finish(mut self) -> Result<Staged, PsiError> {
+        let spilled = match self.spill.take() {
+            None => false,
+            Some(files) => {
+                for (p, mut w) in files.into_iter().enumerate() {
+                    w.flush()
+                        .map_err(|e| io_err("writing", &self.partition_path(p as u32), e))?;
+                }
+                true
+            }
+        };
+        Ok(Staged {
+            key: self.key.clone(),
+            bucket_rows: self.bucket_rows,
+            dir: self.dir.clone(),
+            memory: std::mem::take(&mut self.memory),
+            split: Vec::new(),
+            spilled,
+            partition_rows: std::mem::take(&mut self.partition_rows),
+            rows: self.rows,
+        })
+    }
+}
+
+/// A party's staged rows, ready to be read bucket by bucket.
+#[derive(Debug)]
+pub struct Staged {
+    key: BucketKey,
+    bucket_rows: u64,
+    dir: PathBuf,
+    memory: Vec<Row>,
+    /// In-memory rows split by bucket (filled at the first [`Staged::bucket`] call).
+    split: Vec<Vec<Row>>,
+    spilled: bool,
+    partition_rows: Vec<u64>,
+    rows: u64,
+}
+
+impl Staged {
+    /// Rows staged.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Whether the rows went to partition files.
+    pub fn spilled(&self) -> bool {
+        self.spilled
+    }
+
+    /// The buckets this party's row count needs.
+    pub fn buckets_wanted(&self) -> u32 {
+        buckets_wanted(self.rows, self.bucket_rows)
+    }
+
+    /// Rows of bucket `b` of `buckets` (without reading them).
+    pub fn bucket_rows(&self, b: u32, buckets: u32) -> u64 {
+        if !self.spilled {
+            return match self.split.get(b as usize) {
+                Some(rows) => rows.len() as u64,
+                None if buckets <= 1 => self.memory.len() as u64,
+                None => self
+                    .memory
+                    .iter()
+                    .filter(|r| bucket_of_partition(self.key.partition_of(&r.item), buckets) == b)
+                    .count() as u64,
+            };
+        }
+        (0..PARTITIONS)
+            .filter(|&p| bucket_of_partition(p, buckets) == b)
+            .map(|p| self.partition_rows.get(p as usize).copied().unwrap_or(0))
+            .sum()
+    }
+
+    /// Takes bucket `b` of `buckets`: its rows in ordinal order. Each bucket is taken once.
+    ///
+    /// # Errors
+    /// [`PsiError::Storage`] if a partition file cannot be read or is damaged.
+    pub fn bucket(&mut self, b: u32, buckets: u32) -> Result<Vec<Row>, PsiError> {
+        if !self.spilled {
+            if buckets <= 1 {
+                return Ok(std::mem::take(&mut self.memory));
+            }
+            if self.split.is_empty() {
+                let mut split: Vec<Vec<Row>> = (0..buckets).map(|_| Vec::new()).collect();
+                for row in std::mem::take(&mut self.memory) {
+                    let at = bucket_of_partition(self.key.partition_of(&row.item), buckets);
+                    if let Some(v) = split.get_mut(at as usize) {
+                        v.push(row);
+                    }
+                }
+                self.split = split;
+            }
+            return Ok(self
+                .split
+                .get_mut(b as usize)
+                .map(std::mem::take)
+                .unwrap_or_default());
+        }
+        let mut rows = Vec::new();
+        for p in (0..PARTITIONS).filter(|&p| bucket_of_partition(p, buckets) == b) {
+            let path = self.dir.join(format!("partition-{p:04}.bin"));
+            let f = File::open(&path).map_err(|e| io_err("opening", &path, e))?;
+            let mut r = BufReader::with_capacity(SPILL_BUFFER_BYTES, f);
+            while let Some(row) = read_row(&mut r, &path, ITEM_BYTES_MAX)? {
+                rows.push(row);
+            }
+            // A partition is read once; its space goes back now.
+            let _ = std::fs::remove_file(&path);
+        }
+        rows.sort_unstable_by_key(|r| r.ordinal);
+        Ok(rows)
+    }
+}
+
+/// The receiver's matched rows, one part file per bucket under a directory, each in ordinal
+/// order; [`Parts::merged`] reads them back as one sequence in ordinal order.
+#[derive(Debug)]
+pub struct Parts {
+    dir: PathBuf,
+    buckets: u32,
+}
+
+/// One matched row as the receiver keeps it: its ordinal, its own extra bytes, and the
+/// sender's payload (empty without one). `Debug` shows sizes only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Matched {
+    /// The row's ordinal in the receiver's input.
+    pub ordinal: u64,
+    /// The receiver's extra bytes of the row.
+    pub extra: Vec<u8>,
+    /// The sender's payload of the row's item (empty without a payload).
+    pub payload: Vec<u8>,
+}
+
+impl std::fmt::Debug for Matched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Matched({}, <{} extra bytes>, <{} payload bytes>)",
+            self.ordinal,
+            self.extra.len(),
+            self.payload.len()
+        )
+    }
+}
+
+impl Parts {
+    fn path(&self, b: u32) -> PathBuf {
+        self.dir.join(format!("part-{b:04}.bin"))
+    }
+
+    /// Bucket count.
+    pub fn buckets(&self) -> u32 {
+        self.buckets
+    }
+
+    /// The matched rows of every bucket, merged in ordinal order (a k-way merge holding one
+    /// row per bucket).
+    ///
+    /// # Errors
+    /// [`PsiError::Storage`] if a part file cannot be opened.
+    pub fn merged(&self) -> Result<Merged, PsiError> {
+        let mut readers = Vec::with_capacity(self.buckets as usize);
+        let mut pending = Vec::with_capacity(self.buckets as usize);
+        let mut heads = std::collections::BinaryHeap::new();
+        for b in 0..self.buckets {
+            let path = self.path(b);
+            let f = File::open(&path).map_err(|e| io_err("opening", &path, e))?;
+            let mut r = BufReader::with_capacity(SPILL_BUFFER_BYTES, f);
+            let head = read_row(&mut r, &path, EXTRA_BYTES_MAX)?;
+            if let Some(row) = &head {
+                heads.push(std::cmp::Reverse((row.ordinal, b as usize)));
+            }
+            pending.push(head);
+            readers.push((r, path));
+        }
+        Ok(Merged {
+            readers,
+            pending,
+            heads,
+        })
+    }
+
+    /// Removes the part files and their directory.
+    pub fn remove(self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+type PartReader = (BufReader<File>, PathBuf);
+
+/// Iterator over [`Parts::merged`]: matched rows in ordinal order, or the first read error.
+pub struct Merged {
+    readers: Vec<PartReader>,
+    /// Each part's next row.
+    pending: Vec<Option<Row>>,
+    /// (ordinal, part) of every pending row, smallest first.
+    heads: std::collections::BinaryHeap<std::cmp::Reverse<(u64, usize)>>,
+}
+
+impl std::fmt::Debug for Merged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Merged({} parts)", self.readers.len())
+    }
+}
+
+impl Iterator for Merged {
+    type Item = Result<Matched, PsiError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let std::cmp::Reverse((_, b)) = self.heads.pop()?;
+        let (Some(slot), Some((r, path))) = (self.pending.get_mut(b), self.readers.get_mut(b))
+        else {
+            return Some(Err(PsiError::Internal("part index out of range".into())));
+        };
+        let Some(row) = slot.take() else {
+            return Some(Err(PsiError::Internal("part without a pending row".into())));
+        };
+        match read_row(r, path, EXTRA_BYTES_MAX) {
+            Ok(Some(next)) => {
+                self.heads.push(std::cmp::Reverse((next.ordinal, b)));
+                *slot = Some(next);
+            }
+            Ok(None) => {}
+            Err(e) => return Some(Err(e)),
+        }
+        // A part row carries the receiver's extra as its item and the payload as its extra.
+        Some(Ok(Matched {
+            ordinal: row.ordinal,
+            extra: row.item,
+            payload: row.extra,
+        }))
+    }
+}
+
+/// What the receiver of a bucketed run learns.
+#[derive(Debug)]
+pub struct BucketedReceiverOutput {
+    /// Buckets run.
+    pub buckets: u32,
+    /// Distinct common items (summed over buckets; an item lies in one bucket).
+    pub intersection_size: u64,
+    /// The sender's distinct set size (summed over buckets).
+    pub sender_set_size: u64,
+    /// Own rows whose item is common (every duplicate counted).
+    pub matched_rows: u64,
+    /// The matched rows, per bucket on disk.
+    pub parts: Parts,
+}
+
+/// What the sender of a bucketed run learns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BucketedSenderOutput {
+    /// Buckets run.
+    pub buckets: u32,
+    /// The receiver's distinct set size (summed over buckets).
+    pub receiver_set_size: u64,
+}
+
+/// Sends our `Buckets` frame, checks the peer's, and returns the agreed bucket count.
+async fn agree(link: &dyn Link, key: &BucketKey, wanted: u32) -> Result<u32, PsiError> {
+    let mut b = BytesMut::with_capacity(BUCKETS_FRAME_BYTES);
+    b.put_u8(KIND_BUCKETS);
+    b.put_u16_le(PROTOCOL_VERSION);
+    b.put_u32_le(wanted);
+    b.put_slice(&key.check());
+    let ours = b.freeze();
+    let (_, theirs) = tokio::try_join!(
+        async { link.send(ours).await.map_err(PsiError::from) },
+        async { link.recv().await.map_err(PsiError::from) }
+    )?;
+    let peer_wanted = parse_buckets(theirs, key)?;
+    Ok(wanted.max(peer_wanted))
+}
+
+fn parse_buckets(frame: Bytes, key: &BucketKey) -> Result<u32, PsiError> {
+    if frame.first() != Some(&KIND_BUCKETS) {
+        // An abort, or another frame: the shared parser says which.
+        let parsed = crate::wire::Frame::parse(frame)?;
+        return Err(match parsed {
+            crate::wire::Frame::Abort(reason) => PsiError::PeerAborted { reason },
+            other => unexpected(other, "buckets"),
+        });
+    }
+    if let Some(&[v0, v1]) = frame.get(1..3) {
+        let version = u16::from_le_bytes([v0, v1]);
+        if version != PROTOCOL_VERSION {
+            return Err(PsiError::VersionMismatch {
+                ours: PROTOCOL_VERSION,
+                theirs: version,
+            });
+        }
+    }
+    let f: [u8; BUCKETS_FRAME_BYTES] = frame.as_ref().try_into().map_err(|_| {
+        PsiError::Protocol(format!(
+            "buckets frame of {} bytes (expected {BUCKETS_FRAME_BYTES})",
+            frame.len()
+        ))
+    })?;
+    let mut n = [0u8; 4];
+    n.copy_from_slice(&f[3..7]);
+    let wanted = u32::from_le_bytes(n);
+    if wanted == 0 || wanted > BUCKETS_MAX {
+        return Err(PsiError::Protocol(format!(
+            "buckets frame: {wanted} buckets (1..={BUCKETS_MAX})"
+        )));
+    }
+    if f[7..] != key.check() {
+        return Err(PsiError::InvalidConfig(
+            "the parties hold different bucket keys".into(),
+        ));
+    }
+    Ok(wanted)
+}
+
+/// Reports `rows` / `buckets` progress after each bucket, and the inner protocol's phases only
+/// when there is a single bucket.
+struct BucketProgress<'a> {
+    outer: &'a dyn Progress,
+    buckets: u32,
+    rows_total: u64,
+}
+
+impl BucketProgress<'_> {
+    fn inner(&self) -> &dyn Progress {
+        if self.buckets <= 1 {
+            self.outer
+        } else {
+            &NoProgress
+        }
+    }
+
+    fn done(&self, b: u32, rows_done: u64) {
+        self.outer
+            .report(PHASE_BUCKET, u64::from(b), u64::from(self.buckets));
+        self.outer.report(PHASE_ROWS, rows_done, self.rows_total);
+    }
+}
+
+fn check_mode(cfg: &PsiConfig) -> Result<(), PsiError> {
+    if cfg.mode == Mode::SizeOnly {
+        return Err(PsiError::InvalidConfig(
+            "bucketed PSI does not run in size-only mode (it would reveal the size per bucket)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+fn bucket_too_large(n: usize) -> Result<(), PsiError> {
+    if n > SET_ITEMS_MAX {
+        return Err(PsiError::TooLarge {
+            what: "bucket size (choose fewer rows per bucket)",
+            len: n as u64,
+            max: SET_ITEMS_MAX as u64,
+        });
+    }
+    Ok(())
+}
+
+/// The receiver's side of a bucketed run on `staged` (see the module docs): every bucket's
+/// matched rows go to part files under `parts_dir` (created; this run's own directory). With
+/// `payload`, each bucket runs PSI with payload ([`crate::run_receiver_with_payload`]).
+///
+/// # Errors
+/// As [`crate::run_receiver`]; [`PsiError::InvalidConfig`] in size-only mode or when the
+/// parties' bucket keys differ; [`PsiError::Storage`] for a spill or part file that cannot be
+/// read or written; [`PsiError::TooLarge`] for a bucket over [`SET_ITEMS_MAX`].
+pub async fn run_receiver_bucketed<R: CryptoRngCore + Send>(
+    link: &dyn Link,
+    mut staged: Staged,
+    parts_dir: &Path,
+    payload: bool,
+    cfg: &PsiConfig,
+    rng: &mut R,
+    progress: &dyn Progress,
+) -> Result<BucketedReceiverOutput, PsiError> {
+    let result = async {
+        check_mode(cfg)?;
+        let buckets = agree(link, &staged.key, staged.buckets_wanted()).await?;
+        std::fs::create_dir_all(parts_dir).map_err(|e| io_err("creating", parts_dir, e))?;
+        let parts = Parts {
+            dir: parts_dir.to_owned(),
+            buckets,
+        };
+        let report = BucketProgress {
+            outer: progress,
+            buckets,
+            rows_total: staged.rows(),
+        };
+        let (mut common, mut sender_size, mut matched_rows, mut rows_done) = (0u64, 0u64, 0, 0);
+        for b in 0..buckets {
+            let rows = staged.bucket(b, buckets)?;
+            bucket_too_large(rows.len())?;
+            let items: Vec<Vec<u8>> = rows.iter().map(|r| r.item.clone()).collect();
+            let out = if payload {
+                crate::run_receiver_with_payload(link, &items, cfg, rng, report.inner()).await?
+            } else {
+                crate::run_receiver(link, &items, cfg, rng, report.inner()).await?
+            };
+            drop(items);
+            common += out.intersection_size;
+            sender_size += out.sender_set_size;
+            // Every row whose item is common, with the payload of its item.
+            let firsts = out.intersection.unwrap_or_default();
+            let payloads = out.payloads.unwrap_or_default();
+            let mut by_item = std::collections::HashMap::with_capacity(firsts.len());
+            for (k, &i) in firsts.iter().enumerate() {
+                if let Some(row) = rows.get(i) {
+                    by_item.insert(row.item.as_slice(), payloads.get(k).map(Vec::as_slice));
+                }
+            }
+            let path = parts.path(b);
+            let f = File::create(&path).map_err(|e| io_err("creating", &path, e))?;
+            let mut w = BufWriter::with_capacity(SPILL_BUFFER_BYTES, f);
+            for row in &rows {
+                if let Some(p) = by_item.get(row.item.as_slice()) {
+                    write_row(&mut w, row.ordinal, &row.extra, p.unwrap_or_default())
+                        .map_err(|e| io_err("writing", &path, e))?;
+                    matched_rows += 1;
+                }
+            }
+            w.flush().map_err(|e| io_err("writing", &path, e))?;
+            rows_done += rows.len() as u64;
+            report.done(b + 1, rows_done);
+        }
+        Ok(BucketedReceiverOutput {
+            buckets,
+            intersection_size: common,
+            sender_set_size: sender_size,
+            matched_rows,
+            parts,
+        })
+    }
+    .await;
+    if let Err(e) = &result {
+        notify_peer(link, e).await;
+    }
+    result
+}
+
+/// The sender's side of a bucketed run on `staged`; with `payload`, each row's `extra` is its
+/// payload ([`crate::run_sender_with_payload`]). `gate` is asked once, before the first
+/// bucket's release.
+///
+/// # Errors
+/// As [`run_receiver_bucketed`], and [`PsiError::DeliveryNotRecorded`].
+pub async fn run_sender_bucketed<R: CryptoRngCore + Send>(
+    link: &dyn Link,
+    mut staged: Staged,
+    payload: bool,
+    cfg: &PsiConfig,
+    rng: &mut R,
+    progress: &dyn Progress,
+    gate: &dyn DeliveryGate,
+) -> Result<BucketedSenderOutput, PsiError> {
+    let result = async {
+        check_mode(cfg)?;
+        let buckets = agree(link, &staged.key, staged.buckets_wanted()).await?;
+        let report = BucketProgress {
+            outer: progress,
+            buckets,
+            rows_total: staged.rows(),
+        };
+        let (mut receiver_size, mut rows_done) = (0u64, 0u64);
+        for b in 0..buckets {
+            let rows = staged.bucket(b, buckets)?;
+            bucket_too_large(rows.len())?;
+            // Later buckets pass: the delivery is recorded.
+            let gate: &dyn DeliveryGate = if b == 0 { gate } else { &NoGate };
+            let (items, extras): (Vec<Vec<u8>>, Vec<Vec<u8>>) =
+                rows.into_iter().map(|r| (r.item, r.extra)).unzip();
+            let out = if payload {
+                crate::run_sender_with_payload(
+                    link,
+                    &items,
+                    &extras,
+                    cfg,
+                    rng,
+                    report.inner(),
+                    gate,
+                )
+                .await?
+            } else {
+                crate::run_sender_reporting_delivery(link, &items, cfg, rng, report.inner(), gate)
+                    .await?
+            };
+            receiver_size += out.receiver_set_size;
+            rows_done += items.len() as u64;
+            report.done(b + 1, rows_done);
+        }
+        Ok(BucketedSenderOutput {
+            buckets,
+            receiver_set_size: receiver_size,
+        })
+    }
+    .await;
+    if let Err(e) = &result {
+        notify_peer(link, e).await;
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_spread_and_buckets_cover_them_in_order() {
+        let key = BucketKey::derive(b"job");
+        let mut counts = vec![0u32; PARTITIONS as usize];
+        for i in 0..100_000u32 {
+            counts[key.partition_of(&i.to_le_bytes()) as usize] += 1;
+        }
+        // 97.7 expected per partition; none empty, none far above.
+        assert!(counts.iter().all(|&c| c > 40 && c < 180), "{counts:?}");
+        for buckets in [1, 2, 3, 48, 1000, BUCKETS_MAX] {
+            let mut last = 0;
+            for p in 0..PARTITIONS {
+                let b = bucket_of_partition(p, buckets);
+                assert!(b >= last && b < buckets);
+                last = b;
+            }
+            assert_eq!(last, buckets - 1);
+        }
+        assert_eq!(buckets_wanted(0, 10), 1);
+        assert_eq!(buckets_wanted(10, 10), 1);
+        assert_eq!(buckets_wanted(11, 10), 2);
+        assert_eq!(buckets_wanted(u64::MAX, 1), BUCKETS_MAX);
+        assert_eq!(buckets_wanted(5, 0), 5);
+        assert_eq!(format!("{key:?}"), "BucketKey(<redacted>)");
+    }
+
+    #[test]
+    fn staging_in_memory_and_on_disk_gives_the_same_buckets() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = BucketKey::derive(b"job");
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = (0..5_000u32)
+            .map(|i| ((i % 3_000).to_le_bytes().to_vec(), i.to_be_bytes().to_vec()))
+            .collect();
+        let stage = |limit: u64, sub: &str| {
+            let mut s = Stager::new(key.clone(), limit, dir.path().join(sub));
+            for (item, extra) in &rows {
+                s.push(item.clone(), extra.clone()).expect("push");
+            }
+            s.finish().expect("finish")
+        };
+        let mut memory = stage(10_000, "m");
+        let mut disk = stage(100, "d");
+        assert!(!memory.spilled() && disk.spilled());
+        assert_eq!(disk.buckets_wanted(), 50);
+        for buckets in [7u32] {
+            let mut seen = 0;
+            for b in 0..buckets {
+                assert_eq!(memory.bucket_rows(b, buckets), disk.bucket_rows(b, buckets));
+                let m = memory.bucket(b, buckets).expect("memory");
+                let d = disk.bucket(b, buckets).expect("disk");
+                assert_eq!(m, d);
+                assert!(m.windows(2).all(|w| w[0].ordinal < w[1].ordinal));
+                for r in &m {
+                    assert_eq!(bucket_of_partition(key.partition_of(&r.item), buckets), b);
+                    assert_eq!(r.extra, (r.ordinal as u32).to_be_bytes());
+                }
+                seen += m.len();
+            }
+            assert_eq!(seen, rows.len());
+        }
+    }
+
+    #[test]
+    fn a_damaged_spill_file_is_a_storage_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("x.bin");
+        let mut bytes = Vec::new();
+        write_row(&mut bytes, 7, b"abc", b"").expect("write");
+        bytes.truncate(bytes.len() - 2);
+        std::fs::write(&path, &bytes).expect("write");
+        let mut r = BufReader::new(File::open(&path).expect("open"));
+        assert!(matches!(
+            read_row(&mut r, &path, ITEM_BYTES_MAX),
+            Err(PsiError::Storage(_))
+        ));
+        let mut huge = 1u64.to_le_bytes().to_vec();
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        std::fs::write(&path, &huge).expect("write");
+        let mut r = BufReader::new(File::open(&path).expect("open"));
+        let e = read_row(&mut r, &path, ITEM_BYTES_MAX).expect_err("huge");
+        assert!(e.to_string().contains("damaged"), "{e}");
+    }
+}

@@ -1,0 +1,354 @@
+//! Bucketed PSI (`tessera_psi::bucket`) against the plaintext reference: many buckets, rows in
+//! memory and spilled to disk, duplicates, empty and unbalanced sides, payloads, both protocols,
+//! the delivery gate, and hostile `Buckets` frames.
+
+// This binary uses only `bounded` of the shared helpers.
+#[allow(dead_code)]
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use common::bounded;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use tessera_core::{Link, MemLink};
+use tessera_psi::bucket::{
+    BucketKey, BucketedReceiverOutput, BucketedSenderOutput, PHASE_BUCKET, PHASE_ROWS, Staged,
+    Stager, run_receiver_bucketed, run_sender_bucketed,
+};
+use tessera_psi::{
+    DeliveryGate, Mode, NoGate, NoProgress, Progress, Protocol, PsiConfig, PsiError,
+};
+
+fn stage(
+    dir: &std::path::Path,
+    key: &BucketKey,
+    bucket_rows: u64,
+    rows: &[(Vec<u8>, Vec<u8>)],
+) -> Staged {
+    let mut s = Stager::new(key.clone(), bucket_rows, dir);
+    for (item, extra) in rows {
+        s.push(item.clone(), extra.clone()).expect("push");
+    }
+    s.finish().expect("finish")
+}
+
+struct Run {
+    receiver: Result<BucketedReceiverOutput, PsiError>,
+    sender: Result<BucketedSenderOutput, PsiError>,
+    _dir: tempfile::TempDir,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    r_rows: &[(Vec<u8>, Vec<u8>)],
+    s_rows: &[(Vec<u8>, Vec<u8>)],
+    r_bucket_rows: u64,
+    s_bucket_rows: u64,
+    protocol: Protocol,
+    payload: bool,
+    gate: &dyn DeliveryGate,
+    progress: &dyn Progress,
+) -> Run {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = BucketKey::derive(b"session");
+    let r = stage(&dir.path().join("r"), &key, r_bucket_rows, r_rows);
+    let s = stage(&dir.path().join("s"), &key, s_bucket_rows, s_rows);
+    let cfg = PsiConfig {
+        protocol,
+        ..PsiConfig::default()
+    };
+    let (a, b) = MemLink::pair();
+    let mut r_rng = ChaCha20Rng::seed_from_u64(1);
+    let mut s_rng = ChaCha20Rng::seed_from_u64(2);
+    let parts = dir.path().join("parts");
+    let (receiver, sender) = bounded(async {
+        tokio::join!(
+            run_receiver_bucketed(&a, r, &parts, payload, &cfg, &mut r_rng, progress),
+            run_sender_bucketed(&b, s, payload, &cfg, &mut s_rng, &NoProgress, gate),
+        )
+    })
+    .await;
+    Run {
+        receiver,
+        sender,
+        _dir: dir,
+    }
+}
+
+/// The plaintext answer: every receiver row (ordinal, extra) whose item the sender holds, in
+/// order, with the sender's first payload of the item.
+fn reference(
+    r_rows: &[(Vec<u8>, Vec<u8>)],
+    s_rows: &[(Vec<u8>, Vec<u8>)],
+) -> (Vec<(u64, Vec<u8>, Vec<u8>)>, u64, u64) {
+    let mut first: HashMap<&[u8], &[u8]> = HashMap::new();
+    for (item, extra) in s_rows {
+        first.entry(item.as_slice()).or_insert(extra.as_slice());
+    }
+    let mut common = HashSet::new();
+    let mut matched = Vec::new();
+    for (i, (item, extra)) in r_rows.iter().enumerate() {
+        if let Some(p) = first.get(item.as_slice()) {
+            common.insert(item.as_slice());
+            matched.push((i as u64, extra.clone(), p.to_vec()));
+        }
+    }
+    (matched, common.len() as u64, first.len() as u64)
+}
+
+fn check(run: Run, r_rows: &[(Vec<u8>, Vec<u8>)], s_rows: &[(Vec<u8>, Vec<u8>)], payload: bool) {
+    let (want, common, s_distinct) = reference(r_rows, s_rows);
+    let out = run.receiver.expect("receiver");
+    let sent = run.sender.expect("sender");
+    assert_eq!(out.buckets, sent.buckets);
+    assert_eq!(out.intersection_size, common);
+    assert_eq!(out.sender_set_size, s_distinct);
+    let r_distinct = r_rows.iter().map(|r| &r.0).collect::<HashSet<_>>().len() as u64;
+    assert_eq!(sent.receiver_set_size, r_distinct);
+    assert_eq!(out.matched_rows, want.len() as u64);
+    let got: Vec<(u64, Vec<u8>, Vec<u8>)> = out
+        .parts
+        .merged()
+        .expect("merged")
+        .map(|m| {
+            let m = m.expect("row");
+            (m.ordinal, m.extra, m.payload)
+        })
+        .collect();
+    let want: Vec<_> = want
+        .into_iter()
+        .map(|(o, e, p)| (o, e, if payload { p } else { Vec::new() }))
+        .collect();
+    assert_eq!(got, want);
+    out.parts.remove();
+}
+
+/// Rows `item-{x}` for random `x` below `universe` (so duplicates occur), extra = the row's
+/// number and a random-length tail.
+fn random_rows(
+    rng: &mut ChaCha20Rng,
+    n: usize,
+    universe: u64,
+    tag: &str,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            let x = rng.gen_range(0..universe);
+            let tail = "z".repeat(rng.gen_range(0..6));
+            (
+                format!("item-{x}").into_bytes(),
+                format!("{tag}{i}{tail}").into_bytes(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_sets_in_many_buckets_match_the_plaintext_reference() {
+    let mut rng = ChaCha20Rng::seed_from_u64(7);
+    for (round, protocol) in [Protocol::Rr22, Protocol::Rr22, Protocol::Ecdh]
+        .into_iter()
+        .enumerate()
+    {
+        let n_r = rng.gen_range(500..3_000);
+        let n_s = rng.gen_range(500..3_000);
+        let universe = rng.gen_range(1_000..5_000);
+        let r = random_rows(&mut rng, n_r, universe, "r");
+        let s = random_rows(&mut rng, n_s, universe, "s");
+        // Receiver spilled into ~8–30 buckets, sender in memory or spilled by round.
+        let s_limit = if round == 1 { 10_000 } else { 150 };
+        let out = run(&r, &s, 100, s_limit, protocol, false, &NoGate, &NoProgress).await;
+        check(out, &r, &s, false);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payloads_arrive_with_every_matched_row_in_input_order() {
+    let mut rng = ChaCha20Rng::seed_from_u64(8);
+    let r = random_rows(&mut rng, 2_000, 3_000, "r");
+    let s = random_rows(&mut rng, 2_500, 3_000, "payload-");
+    let out = run(&r, &s, 200, 300, Protocol::Rr22, true, &NoGate, &NoProgress).await;
+    check(out, &r, &s, true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_and_unbalanced_sides() {
+    let mut rng = ChaCha20Rng::seed_from_u64(9);
+    let big = random_rows(&mut rng, 4_000, 1_000_000, "b");
+    let mut small = random_rows(&mut rng, 10, 1_000_000, "s");
+    // Some of the small side's items are the big side's.
+    small.extend(big.iter().step_by(500).cloned());
+    let empty: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    for (r, s) in [
+        (&small, &big),
+        (&big, &small),
+        (&empty, &big),
+        (&big, &empty),
+        (&empty, &empty),
+    ] {
+        let out = run(r, s, 500, 500, Protocol::Rr22, false, &NoGate, &NoProgress).await;
+        check(out, r, s, false);
+    }
+}
+
+struct CountingGate {
+    asked: AtomicUsize,
+    answer: bool,
+}
+
+#[async_trait::async_trait]
+impl DeliveryGate for CountingGate {
+    async fn record(&self) -> bool {
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        self.answer
+    }
+}
+
+#[derive(Default)]
+struct Recorded(Mutex<Vec<(String, u64, u64)>>);
+
+impl Progress for Recorded {
+    fn report(&self, phase: &str, done: u64, total: u64) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push((phase.to_owned(), done, total));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gate_is_asked_once_and_a_refusal_reveals_nothing() {
+    let r: Vec<_> = (0..1_000u32)
+        .map(|i| (format!("k{i}").into_bytes(), Vec::new()))
+        .collect();
+    let s = r.clone();
+    let gate = CountingGate {
+        asked: AtomicUsize::new(0),
+        answer: true,
+    };
+    let progress = Recorded::default();
+    let out = run(&r, &s, 100, 100, Protocol::Rr22, false, &gate, &progress).await;
+    let buckets = out.receiver.as_ref().expect("receiver").buckets;
+    assert_eq!(buckets, 10);
+    assert_eq!(gate.asked.load(Ordering::SeqCst), 1);
+    let reports = progress.0.lock().expect("lock").clone();
+    let last_rows = reports
+        .iter()
+        .rev()
+        .find(|r| r.0 == PHASE_ROWS)
+        .expect("rows");
+    assert_eq!((last_rows.1, last_rows.2), (1_000, 1_000));
+    let bucket_steps: Vec<u64> = reports
+        .iter()
+        .filter(|r| r.0 == PHASE_BUCKET)
+        .map(|r| r.1)
+        .collect();
+    assert_eq!(bucket_steps, (1..=10).collect::<Vec<_>>());
+    check(out, &r, &s, false);
+
+    let refusing = CountingGate {
+        asked: AtomicUsize::new(0),
+        answer: false,
+    };
+    let out = run(
+        &r,
+        &s,
+        100,
+        100,
+        Protocol::Rr22,
+        false,
+        &refusing,
+        &NoProgress,
+    )
+    .await;
+    assert_eq!(refusing.asked.load(Ordering::SeqCst), 1);
+    assert!(matches!(out.sender, Err(PsiError::DeliveryNotRecorded)));
+    assert!(out.receiver.is_err(), "the receiver learns nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn size_only_mode_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = BucketKey::derive(b"x");
+    let staged = stage(dir.path(), &key, 10, &[(b"a".to_vec(), Vec::new())]);
+    let cfg = PsiConfig {
+        protocol: Protocol::Ecdh,
+        mode: Mode::SizeOnly,
+        ..PsiConfig::default()
+    };
+    let (a, _b) = MemLink::pair();
+    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    let e = run_receiver_bucketed(
+        &a,
+        staged,
+        &dir.path().join("p"),
+        false,
+        &cfg,
+        &mut rng,
+        &NoProgress,
+    )
+    .await
+    .expect_err("size only");
+    assert!(matches!(e, PsiError::InvalidConfig(_)), "{e}");
+}
+
+/// The receiver facing a peer that answers its `Buckets` frame with `frame`.
+async fn receiver_against(frame: Bytes, key_material: &[u8]) -> PsiError {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = BucketKey::derive(key_material);
+    let staged = stage(dir.path(), &key, 10, &[(b"a".to_vec(), Vec::new())]);
+    let (a, b) = MemLink::pair();
+    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    let cfg = PsiConfig::default();
+    let parts = dir.path().join("p");
+    let (r, _) = bounded(async {
+        tokio::join!(
+            run_receiver_bucketed(&a, staged, &parts, false, &cfg, &mut rng, &NoProgress),
+            async {
+                let _ = b.recv().await;
+                let _ = b.send(frame).await;
+            }
+        )
+    })
+    .await;
+    r.expect_err("hostile peer")
+}
+
+/// A well-formed `Buckets` frame: version, wish, key check of `material`'s key.
+fn buckets_frame(version: u16, wanted: u32, material: &[u8]) -> Bytes {
+    let key = blake3::derive_key(tessera_psi::bucket::BUCKET_KEY_CONTEXT, material);
+    let mut h = blake3::Hasher::new_derive_key("tessera-psi bucket key check v1");
+    h.update(&key);
+    let mut f = vec![0x09];
+    f.extend_from_slice(&version.to_le_bytes());
+    f.extend_from_slice(&wanted.to_le_bytes());
+    f.extend_from_slice(&h.finalize().as_bytes()[..16]);
+    Bytes::from(f)
+}
+
+#[tokio::test]
+async fn hostile_buckets_frames_are_typed_errors() {
+    let v = tessera_psi::PROTOCOL_VERSION;
+    let e = receiver_against(buckets_frame(v, 1, b"other job"), b"job").await;
+    assert!(matches!(e, PsiError::InvalidConfig(_)), "{e}");
+    assert!(e.to_string().contains("different bucket keys"), "{e}");
+    let e = receiver_against(buckets_frame(v, 0, b"job"), b"job").await;
+    assert!(matches!(e, PsiError::Protocol(_)), "{e}");
+    let e = receiver_against(buckets_frame(v, 1_000_000, b"job"), b"job").await;
+    assert!(matches!(e, PsiError::Protocol(_)), "{e}");
+    let e = receiver_against(buckets_frame(v + 1, 1, b"job"), b"job").await;
+    assert!(matches!(e, PsiError::VersionMismatch { .. }), "{e}");
+    let mut short = buckets_frame(v, 1, b"job").to_vec();
+    short.pop();
+    let e = receiver_against(Bytes::from(short), b"job").await;
+    assert!(matches!(e, PsiError::Protocol(_)), "{e}");
+    let e = receiver_against(Bytes::new(), b"job").await;
+    assert!(matches!(e, PsiError::Protocol(_)), "{e}");
+    let e = receiver_against(Bytes::from_static(&[0x7F, 7]), b"job").await;
+    assert!(matches!(e, PsiError::PeerAborted { .. }), "{e}");
+    let e = receiver_against(Bytes::from_static(&[0x04]), b"job").await;
+    assert!(e.to_string().contains("expected buckets"), "{e}");
+}
