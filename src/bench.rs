@@ -23,18 +23,32 @@ use crate::progress::{self, PhaseBar};
 pub enum BenchCommand {
     /// PSI with N items per party and 50% overlap.
     Psi {
-        /// Items per party (at most 50,000,000, the dataset row bound).
+        /// Items per party (at most 50,000,000, the dataset row bound, in one bucket; at most
+        /// 1,000,000,000 bucketed).
         #[arg(long, default_value_t = 1 << 16,
-              value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u64).range(0..=50_000_000), |v| v as usize))]
+              value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u64).range(0..=1_000_000_000), |v| v as usize))]
         n: usize,
         /// The sender's (provider's) items, for unbalanced sets [default: --n].
         #[arg(long,
-              value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u64).range(0..=50_000_000), |v| v as usize))]
+              value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u64).range(0..=1_000_000_000), |v| v as usize))]
         n_sender: Option<usize>,
         /// The receiver's (buyer's) items [default: --n]. Half of the smaller set is common.
         #[arg(long,
-              value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u64).range(0..=50_000_000), |v| v as usize))]
+              value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u64).range(0..=1_000_000_000), |v| v as usize))]
         n_receiver: Option<usize>,
+        /// Bucketed PSI: at most this many rows per bucket (each party spills its rows to
+        /// disk by a keyed hash and runs one PSI per bucket); the two parties run as two
+        /// processes and each one's peak memory is reported. Implies intersection mode.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        bucket_rows: Option<u64>,
+        /// Bucketed PSI with the rows per bucket chosen to keep each party's memory under this
+        /// many MiB (default 2048 when --bucket-rows is given alone, which it then overrides).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(64..))]
+        memory_limit_mb: Option<u64>,
+        /// Scratch directory of a bucketed run (cleared first) [default: a temporary one,
+        /// removed after].
+        #[arg(long)]
+        dir: Option<PathBuf>,
         /// PSI with payload (rr22, intersection mode): bytes of payload per sender item
         /// (0: none; at most 65,536), checked for every common key.
         #[arg(long, default_value_t = 0,
@@ -86,6 +100,9 @@ pub enum BenchCommand {
     /// Secure aggregation (SecAgg+) of N clients' vectors with dropouts, in this process,
     /// checked against the plain sum of the survivors' vectors.
     Secagg(crate::secagg_bench::SecaggArgs),
+    /// One party of a bucketed `bench psi` run (started by it).
+    #[command(hide = true)]
+    PsiParty(crate::psi_scale_bench::PartyArgs),
     /// PSI between two CSV files (header `id`); writes the intersection to --out.
     PsiFiles {
         /// rr22 (VOLE-based) or ecdh.
@@ -241,6 +258,9 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             json,
             seed,
             link,
+            bucket_rows,
+            memory_limit_mb,
+            dir,
         } => {
             let mtls = link == "mtls";
             let mode: Mode = mode.parse()?;
@@ -248,6 +268,43 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 Some(p) => p.parse()?,
                 None => Protocol::default_for(mode),
             };
+            if bucket_rows.is_some() || memory_limit_mb.is_some() {
+                anyhow::ensure!(
+                    mode == Mode::Intersection,
+                    "bucketed PSI runs in intersection mode only (per-bucket sizes would reveal more than the size)"
+                );
+                anyhow::ensure!(
+                    payload_bytes == 0 || protocol == Protocol::Rr22,
+                    "--payload-bytes runs PSI with payload: rr22"
+                );
+                anyhow::ensure!(mtls, "bucketed runs use mutual TLS");
+                let limit_mb = memory_limit_mb.unwrap_or(2048);
+                let bucket_rows = match (bucket_rows, memory_limit_mb) {
+                    (Some(rows), None) => rows,
+                    _ => tessera_psi::bucket::bucket_rows_for_memory(
+                        limit_mb << 20,
+                        payload_bytes as u64,
+                    ),
+                };
+                return crate::psi_scale_bench::run(crate::psi_scale_bench::ScaleArgs {
+                    n_sender: n_sender.unwrap_or(n) as u64,
+                    n_receiver: n_receiver.unwrap_or(n) as u64,
+                    payload_bytes,
+                    protocol,
+                    bucket_rows,
+                    memory_limit_mb: limit_mb,
+                    seed,
+                    dir,
+                    json,
+                })
+                .await;
+            }
+            anyhow::ensure!(
+                n.max(n_sender.unwrap_or(0)).max(n_receiver.unwrap_or(0))
+                    <= tessera_core::limits::DATASET_ROWS_MAX,
+                "more than {} items per party need a bucketed run (--bucket-rows or --memory-limit-mb)",
+                tessera_core::limits::DATASET_ROWS_MAX
+            );
             anyhow::ensure!(
                 protocol.supports(mode),
                 "{protocol} cannot run in {mode} mode (its receiver learns which keys are common); use --protocol ecdh"
@@ -330,6 +387,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 anyhow::bail!("PSI result does not match the plaintext intersection");
             }
         }
+        BenchCommand::PsiParty(args) => crate::psi_scale_bench::party(args).await?,
         BenchCommand::Mpc(args) => crate::mpc_bench::run(args).await?,
         BenchCommand::Secagg(args) => crate::secagg_bench::run(args)?,
         BenchCommand::Admission {

@@ -217,6 +217,17 @@ pub struct WorkerArgs {
         value_name = "MEASUREMENT"
     )]
     pub insecure_simulated_tee: Option<String>,
+    /// Directory for a task's scratch files (a large PSI's bucket files, removed when the
+    /// task ends) [default: OUTPUTS/.tessera-work].
+    #[arg(long, env = "TESSERA_WORK_DIR", value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Memory a PSI task may take, in MiB [default: 2048]: a larger input is split into
+    /// buckets by a keyed hash, spilled to --work-dir and intersected one bucket at a time.
+    #[arg(long, env = "TESSERA_MEMORY_LIMIT_MB", value_parser = clap::value_parser!(u64).range(64..=1_048_576))]
+    pub memory_limit_mb: Option<u64>,
+    /// Rows per PSI bucket, overriding what --memory-limit-mb gives (mostly for tests).
+    #[arg(long, env = "TESSERA_BUCKET_ROWS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub bucket_rows: Option<u64>,
 }
 
 /// The keys a worker's TOML file may set (all optional; same names as the flags).
@@ -255,6 +266,12 @@ pub struct WorkerFile {
     pub registration_token_file: Option<PathBuf>,
     /// The operator's CA certificate (PEM).
     pub ca_file: Option<PathBuf>,
+    /// Directory for a task's scratch files.
+    pub work_dir: Option<PathBuf>,
+    /// Memory a PSI task may take, in MiB.
+    pub memory_limit_mb: Option<u64>,
+    /// Rows per PSI bucket.
+    pub bucket_rows: Option<u64>,
 }
 
 impl WorkerArgs {
@@ -312,6 +329,17 @@ impl WorkerArgs {
         }
         config.peer_advertise = self.peer_advertise.or(f.peer_advertise);
         config.insecure_plaintext_peer = self.insecure_plaintext_peer;
+        config.work_dir = self.work_dir.or(f.work_dir);
+        let memory_mb = self.memory_limit_mb.or(f.memory_limit_mb).unwrap_or(2048);
+        anyhow::ensure!(
+            (64..=1_048_576).contains(&memory_mb),
+            "memory_limit_mb must be between 64 and 1048576"
+        );
+        config.bucket_rows = match self.bucket_rows.or(f.bucket_rows) {
+            Some(0) => anyhow::bail!("bucket_rows must be at least 1"),
+            Some(rows) => rows,
+            None => tessera_psi::bucket::bucket_rows_for_memory(memory_mb << 20, 64),
+        };
         if let Some(m) = self.insecure_simulated_tee {
             anyhow::ensure!(
                 !m.trim().is_empty() && m.len() <= 256,

@@ -12,6 +12,7 @@ mod exit;
 mod mpc_bench;
 mod operator;
 mod progress;
+mod psi_scale_bench;
 mod secagg_bench;
 mod tee_cmd;
 

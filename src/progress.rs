@@ -4,7 +4,9 @@
 //!
 //! A bar follows a phased count (a PSI side goes through its phases, each counted from 0 to
 //! its total). Reports can arrive out of order, so a bar never goes backwards: a report for a
-//! phase already left, or a smaller count within the current phase, is ignored.
+//! phase already left, or a smaller count within the current phase, is ignored. Phases of one
+//! family (the name up to its first space: "bucket 2/9" after "bucket 1/9") are one count;
+//! the bar shows the full name and, when the operator estimates it, the time left.
 
 use std::io::{self, IsTerminal};
 use std::sync::Mutex;
@@ -55,20 +57,29 @@ impl PhaseBar {
 
     /// `done` of `total` units of `phase` are complete. Returns whether the bar moved.
     pub fn update(&self, phase: &str, done: u64, total: u64) -> bool {
+        self.update_with_eta(phase, done, total, None)
+    }
+
+    /// [`PhaseBar::update`] with the operator's estimate of the time left in the phase.
+    pub fn update_with_eta(&self, phase: &str, done: u64, total: u64, eta_ms: Option<u64>) -> bool {
         let Ok(mut st) = self.state.lock() else {
             return false;
         };
-        match st.phases.iter().position(|p| p == phase) {
+        let family = tessera_scheduler::phase_family(phase);
+        match st.phases.iter().position(|p| p == family) {
             Some(i) if i + 1 < st.phases.len() => return false,
             Some(_) if done <= st.done => return false,
             Some(_) => {}
             None => {
-                st.phases.push(phase.to_string());
+                st.phases.push(family.to_string());
                 st.done = 0;
-                self.bar.set_message(phase.to_string());
                 self.bar.set_position(0);
             }
         }
+        self.bar.set_message(match eta_ms {
+            Some(ms) => format!("{phase}, {}s left", ms.div_ceil(1000)),
+            None => phase.to_string(),
+        });
         st.done = done;
         self.bar.set_length(total.max(done));
         self.bar.set_position(done);
@@ -114,6 +125,13 @@ mod tests {
             "a phase already left is ignored"
         );
         assert_eq!(b.position(), Some(("blind".into(), 1)));
+        assert!(b.update("bucket 1/3", 10, 30));
+        assert!(b.update("bucket 2/3", 20, 30), "one family, one count");
+        assert!(
+            !b.update("bucket 1/3", 15, 30),
+            "a late report of the family"
+        );
+        assert_eq!(b.position(), Some(("bucket".into(), 20)));
         b.finish();
     }
 }

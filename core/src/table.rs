@@ -1329,6 +1329,22 @@ where
     R::Item: AsRef<[F]>,
     F: AsRef<str>,
 {
+    try_write_result_csv(path, header, rows.into_iter().map(Ok))
+}
+
+/// [`write_result_csv`] of rows that may fail to come (read back from disk, say): the first
+/// `Err` stops the writing, nothing is published under `path`, and the error is returned.
+pub fn try_write_result_csv<H, R, T, F>(
+    path: &Path,
+    header: &[H],
+    rows: R,
+) -> Result<WrittenFile, TableError>
+where
+    H: AsRef<str>,
+    R: IntoIterator<Item = Result<T, TableError>>,
+    T: AsRef<[F]>,
+    F: AsRef<str>,
+{
     if header.is_empty() {
         return Err(TableError::EmptyHeader);
     }
@@ -1411,7 +1427,7 @@ fn write_error(path: &Path, e: io::Error) -> TableError {
     TableError::Io(format!("writing {}: {cause}", path.display()))
 }
 
-fn write_csv_to<H, R, F>(
+fn write_csv_to<H, R, T, F>(
     tmp_path: &Path,
     path: &Path,
     header: &[H],
@@ -1419,8 +1435,8 @@ fn write_csv_to<H, R, F>(
 ) -> Result<WrittenFile, TableError>
 where
     H: AsRef<str>,
-    R: IntoIterator,
-    R::Item: AsRef<[F]>,
+    R: IntoIterator<Item = Result<T, TableError>>,
+    T: AsRef<[F]>,
     F: AsRef<str>,
 {
     let file = OpenOptions::new()
@@ -1442,6 +1458,7 @@ where
         .map_err(csv_err)?;
     let mut count: u64 = 0;
     for (index, row) in rows.into_iter().enumerate() {
+        let row = row?;
         let row = row.as_ref();
         if row.len() != header.len() {
             return Err(TableError::RowWidth {

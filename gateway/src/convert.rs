@@ -47,6 +47,7 @@ pub fn job_to_pb(v: &JobView) -> pb::Job {
                 phase: p.phase.clone(),
                 done: p.done,
                 total: p.total,
+                eta_ms: p.eta_ms,
             })
             .collect(),
         charge_micros: j.charge_micros,

@@ -79,10 +79,10 @@ pub const SPILL_BUFFER_BYTES: usize = 32 * 1024;
 pub const BUCKET_KEY_CONTEXT: &str = "tessera-psi bucket key v1";
 /// BLAKE3 context of the key check sent in the `Buckets` frame.
 const KEY_CHECK_CONTEXT: &str = "tessera-psi bucket key check v1";
-/// Progress phase: buckets done of `B`.
+/// Progress phase family of a bucketed run: reported as `"bucket b/B"` (`b` buckets of `B`
+/// finished, from `"bucket 0/B"` at the start) with the own rows of the finished buckets of
+/// all own rows as the count.
 pub const PHASE_BUCKET: &str = "bucket";
-/// Progress phase: own rows through finished buckets, of all own rows.
-pub const PHASE_ROWS: &str = "rows";
 
 const KIND_BUCKETS: u8 = 0x09;
 const BUCKETS_FRAME_BYTES: usize = 1 + 2 + 4 + 16;
@@ -132,6 +132,23 @@ impl BucketKey {
         out.copy_from_slice(&h.finalize().as_bytes()[..16]);
         out
     }
+}
+
+/// Memory a party needs per row of a bucket, beyond the row's item and extra bytes: the
+/// protocol's state (rr22: OKVS, VOLE and OPRF values) and the row's own bookkeeping: the
+/// rr22 receiver's peak was about 350 bytes per row at 2^21 and 2^22 rows in one bucket
+/// (`tessera bench psi --n 4194304 --bucket-rows 5000000`), this adds a margin.
+pub const BUCKET_ROW_BYTES: u64 = 512;
+/// Memory of a party not available to its buckets (runtime, TLS, link buffers, the open
+/// partition files' buffers).
+pub const BASE_MEMORY_BYTES: u64 = 320 << 20;
+
+/// Rows per bucket that keep a party's memory under `memory_bytes`, with `extra_bytes` of
+/// extra (kept columns, payload) per row, held about three times over (staging, the protocol,
+/// the result). At least 1,024.
+pub fn bucket_rows_for_memory(memory_bytes: u64, extra_bytes: u64) -> u64 {
+    let per_row = BUCKET_ROW_BYTES.saturating_add(extra_bytes.saturating_mul(3));
+    (memory_bytes.saturating_sub(BASE_MEMORY_BYTES) / per_row).max(1024)
 }
 
 /// The bucket of partition `p` when there are `buckets` buckets.
@@ -642,8 +659,8 @@ fn parse_buckets(frame: Bytes, key: &BucketKey) -> Result<u32, PsiError> {
     Ok(wanted)
 }
 
-/// Reports `rows` / `buckets` progress after each bucket, and the inner protocol's phases only
-/// when there is a single bucket.
+/// Reports `"bucket b/B"` with the rows done after each bucket (and `"bucket 0/B"` at the
+/// start), and the inner protocol's phases only when there is a single bucket.
 struct BucketProgress<'a> {
     outer: &'a dyn Progress,
     buckets: u32,
@@ -660,9 +677,10 @@ impl BucketProgress<'_> {
     }
 
     fn done(&self, b: u32, rows_done: u64) {
-        self.outer
-            .report(PHASE_BUCKET, u64::from(b), u64::from(self.buckets));
-        self.outer.report(PHASE_ROWS, rows_done, self.rows_total);
+        if self.buckets > 1 {
+            let phase = format!("{PHASE_BUCKET} {b}/{}", self.buckets);
+            self.outer.report(&phase, rows_done, self.rows_total);
+        }
     }
 }
 
@@ -718,6 +736,7 @@ pub async fn run_receiver_bucketed<R: CryptoRngCore + Send>(
             rows_total: staged.rows(),
         };
         let (mut common, mut sender_size, mut matched_rows, mut rows_done) = (0u64, 0u64, 0, 0);
+        report.done(0, 0);
         for b in 0..buckets {
             let rows = staged.bucket(b, buckets)?;
             bucket_too_large(rows.len())?;
@@ -792,6 +811,7 @@ pub async fn run_sender_bucketed<R: CryptoRngCore + Send>(
             rows_total: staged.rows(),
         };
         let (mut receiver_size, mut rows_done) = (0u64, 0u64);
+        report.done(0, 0);
         for b in 0..buckets {
             let rows = staged.bucket(b, buckets)?;
             bucket_too_large(rows.len())?;

@@ -16,8 +16,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use tessera_core::{Link, MemLink};
 use tessera_psi::bucket::{
-    BucketKey, BucketedReceiverOutput, BucketedSenderOutput, PHASE_BUCKET, PHASE_ROWS, Staged,
-    Stager, run_receiver_bucketed, run_sender_bucketed,
+    BucketKey, BucketedReceiverOutput, BucketedSenderOutput, Staged, Stager, run_receiver_bucketed,
+    run_sender_bucketed,
 };
 use tessera_psi::{
     DeliveryGate, Mode, NoGate, NoProgress, Progress, Protocol, PsiConfig, PsiError,
@@ -79,12 +79,15 @@ async fn run(
     }
 }
 
+/// A matched row as the tests compare it: ordinal, the receiver's extra, the payload.
+type MatchedRow = (u64, Vec<u8>, Vec<u8>);
+
 /// The plaintext answer: every receiver row (ordinal, extra) whose item the sender holds, in
 /// order, with the sender's first payload of the item.
 fn reference(
     r_rows: &[(Vec<u8>, Vec<u8>)],
     s_rows: &[(Vec<u8>, Vec<u8>)],
-) -> (Vec<(u64, Vec<u8>, Vec<u8>)>, u64, u64) {
+) -> (Vec<MatchedRow>, u64, u64) {
     let mut first: HashMap<&[u8], &[u8]> = HashMap::new();
     for (item, extra) in s_rows {
         first.entry(item.as_slice()).or_insert(extra.as_slice());
@@ -110,7 +113,7 @@ fn check(run: Run, r_rows: &[(Vec<u8>, Vec<u8>)], s_rows: &[(Vec<u8>, Vec<u8>)],
     let r_distinct = r_rows.iter().map(|r| &r.0).collect::<HashSet<_>>().len() as u64;
     assert_eq!(sent.receiver_set_size, r_distinct);
     assert_eq!(out.matched_rows, want.len() as u64);
-    let got: Vec<(u64, Vec<u8>, Vec<u8>)> = out
+    let got: Vec<MatchedRow> = out
         .parts
         .merged()
         .expect("merged")
@@ -234,19 +237,14 @@ async fn the_gate_is_asked_once_and_a_refusal_reveals_nothing() {
     let buckets = out.receiver.as_ref().expect("receiver").buckets;
     assert_eq!(buckets, 10);
     assert_eq!(gate.asked.load(Ordering::SeqCst), 1);
+    // "bucket b/10" from 0 to 10, the rows done rising to all 1,000.
     let reports = progress.0.lock().expect("lock").clone();
-    let last_rows = reports
-        .iter()
-        .rev()
-        .find(|r| r.0 == PHASE_ROWS)
-        .expect("rows");
-    assert_eq!((last_rows.1, last_rows.2), (1_000, 1_000));
-    let bucket_steps: Vec<u64> = reports
-        .iter()
-        .filter(|r| r.0 == PHASE_BUCKET)
-        .map(|r| r.1)
-        .collect();
-    assert_eq!(bucket_steps, (1..=10).collect::<Vec<_>>());
+    let phases: Vec<&str> = reports.iter().map(|r| r.0.as_str()).collect();
+    let want: Vec<String> = (0..=10).map(|b| format!("bucket {b}/10")).collect();
+    assert_eq!(phases, want);
+    assert!(reports.windows(2).all(|w| w[0].1 <= w[1].1));
+    assert_eq!(reports.first().map(|r| (r.1, r.2)), Some((0, 1_000)));
+    assert_eq!(reports.last().map(|r| (r.1, r.2)), Some((1_000, 1_000)));
     check(out, &r, &s, false);
 
     let refusing = CountingGate {

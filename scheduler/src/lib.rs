@@ -144,6 +144,19 @@ pub struct PhaseProgress {
     pub done: u64,
     /// Units in the phase.
     pub total: u64,
+    /// Estimated time left in the phase, in ms: the rate since the first report of the phase
+    /// applied to what is left; `None` until two reports with different counts (or without
+    /// a total).
+    pub eta_ms: Option<u64>,
+    /// When the phase's first report came (ms since epoch) and its count then.
+    #[serde(skip)]
+    pub(crate) began: (i64, u64),
+}
+
+/// A phase's family: its name up to the first space, so that "bucket 2/9" continues
+/// "bucket 1/9" (one count across the run) instead of starting a new phase.
+pub fn phase_family(phase: &str) -> &str {
+    phase.split(' ').next().unwrap_or(phase)
 }
 
 /// A job with its live progress, as `watch` shows it.

@@ -1237,18 +1237,29 @@ impl Scheduler {
             .get(task_id)
             .map(|t| (t.party.clone(), t.role))
             .ok_or_else(|| SchedulerError::NotFound(format!("task {task_id}")))?;
-        let p = PhaseProgress {
+        let now = self.clock.now_ms();
+        let mut p = PhaseProgress {
             party: party.clone(),
             role,
             phase: phase.chars().take(64).collect(),
             done,
             total,
+            eta_ms: None,
+            began: (now, done),
         };
+        let same_family =
+            |x: &PhaseProgress| crate::phase_family(&x.phase) == crate::phase_family(&p.phase);
         match job.progress.iter_mut().find(|x| x.party == party) {
             // Reports travel separately and may arrive out of order: a smaller count in the
             // same phase is a late one, and counts shown never go backwards.
-            Some(x) if x.phase == p.phase && p.done < x.done => return Ok(()),
-            Some(x) => *x = p,
+            Some(x) if same_family(x) && p.done < x.done => return Ok(()),
+            Some(x) => {
+                if same_family(x) {
+                    p.began = x.began;
+                }
+                p.eta_ms = eta_ms(&p, now);
+                *x = p;
+            }
             None => job.progress.push(p),
         }
         let progress = job.progress.clone();
@@ -1750,9 +1761,55 @@ impl Scheduler {
     }
 }
 
+/// Time left in `p`'s phase at `now`, from the rate since the phase began.
+fn eta_ms(p: &PhaseProgress, now: i64) -> Option<u64> {
+    let (t0, d0) = p.began;
+    let elapsed = u64::try_from(now.saturating_sub(t0)).ok()?;
+    let gained = p.done.checked_sub(d0).filter(|&g| g > 0)?;
+    if p.total == 0 {
+        return None;
+    }
+    let left = p.total.saturating_sub(p.done);
+    Some(
+        u64::try_from(u128::from(elapsed) * u128::from(left) / u128::from(gained))
+            .unwrap_or(u64::MAX),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_time_left_follows_the_rate_since_the_phase_began() {
+        let at = |done, total, began| PhaseProgress {
+            party: "p".into(),
+            role: TaskRole::Sender,
+            phase: "bucket 2/4".into(),
+            done,
+            total,
+            eta_ms: None,
+            began,
+        };
+        // 250 rows in 1 s since the phase began at 0 rows: 750 rows left take 3 s.
+        assert_eq!(eta_ms(&at(250, 1_000, (1_000, 0)), 2_000), Some(3_000));
+        // Began at 100 rows: 150 rows in 1 s, 750 left take 5 s.
+        assert_eq!(eta_ms(&at(250, 1_000, (1_000, 100)), 2_000), Some(5_000));
+        assert_eq!(eta_ms(&at(1_000, 1_000, (0, 0)), 9_000), Some(0));
+        assert_eq!(
+            eta_ms(&at(250, 1_000, (0, 250)), 9_000),
+            None,
+            "no change yet"
+        );
+        assert_eq!(eta_ms(&at(250, 0, (0, 0)), 9_000), None, "no total");
+        assert_eq!(
+            eta_ms(&at(250, 1_000, (5_000, 0)), 1_000),
+            None,
+            "clock went back"
+        );
+        assert_eq!(crate::phase_family("bucket 2/4"), "bucket");
+        assert_eq!(crate::phase_family("vole"), "vole");
+    }
 
     fn request(mode: PsiMode, output: &str, carry: &[&str]) -> JobRequest {
         JobRequest {

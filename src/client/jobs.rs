@@ -488,7 +488,7 @@ async fn follow_once(
         for p in &j.progress {
             bars.entry(p.party.clone())
                 .or_insert_with(|| PhaseBar::new(multi, &p.party))
-                .update(&p.phase, p.done, p.total);
+                .update_with_eta(&p.phase, p.done, p.total, p.eta_ms);
         }
         if is_terminal(&j) {
             return Ok(Some(j));

@@ -15,8 +15,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
-use tessera_core::table::{KeySpec, TableError, WrittenFile, read_keys_keeping, write_result_csv};
+use tessera_core::table::{
+    KeySpec, TableError, WrittenFile, read_keys_keeping, stream_keys, try_write_result_csv,
+    write_result_csv,
+};
 use tessera_core::{Link, PsiMode, PsiProtocol, TaskErrorKind, TaskRole, TaskSpec};
+use tessera_psi::bucket::{BucketKey, Stager};
 use tessera_psi::{Mode, Protocol, PsiConfig, PsiError};
 
 use crate::link::{GrpcLink, PeerHub};
@@ -86,6 +90,11 @@ pub struct ExecEnv {
     pub dataset_dir: PathBuf,
     /// Directory results are written to.
     pub output_dir: PathBuf,
+    /// Directory of tasks' scratch files (bucketed PSI spills), each task in its own
+    /// subdirectory removed when it ends.
+    pub work_dir: PathBuf,
+    /// Most rows of one PSI bucket ([`tessera_psi::bucket`]).
+    pub bucket_rows: u64,
     /// Incoming peer sessions.
     pub hub: PeerHub,
     /// Largest frame on a peer link.
@@ -252,6 +261,12 @@ pub async fn run_task(
             .collect(),
         None => Vec::new(),
     };
+    if spec.mode == PsiMode::Intersection {
+        return run_psi_bucketed(
+            env, spec, path, key_spec, out_path, header, progress, delivery,
+        )
+        .await;
+    }
     progress.report("read", 0, 0);
     let keep = header.clone();
     let input = tokio::task::spawn_blocking(move || read_keys_keeping(&path, &key_spec, &keep))
@@ -409,6 +424,184 @@ async fn run_psi(
         }
     }
     outcome.link = link.stats();
+    Ok(outcome)
+}
+
+/// A task's own scratch directory under the work directory, emptied when made and removed
+/// when dropped (whatever way the task ends).
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(env: &ExecEnv, spec: &TaskSpec) -> Result<Self, TaskError> {
+        let name: String = format!("{}-{}", spec.session_id, spec.role.as_str())
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let dir = env.work_dir.join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            TaskError::Internal(format!(
+                "cannot make the task's work directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        Ok(Scratch(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        // The work directory itself goes when no other task uses it (only if empty).
+        if let Some(parent) = self.0.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
+
+/// Rows between two "read" progress reports while a dataset streams in.
+const READ_REPORT_ROWS: u64 = 1 << 16;
+
+/// An intersection-mode PSI task through [`tessera_psi::bucket`]: the dataset streams in
+/// (never whole in memory) and, past the worker's `bucket_rows`, is split by the job's keyed
+/// hash into buckets spilled to the task's work directory; the parties agree on the bucket
+/// count and intersect bucket by bucket, and the receiver writes the matched rows in file
+/// order (the same file an unbucketed run writes). The bucket key is derived from the job's
+/// session id, which both parties' signed tickets carry.
+#[allow(clippy::too_many_arguments)]
+async fn run_psi_bucketed(
+    env: &ExecEnv,
+    spec: &TaskSpec,
+    path: PathBuf,
+    key_spec: KeySpec,
+    out_path: Option<PathBuf>,
+    header: Vec<String>,
+    progress: Arc<dyn tessera_psi::Progress>,
+    delivery: &dyn DeliverySink,
+) -> Result<TaskOutcome, TaskError> {
+    let scratch = Scratch::new(env, spec)?;
+    let key = BucketKey::derive(spec.session_id.as_bytes());
+    let mut stager = Stager::new(key, env.bucket_rows, scratch.0.join("spill"));
+    progress.report("read", 0, 0);
+    let keep = header.clone();
+    let reporter = progress.clone();
+    let (counts, staged) = tokio::task::spawn_blocking(move || {
+        let mut spill_error = None;
+        let counts = stream_keys(&path, &key_spec, &keep, |key, kept| {
+            let extra = if kept.is_empty() {
+                Vec::new()
+            } else {
+                crate::join::encode_values(&kept)
+            };
+            if let Err(e) = stager.push(key, extra) {
+                spill_error = Some(e);
+                return Err(TableError::Io("spilling the input".into()));
+            }
+            if stager.rows() % READ_REPORT_ROWS == 0 {
+                reporter.report("read", stager.rows(), 0);
+            }
+            Ok(())
+        });
+        match (spill_error, counts) {
+            (Some(e), _) => Err(TaskError::Internal(format!("staging the input: {e}"))),
+            (None, Err(e)) => Err(TaskError::Input(e.to_string())),
+            (None, Ok(counts)) => stager
+                .finish()
+                .map(|staged| (counts, staged))
+                .map_err(|e| TaskError::Internal(format!("staging the input: {e}"))),
+        }
+    })
+    .await
+    .map_err(|e| TaskError::Internal(format!("reader task: {e}")))??;
+    progress.report("read", counts.rows, counts.rows);
+
+    let link = open_link(env, spec).await?;
+    let cfg = PsiConfig {
+        protocol: match spec.protocol {
+            PsiProtocol::Rr22 => Protocol::Rr22,
+            PsiProtocol::Ecdh => Protocol::Ecdh,
+        },
+        mode: Mode::Intersection,
+        ..PsiConfig::default()
+    };
+    let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
+    let mut outcome = TaskOutcome {
+        rows_in: counts.rows,
+        empty_keys: counts.empty_keys,
+        ..TaskOutcome::default()
+    };
+    let peer_err = |e: PsiError| match e {
+        PsiError::TooLarge { .. } => TaskError::Input(e.to_string()),
+        PsiError::Storage(_) => TaskError::Internal(e.to_string()),
+        e => TaskError::Peer(e.to_string()),
+    };
+    match spec.role {
+        TaskRole::Sender => {
+            let gate = SinkGate {
+                sink: delivery,
+                rows_in: counts.rows,
+            };
+            tessera_psi::bucket::run_sender_bucketed(
+                &link,
+                staged,
+                false,
+                &cfg,
+                &mut rng,
+                progress.as_ref(),
+                &gate,
+            )
+            .await
+            .map_err(peer_err)?;
+        }
+        TaskRole::Receiver => {
+            let out = tessera_psi::bucket::run_receiver_bucketed(
+                &link,
+                staged,
+                &scratch.0.join("parts"),
+                false,
+                &cfg,
+                &mut rng,
+                progress.as_ref(),
+            )
+            .await
+            .map_err(peer_err)?;
+            outcome.result_size = Some(out.intersection_size);
+            if let Some(path) = out_path {
+                let width = header.len();
+                let parts = out.parts;
+                let written = tokio::task::spawn_blocking(move || {
+                    let merged = parts
+                        .merged()
+                        .map_err(|e| TableError::Io(format!("reading the matched rows: {e}")))?;
+                    let rows = merged.map(|m| {
+                        let m = m.map_err(|e| {
+                            TableError::Io(format!("reading the matched rows: {e}"))
+                        })?;
+                        crate::join::decode_values(&m.extra, width).map_err(|_| {
+                            TableError::Io("a matched row's kept values are damaged".into())
+                        })
+                    });
+                    try_write_result_csv(&path, &header, rows)
+                })
+                .await
+                .map_err(|e| TaskError::Internal(format!("writer task: {e}")))?
+                .map_err(|e| match e {
+                    TableError::OutputExists { .. } => TaskError::Input(e.to_string()),
+                    e => TaskError::Internal(format!("writing the result: {e}")),
+                })?;
+                outcome.result_file = Some(written);
+                outcome.result_location = spec.output.clone();
+            }
+        }
+    }
+    outcome.link = link.stats();
+    drop(scratch);
     Ok(outcome)
 }
 

@@ -83,6 +83,11 @@ pub struct WorkerConfig {
     pub cert_renew_interval: Duration,
     /// The enclave this worker runs `tee` tasks in (`None`: none).
     pub tee: Option<TeeConfig>,
+    /// Directory of tasks' scratch files (`None`: `OUTPUT_DIR/.tessera-work`).
+    pub work_dir: Option<PathBuf>,
+    /// Most rows of one PSI bucket: a larger input is bucketed
+    /// ([`tessera_psi::bucket`]); default from a 2 GiB memory limit.
+    pub bucket_rows: u64,
 }
 
 /// A worker's enclave. This build produces evidence of the `insecure-simulated-tee` mode only
@@ -121,6 +126,8 @@ impl WorkerConfig {
             insecure_plaintext_peer: false,
             cert_renew_interval: Duration::from_secs(24 * 3600),
             tee: None,
+            work_dir: None,
+            bucket_rows: tessera_psi::bucket::bucket_rows_for_memory(2048 << 20, 64),
         }
     }
 }
@@ -587,6 +594,11 @@ pub async fn start(config: WorkerConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
         env: ExecEnv {
             dataset_dir: config.dataset_dir.clone(),
             output_dir: config.output_dir.clone(),
+            work_dir: config
+                .work_dir
+                .clone()
+                .unwrap_or_else(|| config.output_dir.join(".tessera-work")),
+            bucket_rows: config.bucket_rows.max(1),
             hub,
             frame_bytes_max: config.frame_bytes_max,
             idle_timeout: config.idle_timeout,

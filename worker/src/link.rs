@@ -704,16 +704,22 @@ pub async fn loopback_pair(
     Ok((dialer?, acceptor?, server))
 }
 
-/// A connected pair over mutual TLS on loopback, as two workers' links are (a CA made here,
-/// a certificate per side naming its worker, each side checking the other's), for benches
-/// that measure what a real deployment pays for TLS.
+/// Credentials for the two ends of a loopback link: a fresh CA valid from a minute ago, and
+/// for each end a key and a certificate of one hour (the listener is worker `w-listen` of party
+/// `receiver`, the dialer `w-dial` of party `sender`).
+#[derive(Debug)]
+pub struct LoopbackTls {
+    /// The listening end's credentials and identity.
+    pub listener: (PeerTls, PeerIdentity),
+    /// The dialling end's credentials and identity.
+    pub dialer: (PeerTls, PeerIdentity),
+}
+
+/// Makes [`LoopbackTls`] (benchmarks whose two ends run in one process or in two).
 ///
 /// # Errors
-/// Any link error, or certificates that cannot be made.
-pub async fn loopback_pair_tls(
-    frame_bytes_max: usize,
-    idle_timeout: Duration,
-) -> Result<(GrpcLink, GrpcLink, tokio::task::JoinHandle<()>), LinkError> {
+/// [`LinkError::Transport`] if a key or certificate cannot be made.
+pub fn loopback_tls() -> Result<LoopbackTls, LinkError> {
     let err = |e: &dyn std::fmt::Display| LinkError::Transport(e.to_string());
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -734,8 +740,27 @@ pub async fn loopback_pair_tls(
         };
         Ok((tls, id))
     };
-    let (listener_tls, listener_id) = side("receiver", "w-listen")?;
-    let (dialer_tls, dialer_id) = side("sender", "w-dial")?;
+    Ok(LoopbackTls {
+        listener: side("receiver", "w-listen")?,
+        dialer: side("sender", "w-dial")?,
+    })
+}
+
+/// A connected pair over mutual TLS on loopback, as two workers' links are (a CA made here,
+/// a certificate per side naming its worker, each side checking the other's), for benches
+/// that measure what a real deployment pays for TLS.
+///
+/// # Errors
+/// Any link error, or certificates that cannot be made.
+pub async fn loopback_pair_tls(
+    frame_bytes_max: usize,
+    idle_timeout: Duration,
+) -> Result<(GrpcLink, GrpcLink, tokio::task::JoinHandle<()>), LinkError> {
+    let err = |e: &dyn std::fmt::Display| LinkError::Transport(e.to_string());
+    let LoopbackTls {
+        listener: (listener_tls, listener_id),
+        dialer: (dialer_tls, dialer_id),
+    } = loopback_tls()?;
     let credentials = Arc::new(PeerCredentials::new(listener_tls).map_err(|e| err(&e))?);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
