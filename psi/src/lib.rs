@@ -18,6 +18,11 @@
 //! Both run the same delivery point (record before release, below) and answer the same
 //! [`ReceiverOutput`] and [`SenderOutput`].
 //!
+//! Sets larger than memory run through module [`bucket`]: both parties split their rows into
+//! the same buckets by a keyed hash, spill them to disk and run one PSI per bucket (either
+//! protocol, with or without payload); its header says what the per-bucket sizes add to what
+//! each party learns.
+//!
 //! # ECDH: threat model
 //!
 //! * **Semi-honest (honest-but-curious) parties.** Each party follows the protocol but may try to
