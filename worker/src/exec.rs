@@ -9,7 +9,6 @@
 //! replaces an existing one: an existing name fails the task before the engine runs, and the
 //! write itself publishes with no overwrite.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +16,6 @@ use std::time::{Duration, Instant};
 use rand::SeedableRng;
 use tessera_core::table::{
     KeySpec, TableError, WrittenFile, read_keys_keeping, stream_keys, try_write_result_csv,
-    write_result_csv,
 };
 use tessera_core::{Link, PsiMode, PsiProtocol, TaskErrorKind, TaskRole, TaskSpec};
 use tessera_psi::bucket::{BucketKey, Stager};
@@ -233,10 +231,6 @@ pub async fn run_task(
             )));
         }
     }
-    let mode = match spec.mode {
-        PsiMode::Intersection => Mode::Intersection,
-        PsiMode::Size => Mode::SizeOnly,
-    };
     let path = dataset_path(&env.dataset_dir, &spec.dataset_location)?;
     let key_spec = KeySpec {
         columns: spec.key_columns.clone(),
@@ -267,19 +261,17 @@ pub async fn run_task(
         )
         .await;
     }
+    // Size mode: one ECDH run on the whole set in memory (bucketing would reveal the size
+    // per bucket).
     progress.report("read", 0, 0);
-    let keep = header.clone();
-    let input = tokio::task::spawn_blocking(move || read_keys_keeping(&path, &key_spec, &keep))
+    let input = tokio::task::spawn_blocking(move || read_keys_keeping(&path, &key_spec, &[]))
         .await
         .map_err(|e| TaskError::Internal(format!("reader task: {e}")))?
         .map_err(|e| TaskError::Input(e.to_string()))?;
     progress.report("read", input.rows, input.rows);
 
     let link = open_link(env, spec).await?;
-    run_psi(
-        spec, link, input, out_path, header, progress, delivery, mode,
-    )
-    .await
+    run_psi_size(spec, link, input, progress, delivery).await
 }
 
 /// Opens the task's peer link: dials or waits for the peer worker its ticket names.
@@ -360,17 +352,13 @@ async fn run_preview(
     Ok(outcome)
 }
 
-/// The PSI engine's part of a task, on an open link.
-#[allow(clippy::too_many_arguments)]
-async fn run_psi(
+/// A size-mode PSI task's engine part, on an open link.
+async fn run_psi_size(
     spec: &TaskSpec,
     link: GrpcLink,
     input: tessera_core::table::KeyedInput,
-    out_path: Option<PathBuf>,
-    header: Vec<String>,
     progress: Arc<dyn tessera_psi::Progress>,
     delivery: &dyn DeliverySink,
-    mode: Mode,
 ) -> Result<TaskOutcome, TaskError> {
     // Both tasks of a job carry the same protocol in their signed specs.
     let cfg = PsiConfig {
@@ -378,7 +366,7 @@ async fn run_psi(
             PsiProtocol::Rr22 => Protocol::Rr22,
             PsiProtocol::Ecdh => Protocol::Ecdh,
         },
-        mode,
+        mode: Mode::SizeOnly,
         ..PsiConfig::default()
     };
     let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
@@ -416,11 +404,6 @@ async fn run_psi(
                     .await
                     .map_err(peer_err)?;
             outcome.result_size = Some(out.intersection_size);
-            if let (Some(idx), Some(path)) = (out.intersection, out_path) {
-                let written = write_result(path, header, input, &idx).await?;
-                outcome.result_file = Some(written);
-                outcome.result_location = spec.output.clone();
-            }
         }
     }
     outcome.link = link.stats();
@@ -603,35 +586,6 @@ async fn run_psi_bucketed(
     outcome.link = link.stats();
     drop(scratch);
     Ok(outcome)
-}
-
-/// Writes the buyer's original values (key and carried columns) of every row whose key is
-/// among the matched keys (`first_of_each`: the index of one row per distinct common key).
-async fn write_result(
-    path: PathBuf,
-    header: Vec<String>,
-    input: tessera_core::table::KeyedInput,
-    first_of_each: &[usize],
-) -> Result<WrittenFile, TaskError> {
-    let matched: HashSet<Vec<u8>> = first_of_each
-        .iter()
-        .filter_map(|&i| input.keys.get(i).cloned())
-        .collect();
-    tokio::task::spawn_blocking(move || {
-        let rows = input
-            .keys
-            .iter()
-            .zip(&input.kept)
-            .filter(|(k, _)| matched.contains(k.as_slice()))
-            .map(|(_, v)| v);
-        write_result_csv(&path, &header, rows)
-    })
-    .await
-    .map_err(|e| TaskError::Internal(format!("writer task: {e}")))?
-    .map_err(|e| match e {
-        TableError::OutputExists { .. } => TaskError::Input(e.to_string()),
-        e => TaskError::Internal(format!("writing the result: {e}")),
-    })
 }
 
 /// Measures a future's wall and process CPU time.
