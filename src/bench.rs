@@ -37,16 +37,17 @@ pub enum BenchCommand {
               value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u64).range(0..=1_000_000_000), |v| v as usize))]
         n_receiver: Option<usize>,
         /// Bucketed PSI: at most this many rows per bucket (each party spills its rows to
-        /// disk by a keyed hash and runs one PSI per bucket); the two parties run as two
-        /// processes and each one's peak memory is reported. Implies intersection mode.
+        /// disk by a keyed hash and runs one PSI per bucket; at most 1,024 buckets, so past
+        /// 1,024 × N rows a bucket holds more); the two parties run as two processes and each
+        /// one's peak memory is reported. Intersection mode only. Wins over --memory-limit-mb.
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         bucket_rows: Option<u64>,
         /// Bucketed PSI with the rows per bucket chosen to keep each party's memory under this
-        /// many MiB (default 2048 when --bucket-rows is given alone, which it then overrides).
-        #[arg(long, value_parser = clap::value_parser!(u64).range(64..))]
+        /// many MiB (512 ..= 1048576; 2048 when only --bucket-rows is given).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(512..=1_048_576))]
         memory_limit_mb: Option<u64>,
-        /// Scratch directory of a bucketed run (cleared first) [default: a temporary one,
-        /// removed after].
+        /// Scratch directory of a bucketed run: new or empty (it is emptied again after, never
+        /// cleared before) [default: a temporary one, removed after].
         #[arg(long)]
         dir: Option<PathBuf>,
         /// PSI with payload (rr22, intersection mode): bytes of payload per sender item
@@ -279,13 +280,12 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 );
                 anyhow::ensure!(mtls, "bucketed runs use mutual TLS");
                 let limit_mb = memory_limit_mb.unwrap_or(2048);
-                let bucket_rows = match (bucket_rows, memory_limit_mb) {
-                    (Some(rows), None) => rows,
-                    _ => tessera_psi::bucket::bucket_rows_for_memory(
+                let bucket_rows = bucket_rows.unwrap_or_else(|| {
+                    tessera_psi::bucket::bucket_rows_for_memory(
                         limit_mb << 20,
                         payload_bytes as u64,
-                    ),
-                };
+                    )
+                });
                 return crate::psi_scale_bench::run(crate::psi_scale_bench::ScaleArgs {
                     n_sender: n_sender.unwrap_or(n) as u64,
                     n_receiver: n_receiver.unwrap_or(n) as u64,
@@ -299,6 +299,10 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 })
                 .await;
             }
+            anyhow::ensure!(
+                dir.is_none(),
+                "--dir is for bucketed runs (--bucket-rows or --memory-limit-mb)"
+            );
             anyhow::ensure!(
                 n.max(n_sender.unwrap_or(0)).max(n_receiver.unwrap_or(0))
                     <= tessera_core::limits::DATASET_ROWS_MAX,

@@ -135,7 +135,8 @@ pub struct WorkerArgs {
     pub command: Option<crate::client::lists::WorkerCmd>,
     /// TOML configuration file (keys: operator, worker_id, party, region, centre, hardware,
     /// frameworks, software, datasets, outputs, peer_listen, peer_advertise, operator_key,
-    /// operator_key_file, registration_token_file, ca_file).
+    /// operator_key_file, registration_token_file, ca_file, work_dir, memory_limit_mb,
+    /// bucket_rows).
     #[arg(long, env = "TESSERA_CONFIG")]
     pub config: Option<PathBuf>,
     /// Operator URL [default: https://127.0.0.1:7100].
@@ -221,11 +222,13 @@ pub struct WorkerArgs {
     /// task ends) [default: OUTPUTS/.tessera-work].
     #[arg(long, env = "TESSERA_WORK_DIR", value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
-    /// Memory a PSI task may take, in MiB [default: 2048]: a larger input is split into
-    /// buckets by a keyed hash, spilled to --work-dir and intersected one bucket at a time.
-    #[arg(long, env = "TESSERA_MEMORY_LIMIT_MB", value_parser = clap::value_parser!(u64).range(64..=1_048_576))]
+    /// Memory a PSI task may take, in MiB (512 ..= 1048576) [default: 2048]: a larger input
+    /// is split into buckets by a keyed hash, spilled to --work-dir and intersected one bucket
+    /// at a time.
+    #[arg(long, env = "TESSERA_MEMORY_LIMIT_MB", value_parser = clap::value_parser!(u64).range(512..=1_048_576))]
     pub memory_limit_mb: Option<u64>,
-    /// Rows per PSI bucket, overriding what --memory-limit-mb gives (mostly for tests).
+    /// Rows per PSI bucket, overriding what --memory-limit-mb gives (mostly for tests; at
+    /// most 1,024 buckets, so past 1,024 × N rows a bucket holds more).
     #[arg(long, env = "TESSERA_BUCKET_ROWS", value_parser = clap::value_parser!(u64).range(1..))]
     pub bucket_rows: Option<u64>,
 }
@@ -332,8 +335,8 @@ impl WorkerArgs {
         config.work_dir = self.work_dir.or(f.work_dir);
         let memory_mb = self.memory_limit_mb.or(f.memory_limit_mb).unwrap_or(2048);
         anyhow::ensure!(
-            (64..=1_048_576).contains(&memory_mb),
-            "memory_limit_mb must be between 64 and 1048576"
+            (512..=1_048_576).contains(&memory_mb),
+            "memory_limit_mb must be between 512 and 1048576"
         );
         config.bucket_rows = match self.bucket_rows.or(f.bucket_rows) {
             Some(0) => anyhow::bail!("bucket_rows must be at least 1"),

@@ -261,6 +261,18 @@ pub async fn party(args: PartyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Creates `dir` for this user only (0700 on Unix): it holds private keys and spilled rows.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(dir)
+}
+
 fn write_credentials(dir: &Path) -> anyhow::Result<()> {
     let tls = loopback_tls()?;
     for (role, (t, _)) in [("receiver", &tls.listener), ("sender", &tls.dialer)] {
@@ -273,16 +285,37 @@ fn write_credentials(dir: &Path) -> anyhow::Result<()> {
 
 /// Runs both parties as child processes and prints their figures.
 pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
-    let scratch = args.dir.is_none();
-    let dir = args.dir.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("tessera-bench-psi-{}", std::process::id()))
-    });
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
-    }
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // A directory of the user's is never cleared: it must be new or empty, and what the run
+    // puts there (credentials, spill files) is removed after.
+    let dir = match &args.dir {
+        Some(d) => {
+            if d.exists() {
+                let empty = std::fs::read_dir(d)
+                    .with_context(|| format!("--dir {}", d.display()))?
+                    .next()
+                    .is_none();
+                anyhow::ensure!(
+                    empty,
+                    "--dir {} is not empty; give a new or empty directory (nothing in it is removed)",
+                    d.display()
+                );
+            }
+            d.clone()
+        }
+        None => std::env::temp_dir().join(format!("tessera-bench-psi-{}", std::process::id())),
+    };
+    let existed = dir.exists();
+    private_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let result = run_in(&args, &dir).await;
-    if scratch {
+    if existed {
+        // Empty it again, leaving the user's directory itself.
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.filter_map(Result::ok) {
+                let _ =
+                    std::fs::remove_dir_all(e.path()).or_else(|_| std::fs::remove_file(e.path()));
+            }
+        }
+    } else {
         let _ = std::fs::remove_dir_all(&dir);
     }
     result

@@ -17,11 +17,18 @@
 //!    [`BUCKETS_MAX`]), and a BLAKE3 digest of the bucket key, so that parties holding different
 //!    keys stop instead of computing a wrong answer. `B` is the larger wish. Bucket `b` is the
 //!    partitions `p` with `⌊p·B / PARTITIONS⌋ = b`.
-//! 3. **Buckets**: for `b` in `0..B`, both load bucket `b` and run one PSI on it. The
-//!    receiver writes the rows whose item matched (every duplicate, with its `extra` and, with a
-//!    payload, the sender's payload) to a part file of its own. The sender's delivery gate is
-//!    asked once, before bucket 0's release; the later buckets pass it without asking again
-//!    (the delivery is recorded).
+//! 3. **Buckets**: for `b` in `0..B`, both load bucket `b` and run one PSI on it. With one
+//!    bucket that is the whole run, its delivery point as in an unbucketed run. With more, each
+//!    bucket's run stops at its release: the sender sends its release key XORed with a mask
+//!    `BLAKE3-keyed(master, context ‖ b)[..16]` under a fresh 32-byte master key of the run,
+//!    and the receiver keeps the bucket's values (its own and the sender's, still encrypted) in
+//!    a file of its own. After the last bucket the sender asks its delivery gate **once**, and
+//!    only if the delivery is recorded sends the master key (`kind=0x0A | 32 bytes`); the
+//!    receiver then unmasks every bucket's key and matches them one by one. So the receiver
+//!    learns nothing of any bucket before the one delivery point, and a run that fails in any
+//!    bucket is not delivered (not charged). The receiver writes the rows whose item matched
+//!    (every duplicate, with its `extra` and, with a payload, the sender's payload) to a part
+//!    file per bucket.
 //! 4. **Result**: [`Parts::merged`] reads the part files back in ordinal order: the matched rows
 //!    come out in input order, exactly as an unbucketed run would give them.
 //!
@@ -60,11 +67,12 @@ use rand_core::CryptoRngCore;
 use tessera_core::Link;
 use zeroize::Zeroize;
 
-use crate::common::{notify_peer, unexpected};
+use crate::common::{Release, notify_peer, unexpected};
+use crate::pending::{Pending, Received};
 use crate::wire::PROTOCOL_VERSION;
 use crate::{
-    DeliveryGate, ITEM_BYTES_MAX, Mode, NoGate, NoProgress, Progress, PsiConfig, PsiError,
-    SET_ITEMS_MAX,
+    DeliveryGate, ITEM_BYTES_MAX, Mode, NoProgress, Progress, Protocol, PsiConfig, PsiError,
+    ReceiverOutput, SET_ITEMS_MAX,
 };
 
 /// Partition files per party when staging spills to disk; also the most buckets.
@@ -417,14 +425,20 @@ impl Staged {
             .sum()
     }
 
-    /// Takes bucket `b` of `buckets`: its rows in ordinal order. Each bucket is taken once.
+    /// Bucket `b` of `buckets`: its rows in ordinal order. With `keep`, the bucket can be
+    /// read again (a deferred bucket is read twice: for the protocol, then for its matches);
+    /// without, its rows leave the stager (partition files removed).
     ///
     /// # Errors
     /// [`PsiError::Storage`] if a partition file cannot be read or is damaged.
-    pub fn bucket(&mut self, b: u32, buckets: u32) -> Result<Vec<Row>, PsiError> {
+    pub fn bucket(&mut self, b: u32, buckets: u32, keep: bool) -> Result<Vec<Row>, PsiError> {
         if !self.spilled {
             if buckets <= 1 {
-                return Ok(std::mem::take(&mut self.memory));
+                return Ok(if keep {
+                    self.memory.clone()
+                } else {
+                    std::mem::take(&mut self.memory)
+                });
             }
             if self.split.is_empty() {
                 let mut split: Vec<Vec<Row>> = (0..buckets).map(|_| Vec::new()).collect();
@@ -436,11 +450,12 @@ impl Staged {
                 }
                 self.split = split;
             }
-            return Ok(self
-                .split
-                .get_mut(b as usize)
-                .map(std::mem::take)
-                .unwrap_or_default());
+            let slot = self.split.get_mut(b as usize);
+            return Ok(match (slot, keep) {
+                (Some(rows), true) => rows.clone(),
+                (Some(rows), false) => std::mem::take(rows),
+                (None, _) => Vec::new(),
+            });
         }
         let mut rows = Vec::new();
         for p in (0..PARTITIONS).filter(|&p| bucket_of_partition(p, buckets) == b) {
@@ -450,8 +465,10 @@ impl Staged {
             while let Some(row) = read_row(&mut r, &path, ITEM_BYTES_MAX)? {
                 rows.push(row);
             }
-            // A partition is read once; its space goes back now.
-            let _ = std::fs::remove_file(&path);
+            if !keep {
+                // Its space goes back now.
+                let _ = std::fs::remove_file(&path);
+            }
         }
         rows.sort_unstable_by_key(|r| r.ordinal);
         Ok(rows)
@@ -705,14 +722,90 @@ fn bucket_too_large(n: usize) -> Result<(), PsiError> {
     Ok(())
 }
 
+/// Frame kind of the key that unmasks every bucket's release key (`0x0A | 32 bytes`).
+const KIND_MASTER: u8 = 0x0A;
+/// BLAKE3 keyed-hash context of a bucket's release mask.
+const RELEASE_MASK_CONTEXT: &[u8] = b"tessera-psi bucket release mask v1";
+
+/// The mask of bucket `b`'s release key under the run's master key.
+fn release_mask(master: &[u8; 32], b: u32) -> [u8; 16] {
+    let mut h = blake3::Hasher::new_keyed(master);
+    h.update(RELEASE_MASK_CONTEXT);
+    h.update(&b.to_le_bytes());
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    out
+}
+
+/// One bucket of the receiver's side, either protocol.
+async fn receive_bucket<R: CryptoRngCore + Send>(
+    link: &dyn Link,
+    items: &[Vec<u8>],
+    payload: bool,
+    cfg: &PsiConfig,
+    rng: &mut R,
+    progress: &dyn Progress,
+    defer: bool,
+) -> Result<Received, PsiError> {
+    match (cfg.protocol, payload) {
+        (Protocol::Rr22, _) => {
+            crate::rr22::receiver(link, items, cfg, rng, progress, payload, defer).await
+        }
+        (Protocol::Ecdh, false) => {
+            crate::ecdh::receiver(link, items, cfg, rng, progress, defer).await
+        }
+        (Protocol::Ecdh, true) => Err(PsiError::InvalidConfig("PSI with payload runs rr22".into())),
+    }
+}
+
+/// Writes bucket `b`'s part file: every row whose item is common, with the payload of its
+/// item. Returns the rows written.
+fn write_part(path: &Path, rows: &[Row], out: ReceiverOutput) -> Result<u64, PsiError> {
+    let firsts = out.intersection.unwrap_or_default();
+    let payloads = out.payloads.unwrap_or_default();
+    let mut by_item = std::collections::HashMap::with_capacity(firsts.len());
+    for (k, &i) in firsts.iter().enumerate() {
+        if let Some(row) = rows.get(i) {
+            by_item.insert(row.item.as_slice(), payloads.get(k).map(Vec::as_slice));
+        }
+    }
+    let f = File::create(path).map_err(|e| io_err("creating", path, e))?;
+    let mut w = BufWriter::with_capacity(SPILL_BUFFER_BYTES, f);
+    let mut matched = 0u64;
+    for row in rows {
+        if let Some(p) = by_item.get(row.item.as_slice()) {
+            write_row(&mut w, row.ordinal, &row.extra, p.unwrap_or_default())
+                .map_err(|e| io_err("writing", path, e))?;
+            matched += 1;
+        }
+    }
+    w.flush().map_err(|e| io_err("writing", path, e))?;
+    Ok(matched)
+}
+
+/// Runs blocking file work off the async runtime.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, PsiError> + Send + 'static,
+) -> Result<T, PsiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| PsiError::Internal(format!("file task: {e}")))?
+}
+
 /// The receiver's side of a bucketed run on `staged` (see the module docs): every bucket's
 /// matched rows go to part files under `parts_dir` (created; this run's own directory). With
-/// `payload`, each bucket runs PSI with payload ([`crate::run_receiver_with_payload`]).
+/// `payload`, each bucket runs PSI with payload (rr22).
+///
+/// With more than one bucket, each bucket stops at its release, whose key arrives masked: its
+/// values are kept in a file under `parts_dir` and matched only once the sender has recorded
+/// the run's one delivery and sent the key of the masks, after the last bucket. A run that
+/// fails before then leaves the receiver with nothing it can open.
 ///
 /// # Errors
-/// As [`crate::run_receiver`]; [`PsiError::InvalidConfig`] in size-only mode or when the
-/// parties' bucket keys differ; [`PsiError::Storage`] for a spill or part file that cannot be
-/// read or written; [`PsiError::TooLarge`] for a bucket over [`SET_ITEMS_MAX`].
+/// As [`crate::run_receiver`]; [`PsiError::InvalidConfig`] in size-only mode, for a payload
+/// with ECDH, or when the parties' bucket keys differ; [`PsiError::Storage`] for a spill, part
+/// or pending file that cannot be read or written; [`PsiError::TooLarge`] for a bucket over
+/// [`SET_ITEMS_MAX`].
 pub async fn run_receiver_bucketed<R: CryptoRngCore + Send>(
     link: &dyn Link,
     mut staged: Staged,
@@ -735,42 +828,49 @@ pub async fn run_receiver_bucketed<R: CryptoRngCore + Send>(
             buckets,
             rows_total: staged.rows(),
         };
+        let defer = buckets > 1;
+        let pending_path = |b: u32| parts_dir.join(format!("pending-{b:04}.bin"));
         let (mut common, mut sender_size, mut matched_rows, mut rows_done) = (0u64, 0u64, 0, 0);
         report.done(0, 0);
         for b in 0..buckets {
-            let rows = staged.bucket(b, buckets)?;
+            let rows = staged.bucket(b, buckets, defer)?;
             bucket_too_large(rows.len())?;
             let items: Vec<Vec<u8>> = rows.iter().map(|r| r.item.clone()).collect();
-            let out = if payload {
-                crate::run_receiver_with_payload(link, &items, cfg, rng, report.inner()).await?
-            } else {
-                crate::run_receiver(link, &items, cfg, rng, report.inner()).await?
-            };
+            let received =
+                receive_bucket(link, &items, payload, cfg, rng, report.inner(), defer).await?;
             drop(items);
-            common += out.intersection_size;
-            sender_size += out.sender_set_size;
-            // Every row whose item is common, with the payload of its item.
-            let firsts = out.intersection.unwrap_or_default();
-            let payloads = out.payloads.unwrap_or_default();
-            let mut by_item = std::collections::HashMap::with_capacity(firsts.len());
-            for (k, &i) in firsts.iter().enumerate() {
-                if let Some(row) = rows.get(i) {
-                    by_item.insert(row.item.as_slice(), payloads.get(k).map(Vec::as_slice));
-                }
-            }
-            let path = parts.path(b);
-            let f = File::create(&path).map_err(|e| io_err("creating", &path, e))?;
-            let mut w = BufWriter::with_capacity(SPILL_BUFFER_BYTES, f);
-            for row in &rows {
-                if let Some(p) = by_item.get(row.item.as_slice()) {
-                    write_row(&mut w, row.ordinal, &row.extra, p.unwrap_or_default())
-                        .map_err(|e| io_err("writing", &path, e))?;
-                    matched_rows += 1;
-                }
-            }
-            w.flush().map_err(|e| io_err("writing", &path, e))?;
             rows_done += rows.len() as u64;
+            match received {
+                Received::Done(out) => {
+                    common += out.intersection_size;
+                    sender_size += out.sender_set_size;
+                    let path = parts.path(b);
+                    matched_rows += blocking(move || write_part(&path, &rows, out)).await?;
+                }
+                Received::Pending(pending) => {
+                    let path = pending_path(b);
+                    blocking(move || pending.write(&path)).await?;
+                }
+            }
             report.done(b + 1, rows_done);
+        }
+        if defer {
+            let master = recv_master(link).await?;
+            for b in 0..buckets {
+                let path = pending_path(b);
+                let mask = release_mask(&master, b);
+                let out = blocking(move || {
+                    let out = Pending::read(&path)?.finish(&mask);
+                    let _ = std::fs::remove_file(&path);
+                    out
+                })
+                .await?;
+                common += out.intersection_size;
+                sender_size += out.sender_set_size;
+                let rows = staged.bucket(b, buckets, false)?;
+                let path = parts.path(b);
+                matched_rows += blocking(move || write_part(&path, &rows, out)).await?;
+            }
         }
         Ok(BucketedReceiverOutput {
             buckets,
@@ -787,9 +887,33 @@ pub async fn run_receiver_bucketed<R: CryptoRngCore + Send>(
     result
 }
 
+/// Takes the sender's master key (after its last bucket) and answers `Done`.
+async fn recv_master(link: &dyn Link) -> Result<zeroize::Zeroizing<[u8; 32]>, PsiError> {
+    let frame = link.recv().await?;
+    if frame.first() != Some(&KIND_MASTER) {
+        let parsed = crate::wire::Frame::parse(frame)?;
+        return Err(match parsed {
+            crate::wire::Frame::Abort(reason) => PsiError::PeerAborted { reason },
+            other => unexpected(other, "the key of the release masks"),
+        });
+    }
+    let key: [u8; 32] = frame
+        .get(1..)
+        .and_then(|k| k.try_into().ok())
+        .ok_or_else(|| {
+            PsiError::Protocol(format!(
+                "master key frame of {} bytes (expected 33)",
+                frame.len()
+            ))
+        })?;
+    link.send(crate::wire::done_frame()).await?;
+    Ok(zeroize::Zeroizing::new(key))
+}
+
 /// The sender's side of a bucketed run on `staged`; with `payload`, each row's `extra` is its
-/// payload ([`crate::run_sender_with_payload`]). `gate` is asked once, before the first
-/// bucket's release.
+/// payload (rr22). With one bucket, `gate` is asked before its release, as in an unbucketed
+/// run; with more, every bucket's release key leaves masked and `gate` is asked once, after
+/// the last bucket, before the key of the masks is sent: the run's one delivery point.
 ///
 /// # Errors
 /// As [`run_receiver_bucketed`], and [`PsiError::DeliveryNotRecorded`].
@@ -804,39 +928,56 @@ pub async fn run_sender_bucketed<R: CryptoRngCore + Send>(
 ) -> Result<BucketedSenderOutput, PsiError> {
     let result = async {
         check_mode(cfg)?;
+        if payload && cfg.protocol != Protocol::Rr22 {
+            return Err(PsiError::InvalidConfig("PSI with payload runs rr22".into()));
+        }
         let buckets = agree(link, &staged.key, staged.buckets_wanted()).await?;
         let report = BucketProgress {
             outer: progress,
             buckets,
             rows_total: staged.rows(),
         };
+        let defer = buckets > 1;
+        let mut master = zeroize::Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(master.as_mut());
         let (mut receiver_size, mut rows_done) = (0u64, 0u64);
         report.done(0, 0);
         for b in 0..buckets {
-            let rows = staged.bucket(b, buckets)?;
+            let rows = staged.bucket(b, buckets, false)?;
             bucket_too_large(rows.len())?;
-            // Later buckets pass: the delivery is recorded.
-            let gate: &dyn DeliveryGate = if b == 0 { gate } else { &NoGate };
+            let release = if defer {
+                Release::Masked(release_mask(&master, b))
+            } else {
+                Release::Gated(gate)
+            };
             let (items, extras): (Vec<Vec<u8>>, Vec<Vec<u8>>) =
                 rows.into_iter().map(|r| (r.item, r.extra)).unzip();
-            let out = if payload {
-                crate::run_sender_with_payload(
-                    link,
-                    &items,
-                    &extras,
-                    cfg,
-                    rng,
-                    report.inner(),
-                    gate,
-                )
-                .await?
-            } else {
-                crate::run_sender_reporting_delivery(link, &items, cfg, rng, report.inner(), gate)
-                    .await?
+            let payloads = payload.then_some(extras.as_slice());
+            let out = match cfg.protocol {
+                Protocol::Rr22 => {
+                    crate::rr22::sender(link, &items, payloads, cfg, rng, report.inner(), release)
+                        .await?
+                }
+                Protocol::Ecdh => {
+                    crate::ecdh::sender(link, &items, cfg, rng, report.inner(), release).await?
+                }
             };
             receiver_size += out.receiver_set_size;
             rows_done += items.len() as u64;
             report.done(b + 1, rows_done);
+        }
+        if defer {
+            if !gate.record().await {
+                return Err(PsiError::DeliveryNotRecorded);
+            }
+            let mut frame = Vec::with_capacity(33);
+            frame.push(KIND_MASTER);
+            frame.extend_from_slice(master.as_ref());
+            link.send(Bytes::from(frame)).await?;
+            match crate::common::recv_frame(link).await? {
+                crate::wire::Frame::Done => {}
+                other => return Err(unexpected(other, "done")),
+            }
         }
         Ok(BucketedSenderOutput {
             buckets,
@@ -902,9 +1043,12 @@ mod tests {
             let mut seen = 0;
             for b in 0..buckets {
                 assert_eq!(memory.bucket_rows(b, buckets), disk.bucket_rows(b, buckets));
-                let m = memory.bucket(b, buckets).expect("memory");
-                let d = disk.bucket(b, buckets).expect("disk");
+                // Read once kept, then taken: the same rows both times.
+                let m = memory.bucket(b, buckets, true).expect("memory");
+                let d = disk.bucket(b, buckets, true).expect("disk");
                 assert_eq!(m, d);
+                assert_eq!(memory.bucket(b, buckets, false).expect("memory"), m);
+                assert_eq!(disk.bucket(b, buckets, false).expect("disk"), d);
                 assert!(m.windows(2).all(|w| w[0].ordinal < w[1].ordinal));
                 for r in &m {
                     assert_eq!(bucket_of_partition(key.partition_of(&r.item), buckets), b);

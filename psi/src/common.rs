@@ -189,12 +189,22 @@ pub(crate) enum Encrypted {
     Theirs,
 }
 
+/// How the sender's release key leaves (its last frame).
+pub(crate) enum Release<'a> {
+    /// In clear, once `gate` has recorded the delivery: a run on its own.
+    Gated(&'a dyn DeliveryGate),
+    /// At once, XORed with this mask: one bucket of a bucketed run, whose single delivery
+    /// point comes after its last bucket, when the key of every mask is released
+    /// ([`crate::bucket`]).
+    Masked([u8; DOUBLE_BLINDED_BYTES]),
+}
+
 /// Matches the receiver's values against the sender's once the release key is known: the one
 /// AES permutation is applied to the smaller side so that both are in the same form, the
 /// sender's values are sorted and each of ours is looked up. `distinct[i]` is the input index
 /// of our `i`-th value. Returns the intersection size and, in [`Mode::Intersection`], the
 /// input indices of the common keys, ascending.
-fn intersect(
+pub(crate) fn intersect(
     mut ours: Vec<u128>,
     mut theirs: Vec<u128>,
     encrypted: Encrypted,
@@ -230,14 +240,26 @@ fn intersect(
 /// key sent, then the receiver's `Done` awaited (so we never hang up with frames in flight).
 pub(crate) async fn record_release_and_finish(
     link: &dyn Link,
-    gate: &dyn DeliveryGate,
+    policy: Release<'_>,
     release: Arc<ReleaseKey>,
     peer_size: usize,
 ) -> Result<SenderOutput, PsiError> {
-    if !gate.record().await {
-        return Err(PsiError::DeliveryNotRecorded);
+    match policy {
+        Release::Gated(gate) => {
+            if !gate.record().await {
+                return Err(PsiError::DeliveryNotRecorded);
+            }
+            link.send(release_frame(release.bytes())).await?;
+        }
+        Release::Masked(mask) => {
+            let mut masked = *release.bytes();
+            for (k, m) in masked.iter_mut().zip(mask) {
+                *k ^= m;
+            }
+            link.send(release_frame(&masked)).await?;
+            masked.zeroize();
+        }
     }
-    link.send(release_frame(release.bytes())).await?;
     drop(release);
     match recv_frame(link).await? {
         Frame::Done => Ok(SenderOutput {
@@ -261,11 +283,7 @@ pub(crate) async fn release_and_match(
     progress: &dyn Progress,
 ) -> Result<ReceiverOutput, PsiError> {
     // Until the sender releases its key, the encrypted side is under a key we do not have.
-    let release = match recv_frame(link).await? {
-        Frame::Release(key) => ReleaseKey::from_bytes(key),
-        other => return Err(unexpected(other, "release")),
-    };
-    link.send(done_frame()).await?;
+    let release = ReleaseKey::from_bytes(recv_release(link).await?);
     let own_size = distinct.len() as u64;
     progress.report(PHASE_MATCH, 0, own_size);
     let (intersection_size, intersection) =
@@ -277,6 +295,16 @@ pub(crate) async fn release_and_match(
         intersection,
         payloads: None,
     })
+}
+
+/// Takes the sender's `Release` frame (the key, or a bucket's masked key) and answers `Done`.
+pub(crate) async fn recv_release(link: &dyn Link) -> Result<[u8; DOUBLE_BLINDED_BYTES], PsiError> {
+    let key = match recv_frame(link).await? {
+        Frame::Release(key) => key,
+        other => return Err(unexpected(other, "release")),
+    };
+    link.send(done_frame()).await?;
+    Ok(key)
 }
 
 /// A 16-byte value (ECDH's doubly-blinded truncation, rr22's OPRF output) as bytes; a shorter

@@ -10,17 +10,18 @@ use rand_core::CryptoRngCore;
 use tessera_core::Link;
 
 use crate::common::{
-    Encrypted, PREALLOC_ITEMS_MAX, check_input, compute, derived_rng, distinct_indices,
+    Encrypted, PREALLOC_ITEMS_MAX, Release, check_input, compute, derived_rng, distinct_indices,
     exchange_hello, peer_set_size, record_release_and_finish, recv_frame, release_and_match,
     to_array, to_value, unexpected,
 };
 use crate::crypto::{
     DOUBLE_BLINDED_BYTES, FlatItems, POINT_BYTES, ReleaseKey, SecretKey, hash_and_blind, reblind,
 };
+use crate::pending::{Pending, PendingState, Received};
 use crate::wire::{BATCH_HEADER_BYTES, Frame, new_batch};
 use crate::{
-    BATCH_ITEMS_LIMIT, DeliveryGate, Mode, PHASE_BLIND, PHASE_EXCHANGE, PHASE_HASH, Progress,
-    Protocol, PsiConfig, PsiError, ReceiverOutput, Role, SenderOutput,
+    BATCH_ITEMS_LIMIT, Mode, PHASE_BLIND, PHASE_EXCHANGE, PHASE_HASH, Progress, Protocol,
+    PsiConfig, PsiError, Role, SenderOutput,
 };
 
 /// A doubly-blinded value as a comparable integer.
@@ -32,7 +33,8 @@ pub(crate) async fn receiver<R: CryptoRngCore + Send>(
     cfg: &PsiConfig,
     rng: &mut R,
     progress: &dyn Progress,
-) -> Result<ReceiverOutput, PsiError> {
+    defer: bool,
+) -> Result<Received, PsiError> {
     check_input(items)?;
     let batch = effective_batch(cfg, link)?;
     let key = Arc::new(SecretKey::random(rng));
@@ -105,6 +107,19 @@ pub(crate) async fn receiver<R: CryptoRngCore + Send>(
         Ok::<_, PsiError>((ours, theirs))
     };
     let ((), (ours, theirs)) = tokio::try_join!(send, receive)?;
+    if defer {
+        return Ok(Received::Pending(Pending {
+            masked_key: crate::common::recv_release(link).await?,
+            peer_size,
+            state: PendingState::Plain {
+                ours,
+                theirs,
+                encrypted: Encrypted::Ours,
+                distinct,
+                mode: cfg.mode,
+            },
+        }));
+    }
     release_and_match(
         link,
         ours,
@@ -116,6 +131,7 @@ pub(crate) async fn receiver<R: CryptoRngCore + Send>(
         progress,
     )
     .await
+    .map(Received::Done)
 }
 
 pub(crate) async fn sender<R: CryptoRngCore + Send>(
@@ -124,7 +140,7 @@ pub(crate) async fn sender<R: CryptoRngCore + Send>(
     cfg: &PsiConfig,
     rng: &mut R,
     progress: &dyn Progress,
-    gate: &dyn DeliveryGate,
+    release_policy: Release<'_>,
 ) -> Result<SenderOutput, PsiError> {
     check_input(items)?;
     let batch = effective_batch(cfg, link)?;
@@ -219,7 +235,7 @@ pub(crate) async fn sender<R: CryptoRngCore + Send>(
         Ok(())
     };
     tokio::try_join!(send, answer)?;
-    record_release_and_finish(link, gate, release, peer_size).await
+    record_release_and_finish(link, release_policy, release, peer_size).await
 }
 
 /// Items per frame: the configured batch, capped so that a points frame fits the link.

@@ -156,6 +156,7 @@ mod common;
 mod crypto;
 pub mod ecdh;
 pub mod okvs;
+mod pending;
 pub mod rr22;
 mod wire;
 
@@ -620,9 +621,10 @@ pub async fn run_receiver<R: rand_core::CryptoRngCore + Send>(
     progress: &dyn Progress,
 ) -> Result<ReceiverOutput, PsiError> {
     let result = match cfg.protocol {
-        Protocol::Ecdh => ecdh::receiver(link, items, cfg, rng, progress).await,
-        Protocol::Rr22 => rr22::receiver(link, items, cfg, rng, progress, false).await,
-    };
+        Protocol::Ecdh => ecdh::receiver(link, items, cfg, rng, progress, false).await,
+        Protocol::Rr22 => rr22::receiver(link, items, cfg, rng, progress, false, false).await,
+    }
+    .and_then(pending::Received::done);
     if let Err(e) = &result {
         common::notify_peer(link, e).await;
     }
@@ -664,8 +666,21 @@ pub async fn run_sender_reporting_delivery<R: rand_core::CryptoRngCore + Send>(
     gate: &dyn DeliveryGate,
 ) -> Result<SenderOutput, PsiError> {
     let result = match cfg.protocol {
-        Protocol::Ecdh => ecdh::sender(link, items, cfg, rng, progress, gate).await,
-        Protocol::Rr22 => rr22::sender(link, items, None, cfg, rng, progress, gate).await,
+        Protocol::Ecdh => {
+            ecdh::sender(
+                link,
+                items,
+                cfg,
+                rng,
+                progress,
+                common::Release::Gated(gate),
+            )
+            .await
+        }
+        Protocol::Rr22 => {
+            let release = common::Release::Gated(gate);
+            rr22::sender(link, items, None, cfg, rng, progress, release).await
+        }
     };
     if let Err(e) = &result {
         common::notify_peer(link, e).await;
@@ -690,7 +705,9 @@ pub async fn run_receiver_with_payload<R: rand_core::CryptoRngCore + Send>(
     progress: &dyn Progress,
 ) -> Result<ReceiverOutput, PsiError> {
     let result = match payload_config(cfg) {
-        Ok(()) => rr22::receiver(link, items, cfg, rng, progress, true).await,
+        Ok(()) => rr22::receiver(link, items, cfg, rng, progress, true, false)
+            .await
+            .and_then(pending::Received::done),
         Err(e) => Err(e),
     };
     if let Err(e) = &result {
@@ -717,7 +734,10 @@ pub async fn run_sender_with_payload<R: rand_core::CryptoRngCore + Send>(
     gate: &dyn DeliveryGate,
 ) -> Result<SenderOutput, PsiError> {
     let result = match payload_config(cfg) {
-        Ok(()) => rr22::sender(link, items, Some(payloads), cfg, rng, progress, gate).await,
+        Ok(()) => {
+            let release = common::Release::Gated(gate);
+            rr22::sender(link, items, Some(payloads), cfg, rng, progress, release).await
+        }
         Err(e) => Err(e),
     };
     if let Err(e) = &result {

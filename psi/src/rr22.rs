@@ -91,16 +91,17 @@ use tessera_core::Link;
 use tessera_ot::{Block, OtError, silent_vole};
 
 use crate::common::{
-    Encrypted, check_input, compute, derived_rng, distinct_indices, exchange_hello, peer_set_size,
-    record_release_and_finish, release_and_match, to_value,
+    Encrypted, Release, check_input, compute, derived_rng, distinct_indices, exchange_hello,
+    peer_set_size, record_release_and_finish, release_and_match, to_value,
 };
 use crate::crypto::{FlatItems, ReleaseKey};
 use crate::okvs::{OkvsError, RbOkvs};
+use crate::pending::{Pending, PendingState, Received};
 use crate::wire::{KIND_OKVS, KIND_PAYLOAD, KIND_PAYLOAD_WIDTH, KIND_VALUES, abort_reason};
 use crate::{
-    DEFAULT_BATCH_ITEMS, DeliveryGate, Mode, PAYLOAD_BYTES_MAX, PAYLOAD_TOTAL_BYTES_MAX,
-    PHASE_EXCHANGE, PHASE_HASH, PHASE_MATCH, PHASE_OKVS, PHASE_VOLE, Progress, Protocol, PsiConfig,
-    PsiError, ReceiverOutput, Role, SenderOutput,
+    DEFAULT_BATCH_ITEMS, Mode, PAYLOAD_BYTES_MAX, PAYLOAD_TOTAL_BYTES_MAX, PHASE_EXCHANGE,
+    PHASE_HASH, PHASE_MATCH, PHASE_OKVS, PHASE_VOLE, Progress, Protocol, PsiConfig, PsiError,
+    ReceiverOutput, Role, SenderOutput,
 };
 
 /// BLAKE3 derive-key context of the item digest (key and value halves).
@@ -171,7 +172,8 @@ pub(crate) async fn receiver<R: CryptoRngCore + Send>(
     rng: &mut R,
     progress: &dyn Progress,
     want_payload: bool,
-) -> Result<ReceiverOutput, PsiError> {
+    defer: bool,
+) -> Result<Received, PsiError> {
     check_config(cfg)?;
     check_input(items)?;
     let distinct = distinct_indices(items).await;
@@ -254,20 +256,38 @@ pub(crate) async fn receiver<R: CryptoRngCore + Send>(
     };
     if want_payload {
         let (width, sealed) = recv_payload(link, theirs.len()).await?;
-        return release_and_match_payload(
-            link,
-            PayloadMatch {
-                pre,
+        let m = PayloadMatch {
+            pre,
+            ours,
+            theirs,
+            width,
+            sealed,
+            distinct,
+            peer_size,
+        };
+        if defer {
+            return Ok(Received::Pending(Pending {
+                masked_key: crate::common::recv_release(link).await?,
+                peer_size,
+                state: PendingState::Payload(m),
+            }));
+        }
+        return release_and_match_payload(link, m, progress)
+            .await
+            .map(Received::Done);
+    }
+    if defer {
+        return Ok(Received::Pending(Pending {
+            masked_key: crate::common::recv_release(link).await?,
+            peer_size,
+            state: PendingState::Plain {
                 ours,
                 theirs,
-                width,
-                sealed,
+                encrypted: Encrypted::Theirs,
                 distinct,
-                peer_size,
+                mode: Mode::Intersection,
             },
-            progress,
-        )
-        .await;
+        }));
     }
     release_and_match(
         link,
@@ -280,6 +300,7 @@ pub(crate) async fn receiver<R: CryptoRngCore + Send>(
         progress,
     )
     .await
+    .map(Received::Done)
 }
 
 pub(crate) async fn sender<R: CryptoRngCore + Send>(
@@ -289,7 +310,7 @@ pub(crate) async fn sender<R: CryptoRngCore + Send>(
     cfg: &PsiConfig,
     rng: &mut R,
     progress: &dyn Progress,
-    gate: &dyn DeliveryGate,
+    release_policy: Release<'_>,
 ) -> Result<SenderOutput, PsiError> {
     check_config(cfg)?;
     check_input(items)?;
@@ -389,7 +410,7 @@ pub(crate) async fn sender<R: CryptoRngCore + Send>(
             .map_err(vole_error)?;
     }
     progress.report(PHASE_EXCHANGE, values.len() as u64, values.len() as u64);
-    record_release_and_finish(link, gate, release, peer_size).await
+    record_release_and_finish(link, release_policy, release, peer_size).await
 }
 
 /// `rr22` runs in intersection mode only.
@@ -496,89 +517,93 @@ async fn recv_payload(link: &dyn Link, peer_size: usize) -> Result<(usize, Vec<u
 }
 
 /// What the receiver of a PSI with payload matches once the key is released.
-struct PayloadMatch {
+pub(crate) struct PayloadMatch {
     /// Our unhashed values, per distinct item.
-    pre: Vec<Block>,
+    pub(crate) pre: Vec<Block>,
     /// Our values `F(y)`, per distinct item.
-    ours: Vec<u128>,
+    pub(crate) ours: Vec<u128>,
     /// The sender's values, encrypted under the release key, shuffled.
-    theirs: Vec<u128>,
+    pub(crate) theirs: Vec<u128>,
     /// The sealed payloads' width.
-    width: usize,
+    pub(crate) width: usize,
     /// The sender's sealed payloads, in the order of `theirs`.
-    sealed: Vec<u8>,
+    pub(crate) sealed: Vec<u8>,
     /// Input index of each distinct item.
-    distinct: Vec<usize>,
-    peer_size: usize,
+    pub(crate) distinct: Vec<usize>,
+    pub(crate) peer_size: usize,
 }
 
-/// The receiver's end of a PSI with payload: takes `Release`, answers `Done`, decrypts the
-/// sender's values, finds the sender's position of each of our matched values and opens the
-/// payload there.
+/// The receiver's end of a PSI with payload: takes `Release`, answers `Done`, and opens the
+/// matched values' payloads ([`open_payloads`]).
 async fn release_and_match_payload(
     link: &dyn Link,
     m: PayloadMatch,
     progress: &dyn Progress,
 ) -> Result<ReceiverOutput, PsiError> {
-    let release = match crate::common::recv_frame(link).await? {
-        crate::wire::Frame::Release(key) => ReleaseKey::from_bytes(key),
-        other => return Err(crate::common::unexpected(other, "release")),
-    };
-    link.send(crate::wire::done_frame()).await?;
+    let release = ReleaseKey::from_bytes(crate::common::recv_release(link).await?);
     let own_size = m.distinct.len() as u64;
     progress.report(PHASE_MATCH, 0, own_size);
-    let peer_size = m.peer_size;
-    let out = compute(move || {
-        let PayloadMatch {
-            pre,
-            ours,
-            mut theirs,
-            width,
-            sealed,
-            distinct,
-            ..
-        } = m;
-        release.apply(&mut theirs, false);
-        let mut sorted: Vec<(u128, u32)> = theirs
-            .into_iter()
-            .enumerate()
-            .map(|(j, v)| (v, j as u32))
-            .collect();
-        sorted.par_sort_unstable();
-        let key = release.bytes();
-        let found: Vec<(usize, Result<Vec<u8>, PsiError>)> = ours
-            .par_iter()
-            .enumerate()
-            .filter_map(|(i, v)| {
-                let at = sorted.binary_search_by(|(w, _)| w.cmp(v)).ok()?;
-                let j = sorted[at].1 as usize;
-                let cell = &sealed[j * width..(j + 1) * width];
-                let opened: Vec<u8> = cell
-                    .iter()
-                    .zip(pad(key, &pre[i], width))
-                    .map(|(c, k)| c ^ k)
-                    .collect();
-                let len = u32::from_le_bytes([opened[0], opened[1], opened[2], opened[3]]) as usize;
-                let body = opened
-                    .get(PAYLOAD_LEN_BYTES..PAYLOAD_LEN_BYTES + len)
-                    .map(<[u8]>::to_vec)
-                    .ok_or_else(|| {
-                        PsiError::Protocol("a sealed payload's length is past its width".into())
-                    });
-                Some((distinct[i], body))
-            })
-            .collect();
-        let mut intersection = Vec::with_capacity(found.len());
-        let mut payloads = Vec::with_capacity(found.len());
-        for (i, body) in found {
-            intersection.push(i);
-            payloads.push(body?);
-        }
-        Ok::<_, PsiError>((intersection, payloads))
-    })
-    .await??;
+    let out = compute(move || open_payloads(m, &release)).await??;
     progress.report(PHASE_MATCH, own_size, own_size);
-    let (intersection, payloads) = out;
+    Ok(out)
+}
+
+/// Decrypts the sender's values under the released key, finds the sender's position of each
+/// of our matched values and opens the payload there.
+///
+/// # Errors
+/// A protocol error for a sealed payload whose length is past its width.
+pub(crate) fn open_payloads(
+    m: PayloadMatch,
+    release: &ReleaseKey,
+) -> Result<ReceiverOutput, PsiError> {
+    let PayloadMatch {
+        pre,
+        ours,
+        mut theirs,
+        width,
+        sealed,
+        distinct,
+        peer_size,
+    } = m;
+    release.apply(&mut theirs, false);
+    let mut sorted: Vec<(u128, u32)> = theirs
+        .into_iter()
+        .enumerate()
+        .map(|(j, v)| (v, j as u32))
+        .collect();
+    sorted.par_sort_unstable();
+    let key = release.bytes();
+    let found: Vec<(usize, Result<Vec<u8>, PsiError>)> = ours
+        .par_iter()
+        .enumerate()
+        .filter_map(|(i, v)| {
+            let at = sorted.binary_search_by(|(w, _)| w.cmp(v)).ok()?;
+            let j = sorted.get(at)?.1 as usize;
+            let cell = sealed.get(j * width..(j + 1) * width)?;
+            let opened: Vec<u8> = cell
+                .iter()
+                .zip(pad(key, pre.get(i)?, width))
+                .map(|(c, k)| c ^ k)
+                .collect();
+            let len = opened.get(..PAYLOAD_LEN_BYTES).map_or(usize::MAX, |l| {
+                u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize
+            });
+            let body = opened
+                .get(PAYLOAD_LEN_BYTES..PAYLOAD_LEN_BYTES.saturating_add(len))
+                .map(<[u8]>::to_vec)
+                .ok_or_else(|| {
+                    PsiError::Protocol("a sealed payload's length is past its width".into())
+                });
+            Some((*distinct.get(i)?, body))
+        })
+        .collect();
+    let mut intersection = Vec::with_capacity(found.len());
+    let mut payloads = Vec::with_capacity(found.len());
+    for (i, body) in found {
+        intersection.push(i);
+        payloads.push(body?);
+    }
     Ok(ReceiverOutput {
         intersection_size: intersection.len() as u64,
         sender_set_size: peer_size as u64,

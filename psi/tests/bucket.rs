@@ -267,6 +267,89 @@ async fn the_gate_is_asked_once_and_a_refusal_reveals_nothing() {
     assert!(out.receiver.is_err(), "the receiver learns nothing");
 }
 
+/// A gate that checks, when asked, that the sender has finished every bucket.
+struct AfterLastBucket {
+    progress: std::sync::Arc<Recorded>,
+    asked_after: Mutex<Option<String>>,
+}
+
+#[async_trait::async_trait]
+impl DeliveryGate for AfterLastBucket {
+    async fn record(&self) -> bool {
+        let last = self
+            .progress
+            .0
+            .lock()
+            .ok()
+            .and_then(|v| v.last().map(|r| r.0.clone()));
+        if let Ok(mut a) = self.asked_after.lock() {
+            *a = last;
+        }
+        true
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucketed_run_is_delivered_once_after_its_last_bucket() {
+    let r: Vec<_> = (0..600u32)
+        .map(|i| (format!("k{i}").into_bytes(), Vec::new()))
+        .collect();
+    let s: Vec<_> = (300..900u32)
+        .map(|i| (format!("k{i}").into_bytes(), Vec::new()))
+        .collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = BucketKey::derive(b"session");
+    let staged_r = stage(&dir.path().join("r"), &key, 100, &r);
+    let staged_s = stage(&dir.path().join("s"), &key, 100, &s);
+    let sender_progress = std::sync::Arc::new(Recorded::default());
+    let gate = AfterLastBucket {
+        progress: sender_progress.clone(),
+        asked_after: Mutex::new(None),
+    };
+    let cfg = PsiConfig::default();
+    let (a, b) = MemLink::pair();
+    let mut r_rng = ChaCha20Rng::seed_from_u64(1);
+    let mut s_rng = ChaCha20Rng::seed_from_u64(2);
+    let parts = dir.path().join("parts");
+    let (receiver, sender) = bounded(async {
+        tokio::join!(
+            run_receiver_bucketed(&a, staged_r, &parts, false, &cfg, &mut r_rng, &NoProgress),
+            run_sender_bucketed(
+                &b,
+                staged_s,
+                false,
+                &cfg,
+                &mut s_rng,
+                sender_progress.as_ref(),
+                &gate
+            ),
+        )
+    })
+    .await;
+    assert_eq!(sender.expect("sender").buckets, 6);
+    assert_eq!(
+        gate.asked_after.lock().expect("lock").as_deref(),
+        Some("bucket 6/6"),
+        "the delivery is recorded after the last bucket, not before the first"
+    );
+    let out = receiver.expect("receiver");
+    assert_eq!(out.intersection_size, 300);
+    let ordinals: Vec<u64> = out
+        .parts
+        .merged()
+        .expect("merged")
+        .map(|m| m.expect("row").ordinal)
+        .collect();
+    assert_eq!(ordinals, (300..600).collect::<Vec<u64>>());
+    // The pending files are gone once matched.
+    let left: Vec<_> = std::fs::read_dir(&parts)
+        .expect("parts")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pending"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn size_only_mode_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");

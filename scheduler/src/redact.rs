@@ -9,7 +9,8 @@
 //!
 //! | field | buyer | provider | other |
 //! |---|---|---|---|
-//! | state, ids, progress phases, times | yes | yes | yes |
+//! | state, ids, progress phases and time left, times | yes | yes | yes |
+//! | progress counts (rows read, rows through buckets) | own; the other side's in thousandths of its total | own; the same | thousandths |
 //! | result (size, location, file, charge) | yes | no | no |
 //! | buyer's / provider's empty-key count | own | own | no |
 //! | failure on the caller's own side | detail | detail | — |
@@ -59,6 +60,21 @@ pub fn redact(view: &JobView, viewer: &Viewer) -> JobView {
         job.provider_empty_keys = None;
     }
     job.error = error_seen_by(job, side);
+    // A party's counts (its rows, its set sizes) are its own: others see how far it is, in
+    // thousandths of its total, not the counts.
+    for p in &mut out.progress {
+        if side != Some(p.role) {
+            let (done, total) = (p.done, p.total);
+            p.total = if total == 0 { 0 } else { 1000 };
+            p.done = if total == 0 {
+                0
+            } else {
+                u64::try_from(u128::from(done.min(total)) * 1000 / u128::from(total))
+                    .unwrap_or(1000)
+            };
+            p.began = (0, 0);
+        }
+    }
     out
 }
 
@@ -234,5 +250,43 @@ mod tests {
             "the provider's side failed: input"
         );
         assert!(error_seen_by(&v.job, Some(TaskRole::Sender)).contains("secret_col"));
+    }
+
+    #[test]
+    fn a_partys_counts_reach_the_other_side_only_as_thousandths() {
+        let mut v = failed_on(TaskRole::Sender);
+        let p = |role, phase: &str, done, total| crate::PhaseProgress {
+            party: match role {
+                TaskRole::Sender => "prov".into(),
+                TaskRole::Receiver => "buy".into(),
+            },
+            role,
+            phase: phase.into(),
+            done,
+            total,
+            eta_ms: Some(7),
+            began: (1, 2),
+        };
+        v.progress = vec![
+            p(TaskRole::Sender, "bucket 3/9", 198_003, 594_009),
+            p(TaskRole::Receiver, "read", 150_000, 0),
+        ];
+        let counts = |caller| {
+            redact(&v, &viewer(caller))
+                .progress
+                .iter()
+                .map(|p| (p.done, p.total, p.eta_ms))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            counts(Some("u1")),
+            [(333, 1000, Some(7)), (150_000, 0, Some(7))],
+            "the buyer sees its own count, the provider's as thousandths"
+        );
+        assert_eq!(
+            counts(Some("prov")),
+            [(198_003, 594_009, Some(7)), (0, 0, Some(7))]
+        );
+        assert_eq!(counts(None), [(333, 1000, Some(7)), (0, 0, Some(7))]);
     }
 }

@@ -667,3 +667,65 @@ async fn sixty_four_submissions_against_ten_runs_survive_an_operator_sigkill() {
     }
     c.assert_audit_verifies().await;
 }
+
+/// A PSI run in buckets (issue 15, `--bucket-rows 100`: 100 buckets) whose provider's worker
+/// is killed between buckets is not delivered: every bucket's release key left masked, the one
+/// delivery point comes after the last bucket, so the job fails undelivered, its run is given
+/// back, no hold is posted and the buyer's worker has published nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucketed_run_killed_between_buckets_is_not_charged() {
+    let mut c = Cluster::start_with(3_000, &["--bucket-rows", "100"]);
+    c.fund(1_000_000_000, "fund").await;
+    c.dataset(&c.provider, "p", "k", &keys("k", 0..10_000))
+        .await;
+    c.dataset(&c.buyer, "b", "k", &keys("k", 5_000..15_000))
+        .await;
+    let lic = c.licence("p", Some(3)).await;
+    let before = c.remaining(&lic).await.expect("a counted licence");
+    let j = c
+        .client()
+        .await
+        .submit_job(Cluster::job(&lic, "b", "intersection", "bucketed.csv"))
+        .await
+        .expect("submit")
+        .into_inner();
+    // Past a few buckets, not yet delivered.
+    let mut client = c.client().await;
+    let mut seen = None;
+    for _ in 0..30_000 {
+        let now = client
+            .get_job(pb::JobRef {
+                job_id: j.job_id.clone(),
+            })
+            .await
+            .expect("get job")
+            .into_inner();
+        assert!(
+            now.delivered_at_ms.is_none(),
+            "delivered before its last bucket: {now:?}"
+        );
+        if let Some(p) = now.progress.iter().find(|p| {
+            p.phase.starts_with("bucket ") && p.phase != "bucket 0/100" && p.done < p.total
+        }) {
+            seen = Some(p.phase.clone());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let seen = seen.expect("the run went through its buckets");
+    c.provider.proc.kill();
+    let j = c.wait(&j.job_id).await;
+    let context = format!("killed at {seen}: {j:?}");
+    assert_eq!(j.state_text(), "failed", "{context}");
+    assert!(j.delivered_at_ms.is_none(), "{context}");
+    assert_eq!(j.charge_micros, 0, "{context}");
+    assert_eq!(c.remaining(&lic).await, Some(before), "{context}");
+    let (transfers, lines, balanced) = money_of(&c, &j.job_id).await;
+    assert!(balanced);
+    assert!(
+        holds_only_voided(&transfers, Some(&j.job_id)),
+        "{transfers:?}"
+    );
+    assert!(lines.is_empty(), "{context}");
+    assert!(!c.buyer.outputs.join("bucketed.csv").exists());
+}

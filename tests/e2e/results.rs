@@ -626,12 +626,29 @@ async fn a_psi_larger_than_a_bucket_runs_bucket_by_bucket_and_gives_the_same_row
         assert_eq!(header, strings(&["k", "v"]));
         assert_eq!(rows, want, "{protocol:?}");
     }
+    // Each worker's own scratch directory (0700) is left empty.
     for party in [&c.buyer, &c.provider] {
         let work = party.outputs.join(".tessera-work");
-        let left: Vec<_> = std::fs::read_dir(&work)
-            .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
-            .unwrap_or_default();
-        assert!(left.is_empty(), "scratch left behind: {left:?}");
+        let own: Vec<_> = std::fs::read_dir(&work)
+            .expect("the work directory")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .collect();
+        assert!(!own.is_empty());
+        for dir in own {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(&dir).expect("meta").permissions().mode();
+                assert_eq!(mode & 0o777, 0o700, "{}", dir.display());
+            }
+            let left: Vec<_> = std::fs::read_dir(&dir)
+                .expect("own dir")
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .collect();
+            assert!(left.is_empty(), "scratch left behind: {left:?}");
+        }
     }
     c.assert_audit_verifies().await;
 }

@@ -410,9 +410,27 @@ async fn run_psi_size(
     Ok(outcome)
 }
 
-/// A task's own scratch directory under the work directory, emptied when made and removed
-/// when dropped (whatever way the task ends).
-struct Scratch(PathBuf);
+/// Creates `dir` (and its parents) readable by this user only (0700 on Unix): scratch files
+/// hold the keys in clear.
+pub(crate) fn private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(dir)
+}
+
+/// A task's own scratch directory under the worker's work directory (0700), emptied when made
+/// and removed when dropped, whatever way the task ends; a cancelled task's staging, which runs
+/// on a blocking thread the cancellation cannot stop, sees `stopped` and removes what it wrote
+/// after.
+struct Scratch {
+    dir: PathBuf,
+    stopped: Arc<std::sync::atomic::AtomicBool>,
+}
 
 impl Scratch {
     fn new(env: &ExecEnv, spec: &TaskSpec) -> Result<Self, TaskError> {
@@ -428,23 +446,24 @@ impl Scratch {
             .collect();
         let dir = env.work_dir.join(name);
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).map_err(|e| {
+        private_dir(&dir).map_err(|e| {
             TaskError::Internal(format!(
                 "cannot make the task's work directory {}: {e}",
                 dir.display()
             ))
         })?;
-        Ok(Scratch(dir))
+        Ok(Scratch {
+            dir,
+            stopped: Arc::default(),
+        })
     }
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-        // The work directory itself goes when no other task uses it (only if empty).
-        if let Some(parent) = self.0.parent() {
-            let _ = std::fs::remove_dir(parent);
-        }
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -470,13 +489,17 @@ async fn run_psi_bucketed(
 ) -> Result<TaskOutcome, TaskError> {
     let scratch = Scratch::new(env, spec)?;
     let key = BucketKey::derive(spec.session_id.as_bytes());
-    let mut stager = Stager::new(key, env.bucket_rows, scratch.0.join("spill"));
+    let mut stager = Stager::new(key, env.bucket_rows, scratch.dir.join("spill"));
     progress.report("read", 0, 0);
     let keep = header.clone();
     let reporter = progress.clone();
+    let (stopped, scratch_dir) = (scratch.stopped.clone(), scratch.dir.clone());
     let (counts, staged) = tokio::task::spawn_blocking(move || {
         let mut spill_error = None;
         let counts = stream_keys(&path, &key_spec, &keep, |key, kept| {
+            if stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(TableError::Io("the task was stopped".into()));
+            }
             let extra = if kept.is_empty() {
                 Vec::new()
             } else {
@@ -491,6 +514,13 @@ async fn run_psi_bucketed(
             }
             Ok(())
         });
+        if stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            drop(stager);
+            let _ = std::fs::remove_dir_all(&scratch_dir);
+            return Err(TaskError::Cancelled(
+                "the task was stopped while reading".into(),
+            ));
+        }
         match (spill_error, counts) {
             (Some(e), _) => Err(TaskError::Internal(format!("staging the input: {e}"))),
             (None, Err(e)) => Err(TaskError::Input(e.to_string())),
@@ -546,7 +576,7 @@ async fn run_psi_bucketed(
             let out = tessera_psi::bucket::run_receiver_bucketed(
                 &link,
                 staged,
-                &scratch.0.join("parts"),
+                &scratch.dir.join("parts"),
                 false,
                 &cfg,
                 &mut rng,

@@ -451,7 +451,45 @@ pub fn check_directories(config: &WorkerConfig) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(o)
         .with_context(|| format!("creating the output directory {}", o.display()))?;
+    let w = work_dir_of(config);
+    if w.exists() && !w.is_dir() {
+        anyhow::bail!(
+            "the work directory {} is not a directory (--work-dir)",
+            w.display()
+        );
+    }
+    exec::private_dir(&w)
+        .with_context(|| format!("creating the work directory {} (--work-dir)", w.display()))?;
     Ok(())
+}
+
+/// The base of the worker's scratch directories (`--work-dir`, or `OUTPUTS/.tessera-work`).
+fn work_dir_of(config: &WorkerConfig) -> PathBuf {
+    config
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| config.output_dir.join(".tessera-work"))
+}
+
+/// This worker's own scratch directory under the work directory, emptied: a task's files
+/// from an earlier run of this worker (killed before it could remove them) go now. Workers of
+/// other ids sharing the directory are left alone.
+fn own_work_dir(config: &WorkerConfig, worker_id: &str) -> anyhow::Result<PathBuf> {
+    let name: String = worker_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let dir = work_dir_of(config).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    exec::private_dir(&dir)
+        .with_context(|| format!("creating the work directory {}", dir.display()))?;
+    Ok(dir)
 }
 
 /// Refuses a configuration without the operator's public key (64 hex digits) or a
@@ -581,6 +619,7 @@ pub async fn start(config: WorkerConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
         let expires_at = host.attest().await?;
         tokio::spawn(reattest(host.clone(), expires_at));
     }
+    let work_dir = own_work_dir(&config, &reg.worker_id)?;
     let shared = Arc::new(Shared {
         worker_id: reg.worker_id.clone(),
         registration: pb::RegisterWorkerRequest {
@@ -594,10 +633,7 @@ pub async fn start(config: WorkerConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
         env: ExecEnv {
             dataset_dir: config.dataset_dir.clone(),
             output_dir: config.output_dir.clone(),
-            work_dir: config
-                .work_dir
-                .clone()
-                .unwrap_or_else(|| config.output_dir.join(".tessera-work")),
+            work_dir,
             bucket_rows: config.bucket_rows.max(1),
             hub,
             frame_bytes_max: config.frame_bytes_max,
@@ -1159,5 +1195,11 @@ mod dir_tests {
         std::fs::create_dir(&c.dataset_dir).expect("mkdir");
         check_directories(&c).expect("fine");
         assert!(c.output_dir.is_dir(), "the output directory is created");
+        let mut c = c;
+        let file = root.path().join("a-file");
+        std::fs::write(&file, "x").expect("write");
+        c.work_dir = Some(file);
+        let e = check_directories(&c).expect_err("work dir is a file");
+        assert!(format!("{e:#}").contains("--work-dir"), "{e:#}");
     }
 }
