@@ -13,7 +13,7 @@ use tessera_simulator::{SimulationReport, simulate};
 const Y: i64 = 1_000_000;
 
 fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios")
+    PathBuf::from(manifest_dir()).join("scenarios")
 }
 
 fn scenario_files() -> Vec<PathBuf> {
@@ -279,4 +279,11 @@ async fn manual_1_4_5_figures() {
         ))
     );
     assert_eq!(lines(&r).iter().map(|l| l.1).sum::<i64>(), 6 * Y);
+}
+
+/// The package directory at run time (cargo sets it for every test it runs), so that a test
+/// binary built in another checkout of the same target directory reads this checkout's files;
+/// the build-time path otherwise.
+fn manifest_dir() -> String {
+    std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned())
 }

@@ -16,7 +16,7 @@ const TDX_MRTD: &str = "91eb2b44d141d4ece09f0c75c2c53d247a3c68edd7fafe8a3520c942
 const SNP_MEASUREMENT: &str = "7a1e5c266c0108dbc9bb94fa926951320940915d0aafb42464bd88b579ea158d3e1a0dc39b2c60bd95b9c480cd81841f";
 
 fn data(path: &str) -> Vec<u8> {
-    let p = format!("{}/testdata/{path}", env!("CARGO_MANIFEST_DIR"));
+    let p = format!("{}/testdata/{path}", manifest_dir());
     std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
 }
 
@@ -844,4 +844,11 @@ fn times_parse_as_unix_seconds_or_rfc3339() {
     assert_eq!(parse_time("2025-06-19T11:56:11Z"), Ok(1_750_334_171));
     assert!(parse_time("yesterday").is_err());
     assert!(parse_time("").is_err());
+}
+
+/// The package directory at run time (cargo sets it for every test it runs), so that a test
+/// binary built in another checkout of the same target directory reads this checkout's files;
+/// the build-time path otherwise.
+fn manifest_dir() -> String {
+    std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned())
 }

@@ -16,7 +16,7 @@ fn tessera(args: &[&str]) -> Output {
 }
 
 fn scenario_files() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("simulator/scenarios");
+    let dir = Path::new(&crate::harness::manifest_dir()).join("simulator/scenarios");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .expect("scenarios dir")
         .map(|e| e.expect("entry").path())

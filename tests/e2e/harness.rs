@@ -718,3 +718,10 @@ pub fn read_csv(path: &std::path::Path) -> (Vec<String>, Vec<Vec<String>>) {
         .collect();
     (header, rows)
 }
+
+/// The package directory at run time (cargo sets it for every test it runs), so that a test
+/// binary built in another checkout of the same target directory reads this checkout's files;
+/// the build-time path otherwise.
+pub fn manifest_dir() -> String {
+    std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned())
+}

@@ -414,8 +414,9 @@ async fn a_generated_python_client_submits_a_psi_job_and_reads_its_bill() {
     c.fund(10_000_000, "fund").await;
     let lic = c.licence("p", None).await;
     let out_dir = c.dir.path().join("pyclient");
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
+    let script = &format!(
+        "{}{}",
+        crate::harness::manifest_dir(),
         "/clients/python/psi_and_bill.py"
     );
     let out = std::process::Command::new(&python)
@@ -472,8 +473,9 @@ fn python_with_generator() -> std::path::PathBuf {
         .status()
         .expect("python3 -m venv (Python 3.9+ is needed for the generated client's test)");
     assert!(made.success(), "python3 -m venv failed");
-    let requirements = concat!(
-        env!("CARGO_MANIFEST_DIR"),
+    let requirements = &format!(
+        "{}{}",
+        crate::harness::manifest_dir(),
         "/clients/python/requirements.txt"
     );
     let installed = std::process::Command::new(&python)
