@@ -56,7 +56,10 @@
 //! a bucket at most [`crate::SET_ITEMS_MAX`] items (a larger one fails with
 //! [`PsiError::TooLarge`]: choose a smaller `bucket_rows`). Memory: about `bucket_rows` rows
 //! while staging, one bucket (both its rows and the protocol's state) while running, plus one
-//! [`SPILL_BUFFER_BYTES`] buffer per open partition or part file.
+//! [`SPILL_BUFFER_BYTES`] buffer per open partition or part file. Disk: the spilled rows
+//! (each row's item, extra and 16 bytes); with more than one bucket the receiver also keeps
+//! its partitions until the end and a pending file per bucket (16 bytes per distinct item of
+//! either side, more with a payload) until the master key comes.
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
