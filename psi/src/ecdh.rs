@@ -108,17 +108,18 @@ pub(crate) async fn receiver<R: CryptoRngCore + Send>(
     };
     let ((), (ours, theirs)) = tokio::try_join!(send, receive)?;
     if defer {
-        return Ok(Received::Pending(Pending {
-            masked_key: crate::common::recv_release(link).await?,
+        return Pending::at_release(
+            link,
             peer_size,
-            state: PendingState::Plain {
+            PendingState::Plain {
                 ours,
                 theirs,
                 encrypted: Encrypted::Ours,
                 distinct,
                 mode: cfg.mode,
             },
-        }));
+        )
+        .await;
     }
     release_and_match(
         link,

@@ -138,6 +138,20 @@ impl<R: Read> Reader<'_, R> {
 }
 
 impl Pending {
+    /// Stops a receiver's run at the release: takes the sender's (masked) key, answers
+    /// `Done`, and keeps `state` for later.
+    pub(crate) async fn at_release(
+        link: &dyn tessera_core::Link,
+        peer_size: usize,
+        state: PendingState,
+    ) -> Result<Received, PsiError> {
+        Ok(Received::Pending(Pending {
+            masked_key: crate::common::recv_release(link).await?,
+            peer_size,
+            state,
+        }))
+    }
+
     /// Writes the pending state to `path` (a new file; the caller's own directory).
     ///
     /// # Errors

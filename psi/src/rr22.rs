@@ -266,28 +266,25 @@ pub(crate) async fn receiver<R: CryptoRngCore + Send>(
             peer_size,
         };
         if defer {
-            return Ok(Received::Pending(Pending {
-                masked_key: crate::common::recv_release(link).await?,
-                peer_size,
-                state: PendingState::Payload(m),
-            }));
+            return Pending::at_release(link, peer_size, PendingState::Payload(m)).await;
         }
         return release_and_match_payload(link, m, progress)
             .await
             .map(Received::Done);
     }
     if defer {
-        return Ok(Received::Pending(Pending {
-            masked_key: crate::common::recv_release(link).await?,
+        return Pending::at_release(
+            link,
             peer_size,
-            state: PendingState::Plain {
+            PendingState::Plain {
                 ours,
                 theirs,
                 encrypted: Encrypted::Theirs,
                 distinct,
                 mode: Mode::Intersection,
             },
-        }));
+        )
+        .await;
     }
     release_and_match(
         link,

@@ -361,23 +361,12 @@ async fn run_psi_size(
     delivery: &dyn DeliverySink,
 ) -> Result<TaskOutcome, TaskError> {
     // Both tasks of a job carry the same protocol in their signed specs.
-    let cfg = PsiConfig {
-        protocol: match spec.protocol {
-            PsiProtocol::Rr22 => Protocol::Rr22,
-            PsiProtocol::Ecdh => Protocol::Ecdh,
-        },
-        mode: Mode::SizeOnly,
-        ..PsiConfig::default()
-    };
+    let cfg = psi_config(spec, Mode::SizeOnly);
     let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
     let mut outcome = TaskOutcome {
         rows_in: input.rows,
         empty_keys: input.empty_keys,
         ..TaskOutcome::default()
-    };
-    let peer_err = |e: PsiError| match e {
-        PsiError::TooLarge { .. } => TaskError::Input(e.to_string()),
-        e => TaskError::Peer(e.to_string()),
     };
     match spec.role {
         TaskRole::Sender => {
@@ -396,13 +385,13 @@ async fn run_psi_size(
                 &gate,
             )
             .await
-            .map_err(peer_err)?;
+            .map_err(psi_task_error)?;
         }
         TaskRole::Receiver => {
             let out =
                 tessera_psi::run_receiver(&link, &input.keys, &cfg, &mut rng, progress.as_ref())
                     .await
-                    .map_err(peer_err)?;
+                    .map_err(psi_task_error)?;
             outcome.result_size = Some(out.intersection_size);
         }
     }
@@ -423,6 +412,41 @@ pub(crate) fn private_dir(dir: &Path) -> std::io::Result<()> {
     b.create(dir)
 }
 
+/// The PSI engine's configuration of a task: the protocol its signed spec names, in `mode`.
+pub(crate) fn psi_config(spec: &TaskSpec, mode: Mode) -> PsiConfig {
+    PsiConfig {
+        protocol: match spec.protocol {
+            PsiProtocol::Rr22 => Protocol::Rr22,
+            PsiProtocol::Ecdh => Protocol::Ecdh,
+        },
+        mode,
+        ..PsiConfig::default()
+    }
+}
+
+/// A PSI engine error as the task reports it: an exceeded bound is this party's input, a
+/// local file this party's own failure, anything else the peer's.
+pub(crate) fn psi_task_error(e: PsiError) -> TaskError {
+    match e {
+        PsiError::TooLarge { .. } => TaskError::Input(e.to_string()),
+        PsiError::Storage(_) => TaskError::Internal(e.to_string()),
+        e => TaskError::Peer(e.to_string()),
+    }
+}
+
+/// A file name made of `text`: ASCII letters, digits and `-` kept, anything else `_`.
+pub(crate) fn safe_name(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// A task's own scratch directory under the worker's work directory (0700), emptied when made
 /// and removed when dropped, whatever way the task ends; a cancelled task's staging, which runs
 /// on a blocking thread the cancellation cannot stop, sees `stopped` and removes what it wrote
@@ -434,17 +458,11 @@ struct Scratch {
 
 impl Scratch {
     fn new(env: &ExecEnv, spec: &TaskSpec) -> Result<Self, TaskError> {
-        let name: String = format!("{}-{}", spec.session_id, spec.role.as_str())
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let dir = env.work_dir.join(name);
+        let dir = env.work_dir.join(safe_name(&format!(
+            "{}-{}",
+            spec.session_id,
+            spec.role.as_str()
+        )));
         let _ = std::fs::remove_dir_all(&dir);
         private_dir(&dir).map_err(|e| {
             TaskError::Internal(format!(
@@ -535,24 +553,12 @@ async fn run_psi_bucketed(
     progress.report("read", counts.rows, counts.rows);
 
     let link = open_link(env, spec).await?;
-    let cfg = PsiConfig {
-        protocol: match spec.protocol {
-            PsiProtocol::Rr22 => Protocol::Rr22,
-            PsiProtocol::Ecdh => Protocol::Ecdh,
-        },
-        mode: Mode::Intersection,
-        ..PsiConfig::default()
-    };
+    let cfg = psi_config(spec, Mode::Intersection);
     let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
     let mut outcome = TaskOutcome {
         rows_in: counts.rows,
         empty_keys: counts.empty_keys,
         ..TaskOutcome::default()
-    };
-    let peer_err = |e: PsiError| match e {
-        PsiError::TooLarge { .. } => TaskError::Input(e.to_string()),
-        PsiError::Storage(_) => TaskError::Internal(e.to_string()),
-        e => TaskError::Peer(e.to_string()),
     };
     match spec.role {
         TaskRole::Sender => {
@@ -570,7 +576,7 @@ async fn run_psi_bucketed(
                 &gate,
             )
             .await
-            .map_err(peer_err)?;
+            .map_err(psi_task_error)?;
         }
         TaskRole::Receiver => {
             let out = tessera_psi::bucket::run_receiver_bucketed(
@@ -583,7 +589,7 @@ async fn run_psi_bucketed(
                 progress.as_ref(),
             )
             .await
-            .map_err(peer_err)?;
+            .map_err(psi_task_error)?;
             outcome.result_size = Some(out.intersection_size);
             if let Some(path) = out_path {
                 let width = header.len();

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use rand::SeedableRng;
 use tessera_core::table::{KeySpec, read_keys_keeping};
 use tessera_core::{JOIN_MATCHED_COLUMN, JoinKind, Link, TaskRole, TaskSpec};
-use tessera_psi::{Mode, Protocol, PsiConfig, PsiError};
+use tessera_psi::{Mode, Protocol, PsiConfig};
 
 use crate::exec::{
     DeliverySink, ExecEnv, SinkGate, TaskError, TaskOutcome, dataset_path, fresh_result_path,
@@ -121,10 +121,6 @@ pub(crate) async fn run_psi_payload(
     progress.report("read", input.rows, input.rows);
     let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
     let link = open_link(env, spec).await?;
-    let peer_err = |e: PsiError| match e {
-        PsiError::TooLarge { .. } => TaskError::Input(e.to_string()),
-        e => TaskError::Peer(e.to_string()),
-    };
     let mut outcome = TaskOutcome {
         rows_in: input.rows,
         empty_keys: input.empty_keys,
@@ -167,7 +163,7 @@ pub(crate) async fn run_psi_payload(
                 &gate,
             )
             .await
-            .map_err(peer_err)?;
+            .map_err(crate::exec::psi_task_error)?;
         }
         (TaskRole::Receiver, Some(out_path)) => {
             let out = tessera_psi::run_receiver_with_payload(
@@ -178,7 +174,7 @@ pub(crate) async fn run_psi_payload(
                 progress.as_ref(),
             )
             .await
-            .map_err(peer_err)?;
+            .map_err(crate::exec::psi_task_error)?;
             let (Some(first), Some(payloads)) = (out.intersection, out.payloads) else {
                 return Err(TaskError::Internal(
                     "the PSI with payload returned no intersection".into(),

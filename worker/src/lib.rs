@@ -475,17 +475,7 @@ fn work_dir_of(config: &WorkerConfig) -> PathBuf {
 /// from an earlier run of this worker (killed before it could remove them) go now. Workers of
 /// other ids sharing the directory are left alone.
 fn own_work_dir(config: &WorkerConfig, worker_id: &str) -> anyhow::Result<PathBuf> {
-    let name: String = worker_id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let dir = work_dir_of(config).join(name);
+    let dir = work_dir_of(config).join(exec::safe_name(worker_id));
     let _ = std::fs::remove_dir_all(&dir);
     exec::private_dir(&dir)
         .with_context(|| format!("creating the work directory {}", dir.display()))?;

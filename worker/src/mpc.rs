@@ -44,13 +44,13 @@ use bytes::{BufMut, Bytes, BytesMut};
 use rand::SeedableRng;
 use sha2::{Digest, Sha256};
 use tessera_core::table::{KeySpec, TableError, read_keys_keeping, write_result_csv};
-use tessera_core::{Link, MpcSpec, PsiProtocol, TaskRole, TaskSpec};
+use tessera_core::{Link, MpcSpec, TaskRole, TaskSpec};
 use tessera_mpc::query::job::{plan_of, schema_of, side_and_name};
 use tessera_mpc::query::{
     Aggregate, ColumnData, ColumnKind, OutputPolicy, QueryError, QueryResult, Side, Table,
 };
 use tessera_mpc::{FixedPoint, MpcError, OtTriples, Party, Session, TripleSource};
-use tessera_psi::{Mode, Protocol, PsiConfig, PsiError};
+use tessera_psi::Mode;
 
 use crate::exec::{
     DeliverySink, ExecEnv, TaskError, TaskOutcome, dataset_path, fresh_result_path, open_link,
@@ -245,24 +245,13 @@ async fn align(
     rng: &mut rand_chacha::ChaCha20Rng,
     progress: &dyn tessera_psi::Progress,
 ) -> Result<Vec<usize>, TaskError> {
-    let cfg = PsiConfig {
-        protocol: match spec.protocol {
-            PsiProtocol::Rr22 => Protocol::Rr22,
-            PsiProtocol::Ecdh => Protocol::Ecdh,
-        },
-        mode: Mode::Intersection,
-        ..PsiConfig::default()
-    };
-    let psi_err = |e: PsiError| match e {
-        PsiError::TooLarge { .. } => TaskError::Input(e.to_string()),
-        e => TaskError::Peer(e.to_string()),
-    };
+    let cfg = crate::exec::psi_config(spec, Mode::Intersection);
     let per_frame = (link.frame_bytes_max().saturating_sub(16) / TAG_BYTES).max(1);
     match spec.role {
         TaskRole::Receiver => {
             let out = tessera_psi::run_receiver(link, keys, &cfg, rng, progress)
                 .await
-                .map_err(psi_err)?;
+                .map_err(crate::exec::psi_task_error)?;
             let first_of_each = out.intersection.unwrap_or_default();
             let mut tagged: Vec<([u8; TAG_BYTES], usize)> = first_of_each
                 .iter()
@@ -277,7 +266,7 @@ async fn align(
         TaskRole::Sender => {
             tessera_psi::run_sender(link, keys, &cfg, rng, progress)
                 .await
-                .map_err(psi_err)?;
+                .map_err(crate::exec::psi_task_error)?;
             let mut first: HashMap<[u8; TAG_BYTES], usize> = HashMap::with_capacity(keys.len());
             for (i, k) in keys.iter().enumerate() {
                 first.entry(tag(&spec.session_id, k)).or_insert(i);
