@@ -32,6 +32,31 @@
 //! 4. **Result**: [`Parts::merged`] reads the part files back in ordinal order: the matched rows
 //!    come out in input order, exactly as an unbucketed run would give them.
 //!
+//! # Resume
+//!
+//! A run with more than one bucket can be taken up where it stopped (a party's process
+//! killed, the link broken) by running both sides again on the same directories:
+//!
+//! * A finished staging leaves a manifest ([`STAGED_MANIFEST`]); [`Staged::restore`] takes the
+//!   partitions up again (checked against the bucket key and every file's size), and the
+//!   sender keeps its partitions until its directory is removed.
+//! * The sender writes the run's master key to its staging directory (synced) before the
+//!   first masked release leaves, and reuses it when it finds it.
+//! * The receiver records the bucket count and a check of the sender's master key
+//!   (`BLAKE3-keyed(master, context)[..16]`, which the sender shows in its `Buckets` frame) in
+//!   its parts directory, and writes each bucket's pending file whole (synced, renamed).
+//! * The `Buckets` frame carries the resume offer (`prev_buckets u32 | done u32 | master
+//!   check 16 bytes`); both parties compute the same first bucket: the receiver's count of
+//!   consecutive pending buckets if its earlier attempt had the same `B` and was shown the
+//!   master check the sender shows now, else 0 (the receiver then drops its pending files).
+//!   Buckets before it are not run again; the delivery is still asked once per attempt that
+//!   reaches the end (a record the caller keeps idempotent), and the receiver checks the
+//!   master key against the agreed check before it unmasks anything.
+//!
+//! A resumed bucket's release key is new but masked with the same mask as in the attempt
+//! that stopped, so a receiver that kept both masked keys learns their XOR: two independent
+//! random keys, of which it learns neither.
+//!
 //! # What each party learns, beyond the per-bucket protocol's own outputs
 //!
 //! * The bucket count `B`, hence each party's row count to within `bucket_rows` (rows, not
@@ -96,7 +121,7 @@ const KEY_CHECK_CONTEXT: &str = "tessera-psi bucket key check v1";
 pub const PHASE_BUCKET: &str = "bucket";
 
 const KIND_BUCKETS: u8 = 0x09;
-const BUCKETS_FRAME_BYTES: usize = 1 + 2 + 4 + 16;
+const BUCKETS_FRAME_BYTES: usize = 1 + 2 + 4 + 16 + 4 + 4 + 16;
 
 /// The keyed hash that assigns items to partitions. Secret-free `Debug`; wiped on drop.
 #[derive(Clone)]
@@ -254,7 +279,13 @@ pub struct Stager {
     memory: Vec<Row>,
     spill: Option<Vec<BufWriter<File>>>,
     partition_rows: Vec<u64>,
+    partition_bytes: Vec<u64>,
     rows: u64,
+}
+
+/// Bytes [`write_row`] writes for a row.
+fn row_bytes(item: &[u8], extra: &[u8]) -> u64 {
+    16 + item.len() as u64 + extra.len() as u64
 }
 
 impl Stager {
@@ -268,6 +299,7 @@ impl Stager {
             memory: Vec::new(),
             spill: None,
             partition_rows: vec![0; PARTITIONS as usize],
+            partition_bytes: vec![0; PARTITIONS as usize],
             rows: 0,
         }
     }
@@ -323,6 +355,9 @@ impl Stager {
                 if let Some(n) = self.partition_rows.get_mut(p as usize) {
                     *n += 1;
                 }
+                if let Some(n) = self.partition_bytes.get_mut(p as usize) {
+                    *n += row_bytes(&item, &extra);
+                }
             }
         }
         Ok(())
@@ -346,23 +381,42 @@ impl Stager {
             if let Some(n) = self.partition_rows.get_mut(p as usize) {
                 *n += 1;
             }
+            if let Some(n) = self.partition_bytes.get_mut(p as usize) {
+                *n += row_bytes(&row.item, &row.extra);
+            }
         }
         self.spill = Some(files);
         Ok(())
     }
 
-    /// Ends the feeding: flushes the partition files.
+    /// Ends the feeding: flushes the partition files and, when rows were spilled, writes the
+    /// staging's manifest ([`STAGED_MANIFEST`]: key check, bucket rows, row count, each
+    /// partition's rows and bytes), so that a restarted run can take the partitions up again
+    /// with [`Staged::restore`] instead of reading its input again.
     ///
     /// # Errors
-    /// [`PsiError::Storage`] if a partition file cannot be written.
+    /// [`PsiError::Storage`] if a partition file or the manifest cannot be written.
     pub fn finish(mut self) -> Result<Staged, PsiError> {
         let spilled = match self.spill.take() {
             None => false,
             Some(files) => {
-                for (p, mut w) in files.into_iter().enumerate() {
-                    w.flush()
-                        .map_err(|e| io_err("writing", &self.partition_path(p as u32), e))?;
+                for (p, w) in files.into_iter().enumerate() {
+                    let path = self.partition_path(p as u32);
+                    let f = w
+                        .into_inner()
+                        .map_err(|e| io_err("writing", &path, e.into_error()))?;
+                    f.sync_all().map_err(|e| io_err("writing", &path, e))?;
                 }
+                let mut m = Vec::with_capacity(MANIFEST_BYTES);
+                m.extend_from_slice(MANIFEST_MAGIC);
+                m.extend_from_slice(&self.key.check());
+                m.extend_from_slice(&self.bucket_rows.to_le_bytes());
+                m.extend_from_slice(&self.rows.to_le_bytes());
+                for (r, b) in self.partition_rows.iter().zip(&self.partition_bytes) {
+                    m.extend_from_slice(&r.to_le_bytes());
+                    m.extend_from_slice(&b.to_le_bytes());
+                }
+                write_durably(&self.dir.join(STAGED_MANIFEST), &m)?;
                 true
             }
         };
@@ -376,6 +430,39 @@ impl Stager {
             partition_rows: std::mem::take(&mut self.partition_rows),
             rows: self.rows,
         })
+    }
+}
+
+/// The file in a stager's directory that describes its finished staging.
+pub const STAGED_MANIFEST: &str = "staged.bin";
+const MANIFEST_MAGIC: &[u8; 5] = b"TSTG1";
+const MANIFEST_BYTES: usize = 5 + 16 + 8 + 8 + 16 * PARTITIONS as usize;
+
+/// Writes `bytes` to `path` so that a crash leaves either the old file or the whole new one:
+/// a temporary file, synced, renamed over `path`.
+pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), PsiError> {
+    let tmp = path.with_extension("tmp");
+    let io = (|| -> io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    io.map_err(|e| io_err("writing", path, e))
+}
+
+/// Reads a small state file: `None` when it does not exist.
+fn read_small(path: &Path, max: u64) -> Result<Option<Vec<u8>>, PsiError> {
+    match File::open(path) {
+        Ok(f) => {
+            let mut v = Vec::new();
+            f.take(max + 1)
+                .read_to_end(&mut v)
+                .map_err(|e| io_err("reading", path, e))?;
+            Ok(Some(v))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err("opening", path, e)),
     }
 }
 
@@ -394,6 +481,68 @@ pub struct Staged {
 }
 
 impl Staged {
+    /// The staging a finished [`Stager`] left in `dir` (its [`STAGED_MANIFEST`]), when one is
+    /// there for `key` and every partition file has the size the manifest records: a restarted
+    /// run resumes from it instead of reading its input again. `None` when `dir` holds no
+    /// finished staging (none at all, another key's, or rows kept in memory).
+    ///
+    /// # Errors
+    /// [`PsiError::Storage`] for a manifest that cannot be read or is damaged, or a partition
+    /// file that is missing or of another size (the caller should stage again).
+    pub fn restore(key: BucketKey, dir: &Path) -> Result<Option<Staged>, PsiError> {
+        let path = dir.join(STAGED_MANIFEST);
+        let Some(m) = read_small(&path, MANIFEST_BYTES as u64)? else {
+            return Ok(None);
+        };
+        if m.len() != MANIFEST_BYTES || !m.starts_with(MANIFEST_MAGIC) {
+            return Err(PsiError::Storage(format!(
+                "{}: not a staging manifest",
+                path.display()
+            )));
+        }
+        if m.get(5..21) != Some(&key.check()[..]) {
+            return Ok(None);
+        }
+        let u64_at = |at: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&m[at..at + 8]);
+            u64::from_le_bytes(b)
+        };
+        let (bucket_rows, rows) = (u64_at(21), u64_at(29));
+        let mut partition_rows = Vec::with_capacity(PARTITIONS as usize);
+        for p in 0..PARTITIONS as usize {
+            let at = 37 + 16 * p;
+            partition_rows.push(u64_at(at));
+            let file = dir.join(format!("partition-{p:04}.bin"));
+            let len = std::fs::metadata(&file)
+                .map_err(|e| io_err("opening", &file, e))?
+                .len();
+            if len != u64_at(at + 8) {
+                return Err(PsiError::Storage(format!(
+                    "{}: {len} bytes where the staging wrote {}",
+                    file.display(),
+                    u64_at(at + 8)
+                )));
+            }
+        }
+        if partition_rows.iter().sum::<u64>() != rows || bucket_rows == 0 {
+            return Err(PsiError::Storage(format!(
+                "{}: damaged (row counts disagree)",
+                path.display()
+            )));
+        }
+        Ok(Some(Staged {
+            key,
+            bucket_rows,
+            dir: dir.to_owned(),
+            memory: Vec::new(),
+            split: Vec::new(),
+            spilled: true,
+            partition_rows,
+            rows,
+        }))
+    }
+
     /// Rows staged.
     pub fn rows(&self) -> u64 {
         self.rows
@@ -610,6 +759,8 @@ pub struct BucketedReceiverOutput {
     pub sender_set_size: u64,
     /// Own rows whose item is common (every duplicate counted).
     pub matched_rows: u64,
+    /// The bucket this run started at: 0, or where it took up an interrupted run.
+    pub resumed_from: u32,
     /// The matched rows, per bucket on disk.
     pub parts: Parts,
 }
@@ -621,25 +772,77 @@ pub struct BucketedSenderOutput {
     pub buckets: u32,
     /// The receiver's distinct set size (summed over buckets).
     pub receiver_set_size: u64,
+    /// The bucket this run started at: 0, or where it took up an interrupted run.
+    pub resumed_from: u32,
 }
 
-/// Sends our `Buckets` frame, checks the peer's, and returns the agreed bucket count.
-async fn agree(link: &dyn Link, key: &BucketKey, wanted: u32) -> Result<u32, PsiError> {
+/// What a party brings to the agreement besides its wish: for resuming a run that stopped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct ResumeOffer {
+    /// Receiver: the bucket count of its earlier attempt (0: none). Sender: 0.
+    prev_buckets: u32,
+    /// Receiver: how many buckets, from the first, it holds pending from its earlier attempt.
+    /// Sender: 0.
+    done: u32,
+    /// Sender: the check of its master key. Receiver: the check its earlier attempt was told
+    /// (zeros: none).
+    master_check: [u8; 16],
+}
+
+/// The agreed shape of a run: its bucket count and the first bucket to run (0, or where a
+/// resumed run takes up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Agreed {
+    buckets: u32,
+    start: u32,
+    /// The sender's master check (what the receiver records).
+    master_check: [u8; 16],
+}
+
+/// Sends our `Buckets` frame, checks the peer's, and returns the agreed run: `B` is the larger
+/// wish; a run resumes from the receiver's `done` when the receiver's earlier attempt had the
+/// same `B` and was told the master check the sender holds now (the sender kept its master
+/// key, so every pending bucket's mask is still the one the receiver needs), else from 0.
+async fn agree(
+    link: &dyn Link,
+    key: &BucketKey,
+    wanted: u32,
+    sender: bool,
+    offer: ResumeOffer,
+) -> Result<Agreed, PsiError> {
     let mut b = BytesMut::with_capacity(BUCKETS_FRAME_BYTES);
     b.put_u8(KIND_BUCKETS);
     b.put_u16_le(PROTOCOL_VERSION);
     b.put_u32_le(wanted);
     b.put_slice(&key.check());
+    b.put_u32_le(offer.prev_buckets);
+    b.put_u32_le(offer.done);
+    b.put_slice(&offer.master_check);
     let ours = b.freeze();
     let (_, theirs) = tokio::try_join!(
         async { link.send(ours).await.map_err(PsiError::from) },
         async { link.recv().await.map_err(PsiError::from) }
     )?;
-    let peer_wanted = parse_buckets(theirs, key)?;
-    Ok(wanted.max(peer_wanted))
+    let (peer_wanted, peer) = parse_buckets(theirs, key)?;
+    let buckets = wanted.max(peer_wanted);
+    let (r, s) = if sender { (peer, offer) } else { (offer, peer) };
+    let start = if buckets > 1
+        && r.prev_buckets == buckets
+        && r.master_check == s.master_check
+        && r.master_check != [0; 16]
+    {
+        r.done.min(buckets)
+    } else {
+        0
+    };
+    Ok(Agreed {
+        buckets,
+        start,
+        master_check: s.master_check,
+    })
 }
 
-fn parse_buckets(frame: Bytes, key: &BucketKey) -> Result<u32, PsiError> {
+fn parse_buckets(frame: Bytes, key: &BucketKey) -> Result<(u32, ResumeOffer), PsiError> {
     if frame.first() != Some(&KIND_BUCKETS) {
         // An abort, or another frame: the shared parser says which.
         let parsed = crate::wire::Frame::parse(frame)?;
@@ -663,20 +866,36 @@ fn parse_buckets(frame: Bytes, key: &BucketKey) -> Result<u32, PsiError> {
             frame.len()
         ))
     })?;
-    let mut n = [0u8; 4];
-    n.copy_from_slice(&f[3..7]);
-    let wanted = u32::from_le_bytes(n);
+    let u32_at = |at: usize| {
+        let mut n = [0u8; 4];
+        n.copy_from_slice(&f[at..at + 4]);
+        u32::from_le_bytes(n)
+    };
+    let wanted = u32_at(3);
     if wanted == 0 || wanted > BUCKETS_MAX {
         return Err(PsiError::Protocol(format!(
             "buckets frame: {wanted} buckets (1..={BUCKETS_MAX})"
         )));
     }
-    if f[7..] != key.check() {
+    if f[7..23] != key.check() {
         return Err(PsiError::InvalidConfig(
             "the parties hold different bucket keys".into(),
         ));
     }
-    Ok(wanted)
+    let mut master_check = [0u8; 16];
+    master_check.copy_from_slice(&f[31..47]);
+    let offer = ResumeOffer {
+        prev_buckets: u32_at(23),
+        done: u32_at(27),
+        master_check,
+    };
+    if offer.prev_buckets > BUCKETS_MAX || offer.done > offer.prev_buckets {
+        return Err(PsiError::Protocol(format!(
+            "buckets frame: {} of {} buckets done",
+            offer.done, offer.prev_buckets
+        )));
+    }
+    Ok((wanted, offer))
 }
 
 /// Reports `"bucket b/B"` with the rows done after each bucket (and `"bucket 0/B"` at the
@@ -820,8 +1039,31 @@ pub async fn run_receiver_bucketed<R: CryptoRngCore + Send>(
 ) -> Result<BucketedReceiverOutput, PsiError> {
     let result = async {
         check_mode(cfg)?;
-        let buckets = agree(link, &staged.key, staged.buckets_wanted()).await?;
         std::fs::create_dir_all(parts_dir).map_err(|e| io_err("creating", parts_dir, e))?;
+        let pending_path = |b: u32| parts_dir.join(format!("pending-{b:04}.bin"));
+        let run_path = parts_dir.join(RUN_STATE);
+        let offer = match read_small(&run_path, RUN_STATE_BYTES as u64)? {
+            Some(state) => {
+                let (prev_buckets, master_check) = parse_run_state(&state, &run_path)?;
+                let done = (0..prev_buckets)
+                    .take_while(|&b| pending_path(b).is_file())
+                    .count() as u32;
+                ResumeOffer {
+                    prev_buckets,
+                    done,
+                    master_check,
+                }
+            }
+            None => ResumeOffer::default(),
+        };
+        let agreed = agree(link, &staged.key, staged.buckets_wanted(), false, offer).await?;
+        let Agreed { buckets, start, .. } = agreed;
+        if start == 0 {
+            // Nothing of an earlier attempt is used: its pending buckets go.
+            for b in 0..offer.prev_buckets {
+                let _ = std::fs::remove_file(pending_path(b));
+            }
+        }
         let parts = Parts {
             dir: parts_dir.to_owned(),
             buckets,
@@ -832,10 +1074,18 @@ pub async fn run_receiver_bucketed<R: CryptoRngCore + Send>(
             rows_total: staged.rows(),
         };
         let defer = buckets > 1;
-        let pending_path = |b: u32| parts_dir.join(format!("pending-{b:04}.bin"));
-        let (mut common, mut sender_size, mut matched_rows, mut rows_done) = (0u64, 0u64, 0, 0);
-        report.done(0, 0);
-        for b in 0..buckets {
+        if defer {
+            let mut state = Vec::with_capacity(RUN_STATE_BYTES);
+            state.extend_from_slice(RUN_STATE_MAGIC);
+            state.extend_from_slice(&buckets.to_le_bytes());
+            state.extend_from_slice(&agreed.master_check);
+            let path = run_path.clone();
+            blocking(move || write_durably(&path, &state)).await?;
+        }
+        let (mut common, mut sender_size, mut matched_rows) = (0u64, 0u64, 0);
+        let mut rows_done: u64 = (0..start).map(|b| staged.bucket_rows(b, buckets)).sum();
+        report.done(start, rows_done);
+        for b in start..buckets {
             let rows = staged.bucket(b, buckets, defer)?;
             bucket_too_large(rows.len())?;
             let items: Vec<Vec<u8>> = rows.iter().map(|r| r.item.clone()).collect();
@@ -851,35 +1101,50 @@ pub async fn run_receiver_bucketed<R: CryptoRngCore + Send>(
                     matched_rows += blocking(move || write_part(&path, &rows, out)).await?;
                 }
                 Received::Pending(pending) => {
+                    // Written whole or not at all: a restarted run counts it as done.
                     let path = pending_path(b);
-                    blocking(move || pending.write(&path)).await?;
+                    blocking(move || {
+                        let tmp = path.with_extension("tmp");
+                        pending.write(&tmp)?;
+                        File::open(&tmp)
+                            .and_then(|f| f.sync_all())
+                            .and_then(|()| std::fs::rename(&tmp, &path))
+                            .map_err(|e| io_err("writing", &path, e))
+                    })
+                    .await?;
                 }
             }
             report.done(b + 1, rows_done);
         }
         if defer {
             let master = recv_master(link).await?;
+            if master_check(&master) != agreed.master_check {
+                return Err(PsiError::Protocol(
+                    "the key of the release masks is not the one the run agreed".into(),
+                ));
+            }
             for b in 0..buckets {
                 let path = pending_path(b);
                 let mask = release_mask(&master, b);
-                let out = blocking(move || {
-                    let out = Pending::read(&path)?.finish(&mask);
-                    let _ = std::fs::remove_file(&path);
-                    out
-                })
-                .await?;
+                let out = blocking(move || Pending::read(&path)?.finish(&mask)).await?;
                 common += out.intersection_size;
                 sender_size += out.sender_set_size;
-                let rows = staged.bucket(b, buckets, false)?;
+                let rows = staged.bucket(b, buckets, true)?;
                 let path = parts.path(b);
                 matched_rows += blocking(move || write_part(&path, &rows, out)).await?;
             }
+            // Every part is written: what an interrupted run would have resumed from goes.
+            for b in 0..buckets {
+                let _ = std::fs::remove_file(pending_path(b));
+            }
+            let _ = std::fs::remove_file(&run_path);
         }
         Ok(BucketedReceiverOutput {
             buckets,
             intersection_size: common,
             sender_set_size: sender_size,
             matched_rows,
+            resumed_from: start,
             parts,
         })
     }
@@ -889,6 +1154,45 @@ pub async fn run_receiver_bucketed<R: CryptoRngCore + Send>(
     }
     result
 }
+
+/// The receiver's record of a run with more than one bucket, in its parts directory: the
+/// bucket count and the sender's master check (`TRUN1 | buckets u32 | check 16 bytes`).
+const RUN_STATE: &str = "run.bin";
+const RUN_STATE_MAGIC: &[u8; 5] = b"TRUN1";
+const RUN_STATE_BYTES: usize = 5 + 4 + 16;
+
+fn parse_run_state(state: &[u8], path: &Path) -> Result<(u32, [u8; 16]), PsiError> {
+    let damaged = || PsiError::Storage(format!("{}: damaged run state", path.display()));
+    if state.len() != RUN_STATE_BYTES || !state.starts_with(RUN_STATE_MAGIC) {
+        return Err(damaged());
+    }
+    let mut n = [0u8; 4];
+    n.copy_from_slice(&state[5..9]);
+    let buckets = u32::from_le_bytes(n);
+    if buckets == 0 || buckets > BUCKETS_MAX {
+        return Err(damaged());
+    }
+    let mut check = [0u8; 16];
+    check.copy_from_slice(&state[9..25]);
+    Ok((buckets, check))
+}
+
+/// BLAKE3 keyed-hash context of the master key's check.
+const MASTER_CHECK_CONTEXT: &[u8] = b"tessera-psi bucket master check v1";
+
+/// A check of the run's master key that the sender may show before the key itself: the
+/// receiver records it, and a resumed run goes on only if the sender still holds that key.
+fn master_check(master: &[u8; 32]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&blake3::keyed_hash(master, MASTER_CHECK_CONTEXT).as_bytes()[..16]);
+    out
+}
+
+/// The sender's master key file in its staging directory (32 bytes, written before the first
+/// masked release leaves).
+const MASTER_KEY_FILE: &str = "master.key";
+/// The sender's per-bucket record of the receiver's set sizes (`u64` per bucket).
+const SIZES_FILE: &str = "sizes.bin";
 
 /// Takes the sender's master key (after its last bucket) and answers `Done`.
 async fn recv_master(link: &dyn Link) -> Result<zeroize::Zeroizing<[u8; 32]>, PsiError> {
@@ -934,19 +1238,52 @@ pub async fn run_sender_bucketed<R: CryptoRngCore + Send>(
         if payload && cfg.protocol != Protocol::Rr22 {
             return Err(PsiError::InvalidConfig("PSI with payload runs rr22".into()));
         }
-        let buckets = agree(link, &staged.key, staged.buckets_wanted()).await?;
+        let master_path = staged.dir.join(MASTER_KEY_FILE);
+        let sizes_path = staged.dir.join(SIZES_FILE);
+        let mut master = zeroize::Zeroizing::new([0u8; 32]);
+        let kept = match read_small(&master_path, 32)? {
+            Some(k) if k.len() == 32 => {
+                master.copy_from_slice(&k);
+                true
+            }
+            _ => {
+                rng.fill_bytes(master.as_mut());
+                false
+            }
+        };
+        let offer = ResumeOffer {
+            master_check: master_check(&master),
+            ..ResumeOffer::default()
+        };
+        let agreed = agree(link, &staged.key, staged.buckets_wanted(), true, offer).await?;
+        let Agreed { buckets, start, .. } = agreed;
         let report = BucketProgress {
             outer: progress,
             buckets,
             rows_total: staged.rows(),
         };
         let defer = buckets > 1;
-        let mut master = zeroize::Zeroizing::new([0u8; 32]);
-        rng.fill_bytes(master.as_mut());
-        let (mut receiver_size, mut rows_done) = (0u64, 0u64);
-        report.done(0, 0);
-        for b in 0..buckets {
-            let rows = staged.bucket(b, buckets, false)?;
+        if defer && !kept {
+            // Before any masked release leaves: a restarted sender must mask with this key.
+            std::fs::create_dir_all(&staged.dir).map_err(|e| io_err("creating", &staged.dir, e))?;
+            let (path, key) = (master_path.clone(), *master);
+            blocking(move || write_durably(&path, &key)).await?;
+        }
+        let mut sizes = vec![0u64; buckets as usize];
+        if start > 0 {
+            if let Some(bytes) = read_small(&sizes_path, 8 * u64::from(BUCKETS_MAX))? {
+                for (slot, chunk) in sizes.iter_mut().zip(bytes.chunks_exact(8)) {
+                    let mut n = [0u8; 8];
+                    n.copy_from_slice(chunk);
+                    *slot = u64::from_le_bytes(n);
+                }
+            }
+        }
+        let mut rows_done: u64 = (0..start).map(|b| staged.bucket_rows(b, buckets)).sum();
+        report.done(start, rows_done);
+        for b in start..buckets {
+            // Kept on disk until the run ends: a resumed run may need the bucket again.
+            let rows = staged.bucket(b, buckets, defer)?;
             bucket_too_large(rows.len())?;
             let release = if defer {
                 Release::Masked(release_mask(&master, b))
@@ -965,7 +1302,14 @@ pub async fn run_sender_bucketed<R: CryptoRngCore + Send>(
                     crate::ecdh::sender(link, &items, cfg, rng, report.inner(), release).await?
                 }
             };
-            receiver_size += out.receiver_set_size;
+            if let Some(slot) = sizes.get_mut(b as usize) {
+                *slot = out.receiver_set_size as u64;
+            }
+            if defer {
+                let bytes: Vec<u8> = sizes.iter().flat_map(|n| n.to_le_bytes()).collect();
+                let path = sizes_path.clone();
+                blocking(move || write_durably(&path, &bytes)).await?;
+            }
             rows_done += items.len() as u64;
             report.done(b + 1, rows_done);
         }
@@ -984,7 +1328,8 @@ pub async fn run_sender_bucketed<R: CryptoRngCore + Send>(
         }
         Ok(BucketedSenderOutput {
             buckets,
-            receiver_set_size: receiver_size,
+            receiver_set_size: sizes.iter().sum(),
+            resumed_from: start,
         })
     }
     .await;

@@ -16,8 +16,9 @@ use crate::crypto::{DOUBLE_BLINDED_BYTES, POINT_BYTES, RELEASE_KEY_BYTES};
 use crate::{AbortReason, Mode, Protocol, PsiError, Role};
 
 /// Version of the frame layout and message flow; both parties must agree. Version 2 encrypts
-/// the `Values` under the sender's release key and ends the sender's frames with `Release`.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// the `Values` under the sender's release key and ends the sender's frames with `Release`;
+/// version 4 adds the resume offer to a bucketed run's `Buckets` frame ([`crate::bucket`]).
+pub const PROTOCOL_VERSION: u16 = 4;
 
 const MAGIC: [u8; 4] = *b"TPSI";
 const KIND_HELLO: u8 = 0x01;

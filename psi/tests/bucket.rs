@@ -407,6 +407,8 @@ fn buckets_frame(version: u16, wanted: u32, material: &[u8]) -> Bytes {
     f.extend_from_slice(&version.to_le_bytes());
     f.extend_from_slice(&wanted.to_le_bytes());
     f.extend_from_slice(&h.finalize().as_bytes()[..16]);
+    // No earlier attempt to resume.
+    f.extend_from_slice(&[0u8; 24]);
     Bytes::from(f)
 }
 
@@ -432,4 +434,253 @@ async fn hostile_buckets_frames_are_typed_errors() {
     assert!(matches!(e, PsiError::PeerAborted { .. }), "{e}");
     let e = receiver_against(Bytes::from_static(&[0x04]), b"job").await;
     assert!(e.to_string().contains("expected buckets"), "{e}");
+    // A resume offer claiming more buckets done than it had.
+    let mut f = buckets_frame(v, 1, b"job").to_vec();
+    f[23..27].copy_from_slice(&3u32.to_le_bytes());
+    f[27..31].copy_from_slice(&4u32.to_le_bytes());
+    let e = receiver_against(Bytes::from(f), b"job").await;
+    assert!(matches!(e, PsiError::Protocol(_)), "{e}");
+}
+
+/// A progress sink that fires `stop` when the party reports `at`.
+struct StopAt {
+    at: String,
+    stop: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl Progress for StopAt {
+    fn report(&self, phase: &str, _done: u64, _total: u64) {
+        if phase == self.at {
+            self.stop.notify_one();
+        }
+    }
+}
+
+/// Which party a test stops in the middle of a run.
+#[derive(Clone, Copy, Debug)]
+enum Killed {
+    Sender,
+    Receiver,
+}
+
+/// Runs one attempt of a bucketed run on rows staged under `dir` (restored from an earlier
+/// attempt's staging when there is one), stopping `killed` — its future dropped and its link
+/// end closed, as a killed process — when it reports `stop_at`. Returns both results (the
+/// stopped party's as `None`).
+#[allow(clippy::too_many_arguments)]
+async fn attempt(
+    dir: &std::path::Path,
+    r_rows: &[(Vec<u8>, Vec<u8>)],
+    s_rows: &[(Vec<u8>, Vec<u8>)],
+    protocol: Protocol,
+    payload: bool,
+    gate: &dyn DeliveryGate,
+    stop: Option<(Killed, &str)>,
+    seed: u64,
+) -> (
+    Option<Result<BucketedReceiverOutput, PsiError>>,
+    Option<Result<BucketedSenderOutput, PsiError>>,
+) {
+    let key = BucketKey::derive(b"resumable session");
+    let restore_or_stage = |sub: &str, rows: &[(Vec<u8>, Vec<u8>)]| {
+        let d = dir.join(sub);
+        match Staged::restore(key.clone(), &d).expect("restore") {
+            Some(s) => s,
+            None => stage(&d, &key, 100, rows),
+        }
+    };
+    let r = restore_or_stage("r", r_rows);
+    let s = restore_or_stage("s", s_rows);
+    let cfg = PsiConfig {
+        protocol,
+        ..PsiConfig::default()
+    };
+    let (a, b) = MemLink::pair();
+    let notify = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (r_stop, s_stop) = match stop {
+        Some((Killed::Receiver, at)) => (Some(at), None),
+        Some((Killed::Sender, at)) => (None, Some(at)),
+        None => (None, None),
+    };
+    let progress_of = |at: Option<&str>| StopAt {
+        at: at.unwrap_or("never").to_owned(),
+        stop: notify.clone(),
+    };
+    let (r_progress, s_progress) = (progress_of(r_stop), progress_of(s_stop));
+    let parts = dir.join("parts");
+    let mut r_rng = ChaCha20Rng::seed_from_u64(seed);
+    let mut s_rng = ChaCha20Rng::seed_from_u64(seed + 1);
+    let notify2 = notify.clone();
+    let (r_cfg, s_cfg) = (cfg.clone(), cfg);
+    let receiver = async move {
+        let a = a;
+        let run = run_receiver_bucketed(&a, r, &parts, payload, &r_cfg, &mut r_rng, &r_progress);
+        if r_stop.is_some() {
+            tokio::select! {
+                out = run => Some(out),
+                () = notify.notified() => None,
+            }
+        } else {
+            Some(run.await)
+        }
+    };
+    let sender = async move {
+        let b = b;
+        let run = run_sender_bucketed(&b, s, payload, &s_cfg, &mut s_rng, &s_progress, gate);
+        if s_stop.is_some() {
+            tokio::select! {
+                out = run => Some(out),
+                () = notify2.notified() => None,
+            }
+        } else {
+            Some(run.await)
+        }
+    };
+    bounded(async { tokio::join!(receiver, sender) }).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_run_resumes_from_its_last_finished_bucket_and_is_exact() {
+    let mut rng = ChaCha20Rng::seed_from_u64(21);
+    for (killed, protocol, payload, stop_at) in [
+        (Killed::Sender, Protocol::Rr22, false, "bucket 5/12"),
+        (Killed::Receiver, Protocol::Rr22, true, "bucket 7/12"),
+        (Killed::Sender, Protocol::Ecdh, false, "bucket 11/12"),
+        (Killed::Receiver, Protocol::Ecdh, false, "bucket 1/12"),
+        // After its last bucket, waiting for the key: the sender may have recorded the
+        // delivery already (the operator's record is idempotent, so a second ask is free).
+        (Killed::Receiver, Protocol::Rr22, false, "bucket 12/12"),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // 1,200 rows each at 100 rows per bucket: 12 buckets, both sides spilled.
+        let r = random_rows(&mut rng, 1_200, 2_000, "r");
+        let s = random_rows(&mut rng, 1_200, 2_000, "payload-");
+        let gate = CountingGate {
+            asked: AtomicUsize::new(0),
+            answer: true,
+        };
+        let stop = Some((killed, stop_at));
+        let (r1, s1) = attempt(dir.path(), &r, &s, protocol, payload, &gate, stop, 1).await;
+        // The survivor fails (its peer went away); the stopped one has no result.
+        match killed {
+            Killed::Sender => {
+                assert!(
+                    s1.is_none(),
+                    "{killed:?}: {:?} / {:?}",
+                    s1.as_ref().map(|x| x.as_ref().map(|_| ())),
+                    r1.as_ref().map(|x| x.as_ref().map(|_| ()))
+                );
+                assert!(r1.expect("receiver ran").is_err());
+            }
+            Killed::Receiver => {
+                assert!(r1.is_none(), "{killed:?}");
+                assert!(s1.expect("sender ran").is_err());
+            }
+        }
+        let asked_before = gate.asked.load(Ordering::SeqCst);
+        let last = stop_at == "bucket 12/12";
+        assert!(
+            asked_before == 0 || last && asked_before == 1,
+            "{asked_before}"
+        );
+        let (r2, s2) = attempt(dir.path(), &r, &s, protocol, payload, &gate, None, 5).await;
+        let (r2, s2) = (r2.expect("receiver"), s2.expect("sender"));
+        let from = s2.as_ref().expect("sender").resumed_from;
+        assert_eq!(r2.as_ref().expect("receiver").resumed_from, from);
+        assert!(
+            from >= 1,
+            "{killed:?} at {stop_at}: resumed from {from}, not from the buckets done"
+        );
+        assert_eq!(gate.asked.load(Ordering::SeqCst), asked_before + 1);
+        if last {
+            assert_eq!(from, 12, "every bucket was pending");
+        }
+        let run = Run {
+            receiver: r2,
+            sender: s2,
+            _dir: dir,
+        };
+        check(run, &r, &s, payload);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_that_lost_its_master_key_starts_over_and_stays_exact() {
+    let mut rng = ChaCha20Rng::seed_from_u64(22);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = random_rows(&mut rng, 1_000, 1_500, "r");
+    let s = random_rows(&mut rng, 1_000, 1_500, "s");
+    let stop = Some((Killed::Sender, "bucket 6/10"));
+    let (r1, _) = attempt(dir.path(), &r, &s, Protocol::Rr22, false, &NoGate, stop, 1).await;
+    assert!(r1.expect("receiver ran").is_err());
+    // The sender's state is gone (another disk, a wiped directory): its new master key has
+    // another check, so the receiver's pending buckets cannot be opened and are dropped.
+    std::fs::remove_file(dir.path().join("s").join("master.key")).expect("master kept");
+    let (r2, s2) = attempt(dir.path(), &r, &s, Protocol::Rr22, false, &NoGate, None, 3).await;
+    let (r2, s2) = (r2.expect("receiver"), s2.expect("sender"));
+    assert_eq!(s2.as_ref().expect("sender").resumed_from, 0);
+    assert_eq!(r2.as_ref().expect("receiver").resumed_from, 0);
+    check(
+        Run {
+            receiver: r2,
+            sender: s2,
+            _dir: dir,
+        },
+        &r,
+        &s,
+        false,
+    );
+}
+
+#[test]
+fn a_staging_is_restored_only_whole_and_for_its_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = BucketKey::derive(b"k");
+    let rows: Vec<_> = (0..500u32)
+        .map(|i| (format!("k{i}").into_bytes(), vec![1, 2, 3]))
+        .collect();
+    let mut first = stage(dir.path(), &key, 50, &rows);
+    let mut again = Staged::restore(key.clone(), dir.path())
+        .expect("restore")
+        .expect("a finished staging");
+    assert_eq!(again.rows(), 500);
+    let b = first.buckets_wanted();
+    for bucket in 0..b {
+        assert_eq!(
+            again.bucket(bucket, b, true).expect("restored"),
+            first.bucket(bucket, b, true).expect("first")
+        );
+    }
+    // Another job's key: not this staging.
+    assert!(
+        Staged::restore(BucketKey::derive(b"other"), dir.path())
+            .expect("read")
+            .is_none()
+    );
+    // A truncated partition: refused, to be staged again.
+    let victim = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("partition"))
+                && std::fs::metadata(p).is_ok_and(|m| m.len() > 0)
+        })
+        .expect("a non-empty partition");
+    let len = std::fs::metadata(&victim).expect("meta").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&victim)
+        .and_then(|f| f.set_len(len - 1))
+        .expect("truncate");
+    let e = Staged::restore(key, dir.path()).expect_err("damaged");
+    assert!(matches!(e, PsiError::Storage(_)), "{e}");
+    // Nothing staged here: nothing to restore.
+    let empty = tempfile::tempdir().expect("tempdir");
+    assert!(
+        Staged::restore(BucketKey::derive(b"k"), empty.path())
+            .expect("read")
+            .is_none()
+    );
 }
