@@ -31,7 +31,8 @@ worker); an unknown key is an error.";
 #[command(after_help = PRECEDENCE)]
 pub struct ServeArgs {
     /// TOML configuration file (keys: listen, data_dir, heartbeat_timeout_ms,
-    /// heartbeat_interval_ms, late_window_ms (milliseconds, where the flag takes hours),
+    /// heartbeat_interval_ms, resume_window_secs, late_window_ms (milliseconds, where the flag
+    /// takes hours),
     /// bill_close_interval_ms, time_zone, daily_price_basis, tls_names, insecure_plaintext,
     /// tee_policy).
     #[arg(long, env = "TESSERA_CONFIG")]
@@ -46,6 +47,11 @@ pub struct ServeArgs {
     /// [default: 10000].
     #[arg(long, env = "TESSERA_HEARTBEAT_TIMEOUT_MS")]
     pub heartbeat_timeout_ms: Option<i64>,
+    /// How long a PSI job whose run broke off (a worker restarted, the link between the
+    /// parties broke) waits for both workers to be back and resumes from its last finished
+    /// bucket, in seconds; 0 fails such a job at once [default: 900].
+    #[arg(long, env = "TESSERA_RESUME_WINDOW_SECS", value_parser = clap::value_parser!(u32).range(0..=86_400))]
+    pub resume_window_secs: Option<u32>,
     /// How long after a month's end its bills accept late charges, in hours (default: the
     /// stored setting, 72 on a new store).
     #[arg(long, env = "TESSERA_LATE_WINDOW_HOURS")]
@@ -92,6 +98,13 @@ impl ServeArgs {
             config.heartbeat_timeout_ms = t;
             config.heartbeat_interval_ms = u64::try_from(t / 4).unwrap_or(1000).max(100);
         }
+        if let Some(w) = self.resume_window_secs {
+            config.resume_window_secs = w;
+        }
+        anyhow::ensure!(
+            config.resume_window_secs <= 86_400,
+            "resume_window_secs must be 0 ..= 86400"
+        );
         if let Some(h) = self.late_window_hours {
             anyhow::ensure!(
                 (0..=366 * 24).contains(&h),

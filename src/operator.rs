@@ -26,6 +26,9 @@ pub struct OperatorConfig {
     pub heartbeat_timeout_ms: i64,
     /// Heartbeat interval asked of workers.
     pub heartbeat_interval_ms: u64,
+    /// How long a resumable job whose run broke off waits to resume, in seconds (0: it fails
+    /// at once); see `tessera_scheduler::resume`.
+    pub resume_window_secs: u32,
     /// How long after a month's end its bills accept late charges (`None`: keep the stored
     /// setting, 72 hours on a new store).
     pub late_window_ms: Option<i64>,
@@ -57,6 +60,7 @@ impl Default for OperatorConfig {
             data_dir: PathBuf::from(".tessera/operator"),
             heartbeat_timeout_ms: 10_000,
             heartbeat_interval_ms: 2_000,
+            resume_window_secs: 900,
             late_window_ms: None,
             bill_close_interval_ms: 60_000,
             time_zone: tessera_core::civil::Zone::DEFAULT_NAME.into(),
@@ -299,6 +303,7 @@ pub async fn start(config: &OperatorConfig) -> anyhow::Result<OperatorHandle> {
         SchedulerConfig {
             heartbeat_timeout_ms: config.heartbeat_timeout_ms,
             heartbeat_interval_ms: config.heartbeat_interval_ms,
+            resume_window_ms: i64::from(config.resume_window_secs) * 1000,
             ..SchedulerConfig::default()
         },
         seed,

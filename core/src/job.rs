@@ -191,11 +191,14 @@ vocabulary! {
 vocabulary! {
     /// Why a task failed, as its worker classifies it; decides whose fault a failure is (and
     /// so whether the licence count is consumed).
-    TaskErrorKind, "task error kind", "input, peer, ticket, internal, cancelled" {
+    TaskErrorKind, "task error kind", "input, peer, link, ticket, internal, cancelled" {
         /// This party's input is bad (missing file, unknown column, malformed row).
         Input => "input",
-        /// The peer failed, went away or misbehaved.
+        /// The peer failed or misbehaved.
         Peer => "peer",
+        /// The link to the peer broke or could not be opened (its process or the network went
+        /// away): the job may resume once both parties' workers are back.
+        Link => "link",
         /// The ticket was refused.
         Ticket => "ticket",
         /// Anything else on the worker.

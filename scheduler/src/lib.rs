@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod records;
 pub mod redact;
 mod registry;
+pub mod resume;
 mod submit;
 pub mod tee;
 pub mod trade;
@@ -98,6 +99,12 @@ pub struct SchedulerConfig {
     /// The operator's share of a data purchase settled through the trade flow, in basis
     /// points (default 0).
     pub trade_operator_share_bps: u32,
+    /// How long a resumable job whose run broke off (a party's worker restarted, the link
+    /// between the parties broke) waits for both parties' workers to be back before it fails,
+    /// in ms (default 15 minutes; 0: such a job fails at once). See [`resume`].
+    pub resume_window_ms: i64,
+    /// How many times one job may be resumed (default 3); the next break fails it.
+    pub resumes_max: u32,
 }
 
 impl Default for SchedulerConfig {
@@ -108,6 +115,8 @@ impl Default for SchedulerConfig {
             ticket_ttl_ms: tessera_core::limits::TICKET_TTL_MS,
             delivery_queue_max: 64,
             trade_operator_share_bps: 0,
+            resume_window_ms: 15 * 60 * 1000,
+            resumes_max: 3,
         }
     }
 }
@@ -177,6 +186,9 @@ struct LiveTask {
     party: String,
     role: TaskRole,
     report: Option<TaskReport>,
+    /// Its attempt ended without a result and it runs again when the job resumes: it reported
+    /// a broken link, or its worker restarted ([`resume`]).
+    stopped: bool,
 }
 
 #[derive(Debug)]
@@ -192,6 +204,13 @@ struct LiveJob {
     tasks: HashMap<String, LiveTask>,
     progress: Vec<PhaseProgress>,
     view: watch::Sender<JobView>,
+    /// Whether a broken-off run can be taken up where it stopped (bucketed PSI: see
+    /// [`resume`]).
+    resumable: bool,
+    /// Set while the job waits to resume.
+    interrupted: Option<resume::Interruption>,
+    /// Resumes so far.
+    resumes: u32,
 }
 
 /// Random ids (job, task, session, ticket and licence ids), shared by the scheduler and the
@@ -470,6 +489,12 @@ impl Scheduler {
             .ok_or_else(|| SchedulerError::NotFound(format!("worker {worker_id}")))?;
         w.deliveries = Some(tx);
         w.last_seen_ms = self.now();
+        drop(workers);
+        // Jobs waiting for this worker may go on (the deliveries wait in the channel until
+        // the worker's stream takes them).
+        if let Some(this) = self.this.upgrade() {
+            tokio::spawn(async move { this.check_interrupted().await });
+        }
         Ok(rx)
     }
 }

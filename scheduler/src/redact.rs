@@ -85,7 +85,9 @@ pub fn error_seen_by(job: &tessera_store::JobRecord, side: Option<TaskRole>) -> 
     if job.state == JobState::Failed {
         if let Some(origin) = &job.failure {
             if side != Some(origin.role) {
-                return if origin.kind == TaskErrorKind::Peer.as_str() {
+                return if origin.kind == TaskErrorKind::Peer.as_str()
+                    || origin.kind == TaskErrorKind::Link.as_str()
+                {
                     // The reporting side lost its peer: the fault may be on either side (a
                     // killed worker shows first as the other side's broken link).
                     format!(

@@ -204,7 +204,7 @@ impl Scheduler {
         drop(workers);
         if previous.is_some() {
             // A worker that registers again has restarted: whatever it ran is gone.
-            self.fail_jobs_on_worker(&worker_id, "worker restarted")
+            self.fail_jobs_on_worker(&worker_id, "worker restarted", true)
                 .await?;
         }
         Ok(Registration {
@@ -342,7 +342,7 @@ impl Scheduler {
                 .map_err(SchedulerError::from);
             // Its jobs fail even if the entry could not be written: this worker is no longer
             // looked at as lost again, so this is the one chance to end them.
-            let failed = self.fail_jobs_on_worker(id, "worker lost").await;
+            let failed = self.fail_jobs_on_worker(id, "worker lost", false).await;
             for e in [audited.err(), failed.err()].into_iter().flatten() {
                 tracing::error!(worker = %id, error = %e, "handling a lost worker failed");
                 first_error.get_or_insert(e);
@@ -366,15 +366,46 @@ impl Scheduler {
                 tracing::error!(error = %e, "worker check failed");
             }
             s.retry_unended().await;
+            s.check_interrupted().await;
         }
     }
 
-    async fn fail_jobs_on_worker(&self, worker_id: &str, why: &str) -> Result<(), SchedulerError> {
+    /// Ends the jobs with a task on `worker_id` that has not reported: they fail, except
+    /// resumable ones, which wait for the worker (see [`crate::resume`]): when it `restarted`,
+    /// its tasks are known stopped; when it was only seen lost, they may still run.
+    pub(crate) async fn fail_jobs_on_worker(
+        &self,
+        worker_id: &str,
+        why: &str,
+        restarted: bool,
+    ) -> Result<(), SchedulerError> {
+        let waiting: Vec<(String, Vec<String>)> = self
+            .jobs
+            .lock()
+            .await
+            .iter()
+            .filter(|(_, j)| self.may_resume(j))
+            .filter_map(|(id, j)| {
+                let tasks: Vec<String> = j
+                    .tasks
+                    .iter()
+                    .filter(|(_, t)| t.worker_id == worker_id && t.report.is_none() && !t.stopped)
+                    .map(|(tid, _)| tid.clone())
+                    .collect();
+                (!tasks.is_empty()).then(|| (id.clone(), tasks))
+            })
+            .collect();
+        for (job_id, tasks) in &waiting {
+            self.interrupt(job_id, tasks, restarted, &format!("{why}: {worker_id}"))
+                .await;
+            self.try_resume(job_id).await;
+        }
         let affected: Vec<(String, Option<FailureOrigin>)> = self
             .jobs
             .lock()
             .await
             .iter()
+            .filter(|(id, _)| !waiting.iter().any(|(w, _)| w == *id))
             .filter_map(|(id, j)| {
                 let t = j
                     .tasks

@@ -1109,12 +1109,16 @@ impl Scheduler {
                             party: t.party.clone(),
                             role: t.role,
                             report: None,
+                            stopped: false,
                         },
                     )
                 })
                 .collect(),
             progress: Vec::new(),
             view: view_tx,
+            resumable: crate::resume::resumable(&job),
+            interrupted: None,
+            resumes: 0,
         };
         self.jobs.lock().await.insert(job_id.clone(), live);
         let now = self.now();
@@ -1304,6 +1308,24 @@ impl Scheduler {
             if task.report.is_some() {
                 return Ok(()); // a retried report changes nothing
             }
+            let role = task.role;
+            if !report.ok && report.error_kind == Some(TaskErrorKind::Link) && self.may_resume(job)
+            {
+                // The run broke off: the job waits for both parties to be back.
+                let why = format!(
+                    "the {role} task on {worker_id} lost its peer: {}",
+                    report.error
+                );
+                let job_id = job_id.to_string();
+                drop(jobs);
+                self.interrupt(&job_id, &[task_id.to_string()], true, &why)
+                    .await;
+                self.try_resume(&job_id).await;
+                return Ok(());
+            }
+            let Some(task) = job.tasks.get_mut(task_id) else {
+                return Err(SchedulerError::NotFound(format!("task {task_id}")));
+            };
             task.report = Some(report.clone());
             sender_ok = task.role == TaskRole::Sender && report.ok;
             self.metrics.engine_usage(

@@ -185,7 +185,16 @@ impl Cluster {
 
     /// A cluster whose workers get `worker_args` too.
     pub fn start_with(heartbeat_timeout_ms: u64, worker_args: &[&str]) -> Cluster {
-        Self::start_full(heartbeat_timeout_ms, worker_args, None, &[])
+        Self::start_full(heartbeat_timeout_ms, worker_args, None, &[], &[])
+    }
+
+    /// A cluster whose operator gets `operator_args` too and whose workers get `worker_args`.
+    pub fn start_with_operator(
+        heartbeat_timeout_ms: u64,
+        operator_args: &[&str],
+        worker_args: &[&str],
+    ) -> Cluster {
+        Self::start_full(heartbeat_timeout_ms, worker_args, None, &[], operator_args)
     }
 
     /// A cluster whose operator appraises TEE evidence under `policy_json` (`--tee-policy`)
@@ -197,6 +206,7 @@ impl Cluster {
             &[],
             Some(policy_json),
             &["--insecure-simulated-tee", measurement],
+            &[],
         )
     }
 
@@ -205,6 +215,7 @@ impl Cluster {
         worker_args: &[&str],
         tee_policy: Option<&str>,
         provider_args: &[&str],
+        operator_args: &[&str],
     ) -> Cluster {
         let worker_args: Vec<String> = worker_args.iter().map(|a| a.to_string()).collect();
         let dir = tempfile::tempdir().expect("tempdir");
@@ -224,6 +235,7 @@ impl Cluster {
             std::fs::write(&policy_path, p).expect("write the TEE policy");
             serve.extend(["--tee-policy", policy_path.to_str().expect("utf8")]);
         }
+        serve.extend(operator_args);
         let operator = Proc::start(&serve);
         let url = operator
             .first_line
@@ -284,6 +296,20 @@ impl Cluster {
             &self.url,
             BUYER,
             id.as_deref(),
+            &self.worker_args,
+        );
+    }
+
+    /// Kills the provider's worker (SIGKILL) and starts it again at once on the same
+    /// directories under the same worker id (a restart).
+    pub fn restart_provider(&mut self) {
+        self.provider.proc.kill();
+        let id = self.provider.worker_id.clone();
+        self.provider = Self::party_as(
+            self.dir.path(),
+            &self.url,
+            PROVIDER,
+            Some(&id),
             &self.worker_args,
         );
     }

@@ -179,10 +179,11 @@ async fn a_buyer_killed_after_its_output_exists_still_pays() {
 
 /// Issue 8 item 1 through the live operator: the buyer's worker dies after the delivery
 /// milestone; the job fails (the worker lost, or the sender's link to it broken) and is
-/// charged on the rows the sender reported.
+/// charged on the rows the sender reported. With resuming off (`--resume-window-secs 0`): a
+/// resumed run is `a_bucketed_run_whose_worker_restarts_…`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_buyer_lost_after_delivery_is_charged_by_the_live_operator() {
-    let mut c = Cluster::start(2_000);
+    let mut c = Cluster::start_with_operator(2_000, &["--resume-window-secs", "0"], &[]);
     c.fund(1_000_000_000, "fund").await;
     let rows = 200_000;
     c.dataset(&c.provider, "p", "k", &keys("x", 0..rows)).await;
@@ -325,10 +326,10 @@ async fn kill_buyer_during_a_job(
 /// worker is killed at each moment of a job, and replaced at once by a new worker or by a
 /// restart under the same id. Every job ends, settled as its end says; afterwards no task is
 /// counted running on any worker, and the killed workers that did not come back are shown
-/// lost.
+/// lost. With resuming off (`--resume-window-secs 0`), so that every break ends its job.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_buyer_killed_at_any_moment_leaves_no_job_running() {
-    let mut c = Cluster::start(2_000);
+    let mut c = Cluster::start_with_operator(2_000, &["--resume-window-secs", "0"], &[]);
     c.fund(1_000_000_000, "fund").await;
     let rows = 60_000;
     c.dataset(&c.provider, "p", "k", &keys("x", 0..rows)).await;
@@ -672,9 +673,53 @@ async fn sixty_four_submissions_against_ten_runs_survive_an_operator_sigkill() {
 /// is killed between buckets is not delivered: every bucket's release key left masked, the one
 /// delivery point comes after the last bucket, so the job fails undelivered, its run is given
 /// back, no hold is posted and the buyer's worker has published nothing.
+/// Polls the job until one party shows a bucket phase past the first with buckets left
+/// (bounded); returns that phase's bucket number. Panics if it is delivered first.
+async fn until_mid_run(c: &Cluster, job_id: &str) -> (String, u64) {
+    let mut client = c.client().await;
+    for _ in 0..30_000 {
+        let now = client
+            .get_job(pb::JobRef {
+                job_id: job_id.into(),
+            })
+            .await
+            .expect("get job")
+            .into_inner();
+        assert!(
+            now.delivered_at_ms.is_none(),
+            "delivered before its last bucket: {now:?}"
+        );
+        if let Some((p, b)) = now
+            .progress
+            .iter()
+            .filter(|p| p.done < p.total)
+            .find_map(|p| bucket_of(&p.phase).filter(|&b| b >= 10).map(|b| (p, b)))
+        {
+            return (p.phase.clone(), b);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!("the run never went through its buckets");
+}
+
+/// `b` of a `bucket b/B` phase.
+fn bucket_of(phase: &str) -> Option<u64> {
+    phase
+        .strip_prefix("bucket ")?
+        .split('/')
+        .next()?
+        .parse()
+        .ok()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bucketed_run_killed_between_buckets_is_not_charged() {
-    let mut c = Cluster::start_with(3_000, &["--bucket-rows", "100"]);
+    // A worker that never comes back: the job waits the resume window, then fails.
+    let mut c = Cluster::start_with_operator(
+        3_000,
+        &["--resume-window-secs", "2"],
+        &["--bucket-rows", "100"],
+    );
     c.fund(1_000_000_000, "fund").await;
     c.dataset(&c.provider, "p", "k", &keys("k", 0..10_000))
         .await;
@@ -690,33 +735,12 @@ async fn a_bucketed_run_killed_between_buckets_is_not_charged() {
         .expect("submit")
         .into_inner();
     // Past a few buckets, not yet delivered.
-    let mut client = c.client().await;
-    let mut seen = None;
-    for _ in 0..30_000 {
-        let now = client
-            .get_job(pb::JobRef {
-                job_id: j.job_id.clone(),
-            })
-            .await
-            .expect("get job")
-            .into_inner();
-        assert!(
-            now.delivered_at_ms.is_none(),
-            "delivered before its last bucket: {now:?}"
-        );
-        if let Some(p) = now.progress.iter().find(|p| {
-            p.phase.starts_with("bucket ") && p.phase != "bucket 0/100" && p.done < p.total
-        }) {
-            seen = Some(p.phase.clone());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    let seen = seen.expect("the run went through its buckets");
+    let (seen, _) = until_mid_run(&c, &j.job_id).await;
     c.provider.proc.kill();
     let j = c.wait(&j.job_id).await;
     let context = format!("killed at {seen}: {j:?}");
     assert_eq!(j.state_text(), "failed", "{context}");
+    assert!(j.error.contains("did not resume"), "{context}");
     assert!(j.delivered_at_ms.is_none(), "{context}");
     assert_eq!(j.charge_micros, 0, "{context}");
     assert_eq!(c.remaining(&lic).await, Some(before), "{context}");
@@ -728,4 +752,103 @@ async fn a_bucketed_run_killed_between_buckets_is_not_charged() {
     );
     assert!(lines.is_empty(), "{context}");
     assert!(!c.buyer.outputs.join("bucketed.csv").exists());
+    c.assert_audit_verifies().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucketed_run_whose_worker_restarts_resumes_where_it_stopped_and_is_charged_once() {
+    let mut c = Cluster::start_with_operator(3_000, &[], &["--bucket-rows", "100"]);
+    c.fund(1_000_000_000, "fund").await;
+    // Duplicates on both sides, and the buyer's rows out of order, so that the merged result's
+    // order is checked too.
+    let mut provider_rows = keys("k", 0..10_000);
+    provider_rows.extend(keys("k", 0..50));
+    let mut buyer_rows = keys("k", 5_000..15_000);
+    buyer_rows.reverse();
+    buyer_rows.extend(keys("k", 9_990..10_010));
+    c.dataset(&c.provider, "p", "k", &provider_rows).await;
+    c.dataset(&c.buyer, "b", "k", &buyer_rows).await;
+    let lic = c.licence("p", Some(3)).await;
+    let before = c.remaining(&lic).await.expect("a counted licence");
+    let j = c
+        .client()
+        .await
+        .submit_job(Cluster::job(&lic, "b", "intersection", "resumed.csv"))
+        .await
+        .expect("submit")
+        .into_inner();
+    let (seen, killed_at) = until_mid_run(&c, &j.job_id).await;
+    // A crash of the provider's worker, then the same worker (id, directories) again.
+    c.restart_provider();
+    // Every bucket phase shown from now on, to see where the run took up again.
+    let mut client = c.client().await;
+    let mut after = Vec::new();
+    let j = loop {
+        let now = client
+            .get_job(pb::JobRef {
+                job_id: j.job_id.clone(),
+            })
+            .await
+            .expect("get job")
+            .into_inner();
+        after.extend(now.progress.iter().filter_map(|p| bucket_of(&p.phase)));
+        if !matches!(now.state_text(), "admitted" | "running") {
+            break now;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    let context = format!("restarted at {seen}: {j:?}");
+    assert_eq!(j.state_text(), "succeeded", "{context}");
+    // It went on from about where it stopped (the receiver may be a bucket behind the sender),
+    // not from the first bucket.
+    assert!(
+        !after.is_empty(),
+        "{context}: no bucket phase after the restart"
+    );
+    assert!(
+        after.iter().all(|&b| b + 2 >= killed_at),
+        "{context}: the phases after the restart start over: {after:?}"
+    );
+    // Exact: the buyer's rows whose key the provider holds, in the buyer's order.
+    let provider_keys: std::collections::HashSet<&String> = provider_rows.iter().collect();
+    let want: Vec<Vec<String>> = buyer_rows
+        .iter()
+        .filter(|k| provider_keys.contains(k))
+        .map(|k| vec![k.clone()])
+        .collect();
+    let (header, rows) = crate::harness::read_csv(&c.buyer.outputs.join("resumed.csv"));
+    assert_eq!(header, vec!["k".to_string()]);
+    assert_eq!(rows, want, "{context}");
+    assert_eq!(j.result_size, Some(5_000), "{context}");
+    // Counted and charged once.
+    assert_eq!(c.remaining(&lic).await, before.checked_sub(1), "{context}");
+    // 1,000 + 10 per 1,000 of the 10,050 provider rows (rated pro rata, rounded up): once.
+    assert_eq!(j.charge_micros, 1_101, "{context}");
+    let (transfers, lines, balanced) = money_of(&c, &j.job_id).await;
+    assert!(balanced);
+    assert_eq!(lines.len(), 1, "one bill line: {lines:?} {transfers:?}");
+    // Both work directories are gone once the job ended.
+    for party in [&c.provider, &c.buyer] {
+        let work = party.outputs.join(".tessera-work");
+        let left: Vec<_> = walk_files(&work);
+        assert!(left.is_empty(), "{}: {left:?}", party.name);
+    }
+    c.assert_audit_verifies().await;
+}
+
+/// Every file under `dir` (none if it does not exist).
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.filter_map(Result::ok) {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }

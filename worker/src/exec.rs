@@ -18,7 +18,7 @@ use tessera_core::table::{
     KeySpec, TableError, WrittenFile, read_keys_keeping, stream_keys, try_write_result_csv,
 };
 use tessera_core::{Link, PsiMode, PsiProtocol, TaskErrorKind, TaskRole, TaskSpec};
-use tessera_psi::bucket::{BucketKey, Stager};
+use tessera_psi::bucket::{BucketKey, Staged, Stager};
 use tessera_psi::{Mode, Protocol, PsiConfig, PsiError};
 
 use crate::link::{GrpcLink, PeerHub};
@@ -33,9 +33,12 @@ pub enum TaskError {
     /// This party's input is bad (missing file, unknown column, malformed row).
     #[error("{0}")]
     Input(String),
-    /// The peer failed, went away or misbehaved.
+    /// The peer failed or misbehaved.
     #[error("{0}")]
     Peer(String),
+    /// The link to the peer broke or could not be opened.
+    #[error("{0}")]
+    Link(String),
     /// The task was cancelled.
     #[error("cancelled: {0}")]
     Cancelled(String),
@@ -56,6 +59,7 @@ impl TaskError {
             TaskError::Ticket(_) => TaskErrorKind::Ticket,
             TaskError::Input(_) => TaskErrorKind::Input,
             TaskError::Peer(_) => TaskErrorKind::Peer,
+            TaskError::Link(_) => TaskErrorKind::Link,
             TaskError::Cancelled(_) => TaskErrorKind::Cancelled,
             TaskError::Internal(_) => TaskErrorKind::Internal,
         }
@@ -315,7 +319,7 @@ pub(crate) async fn open_link(env: &ExecEnv, spec: &TaskSpec) -> Result<GrpcLink
                 .await
         }
     }
-    .map_err(|e| TaskError::Peer(e.to_string()))
+    .map_err(|e| TaskError::Link(e.to_string()))
 }
 
 /// A `preview` task (see [`crate::preview`]): the sender reads the signed rows and columns
@@ -430,6 +434,11 @@ pub(crate) fn psi_task_error(e: PsiError) -> TaskError {
     match e {
         PsiError::TooLarge { .. } => TaskError::Input(e.to_string()),
         PsiError::Storage(_) => TaskError::Internal(e.to_string()),
+        PsiError::Link(
+            tessera_core::LinkError::PeerGone(_)
+            | tessera_core::LinkError::Timeout { .. }
+            | tessera_core::LinkError::Transport(_),
+        ) => TaskError::Link(e.to_string()),
         e => TaskError::Peer(e.to_string()),
     }
 }
@@ -447,33 +456,66 @@ pub(crate) fn safe_name(text: &str) -> String {
         .collect()
 }
 
-/// A task's own scratch directory under the worker's work directory (0700), emptied when made
-/// and removed when dropped, whatever way the task ends; a cancelled task's staging, which runs
-/// on a blocking thread the cancellation cannot stop, sees `stopped` and removes what it wrote
-/// after.
+/// How long a task's work directory outlives the task when the task stopped on a broken link,
+/// so that a resumed run of the same job can take it up: one hour (the operator's resume
+/// window is shorter). Older ones go when the worker starts and whenever a task starts.
+pub const RESUME_STATE_KEEP_SECS: u64 = 3600;
+
+/// The file in a task's work directory naming the input its state was made from.
+const FINGERPRINT_FILE: &str = "input.fingerprint";
+
+/// A task's own scratch directory under the worker's work directory (0700). It is the same
+/// directory for every attempt of the same task (named by the job's session and the role), so
+/// a resumed run finds what the stopped one left; it is emptied when it was made from another
+/// input (the fingerprint: the dataset file's size and modification time, the task's key
+/// settings and the worker's bucket size), and removed when the task ends, however it ends,
+/// unless it stopped on a broken link ([`Scratch::keep_for_resume`]). A cancelled task's
+/// staging, which runs on a blocking thread the cancellation cannot stop, sees `stopped` and
+/// removes what it wrote after.
 struct Scratch {
     dir: PathBuf,
     stopped: Arc<std::sync::atomic::AtomicBool>,
+    keep: bool,
 }
 
 impl Scratch {
-    fn new(env: &ExecEnv, spec: &TaskSpec) -> Result<Self, TaskError> {
+    fn open(env: &ExecEnv, spec: &TaskSpec, fingerprint: &str) -> Result<Self, TaskError> {
+        sweep_work_dir(&env.work_dir, RESUME_STATE_KEEP_SECS);
         let dir = env.work_dir.join(safe_name(&format!(
             "{}-{}",
             spec.session_id,
             spec.role.as_str()
         )));
-        let _ = std::fs::remove_dir_all(&dir);
-        private_dir(&dir).map_err(|e| {
+        let fp_path = dir.join(FINGERPRINT_FILE);
+        let same = std::fs::read_to_string(&fp_path).is_ok_and(|f| f == fingerprint);
+        if !same {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        let made = private_dir(&dir).and_then(|()| {
+            // Written on every attempt: the directory's time is its last use.
+            let tmp = dir.join("input.fingerprint.tmp");
+            std::fs::write(&tmp, fingerprint)?;
+            std::fs::rename(&tmp, &fp_path)
+        });
+        made.map_err(|e| {
             TaskError::Internal(format!(
                 "cannot make the task's work directory {}: {e}",
                 dir.display()
             ))
         })?;
+        if same {
+            tracing::info!(job = %spec.job_id, task = %spec.task_id, "taking up the work directory of an interrupted attempt");
+        }
         Ok(Scratch {
             dir,
             stopped: Arc::default(),
+            keep: false,
         })
+    }
+
+    /// Leaves the directory in place when the task ends: the run may resume.
+    fn keep_for_resume(&mut self) {
+        self.keep = true;
     }
 }
 
@@ -481,9 +523,65 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         self.stopped
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
+
+/// Removes the task directories under `work_dir` not used for `keep_secs` (left by tasks that
+/// stopped on a broken link and were never resumed). Errors are ignored: the sweep is tidying.
+pub(crate) fn sweep_work_dir(work_dir: &Path, keep_secs: u64) {
+    let Ok(entries) = std::fs::read_dir(work_dir) else {
+        return;
+    };
+    let now = std::time::SystemTime::now();
+    for e in entries.filter_map(Result::ok) {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|age| age.as_secs() >= keep_secs);
+        if old {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// What a bucketed task's state was made from: a digest of the dataset file's size and
+/// modification time, the task's key settings and the worker's bucket size. Another input
+/// (the provider replaced its file, the worker restarted with another memory limit) starts the
+/// task's state afresh.
+fn input_fingerprint(env: &ExecEnv, spec: &TaskSpec, path: &Path) -> String {
+    let (len, modified_ns) = std::fs::metadata(path).map_or((0, 0), |m| {
+        let ns = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        (m.len(), ns)
+    });
+    let described = serde_json::json!({
+        "dataset": spec.dataset_location,
+        "len": len,
+        "modified_ns": modified_ns.to_string(),
+        "role": spec.role.as_str(),
+        "protocol": spec.protocol,
+        "key_columns": spec.key_columns,
+        "key_case": spec.key_case,
+        "unicode_form": spec.unicode_form,
+        "empty_keys": spec.empty_keys,
+        "carry_columns": spec.carry_columns,
+        "bucket_rows": env.bucket_rows,
+    });
+    blake3::hash(described.to_string().as_bytes())
+        .to_hex()
+        .to_string()
+}
+
+/// The file in a task's work directory with the counts of its finished staging.
+const COUNTS_FILE: &str = "counts.txt";
 
 /// Rows between two "read" progress reports while a dataset streams in.
 const READ_REPORT_ROWS: u64 = 1 << 16;
@@ -505,11 +603,94 @@ async fn run_psi_bucketed(
     progress: Arc<dyn tessera_psi::Progress>,
     delivery: &dyn DeliverySink,
 ) -> Result<TaskOutcome, TaskError> {
-    let scratch = Scratch::new(env, spec)?;
+    let mut scratch = Scratch::open(env, spec, &input_fingerprint(env, spec, &path))?;
+    let out = run_psi_bucketed_in(
+        env, spec, &scratch, path, key_spec, out_path, header, progress, delivery,
+    )
+    .await;
+    if let Err(TaskError::Link(_)) = &out {
+        // The peer went away mid-run: what is done stays for a resumed attempt.
+        scratch.keep_for_resume();
+    }
+    out
+}
+
+/// Reads a finished staging's counts (rows, empty keys) back, if both it and the staging are
+/// there for `key`.
+fn restore_staging(
+    scratch: &Scratch,
+    key: &BucketKey,
+) -> Option<(tessera_core::table::StreamedCounts, Staged)> {
+    let text = std::fs::read_to_string(scratch.dir.join(COUNTS_FILE)).ok()?;
+    let mut it = text.split_whitespace().map(str::parse::<u64>);
+    let (Some(Ok(rows)), Some(Ok(empty_keys)), None) = (it.next(), it.next(), it.next()) else {
+        return None;
+    };
+    match Staged::restore(key.clone(), &scratch.dir.join("spill")) {
+        Ok(Some(staged)) if staged.rows() == rows => Some((
+            tessera_core::table::StreamedCounts { rows, empty_keys },
+            staged,
+        )),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "the interrupted attempt's staging is damaged: staging again");
+            let _ = std::fs::remove_dir_all(scratch.dir.join("spill"));
+            None
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_psi_bucketed_in(
+    env: &ExecEnv,
+    spec: &TaskSpec,
+    scratch: &Scratch,
+    path: PathBuf,
+    key_spec: KeySpec,
+    out_path: Option<PathBuf>,
+    header: Vec<String>,
+    progress: Arc<dyn tessera_psi::Progress>,
+    delivery: &dyn DeliverySink,
+) -> Result<TaskOutcome, TaskError> {
     let key = BucketKey::derive(spec.session_id.as_bytes());
-    let mut stager = Stager::new(key, env.bucket_rows, scratch.dir.join("spill"));
+    let (counts, staged) = match restore_staging(scratch, &key) {
+        Some((counts, staged)) => {
+            tracing::info!(job = %spec.job_id, rows = counts.rows, "staging taken up from the interrupted attempt");
+            progress.report("read", counts.rows, counts.rows);
+            (counts, staged)
+        }
+        None => {
+            stage_input(
+                scratch,
+                key,
+                env.bucket_rows,
+                path,
+                key_spec,
+                &header,
+                &progress,
+            )
+            .await?
+        }
+    };
+    run_staged(
+        env, spec, scratch, counts, staged, out_path, header, progress, delivery,
+    )
+    .await
+}
+
+/// Streams the dataset into a [`Stager`] under the task's work directory.
+async fn stage_input(
+    scratch: &Scratch,
+    key: BucketKey,
+    bucket_rows: u64,
+    path: PathBuf,
+    key_spec: KeySpec,
+    header: &[String],
+    progress: &Arc<dyn tessera_psi::Progress>,
+) -> Result<(tessera_core::table::StreamedCounts, Staged), TaskError> {
+    let mut stager = Stager::new(key, bucket_rows, scratch.dir.join("spill"));
     progress.report("read", 0, 0);
-    let keep = header.clone();
+    let keep = header.to_vec();
     let reporter = progress.clone();
     let (stopped, scratch_dir) = (scratch.stopped.clone(), scratch.dir.clone());
     let (counts, staged) = tokio::task::spawn_blocking(move || {
@@ -550,8 +731,26 @@ async fn run_psi_bucketed(
     })
     .await
     .map_err(|e| TaskError::Internal(format!("reader task: {e}")))??;
+    let counts_text = format!("{} {}", counts.rows, counts.empty_keys);
+    std::fs::write(scratch.dir.join(COUNTS_FILE), counts_text)
+        .map_err(|e| TaskError::Internal(format!("writing the staging's counts: {e}")))?;
     progress.report("read", counts.rows, counts.rows);
+    Ok((counts, staged))
+}
 
+/// The bucketed run on a staged input, and the receiver's result file.
+#[allow(clippy::too_many_arguments)]
+async fn run_staged(
+    env: &ExecEnv,
+    spec: &TaskSpec,
+    scratch: &Scratch,
+    counts: tessera_core::table::StreamedCounts,
+    staged: Staged,
+    out_path: Option<PathBuf>,
+    header: Vec<String>,
+    progress: Arc<dyn tessera_psi::Progress>,
+    delivery: &dyn DeliverySink,
+) -> Result<TaskOutcome, TaskError> {
     let link = open_link(env, spec).await?;
     let cfg = psi_config(spec, Mode::Intersection);
     let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
@@ -620,7 +819,6 @@ async fn run_psi_bucketed(
         }
     }
     outcome.link = link.stats();
-    drop(scratch);
     Ok(outcome)
 }
 

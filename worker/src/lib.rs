@@ -471,12 +471,13 @@ fn work_dir_of(config: &WorkerConfig) -> PathBuf {
         .unwrap_or_else(|| config.output_dir.join(".tessera-work"))
 }
 
-/// This worker's own scratch directory under the work directory, emptied: a task's files
-/// from an earlier run of this worker (killed before it could remove them) go now. Workers of
-/// other ids sharing the directory are left alone.
+/// This worker's own scratch directory under the work directory. A task's files from an
+/// earlier run of this worker (killed before it could remove them) stay for
+/// [`exec::RESUME_STATE_KEEP_SECS`] after their last use, so that a resumed job takes them up;
+/// older ones go now. Workers of other ids sharing the directory are left alone.
 fn own_work_dir(config: &WorkerConfig, worker_id: &str) -> anyhow::Result<PathBuf> {
     let dir = work_dir_of(config).join(exec::safe_name(worker_id));
-    let _ = std::fs::remove_dir_all(&dir);
+    exec::sweep_work_dir(&dir, exec::RESUME_STATE_KEEP_SECS);
     exec::private_dir(&dir)
         .with_context(|| format!("creating the work directory {}", dir.display()))?;
     Ok(dir)
