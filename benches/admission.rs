@@ -48,7 +48,7 @@ async fn cluster(dir: &std::path::Path) -> (Arc<Scheduler>, String) {
             .await
             .expect("register")
             .worker_id;
-        let mut rx = scheduler.connect(&id).await.expect("connect");
+        let mut rx = scheduler.connect(&id, &[]).await.expect("connect");
         // Take every task so the bounded delivery queue never fills.
         tokio::spawn(async move { while rx.recv().await.is_some() {} });
     }

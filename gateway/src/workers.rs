@@ -93,7 +93,10 @@ pub(crate) async fn pull_tasks(
     s: &Scheduler,
     r: pb::PullTasksRequest,
 ) -> Result<BoxStream<pb::TaskEnvelope>, Status> {
-    let rx = s.connect(&r.worker_id).await.map_err(|e| status(&e))?;
+    let rx = s
+        .connect(&r.worker_id, &r.running_task_ids)
+        .await
+        .map_err(|e| status(&e))?;
     let stream = ReceiverStream::new(rx).map(|d| {
         Ok(pb::TaskEnvelope {
             kind: Some(match d {

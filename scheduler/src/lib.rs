@@ -187,8 +187,11 @@ struct LiveTask {
     role: TaskRole,
     report: Option<TaskReport>,
     /// Its attempt ended without a result and it runs again when the job resumes: it reported
-    /// a broken link, or its worker restarted ([`resume`]).
+    /// a broken link, or its worker came back without it ([`resume`]).
     stopped: bool,
+    /// Not known whether it still runs: its worker registered again, or the operator
+    /// restarted; settled when the worker's task stream opens and names what it runs.
+    unconfirmed: bool,
 }
 
 #[derive(Debug)]
@@ -432,12 +435,16 @@ impl Scheduler {
             .map_err(|e| SchedulerError::Interrupted(e.to_string()))?
     }
 
-    /// Fails every job left admitted or running by a previous run of the operator: its
-    /// workers' tasks died with the old connections. Before its delivery point the count is
-    /// released and the holds voided; after it the count is consumed and the job charged.
+    /// Ends every job left admitted or running by a previous run of the operator, except the
+    /// resumable ones, which are taken up as interrupted ([`resume`]: their tasks may run on,
+    /// or resume). Before its delivery point the count is released and the holds voided;
+    /// after it the count is consumed and the job charged.
     pub async fn recover(&self) -> Result<usize, SchedulerError> {
         let unfinished = self.store.unfinished_jobs().await?;
         for j in &unfinished {
+            if self.reattach(j).await? {
+                continue;
+            }
             self.finish(
                 &j.job_id,
                 tessera_store::JobFinish::Failed {
@@ -478,9 +485,13 @@ impl Scheduler {
     }
 
     /// Connects a worker's delivery channel; the gateway streams the receiver to the worker.
+    /// Opens `worker_id`'s task stream; `running` names the tasks the worker runs now (after
+    /// an operator restart or a broken stream: those of its tasks it does not name are gone,
+    /// see [`resume`]).
     pub async fn connect(
         &self,
         worker_id: &str,
+        running: &[String],
     ) -> Result<mpsc::Receiver<Delivery>, SchedulerError> {
         let (tx, rx) = mpsc::channel(self.config.delivery_queue_max);
         let mut workers = self.workers.lock().await;
@@ -490,6 +501,7 @@ impl Scheduler {
         w.deliveries = Some(tx);
         w.last_seen_ms = self.now();
         drop(workers);
+        self.settle_unconfirmed(worker_id, running).await;
         // Jobs waiting for this worker may go on (the deliveries wait in the channel until
         // the worker's stream takes them).
         if let Some(this) = self.this.upgrade() {

@@ -86,7 +86,9 @@ impl Scheduler {
     /// worker (a process cannot take over a running worker's id; a worker restarted under
     /// its id waits until the old one is seen lost). With its own credential (a
     /// [`Caller::Worker`]), a worker registers itself again, e.g. after the operator restarted.
-    /// A worker that registers again has restarted: the jobs of its unreported tasks fail.
+    /// A worker that registers again has restarted (or lost its task stream): the jobs of its
+    /// unreported tasks fail, except resumable ones, whose tasks the worker's next task stream
+    /// confirms or finds gone ([`crate::resume`]).
     /// Runs detached ([`Scheduler::detached`]).
     ///
     /// # Errors
@@ -204,7 +206,7 @@ impl Scheduler {
         drop(workers);
         if previous.is_some() {
             // A worker that registers again has restarted: whatever it ran is gone.
-            self.fail_jobs_on_worker(&worker_id, "worker restarted", true)
+            self.fail_jobs_on_worker(&worker_id, "worker registered again", true)
                 .await?;
         }
         Ok(Registration {
@@ -371,13 +373,14 @@ impl Scheduler {
     }
 
     /// Ends the jobs with a task on `worker_id` that has not reported: they fail, except
-    /// resumable ones, which wait for the worker (see [`crate::resume`]): when it `restarted`,
-    /// its tasks are known stopped; when it was only seen lost, they may still run.
+    /// resumable ones, which wait for the worker (see [`crate::resume`]): when it `registered`
+    /// again, its next task stream says which of its tasks still run; when it was only seen
+    /// lost, they may still run.
     pub(crate) async fn fail_jobs_on_worker(
         &self,
         worker_id: &str,
         why: &str,
-        restarted: bool,
+        registered: bool,
     ) -> Result<(), SchedulerError> {
         let waiting: Vec<(String, Vec<String>)> = self
             .jobs
@@ -396,7 +399,12 @@ impl Scheduler {
             })
             .collect();
         for (job_id, tasks) in &waiting {
-            self.interrupt(job_id, tasks, restarted, &format!("{why}: {worker_id}"))
+            let mark = if registered {
+                crate::resume::TaskMark::Unconfirmed
+            } else {
+                crate::resume::TaskMark::Unknown
+            };
+            self.interrupt(job_id, tasks, mark, &format!("{why}: {worker_id}"))
                 .await;
             self.try_resume(job_id).await;
         }

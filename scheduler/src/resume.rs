@@ -32,6 +32,17 @@ use crate::{Delivery, LiveJob, PhaseProgress, Scheduler};
 /// The progress phase a stopped party shows while its job waits to resume.
 pub const PHASE_WAITING: &str = "waiting to resume";
 
+/// What a break says of the tasks it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TaskMark {
+    /// Their attempt ended (a broken link reported, or their worker came back without them).
+    Stopped,
+    /// They may or may not run on (their worker registered again): its next task stream says.
+    Unconfirmed,
+    /// Nothing known (their worker went silent).
+    Unknown,
+}
+
 /// Why and since when a job waits to resume.
 #[derive(Debug, Clone)]
 pub(crate) struct Interruption {
@@ -41,8 +52,8 @@ pub(crate) struct Interruption {
     deadline_ms: i64,
     /// What broke, for the job's error if it never resumes.
     why: String,
-    /// The side that broke first.
-    origin: FailureOrigin,
+    /// The side that broke first (none: the operator restarted).
+    origin: Option<FailureOrigin>,
 }
 
 /// Whether `job`'s run can resume: an intersection-mode `psi` job (bucketed on the workers).
@@ -56,9 +67,16 @@ impl Scheduler {
         job.resumable && self.config.resume_window_ms > 0 && job.resumes < self.config.resumes_max
     }
 
-    /// Marks `job_id` interrupted by `why`, with `tasks` (when `stopped`) known to have ended
-    /// their attempt. The first break of an interruption starts its window and is audited.
-    pub(crate) async fn interrupt(&self, job_id: &str, tasks: &[String], stopped: bool, why: &str) {
+    /// Marks `job_id` interrupted by `why`, with `tasks` marked as `mark` says. The first break
+    /// of an interruption starts its window and is audited.
+    pub(crate) async fn interrupt(
+        &self,
+        job_id: &str,
+        tasks: &[String],
+        mark: TaskMark,
+        why: &str,
+    ) {
+        let stopped = mark == TaskMark::Stopped;
         let now = self.now();
         let first = {
             let mut jobs = self.jobs.lock().await;
@@ -69,6 +87,7 @@ impl Scheduler {
             for id in tasks {
                 if let Some(t) = job.tasks.get_mut(id) {
                     t.stopped |= stopped;
+                    t.unconfirmed |= mark == TaskMark::Unconfirmed;
                     origin.get_or_insert_with(|| FailureOrigin {
                         role: t.role,
                         party: t.party.clone(),
@@ -100,7 +119,7 @@ impl Scheduler {
                         since_ms: now,
                         deadline_ms,
                         why: why.to_owned(),
-                        origin,
+                        origin: Some(origin),
                     });
                     Some(deadline_ms)
                 }
@@ -241,6 +260,105 @@ impl Scheduler {
         }
     }
 
+    /// Settles the unconfirmed tasks on `worker_id`, whose task stream just opened naming the
+    /// tasks it runs: those it names run on, the others are stopped. A job all of whose tasks
+    /// run on is no longer interrupted.
+    pub(crate) async fn settle_unconfirmed(&self, worker_id: &str, running: &[String]) {
+        let mut jobs = self.jobs.lock().await;
+        for (job_id, job) in jobs.iter_mut() {
+            let mut touched = false;
+            for (task_id, t) in job.tasks.iter_mut() {
+                if t.worker_id == worker_id && t.unconfirmed {
+                    t.unconfirmed = false;
+                    t.stopped = !running.contains(task_id);
+                    touched = true;
+                }
+            }
+            let all_on = job.tasks.values().all(|t| !t.stopped && !t.unconfirmed);
+            if touched && all_on && job.interrupted.take().is_some() {
+                tracing::info!(job = %job_id, worker = %worker_id, "its tasks run on: no longer interrupted");
+            }
+        }
+    }
+
+    /// Takes up `job`, left unfinished by an earlier run of the operator, as interrupted: its
+    /// tasks may still run on their workers (which say so when they reconnect) or be gone
+    /// (then it resumes). Returns `false` for a job that cannot be taken up (not resumable,
+    /// resuming off, or a task already reported: it then fails as before).
+    ///
+    /// # Errors
+    /// The store's.
+    pub(crate) async fn reattach(&self, job: &JobRecord) -> Result<bool, crate::SchedulerError> {
+        if !resumable(job) || self.config.resume_window_ms <= 0 {
+            return Ok(false);
+        }
+        let tasks = self.store.tasks(&job.job_id).await?;
+        if tasks
+            .iter()
+            .any(|t| t.state != tessera_core::TaskState::Dispatched)
+        {
+            return Ok(false);
+        }
+        if tasks.is_empty() {
+            return Ok(false);
+        }
+        let holds = self.store.job_holds(&job.job_id).await?;
+        let licence = self.store.licence(&job.licence_id).await?;
+        let now = self.now();
+        let why = "the operator restarted while the job ran".to_owned();
+        let (view, _) = tokio::sync::watch::channel(crate::JobView {
+            job: job.clone(),
+            progress: Vec::new(),
+            refusals: Vec::new(),
+        });
+        let live = LiveJob {
+            user: job.user.clone(),
+            scene: job.scene.clone(),
+            protocol: job.protocol,
+            created_at_ms: job.created_at_ms,
+            holds,
+            buyer_party: job.buyer_party.clone(),
+            provider_party: job.provider_party.clone(),
+            price: licence.price,
+            tasks: tasks
+                .iter()
+                .map(|t| {
+                    (
+                        t.task_id.clone(),
+                        crate::LiveTask {
+                            worker_id: t.worker_id.clone(),
+                            party: t.party.clone(),
+                            role: t.role,
+                            report: None,
+                            stopped: false,
+                            unconfirmed: true,
+                        },
+                    )
+                })
+                .collect(),
+            progress: Vec::new(),
+            view,
+            resumable: true,
+            interrupted: Some(Interruption {
+                since_ms: now,
+                deadline_ms: now.saturating_add(self.config.resume_window_ms),
+                why: why.clone(),
+                origin: None,
+            }),
+            resumes: 0,
+        };
+        self.jobs.lock().await.insert(job.job_id.clone(), live);
+        let details = serde_json::json!({
+            "reason": why,
+            "resume_by_ms": now.saturating_add(self.config.resume_window_ms),
+        });
+        self.store
+            .audit(now, "job_interrupted", &job.job_id, &details)
+            .await?;
+        tracing::warn!(job = %job.job_id, "job taken up after the operator's restart; waiting for its workers");
+        Ok(true)
+    }
+
     /// Fails the interrupted jobs whose window ran out and tries to resume the others. Called
     /// by the monitor and when a worker connects.
     pub(crate) async fn check_interrupted(&self) {
@@ -259,7 +377,7 @@ impl Scheduler {
                     i.why
                 ),
                 buyer_fault: false,
-                origin: Some(i.origin),
+                origin: i.origin,
             };
             if let Err(e) = self.finish(&job_id, end).await {
                 tracing::error!(job = %job_id, error = %e, "could not end an interrupted job");

@@ -1110,6 +1110,7 @@ impl Scheduler {
                             role: t.role,
                             report: None,
                             stopped: false,
+                            unconfirmed: false,
                         },
                     )
                 })
@@ -1318,8 +1319,13 @@ impl Scheduler {
                 );
                 let job_id = job_id.to_string();
                 drop(jobs);
-                self.interrupt(&job_id, &[task_id.to_string()], true, &why)
-                    .await;
+                self.interrupt(
+                    &job_id,
+                    &[task_id.to_string()],
+                    crate::resume::TaskMark::Stopped,
+                    &why,
+                )
+                .await;
                 self.try_resume(&job_id).await;
                 return Ok(());
             }

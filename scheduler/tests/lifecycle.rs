@@ -225,6 +225,6 @@ async fn lost_workers_show_lost_then_are_forgotten_and_running_follows_the_jobs(
         )
         .await
         .expect("register again");
-    let _inbox = scheduler.connect("w-buy").await.expect("connect");
+    let _inbox = scheduler.connect("w-buy", &[]).await.expect("connect");
     assert_eq!(running(&scheduler).await, [("w-buy".into(), true, 0)]);
 }

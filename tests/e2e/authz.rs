@@ -258,7 +258,10 @@ async fn call(
             .await
             .map(drop),
         Operation::PullTasks => c
-            .pull_tasks(pb::PullTasksRequest { worker_id })
+            .pull_tasks(pb::PullTasksRequest {
+                worker_id,
+                running_task_ids: Vec::new(),
+            })
             .await
             .map(drop),
         Operation::ReportProgress => c

@@ -117,6 +117,8 @@ pub struct Cluster {
     pub buyer_token: String,
     /// Extra arguments of every worker this cluster starts.
     worker_args: Vec<String>,
+    /// Extra arguments of the operator (kept across restarts).
+    operator_args: Vec<String>,
 }
 
 pub const PROVIDER: &str = "prov";
@@ -269,21 +271,25 @@ impl Cluster {
             provider_token,
             buyer_token,
             worker_args,
+            operator_args: operator_args.iter().map(|a| a.to_string()).collect(),
         }
     }
 
-    /// Kills the operator and starts it again on the same address and data directory.
+    /// Kills the operator and starts it again on the same address and data directory, with the
+    /// same extra arguments.
     pub fn restart_operator(&mut self) {
         self.operator.kill();
         let data = self.dir.path().join("operator");
         let listen = self.url.trim_start_matches("https://").to_string();
-        self.operator = Proc::start(&[
+        let mut args = vec![
             "serve",
             "--listen",
             &listen,
             "--data-dir",
             data.to_str().expect("utf8"),
-        ]);
+        ];
+        args.extend(self.operator_args.iter().map(String::as_str));
+        self.operator = Proc::start(&args);
     }
 
     /// Kills the buyer's worker (SIGKILL) and starts another at once on the same

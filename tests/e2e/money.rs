@@ -117,10 +117,11 @@ async fn assert_charged(c: &Cluster, job: &pb::Job, charge: i64) {
 /// Issue 8 item 1, the required test: the buyer's worker is frozen right after the delivery
 /// milestone (so its result report cannot arrive), the operator is killed, the buyer's worker
 /// resumes and writes its result, and is killed as soon as the result file exists. The
-/// restarted operator finds the job delivered: the run is consumed and the job charged.
+/// restarted operator finds the job delivered: the run is consumed and the job charged — once
+/// the resume window (3 s here) has passed without the buyer's worker coming back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_buyer_killed_after_its_output_exists_still_pays() {
-    let mut c = Cluster::start(5_000);
+    let mut c = Cluster::start_with_operator(5_000, &["--resume-window-secs", "3"], &[]);
     c.fund(1_000_000_000, "fund").await;
     let rows = 300_000;
     c.dataset(&c.provider, "p", "k", &keys("x", 0..rows)).await;
@@ -171,6 +172,7 @@ async fn a_buyer_killed_after_its_output_exists_still_pays() {
     c.restart_operator();
     let j = c.wait(&j.job_id).await;
     assert_eq!(j.state_text(), "failed", "{j:?}");
+    assert!(j.error.contains("did not resume"), "{j:?}");
     assert!(j.delivered_at_ms.is_some(), "{j:?}");
     assert_eq!(c.remaining(&lic).await, Some(1), "the run is consumed");
     assert_charged(&c, &j, expected_charge(rows as u64)).await;
@@ -832,6 +834,80 @@ async fn a_bucketed_run_whose_worker_restarts_resumes_where_it_stopped_and_is_ch
         let work = party.outputs.join(".tessera-work");
         let left: Vec<_> = walk_files(&work);
         assert!(left.is_empty(), "{}: {left:?}", party.name);
+    }
+    c.assert_audit_verifies().await;
+}
+
+/// Waits for `job_id` to end, collecting every bucket number shown after the call.
+async fn wait_collecting_buckets(c: &Cluster, job_id: &str) -> (pb::Job, Vec<u64>) {
+    let mut after = Vec::new();
+    for _ in 0..60_000 {
+        // The operator may be starting again: a failed call is retried.
+        let Ok(mut client) = tokio::time::timeout(Duration::from_secs(5), c.client()).await else {
+            continue;
+        };
+        let Ok(now) = client
+            .get_job(pb::JobRef {
+                job_id: job_id.into(),
+            })
+            .await
+        else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let now = now.into_inner();
+        after.extend(now.progress.iter().filter_map(|p| bucket_of(&p.phase)));
+        if !matches!(now.state_text(), "admitted" | "running") {
+            return (now, after);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!("job {job_id} did not end");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucketed_run_survives_an_operator_restart_with_and_without_a_worker_restart() {
+    let mut c = Cluster::start_with(3_000, &["--bucket-rows", "100"]);
+    c.fund(1_000_000_000, "fund").await;
+    let provider_rows = keys("k", 0..10_000);
+    let buyer_rows = keys("k", 5_000..15_000);
+    c.dataset(&c.provider, "p", "k", &provider_rows).await;
+    c.dataset(&c.buyer, "b", "k", &buyer_rows).await;
+    let lic = c.licence("p", Some(5)).await;
+    let want: Vec<Vec<String>> = keys("k", 5_000..10_000)
+        .into_iter()
+        .map(|k| vec![k])
+        .collect();
+    for (round, worker_too) in [(1, false), (2, true)] {
+        let before = c.remaining(&lic).await.expect("a counted licence");
+        let out = format!("restart-{round}.csv");
+        let j = c
+            .client()
+            .await
+            .submit_job(Cluster::job(&lic, "b", "intersection", &out))
+            .await
+            .expect("submit")
+            .into_inner();
+        let (seen, killed_at) = until_mid_run(&c, &j.job_id).await;
+        // The operator dies (and, in round 2, the provider's worker with it) and comes back.
+        c.restart_operator();
+        if worker_too {
+            c.restart_provider();
+        }
+        let (j, after) = wait_collecting_buckets(&c, &j.job_id).await;
+        let context = format!("round {round}, restarted at {seen}: {j:?}, then {after:?}");
+        assert_eq!(j.state_text(), "succeeded", "{context}");
+        assert!(
+            after.iter().all(|&b| b + 2 >= killed_at),
+            "{context}: the run started over"
+        );
+        let (_, rows) = crate::harness::read_csv(&c.buyer.outputs.join(&out));
+        assert_eq!(rows, want, "{context}");
+        assert_eq!(c.remaining(&lic).await, before.checked_sub(1), "{context}");
+        assert_eq!(j.charge_micros, expected_charge(10_000), "{context}");
+        let (_, lines, balanced) = money_of(&c, &j.job_id).await;
+        assert!(balanced);
+        assert_eq!(lines.len(), 1, "{context}: {lines:?}");
     }
     c.assert_audit_verifies().await;
 }

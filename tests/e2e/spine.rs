@@ -184,7 +184,7 @@ async fn a_killed_worker_fails_the_job_and_releases_its_count() {
         .nth(1)
         .expect("id");
     assert!(
-        j.error == "the provider's side failed: worker_lost" || j.error.contains("(peer)"),
+        j.error == "the provider's side failed: worker_lost" || j.error.contains("(link)"),
         "{}",
         j.error
     );

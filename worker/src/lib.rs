@@ -643,6 +643,7 @@ pub async fn start(config: WorkerConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
         .clone()
         .pull_tasks(pb::PullTasksRequest {
             worker_id: shared.worker_id.clone(),
+            running_task_ids: Vec::new(),
         })
         .await
         .context("opening the task stream")?
@@ -940,8 +941,11 @@ async fn reconnect_once(
             expected: shared.operator_key_hex.clone(),
         });
     }
+    // The tasks still running, so that the operator knows they live on.
+    let running_task_ids = shared.running.lock().await.keys().cloned().collect();
     Ok(c.pull_tasks(pb::PullTasksRequest {
         worker_id: shared.worker_id.clone(),
+        running_task_ids,
     })
     .await
     .map_err(reconnect_error)?

@@ -53,7 +53,7 @@ pub async fn node_on(
             .await
             .expect("register")
             .worker_id;
-        inboxes.push(scheduler.connect(&id).await.expect("connect"));
+        inboxes.push(scheduler.connect(&id, &[]).await.expect("connect"));
     }
     // The licensee is a user the operator recorded.
     scheduler
