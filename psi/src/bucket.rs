@@ -1045,8 +1045,9 @@ pub async fn run_receiver_bucketed<R: CryptoRngCore + Send>(
         let offer = match read_small(&run_path, RUN_STATE_BYTES as u64)? {
             Some(state) => {
                 let (prev_buckets, master_check) = parse_run_state(&state, &run_path)?;
+                // Only whole, undamaged pending files count as done.
                 let done = (0..prev_buckets)
-                    .take_while(|&b| pending_path(b).is_file())
+                    .take_while(|&b| crate::pending::verify(&pending_path(b)).is_ok())
                     .count() as u32;
                 ResumeOffer {
                     prev_buckets,
@@ -1117,27 +1118,8 @@ pub async fn run_receiver_bucketed<R: CryptoRngCore + Send>(
             report.done(b + 1, rows_done);
         }
         if defer {
-            let master = recv_master(link).await?;
-            if master_check(&master) != agreed.master_check {
-                return Err(PsiError::Protocol(
-                    "the key of the release masks is not the one the run agreed".into(),
-                ));
-            }
-            for b in 0..buckets {
-                let path = pending_path(b);
-                let mask = release_mask(&master, b);
-                let out = blocking(move || Pending::read(&path)?.finish(&mask)).await?;
-                common += out.intersection_size;
-                sender_size += out.sender_set_size;
-                let rows = staged.bucket(b, buckets, true)?;
-                let path = parts.path(b);
-                matched_rows += blocking(move || write_part(&path, &rows, out)).await?;
-            }
-            // Every part is written: what an interrupted run would have resumed from goes.
-            for b in 0..buckets {
-                let _ = std::fs::remove_file(pending_path(b));
-            }
-            let _ = std::fs::remove_file(&run_path);
+            let master = recv_master(link, parts_dir, &agreed.master_check).await?;
+            return final_pass(&mut staged, parts, &master, start).await;
         }
         Ok(BucketedReceiverOutput {
             buckets,
@@ -1194,8 +1176,94 @@ const MASTER_KEY_FILE: &str = "master.key";
 /// The sender's per-bucket record of the receiver's set sizes (`u64` per bucket).
 const SIZES_FILE: &str = "sizes.bin";
 
-/// Takes the sender's master key (after its last bucket) and answers `Done`.
-async fn recv_master(link: &dyn Link) -> Result<zeroize::Zeroizing<[u8; 32]>, PsiError> {
+/// The receiver's deferred buckets matched once the master key is known: every pending
+/// bucket unmasked and matched, its part file written; then the run's state goes.
+async fn final_pass(
+    staged: &mut Staged,
+    parts: Parts,
+    master: &[u8; 32],
+    resumed_from: u32,
+) -> Result<BucketedReceiverOutput, PsiError> {
+    let buckets = parts.buckets;
+    let pending_path = |b: u32| parts.dir.join(format!("pending-{b:04}.bin"));
+    let (mut common, mut sender_size, mut matched_rows) = (0u64, 0u64, 0);
+    for b in 0..buckets {
+        let path = pending_path(b);
+        let mask = release_mask(master, b);
+        let out = blocking(move || Pending::read(&path)?.finish(&mask)).await?;
+        common += out.intersection_size;
+        sender_size += out.sender_set_size;
+        let rows = staged.bucket(b, buckets, true)?;
+        let path = parts.path(b);
+        matched_rows += blocking(move || write_part(&path, &rows, out)).await?;
+    }
+    // Every part is written: what an interrupted run would have resumed from goes.
+    for b in 0..buckets {
+        let _ = std::fs::remove_file(pending_path(b));
+    }
+    let _ = std::fs::remove_file(parts.dir.join(RECEIVED_MASTER_FILE));
+    let _ = std::fs::remove_file(parts.dir.join(RUN_STATE));
+    Ok(BucketedReceiverOutput {
+        buckets,
+        intersection_size: common,
+        sender_set_size: sender_size,
+        matched_rows,
+        resumed_from,
+        parts,
+    })
+}
+
+/// The receiver's copy of the master key in its parts directory, written (synced) before it
+/// answers `Done`: a receiver stopped after that finishes alone ([`finish_receiver_alone`]).
+const RECEIVED_MASTER_FILE: &str = "received-master.key";
+
+/// Finishes the receiver's side of an interrupted run without the sender, when the run had
+/// reached its end for the sender: the receiver's parts directory holds the run's state,
+/// every bucket's pending file, whole, and the master key it received before it stopped.
+/// Returns `None` when it does not (the run must resume with the sender).
+///
+/// # Errors
+/// [`PsiError::Storage`] for state that cannot be read; as the final matching of
+/// [`run_receiver_bucketed`].
+pub async fn finish_receiver_alone(
+    staged: &mut Staged,
+    parts_dir: &Path,
+) -> Result<Option<BucketedReceiverOutput>, PsiError> {
+    let run_path = parts_dir.join(RUN_STATE);
+    let Some(state) = read_small(&run_path, RUN_STATE_BYTES as u64)? else {
+        return Ok(None);
+    };
+    let (buckets, check) = parse_run_state(&state, &run_path)?;
+    let Some(key) = read_small(&parts_dir.join(RECEIVED_MASTER_FILE), 32)? else {
+        return Ok(None);
+    };
+    let Ok(key) = <[u8; 32]>::try_from(key.as_slice()) else {
+        return Ok(None);
+    };
+    let master = zeroize::Zeroizing::new(key);
+    if master_check(&master) != check || staged.buckets_wanted() > buckets {
+        return Ok(None);
+    }
+    for b in 0..buckets {
+        let path = parts_dir.join(format!("pending-{b:04}.bin"));
+        if crate::pending::verify(&path).is_err() {
+            return Ok(None);
+        }
+    }
+    let parts = Parts {
+        dir: parts_dir.to_owned(),
+        buckets,
+    };
+    final_pass(staged, parts, &master, buckets).await.map(Some)
+}
+
+/// Takes the sender's master key (after its last bucket), checks it against the run's agreed
+/// check, keeps a copy in `parts_dir` and answers `Done`.
+async fn recv_master(
+    link: &dyn Link,
+    parts_dir: &Path,
+    agreed_check: &[u8; 16],
+) -> Result<zeroize::Zeroizing<[u8; 32]>, PsiError> {
     let frame = link.recv().await?;
     if frame.first() != Some(&KIND_MASTER) {
         let parsed = crate::wire::Frame::parse(frame)?;
@@ -1213,8 +1281,16 @@ async fn recv_master(link: &dyn Link) -> Result<zeroize::Zeroizing<[u8; 32]>, Ps
                 frame.len()
             ))
         })?;
+    let key = zeroize::Zeroizing::new(key);
+    if &master_check(&key) != agreed_check {
+        return Err(PsiError::Protocol(
+            "the key of the release masks is not the one the run agreed".into(),
+        ));
+    }
+    let (path, copy) = (parts_dir.join(RECEIVED_MASTER_FILE), *key);
+    blocking(move || write_durably(&path, &copy)).await?;
     link.send(crate::wire::done_frame()).await?;
-    Ok(zeroize::Zeroizing::new(key))
+    Ok(key)
 }
 
 /// The sender's side of a bucketed run on `staged`; with `payload`, each row's `extra` is its

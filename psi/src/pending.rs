@@ -61,7 +61,46 @@ impl Drop for Pending {
     }
 }
 
-const MAGIC: &[u8; 5] = b"TPND1";
+const MAGIC: &[u8; 5] = b"TPND2";
+/// Bytes of the BLAKE3 digest that ends a pending file (of everything before it).
+const DIGEST_BYTES: u64 = 32;
+
+/// A writer that hashes what it writes.
+struct Hashing<W> {
+    inner: W,
+    hasher: blake3::Hasher,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(buf.get(..n).unwrap_or_default());
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Checks a pending file against the digest that ends it: a file cut short or changed since it
+/// was written is [`PsiError::Storage`].
+pub(crate) fn verify(path: &Path) -> Result<(), PsiError> {
+    let mut f = File::open(path).map_err(|e| storage(path, e))?;
+    let len = f.metadata().map_err(|e| storage(path, e))?.len();
+    let body = len
+        .checked_sub(DIGEST_BYTES)
+        .ok_or_else(|| storage(path, "cut short"))?;
+    let mut hasher = blake3::Hasher::new();
+    let copied =
+        std::io::copy(&mut (&mut f).take(body), &mut hasher).map_err(|e| storage(path, e))?;
+    let mut digest = [0u8; DIGEST_BYTES as usize];
+    f.read_exact(&mut digest).map_err(|e| storage(path, e))?;
+    if copied != body || hasher.finalize().as_bytes() != &digest {
+        return Err(storage(path, "damaged (its digest does not match)"));
+    }
+    Ok(())
+}
 
 fn storage(path: &Path, e: impl std::fmt::Display) -> PsiError {
     PsiError::Storage(format!("{}: {e}", path.display()))
@@ -152,13 +191,17 @@ impl Pending {
         }))
     }
 
-    /// Writes the pending state to `path` (a new file; the caller's own directory).
+    /// Writes the pending state to `path` (a new file; the caller's own directory), ended by a
+    /// BLAKE3 digest of everything before it ([`verify`]).
     ///
     /// # Errors
     /// [`PsiError::Storage`] if it cannot be written.
     pub(crate) fn write(&self, path: &Path) -> Result<(), PsiError> {
         let f = File::create(path).map_err(|e| storage(path, e))?;
-        let mut w = BufWriter::new(f);
+        let mut w = Hashing {
+            inner: BufWriter::new(f),
+            hasher: blake3::Hasher::new(),
+        };
         let io = (|| -> std::io::Result<()> {
             w.write_all(MAGIC)?;
             w.write_all(&self.masked_key)?;
@@ -199,7 +242,9 @@ impl Pending {
                     put_u64(&mut w, m.peer_size as u64)?;
                 }
             }
-            w.flush()
+            let digest = w.hasher.finalize();
+            w.inner.write_all(digest.as_bytes())?;
+            w.inner.flush()
         })();
         io.map_err(|e| storage(path, e))
     }
@@ -209,6 +254,7 @@ impl Pending {
     /// # Errors
     /// [`PsiError::Storage`] if the file cannot be read or is damaged.
     pub(crate) fn read(path: &Path) -> Result<Pending, PsiError> {
+        verify(path)?;
         let f = File::open(path).map_err(|e| storage(path, e))?;
         let mut r = Reader {
             r: BufReader::new(f),

@@ -56,6 +56,27 @@ pub(crate) struct Interruption {
     origin: Option<FailureOrigin>,
 }
 
+/// Whether an interrupted job can be sent again now (its workers aside): every task has
+/// stopped, or the receiver has stopped after its sender ended well (the receiver had the
+/// master key and finishes alone). A receiver that ended well while its sender stopped cannot
+/// be helped by running the sender again: such a job waits out its window.
+fn ready_to_resume(job: &LiveJob) -> bool {
+    let stopped = |role| {
+        job.tasks
+            .values()
+            .filter(|t| t.role == role)
+            .all(|t| t.stopped)
+    };
+    let ended_well = |role| {
+        job.tasks
+            .values()
+            .filter(|t| t.role == role)
+            .all(|t| t.report.as_ref().is_some_and(|r| r.ok))
+    };
+    stopped(tessera_core::TaskRole::Receiver)
+        && (stopped(tessera_core::TaskRole::Sender) || ended_well(tessera_core::TaskRole::Sender))
+}
+
 /// Whether `job`'s run can resume: an intersection-mode `psi` job (bucketed on the workers).
 pub(crate) fn resumable(job: &JobRecord) -> bool {
     job.scene == tessera_core::job::scene::PSI && job.mode == PsiMode::Intersection
@@ -148,7 +169,7 @@ impl Scheduler {
         let ready = {
             let jobs = self.jobs.lock().await;
             jobs.get(job_id)
-                .is_some_and(|j| j.interrupted.is_some() && j.tasks.values().all(|t| t.stopped))
+                .is_some_and(|j| j.interrupted.is_some() && ready_to_resume(j))
         };
         if !ready {
             return;
@@ -180,8 +201,22 @@ impl Scheduler {
                 })
                 .collect()
         };
+        // Only the stopped tasks run again (a sender that ended well is not needed: its
+        // receiver had the master key and finishes alone).
+        let stopped: Vec<String> = {
+            let jobs = self.jobs.lock().await;
+            jobs.get(job_id)
+                .map(|j| {
+                    j.tasks
+                        .iter()
+                        .filter(|(_, t)| t.stopped)
+                        .map(|(id, _)| id.clone())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
         let mut deliveries = Vec::with_capacity(records.len());
-        for t in &records {
+        for t in records.iter().filter(|t| stopped.contains(&t.task_id)) {
             let Some((_, to)) = workers.get(&t.worker_id) else {
                 return; // not back yet
             };
@@ -230,7 +265,7 @@ impl Scheduler {
             let Some(job) = jobs.get_mut(job_id) else {
                 return;
             };
-            if job.interrupted.is_none() || !job.tasks.values().all(|t| t.stopped) {
+            if job.interrupted.is_none() || !ready_to_resume(job) {
                 return;
             }
             for (to, worker, delivery) in deliveries.drain(..) {
@@ -243,7 +278,7 @@ impl Scheduler {
             }
             job.interrupted = None;
             job.resumes += 1;
-            for t in job.tasks.values_mut() {
+            for t in job.tasks.values_mut().filter(|t| t.stopped) {
                 t.stopped = false;
             }
             job.progress.clear();

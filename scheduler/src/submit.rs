@@ -1345,9 +1345,21 @@ impl Scheduler {
                     && task.party == job.buyer_party
                     && task.role == TaskRole::Receiver;
                 let kind = report.error_kind.map_or("internal", TaskErrorKind::as_str);
+                let spent = job.resumable
+                    && report.error_kind == Some(TaskErrorKind::Link)
+                    && self.config.resume_window_ms > 0
+                    && job.resumes >= self.config.resumes_max;
+                let spent = if spent {
+                    format!(
+                        " (the job was resumed {} times, the most allowed)",
+                        job.resumes
+                    )
+                } else {
+                    String::new()
+                };
                 Some(JobFinish::Failed {
                     error: format!(
-                        "{} task on {worker_id} failed ({kind}): {}",
+                        "{} task on {worker_id} failed ({kind}): {}{spent}",
                         task.role, report.error
                     ),
                     buyer_fault,

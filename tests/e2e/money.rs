@@ -838,6 +838,43 @@ async fn a_bucketed_run_whose_worker_restarts_resumes_where_it_stopped_and_is_ch
     c.assert_audit_verifies().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buyer_restarted_at_the_delivery_point_gets_its_result_and_pays_once() {
+    let mut c = Cluster::start_with(3_000, &["--bucket-rows", "100"]);
+    c.fund(1_000_000_000, "fund").await;
+    c.dataset(&c.provider, "p", "k", &keys("k", 0..10_000))
+        .await;
+    c.dataset(&c.buyer, "b", "k", &keys("k", 5_000..15_000))
+        .await;
+    let lic = c.licence("p", Some(3)).await;
+    let before = c.remaining(&lic).await.expect("a counted licence");
+    let j = c
+        .client()
+        .await
+        .submit_job(Cluster::job(&lic, "b", "intersection", "at-delivery.csv"))
+        .await
+        .expect("submit")
+        .into_inner();
+    // Killed as soon as the delivery is recorded: before or after it received the last key
+    // (then it finishes alone), then restarted under its id.
+    until_delivered(&c, &j.job_id).await;
+    c.replace_buyer(true);
+    let (j, _) = wait_collecting_buckets(&c, &j.job_id).await;
+    assert_eq!(j.state_text(), "succeeded", "{j:?}");
+    let want: Vec<Vec<String>> = keys("k", 5_000..10_000)
+        .into_iter()
+        .map(|k| vec![k])
+        .collect();
+    let (_, rows) = crate::harness::read_csv(&c.buyer.outputs.join("at-delivery.csv"));
+    assert_eq!(rows, want, "{j:?}");
+    assert_eq!(c.remaining(&lic).await, before.checked_sub(1), "{j:?}");
+    assert_eq!(j.charge_micros, expected_charge(10_000), "{j:?}");
+    let (_, lines, balanced) = money_of(&c, &j.job_id).await;
+    assert!(balanced);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    c.assert_audit_verifies().await;
+}
+
 /// Waits for `job_id` to end, collecting every bucket number shown after the call.
 async fn wait_collecting_buckets(c: &Cluster, job_id: &str) -> (pb::Job, Vec<u64>) {
     let mut after = Vec::new();

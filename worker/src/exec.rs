@@ -467,7 +467,7 @@ const FINGERPRINT_FILE: &str = "input.fingerprint";
 /// A task's own scratch directory under the worker's work directory (0700). It is the same
 /// directory for every attempt of the same task (named by the job's session and the role), so
 /// a resumed run finds what the stopped one left; it is emptied when it was made from another
-/// input (the fingerprint: the dataset file's size and modification time, the task's key
+/// input (the fingerprint: a digest of the dataset file's content, the task's key
 /// settings and the worker's bucket size), and removed when the task ends, however it ends,
 /// unless it stopped on a broken link ([`Scratch::keep_for_resume`]). A cancelled task's
 /// staging, which runs on a blocking thread the cancellation cannot stop, sees `stopped` and
@@ -549,23 +549,22 @@ pub(crate) fn sweep_work_dir(work_dir: &Path, keep_secs: u64) {
     }
 }
 
-/// What a bucketed task's state was made from: a digest of the dataset file's size and
-/// modification time, the task's key settings and the worker's bucket size. Another input
+/// What a bucketed task's state was made from: a digest of the dataset file's content, the
+/// task's key settings and the worker's bucket size. Another input
 /// (the provider replaced its file, the worker restarted with another memory limit) starts the
 /// task's state afresh.
-fn input_fingerprint(env: &ExecEnv, spec: &TaskSpec, path: &Path) -> String {
-    let (len, modified_ns) = std::fs::metadata(path).map_or((0, 0), |m| {
-        let ns = m
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos());
-        (m.len(), ns)
-    });
+fn input_fingerprint(bucket_rows: u64, spec: &TaskSpec, path: &Path) -> String {
+    // The file's content, not its size and time: an edit that keeps both (a restore from a
+    // backup, `cp -p`) must not pass for the same input. About a second per GB.
+    let mut content = blake3::Hasher::new();
+    let read = std::fs::File::open(path).and_then(|mut f| std::io::copy(&mut f, &mut content));
+    let content = match read {
+        Ok(len) => format!("{len}:{}", content.finalize().to_hex()),
+        Err(e) => format!("unreadable: {}", e.kind()),
+    };
     let described = serde_json::json!({
         "dataset": spec.dataset_location,
-        "len": len,
-        "modified_ns": modified_ns.to_string(),
+        "content": content,
         "role": spec.role.as_str(),
         "protocol": spec.protocol,
         "key_columns": spec.key_columns,
@@ -573,7 +572,7 @@ fn input_fingerprint(env: &ExecEnv, spec: &TaskSpec, path: &Path) -> String {
         "unicode_form": spec.unicode_form,
         "empty_keys": spec.empty_keys,
         "carry_columns": spec.carry_columns,
-        "bucket_rows": env.bucket_rows,
+        "bucket_rows": bucket_rows,
     });
     blake3::hash(described.to_string().as_bytes())
         .to_hex()
@@ -603,7 +602,13 @@ async fn run_psi_bucketed(
     progress: Arc<dyn tessera_psi::Progress>,
     delivery: &dyn DeliverySink,
 ) -> Result<TaskOutcome, TaskError> {
-    let mut scratch = Scratch::open(env, spec, &input_fingerprint(env, spec, &path))?;
+    let fingerprint = {
+        let (env_rows, spec2, path2) = (env.bucket_rows, spec.clone(), path.clone());
+        tokio::task::spawn_blocking(move || input_fingerprint(env_rows, &spec2, &path2))
+            .await
+            .map_err(|e| TaskError::Internal(format!("fingerprint task: {e}")))?
+    };
+    let mut scratch = Scratch::open(env, spec, &fingerprint)?;
     let out = run_psi_bucketed_in(
         env, spec, &scratch, path, key_spec, out_path, header, progress, delivery,
     )
@@ -751,6 +756,24 @@ async fn run_staged(
     progress: Arc<dyn tessera_psi::Progress>,
     delivery: &dyn DeliverySink,
 ) -> Result<TaskOutcome, TaskError> {
+    let mut staged = staged;
+    let parts_dir = scratch.dir.join("parts");
+    if spec.role == TaskRole::Receiver {
+        // An attempt stopped after it had the master key: the sender has ended, and this side
+        // finishes alone.
+        let alone = tessera_psi::bucket::finish_receiver_alone(&mut staged, &parts_dir)
+            .await
+            .map_err(psi_task_error)?;
+        if let Some(out) = alone {
+            tracing::info!(job = %spec.job_id, "finishing the interrupted run alone: the sender had sent its last key");
+            let outcome = TaskOutcome {
+                rows_in: counts.rows,
+                empty_keys: counts.empty_keys,
+                ..TaskOutcome::default()
+            };
+            return write_bucketed_result(spec, outcome, out, out_path, header).await;
+        }
+    }
     let link = open_link(env, spec).await?;
     let cfg = psi_config(spec, Mode::Intersection);
     let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
@@ -781,7 +804,7 @@ async fn run_staged(
             let out = tessera_psi::bucket::run_receiver_bucketed(
                 &link,
                 staged,
-                &scratch.dir.join("parts"),
+                &parts_dir,
                 false,
                 &cfg,
                 &mut rng,
@@ -789,36 +812,46 @@ async fn run_staged(
             )
             .await
             .map_err(psi_task_error)?;
-            outcome.result_size = Some(out.intersection_size);
-            if let Some(path) = out_path {
-                let width = header.len();
-                let parts = out.parts;
-                let written = tokio::task::spawn_blocking(move || {
-                    let merged = parts
-                        .merged()
-                        .map_err(|e| TableError::Io(format!("reading the matched rows: {e}")))?;
-                    let rows = merged.map(|m| {
-                        let m = m.map_err(|e| {
-                            TableError::Io(format!("reading the matched rows: {e}"))
-                        })?;
-                        crate::join::decode_values(&m.extra, width).map_err(|_| {
-                            TableError::Io("a matched row's kept values are damaged".into())
-                        })
-                    });
-                    try_write_result_csv(&path, &header, rows)
-                })
-                .await
-                .map_err(|e| TaskError::Internal(format!("writer task: {e}")))?
-                .map_err(|e| match e {
-                    TableError::OutputExists { .. } => TaskError::Input(e.to_string()),
-                    e => TaskError::Internal(format!("writing the result: {e}")),
-                })?;
-                outcome.result_file = Some(written);
-                outcome.result_location = spec.output.clone();
-            }
+            outcome.link = link.stats();
+            return write_bucketed_result(spec, outcome, out, out_path, header).await;
         }
     }
     outcome.link = link.stats();
+    Ok(outcome)
+}
+
+/// The receiver's result file from a bucketed run's merged parts.
+async fn write_bucketed_result(
+    spec: &TaskSpec,
+    mut outcome: TaskOutcome,
+    out: tessera_psi::bucket::BucketedReceiverOutput,
+    out_path: Option<PathBuf>,
+    header: Vec<String>,
+) -> Result<TaskOutcome, TaskError> {
+    outcome.result_size = Some(out.intersection_size);
+    if let Some(path) = out_path {
+        let width = header.len();
+        let parts = out.parts;
+        let written = tokio::task::spawn_blocking(move || {
+            let merged = parts
+                .merged()
+                .map_err(|e| TableError::Io(format!("reading the matched rows: {e}")))?;
+            let rows = merged.map(|m| {
+                let m = m.map_err(|e| TableError::Io(format!("reading the matched rows: {e}")))?;
+                crate::join::decode_values(&m.extra, width)
+                    .map_err(|_| TableError::Io("a matched row's kept values are damaged".into()))
+            });
+            try_write_result_csv(&path, &header, rows)
+        })
+        .await
+        .map_err(|e| TaskError::Internal(format!("writer task: {e}")))?
+        .map_err(|e| match e {
+            TableError::OutputExists { .. } => TaskError::Input(e.to_string()),
+            e => TaskError::Internal(format!("writing the result: {e}")),
+        })?;
+        outcome.result_file = Some(written);
+        outcome.result_location = spec.output.clone();
+    }
     Ok(outcome)
 }
 
