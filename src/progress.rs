@@ -66,6 +66,16 @@ impl PhaseBar {
             return false;
         };
         let family = tessera_scheduler::phase_family(phase);
+        if phase == tessera_scheduler::resume::PHASE_WAITING {
+            // The run broke off: what follows is a new attempt, whose phases start again.
+            st.phases.clear();
+            st.phases.push(family.to_string());
+            st.done = 0;
+            self.bar.set_message(phase.to_string());
+            self.bar.set_length(1);
+            self.bar.set_position(0);
+            return true;
+        }
         match st.phases.iter().position(|p| p == family) {
             Some(i) if i + 1 < st.phases.len() => return false,
             Some(_) if done <= st.done => return false,
@@ -132,6 +142,22 @@ mod tests {
             "a late report of the family"
         );
         assert_eq!(b.position(), Some(("bucket".into(), 20)));
+        b.finish();
+    }
+
+    #[test]
+    fn a_resumed_run_draws_its_phases_again() {
+        let m = MultiProgress::with_draw_target(ProgressDrawTarget::hidden());
+        let b = PhaseBar::new(&m, "provider");
+        assert!(b.update("read", 100, 100));
+        assert!(b.update("bucket 40/100", 4_000, 10_000));
+        assert!(b.update(tessera_scheduler::resume::PHASE_WAITING, 0, 0));
+        assert_eq!(b.position(), Some(("waiting".into(), 0)));
+        // The resumed attempt reads (restores) and goes on from bucket 39.
+        assert!(b.update("read", 100, 100));
+        assert!(b.update("bucket 39/100", 3_900, 10_000));
+        assert!(b.update("bucket 41/100", 4_100, 10_000));
+        assert_eq!(b.position(), Some(("bucket".into(), 4_100)));
         b.finish();
     }
 }

@@ -112,9 +112,13 @@ impl Scheduler {
                     origin.get_or_insert_with(|| FailureOrigin {
                         role: t.role,
                         party: t.party.clone(),
-                        kind: tessera_core::TaskErrorKind::Link.as_str().into(),
+                        kind: if stopped {
+                            tessera_core::TaskErrorKind::Link.as_str().into()
+                        } else {
+                            "worker_lost".into()
+                        },
                     });
-                    if stopped {
+                    {
                         let waiting = PhaseProgress {
                             party: t.party.clone(),
                             role: t.role,
@@ -133,7 +137,14 @@ impl Scheduler {
             }
             let progress = job.progress.clone();
             job.view.send_modify(|v| v.progress = progress);
-            match (&job.interrupted, origin) {
+            match (&mut job.interrupted, origin) {
+                // A worker that is gone says more than its peer's broken link, which is how
+                // its loss shows first: the job's error names it if it never comes back.
+                (Some(i), Some(origin)) if mark != TaskMark::Stopped => {
+                    i.why = why.to_owned();
+                    i.origin = Some(origin);
+                    None
+                }
                 (None, Some(origin)) => {
                     let deadline_ms = now.saturating_add(self.config.resume_window_ms);
                     job.interrupted = Some(Interruption {
