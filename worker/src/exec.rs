@@ -506,6 +506,10 @@ impl Scratch {
         if same {
             tracing::info!(job = %spec.job_id, task = %spec.task_id, "taking up the work directory of an interrupted attempt");
         }
+        match OPEN_SCRATCH.lock() {
+            Ok(mut v) => v.push(dir.clone()),
+            Err(p) => p.into_inner().push(dir.clone()),
+        }
         Ok(Scratch {
             dir,
             stopped: Arc::default(),
@@ -526,17 +530,33 @@ impl Drop for Scratch {
         if !self.keep {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+        let mut open = OPEN_SCRATCH.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = open.iter().position(|d| d == &self.dir) {
+            open.swap_remove(i);
+        }
     }
 }
 
+/// The work directories of the tasks this process runs now: never swept, however long they
+/// have been quiet.
+static OPEN_SCRATCH: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
 /// Removes the task directories under `work_dir` not used for `keep_secs` (left by tasks that
-/// stopped on a broken link and were never resumed). Errors are ignored: the sweep is tidying.
+/// stopped on a broken link and were never resumed), except those of running tasks. Errors are
+/// ignored: the sweep is tidying.
 pub(crate) fn sweep_work_dir(work_dir: &Path, keep_secs: u64) {
     let Ok(entries) = std::fs::read_dir(work_dir) else {
         return;
     };
+    let open = OPEN_SCRATCH
+        .lock()
+        .map(|v| v.clone())
+        .unwrap_or_else(|p| p.into_inner().clone());
     let now = std::time::SystemTime::now();
     for e in entries.filter_map(Result::ok) {
+        if open.contains(&e.path()) {
+            continue;
+        }
         let old = e
             .metadata()
             .and_then(|m| m.modified())
@@ -867,6 +887,36 @@ pub async fn measured<F: std::future::Future>(f: F) -> (F::Output, u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sweep_spares_running_tasks_and_recent_directories() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7_200);
+        let dir = |name: &str, old: bool| {
+            let d = root.path().join(name);
+            std::fs::create_dir_all(d.join("parts")).expect("mkdir");
+            if old {
+                std::fs::File::open(&d)
+                    .and_then(|f| f.set_modified(two_hours_ago))
+                    .expect("age it");
+            }
+            d
+        };
+        let (stale, running, recent) = (
+            dir("stale", true),
+            dir("running", true),
+            dir("recent", false),
+        );
+        OPEN_SCRATCH.lock().expect("lock").push(running.clone());
+        sweep_work_dir(root.path(), RESUME_STATE_KEEP_SECS);
+        OPEN_SCRATCH.lock().expect("lock").retain(|d| d != &running);
+        assert!(!stale.exists(), "a directory quiet for two hours goes");
+        assert!(
+            running.exists(),
+            "a running task's directory stays, however quiet"
+        );
+        assert!(recent.exists());
+    }
 
     #[test]
     fn result_path_names_the_users_path_and_the_cause() {
