@@ -216,6 +216,58 @@ struct LiveJob {
     resumes: u32,
 }
 
+impl LiveJob {
+    /// The live state of `job` with its `tasks`, none of them reported yet; `unconfirmed`
+    /// when it is not known whether they still run (taken up after an operator restart).
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        job: &tessera_store::JobRecord,
+        tasks: &[tessera_store::TaskRecord],
+        holds: Vec<tessera_store::HoldRecord>,
+        buyer_party: String,
+        provider_party: String,
+        price: tessera_accounting::JobPrice,
+        unconfirmed: bool,
+    ) -> Self {
+        let (view, _) = watch::channel(JobView {
+            job: job.clone(),
+            progress: Vec::new(),
+            refusals: Vec::new(),
+        });
+        LiveJob {
+            user: job.user.clone(),
+            scene: job.scene.clone(),
+            protocol: job.protocol,
+            created_at_ms: job.created_at_ms,
+            holds,
+            buyer_party,
+            provider_party,
+            price,
+            tasks: tasks
+                .iter()
+                .map(|t| {
+                    (
+                        t.task_id.clone(),
+                        LiveTask {
+                            worker_id: t.worker_id.clone(),
+                            party: t.party.clone(),
+                            role: t.role,
+                            report: None,
+                            stopped: false,
+                            unconfirmed,
+                        },
+                    )
+                })
+                .collect(),
+            progress: Vec::new(),
+            view,
+            resumable: resume::resumable(job),
+            interrupted: None,
+            resumes: 0,
+        }
+    }
+}
+
 /// Random ids (job, task, session, ticket and licence ids), shared by the scheduler and the
 /// record service.
 #[derive(Debug)]

@@ -352,47 +352,21 @@ impl Scheduler {
         let licence = self.store.licence(&job.licence_id).await?;
         let now = self.now();
         let why = "the operator restarted while the job ran".to_owned();
-        let (view, _) = tokio::sync::watch::channel(crate::JobView {
-            job: job.clone(),
-            progress: Vec::new(),
-            refusals: Vec::new(),
-        });
-        let live = LiveJob {
-            user: job.user.clone(),
-            scene: job.scene.clone(),
-            protocol: job.protocol,
-            created_at_ms: job.created_at_ms,
+        let mut live = LiveJob::new(
+            job,
+            &tasks,
             holds,
-            buyer_party: job.buyer_party.clone(),
-            provider_party: job.provider_party.clone(),
-            price: licence.price,
-            tasks: tasks
-                .iter()
-                .map(|t| {
-                    (
-                        t.task_id.clone(),
-                        crate::LiveTask {
-                            worker_id: t.worker_id.clone(),
-                            party: t.party.clone(),
-                            role: t.role,
-                            report: None,
-                            stopped: false,
-                            unconfirmed: true,
-                        },
-                    )
-                })
-                .collect(),
-            progress: Vec::new(),
-            view,
-            resumable: true,
-            interrupted: Some(Interruption {
-                since_ms: now,
-                deadline_ms: now.saturating_add(self.config.resume_window_ms),
-                why: why.clone(),
-                origin: None,
-            }),
-            resumes: 0,
-        };
+            job.buyer_party.clone(),
+            job.provider_party.clone(),
+            licence.price,
+            true,
+        );
+        live.interrupted = Some(Interruption {
+            since_ms: now,
+            deadline_ms: now.saturating_add(self.config.resume_window_ms),
+            why: why.clone(),
+            origin: None,
+        });
         self.jobs.lock().await.insert(job.job_id.clone(), live);
         let details = serde_json::json!({
             "reason": why,

@@ -15,9 +15,8 @@ use tessera_store::{
     AdmitContext, AdmitOutcome, Decision, EmptyKeyCounts, FailureOrigin, JobFinish, LicenceRecord,
     NewJob, NewTask, Refusal, ResultFileRecord, TaskUpdate, UsageEventRecord,
 };
-use tokio::sync::watch;
 
-use crate::{Delivery, JobView, LiveJob, LiveTask, PhaseProgress, Scheduler, SchedulerError};
+use crate::{Delivery, JobView, LiveJob, PhaseProgress, Scheduler, SchedulerError};
 
 /// Scenes this build can run.
 pub const SUPPORTED_SCENES: &[&str] = tessera_core::job::scene::SUPPORTED;
@@ -1085,42 +1084,15 @@ impl Scheduler {
         let job_id = job.job_id.clone();
         let tasks = self.store.tasks(&job_id).await?;
         let holds = self.store.job_holds(&job_id).await?;
-        let (view_tx, _) = watch::channel(JobView {
-            job: job.clone(),
-            progress: Vec::new(),
-            refusals: Vec::new(),
-        });
-        let live = LiveJob {
-            user: job.user.clone(),
-            scene: job.scene.clone(),
-            protocol: job.protocol,
-            created_at_ms: job.created_at_ms,
+        let live = LiveJob::new(
+            &job,
+            &tasks,
             holds,
-            buyer_party: req.buyer_party.clone(),
-            provider_party: licence.licensor.clone(),
-            price: licence.price,
-            tasks: tasks
-                .iter()
-                .map(|t| {
-                    (
-                        t.task_id.clone(),
-                        LiveTask {
-                            worker_id: t.worker_id.clone(),
-                            party: t.party.clone(),
-                            role: t.role,
-                            report: None,
-                            stopped: false,
-                            unconfirmed: false,
-                        },
-                    )
-                })
-                .collect(),
-            progress: Vec::new(),
-            view: view_tx,
-            resumable: crate::resume::resumable(&job),
-            interrupted: None,
-            resumes: 0,
-        };
+            req.buyer_party.clone(),
+            licence.licensor.clone(),
+            licence.price,
+            false,
+        );
         self.jobs.lock().await.insert(job_id.clone(), live);
         let now = self.now();
         let mut failure = None;

@@ -788,22 +788,7 @@ async fn a_bucketed_run_whose_worker_restarts_resumes_where_it_stopped_and_is_ch
     // A crash of the provider's worker, then the same worker (id, directories) again.
     c.restart_provider();
     // Every bucket phase shown from now on, to see where the run took up again.
-    let mut client = c.client().await;
-    let mut after = Vec::new();
-    let j = loop {
-        let now = client
-            .get_job(pb::JobRef {
-                job_id: j.job_id.clone(),
-            })
-            .await
-            .expect("get job")
-            .into_inner();
-        after.extend(now.progress.iter().filter_map(|p| bucket_of(&p.phase)));
-        if !matches!(now.state_text(), "admitted" | "running") {
-            break now;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    };
+    let (j, after) = wait_collecting_buckets(&c, &j.job_id).await;
     let context = format!("restarted at {seen}: {j:?}");
     assert_eq!(j.state_text(), "succeeded", "{context}");
     // It went on from about where it stopped (the receiver may be a bucket behind the sender),
@@ -883,17 +868,24 @@ async fn a_buyer_restarted_at_the_delivery_point_gets_its_result_and_pays_once()
 /// Waits for `job_id` to end, collecting every bucket number shown after the call.
 async fn wait_collecting_buckets(c: &Cluster, job_id: &str) -> (pb::Job, Vec<u64>) {
     let mut after = Vec::new();
+    let mut client = None;
     for _ in 0..60_000 {
-        // The operator may be starting again: a failed call is retried.
-        let Ok(mut client) = tokio::time::timeout(Duration::from_secs(5), c.client()).await else {
+        // The operator may be starting again: a failed call connects again.
+        if client.is_none() {
+            client = tokio::time::timeout(Duration::from_secs(5), c.client())
+                .await
+                .ok();
+        }
+        let Some(connected) = client.as_mut() else {
             continue;
         };
-        let Ok(now) = client
+        let Ok(now) = connected
             .get_job(pb::JobRef {
                 job_id: job_id.into(),
             })
             .await
         else {
+            client = None;
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };
