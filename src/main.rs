@@ -382,9 +382,9 @@ mod tests {
                   --provider-columns <PROVIDER_COLUMNS>
                       Key columns in the provider's dataset, comma-separated
                   --mode <MODE>
-                      intersection | size [default: intersection]
+                      intersection (the buyer learns which of its keys are common) | size (only how many) | both (the buyer and the provider each learn which of their own keys are common: the provider's worker writes its rows whose key is common to `psi-<job id>.csv` in its output directory, shown to the provider in `job get`) [default: intersection]
                   --protocol <PROTOCOL>
-                      PSI protocol: rr22 (VOLE-based, the fast one; intersection mode only) or ecdh (public-key; fewer bytes than rr22 only for small sets, where rr22's ~600 KB fixed cost dominates; the only one for size mode) [default: rr22, ecdh for size mode] [possible values: rr22, ecdh]
+                      PSI protocol: rr22 (VOLE-based, the fast one; intersection and both modes) or ecdh (public-key; fewer bytes than rr22 only for small sets, where rr22's ~600 KB fixed cost dominates; the only one for size mode) [default: rr22, ecdh for size mode] [possible values: rr22, ecdh]
                   --key-case <KEY_CASE>
                       Case rule for keys on both sides: preserve (as in the file), lower, upper (Unicode full mappings; they disagree on e.g. ß), or fold (Unicode full case folding: the one for caseless matching, `straße` = `STRASSE`) [default: preserve]
                   --unicode <UNICODE_FORM>
@@ -392,7 +392,7 @@ mod tests {
                   --empty-keys <EMPTY_KEYS>
                       Rows whose key is empty after normalisation (with several key columns: ANY column empty) are no identifier: skip leaves them out and counts them in the job's summary (each party sees its own count); fail makes the job fail [default: skip]
                   --output <OUTPUT>
-                      Result file name in the buyer worker's output directory (intersection mode; a bare name: no directory, no leading dot or surrounding spaces; empty: no file). A result never replaces a file: a name already recorded by another job of the buyer party is refused [default: ""]
+                      Result file name in the buyer worker's output directory (intersection and both modes; a bare name: no directory, no leading dot or surrounding spaces; empty: no file). A result never replaces a file: a name already recorded by another job of the buyer party is refused [default: ""]
                   --request-id <REQUEST_ID>
                       Idempotency key per user: a retry with the same id gets the same job (no second count or hold); the same id with other parameters is refused
                   --carry-columns <CARRY_COLUMNS>

@@ -135,12 +135,23 @@ vocabulary! {
 }
 
 vocabulary! {
-    /// What a PSI job reveals to the buyer.
-    PsiMode, "PSI mode", "intersection, size" {
+    /// What a PSI job reveals, and to whom.
+    PsiMode, "PSI mode", "intersection, size, both" {
         /// The buyer learns which of its keys are common (and how many).
         Intersection => "intersection",
         /// The buyer learns only how many keys are common.
         Size => "size",
+        /// The buyer and the provider each learn which of their own keys are common: the
+        /// provider's worker writes its own result file (the buyer's choice: it reveals the
+        /// intersection to the provider).
+        Both => "both",
+    }
+}
+
+impl PsiMode {
+    /// Whether the buyer learns which of its keys are common (`intersection`, `both`).
+    pub fn reveals_keys(self) -> bool {
+        matches!(self, PsiMode::Intersection | PsiMode::Both)
     }
 }
 
@@ -162,7 +173,7 @@ impl PsiProtocol {
     /// only `ecdh` supports.
     pub fn default_for(mode: PsiMode) -> PsiProtocol {
         match mode {
-            PsiMode::Intersection => PsiProtocol::Rr22,
+            PsiMode::Intersection | PsiMode::Both => PsiProtocol::Rr22,
             PsiMode::Size => PsiProtocol::Ecdh,
         }
     }

@@ -55,12 +55,8 @@ pub fn job_to_pb(v: &JobView) -> pb::Job {
         finished_at_ms: j.finished_at_ms,
         delivered_at_ms: j.delivered_at_ms,
         request_id: j.request_id.clone().unwrap_or_default(),
-        result_file: j.result_file.as_ref().map(|f| pb::ResultFile {
-            name: f.name.clone(),
-            bytes: f.bytes,
-            rows: f.rows,
-            sha256_hex: f.sha256_hex.clone(),
-        }),
+        result_file: j.result_file.as_ref().map(result_file),
+        provider_result_file: j.provider_result_file.as_ref().map(result_file),
         buyer_empty_keys: j.buyer_empty_keys,
         provider_empty_keys: j.provider_empty_keys,
         error_kind: j
@@ -128,6 +124,15 @@ pub(crate) fn transfer_to_pb(t: TransferRecord) -> pb::Transfer {
         kind: t.kind,
         pending_id: t.pending_id.unwrap_or_default(),
         created_at_ms: t.created_at_ms,
+    }
+}
+
+fn result_file(f: &tessera_scheduler::ResultFileRecord) -> pb::ResultFile {
+    pb::ResultFile {
+        name: f.name.clone(),
+        bytes: f.bytes,
+        rows: f.rows,
+        sha256_hex: f.sha256_hex.clone(),
     }
 }
 

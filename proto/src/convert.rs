@@ -87,9 +87,10 @@ pair!(JobState, JobState, "state", "admitted, running, succeeded, failed, refuse
     Cancelled <=> Cancelled,
 });
 
-pair!(PsiMode, PsiMode, "mode", "intersection, size" {
+pair!(PsiMode, PsiMode, "mode", "intersection, size, both" {
     Intersection <=> Intersection,
     Size <=> Size,
+    Both <=> Both,
 });
 
 pair!(PsiProtocol, PsiProtocol, "protocol", "rr22, ecdh" {

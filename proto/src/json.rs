@@ -88,7 +88,12 @@ enum_json!(
     PsiModeName,
     "PSI_MODE_",
     "PSI_MODE_INTERSECTION",
-    [PSI_MODE_UNSPECIFIED, PSI_MODE_INTERSECTION, PSI_MODE_SIZE]
+    [
+        PSI_MODE_UNSPECIFIED,
+        PSI_MODE_INTERSECTION,
+        PSI_MODE_SIZE,
+        PSI_MODE_BOTH,
+    ]
 );
 enum_json!(
     psi_protocol,

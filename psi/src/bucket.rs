@@ -30,7 +30,26 @@
 //!    (every duplicate, with its `extra` and, with a payload, the sender's payload) to a part
 //!    file per bucket.
 //! 4. **Result**: [`Parts::merged`] reads the part files back in ordinal order: the matched rows
-//!    come out in input order, exactly as an unbucketed run would give them.
+//!    come out in input order, exactly as an unbucketed run would give them. With the
+//!    intersection shared, the sender's matched rows come out the same way (below).
+//!
+//! # The intersection shared with the sender
+//!
+//! When both parties ask for it (a flag in the `Buckets` frame; a mismatch stops both), the
+//! sender learns which of its own rows are common too: once the receiver has matched a bucket
+//! (after the master key, or right after the release with one bucket), it sends the bucket's
+//! common items as sorted tags `BLAKE3-keyed(bucket key, context ‖ item)[..16]`
+//! (`Common` frames: `kind=0x0B | bucket u32 | last u8 | count u32 | count × 16`, at most
+//! 65,536 tags each). The sender checks that the tags are strictly ascending and that each
+//! names one of its own items of that bucket (anything else is a protocol error), and writes
+//! its rows whose item is common to its own part files, merged in input order as the
+//! receiver's are. The sender then learns the intersection (as the receiver does) and nothing
+//! else: a tag names only an item it holds. The receiver is trusted to report it faithfully
+//! (semi-honest); a receiver that leaves items out, or names an item of the sender's it did not
+//! hold, changes only the sender's result, as choosing another input would, and a tag that is
+//! refused tells it no more than putting the guessed item in its input. A run that shares the
+//! intersection carries no payload (payloads go to the receiver only), and its receiver never
+//! finishes alone after an interruption: the sender still waits for its tags, so both resume.
 //!
 //! # Resume
 //!
@@ -121,7 +140,7 @@ const KEY_CHECK_CONTEXT: &str = "tessera-psi bucket key check v1";
 pub const PHASE_BUCKET: &str = "bucket";
 
 const KIND_BUCKETS: u8 = 0x09;
-const BUCKETS_FRAME_BYTES: usize = 1 + 2 + 4 + 16 + 4 + 4 + 16;
+const BUCKETS_FRAME_BYTES: usize = 1 + 2 + 4 + 16 + 4 + 4 + 16 + 1;
 
 /// The keyed hash that assigns items to partitions. Secret-free `Debug`; wiped on drop.
 #[derive(Clone)]
@@ -766,7 +785,7 @@ pub struct BucketedReceiverOutput {
 }
 
 /// What the sender of a bucketed run learns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct BucketedSenderOutput {
     /// Buckets run.
     pub buckets: u32,
@@ -774,6 +793,19 @@ pub struct BucketedSenderOutput {
     pub receiver_set_size: u64,
     /// The bucket this run started at: 0, or where it took up an interrupted run.
     pub resumed_from: u32,
+    /// The intersection, when the run shares it with the sender.
+    pub shared: Option<SharedIntersection>,
+}
+
+/// The sender's part of an intersection shared with it: which of its rows are common.
+#[derive(Debug)]
+pub struct SharedIntersection {
+    /// Distinct common items.
+    pub intersection_size: u64,
+    /// Own rows whose item is common (every duplicate counted).
+    pub matched_rows: u64,
+    /// The matched rows (each with its `extra`, no payload), per bucket on disk.
+    pub parts: Parts,
 }
 
 /// What a party brings to the agreement besides its wish: for resuming a run that stopped.
@@ -809,6 +841,7 @@ async fn agree(
     wanted: u32,
     sender: bool,
     offer: ResumeOffer,
+    share: bool,
 ) -> Result<Agreed, PsiError> {
     let mut b = BytesMut::with_capacity(BUCKETS_FRAME_BYTES);
     b.put_u8(KIND_BUCKETS);
@@ -818,12 +851,18 @@ async fn agree(
     b.put_u32_le(offer.prev_buckets);
     b.put_u32_le(offer.done);
     b.put_slice(&offer.master_check);
+    b.put_u8(u8::from(share));
     let ours = b.freeze();
     let (_, theirs) = tokio::try_join!(
         async { link.send(ours).await.map_err(PsiError::from) },
         async { link.recv().await.map_err(PsiError::from) }
     )?;
-    let (peer_wanted, peer) = parse_buckets(theirs, key)?;
+    let (peer_wanted, peer, peer_share) = parse_buckets(theirs, key)?;
+    if peer_share != share {
+        return Err(PsiError::InvalidConfig(
+            "the parties disagree on whether the sender learns the intersection".into(),
+        ));
+    }
     let buckets = wanted.max(peer_wanted);
     let (r, s) = if sender { (peer, offer) } else { (offer, peer) };
     let start = if buckets > 1
@@ -842,7 +881,7 @@ async fn agree(
     })
 }
 
-fn parse_buckets(frame: Bytes, key: &BucketKey) -> Result<(u32, ResumeOffer), PsiError> {
+fn parse_buckets(frame: Bytes, key: &BucketKey) -> Result<(u32, ResumeOffer, bool), PsiError> {
     if frame.first() != Some(&KIND_BUCKETS) {
         // An abort, or another frame: the shared parser says which.
         let parsed = crate::wire::Frame::parse(frame)?;
@@ -895,7 +934,16 @@ fn parse_buckets(frame: Bytes, key: &BucketKey) -> Result<(u32, ResumeOffer), Ps
             offer.done, offer.prev_buckets
         )));
     }
-    Ok((wanted, offer))
+    let share = match f[47] {
+        0 => false,
+        1 => true,
+        other => {
+            return Err(PsiError::Protocol(format!(
+                "buckets frame: share flag {other} (0 or 1)"
+            )));
+        }
+    };
+    Ok((wanted, offer, share))
 }
 
 /// Reports `"bucket b/B"` with the rows done after each bucket (and `"bucket 0/B"` at the
@@ -981,8 +1029,14 @@ async fn receive_bucket<R: CryptoRngCore + Send>(
 }
 
 /// Writes bucket `b`'s part file: every row whose item is common, with the payload of its
-/// item. Returns the rows written.
-fn write_part(path: &Path, rows: &[Row], out: ReceiverOutput) -> Result<u64, PsiError> {
+/// item. Returns the rows written and, with `tags`, the sorted tags of the common items (what
+/// the sender is told when it learns the intersection).
+fn write_part(
+    path: &Path,
+    rows: &[Row],
+    out: ReceiverOutput,
+    tags: Option<&BucketKey>,
+) -> Result<(u64, Vec<[u8; TAG_BYTES]>), PsiError> {
     let firsts = out.intersection.unwrap_or_default();
     let payloads = out.payloads.unwrap_or_default();
     let mut by_item = std::collections::HashMap::with_capacity(firsts.len());
@@ -991,6 +1045,11 @@ fn write_part(path: &Path, rows: &[Row], out: ReceiverOutput) -> Result<u64, Psi
             by_item.insert(row.item.as_slice(), payloads.get(k).map(Vec::as_slice));
         }
     }
+    let mut common: Vec<[u8; TAG_BYTES]> = match tags {
+        Some(key) => by_item.keys().map(|item| key.common_tag(item)).collect(),
+        None => Vec::new(),
+    };
+    common.sort_unstable();
     let f = File::create(path).map_err(|e| io_err("creating", path, e))?;
     let mut w = BufWriter::with_capacity(SPILL_BUFFER_BYTES, f);
     let mut matched = 0u64;
@@ -1002,7 +1061,146 @@ fn write_part(path: &Path, rows: &[Row], out: ReceiverOutput) -> Result<u64, Psi
         }
     }
     w.flush().map_err(|e| io_err("writing", path, e))?;
-    Ok(matched)
+    Ok((matched, common))
+}
+
+/// Bytes of a common item's tag.
+const TAG_BYTES: usize = 16;
+/// Frame kind of the receiver's common tags for the sender:
+/// `0x0B | bucket u32 | last u8 | count u32 | count × 16-byte tag`.
+const KIND_COMMON: u8 = 0x0B;
+const COMMON_HEADER_BYTES: usize = 1 + 4 + 1 + 4;
+/// Most tags in one `Common` frame (1 MiB of tags).
+const COMMON_TAGS_PER_FRAME: usize = 1 << 16;
+/// BLAKE3 context of a common item's tag.
+const COMMON_TAG_CONTEXT: &[u8] = b"tessera-psi bucket common tag v1";
+
+impl BucketKey {
+    /// The tag by which the receiver names a common item to the sender:
+    /// `BLAKE3-keyed(bucket key, context ‖ item)[..16]`.
+    fn common_tag(&self, item: &[u8]) -> [u8; TAG_BYTES] {
+        let mut h = blake3::Hasher::new_keyed(&self.0);
+        h.update(COMMON_TAG_CONTEXT);
+        h.update(item);
+        let mut out = [0u8; TAG_BYTES];
+        out.copy_from_slice(&h.finalize().as_bytes()[..TAG_BYTES]);
+        out
+    }
+}
+
+/// The receiver's side of sharing bucket `b`'s intersection: its common items' tags, sorted,
+/// in frames of at most [`COMMON_TAGS_PER_FRAME`], the last one flagged (an empty bucket sends
+/// one empty frame).
+async fn send_common(link: &dyn Link, b: u32, tags: &[[u8; TAG_BYTES]]) -> Result<(), PsiError> {
+    let mut chunks = tags.chunks(COMMON_TAGS_PER_FRAME).peekable();
+    if chunks.peek().is_none() {
+        return link
+            .send(common_frame(b, true, &[]))
+            .await
+            .map_err(Into::into);
+    }
+    while let Some(chunk) = chunks.next() {
+        let last = chunks.peek().is_none();
+        link.send(common_frame(b, last, chunk)).await?;
+    }
+    Ok(())
+}
+
+fn common_frame(b: u32, last: bool, tags: &[[u8; TAG_BYTES]]) -> Bytes {
+    let mut f = BytesMut::with_capacity(COMMON_HEADER_BYTES + tags.len() * TAG_BYTES);
+    f.put_u8(KIND_COMMON);
+    f.put_u32_le(b);
+    f.put_u8(u8::from(last));
+    f.put_u32_le(tags.len() as u32);
+    for t in tags {
+        f.put_slice(t);
+    }
+    f.freeze()
+}
+
+/// The sender's side of sharing bucket `b`'s intersection: takes the receiver's tags (strictly
+/// ascending, each naming one of the sender's own items of the bucket, no more than it holds)
+/// and writes every row of `rows` whose item is common to the part file at `path`, with its
+/// `extra`. Returns (distinct common items, rows written).
+async fn recv_common(
+    link: &dyn Link,
+    key: &BucketKey,
+    b: u32,
+    rows: Vec<Row>,
+    path: PathBuf,
+) -> Result<(u64, u64), PsiError> {
+    let key = key.clone();
+    let (rows, row_tags, held) = blocking(move || {
+        let row_tags: Vec<[u8; TAG_BYTES]> = rows.iter().map(|r| key.common_tag(&r.item)).collect();
+        let held: std::collections::HashSet<[u8; TAG_BYTES]> = row_tags.iter().copied().collect();
+        Ok((rows, row_tags, held))
+    })
+    .await?;
+    let mut told = std::collections::HashSet::new();
+    let mut last_tag: Option<[u8; TAG_BYTES]> = None;
+    let mut common = 0u64;
+    loop {
+        let frame = link.recv().await?;
+        if frame.first() != Some(&KIND_COMMON) {
+            let parsed = crate::wire::Frame::parse(frame)?;
+            return Err(match parsed {
+                crate::wire::Frame::Abort(reason) => PsiError::PeerAborted { reason },
+                other => unexpected(other, "the common items"),
+            });
+        }
+        let bad = |what: String| PsiError::Protocol(format!("common items of bucket {b}: {what}"));
+        let header = frame
+            .get(..COMMON_HEADER_BYTES)
+            .ok_or_else(|| bad(format!("a frame of {} bytes", frame.len())))?;
+        let u32_at = |at: usize| {
+            let mut n = [0u8; 4];
+            n.copy_from_slice(&header[at..at + 4]);
+            u32::from_le_bytes(n)
+        };
+        let (bucket, last, count) = (u32_at(1), header[5], u32_at(6) as usize);
+        if bucket != b {
+            return Err(bad(format!("a frame for bucket {bucket}")));
+        }
+        if last > 1 || count > COMMON_TAGS_PER_FRAME {
+            return Err(bad(format!("flag {last}, {count} tags")));
+        }
+        let body = frame.get(COMMON_HEADER_BYTES..).unwrap_or_default();
+        if body.len() != count * TAG_BYTES {
+            return Err(bad(format!("{} bytes for {count} tags", body.len())));
+        }
+        for t in body.chunks_exact(TAG_BYTES) {
+            let mut tag = [0u8; TAG_BYTES];
+            tag.copy_from_slice(t);
+            if last_tag.is_some_and(|prev| prev >= tag) {
+                return Err(bad("tags not strictly ascending".into()));
+            }
+            last_tag = Some(tag);
+            if !held.contains(&tag) {
+                return Err(bad("a tag of an item the sender does not hold".into()));
+            }
+            told.insert(tag);
+            common += 1;
+        }
+        if last == 1 {
+            break;
+        }
+    }
+    let written = blocking(move || {
+        let f = File::create(&path).map_err(|e| io_err("creating", &path, e))?;
+        let mut w = BufWriter::with_capacity(SPILL_BUFFER_BYTES, f);
+        let mut written = 0u64;
+        for (row, tag) in rows.iter().zip(&row_tags) {
+            if told.contains(tag) {
+                write_row(&mut w, row.ordinal, &row.extra, &[])
+                    .map_err(|e| io_err("writing", &path, e))?;
+                written += 1;
+            }
+        }
+        w.flush().map_err(|e| io_err("writing", &path, e))?;
+        Ok(written)
+    })
+    .await?;
+    Ok((common, written))
 }
 
 /// Runs blocking file work off the async runtime.
@@ -1028,11 +1226,13 @@ async fn blocking<T: Send + 'static>(
 /// with ECDH, or when the parties' bucket keys differ; [`PsiError::Storage`] for a spill, part
 /// or pending file that cannot be read or written; [`PsiError::TooLarge`] for a bucket over
 /// [`SET_ITEMS_MAX`].
+#[allow(clippy::too_many_arguments)]
 pub async fn run_receiver_bucketed<R: CryptoRngCore + Send>(
     link: &dyn Link,
     mut staged: Staged,
     parts_dir: &Path,
     payload: bool,
+    share_with_sender: bool,
     cfg: &PsiConfig,
     rng: &mut R,
     progress: &dyn Progress,
@@ -1057,7 +1257,16 @@ pub async fn run_receiver_bucketed<R: CryptoRngCore + Send>(
             }
             None => ResumeOffer::default(),
         };
-        let agreed = agree(link, &staged.key, staged.buckets_wanted(), false, offer).await?;
+        let agreed = agree(
+            link,
+            &staged.key,
+            staged.buckets_wanted(),
+            false,
+            offer,
+            share_with_sender,
+        )
+        .await?;
+        let share = share_with_sender.then(|| staged.key.clone());
         let Agreed { buckets, start, .. } = agreed;
         if start == 0 {
             // Nothing of an earlier attempt is used: its pending buckets go.
@@ -1098,8 +1307,13 @@ pub async fn run_receiver_bucketed<R: CryptoRngCore + Send>(
                 Received::Done(out) => {
                     common += out.intersection_size;
                     sender_size += out.sender_set_size;
-                    let path = parts.path(b);
-                    matched_rows += blocking(move || write_part(&path, &rows, out)).await?;
+                    let (path, tag_key) = (parts.path(b), share.clone());
+                    let (written, tags) =
+                        blocking(move || write_part(&path, &rows, out, tag_key.as_ref())).await?;
+                    matched_rows += written;
+                    if share.is_some() {
+                        send_common(link, b, &tags).await?;
+                    }
                 }
                 Received::Pending(pending) => {
                     // Written whole or not at all: a restarted run counts it as done.
@@ -1119,7 +1333,8 @@ pub async fn run_receiver_bucketed<R: CryptoRngCore + Send>(
         }
         if defer {
             let master = recv_master(link, parts_dir, &agreed.master_check).await?;
-            return final_pass(&mut staged, parts, &master, start).await;
+            let share = share.map(|k| (link, k));
+            return final_pass(&mut staged, parts, &master, start, share).await;
         }
         Ok(BucketedReceiverOutput {
             buckets,
@@ -1183,6 +1398,7 @@ async fn final_pass(
     parts: Parts,
     master: &[u8; 32],
     resumed_from: u32,
+    share: Option<(&dyn Link, BucketKey)>,
 ) -> Result<BucketedReceiverOutput, PsiError> {
     let buckets = parts.buckets;
     let pending_path = |b: u32| parts.dir.join(format!("pending-{b:04}.bin"));
@@ -1194,8 +1410,13 @@ async fn final_pass(
         common += out.intersection_size;
         sender_size += out.sender_set_size;
         let rows = staged.bucket(b, buckets, true)?;
-        let path = parts.path(b);
-        matched_rows += blocking(move || write_part(&path, &rows, out)).await?;
+        let (path, tag_key) = (parts.path(b), share.as_ref().map(|(_, k)| k.clone()));
+        let (written, tags) =
+            blocking(move || write_part(&path, &rows, out, tag_key.as_ref())).await?;
+        matched_rows += written;
+        if let Some((link, _)) = &share {
+            send_common(*link, b, &tags).await?;
+        }
     }
     // Every part is written: what an interrupted run would have resumed from goes.
     for b in 0..buckets {
@@ -1220,7 +1441,9 @@ const RECEIVED_MASTER_FILE: &str = "received-master.key";
 /// Finishes the receiver's side of an interrupted run without the sender, when the run had
 /// reached its end for the sender: the receiver's parts directory holds the run's state,
 /// every bucket's pending file, whole, and the master key it received before it stopped.
-/// Returns `None` when it does not (the run must resume with the sender).
+/// Returns `None` when it does not (the run must resume with the sender), and always for a run
+/// that shares the intersection with the sender (`share_with_sender`: the sender still waits
+/// for it).
 ///
 /// # Errors
 /// [`PsiError::Storage`] for state that cannot be read; as the final matching of
@@ -1228,7 +1451,11 @@ const RECEIVED_MASTER_FILE: &str = "received-master.key";
 pub async fn finish_receiver_alone(
     staged: &mut Staged,
     parts_dir: &Path,
+    share_with_sender: bool,
 ) -> Result<Option<BucketedReceiverOutput>, PsiError> {
+    if share_with_sender {
+        return Ok(None);
+    }
     let run_path = parts_dir.join(RUN_STATE);
     let Some(state) = read_small(&run_path, RUN_STATE_BYTES as u64)? else {
         return Ok(None);
@@ -1254,7 +1481,9 @@ pub async fn finish_receiver_alone(
         dir: parts_dir.to_owned(),
         buckets,
     };
-    final_pass(staged, parts, &master, buckets).await.map(Some)
+    final_pass(staged, parts, &master, buckets, None)
+        .await
+        .map(Some)
 }
 
 /// Takes the sender's master key (after its last bucket), checks it against the run's agreed
@@ -1300,10 +1529,12 @@ async fn recv_master(
 ///
 /// # Errors
 /// As [`run_receiver_bucketed`], and [`PsiError::DeliveryNotRecorded`].
+#[allow(clippy::too_many_arguments)]
 pub async fn run_sender_bucketed<R: CryptoRngCore + Send>(
     link: &dyn Link,
     mut staged: Staged,
     payload: bool,
+    sender_parts: Option<&Path>,
     cfg: &PsiConfig,
     rng: &mut R,
     progress: &dyn Progress,
@@ -1331,7 +1562,21 @@ pub async fn run_sender_bucketed<R: CryptoRngCore + Send>(
             master_check: master_check(&master),
             ..ResumeOffer::default()
         };
-        let agreed = agree(link, &staged.key, staged.buckets_wanted(), true, offer).await?;
+        if payload && sender_parts.is_some() {
+            return Err(PsiError::InvalidConfig(
+                "PSI with payload gives the intersection to the receiver only".into(),
+            ));
+        }
+        let share = sender_parts.is_some();
+        let agreed = agree(
+            link,
+            &staged.key,
+            staged.buckets_wanted(),
+            true,
+            offer,
+            share,
+        )
+        .await?;
         let Agreed { buckets, start, .. } = agreed;
         let report = BucketProgress {
             outer: progress,
@@ -1358,8 +1603,9 @@ pub async fn run_sender_bucketed<R: CryptoRngCore + Send>(
         let mut rows_done: u64 = (0..start).map(|b| staged.bucket_rows(b, buckets)).sum();
         report.done(start, rows_done);
         for b in start..buckets {
-            // Kept on disk until the run ends: a resumed run may need the bucket again.
-            let rows = staged.bucket(b, buckets, defer)?;
+            // Kept on disk until the run ends: a resumed run may need the bucket again, and
+            // a shared intersection needs it at the end.
+            let rows = staged.bucket(b, buckets, defer || share)?;
             bucket_too_large(rows.len())?;
             let release = if defer {
                 Release::Masked(release_mask(&master, b))
@@ -1402,10 +1648,31 @@ pub async fn run_sender_bucketed<R: CryptoRngCore + Send>(
                 other => return Err(unexpected(other, "done")),
             }
         }
+        let mut shared = None;
+        if let Some(dir) = sender_parts {
+            std::fs::create_dir_all(dir).map_err(|e| io_err("creating", dir, e))?;
+            let parts = Parts {
+                dir: dir.to_owned(),
+                buckets,
+            };
+            let (mut common, mut matched_rows) = (0u64, 0u64);
+            for b in 0..buckets {
+                let rows = staged.bucket(b, buckets, true)?;
+                let (c, m) = recv_common(link, &staged.key, b, rows, parts.path(b)).await?;
+                common += c;
+                matched_rows += m;
+            }
+            shared = Some(SharedIntersection {
+                intersection_size: common,
+                matched_rows,
+                parts,
+            });
+        }
         Ok(BucketedSenderOutput {
             buckets,
             receiver_set_size: sizes.iter().sum(),
             resumed_from: start,
+            shared,
         })
     }
     .await;
@@ -1482,6 +1749,78 @@ mod tests {
             }
             assert_eq!(seen, rows.len());
         }
+    }
+
+    /// The sender's side of a shared intersection against a receiver sending `frames`.
+    fn sender_told(frames: Vec<Bytes>) -> Result<(u64, u64), PsiError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let key = BucketKey::derive(b"job");
+            let rows: Vec<Row> = (0..10u64)
+                .map(|i| Row {
+                    ordinal: i,
+                    item: vec![b'a' + (i % 5) as u8],
+                    extra: i.to_le_bytes().to_vec(),
+                })
+                .collect();
+            let (a, b) = tessera_core::MemLink::pair();
+            for f in frames {
+                a.send(f).await.expect("send");
+            }
+            recv_common(&b, &key, 2, rows, dir.path().join("part")).await
+        })
+    }
+
+    #[test]
+    fn the_sender_checks_every_common_tag_it_is_told() {
+        let key = BucketKey::derive(b"job");
+        let mut tags: Vec<[u8; TAG_BYTES]> =
+            [b"a", b"c"].iter().map(|i| key.common_tag(*i)).collect();
+        tags.sort_unstable();
+        // Items a and c, held twice each: 2 common, 4 rows.
+        assert_eq!(
+            sender_told(vec![common_frame(2, true, &tags)]).ok(),
+            Some((2, 4))
+        );
+        // Split over two frames, and an empty bucket.
+        let split = vec![
+            common_frame(2, false, &tags[..1]),
+            common_frame(2, true, &tags[1..]),
+        ];
+        assert_eq!(sender_told(split).ok(), Some((2, 4)));
+        assert_eq!(
+            sender_told(vec![common_frame(2, true, &[])]).ok(),
+            Some((0, 0))
+        );
+        let protocol = |frames: Vec<Bytes>, what: &str| {
+            let e = sender_told(frames).expect_err(what);
+            assert!(matches!(e, PsiError::Protocol(_)), "{what}: {e}");
+        };
+        let unknown = key.common_tag(b"zz");
+        protocol(
+            vec![common_frame(2, true, &[unknown])],
+            "an item it does not hold",
+        );
+        let reversed = [tags[1], tags[0]];
+        protocol(vec![common_frame(2, true, &reversed)], "unsorted");
+        protocol(vec![common_frame(2, true, &[tags[0], tags[0]])], "repeated");
+        protocol(vec![common_frame(3, true, &tags)], "another bucket");
+        let mut short = common_frame(2, true, &tags).to_vec();
+        short.pop();
+        protocol(vec![Bytes::from(short)], "short");
+        let mut flag = common_frame(2, true, &tags).to_vec();
+        flag[5] = 9;
+        protocol(vec![Bytes::from(flag)], "flag");
+        let mut count = common_frame(2, true, &tags).to_vec();
+        count[6..10].copy_from_slice(&u32::MAX.to_le_bytes());
+        protocol(vec![Bytes::from(count)], "count");
+        protocol(vec![Bytes::from_static(&[KIND_COMMON, 1])], "header");
+        let e = sender_told(vec![Bytes::from_static(&[0x7F, 1])]).expect_err("abort");
+        assert!(matches!(e, PsiError::PeerAborted { .. }), "{e}");
     }
 
     #[test]

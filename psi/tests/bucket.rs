@@ -53,6 +53,32 @@ async fn run(
     gate: &dyn DeliveryGate,
     progress: &dyn Progress,
 ) -> Run {
+    let share = false;
+    run_with(
+        r_rows,
+        s_rows,
+        (r_bucket_rows, s_bucket_rows),
+        protocol,
+        payload,
+        share,
+        gate,
+        progress,
+    )
+    .await
+}
+
+/// [`run`] with the intersection shared with the sender or not.
+#[allow(clippy::too_many_arguments)]
+async fn run_with(
+    r_rows: &[(Vec<u8>, Vec<u8>)],
+    s_rows: &[(Vec<u8>, Vec<u8>)],
+    (r_bucket_rows, s_bucket_rows): (u64, u64),
+    protocol: Protocol,
+    payload: bool,
+    share: bool,
+    gate: &dyn DeliveryGate,
+    progress: &dyn Progress,
+) -> Run {
     let dir = tempfile::tempdir().expect("tempdir");
     let key = BucketKey::derive(b"session");
     let r = stage(&dir.path().join("r"), &key, r_bucket_rows, r_rows);
@@ -65,10 +91,12 @@ async fn run(
     let mut r_rng = ChaCha20Rng::seed_from_u64(1);
     let mut s_rng = ChaCha20Rng::seed_from_u64(2);
     let parts = dir.path().join("parts");
+    let s_parts = dir.path().join("sender-parts");
+    let s_parts = share.then_some(s_parts.as_path());
     let (receiver, sender) = bounded(async {
         tokio::join!(
-            run_receiver_bucketed(&a, r, &parts, payload, &cfg, &mut r_rng, progress),
-            run_sender_bucketed(&b, s, payload, &cfg, &mut s_rng, &NoProgress, gate),
+            run_receiver_bucketed(&a, r, &parts, payload, share, &cfg, &mut r_rng, progress),
+            run_sender_bucketed(&b, s, payload, s_parts, &cfg, &mut s_rng, &NoProgress, gate),
         )
     })
     .await;
@@ -130,7 +158,8 @@ fn check_receiver(
     assert_eq!(got, want);
 }
 
-/// Both sides' outputs against the plaintext reference.
+/// Both sides' outputs against the plaintext reference (the sender's shared intersection
+/// too, when it has one).
 fn check(run: Run, r_rows: &[(Vec<u8>, Vec<u8>)], s_rows: &[(Vec<u8>, Vec<u8>)], payload: bool) {
     let out = run.receiver.expect("receiver");
     let sent = run.sender.expect("sender");
@@ -138,6 +167,28 @@ fn check(run: Run, r_rows: &[(Vec<u8>, Vec<u8>)], s_rows: &[(Vec<u8>, Vec<u8>)],
     let r_distinct = r_rows.iter().map(|r| &r.0).collect::<HashSet<_>>().len() as u64;
     assert_eq!(sent.receiver_set_size, r_distinct);
     check_receiver(&out, r_rows, s_rows, payload);
+    if let Some(shared) = sent.shared {
+        // The sender's side: each of its rows whose item the receiver holds, in its order.
+        let (want, common, _) = reference(s_rows, r_rows);
+        assert_eq!(shared.intersection_size, common);
+        assert_eq!(shared.intersection_size, out.intersection_size);
+        assert_eq!(shared.matched_rows, want.len() as u64);
+        let got: Vec<(u64, Vec<u8>, Vec<u8>)> = shared
+            .parts
+            .merged()
+            .expect("merged")
+            .map(|m| {
+                let m = m.expect("row");
+                (m.ordinal, m.extra, m.payload)
+            })
+            .collect();
+        let want: Vec<_> = want
+            .into_iter()
+            .map(|(o, e, _)| (o, e, Vec::new()))
+            .collect();
+        assert_eq!(got, want);
+        shared.parts.remove();
+    }
     out.parts.remove();
 }
 
@@ -324,11 +375,21 @@ async fn a_bucketed_run_is_delivered_once_after_its_last_bucket() {
     let parts = dir.path().join("parts");
     let (receiver, sender) = bounded(async {
         tokio::join!(
-            run_receiver_bucketed(&a, staged_r, &parts, false, &cfg, &mut r_rng, &NoProgress),
+            run_receiver_bucketed(
+                &a,
+                staged_r,
+                &parts,
+                false,
+                false,
+                &cfg,
+                &mut r_rng,
+                &NoProgress
+            ),
             run_sender_bucketed(
                 &b,
                 staged_s,
                 false,
+                None,
                 &cfg,
                 &mut s_rng,
                 sender_progress.as_ref(),
@@ -378,6 +439,7 @@ async fn size_only_mode_is_refused() {
         staged,
         &dir.path().join("p"),
         false,
+        false,
         &cfg,
         &mut rng,
         &NoProgress,
@@ -398,7 +460,16 @@ async fn receiver_against(frame: Bytes, key_material: &[u8]) -> PsiError {
     let parts = dir.path().join("p");
     let (r, _) = bounded(async {
         tokio::join!(
-            run_receiver_bucketed(&a, staged, &parts, false, &cfg, &mut rng, &NoProgress),
+            run_receiver_bucketed(
+                &a,
+                staged,
+                &parts,
+                false,
+                false,
+                &cfg,
+                &mut rng,
+                &NoProgress
+            ),
             async {
                 let _ = b.recv().await;
                 let _ = b.send(frame).await;
@@ -418,8 +489,8 @@ fn buckets_frame(version: u16, wanted: u32, material: &[u8]) -> Bytes {
     f.extend_from_slice(&version.to_le_bytes());
     f.extend_from_slice(&wanted.to_le_bytes());
     f.extend_from_slice(&h.finalize().as_bytes()[..16]);
-    // No earlier attempt to resume.
-    f.extend_from_slice(&[0u8; 24]);
+    // No earlier attempt to resume, nothing shared with the sender.
+    f.extend_from_slice(&[0u8; 25]);
     Bytes::from(f)
 }
 
@@ -449,6 +520,16 @@ async fn hostile_buckets_frames_are_typed_errors() {
     let mut f = buckets_frame(v, 1, b"job").to_vec();
     f[23..27].copy_from_slice(&3u32.to_le_bytes());
     f[27..31].copy_from_slice(&4u32.to_le_bytes());
+    let e = receiver_against(Bytes::from(f), b"job").await;
+    assert!(matches!(e, PsiError::Protocol(_)), "{e}");
+    // A sender that expects the intersection shared (the receiver does not share), and a
+    // share flag that is not one.
+    let mut f = buckets_frame(v, 1, b"job").to_vec();
+    f[47] = 1;
+    let e = receiver_against(Bytes::from(f.clone()), b"job").await;
+    assert!(matches!(e, PsiError::InvalidConfig(_)), "{e}");
+    assert!(e.to_string().contains("learns the intersection"), "{e}");
+    f[47] = 2;
     let e = receiver_against(Bytes::from(f), b"job").await;
     assert!(matches!(e, PsiError::Protocol(_)), "{e}");
 }
@@ -484,7 +565,7 @@ async fn attempt(
     r_rows: &[(Vec<u8>, Vec<u8>)],
     s_rows: &[(Vec<u8>, Vec<u8>)],
     protocol: Protocol,
-    payload: bool,
+    (payload, share): (bool, bool),
     gate: &dyn DeliveryGate,
     stop: Option<(Killed, &str)>,
     seed: u64,
@@ -519,13 +600,23 @@ async fn attempt(
     };
     let (r_progress, s_progress) = (progress_of(r_stop), progress_of(s_stop));
     let parts = dir.join("parts");
+    let s_parts = dir.join("sender-parts");
     let mut r_rng = ChaCha20Rng::seed_from_u64(seed);
     let mut s_rng = ChaCha20Rng::seed_from_u64(seed + 1);
     let notify2 = notify.clone();
     let (r_cfg, s_cfg) = (cfg.clone(), cfg);
     let receiver = async move {
         let a = a;
-        let run = run_receiver_bucketed(&a, r, &parts, payload, &r_cfg, &mut r_rng, &r_progress);
+        let run = run_receiver_bucketed(
+            &a,
+            r,
+            &parts,
+            payload,
+            share,
+            &r_cfg,
+            &mut r_rng,
+            &r_progress,
+        );
         if r_stop.is_some() {
             tokio::select! {
                 out = run => Some(out),
@@ -537,7 +628,17 @@ async fn attempt(
     };
     let sender = async move {
         let b = b;
-        let run = run_sender_bucketed(&b, s, payload, &s_cfg, &mut s_rng, &s_progress, gate);
+        let s_parts = share.then_some(s_parts.as_path());
+        let run = run_sender_bucketed(
+            &b,
+            s,
+            payload,
+            s_parts,
+            &s_cfg,
+            &mut s_rng,
+            &s_progress,
+            gate,
+        );
         if s_stop.is_some() {
             tokio::select! {
                 out = run => Some(out),
@@ -571,7 +672,17 @@ async fn an_interrupted_run_resumes_from_its_last_finished_bucket_and_is_exact()
             answer: true,
         };
         let stop = Some((killed, stop_at));
-        let (r1, s1) = attempt(dir.path(), &r, &s, protocol, payload, &gate, stop, 1).await;
+        let (r1, s1) = attempt(
+            dir.path(),
+            &r,
+            &s,
+            protocol,
+            (payload, false),
+            &gate,
+            stop,
+            1,
+        )
+        .await;
         // The survivor fails (its peer went away); the stopped one has no result.
         match killed {
             Killed::Sender => {
@@ -593,7 +704,7 @@ async fn an_interrupted_run_resumes_from_its_last_finished_bucket_and_is_exact()
                     let mut staged = Staged::restore(key, &dir.path().join("r"))
                         .expect("restore")
                         .expect("staged");
-                    let out = finish_receiver_alone(&mut staged, &dir.path().join("parts"))
+                    let out = finish_receiver_alone(&mut staged, &dir.path().join("parts"), false)
                         .await
                         .expect("finish")
                         .expect("it holds the master key and every bucket");
@@ -609,7 +720,17 @@ async fn an_interrupted_run_resumes_from_its_last_finished_bucket_and_is_exact()
             asked_before == 0 || last && asked_before == 1,
             "{asked_before}"
         );
-        let (r2, s2) = attempt(dir.path(), &r, &s, protocol, payload, &gate, None, 5).await;
+        let (r2, s2) = attempt(
+            dir.path(),
+            &r,
+            &s,
+            protocol,
+            (payload, false),
+            &gate,
+            None,
+            5,
+        )
+        .await;
         let (r2, s2) = (r2.expect("receiver"), s2.expect("sender"));
         let from = s2.as_ref().expect("sender").resumed_from;
         assert_eq!(r2.as_ref().expect("receiver").resumed_from, from);
@@ -637,12 +758,32 @@ async fn a_sender_that_lost_its_master_key_starts_over_and_stays_exact() {
     let r = random_rows(&mut rng, 1_000, 1_500, "r");
     let s = random_rows(&mut rng, 1_000, 1_500, "s");
     let stop = Some((Killed::Sender, "bucket 6/10"));
-    let (r1, _) = attempt(dir.path(), &r, &s, Protocol::Rr22, false, &NoGate, stop, 1).await;
+    let (r1, _) = attempt(
+        dir.path(),
+        &r,
+        &s,
+        Protocol::Rr22,
+        (false, false),
+        &NoGate,
+        stop,
+        1,
+    )
+    .await;
     assert!(r1.expect("receiver ran").is_err());
     // The sender's state is gone (another disk, a wiped directory): its new master key has
     // another check, so the receiver's pending buckets cannot be opened and are dropped.
     std::fs::remove_file(dir.path().join("s").join("master.key")).expect("master kept");
-    let (r2, s2) = attempt(dir.path(), &r, &s, Protocol::Rr22, false, &NoGate, None, 3).await;
+    let (r2, s2) = attempt(
+        dir.path(),
+        &r,
+        &s,
+        Protocol::Rr22,
+        (false, false),
+        &NoGate,
+        None,
+        3,
+    )
+    .await;
     let (r2, s2) = (r2.expect("receiver"), s2.expect("sender"));
     assert_eq!(s2.as_ref().expect("sender").resumed_from, 0);
     assert_eq!(r2.as_ref().expect("receiver").resumed_from, 0);
@@ -665,7 +806,17 @@ async fn a_damaged_pending_bucket_is_run_again_not_trusted() {
     let r = random_rows(&mut rng, 1_000, 1_500, "r");
     let s = random_rows(&mut rng, 1_000, 1_500, "s");
     let stop = Some((Killed::Sender, "bucket 8/10"));
-    let (r1, _) = attempt(dir.path(), &r, &s, Protocol::Rr22, false, &NoGate, stop, 1).await;
+    let (r1, _) = attempt(
+        dir.path(),
+        &r,
+        &s,
+        Protocol::Rr22,
+        (false, false),
+        &NoGate,
+        stop,
+        1,
+    )
+    .await;
     assert!(r1.expect("receiver ran").is_err());
     // One byte of bucket 3's pending file changed while the workers were down.
     let victim = dir.path().join("parts").join("pending-0003.bin");
@@ -673,7 +824,17 @@ async fn a_damaged_pending_bucket_is_run_again_not_trusted() {
     let at = bytes.len() / 2;
     bytes[at] ^= 1;
     std::fs::write(&victim, bytes).expect("write");
-    let (r2, s2) = attempt(dir.path(), &r, &s, Protocol::Rr22, false, &NoGate, None, 3).await;
+    let (r2, s2) = attempt(
+        dir.path(),
+        &r,
+        &s,
+        Protocol::Rr22,
+        (false, false),
+        &NoGate,
+        None,
+        3,
+    )
+    .await;
     let (r2, s2) = (r2.expect("receiver"), s2.expect("sender"));
     assert_eq!(
         s2.as_ref().expect("sender").resumed_from,
@@ -690,6 +851,91 @@ async fn a_damaged_pending_bucket_is_run_again_not_trusted() {
         &s,
         false,
     );
+}
+
+/// Rows as the tests stage them: (item, extra).
+type Rows = [(Vec<u8>, Vec<u8>)];
+/// (receiver rows, sender rows, rows per bucket each side, protocol).
+type Case<'a> = (&'a Rows, &'a Rows, (u64, u64), Protocol);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_intersection_gives_each_party_its_own_matched_rows() {
+    let mut rng = ChaCha20Rng::seed_from_u64(31);
+    let big = random_rows(&mut rng, 3_000, 4_000, "b");
+    let mut small = random_rows(&mut rng, 20, 1_000_000, "s");
+    small.extend(big.iter().step_by(300).cloned());
+    let empty: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let r1 = random_rows(&mut rng, 2_000, 3_000, "r");
+    let s1 = random_rows(&mut rng, 2_500, 3_000, "s");
+    // (receiver, sender, rows per bucket each side, protocol): one bucket in memory, many
+    // buckets spilled, duplicates, empty and unbalanced sides, both protocols.
+    let cases: [Case; 7] = [
+        (&r1, &s1, (10_000, 10_000), Protocol::Rr22),
+        (&r1, &s1, (150, 10_000), Protocol::Rr22),
+        (&r1, &s1, (300, 200), Protocol::Ecdh),
+        (&small, &big, (500, 500), Protocol::Rr22),
+        (&big, &small, (500, 500), Protocol::Ecdh),
+        (&empty, &big, (500, 500), Protocol::Rr22),
+        (&empty, &empty, (500, 500), Protocol::Rr22),
+    ];
+    for (r, s, limits, protocol) in cases {
+        let out = run_with(r, s, limits, protocol, false, true, &NoGate, &NoProgress).await;
+        assert!(out.sender.as_ref().is_ok_and(|o| o.shared.is_some()));
+        check(out, r, s, false);
+    }
+    // A payload goes to the receiver only: a sender asked to share one refuses.
+    let out = run_with(
+        &r1,
+        &s1,
+        (500, 500),
+        Protocol::Rr22,
+        true,
+        true,
+        &NoGate,
+        &NoProgress,
+    )
+    .await;
+    assert!(matches!(out.sender, Err(PsiError::InvalidConfig(_))));
+    assert!(out.receiver.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_run_resumes_and_both_parties_get_the_exact_rows() {
+    let mut rng = ChaCha20Rng::seed_from_u64(32);
+    for (killed, stop_at) in [
+        (Killed::Sender, "bucket 4/12"),
+        // After the master key: a shared run never finishes alone, it resumes with the
+        // sender at the end.
+        (Killed::Receiver, "bucket 12/12"),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = random_rows(&mut rng, 1_200, 2_000, "r");
+        let s = random_rows(&mut rng, 1_200, 2_000, "s");
+        let stop = Some((killed, stop_at));
+        let both = (false, true);
+        let _ = attempt(dir.path(), &r, &s, Protocol::Rr22, both, &NoGate, stop, 1).await;
+        let key = BucketKey::derive(b"resumable session");
+        let mut staged = Staged::restore(key, &dir.path().join("r"))
+            .expect("restore")
+            .expect("staged");
+        let alone = finish_receiver_alone(&mut staged, &dir.path().join("parts"), true)
+            .await
+            .expect("finish");
+        assert!(alone.is_none(), "a shared run does not finish alone");
+        let (r2, s2) = attempt(dir.path(), &r, &s, Protocol::Rr22, both, &NoGate, None, 5).await;
+        let (r2, s2) = (r2.expect("receiver"), s2.expect("sender"));
+        assert!(s2.as_ref().expect("sender").resumed_from >= 4, "{killed:?}");
+        check(
+            Run {
+                receiver: r2,
+                sender: s2,
+                _dir: dir,
+            },
+            &r,
+            &s,
+            false,
+        );
+    }
 }
 
 #[test]

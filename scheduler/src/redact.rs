@@ -11,7 +11,8 @@
 //! |---|---|---|---|
 //! | state, ids, progress phases and time left, times | yes | yes | yes |
 //! | progress counts (rows read, rows through buckets) | own; the other side's in thousandths of its total | own; the same | thousandths |
-//! | result (size, location, file, charge) | yes | no | no |
+//! | result (size, location, file, charge) | yes | no (in `both` mode: the size) | no |
+//! | the provider's own result file (`both` mode) | no | yes | no |
 //! | buyer's / provider's empty-key count | own | own | no |
 //! | failure on the caller's own side | detail | detail | — |
 //! | failure on the other side | `the provider's side failed: <kind>` | `the buyer's side failed: <kind>` | `the <side>'s side failed: <kind>` |
@@ -50,7 +51,10 @@ pub fn redact(view: &JobView, viewer: &Viewer) -> JobView {
     let mut out = view.clone();
     let job = &mut out.job;
     if side != Some(TaskRole::Receiver) {
-        job.result_size = None;
+        // In `both` mode the provider learns the intersection too: its size is its own.
+        if !(side == Some(TaskRole::Sender) && job.mode == tessera_core::PsiMode::Both) {
+            job.result_size = None;
+        }
         job.result_location.clear();
         job.result_file = None;
         job.charge_micros = 0;
@@ -58,6 +62,7 @@ pub fn redact(view: &JobView, viewer: &Viewer) -> JobView {
     }
     if side != Some(TaskRole::Sender) {
         job.provider_empty_keys = None;
+        job.provider_result_file = None;
     }
     job.error = error_seen_by(job, side);
     // A party's counts (its rows, its set sizes) are its own: others see how far it is, in
@@ -142,6 +147,7 @@ mod tests {
                     rows: 3,
                     sha256_hex: "00".repeat(32),
                 }),
+                provider_result_file: None,
                 buyer_empty_keys: Some(1),
                 provider_empty_keys: Some(2),
                 failure: Some(FailureOrigin {
@@ -229,6 +235,44 @@ mod tests {
                 (None, None),
             ),
         ]);
+    }
+
+    #[test]
+    fn in_both_mode_each_party_sees_its_own_result_file_and_the_size() {
+        let mut v = failed_on(TaskRole::Sender);
+        v.job.mode = PsiMode::Both;
+        v.job.provider_result_file = Some(ResultFileRecord {
+            name: "psi-job-1.csv".into(),
+            bytes: 9,
+            rows: 3,
+            sha256_hex: "11".repeat(32),
+        });
+        let buyer = redact(&v, &viewer(Some("u1")));
+        assert_eq!(
+            buyer.job.result_file.as_ref().map(|f| f.name.as_str()),
+            Some("r.csv")
+        );
+        assert_eq!(buyer.job.provider_result_file, None);
+        let provider = redact(&v, &viewer(Some("prov")));
+        assert_eq!(provider.job.result_file, None);
+        assert_eq!(provider.job.result_location, "");
+        assert_eq!(provider.job.charge_micros, 0);
+        assert_eq!(provider.job.result_size, Some(3));
+        assert_eq!(
+            provider
+                .job
+                .provider_result_file
+                .as_ref()
+                .map(|f| f.name.as_str()),
+            Some("psi-job-1.csv")
+        );
+        for other in [None, Some("mallory")] {
+            let seen = redact(&v, &viewer(other));
+            assert_eq!(
+                (seen.job.result_size, seen.job.provider_result_file),
+                (None, None)
+            );
+        }
     }
 
     #[test]

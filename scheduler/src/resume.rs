@@ -23,8 +23,8 @@
 //! Jobs of other scenes (preview, payload joins, MPC, TEE) and size-only PSI fail at once, as
 //! before: they keep no state to resume from.
 
+use tessera_core::TaskSpec;
 use tessera_core::ticket::{TicketBody, task_digest};
-use tessera_core::{PsiMode, TaskSpec};
 use tessera_store::{FailureOrigin, JobFinish, JobRecord};
 
 use crate::{Delivery, LiveJob, PhaseProgress, Scheduler};
@@ -77,9 +77,10 @@ fn ready_to_resume(job: &LiveJob) -> bool {
         && (stopped(tessera_core::TaskRole::Sender) || ended_well(tessera_core::TaskRole::Sender))
 }
 
-/// Whether `job`'s run can resume: an intersection-mode `psi` job (bucketed on the workers).
+/// Whether `job`'s run can resume: an intersection- or both-mode `psi` job (bucketed on the
+/// workers).
 pub(crate) fn resumable(job: &JobRecord) -> bool {
-    job.scene == tessera_core::job::scene::PSI && job.mode == PsiMode::Intersection
+    job.scene == tessera_core::job::scene::PSI && job.mode.reveals_keys()
 }
 
 impl Scheduler {

@@ -461,9 +461,9 @@ impl JobRequest {
         if self.carry_columns.is_empty() {
             return Ok(());
         }
-        if self.output.is_empty() || self.mode != PsiMode::Intersection {
+        if self.output.is_empty() || !self.mode.reveals_keys() {
             return Err(SchedulerError::Invalid(
-                "carry_columns need an output in intersection mode".into(),
+                "carry_columns need an output in intersection or both mode".into(),
             ));
         }
         if self.carry_columns.len() > COLUMNS_MAX {
@@ -488,6 +488,12 @@ impl JobRequest {
 struct Placed {
     worker_id: String,
     peer_addr: String,
+}
+
+/// The file a `both`-mode job's provider worker writes its result to, in its own output
+/// directory: `psi-<job id>.csv` (a job id is a plain name).
+pub fn provider_output_name(job_id: &str) -> String {
+    format!("psi-{job_id}.csv")
 }
 
 /// The least busy live worker of `party` that fits the scene's environment lists, from a
@@ -864,7 +870,13 @@ impl Admission {
                         session_id: self.session_id.clone(),
                         peer_party: req.buyer_party.clone(),
                         peer_worker_id: b.worker_id.clone(),
-                        output: String::new(),
+                        // In `both` mode the provider's worker writes its own result, named
+                        // by the job (its output directory is its own).
+                        output: if req.mode == PsiMode::Both {
+                            provider_output_name(job_id)
+                        } else {
+                            String::new()
+                        },
                         preview: preview.clone(),
                         licence: Some(grant),
                         mpc: req.mpc.clone().map(|query| tessera_core::MpcSpec {
@@ -1016,7 +1028,7 @@ impl Scheduler {
                 .map(|l| l.licensor.clone())
                 .unwrap_or_default(),
             // Only a result that gets written holds its name.
-            output: if req.mode == PsiMode::Intersection {
+            output: if req.mode.reveals_keys() {
                 req.output.clone()
             } else {
                 String::new()
@@ -1526,18 +1538,22 @@ impl Scheduler {
         let provider_rows = provider_rows.unwrap_or(0);
         let mut result = (0, String::new());
         let mut result_file = None;
+        let mut provider_result_file = None;
         let mut empty_keys = EmptyKeyCounts::default();
         for t in job.tasks.values() {
             let Some(r) = &t.report else { continue };
             match t.role {
-                TaskRole::Sender => empty_keys.provider = Some(r.empty_keys),
+                TaskRole::Sender => {
+                    empty_keys.provider = Some(r.empty_keys);
+                    provider_result_file.clone_from(&r.result_file);
+                }
                 TaskRole::Receiver => {
                     empty_keys.buyer = Some(r.empty_keys);
                     result_file.clone_from(&r.result_file);
+                    if let Some(size) = r.result_size {
+                        result = (size, r.result_location.clone());
+                    }
                 }
-            }
-            if let Some(size) = r.result_size {
-                result = (size, r.result_location.clone());
             }
         }
         let settlement = settle::job_settlement(&FinishedJob {
@@ -1556,6 +1572,7 @@ impl Scheduler {
             result_size: result.0,
             result_location: result.1,
             result_file,
+            provider_result_file,
             empty_keys,
             usage,
             ledger: settlement.ops,

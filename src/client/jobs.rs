@@ -39,10 +39,13 @@ pub enum JobCmd {
         /// Key columns in the provider's dataset, comma-separated.
         #[arg(long, value_delimiter = ',')]
         provider_columns: Vec<String>,
-        /// intersection | size
+        /// intersection (the buyer learns which of its keys are common) | size (only how many)
+        /// | both (the buyer and the provider each learn which of their own keys are common:
+        /// the provider's worker writes its rows whose key is common to `psi-<job id>.csv` in
+        /// its output directory, shown to the provider in `job get`)
         #[arg(long, default_value = "intersection")]
         mode: String,
-        /// PSI protocol: rr22 (VOLE-based, the fast one; intersection mode only) or ecdh
+        /// PSI protocol: rr22 (VOLE-based, the fast one; intersection and both modes) or ecdh
         /// (public-key; fewer bytes than rr22 only for small sets, where rr22's ~600 KB fixed
         /// cost dominates; the only one for size mode) [default: rr22, ecdh for size mode]
         #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["rr22", "ecdh"]), ignore_case = true)]
@@ -62,10 +65,10 @@ pub enum JobCmd {
         /// (each party sees its own count); fail makes the job fail.
         #[arg(long, default_value = "skip")]
         empty_keys: String,
-        /// Result file name in the buyer worker's output directory (intersection mode; a bare
-        /// name: no directory, no leading dot or surrounding spaces; empty: no file). A result
-        /// never replaces a file: a name already recorded by another job of the buyer party is
-        /// refused.
+        /// Result file name in the buyer worker's output directory (intersection and both
+        /// modes; a bare name: no directory, no leading dot or surrounding spaces; empty: no
+        /// file). A result never replaces a file: a name already recorded by another job of the
+        /// buyer party is refused.
         #[arg(long, default_value = "")]
         output: String,
         /// Idempotency key per user: a retry with the same id gets the same job (no second
@@ -402,6 +405,13 @@ pub fn job_line(j: &pb::Job) -> String {
         s.push_str(&format!(
             " result_bytes={} result_rows={} result_sha256={}",
             f.bytes, f.rows, f.sha256_hex
+        ));
+    }
+    if let Some(f) = &j.provider_result_file {
+        s.push_str(&format!(
+            " provider_result={} provider_result_bytes={} provider_result_rows={} \
+             provider_result_sha256={}",
+            f.name, f.bytes, f.rows, f.sha256_hex
         ));
     }
     if let Some(n) = j.buyer_empty_keys {

@@ -24,7 +24,8 @@
 //! checked in part). Admissions recorded before the job's `mode`, `protocol`, `buyer_party`,
 //! `provider_party` and `output_name` were added to the entry leave those unchecked; ends
 //! recorded before `result_location` was added leave it unchecked, and ends recorded before
-//! the result file, failure origin and empty-key counts were kept leave those unchecked. A
+//! the result file, failure origin, empty-key counts and the provider's result file were kept
+//! leave those unchecked. A
 //! request's full text (`request_json`) and `updated_at_ms` of rows changed by no entry are
 //! not re-derived; nor are tasks, usage events, licence terms or statements.
 
@@ -200,6 +201,10 @@ const JOB_COLUMNS: &[(&str, &str)] = &[
     ("result_sha256", "result_sha256"),
     ("buyer_empty_keys", "buyer_empty_keys"),
     ("provider_empty_keys", "provider_empty_keys"),
+    ("provider_result_location", "provider_result_location"),
+    ("provider_result_bytes", "provider_result_bytes"),
+    ("provider_result_rows", "provider_result_rows"),
+    ("provider_result_sha256", "provider_result_sha256"),
 ];
 
 /// Bill line columns and where a `bill_line` entry holds each (a JSON pointer into its
@@ -678,6 +683,10 @@ impl Chain {
             ("result_sha256", "''"),
             ("buyer_empty_keys", "NULL"),
             ("provider_empty_keys", "NULL"),
+            ("provider_result_location", "''"),
+            ("provider_result_bytes", "NULL"),
+            ("provider_result_rows", "NULL"),
+            ("provider_result_sha256", "''"),
         ] {
             row.set(field, initial.to_string(), seq);
         }
@@ -797,6 +806,18 @@ impl Chain {
                 ("result_bytes", "/bytes", "NULL"),
                 ("result_rows", "/rows", "NULL"),
                 ("result_sha256", "/sha256_hex", "''"),
+            ],
+            seq,
+        );
+        end_object(
+            row,
+            d,
+            "provider_result_file",
+            &[
+                ("provider_result_location", "/name", "''"),
+                ("provider_result_bytes", "/bytes", "NULL"),
+                ("provider_result_rows", "/rows", "NULL"),
+                ("provider_result_sha256", "/sha256_hex", "''"),
             ],
             seq,
         );

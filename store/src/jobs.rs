@@ -301,6 +301,9 @@ pub struct JobRecord {
     pub provider_party: String,
     /// The result file as written (receiver, intersection mode).
     pub result_file: Option<ResultFileRecord>,
+    /// The provider's own result file (sender, `both` mode), named in its worker's output
+    /// directory.
+    pub provider_result_file: Option<ResultFileRecord>,
     /// Rows of the buyer's dataset left out because their key was empty.
     pub buyer_empty_keys: Option<u64>,
     /// Rows of the provider's dataset left out because their key was empty.
@@ -309,10 +312,10 @@ pub struct JobRecord {
     pub failure: Option<FailureOrigin>,
 }
 
-/// A result file as the buyer's worker wrote it.
+/// A result file as a worker wrote it (the buyer's, or the provider's in `both` mode).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ResultFileRecord {
-    /// File name in the buyer worker's output directory.
+    /// File name in the output directory of the worker that wrote it.
     pub name: String,
     /// Size in bytes.
     pub bytes: u64,
@@ -435,6 +438,8 @@ pub enum JobFinish {
         result_location: String,
         /// The result file as written, if one was.
         result_file: Option<ResultFileRecord>,
+        /// The provider's own result file (`both` mode), if one was written.
+        provider_result_file: Option<ResultFileRecord>,
         /// Rows each party left out because their key was empty.
         empty_keys: EmptyKeyCounts,
         /// Usage events.
@@ -529,7 +534,8 @@ const JOB_COLUMNS: &str = "job_id, licence_id, scene, user_id, mode, state, coun
      result_size, result_location, charge_micros, created_at_ms, finished_at_ms, \
      buyer_party, provider_party, result_bytes, result_rows, result_sha256, \
      buyer_empty_keys, provider_empty_keys, error_role, error_party, error_kind, delivered_at_ms, \
-     delivered_rows, request_id, protocol";
+     delivered_rows, request_id, protocol, provider_result_location, provider_result_bytes, \
+     provider_result_rows, provider_result_sha256";
 
 fn job_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<JobRecord, StoreError> {
     let reasons: String = r.try_get(7)?;
@@ -552,6 +558,7 @@ fn job_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<JobRecord, StoreError> {
         buyer_party: r.try_get(14)?,
         provider_party: r.try_get(15)?,
         result_file: result_file_from_row(r)?,
+        provider_result_file: provider_result_file_from_row(r)?,
         buyer_empty_keys: opt_u64(r, 19)?,
         provider_empty_keys: opt_u64(r, 20)?,
         failure: failure_from_row(r)?,
@@ -581,6 +588,20 @@ fn result_file_from_row(
         bytes,
         rows,
         sha256_hex: r.try_get(18)?,
+    }))
+}
+
+fn provider_result_file_from_row(
+    r: &sqlx::sqlite::SqliteRow,
+) -> Result<Option<ResultFileRecord>, StoreError> {
+    let (Some(bytes), Some(rows)) = (opt_u64(r, 29)?, opt_u64(r, 30)?) else {
+        return Ok(None);
+    };
+    Ok(Some(ResultFileRecord {
+        name: r.try_get(28)?,
+        bytes,
+        rows,
+        sha256_hex: r.try_get(31)?,
     }))
 }
 
@@ -977,16 +998,24 @@ async fn finish_in(
             .bind(&job.scene)
             .execute(&mut *tx)
             .await?;
-        let (result_file, empty_keys, origin) = match finish {
+        let (result_file, provider_file, empty_keys, origin) = match finish {
             JobFinish::Succeeded {
                 result_file,
+                provider_result_file,
                 empty_keys,
                 ..
-            } => (result_file.as_ref(), *empty_keys, None),
-            JobFinish::Failed { origin, .. } => (None, EmptyKeyCounts::default(), origin.as_ref()),
-            JobFinish::Cancelled { .. } => (None, EmptyKeyCounts::default(), None),
+            } => (
+                result_file.as_ref(),
+                provider_result_file.as_ref(),
+                *empty_keys,
+                None,
+            ),
+            JobFinish::Failed { origin, .. } => {
+                (None, None, EmptyKeyCounts::default(), origin.as_ref())
+            }
+            JobFinish::Cancelled { .. } => (None, None, EmptyKeyCounts::default(), None),
             JobFinish::EndedAfterDelivery { origin, .. } => {
-                (None, EmptyKeyCounts::default(), origin.as_ref())
+                (None, None, EmptyKeyCounts::default(), origin.as_ref())
             }
         };
         let (result_size, result_location, charge) = match finish {
@@ -1039,7 +1068,8 @@ async fn finish_in(
             "UPDATE jobs SET state = ?, count_state = ?, error = ?, result_size = ?, result_location = ?, \
              charge_micros = ?, updated_at_ms = ?, finished_at_ms = ?, result_bytes = ?, result_rows = ?, \
              result_sha256 = ?, buyer_empty_keys = ?, provider_empty_keys = ?, error_role = ?, \
-             error_party = ?, error_kind = ? WHERE job_id = ?",
+             error_party = ?, error_kind = ?, provider_result_location = ?, provider_result_bytes = ?, \
+             provider_result_rows = ?, provider_result_sha256 = ? WHERE job_id = ?",
         )
         .bind(state.as_str())
         .bind(count_state.as_str())
@@ -1057,6 +1087,10 @@ async fn finish_in(
         .bind(origin.map_or("", |o| o.role.as_str()))
         .bind(origin.map_or("", |o| o.party.as_str()))
         .bind(origin.map_or("", |o| o.kind.as_str()))
+        .bind(provider_file.map_or("", |f| f.name.as_str()))
+        .bind(provider_file.map(|f| count_i64(f.bytes)))
+        .bind(provider_file.map(|f| count_i64(f.rows)))
+        .bind(provider_file.map_or("", |f| f.sha256_hex.as_str()))
         .bind(job_id)
         .execute(&mut *tx)
         .await?;
@@ -1069,7 +1103,8 @@ async fn finish_in(
                 "state": state.as_str(), "count": count_state.as_str(), "error": error,
                 "result_size": result_size, "result_location": result_location,
                 "charge_micros": charge, "delivered_at_ms": job.delivered_at_ms,
-                "result_file": result_file, "failure": origin,
+                "result_file": result_file, "provider_result_file": provider_file,
+                "failure": origin,
                 "empty_keys": {"buyer": empty_keys.buyer, "provider": empty_keys.provider},
             }),
         )

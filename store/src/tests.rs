@@ -209,6 +209,12 @@ async fn failure_not_the_buyers_releases_and_finish_is_exactly_once() {
             rows: 9,
             sha256_hex: "ab".repeat(32),
         }),
+        provider_result_file: Some(crate::ResultFileRecord {
+            name: "psi-job-3.csv".into(),
+            bytes: 99,
+            rows: 4,
+            sha256_hex: "cd".repeat(32),
+        }),
         empty_keys: crate::EmptyKeyCounts {
             buyer: Some(2),
             provider: Some(0),
@@ -233,6 +239,12 @@ async fn failure_not_the_buyers_releases_and_finish_is_exactly_once() {
             .transitioned
     );
     let j3 = store.job("job-3").await.expect("job");
+    assert_eq!(
+        j3.provider_result_file
+            .as_ref()
+            .map(|f| (f.name.as_str(), f.bytes, f.rows)),
+        Some(("psi-job-3.csv", 99, 4))
+    );
     assert_eq!(
         j3.result_file,
         Some(crate::ResultFileRecord {

@@ -172,6 +172,12 @@ async fn flow(store: &Store) {
             rows: 7,
             sha256_hex: "ab".repeat(32),
         }),
+        provider_result_file: Some(ResultFileRecord {
+            name: "psi-job-1.csv".into(),
+            bytes: 123,
+            rows: 8,
+            sha256_hex: "cd".repeat(32),
+        }),
         empty_keys: EmptyKeyCounts {
             buyer: Some(2),
             provider: Some(0),
@@ -383,6 +389,7 @@ async fn an_edited_job_state_charge_and_delivery_are_named() {
     // A result rewritten (another digest) and a refusal turned into an admission.
     let (store, v, _dir) = tampered(&[
         "UPDATE jobs SET result_sha256 = 'cd' WHERE job_id = 'job-1'",
+        "UPDATE jobs SET provider_result_rows = 80 WHERE job_id = 'job-1'",
         "UPDATE jobs SET state = 'admitted', count_state = 'reserved', finished_at_ms = NULL WHERE job_id = 'job-3'",
     ])
     .await;
@@ -397,6 +404,7 @@ async fn an_edited_job_state_charge_and_delivery_are_named() {
                 "job job-1: result_sha256 is 'cd', the chain gives '{}' (entry {ended})",
                 "ab".repeat(32)
             ),
+            format!("job job-1: provider_result_rows is 80, the chain gives 8 (entry {ended})"),
             format!("job job-3: state is 'admitted', the chain gives 'refused' (entry {refused})"),
             format!(
                 "job job-3: count_state is 'reserved', the chain gives 'none' (entry {refused})"

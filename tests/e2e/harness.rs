@@ -534,6 +534,7 @@ impl Cluster {
             mode: match mode {
                 "intersection" => pb::PsiMode::Intersection.into(),
                 "size" => pb::PsiMode::Size.into(),
+                "both" => pb::PsiMode::Both.into(),
                 _ => 99,
             },
             key_case: pb::KeyCase::Preserve.into(),

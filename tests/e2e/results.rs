@@ -626,6 +626,43 @@ async fn a_psi_larger_than_a_bucket_runs_bucket_by_bucket_and_gives_the_same_row
         assert_eq!(header, strings(&["k", "v"]));
         assert_eq!(rows, want, "{protocol:?}");
     }
+    // Both mode: the buyer gets the same file, the provider its own rows whose key is common
+    // (its every row, in its file's order), each shown only its own file.
+    let buyer_keys: std::collections::HashSet<&str> = buyer
+        .iter()
+        .filter_map(|r| r.split_once(','))
+        .map(|(k, _)| k)
+        .collect();
+    let provider_want: Vec<Vec<String>> = provider
+        .iter()
+        .filter(|k| buyer_keys.contains(k.as_str()))
+        .map(|k| vec![k.clone()])
+        .collect();
+    let j = client
+        .submit_job(pb::SubmitJobRequest {
+            carry_columns: strings(&["v"]),
+            ..Cluster::job(&lic, "b", "both", "bucketed-both.csv")
+        })
+        .await
+        .expect("submit")
+        .into_inner();
+    let seen_by_buyer = c.wait(&j.job_id).await;
+    assert_eq!(seen_by_buyer.state_text(), "succeeded", "{seen_by_buyer:?}");
+    assert_eq!(seen_by_buyer.mode_text(), "both");
+    assert_eq!(seen_by_buyer.provider_result_file, None);
+    let (header, rows) = read_csv(&c.buyer.outputs.join("bucketed-both.csv"));
+    assert_eq!((header, rows), (strings(&["k", "v"]), want.clone()));
+    let seen_by_provider = c.wait_as(&j.job_id, Some(PROVIDER)).await;
+    assert_eq!(seen_by_provider.result_size, Some(distinct));
+    assert_eq!(seen_by_provider.result_file, None);
+    let file = seen_by_provider
+        .provider_result_file
+        .expect("the provider sees its own result");
+    assert_eq!(file.name, format!("psi-{}.csv", j.job_id));
+    assert_eq!(file.rows, provider_want.len() as u64);
+    let (header, rows) = read_csv(&c.provider.outputs.join(&file.name));
+    assert_eq!(header, strings(&["k"]));
+    assert_eq!(rows, provider_want);
     // Each worker's own scratch directory (0700) is left empty.
     for party in [&c.buyer, &c.provider] {
         let work = party.outputs.join(".tessera-work");

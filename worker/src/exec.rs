@@ -245,7 +245,8 @@ pub async fn run_task(
     // Where the result goes, refused up front if the name is taken: a result never replaces
     // a file (the write checks again, atomically).
     let out_path = match (spec.role, spec.mode, spec.output.is_empty()) {
-        (TaskRole::Receiver, PsiMode::Intersection, false) => {
+        (TaskRole::Receiver, PsiMode::Intersection | PsiMode::Both, false)
+        | (TaskRole::Sender, PsiMode::Both, false) => {
             Some(fresh_result_path(&env.output_dir, &spec.output)?)
         }
         _ => None,
@@ -259,7 +260,7 @@ pub async fn run_task(
             .collect(),
         None => Vec::new(),
     };
-    if spec.mode == PsiMode::Intersection {
+    if spec.mode.reveals_keys() {
         return run_psi_bucketed(
             env, spec, path, key_spec, out_path, header, progress, delivery,
         )
@@ -778,10 +779,12 @@ async fn run_staged(
 ) -> Result<TaskOutcome, TaskError> {
     let mut staged = staged;
     let parts_dir = scratch.dir.join("parts");
+    // `both` mode: the receiver shares the intersection, the sender writes its own result.
+    let share = spec.mode == PsiMode::Both;
     if spec.role == TaskRole::Receiver {
         // An attempt stopped after it had the master key: the sender has ended, and this side
         // finishes alone.
-        let alone = tessera_psi::bucket::finish_receiver_alone(&mut staged, &parts_dir)
+        let alone = tessera_psi::bucket::finish_receiver_alone(&mut staged, &parts_dir, share)
             .await
             .map_err(psi_task_error)?;
         if let Some(out) = alone {
@@ -791,7 +794,15 @@ async fn run_staged(
                 empty_keys: counts.empty_keys,
                 ..TaskOutcome::default()
             };
-            return write_bucketed_result(spec, outcome, out, out_path, header).await;
+            return write_bucketed_result(
+                spec,
+                outcome,
+                out.intersection_size,
+                out.parts,
+                out_path,
+                header,
+            )
+            .await;
         }
     }
     let link = open_link(env, spec).await?;
@@ -808,10 +819,12 @@ async fn run_staged(
                 sink: delivery,
                 rows_in: counts.rows,
             };
-            tessera_psi::bucket::run_sender_bucketed(
+            let sender_parts = share.then_some(parts_dir.as_path());
+            let out = tessera_psi::bucket::run_sender_bucketed(
                 &link,
                 staged,
                 false,
+                sender_parts,
                 &cfg,
                 &mut rng,
                 progress.as_ref(),
@@ -819,6 +832,14 @@ async fn run_staged(
             )
             .await
             .map_err(psi_task_error)?;
+            outcome.link = link.stats();
+            match out.shared {
+                Some(shared) => {
+                    let size = shared.intersection_size;
+                    write_bucketed_result(spec, outcome, size, shared.parts, out_path, header).await
+                }
+                None => Ok(outcome),
+            }
         }
         TaskRole::Receiver => {
             let out = tessera_psi::bucket::run_receiver_bucketed(
@@ -826,6 +847,7 @@ async fn run_staged(
                 staged,
                 &parts_dir,
                 false,
+                share,
                 &cfg,
                 &mut rng,
                 progress.as_ref(),
@@ -833,25 +855,25 @@ async fn run_staged(
             .await
             .map_err(psi_task_error)?;
             outcome.link = link.stats();
-            return write_bucketed_result(spec, outcome, out, out_path, header).await;
+            let size = out.intersection_size;
+            write_bucketed_result(spec, outcome, size, out.parts, out_path, header).await
         }
     }
-    outcome.link = link.stats();
-    Ok(outcome)
 }
 
-/// The receiver's result file from a bucketed run's merged parts.
+/// A party's result file from a bucketed run's merged parts (the receiver's, or the sender's
+/// in `both` mode).
 async fn write_bucketed_result(
     spec: &TaskSpec,
     mut outcome: TaskOutcome,
-    out: tessera_psi::bucket::BucketedReceiverOutput,
+    intersection_size: u64,
+    parts: tessera_psi::bucket::Parts,
     out_path: Option<PathBuf>,
     header: Vec<String>,
 ) -> Result<TaskOutcome, TaskError> {
-    outcome.result_size = Some(out.intersection_size);
+    outcome.result_size = Some(intersection_size);
     if let Some(path) = out_path {
         let width = header.len();
-        let parts = out.parts;
         let written = tokio::task::spawn_blocking(move || {
             let merged = parts
                 .merged()
