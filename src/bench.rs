@@ -58,8 +58,11 @@ pub enum BenchCommand {
         /// intersection | size
         #[arg(long, default_value = "intersection", value_parser = clap::builder::PossibleValuesParser::new(["intersection", "size"]), ignore_case = true)]
         mode: String,
-        /// rr22 (VOLE-based) or ecdh [default: rr22, or ecdh for --mode size, which rr22 cannot run]
-        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["rr22", "ecdh"]), ignore_case = true)]
+        /// rr22 (VOLE-based), ecdh, or ecdh-oprf (unbalanced sets: the sender's set is encoded
+        /// once, timed apart, then two runs: the first sends the encodings, the second, whose
+        /// figures are the main ones, finds them kept by the receiver) [default: rr22, or ecdh
+        /// for --mode size, which rr22 cannot run]
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["rr22", "ecdh", "ecdh-oprf"]), ignore_case = true)]
         protocol: Option<String>,
         /// Print one JSON line instead of text.
         #[arg(long)]
@@ -157,6 +160,7 @@ pub fn generate_sized_sets(
 struct Run {
     wall_s: f64,
     cpu_s: f64,
+    receiver_bytes_received: u64,
     bytes_sent: u64,
     sender_bytes_sent: u64,
     receiver_bytes_sent: u64,
@@ -170,6 +174,10 @@ fn payload_of(key: &[u8], len: usize) -> Vec<u8> {
     key.iter().copied().cycle().take(len).collect()
 }
 
+/// `ecdh-oprf`'s state of a bench run: the sender's encoded set, and the directory where the
+/// receiver keeps what it received.
+type OprfState = (Arc<tessera_psi::ecdh_oprf::EncodedSet>, std::path::PathBuf);
+
 async fn run_pair(
     sender_items: Vec<Vec<u8>>,
     receiver_items: Vec<Vec<u8>>,
@@ -177,6 +185,7 @@ async fn run_pair(
     protocol: Protocol,
     mode: Mode,
     mtls: bool,
+    oprf: Option<OprfState>,
 ) -> anyhow::Result<Run> {
     let (frame, idle) = (
         tessera_core::limits::FRAME_BYTES_MAX,
@@ -200,9 +209,24 @@ async fn run_pair(
     let cfg_s = cfg.clone();
     let bar = sender_bar.clone();
     let with_payload = payloads.is_some();
+    let oprf_sender = oprf.clone();
     let sender = tokio::spawn(async move {
         let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
         let r = match payloads {
+            _ if oprf_sender.is_some() => {
+                let (set, _) = oprf_sender.unwrap_or_else(|| unreachable!());
+                let items = Box::new(move || Ok(sender_items));
+                tessera_psi::ecdh_oprf::run_sender(
+                    &a,
+                    &set,
+                    items,
+                    &cfg_s,
+                    &mut rng,
+                    bar.as_ref(),
+                    &tessera_psi::NoGate,
+                )
+                .await
+            }
             Some(p) => {
                 tessera_psi::run_sender_with_payload(
                     &a,
@@ -222,7 +246,17 @@ async fn run_pair(
         (r, a.stats())
     });
     let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
-    let out = if with_payload {
+    let out = if let Some((_, dir)) = &oprf {
+        tessera_psi::ecdh_oprf::run_receiver(
+            &b,
+            &receiver_items,
+            dir,
+            &cfg,
+            &mut rng,
+            &receiver_bar,
+        )
+        .await?
+    } else if with_payload {
         tessera_psi::run_receiver_with_payload(&b, &receiver_items, &cfg, &mut rng, &receiver_bar)
             .await?
     } else {
@@ -238,6 +272,7 @@ async fn run_pair(
     Ok(Run {
         wall_s,
         cpu_s,
+        receiver_bytes_received: b.stats().bytes_received,
         bytes_sent: sstats.bytes_sent + b.stats().bytes_sent,
         sender_bytes_sent: sstats.bytes_sent,
         receiver_bytes_sent: b.stats().bytes_sent,
@@ -333,7 +368,51 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                     .map(|k| payload_of(k, payload_bytes))
                     .collect::<Vec<_>>()
             });
-            let r = run_pair(sender, receiver, payloads, protocol, mode, mtls).await?;
+            // ecdh-oprf: the sender's set encoded once (timed apart), then two runs: the first
+            // sends the encodings, the second finds them kept by the receiver.
+            let mut oprf = None;
+            let mut oprf_figures = serde_json::Value::Null;
+            if protocol == Protocol::EcdhOprf {
+                let t = Instant::now();
+                let items = sender.clone();
+                let set = tokio::task::spawn_blocking(move || {
+                    let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
+                    let mut b = tessera_psi::ecdh_oprf::EncodedSet::builder(&mut rng);
+                    b.add(&items).map(|()| b.finish())
+                })
+                .await??;
+                let prepare_s = t.elapsed().as_secs_f64();
+                let dir = std::env::temp_dir()
+                    .join(format!("tessera-bench-ecdh-oprf-{}", std::process::id()));
+                std::fs::create_dir_all(&dir)?;
+                let state = (Arc::new(set), dir.clone());
+                let cold = run_pair(
+                    sender.clone(),
+                    receiver.clone(),
+                    None,
+                    protocol,
+                    mode,
+                    mtls,
+                    Some(state.clone()),
+                )
+                .await?;
+                oprf_figures = serde_json::json!({
+                    "prepare_s": prepare_s, "first_wall_s": cold.wall_s,
+                    "first_receiver_bytes_received": cold.receiver_bytes_received,
+                    "first_receiver_bytes_sent": cold.receiver_bytes_sent,
+                });
+                if !json {
+                    println!(
+                        "ecdh-oprf prepare={prepare_s:.3}s first run (encodings sent): wall={:.3}s receiver received={:.1}MiB sent={:.3}MiB",
+                        cold.wall_s,
+                        cold.receiver_bytes_received as f64 / (1024.0 * 1024.0),
+                        cold.receiver_bytes_sent as f64 / (1024.0 * 1024.0),
+                    );
+                }
+                oprf = Some((state, dir));
+            }
+            let state = oprf.as_ref().map(|(s, _)| s.clone());
+            let r = run_pair(sender, receiver, payloads, protocol, mode, mtls, state).await?;
             // Every common key's payload is its own.
             let payloads_ok = match &r.payloads {
                 None => payload_bytes == 0,
@@ -364,7 +443,10 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                         "engine": match protocol {
                             Protocol::Rr22 => "rr22-vole-psi",
                             Protocol::Ecdh => "ecdh-psi-ristretto255",
+                            Protocol::EcdhOprf => "ecdh-oprf-psi-ristretto255",
                         },
+                        "ecdh_oprf": oprf_figures,
+                        "receiver_bytes_received": r.receiver_bytes_received,
                         "protocol": protocol.as_str(),
                         "transport": if mtls { "grpc-mtls-loopback" } else { "grpc-loopback" },
                         "mode": mode.as_str(),
@@ -377,7 +459,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 );
             } else {
                 println!(
-                    "{protocol}-psi n_sender={ns} n_receiver={nr} payload_bytes={payload_bytes} mode={} link={link} intersection={} wall={:.3}s cpu={:.3}s sent={:.1}MiB (sender {:.1}, receiver {:.1}) peak_rss={peak_rss_mb:.0}MB ok={ok}",
+                    "{protocol}-psi n_sender={ns} n_receiver={nr} payload_bytes={payload_bytes} mode={} link={link} intersection={} wall={:.3}s cpu={:.3}s sent={:.1}MiB (sender {:.1}, receiver {:.1}) receiver_received={:.1}MiB peak_rss={peak_rss_mb:.0}MB ok={ok}",
                     mode.as_str(),
                     r.size,
                     r.wall_s,
@@ -385,7 +467,11 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                     r.bytes_sent as f64 / (1024.0 * 1024.0),
                     r.sender_bytes_sent as f64 / (1024.0 * 1024.0),
                     r.receiver_bytes_sent as f64 / (1024.0 * 1024.0),
+                    r.receiver_bytes_received as f64 / (1024.0 * 1024.0),
                 );
+            }
+            if let Some((_, dir)) = oprf {
+                let _ = std::fs::remove_dir_all(dir);
             }
             if !ok {
                 anyhow::bail!("PSI result does not match the plaintext intersection");
@@ -461,6 +547,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 protocol,
                 Mode::Intersection,
                 link == "mtls",
+                None,
             )
             .await?;
             let rows: Vec<[String; 1]> = r

@@ -384,7 +384,7 @@ mod tests {
                   --mode <MODE>
                       intersection (the buyer learns which of its keys are common) | size (only how many) | both (the buyer and the provider each learn which of their own keys are common: the provider's worker writes its rows whose key is common to `psi-<job id>.csv` in its output directory, shown to the provider in `job get`) [default: intersection]
                   --protocol <PROTOCOL>
-                      PSI protocol: rr22 (VOLE-based, the fast one; intersection and both modes) or ecdh (public-key; fewer bytes than rr22 only for small sets, where rr22's ~600 KB fixed cost dominates; the only one for size mode) [default: rr22, ecdh for size mode] [possible values: rr22, ecdh]
+                      PSI protocol: rr22 (VOLE-based, the fast one; intersection and both modes), ecdh (public-key; fewer bytes than rr22 only for small sets, where rr22's ~600 KB fixed cost dominates; the only one for size mode) or ecdh-oprf (unbalanced sets, e.g. a thousand keys against ten million: the larger set is encoded once per licence on its worker and reused, the buyer's worker keeps what it received, so later jobs of the licence cost the smaller side its own set only; intersection mode) [default: rr22, ecdh for size mode] [possible values: rr22, ecdh, ecdh-oprf]
                   --key-case <KEY_CASE>
                       Case rule for keys on both sides: preserve (as in the file), lower, upper (Unicode full mappings; they disagree on e.g. ß), or fold (Unicode full case folding: the one for caseless matching, `straße` = `STRASSE`) [default: preserve]
                   --unicode <UNICODE_FORM>

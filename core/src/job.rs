@@ -158,13 +158,18 @@ impl PsiMode {
 vocabulary! {
     /// Which PSI protocol a job runs (crate `tessera-psi`, [`PsiProtocol::default_for`] when
     /// the request names none).
-    PsiProtocol, "PSI protocol", "rr22, ecdh" {
-        /// VOLE-based PSI (Raghuraman–Rindal, CCS 2022): the fast one; intersection mode only.
+    PsiProtocol, "PSI protocol", "rr22, ecdh, ecdh-oprf" {
+        /// VOLE-based PSI (Raghuraman–Rindal, CCS 2022): the fast one; intersection and both
+        /// modes.
         Rr22 => "rr22",
         /// Diffie–Hellman PSI over ristretto255: fewer bytes than `rr22` only for small sets
         /// (`rr22` costs about 600 KB of VOLE traffic whatever the size), and the only one that
         /// runs in size mode.
         Ecdh => "ecdh",
+        /// Diffie–Hellman OPRF PSI for unbalanced sets (`tessera_psi::ecdh_oprf`): the larger
+        /// set is encoded once under its holder's key and reused by later jobs of the same
+        /// licence; the smaller side pays for its own set only. Intersection mode only.
+        EcdhOprf => "ecdh-oprf",
     }
 }
 
@@ -179,9 +184,14 @@ impl PsiProtocol {
     }
 
     /// Whether the protocol can run in `mode`: `rr22`'s receiver learns which of its keys are
-    /// common, so it cannot serve size mode.
+    /// common, so it cannot serve size mode; `ecdh-oprf` runs in intersection mode only (its
+    /// receiver learns the common keys, and it is not bucketed, so it cannot share them).
     pub fn supports(self, mode: PsiMode) -> bool {
-        !(self == PsiProtocol::Rr22 && mode == PsiMode::Size)
+        match self {
+            PsiProtocol::Rr22 => mode != PsiMode::Size,
+            PsiProtocol::Ecdh => true,
+            PsiProtocol::EcdhOprf => mode == PsiMode::Intersection,
+        }
     }
 }
 

@@ -132,7 +132,7 @@ pub struct UseScene {
     #[serde(default)]
     pub cp_center: AllowList,
     /// Allowed protocols for this scene's engine (Tessera's extension of table A.50, e.g.
-    /// `["ecdh"]` to keep PSI on public-key operations only); empty or absent: any. Names from [`tessera_core::PsiProtocol`] (`rr22`, `ecdh`) for the `psi` scene.
+    /// `["ecdh"]` to keep PSI on public-key operations only); empty or absent: any. Names from [`tessera_core::PsiProtocol`] (`rr22`, `ecdh`, `ecdh-oprf`) for the `psi` scene.
     #[serde(default)]
     pub protocols: AllowList,
     /// The `mpc` scene (Tessera's extension): groups of a statistics query with fewer rows

@@ -93,9 +93,10 @@ pair!(PsiMode, PsiMode, "mode", "intersection, size, both" {
     Both <=> Both,
 });
 
-pair!(PsiProtocol, PsiProtocol, "protocol", "rr22, ecdh" {
+pair!(PsiProtocol, PsiProtocol, "protocol", "rr22, ecdh, ecdh-oprf" {
     Rr22 <=> Rr22,
     Ecdh <=> Ecdh,
+    EcdhOprf <=> EcdhOprf,
 });
 
 pair!(JoinKind, JoinKind, "join", "inner, left, difference" {

@@ -1,7 +1,8 @@
 //! The JSON form of the wire enums, for the REST facade: a value travels as its proto name
 //! (`"JOB_STATE_SUCCEEDED"`, as the proto3 JSON mapping writes it). On input the name without
-//! its enum prefix is accepted too, in any case (`"succeeded"`, `"intersection"`), like the
-//! CLI's. An unknown name is an error naming the accepted ones; a number is refused.
+//! its enum prefix is accepted too, in any case and with `-` for `_` (`"succeeded"`,
+//! `"intersection"`, `"ecdh-oprf"`), like the CLI's. An unknown name is an error naming the
+//! accepted ones; a number is refused.
 
 macro_rules! enum_json {
     ($module:ident, $enum:ident, $names:ident, $prefix:literal, $example:literal, [$($name:ident),+ $(,)?]) => {
@@ -44,7 +45,8 @@ macro_rules! enum_json {
             /// Errors: not a string, or not a name of the enum.
             pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
                 let text = String::deserialize(d)?;
-                let upper = text.trim().to_ascii_uppercase();
+                // `ecdh-oprf` (the CLI's form) is `ECDH_OPRF`.
+                let upper = text.trim().to_ascii_uppercase().replace('-', "_");
                 let full = if upper.starts_with($prefix) {
                     upper
                 } else {
@@ -104,7 +106,8 @@ enum_json!(
     [
         PSI_PROTOCOL_UNSPECIFIED,
         PSI_PROTOCOL_RR22,
-        PSI_PROTOCOL_ECDH
+        PSI_PROTOCOL_ECDH,
+        PSI_PROTOCOL_ECDH_OPRF,
     ]
 );
 enum_json!(

@@ -971,7 +971,16 @@ impl BucketProgress<'_> {
     }
 }
 
+fn oprf_not_bucketed() -> PsiError {
+    PsiError::InvalidConfig(
+        "ecdh-oprf is not bucketed (the larger side streams its encoded set)".into(),
+    )
+}
+
 fn check_mode(cfg: &PsiConfig) -> Result<(), PsiError> {
+    if cfg.protocol == Protocol::EcdhOprf {
+        return Err(oprf_not_bucketed());
+    }
     if cfg.mode == Mode::SizeOnly {
         return Err(PsiError::InvalidConfig(
             "bucketed PSI does not run in size-only mode (it would reveal the size per bucket)"
@@ -1025,6 +1034,7 @@ async fn receive_bucket<R: CryptoRngCore + Send>(
             crate::ecdh::receiver(link, items, cfg, rng, progress, defer).await
         }
         (Protocol::Ecdh, true) => Err(PsiError::InvalidConfig("PSI with payload runs rr22".into())),
+        (Protocol::EcdhOprf, _) => Err(oprf_not_bucketed()),
     }
 }
 
@@ -1623,6 +1633,7 @@ pub async fn run_sender_bucketed<R: CryptoRngCore + Send>(
                 Protocol::Ecdh => {
                     crate::ecdh::sender(link, &items, cfg, rng, report.inner(), release).await?
                 }
+                Protocol::EcdhOprf => return Err(oprf_not_bucketed()),
             };
             if let Some(slot) = sizes.get_mut(b as usize) {
                 *slot = out.receiver_set_size as u64;

@@ -49,6 +49,45 @@ impl SecretKey {
     }
 }
 
+impl SecretKey {
+    /// The key `k` as its canonical 32 bytes (to keep it in a file; wipe after use).
+    pub(crate) fn to_bytes(&self) -> [u8; 32] {
+        (self.half + self.half).to_bytes()
+    }
+
+    /// The key from [`SecretKey::to_bytes`]; `None` for a non-canonical or zero scalar.
+    pub(crate) fn from_bytes(bytes: &[u8; 32]) -> Option<Self> {
+        let mut key: Scalar = Option::from(Scalar::from_canonical_bytes(*bytes))?;
+        if key == Scalar::ZERO {
+            return None;
+        }
+        let half = key * Scalar::from(2u8).invert();
+        key.zeroize();
+        Some(SecretKey { half })
+    }
+
+    /// The key `k⁻¹` (undoes a blinding with `k`).
+    pub(crate) fn inverse(&self) -> Self {
+        let mut key = self.half + self.half;
+        let mut inv = key.invert();
+        let half = inv * Scalar::from(2u8).invert();
+        key.zeroize();
+        inv.zeroize();
+        SecretKey { half }
+    }
+
+    /// A copy of the key.
+    pub(crate) fn clone_key(&self) -> Self {
+        SecretKey { half: self.half }
+    }
+
+    /// `compress(G·k)`: a public commitment to the key (the base point's multiple).
+    pub(crate) fn public_bytes(&self) -> [u8; 32] {
+        let p = curve25519_dalek::constants::RISTRETTO_BASEPOINT_POINT * (self.half + self.half);
+        p.compress().to_bytes()
+    }
+}
+
 impl Drop for SecretKey {
     fn drop(&mut self) {
         self.half.zeroize();

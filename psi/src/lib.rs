@@ -155,6 +155,7 @@ pub mod bucket;
 mod common;
 mod crypto;
 pub mod ecdh;
+pub mod ecdh_oprf;
 pub mod okvs;
 mod pending;
 pub mod rr22;
@@ -343,17 +344,23 @@ pub enum Protocol {
     Rr22,
     /// Diffie–Hellman PSI over ristretto255 (the crate docs); module [`ecdh`].
     Ecdh,
+    /// Diffie–Hellman OPRF PSI for unbalanced sets, the larger set encoded once under its
+    /// holder's key; module [`ecdh_oprf`], with its own entry points. Intersection mode only.
+    #[serde(rename = "ecdh-oprf")]
+    EcdhOprf,
 }
 
 impl Protocol {
     /// Every protocol, in order of preference.
-    pub const ALL: [Protocol; 2] = [Protocol::Rr22, Protocol::Ecdh];
+    pub const ALL: [Protocol; 3] = [Protocol::Rr22, Protocol::Ecdh, Protocol::EcdhOprf];
 
-    /// The lowercase name used by serde, `FromStr` and `Display`: `rr22` or `ecdh`.
+    /// The lowercase name used by serde, `FromStr` and `Display`: `rr22`, `ecdh` or
+    /// `ecdh-oprf`.
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Rr22 => "rr22",
             Protocol::Ecdh => "ecdh",
+            Protocol::EcdhOprf => "ecdh-oprf",
         }
     }
 
@@ -369,13 +376,14 @@ impl Protocol {
     /// Whether this protocol can run in `mode` (`rr22` cannot hide from its receiver which
     /// keys are common, so it runs in [`Mode::Intersection`] only).
     pub fn supports(self, mode: Mode) -> bool {
-        !(self == Protocol::Rr22 && mode == Mode::SizeOnly)
+        self == Protocol::Ecdh || mode == Mode::Intersection
     }
 
     pub(crate) fn code(self) -> u8 {
         match self {
             Protocol::Ecdh => 0,
             Protocol::Rr22 => 1,
+            Protocol::EcdhOprf => 2,
         }
     }
 
@@ -401,7 +409,7 @@ impl FromStr for Protocol {
             .ok_or_else(|| ParseNameError {
                 what: "protocol",
                 value: s.to_owned(),
-                expected: "rr22, ecdh",
+                expected: "rr22, ecdh, ecdh-oprf",
             })
     }
 }
@@ -623,6 +631,7 @@ pub async fn run_receiver<R: rand_core::CryptoRngCore + Send>(
     let result = match cfg.protocol {
         Protocol::Ecdh => ecdh::receiver(link, items, cfg, rng, progress, false).await,
         Protocol::Rr22 => rr22::receiver(link, items, cfg, rng, progress, false, false).await,
+        Protocol::EcdhOprf => Err(not_here()),
     }
     .and_then(pending::Received::done);
     if let Err(e) = &result {
@@ -681,6 +690,7 @@ pub async fn run_sender_reporting_delivery<R: rand_core::CryptoRngCore + Send>(
             let release = common::Release::Gated(gate);
             rr22::sender(link, items, None, cfg, rng, progress, release).await
         }
+        Protocol::EcdhOprf => Err(not_here()),
     };
     if let Err(e) = &result {
         common::notify_peer(link, e).await;
@@ -744,6 +754,13 @@ pub async fn run_sender_with_payload<R: rand_core::CryptoRngCore + Send>(
         common::notify_peer(link, e).await;
     }
     result
+}
+
+/// `ecdh-oprf` through the entry points of the other protocols.
+fn not_here() -> PsiError {
+    PsiError::InvalidConfig(
+        "ecdh-oprf runs through tessera_psi::ecdh_oprf (it needs the sender's encoded set)".into(),
+    )
 }
 
 fn payload_config(cfg: &PsiConfig) -> Result<(), PsiError> {

@@ -209,9 +209,12 @@ impl JobRequest {
             ));
         }
         if !self.protocol().supports(self.mode) {
+            let why = match self.protocol() {
+                PsiProtocol::EcdhOprf => "it runs in intersection mode only",
+                _ => "its receiver learns which keys are common",
+            };
             return Err(SchedulerError::Invalid(format!(
-                "protocol: {} cannot run in {} mode (its receiver learns which keys are common); \
-                 use ecdh or leave the protocol unset",
+                "protocol: {} cannot run in {} mode ({why}); use ecdh or leave the protocol unset",
                 self.protocol(),
                 self.mode
             )));
@@ -1907,6 +1910,11 @@ mod tests {
         assert!(r.validate().is_ok());
         r.protocol = Some(PsiProtocol::Ecdh);
         assert!(r.validate().is_ok());
+        r.protocol = Some(PsiProtocol::EcdhOprf);
+        assert!(r.validate().is_ok());
+        r.mode = PsiMode::Both;
+        let e = r.validate().expect_err("ecdh-oprf in both mode");
+        assert!(e.to_string().contains("intersection mode only"), "{e}");
     }
 
     #[test]

@@ -45,10 +45,14 @@ pub enum JobCmd {
         /// its output directory, shown to the provider in `job get`)
         #[arg(long, default_value = "intersection")]
         mode: String,
-        /// PSI protocol: rr22 (VOLE-based, the fast one; intersection and both modes) or ecdh
+        /// PSI protocol: rr22 (VOLE-based, the fast one; intersection and both modes), ecdh
         /// (public-key; fewer bytes than rr22 only for small sets, where rr22's ~600 KB fixed
-        /// cost dominates; the only one for size mode) [default: rr22, ecdh for size mode]
-        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["rr22", "ecdh"]), ignore_case = true)]
+        /// cost dominates; the only one for size mode) or ecdh-oprf (unbalanced sets, e.g. a
+        /// thousand keys against ten million: the larger set is encoded once per licence on its
+        /// worker and reused, the buyer's worker keeps what it received, so later jobs of the
+        /// licence cost the smaller side its own set only; intersection mode) [default: rr22,
+        /// ecdh for size mode]
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["rr22", "ecdh", "ecdh-oprf"]), ignore_case = true)]
         protocol: Option<String>,
         /// Case rule for keys on both sides: preserve (as in the file), lower, upper (Unicode
         /// full mappings; they disagree on e.g. ß), or fold (Unicode full case folding: the

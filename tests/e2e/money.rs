@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tessera_proto::v1 as pb;
 
-use crate::harness::{Cluster, USER, holds_only_voided, keys};
+use crate::harness::{Cluster, USER, holds_only_voided, keys, walk_files};
 
 /// Per-job price 1,000 + 10 per 1,000 provider rows (the harness's licence).
 fn expected_charge(provider_rows: u64) -> i64 {
@@ -944,21 +944,4 @@ async fn a_bucketed_run_survives_an_operator_restart_with_and_without_a_worker_r
         assert_eq!(lines.len(), 1, "{context}: {lines:?}");
     }
     c.assert_audit_verifies().await;
-}
-
-/// Every file under `dir` (none if it does not exist).
-fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries.filter_map(Result::ok) {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk_files(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }

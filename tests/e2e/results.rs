@@ -4,7 +4,7 @@
 use sha2::{Digest, Sha256};
 use tessera_proto::v1 as pb;
 
-use crate::harness::{BUYER, Cluster, PROVIDER, USER, read_csv};
+use crate::harness::{BUYER, Cluster, PROVIDER, USER, read_csv, walk_files};
 
 fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
@@ -315,6 +315,8 @@ async fn rr22_and_ecdh_agree_through_real_workers_and_a_scene_may_allow_only_one
         (pb::PsiProtocol::Unspecified, "default.csv"),
         (pb::PsiProtocol::Ecdh, "ecdh.csv"),
         (pb::PsiProtocol::Rr22, "rr22.csv"),
+        (pb::PsiProtocol::EcdhOprf, "oprf-1.csv"),
+        (pb::PsiProtocol::EcdhOprf, "oprf-2.csv"),
     ] {
         let j = client
             .submit_job(pb::SubmitJobRequest {
@@ -329,6 +331,7 @@ async fn rr22_and_ecdh_agree_through_real_workers_and_a_scene_may_allow_only_one
         assert_eq!(j.result_size, Some(500), "{j:?}");
         let want = match protocol {
             pb::PsiProtocol::Ecdh => "ecdh",
+            pb::PsiProtocol::EcdhOprf => "ecdh-oprf",
             _ => "rr22",
         };
         assert_eq!(j.protocol_text(), want, "{j:?}");
@@ -336,6 +339,64 @@ async fn rr22_and_ecdh_agree_through_real_workers_and_a_scene_may_allow_only_one
     }
     assert_eq!(results[0].len(), 501, "k2001 twice");
     assert!(results.iter().all(|r| *r == results[0]));
+    // ecdh-oprf: the provider's worker encoded its set once for the licence (the second job
+    // read it back), the buyer's worker kept the encodings it received once.
+    let files_of = |outputs: &std::path::Path, ext: &str| -> Vec<std::path::PathBuf> {
+        walk_files(&outputs.join(".tessera-work"))
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == ext))
+            .collect()
+    };
+    let sets = files_of(&c.provider.outputs, "set");
+    assert_eq!(sets.len(), 1, "{sets:?}");
+    assert!(
+        sets[0]
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(&lic)),
+        "{sets:?}"
+    );
+    assert_eq!(files_of(&c.buyer.outputs, "enc").len(), 1);
+    // The provider's data changes (k10000 added): its next job encodes it afresh under a new
+    // key (the old set goes), and the buyer receives the new encodings.
+    let mut changed = provider.clone();
+    changed.push("k10000".into());
+    let text: String = std::iter::once("k".to_string())
+        .chain(changed)
+        .map(|r| r + "\n")
+        .collect();
+    std::fs::write(c.provider.datasets.join("p.csv"), text).expect("rewrite");
+    let j = client
+        .submit_job(pb::SubmitJobRequest {
+            protocol: pb::PsiProtocol::EcdhOprf.into(),
+            ..Cluster::job(&lic, "b", "intersection", "oprf-3.csv")
+        })
+        .await
+        .expect("submit")
+        .into_inner();
+    let j = c.wait(&j.job_id).await;
+    assert_eq!(
+        (j.state_text(), j.result_size),
+        ("succeeded", Some(501)),
+        "{j:?}"
+    );
+    let new_sets = files_of(&c.provider.outputs, "set");
+    assert_eq!(new_sets.len(), 1, "{new_sets:?}");
+    assert_ne!(new_sets, sets, "a new set for the new content");
+    assert_eq!(files_of(&c.buyer.outputs, "enc").len(), 2);
+    let text: String = std::iter::once("k".to_string())
+        .chain(provider.iter().cloned())
+        .map(|r| r + "\n")
+        .collect();
+    std::fs::write(c.provider.datasets.join("p.csv"), text).expect("restore");
+    // A size job cannot run ecdh-oprf.
+    let e = client
+        .submit_job(pb::SubmitJobRequest {
+            protocol: pb::PsiProtocol::EcdhOprf.into(),
+            ..Cluster::job(&lic, "b", "size", "")
+        })
+        .await
+        .expect_err("ecdh-oprf in size mode");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
 
     // A size job names no protocol: ECDH, the only one that hides which keys matched.
     let j = client

@@ -260,6 +260,12 @@ pub async fn run_task(
             .collect(),
         None => Vec::new(),
     };
+    if spec.protocol == PsiProtocol::EcdhOprf {
+        return crate::oprf::run(
+            env, spec, path, key_spec, out_path, header, progress, delivery,
+        )
+        .await;
+    }
     if spec.mode.reveals_keys() {
         return run_psi_bucketed(
             env, spec, path, key_spec, out_path, header, progress, delivery,
@@ -423,6 +429,7 @@ pub(crate) fn psi_config(spec: &TaskSpec, mode: Mode) -> PsiConfig {
         protocol: match spec.protocol {
             PsiProtocol::Rr22 => Protocol::Rr22,
             PsiProtocol::Ecdh => Protocol::Ecdh,
+            PsiProtocol::EcdhOprf => Protocol::EcdhOprf,
         },
         mode,
         ..PsiConfig::default()
@@ -555,7 +562,8 @@ pub(crate) fn sweep_work_dir(work_dir: &Path, keep_secs: u64) {
         .unwrap_or_else(|p| p.into_inner().clone());
     let now = std::time::SystemTime::now();
     for e in entries.filter_map(Result::ok) {
-        if open.contains(&e.path()) {
+        // Task directories only: the encoded sets of `ecdh-oprf` have their own, longer keep.
+        if open.contains(&e.path()) || e.path() == crate::oprf::cache_dir(work_dir) {
             continue;
         }
         let old = e
@@ -574,7 +582,7 @@ pub(crate) fn sweep_work_dir(work_dir: &Path, keep_secs: u64) {
 /// task's key settings and the worker's bucket size. Another input
 /// (the provider replaced its file, the worker restarted with another memory limit) starts the
 /// task's state afresh.
-fn input_fingerprint(bucket_rows: u64, spec: &TaskSpec, path: &Path) -> String {
+pub(crate) fn input_fingerprint(bucket_rows: u64, spec: &TaskSpec, path: &Path) -> String {
     // The file's content, not its size and time: an edit that keeps both (a restore from a
     // backup, `cp -p`) must not pass for the same input. About a second per GB.
     let mut content = blake3::Hasher::new();

@@ -11,6 +11,7 @@ pub mod grant;
 pub mod join;
 pub mod link;
 pub mod mpc;
+pub mod oprf;
 pub mod preview;
 pub mod tee;
 pub mod usage;

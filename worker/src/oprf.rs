@@ -1,0 +1,282 @@
+//! An `ecdh-oprf` PSI task ([`tessera_psi::ecdh_oprf`]): PSI for unbalanced sets, the larger
+//! set encoded once and reused.
+//!
+//! The provider's worker keeps its dataset's encoded set (its OPRF key and the sorted
+//! encodings, 16 bytes per distinct key) in `WORK/ecdh-oprf/sets/`, one file per **licence**
+//! and **dataset content** (0600: it holds the key): the first job of a licence prepares it
+//! (progress phase `prepare`), later jobs of that licence read it back; a file of the licence
+//! made from other content (another dataset file, other key settings) is removed when the new
+//! one is made, and no file is used for another licence, so no two buyers share a key. The
+//! buyer's worker keeps the encodings it received in `WORK/ecdh-oprf/received/`, named by the
+//! set's id: a later job against the same set receives none of them. Files of either kind not
+//! used for [`ENCODED_SET_KEEP_SECS`] go when a task of this kind starts.
+//!
+//! The receiver reads its keys (and carried columns) into memory, as a size-mode task does:
+//! `ecdh-oprf` is for a small buyer set against a large one (or the reverse), not bucketed.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rand::SeedableRng;
+use tessera_core::table::{
+    KeySpec, TableError, read_keys_keeping, stream_keys, try_write_result_csv,
+};
+use tessera_core::{TaskRole, TaskSpec};
+use tessera_psi::ecdh_oprf::EncodedSet;
+use tessera_psi::{Mode, PsiError};
+
+use crate::exec::{
+    DeliverySink, ExecEnv, SinkGate, TaskError, TaskOutcome, open_link, private_dir, psi_config,
+    psi_task_error, safe_name,
+};
+
+/// How long an encoded set (the provider's, or a buyer's copy) is kept unused: 30 days.
+pub const ENCODED_SET_KEEP_SECS: u64 = 30 * 24 * 3600;
+/// Progress phase: the provider's encoded set being prepared (`total` 0 until known).
+pub const PHASE_PREPARE: &str = "prepare";
+/// Rows fed to the encoder at once while a set is prepared.
+const PREPARE_BATCH_ROWS: usize = 1 << 16;
+
+/// The cache directory of `ecdh-oprf` under the worker's work directory.
+pub(crate) fn cache_dir(work_dir: &Path) -> PathBuf {
+    work_dir.join("ecdh-oprf")
+}
+
+/// Runs an `ecdh-oprf` task (see the module docs).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn run(
+    env: &ExecEnv,
+    spec: &TaskSpec,
+    path: PathBuf,
+    key_spec: KeySpec,
+    out_path: Option<PathBuf>,
+    header: Vec<String>,
+    progress: Arc<dyn tessera_psi::Progress>,
+    delivery: &dyn DeliverySink,
+) -> Result<TaskOutcome, TaskError> {
+    let cache = cache_dir(&env.work_dir);
+    let made = private_dir(&cache.join("sets")).and_then(|()| private_dir(&cache.join("received")));
+    made.map_err(|e| TaskError::Internal(format!("cannot make {}: {e}", cache.display())))?;
+    sweep(&cache, ENCODED_SET_KEEP_SECS);
+    let cfg = psi_config(spec, Mode::Intersection);
+    let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
+    match spec.role {
+        TaskRole::Sender => {
+            let (set, rows, empty_keys) =
+                prepared_set(&cache.join("sets"), spec, &path, &key_spec, &progress).await?;
+            let link = open_link(env, spec).await?;
+            let gate = SinkGate {
+                sink: delivery,
+                rows_in: rows,
+            };
+            let (p2, k2) = (path.clone(), key_spec.clone());
+            let items: Box<dyn FnOnce() -> Result<Vec<Vec<u8>>, PsiError> + Send> =
+                Box::new(move || {
+                    read_keys_keeping(&p2, &k2, &[])
+                        .map(|input| input.keys)
+                        .map_err(|e| {
+                            PsiError::InvalidConfig(format!("re-reading the dataset: {e}"))
+                        })
+                });
+            tessera_psi::ecdh_oprf::run_sender(
+                &link,
+                &set,
+                items,
+                &cfg,
+                &mut rng,
+                progress.as_ref(),
+                &gate,
+            )
+            .await
+            .map_err(psi_task_error)?;
+            Ok(TaskOutcome {
+                rows_in: rows,
+                empty_keys,
+                link: tessera_core::Link::stats(&link),
+                ..TaskOutcome::default()
+            })
+        }
+        TaskRole::Receiver => {
+            progress.report("read", 0, 0);
+            let keep = header.clone();
+            let input =
+                tokio::task::spawn_blocking(move || read_keys_keeping(&path, &key_spec, &keep))
+                    .await
+                    .map_err(|e| TaskError::Internal(format!("reader task: {e}")))?
+                    .map_err(|e| TaskError::Input(e.to_string()))?;
+            progress.report("read", input.rows, input.rows);
+            let link = open_link(env, spec).await?;
+            let out = tessera_psi::ecdh_oprf::run_receiver(
+                &link,
+                &input.keys,
+                &cache.join("received"),
+                &cfg,
+                &mut rng,
+                progress.as_ref(),
+            )
+            .await
+            .map_err(psi_task_error)?;
+            let mut outcome = TaskOutcome {
+                rows_in: input.rows,
+                empty_keys: input.empty_keys,
+                result_size: Some(out.intersection_size),
+                link: tessera_core::Link::stats(&link),
+                ..TaskOutcome::default()
+            };
+            if let Some(out_path) = out_path {
+                let common: std::collections::HashSet<Vec<u8>> = out
+                    .intersection
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|i| input.keys.get(i).cloned())
+                    .collect();
+                let (keys, kept) = (input.keys, input.kept);
+                let written = tokio::task::spawn_blocking(move || {
+                    let rows = keys
+                        .iter()
+                        .zip(kept)
+                        .filter(|(k, _)| common.contains(*k))
+                        .map(|(_, v)| Ok::<_, TableError>(v));
+                    try_write_result_csv(&out_path, &header, rows)
+                })
+                .await
+                .map_err(|e| TaskError::Internal(format!("writer task: {e}")))?
+                .map_err(|e| match e {
+                    TableError::OutputExists { .. } => TaskError::Input(e.to_string()),
+                    e => TaskError::Internal(format!("writing the result: {e}")),
+                })?;
+                outcome.result_file = Some(written);
+                outcome.result_location = spec.output.clone();
+            }
+            Ok(outcome)
+        }
+    }
+}
+
+/// The provider's encoded set for this licence and dataset content: read back when it was
+/// prepared before, else prepared now (and older ones of the licence removed). Returns the
+/// set, the rows read and the empty keys (from the file's sidecar, or from this read).
+async fn prepared_set(
+    dir: &Path,
+    spec: &TaskSpec,
+    path: &Path,
+    key_spec: &KeySpec,
+    progress: &Arc<dyn tessera_psi::Progress>,
+) -> Result<(EncodedSet, u64, u64), TaskError> {
+    let licence = spec
+        .licence
+        .as_ref()
+        .map(|l| l.licence_id.clone())
+        .ok_or_else(|| TaskError::Ticket("an ecdh-oprf task names no licence".into()))?;
+    let fingerprint = {
+        let (spec2, path2) = (spec.clone(), path.to_owned());
+        tokio::task::spawn_blocking(move || crate::exec::input_fingerprint(0, &spec2, &path2))
+            .await
+            .map_err(|e| TaskError::Internal(format!("fingerprint task: {e}")))?
+    };
+    let prefix = format!("{}-", safe_name(&licence));
+    let file = dir.join(format!("{prefix}{}.set", &fingerprint[..32]));
+    let counts = file.with_extension("counts");
+    let (f2, c2) = (file.clone(), counts.clone());
+    let kept = tokio::task::spawn_blocking(move || -> Option<(EncodedSet, u64, u64)> {
+        let set = match EncodedSet::read(&f2) {
+            Ok(Some(set)) => set,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(error = %e, "a damaged encoded set: preparing it again");
+                return None;
+            }
+        };
+        let text = std::fs::read_to_string(&c2).ok()?;
+        let mut it = text.split_whitespace().map(str::parse::<u64>);
+        let (Some(Ok(rows)), Some(Ok(empty))) = (it.next(), it.next()) else {
+            return None;
+        };
+        // Its time is its last use (the sweep's clock).
+        let _ = std::fs::File::options()
+            .append(true)
+            .open(&f2)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+        Some((set, rows, empty))
+    })
+    .await
+    .map_err(|e| TaskError::Internal(format!("reading the encoded set: {e}")))?;
+    if let Some((set, rows, empty)) = kept {
+        tracing::info!(job = %spec.job_id, encodings = set.len(), "the licence's encoded set is reused");
+        progress.report(PHASE_PREPARE, rows, rows);
+        return Ok((set, rows, empty));
+    }
+    progress.report(PHASE_PREPARE, 0, 0);
+    let (path, key_spec, reporter) = (path.to_owned(), key_spec.clone(), progress.clone());
+    let (dir2, file2) = (dir.to_owned(), file.clone());
+    tokio::task::spawn_blocking(move || {
+        let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
+        let mut builder = EncodedSet::builder(&mut rng);
+        let mut batch: Vec<Vec<u8>> = Vec::with_capacity(PREPARE_BATCH_ROWS);
+        let mut failed = None;
+        let mut done = 0u64;
+        let read = stream_keys(&path, &key_spec, &[], |key, _| {
+            batch.push(key);
+            if batch.len() == PREPARE_BATCH_ROWS {
+                if let Err(e) = builder.add(&batch) {
+                    failed = Some(e);
+                    return Err(TableError::Io("encoding the dataset".into()));
+                }
+                done += batch.len() as u64;
+                batch.clear();
+                reporter.report(PHASE_PREPARE, done, 0);
+            }
+            Ok(())
+        });
+        let counts = match (failed, read) {
+            (Some(e), _) => return Err(TaskError::Input(format!("encoding the dataset: {e}"))),
+            (None, Err(e)) => return Err(TaskError::Input(e.to_string())),
+            (None, Ok(c)) => c,
+        };
+        builder
+            .add(&batch)
+            .map_err(|e| TaskError::Input(format!("encoding the dataset: {e}")))?;
+        let set = builder.finish();
+        // The licence's sets made from other content go: never two keys for one licence.
+        if let Ok(entries) = std::fs::read_dir(&dir2) {
+            for e in entries.filter_map(Result::ok) {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&prefix) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        set.write(&file2)
+            .map_err(|e| TaskError::Internal(format!("keeping the encoded set: {e}")))?;
+        std::fs::write(
+            file2.with_extension("counts"),
+            format!("{} {}", counts.rows, counts.empty_keys),
+        )
+        .map_err(|e| TaskError::Internal(format!("keeping the encoded set: {e}")))?;
+        reporter.report(PHASE_PREPARE, counts.rows, counts.rows);
+        Ok((set, counts.rows, counts.empty_keys))
+    })
+    .await
+    .map_err(|e| TaskError::Internal(format!("preparing the encoded set: {e}")))?
+}
+
+/// Removes files under `cache/sets` and `cache/received` unused for `keep_secs`.
+fn sweep(cache: &Path, keep_secs: u64) {
+    let now = std::time::SystemTime::now();
+    for sub in ["sets", "received"] {
+        let Ok(entries) = std::fs::read_dir(cache.join(sub)) else {
+            continue;
+        };
+        for e in entries.filter_map(Result::ok) {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|age| age.as_secs() >= keep_secs);
+            if old {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
