@@ -281,7 +281,35 @@ fn write_set_file(
 
 type SetFile = (Option<[u8; 32]>, Vec<Encoding>);
 
+/// What a scan of a set file found: its key (if it holds one) and its count.
+type Scanned = (Option<[u8; 32]>, u64);
+
+/// Encodings read at once while a set file is scanned (1 MiB).
+const SCAN_CHUNK_ENCODINGS: usize = 1 << 16;
+
+/// Reads a set file whole into memory (see [`scan_set_file`]).
 fn read_set_file(path: &Path, with_key: bool) -> Result<Option<SetFile>, PsiError> {
+    let mut encodings = Vec::new();
+    let scanned = scan_set_file(path, with_key, |chunk| {
+        encodings.extend(chunk.chunks_exact(ENCODING_BYTES).map(|c| {
+            let mut a = [0u8; ENCODING_BYTES];
+            a.copy_from_slice(c);
+            a
+        }));
+        Ok(())
+    })?;
+    Ok(scanned.map(|(key, _)| (key, encodings)))
+}
+
+/// Reads a set file chunk by chunk, handing each chunk of encodings to `each`, and checks it
+/// whole: magic, kind (with or without a key), size, strictly ascending encodings, digest.
+/// Returns the key and the count; `None` if `path` does not exist. A damaged file is an error
+/// after `each` may have seen part of it.
+fn scan_set_file(
+    path: &Path,
+    with_key: bool,
+    mut each: impl FnMut(&[u8]) -> Result<(), PsiError>,
+) -> Result<Option<Scanned>, PsiError> {
     let f = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -289,47 +317,58 @@ fn read_set_file(path: &Path, with_key: bool) -> Result<Option<SetFile>, PsiErro
     };
     let len = f.metadata().map_err(|e| storage("reading", path, e))?.len();
     let damaged = || PsiError::Storage(format!("{}: damaged encoded set", path.display()));
-    let mut r = BufReader::new(f);
+    let mut r = BufReader::with_capacity(1 << 20, f);
     let mut h = blake3::Hasher::new();
-    let mut take = |r: &mut BufReader<std::fs::File>, buf: &mut [u8]| -> Result<(), PsiError> {
-        r.read_exact(buf).map_err(|e| storage("reading", path, e))?;
-        h.update(buf);
-        Ok(())
-    };
-    let mut magic = [0u8; 8];
-    take(&mut r, &mut magic)?;
-    let mut flag = [0u8; 1];
-    take(&mut r, &mut flag)?;
-    if &magic != FILE_MAGIC || flag[0] != u8::from(with_key) {
+    let header = 8 + 1 + if with_key { 32 } else { 0 } + 8;
+    if len < header + 32 {
         return Err(damaged());
     }
-    let key = if with_key {
+    let mut head = vec![0u8; header as usize];
+    r.read_exact(&mut head)
+        .map_err(|e| storage("reading", path, e))?;
+    h.update(&head);
+    if &head[..8] != FILE_MAGIC || head[8] != u8::from(with_key) {
+        return Err(damaged());
+    }
+    let key = with_key.then(|| {
         let mut k = [0u8; 32];
-        take(&mut r, &mut k)?;
-        Some(k)
-    } else {
-        None
-    };
+        k.copy_from_slice(&head[9..41]);
+        k
+    });
     let mut n = [0u8; 8];
-    take(&mut r, &mut n)?;
+    n.copy_from_slice(&head[head.len() - 8..]);
+    head.zeroize();
     let count = u64::from_le_bytes(n);
-    let header = 8 + 1 + if with_key { 32 } else { 0 } + 8;
     if count > SET_ITEMS_MAX as u64 || len != header + count * ENCODING_BYTES as u64 + 32 {
         return Err(damaged());
     }
-    let mut encodings = Vec::with_capacity(count as usize);
-    let mut e = [0u8; ENCODING_BYTES];
-    for _ in 0..count {
-        take(&mut r, &mut e)?;
-        encodings.push(e);
+    let mut left = count as usize;
+    let mut last: Option<Encoding> = None;
+    let mut buf = vec![0u8; SCAN_CHUNK_ENCODINGS.min(left.max(1)) * ENCODING_BYTES];
+    while left > 0 {
+        let take = left.min(SCAN_CHUNK_ENCODINGS);
+        let chunk = &mut buf[..take * ENCODING_BYTES];
+        r.read_exact(chunk)
+            .map_err(|e| storage("reading", path, e))?;
+        h.update(chunk);
+        for c in chunk.chunks_exact(ENCODING_BYTES) {
+            let mut cur = [0u8; ENCODING_BYTES];
+            cur.copy_from_slice(c);
+            if last.is_some_and(|l| l >= cur) {
+                return Err(damaged());
+            }
+            last = Some(cur);
+        }
+        each(chunk)?;
+        left -= take;
     }
     let mut digest = [0u8; 32];
     r.read_exact(&mut digest)
         .map_err(|e| storage("reading", path, e))?;
-    if digest != *h.finalize().as_bytes() || !encodings.windows(2).all(|w| w[0] < w[1]) {
+    if digest != *h.finalize().as_bytes() {
         return Err(damaged());
     }
-    Ok(Some((key, encodings)))
+    Ok(Some((key, count)))
 }
 
 /// Which side holds the key, from the two distinct set sizes: the larger one (the sender on
@@ -738,8 +777,8 @@ fn hex(b: &[u8]) -> String {
 
 /// Whether the receiver's copy at `path` holds `count` encodings, whole.
 fn kept_set(path: &Path, count: u64) -> Result<bool, PsiError> {
-    match read_set_file(path, false) {
-        Ok(Some((_, e))) => Ok(e.len() as u64 == count),
+    match scan_set_file(path, false, |_| Ok(())) {
+        Ok(Some((_, n))) => Ok(n == count),
         Ok(None) => Ok(false),
         Err(_) => {
             // A damaged copy is received again.
@@ -749,22 +788,41 @@ fn kept_set(path: &Path, count: u64) -> Result<bool, PsiError> {
     }
 }
 
-/// Turns the raw encodings received into `tmp` into the receiver's copy at `path`.
+/// Turns the raw encodings received into `tmp` into the receiver's copy at `path` (read and
+/// written in chunks: memory stays bounded).
 fn seal_received(tmp: &Path, path: &Path, count: u64) -> Result<(), PsiError> {
-    let bytes = std::fs::read(tmp).map_err(|e| storage("reading", tmp, e))?;
-    if bytes.len() as u64 != count * ENCODING_BYTES as u64 {
+    let f = std::fs::File::open(tmp).map_err(|e| storage("opening", tmp, e))?;
+    let len = f.metadata().map_err(|e| storage("reading", tmp, e))?.len();
+    if len != count * ENCODING_BYTES as u64 {
         return Err(PsiError::Storage(format!("{}: incomplete", tmp.display())));
     }
-    let encodings: Vec<Encoding> = bytes
-        .chunks_exact(ENCODING_BYTES)
-        .map(|c| {
-            let mut a = [0u8; ENCODING_BYTES];
-            a.copy_from_slice(c);
-            a
-        })
-        .collect();
-    drop(bytes);
-    write_set_file(path, None, &encodings)?;
+    let mut r = BufReader::with_capacity(1 << 20, f);
+    let out_tmp = path.with_extension("tmp");
+    let io = (|| -> std::io::Result<()> {
+        let out = std::fs::File::create(&out_tmp)?;
+        let mut w = BufWriter::with_capacity(1 << 20, out);
+        let mut h = blake3::Hasher::new();
+        let mut head = Vec::with_capacity(17);
+        head.extend_from_slice(FILE_MAGIC);
+        head.push(0);
+        head.extend_from_slice(&count.to_le_bytes());
+        h.update(&head);
+        w.write_all(&head)?;
+        let mut buf = vec![0u8; SCAN_CHUNK_ENCODINGS * ENCODING_BYTES];
+        let mut left = len as usize;
+        while left > 0 {
+            let take = left.min(buf.len());
+            r.read_exact(&mut buf[..take])?;
+            h.update(&buf[..take]);
+            w.write_all(&buf[..take])?;
+            left -= take;
+        }
+        w.write_all(h.finalize().as_bytes())?;
+        let f = w.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        std::fs::rename(&out_tmp, path)
+    })();
+    io.map_err(|e| storage("writing", path, e))?;
     let _ = std::fs::remove_file(tmp);
     Ok(())
 }

@@ -462,9 +462,10 @@ async fn rr22_and_ecdh_agree_through_real_workers_and_a_scene_may_allow_only_one
 /// refused at admission with nothing counted; the buyer's file holds that one column's values
 /// for its matched rows and nothing of the other two; inner, left and difference against the
 /// plaintext join, with duplicate keys on both sides; the CLI's `job submit --payload --join`.
+/// Bucketed: 64 rows a bucket, so every join runs in 5 buckets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psi_with_payload_delivers_only_the_payload_columns_the_licence_lists() {
-    let c = Cluster::start(5_000);
+    let c = Cluster::start_with(5_000, &["--bucket-rows", "64"]);
     c.fund(100_000_000, "fund").await;
     // Provider: keys k0..k299, k7 twice (its first row's values are delivered); each value
     // tagged with its column, so that a leak would show.

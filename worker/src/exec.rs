@@ -621,7 +621,7 @@ const READ_REPORT_ROWS: u64 = 1 << 16;
 /// order (the same file an unbucketed run writes). The bucket key is derived from the job's
 /// session id, which both parties' signed tickets carry.
 #[allow(clippy::too_many_arguments)]
-async fn run_psi_bucketed(
+pub(crate) async fn run_psi_bucketed(
     env: &ExecEnv,
     spec: &TaskSpec,
     path: PathBuf,
@@ -702,6 +702,7 @@ async fn run_psi_bucketed_in(
                 key_spec,
                 &header,
                 &progress,
+                StageFor::of(spec),
             )
             .await?
         }
@@ -712,7 +713,37 @@ async fn run_psi_bucketed_in(
     .await
 }
 
+/// What a staging keeps besides the bucketed rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StageFor {
+    /// A plain PSI.
+    Keys,
+    /// The provider's side of a join: each row's extra is its payload, at most
+    /// [`tessera_psi::PAYLOAD_BYTES_MAX`].
+    Payload,
+    /// The buyer's side of a left or difference join: every row's kept values also go, in
+    /// file order, to [`ALL_ROWS_FILE`] (the result lists unmatched rows too).
+    AllRows,
+}
+
+impl StageFor {
+    fn of(spec: &TaskSpec) -> Self {
+        match (&spec.join, spec.role) {
+            (Some(_), TaskRole::Sender) => StageFor::Payload,
+            (Some(j), TaskRole::Receiver) if j.kind != tessera_core::JoinKind::Inner => {
+                StageFor::AllRows
+            }
+            _ => StageFor::Keys,
+        }
+    }
+}
+
+/// The buyer's every row of a left or difference join, in file order: per row a `u32` (LE)
+/// length and its kept values ([`crate::join::encode_values`]).
+pub(crate) const ALL_ROWS_FILE: &str = "rows.bin";
+
 /// Streams the dataset into a [`Stager`] under the task's work directory.
+#[allow(clippy::too_many_arguments)]
 async fn stage_input(
     scratch: &Scratch,
     key: BucketKey,
@@ -721,8 +752,19 @@ async fn stage_input(
     key_spec: KeySpec,
     header: &[String],
     progress: &Arc<dyn tessera_psi::Progress>,
+    stage_for: StageFor,
 ) -> Result<(tessera_core::table::StreamedCounts, Staged), TaskError> {
     let mut stager = Stager::new(key, bucket_rows, scratch.dir.join("spill"));
+    let all_rows_path = scratch.dir.join(ALL_ROWS_FILE);
+    let mut all_rows = match stage_for {
+        StageFor::AllRows => Some(std::io::BufWriter::new(
+            std::fs::File::create(&all_rows_path).map_err(|e| {
+                TaskError::Internal(format!("creating {}: {e}", all_rows_path.display()))
+            })?,
+        )),
+        _ => None,
+    };
+    let mut input_error: Option<TaskError> = None;
     progress.report("read", 0, 0);
     let keep = header.to_vec();
     let reporter = progress.clone();
@@ -738,6 +780,26 @@ async fn stage_input(
             } else {
                 crate::join::encode_values(&kept)
             };
+            if stage_for == StageFor::Payload && extra.len() > tessera_psi::PAYLOAD_BYTES_MAX {
+                input_error = Some(TaskError::Input(format!(
+                    "row {} of the dataset: its payload columns hold {} bytes, more than the \
+                     {} a join delivers per row",
+                    stager.rows() + 1,
+                    extra.len(),
+                    tessera_psi::PAYLOAD_BYTES_MAX
+                )));
+                return Err(TableError::Io("a payload too large".into()));
+            }
+            if let Some(w) = all_rows.as_mut() {
+                use std::io::Write;
+                let written = w
+                    .write_all(&(extra.len() as u32).to_le_bytes())
+                    .and_then(|()| w.write_all(&extra));
+                if let Err(e) = written {
+                    input_error = Some(TaskError::Internal(format!("writing the rows: {e}")));
+                    return Err(TableError::Io("writing the rows".into()));
+                }
+            }
             if let Err(e) = stager.push(key, extra) {
                 spill_error = Some(e);
                 return Err(TableError::Io("spilling the input".into()));
@@ -753,6 +815,19 @@ async fn stage_input(
             return Err(TaskError::Cancelled(
                 "the task was stopped while reading".into(),
             ));
+        }
+        if let Some(e) = input_error {
+            return Err(e);
+        }
+        if let Some(w) = all_rows {
+            use std::io::Write;
+            let flushed = w
+                .into_inner()
+                .map_err(|e| e.into_error())
+                .and_then(|mut f| f.flush());
+            if let Err(e) = flushed {
+                return Err(TaskError::Internal(format!("writing the rows: {e}")));
+            }
         }
         match (spill_error, counts) {
             (Some(e), _) => Err(TaskError::Internal(format!("staging the input: {e}"))),
@@ -789,6 +864,8 @@ async fn run_staged(
     let parts_dir = scratch.dir.join("parts");
     // `both` mode: the receiver shares the intersection, the sender writes its own result.
     let share = spec.mode == PsiMode::Both;
+    // A join (`psi_payload`): each sender row's extra is its payload.
+    let payload = spec.join.is_some();
     if spec.role == TaskRole::Receiver {
         // An attempt stopped after it had the master key: the sender has ended, and this side
         // finishes alone.
@@ -802,15 +879,7 @@ async fn run_staged(
                 empty_keys: counts.empty_keys,
                 ..TaskOutcome::default()
             };
-            return write_bucketed_result(
-                spec,
-                outcome,
-                out.intersection_size,
-                out.parts,
-                out_path,
-                header,
-            )
-            .await;
+            return write_receiver_result(spec, scratch, outcome, out, out_path, header).await;
         }
     }
     let link = open_link(env, spec).await?;
@@ -831,7 +900,7 @@ async fn run_staged(
             let out = tessera_psi::bucket::run_sender_bucketed(
                 &link,
                 staged,
-                false,
+                payload,
                 sender_parts,
                 &cfg,
                 &mut rng,
@@ -854,7 +923,7 @@ async fn run_staged(
                 &link,
                 staged,
                 &parts_dir,
-                false,
+                payload,
                 share,
                 &cfg,
                 &mut rng,
@@ -863,6 +932,26 @@ async fn run_staged(
             .await
             .map_err(psi_task_error)?;
             outcome.link = link.stats();
+            write_receiver_result(spec, scratch, outcome, out, out_path, header).await
+        }
+    }
+}
+
+/// The receiver's result of a bucketed run: a join's table, or the matched rows.
+async fn write_receiver_result(
+    spec: &TaskSpec,
+    scratch: &Scratch,
+    outcome: TaskOutcome,
+    out: tessera_psi::bucket::BucketedReceiverOutput,
+    out_path: Option<PathBuf>,
+    header: Vec<String>,
+) -> Result<TaskOutcome, TaskError> {
+    match (&spec.join, out_path) {
+        (Some(join), Some(path)) => {
+            let all_rows = scratch.dir.join(ALL_ROWS_FILE);
+            crate::join::write_bucketed_join(spec, join, outcome, out, path, header, all_rows).await
+        }
+        (_, out_path) => {
             let size = out.intersection_size;
             write_bucketed_result(spec, outcome, size, out.parts, out_path, header).await
         }

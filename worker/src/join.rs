@@ -6,28 +6,24 @@
 //! inner: the matched rows; left: every row, payload empty where unmatched; difference: the
 //! unmatched rows, no payload. A key the provider repeats delivers its first row's values.
 //!
-//! A `psi_payload` task runs `tessera_psi`'s PSI with payload (rr22): the provider's worker
-//! reads its keys and the join's payload columns (only those: the signed `JoinSpec`, which
-//! the worker checked against the licence's `payloadColumns`, `crate::grant`) and sends each
-//! row's values as its payload ([`encode_values`]); the buyer's worker receives the payloads of
-//! its common keys and writes the table. What each party learns: `tessera_psi::rr22`, "PSI
+//! A `psi_payload` task runs `tessera_psi`'s PSI with payload (rr22), bucketed as a plain PSI
+//! task is (`crate::exec::run_psi_bucketed`: streamed, spilled past `--bucket-rows`, in bounded
+//! memory): the provider's worker reads its keys and the join's payload columns (only those:
+//! the signed `JoinSpec`, which the worker checked against the licence's `payloadColumns`,
+//! `crate::grant`) and stages each row's values as its payload ([`encode_values`]); the buyer's
+//! worker receives the payloads of its common keys bucket by bucket and writes the table from
+//! the merged parts ([`write_bucketed_join`]; for a left or difference join, merged by ordinal
+//! with its every row, which its staging also wrote in file order). What each party learns: `tessera_psi::rr22`, "PSI
 //! with payload" — the buyer, which of its keys are common and the payload columns of those
 //! keys (and the longest payload's length); the provider, the buyer's distinct set size.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use rand::SeedableRng;
-use tessera_core::table::{KeySpec, read_keys_keeping};
-use tessera_core::{JOIN_MATCHED_COLUMN, JoinKind, Link, TaskRole, TaskSpec};
-use tessera_psi::{Mode, Protocol, PsiConfig};
+use tessera_core::table::{KeySpec, TableError, try_write_result_csv};
+use tessera_core::{JOIN_MATCHED_COLUMN, JoinKind, TaskRole, TaskSpec};
 
-use crate::exec::{
-    DeliverySink, ExecEnv, SinkGate, TaskError, TaskOutcome, dataset_path, fresh_result_path,
-    open_link,
-};
-use crate::mpc::write_table;
+use crate::exec::{DeliverySink, ExecEnv, TaskError, TaskOutcome, dataset_path, fresh_result_path};
 
 /// Encodes one row's payload column values: each as `u32` (big-endian) length and UTF-8 bytes.
 pub(crate) fn encode_values(values: &[String]) -> Vec<u8> {
@@ -82,11 +78,6 @@ pub(crate) async fn run_psi_payload(
             "a difference join with payload columns".into(),
         ));
     }
-    let cfg = PsiConfig {
-        protocol: Protocol::Rr22,
-        mode: Mode::Intersection,
-        ..PsiConfig::default()
-    };
     if spec.protocol != tessera_core::PsiProtocol::Rr22 {
         return Err(TaskError::Ticket(format!(
             "a psi_payload task runs rr22, not {}",
@@ -111,119 +102,163 @@ pub(crate) async fn run_psi_payload(
         ),
     };
     let path = dataset_path(&env.dataset_dir, &spec.dataset_location)?;
-    progress.report("read", 0, 0);
-    let keep_read = keep.clone();
-    let input =
-        tokio::task::spawn_blocking(move || read_keys_keeping(&path, &key_spec, &keep_read))
-            .await
-            .map_err(|e| TaskError::Internal(format!("reader task: {e}")))?
-            .map_err(|e| TaskError::Input(e.to_string()))?;
-    progress.report("read", input.rows, input.rows);
-    let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
-    let link = open_link(env, spec).await?;
-    let mut outcome = TaskOutcome {
-        rows_in: input.rows,
-        empty_keys: input.empty_keys,
-        ..TaskOutcome::default()
+    // Bucketed as a plain PSI is (`crate::exec::run_psi_bucketed`): the provider's rows carry
+    // their payload, the buyer's its kept values (and, for a left or difference join, every
+    // row goes to a file of its own too).
+    crate::exec::run_psi_bucketed(
+        env, spec, path, key_spec, out_path, keep, progress, delivery,
+    )
+    .await
+}
+
+/// The buyer's result of a bucketed join: its matched rows (parts, in file order) with their
+/// payloads, and for a left or difference join its every row from `all_rows` (written while
+/// staging) merged with them by ordinal.
+///
+/// # Errors
+/// A peer error for a payload that does not decode to the join's columns; an internal error
+/// for a file that cannot be read or written; an input error when the output name is taken.
+pub(crate) async fn write_bucketed_join(
+    spec: &TaskSpec,
+    join: &tessera_core::JoinSpec,
+    mut outcome: TaskOutcome,
+    out: tessera_psi::bucket::BucketedReceiverOutput,
+    out_path: PathBuf,
+    own: Vec<String>,
+    all_rows: PathBuf,
+) -> Result<TaskOutcome, TaskError> {
+    let with_payload = join.kind != JoinKind::Difference;
+    let width = if with_payload {
+        join.payload_columns.len()
+    } else {
+        0
     };
-    match (spec.role, out_path) {
-        (TaskRole::Sender, _) => {
-            // No payload column (a difference, or a join that delivers only the matches):
-            // every payload is empty.
-            let payloads: Vec<Vec<u8>> =
-                if join.kind == JoinKind::Difference || join.payload_columns.is_empty() {
-                    vec![Vec::new(); input.keys.len()]
-                } else {
-                    input.kept.iter().map(|v| encode_values(v)).collect()
-                };
-            if let Some((i, p)) = payloads
-                .iter()
-                .enumerate()
-                .find(|(_, p)| p.len() > tessera_psi::PAYLOAD_BYTES_MAX)
-            {
-                return Err(TaskError::Input(format!(
-                    "row {} of the dataset: its payload columns hold {} bytes, more than the \
-                     {} a join delivers per row",
-                    i + 1,
-                    p.len(),
-                    tessera_psi::PAYLOAD_BYTES_MAX
-                )));
-            }
-            let gate = SinkGate {
-                sink: delivery,
-                rows_in: input.rows,
-            };
-            tessera_psi::run_sender_with_payload(
-                &link,
-                &input.keys,
-                &payloads,
-                &cfg,
-                &mut rng,
-                progress.as_ref(),
-                &gate,
-            )
-            .await
-            .map_err(crate::exec::psi_task_error)?;
-        }
-        (TaskRole::Receiver, Some(out_path)) => {
-            let out = tessera_psi::run_receiver_with_payload(
-                &link,
-                &input.keys,
-                &cfg,
-                &mut rng,
-                progress.as_ref(),
-            )
-            .await
-            .map_err(crate::exec::psi_task_error)?;
-            let (Some(first), Some(payloads)) = (out.intersection, out.payloads) else {
-                return Err(TaskError::Internal(
-                    "the PSI with payload returned no intersection".into(),
-                ));
-            };
-            let width = if join.kind == JoinKind::Difference {
-                0
-            } else {
-                join.payload_columns.len()
-            };
-            // Each common key's payload, then every buyer row with that key.
-            let mut by_key: HashMap<&[u8], Vec<String>> = HashMap::with_capacity(first.len());
-            for (&i, p) in first.iter().zip(&payloads) {
-                let values = if width == 0 {
-                    Vec::new()
-                } else {
-                    decode_values(p, width)?
-                };
-                let key = input.keys.get(i).ok_or_else(|| {
-                    TaskError::Internal("an intersection index past our rows".into())
-                })?;
-                by_key.insert(key.as_slice(), values);
-            }
-            let mut matched = Vec::new();
-            let mut payload = Vec::new();
-            for (i, k) in input.keys.iter().enumerate() {
-                if let Some(v) = by_key.get(k.as_slice()) {
-                    matched.push(i as u64);
-                    if join.kind != JoinKind::Difference {
-                        payload.push(v.clone());
-                    }
-                }
-            }
-            drop(by_key);
-            let JoinTable {
-                header,
-                rows,
-                common,
-            } = join_table(join, &keep, &input, &matched, payload)?;
-            outcome.result_size = Some(common);
-            outcome.result_file = Some(write_table(out_path, header, rows).await?);
-            outcome.result_location = spec.output.clone();
-        }
-        (TaskRole::Receiver, None) => {
-            return Err(TaskError::Internal("a receiver without its output".into()));
-        }
+    let mut header = own.clone();
+    if join.kind == JoinKind::Left {
+        header.push(JOIN_MATCHED_COLUMN.to_string());
     }
-    outcome.link = link.stats();
+    if with_payload {
+        header.extend(join.payload_columns.iter().cloned());
+    }
+    let kind = join.kind;
+    let parts = out.parts;
+    let written = tokio::task::spawn_blocking(move || {
+        let failure: std::cell::RefCell<Option<TaskError>> = std::cell::RefCell::new(None);
+        let fail = |e: TaskError| {
+            let text = e.to_string();
+            *failure.borrow_mut() = Some(e);
+            TableError::Io(text)
+        };
+        let merged = parts
+            .merged()
+            .map_err(|e| TableError::Io(format!("reading the matched rows: {e}")))?;
+        let mut merged = merged.peekable();
+        let decode_own = |bytes: &[u8]| {
+            decode_values(bytes, own.len())
+                .map_err(|_| TaskError::Internal("a row's kept values are damaged".into()))
+        };
+        let written = match kind {
+            JoinKind::Inner => {
+                let rows = merged.map(|m| {
+                    let m =
+                        m.map_err(|e| TableError::Io(format!("reading the matched rows: {e}")))?;
+                    let mut row = decode_own(&m.extra).map_err(&fail)?;
+                    row.extend(decode_values(&m.payload, width).map_err(&fail)?);
+                    Ok(row)
+                });
+                try_write_result_csv(&out_path, &header, rows)
+            }
+            JoinKind::Left | JoinKind::Difference => {
+                let f = std::fs::File::open(&all_rows)
+                    .map_err(|e| TableError::Io(format!("reading the rows: {e}")))?;
+                let mut r = std::io::BufReader::new(f);
+                let mut ordinal = 0u64;
+                let rows = std::iter::from_fn(|| {
+                    use std::io::Read;
+                    loop {
+                        let mut len = [0u8; 4];
+                        match r.read_exact(&mut len) {
+                            Ok(()) => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                                return None;
+                            }
+                            Err(e) => {
+                                return Some(Err(TableError::Io(format!("reading the rows: {e}"))));
+                            }
+                        }
+                        let mut bytes = vec![0u8; u32::from_le_bytes(len) as usize];
+                        if let Err(e) = r.read_exact(&mut bytes) {
+                            return Some(Err(TableError::Io(format!("reading the rows: {e}"))));
+                        }
+                        let i = ordinal;
+                        ordinal += 1;
+                        let hit = match merged.next_if(|m| m.as_ref().is_ok_and(|m| m.ordinal == i))
+                        {
+                            Some(Ok(m)) => Some(m),
+                            Some(Err(e)) => {
+                                return Some(Err(TableError::Io(format!(
+                                    "reading the matched rows: {e}"
+                                ))));
+                            }
+                            None => None,
+                        };
+                        let values = match decode_own(&bytes) {
+                            Ok(v) => v,
+                            Err(e) => return Some(Err(fail(e))),
+                        };
+                        match (kind, hit) {
+                            (JoinKind::Left, hit) => {
+                                let mut row = values;
+                                row.push(hit.is_some().to_string());
+                                match hit {
+                                    Some(m) => match decode_values(&m.payload, width) {
+                                        Ok(p) => row.extend(p),
+                                        Err(e) => return Some(Err(fail(e))),
+                                    },
+                                    None => row.extend(std::iter::repeat_n(String::new(), width)),
+                                }
+                                return Some(Ok(row));
+                            }
+                            (_, None) => return Some(Ok(values)),
+                            // A matched row of a difference: not written.
+                            (_, Some(_)) => {}
+                        }
+                    }
+                });
+                try_write_result_csv(&out_path, &header, rows)
+            }
+        };
+        match (written, failure.into_inner()) {
+            (Err(_), Some(e)) => Err(WriteError::Task(e)),
+            (Err(e), None) => Err(WriteError::Table(e)),
+            (Ok(w), _) => Ok(w),
+        }
+    })
+    .await
+    .map_err(|e| TaskError::Internal(format!("writer task: {e}")))?
+    .map_err(|e| match e {
+        WriteError::Task(e) => e,
+        WriteError::Table(e @ TableError::OutputExists { .. }) => TaskError::Input(e.to_string()),
+        WriteError::Table(e) => TaskError::Internal(format!("writing the result: {e}")),
+    })?;
+    outcome.result_size = Some(out.intersection_size);
+    outcome.result_file = Some(written);
+    outcome.result_location = spec.output.clone();
     Ok(outcome)
+}
+
+impl From<TableError> for WriteError {
+    fn from(e: TableError) -> Self {
+        WriteError::Table(e)
+    }
+}
+
+/// Why a join's result could not be written.
+enum WriteError {
+    /// A row failed for a reason of its own (a provider's payload that does not decode).
+    Task(TaskError),
+    /// The file.
+    Table(TableError),
 }
 
 /// A join's result table as the buyer writes it: header, rows, and the number of distinct
