@@ -77,10 +77,17 @@ fn ready_to_resume(job: &LiveJob) -> bool {
         && (stopped(tessera_core::TaskRole::Sender) || ended_well(tessera_core::TaskRole::Sender))
 }
 
-/// Whether `job`'s run can resume: an intersection- or both-mode `psi` job (bucketed on the
-/// workers).
+/// Whether `job`'s run can resume: an intersection- or both-mode `psi` job on a bucketed
+/// protocol (not `ecdh-oprf`), or a `psi_payload` join (bucketed on the workers).
 pub(crate) fn resumable(job: &JobRecord) -> bool {
-    job.scene == tessera_core::job::scene::PSI && job.mode.reveals_keys()
+    use tessera_core::job::scene;
+    match job.scene.as_str() {
+        scene::PSI => {
+            job.mode.reveals_keys() && job.protocol != tessera_core::PsiProtocol::EcdhOprf
+        }
+        scene::PSI_PAYLOAD => true,
+        _ => false,
+    }
 }
 
 impl Scheduler {
