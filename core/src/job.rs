@@ -142,8 +142,8 @@ vocabulary! {
         /// The buyer learns only how many keys are common.
         Size => "size",
         /// The buyer and the provider each learn which of their own keys are common: the
-        /// provider's worker writes its own result file (the buyer's choice: it reveals the
-        /// intersection to the provider).
+        /// provider's worker writes its own result file, the key columns of its matched rows
+        /// (the buyer's choice: it reveals the intersection to the provider).
         Both => "both",
     }
 }

@@ -41,17 +41,18 @@ pub enum JobCmd {
         provider_columns: Vec<String>,
         /// intersection (the buyer learns which of its keys are common) | size (only how many)
         /// | both (the buyer and the provider each learn which of their own keys are common:
-        /// the provider's worker writes its rows whose key is common to `psi-<job id>.csv` in
-        /// its output directory, shown to the provider in `job get`)
-        #[arg(long, default_value = "intersection")]
+        /// the provider's worker writes the key columns of its rows whose key is common to
+        /// `psi-<job id>.csv` in its output directory, shown to the provider in `job get`)
+        #[arg(long, default_value = "intersection", value_parser = clap::builder::PossibleValuesParser::new(["intersection", "size", "both"]), ignore_case = true)]
         mode: String,
         /// PSI protocol: rr22 (VOLE-based, the fast one; intersection and both modes), ecdh
         /// (public-key; fewer bytes than rr22 only for small sets, where rr22's ~600 KB fixed
-        /// cost dominates; the only one for size mode) or ecdh-oprf (unbalanced sets, e.g. a
-        /// thousand keys against ten million: the larger set is encoded once per licence on its
-        /// worker and reused, the buyer's worker keeps what it received, so later jobs of the
-        /// licence cost the smaller side its own set only; intersection mode) [default: rr22,
-        /// ecdh for size mode]
+        /// cost dominates; the only one for size mode) or ecdh-oprf (a small buyer set against
+        /// a large provider dataset, e.g. a thousand keys against ten million: the provider's set
+        /// is encoded once per licence on its worker and reused, the buyer's worker keeps what it
+        /// received, so later jobs of the licence cost the buyer its own set only; intersection
+        /// mode; no gain when the buyer's set is the larger: its worker then encodes it at every
+        /// job, use rr22) [default: rr22, ecdh for size mode]
         #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["rr22", "ecdh", "ecdh-oprf"]), ignore_case = true)]
         protocol: Option<String>,
         /// Case rule for keys on both sides: preserve (as in the file), lower, upper (Unicode
@@ -582,7 +583,7 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<()> {
                     buyer_dataset_id: buyer_dataset,
                     buyer_columns,
                     provider_columns,
-                    mode: pb::PsiMode::from(mode.parse::<tessera_core::PsiMode>()?).into(),
+                    mode: pb::PsiMode::from(mode.to_ascii_lowercase().parse::<tessera_core::PsiMode>()?).into(),
                     key_case: pb::KeyCase::from(key_case.parse::<tessera_core::KeyCase>()?).into(),
                     unicode_form: pb::UnicodeForm::from(
                         unicode_form.parse::<tessera_core::UnicodeForm>()?,

@@ -176,6 +176,23 @@ async fn prepared_set(
     };
     let prefix = format!("{}-", safe_name(&licence));
     let file = dir.join(format!("{prefix}{}.set", &fingerprint[..32]));
+    // One preparation of a set at a time: a second job of the licence waits for it and reuses
+    // it (rather than preparing the same set beside it).
+    let lock = {
+        let mut locks = PREPARING.lock().unwrap_or_else(|p| p.into_inner());
+        locks.retain(|(_, l)| Arc::strong_count(l) > 1);
+        match locks.iter().find(|(p, _)| *p == file) {
+            Some((_, l)) => l.clone(),
+            None => {
+                let l = Arc::new(tokio::sync::Mutex::new(()));
+                locks.push((file.clone(), l.clone()));
+                l
+            }
+        }
+    };
+    let _one_at_a_time = lock.lock().await;
+    // A task dropped (cancelled) while it prepares stops the preparation at its next row.
+    let stop = StopOnDrop(Arc::default());
     let counts = file.with_extension("counts");
     let (f2, c2) = (file.clone(), counts.clone());
     let kept = tokio::task::spawn_blocking(move || -> Option<(EncodedSet, u64, u64)> {
@@ -209,6 +226,7 @@ async fn prepared_set(
     progress.report(PHASE_PREPARE, 0, 0);
     let (path, key_spec, reporter) = (path.to_owned(), key_spec.clone(), progress.clone());
     let (dir2, file2) = (dir.to_owned(), file.clone());
+    let stopped = stop.0.clone();
     tokio::task::spawn_blocking(move || {
         let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
         let mut builder = EncodedSet::builder(&mut rng);
@@ -216,6 +234,9 @@ async fn prepared_set(
         let mut failed = None;
         let mut done = 0u64;
         let read = stream_keys(&path, &key_spec, &[], |key, _| {
+            if stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(TableError::Io("the task was stopped".into()));
+            }
             batch.push(key);
             if batch.len() == PREPARE_BATCH_ROWS {
                 if let Err(e) = builder.add(&batch) {
@@ -228,6 +249,11 @@ async fn prepared_set(
             }
             Ok(())
         });
+        if stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(TaskError::Cancelled(
+                "the task was stopped while its encoded set was prepared".into(),
+            ));
+        }
         let counts = match (failed, read) {
             (Some(e), _) => return Err(TaskError::Input(format!("encoding the dataset: {e}"))),
             (None, Err(e)) => return Err(TaskError::Input(e.to_string())),
@@ -258,6 +284,19 @@ async fn prepared_set(
     })
     .await
     .map_err(|e| TaskError::Internal(format!("preparing the encoded set: {e}")))?
+}
+
+/// The encoded sets being prepared, each behind its own lock.
+type SetLock = (PathBuf, Arc<tokio::sync::Mutex<()>>);
+static PREPARING: std::sync::Mutex<Vec<SetLock>> = std::sync::Mutex::new(Vec::new());
+
+/// Sets its flag when dropped: the blocking preparation sees it and stops.
+struct StopOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Removes files under `cache/sets` and `cache/received` unused for `keep_secs`.
