@@ -4,7 +4,7 @@
 //! sets ([`Mode::Intersection`]) or only its size ([`Mode::SizeOnly`]); the **sender** (the data
 //! provider) learns only the size of the receiver's set. Entry points: [`run_receiver`] and
 //! [`run_sender`] (or [`run_sender_reporting_delivery`]); [`PsiConfig::protocol`] picks one of
-//! two protocols, which both parties must agree on (their `Hello` says which):
+//! the protocols, which both parties must agree on (their `Hello` says which):
 //!
 //! * [`Protocol::Rr22`] (the default for [`Mode::Intersection`]): VOLE-based PSI after
 //!   Raghuraman–Rindal, "Blazing Fast PSI from Improved OKVS and Subfield VOLE" (CCS 2022):
@@ -14,9 +14,13 @@
 //! * [`Protocol::Ecdh`]: Diffie–Hellman over ristretto255, below. Four scalar multiplications
 //!   per pair of items, slower by an order of magnitude, but its messages are the smallest for
 //!   unbalanced sets and it supports [`Mode::SizeOnly`] (the default protocol for it).
+//! * [`Protocol::EcdhOprf`]: PSI for unbalanced sets through module [`ecdh_oprf`] and its own
+//!   entry points: the larger party's set is encoded once under an OPRF key and reused across
+//!   runs, so the smaller party pays for its own set only. [`Mode::Intersection`] only; its
+//!   threat model, direction and what each party learns are in that module.
 //!
-//! Both run the same delivery point (record before release, below) and answer the same
-//! [`ReceiverOutput`] and [`SenderOutput`].
+//! The first two run the same delivery point (record before release, below) and answer the
+//! same [`ReceiverOutput`] and [`SenderOutput`].
 //!
 //! Sets larger than memory run through module [`bucket`]: both parties split their rows into
 //! the same buckets by a keyed hash, spill them to disk and run one PSI per bucket (either

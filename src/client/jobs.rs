@@ -583,7 +583,10 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<()> {
                     buyer_dataset_id: buyer_dataset,
                     buyer_columns,
                     provider_columns,
-                    mode: pb::PsiMode::from(mode.to_ascii_lowercase().parse::<tessera_core::PsiMode>()?).into(),
+                    mode: pb::PsiMode::from(
+                        mode.to_ascii_lowercase().parse::<tessera_core::PsiMode>()?,
+                    )
+                    .into(),
                     key_case: pb::KeyCase::from(key_case.parse::<tessera_core::KeyCase>()?).into(),
                     unicode_form: pb::UnicodeForm::from(
                         unicode_form.parse::<tessera_core::UnicodeForm>()?,
