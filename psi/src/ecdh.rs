@@ -240,7 +240,7 @@ pub(crate) async fn sender<R: CryptoRngCore + Send>(
 }
 
 /// Items per frame: the configured batch, capped so that a points frame fits the link.
-fn effective_batch(cfg: &PsiConfig, link: &dyn Link) -> Result<usize, PsiError> {
+pub(crate) fn effective_batch(cfg: &PsiConfig, link: &dyn Link) -> Result<usize, PsiError> {
     if cfg.batch_items_max == 0 || cfg.batch_items_max > BATCH_ITEMS_LIMIT {
         return Err(PsiError::InvalidConfig(format!(
             "batch_items_max must be in 1..={BATCH_ITEMS_LIMIT}, is {}",
@@ -258,7 +258,7 @@ fn effective_batch(cfg: &PsiConfig, link: &dyn Link) -> Result<usize, PsiError> 
 }
 
 /// Checks a batch count against the batch bound and the items still expected.
-fn check_count(
+pub(crate) fn check_count(
     count: usize,
     batch_max: usize,
     remaining: usize,

@@ -64,7 +64,9 @@ use rayon::prelude::*;
 use tessera_core::Link;
 use zeroize::Zeroize;
 
-use crate::common::{check_input, compute, distinct_indices, exchange_hello, peer_set_size};
+use crate::common::{
+    check_input, compute, distinct_indices, exchange_hello, peer_set_size, to_array,
+};
 use crate::crypto::{FlatItems, POINT_BYTES, SecretKey, hash_and_blind, reblind};
 use crate::wire::{BATCH_HEADER_BYTES, Frame, new_batch};
 use crate::{
@@ -72,8 +74,9 @@ use crate::{
     PsiConfig, PsiError, ReceiverOutput, Role, SET_ITEMS_MAX, SenderOutput,
 };
 
-/// Bytes of one encoding `F_k(x)`.
-pub const ENCODING_BYTES: usize = 16;
+/// Bytes of one encoding `F_k(x)` (the width of [`crate::ecdh`]'s values, whose helpers it
+/// shares).
+pub const ENCODING_BYTES: usize = crate::crypto::DOUBLE_BLINDED_BYTES;
 /// BLAKE3 context of `F_k(x)` from `compress(H(x)·k)`.
 const ENCODING_CONTEXT: &str = "tessera-psi ecdh-oprf encoding v1";
 /// BLAKE3 context of an encoded set's id.
@@ -291,11 +294,7 @@ const SCAN_CHUNK_ENCODINGS: usize = 1 << 16;
 fn read_set_file(path: &Path, with_key: bool) -> Result<Option<SetFile>, PsiError> {
     let mut encodings = Vec::new();
     let scanned = scan_set_file(path, with_key, |chunk| {
-        encodings.extend(chunk.chunks_exact(ENCODING_BYTES).map(|c| {
-            let mut a = [0u8; ENCODING_BYTES];
-            a.copy_from_slice(c);
-            a
-        }));
+        encodings.extend(chunk.chunks_exact(ENCODING_BYTES).map(to_array));
         Ok(())
     })?;
     Ok(scanned.map(|(key, _)| (key, encodings)))
@@ -352,8 +351,7 @@ fn scan_set_file(
             .map_err(|e| storage("reading", path, e))?;
         h.update(chunk);
         for c in chunk.chunks_exact(ENCODING_BYTES) {
-            let mut cur = [0u8; ENCODING_BYTES];
-            cur.copy_from_slice(c);
+            let cur = to_array(c);
             if last.is_some_and(|l| l >= cur) {
                 return Err(damaged());
             }
@@ -421,26 +419,15 @@ pub async fn run_sender<R: CryptoRngCore + Send>(
     result
 }
 
-fn check_cfg(cfg: &PsiConfig) -> Result<usize, PsiError> {
+/// Items per frame: the protocol and mode checked, then the batch as [`crate::ecdh`]'s (a
+/// points frame must fit the link).
+fn batch_for(cfg: &PsiConfig, link: &dyn Link) -> Result<usize, PsiError> {
     if cfg.protocol != Protocol::EcdhOprf || cfg.mode != Mode::Intersection {
         return Err(PsiError::InvalidConfig(
             "ecdh-oprf runs protocol ecdh-oprf in intersection mode".into(),
         ));
     }
-    if cfg.batch_items_max == 0 || cfg.batch_items_max > crate::BATCH_ITEMS_LIMIT {
-        return Err(PsiError::InvalidConfig(format!(
-            "batch_items_max must be in 1..={}, is {}",
-            crate::BATCH_ITEMS_LIMIT,
-            cfg.batch_items_max
-        )));
-    }
-    Ok(cfg.batch_items_max)
-}
-
-/// Batch size bounded by the link's frame size.
-fn batch_for(cfg_batch: usize, link: &dyn Link) -> usize {
-    let by_frame = link.frame_bytes_max().saturating_sub(BATCH_HEADER_BYTES) / POINT_BYTES;
-    cfg_batch.min(by_frame.max(1))
+    crate::ecdh::effective_batch(cfg, link)
 }
 
 async fn recv(link: &dyn Link) -> Result<Bytes, PsiError> {
@@ -464,14 +451,13 @@ async fn recv_points(
     remaining: usize,
 ) -> Result<(usize, Bytes), PsiError> {
     match crate::common::recv_frame(link).await? {
-        Frame::Points { count, payload }
-            if count <= batch_max && count <= remaining && count > 0 =>
-        {
+        Frame::Points { count: 0, .. } => {
+            Err(PsiError::Protocol("an empty batch of points".into()))
+        }
+        Frame::Points { count, payload } => {
+            crate::ecdh::check_count(count, batch_max, remaining, "points")?;
             Ok((count, payload))
         }
-        Frame::Points { count, .. } => Err(PsiError::Protocol(format!(
-            "a batch of {count} points ({remaining} still expected, batches of at most {batch_max})"
-        ))),
         other => Err(crate::common::unexpected(other, "points")),
     }
 }
@@ -619,8 +605,7 @@ async fn recv_encodings(
             )));
         }
         for e in payload.chunks_exact(ENCODING_BYTES) {
-            let mut cur = [0u8; ENCODING_BYTES];
-            cur.copy_from_slice(e);
+            let cur = to_array(e);
             if last.is_some_and(|l| l >= cur) {
                 return Err(PsiError::Protocol(
                     "encodings not strictly ascending".into(),
@@ -643,7 +628,7 @@ async fn receiver<R: CryptoRngCore + Send>(
     rng: &mut R,
     progress: &dyn Progress,
 ) -> Result<ReceiverOutput, PsiError> {
-    let batch = batch_for(check_cfg(cfg)?, link);
+    let batch = batch_for(cfg, link)?;
     check_input(items)?;
     let distinct = distinct_indices(items).await;
     let own = distinct.len();
@@ -732,11 +717,7 @@ async fn receiver<R: CryptoRngCore + Send>(
             link,
             peer_size,
             |bytes| {
-                theirs.extend(bytes.chunks_exact(ENCODING_BYTES).map(|e| {
-                    let mut a = [0u8; ENCODING_BYTES];
-                    a.copy_from_slice(e);
-                    a
-                }));
+                theirs.extend(bytes.chunks_exact(ENCODING_BYTES).map(to_array));
                 Ok(())
             },
             progress,
@@ -851,7 +832,7 @@ async fn sender<R: CryptoRngCore + Send>(
     progress: &dyn Progress,
     gate: &dyn DeliveryGate,
 ) -> Result<SenderOutput, PsiError> {
-    let batch = batch_for(check_cfg(cfg)?, link);
+    let batch = batch_for(cfg, link)?;
     let own = encoded.len();
     let peer = exchange_hello(link, Protocol::EcdhOprf, Role::Sender, cfg.mode, own, batch).await?;
     let peer_size = peer_set_size(&peer)?;

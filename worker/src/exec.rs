@@ -566,13 +566,7 @@ pub(crate) fn sweep_work_dir(work_dir: &Path, keep_secs: u64) {
         if open.contains(&e.path()) || e.path() == crate::oprf::cache_dir(work_dir) {
             continue;
         }
-        let old = e
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| now.duration_since(t).ok())
-            .is_some_and(|age| age.as_secs() >= keep_secs);
-        if old {
+        if unused_for(&e, now, keep_secs) {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
@@ -984,14 +978,33 @@ async fn write_bucketed_result(
         })
         .await
         .map_err(|e| TaskError::Internal(format!("writer task: {e}")))?
-        .map_err(|e| match e {
-            TableError::OutputExists { .. } => TaskError::Input(e.to_string()),
-            e => TaskError::Internal(format!("writing the result: {e}")),
-        })?;
+        .map_err(result_write_error)?;
         outcome.result_file = Some(written);
         outcome.result_location = spec.output.clone();
     }
     Ok(outcome)
+}
+
+/// A result file that could not be written, as the task reports it: a name already taken is
+/// this party's input, anything else its own failure.
+pub(crate) fn result_write_error(e: TableError) -> TaskError {
+    match e {
+        TableError::OutputExists { .. } => TaskError::Input(e.to_string()),
+        e => TaskError::Internal(format!("writing the result: {e}")),
+    }
+}
+
+/// Whether the directory entry `e` was last changed `keep_secs` or more before `now`.
+pub(crate) fn unused_for(
+    e: &std::fs::DirEntry,
+    now: std::time::SystemTime,
+    keep_secs: u64,
+) -> bool {
+    e.metadata()
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| now.duration_since(t).ok())
+        .is_some_and(|age| age.as_secs() >= keep_secs)
 }
 
 /// Measures a future's wall and process CPU time.

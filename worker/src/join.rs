@@ -238,8 +238,7 @@ pub(crate) async fn write_bucketed_join(
     .map_err(|e| TaskError::Internal(format!("writer task: {e}")))?
     .map_err(|e| match e {
         WriteError::Task(e) => e,
-        WriteError::Table(e @ TableError::OutputExists { .. }) => TaskError::Input(e.to_string()),
-        WriteError::Table(e) => TaskError::Internal(format!("writing the result: {e}")),
+        WriteError::Table(e) => crate::exec::result_write_error(e),
     })?;
     outcome.result_size = Some(out.intersection_size);
     outcome.result_file = Some(written);

@@ -141,10 +141,7 @@ pub(crate) async fn run(
                 })
                 .await
                 .map_err(|e| TaskError::Internal(format!("writer task: {e}")))?
-                .map_err(|e| match e {
-                    TableError::OutputExists { .. } => TaskError::Input(e.to_string()),
-                    e => TaskError::Internal(format!("writing the result: {e}")),
-                })?;
+                .map_err(crate::exec::result_write_error)?;
                 outcome.result_file = Some(written);
                 outcome.result_location = spec.output.clone();
             }
@@ -307,13 +304,7 @@ fn sweep(cache: &Path, keep_secs: u64) {
             continue;
         };
         for e in entries.filter_map(Result::ok) {
-            let old = e
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| now.duration_since(t).ok())
-                .is_some_and(|age| age.as_secs() >= keep_secs);
-            if old {
+            if crate::exec::unused_for(&e, now, keep_secs) {
                 let _ = std::fs::remove_file(e.path());
             }
         }
