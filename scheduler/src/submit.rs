@@ -393,7 +393,7 @@ impl JobRequest {
         }
         let fx = tessera_mpc::FixedPoint::new(MPC_FRACTION_BITS)
             .map_err(|e| SchedulerError::Invalid(format!("query: {e}")))?;
-        tessera_mpc::query::job::plan_of(q, 1, &Default::default(), fx)
+        plan_for(self, q, &Default::default(), fx)
             .map_err(|e| SchedulerError::Invalid(format!("query: {e}")))?;
         Ok(())
     }
@@ -507,9 +507,25 @@ pub fn provider_output_name(job_id: &str) -> String {
 fn mpc_row_level(req: &JobRequest) -> Option<bool> {
     let q = req.mpc.as_ref()?;
     let fx = tessera_mpc::FixedPoint::new(MPC_FRACTION_BITS).ok()?;
-    tessera_mpc::query::job::plan_of(q, 1, &Default::default(), fx)
+    plan_for(req, q, &Default::default(), fx)
         .ok()
-        .map(|p| p.row_level)
+        .map(|p| p.row_level())
+}
+
+/// The job's statement planned on one row: an `mpc` job's query or training, a `tee` job's
+/// query only (an enclave trains no model).
+fn plan_for(
+    req: &JobRequest,
+    q: &tessera_core::MpcQuery,
+    policy: &tessera_mpc::query::OutputPolicy,
+    fx: tessera_mpc::FixedPoint,
+) -> Result<tessera_mpc::query::job::JobPlan, tessera_mpc::query::QueryError> {
+    if req.is_mpc() {
+        tessera_mpc::query::job::job_plan_of(q, 1, policy, fx)
+    } else {
+        tessera_mpc::query::job::plan_of(q, 1, policy, fx)
+            .map(tessera_mpc::query::job::JobPlan::Query)
+    }
 }
 
 fn place(
@@ -743,7 +759,7 @@ impl Admission {
                 aggregates_only: s.aggregates_only,
             };
             if let Ok(fx) = tessera_mpc::FixedPoint::new(MPC_FRACTION_BITS)
-                && let Err(e) = tessera_mpc::query::job::plan_of(q, 1, &policy, fx)
+                && let Err(e) = plan_for(req, q, &policy, fx)
             {
                 reasons.push(Refusal::PolicyDenied {
                     constraint: Constraint::Output,

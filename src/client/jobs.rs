@@ -224,7 +224,10 @@ pub struct QueryJobArgs {
     keyed: KeyedJobArgs,
     /// The query, e.g. `SELECT count(*), mean(provider.income) WHERE buyer.age >= 30
     /// GROUP BY buyer.region` (aggregates count, sum, mean, var, min, max, histogram;
-    /// WHERE and GROUP BY on the buyer's own columns).
+    /// WHERE and GROUP BY on the buyer's own columns), or a model training, e.g. `TRAIN
+    /// LOGISTIC_REGRESSION(provider.age, buyer.income) LABEL buyer.defaulted EPOCHS 5
+    /// LEARNING_RATE 1 L2 0.001 BATCH 1000` (numeric features, a label of two categories;
+    /// the result file holds the model: term, reported, weight).
     #[arg(long)]
     query: String,
     /// A column the query reads, repeated: `buyer.NAME=numeric:BOUND` (values with |x| <=

@@ -185,3 +185,220 @@ async fn a_group_by_query_on_aligned_rows_suppresses_the_small_group_and_is_coun
     }
     c.assert_audit_verifies().await;
 }
+
+/// The clear training the MPC job does (`tessera_mpc::lr`): features scaled by their
+/// declared bounds, the bias a constant column, full-batch gradient descent from zero with the
+/// exact sigmoid; returns `[w | b]` in scaled units.
+fn clear_training(x: &[Vec<f64>], y: &[f64], epochs: usize, lr: f64) -> Vec<f64> {
+    let d1 = x[0].len() + 1;
+    let n = x.len() as f64;
+    let mut w = vec![0.0; d1];
+    for _ in 0..epochs {
+        let mut grad = vec![0.0; d1];
+        for (row, &label) in x.iter().zip(y) {
+            let z: f64 = row.iter().zip(&w).map(|(a, b)| a * b).sum::<f64>() + w[d1 - 1];
+            let e = (1.0 / (1.0 + (-z).exp()) - label) * lr / n;
+            for (g, a) in grad.iter_mut().zip(row.iter().chain([1.0].iter())) {
+                *g += a * e;
+            }
+        }
+        for (wi, g) in w.iter_mut().zip(grad) {
+            *wi -= g;
+        }
+    }
+    w
+}
+
+/// The area under the ROC curve of `scores` against 0/1 `labels` (ties count half).
+fn auc(scores: &[f64], labels: &[f64]) -> f64 {
+    let (mut pairs, mut good) = (0.0, 0.0);
+    for (s1, _) in scores.iter().zip(labels).filter(|(_, l)| **l == 1.0) {
+        for (s0, _) in scores.iter().zip(labels).filter(|(_, l)| **l == 0.0) {
+            pairs += 1.0;
+            good += if s1 > s0 {
+                1.0
+            } else if s1 == s0 {
+                0.5
+            } else {
+                0.0
+            };
+        }
+    }
+    good / pairs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_trained_on_aligned_rows_matches_the_clear_training_and_only_the_buyer_gets_it() {
+    let c = Cluster::start(10_000);
+    c.fund(100_000_000, "fund").await;
+    // A pseudo-random but fixed sample: the provider holds ids 1..=400 with an income and a
+    // score, the buyer ids 101..=500 with an age and a label drawn from a logistic model of all
+    // three. Common: 101..=400, 300 rows.
+    let u = |i: u64, salt: u64| {
+        let h = (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ salt).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        (h >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let income = |i: u64| (u(i, 1) * 90_000.0).round() + 1_000.0;
+    let score = |i: u64| ((u(i, 2) - 0.5) * 10.0 * 100.0).round() / 100.0;
+    let age = |i: u64| 18 + (u(i, 3) * 60.0) as u64;
+    let label = |i: u64| {
+        let z = 3.0 * (income(i) / 100_000.0 - 0.5) - 0.6 * score(i)
+            + 2.0 * (age(i) as f64 / 150.0 - 0.3);
+        u64::from(u(i, 4) < 1.0 / (1.0 + (-z).exp()))
+    };
+    let provider_rows: Vec<String> = (1..=400u64)
+        .map(|i| format!("{i},{},{}", income(i), score(i)))
+        .collect();
+    c.dataset(&c.provider, "pm", "id,income,score", &provider_rows)
+        .await;
+    let buyer_rows: Vec<String> = (101..=500u64)
+        .rev()
+        .map(|i| format!("{i},{},{}", age(i), label(i)))
+        .collect();
+    c.dataset(&c.buyer, "bm", "id,age,churned", &buyer_rows)
+        .await;
+    let small: Vec<String> = (101..=103u64)
+        .map(|i| format!("{i},{},{}", age(i), label(i)))
+        .collect();
+    c.dataset(&c.buyer, "bsmall", "id,age,churned", &small)
+        .await;
+    let policy = format!(
+        r#"{{"policyName":"m","relUsers":[{{"userId":"{USER}","userName":"U","isGroup":0}}],
+            "useScenes":[{{"useSence":"mpc","counts":3,"minGroupSize":5,"aggregatesOnly":true,
+                "protocols":["ot"],"visitArea":["r1"],"cpCenter":["c1"]}}]}}"#
+    );
+    let lic = c.licence_with_policy("pm", policy).await;
+    let before = cash(&c).await;
+    let mut client = c.client().await;
+    let columns = vec![
+        column("provider.income", 100_000, 0),
+        column("provider.score", 5, 0),
+        column("buyer.age", 150, 0),
+        column("buyer.churned", 0, 2),
+    ];
+    let train_job = |dataset: &str, query: &str, output: &str| pb::SubmitJobRequest {
+        scene: "mpc".into(),
+        buyer_columns: vec!["id".into()],
+        provider_columns: vec!["id".into()],
+        mpc_query: query.into(),
+        mpc_columns: columns.clone(),
+        ..Cluster::job(&lic, dataset, "intersection", output)
+    };
+    let (epochs, rate) = (12, 4.0);
+    let query = format!(
+        "TRAIN LOGISTIC_REGRESSION(provider.income, buyer.age, provider.score) \
+         LABEL buyer.churned EPOCHS {epochs} LEARNING_RATE {rate} BATCH 1000"
+    );
+    let job = client
+        .submit_job(train_job("bm", &query, "model.csv"))
+        .await
+        .expect("submit")
+        .into_inner();
+    assert_eq!(job.state_text(), "admitted", "{job:?}");
+    let done = c.wait(&job.job_id).await;
+    assert_eq!(done.state_text(), "succeeded", "{done:?}");
+    assert_eq!(done.result_size, Some(300), "the aligned rows: {done:?}");
+
+    // The clear training on the same rows (full batch: the row order does not matter).
+    let common: Vec<u64> = (101..=400).collect();
+    let x: Vec<Vec<f64>> = common
+        .iter()
+        .map(|&i| vec![income(i) / 100_000.0, age(i) as f64 / 150.0, score(i) / 5.0])
+        .collect();
+    let y: Vec<f64> = common.iter().map(|&i| label(i) as f64).collect();
+    let clear = clear_training(&x, &y, epochs, rate);
+    let (header, rows) = crate::harness::read_csv(&c.buyer.outputs.join("model.csv"));
+    assert_eq!(header, ["term", "reported", "weight"]);
+    let terms: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(
+        terms,
+        ["provider.income", "buyer.age", "provider.score", "(bias)"]
+    );
+    let bounds = [100_000.0, 150.0, 5.0, 1.0];
+    let mut scaled = Vec::new();
+    for ((row, bound), want) in rows.iter().zip(bounds).zip(&clear) {
+        assert_eq!(row[1], "true", "{row:?}");
+        let w: f64 = row[2].parse().expect("weight");
+        // The weights are in the features' own units; scaled back they follow the clear
+        // training up to the sigmoid's approximation and fixed-point rounding.
+        let got = w * bound;
+        assert!((got - want).abs() <= 0.05, "{}: {got} vs {want}", row[0]);
+        scaled.push(got);
+    }
+    let score_of = |w: &[f64], row: &[f64]| {
+        row.iter().zip(w).map(|(a, b)| a * b).sum::<f64>() + w[w.len() - 1]
+    };
+    let ours: Vec<f64> = x.iter().map(|r| score_of(&scaled, r)).collect();
+    let theirs: Vec<f64> = x.iter().map(|r| score_of(&clear, r)).collect();
+    let (a, b) = (auc(&ours, &y), auc(&theirs, &y));
+    assert!((a - b).abs() <= 0.01, "AUC {a} vs clear {b}");
+    assert!(b > 0.6, "the sample has signal: AUC {b}");
+    // The provider's worker wrote nothing: the model is the buyer's only.
+    assert!(
+        crate::harness::walk_files(&c.provider.outputs)
+            .iter()
+            .all(|p| p.extension().is_none_or(|e| e != "csv")),
+        "{:?}",
+        crate::harness::walk_files(&c.provider.outputs)
+    );
+    assert_eq!(c.remaining(&lic).await, Some(2));
+    assert!(done.charge_micros > 0, "{done:?}");
+    assert_eq!(cash(&c).await, before - done.charge_micros);
+
+    // Fewer aligned rows than minGroupSize: no model is trained (nothing shared); the buyer's
+    // file says so; the run is counted as any run.
+    let tiny = client
+        .submit_job(train_job("bsmall", &query, "tiny.csv"))
+        .await
+        .expect("submit")
+        .into_inner();
+    let tiny = c.wait(&tiny.job_id).await;
+    assert_eq!(tiny.state_text(), "succeeded", "{tiny:?}");
+    let (_, rows) = crate::harness::read_csv(&c.buyer.outputs.join("tiny.csv"));
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    for row in &rows {
+        assert_eq!(row[1..], ["false", ""], "{row:?}");
+    }
+    assert_eq!(c.remaining(&lic).await, Some(1));
+
+    // Statements the schema refuses: at submission, with what is wrong and where.
+    for (bad, says) in [
+        (
+            "TRAIN LOGISTIC_REGRESSION(provider.income) EPOCHS 5",
+            "LABEL",
+        ),
+        (
+            "TRAIN LOGISTIC_REGRESSION(provider.income) LABEL buyer.age",
+            "two levels",
+        ),
+        (
+            "TRAIN LOGISTIC_REGRESSION(buyer.churned) LABEL buyer.churned",
+            "categorical",
+        ),
+        (
+            "TRAIN LOGISTIC_REGRESSION(provider.tax) LABEL buyer.churned",
+            "provider.tax",
+        ),
+        (
+            "TRAIN LOGISTIC_REGRESSION(provider.income, provider.income) LABEL buyer.churned",
+            "twice",
+        ),
+        (
+            "TRAIN LOGISTIC_REGRESSION(provider.income) LABEL buyer.churned EPOCHS 0",
+            "EPOCHS",
+        ),
+        (
+            "TRAIN LOGISTIC_REGRESSION(provider.income) LABEL buyer.churned EPOCHS 2 EPOCHS 3",
+            "at most once",
+        ),
+    ] {
+        let e = client
+            .submit_job(train_job("bm", bad, "bad.csv"))
+            .await
+            .expect_err(bad);
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad}: {e:?}");
+        assert!(e.message().contains(says), "{bad}: {}", e.message());
+    }
+    assert_eq!(c.remaining(&lic).await, Some(1));
+    c.assert_audit_verifies().await;
+}

@@ -45,9 +45,11 @@ use rand::SeedableRng;
 use sha2::{Digest, Sha256};
 use tessera_core::table::{KeySpec, TableError, read_keys_keeping, write_result_csv};
 use tessera_core::{Link, MpcSpec, TaskRole, TaskSpec};
-use tessera_mpc::query::job::{plan_of, schema_of, side_and_name};
+use tessera_mpc::lr::{LrError, LrLayout, LrOwnData, Model, ModelOutput};
+use tessera_mpc::query::job::{JobPlan, job_plan_of, schema_of, side_and_name};
 use tessera_mpc::query::{
     Aggregate, ColumnData, ColumnKind, OutputPolicy, QueryError, QueryResult, Side, Table,
+    TrainPlan,
 };
 use tessera_mpc::{FixedPoint, MpcError, OtTriples, Party, Session, TripleSource};
 use tessera_psi::Mode;
@@ -87,8 +89,8 @@ pub(crate) async fn run(
         min_group_size: mpc.min_group_size,
         aggregates_only: mpc.aggregates_only,
     };
-    // The signed query must plan before anything is read or sent.
-    plan_of(&mpc.query, 1, &policy, fx)
+    // The signed statement must plan before anything is read or sent.
+    job_plan_of(&mpc.query, 1, &policy, fx)
         .map_err(|e| TaskError::Ticket(format!("the task's query: {e}")))?;
     let me = match spec.role {
         TaskRole::Sender => Side::Provider,
@@ -131,7 +133,7 @@ pub(crate) async fn run(
         .await
         .map_err(|e| peer_error(&e))?;
     progress.report("triples", 1, 1);
-    let plan = plan_of(&mpc.query, rows.len(), &policy, fx).map_err(|e| match e {
+    let plan = job_plan_of(&mpc.query, rows.len(), &policy, fx).map_err(|e| match e {
         // Past the ring's range with this many rows: the buyer's declared bounds.
         QueryError::Range(_) => TaskError::Input(format!("the query on {} rows: {e}", rows.len())),
         e => TaskError::Ticket(format!("the task's query: {e}")),
@@ -158,9 +160,14 @@ pub(crate) async fn run(
         }));
     }
     progress.report("compute", 0, 1);
-    let result = tessera_mpc::query::evaluate(&mut session, Party::P1, &plan, &table)
-        .await
-        .map_err(|e| query_error(e, spec.role))?;
+    let result = match &plan {
+        JobPlan::Query(plan) => Computed::Query(
+            tessera_mpc::query::evaluate(&mut session, Party::P1, plan, &table)
+                .await
+                .map_err(|e| query_error(e, spec.role))?,
+        ),
+        JobPlan::Train(plan) => Computed::Model(train_model(&mut session, plan, me, &table).await?),
+    };
     progress.report("compute", 1, 1);
     outcome.triples = session.triples_used();
     drop(session);
@@ -176,14 +183,141 @@ pub(crate) async fn run(
             }
         }
     }
-    if let (Some(result), Some(out)) = (result, out_path) {
-        let written = write_result(out, mpc, result).await?;
-        outcome.result_size = Some(rows.len() as u64);
-        outcome.result_file = Some(written);
-        outcome.result_location = spec.output.clone();
+    if let Some(out) = out_path {
+        let written = match (result, &plan) {
+            (Computed::Query(Some(result)), _) => Some(write_result(out, mpc, result).await?),
+            (Computed::Model(model), JobPlan::Train(plan)) => {
+                let (header, rows) = model_table(plan, model.as_ref())?;
+                Some(write_table(out, header, rows).await?)
+            }
+            _ => None,
+        };
+        if let Some(written) = written {
+            outcome.result_size = Some(rows.len() as u64);
+            outcome.result_file = Some(written);
+            outcome.result_location = spec.output.clone();
+        }
     }
     outcome.link = link.stats();
     Ok(outcome)
+}
+
+/// What the computation gave this party.
+enum Computed {
+    /// A query's result (at the buyer; `None` at the provider).
+    Query(Option<QueryResult>),
+    /// A trained model's weights in the original units and its bias (at the buyer; `None`
+    /// at the provider, or when the aligned rows were fewer than `minGroupSize`).
+    Model(Option<(Vec<f64>, f64)>),
+}
+
+/// Trains the plan's model on this party's aligned `table` and opens it to the buyer
+/// (party 1). Each party scales its own features by their declared bounds (so the model
+/// trains on `[−1, 1]`) and the buyer scales the weights back. Nothing is shared when the
+/// aligned rows are fewer than the policy allows (both parties know the count).
+async fn train_model(
+    session: &mut Session<'_, rand_chacha::ChaCha20Rng>,
+    plan: &TrainPlan,
+    me: Side,
+    table: &Table,
+) -> Result<Option<(Vec<f64>, f64)>, TaskError> {
+    if !plan.enough_rows() {
+        return Ok(None);
+    }
+    let own = plan.features_of(me);
+    let mut columns = Vec::with_capacity(own.len());
+    for (name, abs_max) in own {
+        let Some(ColumnData::Numeric(v)) = table.columns.get(name) else {
+            return Err(TaskError::Internal(format!("feature {name} was not read")));
+        };
+        columns.push((v, *abs_max));
+    }
+    let mut features = Vec::with_capacity(plan.rows * own.len());
+    for r in 0..plan.rows {
+        for (v, abs_max) in &columns {
+            features.push(v.get(r).copied().unwrap_or(0.0) / abs_max);
+        }
+    }
+    let labels = if plan.label.0 == me {
+        let Some(ColumnData::Categorical(v)) = table.columns.get(&plan.label.1) else {
+            return Err(TaskError::Internal(format!(
+                "label {} was not read",
+                plan.label.1
+            )));
+        };
+        Some(v.iter().map(|c| f64::from(*c)).collect::<Vec<f64>>())
+    } else {
+        None
+    };
+    let layout = LrLayout {
+        rows: plan.rows,
+        features_p0: plan.provider_features.len(),
+        features_p1: plan.buyer_features.len(),
+        label_owner: match plan.label.0 {
+            Side::Provider => Party::P0,
+            Side::Buyer => Party::P1,
+        },
+    };
+    let own_data = LrOwnData {
+        features: &features,
+        labels: labels.as_deref(),
+    };
+    let model = tessera_mpc::lr::train(
+        session,
+        &layout,
+        &plan.config,
+        ModelOutput::RevealTo(Party::P1),
+        &own_data,
+    )
+    .await
+    .map_err(|e| match e {
+        LrError::Data(_) => TaskError::Input(e.to_string()),
+        LrError::Config(_) => TaskError::Ticket(e.to_string()),
+        LrError::PlanMismatch => TaskError::Peer(e.to_string()),
+        LrError::Mpc(m) => peer_error(&m),
+    })?;
+    match model {
+        Model::Revealed { weights, bias } => {
+            let bounds = plan
+                .provider_features
+                .iter()
+                .chain(&plan.buyer_features)
+                .map(|(_, b)| *b);
+            let weights = weights.iter().zip(bounds).map(|(w, b)| w / b).collect();
+            Ok(Some((weights, bias)))
+        }
+        Model::Withheld | Model::Shared(_) => Ok(None),
+    }
+}
+
+/// The buyer's model file: one row per feature in the statement's order, then the bias:
+/// `term` (`provider.NAME`, `buyer.NAME`, `(bias)`), `reported` (`false` when the aligned rows
+/// were fewer than `minGroupSize`: nothing was trained), `weight` (in the feature's own
+/// units; `P(label = 1) = σ(Σ weight · value + bias)`).
+fn model_table(
+    plan: &TrainPlan,
+    model: Option<&(Vec<f64>, f64)>,
+) -> Result<(Vec<String>, Vec<Vec<String>>), TaskError> {
+    let header = vec!["term".to_string(), "reported".into(), "weight".into()];
+    let mut rows = Vec::with_capacity(plan.training.features.len() + 1);
+    let reported = model.is_some().to_string();
+    for c in &plan.training.features {
+        let weight = match model {
+            Some((w, _)) => {
+                let i = plan
+                    .weight_index(c)
+                    .ok_or_else(|| TaskError::Internal(format!("no weight for {c}")))?;
+                w.get(i)
+                    .ok_or_else(|| TaskError::Internal(format!("no weight for {c}")))?
+                    .to_string()
+            }
+            None => String::new(),
+        };
+        rows.push(vec![c.to_string(), reported.clone(), weight]);
+    }
+    let bias = model.map_or(String::new(), |(_, b)| b.to_string());
+    rows.push(vec!["(bias)".into(), reported, bias]);
+    Ok((header, rows))
 }
 
 /// The columns of `side` the query declares, with their kinds, in declaration order.

@@ -6,7 +6,9 @@
 
 use tessera_core::{MpcColumn, MpcQuery};
 
-use super::{ColumnDef, ColumnKind, OutputPolicy, Plan, QueryError, Schema, Side};
+use super::{
+    ColumnDef, ColumnKind, OutputPolicy, Plan, QueryError, Schema, Side, Statement, TrainPlan,
+};
 use crate::FixedPoint;
 
 /// The most columns a job's query may declare.
@@ -95,17 +97,39 @@ pub fn schema_of(q: &MpcQuery, rows: usize) -> Result<Schema, QueryError> {
     Ok(schema)
 }
 
-/// Parses and checks `q` for `rows` aligned rows under `policy` and the format `fx`.
+/// A job's checked statement.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobPlan {
+    /// A statistics query.
+    Query(Plan),
+    /// A model training.
+    Train(TrainPlan),
+}
+
+impl JobPlan {
+    /// Whether the plan opens row-level values (a query's bare columns); a model is an
+    /// aggregate.
+    pub fn row_level(&self) -> bool {
+        match self {
+            JobPlan::Query(p) => p.row_level,
+            JobPlan::Train(_) => false,
+        }
+    }
+}
+
+/// Parses and checks `q`'s statement (a query or a training) for `rows` aligned rows under
+/// `policy` and the format `fx`.
 ///
 /// # Errors
-/// [`QueryError::Schema`] for the declarations, [`QueryError::Parse`] (with the position) for
-/// the text, and the refusals of [`super::check`].
-pub fn plan_of(
+/// [`QueryError::Schema`] for the declarations or the text's length, [`QueryError::Parse`]
+/// (with the position) for the text, and the refusals of [`super::check`] and
+/// [`super::check_training`].
+pub fn job_plan_of(
     q: &MpcQuery,
     rows: usize,
     policy: &OutputPolicy,
     fx: FixedPoint,
-) -> Result<Plan, QueryError> {
+) -> Result<JobPlan, QueryError> {
     if q.query.len() > QUERY_BYTES_MAX {
         return Err(QueryError::Schema(format!(
             "the query is {} bytes; at most {QUERY_BYTES_MAX}",
@@ -113,6 +137,28 @@ pub fn plan_of(
         )));
     }
     let schema = schema_of(q, rows)?;
-    let query = super::parse(&q.query)?;
-    super::check(&query, &schema, policy, fx)
+    match super::parse_statement(&q.query)? {
+        Statement::Query(query) => super::check(&query, &schema, policy, fx).map(JobPlan::Query),
+        Statement::Train(t) => super::check_training(&t, &schema, policy).map(JobPlan::Train),
+    }
+}
+
+/// Parses and checks `q`'s query for `rows` aligned rows under `policy` and the format `fx`
+/// (where only a query runs: a `TRAIN` statement is refused).
+///
+/// # Errors
+/// As [`job_plan_of`]; [`QueryError::Training`] for a `TRAIN` statement.
+pub fn plan_of(
+    q: &MpcQuery,
+    rows: usize,
+    policy: &OutputPolicy,
+    fx: FixedPoint,
+) -> Result<Plan, QueryError> {
+    match job_plan_of(q, rows, policy, fx)? {
+        JobPlan::Query(p) => Ok(p),
+        JobPlan::Train(_) => Err(QueryError::Training(
+            "a TRAIN statement trains a model in an mpc job; this computes a query (SELECT …)"
+                .into(),
+        )),
+    }
 }

@@ -106,14 +106,16 @@ pub mod eval;
 pub mod job;
 pub mod parse;
 pub mod plan;
+pub mod train;
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 pub use clear::evaluate_clear;
 pub use eval::{Aggregate, GroupResult, QueryResult, evaluate};
-pub use parse::{ParseError, parse};
+pub use parse::{ParseError, parse, parse_statement};
 pub use plan::{Plan, check};
+pub use train::{TrainPlan, check_training};
 
 use crate::MpcError;
 
@@ -333,6 +335,60 @@ impl fmt::Display for Query {
     }
 }
 
+/// A model training (`TRAIN LOGISTIC_REGRESSION(…) LABEL …`, syntax only; checked by
+/// [`check_training`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Training {
+    /// The feature columns, in the order the statement names them.
+    pub features: Vec<ColumnRef>,
+    /// The label column (a category column of two levels, codes 0 and 1).
+    pub label: ColumnRef,
+    /// `EPOCHS n`.
+    pub epochs: Option<u64>,
+    /// `LEARNING_RATE x`.
+    pub learning_rate: Option<f64>,
+    /// `L2 x`.
+    pub l2: Option<f64>,
+    /// `BATCH n` (rows per mini-batch).
+    pub batch_rows: Option<u64>,
+}
+
+impl fmt::Display for Training {
+    /// The canonical text (every option written out when given).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TRAIN LOGISTIC_REGRESSION(")?;
+        for (j, c) in self.features.iter().enumerate() {
+            if j > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{c}")?;
+        }
+        write!(f, ") LABEL {}", self.label)?;
+        if let Some(n) = self.epochs {
+            write!(f, " EPOCHS {n}")?;
+        }
+        if let Some(x) = self.learning_rate {
+            write!(f, " LEARNING_RATE {x}")?;
+        }
+        if let Some(x) = self.l2 {
+            write!(f, " L2 {x}")?;
+        }
+        if let Some(n) = self.batch_rows {
+            write!(f, " BATCH {n}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A statement of the language ([`parse_statement`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Statement {
+    /// `SELECT …`: a statistics query.
+    Query(Query),
+    /// `TRAIN …`: a model training.
+    Train(Training),
+}
+
 /// The kind of a column, part of the public schema.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ColumnKind {
@@ -512,6 +568,10 @@ pub enum QueryError {
     /// The output policy refuses the plan (nothing was sent).
     #[error("refused by the output policy: {0}")]
     PolicyRefused(String),
+    /// A `TRAIN` statement the schema or the bounds refuse: a repeated feature, a label that
+    /// is not a two-level category column, an option out of range.
+    #[error("training: {0}")]
+    Training(String),
     /// A job's column declarations are malformed (see [`job::schema_of`]).
     #[error("column declarations: {0}")]
     Schema(String),

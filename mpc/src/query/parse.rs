@@ -14,6 +14,12 @@
 //! op        := '<' | '<=' | '>' | '>=' | '=' | '!=' | '<>'
 //! column    := (BUYER | PROVIDER) '.' name            -- name: [A-Za-z_][A-Za-z0-9_]*
 //! number    := ['+' | '-'] digits ['.' digits] [('e' | 'E') ['+' | '-'] digits]
+//!
+//! statement := query | train                           -- parse_statement
+//! train     := TRAIN LOGISTIC_REGRESSION '(' column (',' column)* ')' LABEL column
+//!              option* [';'] end
+//! option    := EPOCHS digits | LEARNING_RATE number | L2 number | BATCH digits
+//!                                                      -- each option at most once
 //! ```
 //!
 //! Keywords, function names and party qualifiers are case-insensitive; column names are
@@ -23,10 +29,10 @@ use winnow::ascii::{Caseless, digit0, digit1, multispace0};
 use winnow::combinator::{alt, cut_err, eof, not, opt, peek};
 use winnow::error::{ContextError, ErrMode, StrContext, StrContextValue};
 use winnow::prelude::*;
-use winnow::stream::{LocatingSlice, Location};
+use winnow::stream::{LocatingSlice, Location, Stream};
 use winnow::token::{one_of, take_while};
 
-use super::{AggFunc, CmpOp, ColumnRef, Cond, Query, SelectItem, Side};
+use super::{AggFunc, CmpOp, ColumnRef, Cond, Query, SelectItem, Side, Statement, Training};
 
 /// Why a query text does not parse: where (byte offset, 1-based line and column) and what
 /// was expected there.
@@ -58,6 +64,92 @@ pub fn parse(text: &str) -> Result<Query, ParseError> {
     query
         .parse(LocatingSlice::new(text))
         .map_err(|e| to_error(text, e.offset(), e.inner()))
+}
+
+/// Parses a statement: a query (`SELECT …`, as [`parse`]) or a model training (`TRAIN …`,
+/// see the grammar above).
+///
+/// # Errors
+/// [`ParseError`] at the first position the grammar cannot continue from.
+pub fn parse_statement(text: &str) -> Result<Statement, ParseError> {
+    statement
+        .parse(LocatingSlice::new(text))
+        .map_err(|e| to_error(text, e.offset(), e.inner()))
+}
+
+fn statement(i: &mut In<'_>) -> PResult<Statement> {
+    ws.parse_next(i)?;
+    if opt(kw("TRAIN")).parse_next(i)?.is_some() {
+        return cut_err(train).map(Statement::Train).parse_next(i);
+    }
+    query
+        .context(lit("TRAIN"))
+        .map(Statement::Query)
+        .parse_next(i)
+}
+
+/// The rest of a `TRAIN` statement, after its keyword.
+fn train(i: &mut In<'_>) -> PResult<Training> {
+    kw("LOGISTIC_REGRESSION").parse_next(i)?;
+    sym("(").parse_next(i)?;
+    let features = list(column).parse_next(i)?;
+    sym(")").parse_next(i)?;
+    kw("LABEL").parse_next(i)?;
+    let label = column.parse_next(i)?;
+    let mut t = Training {
+        features,
+        label,
+        epochs: None,
+        learning_rate: None,
+        l2: None,
+        batch_rows: None,
+    };
+    loop {
+        let before = i.checkpoint();
+        let option = opt(alt((
+            word("EPOCHS").value(0u8),
+            word("LEARNING_RATE").value(1u8),
+            word("L2").value(2u8),
+            word("BATCH").value(3u8),
+        )))
+        .parse_next(i)?;
+        let Some(option) = option else { break };
+        let repeated = match option {
+            0 => t.epochs.replace(cut_err(integer).parse_next(i)?).is_some(),
+            1 => t
+                .learning_rate
+                .replace(cut_err(number).parse_next(i)?)
+                .is_some(),
+            2 => t.l2.replace(cut_err(number).parse_next(i)?).is_some(),
+            _ => t
+                .batch_rows
+                .replace(cut_err(integer).parse_next(i)?)
+                .is_some(),
+        };
+        if repeated {
+            // The error points at the repeated option.
+            i.reset(&before);
+            return cut_err(winnow::combinator::fail.context(desc(
+                "each option (EPOCHS, LEARNING_RATE, L2, BATCH) at most once",
+            )))
+            .parse_next(i);
+        }
+    }
+    opt(sym(";")).parse_next(i)?;
+    cut_err(eof.context(desc(
+        "EPOCHS, LEARNING_RATE, L2, BATCH or the end of the statement",
+    )))
+    .parse_next(i)?;
+    Ok(t)
+}
+
+fn integer(i: &mut In<'_>) -> PResult<u64> {
+    let v = digit1
+        .verify_map(|s: &str| s.parse::<u64>().ok())
+        .context(desc("a whole number"))
+        .parse_next(i)?;
+    ws.parse_next(i)?;
+    Ok(v)
 }
 
 fn to_error(text: &str, offset: usize, inner: &ContextError) -> ParseError {

@@ -79,7 +79,7 @@ fn name(c: &ColumnRef) -> String {
     c.to_string()
 }
 
-fn unknown(c: &ColumnRef) -> QueryError {
+pub(super) fn unknown(c: &ColumnRef) -> QueryError {
     QueryError::UnknownColumn {
         column: name(c),
         offset: c.offset,
@@ -87,7 +87,7 @@ fn unknown(c: &ColumnRef) -> QueryError {
 }
 
 /// The declared bound of a numeric column, or the refusal.
-fn numeric(schema: &Schema, c: &ColumnRef) -> Result<f64, QueryError> {
+pub(super) fn numeric(schema: &Schema, c: &ColumnRef) -> Result<f64, QueryError> {
     match schema.column(c.side, &c.name).map(|d| d.kind) {
         None => Err(unknown(c)),
         Some(ColumnKind::Categorical { .. }) => Err(QueryError::NotNumeric {
