@@ -48,7 +48,7 @@ pub struct MpcArgs {
     /// Data seed.
     #[arg(long, default_value_t = 7)]
     seed: u64,
-    /// Rows of the logistic-regression benchmark (20 features; 0 skips it; dealer only).
+    /// Rows of the logistic-regression benchmark (20 features; 0 skips it).
     #[arg(long, default_value_t = 100_000,
           value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u64).range(0..=500_000), |v| v as usize))]
     lr_rows: usize,
@@ -56,6 +56,10 @@ pub struct MpcArgs {
     #[arg(long, default_value_t = 1,
           value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u64).range(1..=100), |v| v as usize))]
     lr_epochs: usize,
+    /// Triple sources of the logistic-regression benchmark: dealer, ot (as `mpc` jobs
+    /// train; slow: try --lr-rows 10000) or both.
+    #[arg(long, default_value = "dealer", value_parser = ["both", "dealer", "ot"])]
+    lr_source: String,
 }
 
 /// What one party measured.
@@ -220,14 +224,20 @@ pub async fn run(a: MpcArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let lr = if a.source != "ot" && a.lr_rows > 0 {
-        Some(lr_bench::run(fx, a.lr_rows, a.lr_epochs, a.seed).await?)
+    let lr = if a.lr_source != "ot" && a.lr_rows > 0 {
+        Some(lr_bench::run(fx, a.lr_rows, a.lr_epochs, a.seed, true).await?)
+    } else {
+        None
+    };
+    let lr_ot = if a.lr_source != "dealer" && a.lr_rows > 0 {
+        Some(lr_bench::run(fx, a.lr_rows, a.lr_epochs, a.seed, false).await?)
     } else {
         None
     };
     let ok = dealer.as_ref().is_none_or(|d| d.ok)
         && ot.as_ref().is_none_or(|d| d.ok)
-        && lr.as_ref().is_none_or(|l| l.ok);
+        && lr.as_ref().is_none_or(|l| l.ok)
+        && lr_ot.as_ref().is_none_or(|l| l.ok);
     let mut out = serde_json::json!({
         "engine": "tessera-mpc additive sharing over Z_2^64",
         "transport": "grpc-loopback",
@@ -254,16 +264,19 @@ pub async fn run(a: MpcArgs) -> anyhow::Result<()> {
             }
         }
     }
-    if let (Some(l), Some(o)) = (&lr, out.as_object_mut()) {
+    for (prefix, l) in [("lr", &lr), ("lr_ot", &lr_ot)] {
+        let (Some(l), Some(o)) = (l, out.as_object_mut()) else {
+            continue;
+        };
         o.extend([
             ("lr_rows".to_string(), a.lr_rows.into()),
             ("lr_features".to_string(), lr_bench::FEATURES.into()),
             ("lr_epochs".to_string(), a.lr_epochs.into()),
             ("lr_batch_rows".to_string(), lr_bench::BATCH_ROWS.into()),
-            ("lr_s".to_string(), l.train_s.into()),
-            ("lr_bytes".to_string(), l.bytes.into()),
-            ("lr_auc".to_string(), l.auc.into()),
-            ("lr_auc_clear".to_string(), l.auc_clear.into()),
+            (format!("{prefix}_s"), l.train_s.into()),
+            (format!("{prefix}_bytes"), l.bytes.into()),
+            (format!("{prefix}_auc"), l.auc.into()),
+            (format!("{prefix}_auc_clear"), l.auc_clear.into()),
         ]);
     }
     if a.json {
@@ -287,9 +300,12 @@ pub async fn run(a: MpcArgs) -> anyhow::Result<()> {
             );
         }
     }
-    if let (Some(l), false) = (&lr, a.json) {
+    for (name, l) in [("dealer", &lr), ("ot", &lr_ot)] {
+        let (Some(l), false) = (l, a.json) else {
+            continue;
+        };
         println!(
-            "mpc lr dealer rows={} features={} epochs={} batch={} f={} train={:.3}s \
+            "mpc lr {name} rows={} features={} epochs={} batch={} f={} train={:.3}s \
              sent={:.1}MiB auc={:.4} auc_clear={:.4} ok={}",
             a.lr_rows,
             lr_bench::FEATURES,

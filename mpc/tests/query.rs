@@ -11,7 +11,7 @@ use rand_chacha::ChaCha20Rng;
 use tessera_core::{Link, MemLink};
 use tessera_mpc::query::{
     Aggregate, ColumnData, ColumnDef, Cond, OutputPolicy, Plan, QueryError, QueryResult, Schema,
-    SelectItem, Side, Table, check, evaluate, parse,
+    SelectItem, Side, Statement, Table, check, check_training, evaluate, parse, parse_statement,
 };
 use tessera_mpc::{DealerClient, FixedPoint, MpcError, Party, Session, TripleSource};
 
@@ -116,6 +116,200 @@ fn parse_errors_name_the_position_and_what_was_expected() {
     );
     let e = parse("SELECT\n\n  sum(provider.").expect_err("an error");
     assert_eq!((e.offset, e.line, e.column), (23, 3, 16));
+}
+
+/// Parses a statement and compares its canonical form, or the error as [`check_parse`] does.
+fn check_statement(text: &str, want: &str) {
+    let got = match parse_statement(text) {
+        Ok(Statement::Query(q)) => q.to_string(),
+        Ok(Statement::Train(t)) => t.to_string(),
+        Err(e) => format!(
+            "{}:{}: expected {}, found {}",
+            e.line, e.column, e.expected, e.found
+        ),
+    };
+    assert_eq!(got, want, "{text}");
+}
+
+#[test]
+fn training_statements_parse_with_positions_in_their_errors() {
+    check_statement(
+        "train logistic_regression( provider.income,buyer.age ) label buyer.y epochs 3 l2 0.5;",
+        "TRAIN LOGISTIC_REGRESSION(provider.income, buyer.age) LABEL buyer.y EPOCHS 3 L2 0.5",
+    );
+    check_statement(
+        "TRAIN LOGISTIC_REGRESSION(buyer.a) LABEL provider.y BATCH 10 LEARNING_RATE 2e-1 EPOCHS 1",
+        "TRAIN LOGISTIC_REGRESSION(buyer.a) LABEL provider.y EPOCHS 1 LEARNING_RATE 0.2 BATCH 10",
+    );
+    // A query still parses as one.
+    check_statement("SELECT count(*)", "SELECT count(*)");
+    check_statement("", "1:1: expected `SELECT` or `TRAIN`, found end of input");
+    check_statement(
+        "TRAIN LINEAR(buyer.a) LABEL buyer.y",
+        "1:7: expected `LOGISTIC_REGRESSION`, found `LINEAR(buyer.a)`",
+    );
+    check_statement(
+        "TRAIN LOGISTIC_REGRESSION(buyer.a)",
+        "1:35: expected `LABEL`, found end of input",
+    );
+    check_statement(
+        "TRAIN LOGISTIC_REGRESSION() LABEL buyer.y",
+        "1:27: expected a column (buyer.NAME or provider.NAME), found `)`",
+    );
+    check_statement(
+        "TRAIN LOGISTIC_REGRESSION(buyer.a) LABEL buyer.y EPOCHS -1",
+        "1:57: expected a whole number, found `-1`",
+    );
+    check_statement(
+        "TRAIN LOGISTIC_REGRESSION(buyer.a) LABEL buyer.y EPOCHS 99999999999999999999999",
+        "1:57: expected a whole number, found `9999999999999999`",
+    );
+    check_statement(
+        "TRAIN LOGISTIC_REGRESSION(buyer.a) LABEL buyer.y\n L2 1 L2 2",
+        "2:7: expected each option (EPOCHS, LEARNING_RATE, L2, BATCH) at most once, found `L2`",
+    );
+    check_statement(
+        "TRAIN LOGISTIC_REGRESSION(buyer.a) LABEL buyer.y GROUP BY buyer.s",
+        "1:50: expected EPOCHS, LEARNING_RATE, L2, BATCH or the end of the statement, found \
+         `GROUP`",
+    );
+    // `parse` takes queries only.
+    assert!(parse("TRAIN LOGISTIC_REGRESSION(buyer.a) LABEL buyer.y").is_err());
+}
+
+#[test]
+fn the_training_check_refuses_with_typed_errors_and_plans_the_rest() {
+    let train = |text: &str, rows: usize, policy: OutputPolicy| {
+        let Statement::Train(t) = parse_statement(text).expect("parses") else {
+            panic!("not a training: {text}")
+        };
+        check_training(&t, &schema(rows), &policy)
+    };
+    let none = OutputPolicy::default();
+    let p = train(
+        "TRAIN LOGISTIC_REGRESSION(buyer.score, provider.income, buyer.age) LABEL provider.tier",
+        100,
+        none,
+    );
+    // Three levels: not a label.
+    assert!(
+        matches!(&p, Err(QueryError::Training(m)) if m.contains("provider.tier") && m.contains("two levels")),
+        "{p:?}"
+    );
+    let mut s = schema(100);
+    s.provider.push(ColumnDef::categorical("churn", 2));
+    let Statement::Train(t) = parse_statement(
+        "TRAIN LOGISTIC_REGRESSION(buyer.score, provider.income, buyer.age) LABEL provider.churn \
+         BATCH 5000",
+    )
+    .expect("parses") else {
+        panic!("a training")
+    };
+    let plan = check_training(&t, &s, &none).expect("plans");
+    assert_eq!(plan.provider_features, [("income".to_string(), 1000.0)]);
+    assert_eq!(
+        plan.buyer_features,
+        [("score".to_string(), 10.0), ("age".to_string(), 100.0)]
+    );
+    assert_eq!(plan.label, (Side::Provider, "churn".to_string()));
+    // Defaults, and the batch at most the rows.
+    assert_eq!(
+        (
+            plan.config.epochs,
+            plan.config.learning_rate,
+            plan.config.l2
+        ),
+        (5, 1.0, 0.0)
+    );
+    assert_eq!(plan.config.batch_rows, 100);
+    // Provider features weigh first.
+    assert_eq!(plan.weight_index(&t.features[0]), Some(1));
+    assert_eq!(plan.weight_index(&t.features[1]), Some(0));
+    assert_eq!(plan.weight_index(&t.features[2]), Some(2));
+    assert!(plan.enough_rows());
+    let small = check_training(
+        &t,
+        &Schema {
+            rows: 4,
+            ..s.clone()
+        },
+        &OutputPolicy {
+            min_group_size: Some(5),
+            aggregates_only: true,
+        },
+    )
+    .expect("plans");
+    assert!(!small.enough_rows(), "4 rows under a minimum of 5");
+    assert!(
+        !check_training(
+            &t,
+            &Schema {
+                rows: 0,
+                ..s.clone()
+            },
+            &none
+        )
+        .expect("plans")
+        .enough_rows()
+    );
+
+    type Case = (&'static str, fn(&QueryError) -> bool);
+    let cases: Vec<Case> = vec![
+        (
+            "TRAIN LOGISTIC_REGRESSION(provider.nope) LABEL buyer.segment",
+            |e| matches!(e, QueryError::UnknownColumn { column, offset: 26 } if column == "provider.nope"),
+        ),
+        (
+            "TRAIN LOGISTIC_REGRESSION(provider.tier) LABEL buyer.segment",
+            |e| matches!(e, QueryError::NotNumeric { offset: 26, .. }),
+        ),
+        (
+            "TRAIN LOGISTIC_REGRESSION(buyer.age) LABEL buyer.nope",
+            |e| matches!(e, QueryError::UnknownColumn { column, .. } if column == "buyer.nope"),
+        ),
+        (
+            "TRAIN LOGISTIC_REGRESSION(buyer.age) LABEL buyer.score",
+            |e| matches!(e, QueryError::Training(m) if m.contains("two levels")),
+        ),
+        (
+            "TRAIN LOGISTIC_REGRESSION(buyer.age, buyer.age) LABEL provider.churn",
+            |e| matches!(e, QueryError::Training(m) if m.contains("twice")),
+        ),
+        (
+            "TRAIN LOGISTIC_REGRESSION(buyer.age) LABEL provider.churn EPOCHS 101",
+            |e| matches!(e, QueryError::Training(m) if m.contains("EPOCHS")),
+        ),
+        (
+            "TRAIN LOGISTIC_REGRESSION(buyer.age) LABEL provider.churn LEARNING_RATE 0",
+            |e| matches!(e, QueryError::Training(m) if m.contains("LEARNING_RATE")),
+        ),
+        (
+            "TRAIN LOGISTIC_REGRESSION(buyer.age) LABEL provider.churn L2 1001",
+            |e| matches!(e, QueryError::Training(m) if m.contains("L2")),
+        ),
+        (
+            "TRAIN LOGISTIC_REGRESSION(buyer.age) LABEL provider.churn BATCH 0",
+            |e| matches!(e, QueryError::Training(m) if m.contains("BATCH")),
+        ),
+    ];
+    for (text, ok) in cases {
+        let Statement::Train(t) = parse_statement(text).expect("parses") else {
+            panic!("a training: {text}")
+        };
+        let e = check_training(&t, &s, &none).expect_err(text);
+        assert!(ok(&e), "{text}: {e:?}");
+    }
+    // Past the element bounds: a typed range error, nothing planned.
+    let e = check_training(
+        &t,
+        &Schema {
+            rows: usize::MAX / 2,
+            ..s
+        },
+        &none,
+    )
+    .expect_err("huge");
+    assert!(matches!(e, QueryError::Range(_)), "{e:?}");
 }
 
 // ------------------------------------------------------------------------- semantic check

@@ -1,6 +1,7 @@
 //! The logistic-regression part of `tessera bench mpc`: `tessera_mpc::lr::train` on
-//! synthetic vertically partitioned data over gRPC links on loopback, with dealer triples,
-//! timed, and the model's held-out AUC against the clear model trained identically.
+//! synthetic vertically partitioned data over gRPC links on loopback, with dealer triples or
+//! dealer-free ones (OT extension between the two parties, as `mpc` jobs run), timed, and the
+//! model's held-out AUC against the clear model trained identically.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,7 +12,7 @@ use rand_chacha::ChaCha20Rng;
 use tessera_core::Link;
 use tessera_mpc::lr::{LrConfig, LrLayout, LrOwnData, Model, ModelOutput, train};
 use tessera_mpc::triples::run_dealer;
-use tessera_mpc::{DealerClient, FixedPoint, Party, Session, TripleSource};
+use tessera_mpc::{DealerClient, FixedPoint, OtTriples, Party, Session, TripleSource};
 use tessera_worker::link::GrpcLink;
 
 /// Features (half at each party).
@@ -26,9 +27,9 @@ const L2: f64 = 0.001;
 /// What the LR benchmark measured.
 #[derive(Debug)]
 pub struct LrFigures {
-    /// The slower party's wall time of `train`.
+    /// The slower party's wall time of the OT setup, if any, and `train`.
     pub train_s: f64,
-    /// Bytes both parties sent to each other during `train` (not the dealer's).
+    /// Bytes both parties sent to each other (OT setup and `train`; not the dealer's).
     pub bytes: u64,
     /// Held-out AUC of the MPC model.
     pub auc: f64,
@@ -144,7 +145,7 @@ fn auc(d: &Data, from: usize, w: &[f64]) -> f64 {
 async fn party(
     p: Party,
     link: GrpcLink,
-    dealer: GrpcLink,
+    dealer: Option<GrpcLink>,
     fx: FixedPoint,
     data: Arc<Data>,
     (layout, cfg): (LrLayout, LrConfig),
@@ -152,14 +153,17 @@ async fn party(
 ) -> anyhow::Result<(f64, u64, Model, GrpcLink)> {
     let features = own(&data, p, layout.rows);
     let labels = (p == Party::P1).then(|| &data.y[..layout.rows]);
-    let source = TripleSource::Dealer(DealerClient::new(p, Box::new(dealer)));
-    let mut s = Session::new(p, &link, fx, source, ChaCha20Rng::seed_from_u64(seed));
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let t0 = Instant::now();
+    let source = match dealer {
+        Some(dealer) => TripleSource::Dealer(DealerClient::new(p, Box::new(dealer))),
+        None => TripleSource::Ot(Box::new(OtTriples::setup(p, &link, &mut rng).await?)),
+    };
+    let mut s = Session::new(p, &link, fx, source, rng);
     let own = LrOwnData {
         features: &features,
         labels,
     };
-    let b0 = link.stats().bytes_sent;
-    let t0 = Instant::now();
     let model = train(
         &mut s,
         &layout,
@@ -169,17 +173,19 @@ async fn party(
     )
     .await?;
     let secs = t0.elapsed().as_secs_f64();
-    let bytes = link.stats().bytes_sent - b0;
+    let bytes = link.stats().bytes_sent;
     drop(s);
     Ok((secs, bytes, model, link))
 }
 
-/// Trains on `rows` rows for `epochs` epochs and checks the held-out AUC.
+/// Trains on `rows` rows for `epochs` epochs with dealer triples (`dealer`) or OT triples
+/// (their setup counted in the time and bytes) and checks the held-out AUC.
 pub async fn run(
     fx: FixedPoint,
     rows: usize,
     epochs: usize,
     seed: u64,
+    dealer: bool,
 ) -> anyhow::Result<LrFigures> {
     let data = Arc::new(synthetic(seed ^ 0x1f, rows + TEST_ROWS));
     let layout = LrLayout {
@@ -195,16 +201,22 @@ pub async fn run(
         l2: L2,
     };
     let (l0, l1, s) = super::pair().await?;
-    let (p0, d0, s0) = super::pair().await?;
-    let (p1, d1, s1) = super::pair().await?;
-    let dealer = tokio::spawn(async move {
-        let mut rng = ChaCha20Rng::from_entropy();
-        run_dealer(&d0, &d1, &mut rng).await
-    });
+    let mut servers = vec![s];
+    let (mut d0, mut d1, mut dealer_task) = (None, None, None);
+    if dealer {
+        let (p0, e0, s0) = super::pair().await?;
+        let (p1, e1, s1) = super::pair().await?;
+        servers.extend([s0, s1]);
+        dealer_task = Some(tokio::spawn(async move {
+            let mut rng = ChaCha20Rng::from_entropy();
+            run_dealer(&e0, &e1, &mut rng).await
+        }));
+        (d0, d1) = (Some(p0), Some(p1));
+    }
     let a = tokio::spawn(party(
         Party::P0,
         l0,
-        p0,
+        d0,
         fx,
         data.clone(),
         (layout, cfg),
@@ -213,7 +225,7 @@ pub async fn run(
     let b = tokio::spawn(party(
         Party::P1,
         l1,
-        p1,
+        d1,
         fx,
         data.clone(),
         (layout, cfg),
@@ -221,9 +233,11 @@ pub async fn run(
     ));
     let (ra, rb) = (a.await?, b.await?);
     let (ra, rb) = (ra.context("LR party 0")?, rb.context("LR party 1")?);
-    dealer.await?.context("LR dealer")?;
+    if let Some(d) = dealer_task {
+        d.await?.context("LR dealer")?;
+    }
     drop((ra.3, rb.3));
-    for srv in [s, s0, s1] {
+    for srv in servers {
         srv.abort();
     }
     let Model::Revealed { mut weights, bias } = ra.2 else {
