@@ -22,6 +22,6 @@ pub use job::{
 };
 pub use table::{EmptyKeys, KeyCase, UnicodeForm};
 pub use task::{
-    JOIN_MATCHED_COLUMN, JoinSpec, LicenceGrant, MpcColumn, MpcQuery, MpcSpec, PreviewSpec,
-    TaskSpec, TeeSpec, WorkerAttributes,
+    JOIN_MATCHED_COLUMN, JoinSpec, LicenceGrant, ModelRecipient, MpcColumn, MpcQuery, MpcSpec,
+    PreviewSpec, TaskSpec, TeeSpec, WorkerAttributes,
 };

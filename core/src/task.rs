@@ -173,6 +173,22 @@ pub struct MpcSpec {
     pub aggregates_only: bool,
     /// Fractional bits of the fixed-point encoding.
     pub fraction_bits: u32,
+    /// Who receives a trained model (`modelTo` of the scene; a query's outputs always go to
+    /// the buyer).
+    #[serde(default)]
+    pub model_to: ModelRecipient,
+}
+
+/// The party a trained model is opened to (`modelTo` of a licence's `mpc` scene): the buyer
+/// (default) or the data provider. The other party learns nothing of it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelRecipient {
+    /// The buyer (the job's submitter).
+    #[default]
+    Buyer,
+    /// The provider of the licensed dataset.
+    Provider,
 }
 
 /// What a task's licence allows, signed with the task: the licence and dataset, the

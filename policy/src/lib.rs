@@ -144,6 +144,10 @@ pub struct UseScene {
     /// row-level query is refused at admission and by both workers.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub aggregates_only: bool,
+    /// The `mpc` scene (Tessera's extension): who receives a model a job trains, `"buyer"`
+    /// (absent: the buyer) or `"provider"`; the other party learns nothing of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_to: Option<tessera_core::ModelRecipient>,
     /// The `psi_payload` and `tee` scenes (Tessera's extension): the provider's columns a
     /// join may deliver to the buyer for its matched rows (a PSI with payload). Empty or
     /// absent: none — a join then tells the buyer only which of its keys are common. At most
@@ -560,6 +564,13 @@ impl UsagePolicy {
                 return Err(PolicyError::Invalid(format!(
                     "scene {}: minGroupSize and aggregatesOnly control the outputs of the mpc \
                      and tee scenes only; move them to one of those",
+                    s.use_sence
+                )));
+            }
+            if s.use_sence != "mpc" && s.model_to.is_some() {
+                return Err(PolicyError::Invalid(format!(
+                    "scene {}: modelTo names who receives a model the mpc scene trains; move \
+                     it there",
                     s.use_sence
                 )));
             }

@@ -450,7 +450,16 @@ fn mpc_output_controls_belong_to_the_mpc_scene_and_aggregates_only_refuses_row_l
     )
     .expect("policy");
     assert_eq!(p.use_scenes[0].min_group_size, Some(5));
+    assert_eq!(p.use_scenes[0].model_to, None);
+    let to = preview_policy(r#"{"useSence":"mpc","modelTo":"provider"}"#).expect("modelTo");
+    assert_eq!(
+        to.use_scenes[0].model_to,
+        Some(tessera_core::ModelRecipient::Provider)
+    );
     for bad in [
+        r#"{"useSence":"psi","modelTo":"buyer"}"#,
+        r#"{"useSence":"mpc","modelTo":"operator"}"#,
+        r#"{"useSence":"mpc","modelTo":"Provider"}"#,
         r#"{"useSence":"psi","minGroupSize":5}"#,
         r#"{"useSence":"psi","aggregatesOnly":true}"#,
         r#"{"useSence":"mpc","minGroupSize":0}"#,

@@ -499,6 +499,26 @@ pub fn provider_output_name(job_id: &str) -> String {
     format!("psi-{job_id}.csv")
 }
 
+/// The file the provider's worker writes an `mpc` job's model to when the licence's scene
+/// gives the model to the provider (`modelTo: "provider"`).
+pub fn provider_model_name(job_id: &str) -> String {
+    format!("model-{job_id}.csv")
+}
+
+/// Whether the job is an `mpc` job that trains a model (a `TRAIN` statement).
+fn trains_model(req: &JobRequest) -> bool {
+    let (Some(q), Ok(fx)) = (
+        req.mpc.as_ref(),
+        tessera_mpc::FixedPoint::new(MPC_FRACTION_BITS),
+    ) else {
+        return false;
+    };
+    matches!(
+        plan_for(req, q, &Default::default(), fx),
+        Ok(tessera_mpc::query::job::JobPlan::Train(_))
+    )
+}
+
 /// The least busy live worker of `party` that fits the scene's environment lists, from a
 /// snapshot of the workers ([`Scheduler::workers`]); else the refusal and, for the audit
 /// entry, which workers did not fit and why.
@@ -893,6 +913,11 @@ impl Admission {
                         // by the job (its output directory is its own).
                         output: if req.mode == PsiMode::Both {
                             provider_output_name(job_id)
+                        } else if trains_model(req)
+                            && scene.model_to == Some(tessera_core::ModelRecipient::Provider)
+                        {
+                            // A model the policy gives the provider: its worker writes it.
+                            provider_model_name(job_id)
                         } else {
                             String::new()
                         },
@@ -903,6 +928,7 @@ impl Admission {
                             min_group_size: scene.min_group_size,
                             aggregates_only: scene.aggregates_only,
                             fraction_bits: MPC_FRACTION_BITS,
+                            model_to: scene.model_to.unwrap_or_default(),
                         }),
                         tee,
                         join: req.join.map(|kind| tessera_core::JoinSpec {

@@ -228,7 +228,8 @@ fn auc(scores: &[f64], labels: &[f64]) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_model_trained_on_aligned_rows_matches_the_clear_training_and_only_the_buyer_gets_it() {
+async fn a_model_trained_on_aligned_rows_matches_the_clear_training_and_only_its_recipient_gets_it()
+{
     let c = Cluster::start(10_000);
     c.fund(100_000_000, "fund").await;
     // A pseudo-random but fixed sample: the provider holds ids 1..=400 with an income and a
@@ -341,10 +342,47 @@ async fn a_model_trained_on_aligned_rows_matches_the_clear_training_and_only_the
         "{:?}",
         crate::harness::walk_files(&c.provider.outputs)
     );
+    assert_eq!(done.provider_result_file, None);
     assert_eq!(c.remaining(&lic).await, Some(2));
     assert!(done.charge_micros > 0, "{done:?}");
     assert_eq!(cash(&c).await, before - done.charge_micros);
 
+    // A licence whose scene gives the model to the provider: the provider's worker writes
+    // it (`model-<job id>.csv`, shown to the provider only), the buyer receives nothing.
+    let policy = format!(
+        r#"{{"policyName":"m2","relUsers":[{{"userId":"{USER}","userName":"U","isGroup":0}}],
+            "useScenes":[{{"useSence":"mpc","counts":1,"modelTo":"provider",
+                "visitArea":["r1"],"cpCenter":["c1"]}}]}}"#
+    );
+    let lic2 = c.licence_with_policy("pm", policy).await;
+    let to_provider = client
+        .submit_job(pb::SubmitJobRequest {
+            licence_id: lic2.clone(),
+            ..train_job("bm", &query, "model2.csv")
+        })
+        .await
+        .expect("submit")
+        .into_inner();
+    let seen_by_buyer = c.wait(&to_provider.job_id).await;
+    assert_eq!(seen_by_buyer.state_text(), "succeeded", "{seen_by_buyer:?}");
+    assert_eq!(seen_by_buyer.provider_result_file, None);
+    assert_eq!(seen_by_buyer.result_file, None, "{seen_by_buyer:?}");
+    assert!(!c.buyer.outputs.join("model2.csv").exists());
+    let seen_by_provider = c.wait_as(&to_provider.job_id, Some(PROVIDER)).await;
+    let file = seen_by_provider
+        .provider_result_file
+        .expect("the provider sees its model file");
+    let name = format!("model-{}.csv", to_provider.job_id);
+    assert_eq!(file.name, name);
+    let (header, provider_rows) = crate::harness::read_csv(&c.provider.outputs.join(&name));
+    assert_eq!(header, ["term", "reported", "weight"]);
+    assert_eq!(provider_rows.len(), 4);
+    for ((row, bound), want) in provider_rows.iter().zip(bounds).zip(&clear) {
+        assert_eq!(row[1], "true", "{row:?}");
+        let got = row[2].parse::<f64>().expect("weight") * bound;
+        assert!((got - want).abs() <= 0.05, "{}: {got} vs {want}", row[0]);
+    }
+    assert_eq!(c.remaining(&lic2).await, Some(0));
     // Fewer aligned rows than minGroupSize: no model is trained (nothing shared); the buyer's
     // file says so; the run is counted as any run.
     let tiny = client

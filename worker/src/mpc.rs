@@ -1,6 +1,7 @@
 //! An `mpc` task (issue "Secret-sharing MPC"): the buyer's statistics query over both
 //! parties' columns of the rows they have in common, computed by `tessera-mpc` and opened to
-//! the buyer only.
+//! the buyer only — or a logistic-regression model trained on them (a `TRAIN` statement,
+//! `tessera_mpc::query::train`), opened to the party the licence's `modelTo` names.
 //!
 //! 1. **Read**: each worker reads its key columns and the columns of its own that the query
 //!    declares (`buyer.NAME` on the buyer's worker, `provider.NAME` on the provider's).
@@ -10,7 +11,10 @@
 //!    side). The provider refuses a tag it does not hold or a repeated one.
 //! 3. **Compute**: dealer-free triples (OT extension between the two workers), the plan
 //!    checked on both sides against the signed query, its declared columns and the licence's
-//!    output controls (`minGroupSize`, `aggregatesOnly`), then `tessera_mpc::query::evaluate`.
+//!    output controls (`minGroupSize`, `aggregatesOnly`), then `tessera_mpc::query::evaluate`;
+//!    for a training, each party scales its own features by their declared bounds and
+//!    `tessera_mpc::lr::train` runs on the aligned rows (none when they are fewer than
+//!    `minGroupSize`: both parties know the count, nothing is shared).
 //!    Numeric values past their declared bound are clipped to it by their owner; a value that
 //!    is not a number, or a category code outside `0 .. levels`, is the owner's input error.
 //! 4. **Deliver**: the provider records the delivery before its shares of the result leave
@@ -27,13 +31,21 @@
 //! * The **provider** learns which of its keys the buyer holds (the tags of the intersection,
 //!   as the PSI's output is shared for the alignment), the public query and schema, and
 //!   nothing of the buyer's values, selection or groups.
+//! * For a training, the model's **recipient** (the buyer, or the provider under `modelTo:
+//!   "provider"`) learns the weights and the bias (a function of every aligned row of both
+//!   parties: what a model reveals, membership and attribute inference included, is outside
+//!   this threat model); the other party learns nothing of them. The provider's model file is
+//!   `model-<job id>.csv` in its output directory, and the buyer then writes no file.
 //! * Neither can deviate undetected in the MPC itself: the model is semi-honest; a malicious
 //!   party could bias the result (no MACs on shares).
 //!
 //! The result file (buyer): one row per group, `group` (the category code; `0` without `GROUP
 //! BY`), `reported` (`true` or `false`: suppressed or empty), then one column per select item
 //! (its text; a histogram's counts joined by `;`). A row-level query writes one row per selected
-//! aligned row: `row` (its position in the alignment) and the values.
+//! aligned row: `row` (its position in the alignment) and the values. A model file has one
+//! row per feature in the statement's order and one for the bias: `term` (`provider.NAME`,
+//! `buyer.NAME`, `(bias)`), `reported` (`false`: too few aligned rows, no weights), `weight`
+//! (in the feature's own units: `P(label = 1) = σ(Σ weight · value + bias)`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -44,7 +56,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use rand::SeedableRng;
 use sha2::{Digest, Sha256};
 use tessera_core::table::{KeySpec, TableError, read_keys_keeping, write_result_csv};
-use tessera_core::{Link, MpcSpec, TaskRole, TaskSpec};
+use tessera_core::{Link, ModelRecipient, MpcSpec, TaskRole, TaskSpec};
 use tessera_mpc::lr::{LrError, LrLayout, LrOwnData, Model, ModelOutput};
 use tessera_mpc::query::job::{JobPlan, job_plan_of, schema_of, side_and_name};
 use tessera_mpc::query::{
@@ -90,16 +102,26 @@ pub(crate) async fn run(
         aggregates_only: mpc.aggregates_only,
     };
     // The signed statement must plan before anything is read or sent.
-    job_plan_of(&mpc.query, 1, &policy, fx)
-        .map_err(|e| TaskError::Ticket(format!("the task's query: {e}")))?;
+    let trains = matches!(
+        job_plan_of(&mpc.query, 1, &policy, fx)
+            .map_err(|e| TaskError::Ticket(format!("the task's query: {e}")))?,
+        JobPlan::Train(_)
+    );
+    // Who writes the result: the buyer, or the provider for a model the policy gives it.
+    let model_to_provider = trains && mpc.model_to == ModelRecipient::Provider;
     let me = match spec.role {
         TaskRole::Sender => Side::Provider,
         TaskRole::Receiver => Side::Buyer,
     };
     let own = declared_columns(mpc, me)?;
-    let out_path = match spec.role {
-        TaskRole::Receiver => Some(fresh_result_path(&env.output_dir, &spec.output)?),
-        TaskRole::Sender => None,
+    let writes = match spec.role {
+        TaskRole::Receiver => !model_to_provider,
+        TaskRole::Sender => model_to_provider,
+    };
+    let out_path = if writes {
+        Some(fresh_result_path(&env.output_dir, &spec.output)?)
+    } else {
+        None
     };
     let path = dataset_path(&env.dataset_dir, &spec.dataset_location)?;
     let key_spec = KeySpec {
@@ -166,7 +188,14 @@ pub(crate) async fn run(
                 .await
                 .map_err(|e| query_error(e, spec.role))?,
         ),
-        JobPlan::Train(plan) => Computed::Model(train_model(&mut session, plan, me, &table).await?),
+        JobPlan::Train(plan) => {
+            let to = if model_to_provider {
+                Party::P0
+            } else {
+                Party::P1
+            };
+            Computed::Model(train_model(&mut session, plan, me, &table, to).await?)
+        }
     };
     progress.report("compute", 1, 1);
     outcome.triples = session.triples_used();
@@ -206,20 +235,21 @@ pub(crate) async fn run(
 enum Computed {
     /// A query's result (at the buyer; `None` at the provider).
     Query(Option<QueryResult>),
-    /// A trained model's weights in the original units and its bias (at the buyer; `None`
-    /// at the provider, or when the aligned rows were fewer than `minGroupSize`).
+    /// A trained model's weights in the original units and its bias (at its recipient;
+    /// `None` at the other party, or when the aligned rows were fewer than `minGroupSize`).
     Model(Option<(Vec<f64>, f64)>),
 }
 
-/// Trains the plan's model on this party's aligned `table` and opens it to the buyer
-/// (party 1). Each party scales its own features by their declared bounds (so the model
-/// trains on `[−1, 1]`) and the buyer scales the weights back. Nothing is shared when the
+/// Trains the plan's model on this party's aligned `table` and opens it to `to` (party 1
+/// the buyer, party 0 the provider). Each party scales its own features by their declared bounds (so the model
+/// trains on `[−1, 1]`) and the recipient scales the weights back. Nothing is shared when the
 /// aligned rows are fewer than the policy allows (both parties know the count).
 async fn train_model(
     session: &mut Session<'_, rand_chacha::ChaCha20Rng>,
     plan: &TrainPlan,
     me: Side,
     table: &Table,
+    to: Party,
 ) -> Result<Option<(Vec<f64>, f64)>, TaskError> {
     if !plan.enough_rows() {
         return Ok(None);
@@ -266,7 +296,7 @@ async fn train_model(
         session,
         &layout,
         &plan.config,
-        ModelOutput::RevealTo(Party::P1),
+        ModelOutput::RevealTo(to),
         &own_data,
     )
     .await
