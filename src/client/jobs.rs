@@ -226,13 +226,16 @@ pub struct QueryJobArgs {
     /// GROUP BY buyer.region` (aggregates count, sum, mean, var, min, max, histogram;
     /// WHERE and GROUP BY on the buyer's own columns), or a model training, e.g. `TRAIN
     /// LOGISTIC_REGRESSION(provider.age, buyer.income) LABEL buyer.defaulted EPOCHS 5
-    /// LEARNING_RATE 1 L2 0.001 BATCH 1000` (numeric features, a label of two categories;
-    /// the result file holds the model: term, reported, weight).
+    /// LEARNING_RATE 1 L2 0.001 BATCH 1000` (numeric features, a label of two categories
+    /// with cells 0 or 1; EPOCHS 1-100, LEARNING_RATE (0, 1000], L2 [0, 1000], BATCH >= 1;
+    /// the result file holds the model: term, reported, weight; a licence whose mpc scene
+    /// says modelTo "provider" gives the model to the provider instead).
     #[arg(long)]
     query: String,
     /// A column the query reads, repeated: `buyer.NAME=numeric:BOUND` (values with |x| <=
-    /// BOUND; larger ones are clipped to it) or `buyer.NAME=categorical:LEVELS` (integer
-    /// codes 0 to LEVELS-1); `provider.NAME=…` likewise.
+    /// BOUND, a whole number >= 1; larger ones are clipped to it) or
+    /// `buyer.NAME=categorical:LEVELS` (integer codes 0 to LEVELS-1); `provider.NAME=…`
+    /// likewise.
     #[arg(long = "column", value_parser = parse_mpc_column)]
     columns: Vec<pb::MpcColumn>,
 }
@@ -358,9 +361,12 @@ fn parse_mpc_column(s: &str) -> Result<pb::MpcColumn, String> {
         column: column.trim().to_string(),
         ..pb::MpcColumn::default()
     };
+    let whole = |what: &str| {
+        format!("{s:?}: {what} is a whole number of at least 1 (e.g. numeric:150, categorical:3)")
+    };
     match kind.trim() {
-        "numeric" => c.abs_max = n.trim().parse().map_err(|_| bad())?,
-        "categorical" => c.levels = n.trim().parse().map_err(|_| bad())?,
+        "numeric" => c.abs_max = n.trim().parse().map_err(|_| whole("a numeric BOUND"))?,
+        "categorical" => c.levels = n.trim().parse().map_err(|_| whole("LEVELS"))?,
         _ => return Err(bad()),
     }
     Ok(c)

@@ -81,7 +81,9 @@ async fn a_group_by_query_on_aligned_rows_suppresses_the_small_group_and_is_coun
     assert_eq!(job.state_text(), "admitted", "{job:?}");
     let done = c.wait(&job.job_id).await;
     assert_eq!(done.state_text(), "succeeded", "{done:?}");
-    assert_eq!(done.result_size, Some(60), "the aligned rows: {done:?}");
+    // The result's rows (3 groups), not the 60 aligned rows: the aligned count would tell the
+    // buyer the suppressed group's size.
+    assert_eq!(done.result_size, Some(3), "{done:?}");
 
     // The clear computation on the same rows.
     let mut clear: BTreeMap<u32, (u64, f64)> = BTreeMap::new();
@@ -298,7 +300,7 @@ async fn a_model_trained_on_aligned_rows_matches_the_clear_training_and_only_its
     assert_eq!(job.state_text(), "admitted", "{job:?}");
     let done = c.wait(&job.job_id).await;
     assert_eq!(done.state_text(), "succeeded", "{done:?}");
-    assert_eq!(done.result_size, Some(300), "the aligned rows: {done:?}");
+    assert_eq!(done.result_size, Some(4), "the model's terms: {done:?}");
 
     // The clear training on the same rows (full batch: the row order does not matter).
     let common: Vec<u64> = (101..=400).collect();
@@ -392,12 +394,44 @@ async fn a_model_trained_on_aligned_rows_matches_the_clear_training_and_only_its
         .into_inner();
     let tiny = c.wait(&tiny.job_id).await;
     assert_eq!(tiny.state_text(), "succeeded", "{tiny:?}");
+    assert_eq!(
+        tiny.result_size,
+        Some(4),
+        "not the 3 aligned rows: {tiny:?}"
+    );
     let (_, rows) = crate::harness::read_csv(&c.buyer.outputs.join("tiny.csv"));
     assert_eq!(rows.len(), 4, "{rows:?}");
     for row in &rows {
         assert_eq!(row[1..], ["false", ""], "{row:?}");
     }
     assert_eq!(c.remaining(&lic).await, Some(1));
+
+    // A label the buyer's own file gets wrong: the buyer's input error, found before any link
+    // opens (always the buyer's, never the peer's broken link), its run consumed, nothing
+    // charged.
+    let mut bad_rows = buyer_rows.clone();
+    bad_rows[7] = format!("{},{},yes", 500 - 7, age(500 - 7));
+    c.dataset(&c.buyer, "bbad", "id,age,churned", &bad_rows)
+        .await;
+    let cash_before_bad = cash(&c).await;
+    let bad = client
+        .submit_job(train_job("bbad", &query, "bad-label.csv"))
+        .await
+        .expect("submit")
+        .into_inner();
+    let bad = c.wait(&bad.job_id).await;
+    assert_eq!(bad.state_text(), "failed", "{bad:?}");
+    assert!(
+        bad.error.contains("(input)")
+            && bad
+                .error
+                .contains("column churned: the value of data row 8"),
+        "{}",
+        bad.error
+    );
+    assert_eq!(bad.charge_micros, 0);
+    assert_eq!(cash(&c).await, cash_before_bad);
+    assert_eq!(c.remaining(&lic).await, Some(0));
 
     // Statements the schema refuses: at submission, with what is wrong and where.
     for (bad, says) in [
@@ -437,6 +471,6 @@ async fn a_model_trained_on_aligned_rows_matches_the_clear_training_and_only_its
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad}: {e:?}");
         assert!(e.message().contains(says), "{bad}: {}", e.message());
     }
-    assert_eq!(c.remaining(&lic).await, Some(1));
+    assert_eq!(c.remaining(&lic).await, Some(0));
     c.assert_audit_verifies().await;
 }

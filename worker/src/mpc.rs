@@ -137,6 +137,11 @@ pub(crate) async fn run(
         .map_err(|e| TaskError::Internal(format!("reader task: {e}")))?
         .map_err(|e| TaskError::Input(e.to_string()))?;
     progress.report("read", input.rows, input.rows);
+    // Every value of our declared columns must fit its declaration: checked on every row
+    // read, as our own input error, before the link opens (found after the alignment, it
+    // raced the peer's report of the broken link to decide whose failure the job was).
+    let all: Vec<usize> = (0..input.kept.len()).collect();
+    own_table(&own, &input.kept, &all)?;
 
     let link = open_link(env, spec).await?;
     let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
@@ -222,7 +227,10 @@ pub(crate) async fn run(
             _ => None,
         };
         if let Some(written) = written {
-            outcome.result_size = Some(rows.len() as u64);
+            // The result's size is its rows (groups, or the model's terms), not the aligned
+            // rows: with groups or a model suppressed, the aligned count would tell the
+            // buyer what minGroupSize withholds.
+            outcome.result_size = Some(written.rows);
             outcome.result_file = Some(written);
             outcome.result_location = spec.output.clone();
         }
@@ -546,14 +554,14 @@ pub(crate) fn own_table(
         let data = match kind {
             ColumnKind::Numeric { abs_max } => {
                 let mut v = Vec::with_capacity(rows.len());
-                for (at, &r) in rows.iter().enumerate() {
+                for &r in rows {
                     let x = cell(r)
                         .and_then(|s| s.parse::<f64>().ok())
                         .filter(|x| x.is_finite())
                         .ok_or_else(|| {
                             TaskError::Input(format!(
-                                "column {name}: the value of aligned row {at} is not a finite \
-                                 number"
+                                "column {name}: the value of {} is not a finite number",
+                                data_row(r)
                             ))
                         })?;
                     v.push(x.clamp(-abs_max, *abs_max));
@@ -562,14 +570,15 @@ pub(crate) fn own_table(
             }
             ColumnKind::Categorical { levels } => {
                 let mut v = Vec::with_capacity(rows.len());
-                for (at, &r) in rows.iter().enumerate() {
+                for &r in rows {
                     let code = cell(r)
                         .and_then(|s| s.parse::<u32>().ok())
                         .filter(|c| c < levels)
                         .ok_or_else(|| {
                             TaskError::Input(format!(
-                                "column {name}: the value of aligned row {at} is not a category \
-                                 code 0 to {}",
+                                "column {name}: the value of {} is not a category code 0 to {} \
+                                 (a whole number)",
+                                data_row(r),
                                 levels.saturating_sub(1)
                             ))
                         })?;
@@ -581,6 +590,15 @@ pub(crate) fn own_table(
         table.columns.insert(name.clone(), data);
     }
     Ok(table)
+}
+
+/// A row read, for an error message: `data row N` counted from 1 after the header (rows
+/// with an empty key that were skipped are not counted).
+fn data_row(r: usize) -> String {
+    format!(
+        "data row {} (rows skipped for an empty key not counted)",
+        r + 1
+    )
 }
 
 /// Writes the buyer's result (see the module docs for the columns).
@@ -773,7 +791,7 @@ mod tests {
     }
 
     #[test]
-    fn own_columns_are_clipped_and_bad_cells_are_named_by_column_and_row_not_value() {
+    fn own_columns_are_clipped_and_bad_cells_are_named_by_column_and_data_row_not_value() {
         let own = vec![
             ("x".to_string(), ColumnKind::Numeric { abs_max: 10.0 }),
             ("g".to_string(), ColumnKind::Categorical { levels: 3 }),
@@ -788,12 +806,14 @@ mod tests {
         for (row, says) in [
             (
                 ["secret-text", "0"],
-                "column x: the value of aligned row 0 is not a finite number",
+                "column x: the value of data row 1 (rows skipped for an empty key not counted) \
+                 is not a finite number",
             ),
             (["inf", "0"], "not a finite number"),
             (
                 ["1", "3"],
-                "column g: the value of aligned row 0 is not a category code 0 to 2",
+                "column g: the value of data row 1 (rows skipped for an empty key not counted) \
+                 is not a category code 0 to 2",
             ),
             (["1", "-1"], "not a category code"),
         ] {
