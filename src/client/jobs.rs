@@ -388,10 +388,11 @@ fn parse_rows(text: &str) -> Result<(u64, u64), String> {
 
 /// One line describing a job: id, state, scene, mode, then what is known of its end.
 pub fn job_line(j: &pb::Job) -> String {
-    // A preview has no PSI mode or protocol, and a tee job aligns its rows in the enclave.
+    // A preview has no PSI mode or protocol, and a tee job aligns its rows in the enclave; an
+    // mpc job aligns by a PSI (its protocol is shown) but its output is no intersection.
     let preview =
         j.scene == tessera_core::job::scene::PREVIEW || j.scene == tessera_core::job::scene::TEE;
-    let mut s = if preview {
+    let mut s = if preview || j.scene == tessera_core::job::scene::MPC {
         format!("{} {} [{}]", j.job_id, j.state_text(), j.scene)
     } else {
         format!(

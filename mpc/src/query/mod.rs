@@ -512,7 +512,10 @@ pub enum QueryError {
     #[error("parse error: {0}")]
     Parse(#[from] ParseError),
     /// A column that is not in the schema.
-    #[error("unknown column {column} at byte {offset}")]
+    #[error(
+        "column {column} at byte {offset} is not declared (declare every column the statement \
+         reads with its kind: numeric with a bound, or categorical with its levels)"
+    )]
     UnknownColumn {
         /// `side.name`.
         column: String,
