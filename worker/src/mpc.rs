@@ -249,9 +249,10 @@ enum Computed {
 }
 
 /// Trains the plan's model on this party's aligned `table` and opens it to `to` (party 1
-/// the buyer, party 0 the provider). Each party scales its own features by their declared bounds (so the model
-/// trains on `[−1, 1]`) and the recipient scales the weights back. Nothing is shared when the
-/// aligned rows are fewer than the policy allows (both parties know the count).
+/// the buyer, party 0 the provider). Each party scales its own features by their declared
+/// bounds (so the model trains on `[−1, 1]`) and the recipient scales the weights back.
+/// Nothing is shared when the aligned rows are fewer than the policy allows (both parties
+/// know the count).
 async fn train_model(
     session: &mut Session<'_, rand_chacha::ChaCha20Rng>,
     plan: &TrainPlan,
@@ -328,7 +329,7 @@ async fn train_model(
     }
 }
 
-/// The buyer's model file: one row per feature in the statement's order, then the bias:
+/// The recipient's model file: one row per feature in the statement's order, then the bias:
 /// `term` (`provider.NAME`, `buyer.NAME`, `(bias)`), `reported` (`false` when the aligned rows
 /// were fewer than `minGroupSize`: nothing was trained), `weight` (in the feature's own
 /// units; `P(label = 1) = σ(Σ weight · value + bias)`).
