@@ -746,14 +746,28 @@ impl Admission {
                     Constraint::Count => Refusal::QuotaExhausted {
                         scene: req.scene.clone(),
                     },
-                    // The buyer named no protocol: say that this one was the default.
-                    Constraint::Protocol if req.protocol.is_none() => Refusal::PolicyDenied {
-                        constraint: Constraint::Protocol,
-                        reason: format!(
-                            "{} (the default for {} mode; name an allowed protocol)",
-                            c.reason, req.mode
-                        ),
-                    },
+                    // The buyer named no protocol: say that this one was the default, and
+                    // which allowed protocols could run this mode (perhaps none).
+                    Constraint::Protocol if req.protocol.is_none() => {
+                        let usable: Vec<&str> = PsiProtocol::ALL
+                            .iter()
+                            .filter(|p| p.supports(req.mode))
+                            .filter(|p| scene.is_none_or(|s| s.protocols.allows(p.as_str())))
+                            .map(|p| p.as_str())
+                            .collect();
+                        let hint = if usable.is_empty() {
+                            format!("no protocol the scene allows runs {} mode", req.mode)
+                        } else {
+                            format!("name one of {} as the job's protocol", usable.join(", "))
+                        };
+                        Refusal::PolicyDenied {
+                            constraint: Constraint::Protocol,
+                            reason: format!(
+                                "{} (the default for {} mode; {hint})",
+                                c.reason, req.mode
+                            ),
+                        }
+                    }
                     constraint => Refusal::PolicyDenied {
                         constraint,
                         reason: c.reason.clone(),

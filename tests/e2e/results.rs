@@ -433,7 +433,8 @@ async fn rr22_and_ecdh_agree_through_real_workers_and_a_scene_may_allow_only_one
         refused
             .refusal_reasons
             .iter()
-            .any(|r| r.contains("protocol rr22 is not allowed for scene psi")),
+            .any(|r| r.contains("protocol rr22 is not allowed for scene psi")
+                && r.contains("name one of ecdh as the job's protocol")),
         "{refused:?}"
     );
     assert_eq!(
@@ -454,6 +455,26 @@ async fn rr22_and_ecdh_agree_through_real_workers_and_a_scene_may_allow_only_one
         .into_inner();
     let j = c.wait(&j.job_id).await;
     assert_eq!((j.state_text(), j.protocol_text()), ("succeeded", "ecdh"));
+    // A scene whose protocols cannot run the mode at all: the refusal says so (no hint to name
+    // a protocol that would be refused too).
+    let policy = format!(
+        r#"{{"policyName":"oprf-only","relUsers":[{{"userId":"{USER}","userName":"U","isGroup":0}}],
+            "useScenes":[{{"useSence":"psi","protocols":["ecdh-oprf"]}}]}}"#
+    );
+    let oprf_only = c.licence_with_policy("p", policy).await;
+    let refused = client
+        .submit_job(Cluster::job(&oprf_only, "b", "size", ""))
+        .await
+        .expect("submit")
+        .into_inner();
+    assert_eq!(refused.state_text(), "refused", "{refused:?}");
+    assert!(
+        refused
+            .refusal_reasons
+            .iter()
+            .any(|r| r.contains("no protocol the scene allows runs size mode")),
+        "{refused:?}"
+    );
     c.assert_audit_verifies().await;
 }
 
