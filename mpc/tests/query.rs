@@ -10,8 +10,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use tessera_core::{Link, MemLink};
 use tessera_mpc::query::{
-    Aggregate, ColumnData, ColumnDef, Cond, OutputPolicy, Plan, QueryError, QueryResult, Schema,
-    SelectItem, Side, Statement, Table, check, check_training, evaluate, parse, parse_statement,
+    Aggregate, ColumnData, ColumnDef, Cond, OutputPolicy, ParseError, Plan, QueryError,
+    QueryResult, Schema, SelectItem, Side, Statement, Table, check, check_training, evaluate,
+    parse, parse_statement,
 };
 use tessera_mpc::{DealerClient, FixedPoint, MpcError, Party, Session, TripleSource};
 
@@ -19,9 +20,9 @@ const BUYER: Party = Party::P1;
 
 // ------------------------------------------------------------------------------- parsing
 
-/// Parses `text` and compares its canonical form, or the error's `line:column: expected`.
-fn check_parse(text: &str, want: &str) {
-    let got = match parse(text) {
+/// Compares a parse's canonical form, or its error's `line:column: expected`, with `want`.
+fn check_parsed<T: std::fmt::Display>(text: &str, parsed: Result<T, ParseError>, want: &str) {
+    let got = match parsed {
         Ok(q) => q.to_string(),
         Err(e) => format!(
             "{}:{}: expected {}, found {}",
@@ -29,6 +30,11 @@ fn check_parse(text: &str, want: &str) {
         ),
     };
     assert_eq!(got, want, "{text}");
+}
+
+/// Parses `text` as a query and checks it as [`check_parsed`] does.
+fn check_parse(text: &str, want: &str) {
+    check_parsed(text, parse(text), want);
 }
 
 #[test]
@@ -118,17 +124,9 @@ fn parse_errors_name_the_position_and_what_was_expected() {
     assert_eq!((e.offset, e.line, e.column), (23, 3, 16));
 }
 
-/// Parses a statement and compares its canonical form, or the error as [`check_parse`] does.
+/// Parses `text` as a statement and checks it as [`check_parsed`] does.
 fn check_statement(text: &str, want: &str) {
-    let got = match parse_statement(text) {
-        Ok(Statement::Query(q)) => q.to_string(),
-        Ok(Statement::Train(t)) => t.to_string(),
-        Err(e) => format!(
-            "{}:{}: expected {}, found {}",
-            e.line, e.column, e.expected, e.found
-        ),
-    };
-    assert_eq!(got, want, "{text}");
+    check_parsed(text, parse_statement(text), want);
 }
 
 #[test]

@@ -482,6 +482,16 @@ impl Cluster {
         self.licence_with_policy(dataset, policy).await
     }
 
+    /// A licence of the provider's `dataset` to USER under a policy of the one use scene
+    /// `scene` (its JSON object), priced as [`Cluster::licence`]'s.
+    pub async fn licence_with_scene(&self, dataset: &str, scene: &str) -> String {
+        let policy = format!(
+            r#"{{"policyName":"t","relUsers":[{{"userId":"{USER}","userName":"U","isGroup":0}}],
+                "useScenes":[{scene}]}}"#
+        );
+        self.licence_with_policy(dataset, policy).await
+    }
+
     /// A licence of the provider's `dataset` to USER under `policy` (JSON), priced as
     /// [`Cluster::licence`]'s.
     pub async fn licence_with_policy(&self, dataset: &str, policy: String) -> String {

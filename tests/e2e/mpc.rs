@@ -17,17 +17,34 @@ fn column(column: &str, abs_max: u64, levels: u32) -> pb::MpcColumn {
 }
 
 fn mpc_job(lic: &str, query: &str, output: &str) -> pb::SubmitJobRequest {
+    mpc_job_on(
+        lic,
+        "bm",
+        query,
+        vec![
+            column("buyer.region", 0, 3),
+            column("buyer.age", 150, 0),
+            column("provider.income", 100_000, 0),
+        ],
+        output,
+    )
+}
+
+/// An `mpc` job on the buyer's `dataset`, both keyed by `id`, reading `columns`.
+fn mpc_job_on(
+    lic: &str,
+    dataset: &str,
+    query: &str,
+    columns: Vec<pb::MpcColumn>,
+    output: &str,
+) -> pb::SubmitJobRequest {
     pb::SubmitJobRequest {
         scene: "mpc".into(),
         buyer_columns: vec!["id".into()],
         provider_columns: vec!["id".into()],
         mpc_query: query.into(),
-        mpc_columns: vec![
-            column("buyer.region", 0, 3),
-            column("buyer.age", 150, 0),
-            column("provider.income", 100_000, 0),
-        ],
-        ..Cluster::job(lic, "bm", "intersection", output)
+        mpc_columns: columns,
+        ..Cluster::job(lic, dataset, "intersection", output)
     }
 }
 
@@ -265,12 +282,13 @@ async fn a_model_trained_on_aligned_rows_matches_the_clear_training_and_only_its
         .collect();
     c.dataset(&c.buyer, "bsmall", "id,age,churned", &small)
         .await;
-    let policy = format!(
-        r#"{{"policyName":"m","relUsers":[{{"userId":"{USER}","userName":"U","isGroup":0}}],
-            "useScenes":[{{"useSence":"mpc","counts":3,"minGroupSize":5,"aggregatesOnly":true,
-                "protocols":["ot"],"visitArea":["r1"],"cpCenter":["c1"]}}]}}"#
-    );
-    let lic = c.licence_with_policy("pm", policy).await;
+    let lic = c
+        .licence_with_scene(
+            "pm",
+            r#"{"useSence":"mpc","counts":3,"minGroupSize":5,"aggregatesOnly":true,
+                "protocols":["ot"],"visitArea":["r1"],"cpCenter":["c1"]}"#,
+        )
+        .await;
     let before = cash(&c).await;
     let mut client = c.client().await;
     let columns = vec![
@@ -279,13 +297,8 @@ async fn a_model_trained_on_aligned_rows_matches_the_clear_training_and_only_its
         column("buyer.age", 150, 0),
         column("buyer.churned", 0, 2),
     ];
-    let train_job = |dataset: &str, query: &str, output: &str| pb::SubmitJobRequest {
-        scene: "mpc".into(),
-        buyer_columns: vec!["id".into()],
-        provider_columns: vec!["id".into()],
-        mpc_query: query.into(),
-        mpc_columns: columns.clone(),
-        ..Cluster::job(&lic, dataset, "intersection", output)
+    let train_job = |dataset: &str, query: &str, output: &str| {
+        mpc_job_on(&lic, dataset, query, columns.clone(), output)
     };
     let (epochs, rate) = (12, 4.0);
     let query = format!(
@@ -351,12 +364,13 @@ async fn a_model_trained_on_aligned_rows_matches_the_clear_training_and_only_its
 
     // A licence whose scene gives the model to the provider: the provider's worker writes
     // it (`model-<job id>.csv`, shown to the provider only), the buyer receives nothing.
-    let policy = format!(
-        r#"{{"policyName":"m2","relUsers":[{{"userId":"{USER}","userName":"U","isGroup":0}}],
-            "useScenes":[{{"useSence":"mpc","counts":1,"modelTo":"provider",
-                "visitArea":["r1"],"cpCenter":["c1"]}}]}}"#
-    );
-    let lic2 = c.licence_with_policy("pm", policy).await;
+    let lic2 = c
+        .licence_with_scene(
+            "pm",
+            r#"{"useSence":"mpc","counts":1,"modelTo":"provider",
+                "visitArea":["r1"],"cpCenter":["c1"]}"#,
+        )
+        .await;
     let to_provider = client
         .submit_job(pb::SubmitJobRequest {
             licence_id: lic2.clone(),

@@ -418,11 +418,9 @@ async fn rr22_and_ecdh_agree_through_real_workers_and_a_scene_may_allow_only_one
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
 
     // A scene that allows only ECDH: rr22 is refused with the policy's reason, ECDH runs.
-    let policy = format!(
-        r#"{{"policyName":"ecdh-only","relUsers":[{{"userId":"{USER}","userName":"U","isGroup":0}}],
-            "useScenes":[{{"useSence":"psi","protocols":["ecdh"]}}]}}"#
-    );
-    let ecdh_only = c.licence_with_policy("p", policy).await;
+    let ecdh_only = c
+        .licence_with_scene("p", r#"{"useSence":"psi","protocols":["ecdh"]}"#)
+        .await;
     let refused = client
         .submit_job(Cluster::job(&ecdh_only, "b", "intersection", ""))
         .await
@@ -457,11 +455,9 @@ async fn rr22_and_ecdh_agree_through_real_workers_and_a_scene_may_allow_only_one
     assert_eq!((j.state_text(), j.protocol_text()), ("succeeded", "ecdh"));
     // A scene whose protocols cannot run the mode at all: the refusal says so (no hint to name
     // a protocol that would be refused too).
-    let policy = format!(
-        r#"{{"policyName":"oprf-only","relUsers":[{{"userId":"{USER}","userName":"U","isGroup":0}}],
-            "useScenes":[{{"useSence":"psi","protocols":["ecdh-oprf"]}}]}}"#
-    );
-    let oprf_only = c.licence_with_policy("p", policy).await;
+    let oprf_only = c
+        .licence_with_scene("p", r#"{"useSence":"psi","protocols":["ecdh-oprf"]}"#)
+        .await;
     let refused = client
         .submit_job(Cluster::job(&oprf_only, "b", "size", ""))
         .await

@@ -141,13 +141,13 @@ pub(crate) async fn run(
     // read, as our own input error, before the link opens (found after the alignment, it
     // raced the peer's report of the broken link to decide whose failure the job was).
     let all: Vec<usize> = (0..input.kept.len()).collect();
-    own_table(&own, &input.kept, &all)?;
+    let every_row = own_table(&own, &input.kept, &all)?;
 
     let link = open_link(env, spec).await?;
     let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
     let rows = align(spec, &link, &input.keys, &mut rng, progress.as_ref()).await?;
     progress.report("align", rows.len() as u64, rows.len() as u64);
-    let table = own_table(&own, &input.kept, &rows)?;
+    let table = select_rows(&every_row, &rows)?;
     let mut outcome = TaskOutcome {
         rows_in: input.rows,
         empty_keys: input.empty_keys,
@@ -591,6 +591,34 @@ pub(crate) fn own_table(
         table.columns.insert(name.clone(), data);
     }
     Ok(table)
+}
+
+/// The `rows` of `table` (the alignment's indices into its columns), in that order.
+///
+/// # Errors
+/// [`TaskError::Internal`] for an index past a column (the alignment indexes the rows read).
+fn select_rows(table: &Table, rows: &[usize]) -> Result<Table, TaskError> {
+    fn pick<T: Copy>(v: &[T], rows: &[usize]) -> Result<Vec<T>, TaskError> {
+        rows.iter()
+            .map(|&r| {
+                v.get(r).copied().ok_or_else(|| {
+                    TaskError::Internal(format!(
+                        "aligned row {r} is past the {} rows read",
+                        v.len()
+                    ))
+                })
+            })
+            .collect()
+    }
+    let mut out = Table::default();
+    for (name, data) in &table.columns {
+        let data = match data {
+            ColumnData::Numeric(v) => ColumnData::Numeric(pick(v, rows)?),
+            ColumnData::Categorical(v) => ColumnData::Categorical(pick(v, rows)?),
+        };
+        out.columns.insert(name.clone(), data);
+    }
+    Ok(out)
 }
 
 /// A row read, for an error message: `data row N` counted from 1 after the header (rows

@@ -389,6 +389,16 @@ pub enum Statement {
     Train(Training),
 }
 
+impl fmt::Display for Statement {
+    /// The statement's canonical text.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Statement::Query(q) => q.fmt(f),
+            Statement::Train(t) => t.fmt(f),
+        }
+    }
+}
+
 /// The kind of a column, part of the public schema.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ColumnKind {
