@@ -138,6 +138,7 @@ fn admission(c: &mut Criterion) {
         mpc: None,
         join: None,
         payload_columns: Vec::new(),
+        mpc_triples: None,
     };
     let mut group = c.benchmark_group("admission");
     group.sample_size(10);

@@ -48,6 +48,11 @@ const ENUM_FIELDS: &[(&str, &str, &str)] = &[
     ),
     ("SubmitJobRequest.empty_keys", "empty_keys", "EmptyKeysName"),
     ("SubmitJobRequest.join", "join_kind", "JoinKindName"),
+    (
+        "SubmitJobRequest.mpc_triples",
+        "mpc_triples",
+        "MpcTriplesName",
+    ),
     ("PhaseProgress.role", "task_role", "TaskRoleName"),
     ("Job.state", "job_state", "JobStateName"),
     ("Job.mode", "psi_mode", "PsiModeName"),

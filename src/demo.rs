@@ -336,6 +336,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         mpc_columns: Vec::new(),
         join: pb::JoinKind::Unspecified.into(),
         payload_columns: Vec::new(),
+        mpc_triples: pb::MpcTriples::Unspecified.into(),
     };
     let mut jobs = Vec::new();
     let mut refusals = Vec::new();

@@ -314,6 +314,8 @@ operations! {
     TeeAttest => rule(Who::Worker, Scope::OwnWorker, true),
     /// A dataset key for a worker's live `tee` task (the key broker decides).
     ReleaseDatasetKey => rule(Who::Worker, Scope::OwnWorker, true),
+    /// A worker's link to the operator's dealer for its live `mpc` task.
+    Dealer => rule(Who::Worker, Scope::OwnWorker, true),
     /// A dataset of a party the caller owns.
     CreateDataset => rule(Who::Roles(OWNERS), Scope::OwnParty, false),
     /// A data item's operation log: the owner of the dataset's party (or the operator).

@@ -196,6 +196,18 @@ impl PsiProtocol {
 }
 
 vocabulary! {
+    /// Where an `mpc` job's correlated randomness (Beaver triples) comes from; the names a
+    /// licence's `mpc` scene lists in `protocols`.
+    MpcTriples, "mpc triples", "ot, dealer" {
+        /// Dealer-free: made between the two workers by OT extension (no third party).
+        Ot => "ot",
+        /// Dealt by the operator from seeds over each worker's own link to it: much faster,
+        /// but the operator knows every triple and must not collude with either party.
+        Dealer => "dealer",
+    }
+}
+
+vocabulary! {
     /// The shape of a join's result (a PSI with the provider's payload columns): which of the
     /// buyer's rows it writes. The buyer learns which of its keys are common in every shape;
     /// the provider's columns cross for matched rows only.

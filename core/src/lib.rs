@@ -18,7 +18,8 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use link::{Link, LinkError, LinkStats, MemLink};
 pub mod task;
 pub use job::{
-    CountState, JobState, JoinKind, PsiMode, PsiProtocol, TaskErrorKind, TaskRole, TaskState,
+    CountState, JobState, JoinKind, MpcTriples, PsiMode, PsiProtocol, TaskErrorKind, TaskRole,
+    TaskState,
 };
 pub use table::{EmptyKeys, KeyCase, UnicodeForm};
 pub use task::{

@@ -188,6 +188,27 @@ impl Link for MemLink {
     }
 }
 
+/// A shared link is a link: its owner can hand a clone to a protocol that takes a
+/// `Box<dyn Link>` and still read the counters afterwards.
+#[async_trait]
+impl<L: Link + ?Sized> Link for Arc<L> {
+    async fn send(&self, frame: Bytes) -> Result<(), LinkError> {
+        (**self).send(frame).await
+    }
+
+    async fn recv(&self) -> Result<Bytes, LinkError> {
+        (**self).recv().await
+    }
+
+    fn frame_bytes_max(&self) -> usize {
+        (**self).frame_bytes_max()
+    }
+
+    fn stats(&self) -> LinkStats {
+        (**self).stats()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

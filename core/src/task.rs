@@ -177,6 +177,14 @@ pub struct MpcSpec {
     /// the buyer).
     #[serde(default)]
     pub model_to: ModelRecipient,
+    /// Where the triples come from (resolved at admission against the scene's `protocols`;
+    /// a spec without it ran dealer-free).
+    #[serde(default = "ot_triples")]
+    pub triples: crate::MpcTriples,
+}
+
+fn ot_triples() -> crate::MpcTriples {
+    crate::MpcTriples::Ot
 }
 
 /// The party a trained model is opened to (`modelTo` of a licence's `mpc` scene): the buyer

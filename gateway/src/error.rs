@@ -230,6 +230,7 @@ impl From<&SchedulerError> for ApiCode {
             SchedulerError::Encode { .. }
             | SchedulerError::Ticket(_)
             | SchedulerError::Interrupted(_) => ApiCode::Internal,
+            SchedulerError::Busy(_) => ApiCode::Unavailable,
         }
     }
 }

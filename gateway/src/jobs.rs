@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tessera_auth::{Caller, Viewer};
-use tessera_core::{EmptyKeys, JoinKind, KeyCase, PsiMode, PsiProtocol, UnicodeForm};
+use tessera_core::{EmptyKeys, JoinKind, KeyCase, MpcTriples, PsiMode, PsiProtocol, UnicodeForm};
 use tessera_proto::decode;
 use tessera_proto::v1 as pb;
 use tessera_scheduler::redact::redact;
@@ -101,6 +101,11 @@ fn job_request(mut r: pb::SubmitJobRequest) -> Result<JobRequest, Status> {
         mpc,
         join,
         payload_columns: r.payload_columns,
+        // Unspecified: resolved at admission against the licence's scene.
+        mpc_triples: match r.mpc_triples {
+            0 => None,
+            t => Some(decode::<MpcTriples>(t).map_err(invalid)?),
+        },
     })
 }
 
@@ -123,6 +128,7 @@ fn preview_request(r: pb::SubmitJobRequest, scene: String) -> Result<JobRequest,
     set("empty_keys", r.empty_keys)?;
     set("protocol", r.protocol)?;
     set("join", r.join)?;
+    set("mpc_triples", r.mpc_triples)?;
     if !r.payload_columns.is_empty() {
         return Err(invalid(
             "payload_columns: a preview job shows rows of the licensed dataset and takes no \
@@ -159,6 +165,7 @@ fn preview_request(r: pb::SubmitJobRequest, scene: String) -> Result<JobRequest,
         mpc: None,
         join: None,
         payload_columns: Vec::new(),
+        mpc_triples: None,
     })
 }
 

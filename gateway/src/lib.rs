@@ -209,6 +209,20 @@ impl Operator for OperatorService {
         ack(workers::report_result(&self.jobs, req.into_inner()).await)
     }
 
+    type DealerStream = BoxStream<pb::Frame>;
+
+    async fn dealer(
+        &self,
+        req: Request<tonic::Streaming<pb::Frame>>,
+    ) -> Result<Response<Self::DealerStream>, Status> {
+        let (worker_id, task_id) = workers::dealer_metadata(&req)?;
+        self.allowed_worker(Operation::Dealer, &req, &worker_id)
+            .await?;
+        workers::dealer(&self.jobs, &worker_id, &task_id, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     async fn create_dataset(
         &self,
         req: Request<pb::CreateDatasetRequest>,

@@ -1064,7 +1064,8 @@ pub fn route_of(op: Operation) -> Option<(Method, &'static str)> {
         | O::RenewCertificate
         | O::TeeChallenge
         | O::TeeAttest
-        | O::ReleaseDatasetKey => None,
+        | O::ReleaseDatasetKey
+        | O::Dealer => None,
         O::GetOperatorInfo => r(Method::GET, "/api/v1/operator"),
         O::CreateDataset => r(Method::POST, "/api/v1/datasets"),
         O::ListDatasets => r(Method::GET, "/api/v1/datasets"),

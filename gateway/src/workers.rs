@@ -229,3 +229,47 @@ pub(crate) async fn release_dataset_key(
         .map_err(|e| Status::internal(format!("encoding the released key: {e}")))?;
     Ok(pb::ReleasedDatasetKey { released_json })
 }
+
+/// The worker and task a `Dealer` call names in its metadata.
+pub(crate) fn dealer_metadata<T>(req: &tonic::Request<T>) -> Result<(String, String), Status> {
+    let get = |key: &str| {
+        req.metadata()
+            .get(key)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 128)
+            .map(str::to_string)
+            .ok_or_else(|| {
+                Status::invalid_argument(format!("a dealer link names its {key} in the metadata"))
+            })
+    };
+    Ok((
+        get(tessera_proto::link::DEALER_WORKER_METADATA)?,
+        get(tessera_proto::link::DEALER_TASK_METADATA)?,
+    ))
+}
+
+/// A worker's link to the operator's dealer for its `mpc` task (`tessera_scheduler::dealer`):
+/// the task must be the worker's, live and signed for dealer triples; the link joins the
+/// job's other link in the dealer hub, which deals once both are there.
+pub(crate) async fn dealer(
+    s: &Scheduler,
+    worker_id: &str,
+    task_id: &str,
+    inbound: tonic::Streaming<pb::Frame>,
+) -> Result<BoxStream<pb::Frame>, Status> {
+    let (seat, seed) = s
+        .dealer_seat(worker_id, task_id)
+        .await
+        .map_err(|e| status(&e))?;
+    let (tx, rx) = tokio::sync::mpsc::channel(tessera_core::limits::LINK_QUEUE_FRAMES);
+    let link = tessera_proto::link::FrameLink::new(
+        tx,
+        futures::StreamExt::boxed(inbound),
+        tessera_core::limits::FRAME_BYTES_MAX,
+        tessera_scheduler::dealer::DEALER_IDLE,
+    );
+    s.dealer()
+        .join(seat, Box::new(link), seed)
+        .map_err(|e| status(&e))?;
+    Ok(Box::pin(ReceiverStream::new(rx).map(Ok)))
+}

@@ -66,7 +66,8 @@
 //!   that gets the other's triple shares from the dealer can unmask every opening `x − a` and
 //!   learn the other party's shares, i.e. all inputs. It learns the number and shapes of the
 //!   triples (hence the shape of the computation). Party 0 receives only a 32-byte seed per
-//!   batch, party 1 a seed and one correction vector.
+//!   batch, party 1 a seed and one correction vector. In `mpc` jobs the operator is the dealer
+//!   (`tessera_scheduler::dealer`), when the licence's scene allows `dealer`.
 //! * **Dealer-free triples** ([`triples::OtTriples`]) need no third party: the two parties run
 //!   SoftSpoken OT extension (semi-honest, [`tessera_ot::softspoken`]) and Gilboa's
 //!   multiplication; each sees only the other's OT-extension corrections (pseudorandom) and

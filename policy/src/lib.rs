@@ -217,7 +217,7 @@ pub const MIN_GROUP_SIZE_MAX: u64 = 1_000_000;
 
 /// The correlated-randomness sources an `mpc` scene's `protocols` may name: `ot`, triples made
 /// between the two parties by oblivious transfer (no third party); `dealer`, triples expanded
-/// by a dealer (a third party both trust).
+/// by the operator's dealer (which must not collude with either party).
 pub const MPC_PROTOCOLS: &[&str] = &["ot", "dealer"];
 
 /// A usage policy (table A.48 minus the licence and data id, which the licence record holds).

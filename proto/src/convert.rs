@@ -3,7 +3,7 @@
 //! a number this build does not know is an [`EnumError`], never a default.
 
 use tessera_core::{
-    EmptyKeys, JobState, JoinKind, KeyCase, PsiMode, PsiProtocol, TaskRole, UnicodeForm,
+    EmptyKeys, JobState, JoinKind, KeyCase, MpcTriples, PsiMode, PsiProtocol, TaskRole, UnicodeForm,
 };
 
 use crate::v1 as pb;
@@ -99,6 +99,11 @@ pair!(PsiProtocol, PsiProtocol, "protocol", "rr22, ecdh, ecdh-oprf" {
     EcdhOprf <=> EcdhOprf,
 });
 
+pair!(MpcTriples, MpcTriples, "mpc_triples", "ot, dealer" {
+    Ot <=> Ot,
+    Dealer <=> Dealer,
+});
+
 pair!(JoinKind, JoinKind, "join", "inner, left, difference" {
     Inner <=> Inner,
     Left <=> Left,
@@ -174,6 +179,13 @@ mod tests {
         for e in EmptyKeys::ALL {
             assert_eq!(decode::<EmptyKeys>(pb::EmptyKeys::from(*e) as i32), Ok(*e));
         }
+        for t in MpcTriples::ALL {
+            assert_eq!(
+                decode::<MpcTriples>(pb::MpcTriples::from(*t) as i32),
+                Ok(*t)
+            );
+        }
+        assert!(decode::<MpcTriples>(0).is_err());
         assert!(decode::<UnicodeForm>(0).is_err());
         assert!(decode::<EmptyKeys>(0).is_err());
         assert!(decode::<PsiMode>(0).is_err());

@@ -154,6 +154,14 @@ enum_json!(
     [EMPTY_KEYS_UNSPECIFIED, EMPTY_KEYS_SKIP, EMPTY_KEYS_FAIL]
 );
 enum_json!(
+    mpc_triples,
+    MpcTriples,
+    MpcTriplesName,
+    "MPC_TRIPLES_",
+    "MPC_TRIPLES_DEALER",
+    [MPC_TRIPLES_UNSPECIFIED, MPC_TRIPLES_OT, MPC_TRIPLES_DEALER]
+);
+enum_json!(
     join_kind,
     JoinKind,
     JoinKindName,
@@ -199,6 +207,10 @@ mod tests {
             names(|e: pb::EmptyKeys| e.as_str_name())
         );
         assert_eq!(JoinKindName::ALL, names(|e: pb::JoinKind| e.as_str_name()));
+        assert_eq!(
+            MpcTriplesName::ALL,
+            names(|e: pb::MpcTriples| e.as_str_name())
+        );
     }
 
     #[test]
@@ -222,6 +234,9 @@ mod tests {
         let r: pb::SubmitJobRequest =
             serde_json::from_str(r#"{"join":"left"}"#).expect("join by name");
         assert_eq!(r.join, pb::JoinKind::Left as i32);
+        let r: pb::SubmitJobRequest =
+            serde_json::from_str(r#"{"mpcTriples":"dealer"}"#).expect("triples by name");
+        assert_eq!(r.mpc_triples, pb::MpcTriples::Dealer as i32);
         let e = serde_json::from_str::<pb::SubmitJobRequest>(r#"{"mode":"everything"}"#)
             .expect_err("unknown");
         assert!(e.to_string().contains("PSI_MODE_SIZE"), "{e}");

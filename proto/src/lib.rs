@@ -11,6 +11,7 @@ pub mod v1 {
 pub mod channel;
 pub mod convert;
 pub mod json;
+pub mod link;
 pub mod token;
 
 pub use channel::{ChannelError, ConnectError, connect, operator_endpoint};

@@ -10,6 +10,7 @@ pub mod access;
 pub mod accounts;
 pub mod audit;
 pub mod billing;
+pub mod dealer;
 pub mod lists;
 pub mod metrics;
 pub mod records;
@@ -40,7 +41,7 @@ pub use records::RecordService;
 pub use registry::{
     LiveWorker, Registration, WORKER_CERT_VALIDITY_SECS, WORKER_FORGET_MS, WorkerView,
 };
-pub use submit::{JobRequest, SUPPORTED_SCENES, TaskReport, TaskUsage};
+pub use submit::{JobRequest, SUPPORTED_SCENES, TaskReport, TaskUsage, resolve_triples};
 pub use tee::{AttestOutcome, TeeService};
 /// The records the services hand out, re-exported so the gateway needs no store dependency.
 pub use tessera_store::{
@@ -83,6 +84,10 @@ pub enum SchedulerError {
     /// it panicked.
     #[error("interrupted: {0}")]
     Interrupted(String),
+    /// A bounded service is full (the dealer's sessions): nothing was taken; trying again
+    /// later is safe.
+    #[error("busy: {0}")]
+    Busy(String),
 }
 
 /// Tunables.
@@ -287,6 +292,15 @@ impl Ids {
         format!("{prefix}{}", hex::encode(b))
     }
 
+    /// Fills `out` from the injected RNG (a dealer's seed).
+    pub(crate) fn fill(&self, out: &mut [u8]) {
+        use rand::RngCore;
+        match self.rng.lock() {
+            Ok(mut r) => r.fill_bytes(out),
+            Err(poisoned) => poisoned.into_inner().fill_bytes(out),
+        }
+    }
+
     /// 32 fresh random bytes (key material and seeds for the trade flow).
     pub(crate) fn bytes32(&self) -> [u8; 32] {
         use rand::RngCore;
@@ -330,6 +344,8 @@ pub struct Scheduler {
     /// The `tee` scene's appraisal, results and key broker (installed by the operator at
     /// start; none: `tee` jobs are refused).
     tee: std::sync::OnceLock<Arc<tee::TeeService>>,
+    /// The dealer of `mpc` jobs with dealer triples ([`dealer`]).
+    dealer: dealer::DealerHub,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -368,6 +384,7 @@ impl Scheduler {
             metrics: Arc::new(metrics::Metrics::new()),
             ca: std::sync::OnceLock::new(),
             tee: std::sync::OnceLock::new(),
+            dealer: dealer::DealerHub::default(),
         })
     }
 

@@ -82,14 +82,33 @@ pub struct JobRequest {
     /// The provider's columns a join writes for the buyer's matched rows.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub payload_columns: Vec<String>,
+    /// An `mpc` job's triples; `None`: dealer-free (`ot`) if the licence's scene allows it,
+    /// else the dealer ([`resolve_triples`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mpc_triples: Option<tessera_core::MpcTriples>,
 }
 
 /// Fractional bits of the fixed-point encoding an `mpc` job runs with.
 pub const MPC_FRACTION_BITS: u32 = 16;
 
-/// The correlated-randomness source `mpc` jobs run with: triples by oblivious transfer between
-/// the two workers (no dealer); the name a scene's `protocols` may list.
-pub const MPC_TRIPLES: &str = "ot";
+/// The triples an `mpc` job runs with: the one it asked for, else dealer-free (`ot`) when the
+/// scene allows it (no third party trusted), else the operator's dealer when the scene allows
+/// that; a scene that allows neither refuses the job (through its `protocols` check).
+pub fn resolve_triples(
+    asked: Option<tessera_core::MpcTriples>,
+    scene: Option<&tessera_policy::UseScene>,
+) -> tessera_core::MpcTriples {
+    use tessera_core::MpcTriples;
+    asked.unwrap_or_else(|| match scene {
+        Some(s)
+            if !s.protocols.allows(MpcTriples::Ot.as_str())
+                && s.protocols.allows(MpcTriples::Dealer.as_str()) =>
+        {
+            MpcTriples::Dealer
+        }
+        _ => MpcTriples::Ot,
+    })
+}
 
 /// Usage measured by a worker for one task.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,6 +197,11 @@ impl JobRequest {
             || self.scene == tessera_core::job::scene::PSI_PAYLOAD
         {
             self.validate_join()?;
+        }
+        if self.mpc_triples.is_some() && !self.is_mpc() {
+            return Err(SchedulerError::Invalid(
+                "mpc_triples: only an mpc job draws triples".into(),
+            ));
         }
         match (&self.mpc, self.is_query()) {
             (Some(q), true) => self.validate_mpc(q)?,
@@ -715,14 +739,17 @@ impl Admission {
         };
         let scene = l.policy.scene(&req.scene);
         let remaining = scene.and_then(|s| s.remaining_counts);
+        let triples = req
+            .is_mpc()
+            .then(|| resolve_triples(req.mpc_triples, scene));
         let verdict = evaluate(
             &l.policy,
             &Request {
                 user: &req.user,
                 groups: &req.user_groups,
                 scene: &req.scene,
-                protocol: if req.is_mpc() {
-                    Some(MPC_TRIPLES)
+                protocol: if let Some(t) = triples {
+                    Some(t.as_str())
                 } else {
                     (!req.is_preview() && !req.is_tee()).then(|| req.protocol().as_str())
                 },
@@ -748,7 +775,18 @@ impl Admission {
                     },
                     // The buyer named no protocol: say that this one was the default, and
                     // which allowed protocols could run this mode (perhaps none).
-                    Constraint::Protocol if req.protocol.is_none() => {
+                    // An mpc job that named no triples: the scene allows neither source.
+                    Constraint::Protocol if req.is_mpc() && req.mpc_triples.is_none() => {
+                        Refusal::PolicyDenied {
+                            constraint: Constraint::Protocol,
+                            reason: format!(
+                                "{} (an mpc job draws its triples from ot or dealer, and the \
+                                 scene allows neither)",
+                                c.reason
+                            ),
+                        }
+                    }
+                    Constraint::Protocol if req.protocol.is_none() && !req.is_mpc() => {
                         let usable: Vec<&str> = PsiProtocol::ALL
                             .iter()
                             .filter(|p| p.supports(req.mode))
@@ -875,6 +913,9 @@ impl Admission {
             "checks": verdict.checks, "funds": funds, "cash_micros": ctx.cash_micros,
             "declared_rows": declared_rows,
         });
+        if let (Some(t), Some(d)) = (triples, detail.as_object_mut()) {
+            d.insert("triples".into(), serde_json::json!(t.as_str()));
+        }
         let mut tasks = Vec::new();
         let buyer_location = match (&preview, &self.buyer_ds) {
             (Some(_), _) => Some(String::new()),
@@ -943,6 +984,7 @@ impl Admission {
                             aggregates_only: scene.aggregates_only,
                             fraction_bits: MPC_FRACTION_BITS,
                             model_to: scene.model_to.unwrap_or_default(),
+                            triples: triples.unwrap_or(tessera_core::MpcTriples::Ot),
                         }),
                         tee,
                         join: req.join.map(|kind| tessera_core::JoinSpec {
@@ -1921,6 +1963,7 @@ mod tests {
             mpc: None,
             join: None,
             payload_columns: Vec::new(),
+            mpc_triples: None,
         }
     }
 

@@ -238,6 +238,12 @@ pub struct QueryJobArgs {
     /// likewise.
     #[arg(long = "column", value_parser = parse_mpc_column)]
     columns: Vec<pb::MpcColumn>,
+    /// Where the Beaver triples come from: `ot` (dealer-free, made between the two workers by
+    /// oblivious transfer: no third party trusted, but tens of times slower) or `dealer`
+    /// (dealt by the operator, which then must not collude with either party). Default: `ot`
+    /// if the licence's mpc scene allows it (its `protocols`), else `dealer`.
+    #[arg(long, value_parser = ["ot", "dealer"])]
+    triples: Option<String>,
 }
 
 /// The arguments of a `tee` job: a statistics query or a join.
@@ -615,6 +621,7 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<()> {
                     mpc_columns: Vec::new(),
                     join,
                     payload_columns: payload,
+                    mpc_triples: pb::MpcTriples::Unspecified.into(),
                 })
                 .await?
                 .into_inner();
@@ -651,9 +658,14 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<()> {
             print_and_follow(&mut c, j, follow).await?;
         }
         JobCmd::Mpc(args) => {
+            let mpc_triples = match args.triples {
+                Some(t) => pb::MpcTriples::from(t.parse::<tessera_core::MpcTriples>()?).into(),
+                None => pb::MpcTriples::Unspecified.into(),
+            };
             let fill = pb::SubmitJobRequest {
                 mpc_query: args.query,
                 mpc_columns: args.columns,
+                mpc_triples,
                 ..pb::SubmitJobRequest::default()
             };
             keyed_job(tessera_core::job::scene::MPC, args.keyed, fill).await?

@@ -313,6 +313,16 @@ async fn call(
             })
             .await
             .map(drop),
+        Operation::Dealer => {
+            let mut req = tonic::Request::new(futures::stream::iter(Vec::<pb::Frame>::new()));
+            req.metadata_mut().insert(
+                "x-tessera-worker",
+                worker_id.parse().expect("worker id metadata"),
+            );
+            req.metadata_mut()
+                .insert("x-tessera-task", "t-none".parse().expect("task metadata"));
+            c.dealer(req).await.map(drop)
+        }
         Operation::GetSealingKey => c
             .get_sealing_key(pb::DatasetRef {
                 dataset_id: pick("bs", "ps"),
@@ -1152,6 +1162,7 @@ async fn every_operation_checks_the_token_the_role_and_the_owner(api: Api) {
                 | Operation::ReportDelivered
                 | Operation::TeeAttest
                 | Operation::ReleaseDatasetKey
+                | Operation::Dealer
         );
         assert!(r.is_ok() || expected_refusal, "{op:?} by {who}: {r:?}");
     }

@@ -562,6 +562,7 @@ impl Cluster {
             mpc_columns: Vec::new(),
             join: pb::JoinKind::Unspecified.into(),
             payload_columns: Vec::new(),
+            mpc_triples: pb::MpcTriples::Unspecified.into(),
         }
     }
 

@@ -205,6 +205,169 @@ async fn a_group_by_query_on_aligned_rows_suppresses_the_small_group_and_is_coun
     c.assert_audit_verifies().await;
 }
 
+/// A licence whose `mpc` scene allows only the dealer: the job draws its triples from the
+/// operator's dealer over each worker's own link to it (no OT between the workers), and its
+/// result matches the clear computation and the same query run dealer-free; a licence that
+/// allows only `ot` refuses a job asking for the dealer, and the reverse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dealer_job_draws_its_triples_from_the_operator_and_matches_the_dealer_free_one() {
+    let c = Cluster::start(10_000);
+    c.fund(100_000_000, "fund").await;
+    let income = |i: u64| (i * 53 % 997) as f64 * 3.0 + 0.25;
+    let provider_rows: Vec<String> = (1..=70u64).map(|i| format!("{i},{}", income(i))).collect();
+    c.dataset(&c.provider, "pd", "id,income", &provider_rows)
+        .await;
+    let region = |i: u64| u32::from(i % 4 == 0);
+    let buyer_rows: Vec<String> = (31..=120u64)
+        .map(|i| format!("{i},{},{}", region(i), 20 + i % 50))
+        .collect();
+    c.dataset(&c.buyer, "bd", "id,region,age", &buyer_rows)
+        .await;
+    let scene = |protocols: &str| {
+        format!(
+            r#"{{"useSence":"mpc","counts":3,"protocols":{protocols},"visitArea":["r1"],
+                "cpCenter":["c1"]}}"#
+        )
+    };
+    let dealer_only = c.licence_with_scene("pd", &scene(r#"["dealer"]"#)).await;
+    let ot_only = c.licence_with_scene("pd", &scene(r#"["ot"]"#)).await;
+    let mut client = c.client().await;
+    let query = "SELECT count(*), sum(provider.income), var(provider.income), \
+                 max(provider.income) GROUP BY buyer.region";
+    let columns = || {
+        vec![
+            column("buyer.region", 0, 2),
+            column("provider.income", 10_000, 0),
+        ]
+    };
+    let job = |lic: &str, output: &str, triples: pb::MpcTriples| pb::SubmitJobRequest {
+        mpc_triples: triples.into(),
+        ..mpc_job_on(lic, "bd", query, columns(), output)
+    };
+
+    // Named no source: the scene allows only the dealer, so the dealer it is.
+    let dealt = client
+        .submit_job(job(&dealer_only, "dealt.csv", pb::MpcTriples::Unspecified))
+        .await
+        .expect("submit")
+        .into_inner();
+    assert_eq!(dealt.state_text(), "admitted", "{dealt:?}");
+    let dealt = c.wait(&dealt.job_id).await;
+    assert_eq!(dealt.state_text(), "succeeded", "{dealt:?}");
+    let free = client
+        .submit_job(job(&ot_only, "free.csv", pb::MpcTriples::Unspecified))
+        .await
+        .expect("submit")
+        .into_inner();
+    let free = c.wait(&free.job_id).await;
+    assert_eq!(free.state_text(), "succeeded", "{free:?}");
+
+    // The clear computation on the common ids 31..=70.
+    let mut clear: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
+    for i in 31..=70u64 {
+        clear.entry(region(i)).or_default().push(income(i));
+    }
+    let (header, dealt_rows) = crate::harness::read_csv(&c.buyer.outputs.join("dealt.csv"));
+    assert_eq!(header[..2], ["group", "reported"]);
+    let (_, free_rows) = crate::harness::read_csv(&c.buyer.outputs.join("free.csv"));
+    assert_eq!(dealt_rows.len(), 2, "{dealt_rows:?}");
+    for rows in [&dealt_rows, &free_rows] {
+        for row in rows {
+            let g: u32 = row[0].parse().expect("group");
+            let xs = &clear[&g];
+            let n = xs.len() as f64;
+            let mean = xs.iter().sum::<f64>() / n;
+            let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
+            let max = xs.iter().copied().fold(f64::MIN, f64::max);
+            assert_eq!(row[1], "true", "group {g}");
+            assert_eq!(row[2].parse::<f64>().expect("count"), n, "group {g}");
+            let sum: f64 = row[3].parse().expect("sum");
+            assert!(
+                (sum - mean * n).abs() <= n * 2f64.powi(-16),
+                "{sum} vs {}",
+                mean * n
+            );
+            let got_var: f64 = row[4].parse().expect("var");
+            assert!(
+                (got_var - var).abs() <= var * 2f64.powi(-10) + 1.0,
+                "group {g}: var {got_var} vs {var}"
+            );
+            let got_max: f64 = row[5].parse().expect("max");
+            assert!(
+                (got_max - max).abs() <= 2f64.powi(-15),
+                "{got_max} vs {max}"
+            );
+        }
+    }
+    // Counted and charged like any run; both parties metered, the dealer's triples included.
+    assert_eq!(c.remaining(&dealer_only).await, Some(2));
+    assert!(dealt.charge_micros > 0, "{dealt:?}");
+    let usage = c
+        .admin()
+        .await
+        .list_usage(pb::ListRequest {})
+        .await
+        .expect("usage")
+        .into_inner()
+        .events;
+    let metric = |job: &str, party: &str, metric: &str| {
+        usage
+            .iter()
+            .find(|e| e.job_id == job && e.party == party && e.metric == metric)
+            .map(|e| e.quantity)
+            .unwrap_or(0)
+    };
+    // Both parties draw the same triples (the dealer refuses requests that differ); the
+    // dealer's group sums use matrix triples, which OT does not make, so the counts of the
+    // two sources differ.
+    for job in [&dealt.job_id, &free.job_id] {
+        let provider = metric(job, PROVIDER, "triples");
+        assert!(provider > 0, "{job}: {usage:?}");
+        assert_eq!(provider, metric(job, BUYER, "triples"), "{job}");
+    }
+    // Each party's usage counts its dealer link's bytes too: what one party received exceeds
+    // what the other sent it over their peer link by the seeds (and, to the buyer, the
+    // corrections) the dealer sent.
+    let bytes = |party: &str, m: &str| metric(&dealt.job_id, party, m);
+    assert!(
+        bytes(BUYER, "bytes_received") > bytes(PROVIDER, "bytes_sent")
+            && bytes(PROVIDER, "bytes_received") > bytes(BUYER, "bytes_sent"),
+        "{usage:?}"
+    );
+
+    // The source a licence does not allow is refused at admission, nothing counted.
+    for (lic, asked, allowed) in [
+        (&ot_only, pb::MpcTriples::Dealer, "allowed: ot"),
+        (&dealer_only, pb::MpcTriples::Ot, "allowed: dealer"),
+    ] {
+        let refused = client
+            .submit_job(job(lic, "no.csv", asked))
+            .await
+            .expect("submit")
+            .into_inner();
+        assert_eq!(refused.state_text(), "refused", "{refused:?}");
+        assert!(
+            refused
+                .refusal_reasons
+                .iter()
+                .any(|r| r.contains("protocol") && r.contains(allowed)),
+            "{allowed}: {refused:?}"
+        );
+    }
+    assert_eq!(c.remaining(&dealer_only).await, Some(2));
+    assert_eq!(c.remaining(&ot_only).await, Some(2));
+    // Triples name an mpc job's source only.
+    let e = client
+        .submit_job(pb::SubmitJobRequest {
+            mpc_triples: pb::MpcTriples::Dealer.into(),
+            ..Cluster::job(&ot_only, "bd", "intersection", "psi.csv")
+        })
+        .await
+        .expect_err("a psi job draws no triples");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    c.assert_audit_verifies().await;
+}
+
 /// The clear training the MPC job does (`tessera_mpc::lr`): features scaled by their
 /// declared bounds, the bias a constant column, full-batch gradient descent from zero with the
 /// exact sigmoid; returns `[w | b]` in scaled units.

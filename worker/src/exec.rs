@@ -109,6 +109,22 @@ pub struct ExecEnv {
     pub tls: Option<std::sync::Arc<crate::link::PeerCredentials>>,
     /// The enclave `tee` tasks run in (`None`: this worker runs none).
     pub tee: Option<std::sync::Arc<dyn TeeHost>>,
+    /// The operator's dealer, for `mpc` tasks with dealer triples (`None`: such a task fails
+    /// as a ticket error).
+    pub dealer: Option<std::sync::Arc<dyn DealerDial>>,
+}
+
+/// Opens a task's link to the operator's dealer (`Operator.Dealer`; the operator pairs it with
+/// the other party's, see `tessera_scheduler::dealer`).
+#[async_trait::async_trait]
+pub trait DealerDial: Send + Sync + std::fmt::Debug {
+    /// The link of task `task_id`, carrying frames of at most
+    /// [`tessera_core::limits::FRAME_BYTES_MAX`] bytes.
+    ///
+    /// # Errors
+    /// A ticket error when the operator says the task is not this worker's live dealer task;
+    /// a link error when the operator cannot be reached or its dealer is busy.
+    async fn dial(&self, task_id: &str) -> Result<tessera_proto::link::FrameLink, TaskError>;
 }
 
 /// The enclave a worker runs `tee` tasks in, and the operator's key broker behind it.

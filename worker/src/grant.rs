@@ -14,8 +14,9 @@ pub const CLOCK_SKEW_MS: i64 = 60_000;
 /// Checks `spec`'s licence grant against this worker (`me`) at `now_ms`: the grant is there,
 /// it is for the task's scene, `now_ms` lies in its validity window (± [`CLOCK_SKEW_MS`]),
 /// this worker's region, centre, hardware, framework and software fit the scene's lists, a
-/// preview's rows and columns lie inside the scene's preview window, and a join's shape and
-/// payload columns inside the scene's `joins` and `payloadColumns`.
+/// preview's rows and columns lie inside the scene's preview window, a join's shape and
+/// payload columns inside the scene's `joins` and `payloadColumns`, and an `mpc` task's
+/// triples source inside the scene's `protocols`.
 ///
 /// # Errors
 /// Every reason the task may not run here, joined by `; `.
@@ -79,6 +80,17 @@ pub fn check(spec: &TaskSpec, me: &WorkerAttributes, now_ms: i64) -> Result<(), 
         && let Err(why) = scene.admits_join(j.kind, &j.payload_columns)
     {
         reasons.push(format!("join outside the licence: {why}"));
+    }
+    // Triples from the operator's dealer trust the operator further: only where the scene
+    // lists them (the operator both admits the job and deals, so this worker checks too).
+    if let Some(m) = &spec.mpc
+        && !scene.protocols.allows(m.triples.as_str())
+    {
+        reasons.push(format!(
+            "triples from {} outside the licence (its protocols: {})",
+            m.triples,
+            scene.protocols.0.join(", ")
+        ));
     }
     if reasons.is_empty() {
         Ok(())
@@ -150,6 +162,35 @@ mod tests {
             g.use_scene = serde_json::json!({"useSence": "psi", "surprise": 1});
         }
         assert!(check(&garbled, &me(), 1_500_000).is_err());
+    }
+
+    #[test]
+    fn an_mpc_task_draws_only_the_triples_its_licence_lists() {
+        let with = |protocols: serde_json::Value, triples: tessera_core::MpcTriples| {
+            let mut s = spec(
+                "mpc",
+                serde_json::json!({"useSence": "mpc", "protocols": protocols}),
+            );
+            s.mpc = Some(tessera_core::MpcSpec {
+                query: tessera_core::MpcQuery {
+                    query: "SELECT count(*)".into(),
+                    columns: vec![],
+                },
+                min_group_size: None,
+                aggregates_only: false,
+                fraction_bits: 16,
+                model_to: Default::default(),
+                triples,
+            });
+            check(&s, &me(), 1_500_000)
+        };
+        use tessera_core::MpcTriples::{Dealer, Ot};
+        assert_eq!(with(serde_json::json!([]), Dealer), Ok(()));
+        assert_eq!(with(serde_json::json!(["dealer"]), Dealer), Ok(()));
+        assert_eq!(with(serde_json::json!(["ot"]), Ot), Ok(()));
+        let e = with(serde_json::json!(["ot"]), Dealer).expect_err("dealer");
+        assert!(e.contains("triples from dealer"), "{e}");
+        assert!(with(serde_json::json!(["dealer"]), Ot).is_err());
     }
 
     #[test]

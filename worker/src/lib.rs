@@ -408,6 +408,72 @@ impl exec::TeeHost for OperatorTee {
     }
 }
 
+/// The worker's way to the operator's dealer (`Operator.Dealer`, with its credential).
+struct OperatorDealer {
+    worker_id: String,
+    client: OperatorClient<InterceptedService<Channel, TokenHeader>>,
+    idle_timeout: Duration,
+    connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for OperatorDealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OperatorDealer")
+            .field("worker_id", &self.worker_id)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait::async_trait]
+impl exec::DealerDial for OperatorDealer {
+    async fn dial(&self, task_id: &str) -> Result<tessera_proto::link::FrameLink, exec::TaskError> {
+        use tessera_proto::link::{
+            DEALER_TASK_METADATA, DEALER_WORKER_METADATA, FRAME_OVERHEAD_BYTES, FrameLink,
+        };
+        let frame_max = tessera_core::limits::FRAME_BYTES_MAX;
+        let (tx, rx) = tokio::sync::mpsc::channel(tessera_core::limits::LINK_QUEUE_FRAMES);
+        let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        for (key, value) in [
+            (DEALER_WORKER_METADATA, self.worker_id.as_str()),
+            (DEALER_TASK_METADATA, task_id),
+        ] {
+            let v = value.parse().map_err(|_| {
+                exec::TaskError::Ticket(format!("{key} {value:?} is not valid metadata"))
+            })?;
+            req.metadata_mut().insert(key, v);
+        }
+        let mut client = self
+            .client
+            .clone()
+            .max_decoding_message_size(frame_max + FRAME_OVERHEAD_BYTES)
+            .max_encoding_message_size(frame_max + FRAME_OVERHEAD_BYTES);
+        let answer = tokio::time::timeout(self.connect_timeout, client.dealer(req))
+            .await
+            .map_err(|_| {
+                exec::TaskError::Link(format!(
+                    "the operator's dealer did not answer within {} ms",
+                    self.connect_timeout.as_millis()
+                ))
+            })?
+            .map_err(|s| match s.code() {
+                tonic::Code::NotFound | tonic::Code::PermissionDenied => {
+                    exec::TaskError::Ticket(format!("the operator's dealer: {}", s.message()))
+                }
+                _ => exec::TaskError::Link(format!(
+                    "the operator's dealer: {}: {}",
+                    s.code(),
+                    s.message()
+                )),
+            })?;
+        Ok(FrameLink::new(
+            tx,
+            futures::StreamExt::boxed(answer.into_inner()),
+            frame_max,
+            self.idle_timeout,
+        ))
+    }
+}
+
 /// A running worker.
 #[derive(Debug)]
 pub struct WorkerHandle {
@@ -612,6 +678,7 @@ pub async fn start(config: WorkerConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
         tokio::spawn(reattest(host.clone(), expires_at));
     }
     let work_dir = own_work_dir(&config, &reg.worker_id)?;
+    let dealer_client = client.clone();
     let shared = Arc::new(Shared {
         worker_id: reg.worker_id.clone(),
         registration: pb::RegisterWorkerRequest {
@@ -633,6 +700,12 @@ pub async fn start(config: WorkerConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
             connect_timeout: config.connect_timeout,
             tls,
             tee: tee_host.clone().map(|h| h as Arc<dyn exec::TeeHost>),
+            dealer: Some(Arc::new(OperatorDealer {
+                worker_id: reg.worker_id.clone(),
+                client: dealer_client,
+                idle_timeout: config.idle_timeout,
+                connect_timeout: config.connect_timeout,
+            })),
         },
         clock,
         running: Mutex::new(HashMap::new()),

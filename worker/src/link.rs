@@ -13,13 +13,13 @@ use async_trait::async_trait;
 use backon::{ConstantBuilder, Retryable};
 use bytes::Bytes;
 use futures::StreamExt;
-use tessera_core::link::LinkCounters;
 use tessera_core::{Link, LinkError, LinkStats};
 use tessera_pki::PeerIdentity;
+use tessera_proto::link::{FRAME_OVERHEAD_BYTES, FrameLink, Inbound, status_to_link};
 use tessera_proto::v1::Frame;
 use tessera_proto::v1::peer_client::PeerClient;
 use tessera_proto::v1::peer_server::Peer;
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -27,40 +27,13 @@ use tonic::{Request, Response, Status, Streaming};
 pub const SESSION_HEADER: &str = "x-tessera-session";
 /// Sessions that may wait in the hub for their task at once.
 pub const PENDING_SESSIONS_MAX: usize = 256;
-/// Extra room over the frame bound for protobuf framing.
-const FRAME_OVERHEAD_BYTES: usize = 64;
 
-type Inbound = futures::stream::BoxStream<'static, Result<Frame, Status>>;
-
-/// A peer link over a gRPC stream.
-pub struct GrpcLink {
-    tx: mpsc::Sender<Frame>,
-    rx: Mutex<Inbound>,
-    frame_bytes_max: usize,
-    idle_timeout: Duration,
-    counters: Arc<LinkCounters>,
-}
+/// A peer link over a gRPC stream (a [`FrameLink`] on the `Peer.Exchange` stream).
+pub struct GrpcLink(FrameLink);
 
 impl std::fmt::Debug for GrpcLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GrpcLink")
-            .field("frame_bytes_max", &self.frame_bytes_max)
-            .field("stats", &self.counters.snapshot())
-            .finish_non_exhaustive()
-    }
-}
-
-fn status_to_link(s: &Status) -> LinkError {
-    match s.code() {
-        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => {
-            LinkError::Transport(format!("peer frame refused: {}", s.message()))
-        }
-        // `Unknown` is what a broken HTTP/2 connection surfaces as (reset, broken pipe).
-        tonic::Code::Cancelled
-        | tonic::Code::Unavailable
-        | tonic::Code::Aborted
-        | tonic::Code::Unknown => LinkError::PeerGone(s.message().to_string()),
-        _ => LinkError::Transport(format!("{}: {}", s.code(), s.message())),
+        f.debug_tuple("GrpcLink").field(&self.0).finish()
     }
 }
 
@@ -71,13 +44,7 @@ impl GrpcLink {
         frame_bytes_max: usize,
         idle_timeout: Duration,
     ) -> Self {
-        Self {
-            tx,
-            rx: Mutex::new(rx),
-            frame_bytes_max,
-            idle_timeout,
-            counters: Arc::default(),
-        }
+        Self(FrameLink::new(tx, rx, frame_bytes_max, idle_timeout))
     }
 
     /// Dials `addr` over plain TCP (an insecure option, for benches and tests) and opens the
@@ -207,43 +174,19 @@ impl GrpcLink {
 #[async_trait]
 impl Link for GrpcLink {
     async fn send(&self, frame: Bytes) -> Result<(), LinkError> {
-        LinkError::check_frame(frame.len(), self.frame_bytes_max)?;
-        let len = frame.len();
-        // A peer that stops reading fills the bounded queue: give up after the idle timeout,
-        // as a receive does, rather than wait for it forever.
-        tokio::time::timeout(self.idle_timeout, self.tx.send(Frame { payload: frame }))
-            .await
-            .map_err(|_| LinkError::Timeout {
-                timeout_ms: u64::try_from(self.idle_timeout.as_millis()).unwrap_or(u64::MAX),
-            })?
-            .map_err(|_| LinkError::PeerGone("peer stream closed".into()))?;
-        self.counters.on_send(len);
-        Ok(())
+        self.0.send(frame).await
     }
 
     async fn recv(&self) -> Result<Bytes, LinkError> {
-        let mut rx = self.rx.lock().await;
-        let next = tokio::time::timeout(self.idle_timeout, rx.next())
-            .await
-            .map_err(|_| LinkError::Timeout {
-                timeout_ms: u64::try_from(self.idle_timeout.as_millis()).unwrap_or(u64::MAX),
-            })?;
-        let frame = match next {
-            None => return Err(LinkError::PeerGone("peer closed the stream".into())),
-            Some(Err(s)) => return Err(status_to_link(&s)),
-            Some(Ok(f)) => f.payload,
-        };
-        LinkError::check_frame(frame.len(), self.frame_bytes_max)?;
-        self.counters.on_recv(frame.len());
-        Ok(frame)
+        self.0.recv().await
     }
 
     fn frame_bytes_max(&self) -> usize {
-        self.frame_bytes_max
+        self.0.frame_bytes_max()
     }
 
     fn stats(&self) -> LinkStats {
-        self.counters.snapshot()
+        self.0.stats()
     }
 }
 

@@ -9,7 +9,9 @@
 //!    receiver). The buyer then sends the provider one tag per common key, `SHA-256(session ‖
 //!    0 ‖ key)[..16]`, sorted; both take the rows in that order (a key's first row on each
 //!    side). The provider refuses a tag it does not hold or a repeated one.
-//! 3. **Compute**: dealer-free triples (OT extension between the two workers), the plan
+//! 3. **Compute**: the triples the signed spec names — dealer-free (OT extension between the
+//!    two workers), or dealt by the operator over each worker's own link to it (opened now,
+//!    after the alignment; `tessera_scheduler::dealer`) —, the plan
 //!    checked on both sides against the signed query, its declared columns and the licence's
 //!    output controls (`minGroupSize`, `aggregatesOnly`), then `tessera_mpc::query::evaluate`;
 //!    for a training, each party scales its own features by their declared bounds and
@@ -22,7 +24,7 @@
 //!    it. The buyer writes the result as CSV (never replacing a file) and acknowledges it; the
 //!    provider ends on that answer.
 //!
-//! # What each party learns (semi-honest, two parties, no third party)
+//! # What each party learns (semi-honest, two parties; the operator as dealer, if named)
 //!
 //! * The **buyer** learns the query's outputs per group: for each group whether it has at
 //!   least `max(minGroupSize, 1)` selected rows, and the aggregates of the groups that do
@@ -36,6 +38,11 @@
 //!   parties: what a model reveals, membership and attribute inference included, is outside
 //!   this threat model); the other party learns nothing of them. The provider's model file is
 //!   `model-<job id>.csv` in its output directory, and the buyer then writes no file.
+//! * With dealer triples, the **operator** knows every triple; it sees none of the values the
+//!   parties open to each other (their peer link is direct), so it learns only the number and
+//!   shapes of the triples — unless it colludes with a party, which then learns the other's
+//!   inputs (`tessera_mpc`'s threat model). A licence that must not trust the operator that
+//!   far allows only `ot`.
 //! * Neither can deviate undetected in the MPC itself: the model is semi-honest; a malicious
 //!   party could bias the result (no MACs on shares).
 //!
@@ -56,14 +63,14 @@ use bytes::{BufMut, Bytes, BytesMut};
 use rand::SeedableRng;
 use sha2::{Digest, Sha256};
 use tessera_core::table::{KeySpec, TableError, read_keys_keeping, write_result_csv};
-use tessera_core::{Link, ModelRecipient, MpcSpec, TaskRole, TaskSpec};
+use tessera_core::{Link, ModelRecipient, MpcSpec, MpcTriples, TaskRole, TaskSpec};
 use tessera_mpc::lr::{LrError, LrLayout, LrOwnData, Model, ModelOutput};
 use tessera_mpc::query::job::{JobPlan, job_plan_of, schema_of, side_and_name};
 use tessera_mpc::query::{
     Aggregate, ColumnData, ColumnKind, OutputPolicy, QueryError, QueryResult, Side, Table,
     TrainPlan,
 };
-use tessera_mpc::{FixedPoint, MpcError, OtTriples, Party, Session, TripleSource};
+use tessera_mpc::{DealerClient, FixedPoint, MpcError, OtTriples, Party, Session, TripleSource};
 use tessera_psi::Mode;
 
 use crate::exec::{
@@ -156,9 +163,24 @@ pub(crate) async fn run(
 
     let party = party_of(spec.role);
     progress.report("triples", 0, 1);
-    let ot = OtTriples::setup(party, &link, &mut rng)
-        .await
-        .map_err(|e| peer_error(&e))?;
+    // Dealer-free: the base OTs with the peer; with the dealer: this task's own link to the
+    // operator's dealer, kept to count its bytes.
+    let mut dealer_link = None;
+    let source = match mpc.triples {
+        MpcTriples::Ot => TripleSource::Ot(Box::new(
+            OtTriples::setup(party, &link, &mut rng)
+                .await
+                .map_err(|e| peer_error(&e))?,
+        )),
+        MpcTriples::Dealer => {
+            let dial = env.dealer.as_ref().ok_or_else(|| {
+                TaskError::Ticket("this worker has no link to the operator's dealer".into())
+            })?;
+            let d = Arc::new(dial.dial(&spec.task_id).await?);
+            dealer_link = Some(d.clone());
+            TripleSource::Dealer(DealerClient::new(party, Box::new(d)))
+        }
+    };
     progress.report("triples", 1, 1);
     let plan = job_plan_of(&mpc.query, rows.len(), &policy, fx).map_err(|e| match e {
         // Past the ring's range with this many rows: the buyer's declared bounds.
@@ -169,7 +191,7 @@ pub(crate) async fn run(
         party,
         &link,
         fx,
-        TripleSource::Ot(Box::new(ot)),
+        source,
         rand_chacha::ChaCha20Rng::from_rng(&mut rng)
             .map_err(|e| TaskError::Internal(format!("rng: {e}")))?,
     );
@@ -236,6 +258,14 @@ pub(crate) async fn run(
         }
     }
     outcome.link = link.stats();
+    if let Some(d) = dealer_link {
+        // Usage counts the bytes of both of the task's links: the peer's and the dealer's.
+        let d = d.stats();
+        outcome.link.bytes_sent += d.bytes_sent;
+        outcome.link.bytes_received += d.bytes_received;
+        outcome.link.frames_sent += d.frames_sent;
+        outcome.link.frames_received += d.frames_received;
+    }
     Ok(outcome)
 }
 

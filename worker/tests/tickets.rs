@@ -69,6 +69,13 @@ impl Operator for ScriptedOperator {
     ) -> Result<Response<pb::IssuedCertificate>, Status> {
         Err(Status::unimplemented("this scripted operator runs no CA"))
     }
+    type DealerStream = Stream<pb::Frame>;
+    async fn dealer(
+        &self,
+        _: Request<tonic::Streaming<pb::Frame>>,
+    ) -> Result<Response<Self::DealerStream>, Status> {
+        unimplemented()
+    }
     async fn tee_challenge(
         &self,
         _: Request<pb::TeeChallengeRequest>,

@@ -133,5 +133,6 @@ pub fn request(licence: &str) -> JobRequest {
         mpc: None,
         join: None,
         payload_columns: Vec::new(),
+        mpc_triples: None,
     }
 }
