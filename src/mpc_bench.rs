@@ -56,8 +56,8 @@ pub struct MpcArgs {
     #[arg(long, default_value_t = 1,
           value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u64).range(1..=100), |v| v as usize))]
     lr_epochs: usize,
-    /// Triple sources of the logistic-regression benchmark: dealer, ot (as `mpc` jobs
-    /// train; slow: try --lr-rows 10000) or both.
+    /// Triple sources of the logistic-regression benchmark: dealer (as `job mpc --triples
+    /// dealer` trains), ot (as `--triples ot`; slow: try --lr-rows 10000) or both.
     #[arg(long, default_value = "dealer", value_parser = ["both", "dealer", "ot"])]
     lr_source: String,
 }

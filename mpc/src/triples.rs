@@ -318,7 +318,8 @@ pub(crate) fn matmul_plain(a: &[u64], b: &[u64], m: usize, k: usize, n: usize) -
 /// # Errors
 /// [`MpcError::Malformed`] if a request is malformed or the two requests differ (both parties
 /// are sent an abort frame, code 1); [`MpcError::Bounds`] for a request past the bounds; a link
-/// error if one party goes away while the other asks.
+/// error if one party goes away while the other asks (the other is not sent an abort: its
+/// link closes).
 pub async fn run_dealer<R: CryptoRngCore + Send>(
     to_p0: &dyn Link,
     to_p1: &dyn Link,
@@ -337,6 +338,14 @@ pub async fn run_dealer<R: CryptoRngCore + Send>(
         if gone(&r0) && gone(&r1) {
             return Ok(batches);
         }
+        // One party's link failed: the other is told by its link closing (an abort frame
+        // would blame a malformed request, and its worker the peer).
+        let (r0, r1) = match (r0, r1) {
+            (Err(tessera_ot::OtError::Link(l)), _) | (_, Err(tessera_ot::OtError::Link(l))) => {
+                return Err(MpcError::Link(l));
+            }
+            other => other,
+        };
         let parsed = match (r0, r1) {
             (Ok(x), Ok(y)) => Request::decode(&x).and_then(|a| {
                 let b = Request::decode(&y)?;

@@ -203,7 +203,7 @@ impl DealerHub {
                 batches = b,
                 bytes_sent = dealt.bytes_sent,
                 bytes_received = dealt.bytes_received,
-                "dealt the job's triples"
+                "the job's dealer links closed"
             ),
             Err(e) => tracing::warn!(
                 job = %seat.job_id,

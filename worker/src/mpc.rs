@@ -413,6 +413,8 @@ pub(crate) fn declared_columns(
 fn peer_error(e: &MpcError) -> TaskError {
     match e {
         MpcError::NotReleased => TaskError::Internal(e.to_string()),
+        // The peer's or the dealer's link broke: nobody's fault that this side can tell.
+        MpcError::Link(_) => TaskError::Link(e.to_string()),
         _ => TaskError::Peer(e.to_string()),
     }
 }

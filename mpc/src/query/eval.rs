@@ -302,6 +302,54 @@ async fn row_outputs<R: CryptoRngCore + Send>(
     Ok(s.reveal_to(buyer, &prod).await?)
 }
 
+/// The groups' counts normalised for division ([`Eval::normalise_counts`]).
+struct Normalised {
+    /// One-hot selectors, ring 0/1, selector-major: selector `j` of group `g` at `j·k + g`.
+    sel: Shares,
+    /// `2^j / c_g` in fixed point, one per group.
+    r: Shares,
+    /// `J`: selectors `0 ..= J` per group.
+    steps: usize,
+}
+
+/// `Σ_j sel_j · (v / 2^j)` per value of `v` — `m` columns of `k` group values each,
+/// column-major, `k` from the selectors — each `v / 2^j` a local truncation (at most one ulp
+/// off); one multiplication layer.
+async fn select_scaled<R: CryptoRngCore + Send>(
+    s: &mut Session<'_, R>,
+    sel: &Shares,
+    steps: usize,
+    v: &Shares,
+) -> Result<Shares, QueryError> {
+    let len = v.len();
+    let k = sel.len() / (steps + 1);
+    let (mut a, mut b) = (
+        Vec::with_capacity((steps + 1) * len),
+        Vec::with_capacity((steps + 1) * len),
+    );
+    for j in 0..=steps {
+        let vj = if j == 0 {
+            v.clone()
+        } else {
+            s.div_public(v, 1u64 << j)?
+        };
+        for (i, w) in vj.words().iter().enumerate() {
+            a.push(sel.words()[j * k + i % k.max(1)]);
+            b.push(*w);
+        }
+    }
+    let prod = s
+        .mul_ring(&Shares::from_words(a), &Shares::from_words(b))
+        .await?;
+    let mut out = vec![0u64; len];
+    for chunk in prod.words().chunks(len.max(1)) {
+        for (o, p) in out.iter_mut().zip(chunk) {
+            *o = o.wrapping_add(*p);
+        }
+    }
+    Ok(Shares::from_words(out))
+}
+
 fn transpose(w: &[u64], rows: usize, cols: usize) -> Vec<u64> {
     let mut t = vec![0u64; w.len()];
     for i in 0..rows {
@@ -392,10 +440,10 @@ impl Eval<'_> {
         let varied = needs(&|f| f == AggFunc::Var);
         self.sums(s, &summed, &mut pg).await?;
         if !averaged.is_empty() {
-            let r = self.reciprocals(s, &pg.counts).await?;
-            self.means(s, &averaged, &r, &mut pg).await?;
+            let norm = self.normalise_counts(s, &pg.counts).await?;
+            self.means(s, &averaged, &norm, &mut pg).await?;
             if !varied.is_empty() {
-                self.variances(s, &varied, &r, &mut pg).await?;
+                self.variances(s, &varied, &norm, &mut pg).await?;
             }
         }
         pg.extremes = self.extremes(s).await?;
@@ -435,34 +483,54 @@ impl Eval<'_> {
         Shares::from_words(x)
     }
 
-    /// `r_g ≈ 2^s / c_g` (fixed-point), from the reciprocal of `c_g / 2^s`.
-    async fn reciprocals<R: CryptoRngCore + Send>(
+    /// The counts normalised for division (module docs of [`super`]): for each group the
+    /// exponent `j` with `2^j ≤ c_g < 2^(j+1)` (`j = 0` for an empty group) as a one-hot
+    /// selector, from one comparison of every count with `2^1 … 2^J` (`2^J > rows`), and the
+    /// reciprocal of `c_g / 2^j ∈ [1, 2)`, which fixed point holds to a few ulps of a value in
+    /// `(1/2, 1]` — the reciprocal of `c_g` itself would be a few ulps of `1/c_g`, a large
+    /// relative error once groups pass a few thousand rows.
+    async fn normalise_counts<R: CryptoRngCore + Send>(
         &self,
         s: &mut Session<'_, R>,
         counts: &[u64],
-    ) -> Result<Shares, QueryError> {
-        let shift = s.fixed_point().frac_bits() - self.plan.count_shift;
-        let c = s.mul_public_ring(&Shares::from_words(counts.to_vec()), 1u64 << shift);
-        Ok(s.reciprocal(&c).await?)
+    ) -> Result<Normalised, QueryError> {
+        let k = counts.len();
+        let frac = s.fixed_point().frac_bits();
+        let c = s.mul_public_ring(&Shares::from_words(counts.to_vec()), 1u64 << frac);
+        let steps = (usize::BITS - self.n.leading_zeros()) as usize;
+        let thresholds: Vec<f64> = (1..=steps).map(|j| 2f64.powi(j as i32)).collect();
+        let at_least = s.at_least(&c, &thresholds).await?;
+        let b = at_least.words();
+        let one = u64::from(s.party() == Party::P0);
+        let mut sel = vec![0u64; (steps + 1) * k];
+        for j in 0..=steps {
+            for g in 0..k {
+                let this = if j == 0 { one } else { b[(j - 1) * k + g] };
+                let next = if j < steps { b[j * k + g] } else { 0 };
+                sel[j * k + g] = this.wrapping_sub(next);
+            }
+        }
+        let sel = Shares::from_words(sel);
+        let unit = select_scaled(s, &sel, steps, &c).await?;
+        let r = s.reciprocal(&unit).await?;
+        Ok(Normalised { sel, r, steps })
     }
 
-    /// `mean_g = sum_g · r_g / 2^s` for the averaged columns.
+    /// `mean_g = (sum_g / 2^j) · r_g` for the averaged columns.
     async fn means<R: CryptoRngCore + Send>(
         &self,
         s: &mut Session<'_, R>,
         averaged: &[usize],
-        r: &Shares,
+        norm: &Normalised,
         pg: &mut PerGroup,
     ) -> Result<(), QueryError> {
         let (mut sums, mut rs) = (Vec::new(), Vec::new());
         for &j in averaged {
             sums.extend(pg.sums[j].clone().unwrap_or_default());
-            rs.extend_from_slice(r.words());
+            rs.extend_from_slice(norm.r.words());
         }
-        let prod = s
-            .mul(&Shares::from_words(sums), &Shares::from_words(rs))
-            .await?;
-        let means = s.div_public(&prod, 1u64 << self.plan.count_shift)?;
+        let scaled = select_scaled(s, &norm.sel, norm.steps, &Shares::from_words(sums)).await?;
+        let means = s.mul(&scaled, &Shares::from_words(rs)).await?;
         for (chunk, &j) in means.words().chunks(self.k).zip(averaged) {
             pg.means[j] = Some(chunk.to_vec());
         }
@@ -474,7 +542,7 @@ impl Eval<'_> {
         &self,
         s: &mut Session<'_, R>,
         varied: &[usize],
-        r: &Shares,
+        norm: &Normalised,
         pg: &mut PerGroup,
     ) -> Result<(), QueryError> {
         let (n, k, v) = (self.n, self.k, varied.len());
@@ -505,18 +573,22 @@ impl Eval<'_> {
         let sq = s.mul(&scaled, &scaled).await?;
         let mt = Shares::from_words(transpose(self.m.words(), n, k));
         let q = s.matmul_ring(&mt, &sq, (k, n, v)).await?;
-        let mut rs = vec![0u64; k * v];
+        // Column-major (k per column) for the selection, then times each group's reciprocal.
+        let mut cols = vec![0u64; k * v];
         for g in 0..k {
             for pos in 0..v {
-                rs[g * v + pos] = r.words()[g];
+                cols[pos * k + g] = q.words()[g * v + pos];
             }
         }
-        let var_s = s.mul(&q, &Shares::from_words(rs)).await?;
+        let scaled = select_scaled(s, &norm.sel, norm.steps, &Shares::from_words(cols)).await?;
+        let rs: Vec<u64> = (0..v)
+            .flat_map(|_| norm.r.words().iter().copied())
+            .collect();
+        let var_s = s.mul(&scaled, &Shares::from_words(rs)).await?;
         for (pos, &j) in varied.iter().enumerate() {
             let t = self.plan.var_shift(&self.column_ref(j), fx);
-            let col: Vec<u64> = (0..k).map(|g| var_s.words()[g * v + pos]).collect();
-            let up = s.mul_public_ring(&Shares::from_words(col), 1u64 << (2 * t));
-            let var = s.div_public(&up, 1u64 << self.plan.count_shift)?;
+            let col = Shares::from_words(var_s.words()[pos * k..(pos + 1) * k].to_vec());
+            let var = s.mul_public_ring(&col, 1u64 << (2 * t));
             pg.vars[j] = Some(var.words().to_vec());
         }
         Ok(())

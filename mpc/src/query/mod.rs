@@ -38,12 +38,17 @@
 //! * `count(*)`: `c_g`, exact.
 //! * `sum(x)`: `Σ_i M[i][g] x_i`, one ring matrix product `Mᵀ X` (exact given the encoded
 //!   inputs).
-//! * `mean(x)`: `sum · r_g / 2^s` with `r_g ≈ 2^s / c_g` from [`crate::Session::reciprocal`]
-//!   on `c_g / 2^s` (`s` the least shift with `n / 2^s < 2^16`, public).
+//! * `mean(x)`: each count is normalised first: one comparison of `c_g` with `2, 4, …, 2^J`
+//!   (`2^J > n`) gives the exponent `j_g` with `2^j ≤ c_g < 2^(j+1)` as a secret one-hot
+//!   selector, `c_g / 2^j ∈ [1, 2)` is selected among the public truncations `c_g / 2^i` (one
+//!   multiplication layer) and `r_g ≈ 2^j / c_g ∈ (1/2, 1]` is its
+//!   [`crate::Session::reciprocal`]; then `mean = (sum / 2^j) · r_g`, `sum / 2^j` selected the
+//!   same way. (`1 / c_g` itself would hold only a few ulps once a group passes a few thousand
+//!   rows: its relative error would grow with the count.)
 //! * `var(x)`: two-pass: the row's group mean `μ_{g(i)} = (M μ)_i` (ring product), deviations
 //!   `d_i = x_i − μ_{g(i)}` scaled down by a public `2^t` (so `d² · 2^2f` stays below `2^40` as
 //!   a ring integer: `t = max(0, ⌈log2(2·abs_max)⌉ + f − 20)`), squared, summed per group
-//!   (`Mᵀ d²`), times `r_g`, scaled back by `2^2t / 2^s`.
+//!   (`Mᵀ d²`), divided by `c_g` as the mean is (`(q / 2^j) · r_g`), scaled back by `2^2t`.
 //! * `min(x)`, `max(x)`: per group, the rows outside the group are replaced by the public
 //!   sentinel `±2·abs_max` (`BIG + M[i][g] (x_i − BIG)`, one multiplication layer), then a
 //!   tournament tree of secure comparisons ([`crate::Session::less_than`]) and one
@@ -82,23 +87,25 @@
 //! # Error bounds (fixed point, `f` fractional bits, `ulp = 2^−f`)
 //!
 //! Against the clear f64 computation on the same rows; `abs_max` is the column's declared
-//! bound, `c` the group's count, `s`, `t` the shifts above:
+//! bound, `c` the group's count, `t` the shift above:
 //!
 //! | aggregate | bound |
 //! | --- | --- |
 //! | `count`, `histogram` | exact |
 //! | `sum` | `c · ulp / 2` (the inputs' rounding) |
-//! | `mean` | `ulp / 2` (rounding) `+ |mean| · 2^−12 + (2^s + 4) · ulp` |
-//! | `var` | `(2 · 2abs_max · 2^t + 2^2t) · ulp · 2 + var · 2^−11 + (2^2t + 4) · 2^s · ulp` |
+//! | `mean` | `ulp / 2` (rounding) `+ |mean| · (2^−12 + 17 · ulp) + 2 · ulp` |
+//! | `var` | `(2 · 2abs_max · 2^t + 2^2t) · ulp · 2 + var · (2^−11 + 17 · ulp) + 2 · 2^2t · ulp` |
 //! | `min`, `max` | `ulp / 2` (the input's rounding; comparisons are exact) |
 //!
-//! The `|mean| · 2^−12` and `var · 2^−11` terms are [`crate::Session::reciprocal`]'s stated
-//! relative bound (in practice the error is a few ulps); the variance's first term is the
-//! rounding of the scaled deviations. On top, SecureML's local truncation fails (a large error)
+//! The `2^−12` and `17 · ulp` relative terms are [`crate::Session::reciprocal`]'s stated bound
+//! on `[1, 2)` (`2^−12 / x + 8 · ulp`) and the truncations around it (in practice the error is
+//! a few ulps), the same at any group size; the variance's first term is the rounding of the
+//! scaled deviations. On top, SecureML's local truncation fails (a large error)
 //! with probability at most `2^(ℓ − 64)` per truncated element of ring magnitude `< 2^ℓ`:
-//! `|mean| · 2^(2f + s)` for a mean, `2^(40 + f)` … `2^40` for a squared deviation (by the
-//! choice of `t`); so keep `|mean| · 2^(2f + s)` well below `2^44` (e.g. `f = 16`,
-//! `n < 65,536`, means below 4,096 for `2^−20`). [`plan::check`] refuses columns whose sums
+//! `|sum| · 2^f` for the normalisation of a sum, `|mean| · 2^(2f + 1)` for a mean,
+//! `2^(40 + f)` … `2^40` for a squared deviation (by the choice of `t`); so keep both
+//! `|sum| · 2^f` and `|mean| · 2^(2f + 1)` well below `2^44` (e.g. `f = 16`: sums below
+//! `2^28`, means below 2,048, for `2^−20` per group). [`plan::check`] refuses columns whose sums
 //! could leave the ring (`n · abs_max · 2^f ≥ 2^61`).
 
 pub mod clear;

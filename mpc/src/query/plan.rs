@@ -29,8 +29,6 @@ pub struct Plan {
     pub groups: usize,
     /// The numeric columns each side inputs (sorted, without repeats), with their bounds.
     pub inputs: Vec<(Side, String, f64)>,
-    /// The count shift `s` of the mean and variance (`n / 2^s < 2^16`).
-    pub count_shift: u32,
     /// Whether the plan is row-level (a bare column, no aggregate).
     pub row_level: bool,
     /// The schema it was checked against.
@@ -253,21 +251,11 @@ pub fn check(
             "a minimum group size of {threshold} is past the fixed-point range"
         )));
     }
-    let mut count_shift = 0u32;
-    while (rows as f64) >= 2f64.powi(16 + count_shift as i32) {
-        count_shift += 1;
-    }
-    if count_shift > fx.frac_bits() || count_shift > 8 {
-        return Err(QueryError::Range(format!(
-            "{rows} rows need a count shift of {count_shift}, more than the format allows"
-        )));
-    }
     Ok(Plan {
         query: query.clone(),
         rows,
         groups,
         inputs,
-        count_shift,
         row_level,
         schema: schema.clone(),
         policy: *policy,
