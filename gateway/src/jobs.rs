@@ -76,6 +76,9 @@ fn job_request(mut r: pb::SubmitJobRequest) -> Result<JobRequest, Status> {
     } else {
         None
     };
+    // An mpc or tee job aligns on the keys, in intersection mode only: unspecified is that
+    // mode (any other is refused by the request's validation).
+    let aligns = scene == tessera_core::job::scene::MPC || scene == tessera_core::job::scene::TEE;
     Ok(JobRequest {
         user: r.user,
         user_groups: Vec::new(),
@@ -85,7 +88,11 @@ fn job_request(mut r: pb::SubmitJobRequest) -> Result<JobRequest, Status> {
         buyer_dataset_id: r.buyer_dataset_id,
         buyer_columns: r.buyer_columns,
         provider_columns: r.provider_columns,
-        mode: decode::<PsiMode>(r.mode).map_err(invalid)?,
+        mode: if r.mode == 0 && aligns {
+            PsiMode::Intersection
+        } else {
+            decode::<PsiMode>(r.mode).map_err(invalid)?
+        },
         // Unspecified: the mode's default protocol.
         protocol: match r.protocol {
             0 => None,

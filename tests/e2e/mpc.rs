@@ -254,8 +254,12 @@ async fn a_dealer_job_draws_its_triples_from_the_operator_and_matches_the_dealer
     assert_eq!(dealt.state_text(), "admitted", "{dealt:?}");
     let dealt = c.wait(&dealt.job_id).await;
     assert_eq!(dealt.state_text(), "succeeded", "{dealt:?}");
+    // A request that leaves the mode unset (as a REST client may): an mpc job's only mode.
     let free = client
-        .submit_job(job(&ot_only, "free.csv", pb::MpcTriples::Unspecified))
+        .submit_job(pb::SubmitJobRequest {
+            mode: pb::PsiMode::Unspecified.into(),
+            ..job(&ot_only, "free.csv", pb::MpcTriples::Unspecified)
+        })
         .await
         .expect("submit")
         .into_inner();
