@@ -57,6 +57,7 @@ const ENUM_FIELDS: &[(&str, &str, &str)] = &[
     ("Job.state", "job_state", "JobStateName"),
     ("Job.mode", "psi_mode", "PsiModeName"),
     ("Job.protocol", "psi_protocol", "PsiProtocolName"),
+    ("Job.mpc_triples", "mpc_triples", "MpcTriplesName"),
     ("JobQuery.state", "job_state", "JobStateName"),
 ];
 

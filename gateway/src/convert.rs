@@ -21,6 +21,10 @@ pub fn job_to_pb(v: &JobView) -> pb::Job {
         scene: j.scene.clone(),
         mode: pb::PsiMode::from(j.mode).into(),
         protocol: pb::PsiProtocol::from(j.protocol).into(),
+        mpc_triples: j
+            .mpc_triples
+            .map_or(pb::MpcTriples::Unspecified, pb::MpcTriples::from)
+            .into(),
         user: j.user.clone(),
         refusal_reasons: if j.state == JobState::Refused {
             j.reasons.clone()

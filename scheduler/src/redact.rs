@@ -127,6 +127,7 @@ mod tests {
                 user: "u1".into(),
                 mode: PsiMode::Intersection,
                 protocol: tessera_core::PsiProtocol::Rr22,
+                mpc_triples: None,
                 state: JobState::Failed,
                 count_state: CountState::Released,
                 reasons: vec![],

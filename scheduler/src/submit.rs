@@ -735,6 +735,7 @@ impl Admission {
                 tasks: vec![],
                 holds: vec![],
                 auto_frozen,
+                mpc_triples: None,
             });
         };
         let scene = l.policy.scene(&req.scene);
@@ -1042,6 +1043,7 @@ impl Admission {
             tasks,
             holds,
             auto_frozen,
+            mpc_triples: triples,
         })
     }
 }

@@ -412,6 +412,9 @@ pub fn job_line(j: &pb::Job) -> String {
     if j.protocol != 0 && !preview {
         s.push_str(&format!(" protocol={}", j.protocol_text()));
     }
+    if let Ok(t) = tessera_proto::decode::<tessera_core::MpcTriples>(j.mpc_triples) {
+        s.push_str(&format!(" triples={t}"));
+    }
     if let Some(n) = j.result_size {
         s.push_str(&format!(" result_size={n}"));
     }

@@ -177,6 +177,7 @@ const JOB_COLUMNS: &[(&str, &str)] = &[
     ("user_id", "user_id"),
     ("mode", "mode"),
     ("protocol", "protocol"),
+    ("mpc_triples", "mpc_triples"),
     ("state", "state"),
     ("count_state", "count_state"),
     ("reasons_json", "reasons_json"),
@@ -650,6 +651,7 @@ impl Chain {
         row.copy("request_id", d, "/request_id", seq);
         row.copy("mode", d, "/mode", seq);
         row.copy("protocol", d, "/protocol", seq);
+        row.copy("mpc_triples", d, "/mpc_triples", seq);
         row.copy("buyer_party", d, "/buyer_party", seq);
         row.copy("provider_party", d, "/provider_party", seq);
         row.copy("output_name", d, "/output_name", seq);

@@ -4,7 +4,7 @@
 use serde::Serialize;
 use sqlx::{Row, SqliteConnection};
 use tessera_accounting::{AccountKind, TransferOutcome, TransferSpec, settle};
-use tessera_core::{CountState, JobState, PsiMode, PsiProtocol, TaskRole, TaskState};
+use tessera_core::{CountState, JobState, MpcTriples, PsiMode, PsiProtocol, TaskRole, TaskState};
 
 use tessera_accounting::bill::NewBillLine;
 
@@ -254,6 +254,8 @@ pub struct Decision {
     pub holds: Vec<TransferSpec>,
     /// A new automatic freeze state to record (with its notice), if it changed.
     pub auto_frozen: Option<(bool, Option<String>)>,
+    /// An `mpc` job's triples source as admission resolved it (`None`: not an mpc job).
+    pub mpc_triples: Option<MpcTriples>,
 }
 
 /// A stored job.
@@ -271,6 +273,8 @@ pub struct JobRecord {
     pub mode: PsiMode,
     /// The PSI protocol it runs.
     pub protocol: PsiProtocol,
+    /// An `mpc` job's triples source (`None`: not an mpc job, or admitted before the column).
+    pub mpc_triples: Option<MpcTriples>,
     /// Where the job stands.
     pub state: JobState,
     /// The state of its licence count.
@@ -535,7 +539,7 @@ const JOB_COLUMNS: &str = "job_id, licence_id, scene, user_id, mode, state, coun
      buyer_party, provider_party, result_bytes, result_rows, result_sha256, \
      buyer_empty_keys, provider_empty_keys, error_role, error_party, error_kind, delivered_at_ms, \
      delivered_rows, request_id, protocol, provider_result_location, provider_result_bytes, \
-     provider_result_rows, provider_result_sha256";
+     provider_result_rows, provider_result_sha256, mpc_triples";
 
 fn job_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<JobRecord, StoreError> {
     let reasons: String = r.try_get(7)?;
@@ -569,6 +573,10 @@ fn job_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<JobRecord, StoreError> {
             .transpose()?,
         request_id: r.try_get(26)?,
         protocol: parse_col(r, 27)?,
+        mpc_triples: match r.try_get::<String, _>(32)?.as_str() {
+            "" => None,
+            t => Some(t.parse().map_err(corrupt)?),
+        },
     })
 }
 
@@ -790,7 +798,7 @@ where
         let inserted = sqlx::query(
             "INSERT INTO jobs (job_id, licence_id, scene, user_id, mode, state, count_state, request_json, \
              reasons_json, created_at_ms, updated_at_ms, finished_at_ms, buyer_party, provider_party, output_name, \
-             request_id, protocol) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             request_id, protocol, mpc_triples) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT(job_id) DO NOTHING",
         )
         .bind(&job.job_id)
@@ -810,6 +818,7 @@ where
         .bind(output_name)
         .bind(&job.request_id)
         .bind(job.protocol.as_str())
+        .bind(decision.mpc_triples.map_or("", MpcTriples::as_str))
         .execute(&mut *tx)
         .await?;
         if inserted.rows_affected() == 0 {
@@ -848,6 +857,7 @@ where
                 "request_id": job.request_id, "reasons": reason_texts, "detail": decision.detail,
                 // The job row's other fields as written, so `audit verify` re-derives it.
                 "mode": job.mode.as_str(), "protocol": job.protocol.as_str(),
+                "mpc_triples": decision.mpc_triples.map_or("", MpcTriples::as_str),
                 "buyer_party": job.buyer_party,
                 "provider_party": job.provider_party, "output_name": output_name,
                 "holds": decision.holds.iter().map(|h| serde_json::json!({

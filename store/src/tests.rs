@@ -77,6 +77,7 @@ pub(crate) fn allow(_: &AdmitContext<'_>) -> Result<Decision, StoreError> {
         tasks: vec![],
         holds: vec![],
         auto_frozen: None,
+        mpc_triples: None,
     })
 }
 
@@ -506,6 +507,7 @@ async fn unknown_records_are_not_found() {
                 tasks: vec![],
                 holds: vec![],
                 auto_frozen: None,
+                mpc_triples: None,
             })
         })
         .await

@@ -65,6 +65,7 @@ fn decision(allowed: bool, holds: Vec<TransferSpec>) -> Decision {
         tasks: vec![],
         holds,
         auto_frozen: None,
+        mpc_triples: None,
     }
 }
 

@@ -471,6 +471,7 @@ async fn term_covers(store: &Store, id: &str, now: i64) -> Result<(), String> {
                     tasks: vec![],
                     holds: vec![],
                     auto_frozen: None,
+                    mpc_triples: None,
                 })
             },
         )

@@ -271,6 +271,23 @@ async fn a_dealer_job_draws_its_triples_from_the_operator_and_matches_the_dealer
     for i in 31..=70u64 {
         clear.entry(region(i)).or_default().push(income(i));
     }
+    // Both parties' views of a job say which source it drew from.
+    assert_eq!(
+        dealt.mpc_triples,
+        pb::MpcTriples::Dealer as i32,
+        "{dealt:?}"
+    );
+    assert_eq!(free.mpc_triples, pb::MpcTriples::Ot as i32, "{free:?}");
+    let seen = c
+        .provider_client()
+        .await
+        .get_job(pb::JobRef {
+            job_id: dealt.job_id.clone(),
+        })
+        .await
+        .expect("the provider's view")
+        .into_inner();
+    assert_eq!(seen.mpc_triples, pb::MpcTriples::Dealer as i32, "{seen:?}");
     let (header, dealt_rows) = crate::harness::read_csv(&c.buyer.outputs.join("dealt.csv"));
     assert_eq!(header[..2], ["group", "reported"]);
     let (_, free_rows) = crate::harness::read_csv(&c.buyer.outputs.join("free.csv"));
