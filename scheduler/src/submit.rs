@@ -774,9 +774,8 @@ impl Admission {
                     Constraint::Count => Refusal::QuotaExhausted {
                         scene: req.scene.clone(),
                     },
-                    // The buyer named no protocol: say that this one was the default, and
-                    // which allowed protocols could run this mode (perhaps none).
-                    // An mpc job that named no triples: the scene allows neither source.
+                    // An mpc job that named no triples source: the scene allows neither
+                    // (`resolve_triples` picked an allowed one if there was one).
                     Constraint::Protocol if req.is_mpc() && req.mpc_triples.is_none() => {
                         Refusal::PolicyDenied {
                             constraint: Constraint::Protocol,
@@ -787,6 +786,8 @@ impl Admission {
                             ),
                         }
                     }
+                    // The buyer named no protocol: say that this one was the default, and
+                    // which allowed protocols could run this mode (perhaps none).
                     Constraint::Protocol if req.protocol.is_none() && !req.is_mpc() => {
                         let usable: Vec<&str> = PsiProtocol::ALL
                             .iter()
