@@ -774,20 +774,10 @@ impl Admission {
                     Constraint::Count => Refusal::QuotaExhausted {
                         scene: req.scene.clone(),
                     },
-                    // An mpc job that named no triples source: the scene allows neither
-                    // (`resolve_triples` picked an allowed one if there was one).
-                    Constraint::Protocol if req.is_mpc() && req.mpc_triples.is_none() => {
-                        Refusal::PolicyDenied {
-                            constraint: Constraint::Protocol,
-                            reason: format!(
-                                "{} (an mpc job draws its triples from ot or dealer, and the \
-                                 scene allows neither)",
-                                c.reason
-                            ),
-                        }
-                    }
                     // The buyer named no protocol: say that this one was the default, and
-                    // which allowed protocols could run this mode (perhaps none).
+                    // which allowed protocols could run this mode (perhaps none). An mpc job's
+                    // check is of its triples source, which `resolve_triples` took from the
+                    // scene when it named none: the policy's reason stands.
                     Constraint::Protocol if req.protocol.is_none() && !req.is_mpc() => {
                         let usable: Vec<&str> = PsiProtocol::ALL
                             .iter()

@@ -3,36 +3,20 @@
 
 mod common;
 
-use tessera_accounting::JobPrice;
 use tessera_core::{JobState, MpcTriples, PsiMode, TaskSpec};
 use tessera_mpc::Party;
-use tessera_scheduler::records::NewLicence;
 use tessera_scheduler::{Delivery, JobRequest, SchedulerError};
 
 #[tokio::test]
 async fn only_a_workers_own_live_dealer_task_gets_a_seat_as_its_roles_party() {
     let (scheduler, mut inboxes, psi_licence) = common::node().await;
-    let licence = scheduler
-        .records()
-        .create_licence(NewLicence {
-            licensor: "prov".into(),
-            licensee: "u1".into(),
-            dataset_id: "p".into(),
-            policy_json:
-                r#"{"policyName":"m","relUsers":[{"userId":"u1","userName":"U","isGroup":0}],
-                "useScenes":[{"useSence":"mpc","counts":5,"protocols":["ot","dealer"],
-                "visitArea":["r1"],"cpCenter":["c1"]}]}"#
-                    .into(),
-            price: JobPrice {
-                per_job_micros: 1_000,
-                per_1k_rows_micros: 0,
-                operator_share_bps: 0,
-            },
-            monthly_price_micros: 0,
-        })
-        .await
-        .expect("licence")
-        .licence_id;
+    let licence = common::licence(
+        &scheduler,
+        r#"{"policyName":"m","relUsers":[{"userId":"u1","userName":"U","isGroup":0}],
+        "useScenes":[{"useSence":"mpc","counts":5,"protocols":["ot","dealer"],
+        "visitArea":["r1"],"cpCenter":["c1"]}]}"#,
+    )
+    .await;
     let mpc_request = |triples: Option<MpcTriples>, output: &str| JobRequest {
         scene: "mpc".into(),
         mode: PsiMode::Intersection,

@@ -30,6 +30,25 @@ fn mpc_job(lic: &str, query: &str, output: &str) -> pb::SubmitJobRequest {
     )
 }
 
+/// Every usage event the operator recorded (read as the operator).
+async fn usage(c: &Cluster) -> Vec<pb::UsageEvent> {
+    c.admin()
+        .await
+        .list_usage(pb::ListRequest {})
+        .await
+        .expect("usage")
+        .into_inner()
+        .events
+}
+
+/// The quantity of `metric` that `party`'s task of `job` reported (0 when none).
+fn metric(usage: &[pb::UsageEvent], job: &str, party: &str, metric: &str) -> u64 {
+    usage
+        .iter()
+        .find(|e| e.job_id == job && e.party == party && e.metric == metric)
+        .map_or(0, |e| e.quantity)
+}
+
 /// An `mpc` job on the buyer's `dataset`, both keyed by `id`, reading `columns`.
 fn mpc_job_on(
     lic: &str,
@@ -152,20 +171,10 @@ async fn a_group_by_query_on_aligned_rows_suppresses_the_small_group_and_is_coun
     assert_eq!(c.remaining(&lic).await, Some(1));
     assert!(done.charge_micros > 0, "{done:?}");
     assert_eq!(cash(&c).await, before - done.charge_micros);
-    let usage = c
-        .admin()
-        .await
-        .list_usage(pb::ListRequest {})
-        .await
-        .expect("usage")
-        .into_inner()
-        .events;
+    let usage = usage(&c).await;
     for party in [PROVIDER, BUYER] {
-        let triples = usage
-            .iter()
-            .find(|e| e.job_id == job.job_id && e.party == party && e.metric == "triples")
-            .map(|e| e.quantity);
-        assert!(triples.is_some_and(|t| t > 0), "{party}: {usage:?}");
+        let triples = metric(&usage, &job.job_id, party, "triples");
+        assert!(triples > 0, "{party}: {usage:?}");
     }
 
     // A row-level query under aggregatesOnly: refused at admission, nothing counted.
@@ -323,21 +332,8 @@ async fn a_dealer_job_draws_its_triples_from_the_operator_and_matches_the_dealer
     // Counted and charged like any run; both parties metered, the dealer's triples included.
     assert_eq!(c.remaining(&dealer_only).await, Some(2));
     assert!(dealt.charge_micros > 0, "{dealt:?}");
-    let usage = c
-        .admin()
-        .await
-        .list_usage(pb::ListRequest {})
-        .await
-        .expect("usage")
-        .into_inner()
-        .events;
-    let metric = |job: &str, party: &str, metric: &str| {
-        usage
-            .iter()
-            .find(|e| e.job_id == job && e.party == party && e.metric == metric)
-            .map(|e| e.quantity)
-            .unwrap_or(0)
-    };
+    let usage = usage(&c).await;
+    let metric = |job: &str, party: &str, m: &str| metric(&usage, job, party, m);
     // Both parties draw the same triples (the dealer refuses requests that differ); the
     // dealer's group sums use matrix triples, which OT does not make, so the counts of the
     // two sources differ.

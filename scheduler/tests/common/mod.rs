@@ -79,25 +79,12 @@ pub async fn node_on(
             .await
             .expect("dataset");
     }
-    let licence = records
-        .create_licence(NewLicence {
-            licensor: "prov".into(),
-            licensee: "u1".into(),
-            dataset_id: "p".into(),
-            policy_json:
-                r#"{"policyName":"t","relUsers":[{"userId":"u1","userName":"U","isGroup":0}],
-                "useScenes":[{"useSence":"psi","counts":1,"visitArea":["r1"],"cpCenter":["c1"]}]}"#
-                    .into(),
-            price: JobPrice {
-                per_job_micros: 1_000,
-                per_1k_rows_micros: 0,
-                operator_share_bps: 0,
-            },
-            monthly_price_micros: 0,
-        })
-        .await
-        .expect("licence")
-        .licence_id;
+    let licence = licence(
+        &scheduler,
+        r#"{"policyName":"t","relUsers":[{"userId":"u1","userName":"U","isGroup":0}],
+        "useScenes":[{"useSence":"psi","counts":1,"visitArea":["r1"],"cpCenter":["c1"]}]}"#,
+    )
+    .await;
     scheduler
         .billing()
         .deposit(Deposit {
@@ -109,6 +96,27 @@ pub async fn node_on(
         .await
         .expect("deposit");
     (scheduler, inboxes, licence)
+}
+
+/// A licence of the provider's dataset `p` to `u1` under `policy_json`, at 1,000 per job.
+pub async fn licence(scheduler: &Scheduler, policy_json: &str) -> String {
+    scheduler
+        .records()
+        .create_licence(NewLicence {
+            licensor: "prov".into(),
+            licensee: "u1".into(),
+            dataset_id: "p".into(),
+            policy_json: policy_json.into(),
+            price: JobPrice {
+                per_job_micros: 1_000,
+                per_1k_rows_micros: 0,
+                operator_share_bps: 0,
+            },
+            monthly_price_micros: 0,
+        })
+        .await
+        .expect("licence")
+        .licence_id
 }
 
 pub fn request(licence: &str) -> JobRequest {
