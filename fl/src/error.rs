@@ -143,6 +143,13 @@ pub enum TrainError {
         /// The engine's error.
         source: FlError,
     },
+    /// A frame of the federation protocol ([`crate::federation`]) from the other party is
+    /// malformed, out of turn or inconsistent with the job's configuration.
+    #[error("federation protocol: {0}")]
+    Protocol(String),
+    /// The link to the other party failed ([`crate::federation`]).
+    #[error("link: {0}")]
+    Link(#[from] tessera_core::LinkError),
     /// A client or aggregator task of the in-process driver panicked or was cancelled.
     #[error("round {round}: task failed: {detail}")]
     Task {

@@ -293,19 +293,12 @@ impl FedAvgServer {
             Sampling::Poisson(q) => (0..k).filter(|_| rng.gen_bool(q)).collect(),
         };
         sampled.sort_unstable();
-        let a = &self.config.aggregation;
-        let n = sampled.len() as u32;
-        let secagg = (n >= a.threshold).then(|| SecAggConfig {
-            session_id: round_session(&self.config.session_id, self.round),
-            clients: n,
-            dim: self.model.param_count() as u32 + u32::from(self.config.dp.is_none()),
-            neighbours: match a.neighbours {
-                Some(k) if k >= 3 && k % 2 == 1 && k < n => k,
-                _ => n,
-            },
-            threshold: a.threshold,
-            modulus: a.modulus,
-        });
+        let secagg = round_secagg(
+            &self.config,
+            self.model.param_count(),
+            self.round,
+            sampled.len() as u32,
+        );
         Some(RoundPlan {
             round: self.round,
             sampled,
@@ -400,6 +393,31 @@ impl FedAvgServer {
             update_norm: mean.iter().map(|d| d * d).sum::<f64>().sqrt(),
         })
     }
+}
+
+/// The SecAgg parameters of round `round` with `n` clients of a model of `params`
+/// parameters under `config` (`None`: fewer than `t` clients, the round is skipped): the
+/// session id from [`round_session`], `dim = params` (+ 1 for the row count without DP), the
+/// share-group size `k` when it is odd, at least 3 and below `n`, else the complete graph.
+/// Both the aggregator and each provider derive it, so a provider can check what it is told.
+pub fn round_secagg(
+    config: &FedAvgConfig,
+    params: usize,
+    round: u32,
+    n: u32,
+) -> Option<SecAggConfig> {
+    let a = &config.aggregation;
+    (n >= a.threshold).then(|| SecAggConfig {
+        session_id: round_session(&config.session_id, round),
+        clients: n,
+        dim: params as u32 + u32::from(config.dp.is_none()),
+        neighbours: match a.neighbours {
+            Some(k) if k >= 3 && k % 2 == 1 && k < n => k,
+            _ => n,
+        },
+        threshold: a.threshold,
+        modulus: a.modulus,
+    })
 }
 
 /// The SecAgg session id of round `round` of the job `job`:

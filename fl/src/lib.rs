@@ -124,6 +124,7 @@ pub mod data;
 pub mod dp;
 mod error;
 pub mod fedavg;
+pub mod federation;
 pub mod graph;
 pub mod keys;
 pub mod model;
