@@ -258,6 +258,9 @@ pub mod scene {
     /// PSI with the provider's payload columns: the buyer's rows joined with the columns the
     /// licence's `payloadColumns` lists, for its common keys (crate `tessera-psi`, rr22).
     pub const PSI_PAYLOAD: &str = "psi_payload";
+    /// Federated learning with secure aggregation across several providers' workers, the
+    /// model to the buyer's (crate `tessera-fl`).
+    pub const FL: &str = "fl";
     /// Scenes this build can run.
     pub const SUPPORTED: &[&str] = &[PSI, PSI_PAYLOAD, PREVIEW, MPC, TEE];
 }

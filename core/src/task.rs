@@ -29,7 +29,7 @@ fn ecdh() -> PsiProtocol {
 }
 
 /// One party's part of a job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskSpec {
     /// The job.
     pub job_id: String,
@@ -92,10 +92,107 @@ pub struct TaskSpec {
     /// For a `tee` task (both sides carry the same): the enclave it runs in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tee: Option<TeeSpec>,
+    /// For an `fl` task: the training every task of the job runs (the aggregator's also lists
+    /// the providers' seats; a provider's names its own index).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fl: Option<FlSpec>,
     /// For a join task (both sides carry the same; a `tee` job that computes no query): the
     /// result's shape and the provider's columns that cross for matched rows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub join: Option<JoinSpec>,
+}
+
+/// An `fl` job's federated training (FedAvg, McMahan et al. AISTATS 2017, every average one
+/// SecAgg+ round: crate `tessera-fl`), signed with each task. The providers' workers are the
+/// job's `sender` tasks (each trains on its own table and dials the aggregator), the buyer's
+/// worker its one `receiver` task: the aggregator, which alone learns the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlSpec {
+    /// The model trained.
+    pub model: FlModel,
+    /// Feature columns, in order (numeric; the same names in every provider's table).
+    pub features: Vec<String>,
+    /// The label column (0/1, `true`/`false`).
+    pub label: String,
+    /// `R`: FedAvg rounds.
+    pub rounds: u32,
+    /// `E`: local epochs per round.
+    pub epochs: u32,
+    /// `B`: rows per local SGD step.
+    pub batch_size: u32,
+    /// `η`: the local SGD step size.
+    pub learning_rate: f64,
+    /// The fraction of providers sampled each round, in `(0, 1]`.
+    pub sample_fraction: f64,
+    /// `t`: SecAgg+'s reconstruction threshold, the fewest providers a round needs.
+    pub threshold: u32,
+    /// `k`: SecAgg+'s share-group size, for a sparse graph (`None`: complete graph).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub neighbours: Option<u32>,
+    /// Whether the features are standardised by their global mean and standard deviation
+    /// (computed through one secure round) before training.
+    #[serde(default)]
+    pub standardise: bool,
+    /// Client-level differential privacy, if asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dp: Option<FlDp>,
+    /// Most rows a provider's table may hold (also FedAvg's public weighting bound `N_max`).
+    pub rows_max: u64,
+    /// `K`: the providers of the job.
+    pub providers: u32,
+    /// The aggregator's task only: each provider's seat, by index.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seats: Vec<FlSeat>,
+    /// A provider's task only: its index among the job's providers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u32>,
+}
+
+/// The model of an `fl` job (binary classification).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum FlModel {
+    /// Logistic regression.
+    Logistic,
+    /// One hidden ReLU layer of `hidden` units.
+    Mlp {
+        /// Hidden units.
+        hidden: u32,
+    },
+}
+
+/// DP-FedAvg's settings (McMahan et al. ICLR 2018): each update clipped to L2 norm
+/// `clip_norm`, Gaussian noise of multiplier `noise_multiplier`, ε reported at `delta`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct FlDp {
+    /// `z`.
+    pub noise_multiplier: f64,
+    /// `C`.
+    pub clip_norm: f64,
+    /// `δ`.
+    pub delta: f64,
+}
+
+/// One provider's seat at an `fl` job's aggregator: the peer session its worker dials with and
+/// the names its TLS certificate must carry. The session id is a secret of the two workers:
+/// `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlSeat {
+    /// The peer session (random, known to this provider's worker and the aggregator's).
+    pub session_id: String,
+    /// The provider's party.
+    pub party: String,
+    /// The provider's worker.
+    pub worker_id: String,
+}
+
+impl std::fmt::Debug for FlSeat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlSeat")
+            .field("party", &self.party)
+            .field("worker_id", &self.worker_id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The column of a left join's result that says whether the row's key matched (`true` /

@@ -147,6 +147,10 @@ pub enum TrainError {
     /// malformed, out of turn or inconsistent with the job's configuration.
     #[error("federation protocol: {0}")]
     Protocol(String),
+    /// The provider's release gate stayed closed (its job's delivery could not be recorded):
+    /// it stopped before its first unmasking shares ([`crate::federation::ReleaseGate`]).
+    #[error("the delivery could not be recorded; the provider stopped before releasing")]
+    Released,
     /// The link to the other party failed ([`crate::federation`]).
     #[error("link: {0}")]
     Link(#[from] tessera_core::LinkError),

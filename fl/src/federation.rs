@@ -62,7 +62,7 @@ use crate::fedavg::{
 };
 use crate::model::Model;
 use crate::moments;
-use crate::transport::{AggregatorTransport, Inbound, run_client, run_server};
+use crate::transport::{AggregatorTransport, Inbound, run_server};
 use crate::{ClientId, SecAggConfig};
 
 /// The protocol's version, in every Hello.
@@ -100,6 +100,94 @@ impl FederationConfig {
             )));
         }
         Ok(())
+    }
+}
+
+/// The public SecAgg session id of the `fl` job `job_id`:
+/// `SHA-256("tessera-fl job session" ‖ job_id)` (job ids are unique, so is this).
+pub fn job_session(job_id: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"tessera-fl job session");
+    h.update(job_id.as_bytes());
+    h.finalize().into()
+}
+
+/// The run's configuration from an `fl` task's signed spec: the model, FedAvg's settings, the
+/// aggregation of every round (`t`, `k`, the quantiser's clip range — 4, or `C + 6σ` under DP
+/// when that is larger —, `2^32` levels in `Z_{2^64}`, `N_max` = `rows_max`) and the job's
+/// session id ([`job_session`]). Both the aggregator's worker and each provider's derive it
+/// from the same spec. Errors: [`TrainError::Config`] for any bound broken.
+pub fn config_of(
+    spec: &tessera_core::FlSpec,
+    job_id: &str,
+) -> Result<FederationConfig, TrainError> {
+    let model = match spec.model {
+        tessera_core::FlModel::Logistic => crate::model::ModelKind::Logistic,
+        tessera_core::FlModel::Mlp { hidden } => crate::model::ModelKind::Mlp {
+            hidden: hidden as usize,
+        },
+    };
+    let dp = spec.dp.map(|d| crate::dp::DpConfig {
+        clip_norm: d.clip_norm,
+        noise_multiplier: d.noise_multiplier,
+        delta: d.delta,
+    });
+    if let Some(d) = &dp {
+        d.validate()?;
+    }
+    let defaults = crate::fedavg::AggregationConfig::default();
+    let clip_range = match &dp {
+        Some(d) => defaults
+            .clip_range
+            .max((d.clip_norm + 6.0 * d.client_sigma(spec.threshold.max(1))) * 1.01),
+        None => defaults.clip_range,
+    };
+    let config = FederationConfig {
+        fedavg: FedAvgConfig {
+            model,
+            rounds: spec.rounds,
+            local: crate::model::LocalTraining {
+                epochs: spec.epochs,
+                batch_size: spec.batch_size as usize,
+                learning_rate: spec.learning_rate,
+            },
+            sampling: crate::fedavg::Sampling::Fraction(spec.sample_fraction),
+            aggregation: crate::fedavg::AggregationConfig {
+                neighbours: spec.neighbours,
+                threshold: spec.threshold,
+                clip_range,
+                weight_rows_max: spec.rows_max,
+                ..defaults
+            },
+            dp,
+            session_id: job_session(job_id),
+        },
+        providers: spec.providers,
+        features: spec.features.len(),
+        standardise: spec.standardise,
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+/// Asked by a provider once, before the first frame that lets the aggregator learn a sum
+/// including its data (its first unmasking shares): the job's delivery point. `false` stops
+/// the provider there ([`TrainError::Protocol`] is not used: the caller knows why).
+#[async_trait]
+pub trait ReleaseGate: Send + Sync {
+    /// Records the release; whether it may go on.
+    async fn release(&self) -> bool;
+}
+
+/// A gate that always opens (for runs outside a job).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Open;
+
+#[async_trait]
+impl ReleaseGate for Open {
+    async fn release(&self) -> bool {
+        true
     }
 }
 
@@ -593,7 +681,8 @@ impl AggregatorTransport for PreGone<'_> {
 /// (read with the job's columns; standardised here if the aggregator sends the global
 /// moments). `rng` draws local shuffles, rounding, DP noise and the SecAgg keys; `on_round`
 /// is called with each round number the provider is sampled for, after its masked update is
-/// sent. The training runs inline: call it where blocking for a round's local epochs is
+/// sent. `gate` is asked once, before the provider's first unmasking shares leave (see
+/// [`ReleaseGate`]); a closed gate ends the run with [`TrainError::Released`]. The training runs inline: call it where blocking for a round's local epochs is
 /// fine (a dedicated runtime or `spawn_blocking`'s). Errors: [`TrainError::Protocol`] for a
 /// frame that breaks the protocol or the job's configuration, [`TrainError::Link`],
 /// [`TrainError::SecAgg`], [`TrainError::Config`] / [`TrainError::NonFinite`] from the local
@@ -602,6 +691,7 @@ pub async fn run_provider<R: RngCore + CryptoRng + Send>(
     link: &dyn Link,
     config: &FederationConfig,
     mut data: Dataset,
+    gate: &dyn ReleaseGate,
     rng: &mut R,
     on_round: &mut (dyn FnMut(u32) + Send),
 ) -> Result<ProviderOutcome, TrainError> {
@@ -619,6 +709,7 @@ pub async fn run_provider<R: RngCore + CryptoRng + Send>(
     let mut next_round = 0u32;
     let mut joined = 0u32;
     let mut moments_done = !config.standardise;
+    let mut released = false;
     let mut standardised = !config.standardise;
     loop {
         let frame = link.recv().await?;
@@ -639,11 +730,8 @@ pub async fn run_provider<R: RngCore + CryptoRng + Send>(
                 )?;
                 seat.check(&cfg, config.providers)?;
                 let input = moments::moments_input(&data, seat.clients)?;
-                let mut round_rng = ChaCha20Rng::from_rng(&mut *rng)
-                    .map_err(|e| TrainError::Config(e.to_string()))?;
-                run_client(link, &cfg, ClientId(seat.id), &input, &mut round_rng)
-                    .await
-                    .map_err(|source| TrainError::SecAgg { round: 0, source })?;
+                released =
+                    secure_input(link, &cfg, seat.id, &input, 0, gate, released, rng).await?;
                 moments_done = true;
             }
             KIND_STANDARDISE if moments_done && !standardised => {
@@ -694,11 +782,8 @@ pub async fn run_provider<R: RngCore + CryptoRng + Send>(
                     secagg: Some(cfg.clone()),
                 };
                 let input = local_update(&config.fedavg, &plan, &model, &data, &mut *rng)?;
-                let mut round_rng = ChaCha20Rng::from_rng(&mut *rng)
-                    .map_err(|e| TrainError::Config(e.to_string()))?;
-                run_client(link, &cfg, ClientId(seat.id), &input, &mut round_rng)
-                    .await
-                    .map_err(|source| TrainError::SecAgg { round, source })?;
+                released =
+                    secure_input(link, &cfg, seat.id, &input, round, gate, released, rng).await?;
                 joined += 1;
                 next_round = round + 1;
                 on_round(round);
@@ -725,6 +810,39 @@ pub async fn run_provider<R: RngCore + CryptoRng + Send>(
             }
         }
     }
+}
+
+/// One provider's side of a SecAgg+ round (as [`crate::transport::run_client`]), asking
+/// `gate` before its first unmasking shares unless `released`; returns whether released.
+#[allow(clippy::too_many_arguments)]
+async fn secure_input<R: RngCore + CryptoRng + Send>(
+    link: &dyn Link,
+    cfg: &SecAggConfig,
+    id: u32,
+    input: &[u64],
+    round: u32,
+    gate: &dyn ReleaseGate,
+    released: bool,
+    rng: &mut R,
+) -> Result<bool, TrainError> {
+    let mut rng =
+        ChaCha20Rng::from_rng(&mut *rng).map_err(|e| TrainError::Config(e.to_string()))?;
+    let secagg = |source: crate::FlError| TrainError::SecAgg { round, source };
+    let (mut c, f) = crate::Client::new(cfg, ClientId(id), &mut rng).map_err(secagg)?;
+    link.send(f).await?;
+    let f = link.recv().await?;
+    link.send(c.share_keys(&f, &mut rng).map_err(secagg)?)
+        .await?;
+    let f = link.recv().await?;
+    link.send(c.masked_input(&f, input).map_err(secagg)?)
+        .await?;
+    let f = link.recv().await?;
+    let shares = c.unmask(&f).map_err(secagg)?;
+    if !released && !gate.release().await {
+        return Err(TrainError::Released);
+    }
+    link.send(shares).await?;
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -16,8 +16,8 @@ use tessera_core::{Link, LinkError, LinkStats};
 use tessera_fl::data::{Dataset, Standardisation};
 use tessera_fl::fedavg::{AggregationConfig, FedAvgConfig, Sampling};
 use tessera_fl::federation::{
-    FederationConfig, FederationOutcome, ProviderOutcome, RoundSummary, run_aggregator,
-    run_provider,
+    FederationConfig, FederationOutcome, Open, ProviderOutcome, ReleaseGate, RoundSummary,
+    config_of, run_aggregator, run_provider,
 };
 use tessera_fl::model::{LocalTraining, Model, ModelKind};
 use tessera_fl::transport::{AggregatorTransport, InProcessClient, in_process};
@@ -142,7 +142,7 @@ fn provider(
         let mut on_round = move |r: u32| {
             let _ = tx.send(r);
         };
-        let run = run_provider(&link, &cfg, part, &mut rng, &mut on_round);
+        let run = run_provider(&link, &cfg, part, &Open, &mut rng, &mut on_round);
         match stop_after {
             None => run.await,
             Some(last) => {
@@ -394,7 +394,7 @@ async fn against(frames: Vec<Bytes>) -> Result<ProviderOutcome, TrainError> {
     let part = data(100, 6);
     let mut run = tokio::spawn(async move {
         let mut rng = ChaCha20Rng::seed_from_u64(1);
-        run_provider(&link, &cfg, part, &mut rng, &mut |_| {}).await
+        run_provider(&link, &cfg, part, &Open, &mut rng, &mut |_| {}).await
     });
     let hello = agg.recv().await.expect("hello");
     assert!(matches!(
@@ -468,4 +468,121 @@ async fn a_provider_refuses_an_aggregator_that_breaks_the_job() {
     // An aggregator that goes away is a link error, not a hang.
     let r = against(vec![]).await;
     assert!(matches!(r, Err(TrainError::Link(_))), "{r:?}");
+}
+
+/// Counts its calls and answers `open`.
+struct CountingGate {
+    calls: std::sync::atomic::AtomicU32,
+    open: bool,
+}
+
+#[async_trait::async_trait]
+impl ReleaseGate for CountingGate {
+    async fn release(&self) -> bool {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.open
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_release_gate_is_asked_once_and_a_closed_one_stops_the_provider_before_unmasking() {
+    let all = data(1500, 8);
+    let (parts, _) = split(&all);
+    let cfg = config(3, 3, 2);
+    let (agg, links) = in_process(3, FRAME_MAX);
+    let mut tasks = Vec::new();
+    let mut gates = Vec::new();
+    for (k, (l, p)) in links.into_iter().zip(parts.iter().cloned()).enumerate() {
+        let gate = Arc::new(CountingGate {
+            calls: Default::default(),
+            open: k != 2,
+        });
+        gates.push(gate.clone());
+        let cfg = cfg.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = ChaCha20Rng::seed_from_u64(k as u64);
+            run_provider(&l, &cfg, p, gate.as_ref(), &mut rng, &mut |_| {}).await
+        }));
+    }
+    let (out, seen) = aggregate(&agg, &cfg).await;
+    let out = out.expect("two providers carry the run");
+    assert_eq!(out.gone, vec![2]);
+    assert_eq!(seen.len(), 3);
+    assert!(seen.iter().all(|r| r.report.survivors == 2), "{seen:?}");
+    let results = futures_join(tasks).await;
+    assert!(
+        matches!(results[2], Err(TrainError::Released)),
+        "{:?}",
+        results[2]
+    );
+    for (k, g) in gates.iter().enumerate() {
+        assert_eq!(
+            g.calls.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "provider {k}'s gate"
+        );
+    }
+}
+
+#[test]
+fn a_task_spec_gives_the_same_configuration_to_every_party() {
+    let spec = tessera_core::FlSpec {
+        model: tessera_core::FlModel::Mlp { hidden: 8 },
+        features: vec!["a".into(), "b".into()],
+        label: "y".into(),
+        rounds: 5,
+        epochs: 2,
+        batch_size: 16,
+        learning_rate: 0.05,
+        sample_fraction: 1.0,
+        threshold: 2,
+        neighbours: None,
+        standardise: true,
+        dp: Some(tessera_core::FlDp {
+            noise_multiplier: 1.0,
+            clip_norm: 1.0,
+            delta: 1e-5,
+        }),
+        rows_max: 10_000,
+        providers: 3,
+        seats: vec![],
+        index: Some(1),
+    };
+    let a = config_of(&spec, "job-1").expect("valid");
+    assert_eq!(a, config_of(&spec, "job-1").expect("valid"));
+    assert_ne!(
+        a.fedavg.session_id,
+        config_of(&spec, "job-2").expect("valid").fedavg.session_id
+    );
+    assert_eq!(a.features, 2);
+    assert_eq!(a.fedavg.model, ModelKind::Mlp { hidden: 8 });
+    // Under DP the quantiser's range leaves room for the noise (else validate refuses).
+    assert!(a.fedavg.aggregation.clip_range >= 1.0 + 6.0 / 2f64.sqrt());
+    for broken in [
+        tessera_core::FlSpec {
+            rounds: 0,
+            ..spec.clone()
+        },
+        tessera_core::FlSpec {
+            threshold: 4,
+            ..spec.clone()
+        },
+        tessera_core::FlSpec {
+            learning_rate: f64::NAN,
+            ..spec.clone()
+        },
+        tessera_core::FlSpec {
+            features: vec![],
+            ..spec.clone()
+        },
+        tessera_core::FlSpec {
+            sample_fraction: 0.0,
+            ..spec.clone()
+        },
+    ] {
+        assert!(
+            matches!(config_of(&broken, "job-1"), Err(TrainError::Config(_))),
+            "{broken:?}"
+        );
+    }
 }

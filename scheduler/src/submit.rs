@@ -979,6 +979,7 @@ impl Admission {
                             triples: triples.unwrap_or(tessera_core::MpcTriples::Ot),
                         }),
                         tee,
+                        fl: None,
                         join: req.join.map(|kind| tessera_core::JoinSpec {
                             kind,
                             payload_columns: req.payload_columns.clone(),

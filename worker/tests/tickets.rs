@@ -388,6 +388,7 @@ fn spec_under(task_id: &str, dataset: &str, use_scene: serde_json::Value) -> Vec
         preview: None,
         mpc: None,
         tee: None,
+        fl: None,
         join: None,
         licence: Some(tessera_core::LicenceGrant {
             licence_id: "lic".into(),
