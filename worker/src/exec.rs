@@ -242,6 +242,9 @@ pub async fn run_task(
         tessera_core::job::scene::TEE => {
             return crate::tee::run(env, spec, progress, delivery).await;
         }
+        tessera_core::job::scene::FL => {
+            return crate::fl::run(env, spec, progress, delivery).await;
+        }
         tessera_core::job::scene::PSI_PAYLOAD => {
             return crate::join::run_psi_payload(env, spec, progress, delivery).await;
         }

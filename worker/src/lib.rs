@@ -7,6 +7,7 @@
 //! Raw rows never leave this process except as the engine's own protocol messages.
 
 pub mod exec;
+pub mod fl;
 pub mod grant;
 pub mod join;
 pub mod link;
