@@ -23,6 +23,6 @@ pub use job::{
 };
 pub use table::{EmptyKeys, KeyCase, UnicodeForm};
 pub use task::{
-    FlDp, FlModel, FlSeat, FlSpec, JOIN_MATCHED_COLUMN, JoinSpec, LicenceGrant, ModelRecipient, MpcColumn, MpcQuery, MpcSpec,
-    PreviewSpec, TaskSpec, TeeSpec, WorkerAttributes,
+    FlDp, FlModel, FlSeat, FlSpec, JOIN_MATCHED_COLUMN, JoinSpec, LicenceGrant, ModelRecipient,
+    MpcColumn, MpcQuery, MpcSpec, PreviewSpec, TaskSpec, TeeSpec, WorkerAttributes,
 };

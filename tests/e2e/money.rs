@@ -828,6 +828,97 @@ async fn a_bucketed_run_whose_worker_restarts_resumes_where_it_stopped_and_is_ch
     c.assert_audit_verifies().await;
 }
 
+/// Issue 15 ("resume"), for joins: a bucketed left join carrying the provider's `income`
+/// (its licence allows only that column) whose provider's worker is killed mid-run and
+/// started again takes up where it stopped; the buyer's file is still every buyer row in
+/// order with its matched flag and, for matched rows only, the income of the key's first
+/// provider row — no other provider column — and the job is counted and charged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucketed_payload_join_whose_provider_restarts_resumes_exactly_and_is_charged_once() {
+    let mut c = Cluster::start_with_operator(3_000, &[], &["--bucket-rows", "100"]);
+    c.fund(1_000_000_000, "fund").await;
+    let mut prov: Vec<String> = (0..10_000)
+        .map(|i| format!("k{i},INCOME{i},SECRET{i}"))
+        .collect();
+    // A duplicate key: its first row's value is the one delivered.
+    prov.insert(20, "k7,INCOME7b,SECRET7b".into());
+    c.dataset(&c.provider, "pj", "k,income,secret", &prov).await;
+    let mut buyer_keys: Vec<u64> = (5_000..15_000).rev().collect();
+    buyer_keys.push(7);
+    let rows: Vec<String> = buyer_keys.iter().map(|i| format!("k{i},city{i}")).collect();
+    c.dataset(&c.buyer, "bj", "k,city", &rows).await;
+    let lic = c
+        .licence_with_policy(
+            "pj",
+            format!(
+                r#"{{"policyName":"p","relUsers":[{{"userId":"{USER}","userName":"U","isGroup":0}}],
+                    "useScenes":[{{"useSence":"psi_payload","counts":3,
+                        "payloadColumns":["income"]}}]}}"#
+            ),
+        )
+        .await;
+    let before = c.remaining(&lic).await.expect("a counted licence");
+    let j = c
+        .client()
+        .await
+        .submit_job(pb::SubmitJobRequest {
+            scene: "psi_payload".into(),
+            carry_columns: vec!["city".into()],
+            join: pb::JoinKind::Left.into(),
+            payload_columns: vec!["income".into()],
+            ..Cluster::job(&lic, "bj", "intersection", "left-resumed.csv")
+        })
+        .await
+        .expect("submit")
+        .into_inner();
+    let (seen, killed_at) = until_mid_run(&c, &j.job_id).await;
+    c.restart_provider();
+    let (j, after) = wait_collecting_buckets(&c, &j.job_id).await;
+    let context = format!("restarted at {seen}: {j:?}, then {after:?}");
+    assert_eq!(j.state_text(), "succeeded", "{context}");
+    assert!(
+        !after.is_empty() && after.iter().all(|&b| b + 2 >= killed_at),
+        "{context}: the run started over"
+    );
+    let (header, got) = crate::harness::read_csv(&c.buyer.outputs.join("left-resumed.csv"));
+    assert_eq!(header, ["k", "city", "matched", "income"]);
+    let want: Vec<Vec<String>> = buyer_keys
+        .iter()
+        .map(|&i| {
+            let has = i < 10_000;
+            vec![
+                format!("k{i}"),
+                format!("city{i}"),
+                has.to_string(),
+                if has {
+                    format!("INCOME{i}")
+                } else {
+                    String::new()
+                },
+            ]
+        })
+        .collect();
+    assert_eq!(got.len(), want.len(), "{context}");
+    assert!(
+        got == want,
+        "{context}: the resumed join differs from the plaintext one"
+    );
+    let text = std::fs::read_to_string(c.buyer.outputs.join("left-resumed.csv")).expect("file");
+    assert!(
+        !text.contains("SECRET") && !text.contains("INCOME7b"),
+        "{context}"
+    );
+    assert_eq!(c.remaining(&lic).await, before.checked_sub(1), "{context}");
+    // 1,000 + 10 per 1,000 of the 10,001 provider rows, pro rata to the micro (100.01 →
+    // 100): once.
+    assert_eq!(j.charge_micros, 1_100, "{context}");
+    assert_eq!(j.result_size, Some(5_001), "{context}");
+    let (_, lines, balanced) = money_of(&c, &j.job_id).await;
+    assert!(balanced);
+    assert_eq!(lines.len(), 1, "{context}: {lines:?}");
+    c.assert_audit_verifies().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_buyer_restarted_at_the_delivery_point_gets_its_result_and_pays_once() {
     let mut c = Cluster::start_with(3_000, &["--bucket-rows", "100"]);
