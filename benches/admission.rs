@@ -139,6 +139,7 @@ fn admission(c: &mut Criterion) {
         join: None,
         payload_columns: Vec::new(),
         mpc_triples: None,
+        fl: None,
     };
     let mut group = c.benchmark_group("admission");
     group.sample_size(10);

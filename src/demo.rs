@@ -337,6 +337,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         join: pb::JoinKind::Unspecified.into(),
         payload_columns: Vec::new(),
         mpc_triples: pb::MpcTriples::Unspecified.into(),
+        fl: None,
     };
     let mut jobs = Vec::new();
     let mut refusals = Vec::new();

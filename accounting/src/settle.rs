@@ -122,14 +122,39 @@ pub fn admission_holds(
     max_micros: Micros,
     funds: &Funds,
 ) -> Result<Vec<TransferSpec>, SettleError> {
+    admission_holds_of(job_id, None, customer, scene, max_micros, funds)
+}
+
+/// The ids a job's settlement derives for `part` of a job settled in parts (a job under
+/// several licences: one part per licence, named by it; `None`: a job under one licence, whose
+/// ids stay as they always were).
+fn ids<'a>(kind: &'a str, job_id: &'a str, part: Option<&'a str>) -> Vec<&'a str> {
+    let mut v = vec![kind, job_id];
+    v.extend(part);
+    v
+}
+
+/// [`admission_holds`] for one `part` of a job settled in parts (see [`FinishedJob::part`]):
+/// the same draws, with ids of their own (every hold keeps the job's id, so that whatever a
+/// settlement leaves is released with the job).
+pub fn admission_holds_of(
+    job_id: &str,
+    part: Option<&str>,
+    customer: &str,
+    scene: &str,
+    max_micros: Micros,
+    funds: &Funds,
+) -> Result<Vec<TransferSpec>, SettleError> {
     let holds = AccountKind::CustomerHolds(customer.to_string()).name();
     Ok(
         draw_funds(customer, funds, BillingMode::Postpaid, max_micros)?
             .into_iter()
             .map(|(account, amount)| {
                 let account = account.name();
+                let mut id = ids("hold", job_id, part);
+                id.push(&account);
                 TransferSpec {
-                    id: derive_id(&["hold", job_id, &account]),
+                    id: derive_id(&id),
                     debit: account,
                     credit: holds.clone(),
                     amount_micros: amount,
@@ -155,6 +180,9 @@ pub fn estimate_max_cost(
 pub struct FinishedJob<'a> {
     /// Job id.
     pub job_id: &'a str,
+    /// For a job settled in parts (one per licence), the part: the licence. `None` for a job
+    /// under one licence. Only the derived ids depend on it.
+    pub part: Option<&'a str>,
     /// The buyer.
     pub customer: &'a str,
     /// The provider party paid.
@@ -240,7 +268,7 @@ pub fn job_settlement(job: &FinishedJob<'_>) -> Result<JobSettlement, SettleErro
     ] {
         if amount > 0 {
             ops.push(LedgerOp::Post(TransferSpec {
-                id: derive_id(&["charge", job.job_id, leg]),
+                id: derive_id(&[ids("charge", job.job_id, job.part), vec![leg]].concat()),
                 debit: holds_account.clone(),
                 credit: credit.name(),
                 amount_micros: amount,
@@ -259,7 +287,7 @@ pub fn job_settlement(job: &FinishedJob<'_>) -> Result<JobSettlement, SettleErro
         ));
     }
     let line = NewBillLine {
-        line_id: derive_id(&["bill", job.job_id]),
+        line_id: derive_id(&ids("bill", job.job_id, job.part)),
         customer: job.customer.to_string(),
         job_id: Some(job.job_id.to_string()),
         kind: BillLineKind::Usage,
@@ -312,6 +340,13 @@ pub fn delivered_job(job: &FinishedJob<'_>, ended: &str) -> Result<JobSettlement
         job.rows
     ));
     Ok(s)
+}
+
+/// Whether `hold` is one of the holds [`admission_holds_of`] placed for `part` of `job_id`.
+pub fn is_hold_of(hold: &Hold, job_id: &str, part: Option<&str>) -> bool {
+    let mut id = ids("hold", job_id, part);
+    id.push(&hold.debit);
+    derive_id(&id) == hold.transfer_id
 }
 
 /// Voids every open hold of a job (a failure, a cancellation, or what a settlement left).
@@ -749,6 +784,7 @@ mod tests {
         ];
         let s = job_settlement(&FinishedJob {
             job_id: "j",
+            part: None,
             customer: "u",
             provider: "p",
             scene: "psi",
@@ -776,6 +812,7 @@ mod tests {
             holds: &holds[..1],
             ..FinishedJob {
                 job_id: "j",
+                part: None,
                 customer: "u",
                 provider: "p",
                 scene: "psi",
@@ -800,6 +837,7 @@ mod tests {
         let holds = [hold("h1", "customer:u:cash", 1_500)];
         let job = |rows| FinishedJob {
             job_id: "j",
+            part: None,
             customer: "u",
             provider: "p",
             scene: "psi",

@@ -262,7 +262,7 @@ pub mod scene {
     /// model to the buyer's (crate `tessera-fl`).
     pub const FL: &str = "fl";
     /// Scenes this build can run.
-    pub const SUPPORTED: &[&str] = &[PSI, PSI_PAYLOAD, PREVIEW, MPC, TEE];
+    pub const SUPPORTED: &[&str] = &[PSI, PSI_PAYLOAD, PREVIEW, MPC, TEE, FL];
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ pub fn job_to_pb(v: &JobView) -> pb::Job {
             .mpc_triples
             .map_or(pb::MpcTriples::Unspecified, pb::MpcTriples::from)
             .into(),
+        co_licences: j.co_licences.iter().map(|c| c.licence_id.clone()).collect(),
         user: j.user.clone(),
         refusal_reasons: if j.state == JobState::Refused {
             j.reasons.clone()

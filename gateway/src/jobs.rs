@@ -41,6 +41,14 @@ fn job_request(mut r: pb::SubmitJobRequest) -> Result<JobRequest, Status> {
     if scene == tessera_core::job::scene::PREVIEW {
         return preview_request(r, scene);
     }
+    if scene == tessera_core::job::scene::FL {
+        return fl_request(r, scene);
+    }
+    if r.fl.is_some() {
+        return Err(invalid(format!(
+            "fl: a {scene} job trains no federated model (scene fl does)"
+        )));
+    }
     if r.preview_first_row != 0 || r.preview_last_row != 0 {
         return Err(invalid(
             "preview_first_row/preview_last_row: only a preview job shows rows",
@@ -113,6 +121,103 @@ fn job_request(mut r: pb::SubmitJobRequest) -> Result<JobRequest, Status> {
             0 => None,
             t => Some(decode::<MpcTriples>(t).map_err(invalid)?),
         },
+        fl: None,
+    })
+}
+
+/// An `fl` submission: the training with its defaults filled in (`FlTraining`'s comments);
+/// the PSI-shaped fields must be unset (enums left unspecified take a value no fl task
+/// reads; the others are refused by the request's validation).
+fn fl_request(r: pb::SubmitJobRequest, scene: String) -> Result<JobRequest, Status> {
+    let Some(t) = r.fl else {
+        return Err(invalid(
+            "fl: an fl job needs its training (licences, features, label)",
+        ));
+    };
+    let unset_enums = [
+        (r.mode != 0, "mode"),
+        (r.key_case != 0, "key_case"),
+        (r.unicode_form != 0, "unicode_form"),
+        (r.empty_keys != 0, "empty_keys"),
+        (r.join != 0, "join"),
+        (r.mpc_triples != 0, "mpc_triples"),
+        (
+            !r.mpc_query.is_empty() || !r.mpc_columns.is_empty(),
+            "mpc_query",
+        ),
+    ];
+    if let Some((_, name)) = unset_enums.iter().find(|(set, _)| *set) {
+        return Err(invalid(format!(
+            "{name}: an fl job reads each provider's licensed table and no keys; drop {name}"
+        )));
+    }
+    let model = match t.model.as_str() {
+        "" | "logistic" => tessera_core::FlModel::Logistic,
+        "mlp" => tessera_core::FlModel::Mlp {
+            hidden: if t.hidden == 0 { 16 } else { t.hidden },
+        },
+        other => {
+            return Err(invalid(format!(
+                "fl.model {other:?}: expected logistic or mlp"
+            )));
+        }
+    };
+    if t.hidden != 0 && model == tessera_core::FlModel::Logistic {
+        return Err(invalid("fl.hidden: only an mlp has hidden units"));
+    }
+    let providers = t.licences.len() as u32;
+    let or = |v: u32, d: u32| if v == 0 { d } else { v };
+    let orf = |v: f64, d: f64| if v == 0.0 { d } else { v };
+    let fl = tessera_scheduler::FlRequest {
+        licences: t.licences,
+        model,
+        features: t.features,
+        label: t.label,
+        rounds: or(t.rounds, 10),
+        epochs: or(t.epochs, 1),
+        batch_size: or(t.batch_size, 32),
+        learning_rate: orf(t.learning_rate, 0.1),
+        sample_fraction: orf(t.sample_fraction, 1.0),
+        threshold: or(t.threshold, (providers / 2 + 1).max(2)),
+        neighbours: (t.neighbours != 0).then_some(t.neighbours),
+        standardise: t.standardise,
+        dp: t.dp.map(|d| tessera_core::FlDp {
+            noise_multiplier: d.noise_multiplier,
+            clip_norm: d.clip_norm,
+            delta: d.delta,
+        }),
+    };
+    Ok(JobRequest {
+        user: r.user,
+        user_groups: Vec::new(),
+        licence_id: if r.licence_id.is_empty() {
+            fl.licences.first().cloned().unwrap_or_default()
+        } else {
+            r.licence_id
+        },
+        scene,
+        buyer_party: r.buyer_party,
+        buyer_dataset_id: r.buyer_dataset_id,
+        buyer_columns: r.buyer_columns,
+        provider_columns: r.provider_columns,
+        mode: PsiMode::Intersection,
+        protocol: match r.protocol {
+            0 => None,
+            p => Some(decode::<PsiProtocol>(p).map_err(invalid)?),
+        },
+        key_case: KeyCase::Preserve,
+        unicode_form: UnicodeForm::None,
+        empty_keys: EmptyKeys::Skip,
+        carry_columns: r.carry_columns,
+        output: r.output,
+        request_id: (!r.request_id.is_empty()).then_some(r.request_id),
+        preview_rows: (r.preview_first_row != 0 || r.preview_last_row != 0)
+            .then_some((r.preview_first_row, r.preview_last_row)),
+        mpc: None,
+        join: None,
+        payload_columns: r.payload_columns,
+        mpc_triples: None,
+        fl: Some(fl),
     })
 }
 
@@ -173,6 +278,7 @@ fn preview_request(r: pb::SubmitJobRequest, scene: String) -> Result<JobRequest,
         join: None,
         payload_columns: Vec::new(),
         mpc_triples: None,
+        fl: None,
     })
 }
 

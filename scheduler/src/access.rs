@@ -193,6 +193,22 @@ impl AccountService {
             licensor_owner: licensor_owner.as_deref(),
             ..Target::default()
         };
+        // An `fl` job's further providers see it as its first provider does: the rule is
+        // decided (and a denial audited) once, on the target of the provider that passes.
+        if tessera_auth::authorize(op, caller, &target).is_err() {
+            for c in &job.co_licences {
+                let owner = self.owner_of(&c.provider_party).await?;
+                let co_target = Target {
+                    licensor_owner: owner.as_deref(),
+                    ..target
+                };
+                if tessera_auth::authorize(op, caller, &co_target).is_ok() {
+                    return self
+                        .authorize_by_id(op, Operation::GetJob, caller, &co_target, "job", job_id)
+                        .await;
+                }
+            }
+        }
         self.authorize_by_id(op, Operation::GetJob, caller, &target, "job", job_id)
             .await
     }
@@ -292,6 +308,24 @@ impl AccountService {
         };
         self.authorize(Operation::SubmitJob, caller, &target)
             .await?;
+        // An `fl` job's further licences: each must be licensed to the caller as well.
+        let further: Vec<String> = req
+            .fl
+            .as_ref()
+            .map(|f| f.licences.iter().skip(1).cloned().collect())
+            .unwrap_or_default();
+        for id in &further {
+            let licensee = match found(self.store.licence(id).await)? {
+                Some(l) => l.licensee,
+                None => principal.user.clone(),
+            };
+            let target = Target {
+                licensee: Some(&licensee),
+                ..target
+            };
+            self.authorize(Operation::SubmitJob, caller, &target)
+                .await?;
+        }
         req.user_groups = principal.groups.iter().cloned().collect();
         Ok(())
     }

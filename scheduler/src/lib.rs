@@ -41,7 +41,10 @@ pub use records::RecordService;
 pub use registry::{
     LiveWorker, Registration, WORKER_CERT_VALIDITY_SECS, WORKER_FORGET_MS, WorkerView,
 };
-pub use submit::{JobRequest, SUPPORTED_SCENES, TaskReport, TaskUsage, resolve_triples};
+pub use submit::{
+    FL_FEATURES_MAX, FL_PROVIDERS_MAX, FL_ROWS_MAX_DEFAULT, FlRequest, JobRequest,
+    SUPPORTED_SCENES, TaskReport, TaskUsage, resolve_triples,
+};
 pub use tee::{AttestOutcome, TeeService};
 /// The records the services hand out, re-exported so the gateway needs no store dependency.
 pub use tessera_store::{
@@ -209,6 +212,9 @@ struct LiveJob {
     buyer_party: String,
     provider_party: String,
     price: tessera_accounting::JobPrice,
+    /// An `fl` job's further licences, each settled as a part of its own (see
+    /// `tessera_accounting::settle::FinishedJob::part`); empty for other jobs.
+    co_parts: Vec<CoPart>,
     tasks: HashMap<String, LiveTask>,
     progress: Vec<PhaseProgress>,
     view: watch::Sender<JobView>,
@@ -248,6 +254,7 @@ impl LiveJob {
             buyer_party,
             provider_party,
             price,
+            co_parts: Vec::new(),
             tasks: tasks
                 .iter()
                 .map(|t| {
@@ -270,6 +277,21 @@ impl LiveJob {
             interrupted: None,
             resumes: 0,
         }
+    }
+}
+
+/// A further licence of a job (an `fl` job's), as its settlement needs it.
+#[derive(Debug, Clone)]
+struct CoPart {
+    licence_id: String,
+    provider: String,
+    price: tessera_accounting::JobPrice,
+}
+
+impl LiveJob {
+    /// Whether this is an `fl` job (providers may drop out; the aggregator decides the end).
+    fn is_fl(&self) -> bool {
+        self.scene == tessera_core::job::scene::FL
     }
 }
 

@@ -31,7 +31,15 @@ use crate::JobView;
 /// Which side of a job `viewer` is on, if any.
 pub fn side_of(view: &JobView, viewer: &Viewer) -> Option<TaskRole> {
     let job = &view.job;
-    match viewer.side(&job.user, &job.buyer_party, &job.provider_party)? {
+    // An `fl` job's further providers are on the provider's side too.
+    let side = viewer
+        .side(&job.user, &job.buyer_party, &job.provider_party)
+        .or_else(|| {
+            job.co_licences
+                .iter()
+                .find_map(|c| viewer.side(&job.user, &job.buyer_party, &c.provider_party))
+        })?;
+    match side {
         JobSide::Buyer => Some(TaskRole::Receiver),
         JobSide::Provider => Some(TaskRole::Sender),
     }
@@ -128,6 +136,7 @@ mod tests {
                 mode: PsiMode::Intersection,
                 protocol: tessera_core::PsiProtocol::Rr22,
                 mpc_triples: None,
+                co_licences: vec![],
                 state: JobState::Failed,
                 count_state: CountState::Released,
                 reasons: vec![],

@@ -408,6 +408,41 @@ impl Scheduler {
                 .await;
             self.try_resume(job_id).await;
         }
+        // An `fl` job's provider on this worker dropped out: its task ends failed and the run
+        // goes on without it (the aggregator decides the job's end).
+        let dropped: Vec<String> = self
+            .jobs
+            .lock()
+            .await
+            .values()
+            .filter(|j| j.is_fl())
+            .flat_map(|j| {
+                j.tasks
+                    .iter()
+                    .filter(|(_, t)| {
+                        t.worker_id == worker_id
+                            && t.report.is_none()
+                            && t.role == tessera_core::TaskRole::Sender
+                    })
+                    .map(|(id, _)| id.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for task_id in &dropped {
+            let report = crate::TaskReport {
+                ok: false,
+                error_kind: Some(tessera_core::TaskErrorKind::Internal),
+                error: format!("{why}: {worker_id}"),
+                usage: crate::TaskUsage::default(),
+                result_size: None,
+                result_location: String::new(),
+                result_file: None,
+                empty_keys: 0,
+            };
+            if let Err(e) = self.take_report(worker_id, task_id, report).await {
+                tracing::warn!(task = %task_id, error = %e, "recording a dropped fl provider failed");
+            }
+        }
         let affected: Vec<(String, Option<FailureOrigin>)> = self
             .jobs
             .lock()

@@ -18,6 +18,9 @@ use tessera_store::{
 
 use crate::{Delivery, JobView, LiveJob, PhaseProgress, Scheduler, SchedulerError};
 
+mod fl;
+pub use fl::{FL_FEATURES_MAX, FL_PROVIDERS_MAX, FL_ROWS_MAX_DEFAULT, FlRequest};
+
 /// Scenes this build can run.
 pub const SUPPORTED_SCENES: &[&str] = tessera_core::job::scene::SUPPORTED;
 
@@ -25,7 +28,7 @@ pub const SUPPORTED_SCENES: &[&str] = tessera_core::job::scene::SUPPORTED;
 pub(crate) const UNENDED_RETRY_MS: i64 = 5_000;
 
 /// A buyer's job request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobRequest {
     /// Submitting user.
     pub user: String,
@@ -86,6 +89,9 @@ pub struct JobRequest {
     /// else the dealer ([`resolve_triples`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mpc_triples: Option<tessera_core::MpcTriples>,
+    /// An `fl` job's training: the providers' licences, model, columns and settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fl: Option<FlRequest>,
 }
 
 /// Fractional bits of the fixed-point encoding an `mpc` job runs with.
@@ -183,6 +189,15 @@ impl JobRequest {
         }
         if let Some(id) = &self.request_id {
             check_field("request_id", id, true)?;
+        }
+        if self.is_fl() {
+            return self.validate_fl();
+        }
+        if self.fl.is_some() {
+            return Err(SchedulerError::Invalid(format!(
+                "fl: a {} job trains no federated model",
+                self.scene
+            )));
         }
         if self.is_preview() {
             return self.validate_preview();
@@ -632,6 +647,8 @@ struct Admission {
     workers: Vec<crate::WorkerView>,
     /// For a `tee` job on an operator with a TEE service: the workers' current results.
     tee: Option<HashMap<String, crate::tee::Attested>>,
+    /// For an `fl` job: each provider licence's dataset and ids, in order.
+    fl_providers: Vec<fl::FlProvider>,
 }
 
 impl Admission {
@@ -713,6 +730,9 @@ impl Admission {
     /// rules (manual §3.6.5), the licence's usage policy, a paid term, the result name, the
     /// holds of the estimated maximum cost in the manual's payment order, and placement.
     fn decide(&self, ctx: &AdmitContext<'_>) -> Result<Decision, SchedulerError> {
+        if self.req.is_fl() {
+            return self.decide_fl(ctx);
+        }
         let req = &self.req;
         let job_id = &self.job_id;
         let mut reasons = self.pre_reasons.clone();
@@ -1059,8 +1079,8 @@ impl Scheduler {
         // Reads outside the admission transaction; their outcome only adds refusal reasons.
         let mut pre_reasons = Vec::new();
         let buyer_ds = match self.store.dataset(&req.buyer_dataset_id).await {
-            // A preview reads no dataset of the buyer's.
-            _ if req.is_preview() => None,
+            // A preview or an fl job reads no dataset of the buyer's.
+            _ if req.is_preview() || req.is_fl() => None,
             Ok(d) if d.owner_party != req.buyer_party => {
                 pre_reasons.push(Refusal::DatasetNotOwned {
                     dataset_id: d.dataset_id,
@@ -1091,7 +1111,34 @@ impl Scheduler {
             Err(tessera_store::StoreError::NotFound { .. }) => None,
             Err(e) => return Err(e.into()),
         };
+        let mut fl_providers = Vec::new();
+        if let Some(fl) = &req.fl {
+            for id in &fl.licences {
+                let dataset = match self.store.licence(id).await {
+                    Ok(l) => match self.store.dataset(&l.dataset_id).await {
+                        Ok(d) => Some(d),
+                        Err(tessera_store::StoreError::NotFound { .. }) => {
+                            pre_reasons.push(Refusal::LicensedDatasetNotFound {
+                                dataset_id: l.dataset_id.clone(),
+                            });
+                            None
+                        }
+                        Err(e) => return Err(e.into()),
+                    },
+                    // Refused in the transaction, which reads the licence again.
+                    Err(tessera_store::StoreError::NotFound { .. }) => None,
+                    Err(e) => return Err(e.into()),
+                };
+                fl_providers.push(fl::FlProvider {
+                    dataset,
+                    task_id: self.random_id("t-"),
+                    session_id: self.random_id("s-"),
+                });
+            }
+        }
         let provider_ds = match &licence_pre {
+            // An fl job's datasets were read above, one per licence.
+            Some(_) if req.is_fl() => None,
             Some(l) => match self.store.dataset(&l.dataset_id).await {
                 Ok(d) => Some(d),
                 Err(tessera_store::StoreError::NotFound { .. }) => {
@@ -1123,11 +1170,16 @@ impl Scheduler {
                 .map(|l| l.licensor.clone())
                 .unwrap_or_default(),
             // Only a result that gets written holds its name.
-            output: if req.mode.reveals_keys() {
+            output: if req.is_fl() || req.mode.reveals_keys() {
                 req.output.clone()
             } else {
                 String::new()
             },
+            co_licences: req
+                .fl
+                .as_ref()
+                .map(|f| f.licences.iter().skip(1).cloned().collect())
+                .unwrap_or_default(),
             now_ms: now,
         };
         // The workers as they stand now: no lock is held while the admission waits for its
@@ -1145,6 +1197,7 @@ impl Scheduler {
             provider_ds,
             workers: self.workers().await,
             tee: (req.is_tee() && self.tee.get().is_some()).then(|| self.tee_current()),
+            fl_providers,
             req: req.clone(),
         };
         let outcome = self
@@ -1191,7 +1244,7 @@ impl Scheduler {
         let job_id = job.job_id.clone();
         let tasks = self.store.tasks(&job_id).await?;
         let holds = self.store.job_holds(&job_id).await?;
-        let live = LiveJob::new(
+        let mut live = LiveJob::new(
             &job,
             &tasks,
             holds,
@@ -1200,6 +1253,7 @@ impl Scheduler {
             licence.price,
             false,
         );
+        live.co_parts = self.co_parts(&job).await?;
         self.jobs.lock().await.insert(job_id.clone(), live);
         let now = self.now();
         let mut failure = None;
@@ -1274,6 +1328,23 @@ impl Scheduler {
             self.refresh_view(&job_id).await?;
         }
         self.job(&job_id).await
+    }
+
+    /// The further licences of `job` (an `fl` job's) with their providers and prices.
+    async fn co_parts(
+        &self,
+        job: &tessera_store::JobRecord,
+    ) -> Result<Vec<crate::CoPart>, SchedulerError> {
+        let mut parts = Vec::with_capacity(job.co_licences.len());
+        for c in &job.co_licences {
+            let l = self.store.licence(&c.licence_id).await?;
+            parts.push(crate::CoPart {
+                licence_id: l.licence_id,
+                provider: l.licensor,
+                price: l.price,
+            });
+        }
+        Ok(parts)
     }
 
     async fn refresh_view(&self, job_id: &str) -> Result<(), SchedulerError> {
@@ -1370,7 +1441,7 @@ impl Scheduler {
             .await
     }
 
-    async fn take_report(
+    pub(crate) async fn take_report(
         &self,
         worker_id: &str,
         task_id: &str,
@@ -1412,17 +1483,55 @@ impl Scheduler {
                 return Err(SchedulerError::NotFound(format!("task {task_id}")));
             };
             task.report = Some(report.clone());
-            sender_ok = task.role == TaskRole::Sender && report.ok;
+            let (task_role, task_party) = (task.role, task.party.clone());
+            sender_ok = task_role == TaskRole::Sender && report.ok;
             self.metrics.engine_usage(
                 &job.scene,
                 report.usage.bytes_sent,
                 report.usage.bytes_received,
                 report.usage.frames_sent,
             );
-            let finish = if !report.ok {
+            // An `fl` job outlives a provider that drops out: its aggregator decides the end,
+            // once every task has reported (so that each party's usage is metered).
+            let fl_waits = job.is_fl()
+                && !(job
+                    .tasks
+                    .values()
+                    .any(|t| t.role == TaskRole::Receiver && t.report.is_some())
+                    && job.tasks.values().all(|t| t.report.is_some()));
+            let fl_provider_out = job.is_fl() && !report.ok && task_role == TaskRole::Sender;
+            let aggregator_failed = job
+                .tasks
+                .values()
+                .find(|t| t.role == TaskRole::Receiver)
+                .and_then(|t| t.report.as_ref())
+                .filter(|r| !r.ok)
+                .cloned();
+            let finish = if fl_provider_out && fl_waits {
+                tracing::info!(job = %job_id, task = %task_id, "an fl provider dropped out; the run goes on");
+                None
+            } else if fl_provider_out {
+                // Every task has reported: the aggregator's report decides.
+                match aggregator_failed {
+                    Some(r) => Some(JobFinish::Failed {
+                        error: format!("the aggregator failed: {}", r.error),
+                        buyer_fault: false,
+                        origin: None,
+                    }),
+                    None => match self.success(&job_id, job) {
+                        Ok(f) => Some(f),
+                        Err(e) => {
+                            if let Some(t) = job.tasks.get_mut(task_id) {
+                                t.report = None;
+                            }
+                            return Err(e);
+                        }
+                    },
+                }
+            } else if !report.ok {
                 let buyer_fault = report.error_kind == Some(TaskErrorKind::Input)
-                    && task.party == job.buyer_party
-                    && task.role == TaskRole::Receiver;
+                    && task_party == job.buyer_party
+                    && task_role == TaskRole::Receiver;
                 let kind = report.error_kind.map_or("internal", TaskErrorKind::as_str);
                 let spent = job.resumable
                     && report.error_kind == Some(TaskErrorKind::Link)
@@ -1439,20 +1548,24 @@ impl Scheduler {
                 Some(JobFinish::Failed {
                     error: format!(
                         "{} task on {worker_id} failed ({kind}): {}{spent}",
-                        task.role, report.error
+                        task_role, report.error
                     ),
                     buyer_fault,
                     origin: Some(FailureOrigin {
-                        role: task.role,
-                        party: task.party.clone(),
+                        role: task_role,
+                        party: task_party.clone(),
                         kind: kind.to_owned(),
                     }),
                 })
-            } else if job
-                .tasks
-                .values()
-                .all(|t| t.report.as_ref().is_some_and(|r| r.ok))
-            {
+            } else if job.is_fl() && fl_waits {
+                // The aggregator succeeded before some provider reported, or a provider
+                // finished before the aggregator: wait for the rest.
+                None
+            } else if job.tasks.values().all(|t| {
+                t.report
+                    .as_ref()
+                    .is_some_and(|r| r.ok || (job.is_fl() && t.role == TaskRole::Sender))
+            }) {
                 match self.success(&job_id, job) {
                     Ok(f) => Some(f),
                     Err(e) => {
@@ -1586,13 +1699,15 @@ impl Scheduler {
         job_id: &str,
         job: &LiveJob,
         now: i64,
-    ) -> Result<(Vec<UsageEventRecord>, Option<u64>), SchedulerError> {
+    ) -> Result<(Vec<UsageEventRecord>, HashMap<String, u64>), SchedulerError> {
         let mut usage = Vec::new();
-        let mut provider_rows = None;
+        // The provider rows each provider's sender reported: a finished sender's; in an `fl`
+        // job also one that dropped out (its rows took part until then).
+        let mut provider_rows = HashMap::new();
         for t in job.tasks.values() {
             let Some(r) = &t.report else { continue };
-            if t.role == TaskRole::Sender && r.ok {
-                provider_rows = Some(r.usage.rows_in);
+            if t.role == TaskRole::Sender && (r.ok || job.is_fl()) {
+                provider_rows.insert(t.party.clone(), r.usage.rows_in);
             }
             let u = &r.usage;
             for (metric, q) in [
@@ -1630,7 +1745,6 @@ impl Scheduler {
     fn success(&self, job_id: &str, job: &LiveJob) -> Result<JobFinish, SchedulerError> {
         let now = self.now();
         let (usage, provider_rows) = Self::usage_events(job_id, job, now)?;
-        let provider_rows = provider_rows.unwrap_or(0);
         let mut result = (0, String::new());
         let mut result_file = None;
         let mut provider_result_file = None;
@@ -1651,18 +1765,31 @@ impl Scheduler {
                 }
             }
         }
-        let settlement = settle::job_settlement(&FinishedJob {
-            job_id,
-            customer: &job.user,
+        let rows_of = |party: &str| provider_rows.get(party).copied().unwrap_or(0);
+        let mut parts = vec![Part {
+            part: None,
             provider: &job.provider_party,
-            scene: &job.scene,
             price: &job.price,
-            rows: provider_rows,
-            holds: &job.holds,
-            admitted_at: job.created_at_ms,
-            now,
-        })
-        .map_err(|e| SchedulerError::Invalid(e.to_string()))?;
+            rows: rows_of(&job.provider_party),
+        }];
+        parts.extend(job.co_parts.iter().map(|c| Part {
+            part: Some(&c.licence_id),
+            provider: &c.provider,
+            price: &c.price,
+            rows: rows_of(&c.provider),
+        }));
+        let settled = settle_parts(
+            &Settling {
+                job_id,
+                customer: &job.user,
+                scene: &job.scene,
+                admitted_at: job.created_at_ms,
+                now,
+                holds: &job.holds,
+                ended: None,
+            },
+            &parts,
+        )?;
         Ok(JobFinish::Succeeded {
             result_size: result.0,
             result_location: result.1,
@@ -1670,9 +1797,9 @@ impl Scheduler {
             provider_result_file,
             empty_keys,
             usage,
-            ledger: settlement.ops,
-            bill_line: Some(Box::new(settlement.line)),
-            charge_micros: settlement.charge.total_micros,
+            ledger: settled.ops,
+            bill_lines: settled.lines,
+            charge_micros: settled.charge_micros,
         })
     }
 
@@ -1798,36 +1925,56 @@ impl Scheduler {
         };
         let job = self.store.job(job_id).await?;
         let licence = self.store.licence(&job.licence_id).await?;
+        let co_parts = self.co_parts(&job).await?;
         let holds = self.store.job_holds(job_id).await?;
         let (usage, final_rows) = match live {
             Some(l) => Self::usage_events(job_id, l, now)?,
-            None => (Vec::new(), None),
+            None => (Vec::new(), HashMap::new()),
         };
-        let rows = settle::delivered_rows(final_rows, job.delivered_rows.unwrap_or(0));
-        let settlement = settle::delivered_job(
-            &FinishedJob {
+        // One provider: its final report's rows, else those of its delivery report. An `fl`
+        // job's providers: each one's report, if it sent one (the delivery's rows are the
+        // first provider's to deliver, not necessarily this licence's).
+        let rows = if co_parts.is_empty() {
+            settle::delivered_rows(
+                final_rows.get(&licence.licensor).copied(),
+                job.delivered_rows.unwrap_or(0),
+            )
+        } else {
+            final_rows.get(&licence.licensor).copied().unwrap_or(0)
+        };
+        let mut parts = vec![Part {
+            part: None,
+            provider: &licence.licensor,
+            price: &licence.price,
+            rows,
+        }];
+        parts.extend(co_parts.iter().map(|c| Part {
+            part: Some(&c.licence_id),
+            provider: &c.provider,
+            price: &c.price,
+            rows: final_rows.get(&c.provider).copied().unwrap_or(0),
+        }));
+        let settled = settle_parts(
+            &Settling {
                 job_id,
                 customer: &job.user,
-                provider: &licence.licensor,
                 scene: &job.scene,
-                price: &licence.price,
-                rows,
-                holds: &holds,
                 admitted_at: job.created_at_ms,
                 now,
+                holds: &holds,
+                ended: Some(state.as_str()),
             },
-            state.as_str(),
-        )
-        .map_err(|e| SchedulerError::Invalid(e.to_string()))?;
-        tracing::warn!(job = %job_id, %state, charge = settlement.charge.total_micros, "job ended after delivery: charged");
+            &parts,
+        )?;
+        tracing::warn!(job = %job_id, %state, charge = settled.charge_micros, "job ended after delivery: charged");
         Ok(JobFinish::EndedAfterDelivery {
             state,
             error,
             origin,
             usage,
-            ledger: settlement.ops,
-            bill_line: Some(Box::new(settlement.line)),
-            charge_micros: settlement.charge.total_micros,
+            ledger: settled.ops,
+            bill_lines: settled.lines,
+            charge_micros: settled.charge_micros,
         })
     }
 
@@ -1886,6 +2033,81 @@ impl Scheduler {
 }
 
 /// Time left in `p`'s phase at `now`, from the rate since the phase began.
+/// One licence's share of a job's settlement.
+struct Part<'a> {
+    /// `None` for the job's own licence, the licence for a further one.
+    part: Option<&'a str>,
+    provider: &'a str,
+    price: &'a tessera_accounting::JobPrice,
+    /// The provider rows it is rated on.
+    rows: u64,
+}
+
+/// What every part of a settlement shares.
+struct Settling<'a> {
+    job_id: &'a str,
+    customer: &'a str,
+    scene: &'a str,
+    admitted_at: i64,
+    now: i64,
+    /// Every hold of the job; each part draws its own (`settle::is_hold_of`).
+    holds: &'a [tessera_store::HoldRecord],
+    /// `Some("failed" | "cancelled")` for an end after the delivery point.
+    ended: Option<&'a str>,
+}
+
+/// A job's settlement: one per licence, summed.
+struct Settled {
+    ops: Vec<tessera_accounting::ledger::LedgerOp>,
+    lines: Vec<tessera_accounting::bill::NewBillLine>,
+    charge_micros: i64,
+}
+
+/// Settles each of `parts` on its own holds (the one part of a one-licence job on all of
+/// them) and sums the charges.
+fn settle_parts(s: &Settling<'_>, parts: &[Part<'_>]) -> Result<Settled, SchedulerError> {
+    let mut out = Settled {
+        ops: Vec::new(),
+        lines: Vec::new(),
+        charge_micros: 0,
+    };
+    for p in parts {
+        let holds: Vec<tessera_store::HoldRecord> = if parts.len() == 1 {
+            s.holds.to_vec()
+        } else {
+            s.holds
+                .iter()
+                .filter(|h| settle::is_hold_of(h, s.job_id, p.part))
+                .cloned()
+                .collect()
+        };
+        let job = FinishedJob {
+            job_id: s.job_id,
+            part: p.part,
+            customer: s.customer,
+            provider: p.provider,
+            scene: s.scene,
+            price: p.price,
+            rows: p.rows,
+            holds: &holds,
+            admitted_at: s.admitted_at,
+            now: s.now,
+        };
+        let settled = match s.ended {
+            None => settle::job_settlement(&job),
+            Some(ended) => settle::delivered_job(&job, ended),
+        }
+        .map_err(|e| SchedulerError::Invalid(e.to_string()))?;
+        out.ops.extend(settled.ops);
+        out.lines.push(settled.line);
+        out.charge_micros = out
+            .charge_micros
+            .checked_add(settled.charge.total_micros)
+            .ok_or_else(|| SchedulerError::Invalid("the job's charge overflows".into()))?;
+    }
+    Ok(out)
+}
+
 fn eta_ms(p: &PhaseProgress, now: i64) -> Option<u64> {
     let (t0, d0) = p.began;
     let elapsed = u64::try_from(now.saturating_sub(t0)).ok()?;
@@ -1958,6 +2180,7 @@ mod tests {
             join: None,
             payload_columns: Vec::new(),
             mpc_triples: None,
+            fl: None,
         }
     }
 

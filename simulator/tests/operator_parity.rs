@@ -103,6 +103,7 @@ async fn simulator_and_operator_charge_the_same() {
         let open = store.job_holds(&job).await.expect("holds");
         let s = settle::job_settlement(&FinishedJob {
             job_id: &job,
+            part: None,
             customer: "a",
             provider: "prov",
             scene: "psi",

@@ -161,6 +161,7 @@ async fn run_job(store: &Store, n: usize, per_job: i64, rows: u64) {
     // The job may use fewer rows than declared.
     let s = settle::job_settlement(&FinishedJob {
         job_id: &job,
+        part: None,
         customer: "a",
         provider: "p",
         scene: "psi",

@@ -148,6 +148,12 @@ pub enum JobCmd {
     /// minGroupSize and aggregatesOnly for queries, and lists the provider's columns a join
     /// may deliver (payloadColumns) and the joins it allows (joins).
     Tee(TeeJobArgs),
+    /// Submit an fl job: a model trained by federated averaging on several providers'
+    /// datasets (one licence each, every licence's fl scene counted once), every average one
+    /// round of secure aggregation (SecAgg+), so that no party sees another's rows or
+    /// updates; the buyer's worker aggregates and writes the model as parameter,value CSV.
+    /// A provider that drops out mid-run leaves the others training.
+    Fl(FlJobArgs),
     /// Show a job as the caller may see it (exit status 0 whatever its state): its buyer
     /// sees the result and its own side's errors, the provider's owner its own side's, the
     /// operator the state and summaries.
@@ -270,6 +276,118 @@ pub struct TeeJobArgs {
     /// join's result, comma-separated.
     #[arg(long, value_delimiter = ',')]
     carry_columns: Vec<String>,
+}
+
+/// The arguments of a federated-learning job (`job fl`).
+#[derive(Debug, clap::Args)]
+pub struct FlJobArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// A provider's licence, repeated, one per provider (2 to 64; each licence's policy must
+    /// have the fl scene; the first is the job's licence).
+    #[arg(long = "licence", required = true)]
+    licences: Vec<String>,
+    /// The buyer's party, owned by the caller (its worker aggregates and writes the model).
+    #[arg(long)]
+    buyer_party: String,
+    /// Feature columns, comma-separated (numeric; the same names in every provider's table).
+    #[arg(long, value_delimiter = ',', required = true)]
+    features: Vec<String>,
+    /// The label column (cells 0/1 or true/false).
+    #[arg(long)]
+    label: String,
+    /// The model: logistic (logistic regression) or mlp (one hidden ReLU layer).
+    #[arg(long, value_parser = ["logistic", "mlp"], default_value = "logistic")]
+    model: String,
+    /// Hidden units of an mlp (default 16).
+    #[arg(long)]
+    hidden: Option<u32>,
+    /// FedAvg rounds.
+    #[arg(long, default_value_t = 10)]
+    rounds: u32,
+    /// Local epochs per round.
+    #[arg(long, default_value_t = 1)]
+    epochs: u32,
+    /// Rows per local SGD step.
+    #[arg(long, default_value_t = 32)]
+    batch_size: u32,
+    /// Local SGD step size.
+    #[arg(long, default_value_t = 0.1)]
+    learning_rate: f64,
+    /// Fraction of the providers sampled each round, (0, 1].
+    #[arg(long, default_value_t = 1.0)]
+    sample_fraction: f64,
+    /// SecAgg+'s threshold t: the fewest providers a round needs (default: more than half,
+    /// at least 2).
+    #[arg(long)]
+    threshold: Option<u32>,
+    /// SecAgg+'s share-group size k (odd; default: the complete graph).
+    #[arg(long)]
+    neighbours: Option<u32>,
+    /// Standardise the features by their global mean and standard deviation (computed
+    /// through one secure round) before training; the model file then holds them.
+    #[arg(long)]
+    standardise: bool,
+    /// Client-level differential privacy: the noise multiplier z (with --dp-clip and
+    /// --dp-delta); the model file reports epsilon.
+    #[arg(long, requires_all = ["dp_clip", "dp_delta"])]
+    dp_noise: Option<f64>,
+    /// DP: each update's L2 clipping norm C.
+    #[arg(long, requires = "dp_noise")]
+    dp_clip: Option<f64>,
+    /// DP: the delta epsilon is reported at.
+    #[arg(long, requires = "dp_noise")]
+    dp_delta: Option<f64>,
+    /// The model file's name in the buyer worker's output directory (never replaces a file).
+    #[arg(long)]
+    output: String,
+    /// Idempotency key per user (as for `job submit`).
+    #[arg(long)]
+    request_id: Option<String>,
+    /// Follow the job until it ends (exit status as for `job submit --watch`).
+    #[arg(long)]
+    watch: bool,
+}
+
+/// Submits a `job fl`.
+async fn fl_job(a: FlJobArgs) -> anyhow::Result<()> {
+    let mut c = a.conn.connect().await?;
+    let dp = match (a.dp_noise, a.dp_clip, a.dp_delta) {
+        (Some(noise_multiplier), Some(clip_norm), Some(delta)) => Some(pb::FlPrivacy {
+            noise_multiplier,
+            clip_norm,
+            delta,
+        }),
+        _ => None,
+    };
+    let j = c
+        .submit_job(pb::SubmitJobRequest {
+            licence_id: a.licences.first().cloned().unwrap_or_default(),
+            scene: tessera_core::job::scene::FL.into(),
+            buyer_party: a.buyer_party,
+            output: a.output,
+            request_id: a.request_id.unwrap_or_default(),
+            fl: Some(pb::FlTraining {
+                licences: a.licences,
+                model: a.model,
+                hidden: a.hidden.unwrap_or(0),
+                features: a.features,
+                label: a.label,
+                rounds: a.rounds,
+                epochs: a.epochs,
+                batch_size: a.batch_size,
+                learning_rate: a.learning_rate,
+                sample_fraction: a.sample_fraction,
+                threshold: a.threshold.unwrap_or(0),
+                neighbours: a.neighbours.unwrap_or(0),
+                standardise: a.standardise,
+                dp,
+            }),
+            ..pb::SubmitJobRequest::default()
+        })
+        .await?
+        .into_inner();
+    print_and_follow(&mut c, j, a.watch).await
 }
 
 /// Submits a job that aligns the two datasets on their keys, with the scene's own fields.
@@ -625,6 +743,7 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<()> {
                     join,
                     payload_columns: payload,
                     mpc_triples: pb::MpcTriples::Unspecified.into(),
+                    fl: None,
                 })
                 .await?
                 .into_inner();
@@ -674,6 +793,7 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<()> {
             keyed_job(tessera_core::job::scene::MPC, args.keyed, fill).await?
         }
         JobCmd::Tee(args) => tee_job(args).await?,
+        JobCmd::Fl(args) => fl_job(args).await?,
         JobCmd::Get { conn, id } => {
             let j = conn
                 .connect()

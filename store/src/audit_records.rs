@@ -185,6 +185,7 @@ const JOB_COLUMNS: &[(&str, &str)] = &[
     ("buyer_party", "buyer_party"),
     ("provider_party", "provider_party"),
     ("output_name", "output_name"),
+    ("co_licences", "co_licences"),
     ("created_at_ms", "created_at_ms"),
     ("updated_at_ms", "updated_at_ms"),
     ("delivered_at_ms", "delivered_at_ms"),
@@ -450,6 +451,8 @@ struct SceneCounts {
 #[derive(Debug, Clone)]
 struct DerivedJob {
     scene: RowKey,
+    /// The further licences' scenes (an `fl` job's), counted with the job's own.
+    co_scenes: Vec<RowKey>,
     row: Derived,
 }
 
@@ -655,6 +658,18 @@ impl Chain {
         row.copy("buyer_party", d, "/buyer_party", seq);
         row.copy("provider_party", d, "/provider_party", seq);
         row.copy("output_name", d, "/output_name", seq);
+        row.copy("co_licences", d, "/co_licences", seq);
+        // `co_licences` is the column's text: a JSON array of {licence_id, provider_party}.
+        let co_scenes: Vec<RowKey> = serde_json::from_str::<Vec<crate::jobs::CoLicence>>(
+            d.pointer("/co_licences")
+                .and_then(Value::as_str)
+                .filter(|t| !t.is_empty())
+                .unwrap_or("[]"),
+        )
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| (c.licence_id, scene.1.clone()))
+        .collect();
         if d.pointer("/reasons").is_some_and(Value::is_array) {
             row.copy("reasons_json", d, "/reasons", seq);
         }
@@ -694,8 +709,18 @@ impl Chain {
         }
         if admitted {
             self.reserve(&scene, &e.subject, seq, found);
+            for s in &co_scenes {
+                self.reserve(s, &e.subject, seq, found);
+            }
         }
-        self.jobs.insert(job, DerivedJob { scene, row });
+        self.jobs.insert(
+            job,
+            DerivedJob {
+                scene,
+                co_scenes,
+                row,
+            },
+        );
     }
 
     /// One count reserved on `scene` by the admission of `job`.
@@ -845,8 +870,12 @@ impl Chain {
             seq,
         );
         let count = d.pointer("/count").and_then(Value::as_str).unwrap_or("");
-        let scene = job.scene.clone();
-        self.settle_count(&scene, &e.subject, count, seq, found);
+        let scenes: Vec<RowKey> = std::iter::once(job.scene.clone())
+            .chain(job.co_scenes.iter().cloned())
+            .collect();
+        for scene in &scenes {
+            self.settle_count(scene, &e.subject, count, seq, found);
+        }
     }
 
     /// The reserved count of `job` on `scene` committed (used) or released (remaining again).

@@ -40,8 +40,31 @@ pub struct NewJob {
     pub provider_party: String,
     /// The result file name asked for (empty: none).
     pub output: String,
+    /// Further licences the job runs under (an `fl` job: one per provider after the first),
+    /// in the order named; each has its count reserved with the job's own.
+    pub co_licences: Vec<String>,
     /// Submission time.
     pub now_ms: i64,
+}
+
+/// A further licence of a job (see [`NewJob::co_licences`]) as stored with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct CoLicence {
+    /// The licence.
+    pub licence_id: String,
+    /// Its licensor, the provider it pays.
+    pub provider_party: String,
+}
+
+/// What the admission transaction shows of one further licence.
+#[derive(Debug, Clone)]
+pub struct CoLicenceContext {
+    /// The licence named.
+    pub licence_id: String,
+    /// It, if it exists (remaining counts as stored).
+    pub licence: Option<LicenceRecord>,
+    /// For a licence sold by the month: `Err(reason)` when no paid term covers now.
+    pub term: Result<(), String>,
 }
 
 /// One party's task as placed by the scheduler.
@@ -77,6 +100,8 @@ pub struct AdmitContext<'a> {
     /// The job that already recorded the result name asked for, if one did (an unfinished or
     /// succeeded job of the same buyer party): a result never replaces another.
     pub output_taken_by: Option<String>,
+    /// The further licences named ([`NewJob::co_licences`]), in order.
+    pub co_licences: &'a [CoLicenceContext],
 }
 
 /// Why admission refused a job. Each renders to the human text recorded with the job (and
@@ -314,6 +339,8 @@ pub struct JobRecord {
     pub provider_empty_keys: Option<u64>,
     /// Where a failure happened, when it was on a party's side.
     pub failure: Option<FailureOrigin>,
+    /// The further licences it runs under (empty for a job under one licence).
+    pub co_licences: Vec<CoLicence>,
 }
 
 /// A result file as a worker wrote it (the buyer's, or the provider's in `both` mode).
@@ -450,8 +477,8 @@ pub enum JobFinish {
         usage: Vec<UsageEventRecord>,
         /// Ledger operations: posting the job's holds and moving the charge on.
         ledger: Vec<LedgerOp>,
-        /// The bill line of the charge.
-        bill_line: Option<Box<NewBillLine>>,
+        /// The bill lines of the charge (one per licence).
+        bill_lines: Vec<NewBillLine>,
         /// Total charged.
         charge_micros: i64,
     },
@@ -482,8 +509,8 @@ pub enum JobFinish {
         usage: Vec<UsageEventRecord>,
         /// Ledger operations: posting the job's holds and moving the charge on.
         ledger: Vec<LedgerOp>,
-        /// The bill line of the charge.
-        bill_line: Option<Box<NewBillLine>>,
+        /// The bill lines of the charge (one per licence).
+        bill_lines: Vec<NewBillLine>,
         /// Total charged.
         charge_micros: i64,
     },
@@ -539,7 +566,7 @@ const JOB_COLUMNS: &str = "job_id, licence_id, scene, user_id, mode, state, coun
      buyer_party, provider_party, result_bytes, result_rows, result_sha256, \
      buyer_empty_keys, provider_empty_keys, error_role, error_party, error_kind, delivered_at_ms, \
      delivered_rows, request_id, protocol, provider_result_location, provider_result_bytes, \
-     provider_result_rows, provider_result_sha256, mpc_triples";
+     provider_result_rows, provider_result_sha256, mpc_triples, co_licences";
 
 fn job_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<JobRecord, StoreError> {
     let reasons: String = r.try_get(7)?;
@@ -576,6 +603,10 @@ fn job_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<JobRecord, StoreError> {
         mpc_triples: match r.try_get::<String, _>(32)?.as_str() {
             "" => None,
             t => Some(t.parse().map_err(corrupt)?),
+        },
+        co_licences: match r.try_get::<String, _>(33)?.as_str() {
+            "" => Vec::new(),
+            t => serde_json::from_str(t).map_err(corrupt)?,
         },
     })
 }
@@ -737,6 +768,23 @@ where
             Some(l) => crate::terms::term_check(&mut *tx, l, &job.user, job.now_ms).await?,
             None => Ok(()),
         };
+        let mut co_licences = Vec::with_capacity(job.co_licences.len());
+        for id in &job.co_licences {
+            let licence = match load_licence(&mut *tx, id).await {
+                Ok(l) => Some(l),
+                Err(StoreError::NotFound { .. }) => None,
+                Err(e) => return Err(e),
+            };
+            let term = match &licence {
+                Some(l) => crate::terms::term_check(&mut *tx, l, &job.user, job.now_ms).await?,
+                None => Ok(()),
+            };
+            co_licences.push(CoLicenceContext {
+                licence_id: id.clone(),
+                licence,
+                term,
+            });
+        }
         let output_taken_by = if job.output.is_empty() {
             None
         } else {
@@ -756,6 +804,7 @@ where
             cash_micros,
             term,
             output_taken_by,
+            co_licences: &co_licences,
         }) else {
             return Ok(None);
         };
@@ -764,27 +813,40 @@ where
         }
         let mut allowed = decision.allowed;
         let mut reasons = decision.reasons.clone();
-        if let Some(reason) = crate::trade::withdrawn(&mut *tx, &job.licence_id).await? {
-            allowed = false;
-            reasons.push(Refusal::Withdrawn { reason });
+        for id in std::iter::once(&job.licence_id).chain(&job.co_licences) {
+            if let Some(reason) = crate::trade::withdrawn(&mut *tx, id).await? {
+                allowed = false;
+                reasons.push(Refusal::Withdrawn { reason });
+            }
         }
         if allowed {
-            // Reserve one count; the WHERE clause makes exhaustion impossible to miss even if
-            // the decision was taken on a stale value.
-            let r = sqlx::query(
-                "UPDATE licence_scenes SET remaining = CASE WHEN remaining IS NULL THEN NULL ELSE remaining - 1 END, \
-                 reserved = reserved + 1 \
-                 WHERE licence_id = ? AND scene = ? AND (remaining IS NULL OR remaining > 0)",
-            )
-            .bind(&job.licence_id)
-            .bind(&job.scene)
-            .execute(&mut *tx)
-            .await?;
-            if r.rows_affected() == 0 {
+            // Reserve one count, even if the decision was taken on a stale value.
+            if !reserve_count(&mut *tx, &job.licence_id, &job.scene).await? {
                 allowed = false;
                 reasons = vec![Refusal::QuotaExhausted {
                     scene: job.scene.clone(),
                 }];
+            }
+        }
+        if allowed {
+            // Each further licence: one count too, or none of them (the ones reserved are
+            // given back).
+            let mut reserved = Vec::new();
+            for id in &job.co_licences {
+                if reserve_count(&mut *tx, id, &job.scene).await? {
+                    reserved.push(id);
+                } else {
+                    allowed = false;
+                    reasons = vec![Refusal::QuotaExhausted {
+                        scene: format!("{} of licence {id}", job.scene),
+                    }];
+                    break;
+                }
+            }
+            if !allowed {
+                for id in std::iter::once(&job.licence_id).chain(reserved) {
+                    settle_count(&mut *tx, id, &job.scene, false).await?;
+                }
             }
         }
         let (state, count_state) = if allowed {
@@ -795,10 +857,26 @@ where
         let reason_texts: Vec<String> = reasons.iter().map(ToString::to_string).collect();
         let reasons_json = serde_json::to_string(&reason_texts).map_err(corrupt)?;
         let output_name = if allowed { job.output.as_str() } else { "" };
+        let co_records: Vec<CoLicence> = co_licences
+            .iter()
+            .map(|c| CoLicence {
+                licence_id: c.licence_id.clone(),
+                provider_party: c
+                    .licence
+                    .as_ref()
+                    .map(|l| l.licensor.clone())
+                    .unwrap_or_default(),
+            })
+            .collect();
+        let co_licences_text = if co_records.is_empty() {
+            String::new()
+        } else {
+            serde_json::to_string(&co_records).map_err(corrupt)?
+        };
         let inserted = sqlx::query(
             "INSERT INTO jobs (job_id, licence_id, scene, user_id, mode, state, count_state, request_json, \
              reasons_json, created_at_ms, updated_at_ms, finished_at_ms, buyer_party, provider_party, output_name, \
-             request_id, protocol, mpc_triples) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             request_id, protocol, mpc_triples, co_licences) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT(job_id) DO NOTHING",
         )
         .bind(&job.job_id)
@@ -819,6 +897,7 @@ where
         .bind(&job.request_id)
         .bind(job.protocol.as_str())
         .bind(decision.mpc_triples.map_or("", MpcTriples::as_str))
+        .bind(&co_licences_text)
         .execute(&mut *tx)
         .await?;
         if inserted.rows_affected() == 0 {
@@ -860,6 +939,7 @@ where
                 "mpc_triples": decision.mpc_triples.map_or("", MpcTriples::as_str),
                 "buyer_party": job.buyer_party,
                 "provider_party": job.provider_party, "output_name": output_name,
+                "co_licences": co_licences_text,
                 "holds": decision.holds.iter().map(|h| serde_json::json!({
                     "transfer_id": h.id, "account": h.debit, "amount_micros": h.amount_micros,
                 })).collect::<Vec<_>>(),
@@ -997,17 +1077,11 @@ async fn finish_in(
         } else {
             CountState::Released
         };
-        let scene_update = if consume {
-            "UPDATE licence_scenes SET reserved = reserved - 1, used = used + 1 WHERE licence_id = ? AND scene = ?"
-        } else {
-            "UPDATE licence_scenes SET reserved = reserved - 1, \
-             remaining = CASE WHEN remaining IS NULL THEN NULL ELSE remaining + 1 END WHERE licence_id = ? AND scene = ?"
-        };
-        sqlx::query(scene_update)
-            .bind(&job.licence_id)
-            .bind(&job.scene)
-            .execute(&mut *tx)
-            .await?;
+        for id in
+            std::iter::once(&job.licence_id).chain(job.co_licences.iter().map(|c| &c.licence_id))
+        {
+            settle_count(&mut *tx, id, &job.scene, consume).await?;
+        }
         let (result_file, provider_file, empty_keys, origin) = match finish {
             JobFinish::Succeeded {
                 result_file,
@@ -1034,7 +1108,7 @@ async fn finish_in(
                 result_location,
                 usage,
                 ledger: ops,
-                bill_line,
+                bill_lines,
                 charge_micros,
                 ..
             } => {
@@ -1042,8 +1116,8 @@ async fn finish_in(
                 for op in ops {
                     ledger::apply(&mut *tx, op, now_ms).await?;
                 }
-                if let Some(line) = bill_line {
-                    add_line(&mut *tx, line.as_ref(), now_ms, zone).await?;
+                for line in bill_lines {
+                    add_line(&mut *tx, line, now_ms, zone).await?;
                 }
                 (
                     Some(i64::try_from(*result_size).unwrap_or(i64::MAX)),
@@ -1054,7 +1128,7 @@ async fn finish_in(
             JobFinish::EndedAfterDelivery {
                 usage,
                 ledger: ops,
-                bill_line,
+                bill_lines,
                 charge_micros,
                 ..
             } => {
@@ -1062,8 +1136,8 @@ async fn finish_in(
                 for op in ops {
                     ledger::apply(&mut *tx, op, now_ms).await?;
                 }
-                if let Some(line) = bill_line {
-                    add_line(&mut *tx, line.as_ref(), now_ms, zone).await?;
+                for line in bill_lines {
+                    add_line(&mut *tx, line, now_ms, zone).await?;
                 }
                 (None, String::new(), *charge_micros)
             }
@@ -1125,6 +1199,46 @@ async fn finish_in(
             job,
         })
     }
+}
+
+/// Reserves one count of `scene` on `licence_id` (the WHERE clause makes exhaustion
+/// impossible to miss); whether it could.
+async fn reserve_count(
+    tx: &mut SqliteConnection,
+    licence_id: &str,
+    scene: &str,
+) -> Result<bool, StoreError> {
+    let r = sqlx::query(
+        "UPDATE licence_scenes SET remaining = CASE WHEN remaining IS NULL THEN NULL ELSE remaining - 1 END, \
+         reserved = reserved + 1 \
+         WHERE licence_id = ? AND scene = ? AND (remaining IS NULL OR remaining > 0)",
+    )
+    .bind(licence_id)
+    .bind(scene)
+    .execute(&mut *tx)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Ends one reserved count of `scene` on `licence_id`: used (`consume`) or given back.
+async fn settle_count(
+    tx: &mut SqliteConnection,
+    licence_id: &str,
+    scene: &str,
+    consume: bool,
+) -> Result<(), StoreError> {
+    let update = if consume {
+        "UPDATE licence_scenes SET reserved = reserved - 1, used = used + 1 WHERE licence_id = ? AND scene = ?"
+    } else {
+        "UPDATE licence_scenes SET reserved = reserved - 1, \
+         remaining = CASE WHEN remaining IS NULL THEN NULL ELSE remaining + 1 END WHERE licence_id = ? AND scene = ?"
+    };
+    sqlx::query(update)
+        .bind(licence_id)
+        .bind(scene)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
 }
 
 /// Records a job's delivery milestone on `tx` (see [`Store::mark_delivered`]).

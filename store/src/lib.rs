@@ -32,9 +32,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 pub use accounts::{PartyRecord, TokenRecord, UserRecord, WorkerCredentialRecord};
 pub use bills::{BillLineRecord, BillRecord, LATE_WINDOW_MS_MAX, StatementRecord, bill_id};
 pub use jobs::{
-    AdmitContext, AdmitOutcome, Decision, EmptyKeyCounts, FailureOrigin, FinishOutcome, JobFinish,
-    JobRecord, NewJob, NewTask, Refusal, ResultFileRecord, TaskRecord, TaskUpdate,
-    UsageEventRecord,
+    AdmitContext, AdmitOutcome, CoLicence, CoLicenceContext, Decision, EmptyKeyCounts,
+    FailureOrigin, FinishOutcome, JobFinish, JobRecord, NewJob, NewTask, Refusal, ResultFileRecord,
+    TaskRecord, TaskUpdate, UsageEventRecord,
 };
 pub use ledger::{BalanceRecord, HoldRecord, TransferRecord};
 pub use limits::{AccountStatus, FreezeContext, LimitScope};

@@ -65,6 +65,7 @@ pub(crate) fn new_job(i: usize) -> NewJob {
         buyer_party: "buy".into(),
         provider_party: "prov".into(),
         output: String::new(),
+        co_licences: vec![],
         now_ms: 10,
     }
 }
@@ -222,7 +223,7 @@ async fn failure_not_the_buyers_releases_and_finish_is_exactly_once() {
         },
         usage: usage.clone(),
         ledger: vec![LedgerOp::Post(charge.clone())],
-        bill_line: None,
+        bill_lines: vec![],
         charge_micros: 100,
     };
     assert!(
@@ -613,7 +614,7 @@ async fn a_delivered_job_cannot_end_released() {
         origin: None,
         usage: vec![],
         ledger: vec![],
-        bill_line: None,
+        bill_lines: vec![],
         charge_micros: 0,
     };
     let out = store.finish_job("job-1", &ended, 21).await.expect("end");
@@ -734,4 +735,182 @@ async fn huge_amounts_are_refused_and_the_ledger_stays_readable() {
         .await
         .expect("voucher");
     assert!(store.ledger_balanced().await.expect("readable"));
+}
+
+/// A second licence of the same shape (`lic2`, of provider `prov2`, `counts` runs).
+async fn seed_second_licence(store: &Store, id: &str, counts: u64) {
+    let policy = UsagePolicy::from_json(&format!(
+        r#"{{"policyName":"p","relUsers":[{{"userId":"u","userName":"U","isGroup":0}}],
+            "useScenes":[{{"useSence":"psi","counts":{counts}}}]}}"#
+    ))
+    .expect("policy");
+    store
+        .create_licence(
+            &LicenceRecord {
+                licence_id: id.into(),
+                licensor: "prov2".into(),
+                licensee: "u".into(),
+                dataset_id: "ds".into(),
+                policy,
+                price: JobPrice {
+                    per_job_micros: 100,
+                    per_1k_rows_micros: 0,
+                    operator_share_bps: 0,
+                },
+                monthly_price_micros: 0,
+            },
+            3,
+        )
+        .await
+        .expect("licence");
+}
+
+/// A job under several licences (an `fl` job) reserves one count on each or on none, ends
+/// them together (committed or released), shows its further licences and their providers, and
+/// the audit chain re-derives every licence's counters.
+#[tokio::test]
+async fn a_job_under_several_licences_counts_each_once_or_none() {
+    let (_dir, store) = open().await;
+    seed_licence(&store, 5).await;
+    seed_second_licence(&store, "lic2", 2).await;
+    seed_second_licence(&store, "lic3", 1).await;
+    let multi = |i: usize, co: &[&str]| NewJob {
+        co_licences: co.iter().map(|c| c.to_string()).collect(),
+        ..new_job(i)
+    };
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let AdmitOutcome::Admitted(j) = store
+        .admit(&multi(1, &["lic2", "lic3"]), move |ctx| {
+            s2.lock().expect("lock").extend(
+                ctx.co_licences
+                    .iter()
+                    .map(|c| (c.licence_id.clone(), c.licence.is_some())),
+            );
+            allow(ctx)
+        })
+        .await
+        .expect("admit")
+    else {
+        panic!("not admitted")
+    };
+    assert_eq!(
+        *seen.lock().expect("lock"),
+        vec![("lic2".to_string(), true), ("lic3".to_string(), true)]
+    );
+    assert_eq!(
+        j.co_licences,
+        vec![
+            CoLicence {
+                licence_id: "lic2".into(),
+                provider_party: "prov2".into()
+            },
+            CoLicence {
+                licence_id: "lic3".into(),
+                provider_party: "prov2".into()
+            }
+        ]
+    );
+    let remaining = |id: &'static str| {
+        let store = store.clone();
+        async move { store.remaining_count(id, "psi").await.expect("remaining") }
+    };
+    assert_eq!(
+        (
+            remaining("lic").await,
+            remaining("lic2").await,
+            remaining("lic3").await
+        ),
+        (Some(4), Some(1), Some(0))
+    );
+    // lic3 is spent: a second job naming it is refused and reserves nothing anywhere.
+    let out = store
+        .admit(&multi(2, &["lic2", "lic3"]), allow)
+        .await
+        .expect("admit");
+    let AdmitOutcome::Refused { refusals, job } = out else {
+        panic!("admitted past lic3's count")
+    };
+    assert!(
+        matches!(&refusals[..], [Refusal::QuotaExhausted { scene }] if scene.contains("lic3")),
+        "{refusals:?}"
+    );
+    assert_eq!(job.count_state, tessera_core::CountState::None);
+    assert_eq!(
+        (
+            remaining("lic").await,
+            remaining("lic2").await,
+            remaining("lic3").await
+        ),
+        (Some(4), Some(1), Some(0))
+    );
+    // A failure not the buyer's gives every count back; a success would commit them all.
+    let fail = JobFinish::Failed {
+        error: "aggregator lost".into(),
+        buyer_fault: false,
+        origin: None,
+    };
+    assert!(
+        store
+            .finish_job("job-1", &fail, 20)
+            .await
+            .expect("finish")
+            .transitioned
+    );
+    assert_eq!(
+        (
+            remaining("lic").await,
+            remaining("lic2").await,
+            remaining("lic3").await
+        ),
+        (Some(5), Some(2), Some(1))
+    );
+    let AdmitOutcome::Admitted(_) = store
+        .admit(&multi(3, &["lic3"]), allow)
+        .await
+        .expect("admit")
+    else {
+        panic!("not admitted")
+    };
+    let cancel = JobFinish::Cancelled {
+        reason: "by the buyer".into(),
+    };
+    assert!(
+        store
+            .finish_job("job-3", &cancel, 30)
+            .await
+            .expect("finish")
+            .transitioned
+    );
+    assert_eq!(
+        (remaining("lic").await, remaining("lic3").await),
+        (Some(4), Some(0)),
+        "a cancellation consumes every count"
+    );
+    // An unknown further licence reaches the decision as absent.
+    let s3 = seen.clone();
+    s3.lock().expect("lock").clear();
+    let _ = store
+        .admit(&multi(4, &["nope"]), move |ctx| {
+            s3.lock().expect("lock").extend(
+                ctx.co_licences
+                    .iter()
+                    .map(|c| (c.licence_id.clone(), c.licence.is_some())),
+            );
+            Ok::<_, StoreError>(Decision {
+                allowed: false,
+                reasons: vec![Refusal::LicenceNotFound {
+                    licence_id: "nope".into(),
+                }],
+                ..allow(ctx)?
+            })
+        })
+        .await
+        .expect("admit");
+    assert_eq!(
+        *seen.lock().expect("lock"),
+        vec![("nope".to_string(), false)]
+    );
+    let v = store.verify_audit().await.expect("verify");
+    assert!(v.ok(), "{v:?}");
 }

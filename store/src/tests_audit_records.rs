@@ -47,6 +47,7 @@ fn new_job(id: &str, now_ms: i64) -> NewJob {
         buyer_party: "buy".into(),
         provider_party: "prov".into(),
         output: format!("{id}.csv"),
+        co_licences: vec![],
         now_ms,
     }
 }
@@ -198,12 +199,7 @@ async fn flow(store: &Store) {
                 "job-1",
             )),
         ],
-        bill_line: Some(Box::new(bill_line(
-            "line-1",
-            Some("job-1"),
-            NOV_MS + 13,
-            300,
-        ))),
+        bill_lines: vec![bill_line("line-1", Some("job-1"), NOV_MS + 13, 300)],
         charge_micros: 300,
     };
     assert!(

@@ -458,6 +458,7 @@ async fn term_covers(store: &Store, id: &str, now: i64) -> Result<(), String> {
                 buyer_party: "buy".into(),
                 provider_party: "prov".into(),
                 output: String::new(),
+                co_licences: vec![],
                 now_ms: now,
             },
             move |c| {

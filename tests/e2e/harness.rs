@@ -563,7 +563,52 @@ impl Cluster {
             join: pb::JoinKind::Unspecified.into(),
             payload_columns: Vec::new(),
             mpc_triples: pb::MpcTriples::Unspecified.into(),
+            fl: None,
         }
+    }
+
+    /// A further provider, as a real deployment adds one: user `user` (role provider) owning
+    /// party `party`, an API token for it, its party's registration token, and a worker of
+    /// its own started with this cluster's worker arguments. Returns the worker and the token.
+    pub async fn add_provider(&self, party: &str, user: &str) -> (Party, String) {
+        let mut admin = self.admin().await;
+        admin
+            .create_user(pb::CreateUserRequest {
+                user_id: user.into(),
+                roles: "provider".into(),
+            })
+            .await
+            .expect("create user");
+        admin
+            .create_party(pb::CreatePartyRequest {
+                party_id: party.into(),
+                owner_user_id: user.into(),
+            })
+            .await
+            .expect("create party");
+        let token = admin
+            .create_token(pb::CreateTokenRequest {
+                user_id: user.into(),
+                label: "e2e".into(),
+                ttl_ms: 0,
+            })
+            .await
+            .expect("create token")
+            .into_inner()
+            .secret_token;
+        let reg = connect_as(self, &token)
+            .await
+            .issue_registration_token(pb::RegistrationTokenRequest {
+                party_id: party.into(),
+                ttl_ms: 0,
+            })
+            .await
+            .expect("registration token")
+            .into_inner()
+            .secret_token;
+        std::fs::write(registration_token_file(self.dir.path(), party), reg).expect("token file");
+        let worker = Self::party_as(self.dir.path(), &self.url, party, None, &self.worker_args);
+        (worker, token)
     }
 
     /// Waits (bounded) until the job ends and returns it as its buyer (USER) sees it.

@@ -5,6 +5,7 @@ mod accounts;
 mod audit;
 mod authz;
 mod billing;
+mod fl;
 mod harness;
 mod identity;
 mod money;

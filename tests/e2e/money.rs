@@ -39,7 +39,10 @@ async fn until_delivered(c: &Cluster, job_id: &str) -> pb::Job {
 }
 
 /// The job's transfers, the buyer's bill lines of the job, and whether the ledger balances.
-async fn money_of(c: &Cluster, job_id: &str) -> (Vec<pb::Transfer>, Vec<pb::BillLine>, bool) {
+pub(crate) async fn money_of(
+    c: &Cluster,
+    job_id: &str,
+) -> (Vec<pb::Transfer>, Vec<pb::BillLine>, bool) {
     let mut client = c.client().await;
     let transfers: Vec<pb::Transfer> = client
         .list_transfers(pb::ListRequest {})

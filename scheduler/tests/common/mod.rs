@@ -142,5 +142,6 @@ pub fn request(licence: &str) -> JobRequest {
         join: None,
         payload_columns: Vec::new(),
         mpc_triples: None,
+        fl: None,
     }
 }

@@ -1,0 +1,319 @@
+//! `fl` jobs end to end (issue "Federated learning with secure aggregation that survives
+//! dropouts"): three providers' workers and the buyer's aggregator, real processes over
+//! mutual-TLS peer links, a model whose test accuracy matches centralised training on the
+//! union of the providers' rows; every licence counted once and charged on its own bill line;
+//! the policy's `aiFrame` checked against what the workers declare.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use tessera_fl::data::{DataSpec, Dataset, Standardisation, read_dataset};
+use tessera_fl::model::{LocalTraining, Model, ModelKind};
+use tessera_proto::v1 as pb;
+
+use crate::harness::{BUYER, Cluster, PROVIDER, Party, USER, connect_as};
+
+const FEATURES: [&str; 4] = ["x0", "x1", "x2", "x3"];
+
+/// `n` rows `id,x0..x3,y` with features on different scales and `P(y = 1) = σ(w·z + 0.3)` for
+/// the unscaled `z`.
+fn rows(n: usize, rng: &mut ChaCha20Rng) -> Vec<String> {
+    let w = [1.4, -1.1, 0.8, -0.5];
+    (0..n)
+        .map(|i| {
+            let z: Vec<f64> = (0..4).map(|_| rng.gen_range(-2.0..2.0)).collect();
+            let s: f64 = z.iter().zip(w).map(|(a, b)| a * b).sum::<f64>() + 0.3;
+            let y = u8::from(rng.gen_bool(1.0 / (1.0 + (-s).exp())));
+            let x: Vec<String> = z
+                .iter()
+                .enumerate()
+                .map(|(j, v)| format!("{}", v * 10f64.powi(j as i32) + 5.0 * j as f64))
+                .collect();
+            format!("r{i},{},{y}", x.join(","))
+        })
+        .collect()
+}
+
+const HEADER: &str = "id,x0,x1,x2,x3,y";
+
+fn spec() -> DataSpec {
+    DataSpec {
+        features: FEATURES.iter().map(|f| f.to_string()).collect(),
+        label: "y".into(),
+        rows_max: 1_000_000,
+        standardisation: Standardisation::None,
+    }
+}
+
+/// Writes `rows` as `id.csv` in `party`'s dataset directory and registers it (declared rows
+/// given) with the owner's token.
+async fn dataset(c: &Cluster, party: &Party, token: &str, id: &str, rows: &[String]) {
+    let file = format!("{id}.csv");
+    std::fs::write(
+        party.datasets.join(&file),
+        format!("{HEADER}\n{}\n", rows.join("\n")),
+    )
+    .expect("write dataset");
+    connect_as(c, token)
+        .await
+        .create_dataset(pb::CreateDatasetRequest {
+            dataset_id: id.into(),
+            owner_party: party.name.clone(),
+            location: file,
+            description: String::new(),
+            declared_rows: Some(rows.len() as u64),
+        })
+        .await
+        .expect("create dataset");
+}
+
+/// A licence of `dataset` by `licensor` to USER with one `fl` scene of `counts` runs and the
+/// given `aiFrame` list.
+async fn licence(
+    c: &Cluster,
+    token: &str,
+    licensor: &str,
+    dataset: &str,
+    counts: u64,
+    ai_frame: &str,
+) -> String {
+    let policy = format!(
+        r#"{{"policyName":"fl","relUsers":[{{"userId":"{USER}","userName":"U","isGroup":0}}],
+            "useScenes":[{{"useSence":"fl","counts":{counts},"aiFrame":[{ai_frame}]}}]}}"#
+    );
+    connect_as(c, token)
+        .await
+        .create_licence(pb::CreateLicenceRequest {
+            licensor: licensor.into(),
+            licensee: USER.into(),
+            dataset_id: dataset.into(),
+            policy_json: policy,
+            price_per_job_micros: 1_000,
+            price_per_1k_rows_micros: 10,
+            operator_share_bps: 2_000,
+            monthly_price_micros: 0,
+        })
+        .await
+        .expect("create licence")
+        .into_inner()
+        .licence_id
+}
+
+fn fl_job(licences: &[&str], output: &str) -> pb::SubmitJobRequest {
+    pb::SubmitJobRequest {
+        licence_id: licences[0].into(),
+        scene: "fl".into(),
+        buyer_party: BUYER.into(),
+        output: output.into(),
+        fl: Some(pb::FlTraining {
+            licences: licences.iter().map(|l| l.to_string()).collect(),
+            features: FEATURES.iter().map(|f| f.to_string()).collect(),
+            label: "y".into(),
+            rounds: 12,
+            epochs: 1,
+            batch_size: 32,
+            learning_rate: 0.1,
+            standardise: true,
+            ..pb::FlTraining::default()
+        }),
+        ..pb::SubmitJobRequest::default()
+    }
+}
+
+/// The model file as `name → value`.
+fn read_model(path: &std::path::Path) -> std::collections::HashMap<String, f64> {
+    let (header, rows) = crate::harness::read_csv(path);
+    assert_eq!(header, ["parameter", "value"]);
+    rows.into_iter()
+        .map(|r| (r[0].clone(), r[1].parse().expect("a number")))
+        .collect()
+}
+
+async fn remaining(c: &Cluster, token: &str, licence: &str) -> Option<u64> {
+    let l = connect_as(c, token)
+        .await
+        .get_licence(pb::LicenceRef {
+            licence_id: licence.into(),
+        })
+        .await
+        .expect("licence")
+        .into_inner();
+    let v: serde_json::Value = serde_json::from_str(&l.policy_json).expect("policy json");
+    v["useScenes"][0]["remainingCounts"].as_u64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_providers_train_a_model_as_good_as_centralised_and_each_licence_is_counted_once() {
+    let c = Cluster::start_with(5_000, &["--frameworks", "tessera-fl"]);
+    c.fund(100_000_000, "fund").await;
+    let (p2, t2) = c.add_provider("prov2", "pu2").await;
+    let (p3, t3) = c.add_provider("prov3", "pu3").await;
+    let mut rng = ChaCha20Rng::seed_from_u64(7);
+    let sizes = [700, 900, 1100];
+    let parts: Vec<Vec<String>> = sizes.iter().map(|&n| rows(n, &mut rng)).collect();
+    let test_rows = rows(3000, &mut rng);
+    let providers: [(&Party, &str, &str); 3] = [
+        (&c.provider, c.provider_token.as_str(), PROVIDER),
+        (&p2, t2.as_str(), "prov2"),
+        (&p3, t3.as_str(), "prov3"),
+    ];
+    let mut lics = Vec::new();
+    for (k, ((party, token, name), part)) in providers.iter().zip(&parts).enumerate() {
+        let id = format!("fl{k}");
+        dataset(&c, party, token, &id, part).await;
+        lics.push(licence(&c, token, name, &id, 2, r#""tessera-fl""#).await);
+    }
+    let l: Vec<&str> = lics.iter().map(String::as_str).collect();
+    let mut client = c.client().await;
+    let j = client
+        .submit_job(fl_job(&l, "model.csv"))
+        .await
+        .expect("submit")
+        .into_inner();
+    assert_eq!(
+        j.co_licences,
+        vec![lics[1].clone(), lics[2].clone()],
+        "{j:?}"
+    );
+    let j = c.wait(&j.job_id).await;
+    assert_eq!(j.state_text(), "succeeded", "{j:?}");
+    assert!(j.delivered_at_ms.is_some(), "{j:?}");
+
+    // The model, applied as the file documents, against centralised training on the union
+    // with the same standardisation and the same SGD budget.
+    let m = read_model(&c.buyer.outputs.join("model.csv"));
+    let mean: Vec<f64> = FEATURES.iter().map(|f| m[&format!("mean:{f}")]).collect();
+    let scale: Vec<f64> = FEATURES.iter().map(|f| m[&format!("scale:{f}")]).collect();
+    let s = Standardisation::Given {
+        mean: mean.clone(),
+        scale: scale.clone(),
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let read = |name: &str, rows: &[String]| -> Dataset {
+        let path = dir.path().join(name);
+        std::fs::write(&path, format!("{HEADER}\n{}\n", rows.join("\n"))).expect("write");
+        let mut d = read_dataset(&path, &spec()).expect("read");
+        d.standardise(&s).expect("standardise");
+        d
+    };
+    let union: Vec<String> = parts.concat();
+    let union = read("union.csv", &union);
+    let test = read("test.csv", &test_rows);
+    // The global moments the secure round gave are the union's.
+    for (j, col) in union.x().columns().into_iter().enumerate() {
+        assert!(
+            col.mean().expect("mean").abs() < 1e-6,
+            "feature {j} centred"
+        );
+    }
+    let mut fed =
+        Model::new(ModelKind::Logistic, 4, &mut ChaCha20Rng::seed_from_u64(1)).expect("model");
+    let mut flat: Vec<f64> = FEATURES.iter().map(|f| m[&format!("weight:{f}")]).collect();
+    flat.push(m["bias"]);
+    fed.set_flat(&flat).expect("weights");
+    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    let mut central = Model::new(ModelKind::Logistic, 4, &mut rng).expect("model");
+    central
+        .train(
+            &union,
+            &LocalTraining {
+                epochs: 12,
+                batch_size: 32,
+                learning_rate: 0.1,
+            },
+            &mut rng,
+        )
+        .expect("train");
+    let (fa, ca) = (
+        fed.accuracy(&test).expect("accuracy"),
+        central.accuracy(&test).expect("accuracy"),
+    );
+    println!("test accuracy: federated {fa:.4}, centralised {ca:.4}");
+    assert!(fa > 0.7, "the model learnt: {fa}");
+    assert!(
+        (fa - ca).abs() <= 0.01,
+        "federated {fa:.4} vs centralised {ca:.4}"
+    );
+
+    // Each licence counted once; each provider paid on its own bill line, on its own rows.
+    for ((_, token, _), lic) in providers.iter().zip(&lics) {
+        assert_eq!(remaining(&c, token, lic).await, Some(1), "{lic}");
+    }
+    let want: i64 = sizes
+        .iter()
+        .map(|&n: &usize| 1_000 + (10 * n as i64 + 500) / 1_000)
+        .sum();
+    assert_eq!(j.charge_micros, want, "{j:?}");
+    let (_, mine, balanced) = crate::money::money_of(&c, &j.job_id).await;
+    assert!(balanced);
+    let mut payees: Vec<&str> = mine.iter().map(|l| l.provider.as_str()).collect();
+    payees.sort_unstable();
+    assert_eq!(payees, [PROVIDER, "prov2", "prov3"], "{mine:?}");
+    // Every provider sees the job; only the buyer sees its result.
+    for (_, token, name) in &providers {
+        let seen = connect_as(&c, token)
+            .await
+            .get_job(pb::JobRef {
+                job_id: j.job_id.clone(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{name} cannot see the job: {e}"))
+            .into_inner();
+        assert_eq!(seen.result_size, None, "{name}: {seen:?}");
+    }
+    // No provider's worker wrote anything.
+    for (party, _, _) in &providers {
+        let written: Vec<_> = std::fs::read_dir(&party.outputs)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.path().is_file())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(written.is_empty(), "{}: {written:?}", party.name);
+    }
+
+    // A licence whose aiFrame no worker declares: refused, nothing counted.
+    let other = licence(&c, &t2, "prov2", "fl1", 2, r#""pytorch""#).await;
+    let refused = client
+        .submit_job(fl_job(&[&lics[0], &other], "model2.csv"))
+        .await
+        .expect("submit")
+        .into_inner();
+    assert_eq!(refused.state_text(), "refused", "{refused:?}");
+    assert!(
+        refused
+            .refusal_reasons
+            .iter()
+            .any(|r| r.contains("prov2") && r.contains("fits")),
+        "{refused:?}"
+    );
+    assert_eq!(remaining(&c, &c.provider_token, &lics[0]).await, Some(1));
+    assert_eq!(remaining(&c, &t2, &other).await, Some(2));
+    // Bad requests are refused before admission.
+    for (bad, why) in [
+        (fl_job(&[&lics[0]], "one.csv"), "2 to 64"),
+        (fl_job(&[&lics[0], &lics[0]], "twice.csv"), "named twice"),
+        (
+            pb::SubmitJobRequest {
+                fl: Some(pb::FlTraining {
+                    label: "x0".into(),
+                    ..fl_job(&l, "x.csv").fl.expect("fl")
+                }),
+                ..fl_job(&l, "x.csv")
+            },
+            "also a feature",
+        ),
+        (
+            pb::SubmitJobRequest {
+                buyer_dataset_id: "nope".into(),
+                ..fl_job(&l, "x.csv")
+            },
+            "buyer_dataset_id",
+        ),
+    ] {
+        let e = client.submit_job(bad).await.expect_err(why);
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{why}: {e:?}");
+        assert!(e.message().contains(why), "{why}: {e:?}");
+    }
+    c.assert_audit_verifies().await;
+}
