@@ -317,3 +317,84 @@ async fn three_providers_train_a_model_as_good_as_centralised_and_each_licence_i
     }
     c.assert_audit_verifies().await;
 }
+
+/// A provider's worker killed mid-run (SIGKILL) drops out: the other two finish the training,
+/// the model is written, every licence is counted once (the dropped provider's too, as its
+/// earlier rounds are in the model), and the dropped provider — which never reported its
+/// rows — is charged its licence's per-job price only, on its own bill line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_killed_mid_run_drops_out_and_the_others_finish() {
+    let c = Cluster::start_with(2_000, &["--frameworks", "tessera-fl"]);
+    c.fund(100_000_000, "fund").await;
+    let (p2, t2) = c.add_provider("prov2", "pu2").await;
+    let (mut p3, t3) = c.add_provider("prov3", "pu3").await;
+    let mut rng = ChaCha20Rng::seed_from_u64(9);
+    let sizes = [4_000, 4_000, 4_000];
+    let parts: Vec<Vec<String>> = sizes.iter().map(|&n| rows(n, &mut rng)).collect();
+    let tokens = [c.provider_token.clone(), t2.clone(), t3.clone()];
+    let names = [PROVIDER, "prov2", "prov3"];
+    let mut lics = Vec::new();
+    for k in 0..3 {
+        let party = match k {
+            0 => &c.provider,
+            1 => &p2,
+            _ => &p3,
+        };
+        let id = format!("fd{k}");
+        dataset(&c, party, &tokens[k], &id, &parts[k]).await;
+        lics.push(licence(&c, &tokens[k], names[k], &id, 2, r#""tessera-fl""#).await);
+    }
+    let l: Vec<&str> = lics.iter().map(String::as_str).collect();
+    let mut job = fl_job(&l, "dropped.csv");
+    if let Some(t) = job.fl.as_mut() {
+        t.rounds = 400;
+        t.epochs = 2;
+    }
+    let mut client = c.client().await;
+    let j = client.submit_job(job).await.expect("submit").into_inner();
+    // Killed once the training is under way (a round past the 20th shows in the progress).
+    let mut seen = 0;
+    for _ in 0..20_000 {
+        let now = client
+            .get_job(pb::JobRef {
+                job_id: j.job_id.clone(),
+            })
+            .await
+            .expect("get")
+            .into_inner();
+        seen = now
+            .progress
+            .iter()
+            .filter(|p| p.phase == "round")
+            .map(|p| p.done)
+            .max()
+            .unwrap_or(0);
+        assert!(
+            matches!(now.state_text(), "admitted" | "running"),
+            "the job ended before the kill: {now:?}"
+        );
+        if seen >= 20 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    assert!(seen >= 20, "the training never got under way");
+    p3.proc.kill();
+    let j = c.wait(&j.job_id).await;
+    let context = format!("killed after round {seen}: {j:?}");
+    assert_eq!(j.state_text(), "succeeded", "{context}");
+    let m = read_model(&c.buyer.outputs.join("dropped.csv"));
+    assert!(
+        m.contains_key("bias") && m.contains_key("weight:x0"),
+        "{context}"
+    );
+    for (token, lic) in tokens.iter().zip(&lics) {
+        assert_eq!(remaining(&c, token, lic).await, Some(1), "{lic}: {context}");
+    }
+    // prov and prov2 on their 4,000 rows each, prov3 the per-job price only.
+    assert_eq!(j.charge_micros, 2 * (1_000 + 40) + 1_000, "{context}");
+    let (_, lines, balanced) = crate::money::money_of(&c, &j.job_id).await;
+    assert!(balanced);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    c.assert_audit_verifies().await;
+}
