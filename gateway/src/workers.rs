@@ -170,6 +170,7 @@ pub(crate) async fn report_result(s: &Scheduler, r: pb::TaskResult) -> Result<()
             frames_received: u.frames_received,
             peak_rss_kb: u.peak_rss_kb,
             triples: u.triples,
+            dropouts: u.dropouts,
         },
         result_size: r.result_size,
         result_location: r.result_location.chars().take(LOCATION_CHARS_MAX).collect(),

@@ -138,6 +138,10 @@ pub struct TaskUsage {
     /// Correlations an MPC task drew (Beaver triples, AND triples, matrix-triple elements).
     #[serde(default)]
     pub triples: u64,
+    /// An `fl` job's aggregator: sampled providers whose update was not in a round's sum,
+    /// summed over the rounds.
+    #[serde(default)]
+    pub dropouts: u64,
 }
 
 /// A worker's final report on a task.
@@ -1719,9 +1723,14 @@ impl Scheduler {
                 ("rounds", u.frames_sent),
                 ("peak_rss_kb", u.peak_rss_kb),
                 ("triples", u.triples),
+                ("dropouts", u.dropouts),
             ] {
-                // Only MPC tasks draw triples: no zero event for the others.
+                // Only MPC tasks draw triples: no zero event for the others. Dropouts are an
+                // `fl` aggregator's, zero included.
                 if metric == "triples" && q == 0 {
+                    continue;
+                }
+                if metric == "dropouts" && !(job.is_fl() && t.role == TaskRole::Receiver) {
                     continue;
                 }
                 let quantity = i64::try_from(q).map_err(|_| {

@@ -245,6 +245,25 @@ async fn three_providers_train_a_model_as_good_as_centralised_and_each_licence_i
     assert_eq!(j.charge_micros, want, "{j:?}");
     let (_, mine, balanced) = crate::money::money_of(&c, &j.job_id).await;
     assert!(balanced);
+    // Metered per party: each provider's rows, CPU and bytes; the aggregator's dropouts (none).
+    let usage = crate::mpc::usage(&c).await;
+    for ((_, _, name), n) in providers.iter().zip(sizes) {
+        use crate::mpc::metric;
+        assert_eq!(
+            metric(&usage, &j.job_id, name, "rows_in"),
+            n as u64,
+            "{name}"
+        );
+        assert!(metric(&usage, &j.job_id, name, "bytes_sent") > 0, "{name}");
+    }
+    assert!(
+        usage.iter().any(|e| e.job_id == j.job_id
+            && e.party == BUYER
+            && e.metric == "dropouts"
+            && e.quantity == 0),
+        "the aggregator's dropouts are metered"
+    );
+    assert!(crate::mpc::metric(&usage, &j.job_id, BUYER, "bytes_received") > 0);
     let mut payees: Vec<&str> = mine.iter().map(|l| l.provider.as_str()).collect();
     payees.sort_unstable();
     assert_eq!(payees, [PROVIDER, "prov2", "prov3"], "{mine:?}");
@@ -396,5 +415,10 @@ async fn a_provider_killed_mid_run_drops_out_and_the_others_finish() {
     let (_, lines, balanced) = crate::money::money_of(&c, &j.job_id).await;
     assert!(balanced);
     assert_eq!(lines.len(), 3, "{lines:?}");
+    let usage = crate::mpc::usage(&c).await;
+    assert!(
+        crate::mpc::metric(&usage, &j.job_id, crate::harness::BUYER, "dropouts") >= 1,
+        "{context}: the dropout is metered"
+    );
     c.assert_audit_verifies().await;
 }

@@ -31,7 +31,7 @@ fn mpc_job(lic: &str, query: &str, output: &str) -> pb::SubmitJobRequest {
 }
 
 /// Every usage event the operator recorded (read as the operator).
-async fn usage(c: &Cluster) -> Vec<pb::UsageEvent> {
+pub(crate) async fn usage(c: &Cluster) -> Vec<pb::UsageEvent> {
     c.admin()
         .await
         .list_usage(pb::ListRequest {})
@@ -42,7 +42,7 @@ async fn usage(c: &Cluster) -> Vec<pb::UsageEvent> {
 }
 
 /// The quantity of `metric` that `party`'s task of `job` reported (0 when none).
-fn metric(usage: &[pb::UsageEvent], job: &str, party: &str, metric: &str) -> u64 {
+pub(crate) fn metric(usage: &[pb::UsageEvent], job: &str, party: &str, metric: &str) -> u64 {
     usage
         .iter()
         .find(|e| e.job_id == job && e.party == party && e.metric == metric)

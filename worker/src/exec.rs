@@ -83,6 +83,9 @@ pub struct TaskOutcome {
     pub link: tessera_core::LinkStats,
     /// Correlations an MPC task drew (Beaver triples, AND triples, matrix-triple elements).
     pub triples: u64,
+    /// An `fl` aggregator's dropouts: sampled providers whose update was not in a round's
+    /// sum, summed over the rounds.
+    pub dropouts: u64,
 }
 
 /// Where a worker keeps things and how it talks to peers.

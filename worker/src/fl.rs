@@ -231,6 +231,7 @@ async fn aggregator(
         result_location: spec.output.clone(),
         result_file: Some(written),
         link: stats,
+        dropouts: dropped as u64,
         ..TaskOutcome::default()
     })
 }

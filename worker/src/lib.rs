@@ -1180,6 +1180,7 @@ async fn report(
             frames_received: o.link.frames_received,
             peak_rss_kb: usage::peak_rss_kb(),
             triples: o.triples,
+            dropouts: o.dropouts,
         }),
         result_size: o.result_size,
         result_file: o.result_file.map(|f| pb::ResultFile {
