@@ -14,13 +14,23 @@ use crate::error::{internal, refusal_code};
 /// Converts a job view to its wire form.
 pub fn job_to_pb(v: &JobView) -> pb::Job {
     let j = &v.job;
+    // An fl job runs no PSI: no mode, protocol or key counts of one.
+    let fl = j.scene == tessera_core::job::scene::FL;
     pb::Job {
         job_id: j.job_id.clone(),
         state: pb::JobState::from(j.state).into(),
         licence_id: j.licence_id.clone(),
         scene: j.scene.clone(),
-        mode: pb::PsiMode::from(j.mode).into(),
-        protocol: pb::PsiProtocol::from(j.protocol).into(),
+        mode: if fl {
+            pb::PsiMode::Unspecified.into()
+        } else {
+            pb::PsiMode::from(j.mode).into()
+        },
+        protocol: if fl {
+            pb::PsiProtocol::Unspecified.into()
+        } else {
+            pb::PsiProtocol::from(j.protocol).into()
+        },
         mpc_triples: j
             .mpc_triples
             .map_or(pb::MpcTriples::Unspecified, pb::MpcTriples::from)
@@ -62,8 +72,8 @@ pub fn job_to_pb(v: &JobView) -> pb::Job {
         request_id: j.request_id.clone().unwrap_or_default(),
         result_file: j.result_file.as_ref().map(result_file),
         provider_result_file: j.provider_result_file.as_ref().map(result_file),
-        buyer_empty_keys: j.buyer_empty_keys,
-        provider_empty_keys: j.provider_empty_keys,
+        buyer_empty_keys: j.buyer_empty_keys.filter(|_| !fl),
+        provider_empty_keys: j.provider_empty_keys.filter(|_| !fl),
         error_kind: j
             .failure
             .as_ref()

@@ -154,7 +154,7 @@ fn fl_request(r: pb::SubmitJobRequest, scene: String) -> Result<JobRequest, Stat
     let model = match t.model.as_str() {
         "" | "logistic" => tessera_core::FlModel::Logistic,
         "mlp" => tessera_core::FlModel::Mlp {
-            hidden: if t.hidden == 0 { 16 } else { t.hidden },
+            hidden: t.hidden.unwrap_or(16),
         },
         other => {
             return Err(invalid(format!(
@@ -162,24 +162,22 @@ fn fl_request(r: pb::SubmitJobRequest, scene: String) -> Result<JobRequest, Stat
             )));
         }
     };
-    if t.hidden != 0 && model == tessera_core::FlModel::Logistic {
+    if t.hidden.is_some() && model == tessera_core::FlModel::Logistic {
         return Err(invalid("fl.hidden: only an mlp has hidden units"));
     }
     let providers = t.licences.len() as u32;
-    let or = |v: u32, d: u32| if v == 0 { d } else { v };
-    let orf = |v: f64, d: f64| if v == 0.0 { d } else { v };
     let fl = tessera_scheduler::FlRequest {
         licences: t.licences,
         model,
         features: t.features,
         label: t.label,
-        rounds: or(t.rounds, 10),
-        epochs: or(t.epochs, 1),
-        batch_size: or(t.batch_size, 32),
-        learning_rate: orf(t.learning_rate, 0.1),
-        sample_fraction: orf(t.sample_fraction, 1.0),
-        threshold: or(t.threshold, (providers / 2 + 1).max(2)),
-        neighbours: (t.neighbours != 0).then_some(t.neighbours),
+        rounds: t.rounds.unwrap_or(10),
+        epochs: t.epochs.unwrap_or(1),
+        batch_size: t.batch_size.unwrap_or(32),
+        learning_rate: t.learning_rate.unwrap_or(0.1),
+        sample_fraction: t.sample_fraction.unwrap_or(1.0),
+        threshold: t.threshold.unwrap_or((providers / 2 + 1).max(2)),
+        neighbours: t.neighbours,
         standardise: t.standardise,
         dp: t.dp.map(|d| tessera_core::FlDp {
             noise_multiplier: d.noise_multiplier,

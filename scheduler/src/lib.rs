@@ -200,6 +200,9 @@ struct LiveTask {
     /// Not known whether it still runs: its worker registered again, or the operator
     /// restarted; settled when the worker's task stream opens and names what it runs.
     unconfirmed: bool,
+    /// The rows it reported with its delivery milestone (a sender's), kept in memory: what an
+    /// `fl` provider that ends without a report is rated on.
+    delivered_rows: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -267,6 +270,7 @@ impl LiveJob {
                             report: None,
                             stopped: false,
                             unconfirmed,
+                            delivered_rows: None,
                         },
                     )
                 })

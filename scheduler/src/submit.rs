@@ -1503,7 +1503,17 @@ impl Scheduler {
                     .values()
                     .any(|t| t.role == TaskRole::Receiver && t.report.is_some())
                     && job.tasks.values().all(|t| t.report.is_some()));
-            let fl_provider_out = job.is_fl() && !report.ok && task_role == TaskRole::Sender;
+            // A provider that drops out (its link, its worker, its training): the run goes on.
+            // One whose own input (or ticket) is at fault fails the job, as the provider's
+            // failure, before anything of it was used: the buyer must not get a model silently
+            // trained without it, nor pay for it.
+            let fl_provider_out = job.is_fl()
+                && !report.ok
+                && task_role == TaskRole::Sender
+                && !matches!(
+                    report.error_kind,
+                    Some(TaskErrorKind::Input | TaskErrorKind::Ticket)
+                );
             let aggregator_failed = job
                 .tasks
                 .values()
@@ -1679,10 +1689,13 @@ impl Scheduler {
         let job_id = {
             let mut jobs = self.jobs.lock().await;
             let (job_id, job) = Self::task_owner(&mut jobs, worker_id, task_id)?;
-            if job.tasks.get(task_id).map(|t| t.role) != Some(TaskRole::Sender) {
-                return Err(SchedulerError::Invalid(format!(
-                    "task {task_id} is not the sender: only the sender reports delivery"
-                )));
+            match job.tasks.get_mut(task_id) {
+                Some(t) if t.role == TaskRole::Sender => t.delivered_rows = Some(rows_in),
+                _ => {
+                    return Err(SchedulerError::Invalid(format!(
+                        "task {task_id} is not the sender: only the sender reports delivery"
+                    )));
+                }
             }
             job_id.to_string()
         };
@@ -1709,8 +1722,17 @@ impl Scheduler {
         // job also one that dropped out (its rows took part until then).
         let mut provider_rows = HashMap::new();
         for t in job.tasks.values() {
+            // An fl provider that ended without its rows (its worker lost) is rated on the
+            // rows of its delivery report, if it sent one.
+            if job.is_fl()
+                && t.role == TaskRole::Sender
+                && let Some(rows) = t.delivered_rows
+                && t.report.as_ref().is_none_or(|r| r.usage.rows_in == 0)
+            {
+                provider_rows.insert(t.party.clone(), rows);
+            }
             let Some(r) = &t.report else { continue };
-            if t.role == TaskRole::Sender && (r.ok || job.is_fl()) {
+            if t.role == TaskRole::Sender && (r.ok || job.is_fl()) && r.usage.rows_in > 0 {
                 provider_rows.insert(t.party.clone(), r.usage.rows_in);
             }
             let u = &r.usage;
@@ -1741,7 +1763,12 @@ impl Scheduler {
                     job_id: job_id.to_string(),
                     party: t.party.clone(),
                     metric: metric.into(),
-                    protocol: job.protocol.as_str().into(),
+                    // An fl job runs no PSI protocol.
+                    protocol: if job.is_fl() {
+                        String::new()
+                    } else {
+                        job.protocol.as_str().into()
+                    },
                     attempt: 1,
                     quantity,
                     event_time_ms: now,

@@ -312,10 +312,10 @@ pub struct FlJobArgs {
     #[arg(long, default_value_t = 32)]
     batch_size: u32,
     /// Local SGD step size.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
     learning_rate: f64,
     /// Fraction of the providers sampled each round, (0, 1].
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     sample_fraction: f64,
     /// SecAgg+'s threshold t: the fewest providers a round needs (default: more than half,
     /// at least 2).
@@ -370,16 +370,16 @@ async fn fl_job(a: FlJobArgs) -> anyhow::Result<()> {
             fl: Some(pb::FlTraining {
                 licences: a.licences,
                 model: a.model,
-                hidden: a.hidden.unwrap_or(0),
+                hidden: a.hidden,
                 features: a.features,
                 label: a.label,
-                rounds: a.rounds,
-                epochs: a.epochs,
-                batch_size: a.batch_size,
-                learning_rate: a.learning_rate,
-                sample_fraction: a.sample_fraction,
-                threshold: a.threshold.unwrap_or(0),
-                neighbours: a.neighbours.unwrap_or(0),
+                rounds: Some(a.rounds),
+                epochs: Some(a.epochs),
+                batch_size: Some(a.batch_size),
+                learning_rate: Some(a.learning_rate),
+                sample_fraction: Some(a.sample_fraction),
+                threshold: a.threshold,
+                neighbours: a.neighbours,
                 standardise: a.standardise,
                 dp,
             }),
@@ -514,8 +514,9 @@ fn parse_rows(text: &str) -> Result<(u64, u64), String> {
 pub fn job_line(j: &pb::Job) -> String {
     // A preview has no PSI mode or protocol, and a tee job aligns its rows in the enclave; an
     // mpc job aligns by a PSI (its protocol is shown) but its output is no intersection.
-    let preview =
-        j.scene == tessera_core::job::scene::PREVIEW || j.scene == tessera_core::job::scene::TEE;
+    let preview = j.scene == tessera_core::job::scene::PREVIEW
+        || j.scene == tessera_core::job::scene::TEE
+        || j.scene == tessera_core::job::scene::FL;
     let mut s = if preview || j.scene == tessera_core::job::scene::MPC {
         format!("{} {} [{}]", j.job_id, j.state_text(), j.scene)
     } else {
@@ -532,6 +533,10 @@ pub fn job_line(j: &pb::Job) -> String {
     }
     if let Ok(t) = tessera_proto::decode::<tessera_core::MpcTriples>(j.mpc_triples) {
         s.push_str(&format!(" triples={t}"));
+    }
+    if !j.co_licences.is_empty() {
+        // An fl job's licences after the first (`licence_id`).
+        s.push_str(&format!(" co_licences={}", j.co_licences.join(",")));
     }
     if let Some(n) = j.result_size {
         s.push_str(&format!(" result_size={n}"));

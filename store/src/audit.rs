@@ -400,6 +400,10 @@ impl Store {
              OR subject IN (SELECT licence_id FROM licences WHERE dataset_id = ?1) \
              OR subject IN (SELECT j.job_id FROM jobs j JOIN licences l ON l.licence_id = j.licence_id \
                             WHERE l.dataset_id = ?1) \
+             OR subject IN (SELECT j.job_id FROM jobs j, \
+                            json_each(CASE WHEN j.co_licences = '' THEN '[]' ELSE j.co_licences END) c \
+                            JOIN licences l ON l.licence_id = json_extract(c.value, '$.licence_id') \
+                            WHERE l.dataset_id = ?1) \
              ORDER BY seq LIMIT ?2",
         )
         .bind(data_id)

@@ -124,11 +124,17 @@ impl Store {
             self,
             "SELECT rowid, job_id FROM jobs WHERE rowid > ?1 \
              AND (?2 = '' OR user_id = ?2) AND (?3 = '' OR state = ?3) \
-             AND (?4 = '' OR licence_id = ?4) \
+             AND (?4 = '' OR licence_id = ?4 \
+                  OR EXISTS (SELECT 1 FROM json_each(CASE WHEN co_licences = '' THEN '[]' ELSE co_licences END) c \
+                             WHERE json_extract(c.value, '$.licence_id') = ?4)) \
              AND (?5 = '' OR user_id = ?5 \
                   OR buyer_party IN (SELECT party_id FROM parties WHERE owner_user_id = ?5) \
                   OR licence_id IN (SELECT licence_id FROM licences WHERE licensor IN \
-                      (SELECT party_id FROM parties WHERE owner_user_id = ?5))) \
+                      (SELECT party_id FROM parties WHERE owner_user_id = ?5)) \
+                  OR EXISTS (SELECT 1 FROM json_each(CASE WHEN co_licences = '' THEN '[]' ELSE co_licences END) c \
+                             WHERE json_extract(c.value, '$.licence_id') IN \
+                             (SELECT licence_id FROM licences WHERE licensor IN \
+                              (SELECT party_id FROM parties WHERE owner_user_id = ?5)))) \
              ORDER BY rowid LIMIT ?6",
             &[&filter.user, state, &filter.licence_id, &filter.viewer],
             page,

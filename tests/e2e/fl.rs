@@ -108,10 +108,10 @@ fn fl_job(licences: &[&str], output: &str) -> pb::SubmitJobRequest {
             licences: licences.iter().map(|l| l.to_string()).collect(),
             features: FEATURES.iter().map(|f| f.to_string()).collect(),
             label: "y".into(),
-            rounds: 12,
-            epochs: 1,
-            batch_size: 32,
-            learning_rate: 0.1,
+            rounds: Some(12),
+            epochs: Some(1),
+            batch_size: Some(32),
+            learning_rate: Some(0.1),
             standardise: true,
             ..pb::FlTraining::default()
         }),
@@ -279,6 +279,28 @@ async fn three_providers_train_a_model_as_good_as_centralised_and_each_licence_i
             .into_inner();
         assert_eq!(seen.result_size, None, "{name}: {seen:?}");
     }
+    // Each provider finds the job in its list and in its dataset's operation log.
+    for (k, (_, token, name)) in providers.iter().enumerate() {
+        let mut pc = connect_as(&c, token).await;
+        let listed = pc
+            .list_jobs(pb::JobQuery::default())
+            .await
+            .expect("list")
+            .into_inner()
+            .jobs;
+        assert!(listed.iter().any(|x| x.job_id == j.job_id), "{name}");
+        let log = pc
+            .data_item_log(pb::DatasetRef {
+                dataset_id: format!("fl{k}"),
+            })
+            .await
+            .expect("log")
+            .into_inner();
+        assert!(
+            log.entries.iter().any(|e| e.subject == j.job_id),
+            "{name}: the job is in its dataset's log"
+        );
+    }
     // No provider's worker wrote anything.
     for (party, _, _) in &providers {
         let written: Vec<_> = std::fs::read_dir(&party.outputs)
@@ -334,13 +356,41 @@ async fn three_providers_train_a_model_as_good_as_centralised_and_each_licence_i
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{why}: {e:?}");
         assert!(e.message().contains(why), "{why}: {e:?}");
     }
+    // A provider whose file is bad (a label cell of 2) fails the job as that provider's input
+    // error, before anything was used: nothing counted, nothing charged, no model.
+    let mut bad_rows = rows(50, &mut ChaCha20Rng::seed_from_u64(3));
+    bad_rows[7] = "r7,1,2,3,4,2".into();
+    dataset(&c, &p3, &t3, "flbad", &bad_rows).await;
+    let bad_lic = licence(&c, &t3, "prov3", "flbad", 2, r#""tessera-fl""#).await;
+    let before: Vec<Option<u64>> = vec![
+        remaining(&c, &c.provider_token, &lics[0]).await,
+        remaining(&c, &t2, &lics[1]).await,
+    ];
+    let j = client
+        .submit_job(fl_job(&[&lics[0], &lics[1], &bad_lic], "bad.csv"))
+        .await
+        .expect("submit")
+        .into_inner();
+    let j = c.wait(&j.job_id).await;
+    assert_eq!(j.state_text(), "failed", "{j:?}");
+    assert_eq!(j.error, "the provider's side failed: input", "{j:?}");
+    assert_eq!(j.charge_micros, 0, "{j:?}");
+    assert_eq!(
+        vec![
+            remaining(&c, &c.provider_token, &lics[0]).await,
+            remaining(&c, &t2, &lics[1]).await,
+        ],
+        before
+    );
+    assert_eq!(remaining(&c, &t3, &bad_lic).await, Some(2));
+    assert!(!c.buyer.outputs.join("bad.csv").exists());
     c.assert_audit_verifies().await;
 }
 
 /// A provider's worker killed mid-run (SIGKILL) drops out: the other two finish the training,
 /// the model is written, every licence is counted once (the dropped provider's too, as its
-/// earlier rounds are in the model), and the dropped provider — which never reported its
-/// rows — is charged its licence's per-job price only, on its own bill line.
+/// earlier rounds are in the model), and the dropped provider — which never sent its final
+/// report — is charged on the rows of its delivery report, on its own bill line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_killed_mid_run_drops_out_and_the_others_finish() {
     let c = Cluster::start_with(2_000, &["--frameworks", "tessera-fl"]);
@@ -366,8 +416,8 @@ async fn a_provider_killed_mid_run_drops_out_and_the_others_finish() {
     let l: Vec<&str> = lics.iter().map(String::as_str).collect();
     let mut job = fl_job(&l, "dropped.csv");
     if let Some(t) = job.fl.as_mut() {
-        t.rounds = 400;
-        t.epochs = 2;
+        t.rounds = Some(400);
+        t.epochs = Some(2);
     }
     let mut client = c.client().await;
     let j = client.submit_job(job).await.expect("submit").into_inner();
@@ -399,6 +449,24 @@ async fn a_provider_killed_mid_run_drops_out_and_the_others_finish() {
     }
     assert!(seen >= 20, "the training never got under way");
     p3.proc.kill();
+    // The buyer sees the dropout in the job's progress while it runs.
+    let mut dropouts_seen = 0;
+    for _ in 0..20_000 {
+        let now = client
+            .get_job(pb::JobRef {
+                job_id: j.job_id.clone(),
+            })
+            .await
+            .expect("get")
+            .into_inner();
+        if let Some(p) = now.progress.iter().find(|p| p.phase == "dropouts") {
+            dropouts_seen = dropouts_seen.max(p.done);
+        }
+        if !matches!(now.state_text(), "admitted" | "running") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
     let j = c.wait(&j.job_id).await;
     let context = format!("killed after round {seen}: {j:?}");
     assert_eq!(j.state_text(), "succeeded", "{context}");
@@ -410,8 +478,12 @@ async fn a_provider_killed_mid_run_drops_out_and_the_others_finish() {
     for (token, lic) in tokens.iter().zip(&lics) {
         assert_eq!(remaining(&c, token, lic).await, Some(1), "{lic}: {context}");
     }
-    // prov and prov2 on their 4,000 rows each, prov3 the per-job price only.
-    assert_eq!(j.charge_micros, 2 * (1_000 + 40) + 1_000, "{context}");
+    // Each on its 4,000 rows: prov3's from its delivery report (it never sent a final one).
+    assert_eq!(j.charge_micros, 3 * (1_000 + 40), "{context}");
+    assert!(
+        dropouts_seen >= 1,
+        "{context}: no dropout shown while it ran"
+    );
     let (_, lines, balanced) = crate::money::money_of(&c, &j.job_id).await;
     assert!(balanced);
     assert_eq!(lines.len(), 3, "{lines:?}");

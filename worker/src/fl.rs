@@ -55,6 +55,9 @@ use crate::link::GrpcLink;
 
 /// Progress phase of the training rounds (`done` of `rounds`).
 pub const PHASE_ROUND: &str = "round";
+/// Progress phase of the dropouts (the aggregator's): sampled providers whose update missed a
+/// round's sum (`done`) of those sampled so far (`total`).
+pub const PHASE_DROPOUTS: &str = "dropouts";
 
 /// Runs an `fl` task of either role.
 pub(crate) async fn run(
@@ -93,10 +96,10 @@ fn train_error(e: TrainError, role: TaskRole) -> TaskError {
         TrainError::Link(l) => TaskError::Link(l.to_string()),
         TrainError::Protocol(m) => TaskError::Peer(m),
         TrainError::Released => TaskError::Internal(e.to_string()),
-        // A provider's own training (a diverged update, its rows past the bound).
-        TrainError::Config(_) | TrainError::NonFinite(_) if role == TaskRole::Sender => {
-            TaskError::Input(e.to_string())
-        }
+        // A provider's own data (its rows past the job's bound, sums too large to encode).
+        TrainError::Config(_) if role == TaskRole::Sender => TaskError::Input(e.to_string()),
+        // A diverged local update: the job's settings, not the provider's data; it drops out.
+        TrainError::NonFinite(_) if role == TaskRole::Sender => TaskError::Internal(e.to_string()),
         // The aggregator: too many providers gone, or a run that cannot go on.
         e => TaskError::Peer(e.to_string()),
     }
@@ -206,8 +209,13 @@ async fn aggregator(
     let transport = PeerAggregator::new(links, env.idle_timeout);
     let rounds = u64::from(fl.rounds);
     let reporter = progress.clone();
+    let (mut dropped_so_far, mut sampled_so_far) = (0u64, 0u64);
     let mut on_round = move |r: &tessera_fl::federation::RoundSummary| {
-        reporter.report(PHASE_ROUND, u64::from(r.report.round) + 1, rounds)
+        dropped_so_far += r.dropped as u64;
+        sampled_so_far += r.report.sampled as u64;
+        reporter.report(PHASE_ROUND, u64::from(r.report.round) + 1, rounds);
+        // Providers whose update missed a round's sum, of those sampled so far.
+        reporter.report(PHASE_DROPOUTS, dropped_so_far, sampled_so_far);
     };
     progress.report(PHASE_ROUND, 0, rounds);
     let mut rng = <rand_chacha::ChaCha20Rng as rand::SeedableRng>::from_entropy();

@@ -173,6 +173,14 @@ impl JobRequest {
                  buyer's; drop {name}"
             ));
         }
+        if let Some(k) = fl.neighbours
+            && (k < 3 || k % 2 == 0)
+        {
+            return bad(format!(
+                "fl.neighbours {k}: SecAgg+'s share-group size is odd and at least 3 (leave it \
+                 unset for the complete graph)"
+            ));
+        }
         let spec = fl.spec(FL_ROWS_MAX_DEFAULT);
         tessera_fl::federation::config_of(&spec, "validate")
             .map_err(|e| SchedulerError::Invalid(format!("fl: {e}")))?;
