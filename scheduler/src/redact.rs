@@ -73,6 +73,16 @@ pub fn redact(view: &JobView, viewer: &Viewer) -> JobView {
         job.provider_result_file = None;
     }
     job.error = error_seen_by(job, side);
+    // An `fl` job's providers are each other's others: a provider sees another provider's
+    // failure by its kind only, as the buyer does.
+    if !job.co_licences.is_empty()
+        && side == Some(TaskRole::Sender)
+        && let Some(origin) = &job.failure
+        && origin.role == TaskRole::Sender
+        && viewer.side(&job.user, &job.buyer_party, &origin.party) != Some(JobSide::Provider)
+    {
+        job.error = format!("another provider's side failed: {}", origin.kind);
+    }
     // A party's counts (its rows, its set sizes) are its own: others see how far it is, in
     // thousandths of its total, not the counts.
     for p in &mut out.progress {

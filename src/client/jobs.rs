@@ -330,13 +330,13 @@ pub struct FlJobArgs {
     standardise: bool,
     /// Client-level differential privacy: the noise multiplier z (with --dp-clip and
     /// --dp-delta); the model file reports epsilon.
-    #[arg(long, requires_all = ["dp_clip", "dp_delta"])]
+    #[arg(long, requires_all = ["dp_clip", "dp_delta"], allow_negative_numbers = true)]
     dp_noise: Option<f64>,
     /// DP: each update's L2 clipping norm C.
-    #[arg(long, requires = "dp_noise")]
+    #[arg(long, requires = "dp_noise", allow_negative_numbers = true)]
     dp_clip: Option<f64>,
     /// DP: the delta epsilon is reported at.
-    #[arg(long, requires = "dp_noise")]
+    #[arg(long, requires = "dp_noise", allow_negative_numbers = true)]
     dp_delta: Option<f64>,
     /// The model file's name in the buyer worker's output directory (never replaces a file).
     #[arg(long)]

@@ -351,6 +351,37 @@ async fn three_providers_train_a_model_as_good_as_centralised_and_each_licence_i
             },
             "buyer_dataset_id",
         ),
+        (
+            pb::SubmitJobRequest {
+                fl: Some(pb::FlTraining {
+                    sample_fraction: Some(0.3),
+                    ..fl_job(&l, "x.csv").fl.expect("fl")
+                }),
+                ..fl_job(&l, "x.csv")
+            },
+            "below the threshold",
+        ),
+        (
+            pb::SubmitJobRequest {
+                fl: Some(pb::FlTraining {
+                    model: "mlp".into(),
+                    hidden: Some(0),
+                    ..fl_job(&l, "x.csv").fl.expect("fl")
+                }),
+                ..fl_job(&l, "x.csv")
+            },
+            "hidden units",
+        ),
+        (
+            pb::SubmitJobRequest {
+                fl: Some(pb::FlTraining {
+                    rounds: Some(0),
+                    ..fl_job(&l, "x.csv").fl.expect("fl")
+                }),
+                ..fl_job(&l, "x.csv")
+            },
+            "rounds 0",
+        ),
     ] {
         let e = client.submit_job(bad).await.expect_err(why);
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{why}: {e:?}");
@@ -375,6 +406,23 @@ async fn three_providers_train_a_model_as_good_as_centralised_and_each_licence_i
     assert_eq!(j.state_text(), "failed", "{j:?}");
     assert_eq!(j.error, "the provider's side failed: input", "{j:?}");
     assert_eq!(j.charge_micros, 0, "{j:?}");
+    // The failing provider's owner sees the cause; another provider its kind only.
+    let get = |token: String, id: String| {
+        let c = &c;
+        async move {
+            connect_as(c, &token)
+                .await
+                .get_job(pb::JobRef { job_id: id })
+                .await
+                .expect("get")
+                .into_inner()
+                .error
+        }
+    };
+    let own = get(t3.clone(), j.job_id.clone()).await;
+    assert!(own.contains("is not 0 or 1"), "{own}");
+    let other = get(c.provider_token.clone(), j.job_id.clone()).await;
+    assert_eq!(other, "another provider's side failed: input");
     assert_eq!(
         vec![
             remaining(&c, &c.provider_token, &lics[0]).await,

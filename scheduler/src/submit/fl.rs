@@ -181,6 +181,23 @@ impl JobRequest {
                  unset for the complete graph)"
             ));
         }
+        if let FlModel::Mlp { hidden } = fl.model
+            && !(1..=tessera_fl::model::HIDDEN_MAX).contains(&(hidden as usize))
+        {
+            return bad(format!(
+                "fl.hidden {hidden}: an mlp has 1 to {} hidden units",
+                tessera_fl::model::HIDDEN_MAX
+            ));
+        }
+        // A round samples ⌈f·n⌉ providers: fewer than t would skip every round.
+        let sampled = ((fl.sample_fraction * n as f64).ceil() as usize).clamp(1, n);
+        if fl.sample_fraction > 0.0 && (sampled as u32) < fl.threshold {
+            return bad(format!(
+                "fl.sample_fraction {}: {sampled} of {n} providers a round, below the threshold \
+                 {} a round needs: every round would be skipped",
+                fl.sample_fraction, fl.threshold
+            ));
+        }
         let spec = fl.spec(FL_ROWS_MAX_DEFAULT);
         tessera_fl::federation::config_of(&spec, "validate")
             .map_err(|e| SchedulerError::Invalid(format!("fl: {e}")))?;
