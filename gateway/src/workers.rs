@@ -171,6 +171,12 @@ pub(crate) async fn report_result(s: &Scheduler, r: pb::TaskResult) -> Result<()
             peak_rss_kb: u.peak_rss_kb,
             triples: u.triples,
             dropouts: u.dropouts,
+            // Bounded as an fl job's rounds are.
+            round_dropouts: u
+                .round_dropouts
+                .into_iter()
+                .take(tessera_scheduler::FL_ROUNDS_MAX as usize)
+                .collect(),
         },
         result_size: r.result_size,
         result_location: r.result_location.chars().take(LOCATION_CHARS_MAX).collect(),

@@ -42,7 +42,7 @@ pub use registry::{
     LiveWorker, Registration, WORKER_CERT_VALIDITY_SECS, WORKER_FORGET_MS, WorkerView,
 };
 pub use submit::{
-    FL_FEATURES_MAX, FL_PROVIDERS_MAX, FL_ROWS_MAX_DEFAULT, FlRequest, JobRequest,
+    FL_FEATURES_MAX, FL_PROVIDERS_MAX, FL_ROUNDS_MAX, FL_ROWS_MAX_DEFAULT, FlRequest, JobRequest,
     SUPPORTED_SCENES, TaskReport, TaskUsage, resolve_triples,
 };
 pub use tee::{AttestOutcome, TeeService};

@@ -19,7 +19,7 @@ use tessera_store::{
 use crate::{Delivery, JobView, LiveJob, PhaseProgress, Scheduler, SchedulerError};
 
 mod fl;
-pub use fl::{FL_FEATURES_MAX, FL_PROVIDERS_MAX, FL_ROWS_MAX_DEFAULT, FlRequest};
+pub use fl::{FL_FEATURES_MAX, FL_PROVIDERS_MAX, FL_ROUNDS_MAX, FL_ROWS_MAX_DEFAULT, FlRequest};
 
 /// Scenes this build can run.
 pub const SUPPORTED_SCENES: &[&str] = tessera_core::job::scene::SUPPORTED;
@@ -142,6 +142,9 @@ pub struct TaskUsage {
     /// summed over the rounds.
     #[serde(default)]
     pub dropouts: u64,
+    /// The same per round (round `r` at index `r − 1`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub round_dropouts: Vec<u32>,
 }
 
 /// A worker's final report on a task.
@@ -1746,7 +1749,23 @@ impl Scheduler {
                 ("peak_rss_kb", u.peak_rss_kb),
                 ("triples", u.triples),
                 ("dropouts", u.dropouts),
-            ] {
+            ]
+            .into_iter()
+            .map(|(m, q)| (std::borrow::Cow::Borrowed(m), q))
+            .chain(
+                // An fl aggregator's dropouts of each round that had any.
+                u.round_dropouts
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, d)| **d > 0)
+                    .map(|(r, d)| {
+                        (
+                            std::borrow::Cow::Owned(format!("dropouts_round_{}", r + 1)),
+                            u64::from(*d),
+                        )
+                    }),
+            ) {
+                let metric = metric.as_ref();
                 // Only MPC tasks draw triples: no zero event for the others. Dropouts are an
                 // `fl` aggregator's, zero included.
                 if metric == "triples" && q == 0 {

@@ -86,6 +86,8 @@ pub struct TaskOutcome {
     /// An `fl` aggregator's dropouts: sampled providers whose update was not in a round's
     /// sum, summed over the rounds.
     pub dropouts: u64,
+    /// The same per round (round `r` at index `r − 1`).
+    pub round_dropouts: Vec<u32>,
 }
 
 /// Where a worker keeps things and how it talks to peers.

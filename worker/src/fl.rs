@@ -240,6 +240,11 @@ async fn aggregator(
         result_file: Some(written),
         link: stats,
         dropouts: dropped as u64,
+        round_dropouts: outcome
+            .rounds
+            .iter()
+            .map(|r| u32::try_from(r.dropped).unwrap_or(u32::MAX))
+            .collect(),
         ..TaskOutcome::default()
     })
 }

@@ -1181,6 +1181,7 @@ async fn report(
             peak_rss_kb: usage::peak_rss_kb(),
             triples: o.triples,
             dropouts: o.dropouts,
+            round_dropouts: o.round_dropouts.clone(),
         }),
         result_size: o.result_size,
         result_file: o.result_file.map(|f| pb::ResultFile {

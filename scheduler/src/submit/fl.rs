@@ -34,6 +34,8 @@ use super::*;
 pub const FL_PROVIDERS_MAX: usize = 64;
 /// Most feature columns in one `fl` job.
 pub const FL_FEATURES_MAX: usize = 256;
+/// Most rounds of one `fl` job (`tessera_fl::fedavg::ROUNDS_MAX`).
+pub const FL_ROUNDS_MAX: u32 = tessera_fl::fedavg::ROUNDS_MAX;
 /// FedAvg's public row bound `N_max` when a provider's dataset declares no row count.
 pub const FL_ROWS_MAX_DEFAULT: u64 = 1_000_000;
 
