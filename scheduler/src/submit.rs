@@ -594,6 +594,26 @@ fn plan_for(
     }
 }
 
+/// What a task's licence allows, signed with it ([`tessera_core::LicenceGrant`]): the licence,
+/// its dataset, its validity window in the operator's zone and the scene's settings.
+fn licence_grant(
+    l: &LicenceRecord,
+    scene: &tessera_policy::UseScene,
+    zone: &tessera_core::civil::Zone,
+) -> Result<tessera_core::LicenceGrant, SchedulerError> {
+    let (not_before_ms, not_after_ms) = l.policy.window_ms(zone).unwrap_or((None, None));
+    Ok(tessera_core::LicenceGrant {
+        licence_id: l.licence_id.clone(),
+        dataset_id: l.dataset_id.clone(),
+        not_before_ms,
+        not_after_ms,
+        use_scene: serde_json::to_value(scene).map_err(|source| SchedulerError::Encode {
+            what: "licence scene",
+            source,
+        })?,
+    })
+}
+
 fn place(
     workers: &[crate::WorkerView],
     party: &str,
@@ -951,20 +971,7 @@ impl Admission {
                 place(&self.workers, &req.buyer_party, scene),
             ) {
                 (Ok((p, tee)), Ok(b)) => {
-                    let (not_before_ms, not_after_ms) =
-                        l.policy.window_ms(&self.zone).unwrap_or((None, None));
-                    let grant = tessera_core::LicenceGrant {
-                        licence_id: l.licence_id.clone(),
-                        dataset_id: l.dataset_id.clone(),
-                        not_before_ms,
-                        not_after_ms,
-                        use_scene: serde_json::to_value(scene).map_err(|source| {
-                            SchedulerError::Encode {
-                                what: "licence scene",
-                                source,
-                            }
-                        })?,
-                    };
+                    let grant = licence_grant(l, scene, &self.zone)?;
                     let sender = TaskSpec {
                         job_id: job_id.clone(),
                         task_id: self.task_ids[0].clone(),

@@ -119,6 +119,19 @@ fn fl_job(licences: &[&str], output: &str) -> pb::SubmitJobRequest {
     }
 }
 
+/// [`fl_job`] with its training changed by `change`.
+fn fl_job_with(
+    licences: &[&str],
+    output: &str,
+    change: impl FnOnce(&mut pb::FlTraining),
+) -> pb::SubmitJobRequest {
+    let mut j = fl_job(licences, output);
+    if let Some(t) = j.fl.as_mut() {
+        change(t);
+    }
+    j
+}
+
 /// The model file as `name → value`.
 fn read_model(path: &std::path::Path) -> std::collections::HashMap<String, f64> {
     let (header, rows) = crate::harness::read_csv(path);
@@ -335,13 +348,7 @@ async fn three_providers_train_a_model_as_good_as_centralised_and_each_licence_i
         (fl_job(&[&lics[0]], "one.csv"), "2 to 64"),
         (fl_job(&[&lics[0], &lics[0]], "twice.csv"), "named twice"),
         (
-            pb::SubmitJobRequest {
-                fl: Some(pb::FlTraining {
-                    label: "x0".into(),
-                    ..fl_job(&l, "x.csv").fl.expect("fl")
-                }),
-                ..fl_job(&l, "x.csv")
-            },
+            fl_job_with(&l, "x.csv", |t| t.label = "x0".into()),
             "also a feature",
         ),
         (
@@ -352,36 +359,17 @@ async fn three_providers_train_a_model_as_good_as_centralised_and_each_licence_i
             "buyer_dataset_id",
         ),
         (
-            pb::SubmitJobRequest {
-                fl: Some(pb::FlTraining {
-                    sample_fraction: Some(0.3),
-                    ..fl_job(&l, "x.csv").fl.expect("fl")
-                }),
-                ..fl_job(&l, "x.csv")
-            },
+            fl_job_with(&l, "x.csv", |t| t.sample_fraction = Some(0.3)),
             "below the threshold",
         ),
         (
-            pb::SubmitJobRequest {
-                fl: Some(pb::FlTraining {
-                    model: "mlp".into(),
-                    hidden: Some(0),
-                    ..fl_job(&l, "x.csv").fl.expect("fl")
-                }),
-                ..fl_job(&l, "x.csv")
-            },
+            fl_job_with(&l, "x.csv", |t| {
+                t.model = "mlp".into();
+                t.hidden = Some(0);
+            }),
             "hidden units",
         ),
-        (
-            pb::SubmitJobRequest {
-                fl: Some(pb::FlTraining {
-                    rounds: Some(0),
-                    ..fl_job(&l, "x.csv").fl.expect("fl")
-                }),
-                ..fl_job(&l, "x.csv")
-            },
-            "rounds 0",
-        ),
+        (fl_job_with(&l, "x.csv", |t| t.rounds = Some(0)), "rounds 0"),
     ] {
         let e = client.submit_job(bad).await.expect_err(why);
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{why}: {e:?}");
@@ -462,11 +450,10 @@ async fn a_provider_killed_mid_run_drops_out_and_the_others_finish() {
         lics.push(licence(&c, &tokens[k], names[k], &id, 2, r#""tessera-fl""#).await);
     }
     let l: Vec<&str> = lics.iter().map(String::as_str).collect();
-    let mut job = fl_job(&l, "dropped.csv");
-    if let Some(t) = job.fl.as_mut() {
+    let job = fl_job_with(&l, "dropped.csv", |t| {
         t.rounds = Some(400);
         t.epochs = Some(2);
-    }
+    });
     let mut client = c.client().await;
     let j = client.submit_job(job).await.expect("submit").into_inner();
     // Killed once the training is under way (a round past the 20th shows in the progress).

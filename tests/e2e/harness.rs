@@ -572,41 +572,14 @@ impl Cluster {
     /// its own started with this cluster's worker arguments. Returns the worker and the token.
     pub async fn add_provider(&self, party: &str, user: &str) -> (Party, String) {
         let mut admin = self.admin().await;
-        admin
-            .create_user(pb::CreateUserRequest {
-                user_id: user.into(),
-                roles: "provider".into(),
-            })
-            .await
-            .expect("create user");
-        admin
-            .create_party(pb::CreatePartyRequest {
-                party_id: party.into(),
-                owner_user_id: user.into(),
-            })
-            .await
-            .expect("create party");
-        let token = admin
-            .create_token(pb::CreateTokenRequest {
-                user_id: user.into(),
-                label: "e2e".into(),
-                ttl_ms: 0,
-            })
-            .await
-            .expect("create token")
-            .into_inner()
-            .secret_token;
-        let reg = connect_as(self, &token)
-            .await
-            .issue_registration_token(pb::RegistrationTokenRequest {
-                party_id: party.into(),
-                ttl_ms: 0,
-            })
-            .await
-            .expect("registration token")
-            .into_inner()
-            .secret_token;
-        std::fs::write(registration_token_file(self.dir.path(), party), reg).expect("token file");
+        let token = account_with_party(
+            &mut admin,
+            &self.url,
+            &self.ca_pem,
+            self.dir.path(),
+            (user, "provider", party),
+        )
+        .await;
         let worker = Self::party_as(self.dir.path(), &self.url, party, None, &self.worker_args);
         (worker, token)
     }
@@ -702,51 +675,64 @@ async fn create_accounts(
     {
         let mut admin = connect_to(url, ca_pem, as_user(admin_token)).await;
         let mut tokens = Vec::new();
-        for (user, roles, party) in [
+        for account in [
             (PROVIDER_USER, "provider", PROVIDER),
             (USER, "buyer", BUYER),
         ] {
-            admin
-                .create_user(pb::CreateUserRequest {
-                    user_id: user.into(),
-                    roles: roles.into(),
-                })
-                .await
-                .expect("create user");
-            admin
-                .create_party(pb::CreatePartyRequest {
-                    party_id: party.into(),
-                    owner_user_id: user.into(),
-                })
-                .await
-                .expect("create party");
-            let t = admin
-                .create_token(pb::CreateTokenRequest {
-                    user_id: user.into(),
-                    label: "e2e".into(),
-                    ttl_ms: 0,
-                })
-                .await
-                .expect("create token")
-                .into_inner()
-                .secret_token;
-            let reg = connect_to(url, ca_pem, as_user(&t))
-                .await
-                .issue_registration_token(pb::RegistrationTokenRequest {
-                    party_id: party.into(),
-                    ttl_ms: 0,
-                })
-                .await
-                .expect("registration token")
-                .into_inner()
-                .secret_token;
-            std::fs::write(registration_token_file(root, party), reg).expect("write token");
-            tokens.push(t);
+            tokens.push(account_with_party(&mut admin, url, ca_pem, root, account).await);
         }
         let buyer = tokens.pop().expect("buyer");
         let provider = tokens.pop().expect("provider");
         (provider, buyer)
     }
+}
+
+/// Creates `(user, roles, party)` with the admin client — the user, its party, an API token —
+/// and writes the party's registration token to `ROOT/<party>.registration`; returns the API
+/// token.
+async fn account_with_party(
+    admin: &mut Client,
+    url: &str,
+    ca_pem: &str,
+    root: &Path,
+    (user, roles, party): (&str, &str, &str),
+) -> String {
+    admin
+        .create_user(pb::CreateUserRequest {
+            user_id: user.into(),
+            roles: roles.into(),
+        })
+        .await
+        .expect("create user");
+    admin
+        .create_party(pb::CreatePartyRequest {
+            party_id: party.into(),
+            owner_user_id: user.into(),
+        })
+        .await
+        .expect("create party");
+    let t = admin
+        .create_token(pb::CreateTokenRequest {
+            user_id: user.into(),
+            label: "e2e".into(),
+            ttl_ms: 0,
+        })
+        .await
+        .expect("create token")
+        .into_inner()
+        .secret_token;
+    let reg = connect_to(url, ca_pem, TokenHeader::new(&t).expect("ascii token"))
+        .await
+        .issue_registration_token(pb::RegistrationTokenRequest {
+            party_id: party.into(),
+            ttl_ms: 0,
+        })
+        .await
+        .expect("registration token")
+        .into_inner()
+        .secret_token;
+    std::fs::write(registration_token_file(root, party), reg).expect("write token");
+    t
 }
 
 /// Where the harness keeps `party`'s registration token.

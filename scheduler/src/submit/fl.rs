@@ -426,23 +426,8 @@ impl Admission {
             }
             if let (Some(agg), true) = (aggregator, reasons.is_empty()) {
                 let base = fl.spec(rows_max);
-                let grant = |l: &LicenceRecord,
-                             scene: &tessera_policy::UseScene|
-                 -> Result<tessera_core::LicenceGrant, SchedulerError> {
-                    let (not_before_ms, not_after_ms) =
-                        l.policy.window_ms(&self.zone).unwrap_or((None, None));
-                    Ok(tessera_core::LicenceGrant {
-                        licence_id: l.licence_id.clone(),
-                        dataset_id: l.dataset_id.clone(),
-                        not_before_ms,
-                        not_after_ms,
-                        use_scene: serde_json::to_value(scene).map_err(|source| {
-                            SchedulerError::Encode {
-                                what: "licence scene",
-                                source,
-                            }
-                        })?,
-                    })
+                let grant = |l: &LicenceRecord, scene: &tessera_policy::UseScene| {
+                    licence_grant(l, scene, &self.zone)
                 };
                 let mut seats = Vec::new();
                 let mut specs = Vec::new();
