@@ -279,7 +279,30 @@ pub fn entry_hash(
     hex::encode(h.finalize())
 }
 
-/// Appends an entry inside the caller's transaction.
+/// The head this process last appended (sequence number, hash): a guess at the chain's head
+/// that spares each append a read of it. Only a guess, never trusted: the schema's
+/// `audit_log_extends_the_chain` trigger refuses an entry that does not extend the real head
+/// (the guess is stale after a rolled-back transaction, or belongs to another store of the
+/// same process), and [`append`] then reads the head and appends once more.
+static HEAD_GUESS: std::sync::Mutex<Option<(i64, String)>> = std::sync::Mutex::new(None);
+
+/// What the trigger says of an entry that does not extend the chain.
+const NOT_EXTENDING: &str = "an audit entry must extend the chain";
+
+fn head_guess() -> Option<(i64, String)> {
+    HEAD_GUESS.lock().map(|g| g.clone()).unwrap_or(None)
+}
+
+fn set_head_guess(head: Option<(i64, String)>) {
+    if let Ok(mut g) = HEAD_GUESS.lock() {
+        *g = head;
+    }
+}
+
+/// Appends an entry inside the caller's transaction; returns its sequence number.
+///
+/// One statement when the head guessed from this process's last append is the chain's head,
+/// otherwise a read of the head and a second try.
 pub(crate) async fn append(
     conn: &mut SqliteConnection,
     at_ms: i64,
@@ -287,6 +310,14 @@ pub(crate) async fn append(
     subject: &str,
     detail: &serde_json::Value,
 ) -> Result<i64, StoreError> {
+    let detail = detail.to_string();
+    if let Some((prev_seq, prev_hash)) = head_guess() {
+        match insert_entry(conn, prev_seq, &prev_hash, at_ms, kind, subject, &detail).await {
+            Ok(seq) => return Ok(seq),
+            Err(sqlx::Error::Database(e)) if e.message().contains(NOT_EXTENDING) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
         .fetch_optional(&mut *conn)
         .await?;
@@ -294,9 +325,21 @@ pub(crate) async fn append(
         Some(r) => (r.try_get::<i64, _>(0)?, r.try_get::<String, _>(1)?),
         None => (0, GENESIS_HASH.to_string()),
     };
+    Ok(insert_entry(conn, prev_seq, &prev_hash, at_ms, kind, subject, &detail).await?)
+}
+
+/// Inserts the entry after `(prev_seq, prev_hash)` and, once stored, makes it the guess.
+async fn insert_entry(
+    conn: &mut SqliteConnection,
+    prev_seq: i64,
+    prev_hash: &str,
+    at_ms: i64,
+    kind: &str,
+    subject: &str,
+    detail: &str,
+) -> Result<i64, sqlx::Error> {
     let seq = prev_seq + 1;
-    let detail = detail.to_string();
-    let hash = entry_hash(&prev_hash, seq, at_ms, kind, subject, &detail);
+    let hash = entry_hash(prev_hash, seq, at_ms, kind, subject, detail);
     sqlx::query(
         "INSERT INTO audit_log (seq, at_ms, kind, subject, detail_json, prev_hash, hash) \
          VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -305,11 +348,12 @@ pub(crate) async fn append(
     .bind(at_ms)
     .bind(kind)
     .bind(subject)
-    .bind(&detail)
-    .bind(&prev_hash)
+    .bind(detail)
+    .bind(prev_hash)
     .bind(&hash)
     .execute(&mut *conn)
     .await?;
+    set_head_guess(Some((seq, hash)));
     Ok(seq)
 }
 

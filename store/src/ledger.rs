@@ -48,17 +48,6 @@ fn kind(name: &str) -> Result<AccountKind, StoreError> {
     Ok(name.parse::<AccountKind>()?)
 }
 
-async fn ensure_account(conn: &mut SqliteConnection, name: &str) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO ledger_accounts (name, min_balance_micros) VALUES (?, ?) ON CONFLICT(name) DO NOTHING",
-    )
-    .bind(name)
-    .bind(kind(name)?.default_limit().min_balance_micros())
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
 /// An account's four running totals, as stored.
 struct Totals {
     credits: i64,
@@ -68,20 +57,37 @@ struct Totals {
     min: Option<i64>,
 }
 
+/// The totals of `account`, opening it first (zero totals, its kind's default limit) when it
+/// does not exist yet.
 async fn totals(conn: &mut SqliteConnection, account: &str) -> Result<Totals, StoreError> {
     let r = sqlx::query(
         "SELECT credits_micros, debits_micros, credits_pending_micros, debits_pending_micros, \
          min_balance_micros FROM ledger_accounts WHERE name = ?",
     )
     .bind(account)
-    .fetch_one(&mut *conn)
+    .fetch_optional(&mut *conn)
     .await?;
+    if let Some(r) = r {
+        return Ok(Totals {
+            credits: r.try_get(0)?,
+            debits: r.try_get(1)?,
+            credits_pending: r.try_get(2)?,
+            debits_pending: r.try_get(3)?,
+            min: r.try_get(4)?,
+        });
+    }
+    let min = kind(account)?.default_limit().min_balance_micros();
+    sqlx::query("INSERT INTO ledger_accounts (name, min_balance_micros) VALUES (?, ?)")
+        .bind(account)
+        .bind(min)
+        .execute(&mut *conn)
+        .await?;
     Ok(Totals {
-        credits: r.try_get(0)?,
-        debits: r.try_get(1)?,
-        credits_pending: r.try_get(2)?,
-        debits_pending: r.try_get(3)?,
-        min: r.try_get(4)?,
+        credits: 0,
+        debits: 0,
+        credits_pending: 0,
+        debits_pending: 0,
+        min,
     })
 }
 
@@ -297,8 +303,6 @@ async fn post_or_hold(
             Err(mismatch(&t.id))
         };
     }
-    ensure_account(conn, &t.debit).await?;
-    ensure_account(conn, &t.credit).await?;
     let (posted, held) = if pending {
         (0, t.amount_micros)
     } else {
@@ -429,9 +433,31 @@ pub(crate) async fn customer_funds(
     conn: &mut SqliteConnection,
     customer: &str,
 ) -> Result<Vec<(AccountKind, i64)>, StoreError> {
-    let mut out = Vec::with_capacity(4);
-    for account in AccountKind::customer_funds(customer) {
-        let (spendable, limit) = spendable(conn, &account.name()).await?;
+    let accounts = AccountKind::customer_funds(customer);
+    let names: Vec<String> = accounts.iter().map(AccountKind::name).collect();
+    // One read for all of them: a JSON array of the names.
+    let names_json =
+        serde_json::to_string(&names).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let rows = sqlx::query(
+        "SELECT name, credits_micros - debits_micros - debits_pending_micros, min_balance_micros \
+         FROM ledger_accounts WHERE name IN (SELECT value FROM json_each(?))",
+    )
+    .bind(names_json)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut stored = std::collections::HashMap::with_capacity(rows.len());
+    for r in &rows {
+        let name: String = r.try_get(0)?;
+        let spendable: i64 = r.try_get(1)?;
+        let min: Option<i64> = r.try_get(2)?;
+        stored.insert(name, (spendable, BalanceLimit::from_min_balance(min)));
+    }
+    let mut out = Vec::with_capacity(accounts.len());
+    for (account, name) in accounts.into_iter().zip(&names) {
+        let (spendable, limit) = match stored.remove(name) {
+            Some(s) => s,
+            None => (0, kind(name)?.default_limit()),
+        };
         out.push((account, limit.headroom(spendable)));
     }
     Ok(out)

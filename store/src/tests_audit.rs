@@ -449,3 +449,39 @@ async fn several_signed_heads_past_the_end_are_one_truncation_finding() {
         "the latest head past the end, once"
     );
 }
+
+/// The head an append guesses from the process's last append is only a guess: a transaction
+/// that appended and rolled back, and another store of the same process appending in between,
+/// both leave it wrong, and every later entry still extends the real chain.
+#[tokio::test]
+async fn appends_extend_the_real_head_after_a_rollback_and_another_stores_appends() {
+    let (_d1, _p1, a) = open().await;
+    let (_d2, _p2, b) = open().await;
+    money(&a).await;
+    // An entry appended and rolled back: the guess now names an entry `a` does not have.
+    {
+        let mut tx = a.write.begin().await.expect("begin");
+        let seq = audit::append(&mut tx, 20, "test", "rolled-back", &serde_json::json!({}))
+            .await
+            .expect("append");
+        assert!(seq > 1);
+        tx.rollback().await.expect("rollback");
+    }
+    money(&b).await;
+    store_deposit(&a, "after-rollback").await;
+    store_deposit(&b, "after-a").await;
+    store_deposit(&a, "after-b").await;
+    for s in [&a, &b] {
+        let v = s.verify_audit().await.expect("verify");
+        assert!(v.ok(), "{v:?}");
+    }
+    let kinds = a.audit_entries().await.expect("entries");
+    assert!(kinds.iter().all(|e| e.subject != "rolled-back"));
+}
+
+async fn store_deposit(store: &Store, memo: &str) {
+    store
+        .post_transfers(&[spec(memo, "external", "customer:a:cash", 5)], 30)
+        .await
+        .expect("deposit");
+}
