@@ -285,7 +285,9 @@ fn ot_triples() -> crate::MpcTriples {
 }
 
 /// The party a trained model is opened to (`modelTo` of a licence's `mpc` scene): the buyer
-/// (default) or the data provider. The other party learns nothing of it.
+/// (default) or the data provider — the other party learns nothing of it —, or nobody: the
+/// model stays secret-shared between the two parties' workers, for later scoring jobs
+/// (`SCORE … MODEL job`) under the same licence.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelRecipient {
@@ -294,6 +296,8 @@ pub enum ModelRecipient {
     Buyer,
     /// The provider of the licensed dataset.
     Provider,
+    /// Nobody: each party's worker keeps its share of the model (`shared`).
+    Shared,
 }
 
 /// What a task's licence allows, signed with the task: the licence and dataset, the

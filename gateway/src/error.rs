@@ -212,7 +212,7 @@ pub fn refusal_code(r: &Refusal) -> ApiCode {
         Refusal::InsufficientFunds { .. } => ApiCode::InsufficientFunds,
         Refusal::AccountFrozen { .. } => ApiCode::AccountFrozen,
         Refusal::NoPaidTerm { .. } => ApiCode::NoPaidTerm,
-        Refusal::Unpriced { .. } => ApiCode::InvalidArgument,
+        Refusal::Unpriced { .. } | Refusal::ModelUnusable { .. } => ApiCode::InvalidArgument,
         Refusal::NoWorker { .. } => ApiCode::NoWorker,
         Refusal::Withdrawn { .. } => ApiCode::PolicyDenied,
         Refusal::OutputTaken { .. } => ApiCode::AlreadyExists,

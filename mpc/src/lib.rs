@@ -59,7 +59,10 @@
 //!   policy (in the semi-honest model; a malicious buyer could still deviate inside the
 //!   protocol). A minimum group size does not stop differencing attacks across several
 //!   queries (two overlapping `WHERE`s whose difference is one row); no noise is added.
-//!   [`lr`] opens the model to the one party named, or not at all.
+//!   [`lr`] opens the model to the one party named, or not at all; a model kept shared is
+//!   then used by [`lr::predict_shared`], whose probabilities the caller opens (a scoring job
+//!   opens one per row to the buyer: with the logit linear in the features, enough of them
+//!   reveal the weights of the buyer's own features, and per row what the provider's add).
 //! * **The dealer** ([`triples::run_dealer`]) is a third party that generates every Beaver and
 //!   AND triple and therefore knows both parties' triple shares. It learns nothing of the inputs
 //!   by itself (it sees no opening), but **it must not collude with either party**: a party

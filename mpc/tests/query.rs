@@ -11,8 +11,8 @@ use rand_chacha::ChaCha20Rng;
 use tessera_core::{Link, MemLink};
 use tessera_mpc::query::{
     Aggregate, ColumnData, ColumnDef, Cond, OutputPolicy, ParseError, Plan, QueryError,
-    QueryResult, Schema, SelectItem, Side, Statement, Table, check, check_training, evaluate,
-    parse, parse_statement,
+    QueryResult, Schema, SelectItem, Side, Statement, Table, check, check_scoring, check_training,
+    evaluate, parse, parse_statement,
 };
 use tessera_mpc::{DealerClient, FixedPoint, MpcError, Party, Session, TripleSource};
 
@@ -141,7 +141,7 @@ fn training_statements_parse_with_positions_in_their_errors() {
     );
     // A query still parses as one.
     check_statement("SELECT count(*)", "SELECT count(*)");
-    check_statement("", "1:1: expected `SELECT` or `TRAIN`, found end of input");
+    check_statement("", "1:1: expected `SELECT` or `TRAIN` or `SCORE`, found end of input");
     check_statement(
         "TRAIN LINEAR(buyer.a) LABEL buyer.y",
         "1:7: expected `LOGISTIC_REGRESSION`, found `LINEAR(buyer.a)`",
@@ -305,6 +305,111 @@ fn the_training_check_refuses_with_typed_errors_and_plans_the_rest() {
             ..s
         },
         &none,
+    )
+    .expect_err("huge");
+    assert!(matches!(e, QueryError::Range(_)), "{e:?}");
+}
+
+#[test]
+fn scoring_statements_parse_and_check_against_their_training() {
+    check_statement(
+        "score logistic_regression( buyer.score,provider.income ) model job-0a1b_c2;",
+        "SCORE LOGISTIC_REGRESSION(buyer.score, provider.income) MODEL job-0a1b_c2",
+    );
+    check_parsed(
+        "SCORE LOGISTIC_REGRESSION(buyer.a) job-1",
+        parse_statement("SCORE LOGISTIC_REGRESSION(buyer.a) job-1"),
+        "1:36: expected `MODEL`, found `job-1`",
+    );
+    check_parsed(
+        "SCORE LOGISTIC_REGRESSION(buyer.a) MODEL job-1 LABEL buyer.y",
+        parse_statement("SCORE LOGISTIC_REGRESSION(buyer.a) MODEL job-1 LABEL buyer.y"),
+        "1:48: expected the end of the statement, found `LABEL`",
+    );
+    check_parsed(
+        "SCORE LOGISTIC_REGRESSION(buyer.a) MODEL 'job-1'",
+        parse_statement("SCORE LOGISTIC_REGRESSION(buyer.a) MODEL 'job-1'"),
+        "1:42: expected the id of the job that trained the model (job-…), found `'job-1'`",
+    );
+    let score = |text: &str, rows: usize, policy: OutputPolicy| {
+        let Statement::Score(t) = parse_statement(text).expect("parses") else {
+            panic!("not a scoring: {text}")
+        };
+        check_scoring(&t, &schema(rows), &policy)
+    };
+    let none = OutputPolicy::default();
+    let plan = score(
+        "SCORE LOGISTIC_REGRESSION(buyer.score, provider.income, buyer.age) MODEL job-1",
+        100,
+        none,
+    )
+    .expect("plans");
+    assert_eq!(plan.provider_features, [("income".to_string(), 1000.0)]);
+    assert_eq!(
+        plan.buyer_features,
+        [("score".to_string(), 10.0), ("age".to_string(), 100.0)]
+    );
+    assert_eq!(plan.scoring.model_job, "job-1");
+    // A training of the same features, each party's in the same order, fits; another order
+    // within a party, or another feature, does not.
+    let mut s = schema(100);
+    s.provider.push(ColumnDef::categorical("churn", 2));
+    let training = |text: &str| {
+        let Statement::Train(t) = parse_statement(text).expect("parses") else {
+            panic!("a training")
+        };
+        check_training(&t, &s, &none).expect("plans")
+    };
+    assert!(plan.fits(&training(
+        "TRAIN LOGISTIC_REGRESSION(provider.income, buyer.score, buyer.age) LABEL provider.churn"
+    )));
+    assert!(!plan.fits(&training(
+        "TRAIN LOGISTIC_REGRESSION(provider.income, buyer.age, buyer.score) LABEL provider.churn"
+    )));
+    assert!(!plan.fits(&training(
+        "TRAIN LOGISTIC_REGRESSION(provider.income, buyer.score) LABEL provider.churn"
+    )));
+    // A scoring opens one value per row: refused where row-level outputs are.
+    for policy in [
+        OutputPolicy {
+            min_group_size: None,
+            aggregates_only: true,
+        },
+        OutputPolicy {
+            min_group_size: Some(2),
+            aggregates_only: false,
+        },
+    ] {
+        let e = score(
+            "SCORE LOGISTIC_REGRESSION(buyer.age) MODEL job-1",
+            10,
+            policy,
+        )
+        .expect_err("row-level");
+        assert!(matches!(e, QueryError::PolicyRefused(_)), "{e:?}");
+    }
+    for (text, ok) in [
+        (
+            "SCORE LOGISTIC_REGRESSION(buyer.age, buyer.age) MODEL job-1",
+            (|e| matches!(e, QueryError::Training(m) if m.contains("twice")))
+                as fn(&QueryError) -> bool,
+        ),
+        (
+            "SCORE LOGISTIC_REGRESSION(provider.tier) MODEL job-1",
+            |e| matches!(e, QueryError::NotNumeric { .. }),
+        ),
+        (
+            "SCORE LOGISTIC_REGRESSION(provider.nope) MODEL job-1",
+            |e| matches!(e, QueryError::UnknownColumn { .. }),
+        ),
+    ] {
+        let e = score(text, 10, none).expect_err(text);
+        assert!(ok(&e), "{text}: {e:?}");
+    }
+    let e = score(
+        "SCORE LOGISTIC_REGRESSION(buyer.age) MODEL job-1",
+        usize::MAX / 2,
+        none,
     )
     .expect_err("huge");
     assert!(matches!(e, QueryError::Range(_)), "{e:?}");

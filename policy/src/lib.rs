@@ -145,7 +145,10 @@ pub struct UseScene {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub aggregates_only: bool,
     /// The `mpc` scene (Tessera's extension): who receives a model a job trains, `"buyer"`
-    /// (absent: the buyer) or `"provider"`; the other party learns nothing of it.
+    /// (absent: the buyer) or `"provider"` — the other party learns nothing of it —, or
+    /// `"shared"`: nobody; the model stays secret-shared between the two parties' workers and
+    /// the buyer scores rows with it in later jobs under this licence (`SCORE … MODEL job`),
+    /// each counted as a run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_to: Option<tessera_core::ModelRecipient>,
     /// The `psi_payload` and `tee` scenes (Tessera's extension): the provider's columns a

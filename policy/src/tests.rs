@@ -456,7 +456,13 @@ fn mpc_output_controls_belong_to_the_mpc_scene_and_aggregates_only_refuses_row_l
         to.use_scenes[0].model_to,
         Some(tessera_core::ModelRecipient::Provider)
     );
+    let shared = preview_policy(r#"{"useSence":"mpc","modelTo":"shared"}"#).expect("shared");
+    assert_eq!(
+        shared.use_scenes[0].model_to,
+        Some(tessera_core::ModelRecipient::Shared)
+    );
     for bad in [
+        r#"{"useSence":"mpc","modelTo":"Shared"}"#,
         r#"{"useSence":"psi","modelTo":"buyer"}"#,
         r#"{"useSence":"mpc","modelTo":"operator"}"#,
         r#"{"useSence":"mpc","modelTo":"Provider"}"#,

@@ -657,6 +657,60 @@ fn place(
     }
 }
 
+/// The worker `worker_id` of `party` (one that keeps a share of a scoring's model) if it is
+/// live and fits the scene's lists; `whose` names it in the refusal ("the provider's"), which
+/// does not name another party's worker.
+fn place_seat(
+    workers: &[crate::WorkerView],
+    worker_id: &str,
+    party: &str,
+    scene: &tessera_policy::UseScene,
+    whose: &str,
+) -> Result<Placed, (Refusal, Vec<String>)> {
+    let refuse = |why: &str, misfits: Vec<String>| {
+        (
+            Refusal::NoWorker {
+                reason: format!(
+                    "{whose} worker that keeps its share of the model (party {party}) {why}; a \
+                     scoring runs on the workers that trained the model"
+                ),
+            },
+            misfits,
+        )
+    };
+    let Some(w) = workers
+        .iter()
+        .find(|w| w.worker_id == worker_id && w.attributes.party == party && w.live)
+    else {
+        return Err(refuse("is not connected", vec![]));
+    };
+    if let Err(m) = worker_fits(scene, &w.attributes) {
+        return Err(refuse(
+            "does not fit the policy's environment lists",
+            vec![format!("{}: {}", w.worker_id, m.join("; "))],
+        ));
+    }
+    Ok(Placed {
+        worker_id: w.worker_id.clone(),
+        peer_addr: w.peer_addr.clone(),
+    })
+}
+
+/// A scoring's plan on one row (`SCORE … MODEL job`), for an `mpc` job whose statement is one.
+fn scoring_plan(req: &JobRequest) -> Option<tessera_mpc::query::ScorePlan> {
+    let (q, fx) = (
+        req.mpc.as_ref()?,
+        tessera_mpc::FixedPoint::new(MPC_FRACTION_BITS).ok()?,
+    );
+    if !req.is_mpc() {
+        return None;
+    }
+    match plan_for(req, q, &Default::default(), fx) {
+        Ok(tessera_mpc::query::job::JobPlan::Score(p)) => Some(p),
+        _ => None,
+    }
+}
+
 /// Everything an admission decides on besides the store's view (`AdmitContext`), owned so
 /// that the decision can run on the store's writer inside the group commit's batch.
 struct Admission {
@@ -676,6 +730,9 @@ struct Admission {
     tee: Option<HashMap<String, crate::tee::Attested>>,
     /// For an `fl` job: each provider licence's dataset and ids, in order.
     fl_providers: Vec<fl::FlProvider>,
+    /// For a scoring (`SCORE … MODEL job`): the workers that keep the model's shares
+    /// (the provider's, the buyer's), or why the model cannot be used.
+    model_seats: Option<Result<[String; 2], Refusal>>,
 }
 
 impl Admission {
@@ -886,6 +943,9 @@ impl Admission {
                 reason: reason.clone(),
             });
         }
+        if let Some(Err(r)) = &self.model_seats {
+            reasons.push(r.clone());
+        }
         if let Some(job_id) = &ctx.output_taken_by {
             reasons.push(Refusal::OutputTaken {
                 output: req.output.clone(),
@@ -966,10 +1026,25 @@ impl Admission {
         } else if let (Some(scene), Some(buyer_location), Some(pds)) =
             (scene, buyer_location, &self.provider_ds)
         {
-            match (
-                self.place_provider(&l.licensor, scene, &l.dataset_id),
-                place(&self.workers, &req.buyer_party, scene),
-            ) {
+            let placed = match &self.model_seats {
+                // A scoring runs on the workers that keep the model's shares.
+                Some(Ok([provider, buyer])) => (
+                    place_seat(
+                        &self.workers,
+                        provider,
+                        &l.licensor,
+                        scene,
+                        "the provider's",
+                    )
+                    .map(|p| (p, None)),
+                    place_seat(&self.workers, buyer, &req.buyer_party, scene, "the buyer's"),
+                ),
+                _ => (
+                    self.place_provider(&l.licensor, scene, &l.dataset_id),
+                    place(&self.workers, &req.buyer_party, scene),
+                ),
+            };
+            match placed {
                 (Ok((p, tee)), Ok(b)) => {
                     let grant = licence_grant(l, scene, &self.zone)?;
                     let sender = TaskSpec {
@@ -1165,6 +1240,10 @@ impl Scheduler {
             },
             None => None,
         };
+        let model_seats = match scoring_plan(&req) {
+            Some(plan) => Some(self.scoring_model(&req, &plan).await?),
+            None => None,
+        };
         let request_json = serde_json::to_value(&req).map_err(|source| SchedulerError::Encode {
             what: "job request",
             source,
@@ -1212,6 +1291,7 @@ impl Scheduler {
             workers: self.workers().await,
             tee: (req.is_tee() && self.tee.get().is_some()).then(|| self.tee_current()),
             fl_providers,
+            model_seats,
             req: req.clone(),
         };
         let outcome = self
@@ -1247,6 +1327,87 @@ impl Scheduler {
             )));
         };
         self.dispatch(job, &req, licence).await
+    }
+
+    /// The model a scoring names, checked: a job of the buyer's party under the scoring's
+    /// licence, succeeded, that trained a model kept shared (`modelTo: "shared"` when it ran)
+    /// on the scoring's features with their bounds. `Ok(Ok(seats))`: the workers that keep
+    /// its shares (the provider's, the buyer's); `Ok(Err(refusal))` otherwise. A job of
+    /// another party or licence is answered as no job at all.
+    ///
+    /// # Errors
+    /// The store's.
+    async fn scoring_model(
+        &self,
+        req: &JobRequest,
+        plan: &tessera_mpc::query::ScorePlan,
+    ) -> Result<Result<[String; 2], Refusal>, SchedulerError> {
+        let job_id = &plan.scoring.model_job;
+        let refuse = |reason: String| {
+            Ok(Err(Refusal::ModelUnusable {
+                job_id: job_id.clone(),
+                reason,
+            }))
+        };
+        let job = match self.store.job(job_id).await {
+            Ok(j) if j.buyer_party == req.buyer_party && j.licence_id == req.licence_id => j,
+            Ok(_) | Err(tessera_store::StoreError::NotFound { .. }) => {
+                return refuse(format!(
+                    "no job of party {} under licence {} has this id",
+                    req.buyer_party, req.licence_id
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if job.state != JobState::Succeeded {
+            return refuse(format!(
+                "it is {}; only a succeeded training gives a model",
+                job.state.as_str()
+            ));
+        }
+        let tasks = self.store.tasks(job_id).await?;
+        let spec_of = |role: TaskRole| {
+            tasks
+                .iter()
+                .find(|t| t.role == role)
+                .and_then(|t| Some((t, serde_json::from_str::<TaskSpec>(&t.spec_json).ok()?)))
+        };
+        let (Some((sender, spec)), Some((receiver, _))) =
+            (spec_of(TaskRole::Sender), spec_of(TaskRole::Receiver))
+        else {
+            return refuse("it is not an mpc job".into());
+        };
+        let trained = spec.mpc.as_ref().and_then(|m| {
+            let fx = tessera_mpc::FixedPoint::new(m.fraction_bits).ok()?;
+            match tessera_mpc::query::job::job_plan_of(&m.query, 1, &Default::default(), fx) {
+                Ok(tessera_mpc::query::job::JobPlan::Train(t)) => Some((t, m.model_to)),
+                _ => None,
+            }
+        });
+        let Some((training, model_to)) = trained else {
+            return refuse("it trained no model (not a TRAIN statement)".into());
+        };
+        if model_to != tessera_core::ModelRecipient::Shared {
+            return refuse(
+                "its model was opened to a party, not kept shared (the licence's mpc scene \
+                 said modelTo \"buyer\" or \"provider\" when it ran)"
+                    .into(),
+            );
+        }
+        if !plan.fits(&training) {
+            return refuse(format!(
+                "it was trained on {}; name the same features with the same declared bounds, \
+                 each party's in the same order",
+                training
+                    .training
+                    .features
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        Ok(Ok([sender.worker_id.clone(), receiver.worker_id.clone()]))
     }
 
     async fn dispatch(

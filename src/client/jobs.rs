@@ -235,7 +235,11 @@ pub struct QueryJobArgs {
     /// LEARNING_RATE 1 L2 0.001 BATCH 1000` (numeric features, a label of two categories
     /// with cells 0 or 1; EPOCHS 1-100, LEARNING_RATE (0, 1000], L2 [0, 1000], BATCH >= 1;
     /// the result file holds the model: term, reported, weight; a licence whose mpc scene
-    /// says modelTo "provider" gives the model to the provider instead).
+    /// says modelTo "provider" gives the model to the provider instead, "shared" to nobody:
+    /// each worker keeps its share), or a scoring with such a shared model, e.g. `SCORE
+    /// LOGISTIC_REGRESSION(provider.age, buyer.income) MODEL job-…` (the training's features
+    /// and bounds; the result file holds the buyer's key columns and probability per aligned
+    /// row).
     #[arg(long)]
     query: String,
     /// A column the query reads, repeated: `buyer.NAME=numeric:BOUND` (values with |x| <=

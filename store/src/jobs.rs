@@ -190,6 +190,14 @@ pub enum Refusal {
         /// Why.
         reason: String,
     },
+    /// A scoring names a model it cannot use: no such job of the buyer's under this licence,
+    /// not a succeeded training kept shared, trained on other features.
+    ModelUnusable {
+        /// The job named as the model's.
+        job_id: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl Refusal {
@@ -209,6 +217,7 @@ impl Refusal {
             Refusal::OutputTaken { .. } => "output_taken",
             Refusal::NoWorker { .. } => "no_worker",
             Refusal::Withdrawn { .. } => "withdrawn",
+            Refusal::ModelUnusable { .. } => "model_unusable",
         }
     }
 }
@@ -236,6 +245,9 @@ impl std::fmt::Display for Refusal {
             | Refusal::Withdrawn { reason } => f.write_str(reason),
             Refusal::QuotaExhausted { scene } => {
                 write!(f, "quota exhausted: no runs left for scene {scene}")
+            }
+            Refusal::ModelUnusable { job_id, reason } => {
+                write!(f, "the model of job {job_id}: {reason}")
             }
             Refusal::InsufficientFunds {
                 needed_micros,

@@ -426,26 +426,42 @@ fn auc(scores: &[f64], labels: &[f64]) -> f64 {
     good / pairs
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_model_trained_on_aligned_rows_matches_the_clear_training_and_only_its_recipient_gets_it()
-{
-    let c = Cluster::start(10_000);
-    c.fund(100_000_000, "fund").await;
-    // A pseudo-random but fixed sample: the provider holds ids 1..=400 with an income and a
-    // score, the buyer ids 101..=500 with an age and a label drawn from a logistic model of all
-    // three. Common: 101..=400, 300 rows.
-    let u = |i: u64, salt: u64| {
-        let h = (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ salt).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        (h >> 11) as f64 / (1u64 << 53) as f64
-    };
-    let income = |i: u64| (u(i, 1) * 90_000.0).round() + 1_000.0;
-    let score = |i: u64| ((u(i, 2) - 0.5) * 10.0 * 100.0).round() / 100.0;
-    let age = |i: u64| 18 + (u(i, 3) * 60.0) as u64;
-    let label = |i: u64| {
-        let z = 3.0 * (income(i) / 100_000.0 - 0.5) - 0.6 * score(i)
-            + 2.0 * (age(i) as f64 / 150.0 - 0.3);
-        u64::from(u(i, 4) < 1.0 / (1.0 + (-z).exp()))
-    };
+/// A uniform draw in `[0, 1)` fixed by `(i, salt)`.
+fn u(i: u64, salt: u64) -> f64 {
+    let h = (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ salt).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    (h >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn income(i: u64) -> f64 {
+    (u(i, 1) * 90_000.0).round() + 1_000.0
+}
+
+fn score(i: u64) -> f64 {
+    ((u(i, 2) - 0.5) * 10.0 * 100.0).round() / 100.0
+}
+
+fn age(i: u64) -> u64 {
+    18 + (u(i, 3) * 60.0) as u64
+}
+
+/// Drawn from a logistic model of income, score and age.
+fn label(i: u64) -> u64 {
+    let z =
+        3.0 * (income(i) / 100_000.0 - 0.5) - 0.6 * score(i) + 2.0 * (age(i) as f64 / 150.0 - 0.3);
+    u64::from(u(i, 4) < 1.0 / (1.0 + (-z).exp()))
+}
+
+/// The features of id `i` scaled by their declared bounds, in the statement's order
+/// (`provider.income, buyer.age, provider.score`).
+fn scaled_row(i: u64) -> Vec<f64> {
+    vec![income(i) / 100_000.0, age(i) as f64 / 150.0, score(i) / 5.0]
+}
+
+/// A pseudo-random but fixed sample: the provider's dataset `pm` holds ids 1..=400 with an
+/// income and a score, the buyer's `bm` ids 101..=500 (in reverse) with an age and a label
+/// drawn from a logistic model of all three. Common: 101..=400, 300 rows. Returns the
+/// buyer's rows.
+async fn lr_sample(c: &Cluster) -> Vec<String> {
     let provider_rows: Vec<String> = (1..=400u64)
         .map(|i| format!("{i},{},{}", income(i), score(i)))
         .collect();
@@ -457,6 +473,29 @@ async fn a_model_trained_on_aligned_rows_matches_the_clear_training_and_only_its
         .collect();
     c.dataset(&c.buyer, "bm", "id,age,churned", &buyer_rows)
         .await;
+    buyer_rows
+}
+
+/// The columns an `lr_sample` training declares.
+fn lr_columns() -> Vec<pb::MpcColumn> {
+    vec![
+        column("provider.income", 100_000, 0),
+        column("provider.score", 5, 0),
+        column("buyer.age", 150, 0),
+        column("buyer.churned", 0, 2),
+    ]
+}
+
+fn sigmoid(z: f64) -> f64 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_trained_on_aligned_rows_matches_the_clear_training_and_only_its_recipient_gets_it()
+{
+    let c = Cluster::start(10_000);
+    c.fund(100_000_000, "fund").await;
+    let buyer_rows = lr_sample(&c).await;
     let small: Vec<String> = (101..=103u64)
         .map(|i| format!("{i},{},{}", age(i), label(i)))
         .collect();
@@ -471,14 +510,8 @@ async fn a_model_trained_on_aligned_rows_matches_the_clear_training_and_only_its
         .await;
     let before = cash(&c).await;
     let mut client = c.client().await;
-    let columns = vec![
-        column("provider.income", 100_000, 0),
-        column("provider.score", 5, 0),
-        column("buyer.age", 150, 0),
-        column("buyer.churned", 0, 2),
-    ];
     let train_job = |dataset: &str, query: &str, output: &str| {
-        mpc_job_on(&lic, dataset, query, columns.clone(), output)
+        mpc_job_on(&lic, dataset, query, lr_columns(), output)
     };
     let (epochs, rate) = (12, 4.0);
     let query = format!(
@@ -497,10 +530,7 @@ async fn a_model_trained_on_aligned_rows_matches_the_clear_training_and_only_its
 
     // The clear training on the same rows (full batch: the row order does not matter).
     let common: Vec<u64> = (101..=400).collect();
-    let x: Vec<Vec<f64>> = common
-        .iter()
-        .map(|&i| vec![income(i) / 100_000.0, age(i) as f64 / 150.0, score(i) / 5.0])
-        .collect();
+    let x: Vec<Vec<f64>> = common.iter().map(|&i| scaled_row(i)).collect();
     let y: Vec<f64> = common.iter().map(|&i| label(i) as f64).collect();
     let clear = clear_training(&x, &y, epochs, rate);
     let (header, rows) = crate::harness::read_csv(&c.buyer.outputs.join("model.csv"));
@@ -666,5 +696,228 @@ async fn a_model_trained_on_aligned_rows_matches_the_clear_training_and_only_its
         assert!(e.message().contains(says), "{bad}: {}", e.message());
     }
     assert_eq!(c.remaining(&lic).await, Some(0));
+    c.assert_audit_verifies().await;
+}
+
+/// A licence whose `mpc` scene keeps models shared (`modelTo: "shared"`): the training leaves
+/// each party's worker its share and nobody the model; a later job scores new rows of the
+/// buyer's with it (`SCORE … MODEL job`) on the same workers, opening one probability per
+/// aligned row to the buyer only, as the clear model would give them; each job is a counted,
+/// charged run. A scoring that names an unusable model is refused with why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_kept_shared_scores_new_rows_as_the_clear_model_and_nobody_holds_it() {
+    let c = Cluster::start(10_000);
+    c.fund(100_000_000, "fund").await;
+    lr_sample(&c).await;
+    // New customers of the buyer's: ids 301..=600, of which 301..=400 the provider holds.
+    let new_rows: Vec<String> = (301..=600u64).map(|i| format!("{i},{}", age(i))).collect();
+    c.dataset(&c.buyer, "bnew", "id,age", &new_rows).await;
+    let lic = c
+        .licence_with_scene(
+            "pm",
+            r#"{"useSence":"mpc","counts":5,"modelTo":"shared","protocols":["ot"],
+                "visitArea":["r1"],"cpCenter":["c1"]}"#,
+        )
+        .await;
+    let mut client = c.client().await;
+    let (epochs, rate) = (12, 4.0);
+    let training = format!(
+        "TRAIN LOGISTIC_REGRESSION(provider.income, buyer.age, provider.score) \
+         LABEL buyer.churned EPOCHS {epochs} LEARNING_RATE {rate} BATCH 1000"
+    );
+    let before = cash(&c).await;
+    let trained = client
+        .submit_job(mpc_job_on(&lic, "bm", &training, lr_columns(), "model.csv"))
+        .await
+        .expect("submit")
+        .into_inner();
+    let trained = c.wait(&trained.job_id).await;
+    assert_eq!(trained.state_text(), "succeeded", "{trained:?}");
+    assert_eq!(trained.result_file, None, "{trained:?}");
+    assert!(trained.charge_micros > 0, "{trained:?}");
+    // Each worker keeps its own share, and no model file exists anywhere.
+    let share_name = format!("model-shares-{}.json", trained.job_id);
+    for (side, dir) in [
+        ("provider", &c.provider.outputs),
+        ("buyer", &c.buyer.outputs),
+    ] {
+        let files = crate::harness::walk_files(dir);
+        assert!(
+            files
+                .iter()
+                .all(|p| p.extension().is_none_or(|e| e != "csv")),
+            "{files:?}"
+        );
+        let stored: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join(&share_name)).expect("share file"))
+                .expect("json");
+        assert_eq!(stored["party"], side);
+        assert_eq!(stored["shares"].as_array().map(Vec::len), Some(4));
+    }
+
+    // The model's probabilities on the new rows, from the clear training on the same rows.
+    let common: Vec<u64> = (101..=400).collect();
+    let x: Vec<Vec<f64>> = common.iter().map(|&i| scaled_row(i)).collect();
+    let y: Vec<f64> = common.iter().map(|&i| label(i) as f64).collect();
+    let clear = clear_training(&x, &y, epochs, rate);
+    let clear_p = |i: u64| {
+        let row = scaled_row(i);
+        sigmoid(row.iter().zip(&clear).map(|(a, b)| a * b).sum::<f64>() + clear[3])
+    };
+    let score_columns = || {
+        vec![
+            column("provider.income", 100_000, 0),
+            column("provider.score", 5, 0),
+            column("buyer.age", 150, 0),
+        ]
+    };
+    let scoring = |model: &str, features: &str| {
+        format!("SCORE LOGISTIC_REGRESSION({features}) MODEL {model}")
+    };
+    let features = "provider.income, buyer.age, provider.score";
+    let scored = client
+        .submit_job(mpc_job_on(
+            &lic,
+            "bnew",
+            &scoring(&trained.job_id, features),
+            score_columns(),
+            "scores.csv",
+        ))
+        .await
+        .expect("submit")
+        .into_inner();
+    let scored = c.wait(&scored.job_id).await;
+    assert_eq!(scored.state_text(), "succeeded", "{scored:?}");
+    assert_eq!(scored.result_size, Some(100), "{scored:?}");
+    let (header, rows) = crate::harness::read_csv(&c.buyer.outputs.join("scores.csv"));
+    assert_eq!(header, ["id", "probability"]);
+    let mut ids: Vec<u64> = rows.iter().map(|r| r[0].parse().expect("id")).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (301..=400).collect::<Vec<u64>>());
+    let (mut ours, mut theirs, mut labels) = (Vec::new(), Vec::new(), Vec::new());
+    for row in &rows {
+        let i: u64 = row[0].parse().expect("id");
+        let p: f64 = row[1].parse().expect("probability");
+        // The sigmoid's approximation and the fixed-point weights: close to the clear model.
+        assert!(
+            (p - clear_p(i)).abs() <= 0.05,
+            "id {i}: {p} vs {}",
+            clear_p(i)
+        );
+        ours.push(p);
+        theirs.push(clear_p(i));
+        labels.push(label(i) as f64);
+    }
+    let (a, b) = (auc(&ours, &labels), auc(&theirs, &labels));
+    assert!((a - b).abs() <= 0.01, "AUC {a} vs clear {b}");
+    // The provider's worker wrote nothing but its share.
+    assert_eq!(
+        crate::harness::walk_files(&c.provider.outputs).len(),
+        1,
+        "{:?}",
+        crate::harness::walk_files(&c.provider.outputs)
+    );
+    assert_eq!(c.remaining(&lic).await, Some(3));
+    assert_eq!(
+        cash(&c).await,
+        before - trained.charge_micros - scored.charge_micros
+    );
+
+    // Models a scoring cannot use: refused at admission with why, nothing counted.
+    let other = c
+        .licence_with_scene(
+            "pm",
+            r#"{"useSence":"mpc","counts":5,"modelTo":"shared","protocols":["ot"],
+                "visitArea":["r1"],"cpCenter":["c1"]}"#,
+        )
+        .await;
+    for (licence, query, says) in [
+        (&lic, scoring("job-nosuchjob", features), "no job of party"),
+        // Another licence's job is no job at all to this one.
+        (
+            &other,
+            scoring(&trained.job_id, features),
+            "no job of party",
+        ),
+        (
+            &lic,
+            // The provider's features in another order (across parties the order does not
+            // matter: the model's weights are the provider's, then the buyer's).
+            scoring(
+                &trained.job_id,
+                "provider.score, buyer.age, provider.income",
+            ),
+            "it was trained on provider.income, buyer.age, provider.score",
+        ),
+        (
+            &lic,
+            scoring(&scored.job_id, features),
+            "it trained no model",
+        ),
+    ] {
+        let refused = client
+            .submit_job(mpc_job_on(
+                licence,
+                "bnew",
+                &query,
+                score_columns(),
+                "x.csv",
+            ))
+            .await
+            .expect("submit")
+            .into_inner();
+        assert_eq!(refused.state_text(), "refused", "{query}: {refused:?}");
+        assert!(
+            refused.refusal_reasons.iter().any(|r| r.contains(says)),
+            "{query}: {:?}",
+            refused.refusal_reasons
+        );
+    }
+    // Declared bounds other than the training's are other features.
+    let wider = client
+        .submit_job(mpc_job_on(
+            &lic,
+            "bnew",
+            &scoring(&trained.job_id, features),
+            vec![
+                column("provider.income", 200_000, 0),
+                column("provider.score", 5, 0),
+                column("buyer.age", 150, 0),
+            ],
+            "x.csv",
+        ))
+        .await
+        .expect("submit")
+        .into_inner();
+    assert_eq!(wider.state_text(), "refused", "{wider:?}");
+    assert_eq!(c.remaining(&lic).await, Some(3));
+    assert_eq!(c.remaining(&other).await, Some(5));
+
+    // The buyer's worker lost its share: the buyer's input error, found before any link
+    // opens; nothing charged.
+    let kept = c.buyer.outputs.join(&share_name);
+    let moved = c.buyer.outputs.join("moved-away.json");
+    std::fs::rename(&kept, &moved).expect("move the share");
+    let cash_before = cash(&c).await;
+    let lost = client
+        .submit_job(mpc_job_on(
+            &lic,
+            "bnew",
+            &scoring(&trained.job_id, features),
+            score_columns(),
+            "lost.csv",
+        ))
+        .await
+        .expect("submit")
+        .into_inner();
+    let lost = c.wait(&lost.job_id).await;
+    assert_eq!(lost.state_text(), "failed", "{lost:?}");
+    assert!(
+        lost.error.contains("(input)") && lost.error.contains("keeps no share of it"),
+        "{}",
+        lost.error
+    );
+    assert_eq!(lost.charge_micros, 0);
+    assert_eq!(cash(&c).await, cash_before);
     c.assert_audit_verifies().await;
 }

@@ -1,7 +1,10 @@
 //! An `mpc` task (issue "Secret-sharing MPC"): the buyer's statistics query over both
 //! parties' columns of the rows they have in common, computed by `tessera-mpc` and opened to
 //! the buyer only — or a logistic-regression model trained on them (a `TRAIN` statement,
-//! `tessera_mpc::query::train`), opened to the party the licence's `modelTo` names.
+//! `tessera_mpc::query::train`), opened to the party the licence's `modelTo` names or, under
+//! `modelTo: "shared"`, kept as each party's share in its worker's output directory
+//! ([`model_shares_name`]) — or the probabilities of such a shared model for the aligned rows
+//! (a `SCORE` statement, `tessera_mpc::lr::predict_shared`), opened to the buyer only.
 //!
 //! 1. **Read**: each worker reads its key columns and the columns of its own that the query
 //!    declares (`buyer.NAME` on the buyer's worker, `provider.NAME` on the provider's).
@@ -37,7 +40,15 @@
 //!   "provider"`) learns the weights and the bias (a function of every aligned row of both
 //!   parties: what a model reveals, membership and attribute inference included, is outside
 //!   this threat model); the other party learns nothing of them. The provider's model file is
-//!   `model-<job id>.csv` in its output directory, and the buyer then writes no file.
+//!   `model-<job id>.csv` in its output directory, and the buyer then writes no file. A model
+//!   kept **shared** is learnt by nobody: each worker holds a uniformly random share (its
+//!   file alone says nothing of the weights; both files together are the model, so a party
+//!   that obtains the other's file has it).
+//! * A **scoring** opens to the buyer one probability per aligned row, nothing to the
+//!   provider. Each is the model applied to that row: the logit is linear, so enough scored
+//!   rows tell the buyer the weights of its own features and, per row, what the provider's
+//!   features add; the licence's `counts` bound the scorings. The provider learns which of its
+//!   keys the buyer scored (the alignment), not the scores.
 //! * With dealer triples, the **operator** knows every triple; it sees none of the values the
 //!   parties open to each other (their peer link is direct), so it learns only the number and
 //!   shapes of the triples — unless it colludes with a party, which then learns the other's
@@ -52,7 +63,8 @@
 //! aligned row: `row` (its position in the alignment) and the values. A model file has one
 //! row per feature in the statement's order and one for the bias: `term` (`provider.NAME`,
 //! `buyer.NAME`, `(bias)`), `reported` (`false`: too few aligned rows, no weights), `weight`
-//! (in the feature's own units: `P(label = 1) = σ(Σ weight · value + bias)`).
+//! (in the feature's own units: `P(label = 1) = σ(Σ weight · value + bias)`). A scoring's file
+//! has one row per aligned row: the buyer's key columns as in its file, then `probability`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -67,10 +79,12 @@ use tessera_core::{Link, ModelRecipient, MpcSpec, MpcTriples, TaskRole, TaskSpec
 use tessera_mpc::lr::{LrError, LrLayout, LrOwnData, Model, ModelOutput};
 use tessera_mpc::query::job::{JobPlan, job_plan_of, schema_of, side_and_name};
 use tessera_mpc::query::{
-    Aggregate, ColumnData, ColumnKind, OutputPolicy, QueryError, QueryResult, Side, Table,
-    TrainPlan,
+    Aggregate, ColumnData, ColumnKind, OutputPolicy, QueryError, QueryResult, ScorePlan, Side,
+    Table, TrainPlan,
 };
-use tessera_mpc::{DealerClient, FixedPoint, MpcError, OtTriples, Party, Session, TripleSource};
+use tessera_mpc::{
+    DealerClient, FixedPoint, MpcError, OtTriples, Party, Session, Shares, TripleSource,
+};
 use tessera_psi::Mode;
 
 use crate::exec::{
@@ -109,20 +123,26 @@ pub(crate) async fn run(
         aggregates_only: mpc.aggregates_only,
     };
     // The signed statement must plan before anything is read or sent.
-    let trains = matches!(
-        job_plan_of(&mpc.query, 1, &policy, fx)
-            .map_err(|e| TaskError::Ticket(format!("the task's query: {e}")))?,
-        JobPlan::Train(_)
-    );
-    // Who writes the result: the buyer, or the provider for a model the policy gives it.
+    let first_plan = job_plan_of(&mpc.query, 1, &policy, fx)
+        .map_err(|e| TaskError::Ticket(format!("the task's query: {e}")))?;
+    let trains = matches!(first_plan, JobPlan::Train(_));
+    // Who writes the result: the buyer, or the provider for a model the policy gives it;
+    // nobody for a model kept shared (each party keeps its share).
     let model_to_provider = trains && mpc.model_to == ModelRecipient::Provider;
+    let model_shared = trains && mpc.model_to == ModelRecipient::Shared;
     let me = match spec.role {
         TaskRole::Sender => Side::Provider,
         TaskRole::Receiver => Side::Buyer,
     };
+    // A scoring's model: this party's shares, kept by the training job's task on this worker,
+    // checked against the statement before anything is read or sent.
+    let stored_model = match &first_plan {
+        JobPlan::Score(plan) => Some(load_model_shares(&env.output_dir, plan, me, fx).await?),
+        _ => None,
+    };
     let own = declared_columns(mpc, me)?;
     let writes = match spec.role {
-        TaskRole::Receiver => !model_to_provider,
+        TaskRole::Receiver => !model_to_provider && !model_shared,
         TaskRole::Sender => model_to_provider,
     };
     let out_path = if writes {
@@ -137,7 +157,11 @@ pub(crate) async fn run(
         unicode: spec.unicode_form,
         empty: spec.empty_keys,
     };
-    let keep: Vec<String> = own.iter().map(|(n, _)| n.clone()).collect();
+    let mut keep: Vec<String> = own.iter().map(|(n, _)| n.clone()).collect();
+    // The buyer's scores are written beside its own key values.
+    if stored_model.is_some() && spec.role == TaskRole::Receiver {
+        keep.extend(spec.key_columns.iter().cloned());
+    }
     progress.report("read", 0, 0);
     let input = tokio::task::spawn_blocking(move || read_keys_keeping(&path, &key_spec, &keep))
         .await
@@ -216,12 +240,34 @@ pub(crate) async fn run(
                 .map_err(|e| query_error(e, spec.role))?,
         ),
         JobPlan::Train(plan) => {
-            let to = if model_to_provider {
-                Party::P0
+            let to = if model_shared {
+                ModelOutput::Shared
+            } else if model_to_provider {
+                ModelOutput::RevealTo(Party::P0)
             } else {
-                Party::P1
+                ModelOutput::RevealTo(Party::P1)
             };
-            Computed::Model(train_model(&mut session, plan, me, &table, to).await?)
+            match train_model(&mut session, plan, me, &table, to).await? {
+                Trained::Shared(shares) => {
+                    // Nothing is opened: the model exists once both parties keep their
+                    // shares, and the provider's is the job's delivery.
+                    store_model_shares(&env.output_dir, &spec.job_id, plan, me, fx, shares).await?;
+                    if spec.role == TaskRole::Sender && !delivery.delivered(input.rows).await {
+                        return Err(TaskError::Internal(
+                            "the operator did not record the delivery".into(),
+                        ));
+                    }
+                    Computed::Model(None)
+                }
+                Trained::Revealed(model) => Computed::Model(Some(model)),
+                Trained::None => Computed::Model(None),
+            }
+        }
+        JobPlan::Score(plan) => {
+            let model = stored_model
+                .as_ref()
+                .ok_or_else(|| TaskError::Internal("a scoring without its model".into()))?;
+            Computed::Scores(score_rows(&mut session, plan, me, &table, model).await?)
         }
     };
     progress.report("compute", 1, 1);
@@ -244,6 +290,10 @@ pub(crate) async fn run(
             (Computed::Query(Some(result)), _) => Some(write_result(out, mpc, result).await?),
             (Computed::Model(model), JobPlan::Train(plan)) => {
                 let (header, rows) = model_table(plan, model.as_ref())?;
+                Some(write_table(out, header, rows).await?)
+            }
+            (Computed::Scores(Some(p)), JobPlan::Score(_)) => {
+                let (header, rows) = scores_table(spec, own.len(), &input.kept, &rows, &p)?;
                 Some(write_table(out, header, rows).await?)
             }
             _ => None,
@@ -274,26 +324,30 @@ enum Computed {
     /// A query's result (at the buyer; `None` at the provider).
     Query(Option<QueryResult>),
     /// A trained model's weights in the original units and its bias (at its recipient;
-    /// `None` at the other party, or when the aligned rows were fewer than `minGroupSize`).
+    /// `None` at the other party, when the aligned rows were fewer than `minGroupSize`, or
+    /// for a model kept shared).
     Model(Option<(Vec<f64>, f64)>),
+    /// A scoring's probabilities, one per aligned row (at the buyer; `None` at the provider).
+    Scores(Option<Vec<f64>>),
 }
 
-/// Trains the plan's model on this party's aligned `table` and opens it to `to` (party 1
-/// the buyer, party 0 the provider). Each party scales its own features by their declared
-/// bounds (so the model trains on `[−1, 1]`) and the recipient scales the weights back.
-/// Nothing is shared when the aligned rows are fewer than the policy allows (both parties
-/// know the count).
-async fn train_model(
-    session: &mut Session<'_, rand_chacha::ChaCha20Rng>,
-    plan: &TrainPlan,
-    me: Side,
+/// What a training left at this party.
+enum Trained {
+    /// The weights in the original units and the bias (at the model's recipient).
+    Revealed((Vec<f64>, f64)),
+    /// This party's shares of the model (`modelTo: "shared"`).
+    Shared(Shares),
+    /// Nothing: the model went to the other party, or too few rows to train.
+    None,
+}
+
+/// This party's features of `rows` aligned rows, row-major, each divided by its declared
+/// bound (so that the model sees values in `[−1, 1]`).
+fn scaled_features(
+    own: &[(String, f64)],
     table: &Table,
-    to: Party,
-) -> Result<Option<(Vec<f64>, f64)>, TaskError> {
-    if !plan.enough_rows() {
-        return Ok(None);
-    }
-    let own = plan.features_of(me);
+    rows: usize,
+) -> Result<Vec<f64>, TaskError> {
     let mut columns = Vec::with_capacity(own.len());
     for (name, abs_max) in own {
         let Some(ColumnData::Numeric(v)) = table.columns.get(name) else {
@@ -301,12 +355,31 @@ async fn train_model(
         };
         columns.push((v, *abs_max));
     }
-    let mut features = Vec::with_capacity(plan.rows * own.len());
-    for r in 0..plan.rows {
+    let mut features = Vec::with_capacity(rows * own.len());
+    for r in 0..rows {
         for (v, abs_max) in &columns {
             features.push(v.get(r).copied().unwrap_or(0.0) / abs_max);
         }
     }
+    Ok(features)
+}
+
+/// Trains the plan's model on this party's aligned `table` and opens it as `output` says (to
+/// party 1 the buyer, to party 0 the provider, or to nobody: each keeps its shares). Each
+/// party scales its own features by their declared bounds (so the model trains on
+/// `[−1, 1]`) and the recipient scales the weights back. Nothing is shared when the aligned
+/// rows are fewer than the policy allows (both parties know the count).
+async fn train_model(
+    session: &mut Session<'_, rand_chacha::ChaCha20Rng>,
+    plan: &TrainPlan,
+    me: Side,
+    table: &Table,
+    output: ModelOutput,
+) -> Result<Trained, TaskError> {
+    if !plan.enough_rows() {
+        return Ok(Trained::None);
+    }
+    let features = scaled_features(plan.features_of(me), table, plan.rows)?;
     let labels = if plan.label.0 == me {
         let Some(ColumnData::Categorical(v)) = table.columns.get(&plan.label.1) else {
             return Err(TaskError::Internal(format!(
@@ -331,20 +404,9 @@ async fn train_model(
         features: &features,
         labels: labels.as_deref(),
     };
-    let model = tessera_mpc::lr::train(
-        session,
-        &layout,
-        &plan.config,
-        ModelOutput::RevealTo(to),
-        &own_data,
-    )
-    .await
-    .map_err(|e| match e {
-        LrError::Data(_) => TaskError::Input(e.to_string()),
-        LrError::Config(_) => TaskError::Ticket(e.to_string()),
-        LrError::PlanMismatch => TaskError::Peer(e.to_string()),
-        LrError::Mpc(m) => peer_error(&m),
-    })?;
+    let model = tessera_mpc::lr::train(session, &layout, &plan.config, output, &own_data)
+        .await
+        .map_err(lr_error)?;
     match model {
         Model::Revealed { weights, bias } => {
             let bounds = plan
@@ -353,10 +415,214 @@ async fn train_model(
                 .chain(&plan.buyer_features)
                 .map(|(_, b)| *b);
             let weights = weights.iter().zip(bounds).map(|(w, b)| w / b).collect();
-            Ok(Some((weights, bias)))
+            Ok(Trained::Revealed((weights, bias)))
         }
-        Model::Withheld | Model::Shared(_) => Ok(None),
+        Model::Shared(shares) => Ok(Trained::Shared(shares)),
+        Model::Withheld => Ok(Trained::None),
     }
+}
+
+fn lr_error(e: LrError) -> TaskError {
+    match e {
+        LrError::Data(_) => TaskError::Input(e.to_string()),
+        LrError::Config(_) => TaskError::Ticket(e.to_string()),
+        LrError::PlanMismatch => TaskError::Peer(e.to_string()),
+        LrError::Mpc(m) => peer_error(&m),
+    }
+}
+
+/// The model's probability `σ̃(x · w + b)` for every aligned row, on this party's features
+/// of `table` (scaled by their bounds, as in training) and its `model` shares, opened to the
+/// buyer only: `Some` at the buyer, `None` at the provider. No rows, nothing computed.
+async fn score_rows(
+    session: &mut Session<'_, rand_chacha::ChaCha20Rng>,
+    plan: &ScorePlan,
+    me: Side,
+    table: &Table,
+    model: &Shares,
+) -> Result<Option<Vec<f64>>, TaskError> {
+    if plan.rows == 0 {
+        return Ok((me == Side::Buyer).then(Vec::new));
+    }
+    let features = scaled_features(plan.features_of(me), table, plan.rows)?;
+    let layout = LrLayout {
+        rows: plan.rows,
+        features_p0: plan.provider_features.len(),
+        features_p1: plan.buyer_features.len(),
+        label_owner: Party::P1,
+    };
+    let p = tessera_mpc::lr::predict_shared(session, &layout, model, &features)
+        .await
+        .map_err(lr_error)?;
+    let opened = session
+        .reveal_to(Party::P1, &p)
+        .await
+        .map_err(|e| peer_error(&e))?;
+    let fx = session.fixed_point();
+    Ok(opened.map(|v| {
+        v.into_iter()
+            .map(|x| fx.decode(x).clamp(0.0, 1.0))
+            .collect()
+    }))
+}
+
+/// The buyer's scores: one row per aligned row, its key columns' values as in its file, then
+/// `probability`.
+fn scores_table(
+    spec: &TaskSpec,
+    own_columns: usize,
+    kept: &[Vec<String>],
+    rows: &[usize],
+    probabilities: &[f64],
+) -> Result<(Vec<String>, Vec<Vec<String>>), TaskError> {
+    let mut header = spec.key_columns.clone();
+    header.push("probability".into());
+    let mut out = Vec::with_capacity(rows.len());
+    for (&r, p) in rows.iter().zip(probabilities) {
+        let keys = kept
+            .get(r)
+            .and_then(|v| v.get(own_columns..))
+            .ok_or_else(|| TaskError::Internal(format!("aligned row {r} was not kept")))?;
+        let mut row = keys.to_vec();
+        row.push(p.to_string());
+        out.push(row);
+    }
+    Ok((header, out))
+}
+
+/// The file in which a worker keeps its share of a model trained under `modelTo: "shared"`:
+/// `model-shares-<job id>.json` in its output directory.
+pub(crate) fn model_shares_name(job_id: &str) -> String {
+    format!("model-shares-{job_id}.json")
+}
+
+/// A party's share of a model kept shared, as stored: what it was trained on (each side's
+/// features with their bounds, the fixed-point format, whose share it is) and the share of
+/// `[w | b]` (the model's weights for features scaled by their bounds, provider features
+/// first, then the bias), as ring elements. `Debug` shows no share.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredShares {
+    format: String,
+    job_id: String,
+    party: String,
+    fraction_bits: u32,
+    provider_features: Vec<(String, f64)>,
+    buyer_features: Vec<(String, f64)>,
+    shares: Vec<u64>,
+}
+
+impl std::fmt::Debug for StoredShares {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredShares")
+            .field("job_id", &self.job_id)
+            .field("party", &self.party)
+            .field("shares", &format_args!("<{} shares>", self.shares.len()))
+            .finish()
+    }
+}
+
+/// The format tag of [`StoredShares`].
+const SHARES_FORMAT: &str = "tessera-lr-shares/1";
+/// The largest share file read.
+const SHARES_FILE_BYTES_MAX: u64 = 1 << 20;
+
+fn side_name(side: Side) -> &'static str {
+    match side {
+        Side::Provider => "provider",
+        Side::Buyer => "buyer",
+    }
+}
+
+/// Writes this party's share of a model trained by `job_id`, never replacing a file.
+async fn store_model_shares(
+    dir: &std::path::Path,
+    job_id: &str,
+    plan: &TrainPlan,
+    me: Side,
+    fx: FixedPoint,
+    shares: Shares,
+) -> Result<(), TaskError> {
+    let stored = StoredShares {
+        format: SHARES_FORMAT.into(),
+        job_id: job_id.to_string(),
+        party: side_name(me).into(),
+        fraction_bits: fx.frac_bits(),
+        provider_features: plan.provider_features.clone(),
+        buyer_features: plan.buyer_features.clone(),
+        shares: shares.words().to_vec(),
+    };
+    let bytes = serde_json::to_vec(&stored)
+        .map_err(|e| TaskError::Internal(format!("encoding the model's shares: {e}")))?;
+    let path = dir.join(model_shares_name(job_id));
+    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        f.write_all(&bytes)?;
+        f.sync_all()
+    })
+    .await
+    .map_err(|e| TaskError::Internal(format!("writer task: {e}")))?
+    .map_err(|e| TaskError::Internal(format!("writing the model's shares: {e}")))
+}
+
+/// This party's share of the model a scoring names, read from `dir` and checked: this
+/// party's, of that job, in this format, trained on the scoring's features with the same
+/// bounds (in order, each side's).
+///
+/// # Errors
+/// [`TaskError::Input`]: no such file on this worker (the scoring must run on the worker
+/// that trained it), or one that does not fit the scoring.
+async fn load_model_shares(
+    dir: &std::path::Path,
+    plan: &ScorePlan,
+    me: Side,
+    fx: FixedPoint,
+) -> Result<Shares, TaskError> {
+    let job = plan.scoring.model_job.clone();
+    let path = dir.join(model_shares_name(&job));
+    let bytes = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+        use std::io::Read;
+        let mut v = Vec::new();
+        std::fs::File::open(&path)?
+            .take(SHARES_FILE_BYTES_MAX + 1)
+            .read_to_end(&mut v)?;
+        Ok(v)
+    })
+    .await
+    .map_err(|e| TaskError::Internal(format!("reader task: {e}")))?
+    .map_err(|e| {
+        TaskError::Input(format!(
+            "the model of job {job}: this worker keeps no share of it ({e}); a scoring runs on \
+             the workers that trained the model"
+        ))
+    })?;
+    let unfit = |why: &str| TaskError::Input(format!("the model of job {job}: {why}"));
+    if bytes.len() as u64 > SHARES_FILE_BYTES_MAX {
+        return Err(unfit("its share file is too large"));
+    }
+    let stored: StoredShares =
+        serde_json::from_slice(&bytes).map_err(|_| unfit("its share file is unreadable"))?;
+    if stored.format != SHARES_FORMAT
+        || stored.job_id != job
+        || stored.party != side_name(me)
+        || stored.fraction_bits != fx.frac_bits()
+    {
+        return Err(unfit("its share file is of another job, party or format"));
+    }
+    if stored.provider_features != plan.provider_features
+        || stored.buyer_features != plan.buyer_features
+    {
+        return Err(unfit(
+            "it was trained on other features or bounds than the statement names",
+        ));
+    }
+    if stored.shares.len() != plan.provider_features.len() + plan.buyer_features.len() + 1 {
+        return Err(unfit("its share file holds a model of another size"));
+    }
+    Ok(Shares::from_words(stored.shares))
 }
 
 /// The recipient's model file: one row per feature in the statement's order, then the bias:

@@ -7,7 +7,8 @@
 use tessera_core::{MpcColumn, MpcQuery};
 
 use super::{
-    ColumnDef, ColumnKind, OutputPolicy, Plan, QueryError, Schema, Side, Statement, TrainPlan,
+    ColumnDef, ColumnKind, OutputPolicy, Plan, QueryError, Schema, ScorePlan, Side, Statement,
+    TrainPlan,
 };
 use crate::FixedPoint;
 
@@ -104,15 +105,18 @@ pub enum JobPlan {
     Query(Plan),
     /// A model training.
     Train(TrainPlan),
+    /// A scoring with a shared model.
+    Score(ScorePlan),
 }
 
 impl JobPlan {
-    /// Whether the plan opens row-level values (a query's bare columns); a model is an
-    /// aggregate.
+    /// Whether the plan opens row-level values (a query's bare columns, a scoring's
+    /// probabilities); a model is an aggregate.
     pub fn row_level(&self) -> bool {
         match self {
             JobPlan::Query(p) => p.row_level,
             JobPlan::Train(_) => false,
+            JobPlan::Score(_) => true,
         }
     }
 }
@@ -140,6 +144,7 @@ pub fn job_plan_of(
     match super::parse_statement(&q.query)? {
         Statement::Query(query) => super::check(&query, &schema, policy, fx).map(JobPlan::Query),
         Statement::Train(t) => super::check_training(&t, &schema, policy).map(JobPlan::Train),
+        Statement::Score(t) => super::check_scoring(&t, &schema, policy).map(JobPlan::Score),
     }
 }
 
@@ -156,9 +161,8 @@ pub fn plan_of(
 ) -> Result<Plan, QueryError> {
     match job_plan_of(q, rows, policy, fx)? {
         JobPlan::Query(p) => Ok(p),
-        JobPlan::Train(_) => Err(QueryError::Training(
-            "a TRAIN statement trains a model in an mpc job; this computes a query (SELECT …)"
-                .into(),
+        JobPlan::Train(_) | JobPlan::Score(_) => Err(QueryError::Training(
+            "TRAIN and SCORE statements run in an mpc job; this computes a query (SELECT …)".into(),
         )),
     }
 }

@@ -122,7 +122,7 @@ pub use clear::evaluate_clear;
 pub use eval::{Aggregate, GroupResult, QueryResult, evaluate};
 pub use parse::{ParseError, parse, parse_statement};
 pub use plan::{Plan, check};
-pub use train::{TrainPlan, check_training};
+pub use train::{ScorePlan, TrainPlan, check_scoring, check_training};
 
 use crate::MpcError;
 
@@ -387,6 +387,33 @@ impl fmt::Display for Training {
     }
 }
 
+/// A scoring with a model an earlier job trained and kept shared (`SCORE
+/// LOGISTIC_REGRESSION(…) MODEL job-…`, syntax only; checked by [`check_scoring`]): the
+/// model's probability for every aligned row, opened to the buyer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scoring {
+    /// The feature columns, as the training named them (each side's in the same order).
+    pub features: Vec<ColumnRef>,
+    /// The job that trained the model (`modelTo: "shared"`).
+    pub model_job: String,
+    /// Byte offset of the job id.
+    pub model_offset: usize,
+}
+
+impl fmt::Display for Scoring {
+    /// The canonical text.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SCORE LOGISTIC_REGRESSION(")?;
+        for (j, c) in self.features.iter().enumerate() {
+            if j > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{c}")?;
+        }
+        write!(f, ") MODEL {}", self.model_job)
+    }
+}
+
 /// A statement of the language ([`parse_statement`]).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Statement {
@@ -394,6 +421,8 @@ pub enum Statement {
     Query(Query),
     /// `TRAIN …`: a model training.
     Train(Training),
+    /// `SCORE …`: a scoring with a shared model.
+    Score(Scoring),
 }
 
 impl fmt::Display for Statement {
@@ -402,6 +431,7 @@ impl fmt::Display for Statement {
         match self {
             Statement::Query(q) => q.fmt(f),
             Statement::Train(t) => t.fmt(f),
+            Statement::Score(t) => t.fmt(f),
         }
     }
 }

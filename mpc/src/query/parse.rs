@@ -15,11 +15,13 @@
 //! column    := (BUYER | PROVIDER) '.' name            -- name: [A-Za-z_][A-Za-z0-9_]*
 //! number    := ['+' | '-'] digits ['.' digits] [('e' | 'E') ['+' | '-'] digits]
 //!
-//! statement := query | train                           -- parse_statement
+//! statement := query | train | score                   -- parse_statement
 //! train     := TRAIN LOGISTIC_REGRESSION '(' column (',' column)* ')' LABEL column
 //!              option* [';'] end
 //! option    := EPOCHS digits | LEARNING_RATE number | L2 number | BATCH digits
 //!                                                      -- each option at most once
+//! score     := SCORE LOGISTIC_REGRESSION '(' column (',' column)* ')' MODEL job [';'] end
+//! job       := [A-Za-z0-9_-]+                          -- the training job's id
 //! ```
 //!
 //! Keywords, function names and party qualifiers are case-insensitive; column names are
@@ -32,7 +34,9 @@ use winnow::prelude::*;
 use winnow::stream::{LocatingSlice, Location, Stream};
 use winnow::token::{one_of, take_while};
 
-use super::{AggFunc, CmpOp, ColumnRef, Cond, Query, SelectItem, Side, Statement, Training};
+use super::{
+    AggFunc, CmpOp, ColumnRef, Cond, Query, Scoring, SelectItem, Side, Statement, Training,
+};
 
 /// Why a query text does not parse: where (byte offset, 1-based line and column) and what
 /// was expected there.
@@ -66,8 +70,8 @@ pub fn parse(text: &str) -> Result<Query, ParseError> {
         .map_err(|e| to_error(text, e.offset(), e.inner()))
 }
 
-/// Parses a statement: a query (`SELECT …`, as [`parse`]) or a model training (`TRAIN …`,
-/// see the grammar above).
+/// Parses a statement: a query (`SELECT …`, as [`parse`]), a model training (`TRAIN …`) or a
+/// scoring with a shared model (`SCORE …`; see the grammar above).
 ///
 /// # Errors
 /// [`ParseError`] at the first position the grammar cannot continue from.
@@ -82,8 +86,12 @@ fn statement(i: &mut In<'_>) -> PResult<Statement> {
     if opt(kw("TRAIN")).parse_next(i)?.is_some() {
         return cut_err(train).map(Statement::Train).parse_next(i);
     }
+    if opt(kw("SCORE")).parse_next(i)?.is_some() {
+        return cut_err(score).map(Statement::Score).parse_next(i);
+    }
     query
         .context(lit("TRAIN"))
+        .context(lit("SCORE"))
         .map(Statement::Query)
         .parse_next(i)
 }
@@ -141,6 +149,30 @@ fn train(i: &mut In<'_>) -> PResult<Training> {
     )))
     .parse_next(i)?;
     Ok(t)
+}
+
+/// The rest of a `SCORE` statement, after its keyword.
+fn score(i: &mut In<'_>) -> PResult<Scoring> {
+    kw("LOGISTIC_REGRESSION").parse_next(i)?;
+    sym("(").parse_next(i)?;
+    let features = list(column).parse_next(i)?;
+    sym(")").parse_next(i)?;
+    kw("MODEL").parse_next(i)?;
+    let model_offset = i.current_token_start();
+    let model_job = take_while(1..=128, |c: char| {
+        c.is_ascii_alphanumeric() || c == '-' || c == '_'
+    })
+    .context(desc("the id of the job that trained the model (job-…)"))
+    .parse_next(i)?;
+    ws.parse_next(i)?;
+    opt(sym(";")).parse_next(i)?;
+    eof.context(desc("the end of the statement"))
+        .parse_next(i)?;
+    Ok(Scoring {
+        features,
+        model_job: model_job.to_string(),
+        model_offset,
+    })
 }
 
 fn integer(i: &mut In<'_>) -> PResult<u64> {

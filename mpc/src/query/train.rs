@@ -21,7 +21,7 @@
 //!   anything is shared).
 
 use super::plan::{numeric, unknown};
-use super::{ColumnKind, ColumnRef, OutputPolicy, QueryError, Schema, Side, Training};
+use super::{ColumnKind, ColumnRef, OutputPolicy, QueryError, Schema, Scoring, Side, Training};
 use crate::lr::LrConfig;
 use crate::{ELEMENTS_MAX, MATMUL_PRODUCTS_MAX};
 
@@ -95,23 +95,7 @@ pub fn check_training(
     schema: &Schema,
     policy: &OutputPolicy,
 ) -> Result<TrainPlan, QueryError> {
-    let (mut provider_features, mut buyer_features) = (Vec::new(), Vec::new());
-    for (j, c) in t.features.iter().enumerate() {
-        let abs_max = numeric(schema, c)?;
-        if t.features[..j]
-            .iter()
-            .any(|p| p.side == c.side && p.name == c.name)
-        {
-            return Err(QueryError::Training(format!(
-                "feature {c} at byte {} is named twice",
-                c.offset
-            )));
-        }
-        match c.side {
-            Side::Provider => provider_features.push((c.name.clone(), abs_max)),
-            Side::Buyer => buyer_features.push((c.name.clone(), abs_max)),
-        }
-    }
+    let (provider_features, buyer_features) = features_by_side(&t.features, schema)?;
     let label = &t.label;
     match schema.column(label.side, &label.name).map(|d| d.kind) {
         None => return Err(unknown(label)),
@@ -173,5 +157,99 @@ pub fn check_training(
             l2,
         },
         policy: *policy,
+    })
+}
+
+/// Each side's features with their declared bounds, in the statement's order.
+type SideFeatures = (Vec<(String, f64)>, Vec<(String, f64)>);
+
+/// Splits `features` by side, each a declared numeric column named once.
+fn features_by_side(features: &[ColumnRef], schema: &Schema) -> Result<SideFeatures, QueryError> {
+    let (mut provider_features, mut buyer_features) = (Vec::new(), Vec::new());
+    for (j, c) in features.iter().enumerate() {
+        let abs_max = numeric(schema, c)?;
+        if features[..j]
+            .iter()
+            .any(|p| p.side == c.side && p.name == c.name)
+        {
+            return Err(QueryError::Training(format!(
+                "feature {c} at byte {} is named twice",
+                c.offset
+            )));
+        }
+        match c.side {
+            Side::Provider => provider_features.push((c.name.clone(), abs_max)),
+            Side::Buyer => buyer_features.push((c.name.clone(), abs_max)),
+        }
+    }
+    Ok((provider_features, buyer_features))
+}
+
+/// A checked scoring: what both parties compute, all of it public.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScorePlan {
+    /// The statement.
+    pub scoring: Scoring,
+    /// The provider's features in the statement's order, with their declared bounds.
+    pub provider_features: Vec<(String, f64)>,
+    /// The buyer's features, with their bounds.
+    pub buyer_features: Vec<(String, f64)>,
+    /// Aligned rows.
+    pub rows: usize,
+}
+
+impl ScorePlan {
+    /// The features `side` inputs, in order, with their bounds.
+    pub fn features_of(&self, side: Side) -> &[(String, f64)] {
+        match side {
+            Side::Provider => &self.provider_features,
+            Side::Buyer => &self.buyer_features,
+        }
+    }
+
+    /// Whether a model trained by `t` scores these features: each side's features, their
+    /// order and their declared bounds are the training's (the model's weights are for
+    /// features scaled by those bounds, provider features first).
+    pub fn fits(&self, t: &TrainPlan) -> bool {
+        self.provider_features == t.provider_features && self.buyer_features == t.buyer_features
+    }
+}
+
+/// Checks `s` against the public `schema` (its `rows` are the aligned rows) and `policy`. A
+/// scoring opens one probability per aligned row to the buyer: a row-level output, refused
+/// under `aggregatesOnly` and under a `minGroupSize` above 1, as a row-level query is.
+///
+/// # Errors
+/// [`QueryError::UnknownColumn`], [`QueryError::NotNumeric`] for a category feature,
+/// [`QueryError::Training`] for a repeated feature, [`QueryError::PolicyRefused`],
+/// [`QueryError::Range`] past the element bounds.
+pub fn check_scoring(
+    s: &Scoring,
+    schema: &Schema,
+    policy: &OutputPolicy,
+) -> Result<ScorePlan, QueryError> {
+    let (provider_features, buyer_features) = features_by_side(&s.features, schema)?;
+    if policy.aggregates_only {
+        return Err(QueryError::PolicyRefused(
+            "only aggregates may leave, and a scoring opens one probability per row".into(),
+        ));
+    }
+    if let Some(k) = policy.min_group_size.filter(|&k| k > 1) {
+        return Err(QueryError::PolicyRefused(format!(
+            "groups of fewer than {k} rows are suppressed, and a row's score is a group of one"
+        )));
+    }
+    let d1 = s.features.len() + 1;
+    if schema.rows.saturating_mul(d1) > ELEMENTS_MAX {
+        return Err(QueryError::Range(format!(
+            "{} rows × {d1} weights is past {ELEMENTS_MAX} elements",
+            schema.rows
+        )));
+    }
+    Ok(ScorePlan {
+        scoring: s.clone(),
+        provider_features,
+        buyer_features,
+        rows: schema.rows,
     })
 }
