@@ -141,7 +141,10 @@ fn training_statements_parse_with_positions_in_their_errors() {
     );
     // A query still parses as one.
     check_statement("SELECT count(*)", "SELECT count(*)");
-    check_statement("", "1:1: expected `SELECT` or `TRAIN` or `SCORE`, found end of input");
+    check_statement(
+        "",
+        "1:1: expected `SELECT` or `TRAIN` or `SCORE`, found end of input",
+    );
     check_statement(
         "TRAIN LINEAR(buyer.a) LABEL buyer.y",
         "1:7: expected `LOGISTIC_REGRESSION`, found `LINEAR(buyer.a)`",
