@@ -768,3 +768,117 @@ async fn a_psi_larger_than_a_bucket_runs_bucket_by_bucket_and_gives_the_same_row
     }
     c.assert_audit_verifies().await;
 }
+
+/// Cancelling an `ecdh-oprf` job while the provider's worker prepares the licence's encoded
+/// set (its first job) stops the preparation: no set is kept, however long the rest of it
+/// would have taken at the rate it ran; the run is used (as every cancellation's) and nothing
+/// is charged; the licence's next job prepares the set afresh and its result is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_an_ecdh_oprf_job_stops_its_preparation_and_the_next_job_prepares_afresh() {
+    let c = Cluster::start(5_000);
+    c.fund(1_000_000_000, "fund").await;
+    // Three batches of the preparation (65,536 rows each), the last one short.
+    let n: u64 = 150_000;
+    let provider: Vec<String> = (0..n).map(|i| format!("k{i}")).collect();
+    let buyer: Vec<String> = (0..60u64)
+        .map(|i| format!("k{}", i * 2_003))
+        .chain((0..10).map(|i| format!("x{i}")))
+        .collect();
+    c.dataset(&c.provider, "p", "k", &provider).await;
+    c.dataset(&c.buyer, "b", "k", &buyer).await;
+    let lic = c.licence("p", Some(5)).await;
+    let before = crate::harness::cash(&c).await;
+    let mut client = c.client().await;
+    let oprf_job = |name: &str| pb::SubmitJobRequest {
+        protocol: pb::PsiProtocol::EcdhOprf.into(),
+        ..Cluster::job(&lic, "b", "intersection", name)
+    };
+    let sets = |ext: &str| -> Vec<std::path::PathBuf> {
+        walk_files(&c.provider.outputs.join(".tessera-work"))
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == ext))
+            .collect()
+    };
+    let first = client
+        .submit_job(oprf_job("first.csv"))
+        .await
+        .expect("submit")
+        .into_inner();
+    // The provider's own view shows its rows prepared: wait for the phase, then for its first
+    // batch, and take the rate between the two.
+    let mut provider_client = c.provider_client().await;
+    let prepared = |j: &pb::Job| {
+        j.progress
+            .iter()
+            .find(|p| p.party == PROVIDER && p.phase == "prepare")
+            .map(|p| p.done)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let mut started = None;
+    let rate = loop {
+        let j = provider_client
+            .get_job(pb::JobRef {
+                job_id: first.job_id.clone(),
+            })
+            .await
+            .expect("get")
+            .into_inner();
+        assert!(
+            !matches!(j.state_text(), "succeeded" | "failed" | "cancelled"),
+            "ended before its preparation was seen: {j:?}"
+        );
+        match (prepared(&j), started) {
+            (Some(_), None) => started = Some(std::time::Instant::now()),
+            (Some(done), Some(t0)) if done > 0 => {
+                break done as f64 / t0.elapsed().as_secs_f64().max(1e-3);
+            }
+            _ => {}
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no preparation seen: {j:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let cancelled = client
+        .cancel_job(pb::JobRef {
+            job_id: first.job_id.clone(),
+        })
+        .await
+        .expect("cancel")
+        .into_inner();
+    assert_eq!(cancelled.state_text(), "cancelled", "{cancelled:?}");
+    // Past the time the rest would have taken at that rate (and some): still no set.
+    let rest = (n as f64 / rate).clamp(0.5, 60.0);
+    tokio::time::sleep(std::time::Duration::from_secs_f64(rest * 1.5 + 1.0)).await;
+    assert_eq!(sets("set"), Vec::<std::path::PathBuf>::new());
+    assert_eq!(sets("counts"), Vec::<std::path::PathBuf>::new());
+    assert_eq!(c.remaining(&lic).await, Some(4));
+    assert_eq!(crate::harness::cash(&c).await, before);
+
+    // The next job prepares the set afresh and keeps it; its result is exact.
+    let second = client
+        .submit_job(oprf_job("second.csv"))
+        .await
+        .expect("submit")
+        .into_inner();
+    let second = c.wait(&second.job_id).await;
+    assert_eq!(
+        (second.state_text(), second.result_size),
+        ("succeeded", Some(60)),
+        "{second:?}"
+    );
+    let (_, rows) = read_csv(&c.buyer.outputs.join("second.csv"));
+    let mut got: Vec<String> = rows.into_iter().map(|r| r[0].clone()).collect();
+    got.sort();
+    let mut want: Vec<String> = (0..60u64).map(|i| format!("k{}", i * 2_003)).collect();
+    want.sort();
+    assert_eq!(got, want);
+    assert_eq!(sets("set").len(), 1);
+    assert_eq!(c.remaining(&lic).await, Some(3));
+    assert_eq!(
+        crate::harness::cash(&c).await,
+        before - second.charge_micros
+    );
+    c.assert_audit_verifies().await;
+}
