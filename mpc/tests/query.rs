@@ -341,12 +341,20 @@ fn scoring_statements_parse_and_check_against_their_training() {
         check_scoring(&t, &schema(rows), &policy)
     };
     let none = OutputPolicy::default();
-    let plan = score(
+    // Only the features declared: a scoring reads nothing else.
+    let features_only = |rows: usize| {
+        let mut s = schema(rows);
+        s.provider.retain(|c| c.name == "income");
+        s.buyer.retain(|c| c.name == "score" || c.name == "age");
+        s
+    };
+    let Statement::Score(t) = parse_statement(
         "SCORE LOGISTIC_REGRESSION(buyer.score, provider.income, buyer.age) MODEL job-1",
-        100,
-        none,
     )
-    .expect("plans");
+    .expect("parses") else {
+        panic!("a scoring")
+    };
+    let plan = check_scoring(&t, &features_only(100), &none).expect("plans");
     assert_eq!(plan.provider_features, [("income".to_string(), 1000.0)]);
     assert_eq!(
         plan.buyer_features,
@@ -383,19 +391,19 @@ fn scoring_statements_parse_and_check_against_their_training() {
             aggregates_only: false,
         },
     ] {
-        let e = score(
-            "SCORE LOGISTIC_REGRESSION(buyer.age) MODEL job-1",
-            10,
-            policy,
-        )
-        .expect_err("row-level");
+        let e = check_scoring(&t, &features_only(10), &policy).expect_err("row-level");
         assert!(matches!(e, QueryError::PolicyRefused(_)), "{e:?}");
     }
     for (text, ok) in [
         (
             "SCORE LOGISTIC_REGRESSION(buyer.age, buyer.age) MODEL job-1",
-            (|e| matches!(e, QueryError::Training(m) if m.contains("twice")))
+            (|e| matches!(e, QueryError::Scoring(m) if m.contains("twice")))
                 as fn(&QueryError) -> bool,
+        ),
+        // Declared (in `schema`) but not a feature: every declared column is read.
+        (
+            "SCORE LOGISTIC_REGRESSION(buyer.age, provider.income) MODEL job-1",
+            |e| matches!(e, QueryError::Scoring(m) if m.contains("provider.spend is declared")),
         ),
         (
             "SCORE LOGISTIC_REGRESSION(provider.tier) MODEL job-1",
@@ -409,13 +417,18 @@ fn scoring_statements_parse_and_check_against_their_training() {
         let e = score(text, 10, none).expect_err(text);
         assert!(ok(&e), "{text}: {e:?}");
     }
-    let e = score(
-        "SCORE LOGISTIC_REGRESSION(buyer.age) MODEL job-1",
-        usize::MAX / 2,
-        none,
-    )
-    .expect_err("huge");
+    let e = check_scoring(&t, &features_only(usize::MAX / 2), &none).expect_err("huge");
     assert!(matches!(e, QueryError::Range(_)), "{e:?}");
+    // A job id past 128 characters: named as such, at the id.
+    let long = format!(
+        "SCORE LOGISTIC_REGRESSION(buyer.a) MODEL job-{}",
+        "a".repeat(130)
+    );
+    check_parsed(
+        &long,
+        parse_statement(&long),
+        "1:42: expected a job id of at most 128 characters (job-…), found `job-aaaaaaaaaaaa`",
+    );
 }
 
 // ------------------------------------------------------------------------- semantic check

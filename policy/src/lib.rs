@@ -570,6 +570,16 @@ impl UsagePolicy {
                     s.use_sence
                 )));
             }
+            if s.model_to == Some(tessera_core::ModelRecipient::Shared)
+                && (s.aggregates_only || s.min_group_size.is_some_and(|k| k > 1))
+            {
+                return Err(PolicyError::Invalid(format!(
+                    "scene {}: a model kept shared (modelTo \"shared\") is used only by scoring \
+                     jobs, whose scores are row-level outputs, which aggregatesOnly and a \
+                     minGroupSize above 1 refuse: drop them or give the model to a party",
+                    s.use_sence
+                )));
+            }
             if s.use_sence != "mpc" && s.model_to.is_some() {
                 return Err(PolicyError::Invalid(format!(
                     "scene {}: modelTo names who receives a model the mpc scene trains; move \

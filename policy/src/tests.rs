@@ -463,6 +463,8 @@ fn mpc_output_controls_belong_to_the_mpc_scene_and_aggregates_only_refuses_row_l
     );
     for bad in [
         r#"{"useSence":"mpc","modelTo":"Shared"}"#,
+        r#"{"useSence":"mpc","modelTo":"shared","aggregatesOnly":true}"#,
+        r#"{"useSence":"mpc","modelTo":"shared","minGroupSize":2}"#,
         r#"{"useSence":"psi","modelTo":"buyer"}"#,
         r#"{"useSence":"mpc","modelTo":"operator"}"#,
         r#"{"useSence":"mpc","modelTo":"Provider"}"#,

@@ -657,22 +657,35 @@ fn place(
     }
 }
 
+/// Which party's seat [`place_seat`] fills.
+#[derive(Debug, Clone, Copy)]
+enum Whose {
+    Provider,
+    Buyer,
+}
+
 /// The worker `worker_id` of `party` (one that keeps a share of a scoring's model) if it is
-/// live and fits the scene's lists; `whose` names it in the refusal ("the provider's"), which
-/// does not name another party's worker.
+/// live and fits the scene's lists; the refusal names the buyer's own worker, never the
+/// provider's.
 fn place_seat(
     workers: &[crate::WorkerView],
     worker_id: &str,
     party: &str,
     scene: &tessera_policy::UseScene,
-    whose: &str,
+    whose: Whose,
 ) -> Result<Placed, (Refusal, Vec<String>)> {
     let refuse = |why: &str, misfits: Vec<String>| {
+        let which = match whose {
+            // The buyer may know its own worker's id; the provider's stays the provider's.
+            Whose::Buyer => format!("the buyer's worker {worker_id}"),
+            Whose::Provider => format!("the provider's worker (party {party})"),
+        };
         (
             Refusal::NoWorker {
                 reason: format!(
-                    "{whose} worker that keeps its share of the model (party {party}) {why}; a \
-                     scoring runs on the workers that trained the model"
+                    "{which}, which keeps its share of the model, {why}; a scoring runs on the \
+                     workers that trained the model (a worker keeps its id across restarts \
+                     with --worker-id)"
                 ),
             },
             misfits,
@@ -1029,15 +1042,9 @@ impl Admission {
             let placed = match &self.model_seats {
                 // A scoring runs on the workers that keep the model's shares.
                 Some(Ok([provider, buyer])) => (
-                    place_seat(
-                        &self.workers,
-                        provider,
-                        &l.licensor,
-                        scene,
-                        "the provider's",
-                    )
-                    .map(|p| (p, None)),
-                    place_seat(&self.workers, buyer, &req.buyer_party, scene, "the buyer's"),
+                    place_seat(&self.workers, provider, &l.licensor, scene, Whose::Provider)
+                        .map(|p| (p, None)),
+                    place_seat(&self.workers, buyer, &req.buyer_party, scene, Whose::Buyer),
                 ),
                 _ => (
                     self.place_provider(&l.licensor, scene, &l.dataset_id),
@@ -1359,11 +1366,17 @@ impl Scheduler {
             }
             Err(e) => return Err(e.into()),
         };
-        if job.state != JobState::Succeeded {
-            return refuse(format!(
-                "it is {}; only a succeeded training gives a model",
-                job.state.as_str()
-            ));
+        match job.state {
+            JobState::Succeeded => {}
+            JobState::Admitted | JobState::Running => {
+                return refuse("it is still running; score with it once it has succeeded".into());
+            }
+            s => {
+                return refuse(format!(
+                    "it is {}; only a succeeded training gives a model",
+                    s.as_str()
+                ));
+            }
         }
         let tasks = self.store.tasks(job_id).await?;
         let spec_of = |role: TaskRole| {

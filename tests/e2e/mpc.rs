@@ -715,7 +715,7 @@ async fn a_model_kept_shared_scores_new_rows_as_the_clear_model_and_nobody_holds
     let lic = c
         .licence_with_scene(
             "pm",
-            r#"{"useSence":"mpc","counts":5,"modelTo":"shared","protocols":["ot"],
+            r#"{"useSence":"mpc","counts":6,"modelTo":"shared","protocols":["ot","dealer"],
                 "visitArea":["r1"],"cpCenter":["c1"]}"#,
         )
         .await;
@@ -817,11 +817,56 @@ async fn a_model_kept_shared_scores_new_rows_as_the_clear_model_and_nobody_holds
         "{:?}",
         crate::harness::walk_files(&c.provider.outputs)
     );
-    assert_eq!(c.remaining(&lic).await, Some(3));
+    assert_eq!(c.remaining(&lic).await, Some(4));
     assert_eq!(
         cash(&c).await,
         before - trained.charge_micros - scored.charge_micros
     );
+
+    // More rows than one step scores (`SCORE_CHUNK_ROWS`): the provider's file grows to
+    // 70,000 ids (the first 400 as before), the buyer scores 301..=70,300, with the dealer's
+    // triples (fast); 69,700 aligned rows in two steps, each as the clear model.
+    let many: String = std::iter::once("id,income,score".to_string())
+        .chain((1..=70_000u64).map(|i| format!("{i},{},{}", income(i), score(i))))
+        .map(|r| r + "\n")
+        .collect();
+    std::fs::write(c.provider.datasets.join("pm.csv"), many).expect("grow pm");
+    let crowd: Vec<String> = (301..=70_300u64)
+        .map(|i| format!("{i},{}", age(i)))
+        .collect();
+    c.dataset(&c.buyer, "bcrowd", "id,age", &crowd).await;
+    let big = client
+        .submit_job(pb::SubmitJobRequest {
+            mpc_triples: pb::MpcTriples::Dealer.into(),
+            ..mpc_job_on(
+                &lic,
+                "bcrowd",
+                &scoring(&trained.job_id, features),
+                score_columns(),
+                "crowd.csv",
+            )
+        })
+        .await
+        .expect("submit")
+        .into_inner();
+    let big = c.wait(&big.job_id).await;
+    assert_eq!(big.state_text(), "succeeded", "{big:?}");
+    assert_eq!(big.result_size, Some(69_700), "{big:?}");
+    let (_, rows) = crate::harness::read_csv(&c.buyer.outputs.join("crowd.csv"));
+    assert_eq!(rows.len(), 69_700);
+    let mut seen = std::collections::BTreeSet::new();
+    for row in &rows {
+        let i: u64 = row[0].parse().expect("id");
+        let p: f64 = row[1].parse().expect("probability");
+        assert!(
+            (p - clear_p(i)).abs() <= 0.05,
+            "id {i}: {p} vs {}",
+            clear_p(i)
+        );
+        seen.insert(i);
+    }
+    assert_eq!(seen.len(), 69_700);
+    assert_eq!(c.remaining(&lic).await, Some(3));
 
     // Models a scoring cannot use: refused at admission with why, nothing counted.
     let other = c

@@ -79,8 +79,8 @@ use tessera_core::{Link, ModelRecipient, MpcSpec, MpcTriples, TaskRole, TaskSpec
 use tessera_mpc::lr::{LrError, LrLayout, LrOwnData, Model, ModelOutput};
 use tessera_mpc::query::job::{JobPlan, job_plan_of, schema_of, side_and_name};
 use tessera_mpc::query::{
-    Aggregate, ColumnData, ColumnKind, OutputPolicy, QueryError, QueryResult, ScorePlan, Side,
-    Table, TrainPlan,
+    Aggregate, ColumnData, ColumnKind, OutputPolicy, QueryError, QueryResult, SCORE_CHUNK_ROWS,
+    ScorePlan, Side, Table, TrainPlan,
 };
 use tessera_mpc::{
     DealerClient, FixedPoint, MpcError, OtTriples, Party, Session, Shares, TripleSource,
@@ -444,26 +444,32 @@ async fn score_rows(
     if plan.rows == 0 {
         return Ok((me == Side::Buyer).then(Vec::new));
     }
+    let own = plan.features_of(me).len();
     let features = scaled_features(plan.features_of(me), table, plan.rows)?;
-    let layout = LrLayout {
-        rows: plan.rows,
-        features_p0: plan.provider_features.len(),
-        features_p1: plan.buyer_features.len(),
-        label_owner: Party::P1,
-    };
-    let p = tessera_mpc::lr::predict_shared(session, &layout, model, &features)
-        .await
-        .map_err(lr_error)?;
-    let opened = session
-        .reveal_to(Party::P1, &p)
-        .await
-        .map_err(|e| peer_error(&e))?;
     let fx = session.fixed_point();
-    Ok(opened.map(|v| {
-        v.into_iter()
-            .map(|x| fx.decode(x).clamp(0.0, 1.0))
-            .collect()
-    }))
+    let mut out = (me == Side::Buyer).then(|| Vec::with_capacity(plan.rows));
+    // In chunks (the same on both sides: the rows are public), each opened as it is done.
+    for start in (0..plan.rows).step_by(SCORE_CHUNK_ROWS) {
+        let rows = SCORE_CHUNK_ROWS.min(plan.rows - start);
+        let layout = LrLayout {
+            rows,
+            features_p0: plan.provider_features.len(),
+            features_p1: plan.buyer_features.len(),
+            label_owner: Party::P1,
+        };
+        let chunk = &features[start * own..(start + rows) * own];
+        let p = tessera_mpc::lr::predict_shared(session, &layout, model, chunk)
+            .await
+            .map_err(lr_error)?;
+        let opened = session
+            .reveal_to(Party::P1, &p)
+            .await
+            .map_err(|e| peer_error(&e))?;
+        if let (Some(out), Some(v)) = (out.as_mut(), opened) {
+            out.extend(v.into_iter().map(|x| fx.decode(x).clamp(0.0, 1.0)));
+        }
+    }
+    Ok(out)
 }
 
 /// The buyer's scores: one row per aligned row, its key columns' values as in its file, then
@@ -556,10 +562,12 @@ async fn store_model_shares(
     let path = dir.join(model_shares_name(job_id));
     tokio::task::spawn_blocking(move || -> std::io::Result<()> {
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        // A share is this party's secret: readable by its owner only.
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut f = options.open(&path)?;
         f.write_all(&bytes)?;
         f.sync_all()
     })

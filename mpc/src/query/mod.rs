@@ -122,7 +122,7 @@ pub use clear::evaluate_clear;
 pub use eval::{Aggregate, GroupResult, QueryResult, evaluate};
 pub use parse::{ParseError, parse, parse_statement};
 pub use plan::{Plan, check};
-pub use train::{ScorePlan, TrainPlan, check_scoring, check_training};
+pub use train::{SCORE_CHUNK_ROWS, ScorePlan, TrainPlan, check_scoring, check_training};
 
 use crate::MpcError;
 
@@ -622,6 +622,10 @@ pub enum QueryError {
     /// is not a two-level category column, an option out of range.
     #[error("training: {0}")]
     Training(String),
+    /// A `SCORE` statement the schema refuses: a repeated feature, a declared column that is
+    /// not a feature.
+    #[error("scoring: {0}")]
+    Scoring(String),
     /// A job's column declarations are malformed (see [`job::schema_of`]).
     #[error("column declarations: {0}")]
     Schema(String),

@@ -21,7 +21,7 @@
 //! option    := EPOCHS digits | LEARNING_RATE number | L2 number | BATCH digits
 //!                                                      -- each option at most once
 //! score     := SCORE LOGISTIC_REGRESSION '(' column (',' column)* ')' MODEL job [';'] end
-//! job       := [A-Za-z0-9_-]+                          -- the training job's id
+//! job       := [A-Za-z0-9_-]{1,128}                    -- the training job's id
 //! ```
 //!
 //! Keywords, function names and party qualifiers are case-insensitive; column names are
@@ -151,6 +151,9 @@ fn train(i: &mut In<'_>) -> PResult<Training> {
     Ok(t)
 }
 
+/// The longest job id a `SCORE` statement may name.
+const JOB_ID_MAX: usize = 128;
+
 /// The rest of a `SCORE` statement, after its keyword.
 fn score(i: &mut In<'_>) -> PResult<Scoring> {
     kw("LOGISTIC_REGRESSION").parse_next(i)?;
@@ -159,11 +162,20 @@ fn score(i: &mut In<'_>) -> PResult<Scoring> {
     sym(")").parse_next(i)?;
     kw("MODEL").parse_next(i)?;
     let model_offset = i.current_token_start();
-    let model_job = take_while(1..=128, |c: char| {
+    let before = i.checkpoint();
+    let model_job = take_while(1.., |c: char| {
         c.is_ascii_alphanumeric() || c == '-' || c == '_'
     })
     .context(desc("the id of the job that trained the model (job-…)"))
     .parse_next(i)?;
+    if model_job.len() > JOB_ID_MAX {
+        // The error points at the id.
+        i.reset(&before);
+        return cut_err(
+            winnow::combinator::fail.context(desc("a job id of at most 128 characters (job-…)")),
+        )
+        .parse_next(i);
+    }
     ws.parse_next(i)?;
     opt(sym(";")).parse_next(i)?;
     eof.context(desc("the end of the statement"))

@@ -95,7 +95,11 @@ pub fn check_training(
     schema: &Schema,
     policy: &OutputPolicy,
 ) -> Result<TrainPlan, QueryError> {
-    let (provider_features, buyer_features) = features_by_side(&t.features, schema)?;
+    let (provider_features, buyer_features) =
+        features_by_side(&t.features, schema).map_err(|e| match e {
+            QueryError::Scoring(m) => QueryError::Training(m),
+            e => e,
+        })?;
     let label = &t.label;
     match schema.column(label.side, &label.name).map(|d| d.kind) {
         None => return Err(unknown(label)),
@@ -172,7 +176,7 @@ fn features_by_side(features: &[ColumnRef], schema: &Schema) -> Result<SideFeatu
             .iter()
             .any(|p| p.side == c.side && p.name == c.name)
         {
-            return Err(QueryError::Training(format!(
+            return Err(QueryError::Scoring(format!(
                 "feature {c} at byte {} is named twice",
                 c.offset
             )));
@@ -183,6 +187,17 @@ fn features_by_side(features: &[ColumnRef], schema: &Schema) -> Result<SideFeatu
         }
     }
     Ok((provider_features, buyer_features))
+}
+
+/// Rows a scoring computes per step: the sigmoid compares each of them with its 33
+/// breakpoints, so `66 · SCORE_CHUNK_ROWS` elements stay within [`ELEMENTS_MAX`].
+pub const SCORE_CHUNK_ROWS: usize = 1 << 16;
+
+fn side_word(side: Side) -> &'static str {
+    match side {
+        Side::Provider => "provider",
+        Side::Buyer => "buyer",
+    }
 }
 
 /// A checked scoring: what both parties compute, all of it public.
@@ -221,14 +236,35 @@ impl ScorePlan {
 ///
 /// # Errors
 /// [`QueryError::UnknownColumn`], [`QueryError::NotNumeric`] for a category feature,
-/// [`QueryError::Training`] for a repeated feature, [`QueryError::PolicyRefused`],
-/// [`QueryError::Range`] past the element bounds.
+/// [`QueryError::Scoring`] for a repeated feature or a declared column that is not a
+/// feature, [`QueryError::PolicyRefused`], [`QueryError::Range`] past [`ELEMENTS_MAX`] rows.
 pub fn check_scoring(
     s: &Scoring,
     schema: &Schema,
     policy: &OutputPolicy,
 ) -> Result<ScorePlan, QueryError> {
     let (provider_features, buyer_features) = features_by_side(&s.features, schema)?;
+    // Every declared column is read by its owner: one that is not a feature (a training's
+    // label, say) would only fail a party that lacks it, after the run is counted.
+    for (side, columns) in [
+        (Side::Provider, &schema.provider),
+        (Side::Buyer, &schema.buyer),
+    ] {
+        for c in columns {
+            if !s
+                .features
+                .iter()
+                .any(|f| f.side == side && f.name == c.name)
+            {
+                return Err(QueryError::Scoring(format!(
+                    "{}.{} is declared but is not a feature; a scoring reads its features only: \
+                     declare exactly those",
+                    side_word(side),
+                    c.name
+                )));
+            }
+        }
+    }
     if policy.aggregates_only {
         return Err(QueryError::PolicyRefused(
             "only aggregates may leave, and a scoring opens one probability per row".into(),
@@ -239,10 +275,10 @@ pub fn check_scoring(
             "groups of fewer than {k} rows are suppressed, and a row's score is a group of one"
         )));
     }
-    let d1 = s.features.len() + 1;
-    if schema.rows.saturating_mul(d1) > ELEMENTS_MAX {
+    // Scored in chunks of `SCORE_CHUNK_ROWS`; the rows themselves are bounded.
+    if schema.rows > ELEMENTS_MAX {
         return Err(QueryError::Range(format!(
-            "{} rows × {d1} weights is past {ELEMENTS_MAX} elements",
+            "{} aligned rows to score: at most {ELEMENTS_MAX} in one job",
             schema.rows
         )));
     }
