@@ -41,9 +41,12 @@
 //!   parties: what a model reveals, membership and attribute inference included, is outside
 //!   this threat model); the other party learns nothing of them. The provider's model file is
 //!   `model-<job id>.csv` in its output directory, and the buyer then writes no file. A model
-//!   kept **shared** is learnt by nobody: each worker holds a uniformly random share (its
-//!   file alone says nothing of the weights; both files together are the model, so a party
-//!   that obtains the other's file has it).
+//!   kept **shared** is learnt by nobody: each worker holds an additive share, a function of
+//!   its own view only (its file alone says nothing of the weights it did not compute itself;
+//!   after SecureML's local truncations the shares cluster near zero rather than spreading
+//!   over the ring; both files together are the model, so a party that obtains the other's
+//!   file has it). A shared training on no aligned rows keeps no shares, and a scoring that
+//!   names it fails on the workers as an input error.
 //! * A **scoring** opens to the buyer one probability per aligned row, nothing to the
 //!   provider. Each is the model applied to that row: the logit is linear, so enough scored
 //!   rows tell the buyer the weights of its own features and, per row, what the provider's
