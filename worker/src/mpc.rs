@@ -535,13 +535,6 @@ const SHARES_FORMAT: &str = "tessera-lr-shares/1";
 /// The largest share file read.
 const SHARES_FILE_BYTES_MAX: u64 = 1 << 20;
 
-fn side_name(side: Side) -> &'static str {
-    match side {
-        Side::Provider => "provider",
-        Side::Buyer => "buyer",
-    }
-}
-
 /// Writes this party's share of a model trained by `job_id`, never replacing a file.
 async fn store_model_shares(
     dir: &std::path::Path,
@@ -554,7 +547,7 @@ async fn store_model_shares(
     let stored = StoredShares {
         format: SHARES_FORMAT.into(),
         job_id: job_id.to_string(),
-        party: side_name(me).into(),
+        party: me.to_string(),
         fraction_bits: fx.frac_bits(),
         provider_features: plan.provider_features.clone(),
         buyer_features: plan.buyer_features.clone(),
@@ -618,7 +611,7 @@ async fn load_model_shares(
         serde_json::from_slice(&bytes).map_err(|_| unfit("its share file is unreadable"))?;
     if stored.format != SHARES_FORMAT
         || stored.job_id != job
-        || stored.party != side_name(me)
+        || stored.party != me.to_string()
         || stored.fraction_bits != fx.frac_bits()
     {
         return Err(unfit("its share file is of another job, party or format"));

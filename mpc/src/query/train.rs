@@ -96,10 +96,7 @@ pub fn check_training(
     policy: &OutputPolicy,
 ) -> Result<TrainPlan, QueryError> {
     let (provider_features, buyer_features) =
-        features_by_side(&t.features, schema).map_err(|e| match e {
-            QueryError::Scoring(m) => QueryError::Training(m),
-            e => e,
-        })?;
+        features_by_side(&t.features, schema, QueryError::Training)?;
     let label = &t.label;
     match schema.column(label.side, &label.name).map(|d| d.kind) {
         None => return Err(unknown(label)),
@@ -167,8 +164,13 @@ pub fn check_training(
 /// Each side's features with their declared bounds, in the statement's order.
 type SideFeatures = (Vec<(String, f64)>, Vec<(String, f64)>);
 
-/// Splits `features` by side, each a declared numeric column named once.
-fn features_by_side(features: &[ColumnRef], schema: &Schema) -> Result<SideFeatures, QueryError> {
+/// Splits `features` by side, each a declared numeric column named once (`named_twice` makes
+/// the statement's error for a repeated one).
+fn features_by_side(
+    features: &[ColumnRef],
+    schema: &Schema,
+    named_twice: fn(String) -> QueryError,
+) -> Result<SideFeatures, QueryError> {
     let (mut provider_features, mut buyer_features) = (Vec::new(), Vec::new());
     for (j, c) in features.iter().enumerate() {
         let abs_max = numeric(schema, c)?;
@@ -176,7 +178,7 @@ fn features_by_side(features: &[ColumnRef], schema: &Schema) -> Result<SideFeatu
             .iter()
             .any(|p| p.side == c.side && p.name == c.name)
         {
-            return Err(QueryError::Scoring(format!(
+            return Err(named_twice(format!(
                 "feature {c} at byte {} is named twice",
                 c.offset
             )));
@@ -192,13 +194,6 @@ fn features_by_side(features: &[ColumnRef], schema: &Schema) -> Result<SideFeatu
 /// Rows a scoring computes per step: the sigmoid compares each of them with its 33
 /// breakpoints, so `66 · SCORE_CHUNK_ROWS` elements stay within [`ELEMENTS_MAX`].
 pub const SCORE_CHUNK_ROWS: usize = 1 << 16;
-
-fn side_word(side: Side) -> &'static str {
-    match side {
-        Side::Provider => "provider",
-        Side::Buyer => "buyer",
-    }
-}
 
 /// A checked scoring: what both parties compute, all of it public.
 #[derive(Debug, Clone, PartialEq)]
@@ -243,7 +238,8 @@ pub fn check_scoring(
     schema: &Schema,
     policy: &OutputPolicy,
 ) -> Result<ScorePlan, QueryError> {
-    let (provider_features, buyer_features) = features_by_side(&s.features, schema)?;
+    let (provider_features, buyer_features) =
+        features_by_side(&s.features, schema, QueryError::Scoring)?;
     // Every declared column is read by its owner: one that is not a feature (a training's
     // label, say) would only fail a party that lacks it, after the run is counted.
     for (side, columns) in [
@@ -257,9 +253,8 @@ pub fn check_scoring(
                 .any(|f| f.side == side && f.name == c.name)
             {
                 return Err(QueryError::Scoring(format!(
-                    "{}.{} is declared but is not a feature; a scoring reads its features only: \
-                     declare exactly those",
-                    side_word(side),
+                    "{side}.{} is declared but is not a feature; a scoring reads its features \
+                     only: declare exactly those",
                     c.name
                 )));
             }
