@@ -156,7 +156,8 @@ fn load_or_create_key(dir: &Path) -> anyhow::Result<TicketSigner> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("removing {}", tmp.display())),
     }
-    let mut file = create_private(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut file = tessera_core::fs::create_private(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
     file.write_all(hex::encode(*signer.dangerous_seed_bytes()).as_bytes())
         .and_then(|()| file.sync_all())
         .with_context(|| format!("writing {}", tmp.display()))?;
@@ -184,19 +185,6 @@ fn narrow_to_owner(path: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("narrowing {} to 0600", path.display()))?;
     }
     Ok(())
-}
-
-/// Creates `path`, which must not exist, readable and writable by the owner only (mode 0600
-/// from the moment it exists, never wider).
-fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    options.open(path)
 }
 
 /// Locks the data directory (created 0700; a second operator on it is refused, see
@@ -525,7 +513,8 @@ fn write_admin_token(dir: &Path, token: &tessera_auth::Token) -> anyhow::Result<
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("removing {}", tmp.display())),
     }
-    let mut file = create_private(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut file = tessera_core::fs::create_private(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
     let mut text = token.reveal();
     text.push('\n');
     file.write_all(text.as_bytes())

@@ -8,6 +8,7 @@
 pub mod checkpoint;
 pub mod civil;
 pub mod clock;
+pub mod fs;
 pub mod job;
 pub mod limits;
 pub mod link;

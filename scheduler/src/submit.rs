@@ -711,13 +711,11 @@ fn place_seat(
 
 /// A scoring's plan on one row (`SCORE … MODEL job`), for an `mpc` job whose statement is one.
 fn scoring_plan(req: &JobRequest) -> Option<tessera_mpc::query::ScorePlan> {
-    let (q, fx) = (
-        req.mpc.as_ref()?,
-        tessera_mpc::FixedPoint::new(MPC_FRACTION_BITS).ok()?,
-    );
     if !req.is_mpc() {
         return None;
     }
+    let q = req.mpc.as_ref()?;
+    let fx = tessera_mpc::FixedPoint::new(MPC_FRACTION_BITS).ok()?;
     match plan_for(req, q, &Default::default(), fx) {
         Ok(tessera_mpc::query::job::JobPlan::Score(p)) => Some(p),
         _ => None,
@@ -1211,16 +1209,7 @@ impl Scheduler {
         if let Some(fl) = &req.fl {
             for id in &fl.licences {
                 let dataset = match self.store.licence(id).await {
-                    Ok(l) => match self.store.dataset(&l.dataset_id).await {
-                        Ok(d) => Some(d),
-                        Err(tessera_store::StoreError::NotFound { .. }) => {
-                            pre_reasons.push(Refusal::LicensedDatasetNotFound {
-                                dataset_id: l.dataset_id.clone(),
-                            });
-                            None
-                        }
-                        Err(e) => return Err(e.into()),
-                    },
+                    Ok(l) => self.licensed_dataset(&l, &mut pre_reasons).await?,
                     // Refused in the transaction, which reads the licence again.
                     Err(tessera_store::StoreError::NotFound { .. }) => None,
                     Err(e) => return Err(e.into()),
@@ -1235,16 +1224,7 @@ impl Scheduler {
         let provider_ds = match &licence_pre {
             // An fl job's datasets were read above, one per licence.
             Some(_) if req.is_fl() => None,
-            Some(l) => match self.store.dataset(&l.dataset_id).await {
-                Ok(d) => Some(d),
-                Err(tessera_store::StoreError::NotFound { .. }) => {
-                    pre_reasons.push(Refusal::LicensedDatasetNotFound {
-                        dataset_id: l.dataset_id.clone(),
-                    });
-                    None
-                }
-                Err(e) => return Err(e.into()),
-            },
+            Some(l) => self.licensed_dataset(l, &mut pre_reasons).await?,
             None => None,
         };
         let model_seats = match scoring_plan(&req) {
@@ -1334,6 +1314,28 @@ impl Scheduler {
             )));
         };
         self.dispatch(job, &req, licence).await
+    }
+
+    /// The dataset licence `l` covers, or `None` with `LicensedDatasetNotFound` added to
+    /// `reasons` when it is gone.
+    ///
+    /// # Errors
+    /// The store's.
+    async fn licensed_dataset(
+        &self,
+        l: &LicenceRecord,
+        reasons: &mut Vec<Refusal>,
+    ) -> Result<Option<tessera_store::DatasetRecord>, SchedulerError> {
+        match self.store.dataset(&l.dataset_id).await {
+            Ok(d) => Ok(Some(d)),
+            Err(tessera_store::StoreError::NotFound { .. }) => {
+                reasons.push(Refusal::LicensedDatasetNotFound {
+                    dataset_id: l.dataset_id.clone(),
+                });
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The model a scoring names, checked: a job of the buyer's party under the scoring's

@@ -114,18 +114,16 @@ fn read_json(path: &Path) -> anyhow::Result<serde_json::Value> {
 
 /// Creates `path` (never replacing a file), with mode 0600 on Unix, and writes `bytes`.
 pub(crate) fn write_new(path: &Path, bytes: &[u8], private: bool) -> anyhow::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    if private {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    #[cfg(not(unix))]
-    let _ = private;
-    let mut f = options
-        .open(path)
-        .with_context(|| format!("creating {} (it must not exist)", path.display()))?;
+    let created = if private {
+        tessera_core::fs::create_private(path)
+    } else {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+    };
+    let mut f =
+        created.with_context(|| format!("creating {} (it must not exist)", path.display()))?;
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
         .with_context(|| format!("writing {}", path.display()))

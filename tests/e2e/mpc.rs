@@ -775,12 +775,15 @@ async fn a_model_kept_shared_scores_new_rows_as_the_clear_model_and_nobody_holds
         format!("SCORE LOGISTIC_REGRESSION({features}) MODEL {model}")
     };
     let features = "provider.income, buyer.age, provider.score";
+    // A scoring of the trained model's features, under `lic`, on the buyer's `dataset`.
+    let score_job = |lic: &str, dataset: &str, query: &str, output: &str| {
+        mpc_job_on(lic, dataset, query, score_columns(), output)
+    };
     let scored = client
-        .submit_job(mpc_job_on(
+        .submit_job(score_job(
             &lic,
             "bnew",
             &scoring(&trained.job_id, features),
-            score_columns(),
             "scores.csv",
         ))
         .await
@@ -838,11 +841,10 @@ async fn a_model_kept_shared_scores_new_rows_as_the_clear_model_and_nobody_holds
     let big = client
         .submit_job(pb::SubmitJobRequest {
             mpc_triples: pb::MpcTriples::Dealer.into(),
-            ..mpc_job_on(
+            ..score_job(
                 &lic,
                 "bcrowd",
                 &scoring(&trained.job_id, features),
-                score_columns(),
                 "crowd.csv",
             )
         })
@@ -901,13 +903,7 @@ async fn a_model_kept_shared_scores_new_rows_as_the_clear_model_and_nobody_holds
         ),
     ] {
         let refused = client
-            .submit_job(mpc_job_on(
-                licence,
-                "bnew",
-                &query,
-                score_columns(),
-                "x.csv",
-            ))
+            .submit_job(score_job(licence, "bnew", &query, "x.csv"))
             .await
             .expect("submit")
             .into_inner();
@@ -945,11 +941,10 @@ async fn a_model_kept_shared_scores_new_rows_as_the_clear_model_and_nobody_holds
     std::fs::rename(&kept, &moved).expect("move the share");
     let cash_before = cash(&c).await;
     let lost = client
-        .submit_job(mpc_job_on(
+        .submit_job(score_job(
             &lic,
             "bnew",
             &scoring(&trained.job_id, features),
-            score_columns(),
             "lost.csv",
         ))
         .await

@@ -558,12 +558,8 @@ async fn store_model_shares(
     let path = dir.join(model_shares_name(job_id));
     tokio::task::spawn_blocking(move || -> std::io::Result<()> {
         use std::io::Write;
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
         // A share is this party's secret: readable by its owner only.
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut f = options.open(&path)?;
+        let mut f = tessera_core::fs::create_private(&path)?;
         f.write_all(&bytes)?;
         f.sync_all()
     })
