@@ -79,7 +79,7 @@ fn item(seed: u64, tag: u8, i: u64) -> Vec<u8> {
 }
 
 fn receiver_row(seed: u64, overlap: u64, i: u64) -> Vec<u8> {
-    if i % 2 == 0 && i / 2 < overlap {
+    if i.is_multiple_of(2) && i / 2 < overlap {
         item(seed, b'c', i / 2)
     } else {
         item(seed, b'r', i)

@@ -466,7 +466,7 @@ impl PricePlan {
 /// free allowance.
 fn billing_units(quantity: u64, unit_size: u64, round_up: bool, free_units: u64) -> Decimal {
     let q = if round_up {
-        Decimal::from(quantity / unit_size + u64::from(quantity % unit_size != 0))
+        Decimal::from(quantity / unit_size + u64::from(!quantity.is_multiple_of(unit_size)))
     } else if unit_size == 1 {
         Decimal::from(quantity)
     } else {
@@ -657,7 +657,7 @@ pub fn rate_plan_unchecked(plan: &PricePlan, usage: &Usage) -> Result<Rated, Rat
             }
             PriceComponent::Hourly { price_micros } => {
                 let hours = usage.resource_millis / MS_PER_HOUR as u64
-                    + u64::from(usage.resource_millis % MS_PER_HOUR as u64 != 0);
+                    + u64::from(!usage.resource_millis.is_multiple_of(MS_PER_HOUR as u64));
                 if hours > 0 {
                     let per = mul_i64(*price_micros, usage.units_or_one())?;
                     lines.push(ChargeLine {

@@ -164,6 +164,7 @@ pub fn store_code(e: &StoreError) -> ApiCode {
         }
         StoreError::NotCommitted { .. } => ApiCode::Unavailable,
         StoreError::Db(_)
+        | StoreError::Io(_)
         | StoreError::Migrate(_)
         | StoreError::Corrupt(_)
         | StoreError::Time(_) => ApiCode::Internal,

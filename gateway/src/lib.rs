@@ -138,10 +138,10 @@ impl OperatorService {
 /// Fills an empty user field of a request with the calling user's id (a request acts for
 /// its caller unless it names someone).
 fn for_self(who: &Caller, user: &mut String) {
-    if user.is_empty() {
-        if let Caller::User(p) = who {
-            user.clone_from(&p.user);
-        }
+    if user.is_empty()
+        && let Caller::User(p) = who
+    {
+        user.clone_from(&p.user);
     }
 }
 

@@ -127,10 +127,10 @@ pub(crate) fn fail_status(s: &Status) -> Response {
 /// The RPC's request with the caller's token (if the header holds a usable one).
 pub(crate) fn request<T>(headers: &HeaderMap, message: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(message);
-    if let Some(v) = headers.get(TOKEN_HEADER) {
-        if let Ok(m) = tonic::metadata::MetadataValue::try_from(v.as_bytes()) {
-            r.metadata_mut().insert(TOKEN_METADATA, m);
-        }
+    if let Some(v) = headers.get(TOKEN_HEADER)
+        && let Ok(m) = tonic::metadata::MetadataValue::try_from(v.as_bytes())
+    {
+        r.metadata_mut().insert(TOKEN_METADATA, m);
     }
     r
 }

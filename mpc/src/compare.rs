@@ -124,10 +124,10 @@ impl<R: CryptoRngCore + Send> Session<'_, R> {
                         .collect();
                 next.push((g, pp[p * words..(p + 1) * words].to_vec()));
             }
-            if nodes.len() % 2 == 1 {
-                if let Some(last) = nodes.pop() {
-                    next.push(last);
-                }
+            if nodes.len() % 2 == 1
+                && let Some(last) = nodes.pop()
+            {
+                next.push(last);
             }
             nodes = next;
         }

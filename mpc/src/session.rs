@@ -249,11 +249,11 @@ impl<'l, R: CryptoRngCore + Send> Session<'l, R> {
     pub async fn reveal_to(&mut self, to: Party, x: &Shares) -> Result<Option<Vec<u64>>, MpcError> {
         self.check_step()?;
         if to != self.party {
-            if let Some(gate) = self.gate.as_mut() {
-                if !gate().await {
-                    self.broken = true;
-                    return Err(MpcError::NotReleased);
-                }
+            if let Some(gate) = self.gate.as_mut()
+                && !gate().await
+            {
+                self.broken = true;
+                return Err(MpcError::NotReleased);
             }
             let r = send_words(self.link, KIND_REVEAL, &x.0).await;
             self.settle(r)?;

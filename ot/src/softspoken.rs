@@ -372,10 +372,10 @@ fn column(packed: &[u8], start: usize, len: usize, padded: usize) -> Secret<Bloc
     for (dst, s) in bytes.iter_mut().zip(src).take(whole) {
         *dst = *s;
     }
-    if len % 8 != 0 {
-        if let Some(last) = bytes.get_mut(whole - 1) {
-            *last &= (1u8 << (len % 8)) - 1;
-        }
+    if !len.is_multiple_of(8)
+        && let Some(last) = bytes.get_mut(whole - 1)
+    {
+        *last &= (1u8 << (len % 8)) - 1;
     }
     r
 }

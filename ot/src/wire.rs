@@ -55,7 +55,7 @@ pub async fn send_items(
     item_bytes: usize,
     data: &[u8],
 ) -> Result<(), OtError> {
-    if item_bytes == 0 || data.len() % item_bytes != 0 {
+    if item_bytes == 0 || !data.len().is_multiple_of(item_bytes) {
         return Err(OtError::InvalidArgument(format!(
             "{} bytes are not a whole number of {item_bytes}-byte items",
             data.len()

@@ -494,12 +494,12 @@ impl UsagePolicy {
             civil(self.start_date.as_deref())?,
             civil(self.end_date.as_deref())?,
         );
-        if let (Some(s), Some(e)) = (start, end) {
-            if e <= s {
-                return Err(PolicyError::Invalid(
-                    "endDate must be after startDate".into(),
-                ));
-            }
+        if let (Some(s), Some(e)) = (start, end)
+            && e <= s
+        {
+            return Err(PolicyError::Invalid(
+                "endDate must be after startDate".into(),
+            ));
         }
         if self.use_scenes.is_empty() {
             return Err(PolicyError::Invalid("useScenes must not be empty".into()));
@@ -682,13 +682,13 @@ impl UsagePolicy {
                     s.use_sence
                 )));
             }
-            if let (Some(c), Some(r)) = (s.counts, s.remaining_counts) {
-                if r > c {
-                    return Err(PolicyError::Invalid(format!(
-                        "scene {}: remainingCounts {r} exceeds counts {c}",
-                        s.use_sence
-                    )));
-                }
+            if let (Some(c), Some(r)) = (s.counts, s.remaining_counts)
+                && r > c
+            {
+                return Err(PolicyError::Invalid(format!(
+                    "scene {}: remainingCounts {r} exceeds counts {c}",
+                    s.use_sence
+                )));
             }
         }
         if self.rel_users.iter().any(|u| u.is_group > 1) {

@@ -1601,13 +1601,13 @@ pub async fn run_sender_bucketed<R: CryptoRngCore + Send>(
             blocking(move || write_durably(&path, &key)).await?;
         }
         let mut sizes = vec![0u64; buckets as usize];
-        if start > 0 {
-            if let Some(bytes) = read_small(&sizes_path, 8 * u64::from(BUCKETS_MAX))? {
-                for (slot, chunk) in sizes.iter_mut().zip(bytes.chunks_exact(8)) {
-                    let mut n = [0u8; 8];
-                    n.copy_from_slice(chunk);
-                    *slot = u64::from_le_bytes(n);
-                }
+        if start > 0
+            && let Some(bytes) = read_small(&sizes_path, 8 * u64::from(BUCKETS_MAX))?
+        {
+            for (slot, chunk) in sizes.iter_mut().zip(bytes.chunks_exact(8)) {
+                let mut n = [0u8; 8];
+                n.copy_from_slice(chunk);
+                *slot = u64::from_le_bytes(n);
             }
         }
         let mut rows_done: u64 = (0..start).map(|b| staged.bucket_rows(b, buckets)).sum();

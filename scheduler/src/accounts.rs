@@ -492,16 +492,16 @@ impl AccountService {
         let mut ttl = ttl(ttl_ms, API_TOKEN_TTL_MS)?;
         // A user's new token never outlives the one it was minted with (a stolen short-lived
         // token cannot buy a long-lived one); the operator's tokens are not capped.
-        if let Caller::User(p) = caller {
-            if let (false, Some(limit)) = (p.is_operator(), p.token_expires_at_ms) {
-                let left = limit.saturating_sub(self.clock.now_ms());
-                if left <= 0 {
-                    return Err(SchedulerError::Forbidden(
-                        "the calling token has expired".into(),
-                    ));
-                }
-                ttl = ttl.min(left);
+        if let Caller::User(p) = caller
+            && let (false, Some(limit)) = (p.is_operator(), p.token_expires_at_ms)
+        {
+            let left = limit.saturating_sub(self.clock.now_ms());
+            if left <= 0 {
+                return Err(SchedulerError::Forbidden(
+                    "the calling token has expired".into(),
+                ));
             }
+            ttl = ttl.min(left);
         }
         self.issue(
             TokenKind::Api,

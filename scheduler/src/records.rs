@@ -70,12 +70,12 @@ impl RecordService {
         required("dataset_id", &d.dataset_id)?;
         required("owner_party", &d.owner_party)?;
         dataset_location("location", &d.location)?;
-        if let Some(rows) = d.declared_rows {
-            if i64::try_from(rows).is_err() {
-                return Err(SchedulerError::Invalid(format!(
-                    "declared_rows {rows} is out of range"
-                )));
-            }
+        if let Some(rows) = d.declared_rows
+            && i64::try_from(rows).is_err()
+        {
+            return Err(SchedulerError::Invalid(format!(
+                "declared_rows {rows} is out of range"
+            )));
         }
         let record = DatasetRecord {
             dataset_id: d.dataset_id,

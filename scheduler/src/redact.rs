@@ -105,27 +105,26 @@ pub fn redact(view: &JobView, viewer: &Viewer) -> JobView {
 /// its kind only (see the module table). Also the reason a party's worker is told when the
 /// operator cancels its task because the job ended.
 pub fn error_seen_by(job: &tessera_store::JobRecord, side: Option<TaskRole>) -> String {
-    if job.state == JobState::Failed {
-        if let Some(origin) = &job.failure {
-            if side != Some(origin.role) {
-                return if origin.kind == TaskErrorKind::Peer.as_str()
-                    || origin.kind == TaskErrorKind::Link.as_str()
-                {
-                    // The reporting side lost its peer: the fault may be on either side (a
-                    // killed worker shows first as the other side's broken link).
-                    format!(
-                        "the link between the parties broke (reported by the {}'s side)",
-                        side_name(origin.role)
-                    )
-                } else {
-                    format!(
-                        "the {}'s side failed: {}",
-                        side_name(origin.role),
-                        origin.kind
-                    )
-                };
-            }
-        }
+    if job.state == JobState::Failed
+        && let Some(origin) = &job.failure
+        && side != Some(origin.role)
+    {
+        return if origin.kind == TaskErrorKind::Peer.as_str()
+            || origin.kind == TaskErrorKind::Link.as_str()
+        {
+            // The reporting side lost its peer: the fault may be on either side (a
+            // killed worker shows first as the other side's broken link).
+            format!(
+                "the link between the parties broke (reported by the {}'s side)",
+                side_name(origin.role)
+            )
+        } else {
+            format!(
+                "the {}'s side failed: {}",
+                side_name(origin.role),
+                origin.kind
+            )
+        };
     }
     job.error.clone()
 }

@@ -154,12 +154,12 @@ impl Scheduler {
         };
         let (credential, record) = match caller {
             Caller::Registrant { .. } => {
-                if let Some(p) = self.store.worker_party(&worker_id).await? {
-                    if p != attributes.party {
-                        return Err(SchedulerError::Forbidden(format!(
-                            "worker id {worker_id} is registered to another party"
-                        )));
-                    }
+                if let Some(p) = self.store.worker_party(&worker_id).await?
+                    && p != attributes.party
+                {
+                    return Err(SchedulerError::Forbidden(format!(
+                        "worker id {worker_id} is registered to another party"
+                    )));
                 }
                 let live = self
                     .workers

@@ -486,12 +486,12 @@ impl JobRequest {
                 )));
             }
         }
-        if let Some((first, last)) = self.preview_rows {
-            if first == 0 || last < first {
-                return Err(SchedulerError::Invalid(format!(
-                    "preview_rows: {first}-{last} is not a range of rows numbered from 1"
-                )));
-            }
+        if let Some((first, last)) = self.preview_rows
+            && (first == 0 || last < first)
+        {
+            return Err(SchedulerError::Invalid(format!(
+                "preview_rows: {first}-{last} is not a range of rows numbered from 1"
+            )));
         }
         Ok(())
     }

@@ -114,18 +114,16 @@ async fn an_end_that_cannot_be_recorded_is_retried_by_the_monitor() {
         tasks.push((worker, spec.task_id));
     }
 
-    let attacker = sqlx::sqlite::SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect(&format!("sqlite://{}", db.display()))
-        .await
-        .expect("second connection");
-    sqlx::query(
-        "CREATE TRIGGER refuse_end BEFORE UPDATE OF state ON jobs WHEN NEW.state = 'succeeded' \
-         BEGIN SELECT RAISE(ABORT, 'injected: the end cannot be written'); END",
-    )
-    .execute(&attacker)
-    .await
-    .expect("trigger");
+    let attacker = rusqlite::Connection::open(&db).expect("second connection");
+    attacker
+        .busy_timeout(std::time::Duration::from_secs(30))
+        .expect("busy timeout");
+    attacker
+        .execute_batch(
+            "CREATE TRIGGER refuse_end BEFORE UPDATE OF state ON jobs WHEN NEW.state = 'succeeded' \
+             BEGIN SELECT RAISE(ABORT, 'injected: the end cannot be written'); END",
+        )
+        .expect("trigger");
 
     let report = |size: Option<u64>| tessera_scheduler::TaskReport {
         ok: true,
@@ -155,11 +153,10 @@ async fn an_end_that_cannot_be_recorded_is_retried_by_the_monitor() {
         "not ended, but not lost either"
     );
 
-    sqlx::query("DROP TRIGGER refuse_end")
-        .execute(&attacker)
-        .await
+    attacker
+        .execute_batch("DROP TRIGGER refuse_end")
         .expect("drop trigger");
-    attacker.close().await;
+    drop(attacker);
     tokio::spawn(scheduler.clone().run_monitor(20));
     // Not before the retry pause has passed on the scheduler's clock.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;

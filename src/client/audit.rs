@@ -135,10 +135,10 @@ fn read_checkpoint_file(path: &Path, key: &NodeKey) -> anyhow::Result<Vec<Signed
     }
     // The head signed at export is normally in the list too: keep one copy of each.
     let mut heads = file.checkpoints;
-    if let Some(h) = file.head {
-        if !heads.contains(&h) {
-            heads.push(h);
-        }
+    if let Some(h) = file.head
+        && !heads.contains(&h)
+    {
+        heads.push(h);
     }
     Ok(heads)
 }

@@ -5,8 +5,8 @@
 
 use std::collections::BTreeSet;
 
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
-use sqlx::Row;
 use tessera_auth::{Principal, Roles, TokenKind};
 
 use crate::{Store, StoreError, audit};
@@ -112,44 +112,46 @@ impl std::fmt::Debug for WorkerCredentialRecord {
 
 /// Revokes the live credential of `c.worker_id`, if any, and records `c`, each with its audit
 /// entry (ids and the secret's hash, never the secret), inside the caller's transaction.
-pub(crate) async fn replace_worker_credential(
-    conn: &mut sqlx::SqliteConnection,
+pub(crate) fn replace_worker_credential(
+    conn: &Connection,
     c: &WorkerCredentialRecord,
     actor: &str,
 ) -> Result<(), StoreError> {
-    let old: Vec<String> = sqlx::query_scalar(
-        "SELECT token_id FROM worker_credentials WHERE worker_id = ? AND revoked_at_ms IS NULL",
-    )
-    .bind(&c.worker_id)
-    .fetch_all(&mut *conn)
-    .await?;
+    let old: Vec<String> = {
+        let mut stmt = conn.prepare_cached(
+            "SELECT token_id FROM worker_credentials WHERE worker_id = ? AND revoked_at_ms IS NULL",
+        )?;
+        let mut rows = stmt.query(params![c.worker_id])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push(r.get::<_, String>(0)?);
+        }
+        out
+    };
     for id in &old {
-        sqlx::query("UPDATE worker_credentials SET revoked_at_ms = ? WHERE token_id = ?")
-            .bind(c.issued_at_ms)
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
+        conn.prepare_cached("UPDATE worker_credentials SET revoked_at_ms = ? WHERE token_id = ?")?
+            .execute(params![c.issued_at_ms, id])?;
         audit::append(
             conn,
             c.issued_at_ms,
             "worker_credential_revoke",
             id,
             &serde_json::json!({"worker": c.worker_id, "by": actor}),
-        )
-        .await?;
+        )?;
     }
-    let r = sqlx::query(
-        "INSERT INTO worker_credentials (token_id, worker_id, party, secret_sha256, issued_at_ms) \
-         VALUES (?, ?, ?, ?, ?) ON CONFLICT(token_id) DO NOTHING",
-    )
-    .bind(&c.token_id)
-    .bind(&c.worker_id)
-    .bind(&c.party)
-    .bind(&c.secret_sha256)
-    .bind(c.issued_at_ms)
-    .execute(&mut *conn)
-    .await?;
-    if r.rows_affected() == 0 {
+    let n = conn
+        .prepare_cached(
+            "INSERT INTO worker_credentials (token_id, worker_id, party, secret_sha256, issued_at_ms) \
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT(token_id) DO NOTHING",
+        )?
+        .execute(params![
+            c.token_id,
+            c.worker_id,
+            c.party,
+            c.secret_sha256,
+            c.issued_at_ms
+        ])?;
+    if n == 0 {
         return Err(StoreError::Conflict {
             kind: "token",
             id: c.token_id.clone(),
@@ -166,13 +168,49 @@ pub(crate) async fn replace_worker_credential(
             "secret_sha256": hex::encode(&c.secret_sha256),
             "by": actor,
         }),
-    )
-    .await?;
+    )?;
     Ok(())
 }
 
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(e.to_string())
+}
+
+/// One user with its groups, on `conn`.
+///
+/// # Errors
+/// [`StoreError::NotFound`] for an unknown user.
+fn load_user(conn: &Connection, user_id: &str) -> Result<UserRecord, StoreError> {
+    let (user_id_stored, roles, created_at_ms, disabled_at_ms) = conn
+        .prepare_cached(
+            "SELECT user_id, roles, created_at_ms, disabled_at_ms FROM users WHERE user_id = ?",
+        )?
+        .query_row(params![user_id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+            ))
+        })
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound {
+            kind: "user",
+            id: user_id.into(),
+        })?;
+    let mut groups = BTreeSet::new();
+    let mut stmt = conn.prepare_cached("SELECT group_id FROM group_members WHERE user_id = ?")?;
+    let mut rows = stmt.query(params![user_id])?;
+    while let Some(g) = rows.next()? {
+        groups.insert(g.get::<_, String>(0)?);
+    }
+    Ok(UserRecord {
+        user_id: user_id_stored,
+        roles,
+        groups,
+        created_at_ms,
+        disabled_at_ms,
+    })
 }
 
 impl Store {
@@ -194,32 +232,32 @@ impl Store {
                 reason: "a user needs at least one role".into(),
             });
         }
-        let mut tx = self.write.begin().await?;
-        let r = sqlx::query(
-            "INSERT INTO users (user_id, roles, created_at_ms) VALUES (?, ?, ?) \
-             ON CONFLICT(user_id) DO NOTHING",
-        )
-        .bind(user_id)
-        .bind(roles.to_string())
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
-        if r.rows_affected() == 0 {
-            return Err(StoreError::Conflict {
-                kind: "user",
-                id: user_id.into(),
-            });
-        }
-        audit::append(
-            &mut tx,
-            now_ms,
-            "user_create",
-            user_id,
-            &serde_json::json!({"roles": roles.to_string(), "by": actor}),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let user_id = user_id.to_string();
+        let roles = roles.to_string();
+        let actor = actor.to_string();
+        self.write(move |conn| {
+            let n = conn
+                .prepare_cached(
+                    "INSERT INTO users (user_id, roles, created_at_ms) VALUES (?, ?, ?) \
+                     ON CONFLICT(user_id) DO NOTHING",
+                )?
+                .execute(params![user_id, roles, now_ms])?;
+            if n == 0 {
+                return Err(StoreError::Conflict {
+                    kind: "user",
+                    id: user_id,
+                });
+            }
+            audit::append(
+                conn,
+                now_ms,
+                "user_create",
+                &user_id,
+                &serde_json::json!({"roles": roles, "by": actor}),
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     /// A number that changes with every committed change to users, group members, parties,
@@ -229,19 +267,23 @@ impl Store {
     /// # Errors
     /// The database's.
     pub async fn accounts_version(&self) -> Result<i64, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT version FROM accounts_version WHERE id = 1")
-                .fetch_one(&self.read)
-                .await?,
-        )
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT version FROM accounts_version WHERE id = 1")?
+                .query_row([], |r| r.get::<_, i64>(0))?)
+        })
     }
 
     /// Whether any user exists (the first start creates the operator's admin account).
     pub async fn has_users(&self) -> Result<bool, StoreError> {
-        Ok(sqlx::query("SELECT 1 FROM users LIMIT 1")
-            .fetch_optional(&self.write)
-            .await?
-            .is_some())
+        self.write(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT 1 FROM users LIMIT 1")?
+                .query_row([], |_| Ok(()))
+                .optional()?
+                .is_some())
+        })
+        .await
     }
 
     /// Disables a user: its tokens stop working. Disabling twice is a no-op.
@@ -275,36 +317,35 @@ impl Store {
         now_ms: i64,
         actor: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self.write.begin().await?;
-        let disabled: Option<Option<i64>> =
-            sqlx::query_scalar("SELECT disabled_at_ms FROM users WHERE user_id = ?")
-                .bind(user_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        match disabled {
-            None => {
-                return Err(StoreError::NotFound {
-                    kind: "user",
-                    id: user_id.into(),
-                });
+        let user_id = user_id.to_string();
+        let actor = actor.to_string();
+        self.write(move |conn| {
+            let disabled: Option<Option<i64>> = conn
+                .prepare_cached("SELECT disabled_at_ms FROM users WHERE user_id = ?")?
+                .query_row(params![user_id], |r| r.get::<_, Option<i64>>(0))
+                .optional()?;
+            match disabled {
+                None => {
+                    return Err(StoreError::NotFound {
+                        kind: "user",
+                        id: user_id,
+                    });
+                }
+                Some(None) => return Ok(()),
+                Some(Some(_)) => {}
             }
-            Some(None) => return Ok(()),
-            Some(Some(_)) => {}
-        }
-        sqlx::query("UPDATE users SET disabled_at_ms = NULL WHERE user_id = ?")
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?;
-        audit::append(
-            &mut tx,
-            now_ms,
-            "user_enable",
-            user_id,
-            &serde_json::json!({"by": actor}),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+            conn.prepare_cached("UPDATE users SET disabled_at_ms = NULL WHERE user_id = ?")?
+                .execute(params![user_id])?;
+            audit::append(
+                conn,
+                now_ms,
+                "user_enable",
+                &user_id,
+                &serde_json::json!({"by": actor}),
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     /// Enabled users holding the operator role.
@@ -312,12 +353,14 @@ impl Store {
     /// # Errors
     /// `Db`.
     pub async fn enabled_operators(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM users WHERE disabled_at_ms IS NULL \
-             AND (',' || roles || ',') LIKE '%,operator,%'",
-        )
-        .fetch_one(&self.read)
-        .await?)
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM users WHERE disabled_at_ms IS NULL \
+                     AND (',' || roles || ',') LIKE '%,operator,%'",
+                )?
+                .query_row([], |r| r.get::<_, i64>(0))?)
+        })
     }
 
     /// Sets a once-only instant (`sql` binds `now_ms`, then the id) on the record `what`,
@@ -334,28 +377,24 @@ impl Store {
         actor: &str,
     ) -> Result<(), StoreError> {
         let (kind, id) = what;
-        let mut tx = self.write.begin().await?;
-        let r = sqlx::query(sql)
-            .bind(now_ms)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        if r.rows_affected() == 0 {
-            return Err(StoreError::NotFound {
-                kind,
-                id: id.into(),
-            });
-        }
-        audit::append(
-            &mut tx,
-            now_ms,
-            audit_kind,
-            id,
-            &serde_json::json!({"by": actor}),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let id = id.to_string();
+        let audit_kind = audit_kind.to_string();
+        let actor = actor.to_string();
+        self.write(move |conn| {
+            let n = conn.prepare_cached(sql)?.execute(params![now_ms, id])?;
+            if n == 0 {
+                return Err(StoreError::NotFound { kind, id });
+            }
+            audit::append(
+                conn,
+                now_ms,
+                &audit_kind,
+                &id,
+                &serde_json::json!({"by": actor}),
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     /// One user with its groups.
@@ -363,46 +402,28 @@ impl Store {
     /// # Errors
     /// [`StoreError::NotFound`] for an unknown user.
     pub async fn user(&self, user_id: &str) -> Result<UserRecord, StoreError> {
-        let r = sqlx::query(
-            "SELECT user_id, roles, created_at_ms, disabled_at_ms FROM users WHERE user_id = ?",
-        )
-        .bind(user_id)
-        .fetch_optional(&self.read)
-        .await?
-        .ok_or_else(|| StoreError::NotFound {
-            kind: "user",
-            id: user_id.into(),
-        })?;
-        let groups = sqlx::query("SELECT group_id FROM group_members WHERE user_id = ?")
-            .bind(user_id)
-            .fetch_all(&self.read)
-            .await?
-            .iter()
-            .map(|g| g.try_get::<String, _>(0))
-            .collect::<Result<_, _>>()?;
-        Ok(UserRecord {
-            user_id: r.try_get(0)?,
-            roles: r.try_get(1)?,
-            groups,
-            created_at_ms: r.try_get(2)?,
-            disabled_at_ms: r.try_get(3)?,
-        })
+        self.read(|conn| load_user(conn, user_id))
     }
 
     /// Every user, in id order (at most `limit`).
     pub async fn users(&self, limit: u32) -> Result<Vec<UserRecord>, StoreError> {
-        let ids: Vec<String> = sqlx::query("SELECT user_id FROM users ORDER BY user_id LIMIT ?")
-            .bind(i64::from(limit))
-            .fetch_all(&self.read)
-            .await?
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()?;
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            out.push(self.user(&id).await?);
-        }
-        Ok(out)
+        self.read(|conn| {
+            let ids: Vec<String> = {
+                let mut stmt =
+                    conn.prepare_cached("SELECT user_id FROM users ORDER BY user_id LIMIT ?")?;
+                let mut rows = stmt.query(params![i64::from(limit)])?;
+                let mut ids = Vec::new();
+                while let Some(r) = rows.next()? {
+                    ids.push(r.get::<_, String>(0)?);
+                }
+                ids
+            };
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                out.push(load_user(conn, &id)?);
+            }
+            Ok(out)
+        })
     }
 
     /// The principal of an enabled user: roles parsed, groups recorded.
@@ -437,39 +458,39 @@ impl Store {
         now_ms: i64,
         actor: &str,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.write.begin().await?;
-        let known = sqlx::query("SELECT 1 FROM users WHERE user_id = ?")
-            .bind(user_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if known.is_none() {
-            return Err(StoreError::NotFound {
-                kind: "user",
-                id: user_id.into(),
-            });
-        }
-        let r = sqlx::query(
-            "INSERT INTO group_members (group_id, user_id, added_at_ms) VALUES (?, ?, ?) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(group_id)
-        .bind(user_id)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
-        let added = r.rows_affected() == 1;
-        if added {
-            audit::append(
-                &mut tx,
-                now_ms,
-                "group_add",
-                group_id,
-                &serde_json::json!({"user": user_id, "by": actor}),
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(added)
+        let group_id = group_id.to_string();
+        let user_id = user_id.to_string();
+        let actor = actor.to_string();
+        self.write(move |conn| {
+            let known = conn
+                .prepare_cached("SELECT 1 FROM users WHERE user_id = ?")?
+                .query_row(params![user_id], |_| Ok(()))
+                .optional()?;
+            if known.is_none() {
+                return Err(StoreError::NotFound {
+                    kind: "user",
+                    id: user_id,
+                });
+            }
+            let n = conn
+                .prepare_cached(
+                    "INSERT INTO group_members (group_id, user_id, added_at_ms) VALUES (?, ?, ?) \
+                     ON CONFLICT DO NOTHING",
+                )?
+                .execute(params![group_id, user_id, now_ms])?;
+            let added = n == 1;
+            if added {
+                audit::append(
+                    conn,
+                    now_ms,
+                    "group_add",
+                    &group_id,
+                    &serde_json::json!({"user": user_id, "by": actor}),
+                )?;
+            }
+            Ok(added)
+        })
+        .await
     }
 
     /// Removes `user_id` from `group_id`; `removed` is false if it was not a member.
@@ -480,25 +501,26 @@ impl Store {
         now_ms: i64,
         actor: &str,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.write.begin().await?;
-        let r = sqlx::query("DELETE FROM group_members WHERE group_id = ? AND user_id = ?")
-            .bind(group_id)
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?;
-        let removed = r.rows_affected() == 1;
-        if removed {
-            audit::append(
-                &mut tx,
-                now_ms,
-                "group_remove",
-                group_id,
-                &serde_json::json!({"user": user_id, "by": actor}),
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(removed)
+        let group_id = group_id.to_string();
+        let user_id = user_id.to_string();
+        let actor = actor.to_string();
+        self.write(move |conn| {
+            let n = conn
+                .prepare_cached("DELETE FROM group_members WHERE group_id = ? AND user_id = ?")?
+                .execute(params![group_id, user_id])?;
+            let removed = n == 1;
+            if removed {
+                audit::append(
+                    conn,
+                    now_ms,
+                    "group_remove",
+                    &group_id,
+                    &serde_json::json!({"user": user_id, "by": actor}),
+                )?;
+            }
+            Ok(removed)
+        })
+        .await
     }
 
     /// Creates a party owned by `owner`.
@@ -513,61 +535,63 @@ impl Store {
         now_ms: i64,
         actor: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self.write.begin().await?;
-        let known = sqlx::query("SELECT 1 FROM users WHERE user_id = ?")
-            .bind(owner)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if known.is_none() {
-            return Err(StoreError::NotFound {
-                kind: "user",
-                id: owner.into(),
-            });
-        }
-        let r = sqlx::query(
-            "INSERT INTO parties (party_id, owner_user_id, created_at_ms) VALUES (?, ?, ?) \
-             ON CONFLICT(party_id) DO NOTHING",
-        )
-        .bind(party_id)
-        .bind(owner)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
-        if r.rows_affected() == 0 {
-            return Err(StoreError::Conflict {
-                kind: "party",
-                id: party_id.into(),
-            });
-        }
-        audit::append(
-            &mut tx,
-            now_ms,
-            "party_create",
-            party_id,
-            &serde_json::json!({"owner": owner, "by": actor}),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let party_id = party_id.to_string();
+        let owner = owner.to_string();
+        let actor = actor.to_string();
+        self.write(move |conn| {
+            let known = conn
+                .prepare_cached("SELECT 1 FROM users WHERE user_id = ?")?
+                .query_row(params![owner], |_| Ok(()))
+                .optional()?;
+            if known.is_none() {
+                return Err(StoreError::NotFound {
+                    kind: "user",
+                    id: owner,
+                });
+            }
+            let n = conn
+                .prepare_cached(
+                    "INSERT INTO parties (party_id, owner_user_id, created_at_ms) VALUES (?, ?, ?) \
+                     ON CONFLICT(party_id) DO NOTHING",
+                )?
+                .execute(params![party_id, owner, now_ms])?;
+            if n == 0 {
+                return Err(StoreError::Conflict {
+                    kind: "party",
+                    id: party_id,
+                });
+            }
+            audit::append(
+                conn,
+                now_ms,
+                "party_create",
+                &party_id,
+                &serde_json::json!({"owner": owner, "by": actor}),
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     /// Whether `party_id`, ignoring ASCII case, is already a party or is named by records made
     /// before parties had owners (a dataset, a worker, a licence or a job): such a name (or a
     /// look-alike differing only in case) may only be given an owner by the operator.
     pub async fn party_name_in_use(&self, party_id: &str) -> Result<bool, StoreError> {
-        let r = sqlx::query(
-            "SELECT 1 FROM datasets WHERE lower(owner_party) = lower(?1) \
-             UNION ALL SELECT 1 FROM workers WHERE lower(party) = lower(?1) \
-             UNION ALL SELECT 1 FROM licences WHERE lower(licensor) = lower(?1) \
-             UNION ALL SELECT 1 FROM jobs \
-               WHERE lower(buyer_party) = lower(?1) OR lower(provider_party) = lower(?1) \
-             UNION ALL SELECT 1 FROM parties WHERE lower(party_id) = lower(?1) \
-             LIMIT 1",
-        )
-        .bind(party_id)
-        .fetch_optional(&self.read)
-        .await?;
-        Ok(r.is_some())
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT 1 FROM datasets WHERE lower(owner_party) = lower(?1) \
+                     UNION ALL SELECT 1 FROM workers WHERE lower(party) = lower(?1) \
+                     UNION ALL SELECT 1 FROM licences WHERE lower(licensor) = lower(?1) \
+                     UNION ALL SELECT 1 FROM jobs \
+                       WHERE lower(buyer_party) = lower(?1) OR lower(provider_party) = lower(?1) \
+                     UNION ALL SELECT 1 FROM parties WHERE lower(party_id) = lower(?1) \
+                     LIMIT 1",
+                )?
+                .query_row(params![party_id], |_| Ok(()))
+                .optional()?
+                .is_some())
+        })
     }
 
     /// One party.
@@ -575,20 +599,22 @@ impl Store {
     /// # Errors
     /// [`StoreError::NotFound`] for an unknown party.
     pub async fn party(&self, party_id: &str) -> Result<PartyRecord, StoreError> {
-        let r = sqlx::query(
-            "SELECT party_id, owner_user_id, created_at_ms FROM parties WHERE party_id = ?",
-        )
-        .bind(party_id)
-        .fetch_optional(&self.read)
-        .await?
-        .ok_or_else(|| StoreError::NotFound {
-            kind: "party",
-            id: party_id.into(),
-        })?;
-        Ok(PartyRecord {
-            party_id: r.try_get(0)?,
-            owner_user_id: r.try_get(1)?,
-            created_at_ms: r.try_get(2)?,
+        self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT party_id, owner_user_id, created_at_ms FROM parties WHERE party_id = ?",
+            )?
+            .query_row(params![party_id], |r| {
+                Ok(PartyRecord {
+                    party_id: r.get(0)?,
+                    owner_user_id: r.get(1)?,
+                    created_at_ms: r.get(2)?,
+                })
+            })
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "party",
+                id: party_id.into(),
+            })
         })
     }
 
@@ -617,65 +643,69 @@ impl Store {
                 reason: "a token must expire after it is issued".into(),
             });
         }
-        let mut tx = self.write.begin().await?;
-        let known = sqlx::query(&format!("SELECT 1 FROM {table} WHERE {column} = ?"))
-            .bind(owner)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if known.is_none() {
-            return Err(StoreError::NotFound {
-                kind: owner_kind,
-                id: owner.clone(),
-            });
-        }
-        let r = sqlx::query(
-            "INSERT INTO tokens (token_id, kind, user_id, party_id, secret_sha256, label, \
-             created_at_ms, expires_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT(token_id) DO NOTHING",
-        )
-        .bind(&t.token_id)
-        .bind(kind_text(t.kind))
-        .bind(&t.user_id)
-        .bind(&t.party_id)
-        .bind(&t.secret_sha256)
-        .bind(&t.label)
-        .bind(t.created_at_ms)
-        .bind(t.expires_at_ms)
-        .execute(&mut *tx)
-        .await?;
-        if r.rows_affected() == 0 {
-            return Err(StoreError::Conflict {
-                kind: "token",
-                id: t.token_id.clone(),
-            });
-        }
-        audit::append(
-            &mut tx,
-            t.created_at_ms,
-            "token_issue",
-            &t.token_id,
-            &serde_json::json!({
-                "kind": kind_text(t.kind),
-                "user": t.user_id,
-                "party": t.party_id,
-                "label": t.label,
-                "expires_at_ms": t.expires_at_ms,
-                "secret_sha256": hex::encode(&t.secret_sha256),
-                "by": actor,
-            }),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let owner = owner.clone();
+        let t = t.clone();
+        let actor = actor.to_string();
+        self.write(move |conn| {
+            let known = conn
+                .prepare_cached(&format!("SELECT 1 FROM {table} WHERE {column} = ?"))?
+                .query_row(params![owner], |_| Ok(()))
+                .optional()?;
+            if known.is_none() {
+                return Err(StoreError::NotFound {
+                    kind: owner_kind,
+                    id: owner,
+                });
+            }
+            let n = conn
+                .prepare_cached(
+                    "INSERT INTO tokens (token_id, kind, user_id, party_id, secret_sha256, label, \
+                     created_at_ms, expires_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+                     ON CONFLICT(token_id) DO NOTHING",
+                )?
+                .execute(params![
+                    t.token_id,
+                    kind_text(t.kind),
+                    t.user_id,
+                    t.party_id,
+                    t.secret_sha256,
+                    t.label,
+                    t.created_at_ms,
+                    t.expires_at_ms
+                ])?;
+            if n == 0 {
+                return Err(StoreError::Conflict {
+                    kind: "token",
+                    id: t.token_id.clone(),
+                });
+            }
+            audit::append(
+                conn,
+                t.created_at_ms,
+                "token_issue",
+                &t.token_id,
+                &serde_json::json!({
+                    "kind": kind_text(t.kind),
+                    "user": t.user_id,
+                    "party": t.party_id,
+                    "label": t.label,
+                    "expires_at_ms": t.expires_at_ms,
+                    "secret_sha256": hex::encode(&t.secret_sha256),
+                    "by": actor,
+                }),
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     /// One token by its public id (`None`: no such token).
     pub async fn token(&self, token_id: &str) -> Result<Option<TokenRecord>, StoreError> {
-        let row = sqlx::query(&format!("{TOKEN_COLUMNS} WHERE token_id = ?"))
-            .bind(token_id)
-            .fetch_optional(&self.read)
-            .await?;
-        row.as_ref().map(token_from_row).transpose()
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(&format!("{TOKEN_COLUMNS} WHERE token_id = ?"))?;
+            let mut rows = stmt.query(params![token_id])?;
+            rows.next()?.map(token_from_row).transpose()
+        })
     }
 
     /// A user's API tokens and the registration tokens of the parties it owns (or every
@@ -685,17 +715,20 @@ impl Store {
         user_id: Option<&str>,
         limit: u32,
     ) -> Result<Vec<TokenRecord>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "{TOKEN_COLUMNS} WHERE ?1 IS NULL OR (kind = 'api' AND user_id = ?1) \
-             OR (kind = 'registration' AND party_id IN \
-                 (SELECT party_id FROM parties WHERE owner_user_id = ?1)) \
-             ORDER BY created_at_ms DESC, token_id LIMIT ?2"
-        ))
-        .bind(user_id)
-        .bind(i64::from(limit))
-        .fetch_all(&self.read)
-        .await?;
-        rows.iter().map(token_from_row).collect()
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "{TOKEN_COLUMNS} WHERE ?1 IS NULL OR (kind = 'api' AND user_id = ?1) \
+                 OR (kind = 'registration' AND party_id IN \
+                     (SELECT party_id FROM parties WHERE owner_user_id = ?1)) \
+                 ORDER BY created_at_ms DESC, token_id LIMIT ?2"
+            ))?;
+            let mut rows = stmt.query(params![user_id, i64::from(limit)])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(token_from_row(r)?);
+            }
+            Ok(out)
+        })
     }
 
     /// Revokes a token; revoking twice is a no-op.
@@ -729,17 +762,13 @@ impl Store {
         caller: &str,
         reason: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self.write.begin().await?;
-        audit::append(
-            &mut tx,
-            now_ms,
-            "denied",
-            operation,
-            &serde_json::json!({"caller": caller, "reason": reason}),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let operation = operation.to_string();
+        let detail = serde_json::json!({"caller": caller, "reason": reason});
+        self.write(move |conn| {
+            audit::append(conn, now_ms, "denied", &operation, &detail)?;
+            Ok(())
+        })
+        .await
     }
 }
 
@@ -753,35 +782,36 @@ impl Store {
         now_ms: i64,
         actor: &str,
     ) -> Result<u64, StoreError> {
-        let mut tx = self.write.begin().await?;
-        let ids: Vec<String> = sqlx::query(
-            "SELECT token_id FROM tokens WHERE kind = 'api' AND user_id = ? AND token_id != ? \
-             AND revoked_at_ms IS NULL ORDER BY token_id",
-        )
-        .bind(user_id)
-        .bind(except)
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|r| r.try_get(0))
-        .collect::<Result<_, _>>()?;
-        for id in &ids {
-            sqlx::query("UPDATE tokens SET revoked_at_ms = ? WHERE token_id = ?")
-                .bind(now_ms)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            audit::append(
-                &mut tx,
-                now_ms,
-                "token_revoke",
-                id,
-                &serde_json::json!({"by": actor}),
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(ids.len() as u64)
+        let user_id = user_id.to_string();
+        let except = except.to_string();
+        let actor = actor.to_string();
+        self.write(move |conn| {
+            let ids: Vec<String> = {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT token_id FROM tokens WHERE kind = 'api' AND user_id = ? AND token_id != ? \
+                     AND revoked_at_ms IS NULL ORDER BY token_id",
+                )?;
+                let mut rows = stmt.query(params![user_id, except])?;
+                let mut ids = Vec::new();
+                while let Some(r) = rows.next()? {
+                    ids.push(r.get::<_, String>(0)?);
+                }
+                ids
+            };
+            for id in &ids {
+                conn.prepare_cached("UPDATE tokens SET revoked_at_ms = ? WHERE token_id = ?")?
+                    .execute(params![now_ms, id])?;
+                audit::append(
+                    conn,
+                    now_ms,
+                    "token_revoke",
+                    id,
+                    &serde_json::json!({"by": actor}),
+                )?;
+            }
+            Ok(ids.len() as u64)
+        })
+        .await
     }
 }
 
@@ -794,24 +824,24 @@ impl Store {
         &self,
         token_id: &str,
     ) -> Result<Option<WorkerCredentialRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT token_id, worker_id, party, secret_sha256, issued_at_ms, revoked_at_ms \
-             FROM worker_credentials WHERE token_id = ?",
-        )
-        .bind(token_id)
-        .fetch_optional(&self.read)
-        .await?;
-        row.map(|r| {
-            Ok(WorkerCredentialRecord {
-                token_id: r.try_get(0)?,
-                worker_id: r.try_get(1)?,
-                party: r.try_get(2)?,
-                secret_sha256: r.try_get(3)?,
-                issued_at_ms: r.try_get(4)?,
-                revoked_at_ms: r.try_get(5)?,
-            })
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT token_id, worker_id, party, secret_sha256, issued_at_ms, revoked_at_ms \
+                     FROM worker_credentials WHERE token_id = ?",
+                )?
+                .query_row(params![token_id], |r| {
+                    Ok(WorkerCredentialRecord {
+                        token_id: r.get(0)?,
+                        worker_id: r.get(1)?,
+                        party: r.get(2)?,
+                        secret_sha256: r.get(3)?,
+                        issued_at_ms: r.get(4)?,
+                        revoked_at_ms: r.get(5)?,
+                    })
+                })
+                .optional()?)
         })
-        .transpose()
     }
 
     /// The parties `user_id` owns.
@@ -819,12 +849,16 @@ impl Store {
     /// # Errors
     /// `Db`.
     pub async fn owned_parties(&self, user_id: &str) -> Result<BTreeSet<String>, StoreError> {
-        let rows: Vec<String> =
-            sqlx::query_scalar("SELECT party_id FROM parties WHERE owner_user_id = ?")
-                .bind(user_id)
-                .fetch_all(&self.read)
-                .await?;
-        Ok(rows.into_iter().collect())
+        self.read(|conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT party_id FROM parties WHERE owner_user_id = ?")?;
+            let mut rows = stmt.query(params![user_id])?;
+            let mut out = BTreeSet::new();
+            while let Some(r) = rows.next()? {
+                out.insert(r.get::<_, String>(0)?);
+            }
+            Ok(out)
+        })
     }
 
     /// What already holds `name`, ignoring ASCII case: `Some("user")`, `Some("group")` (a
@@ -837,14 +871,16 @@ impl Store {
         &self,
         name: &str,
     ) -> Result<Option<&'static str>, StoreError> {
-        let kind: Option<String> = sqlx::query_scalar(
-            "SELECT 'user' FROM users WHERE lower(user_id) = lower(?1) \
-             UNION ALL SELECT 'group' FROM group_members WHERE lower(group_id) = lower(?1) \
-             LIMIT 1",
-        )
-        .bind(name)
-        .fetch_optional(&self.read)
-        .await?;
+        let kind: Option<String> = self.read(|conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT 'user' FROM users WHERE lower(user_id) = lower(?1) \
+                     UNION ALL SELECT 'group' FROM group_members WHERE lower(group_id) = lower(?1) \
+                     LIMIT 1",
+                )?
+                .query_row(params![name], |r| r.get::<_, String>(0))
+                .optional()?)
+        })?;
         Ok(match kind.as_deref() {
             Some("user") => Some("user"),
             Some(_) => Some("group"),
@@ -857,36 +893,38 @@ impl Store {
     /// # Errors
     /// `Db`.
     pub async fn user_or_group_exists(&self, name: &str) -> Result<bool, StoreError> {
-        let r = sqlx::query(
-            "SELECT 1 FROM users WHERE user_id = ?1 \
-             UNION ALL SELECT 1 FROM group_members WHERE group_id = ?1 LIMIT 1",
-        )
-        .bind(name)
-        .fetch_optional(&self.read)
-        .await?;
-        Ok(r.is_some())
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT 1 FROM users WHERE user_id = ?1 \
+                     UNION ALL SELECT 1 FROM group_members WHERE group_id = ?1 LIMIT 1",
+                )?
+                .query_row(params![name], |_| Ok(()))
+                .optional()?
+                .is_some())
+        })
     }
 }
 
 const TOKEN_COLUMNS: &str = "SELECT token_id, kind, user_id, party_id, secret_sha256, label, \
      created_at_ms, expires_at_ms, revoked_at_ms FROM tokens";
 
-fn token_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TokenRecord, StoreError> {
-    let kind = match r.try_get::<String, _>(1)?.as_str() {
+fn token_from_row(r: &rusqlite::Row<'_>) -> Result<TokenRecord, StoreError> {
+    let kind = match r.get::<_, String>(1)?.as_str() {
         "api" => TokenKind::Api,
         "registration" => TokenKind::Registration,
         other => return Err(corrupt(format!("token kind {other:?}"))),
     };
     Ok(TokenRecord {
-        token_id: r.try_get(0)?,
+        token_id: r.get(0)?,
         kind,
-        user_id: r.try_get(2)?,
-        party_id: r.try_get(3)?,
-        secret_sha256: r.try_get(4)?,
-        label: r.try_get(5)?,
-        created_at_ms: r.try_get(6)?,
-        expires_at_ms: r.try_get(7)?,
-        revoked_at_ms: r.try_get(8)?,
+        user_id: r.get(2)?,
+        party_id: r.get(3)?,
+        secret_sha256: r.get(4)?,
+        label: r.get(5)?,
+        created_at_ms: r.get(6)?,
+        expires_at_ms: r.get(7)?,
+        revoked_at_ms: r.get(8)?,
     })
 }
 

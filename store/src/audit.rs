@@ -17,9 +17,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use sqlx::{Row, SqliteConnection};
 use tessera_accounting::TransferSpec;
 use tessera_core::checkpoint::{NodeKey, SignedHead};
 
@@ -303,8 +303,8 @@ fn set_head_guess(head: Option<(i64, String)>) {
 ///
 /// One statement when the head guessed from this process's last append is the chain's head,
 /// otherwise a read of the head and a second try.
-pub(crate) async fn append(
-    conn: &mut SqliteConnection,
+pub(crate) fn append(
+    conn: &Connection,
     at_ms: i64,
     kind: &str,
     subject: &str,
@@ -312,47 +312,40 @@ pub(crate) async fn append(
 ) -> Result<i64, StoreError> {
     let detail = detail.to_string();
     if let Some((prev_seq, prev_hash)) = head_guess() {
-        match insert_entry(conn, prev_seq, &prev_hash, at_ms, kind, subject, &detail).await {
+        match insert_entry(conn, prev_seq, &prev_hash, at_ms, kind, subject, &detail) {
             Ok(seq) => return Ok(seq),
-            Err(sqlx::Error::Database(e)) if e.message().contains(NOT_EXTENDING) => {}
+            // The trigger's `RAISE(ABORT, ..)`: SQLite's message is the text raised.
+            Err(rusqlite::Error::SqliteFailure(_, Some(msg))) if msg.contains(NOT_EXTENDING) => {}
             Err(e) => return Err(e.into()),
         }
     }
-    let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-        .fetch_optional(&mut *conn)
-        .await?;
-    let (prev_seq, prev_hash) = match last {
-        Some(r) => (r.try_get::<i64, _>(0)?, r.try_get::<String, _>(1)?),
-        None => (0, GENESIS_HASH.to_string()),
-    };
-    Ok(insert_entry(conn, prev_seq, &prev_hash, at_ms, kind, subject, &detail).await?)
+    let last = conn
+        .prepare_cached("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+        .optional()?;
+    let (prev_seq, prev_hash) = last.unwrap_or_else(|| (0, GENESIS_HASH.to_string()));
+    Ok(insert_entry(
+        conn, prev_seq, &prev_hash, at_ms, kind, subject, &detail,
+    )?)
 }
 
 /// Inserts the entry after `(prev_seq, prev_hash)` and, once stored, makes it the guess.
-async fn insert_entry(
-    conn: &mut SqliteConnection,
+fn insert_entry(
+    conn: &Connection,
     prev_seq: i64,
     prev_hash: &str,
     at_ms: i64,
     kind: &str,
     subject: &str,
     detail: &str,
-) -> Result<i64, sqlx::Error> {
+) -> Result<i64, rusqlite::Error> {
     let seq = prev_seq + 1;
     let hash = entry_hash(prev_hash, seq, at_ms, kind, subject, detail);
-    sqlx::query(
+    conn.prepare_cached(
         "INSERT INTO audit_log (seq, at_ms, kind, subject, detail_json, prev_hash, hash) \
          VALUES (?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(seq)
-    .bind(at_ms)
-    .bind(kind)
-    .bind(subject)
-    .bind(detail)
-    .bind(prev_hash)
-    .bind(&hash)
-    .execute(&mut *conn)
-    .await?;
+    )?
+    .execute(params![seq, at_ms, kind, subject, detail, prev_hash, &hash])?;
     set_head_guess(Some((seq, hash)));
     Ok(seq)
 }
@@ -360,48 +353,45 @@ async fn insert_entry(
 /// Records a signed head inside the caller's transaction; a head already recorded for the
 /// same entry is kept (both sign the same hash). The schema refuses a head the chain does not
 /// have.
-pub(crate) async fn record_checkpoint_in(
-    conn: &mut SqliteConnection,
-    head: &SignedHead,
-) -> Result<(), StoreError> {
+pub(crate) fn record_checkpoint_in(conn: &Connection, head: &SignedHead) -> Result<(), StoreError> {
     let seq = i64::try_from(head.seq).map_err(|_| StoreError::Invalid {
         field: "checkpoint seq",
         reason: format!("{} is out of range", head.seq),
     })?;
-    sqlx::query(
+    conn.prepare_cached(
         "INSERT INTO audit_checkpoints (seq, head_hash, at_ms, signature_hex) VALUES (?, ?, ?, ?) \
          ON CONFLICT(seq) DO NOTHING",
-    )
-    .bind(seq)
-    .bind(&head.head_hash)
-    .bind(head.at_ms)
-    .bind(&head.signature_hex)
-    .execute(&mut *conn)
-    .await?;
+    )?
+    .execute(params![
+        seq,
+        &head.head_hash,
+        head.at_ms,
+        &head.signature_hex
+    ])?;
     Ok(())
 }
 
-fn checkpoint_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<SignedHead, StoreError> {
-    let seq: i64 = r.try_get(0)?;
+fn checkpoint_from_row(r: &rusqlite::Row<'_>) -> Result<SignedHead, StoreError> {
+    let seq: i64 = r.get(0)?;
     Ok(SignedHead {
         seq: u64::try_from(seq)
             .map_err(|_| StoreError::Corrupt(format!("checkpoint sequence number {seq}")))?,
-        head_hash: r.try_get(1)?,
-        at_ms: r.try_get(2)?,
-        signature_hex: r.try_get(3)?,
+        head_hash: r.get(1)?,
+        at_ms: r.get(2)?,
+        signature_hex: r.get(3)?,
     })
 }
 
 /// An entry from a row of `seq, at_ms, kind, subject, detail_json, prev_hash, hash`.
-fn entry_of(r: &sqlx::sqlite::SqliteRow) -> Result<AuditEntry, StoreError> {
+fn entry_of(r: &rusqlite::Row<'_>) -> Result<AuditEntry, StoreError> {
     Ok(AuditEntry {
-        seq: r.try_get(0)?,
-        at_ms: r.try_get(1)?,
-        kind: r.try_get(2)?,
-        subject: r.try_get(3)?,
-        detail_json: r.try_get(4)?,
-        prev_hash: r.try_get(5)?,
-        hash: r.try_get(6)?,
+        seq: r.get(0)?,
+        at_ms: r.get(1)?,
+        kind: r.get(2)?,
+        subject: r.get(3)?,
+        detail_json: r.get(4)?,
+        prev_hash: r.get(5)?,
+        hash: r.get(6)?,
     })
 }
 
@@ -414,15 +404,16 @@ impl Store {
         subject: &str,
         detail: &serde_json::Value,
     ) -> Result<i64, StoreError> {
-        let mut tx = self.write.begin().await?;
-        let seq = append(&mut tx, at_ms, kind, subject, detail).await?;
-        tx.commit().await?;
-        Ok(seq)
+        let kind = kind.to_string();
+        let subject = subject.to_string();
+        let detail = detail.clone();
+        self.write(move |conn| append(conn, at_ms, &kind, &subject, &detail))
+            .await
     }
 
     /// All entries in order (for export and inspection).
     pub async fn audit_entries(&self) -> Result<Vec<AuditEntry>, StoreError> {
-        audit_entries_on(&mut *self.read.acquire().await?).await
+        self.read(audit_entries_on)
     }
 
     /// The operation log of one data item (trusted data space manual §4.3): every entry about
@@ -438,8 +429,9 @@ impl Store {
         data_id: &str,
         limit: u32,
     ) -> Result<Vec<AuditEntry>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, at_ms, kind, subject, detail_json, prev_hash, hash FROM audit_log \
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, at_ms, kind, subject, detail_json, prev_hash, hash FROM audit_log \
              WHERE subject = ?1 \
              OR subject IN (SELECT licence_id FROM licences WHERE dataset_id = ?1) \
              OR subject IN (SELECT j.job_id FROM jobs j JOIN licences l ON l.licence_id = j.licence_id \
@@ -449,12 +441,14 @@ impl Store {
                             JOIN licences l ON l.licence_id = json_extract(c.value, '$.licence_id') \
                             WHERE l.dataset_id = ?1) \
              ORDER BY seq LIMIT ?2",
-        )
-        .bind(data_id)
-        .bind(i64::from(limit))
-        .fetch_all(&self.read)
-        .await?;
-        rows.iter().map(entry_of).collect()
+            )?;
+            let mut rows = stmt.query(params![data_id, i64::from(limit)])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(entry_of(r)?);
+            }
+            Ok(out)
+        })
     }
 
     /// The chain's head (its last entry), `None` for an empty chain.
@@ -462,15 +456,17 @@ impl Store {
     /// # Errors
     /// The database's; a negative sequence number is `Corrupt`.
     pub async fn audit_head(&self) -> Result<Option<ChainHead>, StoreError> {
-        let r = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&self.read)
-            .await?;
-        r.map(|r| {
-            let seq: i64 = r.try_get(0)?;
+        let r = self.read(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")?
+                .query_row([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+                .optional()?)
+        })?;
+        r.map(|(seq, hash)| {
             Ok(ChainHead {
                 seq: u64::try_from(seq)
                     .map_err(|_| StoreError::Corrupt(format!("audit sequence number {seq}")))?,
-                hash: r.try_get(1)?,
+                hash,
             })
         })
         .transpose()
@@ -481,10 +477,9 @@ impl Store {
     /// # Errors
     /// The database's, including the schema's refusal of a head the chain does not have.
     pub async fn record_checkpoint(&self, head: &SignedHead) -> Result<(), StoreError> {
-        let mut tx = self.write.begin().await?;
-        record_checkpoint_in(&mut tx, head).await?;
-        tx.commit().await?;
-        Ok(())
+        let head = head.clone();
+        self.write(move |conn| record_checkpoint_in(conn, &head))
+            .await
     }
 
     /// Every recorded checkpoint, by entry.
@@ -492,7 +487,7 @@ impl Store {
     /// # Errors
     /// The database's; a negative sequence number is `Corrupt`.
     pub async fn checkpoints(&self) -> Result<Vec<SignedHead>, StoreError> {
-        checkpoints_on(&mut *self.read.acquire().await?).await
+        self.read(checkpoints_on)
     }
 
     /// The checkpoint of the latest entry, if any.
@@ -500,12 +495,14 @@ impl Store {
     /// # Errors
     /// The database's.
     pub async fn latest_checkpoint(&self) -> Result<Option<SignedHead>, StoreError> {
-        let r = sqlx::query(
-            "SELECT seq, head_hash, at_ms, signature_hex FROM audit_checkpoints ORDER BY seq DESC LIMIT 1",
-        )
-        .fetch_optional(&self.read)
-        .await?;
-        r.as_ref().map(checkpoint_from_row).transpose()
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, head_hash, at_ms, signature_hex FROM audit_checkpoints ORDER BY seq DESC LIMIT 1",
+            )?;
+            let mut rows = stmt.query([])?;
+            let latest = rows.next()?.map(checkpoint_from_row).transpose()?;
+            Ok(latest)
+        })
     }
 
     /// Recomputes the chain, checks it against the stored checkpoints (without their
@@ -521,30 +518,53 @@ impl Store {
     /// its findings name, e.g. the export file's path).
     ///
     /// # Errors
-    /// The database's (a finding is not an error: it is in the result).
+    /// The database's (a finding is not an error: it is in the result); `Io` when the
+    /// blocking thread it runs on could not run it (the runtime is shutting down).
     pub async fn verify_audit_with(
         &self,
         key: Option<&NodeKey>,
         external: &[(String, SignedHead)],
     ) -> Result<AuditVerification, StoreError> {
-        // One read transaction: every table as of one snapshot, so that a write landing
-        // between two reads on a live operator (a checkpoint, a job's end) cannot look like a
-        // mismatch.
-        let mut tx = self.read.begin().await?;
-        let entries = audit_entries_on(&mut tx).await?;
-        let mut checkpoints: Vec<(String, SignedHead)> = checkpoints_on(&mut tx)
-            .await?
-            .into_iter()
-            .map(|c| (STORE_CHECKPOINTS.to_string(), c))
-            .collect();
-        checkpoints.extend_from_slice(external);
-        let ledger = LedgerTables {
-            transfers: crate::ledger::transfers_on(&mut tx).await?,
-            accounts: ledger_account_rows_on(&mut tx).await?,
-        };
-        let records = Store::record_tables_on(&mut tx).await?;
-        tx.commit().await?;
-        Ok(verify_all(&entries, &checkpoints, key, &ledger, &records))
+        // The whole chain and every records table are read and re-derived: work that grows
+        // with the store's history, done on a blocking thread rather than the caller's task.
+        let store = self.clone();
+        let key = key.cloned();
+        let external = external.to_vec();
+        let verifying = tokio::task::spawn_blocking(move || {
+            let (entries, mut checkpoints, ledger, records) = store.read(|conn| {
+                // One read transaction: every table as of one snapshot, so that a write
+                // landing between two reads on a live operator (a checkpoint, a job's end)
+                // cannot look like a mismatch.
+                let tx = conn.unchecked_transaction()?;
+                let entries = audit_entries_on(&tx)?;
+                let checkpoints: Vec<(String, SignedHead)> = checkpoints_on(&tx)?
+                    .into_iter()
+                    .map(|c| (STORE_CHECKPOINTS.to_string(), c))
+                    .collect();
+                let ledger = LedgerTables {
+                    transfers: crate::ledger::transfers_on(&tx)?,
+                    accounts: ledger_account_rows_on(&tx)?,
+                };
+                let records = Store::record_tables_on(&tx)?;
+                tx.commit()?;
+                Ok((entries, checkpoints, ledger, records))
+            })?;
+            checkpoints.extend(external);
+            Ok(verify_all(
+                &entries,
+                &checkpoints,
+                key.as_ref(),
+                &ledger,
+                &records,
+            ))
+        });
+        match verifying.await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(StoreError::Io(std::io::Error::other(format!(
+                "the audit verification's thread did not run: {e}"
+            )))),
+        }
     }
 }
 
@@ -730,15 +750,15 @@ fn check_checkpoints(
     // it (every earlier one past the end says the same).
     let mut truncated: Vec<(String, u64)> = Vec::new();
     for (origin, c) in checkpoints {
-        if let Some(key) = key {
-            if let Err(e) = key.verify(c) {
-                found.push(AuditProblem::BadCheckpoint {
-                    seq: c.seq,
-                    origin: origin.clone(),
-                    reason: e.to_string(),
-                });
-                continue;
-            }
+        if let Some(key) = key
+            && let Err(e) = key.verify(c)
+        {
+            found.push(AuditProblem::BadCheckpoint {
+                seq: c.seq,
+                origin: origin.clone(),
+                reason: e.to_string(),
+            });
+            continue;
         }
         let entry = usize::try_from(c.seq)
             .ok()
@@ -843,15 +863,15 @@ fn check_ledger(entries: &[AuditEntry], ledger: &LedgerTables, found: &mut Findi
         }
     }
     for id in &order {
-        if !in_table.contains(id) {
-            if let Some((seq, _, _)) = chain.get(id) {
-                found.push(AuditProblem::Ledger {
-                    seq: Some(*seq),
-                    detail: format!(
-                        "transfer {id} recorded by entry {seq} is missing from the ledger table"
-                    ),
-                });
-            }
+        if !in_table.contains(id)
+            && let Some((seq, _, _)) = chain.get(id)
+        {
+            found.push(AuditProblem::Ledger {
+                seq: Some(*seq),
+                detail: format!(
+                    "transfer {id} recorded by entry {seq} is missing from the ledger table"
+                ),
+            });
         }
     }
     check_accounts(&order, &chain, &ledger.accounts, found);
@@ -1019,46 +1039,47 @@ fn check_accounts(
 }
 
 /// All entries in order, on `conn`.
-async fn audit_entries_on(
-    conn: &mut sqlx::SqliteConnection,
-) -> Result<Vec<AuditEntry>, StoreError> {
-    let rows = sqlx::query(
+fn audit_entries_on(conn: &Connection) -> Result<Vec<AuditEntry>, StoreError> {
+    let mut stmt = conn.prepare_cached(
         "SELECT seq, at_ms, kind, subject, detail_json, prev_hash, hash FROM audit_log ORDER BY seq",
-    )
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter().map(entry_of).collect()
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(entry_of(r)?);
+    }
+    Ok(out)
 }
 
 /// All checkpoints in order, on `conn`.
-async fn checkpoints_on(conn: &mut sqlx::SqliteConnection) -> Result<Vec<SignedHead>, StoreError> {
-    let rows = sqlx::query(
+fn checkpoints_on(conn: &Connection) -> Result<Vec<SignedHead>, StoreError> {
+    let mut stmt = conn.prepare_cached(
         "SELECT seq, head_hash, at_ms, signature_hex FROM audit_checkpoints ORDER BY seq",
-    )
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter().map(checkpoint_from_row).collect()
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(checkpoint_from_row(r)?);
+    }
+    Ok(out)
 }
 
 /// `ledger_accounts`, on `conn`.
-async fn ledger_account_rows_on(
-    conn: &mut sqlx::SqliteConnection,
-) -> Result<Vec<AccountTotals>, StoreError> {
-    let rows = sqlx::query(
+fn ledger_account_rows_on(conn: &Connection) -> Result<Vec<AccountTotals>, StoreError> {
+    let mut stmt = conn.prepare_cached(
         "SELECT name, debits_micros, credits_micros, debits_pending_micros, credits_pending_micros \
          FROM ledger_accounts ORDER BY name",
-    )
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(AccountTotals {
-                account: r.try_get(0)?,
-                debits: r.try_get(1)?,
-                credits: r.try_get(2)?,
-                debits_pending: r.try_get(3)?,
-                credits_pending: r.try_get(4)?,
-            })
-        })
-        .collect()
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(AccountTotals {
+            account: r.get(0)?,
+            debits: r.get(1)?,
+            credits: r.get(2)?,
+            debits_pending: r.get(3)?,
+            credits_pending: r.get(4)?,
+        });
+    }
+    Ok(out)
 }

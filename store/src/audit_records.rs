@@ -31,9 +31,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use rusqlite::Connection;
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::Row;
 
 use crate::audit::{AuditEntry, AuditProblem, Findings};
 use crate::{Store, StoreError};
@@ -325,28 +325,23 @@ impl Store {
     ///
     /// # Errors
     /// The database's.
-    pub(crate) async fn record_tables_on(
-        conn: &mut sqlx::SqliteConnection,
-    ) -> Result<RecordTables, StoreError> {
+    pub(crate) fn record_tables_on(conn: &Connection) -> Result<RecordTables, StoreError> {
         Ok(RecordTables {
-            licence_scenes: Self::stored_rows(conn, RecordTable::LicenceScenes).await?,
-            jobs: Self::stored_rows(conn, RecordTable::Jobs).await?,
-            bills: Self::stored_rows(conn, RecordTable::Bills).await?,
-            bill_lines: Self::stored_rows(conn, RecordTable::BillLines).await?,
+            licence_scenes: Self::stored_rows(conn, RecordTable::LicenceScenes)?,
+            jobs: Self::stored_rows(conn, RecordTable::Jobs)?,
+            bills: Self::stored_rows(conn, RecordTable::Bills)?,
+            bill_lines: Self::stored_rows(conn, RecordTable::BillLines)?,
             accounts: {
                 let mut v = Vec::new();
                 for t in ACCOUNT_TABLES {
-                    v.push((t, Self::stored_rows(conn, t).await?));
+                    v.push((t, Self::stored_rows(conn, t)?));
                 }
                 v
             },
         })
     }
 
-    async fn stored_rows(
-        conn: &mut sqlx::SqliteConnection,
-        table: RecordTable,
-    ) -> Result<Vec<StoredRow>, StoreError> {
+    fn stored_rows(conn: &Connection, table: RecordTable) -> Result<Vec<StoredRow>, StoreError> {
         let keys = table.key_columns();
         let columns = table.columns();
         let mut select: Vec<String> = keys
@@ -359,24 +354,26 @@ impl Store {
             select.join(", "),
             table.name()
         );
-        let rows = sqlx::query(&sql).fetch_all(&mut *conn).await?;
-        rows.iter()
-            .map(|r| {
-                let second = if keys.len() > 1 {
-                    r.try_get(1)?
-                } else {
-                    String::new()
-                };
-                let mut fields = BTreeMap::new();
-                for (i, (name, _)) in columns.iter().enumerate() {
-                    fields.insert((*name).to_string(), r.try_get(keys.len() + i)?);
-                }
-                Ok(StoredRow {
-                    key: (r.try_get(0)?, second),
-                    fields,
-                })
-            })
-            .collect()
+        // One text per table (a handful): cached like any other statement.
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut rows = stmt.query([])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let second = if keys.len() > 1 {
+                r.get(1)?
+            } else {
+                String::new()
+            };
+            let mut fields = BTreeMap::new();
+            for (i, (name, _)) in columns.iter().enumerate() {
+                fields.insert((*name).to_string(), r.get(keys.len() + i)?);
+            }
+            out.push(StoredRow {
+                key: (r.get(0)?, second),
+                fields,
+            });
+        }
+        Ok(out)
     }
 }
 
@@ -591,10 +588,10 @@ impl Chain {
                 } else {
                     "revoked_at_ms"
                 };
-                if let Some(row) = rows.get_mut(&row_key) {
-                    if row.get(field) == Some("NULL") {
-                        row.set(field, at, seq);
-                    }
+                if let Some(row) = rows.get_mut(&row_key)
+                    && row.get(field) == Some("NULL")
+                {
+                    row.set(field, at, seq);
                 }
                 return;
             }
@@ -756,11 +753,11 @@ impl Chain {
 
     fn dispatched(&mut self, e: &AuditEntry, seq: u64) {
         // The store marks only an admitted job running (and audits the dispatch anyway).
-        if let Some(job) = self.jobs.get_mut(&key(&e.subject)) {
-            if job.row.get("state") == Some("'admitted'") {
-                job.row.set("state", text_lit("running"), seq);
-                job.row.set("updated_at_ms", e.at_ms.to_string(), seq);
-            }
+        if let Some(job) = self.jobs.get_mut(&key(&e.subject))
+            && job.row.get("state") == Some("'admitted'")
+        {
+            job.row.set("state", text_lit("running"), seq);
+            job.row.set("updated_at_ms", e.at_ms.to_string(), seq);
         }
     }
 

@@ -10,8 +10,8 @@
 
 use std::collections::BTreeSet;
 
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
-use sqlx::{Row, SqliteConnection};
 use tessera_accounting::bill::{Amounts, BillLineKind, NewBillLine, Split};
 use tessera_accounting::bill::{Placement, month_end, parse_period, period_name, place_line};
 use tessera_accounting::settle;
@@ -83,27 +83,24 @@ pub fn bill_id(customer: &str, period: &str) -> String {
     format!("{period}:{customer}")
 }
 
-pub(crate) async fn late_window_ms(conn: &mut SqliteConnection) -> Result<i64, StoreError> {
-    let r = sqlx::query("SELECT value FROM billing_settings WHERE key = 'late_window_ms'")
-        .fetch_optional(&mut *conn)
-        .await?;
-    Ok(match r {
-        Some(r) => r.try_get(0)?,
-        None => 0,
-    })
+pub(crate) fn late_window_ms(conn: &Connection) -> Result<i64, StoreError> {
+    let r = conn
+        .prepare_cached("SELECT value FROM billing_settings WHERE key = 'late_window_ms'")?
+        .query_row([], |r| r.get::<_, i64>(0))
+        .optional()?;
+    Ok(r.unwrap_or(0))
 }
 
 /// Puts a line on the right bill inside the caller's transaction; the same line id twice is
 /// written once (a different payload under the same id is an error).
-pub(crate) async fn add_line(
-    conn: &mut SqliteConnection,
+pub(crate) fn add_line(
+    conn: &Connection,
     line: &NewBillLine,
     arrival_ms: i64,
     zone: &Zone,
 ) -> Result<BillLineRecord, StoreError> {
     line.validate()?;
-    if let Some(existing) = load_lines(conn, "l.line_id = ?", &line.line_id)
-        .await?
+    if let Some(existing) = load_lines(conn, "l.line_id = ?", &line.line_id)?
         .into_iter()
         .next()
     {
@@ -116,15 +113,17 @@ pub(crate) async fn add_line(
             })
         };
     }
-    let window = late_window_ms(conn).await?;
-    let closed: BTreeSet<String> =
-        sqlx::query("SELECT period FROM bills WHERE customer = ? AND state = 'closed'")
-            .bind(&line.customer)
-            .fetch_all(&mut *conn)
-            .await?
-            .iter()
-            .map(|r| r.try_get::<String, _>(0))
-            .collect::<Result<_, _>>()?;
+    let window = late_window_ms(conn)?;
+    let closed: BTreeSet<String> = {
+        let mut stmt = conn
+            .prepare_cached("SELECT period FROM bills WHERE customer = ? AND state = 'closed'")?;
+        let mut rows = stmt.query(params![line.customer])?;
+        let mut closed = BTreeSet::new();
+        while let Some(r) = rows.next()? {
+            closed.insert(r.get::<_, String>(0)?);
+        }
+        closed
+    };
     // Months are reckoned on the zone's wall clock; the late window is a duration.
     let placement = place_line(
         zone.local(line.event_time_ms)?,
@@ -137,58 +136,52 @@ pub(crate) async fn add_line(
         Placement::Correction { of, on } => (period_name(on), Some(period_name(of))),
     };
     let bill = bill_id(&line.customer, &period);
-    sqlx::query(
+    conn.prepare_cached(
         "INSERT INTO bills (bill_id, customer, period, created_at_ms) VALUES (?, ?, ?, ?) \
          ON CONFLICT(bill_id) DO NOTHING",
-    )
-    .bind(&bill)
-    .bind(&line.customer)
-    .bind(&period)
-    .bind(arrival_ms)
-    .execute(&mut *conn)
-    .await?;
+    )?
+    .execute(params![bill, line.customer, period, arrival_ms])?;
     let a = &line.amounts;
-    sqlx::query(
+    conn.prepare_cached(
         "INSERT INTO bill_lines (line_id, bill_id, customer, job_id, kind, product, provider, corrects_period, \
          event_time_ms, arrival_time_ms, service_start_ms, service_end_ms, original_micros, platform_discount_micros, \
          customer_discount_micros, coupon_micros, deduction_voucher_micros, recharge_voucher_micros, cash_micros, \
          credit_micros, arrears_micros, provider_micros, operator_micros, note) \
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&line.line_id)
-    .bind(&bill)
-    .bind(&line.customer)
-    .bind(&line.job_id)
-    .bind(line.kind.name())
-    .bind(&line.product)
-    .bind(&line.provider)
-    .bind(&corrects)
-    .bind(line.event_time_ms)
-    .bind(arrival_ms)
-    .bind(line.service_start_ms)
-    .bind(line.service_end_ms)
-    .bind(a.original)
-    .bind(a.platform_discount)
-    .bind(a.customer_discount)
-    .bind(a.coupon)
-    .bind(a.deduction_voucher)
-    .bind(a.recharge_voucher)
-    .bind(a.cash)
-    .bind(a.credit)
-    .bind(a.arrears)
-    .bind(line.split.provider_micros)
-    .bind(line.split.operator_micros)
-    .bind(&line.note)
-    .execute(&mut *conn)
-    .await?;
+    )?
+    .execute(params![
+        line.line_id,
+        bill,
+        line.customer,
+        line.job_id,
+        line.kind.name(),
+        line.product,
+        line.provider,
+        corrects,
+        line.event_time_ms,
+        arrival_ms,
+        line.service_start_ms,
+        line.service_end_ms,
+        a.original,
+        a.platform_discount,
+        a.customer_discount,
+        a.coupon,
+        a.deduction_voucher,
+        a.recharge_voucher,
+        a.cash,
+        a.credit,
+        a.arrears,
+        line.split.provider_micros,
+        line.split.operator_micros,
+        line.note
+    ])?;
     audit::append(
         conn,
         arrival_ms,
         "bill_line",
         &line.line_id,
         &serde_json::json!({"bill_id": bill, "corrects_period": corrects, "line": line}),
-    )
-    .await?;
+    )?;
     Ok(BillLineRecord {
         bill_id: bill,
         line: line.clone(),
@@ -203,93 +196,98 @@ const LINE_COLUMNS: &str = "l.bill_id, l.line_id, l.customer, l.job_id, l.kind, 
      l.cash_micros, l.credit_micros, l.arrears_micros, l.provider_micros, l.operator_micros, l.note, \
      l.arrival_time_ms, l.corrects_period";
 
-fn line_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<BillLineRecord, StoreError> {
+fn line_from_row(r: &rusqlite::Row<'_>) -> Result<BillLineRecord, StoreError> {
     Ok(BillLineRecord {
-        bill_id: r.try_get(0)?,
+        bill_id: r.get(0)?,
         line: NewBillLine {
-            line_id: r.try_get(1)?,
-            customer: r.try_get(2)?,
-            job_id: r.try_get(3)?,
-            kind: r.try_get::<String, _>(4)?.parse::<BillLineKind>()?,
-            product: r.try_get(5)?,
-            provider: r.try_get(6)?,
-            event_time_ms: r.try_get(7)?,
-            service_start_ms: r.try_get(8)?,
-            service_end_ms: r.try_get(9)?,
+            line_id: r.get(1)?,
+            customer: r.get(2)?,
+            job_id: r.get(3)?,
+            kind: r.get::<_, String>(4)?.parse::<BillLineKind>()?,
+            product: r.get(5)?,
+            provider: r.get(6)?,
+            event_time_ms: r.get(7)?,
+            service_start_ms: r.get(8)?,
+            service_end_ms: r.get(9)?,
             amounts: amounts_from_row(r, 10)?,
             split: Split {
-                provider_micros: r.try_get(19)?,
-                operator_micros: r.try_get(20)?,
+                provider_micros: r.get(19)?,
+                operator_micros: r.get(20)?,
             },
-            note: r.try_get(21)?,
+            note: r.get(21)?,
         },
-        arrival_time_ms: r.try_get(22)?,
-        corrects_period: r.try_get(23)?,
+        arrival_time_ms: r.get(22)?,
+        corrects_period: r.get(23)?,
     })
 }
 
 /// The nine §3.8 members from columns `first ..= first + 8` (original, platform discount,
 /// customer discount, coupon, deduction voucher, recharge voucher, cash, credit, arrears).
-fn amounts_from_row(r: &sqlx::sqlite::SqliteRow, first: usize) -> Result<Amounts, StoreError> {
+fn amounts_from_row(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Amounts> {
     Ok(Amounts {
-        original: r.try_get(first)?,
-        platform_discount: r.try_get(first + 1)?,
-        customer_discount: r.try_get(first + 2)?,
-        coupon: r.try_get(first + 3)?,
-        deduction_voucher: r.try_get(first + 4)?,
-        recharge_voucher: r.try_get(first + 5)?,
-        cash: r.try_get(first + 6)?,
-        credit: r.try_get(first + 7)?,
-        arrears: r.try_get(first + 8)?,
+        original: r.get(first)?,
+        platform_discount: r.get(first + 1)?,
+        customer_discount: r.get(first + 2)?,
+        coupon: r.get(first + 3)?,
+        deduction_voucher: r.get(first + 4)?,
+        recharge_voucher: r.get(first + 5)?,
+        cash: r.get(first + 6)?,
+        credit: r.get(first + 7)?,
+        arrears: r.get(first + 8)?,
     })
 }
 
-async fn load_lines(
-    conn: &mut SqliteConnection,
+fn load_lines(
+    conn: &Connection,
     filter: &str,
     arg: &str,
 ) -> Result<Vec<BillLineRecord>, StoreError> {
-    let rows = sqlx::query(&format!(
+    let mut stmt = conn.prepare_cached(&format!(
         "SELECT {LINE_COLUMNS} FROM bill_lines l WHERE {filter} ORDER BY l.rowid"
-    ))
-    .bind(arg)
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter().map(line_from_row).collect()
+    ))?;
+    let mut rows = stmt.query(params![arg])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(line_from_row(r)?);
+    }
+    Ok(out)
 }
 
 /// Closes every open bill whose month ended more than the late window before `now`.
-pub(crate) async fn close_due(
-    conn: &mut SqliteConnection,
+pub(crate) fn close_due(
+    conn: &Connection,
     now_ms: i64,
     zone: &Zone,
 ) -> Result<Vec<String>, StoreError> {
-    let window = late_window_ms(conn).await?;
+    let window = late_window_ms(conn)?;
     let local_now = zone.local(now_ms)?;
-    let open =
-        sqlx::query("SELECT bill_id, period FROM bills WHERE state = 'open' ORDER BY bill_id")
-            .fetch_all(&mut *conn)
-            .await?;
+    let open: Vec<(String, String)> = {
+        let mut stmt = conn.prepare_cached(
+            "SELECT bill_id, period FROM bills WHERE state = 'open' ORDER BY bill_id",
+        )?;
+        let mut rows = stmt.query([])?;
+        let mut open = Vec::new();
+        while let Some(r) = rows.next()? {
+            open.push((r.get(0)?, r.get(1)?));
+        }
+        open
+    };
     let mut closed = Vec::new();
-    for r in &open {
-        let id: String = r.try_get(0)?;
-        let period: String = r.try_get(1)?;
+    for (id, period) in open {
         let (y, m) = parse_period(&period)?;
         if month_end(y, m)?.saturating_add(window) <= local_now {
-            sqlx::query("UPDATE bills SET state = 'closed', closed_at_ms = ? WHERE bill_id = ?")
-                .bind(now_ms)
-                .bind(&id)
-                .execute(&mut *conn)
-                .await?;
-            let totals = bill_totals(conn, &id).await?;
+            conn.prepare_cached(
+                "UPDATE bills SET state = 'closed', closed_at_ms = ? WHERE bill_id = ?",
+            )?
+            .execute(params![now_ms, id])?;
+            let totals = bill_totals(conn, &id)?;
             audit::append(
                 conn,
                 now_ms,
                 "bill_close",
                 &id,
                 &serde_json::json!({"lines": totals.0, "totals": totals.1, "split": totals.2}),
-            )
-            .await?;
+            )?;
             closed.push(id);
         }
     }
@@ -298,7 +296,7 @@ pub(crate) async fn close_due(
 
 /// SQLite's `SUM` of integers raises "integer overflow" rather than wrap or turn to REAL:
 /// the sums below are checked; this names that failure as the ledger's typed overflow.
-fn checked_sum_error(e: sqlx::Error) -> StoreError {
+fn checked_sum_error(e: rusqlite::Error) -> StoreError {
     if e.to_string().contains("integer overflow") {
         StoreError::Ledger(tessera_accounting::LedgerError::Overflow)
     } else {
@@ -306,31 +304,28 @@ fn checked_sum_error(e: sqlx::Error) -> StoreError {
     }
 }
 
-async fn bill_totals(
-    conn: &mut SqliteConnection,
-    bill: &str,
-) -> Result<(u64, Amounts, Split), StoreError> {
-    let r = sqlx::query(
-        "SELECT COUNT(*), COALESCE(SUM(original_micros), 0), COALESCE(SUM(platform_discount_micros), 0), \
-         COALESCE(SUM(customer_discount_micros), 0), COALESCE(SUM(coupon_micros), 0), \
-         COALESCE(SUM(deduction_voucher_micros), 0), COALESCE(SUM(recharge_voucher_micros), 0), \
-         COALESCE(SUM(cash_micros), 0), COALESCE(SUM(credit_micros), 0), COALESCE(SUM(arrears_micros), 0), \
-         COALESCE(SUM(provider_micros), 0), COALESCE(SUM(operator_micros), 0) \
-         FROM bill_lines WHERE bill_id = ?",
-    )
-    .bind(bill)
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(checked_sum_error)?;
-    let lines = count(r.try_get(0)?)?;
-    Ok((
-        lines,
-        amounts_from_row(&r, 1)?,
-        Split {
-            provider_micros: r.try_get(10)?,
-            operator_micros: r.try_get(11)?,
-        },
-    ))
+fn bill_totals(conn: &Connection, bill: &str) -> Result<(u64, Amounts, Split), StoreError> {
+    let (lines, amounts, split) = conn
+        .prepare_cached(
+            "SELECT COUNT(*), COALESCE(SUM(original_micros), 0), COALESCE(SUM(platform_discount_micros), 0), \
+             COALESCE(SUM(customer_discount_micros), 0), COALESCE(SUM(coupon_micros), 0), \
+             COALESCE(SUM(deduction_voucher_micros), 0), COALESCE(SUM(recharge_voucher_micros), 0), \
+             COALESCE(SUM(cash_micros), 0), COALESCE(SUM(credit_micros), 0), COALESCE(SUM(arrears_micros), 0), \
+             COALESCE(SUM(provider_micros), 0), COALESCE(SUM(operator_micros), 0) \
+             FROM bill_lines WHERE bill_id = ?",
+        )?
+        .query_row(params![bill], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                amounts_from_row(r, 1)?,
+                Split {
+                    provider_micros: r.get(10)?,
+                    operator_micros: r.get(11)?,
+                },
+            ))
+        })
+        .map_err(checked_sum_error)?;
+    Ok((count(lines)?, amounts, split))
 }
 
 /// A stored count, refused when negative (corrupt) instead of read as 0.
@@ -338,44 +333,48 @@ fn count(n: i64) -> Result<u64, StoreError> {
     u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("negative count {n}")))
 }
 
-async fn statement_for(
-    conn: &mut SqliteConnection,
+fn statement_for(
+    conn: &Connection,
     provider: &str,
     period: &str,
 ) -> Result<StatementRecord, StoreError> {
-    let r = sqlx::query(
-        "SELECT COUNT(*), COALESCE(SUM(l.original_micros - l.platform_discount_micros - l.customer_discount_micros), 0), \
-         COALESCE(SUM(l.operator_micros), 0), COALESCE(SUM(l.provider_micros), 0) \
-         FROM bill_lines l JOIN bills b ON b.bill_id = l.bill_id \
-         WHERE l.provider = ? AND b.period = ? AND b.state = 'closed'",
-    )
-    .bind(provider)
-    .bind(period)
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(checked_sum_error)?;
-    let paid = sqlx::query(
-        "SELECT payout_transfer_id, created_at_ms FROM provider_statements WHERE provider = ? AND period = ?",
-    )
-    .bind(provider)
-    .bind(period)
-    .fetch_optional(&mut *conn)
-    .await?;
+    let (lines, paid_micros, operator_micros, provider_micros) = conn
+        .prepare_cached(
+            "SELECT COUNT(*), COALESCE(SUM(l.original_micros - l.platform_discount_micros - l.customer_discount_micros), 0), \
+             COALESCE(SUM(l.operator_micros), 0), COALESCE(SUM(l.provider_micros), 0) \
+             FROM bill_lines l JOIN bills b ON b.bill_id = l.bill_id \
+             WHERE l.provider = ? AND b.period = ? AND b.state = 'closed'",
+        )?
+        .query_row(params![provider, period], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })
+        .map_err(checked_sum_error)?;
+    let paid = conn
+        .prepare_cached(
+            "SELECT payout_transfer_id, created_at_ms FROM provider_statements WHERE provider = ? AND period = ?",
+        )?
+        .query_row(params![provider, period], |r| {
+            Ok((r.get::<_, Option<String>>(0)?, r.get::<_, i64>(1)?))
+        })
+        .optional()?;
+    let (payout_transfer_id, paid_out_at_ms) = match paid {
+        Some((transfer, at)) => (transfer, Some(at)),
+        None => (None, None),
+    };
     Ok(StatementRecord {
         provider: provider.to_string(),
         period: period.to_string(),
-        lines: count(r.try_get(0)?)?,
-        paid_micros: r.try_get(1)?,
-        operator_micros: r.try_get(2)?,
-        provider_micros: r.try_get(3)?,
-        payout_transfer_id: match &paid {
-            Some(p) => p.try_get(0)?,
-            None => None,
-        },
-        paid_out_at_ms: match &paid {
-            Some(p) => Some(p.try_get(1)?),
-            None => None,
-        },
+        lines: count(lines)?,
+        paid_micros,
+        operator_micros,
+        provider_micros,
+        payout_transfer_id,
+        paid_out_at_ms,
     })
 }
 
@@ -388,30 +387,27 @@ impl Store {
                 reason: format!("must be 0 ..= {LATE_WINDOW_MS_MAX} ms, got {ms}"),
             });
         }
-        let mut tx = self.write.begin().await?;
-        sqlx::query(
-            "INSERT INTO billing_settings (key, value) VALUES ('late_window_ms', ?) \
-             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        )
-        .bind(ms)
-        .execute(&mut *tx)
-        .await?;
-        audit::append(
-            &mut tx,
-            now_ms,
-            "billing_setting",
-            "late_window_ms",
-            &serde_json::json!({ "value": ms }),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO billing_settings (key, value) VALUES ('late_window_ms', ?) \
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute(params![ms])?;
+            audit::append(
+                conn,
+                now_ms,
+                "billing_setting",
+                "late_window_ms",
+                &serde_json::json!({ "value": ms }),
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     /// The late window in force.
     pub async fn late_window(&self) -> Result<i64, StoreError> {
-        let mut conn = self.read.acquire().await?;
-        late_window_ms(&mut conn).await
+        self.read(late_window_ms)
     }
 
     /// Puts a line on a bill in its own transaction (refunds, adjustments, late charges).
@@ -420,18 +416,16 @@ impl Store {
         line: &NewBillLine,
         now_ms: i64,
     ) -> Result<BillLineRecord, StoreError> {
-        let mut tx = self.write.begin().await?;
-        let r = add_line(&mut tx, line, now_ms, &self.zone).await?;
-        tx.commit().await?;
-        Ok(r)
+        let line = line.clone();
+        let zone = self.zone.clone();
+        self.write(move |conn| add_line(conn, &line, now_ms, &zone))
+            .await
     }
 
     /// Closes the bills that are due at `now_ms`; returns their ids.
     pub async fn close_due_bills(&self, now_ms: i64) -> Result<Vec<String>, StoreError> {
-        let mut tx = self.write.begin().await?;
-        let closed = close_due(&mut tx, now_ms, &self.zone).await?;
-        tx.commit().await?;
-        Ok(closed)
+        let zone = self.zone.clone();
+        self.write(move |conn| close_due(conn, now_ms, &zone)).await
     }
 
     /// Bills, optionally of one customer and/or one period, newest period first.
@@ -440,48 +434,47 @@ impl Store {
         customer: Option<&str>,
         period: Option<&str>,
     ) -> Result<Vec<BillRecord>, StoreError> {
-        let mut conn = self.read.acquire().await?;
-        let rows = sqlx::query(
-            "SELECT bill_id, customer, period, state, closed_at_ms FROM bills \
-             WHERE (?1 IS NULL OR customer = ?1) AND (?2 IS NULL OR period = ?2) \
-             ORDER BY period DESC, customer",
-        )
-        .bind(customer)
-        .bind(period)
-        .fetch_all(&mut *conn)
-        .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let bill_id: String = r.try_get(0)?;
-            let (lines, totals, split) = bill_totals(&mut conn, &bill_id).await?;
-            out.push(BillRecord {
-                bill_id,
-                customer: r.try_get(1)?,
-                period: r.try_get(2)?,
-                state: r.try_get(3)?,
-                lines,
-                totals,
-                split,
-                closed_at_ms: r.try_get(4)?,
-            });
-        }
-        Ok(out)
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT bill_id, customer, period, state, closed_at_ms FROM bills \
+                 WHERE (?1 IS NULL OR customer = ?1) AND (?2 IS NULL OR period = ?2) \
+                 ORDER BY period DESC, customer",
+            )?;
+            let mut rows = stmt.query(params![customer, period])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                let bill_id: String = r.get(0)?;
+                let (lines, totals, split) = bill_totals(conn, &bill_id)?;
+                out.push(BillRecord {
+                    bill_id,
+                    customer: r.get(1)?,
+                    period: r.get(2)?,
+                    state: r.get(3)?,
+                    lines,
+                    totals,
+                    split,
+                    closed_at_ms: r.get(4)?,
+                });
+            }
+            Ok(out)
+        })
     }
 
     /// The lines of one bill, in the order they were written.
     pub async fn bill_lines(&self, bill_id: &str) -> Result<Vec<BillLineRecord>, StoreError> {
-        let mut conn = self.read.acquire().await?;
-        let exists = sqlx::query("SELECT 1 FROM bills WHERE bill_id = ?")
-            .bind(bill_id)
-            .fetch_optional(&mut *conn)
-            .await?;
-        if exists.is_none() {
-            return Err(StoreError::NotFound {
-                kind: "bill",
-                id: bill_id.to_string(),
-            });
-        }
-        load_lines(&mut conn, "l.bill_id = ?", bill_id).await
+        self.read(|conn| {
+            let exists = conn
+                .prepare_cached("SELECT 1 FROM bills WHERE bill_id = ?")?
+                .query_row(params![bill_id], |_| Ok(()))
+                .optional()?;
+            if exists.is_none() {
+                return Err(StoreError::NotFound {
+                    kind: "bill",
+                    id: bill_id.to_string(),
+                });
+            }
+            load_lines(conn, "l.bill_id = ?", bill_id)
+        })
     }
 
     /// Provider statements of every month that has closed bills (optionally of one
@@ -490,22 +483,26 @@ impl Store {
         &self,
         provider: Option<&str>,
     ) -> Result<Vec<StatementRecord>, StoreError> {
-        let mut conn = self.read.acquire().await?;
-        let keys = sqlx::query(
-            "SELECT DISTINCT l.provider, b.period FROM bill_lines l JOIN bills b ON b.bill_id = l.bill_id \
-             WHERE b.state = 'closed' AND l.provider != '' AND (?1 IS NULL OR l.provider = ?1) \
-             ORDER BY b.period DESC, l.provider",
-        )
-        .bind(provider)
-        .fetch_all(&mut *conn)
-        .await?;
-        let mut out = Vec::with_capacity(keys.len());
-        for k in &keys {
-            let p: String = k.try_get(0)?;
-            let period: String = k.try_get(1)?;
-            out.push(statement_for(&mut conn, &p, &period).await?);
-        }
-        Ok(out)
+        self.read(|conn| {
+            let keys: Vec<(String, String)> = {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT DISTINCT l.provider, b.period FROM bill_lines l JOIN bills b ON b.bill_id = l.bill_id \
+                     WHERE b.state = 'closed' AND l.provider != '' AND (?1 IS NULL OR l.provider = ?1) \
+                     ORDER BY b.period DESC, l.provider",
+                )?;
+                let mut rows = stmt.query(params![provider])?;
+                let mut keys = Vec::new();
+                while let Some(k) = rows.next()? {
+                    keys.push((k.get(0)?, k.get(1)?));
+                }
+                keys
+            };
+            let mut out = Vec::with_capacity(keys.len());
+            for (p, period) in &keys {
+                out.push(statement_for(conn, p, period)?);
+            }
+            Ok(out)
+        })
     }
 
     /// Pays a provider its share of a closed month, once: closes what is due, requires the
@@ -519,62 +516,73 @@ impl Store {
         now_ms: i64,
     ) -> Result<StatementRecord, StoreError> {
         let (y, m) = parse_period(period)?;
-        let mut tx = self.write.begin().await?;
-        close_due(&mut tx, now_ms, &self.zone).await?;
-        let st = statement_for(&mut tx, provider, period).await?;
-        if st.paid_out_at_ms.is_some() {
-            return Ok(st);
-        }
-        let window = late_window_ms(&mut tx).await?;
-        let due = self.zone.instant(month_end(y, m)?)?.saturating_add(window);
-        if now_ms < due {
-            return Err(StoreError::PeriodOpen {
-                period: period.to_string(),
-                until_ms: due,
-                until: self.zone.format_rfc3339(due),
-            });
-        }
-        // Nothing was billed for this provider in that month: there is nothing to pay out,
-        // and a stored statement would only record a payout that never was.
-        if st.lines == 0 {
-            return Err(StoreError::Invalid {
-                field: "period",
-                reason: format!("provider {provider} has no bill lines in {period}"),
-            });
-        }
-        let transfer = settle::payout(provider, period, st.provider_micros);
-        if let Some(t) = &transfer {
-            ledger::post(&mut tx, t, now_ms).await?;
-        }
-        let transfer_id = transfer.map(|t| t.id);
-        sqlx::query(
-            "INSERT INTO provider_statements (provider, period, lines, paid_micros, operator_micros, provider_micros, \
-             payout_transfer_id, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(provider)
-        .bind(period)
-        .bind(i64::try_from(st.lines).map_err(|_| StoreError::Corrupt("line count".into()))?)
-        .bind(st.paid_micros)
-        .bind(st.operator_micros)
-        .bind(st.provider_micros)
-        .bind(&transfer_id)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
-        let st = StatementRecord {
-            payout_transfer_id: transfer_id,
-            paid_out_at_ms: Some(now_ms),
-            ..st
-        };
-        audit::append(
-            &mut tx,
-            now_ms,
-            "payout",
-            &format!("{provider}/{period}"),
-            &serde_json::json!(st),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(st)
+        let provider = provider.to_string();
+        let period = period.to_string();
+        let zone = self.zone.clone();
+        self.write(move |conn| {
+            // The bills closed on the way are kept only with a payout made now: a payout
+            // already made is answered with nothing written, as every refusal below is (an
+            // error rolls back the whole operation).
+            conn.execute_batch("SAVEPOINT payout_close_due")?;
+            close_due(conn, now_ms, &zone)?;
+            let st = statement_for(conn, &provider, &period)?;
+            if st.paid_out_at_ms.is_some() {
+                conn.execute_batch("ROLLBACK TO payout_close_due; RELEASE payout_close_due")?;
+                return Ok(st);
+            }
+            conn.execute_batch("RELEASE payout_close_due")?;
+            let window = late_window_ms(conn)?;
+            let due = zone.instant(month_end(y, m)?)?.saturating_add(window);
+            if now_ms < due {
+                return Err(StoreError::PeriodOpen {
+                    period,
+                    until_ms: due,
+                    until: zone.format_rfc3339(due),
+                });
+            }
+            // Nothing was billed for this provider in that month: there is nothing to pay
+            // out, and a stored statement would only record a payout that never was.
+            if st.lines == 0 {
+                return Err(StoreError::Invalid {
+                    field: "period",
+                    reason: format!("provider {provider} has no bill lines in {period}"),
+                });
+            }
+            let transfer = settle::payout(&provider, &period, st.provider_micros);
+            if let Some(t) = &transfer {
+                ledger::post(conn, t, now_ms)?;
+            }
+            let transfer_id = transfer.map(|t| t.id);
+            let lines =
+                i64::try_from(st.lines).map_err(|_| StoreError::Corrupt("line count".into()))?;
+            conn.prepare_cached(
+                "INSERT INTO provider_statements (provider, period, lines, paid_micros, operator_micros, provider_micros, \
+                 payout_transfer_id, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            )?
+            .execute(params![
+                provider,
+                period,
+                lines,
+                st.paid_micros,
+                st.operator_micros,
+                st.provider_micros,
+                transfer_id,
+                now_ms
+            ])?;
+            let st = StatementRecord {
+                payout_transfer_id: transfer_id,
+                paid_out_at_ms: Some(now_ms),
+                ..st
+            };
+            audit::append(
+                conn,
+                now_ms,
+                "payout",
+                &format!("{provider}/{period}"),
+                &serde_json::json!(st),
+            )?;
+            Ok(st)
+        })
+        .await
     }
 }

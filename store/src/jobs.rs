@@ -1,8 +1,8 @@
 //! Jobs and their tasks: admission with count reservation in one transaction, completion with
 //! count commit or release, usage events and ledger postings in one transaction.
 
+use rusqlite::{Connection, OptionalExtension, Row, ToSql, params};
 use serde::Serialize;
-use sqlx::{Row, SqliteConnection};
 use tessera_accounting::{AccountKind, TransferOutcome, TransferSpec, settle};
 use tessera_core::{CountState, JobState, MpcTriples, PsiMode, PsiProtocol, TaskRole, TaskState};
 
@@ -542,12 +542,12 @@ fn corrupt(e: impl std::fmt::Display) -> StoreError {
 }
 
 /// Reads a text column into its vocabulary; text that names no variant is corrupt data.
-fn parse_col<T>(r: &sqlx::sqlite::SqliteRow, i: usize) -> Result<T, StoreError>
+fn parse_col<T>(r: &Row<'_>, i: usize) -> Result<T, StoreError>
 where
     T: std::str::FromStr,
     T::Err: std::fmt::Display,
 {
-    let s: String = r.try_get(i)?;
+    let s: String = r.get(i)?;
     s.parse().map_err(corrupt)
 }
 
@@ -580,91 +580,84 @@ const JOB_COLUMNS: &str = "job_id, licence_id, scene, user_id, mode, state, coun
      delivered_rows, request_id, protocol, provider_result_location, provider_result_bytes, \
      provider_result_rows, provider_result_sha256, mpc_triples, co_licences";
 
-fn job_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<JobRecord, StoreError> {
-    let reasons: String = r.try_get(7)?;
-    let result_size: Option<i64> = r.try_get(9)?;
+fn job_from_row(r: &Row<'_>) -> Result<JobRecord, StoreError> {
+    let reasons: String = r.get(7)?;
+    let result_size: Option<i64> = r.get(9)?;
     Ok(JobRecord {
-        job_id: r.try_get(0)?,
-        licence_id: r.try_get(1)?,
-        scene: r.try_get(2)?,
-        user: r.try_get(3)?,
+        job_id: r.get(0)?,
+        licence_id: r.get(1)?,
+        scene: r.get(2)?,
+        user: r.get(3)?,
         mode: parse_col(r, 4)?,
         state: parse_col(r, 5)?,
         count_state: parse_col(r, 6)?,
         reasons: serde_json::from_str(&reasons).map_err(corrupt)?,
-        error: r.try_get(8)?,
+        error: r.get(8)?,
         result_size: result_size.map(stored_u64).transpose()?,
-        result_location: r.try_get(10)?,
-        charge_micros: r.try_get(11)?,
-        created_at_ms: r.try_get(12)?,
-        finished_at_ms: r.try_get(13)?,
-        buyer_party: r.try_get(14)?,
-        provider_party: r.try_get(15)?,
+        result_location: r.get(10)?,
+        charge_micros: r.get(11)?,
+        created_at_ms: r.get(12)?,
+        finished_at_ms: r.get(13)?,
+        buyer_party: r.get(14)?,
+        provider_party: r.get(15)?,
         result_file: result_file_from_row(r)?,
         provider_result_file: provider_result_file_from_row(r)?,
         buyer_empty_keys: opt_u64(r, 19)?,
         provider_empty_keys: opt_u64(r, 20)?,
         failure: failure_from_row(r)?,
-        delivered_at_ms: r.try_get(24)?,
-        delivered_rows: r
-            .try_get::<Option<i64>, _>(25)?
-            .map(stored_u64)
-            .transpose()?,
-        request_id: r.try_get(26)?,
+        delivered_at_ms: r.get(24)?,
+        delivered_rows: r.get::<_, Option<i64>>(25)?.map(stored_u64).transpose()?,
+        request_id: r.get(26)?,
         protocol: parse_col(r, 27)?,
-        mpc_triples: match r.try_get::<String, _>(32)?.as_str() {
+        mpc_triples: match r.get::<_, String>(32)?.as_str() {
             "" => None,
             t => Some(t.parse().map_err(corrupt)?),
         },
-        co_licences: match r.try_get::<String, _>(33)?.as_str() {
+        co_licences: match r.get::<_, String>(33)?.as_str() {
             "" => Vec::new(),
             t => serde_json::from_str(t).map_err(corrupt)?,
         },
     })
 }
 
-fn opt_u64(r: &sqlx::sqlite::SqliteRow, i: usize) -> Result<Option<u64>, StoreError> {
-    let v: Option<i64> = r.try_get(i)?;
+fn opt_u64(r: &Row<'_>, i: usize) -> Result<Option<u64>, StoreError> {
+    let v: Option<i64> = r.get(i)?;
     v.map(stored_u64).transpose()
 }
 
-fn result_file_from_row(
-    r: &sqlx::sqlite::SqliteRow,
-) -> Result<Option<ResultFileRecord>, StoreError> {
+fn result_file_from_row(r: &Row<'_>) -> Result<Option<ResultFileRecord>, StoreError> {
     let (Some(bytes), Some(rows)) = (opt_u64(r, 16)?, opt_u64(r, 17)?) else {
         return Ok(None);
     };
     Ok(Some(ResultFileRecord {
-        name: r.try_get(10)?,
+        name: r.get(10)?,
         bytes,
         rows,
-        sha256_hex: r.try_get(18)?,
+        sha256_hex: r.get(18)?,
     }))
 }
 
-fn provider_result_file_from_row(
-    r: &sqlx::sqlite::SqliteRow,
-) -> Result<Option<ResultFileRecord>, StoreError> {
+fn provider_result_file_from_row(r: &Row<'_>) -> Result<Option<ResultFileRecord>, StoreError> {
     let (Some(bytes), Some(rows)) = (opt_u64(r, 29)?, opt_u64(r, 30)?) else {
         return Ok(None);
     };
     Ok(Some(ResultFileRecord {
-        name: r.try_get(28)?,
+        name: r.get(28)?,
         bytes,
         rows,
-        sha256_hex: r.try_get(31)?,
+        sha256_hex: r.get(31)?,
     }))
 }
 
-fn failure_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Option<FailureOrigin>, StoreError> {
-    let role: String = r.try_get(21)?;
+fn failure_from_row(r: &Row<'_>) -> Result<Option<FailureOrigin>, StoreError> {
+    let role: String = r.get(21)?;
     if role.is_empty() {
         return Ok(None);
     }
     Ok(Some(FailureOrigin {
         role: role.parse().map_err(corrupt)?,
-        party: r.try_get(22)?,
-        kind: r.try_get(23)?,
+        party: r.get(22)?,
+        kind: r.get(23)?,
     }))
 }
 
@@ -673,16 +666,15 @@ fn count_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-async fn load_job(conn: &mut SqliteConnection, job_id: &str) -> Result<JobRecord, StoreError> {
-    let r = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = ?"))
-        .bind(job_id)
-        .fetch_optional(&mut *conn)
-        .await?
-        .ok_or_else(|| StoreError::NotFound {
-            kind: "job",
-            id: job_id.into(),
-        })?;
-    job_from_row(&r)
+fn load_job(conn: &Connection, job_id: &str) -> Result<JobRecord, StoreError> {
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = ?"))?;
+    let mut rows = stmt.query(params![job_id])?;
+    let r = rows.next()?.ok_or_else(|| StoreError::NotFound {
+        kind: "job",
+        id: job_id.into(),
+    })?;
+    job_from_row(r)
 }
 
 impl Store {
@@ -692,7 +684,7 @@ impl Store {
     /// If `decide` fails, nothing is written and its error is returned.
     ///
     /// The transaction is a savepoint in the group commit's next batch (`writer`): `decide`
-    /// runs on the writer task, with the other admissions of the batch before it already
+    /// runs on the writer thread, with the other admissions of the batch before it already
     /// applied, and the answer comes once the batch is durable.
     pub async fn admit<F, E>(&self, job: &NewJob, decide: F) -> Result<AdmitOutcome, E>
     where
@@ -701,19 +693,16 @@ impl Store {
     {
         let job = job.clone();
         let (outcome, failure) = self
-            .batched(move |conn| {
-                Box::pin(async move {
-                    let mut failure = None;
-                    let outcome = admit_in(conn, &job, |ctx| match decide(ctx) {
-                        Ok(d) => Some(d),
-                        Err(e) => {
-                            failure = Some(e);
-                            None
-                        }
-                    })
-                    .await?;
-                    Ok((outcome, failure))
-                })
+            .write(move |conn| {
+                let mut failure = None;
+                let outcome = admit_in(conn, &job, |ctx| match decide(ctx) {
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        failure = Some(e);
+                        None
+                    }
+                })?;
+                Ok((outcome, failure))
             })
             .await?;
         match (outcome, failure) {
@@ -726,9 +715,9 @@ impl Store {
     }
 }
 
-/// The admission transaction's work on `tx`; `None` from `decide` writes nothing.
-async fn admit_in<F>(
-    tx: &mut SqliteConnection,
+/// The admission transaction's work on `conn`; `None` from `decide` writes nothing.
+fn admit_in<F>(
+    conn: &Connection,
     job: &NewJob,
     decide: F,
 ) -> Result<Option<AdmitOutcome>, StoreError>
@@ -737,16 +726,15 @@ where
 {
     {
         if let Some(request_id) = &job.request_id {
-            let prior = sqlx::query(
-                "SELECT job_id, request_json FROM jobs WHERE user_id = ? AND request_id = ?",
-            )
-            .bind(&job.user)
-            .bind(request_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(prior) = prior {
-                let prior_id: String = prior.try_get(0)?;
-                let prior_request: String = prior.try_get(1)?;
+            let prior: Option<(String, String)> = conn
+                .prepare_cached(
+                    "SELECT job_id, request_json FROM jobs WHERE user_id = ? AND request_id = ?",
+                )?
+                .query_row(params![&job.user, request_id], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()?;
+            if let Some((prior_id, prior_request)) = prior {
                 let prior_request: serde_json::Value =
                     serde_json::from_str(&prior_request).map_err(corrupt)?;
                 if prior_request != job.request {
@@ -759,36 +747,31 @@ where
                         ),
                     });
                 }
-                return Ok(Some(AdmitOutcome::Replayed(
-                    load_job(&mut *tx, &prior_id).await?,
-                )));
+                return Ok(Some(AdmitOutcome::Replayed(load_job(conn, &prior_id)?)));
             }
         }
-        let licence = match load_licence(&mut *tx, &job.licence_id).await {
+        let licence = match load_licence(conn, &job.licence_id) {
             Ok(l) => Some(l),
             Err(StoreError::NotFound { .. }) => None,
             Err(e) => return Err(e),
         };
-        let funds = ledger::customer_funds(&mut *tx, &job.user).await?;
-        let (cash_micros, _) = ledger::spendable(
-            &mut *tx,
-            &AccountKind::CustomerCash(job.user.clone()).name(),
-        )
-        .await?;
-        let freeze = load_context(&mut *tx, &job.user).await?;
+        let funds = ledger::customer_funds(conn, &job.user)?;
+        let (cash_micros, _) =
+            ledger::spendable(conn, &AccountKind::CustomerCash(job.user.clone()).name())?;
+        let freeze = load_context(conn, &job.user)?;
         let term = match &licence {
-            Some(l) => crate::terms::term_check(&mut *tx, l, &job.user, job.now_ms).await?,
+            Some(l) => crate::terms::term_check(conn, l, &job.user, job.now_ms)?,
             None => Ok(()),
         };
         let mut co_licences = Vec::with_capacity(job.co_licences.len());
         for id in &job.co_licences {
-            let licence = match load_licence(&mut *tx, id).await {
+            let licence = match load_licence(conn, id) {
                 Ok(l) => Some(l),
                 Err(StoreError::NotFound { .. }) => None,
                 Err(e) => return Err(e),
             };
             let term = match &licence {
-                Some(l) => crate::terms::term_check(&mut *tx, l, &job.user, job.now_ms).await?,
+                Some(l) => crate::terms::term_check(conn, l, &job.user, job.now_ms)?,
                 None => Ok(()),
             };
             co_licences.push(CoLicenceContext {
@@ -800,14 +783,14 @@ where
         let output_taken_by = if job.output.is_empty() {
             None
         } else {
-            sqlx::query_scalar::<_, String>(
+            conn.prepare_cached(
                 "SELECT job_id FROM jobs WHERE buyer_party = ? AND output_name = ? \
                  AND state IN ('admitted', 'running', 'succeeded') ORDER BY created_at_ms LIMIT 1",
-            )
-            .bind(&job.buyer_party)
-            .bind(&job.output)
-            .fetch_optional(&mut *tx)
-            .await?
+            )?
+            .query_row(params![&job.buyer_party, &job.output], |r| {
+                r.get::<_, String>(0)
+            })
+            .optional()?
         };
         let Some(decision) = decide(&AdmitContext {
             licence: licence.as_ref(),
@@ -821,19 +804,19 @@ where
             return Ok(None);
         };
         if let Some((frozen, notice)) = &decision.auto_frozen {
-            set_auto_frozen(&mut *tx, &job.user, *frozen, notice.as_deref(), job.now_ms).await?;
+            set_auto_frozen(conn, &job.user, *frozen, notice.as_deref(), job.now_ms)?;
         }
         let mut allowed = decision.allowed;
         let mut reasons = decision.reasons.clone();
         for id in std::iter::once(&job.licence_id).chain(&job.co_licences) {
-            if let Some(reason) = crate::trade::withdrawn(&mut *tx, id).await? {
+            if let Some(reason) = crate::trade::withdrawn(conn, id)? {
                 allowed = false;
                 reasons.push(Refusal::Withdrawn { reason });
             }
         }
         if allowed {
             // Reserve one count, even if the decision was taken on a stale value.
-            if !reserve_count(&mut *tx, &job.licence_id, &job.scene).await? {
+            if !reserve_count(conn, &job.licence_id, &job.scene)? {
                 allowed = false;
                 reasons = vec![Refusal::QuotaExhausted {
                     scene: job.scene.clone(),
@@ -845,7 +828,7 @@ where
             // given back).
             let mut reserved = Vec::new();
             for id in &job.co_licences {
-                if reserve_count(&mut *tx, id, &job.scene).await? {
+                if reserve_count(conn, id, &job.scene)? {
                     reserved.push(id);
                 } else {
                     allowed = false;
@@ -857,7 +840,7 @@ where
             }
             if !allowed {
                 for id in std::iter::once(&job.licence_id).chain(reserved) {
-                    settle_count(&mut *tx, id, &job.scene, false).await?;
+                    settle_count(conn, id, &job.scene, false)?;
                 }
             }
         }
@@ -885,34 +868,35 @@ where
         } else {
             serde_json::to_string(&co_records).map_err(corrupt)?
         };
-        let inserted = sqlx::query(
-            "INSERT INTO jobs (job_id, licence_id, scene, user_id, mode, state, count_state, request_json, \
-             reasons_json, created_at_ms, updated_at_ms, finished_at_ms, buyer_party, provider_party, output_name, \
-             request_id, protocol, mpc_triples, co_licences) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT(job_id) DO NOTHING",
-        )
-        .bind(&job.job_id)
-        .bind(&job.licence_id)
-        .bind(&job.scene)
-        .bind(&job.user)
-        .bind(job.mode.as_str())
-        .bind(state.as_str())
-        .bind(count_state.as_str())
-        .bind(job.request.to_string())
-        .bind(&reasons_json)
-        .bind(job.now_ms)
-        .bind(job.now_ms)
-        .bind(if allowed { None } else { Some(job.now_ms) })
-        .bind(&job.buyer_party)
-        .bind(&job.provider_party)
-        .bind(output_name)
-        .bind(&job.request_id)
-        .bind(job.protocol.as_str())
-        .bind(decision.mpc_triples.map_or("", MpcTriples::as_str))
-        .bind(&co_licences_text)
-        .execute(&mut *tx)
-        .await?;
-        if inserted.rows_affected() == 0 {
+        let inserted = conn
+            .prepare_cached(
+                "INSERT INTO jobs (job_id, licence_id, scene, user_id, mode, state, count_state, request_json, \
+                 reasons_json, created_at_ms, updated_at_ms, finished_at_ms, buyer_party, provider_party, output_name, \
+                 request_id, protocol, mpc_triples, co_licences) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT(job_id) DO NOTHING",
+            )?
+            .execute(params![
+                &job.job_id,
+                &job.licence_id,
+                &job.scene,
+                &job.user,
+                job.mode.as_str(),
+                state.as_str(),
+                count_state.as_str(),
+                job.request.to_string(),
+                &reasons_json,
+                job.now_ms,
+                job.now_ms,
+                if allowed { None } else { Some(job.now_ms) },
+                &job.buyer_party,
+                &job.provider_party,
+                output_name,
+                &job.request_id,
+                job.protocol.as_str(),
+                decision.mpc_triples.map_or("", MpcTriples::as_str),
+                &co_licences_text,
+            ])?;
+        if inserted == 0 {
             return Err(StoreError::Conflict {
                 kind: "job",
                 id: job.job_id.clone(),
@@ -920,26 +904,26 @@ where
         }
         if allowed {
             for h in &decision.holds {
-                ledger::apply(&mut *tx, &LedgerOp::Hold(h.clone()), job.now_ms).await?;
+                ledger::apply(conn, &LedgerOp::Hold(h.clone()), job.now_ms)?;
             }
             for t in &decision.tasks {
-                sqlx::query(
+                conn.prepare_cached(
                     "INSERT INTO tasks (task_id, job_id, worker_id, party, role, state, spec_json, updated_at_ms) \
                      VALUES (?, ?, ?, ?, ?, 'dispatched', ?, ?)",
-                )
-                .bind(&t.task_id)
-                .bind(&job.job_id)
-                .bind(&t.worker_id)
-                .bind(&t.party)
-                .bind(t.role.as_str())
-                .bind(&t.spec_json)
-                .bind(job.now_ms)
-                .execute(&mut *tx)
-                .await?;
+                )?
+                .execute(params![
+                    &t.task_id,
+                    &job.job_id,
+                    &t.worker_id,
+                    &t.party,
+                    t.role.as_str(),
+                    &t.spec_json,
+                    job.now_ms,
+                ])?;
             }
         }
         audit::append(
-            &mut *tx,
+            conn,
             job.now_ms,
             if allowed { "admit" } else { "refuse" },
             &job.job_id,
@@ -959,9 +943,8 @@ where
                     "task_id": t.task_id, "worker_id": t.worker_id, "party": t.party, "role": t.role,
                 })).collect::<Vec<_>>(),
             }),
-        )
-        .await?;
-        let record = load_job(&mut *tx, &job.job_id).await?;
+        )?;
+        let record = load_job(conn, &job.job_id)?;
         Ok(Some(if allowed {
             AdmitOutcome::Admitted(record)
         } else {
@@ -990,10 +973,8 @@ impl Store {
         now_ms: i64,
     ) -> Result<bool, StoreError> {
         let job_id = job_id.to_string();
-        self.batched(move |conn| {
-            Box::pin(async move { deliver_in(conn, &job_id, rows, now_ms).await })
-        })
-        .await
+        self.write(move |conn| deliver_in(conn, &job_id, rows, now_ms))
+            .await
     }
 
     /// Records one task's report (its state, failure, usage and result size) and, for a
@@ -1013,14 +994,12 @@ impl Store {
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let (job_id, task_id) = (job_id.to_string(), task_id.to_string());
-        self.batched(move |conn| {
-            Box::pin(async move {
-                update_task_in(conn, &task_id, &update, now_ms).await?;
-                if let Some(rows) = delivered_rows {
-                    deliver_in(conn, &job_id, rows, now_ms).await?;
-                }
-                Ok(())
-            })
+        self.write(move |conn| {
+            update_task_in(conn, &task_id, &update, now_ms)?;
+            if let Some(rows) = delivered_rows {
+                deliver_in(conn, &job_id, rows, now_ms)?;
+            }
+            Ok(())
         })
         .await
     }
@@ -1035,23 +1014,21 @@ impl Store {
         now_ms: i64,
     ) -> Result<FinishOutcome, StoreError> {
         let (job_id, finish, zone) = (job_id.to_string(), finish.clone(), self.zone.clone());
-        self.batched(move |conn| {
-            Box::pin(async move { finish_in(conn, &job_id, &finish, now_ms, &zone).await })
-        })
-        .await
+        self.write(move |conn| finish_in(conn, &job_id, &finish, now_ms, &zone))
+            .await
     }
 }
 
-/// Ends a job on `tx` (see [`Store::finish_job`]).
-async fn finish_in(
-    tx: &mut SqliteConnection,
+/// Ends a job on `conn` (see [`Store::finish_job`]).
+fn finish_in(
+    conn: &Connection,
     job_id: &str,
     finish: &JobFinish,
     now_ms: i64,
     zone: &tessera_core::civil::Zone,
 ) -> Result<FinishOutcome, StoreError> {
     {
-        let job = load_job(&mut *tx, job_id).await?;
+        let job = load_job(conn, job_id)?;
         if job.is_terminal() {
             return Ok(FinishOutcome {
                 transitioned: false,
@@ -1092,7 +1069,7 @@ async fn finish_in(
         for id in
             std::iter::once(&job.licence_id).chain(job.co_licences.iter().map(|c| &c.licence_id))
         {
-            settle_count(&mut *tx, id, &job.scene, consume).await?;
+            settle_count(conn, id, &job.scene, consume)?;
         }
         let (result_file, provider_file, empty_keys, origin) = match finish {
             JobFinish::Succeeded {
@@ -1124,12 +1101,12 @@ async fn finish_in(
                 charge_micros,
                 ..
             } => {
-                insert_usages(&mut *tx, usage, now_ms).await?;
+                insert_usages(conn, usage, now_ms)?;
                 for op in ops {
-                    ledger::apply(&mut *tx, op, now_ms).await?;
+                    ledger::apply(conn, op, now_ms)?;
                 }
                 for line in bill_lines {
-                    add_line(&mut *tx, line, now_ms, zone).await?;
+                    add_line(conn, line, now_ms, zone)?;
                 }
                 (
                     Some(i64::try_from(*result_size).unwrap_or(i64::MAX)),
@@ -1144,54 +1121,54 @@ async fn finish_in(
                 charge_micros,
                 ..
             } => {
-                insert_usages(&mut *tx, usage, now_ms).await?;
+                insert_usages(conn, usage, now_ms)?;
                 for op in ops {
-                    ledger::apply(&mut *tx, op, now_ms).await?;
+                    ledger::apply(conn, op, now_ms)?;
                 }
                 for line in bill_lines {
-                    add_line(&mut *tx, line, now_ms, zone).await?;
+                    add_line(conn, line, now_ms, zone)?;
                 }
                 (None, String::new(), *charge_micros)
             }
             _ => (None, String::new(), 0),
         };
         // No hold outlives its job: whatever the outcome did not post is released.
-        let open = ledger::open_holds(&mut *tx, job_id).await?;
+        let open = ledger::open_holds(conn, job_id)?;
         for op in settle::release_holds(&open) {
-            ledger::apply(&mut *tx, &op, now_ms).await?;
+            ledger::apply(conn, &op, now_ms)?;
         }
-        sqlx::query(
+        conn.prepare_cached(
             "UPDATE jobs SET state = ?, count_state = ?, error = ?, result_size = ?, result_location = ?, \
              charge_micros = ?, updated_at_ms = ?, finished_at_ms = ?, result_bytes = ?, result_rows = ?, \
              result_sha256 = ?, buyer_empty_keys = ?, provider_empty_keys = ?, error_role = ?, \
              error_party = ?, error_kind = ?, provider_result_location = ?, provider_result_bytes = ?, \
              provider_result_rows = ?, provider_result_sha256 = ? WHERE job_id = ?",
-        )
-        .bind(state.as_str())
-        .bind(count_state.as_str())
-        .bind(&error)
-        .bind(result_size)
-        .bind(&result_location)
-        .bind(charge)
-        .bind(now_ms)
-        .bind(now_ms)
-        .bind(result_file.map(|f| count_i64(f.bytes)))
-        .bind(result_file.map(|f| count_i64(f.rows)))
-        .bind(result_file.map_or("", |f| f.sha256_hex.as_str()))
-        .bind(empty_keys.buyer.map(count_i64))
-        .bind(empty_keys.provider.map(count_i64))
-        .bind(origin.map_or("", |o| o.role.as_str()))
-        .bind(origin.map_or("", |o| o.party.as_str()))
-        .bind(origin.map_or("", |o| o.kind.as_str()))
-        .bind(provider_file.map_or("", |f| f.name.as_str()))
-        .bind(provider_file.map(|f| count_i64(f.bytes)))
-        .bind(provider_file.map(|f| count_i64(f.rows)))
-        .bind(provider_file.map_or("", |f| f.sha256_hex.as_str()))
-        .bind(job_id)
-        .execute(&mut *tx)
-        .await?;
+        )?
+        .execute(params![
+            state.as_str(),
+            count_state.as_str(),
+            &error,
+            result_size,
+            &result_location,
+            charge,
+            now_ms,
+            now_ms,
+            result_file.map(|f| count_i64(f.bytes)),
+            result_file.map(|f| count_i64(f.rows)),
+            result_file.map_or("", |f| f.sha256_hex.as_str()),
+            empty_keys.buyer.map(count_i64),
+            empty_keys.provider.map(count_i64),
+            origin.map_or("", |o| o.role.as_str()),
+            origin.map_or("", |o| o.party.as_str()),
+            origin.map_or("", |o| o.kind.as_str()),
+            provider_file.map_or("", |f| f.name.as_str()),
+            provider_file.map(|f| count_i64(f.bytes)),
+            provider_file.map(|f| count_i64(f.rows)),
+            provider_file.map_or("", |f| f.sha256_hex.as_str()),
+            job_id,
+        ])?;
         audit::append(
-            &mut *tx,
+            conn,
             now_ms,
             "complete",
             job_id,
@@ -1203,9 +1180,8 @@ async fn finish_in(
                 "failure": origin,
                 "empty_keys": {"buyer": empty_keys.buyer, "provider": empty_keys.provider},
             }),
-        )
-        .await?;
-        let job = load_job(&mut *tx, job_id).await?;
+        )?;
+        let job = load_job(conn, job_id)?;
         Ok(FinishOutcome {
             transitioned: true,
             job,
@@ -1215,26 +1191,20 @@ async fn finish_in(
 
 /// Reserves one count of `scene` on `licence_id` (the WHERE clause makes exhaustion
 /// impossible to miss); whether it could.
-async fn reserve_count(
-    tx: &mut SqliteConnection,
-    licence_id: &str,
-    scene: &str,
-) -> Result<bool, StoreError> {
-    let r = sqlx::query(
-        "UPDATE licence_scenes SET remaining = CASE WHEN remaining IS NULL THEN NULL ELSE remaining - 1 END, \
-         reserved = reserved + 1 \
-         WHERE licence_id = ? AND scene = ? AND (remaining IS NULL OR remaining > 0)",
-    )
-    .bind(licence_id)
-    .bind(scene)
-    .execute(&mut *tx)
-    .await?;
-    Ok(r.rows_affected() == 1)
+fn reserve_count(conn: &Connection, licence_id: &str, scene: &str) -> Result<bool, StoreError> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE licence_scenes SET remaining = CASE WHEN remaining IS NULL THEN NULL ELSE remaining - 1 END, \
+             reserved = reserved + 1 \
+             WHERE licence_id = ? AND scene = ? AND (remaining IS NULL OR remaining > 0)",
+        )?
+        .execute(params![licence_id, scene])?;
+    Ok(n == 1)
 }
 
 /// Ends one reserved count of `scene` on `licence_id`: used (`consume`) or given back.
-async fn settle_count(
-    tx: &mut SqliteConnection,
+fn settle_count(
+    conn: &Connection,
     licence_id: &str,
     scene: &str,
     consume: bool,
@@ -1245,72 +1215,60 @@ async fn settle_count(
         "UPDATE licence_scenes SET reserved = reserved - 1, \
          remaining = CASE WHEN remaining IS NULL THEN NULL ELSE remaining + 1 END WHERE licence_id = ? AND scene = ?"
     };
-    sqlx::query(update)
-        .bind(licence_id)
-        .bind(scene)
-        .execute(&mut *tx)
-        .await?;
+    conn.prepare_cached(update)?
+        .execute(params![licence_id, scene])?;
     Ok(())
 }
 
-/// Records a job's delivery milestone on `tx` (see [`Store::mark_delivered`]).
-async fn deliver_in(
-    tx: &mut SqliteConnection,
-    job_id: &str,
-    rows: u64,
-    now_ms: i64,
-) -> Result<bool, StoreError> {
+/// Records a job's delivery milestone on `conn` (see [`Store::mark_delivered`]).
+fn deliver_in(conn: &Connection, job_id: &str, rows: u64, now_ms: i64) -> Result<bool, StoreError> {
     let rows_i64 = i64::try_from(rows).map_err(|_| StoreError::Invalid {
         field: "rows_in",
         reason: format!("{rows} is out of range"),
     })?;
-    load_job(&mut *tx, job_id).await?;
-    let r = sqlx::query(
-        "UPDATE jobs SET delivered_at_ms = ?, delivered_rows = ?, updated_at_ms = ?, \
-         state = 'running' WHERE job_id = ? AND delivered_at_ms IS NULL \
-         AND state IN ('admitted', 'running')",
-    )
-    .bind(now_ms)
-    .bind(rows_i64)
-    .bind(now_ms)
-    .bind(job_id)
-    .execute(&mut *tx)
-    .await?;
-    let recorded = r.rows_affected() == 1;
+    load_job(conn, job_id)?;
+    let n = conn
+        .prepare_cached(
+            "UPDATE jobs SET delivered_at_ms = ?, delivered_rows = ?, updated_at_ms = ?, \
+             state = 'running' WHERE job_id = ? AND delivered_at_ms IS NULL \
+             AND state IN ('admitted', 'running')",
+        )?
+        .execute(params![now_ms, rows_i64, now_ms, job_id])?;
+    let recorded = n == 1;
     if recorded {
         audit::append(
-            &mut *tx,
+            conn,
             now_ms,
             "deliver",
             job_id,
             &serde_json::json!({ "delivered_rows": rows, "state": "running" }),
-        )
-        .await?;
+        )?;
     }
     Ok(recorded)
 }
 
-/// Records one task's report on `tx`.
-async fn update_task_in(
-    tx: &mut SqliteConnection,
+/// Records one task's report on `conn`.
+fn update_task_in(
+    conn: &Connection,
     task_id: &str,
     u: &TaskUpdate,
     now_ms: i64,
 ) -> Result<(), StoreError> {
-    let r = sqlx::query(
-        "UPDATE tasks SET state = ?, error_kind = ?, error = ?, usage_json = ?, result_size = ?, \
-         updated_at_ms = ? WHERE task_id = ?",
-    )
-    .bind(u.state.as_str())
-    .bind(&u.error_kind)
-    .bind(&u.error)
-    .bind(u.usage.as_ref().map(ToString::to_string))
-    .bind(u.result_size.map(|s| i64::try_from(s).unwrap_or(i64::MAX)))
-    .bind(now_ms)
-    .bind(task_id)
-    .execute(&mut *tx)
-    .await?;
-    if r.rows_affected() == 0 {
+    let n = conn
+        .prepare_cached(
+            "UPDATE tasks SET state = ?, error_kind = ?, error = ?, usage_json = ?, result_size = ?, \
+             updated_at_ms = ? WHERE task_id = ?",
+        )?
+        .execute(params![
+            u.state.as_str(),
+            &u.error_kind,
+            &u.error,
+            u.usage.as_ref().map(ToString::to_string),
+            u.result_size.map(|s| i64::try_from(s).unwrap_or(i64::MAX)),
+            now_ms,
+            task_id,
+        ])?;
+    if n == 0 {
         return Err(StoreError::NotFound {
             kind: "task",
             id: task_id.into(),
@@ -1329,10 +1287,12 @@ impl Store {
         events: &[UsageEventRecord],
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.write.begin().await?;
-        insert_usages(&mut tx, events, now_ms).await?;
-        tx.commit().await?;
-        Ok(())
+        let events = events.to_vec();
+        self.write(move |conn| {
+            insert_usages(conn, &events, now_ms)?;
+            Ok(())
+        })
+        .await
     }
 
     /// Records a group of usage events once, all or nothing: `Created` when none existed,
@@ -1346,67 +1306,69 @@ impl Store {
         events: &[UsageEventRecord],
         now_ms: i64,
     ) -> Result<TransferOutcome, StoreError> {
-        let mut tx = self.write.begin().await?;
-        let created = insert_usages(&mut tx, events, now_ms)
-            .await?
-            .iter()
-            .filter(|o| **o == TransferOutcome::Created)
-            .count();
-        let outcome = match created {
-            0 => TransferOutcome::Exists,
-            n if n == events.len() => TransferOutcome::Created,
-            _ => {
-                return Err(StoreError::IdempotencyMismatch {
+        let events = events.to_vec();
+        self.write(move |conn| {
+            let created = insert_usages(conn, &events, now_ms)?
+                .iter()
+                .filter(|o| **o == TransferOutcome::Created)
+                .count();
+            match created {
+                0 => Ok(TransferOutcome::Exists),
+                n if n == events.len() => Ok(TransferOutcome::Created),
+                _ => Err(StoreError::IdempotencyMismatch {
                     kind: "usage event",
                     id: events
                         .iter()
                         .map(|e| e.event_id.as_str())
                         .collect::<Vec<_>>()
                         .join(","),
-                });
+                }),
             }
-        };
-        tx.commit().await?;
-        Ok(outcome)
+        })
+        .await
     }
 
     /// Reads a job.
     pub async fn job(&self, job_id: &str) -> Result<JobRecord, StoreError> {
-        let mut conn = self.read.acquire().await?;
-        load_job(&mut conn, job_id).await
+        self.read(|conn| load_job(conn, job_id))
     }
 
     /// Jobs that are admitted or running (for recovery after a restart).
     pub async fn unfinished_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('admitted', 'running') ORDER BY created_at_ms"
-        ))
-        .fetch_all(&self.read)
-        .await?;
-        rows.iter().map(job_from_row).collect()
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('admitted', 'running') ORDER BY created_at_ms"
+            ))?;
+            let mut rows = stmt.query([])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(job_from_row(r)?);
+            }
+            Ok(out)
+        })
     }
 
     /// A job's tasks.
     pub async fn tasks(&self, job_id: &str) -> Result<Vec<TaskRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT task_id, job_id, worker_id, party, role, state, spec_json FROM tasks WHERE job_id = ? ORDER BY task_id",
-        )
-        .bind(job_id)
-        .fetch_all(&self.read)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(TaskRecord {
-                    task_id: r.try_get(0)?,
-                    job_id: r.try_get(1)?,
-                    worker_id: r.try_get(2)?,
-                    party: r.try_get(3)?,
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT task_id, job_id, worker_id, party, role, state, spec_json FROM tasks WHERE job_id = ? ORDER BY task_id",
+            )?;
+            let mut rows = stmt.query(params![job_id])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(TaskRecord {
+                    task_id: r.get(0)?,
+                    job_id: r.get(1)?,
+                    worker_id: r.get(2)?,
+                    party: r.get(3)?,
                     role: parse_col(r, 4)?,
                     state: parse_col(r, 5)?,
-                    spec_json: r.try_get(6)?,
-                })
-            })
-            .collect()
+                    spec_json: r.get(6)?,
+                });
+            }
+            Ok(out)
+        })
     }
 
     /// All usage events in arrival order.
@@ -1420,28 +1382,28 @@ impl Store {
     /// # Errors
     /// `Db`; `Corrupt` for a row that does not read.
     pub async fn usage_events_of(&self, viewer: &str) -> Result<Vec<UsageEventRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT event_id, job_id, party, metric, attempt, quantity, event_time_ms, protocol \
-             FROM usage_events WHERE ?1 = '' \
-             OR party IN (SELECT party_id FROM parties WHERE owner_user_id = ?1) ORDER BY rowid",
-        )
-        .bind(viewer)
-        .fetch_all(&self.read)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(UsageEventRecord {
-                    event_id: r.try_get(0)?,
-                    job_id: r.try_get(1)?,
-                    party: r.try_get(2)?,
-                    metric: r.try_get(3)?,
-                    attempt: r.try_get(4)?,
-                    quantity: r.try_get(5)?,
-                    event_time_ms: r.try_get(6)?,
-                    protocol: r.try_get(7)?,
-                })
-            })
-            .collect()
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT event_id, job_id, party, metric, attempt, quantity, event_time_ms, protocol \
+                 FROM usage_events WHERE ?1 = '' \
+                 OR party IN (SELECT party_id FROM parties WHERE owner_user_id = ?1) ORDER BY rowid",
+            )?;
+            let mut rows = stmt.query(params![viewer])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(UsageEventRecord {
+                    event_id: r.get(0)?,
+                    job_id: r.get(1)?,
+                    party: r.get(2)?,
+                    metric: r.get(3)?,
+                    attempt: r.get(4)?,
+                    quantity: r.get(5)?,
+                    event_time_ms: r.get(6)?,
+                    protocol: r.get(7)?,
+                });
+            }
+            Ok(out)
+        })
     }
 
     /// The remaining count of a licence scene (`None`: unlimited).
@@ -1450,18 +1412,19 @@ impl Store {
         licence_id: &str,
         scene: &str,
     ) -> Result<Option<u64>, StoreError> {
-        let r =
-            sqlx::query("SELECT remaining FROM licence_scenes WHERE licence_id = ? AND scene = ?")
-                .bind(licence_id)
-                .bind(scene)
-                .fetch_optional(&self.read)
-                .await?
+        self.read(|conn| {
+            let v: Option<i64> = conn
+                .prepare_cached(
+                    "SELECT remaining FROM licence_scenes WHERE licence_id = ? AND scene = ?",
+                )?
+                .query_row(params![licence_id, scene], |r| r.get(0))
+                .optional()?
                 .ok_or_else(|| StoreError::NotFound {
                     kind: "licence scene",
                     id: format!("{licence_id}/{scene}"),
                 })?;
-        let v: Option<i64> = r.try_get(0)?;
-        v.map(stored_u64).transpose()
+            v.map(stored_u64).transpose()
+        })
     }
 }
 
@@ -1475,42 +1438,50 @@ const USAGE_ROWS_PER_INSERT: usize = 64;
 ///
 /// # Errors
 /// [`StoreError::IdempotencyMismatch`] for an id recorded with any field different.
-async fn insert_usages(
-    conn: &mut SqliteConnection,
+fn insert_usages(
+    conn: &Connection,
     events: &[UsageEventRecord],
     now_ms: i64,
 ) -> Result<Vec<TransferOutcome>, StoreError> {
     let mut outcomes = Vec::with_capacity(events.len());
     for chunk in events.chunks(USAGE_ROWS_PER_INSERT) {
-        let mut q = sqlx::QueryBuilder::new(
+        let sql = format!(
             "INSERT INTO usage_events (event_id, job_id, party, metric, attempt, quantity, \
-             event_time_ms, arrival_time_ms, protocol) ",
+             event_time_ms, arrival_time_ms, protocol) VALUES {} \
+             ON CONFLICT(event_id) DO NOTHING RETURNING event_id",
+            vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
         );
-        q.push_values(chunk, |mut row, e| {
-            row.push_bind(&e.event_id)
-                .push_bind(&e.job_id)
-                .push_bind(&e.party)
-                .push_bind(&e.metric)
-                .push_bind(e.attempt)
-                .push_bind(e.quantity)
-                .push_bind(e.event_time_ms)
-                .push_bind(now_ms)
-                .push_bind(&e.protocol);
-        });
-        q.push(" ON CONFLICT(event_id) DO NOTHING RETURNING event_id");
-        let inserted: std::collections::HashSet<String> = q
-            .build_query_scalar::<String>()
-            .fetch_all(&mut *conn)
-            .await?
-            .into_iter()
-            .collect();
+        let mut values: Vec<&dyn ToSql> = Vec::with_capacity(chunk.len() * 9);
+        for e in chunk {
+            values.extend([
+                &e.event_id as &dyn ToSql,
+                &e.job_id,
+                &e.party,
+                &e.metric,
+                &e.attempt,
+                &e.quantity,
+                &e.event_time_ms,
+                &now_ms,
+                &e.protocol,
+            ]);
+        }
+        let inserted = {
+            // At most `USAGE_ROWS_PER_INSERT` texts (one per row count): kept in the cache.
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut rows = stmt.query(values.as_slice())?;
+            let mut inserted = std::collections::HashSet::new();
+            while let Some(r) = rows.next()? {
+                inserted.insert(r.get::<_, String>(0)?);
+            }
+            inserted
+        };
         let mut seen = std::collections::HashSet::new();
         for e in chunk {
             // The first of an id inserted now is new; any other is checked against it.
             if inserted.contains(&e.event_id) && seen.insert(e.event_id.as_str()) {
                 outcomes.push(TransferOutcome::Created);
             } else {
-                outcomes.push(existing_usage(conn, e).await?);
+                outcomes.push(existing_usage(conn, e)?);
             }
         }
     }
@@ -1518,24 +1489,38 @@ async fn insert_usages(
 }
 
 /// `Exists` when `e` was recorded with every field equal, else the mismatch.
-async fn existing_usage(
-    conn: &mut SqliteConnection,
-    e: &UsageEventRecord,
-) -> Result<TransferOutcome, StoreError> {
-    let existing = sqlx::query(
+fn existing_usage(conn: &Connection, e: &UsageEventRecord) -> Result<TransferOutcome, StoreError> {
+    let (job_id, party, metric, attempt, quantity, event_time_ms, protocol): (
+        String,
+        String,
+        String,
+        i64,
+        i64,
+        i64,
+        String,
+    ) = conn
+        .prepare_cached(
             "SELECT job_id, party, metric, attempt, quantity, event_time_ms, protocol FROM usage_events \
              WHERE event_id = ?",
-        )
-        .bind(&e.event_id)
-        .fetch_one(&mut *conn)
-        .await?;
-    let same = existing.try_get::<String, _>(0)? == e.job_id
-        && existing.try_get::<String, _>(1)? == e.party
-        && existing.try_get::<String, _>(2)? == e.metric
-        && existing.try_get::<i64, _>(3)? == e.attempt
-        && existing.try_get::<i64, _>(4)? == e.quantity
-        && existing.try_get::<i64, _>(5)? == e.event_time_ms
-        && existing.try_get::<String, _>(6)? == e.protocol;
+        )?
+        .query_row(params![&e.event_id], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+            ))
+        })?;
+    let same = job_id == e.job_id
+        && party == e.party
+        && metric == e.metric
+        && attempt == e.attempt
+        && quantity == e.quantity
+        && event_time_ms == e.event_time_ms
+        && protocol == e.protocol;
     if !same {
         return Err(StoreError::IdempotencyMismatch {
             kind: "usage event",

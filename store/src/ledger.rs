@@ -8,8 +8,8 @@
 //! the rest is released) or *voided*, exactly once (a unique index on `pending_id`). Limits are
 //! checked against the spendable balance `credits - debits - debits_pending`.
 
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
-use sqlx::{Row, SqliteConnection};
 use tessera_accounting::ledger::{Hold, LedgerOp, MAX_ACCOUNT_TOTAL_MICROS};
 use tessera_accounting::{AccountKind, BalanceLimit, LedgerError, TransferOutcome, TransferSpec};
 
@@ -59,29 +59,28 @@ struct Totals {
 
 /// The totals of `account`, opening it first (zero totals, its kind's default limit) when it
 /// does not exist yet.
-async fn totals(conn: &mut SqliteConnection, account: &str) -> Result<Totals, StoreError> {
-    let r = sqlx::query(
-        "SELECT credits_micros, debits_micros, credits_pending_micros, debits_pending_micros, \
-         min_balance_micros FROM ledger_accounts WHERE name = ?",
-    )
-    .bind(account)
-    .fetch_optional(&mut *conn)
-    .await?;
-    if let Some(r) = r {
-        return Ok(Totals {
-            credits: r.try_get(0)?,
-            debits: r.try_get(1)?,
-            credits_pending: r.try_get(2)?,
-            debits_pending: r.try_get(3)?,
-            min: r.try_get(4)?,
-        });
+fn totals(conn: &Connection, account: &str) -> Result<Totals, StoreError> {
+    let stored = conn
+        .prepare_cached(
+            "SELECT credits_micros, debits_micros, credits_pending_micros, debits_pending_micros, \
+             min_balance_micros FROM ledger_accounts WHERE name = ?",
+        )?
+        .query_row(params![account], |r| {
+            Ok(Totals {
+                credits: r.get(0)?,
+                debits: r.get(1)?,
+                credits_pending: r.get(2)?,
+                debits_pending: r.get(3)?,
+                min: r.get(4)?,
+            })
+        })
+        .optional()?;
+    if let Some(t) = stored {
+        return Ok(t);
     }
     let min = kind(account)?.default_limit().min_balance_micros();
-    sqlx::query("INSERT INTO ledger_accounts (name, min_balance_micros) VALUES (?, ?)")
-        .bind(account)
-        .bind(min)
-        .execute(&mut *conn)
-        .await?;
+    conn.prepare_cached("INSERT INTO ledger_accounts (name, min_balance_micros) VALUES (?, ?)")?
+        .execute(params![account, min])?;
     Ok(Totals {
         credits: 0,
         debits: 0,
@@ -113,23 +112,14 @@ fn moved(account: &str, total: i64, delta: i64) -> Result<i64, StoreError> {
 
 /// Adds to an account's debits (posted and pending) and checks its limit against the
 /// spendable balance.
-async fn debit(
-    conn: &mut SqliteConnection,
-    account: &str,
-    posted: i64,
-    pending: i64,
-) -> Result<(), StoreError> {
-    let t = totals(conn, account).await?;
+fn debit(conn: &Connection, account: &str, posted: i64, pending: i64) -> Result<(), StoreError> {
+    let t = totals(conn, account)?;
     let debits = moved(account, t.debits, posted)?;
     let debits_pending = moved(account, t.debits_pending, pending)?;
-    sqlx::query(
+    conn.prepare_cached(
         "UPDATE ledger_accounts SET debits_micros = ?, debits_pending_micros = ? WHERE name = ?",
-    )
-    .bind(debits)
-    .bind(debits_pending)
-    .bind(account)
-    .execute(&mut *conn)
-    .await?;
+    )?
+    .execute(params![debits, debits_pending, account])?;
     // Every total is in 0..=10^18, so this cannot overflow an i128 (nor, in practice, an i64).
     let spendable = i128::from(t.credits) - i128::from(debits) - i128::from(debits_pending);
     let spendable = i64::try_from(spendable).map_err(|_| LedgerError::Overflow)?;
@@ -149,13 +139,8 @@ async fn debit(
 
 /// Adds to an account's credits (posted and pending); a customer's cash or voucher account
 /// never holds more than [`AccountKind::max_balance_micros`].
-async fn credit(
-    conn: &mut SqliteConnection,
-    account: &str,
-    posted: i64,
-    pending: i64,
-) -> Result<(), StoreError> {
-    let t = totals(conn, account).await?;
+fn credit(conn: &Connection, account: &str, posted: i64, pending: i64) -> Result<(), StoreError> {
+    let t = totals(conn, account)?;
     let credits = moved(account, t.credits, posted)?;
     let credits_pending = moved(account, t.credits_pending, pending)?;
     if let Some(max) = kind(account)?.max_balance_micros() {
@@ -169,14 +154,10 @@ async fn credit(
             .into());
         }
     }
-    sqlx::query(
+    conn.prepare_cached(
         "UPDATE ledger_accounts SET credits_micros = ?, credits_pending_micros = ? WHERE name = ?",
-    )
-    .bind(credits)
-    .bind(credits_pending)
-    .bind(account)
-    .execute(&mut *conn)
-    .await?;
+    )?
+    .execute(params![credits, credits_pending, account])?;
     Ok(())
 }
 
@@ -190,58 +171,55 @@ struct Existing {
     memo: String,
 }
 
-async fn existing(conn: &mut SqliteConnection, id: &str) -> Result<Option<Existing>, StoreError> {
-    let r = sqlx::query(
-        "SELECT debit_account, credit_account, amount_micros, job_id, kind, pending_id, memo \
-         FROM ledger_transfers WHERE transfer_id = ?",
-    )
-    .bind(id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    r.map(|r| {
-        Ok(Existing {
-            debit: r.try_get(0)?,
-            credit: r.try_get(1)?,
-            amount: r.try_get(2)?,
-            job_id: r.try_get(3)?,
-            kind: r.try_get(4)?,
-            pending_id: r.try_get(5)?,
-            memo: r.try_get(6)?,
+fn existing(conn: &Connection, id: &str) -> Result<Option<Existing>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT debit_account, credit_account, amount_micros, job_id, kind, pending_id, memo \
+             FROM ledger_transfers WHERE transfer_id = ?",
+        )?
+        .query_row(params![id], |r| {
+            Ok(Existing {
+                debit: r.get(0)?,
+                credit: r.get(1)?,
+                amount: r.get(2)?,
+                job_id: r.get(3)?,
+                kind: r.get(4)?,
+                pending_id: r.get(5)?,
+                memo: r.get(6)?,
+            })
         })
-    })
-    .transpose()
+        .optional()?)
 }
 
-async fn insert_transfer(
-    conn: &mut SqliteConnection,
+fn insert_transfer(
+    conn: &Connection,
     t: &TransferSpec,
     kind: &str,
     pending_id: Option<&str>,
     now_ms: i64,
 ) -> Result<(), StoreError> {
-    sqlx::query(
+    conn.prepare_cached(
         "INSERT INTO ledger_transfers (transfer_id, debit_account, credit_account, amount_micros, job_id, memo, \
          created_at_ms, kind, pending_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&t.id)
-    .bind(&t.debit)
-    .bind(&t.credit)
-    .bind(t.amount_micros)
-    .bind(&t.job_id)
-    .bind(&t.memo)
-    .bind(now_ms)
-    .bind(kind)
-    .bind(pending_id)
-    .execute(&mut *conn)
-    .await?;
+    )?
+    .execute(params![
+        t.id,
+        t.debit,
+        t.credit,
+        t.amount_micros,
+        t.job_id,
+        t.memo,
+        now_ms,
+        kind,
+        pending_id
+    ])?;
     audit::append(
         conn,
         now_ms,
         audit::LEDGER_TRANSFER,
         &t.id,
         &serde_json::json!({"kind": kind, "pending_id": pending_id, "transfer": t}),
-    )
-    .await?;
+    )?;
     Ok(())
 }
 
@@ -253,43 +231,41 @@ fn mismatch(id: &str) -> StoreError {
 }
 
 /// Applies one ledger operation inside the caller's transaction.
-pub(crate) async fn apply(
-    conn: &mut SqliteConnection,
+pub(crate) fn apply(
+    conn: &Connection,
     op: &LedgerOp,
     now_ms: i64,
 ) -> Result<TransferOutcome, StoreError> {
     match op {
-        LedgerOp::Post(t) => post_or_hold(conn, t, false, now_ms).await,
-        LedgerOp::Hold(t) => post_or_hold(conn, t, true, now_ms).await,
+        LedgerOp::Post(t) => post_or_hold(conn, t, false, now_ms),
+        LedgerOp::Hold(t) => post_or_hold(conn, t, true, now_ms),
         LedgerOp::PostPending {
             id,
             pending_id,
             amount_micros,
-        } => resolve(conn, id, pending_id, Some(*amount_micros), now_ms).await,
-        LedgerOp::VoidPending { id, pending_id } => {
-            resolve(conn, id, pending_id, None, now_ms).await
-        }
+        } => resolve(conn, id, pending_id, Some(*amount_micros), now_ms),
+        LedgerOp::VoidPending { id, pending_id } => resolve(conn, id, pending_id, None, now_ms),
     }
 }
 
 /// Posts a transfer inside the caller's transaction.
-pub(crate) async fn post(
-    conn: &mut SqliteConnection,
+pub(crate) fn post(
+    conn: &Connection,
     t: &TransferSpec,
     now_ms: i64,
 ) -> Result<TransferOutcome, StoreError> {
-    post_or_hold(conn, t, false, now_ms).await
+    post_or_hold(conn, t, false, now_ms)
 }
 
-async fn post_or_hold(
-    conn: &mut SqliteConnection,
+fn post_or_hold(
+    conn: &Connection,
     t: &TransferSpec,
     pending: bool,
     now_ms: i64,
 ) -> Result<TransferOutcome, StoreError> {
     t.validate()?;
     let kind = if pending { "pending" } else { "posted" };
-    if let Some(e) = existing(conn, &t.id).await? {
+    if let Some(e) = existing(conn, &t.id)? {
         // Every field of the transfer: any difference is a different transfer.
         let same = e.debit == t.debit
             && e.credit == t.credit
@@ -308,15 +284,15 @@ async fn post_or_hold(
     } else {
         (t.amount_micros, 0)
     };
-    debit(conn, &t.debit, posted, held).await?;
-    credit(conn, &t.credit, posted, held).await?;
-    insert_transfer(conn, t, kind, None, now_ms).await?;
+    debit(conn, &t.debit, posted, held)?;
+    credit(conn, &t.credit, posted, held)?;
+    insert_transfer(conn, t, kind, None, now_ms)?;
     Ok(TransferOutcome::Created)
 }
 
 /// Posts (`amount = Some`) or voids (`None`) a hold, once.
-async fn resolve(
-    conn: &mut SqliteConnection,
+fn resolve(
+    conn: &Connection,
     id: &str,
     pending_id: &str,
     amount: Option<i64>,
@@ -327,15 +303,14 @@ async fn resolve(
     } else {
         "void_pending"
     };
-    let hold = existing(conn, pending_id)
-        .await?
+    let hold = existing(conn, pending_id)?
         .filter(|h| h.kind == "pending")
         .ok_or_else(|| StoreError::NotFound {
             kind: "hold",
             id: pending_id.to_string(),
         })?;
     let moved = amount.unwrap_or(hold.amount);
-    if let Some(e) = existing(conn, id).await? {
+    if let Some(e) = existing(conn, id)? {
         let same =
             e.kind == kind && e.pending_id.as_deref() == Some(pending_id) && e.amount == moved;
         return if same {
@@ -344,14 +319,14 @@ async fn resolve(
             Err(mismatch(id))
         };
     }
-    let resolved = sqlx::query("SELECT transfer_id FROM ledger_transfers WHERE pending_id = ?")
-        .bind(pending_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    if let Some(r) = resolved {
+    let resolved = conn
+        .prepare_cached("SELECT transfer_id FROM ledger_transfers WHERE pending_id = ?")?
+        .query_row(params![pending_id], |r| r.get::<_, String>(0))
+        .optional()?;
+    if let Some(by) = resolved {
         return Err(LedgerError::HoldAlreadyResolved {
             hold: pending_id.to_string(),
-            by: r.try_get(0)?,
+            by,
         }
         .into());
     }
@@ -365,8 +340,8 @@ async fn resolve(
     }
     let posted = if amount.is_some() { moved } else { 0 };
     // Release the whole reservation, then move what is posted.
-    debit(conn, &hold.debit, posted, -hold.amount).await?;
-    credit(conn, &hold.credit, posted, -hold.amount).await?;
+    debit(conn, &hold.debit, posted, -hold.amount)?;
+    credit(conn, &hold.credit, posted, -hold.amount)?;
     let memo = match amount {
         Some(a) => format!("post {a} of hold {pending_id}"),
         None => format!("void hold {pending_id}"),
@@ -379,58 +354,55 @@ async fn resolve(
         job_id: hold.job_id,
         memo,
     };
-    insert_transfer(conn, &spec, kind, Some(pending_id), now_ms).await?;
+    insert_transfer(conn, &spec, kind, Some(pending_id), now_ms)?;
     Ok(TransferOutcome::Created)
 }
 
 /// Holds of `job_id` that are neither posted nor voided, in the order written.
-pub(crate) async fn open_holds(
-    conn: &mut SqliteConnection,
-    job_id: &str,
-) -> Result<Vec<HoldRecord>, StoreError> {
-    let rows = sqlx::query(
+pub(crate) fn open_holds(conn: &Connection, job_id: &str) -> Result<Vec<HoldRecord>, StoreError> {
+    let mut stmt = conn.prepare_cached(
         "SELECT t.transfer_id, t.debit_account, t.credit_account, t.amount_micros FROM ledger_transfers t \
          WHERE t.job_id = ? AND t.kind = 'pending' \
          AND NOT EXISTS (SELECT 1 FROM ledger_transfers r WHERE r.pending_id = t.transfer_id) ORDER BY t.rowid",
-    )
-    .bind(job_id)
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(HoldRecord {
-                transfer_id: r.try_get(0)?,
-                debit: r.try_get(1)?,
-                credit: r.try_get(2)?,
-                amount_micros: r.try_get(3)?,
-            })
-        })
-        .collect()
+    )?;
+    let mut rows = stmt.query(params![job_id])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(HoldRecord {
+            transfer_id: r.get(0)?,
+            debit: r.get(1)?,
+            credit: r.get(2)?,
+            amount_micros: r.get(3)?,
+        });
+    }
+    Ok(out)
 }
 
 /// Spendable balance of an account (`credits - debits - debits_pending`) and its limit (the
 /// kind's default for an account that does not exist yet).
-pub(crate) async fn spendable(
-    conn: &mut SqliteConnection,
+pub(crate) fn spendable(
+    conn: &Connection,
     account: &str,
 ) -> Result<(i64, BalanceLimit), StoreError> {
-    let r = sqlx::query(
-        "SELECT credits_micros - debits_micros - debits_pending_micros, min_balance_micros \
-         FROM ledger_accounts WHERE name = ?",
-    )
-    .bind(account)
-    .fetch_optional(&mut *conn)
-    .await?;
+    let r = conn
+        .prepare_cached(
+            "SELECT credits_micros - debits_micros - debits_pending_micros, min_balance_micros \
+             FROM ledger_accounts WHERE name = ?",
+        )?
+        .query_row(params![account], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?))
+        })
+        .optional()?;
     Ok(match r {
-        Some(r) => (r.try_get(0)?, BalanceLimit::from_min_balance(r.try_get(1)?)),
+        Some((spendable, min)) => (spendable, BalanceLimit::from_min_balance(min)),
         None => (0, kind(account)?.default_limit()),
     })
 }
 
 /// A customer's funds in payment order ([`AccountKind::customer_funds`]) with what each can
 /// still give above its limit.
-pub(crate) async fn customer_funds(
-    conn: &mut SqliteConnection,
+pub(crate) fn customer_funds(
+    conn: &Connection,
     customer: &str,
 ) -> Result<Vec<(AccountKind, i64)>, StoreError> {
     let accounts = AccountKind::customer_funds(customer);
@@ -438,19 +410,19 @@ pub(crate) async fn customer_funds(
     // One read for all of them: a JSON array of the names.
     let names_json =
         serde_json::to_string(&names).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let rows = sqlx::query(
-        "SELECT name, credits_micros - debits_micros - debits_pending_micros, min_balance_micros \
-         FROM ledger_accounts WHERE name IN (SELECT value FROM json_each(?))",
-    )
-    .bind(names_json)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut stored = std::collections::HashMap::with_capacity(rows.len());
-    for r in &rows {
-        let name: String = r.try_get(0)?;
-        let spendable: i64 = r.try_get(1)?;
-        let min: Option<i64> = r.try_get(2)?;
-        stored.insert(name, (spendable, BalanceLimit::from_min_balance(min)));
+    let mut stored = std::collections::HashMap::with_capacity(names.len());
+    {
+        let mut stmt = conn.prepare_cached(
+            "SELECT name, credits_micros - debits_micros - debits_pending_micros, min_balance_micros \
+             FROM ledger_accounts WHERE name IN (SELECT value FROM json_each(?))",
+        )?;
+        let mut rows = stmt.query(params![names_json])?;
+        while let Some(r) = rows.next()? {
+            let name: String = r.get(0)?;
+            let spendable: i64 = r.get(1)?;
+            let min: Option<i64> = r.get(2)?;
+            stored.insert(name, (spendable, BalanceLimit::from_min_balance(min)));
+        }
     }
     let mut out = Vec::with_capacity(accounts.len());
     for (account, name) in accounts.into_iter().zip(&names) {
@@ -470,13 +442,15 @@ impl Store {
         transfers: &[TransferSpec],
         now_ms: i64,
     ) -> Result<Vec<TransferOutcome>, StoreError> {
-        let mut tx = self.write.begin().await?;
-        let mut out = Vec::with_capacity(transfers.len());
-        for t in transfers {
-            out.push(post(&mut tx, t, now_ms).await?);
-        }
-        tx.commit().await?;
-        Ok(out)
+        let transfers = transfers.to_vec();
+        self.write(move |conn| {
+            let mut out = Vec::with_capacity(transfers.len());
+            for t in &transfers {
+                out.push(post(conn, t, now_ms)?);
+            }
+            Ok(out)
+        })
+        .await
     }
 
     /// Applies ledger operations atomically: all are written or none.
@@ -485,13 +459,15 @@ impl Store {
         ops: &[LedgerOp],
         now_ms: i64,
     ) -> Result<Vec<TransferOutcome>, StoreError> {
-        let mut tx = self.write.begin().await?;
-        let mut out = Vec::with_capacity(ops.len());
-        for op in ops {
-            out.push(apply(&mut tx, op, now_ms).await?);
-        }
-        tx.commit().await?;
-        Ok(out)
+        let ops = ops.to_vec();
+        self.write(move |conn| {
+            let mut out = Vec::with_capacity(ops.len());
+            for op in &ops {
+                out.push(apply(conn, op, now_ms)?);
+            }
+            Ok(out)
+        })
+        .await
     }
 
     /// A customer's funds in payment order with what each can still give above its limit
@@ -501,20 +477,17 @@ impl Store {
         &self,
         customer: &str,
     ) -> Result<Vec<(AccountKind, i64)>, StoreError> {
-        let mut conn = self.read.acquire().await?;
-        customer_funds(&mut conn, customer).await
+        self.read(|conn| customer_funds(conn, customer))
     }
 
     /// Open holds of a job.
     pub async fn job_holds(&self, job_id: &str) -> Result<Vec<HoldRecord>, StoreError> {
-        let mut conn = self.read.acquire().await?;
-        open_holds(&mut conn, job_id).await
+        self.read(|conn| open_holds(conn, job_id))
     }
 
     /// Spendable balance of an account (`credits - debits - pending debits`).
     pub async fn spendable(&self, account: &str) -> Result<i64, StoreError> {
-        let mut conn = self.read.acquire().await?;
-        Ok(spendable(&mut conn, account).await?.0)
+        self.read(|conn| Ok(spendable(conn, account)?.0))
     }
 
     /// Sets an account's lower balance limit (`None`: no limit; a credit line of `L` is
@@ -525,52 +498,53 @@ impl Store {
         min_balance_micros: Option<i64>,
     ) -> Result<(), StoreError> {
         kind(account)?;
-        sqlx::query(
-            "INSERT INTO ledger_accounts (name, min_balance_micros) VALUES (?, ?) \
-             ON CONFLICT(name) DO UPDATE SET min_balance_micros = excluded.min_balance_micros",
-        )
-        .bind(account)
-        .bind(min_balance_micros)
-        .execute(&self.write)
-        .await?;
-        Ok(())
+        let account = account.to_string();
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO ledger_accounts (name, min_balance_micros) VALUES (?, ?) \
+                 ON CONFLICT(name) DO UPDATE SET min_balance_micros = excluded.min_balance_micros",
+            )?
+            .execute(params![account, min_balance_micros])?;
+            Ok(())
+        })
+        .await
     }
 
     /// Balance of one account (0 if it has never moved).
     pub async fn balance(&self, account: &str) -> Result<i64, StoreError> {
-        let r = sqlx::query(
-            "SELECT credits_micros - debits_micros FROM ledger_accounts WHERE name = ?",
-        )
-        .bind(account)
-        .fetch_optional(&self.read)
-        .await?;
-        Ok(match r {
-            Some(r) => r.try_get(0)?,
-            None => 0,
+        self.read(|conn| {
+            let r = conn
+                .prepare_cached(
+                    "SELECT credits_micros - debits_micros FROM ledger_accounts WHERE name = ?",
+                )?
+                .query_row(params![account], |r| r.get::<_, i64>(0))
+                .optional()?;
+            Ok(r.unwrap_or(0))
         })
     }
 
     /// All balances, by account name.
     pub async fn balances(&self) -> Result<Vec<BalanceRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT name, credits_micros - debits_micros, debits_pending_micros FROM ledger_accounts ORDER BY name",
-        )
-        .fetch_all(&self.read)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(BalanceRecord {
-                    account: r.try_get(0)?,
-                    balance_micros: r.try_get(1)?,
-                    held_micros: r.try_get(2)?,
-                })
-            })
-            .collect()
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT name, credits_micros - debits_micros, debits_pending_micros FROM ledger_accounts ORDER BY name",
+            )?;
+            let mut rows = stmt.query([])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(BalanceRecord {
+                    account: r.get(0)?,
+                    balance_micros: r.get(1)?,
+                    held_micros: r.get(2)?,
+                });
+            }
+            Ok(out)
+        })
     }
 
     /// All transfers in the order written.
     pub async fn transfers(&self) -> Result<Vec<TransferRecord>, StoreError> {
-        transfers_on(&mut *self.read.acquire().await?).await
+        self.read(transfers_on)
     }
 
     /// Transfers per kind (`posted`, `pending`, `post_pending`, `void_pending`), for the
@@ -579,12 +553,12 @@ impl Store {
     /// # Errors
     /// `Db`.
     pub async fn count_transfers_by_kind(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT kind, COUNT(*) FROM ledger_transfers GROUP BY kind ORDER BY kind",
-        )
-        .fetch_all(&self.read)
-        .await?;
-        Ok(rows)
+        self.read(|conn| {
+            counts(
+                conn,
+                "SELECT kind, COUNT(*) FROM ledger_transfers GROUP BY kind ORDER BY kind",
+            )
+        })
     }
 
     /// Jobs per state (for the metrics).
@@ -592,11 +566,12 @@ impl Store {
     /// # Errors
     /// `Db`.
     pub async fn count_jobs_by_state(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state")
-                .fetch_all(&self.read)
-                .await?;
-        Ok(rows)
+        self.read(|conn| {
+            counts(
+                conn,
+                "SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state",
+            )
+        })
     }
 
     /// Checks double entry on the stored data: the sum of debits equals the sum of credits
@@ -609,68 +584,80 @@ impl Store {
         const POSTED: &str = "kind IN ('posted', 'post_pending')";
         const OPEN: &str = "kind = 'pending' AND NOT EXISTS \
             (SELECT 1 FROM ledger_transfers r WHERE r.pending_id = t.transfer_id)";
-        let rows = sqlx::query(
-            "SELECT debits_micros, credits_micros, debits_pending_micros, credits_pending_micros \
-             FROM ledger_accounts",
-        )
-        .fetch_all(&self.read)
-        .await?;
-        let mut sums = [0i128; 4];
-        for r in &rows {
-            for (i, sum) in sums.iter_mut().enumerate() {
-                *sum += i128::from(r.try_get::<i64, _>(i)?);
+        self.read(|conn| {
+            let mut sums = [0i128; 4];
+            {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT debits_micros, credits_micros, debits_pending_micros, credits_pending_micros \
+                     FROM ledger_accounts",
+                )?;
+                let mut rows = stmt.query([])?;
+                while let Some(r) = rows.next()? {
+                    for (i, sum) in sums.iter_mut().enumerate() {
+                        *sum += i128::from(r.get::<_, i64>(i)?);
+                    }
+                }
             }
-        }
-        // Per account, each total against the sum of its own transfers (each bounded by
-        // MAX_ACCOUNT_TOTAL_MICROS on write; an overflow here means tampered data).
-        let r = sqlx::query(&format!(
-            "SELECT COUNT(*) FROM ledger_accounts a WHERE \
-                a.debits_micros != (SELECT COALESCE(SUM(amount_micros), 0) FROM ledger_transfers t WHERE debit_account = a.name AND {POSTED}) \
-             OR a.credits_micros != (SELECT COALESCE(SUM(amount_micros), 0) FROM ledger_transfers t WHERE credit_account = a.name AND {POSTED}) \
-             OR a.debits_pending_micros != (SELECT COALESCE(SUM(amount_micros), 0) FROM ledger_transfers t WHERE debit_account = a.name AND {OPEN}) \
-             OR a.credits_pending_micros != (SELECT COALESCE(SUM(amount_micros), 0) FROM ledger_transfers t WHERE credit_account = a.name AND {OPEN})"
-        ))
-        .fetch_one(&self.read)
-        .await
-        .map_err(|e| {
-            // SQLite's SUM raises on overflow (never wraps): only tampered data gets here.
-            if e.to_string().contains("integer overflow") {
-                StoreError::Corrupt("an account's transfers sum beyond i64".into())
-            } else {
-                e.into()
-            }
-        })?;
-        let mismatched: i64 = r.try_get(0)?;
-        let [debits, credits, debits_pending, credits_pending] = sums;
-        Ok(debits == credits && debits_pending == credits_pending && mismatched == 0)
+            // Per account, each total against the sum of its own transfers (each bounded by
+            // MAX_ACCOUNT_TOTAL_MICROS on write; an overflow here means tampered data).
+            let mismatched: i64 = conn
+                .prepare_cached(&format!(
+                    "SELECT COUNT(*) FROM ledger_accounts a WHERE \
+                        a.debits_micros != (SELECT COALESCE(SUM(amount_micros), 0) FROM ledger_transfers t WHERE debit_account = a.name AND {POSTED}) \
+                     OR a.credits_micros != (SELECT COALESCE(SUM(amount_micros), 0) FROM ledger_transfers t WHERE credit_account = a.name AND {POSTED}) \
+                     OR a.debits_pending_micros != (SELECT COALESCE(SUM(amount_micros), 0) FROM ledger_transfers t WHERE debit_account = a.name AND {OPEN}) \
+                     OR a.credits_pending_micros != (SELECT COALESCE(SUM(amount_micros), 0) FROM ledger_transfers t WHERE credit_account = a.name AND {OPEN})"
+                ))?
+                .query_row([], |r| r.get(0))
+                .map_err(|e| {
+                    // SQLite's SUM raises on overflow (never wraps): only tampered data gets
+                    // here.
+                    if e.to_string().contains("integer overflow") {
+                        StoreError::Corrupt("an account's transfers sum beyond i64".into())
+                    } else {
+                        e.into()
+                    }
+                })?;
+            let [debits, credits, debits_pending, credits_pending] = sums;
+            Ok(debits == credits && debits_pending == credits_pending && mismatched == 0)
+        })
     }
 }
 
-/// All transfers in the order written, on `conn` (a caller's read transaction: one snapshot).
-pub(crate) async fn transfers_on(
-    conn: &mut sqlx::SqliteConnection,
-) -> Result<Vec<TransferRecord>, StoreError> {
-    let rows = sqlx::query(
+/// `(name, count)` rows of a `GROUP BY` count, on `conn`.
+fn counts(conn: &Connection, sql: &str) -> Result<Vec<(String, i64)>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push((r.get(0)?, r.get(1)?));
+    }
+    Ok(out)
+}
+
+/// All transfers in the order written, on `conn` (inside a caller's read transaction: one
+/// snapshot).
+pub(crate) fn transfers_on(conn: &Connection) -> Result<Vec<TransferRecord>, StoreError> {
+    let mut stmt = conn.prepare_cached(
         "SELECT transfer_id, debit_account, credit_account, amount_micros, job_id, memo, created_at_ms, \
          kind, pending_id FROM ledger_transfers ORDER BY rowid",
-    )
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(TransferRecord {
-                spec: TransferSpec {
-                    id: r.try_get(0)?,
-                    debit: r.try_get(1)?,
-                    credit: r.try_get(2)?,
-                    amount_micros: r.try_get(3)?,
-                    job_id: r.try_get(4)?,
-                    memo: r.try_get(5)?,
-                },
-                created_at_ms: r.try_get(6)?,
-                kind: r.try_get(7)?,
-                pending_id: r.try_get(8)?,
-            })
-        })
-        .collect()
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(TransferRecord {
+            spec: TransferSpec {
+                id: r.get(0)?,
+                debit: r.get(1)?,
+                credit: r.get(2)?,
+                amount_micros: r.get(3)?,
+                job_id: r.get(4)?,
+                memo: r.get(5)?,
+            },
+            created_at_ms: r.get(6)?,
+            kind: r.get(7)?,
+            pending_id: r.get(8)?,
+        });
+    }
+    Ok(out)
 }

@@ -1,11 +1,14 @@
-//! Persistence of the operator node through sqlx on SQLite (a file in WAL mode under the
-//! node's data directory), with embedded migrations.
+//! Persistence of the operator node on SQLite (a file in WAL mode under the node's data
+//! directory, through `rusqlite`), with embedded migrations (`migrate`).
 //!
-//! Writes go through a single-connection pool, so every write transaction is serialised and
-//! sees a consistent state: admission reads the licence's remaining count, reserves one and
-//! records the job in one transaction. Reads use a separate pool. Every decision that changes
-//! state appends an entry to the hash-chained audit log in the same transaction (see
-//! [`audit`]).
+//! Every write runs on one connection owned by the writer thread (`writer`), which carries out
+//! the writes of concurrent callers in one transaction and one commit (group commit), each in
+//! a savepoint of its own: every write transaction is serialised and sees a consistent state —
+//! admission reads the licence's remaining count, reserves one and records the job in one
+//! savepoint. Reads run on the caller's thread on a read-only connection from a small pool:
+//! a read is a few SQLite calls of microseconds, with no thread hop per statement. Every
+//! decision that changes state appends an entry to the hash-chained audit log in the same
+//! transaction (see [`audit`]).
 
 mod accounts;
 pub mod audit;
@@ -15,19 +18,18 @@ mod jobs;
 mod ledger;
 mod limits;
 pub mod lists;
+mod migrate;
 mod records;
 mod tee;
 mod terms;
 mod trade;
 mod writer;
 
-use std::path::Path;
-use std::str::FromStr;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sqlx::SqlitePool;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use rusqlite::{Connection, OpenFlags};
 
 pub use accounts::{PartyRecord, TokenRecord, UserRecord, WorkerCredentialRecord};
 pub use bills::{BillLineRecord, BillRecord, LATE_WINDOW_MS_MAX, StatementRecord, bill_id};
@@ -38,6 +40,7 @@ pub use jobs::{
 };
 pub use ledger::{BalanceRecord, HoldRecord, TransferRecord};
 pub use limits::{AccountStatus, FreezeContext, LimitScope};
+pub use migrate::MigrateError;
 pub use records::{DatasetRecord, LicenceRecord, WorkerRecord};
 pub use terms::SubscriptionView;
 pub use tessera_accounting::bill::{Amounts, BillLineKind, NewBillLine, Split};
@@ -54,10 +57,13 @@ pub use writer::{MAX_BATCH, WriteStats};
 pub enum StoreError {
     /// The database reported an error.
     #[error("database: {0}")]
-    Db(#[from] sqlx::Error),
-    /// A migration failed.
+    Db(#[from] rusqlite::Error),
+    /// The database's files could not be created, opened or narrowed.
+    #[error("database file: {0}")]
+    Io(#[from] std::io::Error),
+    /// A migration failed, or the database's schema is not one this build knows.
     #[error("migration: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(#[from] migrate::MigrateError),
     /// A referenced record does not exist.
     #[error("{kind} {id} not found")]
     NotFound {
@@ -171,13 +177,24 @@ pub enum RuleRefusal {
     SubscriptionClosed(String),
 }
 
+/// How long a connection waits for SQLite's lock before failing with `SQLITE_BUSY` (a reader
+/// during a checkpoint, the writer against another process holding the file).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Prepared statements each connection keeps (keyed by their SQL text).
+const STATEMENT_CACHE: usize = 256;
+
+/// Idle read connections kept for the next reads (more are opened when more threads read at
+/// once, and closed when given back beyond this).
+const IDLE_READERS: usize = 8;
+
 /// The operator's store.
 #[derive(Debug, Clone)]
 pub struct Store {
-    write: SqlitePool,
-    /// The group commit in front of `write` for the writes on a job's path.
+    /// The group commit: the writer thread and its queue (see `writer`).
     writer: writer::GroupCommit,
-    read: SqlitePool,
+    /// Read-only connections for reads on the caller's thread.
+    readers: Arc<Readers>,
     /// The directory of a throw-away store ([`Store::open_temporary`]), removed when the
     /// last clone is dropped (held, never read).
     _temporary: Option<Arc<tempfile::TempDir>>,
@@ -188,6 +205,58 @@ pub struct Store {
     daily_price_basis: tessera_accounting::subscription::DailyPriceBasis,
 }
 
+/// A small pool of read-only connections to the database file.
+#[derive(Debug)]
+struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Readers {
+    fn open(&self) -> Result<Connection, StoreError> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        Ok(conn)
+    }
+
+    fn take(&self) -> Result<Connection, StoreError> {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match idle {
+            Some(c) => Ok(c),
+            None => self.open(),
+        }
+    }
+
+    fn give_back(&self, conn: Connection) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < IDLE_READERS {
+            idle.push(conn);
+        }
+    }
+}
+
+/// Opens the write connection at `path` with the store's settings.
+fn open_writer(path: &Path, synchronous: &str) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    // `journal_mode` answers with the mode set; the others answer nothing.
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Corrupt(format!(
+            "the database refused write-ahead logging (journal mode {mode})"
+        )));
+    }
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = ON;"
+    ))?;
+    Ok(conn)
+}
+
 impl Store {
     /// Opens (creating if needed) the database file at `path` and runs the migrations.
     ///
@@ -195,19 +264,22 @@ impl Store {
     /// owner only (mode 0600 on Unix): a new database file is created 0600 before SQLite opens
     /// it (SQLite gives the `-wal` and `-shm` files the database file's mode), and existing
     /// files are narrowed to 0600 after opening.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] for the files; [`StoreError::Migrate`] for a schema this build
+    /// cannot bring up to date; `Db`.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        let io = |e| StoreError::Db(sqlx::Error::Io(e));
-        if let Some(dir) = path.parent() {
-            if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir).map_err(io)?;
-            }
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)?;
         }
-        create_private_file(path).map_err(io)?;
-        let store = Self::open_with(path, SqliteSynchronous::Full, None).await?;
+        create_private_file(path)?;
+        let store = Self::open_with(path, "FULL", None)?;
         for suffix in ["", "-wal", "-shm"] {
             let mut name = path.as_os_str().to_owned();
             name.push(suffix);
-            make_private(Path::new(&name)).map_err(io)?;
+            make_private(Path::new(&name))?;
         }
         Ok(store)
     }
@@ -215,37 +287,32 @@ impl Store {
     /// A throw-away store: the same schema and code on a database file in a fresh temporary
     /// directory, deleted when the last clone of the store is dropped; commits are not synced
     /// to disk. Used by the billing simulator and by tests.
+    ///
+    /// # Errors
+    /// As [`Store::open`].
     pub async fn open_temporary() -> Result<Self, StoreError> {
-        let dir = tempfile::tempdir().map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
+        let dir = tempfile::tempdir()?;
         let path = dir.path().join("tessera.db");
-        Self::open_with(&path, SqliteSynchronous::Off, Some(Arc::new(dir))).await
+        Self::open_with(&path, "OFF", Some(Arc::new(dir)))
     }
 
-    async fn open_with(
+    fn open_with(
         path: &Path,
-        synchronous: SqliteSynchronous,
+        synchronous: &str,
         temporary: Option<Arc<tempfile::TempDir>>,
     ) -> Result<Self, StoreError> {
-        let opts = SqliteConnectOptions::from_str("sqlite:")?
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(synchronous)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(30));
-        let write = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(opts.clone())
-            .await?;
-        sqlx::migrate!("./migrations").run(&write).await?;
-        let read = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(opts.read_only(true))
-            .await?;
+        let mut conn = open_writer(path, synchronous)?;
+        migrate::run(&mut conn)?;
+        let readers = Arc::new(Readers {
+            path: path.to_path_buf(),
+            idle: Mutex::new(Vec::new()),
+        });
+        // A reader opened now proves the file readable before anyone relies on it.
+        let first = readers.open()?;
+        readers.give_back(first);
         Ok(Self {
-            writer: writer::GroupCommit::start(write.clone()),
-            write,
-            read,
+            writer: writer::GroupCommit::start(conn)?,
+            readers,
             _temporary: temporary,
             zone: tessera_core::civil::Zone::default(),
             daily_price_basis: Default::default(),
@@ -270,19 +337,35 @@ impl Store {
         self.writer.set_max_batch(n);
     }
 
-    /// Carries out `work` in the group commit's next batch (see `writer`): inside a savepoint
-    /// of the batch's transaction, answered after the batch committed.
+    /// Runs `read` on a read-only connection, on the caller's thread (no hop to another
+    /// thread: a read is a few SQLite calls of microseconds; the connection sees the last
+    /// committed state and never waits for the writer, WAL mode).
+    ///
+    /// # Errors
+    /// `read`'s own; `Db` when no connection could be opened.
+    pub(crate) fn read<T>(
+        &self,
+        read: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let conn = self.readers.take()?;
+        let result = read(&conn);
+        // A connection left inside a transaction (never, reads open none) is not reused.
+        if conn.is_autocommit() {
+            self.readers.give_back(conn);
+        }
+        result
+    }
+
+    /// Carries out `work` in the group commit's next batch (see `writer`): on the writer
+    /// thread, inside a savepoint of the batch's transaction, answered after the batch
+    /// committed. `work` must not open a transaction of its own (it is inside one).
     ///
     /// # Errors
     /// `work`'s own (its writes rolled back alone); [`StoreError::NotCommitted`].
-    pub(crate) async fn batched<T, F>(&self, work: F) -> Result<T, StoreError>
+    pub(crate) async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: for<'c> FnOnce(
-                &'c mut sqlx::SqliteConnection,
-            ) -> futures::future::BoxFuture<'c, Result<T, StoreError>>
-            + Send
-            + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         self.writer.submit(work).await
     }
@@ -310,17 +393,17 @@ impl Store {
         self.daily_price_basis
     }
 
-    /// Closes both pools: the readers first, then a `TRUNCATE` checkpoint folds the
-    /// write-ahead log into the database file (leaving it empty), then the writer.
+    /// Closes the store: the idle readers first, then the writer thread folds the write-ahead
+    /// log into the database file with a `TRUNCATE` checkpoint (leaving it empty), answers the
+    /// writes already queued and stops; writes after this fail with
+    /// [`StoreError::NotCommitted`].
     pub async fn close(&self) {
-        self.read.close().await;
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&self.write)
-            .await
-        {
-            tracing::warn!(error = %e, "could not fold the write-ahead log back at close");
-        }
-        self.write.close().await;
+        self.readers
+            .idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.writer.close().await;
     }
 }
 

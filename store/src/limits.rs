@@ -4,8 +4,8 @@
 //! `tessera_accounting::freeze::freeze_state`, a pure function; the scheduler takes it inside
 //! the admission transaction with the balances of that transaction.
 
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
-use sqlx::{Row, SqliteConnection};
 use tessera_accounting::AccountKind;
 use tessera_accounting::freeze::{
     CustomerLimit, FreezeDecision, FreezeInput, LimitConfig, LimitSettings, ManualFreeze,
@@ -71,60 +71,61 @@ pub struct AccountStatus {
     pub manual: String,
 }
 
-pub(crate) async fn load_context(
-    conn: &mut SqliteConnection,
-    customer: &str,
-) -> Result<FreezeContext, StoreError> {
+pub(crate) fn load_context(conn: &Connection, customer: &str) -> Result<FreezeContext, StoreError> {
     let mut settings = LimitSettings::default();
-    let rows = sqlx::query(
-        "SELECT scope, customer, product, min_purchase_micros, min_freeze_micros, enabled FROM limit_configs \
-         WHERE scope != 'customer' OR customer = ? ORDER BY scope, customer, product",
-    )
-    .bind(customer)
-    .fetch_all(&mut *conn)
-    .await?;
-    for r in &rows {
-        let scope: String = r.try_get(0)?;
-        let c: String = r.try_get(1)?;
-        let product: String = r.try_get(2)?;
-        let config = LimitConfig {
-            min_purchase_micros: r.try_get(3)?,
-            min_freeze_micros: r.try_get(4)?,
-            enabled: r.try_get::<i64, _>(5)? != 0,
-        };
-        match scope.as_str() {
-            "platform" => settings.platform = Some(config),
-            "product" => settings.products.push(ProductLimit { product, config }),
-            _ => settings.customers.push(CustomerLimit {
-                customer: c,
-                product: (!product.is_empty()).then_some(product),
-                config,
-            }),
+    {
+        let mut stmt = conn.prepare_cached(
+            "SELECT scope, customer, product, min_purchase_micros, min_freeze_micros, enabled FROM limit_configs \
+             WHERE scope != 'customer' OR customer = ? ORDER BY scope, customer, product",
+        )?;
+        let mut rows = stmt.query(params![customer])?;
+        while let Some(r) = rows.next()? {
+            let scope: String = r.get(0)?;
+            let c: String = r.get(1)?;
+            let product: String = r.get(2)?;
+            let config = LimitConfig {
+                min_purchase_micros: r.get(3)?,
+                min_freeze_micros: r.get(4)?,
+                enabled: r.get::<_, i64>(5)? != 0,
+            };
+            match scope.as_str() {
+                "platform" => settings.platform = Some(config),
+                "product" => settings.products.push(ProductLimit { product, config }),
+                _ => settings.customers.push(CustomerLimit {
+                    customer: c,
+                    product: (!product.is_empty()).then_some(product),
+                    config,
+                }),
+            }
         }
     }
-    let listed = sqlx::query("SELECT 1 FROM platform_whitelist WHERE customer = ?")
-        .bind(customer)
-        .fetch_optional(&mut *conn)
-        .await?;
+    let listed = conn
+        .prepare_cached("SELECT 1 FROM platform_whitelist WHERE customer = ?")?
+        .query_row(params![customer], |_| Ok(()))
+        .optional()?;
     if listed.is_some() {
         settings.platform_whitelist.insert(customer.to_string());
     }
-    let f = sqlx::query(
-        "SELECT manual, manual_reason, auto_frozen FROM account_freezes WHERE customer = ?",
-    )
-    .bind(customer)
-    .fetch_optional(&mut *conn)
-    .await?;
+    let f = conn
+        .prepare_cached(
+            "SELECT manual, manual_reason, auto_frozen FROM account_freezes WHERE customer = ?",
+        )?
+        .query_row(params![customer], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })
+        .optional()?;
     let (manual, auto_frozen) = match f {
-        Some(r) => {
-            let kind: String = r.try_get(0)?;
-            let reason: String = r.try_get(1)?;
+        Some((kind, reason, auto_frozen)) => {
             let manual = match kind.as_str() {
                 "frozen" => ManualFreeze::Frozen(reason),
                 "thawed" => ManualFreeze::Thawed,
                 _ => ManualFreeze::None,
             };
-            (manual, r.try_get::<i64, _>(2)? != 0)
+            (manual, auto_frozen != 0)
         }
         None => (ManualFreeze::None, false),
     };
@@ -136,30 +137,25 @@ pub(crate) async fn load_context(
 }
 
 /// Records a change of the automatic freeze state, with its notice, in the audit chain.
-pub(crate) async fn set_auto_frozen(
-    conn: &mut SqliteConnection,
+pub(crate) fn set_auto_frozen(
+    conn: &Connection,
     customer: &str,
     frozen: bool,
     notice: Option<&str>,
     now_ms: i64,
 ) -> Result<(), StoreError> {
-    sqlx::query(
+    conn.prepare_cached(
         "INSERT INTO account_freezes (customer, auto_frozen, updated_at_ms) VALUES (?, ?, ?) \
          ON CONFLICT(customer) DO UPDATE SET auto_frozen = excluded.auto_frozen, updated_at_ms = excluded.updated_at_ms",
-    )
-    .bind(customer)
-    .bind(i64::from(frozen))
-    .bind(now_ms)
-    .execute(&mut *conn)
-    .await?;
+    )?
+    .execute(params![customer, i64::from(frozen), now_ms])?;
     audit::append(
         conn,
         now_ms,
         if frozen { "auto_freeze" } else { "auto_thaw" },
         customer,
         &serde_json::json!({ "notice": notice }),
-    )
-    .await?;
+    )?;
     Ok(())
 }
 
@@ -188,36 +184,39 @@ impl Store {
             LimitScope::Product(p) => ("product", "", p.as_str()),
             LimitScope::Customer(c, p) => ("customer", c.as_str(), p.as_deref().unwrap_or("")),
         };
-        let mut tx = self.write.begin().await?;
-        sqlx::query(
-            "INSERT INTO limit_configs (scope, customer, product, min_purchase_micros, min_freeze_micros, enabled, updated_at_ms) \
-             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(scope, customer, product) DO UPDATE SET \
-             min_purchase_micros = excluded.min_purchase_micros, min_freeze_micros = excluded.min_freeze_micros, \
-             enabled = excluded.enabled, updated_at_ms = excluded.updated_at_ms",
-        )
-        .bind(name)
-        .bind(customer)
-        .bind(product)
-        .bind(config.min_purchase_micros)
-        .bind(config.min_freeze_micros)
-        .bind(i64::from(config.enabled))
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
-        audit::append(
-            &mut tx,
-            now_ms,
-            "limit_set",
-            &format!("{name}/{customer}/{product}"),
-            &serde_json::json!({
-                "min_purchase_micros": config.min_purchase_micros,
-                "min_freeze_micros": config.min_freeze_micros,
-                "enabled": config.enabled,
-            }),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let customer = customer.to_string();
+        let product = product.to_string();
+        let config = config.clone();
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO limit_configs (scope, customer, product, min_purchase_micros, min_freeze_micros, enabled, updated_at_ms) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(scope, customer, product) DO UPDATE SET \
+                 min_purchase_micros = excluded.min_purchase_micros, min_freeze_micros = excluded.min_freeze_micros, \
+                 enabled = excluded.enabled, updated_at_ms = excluded.updated_at_ms",
+            )?
+            .execute(params![
+                name,
+                customer,
+                product,
+                config.min_purchase_micros,
+                config.min_freeze_micros,
+                i64::from(config.enabled),
+                now_ms
+            ])?;
+            audit::append(
+                conn,
+                now_ms,
+                "limit_set",
+                &format!("{name}/{customer}/{product}"),
+                &serde_json::json!({
+                    "min_purchase_micros": config.min_purchase_micros,
+                    "min_freeze_micros": config.min_freeze_micros,
+                    "enabled": config.enabled,
+                }),
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     /// Adds a customer to (or removes one from) the platform white list.
@@ -227,35 +226,31 @@ impl Store {
         listed: bool,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.write.begin().await?;
-        if listed {
-            sqlx::query(
-                "INSERT INTO platform_whitelist (customer, added_at_ms) VALUES (?, ?) ON CONFLICT(customer) DO NOTHING",
-            )
-            .bind(customer)
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?;
-        } else {
-            sqlx::query("DELETE FROM platform_whitelist WHERE customer = ?")
-                .bind(customer)
-                .execute(&mut *tx)
-                .await?;
-        }
-        audit::append(
-            &mut tx,
-            now_ms,
+        let customer = customer.to_string();
+        self.write(move |conn| {
             if listed {
-                "whitelist_add"
+                conn.prepare_cached(
+                    "INSERT INTO platform_whitelist (customer, added_at_ms) VALUES (?, ?) ON CONFLICT(customer) DO NOTHING",
+                )?
+                .execute(params![customer, now_ms])?;
             } else {
-                "whitelist_remove"
-            },
-            customer,
-            &serde_json::json!({}),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+                conn.prepare_cached("DELETE FROM platform_whitelist WHERE customer = ?")?
+                    .execute(params![customer])?;
+            }
+            audit::append(
+                conn,
+                now_ms,
+                if listed {
+                    "whitelist_add"
+                } else {
+                    "whitelist_remove"
+                },
+                &customer,
+                &serde_json::json!({}),
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     /// Sets the operator's manual action on an account: freeze (with a reason), thaw an
@@ -271,28 +266,25 @@ impl Store {
             ManualFreeze::Frozen(r) => ("frozen", r.as_str()),
             ManualFreeze::Thawed => ("thawed", ""),
         };
-        let mut tx = self.write.begin().await?;
-        sqlx::query(
-            "INSERT INTO account_freezes (customer, manual, manual_reason, updated_at_ms) VALUES (?, ?, ?, ?) \
-             ON CONFLICT(customer) DO UPDATE SET manual = excluded.manual, manual_reason = excluded.manual_reason, \
-             updated_at_ms = excluded.updated_at_ms",
-        )
-        .bind(customer)
-        .bind(kind)
-        .bind(reason)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
-        audit::append(
-            &mut tx,
-            now_ms,
-            "manual_freeze",
-            customer,
-            &serde_json::json!({ "action": kind, "reason": reason }),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let customer = customer.to_string();
+        let reason = reason.to_string();
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO account_freezes (customer, manual, manual_reason, updated_at_ms) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT(customer) DO UPDATE SET manual = excluded.manual, manual_reason = excluded.manual_reason, \
+                 updated_at_ms = excluded.updated_at_ms",
+            )?
+            .execute(params![customer, kind, reason, now_ms])?;
+            audit::append(
+                conn,
+                now_ms,
+                "manual_freeze",
+                &customer,
+                &serde_json::json!({ "action": kind, "reason": reason }),
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     /// Whether `customer`'s jobs of `product` would be refused now, and why.
@@ -301,10 +293,12 @@ impl Store {
         customer: &str,
         product: &str,
     ) -> Result<AccountStatus, StoreError> {
-        let mut conn = self.read.acquire().await?;
-        let ctx = load_context(&mut conn, customer).await?;
-        let cash_account = AccountKind::CustomerCash(customer.to_string()).name();
-        let (cash, _) = ledger::spendable(&mut conn, &cash_account).await?;
+        let (ctx, cash) = self.read(|conn| {
+            let ctx = load_context(conn, customer)?;
+            let cash_account = AccountKind::CustomerCash(customer.to_string()).name();
+            let (cash, _) = ledger::spendable(conn, &cash_account)?;
+            Ok((ctx, cash))
+        })?;
         let d = ctx.decide(customer, product, cash);
         Ok(AccountStatus {
             customer: customer.to_string(),

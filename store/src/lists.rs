@@ -5,7 +5,7 @@
 //! if there is one. New rows never shift a page already read. Each record is read with the
 //! same function that reads it alone, so a listed record is exactly what a `get` returns.
 
-use sqlx::Row;
+use rusqlite::{ToSql, params};
 use tessera_core::{JobState, WorkerAttributes};
 
 use crate::{DatasetRecord, JobRecord, LicenceRecord, Store, StoreError, WorkerRecord};
@@ -90,22 +90,31 @@ fn split(mut rows: Vec<(i64, String)>, limit: i64) -> (Vec<String>, Option<i64>)
     (rows.into_iter().map(|r| r.1).collect(), next)
 }
 
-async fn ids(
+/// The `(rowid, id)` rows of `sql` for `page`: its parameters are the cursor, then `binds`,
+/// then the number of rows to fetch (`limit + 1`).
+fn ids(
     store: &Store,
     sql: &str,
     binds: &[&str],
     page: PageRequest,
 ) -> Result<(Vec<String>, Option<i64>), StoreError> {
     let (after, limit) = page.checked()?;
-    let mut q = sqlx::query(sql).bind(after);
+    let fetch = limit + 1;
+    let mut args: Vec<&dyn ToSql> = Vec::with_capacity(binds.len() + 2);
+    args.push(&after);
     for b in binds {
-        q = q.bind(*b);
+        args.push(b);
     }
-    let rows = q.bind(limit + 1).fetch_all(&store.read).await?;
-    let rows = rows
-        .iter()
-        .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<String, _>(1)?)))
-        .collect::<Result<Vec<_>, StoreError>>()?;
+    args.push(&fetch);
+    let rows = store.read(|conn| {
+        let mut stmt = conn.prepare_cached(sql)?;
+        let mut rows = stmt.query(args.as_slice())?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push((r.get::<_, i64>(0)?, r.get::<_, String>(1)?));
+        }
+        Ok(out)
+    })?;
     Ok(split(rows, limit))
 }
 
@@ -138,8 +147,7 @@ impl Store {
              ORDER BY rowid LIMIT ?6",
             &[&filter.user, state, &filter.licence_id, &filter.viewer],
             page,
-        )
-        .await?;
+        )?;
         let mut items = Vec::with_capacity(ids.len());
         for id in ids {
             items.push(self.job(&id).await?);
@@ -167,8 +175,7 @@ impl Store {
              ORDER BY rowid LIMIT ?4",
             &[owner_party, viewer],
             page,
-        )
-        .await?;
+        )?;
         let mut items = Vec::with_capacity(ids.len());
         for id in ids {
             items.push(self.dataset(&id).await?);
@@ -202,8 +209,7 @@ impl Store {
                 &filter.viewer,
             ],
             page,
-        )
-        .await?;
+        )?;
         let mut items = Vec::with_capacity(ids.len());
         for id in ids {
             items.push(self.licence(&id).await?);
@@ -224,33 +230,30 @@ impl Store {
         page: PageRequest,
     ) -> Result<Page<WorkerRecord>, StoreError> {
         let (after, limit) = page.checked()?;
-        let rows = sqlx::query(
-            "SELECT rowid, worker_id, attributes_json, peer_addr, last_seen_ms FROM workers \
-             WHERE rowid > ?1 AND (?2 = '' OR party = ?2) AND last_seen_ms > ?4 \
-             AND (?5 = '' OR party IN (SELECT party_id FROM parties WHERE owner_user_id = ?5)) \
-             ORDER BY rowid LIMIT ?3",
-        )
-        .bind(after)
-        .bind(party)
-        .bind(limit + 1)
-        .bind(seen_after_ms)
-        .bind(viewer)
-        .fetch_all(&self.read)
-        .await?;
-        let mut items = Vec::with_capacity(rows.len());
-        let mut cursors = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let attrs: String = r.try_get(2)?;
-            let attributes: WorkerAttributes = serde_json::from_str(&attrs)
-                .map_err(|e| StoreError::Corrupt(format!("worker attributes: {e}")))?;
-            cursors.push(r.try_get::<i64, _>(0)?);
-            items.push(WorkerRecord {
-                worker_id: r.try_get(1)?,
-                attributes,
-                peer_addr: r.try_get(3)?,
-                last_seen_ms: r.try_get(4)?,
-            });
-        }
+        let (mut items, cursors) = self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT rowid, worker_id, attributes_json, peer_addr, last_seen_ms FROM workers \
+                 WHERE rowid > ?1 AND (?2 = '' OR party = ?2) AND last_seen_ms > ?4 \
+                 AND (?5 = '' OR party IN (SELECT party_id FROM parties WHERE owner_user_id = ?5)) \
+                 ORDER BY rowid LIMIT ?3",
+            )?;
+            let mut rows = stmt.query(params![after, party, limit + 1, seen_after_ms, viewer])?;
+            let mut items = Vec::new();
+            let mut cursors = Vec::new();
+            while let Some(r) = rows.next()? {
+                let attrs: String = r.get(2)?;
+                let attributes: WorkerAttributes = serde_json::from_str(&attrs)
+                    .map_err(|e| StoreError::Corrupt(format!("worker attributes: {e}")))?;
+                cursors.push(r.get::<_, i64>(0)?);
+                items.push(WorkerRecord {
+                    worker_id: r.get(1)?,
+                    attributes,
+                    peer_addr: r.get(3)?,
+                    last_seen_ms: r.get(4)?,
+                });
+            }
+            Ok((items, cursors))
+        })?;
         let keep = usize::try_from(limit).unwrap_or(usize::MAX);
         let next = if items.len() > keep {
             items.truncate(keep);

@@ -12,8 +12,8 @@
 //! Should one arise, its daily price uses the store's configured basis
 //! ([`Store::with_daily_price_basis`], `serve --daily-price-basis`; default the manual's rule).
 
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
-use sqlx::{Row, SqliteConnection};
 use tessera_accounting::AccountKind;
 use tessera_accounting::freeze::{ManualFreeze, check_purchase};
 use tessera_accounting::settle::{self, TermPurchase, TermRefund};
@@ -53,48 +53,46 @@ fn refused(e: impl Into<RuleRefusal>) -> StoreError {
     StoreError::Refused(e.into())
 }
 
-async fn load(
-    conn: &mut SqliteConnection,
+fn load(
+    conn: &Connection,
     l: &LicenceRecord,
     customer: &str,
 ) -> Result<Option<Loaded>, StoreError> {
-    let Some(r) = sqlx::query(
-        "SELECT status, closed_at_ms, generation FROM licence_subscriptions WHERE licence_id = ? AND customer = ?",
-    )
-    .bind(&l.licence_id)
-    .bind(customer)
-    .fetch_optional(&mut *conn)
-    .await?
+    let Some((status, closed_at, generation)) = conn
+        .prepare_cached(
+            "SELECT status, closed_at_ms, generation FROM licence_subscriptions WHERE licence_id = ? AND customer = ?",
+        )?
+        .query_row(params![l.licence_id, customer], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<i64>>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })
+        .optional()?
     else {
         return Ok(None);
     };
-    let status: String = r.try_get(0)?;
-    let closed_at: Option<i64> = r.try_get(1)?;
-    let generation: i64 = r.try_get(2)?;
-    let rows = sqlx::query(
+    let mut terms = Vec::new();
+    let mut stmt = conn.prepare_cached(
         "SELECT kind, start_ms, end_ms, months, original_micros, refundable_paid_micros FROM licence_terms \
          WHERE licence_id = ? AND customer = ? AND generation = ? ORDER BY seq",
-    )
-    .bind(&l.licence_id)
-    .bind(customer)
-    .bind(generation)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut terms = Vec::with_capacity(rows.len());
-    for t in &rows {
-        let kind: String = t.try_get(0)?;
+    )?;
+    let mut rows = stmt.query(params![l.licence_id, customer, generation])?;
+    while let Some(t) = rows.next()? {
+        let kind: String = t.get(0)?;
         terms.push(Term {
             kind: if kind == "order" {
                 TermKind::Order
             } else {
                 TermKind::Renewal
             },
-            start: t.try_get(1)?,
-            end: t.try_get(2)?,
-            months: u32::try_from(t.try_get::<i64, _>(3)?)
+            start: t.get(1)?,
+            end: t.get(2)?,
+            months: u32::try_from(t.get::<_, i64>(3)?)
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            original_micros: t.try_get(4)?,
-            refundable_paid_micros: t.try_get(5)?,
+            original_micros: t.get(4)?,
+            refundable_paid_micros: t.get(5)?,
         });
     }
     let sub = Subscription {
@@ -114,8 +112,8 @@ async fn load(
 }
 
 /// Whether `customer` holds a paid term of `licence` covering `now_ms`; `Err(reason)` if not.
-pub(crate) async fn term_check(
-    conn: &mut SqliteConnection,
+pub(crate) fn term_check(
+    conn: &Connection,
     l: &LicenceRecord,
     customer: &str,
     now_ms: i64,
@@ -123,19 +121,16 @@ pub(crate) async fn term_check(
     if l.monthly_price_micros == 0 {
         return Ok(Ok(()));
     }
-    let covered = sqlx::query(
-        "SELECT 1 FROM licence_terms t JOIN licence_subscriptions s \
-         ON s.licence_id = t.licence_id AND s.customer = t.customer AND s.generation = t.generation \
-         WHERE t.licence_id = ? AND t.customer = ? AND s.status = 'active' AND t.start_ms <= ? AND ? < t.end_ms",
-    )
-    .bind(&l.licence_id)
-    .bind(customer)
-    .bind(now_ms)
-    .bind(now_ms)
-    .fetch_optional(&mut *conn)
-    .await?;
+    let covered = conn
+        .prepare_cached(
+            "SELECT 1 FROM licence_terms t JOIN licence_subscriptions s \
+             ON s.licence_id = t.licence_id AND s.customer = t.customer AND s.generation = t.generation \
+             WHERE t.licence_id = ? AND t.customer = ? AND s.status = 'active' AND t.start_ms <= ? AND ? < t.end_ms",
+        )?
+        .query_row(params![l.licence_id, customer, now_ms, now_ms], |_| Ok(()))
+        .optional()?;
     Ok(match covered {
-        Some(_) => Ok(()),
+        Some(()) => Ok(()),
         None => Err(format!(
             "licence {} is sold by the month: {customer} holds no paid term covering now \
              (tessera licence subscribe)",
@@ -156,155 +151,158 @@ impl Store {
         months: u32,
         now_ms: i64,
     ) -> Result<SubscriptionView, StoreError> {
-        let mut tx = self.write.begin().await?;
-        let l = load_licence(&mut tx, licence_id).await?;
-        if l.monthly_price_micros == 0 {
-            return Err(refused(RuleRefusal::NotMonthly(licence_id.to_string())));
-        }
-        if l.licensee != customer {
-            return Err(refused(RuleRefusal::NotLicensee {
-                licence: licence_id.to_string(),
-                licensee: l.licensee.clone(),
-                customer: customer.to_string(),
-            }));
-        }
-        let product = format!("licence:{licence_id}");
-        let freeze = limits::load_context(&mut tx, customer).await?;
-        if let ManualFreeze::Frozen(why) = &freeze.manual {
-            return Err(refused(RuleRefusal::AccountFrozen {
-                customer: customer.to_string(),
-                reason: why.clone(),
-            }));
-        }
-        let cash_account = AccountKind::CustomerCash(customer.to_string()).name();
-        let (cash, _) = ledger::spendable(&mut tx, &cash_account).await?;
-        check_purchase(&freeze.settings, customer, &product, cash).map_err(refused)?;
+        let licence_id = licence_id.to_string();
+        let customer = customer.to_string();
+        let zone = self.zone.clone();
+        let daily_price_basis = self.daily_price_basis;
+        self.write(move |conn| {
+            let licence_id = licence_id.as_str();
+            let customer = customer.as_str();
+            let l = load_licence(conn, licence_id)?;
+            if l.monthly_price_micros == 0 {
+                return Err(refused(RuleRefusal::NotMonthly(licence_id.to_string())));
+            }
+            if l.licensee != customer {
+                return Err(refused(RuleRefusal::NotLicensee {
+                    licence: licence_id.to_string(),
+                    licensee: l.licensee.clone(),
+                    customer: customer.to_string(),
+                }));
+            }
+            let product = format!("licence:{licence_id}");
+            let freeze = limits::load_context(conn, customer)?;
+            if let ManualFreeze::Frozen(why) = &freeze.manual {
+                return Err(refused(RuleRefusal::AccountFrozen {
+                    customer: customer.to_string(),
+                    reason: why.clone(),
+                }));
+            }
+            let cash_account = AccountKind::CustomerCash(customer.to_string()).name();
+            let (cash, _) = ledger::spendable(conn, &cash_account)?;
+            check_purchase(&freeze.settings, customer, &product, cash).map_err(refused)?;
 
-        let existing = load(&mut tx, &l, customer).await?;
-        let (mut sub, generation, kind) = match existing {
-            Some(Loaded { sub, generation })
-                if matches!(sub.status, SubscriptionStatus::Active) =>
-            {
-                (sub, generation, TermKind::Renewal)
+            let existing = load(conn, &l, customer)?;
+            let (mut sub, generation, kind) = match existing {
+                Some(Loaded { sub, generation })
+                    if matches!(sub.status, SubscriptionStatus::Active) =>
+                {
+                    (sub, generation, TermKind::Renewal)
+                }
+                Some(Loaded { generation, .. }) => {
+                    let sub = Subscription::new(
+                        &format!("{licence_id}/{customer}"),
+                        customer,
+                        &product,
+                        l.monthly_price_micros,
+                        1,
+                        now_ms,
+                        months,
+                    )
+                    .map_err(refused)?;
+                    (sub, generation + 1, TermKind::Order)
+                }
+                None => {
+                    let sub = Subscription::new(
+                        &format!("{licence_id}/{customer}"),
+                        customer,
+                        &product,
+                        l.monthly_price_micros,
+                        1,
+                        now_ms,
+                        months,
+                    )
+                    .map_err(refused)?;
+                    (sub, 0, TermKind::Order)
+                }
+            };
+            if kind == TermKind::Renewal {
+                if now_ms >= sub.end() {
+                    sub.freeze(sub.end()); // jobs were refused from the end on
+                }
+                let q = sub
+                    .quote_renewal(months, now_ms, daily_price_basis)
+                    .map_err(refused)?;
+                sub.apply_renewal(&q).map_err(refused)?;
             }
-            Some(Loaded { generation, .. }) => {
-                let sub = Subscription::new(
-                    &format!("{licence_id}/{customer}"),
-                    customer,
-                    &product,
-                    l.monthly_price_micros,
-                    1,
-                    now_ms,
-                    months,
-                )
-                .map_err(refused)?;
-                (sub, generation + 1, TermKind::Order)
-            }
-            None => {
-                let sub = Subscription::new(
-                    &format!("{licence_id}/{customer}"),
-                    customer,
-                    &product,
-                    l.monthly_price_micros,
-                    1,
-                    now_ms,
-                    months,
-                )
-                .map_err(refused)?;
-                (sub, 0, TermKind::Order)
-            }
-        };
-        if kind == TermKind::Renewal {
-            if now_ms >= sub.end() {
-                sub.freeze(sub.end()); // jobs were refused from the end on
-            }
-            let q = sub
-                .quote_renewal(months, now_ms, self.daily_price_basis)
-                .map_err(refused)?;
-            sub.apply_renewal(&q).map_err(refused)?;
-        }
-        let seq = sub.terms.len() - 1;
-        let term = sub.terms.last().cloned().ok_or_else(|| {
-            StoreError::Corrupt(format!("subscription {licence_id}/{customer} has no term"))
-        })?;
-        let price = term.original_micros;
+            let seq = sub.terms.len() - 1;
+            let term = sub.terms.last().cloned().ok_or_else(|| {
+                StoreError::Corrupt(format!("subscription {licence_id}/{customer} has no term"))
+            })?;
+            let price = term.original_micros;
 
-        // Pay in the payment order of a prepaid product (recharge voucher, cash, credit).
-        let funds = ledger::customer_funds(&mut tx, customer).await?;
-        let paid = settle::term_payment(
-            &TermPurchase {
+            // Pay in the payment order of a prepaid product (recharge voucher, cash, credit).
+            let funds = ledger::customer_funds(conn, customer)?;
+            let paid = settle::term_payment(
+                &TermPurchase {
+                    licence_id,
+                    customer,
+                    provider: &l.licensor,
+                    generation,
+                    seq,
+                    kind,
+                    start: term.start,
+                    end: term.end,
+                    months: term.months,
+                    price_micros: price,
+                    monthly_price_micros: l.monthly_price_micros,
+                    operator_share_bps: l.price.operator_share_bps,
+                    now: now_ms,
+                },
+                &funds,
+            )
+            .map_err(refused)?;
+            for t in &paid.transfers {
+                ledger::post(conn, t, now_ms)?;
+            }
+            let refundable = paid.refundable_micros;
+            conn.prepare_cached(
+                "INSERT INTO licence_subscriptions (licence_id, customer, status, generation, created_at_ms) \
+                 VALUES (?, ?, 'active', ?, ?) ON CONFLICT(licence_id, customer) DO UPDATE SET \
+                 status = 'active', closed_at_ms = NULL, generation = excluded.generation",
+            )?
+            .execute(params![licence_id, customer, generation, now_ms])?;
+            let kind_name = paid.line.kind.name();
+            let seq_i64 =
+                i64::try_from(seq).map_err(|_| StoreError::Corrupt(format!("term index {seq}")))?;
+            conn.prepare_cached(
+                "INSERT INTO licence_terms (licence_id, customer, generation, seq, kind, start_ms, end_ms, months, \
+                 original_micros, refundable_paid_micros, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )?
+            .execute(params![
                 licence_id,
                 customer,
-                provider: &l.licensor,
                 generation,
-                seq,
-                kind,
-                start: term.start,
-                end: term.end,
-                months: term.months,
-                price_micros: price,
-                monthly_price_micros: l.monthly_price_micros,
-                operator_share_bps: l.price.operator_share_bps,
-                now: now_ms,
-            },
-            &funds,
-        )
-        .map_err(refused)?;
-        for t in &paid.transfers {
-            ledger::post(&mut tx, t, now_ms).await?;
-        }
-        let refundable = paid.refundable_micros;
-        sqlx::query(
-            "INSERT INTO licence_subscriptions (licence_id, customer, status, generation, created_at_ms) \
-             VALUES (?, ?, 'active', ?, ?) ON CONFLICT(licence_id, customer) DO UPDATE SET \
-             status = 'active', closed_at_ms = NULL, generation = excluded.generation",
-        )
-        .bind(licence_id)
-        .bind(customer)
-        .bind(generation)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
-        let kind_name = paid.line.kind.name();
-        sqlx::query(
-            "INSERT INTO licence_terms (licence_id, customer, generation, seq, kind, start_ms, end_ms, months, \
-             original_micros, refundable_paid_micros, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(licence_id)
-        .bind(customer)
-        .bind(generation)
-        .bind(i64::try_from(seq).map_err(|_| StoreError::Corrupt(format!("term index {seq}")))?)
-        .bind(kind_name)
-        .bind(term.start)
-        .bind(term.end)
-        .bind(i64::from(term.months))
-        .bind(price)
-        .bind(refundable)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
-        add_line(&mut tx, &paid.line, now_ms, &self.zone).await?;
-        let view = SubscriptionView {
-            licence_id: licence_id.to_string(),
-            customer: customer.to_string(),
-            status: "active".into(),
-            start_ms: sub.start(),
-            end_ms: sub.end(),
-            months_total: sub.terms.iter().map(|t| t.months).sum(),
-            charged_micros: price,
-            refund_micros: 0,
-        };
-        audit::append(
-            &mut tx,
-            now_ms,
-            "licence_subscribe",
-            &format!("{licence_id}/{customer}"),
-            &serde_json::json!({"kind": kind_name, "view": view,
-                "paid_from": paid.paid_from.iter().map(|(a, m)| (a.name(), m)).collect::<Vec<_>>()}),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(view)
+                seq_i64,
+                kind_name,
+                term.start,
+                term.end,
+                i64::from(term.months),
+                price,
+                refundable,
+                now_ms
+            ])?;
+            add_line(conn, &paid.line, now_ms, &zone)?;
+            let view = SubscriptionView {
+                licence_id: licence_id.to_string(),
+                customer: customer.to_string(),
+                status: "active".into(),
+                start_ms: sub.start(),
+                end_ms: sub.end(),
+                months_total: sub.terms.iter().map(|t| t.months).sum(),
+                charged_micros: price,
+                refund_micros: 0,
+            };
+            audit::append(
+                conn,
+                now_ms,
+                "licence_subscribe",
+                &format!("{licence_id}/{customer}"),
+                &serde_json::json!({"kind": kind_name, "view": view,
+                    "paid_from": paid.paid_from.iter().map(|(a, m)| (a.name(), m)).collect::<Vec<_>>()}),
+            )?;
+            Ok(view)
+        })
+        .await
     }
 
     /// Ends `customer`'s subscription to a licence: refund = cash and credit paid − monthly
@@ -317,76 +315,78 @@ impl Store {
         customer: &str,
         now_ms: i64,
     ) -> Result<SubscriptionView, StoreError> {
-        let mut tx = self.write.begin().await?;
-        let l = load_licence(&mut tx, licence_id).await?;
-        let Some(Loaded {
-            mut sub,
-            generation,
-        }) = load(&mut tx, &l, customer).await?
-        else {
-            return Err(StoreError::NotFound {
-                kind: "subscription",
-                id: format!("{licence_id}/{customer}"),
-            });
-        };
-        if !matches!(sub.status, SubscriptionStatus::Active) {
-            return Err(refused(RuleRefusal::SubscriptionClosed(format!(
-                "{licence_id}/{customer}"
-            ))));
-        }
-        if now_ms >= sub.end() {
-            sub.freeze(sub.end());
-        }
-        let q = sub
-            .quote_unsubscribe(now_ms, self.daily_price_basis)
+        let licence_id = licence_id.to_string();
+        let customer = customer.to_string();
+        let zone = self.zone.clone();
+        let daily_price_basis = self.daily_price_basis;
+        self.write(move |conn| {
+            let licence_id = licence_id.as_str();
+            let customer = customer.as_str();
+            let l = load_licence(conn, licence_id)?;
+            let Some(Loaded {
+                mut sub,
+                generation,
+            }) = load(conn, &l, customer)?
+            else {
+                return Err(StoreError::NotFound {
+                    kind: "subscription",
+                    id: format!("{licence_id}/{customer}"),
+                });
+            };
+            if !matches!(sub.status, SubscriptionStatus::Active) {
+                return Err(refused(RuleRefusal::SubscriptionClosed(format!(
+                    "{licence_id}/{customer}"
+                ))));
+            }
+            if now_ms >= sub.end() {
+                sub.freeze(sub.end());
+            }
+            let q = sub
+                .quote_unsubscribe(now_ms, daily_price_basis)
+                .map_err(refused)?;
+            let refund = q.refund_micros;
+            let (transfers, line) = settle::term_refund(&TermRefund {
+                licence_id,
+                customer,
+                provider: &l.licensor,
+                generation,
+                refund_micros: refund,
+                operator_share_bps: l.price.operator_share_bps,
+                start: sub.start(),
+                now: now_ms,
+                refundable_paid_micros: q.refundable_paid_micros,
+                months_used: q.months_used,
+                monthly_price_micros: l.monthly_price_micros,
+            })
             .map_err(refused)?;
-        let refund = q.refund_micros;
-        let (transfers, line) = settle::term_refund(&TermRefund {
-            licence_id,
-            customer,
-            provider: &l.licensor,
-            generation,
-            refund_micros: refund,
-            operator_share_bps: l.price.operator_share_bps,
-            start: sub.start(),
-            now: now_ms,
-            refundable_paid_micros: q.refundable_paid_micros,
-            months_used: q.months_used,
-            monthly_price_micros: l.monthly_price_micros,
+            for t in &transfers {
+                ledger::post(conn, t, now_ms)?;
+            }
+            add_line(conn, &line, now_ms, &zone)?;
+            conn.prepare_cached(
+                "UPDATE licence_subscriptions SET status = 'closed', closed_at_ms = ? WHERE licence_id = ? AND customer = ?",
+            )?
+            .execute(params![now_ms, licence_id, customer])?;
+            let view = SubscriptionView {
+                licence_id: licence_id.to_string(),
+                customer: customer.to_string(),
+                status: "closed".into(),
+                start_ms: sub.start(),
+                end_ms: sub.end(),
+                months_total: q.months_total,
+                charged_micros: 0,
+                refund_micros: refund,
+            };
+            audit::append(
+                conn,
+                now_ms,
+                "licence_unsubscribe",
+                &format!("{licence_id}/{customer}"),
+                &serde_json::json!({"view": view, "months_used": q.months_used,
+                    "refundable_paid_micros": q.refundable_paid_micros}),
+            )?;
+            Ok(view)
         })
-        .map_err(refused)?;
-        for t in &transfers {
-            ledger::post(&mut tx, t, now_ms).await?;
-        }
-        add_line(&mut tx, &line, now_ms, &self.zone).await?;
-        sqlx::query(
-            "UPDATE licence_subscriptions SET status = 'closed', closed_at_ms = ? WHERE licence_id = ? AND customer = ?",
-        )
-        .bind(now_ms)
-        .bind(licence_id)
-        .bind(customer)
-        .execute(&mut *tx)
-        .await?;
-        let view = SubscriptionView {
-            licence_id: licence_id.to_string(),
-            customer: customer.to_string(),
-            status: "closed".into(),
-            start_ms: sub.start(),
-            end_ms: sub.end(),
-            months_total: q.months_total,
-            charged_micros: 0,
-            refund_micros: refund,
-        };
-        audit::append(
-            &mut tx,
-            now_ms,
-            "licence_unsubscribe",
-            &format!("{licence_id}/{customer}"),
-            &serde_json::json!({"view": view, "months_used": q.months_used,
-                "refundable_paid_micros": q.refundable_paid_micros}),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(view)
+        .await
     }
 }

@@ -82,26 +82,22 @@ async fn seal(store: &Store, signer: &TicketSigner, at_ms: i64) -> SignedHead {
 }
 
 /// A raw connection to the file, as an attacker has it, with the append-only triggers gone.
-async fn attacker(path: &std::path::Path) -> sqlx::SqlitePool {
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", path.display()))
-        .await
-        .expect("raw");
+fn attacker(path: &std::path::Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(path).expect("raw");
     for t in [
         "audit_log_no_update",
         "audit_log_no_delete",
         "audit_checkpoints_no_update",
         "audit_checkpoints_no_delete",
     ] {
-        sqlx::query(&format!("DROP TRIGGER {t}"))
-            .execute(&pool)
-            .await
+        conn.execute(&format!("DROP TRIGGER {t}"), [])
             .expect("drop trigger");
     }
-    pool
+    conn
 }
 
-async fn exec(pool: &sqlx::SqlitePool, sql: &str) {
-    sqlx::query(sql).execute(pool).await.expect(sql);
+fn exec(conn: &rusqlite::Connection, sql: &str) {
+    conn.execute(sql, []).expect(sql);
 }
 
 #[tokio::test]
@@ -131,45 +127,42 @@ async fn the_audit_tables_are_append_only() {
     money(&store).await;
     let c = seal(&store, &node(), 20).await;
     store.close().await;
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", path.display()))
-        .await
-        .expect("raw");
+    let conn = rusqlite::Connection::open(&path).expect("raw");
     for sql in [
         "UPDATE audit_log SET detail_json = '{}' WHERE seq = 2",
         "DELETE FROM audit_log WHERE seq = 6",
         "UPDATE audit_checkpoints SET at_ms = 0",
         "DELETE FROM audit_checkpoints",
     ] {
-        let e = sqlx::query(sql).execute(&pool).await.expect_err(sql);
+        let e = conn.execute(sql, []).expect_err(sql);
         assert!(e.to_string().contains("append-only"), "{sql}: {e}");
     }
     // An insert must extend the chain: a wrong number or a wrong link is refused.
-    let e = sqlx::query(
-        "INSERT INTO audit_log (seq, at_ms, kind, subject, detail_json, prev_hash, hash) \
-         VALUES (9, 0, 'x', 'x', '{}', ?, 'h')",
-    )
-    .bind(&c.head_hash)
-    .execute(&pool)
-    .await
-    .expect_err("gap");
+    let e = conn
+        .execute(
+            "INSERT INTO audit_log (seq, at_ms, kind, subject, detail_json, prev_hash, hash) \
+             VALUES (9, 0, 'x', 'x', '{}', ?, 'h')",
+            [&c.head_hash],
+        )
+        .expect_err("gap");
     assert!(e.to_string().contains("extend the chain"), "{e}");
-    let e = sqlx::query(
-        "INSERT INTO audit_log (seq, at_ms, kind, subject, detail_json, prev_hash, hash) \
-         VALUES (7, 0, 'x', 'x', '{}', 'not the head', 'h')",
-    )
-    .execute(&pool)
-    .await
-    .expect_err("link");
+    let e = conn
+        .execute(
+            "INSERT INTO audit_log (seq, at_ms, kind, subject, detail_json, prev_hash, hash) \
+             VALUES (7, 0, 'x', 'x', '{}', 'not the head', 'h')",
+            [],
+        )
+        .expect_err("link");
     assert!(e.to_string().contains("extend the chain"), "{e}");
     // A checkpoint of a head the chain does not have is refused.
-    let e = sqlx::query(
-        "INSERT INTO audit_checkpoints (seq, head_hash, at_ms, signature_hex) VALUES (3, 'ab', 0, '')",
-    )
-    .execute(&pool)
-    .await
-    .expect_err("foreign head");
+    let e = conn
+        .execute(
+            "INSERT INTO audit_checkpoints (seq, head_hash, at_ms, signature_hex) VALUES (3, 'ab', 0, '')",
+            [],
+        )
+        .expect_err("foreign head");
     assert!(e.to_string().contains("must name an entry"), "{e}");
-    pool.close().await;
+    drop(conn);
 }
 
 #[tokio::test]
@@ -188,8 +181,8 @@ async fn deleting_the_last_entries_is_named_as_truncation() {
     let outside = vec![("export.json".to_string(), head)];
     store.close().await;
 
-    let pool = attacker(&path).await;
-    exec(&pool, "DELETE FROM audit_log WHERE seq > 7").await;
+    let raw = attacker(&path);
+    exec(&raw, "DELETE FROM audit_log WHERE seq > 7");
     let store = Store::open(&path).await.expect("reopen");
     let v = store
         .verify_audit_with(Some(&node_key()), &outside)
@@ -216,8 +209,8 @@ async fn deleting_the_last_entries_is_named_as_truncation() {
 
     // The attacker also deletes the stored checkpoint: the store alone can no longer tell,
     // the outside copy still does.
-    exec(&pool, "DELETE FROM audit_checkpoints").await;
-    pool.close().await;
+    exec(&raw, "DELETE FROM audit_checkpoints");
+    drop(raw);
     assert!(store.verify_audit().await.expect("verify").ok());
     let v = store
         .verify_audit_with(Some(&node_key()), &outside)
@@ -234,7 +227,7 @@ async fn deleting_the_last_entries_is_named_as_truncation() {
 }
 
 /// Replaces entry `seq`'s detail and recomputes the hashes of it and every later entry.
-async fn rewrite(pool: &sqlx::SqlitePool, store: &Store, seq: i64, detail: &str) {
+async fn rewrite(conn: &rusqlite::Connection, store: &Store, seq: i64, detail: &str) {
     let entries = store.audit_entries().await.expect("entries");
     let mut prev = audit::GENESIS_HASH.to_string();
     for e in entries {
@@ -244,14 +237,11 @@ async fn rewrite(pool: &sqlx::SqlitePool, store: &Store, seq: i64, detail: &str)
             e.detail_json.clone()
         };
         let h = entry_hash(&prev, e.seq, e.at_ms, &e.kind, &e.subject, &d);
-        sqlx::query("UPDATE audit_log SET detail_json = ?, prev_hash = ?, hash = ? WHERE seq = ?")
-            .bind(&d)
-            .bind(&prev)
-            .bind(&h)
-            .bind(e.seq)
-            .execute(pool)
-            .await
-            .expect("rewrite");
+        conn.execute(
+            "UPDATE audit_log SET detail_json = ?, prev_hash = ?, hash = ? WHERE seq = ?",
+            rusqlite::params![&d, &prev, &h, e.seq],
+        )
+        .expect("rewrite");
         prev = h;
     }
 }
@@ -272,8 +262,8 @@ async fn an_edited_entry_with_every_hash_recomputed_is_named_as_rewritten() {
     let head = seal(&store, &node(), 20).await;
     let outside = vec![("receipt of job-1".to_string(), head.clone())];
 
-    let pool = attacker(&path).await;
-    rewrite(&pool, &store, 1, r#"{"reasons":[]}"#).await;
+    let raw = attacker(&path);
+    rewrite(&raw, &store, 1, r#"{"reasons":[]}"#).await;
     // The chain links again: without checkpoints the rewrite would pass.
     assert_eq!(
         audit::verify_entries(&store.audit_entries().await.expect("entries")),
@@ -307,10 +297,10 @@ async fn an_edited_entry_with_every_hash_recomputed_is_named_as_rewritten() {
 
     // Re-signing the rewritten head with another key does not help: the signature is
     // refused under the node's key.
-    exec(&pool, "DELETE FROM audit_checkpoints").await;
+    exec(&raw, "DELETE FROM audit_checkpoints");
     let forger = TicketSigner::from_seed(&[9u8; 32]);
     let forged = seal(&store, &forger, 21).await;
-    pool.close().await;
+    drop(raw);
     let v = store
         .verify_audit_with(Some(&node_key()), &[])
         .await
@@ -333,25 +323,22 @@ async fn consistent_edits_of_the_ledger_tables_are_named() {
     let (_dir, path, store) = open().await;
     money(&store).await;
     store.close().await;
-    let pool = attacker(&path).await;
+    let raw = attacker(&path);
     // Raise the deposit from 1,000 to 5,000 and both accounts' totals with it: double entry
     // still holds, so `ledger_balanced` cannot see it.
     let dep = derive_id(&["dep"]);
     exec(
-        &pool,
+        &raw,
         &format!("UPDATE ledger_transfers SET amount_micros = 5000 WHERE transfer_id = '{dep}'"),
-    )
-    .await;
+    );
     exec(
-        &pool,
+        &raw,
         "UPDATE ledger_accounts SET credits_micros = credits_micros + 4000 WHERE name = 'customer:a:cash'",
-    )
-    .await;
+    );
     exec(
-        &pool,
+        &raw,
         "UPDATE ledger_accounts SET debits_micros = debits_micros + 4000 WHERE name = 'external'",
-    )
-    .await;
+    );
     let store = Store::open(&path).await.expect("reopen");
     assert!(store.ledger_balanced().await.expect("balanced"));
     let v = store.verify_audit().await.expect("verify");
@@ -374,38 +361,32 @@ async fn consistent_edits_of_the_ledger_tables_are_named() {
 
     // A transfer slipped into the tables (with consistent totals) is named too.
     exec(
-        &pool,
+        &raw,
         &format!("UPDATE ledger_transfers SET amount_micros = 1000 WHERE transfer_id = '{dep}'"),
-    )
-    .await;
+    );
     exec(
-        &pool,
+        &raw,
         "UPDATE ledger_accounts SET credits_micros = credits_micros - 4000 WHERE name = 'customer:a:cash'",
-    )
-    .await;
+    );
     exec(
-        &pool,
+        &raw,
         "UPDATE ledger_accounts SET debits_micros = debits_micros - 4000 WHERE name = 'external'",
-    )
-    .await;
+    );
     assert!(store.verify_audit().await.expect("verify").ok());
     exec(
-        &pool,
+        &raw,
         "INSERT INTO ledger_transfers (transfer_id, debit_account, credit_account, amount_micros, \
          job_id, memo, created_at_ms, kind) VALUES ('gift', 'external', 'customer:a:cash', 7, NULL, '', 13, 'posted')",
-    )
-    .await;
+    );
     exec(
-        &pool,
+        &raw,
         "UPDATE ledger_accounts SET credits_micros = credits_micros + 7 WHERE name = 'customer:a:cash'",
-    )
-    .await;
+    );
     exec(
-        &pool,
+        &raw,
         "UPDATE ledger_accounts SET debits_micros = debits_micros + 7 WHERE name = 'external'",
-    )
-    .await;
-    pool.close().await;
+    );
+    drop(raw);
     assert!(store.ledger_balanced().await.expect("balanced"));
     let v = store.verify_audit().await.expect("verify");
     assert!(
@@ -434,9 +415,9 @@ async fn several_signed_heads_past_the_end_are_one_truncation_finding() {
     assert_eq!(seal(&store, &node(), 42).await.seq, 9);
     store.close().await;
 
-    let pool = attacker(&path).await;
-    exec(&pool, "DELETE FROM audit_log WHERE seq > 7").await;
-    pool.close().await;
+    let raw = attacker(&path);
+    exec(&raw, "DELETE FROM audit_log WHERE seq > 7");
+    drop(raw);
     let store = Store::open(&path).await.expect("reopen");
     let v = store.verify_audit().await.expect("verify");
     assert_eq!(
@@ -460,12 +441,19 @@ async fn appends_extend_the_real_head_after_a_rollback_and_another_stores_append
     money(&a).await;
     // An entry appended and rolled back: the guess now names an entry `a` does not have.
     {
-        let mut tx = a.write.begin().await.expect("begin");
-        let seq = audit::append(&mut tx, 20, "test", "rolled-back", &serde_json::json!({}))
-            .await
-            .expect("append");
-        assert!(seq > 1);
-        tx.rollback().await.expect("rollback");
+        let rolled_back = a
+            .write(|conn| {
+                let seq = audit::append(conn, 20, "test", "rolled-back", &serde_json::json!({}))
+                    .expect("append");
+                assert!(seq > 1);
+                // An error from the write rolls back its savepoint: the entry is gone.
+                Err::<(), _>(StoreError::Corrupt("roll back".into()))
+            })
+            .await;
+        assert!(
+            matches!(&rolled_back, Err(StoreError::Corrupt(r)) if r == "roll back"),
+            "{rolled_back:?}"
+        );
     }
     money(&b).await;
     store_deposit(&a, "after-rollback").await;

@@ -263,23 +263,19 @@ async fn tampered(sql: &[&str]) -> (Store, AuditVerification, tempfile::TempDir)
     let (dir, path, store) = open().await;
     flow(&store).await;
     store.close().await;
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", path.display()))
-        .await
-        .expect("raw");
+    let raw = rusqlite::Connection::open(&path).expect("raw");
     for t in [
         "bill_lines_no_update",
         "bill_lines_no_delete",
         "bills_closed_never_change",
     ] {
-        sqlx::query(&format!("DROP TRIGGER {t}"))
-            .execute(&pool)
-            .await
+        raw.execute(&format!("DROP TRIGGER {t}"), [])
             .expect("drop trigger");
     }
     for s in sql {
-        sqlx::query(s).execute(&pool).await.expect(s);
+        raw.execute(s, []).expect(s);
     }
-    pool.close().await;
+    drop(raw);
     let store = Store::open(&path).await.expect("reopen");
     let v = store.verify_audit().await.expect("verify");
     (store, v, dir)
@@ -487,17 +483,19 @@ async fn rows_of_older_entries_are_checked_in_the_fields_they_record() {
         )
         .await
         .expect("entry");
-    let pool = store.write.clone();
-    sqlx::query(
-        "INSERT INTO jobs (job_id, licence_id, scene, user_id, mode, state, count_state, request_json, \
-         reasons_json, created_at_ms, updated_at_ms, finished_at_ms, buyer_party, provider_party) \
-         VALUES ('job-old', 'lic', 'psi', 'u', 'size', 'refused', 'none', '{}', '[\"quota exhausted\"]', \
-         ?1, ?1, ?1, 'buy', 'prov')",
-    )
-    .bind(NOV_MS + 5)
-    .execute(&pool)
-    .await
-    .expect("old row");
+    store
+        .write(|conn| {
+            conn.execute(
+                "INSERT INTO jobs (job_id, licence_id, scene, user_id, mode, state, count_state, request_json, \
+                 reasons_json, created_at_ms, updated_at_ms, finished_at_ms, buyer_party, provider_party) \
+                 VALUES ('job-old', 'lic', 'psi', 'u', 'size', 'refused', 'none', '{}', '[\"quota exhausted\"]', \
+                 ?1, ?1, ?1, 'buy', 'prov')",
+                [NOV_MS + 5],
+            )?;
+            Ok(())
+        })
+        .await
+        .expect("old row");
     let v = store.verify_audit().await.expect("verify");
     assert!(v.ok(), "{:?}", texts(&v));
     assert_eq!((v.records.jobs, v.records.partly_checked), (1, 1));
@@ -508,8 +506,14 @@ async fn rows_of_older_entries_are_checked_in_the_fields_they_record() {
         v.detail
     );
     // What the older entry does record is still checked.
-    sqlx::query("UPDATE jobs SET state = 'succeeded' WHERE job_id = 'job-old'")
-        .execute(&pool)
+    store
+        .write(|conn| {
+            conn.execute(
+                "UPDATE jobs SET state = 'succeeded' WHERE job_id = 'job-old'",
+                [],
+            )?;
+            Ok(())
+        })
         .await
         .expect("edit");
     let v = store.verify_audit().await.expect("verify");
@@ -530,16 +534,14 @@ async fn one_signed_head_given_twice_is_one_finding() {
     let head = store.audit_head().await.expect("head").expect("entries");
     let signed: SignedHead = signer.sign_head(head.seq, &head.hash, 9).expect("sign");
     store.close().await;
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", path.display()))
-        .await
-        .expect("raw");
+    let raw = rusqlite::Connection::open(&path).expect("raw");
     for sql in [
         "DROP TRIGGER audit_log_no_delete",
         "DELETE FROM audit_log WHERE seq > 1",
     ] {
-        sqlx::query(sql).execute(&pool).await.expect(sql);
+        raw.execute(sql, []).expect(sql);
     }
-    pool.close().await;
+    drop(raw);
     let store = Store::open(&path).await.expect("reopen");
     // An export file holds the head signed at export and, again, in its list.
     let file = "export.json".to_string();
@@ -646,17 +648,15 @@ async fn the_account_tables_re_derive_and_an_edit_is_named() {
 
     // Behind the store's back: a role granted, a revocation undone, a membership added.
     store.close().await;
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", path.display()))
-        .await
-        .expect("raw");
+    let raw = rusqlite::Connection::open(&path).expect("raw");
     for sql in [
         "UPDATE users SET roles = 'buyer,operator' WHERE user_id = 'ann'",
         "UPDATE tokens SET revoked_at_ms = NULL",
         "INSERT INTO group_members (group_id, user_id, added_at_ms) VALUES ('admins', 'bob', 20)",
     ] {
-        sqlx::query(sql).execute(&pool).await.expect(sql);
+        raw.execute(sql, []).expect(sql);
     }
-    pool.close().await;
+    drop(raw);
     let store = Store::open(&path).await.expect("reopen");
     let v = store.verify_audit().await.expect("verify");
     let found = texts(&v).join("\n");

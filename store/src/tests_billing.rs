@@ -259,12 +259,7 @@ async fn late_lines_land_in_their_month_or_as_corrections_and_closed_bills_never
 
     // The schema itself refuses to change a closed bill or any line.
     store.close().await;
-    let pool = sqlx::SqlitePool::connect(&format!(
-        "sqlite:{}",
-        dir.path().join("tessera.db").display()
-    ))
-    .await
-    .expect("raw");
+    let raw = crate::tests::raw_connection(&dir.path().join("tessera.db"));
     for sql in [
         "UPDATE bill_lines SET cash_micros = 0 WHERE line_id = 'a'",
         "DELETE FROM bill_lines WHERE line_id = 'a'",
@@ -273,9 +268,9 @@ async fn late_lines_land_in_their_month_or_as_corrections_and_closed_bills_never
         "INSERT INTO bill_lines (line_id, bill_id, customer, kind, product, event_time_ms, arrival_time_ms, \
          service_start_ms, service_end_ms, original_micros) VALUES ('z', '2026-11:u', 'u', 'usage', 'psi', 0, 0, 0, 0, 0)",
     ] {
-        assert!(sqlx::query(sql).execute(&pool).await.is_err(), "{sql}");
+        assert!(raw.execute(sql, []).is_err(), "{sql}");
     }
-    pool.close().await;
+    raw.close().expect("close raw");
 }
 
 #[tokio::test]

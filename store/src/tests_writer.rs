@@ -9,6 +9,16 @@ use tessera_accounting::{LedgerError, TransferSpec, derive_id};
 use super::*;
 use crate::tests::{allow, new_job, open, seed_licence};
 
+/// Takes SQLite's write lock on the store's file from a connection of its own (as another
+/// process could): the writer's next batch waits for it at its `BEGIN IMMEDIATE` (within the
+/// busy timeout) until the returned connection is dropped, which gives the lock back.
+fn hold_write_lock(dir: &tempfile::TempDir) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(dir.path().join("db/tessera.db")).expect("open the file");
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .expect("hold the write lock");
+    conn
+}
+
 /// Waits until `n` operations wait in the writer's queue.
 async fn until_queued(store: &Store, n: usize) {
     for _ in 0..2_000 {
@@ -50,7 +60,7 @@ async fn admit_with_hold(store: Store, i: usize, amount: i64) -> Result<AdmitOut
 
 #[tokio::test]
 async fn a_batch_commits_its_operations_but_the_one_that_failed() {
-    let (_dir, store) = open().await;
+    let (dir, store) = open().await;
     seed_licence(&store, 10).await;
     let deposit = TransferSpec {
         id: derive_id(&["dep", "u"]),
@@ -63,13 +73,9 @@ async fn a_batch_commits_its_operations_but_the_one_that_failed() {
     store.post_transfers(&[deposit], 5).await.expect("deposit");
     let before = store.write_stats();
 
-    // Hold the write connection: the writer takes job 0 and waits for the connection, while
+    // Hold the database's write lock: the writer takes job 0 and waits for the lock, while
     // the next eight queue up behind it and form one batch.
-    let held = store
-        .write
-        .acquire()
-        .await
-        .expect("hold the write connection");
+    let held = hold_write_lock(&dir);
     let first = tokio::spawn(admit_with_hold(store.clone(), 0, 100));
     until_queued(&store, 0).await;
     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -145,13 +151,10 @@ async fn a_batch_commits_its_operations_but_the_one_that_failed() {
 
 #[tokio::test]
 async fn a_batch_whose_commit_fails_answers_every_operation_not_committed() {
-    let (_dir, store) = open().await;
+    let (dir, store) = open().await;
     seed_licence(&store, 10).await;
-    let held = store
-        .write
-        .acquire()
-        .await
-        .expect("hold the write connection");
+    // Hold the database's write lock: the writer takes job 0 and waits for the lock.
+    let held = hold_write_lock(&dir);
     let admit = |i| {
         let store = store.clone();
         tokio::spawn(async move { store.admit(&new_job(i), allow).await })
@@ -167,20 +170,15 @@ async fn a_batch_whose_commit_fails_answers_every_operation_not_committed() {
         let store = store.clone();
         tokio::spawn(async move {
             store
-                .batched(|conn| {
-                    Box::pin(async move {
-                        sqlx::query("PRAGMA defer_foreign_keys = ON")
-                            .execute(&mut *conn)
-                            .await?;
-                        sqlx::query(
-                            "INSERT INTO tasks (task_id, job_id, worker_id, party, role, state, \
-                             spec_json, updated_at_ms) VALUES ('t', 'no-such-job', 'w', 'p', \
-                             'sender', 'dispatched', '{}', 1)",
-                        )
-                        .execute(&mut *conn)
-                        .await?;
-                        Ok(())
-                    })
+                .write(|conn| {
+                    conn.execute_batch("PRAGMA defer_foreign_keys = ON")?;
+                    conn.execute(
+                        "INSERT INTO tasks (task_id, job_id, worker_id, party, role, state, \
+                         spec_json, updated_at_ms) VALUES ('t', 'no-such-job', 'w', 'p', \
+                         'sender', 'dispatched', '{}', 1)",
+                        [],
+                    )?;
+                    Ok(())
                 })
                 .await
         })

@@ -9,8 +9,8 @@
 //! for a demand's own changes. A settlement's money moves in the same transaction as its
 //! licence, through `accounting::settle::data_purchase`.
 
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
-use sqlx::Row;
 use tessera_accounting::ledger::AccountKind;
 use tessera_accounting::settle::{self, DataPurchase};
 
@@ -150,58 +150,58 @@ pub struct NewSettlement<'a> {
     pub operator_share_bps: u32,
 }
 
-fn publication_of(r: &sqlx::sqlite::SqliteRow) -> Result<PublicationRow, StoreError> {
+fn publication_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<PublicationRow> {
     Ok(PublicationRow {
-        registration_id: r.try_get(0)?,
-        data_id: r.try_get(1)?,
-        owner: r.try_get(2)?,
-        controlled: r.try_get::<i64, _>(3)? == 1,
-        record_json: r.try_get(4)?,
-        free: r.try_get::<i64, _>(5)? == 1,
-        price_micros: r.try_get(6)?,
-        status: r.try_get(7)?,
+        registration_id: r.get(0)?,
+        data_id: r.get(1)?,
+        owner: r.get(2)?,
+        controlled: r.get::<_, i64>(3)? == 1,
+        record_json: r.get(4)?,
+        free: r.get::<_, i64>(5)? == 1,
+        price_micros: r.get(6)?,
+        status: r.get(7)?,
     })
 }
 
 const PUBLICATION_COLUMNS: &str =
     "registration_id, data_id, owner, controlled, record_json, free, price_micros, status";
 
-fn confirmation_of(r: &sqlx::sqlite::SqliteRow) -> Result<ConfirmationRow, StoreError> {
+fn confirmation_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConfirmationRow> {
     Ok(ConfirmationRow {
-        confirm_id: r.try_get(0)?,
-        demand_id: r.try_get(1)?,
-        registration_id: r.try_get(2)?,
-        data_id: r.try_get(3)?,
-        owner: r.try_get(4)?,
-        demander: r.try_get(5)?,
-        price_micros: r.try_get(6)?,
+        confirm_id: r.get(0)?,
+        demand_id: r.get(1)?,
+        registration_id: r.get(2)?,
+        data_id: r.get(3)?,
+        owner: r.get(4)?,
+        demander: r.get(5)?,
+        price_micros: r.get(6)?,
     })
 }
 
-fn settlement_of(r: &sqlx::sqlite::SqliteRow) -> Result<SettlementRow, StoreError> {
+fn settlement_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<SettlementRow> {
     Ok(SettlementRow {
-        confirm_id: r.try_get(0)?,
-        licenses_id: r.try_get(1)?,
-        payment_json: r.try_get(2)?,
-        sealed_key_json: r.try_get(3)?,
-        settled_at_ms: r.try_get(4)?,
+        confirm_id: r.get(0)?,
+        licenses_id: r.get(1)?,
+        payment_json: r.get(2)?,
+        sealed_key_json: r.get(3)?,
+        settled_at_ms: r.get(4)?,
     })
 }
 
 const CONFIRMATION_COLUMNS: &str =
     "confirm_id, demand_id, registration_id, data_id, owner, demander, price_micros";
 
-fn licence_of(r: &sqlx::sqlite::SqliteRow) -> Result<TradeLicenceRow, StoreError> {
+fn licence_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<TradeLicenceRow> {
     Ok(TradeLicenceRow {
-        licenses_id: r.try_get(0)?,
-        confirm_id: r.try_get(1)?,
-        registration_id: r.try_get(2)?,
-        data_id: r.try_get(3)?,
-        licensor: r.try_get(4)?,
-        licensee: r.try_get(5)?,
-        licence_json: r.try_get(6)?,
-        status: r.try_get(7)?,
-        superseded_by: r.try_get(8)?,
+        licenses_id: r.get(0)?,
+        confirm_id: r.get(1)?,
+        registration_id: r.get(2)?,
+        data_id: r.get(3)?,
+        licensor: r.get(4)?,
+        licensee: r.get(5)?,
+        licence_json: r.get(6)?,
+        status: r.get(7)?,
+        superseded_by: r.get(8)?,
     })
 }
 
@@ -225,37 +225,33 @@ impl Store {
         fresh: [u8; 32],
         now_ms: i64,
     ) -> Result<[u8; 32], StoreError> {
-        let mut tx = self.write.begin().await?;
-        let existing: Option<Vec<u8>> =
-            sqlx::query_scalar("SELECT secret_key FROM trade_licensor_keys WHERE party = ?")
-                .bind(party)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let key = match existing {
-            Some(k) => k.try_into().map_err(|_| corrupt("licensor key length"))?,
-            None => {
-                sqlx::query(
-                    "INSERT INTO trade_licensor_keys (party, secret_key, created_at_ms) VALUES (?, ?, ?)",
-                )
-                .bind(party)
-                .bind(fresh.as_slice())
-                .bind(now_ms)
-                .execute(&mut *tx)
-                .await?;
-                let public = ed25519_public(&fresh);
-                audit::append(
-                    &mut tx,
-                    now_ms,
-                    "trade_licensor_key",
-                    party,
-                    &serde_json::json!({"public_key": public}),
-                )
-                .await?;
-                fresh
-            }
-        };
-        tx.commit().await?;
-        Ok(key)
+        let party = party.to_string();
+        self.write(move |conn| {
+            let existing: Option<Vec<u8>> = conn
+                .prepare_cached("SELECT secret_key FROM trade_licensor_keys WHERE party = ?")?
+                .query_row(params![party], |r| r.get(0))
+                .optional()?;
+            let key = match existing {
+                Some(k) => k.try_into().map_err(|_| corrupt("licensor key length"))?,
+                None => {
+                    conn.prepare_cached(
+                        "INSERT INTO trade_licensor_keys (party, secret_key, created_at_ms) VALUES (?, ?, ?)",
+                    )?
+                    .execute(params![party, fresh.as_slice(), now_ms])?;
+                    let public = ed25519_public(&fresh);
+                    audit::append(
+                        conn,
+                        now_ms,
+                        "trade_licensor_key",
+                        &party,
+                        &serde_json::json!({"public_key": public}),
+                    )?;
+                    fresh
+                }
+            };
+            Ok(key)
+        })
+        .await
     }
 
     /// Records a registration (`/registerData`).
@@ -269,37 +265,40 @@ impl Store {
         actor: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.write.begin().await?;
-        dataset_owned_by(&mut tx, &row.data_id, &row.owner).await?;
-        let r = sqlx::query(
-            "INSERT INTO trade_registrations (registration_id, owner, data_id, record_json, created_by, created_at_ms) \
-             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(registration_id) DO NOTHING",
-        )
-        .bind(&row.registration_id)
-        .bind(&row.owner)
-        .bind(&row.data_id)
-        .bind(&row.record_json)
-        .bind(actor)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
-        if r.rows_affected() == 0 {
-            return Err(StoreError::Conflict {
-                kind: "registration",
-                id: row.registration_id.clone(),
-            });
-        }
-        audit::append(
-            &mut tx,
-            now_ms,
-            "trade_register",
-            &row.data_id,
-            &serde_json::json!({"registrationID": row.registration_id, "owner": row.owner, "by": actor,
-                "record": serde_json::from_str::<serde_json::Value>(&row.record_json).map_err(corrupt)?}),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let row = row.clone();
+        let actor = actor.to_string();
+        self.write(move |conn| {
+            dataset_owned_by(conn, &row.data_id, &row.owner)?;
+            let n = conn
+                .prepare_cached(
+                    "INSERT INTO trade_registrations (registration_id, owner, data_id, record_json, created_by, created_at_ms) \
+                     VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(registration_id) DO NOTHING",
+                )?
+                .execute(params![
+                    row.registration_id,
+                    row.owner,
+                    row.data_id,
+                    row.record_json,
+                    actor,
+                    now_ms
+                ])?;
+            if n == 0 {
+                return Err(StoreError::Conflict {
+                    kind: "registration",
+                    id: row.registration_id.clone(),
+                });
+            }
+            audit::append(
+                conn,
+                now_ms,
+                "trade_register",
+                &row.data_id,
+                &serde_json::json!({"registrationID": row.registration_id, "owner": row.owner, "by": actor,
+                    "record": serde_json::from_str::<serde_json::Value>(&row.record_json).map_err(corrupt)?}),
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     /// A registration.
@@ -310,21 +309,23 @@ impl Store {
         &self,
         registration_id: &str,
     ) -> Result<RegistrationRow, StoreError> {
-        let r = sqlx::query(
-            "SELECT registration_id, owner, data_id, record_json FROM trade_registrations WHERE registration_id = ?",
-        )
-        .bind(registration_id)
-        .fetch_optional(&self.read)
-        .await?
-        .ok_or_else(|| StoreError::NotFound {
-            kind: "registration",
-            id: registration_id.into(),
-        })?;
-        Ok(RegistrationRow {
-            registration_id: r.try_get(0)?,
-            owner: r.try_get(1)?,
-            data_id: r.try_get(2)?,
-            record_json: r.try_get(3)?,
+        self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT registration_id, owner, data_id, record_json FROM trade_registrations WHERE registration_id = ?",
+            )?
+            .query_row(params![registration_id], |r| {
+                Ok(RegistrationRow {
+                    registration_id: r.get(0)?,
+                    owner: r.get(1)?,
+                    data_id: r.get(2)?,
+                    record_json: r.get(3)?,
+                })
+            })
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "registration",
+                id: registration_id.into(),
+            })
         })
     }
 
@@ -340,38 +341,40 @@ impl Store {
         actor: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.write.begin().await?;
-        if p.controlled {
-            dataset_owned_by(&mut tx, &p.data_id, &p.owner).await?;
-        }
-        sqlx::query(
-            "INSERT INTO trade_publications (registration_id, data_id, owner, controlled, record_json, free, \
-             price_micros, status, updated_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, 'YES', ?) \
-             ON CONFLICT(registration_id, data_id) DO UPDATE SET record_json = excluded.record_json, \
-             free = excluded.free, price_micros = excluded.price_micros, status = 'YES', \
-             updated_at_ms = excluded.updated_at_ms",
-        )
-        .bind(&p.registration_id)
-        .bind(&p.data_id)
-        .bind(&p.owner)
-        .bind(i64::from(p.controlled))
-        .bind(&p.record_json)
-        .bind(i64::from(p.free))
-        .bind(p.price_micros)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
-        audit::append(
-            &mut tx,
-            now_ms,
-            "trade_publish",
-            &p.data_id,
-            &serde_json::json!({"registrationID": p.registration_id, "owner": p.owner,
-                "controlled": p.controlled, "free": p.free, "price_micros": p.price_micros, "by": actor}),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let p = p.clone();
+        let actor = actor.to_string();
+        self.write(move |conn| {
+            if p.controlled {
+                dataset_owned_by(conn, &p.data_id, &p.owner)?;
+            }
+            conn.prepare_cached(
+                "INSERT INTO trade_publications (registration_id, data_id, owner, controlled, record_json, free, \
+                 price_micros, status, updated_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, 'YES', ?) \
+                 ON CONFLICT(registration_id, data_id) DO UPDATE SET record_json = excluded.record_json, \
+                 free = excluded.free, price_micros = excluded.price_micros, status = 'YES', \
+                 updated_at_ms = excluded.updated_at_ms",
+            )?
+            .execute(params![
+                p.registration_id,
+                p.data_id,
+                p.owner,
+                i64::from(p.controlled),
+                p.record_json,
+                i64::from(p.free),
+                p.price_micros,
+                now_ms
+            ])?;
+            audit::append(
+                conn,
+                now_ms,
+                "trade_publish",
+                &p.data_id,
+                &serde_json::json!({"registrationID": p.registration_id, "owner": p.owner,
+                    "controlled": p.controlled, "free": p.free, "price_micros": p.price_micros, "by": actor}),
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     /// A publication.
@@ -383,18 +386,17 @@ impl Store {
         registration_id: &str,
         data_id: &str,
     ) -> Result<PublicationRow, StoreError> {
-        let r = sqlx::query(&format!(
-            "SELECT {PUBLICATION_COLUMNS} FROM trade_publications WHERE registration_id = ? AND data_id = ?"
-        ))
-        .bind(registration_id)
-        .bind(data_id)
-        .fetch_optional(&self.read)
-        .await?
-        .ok_or_else(|| StoreError::NotFound {
-            kind: "publication",
-            id: format!("{registration_id}/{data_id}"),
-        })?;
-        publication_of(&r)
+        self.read(|conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {PUBLICATION_COLUMNS} FROM trade_publications WHERE registration_id = ? AND data_id = ?"
+            ))?
+            .query_row(params![registration_id, data_id], publication_of)
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "publication",
+                id: format!("{registration_id}/{data_id}"),
+            })
+        })
     }
 
     /// Every publication whose status is `YES`, at most `limit`, in key order.
@@ -402,14 +404,18 @@ impl Store {
     /// # Errors
     /// `Db`.
     pub async fn trade_published(&self, limit: u32) -> Result<Vec<PublicationRow>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {PUBLICATION_COLUMNS} FROM trade_publications WHERE status = 'YES' \
-             ORDER BY registration_id, data_id LIMIT ?"
-        ))
-        .bind(i64::from(limit))
-        .fetch_all(&self.read)
-        .await?;
-        rows.iter().map(publication_of).collect()
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {PUBLICATION_COLUMNS} FROM trade_publications WHERE status = 'YES' \
+                 ORDER BY registration_id, data_id LIMIT ?"
+            ))?;
+            let mut rows = stmt.query(params![i64::from(limit)])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(publication_of(r)?);
+            }
+            Ok(out)
+        })
     }
 
     /// Revokes a publication (`/revokePublishedData`): new confirmations are refused; the
@@ -425,39 +431,42 @@ impl Store {
         actor: &str,
         now_ms: i64,
     ) -> Result<Vec<String>, StoreError> {
-        let mut tx = self.write.begin().await?;
-        let r = sqlx::query(
-            "UPDATE trade_publications SET status = 'NO', updated_at_ms = ? WHERE registration_id = ? AND data_id = ?",
-        )
-        .bind(now_ms)
-        .bind(registration_id)
-        .bind(data_id)
-        .execute(&mut *tx)
-        .await?;
-        if r.rows_affected() == 0 {
-            return Err(StoreError::NotFound {
-                kind: "publication",
-                id: format!("{registration_id}/{data_id}"),
-            });
-        }
-        let licences: Vec<String> = sqlx::query_scalar(
-            "SELECT p.licence_id FROM trade_policies p JOIN trade_licences l ON l.licenses_id = p.licenses_id \
-             WHERE l.registration_id = ? AND l.data_id = ? ORDER BY p.licence_id",
-        )
-        .bind(registration_id)
-        .bind(data_id)
-        .fetch_all(&mut *tx)
-        .await?;
-        audit::append(
-            &mut tx,
-            now_ms,
-            "trade_revoke_publication",
-            data_id,
-            &serde_json::json!({"registrationID": registration_id, "by": actor, "licences": licences}),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(licences)
+        let registration_id = registration_id.to_string();
+        let data_id = data_id.to_string();
+        let actor = actor.to_string();
+        self.write(move |conn| {
+            let n = conn
+                .prepare_cached(
+                    "UPDATE trade_publications SET status = 'NO', updated_at_ms = ? WHERE registration_id = ? AND data_id = ?",
+                )?
+                .execute(params![now_ms, registration_id, data_id])?;
+            if n == 0 {
+                return Err(StoreError::NotFound {
+                    kind: "publication",
+                    id: format!("{registration_id}/{data_id}"),
+                });
+            }
+            let mut licences: Vec<String> = Vec::new();
+            {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT p.licence_id FROM trade_policies p JOIN trade_licences l ON l.licenses_id = p.licenses_id \
+                     WHERE l.registration_id = ? AND l.data_id = ? ORDER BY p.licence_id",
+                )?;
+                let mut rows = stmt.query(params![registration_id, data_id])?;
+                while let Some(r) = rows.next()? {
+                    licences.push(r.get(0)?);
+                }
+            }
+            audit::append(
+                conn,
+                now_ms,
+                "trade_revoke_publication",
+                &data_id,
+                &serde_json::json!({"registrationID": registration_id, "by": actor, "licences": licences}),
+            )?;
+            Ok(licences)
+        })
+        .await
     }
 
     /// Records a demand (`/registerDemand`).
@@ -469,35 +478,31 @@ impl Store {
         row: &DemandRow,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.write.begin().await?;
-        let r = sqlx::query(
-            "INSERT INTO trade_demands (demand_id, demander, record_json, status, created_at_ms, updated_at_ms) \
-             VALUES (?, ?, ?, 'registered', ?, ?) ON CONFLICT(demand_id) DO NOTHING",
-        )
-        .bind(&row.demand_id)
-        .bind(&row.demander)
-        .bind(&row.record_json)
-        .bind(now_ms)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
-        if r.rows_affected() == 0 {
-            return Err(StoreError::Conflict {
-                kind: "demand",
-                id: row.demand_id.clone(),
-            });
-        }
-        audit::append(
-            &mut tx,
-            now_ms,
-            "trade_demand",
-            &row.demand_id,
-            &serde_json::json!({"demander": row.demander,
-                "record": serde_json::from_str::<serde_json::Value>(&row.record_json).map_err(corrupt)?}),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let row = row.clone();
+        self.write(move |conn| {
+            let n = conn
+                .prepare_cached(
+                    "INSERT INTO trade_demands (demand_id, demander, record_json, status, created_at_ms, updated_at_ms) \
+                     VALUES (?, ?, ?, 'registered', ?, ?) ON CONFLICT(demand_id) DO NOTHING",
+                )?
+                .execute(params![row.demand_id, row.demander, row.record_json, now_ms, now_ms])?;
+            if n == 0 {
+                return Err(StoreError::Conflict {
+                    kind: "demand",
+                    id: row.demand_id.clone(),
+                });
+            }
+            audit::append(
+                conn,
+                now_ms,
+                "trade_demand",
+                &row.demand_id,
+                &serde_json::json!({"demander": row.demander,
+                    "record": serde_json::from_str::<serde_json::Value>(&row.record_json).map_err(corrupt)?}),
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     /// A demand.
@@ -505,21 +510,23 @@ impl Store {
     /// # Errors
     /// `NotFound`, `Db`.
     pub async fn trade_demand(&self, demand_id: &str) -> Result<DemandRow, StoreError> {
-        let r = sqlx::query(
-            "SELECT demand_id, demander, record_json, status FROM trade_demands WHERE demand_id = ?",
-        )
-        .bind(demand_id)
-        .fetch_optional(&self.read)
-        .await?
-        .ok_or_else(|| StoreError::NotFound {
-            kind: "demand",
-            id: demand_id.into(),
-        })?;
-        Ok(DemandRow {
-            demand_id: r.try_get(0)?,
-            demander: r.try_get(1)?,
-            record_json: r.try_get(2)?,
-            status: r.try_get(3)?,
+        self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT demand_id, demander, record_json, status FROM trade_demands WHERE demand_id = ?",
+            )?
+            .query_row(params![demand_id], |r| {
+                Ok(DemandRow {
+                    demand_id: r.get(0)?,
+                    demander: r.get(1)?,
+                    record_json: r.get(2)?,
+                    status: r.get(3)?,
+                })
+            })
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "demand",
+                id: demand_id.into(),
+            })
         })
     }
 
@@ -534,53 +541,50 @@ impl Store {
         status: &'static str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.write.begin().await?;
-        let current: Option<String> =
-            sqlx::query_scalar("SELECT status FROM trade_demands WHERE demand_id = ?")
-                .bind(demand_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let current = current.ok_or_else(|| StoreError::NotFound {
-            kind: "demand",
-            id: demand_id.into(),
-        })?;
-        if current == "revoked" && status != "revoked" {
-            return Err(StoreError::Invalid {
-                field: "demandID",
-                reason: format!("demand {demand_id} was revoked"),
-            });
-        }
-        let confirmed: Option<String> =
-            sqlx::query_scalar("SELECT confirm_id FROM trade_confirmations WHERE demand_id = ?")
-                .bind(demand_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if status == "revoked"
-            && let Some(c) = confirmed
-        {
-            return Err(StoreError::Invalid {
-                field: "demandID",
-                reason: format!(
-                    "demand {demand_id} is confirmed ({c}) and can no longer be revoked"
-                ),
-            });
-        }
-        sqlx::query("UPDATE trade_demands SET status = ?, updated_at_ms = ? WHERE demand_id = ?")
-            .bind(status)
-            .bind(now_ms)
-            .bind(demand_id)
-            .execute(&mut *tx)
-            .await?;
-        audit::append(
-            &mut tx,
-            now_ms,
-            "trade_demand_status",
-            demand_id,
-            &serde_json::json!({"status": status}),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let demand_id = demand_id.to_string();
+        self.write(move |conn| {
+            let current: Option<String> = conn
+                .prepare_cached("SELECT status FROM trade_demands WHERE demand_id = ?")?
+                .query_row(params![demand_id], |r| r.get(0))
+                .optional()?;
+            let current = current.ok_or_else(|| StoreError::NotFound {
+                kind: "demand",
+                id: demand_id.clone(),
+            })?;
+            if current == "revoked" && status != "revoked" {
+                return Err(StoreError::Invalid {
+                    field: "demandID",
+                    reason: format!("demand {demand_id} was revoked"),
+                });
+            }
+            let confirmed: Option<String> = conn
+                .prepare_cached("SELECT confirm_id FROM trade_confirmations WHERE demand_id = ?")?
+                .query_row(params![demand_id], |r| r.get(0))
+                .optional()?;
+            if status == "revoked"
+                && let Some(c) = confirmed
+            {
+                return Err(StoreError::Invalid {
+                    field: "demandID",
+                    reason: format!(
+                        "demand {demand_id} is confirmed ({c}) and can no longer be revoked"
+                    ),
+                });
+            }
+            conn.prepare_cached(
+                "UPDATE trade_demands SET status = ?, updated_at_ms = ? WHERE demand_id = ?",
+            )?
+            .execute(params![status, now_ms, demand_id])?;
+            audit::append(
+                conn,
+                now_ms,
+                "trade_demand_status",
+                &demand_id,
+                &serde_json::json!({"status": status}),
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     /// Binds one published dataset to one published demand (`/confirmDemand`) at the
@@ -597,80 +601,81 @@ impl Store {
         data_id: &str,
         now_ms: i64,
     ) -> Result<ConfirmationRow, StoreError> {
-        let mut tx = self.write.begin().await?;
-        let d = sqlx::query("SELECT demander, status FROM trade_demands WHERE demand_id = ?")
-            .bind(demand_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| StoreError::NotFound {
-                kind: "demand",
-                id: demand_id.into(),
-            })?;
-        let demander: String = d.try_get(0)?;
-        let status: String = d.try_get(1)?;
-        if status != "published" {
-            return Err(StoreError::Invalid {
-                field: "demandID",
-                reason: format!("demand {demand_id} is {status}, not published"),
-            });
-        }
-        let p = sqlx::query(&format!(
-            "SELECT {PUBLICATION_COLUMNS} FROM trade_publications WHERE registration_id = ? AND data_id = ?"
-        ))
-        .bind(registration_id)
-        .bind(data_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| StoreError::NotFound {
-            kind: "publication",
-            id: format!("{registration_id}/{data_id}"),
-        })?;
-        let p = publication_of(&p)?;
-        if p.status != "YES" {
-            return Err(StoreError::Invalid {
-                field: "registrationID",
-                reason: format!("{registration_id}/{data_id} is not published"),
-            });
-        }
-        let r = sqlx::query(
-            "INSERT INTO trade_confirmations (confirm_id, demand_id, registration_id, data_id, owner, demander, \
-             price_micros, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(demand_id) DO NOTHING",
-        )
-        .bind(confirm_id)
-        .bind(demand_id)
-        .bind(registration_id)
-        .bind(data_id)
-        .bind(&p.owner)
-        .bind(&demander)
-        .bind(p.price_micros)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
-        if r.rows_affected() == 0 {
-            return Err(StoreError::Conflict {
-                kind: "confirmation of demand",
-                id: demand_id.into(),
-            });
-        }
-        let row = ConfirmationRow {
-            confirm_id: confirm_id.into(),
-            demand_id: demand_id.into(),
-            registration_id: registration_id.into(),
-            data_id: data_id.into(),
-            owner: p.owner,
-            demander,
-            price_micros: p.price_micros,
-        };
-        audit::append(
-            &mut tx,
-            now_ms,
-            "trade_confirm",
-            data_id,
-            &serde_json::json!(row),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(row)
+        let confirm_id = confirm_id.to_string();
+        let demand_id = demand_id.to_string();
+        let registration_id = registration_id.to_string();
+        let data_id = data_id.to_string();
+        self.write(move |conn| {
+            let (demander, status): (String, String) = conn
+                .prepare_cached("SELECT demander, status FROM trade_demands WHERE demand_id = ?")?
+                .query_row(params![demand_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?
+                .ok_or_else(|| StoreError::NotFound {
+                    kind: "demand",
+                    id: demand_id.clone(),
+                })?;
+            if status != "published" {
+                return Err(StoreError::Invalid {
+                    field: "demandID",
+                    reason: format!("demand {demand_id} is {status}, not published"),
+                });
+            }
+            let p = conn
+                .prepare_cached(&format!(
+                    "SELECT {PUBLICATION_COLUMNS} FROM trade_publications WHERE registration_id = ? AND data_id = ?"
+                ))?
+                .query_row(params![registration_id, data_id], publication_of)
+                .optional()?
+                .ok_or_else(|| StoreError::NotFound {
+                    kind: "publication",
+                    id: format!("{registration_id}/{data_id}"),
+                })?;
+            if p.status != "YES" {
+                return Err(StoreError::Invalid {
+                    field: "registrationID",
+                    reason: format!("{registration_id}/{data_id} is not published"),
+                });
+            }
+            let n = conn
+                .prepare_cached(
+                    "INSERT INTO trade_confirmations (confirm_id, demand_id, registration_id, data_id, owner, demander, \
+                     price_micros, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(demand_id) DO NOTHING",
+                )?
+                .execute(params![
+                    confirm_id,
+                    demand_id,
+                    registration_id,
+                    data_id,
+                    p.owner,
+                    demander,
+                    p.price_micros,
+                    now_ms
+                ])?;
+            if n == 0 {
+                return Err(StoreError::Conflict {
+                    kind: "confirmation of demand",
+                    id: demand_id.clone(),
+                });
+            }
+            let row = ConfirmationRow {
+                confirm_id: confirm_id.clone(),
+                demand_id: demand_id.clone(),
+                registration_id: registration_id.clone(),
+                data_id: data_id.clone(),
+                owner: p.owner,
+                demander,
+                price_micros: p.price_micros,
+            };
+            audit::append(
+                conn,
+                now_ms,
+                "trade_confirm",
+                &data_id,
+                &serde_json::json!(row),
+            )?;
+            Ok(row)
+        })
+        .await
     }
 
     /// A confirmation.
@@ -681,17 +686,17 @@ impl Store {
         &self,
         confirm_id: &str,
     ) -> Result<ConfirmationRow, StoreError> {
-        let r = sqlx::query(&format!(
-            "SELECT {CONFIRMATION_COLUMNS} FROM trade_confirmations WHERE confirm_id = ?"
-        ))
-        .bind(confirm_id)
-        .fetch_optional(&self.read)
-        .await?
-        .ok_or_else(|| StoreError::NotFound {
-            kind: "confirmation",
-            id: confirm_id.into(),
-        })?;
-        confirmation_of(&r)
+        self.read(|conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {CONFIRMATION_COLUMNS} FROM trade_confirmations WHERE confirm_id = ?"
+            ))?
+            .query_row(params![confirm_id], confirmation_of)
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "confirmation",
+                id: confirm_id.into(),
+            })
+        })
     }
 
     /// A confirmation's settlement, if any.
@@ -702,14 +707,15 @@ impl Store {
         &self,
         confirm_id: &str,
     ) -> Result<Option<SettlementRow>, StoreError> {
-        let r = sqlx::query(
-            "SELECT confirm_id, licenses_id, payment_json, sealed_key_json, settled_at_ms \
-             FROM trade_settlements WHERE confirm_id = ?",
-        )
-        .bind(confirm_id)
-        .fetch_optional(&self.read)
-        .await?;
-        r.as_ref().map(settlement_of).transpose()
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT confirm_id, licenses_id, payment_json, sealed_key_json, settled_at_ms \
+                     FROM trade_settlements WHERE confirm_id = ?",
+                )?
+                .query_row(params![confirm_id], settlement_of)
+                .optional()?)
+        })
     }
 
     /// The delivery key of a settled confirmation (secret: for sealing packages only).
@@ -717,17 +723,18 @@ impl Store {
     /// # Errors
     /// `NotFound`, `Corrupt`, `Db`.
     pub async fn trade_delivery_key(&self, confirm_id: &str) -> Result<[u8; 32], StoreError> {
-        let k: Option<Vec<u8>> =
-            sqlx::query_scalar("SELECT delivery_key FROM trade_settlements WHERE confirm_id = ?")
-                .bind(confirm_id)
-                .fetch_optional(&self.read)
-                .await?;
-        k.ok_or_else(|| StoreError::NotFound {
-            kind: "settlement",
-            id: confirm_id.into(),
-        })?
-        .try_into()
-        .map_err(|_| corrupt("delivery key length"))
+        self.read(|conn| {
+            let k: Option<Vec<u8>> = conn
+                .prepare_cached("SELECT delivery_key FROM trade_settlements WHERE confirm_id = ?")?
+                .query_row(params![confirm_id], |r| r.get(0))
+                .optional()?;
+            k.ok_or_else(|| StoreError::NotFound {
+                kind: "settlement",
+                id: confirm_id.into(),
+            })?
+            .try_into()
+            .map_err(|_| corrupt("delivery key length"))
+        })
     }
 
     /// Settles a confirmation (`/settlement`) in one transaction: the price paid by the buyer
@@ -743,119 +750,127 @@ impl Store {
         s: &NewSettlement<'_>,
         now_ms: i64,
     ) -> Result<SettlementRow, StoreError> {
-        let mut tx = self.write.begin().await?;
-        let c = sqlx::query(&format!(
-            "SELECT {CONFIRMATION_COLUMNS} FROM trade_confirmations WHERE confirm_id = ?"
-        ))
-        .bind(s.confirm_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| StoreError::NotFound {
-            kind: "confirmation",
-            id: s.confirm_id.into(),
-        })?;
-        let c = confirmation_of(&c)?;
-        let existing = sqlx::query(
-            "SELECT confirm_id, licenses_id, payment_json, sealed_key_json, settled_at_ms \
-             FROM trade_settlements WHERE confirm_id = ?",
-        )
-        .bind(s.confirm_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(r) = existing {
-            return settlement_of(&r);
-        }
-        let customer = c.demander.as_str();
-        let paid = if c.price_micros > 0 {
-            let freeze = limits::load_context(&mut tx, customer).await?;
-            if let ManualFreeze::Frozen(why) = &freeze.manual {
-                return Err(StoreError::Refused(RuleRefusal::AccountFrozen {
-                    customer: customer.to_string(),
-                    reason: why.clone(),
-                }));
+        let confirm_id = s.confirm_id.to_string();
+        let licenses_id = s.licenses_id.to_string();
+        let licence_json = s.licence_json.to_string();
+        let sealed_key_json = s.sealed_key_json.to_string();
+        let delivery_key = *s.delivery_key;
+        let term_start_ms = s.term_start_ms;
+        let term_end_ms = s.term_end_ms;
+        let operator_share_bps = s.operator_share_bps;
+        let zone = self.zone.clone();
+        self.write(move |conn| {
+            let c = conn
+                .prepare_cached(&format!(
+                    "SELECT {CONFIRMATION_COLUMNS} FROM trade_confirmations WHERE confirm_id = ?"
+                ))?
+                .query_row(params![confirm_id], confirmation_of)
+                .optional()?
+                .ok_or_else(|| StoreError::NotFound {
+                    kind: "confirmation",
+                    id: confirm_id.clone(),
+                })?;
+            let existing = conn
+                .prepare_cached(
+                    "SELECT confirm_id, licenses_id, payment_json, sealed_key_json, settled_at_ms \
+                     FROM trade_settlements WHERE confirm_id = ?",
+                )?
+                .query_row(params![confirm_id], settlement_of)
+                .optional()?;
+            if let Some(r) = existing {
+                return Ok(r);
             }
-            let funds = ledger::customer_funds(&mut tx, customer).await?;
-            settle::data_purchase(
-                &DataPurchase {
-                    confirm_id: &c.confirm_id,
-                    customer,
-                    provider: &c.owner,
-                    registration_id: &c.registration_id,
-                    data_id: &c.data_id,
-                    price_micros: c.price_micros,
-                    operator_share_bps: s.operator_share_bps,
-                    term_start: s.term_start_ms,
-                    term_end: s.term_end_ms,
-                    now: now_ms,
-                },
-                &funds,
-            )
-            .map_err(|e| StoreError::Refused(e.into()))?
-        } else {
-            settle::DataSettlement {
-                transfers: Vec::new(),
-                line: None,
-                paid_from: Vec::new(),
+            let customer = c.demander.as_str();
+            let paid = if c.price_micros > 0 {
+                let freeze = limits::load_context(conn, customer)?;
+                if let ManualFreeze::Frozen(why) = &freeze.manual {
+                    return Err(StoreError::Refused(RuleRefusal::AccountFrozen {
+                        customer: customer.to_string(),
+                        reason: why.clone(),
+                    }));
+                }
+                let funds = ledger::customer_funds(conn, customer)?;
+                settle::data_purchase(
+                    &DataPurchase {
+                        confirm_id: &c.confirm_id,
+                        customer,
+                        provider: &c.owner,
+                        registration_id: &c.registration_id,
+                        data_id: &c.data_id,
+                        price_micros: c.price_micros,
+                        operator_share_bps,
+                        term_start: term_start_ms,
+                        term_end: term_end_ms,
+                        now: now_ms,
+                    },
+                    &funds,
+                )
+                .map_err(|e| StoreError::Refused(e.into()))?
+            } else {
+                settle::DataSettlement {
+                    transfers: Vec::new(),
+                    line: None,
+                    paid_from: Vec::new(),
+                }
+            };
+            for t in &paid.transfers {
+                ledger::post(conn, t, now_ms)?;
             }
-        };
-        for t in &paid.transfers {
-            ledger::post(&mut tx, t, now_ms).await?;
-        }
-        if let Some(line) = &paid.line {
-            add_line(&mut tx, line, now_ms, &self.zone).await?;
-        }
-        let payment = serde_json::json!({
-            "ledger_transfers": paid.transfers.iter().map(|t| serde_json::json!({
-                "id": t.id, "debit": t.debit, "credit": t.credit, "amount_micros": t.amount_micros,
-            })).collect::<Vec<_>>(),
-            "amount_micros": c.price_micros,
-            "paid_from": paid.paid_from.iter().map(|(a, m)| serde_json::json!({"account": a.name(), "amount_micros": m})).collect::<Vec<_>>(),
-            "bill_line_id": paid.line.as_ref().map(|l| l.line_id.clone()),
-            "provider_account": AccountKind::ProviderReceivable(c.owner.clone()).name(),
-        });
-        let payment_json = payment.to_string();
-        sqlx::query(
-            "INSERT INTO trade_settlements (confirm_id, licenses_id, payment_json, sealed_key_json, delivery_key, settled_at_ms) \
-             VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(s.confirm_id)
-        .bind(s.licenses_id)
-        .bind(&payment_json)
-        .bind(s.sealed_key_json)
-        .bind(s.delivery_key.as_slice())
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(&format!(
-            "INSERT INTO trade_licences ({LICENCE_COLUMNS}, issued_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, 'valid', NULL, ?)"
-        ))
-        .bind(s.licenses_id)
-        .bind(s.confirm_id)
-        .bind(&c.registration_id)
-        .bind(&c.data_id)
-        .bind(&c.owner)
-        .bind(&c.demander)
-        .bind(s.licence_json)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
-        audit::append(
-            &mut tx,
-            now_ms,
-            "trade_settle",
-            &c.data_id,
-            &serde_json::json!({"confirmID": c.confirm_id, "licensesID": s.licenses_id,
-                "payment": payment, "licence": serde_json::from_str::<serde_json::Value>(s.licence_json).map_err(corrupt)?}),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(SettlementRow {
-            confirm_id: s.confirm_id.into(),
-            licenses_id: s.licenses_id.into(),
-            payment_json,
-            sealed_key_json: s.sealed_key_json.into(),
-            settled_at_ms: now_ms,
+            if let Some(line) = &paid.line {
+                add_line(conn, line, now_ms, &zone)?;
+            }
+            let payment = serde_json::json!({
+                "ledger_transfers": paid.transfers.iter().map(|t| serde_json::json!({
+                    "id": t.id, "debit": t.debit, "credit": t.credit, "amount_micros": t.amount_micros,
+                })).collect::<Vec<_>>(),
+                "amount_micros": c.price_micros,
+                "paid_from": paid.paid_from.iter().map(|(a, m)| serde_json::json!({"account": a.name(), "amount_micros": m})).collect::<Vec<_>>(),
+                "bill_line_id": paid.line.as_ref().map(|l| l.line_id.clone()),
+                "provider_account": AccountKind::ProviderReceivable(c.owner.clone()).name(),
+            });
+            let payment_json = payment.to_string();
+            conn.prepare_cached(
+                "INSERT INTO trade_settlements (confirm_id, licenses_id, payment_json, sealed_key_json, delivery_key, settled_at_ms) \
+                 VALUES (?, ?, ?, ?, ?, ?)",
+            )?
+            .execute(params![
+                confirm_id,
+                licenses_id,
+                payment_json,
+                sealed_key_json,
+                delivery_key.as_slice(),
+                now_ms
+            ])?;
+            conn.prepare_cached(&format!(
+                "INSERT INTO trade_licences ({LICENCE_COLUMNS}, issued_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, 'valid', NULL, ?)"
+            ))?
+            .execute(params![
+                licenses_id,
+                confirm_id,
+                c.registration_id,
+                c.data_id,
+                c.owner,
+                c.demander,
+                licence_json,
+                now_ms
+            ])?;
+            audit::append(
+                conn,
+                now_ms,
+                "trade_settle",
+                &c.data_id,
+                &serde_json::json!({"confirmID": c.confirm_id, "licensesID": licenses_id,
+                    "payment": payment, "licence": serde_json::from_str::<serde_json::Value>(&licence_json).map_err(corrupt)?}),
+            )?;
+            Ok(SettlementRow {
+                confirm_id,
+                licenses_id,
+                payment_json,
+                sealed_key_json,
+                settled_at_ms: now_ms,
+            })
         })
+        .await
     }
 
     /// A licence of table A.37 by number.
@@ -863,15 +878,15 @@ impl Store {
     /// # Errors
     /// `NotFound`, `Db`.
     pub async fn trade_licence(&self, licenses_id: &str) -> Result<TradeLicenceRow, StoreError> {
-        let r = sqlx::query(&format!("{LICENCE_SELECT} WHERE l.licenses_id = ?"))
-            .bind(licenses_id)
-            .fetch_optional(&self.read)
-            .await?
-            .ok_or_else(|| StoreError::NotFound {
-                kind: "licence",
-                id: licenses_id.into(),
-            })?;
-        licence_of(&r)
+        self.read(|conn| {
+            conn.prepare_cached(&format!("{LICENCE_SELECT} WHERE l.licenses_id = ?"))?
+                .query_row(params![licenses_id], licence_of)
+                .optional()?
+                .ok_or_else(|| StoreError::NotFound {
+                    kind: "licence",
+                    id: licenses_id.into(),
+                })
+        })
     }
 
     /// The valid licences of a dataset, at most 1,000.
@@ -882,14 +897,18 @@ impl Store {
         &self,
         data_id: &str,
     ) -> Result<Vec<TradeLicenceRow>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "{LICENCE_SELECT} WHERE l.data_id = ? AND l.status = 'valid' AND r.subject IS NULL \
-             ORDER BY l.issued_at_ms, l.licenses_id LIMIT 1000"
-        ))
-        .bind(data_id)
-        .fetch_all(&self.read)
-        .await?;
-        rows.iter().map(licence_of).collect()
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "{LICENCE_SELECT} WHERE l.data_id = ? AND l.status = 'valid' AND r.subject IS NULL \
+                 ORDER BY l.issued_at_ms, l.licenses_id LIMIT 1000"
+            ))?;
+            let mut rows = stmt.query(params![data_id])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(licence_of(r)?);
+            }
+            Ok(out)
+        })
     }
 
     /// Replaces a valid licence by a reissued one (`/updateLicenses`): the old one is
@@ -906,69 +925,64 @@ impl Store {
         actor: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.write.begin().await?;
-        let old = sqlx::query(&format!("{LICENCE_SELECT} WHERE l.licenses_id = ?"))
-            .bind(old_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| StoreError::NotFound {
-                kind: "licence",
-                id: old_id.into(),
-            })?;
-        let old = licence_of(&old)?;
-        if old.status == "revoked" {
-            return Err(StoreError::Invalid {
-                field: "licensesID",
-                reason: format!("licence {old_id} was revoked"),
-            });
-        }
-        let r = sqlx::query(
-            "UPDATE trade_licences SET status = 'superseded', superseded_by = ? WHERE licenses_id = ? AND status = 'valid'",
-        )
-        .bind(new_id)
-        .bind(old_id)
-        .execute(&mut *tx)
-        .await?;
-        if r.rows_affected() == 0 {
-            return Err(StoreError::Invalid {
-                field: "licensesID",
-                reason: format!("licence {old_id} is no longer valid"),
-            });
-        }
-        sqlx::query(&format!(
-            "INSERT INTO trade_licences ({LICENCE_COLUMNS}, issued_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, 'valid', NULL, ?)"
-        ))
-        .bind(new_id)
-        .bind(&old.confirm_id)
-        .bind(&old.registration_id)
-        .bind(&old.data_id)
-        .bind(&old.licensor)
-        .bind(&old.licensee)
-        .bind(new_json)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("UPDATE trade_policies SET licenses_id = ? WHERE licenses_id = ?")
-            .bind(new_id)
-            .bind(old_id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("UPDATE trade_settlements SET licenses_id = ? WHERE confirm_id = ?")
-            .bind(new_id)
-            .bind(&old.confirm_id)
-            .execute(&mut *tx)
-            .await?;
-        audit::append(
-            &mut tx,
-            now_ms,
-            "trade_licence_update",
-            &old.data_id,
-            &serde_json::json!({"old": old_id, "new": new_id, "by": actor,
-                "licence": serde_json::from_str::<serde_json::Value>(new_json).map_err(corrupt)?}),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let old_id = old_id.to_string();
+        let new_id = new_id.to_string();
+        let new_json = new_json.to_string();
+        let actor = actor.to_string();
+        self.write(move |conn| {
+            let old = conn
+                .prepare_cached(&format!("{LICENCE_SELECT} WHERE l.licenses_id = ?"))?
+                .query_row(params![old_id], licence_of)
+                .optional()?
+                .ok_or_else(|| StoreError::NotFound {
+                    kind: "licence",
+                    id: old_id.clone(),
+                })?;
+            if old.status == "revoked" {
+                return Err(StoreError::Invalid {
+                    field: "licensesID",
+                    reason: format!("licence {old_id} was revoked"),
+                });
+            }
+            let n = conn
+                .prepare_cached(
+                    "UPDATE trade_licences SET status = 'superseded', superseded_by = ? WHERE licenses_id = ? AND status = 'valid'",
+                )?
+                .execute(params![new_id, old_id])?;
+            if n == 0 {
+                return Err(StoreError::Invalid {
+                    field: "licensesID",
+                    reason: format!("licence {old_id} is no longer valid"),
+                });
+            }
+            conn.prepare_cached(&format!(
+                "INSERT INTO trade_licences ({LICENCE_COLUMNS}, issued_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, 'valid', NULL, ?)"
+            ))?
+            .execute(params![
+                new_id,
+                old.confirm_id,
+                old.registration_id,
+                old.data_id,
+                old.licensor,
+                old.licensee,
+                new_json,
+                now_ms
+            ])?;
+            conn.prepare_cached("UPDATE trade_policies SET licenses_id = ? WHERE licenses_id = ?")?
+                .execute(params![new_id, old_id])?;
+            conn.prepare_cached("UPDATE trade_settlements SET licenses_id = ? WHERE confirm_id = ?")?
+                .execute(params![new_id, old.confirm_id])?;
+            audit::append(
+                conn,
+                now_ms,
+                "trade_licence_update",
+                &old.data_id,
+                &serde_json::json!({"old": old_id, "new": new_id, "by": actor,
+                    "licence": serde_json::from_str::<serde_json::Value>(&new_json).map_err(corrupt)?}),
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     /// Stores the data file of a registration (Tessera's `/uploadData`), replacing an
@@ -984,38 +998,36 @@ impl Store {
         actor: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.write.begin().await?;
-        let data_id: Option<String> =
-            sqlx::query_scalar("SELECT data_id FROM trade_registrations WHERE registration_id = ?")
-                .bind(registration_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let data_id = data_id.ok_or_else(|| StoreError::NotFound {
-            kind: "registration",
-            id: registration_id.into(),
-        })?;
-        sqlx::query(
-            "INSERT INTO trade_files (registration_id, sha256, bytes, uploaded_at_ms) VALUES (?, ?, ?, ?) \
-             ON CONFLICT(registration_id) DO UPDATE SET sha256 = excluded.sha256, bytes = excluded.bytes, \
-             uploaded_at_ms = excluded.uploaded_at_ms",
-        )
-        .bind(registration_id)
-        .bind(sha256_hex)
-        .bind(bytes)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
-        audit::append(
-            &mut tx,
-            now_ms,
-            "trade_upload",
-            &data_id,
-            &serde_json::json!({"registrationID": registration_id, "sha256": sha256_hex,
-                "bytes": bytes.len(), "by": actor}),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let registration_id = registration_id.to_string();
+        let sha256_hex = sha256_hex.to_string();
+        let bytes = bytes.to_vec();
+        let actor = actor.to_string();
+        self.write(move |conn| {
+            let data_id: Option<String> = conn
+                .prepare_cached("SELECT data_id FROM trade_registrations WHERE registration_id = ?")?
+                .query_row(params![registration_id], |r| r.get(0))
+                .optional()?;
+            let data_id = data_id.ok_or_else(|| StoreError::NotFound {
+                kind: "registration",
+                id: registration_id.clone(),
+            })?;
+            conn.prepare_cached(
+                "INSERT INTO trade_files (registration_id, sha256, bytes, uploaded_at_ms) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT(registration_id) DO UPDATE SET sha256 = excluded.sha256, bytes = excluded.bytes, \
+                 uploaded_at_ms = excluded.uploaded_at_ms",
+            )?
+            .execute(params![registration_id, sha256_hex, bytes, now_ms])?;
+            audit::append(
+                conn,
+                now_ms,
+                "trade_upload",
+                &data_id,
+                &serde_json::json!({"registrationID": registration_id, "sha256": sha256_hex,
+                    "bytes": bytes.len(), "by": actor}),
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     /// Whether any confirmation of a registration has been settled (its file is then frozen).
@@ -1023,14 +1035,15 @@ impl Store {
     /// # Errors
     /// `Db`.
     pub async fn trade_sold(&self, registration_id: &str) -> Result<bool, StoreError> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM trade_settlements s JOIN trade_confirmations c ON c.confirm_id = s.confirm_id \
-             WHERE c.registration_id = ?",
-        )
-        .bind(registration_id)
-        .fetch_one(&self.read)
-        .await?;
-        Ok(n > 0)
+        self.read(|conn| {
+            let n: i64 = conn
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM trade_settlements s JOIN trade_confirmations c ON c.confirm_id = s.confirm_id \
+                     WHERE c.registration_id = ?",
+                )?
+                .query_row(params![registration_id], |r| r.get(0))?;
+            Ok(n > 0)
+        })
     }
 
     /// The data file of a registration: (SHA-256 hex, bytes).
@@ -1038,15 +1051,15 @@ impl Store {
     /// # Errors
     /// `NotFound` when nothing was uploaded; `Db`.
     pub async fn trade_file(&self, registration_id: &str) -> Result<(String, Vec<u8>), StoreError> {
-        let r = sqlx::query("SELECT sha256, bytes FROM trade_files WHERE registration_id = ?")
-            .bind(registration_id)
-            .fetch_optional(&self.read)
-            .await?
-            .ok_or_else(|| StoreError::NotFound {
-                kind: "data file of registration",
-                id: registration_id.into(),
-            })?;
-        Ok((r.try_get(0)?, r.try_get(1)?))
+        self.read(|conn| {
+            conn.prepare_cached("SELECT sha256, bytes FROM trade_files WHERE registration_id = ?")?
+                .query_row(params![registration_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?
+                .ok_or_else(|| StoreError::NotFound {
+                    kind: "data file of registration",
+                    id: registration_id.into(),
+                })
+        })
     }
 
     /// Records a delivery and its proof (`/deliver`).
@@ -1062,29 +1075,28 @@ impl Store {
         proof_json: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.write.begin().await?;
-        sqlx::query(
-            "INSERT INTO trade_deliveries (delivery_id, confirm_id, licenses_id, proof_json, delivered_at_ms) \
-             VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(delivery_id)
-        .bind(confirm_id)
-        .bind(licenses_id)
-        .bind(proof_json)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
-        audit::append(
-            &mut tx,
-            now_ms,
-            "trade_deliver",
-            data_id,
-            &serde_json::json!({"confirmID": confirm_id, "licensesID": licenses_id,
-                "proof": serde_json::from_str::<serde_json::Value>(proof_json).map_err(corrupt)?}),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let delivery_id = delivery_id.to_string();
+        let confirm_id = confirm_id.to_string();
+        let licenses_id = licenses_id.to_string();
+        let data_id = data_id.to_string();
+        let proof_json = proof_json.to_string();
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO trade_deliveries (delivery_id, confirm_id, licenses_id, proof_json, delivered_at_ms) \
+                 VALUES (?, ?, ?, ?, ?)",
+            )?
+            .execute(params![delivery_id, confirm_id, licenses_id, proof_json, now_ms])?;
+            audit::append(
+                conn,
+                now_ms,
+                "trade_deliver",
+                &data_id,
+                &serde_json::json!({"confirmID": confirm_id, "licensesID": licenses_id,
+                    "proof": serde_json::from_str::<serde_json::Value>(&proof_json).map_err(corrupt)?}),
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     /// The latest delivery proof of a confirmation.
@@ -1092,15 +1104,16 @@ impl Store {
     /// # Errors
     /// `NotFound` when nothing was delivered; `Db`.
     pub async fn trade_delivery(&self, confirm_id: &str) -> Result<String, StoreError> {
-        sqlx::query_scalar(
-            "SELECT proof_json FROM trade_deliveries WHERE confirm_id = ? ORDER BY delivered_at_ms DESC, delivery_id DESC LIMIT 1",
-        )
-        .bind(confirm_id)
-        .fetch_optional(&self.read)
-        .await?
-        .ok_or_else(|| StoreError::NotFound {
-            kind: "delivery of confirmation",
-            id: confirm_id.into(),
+        self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT proof_json FROM trade_deliveries WHERE confirm_id = ? ORDER BY delivered_at_ms DESC, delivery_id DESC LIMIT 1",
+            )?
+            .query_row(params![confirm_id], |r| r.get(0))
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "delivery of confirmation",
+                id: confirm_id.into(),
+            })
         })
     }
 
@@ -1118,45 +1131,45 @@ impl Store {
         end_date: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.write.begin().await?;
-        insert_licence(&mut tx, licence, now_ms).await?;
-        sqlx::query(
-            "INSERT INTO trade_policies (policy_id, licenses_id, data_id, licence_id, policy_name, start_date, \
-             end_date, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(policy_id)
-        .bind(licenses_id)
-        .bind(&licence.dataset_id)
-        .bind(&licence.licence_id)
-        .bind(&licence.policy.policy_name)
-        .bind(start_date)
-        .bind(end_date)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
-        audit::append(
-            &mut tx,
-            now_ms,
-            "trade_deliver_policy",
-            &licence.dataset_id,
-            &serde_json::json!({"policyId": policy_id, "licensesID": licenses_id, "licence_id": licence.licence_id}),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let policy_id = policy_id.to_string();
+        let licenses_id = licenses_id.to_string();
+        let licence = licence.clone();
+        let start_date = start_date.to_string();
+        let end_date = end_date.to_string();
+        self.write(move |conn| {
+            insert_licence(conn, &licence, now_ms)?;
+            conn.prepare_cached(
+                "INSERT INTO trade_policies (policy_id, licenses_id, data_id, licence_id, policy_name, start_date, \
+                 end_date, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            )?
+            .execute(params![
+                policy_id,
+                licenses_id,
+                licence.dataset_id,
+                licence.licence_id,
+                licence.policy.policy_name,
+                start_date,
+                end_date,
+                now_ms
+            ])?;
+            audit::append(
+                conn,
+                now_ms,
+                "trade_deliver_policy",
+                &licence.dataset_id,
+                &serde_json::json!({"policyId": policy_id, "licensesID": licenses_id, "licence_id": licence.licence_id}),
+            )?;
+            Ok(())
+        })
+        .await
     }
 }
 
-async fn dataset_owned_by(
-    conn: &mut sqlx::SqliteConnection,
-    data_id: &str,
-    owner: &str,
-) -> Result<(), StoreError> {
-    let party: Option<String> =
-        sqlx::query_scalar("SELECT owner_party FROM datasets WHERE dataset_id = ?")
-            .bind(data_id)
-            .fetch_optional(&mut *conn)
-            .await?;
+fn dataset_owned_by(conn: &Connection, data_id: &str, owner: &str) -> Result<(), StoreError> {
+    let party: Option<String> = conn
+        .prepare_cached("SELECT owner_party FROM datasets WHERE dataset_id = ?")?
+        .query_row(params![data_id], |r| r.get(0))
+        .optional()?;
     match party {
         None => Err(StoreError::NotFound {
             kind: "dataset",
@@ -1185,29 +1198,31 @@ fn ed25519_public(secret: &[u8; 32]) -> String {
 /// Why a licence made by a controlled delivery may no longer admit jobs: its publication was
 /// revoked, or its trade licence is no longer valid (`None`: it may, or it was not made by
 /// the trade flow).
-pub(crate) async fn withdrawn(
-    conn: &mut sqlx::SqliteConnection,
-    licence_id: &str,
-) -> Result<Option<String>, StoreError> {
-    let r = sqlx::query(
-        "SELECT l.licenses_id, l.status, p.status, l.registration_id, l.data_id, tp.policy_id, \
-         (SELECT r.kind || ' ' || r.subject || ' by ' || r.revoked_by || CASE WHEN r.reason = '' THEN '' ELSE ': ' || r.reason END FROM trade_revocations r \
-          WHERE (r.kind = 'licence' AND r.subject = l.licenses_id) OR (r.kind = 'policy' AND r.subject = tp.policy_id) \
-          ORDER BY r.revoked_at_ms LIMIT 1) \
-         FROM trade_policies tp \
-         JOIN trade_licences l ON l.licenses_id = tp.licenses_id \
-         LEFT JOIN trade_publications p ON p.registration_id = l.registration_id AND p.data_id = l.data_id \
-         WHERE tp.licence_id = ?",
-    )
-    .bind(licence_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some(r) = r else { return Ok(None) };
-    let licenses_id: String = r.try_get(0)?;
-    let licence_status: String = r.try_get(1)?;
-    let publication: Option<String> = r.try_get(2)?;
-    let data_id: String = r.try_get(4)?;
-    let revocation: Option<String> = r.try_get(6)?;
+pub(crate) fn withdrawn(conn: &Connection, licence_id: &str) -> Result<Option<String>, StoreError> {
+    let r = conn
+        .prepare_cached(
+            "SELECT l.licenses_id, l.status, p.status, l.registration_id, l.data_id, tp.policy_id, \
+             (SELECT r.kind || ' ' || r.subject || ' by ' || r.revoked_by || CASE WHEN r.reason = '' THEN '' ELSE ': ' || r.reason END FROM trade_revocations r \
+              WHERE (r.kind = 'licence' AND r.subject = l.licenses_id) OR (r.kind = 'policy' AND r.subject = tp.policy_id) \
+              ORDER BY r.revoked_at_ms LIMIT 1) \
+             FROM trade_policies tp \
+             JOIN trade_licences l ON l.licenses_id = tp.licenses_id \
+             LEFT JOIN trade_publications p ON p.registration_id = l.registration_id AND p.data_id = l.data_id \
+             WHERE tp.licence_id = ?",
+        )?
+        .query_row(params![licence_id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, Option<String>>(6)?,
+            ))
+        })
+        .optional()?;
+    let Some((licenses_id, licence_status, publication, data_id, revocation)) = r else {
+        return Ok(None);
+    };
     if let Some(revocation) = revocation {
         return Ok(Some(format!(
             "revoked ({revocation}): licence {licence_id} admits no more jobs"
@@ -1232,13 +1247,18 @@ impl Store {
     /// # Errors
     /// `Db`.
     pub async fn live_jobs_of_licence(&self, licence_id: &str) -> Result<Vec<String>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT job_id FROM jobs WHERE licence_id = ? AND state IN ('admitted', 'running') \
-             ORDER BY created_at_ms LIMIT 10000",
-        )
-        .bind(licence_id)
-        .fetch_all(&self.read)
-        .await?)
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT job_id FROM jobs WHERE licence_id = ? AND state IN ('admitted', 'running') \
+                 ORDER BY created_at_ms LIMIT 10000",
+            )?;
+            let mut rows = stmt.query(params![licence_id])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(r.get(0)?);
+            }
+            Ok(out)
+        })
     }
 
     /// Why a licence admits no more jobs, if it was withdrawn: a revoked licence or policy,
@@ -1247,8 +1267,7 @@ impl Store {
     /// # Errors
     /// `Db`.
     pub async fn licence_withdrawn(&self, licence_id: &str) -> Result<Option<String>, StoreError> {
-        let mut conn = self.read.acquire().await?;
-        withdrawn(&mut conn, licence_id).await
+        self.read(|conn| withdrawn(conn, licence_id))
     }
 
     /// A delivered policy (`/deliverDatasets`) by its id, with the licensor of its licence.
@@ -1256,23 +1275,25 @@ impl Store {
     /// # Errors
     /// `NotFound`; `Db`.
     pub async fn trade_policy(&self, policy_id: &str) -> Result<TradePolicyRow, StoreError> {
-        let r = sqlx::query(
-            "SELECT tp.policy_id, tp.licenses_id, tp.data_id, tp.licence_id, l.licensor FROM trade_policies tp \
-             JOIN trade_licences l ON l.licenses_id = tp.licenses_id WHERE tp.policy_id = ?",
-        )
-        .bind(policy_id)
-        .fetch_optional(&self.read)
-        .await?
-        .ok_or_else(|| StoreError::NotFound {
-            kind: "policy",
-            id: policy_id.into(),
-        })?;
-        Ok(TradePolicyRow {
-            policy_id: r.try_get(0)?,
-            licenses_id: r.try_get(1)?,
-            data_id: r.try_get(2)?,
-            licence_id: r.try_get(3)?,
-            licensor: r.try_get(4)?,
+        self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT tp.policy_id, tp.licenses_id, tp.data_id, tp.licence_id, l.licensor FROM trade_policies tp \
+                 JOIN trade_licences l ON l.licenses_id = tp.licenses_id WHERE tp.policy_id = ?",
+            )?
+            .query_row(params![policy_id], |r| {
+                Ok(TradePolicyRow {
+                    policy_id: r.get(0)?,
+                    licenses_id: r.get(1)?,
+                    data_id: r.get(2)?,
+                    licence_id: r.get(3)?,
+                    licensor: r.get(4)?,
+                })
+            })
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "policy",
+                id: policy_id.into(),
+            })
         })
     }
 
@@ -1293,76 +1314,73 @@ impl Store {
         actor: &str,
         now_ms: i64,
     ) -> Result<(Vec<String>, bool), StoreError> {
-        let mut tx = self.write.begin().await?;
-        let (data_id, licences): (String, Vec<String>) = match kind {
-            RevocationKind::Licence => {
-                let row = sqlx::query(&format!("{LICENCE_SELECT} WHERE l.licenses_id = ?"))
-                    .bind(subject)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .ok_or_else(|| StoreError::NotFound {
-                        kind: "licence",
-                        id: subject.into(),
-                    })?;
-                let row = licence_of(&row)?;
-                if row.status == "superseded" {
-                    return Err(StoreError::Invalid {
-                        field: "licensesID",
-                        reason: format!(
-                            "licence {subject} was superseded by {}: revoke that one",
-                            row.superseded_by.as_deref().unwrap_or("another")
-                        ),
-                    });
+        let subject = subject.to_string();
+        let reason = reason.to_string();
+        let actor = actor.to_string();
+        self.write(move |conn| {
+            let (data_id, licences): (String, Vec<String>) = match kind {
+                RevocationKind::Licence => {
+                    let row = conn
+                        .prepare_cached(&format!("{LICENCE_SELECT} WHERE l.licenses_id = ?"))?
+                        .query_row(params![subject], licence_of)
+                        .optional()?
+                        .ok_or_else(|| StoreError::NotFound {
+                            kind: "licence",
+                            id: subject.clone(),
+                        })?;
+                    if row.status == "superseded" {
+                        return Err(StoreError::Invalid {
+                            field: "licensesID",
+                            reason: format!(
+                                "licence {subject} was superseded by {}: revoke that one",
+                                row.superseded_by.as_deref().unwrap_or("another")
+                            ),
+                        });
+                    }
+                    let mut licences = Vec::new();
+                    let mut stmt = conn.prepare_cached(
+                        "SELECT licence_id FROM trade_policies WHERE licenses_id = ? ORDER BY licence_id",
+                    )?;
+                    let mut rows = stmt.query(params![subject])?;
+                    while let Some(r) = rows.next()? {
+                        licences.push(r.get(0)?);
+                    }
+                    (row.data_id, licences)
                 }
-                let licences = sqlx::query_scalar(
-                    "SELECT licence_id FROM trade_policies WHERE licenses_id = ? ORDER BY licence_id",
-                )
-                .bind(subject)
-                .fetch_all(&mut *tx)
-                .await?;
-                (row.data_id, licences)
+                RevocationKind::Policy => {
+                    let (data_id, licence_id): (String, String) = conn
+                        .prepare_cached(
+                            "SELECT data_id, licence_id FROM trade_policies WHERE policy_id = ?",
+                        )?
+                        .query_row(params![subject], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()?
+                        .ok_or_else(|| StoreError::NotFound {
+                            kind: "policy",
+                            id: subject.clone(),
+                        })?;
+                    (data_id, vec![licence_id])
+                }
+            };
+            let inserted = conn
+                .prepare_cached(
+                    "INSERT INTO trade_revocations (subject, kind, data_id, reason, revoked_by, revoked_at_ms) \
+                     VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(subject) DO NOTHING",
+                )?
+                .execute(params![subject, kind.as_str(), data_id, reason, actor, now_ms])?
+                == 1;
+            if inserted {
+                audit::append(
+                    conn,
+                    now_ms,
+                    "trade_revoke",
+                    &data_id,
+                    &serde_json::json!({"kind": kind.as_str(), "subject": subject, "reason": reason,
+                        "by": actor, "licences": licences}),
+                )?;
             }
-            RevocationKind::Policy => {
-                let r = sqlx::query(
-                    "SELECT data_id, licence_id FROM trade_policies WHERE policy_id = ?",
-                )
-                .bind(subject)
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or_else(|| StoreError::NotFound {
-                    kind: "policy",
-                    id: subject.into(),
-                })?;
-                (r.try_get(0)?, vec![r.try_get(1)?])
-            }
-        };
-        let inserted = sqlx::query(
-            "INSERT INTO trade_revocations (subject, kind, data_id, reason, revoked_by, revoked_at_ms) \
-             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(subject) DO NOTHING",
-        )
-        .bind(subject)
-        .bind(kind.as_str())
-        .bind(&data_id)
-        .bind(reason)
-        .bind(actor)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if inserted {
-            audit::append(
-                &mut tx,
-                now_ms,
-                "trade_revoke",
-                &data_id,
-                &serde_json::json!({"kind": kind.as_str(), "subject": subject, "reason": reason,
-                    "by": actor, "licences": licences}),
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        Ok((licences, inserted))
+            Ok((licences, inserted))
+        })
+        .await
     }
 }
 

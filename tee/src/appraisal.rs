@@ -406,22 +406,21 @@ fn dcap_rules(
             expired_at: tcb.collateral_earliest_expiry,
         });
     }
-    if let Some(max) = policy.max_collateral_age_secs {
-        if tcb.collateral_latest_issue.saturating_add(max) < at {
-            reasons.push(Reason::CollateralTooOld {
-                issued_at: tcb.collateral_latest_issue,
-                max_age_secs: max,
-            });
-        }
+    if let Some(max) = policy.max_collateral_age_secs
+        && tcb.collateral_latest_issue.saturating_add(max) < at
+    {
+        reasons.push(Reason::CollateralTooOld {
+            issued_at: tcb.collateral_latest_issue,
+            max_age_secs: max,
+        });
     }
     // Defence in depth: dcap-qvl's own strict policy, configured from ours, must agree when
     // our rules found nothing.
-    if reasons.len() == before {
-        if let Some(claims) = &ev.dcap_claims {
-            if let Err(detail) = crate::dcap::dcap_policy_check(claims, policy, at) {
-                reasons.push(Reason::DcapPolicy { detail });
-            }
-        }
+    if reasons.len() == before
+        && let Some(claims) = &ev.dcap_claims
+        && let Err(detail) = crate::dcap::dcap_policy_check(claims, policy, at)
+    {
+        reasons.push(Reason::DcapPolicy { detail });
     }
 }
 

@@ -568,13 +568,13 @@ fn requirement_reasons(
         return;
     };
     for (field, value) in a.measurements.named() {
-        if let Some(list) = fields.get(field) {
-            if !list.iter().any(|v| v == value) {
-                reasons.push(RefusalReason::MeasurementNotRequired {
-                    field: field.to_string(),
-                    value: value.to_string(),
-                });
-            }
+        if let Some(list) = fields.get(field)
+            && !list.iter().any(|v| v == value)
+        {
+            reasons.push(RefusalReason::MeasurementNotRequired {
+                field: field.to_string(),
+                value: value.to_string(),
+            });
         }
     }
 }

@@ -147,23 +147,18 @@ async fn receipts_carry_signed_heads_and_verify_names_a_truncated_chain() {
     // An attacker with the database file deletes the last two entries and every checkpoint
     // the store kept, so the store alone holds no trace of them.
     let db = data.join("tessera.db");
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", db.display()))
-        .await
-        .expect("raw");
+    let pool = rusqlite::Connection::open(&db).expect("raw");
     for sql in [
         "DROP TRIGGER audit_log_no_delete",
         "DROP TRIGGER audit_checkpoints_no_delete",
         "DELETE FROM audit_checkpoints",
     ] {
-        sqlx::query(sql).execute(&pool).await.expect(sql);
+        pool.execute_batch(sql).expect(sql);
     }
     let cut = i64::try_from(exported_seq).expect("seq") - 2;
-    sqlx::query("DELETE FROM audit_log WHERE seq > ?")
-        .bind(cut)
-        .execute(&pool)
-        .await
+    pool.execute("DELETE FROM audit_log WHERE seq > ?", [cut])
         .expect("truncate");
-    pool.close().await;
+    drop(pool);
 
     let out = tessera(&[
         "audit",
@@ -191,14 +186,10 @@ async fn receipts_carry_signed_heads_and_verify_names_a_truncated_chain() {
 }
 
 /// Drops the append-only triggers, as an attacker with the file would.
-async fn attacker(db: &Path) -> sqlx::SqlitePool {
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", db.display()))
-        .await
-        .expect("raw");
+fn attacker(db: &Path) -> rusqlite::Connection {
+    let pool = rusqlite::Connection::open(db).expect("raw");
     for t in ["audit_log_no_update", "audit_log_no_delete"] {
-        sqlx::query(&format!("DROP TRIGGER {t}"))
-            .execute(&pool)
-            .await
+        pool.execute_batch(&format!("DROP TRIGGER {t}"))
             .expect("drop trigger");
     }
     pool
@@ -219,20 +210,21 @@ async fn verify_names_a_rewritten_chain_and_a_consistent_ledger_edit() {
 
     // A consistent edit of the ledger tables: the first deposit becomes 9,000,000 and both
     // accounts' totals follow, so double entry still holds.
-    let pool = attacker(&db).await;
-    let (id, amount): (String, i64) = sqlx::query_as(
-        "SELECT transfer_id, amount_micros FROM ledger_transfers ORDER BY rowid LIMIT 1",
-    )
-    .fetch_one(&pool)
-    .await
-    .expect("first transfer");
+    let pool = attacker(&db);
+    let (id, amount): (String, i64) = pool
+        .query_row(
+            "SELECT transfer_id, amount_micros FROM ledger_transfers ORDER BY rowid LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("first transfer");
     assert_eq!(amount, 1_000_000);
     for sql in [
         "UPDATE ledger_transfers SET amount_micros = 9000000 WHERE transfer_id = ?",
         "UPDATE ledger_accounts SET credits_micros = credits_micros + 8000000 WHERE name = 'customer:u1:cash' AND ? != ''",
         "UPDATE ledger_accounts SET debits_micros = debits_micros + 8000000 WHERE name = 'external' AND ? != ''",
     ] {
-        sqlx::query(sql).bind(&id).execute(&pool).await.expect(sql);
+        pool.execute(sql, [&id]).expect(sql);
     }
     let out = tessera(&["audit", "verify", "--data-dir", data_dir]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
@@ -245,11 +237,15 @@ async fn verify_names_a_rewritten_chain_and_a_consistent_ledger_edit() {
 
     // Now the attacker edits the chain's record of it too and recomputes every hash: the
     // chain links again and agrees with the ledger, but no longer with the signed head.
-    let rows: Vec<(i64, i64, String, String, String)> =
-        sqlx::query_as("SELECT seq, at_ms, kind, subject, detail_json FROM audit_log ORDER BY seq")
-            .fetch_all(&pool)
-            .await
-            .expect("entries");
+    let rows: Vec<(i64, i64, String, String, String)> = pool
+        .prepare("SELECT seq, at_ms, kind, subject, detail_json FROM audit_log ORDER BY seq")
+        .expect("entries")
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .expect("entries")
+        .collect::<Result<_, _>>()
+        .expect("entries");
     let mut prev = tessera_store::audit::GENESIS_HASH.to_string();
     for (seq, at_ms, kind, subject, detail) in rows {
         let detail = if subject == id {
@@ -258,17 +254,14 @@ async fn verify_names_a_rewritten_chain_and_a_consistent_ledger_edit() {
             detail
         };
         let hash = tessera_store::audit::entry_hash(&prev, seq, at_ms, &kind, &subject, &detail);
-        sqlx::query("UPDATE audit_log SET detail_json = ?, prev_hash = ?, hash = ? WHERE seq = ?")
-            .bind(&detail)
-            .bind(&prev)
-            .bind(&hash)
-            .bind(seq)
-            .execute(&pool)
-            .await
-            .expect("rewrite");
+        pool.execute(
+            "UPDATE audit_log SET detail_json = ?, prev_hash = ?, hash = ? WHERE seq = ?",
+            rusqlite::params![detail, prev, hash, seq],
+        )
+        .expect("rewrite");
         prev = hash;
     }
-    pool.close().await;
+    drop(pool);
     let out = tessera(&[
         "audit",
         "verify",
@@ -309,15 +302,8 @@ async fn verify_names_a_rewritten_chain_and_a_consistent_ledger_edit() {
 }
 
 /// One value of the store, read raw.
-async fn scalar<T>(pool: &sqlx::SqlitePool, sql: &str, arg: &str) -> T
-where
-    T: for<'r> sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite> + Send + Unpin,
-{
-    sqlx::query_scalar(sql)
-        .bind(arg)
-        .fetch_one(pool)
-        .await
-        .expect(sql)
+fn scalar<T: rusqlite::types::FromSql>(pool: &rusqlite::Connection, sql: &str, arg: &str) -> T {
+    pool.query_row(sql, [arg], |r| r.get(0)).expect(sql)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -370,37 +356,33 @@ async fn verify_re_derives_counters_jobs_and_bill_lines_and_names_each_edit() {
     // counter (as if the second job had not counted), the first job's state and charge, the
     // first job's bill line (one micro less, its identities kept), and deletes the second
     // job's bill line.
-    let pool = attacker(&data.join("tessera.db")).await;
+    let pool = attacker(&data.join("tessera.db"));
     for t in ["bill_lines_no_update", "bill_lines_no_delete"] {
-        sqlx::query(&format!("DROP TRIGGER {t}"))
-            .execute(&pool)
-            .await
+        pool.execute_batch(&format!("DROP TRIGGER {t}"))
             .expect("drop trigger");
     }
     let (first, second) = (jobs[0].as_str(), jobs[1].as_str());
     let line_sql = "SELECT line_id FROM bill_lines WHERE job_id = ?";
-    let line1: String = scalar(&pool, line_sql, first).await;
-    let line2: String = scalar(&pool, line_sql, second).await;
+    let line1: String = scalar(&pool, line_sql, first);
+    let line2: String = scalar(&pool, line_sql, second);
     let charged: i64 = scalar(
         &pool,
         "SELECT charge_micros FROM jobs WHERE job_id = ?",
         first,
-    )
-    .await;
-    let (original, cash, provider): (i64, i64, i64) = sqlx::query_as(
-        "SELECT original_micros, cash_micros, provider_micros FROM bill_lines WHERE line_id = ?",
-    )
-    .bind(&line1)
-    .fetch_one(&pool)
-    .await
-    .expect("line");
+    );
+    let (original, cash, provider): (i64, i64, i64) = pool
+        .query_row(
+            "SELECT original_micros, cash_micros, provider_micros FROM bill_lines WHERE line_id = ?",
+            [&line1],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .expect("line");
     assert!(charged > 0 && cash > 0 && provider > 0);
     let remaining: i64 = scalar(
         &pool,
         "SELECT remaining FROM licence_scenes WHERE licence_id = ?",
         &lic,
-    )
-    .await;
+    );
     assert_eq!(remaining, 3);
     for (sql, arg) in [
         (
@@ -418,17 +400,17 @@ async fn verify_re_derives_counters_jobs_and_bill_lines_and_names_each_edit() {
         ),
         ("DELETE FROM bill_lines WHERE line_id = ?", line2.as_str()),
     ] {
-        sqlx::query(sql).bind(arg).execute(&pool).await.expect(sql);
+        pool.execute(sql, [arg]).expect(sql);
     }
     let (ended, lined) = (
         "SELECT seq FROM audit_log WHERE kind = 'complete' AND subject = ?",
         "SELECT seq FROM audit_log WHERE kind = 'bill_line' AND subject = ?",
     );
-    let ended_first: i64 = scalar(&pool, ended, first).await;
-    let ended_second: i64 = scalar(&pool, ended, second).await;
-    let l1: i64 = scalar(&pool, lined, &line1).await;
-    let l2: i64 = scalar(&pool, lined, &line2).await;
-    pool.close().await;
+    let ended_first: i64 = scalar(&pool, ended, first);
+    let ended_second: i64 = scalar(&pool, ended, second);
+    let l1: i64 = scalar(&pool, lined, &line1);
+    let l2: i64 = scalar(&pool, lined, &line2);
+    drop(pool);
 
     let out = tessera(&["audit", "verify", "--data-dir", &data_dir]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));

@@ -83,9 +83,9 @@ async fn a_group_by_query_on_aligned_rows_suppresses_the_small_group_and_is_coun
         .await;
     // Regions among the common ids: 0 for most, 1 for a third, 2 for just three rows.
     let region = |i: u64| {
-        if i % 20 == 0 {
+        if i.is_multiple_of(20) {
             2
-        } else if i % 3 == 0 {
+        } else if i.is_multiple_of(3) {
             1
         } else {
             0
@@ -226,7 +226,7 @@ async fn a_dealer_job_draws_its_triples_from_the_operator_and_matches_the_dealer
     let provider_rows: Vec<String> = (1..=70u64).map(|i| format!("{i},{}", income(i))).collect();
     c.dataset(&c.provider, "pd", "id,income", &provider_rows)
         .await;
-    let region = |i: u64| u32::from(i % 4 == 0);
+    let region = |i: u64| u32::from(i.is_multiple_of(4));
     let buyer_rows: Vec<String> = (31..=120u64)
         .map(|i| format!("{i},{},{}", region(i), 20 + i % 50))
         .collect();

@@ -102,7 +102,11 @@ async fn a_query_runs_in_the_attested_enclave_on_the_sealed_dataset_and_sgx_is_r
 
     // The buyer: ids 11..=60 (40 in common, 11..=50), a region each; region 2 has 3 rows.
     let region = |i: u64| {
-        if i % 13 == 0 { 2 } else { (i % 2) as u32 }
+        if i.is_multiple_of(13) {
+            2
+        } else {
+            (i % 2) as u32
+        }
     };
     let buyer_rows: Vec<String> = (11..=60u64).map(|i| format!("{i},{}", region(i))).collect();
     c.dataset(&c.buyer, "bt", "id,region", &buyer_rows).await;

@@ -822,7 +822,7 @@ async fn stage_input(
                 spill_error = Some(e);
                 return Err(TableError::Io("spilling the input".into()));
             }
-            if stager.rows() % READ_REPORT_ROWS == 0 {
+            if stager.rows().is_multiple_of(READ_REPORT_ROWS) {
                 reporter.report("read", stager.rows(), 0);
             }
             Ok(())

@@ -625,13 +625,14 @@ pub async fn start(config: WorkerConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
             None
         }
         Some((key_pem, _)) => {
-            if let Some(ca) = &config.operator_ca_pem {
-                if !reg.ca_pem.is_empty() && reg.ca_pem.trim() != ca.trim() {
-                    anyhow::bail!(
-                        "the operator signs peer-link certificates with a CA other than the one \
+            if let Some(ca) = &config.operator_ca_pem
+                && !reg.ca_pem.is_empty()
+                && reg.ca_pem.trim() != ca.trim()
+            {
+                anyhow::bail!(
+                    "the operator signs peer-link certificates with a CA other than the one \
                          this worker trusts (--ca-file): refusing to join"
-                    );
-                }
+                );
             }
             if reg.certificate_pem.is_empty() || reg.ca_pem.is_empty() {
                 anyhow::bail!(

@@ -216,10 +216,10 @@ pub fn check(
             }
         }
     }
-    if let Some(offset) = row_at {
-        if agg_at.is_some() || query.group_by.is_some() {
-            return Err(QueryError::MixedRowsAndAggregates { offset });
-        }
+    if let Some(offset) = row_at
+        && (agg_at.is_some() || query.group_by.is_some())
+    {
+        return Err(QueryError::MixedRowsAndAggregates { offset });
     }
     let row_level = row_at.is_some();
     if row_level && policy.aggregates_only {
