@@ -322,14 +322,13 @@ pub(crate) async fn open_link(env: &ExecEnv, spec: &TaskSpec) -> Result<GrpcLink
     };
     match (spec.dial_peer, &env.tls, &expected) {
         (true, Some(credentials), Some(peer)) => {
-            let tls = credentials.current();
-            GrpcLink::dial_tls(
+            GrpcLink::dial_tls_kept(
                 &spec.peer_addr,
                 &spec.session_id,
                 env.frame_bytes_max,
                 env.idle_timeout,
                 env.connect_timeout,
-                &tls,
+                credentials,
                 peer,
             )
             .await

@@ -90,6 +90,65 @@ impl GrpcLink {
         .await
     }
 
+    /// Dials `addr` over TLS as [`GrpcLink::dial_tls`] does, on a connection kept by
+    /// `credentials` for later links to the same peer (`addr` and `expected`): one TLS
+    /// handshake serves many tasks' sessions, each its own `Peer.Exchange` stream on the
+    /// HTTP/2 connection (see [`PeerCredentials`] for how long a connection is kept). A kept
+    /// connection that fails before the peer answered (the peer restarted, the connection
+    /// broke) is dropped and the link dialled afresh, once; a refusal from the peer's hub is
+    /// returned as is.
+    ///
+    /// # Errors
+    /// As [`GrpcLink::dial_tls`].
+    #[allow(clippy::too_many_arguments)]
+    pub async fn dial_tls_kept(
+        addr: &str,
+        session_id: &str,
+        frame_bytes_max: usize,
+        idle_timeout: Duration,
+        connect_timeout: Duration,
+        credentials: &PeerCredentials,
+        expected: &PeerIdentity,
+    ) -> Result<Self, LinkError> {
+        let deadline = tokio::time::Instant::now() + connect_timeout;
+        let key = (addr.to_string(), expected.dns_name());
+        if let Some(channel) = credentials.kept_channel(&key) {
+            match Self::open_session(
+                channel,
+                addr,
+                session_id,
+                frame_bytes_max,
+                idle_timeout,
+                connect_timeout,
+                deadline,
+            )
+            .await
+            {
+                Ok(link) => return Ok(link),
+                Err(OpenError::Refused(e)) => return Err(e),
+                Err(OpenError::Broken(e)) => {
+                    tracing::debug!(error = %e, %addr, "a kept peer connection failed; dialling afresh");
+                    credentials.forget_channel(&key);
+                }
+            }
+        }
+        let tls = credentials.current();
+        let channel = Self::connect(addr, deadline, Some((&tls, expected))).await?;
+        let link = Self::open_session(
+            channel.clone(),
+            addr,
+            session_id,
+            frame_bytes_max,
+            idle_timeout,
+            connect_timeout,
+            deadline,
+        )
+        .await
+        .map_err(OpenError::into_link)?;
+        credentials.keep_channel(key, channel, &tls);
+        Ok(link)
+    }
+
     async fn dial_with(
         addr: &str,
         session_id: &str,
@@ -98,9 +157,31 @@ impl GrpcLink {
         connect_timeout: Duration,
         tls: Option<(&PeerTls, &PeerIdentity)>,
     ) -> Result<Self, LinkError> {
+        let deadline = tokio::time::Instant::now() + connect_timeout;
+        let channel = Self::connect(addr, deadline, tls).await?;
+        Self::open_session(
+            channel,
+            addr,
+            session_id,
+            frame_bytes_max,
+            idle_timeout,
+            connect_timeout,
+            deadline,
+        )
+        .await
+        .map_err(OpenError::into_link)
+    }
+
+    /// Connects to `addr` (with TLS: presenting this side's certificate and requiring one
+    /// naming `expected`), retrying every 200 ms until `deadline` while the peer does not
+    /// listen yet (a failed TLS handshake is not retried).
+    async fn connect(
+        addr: &str,
+        deadline: tokio::time::Instant,
+        tls: Option<(&PeerTls, &PeerIdentity)>,
+    ) -> Result<tonic::transport::Channel, LinkError> {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let uri = format!("{scheme}://{addr}");
-        let deadline = tokio::time::Instant::now() + connect_timeout;
         let mut endpoint = tonic::transport::Endpoint::from_shared(uri)
             .map_err(|e| LinkError::Transport(format!("bad peer address {addr}: {e}")))?
             .connect_timeout(Duration::from_secs(5))
@@ -116,7 +197,7 @@ impl GrpcLink {
                 .map_err(|e| LinkError::Transport(format!("peer TLS settings: {e}")))?;
         }
         // One attempt every 200 ms until `connect_timeout` has passed.
-        let channel = (|| endpoint.connect())
+        (|| endpoint.connect())
             .retry(
                 ConstantBuilder::new()
                     .with_delay(Duration::from_millis(200))
@@ -137,16 +218,30 @@ impl GrpcLink {
                 } else {
                     LinkError::PeerGone(format!("cannot reach peer {addr}: {}", chain(&e)))
                 }
-            })?;
+            })
+    }
+
+    /// Opens the session's `Peer.Exchange` stream on `channel`.
+    async fn open_session(
+        channel: tonic::transport::Channel,
+        addr: &str,
+        session_id: &str,
+        frame_bytes_max: usize,
+        idle_timeout: Duration,
+        connect_timeout: Duration,
+        deadline: tokio::time::Instant,
+    ) -> Result<Self, OpenError> {
         let limit = frame_bytes_max + FRAME_OVERHEAD_BYTES;
         let mut client = PeerClient::new(channel)
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
         let (tx, rx) = mpsc::channel(tessera_core::limits::LINK_QUEUE_FRAMES);
         let mut req = Request::new(ReceiverStream::new(rx));
-        let value = session_id
-            .parse()
-            .map_err(|_| LinkError::Transport("session id is not valid metadata".into()))?;
+        let value = session_id.parse().map_err(|_| {
+            OpenError::Refused(LinkError::Transport(
+                "session id is not valid metadata".into(),
+            ))
+        })?;
         req.metadata_mut().insert(SESSION_HEADER, value);
         // The peer answers at once (its hub takes the stream whether or not its task waits
         // yet); a peer that accepted the connection but never answers is gone.
@@ -156,18 +251,38 @@ impl GrpcLink {
         let resp = tokio::time::timeout(left, client.exchange(req))
             .await
             .map_err(|_| {
-                LinkError::PeerGone(format!(
+                OpenError::Broken(LinkError::PeerGone(format!(
                     "peer {addr} did not answer within {} ms",
                     connect_timeout.as_millis()
-                ))
+                )))
             })?
-            .map_err(|s| status_to_link(&s))?;
+            .map_err(|s| match status_to_link(&s) {
+                e @ LinkError::PeerGone(_) => OpenError::Broken(e),
+                e => OpenError::Refused(e),
+            })?;
         Ok(Self::new(
             tx,
             resp.into_inner().boxed(),
             frame_bytes_max,
             idle_timeout,
         ))
+    }
+}
+
+/// Why a session's stream did not open.
+enum OpenError {
+    /// The peer's hub answered with a refusal (another try on a new connection would get the
+    /// same).
+    Refused(LinkError),
+    /// No answer: the connection broke, or the peer is gone.
+    Broken(LinkError),
+}
+
+impl OpenError {
+    fn into_link(self) -> LinkError {
+        match self {
+            Self::Refused(e) | Self::Broken(e) => e,
+        }
     }
 }
 
@@ -427,13 +542,35 @@ pub enum PeerTlsError {
     OtherCa,
 }
 
+/// Longest a dialled peer connection is kept for later links (from its handshake): bounds
+/// how long a peer certificate checked once keeps serving new sessions.
+pub const KEPT_CONNECTION_AGE_MAX: Duration = Duration::from_secs(60);
+
+/// Most peer connections kept at once (the oldest is dropped for a new one).
+pub const KEPT_CONNECTIONS_MAX: usize = 64;
+
+/// A dialled connection kept for later links to the same peer.
+struct KeptChannel {
+    channel: tonic::transport::Channel,
+    /// When its handshake was made.
+    made: tokio::time::Instant,
+    /// The certificate this side presented in it.
+    presented: Arc<PeerTls>,
+}
+
 /// The worker's current peer-link certificate and key, replaced in place when renewed
 /// ([`PeerCredentials::install`]): new links (dialled or accepted) use the new certificate at
 /// once; links already open keep theirs. The CA is fixed for the worker's lifetime.
+///
+/// It also keeps the connections this worker dialled ([`GrpcLink::dial_tls_kept`]), keyed by
+/// the peer's address and the identity its certificate was checked for, each at most
+/// [`KEPT_CONNECTION_AGE_MAX`] from its handshake and never past a renewal of this worker's
+/// own certificate; at most [`KEPT_CONNECTIONS_MAX`].
 pub struct PeerCredentials {
     current: std::sync::RwLock<Arc<PeerTls>>,
     served: Arc<ServedCertificate>,
     ca_pem: String,
+    kept: std::sync::Mutex<HashMap<(String, String), KeptChannel>>,
 }
 
 impl std::fmt::Debug for PeerCredentials {
@@ -490,7 +627,73 @@ impl PeerCredentials {
             ca_pem: tls.ca_pem.clone(),
             current: std::sync::RwLock::new(Arc::new(tls)),
             served,
+            kept: std::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    fn kept(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), KeptChannel>> {
+        match self.kept.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// The kept connection to the peer `key` (address, identity's DNS name), if one is young
+    /// enough and was made with this worker's current certificate.
+    fn kept_channel(&self, key: &(String, String)) -> Option<tonic::transport::Channel> {
+        let current = self.current();
+        let mut kept = self.kept();
+        match kept.get(key) {
+            Some(k)
+                if k.made.elapsed() < KEPT_CONNECTION_AGE_MAX
+                    && Arc::ptr_eq(&k.presented, &current) =>
+            {
+                Some(k.channel.clone())
+            }
+            Some(_) => {
+                kept.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Keeps `channel` (just made, presenting `presented`) for later links to `key`.
+    fn keep_channel(
+        &self,
+        key: (String, String),
+        channel: tonic::transport::Channel,
+        presented: &Arc<PeerTls>,
+    ) {
+        let mut kept = self.kept();
+        kept.retain(|_, k| k.made.elapsed() < KEPT_CONNECTION_AGE_MAX);
+        if kept.len() >= KEPT_CONNECTIONS_MAX
+            && !kept.contains_key(&key)
+            && let Some(oldest) = kept
+                .iter()
+                .min_by_key(|(_, k)| k.made)
+                .map(|(key, _)| key.clone())
+        {
+            kept.remove(&oldest);
+        }
+        kept.insert(
+            key,
+            KeptChannel {
+                channel,
+                made: tokio::time::Instant::now(),
+                presented: Arc::clone(presented),
+            },
+        );
+    }
+
+    /// Drops the kept connection to `key`.
+    fn forget_channel(&self, key: &(String, String)) {
+        self.kept().remove(key);
+    }
+
+    /// Peer connections kept now.
+    pub fn kept_connections(&self) -> usize {
+        self.kept().len()
     }
 
     /// The certificate and key new links use.
@@ -517,6 +720,8 @@ impl PeerCredentials {
             Ok(mut c) => *c = Arc::new(tls),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(tls),
         }
+        // Later links present the new certificate: none reuses a connection made with the old.
+        self.kept().clear();
         Ok(())
     }
 

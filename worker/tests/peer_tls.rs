@@ -243,3 +243,101 @@ async fn served_leaf(addr: &str, ca: &CertificateAuthority, me: &PeerTls) -> Vec
     let stream = connector.connect(name, tcp).await.expect("handshake");
     stream.get_ref().1.peer_certificates().expect("certs")[0].to_vec()
 }
+
+/// A TCP proxy in front of `target` that counts the connections it forwards; aborting the
+/// returned tasks breaks every connection forwarded so far.
+async fn counting_proxy(
+    target: String,
+) -> (
+    String,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let forwarding = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (c, f) = (count.clone(), forwarding.clone());
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let target = target.clone();
+            let task = tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+            f.lock().expect("lock").push(task);
+        }
+    });
+    (addr, count, forwarding)
+}
+
+#[tokio::test]
+async fn a_kept_connection_serves_later_links_until_it_breaks_or_the_certificate_is_renewed() {
+    let ca = CertificateAuthority::generate("test CA", now() - 3600).expect("ca");
+    let buyer = id("buy", "w-b");
+    let provider = id("prov", "w-p");
+    let (hub, target) = listening(tls(&ca, &buyer)).await;
+    let (addr, connections, forwarding) = counting_proxy(target).await;
+    let me = PeerCredentials::new(tls(&ca, &provider)).expect("credentials");
+    let link = |session: &'static str| {
+        let (hub, addr, me, buyer, provider) = (&hub, &addr, &me, &buyer, &provider);
+        async move {
+            let (d, a) = tokio::join!(
+                GrpcLink::dial_tls_kept(addr, session, FRAME, IDLE, CONNECT, me, buyer),
+                hub.accept_from(session, CONNECT, Some(provider)),
+            );
+            let (d, a) = (d.expect("dial"), a.expect("accept"));
+            d.send(Bytes::from(session)).await.expect("send");
+            assert_eq!(a.recv().await.expect("recv"), Bytes::from(session));
+            a.send(Bytes::from_static(b"back"))
+                .await
+                .expect("send back");
+            assert_eq!(
+                d.recv().await.expect("recv back"),
+                Bytes::from_static(b"back")
+            );
+        }
+    };
+    let forwarded = || connections.load(std::sync::atomic::Ordering::SeqCst);
+
+    // Three links, one connection (one handshake); the identity is still checked per stream.
+    link("k1").await;
+    link("k2").await;
+    link("k3").await;
+    assert_eq!(forwarded(), 1);
+    assert_eq!(me.kept_connections(), 1);
+
+    // The connection breaks (the peer restarted, a middlebox dropped it): the next link is
+    // dialled afresh, once, and works.
+    for task in forwarding.lock().expect("lock").drain(..) {
+        task.abort();
+    }
+    link("k4").await;
+    assert_eq!(forwarded(), 2);
+    link("k5").await;
+    assert_eq!(forwarded(), 2);
+
+    // A renewed certificate: no later link reuses a connection made with the old one.
+    me.install(tls(&ca, &provider)).expect("renew");
+    assert_eq!(me.kept_connections(), 0);
+    link("k6").await;
+    assert_eq!(forwarded(), 3);
+
+    // A refusal by the peer's hub is not retried on a new connection: the same session twice.
+    let _first = GrpcLink::dial_tls_kept(&addr, "dup", FRAME, IDLE, CONNECT, &me, &buyer)
+        .await
+        .expect("first");
+    let again = GrpcLink::dial_tls_kept(&addr, "dup", FRAME, IDLE, CONNECT, &me, &buyer).await;
+    assert!(
+        again
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("already connected")),
+        "{:?}",
+        again.map(|_| ())
+    );
+    assert_eq!(forwarded(), 3);
+}
