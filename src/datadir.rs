@@ -148,7 +148,14 @@ fn create_private_dir(dir: &Path) -> Result<(), DataDirError> {
     }
     let existed = dir.is_dir();
     builder.create(dir).map_err(|source| DataDirError::Io {
-        what: format!("creating data directory {}", dir.display()),
+        what: if dir.exists() && !existed {
+            format!(
+                "data directory {} exists but is not a directory",
+                dir.display()
+            )
+        } else {
+            format!("creating data directory {}", dir.display())
+        },
         source,
     })?;
     #[cfg(unix)]

@@ -180,8 +180,14 @@ pub fn render(e: &anyhow::Error) -> String {
         } else {
             c.to_string()
         };
-        // anyhow repeats a wrapped error's text in its cause; print it once.
-        if parts.last().is_none_or(|p| !p.ends_with(&text)) {
+        // anyhow repeats a wrapped error's text in its cause, and a library's error often
+        // repeats its cause's message behind a code ("Error code 26: file is not a
+        // database"); print it once.
+        let tail = text.rsplit(": ").next().unwrap_or(&text);
+        if parts
+            .last()
+            .is_none_or(|p| !p.ends_with(&text) && !p.ends_with(tail))
+        {
             parts.push(text);
         }
     }
@@ -220,6 +226,27 @@ mod tests {
         );
         assert!(!text.contains("metadata"));
         assert_eq!(code_of(&e), ERROR);
+    }
+
+    #[test]
+    fn a_cause_repeating_the_last_words_behind_a_code_is_printed_once() {
+        // As rusqlite's error over SQLite's: "file is not a database" over
+        // "Error code 26: file is not a database".
+        #[derive(Debug)]
+        struct Coded;
+        impl std::fmt::Display for Coded {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("Error code 26: file is not a database")
+            }
+        }
+        impl std::error::Error for Coded {}
+        let e = anyhow::Error::new(Coded)
+            .context("file is not a database")
+            .context("opening the store d/tessera.db");
+        assert_eq!(
+            render(&e),
+            "opening the store d/tessera.db: file is not a database"
+        );
     }
 
     #[test]

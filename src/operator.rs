@@ -167,6 +167,37 @@ fn load_or_create_key(dir: &Path) -> anyhow::Result<TicketSigner> {
     Ok(signer)
 }
 
+/// Refuses to start a new, empty store in a data directory that already holds a node's key
+/// (`operator.key`) while its database is missing or empty: that node's accounts, licences,
+/// ledger and audit chain would be replaced without a word (and `admin.token` with them).
+/// Also refuses a database path that is not a regular file.
+///
+/// Errors: as said, with what to do.
+fn refuse_a_lost_store(dir: &Path, db: &Path) -> anyhow::Result<()> {
+    let len = match std::fs::metadata(db) {
+        Ok(m) if !m.is_file() => anyhow::bail!(
+            "the store {} is not a regular file; move it away (the operator keeps its database \
+             in that file)",
+            db.display()
+        ),
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", db.display())),
+    };
+    if len == 0 && dir.join("operator.key").exists() {
+        let state = if db.exists() { "empty" } else { "missing" };
+        anyhow::bail!(
+            "the data directory {} holds an operator's key (operator.key) but its store {} is \
+             {state}: starting would begin a new, empty store in place of that node's accounts, \
+             licences, ledger and audit chain. Restore tessera.db (with tessera.db-wal if there \
+             is one) from a backup, or give a new --data-dir to start a new node",
+            dir.display(),
+            db.display()
+        );
+    }
+    Ok(())
+}
+
 /// Makes an existing key file readable by its owner only (0600), saying so when it was wider:
 /// the key signs tickets and audit checkpoints.
 fn narrow_to_owner(path: &Path) -> anyhow::Result<()> {
@@ -254,9 +285,11 @@ pub async fn start(config: &OperatorConfig) -> anyhow::Result<OperatorHandle> {
         .time_zone
         .parse()
         .context("the operator's time zone")?;
-    let store = Store::open(&config.data_dir.join("tessera.db"))
+    let db_path = config.data_dir.join("tessera.db");
+    refuse_a_lost_store(&config.data_dir, &db_path)?;
+    let store = Store::open(&db_path)
         .await
-        .context("opening the store")?
+        .with_context(|| format!("opening the store {}", db_path.display()))?
         .with_zone(zone)
         .with_daily_price_basis(
             config
@@ -614,6 +647,32 @@ async fn close_bills_loop(store: Store, clock: Arc<dyn Clock>, every_ms: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_data_directory_with_a_key_but_no_store_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("tessera.db");
+        // A new directory: nothing to lose.
+        refuse_a_lost_store(dir.path(), &db).expect("a new node");
+        load_or_create_key(dir.path()).expect("key");
+        for state in ["missing", "empty"] {
+            if state == "empty" {
+                std::fs::write(&db, b"").expect("empty file");
+            }
+            let e = refuse_a_lost_store(dir.path(), &db).expect_err(state);
+            let text = e.to_string();
+            assert!(
+                text.contains(state) && text.contains("Restore tessera.db"),
+                "{text}"
+            );
+        }
+        std::fs::write(&db, b"SQLite format 3\0").expect("some content");
+        refuse_a_lost_store(dir.path(), &db).expect("a store to open");
+        std::fs::remove_file(&db).expect("rm");
+        std::fs::create_dir(&db).expect("a directory in its place");
+        let e = refuse_a_lost_store(dir.path(), &db).expect_err("a directory");
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+    }
 
     #[cfg(unix)]
     #[test]

@@ -167,6 +167,7 @@ pub fn store_code(e: &StoreError) -> ApiCode {
         | StoreError::Io(_)
         | StoreError::Migrate(_)
         | StoreError::Corrupt(_)
+        | StoreError::ReadOnly { .. }
         | StoreError::Time(_) => ApiCode::Internal,
     }
 }

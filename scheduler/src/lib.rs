@@ -22,7 +22,7 @@ pub mod tee;
 pub mod trade;
 pub mod validate;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Weak};
 
@@ -589,6 +589,21 @@ impl Scheduler {
         running: &[String],
     ) -> Result<mpsc::Receiver<Delivery>, SchedulerError> {
         let (tx, rx) = mpsc::channel(self.config.delivery_queue_max);
+        // A task the worker still runs whose job this operator no longer runs (it ended while
+        // the worker was away, say failed by a restarted operator that could not resume it)
+        // is stopped at once rather than computed to the end for a report nobody takes.
+        for task_id in self.orphaned_tasks(worker_id, running).await {
+            tracing::info!(worker = %worker_id, task = %task_id, "stopping a task whose job is no longer running");
+            let cancel = Delivery::Cancel {
+                task_id,
+                reason: "its job is no longer running on the operator (it ended while this \
+                         worker was away)"
+                    .into(),
+            };
+            if tx.try_send(cancel).is_err() {
+                break;
+            }
+        }
         let mut workers = self.workers.lock().await;
         let w = workers
             .get_mut(worker_id)
@@ -607,6 +622,27 @@ impl Scheduler {
 }
 
 impl Scheduler {
+    /// Those of `running` (the tasks `worker_id` says it runs) that are no task of this
+    /// worker in a live job; at most the delivery queue's length of them.
+    async fn orphaned_tasks(&self, worker_id: &str, running: &[String]) -> Vec<String> {
+        if running.is_empty() {
+            return Vec::new();
+        }
+        let jobs = self.jobs.lock().await;
+        let live: HashSet<&str> = jobs
+            .values()
+            .flat_map(|j| j.tasks.iter())
+            .filter(|(_, t)| t.worker_id == worker_id)
+            .map(|(id, _)| id.as_str())
+            .collect();
+        running
+            .iter()
+            .filter(|id| !live.contains(id.as_str()))
+            .take(self.config.delivery_queue_max)
+            .cloned()
+            .collect()
+    }
+
     /// The scheduler's clock reading.
     pub fn now_ms(&self) -> i64 {
         self.now()

@@ -228,3 +228,41 @@ async fn lost_workers_show_lost_then_are_forgotten_and_running_follows_the_jobs(
     let _inbox = scheduler.connect("w-buy", &[]).await.expect("connect");
     assert_eq!(running(&scheduler).await, [("w-buy".into(), true, 0)]);
 }
+
+/// A worker that comes back naming tasks it still runs is told to stop those whose job this
+/// operator no longer runs (ended while it was away), and only those.
+#[tokio::test]
+async fn a_reconnecting_worker_is_told_to_stop_the_tasks_of_jobs_no_longer_running() {
+    let (scheduler, mut inboxes, licence) = node().await;
+    let (job_id, tasks) = dispatched(&scheduler, &licence, &mut inboxes).await;
+    let buyer_task = tasks[1].1.clone();
+    let mut inbox = scheduler
+        .connect(
+            "w-buy",
+            &[buyer_task.clone(), "task-of-an-ended-job".into()],
+        )
+        .await
+        .expect("reconnect");
+    match inbox.try_recv() {
+        Ok(Delivery::Cancel { task_id, reason }) => {
+            assert_eq!(task_id, "task-of-an-ended-job");
+            assert!(reason.contains("no longer running"), "{reason}");
+        }
+        other => panic!("expected a cancel, got {other:?}"),
+    }
+    assert!(
+        inbox.try_recv().is_err(),
+        "the live job's task {buyer_task} runs on"
+    );
+    // Once the job has ended, its task is one of those.
+    scheduler.cancel(&job_id, "buyer").await.expect("cancel");
+    until_ended(&scheduler, &job_id).await;
+    let mut inbox = scheduler
+        .connect("w-buy", std::slice::from_ref(&buyer_task))
+        .await
+        .expect("reconnect again");
+    match inbox.try_recv() {
+        Ok(Delivery::Cancel { task_id, .. }) => assert_eq!(task_id, buyer_task),
+        other => panic!("expected a cancel, got {other:?}"),
+    }
+}

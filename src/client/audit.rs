@@ -95,12 +95,20 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn open_store(data_dir: &Path) -> anyhow::Result<Store> {
+/// The data directory's store: read-only for a verification (an auditor's copy may be on a
+/// read-only disk, and nothing of it may change), read-write for an export (which appends a
+/// signed checkpoint).
+async fn open_store(data_dir: &Path, read_only: bool) -> anyhow::Result<Store> {
     let path = data_dir.join("tessera.db");
     if !path.exists() {
         anyhow::bail!("no store at {}", path.display());
     }
-    Ok(Store::open(&path).await?)
+    let store = if read_only {
+        Store::open_read_only(&path)
+    } else {
+        Store::open(&path).await
+    };
+    store.with_context(|| format!("opening the store {}", path.display()))
 }
 
 /// Reads a checkpoints file (bounded), refusing one signed for another key.
@@ -170,7 +178,7 @@ async fn verify(
                 .map(|c| (label.clone(), c)),
         );
     }
-    let store = open_store(data_dir).await?;
+    let store = open_store(data_dir, true).await?;
     let v = store.verify_audit_with(key.as_ref(), &external).await?;
     store.close().await;
     println!("{}", v.summary());
@@ -204,7 +212,7 @@ async fn export(data_dir: &Path, out: &Path) -> anyhow::Result<()> {
         )
     })?;
     let node_key_hex = signer.public_key_hex();
-    let store = open_store(data_dir).await?;
+    let store = open_store(data_dir, false).await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let audit = AuditService::new(store.clone(), Arc::new(signer), clock.clone());
     let head = audit.seal().await?;

@@ -64,6 +64,14 @@ pub enum StoreError {
     /// A migration failed, or the database's schema is not one this build knows.
     #[error("migration: {0}")]
     Migrate(#[from] migrate::MigrateError),
+    /// A store opened read-only cannot be read without writing beside it.
+    #[error("cannot read {} read-only: {detail}; copy its directory somewhere writable", path.display())]
+    ReadOnly {
+        /// The database file.
+        path: PathBuf,
+        /// Why.
+        detail: String,
+    },
     /// A referenced record does not exist.
     #[error("{kind} {id} not found")]
     NotFound {
@@ -177,9 +185,15 @@ pub enum RuleRefusal {
     SubscriptionClosed(String),
 }
 
-/// How long a connection waits for SQLite's lock before failing with `SQLITE_BUSY` (a reader
-/// during a checkpoint, the writer against another process holding the file).
+/// How long a reader waits for SQLite's lock before failing with `SQLITE_BUSY` (during a
+/// checkpoint or the recovery of the write-ahead log).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the writer waits for the database's write lock before its batch fails
+/// ([`StoreError::NotCommitted`], answered as unavailable). Only another process holds that
+/// lock (this process has one writer): a batch fails well before a client's own deadline
+/// (10 s) instead of every caller hanging behind it.
+const WRITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Prepared statements each connection keeps (keyed by their SQL text).
 const STATEMENT_CACHE: usize = 256;
@@ -209,15 +223,24 @@ pub struct Store {
 #[derive(Debug)]
 struct Readers {
     path: PathBuf,
+    /// Open the file as immutable (`?immutable=1`): SQLite takes no lock and reads no
+    /// write-ahead log. Only for [`Store::open_read_only`] on a file that cannot otherwise be
+    /// read (a read-only directory) and has no log to miss.
+    immutable: bool,
     idle: Mutex<Vec<Connection>>,
 }
 
 impl Readers {
     fn open(&self) -> Result<Connection, StoreError> {
-        let conn = Connection::open_with_flags(
-            &self.path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = if self.immutable {
+            Connection::open_with_flags(
+                immutable_uri(&self.path),
+                flags | OpenFlags::SQLITE_OPEN_URI,
+            )?
+        } else {
+            Connection::open_with_flags(&self.path, flags)?
+        };
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(conn)
@@ -242,7 +265,7 @@ impl Readers {
 /// Opens the write connection at `path` with the store's settings.
 fn open_writer(path: &Path, synchronous: &str) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.busy_timeout(WRITE_BUSY_TIMEOUT)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     // `journal_mode` answers with the mode set; the others answer nothing.
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
@@ -284,6 +307,75 @@ impl Store {
         Ok(store)
     }
 
+    /// Opens the database file at `path` for reading only, as an auditor does: nothing is
+    /// created, migrated, narrowed or written, and an operator may be running on it. Every
+    /// write answers [`StoreError::NotCommitted`].
+    ///
+    /// A file in a directory this process cannot write (a read-only copy or mount) is read as
+    /// immutable — SQLite then needs no `-shm` file — provided no `-wal` file beside it holds
+    /// changes that would be missed.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] when there is no such file or it is not a regular file;
+    /// [`StoreError::ReadOnly`] when it cannot be read without writing beside it;
+    /// [`StoreError::Migrate`] when it is not a Tessera store or its schema is not this
+    /// build's (made by an older build and not migrated yet, or by a newer one); `Db`.
+    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        let meta = std::fs::metadata(path)?;
+        if !meta.is_file() {
+            return Err(StoreError::Io(std::io::Error::other(format!(
+                "{} is not a regular file",
+                path.display()
+            ))));
+        }
+        let mut readers = Readers {
+            path: path.to_path_buf(),
+            immutable: false,
+            idle: Mutex::new(Vec::new()),
+        };
+        let probe = |conn: &Connection| -> Result<(), StoreError> {
+            conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |_| Ok(()))?;
+            Ok(())
+        };
+        let conn = match readers.open().and_then(|c| probe(&c).map(|()| c)) {
+            Ok(c) => c,
+            Err(StoreError::Db(e))
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::ReadOnly)
+                ) =>
+            {
+                let mut wal = path.as_os_str().to_owned();
+                wal.push("-wal");
+                let wal = PathBuf::from(wal);
+                if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+                    return Err(StoreError::ReadOnly {
+                        path: path.to_path_buf(),
+                        detail: format!(
+                            "{} holds changes not yet folded into the database, and SQLite \
+                             cannot read them without creating files beside it ({e})",
+                            wal.display()
+                        ),
+                    });
+                }
+                readers.immutable = true;
+                let c = readers.open()?;
+                probe(&c)?;
+                c
+            }
+            Err(e) => return Err(e),
+        };
+        migrate::check_current(&conn)?;
+        readers.give_back(conn);
+        Ok(Self {
+            writer: writer::GroupCommit::read_only(),
+            readers: Arc::new(readers),
+            _temporary: None,
+            zone: tessera_core::civil::Zone::default(),
+            daily_price_basis: Default::default(),
+        })
+    }
+
     /// A throw-away store: the same schema and code on a database file in a fresh temporary
     /// directory, deleted when the last clone of the store is dropped; commits are not synced
     /// to disk. Used by the billing simulator and by tests.
@@ -305,6 +397,7 @@ impl Store {
         migrate::run(&mut conn)?;
         let readers = Arc::new(Readers {
             path: path.to_path_buf(),
+            immutable: false,
             idle: Mutex::new(Vec::new()),
         });
         // A reader opened now proves the file readable before anyone relies on it.
@@ -407,6 +500,22 @@ impl Store {
     }
 }
 
+/// The URI opening `path` as immutable: `file:` and the path with the characters a URI gives
+/// meaning to (`%`, `?`, `#`) percent-encoded.
+fn immutable_uri(path: &Path) -> String {
+    let mut uri = String::from("file:");
+    for c in path.to_string_lossy().chars() {
+        match c {
+            '%' => uri.push_str("%25"),
+            '?' => uri.push_str("%3f"),
+            '#' => uri.push_str("%23"),
+            c => uri.push(c),
+        }
+    }
+    uri.push_str("?immutable=1");
+    uri
+}
+
 /// Creates an empty file at `path` with mode 0600 unless something exists there already.
 fn create_private_file(path: &Path) -> std::io::Result<()> {
     let mut options = std::fs::OpenOptions::new();
@@ -503,5 +612,108 @@ mod file_mode_tests {
         let store = Store::open(&db).await.expect("reopen");
         assert_eq!(mode(&db), 0o600);
         store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_write_lock_held_by_another_process_fails_the_batch_in_seconds_and_loses_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("tessera.db");
+        let store = Store::open(&db).await.expect("open");
+        let record = |id: &str| DatasetRecord {
+            dataset_id: id.into(),
+            owner_party: "p".into(),
+            location: format!("{id}.csv"),
+            description: String::new(),
+            declared_rows: None,
+        };
+        // Another process (here a second connection) takes the write lock and keeps it.
+        let other = Connection::open(&db).expect("other connection");
+        other.execute_batch("BEGIN IMMEDIATE").expect("lock");
+        let started = std::time::Instant::now();
+        let e = store
+            .create_dataset(&record("blocked"), 1)
+            .await
+            .expect_err("the lock is held");
+        let waited = started.elapsed();
+        assert!(
+            matches!(&e, StoreError::NotCommitted { reason } if reason.contains("another process")),
+            "{e}"
+        );
+        assert!(waited < Duration::from_secs(9), "waited {waited:?}");
+        // Reads go on meanwhile (write-ahead logging), and once the lock is gone, writes too.
+        assert!(store.dataset("blocked").await.is_err());
+        other.execute_batch("ROLLBACK").expect("unlock");
+        store
+            .create_dataset(&record("after"), 2)
+            .await
+            .expect("write after the lock");
+        assert!(store.dataset("after").await.is_ok());
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_store_opened_read_only_reads_writes_nothing_and_refuses_what_is_not_current() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("tessera.db");
+        let store = Store::open(&db).await.expect("open");
+        let record = |id: &str| DatasetRecord {
+            dataset_id: id.into(),
+            owner_party: "p".into(),
+            location: format!("{id}.csv"),
+            description: String::new(),
+            declared_rows: None,
+        };
+        store.create_dataset(&record("ds"), 1).await.expect("write");
+        // Read-only beside the running store: it sees the committed state.
+        let ro = Store::open_read_only(&db).expect("read-only");
+        assert!(ro.dataset("ds").await.is_ok());
+        let e = ro
+            .create_dataset(&record("more"), 2)
+            .await
+            .expect_err("read-only");
+        assert!(
+            matches!(&e, StoreError::NotCommitted { reason } if reason.contains("read-only")),
+            "{e}"
+        );
+        ro.close().await;
+        store.close().await;
+
+        // Not there, not a file, not a Tessera store, not migrated by this build.
+        assert!(matches!(
+            Store::open_read_only(&dir.path().join("none.db")),
+            Err(StoreError::Io(_))
+        ));
+        assert!(matches!(
+            Store::open_read_only(dir.path()),
+            Err(StoreError::Io(_))
+        ));
+        let foreign = dir.path().join("foreign.db");
+        Connection::open(&foreign)
+            .and_then(|c| c.execute_batch("CREATE TABLE t (x)"))
+            .expect("foreign");
+        assert!(matches!(
+            Store::open_read_only(&foreign),
+            Err(StoreError::Migrate(migrate::MigrateError::Foreign {
+                tables: 1
+            }))
+        ));
+        let conn = Connection::open(&db).expect("conn");
+        conn.execute("DELETE FROM _sqlx_migrations WHERE version = 909", [])
+            .expect("forget a migration");
+        drop(conn);
+        assert!(matches!(
+            Store::open_read_only(&db),
+            Err(StoreError::Migrate(migrate::MigrateError::Behind {
+                missing: 909
+            }))
+        ));
+        assert!(
+            std::fs::read_dir(dir.path()).expect("list").all(|e| !e
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .starts_with("none")),
+            "nothing is created"
+        );
     }
 }

@@ -17,14 +17,27 @@ use sha2::{Digest, Sha384};
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
     /// A migration failed to apply (nothing of it stands).
-    #[error("migration {version} ({description}) failed: {source}")]
+    #[error(
+        "migration {version} ({description}) failed: {}",
+        sqlite_message(cause)
+    )]
     Failed {
         /// Its version.
         version: i64,
         /// Its description.
         description: &'static str,
-        /// SQLite's error.
-        source: rusqlite::Error,
+        /// SQLite's error (shown by its message alone, never the migration's SQL text).
+        cause: rusqlite::Error,
+    },
+    /// The file is an SQLite database that no build of Tessera made: it holds tables and no
+    /// record of Tessera's migrations. Nothing is added to it.
+    #[error(
+        "the file is an SQLite database but not a Tessera store ({tables} tables, no record \
+         of Tessera's migrations); nothing was changed in it"
+    )]
+    Foreign {
+        /// How many tables, views, indexes and triggers it holds.
+        tables: i64,
     },
     /// The database records a migration as failed.
     #[error("migration {0} is recorded as partly applied; repair the database by hand")]
@@ -35,6 +48,16 @@ pub enum MigrateError {
     /// The database records a migration this build does not have.
     #[error("migration {0} is unknown to this build (the database was migrated by a newer one)")]
     Unknown(i64),
+    /// The database lacks a migration of this build (made by an older build and not opened
+    /// by this one's operator since).
+    #[error(
+        "the store lacks migration {missing} of this build (an older build made it): start \
+         this build's operator on it once to bring it up to date"
+    )]
+    Behind {
+        /// The first migration not applied.
+        missing: i64,
+    },
     /// Reading or writing the migrations table failed.
     #[error("the migrations table: {0}")]
     Table(#[from] rusqlite::Error),
@@ -137,6 +160,21 @@ const MIGRATIONS: &[Migration] = &[
 /// # Errors
 /// [`MigrateError`].
 pub(crate) fn run(conn: &mut Connection) -> Result<(), MigrateError> {
+    let recorded: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !recorded {
+        let tables: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
+            [],
+            |r| r.get(0),
+        )?;
+        if tables > 0 {
+            return Err(MigrateError::Foreign { tables });
+        }
+    }
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS _sqlx_migrations (
             version BIGINT PRIMARY KEY,
@@ -147,6 +185,36 @@ pub(crate) fn run(conn: &mut Connection) -> Result<(), MigrateError> {
             execution_time BIGINT NOT NULL
         );",
     )?;
+    let applied = applied(conn)?;
+    for m in MIGRATIONS {
+        if applied.contains(&m.version) {
+            continue;
+        }
+        let started = std::time::Instant::now();
+        let failed = |cause| MigrateError::Failed {
+            version: m.version,
+            description: m.description,
+            cause,
+        };
+        let tx = conn.transaction().map_err(failed)?;
+        tx.execute_batch(m.sql).map_err(failed)?;
+        let nanos = i64::try_from(started.elapsed().as_nanos()).unwrap_or(i64::MAX);
+        tx.execute(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES (?, ?, TRUE, ?, ?)",
+            params![m.version, m.description, Sha384::digest(m.sql.as_bytes()).as_slice(), nanos],
+        )
+        .map_err(failed)?;
+        tx.commit().map_err(failed)?;
+    }
+    Ok(())
+}
+
+/// The migrations recorded in `conn`'s database, each checked against this build's.
+///
+/// # Errors
+/// [`MigrateError::Dirty`], [`MigrateError::Unknown`], [`MigrateError::Changed`]; `Table`.
+fn applied(conn: &Connection) -> Result<Vec<i64>, MigrateError> {
     let applied: Vec<(i64, bool, Vec<u8>)> = {
         let mut stmt = conn
             .prepare("SELECT version, success, checksum FROM _sqlx_migrations ORDER BY version")?;
@@ -164,28 +232,40 @@ pub(crate) fn run(conn: &mut Connection) -> Result<(), MigrateError> {
             return Err(MigrateError::Changed(*version));
         }
     }
-    for m in MIGRATIONS {
-        if applied.iter().any(|(v, _, _)| *v == m.version) {
-            continue;
-        }
-        let started = std::time::Instant::now();
-        let failed = |source| MigrateError::Failed {
-            version: m.version,
-            description: m.description,
-            source,
-        };
-        let tx = conn.transaction().map_err(failed)?;
-        tx.execute_batch(m.sql).map_err(failed)?;
-        let nanos = i64::try_from(started.elapsed().as_nanos()).unwrap_or(i64::MAX);
-        tx.execute(
-            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
-             VALUES (?, ?, TRUE, ?, ?)",
-            params![m.version, m.description, Sha384::digest(m.sql.as_bytes()).as_slice(), nanos],
-        )
-        .map_err(failed)?;
-        tx.commit().map_err(failed)?;
+    Ok(applied.into_iter().map(|(v, _, _)| v).collect())
+}
+
+/// Checks, without changing anything, that `conn`'s database is a Tessera store with
+/// exactly this build's migrations applied (for a store opened read-only).
+///
+/// # Errors
+/// [`MigrateError::Foreign`] (no record of migrations), [`MigrateError::Behind`], and those
+/// of [`applied`].
+pub(crate) fn check_current(conn: &Connection) -> Result<(), MigrateError> {
+    let recorded: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !recorded {
+        let tables: i64 = conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))?;
+        return Err(MigrateError::Foreign { tables });
+    }
+    let applied = applied(conn)?;
+    if let Some(m) = MIGRATIONS.iter().find(|m| !applied.contains(&m.version)) {
+        return Err(MigrateError::Behind { missing: m.version });
     }
     Ok(())
+}
+
+/// SQLite's message of `e` alone: a statement's error without the statement's text (which
+/// for a migration is the whole file).
+pub(crate) fn sqlite_message(e: &rusqlite::Error) -> String {
+    match e {
+        rusqlite::Error::SqlInputError { msg, .. } => msg.clone(),
+        rusqlite::Error::SqliteFailure(_, Some(msg)) => msg.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// The latest migration applied to `conn`'s database (`None` before any).
@@ -273,5 +353,41 @@ mod tests {
         )
         .expect("future");
         assert!(matches!(run(&mut conn), Err(MigrateError::Unknown(99999))));
+    }
+
+    #[test]
+    fn a_foreign_database_is_refused_untouched_and_a_failed_migration_is_one_line() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        conn.execute_batch("CREATE TABLE jobs (x); CREATE INDEX jobs_x ON jobs (x);")
+            .expect("foreign schema");
+        let e = run(&mut conn).expect_err("a foreign database");
+        assert!(matches!(e, MigrateError::Foreign { tables: 2 }), "{e:?}");
+        assert!(e.to_string().contains("not a Tessera store"), "{e}");
+        let recorded: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = '_sqlx_migrations'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("count");
+        assert_eq!(recorded, 0, "nothing is added to a foreign database");
+
+        // A record of migrations beside a table in the way: the first migration fails, and
+        // its error is SQLite's message, not the migration's text.
+        conn.execute_batch(
+            "CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, description TEXT NOT NULL, \
+             installed_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP, success BOOLEAN NOT NULL, \
+             checksum BLOB NOT NULL, execution_time BIGINT NOT NULL);",
+        )
+        .expect("record");
+        let e = run(&mut conn).expect_err("jobs is in the way");
+        let text = e.to_string();
+        assert!(
+            matches!(e, MigrateError::Failed { version: 1, .. }),
+            "{text}"
+        );
+        assert!(text.contains("table jobs already exists"), "{text}");
+        assert!(!text.contains('\n') && !text.contains("CREATE"), "{text}");
+        assert!(std::error::Error::source(&e).is_none(), "{e:?}");
     }
 }

@@ -122,6 +122,8 @@ enum Command {
 pub(crate) struct GroupCommit {
     queue: mpsc::Sender<Command>,
     counters: Arc<Counters>,
+    /// A store opened read-only: no writer thread, every write refused.
+    read_only: bool,
 }
 
 impl std::fmt::Debug for Command {
@@ -150,7 +152,22 @@ impl GroupCommit {
         std::thread::Builder::new()
             .name("tessera-store-writer".into())
             .spawn(move || run(conn, rx, &thread_counters))?;
-        Ok(Self { queue, counters })
+        Ok(Self {
+            queue,
+            counters,
+            read_only: false,
+        })
+    }
+
+    /// No writer at all: every write answers [`StoreError::NotCommitted`] (a store opened
+    /// read-only).
+    pub(crate) fn read_only() -> Self {
+        let (queue, _) = mpsc::channel(1);
+        Self {
+            queue,
+            counters: Arc::new(Counters::default()),
+            read_only: true,
+        }
     }
 
     /// Takes at most `n` operations (clamped to 1 ..= [`MAX_BATCH`]) into each later batch;
@@ -175,6 +192,11 @@ impl GroupCommit {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        if self.read_only {
+            return Err(StoreError::NotCommitted {
+                reason: "the store was opened read-only".into(),
+            });
+        }
         let (reply, answer) = oneshot::channel();
         let op: Box<dyn Operation> = Box::new(Pending {
             work: Some(work),
@@ -287,7 +309,15 @@ fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 }
 
 fn run_batch(conn: &Connection, batch: &mut [Box<dyn Operation>]) -> Result<(), String> {
-    exec(conn, "BEGIN IMMEDIATE").map_err(|e| format!("could not begin the batch: {e}"))?;
+    exec(conn, "BEGIN IMMEDIATE").map_err(|e| {
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) {
+            "another process holds the database's write lock (something outside the operator \
+             is writing to its database file); nothing was written, try again"
+                .to_string()
+        } else {
+            format!("could not begin the batch: {e}")
+        }
+    })?;
     for op in batch.iter_mut() {
         exec(conn, "SAVEPOINT operation")
             .map_err(|e| format!("could not open a savepoint: {e}"))?;
