@@ -170,6 +170,21 @@ pub fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
                  (no {MARKER} file in it); name a new or empty directory with --dir",
                 dir.display()
             );
+            // A demo still running here holds its operator's data directory: clearing would
+            // pull its files away under it.
+            let operator_dir = dir.join("operator");
+            if operator_dir.is_dir() {
+                match crate::datadir::lock(&operator_dir) {
+                    Ok(lock) => drop(lock),
+                    Err(crate::datadir::DataDirError::InUse { pid, .. }) => anyhow::bail!(
+                        "another demo is running on {} ({}); wait for it or name another --dir",
+                        dir.display(),
+                        pid.map_or("pid unknown".into(), |p| format!("pid {p}"))
+                    ),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            println!("clearing the earlier demo's files in {}", dir.display());
             std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
         }
     }
@@ -297,14 +312,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         declared_rows: Some(buyer_rows as u64),
     })
     .await?;
+    // Enough for the licence's price and both runs' holds at the policy's rates (5.00 per
+    // job + 0.02 per 1,000 provider rows, `trade_flow`) whatever `--rows`: 100.00 and two
+    // holds on top.
+    let hold_micros = 5_000_000 + (prov_rows as u64).div_ceil(1000) as i64 * 20_000;
+    let deposit_micros = 100_000_000 + 2 * hold_micros;
     c.deposit(pb::DepositRequest {
         account: String::new(),
-        amount_micros: 100_000_000,
+        amount_micros: deposit_micros,
         idempotency_key: "demo-topup-1".into(),
         into: String::new(),
     })
     .await?;
-    println!("{USER} deposited {}", fmt_micros(100_000_000));
+    println!("{USER} deposited {}", fmt_micros(deposit_micros));
     let lic = trade_flow(&addr, &tokens[0], &tokens[1]).await?;
 
     let submit = |mode: pb::PsiMode, output: &str| pb::SubmitJobRequest {
@@ -632,6 +652,18 @@ mod tests {
         prepare_dir(&fresh).expect("the demo's");
         assert!(!fresh.join("old.csv").exists());
         assert!(fresh.join(MARKER).is_file());
+        // Not while a demo's operator runs on it.
+        let running = crate::datadir::lock(&fresh.join("operator")).expect("a running demo");
+        std::fs::write(fresh.join("live.csv"), "x").expect("write");
+        let e = prepare_dir(&fresh).expect_err("in use");
+        assert!(
+            format!("{e:#}").contains("another demo is running"),
+            "{e:#}"
+        );
+        assert!(fresh.join("live.csv").exists());
+        drop(running);
+        prepare_dir(&fresh).expect("once it stopped");
+        assert!(!fresh.join("live.csv").exists());
         // A file where the directory should be is refused.
         let file = root.path().join("file");
         std::fs::write(&file, "x").expect("write");

@@ -356,11 +356,19 @@ pub async fn start(config: &OperatorConfig) -> anyhow::Result<OperatorHandle> {
         .context("loading the key broker's dataset keys")?;
     tracing::info!(dataset_keys = keys, "key broker ready");
     let recovered = scheduler.recover().await?;
-    if recovered > 0 {
+    if recovered.failed > 0 {
         tracing::warn!(
-            jobs = recovered,
+            jobs = recovered.failed,
             "failed jobs left unfinished by a previous run: counts released before their \
              delivery point, consumed and charged after it"
+        );
+    }
+    if recovered.taken_up > 0 {
+        tracing::info!(
+            jobs = recovered.taken_up,
+            resume_window_secs = config.resume_window_secs,
+            "took up jobs left running by a previous run: they go on once their workers are \
+             back (or resume where they stopped), else fail when the resume window ends"
         );
     }
     bootstrap_admin(&scheduler, &config.data_dir).await?;

@@ -129,6 +129,16 @@ impl Default for SchedulerConfig {
     }
 }
 
+/// What [`Scheduler::recover`] did with the jobs an earlier run of the operator left
+/// unfinished.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Ended as failed (not resumable, or resuming is off).
+    pub failed: usize,
+    /// Taken up as interrupted: they run on or resume once their workers are back.
+    pub taken_up: usize,
+}
+
 /// Something sent to a worker.
 #[derive(Debug, Clone)]
 pub enum Delivery {
@@ -534,12 +544,17 @@ impl Scheduler {
     /// resumable ones, which are taken up as interrupted ([`resume`]: their tasks may run on,
     /// or resume). Before its delivery point the count is released and the holds voided;
     /// after it the count is consumed and the job charged.
-    pub async fn recover(&self) -> Result<usize, SchedulerError> {
+    ///
+    /// Returns how many jobs were failed and how many taken up.
+    pub async fn recover(&self) -> Result<Recovered, SchedulerError> {
         let unfinished = self.store.unfinished_jobs().await?;
+        let mut recovered = Recovered::default();
         for j in &unfinished {
             if self.reattach(j).await? {
+                recovered.taken_up += 1;
                 continue;
             }
+            recovered.failed += 1;
             self.finish(
                 &j.job_id,
                 tessera_store::JobFinish::Failed {
@@ -550,7 +565,7 @@ impl Scheduler {
             )
             .await?;
         }
-        Ok(unfinished.len())
+        Ok(recovered)
     }
 
     /// A job with its live progress.

@@ -364,8 +364,9 @@ async fn fl_job(a: FlJobArgs) -> anyhow::Result<()> {
         }),
         _ => None,
     };
-    let j = c
-        .submit_job(pb::SubmitJobRequest {
+    let j = send_submission(
+        &mut c,
+        pb::SubmitJobRequest {
             licence_id: a.licences.first().cloned().unwrap_or_default(),
             scene: tessera_core::job::scene::FL.into(),
             buyer_party: a.buyer_party,
@@ -388,9 +389,9 @@ async fn fl_job(a: FlJobArgs) -> anyhow::Result<()> {
                 dp,
             }),
             ..pb::SubmitJobRequest::default()
-        })
-        .await?
-        .into_inner();
+        },
+    )
+    .await?;
     print_and_follow(&mut c, j, a.watch).await
 }
 
@@ -415,8 +416,9 @@ async fn keyed_job(
         watch: follow,
     } = args;
     let mut c = conn.connect().await?;
-    let j = c
-        .submit_job(pb::SubmitJobRequest {
+    let j = send_submission(
+        &mut c,
+        pb::SubmitJobRequest {
             licence_id: licence,
             scene: scene.into(),
             buyer_party,
@@ -431,10 +433,47 @@ async fn keyed_job(
             output,
             request_id: request_id.unwrap_or_default(),
             ..fill
-        })
-        .await?
-        .into_inner();
+        },
+    )
+    .await?;
     print_and_follow(&mut c, j, follow).await
+}
+
+/// Sends a submission. Without a request id the CLI gives it one (`cli-` and 16 random hex
+/// digits), so that a submission whose answer is lost — the connection broke, the operator
+/// stopped — can be sent again without a second admission; the error then says how.
+///
+/// Errors: the operator's answer, or the transport's with that hint.
+async fn send_submission(
+    c: &mut super::conn::Client,
+    mut req: pb::SubmitJobRequest,
+) -> anyhow::Result<pb::Job> {
+    if req.request_id.is_empty() {
+        let mut bytes = [0u8; 8];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+        req.request_id = format!("cli-{}", hex::encode(bytes));
+    }
+    let request_id = req.request_id.clone();
+    match c.submit_job(req).await {
+        Ok(answer) => Ok(answer.into_inner()),
+        Err(s) if answer_may_be_lost(&s) => Err(anyhow::Error::new(s).context(format!(
+            "no answer to the submission, and the operator may have admitted it: run the same \
+             command again with --request-id {request_id} to get that job (never a second one)"
+        ))),
+        Err(s) => Err(s.into()),
+    }
+}
+
+/// Whether a failed call may have been carried out with its answer lost on the way back.
+fn answer_may_be_lost(s: &tonic::Status) -> bool {
+    crate::exit::is_transport(s)
+        || matches!(
+            s.code(),
+            tonic::Code::Unavailable
+                | tonic::Code::Unknown
+                | tonic::Code::Cancelled
+                | tonic::Code::DeadlineExceeded
+        )
 }
 
 /// Prints a submitted job's line and, with `follow`, follows it to its end and prints that
@@ -720,8 +759,9 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<()> {
                 None => pb::PsiProtocol::Unspecified.into(),
             };
             let mut c = conn.connect().await?;
-            let j = c
-                .submit_job(pb::SubmitJobRequest {
+            let j = send_submission(
+                &mut c,
+                pb::SubmitJobRequest {
                     user: String::new(),
                     licence_id: licence,
                     scene: scene.into(),
@@ -753,9 +793,9 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<()> {
                     payload_columns: payload,
                     mpc_triples: pb::MpcTriples::Unspecified.into(),
                     fl: None,
-                })
-                .await?
-                .into_inner();
+                },
+            )
+            .await?;
             print_and_follow(&mut c, j, follow).await?;
         }
         JobCmd::Preview {
@@ -770,8 +810,9 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<()> {
         } => {
             let (first, last) = rows.unwrap_or((0, 0));
             let mut c = conn.connect().await?;
-            let j = c
-                .submit_job(pb::SubmitJobRequest {
+            let j = send_submission(
+                &mut c,
+                pb::SubmitJobRequest {
                     licence_id: licence,
                     scene: tessera_core::job::scene::PREVIEW.into(),
                     buyer_party,
@@ -783,9 +824,9 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<()> {
                     mpc_query: String::new(),
                     mpc_columns: Vec::new(),
                     ..pb::SubmitJobRequest::default()
-                })
-                .await?
-                .into_inner();
+                },
+            )
+            .await?;
             print_and_follow(&mut c, j, follow).await?;
         }
         JobCmd::Mpc(args) => {

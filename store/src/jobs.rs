@@ -849,6 +849,19 @@ where
         } else {
             (JobState::Refused, CountState::None)
         };
+        // A refusal only because no worker could take the job now (none live yet while the
+        // workers come back after a restart, say) is not kept under the request id: a retry
+        // with the same id is decided afresh. Any other answer is the request id's for good.
+        let transient = !allowed
+            && !reasons.is_empty()
+            && reasons
+                .iter()
+                .all(|r| matches!(r, Refusal::NoWorker { .. }));
+        let request_id = if transient {
+            None
+        } else {
+            job.request_id.clone()
+        };
         let reason_texts: Vec<String> = reasons.iter().map(ToString::to_string).collect();
         let reasons_json = serde_json::to_string(&reason_texts).map_err(corrupt)?;
         let output_name = if allowed { job.output.as_str() } else { "" };
@@ -891,7 +904,7 @@ where
                 &job.buyer_party,
                 &job.provider_party,
                 output_name,
-                &job.request_id,
+                &request_id,
                 job.protocol.as_str(),
                 decision.mpc_triples.map_or("", MpcTriples::as_str),
                 &co_licences_text,
@@ -929,7 +942,7 @@ where
             &job.job_id,
             &serde_json::json!({
                 "licence_id": job.licence_id, "scene": job.scene, "user": job.user,
-                "request_id": job.request_id, "reasons": reason_texts, "detail": decision.detail,
+                "request_id": request_id, "reasons": reason_texts, "detail": decision.detail,
                 // The job row's other fields as written, so `audit verify` re-derives it.
                 "mode": job.mode.as_str(), "protocol": job.protocol.as_str(),
                 "mpc_triples": decision.mpc_triples.map_or("", MpcTriples::as_str),

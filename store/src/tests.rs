@@ -576,6 +576,82 @@ async fn a_request_id_admits_once_per_user() {
     );
 }
 
+/// A refusal only for want of a live worker is not kept under the request id (the workers may
+/// be coming back after a restart): a retry is decided afresh, and then kept. A refusal for
+/// another reason is the request id's answer for good.
+#[tokio::test]
+async fn a_refusal_for_want_of_a_worker_leaves_the_request_id_free() {
+    let (_dir, store) = open().await;
+    seed_licence(&store, 5).await;
+    let with_id = |i: usize, request_id: &str| NewJob {
+        request_id: Some(request_id.into()),
+        ..new_job(i)
+    };
+    let refuse = |reason: Refusal| {
+        move |_: &AdmitContext<'_>| {
+            Ok::<_, StoreError>(Decision {
+                allowed: false,
+                reasons: vec![reason.clone()],
+                detail: serde_json::json!({}),
+                tasks: vec![],
+                holds: vec![],
+                auto_frozen: None,
+                mpc_triples: None,
+            })
+        }
+    };
+    let no_worker = Refusal::NoWorker {
+        reason: "no live worker of party p".into(),
+    };
+    let out = store
+        .admit(&with_id(1, "r-1"), refuse(no_worker.clone()))
+        .await
+        .expect("refused");
+    let AdmitOutcome::Refused { job, .. } = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(job.request_id, None, "not kept under the request id");
+    let out = store.admit(&with_id(2, "r-1"), allow).await.expect("retry");
+    let AdmitOutcome::Admitted(admitted) = out else {
+        panic!("decided afresh: {out:?}")
+    };
+    assert_eq!(admitted.request_id.as_deref(), Some("r-1"));
+    assert_eq!(
+        store
+            .admit(&with_id(3, "r-1"), allow)
+            .await
+            .expect("replay"),
+        AdmitOutcome::Replayed(admitted)
+    );
+    // Another refusal is kept.
+    let out = store
+        .admit(
+            &with_id(4, "r-2"),
+            refuse(Refusal::QuotaExhausted {
+                scene: "psi".into(),
+            }),
+        )
+        .await
+        .expect("refused");
+    let AdmitOutcome::Refused { job, .. } = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(job.request_id.as_deref(), Some("r-2"));
+    assert_eq!(
+        store
+            .admit(&with_id(5, "r-2"), allow)
+            .await
+            .expect("replay"),
+        AdmitOutcome::Replayed(job)
+    );
+    assert_eq!(
+        store.remaining_count("lic", "psi").await.expect("rem"),
+        Some(4)
+    );
+    let v = store.verify_audit().await.expect("verify");
+    assert!(v.ok(), "{}", v.detail);
+}
+
 /// Issue 8 item 1: past the delivery milestone a job cannot be released.
 #[tokio::test]
 async fn a_delivered_job_cannot_end_released() {

@@ -991,13 +991,16 @@ fn reconnect_error(s: tonic::Status) -> ReconnectError {
     }
 }
 
-/// Waits between attempts to get back to the operator: 1 s, doubling, at most 10 s, with no
-/// limit on the count (the [`RECONNECT_WINDOW`] deadline ends the attempts).
+/// Waits between attempts to get back to the operator: 250 ms, doubling, at most 2 s, with
+/// jitter and no limit on the count (the [`RECONNECT_WINDOW`] deadline ends the attempts). A
+/// restarted operator places no job until its workers are back, so they come back within
+/// about 2 s of it; an attempt against an operator still down is one refused connection.
 fn reconnect_backoff() -> ExponentialBuilder {
     ExponentialBuilder::new()
-        .with_min_delay(Duration::from_secs(1))
+        .with_min_delay(Duration::from_millis(250))
         .with_factor(2.0)
-        .with_max_delay(Duration::from_secs(10))
+        .with_max_delay(Duration::from_secs(2))
+        .with_jitter()
         .without_max_times()
 }
 
