@@ -490,6 +490,14 @@ fn load_or_create_ca(dir: &Path) -> anyhow::Result<tessera_pki::CertificateAutho
     }
     std::fs::write(&cert_path, &cert)
         .with_context(|| format!("writing {}", cert_path.display()))?;
+    // Readable by all (clients and workers are given it), writable by the owner only,
+    // whatever the umask.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&cert_path, std::fs::Permissions::from_mode(0o644))
+            .with_context(|| format!("setting the mode of {}", cert_path.display()))?;
+    }
     std::fs::rename(&tmp, &key_path).with_context(|| format!("writing {}", key_path.display()))?;
     Ok(ca)
 }

@@ -33,7 +33,7 @@ pub enum CheckpointError {
 
 /// A head of the audit chain with the node's signature: the receipt form carried by tickets,
 /// API answers and export files.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SignedHead {
     /// Number of entries in the chain at the checkpoint (= sequence number of its last entry,
     /// from 1).

@@ -23,7 +23,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -70,8 +70,11 @@ struct PartyLabel {
 }
 
 fn histogram() -> Histogram {
-    // 0.1 s .. ~1.8 h.
-    Histogram::new(exponential_buckets(0.1, 3.0, 12))
+    // 0.1 s .. 2 h, written out: bounds computed in floating point print as
+    // `le="0.30000000000000004"`.
+    Histogram::new([
+        0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0,
+    ])
 }
 
 /// The operator's metrics.

@@ -272,8 +272,10 @@ pub async fn dataset(cmd: DatasetCmd) -> anyhow::Result<()> {
                 None => {
                     use std::io::Write as _;
                     let mut stdout = std::io::stdout().lock();
-                    stdout.write_all(text.as_bytes())?;
-                    stdout.flush()?;
+                    stdout
+                        .write_all(text.as_bytes())
+                        .and_then(|()| stdout.flush())
+                        .map_err(super::output::stdout_error)?;
                 }
             }
             if log.truncated {

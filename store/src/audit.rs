@@ -201,7 +201,8 @@ pub struct AuditVerification {
     pub first_broken_seq: Option<i64>,
     /// What is wrong (every finding, `; `-separated), or a summary when nothing is.
     pub detail: String,
-    /// Signed checkpoints checked (the store's and the outside ones).
+    /// Distinct signed checkpoints checked (the store's and the outside ones; a head in
+    /// both counted once).
     pub checkpoints: u64,
     /// Whether the checkpoints' signatures were checked (a node key was given).
     pub signatures_checked: bool,
@@ -688,7 +689,12 @@ pub fn verify_all(
         entries: chain_len,
         first_broken_seq,
         detail,
-        checkpoints: checkpoints.len() as u64,
+        // The same signed head in the store and in an auditor's file is one checkpoint.
+        checkpoints: checkpoints
+            .iter()
+            .map(|(_, h)| h)
+            .collect::<std::collections::HashSet<_>>()
+            .len() as u64,
         signatures_checked: key.is_some(),
         transfers,
         records: checked,

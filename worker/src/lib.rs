@@ -155,19 +155,20 @@ struct Shared {
 /// Shortest time between two progress reports of one task.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 
-/// A task's progress to the operator: at most one report per [`PROGRESS_INTERVAL`]. The
-/// first goes at once; a later one inside the interval waits and is sent at its end as the
-/// latest state, unless the task has ended by then (its result says more). A task shorter
-/// than the interval sends one report, not one per phase.
+/// A task's progress to the operator: at most one report per [`PROGRESS_INTERVAL`], the first
+/// once the task has run that long. A report inside an interval waits and is sent at its end
+/// as the latest state, unless the task has ended by then (its result says more): a task
+/// shorter than the interval sends no report at all (tiny jobs by the thousand would
+/// otherwise cost the operator a call each for a state nobody sees).
 struct ProgressSink {
     shared: Arc<Shared>,
     task_id: String,
     throttle: Arc<std::sync::Mutex<Throttle>>,
 }
 
-#[derive(Default)]
 struct Throttle {
-    last_sent: Option<tokio::time::Instant>,
+    /// When the last report went, or, before the first, when the task started.
+    last_sent: tokio::time::Instant,
     /// The latest report held back, sent at the end of the interval.
     pending: Option<pb::ProgressReport>,
     flush_scheduled: bool,
@@ -179,7 +180,12 @@ impl ProgressSink {
         Self {
             shared,
             task_id,
-            throttle: Arc::default(),
+            throttle: Arc::new(std::sync::Mutex::new(Throttle {
+                last_sent: tokio::time::Instant::now(),
+                pending: None,
+                flush_scheduled: false,
+                ended: false,
+            })),
         }
     }
 
@@ -216,9 +222,9 @@ impl tessera_psi::Progress for ProgressSink {
         if t.ended {
             return;
         }
-        let due = t.last_sent.map(|at| at + PROGRESS_INTERVAL);
+        let due = t.last_sent + PROGRESS_INTERVAL;
         match due {
-            Some(due) if now < due => {
+            due if now < due => {
                 t.pending = Some(req);
                 if !t.flush_scheduled {
                     t.flush_scheduled = true;
@@ -230,7 +236,7 @@ impl tessera_psi::Progress for ProgressSink {
                                 t.flush_scheduled = false;
                                 let held = t.pending.take();
                                 if held.is_some() {
-                                    t.last_sent = Some(tokio::time::Instant::now());
+                                    t.last_sent = tokio::time::Instant::now();
                                 }
                                 held
                             }
@@ -243,7 +249,7 @@ impl tessera_psi::Progress for ProgressSink {
                 }
             }
             _ => {
-                t.last_sent = Some(now);
+                t.last_sent = now;
                 t.pending = None;
                 drop(t);
                 tokio::spawn(send_progress(self.shared.client.clone(), req));
