@@ -147,59 +147,88 @@ fn generate_data(dir: &Path, rows: usize, seed: u64) -> anyhow::Result<DemoData>
 /// clear that directory (and only such a directory).
 pub const MARKER: &str = ".tessera-demo";
 
-/// Makes `dir` an empty working directory marked as the demo's. A directory that does not
-/// exist is created; an empty one is used; one holding [`MARKER`] is cleared; any other
-/// non-empty directory is refused, so the demo never deletes files it did not write.
+/// A demo's hold on its working directory: an OS lock (`flock(2)`) on the directory itself,
+/// held for the whole run, so that a second demo on the same directory refuses instead of
+/// clearing files under the first. Released when dropped or when the process ends.
+#[derive(Debug)]
+pub struct DemoDirLock {
+    _dir: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// Makes `dir` an empty working directory marked as the demo's, and locks it for the run. A
+/// directory that does not exist is created; an empty one is used; one holding [`MARKER`] is
+/// emptied; any other non-empty directory is refused, so the demo never deletes files it did
+/// not write. The directory is locked before anything in it is read or removed.
 ///
-/// Errors: `dir` is not empty and not the demo's, is not a directory, or cannot be written.
-pub fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
+/// Errors: another demo holds `dir`; `dir` is not empty and not the demo's, is not a
+/// directory, or cannot be written.
+pub fn prepare_dir(dir: &Path) -> anyhow::Result<DemoDirLock> {
     if dir.exists() {
         anyhow::ensure!(
             dir.is_dir(),
             "{} exists and is not a directory",
             dir.display()
         );
-        let empty = std::fs::read_dir(dir)
-            .with_context(|| format!("reading {}", dir.display()))?
-            .next()
-            .is_none();
-        if !empty {
-            anyhow::ensure!(
-                dir.join(MARKER).is_file(),
-                "refusing to use {}: it is not empty and was not created by `tessera demo` \
-                 (no {MARKER} file in it); name a new or empty directory with --dir",
-                dir.display()
-            );
-            // A demo still running here holds its operator's data directory: clearing would
-            // pull its files away under it.
-            let operator_dir = dir.join("operator");
-            if operator_dir.is_dir() {
-                match crate::datadir::lock(&operator_dir) {
-                    Ok(lock) => drop(lock),
-                    Err(crate::datadir::DataDirError::InUse { pid, .. }) => anyhow::bail!(
-                        "another demo is running on {} ({}); wait for it or name another --dir",
-                        dir.display(),
-                        pid.map_or("pid unknown".into(), |p| format!("pid {p}"))
-                    ),
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            println!("clearing the earlier demo's files in {}", dir.display());
-            std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
-        }
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let handle = std::fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+    let lock = match nix::fcntl::Flock::lock(handle, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(l) => l,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => anyhow::bail!(
+            "another demo is running on {}; wait for it or name another --dir",
+            dir.display()
+        ),
+        Err((_, e)) => {
+            return Err(std::io::Error::from(e))
+                .with_context(|| format!("locking {}", dir.display()));
+        }
+    };
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("reading {}", dir.display()))?;
+    if !entries.is_empty() {
+        anyhow::ensure!(
+            dir.join(MARKER).is_file(),
+            "refusing to use {}: it is not empty and was not created by `tessera demo` \
+             (no {MARKER} file in it); name a new or empty directory with --dir",
+            dir.display()
+        );
+        // A demo of an earlier build did not lock the directory: its operator's lock tells.
+        let operator_dir = dir.join("operator");
+        if operator_dir.is_dir() {
+            match crate::datadir::lock(&operator_dir) {
+                Ok(l) => drop(l),
+                Err(crate::datadir::DataDirError::InUse { pid, .. }) => anyhow::bail!(
+                    "another demo is running on {} ({}); wait for it or name another --dir",
+                    dir.display(),
+                    pid.map_or("pid unknown".into(), |p| format!("pid {p}"))
+                ),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        println!("clearing the earlier demo's files in {}", dir.display());
+        for e in entries {
+            let path = e.path();
+            let removed = if e.file_type().is_ok_and(|t| t.is_dir()) {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            removed.with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
     std::fs::write(
         dir.join(MARKER),
         "created by `tessera demo`; the next demo run on this directory deletes its contents\n",
     )
     .with_context(|| format!("writing {}", dir.join(MARKER).display()))?;
-    Ok(())
+    Ok(DemoDirLock { _dir: lock })
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let rows = args.rows.max(10);
-    prepare_dir(&args.dir)?;
+    let _dir_lock = prepare_dir(&args.dir)?;
     let data = generate_data(&args.dir, rows, args.seed)?;
     let (prov_rows, buyer_rows, truth) = (data.provider_rows, data.buyer_rows, data.truth);
 
@@ -642,18 +671,19 @@ mod tests {
         );
         // A new directory is created and marked; an empty one is used.
         let fresh = root.path().join("fresh");
-        prepare_dir(&fresh).expect("new");
+        drop(prepare_dir(&fresh).expect("new"));
         assert!(fresh.join(MARKER).is_file());
         let empty = root.path().join("empty");
         std::fs::create_dir(&empty).expect("mkdir");
-        prepare_dir(&empty).expect("empty");
+        drop(prepare_dir(&empty).expect("empty"));
         // The demo's own directory is cleared on the next run.
         std::fs::write(fresh.join("old.csv"), "x").expect("write");
-        prepare_dir(&fresh).expect("the demo's");
+        drop(prepare_dir(&fresh).expect("the demo's"));
         assert!(!fresh.join("old.csv").exists());
         assert!(fresh.join(MARKER).is_file());
-        // Not while a demo's operator runs on it.
-        let running = crate::datadir::lock(&fresh.join("operator")).expect("a running demo");
+        // Not while another demo holds it, from its very start (before its marker is
+        // written), nor while an earlier build's demo operator runs on it.
+        let running = prepare_dir(&fresh).expect("a running demo");
         std::fs::write(fresh.join("live.csv"), "x").expect("write");
         let e = prepare_dir(&fresh).expect_err("in use");
         assert!(
@@ -662,7 +692,14 @@ mod tests {
         );
         assert!(fresh.join("live.csv").exists());
         drop(running);
-        prepare_dir(&fresh).expect("once it stopped");
+        let operator = crate::datadir::lock(&fresh.join("operator")).expect("an operator");
+        let e = prepare_dir(&fresh).expect_err("its operator runs");
+        assert!(
+            format!("{e:#}").contains("another demo is running"),
+            "{e:#}"
+        );
+        drop(operator);
+        drop(prepare_dir(&fresh).expect("once it stopped"));
         assert!(!fresh.join("live.csv").exists());
         // A file where the directory should be is refused.
         let file = root.path().join("file");

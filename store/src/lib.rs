@@ -267,6 +267,9 @@ fn open_writer(path: &Path, synchronous: &str) -> Result<Connection, StoreError>
     let conn = Connection::open(path)?;
     conn.busy_timeout(WRITE_BUSY_TIMEOUT)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    // Before the journal mode, which is written into the file's header: a foreign database
+    // is left exactly as it was.
+    migrate::refuse_foreign(&conn)?;
     // `journal_mode` answers with the mode set; the others answer nothing.
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
@@ -311,9 +314,10 @@ impl Store {
     /// created, migrated, narrowed or written, and an operator may be running on it. Every
     /// write answers [`StoreError::NotCommitted`].
     ///
-    /// A file in a directory this process cannot write (a read-only copy or mount) is read as
-    /// immutable — SQLite then needs no `-shm` file — provided no `-wal` file beside it holds
-    /// changes that would be missed.
+    /// A file with no `-wal` file beside it (no connection has it open), or in a directory
+    /// this process cannot write (a read-only copy or mount) with an empty `-wal`, is read as
+    /// immutable: SQLite then creates no `-shm` file. One whose `-wal` holds changes is
+    /// refused where SQLite cannot create its `-shm` file.
     ///
     /// # Errors
     /// [`StoreError::Io`] when there is no such file or it is not a regular file;
@@ -328,9 +332,20 @@ impl Store {
                 path.display()
             ))));
         }
+        if meta.len() == 0 {
+            return Err(StoreError::Io(std::io::Error::other(format!(
+                "{} is empty: no store",
+                path.display()
+            ))));
+        }
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let wal = PathBuf::from(wal);
+        // No write-ahead log beside it: no connection has the file open (SQLite keeps the log
+        // while one does), so it is read as immutable and nothing is created beside it.
         let mut readers = Readers {
             path: path.to_path_buf(),
-            immutable: false,
+            immutable: !wal.exists(),
             idle: Mutex::new(Vec::new()),
         };
         let probe = |conn: &Connection| -> Result<(), StoreError> {
@@ -345,9 +360,6 @@ impl Store {
                     Some(rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::ReadOnly)
                 ) =>
             {
-                let mut wal = path.as_os_str().to_owned();
-                wal.push("-wal");
-                let wal = PathBuf::from(wal);
                 if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
                     return Err(StoreError::ReadOnly {
                         path: path.to_path_buf(),
@@ -715,5 +727,42 @@ mod file_mode_tests {
                 .starts_with("none")),
             "nothing is created"
         );
+    }
+
+    #[tokio::test]
+    async fn a_closed_store_is_verified_without_a_file_created_beside_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("tessera.db");
+        Store::open(&db).await.expect("open").close().await;
+        for suffix in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(format!("tessera.db{suffix}")));
+        }
+        let ro = Store::open_read_only(&db).expect("read-only");
+        assert!(ro.verify_audit().await.expect("verify").ok());
+        ro.close().await;
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["tessera.db"]);
+        std::fs::write(&db, b"").expect("empty");
+        assert!(matches!(Store::open_read_only(&db), Err(StoreError::Io(_))));
+    }
+
+    #[tokio::test]
+    async fn a_foreign_database_is_left_byte_for_byte_as_it_was() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("tessera.db");
+        Connection::open(&db)
+            .and_then(|c| c.execute_batch("CREATE TABLE jobs (x); INSERT INTO jobs VALUES (1);"))
+            .expect("foreign");
+        let before = std::fs::read(&db).expect("read");
+        assert!(matches!(
+            Store::open(&db).await,
+            Err(StoreError::Migrate(migrate::MigrateError::Foreign {
+                tables: 1
+            }))
+        ));
+        assert_eq!(std::fs::read(&db).expect("read"), before);
     }
 }

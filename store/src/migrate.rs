@@ -160,21 +160,7 @@ const MIGRATIONS: &[Migration] = &[
 /// # Errors
 /// [`MigrateError`].
 pub(crate) fn run(conn: &mut Connection) -> Result<(), MigrateError> {
-    let recorded: bool = conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
-        [],
-        |r| r.get(0),
-    )?;
-    if !recorded {
-        let tables: i64 = conn.query_row(
-            "SELECT COUNT(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
-            [],
-            |r| r.get(0),
-        )?;
-        if tables > 0 {
-            return Err(MigrateError::Foreign { tables });
-        }
-    }
+    refuse_foreign(conn)?;
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS _sqlx_migrations (
             version BIGINT PRIMARY KEY,
@@ -206,6 +192,30 @@ pub(crate) fn run(conn: &mut Connection) -> Result<(), MigrateError> {
         )
         .map_err(failed)?;
         tx.commit().map_err(failed)?;
+    }
+    Ok(())
+}
+
+/// Refuses a database that holds tables but no record of Tessera's migrations, reading only
+/// (called before anything — even the journal mode — is set on the file).
+///
+/// # Errors
+/// [`MigrateError::Foreign`]; `Table`.
+pub(crate) fn refuse_foreign(conn: &Connection) -> Result<(), MigrateError> {
+    let recorded: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !recorded {
+        let tables: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
+            [],
+            |r| r.get(0),
+        )?;
+        if tables > 0 {
+            return Err(MigrateError::Foreign { tables });
+        }
     }
     Ok(())
 }
