@@ -570,6 +570,9 @@ async fn sixty_four_submissions_against_ten_runs_survive_an_operator_sigkill() {
         };
         let answered = answered.clone();
         clients.push(tokio::spawn(async move {
+            // Spread over about 200 ms, so that the kill below (after the third answer) finds
+            // submissions still to come however fast the operator answers.
+            tokio::time::sleep(Duration::from_millis(3 * i as u64)).await;
             let mut tries = 0;
             loop {
                 tries += 1;
