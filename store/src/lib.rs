@@ -626,24 +626,28 @@ mod file_mode_tests {
         store.close().await;
     }
 
-    #[tokio::test]
-    async fn a_write_lock_held_by_another_process_fails_the_batch_in_seconds_and_loses_nothing() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = dir.path().join("tessera.db");
-        let store = Store::open(&db).await.expect("open");
-        let record = |id: &str| DatasetRecord {
+    /// A dataset `id` of party `p`, for a write.
+    fn dataset_record(id: &str) -> DatasetRecord {
+        DatasetRecord {
             dataset_id: id.into(),
             owner_party: "p".into(),
             location: format!("{id}.csv"),
             description: String::new(),
             declared_rows: None,
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_lock_held_by_another_process_fails_the_batch_in_seconds_and_loses_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("tessera.db");
+        let store = Store::open(&db).await.expect("open");
         // Another process (here a second connection) takes the write lock and keeps it.
         let other = Connection::open(&db).expect("other connection");
         other.execute_batch("BEGIN IMMEDIATE").expect("lock");
         let started = std::time::Instant::now();
         let e = store
-            .create_dataset(&record("blocked"), 1)
+            .create_dataset(&dataset_record("blocked"), 1)
             .await
             .expect_err("the lock is held");
         let waited = started.elapsed();
@@ -656,7 +660,7 @@ mod file_mode_tests {
         assert!(store.dataset("blocked").await.is_err());
         other.execute_batch("ROLLBACK").expect("unlock");
         store
-            .create_dataset(&record("after"), 2)
+            .create_dataset(&dataset_record("after"), 2)
             .await
             .expect("write after the lock");
         assert!(store.dataset("after").await.is_ok());
@@ -668,19 +672,15 @@ mod file_mode_tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = dir.path().join("tessera.db");
         let store = Store::open(&db).await.expect("open");
-        let record = |id: &str| DatasetRecord {
-            dataset_id: id.into(),
-            owner_party: "p".into(),
-            location: format!("{id}.csv"),
-            description: String::new(),
-            declared_rows: None,
-        };
-        store.create_dataset(&record("ds"), 1).await.expect("write");
+        store
+            .create_dataset(&dataset_record("ds"), 1)
+            .await
+            .expect("write");
         // Read-only beside the running store: it sees the committed state.
         let ro = Store::open_read_only(&db).expect("read-only");
         assert!(ro.dataset("ds").await.is_ok());
         let e = ro
-            .create_dataset(&record("more"), 2)
+            .create_dataset(&dataset_record("more"), 2)
             .await
             .expect_err("read-only");
         assert!(

@@ -202,22 +202,31 @@ pub(crate) fn run(conn: &mut Connection) -> Result<(), MigrateError> {
 /// # Errors
 /// [`MigrateError::Foreign`]; `Table`.
 pub(crate) fn refuse_foreign(conn: &Connection) -> Result<(), MigrateError> {
-    let recorded: bool = conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
-        [],
-        |r| r.get(0),
-    )?;
-    if !recorded {
-        let tables: i64 = conn.query_row(
-            "SELECT COUNT(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
-            [],
-            |r| r.get(0),
-        )?;
+    if !has_record(conn)? {
+        let tables = schema_objects(conn)?;
         if tables > 0 {
             return Err(MigrateError::Foreign { tables });
         }
     }
     Ok(())
+}
+
+/// Whether `conn`'s database has the table recording Tessera's migrations.
+fn has_record(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
+        [],
+        |r| r.get(0),
+    )
+}
+
+/// The tables, views, indexes and triggers of `conn`'s database, SQLite's own left out.
+fn schema_objects(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
+        [],
+        |r| r.get(0),
+    )
 }
 
 /// The migrations recorded in `conn`'s database, each checked against this build's.
@@ -252,14 +261,10 @@ fn applied(conn: &Connection) -> Result<Vec<i64>, MigrateError> {
 /// [`MigrateError::Foreign`] (no record of migrations), [`MigrateError::Behind`], and those
 /// of [`applied`].
 pub(crate) fn check_current(conn: &Connection) -> Result<(), MigrateError> {
-    let recorded: bool = conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
-        [],
-        |r| r.get(0),
-    )?;
-    if !recorded {
-        let tables: i64 = conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))?;
-        return Err(MigrateError::Foreign { tables });
+    if !has_record(conn)? {
+        return Err(MigrateError::Foreign {
+            tables: schema_objects(conn)?,
+        });
     }
     let applied = applied(conn)?;
     if let Some(m) = MIGRATIONS.iter().find(|m| !applied.contains(&m.version)) {

@@ -588,28 +588,27 @@ async fn a_refusal_for_want_of_a_worker_leaves_the_request_id_free() {
         ..new_job(i)
     };
     let refuse = |reason: Refusal| {
-        move |_: &AdmitContext<'_>| {
+        move |c: &AdmitContext<'_>| {
             Ok::<_, StoreError>(Decision {
                 allowed: false,
                 reasons: vec![reason.clone()],
-                detail: serde_json::json!({}),
-                tasks: vec![],
-                holds: vec![],
-                auto_frozen: None,
-                mpc_triples: None,
+                ..allow(c)?
             })
         }
+    };
+    let refused = |out: AdmitOutcome| match out {
+        AdmitOutcome::Refused { job, .. } => job,
+        other => panic!("expected a refusal: {other:?}"),
     };
     let no_worker = Refusal::NoWorker {
         reason: "no live worker of party p".into(),
     };
-    let out = store
-        .admit(&with_id(1, "r-1"), refuse(no_worker.clone()))
-        .await
-        .expect("refused");
-    let AdmitOutcome::Refused { job, .. } = out else {
-        panic!("{out:?}")
-    };
+    let job = refused(
+        store
+            .admit(&with_id(1, "r-1"), refuse(no_worker.clone()))
+            .await
+            .expect("refused"),
+    );
     assert_eq!(job.request_id, None, "not kept under the request id");
     let out = store.admit(&with_id(2, "r-1"), allow).await.expect("retry");
     let AdmitOutcome::Admitted(admitted) = out else {
@@ -624,18 +623,17 @@ async fn a_refusal_for_want_of_a_worker_leaves_the_request_id_free() {
         AdmitOutcome::Replayed(admitted)
     );
     // Another refusal is kept.
-    let out = store
-        .admit(
-            &with_id(4, "r-2"),
-            refuse(Refusal::QuotaExhausted {
-                scene: "psi".into(),
-            }),
-        )
-        .await
-        .expect("refused");
-    let AdmitOutcome::Refused { job, .. } = out else {
-        panic!("{out:?}")
-    };
+    let job = refused(
+        store
+            .admit(
+                &with_id(4, "r-2"),
+                refuse(Refusal::QuotaExhausted {
+                    scene: "psi".into(),
+                }),
+            )
+            .await
+            .expect("refused"),
+    );
     assert_eq!(job.request_id.as_deref(), Some("r-2"));
     assert_eq!(
         store
