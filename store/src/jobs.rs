@@ -715,6 +715,14 @@ impl Store {
     }
 }
 
+/// The live or succeeded job that already writes a buyer's output name (`?1` the buyer's
+/// party, `?2` the name). It states `jobs_by_output`'s condition (`output_name <> ''`) itself:
+/// the store's connections plan without looking at bound values, so the index is used only
+/// when the query implies its condition on its own.
+pub(crate) const OUTPUT_TAKEN: &str = "SELECT job_id FROM jobs \
+     WHERE buyer_party = ?1 AND output_name = ?2 AND output_name <> '' \
+     AND state IN ('admitted', 'running', 'succeeded') ORDER BY created_at_ms LIMIT 1";
+
 /// The admission transaction's work on `conn`; `None` from `decide` writes nothing.
 fn admit_in<F>(
     conn: &Connection,
@@ -783,14 +791,11 @@ where
         let output_taken_by = if job.output.is_empty() {
             None
         } else {
-            conn.prepare_cached(
-                "SELECT job_id FROM jobs WHERE buyer_party = ? AND output_name = ? \
-                 AND state IN ('admitted', 'running', 'succeeded') ORDER BY created_at_ms LIMIT 1",
-            )?
-            .query_row(params![&job.buyer_party, &job.output], |r| {
-                r.get::<_, String>(0)
-            })
-            .optional()?
+            conn.prepare_cached(OUTPUT_TAKEN)?
+                .query_row(params![&job.buyer_party, &job.output], |r| {
+                    r.get::<_, String>(0)
+                })
+                .optional()?
         };
         let Some(decision) = decide(&AdmitContext {
             licence: licence.as_ref(),

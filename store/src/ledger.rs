@@ -358,13 +358,15 @@ fn resolve(
     Ok(TransferOutcome::Created)
 }
 
+/// The query behind [`open_holds`]: a job's pending transfers not yet posted or voided (`?`
+/// the job id).
+pub(crate) const OPEN_HOLDS: &str = "SELECT t.transfer_id, t.debit_account, t.credit_account, t.amount_micros \
+     FROM ledger_transfers t WHERE t.job_id = ? AND t.kind = 'pending' \
+     AND NOT EXISTS (SELECT 1 FROM ledger_transfers r WHERE r.pending_id = t.transfer_id) ORDER BY t.rowid";
+
 /// Holds of `job_id` that are neither posted nor voided, in the order written.
 pub(crate) fn open_holds(conn: &Connection, job_id: &str) -> Result<Vec<HoldRecord>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT t.transfer_id, t.debit_account, t.credit_account, t.amount_micros FROM ledger_transfers t \
-         WHERE t.job_id = ? AND t.kind = 'pending' \
-         AND NOT EXISTS (SELECT 1 FROM ledger_transfers r WHERE r.pending_id = t.transfer_id) ORDER BY t.rowid",
-    )?;
+    let mut stmt = conn.prepare_cached(OPEN_HOLDS)?;
     let mut rows = stmt.query(params![job_id])?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {

@@ -1195,21 +1195,23 @@ fn ed25519_public(secret: &[u8; 32]) -> String {
         })
 }
 
-/// Why a licence made by a controlled delivery may no longer admit jobs: its publication was
-/// revoked, or its trade licence is no longer valid (`None`: it may, or it was not made by
-/// the trade flow).
-pub(crate) fn withdrawn(conn: &Connection, licence_id: &str) -> Result<Option<String>, StoreError> {
-    let r = conn
-        .prepare_cached(
-            "SELECT l.licenses_id, l.status, p.status, l.registration_id, l.data_id, tp.policy_id, \
+/// The query behind [`withdrawn`]: the trade licence, publication and revocation of one
+/// licence (`?` its id).
+pub(crate) const WITHDRAWN: &str = "SELECT l.licenses_id, l.status, p.status, l.registration_id, l.data_id, tp.policy_id, \
              (SELECT r.kind || ' ' || r.subject || ' by ' || r.revoked_by || CASE WHEN r.reason = '' THEN '' ELSE ': ' || r.reason END FROM trade_revocations r \
               WHERE (r.kind = 'licence' AND r.subject = l.licenses_id) OR (r.kind = 'policy' AND r.subject = tp.policy_id) \
               ORDER BY r.revoked_at_ms LIMIT 1) \
              FROM trade_policies tp \
              JOIN trade_licences l ON l.licenses_id = tp.licenses_id \
              LEFT JOIN trade_publications p ON p.registration_id = l.registration_id AND p.data_id = l.data_id \
-             WHERE tp.licence_id = ?",
-        )?
+             WHERE tp.licence_id = ?";
+
+/// Why a licence made by a controlled delivery may no longer admit jobs: its publication was
+/// revoked, or its trade licence is no longer valid (`None`: it may, or it was not made by
+/// the trade flow).
+pub(crate) fn withdrawn(conn: &Connection, licence_id: &str) -> Result<Option<String>, StoreError> {
+    let r = conn
+        .prepare_cached(WITHDRAWN)?
         .query_row(params![licence_id], |r| {
             Ok((
                 r.get::<_, String>(0)?,
