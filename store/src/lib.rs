@@ -296,8 +296,14 @@ fn open_writer(path: &Path, synchronous: &str) -> Result<Connection, StoreError>
             "the database refused write-ahead logging (journal mode {mode})"
         )));
     }
+    // `temp_store = MEMORY`: the savepoint journal of each operation in a batch (the first
+    // image of every page the operation changes, so that it alone can be rolled back) stays
+    // in memory. Otherwise SQLite spills it to a temporary file once past 64 KiB, as a job's
+    // end (pages of jobs, tasks, usage, ledger, bills and audit) often was: an open, 64 KiB of
+    // writes and a close per such operation (measured: the system CPU of `tessera bench
+    // admission` fell by a sixth without them).
     conn.execute_batch(&format!(
-        "PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = ON;"
+        "PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY;"
     ))?;
     Ok(conn)
 }

@@ -278,3 +278,15 @@ async fn the_output_name_query_uses_its_partial_index() {
         .expect("plan");
     assert!(plan.contains("jobs_by_output"), "{plan}");
 }
+
+/// The writer keeps SQLite's temporary storage in memory: the savepoint journal of a large
+/// operation (a job's end touches about twenty pages) is never spilled to a temporary file.
+#[tokio::test]
+async fn the_writer_keeps_savepoint_journals_in_memory() {
+    let (_dir, store) = open().await;
+    let mode = store
+        .write(|conn| Ok(conn.query_row("PRAGMA temp_store", [], |r| r.get::<_, i64>(0))?))
+        .await
+        .expect("pragma");
+    assert_eq!(mode, 2, "temp_store = MEMORY");
+}
