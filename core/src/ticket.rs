@@ -174,6 +174,10 @@ pub struct TicketVerifier {
     worker_id: String,
     seen: HashMap<String, i64>,
     order: VecDeque<(String, i64)>,
+    /// The audit head verified last, exactly as signed: the operator hands one signed head
+    /// to the tickets of many admissions, and a ticket carrying an equal head (every field,
+    /// signature included) needs no second verification.
+    verified_head: Option<SignedHead>,
 }
 
 impl TicketVerifier {
@@ -191,6 +195,7 @@ impl TicketVerifier {
             worker_id: worker_id.into(),
             seen: HashMap::new(),
             order: VecDeque::new(),
+            verified_head: None,
         })
     }
 
@@ -213,8 +218,11 @@ impl TicketVerifier {
             .map_err(|_| TicketError::BadSignature)?;
         let body: TicketBody = serde_json::from_str(&ticket.body)
             .map_err(|e| TicketError::Malformed(format!("ticket body: {e}")))?;
-        if let Some(head) = &body.audit_head {
+        if let Some(head) = &body.audit_head
+            && self.verified_head.as_ref() != Some(head)
+        {
             NodeKey::from_key(self.key).verify(head)?;
+            self.verified_head = Some(head.clone());
         }
         if body.worker_id != self.worker_id {
             return Err(TicketError::WrongWorker {
@@ -331,6 +339,30 @@ mod tests {
         let hash = "ab".repeat(32);
         with_head.audit_head = Some(forger.sign_head(3, &hash, 1_000).expect("head"));
         let t = signer.sign(&with_head).expect("sign");
+        assert!(matches!(
+            v.check(&t, b"spec", 2_000),
+            Err(TicketError::AuditHead(CheckpointError::BadSignature {
+                seq: 3,
+                ..
+            }))
+        ));
+        // A genuine head is verified once and then known; a head equal to it but for a
+        // forged signature is still refused.
+        let genuine = signer.sign_head(3, &hash, 1_000).expect("head");
+        for id in ["g1", "g2"] {
+            let mut b = body("w1", b"spec", id);
+            b.audit_head = Some(genuine.clone());
+            let t = signer.sign(&b).expect("sign");
+            assert!(v.check(&t, b"spec", 2_000).is_ok(), "{id}");
+        }
+        let mut forged_head = genuine.clone();
+        forged_head.signature_hex = forger
+            .sign_head(3, &hash, 1_000)
+            .expect("head")
+            .signature_hex;
+        let mut b = body("w1", b"spec", "g3");
+        b.audit_head = Some(forged_head);
+        let t = signer.sign(&b).expect("sign");
         assert!(matches!(
             v.check(&t, b"spec", 2_000),
             Err(TicketError::AuditHead(CheckpointError::BadSignature {

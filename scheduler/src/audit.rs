@@ -26,6 +26,10 @@ use crate::SchedulerError;
 /// Longest time an entry stays without a signed checkpoint while the node runs.
 pub const SEAL_INTERVAL_MS: u64 = 1_000;
 
+/// How long a head signed by [`AuditService::sign_head`] is handed to later calls whose head it
+/// covers, instead of signing another (ms).
+pub const HEAD_REUSE_MS: i64 = 250;
+
 /// Most entries a data item's operation log returns.
 pub const DATA_ITEM_LOG_MAX: u32 = 100_000;
 
@@ -87,6 +91,9 @@ pub struct AuditService {
     clock: Arc<dyn Clock>,
     /// Serialises sealing, so one head is signed once by this node.
     seal_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The head [`AuditService::sign_head`] signed last; the lock also makes concurrent
+    /// calls share one signature.
+    last_signed: Arc<tokio::sync::Mutex<Option<SignedHead>>>,
 }
 
 impl AuditService {
@@ -98,6 +105,7 @@ impl AuditService {
             signer,
             clock,
             seal_lock: Arc::new(tokio::sync::Mutex::new(())),
+            last_signed: Arc::new(tokio::sync::Mutex::new(None)),
         }
     }
 
@@ -114,14 +122,31 @@ impl AuditService {
     ///
     /// # Errors
     /// The store's; a stored hash that is not 32 bytes of hex is `Corrupt`.
+    ///
+    /// Concurrent calls share signatures: a call whose head (read when it is made, so covering
+    /// whatever its caller wrote before) is already covered by the head signed last, less
+    /// than [`HEAD_REUSE_MS`] ago, gets that one. Otherwise it signs the head as it stands
+    /// once the calls before it are done, which covers the calls waiting behind it too. Under
+    /// load one signature serves many admissions and receipts; an idle node signs afresh.
     pub async fn sign_head(&self) -> Result<Option<SignedHead>, SchedulerError> {
         let Some(head) = self.store.audit_head().await? else {
             return Ok(None);
         };
+        let mut last = self.last_signed.lock().await;
+        let now = self.clock.now_ms();
+        if let Some(s) = last.as_ref()
+            && s.seq >= head.seq
+            && (s.at_ms..s.at_ms.saturating_add(HEAD_REUSE_MS)).contains(&now)
+        {
+            return Ok(Some(s.clone()));
+        }
+        // Read again: entries written while this call waited are covered too.
+        let head = self.store.audit_head().await?.unwrap_or(head);
         let signed = self
             .signer
-            .sign_head(head.seq, &head.hash, self.clock.now_ms())
+            .sign_head(head.seq, &head.hash, now)
             .map_err(|e| tessera_store::StoreError::Corrupt(e.to_string()))?;
+        *last = Some(signed.clone());
         Ok(Some(signed))
     }
 

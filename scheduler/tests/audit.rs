@@ -94,6 +94,61 @@ async fn tickets_and_receipts_carry_a_signed_head_covering_the_decision() {
     assert_eq!(report.checkpoints, count as u64);
 }
 
+/// Calls for a signed head share one signature while it covers what each caller wrote before
+/// asking and is younger than `HEAD_REUSE_MS`; a head written since, or an older signature,
+/// gets a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_share_a_signed_head_that_covers_each_of_them() {
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let store = Store::open_temporary().await.expect("store");
+    let (scheduler, _inboxes, licence) = node_on(store.clone(), clock.clone()).await;
+    let audit = scheduler.audit();
+    let key = NodeKey::from_hex(&TicketSigner::from_seed(&SEED).public_key_hex()).expect("key");
+
+    let before = store.audit_head().await.expect("head").expect("entries");
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let audit = audit.clone();
+        calls.spawn(async move { audit.sign_head().await });
+    }
+    let mut heads = Vec::new();
+    while let Some(h) = calls.join_next().await {
+        heads.push(h.expect("join").expect("sign").expect("a head"));
+    }
+    assert!(
+        heads.iter().all(|h| h == &heads[0]),
+        "one signature for all"
+    );
+    assert_eq!(
+        (heads[0].seq, &heads[0].head_hash),
+        (before.seq, &before.hash)
+    );
+    key.verify(&heads[0]).expect("signed by the node");
+
+    // An admission since: the next head covers it, however young the last signature is.
+    let view = scheduler.submit(request(&licence)).await.expect("submit");
+    assert_eq!(view.job.state, tessera_core::JobState::Admitted);
+    let now = store.audit_head().await.expect("head").expect("entries");
+    let after = audit.sign_head().await.expect("sign").expect("a head");
+    assert!(now.seq > before.seq);
+    assert!(after.seq >= now.seq, "{} covers {}", after.seq, now.seq);
+    key.verify(&after).expect("signed by the node");
+
+    // Nothing written since: the same signed head (signed at the same time) within the
+    // reuse window, a fresh signature after it.
+    clock.advance_ms(tessera_scheduler::audit::HEAD_REUSE_MS - 1);
+    let again = audit.sign_head().await.expect("sign").expect("a head");
+    assert_eq!(again, after);
+    clock.advance_ms(1);
+    let fresh = audit.sign_head().await.expect("sign").expect("a head");
+    assert_eq!(fresh.seq, after.seq);
+    assert_eq!(
+        fresh.at_ms,
+        after.at_ms + tessera_scheduler::audit::HEAD_REUSE_MS
+    );
+    key.verify(&fresh).expect("signed by the node");
+}
+
 /// A job whose end cannot be recorded (here: a trigger refuses it, as a full disk or a locked
 /// database would) is not lost: it stays live, and the monitor records its end on a retry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
