@@ -1,10 +1,16 @@
 //! `tessera bench admission` (issue "The control plane at 2,000 admissions a second"): a real
-//! operator (TLS, authentication on, SQLite with its production durability) and two workers on
-//! loopback in this process, tiny datasets, `jobs` size-only PSI jobs submitted by
+//! operator (TLS, authentication on, SQLite with its production durability) in this process
+//! and two workers on loopback, tiny datasets, `jobs` size-only PSI jobs submitted by
 //! `concurrency` clients (each its own connection, as the buyer), then as many submissions
 //! against an exhausted licence. Prints admissions/s, completed jobs/s, submit latency p50/p99
 //! and refusals/s, then checks exactly-once: the licence's remaining count, every job ended,
 //! the ledger balanced, the audit chain verified.
+//!
+//! Where the workers run ([`Workers`]): by default each is its own `tessera worker` process,
+//! as in a deployment, at a lower CPU priority (`nice`, default 10) so that on a box they
+//! share with the operator the jobs' execution yields the CPU to the operator's admissions
+//! (in a deployment they run on the parties' own machines); or both in this process, on the
+//! operator's runtime, competing with it on equal terms.
 //!
 //! A benchmark, not a test: it prints figures and fails only when a check fails.
 
@@ -33,6 +39,10 @@ pub struct AdmissionFigures {
     pub jobs: usize,
     /// Concurrent clients.
     pub concurrency: usize,
+    /// Where the workers ran: `processes` or `in-process`.
+    pub workers: Workers,
+    /// The workers' `nice` value (processes only; 0 in this process).
+    pub worker_nice: u8,
     /// Jobs admitted per second over the submission phase.
     pub admissions_per_s: f64,
     /// Jobs ended per second, from the first submission to the last end.
@@ -60,14 +70,27 @@ pub struct AdmissionFigures {
     pub audit_verified: bool,
 }
 
+/// Where the benchmark's two workers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Workers {
+    /// Each its own `tessera worker` process (started with `nice -n N`, N = `--worker-nice`).
+    Processes,
+    /// Both in this process, on the operator's runtime.
+    InProcess,
+}
+
 /// Runs the benchmark in `dir` (created; emptied first if it exists).
 ///
-/// Errors: the cluster cannot start, a call fails, or a job does not end within 10 minutes.
+/// Errors: the cluster cannot start (a worker process does not come up within 60 s), a call
+/// fails, or a job does not end within 10 minutes.
 pub async fn run(
     dir: &Path,
     jobs: usize,
     concurrency: usize,
     max_batch: usize,
+    placement: Workers,
+    worker_nice: u8,
 ) -> anyhow::Result<AdmissionFigures> {
     anyhow::ensure!(jobs >= 1, "--jobs must be at least 1");
     anyhow::ensure!(
@@ -109,6 +132,7 @@ pub async fn run(
     let mut buyer = connect_with(&addr, Some(&buyer_token)).await?;
     let key = std::fs::read_to_string(data_dir.join(operator::PUBLIC_KEY_FILE))?;
     let mut workers = Vec::new();
+    let mut processes = Vec::new();
     for (party, owner) in [(PROVIDER, &mut provider), (BUYER, &mut buyer)] {
         let datasets = dir.join(party).join("datasets");
         std::fs::create_dir_all(&datasets)?;
@@ -120,19 +144,32 @@ pub async fn run(
             })
             .await?
             .into_inner();
-        let mut cfg = tessera_worker::WorkerConfig::new(
-            addr.url.clone(),
-            WorkerAttributes {
-                party: party.into(),
-                ..WorkerAttributes::default()
-            },
-            datasets,
-            dir.join(party).join("outputs"),
-        );
-        cfg.operator_key_hex = key.trim().to_owned();
-        cfg.operator_ca_pem = Some(ca_pem.clone());
-        cfg.registration = tessera_proto::TokenHeader::new(&reg.secret_token)?;
-        workers.push(tessera_worker::start(cfg, Arc::new(SystemClock)).await?);
+        let outputs = dir.join(party).join("outputs");
+        match placement {
+            Workers::InProcess => {
+                let mut cfg = tessera_worker::WorkerConfig::new(
+                    addr.url.clone(),
+                    WorkerAttributes {
+                        party: party.into(),
+                        ..WorkerAttributes::default()
+                    },
+                    datasets,
+                    outputs,
+                );
+                cfg.operator_key_hex = key.trim().to_owned();
+                cfg.operator_ca_pem = Some(ca_pem.clone());
+                cfg.registration = tessera_proto::TokenHeader::new(&reg.secret_token)?;
+                workers.push(tessera_worker::start(cfg, Arc::new(SystemClock)).await?);
+            }
+            Workers::Processes => processes.push(spawn_worker(
+                &addr.url,
+                &data_dir,
+                dir,
+                party,
+                &reg.secret_token,
+                worker_nice,
+            )?),
+        }
         owner
             .create_dataset(pb::CreateDatasetRequest {
                 dataset_id: format!("ds-{party}"),
@@ -142,6 +179,9 @@ pub async fn run(
                 declared_rows: Some(3),
             })
             .await?;
+    }
+    if placement == Workers::Processes {
+        until_live(&mut admin, &mut processes).await?;
     }
     let licence = |counts: usize| {
         let policy = json!({
@@ -237,6 +277,12 @@ pub async fn run(
     let figures = AdmissionFigures {
         jobs,
         concurrency,
+        workers: placement,
+        worker_nice: if placement == Workers::Processes {
+            worker_nice
+        } else {
+            0
+        },
         admissions_per_s: jobs as f64 / submit_s,
         completed_per_s: jobs as f64 / complete_s,
         p50_ms: pct(0.50),
@@ -253,10 +299,105 @@ pub async fn run(
         ledger_balanced: balances.balanced,
         audit_verified: audit.ok,
     };
-    // The process ends right after: stopping the workers and the operator here would only
-    // race their last heartbeats against the store's closing.
+    // Worker processes are stopped and reaped (their CPU time counts in this process's
+    // children's). The process ends right after: stopping the in-process workers and the
+    // operator here would only race their last heartbeats against the store's closing.
+    for p in &mut processes {
+        let _ = p.start_kill();
+        let _ = p.wait().await;
+    }
     drop((workers, op));
     Ok(figures)
+}
+
+/// Starts `tessera worker` for `party` as a process of its own (`nice -n nice` when `nice` is
+/// above 0), its log in `dir/party/worker.log`; the registration token goes in its
+/// environment, not its command line. The child is killed if dropped.
+fn spawn_worker(
+    url: &str,
+    data_dir: &Path,
+    dir: &Path,
+    party: &str,
+    registration_token: &str,
+    nice: u8,
+) -> anyhow::Result<tokio::process::Child> {
+    let exe = std::env::current_exe().context("finding this program")?;
+    let log_path = dir.join(party).join("worker.log");
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
+    let mut cmd = if nice > 0 {
+        let mut c = tokio::process::Command::new("nice");
+        c.arg("-n").arg(nice.to_string()).arg(&exe);
+        c
+    } else {
+        tokio::process::Command::new(&exe)
+    };
+    cmd.arg("worker")
+        .args(["--operator", url, "--party", party])
+        .arg("--datasets")
+        .arg(dir.join(party).join("datasets"))
+        .arg("--outputs")
+        .arg(dir.join(party).join("outputs"))
+        .arg("--operator-key-file")
+        .arg(data_dir.join(operator::PUBLIC_KEY_FILE))
+        .arg("--ca-file")
+        .arg(data_dir.join(operator::CA_CERT_FILE))
+        .env("TESSERA_REGISTRATION_TOKEN", registration_token)
+        .env_remove("TESSERA_REGISTRATION_TOKEN_FILE")
+        .env_remove("TESSERA_CONFIG")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true);
+    cmd.spawn().with_context(|| {
+        if nice > 0 {
+            format!(
+                "starting the {party} worker under `nice` (not found? --worker-nice 0 runs \
+                 it without)"
+            )
+        } else {
+            format!("starting the {party} worker")
+        }
+    })
+}
+
+/// Waits until both worker processes are live at the operator (at most 60 s); a process that
+/// exits first is an error naming its log.
+async fn until_live(
+    admin: &mut Client,
+    processes: &mut [tokio::process::Child],
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for (p, party) in processes.iter_mut().zip([PROVIDER, BUYER]) {
+            if let Some(status) = p.try_wait()? {
+                anyhow::bail!(
+                    "the {party} worker exited ({status}) before it was live: see \
+                     {party}/worker.log in the benchmark's directory (--dir keeps it)"
+                );
+            }
+        }
+        let listed = admin
+            .list_workers(pb::WorkerQuery::default())
+            .await?
+            .into_inner();
+        let live = [PROVIDER, BUYER].iter().all(|party| {
+            listed.workers.iter().any(|w| {
+                w.live
+                    && w.attributes
+                        .as_ref()
+                        .is_some_and(|a| a.party.as_str() == *party)
+            })
+        });
+        if live {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the worker processes were not live within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Submits `n` size-only jobs under `licence` with `concurrency` clients, each on its own

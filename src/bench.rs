@@ -96,6 +96,16 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = tessera_store::MAX_BATCH,
               value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u16).range(1..=256), usize::from))]
         max_batch: usize,
+        /// Where the two workers run: each its own `tessera worker` process (as deployed), or
+        /// both in this process on the operator's runtime.
+        #[arg(long, value_enum, default_value_t = crate::admission_bench::Workers::Processes)]
+        workers: crate::admission_bench::Workers,
+        /// The worker processes' CPU priority (`nice -n N`, 0 ..= 19; 0 starts them without
+        /// `nice`): on a box shared with the operator their jobs yield the CPU to its
+        /// admissions, as workers on the parties' own machines would not take it at all.
+        #[arg(long, default_value_t = 10,
+              value_parser = clap::value_parser!(u8).range(0..=19))]
+        worker_nice: u8,
     },
     /// Two-party MPC over gRPC on loopback: fixed-point elementwise multiplication (`mul`) and
     /// inner product (`mulsum`) of N elements, with dealer triples and with dealer-free
@@ -486,12 +496,22 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             json,
             dir,
             max_batch,
+            workers,
+            worker_nice,
         } => {
             let scratch = dir.is_none();
             let dir = dir.unwrap_or_else(|| {
                 std::env::temp_dir().join(format!("tessera-bench-admission-{}", std::process::id()))
             });
-            let f = crate::admission_bench::run(&dir, jobs, concurrency, max_batch).await;
+            let f = crate::admission_bench::run(
+                &dir,
+                jobs,
+                concurrency,
+                max_batch,
+                workers,
+                worker_nice,
+            )
+            .await;
             if scratch {
                 let _ = std::fs::remove_dir_all(&dir);
             }
@@ -500,11 +520,17 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&f)?);
             } else {
                 println!(
-                    "admission jobs={} concurrency={} admissions/s={:.0} completed/s={:.0} \
-                     p50={:.1}ms p99={:.1}ms refusals/s={:.0} max_batch={} writes/commit={:.1} \
-                     succeeded={} count_exact={} ledger_balanced={} audit_verified={}",
+                    "admission jobs={} concurrency={} workers={} worker_nice={} admissions/s={:.0} \
+                     completed/s={:.0} p50={:.1}ms p99={:.1}ms refusals/s={:.0} max_batch={} \
+                     writes/commit={:.1} succeeded={} count_exact={} ledger_balanced={} \
+                     audit_verified={}",
                     f.jobs,
                     f.concurrency,
+                    match f.workers {
+                        crate::admission_bench::Workers::Processes => "processes",
+                        crate::admission_bench::Workers::InProcess => "in-process",
+                    },
+                    f.worker_nice,
                     f.admissions_per_s,
                     f.completed_per_s,
                     f.p50_ms,

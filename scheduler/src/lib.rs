@@ -381,6 +381,10 @@ pub struct Scheduler {
     ids: Arc<Ids>,
     workers: Mutex<HashMap<String, LiveWorker>>,
     jobs: Mutex<HashMap<String, LiveJob>>,
+    /// Task id → job id of the live jobs' tasks, so that a worker's report finds its job
+    /// without a scan of every live job. Only a hint: a report whose task it does not name
+    /// (or names wrongly) is looked for by a scan ([`Scheduler::index_tasks`]).
+    task_jobs: std::sync::Mutex<HashMap<String, String>>,
     /// Ends that could not be recorded, retried by the monitor: job id → (the end, when to try
     /// again, in UTC milliseconds).
     unended: Mutex<HashMap<String, (tessera_store::JobFinish, i64)>>,
@@ -429,6 +433,7 @@ impl Scheduler {
             }),
             workers: Mutex::new(HashMap::new()),
             jobs: Mutex::new(HashMap::new()),
+            task_jobs: std::sync::Mutex::new(HashMap::new()),
             unended: Mutex::new(HashMap::new()),
             metrics: Arc::new(metrics::Metrics::new()),
             ca: std::sync::OnceLock::new(),

@@ -267,13 +267,18 @@ impl Scheduler {
     /// derived from the jobs themselves (a count kept on the side drifted when a job ended
     /// without passing by it).
     pub(crate) async fn running_tasks(&self) -> HashMap<String, usize> {
-        let mut running: HashMap<String, usize> = HashMap::new();
-        for job in self.jobs.lock().await.values() {
+        // Counted under borrowed ids (no copy per task), copied once per worker.
+        let jobs = self.jobs.lock().await;
+        let mut running: HashMap<&str, usize> = HashMap::new();
+        for job in jobs.values() {
             for t in job.tasks.values().filter(|t| t.report.is_none()) {
-                *running.entry(t.worker_id.clone()).or_default() += 1;
+                *running.entry(t.worker_id.as_str()).or_default() += 1;
             }
         }
         running
+            .into_iter()
+            .map(|(id, n)| (id.to_owned(), n))
+            .collect()
     }
 
     /// Snapshot of the workers the operator knows (lost ones included until forgotten).

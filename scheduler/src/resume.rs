@@ -375,6 +375,7 @@ impl Scheduler {
             why: why.clone(),
             origin: None,
         });
+        self.index_tasks(&job.job_id, &live, true);
         self.jobs.lock().await.insert(job.job_id.clone(), live);
         let details = serde_json::json!({
             "reason": why,

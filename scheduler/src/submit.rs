@@ -1444,6 +1444,7 @@ impl Scheduler {
             false,
         );
         live.co_parts = self.co_parts(&job).await?;
+        self.index_tasks(&job_id, &live, true);
         self.jobs.lock().await.insert(job_id.clone(), live);
         let now = self.now();
         let mut failure = None;
@@ -1549,21 +1550,61 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Adds (`live`) or removes (`None`) the index entries of `job`'s tasks (see
+    /// `Scheduler::task_jobs`).
+    pub(crate) fn index_tasks(&self, job_id: &str, job: &LiveJob, live: bool) {
+        let mut index = self
+            .task_jobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for task_id in job.tasks.keys() {
+            if live {
+                index.insert(task_id.clone(), job_id.to_owned());
+            } else {
+                index.remove(task_id);
+            }
+        }
+    }
+
+    /// Tasks in the live-task index: those of the live jobs (none left behind by an ended
+    /// job).
+    pub fn indexed_tasks(&self) -> usize {
+        self.task_jobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
+    /// The live job whose task `task_id` runs on `worker_id`: through the task index, or by a
+    /// scan of the live jobs when the index does not name it.
     fn task_owner<'a>(
+        &self,
         jobs: &'a mut HashMap<String, LiveJob>,
         worker_id: &str,
         task_id: &str,
-    ) -> Result<(&'a str, &'a mut LiveJob), SchedulerError> {
-        jobs.iter_mut()
-            .find(|(_, j)| {
-                j.tasks
-                    .get(task_id)
-                    .is_some_and(|t| t.worker_id == worker_id)
-            })
-            .map(|(id, j)| (id.as_str(), j))
-            .ok_or_else(|| {
-                SchedulerError::NotFound(format!("running task {task_id} of worker {worker_id}"))
-            })
+    ) -> Result<(String, &'a mut LiveJob), SchedulerError> {
+        let owns = |j: &LiveJob| {
+            j.tasks
+                .get(task_id)
+                .is_some_and(|t| t.worker_id == worker_id)
+        };
+        let hint = self
+            .task_jobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(task_id)
+            .cloned()
+            .filter(|id| jobs.get(id).is_some_and(owns));
+        let found = match hint {
+            Some(id) => jobs.get_mut(&id).map(|j| (id, j)),
+            None => jobs
+                .iter_mut()
+                .find(|(_, j)| owns(j))
+                .map(|(id, j)| (id.clone(), j)),
+        };
+        found.ok_or_else(|| {
+            SchedulerError::NotFound(format!("running task {task_id} of worker {worker_id}"))
+        })
     }
 
     /// Records a worker's progress on a task.
@@ -1576,7 +1617,7 @@ impl Scheduler {
         total: u64,
     ) -> Result<(), SchedulerError> {
         let mut jobs = self.jobs.lock().await;
-        let (_, job) = Self::task_owner(&mut jobs, worker_id, task_id)?;
+        let (_, job) = self.task_owner(&mut jobs, worker_id, task_id)?;
         let (party, role) = job
             .tasks
             .get(task_id)
@@ -1641,8 +1682,7 @@ impl Scheduler {
         let sender_ok;
         let (job_id, finish) = {
             let mut jobs = self.jobs.lock().await;
-            let (job_id, job) = Self::task_owner(&mut jobs, worker_id, task_id)?;
-            let job_id = job_id.to_string();
+            let (job_id, job) = self.task_owner(&mut jobs, worker_id, task_id)?;
             let Some(task) = job.tasks.get_mut(task_id) else {
                 return Err(SchedulerError::NotFound(format!("task {task_id}")));
             };
@@ -1874,7 +1914,7 @@ impl Scheduler {
     ) -> Result<(), SchedulerError> {
         let job_id = {
             let mut jobs = self.jobs.lock().await;
-            let (job_id, job) = Self::task_owner(&mut jobs, worker_id, task_id)?;
+            let (job_id, job) = self.task_owner(&mut jobs, worker_id, task_id)?;
             match job.tasks.get_mut(task_id) {
                 Some(t) if t.role == TaskRole::Sender => t.delivered_rows = Some(rows_in),
                 _ => {
@@ -2049,6 +2089,9 @@ impl Scheduler {
         finish: JobFinish,
     ) -> Result<(), SchedulerError> {
         let live = self.jobs.lock().await.remove(job_id);
+        if let Some(l) = &live {
+            self.index_tasks(job_id, l, false);
+        }
         let now = self.now();
         let attempt = finish.clone();
         let ended = match self.store.finish_job(job_id, &finish, now).await {
@@ -2076,6 +2119,7 @@ impl Scheduler {
                 // workers' running counts stay true.
                 tracing::error!(job = %job_id, error = %e, "ending the job failed; it stays live and is retried");
                 if let Some(live) = live {
+                    self.index_tasks(job_id, &live, true);
                     self.jobs.lock().await.insert(job_id.to_string(), live);
                 }
                 self.unended.lock().await.insert(

@@ -128,6 +128,7 @@ async fn a_report_whose_caller_goes_away_still_ends_the_job() {
         for polls in 1..=8 {
             let (scheduler, mut inboxes, licence) = node().await;
             let (job_id, tasks) = dispatched(&scheduler, &licence, &mut inboxes).await;
+            assert_eq!(scheduler.indexed_tasks(), 2, "the live job's two tasks");
             let (sender, receiver) = (&tasks[0], &tasks[1]);
             if ok {
                 scheduler
@@ -152,6 +153,11 @@ async fn a_report_whose_caller_goes_away_still_ends_the_job() {
                 "dropped after {polls} poll(s): {job:?}"
             );
             assert_settled(&scheduler, &licence, &job).await;
+            assert_eq!(
+                scheduler.indexed_tasks(),
+                0,
+                "an ended job leaves no index entry"
+            );
         }
     }
 }

@@ -25,7 +25,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 /// Metadata key carrying the session id.
 pub const SESSION_HEADER: &str = "x-tessera-session";
-/// Sessions that may wait in the hub for their task at once.
+/// Sessions dialled in by peers that may wait in the hub for their task at once (the tasks
+/// of this worker waiting for their peers are not counted: there is one per task the
+/// operator assigned, however many).
 pub const PENDING_SESSIONS_MAX: usize = 256;
 
 /// A peer link over a gRPC stream (a [`FrameLink`] on the `Peer.Exchange` stream).
@@ -235,37 +237,56 @@ impl GrpcLink {
         let mut client = PeerClient::new(channel)
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
-        let (tx, rx) = mpsc::channel(tessera_core::limits::LINK_QUEUE_FRAMES);
-        let mut req = Request::new(ReceiverStream::new(rx));
-        let value = session_id.parse().map_err(|_| {
+        let value: tonic::metadata::MetadataValue<_> = session_id.parse().map_err(|_| {
             OpenError::Refused(LinkError::Transport(
                 "session id is not valid metadata".into(),
             ))
         })?;
-        req.metadata_mut().insert(SESSION_HEADER, value);
-        // The peer answers at once (its hub takes the stream whether or not its task waits
-        // yet); a peer that accepted the connection but never answers is gone.
-        let left = deadline
-            .saturating_duration_since(tokio::time::Instant::now())
-            .max(Duration::from_secs(1));
-        let resp = tokio::time::timeout(left, client.exchange(req))
-            .await
-            .map_err(|_| {
-                OpenError::Broken(LinkError::PeerGone(format!(
-                    "peer {addr} did not answer within {} ms",
-                    connect_timeout.as_millis()
-                )))
-            })?
-            .map_err(|s| match status_to_link(&s) {
-                e @ LinkError::PeerGone(_) => OpenError::Broken(e),
-                e => OpenError::Refused(e),
-            })?;
-        Ok(Self::new(
-            tx,
-            resp.into_inner().boxed(),
-            frame_bytes_max,
-            idle_timeout,
-        ))
+        // A hub full of sessions nobody claimed yet (its worker is behind on its tasks) says
+        // so with `resource_exhausted`: this side waits and asks again until the connect
+        // window closes, as it would for a peer not listening yet.
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let (tx, rx) = mpsc::channel(tessera_core::limits::LINK_QUEUE_FRAMES);
+            let mut req = Request::new(ReceiverStream::new(rx));
+            req.metadata_mut().insert(SESSION_HEADER, value.clone());
+            // The peer answers at once (its hub takes the stream whether or not its task
+            // waits yet); a peer that accepted the connection but never answers is gone.
+            let left = deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .max(Duration::from_secs(1));
+            let answer = tokio::time::timeout(left, client.exchange(req))
+                .await
+                .map_err(|_| {
+                    OpenError::Broken(LinkError::PeerGone(format!(
+                        "peer {addr} did not answer within {} ms",
+                        connect_timeout.as_millis()
+                    )))
+                })?;
+            match answer {
+                Ok(resp) => {
+                    return Ok(Self::new(
+                        tx,
+                        resp.into_inner().boxed(),
+                        frame_bytes_max,
+                        idle_timeout,
+                    ));
+                }
+                Err(s)
+                    if s.code() == tonic::Code::ResourceExhausted
+                        && tokio::time::Instant::now() + pause < deadline =>
+                {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                Err(s) => {
+                    return Err(match status_to_link(&s) {
+                        e @ LinkError::PeerGone(_) => OpenError::Broken(e),
+                        e => OpenError::Refused(e),
+                    });
+                }
+            }
+        }
     }
 }
 
@@ -483,7 +504,14 @@ impl PeerHub {
                 .send(link)
                 .map_err(|_| Status::unavailable("the task for this session has ended")),
             Some(Slot::Arrived(..)) => Err(Status::already_exists("session already connected")),
-            None if slots.len() >= PENDING_SESSIONS_MAX => {
+            // Only arrivals count: a waiting slot is one of this worker's own tasks (as many
+            // as the operator assigned it), an arrival is what a peer pushed unasked.
+            None if slots
+                .values()
+                .filter(|s| matches!(s, Slot::Arrived(..)))
+                .count()
+                >= PENDING_SESSIONS_MAX =>
+            {
                 Err(Status::resource_exhausted("too many pending peer sessions"))
             }
             None => {
@@ -1002,6 +1030,78 @@ mod tests {
         drop(d);
         let err = a.recv().await.expect_err("peer gone");
         assert!(matches!(err, LinkError::PeerGone(_)), "{err:?}");
+    }
+
+    /// The hub's bound is on sessions peers dialled in that no task claimed yet, not on this
+    /// worker's own tasks waiting for their peers: with more tasks waiting than the bound, a
+    /// peer dialling in for a task not yet waiting is still taken. Past the bound of unclaimed
+    /// arrivals a dialler waits for room within its connect window, and is refused when the
+    /// window closes first.
+    #[tokio::test]
+    async fn the_hub_bounds_unclaimed_arrivals_not_its_own_waiting_tasks() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let hub = PeerHub::new(1024, Duration::from_secs(10));
+        tokio::spawn(serve_peer(hub.clone(), listener));
+        let mut waiting = Vec::new();
+        for i in 0..=PENDING_SESSIONS_MAX {
+            let hub = hub.clone();
+            waiting.push(tokio::spawn(async move {
+                hub.accept(&format!("task-{i}"), Duration::from_secs(30))
+                    .await
+            }));
+        }
+        while hub.lock().len() <= PENDING_SESSIONS_MAX {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let dial = |session: String, window: Duration| {
+            let addr = addr.clone();
+            async move { GrpcLink::dial(&addr, &session, 1024, Duration::from_secs(10), window).await }
+        };
+        let window = Duration::from_secs(10);
+        // Arrivals for tasks not yet waiting: up to the bound, all taken.
+        let mut arrived = Vec::new();
+        for i in 0..PENDING_SESSIONS_MAX {
+            let link = dial(format!("early-{i}"), window).await.expect("taken");
+            link.send(Bytes::from_static(b"x")).await.expect("send");
+            arrived.push(link);
+        }
+        // Past the bound: a dialler whose window closes while the hub stays full is refused.
+        let refused = dial("over".into(), Duration::from_millis(300))
+            .await
+            .expect_err("refused");
+        assert!(
+            refused
+                .to_string()
+                .contains("too many pending peer sessions"),
+            "{refused}"
+        );
+        // One that may wait longer is taken once a task claims an arrival.
+        let later = tokio::spawn(dial("later".into(), window));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!later.is_finished(), "it waits while the hub is full");
+        let a = hub
+            .accept("early-0", Duration::from_secs(10))
+            .await
+            .expect("claimed");
+        assert_eq!(a.recv().await.expect("frame"), Bytes::from_static(b"x"));
+        let l = later
+            .await
+            .expect("join")
+            .expect("taken once there was room");
+        l.send(Bytes::from_static(b"z")).await.expect("send");
+        let a = hub
+            .accept("later", Duration::from_secs(10))
+            .await
+            .expect("claimed");
+        assert_eq!(a.recv().await.expect("frame"), Bytes::from_static(b"z"));
+        // The waiting tasks still get their peers.
+        let d = dial("task-0".into(), window).await.expect("dial");
+        d.send(Bytes::from_static(b"y")).await.expect("send");
+        let a = waiting.remove(0).await.expect("join").expect("accepted");
+        assert_eq!(a.recv().await.expect("frame"), Bytes::from_static(b"y"));
     }
 
     #[tokio::test]
