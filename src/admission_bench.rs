@@ -37,7 +37,7 @@ const BUYER: &str = "bench-buy";
 pub struct AdmissionFigures {
     /// Jobs submitted.
     pub jobs: usize,
-    /// Concurrent clients.
+    /// Concurrent clients (at most one per job).
     pub concurrency: usize,
     /// Where the workers ran: `processes` or `in-process`.
     pub workers: Workers,
@@ -70,6 +70,54 @@ pub struct AdmissionFigures {
     pub audit_verified: bool,
 }
 
+/// The file that marks a directory as this benchmark's own, which a later run may clear.
+pub const DIR_MARKER: &str = ".tessera-bench-admission";
+
+/// Makes `dir` ready for a run: created when missing; an empty directory is taken; one this
+/// benchmark made before (holding [`DIR_MARKER`]) has its contents cleared. Anything else — a
+/// file, a directory with other contents — is refused and left as it is.
+///
+/// # Errors
+/// The refusals above; the file system's.
+fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+        Ok(m) if !m.is_dir() => {
+            anyhow::bail!("{} exists and is not a directory", dir.display())
+        }
+        Ok(_) => {
+            let entries: Vec<_> = std::fs::read_dir(dir)
+                .with_context(|| format!("reading {}", dir.display()))?
+                .collect::<Result<_, _>>()?;
+            let ours = entries.iter().any(|e| e.file_name() == DIR_MARKER);
+            anyhow::ensure!(
+                entries.is_empty() || ours,
+                "refusing to clear {}: it is not empty and no earlier `bench admission` made it \
+                 (no {DIR_MARKER} in it); name a new or empty directory",
+                dir.display()
+            );
+            for e in entries {
+                let path = e.path();
+                let removed = if e.file_type()?.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+                removed.with_context(|| format!("clearing {}", path.display()))?;
+            }
+        }
+    }
+    std::fs::write(
+        dir.join(DIR_MARKER),
+        "made by tessera bench admission; cleared by its next run\n",
+    )
+    .with_context(|| format!("marking {}", dir.display()))?;
+    Ok(())
+}
+
 /// Where the benchmark's two workers run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -92,14 +140,15 @@ pub async fn run(
     placement: Workers,
     worker_nice: u8,
 ) -> anyhow::Result<AdmissionFigures> {
-    anyhow::ensure!(jobs >= 1, "--jobs must be at least 1");
+    anyhow::ensure!(
+        (1..=1_000_000).contains(&jobs),
+        "--jobs must be 1 ..= 1,000,000"
+    );
     anyhow::ensure!(
         (1..=1024).contains(&concurrency),
         "--concurrency must be 1 ..= 1024"
     );
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
-    }
+    prepare_dir(dir)?;
     let data_dir = dir.join("operator");
     let op = operator::start(&OperatorConfig {
         listen: "127.0.0.1:0".into(),
@@ -181,7 +230,7 @@ pub async fn run(
             .await?;
     }
     if placement == Workers::Processes {
-        until_live(&mut admin, &mut processes).await?;
+        until_live(&mut admin, &mut processes, dir).await?;
     }
     let licence = |counts: usize| {
         let policy = json!({
@@ -220,11 +269,9 @@ pub async fn run(
         })
         .await?;
 
-    // Admissions.
-    let t0 = Instant::now();
-    let (latencies, job_ids, admitted) =
+    // Admissions, timed from when every client has connected.
+    let (latencies, job_ids, admitted, t0, submit_s) =
         submit_all(&addr, &buyer_token, &main_licence, jobs, concurrency).await?;
-    let submit_s = t0.elapsed().as_secs_f64();
     anyhow::ensure!(
         admitted == jobs,
         "{} of {jobs} submissions were not admitted",
@@ -249,16 +296,14 @@ pub async fn run(
     drop(job_ids);
 
     // Refusals against an exhausted licence (its one run taken first).
-    let (_, _, first) = submit_all(&addr, &buyer_token, &spent_licence, 1, 1).await?;
+    let (_, _, first, _, _) = submit_all(&addr, &buyer_token, &spent_licence, 1, 1).await?;
     anyhow::ensure!(
         first == 1,
         "the one run of the second licence was not admitted"
     );
     let refusals = jobs.min(2_000);
-    let t1 = Instant::now();
-    let (_, _, wrongly_admitted) =
+    let (_, _, wrongly_admitted, _, refuse_s) =
         submit_all(&addr, &buyer_token, &spent_licence, refusals, concurrency).await?;
-    let refuse_s = t1.elapsed().as_secs_f64();
     anyhow::ensure!(
         wrongly_admitted == 0,
         "{wrongly_admitted} submissions were admitted past the licence's count"
@@ -276,7 +321,7 @@ pub async fn run(
     };
     let figures = AdmissionFigures {
         jobs,
-        concurrency,
+        concurrency: concurrency.min(jobs),
         workers: placement,
         worker_nice: if placement == Workers::Processes {
             worker_nice
@@ -366,14 +411,16 @@ fn spawn_worker(
 async fn until_live(
     admin: &mut Client,
     processes: &mut [tokio::process::Child],
+    dir: &Path,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         for (p, party) in processes.iter_mut().zip([PROVIDER, BUYER]) {
             if let Some(status) = p.try_wait()? {
                 anyhow::bail!(
-                    "the {party} worker exited ({status}) before it was live: see \
-                     {party}/worker.log in the benchmark's directory (--dir keeps it)"
+                    "the {party} worker exited ({status}) before it was live: see {} (run with \
+                     --dir to keep it)",
+                    dir.join(party).join("worker.log").display()
                 );
             }
         }
@@ -401,18 +448,24 @@ async fn until_live(
 }
 
 /// Submits `n` size-only jobs under `licence` with `concurrency` clients, each on its own
-/// connection; returns each submit's latency (ms), the job ids, and how many were admitted.
+/// connection, all connected before the first submission; returns each submit's latency (ms),
+/// the job ids, how many were admitted, when the first submission went out and the seconds
+/// from then to the last answer.
 async fn submit_all(
     addr: &OperatorAddr,
     token: &str,
     licence: &str,
     n: usize,
     concurrency: usize,
-) -> anyhow::Result<(Vec<f64>, Vec<String>, usize)> {
+) -> anyhow::Result<(Vec<f64>, Vec<String>, usize, Instant, f64)> {
     let next = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
+    let mut clients = Vec::new();
     for _ in 0..concurrency.min(n) {
-        let mut client: Client = connect_with(addr, Some(token)).await?;
+        clients.push(connect_with(addr, Some(token)).await?);
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for mut client in clients {
         let (next, licence) = (next.clone(), licence.to_owned());
         tasks.push(tokio::spawn(async move {
             let mut out: Vec<(f64, String, bool)> = Vec::new();
@@ -434,7 +487,8 @@ async fn submit_all(
             admitted += usize::from(ok);
         }
     }
-    Ok((latencies, ids, admitted))
+    let elapsed_s = started.elapsed().as_secs_f64();
+    Ok((latencies, ids, admitted, started, elapsed_s))
 }
 
 fn request(licence: &str) -> pb::SubmitJobRequest {

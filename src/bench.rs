@@ -79,11 +79,13 @@ pub enum BenchCommand {
     /// on loopback: tiny size-only PSI jobs from concurrent clients, then refusals against an
     /// exhausted licence; checks exactly-once at the end.
     Admission {
-        /// Jobs submitted.
-        #[arg(long, default_value_t = 2000)]
+        /// Jobs submitted (1 ..= 1,000,000).
+        #[arg(long, default_value_t = 2000,
+              value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u32).range(1..=1_000_000), |n| n as usize))]
         jobs: usize,
-        /// Concurrent clients (each its own connection).
-        #[arg(long, default_value_t = 32)]
+        /// Concurrent clients, each its own connection (1 ..= 1024; at most one per job).
+        #[arg(long, default_value_t = 32,
+              value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u16).range(1..=1024), usize::from))]
         concurrency: usize,
         /// Print one JSON line instead of text.
         #[arg(long)]
@@ -101,8 +103,9 @@ pub enum BenchCommand {
         #[arg(long, value_enum, default_value_t = crate::admission_bench::Workers::Processes)]
         workers: crate::admission_bench::Workers,
         /// The worker processes' CPU priority (`nice -n N`, 0 ..= 19; 0 starts them without
-        /// `nice`): on a box shared with the operator their jobs yield the CPU to its
-        /// admissions, as workers on the parties' own machines would not take it at all.
+        /// `nice`; not used with `--workers in-process`): on a box shared with the operator
+        /// their jobs yield the CPU to its admissions, as workers on the parties' own machines
+        /// would not take it at all.
         #[arg(long, default_value_t = 10,
               value_parser = clap::value_parser!(u8).range(0..=19))]
         worker_nice: u8,
@@ -503,15 +506,22 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             let dir = dir.unwrap_or_else(|| {
                 std::env::temp_dir().join(format!("tessera-bench-admission-{}", std::process::id()))
             });
-            let f = crate::admission_bench::run(
-                &dir,
-                jobs,
-                concurrency,
-                max_batch,
-                workers,
-                worker_nice,
-            )
-            .await;
+            // A signal stops the run: its worker processes are killed with it (dropped) and a
+            // scratch directory is removed, rather than left behind.
+            let stop = crate::shutdown_signal();
+            let f = tokio::select! {
+                f = crate::admission_bench::run(
+                    &dir,
+                    jobs,
+                    concurrency,
+                    max_batch,
+                    workers,
+                    worker_nice,
+                ) => f,
+                () = stop => Err(anyhow::anyhow!(
+                    "interrupted: the benchmark and its worker processes were stopped"
+                )),
+            };
             if scratch {
                 let _ = std::fs::remove_dir_all(&dir);
             }
