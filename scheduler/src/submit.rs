@@ -1550,8 +1550,8 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Adds (`live`) or removes (`None`) the index entries of `job`'s tasks (see
-    /// `Scheduler::task_jobs`).
+    /// Adds (`live` true: the job is live) or removes (false: it no longer is) the index
+    /// entries of `job`'s tasks (see `Scheduler::task_jobs`).
     pub(crate) fn index_tasks(&self, job_id: &str, job: &LiveJob, live: bool) {
         let mut index = self
             .task_jobs
