@@ -70,53 +70,9 @@ pub struct AdmissionFigures {
     pub audit_verified: bool,
 }
 
-/// The file that marks a directory as this benchmark's own, which a later run may clear.
+/// The file that marks a directory as this benchmark's own, which a later run may clear
+/// ([`crate::datadir::prepare_marked`]).
 pub const DIR_MARKER: &str = ".tessera-bench-admission";
-
-/// Makes `dir` ready for a run: created when missing; an empty directory is taken; one this
-/// benchmark made before (holding [`DIR_MARKER`]) has its contents cleared. Anything else — a
-/// file, a directory with other contents — is refused and left as it is.
-///
-/// # Errors
-/// The refusals above; the file system's.
-fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
-    match std::fs::symlink_metadata(dir) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
-        Ok(m) if !m.is_dir() => {
-            anyhow::bail!("{} exists and is not a directory", dir.display())
-        }
-        Ok(_) => {
-            let entries: Vec<_> = std::fs::read_dir(dir)
-                .with_context(|| format!("reading {}", dir.display()))?
-                .collect::<Result<_, _>>()?;
-            let ours = entries.iter().any(|e| e.file_name() == DIR_MARKER);
-            anyhow::ensure!(
-                entries.is_empty() || ours,
-                "refusing to clear {}: it is not empty and no earlier `bench admission` made it \
-                 (no {DIR_MARKER} in it); name a new or empty directory",
-                dir.display()
-            );
-            for e in entries {
-                let path = e.path();
-                let removed = if e.file_type()?.is_dir() {
-                    std::fs::remove_dir_all(&path)
-                } else {
-                    std::fs::remove_file(&path)
-                };
-                removed.with_context(|| format!("clearing {}", path.display()))?;
-            }
-        }
-    }
-    std::fs::write(
-        dir.join(DIR_MARKER),
-        "made by tessera bench admission; cleared by its next run\n",
-    )
-    .with_context(|| format!("marking {}", dir.display()))?;
-    Ok(())
-}
 
 /// Where the benchmark's two workers run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -148,7 +104,7 @@ pub async fn run(
         (1..=1024).contains(&concurrency),
         "--concurrency must be 1 ..= 1024"
     );
-    prepare_dir(dir)?;
+    let _dir_lock = crate::datadir::prepare_marked(dir, DIR_MARKER, "bench admission", || Ok(()))?;
     let data_dir = dir.join("operator");
     let op = operator::start(&OperatorConfig {
         listen: "127.0.0.1:0".into(),

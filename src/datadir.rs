@@ -177,6 +177,86 @@ fn create_private_dir(dir: &Path) -> Result<(), DataDirError> {
     Ok(())
 }
 
+/// A working directory a command made and marked as its own, locked for the run: an OS lock
+/// (`flock(2)`) on the directory itself, so that a second run on it refuses instead of
+/// clearing files under the first. Released when dropped or when the process ends.
+#[derive(Debug)]
+pub struct MarkedDir {
+    _dir: nix::fcntl::Flock<File>,
+}
+
+/// Makes `dir` an empty working directory marked as `tessera {command}`'s (the file `marker`
+/// in it), and locks it for the run. A directory that does not exist is created; an empty
+/// one is used; one holding `marker` is emptied, after `before_clearing` agreed; any other
+/// non-empty directory is refused, so the command never deletes files it did not write. The
+/// directory is locked before anything in it is read or removed.
+///
+/// # Errors
+/// Another run holds `dir`; `dir` is not empty and not marked, is not a directory, or cannot
+/// be written; `before_clearing`'s.
+pub fn prepare_marked(
+    dir: &Path,
+    marker: &str,
+    command: &str,
+    before_clearing: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<MarkedDir> {
+    use anyhow::Context;
+    if dir.exists() {
+        anyhow::ensure!(
+            dir.is_dir(),
+            "{} exists and is not a directory",
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let handle = File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+    let lock = match nix::fcntl::Flock::lock(handle, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(l) => l,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => anyhow::bail!(
+            "another {command} is running on {}; wait for it or name another --dir",
+            dir.display()
+        ),
+        Err((_, e)) => {
+            return Err(std::io::Error::from(e))
+                .with_context(|| format!("locking {}", dir.display()));
+        }
+    };
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("reading {}", dir.display()))?;
+    if !entries.is_empty() {
+        anyhow::ensure!(
+            dir.join(marker).is_file(),
+            "refusing to use {}: it is not empty and was not created by `tessera {command}` \
+             (no {marker} file in it); name a new or empty directory with --dir",
+            dir.display()
+        );
+        before_clearing()?;
+        println!(
+            "clearing the earlier {command}'s files in {}",
+            dir.display()
+        );
+        for e in entries {
+            let path = e.path();
+            let removed = if e.file_type().is_ok_and(|t| t.is_dir()) {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            removed.with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    std::fs::write(
+        dir.join(marker),
+        format!(
+            "created by `tessera {command}`; its next run on this directory deletes its contents\n"
+        ),
+    )
+    .with_context(|| format!("writing {}", dir.join(marker).display()))?;
+    Ok(MarkedDir { _dir: lock })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

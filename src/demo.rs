@@ -147,53 +147,17 @@ fn generate_data(dir: &Path, rows: usize, seed: u64) -> anyhow::Result<DemoData>
 /// clear that directory (and only such a directory).
 pub const MARKER: &str = ".tessera-demo";
 
-/// A demo's hold on its working directory: an OS lock (`flock(2)`) on the directory itself,
-/// held for the whole run, so that a second demo on the same directory refuses instead of
-/// clearing files under the first. Released when dropped or when the process ends.
-#[derive(Debug)]
-pub struct DemoDirLock {
-    _dir: nix::fcntl::Flock<std::fs::File>,
-}
+/// The demo's working directory, locked for the run ([`crate::datadir::prepare_marked`]).
+pub type DemoDirLock = crate::datadir::MarkedDir;
 
-/// Makes `dir` an empty working directory marked as the demo's, and locks it for the run. A
-/// directory that does not exist is created; an empty one is used; one holding [`MARKER`] is
-/// emptied; any other non-empty directory is refused, so the demo never deletes files it did
-/// not write. The directory is locked before anything in it is read or removed.
+/// Makes `dir` an empty working directory marked as the demo's ([`MARKER`]), and locks it
+/// for the run: [`crate::datadir::prepare_marked`], and a directory left by a demo of an
+/// earlier build, which did not lock it, is refused while that demo's operator runs.
 ///
 /// Errors: another demo holds `dir`; `dir` is not empty and not the demo's, is not a
 /// directory, or cannot be written.
 pub fn prepare_dir(dir: &Path) -> anyhow::Result<DemoDirLock> {
-    if dir.exists() {
-        anyhow::ensure!(
-            dir.is_dir(),
-            "{} exists and is not a directory",
-            dir.display()
-        );
-    }
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let handle = std::fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
-    let lock = match nix::fcntl::Flock::lock(handle, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-        Ok(l) => l,
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => anyhow::bail!(
-            "another demo is running on {}; wait for it or name another --dir",
-            dir.display()
-        ),
-        Err((_, e)) => {
-            return Err(std::io::Error::from(e))
-                .with_context(|| format!("locking {}", dir.display()));
-        }
-    };
-    let entries = std::fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("reading {}", dir.display()))?;
-    if !entries.is_empty() {
-        anyhow::ensure!(
-            dir.join(MARKER).is_file(),
-            "refusing to use {}: it is not empty and was not created by `tessera demo` \
-             (no {MARKER} file in it); name a new or empty directory with --dir",
-            dir.display()
-        );
+    crate::datadir::prepare_marked(dir, MARKER, "demo", || {
         // A demo of an earlier build did not lock the directory: its operator's lock tells.
         let operator_dir = dir.join("operator");
         if operator_dir.is_dir() {
@@ -207,23 +171,8 @@ pub fn prepare_dir(dir: &Path) -> anyhow::Result<DemoDirLock> {
                 Err(e) => return Err(e.into()),
             }
         }
-        println!("clearing the earlier demo's files in {}", dir.display());
-        for e in entries {
-            let path = e.path();
-            let removed = if e.file_type().is_ok_and(|t| t.is_dir()) {
-                std::fs::remove_dir_all(&path)
-            } else {
-                std::fs::remove_file(&path)
-            };
-            removed.with_context(|| format!("removing {}", path.display()))?;
-        }
-    }
-    std::fs::write(
-        dir.join(MARKER),
-        "created by `tessera demo`; the next demo run on this directory deletes its contents\n",
-    )
-    .with_context(|| format!("writing {}", dir.join(MARKER).display()))?;
-    Ok(DemoDirLock { _dir: lock })
+        Ok(())
+    })
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {

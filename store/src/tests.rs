@@ -12,6 +12,22 @@ pub(crate) async fn open() -> (tempfile::TempDir, Store) {
     (dir, store)
 }
 
+/// Deposits `amount_micros` into user `u`'s cash at `now_ms` (one deposit per store).
+pub(crate) async fn deposit(store: &Store, amount_micros: i64, now_ms: i64) {
+    let deposit = TransferSpec {
+        id: derive_id(&["dep", "u"]),
+        debit: "external".into(),
+        credit: "customer:u:cash".into(),
+        amount_micros,
+        job_id: None,
+        memo: "deposit".into(),
+    };
+    store
+        .post_transfers(&[deposit], now_ms)
+        .await
+        .expect("deposit");
+}
+
 /// A plain connection to the store's database file, as an attacker with the file would open
 /// one (foreign keys enforced, as on the store's own connections, and a busy timeout).
 pub(crate) fn raw_connection(path: &Path) -> rusqlite::Connection {
@@ -204,15 +220,7 @@ async fn failure_not_the_buyers_releases_and_finish_is_exactly_once() {
         job_id: Some("job-3".into()),
         memo: "psi".into(),
     };
-    let deposit = TransferSpec {
-        id: derive_id(&["dep", "u"]),
-        debit: "external".into(),
-        credit: "customer:u:cash".into(),
-        amount_micros: 150,
-        job_id: None,
-        memo: "deposit".into(),
-    };
-    store.post_transfers(&[deposit], 35).await.expect("deposit");
+    deposit(&store, 150, 35).await;
     let ok = JobFinish::Succeeded {
         result_size: 7,
         result_location: "out.csv".into(),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tessera_accounting::{LedgerError, TransferSpec, derive_id};
 
 use super::*;
-use crate::tests::{allow, new_job, open, seed_licence};
+use crate::tests::{allow, deposit, new_job, open, seed_licence};
 
 /// Takes SQLite's write lock on the store's file from a connection of its own (as another
 /// process could): the writer's next batch waits for it at its `BEGIN IMMEDIATE` (within the
@@ -62,15 +62,7 @@ async fn admit_with_hold(store: Store, i: usize, amount: i64) -> Result<AdmitOut
 async fn a_batch_commits_its_operations_but_the_one_that_failed() {
     let (dir, store) = open().await;
     seed_licence(&store, 10).await;
-    let deposit = TransferSpec {
-        id: derive_id(&["dep", "u"]),
-        debit: "external".into(),
-        credit: "customer:u:cash".into(),
-        amount_micros: 1_000,
-        job_id: None,
-        memo: "deposit".into(),
-    };
-    store.post_transfers(&[deposit], 5).await.expect("deposit");
+    deposit(&store, 1_000, 5).await;
     let before = store.write_stats();
 
     // Hold the database's write lock: the writer takes job 0 and waits for the lock, while
@@ -236,15 +228,7 @@ fn reprepared(conn: &Connection, sql: &str) -> Result<i32, StoreError> {
 async fn cached_statements_are_prepared_once_however_often_they_are_rebound() {
     let (_dir, store) = open().await;
     seed_licence(&store, 10).await;
-    let deposit = TransferSpec {
-        id: derive_id(&["dep", "u"]),
-        debit: "external".into(),
-        credit: "customer:u:cash".into(),
-        amount_micros: 1_000,
-        job_id: None,
-        memo: "deposit".into(),
-    };
-    store.post_transfers(&[deposit], 5).await.expect("deposit");
+    deposit(&store, 1_000, 5).await;
     for i in 0..3 {
         admit_with_hold(store.clone(), i, 5).await.expect("admit");
     }
