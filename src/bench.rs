@@ -553,8 +553,18 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                     f.ledger_balanced,
                     f.audit_verified
                 );
+                for failure in &f.failures {
+                    println!("  {} job(s) {}", failure.jobs, failure.error);
+                }
             }
-            if !(f.count_exact && f.ledger_balanced && f.audit_verified && f.succeeded == f.jobs) {
+            if f.succeeded < f.jobs {
+                anyhow::bail!(
+                    "{} of {} jobs did not succeed (the figures above say why)",
+                    f.jobs - f.succeeded,
+                    f.jobs
+                );
+            }
+            if !(f.count_exact && f.ledger_balanced && f.audit_verified) {
                 anyhow::bail!("an exactly-once check failed (see the figures above)");
             }
         }
