@@ -533,7 +533,7 @@ async fn count_ended(
                 .into_iter()
                 .map(|(error, jobs)| Failure { error, jobs })
                 .collect();
-            failures.sort_by(|a, b| b.jobs.cmp(&a.jobs));
+            failures.sort_by_key(|f| std::cmp::Reverse(f.jobs));
             failures.truncate(FAILURES_SHOWN);
             return Ok((ended, ok, failures));
         }

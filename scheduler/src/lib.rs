@@ -104,6 +104,10 @@ pub struct SchedulerConfig {
     pub ticket_ttl_ms: i64,
     /// Tasks buffered per worker channel.
     pub delivery_queue_max: usize,
+    /// How long a dispatch waits for room in a worker's full task queue before the job fails
+    /// as undeliverable, in ms (default 10 s): a worker that takes tasks more slowly than
+    /// they are admitted slows the submissions down instead of failing them.
+    pub delivery_wait_ms: u64,
     /// The operator's share of a data purchase settled through the trade flow, in basis
     /// points (default 0).
     pub trade_operator_share_bps: u32,
@@ -121,7 +125,8 @@ impl Default for SchedulerConfig {
             heartbeat_timeout_ms: 10_000,
             heartbeat_interval_ms: 2_000,
             ticket_ttl_ms: tessera_core::limits::TICKET_TTL_MS,
-            delivery_queue_max: 64,
+            delivery_queue_max: 256,
+            delivery_wait_ms: 10_000,
             trade_operator_share_bps: 0,
             resume_window_ms: 15 * 60 * 1000,
             resumes_max: 3,
@@ -385,6 +390,10 @@ pub struct Scheduler {
     /// without a scan of every live job. Only a hint: a report whose task it does not name
     /// (or names wrongly) is looked for by a scan ([`Scheduler::index_tasks`]).
     task_jobs: std::sync::Mutex<HashMap<String, String>>,
+    /// The running tasks per worker that admissions place by
+    /// ([`Scheduler::placement_workers`]): counted at most [`registry::RUNNING_SNAPSHOT_MS`]
+    /// ago, plus the tasks dispatched since.
+    running_snapshot: Mutex<Option<registry::RunningSnapshot>>,
     /// Ends that could not be recorded, retried by the monitor: job id → (the end, when to try
     /// again, in UTC milliseconds).
     unended: Mutex<HashMap<String, (tessera_store::JobFinish, i64)>>,
@@ -434,6 +443,7 @@ impl Scheduler {
             workers: Mutex::new(HashMap::new()),
             jobs: Mutex::new(HashMap::new()),
             task_jobs: std::sync::Mutex::new(HashMap::new()),
+            running_snapshot: Mutex::new(None),
             unended: Mutex::new(HashMap::new()),
             metrics: Arc::new(metrics::Metrics::new()),
             ca: std::sync::OnceLock::new(),

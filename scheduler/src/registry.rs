@@ -47,6 +47,17 @@ pub struct WorkerView {
     pub running: usize,
 }
 
+/// How long admissions place on one count of running tasks per worker (ms, on the
+/// scheduler's clock): see [`Scheduler::placement_workers`].
+pub(crate) const RUNNING_SNAPSHOT_MS: i64 = 25;
+
+/// Running tasks per worker as counted at `taken_at_ms`, plus those dispatched since.
+#[derive(Debug)]
+pub(crate) struct RunningSnapshot {
+    pub(crate) taken_at_ms: i64,
+    pub(crate) counts: HashMap<String, usize>,
+}
+
 impl LiveWorker {
     pub(crate) fn is_live(&self, now_ms: i64, timeout_ms: i64) -> bool {
         self.deliveries.as_ref().is_some_and(|d| !d.is_closed())
@@ -283,9 +294,53 @@ impl Scheduler {
 
     /// Snapshot of the workers the operator knows (lost ones included until forgotten).
     pub async fn workers(&self) -> Vec<WorkerView> {
+        let running = self.running_tasks().await;
+        self.workers_with(&running).await
+    }
+
+    /// The workers as an admission places on them: as [`Scheduler::workers`], but with
+    /// running counts taken at most [`RUNNING_SNAPSHOT_MS`] ago plus the tasks dispatched
+    /// since ([`Scheduler::note_dispatched`]), so that admissions do not each walk every live
+    /// job's tasks under the jobs lock. The counts only order workers of equal fit (the least
+    /// busy first); tasks that ended within the window still count.
+    pub(crate) async fn placement_workers(&self) -> Vec<WorkerView> {
+        let running = {
+            // Held while counting afresh: the admissions arriving meanwhile wait for that one
+            // count instead of each walking the jobs too.
+            let mut snapshot = self.running_snapshot.lock().await;
+            let now = self.now();
+            match snapshot.as_ref() {
+                Some(s)
+                    if (0..RUNNING_SNAPSHOT_MS).contains(&now.saturating_sub(s.taken_at_ms)) =>
+                {
+                    s.counts.clone()
+                }
+                _ => {
+                    let counts = self.running_tasks().await;
+                    *snapshot = Some(RunningSnapshot {
+                        taken_at_ms: now,
+                        counts: counts.clone(),
+                    });
+                    counts
+                }
+            }
+        };
+        self.workers_with(&running).await
+    }
+
+    /// Counts `worker_ids` (a dispatched job's tasks, one entry per task) in the placement
+    /// snapshot, until it is next taken afresh.
+    pub(crate) async fn note_dispatched<'a>(&self, worker_ids: impl IntoIterator<Item = &'a str>) {
+        if let Some(s) = self.running_snapshot.lock().await.as_mut() {
+            for id in worker_ids {
+                *s.counts.entry(id.to_owned()).or_default() += 1;
+            }
+        }
+    }
+
+    async fn workers_with(&self, running: &HashMap<String, usize>) -> Vec<WorkerView> {
         let now = self.now();
         let timeout = self.config.heartbeat_timeout_ms;
-        let running = self.running_tasks().await;
         let mut v: Vec<WorkerView> = self
             .workers
             .lock()

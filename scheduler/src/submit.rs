@@ -1,6 +1,7 @@
 //! Submission, dispatch, reports from workers, completion and cancellation.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tessera_accounting::derive_id;
@@ -15,6 +16,7 @@ use tessera_store::{
     AdmitContext, AdmitOutcome, Decision, EmptyKeyCounts, FailureOrigin, JobFinish, LicenceRecord,
     NewJob, NewTask, Refusal, ResultFileRecord, TaskUpdate, UsageEventRecord,
 };
+use tokio::sync::mpsc;
 
 use crate::{Delivery, JobView, LiveJob, PhaseProgress, Scheduler, SchedulerError};
 
@@ -1275,7 +1277,7 @@ impl Scheduler {
             pre_reasons,
             buyer_ds,
             provider_ds,
-            workers: self.workers().await,
+            workers: self.placement_workers().await,
             tee: (req.is_tee() && self.tee.get().is_some()).then(|| self.tee_current()),
             fl_providers,
             model_seats,
@@ -1285,7 +1287,7 @@ impl Scheduler {
             .store
             .admit(&new_job, move |ctx| admission.decide(ctx))
             .await;
-        let job = match outcome? {
+        let (job, tasks, holds) = match outcome? {
             AdmitOutcome::Refused { job, refusals } => {
                 tracing::info!(job = %job.job_id, reasons = ?job.reasons, "job refused");
                 for r in &refusals {
@@ -1298,9 +1300,9 @@ impl Scheduler {
                     refusals,
                 });
             }
-            AdmitOutcome::Admitted(job) => {
+            AdmitOutcome::Admitted { job, tasks, holds } => {
                 self.metrics.admitted(&job.scene);
-                job
+                (job, tasks, holds)
             }
             AdmitOutcome::Replayed(job) => {
                 tracing::info!(job = %job.job_id, "submission replayed by its request id");
@@ -1313,7 +1315,7 @@ impl Scheduler {
                 req.licence_id
             )));
         };
-        self.dispatch(job, &req, licence).await
+        self.dispatch(job, tasks, holds, &req, licence).await
     }
 
     /// The dataset licence `l` covers, or `None` with `LicensedDatasetNotFound` added to
@@ -1425,15 +1427,17 @@ impl Scheduler {
         Ok(Ok([sender.worker_id.clone(), receiver.worker_id.clone()]))
     }
 
+    /// Sends an admitted job's `tasks` to their workers with their tickets; `holds` are its
+    /// open holds (both as the admission recorded them).
     async fn dispatch(
         &self,
         job: tessera_store::JobRecord,
+        tasks: Vec<tessera_store::TaskRecord>,
+        holds: Vec<tessera_store::HoldRecord>,
         req: &JobRequest,
         licence: LicenceRecord,
     ) -> Result<JobView, SchedulerError> {
         let job_id = job.job_id.clone();
-        let tasks = self.store.tasks(&job_id).await?;
-        let holds = self.store.job_holds(&job_id).await?;
         let mut live = LiveJob::new(
             &job,
             &tasks,
@@ -1446,6 +1450,8 @@ impl Scheduler {
         live.co_parts = self.co_parts(&job).await?;
         self.index_tasks(&job_id, &live, true);
         self.jobs.lock().await.insert(job_id.clone(), live);
+        self.note_dispatched(tasks.iter().map(|t| t.worker_id.as_str()))
+            .await;
         let now = self.now();
         let mut failure = None;
         // The head after the admission, signed once for both tickets (not recorded: the
@@ -1458,53 +1464,53 @@ impl Scheduler {
                 None
             }
         };
-        {
-            let workers = self.workers.lock().await;
-            for t in &tasks {
-                let body = TicketBody {
-                    ticket_id: self.random_id("k-"),
-                    job_id: job_id.clone(),
-                    task_id: t.task_id.clone(),
-                    worker_id: t.worker_id.clone(),
-                    issued_at_ms: now,
-                    expires_at_ms: now.saturating_add(self.config.ticket_ttl_ms),
-                    task_digest: task_digest(t.spec_json.as_bytes()),
-                    audit_head: audit_head.clone(),
-                };
-                let ticket = match self.signer.sign(&body) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        failure = Some((
-                            format!("could not sign the ticket of task {}: {e}", t.task_id),
-                            None,
-                        ));
-                        break;
-                    }
-                };
-                let delivery = Delivery::Assign {
-                    spec_json: t.spec_json.clone(),
-                    ticket,
-                };
-                let sent = workers
-                    .get(&t.worker_id)
-                    .and_then(|w| w.deliveries.as_ref())
-                    .is_some_and(|d| d.try_send(delivery).is_ok());
-                if !sent {
+        for t in &tasks {
+            let body = TicketBody {
+                ticket_id: self.random_id("k-"),
+                job_id: job_id.clone(),
+                task_id: t.task_id.clone(),
+                worker_id: t.worker_id.clone(),
+                issued_at_ms: now,
+                expires_at_ms: now.saturating_add(self.config.ticket_ttl_ms),
+                task_digest: task_digest(t.spec_json.as_bytes()),
+                audit_head: audit_head.clone(),
+            };
+            let ticket = match self.signer.sign(&body) {
+                Ok(t) => t,
+                Err(e) => {
                     failure = Some((
-                        format!("could not deliver task to worker {}", t.worker_id),
-                        Some(FailureOrigin {
-                            role: t.role,
-                            party: t.party.clone(),
-                            kind: "undeliverable".into(),
-                        }),
+                        format!("could not sign the ticket of task {}: {e}", t.task_id),
+                        None,
                     ));
                     break;
                 }
+            };
+            let delivery = Delivery::Assign {
+                spec_json: t.spec_json.clone(),
+                ticket,
+            };
+            let stream = self
+                .workers
+                .lock()
+                .await
+                .get(&t.worker_id)
+                .and_then(|w| w.deliveries.clone());
+            if let Err(why) = self.deliver(stream, delivery).await {
+                failure = Some((
+                    format!("could not deliver task to worker {}: {why}", t.worker_id),
+                    Some(FailureOrigin {
+                        role: t.role,
+                        party: t.party.clone(),
+                        kind: "undeliverable".into(),
+                    }),
+                ));
+                break;
             }
         }
         // Dispatch writes nothing: the admission's entry names each task's worker, and the
         // job is `running` once a worker reports progress (in the live view) or its
-        // delivery point is recorded (in the store).
+        // delivery point is recorded (in the store). The live view already holds the job as
+        // admitted, and every change since updated it.
         if let Some((error, origin)) = failure {
             self.finish(
                 &job_id,
@@ -1515,10 +1521,38 @@ impl Scheduler {
                 },
             )
             .await?;
-        } else {
-            self.refresh_view(&job_id).await?;
         }
         self.job(&job_id).await
+    }
+
+    /// Puts `delivery` on a worker's task `stream`; when its queue is full, waits up to
+    /// [`SchedulerConfig::delivery_wait_ms`] for room (no lock held). `Err` says why not.
+    async fn deliver(
+        &self,
+        stream: Option<mpsc::Sender<Delivery>>,
+        delivery: Delivery,
+    ) -> Result<(), String> {
+        use tokio::sync::mpsc::error::TrySendError;
+        let closed = || "it is not connected".to_string();
+        let Some(stream) = stream else {
+            return Err(closed());
+        };
+        match stream.try_send(delivery) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Closed(_)) => Err(closed()),
+            Err(TrySendError::Full(delivery)) => {
+                let wait = Duration::from_millis(self.config.delivery_wait_ms);
+                match tokio::time::timeout(wait, stream.send(delivery)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(_)) => Err(closed()),
+                    Err(_) => Err(format!(
+                        "its task queue ({} tasks) stayed full for {} ms: it takes tasks more \
+                         slowly than they are admitted",
+                        self.config.delivery_queue_max, self.config.delivery_wait_ms
+                    )),
+                }
+            }
+        }
     }
 
     /// The further licences of `job` (an `fl` job's) with their providers and prices.

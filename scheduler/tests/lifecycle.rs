@@ -272,3 +272,88 @@ async fn a_reconnecting_worker_is_told_to_stop_the_tasks_of_jobs_no_longer_runni
         other => panic!("expected a cancel, got {other:?}"),
     }
 }
+
+/// Both workers' task queues hold one task and the first job's are in them: the second
+/// job's dispatch waits for room instead of failing the job, and goes out once the workers
+/// take their first tasks.
+#[tokio::test]
+async fn a_full_task_queue_slows_the_dispatch_down_instead_of_failing_the_job() {
+    let store = Store::open_temporary().await.expect("store");
+    let config = tessera_scheduler::SchedulerConfig {
+        delivery_queue_max: 1,
+        ..Default::default()
+    };
+    let (scheduler, mut inboxes, _) =
+        common::node_with(store, Arc::new(ManualClock::new(1_000_000)), config).await;
+    let licence = common::licence(
+        &scheduler,
+        r#"{"policyName":"t","relUsers":[{"userId":"u1","userName":"U","isGroup":0}],
+        "useScenes":[{"useSence":"psi","counts":2,"visitArea":["r1"],"cpCenter":["c1"]}]}"#,
+    )
+    .await;
+    let first = scheduler.submit(request(&licence)).await.expect("first");
+    assert_eq!(first.job.state, JobState::Admitted);
+    let second = tokio::spawn({
+        let scheduler = scheduler.clone();
+        let licence = licence.clone();
+        async move { scheduler.submit(request(&licence)).await }
+    });
+    // The workers take the first job's tasks; the second job's follow.
+    let job_of = |d: Delivery| match d {
+        Delivery::Assign { ticket, .. } => {
+            let body: serde_json::Value = serde_json::from_str(&ticket.body).expect("ticket body");
+            body["job_id"].as_str().expect("job id").to_owned()
+        }
+        other => panic!("expected an assignment, got {other:?}"),
+    };
+    let mut jobs_seen = Vec::new();
+    for inbox in &mut inboxes {
+        jobs_seen.push(job_of(inbox.recv().await.expect("a delivery")));
+    }
+    let second = second.await.expect("join").expect("second");
+    assert_eq!(
+        second.job.state,
+        JobState::Admitted,
+        "{:?}",
+        second.job.error
+    );
+    for inbox in &mut inboxes {
+        jobs_seen.push(job_of(inbox.try_recv().expect("the second job's task")));
+    }
+    for id in [&first.job.job_id, &second.job.job_id] {
+        assert_eq!(
+            jobs_seen.iter().filter(|j| *j == id).count(),
+            2,
+            "{jobs_seen:?}"
+        );
+    }
+}
+
+/// A worker that takes no task for `delivery_wait_ms` fails the job as undeliverable, with
+/// the reason, and the count goes back.
+#[tokio::test]
+async fn a_task_queue_full_past_the_wait_fails_the_job_as_undeliverable() {
+    let store = Store::open_temporary().await.expect("store");
+    let config = tessera_scheduler::SchedulerConfig {
+        delivery_queue_max: 1,
+        delivery_wait_ms: 50,
+        ..Default::default()
+    };
+    let (scheduler, _inboxes, _) =
+        common::node_with(store, Arc::new(ManualClock::new(1_000_000)), config).await;
+    let licence = common::licence(
+        &scheduler,
+        r#"{"policyName":"t","relUsers":[{"userId":"u1","userName":"U","isGroup":0}],
+        "useScenes":[{"useSence":"psi","counts":2,"visitArea":["r1"],"cpCenter":["c1"]}]}"#,
+    )
+    .await;
+    scheduler.submit(request(&licence)).await.expect("first");
+    let second = scheduler.submit(request(&licence)).await.expect("second");
+    assert_eq!(second.job.state, JobState::Failed);
+    assert!(
+        second.job.error.contains("stayed full for 50 ms"),
+        "{}",
+        second.job.error
+    );
+    assert_eq!(second.job.count_state, CountState::Released);
+}

@@ -435,7 +435,15 @@ pub struct TaskUpdate {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdmitOutcome {
     /// Admitted, one count reserved, tasks recorded.
-    Admitted(JobRecord),
+    Admitted {
+        /// The recorded job.
+        job: JobRecord,
+        /// Its tasks as recorded (dispatched), in task id order, as [`Store::tasks`] lists them.
+        tasks: Vec<TaskRecord>,
+        /// Its holds as recorded (all open), in the order written, as [`Store::job_holds`]
+        /// lists them.
+        holds: Vec<crate::HoldRecord>,
+    },
     /// Refused, nothing reserved; the record holds the reasons as text.
     Refused {
         /// The recorded job.
@@ -964,7 +972,37 @@ where
         )?;
         let record = load_job(conn, &job.job_id)?;
         Ok(Some(if allowed {
-            AdmitOutcome::Admitted(record)
+            // What was just written, without reading it back.
+            let mut tasks: Vec<TaskRecord> = decision
+                .tasks
+                .iter()
+                .map(|t| TaskRecord {
+                    task_id: t.task_id.clone(),
+                    job_id: job.job_id.clone(),
+                    worker_id: t.worker_id.clone(),
+                    party: t.party.clone(),
+                    role: t.role,
+                    state: TaskState::Dispatched,
+                    spec_json: t.spec_json.clone(),
+                })
+                .collect();
+            tasks.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+            let holds = decision
+                .holds
+                .iter()
+                .filter(|h| h.job_id.as_deref() == Some(job.job_id.as_str()))
+                .map(|h| crate::HoldRecord {
+                    transfer_id: h.id.clone(),
+                    debit: h.debit.clone(),
+                    credit: h.credit.clone(),
+                    amount_micros: h.amount_micros,
+                })
+                .collect();
+            AdmitOutcome::Admitted {
+                job: record,
+                tasks,
+                holds,
+            }
         } else {
             AdmitOutcome::Refused {
                 job: record,

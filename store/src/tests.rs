@@ -122,7 +122,7 @@ async fn concurrent_admissions_never_exceed_the_count() {
     }
     let mut admitted = 0;
     for h in handles {
-        if let AdmitOutcome::Admitted(_) = h.await.expect("join").expect("admit") {
+        if let AdmitOutcome::Admitted { .. } = h.await.expect("join").expect("admit") {
             admitted += 1;
         }
     }
@@ -143,7 +143,7 @@ async fn failure_not_the_buyers_releases_and_finish_is_exactly_once() {
     seed_licence(&store, 1).await;
     assert!(matches!(
         store.admit(&new_job(1), allow).await.expect("admit"),
-        AdmitOutcome::Admitted(_)
+        AdmitOutcome::Admitted { .. }
     ));
     assert!(matches!(
         store.admit(&new_job(2), allow).await.expect("admit"),
@@ -200,7 +200,7 @@ async fn failure_not_the_buyers_releases_and_finish_is_exactly_once() {
     // Success commits, records usage once and charges once.
     assert!(matches!(
         store.admit(&new_job(3), allow).await.expect("admit"),
-        AdmitOutcome::Admitted(_)
+        AdmitOutcome::Admitted { .. }
     ));
     let usage = vec![UsageEventRecord {
         event_id: derive_id(&["job-3", "prov", "rows_in", "1"]),
@@ -539,7 +539,7 @@ async fn a_request_id_admits_once_per_user() {
         .await
         .expect("admit")
     {
-        AdmitOutcome::Admitted(j) => j,
+        AdmitOutcome::Admitted { job: j, .. } => j,
         other => panic!("{other:?}"),
     };
     assert_eq!(first.request_id.as_deref(), Some("r-1"));
@@ -576,7 +576,7 @@ async fn a_request_id_admits_once_per_user() {
             .admit(&with_id(4, "v", serde_json::json!({"k": 1})), allow)
             .await
             .expect("other user"),
-        AdmitOutcome::Admitted(_)
+        AdmitOutcome::Admitted { .. }
     ));
     assert_eq!(
         store.remaining_count("lic", "psi").await.expect("rem"),
@@ -619,7 +619,7 @@ async fn a_refusal_for_want_of_a_worker_leaves_the_request_id_free() {
     );
     assert_eq!(job.request_id, None, "not kept under the request id");
     let out = store.admit(&with_id(2, "r-1"), allow).await.expect("retry");
-    let AdmitOutcome::Admitted(admitted) = out else {
+    let AdmitOutcome::Admitted { job: admitted, .. } = out else {
         panic!("decided afresh: {out:?}")
     };
     assert_eq!(admitted.request_id.as_deref(), Some("r-1"));
@@ -665,7 +665,7 @@ async fn a_delivered_job_cannot_end_released() {
     seed_licence(&store, 2).await;
     assert!(matches!(
         store.admit(&new_job(1), allow).await.expect("admit"),
-        AdmitOutcome::Admitted(_)
+        AdmitOutcome::Admitted { .. }
     ));
     assert!(store.mark_delivered("job-1", 40, 15).await.expect("mark"));
     assert!(
@@ -708,7 +708,7 @@ async fn a_delivered_job_cannot_end_released() {
     // An ended job is not marked delivered afterwards.
     assert!(matches!(
         store.admit(&new_job(2), allow).await.expect("admit"),
-        AdmitOutcome::Admitted(_)
+        AdmitOutcome::Admitted { .. }
     ));
     store
         .finish_job(
@@ -861,7 +861,7 @@ async fn a_job_under_several_licences_counts_each_once_or_none() {
     };
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let s2 = seen.clone();
-    let AdmitOutcome::Admitted(j) = store
+    let AdmitOutcome::Admitted { job: j, .. } = store
         .admit(&multi(1, &["lic2", "lic3"]), move |ctx| {
             s2.lock().expect("lock").extend(
                 ctx.co_licences
@@ -946,7 +946,7 @@ async fn a_job_under_several_licences_counts_each_once_or_none() {
         ),
         (Some(5), Some(2), Some(1))
     );
-    let AdmitOutcome::Admitted(_) = store
+    let AdmitOutcome::Admitted { .. } = store
         .admit(&multi(3, &["lic3"]), allow)
         .await
         .expect("admit")

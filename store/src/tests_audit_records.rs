@@ -158,7 +158,7 @@ async fn flow(store: &Store) {
         })
         .await
         .expect("admit");
-    assert!(matches!(admitted, AdmitOutcome::Admitted(_)));
+    assert!(matches!(admitted, AdmitOutcome::Admitted { .. }));
     assert!(
         store
             .mark_delivered("job-1", 1_000, NOV_MS + 12)

@@ -82,7 +82,7 @@ async fn a_batch_commits_its_operations_but_the_one_that_failed() {
 
     assert!(matches!(
         first.await.expect("join"),
-        Ok(AdmitOutcome::Admitted(_))
+        Ok(AdmitOutcome::Admitted { .. })
     ));
     for (i, r) in (1..=8).zip(rest) {
         let r = r.await.expect("join");
@@ -95,7 +95,10 @@ async fn a_batch_commits_its_operations_but_the_one_that_failed() {
                 "{r:?}"
             );
         } else {
-            assert!(matches!(r, Ok(AdmitOutcome::Admitted(_))), "job {i}: {r:?}");
+            assert!(
+                matches!(r, Ok(AdmitOutcome::Admitted { .. })),
+                "job {i}: {r:?}"
+            );
         }
     }
     let after = store.write_stats();
@@ -182,7 +185,7 @@ async fn a_batch_whose_commit_fails_answers_every_operation_not_committed() {
 
     // Alone in the batch before, it committed.
     let r = first.await.expect("join");
-    assert!(matches!(r, Ok(AdmitOutcome::Admitted(_))), "{r:?}");
+    assert!(matches!(r, Ok(AdmitOutcome::Admitted { .. })), "{r:?}");
     for r in [a.await.expect("join"), b.await.expect("join")] {
         assert!(matches!(r, Err(StoreError::NotCommitted { .. })), "{r:?}");
     }
@@ -203,7 +206,7 @@ async fn a_batch_whose_commit_fails_answers_every_operation_not_committed() {
     // The writer goes on: the next operation commits.
     assert!(matches!(
         store.admit(&new_job(3), allow).await,
-        Ok(AdmitOutcome::Admitted(_))
+        Ok(AdmitOutcome::Admitted { .. })
     ));
     assert_eq!(
         store.remaining_count("lic", "psi").await.expect("count"),
@@ -273,4 +276,15 @@ async fn the_writer_keeps_savepoint_journals_in_memory() {
         .await
         .expect("pragma");
     assert_eq!(mode, 2, "temp_store = MEMORY");
+}
+
+/// The writer's page cache is `WRITER_CACHE_KIB`, not SQLite's 2 MiB default.
+#[tokio::test]
+async fn the_writer_has_a_page_cache_of_its_stated_size() {
+    let (_dir, store) = open().await;
+    let size = store
+        .write(|conn| Ok(conn.query_row("PRAGMA cache_size", [], |r| r.get::<_, i64>(0))?))
+        .await
+        .expect("pragma");
+    assert_eq!(size, -i64::from(crate::WRITER_CACHE_KIB));
 }

@@ -26,11 +26,19 @@ pub async fn node_on(
     store: Store,
     clock: Arc<ManualClock>,
 ) -> (Arc<Scheduler>, Vec<mpsc::Receiver<Delivery>>, String) {
+    node_with(store, clock, SchedulerConfig::default()).await
+}
+
+pub async fn node_with(
+    store: Store,
+    clock: Arc<ManualClock>,
+    config: SchedulerConfig,
+) -> (Arc<Scheduler>, Vec<mpsc::Receiver<Delivery>>, String) {
     let scheduler = Scheduler::new(
         store,
         clock,
         TicketSigner::from_seed(&SEED),
-        SchedulerConfig::default(),
+        config,
         [5u8; 32],
     );
     let mut inboxes = Vec::new();
