@@ -373,6 +373,11 @@ fn spawn_worker(
         .stdout(log.try_clone()?)
         .stderr(log)
         .kill_on_drop(true);
+    if std::env::var_os("RUST_LOG").is_none() {
+        // As the benchmark's own default: warnings only (an INFO line per task costs the
+        // workers CPU the figures should not include).
+        cmd.env("RUST_LOG", "warn");
+    }
     cmd.spawn().with_context(|| {
         if nice > 0 {
             format!(

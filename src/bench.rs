@@ -103,7 +103,7 @@ pub enum BenchCommand {
         #[arg(long, value_enum, default_value_t = crate::admission_bench::Workers::Processes)]
         workers: crate::admission_bench::Workers,
         /// The worker processes' CPU priority (`nice -n N`, 0 ..= 19; 0 starts them without
-        /// `nice`; not used with `--workers in-process`): on a box shared with the operator
+        /// `nice`; refused with `--workers in-process`): on a box shared with the operator
         /// their jobs yield the CPU to its admissions, as workers on the parties' own machines
         /// would not take it at all.
         #[arg(long, default_value_t = 10,

@@ -233,7 +233,8 @@ pub fn prepare_marked(
             dir.display()
         );
         before_clearing()?;
-        println!(
+        // On stderr: stdout may be a `--json` line that scripts parse.
+        eprintln!(
             "clearing the earlier {command}'s files in {}",
             dir.display()
         );

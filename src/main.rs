@@ -69,10 +69,19 @@ enum Command {
     Client(client::ClientCommand),
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,h2=warn,tower=warn,hyper=warn")
-    });
+/// The log filter without `RUST_LOG`: INFO for the node's commands, WARN for the
+/// benchmarks (their output is their figures; a line per job would also cost the operator
+/// they measure).
+fn default_log_filter(command: &Command) -> &'static str {
+    match command {
+        Command::Bench(_) => "warn",
+        _ => "info,h2=warn,tower=warn,hyper=warn",
+    }
+}
+
+fn init_tracing(default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     // Colour codes only on a terminal: a log file or a pipe gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
@@ -103,13 +112,29 @@ fn mark_required(cmd: clap::Command) -> clap::Command {
 /// Parses the process arguments (exits with status 2 and clap's message on a usage error).
 fn parse_cli() -> Cli {
     let matches = cli_command().get_matches();
+    // An option that would be silently ignored is a usage error.
+    if let Some(m) = matches
+        .subcommand_matches("bench")
+        .and_then(|m| m.subcommand_matches("admission"))
+        && m.value_source("worker_nice") == Some(clap::parser::ValueSource::CommandLine)
+        && m.get_one::<admission_bench::Workers>("workers")
+            == Some(&admission_bench::Workers::InProcess)
+    {
+        cli_command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--worker-nice sets the worker processes' priority; with --workers in-process \
+                 there are none (drop --worker-nice, or use --workers processes)",
+            )
+            .exit();
+    }
     Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = parse_cli();
-    init_tracing();
+    init_tracing(default_log_filter(&cli.command));
     // Errors are printed once, cleanly, with a distinct exit status per kind of end (a closed
     // pipe is a normal end): see `exit`.
     exit::report(run(cli).await)

@@ -471,7 +471,8 @@ impl Store {
     }
 
     /// Takes at most `n` writes (1 ..= [`MAX_BATCH`]) into one transaction from now on; 1
-    /// commits each on its own, as before group commit (for measurements).
+    /// commits each on its own, as before group commit (for measurements). Starts
+    /// [`Store::write_stats`] afresh (a batch the writer already holds may still be larger).
     pub fn set_max_batch(&self, n: usize) {
         self.writer.set_max_batch(n);
     }

@@ -177,6 +177,10 @@ impl GroupCommit {
         self.counters
             .max_batch
             .store(n.clamp(1, MAX_BATCH), Ordering::Relaxed);
+        // The statistics describe the writes under this setting only.
+        self.counters.batches.store(0, Ordering::Relaxed);
+        self.counters.operations.store(0, Ordering::Relaxed);
+        self.counters.largest_batch.store(0, Ordering::Relaxed);
     }
 
     /// Carries out `work` in the next batch and answers once that batch committed.

@@ -727,5 +727,30 @@ fn the_admission_benchmark_runs_and_checks_exactly_once() {
         assert_eq!(v[check], true, "{check}: {v}");
     }
     assert_eq!(v["succeeded"], 6);
+    assert_eq!(v["failures"], serde_json::json!([]), "{v}");
     assert!(v["admissions_per_s"].as_f64().expect("rate") > 0.0);
+}
+
+/// `bench admission --workers in-process --worker-nice N` is a usage error (status 2, naming
+/// both options): there are no worker processes to give a priority to.
+#[test]
+fn the_admission_benchmark_refuses_a_worker_priority_without_worker_processes() {
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "admission",
+            "--workers",
+            "in-process",
+            "--worker-nice",
+            "5",
+        ])
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--worker-nice") && stderr.contains("--workers in-process"),
+        "{stderr}"
+    );
 }
