@@ -1495,16 +1495,22 @@ impl Scheduler {
                 .await
                 .get(&t.worker_id)
                 .and_then(|w| w.deliveries.clone());
-            if let Err(why) = self.deliver(stream, delivery).await {
-                failure = Some((
-                    format!("could not deliver task to worker {}: {why}", t.worker_id),
-                    Some(FailureOrigin {
-                        role: t.role,
-                        party: t.party.clone(),
-                        kind: "undeliverable".into(),
-                    }),
-                ));
-                break;
+            match self.deliver(&job_id, stream, delivery).await {
+                Ok(true) => {}
+                // Ended while this dispatch waited for room: its end was recorded by
+                // whoever ended it.
+                Ok(false) => break,
+                Err(why) => {
+                    failure = Some((
+                        format!("could not deliver task to worker {}: {why}", t.worker_id),
+                        Some(FailureOrigin {
+                            role: t.role,
+                            party: t.party.clone(),
+                            kind: "undeliverable".into(),
+                        }),
+                    ));
+                    break;
+                }
             }
         }
         // Dispatch writes nothing: the admission's entry names each task's worker, and the
@@ -1525,25 +1531,35 @@ impl Scheduler {
         self.job(&job_id).await
     }
 
-    /// Puts `delivery` on a worker's task `stream`; when its queue is full, waits up to
-    /// [`SchedulerConfig::delivery_wait_ms`] for room (no lock held). `Err` says why not.
+    /// Puts `delivery` (a task of `job_id`) on a worker's task `stream`; when its queue is
+    /// full, waits up to [`SchedulerConfig::delivery_wait_ms`] for room (no lock held), and
+    /// then sends only if the job is still live (it may have been cancelled, or failed with a
+    /// lost worker, meanwhile). `Ok(false)`: the job ended, nothing was sent; `Err` says why
+    /// the task could not be delivered.
     async fn deliver(
         &self,
+        job_id: &str,
         stream: Option<mpsc::Sender<Delivery>>,
         delivery: Delivery,
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
         use tokio::sync::mpsc::error::TrySendError;
         let closed = || "it is not connected".to_string();
         let Some(stream) = stream else {
             return Err(closed());
         };
         match stream.try_send(delivery) {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(true),
             Err(TrySendError::Closed(_)) => Err(closed()),
             Err(TrySendError::Full(delivery)) => {
                 let wait = Duration::from_millis(self.config.delivery_wait_ms);
-                match tokio::time::timeout(wait, stream.send(delivery)).await {
-                    Ok(Ok(())) => Ok(()),
+                match tokio::time::timeout(wait, stream.reserve()).await {
+                    Ok(Ok(permit)) => {
+                        if !self.jobs.lock().await.contains_key(job_id) {
+                            return Ok(false);
+                        }
+                        permit.send(delivery);
+                        Ok(true)
+                    }
                     Ok(Err(_)) => Err(closed()),
                     Err(_) => Err(format!(
                         "its task queue ({} tasks) stayed full for {} ms: it takes tasks more \

@@ -357,3 +357,54 @@ async fn a_task_queue_full_past_the_wait_fails_the_job_as_undeliverable() {
     );
     assert_eq!(second.job.count_state, CountState::Released);
 }
+
+/// A job cancelled while its dispatch waits for room in a full task queue: once there is
+/// room, none of its tasks is sent, and the submission answers the job as cancelled.
+#[tokio::test]
+async fn a_job_cancelled_while_its_dispatch_waits_sends_no_task() {
+    let store = Store::open_temporary().await.expect("store");
+    let config = tessera_scheduler::SchedulerConfig {
+        delivery_queue_max: 1,
+        ..Default::default()
+    };
+    let (scheduler, mut inboxes, _) =
+        common::node_with(store, Arc::new(ManualClock::new(1_000_000)), config).await;
+    let licence = common::licence(
+        &scheduler,
+        r#"{"policyName":"t","relUsers":[{"userId":"u1","userName":"U","isGroup":0}],
+        "useScenes":[{"useSence":"psi","counts":2,"visitArea":["r1"],"cpCenter":["c1"]}]}"#,
+    )
+    .await;
+    let first = scheduler.submit(request(&licence)).await.expect("first");
+    let second = tokio::spawn({
+        let scheduler = scheduler.clone();
+        let licence = licence.clone();
+        async move { scheduler.submit(request(&licence)).await }
+    });
+    // The second job is admitted, live (its updates can be followed: `watch` of a job not
+    // live answers a channel whose sender is gone), and its dispatch waits.
+    let second_id = loop {
+        let open = scheduler.store().unfinished_jobs().await.expect("jobs");
+        if let Some(j) = open.iter().find(|j| j.job_id != first.job.job_id) {
+            let live = scheduler.watch(&j.job_id).await.expect("watch");
+            if live.has_changed().is_ok() {
+                break j.job_id.clone();
+            }
+        }
+        tokio::task::yield_now().await;
+    };
+    scheduler.cancel(&second_id, "u1").await.expect("cancel");
+    for inbox in &mut inboxes {
+        inbox.recv().await.expect("the first job's task");
+    }
+    let second = second.await.expect("join").expect("second");
+    assert_eq!(second.job.job_id, second_id);
+    assert_eq!(second.job.state, JobState::Cancelled);
+    for inbox in &mut inboxes {
+        while let Ok(d) = inbox.try_recv() {
+            if let Delivery::Assign { ticket, .. } = d {
+                assert!(!ticket.body.contains(&second_id), "{}", ticket.body);
+            }
+        }
+    }
+}
