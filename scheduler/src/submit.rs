@@ -2197,10 +2197,21 @@ impl Scheduler {
                     .and_then(|w| w.deliveries.as_ref())
                 {
                     // The other party's worker learns only what its side may see.
-                    let _ = d.try_send(Delivery::Cancel {
+                    let cancel = Delivery::Cancel {
                         task_id: task_id.clone(),
                         reason: crate::redact::error_seen_by(&outcome.job, Some(t.role)),
-                    });
+                    };
+                    if let Err(mpsc::error::TrySendError::Full(cancel)) = d.try_send(cancel) {
+                        // Behind the worker's queued tasks, waiting as a dispatch would (not
+                        // here: the end is recorded and answered already).
+                        let (d, wait) = (
+                            d.clone(),
+                            Duration::from_millis(self.config.delivery_wait_ms),
+                        );
+                        tokio::spawn(async move {
+                            let _ = tokio::time::timeout(wait, d.send(cancel)).await;
+                        });
+                    }
                 }
             }
             drop(workers);

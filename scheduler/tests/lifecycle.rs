@@ -408,3 +408,37 @@ async fn a_job_cancelled_while_its_dispatch_waits_sends_no_task() {
         }
     }
 }
+
+/// A job cancelled while its worker's task queue is full: the stop message follows the
+/// worker's queued tasks instead of being dropped.
+#[tokio::test]
+async fn a_cancellation_reaches_a_worker_whose_task_queue_is_full() {
+    let store = Store::open_temporary().await.expect("store");
+    let config = tessera_scheduler::SchedulerConfig {
+        delivery_queue_max: 1,
+        ..Default::default()
+    };
+    let (scheduler, mut inboxes, licence) =
+        common::node_with(store, Arc::new(ManualClock::new(1_000_000)), config).await;
+    let job = scheduler.submit(request(&licence)).await.expect("submit");
+    // Both queues hold the job's tasks; the cancellation's stop messages wait behind them.
+    scheduler.cancel(&job.job.job_id, "u1").await.expect("cancel");
+    for inbox in &mut inboxes {
+        let task_id = match inbox.recv().await.expect("the task") {
+            Delivery::Assign { spec_json, .. } => {
+                let spec: serde_json::Value = serde_json::from_str(&spec_json).expect("spec");
+                spec["task_id"].as_str().expect("task id").to_owned()
+            }
+            other => panic!("expected the assignment first, got {other:?}"),
+        };
+        // A guard against hanging on the old behaviour (the message dropped), not a timing.
+        let next = tokio::time::timeout(Duration::from_secs(30), inbox.recv())
+            .await
+            .expect("the stop message was dropped")
+            .expect("a delivery");
+        match next {
+            Delivery::Cancel { task_id: t, .. } => assert_eq!(t, task_id),
+            other => panic!("expected the stop message, got {other:?}"),
+        }
+    }
+}
