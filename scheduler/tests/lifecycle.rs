@@ -422,7 +422,10 @@ async fn a_cancellation_reaches_a_worker_whose_task_queue_is_full() {
         common::node_with(store, Arc::new(ManualClock::new(1_000_000)), config).await;
     let job = scheduler.submit(request(&licence)).await.expect("submit");
     // Both queues hold the job's tasks; the cancellation's stop messages wait behind them.
-    scheduler.cancel(&job.job.job_id, "u1").await.expect("cancel");
+    scheduler
+        .cancel(&job.job.job_id, "u1")
+        .await
+        .expect("cancel");
     for inbox in &mut inboxes {
         let task_id = match inbox.recv().await.expect("the task") {
             Delivery::Assign { spec_json, .. } => {
