@@ -278,26 +278,10 @@ async fn a_reconnecting_worker_is_told_to_stop_the_tasks_of_jobs_no_longer_runni
 /// take their first tasks.
 #[tokio::test]
 async fn a_full_task_queue_slows_the_dispatch_down_instead_of_failing_the_job() {
-    let store = Store::open_temporary().await.expect("store");
-    let config = tessera_scheduler::SchedulerConfig {
-        delivery_queue_max: 1,
-        ..Default::default()
-    };
-    let (scheduler, mut inboxes, _) =
-        common::node_with(store, Arc::new(ManualClock::new(1_000_000)), config).await;
-    let licence = common::licence(
-        &scheduler,
-        r#"{"policyName":"t","relUsers":[{"userId":"u1","userName":"U","isGroup":0}],
-        "useScenes":[{"useSence":"psi","counts":2,"visitArea":["r1"],"cpCenter":["c1"]}]}"#,
-    )
-    .await;
+    let (scheduler, mut inboxes, licence) = small_queue_node(1, None).await;
     let first = scheduler.submit(request(&licence)).await.expect("first");
     assert_eq!(first.job.state, JobState::Admitted);
-    let second = tokio::spawn({
-        let scheduler = scheduler.clone();
-        let licence = licence.clone();
-        async move { scheduler.submit(request(&licence)).await }
-    });
+    let second = spawn_submit(&scheduler, &licence);
     // The workers take the first job's tasks; the second job's follow.
     let job_of = |d: Delivery| match d {
         Delivery::Assign { ticket, .. } => {
@@ -333,20 +317,7 @@ async fn a_full_task_queue_slows_the_dispatch_down_instead_of_failing_the_job() 
 /// the reason, and the count goes back.
 #[tokio::test]
 async fn a_task_queue_full_past_the_wait_fails_the_job_as_undeliverable() {
-    let store = Store::open_temporary().await.expect("store");
-    let config = tessera_scheduler::SchedulerConfig {
-        delivery_queue_max: 1,
-        delivery_wait_ms: 50,
-        ..Default::default()
-    };
-    let (scheduler, _inboxes, _) =
-        common::node_with(store, Arc::new(ManualClock::new(1_000_000)), config).await;
-    let licence = common::licence(
-        &scheduler,
-        r#"{"policyName":"t","relUsers":[{"userId":"u1","userName":"U","isGroup":0}],
-        "useScenes":[{"useSence":"psi","counts":2,"visitArea":["r1"],"cpCenter":["c1"]}]}"#,
-    )
-    .await;
+    let (scheduler, _inboxes, licence) = small_queue_node(1, Some(50)).await;
     scheduler.submit(request(&licence)).await.expect("first");
     let second = scheduler.submit(request(&licence)).await.expect("second");
     assert_eq!(second.job.state, JobState::Failed);
@@ -362,25 +333,9 @@ async fn a_task_queue_full_past_the_wait_fails_the_job_as_undeliverable() {
 /// room, none of its tasks is sent, and the submission answers the job as cancelled.
 #[tokio::test]
 async fn a_job_cancelled_while_its_dispatch_waits_sends_no_task() {
-    let store = Store::open_temporary().await.expect("store");
-    let config = tessera_scheduler::SchedulerConfig {
-        delivery_queue_max: 1,
-        ..Default::default()
-    };
-    let (scheduler, mut inboxes, _) =
-        common::node_with(store, Arc::new(ManualClock::new(1_000_000)), config).await;
-    let licence = common::licence(
-        &scheduler,
-        r#"{"policyName":"t","relUsers":[{"userId":"u1","userName":"U","isGroup":0}],
-        "useScenes":[{"useSence":"psi","counts":2,"visitArea":["r1"],"cpCenter":["c1"]}]}"#,
-    )
-    .await;
+    let (scheduler, mut inboxes, licence) = small_queue_node(1, None).await;
     let first = scheduler.submit(request(&licence)).await.expect("first");
-    let second = tokio::spawn({
-        let scheduler = scheduler.clone();
-        let licence = licence.clone();
-        async move { scheduler.submit(request(&licence)).await }
-    });
+    let second = spawn_submit(&scheduler, &licence);
     // The second job is admitted, live (its updates can be followed: `watch` of a job not
     // live answers a channel whose sender is gone), and its dispatch waits.
     let second_id = loop {
@@ -413,13 +368,7 @@ async fn a_job_cancelled_while_its_dispatch_waits_sends_no_task() {
 /// worker's queued tasks instead of being dropped.
 #[tokio::test]
 async fn a_cancellation_reaches_a_worker_whose_task_queue_is_full() {
-    let store = Store::open_temporary().await.expect("store");
-    let config = tessera_scheduler::SchedulerConfig {
-        delivery_queue_max: 1,
-        ..Default::default()
-    };
-    let (scheduler, mut inboxes, licence) =
-        common::node_with(store, Arc::new(ManualClock::new(1_000_000)), config).await;
+    let (scheduler, mut inboxes, licence) = small_queue_node(1, None).await;
     let job = scheduler.submit(request(&licence)).await.expect("submit");
     // Both queues hold the job's tasks; the cancellation's stop messages wait behind them.
     scheduler
@@ -444,4 +393,39 @@ async fn a_cancellation_reaches_a_worker_whose_task_queue_is_full() {
             other => panic!("expected the stop message, got {other:?}"),
         }
     }
+}
+
+/// A node whose workers' task queues hold `queue_max` tasks (dispatch waiting `wait_ms` for
+/// room, or the default), with a licence of two PSI runs to `u1`.
+async fn small_queue_node(
+    queue_max: usize,
+    wait_ms: Option<u64>,
+) -> (Arc<Scheduler>, Vec<mpsc::Receiver<Delivery>>, String) {
+    let store = Store::open_temporary().await.expect("store");
+    let mut config = tessera_scheduler::SchedulerConfig {
+        delivery_queue_max: queue_max,
+        ..Default::default()
+    };
+    if let Some(ms) = wait_ms {
+        config.delivery_wait_ms = ms;
+    }
+    let (scheduler, inboxes, _) =
+        common::node_with(store, Arc::new(ManualClock::new(1_000_000)), config).await;
+    let licence = common::licence(
+        &scheduler,
+        r#"{"policyName":"t","relUsers":[{"userId":"u1","userName":"U","isGroup":0}],
+        "useScenes":[{"useSence":"psi","counts":2,"visitArea":["r1"],"cpCenter":["c1"]}]}"#,
+    )
+    .await;
+    (scheduler, inboxes, licence)
+}
+
+/// A submission under `licence` on a task of its own (it may wait for room in a queue).
+fn spawn_submit(
+    scheduler: &Arc<Scheduler>,
+    licence: &str,
+) -> tokio::task::JoinHandle<Result<tessera_scheduler::JobView, tessera_scheduler::SchedulerError>>
+{
+    let (scheduler, licence) = (scheduler.clone(), licence.to_owned());
+    tokio::spawn(async move { scheduler.submit(request(&licence)).await })
 }

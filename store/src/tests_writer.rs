@@ -271,20 +271,29 @@ async fn the_output_name_query_uses_its_partial_index() {
 #[tokio::test]
 async fn the_writer_keeps_savepoint_journals_in_memory() {
     let (_dir, store) = open().await;
-    let mode = store
-        .write(|conn| Ok(conn.query_row("PRAGMA temp_store", [], |r| r.get::<_, i64>(0))?))
-        .await
-        .expect("pragma");
-    assert_eq!(mode, 2, "temp_store = MEMORY");
+    assert_eq!(
+        writer_pragma(&store, "temp_store").await,
+        2,
+        "temp_store = MEMORY"
+    );
 }
 
 /// The writer's page cache is `WRITER_CACHE_KIB`, not SQLite's 2 MiB default.
 #[tokio::test]
 async fn the_writer_has_a_page_cache_of_its_stated_size() {
     let (_dir, store) = open().await;
-    let size = store
-        .write(|conn| Ok(conn.query_row("PRAGMA cache_size", [], |r| r.get::<_, i64>(0))?))
+    assert_eq!(
+        writer_pragma(&store, "cache_size").await,
+        -i64::from(crate::WRITER_CACHE_KIB)
+    );
+}
+
+/// The value of `PRAGMA name` on the writer's connection.
+async fn writer_pragma(store: &Store, name: &'static str) -> i64 {
+    store
+        .write(move |conn| {
+            Ok(conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get::<_, i64>(0))?)
+        })
         .await
-        .expect("pragma");
-    assert_eq!(size, -i64::from(crate::WRITER_CACHE_KIB));
+        .expect("pragma")
 }
