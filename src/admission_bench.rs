@@ -124,6 +124,8 @@ pub async fn run(
     let op = operator::start(&OperatorConfig {
         listen: "127.0.0.1:0".into(),
         data_dir: data_dir.clone(),
+        // The benchmark reads the admin's token itself.
+        announce_admin_token: false,
         ..OperatorConfig::default()
     })
     .await?;
@@ -330,6 +332,11 @@ pub async fn run(
         let _ = p.start_kill();
         let _ = p.wait().await;
     }
+    // The chain's head signed, as a stopping operator signs it: `audit verify` on a kept
+    // `--dir` then finds every entry under a checkpoint.
+    if let Err(e) = op.scheduler.audit().seal().await {
+        tracing::warn!(error = %e, "could not sign the audit head at the end of the run");
+    }
     drop((workers, op));
     Ok(figures)
 }
@@ -369,7 +376,10 @@ fn spawn_worker(
         .env("TESSERA_REGISTRATION_TOKEN", registration_token)
         .env_remove("TESSERA_REGISTRATION_TOKEN_FILE")
         .env_remove("TESSERA_CONFIG")
-        .stdin(std::process::Stdio::null())
+        // The pipe's far end is this process's: when it ends, however it ends (SIGKILL
+        // included), the worker sees its standard input close and stops.
+        .arg("--stop-on-stdin-eof")
+        .stdin(std::process::Stdio::piped())
         .stdout(log.try_clone()?)
         .stderr(log)
         .kill_on_drop(true);

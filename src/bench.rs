@@ -508,7 +508,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             });
             // A signal stops the run: its worker processes are killed with it (dropped) and a
             // scratch directory is removed, rather than left behind.
-            let stop = crate::shutdown_signal();
+            let stop = crate::signal_received();
             let f = tokio::select! {
                 f = crate::admission_bench::run(
                     &dir,
@@ -518,9 +518,8 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                     workers,
                     worker_nice,
                 ) => f,
-                () = stop => Err(anyhow::anyhow!(
-                    "interrupted: the benchmark and its worker processes were stopped"
-                )),
+                signal = stop => Err(anyhow::Error::new(signal)
+                    .context("the benchmark and its worker processes were stopped")),
             };
             if scratch {
                 let _ = std::fs::remove_dir_all(&dir);

@@ -244,6 +244,11 @@ pub struct WorkerArgs {
     /// most 1,024 buckets, so past 1,024 × N rows a bucket holds more).
     #[arg(long, env = "TESSERA_BUCKET_ROWS", value_parser = clap::value_parser!(u64).range(1..))]
     pub bucket_rows: Option<u64>,
+    /// Stop when standard input reaches its end: for a supervisor that starts the worker with
+    /// a pipe on its standard input, so that the worker ends with the supervisor even when
+    /// the supervisor is killed outright (`tessera bench admission` starts its workers so).
+    #[arg(long)]
+    pub stop_on_stdin_eof: bool,
 }
 
 /// The keys a worker's TOML file may set (all optional; same names as the flags).

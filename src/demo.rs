@@ -188,6 +188,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let op = operator::start(&OperatorConfig {
         listen: "127.0.0.1:0".into(),
         data_dir: args.dir.join("operator"),
+        // The demo prints where the admin's token is.
+        announce_admin_token: false,
         ..OperatorConfig::default()
     })
     .await?;

@@ -10,6 +10,7 @@
 //! | 4 | the job failed |
 //! | 5 | the job was cancelled |
 //! | 6 | connection lost (any command): the operator could not be reached, or stopped answering before a followed job ended |
+//! | 130, 143 | a benchmark stopped by SIGINT (Ctrl-C) or SIGTERM before it ended (128 + the signal's number, as a shell reports a process the signal killed) |
 //!
 //! A reader that goes away (`tessera job list | head`) is a normal end: status 0, nothing
 //! printed.
@@ -23,7 +24,7 @@ pub const EXIT_HELP: &str = "Exit status: 0 success; 1 error (the operator's API
 message are printed as `error: CODE: message`); 2 usage error; 6 connection lost (the \
 operator could not be reached, or stopped answering before a followed job ended); for `job \
 submit` and `job watch`, 3 the job was refused, 4 it failed, 5 it was cancelled; for `tee \
-verify`, 3 the evidence was refused.";
+verify`, 3 the evidence was refused; for `bench`, 130 or 143 stopped by SIGINT or SIGTERM.";
 
 /// Success.
 pub const OK: u8 = 0;
@@ -37,6 +38,36 @@ pub const FAILED: u8 = 4;
 pub const CANCELLED: u8 = 5;
 /// The operator could not be reached or stopped answering.
 pub const CONNECTION_LOST: u8 = 6;
+
+/// A command stopped part-way by a signal; its exit status is 128 + the signal's number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interrupted {
+    /// SIGINT (Ctrl-C): status 130.
+    Interrupt,
+    /// SIGTERM: status 143.
+    Terminate,
+}
+
+impl Interrupted {
+    /// 128 + the signal's number.
+    pub fn status(self) -> u8 {
+        match self {
+            Self::Interrupt => 130,
+            Self::Terminate => 143,
+        }
+    }
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Interrupt => "interrupted (SIGINT)",
+            Self::Terminate => "terminated (SIGTERM)",
+        })
+    }
+}
+
+impl std::error::Error for Interrupted {}
 
 /// A followed job ended in an unhappy state; the job's line has been printed already.
 #[derive(Debug)]
@@ -95,6 +126,9 @@ pub fn is_transport(s: &tonic::Status) -> bool {
 pub fn code_of(e: &anyhow::Error) -> u8 {
     use tessera_proto::v1::JobState;
     for c in e.chain() {
+        if let Some(i) = c.downcast_ref::<Interrupted>() {
+            return i.status();
+        }
         if c.is::<AppraisalRefused>() {
             return REFUSED;
         }

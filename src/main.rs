@@ -149,6 +149,16 @@ async fn main() -> std::process::ExitCode {
 /// signal sent as soon as the banner appears stops the process cleanly rather than killing
 /// it with the default action.
 fn shutdown_signal() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    let signal = signal_received();
+    Box::pin(async move {
+        signal.await;
+    })
+}
+
+/// As [`shutdown_signal`], completing with the signal that came (for the exit status a
+/// command interrupted part-way gives: `exit::Interrupted`).
+fn signal_received()
+-> std::pin::Pin<Box<dyn std::future::Future<Output = exit::Interrupted> + Send>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -158,15 +168,25 @@ fn shutdown_signal() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> +
         ) {
             return Box::pin(async move {
                 tokio::select! {
-                    _ = int.recv() => {}
-                    _ = term.recv() => {}
+                    _ = int.recv() => exit::Interrupted::Interrupt,
+                    _ = term.recv() => exit::Interrupted::Terminate,
                 }
             });
         }
     }
     Box::pin(async {
         let _ = tokio::signal::ctrl_c().await;
+        exit::Interrupted::Interrupt
     })
+}
+
+/// Completes when standard input reaches its end (or cannot be read): what it holds is
+/// read and dropped.
+async fn stdin_closed() {
+    use tokio::io::AsyncReadExt;
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 512];
+    while matches!(stdin.read(&mut buf).await, Ok(n) if n > 0) {}
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -183,9 +203,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(cmd) = a.command.take() {
                 return client::lists::worker(cmd).await;
             }
+            let stdin_eof = a.stop_on_stdin_eof;
             let config = a.resolve()?;
             let handle = tessera_worker::start(config, Arc::new(SystemClock)).await?;
-            let stop = shutdown_signal();
+            let signal = shutdown_signal();
+            let stop: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = if stdin_eof
+            {
+                Box::pin(async move {
+                    tokio::select! {
+                        () = signal => {}
+                        () = stdin_closed() => {}
+                    }
+                })
+            } else {
+                signal
+            };
             println!(
                 "worker {} serving peers on {}",
                 handle.worker_id, handle.peer_addr
@@ -334,7 +366,7 @@ mod tests {
               -h, --help     Print help
               -V, --version  Print version
 
-            Exit status: 0 success; 1 error (the operator's API code and message are printed as `error: CODE: message`); 2 usage error; 6 connection lost (the operator could not be reached, or stopped answering before a followed job ended); for `job submit` and `job watch`, 3 the job was refused, 4 it failed, 5 it was cancelled; for `tee verify`, 3 the evidence was refused.
+            Exit status: 0 success; 1 error (the operator's API code and message are printed as `error: CODE: message`); 2 usage error; 6 connection lost (the operator could not be reached, or stopped answering before a followed job ended); for `job submit` and `job watch`, 3 the job was refused, 4 it failed, 5 it was cancelled; for `tee verify`, 3 the evidence was refused; for `bench`, 130 or 143 stopped by SIGINT or SIGTERM.
         "#]].assert_eq(&help(&["tessera", "--help"]));
     }
 

@@ -51,6 +51,11 @@ pub struct OperatorConfig {
     /// The appraisal policy of workers' TEE evidence (JSON, `tessera_tee::AppraisalPolicy`);
     /// `None`: every attestation is refused, so no `tee` job is placed.
     pub tee_policy: Option<PathBuf>,
+    /// Whether creating the admin account on a new data directory is said as a warning (the
+    /// operator's user must fetch the token); a caller that reads the token itself (the
+    /// admission benchmark) sets `false` and it is logged at INFO. Not a file key.
+    #[serde(skip)]
+    pub announce_admin_token: bool,
 }
 
 impl Default for OperatorConfig {
@@ -68,6 +73,7 @@ impl Default for OperatorConfig {
             tls_names: Vec::new(),
             insecure_plaintext: false,
             tee_policy: None,
+            announce_admin_token: true,
         }
     }
 }
@@ -371,7 +377,7 @@ pub async fn start(config: &OperatorConfig) -> anyhow::Result<OperatorHandle> {
              back (or resume where they stopped), else fail when the resume window ends"
         );
     }
-    bootstrap_admin(&scheduler, &config.data_dir).await?;
+    bootstrap_admin(&scheduler, &config.data_dir, config.announce_admin_token).await?;
     // A signed head of the chain as found at start, then at most one second behind it.
     scheduler
         .audit()
@@ -533,7 +539,7 @@ pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 
 /// On a data directory without users: creates the operator's `admin` account and writes its
 /// API token to `DATA_DIR/admin.token` (mode 0600). Nothing else has a default credential.
-async fn bootstrap_admin(scheduler: &Scheduler, dir: &Path) -> anyhow::Result<()> {
+async fn bootstrap_admin(scheduler: &Scheduler, dir: &Path, announce: bool) -> anyhow::Result<()> {
     let Some(issued) = scheduler
         .accounts()
         .bootstrap(ADMIN_USER)
@@ -543,12 +549,14 @@ async fn bootstrap_admin(scheduler: &Scheduler, dir: &Path) -> anyhow::Result<()
         return Ok(());
     };
     let path = write_admin_token(dir, &issued.token)?;
-    tracing::warn!(
-        user = ADMIN_USER,
-        path = %path.display(),
-        "created the operator's admin account; its API token is in this file (mode 0600): \
-         use it with --token-file or TESSERA_TOKEN, and keep it secret"
-    );
+    const CREATED: &str = "created the operator's admin account; its API token is in this file \
+                           (mode 0600): use it with --token-file or TESSERA_TOKEN, and keep it \
+                           secret";
+    if announce {
+        tracing::warn!(user = ADMIN_USER, path = %path.display(), "{CREATED}");
+    } else {
+        tracing::info!(user = ADMIN_USER, path = %path.display(), "{CREATED}");
+    }
     Ok(())
 }
 

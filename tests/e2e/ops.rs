@@ -729,6 +729,123 @@ fn the_admission_benchmark_runs_and_checks_exactly_once() {
     assert_eq!(v["succeeded"], 6);
     assert_eq!(v["failures"], serde_json::json!([]), "{v}");
     assert!(v["admissions_per_s"].as_f64().expect("rate") > 0.0);
+    assert!(
+        !text(&out.stderr).contains("admin account"),
+        "the benchmark reads the admin token itself: {}",
+        text(&out.stderr)
+    );
+    // The kept directory's chain ends under a signed checkpoint, as a stopped operator's.
+    let verify = Command::new(BIN)
+        .args(["audit", "verify", "--data-dir"])
+        .arg(dir.path().join("b").join("operator"))
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("verify");
+    let report = text(&verify.stdout);
+    assert!(verify.status.success(), "{report}{}", text(&verify.stderr));
+    assert!(report.contains("audit chain OK"), "{report}");
+    assert!(
+        !report.contains("after the latest signed checkpoint"),
+        "{report}"
+    );
+}
+
+/// The `tessera worker` processes a benchmark started, found by the benchmark's directory on
+/// their command line.
+#[cfg(target_os = "linux")]
+fn workers_under(dir: &Path) -> Vec<u32> {
+    let needle = dir.to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.iter().any(|a| a == "worker") && args.iter().any(|a| a.contains(&needle)) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Starts a long `bench admission` in `dir` and waits (bounded) for its two worker processes.
+#[cfg(target_os = "linux")]
+fn long_benchmark(dir: &Path) -> std::process::Child {
+    let child = Command::new(BIN)
+        .args(["bench", "admission", "--jobs", "1000000", "--json", "--dir"])
+        .arg(dir)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let t0 = Instant::now();
+    while workers_under(dir).len() < 2 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the benchmark's workers did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+/// Waits (bounded) until no worker process of the benchmark in `dir` is left.
+#[cfg(target_os = "linux")]
+fn until_no_worker_under(dir: &Path, limit: Duration) {
+    let t0 = Instant::now();
+    loop {
+        let left = workers_under(dir);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "worker processes {left:?} outlived their benchmark"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A benchmark stopped part-way: SIGINT and SIGTERM end it with 130 and 143 (128 + the
+/// signal, as a shell says of a process the signal killed), naming the signal; SIGKILL,
+/// which it cannot see, still takes its worker processes with it (their standard input
+/// closes).
+#[cfg(target_os = "linux")]
+#[test]
+fn an_interrupted_admission_benchmark_says_so_and_leaves_no_worker_behind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (signal, status, said) in [("-INT", 130, "SIGINT"), ("-TERM", 143, "SIGTERM")] {
+        let run = dir.path().join(&signal[1..]);
+        let mut bench = long_benchmark(&run);
+        let sent = Command::new("kill")
+            .args([signal, &bench.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success());
+        let code = wait_exit(&mut bench, Duration::from_secs(30));
+        let mut err = String::new();
+        bench
+            .stderr
+            .take()
+            .expect("stderr")
+            .read_to_string(&mut err)
+            .expect("read");
+        assert_eq!(code, Some(status), "{err}");
+        assert!(err.contains(said), "{err}");
+        until_no_worker_under(&run, Duration::from_secs(10));
+    }
+    let run = dir.path().join("KILL");
+    let mut bench = long_benchmark(&run);
+    bench.kill().expect("SIGKILL");
+    let _ = bench.wait();
+    until_no_worker_under(&run, Duration::from_secs(10));
 }
 
 /// `bench admission --workers in-process --worker-nice N` is a usage error (status 2, naming
