@@ -150,18 +150,64 @@ struct Shared {
     /// The enclave, attested again whenever the operator comes back (a restarted operator
     /// keeps no attestation).
     tee: Option<Arc<OperatorTee>>,
+    /// Where the tasks' progress reports go, with the worker's budget of them.
+    progress: Arc<ProgressOut>,
 }
 
 /// Shortest time between two progress reports of one task.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 
+/// Most progress reports one worker sends per second, all its tasks together (and as a
+/// burst): under a backlog a worker runs hundreds of small tasks at once, each long enough to
+/// report, and their reports cost the operator a call each for states nobody watches. A
+/// single job's 10 a second fit; a report over the budget waits, replaced by later ones.
+const PROGRESS_REPORTS_PER_S: u32 = 20;
+
+/// Where one worker's progress reports go: a sender (the operator's `ReportProgress`, each
+/// call spawned) and the budget all its tasks share ([`PROGRESS_REPORTS_PER_S`]).
+struct ProgressOut {
+    worker_id: String,
+    budget: governor::DefaultDirectRateLimiter,
+    send: Box<dyn Fn(pb::ProgressReport) + Send + Sync>,
+}
+
+impl ProgressOut {
+    fn new(worker_id: String, send: Box<dyn Fn(pb::ProgressReport) + Send + Sync>) -> Self {
+        let per_s =
+            std::num::NonZeroU32::new(PROGRESS_REPORTS_PER_S).unwrap_or(std::num::NonZeroU32::MIN);
+        Self {
+            worker_id,
+            budget: governor::RateLimiter::direct(governor::Quota::per_second(per_s)),
+            send,
+        }
+    }
+
+    /// Reports to the operator over `client`; a lost report is superseded by the next or by
+    /// the task's result.
+    fn to_operator(
+        worker_id: String,
+        client: OperatorClient<InterceptedService<Channel, TokenHeader>>,
+    ) -> Self {
+        Self::new(
+            worker_id,
+            Box::new(move |req| {
+                let mut client = client.clone();
+                tokio::spawn(async move {
+                    let _ = client.report_progress(req).await;
+                });
+            }),
+        )
+    }
+}
+
 /// A task's progress to the operator: at most one report per [`PROGRESS_INTERVAL`], the first
-/// once the task has run that long. A report inside an interval waits and is sent at its end
-/// as the latest state, unless the task has ended by then (its result says more): a task
-/// shorter than the interval sends no report at all (tiny jobs by the thousand would
+/// once the task has run that long, and only within the worker's budget
+/// ([`PROGRESS_REPORTS_PER_S`]). A report inside an interval or over the budget waits and is
+/// sent later as the latest state, unless the task has ended by then (its result says more):
+/// a task shorter than the interval sends no report at all (tiny jobs by the thousand would
 /// otherwise cost the operator a call each for a state nobody sees).
 struct ProgressSink {
-    shared: Arc<Shared>,
+    out: Arc<ProgressOut>,
     task_id: String,
     throttle: Arc<std::sync::Mutex<Throttle>>,
 }
@@ -176,9 +222,9 @@ struct Throttle {
 }
 
 impl ProgressSink {
-    fn new(shared: Arc<Shared>, task_id: String) -> Self {
+    fn new(out: Arc<ProgressOut>, task_id: String) -> Self {
         Self {
-            shared,
+            out,
             task_id,
             throttle: Arc::new(std::sync::Mutex::new(Throttle {
                 last_sent: tokio::time::Instant::now(),
@@ -198,18 +244,10 @@ impl ProgressSink {
     }
 }
 
-/// Sends one progress report; a lost one is superseded by the next or by the task's result.
-async fn send_progress(
-    mut client: OperatorClient<InterceptedService<Channel, TokenHeader>>,
-    req: pb::ProgressReport,
-) {
-    let _ = client.report_progress(req).await;
-}
-
 impl tessera_psi::Progress for ProgressSink {
     fn report(&self, phase: &str, done: u64, total: u64) {
         let req = pb::ProgressReport {
-            worker_id: self.shared.worker_id.clone(),
+            worker_id: self.out.worker_id.clone(),
             task_id: self.task_id.clone(),
             phase: phase.to_string(),
             done,
@@ -223,38 +261,53 @@ impl tessera_psi::Progress for ProgressSink {
             return;
         }
         let due = t.last_sent + PROGRESS_INTERVAL;
-        match due {
-            due if now < due => {
-                t.pending = Some(req);
-                if !t.flush_scheduled {
-                    t.flush_scheduled = true;
-                    let (throttle, client) = (self.throttle.clone(), self.shared.client.clone());
-                    tokio::spawn(async move {
-                        tokio::time::sleep_until(due).await;
-                        let held = match throttle.lock() {
-                            Ok(mut t) => {
-                                t.flush_scheduled = false;
-                                let held = t.pending.take();
-                                if held.is_some() {
-                                    t.last_sent = tokio::time::Instant::now();
-                                }
-                                held
-                            }
-                            Err(_) => None,
-                        };
-                        if let Some(req) = held {
-                            send_progress(client, req).await;
-                        }
-                    });
-                }
-            }
-            _ => {
-                t.last_sent = now;
-                t.pending = None;
-                drop(t);
-                tokio::spawn(send_progress(self.shared.client.clone(), req));
-            }
+        if now >= due && self.out.budget.check().is_ok() {
+            t.last_sent = now;
+            t.pending = None;
+            drop(t);
+            (self.out.send)(req);
+            return;
         }
+        // Held back: sent at the interval's end, or, over the budget, once the budget allows
+        // (re-checked every interval), as the latest state then.
+        t.pending = Some(req);
+        if t.flush_scheduled {
+            return;
+        }
+        t.flush_scheduled = true;
+        let at = if now < due {
+            due
+        } else {
+            now + PROGRESS_INTERVAL
+        };
+        let (throttle, out) = (self.throttle.clone(), self.out.clone());
+        tokio::spawn(async move {
+            let mut at = at;
+            loop {
+                tokio::time::sleep_until(at).await;
+                let held = {
+                    let Ok(mut t) = throttle.lock() else {
+                        return;
+                    };
+                    if t.ended || t.pending.is_none() {
+                        t.flush_scheduled = false;
+                        t.pending = None;
+                        return;
+                    }
+                    if out.budget.check().is_err() {
+                        at = tokio::time::Instant::now() + PROGRESS_INTERVAL;
+                        continue;
+                    }
+                    t.flush_scheduled = false;
+                    t.last_sent = tokio::time::Instant::now();
+                    t.pending.take()
+                };
+                if let Some(req) = held {
+                    (out.send)(req);
+                }
+                return;
+            }
+        });
     }
 }
 
@@ -687,6 +740,7 @@ pub async fn start(config: WorkerConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
     }
     let work_dir = own_work_dir(&config, &reg.worker_id)?;
     let dealer_client = client.clone();
+    let progress_client = client.clone();
     let shared = Arc::new(Shared {
         worker_id: reg.worker_id.clone(),
         registration: pb::RegisterWorkerRequest {
@@ -718,6 +772,10 @@ pub async fn start(config: WorkerConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
         clock,
         running: Mutex::new(HashMap::new()),
         tee: tee_host,
+        progress: Arc::new(ProgressOut::to_operator(
+            reg.worker_id.clone(),
+            progress_client,
+        )),
     });
     // Open the task stream before returning, so the worker is placeable once `start` is done.
     let tasks = shared
@@ -1134,7 +1192,7 @@ async fn accept(shared: Arc<Shared>, a: pb::TaskAssignment) {
         let shared = shared.clone();
         let task_id = task_id.clone();
         async move {
-            let progress = Arc::new(ProgressSink::new(shared.clone(), task_id.clone()));
+            let progress = Arc::new(ProgressSink::new(shared.progress.clone(), task_id.clone()));
             let sink: Arc<dyn tessera_psi::Progress> = progress.clone();
             let delivery = OperatorDelivery {
                 shared: shared.clone(),
@@ -1283,5 +1341,83 @@ mod dir_tests {
         c.work_dir = Some(file);
         let e = check_directories(&c).expect_err("work dir is a file");
         assert!(format!("{e:#}").contains("--work-dir"), "{e:#}");
+    }
+}
+
+#[cfg(test)]
+mod progress_tests {
+    use super::*;
+    use tessera_psi::Progress;
+
+    /// A worker's progress out that records what it would send.
+    fn recording() -> (
+        Arc<ProgressOut>,
+        Arc<std::sync::Mutex<Vec<pb::ProgressReport>>>,
+    ) {
+        let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let into = sent.clone();
+        let out = ProgressOut::new(
+            "w1".into(),
+            Box::new(move |r| into.lock().expect("lock").push(r)),
+        );
+        (Arc::new(out), sent)
+    }
+
+    fn count(sent: &std::sync::Mutex<Vec<pb::ProgressReport>>) -> usize {
+        sent.lock().expect("lock").len()
+    }
+
+    /// Many tasks at once (a backlog of tiny jobs): their reports together stay within the
+    /// worker's budget; those over it wait and go later as each task's latest state, unless
+    /// the task has ended by then; a task shorter than the interval sends nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_worker_s_progress_reports_stay_within_its_budget_and_the_held_ones_follow() {
+        let (out, sent) = recording();
+        let short = ProgressSink::new(out.clone(), "t-short".into());
+        short.report("psi", 1, 3);
+        short.end();
+        let sinks: Vec<ProgressSink> = (0..100)
+            .map(|i| ProgressSink::new(out.clone(), format!("t{i}")))
+            .collect();
+        tokio::time::sleep(PROGRESS_INTERVAL + Duration::from_millis(20)).await;
+        for s in &sinks {
+            s.report("psi", 1, 3);
+        }
+        let burst = PROGRESS_REPORTS_PER_S as usize;
+        // The burst, and at most one more for the time the loop took.
+        let first = count(&sent);
+        assert!((burst..=burst + 1).contains(&first), "{first} sent at once");
+        // Every held task reports again; the ended half's held reports never go.
+        for s in &sinks {
+            s.report("psi", 2, 3);
+        }
+        for s in &sinks[50..] {
+            s.end();
+        }
+        // Each of the 50 live tasks sends its latest state once, as the budget allows.
+        let expected = first + 50;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while count(&sent) < expected {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} of {expected} reports sent after 10 s",
+                count(&sent)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Nothing more: none of the ended tasks' held reports, no repeats.
+        tokio::time::sleep(PROGRESS_INTERVAL * 3).await;
+        let reports = sent.lock().expect("lock").clone();
+        assert_eq!(reports.len(), expected, "{reports:?}");
+        assert!(reports.iter().all(|r| r.task_id != "t-short"));
+        let mut later: Vec<usize> = Vec::new();
+        for r in &reports[first..] {
+            let i: usize = r.task_id[1..].parse().expect("task number");
+            assert!(i < 50, "task {i} had ended: {r:?}");
+            assert_eq!(r.done, 2, "the latest state: {r:?}");
+            later.push(i);
+        }
+        later.sort_unstable();
+        assert_eq!(later, (0..50).collect::<Vec<_>>());
     }
 }
