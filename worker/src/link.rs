@@ -577,6 +577,13 @@ pub const KEPT_CONNECTION_AGE_MAX: Duration = Duration::from_secs(60);
 /// Most peer connections kept at once (the oldest is dropped for a new one).
 pub const KEPT_CONNECTIONS_MAX: usize = 64;
 
+/// Most links one kept connection carries; the next is dialled on a new connection. h2 ends a
+/// connection (GOAWAY `ENHANCE_YOUR_CALM`, "too_many_internal_resets") once one side has
+/// reset 1,024 streams on it (its guard against RUSTSEC-2024-0003), and a link ended by
+/// dropping its stream is such a reset: without this bound a connection carrying thousands of
+/// small jobs' links broke, failing every link open on it.
+pub const KEPT_CONNECTION_SESSIONS_MAX: usize = 512;
+
 /// A dialled connection kept for later links to the same peer.
 struct KeptChannel {
     channel: tonic::transport::Channel,
@@ -584,6 +591,8 @@ struct KeptChannel {
     made: tokio::time::Instant,
     /// The certificate this side presented in it.
     presented: Arc<PeerTls>,
+    /// Links opened on it so far (at most [`KEPT_CONNECTION_SESSIONS_MAX`]).
+    sessions: usize,
 }
 
 /// The worker's current peer-link certificate and key, replaced in place when renewed
@@ -592,8 +601,9 @@ struct KeptChannel {
 ///
 /// It also keeps the connections this worker dialled ([`GrpcLink::dial_tls_kept`]), keyed by
 /// the peer's address and the identity its certificate was checked for, each at most
-/// [`KEPT_CONNECTION_AGE_MAX`] from its handshake and never past a renewal of this worker's
-/// own certificate; at most [`KEPT_CONNECTIONS_MAX`].
+/// [`KEPT_CONNECTION_AGE_MAX`] from its handshake, for at most [`KEPT_CONNECTION_SESSIONS_MAX`]
+/// links, and never past a renewal of this worker's own certificate; at most
+/// [`KEPT_CONNECTIONS_MAX`].
 pub struct PeerCredentials {
     current: std::sync::RwLock<Arc<PeerTls>>,
     served: Arc<ServedCertificate>,
@@ -671,11 +681,13 @@ impl PeerCredentials {
     fn kept_channel(&self, key: &(String, String)) -> Option<tonic::transport::Channel> {
         let current = self.current();
         let mut kept = self.kept();
-        match kept.get(key) {
+        match kept.get_mut(key) {
             Some(k)
                 if k.made.elapsed() < KEPT_CONNECTION_AGE_MAX
+                    && k.sessions < KEPT_CONNECTION_SESSIONS_MAX
                     && Arc::ptr_eq(&k.presented, &current) =>
             {
+                k.sessions += 1;
                 Some(k.channel.clone())
             }
             Some(_) => {
@@ -710,6 +722,7 @@ impl PeerCredentials {
                 channel,
                 made: tokio::time::Instant::now(),
                 presented: Arc::clone(presented),
+                sessions: 1,
             },
         );
     }

@@ -341,3 +341,68 @@ async fn a_kept_connection_serves_later_links_until_it_breaks_or_the_certificate
     );
     assert_eq!(forwarded(), 3);
 }
+
+/// h2 ends a connection (GOAWAY, "too_many_internal_resets") once one side has reset 1,024
+/// streams on it, and a link ended by dropping its stream counts: a kept connection carrying
+/// thousands of small jobs' links broke, failing every link open on it (seen with 20,000 jobs
+/// in `bench admission`). A kept connection now carries at most `KEPT_CONNECTION_SESSIONS_MAX`
+/// links, then a new one is dialled: a link open through 2,100 others still works (it broke
+/// on the old code).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_outlives_two_thousand_later_links_to_the_same_peer() {
+    let ca = CertificateAuthority::generate("test CA", now() - 3600).expect("ca");
+    let buyer = id("buy", "w-b");
+    let provider = id("prov", "w-p");
+    let (hub, target) = listening(tls(&ca, &buyer)).await;
+    let (addr, connections, _forwarding) = counting_proxy(target).await;
+    let me = PeerCredentials::new(tls(&ca, &provider)).expect("credentials");
+    let link = |session: String| {
+        let (hub, addr, me, buyer, provider) = (&hub, &addr, &me, &buyer, &provider);
+        async move {
+            let (d, a) = tokio::join!(
+                GrpcLink::dial_tls_kept(addr, &session, FRAME, IDLE, CONNECT, me, buyer),
+                hub.accept_from(&session, CONNECT, Some(provider)),
+            );
+            let (d, a) = (
+                d.unwrap_or_else(|e| panic!("dial {session}: {e}")),
+                a.unwrap_or_else(|e| panic!("accept {session}: {e}")),
+            );
+            d.send(Bytes::from(session.clone()))
+                .await
+                .unwrap_or_else(|e| panic!("send {session}: {e}"));
+            assert_eq!(
+                a.recv()
+                    .await
+                    .unwrap_or_else(|e| panic!("recv {session}: {e}")),
+                Bytes::from(session.clone())
+            );
+            (d, a)
+        }
+    };
+    let (first_d, first_a) = link("first".into()).await;
+    let later: usize = 2100;
+    for chunk in (0..later).collect::<Vec<_>>().chunks(50) {
+        // Each ends by being dropped, as a task's link does.
+        futures::future::join_all(chunk.iter().map(|i| link(format!("s{i}")))).await;
+    }
+    first_a
+        .send(Bytes::from_static(b"still there"))
+        .await
+        .expect("the first link, after the others");
+    assert_eq!(
+        first_d
+            .recv()
+            .await
+            .expect("the first link, after the others"),
+        Bytes::from_static(b"still there")
+    );
+    let made = connections.load(std::sync::atomic::Ordering::SeqCst);
+    let most = tessera_worker::link::KEPT_CONNECTION_SESSIONS_MAX;
+    // At least the connections the bound asks for (links dialled at the same moment when no
+    // connection is kept each make one, as before).
+    assert!(
+        made >= (later + 1).div_ceil(most),
+        "{made} connections for {} links, at most {most} a connection",
+        later + 1
+    );
+}
