@@ -253,21 +253,11 @@ pub async fn run(
     // Completions: every job ended. Followed through the scheduler's own job updates (no
     // polling: listing 2,000 jobs every few milliseconds took a tenth of the operator's CPU
     // from the jobs it measures), then counted once through the API.
-    let scheduler = op.scheduler.clone();
-    let all_ended = async {
-        for id in &job_ids {
-            let mut rx = scheduler.watch(id).await?;
-            if rx.wait_for(|v| v.job.is_terminal()).await.is_err() {
-                // The job left the scheduler's table between the two reads: its stored state
-                // is its end, or soon will be.
-                while !scheduler.job(id).await?.job.is_terminal() {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-        Ok::<_, anyhow::Error>(())
-    };
-    let waited = tokio::time::timeout(Duration::from_secs(600), all_ended).await;
+    let waited = tokio::time::timeout(
+        Duration::from_secs(600),
+        until_ended(&op.scheduler, &job_ids),
+    )
+    .await;
     let complete_s = t0.elapsed().as_secs_f64();
     let (ended, succeeded, failures) = count_ended(&mut admin, &main_licence).await?;
     match waited {
@@ -276,7 +266,7 @@ pub async fn run(
     }
 
     // Refusals against an exhausted licence (its one run taken first).
-    let (_, _, first, _, _) = submit_all(&addr, &buyer_token, &spent_licence, 1, 1).await?;
+    let (_, first_id, first, _, _) = submit_all(&addr, &buyer_token, &spent_licence, 1, 1).await?;
     anyhow::ensure!(
         first == 1,
         "the one run of the second licence was not admitted"
@@ -287,6 +277,23 @@ pub async fn run(
     anyhow::ensure!(
         wrongly_admitted == 0,
         "{wrongly_admitted} submissions were admitted past the licence's count"
+    );
+
+    // That job ends before the checks (and before the workers are stopped, which would fail
+    // it after its delivery, charged).
+    let first_ended = tokio::time::timeout(
+        Duration::from_secs(60),
+        until_ended(&op.scheduler, &first_id),
+    )
+    .await;
+    anyhow::ensure!(
+        matches!(first_ended, Ok(Ok(()))),
+        "the one run of the second licence did not end within a minute"
+    );
+    let first_state = op.scheduler.job(&first_id[0]).await?.job.state;
+    anyhow::ensure!(
+        first_state == tessera_core::JobState::Succeeded,
+        "the one run of the second licence ended {first_state}"
     );
 
     // Exactly once.
@@ -339,6 +346,59 @@ pub async fn run(
     }
     drop((workers, op));
     Ok(figures)
+}
+
+/// The name of a run's scratch directory in the temporary directory, before the process id.
+pub const SCRATCH_PREFIX: &str = "tessera-bench-admission-";
+
+/// Removes the scratch directories of earlier runs that were killed outright (SIGKILL leaves
+/// them, with the run's operator key and store): those named [`SCRATCH_PREFIX`] + a process id
+/// that no longer runs, holding this benchmark's marker. Says on stderr what it removed.
+pub fn remove_stale_scratch(temp: &Path) {
+    // Whether a process runs is read from /proc: elsewhere nothing is removed.
+    if !cfg!(target_os = "linux") {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(temp) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(SCRATCH_PREFIX))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let path = e.path();
+        let running = Path::new("/proc").join(pid.to_string()).exists();
+        if running || !path.join(DIR_MARKER).is_file() {
+            continue;
+        }
+        if std::fs::remove_dir_all(&path).is_ok() {
+            eprintln!("removed {}, left by a run that was killed", path.display());
+        }
+    }
+}
+
+/// Waits until every job of `ids` has ended, following each through the scheduler's job
+/// updates.
+async fn until_ended(
+    scheduler: &tessera_scheduler::Scheduler,
+    ids: &[String],
+) -> anyhow::Result<()> {
+    for id in ids {
+        let mut rx = scheduler.watch(id).await?;
+        if rx.wait_for(|v| v.job.is_terminal()).await.is_err() {
+            // The job left the scheduler's table between the two reads: its stored state is
+            // its end, or soon will be.
+            while !scheduler.job(id).await?.job.is_terminal() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Starts `tessera worker` for `party` as a process of its own (`nice -n nice` when `nice` is

@@ -503,8 +503,15 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             worker_nice,
         } => {
             let scratch = dir.is_none();
+            if scratch {
+                crate::admission_bench::remove_stale_scratch(&std::env::temp_dir());
+            }
             let dir = dir.unwrap_or_else(|| {
-                std::env::temp_dir().join(format!("tessera-bench-admission-{}", std::process::id()))
+                std::env::temp_dir().join(format!(
+                    "{}{}",
+                    crate::admission_bench::SCRATCH_PREFIX,
+                    std::process::id()
+                ))
             });
             // A signal stops the run: its worker processes are killed with it (dropped) and a
             // scratch directory is removed, rather than left behind.
@@ -531,7 +538,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 println!(
                     "admission jobs={} concurrency={} workers={} worker_nice={} admissions/s={:.0} \
                      completed/s={:.0} p50={:.1}ms p99={:.1}ms refusals/s={:.0} max_batch={} \
-                     writes/commit={:.1} succeeded={} count_exact={} ledger_balanced={} \
+                     writes/commit={:.1} largest_batch={} succeeded={} count_exact={} ledger_balanced={} \
                      audit_verified={}",
                     f.jobs,
                     f.concurrency,
@@ -547,6 +554,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                     f.refusals_per_s,
                     f.max_batch,
                     f.writes_per_commit,
+                    f.largest_batch,
                     f.succeeded,
                     f.count_exact,
                     f.ledger_balanced,

@@ -205,7 +205,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let stdin_eof = a.stop_on_stdin_eof;
             let config = a.resolve()?;
-            let handle = tessera_worker::start(config, Arc::new(SystemClock)).await?;
+            // With --stop-on-stdin-eof the end of standard input stops the start-up too (its
+            // retries while the operator is not reachable yet).
+            let handle = if stdin_eof {
+                tokio::select! {
+                    h = tessera_worker::start(config, Arc::new(SystemClock)) => h?,
+                    () = stdin_closed() => {
+                        eprintln!("standard input closed before the worker started; stopping");
+                        return Ok(());
+                    }
+                }
+            } else {
+                tessera_worker::start(config, Arc::new(SystemClock)).await?
+            };
             let signal = shutdown_signal();
             let stop: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = if stdin_eof
             {

@@ -777,9 +777,16 @@ fn workers_under(dir: &Path) -> Vec<u32> {
 /// Starts a long `bench admission` in `dir` and waits (bounded) for its two worker processes.
 #[cfg(target_os = "linux")]
 fn long_benchmark(dir: &Path) -> std::process::Child {
-    let child = Command::new(BIN)
-        .args(["bench", "admission", "--jobs", "1000000", "--json", "--dir"])
-        .arg(dir)
+    let mut cmd = Command::new(BIN);
+    cmd.args(["bench", "admission", "--jobs", "1000000", "--json"]);
+    if dir.file_name().is_some_and(|n| n == "KILL") {
+        // Its own scratch directory, under `dir` as the temporary directory.
+        std::fs::create_dir_all(dir).expect("temp");
+        cmd.env("TMPDIR", dir);
+    } else {
+        cmd.arg("--dir").arg(dir);
+    }
+    let child = cmd
         .env("RUST_LOG", "error")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -843,9 +850,22 @@ fn an_interrupted_admission_benchmark_says_so_and_leaves_no_worker_behind() {
     }
     let run = dir.path().join("KILL");
     let mut bench = long_benchmark(&run);
+    let scratch = run.join(format!("tessera-bench-admission-{}", bench.id()));
     bench.kill().expect("SIGKILL");
     let _ = bench.wait();
     until_no_worker_under(&run, Duration::from_secs(10));
+    // Its scratch directory (with that run's operator key) is left; the next run removes it.
+    assert!(scratch.is_dir(), "{}", scratch.display());
+    let next = Command::new(BIN)
+        .args(["bench", "admission", "--jobs", "2", "--json"])
+        .env("TMPDIR", &run)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run");
+    let err = text(&next.stderr);
+    assert!(next.status.success(), "{err}");
+    assert!(err.contains("left by a run that was killed"), "{err}");
+    assert!(!scratch.exists(), "{}", scratch.display());
 }
 
 /// `bench admission --workers in-process --worker-nice N` is a usage error (status 2, naming
