@@ -243,12 +243,23 @@ pub async fn run(
         .await?;
 
     // Admissions, timed from when every client has connected.
-    let (latencies, job_ids, admitted, t0, submit_s) =
-        submit_all(&addr, &buyer_token, &main_licence, jobs, concurrency).await?;
+    let Submitted {
+        latencies,
+        ids: job_ids,
+        admitted,
+        refused,
+        started: t0,
+        elapsed_s: submit_s,
+    } = submit_all(&addr, &buyer_token, &main_licence, jobs, concurrency).await?;
     anyhow::ensure!(
         admitted == jobs,
-        "{} of {jobs} submissions were not admitted",
-        jobs - admitted
+        "{} of {jobs} submissions were not admitted: {}",
+        jobs - admitted,
+        refused
+            .iter()
+            .map(|f| format!("{} × {}", f.jobs, f.error))
+            .collect::<Vec<_>>()
+            .join("; ")
     );
     // Completions: every job ended. Followed through the scheduler's own job updates (no
     // polling: listing 2,000 jobs every few milliseconds took a tenth of the operator's CPU
@@ -266,14 +277,16 @@ pub async fn run(
     }
 
     // Refusals against an exhausted licence (its one run taken first).
-    let (_, first_id, first, _, _) = submit_all(&addr, &buyer_token, &spent_licence, 1, 1).await?;
+    let first = submit_all(&addr, &buyer_token, &spent_licence, 1, 1).await?;
     anyhow::ensure!(
-        first == 1,
-        "the one run of the second licence was not admitted"
+        first.admitted == 1,
+        "the one run of the second licence was not admitted: {}",
+        first.refused.first().map_or("", |f| f.error.as_str())
     );
+    let first_id = first.ids;
     let refusals = jobs.min(2_000);
-    let (_, _, wrongly_admitted, _, refuse_s) =
-        submit_all(&addr, &buyer_token, &spent_licence, refusals, concurrency).await?;
+    let spent = submit_all(&addr, &buyer_token, &spent_licence, refusals, concurrency).await?;
+    let (wrongly_admitted, refuse_s) = (spent.admitted, spent.elapsed_s);
     anyhow::ensure!(
         wrongly_admitted == 0,
         "{wrongly_admitted} submissions were admitted past the licence's count"
@@ -505,13 +518,40 @@ async fn until_live(
 /// connection, all connected before the first submission; returns each submit's latency (ms),
 /// the job ids, how many were admitted, when the first submission went out and the seconds
 /// from then to the last answer.
+/// What one round of submissions gave.
+struct Submitted {
+    /// Each submission's latency, ms.
+    latencies: Vec<f64>,
+    /// The job ids answered, in the order the clients received them.
+    ids: Vec<String>,
+    /// How many were admitted.
+    admitted: usize,
+    /// Why the others were refused (most frequent first, at most [`FAILURES_SHOWN`]).
+    refused: Vec<Failure>,
+    /// When the first submission went (every client connected).
+    started: Instant,
+    /// Seconds from then to the last answer.
+    elapsed_s: f64,
+}
+
+/// The reasons with their counts, the most frequent first, at most [`FAILURES_SHOWN`].
+fn most_frequent(reasons: std::collections::BTreeMap<String, usize>) -> Vec<Failure> {
+    let mut failures: Vec<Failure> = reasons
+        .into_iter()
+        .map(|(error, jobs)| Failure { error, jobs })
+        .collect();
+    failures.sort_by_key(|f| std::cmp::Reverse(f.jobs));
+    failures.truncate(FAILURES_SHOWN);
+    failures
+}
+
 async fn submit_all(
     addr: &OperatorAddr,
     token: &str,
     licence: &str,
     n: usize,
     concurrency: usize,
-) -> anyhow::Result<(Vec<f64>, Vec<String>, usize, Instant, f64)> {
+) -> anyhow::Result<Submitted> {
     let next = Arc::new(AtomicUsize::new(0));
     let mut clients = Vec::new();
     for _ in 0..concurrency.min(n) {
@@ -522,27 +562,43 @@ async fn submit_all(
     for mut client in clients {
         let (next, licence) = (next.clone(), licence.to_owned());
         tasks.push(tokio::spawn(async move {
-            let mut out: Vec<(f64, String, bool)> = Vec::new();
+            let mut out: Vec<(f64, String, bool, String)> = Vec::new();
             while next.fetch_add(1, Ordering::Relaxed) < n {
                 let t = Instant::now();
                 let job = client.submit_job(request(&licence)).await?.into_inner();
                 let ms = t.elapsed().as_secs_f64() * 1000.0;
                 let admitted = job.state() != pb::JobState::Refused;
-                out.push((ms, job.job_id, admitted));
+                let why = if admitted {
+                    String::new()
+                } else {
+                    job.refusal_reasons.join("; ")
+                };
+                out.push((ms, job.job_id, admitted, why));
             }
             Ok::<_, anyhow::Error>(out)
         }));
     }
     let (mut latencies, mut ids, mut admitted) = (Vec::new(), Vec::new(), 0);
+    let mut refused: std::collections::BTreeMap<String, usize> = Default::default();
     for t in tasks {
-        for (ms, id, ok) in t.await?? {
+        for (ms, id, ok, why) in t.await?? {
             latencies.push(ms);
             ids.push(id);
             admitted += usize::from(ok);
+            if !ok {
+                *refused.entry(why).or_default() += 1;
+            }
         }
     }
     let elapsed_s = started.elapsed().as_secs_f64();
-    Ok((latencies, ids, admitted, started, elapsed_s))
+    Ok(Submitted {
+        latencies,
+        ids,
+        admitted,
+        refused: most_frequent(refused),
+        started,
+        elapsed_s,
+    })
 }
 
 fn request(licence: &str) -> pb::SubmitJobRequest {
@@ -604,13 +660,7 @@ async fn count_ended(
             }
         }
         if page.next_page_token.is_empty() {
-            let mut failures: Vec<Failure> = reasons
-                .into_iter()
-                .map(|(error, jobs)| Failure { error, jobs })
-                .collect();
-            failures.sort_by_key(|f| std::cmp::Reverse(f.jobs));
-            failures.truncate(FAILURES_SHOWN);
-            return Ok((ended, ok, failures));
+            return Ok((ended, ok, most_frequent(reasons)));
         }
         token = page.next_page_token;
     }

@@ -124,7 +124,16 @@ fn parse_cli() -> Cli {
         && m.get_one::<admission_bench::Workers>("workers")
             == Some(&admission_bench::Workers::InProcess)
     {
-        cli_command()
+        // The error of `bench admission` itself, so its usage line is that command's.
+        let mut cli = cli_command();
+        cli.build();
+        let admission = cli
+            .find_subcommand_mut("bench")
+            .and_then(|b| b.find_subcommand_mut("admission"))
+            .cloned()
+            .unwrap_or_else(cli_command);
+        let mut admission = admission;
+        admission
             .error(
                 clap::error::ErrorKind::ArgumentConflict,
                 "--worker-nice sets the worker processes' priority; with --workers in-process \

@@ -890,4 +890,9 @@ fn the_admission_benchmark_refuses_a_worker_priority_without_worker_processes() 
         stderr.contains("--worker-nice") && stderr.contains("--workers in-process"),
         "{stderr}"
     );
+    // The usage line is the benchmark's own.
+    assert!(
+        stderr.contains("Usage: tessera bench admission"),
+        "{stderr}"
+    );
 }
