@@ -127,12 +127,11 @@ fn parse_cli() -> Cli {
         // The error of `bench admission` itself, so its usage line is that command's.
         let mut cli = cli_command();
         cli.build();
-        let admission = cli
+        let mut admission = cli
             .find_subcommand_mut("bench")
             .and_then(|b| b.find_subcommand_mut("admission"))
             .cloned()
             .unwrap_or_else(cli_command);
-        let mut admission = admission;
         admission
             .error(
                 clap::error::ErrorKind::ArgumentConflict,

@@ -43,6 +43,26 @@ fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
     }
 }
 
+/// Sends `signal` (`-TERM`, `-INT`, …) to `child` with `kill`, waits (bounded) for it to exit,
+/// and returns its status code and what it wrote on stderr.
+#[cfg(unix)]
+fn signal_and_collect(child: &mut std::process::Child, signal: &str) -> (Option<i32>, String) {
+    let sent = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    let code = wait_exit(child, Duration::from_secs(30));
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("read");
+    (code, err)
+}
+
 #[cfg(unix)]
 fn mode(p: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
@@ -667,20 +687,7 @@ fn serve_stops_cleanly_on_sigterm_and_folds_its_log_into_the_database() {
     let mut out = serve.stdout.take().expect("stdout");
     let mut first = [0u8; 1];
     out.read_exact(&mut first).expect("banner");
-    let pid = serve.id().to_string();
-    let sent = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    assert!(sent.success());
-    let code = wait_exit(&mut serve, Duration::from_secs(30));
-    let mut err = String::new();
-    serve
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut err)
-        .expect("read");
+    let (code, err) = signal_and_collect(&mut serve, "-TERM");
     assert_eq!(code, Some(0), "{err}");
     assert!(err.contains("stopped"), "{err}");
     let wal = data.join("tessera.db-wal");
@@ -831,19 +838,7 @@ fn an_interrupted_admission_benchmark_says_so_and_leaves_no_worker_behind() {
     for (signal, status, said) in [("-INT", 130, "SIGINT"), ("-TERM", 143, "SIGTERM")] {
         let run = dir.path().join(&signal[1..]);
         let mut bench = long_benchmark(&run);
-        let sent = Command::new("kill")
-            .args([signal, &bench.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(sent.success());
-        let code = wait_exit(&mut bench, Duration::from_secs(30));
-        let mut err = String::new();
-        bench
-            .stderr
-            .take()
-            .expect("stderr")
-            .read_to_string(&mut err)
-            .expect("read");
+        let (code, err) = signal_and_collect(&mut bench, signal);
         assert_eq!(code, Some(status), "{err}");
         assert!(err.contains(said), "{err}");
         until_no_worker_under(&run, Duration::from_secs(10));

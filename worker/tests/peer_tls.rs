@@ -275,24 +275,83 @@ async fn counting_proxy(
     (addr, count, forwarding)
 }
 
+/// A provider's worker dialling a buyer's through a proxy that counts TCP connections, for
+/// the kept-connection tests.
+struct Kept {
+    hub: PeerHub,
+    addr: String,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    forwarding: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    me: PeerCredentials,
+    buyer: PeerIdentity,
+    provider: PeerIdentity,
+    ca: CertificateAuthority,
+}
+
+impl Kept {
+    async fn new() -> Self {
+        let ca = CertificateAuthority::generate("test CA", now() - 3600).expect("ca");
+        let buyer = id("buy", "w-b");
+        let provider = id("prov", "w-p");
+        let (hub, target) = listening(tls(&ca, &buyer)).await;
+        let (addr, connections, forwarding) = counting_proxy(target).await;
+        let me = PeerCredentials::new(tls(&ca, &provider)).expect("credentials");
+        Self {
+            hub,
+            addr,
+            connections,
+            forwarding,
+            me,
+            buyer,
+            provider,
+            ca,
+        }
+    }
+
+    /// A link of `session` dialled over a kept connection and accepted, the session's name
+    /// sent through it; (dialled end, accepted end).
+    async fn link(&self, session: &str) -> (GrpcLink, GrpcLink) {
+        let (d, a) = tokio::join!(
+            GrpcLink::dial_tls_kept(
+                &self.addr,
+                session,
+                FRAME,
+                IDLE,
+                CONNECT,
+                &self.me,
+                &self.buyer
+            ),
+            self.hub.accept_from(session, CONNECT, Some(&self.provider)),
+        );
+        let (d, a) = (
+            d.unwrap_or_else(|e| panic!("dial {session}: {e}")),
+            a.unwrap_or_else(|e| panic!("accept {session}: {e}")),
+        );
+        d.send(Bytes::from(session.to_owned()))
+            .await
+            .unwrap_or_else(|e| panic!("send {session}: {e}"));
+        assert_eq!(
+            a.recv()
+                .await
+                .unwrap_or_else(|e| panic!("recv {session}: {e}")),
+            Bytes::from(session.to_owned())
+        );
+        (d, a)
+    }
+
+    /// TCP connections made through the proxy so far.
+    fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 #[tokio::test]
 async fn a_kept_connection_serves_later_links_until_it_breaks_or_the_certificate_is_renewed() {
-    let ca = CertificateAuthority::generate("test CA", now() - 3600).expect("ca");
-    let buyer = id("buy", "w-b");
-    let provider = id("prov", "w-p");
-    let (hub, target) = listening(tls(&ca, &buyer)).await;
-    let (addr, connections, forwarding) = counting_proxy(target).await;
-    let me = PeerCredentials::new(tls(&ca, &provider)).expect("credentials");
+    let k = Kept::new().await;
     let link = |session: &'static str| {
-        let (hub, addr, me, buyer, provider) = (&hub, &addr, &me, &buyer, &provider);
+        let k = &k;
         async move {
-            let (d, a) = tokio::join!(
-                GrpcLink::dial_tls_kept(addr, session, FRAME, IDLE, CONNECT, me, buyer),
-                hub.accept_from(session, CONNECT, Some(provider)),
-            );
-            let (d, a) = (d.expect("dial"), a.expect("accept"));
-            d.send(Bytes::from(session)).await.expect("send");
-            assert_eq!(a.recv().await.expect("recv"), Bytes::from(session));
+            let (d, a) = k.link(session).await;
             a.send(Bytes::from_static(b"back"))
                 .await
                 .expect("send back");
@@ -302,7 +361,8 @@ async fn a_kept_connection_serves_later_links_until_it_breaks_or_the_certificate
             );
         }
     };
-    let forwarded = || connections.load(std::sync::atomic::Ordering::SeqCst);
+    let forwarded = || k.connections();
+    let (addr, me, buyer, provider, ca) = (&k.addr, &k.me, &k.buyer, &k.provider, &k.ca);
 
     // Three links, one connection (one handshake); the identity is still checked per stream.
     link("k1").await;
@@ -313,7 +373,7 @@ async fn a_kept_connection_serves_later_links_until_it_breaks_or_the_certificate
 
     // The connection breaks (the peer restarted, a middlebox dropped it): the next link is
     // dialled afresh, once, and works.
-    for task in forwarding.lock().expect("lock").drain(..) {
+    for task in k.forwarding.lock().expect("lock").drain(..) {
         task.abort();
     }
     link("k4").await;
@@ -322,16 +382,16 @@ async fn a_kept_connection_serves_later_links_until_it_breaks_or_the_certificate
     assert_eq!(forwarded(), 2);
 
     // A renewed certificate: no later link reuses a connection made with the old one.
-    me.install(tls(&ca, &provider)).expect("renew");
+    me.install(tls(ca, provider)).expect("renew");
     assert_eq!(me.kept_connections(), 0);
     link("k6").await;
     assert_eq!(forwarded(), 3);
 
     // A refusal by the peer's hub is not retried on a new connection: the same session twice.
-    let _first = GrpcLink::dial_tls_kept(&addr, "dup", FRAME, IDLE, CONNECT, &me, &buyer)
+    let _first = GrpcLink::dial_tls_kept(addr, "dup", FRAME, IDLE, CONNECT, me, buyer)
         .await
         .expect("first");
-    let again = GrpcLink::dial_tls_kept(&addr, "dup", FRAME, IDLE, CONNECT, &me, &buyer).await;
+    let again = GrpcLink::dial_tls_kept(addr, "dup", FRAME, IDLE, CONNECT, me, buyer).await;
     assert!(
         again
             .as_ref()
@@ -350,40 +410,16 @@ async fn a_kept_connection_serves_later_links_until_it_breaks_or_the_certificate
 /// on the old code).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_outlives_two_thousand_later_links_to_the_same_peer() {
-    let ca = CertificateAuthority::generate("test CA", now() - 3600).expect("ca");
-    let buyer = id("buy", "w-b");
-    let provider = id("prov", "w-p");
-    let (hub, target) = listening(tls(&ca, &buyer)).await;
-    let (addr, connections, _forwarding) = counting_proxy(target).await;
-    let me = PeerCredentials::new(tls(&ca, &provider)).expect("credentials");
-    let link = |session: String| {
-        let (hub, addr, me, buyer, provider) = (&hub, &addr, &me, &buyer, &provider);
-        async move {
-            let (d, a) = tokio::join!(
-                GrpcLink::dial_tls_kept(addr, &session, FRAME, IDLE, CONNECT, me, buyer),
-                hub.accept_from(&session, CONNECT, Some(provider)),
-            );
-            let (d, a) = (
-                d.unwrap_or_else(|e| panic!("dial {session}: {e}")),
-                a.unwrap_or_else(|e| panic!("accept {session}: {e}")),
-            );
-            d.send(Bytes::from(session.clone()))
-                .await
-                .unwrap_or_else(|e| panic!("send {session}: {e}"));
-            assert_eq!(
-                a.recv()
-                    .await
-                    .unwrap_or_else(|e| panic!("recv {session}: {e}")),
-                Bytes::from(session.clone())
-            );
-            (d, a)
-        }
-    };
-    let (first_d, first_a) = link("first".into()).await;
+    let k = Kept::new().await;
+    let (first_d, first_a) = k.link("first").await;
     let later: usize = 2100;
     for chunk in (0..later).collect::<Vec<_>>().chunks(50) {
         // Each ends by being dropped, as a task's link does.
-        futures::future::join_all(chunk.iter().map(|i| link(format!("s{i}")))).await;
+        futures::future::join_all(chunk.iter().map(|i| {
+            let k = &k;
+            async move { k.link(&format!("s{i}")).await }
+        }))
+        .await;
     }
     first_a
         .send(Bytes::from_static(b"still there"))
@@ -396,7 +432,7 @@ async fn a_link_outlives_two_thousand_later_links_to_the_same_peer() {
             .expect("the first link, after the others"),
         Bytes::from_static(b"still there")
     );
-    let made = connections.load(std::sync::atomic::Ordering::SeqCst);
+    let made = k.connections();
     let most = tessera_worker::link::KEPT_CONNECTION_SESSIONS_MAX;
     // At least the connections the bound asks for (links dialled at the same moment when no
     // connection is kept each make one, as before).
