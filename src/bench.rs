@@ -59,11 +59,17 @@ pub enum BenchCommand {
         #[arg(long, default_value = "intersection", value_parser = clap::builder::PossibleValuesParser::new(["intersection", "size"]), ignore_case = true)]
         mode: String,
         /// rr22 (VOLE-based), ecdh, or ecdh-oprf (unbalanced sets: the sender's set is encoded
-        /// once, timed apart, then two runs: the first sends the encodings, the second, whose
-        /// figures are the main ones, finds them kept by the receiver) [default: rr22, or ecdh
-        /// for --mode size, which rr22 cannot run]
+        /// once and its query index built, both timed apart, then two runs: the first either
+        /// sends the encodings or looks the receiver's values up (--oprf-lookup), the second,
+        /// whose figures are the main ones, finds a copy kept by the receiver or looks up
+        /// again) [default: rr22, or ecdh for --mode size, which rr22 cannot run]
         #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["rr22", "ecdh", "ecdh-oprf"]), ignore_case = true)]
         protocol: Option<String>,
+        /// ecdh-oprf: how the receiver learns which of its values the sender's set holds:
+        /// auto (whichever moves fewer bytes), copy (receive the encoded set and keep it), or
+        /// query (the homomorphic lookup in the sender's index).
+        #[arg(long, default_value = "auto", value_parser = ["auto", "copy", "query"])]
+        oprf_lookup: String,
         /// Print one JSON line instead of text.
         #[arg(long)]
         json: bool,
@@ -187,9 +193,25 @@ fn payload_of(key: &[u8], len: usize) -> Vec<u8> {
     key.iter().copied().cycle().take(len).collect()
 }
 
-/// `ecdh-oprf`'s state of a bench run: the sender's encoded set, and the directory where the
-/// receiver keeps what it received.
-type OprfState = (Arc<tessera_psi::ecdh_oprf::EncodedSet>, std::path::PathBuf);
+/// `ecdh-oprf`'s state of a bench run: the sender's encoded set and its query index, the
+/// directory where the receiver keeps what it received, and the receiver's choice.
+#[derive(Clone)]
+struct OprfState {
+    set: Arc<tessera_psi::ecdh_oprf::EncodedSet>,
+    index: Arc<tessera_psi::oprf_query::QueryIndex>,
+    dir: std::path::PathBuf,
+    lookup: tessera_psi::ecdh_oprf::Lookup,
+}
+
+impl OprfState {
+    /// Whether the receiver keeps a copy of the set (it took the copy, not the lookup).
+    fn copy_kept(&self) -> bool {
+        std::fs::read_dir(&self.dir).is_ok_and(|d| {
+            d.filter_map(Result::ok)
+                .any(|e| e.path().extension().is_some_and(|x| x == "enc"))
+        })
+    }
+}
 
 async fn run_pair(
     sender_items: Vec<Vec<u8>>,
@@ -227,11 +249,12 @@ async fn run_pair(
         let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
         let r = match payloads {
             _ if oprf_sender.is_some() => {
-                let (set, _) = oprf_sender.unwrap_or_else(|| unreachable!());
+                let state = oprf_sender.unwrap_or_else(|| unreachable!());
                 let items = Box::new(move || Ok(sender_items));
                 tessera_psi::ecdh_oprf::run_sender(
                     &a,
-                    &set,
+                    &state.set,
+                    Some(&state.index),
                     items,
                     &cfg_s,
                     &mut rng,
@@ -259,12 +282,13 @@ async fn run_pair(
         (r, a.stats())
     });
     let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
-    let out = if let Some((_, dir)) = &oprf {
+    let out = if let Some(state) = &oprf {
         tessera_psi::ecdh_oprf::run_receiver(
             &b,
             &receiver_items,
-            dir,
+            &state.dir,
             &cfg,
+            state.lookup,
             &mut rng,
             &receiver_bar,
         )
@@ -304,6 +328,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             payload_bytes,
             mode,
             protocol,
+            oprf_lookup,
             json,
             seed,
             link,
@@ -312,11 +337,20 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             dir,
         } => {
             let mtls = link == "mtls";
+            let lookup = match oprf_lookup.as_str() {
+                "copy" => tessera_psi::ecdh_oprf::Lookup::Copy,
+                "query" => tessera_psi::ecdh_oprf::Lookup::Query,
+                _ => tessera_psi::ecdh_oprf::Lookup::Auto,
+            };
             let mode: Mode = mode.parse()?;
             let protocol = match protocol {
                 Some(p) => p.parse()?,
                 None => Protocol::default_for(mode),
             };
+            anyhow::ensure!(
+                oprf_lookup == "auto" || protocol == Protocol::EcdhOprf,
+                "--oprf-lookup is for --protocol ecdh-oprf"
+            );
             if bucket_rows.is_some() || memory_limit_mb.is_some() {
                 anyhow::ensure!(
                     mode == Mode::Intersection,
@@ -381,8 +415,9 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                     .map(|k| payload_of(k, payload_bytes))
                     .collect::<Vec<_>>()
             });
-            // ecdh-oprf: the sender's set encoded once (timed apart), then two runs: the first
-            // sends the encodings, the second finds them kept by the receiver.
+            // ecdh-oprf: the sender's set encoded once and its query index built (each timed
+            // apart), then two runs: the first copies the encodings or looks the receiver's
+            // values up, the second finds the copy kept or looks up again.
             let mut oprf = None;
             let mut oprf_figures = serde_json::Value::Null;
             if protocol == Protocol::EcdhOprf {
@@ -398,7 +433,21 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 let dir = std::env::temp_dir()
                     .join(format!("tessera-bench-ecdh-oprf-{}", std::process::id()));
                 std::fs::create_dir_all(&dir)?;
-                let state = (Arc::new(set), dir.clone());
+                let set = Arc::new(set);
+                let t = Instant::now();
+                let index = tokio::task::spawn_blocking({
+                    let (set, path) = (set.clone(), dir.join("sender.query"));
+                    move || set.build_query_index(&path, &|_, _| Ok(()))
+                })
+                .await??;
+                let index_s = t.elapsed().as_secs_f64();
+                let receiver_dir = dir.join("receiver");
+                let state = OprfState {
+                    set,
+                    index: Arc::new(index),
+                    dir: receiver_dir,
+                    lookup,
+                };
                 let cold = run_pair(
                     sender.clone(),
                     receiver.clone(),
@@ -409,14 +458,18 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                     Some(state.clone()),
                 )
                 .await?;
+                let how = if state.copy_kept() { "copy" } else { "query" };
                 oprf_figures = serde_json::json!({
-                    "prepare_s": prepare_s, "first_wall_s": cold.wall_s,
+                    "prepare_s": prepare_s, "index_s": index_s,
+                    "index_rows": state.index.rows(), "first_lookup": how,
+                    "first_wall_s": cold.wall_s, "first_cpu_s": cold.cpu_s,
                     "first_receiver_bytes_received": cold.receiver_bytes_received,
                     "first_receiver_bytes_sent": cold.receiver_bytes_sent,
                 });
                 if !json {
                     println!(
-                        "ecdh-oprf prepare={prepare_s:.3}s first run (encodings sent): wall={:.3}s receiver received={:.1}MiB sent={:.3}MiB",
+                        "ecdh-oprf prepare={prepare_s:.3}s index={index_s:.3}s ({} rows) first run ({how}): wall={:.3}s receiver received={:.2}MiB sent={:.2}MiB",
+                        state.index.rows(),
                         cold.wall_s,
                         cold.receiver_bytes_received as f64 / (1024.0 * 1024.0),
                         cold.receiver_bytes_sent as f64 / (1024.0 * 1024.0),

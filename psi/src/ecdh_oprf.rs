@@ -18,11 +18,18 @@
 //!   `H(x)·a·k`, `Q` multiplies by `a⁻¹`.
 //!
 //! **Sender holds the key** (the provider's set is the large one): `S → R` `Set` (the encoded
-//! set's id and size); `R → S` `Have` (whether `R` keeps that set from an earlier run, in the
-//! directory its caller names); `R → S` its blinded items; `S → R` its encodings, unless `R`
-//! has them (`R` writes them to that directory as they come: its memory stays bounded); `S`
-//! records the delivery, then sends the answers `H(x)·a·k`; `R` unblinds, and streams the
-//! encodings from its file against its own values; `R → S` `Done`.
+//! set's id and size, and the rows of its [`QueryIndex`] if it has one); `R → S` `Have`: that
+//! `R` keeps that set from an earlier run (in the directory its caller names), wants it, or
+//! will look its values up (below); `R → S` its blinded items; `S → R` its encodings if `R`
+//! wants them (`R` writes them to that directory as they come: its memory stays bounded); `S`
+//! records the delivery, then sends the answers `H(x)·a·k`; `R` unblinds, and either streams
+//! the encodings from its file against its own values or, for a lookup, runs
+//! [`crate::oprf_query`]'s homomorphic query of the sender's index with them; `R → S` `Done`.
+//! `R` chooses ([`Lookup`]): a kept copy first, else by default whichever of the copy and the
+//! lookup moves fewer bytes ([`crate::oprf_query::lookup_bytes_estimate`] against 16 bytes per
+//! sender item): the lookup for a small set against a large one (about 11 MB for 1,000 items
+//! against 10⁷, where the copy is 160 MB), the copy when the receiver's set is large enough
+//! that its tables' answers outweigh it, or when it will run again against the same set.
 //!
 //! **Receiver holds the key** (the buyer's set is the large one): `S → R` its blinded items;
 //! `R → S` the answers; `S` unblinds, sorts its `F_k(y)` (hiding its input order), records the
@@ -30,13 +37,15 @@
 //!
 //! So the smaller party computes `O(own set)` group operations; with the sender holding the
 //! key, the receiver also receives the sender's encodings (16 bytes per distinct item) once
-//! per encoded set, and nothing of them on later runs against the same set.
+//! per encoded set, and nothing of them on later runs against the same set — or, with a
+//! lookup, a few ciphertexts per table instead, and the sender evaluates them against its
+//! index (`O(n_S)` cheap plaintext products per table, seconds at 10⁷).
 //!
 //! # Delivery point
 //!
 //! The sender's last message gives the receiver its output: the answers (sender holds the key;
-//! the encodings alone match nothing, since the receiver cannot compute `F_k` without `k`), or
-//! its encodings (receiver holds the key). The sender asks its [`crate::DeliveryGate`] before it
+//! the encodings alone match nothing, since the receiver cannot compute `F_k` without `k`; a
+//! lookup comes after them), or its encodings (receiver holds the key). The sender asks its [`crate::DeliveryGate`] before it
 //! and sends it only if the delivery is recorded.
 //!
 //! # Threat model and what each party learns
@@ -51,7 +60,9 @@
 //! would let a receiver that kept both see which encodings came and went: a holder must make a
 //! new set (a new key) when its data changes, and must never use one set for two receivers that
 //! may not pool what they learn (Tessera: one per licence and dataset content). A false match
-//! needs two 128-bit encodings to collide: probability below `n_R · n_S · 2⁻¹²⁸`.
+//! needs two 128-bit encodings to collide: probability below `n_R · n_S · 2⁻¹²⁸`. A lookup
+//! tells the receiver no more than the copy would (what it learns of the sender's encodings,
+//! and its own false-match bound, are in [`crate::oprf_query`]).
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -68,6 +79,7 @@ use crate::common::{
     check_input, compute, distinct_indices, exchange_hello, peer_set_size, to_array,
 };
 use crate::crypto::{FlatItems, POINT_BYTES, SecretKey, hash_and_blind, reblind};
+use crate::oprf_query::{QueryIndex, lookup_bytes_estimate};
 use crate::wire::{BATCH_HEADER_BYTES, Frame, new_batch};
 use crate::{
     DeliveryGate, Mode, PHASE_BLIND, PHASE_EXCHANGE, PHASE_HASH, PHASE_MATCH, Progress, Protocol,
@@ -81,10 +93,19 @@ pub const ENCODING_BYTES: usize = crate::crypto::DOUBLE_BLINDED_BYTES;
 const ENCODING_CONTEXT: &str = "tessera-psi ecdh-oprf encoding v1";
 /// BLAKE3 context of an encoded set's id.
 const SET_ID_CONTEXT: &str = "tessera-psi ecdh-oprf set id v1";
-/// Frame kind: the key holder's encoded set (`0x0C | id 16 bytes | count u64`).
+/// Frame kind: the key holder's encoded set (`0x0C | id 16 bytes | count u64 | index rows
+/// u32`, rows 0 when it offers no lookup).
 const KIND_SET: u8 = 0x0C;
-/// Frame kind: whether the receiver keeps that set (`0x0D | 0 or 1`).
+/// Frame kind: what the receiver does about that set (`0x0D | HAVE_*`).
 const KIND_HAVE: u8 = 0x0D;
+/// `Have`: send me the set.
+const HAVE_NONE: u8 = 0;
+/// `Have`: I keep the set.
+const HAVE_KEPT: u8 = 1;
+/// `Have`: I will look my values up in your index.
+const HAVE_LOOKUP: u8 = 2;
+/// Bytes of a `Set` frame.
+const SET_FRAME_BYTES: usize = 1 + 16 + 8 + 4;
 /// Magic of an encoded set's file.
 const FILE_MAGIC: &[u8; 8] = b"TOPRFS01";
 /// Items hashed and blinded per task while an encoded set is built.
@@ -93,6 +114,20 @@ const BUILD_CHUNK_ITEMS: usize = 1 << 14;
 const ENCODINGS_PER_FRAME: usize = 1 << 16;
 
 type Encoding = [u8; ENCODING_BYTES];
+
+/// How a receiver without a copy of the sender's encoded set learns which of its values the
+/// set holds (with the sender holding the key; a kept copy is always used).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Lookup {
+    /// Whichever moves fewer bytes in this run (the lookup only if the sender offers one).
+    #[default]
+    Auto,
+    /// Receive the set and keep it for later runs.
+    Copy,
+    /// Look the values up in the sender's index ([`crate::oprf_query`]); an error if the
+    /// sender offers none.
+    Query,
+}
 
 fn encoding_of(point: &[u8]) -> Encoding {
     let mut h = blake3::Hasher::new_derive_key(ENCODING_CONTEXT);
@@ -204,6 +239,20 @@ impl EncodedSet {
     /// The set's id (what a receiver keeping it is asked about).
     pub fn id(&self) -> [u8; 16] {
         self.id
+    }
+
+    /// Builds this set's [`QueryIndex`] into `path` (see [`QueryIndex::build`]: CPU-bound,
+    /// call it off the async runtime; `progress(rows done, rows)`, an error from it stops the
+    /// build).
+    ///
+    /// # Errors
+    /// As [`QueryIndex::build`].
+    pub fn build_query_index(
+        &self,
+        path: &Path,
+        progress: &dyn Fn(u64, u64) -> Result<(), PsiError>,
+    ) -> Result<QueryIndex, PsiError> {
+        QueryIndex::build(&self.encodings, self.id, path, progress)
     }
 
     /// Writes the set, **its secret key included**, to `path` (created mode 0600 on Unix;
@@ -377,42 +426,48 @@ fn sender_holds_key(sender: usize, receiver: usize) -> bool {
 
 /// The receiver's side of `ecdh-oprf`: learns which of its distinct `items` the sender holds.
 /// With the sender holding the key, the sender's encodings go to `dir` (a file named by the
-/// set's id, kept: a later run against the same set receives none of them).
+/// set's id, kept: a later run against the same set receives none of them), unless `lookup`
+/// (see [`Lookup`]) has the values looked up in the sender's index instead.
 ///
 /// # Errors
-/// As [`crate::run_receiver`]; [`PsiError::Storage`] for the encodings' file.
+/// As [`crate::run_receiver`]; [`PsiError::Storage`] for the encodings' file;
+/// [`PsiError::InvalidConfig`] for [`Lookup::Query`] against a sender that offers no index.
 pub async fn run_receiver<R: CryptoRngCore + Send>(
     link: &dyn Link,
     items: &[Vec<u8>],
     dir: &Path,
     cfg: &PsiConfig,
+    lookup: Lookup,
     rng: &mut R,
     progress: &dyn Progress,
 ) -> Result<ReceiverOutput, PsiError> {
-    let result = receiver(link, items, dir, cfg, rng, progress).await;
+    let result = receiver(link, items, dir, cfg, lookup, rng, progress).await;
     if let Err(e) = &result {
         crate::common::notify_peer(link, e).await;
     }
     result
 }
 
-/// The sender's side of `ecdh-oprf` with its prepared `encoded` set; `items` gives its items
-/// (called, off the runtime, only when the receiver's set is the larger one and the sender
-/// must query its own). `gate` is asked once, before the sender's last message.
+/// The sender's side of `ecdh-oprf` with its prepared `encoded` set and, if it has one, that
+/// set's `index` (offered to the receiver for a lookup); `items` gives its items (called, off
+/// the runtime, only when the receiver's set is the larger one and the sender must query its
+/// own). `gate` is asked once, before the answers to the receiver's items.
 ///
 /// # Errors
 /// As [`crate::run_sender_reporting_delivery`]; [`PsiError::InvalidConfig`] when `items`
-/// gives a set of another size than `encoded`.
+/// gives a set of another size than `encoded`, or `index` is another set's.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_sender<R: CryptoRngCore + Send>(
     link: &dyn Link,
     encoded: &EncodedSet,
+    index: Option<&QueryIndex>,
     items: Box<dyn FnOnce() -> Result<Vec<Vec<u8>>, PsiError> + Send>,
     cfg: &PsiConfig,
     rng: &mut R,
     progress: &dyn Progress,
     gate: &dyn DeliveryGate,
 ) -> Result<SenderOutput, PsiError> {
-    let result = sender(link, encoded, items, cfg, rng, progress, gate).await;
+    let result = sender(link, encoded, index, items, cfg, rng, progress, gate).await;
     if let Err(e) = &result {
         crate::common::notify_peer(link, e).await;
     }
@@ -435,7 +490,7 @@ async fn recv(link: &dyn Link) -> Result<Bytes, PsiError> {
 }
 
 /// Parses a frame of one of this module's own kinds, or reports what came instead.
-fn own_frame(frame: Bytes, kind: u8, expected: &str) -> Result<Bytes, PsiError> {
+pub(crate) fn own_frame(frame: Bytes, kind: u8, expected: &str) -> Result<Bytes, PsiError> {
     if frame.first() == Some(&kind) {
         return Ok(frame);
     }
@@ -625,6 +680,7 @@ async fn receiver<R: CryptoRngCore + Send>(
     items: &[Vec<u8>],
     dir: &Path,
     cfg: &PsiConfig,
+    lookup: Lookup,
     rng: &mut R,
     progress: &dyn Progress,
 ) -> Result<ReceiverOutput, PsiError> {
@@ -647,7 +703,7 @@ async fn receiver<R: CryptoRngCore + Send>(
     let common: Vec<usize> = if sender_holds_key(peer_size, own) {
         // The sender's set and id; do we keep it?
         let frame = own_frame(recv(link).await?, KIND_SET, "the encoded set")?;
-        let (id, count) = parse_set(&frame)?;
+        let (id, count, rows) = parse_set(&frame)?;
         if count != peer_size as u64 {
             return Err(PsiError::Protocol(format!(
                 "an encoded set of {count} for a set of {peer_size}"
@@ -660,11 +716,24 @@ async fn receiver<R: CryptoRngCore + Send>(
             move || kept_set(&path, count)
         })
         .await??;
-        link.send(Bytes::from(vec![KIND_HAVE, u8::from(kept)]))
-            .await?;
+        let copy_bytes = count.saturating_mul(ENCODING_BYTES as u64);
+        let have = match lookup {
+            _ if kept => HAVE_KEPT,
+            Lookup::Query if rows == 0 => {
+                return Err(PsiError::InvalidConfig(
+                    "a lookup was asked for, and the sender offers no index".into(),
+                ));
+            }
+            Lookup::Query => HAVE_LOOKUP,
+            Lookup::Auto if rows > 0 && lookup_bytes_estimate(own, rows) < copy_bytes => {
+                HAVE_LOOKUP
+            }
+            Lookup::Auto | Lookup::Copy => HAVE_NONE,
+        };
+        link.send(Bytes::from(vec![KIND_HAVE, have])).await?;
         let send = send_blinded(link, items, &distinct, batch, &blind, progress);
         let take = async {
-            if !kept {
+            if have == HAVE_NONE {
                 let tmp = path.with_extension("part");
                 let f = std::fs::File::create(&tmp).map_err(|e| storage("creating", &tmp, e))?;
                 let mut w = BufWriter::new(f);
@@ -691,7 +760,11 @@ async fn receiver<R: CryptoRngCore + Send>(
         let inverse = Arc::new(blind.inverse());
         let ours = unblind_answers(link, &inverse, own, peer_batch).await?;
         progress.report(PHASE_MATCH, 0, own as u64);
-        let common = compute(move || match_against_file(&path, &ours)).await??;
+        let common = if have == HAVE_LOOKUP {
+            crate::oprf_query::lookup(link, ours, rows, rng, progress).await?
+        } else {
+            compute(move || match_against_file(&path, &ours)).await??
+        };
         common.into_iter().map(|k| distinct[k]).collect()
     } else {
         // We hold the key: answer the sender's points, encode our own set meanwhile.
@@ -741,15 +814,20 @@ async fn receiver<R: CryptoRngCore + Send>(
     })
 }
 
-fn parse_set(frame: &[u8]) -> Result<([u8; 16], u64), PsiError> {
-    let f: [u8; 25] = frame
-        .try_into()
-        .map_err(|_| PsiError::Protocol(format!("a set frame of {} bytes (25)", frame.len())))?;
+fn parse_set(frame: &[u8]) -> Result<([u8; 16], u64, u32), PsiError> {
+    let f: [u8; SET_FRAME_BYTES] = frame.try_into().map_err(|_| {
+        PsiError::Protocol(format!(
+            "a set frame of {} bytes ({SET_FRAME_BYTES})",
+            frame.len()
+        ))
+    })?;
     let mut id = [0u8; 16];
     id.copy_from_slice(&f[1..17]);
     let mut n = [0u8; 8];
     n.copy_from_slice(&f[17..25]);
-    Ok((id, u64::from_le_bytes(n)))
+    let mut rows = [0u8; 4];
+    rows.copy_from_slice(&f[25..29]);
+    Ok((id, u64::from_le_bytes(n), u32::from_le_bytes(rows)))
 }
 
 fn hex(b: &[u8]) -> String {
@@ -823,9 +901,11 @@ fn match_against_file(path: &Path, ours: &[Encoding]) -> Result<Vec<usize>, PsiE
     Ok(common)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn sender<R: CryptoRngCore + Send>(
     link: &dyn Link,
     encoded: &EncodedSet,
+    index: Option<&QueryIndex>,
     items: Box<dyn FnOnce() -> Result<Vec<Vec<u8>>, PsiError> + Send>,
     cfg: &PsiConfig,
     rng: &mut R,
@@ -837,22 +917,31 @@ async fn sender<R: CryptoRngCore + Send>(
     let peer = exchange_hello(link, Protocol::EcdhOprf, Role::Sender, cfg.mode, own, batch).await?;
     let peer_size = peer_set_size(&peer)?;
     let peer_batch = (peer.batch_items_max as usize).max(batch);
+    if let Some(ix) = index
+        && ix.set_id() != encoded.id
+    {
+        return Err(PsiError::InvalidConfig(
+            "the query index is another encoded set's".into(),
+        ));
+    }
     if sender_holds_key(own, peer_size) {
-        let mut set = BytesMut::with_capacity(25);
+        let rows = index.map_or(0, QueryIndex::rows);
+        let mut set = BytesMut::with_capacity(SET_FRAME_BYTES);
         set.put_u8(KIND_SET);
         set.put_slice(&encoded.id);
         set.put_u64_le(own as u64);
+        set.put_u32_le(rows);
         link.send(set.freeze()).await?;
         let have = own_frame(recv(link).await?, KIND_HAVE, "whether the set is kept")?;
-        let kept = match have.get(1..) {
-            Some([0]) => false,
-            Some([1]) => true,
+        let have = match have.get(1..) {
+            Some(&[h]) if h == HAVE_NONE || h == HAVE_KEPT => h,
+            Some(&[HAVE_LOOKUP]) if rows > 0 => HAVE_LOOKUP,
             _ => return Err(PsiError::Protocol("a malformed have frame".into())),
         };
         let key = Arc::new(encoded.key.clone_key());
         let answer = answer_points(link, &key, peer_size, peer_batch, false, progress);
         let send = async {
-            if !kept {
+            if have == HAVE_NONE {
                 send_encodings(link, &encoded.encodings, progress).await?;
             }
             Ok::<_, PsiError>(())
@@ -863,6 +952,9 @@ async fn sender<R: CryptoRngCore + Send>(
         }
         for frame in answers {
             link.send(frame).await?;
+        }
+        if let (HAVE_LOOKUP, Some(ix)) = (have, index) {
+            crate::oprf_query::answer(link, ix, peer_size, progress).await?;
         }
     } else {
         // The receiver holds the key: query it for our own items.

@@ -160,6 +160,7 @@ mod common;
 mod crypto;
 pub mod ecdh;
 pub mod ecdh_oprf;
+pub mod oprf_query;
 pub mod okvs;
 mod pending;
 pub mod rr22;

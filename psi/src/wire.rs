@@ -19,7 +19,7 @@ use crate::{AbortReason, Mode, Protocol, PsiError, Role};
 /// the `Values` under the sender's release key and ends the sender's frames with `Release`;
 /// version 4 adds the resume offer to a bucketed run's `Buckets` frame ([`crate::bucket`]);
 /// version 5 its share flag and the `Common` frames of an intersection shared with the sender.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 
 const MAGIC: [u8; 4] = *b"TPSI";
 const KIND_HELLO: u8 = 0x01;

@@ -1,7 +1,9 @@
 //! ECDH-OPRF PSI (`tessera_psi::ecdh_oprf`) against the plaintext reference: either side the
 //! larger (the protocol's direction follows the sizes), duplicates, empty sides, a receiver that
-//! keeps the sender's encodings across runs, the encoded set's file, the delivery gate, and a
-//! hostile sender.
+//! keeps the sender's encodings across runs, the encoded set's file, the delivery gate, a
+//! hostile sender, and the homomorphic lookup (`tessera_psi::oprf_query`) in its place: one
+//! and several tables, several rows, empty sides, the choice between copy and lookup, its
+//! index file, and hostile frames on both sides.
 
 // This binary uses only some of the shared helpers.
 #[allow(dead_code)]
@@ -14,7 +16,8 @@ use common::{bounded, keys, reference};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use tessera_core::{Link, MemLink};
-use tessera_psi::ecdh_oprf::{EncodedSet, run_receiver, run_sender};
+use tessera_psi::ecdh_oprf::{EncodedSet, Lookup, run_receiver, run_sender};
+use tessera_psi::oprf_query::QueryIndex;
 use tessera_psi::{
     DeliveryGate, NoGate, NoProgress, Protocol, PsiConfig, PsiError, ReceiverOutput, SenderOutput,
 };
@@ -50,16 +53,29 @@ async fn run(
     dir: &std::path::Path,
     gate: &dyn DeliveryGate,
 ) -> Ran {
+    run_with(r, s, set, None, Lookup::Auto, dir, gate).await
+}
+
+async fn run_with(
+    r: &[Vec<u8>],
+    s: &[Vec<u8>],
+    set: &EncodedSet,
+    index: Option<&QueryIndex>,
+    lookup: Lookup,
+    dir: &std::path::Path,
+    gate: &dyn DeliveryGate,
+) -> Ran {
     let (a, b) = MemLink::pair();
     let mut r_rng = ChaCha20Rng::seed_from_u64(1);
     let mut s_rng = ChaCha20Rng::seed_from_u64(2);
     let s_items = s.to_vec();
     let (receiver, sender) = bounded(async {
         tokio::join!(
-            run_receiver(&a, r, dir, cfg(), &mut r_rng, &NoProgress),
+            run_receiver(&a, r, dir, cfg(), lookup, &mut r_rng, &NoProgress),
             run_sender(
                 &b,
                 set,
+                index,
                 Box::new(move || Ok(s_items)),
                 cfg(),
                 &mut s_rng,
@@ -242,10 +258,11 @@ async fn a_sender_whose_items_are_not_its_set_is_refused() {
     let big = keys(0..100);
     let (r, s) = bounded(async {
         tokio::join!(
-            run_receiver(&a, &big, dir.path(), cfg(), &mut r_rng, &NoProgress),
+            run_receiver(&a, &big, dir.path(), cfg(), Lookup::Auto, &mut r_rng, &NoProgress),
             run_sender(
                 &b,
                 &set,
+                None,
                 Box::new(|| Ok(keys(0..11))),
                 cfg(),
                 &mut s_rng,
@@ -262,6 +279,10 @@ async fn a_sender_whose_items_are_not_its_set_is_refused() {
 /// The receiver (small) against a hostile sender that plays the holder's part with `frames`
 /// after the `Hello` exchange: its `Set`, then whatever it sends.
 async fn receiver_against(set_count: u64, frames: Vec<Bytes>) -> PsiError {
+    receiver_against_with(set_count, Lookup::Auto, frames).await
+}
+
+async fn receiver_against_with(set_count: u64, lookup: Lookup, frames: Vec<Bytes>) -> PsiError {
     let dir = tempfile::tempdir().expect("tempdir");
     let (a, b) = MemLink::pair();
     let mut rng = ChaCha20Rng::seed_from_u64(1);
@@ -269,7 +290,7 @@ async fn receiver_against(set_count: u64, frames: Vec<Bytes>) -> PsiError {
     let honest_set = encode(&keys(0..set_count), 4);
     let (r, ()) = bounded(async {
         tokio::join!(
-            run_receiver(&a, &items, dir.path(), cfg(), &mut rng, &NoProgress),
+            run_receiver(&a, &items, dir.path(), cfg(), lookup, &mut rng, &NoProgress),
             async {
                 // An honest Hello from a sender with `set_count` items: taken from a real
                 // sender's first frame.
@@ -278,6 +299,7 @@ async fn receiver_against(set_count: u64, frames: Vec<Bytes>) -> PsiError {
                 let sender = run_sender(
                     &d,
                     &honest_set,
+                    None,
                     Box::new(|| Ok(Vec::new())),
                     cfg(),
                     &mut srng,
@@ -312,9 +334,14 @@ async fn receiver_against(set_count: u64, frames: Vec<Bytes>) -> PsiError {
 }
 
 fn set_frame(count: u64) -> Bytes {
+    set_frame_rows(count, 0)
+}
+
+fn set_frame_rows(count: u64, rows: u32) -> Bytes {
     let mut f = vec![0x0C];
     f.extend_from_slice(&[7u8; 16]);
     f.extend_from_slice(&count.to_le_bytes());
+    f.extend_from_slice(&rows.to_le_bytes());
     Bytes::from(f)
 }
 
@@ -358,4 +385,129 @@ async fn hostile_sender_frames_are_typed_errors() {
     assert!(e.to_string().contains("group element"), "{e}");
     let e = receiver_against(10, vec![Bytes::from_static(&[0x7F, 1])]).await;
     assert!(matches!(e, PsiError::PeerAborted { .. }), "{e}");
+}
+
+/// Builds `set`'s query index in `dir`.
+fn index_of(set: &EncodedSet, dir: &std::path::Path) -> QueryIndex {
+    set.build_query_index(&dir.join("set.query"), &|_, _| Ok(()))
+        .expect("index")
+}
+
+/// The receiver's kept copies (`*.enc`) in `dir`.
+fn copies(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .expect("dir")
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "enc"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_is_exact_with_one_and_several_tables_and_rows_and_moves_no_set() {
+    let mut rng = ChaCha20Rng::seed_from_u64(11);
+    let s = keys(0..200_000);
+    let set = encode(&s, 21);
+    let ix_dir = tempfile::tempdir().expect("tempdir");
+    let index = index_of(&set, ix_dir.path());
+    assert!(index.rows() >= 3, "200,000 items in 2,048 bins: {} rows", index.rows());
+    // Small against large, with duplicates: the default chooses the lookup (2.7 MB estimated
+    // against a 3.2 MB copy).
+    let mut small = keys(199_950..200_060);
+    small.extend(random(&mut rng, 50, 1_000_000_000));
+    small.push(small[3].clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ran = run_with(&small, &s, &set, Some(&index), Lookup::Auto, dir.path(), &NoGate).await;
+    check(&ran, &small, &s);
+    assert!(
+        ran.received < 200_000 * 16 / 2,
+        "a lookup, not the set: {} bytes received",
+        ran.received
+    );
+    assert_eq!(copies(dir.path()), 0, "nothing of the set is kept");
+    // 4,000 items take three tables: the default now takes the copy, a forced lookup is exact.
+    let mut many = keys(198_000..200_000);
+    many.extend(keys(1_000_000..1_002_000));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ran = run_with(&many, &s, &set, Some(&index), Lookup::Query, dir.path(), &NoGate).await;
+    check(&ran, &many, &s);
+    assert_eq!(copies(dir.path()), 0);
+    let ran = run_with(&many, &s, &set, Some(&index), Lookup::Auto, dir.path(), &NoGate).await;
+    check(&ran, &many, &s);
+    assert_eq!(copies(dir.path()), 1, "the copy is cheaper for 4,000 items");
+    // Once a copy is kept it is used, whatever the choice.
+    let ran = run_with(&small, &s, &set, Some(&index), Lookup::Query, dir.path(), &NoGate).await;
+    check(&ran, &small, &s);
+    assert!(ran.received < 20_000, "{}", ran.received);
+    // An empty receiver, and a receiver none of whose items match.
+    let empty: Vec<Vec<u8>> = Vec::new();
+    let none = keys(5_000_000..5_000_010);
+    for r in [&empty, &none] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ran = run_with(r, &s, &set, Some(&index), Lookup::Query, dir.path(), &NoGate).await;
+        check(&ran, r, &s);
+    }
+    // A forced lookup against a sender without an index is a configuration error.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ran = run_with(&small, &s, &set, None, Lookup::Query, dir.path(), &NoGate).await;
+    assert!(
+        matches!(ran.receiver, Err(PsiError::InvalidConfig(_))),
+        "{:?}",
+        ran.receiver.err()
+    );
+    assert!(ran.sender.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_waits_for_the_gate_and_a_damaged_index_fails_the_run() {
+    let s = keys(0..3_000);
+    let r = keys(2_990..3_010);
+    let set = encode(&s, 31);
+    let ix_dir = tempfile::tempdir().expect("tempdir");
+    let index = index_of(&set, ix_dir.path());
+    let no = Gate {
+        asked: AtomicUsize::new(0),
+        answer: false,
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ran = run_with(&r, &s, &set, Some(&index), Lookup::Query, dir.path(), &no).await;
+    assert_eq!(no.asked.load(Ordering::SeqCst), 1);
+    assert!(matches!(ran.sender, Err(PsiError::DeliveryNotRecorded)));
+    assert!(ran.receiver.is_err(), "the receiver learns nothing");
+    // The index of another set is refused by the sender.
+    let other = encode(&s, 32);
+    let ran = run_with(&r, &s, &other, Some(&index), Lookup::Query, dir.path(), &NoGate).await;
+    assert!(matches!(ran.sender, Err(PsiError::InvalidConfig(_))), "{:?}", ran.sender.err());
+    // A flipped byte in a row: the sender finds it before its last answer leaves.
+    let path = ix_dir.path().join("set.query");
+    let mut bytes = std::fs::read(&path).expect("read");
+    let at = bytes.len() / 2;
+    bytes[at] ^= 1;
+    std::fs::write(&path, &bytes).expect("write");
+    let ran = run_with(&r, &s, &set, Some(&index), Lookup::Query, dir.path(), &NoGate).await;
+    assert!(matches!(ran.sender, Err(PsiError::Storage(_))), "{:?}", ran.sender.err());
+    assert!(ran.receiver.is_err(), "no result from a damaged index");
+    // Opening: another set's index is removed; a truncated one is refused.
+    assert!(QueryIndex::open(&path, other.id()).expect("open").is_none());
+    assert!(!path.exists());
+    let index = index_of(&set, ix_dir.path());
+    let back = QueryIndex::open(&path, set.id()).expect("open").expect("there");
+    assert_eq!(back.rows(), index.rows());
+    let mut bytes = std::fs::read(&path).expect("read");
+    bytes.truncate(bytes.len() - 1);
+    std::fs::write(&path, &bytes).expect("write");
+    assert!(matches!(QueryIndex::open(&path, set.id()), Err(PsiError::Storage(_))));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let index = index_of(&set, ix_dir.path());
+        let mode = std::fs::metadata(index.path()).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_asked_of_a_sender_offering_none_is_a_typed_error() {
+    // The sender offers no index (rows 0) and the receiver is told to look up.
+    let e = receiver_against_with(10, Lookup::Query, vec![set_frame_rows(10, 0)]).await;
+    assert!(matches!(e, PsiError::InvalidConfig(_)), "{e}");
 }

@@ -8,8 +8,13 @@
 //! made from other content (another dataset file, other key settings) is removed when the new
 //! one is made, and no file is used for another licence, so no two buyers share a key. The
 //! buyer's worker keeps the encodings it received in `WORK/ecdh-oprf/received/`, named by the
-//! set's id: a later job against the same set receives none of them. Files of either kind not
-//! used for [`ENCODED_SET_KEEP_SECS`] go when a task of this kind starts.
+//! set's id: a later job against the same set receives none of them. Beside each encoded set
+//! the provider's worker keeps its query index (`.query`, [`tessera_psi::oprf_query`]), built
+//! right after the set (or at the next job, for a set prepared before the index existed),
+//! through which a buyer with a small set looks its keys up instead of receiving the set: the
+//! buyer's worker takes whichever moves fewer bytes ([`Lookup::Auto`]), and a copy it already
+//! keeps. Files of either kind not used for [`ENCODED_SET_KEEP_SECS`] go when a task of this
+//! kind starts.
 //!
 //! The receiver reads its keys (and carried columns) into memory, as a size-mode task does:
 //! `ecdh-oprf` is for a small buyer set against a large one (or the reverse), not bucketed.
@@ -22,7 +27,8 @@ use tessera_core::table::{
     KeySpec, TableError, read_keys_keeping, stream_keys, try_write_result_csv,
 };
 use tessera_core::{TaskRole, TaskSpec};
-use tessera_psi::ecdh_oprf::EncodedSet;
+use tessera_psi::ecdh_oprf::{EncodedSet, Lookup};
+use tessera_psi::oprf_query::QueryIndex;
 use tessera_psi::{Mode, PsiError};
 
 use crate::exec::{
@@ -34,6 +40,8 @@ use crate::exec::{
 pub const ENCODED_SET_KEEP_SECS: u64 = 30 * 24 * 3600;
 /// Progress phase: the provider's encoded set being prepared (`total` 0 until known).
 pub const PHASE_PREPARE: &str = "prepare";
+/// Progress phase: the provider's query index being built (rows of the index).
+pub const PHASE_INDEX: &str = "index";
 /// Rows fed to the encoder at once while a set is prepared.
 const PREPARE_BATCH_ROWS: usize = 1 << 16;
 
@@ -62,7 +70,7 @@ pub(crate) async fn run(
     let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
     match spec.role {
         TaskRole::Sender => {
-            let (set, rows, empty_keys) =
+            let (set, index, rows, empty_keys) =
                 prepared_set(&cache.join("sets"), spec, &path, &key_spec, &progress).await?;
             let link = open_link(env, spec).await?;
             let gate = SinkGate {
@@ -81,6 +89,7 @@ pub(crate) async fn run(
             tessera_psi::ecdh_oprf::run_sender(
                 &link,
                 &set,
+                index.as_ref(),
                 items,
                 &cfg,
                 &mut rng,
@@ -111,6 +120,7 @@ pub(crate) async fn run(
                 &input.keys,
                 &cache.join("received"),
                 &cfg,
+                Lookup::Auto,
                 &mut rng,
                 progress.as_ref(),
             )
@@ -151,15 +161,70 @@ pub(crate) async fn run(
 }
 
 /// The provider's encoded set for this licence and dataset content: read back when it was
-/// prepared before, else prepared now (and older ones of the licence removed). Returns the
-/// set, the rows read and the empty keys (from the file's sidecar, or from this read).
+/// prepared before, else prepared now (and older ones of the licence removed), with its query
+/// index (built if missing; `None`, with a warning, if it cannot be: the buyer then receives
+/// the set). Returns the set, the index, the rows read and the empty keys (from the file's
+/// sidecar, or from this read).
 async fn prepared_set(
     dir: &Path,
     spec: &TaskSpec,
     path: &Path,
     key_spec: &KeySpec,
     progress: &Arc<dyn tessera_psi::Progress>,
-) -> Result<(EncodedSet, u64, u64), TaskError> {
+) -> Result<(EncodedSet, Option<QueryIndex>, u64, u64), TaskError> {
+    let stop = StopOnDrop(Arc::default());
+    // The set's lock is held until its index is there too.
+    let (set, file, rows, empty, _one_at_a_time) =
+        encoded_set(dir, spec, path, key_spec, progress, &stop).await?;
+    let set = Arc::new(set);
+    let query = file.with_extension("query");
+    let (set2, stopped, reporter) = (set.clone(), stop.0.clone(), progress.clone());
+    let index = tokio::task::spawn_blocking(move || {
+        if let Some(ix) = QueryIndex::open(&query, set2.id())? {
+            let _ = std::fs::File::options()
+                .append(true)
+                .open(&query)
+                .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+            return Ok(ix);
+        }
+        let t = std::time::Instant::now();
+        let ix = set2.build_query_index(&query, &|done, total| {
+            if stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(PsiError::Internal("the task was stopped".into()));
+            }
+            reporter.report(PHASE_INDEX, done, total);
+            Ok(())
+        })?;
+        tracing::info!(rows = ix.rows(), secs = t.elapsed().as_secs_f64(), "query index built");
+        Ok::<_, PsiError>(ix)
+    })
+    .await
+    .map_err(|e| TaskError::Internal(format!("building the query index: {e}")))?;
+    let index = match index {
+        Ok(ix) => Some(ix),
+        Err(_) if stop.0.load(std::sync::atomic::Ordering::SeqCst) => {
+            return Err(TaskError::Cancelled(
+                "the task was stopped while its query index was built".into(),
+            ));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no query index: a buyer receives the encoded set");
+            None
+        }
+    };
+    let set = Arc::try_unwrap(set).map_err(|_| TaskError::Internal("the encoded set is shared".into()))?;
+    Ok((set, index, rows, empty))
+}
+
+/// The encoded set of [`prepared_set`], its file, and the set's lock, held.
+async fn encoded_set(
+    dir: &Path,
+    spec: &TaskSpec,
+    path: &Path,
+    key_spec: &KeySpec,
+    progress: &Arc<dyn tessera_psi::Progress>,
+    stop: &StopOnDrop,
+) -> Result<PreparedSet, TaskError> {
     let licence = spec
         .licence
         .as_ref()
@@ -187,9 +252,8 @@ async fn prepared_set(
             }
         }
     };
-    let _one_at_a_time = lock.lock().await;
+    let one_at_a_time = lock.lock_owned().await;
     // A task dropped (cancelled) while it prepares stops the preparation at its next row.
-    let stop = StopOnDrop(Arc::default());
     let counts = file.with_extension("counts");
     let (f2, c2) = (file.clone(), counts.clone());
     let kept = tokio::task::spawn_blocking(move || -> Option<(EncodedSet, u64, u64)> {
@@ -218,7 +282,7 @@ async fn prepared_set(
     if let Some((set, rows, empty)) = kept {
         tracing::info!(job = %spec.job_id, encodings = set.len(), "the licence's encoded set is reused");
         progress.report(PHASE_PREPARE, rows, rows);
-        return Ok((set, rows, empty));
+        return Ok((set, file, rows, empty, one_at_a_time));
     }
     progress.report(PHASE_PREPARE, 0, 0);
     let (path, key_spec, reporter) = (path.to_owned(), key_spec.clone(), progress.clone());
@@ -281,7 +345,17 @@ async fn prepared_set(
     })
     .await
     .map_err(|e| TaskError::Internal(format!("preparing the encoded set: {e}")))?
+    .map(|(set, rows, empty)| (set, file, rows, empty, one_at_a_time))
 }
+
+/// An encoded set, its file, its rows and empty keys, and its lock held.
+type PreparedSet = (
+    EncodedSet,
+    PathBuf,
+    u64,
+    u64,
+    tokio::sync::OwnedMutexGuard<()>,
+);
 
 /// The encoded sets being prepared, each behind its own lock.
 type SetLock = (PathBuf, Arc<tokio::sync::Mutex<()>>);
