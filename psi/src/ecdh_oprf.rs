@@ -27,7 +27,7 @@
 //! [`crate::oprf_query`]'s homomorphic query of the sender's index with them; `R → S` `Done`.
 //! `R` chooses ([`Lookup`]): a kept copy first, else by default whichever of the copy and the
 //! lookup moves fewer bytes ([`crate::oprf_query::lookup_bytes_estimate`] against 16 bytes per
-//! sender item): the lookup for a small set against a large one (about 11 MB for 1,000 items
+//! sender item): the lookup for a small set against a large one (about 12 MB for 1,000 items
 //! against 10⁷, where the copy is 160 MB), the copy when the receiver's set is large enough
 //! that its tables' answers outweigh it, or when it will run again against the same set.
 //!

@@ -16,8 +16,11 @@
 //!   unbalanced sets and it supports [`Mode::SizeOnly`] (the default protocol for it).
 //! * [`Protocol::EcdhOprf`]: PSI for unbalanced sets through module [`ecdh_oprf`] and its own
 //!   entry points: the larger party's set is encoded once under an OPRF key and reused across
-//!   runs, so the smaller party pays for its own set only. [`Mode::Intersection`] only; its
-//!   threat model, direction and what each party learns are in that module.
+//!   runs, so the smaller party pays for its own set only. A small receiver either receives
+//!   the larger set's encodings once (and keeps them) or looks its values up in the sender's
+//!   prepared index under homomorphic encryption (module [`oprf_query`]: about 3 MB plus under a byte
+//!   per sender item). [`Mode::Intersection`] only; its threat model, direction and what each
+//!   party learns are in those modules.
 //!
 //! The first two run the same delivery point (record before release, below) and answer the
 //! same [`ReceiverOutput`] and [`SenderOutput`].
@@ -160,8 +163,8 @@ mod common;
 mod crypto;
 pub mod ecdh;
 pub mod ecdh_oprf;
-pub mod oprf_query;
 pub mod okvs;
+pub mod oprf_query;
 mod pending;
 pub mod rr22;
 mod wire;

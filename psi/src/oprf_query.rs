@@ -1,6 +1,7 @@
 //! The homomorphic lookup of `ecdh-oprf` ([`crate::ecdh_oprf`]): the receiver learns which of
-//! its encodings `F_k(x)` are in the sender's encoded set without receiving the set, in bytes
-//! that do not grow with the sender's set beyond a few per thousand items.
+//! its encodings `F_k(x)` are in the sender's encoded set without receiving the set: about
+//! 3 MB (keys and queries) plus 78 KB per row of the index (under a byte per sender item) for
+//! each 1,740 receiver items, against 16 bytes per sender item for the set.
 //!
 //! # Construction
 //!
@@ -19,13 +20,17 @@
 //!   `BUNDLE_ITEMS + 1` coefficients. Plaintext `(row, k)` holds coefficient `k` of every
 //!   bin's and position's polynomial in slot `bin · FELTS + f` (the slots are the evaluations of
 //!   the negacyclic NTT over `F_t`, so plaintext products are slot-wise). The index file holds
-//!   these plaintexts in coefficient form, 4 bytes per coefficient: `rows · 129 · 32 KiB`.
+//!   the constant plaintext of a row in coefficient form (4 bytes a coefficient, 32 KiB) and
+//!   the other 128 already lifted to the two evaluation moduli and in NTT form (12 bytes a
+//!   coefficient, 96 KiB each), so that a lookup transforms none of them: about 12 MiB a row,
+//!   1.4 GB for 10⁷ items (118 rows).
 //! * **Receiver.** Its encodings go into cuckoo tables of `BINS` bins (three hash functions,
 //!   at most [`TABLE_ITEMS_MAX`] items a table, as many tables as needed). For each table it
-//!   encrypts, under a fresh secret key, the powers `x^{2^i}` (`i = 0..8`) of every slot's
-//!   value, and sends them with a relinearisation key.
-//! * **Sender, per table.** It computes every power `x^1 … x^128` (products of the sources,
-//!   depth 3), switches them to two moduli, and for each row answers
+//!   encrypts, under a fresh secret key, the powers `x^{j·4^i}` (`j` in 1..=3, up to 128: 11
+//!   of them) of every slot's value, and sends them with a relinearisation key.
+//! * **Sender, per table.** It computes every power `x^1 … x^128` (each a product of at most
+//!   four sources, its base-4 digits: depth 2), switches them to two moduli, and for each row
+//!   answers
 //!   `Σ_k plaintext(row, k) · x^k = P(x)` slot-wise, switched to one modulus.
 //! * **Receiver.** Decrypts each answer; an item is in the sender's set if, for one row, all
 //!   [`FELTS`] slots of its bin are zero.
@@ -33,8 +38,9 @@
 //! BFV parameters: ring degree [`DEGREE`] = 8192, plaintext modulus `t` = 8,404,993 (prime,
 //! `t ≡ 1 mod 2·8192`), ciphertext moduli of 38 + 3·54 = 200 bits (below the 218 bits the
 //! Homomorphic Encryption Standard allows at degree 8192 for 128-bit security, error
-//! σ ≈ 3.2). Fresh noise and three levels of products leave about 20 bits of margin at the
-//! evaluation level (measured with `fhe`'s noise estimator while the parameters were chosen).
+//! σ ≈ 3.2). Fresh noise, two levels of products and the plaintext products leave about 26
+//! bits of noise margin at the evaluation level (measured with `fhe`'s noise estimator while
+//! the parameters were chosen; binary sources, depth 3, left about 3).
 //!
 //! # Threat model and what each party learns
 //!
@@ -84,6 +90,8 @@ pub const DEGREE: usize = 8192;
 pub const PLAINTEXT_MODULUS: u64 = 8_404_993;
 /// Bit sizes of the ciphertext moduli; the first is the one the answers keep.
 const MODULI_BITS: [usize; 4] = [38, 54, 54, 54];
+// Every field element is below the plaintext modulus.
+const _: () = assert!(PLAINTEXT_MODULUS > 1 << FELT_BITS);
 /// Field elements an item is split into (one slot each).
 pub const FELTS: usize = 4;
 /// Bits of each field element (below `t`).
@@ -96,8 +104,13 @@ const HASHES: usize = 3;
 pub const BUNDLE_ITEMS: usize = 128;
 /// Coefficients (plaintexts) per row.
 const ROW_PLAINTEXTS: usize = BUNDLE_ITEMS + 1;
-/// Powers the receiver sends (`x^{2^i}`); the sender derives the rest up to `BUNDLE_ITEMS`.
-const SOURCES: usize = 8;
+/// Powers the receiver sends: `x^{j·4^i}` for `j` in 1..=3 up to `BUNDLE_ITEMS` (base-4
+/// windows), so that every power up to `BUNDLE_ITEMS` is a product of at most four of them
+/// (depth 2). Binary sources (`x^{2^i}`, 8 of them) would need depth 3 and leave about 3 bits
+/// of noise margin at the evaluation level; these leave about 26 (measured).
+const SOURCE_POWERS: [usize; 11] = [1, 2, 3, 4, 8, 12, 16, 32, 48, 64, 128];
+/// Query ciphertexts per table.
+const SOURCES: usize = SOURCE_POWERS.len();
 /// Level (moduli dropped) at which the sender multiplies by its plaintexts.
 const EVAL_LEVEL: usize = 2;
 /// Level of the answers (one modulus, 38 bits).
@@ -106,16 +119,26 @@ const ANSWER_LEVEL: usize = 3;
 pub const TABLE_ITEMS_MAX: usize = BINS * 85 / 100;
 /// Most tables (queries) of one run.
 pub const TABLES_MAX: usize = 4096;
+
+/// Most tables a receiver of `items` distinct items may send: twice what filling every table
+/// takes, and one (a sender answers no more for a receiver's announced size).
+pub fn tables_bound(items: usize) -> usize {
+    (2 * items.div_ceil(TABLE_ITEMS_MAX) + 1).min(TABLES_MAX)
+}
 /// Evictions tried before an item moves on to the next table.
 const KICKS_MAX: usize = 512;
 /// Rows evaluated at once (memory: about 20 MiB each).
 const ROWS_AT_ONCE: usize = 4;
-/// Bytes of a row in the index file.
-const ROW_BYTES: usize = ROW_PLAINTEXTS * DEGREE * 4;
+/// Bytes of an evaluation-level NTT value modulo each of the two moduli (38 and 54 bits).
+const NTT_BYTES: [usize; 2] = [5, 7];
+/// Bytes of a row in the index file: the constant plaintext in coefficient form (4 bytes a
+/// coefficient), then each of the others as its NTT modulo both evaluation moduli (12 bytes a
+/// coefficient), so that a lookup does no NTT of the sender's plaintexts.
+const ROW_BYTES: usize = DEGREE * 4 + BUNDLE_ITEMS * DEGREE * (NTT_BYTES[0] + NTT_BYTES[1]);
 /// Most rows an index may have (a bin holding `SET_ITEMS_MAX · 3` items at worst).
 const ROWS_MAX: u32 = ((crate::SET_ITEMS_MAX * HASHES) / BUNDLE_ITEMS + 1) as u32;
 /// Magic of an index file.
-const FILE_MAGIC: &[u8; 8] = b"TOPRFQ01";
+const FILE_MAGIC: &[u8; 8] = b"TOPRFQ02";
 /// BLAKE3 context of an item's bins and elements.
 const ITEM_CONTEXT: &str = "tessera-psi ecdh-oprf query item v1";
 
@@ -139,6 +162,8 @@ struct Params {
     bfv: Arc<BfvParameters>,
     t: Modulus,
     ntt_t: NttOperator,
+    /// The NTTs modulo the two moduli of the evaluation level (those of `fhe`'s context).
+    ntt_eval: [NttOperator; 2],
 }
 
 /// The one parameter set (an `Arc` shared by every key and ciphertext: `fhe` compares them by
@@ -155,7 +180,27 @@ fn params() -> Result<&'static Params, PsiError> {
                 .map_err(|e| e.to_string())?;
             let t = Modulus::new(PLAINTEXT_MODULUS).map_err(|e| e.to_string())?;
             let ntt_t = NttOperator::new(&t, DEGREE).ok_or("no NTT modulo t")?;
-            Ok(Params { bfv, t, ntt_t })
+            let q = bfv.moduli();
+            if q.len() != MODULI_BITS.len()
+                || q.len() - EVAL_LEVEL != 2
+                || q[0] >= 1 << (8 * NTT_BYTES[0])
+                || q[1] >= 1 << (8 * NTT_BYTES[1])
+            {
+                return Err(format!("unexpected moduli {q:?}"));
+            }
+            let op = |qi: u64| {
+                Modulus::new(qi)
+                    .ok()
+                    .and_then(|m| NttOperator::new(&m, DEGREE))
+                    .ok_or_else(|| format!("no NTT modulo {qi}"))
+            };
+            let ntt_eval = [op(q[0])?, op(q[1])?];
+            Ok(Params {
+                bfv,
+                t,
+                ntt_t,
+                ntt_eval,
+            })
         })
         .as_ref()
         .map_err(|e| PsiError::Internal(format!("BFV parameters: {e}")))
@@ -263,7 +308,10 @@ impl QueryIndex {
             }
         }
         drop(placed);
-        let load_max = (0..BINS).map(|b| starts[b + 1] - starts[b]).max().unwrap_or(0);
+        let load_max = (0..BINS)
+            .map(|b| starts[b + 1] - starts[b])
+            .max()
+            .unwrap_or(0);
         let rows = load_max.div_ceil(BUNDLE_ITEMS);
         let io = |e| storage("writing", tmp, e);
         let mut opts = std::fs::OpenOptions::new();
@@ -394,10 +442,27 @@ fn row_body(p: &Params, r: usize, starts: &[usize], by_bin: &[[u32; FELTS]]) -> 
         }
     }
     let mut body = Vec::with_capacity(ROW_BYTES);
-    for plane in planes.iter_mut() {
+    let moduli = p.bfv.moduli();
+    let half = PLAINTEXT_MODULUS / 2;
+    for (k, plane) in planes.iter_mut().enumerate() {
         p.ntt_t.backward(plane);
-        for c in plane.iter() {
-            body.extend_from_slice(&(*c as u32).to_le_bytes());
+        if k == 0 {
+            for c in plane.iter() {
+                body.extend_from_slice(&(*c as u32).to_le_bytes());
+            }
+            continue;
+        }
+        for (i, op) in p.ntt_eval.iter().enumerate() {
+            // The centred lift of each coefficient into Z_q, then its NTT.
+            let shift = moduli[i] - PLAINTEXT_MODULUS;
+            let mut v: Vec<u64> = plane
+                .iter()
+                .map(|&c| c + if c > half { shift } else { 0 })
+                .collect();
+            op.forward(&mut v);
+            for x in v {
+                body.extend_from_slice(&x.to_le_bytes()[..NTT_BYTES[i]]);
+            }
         }
     }
     body
@@ -422,12 +487,13 @@ fn build_tables<R: CryptoRngCore + ?Sized>(
 ) -> Result<Vec<Table>, PsiError> {
     let mut pending: Vec<u32> = (0..placed.len() as u32).collect();
     let mut tables = Vec::new();
+    let bound = tables_bound(placed.len());
     while !pending.is_empty() {
-        if tables.len() == TABLES_MAX {
+        if tables.len() == bound {
             return Err(PsiError::TooLarge {
                 what: "query tables",
                 len: tables.len() as u64 + 1,
-                max: TABLES_MAX as u64,
+                max: bound as u64,
             });
         }
         let mut table: Table = vec![None; BINS];
@@ -499,7 +565,7 @@ pub fn lookup_bytes_estimate(receiver_items: usize, rows: u32) -> u64 {
 ///
 /// # Errors
 /// [`PsiError::Protocol`] for an answer that does not parse or is not at the answers' level;
-/// link errors; [`PsiError::TooLarge`] past [`TABLES_MAX`] tables.
+/// link errors; [`PsiError::TooLarge`] past [`tables_bound`] tables.
 pub(crate) async fn lookup<R: CryptoRngCore + Send>(
     link: &dyn Link,
     encodings: Vec<Enc16>,
@@ -571,7 +637,7 @@ fn fork(r: &mut rand_chacha_09::ChaCha20Rng) -> rand_chacha_09::ChaCha20Rng {
     rand_chacha_09::ChaCha20Rng::from_seed(seed)
 }
 
-/// One table's query frames: the encrypted powers `x^{2^i}` of each slot's value.
+/// One table's query frames: the encrypted powers [`SOURCE_POWERS`] of each slot's value.
 fn query_frames(
     p: &Params,
     sk: &SecretKey,
@@ -588,12 +654,9 @@ fn query_frames(
         }
     }
     let mut out = Vec::with_capacity(SOURCES);
-    let mut power = base;
-    for s in 0..SOURCES {
-        if s > 0 {
-            power = power.iter().map(|&v| p.t.mul(v, v)).collect();
-        }
-        let pt = slots_plaintext(p, power.clone(), 0)?;
+    for e in SOURCE_POWERS {
+        let power: Vec<u64> = base.iter().map(|&v| p.t.pow(v, e as u64)).collect();
+        let pt = slots_plaintext(p, power, 0)?;
         let ct: Ciphertext = sk
             .try_encrypt(&pt, rng)
             .map_err(|e| PsiError::Internal(format!("encrypting a query: {e}")))?;
@@ -638,8 +701,8 @@ fn answer_hits(
 ///
 /// # Errors
 /// [`PsiError::Protocol`] for a key or query that does not parse, or a table count out of
-/// bounds; [`PsiError::Storage`] for the index file (a damaged one is found before the last
-/// answer of each table leaves); link errors.
+/// bounds; [`PsiError::Storage`] for the index file (a damaged one is found before the
+/// answers of the last rows of a table exist); link errors.
 pub(crate) async fn answer(
     link: &dyn Link,
     index: &QueryIndex,
@@ -655,7 +718,7 @@ pub(crate) async fn answer(
         )));
     }
     let tables = u32::from_le_bytes(frame[1..5].try_into().unwrap_or_default()) as usize;
-    if tables > TABLES_MAX || tables > receiver_items {
+    if tables > tables_bound(receiver_items) || tables > receiver_items {
         return Err(PsiError::Protocol(format!(
             "{tables} query tables for {receiver_items} items"
         )));
@@ -676,64 +739,73 @@ pub(crate) async fn answer(
         }
         let mul = Arc::clone(&mul);
         let powers = Arc::new(compute(move || powers(&mul, sources)).await??);
+        // Rows are read (and hashed) while the rows read before are evaluated; the digest is
+        // checked as the last rows are read, before any of their answers exist.
         let mut reader = IndexReader::open(index)?;
-        let mut row = 0u32;
-        let mut held: Vec<Bytes> = Vec::new();
-        while row < index.rows {
-            let n = (index.rows - row).min(ROWS_AT_ONCE as u32);
-            let (answers, r) = compute({
+        let mut bodies: Vec<Vec<u8>> = Vec::new();
+        while !bodies.is_empty() || reader.remaining > 0 {
+            let (answers, next, r) = compute({
                 let powers = Arc::clone(&powers);
                 move || {
                     let mut r = reader;
-                    let bodies = (0..n)
-                        .map(|_| r.next_row())
-                        .collect::<Result<Vec<_>, _>>()?;
-                    if r.remaining == 0 {
-                        r.check_digest()?;
-                    }
-                    let answers = bodies
-                        .par_iter()
-                        .map(|body| answer_row(p, &powers, body))
-                        .collect::<Result<Vec<Bytes>, PsiError>>()?;
-                    Ok::<_, PsiError>((answers, r))
+                    let (answers, next) = rayon::join(
+                        || {
+                            bodies
+                                .par_iter()
+                                .map(|body| answer_row(p, &powers, body))
+                                .collect::<Result<Vec<Bytes>, PsiError>>()
+                        },
+                        || r.next_rows(ROWS_AT_ONCE),
+                    );
+                    Ok::<_, PsiError>((answers?, next?, r))
                 }
             })
             .await??;
             reader = r;
-            for a in held.drain(..) {
+            bodies = next;
+            let n = answers.len() as u64;
+            for a in answers {
                 link.send(a).await?;
             }
-            held = answers;
-            row += n;
-            done += u64::from(n);
+            done += n;
             progress.report(PHASE_MATCH, done, total);
-        }
-        // The last batch leaves only once the whole file matched its digest.
-        for a in held {
-            link.send(a).await?;
         }
     }
     Ok(())
 }
 
-/// Every power `x^1 … x^BUNDLE_ITEMS` from the sources `x^{2^i}`, at the evaluation level:
-/// `x^k` is the product of the powers of the lower and the upper half of `k`'s set bits, so
-/// its depth is `⌈log2 popcount(k)⌉ ≤ 3`. Each depth's products run in parallel.
+/// The base-4 digits of `k` as powers, `k = Σ d·4^i` → `[d·4^i]` (non-zero digits only):
+/// each is a source.
+fn digits(k: usize) -> Vec<usize> {
+    let (mut out, mut k, mut p) = (Vec::new(), k, 1);
+    while k > 0 {
+        if k % 4 != 0 {
+            out.push((k % 4) * p);
+        }
+        k /= 4;
+        p *= 4;
+    }
+    out
+}
+
+/// Every power `x^1 … x^BUNDLE_ITEMS` from the sources, at the evaluation level: `x^k` is the
+/// product of the powers of the lower and the upper half of `k`'s base-4 digits, so its depth
+/// is `⌈log2 digits(k)⌉ ≤ 2`. Each depth's products run in parallel.
 fn powers(mul: &Multiplicator, sources: Vec<Ciphertext>) -> Result<Vec<Ciphertext>, PsiError> {
     let mut pw: Vec<Option<Ciphertext>> = vec![None; BUNDLE_ITEMS + 1];
-    for (i, s) in sources.into_iter().enumerate() {
-        pw[1 << i] = Some(s);
+    for (e, s) in SOURCE_POWERS.into_iter().zip(sources) {
+        pw[e] = Some(s);
     }
-    let depth = |k: usize| (k.count_ones() as usize).next_power_of_two().trailing_zeros();
-    for d in 1..=3u32 {
-        let ks: Vec<usize> = (1..=BUNDLE_ITEMS).filter(|&k| depth(k) == d).collect();
+    let depth = |k: usize| digits(k).len().next_power_of_two().trailing_zeros();
+    for d in 1..=2u32 {
+        let ks: Vec<usize> = (1..=BUNDLE_ITEMS)
+            .filter(|&k| pw[k].is_none() && depth(k) == d)
+            .collect();
         let made = ks
             .par_iter()
             .map(|&k| {
-                let bits: Vec<usize> = (0..usize::BITS as usize)
-                    .filter(|i| k >> i & 1 == 1)
-                    .collect();
-                let lo: usize = bits[..bits.len() / 2].iter().map(|i| 1 << i).sum();
+                let parts = digits(k);
+                let lo: usize = parts[..parts.len() / 2].iter().sum();
                 let (a, b) = (pw[lo].as_ref(), pw[k - lo].as_ref());
                 let (Some(a), Some(b)) = (a, b) else {
                     return Err(PsiError::Internal(format!("power {k} before its factors")));
@@ -764,22 +836,33 @@ fn answer_row(p: &Params, powers: &[Ciphertext], body: &[u8]) -> Result<Bytes, P
         .context_at_level(EVAL_LEVEL)
         .map_err(|e| PsiError::Internal(e.to_string()))?;
     let moduli = &p.bfv.moduli()[..MODULI_BITS.len() - EVAL_LEVEL];
-    let half = PLAINTEXT_MODULUS / 2;
-    let plane = |k: usize| {
-        body[k * DEGREE * 4..(k + 1) * DEGREE * 4]
-            .chunks_exact(4)
-            .map(|c| u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
-    };
+    let constant_bytes = DEGREE * 4;
+    let plane_bytes = DEGREE * (NTT_BYTES[0] + NTT_BYTES[1]);
     let mut polys = Vec::with_capacity(BUNDLE_ITEMS);
-    for k in 1..ROW_PLAINTEXTS {
-        let mut v = Vec::with_capacity(moduli.len() * DEGREE);
-        for &q in moduli {
-            // Centred lift of each coefficient into Z_q.
-            v.extend(plane(k).map(|c| if c > half { q - (PLAINTEXT_MODULUS - c) } else { c }));
+    for k in 0..BUNDLE_ITEMS {
+        let plane = &body[constant_bytes + k * plane_bytes..constant_bytes + (k + 1) * plane_bytes];
+        let mut v = vec![0u64; moduli.len() * DEGREE];
+        let (lo, hi) = plane.split_at(DEGREE * NTT_BYTES[0]);
+        let mut in_range = true;
+        for ((row, (bytes, width)), &q) in v
+            .chunks_exact_mut(DEGREE)
+            .zip([(lo, NTT_BYTES[0]), (hi, NTT_BYTES[1])])
+            .zip(moduli)
+        {
+            for (dst, x) in row.iter_mut().zip(bytes.chunks_exact(width)) {
+                let mut b = [0u8; 8];
+                b[..width].copy_from_slice(x);
+                *dst = u64::from_le_bytes(b);
+                in_range &= *dst < q;
+            }
         }
-        let mut poly = Poly::try_convert_from(v, ctx, true, Representation::PowerBasis)
+        // The digest is checked only at the file's end: a damaged value must not reach the
+        // products before.
+        if !in_range {
+            return Err(PsiError::Storage("a damaged query index".into()));
+        }
+        let poly = Poly::try_convert_from(v, ctx, true, Representation::Ntt)
             .map_err(|e| PsiError::Internal(format!("a row's plaintext: {e}")))?;
-        poly.change_representation(Representation::Ntt);
         polys.push(poly);
     }
     let dot = |j: usize| {
@@ -788,7 +871,10 @@ fn answer_row(p: &Params, powers: &[Ciphertext], body: &[u8]) -> Result<Bytes, P
     };
     let mut ct = Ciphertext::new(vec![dot(0)?, dot(1)?], &p.bfv)
         .map_err(|e| PsiError::Internal(format!("a row's answer: {e}")))?;
-    let constant: Vec<u64> = plane(0).collect();
+    let constant: Vec<u64> = body[..constant_bytes]
+        .chunks_exact(4)
+        .map(|c| u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+        .collect();
     let c0 = Plaintext::try_encode(&constant, Encoding::poly_at_level(EVAL_LEVEL), &p.bfv)
         .map_err(|e| PsiError::Internal(format!("a row's constant: {e}")))?;
     ct += &c0;
@@ -832,14 +918,22 @@ impl IndexReader {
         })
     }
 
-    fn next_row(&mut self) -> Result<Vec<u8>, PsiError> {
-        let mut body = vec![0u8; ROW_BYTES];
-        self.r
-            .read_exact(&mut body)
-            .map_err(|e| storage("reading", &self.path, e))?;
-        self.h.update(&body);
-        self.remaining -= 1;
-        Ok(body)
+    /// The next `n` rows at most (none at the end); the digest is checked with the last.
+    fn next_rows(&mut self, n: usize) -> Result<Vec<Vec<u8>>, PsiError> {
+        let mut out = Vec::new();
+        while out.len() < n && self.remaining > 0 {
+            let mut body = vec![0u8; ROW_BYTES];
+            self.r
+                .read_exact(&mut body)
+                .map_err(|e| storage("reading", &self.path, e))?;
+            self.h.update(&body);
+            self.remaining -= 1;
+            out.push(body);
+        }
+        if self.remaining == 0 && !out.is_empty() {
+            self.check_digest()?;
+        }
+        Ok(out)
     }
 
     fn check_digest(&mut self) -> Result<(), PsiError> {
@@ -863,12 +957,28 @@ mod tests {
 
     #[test]
     fn the_plaintext_modulus_is_the_smallest_prime_above_2_23_that_batches() {
-        let is_prime = |n: u64| (2..).take_while(|d| d * d <= n).all(|d| n % d != 0);
+        let is_prime = |n: u64| {
+            (2..)
+                .take_while(|d| d * d <= n)
+                .all(|d| !n.is_multiple_of(d))
+        };
         let first = (0..)
             .map(|i| (1u64 << 23) / 16384 * 16384 + 1 + i * 16384)
             .find(|&c| c > 1 << 23 && is_prime(c));
         assert_eq!(first, Some(PLAINTEXT_MODULUS));
-        assert!(PLAINTEXT_MODULUS > 1 << FELT_BITS);
+    }
+
+    #[test]
+    fn every_power_is_a_product_of_at_most_four_sources() {
+        for k in 1..=BUNDLE_ITEMS {
+            let d = digits(k);
+            assert_eq!(d.iter().sum::<usize>(), k);
+            assert!((1..=4).contains(&d.len()), "{k}: {d:?}");
+            assert!(d.iter().all(|x| SOURCE_POWERS.contains(x)), "{k}: {d:?}");
+            let lo: usize = d[..d.len() / 2].iter().sum();
+            // Both halves are sources or products of two (depth at most 2).
+            assert!(digits(lo).len() <= 2 && digits(k - lo).len() <= 2);
+        }
     }
 
     #[test]
@@ -901,7 +1011,11 @@ mod tests {
             })
             .collect();
         let tables = build_tables(&placed, &mut rng).expect("tables");
-        assert_eq!(tables.len(), 3, "5,000 items fill three tables of at most 1,740");
+        assert_eq!(
+            tables.len(),
+            3,
+            "5,000 items fill three tables of at most 1,740"
+        );
         let mut seen = vec![0u32; placed.len()];
         for t in &tables {
             assert!(t.iter().flatten().count() <= TABLE_ITEMS_MAX);
@@ -969,7 +1083,11 @@ mod tests {
         let mut ct: Ciphertext = sk.try_encrypt(&pt, &mut frng).expect("ct");
         assert!(near(ct.to_bytes().len(), QUERY_CT_BYTES_EST));
         ct.switch_to_level(ANSWER_LEVEL).expect("switch");
-        assert!(near(ct.to_bytes().len(), ANSWER_CT_BYTES_EST), "{}", ct.to_bytes().len());
+        assert!(
+            near(ct.to_bytes().len(), ANSWER_CT_BYTES_EST),
+            "{}",
+            ct.to_bytes().len()
+        );
     }
 
     /// A real query key frame and one table's real queries.

@@ -772,13 +772,15 @@ async fn a_psi_larger_than_a_bucket_runs_bucket_by_bucket_and_gives_the_same_row
 /// Cancelling an `ecdh-oprf` job while the provider's worker prepares the licence's encoded
 /// set (its first job) stops the preparation: no set is kept, however long the rest of it
 /// would have taken at the rate it ran; the run is used (as every cancellation's) and nothing
-/// is charged; the licence's next job prepares the set afresh and its result is exact.
+/// is charged; the licence's next job prepares the set afresh and its query index, and the
+/// buyer's 70 keys are looked up in that index (a lookup moves fewer bytes than the 4 MB
+/// set would): its result is exact and it keeps no copy of the set.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_an_ecdh_oprf_job_stops_its_preparation_and_the_next_job_prepares_afresh() {
     let c = Cluster::start(5_000);
     c.fund(1_000_000_000, "fund").await;
-    // Three batches of the preparation (65,536 rows each), the last one short.
-    let n: u64 = 150_000;
+    // Four batches of the preparation (65,536 rows each), the last one short.
+    let n: u64 = 250_000;
     let provider: Vec<String> = (0..n).map(|i| format!("k{i}")).collect();
     let buyer: Vec<String> = (0..60u64)
         .map(|i| format!("k{}", i * 2_003))
@@ -853,6 +855,7 @@ async fn cancelling_an_ecdh_oprf_job_stops_its_preparation_and_the_next_job_prep
     tokio::time::sleep(std::time::Duration::from_secs_f64(rest * 1.5 + 1.0)).await;
     assert_eq!(sets("set"), Vec::<std::path::PathBuf>::new());
     assert_eq!(sets("counts"), Vec::<std::path::PathBuf>::new());
+    assert_eq!(sets("query"), Vec::<std::path::PathBuf>::new());
     assert_eq!(c.remaining(&lic).await, Some(4));
     assert_eq!(crate::harness::cash(&c).await, before);
 
@@ -875,6 +878,16 @@ async fn cancelling_an_ecdh_oprf_job_stops_its_preparation_and_the_next_job_prep
     want.sort();
     assert_eq!(got, want);
     assert_eq!(sets("set").len(), 1);
+    assert_eq!(sets("query").len(), 1, "the set's query index beside it");
+    let copies: Vec<std::path::PathBuf> = walk_files(&c.buyer.outputs.join(".tessera-work"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "enc"))
+        .collect();
+    assert_eq!(
+        copies,
+        Vec::<std::path::PathBuf>::new(),
+        "looked up, not copied"
+    );
     assert_eq!(c.remaining(&lic).await, Some(3));
     assert_eq!(
         crate::harness::cash(&c).await,

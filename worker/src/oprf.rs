@@ -195,7 +195,11 @@ async fn prepared_set(
             reporter.report(PHASE_INDEX, done, total);
             Ok(())
         })?;
-        tracing::info!(rows = ix.rows(), secs = t.elapsed().as_secs_f64(), "query index built");
+        tracing::info!(
+            rows = ix.rows(),
+            secs = t.elapsed().as_secs_f64(),
+            "query index built"
+        );
         Ok::<_, PsiError>(ix)
     })
     .await
@@ -212,7 +216,8 @@ async fn prepared_set(
             None
         }
     };
-    let set = Arc::try_unwrap(set).map_err(|_| TaskError::Internal("the encoded set is shared".into()))?;
+    let set = Arc::try_unwrap(set)
+        .map_err(|_| TaskError::Internal("the encoded set is shared".into()))?;
     Ok((set, index, rows, empty))
 }
 
