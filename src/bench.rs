@@ -213,6 +213,11 @@ impl OprfState {
     }
 }
 
+/// Distinct items of a generated set.
+fn distinct_count(items: &[Vec<u8>]) -> usize {
+    items.iter().collect::<std::collections::HashSet<_>>().len()
+}
+
 async fn run_pair(
     sender_items: Vec<Vec<u8>>,
     receiver_items: Vec<Vec<u8>>,
@@ -353,6 +358,10 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             );
             if bucket_rows.is_some() || memory_limit_mb.is_some() {
                 anyhow::ensure!(
+                    protocol != Protocol::EcdhOprf,
+                    "ecdh-oprf is not bucketed: drop --bucket-rows and --memory-limit-mb (its smaller side holds its keys in memory, the larger side 16 bytes a row)"
+                );
+                anyhow::ensure!(
                     mode == Mode::Intersection,
                     "bucketed PSI runs in intersection mode only (per-bucket sizes would reveal more than the size)"
                 );
@@ -388,8 +397,18 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             anyhow::ensure!(
                 n.max(n_sender.unwrap_or(0)).max(n_receiver.unwrap_or(0))
                     <= tessera_core::limits::DATASET_ROWS_MAX,
-                "more than {} items per party need a bucketed run (--bucket-rows or --memory-limit-mb)",
-                tessera_core::limits::DATASET_ROWS_MAX
+                "{}",
+                if protocol == Protocol::EcdhOprf {
+                    format!(
+                        "ecdh-oprf takes at most {} items a party (it is not bucketed)",
+                        tessera_core::limits::DATASET_ROWS_MAX
+                    )
+                } else {
+                    format!(
+                        "more than {} items per party need a bucketed run (--bucket-rows or --memory-limit-mb)",
+                        tessera_core::limits::DATASET_ROWS_MAX
+                    )
+                }
             );
             anyhow::ensure!(
                 protocol.supports(mode),
@@ -458,7 +477,17 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                     Some(state.clone()),
                 )
                 .await?;
-                let how = if state.copy_kept() { "copy" } else { "query" };
+                // With the larger set the receiver's, it holds the key: neither way is taken.
+                let how = if !tessera_psi::ecdh_oprf::sender_holds_key(
+                    distinct_count(&sender),
+                    distinct_count(&receiver),
+                ) {
+                    "none"
+                } else if state.copy_kept() {
+                    "copy"
+                } else {
+                    "query"
+                };
                 oprf_figures = serde_json::json!({
                     "prepare_s": prepare_s, "index_s": index_s,
                     "index_rows": state.index.rows(), "first_lookup": how,
@@ -516,7 +545,8 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                         "protocol": protocol.as_str(),
                         "transport": if mtls { "grpc-mtls-loopback" } else { "grpc-loopback" },
                         "mode": mode.as_str(),
-                        "n": n, "n_sender": ns, "n_receiver": nr, "payload_bytes": payload_bytes,
+                        "n": if ns == nr { serde_json::json!(ns) } else { serde_json::Value::Null },
+                        "n_sender": ns, "n_receiver": nr, "payload_bytes": payload_bytes,
                         "intersection": r.size, "wall_s": r.wall_s, "cpu_s": r.cpu_s,
                         "bytes_sent": r.bytes_sent, "sender_bytes_sent": r.sender_bytes_sent,
                         "receiver_bytes_sent": r.receiver_bytes_sent,

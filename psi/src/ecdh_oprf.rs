@@ -419,8 +419,8 @@ fn scan_set_file(
 }
 
 /// Which side holds the key, from the two distinct set sizes: the larger one (the sender on
-/// a tie).
-fn sender_holds_key(sender: usize, receiver: usize) -> bool {
+/// a tie). Only with the sender holding it is there a copy or a lookup ([`Lookup`]).
+pub fn sender_holds_key(sender: usize, receiver: usize) -> bool {
     sender >= receiver
 }
 

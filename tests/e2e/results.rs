@@ -774,7 +774,8 @@ async fn a_psi_larger_than_a_bucket_runs_bucket_by_bucket_and_gives_the_same_row
 /// would have taken at the rate it ran; the run is used (as every cancellation's) and nothing
 /// is charged; the licence's next job prepares the set afresh and its query index, and the
 /// buyer's 70 keys are looked up in that index (a lookup moves fewer bytes than the 4 MB
-/// set would): its result is exact and it keeps no copy of the set.
+/// set would): its result is exact and it keeps no copy of the set. An index damaged between
+/// two jobs is found before the next job's delivery point and built again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_an_ecdh_oprf_job_stops_its_preparation_and_the_next_job_prepares_afresh() {
     let c = Cluster::start(5_000);
@@ -892,6 +893,47 @@ async fn cancelling_an_ecdh_oprf_job_stops_its_preparation_and_the_next_job_prep
     assert_eq!(
         crate::harness::cash(&c).await,
         before - second.charge_micros
+    );
+    // Damage in the middle of the index, between two jobs: the next job finds it before its
+    // delivery point, builds the index again and looks the keys up, exact.
+    let query = sets("query").remove(0);
+    let mut bytes = std::fs::read(&query).expect("read the index");
+    let at = bytes.len() / 2;
+    let sound = bytes[at..at + 64].to_vec();
+    for b in &mut bytes[at..at + 64] {
+        *b ^= 0x5A;
+    }
+    std::fs::write(&query, &bytes).expect("damage the index");
+    drop(bytes);
+    let third = client
+        .submit_job(oprf_job("third.csv"))
+        .await
+        .expect("submit")
+        .into_inner();
+    let third = c.wait(&third.job_id).await;
+    assert_eq!(
+        (third.state_text(), third.result_size),
+        ("succeeded", Some(60)),
+        "{third:?}"
+    );
+    let (_, rows) = read_csv(&c.buyer.outputs.join("third.csv"));
+    let mut got: Vec<String> = rows.into_iter().map(|r| r[0].clone()).collect();
+    got.sort();
+    assert_eq!(got, want);
+    let rebuilt = std::fs::read(&query).expect("the index again");
+    assert_eq!(&rebuilt[at..at + 64], &sound[..], "built again");
+    assert_eq!(
+        walk_files(&c.buyer.outputs.join(".tessera-work"))
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "enc"))
+            .count(),
+        0,
+        "looked up again"
+    );
+    assert_eq!(c.remaining(&lic).await, Some(2));
+    assert_eq!(
+        crate::harness::cash(&c).await,
+        before - second.charge_micros - third.charge_micros
     );
     c.assert_audit_verifies().await;
 }

@@ -86,7 +86,7 @@ pub(crate) async fn run(
                             PsiError::InvalidConfig(format!("re-reading the dataset: {e}"))
                         })
                 });
-            tessera_psi::ecdh_oprf::run_sender(
+            let ran = tessera_psi::ecdh_oprf::run_sender(
                 &link,
                 &set,
                 index.as_ref(),
@@ -96,8 +96,14 @@ pub(crate) async fn run(
                 progress.as_ref(),
                 &gate,
             )
-            .await
-            .map_err(psi_task_error)?;
+            .await;
+            if let (Err(PsiError::Storage(e)), Some(ix)) = (&ran, &index) {
+                // Damaged since it was checked: the next job builds it again.
+                tracing::warn!(error = %e, "the query index was damaged: removing it");
+                forget_checked(ix.path());
+                let _ = std::fs::remove_file(ix.path());
+            }
+            ran.map_err(psi_task_error)?;
             Ok(TaskOutcome {
                 rows_in: rows,
                 empty_keys,
@@ -180,12 +186,34 @@ async fn prepared_set(
     let query = file.with_extension("query");
     let (set2, stopped, reporter) = (set.clone(), stop.0.clone(), progress.clone());
     let index = tokio::task::spawn_blocking(move || {
-        if let Some(ix) = QueryIndex::open(&query, set2.id())? {
-            let _ = std::fs::File::options()
-                .append(true)
-                .open(&query)
-                .and_then(|f| f.set_modified(std::time::SystemTime::now()));
-            return Ok(ix);
+        if !tessera_psi::oprf_query::lookup_may_pay(set2.len()) {
+            // A copy of so small a set always moves fewer bytes than a lookup.
+            let _ = std::fs::remove_file(&query);
+            return Ok(None);
+        }
+        match QueryIndex::open(&query, set2.id()) {
+            Ok(Some(ix)) if checked(&query) => return Ok(Some(ix)),
+            Ok(Some(ix)) => {
+                // Not checked since the file last changed (or since this worker started):
+                // damage is found here, before the run's delivery point, not after it.
+                reporter.report(PHASE_INDEX, 0, u64::from(ix.rows()));
+                match ix.verify() {
+                    Ok(()) => {
+                        mark_checked(&query);
+                        reporter.report(PHASE_INDEX, u64::from(ix.rows()), u64::from(ix.rows()));
+                        return Ok(Some(ix));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a damaged query index: building it again");
+                        let _ = std::fs::remove_file(&query);
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "a damaged query index: building it again");
+                let _ = std::fs::remove_file(&query);
+            }
         }
         let t = std::time::Instant::now();
         let ix = set2.build_query_index(&query, &|done, total| {
@@ -196,16 +224,17 @@ async fn prepared_set(
             Ok(())
         })?;
         tracing::info!(
-            rows = ix.rows(),
+            index_rows = ix.rows(),
             secs = t.elapsed().as_secs_f64(),
             "query index built"
         );
-        Ok::<_, PsiError>(ix)
+        mark_checked(&query);
+        Ok::<_, PsiError>(Some(ix))
     })
     .await
     .map_err(|e| TaskError::Internal(format!("building the query index: {e}")))?;
     let index = match index {
-        Ok(ix) => Some(ix),
+        Ok(ix) => ix,
         Err(_) if stop.0.load(std::sync::atomic::Ordering::SeqCst) => {
             return Err(TaskError::Cancelled(
                 "the task was stopped while its query index was built".into(),
@@ -271,8 +300,8 @@ async fn encoded_set(
             }
         };
         let text = std::fs::read_to_string(&c2).ok()?;
-        let mut it = text.split_whitespace().map(str::parse::<u64>);
-        let (Some(Ok(rows)), Some(Ok(empty))) = (it.next(), it.next()) else {
+        let Some((rows, empty)) = parse_counts(&text, set.id()) else {
+            tracing::warn!("the encoded set's counts do not match it: preparing it again");
             return None;
         };
         // Its time is its last use (the sweep's clock).
@@ -340,9 +369,9 @@ async fn encoded_set(
         }
         set.write(&file2)
             .map_err(|e| TaskError::Internal(format!("keeping the encoded set: {e}")))?;
-        std::fs::write(
-            file2.with_extension("counts"),
-            format!("{} {}", counts.rows, counts.empty_keys),
+        write_private(
+            &file2.with_extension("counts"),
+            &counts_text(counts.rows, counts.empty_keys, set.id()),
         )
         .map_err(|e| TaskError::Internal(format!("keeping the encoded set: {e}")))?;
         reporter.report(PHASE_PREPARE, counts.rows, counts.rows);
@@ -351,6 +380,71 @@ async fn encoded_set(
     .await
     .map_err(|e| TaskError::Internal(format!("preparing the encoded set: {e}")))?
     .map(|(set, rows, empty)| (set, file, rows, empty, one_at_a_time))
+}
+
+/// The sidecar of an encoded set: its rows and empty keys read, bound to the set's id.
+fn counts_text(rows: u64, empty: u64, set_id: [u8; 16]) -> String {
+    format!("{rows} {empty} {}\n", hex::encode(set_id))
+}
+
+/// The rows and empty keys of a sidecar written by [`counts_text`] for the set `set_id`;
+/// `None` for any other text.
+fn parse_counts(text: &str, set_id: [u8; 16]) -> Option<(u64, u64)> {
+    let mut it = text.split_whitespace();
+    let rows = it.next()?.parse().ok()?;
+    let empty = it.next()?.parse().ok()?;
+    let id_ok = it.next()? == hex::encode(set_id);
+    (id_ok && empty <= rows && it.next().is_none()).then_some((rows, empty))
+}
+
+/// Writes `text` to a new file at `path` (0600), replacing one there.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::File::options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
+}
+
+/// What identifies a file's content since it was checked: device, inode, size and change
+/// time (which every write moves and no caller can set back).
+type FileStamp = (u64, u64, u64, i64, i64);
+
+fn stamp(path: &Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.dev(), m.ino(), m.size(), m.ctime(), m.ctime_nsec()))
+}
+
+/// Query indexes this worker built or checked against their digest, as they were then.
+static CHECKED: std::sync::Mutex<Vec<(PathBuf, FileStamp)>> = std::sync::Mutex::new(Vec::new());
+
+/// Whether the index at `path` was checked (or built) by this worker and has not changed
+/// since.
+fn checked(path: &Path) -> bool {
+    let Some(now) = stamp(path) else {
+        return false;
+    };
+    let list = CHECKED.lock().unwrap_or_else(|p| p.into_inner());
+    list.iter().any(|(p, s)| p == path && *s == now)
+}
+
+fn mark_checked(path: &Path) {
+    if let Some(s) = stamp(path) {
+        let mut list = CHECKED.lock().unwrap_or_else(|p| p.into_inner());
+        list.retain(|(p, _)| p != path);
+        list.push((path.to_owned(), s));
+    }
+}
+
+fn forget_checked(path: &Path) {
+    let mut list = CHECKED.lock().unwrap_or_else(|p| p.into_inner());
+    list.retain(|(p, _)| p != path);
 }
 
 /// An encoded set, its file, its rows and empty keys, and its lock held.
@@ -375,7 +469,9 @@ impl Drop for StopOnDrop {
     }
 }
 
-/// Removes files under `cache/sets` and `cache/received` unused for `keep_secs`.
+/// Removes files under `cache/sets` and `cache/received` unused for `keep_secs`, and query
+/// indexes whose encoded set is gone (an index's own time is when it was last written: its
+/// set's is its last use).
 fn sweep(cache: &Path, keep_secs: u64) {
     let now = std::time::SystemTime::now();
     for sub in ["sets", "received"] {
@@ -383,9 +479,64 @@ fn sweep(cache: &Path, keep_secs: u64) {
             continue;
         };
         for e in entries.filter_map(Result::ok) {
+            let path = e.path();
+            if path.extension().is_some_and(|x| x == "query") {
+                continue;
+            }
             if crate::exec::unused_for(&e, now, keep_secs) {
-                let _ = std::fs::remove_file(e.path());
+                let _ = std::fs::remove_file(&path);
             }
         }
+    }
+    let Ok(entries) = std::fs::read_dir(cache.join("sets")) else {
+        return;
+    };
+    for e in entries.filter_map(Result::ok) {
+        let path = e.path();
+        if path.extension().is_some_and(|x| x == "query") && !path.with_extension("set").exists() {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_are_read_back_only_for_their_own_set() {
+        let id = [7u8; 16];
+        let text = counts_text(300_000, 4, id);
+        assert_eq!(parse_counts(&text, id), Some((300_000, 4)));
+        assert_eq!(parse_counts(&text, [8u8; 16]), None, "another set's");
+        for bad in [
+            "",
+            "999999999 7",
+            "12 3",
+            &format!("3 12 {}", hex::encode(id)),
+            &format!("12 3 {} extra", hex::encode(id)),
+            &format!("-1 0 {}", hex::encode(id)),
+        ] {
+            assert_eq!(parse_counts(bad, id), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_file_is_checked_until_it_changes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("x.query");
+        write_private(&path, "one").expect("write");
+        assert!(!checked(&path));
+        mark_checked(&path);
+        assert!(checked(&path));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&path, "two").expect("rewrite");
+        assert!(!checked(&path), "a write moves the change time");
+        mark_checked(&path);
+        forget_checked(&path);
+        assert!(!checked(&path));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 }
