@@ -292,6 +292,18 @@ fn storage(what: &str, path: &Path, e: std::io::Error) -> PsiError {
 }
 
 /// Writes a set file (the key holder's, with its key; or a receiver's copy, without).
+/// Creates (or truncates) the file at `path`, mode 0600: the set files and their parts.
+fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path)
+}
+
 fn write_set_file(
     path: &Path,
     key: Option<&[u8; 32]>,
@@ -299,14 +311,7 @@ fn write_set_file(
 ) -> Result<(), PsiError> {
     let tmp = path.with_extension("tmp");
     let io = (|| -> std::io::Result<()> {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let f = opts.open(&tmp)?;
+        let f = create_private(&tmp)?;
         let mut w = BufWriter::new(f);
         let mut h = blake3::Hasher::new();
         let mut put = |w: &mut BufWriter<std::fs::File>, b: &[u8]| -> std::io::Result<()> {
@@ -735,7 +740,7 @@ async fn receiver<R: CryptoRngCore + Send>(
         let take = async {
             if have == HAVE_NONE {
                 let tmp = path.with_extension("part");
-                let f = std::fs::File::create(&tmp).map_err(|e| storage("creating", &tmp, e))?;
+                let f = create_private(&tmp).map_err(|e| storage("creating", &tmp, e))?;
                 let mut w = BufWriter::new(f);
                 recv_encodings(
                     link,
@@ -858,7 +863,7 @@ fn seal_received(tmp: &Path, path: &Path, count: u64) -> Result<(), PsiError> {
     let mut r = BufReader::with_capacity(1 << 20, f);
     let out_tmp = path.with_extension("tmp");
     let io = (|| -> std::io::Result<()> {
-        let out = std::fs::File::create(&out_tmp)?;
+        let out = create_private(&out_tmp)?;
         let mut w = BufWriter::with_capacity(1 << 20, out);
         let mut h = blake3::Hasher::new();
         let mut head = Vec::with_capacity(17);

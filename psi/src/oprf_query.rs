@@ -60,7 +60,8 @@
 //!   item (about 2⁻⁴⁰ for 1,000 items against 10⁷), and when its 92 bits equal a sender item's
 //!   (`3 · n_S · 2⁻⁹²` per item).
 
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
@@ -244,11 +245,13 @@ fn storage(what: &str, path: &Path, e: std::io::Error) -> PsiError {
     PsiError::Storage(format!("{what} {}: {e}", path.display()))
 }
 
-/// The sender's prepared lookup of one encoded set: a file of `rows()` rows of plaintexts in
-/// coefficient form (see the module docs), read row by row for each table a receiver sends.
+/// The sender's prepared lookup of one encoded set: a file of `rows()` rows of plaintexts
+/// (see the module docs), read row by row for each table a receiver sends, through the handle
+/// opened with it (a file removed or replaced in the meantime does not affect a run).
 #[derive(Debug, Clone)]
 pub struct QueryIndex {
     path: PathBuf,
+    file: Arc<std::fs::File>,
     set_id: [u8; 16],
     rows: u32,
 }
@@ -346,8 +349,10 @@ impl QueryIndex {
         let f = w.into_inner().map_err(|e| io(e.into_error()))?;
         f.sync_all().map_err(io)?;
         std::fs::rename(tmp, path).map_err(|e| storage("renaming", tmp, e))?;
+        let file = std::fs::File::open(path).map_err(|e| storage("opening", path, e))?;
         Ok(QueryIndex {
             path: path.to_path_buf(),
+            file: Arc::new(file),
             set_id,
             rows: rows as u32,
         })
@@ -386,6 +391,7 @@ impl QueryIndex {
         }
         Ok(Some(QueryIndex {
             path: path.to_path_buf(),
+            file: Arc::new(f),
             set_id,
             rows,
         }))
@@ -912,7 +918,8 @@ fn answer_row(p: &Params, powers: &[Ciphertext], body: &[u8]) -> Result<Bytes, P
 
 /// Reads an index's rows in order, hashing them for the digest check at the end.
 struct IndexReader {
-    r: BufReader<std::fs::File>,
+    file: Arc<std::fs::File>,
+    offset: u64,
     path: PathBuf,
     h: blake3::Hasher,
     remaining: u32,
@@ -920,10 +927,10 @@ struct IndexReader {
 
 impl IndexReader {
     fn open(index: &QueryIndex) -> Result<IndexReader, PsiError> {
-        let f = std::fs::File::open(&index.path).map_err(|e| storage("opening", &index.path, e))?;
-        let mut r = BufReader::with_capacity(1 << 20, f);
         let mut head = [0u8; 28];
-        r.read_exact(&mut head)
+        index
+            .file
+            .read_exact_at(&mut head, 0)
             .map_err(|e| storage("reading", &index.path, e))?;
         let mut h = blake3::Hasher::new();
         h.update(&head);
@@ -934,7 +941,8 @@ impl IndexReader {
             )));
         }
         Ok(IndexReader {
-            r,
+            file: Arc::clone(&index.file),
+            offset: 28,
             path: index.path.clone(),
             h,
             remaining: index.rows,
@@ -946,9 +954,10 @@ impl IndexReader {
         let mut out = Vec::new();
         while out.len() < n && self.remaining > 0 {
             let mut body = vec![0u8; ROW_BYTES];
-            self.r
-                .read_exact(&mut body)
+            self.file
+                .read_exact_at(&mut body, self.offset)
                 .map_err(|e| storage("reading", &self.path, e))?;
+            self.offset += ROW_BYTES as u64;
             self.h.update(&body);
             self.remaining -= 1;
             out.push(body);
@@ -961,8 +970,8 @@ impl IndexReader {
 
     fn check_digest(&mut self) -> Result<(), PsiError> {
         let mut digest = [0u8; 32];
-        self.r
-            .read_exact(&mut digest)
+        self.file
+            .read_exact_at(&mut digest, self.offset)
             .map_err(|e| storage("reading", &self.path, e))?;
         if digest != *self.h.finalize().as_bytes() {
             return Err(PsiError::Storage(format!(
@@ -1089,6 +1098,10 @@ mod tests {
                 "a flipped bit at {at} of {len}"
             );
         }
+        // A run reads through the handle opened with the index: removing the file does not
+        // affect it.
+        std::fs::remove_file(index.path()).expect("remove");
+        index.verify().expect("read through its handle");
         assert!(!lookup_may_pay(100_000));
         assert!(lookup_may_pay(250_000));
     }

@@ -401,13 +401,20 @@ fn index_of(set: &EncodedSet, dir: &std::path::Path) -> QueryIndex {
         .expect("index")
 }
 
-/// The receiver's kept copies (`*.enc`) in `dir`.
+/// The receiver's kept copies (`*.enc`) in `dir`, each checked to be 0600.
 fn copies(dir: &std::path::Path) -> usize {
-    std::fs::read_dir(dir)
+    use std::os::unix::fs::PermissionsExt;
+    let kept: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
         .expect("dir")
         .filter_map(Result::ok)
-        .filter(|e| e.path().extension().is_some_and(|x| x == "enc"))
-        .count()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "enc"))
+        .collect();
+    for p in &kept {
+        let mode = std::fs::metadata(p).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{}", p.display());
+    }
+    kept.len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -63,6 +63,9 @@ pub enum LedgerCmd {
     Usage {
         #[command(flatten)]
         conn: Conn,
+        /// Print CSV.
+        #[arg(long)]
+        csv: bool,
     },
 }
 
@@ -137,14 +140,14 @@ pub async fn run(cmd: LedgerCmd) -> anyhow::Result<()> {
             let t = c.list_transfers(pb::ListRequest {}).await?.into_inner();
             out.listing(&transfers(&t.transfers, csv, &zone), csv)?;
         }
-        LedgerCmd::Usage { conn } => {
+        LedgerCmd::Usage { conn, csv } => {
             let u = conn
                 .connect()
                 .await?
                 .list_usage(pb::ListRequest {})
                 .await?
                 .into_inner();
-            out.listing(&usage(&u.events), false)?;
+            out.listing(&usage(&u.events), csv)?;
         }
     }
     Ok(())

@@ -299,8 +299,8 @@ async fn encoded_set(
                 return None;
             }
         };
-        let text = std::fs::read_to_string(&c2).ok()?;
-        let Some((rows, empty)) = parse_counts(&text, set.id()) else {
+        let counts = std::fs::read_to_string(&c2).ok();
+        let Some((rows, empty)) = counts.and_then(|text| parse_counts(&text, set.id())) else {
             tracing::warn!("the encoded set's counts do not match it: preparing it again");
             return None;
         };
