@@ -437,7 +437,8 @@ fn checked(path: &Path) -> bool {
 fn mark_checked(path: &Path) {
     if let Some(s) = stamp(path) {
         let mut list = CHECKED.lock().unwrap_or_else(|p| p.into_inner());
-        list.retain(|(p, _)| p != path);
+        // One entry an index that still exists: the list stays as long as the cache.
+        list.retain(|(p, _)| p != path && p.exists());
         list.push((path.to_owned(), s));
     }
 }
