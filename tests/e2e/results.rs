@@ -861,31 +861,40 @@ async fn cancelling_an_ecdh_oprf_job_stops_its_preparation_and_the_next_job_prep
     assert_eq!(crate::harness::cash(&c).await, before);
 
     // The next job prepares the set afresh and keeps it; its result is exact.
-    let second = client
-        .submit_job(oprf_job("second.csv"))
-        .await
-        .expect("submit")
-        .into_inner();
-    let second = c.wait(&second.job_id).await;
-    assert_eq!(
-        (second.state_text(), second.result_size),
-        ("succeeded", Some(60)),
-        "{second:?}"
-    );
-    let (_, rows) = read_csv(&c.buyer.outputs.join("second.csv"));
-    let mut got: Vec<String> = rows.into_iter().map(|r| r[0].clone()).collect();
-    got.sort();
     let mut want: Vec<String> = (0..60u64).map(|i| format!("k{}", i * 2_003)).collect();
     want.sort();
-    assert_eq!(got, want);
+    // A job of the licence that succeeds with the exact intersection.
+    let exact_job = async |name: &str| -> pb::Job {
+        let job = client
+            .clone()
+            .submit_job(oprf_job(name))
+            .await
+            .expect("submit")
+            .into_inner();
+        let job = c.wait(&job.job_id).await;
+        assert_eq!(
+            (job.state_text(), job.result_size),
+            ("succeeded", Some(60)),
+            "{job:?}"
+        );
+        let (_, rows) = read_csv(&c.buyer.outputs.join(name));
+        let mut got: Vec<String> = rows.into_iter().map(|r| r[0].clone()).collect();
+        got.sort();
+        assert_eq!(got, want);
+        job
+    };
+    // The buyer's kept copies of the set.
+    let copies = || -> Vec<std::path::PathBuf> {
+        walk_files(&c.buyer.outputs.join(".tessera-work"))
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "enc"))
+            .collect()
+    };
+    let second = exact_job("second.csv").await;
     assert_eq!(sets("set").len(), 1);
     assert_eq!(sets("query").len(), 1, "the set's query index beside it");
-    let copies: Vec<std::path::PathBuf> = walk_files(&c.buyer.outputs.join(".tessera-work"))
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "enc"))
-        .collect();
     assert_eq!(
-        copies,
+        copies(),
         Vec::<std::path::PathBuf>::new(),
         "looked up, not copied"
     );
@@ -905,29 +914,12 @@ async fn cancelling_an_ecdh_oprf_job_stops_its_preparation_and_the_next_job_prep
     }
     std::fs::write(&query, &bytes).expect("damage the index");
     drop(bytes);
-    let third = client
-        .submit_job(oprf_job("third.csv"))
-        .await
-        .expect("submit")
-        .into_inner();
-    let third = c.wait(&third.job_id).await;
-    assert_eq!(
-        (third.state_text(), third.result_size),
-        ("succeeded", Some(60)),
-        "{third:?}"
-    );
-    let (_, rows) = read_csv(&c.buyer.outputs.join("third.csv"));
-    let mut got: Vec<String> = rows.into_iter().map(|r| r[0].clone()).collect();
-    got.sort();
-    assert_eq!(got, want);
+    let third = exact_job("third.csv").await;
     let rebuilt = std::fs::read(&query).expect("the index again");
     assert_eq!(&rebuilt[at..at + 64], &sound[..], "built again");
     assert_eq!(
-        walk_files(&c.buyer.outputs.join(".tessera-work"))
-            .into_iter()
-            .filter(|p| p.extension().is_some_and(|e| e == "enc"))
-            .count(),
-        0,
+        copies(),
+        Vec::<std::path::PathBuf>::new(),
         "looked up again"
     );
     assert_eq!(c.remaining(&lic).await, Some(2));
