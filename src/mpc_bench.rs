@@ -1,12 +1,15 @@
 //! `tessera bench mpc`: the two-party MPC engine (`tessera-mpc`) over gRPC on loopback, on
-//! the workload of the SPU baseline (`../shared/peers/spu_mpc.py`): `x · y` elementwise and
-//! `Σ x · y` for N fixed-point elements uniform in [−1, 1), party 0 holding `x` and party 1
-//! `y`; once with dealer triples (the dealer a third task, over gRPC links of its own) and once
-//! with dealer-free triples (SoftSpoken OT extension + Gilboa between the two parties). Each
-//! figure is the slower party's wall time of the operation, triple generation included (and the
-//! dealer's expansion and transfer); the input sharing and the one-time base OTs (and PPRF) of
-//! the dealer-free source are not in it (the latter is printed as `ot_setup_s`). Results are revealed afterwards and checked
-//! against the clear computation.
+//! the workload of the SPU baseline (`../shared/peers/spu_mpc.py`): `x · y` elementwise
+//! (`Session::mul`) and `Σ x · y` (`Session::dot`) for N fixed-point elements uniform in
+//! [−1, 1), party 0 holding `x` and party 1 `y`; once with dealer triples (the dealer a third
+//! task, over gRPC links of its own) and once dealer-free: Beaver triples from RLWE oblivious
+//! linear evaluation (`--arith rlwe`, the default; the inner product then computed directly on
+//! the shares, no triples) or from Gilboa's multiplication over SoftSpoken OT (`--arith
+//! gilboa`; the inner product is then `mul` and a local sum). Each figure is the slower party's
+//! wall time of the operation, triple generation included (and the dealer's expansion and
+//! transfer); the input sharing and the dealer-free source's one-time setup (base OTs, RLWE
+//! key exchange) are not in it (the latter is printed as `ot_setup_s`). Results are revealed
+//! afterwards and checked against the clear computation.
 //!
 //! With the dealer, it also trains a logistic regression (`tessera_mpc::lr`) on `--lr-rows`
 //! (default 10^5) synthetic rows of 20 standard normal features, 10 held by each party, labels
@@ -25,7 +28,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use tessera_core::Link;
 use tessera_mpc::triples::run_dealer;
-use tessera_mpc::{DealerClient, FixedPoint, OtTriples, Party, Session, Shares, TripleSource};
+use tessera_mpc::{
+    ArithMethod, DealerClient, FixedPoint, OtTriples, Party, Session, Shares, TripleSource,
+};
 use tessera_worker::link::{GrpcLink, loopback_pair};
 
 /// Arguments of `tessera bench mpc`.
@@ -42,6 +47,10 @@ pub struct MpcArgs {
     /// Which triple sources: both, dealer or ot.
     #[arg(long, default_value = "both", value_parser = ["both", "dealer", "ot"])]
     source: String,
+    /// How the dealer-free source makes Beaver triples: rlwe (oblivious linear evaluation
+    /// over RLWE) or gilboa (Gilboa's multiplication over SoftSpoken OT).
+    #[arg(long, default_value = "rlwe", value_parser = ["rlwe", "gilboa"])]
+    arith: String,
     /// Print one JSON line instead of text.
     #[arg(long)]
     json: bool,
@@ -99,7 +108,7 @@ async fn pair() -> anyhow::Result<(GrpcLink, GrpcLink, tokio::task::JoinHandle<(
 async fn party(
     party: Party,
     link: GrpcLink,
-    dealer: Option<GrpcLink>,
+    dealer: Result<GrpcLink, ArithMethod>,
     fx: FixedPoint,
     values: Arc<Vec<f64>>,
     n: usize,
@@ -108,10 +117,10 @@ async fn party(
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let mut fig = PartyFigures::default();
     let source = match dealer {
-        Some(d) => TripleSource::Dealer(DealerClient::new(party, Box::new(d))),
-        None => {
+        Ok(d) => TripleSource::Dealer(DealerClient::new(party, Box::new(d))),
+        Err(method) => {
             let t0 = Instant::now();
-            let o = OtTriples::setup(party, &link, &mut rng).await?;
+            let o = OtTriples::setup_with(party, &link, &mut rng, method).await?;
             fig.setup_s = t0.elapsed().as_secs_f64();
             TripleSource::Ot(Box::new(o))
         }
@@ -132,8 +141,7 @@ async fn party(
     s.reveal(&barrier).await?;
     let b0 = link.stats().bytes_sent;
     let t0 = Instant::now();
-    let p = s.mul_ring(&x, &y).await?;
-    let dot = s.truncate(&s.sum(&p));
+    let dot = s.dot(&x, &y).await?;
     fig.mulsum_s = t0.elapsed().as_secs_f64();
     fig.mulsum_bytes = link.stats().bytes_sent - b0;
 
@@ -147,6 +155,7 @@ async fn party(
 
 async fn run_source(
     dealer: bool,
+    method: ArithMethod,
     fx: FixedPoint,
     x: Arc<Vec<f64>>,
     y: Arc<Vec<f64>>,
@@ -155,12 +164,12 @@ async fn run_source(
     let n = x.len();
     let (l0, l1, server) = pair().await?;
     let mut servers = vec![server];
-    let (mut d_links, mut dealer_task) = ((None, None), None);
+    let (mut d_links, mut dealer_task) = ((Err(method), Err(method)), None);
     if dealer {
         let (p0, d0, s0) = pair().await?;
         let (p1, d1, s1) = pair().await?;
         servers.extend([s0, s1]);
-        d_links = (Some(p0), Some(p1));
+        d_links = (Ok(p0), Ok(p1));
         dealer_task = Some(tokio::spawn(async move {
             let mut rng = ChaCha20Rng::from_entropy();
             let r = run_dealer(&d0, &d1, &mut rng).await;
@@ -214,13 +223,17 @@ pub async fn run(a: MpcArgs) -> anyhow::Result<()> {
     let mut rng = ChaCha20Rng::seed_from_u64(a.seed);
     let x: Arc<Vec<f64>> = Arc::new((0..a.n).map(|_| rng.gen_range(-1.0..1.0)).collect());
     let y: Arc<Vec<f64>> = Arc::new((0..a.n).map(|_| rng.gen_range(-1.0..1.0)).collect());
+    let method = match a.arith.as_str() {
+        "gilboa" => ArithMethod::Gilboa,
+        _ => ArithMethod::Rlwe,
+    };
     let dealer = if a.source != "ot" {
-        Some(run_source(true, fx, x.clone(), y.clone(), a.seed).await?)
+        Some(run_source(true, method, fx, x.clone(), y.clone(), a.seed).await?)
     } else {
         None
     };
     let ot = if a.source != "dealer" {
-        Some(run_source(false, fx, x, y, a.seed).await?)
+        Some(run_source(false, method, fx, x, y, a.seed).await?)
     } else {
         None
     };
@@ -243,6 +256,7 @@ pub async fn run(a: MpcArgs) -> anyhow::Result<()> {
         "transport": "grpc-loopback",
         "n": a.n,
         "frac_bits": a.frac_bits,
+        "ot_arith": a.arith,
         "ok": ok,
         "peak_rss_mb": tessera_worker::usage::peak_rss_kb() as f64 / 1024.0,
     });

@@ -92,6 +92,7 @@ pub mod compare;
 pub mod fixed;
 pub mod lr;
 pub mod query;
+pub mod rlwe;
 pub mod session;
 pub mod triples;
 pub mod wire;
@@ -99,7 +100,7 @@ pub mod wire;
 pub use fixed::FixedPoint;
 pub use session::{ReleaseGate, Session};
 pub use tessera_core::LinkError;
-pub use triples::{DealerClient, OtTriples, TripleSource};
+pub use triples::{ArithMethod, DealerClient, OtTriples, TripleSource};
 
 use tessera_ot::OtError;
 

@@ -450,6 +450,43 @@ impl<'l, R: CryptoRngCore + Send> Session<'l, R> {
         Ok(self.truncate(&z))
     }
 
+    /// Inner product `Σ x_i · y_i` over the ring, without truncation (length 1). With the
+    /// dealer-free source's RLWE keys ([`crate::ArithMethod::Rlwe`]), computed directly on the
+    /// shares: each party adds its own `⟨x_P, y_P⟩` to its share of the cross terms
+    /// ([`crate::rlwe::RlweOle::dot_shares`]: one message of `⌈n / 8192⌉` queries and one of
+    /// `⌈n / 2^20⌉` answers each way, no triples). Otherwise [`Session::mul_ring`] then
+    /// [`Session::sum`] (`n` Beaver triples). Exact.
+    ///
+    /// # Errors
+    /// As [`Session::mul_ring`].
+    pub async fn dot_ring(&mut self, x: &Shares, y: &Shares) -> Result<Shares, MpcError> {
+        same_len(x.len(), y.len())?;
+        check_len(x.len())?;
+        if let Some(ole) = self.source.rlwe() {
+            self.check_step()?;
+            let cross = ole.dot_shares(self.link, &mut self.rng, &x.0, &y.0).await;
+            let cross = self.settle(cross)?;
+            let own =
+                x.0.iter()
+                    .zip(&y.0)
+                    .fold(0u64, |s, (a, b)| s.wrapping_add(a.wrapping_mul(*b)));
+            return Ok(Shares(vec![own.wrapping_add(cross)]));
+        }
+        let p = self.mul_ring(x, y).await?;
+        Ok(self.sum(&p))
+    }
+
+    /// Fixed-point inner product: [`Session::dot_ring`] then [`Session::truncate`]. Error at
+    /// most `n` half-ulps of the inputs' products plus one ulp (with `truncate`'s failure
+    /// probability, on a sum whose magnitude is that of the result).
+    ///
+    /// # Errors
+    /// As [`Session::dot_ring`].
+    pub async fn dot(&mut self, x: &Shares, y: &Shares) -> Result<Shares, MpcError> {
+        let z = self.dot_ring(x, y).await?;
+        Ok(self.truncate(&z))
+    }
+
     /// Fixed-point matrix product of `x` (`m × k`, row-major) and `y` (`k × n`): one opening
     /// layer. With a dealer, one matrix triple `(A, B, C = AB)` (Mohassel–Zhang, SecureML §4.2):
     /// open `D = X − A`, `E = Y − B` (`mk + kn` words each way) and take
@@ -563,7 +600,8 @@ impl<'l, R: CryptoRngCore + Send> Session<'l, R> {
 
     // ------------------------------------------------------------------------ statistics
 
-    /// The population variance `mean((x − mean(x))²)` (length 1): one multiplication layer.
+    /// The population variance `mean((x − mean(x))²)` (length 1): one inner product
+    /// ([`Session::dot`]) of the deviations with themselves, divided by `n`.
     /// Error: with `x` exact, `|error| ≤ (2·max|x − mean| + 2)·ulp + ulp` roughly (the mean's
     /// ulp propagated through the square, one truncation, one division), with the failure
     /// probabilities of `truncate` and `div_public`.
@@ -573,8 +611,9 @@ impl<'l, R: CryptoRngCore + Send> Session<'l, R> {
     pub async fn variance(&mut self, x: &Shares) -> Result<Shares, MpcError> {
         let m = self.mean(x)?;
         let d = self.sub(x, &self.broadcast(&m, x.len()))?;
-        let sq = self.mul(&d, &d).await?;
-        self.mean(&sq)
+        // Σ d² as one inner product (no triples with the RLWE source), then / n.
+        let sq = self.dot(&d, &d).await?;
+        self.div_public(&sq, x.len() as u64)
     }
 
     /// Secret-shares a one-hot encoding of `rows` category indices owned by `owner` (who passes

@@ -33,6 +33,12 @@ pub const KIND_DEALER_REQUEST: u8 = 0x58;
 pub const KIND_DEALER_SEED: u8 = 0x59;
 /// Dealer → party 1: the correction vector of a batch.
 pub const KIND_DEALER_CORRECTION: u8 = 0x5A;
+/// An RLWE public key ([`crate::rlwe`]), once per session each way.
+pub const KIND_RLWE_KEY: u8 = 0x5B;
+/// RLWE queries: ciphertexts of a party's own `a` ([`crate::rlwe`]).
+pub const KIND_RLWE_QUERY: u8 = 0x5C;
+/// RLWE answers: the peer's queries times this party's `b`, masked ([`crate::rlwe`]).
+pub const KIND_RLWE_ANSWER: u8 = 0x5D;
 
 /// Sends `words` as 8-byte little-endian items of `kind` (nothing for an empty slice).
 ///

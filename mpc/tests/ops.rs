@@ -18,7 +18,7 @@ use tessera_mpc::{
 type Sess<'a> = common::Sess<'a>;
 type Fut<'a, T> = common::Fut<'a, Result<T, MpcError>>;
 
-const SOURCES: [Src; 2] = [Src::Dealer, Src::Ot];
+const SOURCES: [Src; 3] = [Src::Dealer, Src::Ot, Src::Gilboa];
 
 /// Runs `f` on both parties' sessions (f = 16) and returns both results.
 async fn both<T: Send>(
@@ -90,8 +90,9 @@ async fn add_mul_and_truncation_match_the_clear_computation() {
                     let prod = s.mul(&a, &b).await?;
                     let scaled = s.mul_public(&a, -2.5)?;
                     let shifted = s.add_public(&a, 3.25)?;
+                    let dot = s.dot(&a, &b).await?;
                     let mut out = Vec::new();
-                    for v in [sum, diff, prod, scaled, shifted] {
+                    for v in [sum, diff, prod, scaled, shifted, dot] {
                         out.push(s.reveal_fixed(&v).await?);
                     }
                     Ok(out)
@@ -109,6 +110,17 @@ async fn add_mul_and_truncation_match_the_clear_computation() {
             });
             check("mul_public", &got[3], &e(|a, _| -2.5 * a), |_| 4.0 * ULP);
             check("add_public", &got[4], &e(|a, _| a + 3.25), |_| ULP);
+            // The inner product: each product's input rounding, one truncation.
+            let dot: f64 = x.iter().zip(&y).map(|(a, b)| a * b).sum();
+            let tol: f64 = x
+                .iter()
+                .zip(&y)
+                .map(|(a, b)| a.abs() + b.abs())
+                .sum::<f64>()
+                * ULP
+                / 2.0
+                + 2.0 * ULP;
+            check("dot", &got[5], &[dot], |_| tol);
         }
     }
 }

@@ -8,15 +8,22 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use tessera_core::MemLink;
 use tessera_mpc::triples::run_dealer;
-use tessera_mpc::{DealerClient, FixedPoint, MpcError, OtTriples, Party, Session, TripleSource};
+use tessera_mpc::{
+    ArithMethod, DealerClient, FixedPoint, MpcError, OtTriples, Party, Session, TripleSource,
+};
 
 pub type Sess<'a> = Session<'a, ChaCha20Rng>;
 pub type Fut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Src {
+    /// Triples from a dealer.
     Dealer,
+    /// Dealer-free, Beaver triples by RLWE oblivious linear evaluation (the default).
     Ot,
+    /// Dealer-free, Beaver triples by Gilboa's multiplication over OT.
+    #[allow(dead_code)] // not every test binary uses it
+    Gilboa,
 }
 
 /// Runs `f` on both parties' sessions and returns both outputs as they are (the dealer's
@@ -71,10 +78,15 @@ async fn run<T: Send>(
                 Some(dealer),
             )
         }
-        Src::Ot => {
+        Src::Ot | Src::Gilboa => {
+            let method = if src == Src::Ot {
+                ArithMethod::Rlwe
+            } else {
+                ArithMethod::Gilboa
+            };
             let (o0, o1) = tokio::join!(
-                OtTriples::setup(Party::P0, &l0, &mut r0),
-                OtTriples::setup(Party::P1, &l1, &mut r1)
+                OtTriples::setup_with(Party::P0, &l0, &mut r0, method),
+                OtTriples::setup_with(Party::P1, &l1, &mut r1, method)
             );
             (
                 TripleSource::Ot(Box::new(o0.expect("ot setup"))),
