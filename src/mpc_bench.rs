@@ -47,8 +47,9 @@ pub struct MpcArgs {
     /// Which triple sources: both, dealer or ot.
     #[arg(long, default_value = "both", value_parser = ["both", "dealer", "ot"])]
     source: String,
-    /// How the dealer-free source makes Beaver triples: rlwe (oblivious linear evaluation
-    /// over RLWE) or gilboa (Gilboa's multiplication over SoftSpoken OT).
+    /// How the dealer-free source makes Beaver triples (for mul, mulsum and --lr-source ot):
+    /// rlwe (oblivious linear evaluation over RLWE) or gilboa (Gilboa's multiplication over
+    /// SoftSpoken OT).
     #[arg(long, default_value = "rlwe", value_parser = ["rlwe", "gilboa"])]
     arith: String,
     /// Print one JSON line instead of text.
@@ -238,12 +239,12 @@ pub async fn run(a: MpcArgs) -> anyhow::Result<()> {
         None
     };
     let lr = if a.lr_source != "ot" && a.lr_rows > 0 {
-        Some(lr_bench::run(fx, a.lr_rows, a.lr_epochs, a.seed, true).await?)
+        Some(lr_bench::run(fx, a.lr_rows, a.lr_epochs, a.seed, Ok(())).await?)
     } else {
         None
     };
     let lr_ot = if a.lr_source != "dealer" && a.lr_rows > 0 {
-        Some(lr_bench::run(fx, a.lr_rows, a.lr_epochs, a.seed, false).await?)
+        Some(lr_bench::run(fx, a.lr_rows, a.lr_epochs, a.seed, Err(method)).await?)
     } else {
         None
     };

@@ -19,8 +19,11 @@
 //! * [`wire`]: MPC frames (kinds `0x50..=0x5F`), on the OT crate's bounded frame format.
 //! * [`triples`]: correlated randomness ([`TripleSource`]): (a) a **dealer** that expands both
 //!   parties' Beaver triples from seeds ([`triples::run_dealer`], [`triples::DealerClient`]);
-//!   (b) **dealer-free** triples between the two parties from SoftSpoken OT extension with
-//!   Gilboa's multiplication ([`triples::OtTriples`]).
+//!   (b) **dealer-free** triples between the two parties ([`triples::OtTriples`]): Beaver
+//!   triples from RLWE oblivious linear evaluation ([`rlwe`], the default) or from SoftSpoken
+//!   OT extension with Gilboa's multiplication; AND triples from SoftSpoken OT.
+//! * [`rlwe`]: the RLWE schemes of the dealer-free source: slot-wise products for Beaver
+//!   triples, and inner products computed directly on the shares ([`Session::dot`]).
 //! * [`session`]: the operations (input sharing, reveal, add, mul, matmul, truncation, sum,
 //!   mean, variance, one-hot histogram and group-by sums).
 //! * [`compare`]: the sign bit (MSB) by a carry tree over boolean shares with AND triples, and
@@ -72,9 +75,16 @@
 //!   batch, party 1 a seed and one correction vector. In `mpc` jobs the operator is the dealer
 //!   (`tessera_scheduler::dealer`), when the licence's scene allows `dealer`.
 //! * **Dealer-free triples** ([`triples::OtTriples`]) need no third party: the two parties run
-//!   SoftSpoken OT extension (semi-honest, [`tessera_ot::softspoken`]) and Gilboa's
-//!   multiplication; each sees only the other's OT-extension corrections (pseudorandom) and
-//!   masked Gilboa corrections.
+//!   SoftSpoken OT extension (semi-honest, [`tessera_ot::softspoken`]) for AND triples and,
+//!   for Beaver triples and inner products, RLWE oblivious linear evaluation ([`rlwe`]): each
+//!   sees the other's RLWE ciphertexts and public keys (IND-CPA under decision-RLWE, `N = 8192`,
+//!   `q` of 186 or 216 bits, within the HE Standard's 128-bit bounds) and the decryptions of
+//!   the answers to its own ciphertexts, which are its products with the peer's values plus a
+//!   mask the peer keeps (statistically hiding, `2^−41`), the answers re-randomised under its
+//!   public key and their noise flooded (`2^−41` per ciphertext) so that they reveal nothing
+//!   else of the peer's values. With [`ArithMethod::Gilboa`] the Beaver triples come from
+//!   Gilboa's multiplication over the same OT extension instead: each party sees only the
+//!   other's OT-extension corrections (pseudorandom) and masked Gilboa corrections.
 //! * **Truncation** is SecureML's local one: it is correct only up to a failure probability
 //!   per element (see [`session::Session::truncate`]) and otherwise off by at most one unit in
 //!   the last place; failures are silent (a large error), as in SecureML and SPU's SEMI2K.

@@ -6,8 +6,11 @@
 //!
 //! Round structure: every multiplication layer (a call of [`Session::mul`], [`Session::matmul`],
 //! …) is one opening message each way, plus what the triple source needs (nothing on the peer
-//! link for the dealer; one OT extension each way and one correction message each way per chunk
-//! for the dealer-free source). Linear operations, truncation, sum and mean are local.
+//! link for the dealer; for the dealer-free source, one message of RLWE queries and one of
+//! answers each way per chunk of 65,536 Beaver triples, or with Gilboa's method one OT
+//! extension and one correction message each way per chunk). An inner product
+//! ([`Session::dot`]) with the RLWE source is one message of queries and one of answers each
+//! way, and no opening. Linear operations, truncation, sum and mean are local.
 
 use rand::Rng;
 use rand_core::CryptoRngCore;

@@ -9,8 +9,12 @@
 //!   element to party 1 (the "seed + correction" dealer of e.g. SPU's trusted first party,
 //!   and of Damgård et al.'s preprocessing model). The dealer knows every triple: it must not
 //!   collude with either party (crate docs, threat model).
-//! * **(b) dealer-free, from OT extension** ([`OtTriples`]): each party draws its own `a_P`,
-//!   `b_P`; the cross terms `a0·b1` and `a1·b0` come from Gilboa's multiplication (Gilboa,
+//! * **(b) dealer-free** ([`OtTriples`]): each party draws its own `a_P`, `b_P`; the cross
+//!   terms `a0·b1` and `a1·b0` come, by default ([`ArithMethod::Rlwe`]), from oblivious linear
+//!   evaluation over RLWE ([`crate::rlwe`]: each party's `a_P` encrypted under its own key,
+//!   multiplied slot-wise by the peer's `b_Q`, masked, re-randomised and noise-flooded; about
+//!   216 bytes sent by each party per triple), or ([`ArithMethod::Gilboa`]) from Gilboa's
+//!   multiplication (Gilboa,
 //!   "Two Party RSA Key Generation", CRYPTO 1999, §3) over SoftSpoken random OTs of
 //!   [`tessera_ot::softspoken`] (Roy, CRYPTO 2022; field width [`OT_FIELD_BITS`]) in both
 //!   directions, used as correlated OTs: for bit `i` of the receiver's `b`, the sender, holding
@@ -23,7 +27,7 @@
 //!   per AND per direction). Matrix triples are not made from OT: [`crate::Session::matmul`]
 //!   then falls back to one Beaver triple per scalar product.
 //!
-//! Cost of the dealer-free source per Beaver triple: 64 SoftSpoken OTs in each direction
+//! Cost of the Gilboa method per Beaver triple: 64 SoftSpoken OTs in each direction
 //! (`128 / k` bits of OT-extension corrections each: 512 bytes at `k = 2`; IKNP's matrix was
 //! 1,024) plus 260 bytes of Gilboa corrections, each way: 772 bytes each way (IKNP with
 //! byte-aligned corrections: 1,368). Processed in

@@ -12,7 +12,7 @@ use rand_chacha::ChaCha20Rng;
 use tessera_core::Link;
 use tessera_mpc::lr::{LrConfig, LrLayout, LrOwnData, Model, ModelOutput, train};
 use tessera_mpc::triples::run_dealer;
-use tessera_mpc::{DealerClient, FixedPoint, OtTriples, Party, Session, TripleSource};
+use tessera_mpc::{ArithMethod, DealerClient, FixedPoint, OtTriples, Party, Session, TripleSource};
 use tessera_worker::link::GrpcLink;
 
 /// Features (half at each party).
@@ -145,7 +145,7 @@ fn auc(d: &Data, from: usize, w: &[f64]) -> f64 {
 async fn party(
     p: Party,
     link: GrpcLink,
-    dealer: Option<GrpcLink>,
+    dealer: Result<GrpcLink, ArithMethod>,
     fx: FixedPoint,
     data: Arc<Data>,
     (layout, cfg): (LrLayout, LrConfig),
@@ -156,8 +156,10 @@ async fn party(
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let t0 = Instant::now();
     let source = match dealer {
-        Some(dealer) => TripleSource::Dealer(DealerClient::new(p, Box::new(dealer))),
-        None => TripleSource::Ot(Box::new(OtTriples::setup(p, &link, &mut rng).await?)),
+        Ok(dealer) => TripleSource::Dealer(DealerClient::new(p, Box::new(dealer))),
+        Err(method) => TripleSource::Ot(Box::new(
+            OtTriples::setup_with(p, &link, &mut rng, method).await?,
+        )),
     };
     let mut s = Session::new(p, &link, fx, source, rng);
     let own = LrOwnData {
@@ -178,14 +180,15 @@ async fn party(
     Ok((secs, bytes, model, link))
 }
 
-/// Trains on `rows` rows for `epochs` epochs with dealer triples (`dealer`) or OT triples
-/// (their setup counted in the time and bytes) and checks the held-out AUC.
+/// Trains on `rows` rows for `epochs` epochs with dealer triples (`Ok(())`) or dealer-free
+/// ones made by the method given (their setup counted in the time and bytes) and checks the
+/// held-out AUC.
 pub async fn run(
     fx: FixedPoint,
     rows: usize,
     epochs: usize,
     seed: u64,
-    dealer: bool,
+    dealer: Result<(), ArithMethod>,
 ) -> anyhow::Result<LrFigures> {
     let data = Arc::new(synthetic(seed ^ 0x1f, rows + TEST_ROWS));
     let layout = LrLayout {
@@ -202,17 +205,20 @@ pub async fn run(
     };
     let (l0, l1, s) = super::pair().await?;
     let mut servers = vec![s];
-    let (mut d0, mut d1, mut dealer_task) = (None, None, None);
-    if dealer {
-        let (p0, e0, s0) = super::pair().await?;
-        let (p1, e1, s1) = super::pair().await?;
-        servers.extend([s0, s1]);
-        dealer_task = Some(tokio::spawn(async move {
-            let mut rng = ChaCha20Rng::from_entropy();
-            run_dealer(&e0, &e1, &mut rng).await
-        }));
-        (d0, d1) = (Some(p0), Some(p1));
-    }
+    let mut dealer_task = None;
+    let (d0, d1) = match dealer {
+        Err(method) => (Err(method), Err(method)),
+        Ok(()) => {
+            let (p0, e0, s0) = super::pair().await?;
+            let (p1, e1, s1) = super::pair().await?;
+            servers.extend([s0, s1]);
+            dealer_task = Some(tokio::spawn(async move {
+                let mut rng = ChaCha20Rng::from_entropy();
+                run_dealer(&e0, &e1, &mut rng).await
+            }));
+            (Ok(p0), Ok(p1))
+        }
+    };
     let a = tokio::spawn(party(
         Party::P0,
         l0,
