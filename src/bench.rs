@@ -117,8 +117,9 @@ pub enum BenchCommand {
         worker_nice: u8,
     },
     /// Two-party MPC over gRPC on loopback: fixed-point elementwise multiplication (`mul`) and
-    /// inner product (`mulsum`) of N elements, with dealer triples and with dealer-free
-    /// triples from OT extension; checked against the clear result.
+    /// inner product (`mulsum`) of N elements, with dealer triples and dealer-free (RLWE
+    /// oblivious linear evaluation, or Gilboa over OT with `--arith gilboa`); checked against
+    /// the clear result.
     Mpc(crate::mpc_bench::MpcArgs),
     /// Secure aggregation (SecAgg+) of N clients' vectors with dropouts, in this process,
     /// checked against the plain sum of the survivors' vectors.

@@ -248,8 +248,9 @@ pub struct QueryJobArgs {
     /// likewise.
     #[arg(long = "column", value_parser = parse_mpc_column)]
     columns: Vec<pb::MpcColumn>,
-    /// Where the Beaver triples come from: `ot` (dealer-free, made between the two workers by
-    /// oblivious transfer: no third party trusted, but tens of times slower) or `dealer`
+    /// Where the Beaver triples come from: `ot` (dealer-free, made between the two workers:
+    /// RLWE homomorphic encryption for products, OT for comparisons; no third party trusted,
+    /// but several times slower, most for comparisons and training) or `dealer`
     /// (dealt by the operator, which then must not collude with either party). Default: `ot`
     /// if the licence's mpc scene allows it (its `protocols`), else `dealer`.
     #[arg(long, value_parser = ["ot", "dealer"])]

@@ -211,6 +211,37 @@ async fn a_group_by_query_on_aligned_rows_suppresses_the_small_group_and_is_coun
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad}: {e:?}");
         assert!(e.message().contains(says), "{bad}: {}", e.message());
     }
+
+    // No common keys: the same answer every time — a result whose every group is empty and
+    // unreported, counted and charged (it was the buyer's run) — not an error blamed on
+    // whichever party reported first.
+    let none_rows: Vec<String> = (1001..=1010u64).map(|i| format!("{i},1,40")).collect();
+    c.dataset(&c.buyer, "bnone", "id,region,age", &none_rows)
+        .await;
+    let job = client
+        .submit_job(mpc_job_on(
+            &lic,
+            "bnone",
+            query,
+            vec![
+                column("buyer.region", 0, 3),
+                column("buyer.age", 150, 0),
+                column("provider.income", 100_000, 0),
+            ],
+            "none.csv",
+        ))
+        .await
+        .expect("submit")
+        .into_inner();
+    let done = c.wait(&job.job_id).await;
+    assert_eq!(done.state_text(), "succeeded", "{done:?}");
+    let (_, rows) = crate::harness::read_csv(&c.buyer.outputs.join("none.csv"));
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    for row in &rows {
+        assert_eq!(row[1..], ["false", "", "", ""], "{row:?}");
+    }
+    assert_eq!(c.remaining(&lic).await, Some(0));
+    assert!(done.charge_micros > 0, "{done:?}");
     c.assert_audit_verifies().await;
 }
 

@@ -188,6 +188,33 @@ pub(crate) async fn run(
         ..TaskOutcome::default()
     };
 
+    // No common keys: a query's every group is empty and none is reported, which both
+    // parties know from the alignment alone; nothing is computed (the result's shape comes
+    // from a plan of one row, as a plan of none does not exist). A training on no rows runs
+    // on (it keeps or reports no model).
+    if rows.is_empty()
+        && let Ok(JobPlan::Query(one)) = job_plan_of(&mpc.query, 1, &policy, fx)
+    {
+        let result = QueryResult::of_no_rows(&one);
+        match spec.role {
+            TaskRole::Receiver => send(&link, Bytes::from_static(DONE)).await?,
+            TaskRole::Sender => {
+                if recv(&link).await?.as_ref() != DONE {
+                    return Err(TaskError::Peer(
+                        "the peer did not acknowledge the result".into(),
+                    ));
+                }
+            }
+        }
+        if let Some(out) = out_path {
+            let written = write_result(out, mpc, result).await?;
+            outcome.result_size = Some(written.rows);
+            outcome.result_file = Some(written);
+            outcome.result_location = spec.output.clone();
+        }
+        outcome.link = link.stats();
+        return Ok(outcome);
+    }
     let party = party_of(spec.role);
     progress.report("triples", 0, 1);
     // Dealer-free: the base OTs with the peer; with the dealer: this task's own link to the

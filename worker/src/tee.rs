@@ -550,18 +550,7 @@ fn compute(
         // rows); a plan of no rows does not exist, so the shape comes from a plan of one.
         let one = plan_of(&mpc.query, 1, policy, fx)
             .map_err(|e| TaskError::Ticket(format!("the task's query: {e}")))?;
-        let result = if one.row_level {
-            tessera_mpc::query::QueryResult::Rows(vec![Vec::new(); one.query.items.len()])
-        } else {
-            tessera_mpc::query::QueryResult::Groups(
-                (0..one.groups)
-                    .map(|g| tessera_mpc::query::GroupResult {
-                        group: g as u32,
-                        values: None,
-                    })
-                    .collect(),
-            )
-        };
+        let result = tessera_mpc::query::QueryResult::of_no_rows(&one);
         let (header, rows) = result_table(mpc, result)?;
         return Ok(Answer::Result { header, rows });
     }

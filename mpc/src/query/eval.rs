@@ -43,6 +43,27 @@ pub enum QueryResult {
     Rows(Vec<Vec<Option<f64>>>),
 }
 
+impl QueryResult {
+    /// The result of `plan`'s query on no rows (no common keys): every group empty, so none
+    /// is reported (a row-level query has no rows). `plan` is a plan of the query on any
+    /// number of rows (a plan of no rows does not exist); nothing is computed, and the result
+    /// reveals nothing both parties do not already know from the alignment.
+    pub fn of_no_rows(plan: &crate::query::Plan) -> QueryResult {
+        if plan.row_level {
+            QueryResult::Rows(vec![Vec::new(); plan.query.items.len()])
+        } else {
+            QueryResult::Groups(
+                (0..plan.groups)
+                    .map(|g| GroupResult {
+                        group: g as u32,
+                        values: None,
+                    })
+                    .collect(),
+            )
+        }
+    }
+}
+
 fn party_of(side: Side, buyer: Party) -> Party {
     match side {
         Side::Buyer => buyer,
