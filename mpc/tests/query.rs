@@ -145,6 +145,11 @@ fn training_statements_parse_with_positions_in_their_errors() {
         "",
         "1:1: expected `SELECT` or `TRAIN` or `SCORE`, found end of input",
     );
+    // Past SELECT, the query's own error: TRAIN and SCORE are not named.
+    let e = parse_statement("SELECT count(*), mean(provider.income GROUP BY buyer.region")
+        .expect_err("an error");
+    let text = e.to_string();
+    assert_eq!(text, "line 1, column 39: expected `)`, found `GROUP`");
     check_statement(
         "TRAIN LINEAR(buyer.a) LABEL buyer.y",
         "1:7: expected `LOGISTIC_REGRESSION`, found `LINEAR(buyer.a)`",

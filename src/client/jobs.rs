@@ -532,9 +532,18 @@ fn parse_mpc_column(s: &str) -> Result<pb::MpcColumn, String> {
     let whole = |what: &str| {
         format!("{s:?}: {what} is a whole number of at least 1 (e.g. numeric:150, categorical:3)")
     };
+    let at_least_one = |what: &str| {
+        n.trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|&v| v >= 1)
+            .ok_or_else(|| whole(what))
+    };
     match kind.trim() {
-        "numeric" => c.abs_max = n.trim().parse().map_err(|_| whole("a numeric BOUND"))?,
-        "categorical" => c.levels = n.trim().parse().map_err(|_| whole("LEVELS"))?,
+        "numeric" => c.abs_max = at_least_one("a numeric BOUND")?,
+        "categorical" => {
+            c.levels = u32::try_from(at_least_one("LEVELS")?).map_err(|_| whole("LEVELS"))?
+        }
         _ => return Err(bad()),
     }
     Ok(c)
@@ -871,4 +880,28 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_mpc_column;
+
+    #[test]
+    fn mpc_columns_need_a_bound_or_levels_of_at_least_one() {
+        let c = parse_mpc_column("provider.income=numeric:100000").expect("numeric");
+        assert_eq!((c.column.as_str(), c.abs_max), ("provider.income", 100_000));
+        let c = parse_mpc_column("buyer.region=categorical:3").expect("categorical");
+        assert_eq!(c.levels, 3);
+        for bad in [
+            "buyer.x=numeric:0",
+            "buyer.x=categorical:0",
+            "buyer.x=numeric:-5",
+            "buyer.x=numeric:1e300",
+            "buyer.x=categorical:4294967296",
+            "buyer.x=text:3",
+            "buyer.x",
+        ] {
+            assert!(parse_mpc_column(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -301,8 +301,12 @@ mod tests {
 
     #[test]
     fn the_list_matches_the_directory() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations");
-        let mut files: Vec<String> = std::fs::read_dir(dir)
+        // The crate's directory as cargo runs the test (a test binary reused from another
+        // checkout sharing the target directory carries that checkout's compile-time path).
+        let dir = std::env::var("CARGO_MANIFEST_DIR")
+            .map(|d| format!("{d}/migrations"))
+            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/migrations").to_string());
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
             .expect("migrations directory")
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
             .filter(|n| n.ends_with(".sql"))

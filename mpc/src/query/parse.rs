@@ -89,6 +89,11 @@ fn statement(i: &mut In<'_>) -> PResult<Statement> {
     if opt(kw("SCORE")).parse_next(i)?.is_some() {
         return cut_err(score).map(Statement::Score).parse_next(i);
     }
+    // Past `SELECT`, an error is the query's own: `TRAIN` or `SCORE` are expected only in
+    // place of it.
+    if opt(peek(kw("SELECT"))).parse_next(i)?.is_some() {
+        return query.map(Statement::Query).parse_next(i);
+    }
     query
         .context(lit("TRAIN"))
         .context(lit("SCORE"))
