@@ -62,11 +62,10 @@ use rand_core::CryptoRngCore;
 use rayon::prelude::*;
 use tessera_core::Link;
 use tessera_ot::offload;
-use tessera_ot::wire::{recv_items, send_items};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::MpcError;
-use crate::wire::{KIND_RLWE_ANSWER, KIND_RLWE_KEY, KIND_RLWE_QUERY};
+use crate::wire::{KIND_RLWE_ANSWER, KIND_RLWE_KEY, KIND_RLWE_QUERY, exchange_items};
 
 /// The ring degree `N` (slots per ciphertext).
 pub const DEGREE: usize = 8192;
@@ -501,6 +500,15 @@ impl Params {
     }
 }
 
+/// The parts made in parallel, in order, as one message (the first error if any failed).
+fn concat(parts: Vec<Result<Vec<u8>, MpcError>>, capacity: usize) -> Result<Vec<u8>, MpcError> {
+    let mut bytes = Vec::with_capacity(capacity);
+    for p in parts {
+        bytes.extend_from_slice(&p?);
+    }
+    Ok(bytes)
+}
+
 fn put_poly(out: &mut Vec<u8>, p: &Poly) {
     for w in p.coefficients().iter() {
         out.extend_from_slice(&w.to_le_bytes());
@@ -597,12 +605,7 @@ impl RlweOle {
             Ok((s, ds, key))
         })
         .await?;
-        let (sent, got) = tokio::join!(
-            send_items(peer, KIND_RLWE_KEY, KEY_BYTES, &key),
-            recv_items(peer, KIND_RLWE_KEY, KEY_BYTES, 1)
-        );
-        let got = got?;
-        sent?;
+        let got = exchange_items(peer, KIND_RLWE_KEY, KEY_BYTES, &key, 1).await?;
         if got.first() != Some(&PARAMS_VERSION) {
             return Err(MpcError::Malformed(
                 "the peer's RLWE key is for other parameters".into(),
@@ -677,19 +680,10 @@ impl RlweOle {
                     seeded_encryption(&d.ctx, &s, &dm, &mut r, DOT_QUERY_BYTES)
                 })
                 .collect();
-            let mut bytes = Vec::with_capacity(cts * DOT_QUERY_BYTES);
-            for p in parts {
-                bytes.extend_from_slice(&p?);
-            }
-            Ok(bytes)
+            concat(parts, cts * DOT_QUERY_BYTES)
         })
         .await?;
-        let (sent, got) = tokio::join!(
-            send_items(peer, KIND_RLWE_QUERY, DOT_QUERY_BYTES, &queries),
-            recv_items(peer, KIND_RLWE_QUERY, DOT_QUERY_BYTES, cts)
-        );
-        let got = got?;
-        sent?;
+        let got = exchange_items(peer, KIND_RLWE_QUERY, DOT_QUERY_BYTES, &queries, cts).await?;
         drop(queries);
 
         let masks: Vec<u64> = (0..groups).map(|_| rng.next_u64()).collect();
@@ -734,19 +728,11 @@ impl RlweOle {
                     dot_answer(&d, &pk, a0, a1, m[g], &mut r)
                 })
                 .collect();
-            let mut bytes = Vec::with_capacity(groups * DOT_ANSWER_BYTES);
-            for p in parts {
-                bytes.extend_from_slice(&p?);
-            }
-            Ok(bytes)
+            concat(parts, groups * DOT_ANSWER_BYTES)
         })
         .await?;
-        let (sent, got) = tokio::join!(
-            send_items(peer, KIND_RLWE_ANSWER, DOT_ANSWER_BYTES, &answers),
-            recv_items(peer, KIND_RLWE_ANSWER, DOT_ANSWER_BYTES, groups)
-        );
-        let got = got?;
-        sent?;
+        let got =
+            exchange_items(peer, KIND_RLWE_ANSWER, DOT_ANSWER_BYTES, &answers, groups).await?;
 
         let d = self.dot.clone();
         let s = Zeroizing::new((*self.dot_s).clone());
@@ -818,19 +804,10 @@ impl RlweOle {
                     seeded_encryption(&par.ctx, &s, &dm, &mut r, QUERY_BYTES)
                 })
                 .collect();
-            let mut bytes = Vec::with_capacity(jobs * QUERY_BYTES);
-            for p in parts {
-                bytes.extend_from_slice(&p?);
-            }
-            Ok(bytes)
+            concat(parts, jobs * QUERY_BYTES)
         })
         .await?;
-        let (sent, got) = tokio::join!(
-            send_items(peer, KIND_RLWE_QUERY, QUERY_BYTES, &queries),
-            recv_items(peer, KIND_RLWE_QUERY, QUERY_BYTES, jobs)
-        );
-        let got = got?;
-        sent?;
+        let got = exchange_items(peer, KIND_RLWE_QUERY, QUERY_BYTES, &queries, jobs).await?;
         drop(queries);
 
         // Answers: the peer's ciphertexts times b mod t_j, plus the mask r mod t_j.
@@ -878,19 +855,11 @@ impl RlweOle {
                     out
                 })
                 .collect();
-            let mut bytes = Vec::with_capacity(jobs * ANSWER_BYTES);
-            for p in parts {
-                bytes.extend_from_slice(&p?);
-            }
+            let bytes = concat(parts, jobs * ANSWER_BYTES)?;
             Ok((bytes, masks))
         })
         .await?;
-        let (sent, got) = tokio::join!(
-            send_items(peer, KIND_RLWE_ANSWER, ANSWER_BYTES, &answers),
-            recv_items(peer, KIND_RLWE_ANSWER, ANSWER_BYTES, jobs)
-        );
-        let got = got?;
-        sent?;
+        let got = exchange_items(peer, KIND_RLWE_ANSWER, ANSWER_BYTES, &answers, jobs).await?;
         drop(answers);
 
         // Decrypt the answers to our queries; CRT; subtract our own masks.

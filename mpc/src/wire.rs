@@ -87,6 +87,28 @@ pub async fn exchange_words(link: &dyn Link, kind: u8, mine: &[u64]) -> Result<V
     Ok(got)
 }
 
+/// Sends `mine` (items of `item_bytes`) and receives the peer's `count` items of the same
+/// kind, concurrently: one message each way.
+///
+/// # Errors
+/// As [`send_items`] and [`recv_items`]; the peer's frame's error first (as
+/// [`exchange_words`]).
+pub async fn exchange_items(
+    link: &dyn Link,
+    kind: u8,
+    item_bytes: usize,
+    mine: &[u8],
+    count: usize,
+) -> Result<Vec<u8>, MpcError> {
+    let (sent, got) = tokio::join!(
+        send_items(link, kind, item_bytes, mine),
+        recv_items(link, kind, item_bytes, count)
+    );
+    let got = got?;
+    sent?;
+    Ok(got)
+}
+
 /// Sends an abort frame with a reason code, best effort (the peer may be gone already).
 pub async fn send_abort(link: &dyn Link, code: u8) {
     let _ = link.send(Bytes::from(vec![KIND_ABORT, code])).await;

@@ -196,16 +196,7 @@ pub(crate) async fn run(
         && let Ok(JobPlan::Query(one)) = job_plan_of(&mpc.query, 1, &policy, fx)
     {
         let result = QueryResult::of_no_rows(&one);
-        match spec.role {
-            TaskRole::Receiver => send(&link, Bytes::from_static(DONE)).await?,
-            TaskRole::Sender => {
-                if recv(&link).await?.as_ref() != DONE {
-                    return Err(TaskError::Peer(
-                        "the peer did not acknowledge the result".into(),
-                    ));
-                }
-            }
-        }
+        acknowledge(spec.role, &link).await?;
         if let Some(out) = out_path {
             let written = write_result(out, mpc, result).await?;
             outcome.result_size = Some(written.rows);
@@ -303,18 +294,7 @@ pub(crate) async fn run(
     progress.report("compute", 1, 1);
     outcome.triples = session.triples_used();
     drop(session);
-    // The buyer acknowledges the result; the provider ends only on that answer, so that it
-    // never closes the link before its last frame is through.
-    match spec.role {
-        TaskRole::Receiver => send(&link, Bytes::from_static(DONE)).await?,
-        TaskRole::Sender => {
-            if recv(&link).await?.as_ref() != DONE {
-                return Err(TaskError::Peer(
-                    "the peer did not acknowledge the result".into(),
-                ));
-            }
-        }
-    }
+    acknowledge(spec.role, &link).await?;
     if let Some(out) = out_path {
         let written = match (result, &plan) {
             (Computed::Query(Some(result)), _) => Some(write_result(out, mpc, result).await?),
@@ -347,6 +327,22 @@ pub(crate) async fn run(
         outcome.link.frames_received += d.frames_received;
     }
     Ok(outcome)
+}
+
+/// The end of a run: the buyer acknowledges the result and the provider ends only on that
+/// answer, so that it never closes the link before its last frame is through.
+async fn acknowledge(role: TaskRole, link: &dyn Link) -> Result<(), TaskError> {
+    match role {
+        TaskRole::Receiver => send(link, Bytes::from_static(DONE)).await,
+        TaskRole::Sender => {
+            if recv(link).await?.as_ref() != DONE {
+                return Err(TaskError::Peer(
+                    "the peer did not acknowledge the result".into(),
+                ));
+            }
+            Ok(())
+        }
+    }
 }
 
 /// What the computation gave this party.
